@@ -1,0 +1,84 @@
+//! What a shard worker hands on when it seals a batch: per meter, the readings it
+//! accepted since the last seal and its state after them, plus the batch's dead
+//! letters. The sink writes all of it in one durable write and, only then, acks each
+//! meter's watermark (DESIGN §2, §6).
+
+use crate::ids::MeterKey;
+use crate::reject::Reject;
+use crate::state::{MeterState, Quality};
+use crate::uplink::Reading;
+
+/// One reading as stored: the measurement plus what the pipeline learnt about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoredReading {
+    pub reading: Reading,
+    /// Seq of the message that carried it.
+    pub seq: u64,
+    /// When meterflow received the message, epoch ms (service clock).
+    pub received_at: i64,
+    pub quality: Quality,
+    /// Litres since the previous reading (register delta), when known.
+    pub interval_l: Option<u64>,
+}
+
+/// One meter's share of a sealed batch.
+#[derive(Clone, Debug)]
+pub struct MeterBatch {
+    pub key: MeterKey,
+    /// Newly accepted readings, in arrival order (ascending `ts` within a message).
+    pub readings: Vec<StoredReading>,
+    /// The meter's state after this batch; persisted with the readings. Its
+    /// watermark is the ack to publish once the batch is durable.
+    pub state: MeterState,
+    /// New messages whose readings are in `readings`.
+    pub messages: u32,
+    /// Duplicate messages seen in this batch; they are answered with the watermark.
+    pub duplicates: u32,
+    /// Earliest `received_at` among the new messages (for publish→durable latency).
+    pub first_received_at: Option<i64>,
+}
+
+/// A rejected uplink, kept with its reason (DESIGN §6.7).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The tenant named by the topic when it is a well-formed id, else
+    /// [`INVALID_TENANT`].
+    pub tenant: String,
+    pub received_at: i64,
+    /// Unique among dead letters of the same tenant and millisecond.
+    pub id: u64,
+    pub topic: String,
+    /// The payload, capped at [`DEAD_LETTER_PAYLOAD_CAP`] bytes.
+    pub payload: Vec<u8>,
+    pub reason: Reject,
+    /// `{tenant}/{meter}/{seq}`, with `-` for parts that could not be read.
+    pub correlation_id: String,
+}
+
+/// Where dead letters go whose topic names no well-formed tenant id. Not itself a
+/// valid id, so it can never collide with a configured tenant.
+pub const INVALID_TENANT: &str = "~invalid";
+
+/// Bytes of a rejected payload kept for diagnosis: enough to see the JSON head or the
+/// binary header, without letting garbage fill the disk.
+pub const DEAD_LETTER_PAYLOAD_CAP: usize = 1024;
+
+/// A batch sealed by one shard worker.
+#[derive(Clone, Debug, Default)]
+pub struct SealedBatch {
+    pub shard: usize,
+    /// Per-shard sequence number: batches of one shard are made durable in this order.
+    pub number: u64,
+    pub meters: Vec<MeterBatch>,
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+impl SealedBatch {
+    pub fn reading_count(&self) -> usize {
+        self.meters.iter().map(|m| m.readings.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.meters.is_empty() && self.dead_letters.is_empty()
+    }
+}

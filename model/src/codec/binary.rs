@@ -1,0 +1,140 @@
+//! Every use of bincode in meterflow lives here (bincode 3.0.0 on crates.io is an empty
+//! tombstone; the workspace pins `=2.0.1`).
+//!
+//! Binary uplink layout, after the `0x01` format byte — bincode 2 standard config
+//! (little-endian varints), fields in this order:
+//!
+//! | field    | type                 | note                              |
+//! |----------|----------------------|-----------------------------------|
+//! | v        | u8                   |                                   |
+//! | seq      | u64                  |                                   |
+//! | readings | Vec<(i64 ts, u64 reg, u64 rev, u32 flow, Option<i16> temp)> | |
+//! | flags    | u32                  | bitset, bit = `DeviceFlag as u8`  |
+//! | battery  | Option<u8>           |                                   |
+//! | rssi     | Option<i16>          |                                   |
+//! | mac      | Option<[u8; 16]>     |                                   |
+//!
+//! Persisted records (meter state snapshots) are encoded with [`encode_record`]:
+//! bincode's serde mode behind a one-byte record version.
+
+use bincode::config::{Config, standard};
+use bincode::{Decode, Encode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::mac::Mac;
+use crate::reject::Reject;
+use crate::uplink::{Flags, Reading, Uplink};
+
+/// Upper bound on what one decode may claim to allocate: a payload can never justify
+/// more than this, whatever its length prefixes say.
+const DECODE_LIMIT: usize = 1 << 20;
+
+fn config() -> impl Config {
+    standard().with_limit::<DECODE_LIMIT>()
+}
+
+#[derive(Encode, Decode)]
+struct WireReading {
+    ts: i64,
+    reg: u64,
+    rev: u64,
+    flow: u32,
+    temp: Option<i16>,
+}
+
+#[derive(Encode, Decode)]
+struct WireUplink {
+    v: u8,
+    seq: u64,
+    readings: Vec<WireReading>,
+    flags: u32,
+    battery: Option<u8>,
+    rssi: Option<i16>,
+    mac: Option<[u8; 16]>,
+}
+
+pub(crate) fn encode_uplink_into(uplink: &Uplink, out: &mut Vec<u8>) {
+    let wire = WireUplink {
+        v: uplink.v,
+        seq: uplink.seq,
+        readings: uplink
+            .readings
+            .iter()
+            .map(|r| WireReading {
+                ts: r.ts,
+                reg: r.reg,
+                rev: r.rev,
+                flow: r.flow,
+                temp: r.temp,
+            })
+            .collect(),
+        flags: uplink.flags.bits(),
+        battery: uplink.battery,
+        rssi: uplink.rssi,
+        mac: uplink.mac.map(|m| m.0),
+    };
+    // Writing into a Vec cannot fail.
+    bincode::encode_into_std_write(wire, out, standard()).expect("encode into Vec");
+}
+
+pub(crate) fn decode_uplink(body: &[u8]) -> Result<Uplink, Reject> {
+    let (wire, used): (WireUplink, usize) =
+        bincode::decode_from_slice(body, config()).map_err(|_| Reject::Malformed)?;
+    if used != body.len() {
+        return Err(Reject::Malformed);
+    }
+    Ok(Uplink {
+        v: wire.v,
+        seq: wire.seq,
+        readings: wire
+            .readings
+            .into_iter()
+            .map(|r| Reading {
+                ts: r.ts,
+                reg: r.reg,
+                rev: r.rev,
+                flow: r.flow,
+                temp: r.temp,
+            })
+            .collect(),
+        flags: Flags::from_bits(wire.flags).ok_or(Reject::Malformed)?,
+        battery: wire.battery,
+        rssi: wire.rssi,
+        mac: wire.mac.map(Mac),
+    })
+}
+
+/// Version byte in front of every persisted record; bump it when a record's shape
+/// changes, and teach [`decode_record`] the old one.
+const RECORD_VERSION: u8 = 1;
+
+/// Why a stored record could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(
+        "record version {0} is not readable by this build (expected {RECORD_VERSION}); was the data written by a newer meterflow?"
+    )]
+    Version(u8),
+    #[error("record is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Encodes a persisted record (compact, versioned).
+pub fn encode_record<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![RECORD_VERSION];
+    bincode::serde::encode_into_std_write(value, &mut out, standard())
+        .expect("records are plain data and serialise into a Vec");
+    out
+}
+
+/// Decodes a record written by [`encode_record`].
+pub fn decode_record<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, RecordError> {
+    match bytes.split_first() {
+        Some((&RECORD_VERSION, body)) => bincode::serde::decode_from_slice(body, config())
+            .map(|(value, _)| value)
+            .map_err(|e| RecordError::Corrupt(e.to_string())),
+        Some((&other, _)) => Err(RecordError::Version(other)),
+        None => Err(RecordError::Corrupt("empty record".into())),
+    }
+}

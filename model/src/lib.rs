@@ -1,0 +1,39 @@
+//! meterflow's vocabulary: what a meter sends, what the pipeline keeps, and the rules
+//! both sides agree on. No I/O, no clocks, no threads — every function here takes
+//! values and returns values, so the broker side, the simulator and the storage layer
+//! all speak exactly the same contract (DESIGN §3).
+//!
+//! - [`ids`]: tenant and meter ids (`[A-Za-z0-9_-]{1,64}`) and the key that joins them;
+//! - [`uplink`]: the uplink v1 message, its readings and device flags;
+//! - [`codec`]: JSON and binary (`0x01` + bincode 2) wire forms, and the encoding of
+//!   persisted records;
+//! - [`topic`]: the MQTT topic scheme;
+//! - [`limits`] and [`check`]: what an acceptable uplink is;
+//! - [`reject`]: every reason an uplink can be dead-lettered, as stable codes;
+//! - [`mac`]: the payload MAC that authenticates a meter;
+//! - [`seq_window`]: per-meter dedupe and the durable ack watermark;
+//! - [`state`] and [`batch`]: what the shard workers hand to processors and storage.
+
+pub mod ack;
+pub mod batch;
+pub mod check;
+pub mod codec;
+pub mod ids;
+pub mod limits;
+pub mod mac;
+pub mod outputs;
+pub mod reject;
+pub mod seq_window;
+pub mod state;
+pub mod time;
+pub mod topic;
+pub mod uplink;
+
+pub use batch::{DeadLetter, MeterBatch, SealedBatch, StoredReading};
+pub use ids::{MeterId, MeterKey, TenantId};
+pub use limits::Limits;
+pub use outputs::{MeterView, Outputs};
+pub use reject::Reject;
+pub use seq_window::{Admission, SeqWindow};
+pub use state::{MeterState, Quality, UsageState};
+pub use uplink::{DeviceFlag, Flags, Reading, Uplink};

@@ -1,0 +1,81 @@
+//! Per-meter state that the shard worker owns and persists in `meter_state`, written in
+//! the same durable batch as the readings it reflects (DESIGN §2), so that after a
+//! crash state and data agree. Plain data: the logic that changes it lives in the
+//! shard worker (dedupe) and in `processors` (usage).
+//!
+//! Persisted with [`crate::codec::binary::encode_record`]; adding a field means a new
+//! record version.
+
+use serde::{Deserialize, Serialize};
+
+use crate::seq_window::SeqWindow;
+use crate::uplink::Reading;
+
+/// How far a stored reading can be trusted (VEE, DESIGN §4).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quality {
+    /// As measured by the meter.
+    #[default]
+    Actual,
+    /// Filled in for a gap; replaced when the real read arrives.
+    Estimated,
+    /// Stored, but excluded from billing (regression, implausible jump).
+    Suspect,
+}
+
+impl Quality {
+    pub const fn code(self) -> u8 {
+        match self {
+            Quality::Actual => 0,
+            Quality::Estimated => 1,
+            Quality::Suspect => 2,
+        }
+    }
+
+    pub const fn from_code(code: u8) -> Option<Quality> {
+        match code {
+            0 => Some(Quality::Actual),
+            1 => Some(Quality::Estimated),
+            2 => Some(Quality::Suspect),
+            _ => None,
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Quality::Actual => "actual",
+            Quality::Estimated => "estimated",
+            Quality::Suspect => "suspect",
+        }
+    }
+}
+
+/// Consumption derived from register deltas (never from summing messages, so a lost
+/// or repeated message cannot change it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageState {
+    /// The newest reading folded in; its register is the base of the next delta.
+    pub last: Option<Reading>,
+    /// Quality of `last`.
+    pub last_quality: Quality,
+    /// UTC day number (see [`crate::time::day_of`]) that `today_l` belongs to.
+    pub day: i64,
+    /// Litres used on `day`, from register deltas of readings stamped that day.
+    pub today_l: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeterState {
+    /// Dedupe and ack watermark.
+    pub seq: SeqWindow,
+    /// Usage, fed by the usage processor.
+    pub usage: UsageState,
+}
+
+impl MeterState {
+    /// Timestamp of the newest reading folded in.
+    pub fn last_ts(&self) -> Option<i64> {
+        self.usage.last.map(|r| r.ts)
+    }
+}
