@@ -1,1 +1,139 @@
-fn main() {}
+//! The `meterflow` binary: `meterflow` (or `meterflow run`) runs the service on the
+//! configuration given (defaults when none); `meterflow config` prints the full
+//! default configuration; `meterflow check` validates a configuration file.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use meterflow_ingest::{Config, Service};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "meterflow",
+    version,
+    about = "Water-meter telemetry: MQTT in, durable readings, acks back"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (the default).
+    Run(RunArgs),
+    /// Print the full default configuration as TOML.
+    Config,
+    /// Validate a configuration file (and environment) and report every problem.
+    Check(RunArgs),
+}
+
+#[derive(clap::Args, Clone, Default)]
+struct RunArgs {
+    /// TOML configuration file; fields not in it keep their defaults.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// MQTT listen address (overrides mqtt.listen).
+    #[arg(long)]
+    mqtt: Option<SocketAddr>,
+    /// HTTP listen address (overrides http.listen).
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// Data directory of the embedded store (overrides store.data_dir).
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+fn load(args: &RunArgs) -> anyhow::Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Config::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+        None => Config::default(),
+    };
+    let env: HashMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("MF_"))
+        .collect();
+    if let Err(errors) = config.apply_env(&env) {
+        bail!("invalid environment overrides:\n  {}", errors.join("\n  "));
+    }
+    if let Some(mqtt) = args.mqtt {
+        config.mqtt.listen = mqtt;
+    }
+    if let Some(http) = args.http {
+        config.http.listen = http;
+    }
+    if let Some(data) = &args.data {
+        config.store.data_dir = data.clone();
+    }
+    if let Err(errors) = config.validate() {
+        bail!("invalid configuration:\n  {}", errors.join("\n  "));
+    }
+    Ok(config)
+}
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log.json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Config) => {
+            print!("{}", Config::default_toml());
+            Ok(())
+        }
+        Some(Command::Check(args)) => {
+            load(&args)?;
+            println!("configuration ok");
+            Ok(())
+        }
+        Some(Command::Run(args)) => run(load(&args)?),
+        None => run(load(&cli.run)?),
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    init_logging(&config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("meterflow-http")
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let service = Service::start(config).await?;
+        eprintln!(
+            "meterflow: MQTT on {}, HTTP on http://{} — Ctrl-C to stop",
+            service.mqtt_addr, service.http_addr
+        );
+        wait_for_signal().await;
+        tracing::info!("stopping: sealing and storing what is in flight");
+        tokio::task::spawn_blocking(move || service.shutdown()).await?;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

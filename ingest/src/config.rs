@@ -1,0 +1,432 @@
+//! The service configuration: one TOML file, every field defaulted so that `meterflow`
+//! with no file runs on a laptop (DESIGN §8): broker on 127.0.0.1:1883, embedded store
+//! in `./data`, in-process cache, HTTP on 127.0.0.1:8080, and the built-in `demo`
+//! tenant that accepts anonymous meters on loopback only.
+//!
+//! Layers, later wins: defaults → the TOML file → environment (`MF_*`, resolved from a
+//! map passed in so tests need not touch the process environment) → command-line
+//! flags. [`Config::validate`] reports every problem at once, each with what to do.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use meterflow_model::Limits;
+use meterflow_model::ids::is_valid_id;
+use serde::{Deserialize, Serialize};
+
+/// Listen address of the embedded broker: the MQTT port on loopback.
+pub const DEFAULT_MQTT_LISTEN: &str = "127.0.0.1:1883";
+/// Listen address of the HTTP API, metrics and dashboard.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
+/// The tenant every fresh install has, for trying meterflow out.
+pub const DEMO_TENANT: &str = "demo";
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub mqtt: MqttConfig,
+    pub http: HttpConfig,
+    pub store: StoreConfig,
+    pub pipeline: PipelineConfig,
+    pub limits: Limits,
+    pub log: LogConfig,
+    /// Utilities served by this instance. Empty means just the built-in `demo`.
+    pub tenants: Vec<TenantConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Where the embedded broker listens (MQTT 3.1.1). TLS is terminated in front of
+    /// it (DESIGN §7).
+    pub listen: SocketAddr,
+    /// Most meter connections. rumqttd refuses connections past this and misbehaves
+    /// when refused clients retry hard, so keep it above the process's open-file limit
+    /// less headroom: then the OS refuses first.
+    pub max_connections: usize,
+    /// Bytes of one commit-log segment in the broker's router. Together with
+    /// `max_segments` it bounds the broker's memory for uplinks not yet taken by the
+    /// pipeline; past it the broker skips (counted in `meterflow_broker_skipped_total`)
+    /// and the meters resend.
+    pub segment_bytes: usize,
+    /// Segments kept per topic filter (see `segment_bytes`).
+    pub max_segments: usize,
+    /// Seconds a new connection has to send CONNECT.
+    pub connect_timeout_s: u16,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_MQTT_LISTEN.parse().expect("valid default"),
+            max_connections: 30_000,
+            // 32 MiB × 8 ≈ 256 MiB of uplinks: several seconds of the pipeline's peak
+            // rate, so a brief stall of the store does not make the broker skip.
+            segment_bytes: 32 * 1024 * 1024,
+            max_segments: 8,
+            connect_timeout_s: 10,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Where the API, `/metrics`, `/healthz` and `/readyz` listen.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_HTTP_LISTEN.parse().expect("valid default"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Directory of the embedded store (created if missing).
+    pub data_dir: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Shard workers; 0 means one per CPU core. A meter always maps to one shard.
+    pub shards: usize,
+    /// Uplinks queued per shard between the broker link and the worker. At ~200 bytes
+    /// an uplink, 16,384 is ~3 MiB per shard: enough to ride out a sealed batch being
+    /// handed to the sink, small enough to bound memory.
+    pub shard_queue: usize,
+    /// How long the broker link waits on a full shard queue before it sheds the
+    /// uplink (counted as `shed`; the meter resends it as no ack comes).
+    pub shed_after_ms: u64,
+    /// A batch seals when it holds this many readings: large enough that one fsync
+    /// carries thousands of readings, small enough that a batch is a few MiB.
+    pub batch_readings: usize,
+    /// …or when its oldest message has waited this long. 20 ms keeps the ack latency
+    /// low at light load; at heavy load batches fill long before.
+    pub linger_ms: u64,
+    /// Sealed batches waiting for the store, across shards. When full, shard workers
+    /// block: that is the backpressure that reaches the meters as slower acks.
+    pub sink_queue: usize,
+    /// A gap in a meter's seqs not filled within this many seconds is skipped
+    /// (DESIGN §3: default 10 min).
+    pub resend_window_s: u64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            shards: 0,
+            shard_queue: 16_384,
+            shed_after_ms: 1_000,
+            batch_readings: 4_096,
+            linger_ms: 20,
+            sink_queue: 16,
+            resend_window_s: 600,
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// Shard count with `0` resolved to the number of cores.
+    pub fn shard_count(&self) -> usize {
+        if self.shards == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            self.shards
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. `info` or `meterflow=debug,rumqttd=warn`.
+    pub level: String,
+    /// One JSON object per line instead of human-readable text.
+    pub json: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info,rumqttd=warn".into(),
+            json: false,
+        }
+    }
+}
+
+/// One utility.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantConfig {
+    /// Tenant id, `[A-Za-z0-9_-]{1,64}`.
+    pub id: String,
+    /// MQTT password for this tenant's meters (username = tenant id, client id =
+    /// `{tenant}.{meter}`). Without one the tenant's meters connect anonymously, which
+    /// is allowed only while MQTT listens on loopback.
+    pub mqtt_password: Option<String>,
+    /// Bearer token for this tenant's HTTP API. Required when HTTP listens beyond
+    /// loopback.
+    pub api_token: Option<String>,
+    /// Per-meter MAC keys, hex. A meter listed here must sign its uplinks.
+    pub meter_keys: BTreeMap<String, String>,
+    /// When true, every meter of the tenant must sign (a meter without a key is
+    /// dead-lettered `bad_mac`).
+    pub require_mac: bool,
+    /// When set, only these meters are accepted (others: `unknown_meter`).
+    pub meters: Option<Vec<String>>,
+}
+
+impl Config {
+    /// The tenants in force: the configured ones, or the built-in `demo`.
+    pub fn effective_tenants(&self) -> Vec<TenantConfig> {
+        if self.tenants.is_empty() {
+            vec![TenantConfig {
+                id: DEMO_TENANT.into(),
+                ..TenantConfig::default()
+            }]
+        } else {
+            self.tenants.clone()
+        }
+    }
+
+    /// Whether any tenant has MQTT credentials (then every meter must log in).
+    pub fn mqtt_auth_enabled(&self) -> bool {
+        self.effective_tenants()
+            .iter()
+            .any(|t| t.mqtt_password.is_some())
+    }
+
+    /// Reads a TOML file over the defaults.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The full default configuration as TOML (what `meterflow config` prints).
+    pub fn default_toml() -> String {
+        let mut text = String::from(
+            "# meterflow configuration: every field shown with its default.\n\
+             # Environment overrides: MF_MQTT_LISTEN, MF_HTTP_LISTEN, MF_DATA_DIR, MF_SHARDS,\n\
+             # MF_LOG_LEVEL, MF_LOG_JSON. Tenants: add [[tenants]] tables (see README).\n\n",
+        );
+        text.push_str(&toml::to_string_pretty(&Config::default()).expect("default serialises"));
+        text
+    }
+
+    /// Applies `MF_*` overrides from `env`. Unparseable values are errors.
+    pub fn apply_env(&mut self, env: &HashMap<String, String>) -> Result<(), Vec<String>> {
+        let mut errors = Vec::new();
+        let mut parse = |name: &str, apply: &mut dyn FnMut(&str) -> Result<(), String>| {
+            if let Some(value) = env.get(name) {
+                if let Err(e) = apply(value) {
+                    errors.push(format!("{name}={value:?}: {e}"));
+                }
+            }
+        };
+        parse("MF_MQTT_LISTEN", &mut |v| {
+            self.mqtt.listen = v.parse().map_err(|e| format!("{e}"))?;
+            Ok(())
+        });
+        parse("MF_HTTP_LISTEN", &mut |v| {
+            self.http.listen = v.parse().map_err(|e| format!("{e}"))?;
+            Ok(())
+        });
+        parse("MF_DATA_DIR", &mut |v| {
+            self.store.data_dir = PathBuf::from(v);
+            Ok(())
+        });
+        parse("MF_SHARDS", &mut |v| {
+            self.pipeline.shards = v.parse().map_err(|e| format!("{e}"))?;
+            Ok(())
+        });
+        parse("MF_LOG_LEVEL", &mut |v| {
+            self.log.level = v.to_string();
+            Ok(())
+        });
+        parse("MF_LOG_JSON", &mut |v| {
+            self.log.json = matches!(v, "1" | "true" | "yes");
+            Ok(())
+        });
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Checks the whole configuration and returns every problem found.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut errors = Vec::new();
+        let tenants = self.effective_tenants();
+        let mut seen = std::collections::HashSet::new();
+        for t in &tenants {
+            if !is_valid_id(t.id.as_bytes()) {
+                errors.push(format!(
+                    "tenants: id {:?} is not a valid id (use 1-64 of A-Z a-z 0-9 _ -)",
+                    t.id
+                ));
+            }
+            if !seen.insert(t.id.as_str()) {
+                errors.push(format!("tenants: id {:?} is configured twice", t.id));
+            }
+            for (meter, key) in &t.meter_keys {
+                if !is_valid_id(meter.as_bytes()) {
+                    errors.push(format!(
+                        "tenants.{}.meter_keys: {meter:?} is not a valid meter id",
+                        t.id
+                    ));
+                }
+                if hex::decode(key).map(|k| k.len() < 16).unwrap_or(true) {
+                    errors.push(format!(
+                        "tenants.{}.meter_keys.{meter}: the key must be hex, at least 16 bytes (32 hex digits)",
+                        t.id
+                    ));
+                }
+            }
+            for meter in t.meters.iter().flatten() {
+                if !is_valid_id(meter.as_bytes()) {
+                    errors.push(format!(
+                        "tenants.{}.meters: {meter:?} is not a valid meter id",
+                        t.id
+                    ));
+                }
+            }
+            if !self.http.listen.ip().is_loopback() && t.api_token.is_none() {
+                errors.push(format!(
+                    "tenants.{}: http.listen {} is beyond loopback, so the tenant needs an api_token",
+                    t.id, self.http.listen
+                ));
+            }
+        }
+        let auth = tenants.iter().any(|t| t.mqtt_password.is_some());
+        if !self.mqtt.listen.ip().is_loopback() {
+            for t in tenants.iter().filter(|t| t.mqtt_password.is_none()) {
+                errors.push(format!(
+                    "mqtt.listen {} is beyond loopback but tenant {:?} has no mqtt_password: \
+                     anonymous meters are allowed on loopback only — set tenants.mqtt_password \
+                     or listen on 127.0.0.1",
+                    self.mqtt.listen, t.id
+                ));
+            }
+        } else if auth && tenants.iter().any(|t| t.mqtt_password.is_none()) {
+            errors.push(
+                "tenants: either every tenant has an mqtt_password or none has (the broker \
+                 cannot mix anonymous and authenticated meters)"
+                    .into(),
+            );
+        }
+        if self.mqtt.listen == self.http.listen {
+            errors.push(format!(
+                "mqtt.listen and http.listen are both {}",
+                self.mqtt.listen
+            ));
+        }
+        let p = &self.pipeline;
+        for (name, value) in [
+            ("pipeline.shard_queue", p.shard_queue),
+            ("pipeline.batch_readings", p.batch_readings),
+            ("pipeline.sink_queue", p.sink_queue),
+            ("mqtt.max_connections", self.mqtt.max_connections),
+            ("mqtt.segment_bytes", self.mqtt.segment_bytes),
+            ("mqtt.max_segments", self.mqtt.max_segments),
+        ] {
+            if value == 0 {
+                errors.push(format!("{name} must be at least 1"));
+            }
+        }
+        if p.shards > 1024 {
+            errors.push("pipeline.shards must be at most 1024".into());
+        }
+        let l = &self.limits;
+        if l.max_payload_bytes == 0 || l.max_payload_bytes > 1024 * 1024 {
+            errors.push("limits.max_payload_bytes must be between 1 and 1048576".into());
+        }
+        if l.max_readings == 0 {
+            errors.push("limits.max_readings must be at least 1".into());
+        }
+        if l.max_clock_skew_ms < 0 {
+            errors.push("limits.max_clock_skew_ms must not be negative".into());
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            errors.push(format!("log.level {:?}: {e}", self.log.level));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_printed_default_parses_back_to_the_default() {
+        assert_eq!(
+            Config::from_toml(&Config::default_toml()),
+            Ok(Config::default())
+        );
+        assert_eq!(Config::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = Config::from_toml("[mqtt]\nlisen = \"0.0.0.0:1\"\n").unwrap_err();
+        assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_apply_and_report_bad_values() {
+        let mut c = Config::default();
+        let env = HashMap::from([
+            ("MF_MQTT_LISTEN".to_string(), "127.0.0.1:1999".to_string()),
+            ("MF_SHARDS".to_string(), "x".to_string()),
+        ]);
+        let errors = c.apply_env(&env).unwrap_err();
+        assert_eq!(c.mqtt.listen.port(), 1999);
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].starts_with("MF_SHARDS"));
+    }
+
+    #[test]
+    fn anonymous_mqtt_beyond_loopback_is_refused() {
+        let mut c = Config::default();
+        c.mqtt.listen = "0.0.0.0:1883".parse().unwrap();
+        let errors = c.validate().unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("anonymous meters are allowed on loopback only"))
+        );
+    }
+
+    #[test]
+    fn validation_reports_every_error_at_once() {
+        let mut c = Config::default();
+        c.pipeline.batch_readings = 0;
+        c.pipeline.sink_queue = 0;
+        c.tenants = vec![TenantConfig {
+            id: "bad id".into(),
+            ..TenantConfig::default()
+        }];
+        assert_eq!(c.validate().unwrap_err().len(), 3);
+    }
+}

@@ -1,0 +1,308 @@
+//! The HTTP side: health, readiness, Prometheus metrics and the tenant API (axum).
+//!
+//! - `GET /healthz` — the process is up;
+//! - `GET /readyz` — broker listening, store open and its writes succeeding;
+//! - `GET /metrics` — Prometheus text;
+//! - `GET /api/v1/tenants/{t}/meters/{m}` — latest state of a meter;
+//! - `GET /api/v1/tenants/{t}/meters/{m}/readings?from=MS&to=MS&limit=N`;
+//! - `GET /api/v1/tenants/{t}/dead-letters?limit=N` — newest first.
+//!
+//! A tenant with an `api_token` must be asked with `Authorization: Bearer <token>`; a
+//! tenant sees only its own data. Errors are JSON `{"error": "..."}` saying what to do.
+//! Store calls are blocking, so they run on tokio's blocking pool.
+
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use meterflow_model::{DeadLetter, MeterId, MeterKey, MeterState, MeterView, StoredReading};
+use meterflow_storage::{HotCache, ReadingStore};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::tenants::{Tenants, constant_time_eq};
+
+/// Most readings one API call returns: a month of 15-minute reads is ~3,000.
+const MAX_READINGS_PER_CALL: usize = 10_000;
+/// Dead letters returned when the caller does not say.
+const DEFAULT_DEAD_LETTERS: usize = 100;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn ReadingStore>,
+    pub cache: Arc<dyn HotCache>,
+    pub tenants: Arc<Tenants>,
+    pub prometheus: PrometheusHandle,
+    pub store_healthy: Arc<AtomicBool>,
+    pub mqtt_listen: SocketAddr,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/tenants/{tenant}/meters/{meter}", get(meter))
+        .route(
+            "/api/v1/tenants/{tenant}/meters/{meter}/readings",
+            get(readings),
+        )
+        .route("/api/v1/tenants/{tenant}/dead-letters", get(dead_letters))
+        .with_state(state)
+}
+
+/// An API error: a status and a message that says what to do.
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let mqtt = state.mqtt_listen;
+    let broker_up = tokio::task::spawn_blocking(move || {
+        TcpStream::connect_timeout(&mqtt, Duration::from_millis(500)).is_ok()
+    })
+    .await
+    .unwrap_or(false);
+    let store_open = state.store.is_ready();
+    let store_writing = state.store_healthy.load(Ordering::Relaxed);
+    let body = json!({ "broker_listening": broker_up, "store_open": store_open, "store_writes_ok": store_writing });
+    let status = if broker_up && store_open && store_writing {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.prometheus.render(),
+    )
+        .into_response()
+}
+
+/// Checks the tenant exists and the caller may see it; returns its validated id.
+fn authorize(
+    state: &AppState,
+    tenant: &str,
+    headers: &HeaderMap,
+) -> Result<meterflow_model::TenantId, ApiError> {
+    let Some(t) = state.tenants.get(tenant.as_bytes()) else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no tenant {tenant:?} is configured"),
+        ));
+    };
+    if let Some(expected) = &t.api_token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(expected.as_bytes(), given.as_bytes()) {
+            return Err(ApiError(
+                StatusCode::UNAUTHORIZED,
+                format!("tenant {tenant:?} needs 'Authorization: Bearer <api_token>'"),
+            ));
+        }
+    }
+    Ok(t.id.clone())
+}
+
+fn meter_key(
+    state: &AppState,
+    tenant: &str,
+    meter: &str,
+    headers: &HeaderMap,
+) -> Result<MeterKey, ApiError> {
+    let tenant = authorize(state, tenant, headers)?;
+    let meter = MeterId::try_from(meter).map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("{meter:?} is not a meter id ([A-Za-z0-9_-]{{1,64}})"),
+        )
+    })?;
+    Ok(MeterKey::new(tenant, meter))
+}
+
+/// Runs a blocking store call off the async workers.
+async fn blocking<T: Send + 'static>(
+    call: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(call)
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e))
+}
+
+async fn meter(
+    State(state): State<AppState>,
+    Path((tenant, meter)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<MeterView> {
+    let key = meter_key(&state, &tenant, &meter, &headers)?;
+    let (cache, store) = (state.cache.clone(), state.store.clone());
+    let view = blocking(move || {
+        if let Ok(Some(view)) = cache.meter(&key) {
+            return Ok(Some(view));
+        }
+        let persisted = store.meter_state(&key).map_err(|e| e.to_string())?;
+        Ok(persisted.map(|s| view_from_state(&key, &s)))
+    })
+    .await?;
+    view.map(Json).ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!("meter {tenant}/{meter} has sent nothing yet"),
+        )
+    })
+}
+
+/// A view rebuilt from persisted state (after a restart, before the meter reports).
+fn view_from_state(key: &MeterKey, state: &MeterState) -> MeterView {
+    let last = state.usage.last;
+    MeterView {
+        tenant: key.tenant.to_string(),
+        meter: key.meter.to_string(),
+        last_seq: state.seq.watermark(),
+        last_ts: last.map(|r| r.ts),
+        reg: last.map(|r| r.reg),
+        rev: last.map(|r| r.rev),
+        flow: last.map(|r| r.flow),
+        temp: last.and_then(|r| r.temp),
+        today_l: state.usage.today_l,
+        quality: state.usage.last_quality,
+    }
+}
+
+#[derive(Deserialize)]
+struct RangeQuery {
+    from: Option<i64>,
+    to: Option<i64>,
+    limit: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct ReadingOut {
+    ts: i64,
+    reg: u64,
+    rev: u64,
+    flow: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temp: Option<i16>,
+    quality: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    interval_l: Option<u64>,
+    seq: u64,
+    received_at: i64,
+}
+
+impl From<StoredReading> for ReadingOut {
+    fn from(r: StoredReading) -> Self {
+        ReadingOut {
+            ts: r.reading.ts,
+            reg: r.reading.reg,
+            rev: r.reading.rev,
+            flow: r.reading.flow,
+            temp: r.reading.temp,
+            quality: r.quality.as_str(),
+            interval_l: r.interval_l,
+            seq: r.seq,
+            received_at: r.received_at,
+        }
+    }
+}
+
+async fn readings(
+    State(state): State<AppState>,
+    Path((tenant, meter)): Path<(String, String)>,
+    Query(q): Query<RangeQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Vec<ReadingOut>> {
+    let key = meter_key(&state, &tenant, &meter, &headers)?;
+    let (from, to) = (q.from.unwrap_or(i64::MIN), q.to.unwrap_or(i64::MAX));
+    if from >= to {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("from ({from}) must be before to ({to})"),
+        ));
+    }
+    let limit = q
+        .limit
+        .unwrap_or(MAX_READINGS_PER_CALL)
+        .min(MAX_READINGS_PER_CALL);
+    let store = state.store.clone();
+    let rows = blocking(move || {
+        store
+            .readings(&key, from, to, limit)
+            .map_err(|e| e.to_string())
+    })
+    .await?;
+    Ok(Json(rows.into_iter().map(ReadingOut::from).collect()))
+}
+
+#[derive(Deserialize)]
+struct LimitQuery {
+    limit: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct DeadLetterOut {
+    reason: &'static str,
+    topic: String,
+    correlation_id: String,
+    received_at: i64,
+    /// The (capped) payload, as text where it is UTF-8, else hex.
+    payload: String,
+}
+
+impl From<DeadLetter> for DeadLetterOut {
+    fn from(d: DeadLetter) -> Self {
+        let payload = match String::from_utf8(d.payload) {
+            Ok(text) => text,
+            Err(e) => format!("hex:{}", hex::encode(e.into_bytes())),
+        };
+        DeadLetterOut {
+            reason: d.reason.code(),
+            topic: d.topic,
+            correlation_id: d.correlation_id,
+            received_at: d.received_at,
+            payload,
+        }
+    }
+}
+
+async fn dead_letters(
+    State(state): State<AppState>,
+    Path(tenant): Path<String>,
+    Query(q): Query<LimitQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Vec<DeadLetterOut>> {
+    let tenant = authorize(&state, &tenant, &headers)?;
+    let limit = q
+        .limit
+        .unwrap_or(DEFAULT_DEAD_LETTERS)
+        .min(MAX_READINGS_PER_CALL);
+    let store = state.store.clone();
+    let rows = blocking(move || {
+        store
+            .dead_letters(tenant.as_str(), limit)
+            .map_err(|e| e.to_string())
+    })
+    .await?;
+    Ok(Json(rows.into_iter().map(DeadLetterOut::from).collect()))
+}

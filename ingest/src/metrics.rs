@@ -1,0 +1,174 @@
+//! Every metric meterflow exports, in one place, with its meaning (CONVENTIONS §9).
+//! Handles are registered once at start and cloned into the threads that use them;
+//! nothing builds a label set on the hot path.
+//!
+//! Accounting identity (DESIGN §6.4), per message once the pipeline is idle:
+//! `meterflow_messages_received_total` = sum over outcomes of
+//! `meterflow_messages_total{outcome="stored"|"dead_letter"|"duplicate"|"shed"}`.
+//! `stored` and `dead_letter` are counted when their write is durable; `duplicate`
+//! when the shard recognises it; `shed` when the broker link gives up on a full
+//! shard queue. Readings are counted where their number is known (a shed or
+//! undecodable message has none).
+
+use meterflow_model::Reject;
+use metrics::{
+    Counter, Gauge, Histogram, counter, describe_counter, describe_gauge, describe_histogram,
+    gauge, histogram,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const MESSAGES_RECEIVED: &str = "meterflow_messages_received_total";
+pub const MESSAGES: &str = "meterflow_messages_total";
+pub const READINGS: &str = "meterflow_readings_total";
+pub const DEAD_LETTERS: &str = "meterflow_dead_letters_total";
+pub const QUEUE_DEPTH: &str = "meterflow_shard_queue_depth";
+pub const SINK_QUEUE_DEPTH: &str = "meterflow_sink_queue_depth";
+pub const BATCH_READINGS: &str = "meterflow_batch_readings";
+pub const STORE_WRITE_SECONDS: &str = "meterflow_store_write_seconds";
+pub const STORE_ERRORS: &str = "meterflow_store_errors_total";
+pub const CACHE_ERRORS: &str = "meterflow_cache_errors_total";
+pub const RECEIVED_TO_DURABLE_SECONDS: &str = "meterflow_publish_to_durable_seconds";
+pub const ACKS: &str = "meterflow_acks_published_total";
+pub const BROKER_SKIPPED: &str = "meterflow_broker_skipped_total";
+pub const SEQ_GAPS: &str = "meterflow_seq_gaps_total";
+
+/// Latency buckets (seconds) from 1 ms to 10 s: acks are expected in tens of ms, and
+/// a store outage shows in the top buckets.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Batch size buckets (readings), up to beyond the default seal size.
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 10.0, 100.0, 500.0, 1000.0, 2000.0, 4096.0, 8192.0, 16384.0,
+];
+
+/// Installs the Prometheus recorder (once per process) and describes every metric.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(BATCH_READINGS.into()), BATCH_BUCKETS)
+                })
+                .expect("bucket lists are non-empty")
+                .install_recorder()
+                .expect("the metrics recorder is installed once");
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!(MESSAGES_RECEIVED, "Uplink messages taken from the broker.");
+    describe_counter!(
+        MESSAGES,
+        "Uplink messages by outcome: stored, dead_letter, duplicate, shed."
+    );
+    describe_counter!(
+        READINGS,
+        "Readings by outcome, where their number is known."
+    );
+    describe_counter!(DEAD_LETTERS, "Dead-lettered uplinks by reason code.");
+    describe_gauge!(QUEUE_DEPTH, "Uplinks waiting in each shard's queue.");
+    describe_gauge!(SINK_QUEUE_DEPTH, "Sealed batches waiting for the store.");
+    describe_histogram!(BATCH_READINGS, "Readings per sealed batch.");
+    describe_histogram!(
+        STORE_WRITE_SECONDS,
+        "Duration of one durable store write (a group of batches)."
+    );
+    describe_counter!(STORE_ERRORS, "Failed store writes (each is retried).");
+    describe_counter!(CACHE_ERRORS, "Failed hot-cache updates.");
+    describe_histogram!(
+        RECEIVED_TO_DURABLE_SECONDS,
+        "From an uplink reaching meterflow to its readings being durable."
+    );
+    describe_counter!(ACKS, "Ack watermarks published to meters.");
+    describe_counter!(
+        BROKER_SKIPPED,
+        "Uplinks the broker skipped because the pipeline fell behind (rumqttd cursor jumps)."
+    );
+    describe_counter!(SEQ_GAPS, "Seq gaps given up on after the resend window.");
+}
+
+/// Counters for one outcome, messages and readings together.
+#[derive(Clone)]
+pub struct OutcomeCounters {
+    pub messages: Counter,
+    pub readings: Counter,
+}
+
+impl OutcomeCounters {
+    fn new(outcome: &'static str) -> Self {
+        Self {
+            messages: counter!(MESSAGES, "outcome" => outcome),
+            readings: counter!(READINGS, "outcome" => outcome),
+        }
+    }
+
+    pub fn add(&self, messages: u64, readings: u64) {
+        self.messages.increment(messages);
+        self.readings.increment(readings);
+    }
+}
+
+/// The handles the pipeline uses.
+#[derive(Clone)]
+pub struct PipelineMetrics {
+    pub received: Counter,
+    pub stored: OutcomeCounters,
+    pub dead_letter: OutcomeCounters,
+    pub duplicate: OutcomeCounters,
+    pub shed: OutcomeCounters,
+    dead_letter_reasons: Vec<Counter>,
+    pub sink_queue_depth: Gauge,
+    pub batch_readings: Histogram,
+    pub store_write_seconds: Histogram,
+    pub store_errors: Counter,
+    pub cache_errors: Counter,
+    pub received_to_durable_seconds: Histogram,
+    pub acks: Counter,
+    pub broker_skipped: Counter,
+    pub seq_gaps: Counter,
+}
+
+impl PipelineMetrics {
+    pub fn register() -> Self {
+        Self {
+            received: counter!(MESSAGES_RECEIVED),
+            stored: OutcomeCounters::new("stored"),
+            dead_letter: OutcomeCounters::new("dead_letter"),
+            duplicate: OutcomeCounters::new("duplicate"),
+            shed: OutcomeCounters::new("shed"),
+            dead_letter_reasons: Reject::ALL
+                .iter()
+                .map(|r| counter!(DEAD_LETTERS, "reason" => r.code()))
+                .collect(),
+            sink_queue_depth: gauge!(SINK_QUEUE_DEPTH),
+            batch_readings: histogram!(BATCH_READINGS),
+            store_write_seconds: histogram!(STORE_WRITE_SECONDS),
+            store_errors: counter!(STORE_ERRORS),
+            cache_errors: counter!(CACHE_ERRORS),
+            received_to_durable_seconds: histogram!(RECEIVED_TO_DURABLE_SECONDS),
+            acks: counter!(ACKS),
+            broker_skipped: counter!(BROKER_SKIPPED),
+            seq_gaps: counter!(SEQ_GAPS),
+        }
+    }
+
+    /// The per-reason dead-letter counter.
+    pub fn dead_letter_reason(&self, reason: Reject) -> &Counter {
+        let index = Reject::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .expect("ALL lists every reason");
+        &self.dead_letter_reasons[index]
+    }
+
+    /// The queue-depth gauge of one shard.
+    pub fn shard_queue_depth(shard: usize) -> Gauge {
+        gauge!(QUEUE_DEPTH, "shard" => shard.to_string())
+    }
+}

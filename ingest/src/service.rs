@@ -1,0 +1,153 @@
+//! Wires the pipeline together and runs it: broker → link loop → shard workers → sink
+//! (→ acks, cache), plus the HTTP server. [`Service::start`] returns once everything
+//! listens; [`Service::shutdown`] seals and drains what the shards hold.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context;
+use crossbeam_channel::{Sender, bounded};
+use meterflow_processors::ProcessorChain;
+use meterflow_storage::embedded::EmbeddedStore;
+use meterflow_storage::memory_cache::MemoryCache;
+use meterflow_storage::{HotCache, ReadingStore};
+use tokio::net::TcpListener;
+use tracing::info;
+
+use crate::broker;
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::link_loop::{BrokerLink, Inbound};
+use crate::metrics::{self, PipelineMetrics};
+use crate::shard::{ShardSettings, ShardWorker};
+use crate::sink::Sink;
+use crate::tenants::Tenants;
+
+/// A running meterflow.
+pub struct Service {
+    pub mqtt_addr: std::net::SocketAddr,
+    pub http_addr: std::net::SocketAddr,
+    /// Keeps the shard queues open; dropped by [`Service::shutdown`]. The link loop
+    /// holds its own senders, so shards are stopped through `stop_shards`.
+    shard_senders: Vec<Sender<Inbound>>,
+    shard_threads: Vec<JoinHandle<()>>,
+    sink_thread: JoinHandle<()>,
+    http_task: tokio::task::JoinHandle<()>,
+    stop_shards: Arc<AtomicBool>,
+}
+
+impl Service {
+    /// Starts every part on `runtime` (HTTP) and OS threads (broker, shards, sink).
+    pub async fn start(config: Config) -> anyhow::Result<Service> {
+        config.validate().map_err(|errors| {
+            anyhow::anyhow!("invalid configuration:\n  {}", errors.join("\n  "))
+        })?;
+        let prometheus = metrics::install();
+        let pipeline_metrics = PipelineMetrics::register();
+
+        std::fs::create_dir_all(&config.store.data_dir).with_context(|| {
+            format!(
+                "creating the data directory {}",
+                config.store.data_dir.display()
+            )
+        })?;
+        let store: Arc<dyn ReadingStore> = Arc::new(EmbeddedStore::open(&config.store.data_dir)?);
+        let cache: Arc<dyn HotCache> = Arc::new(MemoryCache::default());
+        let tenants = Arc::new(Tenants::from_config(&config));
+        let store_healthy = Arc::new(AtomicBool::new(true));
+
+        let http_listener = TcpListener::bind(config.http.listen)
+            .await
+            .with_context(|| format!("http.listen {} is not free", config.http.listen))?;
+        let http_addr = http_listener.local_addr()?;
+
+        let broker = broker::start(&config, pipeline_metrics.clone())?;
+        let p = &config.pipeline;
+        let shards = p.shard_count();
+        let (sink_tx, sink_rx) = bounded(p.sink_queue);
+        let settings = ShardSettings {
+            limits: config.limits.clone(),
+            batch_readings: p.batch_readings,
+            linger: Duration::from_millis(p.linger_ms),
+            resend_window_ms: (p.resend_window_s * 1000) as i64,
+        };
+        let stop_shards = Arc::new(AtomicBool::new(false));
+        let mut shard_senders = Vec::with_capacity(shards);
+        let mut shard_threads = Vec::with_capacity(shards);
+        for shard in 0..shards {
+            let (tx, rx) = bounded(p.shard_queue);
+            shard_senders.push(tx);
+            let worker = ShardWorker::new(
+                shard,
+                settings.clone(),
+                rx,
+                sink_tx.clone(),
+                store.clone(),
+                tenants.clone(),
+                ProcessorChain::standard(),
+                pipeline_metrics.clone(),
+                stop_shards.clone(),
+            );
+            shard_threads.push(worker.spawn()?);
+        }
+        drop(sink_tx);
+        let sink_thread = Sink {
+            inbox: sink_rx,
+            store: store.clone(),
+            cache: cache.clone(),
+            acks: broker.link_tx,
+            metrics: pipeline_metrics.clone(),
+            store_healthy: store_healthy.clone(),
+        }
+        .spawn()?;
+        let link = BrokerLink {
+            rx: broker.link_rx,
+            shards: shard_senders.clone(),
+            shed_after: Duration::from_millis(p.shed_after_ms),
+            metrics: pipeline_metrics,
+        };
+        std::thread::Builder::new()
+            .name("broker-link".into())
+            .spawn(move || link.run())?;
+
+        let app = http::router(AppState {
+            store,
+            cache,
+            tenants,
+            prometheus,
+            store_healthy,
+            mqtt_listen: broker.listen,
+        });
+        let http_task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(http_listener, app).await {
+                tracing::error!(error = %e, "http server stopped");
+            }
+        });
+        info!(mqtt = %broker.listen, http = %http_addr, shards, data = %config.store.data_dir.display(), "meterflow running");
+        Ok(Service {
+            mqtt_addr: broker.listen,
+            http_addr,
+            shard_senders,
+            shard_threads,
+            sink_thread,
+            http_task,
+            stop_shards,
+        })
+    }
+
+    /// Seals what the shards hold, waits until it is durable and acked, then stops.
+    /// Uplinks still in the broker are not taken: their meters resend them.
+    pub fn shutdown(self) {
+        self.stop_shards
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(self.shard_senders);
+        for thread in self.shard_threads {
+            let _ = thread.join();
+        }
+        let _ = self.sink_thread.join();
+        self.http_task.abort();
+        info!("meterflow stopped: everything taken in is durable and acked");
+    }
+}

@@ -1,0 +1,468 @@
+//! A shard worker: one OS thread that owns every meter hashed to its shard — their
+//! state, their dedupe window, their open batch — so nothing here takes a lock
+//! (DESIGN §2).
+//!
+//! Per uplink: topic and ids → tenant rules → size → decode → contract checks → MAC →
+//! hydrate the meter's state on first sight → dedupe by seq → append to the open batch.
+//! A batch seals when it holds `batch_readings` readings or its oldest message has
+//! waited `linger`; the sealed batch runs through the processors and goes to the sink
+//! with every touched meter's state. Rejected uplinks become dead letters in the same
+//! batch, so they are durable before they count.
+//!
+//! Invariant: a meter's state in a sealed batch reflects exactly the messages in that
+//! batch and earlier ones of this shard; the sink makes batches of one shard durable in
+//! order, so the watermark it acks is never ahead of the store.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use meterflow_model::batch::{DEAD_LETTER_PAYLOAD_CAP, INVALID_TENANT};
+use meterflow_model::check::{check_payload_size, check_uplink};
+use meterflow_model::seq_window::SkippedGap;
+use meterflow_model::topic::split_uplink;
+use meterflow_model::{
+    Admission, DeadLetter, Limits, MeterBatch, MeterId, MeterKey, MeterState, Outputs, Quality,
+    Reject, SealedBatch, StoredReading, TenantId, Uplink, codec,
+};
+use meterflow_processors::ProcessorChain;
+use meterflow_storage::ReadingStore;
+use metrics::Gauge;
+use tracing::{error, info, warn};
+
+use crate::clock::now_ms;
+use crate::link_loop::Inbound;
+use crate::metrics::PipelineMetrics;
+use crate::tenants::Tenants;
+
+/// How often open seq gaps are checked against the resend window.
+const GAP_SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Back-off between attempts to read a meter's state while the store is failing.
+const HYDRATE_RETRY: Duration = Duration::from_millis(500);
+
+/// A sealed batch with what the processors made of it, on its way to the sink.
+pub struct SinkItem {
+    pub batch: SealedBatch,
+    pub outputs: Outputs,
+    /// When the oldest message of the batch was received (monotonic).
+    pub oldest: Option<Instant>,
+}
+
+/// Settings a shard worker needs.
+#[derive(Clone)]
+pub struct ShardSettings {
+    pub limits: Limits,
+    pub batch_readings: usize,
+    pub linger: Duration,
+    pub resend_window_ms: i64,
+}
+
+pub struct ShardWorker {
+    shard: usize,
+    settings: ShardSettings,
+    inbox: Receiver<Inbound>,
+    sink: Sender<SinkItem>,
+    store: Arc<dyn ReadingStore>,
+    tenants: Arc<Tenants>,
+    processors: ProcessorChain,
+    metrics: PipelineMetrics,
+    queue_depth: Gauge,
+    /// State of every meter seen since start (hydrated from the store on first sight).
+    meters: HashMap<MeterKey, MeterState>,
+    /// Meters whose seq window has an open gap, checked by the sweep.
+    gapped: HashSet<MeterKey>,
+    open: OpenBatch,
+    sealed_count: u64,
+    dead_letter_ids: u64,
+    /// Set at shutdown: the worker seals what it holds and stops, even though the
+    /// broker link still holds a sender to its inbox.
+    stop: Arc<AtomicBool>,
+}
+
+/// The batch being filled.
+#[derive(Default)]
+struct OpenBatch {
+    meters: Vec<MeterBatch>,
+    index: HashMap<MeterKey, usize>,
+    dead_letters: Vec<DeadLetter>,
+    readings: usize,
+    oldest: Option<Instant>,
+}
+
+impl OpenBatch {
+    fn is_empty(&self) -> bool {
+        self.meters.is_empty() && self.dead_letters.is_empty()
+    }
+
+    /// The open batch's entry for `key`, created on first use.
+    fn meter(&mut self, key: &MeterKey) -> &mut MeterBatch {
+        let index = *self.index.entry(key.clone()).or_insert_with(|| {
+            self.meters.push(MeterBatch {
+                key: key.clone(),
+                readings: Vec::new(),
+                state: MeterState::default(),
+                messages: 0,
+                duplicates: 0,
+                first_received_at: None,
+            });
+            self.meters.len() - 1
+        });
+        &mut self.meters[index]
+    }
+}
+
+/// Why an uplink was not taken, with what could be read of it.
+struct Rejection {
+    reason: Reject,
+    /// The uplink's seq, when it decoded.
+    seq: Option<u64>,
+    /// Readings it carried, when it decoded.
+    readings: usize,
+    /// Whether the meter's window already knew its seq: a resend of an uplink that
+    /// was dead-lettered before, already counted as a duplicate and not stored again.
+    duplicate: bool,
+}
+
+impl From<Reject> for Rejection {
+    fn from(reason: Reject) -> Self {
+        Rejection {
+            reason,
+            seq: None,
+            readings: 0,
+            duplicate: false,
+        }
+    }
+}
+
+impl ShardWorker {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        shard: usize,
+        settings: ShardSettings,
+        inbox: Receiver<Inbound>,
+        sink: Sender<SinkItem>,
+        store: Arc<dyn ReadingStore>,
+        tenants: Arc<Tenants>,
+        processors: ProcessorChain,
+        metrics: PipelineMetrics,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            shard,
+            settings,
+            inbox,
+            sink,
+            store,
+            tenants,
+            processors,
+            queue_depth: PipelineMetrics::shard_queue_depth(shard),
+            metrics,
+            meters: HashMap::new(),
+            gapped: HashSet::new(),
+            open: OpenBatch::default(),
+            sealed_count: 0,
+            dead_letter_ids: 0,
+            stop,
+        }
+    }
+
+    /// Starts the worker on its own thread. It runs until its inbox closes, then
+    /// seals what it holds and stops.
+    pub fn spawn(self) -> std::io::Result<thread::JoinHandle<()>> {
+        thread::Builder::new()
+            .name(format!("shard-{}", self.shard))
+            .spawn(move || self.run())
+    }
+
+    fn run(mut self) {
+        let mut next_sweep = Instant::now() + GAP_SWEEP_EVERY;
+        loop {
+            let deadline = match self.open.oldest {
+                Some(oldest) => (oldest + self.settings.linger).min(next_sweep),
+                None => next_sweep,
+            };
+            match self.inbox.recv_deadline(deadline) {
+                Ok(inbound) => {
+                    self.handle(inbound);
+                    if self.open.readings >= self.settings.batch_readings {
+                        self.seal();
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.seal();
+                    return;
+                }
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                self.seal();
+                return;
+            }
+            let now = Instant::now();
+            if now >= next_sweep {
+                self.sweep_gaps();
+                next_sweep = now + GAP_SWEEP_EVERY;
+                self.queue_depth.set(self.inbox.len() as f64);
+            }
+            if self
+                .open
+                .oldest
+                .is_some_and(|oldest| now >= oldest + self.settings.linger)
+            {
+                self.seal();
+            }
+        }
+    }
+
+    fn handle(&mut self, inbound: Inbound) {
+        self.open.oldest.get_or_insert(inbound.received);
+        if let Err(rejection) = self.accept(&inbound) {
+            self.dead_letter(&inbound, rejection);
+        }
+    }
+
+    /// Takes an uplink into the open batch, or says why not.
+    ///
+    /// An uplink that decodes and carries a valid MAC (where one is needed) but breaks
+    /// a contract rule still moves the meter's seq window: it is stored as a dead
+    /// letter, and resending it cannot change the verdict, so the meter is acked past
+    /// it instead of resending it until the resend window runs out. Uplinks that fail
+    /// earlier (bad topic, undecodable, bad MAC) say nothing trustworthy about the
+    /// meter's seqs and leave its window alone — otherwise a forger could advance a
+    /// victim meter's watermark over a real message.
+    fn accept(&mut self, inbound: &Inbound) -> Result<(), Rejection> {
+        let parts = split_uplink(&inbound.topic)?;
+        let tenant_id = TenantId::parse(parts.tenant)?;
+        let meter_id = MeterId::parse(parts.meter)?;
+        let tenant = self
+            .tenants
+            .get(parts.tenant)
+            .ok_or(Reject::UnknownTenant)?;
+        tenant.admits(&meter_id)?;
+        check_payload_size(inbound.payload.len(), &self.settings.limits)?;
+        let uplink = codec::decode(&inbound.payload)?;
+        let seq = uplink.seq;
+        tenant
+            .check_mac(&meter_id, &uplink)
+            .map_err(|reason| Rejection {
+                reason,
+                seq: Some(seq),
+                readings: uplink.readings.len(),
+                duplicate: false,
+            })?;
+        let key = MeterKey::new(tenant_id, meter_id);
+        if let Err(reason) = check_uplink(&uplink, &self.settings.limits, inbound.received_at) {
+            let duplicate = self.admit(key, &uplink, inbound, false) == Admission::Duplicate;
+            return Err(Rejection {
+                reason,
+                seq: Some(seq),
+                readings: uplink.readings.len(),
+                duplicate,
+            });
+        }
+        self.admit(key, &uplink, inbound, true);
+        Ok(())
+    }
+
+    /// Runs the uplink's seq through the meter's window and, when `store` and new,
+    /// appends its readings to the open batch. Either way the meter joins the batch,
+    /// so its watermark is acked once the batch is durable.
+    fn admit(
+        &mut self,
+        key: MeterKey,
+        uplink: &Uplink,
+        inbound: &Inbound,
+        store: bool,
+    ) -> Admission {
+        let state = self.state_of(&key);
+        let mut skipped = Vec::new();
+        let admission = state
+            .seq
+            .admit(uplink.seq, inbound.received_at, &mut skipped);
+        let gap_open = state.seq.has_gap();
+        self.record_gaps(&key, &skipped);
+        if gap_open {
+            self.gapped.insert(key.clone());
+        } else {
+            self.gapped.remove(&key);
+        }
+        let entry = self.open.meter(&key);
+        match admission {
+            Admission::Duplicate => {
+                entry.duplicates += 1;
+                self.metrics.duplicate.add(1, uplink.readings.len() as u64);
+            }
+            Admission::New if store => {
+                entry.messages += 1;
+                entry.first_received_at.get_or_insert(inbound.received_at);
+                entry
+                    .readings
+                    .extend(uplink.readings.iter().map(|reading| StoredReading {
+                        reading: *reading,
+                        seq: uplink.seq,
+                        received_at: inbound.received_at,
+                        quality: Quality::Actual,
+                        interval_l: None,
+                    }));
+                self.open.readings += uplink.readings.len();
+            }
+            Admission::New => {}
+        }
+        admission
+    }
+
+    /// The meter's state, hydrated from the store the first time it is seen.
+    fn state_of(&mut self, key: &MeterKey) -> &mut MeterState {
+        if !self.meters.contains_key(key) {
+            let state = self.hydrate(key);
+            self.meters.insert(key.clone(), state);
+        }
+        self.meters.get_mut(key).expect("inserted above")
+    }
+
+    /// Reads a meter's persisted state. Without it a resend would count as new usage,
+    /// so while the store cannot answer the shard waits (and backpressure builds).
+    fn hydrate(&self, key: &MeterKey) -> MeterState {
+        let mut logged = false;
+        loop {
+            match self.store.meter_state(key) {
+                Ok(state) => return state.unwrap_or_default(),
+                Err(e) => {
+                    if !logged {
+                        error!(shard = self.shard, meter = %key, error = %e, "cannot read meter state; waiting for the store");
+                        logged = true;
+                    }
+                    thread::sleep(HYDRATE_RETRY);
+                }
+            }
+        }
+    }
+
+    fn record_gaps(&self, key: &MeterKey, skipped: &[SkippedGap]) {
+        for gap in skipped {
+            self.metrics.seq_gaps.increment(1);
+            warn!(meter = %key, first = gap.first, last = gap.last, "seq gap skipped: these messages never arrived");
+        }
+    }
+
+    /// Skips gaps older than the resend window; the meter's new watermark is acked
+    /// with the next batch.
+    fn sweep_gaps(&mut self) {
+        if self.gapped.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        let window = self.settings.resend_window_ms;
+        let mut closed = Vec::new();
+        for key in &self.gapped {
+            let Some(state) = self.meters.get_mut(key) else {
+                continue;
+            };
+            if let Some(gap) = state.seq.expire_gap(now, window) {
+                self.metrics.seq_gaps.increment(1);
+                warn!(meter = %key, first = gap.first, last = gap.last, "seq gap skipped after the resend window");
+                closed.push((key.clone(), state.seq.has_gap()));
+            }
+        }
+        for (key, still_gapped) in closed {
+            self.open.meter(&key);
+            self.open.oldest.get_or_insert_with(Instant::now);
+            if !still_gapped {
+                self.gapped.remove(&key);
+            }
+        }
+    }
+
+    fn dead_letter(&mut self, inbound: &Inbound, rejection: Rejection) {
+        let Rejection {
+            reason,
+            seq,
+            readings,
+            duplicate,
+        } = rejection;
+        if duplicate {
+            return;
+        }
+        let parts = split_uplink(&inbound.topic).ok();
+        let tenant = parts.as_ref().and_then(|p| valid_id(p.tenant));
+        let meter = parts.as_ref().and_then(|p| valid_id(p.meter));
+        let correlation_id = format!(
+            "{}/{}/{}",
+            tenant.unwrap_or("-"),
+            meter.unwrap_or("-"),
+            seq.map_or_else(|| "-".to_string(), |s| s.to_string())
+        );
+        warn!(
+            correlation_id,
+            reason = reason.code(),
+            "dead letter: {reason}"
+        );
+        self.metrics.dead_letter.add(1, readings as u64);
+        self.metrics.dead_letter_reason(reason).increment(1);
+        self.dead_letter_ids += 1;
+        let payload_len = inbound.payload.len().min(DEAD_LETTER_PAYLOAD_CAP);
+        self.open.dead_letters.push(DeadLetter {
+            tenant: tenant.unwrap_or(INVALID_TENANT).to_string(),
+            received_at: inbound.received_at,
+            id: ((self.shard as u64) << 48) | (self.dead_letter_ids & 0xFFFF_FFFF_FFFF),
+            topic: String::from_utf8_lossy(&inbound.topic).into_owned(),
+            payload: inbound.payload[..payload_len].to_vec(),
+            reason,
+            correlation_id,
+        });
+    }
+
+    /// Seals the open batch, runs the processors and hands it to the sink. Blocks
+    /// while the sink queue is full: that is the pipeline's backpressure.
+    fn seal(&mut self) {
+        if self.open.is_empty() {
+            self.open.oldest = None;
+            return;
+        }
+        let open = std::mem::take(&mut self.open);
+        let mut meters = open.meters;
+        for meter in &mut meters {
+            meter.state = self.meters.get(&meter.key).cloned().unwrap_or_default();
+        }
+        self.sealed_count += 1;
+        let mut batch = SealedBatch {
+            shard: self.shard,
+            number: self.sealed_count,
+            meters,
+            dead_letters: open.dead_letters,
+        };
+        let mut outputs = Outputs::default();
+        self.processors.process(&mut batch, &mut outputs);
+        for meter in &batch.meters {
+            if let Some(state) = self.meters.get_mut(&meter.key) {
+                state.usage = meter.state.usage.clone();
+            }
+        }
+        self.metrics
+            .batch_readings
+            .record(batch.reading_count() as f64);
+        if self
+            .sink
+            .send(SinkItem {
+                batch,
+                outputs,
+                oldest: open.oldest,
+            })
+            .is_err()
+        {
+            info!(shard = self.shard, "sink gone; shard stopping");
+        }
+    }
+}
+
+/// An id from a topic, when it is well-formed (and so plain ASCII).
+fn valid_id(raw: &[u8]) -> Option<&str> {
+    if meterflow_model::ids::is_valid_id(raw) {
+        std::str::from_utf8(raw).ok()
+    } else {
+        None
+    }
+}

@@ -1,0 +1,172 @@
+//! The sink stage: makes sealed batches durable, then acks and caches them.
+//!
+//! One thread takes sealed batches from every shard, in arrival order (each shard's
+//! batches arrive in sealing order), and writes them in groups: one durable store
+//! write — one fsync in the embedded store — carries every batch waiting, up to
+//! [`MAX_GROUP_READINGS`]. Only after the write returns does it publish each touched
+//! meter's watermark on its ack topic (coalesced: one ack per meter per group) and
+//! update the hot cache.
+//!
+//! Failure policy (DESIGN §6.6): a failed store write is retried with exponential
+//! backoff and jitter, forever — nothing is acked meanwhile, the sink queue fills, the
+//! shard workers block and the meters see slower acks and resend. A failed cache update
+//! is counted and logged; storing and acking go on (the cache holds absolute values,
+//! so the next update repairs it).
+//!
+//! The sink runs on a plain OS thread, not tokio: the embedded store's writes block
+//! on fsync and the thread does nothing else.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use meterflow_model::{MeterKey, Outputs, SealedBatch, ack, topic};
+use meterflow_storage::{HotCache, ReadingStore};
+use rumqttd::local::LinkTx;
+use tracing::{error, info, warn};
+
+use crate::metrics::PipelineMetrics;
+use crate::shard::SinkItem;
+
+/// Readings per group write. Large groups amortise the fsync; this bound keeps one
+/// write (and the acks waiting on it) to a few tens of milliseconds.
+const MAX_GROUP_READINGS: usize = 64 * 1024;
+/// First retry delay after a failed store write; doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+/// Longest wait between store write attempts: an outage is probed every few seconds.
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+pub struct Sink {
+    pub inbox: Receiver<SinkItem>,
+    pub store: Arc<dyn ReadingStore>,
+    pub cache: Arc<dyn HotCache>,
+    pub acks: LinkTx,
+    pub metrics: PipelineMetrics,
+    /// False while store writes are failing (for `/readyz`).
+    pub store_healthy: Arc<AtomicBool>,
+}
+
+impl Sink {
+    pub fn spawn(self) -> std::io::Result<thread::JoinHandle<()>> {
+        thread::Builder::new()
+            .name("sink".into())
+            .spawn(move || self.run())
+    }
+
+    /// Runs until every shard has stopped and the queue is drained.
+    fn run(mut self) {
+        while let Ok(first) = self.inbox.recv() {
+            let mut group = vec![first];
+            let mut readings = group[0].batch.reading_count();
+            while readings < MAX_GROUP_READINGS {
+                match self.inbox.try_recv() {
+                    Ok(item) => {
+                        readings += item.batch.reading_count();
+                        group.push(item);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.metrics.sink_queue_depth.set(self.inbox.len() as f64);
+            self.commit(group);
+        }
+        info!("sink drained");
+    }
+
+    fn commit(&mut self, group: Vec<SinkItem>) {
+        let (batches, outputs): (Vec<SealedBatch>, Vec<(Outputs, Option<Instant>)>) = group
+            .into_iter()
+            .map(|item| (item.batch, (item.outputs, item.oldest)))
+            .unzip();
+        self.write_durably(&batches);
+        let durable_at = Instant::now();
+        for (_, oldest) in &outputs {
+            if let Some(oldest) = oldest {
+                self.metrics
+                    .received_to_durable_seconds
+                    .record(durable_at.duration_since(*oldest).as_secs_f64());
+            }
+        }
+        self.count_stored(&batches);
+        self.publish_acks(&batches);
+        for (out, _) in &outputs {
+            if let Err(e) = self.cache.apply(out) {
+                self.metrics.cache_errors.increment(1);
+                warn!(error = %e, "hot cache update failed; storing and acking go on");
+            }
+        }
+    }
+
+    /// Writes until the store accepts, backing off between attempts.
+    fn write_durably(&self, batches: &[SealedBatch]) {
+        let mut delay = RETRY_FIRST;
+        let mut attempt = 0u32;
+        loop {
+            let started = Instant::now();
+            match self.store.write(batches) {
+                Ok(()) => {
+                    self.metrics
+                        .store_write_seconds
+                        .record(started.elapsed().as_secs_f64());
+                    if attempt > 0 {
+                        info!(
+                            attempts = attempt + 1,
+                            "store writes succeed again; draining"
+                        );
+                    }
+                    self.store_healthy.store(true, Ordering::Relaxed);
+                    return;
+                }
+                Err(e) => {
+                    self.metrics.store_errors.increment(1);
+                    self.store_healthy.store(false, Ordering::Relaxed);
+                    if attempt == 0 || attempt.is_power_of_two() {
+                        error!(error = %e, attempt, retryable = e.is_retryable(), "store write failed; holding acks and retrying");
+                    }
+                    attempt += 1;
+                    thread::sleep(jittered(delay));
+                    delay = (delay * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    fn count_stored(&self, batches: &[SealedBatch]) {
+        let (messages, readings) =
+            batches
+                .iter()
+                .flat_map(|b| &b.meters)
+                .fold((0u64, 0u64), |(m, r), meter| {
+                    (
+                        m + u64::from(meter.messages),
+                        r + meter.readings.len() as u64,
+                    )
+                });
+        self.metrics.stored.add(messages, readings);
+    }
+
+    /// Publishes each touched meter's watermark once: the latest batch's state wins.
+    fn publish_acks(&mut self, batches: &[SealedBatch]) {
+        let mut watermarks: HashMap<&MeterKey, u64> = HashMap::new();
+        for meter in batches.iter().flat_map(|b| &b.meters) {
+            if let Some(w) = meter.state.seq.watermark() {
+                watermarks.insert(&meter.key, w);
+            }
+        }
+        for (key, seq) in watermarks {
+            if let Err(e) = self.acks.publish(topic::ack_topic(key), ack::encode(seq)) {
+                warn!(meter = %key, error = %e, "ack not published; the meter will resend and be acked then");
+                continue;
+            }
+            self.metrics.acks.increment(1);
+        }
+    }
+}
+
+/// `delay` scaled by a factor in [0.5, 1.5), so meters' retries do not synchronise.
+fn jittered(delay: Duration) -> Duration {
+    delay.mul_f64(rand::random_range(0.5..1.5))
+}

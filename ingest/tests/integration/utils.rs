@@ -1,0 +1,285 @@
+//! Starting and stopping a real `meterflow` process, reading its HTTP API and metrics,
+//! and the simulator's ground truth.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use meterflow_model::{MeterKey, MeterState, StoredReading, Uplink};
+use meterflow_simulator::{SimConfig, meter_messages};
+use meterflow_storage::ReadingStore;
+use meterflow_storage::embedded::EmbeddedStore;
+
+/// How long a fresh meterflow gets to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(crate) fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().unwrap()
+}
+
+/// A meterflow process.
+pub(crate) struct Meterflow {
+    child: Option<Child>,
+    pub(crate) mqtt: SocketAddr,
+    pub(crate) http: SocketAddr,
+    log: PathBuf,
+}
+
+impl Meterflow {
+    /// Starts meterflow on fresh ports with its data in `data`.
+    pub(crate) fn start(data: &Path) -> Meterflow {
+        Self::start_on(data, free_addr(), free_addr())
+    }
+
+    /// Starts meterflow on the given ports (to restart "the same" service).
+    pub(crate) fn start_on(data: &Path, mqtt: SocketAddr, http: SocketAddr) -> Meterflow {
+        let log = data.with_extension(format!(
+            "{}.log",
+            Instant::now().elapsed().as_nanos() ^ u128::from(http.port())
+        ));
+        let stderr = File::create(&log).expect("create the log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_meterflow"))
+            .args([
+                "run",
+                "--mqtt",
+                &mqtt.to_string(),
+                "--http",
+                &http.to_string(),
+                "--data",
+            ])
+            .arg(data)
+            .env("MF_LOG_LEVEL", "info,rumqttd=warn")
+            .env("MF_SHARDS", "2")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start the meterflow binary");
+        let mut service = Meterflow {
+            child: Some(child),
+            mqtt,
+            http,
+            log,
+        };
+        service.wait_ready();
+        service
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("meterflow exited early ({status}):\n{}", self.log_tail());
+            }
+            if self.get("/readyz").0 == 200 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "meterflow not ready after {READY_TIMEOUT:?}:\n{}",
+            self.log_tail()
+        );
+    }
+
+    pub(crate) fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<_> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// `kill -9`: no chance to flush anything.
+    pub(crate) fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL meterflow");
+            child.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM and wait: meterflow seals and stores what it holds.
+    pub(crate) fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let status = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    assert!(
+                        status.success(),
+                        "meterflow exited with {status}:\n{}",
+                        self.log_tail()
+                    );
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "meterflow did not stop on SIGTERM:\n{}",
+                    self.log_tail()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// GET a path; returns the status and the body.
+    pub(crate) fn get(&self, path: &str) -> (u16, String) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        match agent.get(&format!("http://{}{path}", self.http)).call() {
+            Ok(mut response) => (
+                response.status().as_u16(),
+                response.body_mut().read_to_string().unwrap_or_default(),
+            ),
+            Err(_) => (0, String::new()),
+        }
+    }
+
+    pub(crate) fn get_json(&self, path: &str) -> serde_json::Value {
+        let (status, body) = self.get(path);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// The Prometheus metrics, `name{labels}` → value.
+    pub(crate) fn metrics(&self) -> Metrics {
+        let (status, body) = self.get("/metrics");
+        assert_eq!(status, 200);
+        Metrics(
+            body.lines()
+                .filter(|l| !l.starts_with('#') && !l.is_empty())
+                .filter_map(|l| {
+                    let (name, value) = l.rsplit_once(' ')?;
+                    Some((name.to_string(), value.parse().ok()?))
+                })
+                .collect(),
+        )
+    }
+
+    /// A simulator config aimed at this service. Resolve it (`resolved_now`) after
+    /// setting the fleet's size: the first reading's timestamp depends on it.
+    pub(crate) fn sim_config(&self) -> SimConfig {
+        SimConfig {
+            mqtt: self.mqtt.to_string(),
+            ..SimConfig::default()
+        }
+    }
+}
+
+impl Drop for Meterflow {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub(crate) struct Metrics(pub(crate) HashMap<String, f64>);
+
+impl Metrics {
+    pub(crate) fn value(&self, key: &str) -> f64 {
+        self.0.get(key).copied().unwrap_or(0.0)
+    }
+
+    pub(crate) fn messages(&self, outcome: &str) -> f64 {
+        self.value(&format!(
+            "meterflow_messages_total{{outcome=\"{outcome}\"}}"
+        ))
+    }
+
+    pub(crate) fn received(&self) -> f64 {
+        self.value("meterflow_messages_received_total")
+    }
+
+    /// received = stored + dead_letter + duplicate + shed (DESIGN §6.4).
+    pub(crate) fn assert_accounted(&self) {
+        let outcomes: f64 = ["stored", "dead_letter", "duplicate", "shed"]
+            .iter()
+            .map(|o| self.messages(o))
+            .sum();
+        assert_eq!(
+            self.received(),
+            outcomes,
+            "received must equal the sum of outcomes: {:?}",
+            self.0
+        );
+    }
+}
+
+/// Every message a simulated meter sends, in seq order.
+pub(crate) fn ground_truth(config: &SimConfig, meter_index: usize) -> Vec<Uplink> {
+    let mut messages = meter_messages(config, meter_index);
+    let mut out = Vec::new();
+    let mut uplink = Uplink::new(0, Vec::new());
+    while messages.fill_next(&mut uplink) {
+        out.push(uplink.clone());
+    }
+    out
+}
+
+/// Checks the store holds exactly the simulated readings of every meter of `config`
+/// (count and values) and returns each meter's persisted state.
+pub(crate) fn assert_store_matches(data: &Path, config: &SimConfig) -> Vec<(MeterKey, MeterState)> {
+    let store = EmbeddedStore::open(data).expect("open the store after meterflow stopped");
+    let mut states = Vec::new();
+    for index in config.meter_indices() {
+        let key = config.meter_key(index).unwrap();
+        let expected: Vec<(u64, meterflow_model::Reading)> = ground_truth(config, index)
+            .into_iter()
+            .flat_map(|u| u.readings.into_iter().map(move |r| (u.seq, r)))
+            .collect();
+        let stored: Vec<StoredReading> = store
+            .readings(&key, i64::MIN, i64::MAX, usize::MAX)
+            .unwrap();
+        let got: Vec<(u64, meterflow_model::Reading)> =
+            stored.iter().map(|s| (s.seq, s.reading)).collect();
+        assert_eq!(got.len(), expected.len(), "reading count of {key}");
+        assert_eq!(got, expected, "readings of {key}");
+        let state = store
+            .meter_state(&key)
+            .unwrap()
+            .expect("meter state persisted");
+        assert_eq!(
+            state.seq.watermark(),
+            Some(config.messages_per_meter),
+            "watermark of {key}"
+        );
+        states.push((key, state));
+    }
+    states
+}
+
+/// Today's usage as the usage processor defines it: the register delta over the
+/// readings of the newest reading's UTC day.
+pub(crate) fn expected_today_l(config: &SimConfig, meter_index: usize) -> u64 {
+    let readings: Vec<_> = ground_truth(config, meter_index)
+        .into_iter()
+        .flat_map(|u| u.readings)
+        .collect();
+    let last = readings.last().unwrap();
+    let day = meterflow_model::time::day_of(last.ts);
+    let base = readings
+        .iter()
+        .rev()
+        .find(|r| meterflow_model::time::day_of(r.ts) < day)
+        .unwrap_or(&readings[0]);
+    last.reg - base.reg
+}
+
+/// Path of a command-line tool the test needs; fails loudly when it is missing.
+pub(crate) fn tool(name: &str) -> PathBuf {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file());
+    found.unwrap_or_else(|| {
+        panic!("{name} is not installed: run the README's test command (scripts/test), which installs mosquitto-clients")
+    })
+}

@@ -1,0 +1,389 @@
+//! One simulated meter: an MQTT v3.1.1 connection of its own (client id
+//! `{tenant}.{meter}`, clean session) that publishes its ground-truth uplinks at QoS 1
+//! to `meters/{t}/{m}/up`, listens at QoS 0 on `meters/{t}/{m}/ack`, keeps every
+//! message until an ack covers it, and resends.
+//!
+//! Each meter is two tokio tasks joined by a [`MeterLink`] (atomics + a `Notify`):
+//! - the **connection driver** owns the rumqttc `EventLoop` and does nothing but poll
+//!   it: it is never cancelled mid-poll (rumqttc's `poll` is not cancel-safe — a
+//!   dropped poll can lose a publish that its state already counts as in flight, which
+//!   stalls the connection on a packet-id collision). It re-subscribes on every
+//!   ConnAck, folds acks into the link's watermark, and backs off between failed
+//!   connects;
+//! - the **meter logic** owns the [`UnackedWindow`], the generator and the latency
+//!   histogram; it wakes on an ack, a reconnect, a resend timer, a pacing slot, the
+//!   deadline or a stop request, and only ever *offers* publishes to the driver without
+//!   waiting (see [`offer_publish`]).
+//!
+//! Acks are cumulative, so the link needs no queue: the driver keeps the highest seq
+//! seen (`fetch_max`) and the logic clears everything at or below it. A reconnect
+//! bumps the link's epoch; the logic then resends every unacked message, because a
+//! clean session means the broker forgot them (and rumqttc drops its own in-flight
+//! copies when the new session is not resumed).
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use meterflow_model::limits::DEFAULT_MAX_PAYLOAD_BYTES;
+use meterflow_model::{MeterKey, Uplink, ack, topic};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming, MqttOptions,
+    NetworkOptions, Outgoing, QoS, Request, Subscribe, SubscribeReasonCode,
+};
+use tokio::sync::{Notify, Semaphore, watch};
+use tracing::{debug, warn};
+
+use crate::config::SimConfig;
+use crate::generator::{encode_payload, meter_messages};
+use crate::pacing::{Backoff, Pacer};
+use crate::report::FleetCounters;
+use crate::window::UnackedWindow;
+
+/// MQTT keep-alive. A broker that vanishes without closing the socket (host down,
+/// network partition) is noticed after at most two of these; a killed broker process
+/// is noticed at once because its kernel resets the connections.
+const KEEP_ALIVE: Duration = Duration::from_secs(30);
+/// Largest packet a meter sends: the wire's payload limit plus room for the topic and
+/// the fixed header. rumqttc's default (10 KiB) is smaller than a 256-reading JSON
+/// uplink and fails the whole connection when exceeded.
+const MAX_OUTGOING_PACKET: usize = DEFAULT_MAX_PAYLOAD_BYTES + 1024;
+/// Largest packet a meter accepts: acks are `{"seq":N}`, a few dozen bytes.
+const MAX_INCOMING_PACKET: usize = 4 * 1024;
+/// How long a finished meter waits for its DISCONNECT to go out before it drops the
+/// connection anyway.
+const DISCONNECT_GRACE: Duration = Duration::from_secs(1);
+
+/// Latencies above an hour are recorded as an hour: a run never lasts that long, and
+/// the clamp bounds each histogram's growth.
+const MAX_RECORDED_LATENCY_US: u64 = 3_600 * 1_000_000;
+
+/// What every meter task shares: read-only settings and fleet-wide atomics.
+#[derive(Debug)]
+pub(crate) struct FleetShared {
+    pub(crate) config: SimConfig,
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) counters: Arc<FleetCounters>,
+    pub(crate) pacer: Option<Pacer>,
+    /// Bounds connection attempts in flight (the connect ramp).
+    pub(crate) connect_gate: Semaphore,
+    pub(crate) deadline: Instant,
+    /// Set once the first refused CONNECT was logged, so 1,000 meters with bad
+    /// credentials log one warning, not 1,000.
+    pub(crate) refusal_logged: AtomicBool,
+}
+
+/// Driver → logic signals of one meter.
+#[derive(Debug, Default)]
+struct MeterLink {
+    /// Highest seq any ack named (cumulative).
+    acked: AtomicU64,
+    /// Incremented on every ConnAck.
+    epoch: AtomicU64,
+    connected: AtomicBool,
+    /// Wakes the logic after any change above.
+    wake: Notify,
+}
+
+/// What a meter task hands back when it ends.
+#[derive(Debug)]
+pub(crate) struct MeterOutcome {
+    pub(crate) latency_us: Histogram<u64>,
+    /// When the meter's last ack arrived or it gave up.
+    pub(crate) finished: Instant,
+}
+
+/// A new per-meter latency histogram: 2 significant digits (1 % resolution) and
+/// auto-resizing, which keeps it to a few KiB per meter for latencies up to minutes.
+pub(crate) fn new_latency_histogram() -> Histogram<u64> {
+    // 2 significant digits is within hdrhistogram's 0..=5, so this cannot fail.
+    Histogram::new(2).expect("2 significant digits is a valid precision")
+}
+
+/// Runs meter `index` to completion, the deadline, or a stop request.
+pub(crate) async fn run_meter(
+    index: usize,
+    key: MeterKey,
+    fleet: Arc<FleetShared>,
+    mut stop: watch::Receiver<bool>,
+) -> MeterOutcome {
+    let config = &fleet.config;
+    let counters = &fleet.counters;
+    let uplink_topic = topic::uplink_topic(&key);
+    let ack_topic = topic::ack_topic(&key);
+
+    // Requests a meter can have queued: a window of new messages, a window of
+    // resends, plus subscribe/disconnect. The channel should never fill; if it does
+    // (the broker stopped taking publishes) the offer is dropped and the ack timeout
+    // resends it.
+    let capacity = config.window * 2 + 8;
+    let mut options = MqttOptions::new(topic::client_id(&key), fleet.host.clone(), fleet.port);
+    options
+        .set_keep_alive(KEEP_ALIVE)
+        .set_clean_session(true)
+        .set_max_packet_size(MAX_INCOMING_PACKET, MAX_OUTGOING_PACKET)
+        .set_request_channel_capacity(capacity)
+        // Resends can overlap their originals at the broker: twice the window keeps
+        // rumqttc's in-flight limit from ever being what throttles a meter.
+        .set_inflight(u16::try_from(config.window * 2 + 2).unwrap_or(u16::MAX));
+    if let (Some(user), Some(password)) = (&config.username, &config.password) {
+        options.set_credentials(user.clone(), password.clone());
+    }
+    // rumqttc sizes the channel from this argument, not from the options field.
+    let (client, mut eventloop) = AsyncClient::new(options, capacity);
+    let mut network = NetworkOptions::new();
+    // Small QoS 1 publishes and acks: without NODELAY, Nagle plus delayed ACKs add
+    // up to 40 ms to every round trip.
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
+
+    let link = Arc::new(MeterLink::default());
+    let backoff = Backoff::new(SmallRng::seed_from_u64(
+        config.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    ));
+    let mut driver = tokio::spawn(drive_connection(
+        eventloop,
+        Arc::clone(&link),
+        ack_topic,
+        Arc::clone(&fleet),
+        backoff,
+        key.clone(),
+    ));
+
+    let readings_per_message = config.readings_per_message as u64;
+    let ack_timeout = config.ack_timeout();
+    let mut generator = meter_messages(config, index);
+    let mut uplink = Uplink::new(0, Vec::with_capacity(config.readings_per_message));
+    let mut window = UnackedWindow::new(config.window);
+    let mut latency_us = new_latency_histogram();
+    let mut seen_epoch = 0;
+    let mut claimed_slot: Option<Instant> = None;
+    let mut finished = Instant::now();
+    let mut stoppable = true;
+    let timer = tokio::time::sleep_until(fleet.deadline.into());
+    let mut timer = pin!(timer);
+
+    loop {
+        let now = Instant::now();
+        let cleared = window.ack(link.acked.load(Ordering::Acquire), now, |latency| {
+            let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+            // `record` (not `saturating_record`, which never resizes and would clamp
+            // everything to the initial 2 µs range); values up to the clamp fit an
+            // auto-resizing histogram, so this cannot fail.
+            let _ = latency_us.record(us.min(MAX_RECORDED_LATENCY_US));
+        }) as u64;
+        if cleared > 0 {
+            finished = now;
+            FleetCounters::add(&counters.acked, cleared);
+            FleetCounters::add(&counters.acked_readings, cleared * readings_per_message);
+        }
+        if window.is_empty() && generator.remaining() == 0 {
+            break;
+        }
+        if now >= fleet.deadline || *stop.borrow_and_update() {
+            finished = now;
+            break;
+        }
+
+        let mut resent = 0;
+        let connected = link.connected.load(Ordering::Acquire);
+        if connected {
+            let mut offer = |payload: &Bytes| {
+                offer_publish(&client, &uplink_topic, payload.clone());
+            };
+            let epoch = link.epoch.load(Ordering::Acquire);
+            if epoch != seen_epoch {
+                // A new session: the broker and rumqttc forgot what was in flight.
+                seen_epoch = epoch;
+                resent += window.resend_all(now, &mut offer);
+            }
+            resent += window.resend_overdue(now, ack_timeout, &mut offer);
+
+            let mut sent = 0;
+            while window.has_room() && generator.remaining() > 0 {
+                if let Some(pacer) = &fleet.pacer {
+                    let due = *claimed_slot.get_or_insert_with(|| pacer.claim());
+                    if due > now {
+                        break;
+                    }
+                    claimed_slot = None;
+                }
+                if !generator.fill_next(&mut uplink) {
+                    break;
+                }
+                let payload = Bytes::from(encode_payload(&uplink, config.binary));
+                offer(&payload);
+                window.push(uplink.seq, payload, now);
+                sent += 1;
+            }
+            FleetCounters::add(&counters.sent, sent);
+        }
+        FleetCounters::add(&counters.resent, resent as u64);
+
+        let mut wake_at = fleet.deadline;
+        if connected {
+            if let Some(at) = window.next_resend_at(ack_timeout) {
+                wake_at = wake_at.min(at);
+            }
+            if let Some(due) = claimed_slot.filter(|_| window.has_room()) {
+                wake_at = wake_at.min(due);
+            }
+        }
+        timer.as_mut().reset(wake_at.into());
+        tokio::select! {
+            changed = stop.changed(), if stoppable => {
+                // An error means the stop sender is gone: nobody can stop us any more,
+                // so only completion and the deadline end the run.
+                stoppable = changed.is_ok();
+            }
+            () = link.wake.notified() => {}
+            () = &mut timer => {}
+        }
+    }
+
+    // Say goodbye when connected; otherwise there is nothing to wait for. Either way
+    // the driver is gone before the gauge is fixed, so it cannot race us.
+    let said_goodbye = link.connected.load(Ordering::Acquire)
+        && client.try_disconnect().is_ok()
+        && tokio::time::timeout(DISCONNECT_GRACE, &mut driver)
+            .await
+            .is_ok();
+    if !said_goodbye {
+        driver.abort();
+        let _ = driver.await;
+    }
+    if link.connected.swap(false, Ordering::AcqRel) {
+        counters.connected.fetch_sub(1, Ordering::Relaxed);
+    }
+    MeterOutcome {
+        latency_us,
+        finished,
+    }
+}
+
+/// Queues a QoS 1 publish without waiting. rumqttc has no non-blocking publish that
+/// takes `Bytes`, so this polls `publish_bytes` once: a request channel with room
+/// accepts at once; a full one (the broker stopped reading) leaves the message to the
+/// ack timeout. Either way the caller treats the message as sent — exactly as if the
+/// network had lost it.
+fn offer_publish(client: &AsyncClient, topic: &str, payload: Bytes) {
+    let publish = client.publish_bytes(topic, QoS::AtLeastOnce, false, payload);
+    let mut publish = pin!(publish);
+    let mut cx = Context::from_waker(Waker::noop());
+    match publish.as_mut().poll(&mut cx) {
+        Poll::Ready(Ok(())) => {}
+        Poll::Ready(Err(error)) => debug!(topic, %error, "publish not queued"),
+        Poll::Pending => debug!(
+            topic,
+            "request channel full, publish left to the ack timeout"
+        ),
+    }
+}
+
+/// Polls one meter's event loop until the meter logic disconnects or aborts it.
+async fn drive_connection(
+    mut eventloop: EventLoop,
+    link: Arc<MeterLink>,
+    ack_topic: String,
+    fleet: Arc<FleetShared>,
+    mut backoff: Backoff,
+    key: MeterKey,
+) {
+    let counters = &fleet.counters;
+    let mut connections = 0u64;
+    loop {
+        // Connection attempts go through the fleet's gate; an established connection
+        // does not hold a permit.
+        let permit = if eventloop.network.is_none() {
+            fleet.connect_gate.acquire().await.ok()
+        } else {
+            None
+        };
+        let event = eventloop.poll().await;
+        drop(permit);
+        match event {
+            Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                // First in line on the new connection, ahead of any publish: the ack
+                // subscription does not survive a clean session.
+                eventloop
+                    .pending
+                    .push_front(Request::Subscribe(Subscribe::new(
+                        ack_topic.as_str(),
+                        QoS::AtMostOnce,
+                    )));
+                connections += 1;
+                if connections > 1 {
+                    counters.reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                if !link.connected.swap(true, Ordering::AcqRel) {
+                    counters.connected.fetch_add(1, Ordering::Relaxed);
+                }
+                link.epoch.fetch_add(1, Ordering::AcqRel);
+                link.wake.notify_one();
+                backoff.reset();
+            }
+            Ok(Event::Incoming(Incoming::Publish(publish))) => {
+                if publish.topic != ack_topic {
+                    continue;
+                }
+                match ack::decode(&publish.payload) {
+                    Some(seq) => {
+                        link.acked.fetch_max(seq, Ordering::AcqRel);
+                        link.wake.notify_one();
+                    }
+                    None => {
+                        counters.bad_acks.fetch_add(1, Ordering::Relaxed);
+                        debug!(meter = %key, len = publish.payload.len(), "ack is not {{\"seq\":N}}");
+                    }
+                }
+            }
+            Ok(Event::Incoming(Incoming::SubAck(suback))) => {
+                if suback
+                    .return_codes
+                    .iter()
+                    .any(|code| matches!(code, SubscribeReasonCode::Failure))
+                {
+                    warn!(meter = %key, "broker refused the ack subscription: no acks will arrive, messages will be resent until the deadline");
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+            Ok(_) => {}
+            Err(error) => {
+                if link.connected.swap(false, Ordering::AcqRel) {
+                    counters.connected.fetch_sub(1, Ordering::Relaxed);
+                    link.wake.notify_one();
+                }
+                counters.connection_errors.fetch_add(1, Ordering::Relaxed);
+                log_connection_error(&fleet, &key, &error);
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}
+
+fn log_connection_error(fleet: &FleetShared, key: &MeterKey, error: &ConnectionError) {
+    if let ConnectionError::ConnectionRefused(code) = error {
+        if !fleet.refusal_logged.swap(true, Ordering::Relaxed) {
+            let hint = match code {
+                ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized => {
+                    "check --username/--password and that the tenant and meters are configured"
+                }
+                ConnectReturnCode::BadClientId => {
+                    "the broker refused the client id {tenant}.{meter}: check the tenant"
+                }
+                _ => "check the broker's logs",
+            };
+            warn!(meter = %key, ?code, "broker refused the connection (logged once for the fleet); {hint}");
+        }
+    } else {
+        debug!(meter = %key, %error, "connection failed, retrying after backoff");
+    }
+}

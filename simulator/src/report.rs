@@ -1,0 +1,152 @@
+//! What a run measured: live fleet counters ([`FleetCounters`], atomics that a binary
+//! can print while the run goes on) and the final [`Report`].
+//!
+//! Meter tasks add to the counters with relaxed atomics, at most once per wake-up,
+//! never per reading; latency goes to one histogram per meter task, merged once at
+//! the end ([`LatencySummary::from_histogram`]), so the hot path takes no lock.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+/// Live totals of a running fleet. Every field only grows, except `connected`.
+#[derive(Debug, Default)]
+pub struct FleetCounters {
+    /// Distinct messages published at least once.
+    pub sent: AtomicU64,
+    /// Messages cleared by an ack.
+    pub acked: AtomicU64,
+    /// Readings in acked messages.
+    pub acked_readings: AtomicU64,
+    /// Publications of a message after its first.
+    pub resent: AtomicU64,
+    /// Successful connections after a meter's first.
+    pub reconnects: AtomicU64,
+    /// Failed connection attempts and dropped connections.
+    pub connection_errors: AtomicU64,
+    /// Messages on an ack topic that were not `{"seq":N}`.
+    pub bad_acks: AtomicU64,
+    /// Meters connected right now.
+    pub connected: AtomicU64,
+}
+
+/// A consistent-enough copy of [`FleetCounters`] for printing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountersSnapshot {
+    pub sent: u64,
+    pub acked: u64,
+    pub acked_readings: u64,
+    pub resent: u64,
+    pub reconnects: u64,
+    pub connection_errors: u64,
+    pub bad_acks: u64,
+    pub connected: u64,
+}
+
+impl FleetCounters {
+    pub fn snapshot(&self) -> CountersSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CountersSnapshot {
+            sent: get(&self.sent),
+            acked: get(&self.acked),
+            acked_readings: get(&self.acked_readings),
+            resent: get(&self.resent),
+            reconnects: get(&self.reconnects),
+            connection_errors: get(&self.connection_errors),
+            bad_acks: get(&self.bad_acks),
+            connected: get(&self.connected),
+        }
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        if n > 0 {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Publish→ack latency, from a message's first send to the ack that cleared it, in
+/// milliseconds (recorded in microseconds, 2 significant digits).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencySummary {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl LatencySummary {
+    pub(crate) fn from_histogram(histogram: &Histogram<u64>) -> Self {
+        if histogram.is_empty() {
+            return Self::default();
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        Self {
+            p50: ms(histogram.value_at_quantile(0.5)),
+            p99: ms(histogram.value_at_quantile(0.99)),
+            max: ms(histogram.max()),
+        }
+    }
+}
+
+/// The outcome of a run. `unacked == 0` means every planned message was acked.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub meters: usize,
+    /// Messages the fleet had to send (meters × messages_per_meter).
+    pub messages: u64,
+    /// Distinct messages published at least once.
+    pub sent: u64,
+    pub acked: u64,
+    /// Planned messages without an ack at the end (never sent ones included).
+    pub unacked: u64,
+    /// Publications of a message after its first (timeouts and reconnects).
+    pub resent: u64,
+    /// Acked messages per second of the run.
+    pub msgs_per_s: f64,
+    /// Acked readings per second of the run.
+    pub readings_per_s: f64,
+    pub elapsed_s: f64,
+    pub ack_latency_ms: LatencySummary,
+    pub reconnects: u64,
+    pub connection_errors: u64,
+    pub bad_acks: u64,
+    /// The resolved start of the readings: with the rest of the config, what
+    /// [`crate::meter_messages`] needs to regenerate the ground truth.
+    pub start_ts_ms: i64,
+    /// The run ended at its deadline or was stopped before everything was acked.
+    pub stopped_early: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_is_reported_in_milliseconds() {
+        let mut histogram = Histogram::<u64>::new(2).unwrap();
+        for us in [1_000, 2_000, 3_000, 100_000] {
+            histogram.record(us).unwrap();
+        }
+        let summary = LatencySummary::from_histogram(&histogram);
+        assert!((summary.p50 - 2.0).abs() < 0.05, "{summary:?}");
+        assert!((summary.max - 100.0).abs() < 1.0, "{summary:?}");
+        assert_eq!(
+            LatencySummary::from_histogram(&Histogram::new(2).unwrap()),
+            LatencySummary::default()
+        );
+    }
+
+    #[test]
+    fn report_round_trips_as_json() {
+        let report = Report {
+            meters: 2,
+            messages: 4,
+            sent: 4,
+            acked: 4,
+            ..Report::default()
+        };
+        let json = serde_json::to_string(&report).unwrap();
+        assert_eq!(serde_json::from_str::<Report>(&json).unwrap(), report);
+    }
+}

@@ -1,0 +1,156 @@
+//! Order-preserving keys of the embedded store's keyspaces. Keys sort byte-wise in
+//! fjall, so every part is laid out to make byte order equal logical order, and a
+//! range scan over a prefix yields exactly one meter's (or one tenant's) rows.
+//!
+//! | keyspace       | key                                                         |
+//! |----------------|-------------------------------------------------------------|
+//! | `readings`     | tenant, `0x00`, meter, `0x00`, ts (8 bytes, [`ordered_ts`]) |
+//! | `meter_state`  | tenant, `0x00`, meter                                       |
+//! | `dead_letters` | tenant, `0x00`, received_at (8 bytes, [`ordered_ts`]), id (u64 BE) |
+//!
+//! Invariant the layout relies on: ids never contain `0x00` (they match
+//! `[A-Za-z0-9_-]{1,64}`, and the dead-letter tenant may also be `INVALID_TENANT`,
+//! `~invalid`). So `tenant 0x00` is a prefix of no other tenant's keys, and
+//! `tenant 0x00 meter 0x00` of no other meter's.
+
+use meterflow_model::MeterKey;
+
+/// Separates variable-length ids; sorts below every byte an id may contain.
+const SEPARATOR: u8 = 0x00;
+
+/// Bytes of a timestamp or id suffix.
+const U64_LEN: usize = 8;
+
+/// A signed epoch-ms timestamp as 8 bytes whose byte order is numeric order: big
+/// endian with the sign bit flipped, so negative times sort before positive ones.
+pub(crate) fn ordered_ts(ts: i64) -> [u8; U64_LEN] {
+    ((ts as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+/// Inverse of [`ordered_ts`].
+fn ts_from_ordered(bytes: [u8; U64_LEN]) -> i64 {
+    (u64::from_be_bytes(bytes) ^ (1 << 63)) as i64
+}
+
+/// `tenant 0x00 meter` — the `meter_state` key.
+pub(crate) fn meter_state_key(key: &MeterKey) -> Vec<u8> {
+    let (tenant, meter) = (key.tenant.as_str(), key.meter.as_str());
+    let mut out = Vec::with_capacity(tenant.len() + 1 + meter.len());
+    out.extend_from_slice(tenant.as_bytes());
+    out.push(SEPARATOR);
+    out.extend_from_slice(meter.as_bytes());
+    out
+}
+
+/// `tenant 0x00 meter 0x00` — the prefix of every `readings` key of one meter.
+pub(crate) fn readings_prefix(key: &MeterKey) -> Vec<u8> {
+    let mut out = meter_state_key(key);
+    out.reserve(1 + U64_LEN);
+    out.push(SEPARATOR);
+    out
+}
+
+/// The `readings` key of `key`'s reading at `ts`.
+pub(crate) fn reading_key(prefix: &[u8], ts: i64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(prefix.len() + U64_LEN);
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(&ordered_ts(ts));
+    out
+}
+
+/// The `ts` of a `readings` key, or `None` when the key is too short to hold one.
+pub(crate) fn reading_ts(key: &[u8]) -> Option<i64> {
+    let suffix = key
+        .len()
+        .checked_sub(U64_LEN)
+        .and_then(|at| key.get(at..))?;
+    suffix.try_into().ok().map(ts_from_ordered)
+}
+
+/// `tenant 0x00` — the prefix of every `dead_letters` key of one tenant.
+pub(crate) fn dead_letters_prefix(tenant: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(tenant.len() + 1 + 2 * U64_LEN);
+    out.extend_from_slice(tenant.as_bytes());
+    out.push(SEPARATOR);
+    out
+}
+
+/// The `dead_letters` key of one dead letter.
+pub(crate) fn dead_letter_key(tenant: &str, received_at: i64, id: u64) -> Vec<u8> {
+    let mut out = dead_letters_prefix(tenant);
+    out.extend_from_slice(&ordered_ts(received_at));
+    out.extend_from_slice(&id.to_be_bytes());
+    out
+}
+
+/// `(received_at, id)` of a `dead_letters` key, or `None` when the key is too short.
+pub(crate) fn dead_letter_received_at_and_id(key: &[u8]) -> Option<(i64, u64)> {
+    let at = key.len().checked_sub(2 * U64_LEN)?;
+    let received_at = key.get(at..at + U64_LEN)?.try_into().ok()?;
+    let id = key.get(at + U64_LEN..)?.try_into().ok()?;
+    Some((ts_from_ordered(received_at), u64::from_be_bytes(id)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meterflow_model::{MeterId, TenantId};
+    use proptest::prelude::*;
+
+    fn meter(tenant: &str, meter: &str) -> MeterKey {
+        MeterKey::new(
+            TenantId::try_from(tenant).unwrap(),
+            MeterId::try_from(meter).unwrap(),
+        )
+    }
+
+    #[test]
+    fn reading_key_layout_is_tenant_meter_flipped_ts() {
+        let key = reading_key(&readings_prefix(&meter("t", "m1")), -1);
+        assert_eq!(key, b"t\0m1\0\x7f\xff\xff\xff\xff\xff\xff\xff");
+        assert_eq!(reading_ts(&key), Some(-1));
+    }
+
+    #[test]
+    fn dead_letter_key_round_trips() {
+        let key = dead_letter_key("~invalid", 1_700_000_000_000, 42);
+        assert!(key.starts_with(b"~invalid\0"));
+        assert_eq!(
+            dead_letter_received_at_and_id(&key),
+            Some((1_700_000_000_000, 42))
+        );
+    }
+
+    #[test]
+    fn short_keys_are_refused() {
+        assert_eq!(reading_ts(b"short"), None);
+        assert_eq!(dead_letter_received_at_and_id(b"too short"), None);
+    }
+
+    #[test]
+    fn one_meter_prefix_matches_no_other_meter() {
+        let short = readings_prefix(&meter("t", "m"));
+        let longer = reading_key(&readings_prefix(&meter("t", "m-2")), 0);
+        assert!(!longer.starts_with(&short));
+        let other_tenant = reading_key(&readings_prefix(&meter("t-2", "m")), 0);
+        assert!(!other_tenant.starts_with(&short));
+    }
+
+    proptest! {
+        #[test]
+        fn ordered_ts_preserves_order(a: i64, b: i64) {
+            prop_assert_eq!(a.cmp(&b), ordered_ts(a).cmp(&ordered_ts(b)));
+            prop_assert_eq!(ts_from_ordered(ordered_ts(a)), a);
+        }
+
+        #[test]
+        fn dead_letter_keys_sort_by_time_then_id(
+            a in (any::<i64>(), any::<u64>()),
+            b in (any::<i64>(), any::<u64>()),
+        ) {
+            let ka = dead_letter_key("t", a.0, a.1);
+            let kb = dead_letter_key("t", b.0, b.1);
+            prop_assert_eq!(a.cmp(&b), ka.cmp(&kb));
+        }
+    }
+}

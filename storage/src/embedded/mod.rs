@@ -1,0 +1,359 @@
+//! The embedded reading store: fjall 3, an LSM tree in one local directory — the
+//! default backend on one machine (DESIGN §5).
+//!
+//! One fjall keyspace per logical table: `readings`, `meter_state`, `dead_letters`.
+//! Keys are order-preserving (see [`keys`]), values are small versioned layouts (see
+//! [`rows`]) except `meter_state`, whose value is the meter's
+//! [`MeterState`] as a `meterflow_model::codec::binary::encode_record` record.
+//!
+//! Invariants:
+//! - **Durable means fsynced.** [`ReadingStore::write`] turns all given sealed batches
+//!   into ONE fjall write batch across the three keyspaces and commits it with
+//!   `PersistMode::SyncData`: the journal is written and `fdatasync`ed before `Ok` is
+//!   returned, so an acknowledged write survives `kill -9` and power loss, and the
+//!   readings and the meter states that reflect them become visible (and recoverable)
+//!   together or not at all. Many sealed batches cost one fsync: that is the group
+//!   commit the sink relies on.
+//! - **Last write wins, per key.** Writing a reading again (same meter, same `ts`)
+//!   replaces the row, so replays are idempotent. Within one call, when a key occurs
+//!   more than once (a meter in several batches of a shard, a reading re-sent), the
+//!   occurrence in the later batch — or later in the same batch — is the one stored.
+//! - **One process per directory.** fjall locks the directory; a second open fails
+//!   with [`StoreError::Config`] naming it.
+//! - **Bounded memory**: see the constants below.
+//!
+//! If a journal write or fsync fails, fjall poisons the database and refuses every
+//! later write: [`ReadingStore::is_ready`] turns false and writes fail with an
+//! [`StoreError::Unavailable`] that asks for a restart (recovery replays the journal).
+
+mod keys;
+mod rows;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use meterflow_model::codec::binary::{decode_record, encode_record};
+use meterflow_model::{DeadLetter, MeterKey, MeterState, SealedBatch, StoredReading};
+
+use crate::{ReadingStore, StoreError};
+
+const MIB: u64 = 1024 * 1024;
+
+/// Block cache shared by the three keyspaces. The store is write-heavy: reads are
+/// dashboard range scans over recent readings (mostly still in memtables) and
+/// `meter_state` point reads when a meter is hydrated. 64 MiB keeps those hot
+/// without making the laptop default expensive (fjall suggests 20–25 % of RAM only
+/// for read-heavy stores).
+const BLOCK_CACHE_BYTES: u64 = 64 * MIB;
+
+/// Memtable (write buffer) of `readings`. fjall accounts ~140 bytes per reading row
+/// (~30-byte key, 50-byte value, entry overhead), so 32 MiB holds ~240k readings
+/// between flushes: large enough that flushes are not constant at 0.5M rows/s, small
+/// enough for the bound below. fjall keeps one active memtable per keyspace and
+/// stalls writers while 4 sealed ones wait for a flush, so `readings` holds at most
+/// ~5 × 32 MiB in memory.
+const READINGS_MEMTABLE_BYTES: u64 = 32 * MIB;
+
+/// Memtable of `meter_state`: one row of a few hundred bytes per meter per write, so
+/// 8 MiB holds the latest states of tens of thousands of meters.
+const METER_STATE_MEMTABLE_BYTES: u64 = 8 * MIB;
+
+/// Memtable of `dead_letters`: rows are at most ~1.2 KiB (the payload is capped) and
+/// rare in a healthy system.
+const DEAD_LETTERS_MEMTABLE_BYTES: u64 = 8 * MIB;
+
+/// Keyspace names; they are part of the on-disk format.
+const READINGS: &str = "readings";
+const METER_STATE: &str = "meter_state";
+const DEAD_LETTERS: &str = "dead_letters";
+
+/// Most rows preallocated for a read, whatever `limit` says.
+const MAX_PREALLOCATED_ROWS: usize = 1024;
+
+/// What an operator can do about a row that does not decode.
+const CORRUPT_ADVICE: &str = "stop meterflow and restore the store directory from a backup, or run the meterflow version that wrote it";
+
+/// The embedded [`ReadingStore`]. Cheap to share behind an `Arc`; fjall synchronises
+/// internally, so all methods take `&self`.
+pub struct EmbeddedStore {
+    /// Where the store lives; named in error messages.
+    dir: PathBuf,
+    db: Database,
+    readings: Keyspace,
+    meter_state: Keyspace,
+    dead_letters: Keyspace,
+    /// Set once fjall reports the database poisoned (a failed journal write or
+    /// fsync): no later write can succeed without a restart.
+    poisoned: AtomicBool,
+}
+
+impl EmbeddedStore {
+    /// Opens the store in `dir`, creating the directory and the keyspaces when they do
+    /// not exist, and recovering from the journal after a crash. Memtable sizes are
+    /// fixed when a keyspace is created; an existing store keeps the sizes it was
+    /// created with.
+    pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
+        let db = Database::builder(dir)
+            .cache_size(BLOCK_CACHE_BYTES)
+            .open()
+            .map_err(|e| open_error(dir, e))?;
+        let keyspace = |name: &str, memtable_bytes: u64| {
+            db.keyspace(name, || {
+                KeyspaceCreateOptions::default().max_memtable_size(memtable_bytes)
+            })
+            .map_err(|e| open_error(dir, e))
+        };
+        Ok(EmbeddedStore {
+            readings: keyspace(READINGS, READINGS_MEMTABLE_BYTES)?,
+            meter_state: keyspace(METER_STATE, METER_STATE_MEMTABLE_BYTES)?,
+            dead_letters: keyspace(DEAD_LETTERS, DEAD_LETTERS_MEMTABLE_BYTES)?,
+            dir: dir.to_path_buf(),
+            db,
+            poisoned: AtomicBool::new(false),
+        })
+    }
+
+    /// The directory the store lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Maps an error fjall returned while the store was open.
+    fn fjall_error(&self, doing: &str, error: fjall::Error) -> StoreError {
+        let dir = self.dir.display();
+        match error {
+            fjall::Error::Poisoned => {
+                self.poisoned.store(true, Ordering::Relaxed);
+                StoreError::Unavailable(format!(
+                    "{doing} in the embedded store at {dir}: an earlier journal write or fsync failed, so the store refuses writes to stay consistent; check the disk, then restart meterflow (it recovers from the journal)"
+                ))
+            }
+            error if caused_by_io(&error) => {
+                StoreError::Unavailable(format!("{doing} in the embedded store at {dir}: {error}"))
+            }
+            error => StoreError::Corrupt(format!(
+                "{doing} in the embedded store at {dir}: {error}; {CORRUPT_ADVICE}"
+            )),
+        }
+    }
+
+    /// Names a row that does not decode, for [`StoreError::Corrupt`].
+    fn corrupt_row(&self, table: &str, key: &[u8], why: impl std::fmt::Display) -> StoreError {
+        StoreError::Corrupt(format!(
+            "{table} row '{key}' in the embedded store at {dir}: {why}; {CORRUPT_ADVICE}",
+            key = key.escape_ascii(),
+            dir = self.dir.display(),
+        ))
+    }
+}
+
+impl ReadingStore for EmbeddedStore {
+    fn write(&self, batches: &[SealedBatch]) -> Result<(), StoreError> {
+        let mut readings = Vec::with_capacity(batches.iter().map(|b| b.reading_count()).sum());
+        let mut states = Vec::new();
+        let mut dead_letters = Vec::new();
+        for batch in batches {
+            for meter in &batch.meters {
+                let prefix = keys::readings_prefix(&meter.key);
+                readings.extend(meter.readings.iter().map(|stored| {
+                    (
+                        keys::reading_key(&prefix, stored.reading.ts),
+                        rows::encode_reading(stored),
+                    )
+                }));
+                states.push((
+                    keys::meter_state_key(&meter.key),
+                    encode_record(&meter.state),
+                ));
+            }
+            dead_letters.extend(batch.dead_letters.iter().map(|letter| {
+                debug_assert!(!letter.tenant.is_empty() && !letter.tenant.contains('\0'));
+                (
+                    keys::dead_letter_key(&letter.tenant, letter.received_at, letter.id),
+                    rows::encode_dead_letter(
+                        &letter.topic,
+                        &letter.payload,
+                        letter.reason,
+                        &letter.correlation_id,
+                    ),
+                )
+            }));
+        }
+        keep_last_per_key(&mut readings);
+        keep_last_per_key(&mut states);
+        keep_last_per_key(&mut dead_letters);
+
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        for (key, value) in &readings {
+            batch.insert(&self.readings, key.as_slice(), value.as_slice());
+        }
+        for (key, value) in &states {
+            batch.insert(&self.meter_state, key.as_slice(), value.as_slice());
+        }
+        for (key, value) in &dead_letters {
+            batch.insert(&self.dead_letters, key.as_slice(), value.as_slice());
+        }
+        // An empty batch commits nothing and syncs nothing: there is nothing to make
+        // durable.
+        batch
+            .commit()
+            .map_err(|e| self.fjall_error("writing a batch", e))
+    }
+
+    fn meter_state(&self, key: &MeterKey) -> Result<Option<MeterState>, StoreError> {
+        let state_key = keys::meter_state_key(key);
+        let Some(value) = self
+            .meter_state
+            .get(&state_key)
+            .map_err(|e| self.fjall_error("reading a meter state", e))?
+        else {
+            return Ok(None);
+        };
+        decode_record(&value)
+            .map(Some)
+            .map_err(|e| self.corrupt_row(METER_STATE, &state_key, e))
+    }
+
+    fn readings(
+        &self,
+        key: &MeterKey,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredReading>, StoreError> {
+        if from_ms >= to_ms || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let prefix = keys::readings_prefix(key);
+        let range = keys::reading_key(&prefix, from_ms)..keys::reading_key(&prefix, to_ms);
+        let mut out = Vec::with_capacity(limit.min(MAX_PREALLOCATED_ROWS));
+        for entry in self.readings.range(range).take(limit) {
+            let (row_key, value) = entry
+                .into_inner()
+                .map_err(|e| self.fjall_error("reading readings", e))?;
+            let ts = keys::reading_ts(&row_key)
+                .ok_or_else(|| self.corrupt_row(READINGS, &row_key, "key too short"))?;
+            let stored = rows::decode_reading(ts, &value)
+                .map_err(|e| self.corrupt_row(READINGS, &row_key, e))?;
+            out.push(stored);
+        }
+        Ok(out)
+    }
+
+    /// Newest first. A `tenant` that could not be stored (empty, or containing
+    /// `0x00`) has no dead letters, so it can never read another tenant's.
+    fn dead_letters(&self, tenant: &str, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        if tenant.is_empty() || tenant.contains('\0') || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let prefix = keys::dead_letters_prefix(tenant);
+        let mut out = Vec::with_capacity(limit.min(MAX_PREALLOCATED_ROWS));
+        for entry in self.dead_letters.prefix(&prefix).rev().take(limit) {
+            let (row_key, value) = entry
+                .into_inner()
+                .map_err(|e| self.fjall_error("reading dead letters", e))?;
+            let (received_at, id) = keys::dead_letter_received_at_and_id(&row_key)
+                .ok_or_else(|| self.corrupt_row(DEAD_LETTERS, &row_key, "key too short"))?;
+            let body = rows::decode_dead_letter(&value)
+                .map_err(|e| self.corrupt_row(DEAD_LETTERS, &row_key, e))?;
+            out.push(DeadLetter {
+                tenant: tenant.to_owned(),
+                received_at,
+                id,
+                topic: body.topic,
+                payload: body.payload,
+                reason: body.reason,
+                correlation_id: body.correlation_id,
+            });
+        }
+        Ok(out)
+    }
+
+    /// True while open, until fjall reports the database poisoned.
+    fn is_ready(&self) -> bool {
+        !self.poisoned.load(Ordering::Relaxed)
+    }
+}
+
+/// Sorts rows by key and keeps, of every key, the row written last (latest batch,
+/// latest position). The sort is stable, so after reversing, the first row of each
+/// run of equal keys is the newest one.
+fn keep_last_per_key<V>(rows: &mut Vec<(Vec<u8>, V)>) {
+    rows.reverse();
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    rows.dedup_by(|later_in_vec, kept| later_in_vec.0 == kept.0);
+}
+
+/// Whether an fjall error comes from the operating system (disk full, I/O error)
+/// rather than from data that does not decode.
+fn caused_by_io(error: &fjall::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = cause {
+        if current.is::<std::io::Error>() {
+            return true;
+        }
+        cause = current.source();
+    }
+    false
+}
+
+/// Maps an error fjall returned while opening the store in `dir`. Nothing here is
+/// retryable: the directory is wrong, held, or damaged.
+fn open_error(dir: &Path, error: fjall::Error) -> StoreError {
+    let dir = dir.display();
+    match error {
+        fjall::Error::Locked => StoreError::Config(format!(
+            "the embedded store at {dir} is locked by another process (is another meterflow running with the same data directory?); stop it or give this instance its own directory"
+        )),
+        error if caused_by_io(&error) => StoreError::Config(format!(
+            "cannot open the embedded store at {dir}: {error}; check that the directory exists or can be created, and is writable by this user"
+        )),
+        error => StoreError::Corrupt(format!(
+            "cannot open the embedded store at {dir}: {error}; {CORRUPT_ADVICE}"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_last_per_key_keeps_the_latest_write_of_each_key() {
+        let mut rows = vec![
+            (b"b".to_vec(), 1),
+            (b"a".to_vec(), 2),
+            (b"b".to_vec(), 3),
+            (b"c".to_vec(), 4),
+            (b"b".to_vec(), 5),
+            (b"a".to_vec(), 6),
+        ];
+        keep_last_per_key(&mut rows);
+        assert_eq!(
+            rows,
+            vec![(b"a".to_vec(), 6), (b"b".to_vec(), 5), (b"c".to_vec(), 4)]
+        );
+    }
+
+    #[test]
+    fn io_errors_are_told_apart_from_bad_data() {
+        let io = fjall::Error::Io(std::io::Error::other("disk on fire"));
+        assert!(caused_by_io(&io));
+        assert!(!caused_by_io(&fjall::Error::InvalidTrailer));
+    }
+
+    #[test]
+    fn a_locked_directory_is_a_config_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = EmbeddedStore::open(dir.path()).unwrap();
+        let Err(StoreError::Config(message)) = EmbeddedStore::open(dir.path()) else {
+            panic!("second open of {} should be refused", dir.path().display());
+        };
+        assert!(
+            message.contains(&dir.path().display().to_string()),
+            "{message}"
+        );
+        assert!(message.contains("locked"), "{message}");
+    }
+}

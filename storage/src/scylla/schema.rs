@@ -1,0 +1,316 @@
+//! The CQL schema of the ScyllaDB backend and its versioned migrations.
+//!
+//! Tables (DESIGN §5; the other logical tables arrive as later migrations):
+//!
+//! | table | primary key | holds |
+//! |---|---|---|
+//! | `readings` | `((tenant, meter, day), ts)` | reg, rev, flow, temp, interval_l, quality, seq, received_at |
+//! | `reading_days` | `((tenant, meter), day)` | which days of a meter have readings |
+//! | `meter_state` | `((tenant, meter))` | state (record blob), last_seq, last_ts |
+//! | `dead_letters` | `((tenant, day), received_at, id)` newest first | topic, payload, reason, correlation_id |
+//! | `dead_letter_days` | `((tenant), day)` newest first | which days of a tenant have dead letters |
+//! | `schema_migrations` | `(version)` | name, applied_at |
+//!
+//! Column encodings:
+//! - `day` is a CQL `date`: the UTC day of `ts` (readings) or `received_at` (dead
+//!   letters), as [`meterflow_model::time::day_of`] computes it.
+//! - Timestamps are CQL `timestamp` (epoch ms, the model's unit).
+//! - Unsigned model integers (`reg`, `rev`, `interval_l`, `seq`, dead-letter `id`) are
+//!   `bigint` holding the same 64 bits: exact for every value; values ≥ 2^63, which no
+//!   meter produces, would merely look negative in cqlsh. `flow` (u32) is a `bigint`,
+//!   `temp` a `smallint` (0.1 °C), `quality` a `tinyint` ([`meterflow_model::Quality::code`]).
+//! - `meter_state.state` is [`meterflow_model::codec::binary::encode_record`] of the
+//!   `MeterState`: versioned by its own first byte; `last_seq`/`last_ts` repeat what
+//!   an operator wants to query without decoding it.
+//! - `reason` is the dead-letter code ([`meterflow_model::Reject::code`]).
+//!
+//! The two `*_days` tables are indexes the read paths need: readings are partitioned
+//! by day and dead letters by tenant-day, so "readings of a meter between two instants"
+//! and "newest dead letters of a tenant" must know which day partitions exist. They
+//! are written with the rows they index (same TTL) and cost one small upsert per meter
+//! and day per write. Without them a read would probe every day of a range (up to the
+//! whole TTL), most of them empty.
+//!
+//! Portability: the DDL uses only what both ScyllaDB and Apache Cassandra 4/5 accept
+//! (`NetworkTopologyStrategy` with a `replication_factor` or a datacenter key, TWCS
+//! with string-valued options, `default_time_to_live`, `IF NOT EXISTS`), and is tested
+//! against Cassandra 5.0 (`scripts/cassandra`).
+//!
+//! Migrations: each has a version, a name and a list of statements that are each
+//! idempotent (`IF NOT EXISTS`). [`migrate`] runs the versions not yet recorded in
+//! `schema_migrations`, in order, and records each after its statements succeeded: a
+//! migration interrupted halfway is simply run again. Run them from one process at a
+//! time (the service's start-up, or a deploy job): concurrent `CREATE TABLE` on
+//! different coordinators of a Cassandra cluster can race.
+
+use std::collections::BTreeSet;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ::scylla::client::session::Session;
+use ::scylla::value::CqlTimestamp;
+
+use super::config::ScyllaConfig;
+use super::errors;
+use crate::error::StoreError;
+use crate::resilience::retry;
+
+/// Longest keyspace name Cassandra accepts (ScyllaDB allows the same).
+const MAX_KEYSPACE_LEN: usize = 48;
+
+/// TWCS windows over a TTL: TWCS wants the live data spread over roughly 20–50
+/// windows (fewer: huge SSTables; more: too many SSTables per read).
+const TWCS_WINDOWS_PER_TTL: u32 = 30;
+
+/// Whether `name` is a keyspace name used unquoted: lowercase letters, digits and `_`,
+/// starting with a letter, at most 48 characters. (Unquoted CQL identifiers fold to
+/// lowercase, so mixed case would name a different keyspace than it seems to.)
+pub fn is_valid_keyspace(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_KEYSPACE_LEN
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// The TWCS window, in days, for a TTL: the TTL split into ~30 windows, at least one day.
+pub fn twcs_window_days(ttl_days: u32) -> u32 {
+    ttl_days.div_ceil(TWCS_WINDOWS_PER_TTL).max(1)
+}
+
+/// One schema change.
+#[derive(Clone, Copy, Debug)]
+pub struct Migration {
+    pub version: i32,
+    pub name: &'static str,
+    statements: fn(&str, &ScyllaConfig) -> Vec<String>,
+}
+
+impl Migration {
+    /// The statements of this migration for `keyspace` and `config`.
+    pub fn statements(&self, keyspace: &str, config: &ScyllaConfig) -> Vec<String> {
+        (self.statements)(keyspace, config)
+    }
+}
+
+/// Every migration, in version order. Never edit one that has shipped: add another.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "readings, reading_days, meter_state, dead_letters, dead_letter_days",
+    statements: initial_tables,
+}];
+
+fn initial_tables(ks: &str, config: &ScyllaConfig) -> Vec<String> {
+    let readings_ttl = config.readings_ttl_secs();
+    let dead_letters_ttl = config.dead_letters_ttl_secs();
+    let window = twcs_window_days(config.readings_ttl_days);
+    vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.readings (\
+             tenant text, meter text, day date, ts timestamp, \
+             reg bigint, rev bigint, flow bigint, temp smallint, interval_l bigint, \
+             quality tinyint, seq bigint, received_at timestamp, \
+             PRIMARY KEY ((tenant, meter, day), ts)) \
+             WITH CLUSTERING ORDER BY (ts ASC) \
+             AND compaction = {{'class': 'TimeWindowCompactionStrategy', \
+             'compaction_window_unit': 'DAYS', 'compaction_window_size': '{window}'}} \
+             AND default_time_to_live = {readings_ttl}"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.reading_days (\
+             tenant text, meter text, day date, \
+             PRIMARY KEY ((tenant, meter), day)) \
+             WITH CLUSTERING ORDER BY (day ASC) \
+             AND default_time_to_live = {readings_ttl}"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.meter_state (\
+             tenant text, meter text, state blob, last_seq bigint, last_ts timestamp, \
+             PRIMARY KEY ((tenant, meter)))"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.dead_letters (\
+             tenant text, day date, received_at timestamp, id bigint, \
+             topic text, payload blob, reason text, correlation_id text, \
+             PRIMARY KEY ((tenant, day), received_at, id)) \
+             WITH CLUSTERING ORDER BY (received_at DESC, id DESC) \
+             AND default_time_to_live = {dead_letters_ttl}"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.dead_letter_days (\
+             tenant text, day date, \
+             PRIMARY KEY ((tenant), day)) \
+             WITH CLUSTERING ORDER BY (day DESC) \
+             AND default_time_to_live = {dead_letters_ttl}"
+        ),
+    ]
+}
+
+/// `CREATE KEYSPACE IF NOT EXISTS` with the configured replication.
+pub fn keyspace_statement(keyspace: &str, config: &ScyllaConfig) -> String {
+    let rf = config.replication_factor;
+    let replication = match &config.local_datacenter {
+        Some(dc) => format!("'{dc}': {rf}"),
+        None => format!("'replication_factor': {rf}"),
+    };
+    format!(
+        "CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = \
+         {{'class': 'NetworkTopologyStrategy', {replication}}}"
+    )
+}
+
+fn migrations_table_statement(keyspace: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {keyspace}.schema_migrations (\
+         version int PRIMARY KEY, name text, applied_at timestamp)"
+    )
+}
+
+/// The whole schema as it stands after every migration, for documentation and for
+/// operators who create it by hand.
+pub fn full_schema(keyspace: &str, config: &ScyllaConfig) -> Vec<String> {
+    let mut all = vec![
+        keyspace_statement(keyspace, config),
+        migrations_table_statement(keyspace),
+    ];
+    for migration in MIGRATIONS {
+        all.extend(migration.statements(keyspace, config));
+    }
+    all
+}
+
+async fn run_ddl(session: &Session, config: &ScyllaConfig, statement: &str) -> Result<(), StoreError> {
+    retry(&config.retry, StoreError::is_retryable, || async {
+        session
+            .query_unpaged(statement, ())
+            .await
+            .map(|_| ())
+            .map_err(|e| errors::execution("schema change failed", &e))
+    })
+    .await
+}
+
+/// Creates the keyspace if missing and applies every migration not yet recorded.
+/// Returns the versions applied by this call (empty when the schema was current).
+pub(crate) async fn migrate(
+    session: &Session,
+    keyspace: &str,
+    config: &ScyllaConfig,
+) -> Result<Vec<i32>, StoreError> {
+    run_ddl(session, config, &keyspace_statement(keyspace, config)).await?;
+    run_ddl(session, config, &migrations_table_statement(keyspace)).await?;
+    let applied = applied_versions(session, keyspace, config).await?;
+
+    let record = session
+        .prepare(format!(
+            "INSERT INTO {keyspace}.schema_migrations (version, name, applied_at) VALUES (?, ?, ?)"
+        ))
+        .await
+        .map_err(|e| errors::prepare_error("preparing the migrations insert failed", &e))?;
+    let mut newly_applied = Vec::new();
+    for migration in MIGRATIONS {
+        if applied.contains(&migration.version) {
+            continue;
+        }
+        tracing::info!(
+            keyspace,
+            version = migration.version,
+            name = migration.name,
+            "applying schema migration"
+        );
+        for statement in migration.statements(keyspace, config) {
+            run_ddl(session, config, &statement).await?;
+        }
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        retry(&config.retry, StoreError::is_retryable, || async {
+            session
+                .execute_unpaged(&record, (migration.version, migration.name, CqlTimestamp(now_ms)))
+                .await
+                .map(|_| ())
+                .map_err(|e| errors::execution("recording a schema migration failed", &e))
+        })
+        .await?;
+        newly_applied.push(migration.version);
+    }
+    Ok(newly_applied)
+}
+
+/// Versions recorded in `schema_migrations`.
+pub(crate) async fn applied_versions(
+    session: &Session,
+    keyspace: &str,
+    config: &ScyllaConfig,
+) -> Result<BTreeSet<i32>, StoreError> {
+    let statement = format!("SELECT version FROM {keyspace}.schema_migrations");
+    let result = retry(&config.retry, StoreError::is_retryable, || async {
+        session
+            .query_unpaged(statement.as_str(), ())
+            .await
+            .map_err(|e| errors::execution("reading schema_migrations failed", &e))
+    })
+    .await?;
+    let rows = result
+        .into_rows_result()
+        .map_err(|e| errors::type_check("schema_migrations returned no rows result", &e))?;
+    let mut versions = BTreeSet::new();
+    for row in rows
+        .rows::<(i32,)>()
+        .map_err(|e| errors::type_check("schema_migrations has unexpected columns", &e))?
+    {
+        let (version,) = row.map_err(|e| errors::type_check("unreadable schema_migrations row", &e))?;
+        versions.insert(version);
+    }
+    Ok(versions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyspace_names() {
+        for good in ["meterflow", "mf_test_1", "a"] {
+            assert!(is_valid_keyspace(good), "{good}");
+        }
+        for bad in ["", "1abc", "Meterflow", "mf-test", "mf.test", &"a".repeat(49)] {
+            assert!(!is_valid_keyspace(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn twcs_windows() {
+        assert_eq!(twcs_window_days(1), 1);
+        assert_eq!(twcs_window_days(30), 1);
+        assert_eq!(twcs_window_days(31), 2);
+        assert_eq!(twcs_window_days(400), 14);
+    }
+
+    #[test]
+    fn replication_follows_the_config() {
+        let mut config = ScyllaConfig::default();
+        assert!(keyspace_statement("ks", &config).contains("'replication_factor': 3"));
+        config.local_datacenter = Some("dc1".into());
+        config.replication_factor = 2;
+        assert!(keyspace_statement("ks", &config).contains("'dc1': 2"));
+    }
+
+    #[test]
+    fn migrations_are_ordered_and_idempotent_ddl() {
+        let config = ScyllaConfig::default();
+        let versions: Vec<i32> = MIGRATIONS.iter().map(|m| m.version).collect();
+        let mut sorted = versions.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(versions, sorted, "versions ascend and are unique");
+        for statement in full_schema("ks", &config) {
+            assert!(statement.contains("IF NOT EXISTS"), "{statement}");
+        }
+        let readings = &MIGRATIONS[0].statements("ks", &config)[0];
+        assert!(readings.contains("TimeWindowCompactionStrategy"));
+        assert!(readings.contains("'compaction_window_size': '14'"));
+        assert!(readings.contains("default_time_to_live = 34560000"));
+    }
+}

@@ -1,0 +1,7 @@
+//! Integration tests of meterflow-storage: the embedded store against a model, across
+//! restarts and aborts, and its dead-letter and idempotency contracts.
+
+mod embedded_contract;
+mod embedded_durability;
+mod embedded_model;
+mod utils;
