@@ -233,10 +233,10 @@ impl Config {
     pub fn apply_env(&mut self, env: &HashMap<String, String>) -> Result<(), Vec<String>> {
         let mut errors = Vec::new();
         let mut parse = |name: &str, apply: &mut dyn FnMut(&str) -> Result<(), String>| {
-            if let Some(value) = env.get(name) {
-                if let Err(e) = apply(value) {
-                    errors.push(format!("{name}={value:?}: {e}"));
-                }
+            if let Some(value) = env.get(name)
+                && let Err(e) = apply(value)
+            {
+                errors.push(format!("{name}={value:?}: {e}"));
             }
         };
         parse("MF_MQTT_LISTEN", &mut |v| {

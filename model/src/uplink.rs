@@ -30,8 +30,10 @@ pub struct Reading {
     /// Maximum flow seen in the interval, litres per hour.
     #[serde(default)]
     pub flow: u32,
-    /// Water temperature in 0.1 °C, when the meter has a sensor.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Water temperature in 0.1 °C, when the meter has a sensor. Always serialised
+    /// (as `null` when absent): readings are also persisted inside meter state with
+    /// bincode's serde mode, which cannot read back a skipped field.
+    #[serde(default)]
     pub temp: Option<i16>,
 }
 

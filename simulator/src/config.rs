@@ -165,12 +165,12 @@ impl SimConfig {
                 self.readings_per_message
             ));
         }
-        if let Some(rate) = self.rate {
-            if !(rate.is_finite() && rate > 0.0) {
-                problems.push(format!(
-                    "rate must be a positive number of messages per second, got {rate}"
-                ));
-            }
+        if let Some(rate) = self.rate
+            && !(rate.is_finite() && rate > 0.0)
+        {
+            problems.push(format!(
+                "rate must be a positive number of messages per second, got {rate}"
+            ));
         }
         if !(1..=MAX_WINDOW).contains(&self.window) {
             problems.push(format!(

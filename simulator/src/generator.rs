@@ -308,11 +308,9 @@ mod tests {
     #[test]
     fn seq_and_timestamps_ascend_and_registers_never_fall() {
         for meter in 0..3 {
-            let mut expected_seq = 1;
             let mut last: Option<Reading> = None;
-            for uplink in meter_messages(&config(), meter) {
+            for (uplink, expected_seq) in meter_messages(&config(), meter).zip(1..) {
                 assert_eq!(uplink.seq, expected_seq);
-                expected_seq += 1;
                 assert_eq!(uplink.readings.len(), 24);
                 for r in &uplink.readings {
                     if let Some(prev) = last {

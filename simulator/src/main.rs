@@ -85,7 +85,7 @@ struct Args {
     )]
     mac_key: Option<String>,
     /// Sign uplinks with a per-meter MAC key "{SECRET}.{meter}".
-    #[arg(long, value_name = "SECRET", hide_env_values = true)]
+    #[arg(long, value_name = "SECRET")]
     mac_key_per_meter: Option<String>,
     /// Connection attempts in flight at once across the fleet.
     #[arg(long, default_value_t = DEFAULT_CONNECT_CONCURRENCY)]
@@ -134,15 +134,33 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    match simulate(&args) {
+    let config = args.to_config();
+    if let Err(error) = config.validate() {
+        eprintln!("meterflow-sim: {error}");
+        return ExitCode::from(2);
+    }
+    if args.print_config {
+        return match serde_json::to_string_pretty(&config) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("meterflow-sim: {error}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    match simulate(config, args.json) {
         Ok(report) if report.unacked == 0 => ExitCode::SUCCESS,
         Ok(report) => {
+            let never_sent = report.messages.saturating_sub(report.sent);
             eprintln!(
-                "meterflow-sim: {} of {} messages were not acked{}",
+                "meterflow-sim: {} of {} messages were not acked before the run ended{}",
                 report.unacked,
                 report.messages,
-                if report.sent < report.messages {
-                    format!(" ({} never sent)", report.messages - report.sent)
+                if never_sent > 0 {
+                    format!(" ({never_sent} never sent)")
                 } else {
                     String::new()
                 }
@@ -156,13 +174,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn simulate(args: &Args) -> anyhow::Result<Report> {
-    let config = args.to_config();
-    config.validate()?;
-    if args.print_config {
-        println!("{}", serde_json::to_string_pretty(&config)?);
-        std::process::exit(0);
-    }
+fn simulate(config: SimConfig, json: bool) -> anyhow::Result<Report> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -185,7 +197,7 @@ fn simulate(args: &Args) -> anyhow::Result<Report> {
         progress.abort();
         report
     })?;
-    if args.json {
+    if json {
         let mut stdout = std::io::stdout().lock();
         serde_json::to_writer(&mut stdout, &report)?;
         writeln!(stdout)?;

@@ -17,6 +17,9 @@
 pub mod embedded;
 pub mod error;
 pub mod memory_cache;
+pub mod redis_cache;
+pub mod resilience;
+pub mod scylla;
 
 pub use error::{CacheError, StoreError};
 

@@ -182,12 +182,14 @@ async fn the_binary_prints_one_json_report_and_exits_by_outcome() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_meters_connect_through_the_ramp() {
+async fn hundreds_of_meters_connect_through_the_ramp() {
     let broker = Mosquitto::start();
     let acker = Acker::start(broker.port(), AckPolicy::All, None).await;
+    // 500, not thousands: each connection is a file descriptor in this process and
+    // in mosquitto, and CI machines often cap both at 1,024.
     let config = SimConfig {
         connect_concurrency: 32,
-        ..fleet(&broker, 1_000, 60, 4)
+        ..fleet(&broker, 500, 5, 4)
     };
 
     let report = run(config.clone()).await.unwrap();
@@ -195,5 +197,4 @@ async fn a_thousand_meters_connect_through_the_ramp() {
     assert_complete(&report, &config);
     assert_eq!(report.connection_errors, 0, "{report:#?}");
     acker.assert_stored_ground_truth(&config);
-    eprintln!("{report:#?}");
 }

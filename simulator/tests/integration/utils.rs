@@ -271,13 +271,13 @@ fn store(
             return None;
         }
     };
-    if let Some(keys) = mac_keys {
-        if !mac::verify(&keys.key_for(key.meter.as_str()), &uplink) {
-            state
-                .errors
-                .push(format!("{topic_name} seq {}: bad mac", uplink.seq));
-            return None;
-        }
+    if let Some(keys) = mac_keys
+        && !mac::verify(&keys.key_for(key.meter.as_str()), &uplink)
+    {
+        state
+            .errors
+            .push(format!("{topic_name} seq {}: bad mac", uplink.seq));
+        return None;
     }
     let log = state.meters.entry(key.meter.to_string()).or_default();
     let seq = uplink.seq;

@@ -1,10 +1,17 @@
 //! The embedded reading store: fjall 3, an LSM tree in one local directory — the
 //! default backend on one machine (DESIGN §5).
 //!
-//! One fjall keyspace per logical table: `readings`, `meter_state`, `dead_letters`.
-//! Keys are order-preserving (see [`keys`]), values are small versioned layouts (see
-//! [`rows`]) except `meter_state`, whose value is the meter's
-//! [`MeterState`] as a `meterflow_model::codec::binary::encode_record` record.
+//! On disk: one fjall keyspace per logical table. Keys are order-preserving (ids never
+//! contain `0x00`; `ts*` is the i64 as big-endian u64 with the sign bit flipped), so a
+//! prefix or range scan yields one meter's or one tenant's rows in time order:
+//!
+//! | keyspace       | key                                       | value                              |
+//! |----------------|-------------------------------------------|------------------------------------|
+//! | `readings`     | tenant `0x00` meter `0x00` ts*            | 50-byte fixed LE row, version byte first |
+//! | `meter_state`  | tenant `0x00` meter                       | `encode_record(&MeterState)`       |
+//! | `dead_letters` | tenant `0x00` received_at* id (u64 BE)    | version byte, then u32-length-prefixed topic, payload, reason code, correlation id |
+//!
+//! The byte-level layouts are documented, and tested, in `keys.rs` and `rows.rs`.
 //!
 //! Invariants:
 //! - **Durable means fsynced.** [`ReadingStore::write`] turns all given sealed batches
@@ -23,8 +30,9 @@
 //! - **Bounded memory**: see the constants below.
 //!
 //! If a journal write or fsync fails, fjall poisons the database and refuses every
-//! later write: [`ReadingStore::is_ready`] turns false and writes fail with an
-//! [`StoreError::Unavailable`] that asks for a restart (recovery replays the journal).
+//! later write: that write fails with the I/O error, every later one with a
+//! [`StoreError::Unavailable`] that asks for a restart (recovery replays the journal),
+//! and from then on [`ReadingStore::is_ready`] is false.
 
 mod keys;
 mod rows;

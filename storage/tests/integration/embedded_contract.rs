@@ -230,12 +230,9 @@ fn empty_writes_succeed_and_the_store_is_ready() {
 }
 
 /// Most meters have no temperature sensor, so most states hold a last reading with
-/// `temp: None`. Ignored until the model is fixed: `Reading.temp` carries
-/// `#[serde(skip_serializing_if = "Option::is_none")]`, which bincode (not
-/// self-describing) cannot read back, so `encode_record` of such a state yields a
-/// record `decode_record` rejects and hydration fails with `StoreError::Corrupt`.
+/// `temp: None`; such a state must survive bincode's (not self-describing) serde
+/// mode, which cannot read back a field skipped on write.
 #[test]
-#[ignore = "model bug: Reading.temp skip_serializing_if breaks encode_record/decode_record"]
 fn meter_state_without_temperature_round_trips() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);

@@ -33,7 +33,7 @@ pub(crate) fn stored_reading(ts: i64, reg: u64, quality: Quality) -> StoredReadi
 }
 
 /// A meter state with watermark `seq` and `today_l` litres. Its last reading has a
-/// temperature: see `meter_state_without_temperature_round_trips` for why.
+/// temperature; `meter_state_without_temperature_round_trips` covers the other case.
 pub(crate) fn meter_state(seq: u64, today_l: u64) -> MeterState {
     meter_state_with_temp(seq, today_l, Some(215))
 }

@@ -1,0 +1,937 @@
+//! The ScyllaDB backend of [`ReadingStore`] (DESIGN §5), also run against Apache
+//! Cassandra 5 in tests: same CQL, same schema ([`schema`] has the tables and the
+//! column encodings).
+//!
+//! Writing a set of sealed batches ([`ScyllaStore::write`]):
+//! - rows are grouped per partition: a meter's readings per UTC day (deduplicated on
+//!   `ts`, the later batch winning), dead letters per tenant and day;
+//! - each partition's rows go out as unlogged batches of at most `max_batch_rows`
+//!   (an unlogged batch never spans partitions: that is what makes it cheap and
+//!   atomic per partition), alongside one upsert into the matching `*_days` index;
+//! - a meter's `meter_state` is written only after every readings statement of that
+//!   meter succeeded, so a crash in between leaves readings without the state that
+//!   reflects them (harmless: they are rewritten on resend), never the reverse;
+//! - meters and dead-letter partitions proceed concurrently, with at most
+//!   `max_in_flight` statements in flight for the whole store;
+//! - every statement is prepared and marked idempotent (pure upserts on natural keys),
+//!   and is retried with backoff while the error is transient;
+//! - `write` returns `Ok` only when every statement was acknowledged at the
+//!   configured consistency; on the first failure it returns that error (statements
+//!   already sent may have landed: rewriting the same batches is harmless).
+//!
+//! Write timestamps come from the driver's monotonic client-side generator, so a
+//! later `write` of a meter's state always wins over an earlier one, whichever
+//! coordinators applied them.
+//!
+//! A [`CircuitBreaker`] guards the whole store: each `write` or read is one operation;
+//! when `failure_threshold` of them in a row failed after retries, calls fail at once
+//! with [`StoreError::Unavailable`] until a probe succeeds. Its state is exposed by
+//! [`ScyllaStore::breaker_state`] for metrics.
+//!
+//! The driver is async; [`ReadingStore`] is synchronous. The store owns a small
+//! multi-thread tokio runtime (the driver's connection tasks keep running between
+//! calls) and each trait method `block_on`s it. So the methods must be called from
+//! plain threads or `spawn_blocking`, never from inside an async task: tokio panics on
+//! a `block_on` nested in a runtime worker.
+
+mod config;
+mod errors;
+pub mod schema;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use ::scylla::client::execution_profile::ExecutionProfile;
+use ::scylla::client::session::Session;
+use ::scylla::client::session_builder::SessionBuilder;
+use ::scylla::policies::timestamp_generator::MonotonicTimestampGenerator;
+use ::scylla::serialize::row::SerializeRow;
+use ::scylla::statement::batch::{Batch, BatchType};
+use ::scylla::statement::prepared::PreparedStatement;
+use ::scylla::value::{CqlDate, CqlTimestamp, MaybeUnset};
+use futures_util::stream::{FuturesUnordered, StreamExt, TryStreamExt};
+use meterflow_model::codec::binary::{decode_record, encode_record};
+use meterflow_model::time::day_of;
+use meterflow_model::{
+    DeadLetter, MeterKey, MeterState, Quality, Reading, Reject, SealedBatch, StoredReading,
+};
+use tokio::runtime::Runtime;
+use tokio::sync::Semaphore;
+
+pub use self::config::{Consistency, ScyllaConfig};
+use crate::error::StoreError;
+use crate::resilience::{BreakerPermit, BreakerState, CircuitBreaker, retry};
+use crate::ReadingStore;
+
+/// Worker threads of the store's runtime. The driver's work is socket I/O and
+/// (de)serialisation, so one thread would do; the second keeps one slow poll (a large
+/// result page) from stalling every connection's heartbeat.
+const RUNTIME_WORKER_THREADS: usize = 2;
+
+/// Rows per page of the read queries: a day of per-minute readings (1,440) fits in
+/// two pages, and a page stays well under a megabyte.
+const READ_PAGE_SIZE: i32 = 1_000;
+
+/// The CQL `date` of the Unix epoch: `date` is an unsigned day count centred on 2^31.
+const CQL_DATE_EPOCH: i64 = 1 << 31;
+
+/// A readings row as bound to `insert_reading`: tenant, meter, day, ts, reg, rev,
+/// flow, temp, interval_l, quality, seq, received_at, TTL.
+type ReadingRow<'a> = (
+    &'a str,
+    &'a str,
+    CqlDate,
+    CqlTimestamp,
+    i64,
+    i64,
+    i64,
+    MaybeUnset<i16>,
+    MaybeUnset<i64>,
+    i8,
+    i64,
+    CqlTimestamp,
+    i32,
+);
+
+/// A dead_letters row as bound to `insert_dead_letter`: tenant, day, received_at, id,
+/// topic, payload, reason, correlation_id, TTL.
+type DeadLetterRow<'a> = (
+    &'a str,
+    CqlDate,
+    CqlTimestamp,
+    i64,
+    &'a str,
+    &'a [u8],
+    &'static str,
+    &'a str,
+    i32,
+);
+
+/// What `select_readings` returns: ts, reg, rev, flow, temp, interval_l, quality, seq,
+/// received_at.
+type ReadingColumns = (
+    CqlTimestamp,
+    i64,
+    i64,
+    i64,
+    Option<i16>,
+    Option<i64>,
+    i8,
+    i64,
+    CqlTimestamp,
+);
+
+/// What `select_dead_letters` returns: received_at, id, topic, payload, reason,
+/// correlation_id.
+type DeadLetterColumns = (CqlTimestamp, i64, String, Vec<u8>, String, String);
+
+type UnitFuture<'a> = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>>;
+
+/// The store's prepared statements, prepared once at open.
+struct Statements {
+    insert_reading: PreparedStatement,
+    insert_reading_day: PreparedStatement,
+    insert_state: PreparedStatement,
+    insert_dead_letter: PreparedStatement,
+    insert_dead_letter_day: PreparedStatement,
+    select_state: PreparedStatement,
+    select_reading_days: PreparedStatement,
+    select_readings: PreparedStatement,
+    select_dead_letter_days: PreparedStatement,
+    select_dead_letters: PreparedStatement,
+}
+
+impl Statements {
+    async fn prepare(session: &Session, ks: &str) -> Result<Self, StoreError> {
+        let prepare = |cql: String| async move {
+            let mut statement = session
+                .prepare(cql.as_str())
+                .await
+                .map_err(|e| errors::prepare_error(&format!("preparing `{cql}` failed"), &e))?;
+            // Every statement here is a pure upsert or a read on natural keys.
+            statement.set_is_idempotent(true);
+            statement.set_page_size(READ_PAGE_SIZE);
+            Ok::<_, StoreError>(statement)
+        };
+        Ok(Self {
+            insert_reading: prepare(format!(
+                "INSERT INTO {ks}.readings (tenant, meter, day, ts, reg, rev, flow, temp, \
+                 interval_l, quality, seq, received_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?"
+            ))
+            .await?,
+            insert_reading_day: prepare(format!(
+                "INSERT INTO {ks}.reading_days (tenant, meter, day) VALUES (?, ?, ?) USING TTL ?"
+            ))
+            .await?,
+            insert_state: prepare(format!(
+                "INSERT INTO {ks}.meter_state (tenant, meter, state, last_seq, last_ts) \
+                 VALUES (?, ?, ?, ?, ?)"
+            ))
+            .await?,
+            insert_dead_letter: prepare(format!(
+                "INSERT INTO {ks}.dead_letters (tenant, day, received_at, id, topic, payload, \
+                 reason, correlation_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?"
+            ))
+            .await?,
+            insert_dead_letter_day: prepare(format!(
+                "INSERT INTO {ks}.dead_letter_days (tenant, day) VALUES (?, ?) USING TTL ?"
+            ))
+            .await?,
+            select_state: prepare(format!(
+                "SELECT state FROM {ks}.meter_state WHERE tenant = ? AND meter = ?"
+            ))
+            .await?,
+            select_reading_days: prepare(format!(
+                "SELECT day FROM {ks}.reading_days \
+                 WHERE tenant = ? AND meter = ? AND day >= ? AND day <= ?"
+            ))
+            .await?,
+            select_readings: prepare(format!(
+                "SELECT ts, reg, rev, flow, temp, interval_l, quality, seq, received_at \
+                 FROM {ks}.readings \
+                 WHERE tenant = ? AND meter = ? AND day = ? AND ts >= ? AND ts < ? LIMIT ?"
+            ))
+            .await?,
+            select_dead_letter_days: prepare(format!(
+                "SELECT day FROM {ks}.dead_letter_days WHERE tenant = ?"
+            ))
+            .await?,
+            select_dead_letters: prepare(format!(
+                "SELECT received_at, id, topic, payload, reason, correlation_id \
+                 FROM {ks}.dead_letters WHERE tenant = ? AND day = ? LIMIT ?"
+            ))
+            .await?,
+        })
+    }
+}
+
+/// The async half of the store: everything but the runtime.
+struct Core {
+    session: Session,
+    keyspace: String,
+    config: ScyllaConfig,
+    statements: Statements,
+    /// Permits for statements in flight (`config.max_in_flight`).
+    in_flight: Semaphore,
+    breaker: CircuitBreaker,
+}
+
+/// [`ReadingStore`] on ScyllaDB or Apache Cassandra.
+pub struct ScyllaStore {
+    core: Core,
+    /// `Some` until drop; shut down in the background so dropping the store from
+    /// anywhere (even an async context) is safe.
+    runtime: Option<Runtime>,
+}
+
+impl ScyllaStore {
+    /// Connects to the cluster through `contact_points` (`host:port`, e.g.
+    /// `127.0.0.1:9042`), creates `keyspace` if missing, applies pending schema
+    /// migrations and prepares the statements.
+    ///
+    /// `keyspace` must be lowercase `[a-z][a-z0-9_]*`, at most 48 characters.
+    /// An unreachable cluster is [`StoreError::Unavailable`] (try again later); a bad
+    /// config or keyspace name is [`StoreError::Config`].
+    pub fn open<S: AsRef<str>>(
+        contact_points: &[S],
+        keyspace: &str,
+        config: ScyllaConfig,
+    ) -> Result<Self, StoreError> {
+        let mut problems = config.validate().err().unwrap_or_default();
+        if contact_points.is_empty() {
+            problems.push("scylla: at least one contact point (host:port) is needed".into());
+        }
+        if !schema::is_valid_keyspace(keyspace) {
+            problems.push(format!(
+                "scylla: keyspace {keyspace:?} must be lowercase [a-z][a-z0-9_]*, at most 48 characters"
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(StoreError::Config(problems.join("; ")));
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(RUNTIME_WORKER_THREADS)
+            .thread_name("mf-scylla")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Config(format!("cannot start the ScyllaDB runtime: {e}")))?;
+        let nodes: Vec<String> = contact_points
+            .iter()
+            .map(|c| c.as_ref().to_owned())
+            .collect();
+        let core = runtime.block_on(Core::connect(nodes, keyspace, config))?;
+        Ok(Self {
+            core,
+            runtime: Some(runtime),
+        })
+    }
+
+    /// The breaker's state, for metrics (`closed`, `open`, `half_open`).
+    pub fn breaker_state(&self) -> BreakerState {
+        self.core.breaker.state()
+    }
+
+    pub fn keyspace(&self) -> &str {
+        &self.core.keyspace
+    }
+
+    pub fn config(&self) -> &ScyllaConfig {
+        &self.core.config
+    }
+
+    /// Schema versions recorded in `schema_migrations`.
+    pub fn applied_migrations(&self) -> Result<Vec<i32>, StoreError> {
+        let core = &self.core;
+        self.block_on(async {
+            schema::applied_versions(&core.session, &core.keyspace, &core.config)
+                .await
+                .map(|set| set.into_iter().collect())
+        })
+    }
+
+    /// Applies pending migrations again (a no-op when the schema is current) and
+    /// returns the versions it applied. `open` already does this.
+    pub fn migrate(&self) -> Result<Vec<i32>, StoreError> {
+        let core = &self.core;
+        self.block_on(schema::migrate(&core.session, &core.keyspace, &core.config))
+    }
+
+    fn block_on<T>(&self, future: impl Future<Output = T>) -> T {
+        match &self.runtime {
+            Some(runtime) => runtime.block_on(future),
+            // Only `drop` takes the runtime out.
+            None => unreachable!("the runtime lives as long as the store"),
+        }
+    }
+}
+
+impl Drop for ScyllaStore {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl ReadingStore for ScyllaStore {
+    fn write(&self, batches: &[SealedBatch]) -> Result<(), StoreError> {
+        if batches.iter().all(SealedBatch::is_empty) {
+            return Ok(());
+        }
+        self.block_on(self.core.guarded(self.core.write(batches)))
+    }
+
+    fn meter_state(&self, key: &MeterKey) -> Result<Option<MeterState>, StoreError> {
+        self.block_on(self.core.guarded(self.core.meter_state(key)))
+    }
+
+    fn readings(
+        &self,
+        key: &MeterKey,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredReading>, StoreError> {
+        if limit == 0 || from_ms >= to_ms {
+            return Ok(Vec::new());
+        }
+        self.block_on(
+            self.core
+                .guarded(self.core.readings(key, from_ms, to_ms, limit)),
+        )
+    }
+
+    fn dead_letters(&self, tenant: &str, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.block_on(self.core.guarded(self.core.dead_letters(tenant, limit)))
+    }
+
+    fn is_ready(&self) -> bool {
+        self.core.breaker.state() != BreakerState::Open
+            && self
+                .core
+                .session
+                .get_cluster_state()
+                .get_nodes_info()
+                .iter()
+                .any(|node| node.is_connected())
+    }
+}
+
+/// One meter's share of a write: readings by day then ts, and its newest state.
+struct MeterWrite<'a> {
+    key: &'a MeterKey,
+    days: BTreeMap<i64, BTreeMap<i64, &'a StoredReading>>,
+    state: &'a MeterState,
+}
+
+/// Groups the batches per partition. Later batches win: a reading's row for a `ts`
+/// seen twice, and a meter's state.
+fn plan(
+    batches: &[SealedBatch],
+) -> (
+    Vec<MeterWrite<'_>>,
+    BTreeMap<(&str, i64), BTreeMap<(i64, u64), &DeadLetter>>,
+) {
+    let mut meters: Vec<MeterWrite<'_>> = Vec::new();
+    let mut index: HashMap<&MeterKey, usize> = HashMap::new();
+    let mut dead_letters: BTreeMap<(&str, i64), BTreeMap<(i64, u64), &DeadLetter>> =
+        BTreeMap::new();
+    for batch in batches {
+        for meter in &batch.meters {
+            let slot = *index.entry(&meter.key).or_insert_with(|| {
+                meters.push(MeterWrite {
+                    key: &meter.key,
+                    days: BTreeMap::new(),
+                    state: &meter.state,
+                });
+                meters.len() - 1
+            });
+            let write = &mut meters[slot];
+            write.state = &meter.state;
+            for stored in &meter.readings {
+                write
+                    .days
+                    .entry(day_of(stored.reading.ts))
+                    .or_default()
+                    .insert(stored.reading.ts, stored);
+            }
+        }
+        for letter in &batch.dead_letters {
+            dead_letters
+                .entry((letter.tenant.as_str(), day_of(letter.received_at)))
+                .or_default()
+                .insert((letter.received_at, letter.id), letter);
+        }
+    }
+    (meters, dead_letters)
+}
+
+fn cql_date(day: i64) -> Result<CqlDate, StoreError> {
+    u32::try_from(day + CQL_DATE_EPOCH)
+        .map(CqlDate)
+        .map_err(|_| StoreError::Config(format!("day {day} is outside CQL's date range")))
+}
+
+/// `day` clamped into CQL's date range, for range bounds.
+fn cql_date_clamped(day: i64) -> CqlDate {
+    let clamped = day.clamp(-CQL_DATE_EPOCH, i64::from(u32::MAX) - CQL_DATE_EPOCH);
+    CqlDate(u32::try_from(clamped + CQL_DATE_EPOCH).unwrap_or(u32::MAX))
+}
+
+/// `limit` as CQL's `int` LIMIT.
+fn cql_limit(limit: usize) -> i32 {
+    i32::try_from(limit).unwrap_or(i32::MAX)
+}
+
+fn reading_row<'a>(key: &'a MeterKey, date: CqlDate, stored: &StoredReading, ttl: i32) -> ReadingRow<'a> {
+    let r = &stored.reading;
+    (
+        key.tenant.as_str(),
+        key.meter.as_str(),
+        date,
+        CqlTimestamp(r.ts),
+        r.reg as i64,
+        r.rev as i64,
+        i64::from(r.flow),
+        MaybeUnset::from_option(r.temp),
+        MaybeUnset::from_option(stored.interval_l.map(|l| l as i64)),
+        stored.quality.code() as i8,
+        stored.seq as i64,
+        CqlTimestamp(stored.received_at),
+        ttl,
+    )
+}
+
+fn decode_reading(columns: ReadingColumns) -> Result<StoredReading, StoreError> {
+    let (ts, reg, rev, flow, temp, interval_l, quality, seq, received_at) = columns;
+    let flow = u32::try_from(flow)
+        .map_err(|_| StoreError::Corrupt(format!("reading at {}: flow {flow} is not a u32", ts.0)))?;
+    let quality = u8::try_from(quality)
+        .ok()
+        .and_then(Quality::from_code)
+        .ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "reading at {}: unknown quality code {quality} (written by a newer meterflow?)",
+                ts.0
+            ))
+        })?;
+    Ok(StoredReading {
+        reading: Reading {
+            ts: ts.0,
+            reg: reg as u64,
+            rev: rev as u64,
+            flow,
+            temp,
+        },
+        seq: seq as u64,
+        received_at: received_at.0,
+        quality,
+        interval_l: interval_l.map(|l| l as u64),
+    })
+}
+
+fn decode_dead_letter(tenant: &str, columns: DeadLetterColumns) -> Result<DeadLetter, StoreError> {
+    let (received_at, id, topic, payload, reason, correlation_id) = columns;
+    let reason = Reject::from_code(&reason).ok_or_else(|| {
+        StoreError::Corrupt(format!(
+            "dead letter {correlation_id}: unknown reason code {reason:?} (written by a newer meterflow?)"
+        ))
+    })?;
+    Ok(DeadLetter {
+        tenant: tenant.to_owned(),
+        received_at: received_at.0,
+        id: id as u64,
+        topic,
+        payload,
+        reason,
+        correlation_id,
+    })
+}
+
+impl Core {
+    async fn connect(
+        contact_points: Vec<String>,
+        keyspace: &str,
+        config: ScyllaConfig,
+    ) -> Result<Self, StoreError> {
+        let profile = ExecutionProfile::builder()
+            .consistency(config.consistency.to_driver())
+            .request_timeout(Some(config.request_timeout()))
+            .build();
+        let mut builder = SessionBuilder::new()
+            .known_nodes(&contact_points)
+            .connection_timeout(config.connect_timeout())
+            .default_execution_profile_handle(profile.into_handle())
+            .timestamp_generator(Arc::new(MonotonicTimestampGenerator::new()));
+        if let Some(dc) = &config.local_datacenter {
+            builder = builder.prefer_datacenter(dc.clone());
+        }
+        let session = builder.build().await.map_err(|e| errors::new_session(&e))?;
+        let applied = schema::migrate(&session, keyspace, &config).await?;
+        if !applied.is_empty() {
+            tracing::info!(keyspace, ?applied, "schema migrations applied");
+        }
+        let statements = Statements::prepare(&session, keyspace).await?;
+        tracing::info!(keyspace, nodes = ?contact_points, "scylla store ready");
+        Ok(Self {
+            session,
+            keyspace: keyspace.to_owned(),
+            in_flight: Semaphore::new(config.max_in_flight),
+            breaker: CircuitBreaker::new("scylla", config.breaker.clone()),
+            config,
+            statements,
+        })
+    }
+
+    /// Runs one store operation behind the breaker.
+    async fn guarded<T>(
+        &self,
+        operation: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let permit: BreakerPermit<'_> = self.breaker.acquire().map_err(|open| {
+            StoreError::Unavailable(format!(
+                "{open}; ScyllaDB calls fail fast until a probe succeeds"
+            ))
+        })?;
+        let result = operation.await;
+        match &result {
+            Err(error) if error.is_retryable() => permit.failed(),
+            _ => permit.succeeded(),
+        }
+        result
+    }
+
+    /// Executes one statement (retried while transient), holding an in-flight permit
+    /// per attempt.
+    async fn execute(
+        &self,
+        what: &'static str,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> Result<(), StoreError> {
+        retry(&self.config.retry, StoreError::is_retryable, || async {
+            let _slot = self.slot().await?;
+            self.session
+                .execute_unpaged(statement, &values)
+                .await
+                .map(drop)
+                .map_err(|e| errors::execution(what, &e))
+        })
+        .await
+    }
+
+    /// Executes `rows` of one partition as one unlogged batch of `statement`.
+    async fn execute_batch<R: SerializeRow>(
+        &self,
+        what: &'static str,
+        statement: &PreparedStatement,
+        rows: &[R],
+    ) -> Result<(), StoreError> {
+        if let [row] = rows {
+            return self.execute(what, statement, row).await;
+        }
+        let mut batch = Batch::new(BatchType::Unlogged);
+        for _ in rows {
+            batch.append_statement(statement.clone());
+        }
+        batch.set_is_idempotent(true);
+        retry(&self.config.retry, StoreError::is_retryable, || async {
+            let _slot = self.slot().await?;
+            self.session
+                .batch(&batch, rows)
+                .await
+                .map(drop)
+                .map_err(|e| errors::execution(what, &e))
+        })
+        .await
+    }
+
+    async fn slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, StoreError> {
+        self.in_flight
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))
+    }
+
+    async fn write(&self, batches: &[SealedBatch]) -> Result<(), StoreError> {
+        let (meters, dead_letters) = plan(batches);
+        let mut units: FuturesUnordered<UnitFuture<'_>> = FuturesUnordered::new();
+        for meter in &meters {
+            units.push(Box::pin(self.write_meter(meter)));
+        }
+        for ((tenant, day), letters) in &dead_letters {
+            units.push(Box::pin(self.write_dead_letters(tenant, *day, letters)));
+        }
+        while let Some(result) = units.next().await {
+            // Dropping the remaining units cancels their pending statements.
+            result?;
+        }
+        Ok(())
+    }
+
+    /// A meter's readings (and their day index) first, then its state.
+    async fn write_meter(&self, meter: &MeterWrite<'_>) -> Result<(), StoreError> {
+        let ttl = self.config.readings_ttl_secs();
+        let tenant = meter.key.tenant.as_str();
+        let name = meter.key.meter.as_str();
+        let mut days = Vec::with_capacity(meter.days.len());
+        for (day, readings) in &meter.days {
+            let date = cql_date(*day)?;
+            let rows: Vec<ReadingRow<'_>> = readings
+                .values()
+                .map(|stored| reading_row(meter.key, date, stored, ttl))
+                .collect();
+            days.push((date, rows));
+        }
+        let mut statements: FuturesUnordered<UnitFuture<'_>> = FuturesUnordered::new();
+        for (date, rows) in &days {
+            statements.push(Box::pin(self.execute(
+                "writing reading_days failed",
+                &self.statements.insert_reading_day,
+                (tenant, name, *date, ttl),
+            )));
+            for chunk in rows.chunks(self.config.max_batch_rows) {
+                statements.push(Box::pin(self.execute_batch(
+                    "writing readings failed",
+                    &self.statements.insert_reading,
+                    chunk,
+                )));
+            }
+        }
+        while let Some(result) = statements.next().await {
+            result?;
+        }
+        let state = encode_record(meter.state);
+        self.execute(
+            "writing meter_state failed",
+            &self.statements.insert_state,
+            (
+                tenant,
+                name,
+                state.as_slice(),
+                MaybeUnset::from_option(meter.state.seq.watermark().map(|s| s as i64)),
+                MaybeUnset::from_option(meter.state.last_ts().map(CqlTimestamp)),
+            ),
+        )
+        .await
+    }
+
+    async fn write_dead_letters(
+        &self,
+        tenant: &str,
+        day: i64,
+        letters: &BTreeMap<(i64, u64), &DeadLetter>,
+    ) -> Result<(), StoreError> {
+        let ttl = self.config.dead_letters_ttl_secs();
+        let date = cql_date(day)?;
+        let rows: Vec<DeadLetterRow<'_>> = letters
+            .values()
+            .map(|l| {
+                (
+                    tenant,
+                    date,
+                    CqlTimestamp(l.received_at),
+                    l.id as i64,
+                    l.topic.as_str(),
+                    l.payload.as_slice(),
+                    l.reason.code(),
+                    l.correlation_id.as_str(),
+                    ttl,
+                )
+            })
+            .collect();
+        let mut statements: FuturesUnordered<UnitFuture<'_>> = FuturesUnordered::new();
+        statements.push(Box::pin(self.execute(
+            "writing dead_letter_days failed",
+            &self.statements.insert_dead_letter_day,
+            (tenant, date, ttl),
+        )));
+        for chunk in rows.chunks(self.config.max_batch_rows) {
+            statements.push(Box::pin(self.execute_batch(
+                "writing dead_letters failed",
+                &self.statements.insert_dead_letter,
+                chunk,
+            )));
+        }
+        while let Some(result) = statements.next().await {
+            result?;
+        }
+        Ok(())
+    }
+
+    /// Every row of a paged query, retried as a whole while transient.
+    async fn select_all<R>(
+        &self,
+        what: &'static str,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+        limit: usize,
+    ) -> Result<Vec<R>, StoreError>
+    where
+        R: for<'f, 'm> ::scylla::deserialize::row::DeserializeRow<'f, 'm> + Send + 'static,
+    {
+        retry(&self.config.retry, StoreError::is_retryable, || async {
+            let _slot = self.slot().await?;
+            let pager = self
+                .session
+                .execute_iter(statement.clone(), &values)
+                .await
+                .map_err(|e| errors::pager(what, &e))?;
+            let mut rows = pager
+                .rows_stream::<R>()
+                .map_err(|e| errors::type_check(what, &e))?;
+            let mut out = Vec::new();
+            while out.len() < limit {
+                match rows.try_next().await {
+                    Ok(Some(row)) => out.push(row),
+                    Ok(None) => break,
+                    Err(e) => return Err(errors::next_row(what, &e)),
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn meter_state(&self, key: &MeterKey) -> Result<Option<MeterState>, StoreError> {
+        let rows: Vec<(Option<Vec<u8>>,)> = self
+            .select_all(
+                "reading meter_state failed",
+                &self.statements.select_state,
+                (key.tenant.as_str(), key.meter.as_str()),
+                1,
+            )
+            .await?;
+        match rows.into_iter().next() {
+            None => Ok(None),
+            Some((None,)) => Err(StoreError::Corrupt(format!(
+                "meter_state of {key} has no state blob"
+            ))),
+            Some((Some(blob),)) => decode_record(&blob)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(format!("meter_state of {key}: {e}"))),
+        }
+    }
+
+    async fn readings(
+        &self,
+        key: &MeterKey,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredReading>, StoreError> {
+        let tenant = key.tenant.as_str();
+        let meter = key.meter.as_str();
+        // `to_ms` is exclusive, and `from_ms < to_ms`, so `to_ms - 1` cannot overflow.
+        let days: Vec<(CqlDate,)> = self
+            .select_all(
+                "reading reading_days failed",
+                &self.statements.select_reading_days,
+                (
+                    tenant,
+                    meter,
+                    cql_date_clamped(day_of(from_ms)),
+                    cql_date_clamped(day_of(to_ms - 1)),
+                ),
+                usize::MAX,
+            )
+            .await?;
+        let mut out = Vec::new();
+        for (date,) in days {
+            let remaining = limit - out.len();
+            let rows: Vec<ReadingColumns> = self
+                .select_all(
+                    "reading readings failed",
+                    &self.statements.select_readings,
+                    (
+                        tenant,
+                        meter,
+                        date,
+                        CqlTimestamp(from_ms),
+                        CqlTimestamp(to_ms),
+                        cql_limit(remaining),
+                    ),
+                    remaining,
+                )
+                .await?;
+            for columns in rows {
+                out.push(decode_reading(columns)?);
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn dead_letters(&self, tenant: &str, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        // Newest day first (the index is clustered by day descending).
+        let days: Vec<(CqlDate,)> = self
+            .select_all(
+                "reading dead_letter_days failed",
+                &self.statements.select_dead_letter_days,
+                (tenant,),
+                usize::MAX,
+            )
+            .await?;
+        let mut out = Vec::new();
+        for (date,) in days {
+            let remaining = limit - out.len();
+            let rows: Vec<DeadLetterColumns> = self
+                .select_all(
+                    "reading dead_letters failed",
+                    &self.statements.select_dead_letters,
+                    (tenant, date, cql_limit(remaining)),
+                    remaining,
+                )
+                .await?;
+            for columns in rows {
+                out.push(decode_dead_letter(tenant, columns)?);
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use meterflow_model::{MeterBatch, MeterId, TenantId};
+
+    use super::*;
+
+    fn key(meter: &str) -> MeterKey {
+        MeterKey::new(
+            TenantId::try_from("t").unwrap(),
+            MeterId::try_from(meter).unwrap(),
+        )
+    }
+
+    fn stored(ts: i64, reg: u64) -> StoredReading {
+        StoredReading {
+            reading: Reading {
+                ts,
+                reg,
+                rev: 0,
+                flow: 0,
+                temp: None,
+            },
+            seq: 1,
+            received_at: ts,
+            quality: Quality::Actual,
+            interval_l: None,
+        }
+    }
+
+    fn meter_batch(meter: &str, readings: Vec<StoredReading>) -> MeterBatch {
+        MeterBatch {
+            key: key(meter),
+            readings,
+            state: MeterState::default(),
+            messages: 1,
+            duplicates: 0,
+            first_received_at: None,
+        }
+    }
+
+    #[test]
+    fn plan_groups_by_day_and_later_batches_win() {
+        let day = meterflow_model::time::DAY_MS;
+        let first = SealedBatch {
+            meters: vec![meter_batch("m1", vec![stored(10, 1), stored(day + 5, 2)])],
+            ..SealedBatch::default()
+        };
+        let mut second_meter = meter_batch("m1", vec![stored(10, 99)]);
+        second_meter.state.usage.today_l = 7;
+        let second = SealedBatch {
+            number: 1,
+            meters: vec![second_meter, meter_batch("m2", vec![])],
+            ..SealedBatch::default()
+        };
+        let batches = [first, second];
+        let (meters, letters) = plan(&batches);
+        assert!(letters.is_empty());
+        assert_eq!(meters.len(), 2);
+        let m1 = &meters[0];
+        assert_eq!(m1.days.len(), 2);
+        assert_eq!(m1.days[&0][&10].reading.reg, 99, "later batch wins");
+        assert_eq!(m1.state.usage.today_l, 7, "later state wins");
+        assert!(meters[1].days.is_empty(), "a state-only meter still writes its state");
+    }
+
+    #[test]
+    fn cql_dates() {
+        assert_eq!(cql_date(0).unwrap(), CqlDate(1 << 31));
+        assert_eq!(cql_date(-1).unwrap(), CqlDate((1 << 31) - 1));
+        assert!(cql_date(i64::from(u32::MAX)).is_err());
+        assert_eq!(cql_date_clamped(i64::MIN), CqlDate(0));
+        assert_eq!(cql_date_clamped(i64::MAX), CqlDate(u32::MAX));
+        assert_eq!(cql_limit(usize::MAX), i32::MAX);
+    }
+
+    #[test]
+    fn rows_round_trip_through_their_column_types() {
+        let k = key("m1");
+        let mut original = stored(1_763_800_000_000, u64::MAX - 3);
+        original.reading.temp = Some(-15);
+        original.reading.flow = u32::MAX;
+        original.interval_l = Some(42);
+        original.quality = Quality::Suspect;
+        original.seq = u64::MAX;
+        let row = reading_row(&k, CqlDate(0), &original, 1);
+        let MaybeUnset::Set(temp) = row.7 else { panic!("temp unset") };
+        let MaybeUnset::Set(interval) = row.8 else { panic!("interval unset") };
+        let columns = (row.3, row.4, row.5, row.6, Some(temp), Some(interval), row.9, row.10, row.11);
+        assert_eq!(decode_reading(columns).unwrap(), original);
+        let bad_quality = (row.3, row.4, row.5, row.6, None, None, 9, row.10, row.11);
+        assert!(matches!(decode_reading(bad_quality), Err(StoreError::Corrupt(_))));
+    }
+}
