@@ -105,6 +105,11 @@ pub struct SimConfig {
     pub mac_keys: Option<MacKeys>,
     /// Connection attempts in flight at once across the fleet (the connect ramp).
     pub connect_concurrency: usize,
+    /// Connect the whole fleet before any meter sends, so the send phase measures a
+    /// fleet that is all online (as in the field) rather than a wave of meters that
+    /// finish while others are still connecting. Rates in the report cover the send
+    /// phase; the connect phase is `Report::connect_s`.
+    pub connect_first: bool,
 }
 
 impl Default for SimConfig {
@@ -128,6 +133,7 @@ impl Default for SimConfig {
             password: None,
             mac_keys: None,
             connect_concurrency: DEFAULT_CONNECT_CONCURRENCY,
+            connect_first: true,
         }
     }
 }

@@ -25,18 +25,18 @@ pub mod report;
 mod window;
 
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 
 pub use config::{MacKeys, SimConfig, meter_id_string};
 pub use error::SimError;
 pub use generator::{MeterMessages, encode_payload, meter_messages};
 pub use report::{CountersSnapshot, FleetCounters, LatencySummary, Report};
 
-use meter::{FleetShared, new_latency_histogram, run_meter};
+use meter::{CONNECT_PHASE_LIMIT, FleetShared, new_latency_histogram, run_meter};
 use pacing::Pacer;
 
 /// Runs a fleet until every message is acked or `config.timeout_s` passes.
@@ -68,30 +68,46 @@ pub async fn run_with(
 
     let started = Instant::now();
     let fleet = Arc::new(FleetShared {
-        pacer: config.rate.map(|rate| Pacer::new(started, rate)),
+        pacer: config.rate.map(Pacer::new),
         connect_gate: Semaphore::new(config.connect_concurrency),
         deadline: started + Duration::from_secs(config.timeout_s),
         refusal_logged: AtomicBool::new(false),
+        links: meters.iter().map(|_| Arc::default()).collect(),
+        start_gate_open: AtomicBool::new(false),
+        opened_at: OnceLock::new(),
+        first_connects: AtomicUsize::new(0),
+        stop_requested: AtomicBool::new(false),
         counters: Arc::clone(&counters),
         host,
         port,
         config,
     });
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopper = tokio::spawn(async move {
-        stop.await;
-        let _ = stop_tx.send(true);
-        // Keep the sender alive so receivers see `true`, not a closed channel.
-        std::future::pending::<()>().await;
+    let gate_timer = if fleet.config.connect_first {
+        let fleet = Arc::clone(&fleet);
+        Some(tokio::spawn(async move {
+            tokio::time::sleep(CONNECT_PHASE_LIMIT).await;
+            fleet.open_start_gate();
+        }))
+    } else {
+        fleet.open_start_gate();
+        None
+    };
+    let stopper = tokio::spawn({
+        let fleet = Arc::clone(&fleet);
+        async move {
+            stop.await;
+            fleet.request_stop();
+        }
     });
 
     let tasks: Vec<_> = meters
         .into_iter()
-        .map(|(index, key)| {
+        .zip(&fleet.links)
+        .map(|((index, key), link)| {
             let name = key.to_string();
-            let task = tokio::spawn(run_meter(index, key, Arc::clone(&fleet), stop_rx.clone()));
-            (name, task)
+            let meter = run_meter(index, key, Arc::clone(link), Arc::clone(&fleet));
+            (name, tokio::spawn(meter))
         })
         .collect();
 
@@ -114,6 +130,9 @@ pub async fn run_with(
         }
     }
     stopper.abort();
+    if let Some(timer) = gate_timer {
+        timer.abort();
+    }
     if let Some(error) = failure {
         return Err(error);
     }
@@ -121,7 +140,13 @@ pub async fn run_with(
     let config = &fleet.config;
     let totals = counters.snapshot();
     let messages = config.total_messages();
-    let elapsed_s = finished.duration_since(started).as_secs_f64().max(1e-9);
+    // Never opened (nobody connected before the run ended): no send phase at all.
+    let opened = fleet.opened_at.get().copied().unwrap_or(finished);
+    let connect_s = opened.saturating_duration_since(started).as_secs_f64();
+    let elapsed_s = finished
+        .saturating_duration_since(opened)
+        .as_secs_f64()
+        .max(1e-9);
     Ok(Report {
         meters: config.meters,
         messages,
@@ -132,6 +157,7 @@ pub async fn run_with(
         msgs_per_s: totals.acked as f64 / elapsed_s,
         readings_per_s: totals.acked_readings as f64 / elapsed_s,
         elapsed_s,
+        connect_s,
         ack_latency_ms: LatencySummary::from_histogram(&latency_us),
         reconnects: totals.reconnects,
         connection_errors: totals.connection_errors,

@@ -90,6 +90,10 @@ struct Args {
     /// Connection attempts in flight at once across the fleet.
     #[arg(long, default_value_t = DEFAULT_CONNECT_CONCURRENCY)]
     connect_concurrency: usize,
+    /// Let each meter send as soon as it is connected, instead of waiting for the
+    /// whole fleet to connect first.
+    #[arg(long)]
+    no_connect_first: bool,
     /// Print the effective config as JSON and exit.
     #[arg(long)]
     print_config: bool,
@@ -121,6 +125,7 @@ impl Args {
             password: self.password.clone(),
             mac_keys,
             connect_concurrency: self.connect_concurrency,
+            connect_first: !self.no_connect_first,
         }
     }
 }
@@ -235,7 +240,7 @@ fn summary(report: &Report) -> String {
     let latency = &report.ack_latency_ms;
     format!(
         "meters {}  messages {}  sent {}  acked {}  unacked {}  resent {}\n\
-         elapsed {:.2}s  {:.0} msg/s  {:.0} readings/s\n\
+         connect {:.2}s, then send {:.2}s: {:.0} msg/s  {:.0} readings/s\n\
          ack latency ms: p50 {:.2}  p99 {:.2}  max {:.2}\n\
          reconnects {}  connection errors {}  bad acks {}\n",
         report.meters,
@@ -244,6 +249,7 @@ fn summary(report: &Report) -> String {
         report.acked,
         report.unacked,
         report.resent,
+        report.connect_s,
         report.elapsed_s,
         report.msgs_per_s,
         report.readings_per_s,

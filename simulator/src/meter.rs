@@ -3,7 +3,8 @@
 //! to `meters/{t}/{m}/up`, listens at QoS 0 on `meters/{t}/{m}/ack`, keeps every
 //! message until an ack covers it, and resends.
 //!
-//! Each meter is two tokio tasks joined by a [`MeterLink`] (atomics + a `Notify`):
+//! Each meter is two tokio tasks joined by a [`MeterLink`] (atomics + a `Notify`;
+//! the fleet also wakes meters through it, so no waiter list is shared fleet-wide):
 //! - the **connection driver** owns the rumqttc `EventLoop` and does nothing but poll
 //!   it: it is never cancelled mid-poll (rumqttc's `poll` is not cancel-safe — a
 //!   dropped poll can lose a publish that its state already counts as in flight, which
@@ -12,8 +13,9 @@
 //!   connects;
 //! - the **meter logic** owns the [`UnackedWindow`], the generator and the latency
 //!   histogram; it wakes on an ack, a reconnect, a resend timer, a pacing slot, the
-//!   deadline or a stop request, and only ever *offers* publishes to the driver without
-//!   waiting (see [`offer_publish`]).
+//!   start gate (the fleet connects before anyone sends, by default), the deadline or
+//!   a stop request, and only ever *offers* publishes to the driver without waiting
+//!   (see [`offer_publish`]).
 //!
 //! Acks are cumulative, so the link needs no queue: the driver keeps the highest seq
 //! seen (`fetch_max`) and the logic clears everything at or below it. A reconnect
@@ -23,8 +25,8 @@
 
 use std::future::Future;
 use std::pin::pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -38,7 +40,7 @@ use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming, MqttOptions,
     NetworkOptions, Outgoing, QoS, Request, Subscribe, SubscribeReasonCode,
 };
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, Semaphore};
 use tracing::{debug, warn};
 
 use crate::config::SimConfig;
@@ -65,7 +67,15 @@ const DISCONNECT_GRACE: Duration = Duration::from_secs(1);
 /// the clamp bounds each histogram's growth.
 const MAX_RECORDED_LATENCY_US: u64 = 3_600 * 1_000_000;
 
-/// What every meter task shares: read-only settings and fleet-wide atomics.
+/// Longest connect phase with `connect_first`: a fleet that cannot fully connect in
+/// this time (a refused meter, a broker at its connection limit) starts sending with
+/// the meters it has, so the run still measures something.
+pub(crate) const CONNECT_PHASE_LIMIT: Duration = Duration::from_secs(30);
+
+/// What every meter task shares: read-only settings and fleet-wide atomics. Nothing
+/// here has a lock or a waiter list that all meters touch: fleet-wide events (the
+/// start gate, a stop request) set a flag and then wake each meter through its own
+/// [`MeterLink`].
 #[derive(Debug)]
 pub(crate) struct FleetShared {
     pub(crate) config: SimConfig,
@@ -79,17 +89,50 @@ pub(crate) struct FleetShared {
     /// Set once the first refused CONNECT was logged, so 1,000 meters with bad
     /// credentials log one warning, not 1,000.
     pub(crate) refusal_logged: AtomicBool,
+    /// One per meter, in the order of `config.meter_indices()`.
+    pub(crate) links: Vec<Arc<MeterLink>>,
+    /// Meters may send (see [`SimConfig::connect_first`]).
+    pub(crate) start_gate_open: AtomicBool,
+    /// When the start gate opened.
+    pub(crate) opened_at: OnceLock<Instant>,
+    /// Meters that have connected at least once.
+    pub(crate) first_connects: AtomicUsize,
+    /// The caller asked the run to stop.
+    pub(crate) stop_requested: AtomicBool,
 }
 
-/// Driver → logic signals of one meter.
+impl FleetShared {
+    /// Lets every meter send; the first call fixes `opened_at`.
+    pub(crate) fn open_start_gate(&self) {
+        let _ = self.opened_at.set(Instant::now());
+        self.start_gate_open.store(true, Ordering::Release);
+        self.wake_all();
+    }
+
+    /// Makes every meter stop at its next wake-up, which is now.
+    pub(crate) fn request_stop(&self) {
+        self.stop_requested.store(true, Ordering::Release);
+        self.wake_all();
+    }
+
+    fn wake_all(&self) {
+        for link in &self.links {
+            link.wake.notify_one();
+        }
+    }
+}
+
+/// Signals into one meter's logic task: from its connection driver (acks,
+/// connection changes) and from the fleet (start gate, stop).
 #[derive(Debug, Default)]
-struct MeterLink {
+pub(crate) struct MeterLink {
     /// Highest seq any ack named (cumulative).
     acked: AtomicU64,
     /// Incremented on every ConnAck.
     epoch: AtomicU64,
     connected: AtomicBool,
-    /// Wakes the logic after any change above.
+    /// Wakes the logic after any change above or a fleet-wide event. A `Notify`
+    /// keeps one permit, so a wake-up sent while the logic is busy is not lost.
     wake: Notify,
 }
 
@@ -112,8 +155,8 @@ pub(crate) fn new_latency_histogram() -> Histogram<u64> {
 pub(crate) async fn run_meter(
     index: usize,
     key: MeterKey,
+    link: Arc<MeterLink>,
     fleet: Arc<FleetShared>,
-    mut stop: watch::Receiver<bool>,
 ) -> MeterOutcome {
     let config = &fleet.config;
     let counters = &fleet.counters;
@@ -145,7 +188,6 @@ pub(crate) async fn run_meter(
     network.set_tcp_nodelay(true);
     eventloop.set_network_options(network);
 
-    let link = Arc::new(MeterLink::default());
     let backoff = Backoff::new(SmallRng::seed_from_u64(
         config.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
     ));
@@ -167,8 +209,9 @@ pub(crate) async fn run_meter(
     let mut seen_epoch = 0;
     let mut claimed_slot: Option<Instant> = None;
     let mut finished = Instant::now();
-    let mut stoppable = true;
-    let timer = tokio::time::sleep_until(fleet.deadline.into());
+    let mut may_send = false;
+    let mut timer_at = fleet.deadline;
+    let timer = tokio::time::sleep_until(timer_at.into());
     let mut timer = pin!(timer);
 
     loop {
@@ -188,13 +231,16 @@ pub(crate) async fn run_meter(
         if window.is_empty() && generator.remaining() == 0 {
             break;
         }
-        if now >= fleet.deadline || *stop.borrow_and_update() {
+        if now >= fleet.deadline || fleet.stop_requested.load(Ordering::Acquire) {
             finished = now;
             break;
         }
 
+        if !may_send {
+            may_send = fleet.start_gate_open.load(Ordering::Acquire);
+        }
         let mut resent = 0;
-        let connected = link.connected.load(Ordering::Acquire);
+        let connected = may_send && link.connected.load(Ordering::Acquire);
         if connected {
             let mut offer = |payload: &Bytes| {
                 offer_publish(&client, &uplink_topic, payload.clone());
@@ -210,7 +256,7 @@ pub(crate) async fn run_meter(
             let mut sent = 0;
             while window.has_room() && generator.remaining() > 0 {
                 if let Some(pacer) = &fleet.pacer {
-                    let due = *claimed_slot.get_or_insert_with(|| pacer.claim());
+                    let due = *claimed_slot.get_or_insert_with(|| pacer.claim(now));
                     if due > now {
                         break;
                     }
@@ -237,13 +283,12 @@ pub(crate) async fn run_meter(
                 wake_at = wake_at.min(due);
             }
         }
-        timer.as_mut().reset(wake_at.into());
+        if wake_at != timer_at {
+            // Re-arming a timer touches the runtime's timer wheel: only when it moved.
+            timer_at = wake_at;
+            timer.as_mut().reset(wake_at.into());
+        }
         tokio::select! {
-            changed = stop.changed(), if stoppable => {
-                // An error means the stop sender is gone: nobody can stop us any more,
-                // so only completion and the deadline end the run.
-                stoppable = changed.is_ok();
-            }
             () = link.wake.notified() => {}
             () = &mut timer => {}
         }
@@ -322,6 +367,10 @@ async fn drive_connection(
                 connections += 1;
                 if connections > 1 {
                     counters.reconnects.fetch_add(1, Ordering::Relaxed);
+                } else if fleet.first_connects.fetch_add(1, Ordering::AcqRel) + 1
+                    == fleet.config.meters
+                {
+                    fleet.open_start_gate();
                 }
                 if !link.connected.swap(true, Ordering::AcqRel) {
                     counters.connected.fetch_add(1, Ordering::Relaxed);

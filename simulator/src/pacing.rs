@@ -3,12 +3,14 @@
 //! they only compute instants and delays.
 //!
 //! The pacer is an open-loop schedule: new message number `k` of the fleet is due at
-//! `start + k / rate`, whoever sends it. Meters claim slots with one atomic
+//! `start + k / rate`, whoever sends it; `start` is the first claim, so connecting
+//! the fleet does not eat into the schedule. Meters claim slots with one atomic
 //! `fetch_add` (no lock) and only when their window has room, so at most one claim per
 //! meter is outstanding. A fleet that falls behind (an outage, a full window) sends
 //! the overdue slots at once and catches up, as a schedule-driven load test must:
 //! waiting instead would hide the service's slowness (coordinated omission).
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -18,26 +20,28 @@ use rand::rngs::SmallRng;
 /// Fleet-wide schedule of new messages.
 #[derive(Debug)]
 pub(crate) struct Pacer {
-    start: Instant,
+    /// Set by the first claim.
+    start: OnceLock<Instant>,
     /// Nanoseconds between consecutive slots (1e9 / rate).
     period_ns: f64,
     next_slot: AtomicU64,
 }
 
 impl Pacer {
-    pub(crate) fn new(start: Instant, rate_per_s: f64) -> Self {
+    pub(crate) fn new(rate_per_s: f64) -> Self {
         Self {
-            start,
+            start: OnceLock::new(),
             period_ns: 1e9 / rate_per_s,
             next_slot: AtomicU64::new(0),
         }
     }
 
     /// Claims the next slot and returns when it is due.
-    pub(crate) fn claim(&self) -> Instant {
+    pub(crate) fn claim(&self, now: Instant) -> Instant {
+        let start = *self.start.get_or_init(|| now);
         let slot = self.next_slot.fetch_add(1, Ordering::Relaxed);
         // f64 keeps 1 ns precision up to ~104 days of schedule: plenty.
-        self.start + Duration::from_nanos((slot as f64 * self.period_ns) as u64)
+        start + Duration::from_nanos((slot as f64 * self.period_ns) as u64)
     }
 }
 
@@ -88,13 +92,15 @@ mod tests {
     #[test]
     fn slots_follow_the_rate() {
         let t0 = Instant::now();
-        let pacer = Pacer::new(t0, 1000.0);
-        assert_eq!(pacer.claim(), t0);
-        assert_eq!(pacer.claim(), t0 + Duration::from_millis(1));
+        let later = t0 + Duration::from_secs(7);
+        let pacer = Pacer::new(1000.0);
+        assert_eq!(pacer.claim(t0), t0);
+        // The schedule started at the first claim, whoever claims next.
+        assert_eq!(pacer.claim(later), t0 + Duration::from_millis(1));
         for _ in 0..998 {
-            pacer.claim();
+            pacer.claim(later);
         }
-        assert_eq!(pacer.claim(), t0 + Duration::from_secs(1));
+        assert_eq!(pacer.claim(later), t0 + Duration::from_secs(1));
     }
 
     #[test]

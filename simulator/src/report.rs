@@ -102,11 +102,15 @@ pub struct Report {
     pub unacked: u64,
     /// Publications of a message after its first (timeouts and reconnects).
     pub resent: u64,
-    /// Acked messages per second of the run.
+    /// Acked messages per second of the send phase.
     pub msgs_per_s: f64,
-    /// Acked readings per second of the run.
+    /// Acked readings per second of the send phase.
     pub readings_per_s: f64,
+    /// The send phase: from the first meter allowed to send to the last ack (or the
+    /// end of the run).
     pub elapsed_s: f64,
+    /// The connect phase before it (0 without `connect_first`).
+    pub connect_s: f64,
     pub ack_latency_ms: LatencySummary,
     pub reconnects: u64,
     pub connection_errors: u64,

@@ -5,9 +5,10 @@
 mod utils;
 
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
-use meterflow_simulator::{MacKeys, Report, SimConfig, run};
+use meterflow_simulator::{FleetCounters, MacKeys, Report, SimConfig, run, run_with};
 use utils::{AckPolicy, Acker, Mosquitto};
 
 fn fleet(broker: &Mosquitto, meters: usize, messages: u64, readings: usize) -> SimConfig {
@@ -66,6 +67,8 @@ async fn lost_messages_are_resent_until_acked() {
         ack_timeout_ms: 300,
         binary: true,
         mac_keys: Some(keys),
+        // Each meter starts as soon as it is connected (the other path of the gate).
+        connect_first: false,
         ..fleet(&broker, 20, 12, 4)
     };
 
@@ -123,7 +126,31 @@ async fn without_acks_the_run_stops_at_its_deadline() {
     assert_eq!(report.sent, 6, "a full window per meter: {report:#?}");
     assert_eq!(report.unacked, 10);
     assert!(report.stopped_early);
-    assert!((0.9..5.0).contains(&report.elapsed_s), "{report:#?}");
+    let run_s = report.connect_s + report.elapsed_s;
+    assert!((0.9..5.0).contains(&run_s), "{report:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_request_ends_the_run_early() {
+    let broker = Mosquitto::start();
+    let config = fleet(&broker, 3, 5, 1);
+    let counters = Arc::new(FleetCounters::default());
+    let stop = {
+        let counters = Arc::clone(&counters);
+        async move {
+            // Stop once the fleet is sending: every meter has filled its window.
+            while counters.snapshot().sent < 15 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+
+    let report = run_with(config, Arc::clone(&counters), stop).await.unwrap();
+
+    assert!(report.stopped_early);
+    assert_eq!((report.sent, report.acked, report.unacked), (15, 0, 15));
+    assert!(report.connect_s + report.elapsed_s < 5.0, "{report:#?}");
+    assert_eq!(counters.snapshot().connected, 0, "every meter disconnected");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
