@@ -111,6 +111,7 @@ mod tests {
         let cache = MemoryCache::new();
         let outputs = Outputs {
             meters: vec![view("t", "m1", 1), view("t", "m2", 2), view("t", "m1", 3)],
+            ..Outputs::default()
         };
         cache.apply(&outputs).unwrap();
         cache.apply(&outputs).unwrap();
@@ -131,6 +132,7 @@ mod tests {
         cache
             .apply(&Outputs {
                 meters: vec![view("a", "m", 1)],
+                ..Outputs::default()
             })
             .unwrap();
         assert_eq!(cache.meter(&key("b", "m")).unwrap(), None);

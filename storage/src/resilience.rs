@@ -185,9 +185,17 @@ pub struct BreakerOpen {
 
 #[derive(Debug)]
 enum Phase {
-    Closed { consecutive_failures: u32 },
-    Open { until: Instant, failures: u32 },
-    HalfOpen { probe_in_flight: bool, failures: u32 },
+    Closed {
+        consecutive_failures: u32,
+    },
+    Open {
+        until: Instant,
+        failures: u32,
+    },
+    HalfOpen {
+        probe_in_flight: bool,
+        failures: u32,
+    },
 }
 
 /// A circuit breaker shared by every call to one backend. Cheap: one uncontended
@@ -342,7 +350,9 @@ impl CircuitBreaker {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Phase> {
         // The phase is always valid, even if a thread panicked while holding the lock.
-        self.phase.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.phase
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -614,7 +624,8 @@ mod tests {
         };
         let transient = |e: &&str| *e == "down";
         for _ in 0..5 {
-            let r: Result<(), _> = guarded(&b, &config, transient, || async { Err("rejected") }).await;
+            let r: Result<(), _> =
+                guarded(&b, &config, transient, || async { Err("rejected") }).await;
             assert!(matches!(r, Err(Guarded::Failed("rejected"))));
         }
         assert_eq!(b.state(), BreakerState::Closed);

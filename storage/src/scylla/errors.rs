@@ -102,7 +102,10 @@ pub(crate) fn execution(context: &str, error: &ExecutionError) -> StoreError {
     let mut store_error = make(kind, context, error);
     if let (
         StoreError::Unavailable(message),
-        ExecutionError::LastAttemptError(RequestAttemptError::DbError(DbError::Unavailable { .. }, _)),
+        ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+            DbError::Unavailable { .. },
+            _,
+        )),
     ) = (&mut store_error, error)
     {
         message.push_str(

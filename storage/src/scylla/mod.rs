@@ -13,6 +13,10 @@
 //!   reflects them (harmless: they are rewritten on resend), never the reverse;
 //! - meters and dead-letter partitions proceed concurrently, with at most
 //!   `max_in_flight` statements in flight for the whole store;
+//! - a rewritten row replaces the old one whole: an absent optional value (`temp`,
+//!   `interval_l`, a state's `last_seq`) is written as `null`, not left unset, so an
+//!   estimated reading replaced by the actual one (or back) keeps nothing stale. The
+//!   price is a small cell tombstone per absent value, dropped with its TTL'd SSTable;
 //! - every statement is prepared and marked idempotent (pure upserts on natural keys),
 //!   and is retried with backoff while the error is transient;
 //! - `write` returns `Ok` only when every statement was acknowledged at the
@@ -50,7 +54,7 @@ use ::scylla::policies::timestamp_generator::MonotonicTimestampGenerator;
 use ::scylla::serialize::row::SerializeRow;
 use ::scylla::statement::batch::{Batch, BatchType};
 use ::scylla::statement::prepared::PreparedStatement;
-use ::scylla::value::{CqlDate, CqlTimestamp, MaybeUnset};
+use ::scylla::value::{CqlDate, CqlTimestamp};
 use futures_util::stream::{FuturesUnordered, StreamExt, TryStreamExt};
 use meterflow_model::codec::binary::{decode_record, encode_record};
 use meterflow_model::time::day_of;
@@ -61,9 +65,9 @@ use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
 
 pub use self::config::{Consistency, ScyllaConfig};
+use crate::ReadingStore;
 use crate::error::StoreError;
 use crate::resilience::{BreakerPermit, BreakerState, CircuitBreaker, retry};
-use crate::ReadingStore;
 
 /// Worker threads of the store's runtime. The driver's work is socket I/O and
 /// (de)serialisation, so one thread would do; the second keeps one slow poll (a large
@@ -87,8 +91,8 @@ type ReadingRow<'a> = (
     i64,
     i64,
     i64,
-    MaybeUnset<i16>,
-    MaybeUnset<i64>,
+    Option<i16>,
+    Option<i64>,
     i8,
     i64,
     CqlTimestamp,
@@ -370,18 +374,21 @@ struct MeterWrite<'a> {
     state: &'a MeterState,
 }
 
+/// Dead letters of one `(tenant, day)` partition, by `(received_at, id)`.
+type DeadLetterPartition<'a> = BTreeMap<(i64, u64), &'a DeadLetter>;
+
+/// What one `write` sends: per meter, and per dead-letter partition.
+struct WritePlan<'a> {
+    meters: Vec<MeterWrite<'a>>,
+    dead_letters: BTreeMap<(&'a str, i64), DeadLetterPartition<'a>>,
+}
+
 /// Groups the batches per partition. Later batches win: a reading's row for a `ts`
 /// seen twice, and a meter's state.
-fn plan(
-    batches: &[SealedBatch],
-) -> (
-    Vec<MeterWrite<'_>>,
-    BTreeMap<(&str, i64), BTreeMap<(i64, u64), &DeadLetter>>,
-) {
+fn plan(batches: &[SealedBatch]) -> WritePlan<'_> {
     let mut meters: Vec<MeterWrite<'_>> = Vec::new();
     let mut index: HashMap<&MeterKey, usize> = HashMap::new();
-    let mut dead_letters: BTreeMap<(&str, i64), BTreeMap<(i64, u64), &DeadLetter>> =
-        BTreeMap::new();
+    let mut dead_letters: BTreeMap<(&str, i64), DeadLetterPartition<'_>> = BTreeMap::new();
     for batch in batches {
         for meter in &batch.meters {
             let slot = *index.entry(&meter.key).or_insert_with(|| {
@@ -409,7 +416,10 @@ fn plan(
                 .insert((letter.received_at, letter.id), letter);
         }
     }
-    (meters, dead_letters)
+    WritePlan {
+        meters,
+        dead_letters,
+    }
 }
 
 fn cql_date(day: i64) -> Result<CqlDate, StoreError> {
@@ -429,7 +439,12 @@ fn cql_limit(limit: usize) -> i32 {
     i32::try_from(limit).unwrap_or(i32::MAX)
 }
 
-fn reading_row<'a>(key: &'a MeterKey, date: CqlDate, stored: &StoredReading, ttl: i32) -> ReadingRow<'a> {
+fn reading_row<'a>(
+    key: &'a MeterKey,
+    date: CqlDate,
+    stored: &StoredReading,
+    ttl: i32,
+) -> ReadingRow<'a> {
     let r = &stored.reading;
     (
         key.tenant.as_str(),
@@ -439,8 +454,8 @@ fn reading_row<'a>(key: &'a MeterKey, date: CqlDate, stored: &StoredReading, ttl
         r.reg as i64,
         r.rev as i64,
         i64::from(r.flow),
-        MaybeUnset::from_option(r.temp),
-        MaybeUnset::from_option(stored.interval_l.map(|l| l as i64)),
+        r.temp,
+        stored.interval_l.map(|l| l as i64),
         stored.quality.code() as i8,
         stored.seq as i64,
         CqlTimestamp(stored.received_at),
@@ -450,8 +465,9 @@ fn reading_row<'a>(key: &'a MeterKey, date: CqlDate, stored: &StoredReading, ttl
 
 fn decode_reading(columns: ReadingColumns) -> Result<StoredReading, StoreError> {
     let (ts, reg, rev, flow, temp, interval_l, quality, seq, received_at) = columns;
-    let flow = u32::try_from(flow)
-        .map_err(|_| StoreError::Corrupt(format!("reading at {}: flow {flow} is not a u32", ts.0)))?;
+    let flow = u32::try_from(flow).map_err(|_| {
+        StoreError::Corrupt(format!("reading at {}: flow {flow} is not a u32", ts.0))
+    })?;
     let quality = u8::try_from(quality)
         .ok()
         .and_then(Quality::from_code)
@@ -600,12 +616,12 @@ impl Core {
     }
 
     async fn write(&self, batches: &[SealedBatch]) -> Result<(), StoreError> {
-        let (meters, dead_letters) = plan(batches);
+        let plan = plan(batches);
         let mut units: FuturesUnordered<UnitFuture<'_>> = FuturesUnordered::new();
-        for meter in &meters {
+        for meter in &plan.meters {
             units.push(Box::pin(self.write_meter(meter)));
         }
-        for ((tenant, day), letters) in &dead_letters {
+        for ((tenant, day), letters) in &plan.dead_letters {
             units.push(Box::pin(self.write_dead_letters(tenant, *day, letters)));
         }
         while let Some(result) = units.next().await {
@@ -655,8 +671,8 @@ impl Core {
                 tenant,
                 name,
                 state.as_slice(),
-                MaybeUnset::from_option(meter.state.seq.watermark().map(|s| s as i64)),
-                MaybeUnset::from_option(meter.state.last_ts().map(CqlTimestamp)),
+                meter.state.seq.watermark().map(|s| s as i64),
+                meter.state.last_ts().map(CqlTimestamp),
             ),
         )
         .await
@@ -666,7 +682,7 @@ impl Core {
         &self,
         tenant: &str,
         day: i64,
-        letters: &BTreeMap<(i64, u64), &DeadLetter>,
+        letters: &DeadLetterPartition<'_>,
     ) -> Result<(), StoreError> {
         let ttl = self.config.dead_letters_ttl_secs();
         let date = cql_date(day)?;
@@ -810,7 +826,11 @@ impl Core {
         Ok(out)
     }
 
-    async fn dead_letters(&self, tenant: &str, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+    async fn dead_letters(
+        &self,
+        tenant: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
         // Newest day first (the index is clustered by day descending).
         let days: Vec<(CqlDate,)> = self
             .select_all(
@@ -879,6 +899,7 @@ mod tests {
             messages: 1,
             duplicates: 0,
             first_received_at: None,
+            status: None,
         }
     }
 
@@ -897,14 +918,20 @@ mod tests {
             ..SealedBatch::default()
         };
         let batches = [first, second];
-        let (meters, letters) = plan(&batches);
-        assert!(letters.is_empty());
+        let WritePlan {
+            meters,
+            dead_letters,
+        } = plan(&batches);
+        assert!(dead_letters.is_empty());
         assert_eq!(meters.len(), 2);
         let m1 = &meters[0];
         assert_eq!(m1.days.len(), 2);
         assert_eq!(m1.days[&0][&10].reading.reg, 99, "later batch wins");
         assert_eq!(m1.state.usage.today_l, 7, "later state wins");
-        assert!(meters[1].days.is_empty(), "a state-only meter still writes its state");
+        assert!(
+            meters[1].days.is_empty(),
+            "a state-only meter still writes its state"
+        );
     }
 
     #[test]
@@ -927,11 +954,14 @@ mod tests {
         original.quality = Quality::Suspect;
         original.seq = u64::MAX;
         let row = reading_row(&k, CqlDate(0), &original, 1);
-        let MaybeUnset::Set(temp) = row.7 else { panic!("temp unset") };
-        let MaybeUnset::Set(interval) = row.8 else { panic!("interval unset") };
-        let columns = (row.3, row.4, row.5, row.6, Some(temp), Some(interval), row.9, row.10, row.11);
+        let columns = (
+            row.3, row.4, row.5, row.6, row.7, row.8, row.9, row.10, row.11,
+        );
         assert_eq!(decode_reading(columns).unwrap(), original);
         let bad_quality = (row.3, row.4, row.5, row.6, None, None, 9, row.10, row.11);
-        assert!(matches!(decode_reading(bad_quality), Err(StoreError::Corrupt(_))));
+        assert!(matches!(
+            decode_reading(bad_quality),
+            Err(StoreError::Corrupt(_))
+        ));
     }
 }

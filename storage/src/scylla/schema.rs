@@ -179,7 +179,11 @@ pub fn full_schema(keyspace: &str, config: &ScyllaConfig) -> Vec<String> {
     all
 }
 
-async fn run_ddl(session: &Session, config: &ScyllaConfig, statement: &str) -> Result<(), StoreError> {
+async fn run_ddl(
+    session: &Session,
+    config: &ScyllaConfig,
+    statement: &str,
+) -> Result<(), StoreError> {
     retry(&config.retry, StoreError::is_retryable, || async {
         session
             .query_unpaged(statement, ())
@@ -227,7 +231,10 @@ pub(crate) async fn migrate(
             .unwrap_or(0);
         retry(&config.retry, StoreError::is_retryable, || async {
             session
-                .execute_unpaged(&record, (migration.version, migration.name, CqlTimestamp(now_ms)))
+                .execute_unpaged(
+                    &record,
+                    (migration.version, migration.name, CqlTimestamp(now_ms)),
+                )
                 .await
                 .map(|_| ())
                 .map_err(|e| errors::execution("recording a schema migration failed", &e))
@@ -260,7 +267,8 @@ pub(crate) async fn applied_versions(
         .rows::<(i32,)>()
         .map_err(|e| errors::type_check("schema_migrations has unexpected columns", &e))?
     {
-        let (version,) = row.map_err(|e| errors::type_check("unreadable schema_migrations row", &e))?;
+        let (version,) =
+            row.map_err(|e| errors::type_check("unreadable schema_migrations row", &e))?;
         versions.insert(version);
     }
     Ok(versions)
@@ -275,7 +283,14 @@ mod tests {
         for good in ["meterflow", "mf_test_1", "a"] {
             assert!(is_valid_keyspace(good), "{good}");
         }
-        for bad in ["", "1abc", "Meterflow", "mf-test", "mf.test", &"a".repeat(49)] {
+        for bad in [
+            "",
+            "1abc",
+            "Meterflow",
+            "mf-test",
+            "mf.test",
+            &"a".repeat(49),
+        ] {
             assert!(!is_valid_keyspace(bad), "{bad}");
         }
     }

@@ -4,4 +4,7 @@
 mod embedded_contract;
 mod embedded_durability;
 mod embedded_model;
+mod redis;
+mod scylla;
+mod servers;
 mod utils;

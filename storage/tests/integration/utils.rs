@@ -70,6 +70,7 @@ pub(crate) fn meter_batch(
         state,
         duplicates: 0,
         first_received_at: None,
+        status: None,
     }
 }
 
@@ -83,6 +84,7 @@ pub(crate) fn sealed_batch(
         number,
         meters,
         dead_letters,
+        now_ms: 0,
     }
 }
 

@@ -1,0 +1,495 @@
+//! `ScyllaStore` against a real Cassandra 5 (`scripts/cassandra start`): the
+//! `ReadingStore` contract, schema migrations, TTLs, and the circuit breaker when the
+//! cluster disappears. Each test works in its own keyspace and drops it at the end.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use meterflow_model::batch::INVALID_TENANT;
+use meterflow_model::time::DAY_MS;
+use meterflow_model::{Quality, SealedBatch};
+use meterflow_storage::resilience::{BreakerConfig, BreakerState, RetryConfig};
+use meterflow_storage::scylla::{ScyllaConfig, ScyllaStore, schema};
+use meterflow_storage::{ReadingStore, StoreError};
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+
+use crate::servers::{self, Proxy};
+use crate::utils::{
+    dead_letter, meter_batch, meter_key, meter_state, meter_state_with_temp, sealed_batch,
+    stored_reading,
+};
+
+/// 2025-11-22T08:26:40Z: readings near a real date, spread over several UTC days.
+const BASE_TS: i64 = 1_763_800_000_000;
+
+fn test_config() -> ScyllaConfig {
+    ScyllaConfig {
+        // One node: RF 1, and LOCAL_QUORUM of one replica is that replica.
+        replication_factor: 1,
+        retry: RetryConfig {
+            max_attempts: 3,
+            initial_backoff_ms: 20,
+            max_backoff_ms: 200,
+        },
+        ..ScyllaConfig::default()
+    }
+}
+
+/// A plain driver session for looking at what the store wrote; drops the test's
+/// keyspace when it goes out of scope (declare it before the store, so the store
+/// closes first).
+struct Inspector {
+    runtime: tokio::runtime::Runtime,
+    session: Session,
+    keyspace: String,
+}
+
+impl Inspector {
+    fn connect(contact_point: &str, keyspace: &str) -> Inspector {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let session = runtime
+            .block_on(SessionBuilder::new().known_node(contact_point).build())
+            .expect("inspection session connects");
+        Inspector {
+            runtime,
+            session,
+            keyspace: keyspace.to_owned(),
+        }
+    }
+
+    fn rows<R>(&self, cql: &str) -> Vec<R>
+    where
+        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+    {
+        let result = self
+            .runtime
+            .block_on(self.session.query_unpaged(cql, ()))
+            .unwrap_or_else(|e| panic!("{cql}: {e}"));
+        let rows = result.into_rows_result().unwrap();
+        rows.rows::<R>()
+            .unwrap()
+            .collect::<Result<Vec<R>, _>>()
+            .unwrap()
+    }
+}
+
+impl Drop for Inspector {
+    fn drop(&mut self) {
+        let cql = format!("DROP KEYSPACE IF EXISTS {}", self.keyspace);
+        if let Err(e) = self
+            .runtime
+            .block_on(self.session.query_unpaged(cql.as_str(), ()))
+        {
+            eprintln!("could not drop test keyspace {}: {e}", self.keyspace);
+        }
+    }
+}
+
+/// Opens a store in a fresh keyspace, with the inspector that cleans it up.
+fn fresh(test: &str, contact_point: &str, config: ScyllaConfig) -> (Inspector, ScyllaStore) {
+    let keyspace = servers::unique_name(test);
+    let inspector = Inspector::connect(contact_point, &keyspace);
+    let store = ScyllaStore::open(&[contact_point], &keyspace, config).expect("store opens");
+    (inspector, store)
+}
+
+#[test]
+fn scylla_readings_come_back_ascending_within_ranges_across_days() {
+    let Some(cassandra) = servers::cassandra("scylla_readings") else {
+        return;
+    };
+    let (inspector, store) = fresh("readings", &cassandra, test_config());
+    let key = meter_key("acme", "m1");
+    // Every 5 hours for three days: several day partitions.
+    let readings: Vec<_> = (0..15)
+        .map(|i| {
+            stored_reading(
+                BASE_TS + i * 5 * 3_600_000,
+                1_000 + i as u64,
+                Quality::Actual,
+            )
+        })
+        .collect();
+    // Written newest batch first: order on disk comes from the clustering key.
+    store
+        .write(&[
+            sealed_batch(
+                1,
+                vec![meter_batch(
+                    key.clone(),
+                    readings[8..].to_vec(),
+                    meter_state(2, 10),
+                )],
+                vec![],
+            ),
+            sealed_batch(
+                2,
+                vec![meter_batch(
+                    key.clone(),
+                    readings[..8].to_vec(),
+                    meter_state(3, 20),
+                )],
+                vec![],
+            ),
+        ])
+        .unwrap();
+
+    assert_eq!(
+        store.readings(&key, i64::MIN, i64::MAX, 100).unwrap(),
+        readings
+    );
+    let (from, to) = (readings[2].reading.ts, readings[11].reading.ts);
+    assert_eq!(
+        store.readings(&key, from, to, 100).unwrap(),
+        readings[2..11]
+    );
+    assert_eq!(store.readings(&key, from, to, 4).unwrap(), readings[2..6]);
+    assert_eq!(
+        store.readings(&key, from, from + 1, 10).unwrap(),
+        readings[2..3]
+    );
+    assert!(store.readings(&key, from, from, 10).unwrap().is_empty());
+    assert!(store.readings(&key, 0, DAY_MS, 10).unwrap().is_empty());
+    assert!(
+        store
+            .readings(&meter_key("acme", "m2"), i64::MIN, i64::MAX, 10)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .readings(&meter_key("other", "m1"), i64::MIN, i64::MAX, 10)
+            .unwrap()
+            .is_empty()
+    );
+
+    // The later batch's state, with and without a temperature in its last reading.
+    assert_eq!(store.meter_state(&key).unwrap(), Some(meter_state(3, 20)));
+    assert_eq!(
+        store.meter_state(&meter_key("acme", "nobody")).unwrap(),
+        None
+    );
+    let quiet = meter_key("acme", "no-sensor");
+    let state = meter_state_with_temp(9, 90, None);
+    store
+        .write(&[sealed_batch(
+            3,
+            vec![meter_batch(quiet.clone(), vec![], state.clone())],
+            vec![],
+        )])
+        .unwrap();
+    assert_eq!(store.meter_state(&quiet).unwrap(), Some(state));
+
+    // Rows carry the configured TTL (400 days), and the day index exists.
+    let ttls: Vec<(Option<i32>,)> = inspector.rows(&format!(
+        "SELECT TTL(reg) FROM {}.readings WHERE tenant = 'acme' AND meter = 'm1' \
+         AND day = '2025-11-22'",
+        store.keyspace()
+    ));
+    assert!(!ttls.is_empty());
+    for (ttl,) in ttls {
+        let ttl = ttl.expect("readings have a TTL");
+        assert!(ttl > 399 * 86_400 && ttl <= 400 * 86_400, "{ttl}");
+    }
+    let days: Vec<(scylla::value::CqlDate,)> = inspector.rows(&format!(
+        "SELECT day FROM {}.reading_days WHERE tenant = 'acme' AND meter = 'm1'",
+        store.keyspace()
+    ));
+    assert_eq!(
+        days.len(),
+        4,
+        "15 readings 5 h apart from 08:26 span four UTC days"
+    );
+    assert!(store.is_ready());
+    assert_eq!(store.breaker_state(), BreakerState::Closed);
+}
+
+#[test]
+fn scylla_dead_letters_come_newest_first_across_days() {
+    let Some(cassandra) = servers::cassandra("scylla_dead_letters") else {
+        return;
+    };
+    let (_inspector, store) = fresh("dead_letters", &cassandra, test_config());
+    let times = [
+        BASE_TS,
+        BASE_TS + 10,
+        BASE_TS + 2 * DAY_MS,
+        BASE_TS - 3 * DAY_MS,
+        BASE_TS + 10,
+    ];
+    let acme: Vec<_> = times
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| dead_letter("acme", t, i as u64))
+        .collect();
+    let invalid = dead_letter(INVALID_TENANT, BASE_TS, 99);
+    let other = dead_letter("other", BASE_TS + 5 * DAY_MS, 7);
+    store
+        .write(&[
+            sealed_batch(1, vec![], acme[..3].to_vec()),
+            sealed_batch(
+                2,
+                vec![],
+                vec![acme[3].clone(), invalid.clone(), other.clone()],
+            ),
+            sealed_batch(3, vec![], acme[3..].to_vec()),
+        ])
+        .unwrap();
+
+    let mut expected = acme.clone();
+    expected.sort_by_key(|d| std::cmp::Reverse((d.received_at, d.id)));
+    assert_eq!(store.dead_letters("acme", 100).unwrap(), expected);
+    assert_eq!(store.dead_letters("acme", 2).unwrap(), expected[..2]);
+    assert_eq!(store.dead_letters("acme", 4).unwrap(), expected[..4]);
+    assert_eq!(store.dead_letters(INVALID_TENANT, 10).unwrap(), [invalid]);
+    assert_eq!(store.dead_letters("other", 10).unwrap(), [other]);
+    assert!(store.dead_letters("nobody", 10).unwrap().is_empty());
+    assert!(store.dead_letters("acme", 0).unwrap().is_empty());
+}
+
+#[test]
+fn scylla_rewrites_are_idempotent_and_the_later_batch_wins() {
+    let Some(cassandra) = servers::cassandra("scylla_rewrites") else {
+        return;
+    };
+    let config = ScyllaConfig {
+        // Small batches, so one partition's 250 rows go out as several.
+        max_batch_rows: 40,
+        ..test_config()
+    };
+    let (_inspector, store) = fresh("rewrites", &cassandra, config);
+    let key = meter_key("acme", "m1");
+    let many: Vec<_> = (0..250)
+        .map(|i| stored_reading(BASE_TS + i * 60_000, 5_000 + i as u64, Quality::Actual))
+        .collect();
+    let batch = sealed_batch(
+        1,
+        vec![meter_batch(key.clone(), many.clone(), meter_state(1, 1))],
+        vec![dead_letter("acme", BASE_TS, 1)],
+    );
+    store.write(std::slice::from_ref(&batch)).unwrap();
+    store.write(std::slice::from_ref(&batch)).unwrap();
+    assert_eq!(
+        store.readings(&key, i64::MIN, i64::MAX, 1_000).unwrap(),
+        many
+    );
+    assert_eq!(store.dead_letters("acme", 10).unwrap().len(), 1);
+
+    // An estimated reading replaced by the actual one, in one write and across
+    // writes, in both directions (optional fields appear and disappear).
+    let ts = BASE_TS + 10 * DAY_MS;
+    let estimated = stored_reading(ts, 5, Quality::Estimated);
+    let actual = stored_reading(ts, 6, Quality::Actual);
+    assert_ne!(
+        estimated.reading.temp.is_some(),
+        actual.reading.temp.is_some()
+    );
+    let replace = |number, first, second: Option<_>| {
+        let mut batches = vec![sealed_batch(
+            number,
+            vec![meter_batch(
+                key.clone(),
+                vec![first],
+                meter_state(number, 5),
+            )],
+            vec![],
+        )];
+        if let Some(second) = second {
+            batches.push(sealed_batch(
+                number + 1,
+                vec![meter_batch(
+                    key.clone(),
+                    vec![second],
+                    meter_state(number + 1, 6),
+                )],
+                vec![],
+            ));
+        }
+        store.write(&batches).unwrap();
+    };
+    let tail = |store: &ScyllaStore| store.readings(&key, ts, ts + 1, 10).unwrap();
+    replace(10, estimated, Some(actual));
+    assert_eq!(tail(&store), [actual]);
+    assert_eq!(store.meter_state(&key).unwrap(), Some(meter_state(11, 6)));
+    replace(20, estimated, None);
+    assert_eq!(tail(&store), [estimated]);
+    assert_eq!(store.meter_state(&key).unwrap(), Some(meter_state(20, 5)));
+    replace(30, actual, None);
+    assert_eq!(tail(&store), [actual]);
+
+    // Empty writes touch nothing and succeed.
+    store.write(&[]).unwrap();
+    store.write(&[SealedBatch::default()]).unwrap();
+}
+
+#[test]
+fn scylla_migrations_run_once_and_rerun_as_no_ops() {
+    let Some(cassandra) = servers::cassandra("scylla_migrations") else {
+        return;
+    };
+    let (inspector, store) = fresh("migrations", &cassandra, test_config());
+    let all: Vec<i32> = schema::MIGRATIONS.iter().map(|m| m.version).collect();
+    assert_eq!(store.applied_migrations().unwrap(), all);
+    assert!(
+        store.migrate().unwrap().is_empty(),
+        "second run applies nothing"
+    );
+    // A second process opening the same keyspace migrates nothing and works.
+    let again = ScyllaStore::open(&[cassandra.as_str()], store.keyspace(), test_config()).unwrap();
+    assert_eq!(again.applied_migrations().unwrap(), all);
+    drop(again);
+
+    let tables: Vec<(String, HashMap<String, String>, i32)> = inspector.rows(&format!(
+        "SELECT table_name, compaction, default_time_to_live FROM system_schema.tables \
+         WHERE keyspace_name = '{}'",
+        store.keyspace()
+    ));
+    let mut names: Vec<_> = tables.iter().map(|t| t.0.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "dead_letter_days",
+            "dead_letters",
+            "meter_state",
+            "reading_days",
+            "readings",
+            "schema_migrations"
+        ]
+    );
+    let readings = tables.iter().find(|t| t.0 == "readings").unwrap();
+    assert!(
+        readings.1["class"].ends_with("TimeWindowCompactionStrategy"),
+        "{:?}",
+        readings.1
+    );
+    assert_eq!(readings.1["compaction_window_size"], "14");
+    assert_eq!(readings.2, 400 * 86_400);
+    let replication: Vec<(HashMap<String, String>,)> = inspector.rows(&format!(
+        "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = '{}'",
+        store.keyspace()
+    ));
+    assert!(replication[0].0["class"].ends_with("NetworkTopologyStrategy"));
+}
+
+#[test]
+fn scylla_breaker_opens_when_the_cluster_is_unreachable_and_recovers() {
+    let Some(cassandra) = servers::cassandra("scylla_breaker") else {
+        return;
+    };
+    let config = ScyllaConfig {
+        request_timeout_ms: 2_000,
+        connect_timeout_ms: 1_000,
+        retry: RetryConfig {
+            max_attempts: 2,
+            initial_backoff_ms: 10,
+            max_backoff_ms: 20,
+        },
+        breaker: BreakerConfig {
+            failure_threshold: 2,
+            cool_down_ms: 300,
+        },
+        ..test_config()
+    };
+    let mut proxy = Proxy::start(0, &cassandra).unwrap();
+    let port = proxy.port();
+    let keyspace = servers::unique_name("breaker");
+    let _inspector = Inspector::connect(&cassandra, &keyspace);
+    let store = ScyllaStore::open(&[proxy.addr()], &keyspace, config).unwrap();
+    let key = meter_key("acme", "m1");
+    let write = |i: u64| {
+        store.write(&[sealed_batch(
+            i,
+            vec![meter_batch(
+                key.clone(),
+                vec![stored_reading(BASE_TS + i as i64, i, Quality::Actual)],
+                meter_state(i, i),
+            )],
+            vec![],
+        )])
+    };
+    write(1).unwrap();
+
+    // The cluster "crashes": its port closes and every connection is cut.
+    proxy.stop();
+    let mut failures = 0;
+    while store.breaker_state() != BreakerState::Open {
+        let error = write(2).expect_err("no cluster, no write");
+        assert!(error.is_retryable(), "{error}");
+        failures += 1;
+        assert!(
+            failures <= 10,
+            "breaker still {} after {failures} failures",
+            store.breaker_state()
+        );
+    }
+    assert!(!store.is_ready());
+    let started = Instant::now();
+    let error = write(3).unwrap_err();
+    assert!(
+        matches!(&error, StoreError::Unavailable(m) if m.contains("circuit breaker")),
+        "{error}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "an open breaker fails fast"
+    );
+
+    // The cluster comes back on the same address: a probe after the cool-down
+    // succeeds (once the driver has reconnected) and closes the breaker.
+    let _proxy = Proxy::start(port, &cassandra).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        match write(4) {
+            Ok(()) => break,
+            Err(e) if Instant::now() < deadline => assert!(e.is_retryable(), "{e}"),
+            Err(e) => panic!("store did not recover within 60 s: {e}"),
+        }
+    }
+    assert_eq!(store.breaker_state(), BreakerState::Closed);
+    assert_eq!(store.meter_state(&key).unwrap(), Some(meter_state(4, 4)));
+}
+
+#[test]
+fn scylla_open_reports_unreachable_clusters_and_bad_settings() {
+    let Some(_cassandra) = servers::cassandra("scylla_open") else {
+        return;
+    };
+    let closed = format!("127.0.0.1:{}", servers::closed_port());
+    let config = ScyllaConfig {
+        connect_timeout_ms: 1_000,
+        ..test_config()
+    };
+    let error = ScyllaStore::open(&[closed.as_str()], "mft_unreachable", config.clone())
+        .err()
+        .expect("nothing listens there");
+    assert!(error.is_retryable(), "{error}");
+
+    let error = ScyllaStore::open(&[closed.as_str()], "Bad-Name", config.clone())
+        .err()
+        .unwrap();
+    assert!(matches!(error, StoreError::Config(_)), "{error}");
+    let none: [&str; 0] = [];
+    let error = ScyllaStore::open(
+        &none,
+        "mft_x",
+        ScyllaConfig {
+            replication_factor: 0,
+            ..config
+        },
+    )
+    .err()
+    .unwrap();
+    let StoreError::Config(message) = error else {
+        panic!("{error}")
+    };
+    assert!(
+        message.contains("contact point") && message.contains("replication_factor"),
+        "{message}"
+    );
+}
