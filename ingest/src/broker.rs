@@ -78,8 +78,13 @@ fn rumqttd_config(config: &Config) -> anyhow::Result<rumqttd::Config> {
                 "dynamic_filters": true,
             },
         }},
-        // Makes the router push its alerts (cursor jumps) every second.
-        "metrics": { "alerts": { "push_interval": 1 } },
+        // Makes the router push its alerts (cursor jumps) every second. Both kinds
+        // must be set: rumqttd's timer unwraps the meters interval even when only
+        // alerts are configured, and the panic would silently stop the alerts.
+        "metrics": {
+            "alerts": { "push_interval": 1 },
+            "meters": { "push_interval": 60 },
+        },
     });
     let mut broker: rumqttd::Config =
         serde_json::from_value(value).context("building the broker configuration")?;

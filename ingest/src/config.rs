@@ -13,6 +13,8 @@ use std::path::PathBuf;
 
 use meterflow_model::Limits;
 use meterflow_model::ids::is_valid_id;
+use meterflow_storage::redis_cache::RedisConfig;
+use meterflow_storage::scylla::ScyllaConfig;
 use serde::{Deserialize, Serialize};
 
 /// Listen address of the embedded broker: the MQTT port on loopback.
@@ -28,6 +30,7 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub http: HttpConfig,
     pub store: StoreConfig,
+    pub cache: CacheConfig,
     pub pipeline: PipelineConfig,
     pub limits: Limits,
     pub log: LogConfig,
@@ -88,14 +91,110 @@ impl Default for HttpConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
+    /// Where readings go: `embedded` (fjall in `data_dir`, the default on one
+    /// machine) or `scylla://HOST:PORT[,HOST:PORT…]/KEYSPACE` (ScyllaDB or Apache
+    /// Cassandra; the keyspace is created if missing).
+    pub backend: String,
     /// Directory of the embedded store (created if missing).
     pub data_dir: PathBuf,
+    /// ScyllaDB settings (replication, consistency, TTLs, in-flight bound, retries,
+    /// breaker), used with a `scylla://` backend.
+    pub scylla: ScyllaConfig,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
+            backend: "embedded".into(),
             data_dir: PathBuf::from("data"),
+            scylla: ScyllaConfig::default(),
+        }
+    }
+}
+
+/// A parsed `store.backend`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreBackend {
+    Embedded,
+    Scylla {
+        contact_points: Vec<String>,
+        keyspace: String,
+    },
+}
+
+impl StoreConfig {
+    pub fn parse_backend(&self) -> Result<StoreBackend, String> {
+        if self.backend == "embedded" {
+            return Ok(StoreBackend::Embedded);
+        }
+        let Some(rest) = self.backend.strip_prefix("scylla://") else {
+            return Err(format!(
+                "store.backend {:?}: use \"embedded\" or \"scylla://HOST:PORT[,HOST:PORT]/KEYSPACE\"",
+                self.backend
+            ));
+        };
+        let (hosts, keyspace) = rest.split_once('/').ok_or_else(|| {
+            format!(
+                "store.backend {:?}: the keyspace is missing (…/KEYSPACE)",
+                self.backend
+            )
+        })?;
+        let contact_points: Vec<String> = hosts
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(String::from)
+            .collect();
+        if contact_points.is_empty() || contact_points.iter().any(|h| !h.contains(':')) {
+            return Err(format!(
+                "store.backend {:?}: give contact points as HOST:PORT",
+                self.backend
+            ));
+        }
+        Ok(StoreBackend::Scylla {
+            contact_points,
+            keyspace: keyspace.to_string(),
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Where dashboards' hot data goes: `memory` (in-process, served over HTTP) or
+    /// `redis://HOST:PORT[/DB]` (the key contract in docs/redis-keys.md).
+    pub backend: String,
+    /// Redis settings (key prefix, TTLs, timeouts, retries, breaker).
+    pub redis: RedisConfig,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            backend: "memory".into(),
+            redis: RedisConfig::default(),
+        }
+    }
+}
+
+/// A parsed `cache.backend`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CacheBackend {
+    Memory,
+    Redis { url: String },
+}
+
+impl CacheConfig {
+    pub fn parse_backend(&self) -> Result<CacheBackend, String> {
+        match self.backend.as_str() {
+            "memory" => Ok(CacheBackend::Memory),
+            url if url.starts_with("redis://") || url.starts_with("rediss://") => {
+                Ok(CacheBackend::Redis {
+                    url: url.to_string(),
+                })
+            }
+            other => Err(format!(
+                "cache.backend {other:?}: use \"memory\" or \"redis://HOST:PORT\""
+            )),
         }
     }
 }
@@ -165,7 +264,10 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
-            level: "info,rumqttd=warn".into(),
+            // rumqttd's router logs every ordinary client disconnect at ERROR
+            // ("no-connection id N is already gone"); at fleet scale that buries real
+            // problems, so its routing module is silenced and the rest kept at WARN.
+            level: "info,rumqttd=warn,rumqttd::router::routing=off".into(),
             json: false,
         }
     }
@@ -222,8 +324,9 @@ impl Config {
     pub fn default_toml() -> String {
         let mut text = String::from(
             "# meterflow configuration: every field shown with its default.\n\
-             # Environment overrides: MF_MQTT_LISTEN, MF_HTTP_LISTEN, MF_DATA_DIR, MF_SHARDS,\n\
-             # MF_LOG_LEVEL, MF_LOG_JSON. Tenants: add [[tenants]] tables (see README).\n\n",
+             # Environment overrides: MF_MQTT_LISTEN, MF_HTTP_LISTEN, MF_DATA_DIR, MF_STORE,\n\
+             # MF_CACHE, MF_SCYLLA_USERNAME, MF_SCYLLA_PASSWORD, MF_SHARDS, MF_LOG_LEVEL,\n\
+             # MF_LOG_JSON. Tenants: add [[tenants]] tables (see README).\n\n",
         );
         text.push_str(&toml::to_string_pretty(&Config::default()).expect("default serialises"));
         text
@@ -249,6 +352,22 @@ impl Config {
         });
         parse("MF_DATA_DIR", &mut |v| {
             self.store.data_dir = PathBuf::from(v);
+            Ok(())
+        });
+        parse("MF_STORE", &mut |v| {
+            self.store.backend = v.to_string();
+            Ok(())
+        });
+        parse("MF_CACHE", &mut |v| {
+            self.cache.backend = v.to_string();
+            Ok(())
+        });
+        parse("MF_SCYLLA_USERNAME", &mut |v| {
+            self.store.scylla.username = Some(v.to_string()).filter(|u| !u.is_empty());
+            Ok(())
+        });
+        parse("MF_SCYLLA_PASSWORD", &mut |v| {
+            self.store.scylla.password = Some(v.to_string()).filter(|p| !p.is_empty());
             Ok(())
         });
         parse("MF_SHARDS", &mut |v| {
@@ -331,6 +450,18 @@ impl Config {
                     .into(),
             );
         }
+        if let Err(e) = self.store.parse_backend() {
+            errors.push(e);
+        }
+        if let Err(e) = self.cache.parse_backend() {
+            errors.push(e);
+        }
+        if let Err(problems) = self.store.scylla.validate() {
+            errors.extend(problems.into_iter().map(|p| format!("store.{p}")));
+        }
+        if let Err(problems) = self.cache.redis.validate() {
+            errors.extend(problems.into_iter().map(|p| format!("cache.{p}")));
+        }
         if self.mqtt.listen == self.http.listen {
             errors.push(format!(
                 "mqtt.listen and http.listen are both {}",
@@ -385,6 +516,34 @@ mod tests {
             Ok(Config::default())
         );
         assert_eq!(Config::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn backends_parse() {
+        let mut c = Config::default();
+        assert_eq!(c.store.parse_backend(), Ok(StoreBackend::Embedded));
+        c.store.backend = "scylla://10.0.0.1:9042,10.0.0.2:9042/meterflow".into();
+        assert_eq!(
+            c.store.parse_backend(),
+            Ok(StoreBackend::Scylla {
+                contact_points: vec!["10.0.0.1:9042".into(), "10.0.0.2:9042".into()],
+                keyspace: "meterflow".into()
+            })
+        );
+        c.store.backend = "scylla://10.0.0.1".into();
+        assert!(c.store.parse_backend().is_err());
+        c.cache.backend = "redis://127.0.0.1:6379".into();
+        assert!(matches!(
+            c.cache.parse_backend(),
+            Ok(CacheBackend::Redis { .. })
+        ));
+        c.cache.backend = "memcached://x".into();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .iter()
+                .any(|e| e.starts_with("cache.backend"))
+        );
     }
 
     #[test]

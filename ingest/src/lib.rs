@@ -2,7 +2,9 @@
 //! batching workers, the sink stage with its ack publisher, and the HTTP API. See
 //! `ARCHITECTURE.md` for how the parts hand data to each other.
 
+pub mod backends;
 pub mod broker;
+pub mod cache_writer;
 pub mod clock;
 pub mod config;
 pub mod http;

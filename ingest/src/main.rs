@@ -48,6 +48,12 @@ struct RunArgs {
     /// Data directory of the embedded store (overrides store.data_dir).
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Store: `embedded` or `scylla://HOST:PORT[,HOST:PORT]/KEYSPACE` (overrides store.backend).
+    #[arg(long)]
+    store: Option<String>,
+    /// Hot cache: `memory` or `redis://HOST:PORT` (overrides cache.backend).
+    #[arg(long)]
+    cache: Option<String>,
 }
 
 fn load(args: &RunArgs) -> anyhow::Result<Config> {
@@ -73,6 +79,12 @@ fn load(args: &RunArgs) -> anyhow::Result<Config> {
     }
     if let Some(data) = &args.data {
         config.store.data_dir = data.clone();
+    }
+    if let Some(store) = &args.store {
+        config.store.backend = store.clone();
+    }
+    if let Some(cache) = &args.cache {
+        config.cache.backend = cache.clone();
     }
     if let Err(errors) = config.validate() {
         bail!("invalid configuration:\n  {}", errors.join("\n  "));

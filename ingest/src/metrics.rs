@@ -27,6 +27,10 @@ pub const BATCH_READINGS: &str = "meterflow_batch_readings";
 pub const STORE_WRITE_SECONDS: &str = "meterflow_store_write_seconds";
 pub const STORE_ERRORS: &str = "meterflow_store_errors_total";
 pub const CACHE_ERRORS: &str = "meterflow_cache_errors_total";
+pub const CACHE_WRITE_SECONDS: &str = "meterflow_cache_write_seconds";
+pub const CACHE_DROPPED: &str = "meterflow_cache_dropped_total";
+pub const STORE_BREAKER: &str = "meterflow_store_breaker_open";
+pub const CACHE_BREAKER: &str = "meterflow_cache_breaker_open";
 pub const RECEIVED_TO_DURABLE_SECONDS: &str = "meterflow_publish_to_durable_seconds";
 pub const ACKS: &str = "meterflow_acks_published_total";
 pub const BROKER_SKIPPED: &str = "meterflow_broker_skipped_total";
@@ -80,7 +84,23 @@ fn describe() {
         "Duration of one durable store write (a group of batches)."
     );
     describe_counter!(STORE_ERRORS, "Failed store writes (each is retried).");
-    describe_counter!(CACHE_ERRORS, "Failed hot-cache updates.");
+    describe_counter!(
+        CACHE_ERRORS,
+        "Failed hot-cache updates (kept and applied when the cache is back)."
+    );
+    describe_histogram!(CACHE_WRITE_SECONDS, "Duration of one hot-cache update.");
+    describe_counter!(
+        CACHE_DROPPED,
+        "Cache updates dropped because the cache was down too long (repaired by the next report)."
+    );
+    describe_gauge!(
+        STORE_BREAKER,
+        "Store circuit breaker: 0 closed, 1 open, 2 half-open (backends with a breaker)."
+    );
+    describe_gauge!(
+        CACHE_BREAKER,
+        "Cache circuit breaker: 0 closed, 1 open, 2 half-open (backends with a breaker)."
+    );
     describe_histogram!(
         RECEIVED_TO_DURABLE_SECONDS,
         "From an uplink reaching meterflow to its readings being durable."
@@ -128,6 +148,10 @@ pub struct PipelineMetrics {
     pub store_write_seconds: Histogram,
     pub store_errors: Counter,
     pub cache_errors: Counter,
+    pub cache_write_seconds: Histogram,
+    pub cache_dropped: Counter,
+    pub store_breaker_open: Gauge,
+    pub cache_breaker_open: Gauge,
     pub received_to_durable_seconds: Histogram,
     pub acks: Counter,
     pub broker_skipped: Counter,
@@ -151,6 +175,10 @@ impl PipelineMetrics {
             store_write_seconds: histogram!(STORE_WRITE_SECONDS),
             store_errors: counter!(STORE_ERRORS),
             cache_errors: counter!(CACHE_ERRORS),
+            cache_write_seconds: histogram!(CACHE_WRITE_SECONDS),
+            cache_dropped: counter!(CACHE_DROPPED),
+            store_breaker_open: gauge!(STORE_BREAKER),
+            cache_breaker_open: gauge!(CACHE_BREAKER),
             received_to_durable_seconds: histogram!(RECEIVED_TO_DURABLE_SECONDS),
             acks: counter!(ACKS),
             broker_skipped: counter!(BROKER_SKIPPED),

@@ -10,13 +10,12 @@ use std::time::Duration;
 use anyhow::Context;
 use crossbeam_channel::{Sender, bounded};
 use meterflow_processors::ProcessorChain;
-use meterflow_storage::embedded::EmbeddedStore;
-use meterflow_storage::memory_cache::MemoryCache;
-use meterflow_storage::{HotCache, ReadingStore};
 use tokio::net::TcpListener;
 use tracing::info;
 
+use crate::backends;
 use crate::broker;
+use crate::cache_writer::CacheWriter;
 use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::link_loop::{BrokerLink, Inbound};
@@ -47,14 +46,14 @@ impl Service {
         let prometheus = metrics::install();
         let pipeline_metrics = PipelineMetrics::register();
 
-        std::fs::create_dir_all(&config.store.data_dir).with_context(|| {
-            format!(
-                "creating the data directory {}",
-                config.store.data_dir.display()
-            )
-        })?;
-        let store: Arc<dyn ReadingStore> = Arc::new(EmbeddedStore::open(&config.store.data_dir)?);
-        let cache: Arc<dyn HotCache> = Arc::new(MemoryCache::default());
+        let opening = config.clone();
+        let (store, cache) = tokio::task::spawn_blocking(move || {
+            anyhow::Ok((
+                backends::open_store(&opening)?,
+                backends::open_cache(&opening)?,
+            ))
+        })
+        .await??;
         let tenants = Arc::new(Tenants::from_config(&config));
         let store_healthy = Arc::new(AtomicBool::new(true));
 
@@ -96,7 +95,7 @@ impl Service {
         let sink_thread = Sink {
             inbox: sink_rx,
             store: store.clone(),
-            cache: cache.clone(),
+            cache: CacheWriter::new(cache.clone(), pipeline_metrics.clone()),
             acks: broker.link_tx,
             metrics: pipeline_metrics.clone(),
             store_healthy: store_healthy.clone(),
@@ -125,7 +124,14 @@ impl Service {
                 tracing::error!(error = %e, "http server stopped");
             }
         });
-        info!(mqtt = %broker.listen, http = %http_addr, shards, data = %config.store.data_dir.display(), "meterflow running");
+        info!(
+            mqtt = %broker.listen,
+            http = %http_addr,
+            shards,
+            store = config.store.backend,
+            cache = config.cache.backend,
+            "meterflow running"
+        );
         Ok(Service {
             mqtt_addr: broker.listen,
             http_addr,

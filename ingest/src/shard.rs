@@ -2,10 +2,10 @@
 //! state, their dedupe window, their open batch — so nothing here takes a lock
 //! (DESIGN §2).
 //!
-//! Per uplink: topic and ids → tenant rules → size → decode → contract checks → MAC →
+//! Per uplink: topic and ids → tenant rules → size → decode → MAC → contract checks →
 //! hydrate the meter's state on first sight → dedupe by seq → append to the open batch.
-//! A batch seals when it holds `batch_readings` readings or its oldest message has
-//! waited `linger`; the sealed batch runs through the processors and goes to the sink
+//! A batch seals when it holds `batch_readings` readings or has been open for
+//! `linger`; the sealed batch runs through the processors and goes to the sink
 //! with every touched meter's state. Rejected uplinks become dead letters in the same
 //! batch, so they are durable before they count.
 //!
@@ -23,6 +23,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use meterflow_model::batch::{DEAD_LETTER_PAYLOAD_CAP, INVALID_TENANT};
 use meterflow_model::check::{check_payload_size, check_uplink};
 use meterflow_model::seq_window::SkippedGap;
+use meterflow_model::status::DeviceStatus;
 use meterflow_model::topic::split_uplink;
 use meterflow_model::{
     Admission, DeadLetter, Limits, MeterBatch, MeterId, MeterKey, MeterState, Outputs, Quality,
@@ -89,6 +90,11 @@ struct OpenBatch {
     index: HashMap<MeterKey, usize>,
     dead_letters: Vec<DeadLetter>,
     readings: usize,
+    /// When the shard opened this batch: the linger is timed from here, not from
+    /// when its messages were received, or a lagging queue would seal one batch per
+    /// message.
+    opened: Option<Instant>,
+    /// When its oldest message was received (for publish→durable latency).
     oldest: Option<Instant>,
 }
 
@@ -107,6 +113,7 @@ impl OpenBatch {
                 messages: 0,
                 duplicates: 0,
                 first_received_at: None,
+                status: None,
             });
             self.meters.len() - 1
         });
@@ -180,8 +187,8 @@ impl ShardWorker {
     fn run(mut self) {
         let mut next_sweep = Instant::now() + GAP_SWEEP_EVERY;
         loop {
-            let deadline = match self.open.oldest {
-                Some(oldest) => (oldest + self.settings.linger).min(next_sweep),
+            let deadline = match self.open.opened {
+                Some(opened) => (opened + self.settings.linger).min(next_sweep),
                 None => next_sweep,
             };
             match self.inbox.recv_deadline(deadline) {
@@ -209,8 +216,8 @@ impl ShardWorker {
             }
             if self
                 .open
-                .oldest
-                .is_some_and(|oldest| now >= oldest + self.settings.linger)
+                .opened
+                .is_some_and(|opened| now >= opened + self.settings.linger)
             {
                 self.seal();
             }
@@ -218,6 +225,7 @@ impl ShardWorker {
     }
 
     fn handle(&mut self, inbound: Inbound) {
+        self.open.opened.get_or_insert_with(Instant::now);
         self.open.oldest.get_or_insert(inbound.received);
         if let Err(rejection) = self.accept(&inbound) {
             self.dead_letter(&inbound, rejection);
@@ -307,6 +315,16 @@ impl ShardWorker {
                         quality: Quality::Actual,
                         interval_l: None,
                     }));
+                let newest_ts = uplink.readings.last().map_or(i64::MIN, |r| r.ts);
+                if entry.status.as_ref().is_none_or(|s| newest_ts >= s.ts) {
+                    entry.status = Some(DeviceStatus {
+                        ts: newest_ts,
+                        received_at: inbound.received_at,
+                        flags: uplink.flags,
+                        battery: uplink.battery,
+                        rssi: uplink.rssi,
+                    });
+                }
                 self.open.readings += uplink.readings.len();
             }
             Admission::New => {}
@@ -369,7 +387,7 @@ impl ShardWorker {
         }
         for (key, still_gapped) in closed {
             self.open.meter(&key);
-            self.open.oldest.get_or_insert_with(Instant::now);
+            self.open.opened.get_or_insert_with(Instant::now);
             if !still_gapped {
                 self.gapped.remove(&key);
             }
@@ -419,6 +437,7 @@ impl ShardWorker {
     /// while the sink queue is full: that is the pipeline's backpressure.
     fn seal(&mut self) {
         if self.open.is_empty() {
+            self.open.opened = None;
             self.open.oldest = None;
             return;
         }
@@ -429,6 +448,7 @@ impl ShardWorker {
         }
         self.sealed_count += 1;
         let mut batch = SealedBatch {
+            now_ms: now_ms(),
             shard: self.shard,
             number: self.sealed_count,
             meters,

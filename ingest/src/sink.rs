@@ -5,13 +5,13 @@
 //! write — one fsync in the embedded store — carries every batch waiting, up to
 //! [`MAX_GROUP_READINGS`]. Only after the write returns does it publish each touched
 //! meter's watermark on its ack topic (coalesced: one ack per meter per group) and
-//! update the hot cache.
+//! update the hot cache (through [`CacheWriter`], which never holds storage up).
 //!
 //! Failure policy (DESIGN §6.6): a failed store write is retried with exponential
 //! backoff and jitter, forever — nothing is acked meanwhile, the sink queue fills, the
 //! shard workers block and the meters see slower acks and resend. A failed cache update
 //! is counted and logged; storing and acking go on (the cache holds absolute values,
-//! so the next update repairs it).
+//! so what failed is applied again once the cache answers).
 //!
 //! The sink runs on a plain OS thread, not tokio: the embedded store's writes block
 //! on fsync and the thread does nothing else.
@@ -22,12 +22,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use meterflow_model::{MeterKey, Outputs, SealedBatch, ack, topic};
-use meterflow_storage::{HotCache, ReadingStore};
+use meterflow_storage::ReadingStore;
 use rumqttd::local::LinkTx;
 use tracing::{error, info, warn};
 
+use crate::cache_writer::CacheWriter;
 use crate::metrics::PipelineMetrics;
 use crate::shard::SinkItem;
 
@@ -38,11 +39,14 @@ const MAX_GROUP_READINGS: usize = 64 * 1024;
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 /// Longest wait between store write attempts: an outage is probed every few seconds.
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// How often cache updates held back by a cache outage are retried when no new
+/// batch arrives: the cache is current again within about this long of returning.
+const CACHE_RETRY_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Sink {
     pub inbox: Receiver<SinkItem>,
     pub store: Arc<dyn ReadingStore>,
-    pub cache: Arc<dyn HotCache>,
+    pub cache: CacheWriter,
     pub acks: LinkTx,
     pub metrics: PipelineMetrics,
     /// False while store writes are failing (for `/readyz`).
@@ -58,7 +62,15 @@ impl Sink {
 
     /// Runs until every shard has stopped and the queue is drained.
     fn run(mut self) {
-        while let Ok(first) = self.inbox.recv() {
+        loop {
+            let first = match self.inbox.recv_timeout(CACHE_RETRY_EVERY) {
+                Ok(item) => item,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.cache.retry_pending();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
             let mut group = vec![first];
             let mut readings = group[0].batch.reading_count();
             while readings < MAX_GROUP_READINGS {
@@ -92,11 +104,8 @@ impl Sink {
         }
         self.count_stored(&batches);
         self.publish_acks(&batches);
-        for (out, _) in &outputs {
-            if let Err(e) = self.cache.apply(out) {
-                self.metrics.cache_errors.increment(1);
-                warn!(error = %e, "hot cache update failed; storing and acking go on");
-            }
+        for (out, _) in outputs {
+            self.cache.apply(out);
         }
     }
 
@@ -123,6 +132,7 @@ impl Sink {
                 Err(e) => {
                     self.metrics.store_errors.increment(1);
                     self.store_healthy.store(false, Ordering::Relaxed);
+                    self.record_breaker();
                     if attempt == 0 || attempt.is_power_of_two() {
                         error!(error = %e, attempt, retryable = e.is_retryable(), "store write failed; holding acks and retrying");
                     }
@@ -131,6 +141,14 @@ impl Sink {
                     delay = (delay * 2).min(RETRY_MAX);
                 }
             }
+        }
+    }
+
+    fn record_breaker(&self) {
+        if let Some(state) = self.store.breaker_state() {
+            self.metrics
+                .store_breaker_open
+                .set(f64::from(state.as_gauge()));
         }
     }
 

@@ -6,6 +6,7 @@
 use crate::ids::MeterKey;
 use crate::reject::Reject;
 use crate::state::{MeterState, Quality};
+use crate::status::DeviceStatus;
 use crate::uplink::Reading;
 
 /// One reading as stored: the measurement plus what the pipeline learnt about it.
@@ -36,6 +37,10 @@ pub struct MeterBatch {
     pub duplicates: u32,
     /// Earliest `received_at` among the new messages (for publish→durable latency).
     pub first_received_at: Option<i64>,
+    /// Device status of the newest new message in the batch (by its newest
+    /// reading's `ts`), when the batch holds one; alerting reads its flags, battery
+    /// and signal.
+    pub status: Option<DeviceStatus>,
 }
 
 /// A rejected uplink, kept with its reason (DESIGN §6.7).
@@ -71,6 +76,10 @@ pub struct SealedBatch {
     pub number: u64,
     pub meters: Vec<MeterBatch>,
     pub dead_letters: Vec<DeadLetter>,
+    /// The service clock when the batch was sealed, epoch ms. Processors never read a
+    /// clock: time-driven work (analytics flushes, billing late windows) runs off
+    /// this, so replaying a batch gives the same outputs.
+    pub now_ms: i64,
 }
 
 impl SealedBatch {

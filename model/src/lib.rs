@@ -12,28 +12,47 @@
 //! - [`reject`]: every reason an uplink can be dead-lettered, as stable codes;
 //! - [`mac`]: the payload MAC that authenticates a meter;
 //! - [`seq_window`]: per-meter dedupe and the durable ack watermark;
-//! - [`state`] and [`batch`]: what the shard workers hand to processors and storage.
+//! - [`state`] and [`batch`]: what the shard workers hand to processors and storage;
+//! - [`status`]: a meter's device status (flags, battery, signal);
+//! - [`vee`], [`billing`], [`alert`], [`analytics`]: what the processors keep per meter
+//!   and emit — register epochs, tariffs and bill lines, alert episodes, district
+//!   aggregates;
+//! - [`processing`]: the processors' configuration (per tenant: tariff, rules,
+//!   districts);
+//! - [`outputs`]: what processors emit for the hot cache and the API.
 
 pub mod ack;
+pub mod alert;
+pub mod analytics;
 pub mod batch;
+pub mod billing;
 pub mod check;
 pub mod codec;
 pub mod ids;
 pub mod limits;
 pub mod mac;
 pub mod outputs;
+pub mod processing;
 pub mod reject;
 pub mod seq_window;
 pub mod state;
+pub mod status;
 pub mod time;
 pub mod topic;
 pub mod uplink;
+pub mod vee;
 
+pub use alert::{AlertEvent, AlertKind, AlertRules, EpisodeState, NotificationLimits, Priority};
+pub use analytics::{DistrictUsage, Resolution, TopConsumers, UsageSketch};
 pub use batch::{DeadLetter, MeterBatch, SealedBatch, StoredReading};
+pub use billing::{BillLine, Tariff, TariffTier, TierCharge};
 pub use ids::{MeterId, MeterKey, TenantId};
 pub use limits::Limits;
 pub use outputs::{MeterView, Outputs};
+pub use processing::{ProcessorsConfig, TenantProcessing};
 pub use reject::Reject;
 pub use seq_window::{Admission, SeqWindow};
 pub use state::{MeterState, Quality, UsageState};
+pub use status::DeviceStatus;
 pub use uplink::{DeviceFlag, Flags, Reading, Uplink};
+pub use vee::{MeterSize, VeeRules};

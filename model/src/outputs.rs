@@ -4,6 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::alert::AlertEvent;
+use crate::analytics::{DistrictUsage, TopConsumers};
+use crate::billing::BillLine;
 use crate::ids::MeterKey;
 use crate::state::Quality;
 
@@ -40,14 +43,31 @@ impl MeterView {
 pub struct Outputs {
     /// One view per meter touched by the batch.
     pub meters: Vec<MeterView>,
+    /// Running bill of each touched meter for each period the batch changed.
+    pub bills: Vec<BillLine>,
+    /// Alert episode steps (opened, updated, cleared).
+    pub alerts: Vec<AlertEvent>,
+    /// District usage rows flushed by analytics (per-shard partials: rows of the
+    /// same window from different shards merge, see `DistrictUsage::merge`).
+    pub districts: Vec<DistrictUsage>,
+    /// Top-consumer lists flushed by analytics (per-shard partials as well).
+    pub top: Vec<TopConsumers>,
 }
 
 impl Outputs {
     pub fn clear(&mut self) {
         self.meters.clear();
+        self.bills.clear();
+        self.alerts.clear();
+        self.districts.clear();
+        self.top.clear();
     }
 
     pub fn is_empty(&self) -> bool {
         self.meters.is_empty()
+            && self.bills.is_empty()
+            && self.alerts.is_empty()
+            && self.districts.is_empty()
+            && self.top.is_empty()
     }
 }

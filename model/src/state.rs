@@ -1,15 +1,21 @@
 //! Per-meter state that the shard worker owns and persists in `meter_state`, written in
 //! the same durable batch as the readings it reflects (DESIGN §2), so that after a
 //! crash state and data agree. Plain data: the logic that changes it lives in the
-//! shard worker (dedupe) and in `processors` (usage).
+//! shard worker (dedupe) and in `processors` (VEE, usage, billing, alerting,
+//! analytics); each processor owns one field.
 //!
 //! Persisted with [`crate::codec::binary::encode_record`]; adding a field means a new
-//! record version.
+//! record version. bincode's serde mode is positional: no `skip_serializing_if`,
+//! flattened or untagged fields anywhere inside.
 
 use serde::{Deserialize, Serialize};
 
+use crate::alert::AlertState;
+use crate::analytics::MeterAnalyticsState;
+use crate::billing::BillingState;
 use crate::seq_window::SeqWindow;
 use crate::uplink::Reading;
+use crate::vee::VeeState;
 
 /// How far a stored reading can be trusted (VEE, DESIGN §4).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -71,6 +77,14 @@ pub struct MeterState {
     pub seq: SeqWindow,
     /// Usage, fed by the usage processor.
     pub usage: UsageState,
+    /// Register epochs, the newest validated read, the newest estimated gap (VEE).
+    pub vee: VeeState,
+    /// Billing periods' boundary reads (billing).
+    pub billing: BillingState,
+    /// Open alert episodes and the interval rules' trackers (alerting).
+    pub alerts: AlertState,
+    /// Running hour and day totals (analytics).
+    pub analytics: MeterAnalyticsState,
 }
 
 impl MeterState {
@@ -92,7 +106,13 @@ mod tests {
             let mut skipped = Vec::new();
             state.seq.admit(3, 0, &mut skipped);
             state.seq.admit(5, 0, &mut skipped);
-            state.usage.last = Some(Reading { ts: 1, reg: 2, rev: 3, flow: 4, temp });
+            state.usage.last = Some(Reading {
+                ts: 1,
+                reg: 2,
+                rev: 3,
+                flow: 4,
+                temp,
+            });
             state.usage.today_l = 9;
             let back: MeterState = decode_record(&encode_record(&state)).unwrap();
             assert_eq!(back, state);

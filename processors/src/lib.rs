@@ -1,20 +1,42 @@
 //! Processors: synchronous state machines fed sealed batches of readings (DESIGN §2,
 //! CONVENTIONS §2). A processor does no I/O, spawns nothing and never reads a clock —
-//! time arrives inside the batch — so the same batch always gives the same outputs and
-//! the runtime (`ingest`) owns every thread and channel.
+//! time arrives inside the batch (`SealedBatch::now_ms`) or as the sweep's `now_ms` —
+//! so the same input always gives the same outputs and the runtime (`ingest`) owns
+//! every thread and channel.
 //!
 //! Each shard worker owns one [`ProcessorChain`]; a processor's state is therefore per
 //! shard, and a meter's state travels in its [`MeterBatch`] so that it is persisted with
-//! the readings it reflects.
+//! the readings it reflects. Each processor owns one field of `MeterState`.
 //!
-//! Today's chain: [`usage::UsageProcessor`] (per-meter consumption from register
-//! deltas). Billing, alerting, analytics and VEE plug into the same trait.
+//! The standard chain, in order:
+//! 1. [`vee::VeeProcessor`] — quality, intervals, estimates, rollover and exchange;
+//! 2. [`usage::UsageProcessor`] — the meter view (latest read, litres today);
+//! 3. [`billing::BillingProcessor`] — running bills per tenant-local month;
+//! 4. [`alerting::AlertingProcessor`] — alert episodes from flags and interval rules;
+//! 5. [`analytics::AnalyticsProcessor`] — district usage, night flow, percentiles, top
+//!    consumers, as mergeable per-shard partials.
+//!
+//! Around the chain: [`notify::NotificationPolicy`] decides which alert events to
+//! deliver now and which later (rate limits, priorities, coalescing), and
+//! [`analytics::DistrictRollup`] merges the shards' analytics partials.
 //!
 //! [`MeterBatch`]: meterflow_model::MeterBatch
 
+pub mod alerting;
+pub mod analytics;
+pub mod billing;
+pub mod calendar;
+pub mod notify;
+pub mod tenants;
 pub mod usage;
+pub mod vee;
 
-use meterflow_model::{Outputs, SealedBatch};
+#[cfg(test)]
+mod testing;
+
+use meterflow_model::{MeterKey, MeterState, Outputs, ProcessorsConfig, SealedBatch};
+
+pub use tenants::{ProcessorsConfigError, TenantDirectory};
 
 /// One stage of the fan-out.
 pub trait Processor: Send {
@@ -22,9 +44,25 @@ pub trait Processor: Send {
     fn name(&self) -> &'static str;
 
     /// Folds a sealed batch into the processor's state. May annotate the batch's
-    /// readings (interval, quality) and each meter's persisted state; appends what
-    /// dashboards should see to `out`.
+    /// readings (interval, quality), add rows (estimates) and change each meter's
+    /// persisted state; appends what dashboards should see to `out`.
     fn process(&mut self, batch: &mut SealedBatch, out: &mut Outputs);
+
+    /// Time-driven work on one meter that no reading triggers (no-communication
+    /// alerts, final bills). Returns whether the meter's state changed, so that it is
+    /// persisted.
+    fn sweep_meter(
+        &mut self,
+        _now_ms: i64,
+        _key: &MeterKey,
+        _state: &mut MeterState,
+        _out: &mut Outputs,
+    ) -> bool {
+        false
+    }
+
+    /// Time-driven work on the processor's own state (flushing aggregates).
+    fn tick(&mut self, _now_ms: i64, _out: &mut Outputs) {}
 }
 
 /// The processors a shard runs, in order, on every sealed batch.
@@ -37,14 +75,53 @@ impl ProcessorChain {
         Self { processors }
     }
 
-    /// The chain every shard runs by default.
+    /// The standard chain with default settings for every tenant (tests, demos).
     pub fn standard() -> Self {
-        Self::new(vec![Box::new(usage::UsageProcessor)])
+        Self::for_tenants(ProcessorsConfig::default()).expect("the default configuration is valid")
+    }
+
+    /// The standard chain for a configuration; refuses it with every problem found.
+    pub fn for_tenants(config: ProcessorsConfig) -> Result<Self, ProcessorsConfigError> {
+        let directory = TenantDirectory::resolve(&config)?;
+        Ok(Self::new(vec![
+            Box::new(vee::VeeProcessor::new(directory.clone())),
+            Box::new(usage::UsageProcessor),
+            Box::new(billing::BillingProcessor::with_directory(directory.clone())),
+            Box::new(alerting::AlertingProcessor::with_directory(
+                directory.clone(),
+            )),
+            Box::new(analytics::AnalyticsProcessor::with_directory(directory)),
+        ]))
     }
 
     pub fn process(&mut self, batch: &mut SealedBatch, out: &mut Outputs) {
         for processor in &mut self.processors {
             processor.process(batch, out);
         }
+    }
+
+    /// Runs the time-driven work: every processor's [`Processor::sweep_meter`] on
+    /// every meter, then its [`Processor::tick`]. Returns the meters whose state
+    /// changed: persist them with the next batch.
+    pub fn sweep<'a>(
+        &mut self,
+        now_ms: i64,
+        states: impl Iterator<Item = (&'a MeterKey, &'a mut MeterState)>,
+        out: &mut Outputs,
+    ) -> Vec<MeterKey> {
+        let mut changed = Vec::new();
+        for (key, state) in states {
+            let mut any = false;
+            for processor in &mut self.processors {
+                any |= processor.sweep_meter(now_ms, key, state, out);
+            }
+            if any {
+                changed.push(key.clone());
+            }
+        }
+        for processor in &mut self.processors {
+            processor.tick(now_ms, out);
+        }
+        changed
     }
 }

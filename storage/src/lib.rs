@@ -22,6 +22,7 @@ pub mod resilience;
 pub mod scylla;
 
 pub use error::{CacheError, StoreError};
+pub use resilience::BreakerState;
 
 use meterflow_model::{
     DeadLetter, MeterKey, MeterState, MeterView, Outputs, SealedBatch, StoredReading,
@@ -53,6 +54,11 @@ pub trait ReadingStore: Send + Sync + 'static {
 
     /// Whether the store can take writes now (for `/readyz`).
     fn is_ready(&self) -> bool;
+
+    /// The circuit breaker's state, for backends that have one (for metrics).
+    fn breaker_state(&self) -> Option<BreakerState> {
+        None
+    }
 }
 
 /// The hot cache dashboards read.
@@ -63,4 +69,9 @@ pub trait HotCache: Send + Sync + 'static {
 
     /// The cached view of one meter.
     fn meter(&self, key: &MeterKey) -> Result<Option<MeterView>, CacheError>;
+
+    /// The circuit breaker's state, for backends that have one (for metrics).
+    fn breaker_state(&self) -> Option<BreakerState> {
+        None
+    }
 }

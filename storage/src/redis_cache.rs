@@ -323,6 +323,10 @@ fn parse_view(
 }
 
 impl HotCache for RedisCache {
+    fn breaker_state(&self) -> Option<BreakerState> {
+        Some(self.breaker.state())
+    }
+
     fn apply(&self, outputs: &Outputs) -> Result<(), CacheError> {
         // Whole seconds below i64::MAX: checked by `validate`.
         let ttl = i64::try_from(self.config.meter_ttl_secs).unwrap_or(i64::MAX);

@@ -52,7 +52,6 @@ impl Meterflow {
                 "--data",
             ])
             .arg(data)
-            .env("MF_LOG_LEVEL", "info,rumqttd=warn")
             .env("MF_SHARDS", "2")
             .stdout(Stdio::null())
             .stderr(stderr)

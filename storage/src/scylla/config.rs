@@ -73,6 +73,11 @@ pub struct ScyllaConfig {
     pub local_datacenter: Option<String>,
     /// Consistency of reads and writes (default LOCAL_QUORUM).
     pub consistency: Consistency,
+    /// User for password authentication (none by default). In Kubernetes it comes
+    /// from the Secret through `MF_SCYLLA_USERNAME` rather than the config file.
+    pub username: Option<String>,
+    /// Password for `username` (`MF_SCYLLA_PASSWORD`).
+    pub password: Option<String>,
     /// Days a reading is kept (default 400: a full year of interval data for billing
     /// disputes and year-on-year comparisons, plus a month of slack; hourly and
     /// billing aggregates are the long-term record). Also sets the TWCS window: about
@@ -108,6 +113,8 @@ impl Default for ScyllaConfig {
             replication_factor: 3,
             local_datacenter: None,
             consistency: Consistency::default(),
+            username: None,
+            password: None,
             readings_ttl_days: 400,
             dead_letters_ttl_days: 30,
             max_in_flight: 32,

@@ -321,6 +321,10 @@ impl Drop for ScyllaStore {
 }
 
 impl ReadingStore for ScyllaStore {
+    fn breaker_state(&self) -> Option<BreakerState> {
+        Some(self.core.breaker.state())
+    }
+
     fn write(&self, batches: &[SealedBatch]) -> Result<(), StoreError> {
         if batches.iter().all(SealedBatch::is_empty) {
             return Ok(());
@@ -527,6 +531,9 @@ impl Core {
             .timestamp_generator(Arc::new(MonotonicTimestampGenerator::new()));
         if let Some(dc) = &config.local_datacenter {
             builder = builder.prefer_datacenter(dc.clone());
+        }
+        if let Some(username) = &config.username {
+            builder = builder.user(username, config.password.as_deref().unwrap_or(""));
         }
         let session = builder.build().await.map_err(|e| errors::new_session(&e))?;
         let applied = schema::migrate(&session, keyspace, &config).await?;

@@ -1,0 +1,269 @@
+{{/*
+Names, labels and the pieces of meterflow.toml shared by the templates.
+*/}}
+
+{{/* The chart name, or nameOverride. */}}
+{{- define "meterflow.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The full name of the release's resources: fullnameOverride, or <release>-<chart>
+(just <release> when it already contains the chart name). Truncated to 63 characters
+(DNS label); suffixed names below leave room with trunc 55.
+*/}}
+{{- define "meterflow.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The full name, shortened so that a suffix like "-headless" still fits 63 characters. */}}
+{{- define "meterflow.shortname" -}}
+{{- include "meterflow.fullname" . | trunc 54 | trimSuffix "-" }}
+{{- end }}
+
+{{/* chart-version, for the helm.sh/chart label. */}}
+{{- define "meterflow.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels of every resource. */}}
+{{- define "meterflow.labels" -}}
+helm.sh/chart: {{ include "meterflow.chart" . }}
+{{ include "meterflow.selectorLabels" . }}
+app.kubernetes.io/version: {{ include "meterflow.imageTag" . | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: meterflow
+{{- end }}
+
+{{/* Labels that select the release's pods (immutable in a StatefulSet/Deployment: never add to them). */}}
+{{- define "meterflow.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "meterflow.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* The ServiceAccount the pods run as. */}}
+{{- define "meterflow.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "meterflow.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The image tag: image.tag or the chart's appVersion. */}}
+{{- define "meterflow.imageTag" -}}
+{{- .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+
+{{/* The meterflow image reference; a digest wins over the tag. */}}
+{{- define "meterflow.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (include "meterflow.imageTag" .) }}
+{{- end }}
+{{- end }}
+
+{{/* Name of the Secret holding tenants.toml and the backend credentials. */}}
+{{- define "meterflow.secretName" -}}
+{{- if .Values.existingSecret }}
+{{- .Values.existingSecret }}
+{{- else }}
+{{- include "meterflow.fullname" . }}
+{{- end }}
+{{- end }}
+
+{{/* Names of the Services. */}}
+{{- define "meterflow.mqttServiceName" -}}
+{{- printf "%s-mqtt" (include "meterflow.shortname" .) }}
+{{- end }}
+{{- define "meterflow.httpServiceName" -}}
+{{- printf "%s-http" (include "meterflow.shortname" .) }}
+{{- end }}
+{{- define "meterflow.headlessServiceName" -}}
+{{- printf "%s-headless" (include "meterflow.shortname" .) }}
+{{- end }}
+
+{{/*
+Whether the pods run as a StatefulSet: the embedded store on a PersistentVolume.
+A StatefulSet never runs two pods of one identity at once, even while a node is
+unreachable, so two processes can never open the same store; its volumeClaimTemplate
+outlives `helm uninstall`. Everything else is a Deployment. Renders "true" or "".
+*/}}
+{{- define "meterflow.statefulset" -}}
+{{- if and (eq .Values.store.kind "embedded") .Values.store.persistence.enabled }}true{{ end }}
+{{- end }}
+
+{{/*
+A TOML value from a Helm value. Strings go through JSON escaping, which is valid TOML
+basic-string escaping (\" \\ \n \uXXXX). YAML numbers arrive as float64: whole ones
+are printed as integers (meterflow's integer fields refuse 1.0).
+*/}}
+{{- define "meterflow.tomlValue" -}}
+{{- $v := . }}
+{{- if kindIs "string" $v }}
+{{- toJson $v }}
+{{- else if kindIs "bool" $v }}
+{{- ternary "true" "false" $v }}
+{{- else if or (kindIs "float64" $v) (kindIs "float32" $v) }}
+{{- if eq ($v | float64) (floor $v | float64) }}{{ printf "%d" (int64 $v) }}{{ else }}{{ $v }}{{ end }}
+{{- else if or (kindIs "int" $v) (kindIs "int64" $v) (kindIs "int32" $v) (kindIs "uint64" $v) }}
+{{- printf "%d" $v }}
+{{- else if kindIs "slice" $v }}
+{{- $items := list }}
+{{- range $v }}{{ $items = append $items (include "meterflow.tomlValue" .) }}{{ end }}
+{{- printf "[%s]" (join ", " $items) }}
+{{- else if kindIs "map" $v }}
+{{- $items := list }}
+{{- range $k, $item := $v }}{{ $items = append $items (printf "%s = %s" (toJson $k) (include "meterflow.tomlValue" $item)) }}{{ end }}
+{{- printf "{ %s }" (join ", " $items) }}
+{{- else }}
+{{- fail (printf "meterflow: cannot render %v (%s) as a TOML value" $v (kindOf $v)) }}
+{{- end }}
+{{- end }}
+
+{{/* The keys of one meterflow TOML table from a map of values, sorted; nulls skipped. */}}
+{{- define "meterflow.tomlKeys" -}}
+{{- range $k, $v := . }}
+{{- if not (kindIs "invalid" $v) }}
+{{ $k }} = {{ include "meterflow.tomlValue" $v }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+meterflow.toml without secrets: what the ConfigMap holds. Tables only (no top-level
+keys), so the Secret's [[tenants]] tables can be appended to it.
+*/}}
+{{- define "meterflow.configToml" -}}
+# meterflow.toml rendered by the meterflow Helm chart {{ .Chart.Version }}. Secrets
+# (the [[tenants]] tables, ScyllaDB/Redis credentials) are added in the pod from the
+# Secret {{ include "meterflow.secretName" . }}; see the chart's README.md.
+
+[mqtt]
+listen = {{ printf "0.0.0.0:%d" (int .Values.ports.mqtt) | quote }}
+{{- include "meterflow.tomlKeys" .Values.config.mqtt }}
+
+[http]
+listen = {{ printf "0.0.0.0:%d" (int .Values.ports.http) | quote }}
+
+[store]
+{{- if eq .Values.store.kind "scylla" }}
+backend = {{ printf "scylla://%s/%s" (join "," .Values.store.scylla.contactPoints) .Values.store.scylla.keyspace | quote }}
+{{- end }}
+data_dir = {{ .Values.store.persistence.mountPath | quote }}
+{{- if eq .Values.store.kind "scylla" }}
+
+[store.scylla]
+replication_factor = {{ int .Values.store.scylla.replicationFactor }}
+consistency = {{ .Values.store.scylla.consistency | quote }}
+{{- include "meterflow.tomlKeys" .Values.store.scylla.settings }}
+{{- end }}
+{{- if and (eq .Values.cache.kind "redis") .Values.cache.redis.settings }}
+
+[cache.redis]
+{{- include "meterflow.tomlKeys" .Values.cache.redis.settings }}
+{{- end }}
+
+[pipeline]
+{{- include "meterflow.tomlKeys" .Values.config.pipeline }}
+
+[limits]
+{{- include "meterflow.tomlKeys" .Values.config.limits }}
+
+[log]
+{{- include "meterflow.tomlKeys" .Values.config.log }}
+{{- end }}
+
+{{/* The [[tenants]] tables with their credentials: the Secret's tenants.toml. */}}
+{{- define "meterflow.tenantsToml" -}}
+# Tenants of meterflow, rendered by the meterflow Helm chart. Secret.
+{{- range .Values.tenants }}
+
+[[tenants]]
+id = {{ .id | toJson }}
+mqtt_password = {{ .mqttPassword | toJson }}
+api_token = {{ .apiToken | toJson }}
+{{- if hasKey . "requireMac" }}
+require_mac = {{ ternary "true" "false" .requireMac }}
+{{- end }}
+{{- if .meters }}
+meters = {{ include "meterflow.tomlValue" .meters }}
+{{- end }}
+{{- if .meterKeys }}
+
+[tenants.meter_keys]
+{{- range $meter, $key := .meterKeys }}
+{{ $meter | toJson }} = {{ $key | toJson }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Refuses values that would install a meterflow that cannot start or cannot be trusted,
+with a message that says what to do. Rendered (empty) by every workload template.
+*/}}
+{{- define "meterflow.validate" -}}
+{{- if and (not .Values.existingSecret) (empty .Values.tenants) }}
+{{- fail `
+
+meterflow: no tenants configured.
+In Kubernetes meterflow listens on 0.0.0.0, where it refuses anonymous meters and
+unauthenticated API calls, so at least one tenant with credentials is required:
+
+  tenants:
+    - id: utility-a
+      mqttPassword: <MQTT password of the tenant's meters>
+      apiToken: <bearer token of the tenant's API and dashboard>
+
+or set existingSecret to a Secret holding a tenants.toml key. See the chart's README.md.` }}
+{{- end }}
+{{- $ids := dict }}
+{{- range .Values.tenants }}
+{{- if not (and .id .mqttPassword .apiToken) }}
+{{- fail (printf "meterflow: every tenant needs id, mqttPassword and apiToken (tenant %q lacks one): meterflow refuses anonymous meters and unauthenticated API calls beyond loopback" (.id | default "<no id>")) }}
+{{- end }}
+{{- if hasKey $ids .id }}
+{{- fail (printf "meterflow: tenant %q is configured twice in tenants" .id) }}
+{{- end }}
+{{- $_ := set $ids .id true }}
+{{- end }}
+{{- if eq .Values.store.kind "embedded" }}
+{{- if .Values.autoscaling.enabled }}
+{{- fail "meterflow: autoscaling needs store.kind=scylla - the embedded store lives on one pod's volume; set autoscaling.enabled=false or use ScyllaDB" }}
+{{- end }}
+{{- if ne (int .Values.replicaCount) 1 }}
+{{- fail (printf "meterflow: store.kind=embedded runs exactly one pod (replicaCount is %d): each pod would hold its own store, so the API would see part of the data and a meter moving between pods would lose its dedupe state. Use store.kind=scylla to run several." (int .Values.replicaCount)) }}
+{{- end }}
+{{- end }}
+{{- if eq .Values.store.kind "scylla" }}
+{{- if empty .Values.store.scylla.contactPoints }}
+{{- fail "meterflow: store.kind=scylla needs store.scylla.contactPoints (host:port of ScyllaDB nodes)" }}
+{{- end }}
+{{- end }}
+{{- if and (eq .Values.cache.kind "redis") (not .Values.existingSecret) (not .Values.cache.redis.url) }}
+{{- fail "meterflow: cache.kind=redis needs cache.redis.url (or existingSecret with a redis-url key)" }}
+{{- end }}
+{{- if lt (int .Values.terminationGracePeriodSeconds) 60 }}
+{{- fail "meterflow: terminationGracePeriodSeconds must be at least 60 so in-flight batches are stored on shutdown" }}
+{{- end }}
+{{- end }}
+
+{{/* PromQL label matchers selecting this release's series in alert rules. */}}
+{{- define "meterflow.alertSelector" -}}
+{{- if .Values.metrics.prometheusRule.selector }}
+{{- .Values.metrics.prometheusRule.selector }}
+{{- else }}
+{{- printf "job=%q, namespace=%q" (include "meterflow.httpServiceName" .) .Release.Namespace }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,197 @@
+{{/*
+The pod template shared by the StatefulSet (embedded store on a PVC) and the
+Deployment (ScyllaDB, or the embedded store on an emptyDir for trials).
+
+How meterflow.toml reaches the process: the ConfigMap holds every non-secret setting
+(meterflow.toml), the Secret holds the [[tenants]] tables (tenants.toml). The
+`render-config` init container concatenates the two into /run/meterflow, an in-memory
+emptyDir private to the pod; meterflow reads that file read-only. ScyllaDB and Redis
+ScyllaDB credentials and the Redis URL (which may carry a password) do not go
+through the file: they are MF_SCYLLA_USERNAME, MF_SCYLLA_PASSWORD and MF_CACHE,
+from the same Secret.
+*/}}
+{{- define "meterflow.podTemplate" -}}
+metadata:
+  annotations:
+    checksum/config: {{ include (print $.Template.BasePath "/configmap.yaml") . | sha256sum }}
+    {{- if not .Values.existingSecret }}
+    checksum/secret: {{ include (print $.Template.BasePath "/secret.yaml") . | sha256sum }}
+    {{- end }}
+    {{- with .Values.podAnnotations }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  labels:
+    {{- include "meterflow.labels" . | nindent 4 }}
+    {{- with .Values.podLabels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+spec:
+  {{- with .Values.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  serviceAccountName: {{ include "meterflow.serviceAccountName" . }}
+  automountServiceAccountToken: {{ .Values.serviceAccount.automount }}
+  {{- with .Values.priorityClassName }}
+  priorityClassName: {{ . }}
+  {{- end }}
+  securityContext:
+    {{- toYaml .Values.podSecurityContext | nindent 4 }}
+  terminationGracePeriodSeconds: {{ .Values.terminationGracePeriodSeconds }}
+  initContainers:
+    - name: render-config
+      image: {{ printf "%s:%s" .Values.configRender.image.repository .Values.configRender.image.tag | quote }}
+      imagePullPolicy: {{ .Values.configRender.image.pullPolicy }}
+      command:
+        - sh
+        - -ec
+        - |
+          umask 077
+          cat /etc/meterflow/config/meterflow.toml /etc/meterflow/secret/tenants.toml \
+            > /run/meterflow/meterflow.toml
+      securityContext:
+        {{- toYaml .Values.securityContext | nindent 8 }}
+      resources:
+        {{- toYaml .Values.configRender.resources | nindent 8 }}
+      volumeMounts:
+        - name: config
+          mountPath: /etc/meterflow/config
+          readOnly: true
+        - name: secret
+          mountPath: /etc/meterflow/secret
+          readOnly: true
+        - name: rendered-config
+          mountPath: /run/meterflow
+  containers:
+    - name: meterflow
+      image: {{ include "meterflow.image" . | quote }}
+      imagePullPolicy: {{ .Values.image.pullPolicy }}
+      command:
+        {{- toYaml .Values.command | nindent 8 }}
+      args:
+        - run
+        - --config
+        - /run/meterflow/meterflow.toml
+        {{- with .Values.extraArgs }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      {{- if or (eq .Values.store.kind "scylla") (eq .Values.cache.kind "redis") .Values.extraEnv }}
+      env:
+        {{- if eq .Values.store.kind "scylla" }}
+        - name: MF_SCYLLA_USERNAME
+          valueFrom:
+            secretKeyRef:
+              name: {{ include "meterflow.secretName" . }}
+              key: scylla-username
+              optional: true
+        - name: MF_SCYLLA_PASSWORD
+          valueFrom:
+            secretKeyRef:
+              name: {{ include "meterflow.secretName" . }}
+              key: scylla-password
+              optional: true
+        {{- end }}
+        {{- if eq .Values.cache.kind "redis" }}
+        # cache.backend = the Redis URL, kept in the Secret (it may hold a password).
+        - name: MF_CACHE
+          valueFrom:
+            secretKeyRef:
+              name: {{ include "meterflow.secretName" . }}
+              key: redis-url
+        {{- end }}
+        {{- with .Values.extraEnv }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      {{- end }}
+      ports:
+        - name: mqtt
+          containerPort: {{ .Values.ports.mqtt }}
+          protocol: TCP
+        - name: http
+          containerPort: {{ .Values.ports.http }}
+          protocol: TCP
+      {{- with .Values.startupProbe }}
+      startupProbe:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with .Values.livenessProbe }}
+      livenessProbe:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with .Values.readinessProbe }}
+      readinessProbe:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with .Values.lifecycle }}
+      lifecycle:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      securityContext:
+        {{- toYaml .Values.securityContext | nindent 8 }}
+      resources:
+        {{- toYaml .Values.resources | nindent 8 }}
+      volumeMounts:
+        - name: rendered-config
+          mountPath: /run/meterflow
+          readOnly: true
+        - name: data
+          mountPath: {{ .Values.store.persistence.mountPath }}
+        - name: tmp
+          mountPath: /tmp
+        {{- with .Values.extraVolumeMounts }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+  volumes:
+    - name: config
+      configMap:
+        name: {{ include "meterflow.fullname" . }}
+    - name: secret
+      secret:
+        secretName: {{ include "meterflow.secretName" . }}
+        defaultMode: 0440
+        items:
+          - key: tenants.toml
+            path: tenants.toml
+    - name: rendered-config
+      emptyDir:
+        medium: Memory
+        sizeLimit: 1Mi
+    - name: tmp
+      emptyDir:
+        sizeLimit: {{ .Values.tmpSizeLimit }}
+    {{- if not (include "meterflow.statefulset" .) }}
+    - name: data
+      emptyDir: {}
+    {{- else if .Values.store.persistence.existingClaim }}
+    - name: data
+      persistentVolumeClaim:
+        claimName: {{ .Values.store.persistence.existingClaim }}
+    {{- end }}
+    {{- with .Values.extraVolumes }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- with .Values.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.affinity }}
+  affinity:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.topologySpreadConstraints }}
+  {{- $constraints := list }}
+  {{- range . }}
+  {{- $c := deepCopy . }}
+  {{- if not (hasKey $c "labelSelector") }}
+  {{- $_ := set $c "labelSelector" (dict "matchLabels" (include "meterflow.selectorLabels" $ | fromYaml)) }}
+  {{- end }}
+  {{- $constraints = append $constraints $c }}
+  {{- end }}
+  topologySpreadConstraints:
+    {{- toYaml $constraints | nindent 4 }}
+  {{- end }}
+{{- end }}

@@ -1,0 +1,157 @@
+//! Configuration of the processors: per tenant, the tariff, VEE and alert rules,
+//! notification limits, meter sizes and districts; globally, analytics windows and
+//! the billing late window. Serde structs with defaults for every field
+//! (CONVENTIONS §6); `ingest` loads them as the `[processors]` section of its TOML.
+//!
+//! A tenant without an entry gets `defaults`. A tenant entry replaces the defaults
+//! as a whole: fields it omits take the built-in defaults, not `defaults`' values.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::alert::{AlertRules, NotificationLimits};
+use crate::billing::Tariff;
+use crate::ids::{MeterId, TenantId};
+use crate::vee::{MeterSize, VeeRules};
+
+/// District of meters without an entry in [`TenantProcessing::districts`].
+pub const DEFAULT_DISTRICT: &str = "default";
+
+const MINUTE_MS: i64 = 60_000;
+const HOUR_MS: i64 = 60 * MINUTE_MS;
+const DAY_MS: i64 = 24 * HOUR_MS;
+
+/// Everything one tenant's processing depends on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantProcessing {
+    pub tariff: Tariff,
+    pub vee: VeeRules,
+    pub alert_rules: AlertRules,
+    pub notifications: NotificationLimits,
+    /// Size of meters without an entry in `meter_sizes`.
+    pub default_meter_size: MeterSize,
+    pub meter_sizes: BTreeMap<MeterId, MeterSize>,
+    /// District metered area of each meter; others are in [`DEFAULT_DISTRICT`].
+    pub districts: BTreeMap<MeterId, String>,
+}
+
+impl TenantProcessing {
+    pub fn meter_size(&self, meter: &MeterId) -> MeterSize {
+        self.meter_sizes
+            .get(meter)
+            .copied()
+            .unwrap_or(self.default_meter_size)
+    }
+}
+
+/// Windows and flushing of district analytics.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnalyticsSettings {
+    /// How often partial aggregates are flushed to outputs, by batch time. A minute
+    /// matches the finest window dashboards show.
+    pub flush_interval_ms: i64,
+    /// Entries in a top-consumers list.
+    pub top_n: usize,
+    /// How long minute windows stay open for late reads; older reads are not
+    /// counted in them (their totals were already published).
+    pub minute_retention_ms: i64,
+    /// Same for hour windows (two days: covers a weekend of gateway backlog).
+    pub hour_retention_ms: i64,
+    /// Same for day windows and top-consumer lists.
+    pub day_retention_ms: i64,
+}
+
+impl Default for AnalyticsSettings {
+    fn default() -> Self {
+        Self {
+            flush_interval_ms: MINUTE_MS,
+            top_n: 10,
+            minute_retention_ms: 2 * HOUR_MS,
+            hour_retention_ms: 2 * DAY_MS,
+            day_retention_ms: 3 * DAY_MS,
+        }
+    }
+}
+
+/// Reads may still change a billing period's bill this long after it ends; then the
+/// bill is final. Three days covers the resend window and a weekend of backlog.
+pub const DEFAULT_BILL_CLOSE_AFTER_MS: i64 = 3 * DAY_MS;
+
+/// The `[processors]` configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessorsConfig {
+    /// Settings of tenants without an entry in `tenants`.
+    pub defaults: TenantProcessing,
+    /// Per-tenant settings.
+    pub tenants: BTreeMap<TenantId, TenantProcessing>,
+    pub analytics: AnalyticsSettings,
+    /// See [`DEFAULT_BILL_CLOSE_AFTER_MS`].
+    pub bill_close_after_ms: i64,
+}
+
+impl Default for ProcessorsConfig {
+    fn default() -> Self {
+        Self {
+            defaults: TenantProcessing::default(),
+            tenants: BTreeMap::new(),
+            analytics: AnalyticsSettings::default(),
+            bill_close_after_ms: DEFAULT_BILL_CLOSE_AFTER_MS,
+        }
+    }
+}
+
+impl ProcessorsConfig {
+    /// Every problem the model can see, each prefixed with where it is. Time zones
+    /// are checked by `meterflow-processors`, which resolves them.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let entries = std::iter::once(("defaults".to_string(), &self.defaults)).chain(
+            self.tenants
+                .iter()
+                .map(|(tenant, settings)| (format!("tenants.{tenant}"), settings)),
+        );
+        for (tenant, settings) in entries {
+            let sections = [
+                ("tariff", settings.tariff.problems()),
+                ("vee", settings.vee.problems()),
+                ("alert_rules", settings.alert_rules.problems()),
+            ];
+            for (section, found) in sections {
+                problems.extend(
+                    found
+                        .into_iter()
+                        .map(|p| format!("processors.{tenant}.{section}: {p}")),
+                );
+            }
+            if settings.notifications.per_minute == 0 || settings.notifications.burst == 0 {
+                problems.push(format!(
+                    "processors.{tenant}.notifications: burst and per_minute must be at least 1"
+                ));
+            }
+        }
+        let a = &self.analytics;
+        for (name, value) in [
+            ("flush_interval_ms", a.flush_interval_ms),
+            ("minute_retention_ms", a.minute_retention_ms),
+            ("hour_retention_ms", a.hour_retention_ms),
+            ("day_retention_ms", a.day_retention_ms),
+        ] {
+            if value <= 0 {
+                problems.push(format!(
+                    "processors.analytics.{name} must be positive, got {value}"
+                ));
+            }
+        }
+        if a.top_n == 0 {
+            problems.push("processors.analytics.top_n must be at least 1".into());
+        }
+        if self.bill_close_after_ms < 0 {
+            problems.push("processors.bill_close_after_ms must not be negative".into());
+        }
+        problems
+    }
+}

@@ -1,0 +1,535 @@
+//! Analytics: per tenant and district (district metered area), per-minute, hourly
+//! and daily usage, meters reporting, minimum night flow, percentiles of per-meter
+//! hourly usage and the top consumers of the day (DESIGN §4).
+//!
+//! Rules:
+//! - A row counts when it is non-suspect, has an interval (a meter's very first read
+//!   measures none) and is newer than the meter's last counted row
+//!   (VEE's corrections move litres between rows that were already counted; they are
+//!   not counted again). Its `interval_l` is attributed to the window containing the
+//!   end of its interval, `ts - 1 ms`: an hourly read stamped 03:00 measured
+//!   02:00–03:00 and lands in the 02:00 hour.
+//! - Minute windows are UTC minutes (every time zone's offset is a whole number of
+//!   minutes); hour and day windows are the tenant's local hours and days (its
+//!   tariff's time zone), DST included.
+//! - `meters` counts meters with a counted row ending in the window.
+//! - Percentiles: each meter's usage of a local hour enters that hour's sketch when
+//!   the meter's first row of a later hour arrives (the hour is then complete for
+//!   that meter).
+//! - Minimum night flow: per local day, the district's usage in the 02:00 and 03:00
+//!   hours; the lower one, in L/h. (On a fall-back night the repeated hour adds up.)
+//! - Top consumers: per tenant and local day, the meters with the most litres.
+//! - Windows stay open for late rows for their retention after they end (settings);
+//!   a row for a window past it is not counted, so a published total is never
+//!   replaced by a partial one.
+//! - Flush: when the batch's `now_ms` (or a tick's) reaches the next multiple of
+//!   `flush_interval_ms`, every window changed since the last flush is emitted into
+//!   `Outputs::districts` / `Outputs::top`, and expired windows are dropped.
+//!
+//! Everything is a per-shard [`AnalyticsPartial`]; partials merge (associatively, in
+//! any order) with [`AnalyticsPartial::merge`], and rows flushed by different shards
+//! merge with [`DistrictRollup`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use meterflow_model::analytics::{MeterAnalyticsState, NIGHT_HOURS};
+use meterflow_model::processing::{AnalyticsSettings, DEFAULT_DISTRICT};
+use meterflow_model::{DistrictUsage, Outputs, Quality, Resolution, SealedBatch, TopConsumers};
+
+use crate::Processor;
+use crate::calendar::{HOUR_MS, LocalCalendar, MINUTE_MS};
+use crate::tenants::{PerTenant, TenantDirectory};
+
+const DAY_MS: i64 = 24 * HOUR_MS;
+
+/// Longest a window can be: a local day with a DST fall-back hour.
+fn max_width_ms(resolution: Resolution) -> i64 {
+    match resolution {
+        Resolution::Minute => MINUTE_MS,
+        Resolution::Hour => HOUR_MS,
+        Resolution::Day => DAY_MS + HOUR_MS,
+    }
+}
+
+type WindowKey = (u32, Resolution, i64);
+type TopKey = (u32, i64);
+
+#[derive(Clone, Debug)]
+struct Window {
+    row: DistrictUsage,
+    dirty: bool,
+}
+
+#[derive(Clone, Debug)]
+struct TopWindow {
+    list: TopConsumers,
+    dirty: bool,
+}
+
+/// Aggregates over some set of meters (one shard's, or merged). See the module doc.
+#[derive(Clone, Debug, Default)]
+pub struct AnalyticsPartial {
+    /// (tenant, district) of each scope id.
+    scopes: Vec<(String, String)>,
+    scope_ids: HashMap<(String, String), u32>,
+    tenants: Vec<String>,
+    tenant_ids: HashMap<String, u32>,
+    windows: HashMap<WindowKey, Window>,
+    tops: HashMap<TopKey, TopWindow>,
+    top_n: usize,
+}
+
+/// A partial's content keyed by names, independent of ids and insertion order.
+pub type PartialSnapshot = (
+    BTreeMap<(String, String, Resolution, i64), DistrictUsage>,
+    BTreeMap<(String, i64), TopConsumers>,
+);
+
+impl AnalyticsPartial {
+    pub fn new(top_n: usize) -> Self {
+        Self {
+            top_n,
+            ..Self::default()
+        }
+    }
+
+    fn scope_id(&mut self, tenant: &str, district: &str) -> u32 {
+        let key = (tenant.to_string(), district.to_string());
+        if let Some(id) = self.scope_ids.get(&key) {
+            return *id;
+        }
+        let id = self.scopes.len() as u32;
+        self.scopes.push(key.clone());
+        self.scope_ids.insert(key, id);
+        id
+    }
+
+    fn tenant_id(&mut self, tenant: &str) -> u32 {
+        if let Some(id) = self.tenant_ids.get(tenant) {
+            return *id;
+        }
+        let id = self.tenants.len() as u32;
+        self.tenants.push(tenant.to_string());
+        self.tenant_ids.insert(tenant.to_string(), id);
+        id
+    }
+
+    fn window(&mut self, scope: u32, resolution: Resolution, start_ms: i64) -> &mut Window {
+        let scopes = &self.scopes;
+        let window = self
+            .windows
+            .entry((scope, resolution, start_ms))
+            .or_insert_with(|| {
+                let (tenant, district) = &scopes[scope as usize];
+                Window {
+                    row: DistrictUsage::new(tenant, district, resolution, start_ms),
+                    dirty: true,
+                }
+            });
+        window.dirty = true;
+        window
+    }
+
+    fn top(
+        &mut self,
+        tenant: u32,
+        day_start_ms: i64,
+        day_label: impl FnOnce() -> String,
+    ) -> &mut TopWindow {
+        let tenants = &self.tenants;
+        let limit = self.top_n;
+        self.tops
+            .entry((tenant, day_start_ms))
+            .or_insert_with(|| TopWindow {
+                list: TopConsumers {
+                    tenant: tenants[tenant as usize].clone(),
+                    day: day_label(),
+                    day_start_ms,
+                    limit,
+                    entries: Vec::new(),
+                },
+                dirty: true,
+            })
+    }
+
+    /// Adds another partial (e.g. another shard's): associative and commutative.
+    pub fn merge(&mut self, other: &AnalyticsPartial) {
+        self.top_n = self.top_n.max(other.top_n);
+        for (&(scope, resolution, start), theirs) in &other.windows {
+            let (tenant, district) = &other.scopes[scope as usize];
+            let mine = self.scope_id(tenant, district);
+            match self.windows.get_mut(&(mine, resolution, start)) {
+                Some(window) => {
+                    window.row.merge(&theirs.row);
+                    window.dirty |= theirs.dirty;
+                }
+                None => {
+                    self.windows
+                        .insert((mine, resolution, start), theirs.clone());
+                }
+            }
+        }
+        for (&(tenant, day), theirs) in &other.tops {
+            let mine = self.tenant_id(&other.tenants[tenant as usize]);
+            match self.tops.get_mut(&(mine, day)) {
+                Some(top) => {
+                    top.list.merge(&theirs.list);
+                    top.dirty |= theirs.dirty;
+                }
+                None => {
+                    self.tops.insert((mine, day), theirs.clone());
+                }
+            }
+        }
+    }
+
+    /// The content by names, with derived fields fresh (for comparisons and tests).
+    pub fn snapshot(&self) -> PartialSnapshot {
+        let windows = self
+            .windows
+            .iter()
+            .map(|(&(scope, resolution, start), window)| {
+                let (tenant, district) = self.scopes[scope as usize].clone();
+                let mut row = window.row.clone();
+                row.refresh_derived();
+                ((tenant, district, resolution, start), row)
+            })
+            .collect();
+        let tops = self
+            .tops
+            .iter()
+            .map(|(&(tenant, day), top)| {
+                (
+                    (self.tenants[tenant as usize].clone(), day),
+                    top.list.clone(),
+                )
+            })
+            .collect();
+        (windows, tops)
+    }
+
+    /// Emits changed windows (sorted, so output order is deterministic) and drops
+    /// those past retention at `now_ms`.
+    pub fn flush(&mut self, now_ms: i64, settings: &AnalyticsSettings, out: &mut Outputs) {
+        let first = out.districts.len();
+        for window in self.windows.values_mut().filter(|w| w.dirty) {
+            window.row.refresh_derived();
+            out.districts.push(window.row.clone());
+            window.dirty = false;
+        }
+        out.districts[first..].sort_unstable_by(|a, b| {
+            (&a.tenant, &a.district, a.resolution, a.start_ms).cmp(&(
+                &b.tenant,
+                &b.district,
+                b.resolution,
+                b.start_ms,
+            ))
+        });
+        let first = out.top.len();
+        for top in self.tops.values_mut().filter(|t| t.dirty) {
+            out.top.push(top.list.clone());
+            top.dirty = false;
+        }
+        out.top[first..]
+            .sort_unstable_by(|a, b| (&a.tenant, a.day_start_ms).cmp(&(&b.tenant, b.day_start_ms)));
+        self.windows
+            .retain(|&(_, resolution, start), _| is_open(start, resolution, now_ms, settings));
+        self.tops
+            .retain(|&(_, day), _| is_open(day, Resolution::Day, now_ms, settings));
+    }
+}
+
+fn retention_ms(resolution: Resolution, settings: &AnalyticsSettings) -> i64 {
+    match resolution {
+        Resolution::Minute => settings.minute_retention_ms,
+        Resolution::Hour => settings.hour_retention_ms,
+        Resolution::Day => settings.day_retention_ms,
+    }
+}
+
+/// Whether a window still takes rows at `now_ms`.
+fn is_open(
+    start_ms: i64,
+    resolution: Resolution,
+    now_ms: i64,
+    settings: &AnalyticsSettings,
+) -> bool {
+    start_ms + max_width_ms(resolution) + retention_ms(resolution, settings) > now_ms
+}
+
+struct TenantAnalytics {
+    calendar: LocalCalendar,
+    /// Scope id of each district seen, by district name.
+    scope_of_district: HashMap<String, u32>,
+    tenant_id: Option<u32>,
+}
+
+/// The analytics stage: per-shard partial aggregates; its per-meter state is
+/// `MeterState::analytics`.
+pub struct AnalyticsProcessor {
+    tenants: PerTenant<TenantAnalytics>,
+    settings: AnalyticsSettings,
+    partial: AnalyticsPartial,
+    next_flush_ms: Option<i64>,
+}
+
+impl AnalyticsProcessor {
+    pub fn with_directory(directory: Arc<TenantDirectory>) -> Self {
+        let settings = directory.analytics.clone();
+        Self {
+            partial: AnalyticsPartial::new(settings.top_n),
+            settings,
+            tenants: PerTenant::new(directory, |entry| TenantAnalytics {
+                calendar: entry.calendar.clone(),
+                scope_of_district: HashMap::new(),
+                tenant_id: None,
+            }),
+            next_flush_ms: None,
+        }
+    }
+
+    /// This shard's aggregates.
+    pub fn partial(&self) -> &AnalyticsPartial {
+        &self.partial
+    }
+
+    /// Emits every changed window now, whatever the flush boundary.
+    pub fn flush(&mut self, now_ms: i64, out: &mut Outputs) {
+        self.partial.flush(now_ms, &self.settings, out);
+        self.next_flush_ms = Some(self.boundary_after(now_ms));
+    }
+
+    fn boundary_after(&self, now_ms: i64) -> i64 {
+        let interval = self.settings.flush_interval_ms;
+        (now_ms.div_euclid(interval) + 1) * interval
+    }
+
+    /// Flushes when `now_ms` reached the next boundary (the first call only sets it).
+    fn flush_if_due(&mut self, now_ms: i64, out: &mut Outputs) {
+        match self.next_flush_ms {
+            Some(due) if now_ms >= due => self.flush(now_ms, out),
+            Some(_) => {}
+            None => self.next_flush_ms = Some(self.boundary_after(now_ms)),
+        }
+    }
+}
+
+impl Processor for AnalyticsProcessor {
+    fn name(&self) -> &'static str {
+        "analytics"
+    }
+
+    fn process(&mut self, batch: &mut SealedBatch, out: &mut Outputs) {
+        let now_ms = batch.now_ms;
+        for meter in &mut batch.meters {
+            let (entry, runtime) = self.tenants.get(&meter.key.tenant);
+            let district = entry
+                .settings
+                .districts
+                .get(&meter.key.meter)
+                .map_or(DEFAULT_DISTRICT, String::as_str);
+            let tenant = meter.key.tenant.as_str();
+            let scope = match runtime.scope_of_district.get(district) {
+                Some(scope) => *scope,
+                None => {
+                    let scope = self.partial.scope_id(tenant, district);
+                    runtime
+                        .scope_of_district
+                        .insert(district.to_string(), scope);
+                    scope
+                }
+            };
+            let tenant_id = *runtime
+                .tenant_id
+                .get_or_insert_with(|| self.partial.tenant_id(tenant));
+            let mut folder = MeterFolder {
+                partial: &mut self.partial,
+                settings: &self.settings,
+                calendar: &mut runtime.calendar,
+                state: &mut meter.state.analytics,
+                scope,
+                tenant_id,
+                meter: meter.key.meter.as_str(),
+                now_ms,
+            };
+            for row in &meter.readings {
+                let ts = row.reading.ts;
+                if row.quality == Quality::Suspect
+                    || folder.state.last_ts.is_some_and(|last| ts <= last)
+                {
+                    continue;
+                }
+                match row.interval_l {
+                    Some(litres) => folder.fold(ts, litres),
+                    // A meter's first read measures no interval yet.
+                    None => folder.state.last_ts = Some(ts),
+                }
+            }
+        }
+        self.flush_if_due(now_ms, out);
+    }
+
+    fn tick(&mut self, now_ms: i64, out: &mut Outputs) {
+        self.flush_if_due(now_ms, out);
+    }
+}
+
+/// Folds one meter's rows into the partial.
+struct MeterFolder<'a> {
+    partial: &'a mut AnalyticsPartial,
+    settings: &'a AnalyticsSettings,
+    calendar: &'a mut LocalCalendar,
+    state: &'a mut MeterAnalyticsState,
+    scope: u32,
+    tenant_id: u32,
+    meter: &'a str,
+    now_ms: i64,
+}
+
+impl MeterFolder<'_> {
+    fn open(&self, start_ms: i64, resolution: Resolution) -> bool {
+        is_open(start_ms, resolution, self.now_ms, self.settings)
+    }
+
+    fn fold(&mut self, ts: i64, litres: u64) {
+        self.state.last_ts = Some(ts);
+        let end = ts - 1;
+
+        let minute = end.div_euclid(MINUTE_MS) * MINUTE_MS;
+        if self.open(minute, Resolution::Minute) {
+            let new_meter = self.state.minute_start != minute;
+            let window = self.partial.window(self.scope, Resolution::Minute, minute);
+            window.row.usage_l += litres;
+            window.row.meters += u64::from(new_meter);
+        }
+        self.state.minute_start = minute;
+
+        let hour = self.calendar.hour_start(end);
+        if hour != self.state.hour_start {
+            let finished = (self.state.hour_start, self.state.hour_l);
+            if finished.0 != 0
+                && finished.0 < hour
+                && let Some(window) =
+                    self.partial
+                        .windows
+                        .get_mut(&(self.scope, Resolution::Hour, finished.0))
+            {
+                window.row.meter_hour_sketch.add(finished.1);
+                window.dirty = true;
+            }
+            self.state.hour_start = hour;
+            self.state.hour_l = 0;
+            if self.open(hour, Resolution::Hour) {
+                self.partial
+                    .window(self.scope, Resolution::Hour, hour)
+                    .row
+                    .meters += 1;
+            }
+        }
+        self.state.hour_l += litres;
+        if self.open(hour, Resolution::Hour) {
+            self.partial
+                .window(self.scope, Resolution::Hour, hour)
+                .row
+                .usage_l += litres;
+        }
+
+        let day = self.calendar.day(end);
+        if day.start_ms != self.state.day_start {
+            self.state.day_start = day.start_ms;
+            self.state.day_l = 0;
+            if self.open(day.start_ms, Resolution::Day) {
+                self.partial
+                    .window(self.scope, Resolution::Day, day.start_ms)
+                    .row
+                    .meters += 1;
+            }
+        }
+        self.state.day_l += litres;
+        if !self.open(day.start_ms, Resolution::Day) {
+            return;
+        }
+        let hour_of_day = self.calendar.hour_of_day(end);
+        let row = &mut self
+            .partial
+            .window(self.scope, Resolution::Day, day.start_ms)
+            .row;
+        row.usage_l += litres;
+        if let Some(slot) = NIGHT_HOURS.iter().position(|h| *h == hour_of_day) {
+            row.night_hour_l[slot] = Some(row.night_hour_l[slot].unwrap_or(0) + litres);
+        }
+        let day_l = self.state.day_l;
+        let top = self
+            .partial
+            .top(self.tenant_id, day.start_ms, || day.day_label());
+        let list = &top.list;
+        if list.entries.len() < list.limit
+            || list.entries.last().is_some_and(|l| day_l >= l.usage_l)
+        {
+            top.list.offer(self.meter, day_l);
+            top.dirty = true;
+        }
+    }
+}
+
+/// Merges the district rows and top lists that shards flush: keeps each shard's
+/// latest partial per window and turns every row of a flush into the district's
+/// total over all shards. Run it where the shards' outputs meet (the sink), before
+/// writing absolute values to the cache.
+pub struct DistrictRollup {
+    shards: usize,
+    rows: HashMap<(String, String, Resolution, i64), Vec<Option<DistrictUsage>>>,
+    tops: HashMap<(String, i64), Vec<Option<TopConsumers>>>,
+}
+
+impl DistrictRollup {
+    pub fn new(shards: usize) -> Self {
+        Self {
+            shards,
+            rows: HashMap::new(),
+            tops: HashMap::new(),
+        }
+    }
+
+    /// Replaces `out.districts` and `out.top`, flushed by `shard`, with totals.
+    pub fn absorb(&mut self, shard: usize, out: &mut Outputs) {
+        for row in &mut out.districts {
+            let key = (
+                row.tenant.clone(),
+                row.district.clone(),
+                row.resolution,
+                row.start_ms,
+            );
+            let partials = self
+                .rows
+                .entry(key)
+                .or_insert_with(|| vec![None; self.shards]);
+            partials[shard] = Some(row.clone());
+            let mut total =
+                DistrictUsage::new(&row.tenant, &row.district, row.resolution, row.start_ms);
+            partials.iter().flatten().for_each(|p| total.merge(p));
+            *row = total;
+        }
+        for top in &mut out.top {
+            let partials = self
+                .tops
+                .entry((top.tenant.clone(), top.day_start_ms))
+                .or_insert_with(|| vec![None; self.shards]);
+            partials[shard] = Some(top.clone());
+            let mut total = TopConsumers {
+                entries: Vec::new(),
+                ..top.clone()
+            };
+            partials.iter().flatten().for_each(|p| total.merge(p));
+            *top = total;
+        }
+    }
+
+    /// Forgets windows that started before `start_ms` (call with the oldest window
+    /// start still open, e.g. now minus the day retention).
+    pub fn forget_before(&mut self, start_ms: i64) {
+        self.rows.retain(|key, _| key.3 >= start_ms);
+        self.tops.retain(|key, _| key.1 >= start_ms);
+    }
+}

@@ -1,0 +1,421 @@
+//! Billing: a running bill per meter and billing period (DESIGN §4).
+//!
+//! Rules:
+//! - **Period**: the calendar month in the tenant's time zone (`Tariff::time_zone`),
+//!   from local midnight on the 1st to local midnight on the 1st of the next month.
+//! - **Usage is a register delta, never a sum of messages**: usage(P) = C(end) −
+//!   C(start), where C is the meter's continuous register (VEE's, across rollovers
+//!   and exchanges) interpolated linearly between the actual reads around each
+//!   boundary. Before the period ends, C(end) is the newest read's register (a
+//!   running bill). A meter whose first read falls inside the period starts there.
+//! - Only `Actual` reads count: `Suspect` reads are excluded; `Estimated` rows are
+//!   redundant (they are the same linear interpolation), so an estimate is *trued up*
+//!   the moment an actual read near the boundary arrives.
+//! - **Order-free**: per period, billing keeps four reads — the newest at or before
+//!   the start, the oldest and newest within, the oldest at or after the end — each
+//!   a minimum or maximum over reads. So the bill depends only on the *set* of reads,
+//!   not on their order, duplication or message boundaries (within the two periods
+//!   kept: the current one and the one before it; older reads cannot change a bill).
+//! - **Charges**: increasing-block tiers in m³ (litres in a tier × price per m³ /
+//!   1000, rounded half up to the minor unit, per tier) plus the fixed charge for the
+//!   meter's size. The amount is the sum of the lines, so tiers always add up to it
+//!   and it never decreases when usage grows.
+//! - **Final**: once the service clock (`SealedBatch::now_ms`, or the sweep's time)
+//!   is `bill_close_after_ms` past the previous period's end, its bill is emitted one
+//!   last time with `final: true` and forgotten. A bill whose boundary was
+//!   interpolated across a gap longer than 1.5 expected intervals is `estimated`.
+//!
+//! Output: one [`BillLine`] per touched period of each meter in the batch.
+
+use std::sync::Arc;
+
+use meterflow_model::billing::{BillingState, PeriodReads, RegisterPoint};
+use meterflow_model::{
+    BillLine, MeterKey, MeterSize, MeterState, Outputs, ProcessorsConfig, Quality, SealedBatch,
+    Tariff, TenantId, TenantProcessing, TierCharge,
+};
+use std::collections::HashMap;
+
+use crate::Processor;
+use crate::calendar::{LocalCalendar, LocalSpan};
+use crate::tenants::{PerTenant, ProcessorsConfigError, TenantDirectory, TenantEntry};
+
+/// Litres in a cubic metre: tier bounds and prices are per m³.
+const LITRES_PER_M3: u128 = 1_000;
+
+struct TenantBilling {
+    calendar: LocalCalendar,
+}
+
+/// The billing stage; its per-meter state is `MeterState::billing`.
+pub struct BillingProcessor {
+    tenants: PerTenant<TenantBilling>,
+    close_after_ms: i64,
+}
+
+impl BillingProcessor {
+    /// Billing with a tariff per tenant and one for every other tenant.
+    pub fn new(
+        tariffs: HashMap<TenantId, Tariff>,
+        default_tariff: Tariff,
+    ) -> Result<Self, ProcessorsConfigError> {
+        let config = ProcessorsConfig {
+            defaults: TenantProcessing {
+                tariff: default_tariff,
+                ..TenantProcessing::default()
+            },
+            tenants: tariffs
+                .into_iter()
+                .map(|(tenant, tariff)| {
+                    let settings = TenantProcessing {
+                        tariff,
+                        ..TenantProcessing::default()
+                    };
+                    (tenant, settings)
+                })
+                .collect(),
+            ..ProcessorsConfig::default()
+        };
+        Ok(Self::with_directory(TenantDirectory::resolve(&config)?))
+    }
+
+    pub fn with_directory(directory: Arc<TenantDirectory>) -> Self {
+        let close_after_ms = directory.bill_close_after_ms;
+        Self {
+            tenants: PerTenant::new(directory, |entry| TenantBilling {
+                calendar: entry.calendar.clone(),
+            }),
+            close_after_ms,
+        }
+    }
+}
+
+/// What a bill line is computed from, besides the period.
+struct MeterTerms<'a> {
+    key: &'a MeterKey,
+    tariff: &'a Tariff,
+    size: MeterSize,
+    /// Interpolation across more than this marks a bill estimated.
+    long_gap_ms: i64,
+}
+
+impl<'a> MeterTerms<'a> {
+    fn new(entry: &'a TenantEntry, key: &'a MeterKey) -> Self {
+        Self {
+            key,
+            tariff: &entry.settings.tariff,
+            size: entry.settings.meter_size(&key.meter),
+            long_gap_ms: entry.settings.vee.expected_interval_ms * 3 / 2,
+        }
+    }
+}
+
+impl Processor for BillingProcessor {
+    fn name(&self) -> &'static str {
+        "billing"
+    }
+
+    fn process(&mut self, batch: &mut SealedBatch, out: &mut Outputs) {
+        for meter in &mut batch.meters {
+            let (entry, runtime) = self.tenants.get(&meter.key.tenant);
+            let terms = MeterTerms::new(entry, &meter.key);
+            let state = &mut meter.state;
+            let mut touched = Touched::default();
+            for row in &meter.readings {
+                if row.quality != Quality::Actual {
+                    continue;
+                }
+                let point = RegisterPoint {
+                    ts: row.reading.ts,
+                    creg: state
+                        .vee
+                        .continuous_register(row.reading.ts, row.reading.reg),
+                };
+                if let Some(pushed_out) = observe(
+                    &mut state.billing,
+                    point,
+                    &mut runtime.calendar,
+                    &mut touched,
+                ) {
+                    out.bills.push(bill_line(&terms, &pushed_out, true));
+                }
+            }
+            let finalised = finalise_previous(
+                &mut state.billing,
+                batch.now_ms,
+                self.close_after_ms,
+                &terms,
+                out,
+            );
+            if touched.previous
+                && !finalised
+                && let Some(previous) = &state.billing.previous
+            {
+                out.bills.push(bill_line(&terms, previous, false));
+            }
+            if touched.current
+                && let Some(current) = &state.billing.current
+            {
+                out.bills.push(bill_line(&terms, current, false));
+            }
+        }
+    }
+
+    fn sweep_meter(
+        &mut self,
+        now_ms: i64,
+        key: &MeterKey,
+        state: &mut MeterState,
+        out: &mut Outputs,
+    ) -> bool {
+        if state.billing.previous.is_none() {
+            return false;
+        }
+        let (entry, _) = self.tenants.get(&key.tenant);
+        let terms = MeterTerms::new(entry, key);
+        finalise_previous(&mut state.billing, now_ms, self.close_after_ms, &terms, out)
+    }
+}
+
+#[derive(Default)]
+struct Touched {
+    current: bool,
+    previous: bool,
+}
+
+fn new_period(span: LocalSpan) -> PeriodReads {
+    PeriodReads {
+        year: span.year,
+        month: span.month,
+        start_ms: span.start_ms,
+        end_ms: span.end_ms,
+        before: None,
+        first: None,
+        last: None,
+        after: None,
+    }
+}
+
+fn points(period: &PeriodReads) -> impl Iterator<Item = RegisterPoint> {
+    [period.before, period.first, period.last, period.after]
+        .into_iter()
+        .flatten()
+}
+
+/// Folds one actual read into the meter's periods, moving to a new period when the
+/// read is past the current one. Returns a period that had to be dropped (bill it
+/// as final).
+fn observe(
+    billing: &mut BillingState,
+    point: RegisterPoint,
+    calendar: &mut LocalCalendar,
+    touched: &mut Touched,
+) -> Option<PeriodReads> {
+    let month = calendar.month(point.ts);
+    let mut pushed_out = None;
+    match billing.current {
+        None => billing.current = Some(new_period(month)),
+        Some(current) if month.start_ms > current.start_ms => {
+            let mut next = new_period(month);
+            next.before = points(&current).filter(|p| p.ts <= next.start_ms).max();
+            pushed_out = billing.previous.replace(current);
+            billing.current = Some(next);
+        }
+        Some(current) if month.end_ms == current.start_ms && billing.previous.is_none() => {
+            // A read of the month before arrived after reads of this month.
+            let mut previous = new_period(month);
+            previous.after = points(&current).filter(|p| p.ts >= previous.end_ms).min();
+            billing.previous = Some(previous);
+        }
+        Some(_) => {}
+    }
+    if let Some(current) = &mut billing.current {
+        touched.current |= fold_point(current, point);
+    }
+    if let Some(previous) = &mut billing.previous {
+        touched.previous |= fold_point(previous, point);
+    }
+    pushed_out
+}
+
+/// Joins a read into a period's boundary reads; whether anything changed.
+fn fold_point(period: &mut PeriodReads, point: RegisterPoint) -> bool {
+    let before = *period;
+    if point.ts <= period.start_ms {
+        period.before = period.before.max(Some(point));
+    }
+    if period.start_ms <= point.ts && point.ts <= period.end_ms {
+        period.first = Some(period.first.map_or(point, |f| f.min(point)));
+        period.last = period.last.max(Some(point));
+    }
+    if point.ts >= period.end_ms {
+        period.after = Some(period.after.map_or(point, |a| a.min(point)));
+    }
+    *period != before
+}
+
+/// Emits the previous period's final bill once its late window has passed.
+fn finalise_previous(
+    billing: &mut BillingState,
+    now_ms: i64,
+    close_after_ms: i64,
+    terms: &MeterTerms<'_>,
+    out: &mut Outputs,
+) -> bool {
+    match billing.previous {
+        Some(previous) if now_ms >= previous.end_ms.saturating_add(close_after_ms) => {
+            out.bills.push(bill_line(terms, &previous, true));
+            billing.previous = None;
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The continuous register at `t`, on the line through `a` and `b`.
+fn interpolate(a: RegisterPoint, b: RegisterPoint, t: i64) -> u64 {
+    if b.ts <= a.ts || b.creg <= a.creg {
+        return a.creg;
+    }
+    let elapsed = (t.clamp(a.ts, b.ts) - a.ts) as u128;
+    a.creg + (u128::from(b.creg - a.creg) * elapsed / (b.ts - a.ts) as u128) as u64
+}
+
+/// Usage of a period in litres, and whether a boundary was interpolated across a
+/// long gap.
+pub fn period_usage(period: &PeriodReads, long_gap_ms: i64) -> (u64, bool) {
+    let (Some(first), Some(last)) = (period.first, period.last) else {
+        return (0, false);
+    };
+    let long = |a: RegisterPoint, b: RegisterPoint, t: i64| {
+        a.ts < t && t < b.ts && b.ts - a.ts > long_gap_ms
+    };
+    let (start, start_estimated) = match period.before {
+        Some(before) => (
+            interpolate(before, first, period.start_ms),
+            long(before, first, period.start_ms),
+        ),
+        None => (first.creg, false),
+    };
+    let (end, end_estimated) = match period.after {
+        Some(after) => (
+            interpolate(last, after, period.end_ms),
+            long(last, after, period.end_ms),
+        ),
+        None => (last.creg, false),
+    };
+    (end.saturating_sub(start), start_estimated || end_estimated)
+}
+
+/// Tier lines and their total for `usage_l` litres.
+pub fn tier_charges(tariff: &Tariff, usage_l: u64) -> Vec<TierCharge> {
+    let mut lower = 0u64;
+    tariff
+        .tiers
+        .iter()
+        .map(|tier| {
+            let upper = tier
+                .up_to_m3
+                .map_or(u64::MAX, |m3| m3.saturating_mul(LITRES_PER_M3 as u64));
+            let in_tier = usage_l.min(upper).saturating_sub(lower);
+            lower = upper;
+            let amount = (u128::from(in_tier) * u128::from(tier.price_per_m3) + LITRES_PER_M3 / 2)
+                / LITRES_PER_M3;
+            TierCharge {
+                usage_l: in_tier,
+                price_per_m3: tier.price_per_m3,
+                amount_cents: u64::try_from(amount).unwrap_or(u64::MAX),
+            }
+        })
+        .collect()
+}
+
+fn bill_line(terms: &MeterTerms<'_>, period: &PeriodReads, final_: bool) -> BillLine {
+    let (usage_l, estimated) = period_usage(period, terms.long_gap_ms);
+    let tiers = tier_charges(terms.tariff, usage_l);
+    let fixed_cents = terms.tariff.fixed_charge_for(terms.size);
+    let amount_cents = tiers
+        .iter()
+        .fold(fixed_cents, |sum, t| sum.saturating_add(t.amount_cents));
+    BillLine {
+        tenant: terms.key.tenant.to_string(),
+        meter: terms.key.meter.to_string(),
+        period: format!("{:04}-{:02}", period.year, period.month),
+        currency: terms.tariff.currency.clone(),
+        usage_l,
+        tiers,
+        fixed_cents,
+        amount_cents,
+        estimated,
+        final_,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn tiers_fill_in_order() {
+        let tariff = Tariff::default(); // 1.50 to 10 m³, 2.50 to 30 m³, 4.00 above
+        let lines = tier_charges(&tariff, 12_345);
+        let usage: Vec<_> = lines.iter().map(|t| t.usage_l).collect();
+        assert_eq!(usage, vec![10_000, 2_345, 0]);
+        // 10 m³ × 150 = 1500; 2.345 m³ × 250 = 586.25 → 586.
+        let amounts: Vec<_> = lines.iter().map(|t| t.amount_cents).collect();
+        assert_eq!(amounts, vec![1_500, 586, 0]);
+    }
+
+    #[test]
+    fn interpolation_splits_an_interval_across_the_boundary() {
+        let period = PeriodReads {
+            year: 2025,
+            month: 1,
+            start_ms: 1_000,
+            end_ms: 2_000,
+            before: Some(RegisterPoint { ts: 900, creg: 100 }),
+            first: Some(RegisterPoint {
+                ts: 1_100,
+                creg: 300,
+            }),
+            last: Some(RegisterPoint {
+                ts: 1_900,
+                creg: 1_100,
+            }),
+            after: Some(RegisterPoint {
+                ts: 2_100,
+                creg: 1_300,
+            }),
+        };
+        // C(start) = 100 + 200 × 100/200 = 200; C(end) = 1100 + 200 × 100/200 = 1200.
+        assert_eq!(period_usage(&period, 10_000), (1_000, false));
+        assert_eq!(period_usage(&period, 100), (1_000, true));
+    }
+
+    proptest! {
+        /// Tier amounts add up to the total, and the total never falls as usage grows.
+        #[test]
+        fn tiers_sum_to_the_total_and_grow_with_usage(
+            bounds in proptest::collection::btree_set(1u64..500, 0..4),
+            prices in proptest::collection::vec(0u64..10_000, 5),
+            fixed in 0u64..5_000,
+            usage in 0u64..2_000_000,
+            more in 0u64..100_000,
+        ) {
+            let mut tiers: Vec<_> = bounds.iter().zip(&prices).map(|(b, p)| {
+                meterflow_model::TariffTier { up_to_m3: Some(*b), price_per_m3: *p }
+            }).collect();
+            tiers.push(meterflow_model::TariffTier { up_to_m3: None, price_per_m3: prices[4] });
+            let tariff = Tariff { tiers, fixed_charge: fixed, ..Tariff::default() };
+            prop_assert!(tariff.problems().is_empty());
+            let total = |usage_l| {
+                let lines = tier_charges(&tariff, usage_l);
+                prop_assert_eq!(lines.iter().map(|t| t.usage_l).sum::<u64>(), usage_l);
+                Ok(fixed + lines.iter().map(|t| t.amount_cents).sum::<u64>())
+            };
+            let (a, b) = (total(usage)?, total(usage + more)?);
+            prop_assert!(a <= b, "{} litres cost {} but {} litres cost {}", usage, a, usage + more, b);
+        }
+    }
+}

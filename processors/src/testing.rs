@@ -1,0 +1,66 @@
+//! Helpers for the unit tests of this crate.
+
+use meterflow_model::time::DAY_MS;
+use meterflow_model::{
+    MeterBatch, MeterKey, MeterState, ProcessorsConfig, Quality, Reading, SealedBatch,
+    StoredReading,
+};
+
+use crate::{ProcessorChain, TenantDirectory, usage, vee};
+
+/// A UTC midnight (2024-10-04) far from any edge.
+pub(crate) const DAY0: i64 = 20_000 * DAY_MS;
+
+pub(crate) fn key(meter: &str) -> MeterKey {
+    MeterKey::new("demo".try_into().unwrap(), meter.try_into().unwrap())
+}
+
+pub(crate) fn stored(ts: i64, reg: u64) -> StoredReading {
+    StoredReading {
+        reading: Reading {
+            ts,
+            reg,
+            rev: 0,
+            flow: 0,
+            temp: None,
+        },
+        seq: 1,
+        received_at: ts,
+        quality: Quality::Actual,
+        interval_l: None,
+    }
+}
+
+pub(crate) fn meter_batch(
+    meter: &str,
+    state: MeterState,
+    readings: Vec<StoredReading>,
+) -> MeterBatch {
+    MeterBatch {
+        key: key(meter),
+        readings,
+        state,
+        messages: 1,
+        duplicates: 0,
+        first_received_at: None,
+        status: None,
+    }
+}
+
+pub(crate) fn batch_of(state: MeterState, readings: Vec<StoredReading>) -> SealedBatch {
+    SealedBatch {
+        meters: vec![meter_batch("m1", state, readings)],
+        ..SealedBatch::default()
+    }
+}
+
+pub(crate) fn directory() -> std::sync::Arc<TenantDirectory> {
+    TenantDirectory::resolve(&ProcessorsConfig::default()).unwrap()
+}
+
+pub(crate) fn chain_vee_usage() -> ProcessorChain {
+    ProcessorChain::new(vec![
+        Box::new(vee::VeeProcessor::new(directory())),
+        Box::new(usage::UsageProcessor),
+    ])
+}

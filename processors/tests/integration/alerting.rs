@@ -1,0 +1,292 @@
+//! Alerting scenarios and the one-open-episode property.
+
+use std::collections::HashMap;
+
+use meterflow_model::{
+    AlertEvent, AlertKind, DeviceFlag, DeviceStatus, EpisodeState, Flags, Priority,
+    ProcessorsConfig, StoredReading,
+};
+use proptest::prelude::*;
+
+use crate::utils::{DAY, HOUR, Input, Pipeline, key, reading};
+
+const START: i64 = 1_735_689_600_000; // 2025-01-01T00:00Z
+
+fn events_of(out: &[AlertEvent], kind: AlertKind) -> Vec<EpisodeState> {
+    out.iter()
+        .filter(|e| e.kind == kind)
+        .map(|e| e.state)
+        .collect()
+}
+
+/// Hourly reads from `from` with the given litres per hour; returns the reads and
+/// the register after them.
+fn hourly(from: i64, reg: u64, litres: &[u64]) -> (Vec<StoredReading>, u64) {
+    let mut reg = reg;
+    let reads = litres
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            reg += l;
+            reading(from + (i as i64 + 1) * HOUR, reg)
+        })
+        .collect();
+    (reads, reg)
+}
+
+#[test]
+fn continuous_flow_raises_one_leak_that_clears_when_flow_stops() {
+    let mut pipeline = Pipeline::new(ProcessorsConfig::default());
+    let meter = key("demo", "leaky");
+    let mut events = Vec::new();
+    pipeline.feed(
+        0,
+        vec![Input::readings(&meter, vec![reading(START, 1_000)])],
+    );
+    // Two days of a dripping tap: 12 L every hour, sent a few hours at a time.
+    let (reads, reg) = hourly(START, 1_000, &[12; 48]);
+    for chunk in reads.chunks(5) {
+        let (_, out) = pipeline.feed(0, vec![Input::readings(&meter, chunk.to_vec())]);
+        events.extend(out.alerts);
+    }
+    let leak = events_of(&events, AlertKind::Leak);
+    assert_eq!(leak[0], EpisodeState::Opened);
+    assert_eq!(
+        leak.iter().filter(|s| **s == EpisodeState::Opened).count(),
+        1
+    );
+    assert!(!leak.contains(&EpisodeState::Cleared));
+    let opened = events.iter().find(|e| e.kind == AlertKind::Leak).unwrap();
+    assert_eq!(
+        opened.at,
+        START + 24 * HOUR,
+        "after 24 h without a zero-flow hour"
+    );
+    assert_eq!(opened.priority, Priority::High);
+    // The tap is fixed: two quiet hours.
+    let (reads, _) = hourly(START + 48 * HOUR, reg, &[0, 0]);
+    let (_, out) = pipeline.feed(0, vec![Input::readings(&meter, reads)]);
+    assert_eq!(
+        events_of(&out.alerts, AlertKind::Leak),
+        vec![EpisodeState::Cleared]
+    );
+    assert!(!pipeline.states[&meter].alerts.is_open(AlertKind::Leak));
+}
+
+#[test]
+fn a_burst_raises_a_critical_alert() {
+    let mut pipeline = Pipeline::new(ProcessorsConfig::default());
+    let meter = key("demo", "burst");
+    let quarter = HOUR / 4;
+    // 15-minute reads: normal, then 700 L per quarter hour (2,800 L/h).
+    let regs = [5_000u64, 5_010, 5_710, 6_410, 7_110];
+    let reads = regs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| reading(START + i as i64 * quarter, *r))
+        .collect();
+    let (_, out) = pipeline.feed(0, vec![Input::readings(&meter, reads)]);
+    let burst: Vec<_> = out
+        .alerts
+        .iter()
+        .filter(|e| e.kind == AlertKind::Burst)
+        .collect();
+    assert_eq!(burst.len(), 1);
+    assert_eq!(burst[0].state, EpisodeState::Opened);
+    assert_eq!(burst[0].priority, Priority::Critical);
+    // Two intervals at burst flow make the 30 minutes.
+    assert_eq!(burst[0].at, START + 3 * quarter);
+}
+
+#[test]
+fn a_silent_meter_raises_no_communication_on_the_sweep() {
+    let mut pipeline = Pipeline::new(ProcessorsConfig::default());
+    let meter = key("demo", "quiet");
+    pipeline.feed(0, vec![Input::readings(&meter, vec![reading(START, 100)])]);
+    assert!(pipeline.sweep(START + 71 * HOUR).alerts.is_empty());
+    let out = pipeline.sweep(START + 72 * HOUR);
+    assert_eq!(
+        events_of(&out.alerts, AlertKind::NoCommunication),
+        vec![EpisodeState::Opened]
+    );
+    assert!(
+        pipeline.sweep(START + 73 * HOUR).alerts.is_empty(),
+        "one episode, not one per sweep"
+    );
+    let mut back = reading(START + 74 * HOUR, 150);
+    back.received_at = START + 74 * HOUR;
+    let (_, out) = pipeline.feed(0, vec![Input::readings(&meter, vec![back])]);
+    assert_eq!(
+        events_of(&out.alerts, AlertKind::NoCommunication),
+        vec![EpisodeState::Cleared]
+    );
+}
+
+fn status(ts: i64, battery: u8, flags: &[DeviceFlag]) -> DeviceStatus {
+    DeviceStatus {
+        ts,
+        received_at: ts,
+        flags: flags.iter().copied().collect::<Flags>(),
+        battery: Some(battery),
+        rssi: Some(-90),
+    }
+}
+
+#[test]
+fn freeze_and_low_battery_come_from_the_status_and_the_water() {
+    let mut pipeline = Pipeline::new(ProcessorsConfig::default());
+    let meter = key("demo", "cold");
+    let input = |ts, battery, flags: &[DeviceFlag], temp| {
+        let mut r = reading(ts, 100);
+        r.reading.temp = temp;
+        Input {
+            key: meter.clone(),
+            readings: vec![r],
+            status: Some(status(ts, battery, flags)),
+        }
+    };
+    let (_, out) = pipeline.feed(0, vec![input(START, 8, &[DeviceFlag::Freeze], Some(35))]);
+    assert_eq!(
+        events_of(&out.alerts, AlertKind::LowBattery),
+        vec![EpisodeState::Opened]
+    );
+    assert_eq!(
+        events_of(&out.alerts, AlertKind::Freeze),
+        vec![EpisodeState::Opened]
+    );
+    // 1.5 °C water confirms the freeze; battery 12 % is inside the hysteresis band.
+    let (_, out) = pipeline.feed(
+        0,
+        vec![input(START + HOUR, 12, &[DeviceFlag::Freeze], Some(15))],
+    );
+    assert_eq!(
+        events_of(&out.alerts, AlertKind::Freeze),
+        vec![EpisodeState::Updated]
+    );
+    assert!(events_of(&out.alerts, AlertKind::LowBattery).is_empty());
+    // Flag lowered but water still at 1.5 °C: the rule keeps the episode open.
+    let (_, out) = pipeline.feed(0, vec![input(START + 2 * HOUR, 20, &[], Some(15))]);
+    assert!(events_of(&out.alerts, AlertKind::Freeze).is_empty());
+    assert_eq!(
+        events_of(&out.alerts, AlertKind::LowBattery),
+        vec![EpisodeState::Cleared]
+    );
+    let (_, out) = pipeline.feed(0, vec![input(START + 3 * HOUR, 20, &[], Some(60))]);
+    assert_eq!(
+        events_of(&out.alerts, AlertKind::Freeze),
+        vec![EpisodeState::Cleared]
+    );
+}
+
+#[test]
+fn tamper_flags_open_critical_episodes() {
+    let mut pipeline = Pipeline::new(ProcessorsConfig::default());
+    let meter = key("demo", "t");
+    let flags = [
+        DeviceFlag::Tamper,
+        DeviceFlag::Magnetic,
+        DeviceFlag::CutCable,
+    ];
+    let (_, out) = pipeline.feed(
+        0,
+        vec![Input {
+            key: meter.clone(),
+            readings: vec![reading(START, 1)],
+            status: Some(status(START, 90, &flags)),
+        }],
+    );
+    let kinds: Vec<_> = out.alerts.iter().map(|e| (e.kind, e.priority)).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (AlertKind::Tamper, Priority::Critical),
+            (AlertKind::Magnetic, Priority::Critical),
+            (AlertKind::CutCable, Priority::Critical)
+        ]
+    );
+}
+
+/// One step of a random meter history.
+#[derive(Clone, Debug)]
+enum Step {
+    Hour {
+        litres: u64,
+        reverse: u64,
+        temp: Option<i16>,
+    },
+    Status {
+        battery: u8,
+        flags: u32,
+    },
+    Silence {
+        hours: i64,
+    },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (prop_oneof![Just(0u64), 1u64..50, 1_500u64..3_000], prop_oneof![Just(0u64), 0u64..30], proptest::option::of(-10i16..80))
+            .prop_map(|(litres, reverse, temp)| Step::Hour { litres, reverse, temp }),
+        1 => (0u8..=100, 0u32..1024).prop_map(|(battery, flags)| Step::Status { battery, flags }),
+        1 => (1i64..100).prop_map(|hours| Step::Silence { hours }),
+    ]
+}
+
+proptest! {
+    /// Whatever happens, a (meter, kind) never has two open episodes, and its events
+    /// follow opened → updated* → cleared.
+    #[test]
+    fn an_episode_is_never_open_twice(
+        steps in proptest::collection::vec(step(), 1..200),
+        cuts in proptest::collection::vec(1usize..10, 1..10),
+    ) {
+        let mut pipeline = Pipeline::new(ProcessorsConfig::default());
+        let meter = key("demo", "p");
+        let (mut ts, mut reg, mut rev) = (START, 10_000u64, 0u64);
+        let mut open: HashMap<AlertKind, bool> = HashMap::new();
+        let mut inputs = Vec::new();
+        let mut cut = cuts.iter().cycle();
+        let mut check = |alerts: &[AlertEvent], state: &meterflow_model::MeterState| -> Result<(), TestCaseError> {
+            for e in alerts {
+                let was_open = open.get(&e.kind).copied().unwrap_or(false);
+                match e.state {
+                    EpisodeState::Opened => prop_assert!(!was_open, "{:?} opened twice", e.kind),
+                    EpisodeState::Updated | EpisodeState::Cleared => prop_assert!(was_open, "{:?} {:?} while closed", e.kind, e.state),
+                }
+                open.insert(e.kind, e.state != EpisodeState::Cleared);
+            }
+            let mut kinds: Vec<_> = state.alerts.open.iter().map(|a| a.kind).collect();
+            kinds.sort();
+            kinds.dedup();
+            prop_assert_eq!(kinds.len(), state.alerts.open.len());
+            Ok(())
+        };
+        for step in steps {
+            match step {
+                Step::Hour { litres, reverse, temp } => {
+                    ts += HOUR;
+                    reg += litres;
+                    rev += reverse;
+                    let mut r = reading(ts, reg);
+                    r.reading.rev = rev;
+                    r.reading.temp = temp;
+                    inputs.push(Input::readings(&meter, vec![r]));
+                }
+                Step::Status { battery, flags } => {
+                    let mut s = status(ts, battery, &[]);
+                    s.flags = Flags::from_bits(flags).unwrap();
+                    inputs.push(Input { key: meter.clone(), readings: vec![], status: Some(s) });
+                }
+                Step::Silence { hours } => {
+                    ts += hours * HOUR;
+                    let out = pipeline.sweep(ts + DAY);
+                    check(&out.alerts, &pipeline.states.get(&meter).cloned().unwrap_or_default())?;
+                }
+            }
+            if inputs.len() >= *cut.next().unwrap() {
+                let (batch, out) = pipeline.feed(ts, std::mem::take(&mut inputs));
+                check(&out.alerts, &batch.meters[0].state)?;
+            }
+        }
+    }
+}

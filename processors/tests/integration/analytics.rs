@@ -1,0 +1,197 @@
+//! Analytics scenarios and the merge properties.
+
+use std::collections::BTreeMap;
+
+use meterflow_model::processing::AnalyticsSettings;
+use meterflow_model::{
+    MeterBatch, MeterState, Outputs, ProcessorsConfig, Resolution, SealedBatch, TenantId,
+    TenantProcessing,
+};
+use meterflow_processors::analytics::{AnalyticsPartial, AnalyticsProcessor, DistrictRollup};
+use meterflow_processors::vee::VeeProcessor;
+use meterflow_processors::{Processor, TenantDirectory};
+use proptest::prelude::*;
+
+use crate::utils::{HOUR, key, reading};
+
+/// 2025-01-15T00:00Z, a Wednesday.
+const MIDNIGHT: i64 = 1_736_899_200_000;
+
+fn config() -> ProcessorsConfig {
+    let districts = BTreeMap::from([
+        ("m0".try_into().unwrap(), "north".to_string()),
+        ("m1".try_into().unwrap(), "north".to_string()),
+        ("m2".try_into().unwrap(), "south".to_string()),
+    ]);
+    ProcessorsConfig {
+        tenants: BTreeMap::from([(
+            TenantId::try_from("acme").unwrap(),
+            TenantProcessing {
+                districts,
+                ..TenantProcessing::default()
+            },
+        )]),
+        analytics: AnalyticsSettings {
+            top_n: 3,
+            ..AnalyticsSettings::default()
+        },
+        ..ProcessorsConfig::default()
+    }
+}
+
+/// Runs VEE then analytics (one shard) over hourly reads of `meters`, each a list of
+/// litres per hour from midnight.
+fn shard(meters: &[(&str, Vec<u64>)]) -> AnalyticsProcessor {
+    let directory = TenantDirectory::resolve(&config()).unwrap();
+    let mut vee = VeeProcessor::new(directory.clone());
+    let mut analytics = AnalyticsProcessor::with_directory(directory);
+    let mut batch = SealedBatch::default();
+    for (meter, litres) in meters {
+        let mut reg = 1_000;
+        let mut readings = vec![reading(MIDNIGHT, reg)];
+        for (h, l) in litres.iter().enumerate() {
+            reg += l;
+            readings.push(reading(MIDNIGHT + (h as i64 + 1) * HOUR, reg));
+        }
+        batch.meters.push(MeterBatch {
+            key: key("acme", meter),
+            readings,
+            state: MeterState::default(),
+            messages: 1,
+            duplicates: 0,
+            first_received_at: None,
+            status: None,
+        });
+    }
+    let mut out = Outputs::default();
+    vee.process(&mut batch, &mut out);
+    analytics.process(&mut batch, &mut out);
+    analytics
+}
+
+#[test]
+fn district_hours_night_flow_percentiles_and_top_consumers() {
+    // m0 and m1 in "north", m2 in "south"; 6 hours from midnight.
+    let mut one = shard(&[
+        ("m0", vec![10, 10, 4, 6, 30, 30]),
+        ("m1", vec![0, 0, 2, 1, 50, 70]),
+        ("m2", vec![5, 5, 5, 5, 5, 5]),
+    ]);
+    let mut out = Outputs::default();
+    one.flush(MIDNIGHT + 6 * HOUR, &mut out);
+    let row = |district: &str, resolution, start| {
+        out.districts
+            .iter()
+            .find(|r| r.district == district && r.resolution == resolution && r.start_ms == start)
+            .unwrap_or_else(|| panic!("{district} {resolution:?} {start}"))
+    };
+    // The read at 03:00 measured 02:00–03:00: north used 4 + 2 L then.
+    let two_am = row("north", Resolution::Hour, MIDNIGHT + 2 * HOUR);
+    assert_eq!((two_am.usage_l, two_am.meters), (6, 2));
+    let day = row("north", Resolution::Day, MIDNIGHT);
+    assert_eq!((day.usage_l, day.meters), (213, 2));
+    // Night hours (UTC tenant): 02:00 → 6 L, 03:00 → 7 L; minimum 6 L/h.
+    assert_eq!(day.night_hour_l, [Some(6), Some(7)]);
+    assert_eq!(day.night_flow_lph, Some(6));
+    // Per-meter hourly usage of 00:00 in the north: m0 10 L, m1 0 L.
+    let midnight_hour = row("north", Resolution::Hour, MIDNIGHT);
+    assert_eq!(midnight_hour.meter_hour_sketch.count(), 2);
+    assert_eq!(
+        (midnight_hour.p50_l, midnight_hour.p99_l),
+        (Some(0), Some(10))
+    );
+    let minute = row("south", Resolution::Minute, MIDNIGHT + HOUR - 60_000);
+    assert_eq!((minute.usage_l, minute.meters), (5, 1));
+    let top = &out.top[0];
+    let entries: Vec<_> = top
+        .entries
+        .iter()
+        .map(|e| (e.meter.as_str(), e.usage_l))
+        .collect();
+    assert_eq!(entries, vec![("m1", 123), ("m0", 90), ("m2", 30)]);
+    assert_eq!(top.day, "2025-01-15");
+}
+
+#[test]
+fn shard_rows_roll_up_into_district_totals() {
+    let mut a = shard(&[("m0", vec![10, 20])]);
+    let mut b = shard(&[("m1", vec![1, 2])]);
+    let mut rollup = DistrictRollup::new(2);
+    let total = |out: &Outputs| {
+        out.districts
+            .iter()
+            .find(|r| r.resolution == Resolution::Day)
+            .map(|r| (r.usage_l, r.meters))
+    };
+    let mut out_a = Outputs::default();
+    a.flush(MIDNIGHT + 2 * HOUR, &mut out_a);
+    rollup.absorb(0, &mut out_a);
+    assert_eq!(total(&out_a), Some((30, 1)));
+    let mut out_b = Outputs::default();
+    b.flush(MIDNIGHT + 2 * HOUR, &mut out_b);
+    rollup.absorb(1, &mut out_b);
+    assert_eq!(total(&out_b), Some((33, 2)));
+    // A shard re-flushing its (absolute) partial does not double count.
+    let mut again = out_a.clone();
+    rollup.absorb(0, &mut again);
+    assert_eq!(total(&again), Some((33, 2)));
+}
+
+fn partial_of(meters: &[(String, Vec<u64>)]) -> AnalyticsPartial {
+    let named: Vec<_> = meters
+        .iter()
+        .map(|(m, l)| (m.as_str(), l.clone()))
+        .collect();
+    shard(&named).partial().clone()
+}
+
+fn meters_strategy(prefix: &'static str) -> impl Strategy<Value = Vec<(String, Vec<u64>)>> {
+    proptest::collection::vec(proptest::collection::vec(0u64..500, 0..30), 0..4).prop_map(
+        move |meters| {
+            meters
+                .into_iter()
+                .enumerate()
+                .map(|(i, litres)| (format!("{prefix}{i}"), litres))
+                .collect()
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Merging per-shard partials is associative and order-free, and equals
+    /// computing over all meters at once.
+    #[test]
+    fn merging_partials_is_associative_and_order_free(
+        a in meters_strategy("a"),
+        b in meters_strategy("m"),
+        c in meters_strategy("z"),
+    ) {
+        let (pa, pb, pc) = (partial_of(&a), partial_of(&b), partial_of(&c));
+        let merged = |parts: [&AnalyticsPartial; 3]| {
+            let mut acc = parts[0].clone();
+            acc.merge(parts[1]);
+            acc.merge(parts[2]);
+            acc.snapshot()
+        };
+        let left = {
+            let mut ab = pa.clone();
+            ab.merge(&pb);
+            ab.merge(&pc);
+            ab.snapshot()
+        };
+        let right = {
+            let mut bc = pb.clone();
+            bc.merge(&pc);
+            let mut acc = pa.clone();
+            acc.merge(&bc);
+            acc.snapshot()
+        };
+        prop_assert_eq!(&left, &right);
+        prop_assert_eq!(&left, &merged([&pc, &pa, &pb]));
+        prop_assert_eq!(&left, &merged([&pb, &pc, &pa]));
+        let all: Vec<_> = a.iter().chain(&b).chain(&c).cloned().collect();
+        prop_assert_eq!(&left, &partial_of(&all).snapshot());
+    }
+}

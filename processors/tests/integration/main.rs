@@ -1,0 +1,7 @@
+//! Scenario and property tests of the processor chain: pure, no servers.
+
+mod alerting;
+mod analytics;
+mod billing;
+mod utils;
+mod vee;
