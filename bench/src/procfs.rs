@@ -85,6 +85,8 @@ pub(crate) struct ProcSample {
 /// Samples one process's CPU and RSS (and optionally the connections on a port) every
 /// `period` on a background thread until stopped.
 pub(crate) struct Sampler {
+    /// When sampling began: sample times are relative to it.
+    pub(crate) started: Instant,
     stop: Arc<AtomicBool>,
     samples: Arc<Mutex<Vec<ProcSample>>>,
     handle: Option<JoinHandle<()>>,
@@ -92,6 +94,7 @@ pub(crate) struct Sampler {
 
 impl Sampler {
     pub(crate) fn start(pid: u32, period: Duration, watch_port: Option<u16>) -> Sampler {
+        let started = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(Vec::new()));
         let handle = thread::Builder::new()
@@ -99,14 +102,20 @@ impl Sampler {
             .spawn({
                 let stop = Arc::clone(&stop);
                 let samples = Arc::clone(&samples);
-                move || sample_loop(pid, period, watch_port, &stop, &samples)
+                move || sample_loop(pid, started, period, watch_port, &stop, &samples)
             })
             .ok();
         Sampler {
+            started,
             stop,
             samples,
             handle,
         }
+    }
+
+    /// Seconds since sampling began, on the samples' clock.
+    pub(crate) fn now_s(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
     }
 
     /// Samples so far.
@@ -132,6 +141,7 @@ impl Drop for Sampler {
 
 fn sample_loop(
     pid: u32,
+    started: Instant,
     period: Duration,
     watch_port: Option<u16>,
     stop: &AtomicBool,
@@ -140,7 +150,6 @@ fn sample_loop(
     let ticks_per_s = clock_ticks_per_second().max(1) as f64;
     let stat_path = PathBuf::from(format!("/proc/{pid}/stat"));
     let status_path = PathBuf::from(format!("/proc/{pid}/status"));
-    let started = Instant::now();
     let mut previous: Option<(f64, u64)> = None;
     while !stop.load(Ordering::Relaxed) {
         let t_s = started.elapsed().as_secs_f64();

@@ -456,9 +456,11 @@ impl ShardWorker {
         };
         let mut outputs = Outputs::default();
         self.processors.process(&mut batch, &mut outputs);
+        // Processors own every part of a meter's state but its seq window, which
+        // they leave as it was at sealing — so the whole state is taken back.
         for meter in &batch.meters {
             if let Some(state) = self.meters.get_mut(&meter.key) {
-                state.usage = meter.state.usage.clone();
+                *state = meter.state.clone();
             }
         }
         self.metrics

@@ -270,3 +270,41 @@ pub struct MeterAnalyticsState {
     /// Litres of the meter on `day_start`'s day so far.
     pub day_l: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sketch_quantiles_are_within_one_percent() {
+        let mut sketch = UsageSketch::default();
+        (0..=1_000u64).for_each(|v| sketch.add(v * 10));
+        for (q, exact) in [(0.5, 5_000.0), (0.9, 9_000.0), (0.99, 9_900.0)] {
+            let got = sketch.quantile(q).unwrap() as f64;
+            assert!(
+                (got - exact).abs() <= exact * 0.011,
+                "q{q}: {got} vs {exact}"
+            );
+        }
+        assert_eq!(sketch.quantile(0.0), Some(0));
+    }
+
+    #[test]
+    fn merging_sketches_adds_counts() {
+        let (mut a, mut b, mut both) = (
+            UsageSketch::default(),
+            UsageSketch::default(),
+            UsageSketch::default(),
+        );
+        for v in [0, 3, 40, 500] {
+            a.add(v);
+            both.add(v);
+        }
+        for v in [0, 40, 7_000] {
+            b.add(v);
+            both.add(v);
+        }
+        a.merge(&b);
+        assert_eq!(a, both);
+    }
+}

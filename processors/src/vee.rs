@@ -345,7 +345,7 @@ impl Validator<'_> {
         let litres = to.creg - from.creg;
         let avg_flow_lph =
             u32::try_from(u128::from(litres) * HOUR_MS as u128 / span as u128).unwrap_or(u32::MAX);
-        let rev_growth = to.reading.rev.checked_sub(from.reading.rev).unwrap_or(0);
+        let rev_growth = to.reading.rev.saturating_sub(from.reading.rev);
         let share =
             |total: u64, elapsed: i64| (u128::from(total) * elapsed as u128 / span as u128) as u64;
         let mut previous = from.creg;

@@ -2,8 +2,14 @@
 //! simulator (rumqttc), Debian's mosquitto clients, and hand-made bad input. Each test
 //! runs its own meterflow process on free loopback ports with its own data directory.
 
+mod backends;
 mod bad_input;
 mod crash;
 mod e2e;
 mod interop;
+// The storage crate's helpers for real servers (reachability, unique names, the TCP
+// proxy that simulates outages), shared rather than copied.
+#[allow(dead_code)]
+#[path = "../../../storage/tests/integration/servers.rs"]
+mod server_support;
 mod utils;

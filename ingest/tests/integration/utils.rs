@@ -37,6 +37,16 @@ impl Meterflow {
 
     /// Starts meterflow on the given ports (to restart "the same" service).
     pub(crate) fn start_on(data: &Path, mqtt: SocketAddr, http: SocketAddr) -> Meterflow {
+        Self::start_with(data, mqtt, http, &[])
+    }
+
+    /// Starts meterflow with extra command-line arguments (e.g. `--store`, `--config`).
+    pub(crate) fn start_with(
+        data: &Path,
+        mqtt: SocketAddr,
+        http: SocketAddr,
+        extra: &[&str],
+    ) -> Meterflow {
         let log = data.with_extension(format!(
             "{}.log",
             Instant::now().elapsed().as_nanos() ^ u128::from(http.port())
@@ -52,6 +62,7 @@ impl Meterflow {
                 "--data",
             ])
             .arg(data)
+            .args(extra)
             .env("MF_SHARDS", "2")
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -65,6 +76,24 @@ impl Meterflow {
         };
         service.wait_ready();
         service
+    }
+
+    /// Whether the process is still running.
+    pub(crate) fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// Resident memory of the process, bytes.
+    pub(crate) fn rss_bytes(&self) -> u64 {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
     }
 
     fn wait_ready(&mut self) {
