@@ -14,7 +14,11 @@ use anyhow::{Context, bail};
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
 /// `GET http://{addr}{path}`: the status code and the body.
-pub(crate) fn get(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<(u16, String)> {
+pub(crate) fn get(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> anyhow::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, timeout)
         .with_context(|| format!("connecting to http://{addr}"))?;
     stream.set_read_timeout(Some(timeout))?;
@@ -64,10 +68,7 @@ pub(crate) fn parse_response(raw: &[u8]) -> anyhow::Result<(u16, String)> {
         dechunk(body)?
     } else if let Some(length) = content_length {
         if body.len() < length {
-            bail!(
-                "HTTP body cut short: {} of {length} bytes",
-                body.len()
-            );
+            bail!("HTTP body cut short: {} of {length} bytes", body.len());
         }
         body[..length].to_vec()
     } else {

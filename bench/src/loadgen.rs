@@ -85,9 +85,7 @@ impl SimSettings {
                 let part = SimSettings {
                     meters,
                     first_meter: first,
-                    rate: self
-                        .rate
-                        .map(|r| r * meters as f64 / self.meters as f64),
+                    rate: self.rate.map(|r| r * meters as f64 / self.meters as f64),
                     ..self.clone()
                 };
                 first += meters;
@@ -138,10 +136,6 @@ impl SimFleet {
             children,
             started: Instant::now(),
         })
-    }
-
-    pub(crate) fn pids(&self) -> Vec<u32> {
-        self.children.iter().map(Child::id).collect()
     }
 
     /// Refreshes the CPU seconds of the running children.
@@ -295,7 +289,10 @@ mod tests {
     fn split_divides_meters_and_rate() {
         let parts = settings().split(3);
         assert_eq!(
-            parts.iter().map(|p| (p.first_meter, p.meters)).collect::<Vec<_>>(),
+            parts
+                .iter()
+                .map(|p| (p.first_meter, p.meters))
+                .collect::<Vec<_>>(),
             vec![(100, 4), (104, 3), (107, 3)]
         );
         let rate: f64 = parts.iter().map(|p| p.rate.unwrap()).sum();

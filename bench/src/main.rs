@@ -1,1 +1,586 @@
-fn main() {}
+//! `meterflow-bench`: end-to-end scenarios against a real `meterflow` process and a
+//! peer baseline (Mosquitto with a counting acker), driven by `meterflow-sim`.
+//!
+//! ```sh
+//! cargo build --release --bin meterflow --bin meterflow-sim
+//! cargo run --release -p meterflow-bench -- single        # or burst24, connections, cassandra, all
+//! cargo run --release -p meterflow-bench -- single --quick  # seconds, for development
+//! cargo run --release -p meterflow-bench -- path/to/case.toml
+//! ```
+//!
+//! Scenarios are files (`bench/scenarios/*.toml`, see [`scenario`]): a simulator config
+//! paired with a meterflow config. Results go to `bench/results/{scenario}.jsonl` (one
+//! JSON line per run), the plot to `bench/results/{scenario}.svg`, and a summary of the
+//! latest runs into the marked section of `bench/README.md`.
+//!
+//! Modules: [`scenario`] (scenario files), [`procfs`] (CPU/RSS/connections from
+//! /proc), [`prom`] (Prometheus text), [`http`] (a tiny GET), [`mqtt_wire`] +
+//! [`peer_acker`] (the peer's subscriber), [`targets`] (meterflow and mosquitto processes), [`loadgen`] (simulator
+//! processes), [`sustain`] (the sustainability rule), [`sweep`] (throughput
+//! scenarios), [`connections`] (the connections scenario), [`record`] (JSON lines),
+//! [`readme`] (the README summary) and [`svg`] (the plot).
+//!
+//! Everything runs on 127.0.0.1, every load is bounded in messages and time, and
+//! every process the harness starts is stopped by pid when it is done.
+
+mod connections;
+mod http;
+mod loadgen;
+mod mqtt_wire;
+mod peer_acker;
+mod procfs;
+mod prom;
+mod readme;
+mod record;
+mod scenario;
+mod sustain;
+mod svg;
+mod sweep;
+mod targets;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Instant, SystemTime};
+
+use anyhow::Context;
+use clap::Parser;
+
+use crate::connections::ConnectionsSettings;
+use crate::record::{ConnectionsRecord, Machine, Revision, ThroughputRecord};
+use crate::scenario::{ConnectionsFile, ScenarioFile, ThroughputFile};
+use crate::sustain::Criteria;
+use crate::sweep::{Env, SweepSettings};
+use crate::targets::{MeterflowOptions, TargetKind};
+
+/// Descriptors kept free below the hard limit in the `connections` scenario: the
+/// target's own files (store, listeners, HTTP) and the harness's scrapes.
+const FD_HEADROOM: usize = 500;
+/// The scenarios `all` runs, in order.
+const ALL: [&str; 4] = ["single", "burst24", "connections", "cassandra"];
+
+/// End-to-end benchmarks of meterflow against a Mosquitto baseline.
+#[derive(Debug, Parser)]
+#[command(name = "meterflow-bench")]
+struct Args {
+    /// A scenario of bench/scenarios (single, burst24, connections, cassandra), a path
+    /// to a scenario .toml, or `all`.
+    scenario: String,
+    /// The meterflow binary (default: target/release/meterflow of this workspace).
+    #[arg(long)]
+    meterflow: Option<PathBuf>,
+    /// The meterflow-sim binary (default: next to meterflow).
+    #[arg(long)]
+    sim: Option<PathBuf>,
+    /// The mosquitto binary (default: $MOSQUITTO_BIN, /usr/sbin/mosquitto, or PATH).
+    #[arg(long)]
+    mosquitto: Option<PathBuf>,
+    /// Skip the Mosquitto peer baseline.
+    #[arg(long)]
+    no_peer: bool,
+    /// Run Mosquitto with TCP_NODELAY (default: Nagle on, as in meterflow's rumqttd).
+    #[arg(long)]
+    peer_nodelay: bool,
+    /// Override the scenario's meters (throughput scenarios).
+    #[arg(long)]
+    meters: Option<usize>,
+    /// Override the paced seconds of each open-loop step.
+    #[arg(long)]
+    step_secs: Option<f64>,
+    /// Override the most open-loop steps per system.
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Override the rate growth per step.
+    #[arg(long)]
+    growth: Option<f64>,
+    /// Override the first offered rate, as a fraction of meterflow's closed-loop rate.
+    #[arg(long)]
+    start_fraction: Option<f64>,
+    /// Simulator processes per throughput step (1 keeps latency percentiles exact).
+    #[arg(long, default_value_t = 1)]
+    sim_procs: usize,
+    /// Binary (0x01 + bincode) uplinks instead of the scenario's choice.
+    #[arg(long)]
+    binary: bool,
+    /// Override the meters `connections` connects (default: the open-file limit less headroom).
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Override the meters per simulator process in `connections`.
+    #[arg(long)]
+    connections_per_proc: Option<usize>,
+    /// Override the connection ramp of `connections`, per second.
+    #[arg(long)]
+    connect_rate: Option<f64>,
+    /// Override the seconds at the peak in `connections`.
+    #[arg(long)]
+    hold_secs: Option<f64>,
+    /// Measure only the first meterflow variant of `connections`.
+    #[arg(long)]
+    no_variants: bool,
+    /// Tiny, seconds-long runs for developing the harness (recorded as `{scenario}-quick`).
+    #[arg(long)]
+    quick: bool,
+    /// Scenario files directory (default: bench/scenarios).
+    #[arg(long)]
+    scenarios: Option<PathBuf>,
+    /// Results directory (default: bench/results).
+    #[arg(long)]
+    results: Option<PathBuf>,
+    /// Do not rewrite the summary in bench/README.md.
+    #[arg(long)]
+    no_readme: bool,
+    /// The machine was not shared with other work during the run.
+    #[arg(long)]
+    dedicated: bool,
+}
+
+fn bench_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn workspace_dir() -> PathBuf {
+    bench_dir()
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+fn find_mosquitto(explicit: Option<&Path>) -> Option<PathBuf> {
+    if let Some(path) = explicit {
+        return Some(path.to_path_buf());
+    }
+    if let Some(path) = std::env::var_os("MOSQUITTO_BIN") {
+        return Some(PathBuf::from(path));
+    }
+    let mut candidates = vec![
+        PathBuf::from("/usr/sbin/mosquitto"),
+        PathBuf::from("/usr/local/sbin/mosquitto"),
+    ];
+    if let Some(paths) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&paths).map(|p| p.join("mosquitto")));
+    }
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+/// Newest modification time of the Rust sources meterflow is built from.
+fn newest_source(dir: &Path) -> Option<SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let time = if path.is_dir() {
+            newest_source(&path)
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            entry.metadata().and_then(|m| m.modified()).ok()
+        } else {
+            None
+        };
+        newest = newest.max(time);
+    }
+    newest
+}
+
+/// A note when the meterflow binary is older than its sources (others edit them).
+fn staleness_note(binary: &Path) -> Option<String> {
+    let built = std::fs::metadata(binary).and_then(|m| m.modified()).ok()?;
+    let workspace = workspace_dir();
+    let newest = ["ingest", "model", "processors", "storage", "simulator"]
+        .iter()
+        .filter_map(|c| newest_source(&workspace.join(c).join("src")))
+        .max()?;
+    (newest > built).then(|| {
+        "the meterflow binary is older than some workspace sources (others are editing them); \
+         the numbers are for the binary as built"
+            .to_owned()
+    })
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("meterflow-bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let open_files = targets::raise_open_file_limit();
+    let meterflow_bin = args
+        .meterflow
+        .clone()
+        .unwrap_or_else(|| workspace_dir().join("target/release/meterflow"));
+    let sim = args
+        .sim
+        .clone()
+        .unwrap_or_else(|| loadgen::default_sim_binary(&meterflow_bin));
+    let mosquitto = if args.no_peer {
+        None
+    } else {
+        let found = find_mosquitto(args.mosquitto.as_deref());
+        if found.is_none() {
+            anyhow::bail!(
+                "mosquitto not found: install it (`apt-get install mosquitto`), pass --mosquitto PATH, or run with --no-peer"
+            );
+        }
+        found
+    };
+    let results = args
+        .results
+        .clone()
+        .unwrap_or_else(|| bench_dir().join("results"));
+    let scenarios_dir = args
+        .scenarios
+        .clone()
+        .unwrap_or_else(|| bench_dir().join("scenarios"));
+    let run_dir = tempfile::Builder::new()
+        .prefix("meterflow-bench-run-")
+        .tempdir()?;
+    let env = Env {
+        meterflow: MeterflowOptions {
+            binary: meterflow_bin.clone(),
+            config_toml: String::new(),
+            extra_args: Vec::new(),
+        },
+        sim,
+        mosquitto,
+        peer_nodelay: args.peer_nodelay,
+        log_dir: run_dir.path().to_path_buf(),
+        criteria: Criteria::default(),
+    };
+    let mut notes = Vec::new();
+    if !args.dedicated {
+        notes.push(
+            "machine shared with other engineers' builds during the run: absolute numbers are pessimistic and noisy; compare ratios within one run".to_owned(),
+        );
+    }
+    if let Some(note) = staleness_note(&meterflow_bin) {
+        println!("note: {note}");
+        notes.push(note);
+    }
+    if args.quick {
+        notes.push("quick mode (development): tiny steps, not a measurement".to_owned());
+    }
+    println!(
+        "meterflow-bench: {} with {}, sim {}, peer {}, open files {open_files}",
+        args.scenario,
+        meterflow_bin.display(),
+        env.sim.display(),
+        env.mosquitto
+            .as_deref()
+            .map_or_else(|| "none".to_owned(), |p| p.display().to_string()),
+    );
+
+    let names: Vec<String> = if args.scenario == "all" {
+        ALL.iter().map(|s| (*s).to_owned()).collect()
+    } else {
+        vec![args.scenario.clone()]
+    };
+    for name in names {
+        let (path, scenario) = if name.ends_with(".toml") {
+            let path = PathBuf::from(&name);
+            let stem = path
+                .file_stem()
+                .map_or_else(|| "custom".to_owned(), |s| s.to_string_lossy().into_owned());
+            (path, stem)
+        } else {
+            (scenarios_dir.join(format!("{name}.toml")), name.clone())
+        };
+        let recorded_as = if args.quick {
+            format!("{scenario}-quick")
+        } else {
+            scenario.clone()
+        };
+        match ScenarioFile::load(&path)? {
+            ScenarioFile::Throughput(file) => {
+                if let Some(reason) = throughput_unavailable(&file, &meterflow_bin) {
+                    println!("skipping {scenario}: {reason}");
+                    continue;
+                }
+                let env = Env {
+                    meterflow: MeterflowOptions {
+                        config_toml: file.meterflow.config.clone(),
+                        extra_args: file.meterflow.args.clone(),
+                        ..env.meterflow.clone()
+                    },
+                    ..env.clone()
+                };
+                throughput(
+                    args,
+                    &env,
+                    &recorded_as,
+                    &file,
+                    &notes,
+                    &results,
+                    open_files,
+                )?;
+            }
+            ScenarioFile::Connections(file) => {
+                connections(
+                    args,
+                    &env,
+                    &recorded_as,
+                    &file,
+                    &notes,
+                    &results,
+                    open_files,
+                )?;
+            }
+        }
+        if !args.no_readme && !args.quick {
+            update_readme(&results)?;
+        }
+    }
+    println!(
+        "meterflow-bench: done in {:.0} s; results in {}",
+        started.elapsed().as_secs_f64(),
+        results.display()
+    );
+    Ok(())
+}
+
+/// Why a throughput scenario cannot run here, if it cannot.
+fn throughput_unavailable(file: &ThroughputFile, meterflow: &Path) -> Option<String> {
+    if let Some(flag) = &file.requires_flag
+        && !sweep::meterflow_has_flag(meterflow, flag)
+    {
+        return Some(format!(
+            "`{} run --help` does not list {flag} (not in this build of meterflow yet)",
+            meterflow.display()
+        ));
+    }
+    if file.requires_cassandra {
+        let script = workspace_dir().join("scripts/cassandra");
+        let running = std::process::Command::new(&script)
+            .arg("status")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !running {
+            return Some(format!(
+                "Cassandra is not answering CQL on 127.0.0.1:9042 (start it with `{} start`)",
+                script.display()
+            ));
+        }
+    }
+    None
+}
+
+fn throughput(
+    args: &Args,
+    env: &Env,
+    scenario: &str,
+    file: &ThroughputFile,
+    notes: &[String],
+    results: &Path,
+    open_files: u64,
+) -> anyhow::Result<()> {
+    let mut machine = Machine::probe(open_files, !args.dedicated);
+    let revision = Revision::probe(&workspace_dir());
+    let readings_per_message = file.sim.readings_per_message;
+    let meters = args.meters.unwrap_or(file.sim.meters);
+    let settings = SweepSettings {
+        readings_per_message,
+        meters: if args.quick { meters.min(200) } else { meters },
+        closed_loop_messages_per_meter: if args.quick {
+            file.sim.closed_loop_messages_per_meter.min(10)
+        } else {
+            file.sim.closed_loop_messages_per_meter
+        },
+        step_secs: if args.quick {
+            2.0
+        } else {
+            args.step_secs.unwrap_or(file.sweep.step_secs)
+        },
+        start_fraction: args.start_fraction.unwrap_or(file.sweep.start_fraction),
+        growth: args.growth.unwrap_or(file.sweep.growth),
+        max_steps: if args.quick {
+            2
+        } else {
+            args.max_steps.unwrap_or(file.sweep.max_steps)
+        },
+        sim_procs: args.sim_procs,
+        binary_payloads: args.binary || file.sim.binary,
+    };
+    println!("== {scenario} ({}): {settings:?}", file.description);
+    let (meterflow, peer) = sweep::run_scenario(env, &settings, env.mosquitto.is_some())?;
+    machine.loadavg_end = record::loadavg();
+    let ratios = peer.as_ref().map(|p| sweep::ratios(&meterflow, p));
+
+    let mut series = vec![sweep::series(&meterflow, "#1f77b4")];
+    if let Some(peer) = &peer {
+        series.push(sweep::series(peer, "#ff7f0e"));
+    }
+    let plot_name = format!("{scenario}.svg");
+    let subtitle = format!(
+        "{} meters, {} reading(s)/msg, {} · commit {}{} · load avg {} → {}{}",
+        settings.meters,
+        readings_per_message,
+        record::now_rfc3339(),
+        revision.commit,
+        if revision.dirty { "+" } else { "" },
+        machine.loadavg_start,
+        machine.loadavg_end,
+        if machine.shared {
+            " · shared machine"
+        } else {
+            ""
+        },
+    );
+    std::fs::create_dir_all(results)?;
+    std::fs::write(
+        results.join(&plot_name),
+        svg::plot(
+            &format!(
+                "meterflow vs mosquitto — {scenario}: throughput and ack p99 against offered rate"
+            ),
+            &subtitle,
+            &series,
+        ),
+    )?;
+    let mut notes = notes.to_vec();
+    for sweep in std::iter::once(&meterflow).chain(peer.as_ref()) {
+        if let Some(best) = &sweep.best {
+            let total = best.cpu_pct + best.generator_cpu_pct;
+            if total > 170.0 {
+                notes.push(format!(
+                    "at {}'s best step it ({:.0}%) and the generator ({:.0}%) used ~{total:.0}% of the 2 cores: the machine, not only {}, was the limit",
+                    sweep.target, best.cpu_pct, best.generator_cpu_pct, sweep.target
+                ));
+            }
+        }
+    }
+    let record = ThroughputRecord {
+        scenario: scenario.to_owned(),
+        timestamp: record::now_rfc3339(),
+        revision,
+        machine,
+        settings,
+        criteria: env.criteria,
+        peer_setup: format!(
+            "mosquitto 2.x, memory only (persistence false, max_queued_messages 0, {}), one raw-MQTT subscriber on meters/+/+/up at QoS 0 that answers every uplink with {{\"seq\":W}} (contiguous watermark) at QoS 0 and stores nothing",
+            if env.peer_nodelay {
+                "TCP_NODELAY"
+            } else {
+                "Nagle on as in rumqttd"
+            }
+        ),
+        meterflow,
+        peer,
+        ratios,
+        plot: Some(format!("results/{plot_name}")),
+        notes,
+    };
+    record::append(results, scenario, &record)?;
+    if let Some(r) = &record.ratios {
+        println!(
+            "== {scenario}: meterflow ÷ mosquitto: sustainable ×{:.2}, closed loop ×{:.2}, ack p99 at common rate ×{:.2}",
+            r.sustainable_msgs_per_s.unwrap_or(f64::NAN),
+            r.closed_loop_msgs_per_s.unwrap_or(f64::NAN),
+            r.ack_p99_at_common_rate.unwrap_or(f64::NAN),
+        );
+    }
+    Ok(())
+}
+
+fn connections(
+    args: &Args,
+    env: &Env,
+    scenario: &str,
+    file: &ConnectionsFile,
+    notes: &[String],
+    results: &Path,
+    open_files: u64,
+) -> anyhow::Result<()> {
+    let mut machine = Machine::probe(open_files, !args.dedicated);
+    let revision = Revision::probe(&workspace_dir());
+    let limit = usize::try_from(open_files)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(FD_HEADROOM);
+    let requested = match args.connections.unwrap_or(file.connections.requested) {
+        0 => limit,
+        n => n.min(limit),
+    };
+    let settings = ConnectionsSettings {
+        requested: if args.quick {
+            requested.min(2000)
+        } else {
+            requested
+        },
+        per_proc: args
+            .connections_per_proc
+            .unwrap_or(file.connections.per_proc),
+        connect_rate: args.connect_rate.unwrap_or(file.connections.connect_rate),
+        hold_secs: if args.quick {
+            2.0
+        } else {
+            args.hold_secs.unwrap_or(file.connections.hold_secs)
+        },
+    };
+    println!("== {scenario} ({}): {settings:?}", file.description);
+    let variants = if args.no_variants || args.quick {
+        &file.variants[..1]
+    } else {
+        &file.variants[..]
+    };
+    let mut runs = Vec::new();
+    for variant in variants {
+        let options = MeterflowOptions {
+            config_toml: variant.config.clone(),
+            ..env.meterflow.clone()
+        };
+        runs.push(connections::run(
+            env,
+            TargetKind::Meterflow,
+            &variant.label,
+            &options,
+            &settings,
+        )?);
+    }
+    if env.mosquitto.is_some() {
+        runs.push(connections::run(
+            env,
+            TargetKind::Mosquitto,
+            "memory only",
+            &env.meterflow,
+            &settings,
+        )?);
+    }
+    machine.loadavg_end = record::loadavg();
+    let mut notes = notes.to_vec();
+    notes.push(format!(
+        "connections are capped by the open-file limit ({open_files} per process, for the target and each simulator process); {FD_HEADROOM} descriptors are kept free for the target's own files"
+    ));
+    notes.push(
+        "every meter connects from 127.0.0.1 (rumqttc binds to a device, not to a source address); the ephemeral port range (28,232 ports) is above the descriptor limit, so it does not bind".to_owned(),
+    );
+    let record = ConnectionsRecord {
+        scenario: scenario.to_owned(),
+        timestamp: record::now_rfc3339(),
+        revision,
+        machine,
+        settings: Some(settings),
+        runs,
+        notes,
+    };
+    record::append(results, scenario, &record).context("writing the connections record")?;
+    Ok(())
+}
+
+fn update_readme(results: &Path) -> anyhow::Result<()> {
+    let throughput: Vec<ThroughputRecord> = ["single", "burst24", "cassandra"]
+        .iter()
+        .filter_map(|s| record::latest(results, s))
+        .collect();
+    let connections: Option<ConnectionsRecord> = record::latest(results, "connections");
+    if throughput.is_empty() && connections.is_none() {
+        return Ok(());
+    }
+    let path = bench_dir().join("README.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let new = readme::replace_section(&old, &readme::render(&throughput, connections.as_ref()));
+    if new != old {
+        std::fs::write(&path, new)?;
+    }
+    Ok(())
+}

@@ -10,7 +10,6 @@
 pub(crate) const CONNACK: u8 = 2;
 pub(crate) const PUBLISH: u8 = 3;
 pub(crate) const SUBACK: u8 = 9;
-pub(crate) const PINGRESP: u8 = 13;
 
 /// Largest remaining length MQTT can express (four varint bytes).
 const MAX_REMAINING_LENGTH: usize = 268_435_455;
@@ -165,10 +164,7 @@ mod tests {
     fn qos1_publish_skips_the_packet_id() {
         // flags 0b0010 = QoS 1; topic "a/b", packet id 0x0102, payload "xy".
         let body = [0, 3, b'a', b'/', b'b', 1, 2, b'x', b'y'];
-        assert_eq!(
-            parse_publish(0x02, &body),
-            Some((&b"a/b"[..], &b"xy"[..]))
-        );
+        assert_eq!(parse_publish(0x02, &body), Some((&b"a/b"[..], &b"xy"[..])));
         assert_eq!(parse_publish(0x02, &body[..4]), None);
     }
 

@@ -336,9 +336,16 @@ mod tests {
         assert_eq!(marks.observe(m, 6), ack(Some(6), false));
         assert_eq!(marks.observe(m, 8), ack(None, true), "hole at 7");
         assert_eq!(marks.observe(m, 9), ack(None, true));
-        assert_eq!(marks.observe(m, 8), ack(Some(6), false), "dup of a held seq");
+        assert_eq!(
+            marks.observe(m, 8),
+            ack(Some(6), false),
+            "dup of a held seq"
+        );
         assert_eq!(marks.observe(m, 7), ack(Some(9), false), "hole filled");
         assert_eq!(marks.observe(m, 3), ack(Some(9), false), "old duplicate");
-        assert_eq!(marks.observe(b"meters/demo/m000002", 1), ack(Some(1), false));
+        assert_eq!(
+            marks.observe(b"meters/demo/m000002", 1),
+            ack(Some(1), false)
+        );
     }
 }

@@ -86,13 +86,6 @@ impl Scrape {
         self.matching(name, labels).map(|s| s.value).sum()
     }
 
-    /// Largest value among the samples of `name` (0 when none).
-    pub(crate) fn max(&self, name: &str) -> f64 {
-        self.matching(name, &[])
-            .map(|s| s.value)
-            .fold(0.0, f64::max)
-    }
-
     /// The histogram `name` (its `_bucket`, `_sum` and `_count` series), `None` when
     /// the scrape has no buckets for it (metrics-exporter-prometheus omits a
     /// histogram until its first observation).
@@ -205,8 +198,11 @@ fn parse_line(line: &str) -> Result<Sample, &'static str> {
     })
 }
 
+/// A sample's label pairs, in exposition order.
+type Labels = Vec<(String, String)>;
+
 /// Parses `k="v",k2="v2"}` and returns the labels and what follows the `}`.
-fn parse_labels(mut text: &str) -> Result<(Vec<(String, String)>, &str), &'static str> {
+fn parse_labels(mut text: &str) -> Result<(Labels, &str), &'static str> {
     let mut labels = Vec::new();
     loop {
         text = text.trim_start_matches([' ', ',']);
@@ -282,9 +278,16 @@ meterflow_publish_to_durable_seconds_count 100
         assert_eq!(scrape.sum("meterflow_messages_total", &[]), 120_003.0);
         assert_eq!(scrape.sum("meterflow_broker_skipped_total", &[]), 0.0);
         assert_eq!(scrape.sum("meterflow_shard_queue_depth", &[]), 267.0);
-        assert_eq!(scrape.max("meterflow_shard_queue_depth"), 250.0);
+        assert_eq!(
+            scrape.sum("meterflow_shard_queue_depth", &[("shard", "0")]),
+            250.0
+        );
         assert_eq!(scrape.sum("absent", &[]), 0.0);
-        let odd = scrape.samples.iter().find(|s| s.name == "odd_labels").unwrap();
+        let odd = scrape
+            .samples
+            .iter()
+            .find(|s| s.name == "odd_labels")
+            .unwrap();
         assert_eq!(
             odd.labels,
             vec![

@@ -13,10 +13,10 @@
 //!    `meterflow_messages_total{outcome="shed"}` unchanged, the peer acker saw no
 //!    seq gaps.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Thresholds of the verdict.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Criteria {
     /// Achieved ÷ offered must reach this: 0.95 tolerates scheduling noise of a
     /// shared machine, not a service that falls behind.
@@ -61,7 +61,7 @@ pub(crate) struct StepFacts {
 }
 
 /// The decision and why.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Verdict {
     pub(crate) sustainable: bool,
     /// Every criterion that failed, in words.
@@ -71,7 +71,10 @@ pub(crate) struct Verdict {
 pub(crate) fn judge(facts: &StepFacts, criteria: &Criteria) -> Verdict {
     let mut reasons = Vec::new();
     if facts.unacked > 0 {
-        reasons.push(format!("{} messages not acked by the deadline", facts.unacked));
+        reasons.push(format!(
+            "{} messages not acked by the deadline",
+            facts.unacked
+        ));
     }
     let ratio = if facts.offered_msgs_per_s > 0.0 {
         facts.achieved_msgs_per_s / facts.offered_msgs_per_s

@@ -82,9 +82,8 @@ pub(crate) fn short_number(value: f64) -> String {
     } else {
         (value, "")
     };
-    let text = if scaled.fract().abs() < 1e-9 {
-        format!("{scaled:.0}")
-    } else if scaled.abs() >= 100.0 {
+    // Whole numbers and three-digit ones need no decimal.
+    let text = if scaled.fract().abs() < 1e-9 || scaled.abs() >= 100.0 {
         format!("{scaled:.0}")
     } else {
         format!("{scaled:.1}")
@@ -300,7 +299,11 @@ pub(crate) fn plot(title: &str, subtitle: &str, series: &[Series]) -> String {
                     p.offered,
                     p.achieved,
                     p.p99_ms,
-                    if p.sustainable { "" } else { " (not sustainable)" }
+                    if p.sustainable {
+                        ""
+                    } else {
+                        " (not sustainable)"
+                    }
                 );
             }
         }
@@ -322,7 +325,7 @@ pub(crate) fn plot(title: &str, subtitle: &str, series: &[Series]) -> String {
     }
     let _ = writeln!(
         svg,
-        r#"<text x="{:.1}" y="{:.1}" fill="#555">filled: sustainable step · hollow: not</text>"#,
+        r##"<text x="{:.1}" y="{:.1}" fill="#555">filled: sustainable step · hollow: not</text>"##,
         LEFT[1],
         HEIGHT - 14.0
     );
@@ -336,7 +339,10 @@ mod tests {
 
     #[test]
     fn nice_ticks_use_1_2_5_steps() {
-        assert_eq!(nice_ticks(0.0, 10.0, 5), vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]);
+        assert_eq!(
+            nice_ticks(0.0, 10.0, 5),
+            vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
+        );
         assert_eq!(
             nice_ticks(0.0, 45_000.0, 5),
             vec![0.0, 10_000.0, 20_000.0, 30_000.0, 40_000.0, 50_000.0]
@@ -346,7 +352,10 @@ mod tests {
 
     #[test]
     fn log_ticks_span_the_range() {
-        assert_eq!(log_ticks(3.0, 600.0), vec![5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0]);
+        assert_eq!(
+            log_ticks(3.0, 600.0),
+            vec![5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0]
+        );
         assert_eq!(log_ticks(1000.0, 1000.0), vec![1000.0]);
         assert_eq!(log_ticks(-1.0, 5.0).len(), 1);
     }

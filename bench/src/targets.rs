@@ -125,13 +125,15 @@ impl Target {
         Ok(target)
     }
 
-    pub(crate) fn start_mosquitto(binary: &Path) -> anyhow::Result<Target> {
+    /// Starts Mosquitto (with `TCP_NODELAY` on its sockets when `nodelay`) and the
+    /// acker.
+    pub(crate) fn start_mosquitto(binary: &Path, nodelay: bool) -> anyhow::Result<Target> {
         let dir = tempfile::Builder::new()
             .prefix("mosquitto-bench-")
             .tempdir()?;
         let mqtt = loopback(free_port()?);
         let config = dir.path().join("mosquitto.conf");
-        std::fs::write(&config, mosquitto_config(mqtt.port()))?;
+        std::fs::write(&config, mosquitto_config(mqtt.port(), nodelay))?;
         let log = dir.path().join("mosquitto.log");
         let mut command = Command::new(binary);
         command.arg("-c").arg(&config);
@@ -178,10 +180,9 @@ impl Target {
                 );
             }
             let ready = match self.http {
-                Some(http_addr) => matches!(
-                    http::get(http_addr, "/readyz", HTTP_TIMEOUT),
-                    Ok((200, _))
-                ),
+                Some(http_addr) => {
+                    matches!(http::get(http_addr, "/readyz", HTTP_TIMEOUT), Ok((200, _)))
+                }
                 None => TcpStream::connect_timeout(&self.mqtt, HTTP_TIMEOUT).is_ok(),
             };
             if ready {
@@ -275,9 +276,10 @@ fn spawn_logged(command: &mut Command, log: &Path) -> anyhow::Result<Child> {
 /// Mosquitto as a bare, memory-only broker on one loopback port. Its defaults are
 /// kept except where they would make it drop messages the acker or the meters are
 /// owed: `max_queued_messages 0` (no cap: with the default 1,000, QoS 0 deliveries to
-/// a busy subscriber are silently dropped) and no connection cap. Nagle stays on, as
-/// in rumqttd, so both brokers send with the same socket options.
-pub(crate) fn mosquitto_config(port: u16) -> String {
+/// a busy subscriber are silently dropped) and no connection cap. Nagle stays on by
+/// default, as in rumqttd (which has no option to turn it off), so both brokers send
+/// with the same socket options; `nodelay` turns it off to show what it costs.
+pub(crate) fn mosquitto_config(port: u16, nodelay: bool) -> String {
     let mut text = String::new();
     let _ = writeln!(text, "# written by meterflow-bench: the peer baseline");
     let _ = writeln!(text, "listener {port} 127.0.0.1");
@@ -292,6 +294,9 @@ pub(crate) fn mosquitto_config(port: u16) -> String {
         "connection_messages false",
     ] {
         let _ = writeln!(text, "{line}");
+    }
+    if nodelay {
+        let _ = writeln!(text, "set_tcp_nodelay true");
     }
     text
 }
@@ -334,10 +339,12 @@ mod tests {
 
     #[test]
     fn mosquitto_config_listens_on_loopback_only() {
-        let text = mosquitto_config(18830);
+        let text = mosquitto_config(18830, false);
         assert!(text.contains("listener 18830 127.0.0.1\n"));
         assert!(text.contains("max_queued_messages 0\n"));
         assert!(!text.contains("0.0.0.0"));
+        assert!(!text.contains("nodelay"));
+        assert!(mosquitto_config(18830, true).contains("set_tcp_nodelay true\n"));
     }
 
     #[test]

@@ -36,6 +36,8 @@ use crate::tenants::Tenants;
 
 /// Client id of the pipeline's own link into the router.
 const LINK_CLIENT_ID: &str = "meterflow-ingest";
+/// Client id of the notifier's link.
+const ALERTS_CLIENT_ID: &str = "meterflow-alerts";
 /// How long the broker gets to start listening.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Broker connection limit above our own payload limit: payloads up to twice the
@@ -49,6 +51,9 @@ fn broker_max_payload(config: &Config) -> usize {
 pub struct EmbeddedBroker {
     /// Publishes acks into the router.
     pub link_tx: LinkTx,
+    /// Publishes alert notifications (`alerts/{tenant}/{meter}`) into the router: a
+    /// link of its own so the notifier never contends with the ack publisher.
+    pub alerts_tx: LinkTx,
     /// Uplinks forwarded by the router.
     pub link_rx: LinkRx,
     pub listen: SocketAddr,
@@ -123,6 +128,10 @@ pub fn start(config: &Config, metrics: PipelineMetrics) -> anyhow::Result<Embedd
     link_tx
         .subscribe(UPLINK_FILTER)
         .context("subscribing to uplinks")?;
+    // Subscribed to nothing, so its receiving side never fills: it only publishes.
+    let (alerts_tx, _alerts_rx) = broker
+        .link(ALERTS_CLIENT_ID)
+        .context("linking the notifier to the broker")?;
     let alerts = broker.alerts().context("subscribing to broker alerts")?;
     thread::Builder::new()
         .name("mqtt-alerts".into())
@@ -137,6 +146,7 @@ pub fn start(config: &Config, metrics: PipelineMetrics) -> anyhow::Result<Embedd
     wait_until_listening(listen)?;
     Ok(EmbeddedBroker {
         link_tx,
+        alerts_tx,
         link_rx,
         listen,
     })

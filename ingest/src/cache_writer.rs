@@ -96,6 +96,7 @@ impl CacheWriter {
             alerts,
             districts,
             top,
+            summaries,
         } = outputs;
         for view in meters {
             self.pending_meters
@@ -114,13 +115,18 @@ impl CacheWriter {
         others.alerts.extend(alerts);
         others.districts.extend(districts);
         others.top.extend(top);
-        let held =
-            others.bills.len() + others.alerts.len() + others.districts.len() + others.top.len();
+        others.summaries.extend(summaries);
+        let held = others.bills.len()
+            + others.alerts.len()
+            + others.districts.len()
+            + others.top.len()
+            + others.summaries.len();
         if held > MAX_PENDING_OTHERS {
             // Oldest first, and analytics before bills: newer values supersede them.
             // Alerts are kept: they are episodes, not values.
             let excess = held - MAX_PENDING_OTHERS;
             let mut left = excess;
+            drop_oldest(&mut others.summaries, &mut left);
             drop_oldest(&mut others.districts, &mut left);
             drop_oldest(&mut others.top, &mut left);
             drop_oldest(&mut others.bills, &mut left);

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 
 use meterflow_model::Limits;
 use meterflow_model::ids::is_valid_id;
+use meterflow_model::processing::ProcessorsConfig;
 use meterflow_storage::redis_cache::RedisConfig;
 use meterflow_storage::scylla::ScyllaConfig;
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,9 @@ pub struct Config {
     pub cache: CacheConfig,
     pub pipeline: PipelineConfig,
     pub limits: Limits,
+    /// Tariffs, VEE and alert rules, notification limits, meter sizes and districts,
+    /// per tenant with defaults (see `model/src/processing.rs`).
+    pub processors: ProcessorsConfig,
     pub log: LogConfig,
     /// Utilities served by this instance. Empty means just the built-in `demo`.
     pub tenants: Vec<TenantConfig>,
@@ -223,6 +227,10 @@ pub struct PipelineConfig {
     /// A gap in a meter's seqs not filled within this many seconds is skipped
     /// (DESIGN §3: default 10 min).
     pub resend_window_s: u64,
+    /// How often each shard runs the processors' timer sweep (no-communication
+    /// alerts, bill closing, analytics flushes on a quiet shard). The shortest rule it
+    /// drives is hours long, so a minute is plenty.
+    pub sweep_interval_s: u64,
 }
 
 impl Default for PipelineConfig {
@@ -235,6 +243,7 @@ impl Default for PipelineConfig {
             linger_ms: 20,
             sink_queue: 16,
             resend_window_s: 600,
+            sweep_interval_s: 60,
         }
     }
 }
@@ -293,6 +302,8 @@ pub struct TenantConfig {
     pub require_mac: bool,
     /// When set, only these meters are accepted (others: `unknown_meter`).
     pub meters: Option<Vec<String>>,
+    /// Alert notifications are POSTed here as JSON (retried with backoff), when set.
+    pub webhook_url: Option<String>,
 }
 
 impl Config {
@@ -480,6 +491,22 @@ impl Config {
             if value == 0 {
                 errors.push(format!("{name} must be at least 1"));
             }
+        }
+        if p.sweep_interval_s == 0 {
+            errors.push("pipeline.sweep_interval_s must be at least 1".into());
+        }
+        for t in &tenants {
+            if let Some(url) = &t.webhook_url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                errors.push(format!(
+                    "tenants.{}.webhook_url {url:?} must be an http:// or https:// URL",
+                    t.id
+                ));
+            }
+        }
+        if let Err(e) = meterflow_processors::ProcessorChain::for_tenants(self.processors.clone()) {
+            errors.extend(e.problems.into_iter().map(|p| format!("processors: {p}")));
         }
         if p.shards > 1024 {
             errors.push("pipeline.shards must be at most 1024".into());

@@ -5,7 +5,14 @@
 //! - `GET /metrics` — Prometheus text;
 //! - `GET /api/v1/tenants/{t}/meters/{m}` — latest state of a meter;
 //! - `GET /api/v1/tenants/{t}/meters/{m}/readings?from=MS&to=MS&limit=N`;
-//! - `GET /api/v1/tenants/{t}/dead-letters?limit=N` — newest first.
+//! - `GET /api/v1/tenants/{t}/dead-letters?limit=N` — newest first;
+//! - `GET /api/v1/tenants/{t}/summary` — usage today, meters reporting, alerts open;
+//! - `GET /api/v1/tenants/{t}/districts` — the tenant's district names;
+//! - `GET /api/v1/tenants/{t}/districts/{d}/usage?from=MS&to=MS&resolution=hour|minute`
+//!   — hourly rows from the store, minute rows from the hot cache;
+//! - `GET /api/v1/tenants/{t}/top?day=yyyy-mm-dd&limit=N` — top consumers of a day;
+//! - `GET /api/v1/tenants/{t}/alerts?state=open|all&limit=N`;
+//! - `GET /api/v1/tenants/{t}/bills/{yyyy-mm}/{meter}` — usage, tiers, amount.
 //!
 //! A tenant with an `api_token` must be asked with `Authorization: Bearer <token>`; a
 //! tenant sees only its own data. Errors are JSON `{"error": "..."}` saying what to do.
@@ -28,6 +35,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::tenants::{Tenants, constant_time_eq};
+use meterflow_model::TenantSummary;
+use meterflow_model::alert::AlertEvent;
+use meterflow_model::analytics::{DistrictUsage, Resolution, TopEntry};
+use meterflow_model::billing::BillLine;
+use meterflow_model::processing::{DEFAULT_DISTRICT, ProcessorsConfig};
+
+/// Most alerts one call returns.
+const MAX_ALERTS: usize = 1_000;
+/// Widest window of minute rows one call returns (a day), so a dashboard cannot
+/// make the cache enumerate months of minutes.
+const MAX_MINUTE_WINDOW_MS: i64 = 86_400_000;
 
 /// Most readings one API call returns: a month of 15-minute reads is ~3,000.
 const MAX_READINGS_PER_CALL: usize = 10_000;
@@ -42,6 +60,8 @@ pub struct AppState {
     pub prometheus: PrometheusHandle,
     pub store_healthy: Arc<AtomicBool>,
     pub mqtt_listen: SocketAddr,
+    /// Tariffs, districts and time zones, for the tenant endpoints.
+    pub processing: Arc<ProcessorsConfig>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -55,6 +75,15 @@ pub fn router(state: AppState) -> Router {
             get(readings),
         )
         .route("/api/v1/tenants/{tenant}/dead-letters", get(dead_letters))
+        .route("/api/v1/tenants/{tenant}/summary", get(summary))
+        .route("/api/v1/tenants/{tenant}/districts", get(districts))
+        .route(
+            "/api/v1/tenants/{tenant}/districts/{district}/usage",
+            get(district_usage),
+        )
+        .route("/api/v1/tenants/{tenant}/top", get(top))
+        .route("/api/v1/tenants/{tenant}/alerts", get(alerts))
+        .route("/api/v1/tenants/{tenant}/bills/{period}/{meter}", get(bill))
         .with_state(state)
 }
 
@@ -305,4 +334,204 @@ async fn dead_letters(
     })
     .await?;
     Ok(Json(rows.into_iter().map(DeadLetterOut::from).collect()))
+}
+
+async fn summary(
+    State(state): State<AppState>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<TenantSummary> {
+    let tenant = authorize(&state, &tenant, &headers)?;
+    let cache = state.cache.clone();
+    let id = tenant.to_string();
+    let found = blocking(move || cache.summary(&id).map_err(|e| e.to_string())).await?;
+    Ok(Json(found.unwrap_or(TenantSummary {
+        tenant: tenant.to_string(),
+        ..TenantSummary::default()
+    })))
+}
+
+async fn districts(
+    State(state): State<AppState>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Vec<String>> {
+    let tenant = authorize(&state, &tenant, &headers)?;
+    let settings = state
+        .processing
+        .tenants
+        .get(&tenant)
+        .unwrap_or(&state.processing.defaults);
+    let mut names: Vec<String> = settings.districts.values().cloned().collect();
+    names.push(DEFAULT_DISTRICT.to_string());
+    names.sort();
+    names.dedup();
+    Ok(Json(names))
+}
+
+#[derive(Deserialize)]
+struct UsageQuery {
+    from: Option<i64>,
+    to: Option<i64>,
+    resolution: Option<String>,
+}
+
+async fn district_usage(
+    State(state): State<AppState>,
+    Path((tenant, district)): Path<(String, String)>,
+    Query(q): Query<UsageQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Vec<DistrictUsage>> {
+    let tenant = authorize(&state, &tenant, &headers)?.to_string();
+    let now = crate::clock::now_ms();
+    let to = q.to.unwrap_or(now);
+    let resolution = match q.resolution.as_deref().unwrap_or("hour") {
+        "hour" => Resolution::Hour,
+        "minute" => Resolution::Minute,
+        other => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("resolution {other:?}: use hour or minute"),
+            ));
+        }
+    };
+    let from = q.from.unwrap_or(match resolution {
+        Resolution::Minute => to - 3_600_000,
+        _ => to - 86_400_000,
+    });
+    if from >= to {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("from ({from}) must be before to ({to})"),
+        ));
+    }
+    if resolution == Resolution::Minute && to - from > MAX_MINUTE_WINDOW_MS {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "minute rows are served for at most one day; use resolution=hour".into(),
+        ));
+    }
+    let (store, cache) = (state.store.clone(), state.cache.clone());
+    let rows = blocking(move || match resolution {
+        Resolution::Minute => cache
+            .district_usage(&tenant, &district, resolution, from, to)
+            .map_err(|e| e.to_string()),
+        _ => store
+            .district_hourly(&tenant, &district, from, to)
+            .map_err(|e| e.to_string()),
+    })
+    .await?;
+    Ok(Json(rows))
+}
+
+#[derive(Deserialize)]
+struct TopQuery {
+    day: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn top(
+    State(state): State<AppState>,
+    Path(tenant): Path<String>,
+    Query(q): Query<TopQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Vec<TopEntry>> {
+    let tenant = authorize(&state, &tenant, &headers)?;
+    let day = match q.day {
+        Some(day) => day,
+        None => local_today(&state, &tenant),
+    };
+    let limit = q.limit.unwrap_or(10).min(100);
+    let cache = state.cache.clone();
+    let id = tenant.to_string();
+    Ok(Json(
+        blocking(move || {
+            cache
+                .top_consumers(&id, &day, limit)
+                .map_err(|e| e.to_string())
+        })
+        .await?,
+    ))
+}
+
+/// Today in the tenant's time zone, `yyyy-mm-dd`.
+fn local_today(state: &AppState, tenant: &meterflow_model::TenantId) -> String {
+    let settings = state
+        .processing
+        .tenants
+        .get(tenant)
+        .unwrap_or(&state.processing.defaults);
+    meterflow_processors::calendar::LocalCalendar::for_zone_name(&settings.tariff.time_zone)
+        .map(|mut calendar| calendar.day(crate::clock::now_ms()).day_label())
+        .unwrap_or_else(|_| {
+            meterflow_model::time::day_string(meterflow_model::time::day_of(crate::clock::now_ms()))
+        })
+}
+
+#[derive(Deserialize)]
+struct AlertQuery {
+    state: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn alerts(
+    State(state): State<AppState>,
+    Path(tenant): Path<String>,
+    Query(q): Query<AlertQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Vec<AlertEvent>> {
+    let tenant = authorize(&state, &tenant, &headers)?.to_string();
+    let open_only = match q.state.as_deref().unwrap_or("open") {
+        "open" => true,
+        "all" => false,
+        other => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("state {other:?}: use open or all"),
+            ));
+        }
+    };
+    let limit = q.limit.unwrap_or(100).min(MAX_ALERTS);
+    let store = state.store.clone();
+    Ok(Json(
+        blocking(move || {
+            store
+                .alerts(&tenant, open_only, limit)
+                .map_err(|e| e.to_string())
+        })
+        .await?,
+    ))
+}
+
+async fn bill(
+    State(state): State<AppState>,
+    Path((tenant, period, meter)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<BillLine> {
+    let key = meter_key(&state, &tenant, &meter, &headers)?;
+    let valid_period = period.len() == 7
+        && period.as_bytes()[4] == b'-'
+        && period
+            .bytes()
+            .enumerate()
+            .all(|(i, b)| i == 4 || b.is_ascii_digit());
+    if !valid_period {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("period {period:?}: use yyyy-mm"),
+        ));
+    }
+    let store = state.store.clone();
+    let (t, p, m) = (
+        key.tenant.to_string(),
+        period.clone(),
+        key.meter.to_string(),
+    );
+    let found = blocking(move || store.bill(&t, &p, &m).map_err(|e| e.to_string())).await?;
+    found.map(Json).ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no bill for {tenant}/{meter} in {period} yet"),
+        )
+    })
 }

@@ -11,6 +11,9 @@
 //! undecodable message has none).
 
 use meterflow_model::Reject;
+use meterflow_model::alert::AlertKind;
+
+use crate::notifier::NotifierMetrics;
 use metrics::{
     Counter, Gauge, Histogram, counter, describe_counter, describe_gauge, describe_histogram,
     gauge, histogram,
@@ -35,6 +38,8 @@ pub const RECEIVED_TO_DURABLE_SECONDS: &str = "meterflow_publish_to_durable_seco
 pub const ACKS: &str = "meterflow_acks_published_total";
 pub const BROKER_SKIPPED: &str = "meterflow_broker_skipped_total";
 pub const SEQ_GAPS: &str = "meterflow_seq_gaps_total";
+pub const ALERTS: &str = "meterflow_alerts_total";
+pub const NOTIFICATIONS: &str = "meterflow_notifications_total";
 
 /// Latency buckets (seconds) from 1 ms to 10 s: acks are expected in tens of ms, and
 /// a store outage shows in the top buckets.
@@ -111,6 +116,14 @@ fn describe() {
         "Uplinks the broker skipped because the pipeline fell behind (rumqttd cursor jumps)."
     );
     describe_counter!(SEQ_GAPS, "Seq gaps given up on after the resend window.");
+    describe_counter!(
+        ALERTS,
+        "Alert episode events (opened, updated, cleared) by kind."
+    );
+    describe_counter!(
+        NOTIFICATIONS,
+        "Alert notifications by outcome: published (MQTT), dropped (queue full), webhook_failed."
+    );
 }
 
 /// Counters for one outcome, messages and readings together.
@@ -156,6 +169,8 @@ pub struct PipelineMetrics {
     pub acks: Counter,
     pub broker_skipped: Counter,
     pub seq_gaps: Counter,
+    alerts: Vec<Counter>,
+    pub notifications_dropped: Counter,
 }
 
 impl PipelineMetrics {
@@ -183,6 +198,11 @@ impl PipelineMetrics {
             acks: counter!(ACKS),
             broker_skipped: counter!(BROKER_SKIPPED),
             seq_gaps: counter!(SEQ_GAPS),
+            alerts: AlertKind::ALL
+                .iter()
+                .map(|k| counter!(ALERTS, "kind" => k.name()))
+                .collect(),
+            notifications_dropped: counter!(NOTIFICATIONS, "outcome" => "dropped"),
         }
     }
 
@@ -193,6 +213,24 @@ impl PipelineMetrics {
             .position(|r| *r == reason)
             .expect("ALL lists every reason");
         &self.dead_letter_reasons[index]
+    }
+
+    /// The per-kind alert counter.
+    pub fn alert(&self, kind: AlertKind) -> &Counter {
+        let index = AlertKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .expect("ALL lists every kind");
+        &self.alerts[index]
+    }
+
+    /// Counters of the notifier's outcomes.
+    pub fn notifier(&self) -> NotifierMetrics {
+        NotifierMetrics {
+            published: counter!(NOTIFICATIONS, "outcome" => "published"),
+            dropped: self.notifications_dropped.clone(),
+            webhook_failed: counter!(NOTIFICATIONS, "outcome" => "webhook_failed"),
+        }
     }
 
     /// The queue-depth gauge of one shard.

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use crossbeam_channel::{Sender, bounded};
 use meterflow_processors::ProcessorChain;
+use meterflow_processors::analytics::DistrictRollup;
 use tokio::net::TcpListener;
 use tracing::info;
 
@@ -20,6 +21,7 @@ use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::link_loop::{BrokerLink, Inbound};
 use crate::metrics::{self, PipelineMetrics};
+use crate::notifier::{ALERT_QUEUE, Notifier};
 use crate::shard::{ShardSettings, ShardWorker};
 use crate::sink::Sink;
 use crate::tenants::Tenants;
@@ -71,6 +73,7 @@ impl Service {
             batch_readings: p.batch_readings,
             linger: Duration::from_millis(p.linger_ms),
             resend_window_ms: (p.resend_window_s * 1000) as i64,
+            sweep_interval: Duration::from_secs(p.sweep_interval_s),
         };
         let stop_shards = Arc::new(AtomicBool::new(false));
         let mut shard_senders = Vec::with_capacity(shards);
@@ -85,17 +88,34 @@ impl Service {
                 sink_tx.clone(),
                 store.clone(),
                 tenants.clone(),
-                ProcessorChain::standard(),
+                ProcessorChain::for_tenants(config.processors.clone())
+                    .map_err(|e| anyhow::anyhow!("processors: {}", e.problems.join("; ")))?,
                 pipeline_metrics.clone(),
                 stop_shards.clone(),
             );
             shard_threads.push(worker.spawn()?);
         }
         drop(sink_tx);
+        let (alert_tx, alert_rx) = bounded(ALERT_QUEUE);
+        let webhooks = config
+            .effective_tenants()
+            .into_iter()
+            .filter_map(|t| Some((t.id.clone(), t.webhook_url.clone()?)))
+            .collect();
+        Notifier::new(
+            alert_rx,
+            &config.processors,
+            broker.alerts_tx,
+            webhooks,
+            pipeline_metrics.notifier(),
+        )
+        .spawn()?;
         let sink_thread = Sink {
             inbox: sink_rx,
             store: store.clone(),
             cache: CacheWriter::new(cache.clone(), pipeline_metrics.clone()),
+            rollup: DistrictRollup::new(shards),
+            alerts: alert_tx,
             acks: broker.link_tx,
             metrics: pipeline_metrics.clone(),
             store_healthy: store_healthy.clone(),
@@ -118,6 +138,7 @@ impl Service {
             prometheus,
             store_healthy,
             mqtt_listen: broker.listen,
+            processing: Arc::new(config.processors.clone()),
         });
         let http_task = tokio::spawn(async move {
             if let Err(e) = axum::serve(http_listener, app).await {

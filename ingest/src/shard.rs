@@ -59,6 +59,8 @@ pub struct ShardSettings {
     pub batch_readings: usize,
     pub linger: Duration,
     pub resend_window_ms: i64,
+    /// How often the processors' timer sweep runs.
+    pub sweep_interval: Duration,
 }
 
 pub struct ShardWorker {
@@ -76,6 +78,8 @@ pub struct ShardWorker {
     /// Meters whose seq window has an open gap, checked by the sweep.
     gapped: HashSet<MeterKey>,
     open: OpenBatch,
+    /// What the processors' timer sweep produced, sent with the next sealed batch.
+    swept: Outputs,
     sealed_count: u64,
     dead_letter_ids: u64,
     /// Set at shutdown: the worker seals what it holds and stops, even though the
@@ -170,6 +174,7 @@ impl ShardWorker {
             meters: HashMap::new(),
             gapped: HashSet::new(),
             open: OpenBatch::default(),
+            swept: Outputs::default(),
             sealed_count: 0,
             dead_letter_ids: 0,
             stop,
@@ -186,6 +191,7 @@ impl ShardWorker {
 
     fn run(mut self) {
         let mut next_sweep = Instant::now() + GAP_SWEEP_EVERY;
+        let mut next_timer_sweep = Instant::now() + self.settings.sweep_interval;
         loop {
             let deadline = match self.open.opened {
                 Some(opened) => (opened + self.settings.linger).min(next_sweep),
@@ -213,6 +219,10 @@ impl ShardWorker {
                 self.sweep_gaps();
                 next_sweep = now + GAP_SWEEP_EVERY;
                 self.queue_depth.set(self.inbox.len() as f64);
+            }
+            if now >= next_timer_sweep {
+                self.sweep_timers();
+                next_timer_sweep = now + self.settings.sweep_interval;
             }
             if self
                 .open
@@ -394,6 +404,21 @@ impl ShardWorker {
         }
     }
 
+    /// Runs the processors' timer rules over every meter of the shard (alerts that
+    /// fire on silence, bills that close, analytics windows that end). Meters whose
+    /// state changed join the open batch so the change is persisted.
+    fn sweep_timers(&mut self) {
+        let changed = self
+            .processors
+            .sweep(now_ms(), self.meters.iter_mut(), &mut self.swept);
+        for key in &changed {
+            self.open.meter(key);
+        }
+        if !changed.is_empty() || !self.swept.is_empty() {
+            self.open.opened.get_or_insert_with(Instant::now);
+        }
+    }
+
     fn dead_letter(&mut self, inbound: &Inbound, rejection: Rejection) {
         let Rejection {
             reason,
@@ -436,7 +461,7 @@ impl ShardWorker {
     /// Seals the open batch, runs the processors and hands it to the sink. Blocks
     /// while the sink queue is full: that is the pipeline's backpressure.
     fn seal(&mut self) {
-        if self.open.is_empty() {
+        if self.open.is_empty() && self.swept.is_empty() {
             self.open.opened = None;
             self.open.oldest = None;
             return;
@@ -454,7 +479,7 @@ impl ShardWorker {
             meters,
             dead_letters: open.dead_letters,
         };
-        let mut outputs = Outputs::default();
+        let mut outputs = std::mem::take(&mut self.swept);
         self.processors.process(&mut batch, &mut outputs);
         // Processors own every part of a meter's state but its seq window, which
         // they leave as it was at sealing — so the whole state is taken back.

@@ -22,9 +22,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
-use meterflow_model::{MeterKey, Outputs, SealedBatch, ack, topic};
-use meterflow_storage::ReadingStore;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use meterflow_model::alert::AlertEvent;
+use meterflow_model::{MeterKey, Outputs, Quality, SealedBatch, ack, topic};
+use meterflow_processors::analytics::DistrictRollup;
+use meterflow_storage::{ReadingStore, StoreError};
 use rumqttd::local::LinkTx;
 use tracing::{error, info, warn};
 
@@ -47,6 +49,10 @@ pub struct Sink {
     pub inbox: Receiver<SinkItem>,
     pub store: Arc<dyn ReadingStore>,
     pub cache: CacheWriter,
+    /// Merges the shards' analytics partials into district and tenant totals.
+    pub rollup: DistrictRollup,
+    /// Alert events on their way to the notifier (never waited on).
+    pub alerts: Sender<AlertEvent>,
     pub acks: LinkTx,
     pub metrics: PipelineMetrics,
     /// False while store writes are failing (for `/readyz`).
@@ -89,11 +95,20 @@ impl Sink {
     }
 
     fn commit(&mut self, group: Vec<SinkItem>) {
-        let (batches, outputs): (Vec<SealedBatch>, Vec<(Outputs, Option<Instant>)>) = group
-            .into_iter()
-            .map(|item| (item.batch, (item.outputs, item.oldest)))
-            .unzip();
-        self.write_durably(&batches);
+        let mut batches = Vec::with_capacity(group.len());
+        let mut outputs = Vec::with_capacity(group.len());
+        for mut item in group {
+            self.rollup
+                .absorb(item.batch.shard, item.batch.now_ms, &mut item.outputs);
+            outputs.push((item.outputs, item.oldest));
+            batches.push(item.batch);
+        }
+        self.write_durably("readings", |store| store.write(&batches));
+        for (out, _) in &outputs {
+            if has_durable_outputs(out) {
+                self.write_durably("derived outputs", |store| store.write_outputs(out));
+            }
+        }
         let durable_at = Instant::now();
         for (_, oldest) in &outputs {
             if let Some(oldest) = oldest {
@@ -105,17 +120,22 @@ impl Sink {
         self.count_stored(&batches);
         self.publish_acks(&batches);
         for (out, _) in outputs {
+            self.notify(&out);
             self.cache.apply(out);
         }
     }
 
-    /// Writes until the store accepts, backing off between attempts.
-    fn write_durably(&self, batches: &[SealedBatch]) {
+    /// Runs a store write until the store accepts it, backing off between attempts.
+    fn write_durably(
+        &self,
+        what: &str,
+        write: impl Fn(&dyn ReadingStore) -> Result<(), StoreError>,
+    ) {
         let mut delay = RETRY_FIRST;
         let mut attempt = 0u32;
         loop {
             let started = Instant::now();
-            match self.store.write(batches) {
+            match write(self.store.as_ref()) {
                 Ok(()) => {
                     self.metrics
                         .store_write_seconds
@@ -134,7 +154,7 @@ impl Sink {
                     self.store_healthy.store(false, Ordering::Relaxed);
                     self.record_breaker();
                     if attempt == 0 || attempt.is_power_of_two() {
-                        error!(error = %e, attempt, retryable = e.is_retryable(), "store write failed; holding acks and retrying");
+                        error!(what, error = %e, attempt, retryable = e.is_retryable(), "store write failed; holding acks and retrying");
                     }
                     attempt += 1;
                     thread::sleep(jittered(delay));
@@ -152,18 +172,32 @@ impl Sink {
         }
     }
 
+    /// Counts what meters sent and is now stored; estimated rows VEE added are not
+    /// readings anyone sent.
     fn count_stored(&self, batches: &[SealedBatch]) {
         let (messages, readings) =
             batches
                 .iter()
                 .flat_map(|b| &b.meters)
                 .fold((0u64, 0u64), |(m, r), meter| {
-                    (
-                        m + u64::from(meter.messages),
-                        r + meter.readings.len() as u64,
-                    )
+                    let sent = meter
+                        .readings
+                        .iter()
+                        .filter(|r| r.quality != Quality::Estimated)
+                        .count();
+                    (m + u64::from(meter.messages), r + sent as u64)
                 });
         self.metrics.stored.add(messages, readings);
+    }
+
+    /// Hands durable alert events to the notifier without waiting.
+    fn notify(&self, outputs: &Outputs) {
+        for event in &outputs.alerts {
+            self.metrics.alert(event.kind).increment(1);
+            if self.alerts.try_send(event.clone()).is_err() {
+                self.metrics.notifications_dropped.increment(1);
+            }
+        }
     }
 
     /// Publishes each touched meter's watermark once: the latest batch's state wins.
@@ -187,4 +221,15 @@ impl Sink {
 /// `delay` scaled by a factor in [0.5, 1.5), so meters' retries do not synchronise.
 fn jittered(delay: Duration) -> Duration {
     delay.mul_f64(rand::random_range(0.5..1.5))
+}
+
+/// Whether outputs hold anything the store keeps (bills, alert episodes, hourly
+/// district rows); meter views, minute/day rows and summaries are cache-only.
+fn has_durable_outputs(outputs: &Outputs) -> bool {
+    !outputs.bills.is_empty()
+        || !outputs.alerts.is_empty()
+        || outputs
+            .districts
+            .iter()
+            .any(|d| d.resolution == meterflow_model::analytics::Resolution::Hour)
 }

@@ -39,6 +39,23 @@ impl MeterView {
 }
 
 /// Everything processors emit for one sealed batch.
+/// A tenant's headline numbers, as the dashboard's summary shows them. Absolute
+/// values, computed where the shards' partials are merged (the sink's rollup).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantSummary {
+    pub tenant: String,
+    /// Local day (tenant time zone) the figures are for, `yyyy-mm-dd`.
+    pub day: String,
+    /// Litres used by the tenant's meters that day so far.
+    pub usage_today_l: u64,
+    /// Meters that reported that day.
+    pub meters_reporting: u64,
+    /// Alert episodes open now.
+    pub alerts_open: u64,
+    /// When the figures were computed, epoch ms (service clock).
+    pub updated_at: i64,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Outputs {
     /// One view per meter touched by the batch.
@@ -52,6 +69,8 @@ pub struct Outputs {
     pub districts: Vec<DistrictUsage>,
     /// Top-consumer lists flushed by analytics (per-shard partials as well).
     pub top: Vec<TopConsumers>,
+    /// Per-tenant headline numbers; filled by the sink's rollup, never by a shard.
+    pub summaries: Vec<TenantSummary>,
 }
 
 impl Outputs {
@@ -61,6 +80,7 @@ impl Outputs {
         self.alerts.clear();
         self.districts.clear();
         self.top.clear();
+        self.summaries.clear();
     }
 
     pub fn is_empty(&self) -> bool {
@@ -69,5 +89,6 @@ impl Outputs {
             && self.alerts.is_empty()
             && self.districts.is_empty()
             && self.top.is_empty()
+            && self.summaries.is_empty()
     }
 }

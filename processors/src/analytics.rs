@@ -35,7 +35,10 @@ use std::sync::Arc;
 
 use meterflow_model::analytics::{MeterAnalyticsState, NIGHT_HOURS};
 use meterflow_model::processing::{AnalyticsSettings, DEFAULT_DISTRICT};
-use meterflow_model::{DistrictUsage, Outputs, Quality, Resolution, SealedBatch, TopConsumers};
+use meterflow_model::time::{day_of, day_string};
+use meterflow_model::{
+    DistrictUsage, Outputs, Quality, Resolution, SealedBatch, TenantSummary, TopConsumers,
+};
 
 use crate::Processor;
 use crate::calendar::{HOUR_MS, LocalCalendar, MINUTE_MS};
@@ -473,27 +476,60 @@ impl MeterFolder<'_> {
     }
 }
 
+/// How long after a window closes (stops taking rows, see the module doc) the rollup
+/// still keeps its shards' partials: shards' batch clocks differ a little and their
+/// last flushes of a window can reach the sink after another shard's later batches.
+/// An hour covers both many times over, and costs only an hour more of windows.
+pub const ROLLUP_FORGET_SLACK_MS: i64 = HOUR_MS;
+
+/// A district's newest merged day total: (usage_l, meters).
+type DayTotal = (u64, u64);
+
 /// Merges the district rows and top lists that shards flush: keeps each shard's
 /// latest partial per window and turns every row of a flush into the district's
-/// total over all shards. Run it where the shards' outputs meet (the sink), before
-/// writing absolute values to the cache.
+/// total over all shards, and adds each tenant's headline [`TenantSummary`]. Run it
+/// where the shards' outputs meet (the sink), before writing absolute values to the
+/// cache.
+///
+/// Memory: a window's partials are kept while a shard may still flush it (its
+/// retention, as in [`AnalyticsSettings`], plus [`ROLLUP_FORGET_SLACK_MS`]), then
+/// forgotten by [`absorb`](Self::absorb) itself. With the default settings that is
+/// about 3 h of minute windows, 3 days of hours and 4 days of days per district.
 pub struct DistrictRollup {
     shards: usize,
+    settings: AnalyticsSettings,
     rows: HashMap<(String, String, Resolution, i64), Vec<Option<DistrictUsage>>>,
     tops: HashMap<(String, i64), Vec<Option<TopConsumers>>>,
+    /// Merged day totals by tenant, day start and district: what summaries add up.
+    days: HashMap<String, BTreeMap<i64, HashMap<String, DayTotal>>>,
 }
 
 impl DistrictRollup {
+    /// A rollup for windows kept as long as [`AnalyticsSettings::default`] keeps them
+    /// open; use [`with_settings`](Self::with_settings) with the shards' settings.
     pub fn new(shards: usize) -> Self {
+        Self::with_settings(shards, &AnalyticsSettings::default())
+    }
+
+    /// A rollup of `shards` shards whose analytics run with `settings` (their
+    /// retentions decide how long partials must be kept).
+    pub fn with_settings(shards: usize, settings: &AnalyticsSettings) -> Self {
         Self {
             shards,
+            settings: settings.clone(),
             rows: HashMap::new(),
             tops: HashMap::new(),
+            days: HashMap::new(),
         }
     }
 
-    /// Replaces `out.districts` and `out.top`, flushed by `shard`, with totals.
-    pub fn absorb(&mut self, shard: usize, out: &mut Outputs) {
+    /// Replaces `out.districts` and `out.top`, flushed by `shard`, with totals; adds
+    /// to `out.summaries` one [`TenantSummary`] per tenant with a day row in `out`;
+    /// then forgets windows no shard can flush any more at `now_ms`.
+    ///
+    /// `now_ms` is the time of the batch the outputs came with (the service clock
+    /// shards run on): it stamps the summaries (`updated_at`) and drives forgetting.
+    pub fn absorb(&mut self, shard: usize, now_ms: i64, out: &mut Outputs) {
         for row in &mut out.districts {
             let key = (
                 row.tenant.clone(),
@@ -510,6 +546,14 @@ impl DistrictRollup {
                 DistrictUsage::new(&row.tenant, &row.district, row.resolution, row.start_ms);
             partials.iter().flatten().for_each(|p| total.merge(p));
             *row = total;
+            if row.resolution == Resolution::Day {
+                self.days
+                    .entry(row.tenant.clone())
+                    .or_default()
+                    .entry(row.start_ms)
+                    .or_default()
+                    .insert(row.district.clone(), (row.usage_l, row.meters));
+            }
         }
         for top in &mut out.top {
             let partials = self
@@ -524,12 +568,278 @@ impl DistrictRollup {
             partials.iter().flatten().for_each(|p| total.merge(p));
             *top = total;
         }
+        self.summarise(now_ms, out);
+        self.forget_closed(now_ms);
     }
 
-    /// Forgets windows that started before `start_ms` (call with the oldest window
-    /// start still open, e.g. now minus the day retention).
+    /// One summary per tenant with a day row in `out`: the tenant's newest day
+    /// (over every day the rollup holds, so a late row for yesterday does not turn
+    /// the headline back a day), summed over its districts.
+    fn summarise(&self, now_ms: i64, out: &mut Outputs) {
+        let mut tenants: Vec<&str> = out
+            .districts
+            .iter()
+            .filter(|row| row.resolution == Resolution::Day)
+            .map(|row| row.tenant.as_str())
+            .collect();
+        tenants.sort_unstable();
+        tenants.dedup();
+        let mut summaries = Vec::with_capacity(tenants.len());
+        for tenant in tenants {
+            let Some((&day_start, districts)) =
+                self.days.get(tenant).and_then(|days| days.last_key_value())
+            else {
+                continue;
+            };
+            let (usage, meters) = districts
+                .values()
+                .fold((0, 0), |(u, m), (du, dm)| (u + du, m + dm));
+            summaries.push(TenantSummary {
+                tenant: tenant.to_string(),
+                day: self.day_label(tenant, day_start),
+                usage_today_l: usage,
+                meters_reporting: meters,
+                alerts_open: 0,
+                updated_at: now_ms,
+            });
+        }
+        out.summaries.extend(summaries);
+    }
+
+    /// The local date (`yyyy-mm-dd`) of a tenant's day: the label shards gave the
+    /// day's top list (every day window comes with one). Without one, the UTC date
+    /// of the day's middle, which is the local date for UTC offsets within ±12 h.
+    fn day_label(&self, tenant: &str, day_start: i64) -> String {
+        self.tops
+            .get(&(tenant.to_string(), day_start))
+            .and_then(|partials| partials.iter().flatten().next())
+            .map(|top| top.day.clone())
+            .unwrap_or_else(|| day_string(day_of(day_start.saturating_add(DAY_MS / 2))))
+    }
+
+    /// Forgets the windows that closed at least [`ROLLUP_FORGET_SLACK_MS`] before
+    /// `now_ms`: no shard flushes them any more.
+    fn forget_closed(&mut self, now_ms: i64) {
+        let horizon = now_ms.saturating_sub(ROLLUP_FORGET_SLACK_MS);
+        let settings = &self.settings;
+        self.rows
+            .retain(|key, _| is_open(key.3, key.2, horizon, settings));
+        self.tops
+            .retain(|key, _| is_open(key.1, Resolution::Day, horizon, settings));
+        self.days.retain(|_, days| {
+            days.retain(|start, _| is_open(*start, Resolution::Day, horizon, settings));
+            !days.is_empty()
+        });
+    }
+
+    /// Forgets windows that started before `start_ms`, whatever their retention
+    /// (`absorb` already forgets closed windows by itself).
     pub fn forget_before(&mut self, start_ms: i64) {
         self.rows.retain(|key, _| key.3 >= start_ms);
         self.tops.retain(|key, _| key.1 >= start_ms);
+        self.days.retain(|_, days| {
+            days.retain(|start, _| *start >= start_ms);
+            !days.is_empty()
+        });
+    }
+
+    /// Windows (district rows and top lists) held, for tests and metrics.
+    pub fn windows_held(&self) -> usize {
+        self.rows.len() + self.tops.len()
+    }
+}
+
+#[cfg(test)]
+mod rollup_tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// 2025-01-15T00:00Z.
+    const MIDNIGHT: i64 = 1_736_899_200_000;
+
+    fn day_row(
+        tenant: &str,
+        district: &str,
+        start_ms: i64,
+        usage_l: u64,
+        meters: u64,
+    ) -> DistrictUsage {
+        DistrictUsage {
+            usage_l,
+            meters,
+            ..DistrictUsage::new(tenant, district, Resolution::Day, start_ms)
+        }
+    }
+
+    fn top(tenant: &str, day_start_ms: i64, day: &str) -> TopConsumers {
+        TopConsumers {
+            tenant: tenant.into(),
+            day: day.into(),
+            day_start_ms,
+            limit: 3,
+            entries: Vec::new(),
+        }
+    }
+
+    fn summaries(
+        rollup: &mut DistrictRollup,
+        shard: usize,
+        now_ms: i64,
+        out: &Outputs,
+    ) -> Vec<TenantSummary> {
+        let mut out = out.clone();
+        rollup.absorb(shard, now_ms, &mut out);
+        out.summaries
+    }
+
+    #[test]
+    fn summaries_add_up_the_newest_day_over_districts_and_shards() {
+        let mut rollup = DistrictRollup::new(2);
+        let shard0 = Outputs {
+            districts: vec![
+                day_row("acme", "north", MIDNIGHT, 100, 2),
+                day_row("acme", "south", MIDNIGHT, 10, 1),
+                DistrictUsage::new("acme", "north", Resolution::Minute, MIDNIGHT),
+            ],
+            top: vec![top("acme", MIDNIGHT, "2025-01-15")],
+            ..Outputs::default()
+        };
+        let got = summaries(&mut rollup, 0, MIDNIGHT + 5_000, &shard0);
+        assert_eq!(
+            got,
+            vec![TenantSummary {
+                tenant: "acme".into(),
+                day: "2025-01-15".into(),
+                usage_today_l: 110,
+                meters_reporting: 3,
+                alerts_open: 0,
+                updated_at: MIDNIGHT + 5_000,
+            }]
+        );
+        let shard1 = Outputs {
+            districts: vec![day_row("acme", "north", MIDNIGHT, 1, 1)],
+            ..Outputs::default()
+        };
+        let got = summaries(&mut rollup, 1, MIDNIGHT + 6_000, &shard1);
+        assert_eq!((got[0].usage_today_l, got[0].meters_reporting), (111, 4));
+        // A late row for the day before does not turn the headline back.
+        let late = Outputs {
+            districts: vec![day_row("acme", "north", MIDNIGHT - DAY_MS, 7, 1)],
+            ..Outputs::default()
+        };
+        let got = summaries(&mut rollup, 1, MIDNIGHT + 7_000, &late);
+        assert_eq!(
+            (got[0].day.as_str(), got[0].usage_today_l),
+            ("2025-01-15", 111)
+        );
+        // No day row, no summary.
+        let minutes = Outputs {
+            districts: vec![DistrictUsage::new(
+                "acme",
+                "north",
+                Resolution::Minute,
+                MIDNIGHT,
+            )],
+            ..Outputs::default()
+        };
+        assert!(summaries(&mut rollup, 0, MIDNIGHT + 8_000, &minutes).is_empty());
+    }
+
+    #[test]
+    fn a_day_without_a_top_list_is_labelled_by_its_middle() {
+        let mut rollup = DistrictRollup::new(1);
+        // Local midnight of 2025-01-15 in UTC+10 is 14:00 UTC on the 14th.
+        let start = MIDNIGHT - 10 * HOUR_MS;
+        let out = Outputs {
+            districts: vec![day_row("acme", "north", start, 1, 1)],
+            ..Outputs::default()
+        };
+        assert_eq!(
+            summaries(&mut rollup, 0, MIDNIGHT, &out)[0].day,
+            "2025-01-15"
+        );
+    }
+
+    #[test]
+    fn closed_windows_are_forgotten_and_open_ones_kept() {
+        let mut rollup = DistrictRollup::new(1);
+        let out = Outputs {
+            districts: vec![
+                DistrictUsage::new("acme", "north", Resolution::Minute, MIDNIGHT),
+                DistrictUsage::new("acme", "north", Resolution::Hour, MIDNIGHT),
+                day_row("acme", "north", MIDNIGHT, 1, 1),
+            ],
+            top: vec![top("acme", MIDNIGHT, "2025-01-15")],
+            ..Outputs::default()
+        };
+        rollup.absorb(0, MIDNIGHT, &mut out.clone());
+        assert_eq!(rollup.windows_held(), 4);
+        let settings = AnalyticsSettings::default();
+        // The minute closes after a minute plus its retention; plus the slack.
+        let minute_gone =
+            MIDNIGHT + MINUTE_MS + settings.minute_retention_ms + ROLLUP_FORGET_SLACK_MS;
+        rollup.absorb(0, minute_gone - 1, &mut Outputs::default());
+        assert_eq!(rollup.windows_held(), 4);
+        rollup.absorb(0, minute_gone, &mut Outputs::default());
+        assert_eq!(rollup.windows_held(), 3);
+        let all_gone =
+            MIDNIGHT + DAY_MS + HOUR_MS + settings.day_retention_ms + ROLLUP_FORGET_SLACK_MS;
+        rollup.absorb(0, all_gone, &mut Outputs::default());
+        assert_eq!(rollup.windows_held(), 0);
+        assert!(rollup.days.is_empty());
+        // `forget_before` still forgets by start.
+        rollup.absorb(0, MIDNIGHT, &mut out.clone());
+        rollup.forget_before(MIDNIGHT + 1);
+        assert_eq!(rollup.windows_held(), 0);
+        assert!(rollup.days.is_empty());
+    }
+
+    /// (shard, district, day, usage, meters) partials.
+    fn partials_strategy() -> impl Strategy<Value = Vec<(usize, usize, i64, u64, u64)>> {
+        proptest::collection::vec(
+            (0usize..3, 0usize..3, 0i64..2, 0u64..1_000, 0u64..50),
+            1..20,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// After every shard's outputs are absorbed, in any order and with replays,
+        /// the summary is the newest day's total over districts and shards (each
+        /// shard's latest partial of a window counts once).
+        #[test]
+        fn summaries_are_order_free_and_replay_safe(
+            partials in partials_strategy(),
+            order in Just((0..3usize).collect::<Vec<_>>()).prop_shuffle(),
+            replay in 0usize..3,
+        ) {
+            let mut latest: HashMap<(usize, usize, i64), (u64, u64)> = HashMap::new();
+            let mut outs: Vec<Outputs> = vec![Outputs::default(); 3];
+            for &(shard, district, day, usage, meters) in &partials {
+                latest.insert((shard, district, day), (usage, meters));
+                let start = MIDNIGHT + day * DAY_MS;
+                outs[shard].districts.push(day_row("acme", &format!("d{district}"), start, usage, meters));
+                outs[shard].top.push(top("acme", start, &format!("2025-01-{}", 15 + day)));
+            }
+            let mut rollup = DistrictRollup::new(3);
+            let mut last = None;
+            for shard in order.iter().copied().chain([replay]) {
+                let got = summaries(&mut rollup, shard, MIDNIGHT, &outs[shard]);
+                if let Some(summary) = got.into_iter().next() {
+                    last = Some(summary);
+                }
+            }
+            let newest = latest.keys().map(|k| k.2).max().unwrap();
+            let (usage, meters) = latest
+                .iter()
+                .filter(|(k, _)| k.2 == newest)
+                .fold((0, 0), |(u, m), (_, (du, dm))| (u + du, m + dm));
+            let summary = last.unwrap();
+            prop_assert_eq!(summary.usage_today_l, usage);
+            prop_assert_eq!(summary.meters_reporting, meters);
+            prop_assert_eq!(summary.day, format!("2025-01-{}", 15 + newest));
+        }
     }
 }

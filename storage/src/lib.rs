@@ -24,8 +24,11 @@ pub mod scylla;
 pub use error::{CacheError, StoreError};
 pub use resilience::BreakerState;
 
+use meterflow_model::alert::AlertEvent;
+use meterflow_model::analytics::{DistrictUsage, Resolution, TopEntry};
+use meterflow_model::billing::BillLine;
 use meterflow_model::{
-    DeadLetter, MeterKey, MeterState, MeterView, Outputs, SealedBatch, StoredReading,
+    DeadLetter, MeterKey, MeterState, MeterView, Outputs, SealedBatch, StoredReading, TenantSummary,
 };
 
 /// The durable tables.
@@ -52,6 +55,36 @@ pub trait ReadingStore: Send + Sync + 'static {
     /// `INVALID_TENANT`), newest first, at most `limit`.
     fn dead_letters(&self, tenant: &str, limit: usize) -> Result<Vec<DeadLetter>, StoreError>;
 
+    /// Persists what processors derived — bills (`bills`), alert episode events
+    /// (`alerts`) and hourly district rows (`district_hourly`; minute and day rows are
+    /// cache-only) — as idempotent upserts on their natural keys (DESIGN §5). Called
+    /// after the readings they derive from are durable; the same outputs twice leave
+    /// the same rows.
+    fn write_outputs(&self, outputs: &Outputs) -> Result<(), StoreError>;
+
+    /// The bill of one meter for one period (`yyyy-mm`).
+    fn bill(&self, tenant: &str, period: &str, meter: &str)
+    -> Result<Option<BillLine>, StoreError>;
+
+    /// A tenant's alert episodes, newest `opened_at` first, at most `limit`; with
+    /// `open_only`, only those whose latest event is not `cleared`. One entry per
+    /// episode: its latest event.
+    fn alerts(
+        &self,
+        tenant: &str,
+        open_only: bool,
+        limit: usize,
+    ) -> Result<Vec<AlertEvent>, StoreError>;
+
+    /// Hourly usage rows of a district with `from_ms <= start_ms < to_ms`, ascending.
+    fn district_hourly(
+        &self,
+        tenant: &str,
+        district: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<DistrictUsage>, StoreError>;
+
     /// Whether the store can take writes now (for `/readyz`).
     fn is_ready(&self) -> bool;
 
@@ -69,6 +102,34 @@ pub trait HotCache: Send + Sync + 'static {
 
     /// The cached view of one meter.
     fn meter(&self, key: &MeterKey) -> Result<Option<MeterView>, CacheError>;
+
+    /// A tenant's headline numbers (`mf:{t}:summary`).
+    fn summary(&self, tenant: &str) -> Result<Option<TenantSummary>, CacheError>;
+
+    /// Cached usage rows of a district at `resolution` (minute or hour) with
+    /// `from_ms <= start_ms < to_ms`, ascending.
+    fn district_usage(
+        &self,
+        tenant: &str,
+        district: &str,
+        resolution: Resolution,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<DistrictUsage>, CacheError>;
+
+    /// The top consumers of a tenant's local day (`yyyy-mm-dd`), largest first.
+    fn top_consumers(
+        &self,
+        tenant: &str,
+        day: &str,
+        limit: usize,
+    ) -> Result<Vec<TopEntry>, CacheError>;
+
+    /// A tenant's open alert episodes (`mf:{t}:alerts:open`), highest priority first.
+    fn open_alerts(&self, tenant: &str) -> Result<Vec<AlertEvent>, CacheError>;
+
+    /// The newest alert events of a tenant (`mf:{t}:alerts` stream), newest first.
+    fn recent_alerts(&self, tenant: &str, limit: usize) -> Result<Vec<AlertEvent>, CacheError>;
 
     /// The circuit breaker's state, for backends that have one (for metrics).
     fn breaker_state(&self) -> Option<BreakerState> {

@@ -6,7 +6,9 @@ mod backends;
 mod bad_input;
 mod crash;
 mod e2e;
+mod grafana;
 mod interop;
+mod processing;
 // The storage crate's helpers for real servers (reachability, unique names, the TCP
 // proxy that simulates outages), shared rather than copied.
 #[allow(dead_code)]

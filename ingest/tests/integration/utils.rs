@@ -311,3 +311,84 @@ pub(crate) fn tool(name: &str) -> PathBuf {
         panic!("{name} is not installed: run the README's test command (scripts/test), which installs mosquitto-clients")
     })
 }
+
+/// Publishes `uplinks` (JSON) for one meter over a real MQTT connection and waits
+/// until the ack for the last one arrives; returns every ack payload seen.
+pub(crate) async fn send_and_wait_for_ack(
+    mqtt: SocketAddr,
+    tenant: &str,
+    meter: &str,
+    uplinks: &[Uplink],
+) -> Vec<String> {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let mut options = MqttOptions::new(
+        format!("{tenant}.{meter}"),
+        mqtt.ip().to_string(),
+        mqtt.port(),
+    );
+    options.set_max_packet_size(256 * 1024, 256 * 1024);
+    let (client, mut events) = AsyncClient::new(options, uplinks.len() + 16);
+    client
+        .subscribe(format!("meters/{tenant}/{meter}/ack"), QoS::AtMostOnce)
+        .await
+        .unwrap();
+    for uplink in uplinks {
+        let payload = meterflow_model::codec::encode_json(uplink);
+        client
+            .publish(
+                format!("meters/{tenant}/{meter}/up"),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .await
+            .unwrap();
+    }
+    let last = uplinks.last().map_or(0, |u| u.seq);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut acks = Vec::new();
+    loop {
+        let event = tokio::time::timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            events.poll(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("no ack for {tenant}/{meter} seq {last}; acks so far {acks:?}"))
+        .expect("mqtt connection stays up");
+        if let Event::Incoming(Packet::Publish(p)) = event {
+            let ack = String::from_utf8_lossy(&p.payload).into_owned();
+            let seq = meterflow_model::ack::decode(&p.payload);
+            acks.push(ack);
+            if seq >= Some(last) {
+                let _ = client.disconnect().await;
+                return acks;
+            }
+        }
+    }
+}
+
+/// Hourly readings `first_ts, first_ts + 1 h, …` (`count` of them) with a constant
+/// flow of `lph` litres per hour from register `reg0`, in messages of `per_message`.
+pub(crate) fn hourly_uplinks(
+    first_seq: u64,
+    first_ts: i64,
+    reg0: u64,
+    lph: u64,
+    count: usize,
+    per_message: usize,
+) -> Vec<Uplink> {
+    let readings: Vec<meterflow_model::Reading> = (0..count)
+        .map(|i| meterflow_model::Reading {
+            ts: first_ts + i as i64 * 3_600_000,
+            reg: reg0 + lph * i as u64,
+            rev: 0,
+            flow: lph as u32,
+            temp: Some(120),
+        })
+        .collect();
+    readings
+        .chunks(per_message)
+        .enumerate()
+        .map(|(i, chunk)| Uplink::new(first_seq + i as u64, chunk.to_vec()))
+        .collect()
+}

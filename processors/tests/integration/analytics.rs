@@ -125,15 +125,15 @@ fn shard_rows_roll_up_into_district_totals() {
     };
     let mut out_a = Outputs::default();
     a.flush(MIDNIGHT + 2 * HOUR, &mut out_a);
-    rollup.absorb(0, &mut out_a);
+    rollup.absorb(0, MIDNIGHT + 2 * HOUR, &mut out_a);
     assert_eq!(total(&out_a), Some((30, 1)));
     let mut out_b = Outputs::default();
     b.flush(MIDNIGHT + 2 * HOUR, &mut out_b);
-    rollup.absorb(1, &mut out_b);
+    rollup.absorb(1, MIDNIGHT + 2 * HOUR, &mut out_b);
     assert_eq!(total(&out_b), Some((33, 2)));
     // A shard re-flushing its (absolute) partial does not double count.
     let mut again = out_a.clone();
-    rollup.absorb(0, &mut again);
+    rollup.absorb(0, MIDNIGHT + 2 * HOUR, &mut again);
     assert_eq!(total(&again), Some((33, 2)));
 }
 

@@ -7,11 +7,22 @@
 //! | `readings`     | tenant, `0x00`, meter, `0x00`, ts (8 bytes, [`ordered_ts`]) |
 //! | `meter_state`  | tenant, `0x00`, meter                                       |
 //! | `dead_letters` | tenant, `0x00`, received_at (8 bytes, [`ordered_ts`]), id (u64 BE) |
+//! | `bills`        | tenant, `0x00`, period (`yyyy-mm`), `0x00`, meter            |
+//! | `alerts`       | tenant, `0x00`, opened_at (8 bytes, [`ordered_ts`]), meter, `0x00`, kind name |
+//! | `district_hourly` | tenant, `0x00`, district, `0x00`, hour start (8 bytes, [`ordered_ts`]) |
 //!
 //! Invariant the layout relies on: ids never contain `0x00` (they match
 //! `[A-Za-z0-9_-]{1,64}`, and the dead-letter tenant may also be `INVALID_TENANT`,
 //! `~invalid`). So `tenant 0x00` is a prefix of no other tenant's keys, and
-//! `tenant 0x00 meter 0x00` of no other meter's.
+//! `tenant 0x00 meter 0x00` of no other meter's. Strings that are not validated ids
+//! (a bill's period, a district name from the tenant config) are checked with
+//! [`is_storable`] before a key is built from them: one containing `0x00` could
+//! collide with another key, so it is never stored (and never found).
+//!
+//! `alerts` has no day component: DESIGN §5 partitions alerts by the UTC day of
+//! `opened_at`, which `opened_at` itself orders the same way, so a reverse scan over
+//! `tenant 0x00` yields a tenant's episodes newest `opened_at` first, ties by meter
+//! then kind name, both descending (the ScyllaDB table clusters the same way).
 
 use meterflow_model::MeterKey;
 
@@ -75,6 +86,56 @@ pub(crate) fn dead_letters_prefix(tenant: &str) -> Vec<u8> {
     out
 }
 
+/// Whether a string can be a key component: it must not contain the separator.
+pub(crate) fn is_storable(part: &str) -> bool {
+    !part.as_bytes().contains(&SEPARATOR)
+}
+
+/// `tenant 0x00 period 0x00 meter` — the `bills` key of one meter's bill.
+pub(crate) fn bill_key(tenant: &str, period: &str, meter: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(tenant.len() + period.len() + meter.len() + 2);
+    for (i, part) in [tenant, period, meter].into_iter().enumerate() {
+        if i > 0 {
+            out.push(SEPARATOR);
+        }
+        out.extend_from_slice(part.as_bytes());
+    }
+    out
+}
+
+/// `tenant 0x00` — the prefix of every `alerts` key of one tenant.
+pub(crate) fn alerts_prefix(tenant: &str) -> Vec<u8> {
+    dead_letters_prefix(tenant)
+}
+
+/// `tenant 0x00 opened_at meter 0x00 kind` — the `alerts` key of one episode
+/// (`kind` is [`meterflow_model::alert::AlertKind::name`]).
+pub(crate) fn alert_key(tenant: &str, opened_at: i64, meter: &str, kind: &str) -> Vec<u8> {
+    let mut out = alerts_prefix(tenant);
+    out.reserve(U64_LEN + meter.len() + 1 + kind.len());
+    out.extend_from_slice(&ordered_ts(opened_at));
+    out.extend_from_slice(meter.as_bytes());
+    out.push(SEPARATOR);
+    out.extend_from_slice(kind.as_bytes());
+    out
+}
+
+/// `tenant 0x00 district 0x00` — the prefix of every `district_hourly` key of one
+/// district.
+pub(crate) fn district_hourly_prefix(tenant: &str, district: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(tenant.len() + district.len() + 2 + U64_LEN);
+    out.extend_from_slice(tenant.as_bytes());
+    out.push(SEPARATOR);
+    out.extend_from_slice(district.as_bytes());
+    out.push(SEPARATOR);
+    out
+}
+
+/// The `district_hourly` key of the hour starting at `start_ms`.
+pub(crate) fn district_hour_key(prefix: &[u8], start_ms: i64) -> Vec<u8> {
+    reading_key(prefix, start_ms)
+}
+
 /// The `dead_letters` key of one dead letter.
 pub(crate) fn dead_letter_key(tenant: &str, received_at: i64, id: u64) -> Vec<u8> {
     let mut out = dead_letters_prefix(tenant);
@@ -122,6 +183,31 @@ mod tests {
     }
 
     #[test]
+    fn output_key_layouts() {
+        assert_eq!(bill_key("t", "2025-11", "m1"), b"t\x002025-11\x00m1");
+        assert_eq!(
+            alert_key("t", 1, "m1", "leak"),
+            b"t\0\x80\0\0\0\0\0\0\x01m1\0leak"
+        );
+        assert!(alert_key("t", 1, "m", "leak").starts_with(&alerts_prefix("t")));
+        assert_eq!(
+            district_hour_key(&district_hourly_prefix("t", "north"), 0),
+            b"t\0north\0\x80\0\0\0\0\0\0\0"
+        );
+        assert!(is_storable("north-2"));
+        assert!(!is_storable("no\0rth"));
+    }
+
+    #[test]
+    fn one_district_prefix_matches_no_other_district() {
+        let short = district_hourly_prefix("t", "n");
+        let longer = district_hour_key(&district_hourly_prefix("t", "n-2"), 0);
+        assert!(!longer.starts_with(&short));
+        let other_tenant = district_hour_key(&district_hourly_prefix("t-2", "n"), 0);
+        assert!(!other_tenant.starts_with(&short));
+    }
+
+    #[test]
     fn short_keys_are_refused() {
         assert_eq!(reading_ts(b"short"), None);
         assert_eq!(dead_letter_received_at_and_id(b"too short"), None);
@@ -151,6 +237,25 @@ mod tests {
             let ka = dead_letter_key("t", a.0, a.1);
             let kb = dead_letter_key("t", b.0, b.1);
             prop_assert_eq!(a.cmp(&b), ka.cmp(&kb));
+        }
+
+        #[test]
+        fn alert_keys_sort_by_opened_at_then_meter_then_kind(
+            a in (any::<i64>(), "[a-z0-9-]{1,6}", "[a-z_]{1,8}"),
+            b in (any::<i64>(), "[a-z0-9-]{1,6}", "[a-z_]{1,8}"),
+        ) {
+            let ka = alert_key("t", a.0, &a.1, &a.2);
+            let kb = alert_key("t", b.0, &b.1, &b.2);
+            prop_assert_eq!(a.cmp(&b), ka.cmp(&kb));
+        }
+
+        #[test]
+        fn district_hour_keys_sort_by_start(a: i64, b: i64) {
+            let prefix = district_hourly_prefix("t", "north");
+            prop_assert_eq!(
+                a.cmp(&b),
+                district_hour_key(&prefix, a).cmp(&district_hour_key(&prefix, b))
+            );
         }
     }
 }

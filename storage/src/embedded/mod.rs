@@ -10,13 +10,19 @@
 //! | `readings`     | tenant `0x00` meter `0x00` ts*            | 50-byte fixed LE row, version byte first |
 //! | `meter_state`  | tenant `0x00` meter                       | `encode_record(&MeterState)`       |
 //! | `dead_letters` | tenant `0x00` received_at* id (u64 BE)    | version byte, then u32-length-prefixed topic, payload, reason code, correlation id |
+//! | `bills`        | tenant `0x00` period `0x00` meter         | `encode_record(&BillLine)`         |
+//! | `alerts`       | tenant `0x00` opened_at* meter `0x00` kind name | `encode_record(&AlertEvent)`, the episode's latest event |
+//! | `district_hourly` | tenant `0x00` district `0x00` hour start* | `encode_record(&DistrictUsage)`, hour rows only |
 //!
-//! The byte-level layouts are documented, and tested, in `keys.rs` and `rows.rs`.
+//! The byte-level layouts are documented, and tested, in `keys.rs` and `rows.rs`; the
+//! last three keyspaces, written by [`ReadingStore::write_outputs`], and their rules
+//! (one fsync per call, latest event per alert episode) in `outputs.rs`. A store
+//! created by an older build gains them, empty, when it is opened.
 //!
 //! Invariants:
 //! - **Durable means fsynced.** [`ReadingStore::write`] turns all given sealed batches
-//!   into ONE fjall write batch across the three keyspaces and commits it with
-//!   `PersistMode::SyncData`: the journal is written and `fdatasync`ed before `Ok` is
+//!   into ONE fjall write batch across `readings`, `meter_state` and `dead_letters`,
+//!   and commits it with `PersistMode::SyncData`: the journal is written and `fdatasync`ed before `Ok` is
 //!   returned, so an acknowledged write survives `kill -9` and power loss, and the
 //!   readings and the meter states that reflect them become visible (and recoverable)
 //!   together or not at all. Many sealed batches cost one fsync: that is the group
@@ -35,20 +41,25 @@
 //! and from then on [`ReadingStore::is_ready`] is false.
 
 mod keys;
+mod outputs;
 mod rows;
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use meterflow_model::alert::AlertEvent;
+use meterflow_model::analytics::DistrictUsage;
+use meterflow_model::billing::BillLine;
 use meterflow_model::codec::binary::{decode_record, encode_record};
-use meterflow_model::{DeadLetter, MeterKey, MeterState, SealedBatch, StoredReading};
+use meterflow_model::{DeadLetter, MeterKey, MeterState, Outputs, SealedBatch, StoredReading};
 
 use crate::{ReadingStore, StoreError};
 
 const MIB: u64 = 1024 * 1024;
 
-/// Block cache shared by the three keyspaces. The store is write-heavy: reads are
+/// Block cache shared by the keyspaces. The store is write-heavy: reads are
 /// dashboard range scans over recent readings (mostly still in memtables) and
 /// `meter_state` point reads when a meter is hydrated. 64 MiB keeps those hot
 /// without making the laptop default expensive (fjall suggests 20–25 % of RAM only
@@ -71,10 +82,26 @@ const METER_STATE_MEMTABLE_BYTES: u64 = 8 * MIB;
 /// rare in a healthy system.
 const DEAD_LETTERS_MEMTABLE_BYTES: u64 = 8 * MIB;
 
+/// Memtable of `bills`: one row of ~150 bytes per meter and period, rewritten at
+/// every output flush of a meter, so 8 MiB holds the running bills of ~50k meters
+/// between flushes.
+const BILLS_MEMTABLE_BYTES: u64 = 8 * MIB;
+
+/// Memtable of `alerts`: episodes are rare (a few per meter per year), rows a few
+/// hundred bytes.
+const ALERTS_MEMTABLE_BYTES: u64 = 4 * MIB;
+
+/// Memtable of `district_hourly`: one row of ~100 bytes to a few KiB (the sketch) per
+/// district and hour, rewritten while the hour is open.
+const DISTRICT_HOURLY_MEMTABLE_BYTES: u64 = 4 * MIB;
+
 /// Keyspace names; they are part of the on-disk format.
 const READINGS: &str = "readings";
 const METER_STATE: &str = "meter_state";
 const DEAD_LETTERS: &str = "dead_letters";
+const BILLS: &str = "bills";
+const ALERTS: &str = "alerts";
+const DISTRICT_HOURLY: &str = "district_hourly";
 
 /// Most rows preallocated for a read, whatever `limit` says.
 const MAX_PREALLOCATED_ROWS: usize = 1024;
@@ -91,6 +118,12 @@ pub struct EmbeddedStore {
     readings: Keyspace,
     meter_state: Keyspace,
     dead_letters: Keyspace,
+    bills: Keyspace,
+    alerts: Keyspace,
+    district_hourly: Keyspace,
+    /// Serialises [`ReadingStore::write_outputs`]: keeping the latest event of an
+    /// alert episode reads the stored one before writing (see `outputs.rs`).
+    outputs_writer: Mutex<()>,
     /// Set once fjall reports the database poisoned (a failed journal write or
     /// fsync): no later write can succeed without a restart.
     poisoned: AtomicBool,
@@ -116,6 +149,10 @@ impl EmbeddedStore {
             readings: keyspace(READINGS, READINGS_MEMTABLE_BYTES)?,
             meter_state: keyspace(METER_STATE, METER_STATE_MEMTABLE_BYTES)?,
             dead_letters: keyspace(DEAD_LETTERS, DEAD_LETTERS_MEMTABLE_BYTES)?,
+            bills: keyspace(BILLS, BILLS_MEMTABLE_BYTES)?,
+            alerts: keyspace(ALERTS, ALERTS_MEMTABLE_BYTES)?,
+            district_hourly: keyspace(DISTRICT_HOURLY, DISTRICT_HOURLY_MEMTABLE_BYTES)?,
+            outputs_writer: Mutex::new(()),
             dir: dir.to_path_buf(),
             db,
             poisoned: AtomicBool::new(false),
@@ -276,6 +313,41 @@ impl ReadingStore for EmbeddedStore {
             });
         }
         Ok(out)
+    }
+
+    /// Bills, alert episodes and hourly district rows in one fsynced batch; see
+    /// `outputs.rs`.
+    fn write_outputs(&self, outputs: &Outputs) -> Result<(), StoreError> {
+        self.store_outputs(outputs)
+    }
+
+    fn bill(
+        &self,
+        tenant: &str,
+        period: &str,
+        meter: &str,
+    ) -> Result<Option<BillLine>, StoreError> {
+        self.stored_bill(tenant, period, meter)
+    }
+
+    /// Newest `opened_at` first. A `tenant` that could not be stored has no alerts.
+    fn alerts(
+        &self,
+        tenant: &str,
+        open_only: bool,
+        limit: usize,
+    ) -> Result<Vec<AlertEvent>, StoreError> {
+        self.stored_alerts(tenant, open_only, limit)
+    }
+
+    fn district_hourly(
+        &self,
+        tenant: &str,
+        district: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<DistrictUsage>, StoreError> {
+        self.stored_district_hours(tenant, district, from_ms, to_ms)
     }
 
     /// True while open, until fjall reports the database poisoned.

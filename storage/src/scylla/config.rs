@@ -5,9 +5,8 @@
 //! Some settings only take effect when the schema is first created (replication,
 //! the readings table's default TTL and compaction window): migrations run once per
 //! keyspace. Changing them later needs an `ALTER KEYSPACE` / `ALTER TABLE` by hand
-//! (plus a repair after a replication change). `readings_ttl_days` and
-//! `dead_letters_ttl_days` are also bound on every insert, so new writes follow the
-//! current value.
+//! (plus a repair after a replication change). The `*_ttl_days` settings are also
+//! bound on every insert, so new writes follow the current value.
 
 use std::time::Duration;
 
@@ -86,6 +85,15 @@ pub struct ScyllaConfig {
     /// Days a dead letter is kept (default 30: long enough to notice, diagnose and
     /// fix a misbehaving meter fleet; they are diagnostics, not records).
     pub dead_letters_ttl_days: u32,
+    /// Days an alert episode is kept after its latest event (default 400: a year of
+    /// episode history for the utility's annual reports and for telling a recurring
+    /// leak from a new one, plus a month of slack). An episode still open is rewritten
+    /// at each update, which restarts its TTL.
+    pub alerts_ttl_days: u32,
+    /// Days an hourly district row is kept (default 400: year-on-year comparison of
+    /// district demand and night flow, like the readings it is derived from). Bills
+    /// have no TTL: they are records, deleted only by the utility's own retention.
+    pub district_hourly_ttl_days: u32,
     /// Statements in flight at once per store (default 32). Each is a single-partition
     /// write or read; at ~1 ms per statement on a LAN, 32 in flight allow ~30k
     /// statements/s, more than a 2-core node can apply, so the cluster stays the
@@ -117,6 +125,8 @@ impl Default for ScyllaConfig {
             password: None,
             readings_ttl_days: 400,
             dead_letters_ttl_days: 30,
+            alerts_ttl_days: 400,
+            district_hourly_ttl_days: 400,
             max_in_flight: 32,
             max_batch_rows: 100,
             request_timeout_ms: 5_000,
@@ -148,6 +158,8 @@ impl ScyllaConfig {
         for (name, days) in [
             ("readings_ttl_days", self.readings_ttl_days),
             ("dead_letters_ttl_days", self.dead_letters_ttl_days),
+            ("alerts_ttl_days", self.alerts_ttl_days),
+            ("district_hourly_ttl_days", self.district_hourly_ttl_days),
         ] {
             if !(1..=MAX_TTL_DAYS).contains(&days) {
                 problems.push(format!(
@@ -185,6 +197,14 @@ impl ScyllaConfig {
 
     pub(crate) fn dead_letters_ttl_secs(&self) -> i32 {
         ttl_secs(self.dead_letters_ttl_days)
+    }
+
+    pub(crate) fn alerts_ttl_secs(&self) -> i32 {
+        ttl_secs(self.alerts_ttl_days)
+    }
+
+    pub(crate) fn district_hourly_ttl_secs(&self) -> i32 {
+        ttl_secs(self.district_hourly_ttl_days)
     }
 
     pub(crate) fn request_timeout(&self) -> Duration {
@@ -251,6 +271,8 @@ mod tests {
     fn ttl_seconds() {
         let config = ScyllaConfig::default();
         assert_eq!(config.readings_ttl_secs(), 400 * 86_400);
+        assert_eq!(config.alerts_ttl_secs(), 400 * 86_400);
+        assert_eq!(config.district_hourly_ttl_secs(), 400 * 86_400);
         assert_eq!(ttl_secs(MAX_TTL_DAYS), 630_720_000);
     }
 }

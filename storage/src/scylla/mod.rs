@@ -25,7 +25,14 @@
 //!
 //! Write timestamps come from the driver's monotonic client-side generator, so a
 //! later `write` of a meter's state always wins over an earlier one, whichever
-//! coordinators applied them.
+//! coordinators applied them. (Alert episodes are the exception: their rows carry
+//! the event's own time, see `outputs`.)
+//!
+//! [`ScyllaStore::write_outputs`](ReadingStore::write_outputs) stores bills, alert
+//! episodes and hourly district rows the same way — grouped per partition, unlogged
+//! batches within one partition plus the `*_days` index upsert, idempotent prepared
+//! upserts, the same in-flight bound, retries and breaker; the `outputs` module has
+//! the details.
 //!
 //! A [`CircuitBreaker`] guards the whole store: each `write` or read is one operation;
 //! when `failure_threshold` of them in a row failed after retries, calls fail at once
@@ -40,6 +47,7 @@
 
 mod config;
 mod errors;
+mod outputs;
 pub mod schema;
 
 use std::collections::{BTreeMap, HashMap};
@@ -56,10 +64,13 @@ use ::scylla::statement::batch::{Batch, BatchType};
 use ::scylla::statement::prepared::PreparedStatement;
 use ::scylla::value::{CqlDate, CqlTimestamp};
 use futures_util::stream::{FuturesUnordered, StreamExt, TryStreamExt};
+use meterflow_model::alert::AlertEvent;
+use meterflow_model::analytics::DistrictUsage;
+use meterflow_model::billing::BillLine;
 use meterflow_model::codec::binary::{decode_record, encode_record};
 use meterflow_model::time::day_of;
 use meterflow_model::{
-    DeadLetter, MeterKey, MeterState, Quality, Reading, Reject, SealedBatch, StoredReading,
+    DeadLetter, MeterKey, MeterState, Outputs, Quality, Reading, Reject, SealedBatch, StoredReading,
 };
 use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
@@ -145,20 +156,28 @@ struct Statements {
     select_readings: PreparedStatement,
     select_dead_letter_days: PreparedStatement,
     select_dead_letters: PreparedStatement,
+    /// Those of `bills`, `alerts` and `district_hourly`.
+    outputs: outputs::OutputStatements,
+}
+
+/// Prepares one statement of the store. Every statement here is a pure upsert or a
+/// read on natural keys, so all are idempotent (the driver may retry or speculate).
+async fn prepare_statement(
+    session: &Session,
+    cql: String,
+) -> Result<PreparedStatement, StoreError> {
+    let mut statement = session
+        .prepare(cql.as_str())
+        .await
+        .map_err(|e| errors::prepare_error(&format!("preparing `{cql}` failed"), &e))?;
+    statement.set_is_idempotent(true);
+    statement.set_page_size(READ_PAGE_SIZE);
+    Ok(statement)
 }
 
 impl Statements {
     async fn prepare(session: &Session, ks: &str) -> Result<Self, StoreError> {
-        let prepare = |cql: String| async move {
-            let mut statement = session
-                .prepare(cql.as_str())
-                .await
-                .map_err(|e| errors::prepare_error(&format!("preparing `{cql}` failed"), &e))?;
-            // Every statement here is a pure upsert or a read on natural keys.
-            statement.set_is_idempotent(true);
-            statement.set_page_size(READ_PAGE_SIZE);
-            Ok::<_, StoreError>(statement)
-        };
+        let prepare = |cql: String| prepare_statement(session, cql);
         Ok(Self {
             insert_reading: prepare(format!(
                 "INSERT INTO {ks}.readings (tenant, meter, day, ts, reg, rev, flow, temp, \
@@ -208,6 +227,7 @@ impl Statements {
                  FROM {ks}.dead_letters WHERE tenant = ? AND day = ? LIMIT ?"
             ))
             .await?,
+            outputs: outputs::OutputStatements::prepare(session, ks).await?,
         })
     }
 }
@@ -357,6 +377,54 @@ impl ReadingStore for ScyllaStore {
             return Ok(Vec::new());
         }
         self.block_on(self.core.guarded(self.core.dead_letters(tenant, limit)))
+    }
+
+    fn write_outputs(&self, outputs: &Outputs) -> Result<(), StoreError> {
+        let plan = outputs::plan(outputs);
+        if plan.is_empty() {
+            return Ok(());
+        }
+        self.block_on(self.core.guarded(self.core.write_outputs(&plan)))
+    }
+
+    fn bill(
+        &self,
+        tenant: &str,
+        period: &str,
+        meter: &str,
+    ) -> Result<Option<BillLine>, StoreError> {
+        self.block_on(self.core.guarded(self.core.bill(tenant, period, meter)))
+    }
+
+    fn alerts(
+        &self,
+        tenant: &str,
+        open_only: bool,
+        limit: usize,
+    ) -> Result<Vec<AlertEvent>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.block_on(
+            self.core
+                .guarded(self.core.alerts(tenant, open_only, limit)),
+        )
+    }
+
+    fn district_hourly(
+        &self,
+        tenant: &str,
+        district: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<DistrictUsage>, StoreError> {
+        if from_ms >= to_ms {
+            return Ok(Vec::new());
+        }
+        self.block_on(
+            self.core
+                .guarded(self.core.district_hourly(tenant, district, from_ms, to_ms)),
+        )
     }
 
     fn is_ready(&self) -> bool {
@@ -728,13 +796,31 @@ impl Core {
         Ok(())
     }
 
-    /// Every row of a paged query, retried as a whole while transient.
+    /// Every row of a paged query (at most `limit`), retried as a whole while
+    /// transient.
     async fn select_all<R>(
         &self,
         what: &'static str,
         statement: &PreparedStatement,
         values: impl SerializeRow,
         limit: usize,
+    ) -> Result<Vec<R>, StoreError>
+    where
+        R: for<'f, 'm> ::scylla::deserialize::row::DeserializeRow<'f, 'm> + Send + 'static,
+    {
+        self.select_matching(what, statement, values, limit, |_| true)
+            .await
+    }
+
+    /// The first `limit` rows of a paged query that `keep` accepts, retried as a
+    /// whole while transient. Pages are fetched only until `limit` rows are kept.
+    async fn select_matching<R>(
+        &self,
+        what: &'static str,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+        limit: usize,
+        keep: impl Fn(&R) -> bool,
     ) -> Result<Vec<R>, StoreError>
     where
         R: for<'f, 'm> ::scylla::deserialize::row::DeserializeRow<'f, 'm> + Send + 'static,
@@ -752,7 +838,8 @@ impl Core {
             let mut out = Vec::new();
             while out.len() < limit {
                 match rows.try_next().await {
-                    Ok(Some(row)) => out.push(row),
+                    Ok(Some(row)) if keep(&row) => out.push(row),
+                    Ok(Some(_)) => {}
                     Ok(None) => break,
                     Err(e) => return Err(errors::next_row(what, &e)),
                 }

@@ -1,15 +1,20 @@
 //! The CQL schema of the ScyllaDB backend and its versioned migrations.
 //!
-//! Tables (DESIGN §5; the other logical tables arrive as later migrations):
+//! Tables (DESIGN §5; `meter_hourly` arrives as a later migration):
 //!
-//! | table | primary key | holds |
-//! |---|---|---|
-//! | `readings` | `((tenant, meter, day), ts)` | reg, rev, flow, temp, interval_l, quality, seq, received_at |
-//! | `reading_days` | `((tenant, meter), day)` | which days of a meter have readings |
-//! | `meter_state` | `((tenant, meter))` | state (record blob), last_seq, last_ts |
-//! | `dead_letters` | `((tenant, day), received_at, id)` newest first | topic, payload, reason, correlation_id |
-//! | `dead_letter_days` | `((tenant), day)` newest first | which days of a tenant have dead letters |
-//! | `schema_migrations` | `(version)` | name, applied_at |
+//! | table | primary key | holds | since |
+//! |---|---|---|---|
+//! | `readings` | `((tenant, meter, day), ts)` | reg, rev, flow, temp, interval_l, quality, seq, received_at | 1 |
+//! | `reading_days` | `((tenant, meter), day)` | which days of a meter have readings | 1 |
+//! | `meter_state` | `((tenant, meter))` | state (record blob), last_seq, last_ts | 1 |
+//! | `dead_letters` | `((tenant, day), received_at, id)` newest first | topic, payload, reason, correlation_id | 1 |
+//! | `dead_letter_days` | `((tenant), day)` newest first | which days of a tenant have dead letters | 1 |
+//! | `bills` | `((tenant, period), meter)` | currency, usage_l, tiers, fixed_cents, amount_cents, is_estimated, is_final | 2 |
+//! | `alerts` | `((tenant, day), opened_at, meter, kind)` newest first | priority, state, event_at, detail: the episode's latest event | 2 |
+//! | `alert_days` | `((tenant), day)` newest first | which days of a tenant have alert episodes | 2 |
+//! | `district_hourly` | `((tenant, district, day), hour)` | usage_l, meters, p50_l, p90_l, p99_l, sketch_zeros, sketch_bins, night_hour_l, night_flow_lph | 2 |
+//! | `district_hourly_days` | `((tenant, district), day)` | which days of a district have hourly rows | 2 |
+//! | `schema_migrations` | `(version)` | name, applied_at | — |
 //!
 //! Column encodings:
 //! - `day` is a CQL `date`: the UTC day of `ts` (readings) or `received_at` (dead
@@ -23,13 +28,31 @@
 //!   `MeterState`: versioned by its own first byte; `last_seq`/`last_ts` repeat what
 //!   an operator wants to query without decoding it.
 //! - `reason` is the dead-letter code ([`meterflow_model::Reject::code`]).
+//! - `bills`: `period` is the bill's `yyyy-mm`; money is minor units and volumes
+//!   litres, as `bigint` (same 64 bits as the model's u64); `tiers` is a frozen list of
+//!   `(usage_l, price_per_m3, amount_cents)` tuples in tier order (frozen: rewriting
+//!   it replaces one cell, without the range tombstone a non-frozen collection leaves).
+//!   No TTL: bills are records.
+//! - `alerts`: `day` is the UTC day of `opened_at`; `kind`, `priority` and `state` are
+//!   the model's snake_case names (`no_communication`, `critical`, `cleared`);
+//!   `event_at` is the latest event's `at`. Each row is written `USING TIMESTAMP`
+//!   `at` × 1000 + lifecycle step (opened 0, updated 1, cleared 2) in µs, so the
+//!   cluster itself keeps the latest event of an episode whatever order events arrive
+//!   in. TTL `alerts_ttl_days` (default 400), restarted by every event.
+//! - `district_hourly`: `day` is the UTC day of `hour`, the hour's start (a local hour
+//!   of the tenant; persisted rows are `Resolution::Hour` only); `sketch_zeros` and
+//!   `sketch_bins` (`(bucket, count)`, frozen) are the mergeable
+//!   `meter_hour_sketch`; `night_hour_l` is a tuple of the two night hours (null
+//!   components until known) and, with `night_flow_lph`, a day-row field that hour
+//!   rows carry as null. TTL `district_hourly_ttl_days` (default 400).
 //!
-//! The two `*_days` tables are indexes the read paths need: readings are partitioned
-//! by day and dead letters by tenant-day, so "readings of a meter between two instants"
-//! and "newest dead letters of a tenant" must know which day partitions exist. They
-//! are written with the rows they index (same TTL) and cost one small upsert per meter
-//! and day per write. Without them a read would probe every day of a range (up to the
-//! whole TTL), most of them empty.
+//! The `*_days` tables are indexes the read paths need: readings are partitioned by
+//! day, dead letters and alerts by tenant-day, district hours by district-day, so
+//! "readings of a meter between two instants", "newest dead letters (alerts) of a
+//! tenant" and "a district's hours between two instants" must know which day
+//! partitions exist. They are written with the rows they index (same TTL) and cost
+//! one small upsert per partition per write. Without them a read would probe every
+//! day of a range (up to the whole TTL), most of them empty.
 //!
 //! Portability: the DDL uses only what both ScyllaDB and Apache Cassandra 4/5 accept
 //! (`NetworkTopologyStrategy` with a `replication_factor` or a datacenter key, TWCS
@@ -94,11 +117,18 @@ impl Migration {
 }
 
 /// Every migration, in version order. Never edit one that has shipped: add another.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "readings, reading_days, meter_state, dead_letters, dead_letter_days",
-    statements: initial_tables,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "readings, reading_days, meter_state, dead_letters, dead_letter_days",
+        statements: initial_tables,
+    },
+    Migration {
+        version: 2,
+        name: "bills, alerts, alert_days, district_hourly, district_hourly_days",
+        statements: output_tables,
+    },
+];
 
 fn initial_tables(ks: &str, config: &ScyllaConfig) -> Vec<String> {
     let readings_ttl = config.readings_ttl_secs();
@@ -142,6 +172,56 @@ fn initial_tables(ks: &str, config: &ScyllaConfig) -> Vec<String> {
              PRIMARY KEY ((tenant), day)) \
              WITH CLUSTERING ORDER BY (day DESC) \
              AND default_time_to_live = {dead_letters_ttl}"
+        ),
+    ]
+}
+
+/// Migration 2: what processors derive (`ReadingStore::write_outputs`). Default
+/// compaction (size-tiered): these tables are small and their rows are rewritten
+/// while a period, episode or hour is open, which TWCS handles badly.
+fn output_tables(ks: &str, config: &ScyllaConfig) -> Vec<String> {
+    let alerts_ttl = config.alerts_ttl_secs();
+    let district_ttl = config.district_hourly_ttl_secs();
+    vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.bills (\
+             tenant text, period text, meter text, currency text, usage_l bigint, \
+             tiers frozen<list<frozen<tuple<bigint, bigint, bigint>>>>, \
+             fixed_cents bigint, amount_cents bigint, is_estimated boolean, is_final boolean, \
+             PRIMARY KEY ((tenant, period), meter)) \
+             WITH CLUSTERING ORDER BY (meter ASC)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.alerts (\
+             tenant text, day date, opened_at timestamp, meter text, kind text, \
+             priority text, state text, event_at timestamp, detail text, \
+             PRIMARY KEY ((tenant, day), opened_at, meter, kind)) \
+             WITH CLUSTERING ORDER BY (opened_at DESC, meter DESC, kind DESC) \
+             AND default_time_to_live = {alerts_ttl}"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.alert_days (\
+             tenant text, day date, \
+             PRIMARY KEY ((tenant), day)) \
+             WITH CLUSTERING ORDER BY (day DESC) \
+             AND default_time_to_live = {alerts_ttl}"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.district_hourly (\
+             tenant text, district text, day date, hour timestamp, \
+             usage_l bigint, meters bigint, p50_l bigint, p90_l bigint, p99_l bigint, \
+             sketch_zeros bigint, sketch_bins frozen<list<frozen<tuple<int, bigint>>>>, \
+             night_hour_l frozen<tuple<bigint, bigint>>, night_flow_lph bigint, \
+             PRIMARY KEY ((tenant, district, day), hour)) \
+             WITH CLUSTERING ORDER BY (hour ASC) \
+             AND default_time_to_live = {district_ttl}"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.district_hourly_days (\
+             tenant text, district text, day date, \
+             PRIMARY KEY ((tenant, district), day)) \
+             WITH CLUSTERING ORDER BY (day ASC) \
+             AND default_time_to_live = {district_ttl}"
         ),
     ]
 }
@@ -327,5 +407,35 @@ mod tests {
         assert!(readings.contains("TimeWindowCompactionStrategy"));
         assert!(readings.contains("'compaction_window_size': '14'"));
         assert!(readings.contains("default_time_to_live = 34560000"));
+    }
+
+    #[test]
+    fn output_tables_keep_bills_forever_and_the_rest_for_their_ttl() {
+        let config = ScyllaConfig {
+            alerts_ttl_days: 10,
+            district_hourly_ttl_days: 20,
+            ..ScyllaConfig::default()
+        };
+        let statements = MIGRATIONS[1].statements("ks", &config);
+        let table = |name: &str| {
+            statements
+                .iter()
+                .find(|s| s.contains(&format!("ks.{name} (")))
+                .unwrap_or_else(|| panic!("no {name} table"))
+        };
+        assert!(!table("bills").contains("time_to_live"));
+        assert!(table("alerts").contains("opened_at DESC, meter DESC, kind DESC"));
+        for name in ["alerts", "alert_days"] {
+            assert!(
+                table(name).contains("default_time_to_live = 864000"),
+                "{name}"
+            );
+        }
+        for name in ["district_hourly", "district_hourly_days"] {
+            assert!(
+                table(name).contains("default_time_to_live = 1728000"),
+                "{name}"
+            );
+        }
     }
 }

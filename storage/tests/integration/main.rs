@@ -1,9 +1,11 @@
 //! Integration tests of meterflow-storage: the embedded store against a model, across
 //! restarts and aborts, and its dead-letter and idempotency contracts.
 
+mod cache_contract;
 mod embedded_contract;
 mod embedded_durability;
 mod embedded_model;
+mod outputs_contract;
 mod redis;
 mod scylla;
 mod servers;

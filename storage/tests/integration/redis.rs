@@ -1,15 +1,24 @@
 //! `RedisCache` against a real Redis (`scripts/redis start`): the key and field
-//! contract, TTLs, idempotent applies, and the circuit breaker on a closed port. Each
-//! test uses its own key prefix and deletes its keys.
+//! contract of `docs/redis-keys.md` (every key, its type, fields and TTL), idempotent
+//! applies, alert bookkeeping, bills that never step back a period, the stream cap,
+//! and the circuit breaker on a closed port. The read contract shared with the
+//! in-process cache is in `cache_contract.rs`. Each test uses its own key prefix and
+//! deletes its keys.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use meterflow_model::alert::{AlertKind, EpisodeState};
+use meterflow_model::analytics::Resolution;
 use meterflow_model::{MeterView, Outputs, Quality};
 use meterflow_storage::HotCache;
 use meterflow_storage::redis_cache::{RedisCache, RedisConfig, fields};
 use meterflow_storage::resilience::{BreakerConfig, BreakerState, RetryConfig};
 use redis::Commands;
 
+use crate::cache_contract::{
+    DAY, HOUR, MIDNIGHT, MINUTE, alert, bill, district_row, full_outputs, summary,
+};
 use crate::servers::{self, Proxy};
 use crate::utils::meter_key;
 
@@ -35,14 +44,15 @@ fn config(prefix: &str) -> RedisConfig {
     }
 }
 
-/// Deletes the test's keys when dropped.
-struct Cleanup {
-    connection: redis::Connection,
+/// Deletes the test's keys when dropped; its connection serves the test's own
+/// commands.
+pub(crate) struct Cleanup {
+    pub(crate) connection: redis::Connection,
     prefix: String,
 }
 
 impl Cleanup {
-    fn new(url: &str, prefix: &str) -> Cleanup {
+    pub(crate) fn new(url: &str, prefix: &str) -> Cleanup {
         let connection = redis::Client::open(url)
             .and_then(|c| c.get_connection())
             .expect("plain Redis connection");
@@ -186,4 +196,502 @@ fn redis_breaker_opens_on_a_closed_port_and_closes_when_redis_appears() {
         cache.meter(&meter_key("acme", "M-1")).unwrap(),
         Some(view("acme", "M-1", 1, None))
     );
+}
+
+/// A cache on its own prefix, with its cleanup (and raw connection).
+fn cache_on(url: &str, test: &str, config: RedisConfig) -> (RedisCache, Cleanup, String) {
+    let prefix = servers::unique_name(test);
+    let cleanup = Cleanup::new(url, &prefix);
+    let cache = RedisCache::open(
+        url,
+        RedisConfig {
+            key_prefix: prefix.clone(),
+            ..config
+        },
+    )
+    .unwrap();
+    (cache, cleanup, prefix)
+}
+
+/// Every key under `prefix`, with its type.
+fn key_types(connection: &mut redis::Connection, prefix: &str) -> BTreeMap<String, String> {
+    let keys: Vec<String> = connection.keys(format!("{prefix}:*")).unwrap();
+    keys.into_iter()
+        .map(|key| {
+            let kind: String = redis::cmd("TYPE").arg(&key).query(connection).unwrap();
+            (key, kind)
+        })
+        .collect()
+}
+
+/// What a key holds, comparable: a hash's fields, a zset's members and scores, a
+/// stream's length.
+#[derive(Debug, PartialEq)]
+enum Content {
+    Hash(BTreeMap<String, String>),
+    Zset(Vec<(String, String)>),
+    StreamLen(usize),
+}
+
+fn contents(connection: &mut redis::Connection, prefix: &str) -> BTreeMap<String, Content> {
+    key_types(connection, prefix)
+        .into_iter()
+        .map(|(key, kind)| {
+            let content = match kind.as_str() {
+                "hash" => Content::Hash(connection.hgetall(&key).unwrap()),
+                "zset" => Content::Zset(connection.zrange_withscores(&key, 0, -1).unwrap()),
+                "stream" => {
+                    Content::StreamLen(redis::cmd("XLEN").arg(&key).query(connection).unwrap())
+                }
+                other => panic!("{key} has unexpected type {other}"),
+            };
+            (key, content)
+        })
+        .collect()
+}
+
+fn hash(connection: &mut redis::Connection, key: &str) -> HashMap<String, String> {
+    connection.hgetall(key).unwrap()
+}
+
+#[test]
+fn redis_apply_writes_every_key_with_its_fields_and_a_ttl() {
+    let Some(url) = servers::redis("redis_every_key") else {
+        return;
+    };
+    let (cache, mut raw, p) = cache_on(&url, "every_key", RedisConfig::default());
+    cache.apply(&full_outputs("acme")).unwrap();
+    let config = RedisConfig::default();
+
+    let t = format!("{p}:{{acme}}");
+    let expected: BTreeMap<String, (&str, u64)> = [
+        (format!("{t}:meter:m1"), ("hash", config.meter_ttl_secs)),
+        (format!("{t}:meter:m2"), ("hash", config.meter_ttl_secs)),
+        (
+            format!("{t}:district:north:min:202501150010"),
+            ("hash", config.district_minute_ttl_secs),
+        ),
+        (
+            format!("{t}:district:north:min:202501150011"),
+            ("hash", config.district_minute_ttl_secs),
+        ),
+        (
+            format!("{t}:district:north:min:202501150013"),
+            ("hash", config.district_minute_ttl_secs),
+        ),
+        (
+            format!("{t}:district:south:min:202501150010"),
+            ("hash", config.district_minute_ttl_secs),
+        ),
+        (
+            format!("{t}:district:north:hour:2025011500"),
+            ("hash", config.district_hour_ttl_secs),
+        ),
+        (
+            format!("{t}:district:north:day:20250115"),
+            ("hash", config.district_day_ttl_secs),
+        ),
+        (format!("{t}:top:20250115"), ("zset", config.top_ttl_secs)),
+        (format!("{t}:alerts"), ("stream", config.alerts_ttl_secs)),
+        (format!("{t}:alerts:open"), ("hash", config.alerts_ttl_secs)),
+        (format!("{t}:summary"), ("hash", config.summary_ttl_secs)),
+    ]
+    .into();
+    let found = key_types(&mut raw.connection, &p);
+    assert_eq!(
+        found.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>()
+    );
+    for (key, (kind, ttl_secs)) in &expected {
+        assert_eq!(found[key], *kind, "{key}");
+        let ttl: i64 = raw.connection.ttl(key).unwrap();
+        let ttl_secs = *ttl_secs as i64;
+        assert!(
+            ttl > ttl_secs - 60 && ttl <= ttl_secs,
+            "{key}: TTL {ttl}, want {ttl_secs}"
+        );
+        // Hash tag: the first {…} of every key is the tenant.
+        assert_eq!(
+            key.split_once('{')
+                .and_then(|(_, r)| r.split_once('}'))
+                .map(|(tag, _)| tag),
+            Some("acme")
+        );
+    }
+
+    let m1 = hash(&mut raw.connection, &format!("{t}:meter:m1"));
+    assert_eq!(m1.len(), 12, "{m1:?}");
+    for (field, value) in [
+        (fields::TODAY_L, "900"),
+        (fields::QUALITY, "actual"),
+        (fields::PERIOD, "2025-01"),
+        (fields::PERIOD_L, "5000"),
+        (fields::BILL_CENTS, "1550"),
+        (fields::ALERTS_OPEN, "2"),
+    ] {
+        assert_eq!(m1[field], value, "m1 {field}");
+    }
+    let m2 = hash(&mut raw.connection, &format!("{t}:meter:m2"));
+    assert_eq!(
+        (
+            m2[fields::ALERTS_OPEN].as_str(),
+            m2[fields::PERIOD_L].as_str()
+        ),
+        ("1", "700")
+    );
+
+    let minute = hash(
+        &mut raw.connection,
+        &format!("{t}:district:north:min:202501150010"),
+    );
+    let want: HashMap<String, String> = [
+        (
+            fields::district::START_MS,
+            (MIDNIGHT + 10 * MINUTE).to_string(),
+        ),
+        (fields::district::USAGE_L, "12".to_owned()),
+        (fields::district::METERS, "2".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    assert_eq!(minute, want);
+    let hour = hash(
+        &mut raw.connection,
+        &format!("{t}:district:north:hour:2025011500"),
+    );
+    assert_eq!(hour.len(), 6, "{hour:?}");
+    assert_eq!(hour[fields::district::P50_L], "10");
+    let day = hash(
+        &mut raw.connection,
+        &format!("{t}:district:north:day:20250115"),
+    );
+    assert_eq!(day.len(), 6, "{day:?}");
+    assert_eq!(
+        (
+            day[fields::district::USAGE_L].as_str(),
+            day[fields::district::NIGHT_02_L].as_str(),
+            day[fields::district::NIGHT_03_L].as_str(),
+            day[fields::district::NIGHT_FLOW_LPH].as_str()
+        ),
+        ("1850", "6", "4", "4")
+    );
+
+    let top: Vec<(String, u64)> = raw
+        .connection
+        .zrange_withscores(format!("{t}:top:20250115"), 0, -1)
+        .unwrap();
+    assert_eq!(
+        top,
+        vec![("m3".into(), 50), ("m1".into(), 900), ("m2".into(), 900)]
+    );
+
+    let open = hash(&mut raw.connection, &format!("{t}:alerts:open"));
+    let mut fields_open: Vec<_> = open.keys().cloned().collect();
+    fields_open.sort();
+    assert_eq!(fields_open, ["m1:burst", "m1:leak", "m2:low_battery"]);
+    assert_eq!(
+        open["m1:leak"],
+        format!(
+            "{{\"tenant\":\"acme\",\"meter\":\"m1\",\"kind\":\"leak\",\"priority\":\"high\",\
+             \"state\":\"opened\",\"opened_at\":{o},\"at\":{o},\"detail\":\"leak on m1: \\\"test\\\"\"}}",
+            o = MIDNIGHT + MINUTE
+        )
+    );
+
+    let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+        .arg(format!("{t}:alerts"))
+        .arg("-")
+        .arg("+")
+        .query(&mut raw.connection)
+        .unwrap();
+    assert_eq!(entries.len(), 5);
+    let first: Vec<&str> = entries[0].1.iter().map(String::as_str).collect();
+    let (opened, at) = (
+        (MIDNIGHT + MINUTE).to_string(),
+        (MIDNIGHT + MINUTE).to_string(),
+    );
+    assert_eq!(
+        first,
+        [
+            "meter",
+            "m1",
+            "kind",
+            "leak",
+            "priority",
+            "high",
+            "state",
+            "opened",
+            "opened_at",
+            &opened,
+            "at",
+            &at,
+            "detail",
+            "leak on m1: \"test\""
+        ]
+    );
+
+    let summary_hash = hash(&mut raw.connection, &format!("{t}:summary"));
+    let want: HashMap<String, String> = [
+        (fields::summary::DAY, "2025-01-15".to_owned()),
+        (fields::summary::USAGE_TODAY_L, "1850".to_owned()),
+        (fields::summary::METERS_REPORTING, "2".to_owned()),
+        (fields::summary::ALERTS_OPEN, "3".to_owned()),
+        (
+            fields::summary::UPDATED_AT,
+            (MIDNIGHT + 15 * MINUTE).to_string(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    assert_eq!(summary_hash, want);
+}
+
+#[test]
+fn redis_replaying_outputs_leaves_the_same_hashes_and_zsets_and_grows_the_stream() {
+    let Some(url) = servers::redis("redis_replay") else {
+        return;
+    };
+    let (cache, mut raw, p) = cache_on(&url, "replay", RedisConfig::default());
+    let outputs = full_outputs("acme");
+    cache.apply(&outputs).unwrap();
+    let before = contents(&mut raw.connection, &p);
+    cache.apply(&outputs).unwrap();
+    let mut after = contents(&mut raw.connection, &p);
+    let stream = format!("{p}:{{acme}}:alerts");
+    // The stream is an event log: the replay appended the same five steps again.
+    assert_eq!(before[&stream], Content::StreamLen(5));
+    assert_eq!(
+        after.insert(stream.clone(), Content::StreamLen(5)),
+        Some(Content::StreamLen(10))
+    );
+    assert_eq!(after, before);
+}
+
+#[test]
+fn redis_cleared_alerts_leave_alerts_open_and_every_count_follows() {
+    let Some(url) = servers::redis("redis_cleared") else {
+        return;
+    };
+    let (cache, mut raw, p) = cache_on(&url, "cleared", RedisConfig::default());
+    cache.apply(&full_outputs("acme")).unwrap();
+    let t = format!("{p}:{{acme}}");
+    let at = MIDNIGHT + HOUR;
+    cache
+        .apply(&Outputs {
+            alerts: vec![
+                alert("acme", "m1", AlertKind::Leak, EpisodeState::Cleared, at),
+                alert("acme", "m1", AlertKind::Burst, EpisodeState::Cleared, at),
+            ],
+            ..Outputs::default()
+        })
+        .unwrap();
+    let open = hash(&mut raw.connection, &format!("{t}:alerts:open"));
+    assert_eq!(open.keys().collect::<Vec<_>>(), ["m2:low_battery"]);
+    let m1_open: String = raw
+        .connection
+        .hget(format!("{t}:meter:m1"), fields::ALERTS_OPEN)
+        .unwrap();
+    assert_eq!(m1_open, "0");
+    let summary_open: String = raw
+        .connection
+        .hget(format!("{t}:summary"), fields::summary::ALERTS_OPEN)
+        .unwrap();
+    assert_eq!(summary_open, "1");
+
+    cache
+        .apply(&Outputs {
+            alerts: vec![alert(
+                "acme",
+                "m2",
+                AlertKind::LowBattery,
+                EpisodeState::Cleared,
+                at,
+            )],
+            ..Outputs::default()
+        })
+        .unwrap();
+    let exists: bool = raw.connection.exists(format!("{t}:alerts:open")).unwrap();
+    assert!(!exists, "an empty alerts:open hash is no key at all");
+    let m2_open: String = raw
+        .connection
+        .hget(format!("{t}:meter:m2"), fields::ALERTS_OPEN)
+        .unwrap();
+    assert_eq!(m2_open, "0");
+    assert_eq!(cache.summary("acme").unwrap().unwrap().alerts_open, 0);
+    assert!(cache.open_alerts("acme").unwrap().is_empty());
+    let stream_len: usize = redis::cmd("XLEN")
+        .arg(format!("{t}:alerts"))
+        .query(&mut raw.connection)
+        .unwrap();
+    assert_eq!(stream_len, 8);
+
+    // Alert steps alone never create a summary (no half-filled hash).
+    cache
+        .apply(&Outputs {
+            alerts: vec![alert(
+                "fresh",
+                "m1",
+                AlertKind::Leak,
+                EpisodeState::Opened,
+                at,
+            )],
+            ..Outputs::default()
+        })
+        .unwrap();
+    assert_eq!(cache.summary("fresh").unwrap(), None);
+    assert_eq!(cache.open_alerts("fresh").unwrap().len(), 1);
+}
+
+#[test]
+fn redis_bill_fields_never_step_back_a_period() {
+    let Some(url) = servers::redis("redis_bills") else {
+        return;
+    };
+    let (cache, mut raw, p) = cache_on(&url, "bills", RedisConfig::default());
+    cache.apply(&full_outputs("acme")).unwrap();
+    let key = format!("{p}:{{acme}}:meter:m1");
+    let bill_fields = |raw: &mut Cleanup| -> (String, String, String) {
+        let h = hash(&mut raw.connection, &key);
+        (
+            h[fields::PERIOD].clone(),
+            h[fields::PERIOD_L].clone(),
+            h[fields::BILL_CENTS].clone(),
+        )
+    };
+    assert_eq!(
+        bill_fields(&mut raw),
+        ("2025-01".into(), "5000".into(), "1550".into())
+    );
+    // Last month's final bill, sent alone after this month's: ignored here.
+    cache
+        .apply(&Outputs {
+            bills: vec![bill("acme", "m1", "2024-12", 9_100, true)],
+            ..Outputs::default()
+        })
+        .unwrap();
+    assert_eq!(bill_fields(&mut raw).0, "2025-01");
+    // The same period, grown, and then the next period replace it.
+    for (period, usage) in [("2025-01", 6_000), ("2025-02", 10)] {
+        cache
+            .apply(&Outputs {
+                bills: vec![bill("acme", "m1", period, usage, false)],
+                ..Outputs::default()
+            })
+            .unwrap();
+        assert_eq!(bill_fields(&mut raw).1, usage.to_string());
+    }
+    // A bill for a meter without a view yet: the hash holds the bill, with a TTL,
+    // and the meter has no view.
+    cache
+        .apply(&Outputs {
+            bills: vec![bill("acme", "m7", "2025-02", 1, false)],
+            ..Outputs::default()
+        })
+        .unwrap();
+    let ttl: i64 = raw
+        .connection
+        .ttl(format!("{p}:{{acme}}:meter:m7"))
+        .unwrap();
+    assert!(ttl > 0);
+    assert_eq!(cache.meter(&meter_key("acme", "m7")).unwrap(), None);
+}
+
+#[test]
+fn redis_alert_stream_is_capped_near_its_maxlen() {
+    let Some(url) = servers::redis("redis_stream_cap") else {
+        return;
+    };
+    let maxlen = 100;
+    let (cache, mut raw, p) = cache_on(
+        &url,
+        "stream_cap",
+        RedisConfig {
+            alerts_stream_maxlen: maxlen,
+            ..RedisConfig::default()
+        },
+    );
+    for batch in 0..10 {
+        let alerts = (0..100)
+            .map(|i| {
+                alert(
+                    "acme",
+                    "m1",
+                    AlertKind::Leak,
+                    EpisodeState::Updated,
+                    batch * 100 + i,
+                )
+            })
+            .collect();
+        cache
+            .apply(&Outputs {
+                alerts,
+                ..Outputs::default()
+            })
+            .unwrap();
+    }
+    let len: u64 = redis::cmd("XLEN")
+        .arg(format!("{p}:{{acme}}:alerts"))
+        .query(&mut raw.connection)
+        .unwrap();
+    // `MAXLEN ~` trims whole stream nodes (100 entries by default), never below.
+    assert!((maxlen..=3 * maxlen).contains(&len), "stream holds {len}");
+    let recent = cache.recent_alerts("acme", 3).unwrap();
+    assert_eq!(
+        recent.iter().map(|a| a.at).collect::<Vec<_>>(),
+        [999, 998, 997]
+    );
+}
+
+#[test]
+fn redis_district_keys_are_stamped_utc_hours_and_local_dates() {
+    let Some(url) = servers::redis("redis_stamps") else {
+        return;
+    };
+    let (cache, mut raw, p) = cache_on(&url, "stamps", RedisConfig::default());
+    // London: local 31 March 2025 starts at 23:00 UTC on the 30th. India: the local
+    // 10:00 hour starts at 04:30 UTC.
+    let march_30 = 1_743_292_800_000;
+    let london_day = march_30 + 23 * HOUR;
+    let india_hour = MIDNIGHT + 4 * HOUR + 30 * MINUTE;
+    cache
+        .apply(&Outputs {
+            districts: vec![
+                district_row("acme", "north", Resolution::Day, march_30, 1, 1),
+                district_row("acme", "north", Resolution::Day, london_day, 2, 1),
+                district_row("acme", "north", Resolution::Hour, india_hour, 3, 1),
+            ],
+            summaries: vec![summary("acme", 3, MIDNIGHT)],
+            ..Outputs::default()
+        })
+        .unwrap();
+    let t = format!("{p}:{{acme}}");
+    for key in [
+        format!("{t}:district:north:day:20250330"),
+        format!("{t}:district:north:day:20250331"),
+        format!("{t}:district:north:hour:2025011504"),
+    ] {
+        let exists: bool = raw.connection.exists(&key).unwrap();
+        assert!(exists, "{key}");
+    }
+    let days = cache
+        .district_usage(
+            "acme",
+            "north",
+            Resolution::Day,
+            march_30,
+            march_30 + 2 * DAY,
+        )
+        .unwrap();
+    assert_eq!(days.iter().map(|d| d.usage_l).collect::<Vec<_>>(), [1, 2]);
+    let hour = |from, to| {
+        cache
+            .district_usage("acme", "north", Resolution::Hour, from, to)
+            .unwrap()
+            .len()
+    };
+    assert_eq!(hour(india_hour, india_hour + HOUR), 1);
+    assert_eq!(hour(MIDNIGHT + 4 * HOUR, india_hour), 0);
+    assert_eq!(hour(MIDNIGHT + 4 * HOUR, MIDNIGHT + 5 * HOUR), 1);
 }

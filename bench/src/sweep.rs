@@ -1,0 +1,660 @@
+//! The throughput scenarios (`single`, `burst24`, `cassandra`): for each system
+//! (meterflow, then the Mosquitto peer) a closed-loop probe and an open-loop rate
+//! sweep, one fresh process per system.
+//!
+//! 1. **Closed loop** ("as fast as acks allow", window 8 per meter): the maximum
+//!    throughput, latency unbounded.
+//! 2. **Open-loop sweep**: offered rate `start × growth^k`, `start` a fraction of
+//!    meterflow's closed-loop rate, each step a bounded number of messages
+//!    (`rate × step_secs`) with a deadline, until a step is not sustainable
+//!    ([`crate::sustain`]); then one step at the geometric mean of the last good and
+//!    the first bad rate refines the answer. The peer runs the *same ladder* from the
+//!    same start (continuing higher if it can), so both systems have steps at equal
+//!    offered rates to compare latency at.
+//!
+//! Every step uses meters nobody has used before in that process (`first_meter`
+//! moves on), so meterflow sees new seqs, never duplicates of an earlier step. The
+//! per-meter window is sized so it never throttles an open-loop step (which would
+//! turn it closed-loop and hide latency: coordinated omission).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::loadgen::{self, SimFleet, SimSettings};
+use crate::procfs::{self, ProcSample, Sampler};
+use crate::prom::Scrape;
+use crate::sustain::{self, Criteria, StepFacts, Verdict};
+use crate::targets::{MeterflowOptions, Target, TargetKind};
+
+/// Sampling period of CPU and RSS.
+const SAMPLE_PERIOD: Duration = Duration::from_millis(250);
+/// How often `/metrics` is scraped during a step for queue depths.
+const SCRAPE_PERIOD: Duration = Duration::from_millis(500);
+/// Window of the closed-loop probe: the simulator's default, as in the baselines.
+const CLOSED_LOOP_WINDOW: usize = 8;
+/// Open-loop window: room for this many seconds of a meter's messages in flight, so
+/// the window never throttles a step whose latency is below the resend timeout.
+const OPEN_LOOP_WINDOW_SECONDS: f64 = 5.0;
+/// Resend timeout of the meters (the simulator's default).
+const ACK_TIMEOUT_MS: u64 = 5_000;
+/// Slack after a step's paced send phase before its deadline: a sustainable step
+/// finishes within a second of it; an unsustainable one is cut off here.
+const STEP_DEADLINE_SLACK_S: f64 = 10.0;
+/// Steps refused below this rate: a sweep that starts failing there has a broken
+/// service, not a low capacity.
+const MIN_RATE: f64 = 50.0;
+
+/// What a throughput scenario does.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct SweepSettings {
+    pub(crate) readings_per_message: usize,
+    pub(crate) meters: usize,
+    /// Messages per meter of the closed-loop probe.
+    pub(crate) closed_loop_messages_per_meter: u64,
+    /// Paced seconds of each open-loop step.
+    pub(crate) step_secs: f64,
+    /// First offered rate as a fraction of meterflow's closed-loop throughput.
+    pub(crate) start_fraction: f64,
+    pub(crate) growth: f64,
+    /// Most open-loop steps per system (refinement included).
+    pub(crate) max_steps: usize,
+    /// Simulator processes per step.
+    pub(crate) sim_procs: usize,
+    pub(crate) binary_payloads: bool,
+}
+
+/// One step's measurements.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct StepRecord {
+    /// `None` for the closed-loop probe.
+    pub(crate) offered_msgs_per_s: Option<f64>,
+    pub(crate) meters: usize,
+    pub(crate) messages: u64,
+    pub(crate) window: usize,
+    pub(crate) acked: u64,
+    pub(crate) unacked: u64,
+    pub(crate) resent: u64,
+    /// Open loop: [`sustain::achieved_rate`]; closed loop: the simulator's rate.
+    pub(crate) achieved_msgs_per_s: f64,
+    pub(crate) achieved_readings_per_s: f64,
+    /// Publish→ack latency at the meters (simulator HDR histogram; exact).
+    pub(crate) ack_ms: Latency,
+    /// meterflow's own received→durable histogram over the step (bucket-interpolated,
+    /// so coarse); the only p999 available (the simulator reports p50/p99/max).
+    pub(crate) service_ms: Option<ServiceLatency>,
+    /// The system's CPU over the send phase, % of one core (200 % = the machine).
+    pub(crate) cpu_pct: f64,
+    /// The simulator processes' CPU over their lifetime, % of one core.
+    pub(crate) generator_cpu_pct: f64,
+    pub(crate) rss_peak_mib: f64,
+    /// Largest summed shard-queue depth seen (meterflow).
+    pub(crate) queue_max: Option<f64>,
+    pub(crate) queue_growth: Option<f64>,
+    pub(crate) sink_growth: Option<f64>,
+    /// Skipped by the broker + shed by the pipeline (meterflow) or lost before the
+    /// acker (peer).
+    pub(crate) skipped: u64,
+    /// Messages meterflow counted as stored during the step.
+    pub(crate) stored: Option<u64>,
+    pub(crate) elapsed_s: f64,
+    pub(crate) connect_s: f64,
+    pub(crate) verdict: Option<Verdict>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Latency {
+    pub(crate) p50: f64,
+    pub(crate) p99: f64,
+    pub(crate) max: f64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ServiceLatency {
+    pub(crate) p50: f64,
+    pub(crate) p99: f64,
+    pub(crate) p999: f64,
+    pub(crate) mean: f64,
+}
+
+/// One system's sweep.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct TargetSweep {
+    pub(crate) target: String,
+    pub(crate) closed_loop: StepRecord,
+    pub(crate) steps: Vec<StepRecord>,
+    /// The highest sustainable open-loop step.
+    pub(crate) best: Option<StepRecord>,
+    /// Peak RSS of the whole run (`VmHWM`).
+    pub(crate) rss_hwm_mib: f64,
+    /// Bytes the store wrote (meterflow's data directory at the end).
+    pub(crate) data_bytes: u64,
+}
+
+/// Binaries and knobs shared by every scenario.
+#[derive(Clone, Debug)]
+pub(crate) struct Env {
+    pub(crate) meterflow: MeterflowOptions,
+    pub(crate) sim: PathBuf,
+    pub(crate) mosquitto: Option<PathBuf>,
+    /// Mosquitto with `set_tcp_nodelay true` (default: Nagle on, like rumqttd).
+    pub(crate) peer_nodelay: bool,
+    /// Where simulator logs go for this run.
+    pub(crate) log_dir: PathBuf,
+    pub(crate) criteria: Criteria,
+}
+
+/// The rates of a ladder: `start × growth^k`.
+pub(crate) fn ladder_rate(start: f64, growth: f64, k: usize) -> f64 {
+    start * growth.powi(i32::try_from(k).unwrap_or(i32::MAX))
+}
+
+/// Runs the closed-loop probe and the sweep on one fresh system. `start` is the
+/// ladder's first rate (`None`: derived from this system's closed-loop rate).
+pub(crate) fn sweep_target(
+    env: &Env,
+    kind: TargetKind,
+    settings: &SweepSettings,
+    start: Option<f64>,
+) -> anyhow::Result<TargetSweep> {
+    let mut target = match kind {
+        TargetKind::Meterflow => Target::start_meterflow(&env.meterflow)?,
+        TargetKind::Mosquitto => Target::start_mosquitto(
+            env.mosquitto
+                .as_deref()
+                .context("no mosquitto binary (pass --mosquitto PATH or --no-peer)")?,
+            env.peer_nodelay,
+        )?,
+    };
+    let sampler = Sampler::start(target.pid(), SAMPLE_PERIOD, None);
+    let name = kind.name();
+    let mut next_meter = 0usize;
+
+    let closed = SimSettings {
+        mqtt: target.mqtt,
+        meters: settings.meters,
+        first_meter: next_meter,
+        messages_per_meter: settings.closed_loop_messages_per_meter,
+        readings_per_message: settings.readings_per_message,
+        rate: None,
+        window: CLOSED_LOOP_WINDOW,
+        timeout_s: 60,
+        ack_timeout_ms: ACK_TIMEOUT_MS,
+        connect_concurrency: 64,
+        binary: settings.binary_payloads,
+    };
+    next_meter += settings.meters;
+    let closed_loop = run_step(env, &mut target, &sampler, &closed, settings.sim_procs)?;
+    println!(
+        "[{name}] closed loop: {}",
+        describe(&closed_loop, settings.readings_per_message)
+    );
+    let start = start.unwrap_or_else(|| {
+        (closed_loop.achieved_msgs_per_s * settings.start_fraction).max(MIN_RATE)
+    });
+
+    let mut steps: Vec<StepRecord> = Vec::new();
+    let mut best: Option<StepRecord> = None;
+    let mut k = 0usize;
+    let mut first_failure: Option<f64> = None;
+    let mut refined = false;
+    let mut descended = 0;
+    while steps.len() < settings.max_steps {
+        let rate = match (first_failure, &best) {
+            // Refine once between the last good and the first bad rate.
+            (Some(bad), Some(good)) if !refined => {
+                refined = true;
+                (bad * good.offered_msgs_per_s.unwrap_or(bad)).sqrt()
+            }
+            (Some(_), Some(_)) => break,
+            // Nothing sustainable yet: go down the ladder, a few times at most.
+            (Some(_), None) => {
+                if descended >= 3 {
+                    break;
+                }
+                descended += 1;
+                start / ladder_rate(1.0, settings.growth, descended)
+            }
+            (None, _) => {
+                k += 1;
+                ladder_rate(start, settings.growth, k - 1)
+            }
+        };
+        if rate < MIN_RATE {
+            break;
+        }
+        let messages = (rate * settings.step_secs).ceil() as u64;
+        let per_meter = messages.div_ceil(settings.meters as u64).max(1);
+        let window = ((rate / settings.meters as f64) * OPEN_LOOP_WINDOW_SECONDS).ceil() as usize;
+        let paced_s = (per_meter * settings.meters as u64) as f64 / rate;
+        let step = SimSettings {
+            first_meter: next_meter,
+            messages_per_meter: per_meter,
+            rate: Some(rate),
+            window: window.clamp(16, 4096),
+            timeout_s: (paced_s + STEP_DEADLINE_SLACK_S).ceil() as u64,
+            ..closed.clone()
+        };
+        next_meter += settings.meters;
+        let mut record = run_step(env, &mut target, &sampler, &step, settings.sim_procs)?;
+        let facts = StepFacts {
+            offered_msgs_per_s: rate,
+            achieved_msgs_per_s: record.achieved_msgs_per_s,
+            unacked: record.unacked,
+            ack_p99_ms: record.ack_ms.p99,
+            queue_growth: record.queue_growth,
+            sink_growth: record.sink_growth,
+            skipped: record.skipped,
+        };
+        let verdict = sustain::judge(&facts, &env.criteria);
+        println!(
+            "[{name}] step {:>2} offered {:>8.0} msg/s: {} → {}",
+            steps.len() + 1,
+            rate,
+            describe(&record, settings.readings_per_message),
+            if verdict.sustainable {
+                "sustainable".to_owned()
+            } else {
+                format!("NOT sustainable ({})", verdict.reasons.join("; "))
+            }
+        );
+        let sustainable = verdict.sustainable;
+        record.verdict = Some(verdict);
+        if sustainable {
+            if best
+                .as_ref()
+                .is_none_or(|b| b.offered_msgs_per_s < record.offered_msgs_per_s)
+            {
+                best = Some(record.clone());
+            }
+            if first_failure.is_some() && descended > 0 {
+                // Found the top on the way down.
+                steps.push(record);
+                break;
+            }
+        } else {
+            first_failure = Some(first_failure.map_or(rate, |f: f64| f.min(rate)));
+        }
+        steps.push(record);
+        if !target.alive() {
+            println!("[{name}] the process died; log:\n{}", target.log_tail(20));
+            break;
+        }
+    }
+    let rss_hwm_mib = procfs::memory_kib(target.pid()).map_or(0.0, |(_, hwm)| hwm as f64 / 1024.0);
+    sampler.finish();
+    let data_bytes = target.stop()?;
+    Ok(TargetSweep {
+        target: name.to_owned(),
+        closed_loop,
+        steps,
+        best,
+        rss_hwm_mib,
+        data_bytes,
+    })
+}
+
+/// One line about a step for the progress output.
+pub(crate) fn describe(step: &StepRecord, readings_per_message: usize) -> String {
+    let mut text = format!(
+        "{:.0} msg/s ({:.0} readings/s), ack ms p50 {:.1} p99 {:.1} max {:.1}, cpu {:.0}% (sim {:.0}%), rss {:.0} MiB",
+        step.achieved_msgs_per_s,
+        step.achieved_msgs_per_s * readings_per_message as f64,
+        step.ack_ms.p50,
+        step.ack_ms.p99,
+        step.ack_ms.max,
+        step.cpu_pct,
+        step.generator_cpu_pct,
+        step.rss_peak_mib
+    );
+    if let Some(queue) = step.queue_max {
+        text.push_str(&format!(", queue max {queue:.0}"));
+    }
+    if step.unacked > 0 || step.resent > 0 {
+        text.push_str(&format!(
+            ", unacked {} resent {}",
+            step.unacked, step.resent
+        ));
+    }
+    text
+}
+
+/// Counters read before and after a step.
+struct Counters {
+    skipped: f64,
+    stored: f64,
+    acker_gaps: u64,
+    scrape: Option<Scrape>,
+}
+
+fn counters(target: &Target) -> anyhow::Result<Counters> {
+    let scrape = target.scrape()?;
+    let (skipped, stored) = scrape.as_ref().map_or((0.0, 0.0), |s| {
+        (
+            s.sum("meterflow_broker_skipped_total", &[])
+                + s.sum("meterflow_messages_total", &[("outcome", "shed")]),
+            s.sum("meterflow_messages_total", &[("outcome", "stored")]),
+        )
+    });
+    let acker_gaps = target.acker.as_ref().map_or(0, |a| {
+        a.counters.gaps.load(std::sync::atomic::Ordering::Relaxed)
+    });
+    Ok(Counters {
+        skipped,
+        stored,
+        acker_gaps,
+        scrape,
+    })
+}
+
+/// Runs one simulator fleet against the target and measures it.
+fn run_step(
+    env: &Env,
+    target: &mut Target,
+    sampler: &Sampler,
+    settings: &SimSettings,
+    procs: usize,
+) -> anyhow::Result<StepRecord> {
+    let before = counters(target)?;
+    let spawned_at_s = sampler.now_s();
+    let mut fleet = SimFleet::spawn(&env.sim, &settings.split(procs), &env.log_dir)?;
+    let hard_deadline = Duration::from_secs(settings.timeout_s + 20);
+    let until = Instant::now() + hard_deadline;
+    let mut queue: Vec<(f64, f64)> = Vec::new();
+    let mut sink: Vec<(f64, f64)> = Vec::new();
+    while !fleet.finished() && Instant::now() < until {
+        fleet.poll_cpu();
+        if let Ok(Some(scrape)) = target.scrape() {
+            let t = sampler.now_s();
+            queue.push((t, scrape.sum("meterflow_shard_queue_depth", &[])));
+            sink.push((t, scrape.sum("meterflow_sink_queue_depth", &[])));
+        }
+        std::thread::sleep(SCRAPE_PERIOD);
+    }
+    let generator_cpu_s = fleet.cpu_seconds();
+    let lifetime_s = fleet.started.elapsed().as_secs_f64();
+    let reports = fleet.wait(Duration::from_secs(5))?;
+    let report = loadgen::merge(&reports);
+    // Let the last acks' batches settle before reading the counters.
+    std::thread::sleep(Duration::from_millis(300));
+    let after = counters(target)?;
+
+    let send_from = spawned_at_s + report.connect_s;
+    let send_to = send_from + report.elapsed_s;
+    let samples: Vec<ProcSample> = sampler.snapshot();
+    let (cpu_pct, _) = procfs::summarize(&samples, send_from, send_to);
+    let rss_peak_kib = samples
+        .iter()
+        .filter(|s| s.t_s >= spawned_at_s)
+        .map(|s| s.rss_kib)
+        .max()
+        .unwrap_or(0);
+    let observable = target.http.is_some();
+    let service_ms = match (&before.scrape, &after.scrape) {
+        (Some(b), Some(a)) => {
+            let name = "meterflow_publish_to_durable_seconds";
+            a.histogram(name).map(|h| {
+                let delta = h.since(b.histogram(name).as_ref());
+                let ms = |q: f64| delta.quantile(q).unwrap_or(0.0) * 1000.0;
+                ServiceLatency {
+                    p50: ms(0.5),
+                    p99: ms(0.99),
+                    p999: ms(0.999),
+                    mean: delta.mean().unwrap_or(0.0) * 1000.0,
+                }
+            })
+        }
+        _ => None,
+    };
+    let skipped = (after.skipped - before.skipped).max(0.0) as u64
+        + after.acker_gaps.saturating_sub(before.acker_gaps);
+    let achieved = match settings.rate {
+        Some(_) => {
+            sustain::achieved_rate(report.acked, report.elapsed_s, report.ack_latency_ms.p50)
+        }
+        None => report.msgs_per_s,
+    };
+    Ok(StepRecord {
+        offered_msgs_per_s: settings.rate,
+        meters: report.meters,
+        messages: report.messages,
+        window: settings.window,
+        acked: report.acked,
+        unacked: report.unacked,
+        resent: report.resent,
+        achieved_msgs_per_s: achieved,
+        achieved_readings_per_s: achieved * settings.readings_per_message as f64,
+        ack_ms: Latency {
+            p50: report.ack_latency_ms.p50,
+            p99: report.ack_latency_ms.p99,
+            max: report.ack_latency_ms.max,
+        },
+        service_ms,
+        cpu_pct,
+        generator_cpu_pct: if lifetime_s > 0.0 {
+            generator_cpu_s / lifetime_s * 100.0
+        } else {
+            0.0
+        },
+        rss_peak_mib: rss_peak_kib as f64 / 1024.0,
+        queue_max: observable.then(|| queue.iter().map(|q| q.1).fold(0.0, f64::max)),
+        queue_growth: if observable {
+            sustain::backlog_growth(&queue, send_from, send_to)
+        } else {
+            None
+        },
+        sink_growth: if observable {
+            sustain::backlog_growth(&sink, send_from, send_to)
+        } else {
+            None
+        },
+        skipped,
+        stored: observable.then(|| (after.stored - before.stored).max(0.0) as u64),
+        elapsed_s: report.elapsed_s,
+        connect_s: report.connect_s,
+        verdict: None,
+    })
+}
+
+/// meterflow, then (unless disabled) the peer on meterflow's ladder.
+pub(crate) fn run_scenario(
+    env: &Env,
+    settings: &SweepSettings,
+    with_peer: bool,
+) -> anyhow::Result<(TargetSweep, Option<TargetSweep>)> {
+    let meterflow = sweep_target(env, TargetKind::Meterflow, settings, None)?;
+    let start = meterflow
+        .steps
+        .first()
+        .and_then(|s| s.offered_msgs_per_s)
+        .unwrap_or(MIN_RATE);
+    let peer = if with_peer {
+        // The peer's ladder starts where meterflow's did, so they share rates.
+        let peer_settings = SweepSettings {
+            max_steps: settings.max_steps + 2,
+            ..settings.clone()
+        };
+        Some(sweep_target(
+            env,
+            TargetKind::Mosquitto,
+            &peer_settings,
+            Some(start),
+        )?)
+    } else {
+        None
+    };
+    Ok((meterflow, peer))
+}
+
+/// meterflow ÷ peer.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Ratios {
+    /// Highest sustainable open-loop rate.
+    pub(crate) sustainable_msgs_per_s: Option<f64>,
+    /// Closed-loop throughput.
+    pub(crate) closed_loop_msgs_per_s: Option<f64>,
+    /// The highest offered rate both sustained, where latency is compared.
+    pub(crate) common_rate: Option<f64>,
+    pub(crate) ack_p50_at_common_rate: Option<f64>,
+    pub(crate) ack_p99_at_common_rate: Option<f64>,
+    /// CPU per message at the common rate (meterflow CPU % ÷ peer CPU %).
+    pub(crate) cpu_at_common_rate: Option<f64>,
+}
+
+fn ratio(a: f64, b: f64) -> Option<f64> {
+    (b > 0.0 && a.is_finite() && b.is_finite()).then(|| a / b)
+}
+
+/// Compares two sweeps (pure).
+pub(crate) fn ratios(meterflow: &TargetSweep, peer: &TargetSweep) -> Ratios {
+    let best = |s: &TargetSweep| s.best.as_ref().map(|b| b.achieved_msgs_per_s);
+    fn sustained(s: &TargetSweep, rate: f64) -> Option<&StepRecord> {
+        s.steps.iter().find(|step| {
+            step.offered_msgs_per_s
+                .is_some_and(|r| (r - rate).abs() <= rate * 1e-6)
+                && step.verdict.as_ref().is_some_and(|v| v.sustainable)
+        })
+    }
+    let common = meterflow
+        .steps
+        .iter()
+        .filter(|s| s.verdict.as_ref().is_some_and(|v| v.sustainable))
+        .filter_map(|s| s.offered_msgs_per_s)
+        .filter(|rate| sustained(peer, *rate).is_some())
+        .fold(None, |acc: Option<f64>, r| {
+            Some(acc.map_or(r, |a| a.max(r)))
+        });
+    let pair = common.and_then(|rate| Some((sustained(meterflow, rate)?, sustained(peer, rate)?)));
+    Ratios {
+        sustainable_msgs_per_s: best(meterflow)
+            .zip(best(peer))
+            .and_then(|(a, b)| ratio(a, b)),
+        closed_loop_msgs_per_s: ratio(
+            meterflow.closed_loop.achieved_msgs_per_s,
+            peer.closed_loop.achieved_msgs_per_s,
+        ),
+        common_rate: common,
+        ack_p50_at_common_rate: pair.and_then(|(m, p)| ratio(m.ack_ms.p50, p.ack_ms.p50)),
+        ack_p99_at_common_rate: pair.and_then(|(m, p)| ratio(m.ack_ms.p99, p.ack_ms.p99)),
+        cpu_at_common_rate: pair.and_then(|(m, p)| ratio(m.cpu_pct, p.cpu_pct)),
+    }
+}
+
+/// The SVG series of a sweep.
+pub(crate) fn series(sweep: &TargetSweep, color: &'static str) -> crate::svg::Series {
+    crate::svg::Series {
+        name: sweep.target.clone(),
+        color,
+        points: sweep
+            .steps
+            .iter()
+            .filter_map(|s| {
+                Some(crate::svg::Point {
+                    offered: s.offered_msgs_per_s?,
+                    achieved: s.achieved_msgs_per_s,
+                    p99_ms: s.ack_ms.p99,
+                    sustainable: s.verdict.as_ref().is_some_and(|v| v.sustainable),
+                })
+            })
+            .collect(),
+    }
+}
+
+/// Whether `meterflow --help` lists a flag (for features other engineers are adding).
+pub(crate) fn meterflow_has_flag(binary: &Path, flag: &str) -> bool {
+    std::process::Command::new(binary)
+        .args(["run", "--help"])
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).contains(flag))
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(rate: f64, achieved: f64, p50: f64, p99: f64, ok: bool) -> StepRecord {
+        StepRecord {
+            offered_msgs_per_s: Some(rate),
+            achieved_msgs_per_s: achieved,
+            ack_ms: Latency {
+                p50,
+                p99,
+                max: p99 * 2.0,
+            },
+            cpu_pct: 100.0,
+            verdict: Some(Verdict {
+                sustainable: ok,
+                reasons: Vec::new(),
+            }),
+            ..StepRecord::default()
+        }
+    }
+
+    #[test]
+    fn ratios_compare_at_the_highest_common_sustained_rate() {
+        let meterflow = TargetSweep {
+            target: "meterflow".into(),
+            closed_loop: StepRecord {
+                achieved_msgs_per_s: 30_000.0,
+                ..StepRecord::default()
+            },
+            steps: vec![
+                step(10_000.0, 10_000.0, 10.0, 40.0, true),
+                step(15_000.0, 15_000.0, 12.0, 60.0, true),
+                step(22_500.0, 18_000.0, 500.0, 3000.0, false),
+                step(18_371.0, 18_371.0, 20.0, 200.0, true),
+            ],
+            best: Some(step(18_371.0, 18_371.0, 20.0, 200.0, true)),
+            ..TargetSweep::default()
+        };
+        let peer = TargetSweep {
+            target: "mosquitto".into(),
+            closed_loop: StepRecord {
+                achieved_msgs_per_s: 60_000.0,
+                ..StepRecord::default()
+            },
+            steps: vec![
+                step(10_000.0, 10_000.0, 1.0, 4.0, true),
+                step(15_000.0, 15_000.0, 2.0, 6.0, true),
+                step(22_500.0, 22_500.0, 2.0, 8.0, true),
+                step(33_750.0, 33_750.0, 3.0, 10.0, true),
+                step(50_625.0, 40_000.0, 900.0, 2000.0, false),
+            ],
+            best: Some(step(33_750.0, 33_750.0, 3.0, 10.0, true)),
+            ..TargetSweep::default()
+        };
+        let r = ratios(&meterflow, &peer);
+        assert!((r.closed_loop_msgs_per_s.unwrap() - 0.5).abs() < 1e-9);
+        assert!((r.sustainable_msgs_per_s.unwrap() - 18_371.0 / 33_750.0).abs() < 1e-9);
+        // 18,371 is a refinement step the peer never ran: compare at 15,000.
+        assert_eq!(r.common_rate, Some(15_000.0));
+        assert!((r.ack_p50_at_common_rate.unwrap() - 6.0).abs() < 1e-9);
+        assert!((r.ack_p99_at_common_rate.unwrap() - 10.0).abs() < 1e-9);
+        assert_eq!(r.cpu_at_common_rate, Some(1.0));
+
+        let empty = ratios(&TargetSweep::default(), &TargetSweep::default());
+        assert_eq!(empty, Ratios::default());
+    }
+
+    #[test]
+    fn ladder_grows_geometrically() {
+        assert_eq!(ladder_rate(1000.0, 1.5, 0), 1000.0);
+        assert!((ladder_rate(1000.0, 1.5, 3) - 3375.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn series_keeps_open_loop_steps_only() {
+        let sweep = TargetSweep {
+            target: "meterflow".into(),
+            closed_loop: StepRecord::default(),
+            steps: vec![step(1000.0, 990.0, 1.0, 5.0, true), StepRecord::default()],
+            ..TargetSweep::default()
+        };
+        let s = series(&sweep, "#000");
+        assert_eq!(s.points.len(), 1);
+        assert!(s.points[0].sustainable);
+    }
+}

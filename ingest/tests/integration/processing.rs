@@ -1,0 +1,276 @@
+//! What a utility's billing office, leak team and integrations see, through the whole
+//! pipeline: a household's hand-computed bill, a leak episode that opens once and
+//! clears, a burst delivered to Redis, MQTT and a webhook, and a silent meter caught
+//! by the timer sweep.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use meterflow_model::Uplink;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+use crate::server_support;
+use crate::utils::{Meterflow, free_addr, hourly_uplinks, send_and_wait_for_ack};
+
+const HOUR_MS: i64 = 3_600_000;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn start_with_config(dir: &std::path::Path, toml: &str, extra: &[&str]) -> Meterflow {
+    let config = dir.join("meterflow.toml");
+    std::fs::write(&config, toml).unwrap();
+    let mut args = vec!["--config", config.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    Meterflow::start_with(&dir.join("data"), free_addr(), free_addr(), &args)
+}
+
+/// Polls `f` until it returns `Some`, or fails after `within`.
+async fn eventually<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = f() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_household_month_gets_the_hand_computed_bill() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = start_with_config(dir.path(), "", &[]);
+    // October 2026 (UTC, the default tariff's zone), hourly, 15 L every hour: from
+    // 2026-10-01T00:00Z to 2026-11-01T00:00Z is 31 × 24 = 744 hours.
+    let october_start = 1_790_812_800_000; // 2026-10-01T00:00:00Z
+    let uplinks = hourly_uplinks(1, october_start, 50_000, 15, 745, 24);
+    send_and_wait_for_ack(service.mqtt, "demo", "house1", &uplinks).await;
+
+    // Usage 744 h × 15 L = 11,160 L = 11.16 m³. Default tariff: 8.00 fixed, 1.50/m³
+    // up to 10 m³, 2.50/m³ to 30 m³: 800 + 10 × 150 + 1.16 × 250 = 800 + 1500 + 290
+    // = 2590 cents.
+    let bill = eventually(Duration::from_secs(10), "the October bill", || {
+        let (status, body) = service.get("/api/v1/tenants/demo/bills/2026-10/house1");
+        (status == 200).then(|| serde_json::from_str::<serde_json::Value>(&body).unwrap())
+    })
+    .await;
+    assert_eq!(bill["usage_l"], 11_160, "{bill}");
+    assert_eq!(bill["fixed_cents"], 800);
+    assert_eq!(bill["amount_cents"], 2_590, "{bill}");
+    let tiers: u64 = bill["tiers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["amount_cents"].as_u64().unwrap())
+        .sum();
+    assert_eq!(tiers + 800, 2_590, "tiers add up to the total: {bill}");
+    assert_eq!(
+        bill["final"], true,
+        "October closed more than three days ago"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuous_flow_raises_one_leak_alert_that_clears_when_flow_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = start_with_config(dir.path(), "", &[]);
+    let start = (now_ms() / HOUR_MS - 40) * HOUR_MS;
+    // 30 hours of never-zero flow, then 6 hours of none.
+    let mut uplinks = hourly_uplinks(1, start, 10_000, 20, 30, 6);
+    uplinks.extend(hourly_uplinks(
+        6,
+        start + 30 * HOUR_MS,
+        10_000 + 20 * 29,
+        0,
+        6,
+        6,
+    ));
+    send_and_wait_for_ack(service.mqtt, "demo", "leaky", &uplinks).await;
+
+    let episodes = eventually(Duration::from_secs(10), "the leak episode", || {
+        let all = service.get_json("/api/v1/tenants/demo/alerts?state=all");
+        let leaks: Vec<_> = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["kind"] == "leak")
+            .cloned()
+            .collect();
+        (!leaks.is_empty() && leaks.iter().all(|a| a["state"] == "cleared")).then_some(leaks)
+    })
+    .await;
+    assert_eq!(episodes.len(), 1, "exactly one leak episode: {episodes:?}");
+    assert_eq!(episodes[0]["meter"], "leaky");
+    let open = service.get_json("/api/v1/tenants/demo/alerts?state=open");
+    assert!(
+        open.as_array().unwrap().iter().all(|a| a["kind"] != "leak"),
+        "cleared: {open}"
+    );
+}
+
+/// A one-request-at-a-time HTTP server that hands every POST body to the test.
+fn webhook_receiver() -> (String, mpsc::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_ok() {
+                let _ = tx.send(String::from_utf8_lossy(&body).into_owned());
+            }
+            let _ = reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (url, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_reaches_redis_mqtt_and_the_webhook_first() {
+    let test = "processing_burst";
+    let Some(redis) = server_support::redis(test) else {
+        return;
+    };
+    let prefix = server_support::unique_name("burst");
+    let (hook_url, hooks) = webhook_receiver();
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[cache.redis]\nkey_prefix = \"{prefix}\"\n\n[[tenants]]\nid = \"demo\"\nwebhook_url = \"{hook_url}\"\n"
+    );
+    let service = start_with_config(dir.path(), &toml, &["--cache", &redis]);
+
+    // An integration listening on the alert topic.
+    let options = MqttOptions::new(
+        "demo.integration",
+        service.mqtt.ip().to_string(),
+        service.mqtt.port(),
+    );
+    let (client, mut events) = AsyncClient::new(options, 16);
+    client
+        .subscribe("alerts/demo/main1", QoS::AtMostOnce)
+        .await
+        .unwrap();
+    let (alert_tx, mut alert_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(event) = events.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = event {
+                let _ = alert_tx.send(String::from_utf8_lossy(&p.payload).into_owned());
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A main breaks: 2,400 L/h for an hour in 15-minute reads (threshold 1,500 L/h
+    // for 30 minutes).
+    let start = now_ms() - 2 * HOUR_MS;
+    let readings: Vec<meterflow_model::Reading> = (0..5)
+        .map(|i| meterflow_model::Reading {
+            ts: start + i * 900_000,
+            reg: 1_000 + 600 * i as u64,
+            rev: 0,
+            flow: 2_400,
+            temp: Some(110),
+        })
+        .collect();
+    send_and_wait_for_ack(service.mqtt, "demo", "main1", &[Uplink::new(1, readings)]).await;
+
+    let on_mqtt = tokio::time::timeout(Duration::from_secs(15), alert_rx.recv())
+        .await
+        .expect("alert on MQTT")
+        .unwrap();
+    let on_mqtt: serde_json::Value = serde_json::from_str(&on_mqtt).unwrap();
+    assert_eq!(on_mqtt["kind"], "burst", "{on_mqtt}");
+    assert_eq!(
+        on_mqtt["priority"], "critical",
+        "burst goes first: {on_mqtt}"
+    );
+    let on_hook: serde_json::Value = serde_json::from_str(
+        &hooks
+            .recv_timeout(Duration::from_secs(15))
+            .expect("webhook delivery"),
+    )
+    .unwrap();
+    assert_eq!(on_hook["kind"], "burst");
+    assert_eq!(on_hook["meter"], "main1");
+
+    let mut redis_conn = redis::Client::open(redis.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let stream_key = format!("{prefix}:{{demo}}:alerts");
+    let entries: Vec<(String, Vec<(String, String)>)> =
+        eventually(Duration::from_secs(10), "the Redis stream entry", || {
+            let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                .arg(&stream_key)
+                .arg("-")
+                .arg("+")
+                .query(&mut redis_conn)
+                .ok()?;
+            let flat: Vec<(String, Vec<(String, String)>)> = entries
+                .ids
+                .into_iter()
+                .map(|id| {
+                    let fields = id
+                        .map
+                        .into_iter()
+                        .filter_map(|(k, v)| Some((k, redis::from_redis_value::<String>(v).ok()?)))
+                        .collect();
+                    (id.id, fields)
+                })
+                .collect();
+            (!flat.is_empty()).then_some(flat)
+        })
+        .await;
+    assert!(
+        entries
+            .iter()
+            .any(|(_, fields)| fields.iter().any(|(k, v)| k == "kind" && v == "burst")),
+        "burst in {stream_key}: {entries:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_meter_is_caught_by_the_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    // No-communication after 3 s instead of 72 h, swept every second.
+    let toml = "[pipeline]\nsweep_interval_s = 1\n\n[processors.defaults.alert_rules]\nno_communication_ms = 3000\n";
+    let service = start_with_config(dir.path(), toml, &[]);
+    let start = now_ms() - 3 * HOUR_MS;
+    send_and_wait_for_ack(
+        service.mqtt,
+        "demo",
+        "quiet1",
+        &hourly_uplinks(1, start, 100, 5, 3, 3),
+    )
+    .await;
+    let alert = eventually(Duration::from_secs(15), "no-communication", || {
+        let open = service.get_json("/api/v1/tenants/demo/alerts?state=open");
+        open.as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["kind"] == "no_communication" && a["meter"] == "quiet1")
+            .cloned()
+    })
+    .await;
+    assert_eq!(alert["state"], "opened", "{alert}");
+}

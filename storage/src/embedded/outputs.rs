@@ -1,0 +1,378 @@
+//! What processors derived, in the embedded store: the `bills`, `alerts` and
+//! `district_hourly` keyspaces behind [`ReadingStore::write_outputs`](crate::ReadingStore::write_outputs) and its three
+//! readers (keys in `keys.rs`):
+//!
+//! | keyspace          | key                                              | value                            |
+//! |-------------------|--------------------------------------------------|----------------------------------|
+//! | `bills`           | tenant `0x00` period `0x00` meter                | `encode_record(&BillLine)`       |
+//! | `alerts`          | tenant `0x00` opened_at* meter `0x00` kind name  | `encode_record(&AlertEvent)`: the episode's latest event |
+//! | `district_hourly` | tenant `0x00` district `0x00` hour start*        | `encode_record(&DistrictUsage)` (an `Hour` row) |
+//!
+//! (`*`: the i64 as big-endian u64 with the sign bit flipped, so byte order is time
+//! order.) Values are whole model records, [`encode_record`]-versioned; the key repeats
+//! what the reads scan by.
+//!
+//! Invariants:
+//! - **One fsync per call.** Everything one [`ReadingStore::write_outputs`](crate::ReadingStore::write_outputs) stores goes
+//!   into ONE fjall write batch over the three keyspaces, committed with
+//!   `PersistMode::SyncData`: all of it is durable when `Ok` returns, or none of it is
+//!   visible. Outputs with nothing durable (no bills, no alert events, no `Hour` district
+//!   rows — minute and day rows are cache-only) write nothing and sync nothing.
+//! - **Upserts on natural keys.** A bill line replaces the stored line of its
+//!   (tenant, period, meter), an hour row the stored row of its (tenant, district,
+//!   hour); within one call, the later occurrence wins. Writing the same outputs
+//!   twice leaves the same rows.
+//! - **One row per alert episode, holding its latest event.** An episode is
+//!   (tenant, meter, kind, opened_at). "Latest" is by event order — `at`, then the
+//!   lifecycle (opened < updated < cleared) for events at the same instant — not by
+//!   write order, so a replayed older event never reopens a cleared episode. Only an
+//!   event of exactly the same order replaces the stored one (the later write wins).
+//!   This is a read-modify-write; `outputs_writer` serialises it between callers.
+//! - **Unstorable ids are skipped.** A tenant, period, meter or district containing
+//!   `0x00` could collide with another key; such a row is dropped with a warning (ids
+//!   are validated upstream, so this is a bug guard), and readers asked for such an id
+//!   find nothing.
+
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+use std::sync::PoisonError;
+
+use fjall::PersistMode;
+use meterflow_model::Outputs;
+use meterflow_model::alert::{AlertEvent, EpisodeState};
+use meterflow_model::analytics::{DistrictUsage, Resolution};
+use meterflow_model::billing::BillLine;
+use meterflow_model::codec::binary::{decode_record, encode_record};
+
+use super::{
+    ALERTS, BILLS, DISTRICT_HOURLY, EmbeddedStore, MAX_PREALLOCATED_ROWS, keep_last_per_key, keys,
+};
+use crate::StoreError;
+
+/// Where an event stands in its episode: later events sort higher. `at` first; at the
+/// same instant, the lifecycle step (an episode opened and cleared by the same reading
+/// ends cleared). The ScyllaDB backend orders events the same way.
+fn event_order(event: &AlertEvent) -> (i64, u8) {
+    let step = match event.state {
+        EpisodeState::Opened => 0,
+        EpisodeState::Updated => 1,
+        EpisodeState::Cleared => 2,
+    };
+    (event.at, step)
+}
+
+/// Whether outputs hold anything this store keeps.
+fn has_durable_rows(outputs: &Outputs) -> bool {
+    !outputs.bills.is_empty()
+        || !outputs.alerts.is_empty()
+        || outputs
+            .districts
+            .iter()
+            .any(|row| row.resolution == Resolution::Hour)
+}
+
+impl EmbeddedStore {
+    /// [`ReadingStore::write_outputs`](crate::ReadingStore::write_outputs): see the module doc.
+    pub(super) fn store_outputs(&self, outputs: &Outputs) -> Result<(), StoreError> {
+        if !has_durable_rows(outputs) {
+            return Ok(());
+        }
+        let mut bills = Vec::with_capacity(outputs.bills.len());
+        for bill in &outputs.bills {
+            if !all_storable(&[&bill.tenant, &bill.period, &bill.meter]) {
+                tracing::warn!(
+                    tenant = bill.tenant.escape_debug().to_string(),
+                    meter = bill.meter.escape_debug().to_string(),
+                    "bill not stored: an id contains 0x00"
+                );
+                continue;
+            }
+            bills.push((
+                keys::bill_key(&bill.tenant, &bill.period, &bill.meter),
+                encode_record(bill),
+            ));
+        }
+        keep_last_per_key(&mut bills);
+
+        let mut hours = Vec::new();
+        for row in &outputs.districts {
+            if row.resolution != Resolution::Hour {
+                continue;
+            }
+            if !all_storable(&[&row.tenant, &row.district]) {
+                tracing::warn!(
+                    tenant = row.tenant.escape_debug().to_string(),
+                    district = row.district.escape_debug().to_string(),
+                    "district hour not stored: an id contains 0x00"
+                );
+                continue;
+            }
+            let prefix = keys::district_hourly_prefix(&row.tenant, &row.district);
+            hours.push((
+                keys::district_hour_key(&prefix, row.start_ms),
+                encode_record(row),
+            ));
+        }
+        keep_last_per_key(&mut hours);
+
+        // The latest event of each episode in this call; ties: the later one.
+        let mut episodes: BTreeMap<Vec<u8>, &AlertEvent> = BTreeMap::new();
+        for event in &outputs.alerts {
+            if !all_storable(&[&event.tenant, &event.meter]) {
+                tracing::warn!(
+                    tenant = event.tenant.escape_debug().to_string(),
+                    meter = event.meter.escape_debug().to_string(),
+                    "alert event not stored: an id contains 0x00"
+                );
+                continue;
+            }
+            let key = keys::alert_key(
+                &event.tenant,
+                event.opened_at,
+                &event.meter,
+                event.kind.name(),
+            );
+            match episodes.entry(key) {
+                Entry::Vacant(slot) => {
+                    slot.insert(event);
+                }
+                Entry::Occupied(mut slot) => {
+                    if event_order(event) >= event_order(slot.get()) {
+                        slot.insert(event);
+                    }
+                }
+            }
+        }
+
+        // Held from reading the stored episodes until the batch is committed, so two
+        // callers cannot both decide their event is the latest.
+        let _writer = self
+            .outputs_writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        for (key, event) in &episodes {
+            if let Some(stored) = self.stored_episode(key)?
+                && event_order(&stored) > event_order(event)
+            {
+                continue;
+            }
+            batch.insert(&self.alerts, key.as_slice(), encode_record(*event));
+        }
+        for (key, value) in &bills {
+            batch.insert(&self.bills, key.as_slice(), value.as_slice());
+        }
+        for (key, value) in &hours {
+            batch.insert(&self.district_hourly, key.as_slice(), value.as_slice());
+        }
+        batch
+            .commit()
+            .map_err(|e| self.fjall_error("writing bills, alerts and district hours", e))
+    }
+
+    /// The stored latest event of an episode. A row that does not decode is reported
+    /// and then treated as absent, so that the new event replaces it: refusing the
+    /// write would stall every later output behind one bad row.
+    fn stored_episode(&self, key: &[u8]) -> Result<Option<AlertEvent>, StoreError> {
+        let Some(value) = self
+            .alerts
+            .get(key)
+            .map_err(|e| self.fjall_error("reading an alert episode", e))?
+        else {
+            return Ok(None);
+        };
+        match decode_record(&value) {
+            Ok(event) => Ok(Some(event)),
+            Err(e) => {
+                tracing::warn!(
+                    key = %key.escape_ascii(),
+                    error = %e,
+                    "unreadable alert episode row is replaced by the new event"
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    /// [`ReadingStore::bill`](crate::ReadingStore::bill).
+    pub(super) fn stored_bill(
+        &self,
+        tenant: &str,
+        period: &str,
+        meter: &str,
+    ) -> Result<Option<BillLine>, StoreError> {
+        if !all_storable(&[tenant, period, meter]) {
+            return Ok(None);
+        }
+        let key = keys::bill_key(tenant, period, meter);
+        let Some(value) = self
+            .bills
+            .get(&key)
+            .map_err(|e| self.fjall_error("reading a bill", e))?
+        else {
+            return Ok(None);
+        };
+        decode_record(&value)
+            .map(Some)
+            .map_err(|e| self.corrupt_row(BILLS, &key, e))
+    }
+
+    /// [`ReadingStore::alerts`](crate::ReadingStore::alerts): a reverse scan over the tenant's episodes.
+    pub(super) fn stored_alerts(
+        &self,
+        tenant: &str,
+        open_only: bool,
+        limit: usize,
+    ) -> Result<Vec<AlertEvent>, StoreError> {
+        if limit == 0 || !keys::is_storable(tenant) {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::with_capacity(limit.min(MAX_PREALLOCATED_ROWS));
+        for entry in self.alerts.prefix(keys::alerts_prefix(tenant)).rev() {
+            let (key, value) = entry
+                .into_inner()
+                .map_err(|e| self.fjall_error("reading alerts", e))?;
+            let event: AlertEvent =
+                decode_record(&value).map_err(|e| self.corrupt_row(ALERTS, &key, e))?;
+            if open_only && event.state == EpisodeState::Cleared {
+                continue;
+            }
+            out.push(event);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`ReadingStore::district_hourly`](crate::ReadingStore::district_hourly): a range scan over the district's hours.
+    pub(super) fn stored_district_hours(
+        &self,
+        tenant: &str,
+        district: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<DistrictUsage>, StoreError> {
+        if from_ms >= to_ms || !all_storable(&[tenant, district]) {
+            return Ok(Vec::new());
+        }
+        let prefix = keys::district_hourly_prefix(tenant, district);
+        let range =
+            keys::district_hour_key(&prefix, from_ms)..keys::district_hour_key(&prefix, to_ms);
+        let mut out = Vec::new();
+        for entry in self.district_hourly.range(range) {
+            let (key, value) = entry
+                .into_inner()
+                .map_err(|e| self.fjall_error("reading district hours", e))?;
+            let row =
+                decode_record(&value).map_err(|e| self.corrupt_row(DISTRICT_HOURLY, &key, e))?;
+            out.push(row);
+        }
+        Ok(out)
+    }
+}
+
+fn all_storable(parts: &[&str]) -> bool {
+    parts.iter().all(|part| keys::is_storable(part))
+}
+
+#[cfg(test)]
+mod tests {
+    use meterflow_model::alert::{AlertKind, Priority};
+
+    use super::*;
+    use crate::ReadingStore;
+
+    fn event(state: EpisodeState, at: i64) -> AlertEvent {
+        AlertEvent {
+            tenant: "t".into(),
+            meter: "m".into(),
+            kind: AlertKind::Leak,
+            priority: Priority::High,
+            state,
+            opened_at: 0,
+            at,
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn events_order_by_time_then_lifecycle() {
+        let opened = event(EpisodeState::Opened, 5);
+        let updated = event(EpisodeState::Updated, 5);
+        let cleared = event(EpisodeState::Cleared, 5);
+        assert!(event_order(&opened) < event_order(&updated));
+        assert!(event_order(&updated) < event_order(&cleared));
+        assert!(event_order(&cleared) < event_order(&event(EpisodeState::Updated, 6)));
+    }
+
+    #[test]
+    fn only_hour_rows_bills_and_alerts_are_durable() {
+        let mut outputs = Outputs::default();
+        assert!(!has_durable_rows(&outputs));
+        outputs
+            .districts
+            .push(DistrictUsage::new("t", "d", Resolution::Minute, 0));
+        outputs
+            .districts
+            .push(DistrictUsage::new("t", "d", Resolution::Day, 0));
+        assert!(!has_durable_rows(&outputs));
+        outputs
+            .districts
+            .push(DistrictUsage::new("t", "d", Resolution::Hour, 0));
+        assert!(has_durable_rows(&outputs));
+        let alerts_only = Outputs {
+            alerts: vec![event(EpisodeState::Opened, 1)],
+            ..Outputs::default()
+        };
+        assert!(has_durable_rows(&alerts_only));
+    }
+
+    #[test]
+    fn a_replayed_older_event_does_not_reopen_an_episode() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let write = |events: Vec<AlertEvent>| {
+            store
+                .write_outputs(&Outputs {
+                    alerts: events,
+                    ..Outputs::default()
+                })
+                .unwrap()
+        };
+        write(vec![event(EpisodeState::Cleared, 9)]);
+        write(vec![
+            event(EpisodeState::Opened, 1),
+            event(EpisodeState::Updated, 5),
+        ]);
+        let stored = store.alerts("t", false, 10).unwrap();
+        assert_eq!(stored, [event(EpisodeState::Cleared, 9)]);
+        assert!(store.alerts("t", true, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn rows_with_unstorable_ids_are_skipped_and_never_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let mut row = DistrictUsage::new("t", "no\0rth", Resolution::Hour, 0);
+        row.usage_l = 5;
+        store
+            .write_outputs(&Outputs {
+                districts: vec![row],
+                ..Outputs::default()
+            })
+            .unwrap();
+        assert!(
+            store
+                .district_hourly("t", "no\0rth", i64::MIN, i64::MAX)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            store
+                .district_hourly("t", "no", i64::MIN, i64::MAX)
+                .unwrap()
+                .is_empty()
+        );
+    }
+}

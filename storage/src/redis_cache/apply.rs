@@ -1,0 +1,366 @@
+//! Turns one [`Outputs`] into the single pipeline `RedisCache::apply` sends: pure
+//! (no connection), so what is written for what is testable without a server.
+//!
+//! Per part of the outputs, in this order:
+//! - `meters`: per view `HSET` of its fields, `HDEL` of unknown ones, `EXPIRE`;
+//! - `bills`: per tenant one [`SET_BILLS`] script call with, per meter, the line of
+//!   the latest period in the outputs;
+//! - `districts`: per row `HSET`, `HDEL` of absent optional fields, `EXPIRE` with the
+//!   TTL of its resolution;
+//! - `top`: per list one [`REPLACE_TOP`] call (the ZSET becomes exactly the list);
+//! - `alerts`: per event `XADD … MAXLEN ~ n` to the tenant's stream, then `EXPIRE`;
+//! - `alerts` and `summaries`: per tenant having either, one [`APPLY_ALERTS`] call
+//!   (alerts:open, per-meter and summary counts, the summary's fields).
+//!
+//! Rows whose tenant, meter or district is not an id (`[A-Za-z0-9_-]{1,64}`) are
+//! skipped and counted: such a name could break out of its key (`:`, `{`, `}`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use meterflow_model::alert::{AlertEvent, AlertKind, EpisodeState};
+use meterflow_model::analytics::{DistrictUsage, Resolution};
+use meterflow_model::billing::BillLine;
+use meterflow_model::{Outputs, TenantSummary};
+use redis::Pipeline;
+
+use super::RedisConfig;
+use super::codec::{self, FieldUpdate};
+use super::keys::{KeySpace, day_label_stamp, ids_are_valid};
+use super::scripts::{APPLY_ALERTS, REPLACE_TOP, SET_BILLS};
+
+/// The pipeline for one apply.
+pub(crate) struct ApplyPlan {
+    pub(crate) pipe: Pipeline,
+    /// Commands (or script calls) queued; 0 means nothing to send.
+    pub(crate) commands: usize,
+    /// Rows left out because a name is not an id, with one example for the log.
+    pub(crate) skipped: usize,
+    pub(crate) first_skipped: Option<String>,
+}
+
+impl ApplyPlan {
+    fn skip(&mut self, what: impl FnOnce() -> String) {
+        self.skipped += 1;
+        if self.first_skipped.is_none() {
+            self.first_skipped = Some(what());
+        }
+    }
+
+    fn hash(&mut self, key: &str, (set, unset): FieldUpdate, ttl: i64) {
+        self.pipe.hset_multiple(key, &set).ignore();
+        if !unset.is_empty() {
+            self.pipe.hdel(key, &unset).ignore();
+        }
+        self.pipe.expire(key, ttl).ignore();
+        self.commands += 1;
+    }
+
+    fn eval(&mut self, script: &str, keys: &[String], args: &[String]) {
+        self.pipe
+            .cmd("EVAL")
+            .arg(script)
+            .arg(keys.len())
+            .arg(keys)
+            .arg(args)
+            .ignore();
+        self.commands += 1;
+    }
+}
+
+/// A TTL as `EXPIRE` takes it; `RedisConfig::validate` keeps every TTL below
+/// `i64::MAX`.
+fn ttl(secs: u64) -> i64 {
+    i64::try_from(secs).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn plan(keys: &KeySpace, config: &RedisConfig, outputs: &Outputs) -> ApplyPlan {
+    let mut plan = ApplyPlan {
+        pipe: redis::pipe(),
+        commands: 0,
+        skipped: 0,
+        first_skipped: None,
+    };
+    meters(&mut plan, keys, config, outputs);
+    bills(&mut plan, keys, config, &outputs.bills);
+    districts(&mut plan, keys, config, &outputs.districts);
+    tops(&mut plan, keys, config, outputs);
+    alerts_and_summaries(&mut plan, keys, config, &outputs.alerts, &outputs.summaries);
+    plan
+}
+
+fn meters(plan: &mut ApplyPlan, keys: &KeySpace, config: &RedisConfig, outputs: &Outputs) {
+    for view in &outputs.meters {
+        if !ids_are_valid(&[&view.tenant, &view.meter]) {
+            plan.skip(|| format!("meter view {}/{}", view.tenant, view.meter));
+            continue;
+        }
+        let key = keys.meter(&view.tenant, &view.meter);
+        plan.hash(&key, codec::view_fields(view), ttl(config.meter_ttl_secs));
+    }
+}
+
+/// Per tenant, per meter: the bill line of the latest period (the last such line
+/// when the outputs repeat it).
+fn current_bills(
+    plan: &mut ApplyPlan,
+    bills: &[BillLine],
+) -> BTreeMap<String, BTreeMap<String, BillLine>> {
+    let mut current: BTreeMap<String, BTreeMap<String, BillLine>> = BTreeMap::new();
+    for line in bills {
+        if !ids_are_valid(&[&line.tenant, &line.meter]) {
+            plan.skip(|| format!("bill {}/{}", line.tenant, line.meter));
+            continue;
+        }
+        let meters = current.entry(line.tenant.clone()).or_default();
+        match meters.get(&line.meter) {
+            Some(kept) if kept.period > line.period => {}
+            _ => {
+                meters.insert(line.meter.clone(), line.clone());
+            }
+        }
+    }
+    current
+}
+
+fn bills(plan: &mut ApplyPlan, keys: &KeySpace, config: &RedisConfig, bills: &[BillLine]) {
+    for (tenant, meters) in current_bills(plan, bills) {
+        let mut meter_keys = Vec::with_capacity(meters.len());
+        let mut args = Vec::with_capacity(1 + 3 * meters.len());
+        args.push(ttl(config.meter_ttl_secs).to_string());
+        for (meter, line) in &meters {
+            meter_keys.push(keys.meter(&tenant, meter));
+            args.extend([
+                line.period.clone(),
+                line.usage_l.to_string(),
+                line.amount_cents.to_string(),
+            ]);
+        }
+        plan.eval(SET_BILLS, &meter_keys, &args);
+    }
+}
+
+fn district_ttl(config: &RedisConfig, resolution: Resolution) -> i64 {
+    ttl(match resolution {
+        Resolution::Minute => config.district_minute_ttl_secs,
+        Resolution::Hour => config.district_hour_ttl_secs,
+        Resolution::Day => config.district_day_ttl_secs,
+    })
+}
+
+fn districts(plan: &mut ApplyPlan, keys: &KeySpace, config: &RedisConfig, rows: &[DistrictUsage]) {
+    for row in rows {
+        if !ids_are_valid(&[&row.tenant, &row.district]) {
+            plan.skip(|| format!("district row {}/{}", row.tenant, row.district));
+            continue;
+        }
+        let key = keys.district(&row.tenant, &row.district, row.resolution, row.start_ms);
+        plan.hash(
+            &key,
+            codec::district_fields(row),
+            district_ttl(config, row.resolution),
+        );
+    }
+}
+
+fn tops(plan: &mut ApplyPlan, keys: &KeySpace, config: &RedisConfig, outputs: &Outputs) {
+    for list in &outputs.top {
+        let stamp = day_label_stamp(&list.day);
+        let Some(stamp) = stamp.filter(|_| ids_are_valid(&[&list.tenant])) else {
+            plan.skip(|| format!("top list {}/{}", list.tenant, list.day));
+            continue;
+        };
+        let mut args = Vec::with_capacity(1 + 2 * list.entries.len());
+        args.push(ttl(config.top_ttl_secs).to_string());
+        for entry in &list.entries {
+            args.push(codec::litres_score(entry.usage_l).to_string());
+            args.push(entry.meter.clone());
+        }
+        plan.eval(REPLACE_TOP, &[keys.top(&list.tenant, &stamp)], &args);
+    }
+}
+
+fn alerts_and_summaries(
+    plan: &mut ApplyPlan,
+    keys: &KeySpace,
+    config: &RedisConfig,
+    alerts: &[AlertEvent],
+    summaries: &[TenantSummary],
+) {
+    let mut events: BTreeMap<&str, Vec<&AlertEvent>> = BTreeMap::new();
+    for event in alerts {
+        if ids_are_valid(&[&event.tenant, &event.meter]) {
+            events.entry(&event.tenant).or_default().push(event);
+        } else {
+            plan.skip(|| format!("alert {}/{}", event.tenant, event.meter));
+        }
+    }
+    let mut latest: BTreeMap<&str, &TenantSummary> = BTreeMap::new();
+    for summary in summaries {
+        if ids_are_valid(&[&summary.tenant]) {
+            latest.insert(&summary.tenant, summary);
+        } else {
+            plan.skip(|| format!("summary {}", summary.tenant));
+        }
+    }
+
+    for (tenant, events) in &events {
+        let stream = keys.alerts(tenant);
+        for event in events {
+            plan.pipe
+                .cmd("XADD")
+                .arg(&stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(config.alerts_stream_maxlen)
+                .arg("*")
+                .arg(&codec::alert_entry(event)[..])
+                .ignore();
+            plan.commands += 1;
+        }
+        plan.pipe
+            .expire(&stream, ttl(config.alerts_ttl_secs))
+            .ignore();
+    }
+
+    let tenants: BTreeSet<&str> = events.keys().chain(latest.keys()).copied().collect();
+    for tenant in tenants {
+        let steps = events.get(tenant).map_or(&[][..], Vec::as_slice);
+        let summary = latest.get(tenant);
+        let meters: BTreeSet<&str> = steps.iter().map(|e| e.meter.as_str()).collect();
+
+        let mut script_keys = vec![keys.alerts_open(tenant), keys.summary(tenant)];
+        script_keys.extend(meters.iter().map(|m| keys.meter(tenant, m)));
+        let mut args = vec![
+            ttl(config.alerts_ttl_secs).to_string(),
+            ttl(config.meter_ttl_secs).to_string(),
+            ttl(config.summary_ttl_secs).to_string(),
+        ];
+        match summary {
+            Some(s) => args.extend([
+                "1".to_owned(),
+                s.day.clone(),
+                s.usage_today_l.to_string(),
+                s.meters_reporting.to_string(),
+                s.updated_at.to_string(),
+            ]),
+            None => args.extend(["0", "", "", "", ""].map(String::from)),
+        }
+        args.push(steps.len().to_string());
+        for event in steps {
+            args.push(codec::open_field(event));
+            args.push(match event.state {
+                EpisodeState::Cleared => String::new(),
+                EpisodeState::Opened | EpisodeState::Updated => codec::alert_json(event),
+            });
+        }
+        args.extend(meters.iter().map(|m| (*m).to_owned()));
+        args.extend(AlertKind::ALL.iter().map(|k| k.name().to_owned()));
+        plan.eval(APPLY_ALERTS, &script_keys, &args);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use meterflow_model::analytics::TopEntry;
+    use meterflow_model::{MeterView, Quality, TopConsumers};
+
+    use super::*;
+
+    fn line(meter: &str, period: &str, usage_l: u64) -> BillLine {
+        BillLine {
+            tenant: "acme".into(),
+            meter: meter.into(),
+            period: period.into(),
+            currency: "EUR".into(),
+            usage_l,
+            tiers: Vec::new(),
+            fixed_cents: 800,
+            amount_cents: 800 + usage_l,
+            estimated: false,
+            final_: false,
+        }
+    }
+
+    #[test]
+    fn the_latest_period_of_each_meter_is_its_current_bill() {
+        let mut plan = plan(
+            &KeySpace::new("mf"),
+            &RedisConfig::default(),
+            &Outputs::default(),
+        );
+        assert_eq!(plan.commands, 0);
+        let current = current_bills(
+            &mut plan,
+            &[
+                line("m1", "2025-02", 5),
+                line("m1", "2025-01", 9),
+                line("m2", "2025-01", 1),
+                line("m2", "2025-01", 2),
+                line("bad:id", "2025-01", 2),
+            ],
+        );
+        assert_eq!(current["acme"]["m1"].usage_l, 5);
+        assert_eq!(current["acme"]["m2"].usage_l, 2);
+        assert_eq!(current["acme"].len(), 2);
+        assert_eq!(plan.skipped, 1);
+    }
+
+    #[test]
+    fn every_part_of_the_outputs_is_planned_and_bad_names_are_skipped() {
+        let view = MeterView {
+            tenant: "acme".into(),
+            meter: "m1".into(),
+            last_seq: None,
+            last_ts: None,
+            reg: None,
+            rev: None,
+            flow: None,
+            temp: None,
+            today_l: 0,
+            quality: Quality::Actual,
+        };
+        let outputs = Outputs {
+            meters: vec![
+                view.clone(),
+                MeterView {
+                    tenant: "a{b}".into(),
+                    ..view
+                },
+            ],
+            bills: vec![line("m1", "2025-01", 1)],
+            alerts: Vec::new(),
+            districts: vec![
+                DistrictUsage::new("acme", "north", Resolution::Minute, 0),
+                DistrictUsage::new("acme", "no:rth", Resolution::Minute, 0),
+            ],
+            top: vec![
+                TopConsumers {
+                    tenant: "acme".into(),
+                    day: "2025-01-15".into(),
+                    day_start_ms: 0,
+                    limit: 1,
+                    entries: vec![TopEntry {
+                        meter: "m1".into(),
+                        usage_l: 3,
+                    }],
+                },
+                TopConsumers {
+                    tenant: "acme".into(),
+                    day: "15/01/2025".into(),
+                    day_start_ms: 0,
+                    limit: 1,
+                    entries: Vec::new(),
+                },
+            ],
+            summaries: vec![TenantSummary {
+                tenant: "acme".into(),
+                ..TenantSummary::default()
+            }],
+        };
+        let plan = plan(&KeySpace::new("mf"), &RedisConfig::default(), &outputs);
+        // view, bills script, district row, top script, alerts/summary script.
+        assert_eq!(plan.commands, 5);
+        assert_eq!(plan.skipped, 3);
+        assert!(plan.first_skipped.unwrap().contains("a{b}"));
+    }
+}

@@ -1,0 +1,566 @@
+//! Model values to and from what the Redis contract stores: hash fields, stream
+//! entries, the JSON of `alerts:open` and sorted-set scores. Pure functions; every
+//! parse of Redis data returns an error naming the key and field instead of
+//! panicking (the data may have been written by another version, or by hand).
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use meterflow_model::alert::{AlertEvent, AlertKind, EpisodeState, Priority};
+use meterflow_model::analytics::{DistrictUsage, Resolution, TopEntry, UsageSketch};
+use meterflow_model::{MeterKey, MeterView, Quality, TenantSummary};
+
+use super::fields::{self, alert, district, summary};
+use super::json::{self, ObjectWriter, Value};
+use crate::CacheError;
+
+/// A hash's fields: values to set, and names of unknown ones to delete (a value
+/// that became unknown must not linger from an older write).
+pub(crate) type FieldUpdate = (Vec<(&'static str, String)>, Vec<&'static str>);
+
+fn split_optional(
+    mut set: Vec<(&'static str, String)>,
+    optional: impl IntoIterator<Item = (&'static str, Option<String>)>,
+) -> FieldUpdate {
+    let mut unset = Vec::new();
+    for (name, value) in optional {
+        match value {
+            Some(value) => set.push((name, value)),
+            None => unset.push(name),
+        }
+    }
+    (set, unset)
+}
+
+/// The hash fields of a meter view.
+pub(crate) fn view_fields(view: &MeterView) -> FieldUpdate {
+    split_optional(
+        vec![
+            (fields::TODAY_L, view.today_l.to_string()),
+            (fields::QUALITY, view.quality.as_str().to_owned()),
+        ],
+        [
+            (fields::LAST_SEQ, view.last_seq.map(|v| v.to_string())),
+            (fields::LAST_TS, view.last_ts.map(|v| v.to_string())),
+            (fields::REG, view.reg.map(|v| v.to_string())),
+            (fields::REV, view.rev.map(|v| v.to_string())),
+            (fields::FLOW, view.flow.map(|v| v.to_string())),
+            (fields::TEMP, view.temp.map(|v| v.to_string())),
+        ],
+    )
+}
+
+pub(crate) fn parse_field<T: FromStr>(
+    key: &str,
+    hash: &HashMap<String, String>,
+    name: &str,
+) -> Result<Option<T>, CacheError> {
+    hash.get(name)
+        .map(|raw| {
+            raw.parse::<T>().map_err(|_| {
+                CacheError(format!(
+                    "{key}: field {name} holds {raw:?}, not a number in range"
+                ))
+            })
+        })
+        .transpose()
+}
+
+fn require_field<T: FromStr>(
+    key: &str,
+    hash: &HashMap<String, String>,
+    name: &str,
+) -> Result<T, CacheError> {
+    parse_field(key, hash, name)?
+        .ok_or_else(|| CacheError(format!("{key}: field {name} is missing")))
+}
+
+pub(crate) fn parse_quality(raw: &str) -> Option<Quality> {
+    [Quality::Actual, Quality::Estimated, Quality::Suspect]
+        .into_iter()
+        .find(|q| q.as_str() == raw)
+}
+
+/// A meter's hash back into a view; `None` for a missing (or expired) key, and for
+/// a hash that so far holds only bill or alert fields (no view applied yet).
+pub(crate) fn parse_view(
+    key: &str,
+    meter: &MeterKey,
+    hash: &HashMap<String, String>,
+) -> Result<Option<MeterView>, CacheError> {
+    if !hash.contains_key(fields::TODAY_L) && !hash.contains_key(fields::QUALITY) {
+        return Ok(None);
+    }
+    let today_l = require_field(key, hash, fields::TODAY_L)?;
+    let quality = match hash.get(fields::QUALITY) {
+        Some(raw) => parse_quality(raw).ok_or_else(|| {
+            CacheError(format!(
+                "{key}: unknown quality {raw:?} (written by a newer meterflow?)"
+            ))
+        })?,
+        None => {
+            return Err(CacheError(format!(
+                "{key}: field {} is missing",
+                fields::QUALITY
+            )));
+        }
+    };
+    Ok(Some(MeterView {
+        tenant: meter.tenant.as_str().to_owned(),
+        meter: meter.meter.as_str().to_owned(),
+        last_seq: parse_field(key, hash, fields::LAST_SEQ)?,
+        last_ts: parse_field(key, hash, fields::LAST_TS)?,
+        reg: parse_field(key, hash, fields::REG)?,
+        rev: parse_field(key, hash, fields::REV)?,
+        flow: parse_field(key, hash, fields::FLOW)?,
+        temp: parse_field(key, hash, fields::TEMP)?,
+        today_l,
+        quality,
+    }))
+}
+
+/// The hash fields of a district row. The sketch behind the percentiles is not
+/// stored: it only serves merging, which happens before the cache.
+pub(crate) fn district_fields(row: &DistrictUsage) -> FieldUpdate {
+    split_optional(
+        vec![
+            (district::START_MS, row.start_ms.to_string()),
+            (district::USAGE_L, row.usage_l.to_string()),
+            (district::METERS, row.meters.to_string()),
+        ],
+        [
+            (district::P50_L, row.p50_l.map(|v| v.to_string())),
+            (district::P90_L, row.p90_l.map(|v| v.to_string())),
+            (district::P99_L, row.p99_l.map(|v| v.to_string())),
+            (
+                district::NIGHT_02_L,
+                row.night_hour_l[0].map(|v| v.to_string()),
+            ),
+            (
+                district::NIGHT_03_L,
+                row.night_hour_l[1].map(|v| v.to_string()),
+            ),
+            (
+                district::NIGHT_FLOW_LPH,
+                row.night_flow_lph.map(|v| v.to_string()),
+            ),
+        ],
+    )
+}
+
+/// What the caches return for a district row: everything but the merge-only sketch.
+pub(crate) fn cached_row(row: &DistrictUsage) -> DistrictUsage {
+    DistrictUsage {
+        meter_hour_sketch: UsageSketch::default(),
+        ..row.clone()
+    }
+}
+
+/// A district hash back into a row; `None` for a missing key.
+pub(crate) fn parse_district(
+    key: &str,
+    tenant: &str,
+    district_id: &str,
+    resolution: Resolution,
+    hash: &HashMap<String, String>,
+) -> Result<Option<DistrictUsage>, CacheError> {
+    if hash.is_empty() {
+        return Ok(None);
+    }
+    let mut row = DistrictUsage::new(
+        tenant,
+        district_id,
+        resolution,
+        require_field(key, hash, district::START_MS)?,
+    );
+    row.usage_l = require_field(key, hash, district::USAGE_L)?;
+    row.meters = require_field(key, hash, district::METERS)?;
+    row.p50_l = parse_field(key, hash, district::P50_L)?;
+    row.p90_l = parse_field(key, hash, district::P90_L)?;
+    row.p99_l = parse_field(key, hash, district::P99_L)?;
+    row.night_hour_l = [
+        parse_field(key, hash, district::NIGHT_02_L)?,
+        parse_field(key, hash, district::NIGHT_03_L)?,
+    ];
+    row.night_flow_lph = parse_field(key, hash, district::NIGHT_FLOW_LPH)?;
+    Ok(Some(row))
+}
+
+pub(crate) const fn priority_name(priority: Priority) -> &'static str {
+    match priority {
+        Priority::Critical => "critical",
+        Priority::High => "high",
+        Priority::Low => "low",
+    }
+}
+
+pub(crate) const fn state_name(state: EpisodeState) -> &'static str {
+    match state {
+        EpisodeState::Opened => "opened",
+        EpisodeState::Updated => "updated",
+        EpisodeState::Cleared => "cleared",
+    }
+}
+
+fn parse_kind(raw: &str) -> Option<AlertKind> {
+    AlertKind::ALL.into_iter().find(|k| k.name() == raw)
+}
+
+fn parse_priority(raw: &str) -> Option<Priority> {
+    [Priority::Critical, Priority::High, Priority::Low]
+        .into_iter()
+        .find(|p| priority_name(*p) == raw)
+}
+
+fn parse_state(raw: &str) -> Option<EpisodeState> {
+    [
+        EpisodeState::Opened,
+        EpisodeState::Updated,
+        EpisodeState::Cleared,
+    ]
+    .into_iter()
+    .find(|s| state_name(*s) == raw)
+}
+
+/// The field of an open episode in `alerts:open`: `{meter}:{kind}`.
+pub(crate) fn open_field(event: &AlertEvent) -> String {
+    format!("{}:{}", event.meter, event.kind.name())
+}
+
+/// The fields of an alert event's stream entry.
+pub(crate) fn alert_entry(event: &AlertEvent) -> [(&'static str, String); 7] {
+    [
+        (alert::METER, event.meter.clone()),
+        (alert::KIND, event.kind.name().to_owned()),
+        (alert::PRIORITY, priority_name(event.priority).to_owned()),
+        (alert::STATE, state_name(event.state).to_owned()),
+        (alert::OPENED_AT, event.opened_at.to_string()),
+        (alert::AT, event.at.to_string()),
+        (alert::DETAIL, event.detail.clone()),
+    ]
+}
+
+/// The JSON of an event in `alerts:open`: the shape serde gives `AlertEvent`.
+pub(crate) fn alert_json(event: &AlertEvent) -> String {
+    ObjectWriter::new()
+        .str(alert::TENANT, &event.tenant)
+        .str(alert::METER, &event.meter)
+        .str(alert::KIND, event.kind.name())
+        .str(alert::PRIORITY, priority_name(event.priority))
+        .str(alert::STATE, state_name(event.state))
+        .int(alert::OPENED_AT, event.opened_at)
+        .int(alert::AT, event.at)
+        .str(alert::DETAIL, &event.detail)
+        .finish()
+}
+
+/// Reads one alert event from named text and integer values (a stream entry or a
+/// JSON object), for `tenant`; `what` names the source in errors.
+fn alert_from(
+    what: &str,
+    tenant: &str,
+    text: impl Fn(&str) -> Option<String>,
+    int: impl Fn(&str) -> Option<i64>,
+) -> Result<AlertEvent, CacheError> {
+    let missing = |name: &str| CacheError(format!("{what}: {name} is missing or malformed"));
+    let named = |name: &'static str| text(name).ok_or_else(|| missing(name));
+    let kind_raw = named(alert::KIND)?;
+    let kind = parse_kind(&kind_raw)
+        .ok_or_else(|| CacheError(format!("{what}: unknown alert kind {kind_raw:?}")))?;
+    let priority_raw = named(alert::PRIORITY)?;
+    let state_raw = named(alert::STATE)?;
+    Ok(AlertEvent {
+        tenant: tenant.to_owned(),
+        meter: named(alert::METER)?,
+        kind,
+        priority: parse_priority(&priority_raw)
+            .ok_or_else(|| CacheError(format!("{what}: unknown priority {priority_raw:?}")))?,
+        state: parse_state(&state_raw)
+            .ok_or_else(|| CacheError(format!("{what}: unknown state {state_raw:?}")))?,
+        opened_at: int(alert::OPENED_AT).ok_or_else(|| missing(alert::OPENED_AT))?,
+        at: int(alert::AT).ok_or_else(|| missing(alert::AT))?,
+        detail: named(alert::DETAIL)?,
+    })
+}
+
+/// An `alerts:open` value back into its event.
+pub(crate) fn parse_alert_json(
+    key: &str,
+    field: &str,
+    tenant: &str,
+    text: &str,
+) -> Result<AlertEvent, CacheError> {
+    let what = format!("{key} field {field}");
+    let object = json::parse_object(text)
+        .map_err(|e| CacheError(format!("{what}: not the expected JSON object: {e}")))?;
+    alert_from(
+        &what,
+        tenant,
+        |name| match object.get(name) {
+            Some(Value::Str(s)) => Some(s.clone()),
+            _ => None,
+        },
+        |name| match object.get(name) {
+            Some(Value::Int(n)) => Some(*n),
+            _ => None,
+        },
+    )
+}
+
+/// A stream entry (`XRANGE` pairs) back into its event.
+pub(crate) fn parse_alert_entry(
+    key: &str,
+    id: &str,
+    tenant: &str,
+    pairs: &[String],
+) -> Result<AlertEvent, CacheError> {
+    let what = format!("{key} entry {id}");
+    if !pairs.len().is_multiple_of(2) {
+        return Err(CacheError(format!(
+            "{what}: odd number of field names and values"
+        )));
+    }
+    let entry: HashMap<&str, &str> = pairs
+        .chunks_exact(2)
+        .map(|pair| (pair[0].as_str(), pair[1].as_str()))
+        .collect();
+    alert_from(
+        &what,
+        tenant,
+        |name| entry.get(name).map(|v| (*v).to_owned()),
+        |name| entry.get(name).and_then(|v| v.parse().ok()),
+    )
+}
+
+/// Open episodes, highest priority first; then newest `opened_at` first, then by
+/// meter and kind, so the order is total.
+pub(crate) fn sort_open_alerts(alerts: &mut [AlertEvent]) {
+    alerts.sort_by(|a, b| {
+        (a.priority, std::cmp::Reverse(a.opened_at), &a.meter, a.kind).cmp(&(
+            b.priority,
+            std::cmp::Reverse(b.opened_at),
+            &b.meter,
+            b.kind,
+        ))
+    });
+}
+
+/// Top entries, largest first, ties by meter id (the order of `TopConsumers`).
+pub(crate) fn sort_top(entries: &mut [TopEntry]) {
+    entries.sort_by(|a, b| {
+        b.usage_l
+            .cmp(&a.usage_l)
+            .then_with(|| a.meter.cmp(&b.meter))
+    });
+}
+
+/// Largest litres a sorted-set score (an IEEE double) holds exactly: 2^53.
+const MAX_EXACT_SCORE: f64 = 9_007_199_254_740_992.0;
+
+/// A `ZADD` score for litres. Daily litres of one meter are far below 2^53, where a
+/// double stops being exact; above it the score is rounded, never wrapped.
+pub(crate) fn litres_score(litres: u64) -> f64 {
+    litres as f64
+}
+
+/// A sorted-set score back into litres.
+pub(crate) fn score_litres(key: &str, member: &str, score: f64) -> Result<u64, CacheError> {
+    if (0.0..=MAX_EXACT_SCORE).contains(&score) && score.fract() == 0.0 {
+        Ok(score as u64)
+    } else {
+        Err(CacheError(format!(
+            "{key}: member {member} has score {score}, not a whole number of litres"
+        )))
+    }
+}
+
+/// The summary hash back into a summary; `None` for a missing key.
+pub(crate) fn parse_summary(
+    key: &str,
+    tenant: &str,
+    hash: &HashMap<String, String>,
+) -> Result<Option<TenantSummary>, CacheError> {
+    if hash.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(TenantSummary {
+        tenant: tenant.to_owned(),
+        day: hash
+            .get(summary::DAY)
+            .cloned()
+            .ok_or_else(|| CacheError(format!("{key}: field {} is missing", summary::DAY)))?,
+        usage_today_l: require_field(key, hash, summary::USAGE_TODAY_L)?,
+        meters_reporting: require_field(key, hash, summary::METERS_REPORTING)?,
+        alerts_open: parse_field(key, hash, summary::ALERTS_OPEN)?.unwrap_or(0),
+        updated_at: require_field(key, hash, summary::UPDATED_AT)?,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use meterflow_model::analytics::NIGHT_HOURS;
+    use meterflow_model::{MeterId, TenantId};
+
+    use super::*;
+
+    fn hash_of(update: FieldUpdate) -> HashMap<String, String> {
+        update
+            .0
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect()
+    }
+
+    fn view() -> MeterView {
+        MeterView {
+            tenant: "acme".into(),
+            meter: "M-1".into(),
+            last_seq: Some(7),
+            last_ts: Some(1_763_800_000_000),
+            reg: Some(123_456),
+            rev: Some(0),
+            flow: Some(40),
+            temp: None,
+            today_l: 310,
+            quality: Quality::Estimated,
+        }
+    }
+
+    fn meter_key() -> MeterKey {
+        MeterKey::new(
+            TenantId::try_from("acme").unwrap(),
+            MeterId::try_from("M-1").unwrap(),
+        )
+    }
+
+    fn event(meter: &str, kind: AlertKind, state: EpisodeState) -> AlertEvent {
+        AlertEvent {
+            tenant: "acme".into(),
+            meter: meter.into(),
+            kind,
+            priority: kind.priority(),
+            state,
+            opened_at: 1_700_000_000_000,
+            at: 1_700_000_060_000,
+            detail: "no zero-flow hour for 26 h, \"really\"".into(),
+        }
+    }
+
+    #[test]
+    fn view_fields_round_trip_and_absent_ones_are_deleted() {
+        let v = view();
+        let update = view_fields(&v);
+        assert_eq!(update.1, vec![fields::TEMP]);
+        let key = meter_key();
+        assert_eq!(parse_view("k", &key, &hash_of(update)).unwrap(), Some(v));
+        assert_eq!(parse_view("k", &key, &HashMap::new()).unwrap(), None);
+        // A hash holding only bill or alert fields has no view yet.
+        let extras: HashMap<String, String> =
+            [(fields::ALERTS_OPEN.to_owned(), "1".to_owned())].into();
+        assert_eq!(parse_view("k", &key, &extras).unwrap(), None);
+    }
+
+    #[test]
+    fn garbage_fields_are_errors_not_panics() {
+        let key = meter_key();
+        let mut hash: HashMap<String, String> = [
+            (fields::TODAY_L.to_owned(), "1".to_owned()),
+            (fields::QUALITY.to_owned(), "actual".to_owned()),
+        ]
+        .into();
+        assert!(parse_view("k", &key, &hash).unwrap().is_some());
+        hash.insert(fields::REG.into(), "-1".into());
+        assert!(parse_view("k", &key, &hash).is_err());
+        hash.remove(fields::REG);
+        hash.insert(fields::QUALITY.into(), "great".into());
+        assert!(parse_view("k", &key, &hash).is_err());
+        hash.remove(fields::QUALITY);
+        assert!(parse_view("k", &key, &hash).is_err());
+
+        let row: HashMap<String, String> = [(district::USAGE_L.to_owned(), "x".to_owned())].into();
+        assert!(parse_district("k", "acme", "d", Resolution::Hour, &row).is_err());
+        let summary_hash: HashMap<String, String> =
+            [(summary::DAY.to_owned(), "2025-01-15".to_owned())].into();
+        assert!(parse_summary("k", "acme", &summary_hash).is_err());
+        assert!(score_litres("k", "m", 1.5).is_err());
+        assert!(score_litres("k", "m", -1.0).is_err());
+        assert!(score_litres("k", "m", f64::NAN).is_err());
+        assert_eq!(
+            score_litres("k", "m", litres_score(123_456)).unwrap(),
+            123_456
+        );
+    }
+
+    #[test]
+    fn district_rows_round_trip_without_their_sketch() {
+        assert_eq!(NIGHT_HOURS, [2, 3], "night field names follow NIGHT_HOURS");
+        let mut row = DistrictUsage::new("acme", "north", Resolution::Day, 1_736_899_200_000);
+        row.usage_l = 213;
+        row.meters = 2;
+        row.meter_hour_sketch.add(10);
+        row.night_hour_l = [Some(6), None];
+        row.refresh_derived();
+        let update = district_fields(&row);
+        assert!(update.1.contains(&district::NIGHT_03_L));
+        let back = parse_district("k", "acme", "north", Resolution::Day, &hash_of(update))
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, cached_row(&row));
+        assert_eq!(back.p50_l, Some(10));
+        assert_eq!(back.night_flow_lph, Some(6));
+        assert_eq!(
+            parse_district("k", "acme", "north", Resolution::Day, &HashMap::new()).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn alert_events_round_trip_through_json_and_stream_entries() {
+        for kind in AlertKind::ALL {
+            for state in [
+                EpisodeState::Opened,
+                EpisodeState::Updated,
+                EpisodeState::Cleared,
+            ] {
+                let e = event("M-1", kind, state);
+                let json = alert_json(&e);
+                assert_eq!(parse_alert_json("k", "f", "acme", &json).unwrap(), e);
+                let pairs: Vec<String> = alert_entry(&e)
+                    .into_iter()
+                    .flat_map(|(k, v)| [k.to_owned(), v])
+                    .collect();
+                assert_eq!(parse_alert_entry("k", "1-0", "acme", &pairs).unwrap(), e);
+            }
+        }
+        let e = event("M-1", AlertKind::NoCommunication, EpisodeState::Opened);
+        assert_eq!(open_field(&e), "M-1:no_communication");
+        assert_eq!(
+            alert_json(&e),
+            "{\"tenant\":\"acme\",\"meter\":\"M-1\",\"kind\":\"no_communication\",\
+             \"priority\":\"low\",\"state\":\"opened\",\"opened_at\":1700000000000,\
+             \"at\":1700000060000,\"detail\":\"no zero-flow hour for 26 h, \\\"really\\\"\"}"
+        );
+        assert!(parse_alert_json("k", "f", "acme", "{\"kind\":\"meteor\"}").is_err());
+        assert!(parse_alert_json("k", "f", "acme", "not json").is_err());
+        assert!(parse_alert_entry("k", "1-0", "acme", &["meter".into()]).is_err());
+    }
+
+    #[test]
+    fn open_alerts_sort_by_priority_then_newest() {
+        let mut low = event("a", AlertKind::LowBattery, EpisodeState::Opened);
+        low.opened_at = 5;
+        let mut old_leak = event("b", AlertKind::Leak, EpisodeState::Opened);
+        old_leak.opened_at = 1;
+        let mut new_leak = event("c", AlertKind::Leak, EpisodeState::Updated);
+        new_leak.opened_at = 2;
+        let burst = event("d", AlertKind::Burst, EpisodeState::Opened);
+        let mut alerts = vec![
+            low.clone(),
+            old_leak.clone(),
+            burst.clone(),
+            new_leak.clone(),
+        ];
+        sort_open_alerts(&mut alerts);
+        assert_eq!(alerts, vec![burst, new_leak, old_leak, low]);
+    }
+}

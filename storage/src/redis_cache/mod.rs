@@ -1,0 +1,518 @@
+//! The Redis backend of [`HotCache`]: the documented contract dashboards read
+//! (DESIGN §5, Redis hot cache; for dashboard developers: `docs/redis-keys.md`).
+//!
+//! Keys (this module owns this format; names in [`keys`], fields in [`fields`]), all
+//! `{prefix}:{<tenant>}:…` with the tenant as a Redis Cluster hash tag, so a tenant's
+//! keys share one slot:
+//!
+//! | key | type | TTL (default) |
+//! |---|---|---|
+//! | `mf:{t}:meter:{m}` | HASH: view fields, `period`, `period_l`, `bill_cents`, `alerts_open` | 7 days |
+//! | `mf:{t}:district:{d}:min:{yyyymmddHHMM}` (UTC minute) | HASH: usage, meters | 2 days |
+//! | `mf:{t}:district:{d}:hour:{yyyymmddHH}` (UTC hour) | HASH: usage, meters, percentiles | 35 days |
+//! | `mf:{t}:district:{d}:day:{yyyymmdd}` (local date) | HASH: usage, meters, night flow | 400 days |
+//! | `mf:{t}:top:{yyyymmdd}` (local date) | ZSET: meter → litres that day | 35 days |
+//! | `mf:{t}:alerts` | STREAM of alert steps, `MAXLEN ~ 10000` | 30 days |
+//! | `mf:{t}:alerts:open` | HASH: `{meter}:{kind}` → JSON of the latest step | 30 days |
+//! | `mf:{t}:summary` | HASH: day, usage_today_l, meters_reporting, alerts_open, updated_at | 7 days |
+//!
+//! Every TTL is renewed by each write of its key, and configurable ([`RedisConfig`]).
+//!
+//! Values are absolute (what processors computed, never `INCR`), so applying the
+//! same outputs twice, or replaying them after a Redis restart, leaves the same
+//! hashes and sorted sets. The one exception is the alerts stream, an event log: a
+//! replay appends the same steps again (readers may dedupe on meter, kind,
+//! opened_at, state, at).
+//!
+//! [`RedisCache::apply`] sends everything of one [`Outputs`] as one pipeline, one
+//! round trip (built by `apply.rs`): plain `HSET`/`HDEL`/`EXPIRE`/`XADD`, plus three
+//! small Lua scripts (`scripts.rs`) where an absolute write needs Redis-side state —
+//! replacing a top list atomically, not letting an older period's bill replace the
+//! current one, and counting open alerts (per meter and `HLEN` for the summary) in
+//! the same step that changes them. The pipeline is not a transaction: a dashboard
+//! may, for an instant, see some keys of an apply new and others old; each key (and
+//! each script's keys) changes atomically.
+//!
+//! Reads: `district_usage` computes the keys of every window in the (capped) range
+//! and fetches them with one pipeline of `HGETALL`s, skipping missing ones; the
+//! others are one command each.
+//!
+//! Resilience: the connection is a redis-rs [`ConnectionManager`] (multiplexed,
+//! reconnects by itself), created lazily so the service starts even while Redis is
+//! down (DESIGN §6.6: Redis down, keep storing; the cache is rebuilt by later
+//! outputs). Each call is retried on transient errors and guarded by a
+//! [`CircuitBreaker`], so a dead Redis costs the sink one fast failure per call
+//! instead of a timeout. The cache owns a one-thread tokio runtime and `block_on`s it:
+//! call it from plain threads or `spawn_blocking`, never from inside an async task.
+
+mod apply;
+mod codec;
+pub mod fields;
+mod json;
+pub mod keys;
+mod scripts;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use meterflow_model::alert::AlertEvent;
+use meterflow_model::analytics::{DistrictUsage, Resolution, TopEntry};
+use meterflow_model::ids::is_valid_id;
+use meterflow_model::{MeterKey, MeterView, Outputs, TenantSummary};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, RedisError, RetryMethod};
+use serde::{Deserialize, Serialize};
+use tokio::runtime::Runtime;
+
+use crate::HotCache;
+use crate::error::CacheError;
+use crate::resilience::{
+    BreakerConfig, BreakerState, CircuitBreaker, Guarded, RetryConfig, guarded,
+};
+pub use keys::KeySpace;
+
+pub(crate) use codec::{cached_row, sort_open_alerts, sort_top};
+
+/// Worker threads of the cache's runtime: one multiplexed connection needs one.
+const RUNTIME_WORKER_THREADS: usize = 1;
+
+/// Reconnection attempts the ConnectionManager makes by itself after a dropped
+/// connection, before failing the call: our own retry and breaker pace the rest.
+const MANAGER_RECONNECT_ATTEMPTS: usize = 1;
+
+const DAY_SECS: u64 = 24 * 3600;
+
+/// How the Redis cache connects and what it writes. Every key has a TTL, renewed on
+/// each write of that key: a TTL bounds how long data outlives the meter, district
+/// or tenant that stopped reporting, and how far back dashboards can look.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// First segment of every key (default `mf`, DESIGN §5). Another prefix lets
+    /// two deployments, or concurrent tests, share one Redis.
+    pub key_prefix: String,
+    /// TTL of a meter's hash, seconds (default 7 days). Renewed on every update, so
+    /// only meters silent for a week expire: longer than the 72 h no-communication
+    /// alert and a long weekend's outage, while a decommissioned meter does not hold
+    /// memory forever.
+    pub meter_ttl_secs: u64,
+    /// TTL of a district's minute hash, seconds (default 2 days): minute charts
+    /// show the last 24 h (the longest minute read is one day); the second day lets
+    /// "now vs. this time yesterday" work. At 1,440 keys per district per day, a
+    /// longer TTL costs the most memory of all keys.
+    pub district_minute_ttl_secs: u64,
+    /// TTL of a district's hour hash, seconds (default 35 days): a month of hourly
+    /// charts, plus slack so the previous month stays whole in the first days of
+    /// the next.
+    pub district_hour_ttl_secs: u64,
+    /// TTL of a district's day hash, seconds (default 400 days): a year of daily
+    /// bars plus a month, so "the same day last year" is still there.
+    pub district_day_ttl_secs: u64,
+    /// TTL of a day's top-consumers ZSET, seconds (default 35 days, like hours):
+    /// the ranking of recent days; longer history is in the store's readings.
+    pub top_ttl_secs: u64,
+    /// TTL of the alert stream and the open-alerts hash, seconds (default 30 days).
+    /// Renewed by every alert step, and the open set also by every summary, so it
+    /// lives as long as the tenant reports; a tenant silent for a month is dropped.
+    /// The stream is a recent-events feed: the full history is the `alerts` table.
+    pub alerts_ttl_secs: u64,
+    /// TTL of the tenant summary, seconds (default 7 days): rewritten at every
+    /// analytics flush (a minute) while the tenant reports; the same week as meters.
+    pub summary_ttl_secs: u64,
+    /// Approximate length cap of the alert stream (`XADD MAXLEN ~`, default
+    /// 10,000): days of steps for a large utility (the alert rules re-announce an
+    /// open episode at most daily), a few MB at ~200 bytes an entry. `~` lets Redis
+    /// trim whole radix-tree nodes, so the stream may briefly hold a little more.
+    pub alerts_stream_maxlen: u64,
+    /// Timeout of one connection attempt, ms (default 1000: Redis is near the
+    /// service; waiting longer only delays the sink).
+    pub connect_timeout_ms: u64,
+    /// Timeout of one command or pipeline, ms (default 1000: a healthy Redis answers
+    /// a pipeline of thousands of HSETs in milliseconds).
+    pub response_timeout_ms: u64,
+    /// Retries of each call (all calls are idempotent).
+    pub retry: RetryConfig,
+    /// The breaker in front of Redis.
+    pub breaker: BreakerConfig,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            key_prefix: "mf".to_owned(),
+            meter_ttl_secs: 7 * DAY_SECS,
+            district_minute_ttl_secs: 2 * DAY_SECS,
+            district_hour_ttl_secs: 35 * DAY_SECS,
+            district_day_ttl_secs: 400 * DAY_SECS,
+            top_ttl_secs: 35 * DAY_SECS,
+            alerts_ttl_secs: 30 * DAY_SECS,
+            summary_ttl_secs: 7 * DAY_SECS,
+            alerts_stream_maxlen: 10_000,
+            connect_timeout_ms: 1_000,
+            response_timeout_ms: 1_000,
+            retry: RetryConfig::default(),
+            breaker: BreakerConfig::default(),
+        }
+    }
+}
+
+impl RedisConfig {
+    /// Every problem with the values, each phrased as what to change.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if !is_valid_id(self.key_prefix.as_bytes()) {
+            problems.push(format!(
+                "redis.key_prefix {:?} must be 1-64 characters of [A-Za-z0-9_-]",
+                self.key_prefix
+            ));
+        }
+        for (name, secs) in [
+            ("meter_ttl_secs", self.meter_ttl_secs),
+            ("district_minute_ttl_secs", self.district_minute_ttl_secs),
+            ("district_hour_ttl_secs", self.district_hour_ttl_secs),
+            ("district_day_ttl_secs", self.district_day_ttl_secs),
+            ("top_ttl_secs", self.top_ttl_secs),
+            ("alerts_ttl_secs", self.alerts_ttl_secs),
+            ("summary_ttl_secs", self.summary_ttl_secs),
+        ] {
+            if secs == 0 || i64::try_from(secs).is_err() {
+                problems.push(format!(
+                    "redis.{name} must be at least 1 and below 2^63 (every key has a TTL)"
+                ));
+            }
+        }
+        if self.alerts_stream_maxlen == 0 {
+            problems.push("redis.alerts_stream_maxlen must be at least 1".into());
+        }
+        if self.connect_timeout_ms == 0 {
+            problems.push("redis.connect_timeout_ms must be at least 1".into());
+        }
+        if self.response_timeout_ms == 0 {
+            problems.push("redis.response_timeout_ms must be at least 1".into());
+        }
+        problems.extend(self.retry.problems("redis.retry"));
+        problems.extend(self.breaker.problems("redis.breaker"));
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+/// [`HotCache`] on Redis.
+pub struct RedisCache {
+    connection: ConnectionManager,
+    config: RedisConfig,
+    keys: KeySpace,
+    breaker: CircuitBreaker,
+    /// `Some` until drop; shut down in the background so dropping the cache from
+    /// anywhere is safe.
+    runtime: Option<Runtime>,
+}
+
+impl RedisCache {
+    /// Prepares a cache on `url` (`redis://host:port[/db]`, `rediss://…`,
+    /// `unix:///path`). Does not connect: the first call does, so an unreachable
+    /// Redis is a (retryable) error of that call, not of start-up. Fails only on a
+    /// bad URL or config.
+    pub fn open(url: &str, config: RedisConfig) -> Result<Self, CacheError> {
+        config
+            .validate()
+            .map_err(|problems| CacheError(problems.join("; ")))?;
+        let client = redis::Client::open(url)
+            .map_err(|e| CacheError(format!("bad Redis URL {url:?}: {e}")))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(RUNTIME_WORKER_THREADS)
+            .thread_name("mf-redis")
+            .enable_all()
+            .build()
+            .map_err(|e| CacheError(format!("cannot start the Redis runtime: {e}")))?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(config.connect_timeout_ms)))
+            .set_response_timeout(Some(Duration::from_millis(config.response_timeout_ms)))
+            .set_number_of_retries(MANAGER_RECONNECT_ATTEMPTS)
+            .set_min_delay(Duration::from_millis(config.retry.initial_backoff_ms))
+            .set_max_delay(Duration::from_millis(config.retry.max_backoff_ms));
+        let connection = {
+            // The manager spawns its reconnection tasks on the current runtime.
+            let _context = runtime.enter();
+            ConnectionManager::new_lazy_with_config(client, manager_config)
+                .map_err(|e| CacheError(format!("cannot set up the Redis connection: {e}")))?
+        };
+        Ok(Self {
+            connection,
+            breaker: CircuitBreaker::new("redis", config.breaker.clone()),
+            keys: KeySpace::new(&config.key_prefix),
+            config,
+            runtime: Some(runtime),
+        })
+    }
+
+    /// The breaker's state, for metrics (`closed`, `open`, `half_open`).
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    pub fn config(&self) -> &RedisConfig {
+        &self.config
+    }
+
+    /// The key names this cache writes.
+    pub fn keys(&self) -> &KeySpace {
+        &self.keys
+    }
+
+    /// The key of a meter's hash: `{prefix}:{<tenant>}:meter:<meter>`.
+    pub fn meter_key(&self, tenant: &str, meter: &str) -> String {
+        self.keys.meter(tenant, meter)
+    }
+
+    /// Round trip to Redis (behind the breaker), for `/readyz`.
+    pub fn ping(&self) -> Result<(), CacheError> {
+        self.call(|mut connection| async move {
+            redis::cmd("PING").query_async::<()>(&mut connection).await
+        })
+    }
+
+    fn call<T, Fut>(&self, op: impl Fn(ConnectionManager) -> Fut) -> Result<T, CacheError>
+    where
+        Fut: std::future::Future<Output = Result<T, RedisError>>,
+    {
+        let Some(runtime) = &self.runtime else {
+            unreachable!("the runtime lives as long as the cache")
+        };
+        runtime
+            .block_on(guarded(
+                &self.breaker,
+                &self.config.retry,
+                is_transient,
+                || op(self.connection.clone()),
+            ))
+            .map_err(|error| match error {
+                Guarded::Open(open) => CacheError(format!(
+                    "{open}; Redis calls fail fast until a probe succeeds"
+                )),
+                Guarded::Failed(e) => CacheError(format!("Redis call failed: {e}")),
+            })
+    }
+}
+
+impl Drop for RedisCache {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Errors worth retrying: connection trouble, timeouts, a loading or failing-over
+/// server. A wrong-type key or a refused command is not.
+fn is_transient(error: &RedisError) -> bool {
+    !matches!(error.retry_method(), RetryMethod::NoRetry)
+        || error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+}
+
+/// A stream entry as `XREVRANGE` returns it: id, then field and value alternating.
+type StreamEntry = (String, Vec<String>);
+
+impl HotCache for RedisCache {
+    fn breaker_state(&self) -> Option<BreakerState> {
+        Some(self.breaker.state())
+    }
+
+    fn apply(&self, outputs: &Outputs) -> Result<(), CacheError> {
+        let plan = apply::plan(&self.keys, &self.config, outputs);
+        if plan.skipped > 0 {
+            // Ids are validated where they enter; a bad one here is a bug upstream.
+            // Skipping it keeps one bad row from failing (and re-failing) the rest.
+            tracing::warn!(
+                skipped = plan.skipped,
+                example = plan.first_skipped.as_deref().unwrap_or(""),
+                "cache rows with a malformed tenant, meter or district id skipped"
+            );
+        }
+        if plan.commands == 0 {
+            return Ok(());
+        }
+        self.call(|mut connection| {
+            let pipe = &plan.pipe;
+            async move { pipe.query_async::<()>(&mut connection).await }
+        })
+    }
+
+    fn meter(&self, key: &MeterKey) -> Result<Option<MeterView>, CacheError> {
+        let redis_key = self.keys.meter(key.tenant.as_str(), key.meter.as_str());
+        let hash: HashMap<String, String> = self.call(|mut connection| {
+            let redis_key = &redis_key;
+            async move { connection.hgetall(redis_key).await }
+        })?;
+        codec::parse_view(&redis_key, key, &hash)
+    }
+
+    fn summary(&self, tenant: &str) -> Result<Option<TenantSummary>, CacheError> {
+        if !is_valid_id(tenant.as_bytes()) {
+            return Ok(None);
+        }
+        let key = self.keys.summary(tenant);
+        let hash: HashMap<String, String> = self.call(|mut connection| {
+            let key = &key;
+            async move { connection.hgetall(key).await }
+        })?;
+        codec::parse_summary(&key, tenant, &hash)
+    }
+
+    /// Fetches the keys of every window in the range, capped to its newest
+    /// [`keys::max_read_span_ms`], in one pipeline; missing keys are skipped.
+    fn district_usage(
+        &self,
+        tenant: &str,
+        district: &str,
+        resolution: Resolution,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<DistrictUsage>, CacheError> {
+        if !keys::ids_are_valid(&[tenant, district]) {
+            return Ok(Vec::new());
+        }
+        let names: Vec<String> = keys::read_stamps(resolution, from_ms, to_ms)
+            .iter()
+            .map(|stamp| {
+                self.keys
+                    .district_stamped(tenant, district, resolution, stamp)
+            })
+            .collect();
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for name in &names {
+            pipe.hgetall(name);
+        }
+        let hashes: Vec<HashMap<String, String>> = self.call(|mut connection| {
+            let pipe = &pipe;
+            async move { pipe.query_async(&mut connection).await }
+        })?;
+        let mut rows = Vec::new();
+        for (name, hash) in names.iter().zip(&hashes) {
+            if let Some(row) = codec::parse_district(name, tenant, district, resolution, hash)?
+                && keys::in_read_range(resolution, row.start_ms, from_ms, to_ms)
+            {
+                rows.push(row);
+            }
+        }
+        rows.sort_by_key(|row| row.start_ms);
+        Ok(rows)
+    }
+
+    /// Reads the whole day's ZSET (a top-N list, N small) and orders it like
+    /// `TopConsumers` — largest first, ties by meter id — before cutting to `limit`:
+    /// `ZREVRANGE` alone would break ties the other way.
+    fn top_consumers(
+        &self,
+        tenant: &str,
+        day: &str,
+        limit: usize,
+    ) -> Result<Vec<TopEntry>, CacheError> {
+        let Some(stamp) = keys::day_label_stamp(day) else {
+            return Err(CacheError(format!(
+                "day {day:?} must be a date as yyyy-mm-dd (the tenant's local day)"
+            )));
+        };
+        if limit == 0 || !is_valid_id(tenant.as_bytes()) {
+            return Ok(Vec::new());
+        }
+        let key = self.keys.top(tenant, &stamp);
+        let scored: Vec<(String, f64)> = self.call(|mut connection| {
+            let key = &key;
+            async move { connection.zrevrange_withscores(key, 0, -1).await }
+        })?;
+        let mut entries = scored
+            .into_iter()
+            .map(|(meter, score)| {
+                codec::score_litres(&key, &meter, score).map(|usage_l| TopEntry { meter, usage_l })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        sort_top(&mut entries);
+        entries.truncate(limit);
+        Ok(entries)
+    }
+
+    fn open_alerts(&self, tenant: &str) -> Result<Vec<AlertEvent>, CacheError> {
+        if !is_valid_id(tenant.as_bytes()) {
+            return Ok(Vec::new());
+        }
+        let key = self.keys.alerts_open(tenant);
+        let hash: HashMap<String, String> = self.call(|mut connection| {
+            let key = &key;
+            async move { connection.hgetall(key).await }
+        })?;
+        let mut alerts = hash
+            .iter()
+            .map(|(field, json)| codec::parse_alert_json(&key, field, tenant, json))
+            .collect::<Result<Vec<_>, _>>()?;
+        sort_open_alerts(&mut alerts);
+        Ok(alerts)
+    }
+
+    fn recent_alerts(&self, tenant: &str, limit: usize) -> Result<Vec<AlertEvent>, CacheError> {
+        if limit == 0 || !is_valid_id(tenant.as_bytes()) {
+            return Ok(Vec::new());
+        }
+        let key = self.keys.alerts(tenant);
+        let entries: Vec<StreamEntry> = self.call(|mut connection| {
+            let key = &key;
+            async move {
+                redis::cmd("XREVRANGE")
+                    .arg(key)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(limit)
+                    .query_async(&mut connection)
+                    .await
+            }
+        })?;
+        entries
+            .iter()
+            .map(|(id, pairs)| codec::parse_alert_entry(&key, id, tenant, pairs))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_validate_and_refuse_unknown_fields() {
+        let config = RedisConfig::default();
+        config.validate().unwrap();
+        assert_eq!(config.meter_ttl_secs, 604_800);
+        assert_eq!(config.district_minute_ttl_secs, 172_800);
+        assert_eq!(config.district_hour_ttl_secs, 3_024_000);
+        assert_eq!(config.district_day_ttl_secs, 34_560_000);
+        let back: RedisConfig = toml::from_str(&toml::to_string(&config).unwrap()).unwrap();
+        assert_eq!(back, config);
+        assert!(toml::from_str::<RedisConfig>("ttl = 5").is_err());
+        let bad = RedisConfig {
+            key_prefix: "mf:{x}".into(),
+            meter_ttl_secs: 0,
+            district_day_ttl_secs: u64::MAX,
+            alerts_stream_maxlen: 0,
+            ..RedisConfig::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().len(), 4);
+    }
+
+    #[test]
+    fn keys_carry_the_tenant_hash_tag() {
+        let cache = RedisCache::open("redis://127.0.0.1:1", RedisConfig::default()).unwrap();
+        assert_eq!(cache.meter_key("acme", "M-1"), "mf:{acme}:meter:M-1");
+        assert_eq!(cache.keys().summary("acme"), "mf:{acme}:summary");
+        assert!(RedisCache::open("not a url", RedisConfig::default()).is_err());
+    }
+}

@@ -1,0 +1,905 @@
+//! What processors derived, on ScyllaDB:
+//! [`ReadingStore::write_outputs`](crate::ReadingStore::write_outputs) into `bills`,
+//! `alerts` (+ `alert_days`) and `district_hourly` (+ `district_hourly_days`), and the
+//! three readers. Tables, columns and encodings are in [`super::schema`] (migration 2).
+//!
+//! Writing one [`Outputs`]:
+//! - only bills, alert events and `Resolution::Hour` district rows are stored (minute
+//!   and day rows are cache-only); outputs without any write nothing and do not touch
+//!   the breaker;
+//! - rows are grouped per partition — bills per (tenant, period), alert episodes per
+//!   (tenant, UTC day of `opened_at`), hours per (tenant, district, UTC day of the
+//!   hour's start) — and each partition's rows go out as unlogged batches of at most
+//!   `max_batch_rows`, alongside the partition's `*_days` index upsert (alerts and
+//!   hours); partitions proceed concurrently under the store's `max_in_flight` bound;
+//! - every statement is a prepared, idempotent upsert on the natural key, retried
+//!   while transient, inside one breaker permit for the whole call; `Ok` means every
+//!   statement was acknowledged at the configured consistency;
+//! - within one call, a key given twice keeps its later row (bills, hours) or its
+//!   latest event (alerts); across calls, a bill or hour row is replaced by the later
+//!   write (client timestamps are monotonic);
+//! - **latest event per episode**: an alert row is written `USING TIMESTAMP`
+//!   `at` × 1000 µs + lifecycle step (opened 0, updated 1, cleared 2), so the cluster's
+//!   own last-write-wins keeps the event with the greatest (`at`, step) whatever
+//!   order writes arrive in: a replayed older event never reopens a cleared episode.
+//!   (Two different events with the same `at` and step — not something the alerting
+//!   processor emits — resolve per column by the cluster's tie rule, the greater
+//!   value; the embedded store keeps the later write.)
+//!
+//! Reading:
+//! - `bill`: one point read;
+//! - `alerts`: `alert_days` newest first, then each day's partition in clustering order
+//!   (opened_at, meter, kind, all descending), until `limit` episodes; with `open_only`,
+//!   cleared ones are skipped client side, so a tenant with few open episodes costs a
+//!   scan of its alert history (≤ `alerts_ttl_days` of it) — dashboards read open
+//!   alerts from the hot cache, this is the durable fallback;
+//! - `district_hourly`: `district_hourly_days` within the range's UTC days, then each
+//!   day's rows with `from_ms <= hour < to_ms`, ascending.
+
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+
+use ::scylla::client::session::Session;
+use ::scylla::statement::prepared::PreparedStatement;
+use ::scylla::value::{CqlDate, CqlTimestamp};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use meterflow_model::Outputs;
+use meterflow_model::alert::{AlertEvent, AlertKind, EpisodeState, Priority};
+use meterflow_model::analytics::{DistrictUsage, Resolution, UsageSketch};
+use meterflow_model::billing::{BillLine, TierCharge};
+use meterflow_model::time::day_of;
+
+use super::{Core, UnitFuture, cql_date, cql_date_clamped, cql_limit, prepare_statement};
+use crate::error::StoreError;
+
+/// The prepared statements of the output tables.
+pub(super) struct OutputStatements {
+    insert_bill: PreparedStatement,
+    select_bill: PreparedStatement,
+    insert_alert: PreparedStatement,
+    insert_alert_day: PreparedStatement,
+    select_alert_days: PreparedStatement,
+    select_alerts: PreparedStatement,
+    insert_district_hour: PreparedStatement,
+    insert_district_hour_day: PreparedStatement,
+    select_district_hour_days: PreparedStatement,
+    select_district_hours: PreparedStatement,
+}
+
+impl OutputStatements {
+    pub(super) async fn prepare(session: &Session, ks: &str) -> Result<Self, StoreError> {
+        let prepare = |cql: String| prepare_statement(session, cql);
+        Ok(Self {
+            insert_bill: prepare(format!(
+                "INSERT INTO {ks}.bills (tenant, period, meter, currency, usage_l, tiers, \
+                 fixed_cents, amount_cents, is_estimated, is_final) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ))
+            .await?,
+            select_bill: prepare(format!(
+                "SELECT currency, usage_l, tiers, fixed_cents, amount_cents, is_estimated, \
+                 is_final FROM {ks}.bills WHERE tenant = ? AND period = ? AND meter = ?"
+            ))
+            .await?,
+            insert_alert: prepare(format!(
+                "INSERT INTO {ks}.alerts (tenant, day, opened_at, meter, kind, priority, state, \
+                 event_at, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                 USING TTL ? AND TIMESTAMP ?"
+            ))
+            .await?,
+            insert_alert_day: prepare(format!(
+                "INSERT INTO {ks}.alert_days (tenant, day) VALUES (?, ?) USING TTL ?"
+            ))
+            .await?,
+            select_alert_days: prepare(format!("SELECT day FROM {ks}.alert_days WHERE tenant = ?"))
+                .await?,
+            select_alerts: prepare(format!(
+                "SELECT opened_at, meter, kind, priority, state, event_at, detail \
+                 FROM {ks}.alerts WHERE tenant = ? AND day = ? LIMIT ?"
+            ))
+            .await?,
+            insert_district_hour: prepare(format!(
+                "INSERT INTO {ks}.district_hourly (tenant, district, day, hour, usage_l, meters, \
+                 p50_l, p90_l, p99_l, sketch_zeros, sketch_bins, night_hour_l, night_flow_lph) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?"
+            ))
+            .await?,
+            insert_district_hour_day: prepare(format!(
+                "INSERT INTO {ks}.district_hourly_days (tenant, district, day) VALUES (?, ?, ?) \
+                 USING TTL ?"
+            ))
+            .await?,
+            select_district_hour_days: prepare(format!(
+                "SELECT day FROM {ks}.district_hourly_days \
+                 WHERE tenant = ? AND district = ? AND day >= ? AND day <= ?"
+            ))
+            .await?,
+            select_district_hours: prepare(format!(
+                "SELECT hour, usage_l, meters, p50_l, p90_l, p99_l, sketch_zeros, sketch_bins, \
+                 night_hour_l, night_flow_lph FROM {ks}.district_hourly \
+                 WHERE tenant = ? AND district = ? AND day = ? AND hour >= ? AND hour < ?"
+            ))
+            .await?,
+        })
+    }
+}
+
+/// A tier as stored in `bills.tiers`: usage_l, price_per_m3, amount_cents.
+type TierColumns = (i64, i64, i64);
+
+/// A bills row as bound to `insert_bill`: tenant, period, meter, currency, usage_l,
+/// tiers, fixed_cents, amount_cents, is_estimated, is_final.
+type BillRow<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    i64,
+    Vec<TierColumns>,
+    i64,
+    i64,
+    bool,
+    bool,
+);
+
+/// What `select_bill` returns: currency, usage_l, tiers, fixed_cents, amount_cents,
+/// is_estimated, is_final.
+type BillColumns = (String, i64, Option<Vec<TierColumns>>, i64, i64, bool, bool);
+
+/// An alerts row as bound to `insert_alert`: tenant, day, opened_at, meter, kind,
+/// priority, state, event_at, detail, TTL, write timestamp (µs).
+type AlertRow<'a> = (
+    &'a str,
+    CqlDate,
+    CqlTimestamp,
+    &'a str,
+    &'static str,
+    &'static str,
+    &'static str,
+    CqlTimestamp,
+    &'a str,
+    i32,
+    i64,
+);
+
+/// What `select_alerts` returns: opened_at, meter, kind, priority, state, event_at,
+/// detail.
+type AlertColumns = (
+    CqlTimestamp,
+    String,
+    String,
+    String,
+    String,
+    CqlTimestamp,
+    String,
+);
+
+/// A sketch bin as stored in `district_hourly.sketch_bins`: bucket index, count.
+type BinColumns = (i32, i64);
+
+/// A district_hourly row as bound to `insert_district_hour`: tenant, district, day,
+/// hour, usage_l, meters, p50_l, p90_l, p99_l, sketch_zeros, sketch_bins,
+/// night_hour_l, night_flow_lph, TTL.
+type DistrictHourRow<'a> = (
+    &'a str,
+    &'a str,
+    CqlDate,
+    CqlTimestamp,
+    i64,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    i64,
+    Vec<BinColumns>,
+    (Option<i64>, Option<i64>),
+    Option<i64>,
+    i32,
+);
+
+/// What `select_district_hours` returns: hour, usage_l, meters, p50_l, p90_l, p99_l,
+/// sketch_zeros, sketch_bins, night_hour_l, night_flow_lph.
+type DistrictHourColumns = (
+    CqlTimestamp,
+    i64,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    i64,
+    Option<Vec<BinColumns>>,
+    Option<(Option<i64>, Option<i64>)>,
+    Option<i64>,
+);
+
+/// An episode within its `(tenant, day)` partition: opened_at, meter, kind.
+type EpisodeKey<'a> = (i64, &'a str, AlertKind);
+
+/// What one `write_outputs` sends, per partition.
+pub(super) struct OutputsPlan<'a> {
+    /// `(tenant, period)` → meter → its last bill line in the call.
+    bills: BTreeMap<(&'a str, &'a str), BTreeMap<&'a str, &'a BillLine>>,
+    /// `(tenant, day)` → episode → its latest event in the call.
+    alerts: BTreeMap<(&'a str, i64), BTreeMap<EpisodeKey<'a>, &'a AlertEvent>>,
+    /// `(tenant, district, day)` → hour start → its last row in the call.
+    hours: BTreeMap<(&'a str, &'a str, i64), BTreeMap<i64, &'a DistrictUsage>>,
+}
+
+impl OutputsPlan<'_> {
+    pub(super) fn is_empty(&self) -> bool {
+        self.bills.is_empty() && self.alerts.is_empty() && self.hours.is_empty()
+    }
+}
+
+/// Groups what `outputs` holds for the durable tables per partition.
+pub(super) fn plan(outputs: &Outputs) -> OutputsPlan<'_> {
+    let mut bills: BTreeMap<_, BTreeMap<_, _>> = BTreeMap::new();
+    for bill in &outputs.bills {
+        bills
+            .entry((bill.tenant.as_str(), bill.period.as_str()))
+            .or_default()
+            .insert(bill.meter.as_str(), bill);
+    }
+    let mut alerts: BTreeMap<_, BTreeMap<_, &AlertEvent>> = BTreeMap::new();
+    for event in &outputs.alerts {
+        let partition = alerts
+            .entry((event.tenant.as_str(), day_of(event.opened_at)))
+            .or_default();
+        match partition.entry((event.opened_at, event.meter.as_str(), event.kind)) {
+            Entry::Vacant(slot) => {
+                slot.insert(event);
+            }
+            Entry::Occupied(mut slot) => {
+                if event_order(event) >= event_order(slot.get()) {
+                    slot.insert(event);
+                }
+            }
+        }
+    }
+    let mut hours: BTreeMap<_, BTreeMap<_, _>> = BTreeMap::new();
+    for row in &outputs.districts {
+        if row.resolution != Resolution::Hour {
+            continue;
+        }
+        hours
+            .entry((
+                row.tenant.as_str(),
+                row.district.as_str(),
+                day_of(row.start_ms),
+            ))
+            .or_default()
+            .insert(row.start_ms, row);
+    }
+    OutputsPlan {
+        bills,
+        alerts,
+        hours,
+    }
+}
+
+/// Where an event stands in its episode: `at`, then the lifecycle step. The embedded
+/// store orders events the same way.
+fn event_order(event: &AlertEvent) -> (i64, i64) {
+    let step = match event.state {
+        EpisodeState::Opened => 0,
+        EpisodeState::Updated => 1,
+        EpisodeState::Cleared => 2,
+    };
+    (event.at, step)
+}
+
+/// The write timestamp (µs) of an alert row: the event's order as one number. `at`
+/// is in ms, so the step fits in the sub-millisecond digits. Clamped away from
+/// `i64::MIN`, which CQL refuses as a timestamp.
+fn episode_write_timestamp(event: &AlertEvent) -> i64 {
+    let (at, step) = event_order(event);
+    at.saturating_mul(1_000)
+        .saturating_add(step)
+        .max(i64::MIN + 1)
+}
+
+fn priority_name(priority: Priority) -> &'static str {
+    match priority {
+        Priority::Critical => "critical",
+        Priority::High => "high",
+        Priority::Low => "low",
+    }
+}
+
+fn state_name(state: EpisodeState) -> &'static str {
+    match state {
+        EpisodeState::Opened => "opened",
+        EpisodeState::Updated => "updated",
+        EpisodeState::Cleared => "cleared",
+    }
+}
+
+const PRIORITIES: [Priority; 3] = [Priority::Critical, Priority::High, Priority::Low];
+const STATES: [EpisodeState; 3] = [
+    EpisodeState::Opened,
+    EpisodeState::Updated,
+    EpisodeState::Cleared,
+];
+
+/// A `u64` as the `bigint` holding the same 64 bits (see `schema`).
+fn bigint(value: u64) -> i64 {
+    value as i64
+}
+
+/// Inverse of [`bigint`].
+fn unsigned(value: i64) -> u64 {
+    value as u64
+}
+
+fn bill_row(bill: &BillLine) -> BillRow<'_> {
+    (
+        bill.tenant.as_str(),
+        bill.period.as_str(),
+        bill.meter.as_str(),
+        bill.currency.as_str(),
+        bigint(bill.usage_l),
+        bill.tiers
+            .iter()
+            .map(|t| {
+                (
+                    bigint(t.usage_l),
+                    bigint(t.price_per_m3),
+                    bigint(t.amount_cents),
+                )
+            })
+            .collect(),
+        bigint(bill.fixed_cents),
+        bigint(bill.amount_cents),
+        bill.estimated,
+        bill.final_,
+    )
+}
+
+fn decode_bill(tenant: &str, period: &str, meter: &str, columns: BillColumns) -> BillLine {
+    let (currency, usage_l, tiers, fixed_cents, amount_cents, estimated, final_) = columns;
+    BillLine {
+        tenant: tenant.to_owned(),
+        meter: meter.to_owned(),
+        period: period.to_owned(),
+        currency,
+        usage_l: unsigned(usage_l),
+        tiers: tiers
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(usage_l, price_per_m3, amount_cents)| TierCharge {
+                usage_l: unsigned(usage_l),
+                price_per_m3: unsigned(price_per_m3),
+                amount_cents: unsigned(amount_cents),
+            })
+            .collect(),
+        fixed_cents: unsigned(fixed_cents),
+        amount_cents: unsigned(amount_cents),
+        estimated,
+        final_,
+    }
+}
+
+fn alert_row(event: &AlertEvent, day: CqlDate, ttl: i32) -> AlertRow<'_> {
+    (
+        event.tenant.as_str(),
+        day,
+        CqlTimestamp(event.opened_at),
+        event.meter.as_str(),
+        event.kind.name(),
+        priority_name(event.priority),
+        state_name(event.state),
+        CqlTimestamp(event.at),
+        event.detail.as_str(),
+        ttl,
+        episode_write_timestamp(event),
+    )
+}
+
+fn decode_alert(tenant: &str, columns: AlertColumns) -> Result<AlertEvent, StoreError> {
+    let (opened_at, meter, kind, priority, state, at, detail) = columns;
+    let unknown = |what: &str, value: &str| {
+        StoreError::Corrupt(format!(
+            "alert episode of meter {meter} opened at {}: unknown {what} {value:?} (written by a newer meterflow?)",
+            opened_at.0
+        ))
+    };
+    let kind = AlertKind::ALL
+        .into_iter()
+        .find(|k| k.name() == kind)
+        .ok_or_else(|| unknown("kind", &kind))?;
+    let priority = PRIORITIES
+        .into_iter()
+        .find(|p| priority_name(*p) == priority)
+        .ok_or_else(|| unknown("priority", &priority))?;
+    let state = STATES
+        .into_iter()
+        .find(|s| state_name(*s) == state)
+        .ok_or_else(|| unknown("state", &state))?;
+    Ok(AlertEvent {
+        tenant: tenant.to_owned(),
+        meter,
+        kind,
+        priority,
+        state,
+        opened_at: opened_at.0,
+        at: at.0,
+        detail,
+    })
+}
+
+fn district_hour_row(row: &DistrictUsage, day: CqlDate, ttl: i32) -> DistrictHourRow<'_> {
+    let sketch = &row.meter_hour_sketch;
+    (
+        row.tenant.as_str(),
+        row.district.as_str(),
+        day,
+        CqlTimestamp(row.start_ms),
+        bigint(row.usage_l),
+        bigint(row.meters),
+        row.p50_l.map(bigint),
+        row.p90_l.map(bigint),
+        row.p99_l.map(bigint),
+        bigint(sketch.zeros),
+        sketch
+            .bins
+            .iter()
+            .map(|&(bucket, count)| (i32::from(bucket), bigint(count)))
+            .collect(),
+        (
+            row.night_hour_l[0].map(bigint),
+            row.night_hour_l[1].map(bigint),
+        ),
+        row.night_flow_lph.map(bigint),
+        ttl,
+    )
+}
+
+fn decode_district_hour(
+    tenant: &str,
+    district: &str,
+    columns: DistrictHourColumns,
+) -> Result<DistrictUsage, StoreError> {
+    let (hour, usage_l, meters, p50, p90, p99, zeros, bins, night, night_flow) = columns;
+    let bins = bins
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(bucket, count)| {
+            u16::try_from(bucket)
+                .map(|bucket| (bucket, unsigned(count)))
+                .map_err(|_| {
+                    StoreError::Corrupt(format!(
+                        "district_hourly row of {tenant}/{district} at {}: sketch bucket {bucket} is not a u16",
+                        hour.0
+                    ))
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let (night_2, night_3) = night.unwrap_or_default();
+    Ok(DistrictUsage {
+        tenant: tenant.to_owned(),
+        district: district.to_owned(),
+        resolution: Resolution::Hour,
+        start_ms: hour.0,
+        usage_l: unsigned(usage_l),
+        meters: unsigned(meters),
+        meter_hour_sketch: UsageSketch {
+            zeros: unsigned(zeros),
+            bins,
+        },
+        p50_l: p50.map(unsigned),
+        p90_l: p90.map(unsigned),
+        p99_l: p99.map(unsigned),
+        night_hour_l: [night_2.map(unsigned), night_3.map(unsigned)],
+        night_flow_lph: night_flow.map(unsigned),
+    })
+}
+
+impl Core {
+    pub(super) async fn write_outputs(&self, plan: &OutputsPlan<'_>) -> Result<(), StoreError> {
+        let mut units: FuturesUnordered<UnitFuture<'_>> = FuturesUnordered::new();
+        for lines in plan.bills.values() {
+            units.push(Box::pin(self.write_bills(lines)));
+        }
+        for ((tenant, day), episodes) in &plan.alerts {
+            units.push(Box::pin(self.write_alerts(tenant, *day, episodes)));
+        }
+        for ((tenant, district, day), hours) in &plan.hours {
+            units.push(Box::pin(
+                self.write_district_hours(tenant, district, *day, hours),
+            ));
+        }
+        while let Some(result) = units.next().await {
+            // Dropping the remaining units cancels their pending statements.
+            result?;
+        }
+        Ok(())
+    }
+
+    /// One `(tenant, period)` partition of bills.
+    async fn write_bills(&self, lines: &BTreeMap<&str, &BillLine>) -> Result<(), StoreError> {
+        let rows: Vec<BillRow<'_>> = lines.values().map(|bill| bill_row(bill)).collect();
+        let statements: FuturesUnordered<UnitFuture<'_>> = FuturesUnordered::new();
+        for chunk in rows.chunks(self.config.max_batch_rows) {
+            statements.push(Box::pin(self.execute_batch(
+                "writing bills failed",
+                &self.statements.outputs.insert_bill,
+                chunk,
+            )));
+        }
+        drain(statements).await
+    }
+
+    /// One `(tenant, day)` partition of alert episodes, and its `alert_days` entry.
+    async fn write_alerts(
+        &self,
+        tenant: &str,
+        day: i64,
+        episodes: &BTreeMap<EpisodeKey<'_>, &AlertEvent>,
+    ) -> Result<(), StoreError> {
+        let ttl = self.config.alerts_ttl_secs();
+        let date = cql_date(day)?;
+        let rows: Vec<AlertRow<'_>> = episodes
+            .values()
+            .map(|event| alert_row(event, date, ttl))
+            .collect();
+        let statements: FuturesUnordered<UnitFuture<'_>> = FuturesUnordered::new();
+        statements.push(Box::pin(self.execute(
+            "writing alert_days failed",
+            &self.statements.outputs.insert_alert_day,
+            (tenant, date, ttl),
+        )));
+        for chunk in rows.chunks(self.config.max_batch_rows) {
+            statements.push(Box::pin(self.execute_batch(
+                "writing alerts failed",
+                &self.statements.outputs.insert_alert,
+                chunk,
+            )));
+        }
+        drain(statements).await
+    }
+
+    /// One `(tenant, district, day)` partition of hourly rows, and its
+    /// `district_hourly_days` entry.
+    async fn write_district_hours(
+        &self,
+        tenant: &str,
+        district: &str,
+        day: i64,
+        hours: &BTreeMap<i64, &DistrictUsage>,
+    ) -> Result<(), StoreError> {
+        let ttl = self.config.district_hourly_ttl_secs();
+        let date = cql_date(day)?;
+        let rows: Vec<DistrictHourRow<'_>> = hours
+            .values()
+            .map(|row| district_hour_row(row, date, ttl))
+            .collect();
+        let statements: FuturesUnordered<UnitFuture<'_>> = FuturesUnordered::new();
+        statements.push(Box::pin(self.execute(
+            "writing district_hourly_days failed",
+            &self.statements.outputs.insert_district_hour_day,
+            (tenant, district, date, ttl),
+        )));
+        for chunk in rows.chunks(self.config.max_batch_rows) {
+            statements.push(Box::pin(self.execute_batch(
+                "writing district_hourly failed",
+                &self.statements.outputs.insert_district_hour,
+                chunk,
+            )));
+        }
+        drain(statements).await
+    }
+
+    pub(super) async fn bill(
+        &self,
+        tenant: &str,
+        period: &str,
+        meter: &str,
+    ) -> Result<Option<BillLine>, StoreError> {
+        let rows: Vec<BillColumns> = self
+            .select_all(
+                "reading bills failed",
+                &self.statements.outputs.select_bill,
+                (tenant, period, meter),
+                1,
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .next()
+            .map(|columns| decode_bill(tenant, period, meter, columns)))
+    }
+
+    pub(super) async fn alerts(
+        &self,
+        tenant: &str,
+        open_only: bool,
+        limit: usize,
+    ) -> Result<Vec<AlertEvent>, StoreError> {
+        if tenant.is_empty() {
+            // `alert_days` is keyed by the tenant alone, and CQL refuses an empty
+            // partition key; no tenant id is empty, so there is nothing to find.
+            return Ok(Vec::new());
+        }
+        // Newest day first (the index is clustered by day descending).
+        let days: Vec<(CqlDate,)> = self
+            .select_all(
+                "reading alert_days failed",
+                &self.statements.outputs.select_alert_days,
+                (tenant,),
+                usize::MAX,
+            )
+            .await?;
+        let cleared = state_name(EpisodeState::Cleared);
+        let mut out = Vec::new();
+        for (date,) in days {
+            let remaining = limit - out.len();
+            // With `open_only`, the rows the server returns include cleared ones, so
+            // LIMIT cannot bound them; paging stops once `remaining` are kept.
+            let server_limit = if open_only { usize::MAX } else { remaining };
+            let rows: Vec<AlertColumns> = self
+                .select_matching(
+                    "reading alerts failed",
+                    &self.statements.outputs.select_alerts,
+                    (tenant, date, cql_limit(server_limit)),
+                    remaining,
+                    |row: &AlertColumns| !open_only || row.4 != cleared,
+                )
+                .await?;
+            for columns in rows {
+                out.push(decode_alert(tenant, columns)?);
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn district_hourly(
+        &self,
+        tenant: &str,
+        district: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<DistrictUsage>, StoreError> {
+        // `to_ms` is exclusive, and `from_ms < to_ms`, so `to_ms - 1` cannot overflow.
+        let days: Vec<(CqlDate,)> = self
+            .select_all(
+                "reading district_hourly_days failed",
+                &self.statements.outputs.select_district_hour_days,
+                (
+                    tenant,
+                    district,
+                    cql_date_clamped(day_of(from_ms)),
+                    cql_date_clamped(day_of(to_ms - 1)),
+                ),
+                usize::MAX,
+            )
+            .await?;
+        let mut out = Vec::new();
+        for (date,) in days {
+            let rows: Vec<DistrictHourColumns> = self
+                .select_all(
+                    "reading district_hourly failed",
+                    &self.statements.outputs.select_district_hours,
+                    (
+                        tenant,
+                        district,
+                        date,
+                        CqlTimestamp(from_ms),
+                        CqlTimestamp(to_ms),
+                    ),
+                    usize::MAX,
+                )
+                .await?;
+            for columns in rows {
+                out.push(decode_district_hour(tenant, district, columns)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Awaits every statement; the first error cancels the rest.
+async fn drain(mut statements: FuturesUnordered<UnitFuture<'_>>) -> Result<(), StoreError> {
+    while let Some(result) = statements.next().await {
+        result?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(meter: &str, state: EpisodeState, opened_at: i64, at: i64) -> AlertEvent {
+        AlertEvent {
+            tenant: "t".into(),
+            meter: meter.into(),
+            kind: AlertKind::NoCommunication,
+            priority: Priority::Low,
+            state,
+            opened_at,
+            at,
+            detail: format!("{state:?} at {at}"),
+        }
+    }
+
+    #[test]
+    fn plan_keeps_hour_rows_only_and_the_later_row_per_key() {
+        let mut first = DistrictUsage::new("t", "north", Resolution::Hour, 3_600_000);
+        first.usage_l = 1;
+        let mut second = first.clone();
+        second.usage_l = 2;
+        let bill = |amount_cents| BillLine {
+            tenant: "t".into(),
+            meter: "m".into(),
+            period: "2025-11".into(),
+            currency: "EUR".into(),
+            usage_l: 0,
+            tiers: vec![],
+            fixed_cents: 0,
+            amount_cents,
+            estimated: false,
+            final_: false,
+        };
+        let outputs = Outputs {
+            districts: vec![
+                first,
+                DistrictUsage::new("t", "north", Resolution::Minute, 0),
+                DistrictUsage::new("t", "north", Resolution::Day, 0),
+                second,
+            ],
+            bills: vec![bill(1), bill(2)],
+            ..Outputs::default()
+        };
+        let plan = plan(&outputs);
+        assert_eq!(plan.hours.len(), 1);
+        assert_eq!(plan.hours[&("t", "north", 0)][&3_600_000].usage_l, 2);
+        assert_eq!(plan.bills[&("t", "2025-11")]["m"].amount_cents, 2);
+        assert!(plan.alerts.is_empty());
+
+        let cache_only = Outputs {
+            districts: vec![DistrictUsage::new("t", "north", Resolution::Minute, 0)],
+            ..Outputs::default()
+        };
+        assert!(super::plan(&cache_only).is_empty());
+    }
+
+    #[test]
+    fn plan_keeps_the_latest_event_of_each_episode_by_event_order() {
+        let day = meterflow_model::time::DAY_MS;
+        let outputs = Outputs {
+            alerts: vec![
+                event("m", EpisodeState::Cleared, 10, 30),
+                event("m", EpisodeState::Updated, 10, 20),
+                event("m", EpisodeState::Opened, day + 1, day + 1),
+            ],
+            ..Outputs::default()
+        };
+        let plan = plan(&outputs);
+        assert_eq!(plan.alerts.len(), 2, "two UTC days of opened_at");
+        let first_day = &plan.alerts[&("t", 0)];
+        assert_eq!(first_day.len(), 1);
+        assert_eq!(
+            first_day[&(10, "m", AlertKind::NoCommunication)].state,
+            EpisodeState::Cleared
+        );
+    }
+
+    #[test]
+    fn write_timestamps_follow_event_order() {
+        let opened = event("m", EpisodeState::Opened, 0, 5);
+        let updated = event("m", EpisodeState::Updated, 0, 5);
+        let cleared = event("m", EpisodeState::Cleared, 0, 5);
+        let later = event("m", EpisodeState::Opened, 0, 6);
+        let ts = |e: &AlertEvent| episode_write_timestamp(e);
+        assert!(ts(&opened) < ts(&updated) && ts(&updated) < ts(&cleared));
+        assert!(ts(&cleared) < ts(&later));
+        assert_eq!(ts(&cleared), 5_002);
+        assert_eq!(
+            ts(&event("m", EpisodeState::Opened, 0, i64::MIN)),
+            i64::MIN + 1
+        );
+        assert_eq!(
+            ts(&event("m", EpisodeState::Cleared, 0, i64::MAX)),
+            i64::MAX
+        );
+    }
+
+    #[test]
+    fn names_match_the_model_serde_names() {
+        #[derive(serde::Serialize)]
+        struct Names {
+            priority: Priority,
+            state: EpisodeState,
+        }
+        for priority in PRIORITIES {
+            for state in STATES {
+                let text = toml::to_string(&Names { priority, state }).unwrap();
+                assert_eq!(
+                    text,
+                    format!(
+                        "priority = \"{}\"\nstate = \"{}\"\n",
+                        priority_name(priority),
+                        state_name(state)
+                    )
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rows_round_trip_through_their_column_types() {
+        let bill = BillLine {
+            tenant: "t".into(),
+            meter: "m".into(),
+            period: "2025-11".into(),
+            currency: "EUR".into(),
+            usage_l: u64::MAX,
+            tiers: vec![TierCharge {
+                usage_l: 10_000,
+                price_per_m3: 150,
+                amount_cents: 1_500,
+            }],
+            fixed_cents: 800,
+            amount_cents: 2_300,
+            estimated: true,
+            final_: false,
+        };
+        let r = bill_row(&bill);
+        let columns = (r.3.to_owned(), r.4, Some(r.5.clone()), r.6, r.7, r.8, r.9);
+        assert_eq!(decode_bill("t", "2025-11", "m", columns), bill);
+
+        let alert = event("m", EpisodeState::Updated, 7, 9);
+        let r = alert_row(&alert, CqlDate(0), 1);
+        let columns = (
+            r.2,
+            r.3.to_owned(),
+            r.4.to_owned(),
+            r.5.to_owned(),
+            r.6.to_owned(),
+            r.7,
+            r.8.to_owned(),
+        );
+        assert_eq!(decode_alert("t", columns.clone()).unwrap(), alert);
+        let mut bad = columns;
+        bad.2 = "flood".into();
+        assert!(matches!(
+            decode_alert("t", bad),
+            Err(StoreError::Corrupt(_))
+        ));
+
+        let mut hour = DistrictUsage::new("t", "north", Resolution::Hour, -3_600_000);
+        hour.usage_l = 42;
+        hour.meters = 3;
+        for v in [0, 5, 70, 70] {
+            hour.meter_hour_sketch.add(v);
+        }
+        hour.refresh_derived();
+        hour.night_hour_l = [Some(4), None];
+        let r = district_hour_row(&hour, CqlDate(0), 1);
+        let columns = (
+            r.3,
+            r.4,
+            r.5,
+            r.6,
+            r.7,
+            r.8,
+            r.9,
+            Some(r.10.clone()),
+            Some(r.11),
+            r.12,
+        );
+        assert_eq!(
+            decode_district_hour("t", "north", columns.clone()).unwrap(),
+            hour
+        );
+        let mut bad = columns;
+        bad.7 = Some(vec![(70_000, 1)]);
+        assert!(matches!(
+            decode_district_hour("t", "north", bad),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+}
