@@ -133,6 +133,7 @@ pub(crate) fn run(
                 .as_deref()
                 .ok_or_else(|| anyhow::anyhow!("no mosquitto binary"))?,
             env.peer_nodelay,
+            env.peer_ackers,
         )?,
     };
     let name = format!("{} {label}", kind.name());

@@ -80,6 +80,10 @@ struct Args {
     /// Run Mosquitto with TCP_NODELAY (default: Nagle on, as in meterflow's rumqttd).
     #[arg(long)]
     peer_nodelay: bool,
+    /// Peer acker connections: 1 (default) is the single counting subscriber; more
+    /// share a $share subscription and ack the highest seq seen.
+    #[arg(long, default_value_t = 1)]
+    peer_ackers: usize,
     /// Override the scenario's meters (throughput scenarios).
     #[arg(long)]
     meters: Option<usize>,
@@ -245,6 +249,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         sim,
         mosquitto,
         peer_nodelay: args.peer_nodelay,
+        peer_ackers: args.peer_ackers.max(1),
         log_dir: run_dir.path().to_path_buf(),
         criteria: Criteria::default(),
     };

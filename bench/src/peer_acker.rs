@@ -14,6 +14,14 @@
 //! One blocking thread: read whatever the socket has, handle every complete packet
 //! in the buffer, then write all the acks it produced in one `write`. Batching the
 //! writes this way keeps the acker far below the broker's cost per message.
+//!
+//! The specified peer is ONE such subscriber. Mosquitto reads one packet per socket
+//! per pass of its event loop, so all acks funnelling through one connection can be
+//! the peer's ceiling; `--peer-ackers N` spreads them over N subscribers sharing a
+//! `$share/…` subscription. Mosquitto hands shared messages out round-robin, so a
+//! meter's seqs are split between ackers and no acker sees a contiguous run: in that
+//! mode each acker acks the highest seq it has seen (gaps are not counted) — looser
+//! than meterflow's rule, so still an upper bound.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{ErrorKind, Read, Write};
@@ -53,14 +61,21 @@ pub(crate) struct PeerAcker {
 }
 
 impl PeerAcker {
-    /// Connects, subscribes to `filter` and returns once the subscription is acked.
-    pub(crate) fn start(broker: SocketAddr, filter: &str) -> anyhow::Result<PeerAcker> {
+    /// Connects as acker `index`, subscribes to `filter` and returns once the
+    /// subscription is acked. `contiguous`: ack contiguous watermarks (else the
+    /// highest seq seen).
+    pub(crate) fn start(
+        broker: SocketAddr,
+        filter: &str,
+        index: usize,
+        contiguous: bool,
+    ) -> anyhow::Result<PeerAcker> {
         let mut stream = TcpStream::connect_timeout(&broker, HANDSHAKE_TIMEOUT)
             .with_context(|| format!("peer acker: connecting to {broker}"))?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
         let mut out = Vec::new();
-        mqtt_wire::connect(&mut out, "meterflow-bench-acker", 0);
+        mqtt_wire::connect(&mut out, &format!("meterflow-bench-acker-{index}"), 0);
         mqtt_wire::subscribe(&mut out, 1, filter, 0);
         stream.write_all(&out)?;
 
@@ -100,7 +115,7 @@ impl PeerAcker {
         let handle = thread::Builder::new().name("peer-acker".into()).spawn({
             let counters = Arc::clone(&counters);
             let stop = Arc::clone(&stop);
-            move || ack_loop(stream, buf, &counters, &stop)
+            move || ack_loop(stream, buf, contiguous, &counters, &stop)
         })?;
         Ok(PeerAcker {
             counters,
@@ -153,10 +168,14 @@ fn read_some(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<()> {
 fn ack_loop(
     mut stream: TcpStream,
     mut buf: Vec<u8>,
+    contiguous: bool,
     counters: &AckerCounters,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
-    let mut watermarks = Watermarks::default();
+    let mut watermarks = Watermarks {
+        contiguous,
+        ..Watermarks::default()
+    };
     let mut out = Vec::with_capacity(READ_CHUNK);
     let mut ack_topic = Vec::with_capacity(96);
     let mut payload = Vec::with_capacity(32);
@@ -236,10 +255,12 @@ pub(crate) fn uplink_seq(payload: &[u8]) -> Option<u64> {
     }
 }
 
-/// Per-meter contiguous watermarks, as meterflow keeps them (DESIGN §3): W starts at
-/// the first seq seen and only moves over a contiguous run.
+/// Per-meter watermarks. Contiguous, as meterflow keeps them (DESIGN §3): W starts at
+/// the first seq seen and only moves over a contiguous run. Otherwise (several
+/// ackers sharing the uplinks) W is the highest seq seen.
 #[derive(Debug, Default)]
 pub(crate) struct Watermarks {
+    pub(crate) contiguous: bool,
     meters: HashMap<Vec<u8>, MeterMark>,
 }
 
@@ -274,6 +295,13 @@ impl Watermarks {
                 gap: false,
             };
         };
+        if !self.contiguous {
+            mark.watermark = mark.watermark.max(seq);
+            return Answer {
+                ack: Some(mark.watermark),
+                gap: false,
+            };
+        }
         if seq <= mark.watermark || mark.ahead.contains(&seq) {
             // A duplicate is answered with the current watermark.
             return Answer {
@@ -329,7 +357,10 @@ mod tests {
 
     #[test]
     fn watermark_moves_over_contiguous_runs_only() {
-        let mut marks = Watermarks::default();
+        let mut marks = Watermarks {
+            contiguous: true,
+            ..Watermarks::default()
+        };
         let m = b"meters/demo/m000001";
         let ack = |ack: Option<u64>, gap| Answer { ack, gap };
         assert_eq!(marks.observe(m, 5), ack(Some(5), false), "first seen");
@@ -347,5 +378,15 @@ mod tests {
             marks.observe(b"meters/demo/m000002", 1),
             ack(Some(1), false)
         );
+    }
+
+    #[test]
+    fn shared_ackers_ack_the_highest_seq_seen() {
+        let mut marks = Watermarks::default();
+        let m = b"meters/demo/m000001";
+        let ack = |ack: Option<u64>| Answer { ack, gap: false };
+        assert_eq!(marks.observe(m, 2), ack(Some(2)));
+        assert_eq!(marks.observe(m, 4), ack(Some(4)), "3 went to another acker");
+        assert_eq!(marks.observe(m, 3), ack(Some(4)));
     }
 }

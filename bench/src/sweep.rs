@@ -85,6 +85,10 @@ pub(crate) struct StepRecord {
     /// meterflow's own received→durable histogram over the step (bucket-interpolated,
     /// so coarse); the only p999 available (the simulator reports p50/p99/max).
     pub(crate) service_ms: Option<ServiceLatency>,
+    /// Duration of meterflow's durable store writes (one per group of batches) over
+    /// the step, same interpolation: what the sink waits on before it acks.
+    #[serde(default)]
+    pub(crate) store_write_ms: Option<ServiceLatency>,
     /// The system's CPU over the send phase, % of one core (200 % = the machine).
     pub(crate) cpu_pct: f64,
     /// The simulator processes' CPU over their lifetime, % of one core.
@@ -141,6 +145,8 @@ pub(crate) struct Env {
     pub(crate) mosquitto: Option<PathBuf>,
     /// Mosquitto with `set_tcp_nodelay true` (default: Nagle on, like rumqttd).
     pub(crate) peer_nodelay: bool,
+    /// Acker connections of the peer (1: the specified single subscriber).
+    pub(crate) peer_ackers: usize,
     /// Where simulator logs go for this run.
     pub(crate) log_dir: PathBuf,
     pub(crate) criteria: Criteria,
@@ -166,6 +172,7 @@ pub(crate) fn sweep_target(
                 .as_deref()
                 .context("no mosquitto binary (pass --mosquitto PATH or --no-peer)")?,
             env.peer_nodelay,
+            env.peer_ackers,
         )?,
     };
     let sampler = Sampler::start(target.pid(), SAMPLE_PERIOD, None);
@@ -312,6 +319,12 @@ pub(crate) fn describe(step: &StepRecord, readings_per_message: usize) -> String
     if let Some(queue) = step.queue_max {
         text.push_str(&format!(", queue max {queue:.0}"));
     }
+    if let (Some(service), Some(store)) = (step.service_ms, step.store_write_ms) {
+        text.push_str(&format!(
+            ", service p99 {:.0} ms, store write p99 {:.0} ms",
+            service.p99, store.p99
+        ));
+    }
     if step.unacked > 0 || step.resent > 0 {
         text.push_str(&format!(
             ", unacked {} resent {}",
@@ -338,9 +351,11 @@ fn counters(target: &Target) -> anyhow::Result<Counters> {
             s.sum("meterflow_messages_total", &[("outcome", "stored")]),
         )
     });
-    let acker_gaps = target.acker.as_ref().map_or(0, |a| {
-        a.counters.gaps.load(std::sync::atomic::Ordering::Relaxed)
-    });
+    let acker_gaps = target
+        .ackers
+        .iter()
+        .map(|a| a.counters.gaps.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
     Ok(Counters {
         skipped,
         stored,
@@ -392,22 +407,21 @@ fn run_step(
         .max()
         .unwrap_or(0);
     let observable = target.http.is_some();
-    let service_ms = match (&before.scrape, &after.scrape) {
-        (Some(b), Some(a)) => {
-            let name = "meterflow_publish_to_durable_seconds";
-            a.histogram(name).map(|h| {
-                let delta = h.since(b.histogram(name).as_ref());
-                let ms = |q: f64| delta.quantile(q).unwrap_or(0.0) * 1000.0;
-                ServiceLatency {
-                    p50: ms(0.5),
-                    p99: ms(0.99),
-                    p999: ms(0.999),
-                    mean: delta.mean().unwrap_or(0.0) * 1000.0,
-                }
-            })
-        }
+    let histogram_ms = |name: &str| match (&before.scrape, &after.scrape) {
+        (Some(b), Some(a)) => a.histogram(name).map(|h| {
+            let delta = h.since(b.histogram(name).as_ref());
+            let ms = |q: f64| delta.quantile(q).unwrap_or(0.0) * 1000.0;
+            ServiceLatency {
+                p50: ms(0.5),
+                p99: ms(0.99),
+                p999: ms(0.999),
+                mean: delta.mean().unwrap_or(0.0) * 1000.0,
+            }
+        }),
         _ => None,
     };
+    let service_ms = histogram_ms("meterflow_publish_to_durable_seconds");
+    let store_write_ms = histogram_ms("meterflow_store_write_seconds");
     let skipped = (after.skipped - before.skipped).max(0.0) as u64
         + after.acker_gaps.saturating_sub(before.acker_gaps);
     let achieved = match settings.rate {
@@ -432,6 +446,7 @@ fn run_step(
             max: report.ack_latency_ms.max,
         },
         service_ms,
+        store_write_ms,
         cpu_pct,
         generator_cpu_pct: if lifetime_s > 0.0 {
             generator_cpu_s / lifetime_s * 100.0

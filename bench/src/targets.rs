@@ -32,6 +32,8 @@ const STOP_GRACE: Duration = Duration::from_secs(20);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 /// The uplink filter (DESIGN §3).
 pub(crate) const UPLINK_FILTER: &str = "meters/+/+/up";
+/// Shared-subscription group of several peer ackers.
+const SHARE_GROUP: &str = "meterflow-bench";
 
 /// Which system a target is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,7 +67,8 @@ pub(crate) struct Target {
     pub(crate) mqtt: SocketAddr,
     /// meterflow's HTTP address (`None` for the peer).
     pub(crate) http: Option<SocketAddr>,
-    pub(crate) acker: Option<PeerAcker>,
+    /// The peer's ackers (empty for meterflow).
+    pub(crate) ackers: Vec<PeerAcker>,
     child: Child,
     log: PathBuf,
     // Dropped last: the process must be gone before its directory is removed.
@@ -116,7 +119,7 @@ impl Target {
             kind: TargetKind::Meterflow,
             mqtt,
             http: Some(http_addr),
-            acker: None,
+            ackers: Vec::new(),
             child,
             log,
             dir,
@@ -125,9 +128,15 @@ impl Target {
         Ok(target)
     }
 
-    /// Starts Mosquitto (with `TCP_NODELAY` on its sockets when `nodelay`) and the
-    /// acker.
-    pub(crate) fn start_mosquitto(binary: &Path, nodelay: bool) -> anyhow::Result<Target> {
+    /// Starts Mosquitto (with `TCP_NODELAY` on its sockets when `nodelay`) and its
+    /// ackers: one subscriber with contiguous watermarks (the peer as specified), or
+    /// `ackers > 1` sharing a `$share/…` subscription, each acking the highest seq it
+    /// saw (see [`PeerAcker`]).
+    pub(crate) fn start_mosquitto(
+        binary: &Path,
+        nodelay: bool,
+        ackers: usize,
+    ) -> anyhow::Result<Target> {
         let dir = tempfile::Builder::new()
             .prefix("mosquitto-bench-")
             .tempdir()?;
@@ -147,13 +156,25 @@ impl Target {
             kind: TargetKind::Mosquitto,
             mqtt,
             http: None,
-            acker: None,
+            ackers: Vec::new(),
             child,
             log,
             dir,
         };
         target.wait_ready()?;
-        target.acker = Some(PeerAcker::start(mqtt, UPLINK_FILTER)?);
+        let ackers = ackers.max(1);
+        for index in 0..ackers {
+            target.ackers.push(if ackers == 1 {
+                PeerAcker::start(mqtt, UPLINK_FILTER, index, true)?
+            } else {
+                PeerAcker::start(
+                    mqtt,
+                    &format!("$share/{SHARE_GROUP}/{UPLINK_FILTER}"),
+                    index,
+                    false,
+                )?
+            });
+        }
         Ok(target)
     }
 
@@ -219,7 +240,7 @@ impl Target {
     /// SIGTERM, then SIGKILL after [`STOP_GRACE`]. Returns the target's data
     /// directory size in bytes before it is removed (what the store wrote).
     pub(crate) fn stop(mut self) -> anyhow::Result<u64> {
-        if let Some(acker) = self.acker.take() {
+        for acker in self.ackers.drain(..) {
             acker.stop()?;
         }
         terminate(&mut self.child, Signal::TERM, STOP_GRACE);

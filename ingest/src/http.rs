@@ -14,6 +14,8 @@
 //! - `GET /api/v1/tenants/{t}/alerts?state=open|all&limit=N`;
 //! - `GET /api/v1/tenants/{t}/bills/{yyyy-mm}/{meter}` — usage, tiers, amount.
 //!
+//! The utility dashboard is served at `/` (see [`crate::dashboard`]).
+//!
 //! A tenant with an `api_token` must be asked with `Authorization: Bearer <token>`; a
 //! tenant sees only its own data. Errors are JSON `{"error": "..."}` saying what to do.
 //! Store calls are blocking, so they run on tokio's blocking pool.
@@ -85,6 +87,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/tenants/{tenant}/alerts", get(alerts))
         .route("/api/v1/tenants/{tenant}/bills/{period}/{meter}", get(bill))
         .with_state(state)
+        .merge(crate::dashboard::routes())
 }
 
 /// An API error: a status and a message that says what to do.

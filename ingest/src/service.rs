@@ -114,7 +114,7 @@ impl Service {
             inbox: sink_rx,
             store: store.clone(),
             cache: CacheWriter::new(cache.clone(), pipeline_metrics.clone()),
-            rollup: DistrictRollup::new(shards),
+            rollup: DistrictRollup::with_settings(shards, &config.processors.analytics),
             alerts: alert_tx,
             acks: broker.link_tx,
             metrics: pipeline_metrics.clone(),

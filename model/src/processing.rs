@@ -127,6 +127,14 @@ impl ProcessorsConfig {
                         .map(|p| format!("processors.{tenant}.{section}: {p}")),
                 );
             }
+            for (meter, district) in &settings.districts {
+                if !crate::ids::is_valid_id(district.as_bytes()) {
+                    problems.push(format!(
+                        "processors.{tenant}.districts.{meter}: district {district:?} must be 1-64 of \
+                         A-Z a-z 0-9 _ - (it becomes part of Redis keys and URLs)"
+                    ));
+                }
+            }
             if settings.notifications.per_minute == 0 || settings.notifications.burst == 0 {
                 problems.push(format!(
                     "processors.{tenant}.notifications: burst and per_minute must be at least 1"

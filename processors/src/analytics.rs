@@ -28,7 +28,7 @@
 //!
 //! Everything is a per-shard [`AnalyticsPartial`]; partials merge (associatively, in
 //! any order) with [`AnalyticsPartial::merge`], and rows flushed by different shards
-//! merge with [`DistrictRollup`].
+//! merge with [`DistrictRollup`], which also adds up each tenant's headline summary.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -349,12 +349,14 @@
       title: hhmm(r.ts) + ' · ' + int(r.interval_l || 0) + ' L · flow ' + int(r.flow) + ' L/h · ' + r.quality,
     }));
     const step = rows.length > 1 ? Math.max(60e3, (rows[rows.length - 1].ts - rows[0].ts) / (rows.length - 1)) : 900e3;
+    // Fit the time axis to the readings (at most 24 h), so a young meter's few bars show.
+    const x0 = rows.length ? Math.max(last - METER_SPAN_MS, rows[0].ts - step) : last - METER_SPAN_MS;
     const shown = drawChart($('meter-chart'), points, {
-      kind: 'bar', x0: last - METER_SPAN_MS, x1: last + step / 2, step, xLabel: hhmm, yFormat: (v) => axisNum(v) + ' L',
+      kind: 'bar', x0, x1: last + step / 2, step, xLabel: hhmm, yFormat: (v) => axisNum(v) + ' L',
     });
     const total = rows.reduce((a, r) => a + (r.interval_l || 0), 0);
     $('meter-meta').textContent = shown
-      ? 'litres per reading, 24 h up to the newest · ' + shown + ' readings · ' + int(total) + ' L · yellow: estimated, orange: suspect'
+      ? 'litres per reading, up to 24 h before the newest · ' + shown + ' readings · ' + int(total) + ' L · yellow: estimated, orange: suspect'
       : 'no readings in the 24 h before the newest';
   }
 
@@ -422,7 +424,26 @@
     }
   }
 
+  /** Forgets what the page shows, so one tenant's data never sits under another's name. */
+  function clearPanels() {
+    renderSummary(null);
+    $('empty').hidden = true;
+    $('alerts').replaceChildren();
+    $('alerts-count').textContent = '';
+    $('top').tBodies[0].replaceChildren();
+    $('district').replaceChildren();
+    $('district-chart').toggleAttribute('hidden', true);
+    $('usage-meta').textContent = '';
+    $('meter-detail').hidden = true;
+    for (const id of ['usage-empty', 'alerts-empty', 'top-empty']) setEmpty(id, '');
+  }
+
   function openTenant(tenant, token) {
+    if (tenant !== state.tenant) {
+      state.meter = '';
+      $('meter').value = '';
+      history.replaceState(null, '', location.pathname + location.search);
+    }
     state.tenant = tenant;
     state.token = token;
     state.generation++;
@@ -431,8 +452,7 @@
     localStorage.setItem('mf.tenant', tenant);
     if (token) localStorage.setItem('mf.token.' + tenant, token);
     else localStorage.removeItem('mf.token.' + tenant);
-    renderSummary(null);
-    $('empty').hidden = true;
+    clearPanels();
     refresh();
   }
 

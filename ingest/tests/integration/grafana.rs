@@ -130,9 +130,7 @@ fn publish(service: &Meterflow, meter: &str, payload: &str) {
 fn series_labels(exposition: &str) -> BTreeMap<String, BTreeSet<String>> {
     let mut series: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for line in exposition.lines().filter(|l| !l.starts_with('#')) {
-        let name_end = line
-            .find(|c: char| c == '{' || c == ' ')
-            .unwrap_or(line.len());
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
         let (name, rest) = line.split_at(name_end);
         if name.is_empty() {
             continue;

@@ -348,13 +348,15 @@ pub(crate) async fn send_and_wait_for_ack(
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut acks = Vec::new();
     loop {
-        let event = tokio::time::timeout(
+        let Ok(polled) = tokio::time::timeout(
             deadline.saturating_duration_since(Instant::now()),
             events.poll(),
         )
         .await
-        .unwrap_or_else(|_| panic!("no ack for {tenant}/{meter} seq {last}; acks so far {acks:?}"))
-        .expect("mqtt connection stays up");
+        else {
+            panic!("no ack for {tenant}/{meter} seq {last}; acks so far {acks:?}");
+        };
+        let event = polled.expect("mqtt connection stays up");
         if let Event::Incoming(Packet::Publish(p)) = event {
             let ack = String::from_utf8_lossy(&p.payload).into_owned();
             let seq = meterflow_model::ack::decode(&p.payload);

@@ -353,8 +353,13 @@ fn scylla_migrations_run_once_and_rerun_as_no_ops() {
     assert_eq!(
         names,
         [
+            "alert_days",
+            "alerts",
+            "bills",
             "dead_letter_days",
             "dead_letters",
+            "district_hourly",
+            "district_hourly_days",
             "meter_state",
             "reading_days",
             "readings",
