@@ -46,7 +46,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use crate::connections::ConnectionsSettings;
-use crate::record::{ConnectionsRecord, Machine, Revision, ThroughputRecord};
+use crate::record::{BinaryInfo, ConnectionsRecord, Machine, Revision, ThroughputRecord};
 use crate::scenario::{ConnectionsFile, ScenarioFile, ThroughputFile};
 use crate::sustain::Criteria;
 use crate::sweep::{Env, SweepSettings};
@@ -63,7 +63,7 @@ const ALL: [&str; 4] = ["single", "burst24", "connections", "cassandra"];
 #[command(name = "meterflow-bench")]
 struct Args {
     /// A scenario of bench/scenarios (single, burst24, connections, cassandra), a path
-    /// to a scenario .toml, or `all`.
+    /// to a scenario .toml, `all`, or `readme` (only re-render the README summary).
     scenario: String,
     /// The meterflow binary (default: target/release/meterflow of this workspace).
     #[arg(long)]
@@ -209,6 +209,19 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> anyhow::Result<()> {
     let started = Instant::now();
+    let results = args
+        .results
+        .clone()
+        .unwrap_or_else(|| bench_dir().join("results"));
+    if args.scenario == "readme" {
+        // Only redraw the plots and the README summary from the recorded results.
+        for name in ["single", "burst24", "cassandra"] {
+            if let Some(record) = record::latest::<ThroughputRecord>(&results, name) {
+                write_plot(&results, &record)?;
+            }
+        }
+        return update_readme(&results);
+    }
     let open_files = targets::raise_open_file_limit();
     let meterflow_bin = args
         .meterflow
@@ -229,10 +242,6 @@ fn run(args: &Args) -> anyhow::Result<()> {
         }
         found
     };
-    let results = args
-        .results
-        .clone()
-        .unwrap_or_else(|| bench_dir().join("results"));
     let scenarios_dir = args
         .scenarios
         .clone()
@@ -412,37 +421,6 @@ fn throughput(
     machine.loadavg_end = record::loadavg();
     let ratios = peer.as_ref().map(|p| sweep::ratios(&meterflow, p));
 
-    let mut series = vec![sweep::series(&meterflow, "#1f77b4")];
-    if let Some(peer) = &peer {
-        series.push(sweep::series(peer, "#ff7f0e"));
-    }
-    let plot_name = format!("{scenario}.svg");
-    let subtitle = format!(
-        "{} meters, {} reading(s)/msg, {} · commit {}{} · load avg {} → {}{}",
-        settings.meters,
-        readings_per_message,
-        record::now_rfc3339(),
-        revision.commit,
-        if revision.dirty { "+" } else { "" },
-        machine.loadavg_start,
-        machine.loadavg_end,
-        if machine.shared {
-            " · shared machine"
-        } else {
-            ""
-        },
-    );
-    std::fs::create_dir_all(results)?;
-    std::fs::write(
-        results.join(&plot_name),
-        svg::plot(
-            &format!(
-                "meterflow vs mosquitto — {scenario}: throughput and ack p99 against offered rate"
-            ),
-            &subtitle,
-            &series,
-        ),
-    )?;
     let mut notes = notes.to_vec();
     for sweep in std::iter::once(&meterflow).chain(peer.as_ref()) {
         if let Some(best) = &sweep.best {
@@ -459,6 +437,7 @@ fn throughput(
         scenario: scenario.to_owned(),
         timestamp: record::now_rfc3339(),
         revision,
+        binary: BinaryInfo::probe(&env.meterflow.binary),
         machine,
         settings,
         criteria: env.criteria,
@@ -473,10 +452,11 @@ fn throughput(
         meterflow,
         peer,
         ratios,
-        plot: Some(format!("results/{plot_name}")),
+        plot: Some(format!("results/{scenario}.svg")),
         notes,
     };
     record::append(results, scenario, &record)?;
+    write_plot(results, &record)?;
     if let Some(r) = &record.ratios {
         println!(
             "== {scenario}: meterflow ÷ mosquitto: sustainable ×{:.2}, closed loop ×{:.2}, ack p99 at common rate ×{:.2}",
@@ -563,12 +543,50 @@ fn connections(
         scenario: scenario.to_owned(),
         timestamp: record::now_rfc3339(),
         revision,
+        binary: BinaryInfo::probe(&env.meterflow.binary),
         machine,
         settings: Some(settings),
         runs,
         notes,
     };
     record::append(results, scenario, &record).context("writing the connections record")?;
+    Ok(())
+}
+
+/// `results/{scenario}.svg` for a throughput record (a pure function of the record,
+/// so `meterflow-bench readme` can redraw it).
+fn write_plot(results: &Path, record: &ThroughputRecord) -> anyhow::Result<()> {
+    let mut series = vec![sweep::series(&record.meterflow, "#1f77b4")];
+    if let Some(peer) = &record.peer {
+        series.push(sweep::series(peer, "#ff7f0e"));
+    }
+    let subtitle = format!(
+        "{} meters, {} reading(s)/msg, {} · commit {}{} · load avg {} → {}{}",
+        record.settings.meters,
+        record.settings.readings_per_message,
+        record.timestamp,
+        record.revision.commit,
+        if record.revision.dirty { "+" } else { "" },
+        record.machine.loadavg_start,
+        record.machine.loadavg_end,
+        if record.machine.shared {
+            " · shared machine"
+        } else {
+            ""
+        },
+    );
+    std::fs::create_dir_all(results)?;
+    std::fs::write(
+        results.join(format!("{}.svg", record.scenario)),
+        svg::plot(
+            &format!(
+                "meterflow vs mosquitto — {}: throughput and ack p99 against offered rate",
+                record.scenario
+            ),
+            &subtitle,
+            &series,
+        ),
+    )?;
     Ok(())
 }
 

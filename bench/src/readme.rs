@@ -65,7 +65,7 @@ fn best_row(scenario: &str, sweep: &TargetSweep, rpm: usize) -> String {
                 |s| format!("{:.0} / {:.0}", s.p99, s.p999),
             );
             format!(
-                "| {scenario} | {} | {} | {} | {:.1} / {:.1} / {:.1} | {service} | {:.0} | {:.0} | {closed_text} |",
+                "| {scenario} | {} | {} | {} | {:.1} / {:.1} / {:.1} | {service} | {:.0} | {:.0} / {:.0} | {closed_text} |",
                 sweep.target,
                 fmt_rate(best.offered_msgs_per_s.unwrap_or(0.0)),
                 fmt_rate(best.offered_msgs_per_s.unwrap_or(0.0) * rpm as f64),
@@ -73,11 +73,12 @@ fn best_row(scenario: &str, sweep: &TargetSweep, rpm: usize) -> String {
                 best.ack_ms.p99,
                 best.ack_ms.max,
                 best.cpu_pct,
+                best.rss_peak_mib,
                 sweep.rss_hwm_mib,
             )
         }
         None => format!(
-            "| {scenario} | {} | none sustainable | – | – | – | – | {:.0} | {closed_text} |",
+            "| {scenario} | {} | none sustainable | – | – | – | – | – / {:.0} | {closed_text} |",
             sweep.target, sweep.rss_hwm_mib
         ),
     }
@@ -101,15 +102,17 @@ pub(crate) fn render(
          at the meters (simulator HDR histogram: p50 / p99 / max — it has no p999); \
          \"service p99 / p999\" is meterflow's received→durable histogram (bucket-interpolated). \
          CPU is % of one core (200 % = the whole machine) over the step's send phase; RSS is \
-         the run's peak. The peer is Mosquitto with one counting subscriber that acks every \
-         uplink and stores nothing: an upper bound for \"broker only\".\n"
+         the peak during the best step / during the whole run (unsustainable steps included). \
+         The peer is Mosquitto with one counting subscriber that acks every uplink and stores \
+         nothing, meant as an upper bound for \"broker only\" (see the findings for where it \
+         is not one).\n"
     );
     if !throughput.is_empty() {
         let _ = writeln!(
             md,
-            "| scenario | system | sustainable msgs/s | readings/s | ack ms p50 / p99 / max | service ms p99 / p999 | CPU % | peak RSS MiB | closed loop msgs/s |"
+            "| scenario | system | sustainable msgs/s (offered) | readings/s | ack ms p50 / p99 / max | service ms p99 / p999 | CPU % | RSS MiB best / peak | closed loop msgs/s |"
         );
-        let _ = writeln!(md, "|---|---|---:|---:|---|---|---:|---:|---|");
+        let _ = writeln!(md, "|---|---|---:|---:|---|---|---:|---|---|");
         for record in throughput {
             let rpm = record.settings.readings_per_message;
             let _ = writeln!(md, "{}", best_row(&record.scenario, &record.meterflow, rpm));
@@ -119,17 +122,30 @@ pub(crate) fn render(
         }
         let _ = writeln!(md);
         for record in throughput {
-            let steps =
-                record.meterflow.steps.len() + record.peer.as_ref().map_or(0, |p| p.steps.len());
-            let sustained = record
-                .meterflow
-                .steps
-                .iter()
-                .filter(|s| step_is_sustainable(s))
-                .count();
+            let steps = |sweep: &TargetSweep| {
+                format!(
+                    "{} {} steps ({} sustainable)",
+                    sweep.target,
+                    sweep.steps.len(),
+                    sweep
+                        .steps
+                        .iter()
+                        .filter(|s| step_is_sustainable(s))
+                        .count()
+                )
+            };
+            let mut step_counts = steps(&record.meterflow);
+            if let Some(peer) = &record.peer {
+                step_counts.push_str(", ");
+                step_counts.push_str(&steps(peer));
+            }
+            let built = record
+                .binary
+                .as_ref()
+                .map_or_else(String::new, |b| format!(", meterflow built {}", b.modified));
             let _ = write!(
                 md,
-                "- **{}** ({}, commit `{}`{}, {} meters, {} reading(s)/msg, {} open-loop steps, {} sustainable for meterflow; load avg {} → {}",
+                "- **{}** ({}, commit `{}`{}{built}, {} meters, {} reading(s)/msg; {step_counts}; load avg {} → {}",
                 record.scenario,
                 record.timestamp,
                 record.revision.commit,
@@ -140,8 +156,6 @@ pub(crate) fn render(
                 },
                 record.settings.meters,
                 record.settings.readings_per_message,
-                steps,
-                sustained,
                 record.machine.loadavg_start,
                 record.machine.loadavg_end,
             );
@@ -170,7 +184,7 @@ pub(crate) fn render(
     if let Some(record) = connections {
         let _ = writeln!(
             md,
-            "#### connections ({}, commit `{}`{}; load avg {} → {})\n",
+            "#### connections ({}, commit `{}`{}{}; load avg {} → {})\n",
             record.timestamp,
             record.revision.commit,
             if record.revision.dirty {
@@ -178,6 +192,10 @@ pub(crate) fn render(
             } else {
                 ""
             },
+            record
+                .binary
+                .as_ref()
+                .map_or_else(String::new, |b| format!(", meterflow built {}", b.modified)),
             record.machine.loadavg_start,
             record.machine.loadavg_end,
         );
@@ -300,6 +318,10 @@ mod tests {
         let md = render(&[record], Some(&connections));
         assert!(
             md.contains("| burst24 | meterflow | 15,000 | 360,000 | 4.0 / 30.0 / 80.0 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("meterflow 1 steps (1 sustainable), mosquitto 0 steps (0 sustainable)"),
             "{md}"
         );
         assert!(

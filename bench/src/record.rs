@@ -98,12 +98,40 @@ impl Revision {
     }
 }
 
+/// Which meterflow binary was measured (others rebuild it while they work).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct BinaryInfo {
+    pub(crate) path: String,
+    /// Modification time, RFC 3339 UTC.
+    pub(crate) modified: String,
+    pub(crate) bytes: u64,
+}
+
+impl BinaryInfo {
+    pub(crate) fn probe(path: &Path) -> Option<BinaryInfo> {
+        let meta = std::fs::metadata(path).ok()?;
+        let modified = meta
+            .modified()
+            .ok()?
+            .duration_since(UNIX_EPOCH)
+            .ok()?
+            .as_secs();
+        Some(BinaryInfo {
+            path: path.display().to_string(),
+            modified: rfc3339(modified),
+            bytes: meta.len(),
+        })
+    }
+}
+
 /// A throughput scenario's run.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct ThroughputRecord {
     pub(crate) scenario: String,
     pub(crate) timestamp: String,
     pub(crate) revision: Revision,
+    #[serde(default)]
+    pub(crate) binary: Option<BinaryInfo>,
     pub(crate) machine: Machine,
     pub(crate) settings: SweepSettings,
     pub(crate) criteria: Criteria,
@@ -140,6 +168,8 @@ pub(crate) struct ConnectionsRecord {
     pub(crate) scenario: String,
     pub(crate) timestamp: String,
     pub(crate) revision: Revision,
+    #[serde(default)]
+    pub(crate) binary: Option<BinaryInfo>,
     pub(crate) machine: Machine,
     pub(crate) settings: Option<ConnectionsSettings>,
     pub(crate) runs: Vec<ConnectionsRun>,
@@ -237,5 +267,13 @@ mod tests {
         assert_eq!(machine.loadavg_start.split(' ').count(), 3);
         let revision = Revision::probe(Path::new(env!("CARGO_MANIFEST_DIR")));
         assert!(!revision.commit.is_empty());
+        let binary = BinaryInfo::probe(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("Cargo.toml")
+                .as_path(),
+        )
+        .unwrap();
+        assert!(binary.bytes > 0 && binary.modified.ends_with('Z'));
+        assert!(BinaryInfo::probe(Path::new("/nonexistent")).is_none());
     }
 }

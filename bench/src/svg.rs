@@ -25,7 +25,7 @@ pub(crate) struct Point {
 }
 
 const WIDTH: f64 = 960.0;
-const HEIGHT: f64 = 420.0;
+const HEIGHT: f64 = 450.0;
 const PANEL_W: f64 = 390.0;
 const PANEL_H: f64 = 300.0;
 const TOP: f64 = 60.0;
@@ -250,15 +250,19 @@ pub(crate) fn plot(title: &str, subtitle: &str, series: &[Series]) -> String {
             TOP + PANEL_H / 2.0
         );
         if panel == 0 {
-            // y = x: where a service that keeps up sits.
-            let (a, b) = (x.min, x.max.min(y.max));
+            // y = x: where a service that keeps up sits. A curve on a log-x, linear-y
+            // panel, so it is drawn as a polyline.
+            let (lo, hi) = (x.min.ln(), x.max.min(y.max).ln());
+            let points: Vec<String> = (0..=48)
+                .map(|i| {
+                    let v = (lo + (hi - lo) * f64::from(i) / 48.0).exp();
+                    format!("{:.1},{:.1}", x.px(v), y.px(v))
+                })
+                .collect();
             let _ = writeln!(
                 svg,
-                r##"<line x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#999" stroke-dasharray="4 4"/>"##,
-                x.px(a),
-                y.px(a),
-                x.px(b),
-                y.px(b)
+                r##"<polyline points="{}" fill="none" stroke="#999" stroke-dasharray="4 4"/>"##,
+                points.join(" ")
             );
         }
         if let Some(limit) = reference {
@@ -407,8 +411,8 @@ mod tests {
         // 3 points × 2 panels.
         assert_eq!(svg.matches("<circle").count(), 6);
         assert_eq!(svg.matches("fill=\"white\" stroke=\"#1f77b4\"").count(), 2);
-        // Only meterflow has a line (two points), in both panels.
-        assert_eq!(svg.matches("<polyline").count(), 2);
+        // Only meterflow has a line (two points), in both panels, plus the y = x curve.
+        assert_eq!(svg.matches("<polyline").count(), 3);
         assert!(svg.contains("single &amp; more"));
         assert!(svg.contains("mosquitto &lt;peer&gt;"));
         assert!(!svg.contains("NaN"));
