@@ -26,8 +26,8 @@ use meterflow_model::seq_window::SkippedGap;
 use meterflow_model::status::DeviceStatus;
 use meterflow_model::topic::split_uplink;
 use meterflow_model::{
-    Admission, DeadLetter, Limits, MeterBatch, MeterId, MeterKey, MeterState, Outputs, Quality,
-    Reject, SealedBatch, StoredReading, TenantId, Uplink, codec,
+    Admission, DeadLetter, Limits, MeterBatch, MeterId, MeterKey, MeterState, Outputs, Reject,
+    SealedBatch, StoredReading, TenantId, Uplink, codec,
 };
 use meterflow_processors::ProcessorChain;
 use meterflow_storage::ReadingStore;
@@ -316,15 +316,9 @@ impl ShardWorker {
             Admission::New if store => {
                 entry.messages += 1;
                 entry.first_received_at.get_or_insert(inbound.received_at);
-                entry
-                    .readings
-                    .extend(uplink.readings.iter().map(|reading| StoredReading {
-                        reading: *reading,
-                        seq: uplink.seq,
-                        received_at: inbound.received_at,
-                        quality: Quality::Actual,
-                        interval_l: None,
-                    }));
+                entry.readings.extend(uplink.readings.iter().map(|reading| {
+                    StoredReading::actual(*reading, uplink.seq, inbound.received_at)
+                }));
                 let newest_ts = uplink.readings.last().map_or(i64::MIN, |r| r.ts);
                 if entry.status.as_ref().is_none_or(|s| newest_ts >= s.ts) {
                     entry.status = Some(DeviceStatus {

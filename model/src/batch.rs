@@ -22,6 +22,19 @@ pub struct StoredReading {
     pub interval_l: Option<u64>,
 }
 
+impl StoredReading {
+    /// A reading as the meter sent it: quality actual, interval not yet known.
+    pub fn actual(reading: Reading, seq: u64, received_at: i64) -> Self {
+        Self {
+            reading,
+            seq,
+            received_at,
+            quality: Quality::Actual,
+            interval_l: None,
+        }
+    }
+}
+
 /// One meter's share of a sealed batch.
 #[derive(Clone, Debug)]
 pub struct MeterBatch {

@@ -2,8 +2,7 @@
 
 use meterflow_model::time::DAY_MS;
 use meterflow_model::{
-    MeterBatch, MeterKey, MeterState, ProcessorsConfig, Quality, Reading, SealedBatch,
-    StoredReading,
+    MeterBatch, MeterKey, MeterState, ProcessorsConfig, Reading, SealedBatch, StoredReading,
 };
 
 use crate::{ProcessorChain, TenantDirectory, usage, vee};
@@ -16,19 +15,17 @@ pub(crate) fn key(meter: &str) -> MeterKey {
 }
 
 pub(crate) fn stored(ts: i64, reg: u64) -> StoredReading {
-    StoredReading {
-        reading: Reading {
+    StoredReading::actual(
+        Reading {
             ts,
             reg,
             rev: 0,
             flow: 0,
             temp: None,
         },
-        seq: 1,
-        received_at: ts,
-        quality: Quality::Actual,
-        interval_l: None,
-    }
+        1,
+        ts,
+    )
 }
 
 pub(crate) fn meter_batch(

@@ -7,19 +7,20 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
 use meterflow_model::Reading;
-use meterflow_simulator::{FleetCounters, SimConfig, run, run_with};
+use meterflow_simulator::{SimConfig, run};
 use redis::Commands;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::value::CqlTimestamp;
 
 use crate::server_support::{self, Proxy};
-use crate::utils::{Meterflow, expected_today_l, free_addr, ground_truth};
+use crate::utils::{
+    Meterflow, expected_today_l, free_addr, ground_truth, spawn_fleet, wait_for_acks,
+};
 
 /// A meterflow on Cassandra (keyspace `keyspace`, reached at `cassandra`) and Redis
 /// (`redis` URL) with its own Redis key prefix.
@@ -230,21 +231,8 @@ async fn kill_9_on_cassandra_hydrates_state_and_counts_nothing_twice() {
         ..service.sim_config()
     }
     .resolved_now();
-    let counters = Arc::new(FleetCounters::default());
-    let fleet = tokio::spawn(run_with(
-        config.clone(),
-        counters.clone(),
-        std::future::pending(),
-    ));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while counters.snapshot().acked < 1_000 {
-        assert!(
-            Instant::now() < deadline,
-            "no progress:\n{}",
-            service.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (fleet, counters) = spawn_fleet(&config);
+    wait_for_acks(&counters, 1_000, Duration::from_secs(60), &service).await;
     let (mqtt, http) = (service.mqtt, service.http);
     service.kill9();
     assert!(
@@ -292,12 +280,7 @@ async fn a_redis_outage_loses_nothing_and_the_cache_catches_up() {
         ..service.sim_config()
     }
     .resolved_now();
-    let counters = Arc::new(FleetCounters::default());
-    let fleet = tokio::spawn(run_with(
-        config.clone(),
-        counters.clone(),
-        std::future::pending(),
-    ));
+    let (fleet, counters) = spawn_fleet(&config);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let port = proxy.port();
     proxy.stop();
@@ -344,12 +327,7 @@ async fn a_cassandra_outage_pauses_acks_then_everything_is_stored_once() {
         ..service.sim_config()
     }
     .resolved_now();
-    let counters = Arc::new(FleetCounters::default());
-    let fleet = tokio::spawn(run_with(
-        config.clone(),
-        counters.clone(),
-        std::future::pending(),
-    ));
+    let (fleet, counters) = spawn_fleet(&config);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let port = proxy.port();
     proxy.stop();

@@ -2,12 +2,11 @@
 //! every message ends up acked, every reading is stored exactly once, and usage is not
 //! counted twice (state is hydrated from `meter_state`).
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use meterflow_simulator::{FleetCounters, SimConfig, run_with};
+use meterflow_simulator::SimConfig;
 
-use crate::utils::{Meterflow, assert_store_matches, expected_today_l};
+use crate::utils::{Meterflow, assert_store_matches, expected_today_l, spawn_fleet, wait_for_acks};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_nothing_and_counts_nothing_twice() {
@@ -26,23 +25,10 @@ async fn kill_9_loses_nothing_and_counts_nothing_twice() {
         ..service.sim_config()
     }
     .resolved_now();
-    let counters = Arc::new(FleetCounters::default());
-    let fleet = tokio::spawn(run_with(
-        config.clone(),
-        counters.clone(),
-        std::future::pending(),
-    ));
+    let (fleet, counters) = spawn_fleet(&config);
 
     // Crash once some, but not all, messages are acked.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while counters.snapshot().acked < 1_000 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no progress before the crash:\n{}",
-            service.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_acks(&counters, 1_000, Duration::from_secs(30), &service).await;
     let (mqtt, http) = (service.mqtt, service.http);
     service.kill9();
     let acked_at_crash = counters.snapshot().acked;

@@ -394,3 +394,37 @@ pub(crate) fn hourly_uplinks(
         .map(|(i, chunk)| Uplink::new(first_seq + i as u64, chunk.to_vec()))
         .collect()
 }
+
+/// Runs a fleet in the background; its live counters show progress.
+pub(crate) fn spawn_fleet(
+    config: &SimConfig,
+) -> (
+    tokio::task::JoinHandle<Result<meterflow_simulator::Report, meterflow_simulator::SimError>>,
+    std::sync::Arc<meterflow_simulator::FleetCounters>,
+) {
+    let counters = std::sync::Arc::new(meterflow_simulator::FleetCounters::default());
+    let fleet = tokio::spawn(meterflow_simulator::run_with(
+        config.clone(),
+        counters.clone(),
+        std::future::pending(),
+    ));
+    (fleet, counters)
+}
+
+/// Waits until the fleet has `acked` messages acked (within `within`).
+pub(crate) async fn wait_for_acks(
+    counters: &meterflow_simulator::FleetCounters,
+    acked: u64,
+    within: Duration,
+    service: &Meterflow,
+) {
+    let deadline = Instant::now() + within;
+    while counters.snapshot().acked < acked {
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {acked} acks in {within:?}:\n{}",
+            service.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

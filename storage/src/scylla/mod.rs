@@ -970,19 +970,17 @@ mod tests {
     }
 
     fn stored(ts: i64, reg: u64) -> StoredReading {
-        StoredReading {
-            reading: Reading {
+        StoredReading::actual(
+            Reading {
                 ts,
                 reg,
                 rev: 0,
                 flow: 0,
                 temp: None,
             },
-            seq: 1,
-            received_at: ts,
-            quality: Quality::Actual,
-            interval_l: None,
-        }
+            1,
+            ts,
+        )
     }
 
     fn meter_batch(meter: &str, readings: Vec<StoredReading>) -> MeterBatch {
