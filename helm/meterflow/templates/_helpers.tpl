@@ -182,6 +182,11 @@ consistency = {{ .Values.store.scylla.consistency | quote }}
 
 [log]
 {{- include "meterflow.tomlKeys" .Values.config.log }}
+{{- with .Values.config.processors }}
+
+[processors]
+{{- include "meterflow.tomlKeys" . }}
+{{- end }}
 {{- end }}
 
 {{/* The [[tenants]] tables with their credentials: the Secret's tenants.toml. */}}
