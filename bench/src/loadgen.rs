@@ -255,6 +255,11 @@ pub(crate) fn merge(reports: &[Report]) -> Report {
         reconnects: sum(|r| r.reconnects),
         connection_errors: sum(|r| r.connection_errors),
         bad_acks: sum(|r| r.bad_acks),
+        duplicates: sum(|r| r.duplicates),
+        out_of_order: sum(|r| r.out_of_order),
+        malformed: sum(|r| r.malformed),
+        storms: max(|r| r.storms as f64) as u64,
+        storm_disconnects: sum(|r| r.storm_disconnects),
         start_ts_ms: first.start_ts_ms,
         stopped_early: reports.iter().any(|r| r.stopped_early),
     }

@@ -14,10 +14,14 @@
 use std::time::Duration;
 
 use meterflow_model::limits::{DEFAULT_MAX_READINGS, MIN_PLAUSIBLE_TS_MS};
-use meterflow_model::{MeterId, MeterKey, TenantId};
+use std::collections::BTreeMap;
+
+use meterflow_model::ids::is_valid_id;
+use meterflow_model::{MeterId, MeterKey, MeterSize, TenantId};
 use serde::{Deserialize, Serialize};
 
 use crate::error::SimError;
+use crate::scenario::ScenarioRates;
 
 /// Broker of a laptop setup (DESIGN §8: MQTT on 127.0.0.1:1883).
 pub const DEFAULT_MQTT: &str = "127.0.0.1:1883";
@@ -110,6 +114,12 @@ pub struct SimConfig {
     /// finish while others are still connecting. Rates in the report cover the send
     /// phase; the connect phase is `Report::connect_s`.
     pub connect_first: bool,
+    /// District metered areas the meters are spread over (uniformly); empty: none.
+    pub districts: Vec<String>,
+    /// Relative weights of meter sizes; empty: every meter is a household DN15.
+    pub sizes: BTreeMap<MeterSize, u32>,
+    /// Injected scenarios and faults (all off by default).
+    pub scenarios: ScenarioRates,
 }
 
 impl Default for SimConfig {
@@ -134,6 +144,9 @@ impl Default for SimConfig {
             mac_keys: None,
             connect_concurrency: DEFAULT_CONNECT_CONCURRENCY,
             connect_first: true,
+            districts: Vec::new(),
+            sizes: BTreeMap::new(),
+            scenarios: ScenarioRates::default(),
         }
     }
 }
@@ -218,6 +231,19 @@ impl SimConfig {
         if self.connect_concurrency == 0 {
             problems.push("connect_concurrency must be at least 1".to_owned());
         }
+        for district in &self.districts {
+            if !is_valid_id(district.as_bytes()) {
+                problems.push(format!(
+                    "district {district:?} is not a valid id: use 1-64 characters of [A-Za-z0-9_-]"
+                ));
+            }
+        }
+        problems.extend(self.scenarios.problems());
+        if self.scenarios.out_of_order > 0.0 && self.window < 2 {
+            problems.push(
+                "out_of_order needs a window of at least 2 (a held message waits in it)".to_owned(),
+            );
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -295,7 +321,8 @@ pub(crate) fn parse_broker_addr(addr: &str) -> Result<(String, u16), String> {
     Ok((host.to_owned(), port))
 }
 
-pub(crate) fn now_epoch_ms() -> i64 {
+/// The wall clock as epoch milliseconds.
+pub fn now_epoch_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

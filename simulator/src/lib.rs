@@ -4,8 +4,14 @@
 //! measures what the service did with them.
 //!
 //! - [`config`]: [`SimConfig`], its defaults and validation;
+//! - [`fleet`]: a fleet file — several tenants, their districts, sizes and
+//!   credentials — and the meterflow registry that goes with it;
+//! - `profile`, [`scenario`], `faults`: who each meter is, what goes wrong with it,
+//!   and which faults it injects into its traffic;
 //! - [`generator`]: the ground truth, [`meter_messages`] — the exact uplinks of each
 //!   meter as a pure function of the resolved config, for tests to compare against;
+//! - [`truth`]: the per-meter summary of it (usage, faults, expected alerts);
+//! - `rng`: the fixed random streams everything above draws from;
 //! - `window`: a meter's unacked messages and resend rules (pure);
 //! - `pacing`: the fleet-wide send schedule and the reconnect backoff (pure);
 //! - `meter`: one meter = one rumqttc connection driven by two tokio tasks;
@@ -13,19 +19,26 @@
 //!
 //! [`run`] drives a fleet on the caller's tokio runtime (multi-threaded recommended)
 //! and returns when every message is acked, at the deadline, or when stopped
-//! ([`run_with`]). Fleet-wide state is atomics only; each meter's state belongs to
+//! ([`run_with`]; [`run_fleet`] for several tenants at once). Reconnect storms
+//! ([`ScenarioRates::storm_every_s`]) are timed here, on the fleet's clock. Fleet-wide state is atomics only; each meter's state belongs to
 //! its task.
 
 pub mod config;
 mod error;
+mod faults;
+pub mod fleet;
 pub mod generator;
 mod meter;
 mod pacing;
+pub mod profile;
 pub mod report;
+mod rng;
+pub mod scenario;
+pub mod truth;
 mod window;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -33,11 +46,17 @@ use tokio::sync::Semaphore;
 
 pub use config::{MacKeys, SimConfig, meter_id_string};
 pub use error::SimError;
+pub use faults::{Malformed, MessageFaults};
+pub use fleet::FleetFile;
 pub use generator::{MeterMessages, encode_payload, meter_messages};
+pub use profile::MeterProfile;
 pub use report::{CountersSnapshot, FleetCounters, LatencySummary, Report};
+pub use scenario::{Scenario, ScenarioRates};
+pub use truth::{GroundTruth, MeterTruth, ground_truth, meter_truth};
 
 use meter::{CONNECT_PHASE_LIMIT, FleetShared, new_latency_histogram, run_meter};
 use pacing::Pacer;
+use rng::{SplitMix64, mix64};
 
 /// Runs a fleet until every message is acked or `config.timeout_s` passes.
 pub async fn run(config: SimConfig) -> Result<Report, SimError> {
@@ -57,20 +76,45 @@ pub async fn run_with(
     counters: Arc<FleetCounters>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Report, SimError> {
-    config.validate()?;
-    let config = config.resolved_now();
+    run_fleet(vec![config], counters, stop).await
+}
+
+/// Runs several parts of one fleet at once (one per tenant, see [`FleetFile`]):
+/// every part's meters, with the fleet-wide settings — broker, rate, window,
+/// timeouts, connect ramp, storms — of the first part. Unresolved parts are resolved
+/// against one clock reading.
+pub async fn run_fleet(
+    parts: Vec<SimConfig>,
+    counters: Arc<FleetCounters>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<Report, SimError> {
+    let Some(first) = parts.first() else {
+        return Err(SimError::InvalidConfig(vec![
+            "a fleet needs at least one part".to_owned(),
+        ]));
+    };
     let (host, port) =
-        config::parse_broker_addr(&config.mqtt).map_err(|p| SimError::InvalidConfig(vec![p]))?;
-    let meters = config
-        .meter_indices()
-        .map(|index| Ok((index, config.meter_key(index)?)))
-        .collect::<Result<Vec<_>, SimError>>()?;
+        config::parse_broker_addr(&first.mqtt).map_err(|p| SimError::InvalidConfig(vec![p]))?;
+    for part in &parts {
+        part.validate()?;
+    }
+    let now = config::now_epoch_ms();
+    let parts: Vec<SimConfig> = parts.into_iter().map(|p| p.resolved(now)).collect();
+    let mut meters = Vec::new();
+    let mut messages = 0;
+    for (part, config) in parts.iter().enumerate() {
+        for index in config.meter_indices() {
+            messages += meter_messages(config, index).remaining();
+            meters.push((part, index, config.meter_key(index)?));
+        }
+    }
 
     let started = Instant::now();
+    let settings = &parts[0];
     let fleet = Arc::new(FleetShared {
-        pacer: config.rate.map(Pacer::new),
-        connect_gate: Semaphore::new(config.connect_concurrency),
-        deadline: started + Duration::from_secs(config.timeout_s),
+        pacer: settings.rate.map(Pacer::new),
+        connect_gate: Semaphore::new(settings.connect_concurrency),
+        deadline: started + Duration::from_secs(settings.timeout_s),
         refusal_logged: AtomicBool::new(false),
         links: meters.iter().map(|_| Arc::default()).collect(),
         start_gate_open: AtomicBool::new(false),
@@ -80,10 +124,11 @@ pub async fn run_with(
         counters: Arc::clone(&counters),
         host,
         port,
-        config,
+        meters: meters.len(),
+        parts,
     });
 
-    let gate_timer = if fleet.config.connect_first {
+    let gate_timer = if fleet.settings().connect_first {
         let fleet = Arc::clone(&fleet);
         Some(tokio::spawn(async move {
             tokio::time::sleep(CONNECT_PHASE_LIMIT).await;
@@ -100,13 +145,19 @@ pub async fn run_with(
             fleet.request_stop();
         }
     });
+    let storms_done = Arc::new(AtomicUsize::new(0));
+    let storms = fleet
+        .settings()
+        .scenarios
+        .storms()
+        .then(|| tokio::spawn(run_storms(Arc::clone(&fleet), Arc::clone(&storms_done))));
 
     let tasks: Vec<_> = meters
         .into_iter()
         .zip(&fleet.links)
-        .map(|((index, key), link)| {
+        .map(|((part, index, key), link)| {
             let name = key.to_string();
-            let meter = run_meter(index, key, Arc::clone(link), Arc::clone(&fleet));
+            let meter = run_meter(part, index, key, Arc::clone(link), Arc::clone(&fleet));
             (name, tokio::spawn(meter))
         })
         .collect();
@@ -130,16 +181,14 @@ pub async fn run_with(
         }
     }
     stopper.abort();
-    if let Some(timer) = gate_timer {
-        timer.abort();
+    for task in gate_timer.into_iter().chain(storms) {
+        task.abort();
     }
     if let Some(error) = failure {
         return Err(error);
     }
 
-    let config = &fleet.config;
     let totals = counters.snapshot();
-    let messages = config.total_messages();
     // Never opened (nobody connected before the run ended): no send phase at all.
     let opened = fleet.opened_at.get().copied().unwrap_or(finished);
     let connect_s = opened.saturating_duration_since(started).as_secs_f64();
@@ -148,7 +197,7 @@ pub async fn run_with(
         .as_secs_f64()
         .max(1e-9);
     Ok(Report {
-        meters: config.meters,
+        meters: fleet.meters,
         messages,
         sent: totals.sent,
         acked: totals.acked,
@@ -162,7 +211,33 @@ pub async fn run_with(
         reconnects: totals.reconnects,
         connection_errors: totals.connection_errors,
         bad_acks: totals.bad_acks,
-        start_ts_ms: config.start_ts_ms.unwrap_or_default(),
+        duplicates: totals.duplicates,
+        out_of_order: totals.out_of_order,
+        malformed: totals.malformed,
+        storms: storms_done.load(Ordering::Relaxed) as u64,
+        storm_disconnects: totals.storm_disconnects,
+        start_ts_ms: fleet.settings().start_ts_ms.unwrap_or_default(),
         stopped_early: totals.acked < messages,
     })
+}
+
+/// Every `storm_every_s` of the send phase, drops the connections of
+/// `storm_meters` percent of the fleet at once; which meters is drawn from the seed
+/// and the storm's number.
+async fn run_storms(fleet: Arc<FleetShared>, done: Arc<AtomicUsize>) {
+    let rates = &fleet.settings().scenarios;
+    let every = Duration::from_secs_f64(rates.storm_every_s);
+    while !fleet.start_gate_open.load(Ordering::Acquire) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for storm in 1u64.. {
+        tokio::time::sleep(every).await;
+        let mut rng = SplitMix64::new(fleet.settings().seed ^ mix64(storm));
+        let hit: Vec<usize> = (0..fleet.meters)
+            .filter(|_| rng.chance_percent(rates.storm_meters))
+            .collect();
+        tracing::info!(storm, meters = hit.len(), "reconnect storm");
+        fleet.storm(hit.into_iter());
+        done.fetch_add(1, Ordering::Relaxed);
+    }
 }

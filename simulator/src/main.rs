@@ -1,24 +1,35 @@
 //! `meterflow-sim`: runs a simulated meter fleet against a broker and reports what
-//! was acked. Progress goes to stderr once a second; with `--json` stdout carries
-//! exactly one JSON object, the [`meterflow_simulator::Report`]. Exit status: 0 when
-//! every message was acked, 1 when some were not, 2 on a usage or config error.
+//! was acked. Progress goes to stderr (a bar on a terminal, a line every few seconds
+//! otherwise); with `--json` stdout carries exactly one JSON object, the
+//! [`meterflow_simulator::Report`]. `--ground-truth FILE` writes what every meter
+//! sends and which alerts it should raise; `--print-registry` prints the meterflow
+//! configuration that knows the fleet. Exit status: 0 when every message was acked,
+//! 1 when some were not, 2 on a usage or config error.
 
-use std::io::Write;
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
+use meterflow_model::MeterSize;
 use meterflow_simulator::config::{
     DEFAULT_ACK_TIMEOUT_MS, DEFAULT_CONNECT_CONCURRENCY, DEFAULT_INTERVAL_MS,
     DEFAULT_MESSAGES_PER_METER, DEFAULT_METERS, DEFAULT_MQTT, DEFAULT_READINGS_PER_MESSAGE,
     DEFAULT_SEED, DEFAULT_TENANT, DEFAULT_TIMEOUT_S, DEFAULT_WINDOW,
 };
-use meterflow_simulator::{FleetCounters, MacKeys, Report, SimConfig};
+use meterflow_simulator::fleet::registry;
+use meterflow_simulator::{
+    FleetCounters, FleetFile, MacKeys, Report, ScenarioRates, SimConfig, ground_truth,
+};
 
-/// How often the progress line is printed.
-const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// How often the progress bar is refreshed on a terminal.
+const PROGRESS_TICK: Duration = Duration::from_millis(250);
+/// How often a progress line is printed when stderr is not a terminal (logs).
+const PROGRESS_LINE_EVERY: Duration = Duration::from_secs(5);
 
 /// Simulates a fleet of water meters publishing readings to meterflow over MQTT.
 #[derive(Debug, Parser)]
@@ -94,12 +105,71 @@ struct Args {
     /// whole fleet to connect first.
     #[arg(long)]
     no_connect_first: bool,
+    /// District metered areas to spread the meters over, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    districts: Vec<String>,
+    /// Meter size mix as weights, e.g. dn15=90,dn20=8,dn40=2 (default: all dn15).
+    #[arg(long, value_parser = parse_sizes)]
+    sizes: Option<BTreeMap<MeterSize, u32>>,
+    /// Injected scenarios, percent of meters (leak, burst, backflow, tamper,
+    /// low_battery, comms_loss, rollover) or of messages (duplicates, out_of_order,
+    /// malformed), and reconnect storms (storm_every_s, storm_meters), e.g.
+    /// "leak=1,burst=0.5,duplicates=2,storm_every_s=10,storm_meters=20".
+    #[arg(long)]
+    scenarios: Option<ScenarioRates>,
+    /// A fleet file (TOML: [fleet] settings and [[tenants]]); it replaces the
+    /// fleet-shaping flags above.
+    #[arg(long, value_name = "FILE", conflicts_with_all = [
+        "tenant", "meters", "first_meter", "messages_per_meter", "readings_per_message",
+        "rate", "districts", "sizes", "scenarios", "username", "password",
+    ])]
+    fleet: Option<PathBuf>,
+    /// Write the ground truth (per meter: readings, usage, faults, expected alerts)
+    /// to this file as JSON.
+    #[arg(long, value_name = "FILE")]
+    ground_truth: Option<PathBuf>,
+    /// Print the meterflow configuration (tenants, meter sizes, districts) that
+    /// knows this fleet, and exit.
+    #[arg(long)]
+    print_registry: bool,
     /// Print the effective config as JSON and exit.
     #[arg(long)]
     print_config: bool,
 }
 
+fn parse_sizes(text: &str) -> Result<BTreeMap<MeterSize, u32>, String> {
+    let mut sizes = BTreeMap::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (size, weight) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?} is not size=weight (e.g. dn20=8)"))?;
+        let size: MeterSize = serde_json::from_value(serde_json::json!(size.trim()))
+            .map_err(|_| format!("{size:?} is not a meter size (dn15, dn20, … dn150)"))?;
+        let weight: u32 = weight
+            .trim()
+            .parse()
+            .map_err(|_| format!("{pair:?}: the weight must be a whole number"))?;
+        sizes.insert(size, weight);
+    }
+    Ok(sizes)
+}
+
 impl Args {
+    /// The fleet's parts: the fleet file's tenants, or one part from the flags.
+    fn to_parts(&self) -> anyhow::Result<Vec<SimConfig>> {
+        let Some(path) = &self.fleet else {
+            let config = self.to_config();
+            config.validate()?;
+            return Ok(vec![config]);
+        };
+        let mut file = FleetFile::load(path)?;
+        // The broker and the output-side settings may still come from the flags.
+        if self.mqtt != DEFAULT_MQTT {
+            file.fleet.mqtt.clone_from(&self.mqtt);
+        }
+        Ok(file.parts()?)
+    }
+
     fn to_config(&self) -> SimConfig {
         let mac_keys = match (&self.mac_key, &self.mac_key_per_meter) {
             (Some(secret), _) => Some(MacKeys::Shared(secret.clone())),
@@ -126,6 +196,9 @@ impl Args {
             mac_keys,
             connect_concurrency: self.connect_concurrency,
             connect_first: !self.no_connect_first,
+            districts: self.districts.clone(),
+            sizes: self.sizes.clone().unwrap_or_default(),
+            scenarios: self.scenarios.clone().unwrap_or_default(),
         }
     }
 }
@@ -139,24 +212,30 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    let config = args.to_config();
-    if let Err(error) = config.validate() {
-        eprintln!("meterflow-sim: {error}");
+    let parts = match args.to_parts() {
+        Ok(parts) => parts,
+        Err(error) => {
+            eprintln!("meterflow-sim: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    // One clock reading for every part, the ground truth and the run.
+    let now_ms = meterflow_simulator::config::now_epoch_ms();
+    let parts: Vec<SimConfig> = parts.into_iter().map(|p| p.resolved(now_ms)).collect();
+    if args.print_config {
+        return print_json(&parts);
+    }
+    if args.print_registry {
+        print!("{}", registry(&parts).to_toml());
+        return ExitCode::SUCCESS;
+    }
+    if let Some(path) = &args.ground_truth
+        && let Err(error) = write_ground_truth(path, &parts)
+    {
+        eprintln!("meterflow-sim: {error:#}");
         return ExitCode::from(2);
     }
-    if args.print_config {
-        return match serde_json::to_string_pretty(&config) {
-            Ok(json) => {
-                println!("{json}");
-                ExitCode::SUCCESS
-            }
-            Err(error) => {
-                eprintln!("meterflow-sim: {error}");
-                ExitCode::from(2)
-            }
-        };
-    }
-    match simulate(config, args.json) {
+    match simulate(parts, args.json) {
         Ok(report) if report.unacked == 0 => ExitCode::SUCCESS,
         Ok(report) => {
             let never_sent = report.messages.saturating_sub(report.sent);
@@ -179,18 +258,61 @@ fn main() -> ExitCode {
     }
 }
 
-fn simulate(config: SimConfig, json: bool) -> anyhow::Result<Report> {
+/// One config as an object, several (a fleet file) as an array.
+fn print_json(parts: &[SimConfig]) -> ExitCode {
+    let json = match parts {
+        [single] => serde_json::to_string_pretty(single),
+        _ => serde_json::to_string_pretty(parts),
+    };
+    match json {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("meterflow-sim: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn write_ground_truth(path: &std::path::Path, parts: &[SimConfig]) -> anyhow::Result<()> {
+    let truth = ground_truth(parts);
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    serde_json::to_writer(&mut out, &truth)?;
+    writeln!(out)?;
+    out.flush()
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let totals = &truth.totals;
+    eprintln!(
+        "ground truth: {} meters, {} messages, {} readings, {} L; scenarios {:?}; expected alerts {:?} -> {}",
+        totals.meters,
+        totals.messages,
+        totals.readings,
+        totals.usage_l,
+        totals.scenarios,
+        totals.expected_alerts,
+        path.display()
+    );
+    Ok(())
+}
+
+fn simulate(parts: Vec<SimConfig>, json: bool) -> anyhow::Result<Report> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
+    let meters = parts.iter().map(|p| p.meters).sum();
+    let messages = parts
+        .iter()
+        .flat_map(|p| p.meter_indices().map(move |i| (p, i)))
+        .map(|(p, i)| meterflow_simulator::meter_messages(p, i).remaining())
+        .sum();
     let report = runtime.block_on(async {
         let counters = Arc::new(FleetCounters::default());
-        let progress = tokio::spawn(print_progress(
-            Arc::clone(&counters),
-            config.total_messages(),
-            config.meters,
-        ));
+        let progress = tokio::spawn(show_progress(Arc::clone(&counters), messages, meters));
         let stop = async {
             if tokio::signal::ctrl_c().await.is_ok() {
                 eprintln!("meterflow-sim: interrupted, stopping the fleet");
@@ -198,7 +320,7 @@ fn simulate(config: SimConfig, json: bool) -> anyhow::Result<Report> {
                 std::future::pending::<()>().await;
             }
         };
-        let report = meterflow_simulator::run_with(config, counters, stop).await;
+        let report = meterflow_simulator::run_fleet(parts, counters, stop).await;
         progress.abort();
         report
     })?;
@@ -213,26 +335,48 @@ fn simulate(config: SimConfig, json: bool) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-async fn print_progress(counters: Arc<FleetCounters>, messages: u64, meters: usize) {
+/// A progress bar on a terminal; a plain line every few seconds in a log.
+async fn show_progress(counters: Arc<FleetCounters>, messages: u64, meters: usize) {
+    let terminal = std::io::stderr().is_terminal();
+    let bar = if terminal {
+        indicatif::ProgressBar::new(messages)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{wide_bar}] {pos}/{len} acked, eta {eta}  {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let every = if terminal {
+        PROGRESS_TICK
+    } else {
+        PROGRESS_LINE_EVERY
+    };
     let started = Instant::now();
-    let mut ticks =
-        tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
-    let mut last_acked = 0;
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let (mut last_acked, mut last_at) = (0, Instant::now());
     loop {
         ticks.tick().await;
         let now = counters.snapshot();
-        eprintln!(
-            "[{:>5.0}s] sent {}/{}  acked {}  resent {}  connected {}/{}  {} msg/s",
-            started.elapsed().as_secs_f64(),
-            now.sent,
-            messages,
-            now.acked,
-            now.resent,
-            now.connected,
-            meters,
-            now.acked - last_acked,
+        let rate = (now.acked - last_acked) as f64 / last_at.elapsed().as_secs_f64().max(1e-3);
+        (last_acked, last_at) = (now.acked, Instant::now());
+        let status = format!(
+            "{rate:.0} msg/s  sent {}  resent {}  connected {}/{meters}",
+            now.sent, now.resent, now.connected,
         );
-        last_acked = now.acked;
+        if terminal {
+            bar.set_position(now.acked);
+            bar.set_message(status);
+        } else {
+            eprintln!(
+                "[{:>5.0}s] acked {}/{messages}  {status}",
+                started.elapsed().as_secs_f64(),
+                now.acked,
+            );
+        }
     }
 }
 
@@ -242,7 +386,8 @@ fn summary(report: &Report) -> String {
         "meters {}  messages {}  sent {}  acked {}  unacked {}  resent {}\n\
          connect {:.2}s, then send {:.2}s: {:.0} msg/s  {:.0} readings/s\n\
          ack latency ms: p50 {:.2}  p99 {:.2}  max {:.2}\n\
-         reconnects {}  connection errors {}  bad acks {}\n",
+         reconnects {}  connection errors {}  bad acks {}\n\
+         injected: duplicates {}  out-of-order {}  malformed {}  storms {} ({} disconnects)\n",
         report.meters,
         report.messages,
         report.sent,
@@ -259,5 +404,10 @@ fn summary(report: &Report) -> String {
         report.reconnects,
         report.connection_errors,
         report.bad_acks,
+        report.duplicates,
+        report.out_of_order,
+        report.malformed,
+        report.storms,
+        report.storm_disconnects,
     )
 }

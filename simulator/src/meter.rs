@@ -23,6 +23,7 @@
 //! clean session means the broker forgot them (and rumqttc drops its own in-flight
 //! copies when the new session is not resumed).
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -78,7 +79,11 @@ pub(crate) const CONNECT_PHASE_LIMIT: Duration = Duration::from_secs(30);
 /// [`MeterLink`].
 #[derive(Debug)]
 pub(crate) struct FleetShared {
-    pub(crate) config: SimConfig,
+    /// The fleet's parts (one per tenant); fleet-wide settings (broker, rate,
+    /// window, timeouts, connect ramp) are the first part's.
+    pub(crate) parts: Vec<SimConfig>,
+    /// Meters over all parts.
+    pub(crate) meters: usize,
     pub(crate) host: String,
     pub(crate) port: u16,
     pub(crate) counters: Arc<FleetCounters>,
@@ -89,7 +94,7 @@ pub(crate) struct FleetShared {
     /// Set once the first refused CONNECT was logged, so 1,000 meters with bad
     /// credentials log one warning, not 1,000.
     pub(crate) refusal_logged: AtomicBool,
-    /// One per meter, in the order of `config.meter_indices()`.
+    /// One per meter: each part's `meter_indices()`, part after part.
     pub(crate) links: Vec<Arc<MeterLink>>,
     /// Meters may send (see [`SimConfig::connect_first`]).
     pub(crate) start_gate_open: AtomicBool,
@@ -102,6 +107,20 @@ pub(crate) struct FleetShared {
 }
 
 impl FleetShared {
+    /// Fleet-wide settings.
+    pub(crate) fn settings(&self) -> &SimConfig {
+        &self.parts[0]
+    }
+
+    /// Drops the connections of `links` at once (a reconnect storm).
+    pub(crate) fn storm(&self, links: impl Iterator<Item = usize>) {
+        for index in links {
+            if let Some(link) = self.links.get(index) {
+                link.storm.notify_one();
+            }
+        }
+    }
+
     /// Lets every meter send; the first call fixes `opened_at`.
     pub(crate) fn open_start_gate(&self) {
         let _ = self.opened_at.set(Instant::now());
@@ -134,6 +153,8 @@ pub(crate) struct MeterLink {
     /// Wakes the logic after any change above or a fleet-wide event. A `Notify`
     /// keeps one permit, so a wake-up sent while the logic is busy is not lost.
     wake: Notify,
+    /// Tells the connection driver to drop its connection (a reconnect storm).
+    storm: Notify,
 }
 
 /// What a meter task hands back when it ends.
@@ -153,12 +174,13 @@ pub(crate) fn new_latency_histogram() -> Histogram<u64> {
 
 /// Runs meter `index` to completion, the deadline, or a stop request.
 pub(crate) async fn run_meter(
+    part: usize,
     index: usize,
     key: MeterKey,
     link: Arc<MeterLink>,
     fleet: Arc<FleetShared>,
 ) -> MeterOutcome {
-    let config = &fleet.config;
+    let config = &fleet.parts[part];
     let counters = &fleet.counters;
     let uplink_topic = topic::uplink_topic(&key);
     let ack_topic = topic::ack_topic(&key);
@@ -206,6 +228,11 @@ pub(crate) async fn run_meter(
     let mut uplink = Uplink::new(0, Vec::with_capacity(config.readings_per_message));
     let mut window = UnackedWindow::new(config.window);
     let mut latency_us = new_latency_histogram();
+    // Out-of-order: a held-back message goes out right after its successor.
+    let mut held: Option<Bytes> = None;
+    // Seqs to publish once more after their ack (a lost ack), and those acked.
+    let mut duplicate_seqs: VecDeque<u64> = VecDeque::new();
+    let mut duplicates_due: Vec<Bytes> = Vec::new();
     let mut seen_epoch = 0;
     let mut claimed_slot: Option<Instant> = None;
     let mut finished = Instant::now();
@@ -216,19 +243,24 @@ pub(crate) async fn run_meter(
 
     loop {
         let now = Instant::now();
-        let cleared = window.ack(link.acked.load(Ordering::Acquire), now, |latency| {
+        let acked = link.acked.load(Ordering::Acquire);
+        let cleared = window.ack(acked, now, |seq, payload, latency| {
             let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
             // `record` (not `saturating_record`, which never resizes and would clamp
             // everything to the initial 2 µs range); values up to the clamp fit an
             // auto-resizing histogram, so this cannot fail.
             let _ = latency_us.record(us.min(MAX_RECORDED_LATENCY_US));
+            if duplicate_seqs.front() == Some(&seq) {
+                duplicate_seqs.pop_front();
+                duplicates_due.push(payload);
+            }
         }) as u64;
         if cleared > 0 {
             finished = now;
             FleetCounters::add(&counters.acked, cleared);
             FleetCounters::add(&counters.acked_readings, cleared * readings_per_message);
         }
-        if window.is_empty() && generator.remaining() == 0 {
+        if window.is_empty() && generator.remaining() == 0 && duplicates_due.is_empty() {
             break;
         }
         if now >= fleet.deadline || fleet.stop_requested.load(Ordering::Acquire) {
@@ -248,10 +280,16 @@ pub(crate) async fn run_meter(
             let epoch = link.epoch.load(Ordering::Acquire);
             if epoch != seen_epoch {
                 // A new session: the broker and rumqttc forgot what was in flight.
+                // A held-back message goes out with the rest.
                 seen_epoch = epoch;
+                held = None;
                 resent += window.resend_all(now, &mut offer);
             }
             resent += window.resend_overdue(now, ack_timeout, &mut offer);
+            for payload in duplicates_due.drain(..) {
+                offer(&payload);
+                FleetCounters::add(&counters.duplicates, 1);
+            }
 
             let mut sent = 0;
             while window.has_room() && generator.remaining() > 0 {
@@ -262,11 +300,26 @@ pub(crate) async fn run_meter(
                     }
                     claimed_slot = None;
                 }
-                if !generator.fill_next(&mut uplink) {
+                let Some(faults) = generator.fill_next(&mut uplink) else {
                     break;
-                }
+                };
                 let payload = Bytes::from(encode_payload(&uplink, config.binary));
-                offer(&payload);
+                if faults.held_back {
+                    held = Some(payload.clone());
+                    FleetCounters::add(&counters.out_of_order, 1);
+                } else {
+                    offer(&payload);
+                    if let Some(earlier) = held.take() {
+                        offer(&earlier);
+                    }
+                }
+                if faults.duplicate {
+                    duplicate_seqs.push_back(uplink.seq);
+                }
+                if let Some(kind) = faults.malformed {
+                    offer(&Bytes::from(kind.payload(&uplink)));
+                    FleetCounters::add(&counters.malformed, 1);
+                }
                 window.push(uplink.seq, payload, now);
                 sent += 1;
             }
@@ -352,7 +405,24 @@ async fn drive_connection(
         } else {
             None
         };
-        let event = eventloop.poll().await;
+        // A storm drops the connection wherever the poll is: rumqttc's poll is not
+        // cancel-safe, but `clean()` below discards the connection and its in-flight
+        // state, and the meter logic resends everything unacked on the new session.
+        let event = tokio::select! {
+            biased;
+            () = link.storm.notified() => {
+                if eventloop.network.is_some() {
+                    eventloop.clean();
+                    if link.connected.swap(false, Ordering::AcqRel) {
+                        counters.connected.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    counters.storm_disconnects.fetch_add(1, Ordering::Relaxed);
+                    link.wake.notify_one();
+                }
+                continue;
+            }
+            event = eventloop.poll() => event,
+        };
         drop(permit);
         match event {
             Ok(Event::Incoming(Incoming::ConnAck(_))) => {
@@ -367,9 +437,7 @@ async fn drive_connection(
                 connections += 1;
                 if connections > 1 {
                     counters.reconnects.fetch_add(1, Ordering::Relaxed);
-                } else if fleet.first_connects.fetch_add(1, Ordering::AcqRel) + 1
-                    == fleet.config.meters
-                {
+                } else if fleet.first_connects.fetch_add(1, Ordering::AcqRel) + 1 == fleet.meters {
                     fleet.open_start_gate();
                 }
                 if !link.connected.swap(true, Ordering::AcqRel) {

@@ -29,6 +29,14 @@ pub struct FleetCounters {
     pub bad_acks: AtomicU64,
     /// Meters connected right now.
     pub connected: AtomicU64,
+    /// Messages published again after their ack (injected duplicates).
+    pub duplicates: AtomicU64,
+    /// Messages held back and sent after their successor.
+    pub out_of_order: AtomicU64,
+    /// Malformed payloads published.
+    pub malformed: AtomicU64,
+    /// Connections dropped by reconnect storms.
+    pub storm_disconnects: AtomicU64,
 }
 
 /// A consistent-enough copy of [`FleetCounters`] for printing.
@@ -42,6 +50,10 @@ pub struct CountersSnapshot {
     pub connection_errors: u64,
     pub bad_acks: u64,
     pub connected: u64,
+    pub duplicates: u64,
+    pub out_of_order: u64,
+    pub malformed: u64,
+    pub storm_disconnects: u64,
 }
 
 impl FleetCounters {
@@ -56,6 +68,10 @@ impl FleetCounters {
             connection_errors: get(&self.connection_errors),
             bad_acks: get(&self.bad_acks),
             connected: get(&self.connected),
+            duplicates: get(&self.duplicates),
+            out_of_order: get(&self.out_of_order),
+            malformed: get(&self.malformed),
+            storm_disconnects: get(&self.storm_disconnects),
         }
     }
 
@@ -93,7 +109,8 @@ impl LatencySummary {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub meters: usize,
-    /// Messages the fleet had to send (meters × messages_per_meter).
+    /// Messages the fleet had to send (meters × messages_per_meter, less what
+    /// comms-loss meters never send).
     pub messages: u64,
     /// Distinct messages published at least once.
     pub sent: u64,
@@ -115,6 +132,13 @@ pub struct Report {
     pub reconnects: u64,
     pub connection_errors: u64,
     pub bad_acks: u64,
+    /// Injected faults, as sent: duplicates after an ack, out-of-order messages,
+    /// malformed payloads, connections dropped by reconnect storms.
+    pub duplicates: u64,
+    pub out_of_order: u64,
+    pub malformed: u64,
+    pub storms: u64,
+    pub storm_disconnects: u64,
     /// The resolved start of the readings: with the rest of the config, what
     /// [`crate::meter_messages`] needs to regenerate the ground truth.
     pub start_ts_ms: i64,

@@ -65,24 +65,27 @@ impl UnackedWindow {
     }
 
     /// Applies the cumulative ack `watermark`: every message with seq ≤ it is done.
-    /// `latency` gets each cleared message's publish→ack time. Returns how many were
-    /// cleared.
+    /// `cleared` gets each cleared message's seq, payload and publish→ack time.
+    /// Returns how many were cleared.
     pub(crate) fn ack(
         &mut self,
         watermark: u64,
         now: Instant,
-        mut latency: impl FnMut(Duration),
+        mut cleared: impl FnMut(u64, Bytes, Duration),
     ) -> usize {
-        let mut cleared = 0;
-        while let Some(front) = self.entries.front() {
-            if front.seq > watermark {
-                break;
+        let mut count = 0;
+        while self
+            .entries
+            .front()
+            .is_some_and(|front| front.seq <= watermark)
+        {
+            if let Some(entry) = self.entries.pop_front() {
+                let latency = now.saturating_duration_since(entry.first_sent);
+                cleared(entry.seq, entry.payload, latency);
+                count += 1;
             }
-            latency(now.saturating_duration_since(front.first_sent));
-            self.entries.pop_front();
-            cleared += 1;
         }
-        cleared
+        count
     }
 
     /// Sends again every message unacked for `timeout` since its last send. Returns
@@ -143,13 +146,16 @@ mod tests {
         let t0 = Instant::now();
         let mut window = window_with(t0, 1..=5);
         let mut latencies = Vec::new();
-        assert_eq!(window.ack(3, ms(t0, 10), |d| latencies.push(d)), 3);
+        assert_eq!(window.ack(3, ms(t0, 10), |_, _, d| latencies.push(d)), 3);
         assert_eq!(latencies, [9, 8, 7].map(Duration::from_millis).to_vec());
         // An old or repeated ack clears nothing.
-        assert_eq!(window.ack(2, ms(t0, 11), |_| panic!("nothing to clear")), 0);
+        assert_eq!(
+            window.ack(2, ms(t0, 11), |_, _, _| panic!("nothing to clear")),
+            0
+        );
         assert_eq!(window.len(), 2);
         // An ack beyond everything sent clears all.
-        assert_eq!(window.ack(100, ms(t0, 12), |_| {}), 2);
+        assert_eq!(window.ack(100, ms(t0, 12), |_, _, _| {}), 2);
         assert!(window.is_empty());
     }
 
@@ -159,7 +165,7 @@ mod tests {
         let mut window = window_with(t0, [1]);
         assert_eq!(window.resend_overdue(ms(t0, 500), TIMEOUT, |_| {}), 1);
         let mut latency = Duration::ZERO;
-        window.ack(1, ms(t0, 600), |d| latency = d);
+        window.ack(1, ms(t0, 600), |_, _, d| latency = d);
         assert_eq!(latency, Duration::from_millis(599));
     }
 

@@ -245,7 +245,7 @@ pub(crate) fn ground_truth(config: &SimConfig, meter_index: usize) -> Vec<Uplink
     let mut messages = meter_messages(config, meter_index);
     let mut out = Vec::new();
     let mut uplink = Uplink::new(0, Vec::new());
-    while messages.fill_next(&mut uplink) {
+    while messages.fill_next(&mut uplink).is_some() {
         out.push(uplink.clone());
     }
     out
