@@ -21,7 +21,7 @@ fn uplink() -> Uplink {
         ..SimConfig::default()
     };
     let mut uplink = Uplink::new(0, Vec::new());
-    assert!(meter_messages(&config, 7).fill_next(&mut uplink));
+    assert!(meter_messages(&config, 7).fill_next(&mut uplink).is_some());
     uplink
 }
 

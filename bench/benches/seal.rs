@@ -54,7 +54,7 @@ impl Fleet {
         let mut now_ms = 0;
         let meters = (0..METERS)
             .map(|m| {
-                assert!(self.generators[m].fill_next(&mut uplink));
+                assert!(self.generators[m].fill_next(&mut uplink).is_some());
                 let received_at = uplink.readings.last().map_or(0, |r| r.ts) + 1_000;
                 now_ms = now_ms.max(received_at);
                 MeterBatch {

@@ -15,8 +15,13 @@
 //! The window only says which seqs were *accepted*; the shard worker acks a W only once
 //! the batch that carries it is durable. It is persisted in `meter_state` with the
 //! readings it reflects, so after a restart a resend is recognised as a duplicate.
-//! A seq lower than the very first one ever seen from a meter is taken as a duplicate:
-//! there is no way to tell it from an old resend.
+//! Where W starts for a meter seen for the first time: a device counts from seq 1, so
+//! a first seq of at most [`FRESH_DEVICE_MAX_SEQ`] is a new device whose first
+//! messages were overtaken (a gateway or a reconnect reordered them). W starts at 0
+//! and the seqs below it are an ordinary gap: acks wait for them (or for the resend
+//! window), so an ack never covers a message that was not stored. A larger first seq
+//! is a device with a history elsewhere (a migration): W starts at it, and anything
+//! older is taken as delivered before meterflow knew the meter.
 
 use std::collections::BTreeSet;
 
@@ -26,6 +31,10 @@ use serde::{Deserialize, Serialize};
 /// hour; 64 covers days of reordering while keeping a meter's state a few hundred
 /// bytes.
 pub const MAX_AHEAD: usize = 64;
+
+/// Highest first seq that still counts as a new device (see the module docs): as
+/// many as `ahead` can hold, so the gap below it never overflows at once.
+pub const FRESH_DEVICE_MAX_SEQ: u64 = MAX_AHEAD as u64;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeqWindow {
@@ -82,7 +91,13 @@ impl SeqWindow {
     /// `ahead` was full are pushed onto `skipped`.
     pub fn admit(&mut self, seq: u64, now_ms: i64, skipped: &mut Vec<SkippedGap>) -> Admission {
         let Some(w) = self.watermark else {
-            self.watermark = Some(seq);
+            if (2..=FRESH_DEVICE_MAX_SEQ).contains(&seq) {
+                self.watermark = Some(0);
+                self.ahead.insert(seq);
+                self.gap_since_ms = Some(now_ms);
+            } else {
+                self.watermark = Some(seq);
+            }
             return Admission::New;
         };
         if seq <= w || self.ahead.contains(&seq) {
@@ -151,11 +166,39 @@ mod tests {
     #[test]
     fn in_order_moves_the_watermark() {
         let mut w = SeqWindow::default();
-        for s in 10..20 {
+        for s in 100..110 {
             assert_eq!(admit(&mut w, s), Admission::New);
         }
-        assert_eq!(w.watermark(), Some(19));
-        assert_eq!(admit(&mut w, 15), Admission::Duplicate);
+        assert_eq!(w.watermark(), Some(109));
+        assert_eq!(admit(&mut w, 105), Admission::Duplicate);
+        // A device with a history: what came before its first message is not awaited.
+        assert_eq!(admit(&mut w, 99), Admission::Duplicate);
+    }
+
+    #[test]
+    fn a_new_device_overtaken_by_its_second_message_waits_for_the_first() {
+        let mut w = SeqWindow::default();
+        assert_eq!(admit(&mut w, 2), Admission::New);
+        assert_eq!(
+            w.watermark(),
+            Some(0),
+            "seq 1 is not stored: no ack may cover it"
+        );
+        assert!(w.has_gap());
+        assert_eq!(admit(&mut w, 1), Admission::New);
+        assert_eq!(w.watermark(), Some(2));
+        assert!(!w.has_gap());
+        // If seq 1 never comes, the gap is skipped after the resend window.
+        let mut lost = SeqWindow::default();
+        lost.admit(FRESH_DEVICE_MAX_SEQ, 1_000, &mut Vec::new());
+        assert_eq!(
+            lost.expire_gap(601_000, 600_000),
+            Some(SkippedGap {
+                first: 1,
+                last: FRESH_DEVICE_MAX_SEQ - 1
+            })
+        );
+        assert_eq!(lost.watermark(), Some(FRESH_DEVICE_MAX_SEQ));
     }
 
     #[test]
@@ -199,7 +242,8 @@ mod tests {
 
     proptest! {
         /// Model: without expiry and without overflowing `ahead`, W is the end of the
-        /// contiguous run starting at the first seq, and a seq is new exactly once.
+        /// contiguous run from where the window starts (0 for a new device, else the
+        /// first seq), and a seq is new exactly once.
         #[test]
         fn matches_the_contiguous_run_model(
             first in 0u64..1000,
@@ -211,15 +255,17 @@ mod tests {
             let mut first_seen = None;
             for off in offsets {
                 let seq = first + off;
-                let first_seen = *first_seen.get_or_insert(seq);
+                let base = *first_seen.get_or_insert(
+                    if (2..=FRESH_DEVICE_MAX_SEQ).contains(&seq) { 0 } else { seq },
+                );
                 let expected_new = seen.is_empty()
-                    || (!seen.contains(&seq) && seq > model_watermark(first_seen, &seen));
+                    || (!seen.contains(&seq) && seq > model_watermark(base, &seen));
                 let got = w.admit(seq, 0, &mut skipped);
                 prop_assert_eq!(got == Admission::New, expected_new);
                 if expected_new {
                     seen.insert(seq);
                 }
-                prop_assert_eq!(w.watermark(), Some(model_watermark(first_seen, &seen)));
+                prop_assert_eq!(w.watermark(), Some(model_watermark(base, &seen)));
             }
             prop_assert!(skipped.is_empty());
         }

@@ -267,17 +267,22 @@ pub(crate) fn assert_store_matches(data: &Path, config: &SimConfig) -> Vec<(Mete
             .unwrap();
         let got: Vec<(u64, meterflow_model::Reading)> =
             stored.iter().map(|s| (s.seq, s.reading)).collect();
-        assert_eq!(got.len(), expected.len(), "reading count of {key}");
+        if got.len() != expected.len() {
+            let missing: Vec<_> = expected.iter().filter(|e| !got.contains(e)).collect();
+            let extra: Vec<_> = got.iter().filter(|g| !expected.contains(g)).collect();
+            panic!(
+                "{key}: {} readings stored, {} sent\nsent but not stored: {missing:?}\nstored but not sent: {extra:?}",
+                got.len(),
+                expected.len()
+            );
+        }
         assert_eq!(got, expected, "readings of {key}");
         let state = store
             .meter_state(&key)
             .unwrap()
             .expect("meter state persisted");
-        assert_eq!(
-            state.seq.watermark(),
-            Some(config.messages_per_meter),
-            "watermark of {key}"
-        );
+        let messages = meter_messages(config, index).remaining();
+        assert_eq!(state.seq.watermark(), Some(messages), "watermark of {key}");
         states.push((key, state));
     }
     states
