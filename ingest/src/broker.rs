@@ -24,7 +24,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use meterflow_model::topic::UPLINK_FILTER;
+use meterflow_model::topic::{ACK_FILTER, ALERTS_FILTER, UPLINK_FILTER};
 use rumqttd::alerts::AlertsLink;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::{Alert, Broker};
@@ -38,6 +38,11 @@ use crate::tenants::Tenants;
 const LINK_CLIENT_ID: &str = "meterflow-ingest";
 /// Client id of the notifier's link.
 const ALERTS_CLIENT_ID: &str = "meterflow-alerts";
+/// Commit log of one ack-topic filter: rumqttd's minimum segment (smaller panics).
+const ACK_LOG_BYTES: usize = 1024;
+/// Commit log of one alert-topic filter, per segment (two kept): alert notifications
+/// are rare, so a megabyte holds thousands for a subscriber that reconnects.
+const ALERTS_LOG_BYTES: usize = 1024 * 1024;
 /// How long the broker gets to start listening.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Broker connection limit above our own payload limit: payloads up to twice the
@@ -71,6 +76,20 @@ fn rumqttd_config(config: &Config) -> anyhow::Result<rumqttd::Config> {
             "max_outgoing_packet_count": 200,
             "max_segment_size": m.segment_bytes,
             "max_segment_count": m.max_segments,
+            // rumqttd keeps a commit log per subscribed filter, sized by the two
+            // settings above unless overridden here. Every meter subscribes to its own
+            // ack topic, so with the defaults each meter's log could grow to 256 MiB of
+            // acks already delivered. Acks are cumulative: a connection that falls
+            // behind may skip to the newest, so one minimal segment per ack filter
+            // (~30 acks) loses nothing and bounds the broker's memory per meter.
+            // Alert subscriptions get a modest log of their own for the same reason.
+            "custom_segment": {
+                (ACK_FILTER): { "max_segment_size": ACK_LOG_BYTES, "max_segment_count": 1 },
+                (ALERTS_FILTER): {
+                    "max_segment_size": ALERTS_LOG_BYTES,
+                    "max_segment_count": 2,
+                },
+            },
         },
         "v4": { "1": {
             "name": "mqtt-v4",
@@ -188,5 +207,32 @@ fn record_alert(alert: &Alert, metrics: &PipelineMetrics) {
             client_id = alert.client_id,
             filter, lost, "broker skipped uplinks: the pipeline fell behind; meters will resend"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_and_alert_logs_are_small_and_the_uplink_log_follows_the_config() {
+        let config = Config::default();
+        let broker = rumqttd_config(&config).unwrap();
+        let router = &broker.router;
+        assert_eq!(router.max_segment_size, config.mqtt.segment_bytes);
+        assert_eq!(router.max_segment_count, config.mqtt.max_segments);
+        let custom = router.custom_segment.as_ref().unwrap();
+        let ack = &custom[ACK_FILTER];
+        assert_eq!((ack.max_segment_size, ack.max_segment_count), (1024, 1));
+        let alerts = &custom[ALERTS_FILTER];
+        assert_eq!(alerts.max_segment_count, 2);
+        // rumqttd applies an override to every filter its key matches as a topic: each
+        // meter's ack filter, never the uplink filter.
+        assert!(rumqttd::protocol::matches(
+            "meters/demo/m000001/ack",
+            ACK_FILTER
+        ));
+        assert!(!rumqttd::protocol::matches(UPLINK_FILTER, ACK_FILTER));
+        assert!(!rumqttd::protocol::matches(UPLINK_FILTER, ALERTS_FILTER));
     }
 }

@@ -55,7 +55,8 @@ pub struct MqttConfig {
     /// Bytes of one commit-log segment in the broker's router. Together with
     /// `max_segments` it bounds the broker's memory for uplinks not yet taken by the
     /// pipeline; past it the broker skips (counted in `meterflow_broker_skipped_total`)
-    /// and the meters resend.
+    /// and the meters resend. Ack and alert topics have small fixed logs of their own
+    /// (see `broker.rs`).
     pub segment_bytes: usize,
     /// Segments kept per topic filter (see `segment_bytes`).
     pub max_segments: usize,

@@ -8,6 +8,10 @@ use crate::reject::Reject;
 
 /// The filter the service subscribes to for every uplink.
 pub const UPLINK_FILTER: &str = "meters/+/+/up";
+/// Every meter's ack topic.
+pub const ACK_FILTER: &str = "meters/+/+/ack";
+/// Every alert topic, and every subscription to alert topics.
+pub const ALERTS_FILTER: &str = "alerts/#";
 
 /// The parts of an uplink topic, before the ids are checked against configuration.
 #[derive(Debug, PartialEq, Eq)]

@@ -20,7 +20,7 @@ pub struct MessageFaults {
     pub malformed: Option<Malformed>,
 }
 
-/// Kinds of broken payloads, in rotation.
+/// Kinds of broken payloads, drawn uniformly.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Malformed {

@@ -98,7 +98,6 @@ pub struct MeterMessages {
     malformed_pct: f64,
     /// The previous message was held back (no two in a row).
     held_previous: bool,
-    malformed_sent: u64,
 }
 
 /// The uplinks meter `meter_index` (absolute, as in its id) sends under `config`.
@@ -158,7 +157,6 @@ pub fn meter_messages(config: &SimConfig, meter_index: usize) -> MeterMessages {
         out_of_order_pct: config.scenarios.out_of_order,
         malformed_pct: config.scenarios.malformed,
         held_previous: false,
-        malformed_sent: 0,
         profile,
     }
 }
@@ -210,23 +208,20 @@ impl MeterMessages {
         Some(self.draw_faults(seq))
     }
 
-    /// Three draws per message whatever the rates, so changing one rate never moves
+    /// Four draws per message whatever the rates, so changing one rate never moves
     /// another fault.
     fn draw_faults(&mut self, seq: u64) -> MessageFaults {
         let duplicate = self.faults.chance_percent(self.duplicate_pct);
         let reorder = self.faults.chance_percent(self.out_of_order_pct);
         let malformed = self.faults.chance_percent(self.malformed_pct);
+        let kind = self.faults.between((0, Malformed::ALL.len() as u64 - 1));
         let held_back = reorder
             && !self.held_previous
             && seq < self.last_seq
             && Scenario::allows_reordering(self.scenario.as_ref())
             && self.daytime_messages(seq, 2);
         self.held_previous = held_back;
-        let malformed = malformed.then(|| {
-            let kind = Malformed::ALL[(self.malformed_sent % Malformed::ALL.len() as u64) as usize];
-            self.malformed_sent += 1;
-            kind
-        });
+        let malformed = malformed.then(|| Malformed::ALL[kind as usize]);
         MessageFaults {
             duplicate,
             held_back,
