@@ -109,6 +109,9 @@ pub struct SimConfig {
     pub mac_keys: Option<MacKeys>,
     /// Connection attempts in flight at once across the fleet (the connect ramp).
     pub connect_concurrency: usize,
+    /// First connections per second across the fleet (the ramp rate); `None`: as
+    /// fast as `connect_concurrency` allows. Reconnects are not paced.
+    pub connect_rate: Option<f64>,
     /// Connect the whole fleet before any meter sends, so the send phase measures a
     /// fleet that is all online (as in the field) rather than a wave of meters that
     /// finish while others are still connecting. Rates in the report cover the send
@@ -143,6 +146,7 @@ impl Default for SimConfig {
             password: None,
             mac_keys: None,
             connect_concurrency: DEFAULT_CONNECT_CONCURRENCY,
+            connect_rate: None,
             connect_first: true,
             districts: Vec::new(),
             sizes: BTreeMap::new(),
@@ -230,6 +234,13 @@ impl SimConfig {
         }
         if self.connect_concurrency == 0 {
             problems.push("connect_concurrency must be at least 1".to_owned());
+        }
+        if let Some(rate) = self.connect_rate
+            && !(rate.is_finite() && rate > 0.0)
+        {
+            problems.push(format!(
+                "connect_rate must be a positive number of connections per second, got {rate}"
+            ));
         }
         for district in &self.districts {
             if !is_valid_id(district.as_bytes()) {

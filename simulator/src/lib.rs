@@ -114,6 +114,7 @@ pub async fn run_fleet(
     let fleet = Arc::new(FleetShared {
         pacer: settings.rate.map(Pacer::new),
         connect_gate: Semaphore::new(settings.connect_concurrency),
+        connect_pacer: settings.connect_rate.map(Pacer::new),
         deadline: started + Duration::from_secs(settings.timeout_s),
         refusal_logged: AtomicBool::new(false),
         links: meters.iter().map(|_| Arc::default()).collect(),
@@ -131,7 +132,14 @@ pub async fn run_fleet(
     let gate_timer = if fleet.settings().connect_first {
         let fleet = Arc::clone(&fleet);
         Some(tokio::spawn(async move {
-            tokio::time::sleep(CONNECT_PHASE_LIMIT).await;
+            // A paced ramp gets the time it needs on top.
+            let ramp = fleet
+                .settings()
+                .connect_rate
+                .map_or(Duration::ZERO, |rate| {
+                    Duration::from_secs_f64(fleet.meters as f64 / rate)
+                });
+            tokio::time::sleep(CONNECT_PHASE_LIMIT + ramp).await;
             fleet.open_start_gate();
         }))
     } else {

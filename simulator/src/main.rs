@@ -101,6 +101,10 @@ struct Args {
     /// Connection attempts in flight at once across the fleet.
     #[arg(long, default_value_t = DEFAULT_CONNECT_CONCURRENCY)]
     connect_concurrency: usize,
+    /// Ramp: first connections per second across the fleet (default: as fast as
+    /// --connect-concurrency allows).
+    #[arg(long)]
+    connect_rate: Option<f64>,
     /// Let each meter send as soon as it is connected, instead of waiting for the
     /// whole fleet to connect first.
     #[arg(long)]
@@ -195,6 +199,7 @@ impl Args {
             password: self.password.clone(),
             mac_keys,
             connect_concurrency: self.connect_concurrency,
+            connect_rate: self.connect_rate,
             connect_first: !self.no_connect_first,
             districts: self.districts.clone(),
             sizes: self.sizes.clone().unwrap_or_default(),

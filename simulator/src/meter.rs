@@ -68,8 +68,8 @@ const DISCONNECT_GRACE: Duration = Duration::from_secs(1);
 /// the clamp bounds each histogram's growth.
 const MAX_RECORDED_LATENCY_US: u64 = 3_600 * 1_000_000;
 
-/// Longest connect phase with `connect_first`: a fleet that cannot fully connect in
-/// this time (a refused meter, a broker at its connection limit) starts sending with
+/// Longest connect phase with `connect_first` (plus the paced ramp's own length,
+/// with `connect_rate`): a fleet that cannot fully connect in this time (a refused meter, a broker at its connection limit) starts sending with
 /// the meters it has, so the run still measures something.
 pub(crate) const CONNECT_PHASE_LIMIT: Duration = Duration::from_secs(30);
 
@@ -90,6 +90,8 @@ pub(crate) struct FleetShared {
     pub(crate) pacer: Option<Pacer>,
     /// Bounds connection attempts in flight (the connect ramp).
     pub(crate) connect_gate: Semaphore,
+    /// Paces first connections (`SimConfig::connect_rate`).
+    pub(crate) connect_pacer: Option<Pacer>,
     pub(crate) deadline: Instant,
     /// Set once the first refused CONNECT was logged, so 1,000 meters with bad
     /// credentials log one warning, not 1,000.
@@ -398,6 +400,13 @@ async fn drive_connection(
     let counters = &fleet.counters;
     let mut connections = 0u64;
     loop {
+        // A meter's first connection waits for its slot in the ramp.
+        if connections == 0
+            && eventloop.network.is_none()
+            && let Some(pacer) = &fleet.connect_pacer
+        {
+            tokio::time::sleep_until(pacer.claim(Instant::now()).into()).await;
+        }
         // Connection attempts go through the fleet's gate; an established connection
         // does not hold a permit.
         let permit = if eventloop.network.is_none() {

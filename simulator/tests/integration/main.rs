@@ -225,3 +225,24 @@ async fn hundreds_of_meters_connect_through_the_ramp() {
     assert_eq!(report.connection_errors, 0, "{report:#?}");
     acker.assert_stored_ground_truth(&config);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paced_ramp_connects_at_its_rate() {
+    let broker = Mosquitto::start();
+    let acker = Acker::start(broker.port(), AckPolicy::All, None).await;
+    // 300 meters at 200 connections/s: the connect phase lasts about 1.5 s.
+    let config = SimConfig {
+        connect_rate: Some(200.0),
+        ..fleet(&broker, 300, 2, 4)
+    };
+
+    let report = run(config.clone()).await.unwrap();
+
+    assert_complete(&report, &config);
+    assert!(
+        (1.4..4.0).contains(&report.connect_s),
+        "connect phase {:.2} s for 300 meters at 200/s",
+        report.connect_s
+    );
+    acker.assert_stored_ground_truth(&config);
+}
