@@ -13,7 +13,11 @@
 //! - a bind failure is only logged inside its server thread, so we check the port is
 //!   free before and that it answers after;
 //! - TLS runs unbounded in its accept loop: we build it without TLS and terminate TLS
-//!   in front (DESIGN §7).
+//!   in front (DESIGN §7);
+//! - it never sets `TCP_NODELAY` on accepted sockets, so acks waited behind Nagle;
+//!   we set it on its listening socket, which accepted sockets inherit (`nodelay`);
+//! - every subscribed filter gets a commit log sized like the uplink one; ack and
+//!   alert filters get small ones here (see `rumqttd_config`).
 //!
 //! The local link subscribes to `meters/+/+/up` before `start()` (which never
 //! returns, so it gets its own thread).
@@ -163,6 +167,9 @@ pub fn start(config: &Config, metrics: PipelineMetrics) -> anyhow::Result<Embedd
             }
         })?;
     wait_until_listening(listen)?;
+    if let Err(error) = crate::nodelay::set_on_listener(listen) {
+        warn!(%error, "cannot set TCP_NODELAY on the broker's listener: acks may wait up to a delayed ACK (40 ms) behind Nagle");
+    }
     Ok(EmbeddedBroker {
         link_tx,
         alerts_tx,

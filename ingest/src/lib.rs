@@ -11,6 +11,7 @@ pub mod dashboard;
 pub mod http;
 pub mod link_loop;
 pub mod metrics;
+pub mod nodelay;
 pub mod notifier;
 pub mod service;
 pub mod shard;
