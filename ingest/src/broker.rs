@@ -32,7 +32,7 @@ use meterflow_model::topic::{ACK_FILTER, ALERTS_FILTER, UPLINK_FILTER};
 use rumqttd::alerts::AlertsLink;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::{Alert, Broker};
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::metrics::PipelineMetrics;
@@ -167,8 +167,10 @@ pub fn start(config: &Config, metrics: PipelineMetrics) -> anyhow::Result<Embedd
             }
         })?;
     wait_until_listening(listen)?;
+    // Expected to fail under a container runtime's default seccomp profile (see
+    // docs/operations.md), so not a warning.
     if let Err(error) = crate::nodelay::set_on_listener(listen) {
-        warn!(%error, "cannot set TCP_NODELAY on the broker's listener: acks may wait up to a delayed ACK (40 ms) behind Nagle");
+        info!(%error, "TCP_NODELAY not set on the broker's listener: acks may wait for the meters' delayed ACKs behind Nagle");
     }
     Ok(EmbeddedBroker {
         link_tx,
