@@ -77,9 +77,10 @@ struct Args {
     /// Skip the Mosquitto peer baseline.
     #[arg(long)]
     no_peer: bool,
-    /// Run Mosquitto with TCP_NODELAY (default: Nagle on, as in meterflow's rumqttd).
+    /// Run Mosquitto with Nagle on (default: TCP_NODELAY, as meterflow sets on its
+    /// embedded broker's sockets).
     #[arg(long)]
-    peer_nodelay: bool,
+    peer_nagle: bool,
     /// Peer acker connections: 1 (default) is the single counting subscriber; more
     /// share a $share subscription and ack the highest seq seen.
     #[arg(long, default_value_t = 1)]
@@ -257,7 +258,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         },
         sim,
         mosquitto,
-        peer_nodelay: args.peer_nodelay,
+        peer_nodelay: !args.peer_nagle,
         peer_ackers: args.peer_ackers.max(1),
         log_dir: run_dir.path().to_path_buf(),
         criteria: Criteria::default(),
@@ -446,7 +447,7 @@ fn throughput(
             if env.peer_nodelay {
                 "TCP_NODELAY"
             } else {
-                "Nagle on as in rumqttd"
+                "Nagle on"
             }
         ),
         meterflow,
