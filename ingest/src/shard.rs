@@ -108,19 +108,25 @@ impl OpenBatch {
     }
 
     /// The open batch's entry for `key`, created on first use.
+    /// Looks up before inserting: the key is cloned (two allocations) only the
+    /// first time a meter joins the batch, not for every message.
     fn meter(&mut self, key: &MeterKey) -> &mut MeterBatch {
-        let index = *self.index.entry(key.clone()).or_insert_with(|| {
-            self.meters.push(MeterBatch {
-                key: key.clone(),
-                readings: Vec::new(),
-                state: MeterState::default(),
-                messages: 0,
-                duplicates: 0,
-                first_received_at: None,
-                status: None,
-            });
-            self.meters.len() - 1
-        });
+        let index = match self.index.get(key) {
+            Some(&index) => index,
+            None => {
+                self.meters.push(MeterBatch {
+                    key: key.clone(),
+                    readings: Vec::new(),
+                    state: MeterState::default(),
+                    messages: 0,
+                    duplicates: 0,
+                    first_received_at: None,
+                    status: None,
+                });
+                self.index.insert(key.clone(), self.meters.len() - 1);
+                self.meters.len() - 1
+            }
+        };
         &mut self.meters[index]
     }
 }

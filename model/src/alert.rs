@@ -123,6 +123,20 @@ pub struct AlertEvent {
     pub detail: String,
 }
 
+impl AlertEvent {
+    /// Where the event stands in its episode: later events sort higher. `at` first;
+    /// at the same instant, the lifecycle step (an episode opened and cleared by the
+    /// same reading ends cleared). Both stores keep the latest event by this order.
+    pub fn order(&self) -> (i64, u8) {
+        let step = match self.state {
+            EpisodeState::Opened => 0,
+            EpisodeState::Updated => 1,
+            EpisodeState::Cleared => 2,
+        };
+        (self.at, step)
+    }
+}
+
 const HOUR_MS: i64 = 3_600_000;
 
 /// Alert rules of one tenant. Defaults follow what AMI vendors ship.

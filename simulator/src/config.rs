@@ -288,9 +288,12 @@ impl SimConfig {
         self.resolved(now_epoch_ms())
     }
 
-    /// Total messages the fleet sends.
+    /// Total messages the fleet sends: `messages_per_meter` per meter, less what
+    /// comms-loss meters never send (their count does not depend on the start).
     pub fn total_messages(&self) -> u64 {
-        (self.meters as u64).saturating_mul(self.messages_per_meter)
+        self.meter_indices()
+            .map(|index| crate::generator::meter_messages(self, index).remaining())
+            .sum()
     }
 
     /// Absolute indices of the fleet's meters.

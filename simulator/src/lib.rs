@@ -100,11 +100,10 @@ pub async fn run_fleet(
     }
     let now = config::now_epoch_ms();
     let parts: Vec<SimConfig> = parts.into_iter().map(|p| p.resolved(now)).collect();
+    let messages = parts.iter().map(SimConfig::total_messages).sum();
     let mut meters = Vec::new();
-    let mut messages = 0;
     for (part, config) in parts.iter().enumerate() {
         for index in config.meter_indices() {
-            messages += meter_messages(config, index).remaining();
             meters.push((part, index, config.meter_key(index)?));
         }
     }

@@ -310,11 +310,7 @@ fn simulate(parts: Vec<SimConfig>, json: bool) -> anyhow::Result<Report> {
         .build()
         .context("cannot start the tokio runtime")?;
     let meters = parts.iter().map(|p| p.meters).sum();
-    let messages = parts
-        .iter()
-        .flat_map(|p| p.meter_indices().map(move |i| (p, i)))
-        .map(|(p, i)| meterflow_simulator::meter_messages(p, i).remaining())
-        .sum();
+    let messages = parts.iter().map(SimConfig::total_messages).sum();
     let report = runtime.block_on(async {
         let counters = Arc::new(FleetCounters::default());
         let progress = tokio::spawn(show_progress(Arc::clone(&counters), messages, meters));

@@ -59,17 +59,6 @@ pub struct ScenarioRates {
     pub storm_meters: f64,
 }
 
-/// The meter scenarios in the order their rates are stacked.
-const METER_SCENARIOS: [&str; 7] = [
-    "leak",
-    "burst",
-    "backflow",
-    "tamper",
-    "low_battery",
-    "comms_loss",
-    "rollover",
-];
-
 impl ScenarioRates {
     /// Every problem with these rates, for config validation.
     pub fn problems(&self) -> Vec<String> {
@@ -81,11 +70,13 @@ impl ScenarioRates {
                 ));
             }
         }
-        let meter_share: f64 = self.meter_rates().iter().sum();
+        let meter_rates = self.meter_rates();
+        let meter_share: f64 = meter_rates.iter().map(|(_, rate)| rate).sum();
         if meter_share > 100.0 + 1e-9 {
+            let names: Vec<&str> = meter_rates.iter().map(|(name, _)| *name).collect();
             problems.push(format!(
                 "meter scenarios ({}) add up to {meter_share} %: a meter has at most one, so they must add up to 100 or less",
-                METER_SCENARIOS.join(", ")
+                names.join(", ")
             ));
         }
         if !(self.storm_every_s.is_finite() && self.storm_every_s >= 0.0) {
@@ -97,19 +88,8 @@ impl ScenarioRates {
         problems
     }
 
-    fn meter_rates(&self) -> [f64; 7] {
-        [
-            self.leak,
-            self.burst,
-            self.backflow,
-            self.tamper,
-            self.low_battery,
-            self.comms_loss,
-            self.rollover,
-        ]
-    }
-
-    fn percentages(&self) -> [(&'static str, f64); 11] {
+    /// The meter scenarios by name, in the order their rates are stacked.
+    fn meter_rates(&self) -> [(&'static str, f64); 7] {
         [
             ("leak", self.leak),
             ("burst", self.burst),
@@ -118,11 +98,17 @@ impl ScenarioRates {
             ("low_battery", self.low_battery),
             ("comms_loss", self.comms_loss),
             ("rollover", self.rollover),
+        ]
+    }
+
+    /// Every rate that is a percentage, by name.
+    fn percentages(&self) -> impl Iterator<Item = (&'static str, f64)> {
+        self.meter_rates().into_iter().chain([
             ("duplicates", self.duplicates),
             ("out_of_order", self.out_of_order),
             ("malformed", self.malformed),
             ("storm_meters", self.storm_meters),
-        ]
+        ])
     }
 
     /// Whether reconnect storms are configured.
@@ -155,7 +141,6 @@ impl fmt::Display for ScenarioRates {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let set: Vec<String> = self
             .percentages()
-            .into_iter()
             .chain([("storm_every_s", self.storm_every_s)])
             .filter(|(_, v)| *v != 0.0)
             .map(|(name, v)| format!("{name}={v}"))
@@ -275,14 +260,10 @@ pub(crate) fn assign(
 ) -> Option<Scenario> {
     let pick = traits.between((0, 99_999)) as f64 / 1000.0;
     let mut stacked = 0.0;
-    let chosen = rates
-        .meter_rates()
-        .into_iter()
-        .zip(METER_SCENARIOS)
-        .find_map(|(rate, name)| {
-            stacked += rate;
-            (pick < stacked).then_some(name)
-        })?;
+    let chosen = rates.meter_rates().into_iter().find_map(|(name, rate)| {
+        stacked += rate;
+        (pick < stacked).then_some(name)
+    })?;
     // Two more draws whatever was chosen, so each scenario's parameters come from
     // the same positions of the stream.
     let (a, b) = (traits.next(), traits.next());

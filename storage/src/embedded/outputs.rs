@@ -49,18 +49,6 @@ use super::{
 };
 use crate::StoreError;
 
-/// Where an event stands in its episode: later events sort higher. `at` first; at the
-/// same instant, the lifecycle step (an episode opened and cleared by the same reading
-/// ends cleared). The ScyllaDB backend orders events the same way.
-fn event_order(event: &AlertEvent) -> (i64, u8) {
-    let step = match event.state {
-        EpisodeState::Opened => 0,
-        EpisodeState::Updated => 1,
-        EpisodeState::Cleared => 2,
-    };
-    (event.at, step)
-}
-
 /// Whether outputs hold anything this store keeps.
 fn has_durable_rows(outputs: &Outputs) -> bool {
     !outputs.bills.is_empty()
@@ -137,7 +125,7 @@ impl EmbeddedStore {
                     slot.insert(event);
                 }
                 Entry::Occupied(mut slot) => {
-                    if event_order(event) >= event_order(slot.get()) {
+                    if event.order() >= slot.get().order() {
                         slot.insert(event);
                     }
                 }
@@ -153,7 +141,7 @@ impl EmbeddedStore {
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
         for (key, event) in &episodes {
             if let Some(stored) = self.stored_episode(key)?
-                && event_order(&stored) > event_order(event)
+                && stored.order() > event.order()
             {
                 continue;
             }
@@ -301,9 +289,9 @@ mod tests {
         let opened = event(EpisodeState::Opened, 5);
         let updated = event(EpisodeState::Updated, 5);
         let cleared = event(EpisodeState::Cleared, 5);
-        assert!(event_order(&opened) < event_order(&updated));
-        assert!(event_order(&updated) < event_order(&cleared));
-        assert!(event_order(&cleared) < event_order(&event(EpisodeState::Updated, 6)));
+        assert!(opened.order() < updated.order());
+        assert!(updated.order() < cleared.order());
+        assert!(cleared.order() < event(EpisodeState::Updated, 6).order());
     }
 
     #[test]

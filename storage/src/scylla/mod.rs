@@ -144,6 +144,14 @@ type DeadLetterColumns = (CqlTimestamp, i64, String, Vec<u8>, String, String);
 
 type UnitFuture<'a> = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>>;
 
+/// Awaits every unit; the first error drops (cancels) the rest.
+async fn drain(mut statements: FuturesUnordered<UnitFuture<'_>>) -> Result<(), StoreError> {
+    while let Some(result) = statements.next().await {
+        result?;
+    }
+    Ok(())
+}
+
 /// The store's prepared statements, prepared once at open.
 struct Statements {
     insert_reading: PreparedStatement,
@@ -640,6 +648,26 @@ impl Core {
 
     /// Executes one statement (retried while transient), holding an in-flight permit
     /// per attempt.
+    /// The days a day-index table lists for `partition` that overlap
+    /// `from_ms..to_ms` (`from_ms < to_ms`).
+    async fn indexed_days(
+        &self,
+        what: &'static str,
+        statement: &PreparedStatement,
+        (a, b): (&str, &str),
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<(CqlDate,)>, StoreError> {
+        // `to_ms` is exclusive, and `from_ms < to_ms`, so `to_ms - 1` cannot overflow.
+        let range = (
+            a,
+            b,
+            cql_date_clamped(day_of(from_ms)),
+            cql_date_clamped(day_of(to_ms - 1)),
+        );
+        self.select_all(what, statement, range, usize::MAX).await
+    }
+
     async fn execute(
         &self,
         what: &'static str,
@@ -658,6 +686,20 @@ impl Core {
     }
 
     /// Executes `rows` of one partition as one unlogged batch of `statement`.
+    /// Adds one unlogged batch per `max_batch_rows` of `rows` (one partition's) to
+    /// `statements`.
+    fn push_batches<'a, R: SerializeRow + Sync>(
+        &'a self,
+        statements: &FuturesUnordered<UnitFuture<'a>>,
+        what: &'static str,
+        statement: &'a PreparedStatement,
+        rows: &'a [R],
+    ) {
+        for chunk in rows.chunks(self.config.max_batch_rows) {
+            statements.push(Box::pin(self.execute_batch(what, statement, chunk)));
+        }
+    }
+
     async fn execute_batch<R: SerializeRow>(
         &self,
         what: &'static str,
@@ -720,24 +762,21 @@ impl Core {
                 .collect();
             days.push((date, rows));
         }
-        let mut statements: FuturesUnordered<UnitFuture<'_>> = FuturesUnordered::new();
+        let statements: FuturesUnordered<UnitFuture<'_>> = FuturesUnordered::new();
         for (date, rows) in &days {
             statements.push(Box::pin(self.execute(
                 "writing reading_days failed",
                 &self.statements.insert_reading_day,
                 (tenant, name, *date, ttl),
             )));
-            for chunk in rows.chunks(self.config.max_batch_rows) {
-                statements.push(Box::pin(self.execute_batch(
-                    "writing readings failed",
-                    &self.statements.insert_reading,
-                    chunk,
-                )));
-            }
+            self.push_batches(
+                &statements,
+                "writing readings failed",
+                &self.statements.insert_reading,
+                rows,
+            );
         }
-        while let Some(result) = statements.next().await {
-            result?;
-        }
+        drain(statements).await?;
         let state = encode_record(meter.state);
         self.execute(
             "writing meter_state failed",
@@ -777,23 +816,19 @@ impl Core {
                 )
             })
             .collect();
-        let mut statements: FuturesUnordered<UnitFuture<'_>> = FuturesUnordered::new();
+        let statements: FuturesUnordered<UnitFuture<'_>> = FuturesUnordered::new();
         statements.push(Box::pin(self.execute(
             "writing dead_letter_days failed",
             &self.statements.insert_dead_letter_day,
             (tenant, date, ttl),
         )));
-        for chunk in rows.chunks(self.config.max_batch_rows) {
-            statements.push(Box::pin(self.execute_batch(
-                "writing dead_letters failed",
-                &self.statements.insert_dead_letter,
-                chunk,
-            )));
-        }
-        while let Some(result) = statements.next().await {
-            result?;
-        }
-        Ok(())
+        self.push_batches(
+            &statements,
+            "writing dead_letters failed",
+            &self.statements.insert_dead_letter,
+            &rows,
+        );
+        drain(statements).await
     }
 
     /// Every row of a paged query (at most `limit`), retried as a whole while
@@ -878,18 +913,13 @@ impl Core {
     ) -> Result<Vec<StoredReading>, StoreError> {
         let tenant = key.tenant.as_str();
         let meter = key.meter.as_str();
-        // `to_ms` is exclusive, and `from_ms < to_ms`, so `to_ms - 1` cannot overflow.
-        let days: Vec<(CqlDate,)> = self
-            .select_all(
+        let days = self
+            .indexed_days(
                 "reading reading_days failed",
                 &self.statements.select_reading_days,
-                (
-                    tenant,
-                    meter,
-                    cql_date_clamped(day_of(from_ms)),
-                    cql_date_clamped(day_of(to_ms - 1)),
-                ),
-                usize::MAX,
+                (tenant, meter),
+                from_ms,
+                to_ms,
             )
             .await?;
         let mut out = Vec::new();

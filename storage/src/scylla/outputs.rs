@@ -49,7 +49,7 @@ use meterflow_model::analytics::{DistrictUsage, Resolution, UsageSketch};
 use meterflow_model::billing::{BillLine, TierCharge};
 use meterflow_model::time::day_of;
 
-use super::{Core, UnitFuture, cql_date, cql_date_clamped, cql_limit, prepare_statement};
+use super::{Core, UnitFuture, cql_date, cql_limit, drain, prepare_statement};
 use crate::error::StoreError;
 
 /// The prepared statements of the output tables.
@@ -250,7 +250,7 @@ pub(super) fn plan(outputs: &Outputs) -> OutputsPlan<'_> {
                 slot.insert(event);
             }
             Entry::Occupied(mut slot) => {
-                if event_order(event) >= event_order(slot.get()) {
+                if event.order() >= slot.get().order() {
                     slot.insert(event);
                 }
             }
@@ -277,24 +277,13 @@ pub(super) fn plan(outputs: &Outputs) -> OutputsPlan<'_> {
     }
 }
 
-/// Where an event stands in its episode: `at`, then the lifecycle step. The embedded
-/// store orders events the same way.
-fn event_order(event: &AlertEvent) -> (i64, i64) {
-    let step = match event.state {
-        EpisodeState::Opened => 0,
-        EpisodeState::Updated => 1,
-        EpisodeState::Cleared => 2,
-    };
-    (event.at, step)
-}
-
 /// The write timestamp (µs) of an alert row: the event's order as one number. `at`
 /// is in ms, so the step fits in the sub-millisecond digits. Clamped away from
 /// `i64::MIN`, which CQL refuses as a timestamp.
 fn episode_write_timestamp(event: &AlertEvent) -> i64 {
-    let (at, step) = event_order(event);
+    let (at, step) = event.order();
     at.saturating_mul(1_000)
-        .saturating_add(step)
+        .saturating_add(i64::from(step))
         .max(i64::MIN + 1)
 }
 
@@ -519,13 +508,12 @@ impl Core {
     async fn write_bills(&self, lines: &BTreeMap<&str, &BillLine>) -> Result<(), StoreError> {
         let rows: Vec<BillRow<'_>> = lines.values().map(|bill| bill_row(bill)).collect();
         let statements: FuturesUnordered<UnitFuture<'_>> = FuturesUnordered::new();
-        for chunk in rows.chunks(self.config.max_batch_rows) {
-            statements.push(Box::pin(self.execute_batch(
-                "writing bills failed",
-                &self.statements.outputs.insert_bill,
-                chunk,
-            )));
-        }
+        self.push_batches(
+            &statements,
+            "writing bills failed",
+            &self.statements.outputs.insert_bill,
+            &rows,
+        );
         drain(statements).await
     }
 
@@ -548,13 +536,12 @@ impl Core {
             &self.statements.outputs.insert_alert_day,
             (tenant, date, ttl),
         )));
-        for chunk in rows.chunks(self.config.max_batch_rows) {
-            statements.push(Box::pin(self.execute_batch(
-                "writing alerts failed",
-                &self.statements.outputs.insert_alert,
-                chunk,
-            )));
-        }
+        self.push_batches(
+            &statements,
+            "writing alerts failed",
+            &self.statements.outputs.insert_alert,
+            &rows,
+        );
         drain(statements).await
     }
 
@@ -579,13 +566,12 @@ impl Core {
             &self.statements.outputs.insert_district_hour_day,
             (tenant, district, date, ttl),
         )));
-        for chunk in rows.chunks(self.config.max_batch_rows) {
-            statements.push(Box::pin(self.execute_batch(
-                "writing district_hourly failed",
-                &self.statements.outputs.insert_district_hour,
-                chunk,
-            )));
-        }
+        self.push_batches(
+            &statements,
+            "writing district_hourly failed",
+            &self.statements.outputs.insert_district_hour,
+            &rows,
+        );
         drain(statements).await
     }
 
@@ -662,18 +648,13 @@ impl Core {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<DistrictUsage>, StoreError> {
-        // `to_ms` is exclusive, and `from_ms < to_ms`, so `to_ms - 1` cannot overflow.
-        let days: Vec<(CqlDate,)> = self
-            .select_all(
+        let days = self
+            .indexed_days(
                 "reading district_hourly_days failed",
                 &self.statements.outputs.select_district_hour_days,
-                (
-                    tenant,
-                    district,
-                    cql_date_clamped(day_of(from_ms)),
-                    cql_date_clamped(day_of(to_ms - 1)),
-                ),
-                usize::MAX,
+                (tenant, district),
+                from_ms,
+                to_ms,
             )
             .await?;
         let mut out = Vec::new();
@@ -701,13 +682,6 @@ impl Core {
 }
 
 /// Awaits every statement; the first error cancels the rest.
-async fn drain(mut statements: FuturesUnordered<UnitFuture<'_>>) -> Result<(), StoreError> {
-    while let Some(result) = statements.next().await {
-        result?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
