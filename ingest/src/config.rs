@@ -22,6 +22,8 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_MQTT_LISTEN: &str = "127.0.0.1:1883";
 /// Listen address of the HTTP API, metrics and dashboard.
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
+/// Shortest password, secret or token accepted: 16 characters (128 bits as hex).
+pub const MIN_SECRET_CHARS: usize = 16;
 /// The tenant every fresh install has, for trying meterflow out.
 pub const DEMO_TENANT: &str = "demo";
 
@@ -45,37 +47,53 @@ pub struct Config {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
-    /// Where the embedded broker listens (MQTT 3.1.1). TLS is terminated in front of
-    /// it (DESIGN §7).
+    /// Where the meter endpoint listens for plain MQTT 3.1.1 (and where the readiness
+    /// probe connects). With TLS for the field, keep this on loopback.
     pub listen: SocketAddr,
-    /// Most meter connections. rumqttd refuses connections past this and misbehaves
-    /// when refused clients retry hard, so keep it above the process's open-file limit
-    /// less headroom: then the OS refuses first.
+    /// A TLS listener beside the plain one (`[mqtt.tls]`), when set.
+    pub tls: Option<TlsConfig>,
+    /// Most MQTT connections at once. Lowered at start to fit the process's open-file
+    /// limit (less a reserve for the store, HTTP and logs), so the endpoint refuses
+    /// with a CONNACK "server unavailable" before the OS refuses with silence.
     pub max_connections: usize,
-    /// Bytes of one commit-log segment in the broker's router. Together with
-    /// `max_segments` it bounds the broker's memory for uplinks not yet taken by the
-    /// pipeline; past it the broker skips (counted in `meterflow_broker_skipped_total`)
-    /// and the meters resend. Ack and alert topics have small fixed logs of their own
-    /// (see `broker.rs`).
-    pub segment_bytes: usize,
-    /// Segments kept per topic filter (see `segment_bytes`).
-    pub max_segments: usize,
-    /// Seconds a new connection has to send CONNECT.
+    /// Seconds a new connection has to complete its TLS handshake and send CONNECT.
     pub connect_timeout_s: u16,
+    /// Uplinks one connection may have waiting for durability. At the cap the
+    /// endpoint stops reading that socket, so backpressure reaches the meter through
+    /// TCP. A meter sends one message at a time or a small window; 32 covers gateways.
+    pub max_inflight: usize,
+    /// Seconds a connection that asked for no keep-alive may stay silent. Hourly
+    /// reporters fit under the default (65 minutes).
+    pub idle_timeout_s: u64,
+    /// New connections taken per second (a token bucket with a second's burst):
+    /// reconnect storms are spread out instead of starving established meters.
+    pub connection_rate: u32,
 }
 
 impl Default for MqttConfig {
     fn default() -> Self {
         Self {
             listen: DEFAULT_MQTT_LISTEN.parse().expect("valid default"),
-            max_connections: 30_000,
-            // 32 MiB × 8 ≈ 256 MiB of uplinks: several seconds of the pipeline's peak
-            // rate, so a brief stall of the store does not make the broker skip.
-            segment_bytes: 32 * 1024 * 1024,
-            max_segments: 8,
+            tls: None,
+            max_connections: 100_000,
             connect_timeout_s: 10,
+            max_inflight: 32,
+            idle_timeout_s: 3_900,
+            connection_rate: 5_000,
         }
     }
+}
+
+/// The endpoint's TLS listener (rustls).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Where the TLS listener listens, e.g. `0.0.0.0:8883`.
+    pub listen: SocketAddr,
+    /// PEM file with the certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -274,10 +292,7 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
-            // rumqttd's router logs every ordinary client disconnect at ERROR
-            // ("no-connection id N is already gone"); at fleet scale that buries real
-            // problems, so its routing module is silenced and the rest kept at WARN.
-            level: "info,rumqttd=warn,rumqttd::router::routing=off".into(),
+            level: "info".into(),
             json: false,
         }
     }
@@ -293,6 +308,14 @@ pub struct TenantConfig {
     /// `{tenant}.{meter}`). Without one the tenant's meters connect anonymously, which
     /// is allowed only while MQTT listens on loopback.
     pub mqtt_password: Option<String>,
+    /// Per-meter MQTT passwords: each meter's password is derived from this secret and
+    /// its id (`meterflow credentials` prints them), so meterflow stores no per-meter
+    /// secrets and a meter cannot log in as another. Takes precedence over
+    /// `mqtt_password`.
+    pub meter_secret: Option<String>,
+    /// Password of the tenant's integrations: they log in with username
+    /// `{tenant}:integration` and may subscribe to `alerts/{tenant}/#`.
+    pub integration_password: Option<String>,
     /// Bearer token for this tenant's HTTP API. Required when HTTP listens beyond
     /// loopback.
     pub api_token: Option<String>,
@@ -318,13 +341,6 @@ impl Config {
         } else {
             self.tenants.clone()
         }
-    }
-
-    /// Whether any tenant has MQTT credentials (then every meter must log in).
-    pub fn mqtt_auth_enabled(&self) -> bool {
-        self.effective_tenants()
-            .iter()
-            .any(|t| t.mqtt_password.is_some())
     }
 
     /// Reads a TOML file over the defaults.
@@ -445,22 +461,52 @@ impl Config {
                 ));
             }
         }
-        let auth = tenants.iter().any(|t| t.mqtt_password.is_some());
-        if !self.mqtt.listen.ip().is_loopback() {
-            for t in tenants.iter().filter(|t| t.mqtt_password.is_none()) {
+        let exposed = !self.mqtt.listen.ip().is_loopback()
+            || self
+                .mqtt
+                .tls
+                .as_ref()
+                .is_some_and(|tls| !tls.listen.ip().is_loopback());
+        for t in &tenants {
+            if exposed && t.mqtt_password.is_none() && t.meter_secret.is_none() {
                 errors.push(format!(
-                    "mqtt.listen {} is beyond loopback but tenant {:?} has no mqtt_password: \
-                     anonymous meters are allowed on loopback only — set tenants.mqtt_password \
-                     or listen on 127.0.0.1",
-                    self.mqtt.listen, t.id
+                    "MQTT listens beyond loopback but tenant {:?} has neither mqtt_password nor \
+                     meter_secret: anonymous meters are allowed on loopback only — set one, or \
+                     listen on 127.0.0.1",
+                    t.id
                 ));
             }
-        } else if auth && tenants.iter().any(|t| t.mqtt_password.is_none()) {
-            errors.push(
-                "tenants: either every tenant has an mqtt_password or none has (the broker \
-                 cannot mix anonymous and authenticated meters)"
-                    .into(),
-            );
+            for (name, secret) in [
+                ("mqtt_password", &t.mqtt_password),
+                ("meter_secret", &t.meter_secret),
+                ("integration_password", &t.integration_password),
+            ] {
+                if secret
+                    .as_ref()
+                    .is_some_and(|s| s.chars().count() < MIN_SECRET_CHARS)
+                {
+                    errors.push(format!(
+                        "tenants.{}.{name}: at least {MIN_SECRET_CHARS} characters (e.g. `openssl rand -hex 16`)",
+                        t.id
+                    ));
+                }
+            }
+        }
+        if let Some(tls) = &self.mqtt.tls {
+            for (name, path) in [("cert_file", &tls.cert_file), ("key_file", &tls.key_file)] {
+                if !path.is_file() {
+                    errors.push(format!(
+                        "mqtt.tls.{name} {}: no such file (a PEM file is needed)",
+                        path.display()
+                    ));
+                }
+            }
+            if tls.listen == self.mqtt.listen || tls.listen == self.http.listen {
+                errors.push(format!(
+                    "mqtt.tls.listen {} is already in use by another listener",
+                    tls.listen
+                ));
+            }
         }
         if let Err(e) = self.store.parse_backend() {
             errors.push(e);
@@ -486,8 +532,12 @@ impl Config {
             ("pipeline.batch_readings", p.batch_readings),
             ("pipeline.sink_queue", p.sink_queue),
             ("mqtt.max_connections", self.mqtt.max_connections),
-            ("mqtt.segment_bytes", self.mqtt.segment_bytes),
-            ("mqtt.max_segments", self.mqtt.max_segments),
+            ("mqtt.max_inflight", self.mqtt.max_inflight),
+            ("mqtt.connection_rate", self.mqtt.connection_rate as usize),
+            (
+                "mqtt.connect_timeout_s",
+                usize::from(self.mqtt.connect_timeout_s),
+            ),
         ] {
             if value == 0 {
                 errors.push(format!("{name} must be at least 1"));

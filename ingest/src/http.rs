@@ -1,7 +1,8 @@
 //! The HTTP side: health, readiness, Prometheus metrics and the tenant API (axum).
 //!
 //! - `GET /healthz` — the process is up;
-//! - `GET /readyz` — broker listening, store open and its writes succeeding;
+//! - `GET /readyz` — the endpoint takes a new MQTT session (a CONNECT/CONNACK round
+//!   trip), the store is open and its writes succeed;
 //! - `GET /metrics` — Prometheus text;
 //! - `GET /api/v1/tenants/{t}/meters/{m}` — latest state of a meter;
 //! - `GET /api/v1/tenants/{t}/meters/{m}/readings?from=MS&to=MS&limit=N`;
@@ -20,7 +21,7 @@
 //! tenant sees only its own data. Errors are JSON `{"error": "..."}` saying what to do.
 //! Store calls are blocking, so they run on tokio's blocking pool.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -61,10 +62,22 @@ pub struct AppState {
     pub tenants: Arc<Tenants>,
     pub prometheus: PrometheusHandle,
     pub store_healthy: Arc<AtomicBool>,
-    pub mqtt_listen: SocketAddr,
+    /// How `/readyz` checks that the endpoint takes new sessions.
+    pub mqtt_probe: MqttProbe,
     /// Tariffs, districts and time zones, for the tenant endpoints.
     pub processing: Arc<ProcessorsConfig>,
 }
+
+/// The endpoint's readiness probe target.
+#[derive(Clone)]
+pub struct MqttProbe {
+    pub addr: SocketAddr,
+    /// The probe's per-process password (never logged).
+    pub secret: String,
+}
+
+/// How long `/readyz` waits for the endpoint's CONNACK.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -102,16 +115,18 @@ impl IntoResponse for ApiError {
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    let mqtt = state.mqtt_listen;
-    let broker_up = tokio::task::spawn_blocking(move || {
-        TcpStream::connect_timeout(&mqtt, Duration::from_millis(500)).is_ok()
-    })
-    .await
-    .unwrap_or(false);
+    let probe = &state.mqtt_probe;
+    let mqtt = crate::endpoint::probe::probe(probe.addr, &probe.secret, PROBE_TIMEOUT).await;
+    let mqtt_sessions = mqtt.is_ok();
     let store_open = state.store.is_ready();
     let store_writing = state.store_healthy.load(Ordering::Relaxed);
-    let body = json!({ "broker_listening": broker_up, "store_open": store_open, "store_writes_ok": store_writing });
-    let status = if broker_up && store_open && store_writing {
+    let body = json!({
+        "mqtt_sessions": mqtt_sessions,
+        "mqtt_error": mqtt.err(),
+        "store_open": store_open,
+        "store_writes_ok": store_writing,
+    });
+    let status = if mqtt_sessions && store_open && store_writing {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

@@ -1,6 +1,7 @@
 //! The `meterflow` binary: `meterflow` (or `meterflow run`) runs the service on the
 //! configuration given (defaults when none); `meterflow config` prints the full
-//! default configuration; `meterflow check` validates a configuration file.
+//! default configuration; `meterflow check` validates a configuration file;
+//! `meterflow credentials` prints the MQTT logins to provision meters with.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,6 +33,24 @@ enum Command {
     Config,
     /// Validate a configuration file (and environment) and report every problem.
     Check(RunArgs),
+    /// Print the MQTT login of meters of a tenant with a `meter_secret` (client id,
+    /// username, derived password; one line each), for provisioning.
+    Credentials(CredentialsArgs),
+}
+
+#[derive(clap::Args)]
+struct CredentialsArgs {
+    #[command(flatten)]
+    config: RunArgs,
+    /// The tenant (its `meter_secret` comes from the configuration).
+    #[arg(long)]
+    tenant: String,
+    /// Meter ids; several may be given, or a file of ids with `--meters-file`.
+    #[arg(long = "meter", num_args = 1..)]
+    meters: Vec<String>,
+    /// A file with one meter id per line.
+    #[arg(long)]
+    meters_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Clone, Default)]
@@ -116,16 +135,59 @@ fn main() -> anyhow::Result<()> {
             println!("configuration ok");
             Ok(())
         }
+        Some(Command::Credentials(args)) => credentials(&args),
         Some(Command::Run(args)) => run(load(&args)?),
         None => run(load(&cli.run)?),
     }
+}
+
+/// Prints `client_id username password` per meter, as meters must log in.
+fn credentials(args: &CredentialsArgs) -> anyhow::Result<()> {
+    use meterflow_model::{MeterId, TenantId, credentials::meter_password};
+    let config = load(&args.config)?;
+    let tenant = config
+        .effective_tenants()
+        .into_iter()
+        .find(|t| t.id == args.tenant)
+        .with_context(|| format!("tenant {:?} is not configured", args.tenant))?;
+    let Some(secret) = tenant.meter_secret.as_deref() else {
+        bail!(
+            "tenant {:?} has no meter_secret: its meters log in with the tenant's mqtt_password",
+            tenant.id
+        );
+    };
+    let tenant_id = TenantId::try_from(tenant.id.as_str())
+        .map_err(|e| anyhow::anyhow!("tenant id {:?}: {e}", tenant.id))?;
+    let mut meters = args.meters.clone();
+    if let Some(file) = &args.meters_file {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        meters.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from),
+        );
+    }
+    if meters.is_empty() {
+        bail!("name meters with --meter ID… or --meters-file FILE");
+    }
+    for meter in meters {
+        let meter_id = MeterId::try_from(meter.as_str())
+            .map_err(|e| anyhow::anyhow!("meter id {meter:?}: {e}"))?;
+        println!(
+            "{tenant_id}.{meter_id} {tenant_id} {}",
+            meter_password(secret, &tenant_id, &meter_id)
+        );
+    }
+    Ok(())
 }
 
 fn run(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .thread_name("meterflow-http")
+        .thread_name("meterflow-io")
         .enable_all()
         .build()?;
     runtime.block_on(async {

@@ -6,8 +6,8 @@
 //! `meterflow_messages_received_total` = sum over outcomes of
 //! `meterflow_messages_total{outcome="stored"|"dead_letter"|"duplicate"|"shed"}`.
 //! `stored` and `dead_letter` are counted when their write is durable; `duplicate`
-//! when the shard recognises it; `shed` when the broker link gives up on a full
-//! shard queue. Readings are counted where their number is known (a shed or
+//! when the shard recognises it; `shed` when the endpoint took an uplink but could not
+//! hand it to a stopping pipeline (its meter got no PUBACK and resends). Readings are counted where their number is known (a shed or
 //! undecodable message has none).
 
 use meterflow_model::Reject;
@@ -36,7 +36,13 @@ pub const STORE_BREAKER: &str = "meterflow_store_breaker_open";
 pub const CACHE_BREAKER: &str = "meterflow_cache_breaker_open";
 pub const RECEIVED_TO_DURABLE_SECONDS: &str = "meterflow_publish_to_durable_seconds";
 pub const ACKS: &str = "meterflow_acks_published_total";
-pub const BROKER_SKIPPED: &str = "meterflow_broker_skipped_total";
+pub const PUBACKS: &str = "meterflow_pubacks_total";
+pub const MQTT_CONNECTIONS: &str = "meterflow_mqtt_connections";
+pub const MQTT_CONNECTS: &str = "meterflow_mqtt_connects_total";
+pub const MQTT_REFUSED: &str = "meterflow_mqtt_refused_total";
+pub const MQTT_VIOLATIONS: &str = "meterflow_mqtt_protocol_violations_total";
+pub const MQTT_TAKEOVERS: &str = "meterflow_mqtt_takeovers_total";
+pub const MQTT_ACCEPT_ERRORS: &str = "meterflow_mqtt_accept_errors_total";
 pub const SEQ_GAPS: &str = "meterflow_seq_gaps_total";
 pub const ALERTS: &str = "meterflow_alerts_total";
 pub const NOTIFICATIONS: &str = "meterflow_notifications_total";
@@ -71,7 +77,10 @@ pub fn install() -> PrometheusHandle {
 }
 
 fn describe() {
-    describe_counter!(MESSAGES_RECEIVED, "Uplink messages taken from the broker.");
+    describe_counter!(
+        MESSAGES_RECEIVED,
+        "Uplink messages taken from meters by the endpoint."
+    );
     describe_counter!(
         MESSAGES,
         "Uplink messages by outcome: stored, dead_letter, duplicate, shed."
@@ -112,8 +121,32 @@ fn describe() {
     );
     describe_counter!(ACKS, "Ack watermarks published to meters.");
     describe_counter!(
-        BROKER_SKIPPED,
-        "Uplinks the broker skipped because the pipeline fell behind (rumqttd cursor jumps)."
+        PUBACKS,
+        "PUBACKs sent: QoS 1 uplinks answered once durable (stored, dead-lettered or a duplicate of a durable one)."
+    );
+    describe_gauge!(
+        MQTT_CONNECTIONS,
+        "MQTT connections open now (meters, integrations)."
+    );
+    describe_counter!(
+        MQTT_CONNECTS,
+        "CONNECT outcomes: accepted, or refused by reason (client_id, credentials, will, capacity, rate, timeout, protocol_version, tls)."
+    );
+    describe_counter!(
+        MQTT_REFUSED,
+        "Refused by the ACL: publishes to a topic not the meter's own or retained (what=publish, also dead-lettered) and subscriptions (what=subscribe)."
+    );
+    describe_counter!(
+        MQTT_VIOLATIONS,
+        "Connections closed for what they sent, by kind (qos2, publish_not_allowed, malformed, too_large, keep_alive)."
+    );
+    describe_counter!(
+        MQTT_TAKEOVERS,
+        "Sessions closed because a new connection authenticated as the same client."
+    );
+    describe_counter!(
+        MQTT_ACCEPT_ERRORS,
+        "Errors accepting connections (e.g. out of descriptors); the endpoint backs off."
     );
     describe_counter!(SEQ_GAPS, "Seq gaps given up on after the resend window.");
     describe_counter!(
@@ -167,7 +200,6 @@ pub struct PipelineMetrics {
     pub cache_breaker_open: Gauge,
     pub received_to_durable_seconds: Histogram,
     pub acks: Counter,
-    pub broker_skipped: Counter,
     pub seq_gaps: Counter,
     alerts: Vec<Counter>,
     pub notifications_dropped: Counter,
@@ -196,7 +228,6 @@ impl PipelineMetrics {
             cache_breaker_open: gauge!(CACHE_BREAKER),
             received_to_durable_seconds: histogram!(RECEIVED_TO_DURABLE_SECONDS),
             acks: counter!(ACKS),
-            broker_skipped: counter!(BROKER_SKIPPED),
             seq_gaps: counter!(SEQ_GAPS),
             alerts: AlertKind::ALL
                 .iter()
@@ -236,5 +267,80 @@ impl PipelineMetrics {
     /// The queue-depth gauge of one shard.
     pub fn shard_queue_depth(shard: usize) -> Gauge {
         gauge!(QUEUE_DEPTH, "shard" => shard.to_string())
+    }
+}
+
+/// The handles the meter endpoint uses.
+#[derive(Clone)]
+pub struct EndpointMetrics {
+    pub received: Counter,
+    pub shed: OutcomeCounters,
+    pub connections: Gauge,
+    connects: Vec<(&'static str, Counter)>,
+    pub refused_publish: Counter,
+    pub refused_subscribe: Counter,
+    violations: Vec<(&'static str, Counter)>,
+    pub takeovers: Counter,
+    pub accept_errors: Counter,
+    pub pubacks: Counter,
+}
+
+/// Every CONNECT outcome label.
+pub const CONNECT_OUTCOMES: [&str; 10] = [
+    "accepted",
+    "client_id",
+    "credentials",
+    "will",
+    "capacity",
+    "rate",
+    "timeout",
+    "protocol_version",
+    "tls",
+    "malformed",
+];
+
+/// Every protocol-violation label.
+pub const VIOLATION_KINDS: [&str; 5] = [
+    "qos2",
+    "publish_not_allowed",
+    "malformed",
+    "too_large",
+    "keep_alive",
+];
+
+impl EndpointMetrics {
+    pub fn register(pipeline: &PipelineMetrics) -> Self {
+        Self {
+            received: pipeline.received.clone(),
+            shed: pipeline.shed.clone(),
+            connections: gauge!(MQTT_CONNECTIONS),
+            connects: CONNECT_OUTCOMES
+                .iter()
+                .map(|o| (*o, counter!(MQTT_CONNECTS, "outcome" => *o)))
+                .collect(),
+            refused_publish: counter!(MQTT_REFUSED, "what" => "publish"),
+            refused_subscribe: counter!(MQTT_REFUSED, "what" => "subscribe"),
+            violations: VIOLATION_KINDS
+                .iter()
+                .map(|k| (*k, counter!(MQTT_VIOLATIONS, "kind" => *k)))
+                .collect(),
+            takeovers: counter!(MQTT_TAKEOVERS),
+            accept_errors: counter!(MQTT_ACCEPT_ERRORS),
+            pubacks: counter!(PUBACKS),
+        }
+    }
+
+    /// Counts one CONNECT outcome (a label of [`CONNECT_OUTCOMES`]).
+    pub fn connect(&self, outcome: &str) {
+        if let Some((_, c)) = self.connects.iter().find(|(o, _)| *o == outcome) {
+            c.increment(1);
+        }
+    }
+
+    /// Counts one protocol violation (a label of [`VIOLATION_KINDS`]).
+    pub fn violation(&self, kind: &str) {
+        if let Some((_, c)) = self.violations.iter().find(|(k, _)| *k == kind) {
+            c.increment(1);
+        }
     }
 }

@@ -18,14 +18,13 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
 use meterflow_model::alert::AlertEvent;
 use meterflow_model::processing::ProcessorsConfig;
-use meterflow_model::topic;
 use meterflow_model::{MeterId, MeterKey, TenantId};
 use meterflow_processors::notify::{Notification, NotificationPolicy};
 use metrics::Counter;
-use rumqttd::local::LinkTx;
 use tracing::{info, warn};
 
 use crate::clock::now_ms;
+use crate::endpoint::registry::Registry;
 
 /// Alert events waiting for the policy. Alerts are rare next to readings; 10,000
 /// covers a storm across a large fleet while bounding memory.
@@ -52,7 +51,8 @@ pub struct NotifierMetrics {
 pub struct Notifier {
     pub inbox: Receiver<AlertEvent>,
     pub policy: NotificationPolicy,
-    pub mqtt: LinkTx,
+    /// The endpoint's alert subscribers (integrations, meters on their own topic).
+    pub subscribers: std::sync::Arc<Registry>,
     /// Tenant id → webhook URL.
     pub webhooks: HashMap<String, String>,
     pub metrics: NotifierMetrics,
@@ -62,14 +62,14 @@ impl Notifier {
     pub fn new(
         inbox: Receiver<AlertEvent>,
         config: &ProcessorsConfig,
-        mqtt: LinkTx,
+        subscribers: std::sync::Arc<Registry>,
         webhooks: HashMap<String, String>,
         metrics: NotifierMetrics,
     ) -> Self {
         Self {
             inbox,
             policy: NotificationPolicy::from_config(config),
-            mqtt,
+            subscribers,
             webhooks,
             metrics,
         }
@@ -118,10 +118,11 @@ impl Notifier {
             MeterId::try_from(event.meter.as_str()),
         ) {
             let key = MeterKey::new(tenant, meter);
-            match self.mqtt.publish(topic::alert_topic(&key), body.clone()) {
-                Ok(_) => self.metrics.published.increment(1),
-                Err(e) => warn!(meter = %key, error = %e, "alert not published on MQTT"),
-            }
+            let (delivered, dropped) = self
+                .subscribers
+                .publish_alert(&key, bytes::Bytes::from(body.clone()));
+            self.metrics.published.increment(delivered as u64);
+            self.metrics.dropped.increment(dropped as u64);
         }
         if let Some(url) = self.webhooks.get(&event.tenant) {
             match webhooks.try_send((url.clone(), body)) {

@@ -1,5 +1,5 @@
-//! Wires the pipeline together and runs it: broker → link loop → shard workers → sink
-//! (→ acks, cache), plus the HTTP server. [`Service::start`] returns once everything
+//! Wires the pipeline together and runs it: meter endpoint → shard workers → sink
+//! (→ PUBACKs and acks, cache), plus the HTTP server. [`Service::start`] returns once everything
 //! listens; [`Service::shutdown`] seals and drains what the shards hold.
 
 use std::sync::Arc;
@@ -8,19 +8,18 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context;
-use crossbeam_channel::{Sender, bounded};
+use crossbeam_channel::bounded;
 use meterflow_processors::ProcessorChain;
 use meterflow_processors::analytics::DistrictRollup;
 use tokio::net::TcpListener;
 use tracing::info;
 
 use crate::backends;
-use crate::broker;
 use crate::cache_writer::CacheWriter;
 use crate::config::Config;
+use crate::endpoint::{self, handoff::ShardRouter};
 use crate::http::{self, AppState};
-use crate::link_loop::{BrokerLink, Inbound};
-use crate::metrics::{self, PipelineMetrics};
+use crate::metrics::{self, EndpointMetrics, PipelineMetrics};
 use crate::notifier::{ALERT_QUEUE, Notifier};
 use crate::shard::{ShardSettings, ShardWorker};
 use crate::sink::Sink;
@@ -29,10 +28,11 @@ use crate::tenants::Tenants;
 /// A running meterflow.
 pub struct Service {
     pub mqtt_addr: std::net::SocketAddr,
+    pub mqtt_tls_addr: Option<std::net::SocketAddr>,
     pub http_addr: std::net::SocketAddr,
-    /// Keeps the shard queues open; dropped by [`Service::shutdown`]. The link loop
-    /// holds its own senders, so shards are stopped through `stop_shards`.
-    shard_senders: Vec<Sender<Inbound>>,
+    /// The endpoint's way into the shards; closed by [`Service::shutdown`]. Connection
+    /// tasks hold clones, so shards are stopped through `stop_shards`.
+    router: ShardRouter,
     shard_threads: Vec<JoinHandle<()>>,
     sink_thread: JoinHandle<()>,
     http_task: tokio::task::JoinHandle<()>,
@@ -40,7 +40,8 @@ pub struct Service {
 }
 
 impl Service {
-    /// Starts every part on `runtime` (HTTP) and OS threads (broker, shards, sink).
+    /// Starts every part: the endpoint and HTTP on the current tokio runtime, shards
+    /// and the sink on OS threads.
     pub async fn start(config: Config) -> anyhow::Result<Service> {
         config.validate().map_err(|errors| {
             anyhow::anyhow!("invalid configuration:\n  {}", errors.join("\n  "))
@@ -64,9 +65,16 @@ impl Service {
             .with_context(|| format!("http.listen {} is not free", config.http.listen))?;
         let http_addr = http_listener.local_addr()?;
 
-        let broker = broker::start(&config, pipeline_metrics.clone())?;
         let p = &config.pipeline;
         let shards = p.shard_count();
+        let (router, inboxes) = ShardRouter::new(shards, p.shard_queue);
+        let endpoint = endpoint::start(
+            &config,
+            tenants.clone(),
+            router.clone(),
+            EndpointMetrics::register(&pipeline_metrics),
+        )
+        .await?;
         let (sink_tx, sink_rx) = bounded(p.sink_queue);
         let settings = ShardSettings {
             limits: config.limits.clone(),
@@ -76,15 +84,12 @@ impl Service {
             sweep_interval: Duration::from_secs(p.sweep_interval_s),
         };
         let stop_shards = Arc::new(AtomicBool::new(false));
-        let mut shard_senders = Vec::with_capacity(shards);
         let mut shard_threads = Vec::with_capacity(shards);
-        for shard in 0..shards {
-            let (tx, rx) = bounded(p.shard_queue);
-            shard_senders.push(tx);
+        for (shard, inbox) in inboxes.into_iter().enumerate() {
             let worker = ShardWorker::new(
                 shard,
                 settings.clone(),
-                rx,
+                inbox,
                 sink_tx.clone(),
                 store.clone(),
                 tenants.clone(),
@@ -105,7 +110,7 @@ impl Service {
         Notifier::new(
             alert_rx,
             &config.processors,
-            broker.alerts_tx,
+            endpoint.registry.clone(),
             webhooks,
             pipeline_metrics.notifier(),
         )
@@ -116,28 +121,20 @@ impl Service {
             cache: CacheWriter::new(cache.clone(), pipeline_metrics.clone()),
             rollup: DistrictRollup::with_settings(shards, &config.processors.analytics),
             alerts: alert_tx,
-            acks: broker.link_tx,
             metrics: pipeline_metrics.clone(),
             store_healthy: store_healthy.clone(),
         }
         .spawn()?;
-        let link = BrokerLink {
-            rx: broker.link_rx,
-            shards: shard_senders.clone(),
-            shed_after: Duration::from_millis(p.shed_after_ms),
-            metrics: pipeline_metrics,
-        };
-        std::thread::Builder::new()
-            .name("broker-link".into())
-            .spawn(move || link.run())?;
-
         let app = http::router(AppState {
             store,
             cache,
             tenants,
             prometheus,
             store_healthy,
-            mqtt_listen: broker.listen,
+            mqtt_probe: http::MqttProbe {
+                addr: endpoint::probe::probe_addr(endpoint.listen),
+                secret: endpoint.probe_secret.clone(),
+            },
             processing: Arc::new(config.processors.clone()),
         });
         let http_task = tokio::spawn(async move {
@@ -146,7 +143,9 @@ impl Service {
             }
         });
         info!(
-            mqtt = %broker.listen,
+            mqtt = %endpoint.listen,
+            mqtt_tls = ?endpoint.tls_listen,
+            max_connections = endpoint.max_connections,
             http = %http_addr,
             shards,
             store = config.store.backend,
@@ -154,9 +153,10 @@ impl Service {
             "meterflow running"
         );
         Ok(Service {
-            mqtt_addr: broker.listen,
+            mqtt_addr: endpoint.listen,
+            mqtt_tls_addr: endpoint.tls_listen,
             http_addr,
-            shard_senders,
+            router,
             shard_threads,
             sink_thread,
             http_task,
@@ -165,11 +165,12 @@ impl Service {
     }
 
     /// Seals what the shards hold, waits until it is durable and acked, then stops.
-    /// Uplinks still in the broker are not taken: their meters resend them.
+    /// Uplinks not yet handed to a shard are not taken: their meters get no PUBACK
+    /// and resend them.
     pub fn shutdown(self) {
+        self.router.close();
         self.stop_shards
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        drop(self.shard_senders);
         for thread in self.shard_threads {
             let _ = thread.join();
         }

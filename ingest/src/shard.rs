@@ -2,12 +2,16 @@
 //! state, their dedupe window, their open batch — so nothing here takes a lock
 //! (DESIGN §2).
 //!
-//! Per uplink: topic and ids → tenant rules → size → decode → MAC → contract checks →
-//! hydrate the meter's state on first sight → dedupe by seq → append to the open batch.
-//! A batch seals when it holds `batch_readings` readings or has been open for
-//! `linger`; the sealed batch runs through the processors and goes to the sink
-//! with every touched meter's state. Rejected uplinks become dead letters in the same
-//! batch, so they are durable before they count.
+//! Per uplink: the endpoint's verdict on its topic → tenant rules → size → decode →
+//! MAC → contract checks → hydrate the meter's state on first sight → dedupe by seq →
+//! append to the open batch. The meter is the one its connection authenticated as
+//! ([`Inbound::identity`]); a topic is never trusted to say who sent a message.
+//! A batch seals when it holds `batch_readings` readings, when the shard's queue is
+//! empty (nothing else is coming, so waiting would only delay the PUBACKs), or at the
+//! latest after `linger`; the sealed batch runs through the processors and goes to the
+//! sink with every touched meter's state and the [`Completion`] of every message it
+//! took, which the sink answers once the batch is durable. Rejected uplinks become dead
+//! letters in the same batch, so they are durable before they count.
 //!
 //! Invariant: a meter's state in a sealed batch reflects exactly the messages in that
 //! batch and earlier ones of this shard; the sink makes batches of one shard durable in
@@ -19,15 +23,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use meterflow_model::batch::{DEAD_LETTER_PAYLOAD_CAP, INVALID_TENANT};
+use crossbeam_channel::{RecvTimeoutError, Sender};
+use meterflow_model::batch::DEAD_LETTER_PAYLOAD_CAP;
 use meterflow_model::check::{check_payload_size, check_uplink};
 use meterflow_model::seq_window::SkippedGap;
 use meterflow_model::status::DeviceStatus;
-use meterflow_model::topic::split_uplink;
 use meterflow_model::{
-    Admission, DeadLetter, Limits, MeterBatch, MeterId, MeterKey, MeterState, Outputs, Reject,
-    SealedBatch, StoredReading, TenantId, Uplink, codec,
+    Admission, DeadLetter, Limits, MeterBatch, MeterKey, MeterState, Outputs, Reject, SealedBatch,
+    StoredReading, Uplink, codec,
 };
 use meterflow_processors::ProcessorChain;
 use meterflow_storage::ReadingStore;
@@ -35,7 +38,8 @@ use metrics::Gauge;
 use tracing::{error, info, warn};
 
 use crate::clock::now_ms;
-use crate::link_loop::Inbound;
+use crate::endpoint::handoff::{Inbound, ShardInbox};
+use crate::endpoint::outbox::Completion;
 use crate::metrics::PipelineMetrics;
 use crate::tenants::Tenants;
 
@@ -50,6 +54,9 @@ pub struct SinkItem {
     pub outputs: Outputs,
     /// When the oldest message of the batch was received (monotonic).
     pub oldest: Option<Instant>,
+    /// One per message the batch took (stored, dead-lettered or duplicate): answered
+    /// by the sink once the batch is durable.
+    pub completions: Vec<Completion>,
 }
 
 /// Settings a shard worker needs.
@@ -66,7 +73,7 @@ pub struct ShardSettings {
 pub struct ShardWorker {
     shard: usize,
     settings: ShardSettings,
-    inbox: Receiver<Inbound>,
+    inbox: ShardInbox,
     sink: Sender<SinkItem>,
     store: Arc<dyn ReadingStore>,
     tenants: Arc<Tenants>,
@@ -93,6 +100,7 @@ struct OpenBatch {
     meters: Vec<MeterBatch>,
     index: HashMap<MeterKey, usize>,
     dead_letters: Vec<DeadLetter>,
+    completions: Vec<Completion>,
     readings: usize,
     /// When the shard opened this batch: the linger is timed from here, not from
     /// when its messages were received, or a lagging queue would seal one batch per
@@ -159,7 +167,7 @@ impl ShardWorker {
     pub fn new(
         shard: usize,
         settings: ShardSettings,
-        inbox: Receiver<Inbound>,
+        inbox: ShardInbox,
         sink: Sender<SinkItem>,
         store: Arc<dyn ReadingStore>,
         tenants: Arc<Tenants>,
@@ -206,7 +214,7 @@ impl ShardWorker {
             match self.inbox.recv_deadline(deadline) {
                 Ok(inbound) => {
                     self.handle(inbound);
-                    if self.open.readings >= self.settings.batch_readings {
+                    if self.open.readings >= self.settings.batch_readings || self.inbox.is_empty() {
                         self.seal();
                     }
                 }
@@ -246,6 +254,7 @@ impl ShardWorker {
         if let Err(rejection) = self.accept(&inbound) {
             self.dead_letter(&inbound, rejection);
         }
+        self.open.completions.push(inbound.completion);
     }
 
     /// Takes an uplink into the open batch, or says why not.
@@ -258,26 +267,27 @@ impl ShardWorker {
     /// meter's seqs and leave its window alone — otherwise a forger could advance a
     /// victim meter's watermark over a real message.
     fn accept(&mut self, inbound: &Inbound) -> Result<(), Rejection> {
-        let parts = split_uplink(&inbound.topic)?;
-        let tenant_id = TenantId::parse(parts.tenant)?;
-        let meter_id = MeterId::parse(parts.meter)?;
+        if let Some(reason) = inbound.refused {
+            return Err(reason.into());
+        }
+        let meter = &inbound.identity;
         let tenant = self
             .tenants
-            .get(parts.tenant)
+            .get(meter.tenant.as_str().as_bytes())
             .ok_or(Reject::UnknownTenant)?;
-        tenant.admits(&meter_id)?;
+        tenant.admits(&meter.meter)?;
         check_payload_size(inbound.payload.len(), &self.settings.limits)?;
         let uplink = codec::decode(&inbound.payload)?;
         let seq = uplink.seq;
         tenant
-            .check_mac(&meter_id, &uplink)
+            .check_mac(&meter.meter, &uplink)
             .map_err(|reason| Rejection {
                 reason,
                 seq: Some(seq),
                 readings: uplink.readings.len(),
                 duplicate: false,
             })?;
-        let key = MeterKey::new(tenant_id, meter_id);
+        let key = meter.clone();
         if let Err(reason) = check_uplink(&uplink, &self.settings.limits, inbound.received_at) {
             let duplicate = self.admit(key, &uplink, inbound, false) == Admission::Duplicate;
             return Err(Rejection {
@@ -429,13 +439,11 @@ impl ShardWorker {
         if duplicate {
             return;
         }
-        let parts = split_uplink(&inbound.topic).ok();
-        let tenant = parts.as_ref().and_then(|p| valid_id(p.tenant));
-        let meter = parts.as_ref().and_then(|p| valid_id(p.meter));
+        let meter = &inbound.identity;
         let correlation_id = format!(
             "{}/{}/{}",
-            tenant.unwrap_or("-"),
-            meter.unwrap_or("-"),
+            meter.tenant,
+            meter.meter,
             seq.map_or_else(|| "-".to_string(), |s| s.to_string())
         );
         warn!(
@@ -448,7 +456,7 @@ impl ShardWorker {
         self.dead_letter_ids += 1;
         let payload_len = inbound.payload.len().min(DEAD_LETTER_PAYLOAD_CAP);
         self.open.dead_letters.push(DeadLetter {
-            tenant: tenant.unwrap_or(INVALID_TENANT).to_string(),
+            tenant: meter.tenant.to_string(),
             received_at: inbound.received_at,
             id: ((self.shard as u64) << 48) | (self.dead_letter_ids & 0xFFFF_FFFF_FFFF),
             topic: String::from_utf8_lossy(&inbound.topic).into_owned(),
@@ -461,7 +469,7 @@ impl ShardWorker {
     /// Seals the open batch, runs the processors and hands it to the sink. Blocks
     /// while the sink queue is full: that is the pipeline's backpressure.
     fn seal(&mut self) {
-        if self.open.is_empty() && self.swept.is_empty() {
+        if self.open.is_empty() && self.swept.is_empty() && self.open.completions.is_empty() {
             self.open.opened = None;
             self.open.oldest = None;
             return;
@@ -497,19 +505,11 @@ impl ShardWorker {
                 batch,
                 outputs,
                 oldest: open.oldest,
+                completions: open.completions,
             })
             .is_err()
         {
             info!(shard = self.shard, "sink gone; shard stopping");
         }
-    }
-}
-
-/// An id from a topic, when it is well-formed (and so plain ASCII).
-fn valid_id(raw: &[u8]) -> Option<&str> {
-    if meterflow_model::ids::is_valid_id(raw) {
-        std::str::from_utf8(raw).ok()
-    } else {
-        None
     }
 }

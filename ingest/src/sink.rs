@@ -3,9 +3,11 @@
 //! One thread takes sealed batches from every shard, in arrival order (each shard's
 //! batches arrive in sealing order), and writes them in groups: one durable store
 //! write — one fsync in the embedded store — carries every batch waiting, up to
-//! [`MAX_GROUP_READINGS`]. Only after the write returns does it publish each touched
-//! meter's watermark on its ack topic (coalesced: one ack per meter per group) and
-//! update the hot cache (through [`CacheWriter`], which never holds storage up).
+//! [`MAX_GROUP_READINGS`]. Only after the write returns does it answer every message
+//! of the group — PUBACK for QoS 1 (so a PUBACK means durable), and each meter's
+//! watermark on its ack topic where the meter subscribed (one per connection per
+//! group) — and update the hot cache (through [`CacheWriter`], which never holds
+//! storage up).
 //!
 //! Failure policy (DESIGN §6.6): a failed store write is retried with exponential
 //! backoff and jitter, forever — nothing is acked meanwhile, the sink queue fills, the
@@ -16,7 +18,7 @@
 //! The sink runs on a plain OS thread, not tokio: the embedded store's writes block
 //! on fsync and the thread does nothing else.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -24,13 +26,13 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use meterflow_model::alert::AlertEvent;
-use meterflow_model::{MeterKey, Outputs, Quality, SealedBatch, ack, topic};
+use meterflow_model::{MeterKey, Outputs, Quality, SealedBatch};
 use meterflow_processors::analytics::DistrictRollup;
 use meterflow_storage::{ReadingStore, StoreError};
-use rumqttd::local::LinkTx;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::cache_writer::CacheWriter;
+use crate::endpoint::outbox::{Completion, Outbox};
 use crate::metrics::PipelineMetrics;
 use crate::shard::SinkItem;
 
@@ -53,7 +55,6 @@ pub struct Sink {
     pub rollup: DistrictRollup,
     /// Alert events on their way to the notifier (never waited on).
     pub alerts: Sender<AlertEvent>,
-    pub acks: LinkTx,
     pub metrics: PipelineMetrics,
     /// False while store writes are failing (for `/readyz`).
     pub store_healthy: Arc<AtomicBool>,
@@ -97,7 +98,9 @@ impl Sink {
     fn commit(&mut self, group: Vec<SinkItem>) {
         let mut batches = Vec::with_capacity(group.len());
         let mut outputs = Vec::with_capacity(group.len());
+        let mut completions = Vec::new();
         for mut item in group {
+            completions.append(&mut item.completions);
             self.rollup
                 .absorb(item.batch.shard, item.batch.now_ms, &mut item.outputs);
             outputs.push((item.outputs, item.oldest));
@@ -118,7 +121,7 @@ impl Sink {
             }
         }
         self.count_stored(&batches);
-        self.publish_acks(&batches);
+        self.answer(&batches, completions);
         for (out, _) in outputs {
             self.notify(&out);
             self.cache.apply(out);
@@ -200,20 +203,26 @@ impl Sink {
         }
     }
 
-    /// Publishes each touched meter's watermark once: the latest batch's state wins.
-    fn publish_acks(&mut self, batches: &[SealedBatch]) {
+    /// Answers every message of a durable group: the meter's watermark first (once
+    /// per connection, where it subscribed to its ack topic; the latest batch's state
+    /// wins), then the PUBACK.
+    fn answer(&mut self, batches: &[SealedBatch], completions: Vec<Completion>) {
         let mut watermarks: HashMap<&MeterKey, u64> = HashMap::new();
         for meter in batches.iter().flat_map(|b| &b.meters) {
             if let Some(w) = meter.state.seq.watermark() {
                 watermarks.insert(&meter.key, w);
             }
         }
-        for (key, seq) in watermarks {
-            if let Err(e) = self.acks.publish(topic::ack_topic(key), ack::encode(seq)) {
-                warn!(meter = %key, error = %e, "ack not published; the meter will resend and be acked then");
-                continue;
+        let mut told: HashSet<*const Outbox> = HashSet::new();
+        for completion in completions {
+            let outbox = completion.outbox();
+            if let Some(w) = outbox.meter().and_then(|m| watermarks.get(m))
+                && told.insert(Arc::as_ptr(outbox))
+                && outbox.deliver_watermark(*w)
+            {
+                self.metrics.acks.increment(1);
             }
-            self.metrics.acks.increment(1);
+            completion.complete();
         }
     }
 }

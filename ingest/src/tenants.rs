@@ -4,13 +4,18 @@
 
 use std::collections::{HashMap, HashSet};
 
-use meterflow_model::{MeterId, Reject, TenantId, Uplink, mac};
+use meterflow_model::{MeterId, Reject, TenantId, Uplink, credentials, mac};
 
 use crate::config::Config;
 
 pub struct Tenant {
     pub id: TenantId,
-    pub mqtt_password: Option<String>,
+    /// The password every meter of the tenant logs in with (the simpler, weaker mode).
+    mqtt_password: Option<String>,
+    /// The secret each meter's own password is derived from (`model::credentials`).
+    meter_secret: Option<String>,
+    /// The password integrations (alert subscribers) log in with.
+    integration_password: Option<String>,
     pub api_token: Option<String>,
     meter_keys: HashMap<MeterId, Vec<u8>>,
     require_mac: bool,
@@ -24,6 +29,30 @@ impl Tenant {
             Some(known) if !known.contains(meter) => Err(Reject::UnknownMeter),
             _ => Ok(()),
         }
+    }
+
+    /// Whether the tenant's meters must log in (it has meter credentials of some kind).
+    pub fn requires_login(&self) -> bool {
+        self.mqtt_password.is_some() || self.meter_secret.is_some()
+    }
+
+    /// Checks a meter's MQTT password: the one derived for it from the tenant's
+    /// `meter_secret`, or else the tenant-wide password.
+    pub fn check_meter_password(&self, meter: &MeterId, password: &[u8]) -> bool {
+        match (&self.meter_secret, &self.mqtt_password) {
+            (Some(secret), _) => {
+                credentials::verify_meter_password(secret, &self.id, meter, password)
+            }
+            (None, Some(expected)) => constant_time_eq(expected.as_bytes(), password),
+            (None, None) => false,
+        }
+    }
+
+    /// Checks an integration's password.
+    pub fn check_integration_password(&self, password: &[u8]) -> bool {
+        self.integration_password
+            .as_ref()
+            .is_some_and(|expected| constant_time_eq(expected.as_bytes(), password))
     }
 
     /// Checks the uplink's MAC where the meter has a key or the tenant requires one.
@@ -65,6 +94,8 @@ impl Tenants {
                 let tenant = Tenant {
                     id,
                     mqtt_password: t.mqtt_password.clone(),
+                    meter_secret: t.meter_secret.clone(),
+                    integration_password: t.integration_password.clone(),
                     api_token: t.api_token.clone(),
                     meter_keys,
                     require_mac: t.require_mac,
@@ -80,25 +111,6 @@ impl Tenants {
     pub fn get(&self, raw_id: &[u8]) -> Option<&Tenant> {
         self.by_id.get(raw_id)
     }
-
-    /// Checks MQTT credentials: client id `{tenant}.{meter}`, username = tenant id,
-    /// password = the tenant's. Client ids that are not of that shape (including any
-    /// with `+ # / $`, which break rumqttd) are refused.
-    pub fn check_login(&self, client_id: &str, username: &str, password: &str) -> bool {
-        let Ok(key) = meterflow_model::topic::parse_client_id(client_id) else {
-            return false;
-        };
-        let Some(tenant) = self.get(key.tenant.as_str().as_bytes()) else {
-            return false;
-        };
-        if tenant.admits(&key.meter).is_err() || username != key.tenant.as_str() {
-            return false;
-        }
-        match &tenant.mqtt_password {
-            Some(expected) => constant_time_eq(expected.as_bytes(), password.as_bytes()),
-            None => false,
-        }
-    }
 }
 
 /// Compares secrets without leaking where they differ through timing.
@@ -113,28 +125,44 @@ mod tests {
 
     fn tenants() -> Tenants {
         let config = Config {
-            tenants: vec![TenantConfig {
-                id: "acme".into(),
-                mqtt_password: Some("s3cret".into()),
-                meters: Some(vec!["m1".into()]),
-                ..TenantConfig::default()
-            }],
+            tenants: vec![
+                TenantConfig {
+                    id: "acme".into(),
+                    mqtt_password: Some("s3cret-s3cret-s3cret".into()),
+                    meters: Some(vec!["m1".into()]),
+                    ..TenantConfig::default()
+                },
+                TenantConfig {
+                    id: "bravo".into(),
+                    meter_secret: Some("bravo-secret-bravo-secret".into()),
+                    mqtt_password: Some("ignored-when-a-secret-is-set".into()),
+                    ..TenantConfig::default()
+                },
+            ],
             ..Config::default()
         };
         Tenants::from_config(&config)
     }
 
     #[test]
-    fn login_needs_matching_client_id_username_and_password() {
+    fn meter_passwords_follow_the_tenant_mode() {
         let t = tenants();
-        assert!(t.check_login("acme.m1", "acme", "s3cret"));
-        assert!(!t.check_login("acme.m1", "acme", "wrong"));
-        assert!(!t.check_login("acme.m1", "other", "s3cret"));
-        assert!(
-            !t.check_login("acme.m2", "acme", "s3cret"),
-            "not in the registry"
+        let acme = t.get(b"acme").unwrap();
+        let m1 = MeterId::try_from("m1").unwrap();
+        assert!(acme.requires_login());
+        assert!(acme.check_meter_password(&m1, b"s3cret-s3cret-s3cret"));
+        assert!(!acme.check_meter_password(&m1, b"s3cret"));
+        assert_eq!(
+            acme.admits(&MeterId::try_from("m2").unwrap()),
+            Err(Reject::UnknownMeter)
         );
-        assert!(!t.check_login("acme.m+", "acme", "s3cret"));
-        assert!(!t.check_login("acme/m1", "acme", "s3cret"));
+        let bravo = t.get(b"bravo").unwrap();
+        let derived = credentials::meter_password("bravo-secret-bravo-secret", &bravo.id, &m1);
+        assert!(bravo.check_meter_password(&m1, derived.as_bytes()));
+        assert!(
+            !bravo.check_meter_password(&m1, b"ignored-when-a-secret-is-set"),
+            "with a meter_secret the tenant-wide password opens nothing"
+        );
+        assert!(!bravo.check_integration_password(b""));
     }
 }

@@ -28,6 +28,7 @@ pub mod batch;
 pub mod billing;
 pub mod check;
 pub mod codec;
+pub mod credentials;
 pub mod ids;
 pub mod limits;
 pub mod mac;

@@ -41,11 +41,18 @@ pub enum Reject {
     ValueOutOfRange,
     /// A device flag name this build does not know.
     UnknownFlag,
+    /// Published to a topic other than the session's own uplink topic (another
+    /// meter's or tenant's, an ack or alert topic): the endpoint never takes a topic's
+    /// word for who sent a message, so the uplink is kept as a dead letter of the
+    /// meter that really sent it and moves no window.
+    ForbiddenTopic,
+    /// A publish with the retain flag: meter topics keep no retained messages.
+    RetainedPublish,
 }
 
 impl Reject {
     /// Every reason, in documentation order.
-    pub const ALL: [Reject; 15] = [
+    pub const ALL: [Reject; 17] = [
         Reject::Malformed,
         Reject::UnknownFormat,
         Reject::UnsupportedVersion,
@@ -61,6 +68,8 @@ impl Reject {
         Reject::BadMac,
         Reject::ValueOutOfRange,
         Reject::UnknownFlag,
+        Reject::ForbiddenTopic,
+        Reject::RetainedPublish,
     ];
 
     /// The stable code stored with the dead letter and used as a metric label.
@@ -81,6 +90,8 @@ impl Reject {
             Reject::BadMac => "bad_mac",
             Reject::ValueOutOfRange => "value_out_of_range",
             Reject::UnknownFlag => "unknown_flag",
+            Reject::ForbiddenTopic => "forbidden_topic",
+            Reject::RetainedPublish => "retained_publish",
         }
     }
 

@@ -54,6 +54,26 @@ pub fn alert_topic(key: &MeterKey) -> String {
     format!("alerts/{}/{}", key.tenant, key.meter)
 }
 
+/// Whether `topic` is exactly `key`'s uplink topic, compared without allocating: the
+/// endpoint asks this of every publish.
+pub fn is_own_uplink(topic: &str, key: &MeterKey) -> bool {
+    meter_topic_suffix(topic, key) == Some("/up")
+}
+
+/// Whether `topic` is exactly `key`'s ack topic.
+pub fn is_own_ack(topic: &str, key: &MeterKey) -> bool {
+    meter_topic_suffix(topic, key) == Some("/ack")
+}
+
+/// What follows `meters/{tenant}/{meter}` of `key` in `topic`, if it starts so.
+fn meter_topic_suffix<'a>(topic: &'a str, key: &MeterKey) -> Option<&'a str> {
+    topic
+        .strip_prefix("meters/")?
+        .strip_prefix(key.tenant.as_str())?
+        .strip_prefix('/')?
+        .strip_prefix(key.meter.as_str())
+}
+
 /// The MQTT client id a meter must connect with: `{tenant}.{meter}`.
 pub fn client_id(key: &MeterKey) -> String {
     format!("{}.{}", key.tenant, key.meter)
@@ -92,6 +112,25 @@ mod tests {
         }
         assert_eq!(parse_uplink(b"meters/de mo/m/up"), Err(Reject::BadId));
         assert_eq!(parse_uplink(b"meters/demo/\xff/up"), Err(Reject::BadId));
+    }
+
+    #[test]
+    fn own_topics_match_exactly() {
+        let key = parse_client_id("demo.m1").unwrap();
+        assert!(is_own_uplink("meters/demo/m1/up", &key));
+        assert!(is_own_ack("meters/demo/m1/ack", &key));
+        for other in [
+            "meters/demo/m10/up",
+            "meters/demo/m/up",
+            "meters/demox/m1/up",
+            "meters/demo/m1/ack",
+            "meters/demo/m1/up/",
+            "alerts/demo/m1",
+            "meters/+/+/up",
+        ] {
+            assert!(!is_own_uplink(other, &key), "{other}");
+        }
+        assert!(!is_own_ack("meters/demo/m1/up", &key));
     }
 
     #[test]

@@ -1,0 +1,188 @@
+//! What reaches a connection from outside its task: PUBACKs once uplinks are durable,
+//! the meter's ack-topic watermark, alert events for subscribers, and orders to close.
+//!
+//! Memory is bounded by construction, not by the queue: every [`Outgoing::PubAck`] /
+//! [`Outgoing::Done`] answers one uplink the connection counted as in flight (capped per
+//! connection, and the slot is freed only when the connection has written the answer),
+//! a watermark is sent at most once per uplink-carrying group, and alert events are
+//! capped per connection ([`MAX_QUEUED_ALERTS`]; beyond it they are dropped and
+//! counted, as the notifier's own queue does).
+//!
+//! A [`Completion`] dropped without being completed (the pipeline stopped before the
+//! uplink was durable) tells the connection to close, so the meter reconnects and
+//! resends instead of waiting forever for a PUBACK.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use meterflow_model::MeterKey;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+/// Alert events waiting on one connection. Alerts for one meter or tenant are rare
+/// (the notifier rate-limits them per tenant), so a connection this far behind is not
+/// reading its socket.
+pub const MAX_QUEUED_ALERTS: usize = 64;
+
+/// Something for a connection to write or do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outgoing {
+    /// The QoS 1 uplink with this packet id is durable: PUBACK it.
+    PubAck(u16),
+    /// A QoS 0 uplink is durable (nothing to write; frees its in-flight slot).
+    Done,
+    /// The meter's durable watermark, for its ack-topic subscription.
+    Watermark(u64),
+    /// An alert event for a subscription of this connection.
+    Alert { topic: Arc<str>, payload: Bytes },
+    /// An uplink of this connection will never be durable from here (the pipeline
+    /// stopped): close, so the meter resends elsewhere or later.
+    Abandoned,
+    /// Another connection authenticated as the same client: close.
+    TakenOver,
+}
+
+/// The shared handle of one connection.
+#[derive(Debug)]
+pub struct Outbox {
+    tx: UnboundedSender<Outgoing>,
+    /// The meter this connection authenticated as (None for integrations).
+    meter: Option<MeterKey>,
+    /// Whether the meter subscribed to its own ack topic.
+    ack_subscribed: AtomicBool,
+    alerts_queued: AtomicUsize,
+}
+
+impl Outbox {
+    pub fn new(meter: Option<MeterKey>) -> (Arc<Outbox>, UnboundedReceiver<Outgoing>) {
+        let (tx, rx) = unbounded_channel();
+        let outbox = Outbox {
+            tx,
+            meter,
+            ack_subscribed: AtomicBool::new(false),
+            alerts_queued: AtomicUsize::new(0),
+        };
+        (Arc::new(outbox), rx)
+    }
+
+    pub fn meter(&self) -> Option<&MeterKey> {
+        self.meter.as_ref()
+    }
+
+    pub fn subscribe_acks(&self) {
+        self.ack_subscribed.store(true, Ordering::Relaxed);
+    }
+
+    pub fn unsubscribe_acks(&self) {
+        self.ack_subscribed.store(false, Ordering::Relaxed);
+    }
+
+    /// Sends the meter's watermark when it subscribed to its ack topic.
+    pub fn deliver_watermark(&self, seq: u64) -> bool {
+        self.ack_subscribed.load(Ordering::Relaxed)
+            && self.tx.send(Outgoing::Watermark(seq)).is_ok()
+    }
+
+    /// Queues an alert event; false when the connection is gone or too far behind.
+    pub fn deliver_alert(&self, topic: Arc<str>, payload: Bytes) -> bool {
+        if self.alerts_queued.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED_ALERTS {
+            self.alerts_queued.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        if self.tx.send(Outgoing::Alert { topic, payload }).is_err() {
+            self.alerts_queued.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Called by the connection when it has taken an alert off its queue.
+    pub fn alert_taken(&self) {
+        self.alerts_queued.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Tells the connection to close: another one took its client id over.
+    pub fn take_over(&self) {
+        let _ = self.tx.send(Outgoing::TakenOver);
+    }
+
+    /// Whether the connection's task has gone.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// The promise to answer one uplink once it is durable.
+#[derive(Debug)]
+pub struct Completion {
+    outbox: Arc<Outbox>,
+    /// Packet id of a QoS 1 publish; `None` for QoS 0.
+    pkid: Option<u16>,
+    done: bool,
+}
+
+impl Completion {
+    pub fn new(outbox: Arc<Outbox>, pkid: Option<u16>) -> Completion {
+        Completion {
+            outbox,
+            pkid,
+            done: false,
+        }
+    }
+
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    /// The uplink is durable (stored, dead-lettered, or a duplicate of a durable one):
+    /// PUBACK it. A connection that has gone meanwhile simply never sees it; its meter
+    /// resends and is answered as a duplicate.
+    pub fn complete(mut self) {
+        self.done = true;
+        let answer = match self.pkid {
+            Some(pkid) => Outgoing::PubAck(pkid),
+            None => Outgoing::Done,
+        };
+        let _ = self.outbox.tx.send(answer);
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.outbox.tx.send(Outgoing::Abandoned);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completing_answers_with_the_packet_id_and_dropping_abandons() {
+        let (outbox, mut rx) = Outbox::new(None);
+        Completion::new(outbox.clone(), Some(7)).complete();
+        Completion::new(outbox.clone(), None).complete();
+        drop(Completion::new(outbox.clone(), Some(8)));
+        assert_eq!(rx.try_recv(), Ok(Outgoing::PubAck(7)));
+        assert_eq!(rx.try_recv(), Ok(Outgoing::Done));
+        assert_eq!(rx.try_recv(), Ok(Outgoing::Abandoned));
+    }
+
+    #[test]
+    fn watermarks_only_reach_subscribed_meters_and_alerts_are_capped() {
+        let (outbox, mut rx) = Outbox::new(None);
+        assert!(!outbox.deliver_watermark(3));
+        outbox.subscribe_acks();
+        assert!(outbox.deliver_watermark(4));
+        assert_eq!(rx.try_recv(), Ok(Outgoing::Watermark(4)));
+        let topic: Arc<str> = Arc::from("alerts/demo/m1");
+        for _ in 0..MAX_QUEUED_ALERTS {
+            assert!(outbox.deliver_alert(topic.clone(), Bytes::from_static(b"{}")));
+        }
+        assert!(!outbox.deliver_alert(topic.clone(), Bytes::from_static(b"{}")));
+        outbox.alert_taken();
+        assert!(outbox.deliver_alert(topic, Bytes::from_static(b"{}")));
+    }
+}
