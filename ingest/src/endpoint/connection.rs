@@ -1,6 +1,6 @@
 //! One MQTT connection: the runner around [`Session`]. It only reads, writes and waits;
-//! every decision is the session's. Packets are framed by rumqttc's `mqttbytes`
-//! (MQTT 3.1.1); nothing here parses MQTT by hand.
+//! every decision is the session's. Packets are framed by [`wire`](super::wire)
+//! (rumqttc's `mqttbytes`, MQTT 3.1.1 or 5 as the CONNECT says).
 //!
 //! Life of a connection:
 //! 1. CONNECT within `connect_timeout` (else dropped), then [`Authenticator`]: a
@@ -23,8 +23,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use meterflow_model::{ack, topic};
-use rumqttc::mqttbytes::Error as CodecError;
-use rumqttc::{ConnAck, ConnectReturnCode, Packet, PubAck, Publish, QoS, SubAck, UnsubAck};
+use rumqttc::QoS;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::debug;
@@ -33,6 +32,7 @@ use super::EndpointShared;
 use super::handoff::Inbound;
 use super::outbox::{Completion, Outbox, Outgoing};
 use super::session::{Grant, Login, ProtocolViolation, PublishVerdict, Session};
+use super::wire::{ConnectAnswer, ConnectInfo, ConnectReadError, Incoming, ReadError, Wire};
 use crate::clock::now_ms;
 
 /// Bytes reserved before each socket read: a typical uplink (a few hundred bytes to
@@ -43,11 +43,6 @@ const READ_RESERVE: usize = 1024;
 const KEEP_BUFFER: usize = 4096;
 /// Most queued answers written in one go before the socket is read again.
 const MAX_ANSWERS_PER_WRITE: usize = 256;
-/// Byte offset of the protocol level in a CONNECT after its fixed header
-/// (protocol name "MQTT" with its 2-byte length).
-const PROTOCOL_LEVEL_OFFSET: usize = 6;
-/// The protocol level of MQTT 3.1.1.
-const MQTT_3_1_1: u8 = 4;
 
 /// Limits of one connection.
 #[derive(Clone, Debug)]
@@ -76,7 +71,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut rbuf = BytesMut::new();
-    let Some((session, keep_alive)) = handshake(&mut stream, &mut rbuf, &shared).await else {
+    let Some((wire, session, keep_alive)) = handshake(&mut stream, &mut rbuf, &shared).await else {
         return;
     };
     let meter = session.meter().cloned();
@@ -87,6 +82,7 @@ where
     }
     let mut connection = Connection {
         stream,
+        wire,
         rbuf,
         wbuf: BytesMut::new(),
         session,
@@ -111,12 +107,13 @@ async fn handshake<S>(
     stream: &mut S,
     rbuf: &mut BytesMut,
     shared: &EndpointShared,
-) -> Option<(Session, Duration)>
+) -> Option<(Wire, Session, Duration)>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let limits = &shared.limits;
-    let connect = match tokio::time::timeout(
+    let answer_limits = (limits.max_inflight, limits.max_packet_bytes);
+    let (wire, connect) = match tokio::time::timeout(
         limits.connect_timeout,
         read_connect(stream, rbuf, limits.max_packet_bytes),
     )
@@ -129,14 +126,9 @@ where
         Ok(Err(ConnectError::Io)) => return None,
         Ok(Err(ConnectError::ProtocolVersion)) => {
             shared.metrics.connect("protocol_version");
-            let _ = write_packet(
-                stream,
-                Packet::ConnAck(ConnAck::new(
-                    ConnectReturnCode::RefusedProtocolVersion,
-                    false,
-                )),
-            )
-            .await;
+            let mut out = BytesMut::new();
+            Wire::V4.connack(ConnectAnswer::UnsupportedProtocol, answer_limits, &mut out);
+            let _ = write_all(stream, &out).await;
             return None;
         }
         Ok(Err(ConnectError::Malformed)) => {
@@ -145,42 +137,51 @@ where
         }
         Ok(Ok(connect)) => connect,
     };
+    let verdict = authenticate(shared, &connect);
+    let mut out = BytesMut::new();
+    let answer = match &verdict {
+        Ok(_) => ConnectAnswer::Accepted,
+        Err(answer) => *answer,
+    };
+    wire.connack(answer, answer_limits, &mut out);
+    if write_all(stream, &out).await.is_err() {
+        return None;
+    }
+    let identity = verdict.ok()?;
+    shared.metrics.connect("accepted");
+    let keep_alive = match connect.keep_alive {
+        0 => limits.idle_timeout,
+        // MQTT 3.1.1 §3.1.2.10, MQTT 5 §3.1.2.10: one and a half times the keep-alive.
+        secs => Duration::from_millis(u64::from(secs) * 1500),
+    };
+    Some((
+        wire,
+        Session::new(identity, limits.max_inflight),
+        keep_alive,
+    ))
+}
+
+/// Who the CONNECT is, or the answer refusing it (counted).
+fn authenticate(
+    shared: &EndpointShared,
+    connect: &ConnectInfo,
+) -> Result<super::session::Identity, ConnectAnswer> {
+    if connect.auth_method {
+        // MQTT 5 enhanced authentication is not served: credentials go in CONNECT.
+        shared.metrics.connect("credentials");
+        return Err(ConnectAnswer::NotAuthorized);
+    }
     let login = Login {
         client_id: &connect.client_id,
-        username: connect.login.as_ref().map(|l| l.username.as_str()),
-        password: connect.login.as_ref().map(|l| l.password.as_bytes()),
-        has_will: connect.last_will.is_some(),
+        username: connect.username.as_deref(),
+        password: connect.password.as_deref(),
+        has_will: connect.has_will,
     };
-    match shared.auth.authenticate(&login) {
-        Ok(identity) => {
-            if write_packet(
-                stream,
-                Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, false)),
-            )
-            .await
-            .is_err()
-            {
-                return None;
-            }
-            shared.metrics.connect("accepted");
-            let keep_alive = match connect.keep_alive {
-                0 => limits.idle_timeout,
-                // MQTT 3.1.1 §3.1.2.10: one and a half times the keep-alive.
-                secs => Duration::from_millis(u64::from(secs) * 1500),
-            };
-            Some((Session::new(identity, limits.max_inflight), keep_alive))
-        }
-        Err(refusal) => {
-            shared.metrics.connect(refusal.code());
-            debug!(client_id = %connect.client_id, reason = refusal.code(), "mqtt connect refused");
-            let _ = write_packet(
-                stream,
-                Packet::ConnAck(ConnAck::new(refusal.return_code(), false)),
-            )
-            .await;
-            None
-        }
-    }
+    shared.auth.authenticate(&login).map_err(|refusal| {
+        shared.metrics.connect(refusal.code());
+        debug!(client_id = %connect.client_id, reason = refusal.code(), "mqtt connect refused");
+        refusal.answer()
+    })
 }
 
 /// Why no CONNECT could be read.
@@ -190,27 +191,23 @@ pub enum ConnectError {
     Malformed,
 }
 
+/// Reads bytes until a whole CONNECT is buffered, and decodes it.
 pub async fn read_connect<S>(
     stream: &mut S,
     rbuf: &mut BytesMut,
     max_packet_bytes: usize,
-) -> Result<rumqttc::Connect, ConnectError>
+) -> Result<(Wire, ConnectInfo), ConnectError>
 where
     S: AsyncRead + Unpin,
 {
     loop {
-        if rumqttc::mqttbytes::check(rbuf.iter(), max_packet_bytes).is_ok()
-            && protocol_level(rbuf).is_some_and(|level| level != MQTT_3_1_1)
-        {
-            // Only MQTT 3.1.1 is framed here; other levels are told so, as 3.1.1
-            // §3.1.2.2 asks, before their CONNECT could be misread.
-            return Err(ConnectError::ProtocolVersion);
-        }
-        match Packet::read(rbuf, max_packet_bytes) {
-            Ok(Packet::Connect(connect)) => return Ok(connect),
-            Ok(_) => return Err(ConnectError::Malformed),
-            Err(CodecError::InsufficientBytes(_)) => {}
-            Err(_) => return Err(ConnectError::Malformed),
+        match super::wire::read_connect(rbuf, max_packet_bytes) {
+            Ok(connect) => return Ok(connect),
+            Err(ConnectReadError::Incomplete) => {}
+            Err(ConnectReadError::UnsupportedProtocol) => {
+                return Err(ConnectError::ProtocolVersion);
+            }
+            Err(ConnectReadError::Malformed) => return Err(ConnectError::Malformed),
         }
         rbuf.reserve(READ_RESERVE);
         match stream.read_buf(rbuf).await {
@@ -220,31 +217,17 @@ where
     }
 }
 
-/// The protocol level of a complete CONNECT at the head of `buf` (`None` for other
-/// packets). The codec keeps its header length private, so the remaining-length
-/// field's size (1-4 bytes, the last without its top bit) is counted here.
-fn protocol_level(buf: &[u8]) -> Option<u8> {
-    if buf.first()? >> 4 != 1 {
-        return None;
-    }
-    let length_bytes = buf.get(1..)?.iter().take(4).position(|b| b & 0x80 == 0)? + 1;
-    buf.get(1 + length_bytes + PROTOCOL_LEVEL_OFFSET).copied()
-}
-
-async fn write_packet<S>(stream: &mut S, packet: Packet) -> std::io::Result<()>
+async fn write_all<S>(stream: &mut S, bytes: &[u8]) -> std::io::Result<()>
 where
     S: AsyncWrite + Unpin,
 {
-    let mut buf = BytesMut::with_capacity(8);
-    packet
-        .write(&mut buf, usize::MAX)
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    stream.write_all(&buf).await?;
+    stream.write_all(bytes).await?;
     stream.flush().await
 }
 
 struct Connection<S> {
     stream: S,
+    wire: Wire,
     rbuf: BytesMut,
     wbuf: BytesMut,
     session: Session,
@@ -263,18 +246,23 @@ where
         loop {
             // Every complete packet already buffered, while the in-flight cap allows.
             while self.session.may_read() {
-                match Packet::read(&mut self.rbuf, self.shared.limits.max_packet_bytes) {
+                match self
+                    .wire
+                    .read(&mut self.rbuf, self.shared.limits.max_packet_bytes)
+                {
                     Ok(packet) => {
                         deadline = Instant::now() + self.keep_alive;
                         if let Err(ended) = self.on_packet(packet).await {
                             return ended;
                         }
                     }
-                    Err(CodecError::InsufficientBytes(_)) => break,
-                    Err(CodecError::PayloadSizeLimitExceeded(_)) => {
+                    Err(ReadError::Incomplete) => break,
+                    Err(ReadError::TooLarge) => {
                         return Ended::Violation(ProtocolViolation::TooLarge.code());
                     }
-                    Err(_) => return Ended::Violation(ProtocolViolation::Malformed.code()),
+                    Err(ReadError::Malformed) => {
+                        return Ended::Violation(ProtocolViolation::Malformed.code());
+                    }
                 }
             }
             if self.flush().await.is_err() {
@@ -333,37 +321,45 @@ where
         Ok(())
     }
 
-    fn write(&mut self, packet: Packet) {
-        // Our own packets are well-formed and far below any size limit.
-        let _ = packet.write(&mut self.wbuf, usize::MAX);
-    }
-
-    async fn on_packet(&mut self, packet: Packet) -> Result<(), Ended> {
+    async fn on_packet(&mut self, packet: Incoming) -> Result<(), Ended> {
         match packet {
-            Packet::Publish(publish) => self.on_publish(publish).await,
-            Packet::PingReq => {
-                self.write(Packet::PingResp);
+            Incoming::Publish {
+                topic,
+                pkid,
+                qos,
+                retain,
+                payload,
+                aliased,
+            } => {
+                if aliased {
+                    // No topic alias was granted (CONNACK said 0).
+                    return Err(Ended::Violation(ProtocolViolation::Malformed.code()));
+                }
+                self.on_publish(topic, pkid, qos, retain, payload).await
+            }
+            Incoming::PingReq => {
+                self.wire.pingresp(&mut self.wbuf);
                 Ok(())
             }
-            Packet::Subscribe(subscribe) => {
+            Incoming::Subscribe { pkid, filters } => {
                 let decisions = self
                     .session
-                    .on_subscribe(subscribe.filters.iter().map(|f| f.path.as_str()));
-                let mut codes = Vec::with_capacity(decisions.len());
-                for (code, grant) in decisions {
+                    .on_subscribe(filters.iter().map(String::as_str));
+                let mut granted = Vec::with_capacity(decisions.len());
+                for grant in decisions {
+                    granted.push(grant.is_some());
                     match grant {
                         Some(grant) => self.apply_grant(grant),
                         None => self.shared.metrics.refused_subscribe.increment(1),
                     }
-                    codes.push(code);
                 }
-                self.write(Packet::SubAck(SubAck::new(subscribe.pkid, codes)));
+                self.wire.suback(pkid, &granted, &mut self.wbuf);
                 Ok(())
             }
-            Packet::Unsubscribe(unsubscribe) => {
+            Incoming::Unsubscribe { pkid, filters } => {
                 for grant in self
                     .session
-                    .on_unsubscribe(unsubscribe.topics.iter().map(String::as_str))
+                    .on_unsubscribe(filters.iter().map(String::as_str))
                 {
                     if let Grant::Alerts(filter) = grant {
                         self.shared
@@ -374,13 +370,13 @@ where
                 if !self.session.has_ack_grant() {
                     self.outbox.unsubscribe_acks();
                 }
-                self.write(Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid)));
+                self.wire.unsuback(pkid, filters.len(), &mut self.wbuf);
                 Ok(())
             }
-            Packet::Disconnect => Err(Ended::Closed),
+            Incoming::Disconnect => Err(Ended::Closed),
             // A client may acknowledge our QoS 0 publishes needlessly; nothing to do.
-            Packet::PubAck(_) => Ok(()),
-            _ => Err(Ended::Violation(ProtocolViolation::Malformed.code())),
+            Incoming::PubAck => Ok(()),
+            Incoming::Unexpected => Err(Ended::Violation(ProtocolViolation::Malformed.code())),
         }
     }
 
@@ -391,27 +387,31 @@ where
         }
     }
 
-    async fn on_publish(&mut self, publish: Publish) -> Result<(), Ended> {
-        let (meter, refused) =
-            match self
-                .session
-                .on_publish(&publish.topic, publish.qos, publish.retain)
-            {
-                PublishVerdict::Take { meter, refused } => (meter, refused),
-                PublishVerdict::Close(violation) => return Err(Ended::Violation(violation.code())),
-            };
+    async fn on_publish(
+        &mut self,
+        topic: String,
+        pkid: u16,
+        qos: QoS,
+        retain: bool,
+        payload: Bytes,
+    ) -> Result<(), Ended> {
+        let (meter, refused) = match self.session.on_publish(&topic, qos, retain) {
+            PublishVerdict::Take { meter, refused } => (meter, refused),
+            PublishVerdict::Close(violation) => return Err(Ended::Violation(violation.code())),
+        };
         if refused.is_some() {
             self.shared.metrics.refused_publish.increment(1);
         }
-        let pkid = (publish.qos == QoS::AtLeastOnce).then_some(publish.pkid);
+        let pkid = (qos == QoS::AtLeastOnce).then_some(pkid);
+        let completion = Completion::new(self.outbox.clone(), pkid, refused.is_some());
         let inbound = Inbound {
             identity: meter,
-            topic: Bytes::from(publish.topic),
-            payload: publish.payload,
+            topic: Bytes::from(topic),
+            payload,
             refused,
             received_at: now_ms(),
             received: Instant::now(),
-            completion: Completion::new(self.outbox.clone(), pkid),
+            completion,
         };
         self.shared.metrics.received.increment(1);
         if self.shared.router.send(inbound).await.is_err() {
@@ -423,29 +423,22 @@ where
 
     fn on_outgoing(&mut self, answer: Outgoing) -> Result<(), Ended> {
         match answer {
-            Outgoing::PubAck(pkid) => {
+            Outgoing::PubAck { pkid, refused } => {
                 self.session.on_answered();
-                self.write(Packet::PubAck(PubAck::new(pkid)));
+                self.wire.puback(pkid, refused, &mut self.wbuf);
                 self.shared.metrics.pubacks.increment(1);
             }
             Outgoing::Done => self.session.on_answered(),
             Outgoing::Watermark(seq) => {
                 if let (Some(meter), true) = (self.session.meter(), self.session.has_ack_grant()) {
-                    let publish = Publish::from_bytes(
-                        topic::ack_topic(meter),
-                        QoS::AtMostOnce,
-                        Bytes::from(ack::encode(seq)),
-                    );
-                    self.write(Packet::Publish(publish));
+                    let topic = topic::ack_topic(meter);
+                    self.wire
+                        .publish(&topic, Bytes::from(ack::encode(seq)), &mut self.wbuf);
                 }
             }
             Outgoing::Alert { topic, payload } => {
                 self.outbox.alert_taken();
-                self.write(Packet::Publish(Publish::from_bytes(
-                    topic.as_ref(),
-                    QoS::AtMostOnce,
-                    payload,
-                )));
+                self.wire.publish(&topic, payload, &mut self.wbuf);
             }
             Outgoing::Abandoned => {
                 self.session.on_answered();
@@ -454,5 +447,137 @@ where
             Outgoing::TakenOver => return Err(Ended::TakenOver),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The runner against arbitrary bytes: whatever a client sends, `serve` ends (when
+    //! the client goes) and never panics. Half the cases start with a valid CONNECT so
+    //! the bytes reach the connected state's packet handling.
+    use super::*;
+    use crate::config::Config;
+    use crate::endpoint::handoff::ShardRouter;
+    use crate::endpoint::registry::Registry;
+    use crate::endpoint::session::Authenticator;
+    use crate::metrics::{EndpointMetrics, PipelineMetrics};
+    use crate::tenants::Tenants;
+    use proptest::prelude::*;
+
+    fn shared() -> (
+        Arc<EndpointShared>,
+        Vec<crate::endpoint::handoff::ShardInbox>,
+    ) {
+        let (router, inboxes) = ShardRouter::new(1, 4);
+        let shared = EndpointShared {
+            auth: Authenticator::new(
+                Arc::new(Tenants::from_config(&Config::default())),
+                "probe-secret".into(),
+            ),
+            router,
+            registry: Arc::new(Registry::default()),
+            metrics: EndpointMetrics::register(&PipelineMetrics::register()),
+            limits: ConnectionLimits {
+                connect_timeout: Duration::from_millis(200),
+                max_inflight: 2,
+                max_packet_bytes: 4096,
+                idle_timeout: Duration::from_millis(500),
+            },
+        };
+        (Arc::new(shared), inboxes)
+    }
+
+    fn connect_packet(mqtt5: bool) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        if mqtt5 {
+            use rumqttc::v5::mqttbytes::v5;
+            let connect = v5::Connect {
+                keep_alive: 30,
+                client_id: "demo.m1".into(),
+                clean_start: true,
+                properties: None,
+            };
+            v5::Packet::Connect(connect, None, None)
+                .write(&mut out, None)
+                .unwrap();
+        } else {
+            rumqttc::Connect::new("demo.m1").write(&mut out).unwrap();
+        }
+        out.to_vec()
+    }
+
+    /// Feeds `bytes` to a connection, answering every uplink it hands over, and
+    /// returns once `serve` has returned.
+    fn feed(bytes: Vec<u8>) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let (shared, inboxes) = shared();
+            let (mut client, server) = tokio::io::duplex(64 * 1024);
+            let serving = tokio::spawn(serve(server, shared.clone()));
+            let answering = tokio::spawn(async move {
+                loop {
+                    while let Ok(inbound) = inboxes[0].try_recv() {
+                        inbound.completion.complete();
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            });
+            let _ = client.write_all(&bytes).await;
+            let _ = client.shutdown().await;
+            let mut sink = Vec::new();
+            let reading = tokio::spawn(async move {
+                let _ = client.read_to_end(&mut sink).await;
+            });
+            tokio::time::timeout(Duration::from_secs(5), serving)
+                .await
+                .expect("serve ends once the client is gone")
+                .expect("serve does not panic");
+            answering.abort();
+            reading.abort();
+        });
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic_nor_hang(
+            connected in any::<bool>(),
+            mqtt5 in any::<bool>(),
+            bytes in proptest::collection::vec(any::<u8>(), 0..2048),
+        ) {
+            let mut input = if connected { connect_packet(mqtt5) } else { Vec::new() };
+            input.extend(bytes);
+            feed(input);
+        }
+
+        #[test]
+        fn arbitrary_packets_never_panic_nor_hang(
+            mqtt5 in any::<bool>(),
+            packets in proptest::collection::vec(
+                (0u8..16, any::<u8>(), proptest::collection::vec(any::<u8>(), 0..300)),
+                0..12,
+            ),
+        ) {
+            // Well-framed packets of every type with arbitrary flags and bodies.
+            let mut input = connect_packet(mqtt5);
+            for (kind, flags, body) in packets {
+                input.push((kind << 4) | (flags & 0x0F));
+                let mut len = body.len();
+                loop {
+                    let byte = (len % 128) as u8;
+                    len /= 128;
+                    input.push(if len > 0 { byte | 0x80 } else { byte });
+                    if len == 0 {
+                        break;
+                    }
+                }
+                input.extend(body);
+            }
+            feed(input);
+        }
     }
 }

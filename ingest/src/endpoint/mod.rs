@@ -1,9 +1,10 @@
-//! The meter endpoint: meterflow's own MQTT 3.1.1 front door (DESIGN §2, §3, §7),
+//! The meter endpoint: meterflow's own MQTT (3.1.1 and 5) front door (DESIGN §2, §3, §7),
 //! built for one job — take uplinks from authenticated meters, make them durable,
 //! acknowledge them. It replaced the embedded rumqttd broker (see `ARCHITECTURE.md`
 //! for the measured reasons).
 //!
 //! - [`session`]: the protocol decisions (authentication, ACLs, in-flight cap), pure;
+//! - [`wire`]: packets in and out, MQTT 3.1.1 or 5 (rumqttc's `mqttbytes` codecs);
 //! - [`connection`]: the runner of one connection around its session;
 //! - [`handoff`]: the seam to the shard workers — [`Inbound`] uplinks with the identity
 //!   their session authenticated and a [`Completion`] that answers the meter;
@@ -31,13 +32,13 @@ pub mod probe;
 pub mod registry;
 pub mod session;
 pub mod tls;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rumqttc::{ConnAck, ConnectReturnCode, Packet};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -270,16 +271,18 @@ async fn refuse(
 
 async fn refuse_on<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shared: &EndpointShared) {
     let mut buf = bytes::BytesMut::new();
-    if connection::read_connect(&mut stream, &mut buf, shared.limits.max_packet_bytes)
-        .await
-        .is_ok()
+    let limits = &shared.limits;
+    if let Ok((wire, _)) =
+        connection::read_connect(&mut stream, &mut buf, limits.max_packet_bytes).await
     {
         let mut out = bytes::BytesMut::new();
-        let refusal = Packet::ConnAck(ConnAck::new(ConnectReturnCode::ServiceUnavailable, false));
-        if refusal.write(&mut out, usize::MAX).is_ok() {
-            let _ = stream.write_all(&out).await;
-            let _ = stream.shutdown().await;
-        }
+        wire.connack(
+            wire::ConnectAnswer::ServerUnavailable,
+            (limits.max_inflight, limits.max_packet_bytes),
+            &mut out,
+        );
+        let _ = stream.write_all(&out).await;
+        let _ = stream.shutdown().await;
     }
 }
 

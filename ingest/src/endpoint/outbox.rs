@@ -27,8 +27,9 @@ pub const MAX_QUEUED_ALERTS: usize = 64;
 /// Something for a connection to write or do.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outgoing {
-    /// The QoS 1 uplink with this packet id is durable: PUBACK it.
-    PubAck(u16),
+    /// The QoS 1 uplink with this packet id is durable: PUBACK it (`refused`: it was
+    /// kept as a dead letter the session refused, which MQTT 5 can say).
+    PubAck { pkid: u16, refused: bool },
     /// A QoS 0 uplink is durable (nothing to write; frees its in-flight slot).
     Done,
     /// The meter's durable watermark, for its ack-topic subscription.
@@ -118,14 +119,17 @@ pub struct Completion {
     outbox: Arc<Outbox>,
     /// Packet id of a QoS 1 publish; `None` for QoS 0.
     pkid: Option<u16>,
+    /// The session refused the publish (kept as a dead letter).
+    refused: bool,
     done: bool,
 }
 
 impl Completion {
-    pub fn new(outbox: Arc<Outbox>, pkid: Option<u16>) -> Completion {
+    pub fn new(outbox: Arc<Outbox>, pkid: Option<u16>, refused: bool) -> Completion {
         Completion {
             outbox,
             pkid,
+            refused,
             done: false,
         }
     }
@@ -140,7 +144,10 @@ impl Completion {
     pub fn complete(mut self) {
         self.done = true;
         let answer = match self.pkid {
-            Some(pkid) => Outgoing::PubAck(pkid),
+            Some(pkid) => Outgoing::PubAck {
+                pkid,
+                refused: self.refused,
+            },
             None => Outgoing::Done,
         };
         let _ = self.outbox.tx.send(answer);
@@ -162,10 +169,16 @@ mod tests {
     #[test]
     fn completing_answers_with_the_packet_id_and_dropping_abandons() {
         let (outbox, mut rx) = Outbox::new(None);
-        Completion::new(outbox.clone(), Some(7)).complete();
-        Completion::new(outbox.clone(), None).complete();
-        drop(Completion::new(outbox.clone(), Some(8)));
-        assert_eq!(rx.try_recv(), Ok(Outgoing::PubAck(7)));
+        Completion::new(outbox.clone(), Some(7), false).complete();
+        Completion::new(outbox.clone(), None, false).complete();
+        drop(Completion::new(outbox.clone(), Some(8), true));
+        assert_eq!(
+            rx.try_recv(),
+            Ok(Outgoing::PubAck {
+                pkid: 7,
+                refused: false
+            })
+        );
         assert_eq!(rx.try_recv(), Ok(Outgoing::Done));
         assert_eq!(rx.try_recv(), Ok(Outgoing::Abandoned));
     }

@@ -16,10 +16,14 @@ use meterflow_model::{MeterKey, TenantId, topic};
 use super::outbox::Outbox;
 use super::session::{AlertFilter, Identity};
 
+/// One alert subscription: what it covers, and the connection it goes to.
+type AlertSubscription = (AlertFilter, Arc<Outbox>);
+
 #[derive(Default)]
 pub struct Registry {
     sessions: Mutex<HashMap<Identity, Arc<Outbox>>>,
-    alerts: RwLock<HashMap<TenantId, Vec<(AlertFilter, Arc<Outbox>)>>>,
+    /// Alert subscriptions by tenant.
+    alerts: RwLock<HashMap<TenantId, Vec<AlertSubscription>>>,
 }
 
 impl Registry {

@@ -24,7 +24,9 @@
 
 use meterflow_model::topic::{is_own_ack, is_own_uplink, parse_client_id};
 use meterflow_model::{MeterKey, Reject, TenantId, ids::is_valid_id};
-use rumqttc::{ConnectReturnCode, QoS, SubscribeReasonCode};
+use rumqttc::QoS;
+
+use super::wire::ConnectAnswer;
 
 use crate::tenants::Tenants;
 
@@ -67,12 +69,12 @@ impl ConnectRefusal {
         }
     }
 
-    /// The MQTT 3.1.1 CONNACK return code that says it.
-    pub fn return_code(self) -> ConnectReturnCode {
+    /// The CONNACK that says it.
+    pub fn answer(self) -> ConnectAnswer {
         match self {
-            ConnectRefusal::ClientId => ConnectReturnCode::BadClientId,
-            ConnectRefusal::Credentials => ConnectReturnCode::BadUserNamePassword,
-            ConnectRefusal::Will => ConnectReturnCode::NotAuthorized,
+            ConnectRefusal::ClientId => ConnectAnswer::BadClientId,
+            ConnectRefusal::Credentials => ConnectAnswer::BadCredentials,
+            ConnectRefusal::Will => ConnectAnswer::NotAuthorized,
         }
     }
 }
@@ -302,11 +304,11 @@ impl Session {
         self.inflight = self.inflight.saturating_sub(1);
     }
 
-    /// Decides each filter of a SUBSCRIBE: the SUBACK codes, and what was granted.
+    /// Decides each filter of a SUBSCRIBE: what it grants, `None` where refused.
     pub fn on_subscribe<'a>(
         &mut self,
         filters: impl IntoIterator<Item = &'a str>,
-    ) -> Vec<(SubscribeReasonCode, Option<Grant>)> {
+    ) -> Vec<Option<Grant>> {
         filters
             .into_iter()
             .map(|filter| match self.grant_for(filter) {
@@ -317,9 +319,9 @@ impl Session {
                     if !self.grants.iter().any(|(f, _)| f == filter) {
                         self.grants.push((filter.to_string(), grant.clone()));
                     }
-                    (SubscribeReasonCode::Success(QoS::AtMostOnce), Some(grant))
+                    Some(grant)
                 }
-                _ => (SubscribeReasonCode::Failure, None),
+                _ => None,
             })
             .collect()
     }
@@ -566,12 +568,11 @@ mod tests {
             "alerts/bravo/m1",
             "$SYS/#",
         ]);
-        let codes: Vec<bool> = granted.iter().map(|(_, g)| g.is_some()).collect();
+        let codes: Vec<bool> = granted.iter().map(Option::is_some).collect();
         assert_eq!(
             codes,
             [true, true, false, false, false, false, false, false, false]
         );
-        assert_eq!(granted[2].0, SubscribeReasonCode::Failure);
         assert!(session.has_ack_grant());
         assert_eq!(
             session.on_unsubscribe(["meters/acme/m1/ack"]),
@@ -594,7 +595,7 @@ mod tests {
             "meters/acme/m1/ack",
             "meters/acme/m1/up",
         ]);
-        let codes: Vec<bool> = granted.iter().map(|(_, g)| g.is_some()).collect();
+        let codes: Vec<bool> = granted.iter().map(Option::is_some).collect();
         assert_eq!(codes, [true, true, false, false, false, false]);
     }
 
@@ -612,12 +613,12 @@ mod tests {
             .collect();
         let granted = integration.on_subscribe(filters.iter().map(String::as_str));
         assert_eq!(
-            granted.iter().filter(|(_, g)| g.is_some()).count(),
+            granted.iter().filter(|g| g.is_some()).count(),
             MAX_SUBSCRIPTIONS
         );
         let again = integration.on_subscribe([filters[0].as_str()]);
         assert!(
-            again[0].1.is_some(),
+            again[0].is_some(),
             "re-subscribing to a held filter is fine"
         );
     }
