@@ -31,7 +31,7 @@ use tracing::debug;
 use super::EndpointShared;
 use super::handoff::Inbound;
 use super::outbox::{Completion, Outbox, Outgoing};
-use super::session::{Grant, Login, ProtocolViolation, PublishVerdict, Session};
+use super::session::{Grant, Identity, Login, ProtocolViolation, PublishVerdict, Session};
 use super::wire::{ConnectAnswer, ConnectInfo, ConnectReadError, Incoming, ReadError, Wire};
 use crate::clock::now_ms;
 
@@ -77,7 +77,9 @@ where
     let meter = session.meter().cloned();
     let identity = session.identity.clone();
     let (outbox, rx) = Outbox::new(meter);
-    if shared.registry.register(&identity, &outbox) {
+    // The readiness probe holds no session: it may run while another probe does.
+    let registered = identity != Identity::Probe;
+    if registered && shared.registry.register(&identity, &outbox) {
         shared.metrics.takeovers.increment(1);
     }
     let mut connection = Connection {
@@ -96,10 +98,12 @@ where
     if let Ended::Violation(kind) = ended {
         connection.shared.metrics.violation(kind);
     }
-    connection
-        .shared
-        .registry
-        .unregister(&identity, &connection.outbox);
+    if registered {
+        connection
+            .shared
+            .registry
+            .unregister(&identity, &connection.outbox);
+    }
 }
 
 /// Reads CONNECT, authenticates, answers CONNACK. `None` when the connection ends here.
@@ -162,10 +166,7 @@ where
 }
 
 /// Who the CONNECT is, or the answer refusing it (counted).
-fn authenticate(
-    shared: &EndpointShared,
-    connect: &ConnectInfo,
-) -> Result<super::session::Identity, ConnectAnswer> {
+fn authenticate(shared: &EndpointShared, connect: &ConnectInfo) -> Result<Identity, ConnectAnswer> {
     if connect.auth_method {
         // MQTT 5 enhanced authentication is not served: credentials go in CONNECT.
         shared.metrics.connect("credentials");
@@ -280,6 +281,11 @@ where
                 answer = self.rx.recv() => {
                     // The outbox's sender lives as long as this connection.
                     let Some(answer) = answer else { return Ended::Closed };
+                    if !reading {
+                        // Resuming from the in-flight cap: the client's silence so far
+                        // was ours.
+                        deadline = Instant::now() + self.keep_alive;
+                    }
                     if let Err(ended) = self.on_outgoing(answer) {
                         return ended;
                     }
@@ -301,7 +307,9 @@ where
                         Err(_) => return Ended::Io,
                     }
                 }
-                _ = tokio::time::sleep_until(deadline.into()) => {
+                // Only while reading: a connection paused at its in-flight cap is
+                // silent because of us, not because the client went away.
+                _ = tokio::time::sleep_until(deadline.into()), if reading => {
                     return Ended::Violation("keep_alive");
                 }
             }
