@@ -13,8 +13,9 @@
 //!    Keep-alive: no packet for 1.5 × the client's keep-alive (or `idle_timeout` when it
 //!    asked for none) closes the connection.
 //!
-//! Memory: the read buffer grows to the largest packet being read and is released
-//! when the connection goes idle; the write buffer likewise. An idle meter holds the
+//! Memory: the read buffer grows to the largest packet being read and shrinks back to
+//! [`IDLE_READ`] bytes once everything in it is parsed; the write buffer is released
+//! after each write; the outbox holds no allocation while empty. An idle meter holds the
 //! task, the socket and a few small allocations (measured by the bench's
 //! `connections` scenario).
 
@@ -25,22 +26,21 @@ use bytes::{Bytes, BytesMut};
 use meterflow_model::{ack, topic};
 use rumqttc::QoS;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::debug;
 
 use super::EndpointShared;
 use super::handoff::Inbound;
-use super::outbox::{Completion, Outbox, Outgoing};
+use super::outbox::{Completion, Outbox, OutboxReceiver, Outgoing};
 use super::session::{Grant, Identity, Login, ProtocolViolation, PublishVerdict, Session};
 use super::wire::{ConnectAnswer, ConnectInfo, ConnectReadError, Incoming, ReadError, Wire};
 use crate::clock::now_ms;
 
-/// Bytes reserved before each socket read: a typical uplink (a few hundred bytes to
-/// a few KiB) arrives in one or two reads without holding much per idle meter.
+/// Free bytes ensured before a socket read while a packet is arriving: a typical uplink
+/// (a few hundred bytes to a few KiB) arrives in one to three reads.
 const READ_RESERVE: usize = 1024;
-/// A buffer larger than this is released once empty, so a meter that once sent a
-/// large packet does not keep its buffer.
-const KEEP_BUFFER: usize = 4096;
+/// The read buffer of a connection with nothing buffered: what an idle meter holds
+/// while it waits for its next packet (a PINGREQ, a small uplink fit in it).
+const IDLE_READ: usize = 256;
 /// Most queued answers written in one go before the socket is read again.
 const MAX_ANSWERS_PER_WRITE: usize = 256;
 
@@ -233,7 +233,7 @@ struct Connection<S> {
     wbuf: BytesMut,
     session: Session,
     outbox: Arc<Outbox>,
-    rx: UnboundedReceiver<Outgoing>,
+    rx: OutboxReceiver,
     shared: Arc<EndpointShared>,
     keep_alive: Duration,
 }
@@ -269,18 +269,18 @@ where
             if self.flush().await.is_err() {
                 return Ended::Io;
             }
-            if self.rbuf.is_empty() && self.rbuf.capacity() > KEEP_BUFFER {
-                self.rbuf = BytesMut::new();
-            }
             let reading = self.session.may_read();
-            if reading && self.rbuf.capacity() - self.rbuf.len() < READ_RESERVE / 2 {
+            if self.rbuf.is_empty() {
+                // Whatever it held is parsed: start small again (an idle meter).
+                if self.rbuf.capacity() != IDLE_READ {
+                    self.rbuf = BytesMut::with_capacity(IDLE_READ);
+                }
+            } else if self.rbuf.capacity() - self.rbuf.len() < READ_RESERVE / 2 {
                 self.rbuf.reserve(READ_RESERVE);
             }
             tokio::select! {
                 biased;
                 answer = self.rx.recv() => {
-                    // The outbox's sender lives as long as this connection.
-                    let Some(answer) = answer else { return Ended::Closed };
                     if !reading {
                         // Resuming from the in-flight cap: the client's silence so far
                         // was ours.
@@ -322,10 +322,8 @@ where
         }
         self.stream.write_all(&self.wbuf).await?;
         self.stream.flush().await?;
-        self.wbuf.clear();
-        if self.wbuf.capacity() > KEEP_BUFFER {
-            self.wbuf = BytesMut::new();
-        }
+        // Released, not kept: an idle meter holds no write buffer.
+        self.wbuf = BytesMut::new();
         Ok(())
     }
 

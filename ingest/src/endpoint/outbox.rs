@@ -8,16 +8,22 @@
 //! capped per connection ([`MAX_QUEUED_ALERTS`]; beyond it they are dropped and
 //! counted, as the notifier's own queue does).
 //!
+//! The queue is a mutex-guarded `VecDeque` with a `Notify`, not a channel: an idle
+//! connection's queue holds no allocation (a channel would keep a block of slots per
+//! connection, a large share of an idle meter's memory), and it is released again
+//! once drained.
+//!
 //! A [`Completion`] dropped without being completed (the pipeline stopped before the
 //! uplink was durable) tells the connection to close, so the meter reconnects and
 //! resends instead of waiting forever for a PUBACK.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use meterflow_model::MeterKey;
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::sync::Notify;
 
 /// Alert events waiting on one connection. Alerts for one meter or tenant are rare
 /// (the notifier rate-limits them per tenant), so a connection this far behind is not
@@ -46,7 +52,9 @@ pub enum Outgoing {
 /// The shared handle of one connection.
 #[derive(Debug)]
 pub struct Outbox {
-    tx: UnboundedSender<Outgoing>,
+    queue: Mutex<Queue>,
+    /// Wakes the connection when something is queued.
+    wake: Notify,
     /// The meter this connection authenticated as (None for integrations).
     meter: Option<MeterKey>,
     /// Whether the meter subscribed to its own ack topic.
@@ -54,16 +62,84 @@ pub struct Outbox {
     alerts_queued: AtomicUsize,
 }
 
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Outgoing>,
+    /// The connection has gone: nothing more is queued.
+    closed: bool,
+}
+
+/// Nothing is queued now.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Empty;
+
+/// The connection's end of its outbox; closes it when dropped.
+#[derive(Debug)]
+pub struct OutboxReceiver {
+    outbox: Arc<Outbox>,
+}
+
+impl OutboxReceiver {
+    /// The next item, waiting for one.
+    pub async fn recv(&mut self) -> Outgoing {
+        loop {
+            if let Ok(item) = self.try_recv() {
+                return item;
+            }
+            // A notification sent since the check above is kept as a permit, so none
+            // is lost between the check and the wait.
+            self.outbox.wake.notified().await;
+        }
+    }
+
+    /// The next item if one is queued.
+    pub fn try_recv(&mut self) -> Result<Outgoing, Empty> {
+        let mut queue = self.outbox.lock();
+        let item = queue.items.pop_front().ok_or(Empty)?;
+        if queue.items.is_empty() && queue.items.capacity() > 0 {
+            queue.items = VecDeque::new();
+        }
+        Ok(item)
+    }
+}
+
+impl Drop for OutboxReceiver {
+    fn drop(&mut self) {
+        let mut queue = self.outbox.lock();
+        queue.closed = true;
+        queue.items = VecDeque::new();
+    }
+}
+
 impl Outbox {
-    pub fn new(meter: Option<MeterKey>) -> (Arc<Outbox>, UnboundedReceiver<Outgoing>) {
-        let (tx, rx) = unbounded_channel();
-        let outbox = Outbox {
-            tx,
+    pub fn new(meter: Option<MeterKey>) -> (Arc<Outbox>, OutboxReceiver) {
+        let outbox = Arc::new(Outbox {
+            queue: Mutex::new(Queue::default()),
+            wake: Notify::new(),
             meter,
             ack_subscribed: AtomicBool::new(false),
             alerts_queued: AtomicUsize::new(0),
-        };
-        (Arc::new(outbox), rx)
+        });
+        (outbox.clone(), OutboxReceiver { outbox })
+    }
+
+    /// The queue; a poisoned lock is used as it is (every operation on it is one
+    /// push or pop).
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `item` unless the connection has gone.
+    fn send(&self, item: Outgoing) -> bool {
+        {
+            let mut queue = self.lock();
+            if queue.closed {
+                return false;
+            }
+            queue.items.push_back(item);
+        }
+        self.wake.notify_one();
+        true
     }
 
     pub fn meter(&self) -> Option<&MeterKey> {
@@ -80,8 +156,7 @@ impl Outbox {
 
     /// Sends the meter's watermark when it subscribed to its ack topic.
     pub fn deliver_watermark(&self, seq: u64) -> bool {
-        self.ack_subscribed.load(Ordering::Relaxed)
-            && self.tx.send(Outgoing::Watermark(seq)).is_ok()
+        self.ack_subscribed.load(Ordering::Relaxed) && self.send(Outgoing::Watermark(seq))
     }
 
     /// Queues an alert event; false when the connection is gone or too far behind.
@@ -90,7 +165,7 @@ impl Outbox {
             self.alerts_queued.fetch_sub(1, Ordering::Relaxed);
             return false;
         }
-        if self.tx.send(Outgoing::Alert { topic, payload }).is_err() {
+        if !self.send(Outgoing::Alert { topic, payload }) {
             self.alerts_queued.fetch_sub(1, Ordering::Relaxed);
             return false;
         }
@@ -104,12 +179,7 @@ impl Outbox {
 
     /// Tells the connection to close: another one took its client id over.
     pub fn take_over(&self) {
-        let _ = self.tx.send(Outgoing::TakenOver);
-    }
-
-    /// Whether the connection's task has gone.
-    pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        self.send(Outgoing::TakenOver);
     }
 }
 
@@ -150,14 +220,14 @@ impl Completion {
             },
             None => Outgoing::Done,
         };
-        let _ = self.outbox.tx.send(answer);
+        self.outbox.send(answer);
     }
 }
 
 impl Drop for Completion {
     fn drop(&mut self) {
         if !self.done {
-            let _ = self.outbox.tx.send(Outgoing::Abandoned);
+            self.outbox.send(Outgoing::Abandoned);
         }
     }
 }
@@ -181,6 +251,12 @@ mod tests {
         );
         assert_eq!(rx.try_recv(), Ok(Outgoing::Done));
         assert_eq!(rx.try_recv(), Ok(Outgoing::Abandoned));
+        assert_eq!(rx.try_recv(), Err(Empty));
+        drop(rx);
+        assert!(
+            !outbox.deliver_alert(Arc::from("t"), Bytes::new()),
+            "closed with its connection"
+        );
     }
 
     #[test]
