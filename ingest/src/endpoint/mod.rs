@@ -227,15 +227,15 @@ async fn accept_loop(
     }
 }
 
-/// Runs one admitted connection; its slot is freed when it ends, however it ends.
+/// Runs one admitted connection; its slot is freed and the gauge lowered when it
+/// ends, however it ends (a panic unwinds through the guard too).
 async fn serve_accepted(
     socket: TcpStream,
     tls: Option<TlsAcceptor>,
     shared: Arc<EndpointShared>,
-    _slot: OwnedSemaphorePermit,
+    slot: OwnedSemaphorePermit,
 ) {
-    let connections = shared.metrics.connections.clone();
-    connections.increment(1.0);
+    let _open = OpenConnection::new(slot, &shared.metrics);
     match tls {
         None => connection::serve(socket, shared).await,
         Some(acceptor) => {
@@ -246,7 +246,28 @@ async fn serve_accepted(
             }
         }
     }
-    connections.decrement(1.0);
+}
+
+/// One open connection: its slot and its share of the connections gauge.
+struct OpenConnection {
+    _slot: OwnedSemaphorePermit,
+    gauge: metrics::Gauge,
+}
+
+impl OpenConnection {
+    fn new(slot: OwnedSemaphorePermit, metrics: &EndpointMetrics) -> Self {
+        metrics.connections.increment(1.0);
+        Self {
+            _slot: slot,
+            gauge: metrics.connections.clone(),
+        }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.gauge.decrement(1.0);
+    }
 }
 
 /// Answers a connection over the cap or the rate with CONNACK "server unavailable".
