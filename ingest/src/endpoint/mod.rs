@@ -212,9 +212,14 @@ async fn accept_loop(
             None
         };
         match slot {
-            Some(slot) => {
-                tokio::spawn(serve_accepted(socket, tls.clone(), shared.clone(), slot));
-            }
+            Some(slot) => match &tls {
+                None => {
+                    tokio::spawn(serve_plain(socket, shared.clone(), slot));
+                }
+                Some(acceptor) => {
+                    tokio::spawn(serve_tls(socket, acceptor.clone(), shared.clone(), slot));
+                }
+            },
             None => {
                 shared
                     .metrics
@@ -227,24 +232,28 @@ async fn accept_loop(
     }
 }
 
-/// Runs one admitted connection; its slot is freed and the gauge lowered when it
-/// ends, however it ends (a panic unwinds through the guard too).
-async fn serve_accepted(
+/// Runs one admitted plain connection; its slot is freed and the gauge lowered when it
+/// ends, however it ends (a panic unwinds through the guard too). Plain and TLS
+/// connections are separate tasks: a task is as large as its future's largest state,
+/// and a TLS handshake's state (several KiB) would otherwise be paid by every meter.
+async fn serve_plain(socket: TcpStream, shared: Arc<EndpointShared>, slot: OwnedSemaphorePermit) {
+    let _open = OpenConnection::new(slot, &shared.metrics);
+    connection::serve(socket, shared).await;
+}
+
+/// Runs one admitted TLS connection: the handshake under the CONNECT deadline, then
+/// the session.
+async fn serve_tls(
     socket: TcpStream,
-    tls: Option<TlsAcceptor>,
+    acceptor: TlsAcceptor,
     shared: Arc<EndpointShared>,
     slot: OwnedSemaphorePermit,
 ) {
     let _open = OpenConnection::new(slot, &shared.metrics);
-    match tls {
-        None => connection::serve(socket, shared).await,
-        Some(acceptor) => {
-            let deadline = shared.limits.connect_timeout;
-            match tokio::time::timeout(deadline, acceptor.accept(socket)).await {
-                Ok(Ok(stream)) => connection::serve(stream, shared).await,
-                _ => shared.metrics.connect("tls"),
-            }
-        }
+    let deadline = shared.limits.connect_timeout;
+    match tokio::time::timeout(deadline, acceptor.accept(socket)).await {
+        Ok(Ok(stream)) => connection::serve(stream, shared).await,
+        _ => shared.metrics.connect("tls"),
     }
 }
 
