@@ -199,6 +199,19 @@ impl Default for CacheConfig {
     }
 }
 
+/// `url` with any userinfo (`user:password@`) replaced by `***@`, for logs: a Redis or
+/// webhook URL may carry a password, and in Kubernetes that is a Secret's value.
+pub fn redacted_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
 /// A parsed `cache.backend`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CacheBackend {
@@ -480,6 +493,7 @@ impl Config {
                 ("mqtt_password", &t.mqtt_password),
                 ("meter_secret", &t.meter_secret),
                 ("integration_password", &t.integration_password),
+                ("api_token", &t.api_token),
             ] {
                 if secret
                     .as_ref()
@@ -621,6 +635,47 @@ mod tests {
                 .unwrap_err()
                 .iter()
                 .any(|e| e.starts_with("cache.backend"))
+        );
+    }
+
+    #[test]
+    fn urls_lose_their_credentials_in_logs() {
+        assert_eq!(
+            redacted_url("redis://default:s3cret@cache:6379/0"),
+            "redis://***@cache:6379/0"
+        );
+        assert_eq!(
+            redacted_url("redis://:p@ss@cache:6379"),
+            "redis://***@cache:6379"
+        );
+        assert_eq!(redacted_url("redis://cache:6379/0"), "redis://cache:6379/0");
+        assert_eq!(redacted_url("memory"), "memory");
+        assert_eq!(
+            redacted_url("https://hooks.example/a@b"),
+            "https://hooks.example/a@b",
+            "an @ in the path is not userinfo"
+        );
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        let mut c = Config::default();
+        c.tenants = vec![TenantConfig {
+            id: "acme".into(),
+            api_token: Some(String::new()),
+            mqtt_password: Some("short".into()),
+            ..TenantConfig::default()
+        }];
+        let errors = c.validate().unwrap_err();
+        assert!(
+            errors.iter().any(|e| e.contains("tenants.acme.api_token")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("tenants.acme.mqtt_password")),
+            "{errors:?}"
         );
     }
 

@@ -149,7 +149,7 @@ impl Service {
             http = %http_addr,
             shards,
             store = config.store.backend,
-            cache = config.cache.backend,
+            cache = crate::config::redacted_url(&config.cache.backend),
             "meterflow running"
         );
         Ok(Service {
