@@ -16,7 +16,8 @@ use meterflow_simulator::{
 
 use crate::utils::{Meterflow, assert_store_matches, free_addr};
 
-/// A fleet file: `north` with three districts and a size mix, `south` smaller.
+/// A fleet file: `north` with three districts and a size mix, `south` smaller; each
+/// tenant's meters log in with its password (meterflow wants at least 16 characters).
 fn fleet_file(rates: ScenarioRates, messages: u64) -> FleetFile {
     FleetFile {
         fleet: SimConfig {
@@ -39,14 +40,14 @@ fn fleet_file(rates: ScenarioRates, messages: u64) -> FleetFile {
                     ]
                     .into(),
                 ),
-                password: Some("north-secret".into()),
+                password: Some("north-secret-0123456789".into()),
                 ..TenantFleet::default()
             },
             TenantFleet {
                 tenant: "south".into(),
                 meters: 100,
                 districts: Some(vec!["s-01".into()]),
-                password: Some("south-secret".into()),
+                password: Some("south-secret-0123456789".into()),
                 ..TenantFleet::default()
             },
         ],

@@ -9,12 +9,14 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use meterflow_model::Uplink;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
 
 use crate::server_support;
 use crate::utils::{Meterflow, free_addr, hourly_uplinks, send_and_wait_for_ack};
 
 const HOUR_MS: i64 = 3_600_000;
+/// The demo tenant's integration password in the burst test (16 characters at least).
+const INTEGRATION_PASSWORD: &str = "erp-integration-0123456789";
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -155,30 +157,47 @@ async fn a_burst_reaches_redis_mqtt_and_the_webhook_first() {
     let (hook_url, hooks) = webhook_receiver();
     let dir = tempfile::tempdir().unwrap();
     let toml = format!(
-        "[cache.redis]\nkey_prefix = \"{prefix}\"\n\n[[tenants]]\nid = \"demo\"\nwebhook_url = \"{hook_url}\"\n"
+        "[cache.redis]\nkey_prefix = \"{prefix}\"\n\n[[tenants]]\nid = \"demo\"\nwebhook_url = \"{hook_url}\"\n\
+         integration_password = \"{INTEGRATION_PASSWORD}\"\n"
     );
     let service = start_with_config(dir.path(), &toml, &["--cache", &redis]);
 
-    // An integration listening on the alert topic.
-    let options = MqttOptions::new(
-        "demo.integration",
+    // An integration of the tenant listening on its alert topics: its own login
+    // (`{tenant}:integration` and the tenant's integration_password), any client id.
+    let mut options = MqttOptions::new(
+        "erp-alerts",
         service.mqtt.ip().to_string(),
         service.mqtt.port(),
     );
+    options.set_credentials("demo:integration", INTEGRATION_PASSWORD);
     let (client, mut events) = AsyncClient::new(options, 16);
     client
-        .subscribe("alerts/demo/main1", QoS::AtMostOnce)
+        .subscribe("alerts/demo/#", QoS::AtMostOnce)
         .await
         .unwrap();
+    // Granted before the burst is sent, so the alert cannot race the subscription.
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.poll())
+            .await
+            .expect("a SUBACK for the integration")
+            .expect("the integration connects");
+        if let Event::Incoming(Packet::SubAck(ack)) = event {
+            assert_eq!(
+                ack.return_codes,
+                [SubscribeReasonCode::Success(QoS::AtMostOnce)],
+                "the integration may subscribe to its tenant's alerts"
+            );
+            break;
+        }
+    }
     let (alert_tx, mut alert_rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok(event) = events.poll().await {
             if let Event::Incoming(Packet::Publish(p)) = event {
-                let _ = alert_tx.send(String::from_utf8_lossy(&p.payload).into_owned());
+                let _ = alert_tx.send((p.topic, String::from_utf8_lossy(&p.payload).into_owned()));
             }
         }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
 
     // A main breaks: 2,400 L/h for an hour in 15-minute reads (threshold 1,500 L/h
     // for 30 minutes).
@@ -194,10 +213,11 @@ async fn a_burst_reaches_redis_mqtt_and_the_webhook_first() {
         .collect();
     send_and_wait_for_ack(service.mqtt, "demo", "main1", &[Uplink::new(1, readings)]).await;
 
-    let on_mqtt = tokio::time::timeout(Duration::from_secs(15), alert_rx.recv())
+    let (topic, on_mqtt) = tokio::time::timeout(Duration::from_secs(15), alert_rx.recv())
         .await
         .expect("alert on MQTT")
         .unwrap();
+    assert_eq!(topic, "alerts/demo/main1");
     let on_mqtt: serde_json::Value = serde_json::from_str(&on_mqtt).unwrap();
     assert_eq!(on_mqtt["kind"], "burst", "{on_mqtt}");
     assert_eq!(
