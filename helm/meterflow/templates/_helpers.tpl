@@ -82,6 +82,25 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
+{{/* Where the MQTT TLS Secret (tls.crt, tls.key) is mounted in the meterflow container. */}}
+{{- define "meterflow.tlsDir" -}}
+/etc/meterflow/tls
+{{- end }}
+
+{{/* Whether the MQTT Service is reachable from outside the cluster. Renders "true" or "". */}}
+{{- define "meterflow.mqttExternal" -}}
+{{- if has .Values.service.mqtt.type (list "LoadBalancer" "NodePort") }}true{{ end }}
+{{- end }}
+
+{{/*
+Whether the MQTT Service carries the plain `mqtt` port. ClusterIP: always. External
+(LoadBalancer/NodePort): with TLS only on `allowPlaintextExternal`; without TLS it is
+the only port (meterflow.validate refuses it unless allowed). Renders "true" or "".
+*/}}
+{{- define "meterflow.mqttServicePlain" -}}
+{{- if or (not (include "meterflow.mqttExternal" .)) (not .Values.mqtt.tls.enabled) .Values.service.mqtt.allowPlaintextExternal }}true{{ end }}
+{{- end }}
+
 {{/* Names of the Services. */}}
 {{- define "meterflow.mqttServiceName" -}}
 {{- printf "%s-mqtt" (include "meterflow.shortname" .) }}
@@ -152,6 +171,13 @@ keys), so the Secret's [[tenants]] tables can be appended to it.
 [mqtt]
 listen = {{ printf "0.0.0.0:%d" (int .Values.ports.mqtt) | quote }}
 {{- include "meterflow.tomlKeys" .Values.config.mqtt }}
+{{- if .Values.mqtt.tls.enabled }}
+
+[mqtt.tls]
+listen = {{ printf "0.0.0.0:%d" (int .Values.ports.mqtts) | quote }}
+cert_file = {{ printf "%s/tls.crt" (include "meterflow.tlsDir" .) | quote }}
+key_file = {{ printf "%s/tls.key" (include "meterflow.tlsDir" .) | quote }}
+{{- end }}
 
 [http]
 listen = {{ printf "0.0.0.0:%d" (int .Values.ports.http) | quote }}
@@ -196,7 +222,15 @@ consistency = {{ .Values.store.scylla.consistency | quote }}
 
 [[tenants]]
 id = {{ .id | toJson }}
-mqtt_password = {{ .mqttPassword | toJson }}
+{{- with .mqttPassword }}
+mqtt_password = {{ . | toJson }}
+{{- end }}
+{{- with .meterSecret }}
+meter_secret = {{ . | toJson }}
+{{- end }}
+{{- with .integrationPassword }}
+integration_password = {{ . | toJson }}
+{{- end }}
 api_token = {{ .apiToken | toJson }}
 {{- if hasKey . "requireMac" }}
 require_mac = {{ ternary "true" "false" .requireMac }}
@@ -228,15 +262,25 @@ unauthenticated API calls, so at least one tenant with credentials is required:
 
   tenants:
     - id: utility-a
-      mqttPassword: <MQTT password of the tenant's meters>
+      meterSecret: <secret the meters' passwords derive from; or mqttPassword>
       apiToken: <bearer token of the tenant's API and dashboard>
+
+(each at least 16 characters, e.g. openssl rand -hex 16)
 
 or set existingSecret to a Secret holding a tenants.toml key. See the chart's README.md.` }}
 {{- end }}
 {{- $ids := dict }}
 {{- range .Values.tenants }}
-{{- if not (and .id .mqttPassword .apiToken) }}
-{{- fail (printf "meterflow: every tenant needs id, mqttPassword and apiToken (tenant %q lacks one): meterflow refuses anonymous meters and unauthenticated API calls beyond loopback" (.id | default "<no id>")) }}
+{{- if not (and .id .apiToken (or .mqttPassword .meterSecret)) }}
+{{- fail (printf "meterflow: every tenant needs id, apiToken and meterSecret or mqttPassword (tenant %q lacks one): meterflow refuses anonymous meters and unauthenticated API calls beyond loopback" (.id | default "<no id>")) }}
+{{- end }}
+{{- $tenant := . }}
+{{- range $key := list "mqttPassword" "meterSecret" "integrationPassword" "apiToken" }}
+{{- $secret := get $tenant $key }}
+{{- $chars := len (splitList "" (toString $secret)) }}
+{{- if and $secret (lt $chars 16) }}
+{{- fail (printf "meterflow: tenant %q: %s has %d characters, at least 16 are required (meterflow refuses shorter passwords, secrets and tokens); generate one with: openssl rand -hex 16" $tenant.id $key $chars) }}
+{{- end }}
 {{- end }}
 {{- if hasKey $ids .id }}
 {{- fail (printf "meterflow: tenant %q is configured twice in tenants" .id) }}
@@ -258,6 +302,25 @@ or set existingSecret to a Secret holding a tenants.toml key. See the chart's RE
 {{- end }}
 {{- if and (eq .Values.cache.kind "redis") (not .Values.existingSecret) (not .Values.cache.redis.url) }}
 {{- fail "meterflow: cache.kind=redis needs cache.redis.url (or existingSecret with a redis-url key)" }}
+{{- end }}
+{{- if and .Values.mqtt.tls.enabled (not .Values.mqtt.tls.existingSecret) }}
+{{- fail "meterflow: mqtt.tls.enabled needs mqtt.tls.existingSecret: the name of a kubernetes.io/tls Secret with tls.crt and tls.key (e.g. a cert-manager Certificate's secretName)" }}
+{{- end }}
+{{- if and .Values.mqtt.tls.enabled (eq (int .Values.ports.mqtts) (int .Values.ports.mqtt)) }}
+{{- fail "meterflow: ports.mqtts and ports.mqtt must differ (meterflow runs the plain and the TLS listener side by side)" }}
+{{- end }}
+{{- $svc := .Values.service.mqtt }}
+{{- if and (include "meterflow.mqttExternal" .) (not .Values.mqtt.tls.enabled) (not $svc.allowPlaintextExternal) (not (and (eq $svc.type "LoadBalancer") $svc.loadBalancerSourceRanges)) }}
+{{- fail (printf `
+
+meterflow: service.mqtt.type is %s but MQTT TLS is off: the Service would expose
+plaintext MQTT (meters' passwords in clear text) outside the cluster. Either
+  - turn on TLS: mqtt.tls.enabled=true and mqtt.tls.existingSecret=<kubernetes.io/tls Secret>
+    (the Service then exposes only mqtts, port service.mqtt.mqttsPort);
+  - restrict it (LoadBalancer): service.mqtt.loadBalancerSourceRanges=[<your meters' networks>];
+  - or accept it explicitly (private network, or a load balancer that terminates TLS):
+    service.mqtt.allowPlaintextExternal=true;
+  - or keep it in the cluster: service.mqtt.type=ClusterIP.` $svc.type) }}
 {{- end }}
 {{- if lt (int .Values.terminationGracePeriodSeconds) 60 }}
 {{- fail "meterflow: terminationGracePeriodSeconds must be at least 60 so in-flight batches are stored on shutdown" }}

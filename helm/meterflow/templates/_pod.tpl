@@ -5,7 +5,7 @@ Deployment (ScyllaDB, or the embedded store on an emptyDir for trials).
 How meterflow.toml reaches the process: the ConfigMap holds every non-secret setting
 (meterflow.toml), the Secret holds the [[tenants]] tables (tenants.toml). The
 `render-config` init container concatenates the two into /run/meterflow, an in-memory
-emptyDir private to the pod; meterflow reads that file read-only. ScyllaDB and Redis
+emptyDir private to the pod; meterflow reads that file read-only. The
 ScyllaDB credentials and the Redis URL (which may carry a password) do not go
 through the file: they are MF_SCYLLA_USERNAME, MF_SCYLLA_PASSWORD and MF_CACHE,
 from the same Secret.
@@ -107,6 +107,11 @@ spec:
         - name: mqtt
           containerPort: {{ .Values.ports.mqtt }}
           protocol: TCP
+        {{- if .Values.mqtt.tls.enabled }}
+        - name: mqtts
+          containerPort: {{ .Values.ports.mqtts }}
+          protocol: TCP
+        {{- end }}
         - name: http
           containerPort: {{ .Values.ports.http }}
           protocol: TCP
@@ -138,6 +143,11 @@ spec:
           mountPath: {{ .Values.store.persistence.mountPath }}
         - name: tmp
           mountPath: /tmp
+        {{- if .Values.mqtt.tls.enabled }}
+        - name: mqtt-tls
+          mountPath: {{ include "meterflow.tlsDir" . }}
+          readOnly: true
+        {{- end }}
         {{- with .Values.extraVolumeMounts }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -159,6 +169,18 @@ spec:
     - name: tmp
       emptyDir:
         sizeLimit: {{ .Values.tmpSizeLimit }}
+    {{- if .Values.mqtt.tls.enabled }}
+    # meterflow's MQTT TLS certificate and key (kubernetes.io/tls), read at start.
+    - name: mqtt-tls
+      secret:
+        secretName: {{ .Values.mqtt.tls.existingSecret }}
+        defaultMode: 0440
+        items:
+          - key: tls.crt
+            path: tls.crt
+          - key: tls.key
+            path: tls.key
+    {{- end }}
     {{- if not (include "meterflow.statefulset" .) }}
     - name: data
       emptyDir: {}
