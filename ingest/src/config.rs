@@ -659,13 +659,15 @@ mod tests {
 
     #[test]
     fn short_secrets_are_refused() {
-        let mut c = Config::default();
-        c.tenants = vec![TenantConfig {
-            id: "acme".into(),
-            api_token: Some(String::new()),
-            mqtt_password: Some("short".into()),
-            ..TenantConfig::default()
-        }];
+        let c = Config {
+            tenants: vec![TenantConfig {
+                id: "acme".into(),
+                api_token: Some(String::new()),
+                mqtt_password: Some("short".into()),
+                ..TenantConfig::default()
+            }],
+            ..Config::default()
+        };
         let errors = c.validate().unwrap_err();
         assert!(
             errors.iter().any(|e| e.contains("tenants.acme.api_token")),

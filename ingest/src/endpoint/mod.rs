@@ -153,18 +153,29 @@ fn max_packet_bytes(config: &Config) -> usize {
     config.limits.max_payload_bytes * 2 + 1024
 }
 
-/// `configured`, lowered to fit the open-file limit less [`RESERVED_FDS`].
+/// `configured`, lowered to fit the open-file limit less [`RESERVED_FDS`]. The soft
+/// limit is first raised to the hard one (containers often start at a soft 1,024
+/// with a far higher hard limit).
 fn connection_cap(configured: usize) -> usize {
-    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-        .current
-        .unwrap_or(u64::MAX);
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limits = getrlimit(Resource::Nofile);
+    if limits.current < limits.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limits.maximum,
+            maximum: limits.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            limits = getrlimit(Resource::Nofile);
+        }
+    }
+    let limit = limits.current.unwrap_or(u64::MAX);
     let fit = usize::try_from(limit.saturating_sub(RESERVED_FDS).max(1)).unwrap_or(usize::MAX);
     if fit < configured {
         info!(
             configured,
             open_file_limit = limit,
             effective = fit,
-            "mqtt.max_connections lowered to fit the open-file limit (raise `ulimit -n` for more)"
+            "mqtt.max_connections lowered to fit the open-file limit (raise `ulimit -Hn` for more)"
         );
     }
     configured.min(fit)
