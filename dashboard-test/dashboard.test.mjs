@@ -2,13 +2,32 @@
 // free loopback ports with a temporary data directory, a simulated fleet and a
 // leak-flagged uplink over MQTT, and Debian's Chromium driven by playwright-core.
 // It checks that the summary, the district chart, the top list, the leak alert and the
-// meter drill-down appear, that they UPDATE when more data arrives, and that a tenant
-// with an API token gets the "token needed" state until the token is entered.
+// meter drill-down appear, that they UPDATE when more data arrives, that the page's
+// "usage today" is exactly the litres of the stored readings whose interval lies in the
+// tenant's local today, and that a tenant with an API token gets the "token needed"
+// state until the token is entered.
+//
+// Time comes in as a value: nothing here depends on the wall-clock hour, day or the
+// machine's time zone. The test picks an instant (MF_TEST_CLOCK) and runs every process
+// it drives on one shifted clock: meterflow and meterflow-sim under Debian's libfaketime
+// (LD_PRELOAD, FAKETIME="+Ns" relative offset, monotonic clocks untouched), the page
+// under playwright's clock (installed at the same instant, then flowing naturally), and
+// what the test stamps itself (the leak uplink's `ts`) from the same offset. The `demo`
+// tenant lives in America/Chicago; the processes run with TZ=Asia/Kolkata and the
+// browser in Asia/Kolkata, so neither UTC nor the machine's zone can stand in for the
+// tenant's.
+//   MF_TEST_CLOCK  midday (default): 12:00 in the tenant's zone, today
+//                  before-local-midnight / after-local-midnight: 23:55 / 00:20 there
+//                  (after: the 40 minutes of readings straddle the tenant's midnight)
+//                  before-utc-midnight / after-utc-midnight: the same around 00:00 UTC
+//                  or an ISO-8601 instant (e.g. 2026-03-08T07:40:00Z) to replay one
 //
 // Builds nothing: it runs the debug binaries (`cargo build` first; scripts/test does).
-//   MF_BIN        meterflow binary   (default $CARGO_TARGET_DIR or ./target, debug/meterflow)
-//   MF_SIM_BIN    simulator binary   (default … debug/meterflow-sim)
-//   CHROMIUM_BIN  browser            (default /usr/bin/chromium)
+//   MF_BIN          meterflow binary   (default $CARGO_TARGET_DIR or ./target, debug/meterflow)
+//   MF_SIM_BIN      simulator binary   (default … debug/meterflow-sim)
+//   CHROMIUM_BIN    browser            (default /usr/bin/chromium)
+//   MF_FAKETIME_LIB libfaketime        (default /usr/lib/<arch>-linux-gnu/faketime/libfaketime.so.1,
+//                                       Debian package `faketime`)
 // A screenshot of the final state is saved as dashboard-test/output/dashboard.png.
 
 import { test, after } from 'node:test';
@@ -28,12 +47,19 @@ const TARGET = path.resolve(REPO, process.env.CARGO_TARGET_DIR || 'target');
 const MF_BIN = process.env.MF_BIN || path.join(TARGET, 'debug', 'meterflow');
 const SIM_BIN = process.env.MF_SIM_BIN || path.join(TARGET, 'debug', 'meterflow-sim');
 const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
+const FAKETIME_LIB = process.env.MF_FAKETIME_LIB || findFaketime();
 const OUTPUT = path.join(HERE, 'output');
 /** The whole test, start to cleanup. */
 const TEST_TIMEOUT_MS = 60_000;
 /** How long the page gets to show something the API already has: a poll is 3 s. */
 const UI_TIMEOUT_MS = 12_000;
 const TOKEN = 'dashboard-test-token';
+/** The `demo` tenant's zone (its tariff's `time_zone`): not UTC, with DST. */
+const TENANT_ZONE = 'America/Chicago';
+/** The zone of the "machine": the processes' TZ and the browser's. Neither UTC nor the tenant's. */
+const MACHINE_ZONE = 'Asia/Kolkata';
+const MINUTE_MS = 60_000;
+const HOUR_MS = 60 * MINUTE_MS;
 
 const run = promisify(execFile);
 const children = [];
@@ -45,6 +71,88 @@ after(async () => {
   for (const child of children) if (child.exitCode === null) child.kill('SIGKILL');
   fs.rmSync(tmp, { recursive: true, force: true });
 });
+
+function findFaketime() {
+  const candidates = fs.readdirSync('/usr/lib').filter((d) => d.endsWith('-linux-gnu'))
+    .map((d) => path.join('/usr/lib', d, 'faketime', 'libfaketime.so.1'));
+  return candidates.find((f) => fs.existsSync(f)) || '/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1';
+}
+
+// ---- the test's clock ---------------------------------------------------------------
+
+/** Wall-clock fields of `ms` in `zone` (Intl: independent of the machine's zone). */
+function wallClock(zone, ms) {
+  const fields = new Intl.DateTimeFormat('en-US', {
+    timeZone: zone, hourCycle: 'h23', year: 'numeric', month: '2-digit', day: '2-digit',
+    hour: '2-digit', minute: '2-digit', second: '2-digit',
+  }).formatToParts(ms);
+  const get = (type) => Number(fields.find((f) => f.type === type).value);
+  return { y: get('year'), m: get('month'), d: get('day'), hh: get('hour'), mm: get('minute'), ss: get('second') };
+}
+
+/** The instant at wall time y-m-d hh:mm in `zone` (days may overflow: d + 1 is the next day). */
+function zonedInstant(zone, y, m, d, hh, mm) {
+  const wall = Date.UTC(y, m - 1, d, hh, mm);
+  const offsetAt = (ms) => {
+    const w = wallClock(zone, ms);
+    return Date.UTC(w.y, w.m - 1, w.d, w.hh, w.mm, w.ss) - Math.floor(ms / 1000) * 1000;
+  };
+  const guess = wall - offsetAt(wall);
+  return wall - offsetAt(guess);
+}
+
+/** The local day of `zone` containing `ms`: its label (yyyy-mm-dd) and [start, end). */
+function localDay(zone, ms) {
+  const { y, m, d } = wallClock(zone, ms);
+  const pad = (n) => String(n).padStart(2, '0');
+  return { label: `${y}-${pad(m)}-${pad(d)}`, start: zonedInstant(zone, y, m, d, 0, 0), end: zonedInstant(zone, y, m, d + 1, 0, 0) };
+}
+
+/** The instant MF_TEST_CLOCK names, on today's date (of the real clock) in its zone. */
+function testInstant(name) {
+  const at = (zone, hh, mm) => {
+    const { y, m, d } = wallClock(zone, Date.now());
+    return zonedInstant(zone, y, m, d, hh, mm);
+  };
+  const variants = {
+    'midday': () => at(TENANT_ZONE, 12, 0),
+    'before-local-midnight': () => at(TENANT_ZONE, 23, 55),
+    'after-local-midnight': () => at(TENANT_ZONE, 0, 20),
+    'before-utc-midnight': () => at('UTC', 23, 55),
+    'after-utc-midnight': () => at('UTC', 0, 20),
+  };
+  if (variants[name]) return variants[name]();
+  const instant = Date.parse(name);
+  assert.ok(/^\d{4}-\d{2}-\d{2}T/.test(name) && Number.isFinite(instant),
+    `MF_TEST_CLOCK=${name}: use ${Object.keys(variants).join(', ')} or an ISO-8601 instant`);
+  return instant;
+}
+
+const CLOCK_NAME = process.env.MF_TEST_CLOCK || 'midday';
+/** Whole seconds: libfaketime's offset and ours are then the same number. */
+const OFFSET_S = Math.ceil((testInstant(CLOCK_NAME) - Date.now()) / 1000);
+/** Now on the test's clock: the real clock shifted by OFFSET_S. */
+const now = () => Date.now() + OFFSET_S * 1000;
+
+/** Environment of a process on the test's clock, in the machine's zone. */
+function clockEnv() {
+  return {
+    ...process.env,
+    LD_PRELOAD: [FAKETIME_LIB, process.env.LD_PRELOAD].filter(Boolean).join(' '),
+    FAKETIME: `${OFFSET_S >= 0 ? '+' : ''}${OFFSET_S}s`,
+    FAKETIME_DONT_FAKE_MONOTONIC: '1',
+    TZ: MACHINE_ZONE,
+  };
+}
+
+const iso = (ms) => new Date(ms).toISOString();
+const localIso = (zone, ms) => {
+  const w = wallClock(zone, ms);
+  const pad = (n) => String(n).padStart(2, '0');
+  return `${w.y}-${pad(w.m)}-${pad(w.d)} ${pad(w.hh)}:${pad(w.mm)} ${zone}`;
+};
+
+// ---- the service --------------------------------------------------------------------
 
 function freePort() {
   return new Promise((resolve, reject) => {
@@ -58,25 +166,33 @@ function freePort() {
 }
 
 async function startMeterflow() {
-  for (const [bin, what] of [[MF_BIN, 'MF_BIN'], [SIM_BIN, 'MF_SIM_BIN'], [CHROMIUM, 'CHROMIUM_BIN']]) {
-    assert.ok(fs.existsSync(bin), `${bin} is missing: build it (cargo build --workspace) or set ${what}`);
+  for (const [bin, what] of [[MF_BIN, 'MF_BIN'], [SIM_BIN, 'MF_SIM_BIN'], [CHROMIUM, 'CHROMIUM_BIN'],
+    [FAKETIME_LIB, 'MF_FAKETIME_LIB (Debian package faketime)']]) {
+    assert.ok(fs.existsSync(bin), `${bin} is missing: build it (cargo build --workspace), install it, or set ${what}`);
   }
   const [mqtt, http] = [await freePort(), await freePort()];
   const config = path.join(tmp, 'meterflow.toml');
   // `demo` as built in (anonymous meters, no token) plus a tenant with an API token;
-  // district rows, top lists and summaries flushed (and timers swept, which flushes
-  // them once traffic stops) every second instead of every minute, so the page can
-  // show them and their updates within the test's budget.
+  // `demo` keeps its days in America/Chicago and has DN40 meters (the simulator's use
+  // follows a UTC-hour curve that is nearly dry at night for household meters; DN40s
+  // use litres in every hour but 02:00-04:00 UTC, so every clock variant has usage in
+  // the tenant's today). Readings may lead the clock by 10 min instead of 5, for the
+  // fast meter (sendFast). District rows, top lists and summaries flushed (and timers
+  // swept, which flushes them once traffic stops) every second instead of every
+  // minute, so the page can show them and their updates within the test's budget.
   fs.writeFileSync(config, [
     '[[tenants]]', 'id = "demo"', '',
     '[[tenants]]', 'id = "locked"', `api_token = "${TOKEN}"`, '',
+    '[limits]', `max_clock_skew_ms = ${10 * MINUTE_MS}`, '',
     '[pipeline]', 'sweep_interval_s = 1', '',
     '[processors.analytics]', 'flush_interval_ms = 1000', '',
+    '[processors.tenants.demo]', 'default_meter_size = "dn40"', '',
+    '[processors.tenants.demo.tariff]', `time_zone = "${TENANT_ZONE}"`, '',
   ].join('\n'));
   const logPath = path.join(tmp, 'meterflow.log');
   const log = fs.openSync(logPath, 'w');
   const child = spawn(MF_BIN, ['run', '--config', config, '--mqtt', `127.0.0.1:${mqtt}`, '--http', `127.0.0.1:${http}`, '--data', path.join(tmp, 'data')], {
-    env: { ...process.env, MF_SHARDS: '2' },
+    env: { ...clockEnv(), MF_SHARDS: '2' },
     stdio: ['ignore', 'ignore', log],
   });
   children.push(child);
@@ -95,23 +211,38 @@ async function startMeterflow() {
   }
 }
 
-/** A fleet of `meters` meters from index `first`, one reading a minute for 40 min up to now. */
+const meterId = (index) => 'm' + String(index).padStart(6, '0');
+
+/** A fleet of `meters` DN40 meters from index `first`, one reading a minute for 40 min up to now. */
 async function simulate(service, first, meters) {
   const { stdout } = await run(SIM_BIN, [
     '--mqtt', `127.0.0.1:${service.mqtt}`, '--tenant', 'demo',
-    '--first-meter', String(first), '--meters', String(meters),
+    '--first-meter', String(first), '--meters', String(meters), '--sizes', 'dn40=1',
     '--messages-per-meter', '10', '--readings-per-message', '4', '--interval-ms', '60000',
     '--seed', String(first + 1), '--timeout', '20', '--json',
-  ], { timeout: 25_000 });
+  ], { timeout: 25_000, env: clockEnv() });
   const report = JSON.parse(stdout);
   assert.equal(report.unacked, 0, `simulator: ${stdout}\n${service.logTail()}`);
-  return report;
+  return Array.from({ length: meters }, (_, i) => meterId(first + i));
 }
 
-/** A device-flagged leak from `meter`, as a meter's firmware would send it. */
+/** A device-flagged leak from `meter`, as a meter's firmware would send it (on the test's clock). */
 async function sendLeak(service, meter) {
   const payload = JSON.stringify({
-    v: 1, seq: 1, readings: [{ ts: Date.now() - 60_000, reg: 81_250, rev: 0, flow: 95 }], flags: ['leak'],
+    v: 1, seq: 1, readings: [{ ts: now() - 60_000, reg: 81_250, rev: 0, flow: 95 }], flags: ['leak'],
+  });
+  await run('mosquitto_pub', ['-h', '127.0.0.1', '-p', String(service.mqtt), '-i', `demo.${meter}`,
+    '-t', `meters/demo/${meter}/up`, '-q', '1', '-m', payload], { timeout: 10_000 });
+}
+
+/**
+ * A meter whose clock runs 6 minutes fast: two readings, 10 min apart, the newer one
+ * stamped 6 min after now, 40 L between them. At 23:55 that interval is the tenant's
+ * tomorrow, which must not become "today" before midnight.
+ */
+async function sendFast(service, meter) {
+  const payload = JSON.stringify({
+    v: 1, seq: 1, readings: [{ ts: now() - 4 * MINUTE_MS, reg: 50_000, flow: 0 }, { ts: now() + 6 * MINUTE_MS, reg: 50_040, flow: 400 }],
   });
   await run('mosquitto_pub', ['-h', '127.0.0.1', '-p', String(service.mqtt), '-i', `demo.${meter}`,
     '-t', `meters/demo/${meter}/up`, '-q', '1', '-m', payload], { timeout: 10_000 });
@@ -121,6 +252,19 @@ async function api(service, path, token) {
   const res = await fetch(service.url + '/api/v1/tenants/' + path, token ? { headers: { Authorization: 'Bearer ' + token } } : {});
   assert.equal(res.status, 200, `GET ${path}: ${await res.clone().text()}`);
   return res.json();
+}
+
+/** Retries `check` (which asserts) until it passes or UI_TIMEOUT_MS is over; then its last failure. */
+async function eventually(check) {
+  const deadline = Date.now() + UI_TIMEOUT_MS;
+  for (;;) {
+    try {
+      return await check();
+    } catch (e) {
+      if (Date.now() >= deadline) throw e;
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
 }
 
 /** Waits until the API reports `predicate(summary)`: the data is in before the page is judged. */
@@ -134,16 +278,48 @@ async function summaryWhere(service, predicate, what) {
   }
 }
 
+/**
+ * Litres per meter of the stored readings whose interval belongs to `day`: an
+ * interval's litres count in the day containing `ts - 1 ms` (ARCHITECTURE.md,
+ * departure 13). Suspect rows are stored but never counted (processors/src/analytics.rs).
+ */
+async function storedLitres(service, meters, day) {
+  const litres = {};
+  for (const meter of meters) {
+    const rows = await api(service, `demo/meters/${meter}/readings?from=${day.start - HOUR_MS}&to=${day.end + HOUR_MS}`);
+    litres[meter] = rows
+      .filter((r) => r.quality !== 'suspect' && r.interval_l != null && r.ts - 1 >= day.start && r.ts - 1 < day.end)
+      .reduce((sum, r) => sum + r.interval_l, 0);
+  }
+  return litres;
+}
+const total = (litres) => Object.values(litres).reduce((a, b) => a + b, 0);
+
 const numberOf = (page, id) => page.$eval('#' + id, (el) => Number(el.dataset.value || NaN));
 
-test('the dashboard shows a live tenant and keeps up with new data', { timeout: TEST_TIMEOUT_MS }, async () => {
+test(`the dashboard shows a live tenant and keeps up with new data (clock: ${CLOCK_NAME})`, { timeout: TEST_TIMEOUT_MS }, async (t) => {
+  const startedAt = now();
+  /** The tenant's local today: the test stays within it (the variants leave minutes to spare). */
+  const today = localDay(TENANT_ZONE, startedAt);
+  t.diagnostic(`clock ${CLOCK_NAME}: ${iso(startedAt)} = ${localIso(TENANT_ZONE, startedAt)} = ${localIso(MACHINE_ZONE, startedAt)}; FAKETIME=${clockEnv().FAKETIME}`);
   const service = await startMeterflow();
   const index = await fetch(service.url + '/');
   assert.equal(index.status, 200, 'GET / must serve the dashboard: is meterflow_ingest::dashboard::routes() merged into the HTTP router?');
   assert.match(index.headers.get('content-security-policy') || '', /default-src 'self'/);
-  await simulate(service, 0, 12);
+  const meters = await simulate(service, 0, 12);
   await sendLeak(service, 'leak01');
+  meters.push('leak01');
   const before = await summaryWhere(service, (s) => s.meters_reporting >= 12 && s.alerts_open >= 1, '12 meters and an alert');
+
+  // Every process is on the test's clock: meterflow stamps receipt times, the simulator
+  // stamps readings (its newest is one interval or less before its now).
+  const [leakRow] = await api(service, 'demo/meters/leak01/readings');
+  assert.ok(Math.abs(leakRow.received_at - now()) < 30_000,
+    `meterflow's clock is not the test's (libfaketime not applied?): received_at ${iso(leakRow.received_at)}, test clock ${iso(now())}`);
+  const simRows = await api(service, `demo/meters/${meters[0]}/readings`);
+  const newest = simRows[simRows.length - 1].ts;
+  assert.ok(newest <= now() && newest > startedAt - 3 * MINUTE_MS,
+    `the simulator's clock is not the test's (libfaketime not applied?): newest reading ${iso(newest)}, test clock started ${iso(startedAt)}`);
 
   browserContext = await chromium.launchPersistentContext(path.join(tmp, 'chromium'), {
     executablePath: CHROMIUM,
@@ -151,11 +327,17 @@ test('the dashboard shows a live tenant and keeps up with new data', { timeout: 
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
       '--disable-background-networking', '--disable-component-update', '--disable-sync'],
     viewport: { width: 1440, height: 1000 },
+    timezoneId: MACHINE_ZONE,
   });
+  // The page's clock starts at the test's now and then flows naturally (its polling
+  // timers fire as usual); installed before the page loads.
+  await browserContext.clock.install({ time: now() });
   const page = browserContext.pages()[0] || (await browserContext.newPage());
   const pageErrors = [];
   page.on('pageerror', (e) => pageErrors.push(e.message));
   await page.goto(service.url + '/');
+  const pageNow = await page.evaluate(() => Date.now());
+  assert.ok(Math.abs(pageNow - now()) < 10_000, `the page's clock is not the test's: ${iso(pageNow)} vs ${iso(now())}`);
   const wait = (fn, arg) => page.waitForFunction(fn, arg, { timeout: UI_TIMEOUT_MS });
 
   // Summary: the page shows what the API says.
@@ -184,7 +366,7 @@ test('the dashboard shows a live tenant and keeps up with new data', { timeout: 
   await page.waitForSelector('#top tbody tr', { timeout: UI_TIMEOUT_MS });
   const topMeters = await page.$$eval('#top tbody tr', (rows) => rows.map((r) => r.dataset.meter));
   const top = await api(service, 'demo/top?limit=10');
-  assert.deepEqual(topMeters, top.map((t) => t.meter), 'top list in the API order');
+  assert.deepEqual(topMeters, top.map((e) => e.meter), 'top list in the API order');
 
   // Drill-down: click the biggest consumer.
   await page.click('#top tbody tr:first-child button');
@@ -194,13 +376,54 @@ test('the dashboard shows a live tenant and keeps up with new data', { timeout: 
   assert.match(facts, /BILL \d{4}-\d{2}/i);
   assert.equal(await page.$eval('#meter-title .id', (e) => e.textContent), topMeters[0]);
 
-  // Live updates: more meters and another leak show up without a reload.
-  await simulate(service, 100, 6);
+  // Live updates: more meters, another leak and a meter with a fast clock show up
+  // without a reload (the fast one, before midnight, in tomorrow's figures only).
+  meters.push(...(await simulate(service, 100, 6)));
   await sendLeak(service, 'leak02');
-  const later = await summaryWhere(service, (s) => s.meters_reporting >= before.meters_reporting + 6, 'the 6 new meters');
+  await sendFast(service, 'fast01');
+  meters.push('leak02', 'fast01');
+  const later = await summaryWhere(service, (s) => s.meters_reporting >= before.meters_reporting + 6,
+    `the 6 new meters (today is ${today.label} in ${TENANT_ZONE})`);
   await wait((n) => Number(document.getElementById('kpi-meters').dataset.value) >= n, later.meters_reporting);
   await wait(() => document.querySelectorAll('#alerts li.alert[data-kind="leak"]').length >= 2);
   assert.ok((await numberOf(page, 'kpi-usage')) > Number(before.usage_today_l), 'usage today went up');
+
+  // Usage today, recomputed from the stored readings: the litres of the intervals in
+  // the tenant's local today, over every meter that sent any. The simulator's readings
+  // end before now, so they cover `today` whatever the variant (after midnight: part of it).
+  const litres = await storedLitres(service, meters, today);
+  const expected = total(litres);
+  const utcToday = localDay('UTC', now());
+  const hint = async () => `; the same over the UTC day ${utcToday.label}: ${total(await storedLitres(service, meters, utcToday))} L; ` +
+    `API summary ${JSON.stringify(await api(service, 'demo/summary'))}`;
+  assert.ok(expected > 0, `the stored readings have no litres in the tenant's today ${today.label}: the clock variant must leave data there`);
+  t.diagnostic(`usage today ${today.label} (${TENANT_ZONE}): ${expected} L stored over ${meters.length} meters`);
+  try {
+    await wait((n) => Number(document.getElementById('kpi-usage').dataset.value) === n, expected);
+  } catch {
+    assert.fail(`the page's usage today (${await numberOf(page, 'kpi-usage')} L) is not the litres stored for ` +
+      `${today.label} in ${TENANT_ZONE} (${expected} L)${await hint()}`);
+  }
+  assert.equal(await page.innerText('#kpi-day'), today.label, "the summary is the tenant's local today");
+  // The top list: the day's largest consumers with their litres of the day.
+  await eventually(async () => {
+    const entries = await api(service, `demo/top?day=${today.label}&limit=10`);
+    assert.deepEqual(entries.map((e) => [e.meter, e.usage_l]), entries.map((e) => [e.meter, litres[e.meter]]),
+      `top consumers of ${today.label} carry each meter's litres of that day`);
+    const largest = Object.values(litres).sort((a, b) => b - a).slice(0, entries.length);
+    assert.deepEqual(entries.map((e) => e.usage_l), largest, 'the top list holds the largest consumers');
+    assert.deepEqual(await api(service, 'demo/top?limit=10'), entries, "top without ?day= is the tenant's local today");
+  });
+
+  // Known bug, kept visible: a meter's own "today" (meter view, `today_l`) is the UTC
+  // day of its readings (processors/src/usage.rs), not the tenant's local day, and is
+  // only reset by a reading; the after-midnight variants show it.
+  await t.test("each meter's today is the tenant's local today", { todo: 'usage.rs counts UTC days' }, async () => {
+    for (const meter of meters) {
+      const view = await api(service, `demo/meters/${meter}`);
+      assert.equal(view.today_l, litres[meter], `${meter}: today_l vs litres stored for ${today.label}`);
+    }
+  });
 
   fs.mkdirSync(OUTPUT, { recursive: true });
   await page.screenshot({ path: path.join(OUTPUT, 'dashboard.png'), fullPage: true });
@@ -221,4 +444,5 @@ test('the dashboard shows a live tenant and keeps up with new data', { timeout: 
   await page.screenshot({ path: path.join(OUTPUT, 'empty-tenant.png') });
 
   assert.deepEqual(pageErrors, [], 'no script errors in the page');
+  assert.equal(localDay(TENANT_ZONE, now()).label, today.label, "the test ran within the tenant's local day it started in");
 });

@@ -363,10 +363,34 @@ async fn summary(
     let cache = state.cache.clone();
     let id = tenant.to_string();
     let found = blocking(move || cache.summary(&id).map_err(|e| e.to_string())).await?;
-    Ok(Json(found.unwrap_or(TenantSummary {
-        tenant: tenant.to_string(),
-        ..TenantSummary::default()
-    })))
+    Ok(Json(summary_of_today(
+        found,
+        &tenant,
+        &local_today(&state, &tenant),
+        crate::clock::now_ms(),
+    )))
+}
+
+/// The summary for the tenant's `today`: the stored one when it is today's, else
+/// (nothing reported since midnight, or nothing ever) today with no usage and no
+/// meters reporting, and the stored count of open alerts. The stored summary is only
+/// rewritten when readings arrive, so after midnight it still holds yesterday's.
+fn summary_of_today(
+    found: Option<TenantSummary>,
+    tenant: &meterflow_model::TenantId,
+    today: &str,
+    now_ms: i64,
+) -> TenantSummary {
+    match found {
+        Some(summary) if summary.day == today => summary,
+        other => TenantSummary {
+            tenant: tenant.to_string(),
+            day: today.to_string(),
+            alerts_open: other.map_or(0, |s| s.alerts_open),
+            updated_at: now_ms,
+            ..TenantSummary::default()
+        },
+    }
 }
 
 async fn districts(
@@ -552,4 +576,47 @@ async fn bill(
             format!("no bill for {tenant}/{meter} in {period} yet"),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_is_of_the_tenants_today() {
+        let tenant = meterflow_model::TenantId::try_from("acme").unwrap();
+        let stored = TenantSummary {
+            tenant: "acme".into(),
+            day: "2025-01-15".into(),
+            usage_today_l: 110,
+            meters_reporting: 3,
+            alerts_open: 2,
+            updated_at: 5,
+        };
+        let now = 1_736_985_600_000;
+        assert_eq!(
+            summary_of_today(Some(stored.clone()), &tenant, "2025-01-15", now),
+            stored
+        );
+        // After midnight, before anything reported: today, nothing used yet.
+        let empty_today = TenantSummary {
+            tenant: "acme".into(),
+            day: "2025-01-16".into(),
+            usage_today_l: 0,
+            meters_reporting: 0,
+            alerts_open: 2,
+            updated_at: now,
+        };
+        assert_eq!(
+            summary_of_today(Some(stored), &tenant, "2025-01-16", now),
+            empty_today
+        );
+        assert_eq!(
+            summary_of_today(None, &tenant, "2025-01-16", now),
+            TenantSummary {
+                alerts_open: 0,
+                ..empty_today
+            }
+        );
+    }
 }

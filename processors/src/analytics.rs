@@ -572,9 +572,11 @@ impl DistrictRollup {
         self.forget_closed(now_ms);
     }
 
-    /// One summary per tenant with a day row in `out`: the tenant's newest day
-    /// (over every day the rollup holds, so a late row for yesterday does not turn
-    /// the headline back a day), summed over its districts.
+    /// One summary per tenant with a day row in `out`: the tenant's newest day that
+    /// has begun at `now_ms` (over every day the rollup holds, so a late row for
+    /// yesterday does not turn the headline back a day, and a row for tomorrow — a
+    /// meter whose clock runs fast, within `limits.max_clock_skew_ms` — does not turn
+    /// it forward before midnight), summed over its districts.
     fn summarise(&self, now_ms: i64, out: &mut Outputs) {
         let mut tenants: Vec<&str> = out
             .districts
@@ -586,8 +588,10 @@ impl DistrictRollup {
         tenants.dedup();
         let mut summaries = Vec::with_capacity(tenants.len());
         for tenant in tenants {
-            let Some((&day_start, districts)) =
-                self.days.get(tenant).and_then(|days| days.last_key_value())
+            let Some((&day_start, districts)) = self
+                .days
+                .get(tenant)
+                .and_then(|days| days.range(..=now_ms).next_back())
             else {
                 continue;
             };
@@ -733,6 +737,31 @@ mod rollup_tests {
             (got[0].day.as_str(), got[0].usage_today_l),
             ("2025-01-15", 111)
         );
+        // A row for tomorrow (a meter's clock runs fast) does not turn it forward
+        // before tomorrow begins; then it is the headline.
+        let fast = Outputs {
+            districts: vec![day_row("acme", "north", MIDNIGHT + DAY_MS, 5, 1)],
+            top: vec![top("acme", MIDNIGHT + DAY_MS, "2025-01-16")],
+            ..Outputs::default()
+        };
+        let got = summaries(&mut rollup, 0, MIDNIGHT + DAY_MS - 60_000, &fast);
+        assert_eq!(
+            (
+                got[0].day.as_str(),
+                got[0].usage_today_l,
+                got[0].meters_reporting
+            ),
+            ("2025-01-15", 111, 4)
+        );
+        let got = summaries(&mut rollup, 1, MIDNIGHT + DAY_MS, &shard1);
+        assert_eq!(
+            (
+                got[0].day.as_str(),
+                got[0].usage_today_l,
+                got[0].meters_reporting
+            ),
+            ("2025-01-16", 5, 1)
+        );
         // No day row, no summary.
         let minutes = Outputs {
             districts: vec![DistrictUsage::new(
@@ -743,7 +772,7 @@ mod rollup_tests {
             )],
             ..Outputs::default()
         };
-        assert!(summaries(&mut rollup, 0, MIDNIGHT + 8_000, &minutes).is_empty());
+        assert!(summaries(&mut rollup, 0, MIDNIGHT + DAY_MS + 8_000, &minutes).is_empty());
     }
 
     #[test]
@@ -808,7 +837,7 @@ mod rollup_tests {
 
         /// After every shard's outputs are absorbed, in any order and with replays,
         /// the summary is the newest day's total over districts and shards (each
-        /// shard's latest partial of a window counts once).
+        /// shard's latest partial of a window counts once) once every day has begun.
         #[test]
         fn summaries_are_order_free_and_replay_safe(
             partials in partials_strategy(),
@@ -826,7 +855,7 @@ mod rollup_tests {
             let mut rollup = DistrictRollup::new(3);
             let mut last = None;
             for shard in order.iter().copied().chain([replay]) {
-                let got = summaries(&mut rollup, shard, MIDNIGHT, &outs[shard]);
+                let got = summaries(&mut rollup, shard, MIDNIGHT + DAY_MS, &outs[shard]);
                 if let Some(summary) = got.into_iter().next() {
                     last = Some(summary);
                 }
