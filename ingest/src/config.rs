@@ -240,18 +240,18 @@ impl CacheConfig {
 pub struct PipelineConfig {
     /// Shard workers; 0 means one per CPU core. A meter always maps to one shard.
     pub shards: usize,
-    /// Uplinks queued per shard between the broker link and the worker. At ~200 bytes
+    /// Uplinks queued per shard between the endpoint and the worker; a full queue
+    /// blocks the connections feeding it (TCP backpressure to the meters). At ~200 bytes
     /// an uplink, 16,384 is ~3 MiB per shard: enough to ride out a sealed batch being
     /// handed to the sink, small enough to bound memory.
     pub shard_queue: usize,
-    /// How long the broker link waits on a full shard queue before it sheds the
-    /// uplink (counted as `shed`; the meter resends it as no ack comes).
-    pub shed_after_ms: u64,
     /// A batch seals when it holds this many readings: large enough that one fsync
     /// carries thousands of readings, small enough that a batch is a few MiB.
     pub batch_readings: usize,
-    /// …or when its oldest message has waited this long. 20 ms keeps the ack latency
-    /// low at light load; at heavy load batches fill long before.
+    /// …or when the shard's queue is empty (nothing else is coming, so a PUBACK need
+    /// not wait), and at the latest when the batch has been open this long: the bound
+    /// under steady load, when the queue never empties. 20 ms keeps PUBACKs prompt; at
+    /// heavy load batches fill long before.
     pub linger_ms: u64,
     /// Sealed batches waiting for the store, across shards. When full, shard workers
     /// block: that is the backpressure that reaches the meters as slower acks.
@@ -270,7 +270,6 @@ impl Default for PipelineConfig {
         Self {
             shards: 0,
             shard_queue: 16_384,
-            shed_after_ms: 1_000,
             batch_readings: 4_096,
             linger_ms: 20,
             sink_queue: 16,
