@@ -91,7 +91,7 @@ mod tests {
             "secret-secret-secret",
             &t,
             &m1,
-            p1[..62].as_bytes()
+            &p1.as_bytes()[..62]
         ));
         assert!(verify_meter_password(
             "secret-secret-secret",

@@ -17,7 +17,7 @@ use meterflow_model::limits::{DEFAULT_MAX_READINGS, MIN_PLAUSIBLE_TS_MS};
 use std::collections::BTreeMap;
 
 use meterflow_model::ids::is_valid_id;
-use meterflow_model::{MeterId, MeterKey, MeterSize, TenantId};
+use meterflow_model::{MeterId, MeterKey, MeterSize, TenantId, credentials};
 use serde::{Deserialize, Serialize};
 
 use crate::error::SimError;
@@ -105,6 +105,19 @@ pub struct SimConfig {
     pub interval_ms: i64,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// The tenant's `meter_secret`: every meter logs in with username = tenant id and
+    /// its own password derived from it (`meterflow_model::credentials`). Replaces
+    /// `username`/`password`.
+    pub meter_secret: Option<String>,
+    /// Subscribe to each meter's ack topic and settle messages by its cumulative
+    /// watermark. `false`: a meter relies on PUBACKs alone, as a standard MQTT device
+    /// does (needs `puback_durable`).
+    pub ack_topic: bool,
+    /// A QoS 1 PUBACK means the uplink is durable (meterflow's endpoint), so it
+    /// settles the message as the ack topic does — whichever comes first. `false`: a
+    /// PUBACK only means "received by the broker" (a plain broker such as mosquitto
+    /// with something else acking on the ack topic), and only the ack topic settles.
+    pub puback_durable: bool,
     /// Sign uplinks with a MAC; `None` sends them unsigned.
     pub mac_keys: Option<MacKeys>,
     /// Connection attempts in flight at once across the fleet (the connect ramp).
@@ -144,6 +157,9 @@ impl Default for SimConfig {
             interval_ms: DEFAULT_INTERVAL_MS,
             username: None,
             password: None,
+            meter_secret: None,
+            ack_topic: true,
+            puback_durable: true,
             mac_keys: None,
             connect_concurrency: DEFAULT_CONNECT_CONCURRENCY,
             connect_rate: None,
@@ -232,6 +248,24 @@ impl SimConfig {
         if self.username.is_some() != self.password.is_some() {
             problems.push("username and password go together: set both or neither".to_owned());
         }
+        match &self.meter_secret {
+            Some(_) if self.username.is_some() || self.password.is_some() => problems.push(
+                "meter_secret replaces username/password (meters log in as the tenant with \
+                 their derived password): set one or the other"
+                    .to_owned(),
+            ),
+            Some(secret) if secret.is_empty() => {
+                problems.push("meter_secret must not be empty".to_owned());
+            }
+            _ => {}
+        }
+        if !self.ack_topic && !self.puback_durable {
+            problems.push(
+                "without the ack topic only a durable PUBACK can settle a message: \
+                 ack_topic = false needs puback_durable = true"
+                    .to_owned(),
+            );
+        }
         if self.connect_concurrency == 0 {
             problems.push("connect_concurrency must be at least 1".to_owned());
         }
@@ -308,6 +342,19 @@ impl SimConfig {
         let meter = MeterId::try_from(meter_id_string(index))
             .map_err(|_| SimError::InvalidConfig(vec![format!("bad meter index {index}")]))?;
         Ok(MeterKey::new(tenant, meter))
+    }
+
+    /// The MQTT login of meter `key`: the tenant id and the meter's derived password
+    /// with a `meter_secret`, else `username`/`password` if set.
+    pub fn login(&self, key: &MeterKey) -> Option<(String, String)> {
+        match (&self.meter_secret, &self.username, &self.password) {
+            (Some(secret), _, _) => Some((
+                key.tenant.to_string(),
+                credentials::meter_password(secret, &key.tenant, &key.meter),
+            )),
+            (None, Some(user), Some(password)) => Some((user.clone(), password.clone())),
+            _ => None,
+        }
     }
 
     pub(crate) fn ack_timeout(&self) -> Duration {
@@ -408,6 +455,59 @@ mod tests {
         assert!(parse_broker_addr("host").is_err());
         assert!(parse_broker_addr(":1883").is_err());
         assert!(parse_broker_addr("h:0").is_err());
+    }
+
+    #[test]
+    fn a_meter_secret_gives_each_meter_its_own_login() {
+        let config = SimConfig {
+            tenant: "acme".into(),
+            meter_secret: Some("correct-horse-battery-staple".into()),
+            ..SimConfig::default()
+        };
+        config.validate().unwrap();
+        let (user, password) = config.login(&config.meter_key(1).unwrap()).unwrap();
+        assert_eq!(user, "acme");
+        // The model's known answer: printf '%s' 'acme.m000001' | openssl dgst -sha256 -hmac …
+        assert_eq!(
+            password,
+            "db8c56dcdc219c1e367a0d2fc41188c65562e7a94f37ef023684e8bc92564b1b"
+        );
+        let (_, other) = config.login(&config.meter_key(2).unwrap()).unwrap();
+        assert_ne!(password, other);
+
+        let shared = SimConfig {
+            username: Some("u".into()),
+            password: Some("p".into()),
+            ..SimConfig::default()
+        };
+        let key = shared.meter_key(1).unwrap();
+        assert_eq!(shared.login(&key), Some(("u".into(), "p".into())));
+        assert_eq!(SimConfig::default().login(&key), None);
+
+        let both = SimConfig {
+            meter_secret: Some("s".into()),
+            ..shared
+        };
+        assert!(both.validate().is_err());
+        let empty = SimConfig {
+            meter_secret: Some(String::new()),
+            ..SimConfig::default()
+        };
+        assert!(empty.validate().is_err());
+    }
+
+    #[test]
+    fn something_must_be_able_to_settle_a_message() {
+        let pubacks_only = SimConfig {
+            ack_topic: false,
+            ..SimConfig::default()
+        };
+        pubacks_only.validate().unwrap();
+        let neither = SimConfig {
+            puback_durable: false,
+            ..pubacks_only
+        };
+        assert!(neither.validate().is_err());
     }
 
     #[test]

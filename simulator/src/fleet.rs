@@ -17,6 +17,11 @@
 //! districts = ["n-01", "n-02", "n-03"]
 //! sizes = { dn15 = 92, dn20 = 6, dn40 = 2 }
 //! password = "…"                   # MQTT username = tenant id
+//!
+//! [[tenants]]
+//! tenant = "southwater"
+//! meters = 1000
+//! meter_secret = "…"               # per-meter passwords derived from it
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -42,6 +47,9 @@ pub struct TenantFleet {
     pub sizes: Option<BTreeMap<MeterSize, u32>>,
     /// MQTT password of the tenant (the username is the tenant id).
     pub password: Option<String>,
+    /// The tenant's `meter_secret`: each meter logs in as the tenant with its own
+    /// derived password (instead of `password`).
+    pub meter_secret: Option<String>,
     pub mac_keys: Option<MacKeys>,
     pub scenarios: Option<ScenarioRates>,
 }
@@ -102,9 +110,12 @@ impl FleetFile {
         if let Some(sizes) = &tenant.sizes {
             config.sizes.clone_from(sizes);
         }
-        if let Some(password) = &tenant.password {
-            config.username = Some(tenant.tenant.clone());
-            config.password = Some(password.clone());
+        // A tenant's own credential replaces whatever login the fleet table set; a
+        // tenant with both keeps both, which validation refuses.
+        if tenant.password.is_some() || tenant.meter_secret.is_some() {
+            config.username = tenant.password.as_ref().map(|_| tenant.tenant.clone());
+            config.password.clone_from(&tenant.password);
+            config.meter_secret.clone_from(&tenant.meter_secret);
         }
         if let Some(keys) = &tenant.mac_keys {
             config.mac_keys = Some(keys.clone());
@@ -117,7 +128,7 @@ impl FleetFile {
 }
 
 /// The part of a meterflow configuration that knows a fleet: its tenants (with
-/// their MQTT passwords) and every meter's size and district.
+/// their MQTT password or meter secret) and every meter's size and district.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Registry {
     pub tenants: Vec<RegistryTenant>,
@@ -129,6 +140,8 @@ pub struct RegistryTenant {
     pub id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mqtt_password: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meter_secret: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -150,9 +163,15 @@ pub struct RegistryMeters {
 pub fn registry(parts: &[SimConfig]) -> Registry {
     let mut registry = Registry::default();
     for part in parts {
+        // A meter secret is what meterflow needs for such a tenant; the meters'
+        // passwords are derived from it on both sides.
         registry.tenants.push(RegistryTenant {
             id: part.tenant.clone(),
-            mqtt_password: part.password.clone(),
+            mqtt_password: part
+                .password
+                .clone()
+                .filter(|_| part.meter_secret.is_none()),
+            meter_secret: part.meter_secret.clone(),
         });
         let meters = registry
             .processors
@@ -204,13 +223,18 @@ mod tests {
         tenant = "south"
         meters = 10
         scenarios = { burst = 10.0 }
+
+        [[tenants]]
+        tenant = "east"
+        meters = 3
+        meter_secret = "east-meter-secret-0123456789"
     "#;
 
     #[test]
     fn tenants_override_the_fleet_table() {
         let file: FleetFile = toml::from_str(FILE).unwrap();
         let parts = file.parts().unwrap();
-        assert_eq!(parts.len(), 2);
+        assert_eq!(parts.len(), 3);
         assert_eq!(parts[0].tenant, "north");
         assert_eq!(parts[0].username.as_deref(), Some("north"));
         assert_eq!(parts[0].scenarios.leak, 5.0);
@@ -219,6 +243,54 @@ mod tests {
         assert_eq!(parts[1].scenarios.leak, 0.0);
         assert_eq!(parts[1].scenarios.burst, 10.0);
         assert_eq!(parts[1].messages_per_meter, 24);
+        assert_eq!(parts[1].login(&parts[1].meter_key(0).unwrap()), None);
+        let east = &parts[2];
+        assert_eq!(east.username, None);
+        assert_eq!(east.password, None);
+        let (user, password) = east.login(&east.meter_key(0).unwrap()).unwrap();
+        assert_eq!(user, "east");
+        assert_eq!(password.len(), 64);
+    }
+
+    #[test]
+    fn a_tenant_credential_replaces_the_fleet_login() {
+        let file: FleetFile = toml::from_str(
+            r#"
+            [fleet]
+            username = "fleet-user"
+            password = "fleet-password"
+            [[tenants]]
+            tenant = "a"
+            meters = 1
+            meter_secret = "a-meter-secret-0123456789"
+            [[tenants]]
+            tenant = "b"
+            meters = 1
+            [[tenants]]
+            tenant = "c"
+            meters = 1
+            password = "c-password"
+            meter_secret = "c-meter-secret-0123456789"
+            "#,
+        )
+        .unwrap();
+        let Err(SimError::InvalidConfig(problems)) = file.parts() else {
+            panic!("tenant c has two credentials");
+        };
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert!(problems[0].starts_with("c: meter_secret"), "{problems:#?}");
+
+        let mut file = file;
+        file.tenants.pop();
+        let parts = file.parts().unwrap();
+        assert_eq!(
+            (
+                parts[0].username.as_deref(),
+                parts[0].meter_secret.is_some()
+            ),
+            (None, true)
+        );
+        assert_eq!(parts[1].username.as_deref(), Some("fleet-user"));
     }
 
     #[test]
@@ -257,5 +329,16 @@ mod tests {
         let back: Registry = toml::from_str(&text).unwrap();
         assert_eq!(back, registry);
         assert!(text.contains("mqtt_password = \"pw\""), "{text}");
+        // A tenant with a meter secret is registered with it, never with a password.
+        let east = &registry.tenants[2];
+        assert_eq!(
+            (east.mqtt_password.as_deref(), east.meter_secret.as_deref()),
+            (None, Some("east-meter-secret-0123456789"))
+        );
+        assert!(
+            text.contains("meter_secret = \"east-meter-secret-0123456789\""),
+            "{text}"
+        );
+        assert_eq!(text.matches("mqtt_password").count(), 1, "{text}");
     }
 }

@@ -1,7 +1,8 @@
 //! meterflow's device simulator: a fleet of water meters over MQTT that behaves like
-//! the field devices of DESIGN §3 — numbered uplinks at QoS 1, cumulative acks on the
-//! ack topic, unacked messages kept and resent, reconnects with backoff — and
-//! measures what the service did with them.
+//! the field devices of DESIGN §3 — numbered uplinks at QoS 1, settled by a durable
+//! PUBACK or by the cumulative ack on the ack topic (whichever comes first), unacked
+//! messages kept and resent, reconnects with backoff — and measures what the service
+//! did with them.
 //!
 //! - [`config`]: [`SimConfig`], its defaults and validation;
 //! - [`fleet`]: a fleet file — several tenants, their districts, sizes and
@@ -13,6 +14,7 @@
 //! - [`truth`]: the per-meter summary of it (usage, faults, expected alerts);
 //! - `rng`: the fixed random streams everything above draws from;
 //! - `window`: a meter's unacked messages and resend rules (pure);
+//! - `puback`: which message a PUBACK settles, from rumqttc's packet-id events (pure);
 //! - `pacing`: the fleet-wide send schedule and the reconnect backoff (pure);
 //! - `meter`: one meter = one rumqttc connection driven by two tokio tasks;
 //! - [`report`]: live [`FleetCounters`] and the final [`Report`].
@@ -31,6 +33,7 @@ pub mod generator;
 mod meter;
 mod pacing;
 pub mod profile;
+mod puback;
 pub mod report;
 mod rng;
 pub mod scenario;
@@ -170,6 +173,7 @@ pub async fn run_fleet(
         .collect();
 
     let mut latency_us = new_latency_histogram();
+    let mut puback_latency_us = new_latency_histogram();
     let mut finished = started;
     let mut failure = None;
     for (meter, task) in tasks {
@@ -177,6 +181,7 @@ pub async fn run_fleet(
             Ok(outcome) => {
                 // Both histograms auto-resize, so adding cannot run out of range.
                 let _ = latency_us.add(&outcome.latency_us);
+                let _ = puback_latency_us.add(&outcome.puback_latency_us);
                 finished = finished.max(outcome.finished);
             }
             Err(error) => {
@@ -215,6 +220,7 @@ pub async fn run_fleet(
         elapsed_s,
         connect_s,
         ack_latency_ms: LatencySummary::from_histogram(&latency_us),
+        puback_latency_ms: LatencySummary::from_histogram(&puback_latency_us),
         reconnects: totals.reconnects,
         connection_errors: totals.connection_errors,
         bad_acks: totals.bad_acks,

@@ -87,6 +87,24 @@ struct Args {
         hide_env_values = true
     )]
     password: Option<String>,
+    /// The tenant's meter_secret: every meter logs in with username = tenant id and
+    /// its own password derived from SECRET (HMAC-SHA256 of "{tenant}.{meter}").
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "METERFLOW_SIM_METER_SECRET",
+        hide_env_values = true,
+        conflicts_with_all = ["username", "password"]
+    )]
+    meter_secret: Option<String>,
+    /// Do not subscribe to the ack topic: meters rely on PUBACKs alone, as a standard
+    /// MQTT device does (meterflow PUBACKs a QoS 1 uplink once it is durable).
+    #[arg(long, conflicts_with = "puback_not_durable")]
+    no_ack_topic: bool,
+    /// The broker's PUBACK only means "received" (a plain broker, e.g. mosquitto, with
+    /// something else acking on the ack topic): only ack-topic acks settle messages.
+    #[arg(long)]
+    puback_not_durable: bool,
     /// Sign uplinks with this secret as every meter's MAC key.
     #[arg(
         long,
@@ -125,7 +143,7 @@ struct Args {
     /// fleet-shaping flags above.
     #[arg(long, value_name = "FILE", conflicts_with_all = [
         "tenant", "meters", "first_meter", "messages_per_meter", "readings_per_message",
-        "rate", "districts", "sizes", "scenarios", "username", "password",
+        "rate", "districts", "sizes", "scenarios", "username", "password", "meter_secret",
     ])]
     fleet: Option<PathBuf>,
     /// Write the ground truth (per meter: readings, usage, faults, expected alerts)
@@ -171,6 +189,13 @@ impl Args {
         if self.mqtt != DEFAULT_MQTT {
             file.fleet.mqtt.clone_from(&self.mqtt);
         }
+        // So may what settles a message: it is about the broker, not the fleet.
+        if self.no_ack_topic {
+            file.fleet.ack_topic = false;
+        }
+        if self.puback_not_durable {
+            file.fleet.puback_durable = false;
+        }
         Ok(file.parts()?)
     }
 
@@ -197,6 +222,9 @@ impl Args {
             interval_ms: self.interval_ms,
             username: self.username.clone(),
             password: self.password.clone(),
+            meter_secret: self.meter_secret.clone(),
+            ack_topic: !self.no_ack_topic,
+            puback_durable: !self.puback_not_durable,
             mac_keys,
             connect_concurrency: self.connect_concurrency,
             connect_rate: self.connect_rate,
@@ -383,10 +411,12 @@ async fn show_progress(counters: Arc<FleetCounters>, messages: u64, meters: usiz
 
 fn summary(report: &Report) -> String {
     let latency = &report.ack_latency_ms;
+    let puback = &report.puback_latency_ms;
     format!(
         "meters {}  messages {}  sent {}  acked {}  unacked {}  resent {}\n\
          connect {:.2}s, then send {:.2}s: {:.0} msg/s  {:.0} readings/s\n\
          ack latency ms: p50 {:.2}  p99 {:.2}  max {:.2}\n\
+         puback latency ms: p50 {:.2}  p99 {:.2}  max {:.2}\n\
          reconnects {}  connection errors {}  bad acks {}\n\
          injected: duplicates {}  out-of-order {}  malformed {}  storms {} ({} disconnects)\n",
         report.meters,
@@ -402,6 +432,9 @@ fn summary(report: &Report) -> String {
         latency.p50,
         latency.p99,
         latency.max,
+        puback.p50,
+        puback.p99,
+        puback.max,
         report.reconnects,
         report.connection_errors,
         report.bad_acks,

@@ -1,7 +1,9 @@
 //! One simulated meter: an MQTT v3.1.1 connection of its own (client id
 //! `{tenant}.{meter}`, clean session) that publishes its ground-truth uplinks at QoS 1
-//! to `meters/{t}/{m}/up`, listens at QoS 0 on `meters/{t}/{m}/ack`, keeps every
-//! message until an ack covers it, and resends.
+//! to `meters/{t}/{m}/up`, listens at QoS 0 on `meters/{t}/{m}/ack` (unless
+//! `ack_topic` is off), keeps every message until it is acknowledged as durable — by
+//! the PUBACK of one of its publications (`puback_durable`) or by an ack covering it,
+//! whichever comes first — and resends.
 //!
 //! Each meter is two tokio tasks joined by a [`MeterLink`] (atomics + a `Notify`;
 //! the fleet also wakes meters through it, so no waiter list is shared fleet-wide):
@@ -9,25 +11,29 @@
 //!   it: it is never cancelled mid-poll (rumqttc's `poll` is not cancel-safe — a
 //!   dropped poll can lose a publish that its state already counts as in flight, which
 //!   stalls the connection on a packet-id collision). It re-subscribes on every
-//!   ConnAck, folds acks into the link's watermark, and backs off between failed
-//!   connects;
+//!   ConnAck, folds acks into the link's watermark, pairs rumqttc's packet ids with
+//!   seqs so a PUBACK settles its message ([`PubackTracker`]), and backs off between
+//!   failed connects;
 //! - the **meter logic** owns the [`UnackedWindow`], the generator and the latency
 //!   histogram; it wakes on an ack, a reconnect, a resend timer, a pacing slot, the
 //!   start gate (the fleet connects before anyone sends, by default), the deadline or
 //!   a stop request, and only ever *offers* publishes to the driver without waiting
 //!   (see [`offer_publish`]).
 //!
-//! Acks are cumulative, so the link needs no queue: the driver keeps the highest seq
-//! seen (`fetch_max`) and the logic clears everything at or below it. A reconnect
-//! bumps the link's epoch; the logic then resends every unacked message, because a
-//! clean session means the broker forgot them (and rumqttc drops its own in-flight
-//! copies when the new session is not resumed).
+//! Acks are cumulative, so they need no queue: the driver keeps the highest seq seen
+//! (`fetch_max`) and the logic clears everything at or below it. PUBACKs settle one
+//! message each: the driver queues their seqs in the link's tracker, the logic takes
+//! them from there. A reconnect bumps the link's epoch; the logic then resends every
+//! unacked message, because a clean session means the broker forgot them — and the
+//! driver has dropped everything rumqttc still held of the old connection (requests
+//! not yet sent, in-flight copies, buffered events) together with the packet ids the
+//! tracker knew, so no PUBACK is ever paired with the wrong message.
 
-use std::collections::VecDeque;
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -47,6 +53,7 @@ use tracing::{debug, warn};
 use crate::config::SimConfig;
 use crate::generator::{encode_payload, meter_messages};
 use crate::pacing::{Backoff, Pacer};
+use crate::puback::{Offered, PubackTracker};
 use crate::report::FleetCounters;
 use crate::window::UnackedWindow;
 
@@ -143,12 +150,16 @@ impl FleetShared {
     }
 }
 
-/// Signals into one meter's logic task: from its connection driver (acks,
+/// Signals into one meter's logic task: from its connection driver (acks, PUBACKs,
 /// connection changes) and from the fleet (start gate, stop).
 #[derive(Debug, Default)]
 pub(crate) struct MeterLink {
     /// Highest seq any ack named (cumulative).
     acked: AtomicU64,
+    /// Packet ids ↔ seqs, and the seqs PUBACKed (only with `puback_durable`). Two
+    /// tasks of one meter share it: the logic queues publishes under this lock, the
+    /// driver pairs and clears under it.
+    pubacks: Mutex<PubackTracker>,
     /// Incremented on every ConnAck.
     epoch: AtomicU64,
     connected: AtomicBool,
@@ -162,7 +173,10 @@ pub(crate) struct MeterLink {
 /// What a meter task hands back when it ends.
 #[derive(Debug)]
 pub(crate) struct MeterOutcome {
+    /// Publish→ack (ack topic) latencies of the messages the ack topic settled.
     pub(crate) latency_us: Histogram<u64>,
+    /// Publish→PUBACK latencies of the messages a PUBACK settled.
+    pub(crate) puback_latency_us: Histogram<u64>,
     /// When the meter's last ack arrived or it gave up.
     pub(crate) finished: Instant,
 }
@@ -172,6 +186,20 @@ pub(crate) struct MeterOutcome {
 pub(crate) fn new_latency_histogram() -> Histogram<u64> {
     // 2 significant digits is within hdrhistogram's 0..=5, so this cannot fail.
     Histogram::new(2).expect("2 significant digits is a valid precision")
+}
+
+fn record_latency(histogram: &mut Histogram<u64>, latency: Duration) {
+    let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+    // `record` (not `saturating_record`, which never resizes and would clamp
+    // everything to the initial 2 µs range); values up to the clamp fit an
+    // auto-resizing histogram, so this cannot fail.
+    let _ = histogram.record(us.min(MAX_RECORDED_LATENCY_US));
+}
+
+/// The tracker, also after a panic elsewhere (its state is plain data; the meter
+/// then at worst resends).
+fn tracker(link: &MeterLink) -> MutexGuard<'_, PubackTracker> {
+    link.pubacks.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Runs meter `index` to completion, the deadline, or a stop request.
@@ -185,7 +213,8 @@ pub(crate) async fn run_meter(
     let config = &fleet.parts[part];
     let counters = &fleet.counters;
     let uplink_topic = topic::uplink_topic(&key);
-    let ack_topic = topic::ack_topic(&key);
+    let ack_topic = config.ack_topic.then(|| topic::ack_topic(&key));
+    let track_pubacks = config.puback_durable;
 
     // Requests a meter can have queued: a window of new messages, a window of
     // resends, plus subscribe/disconnect. The channel should never fill; if it does
@@ -201,8 +230,8 @@ pub(crate) async fn run_meter(
         // Resends can overlap their originals at the broker: twice the window keeps
         // rumqttc's in-flight limit from ever being what throttles a meter.
         .set_inflight(u16::try_from(config.window * 2 + 2).unwrap_or(u16::MAX));
-    if let (Some(user), Some(password)) = (&config.username, &config.password) {
-        options.set_credentials(user.clone(), password.clone());
+    if let Some((user, password)) = config.login(&key) {
+        options.set_credentials(user, password);
     }
     // rumqttc sizes the channel from this argument, not from the options field.
     let (client, mut eventloop) = AsyncClient::new(options, capacity);
@@ -219,6 +248,7 @@ pub(crate) async fn run_meter(
         eventloop,
         Arc::clone(&link),
         ack_topic,
+        track_pubacks,
         Arc::clone(&fleet),
         backoff,
         key.clone(),
@@ -230,10 +260,14 @@ pub(crate) async fn run_meter(
     let mut uplink = Uplink::new(0, Vec::with_capacity(config.readings_per_message));
     let mut window = UnackedWindow::new(config.window);
     let mut latency_us = new_latency_histogram();
-    // Out-of-order: a held-back message goes out right after its successor.
-    let mut held: Option<Bytes> = None;
-    // Seqs to publish once more after their ack (a lost ack), and those acked.
-    let mut duplicate_seqs: VecDeque<u64> = VecDeque::new();
+    let mut puback_latency_us = new_latency_histogram();
+    let mut pubacked: Vec<(u64, Instant)> = Vec::new();
+    // Out-of-order: a held-back message (seq, payload) goes out right after its
+    // successor.
+    let mut held: Option<(u64, Bytes)> = None;
+    // Seqs to publish once more after their ack (a lost ack), and those acked. A
+    // set: PUBACKs settle messages in any order.
+    let mut duplicate_seqs: HashSet<u64> = HashSet::new();
     let mut duplicates_due: Vec<Bytes> = Vec::new();
     let mut seen_epoch = 0;
     let mut claimed_slot: Option<Instant> = None;
@@ -245,15 +279,25 @@ pub(crate) async fn run_meter(
 
     loop {
         let now = Instant::now();
+        let mut cleared = 0u64;
+        if track_pubacks {
+            // PUBACKs first (each carries its arrival time), then the watermark:
+            // whichever settles a message first, the other finds nothing.
+            tracker(&link).take_settled(&mut pubacked);
+            for &(seq, at) in &pubacked {
+                let settled = window.puback(seq, at, |payload, latency| {
+                    record_latency(&mut puback_latency_us, latency);
+                    if duplicate_seqs.remove(&seq) {
+                        duplicates_due.push(payload);
+                    }
+                });
+                cleared += u64::from(settled);
+            }
+        }
         let acked = link.acked.load(Ordering::Acquire);
-        let cleared = window.ack(acked, now, |seq, payload, latency| {
-            let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-            // `record` (not `saturating_record`, which never resizes and would clamp
-            // everything to the initial 2 µs range); values up to the clamp fit an
-            // auto-resizing histogram, so this cannot fail.
-            let _ = latency_us.record(us.min(MAX_RECORDED_LATENCY_US));
-            if duplicate_seqs.front() == Some(&seq) {
-                duplicate_seqs.pop_front();
+        cleared += window.ack(acked, now, |seq, payload, latency| {
+            record_latency(&mut latency_us, latency);
+            if duplicate_seqs.remove(&seq) {
                 duplicates_due.push(payload);
             }
         }) as u64;
@@ -276,8 +320,18 @@ pub(crate) async fn run_meter(
         let mut resent = 0;
         let connected = may_send && link.connected.load(Ordering::Acquire);
         if connected {
-            let mut offer = |payload: &Bytes| {
-                offer_publish(&client, &uplink_topic, payload.clone());
+            // With PUBACK tracking, what a publish is gets recorded under the
+            // tracker's lock together with queueing it, so the driver pairs rumqttc's
+            // packet ids with queueing order.
+            let offer = |payload: &Bytes, what: Offered| {
+                if track_pubacks {
+                    let mut tracker = tracker(&link);
+                    if offer_publish(&client, &uplink_topic, payload.clone()) {
+                        tracker.offered(what);
+                    }
+                } else {
+                    offer_publish(&client, &uplink_topic, payload.clone());
+                }
             };
             let epoch = link.epoch.load(Ordering::Acquire);
             if epoch != seen_epoch {
@@ -285,11 +339,14 @@ pub(crate) async fn run_meter(
                 // A held-back message goes out with the rest.
                 seen_epoch = epoch;
                 held = None;
-                resent += window.resend_all(now, &mut offer);
+                resent += window.resend_all(now, |seq, payload| offer(payload, Some(seq)));
             }
-            resent += window.resend_overdue(now, ack_timeout, &mut offer);
+            resent += window.resend_overdue(now, ack_timeout, |seq, payload| {
+                offer(payload, Some(seq));
+            });
             for payload in duplicates_due.drain(..) {
-                offer(&payload);
+                // Already acked: its PUBACK settles nothing.
+                offer(&payload, None);
                 FleetCounters::add(&counters.duplicates, 1);
             }
 
@@ -307,19 +364,19 @@ pub(crate) async fn run_meter(
                 };
                 let payload = Bytes::from(encode_payload(&uplink, config.binary));
                 if faults.held_back {
-                    held = Some(payload.clone());
+                    held = Some((uplink.seq, payload.clone()));
                     FleetCounters::add(&counters.out_of_order, 1);
                 } else {
-                    offer(&payload);
-                    if let Some(earlier) = held.take() {
-                        offer(&earlier);
+                    offer(&payload, Some(uplink.seq));
+                    if let Some((seq, earlier)) = held.take() {
+                        offer(&earlier, Some(seq));
                     }
                 }
                 if faults.duplicate {
-                    duplicate_seqs.push_back(uplink.seq);
+                    duplicate_seqs.insert(uplink.seq);
                 }
                 if let Some(kind) = faults.malformed {
-                    offer(&Bytes::from(kind.payload(&uplink)));
+                    offer(&Bytes::from(kind.payload(&uplink)), None);
                     FleetCounters::add(&counters.malformed, 1);
                 }
                 window.push(uplink.seq, payload, now);
@@ -363,8 +420,14 @@ pub(crate) async fn run_meter(
     if link.connected.swap(false, Ordering::AcqRel) {
         counters.connected.fetch_sub(1, Ordering::Relaxed);
     }
+    let unpaired = tracker(&link).unpaired();
+    if unpaired > 0 {
+        FleetCounters::add(&counters.pubacks_unpaired, unpaired);
+        warn!(meter = %key, unpaired, "publishes rumqttc sent without a queued message to pair them with: some PUBACKs were not counted");
+    }
     MeterOutcome {
         latency_us,
+        puback_latency_us,
         finished,
     }
 }
@@ -373,26 +436,50 @@ pub(crate) async fn run_meter(
 /// takes `Bytes`, so this polls `publish_bytes` once: a request channel with room
 /// accepts at once; a full one (the broker stopped reading) leaves the message to the
 /// ack timeout. Either way the caller treats the message as sent — exactly as if the
-/// network had lost it.
-fn offer_publish(client: &AsyncClient, topic: &str, payload: Bytes) {
+/// network had lost it. Returns whether the channel took it (a dropped pending send
+/// leaves nothing in the channel).
+fn offer_publish(client: &AsyncClient, topic: &str, payload: Bytes) -> bool {
     let publish = client.publish_bytes(topic, QoS::AtLeastOnce, false, payload);
     let mut publish = pin!(publish);
     let mut cx = Context::from_waker(Waker::noop());
     match publish.as_mut().poll(&mut cx) {
-        Poll::Ready(Ok(())) => {}
-        Poll::Ready(Err(error)) => debug!(topic, %error, "publish not queued"),
-        Poll::Pending => debug!(
-            topic,
-            "request channel full, publish left to the ack timeout"
-        ),
+        Poll::Ready(Ok(())) => true,
+        Poll::Ready(Err(error)) => {
+            debug!(topic, %error, "publish not queued");
+            false
+        }
+        Poll::Pending => {
+            debug!(
+                topic,
+                "request channel full, publish left to the ack timeout"
+            );
+            false
+        }
     }
+}
+
+/// Drops everything rumqttc still holds of a connection that ended (or is being
+/// dropped): requests queued but not sent, in-flight publishes, events buffered from
+/// it, a publish waiting on a packet-id collision. The new session is clean, and the
+/// meter logic resends every unacked message on it; keeping any of this would send
+/// stale copies and break the pairing of packet ids with seqs. Done under the
+/// tracker's lock, so no publish is queued halfway through.
+fn forget_connection(eventloop: &mut EventLoop, link: &MeterLink) {
+    let mut tracker = tracker(link);
+    // Drains the request channel (and in-flight state) into `pending`.
+    eventloop.clean();
+    eventloop.pending.clear();
+    eventloop.state.events.clear();
+    eventloop.state.collision = None;
+    tracker.reset();
 }
 
 /// Polls one meter's event loop until the meter logic disconnects or aborts it.
 async fn drive_connection(
     mut eventloop: EventLoop,
     link: Arc<MeterLink>,
-    ack_topic: String,
+    ack_topic: Option<String>,
+    track_pubacks: bool,
     fleet: Arc<FleetShared>,
     mut backoff: Backoff,
     key: MeterKey,
@@ -415,13 +502,14 @@ async fn drive_connection(
             None
         };
         // A storm drops the connection wherever the poll is: rumqttc's poll is not
-        // cancel-safe, but `clean()` below discards the connection and its in-flight
-        // state, and the meter logic resends everything unacked on the new session.
+        // cancel-safe, but `forget_connection` discards the connection and its
+        // in-flight state, and the meter logic resends everything unacked on the new
+        // session.
         let event = tokio::select! {
             biased;
             () = link.storm.notified() => {
                 if eventloop.network.is_some() {
-                    eventloop.clean();
+                    forget_connection(&mut eventloop, &link);
                     if link.connected.swap(false, Ordering::AcqRel) {
                         counters.connected.fetch_sub(1, Ordering::Relaxed);
                     }
@@ -437,12 +525,14 @@ async fn drive_connection(
             Ok(Event::Incoming(Incoming::ConnAck(_))) => {
                 // First in line on the new connection, ahead of any publish: the ack
                 // subscription does not survive a clean session.
-                eventloop
-                    .pending
-                    .push_front(Request::Subscribe(Subscribe::new(
-                        ack_topic.as_str(),
-                        QoS::AtMostOnce,
-                    )));
+                if let Some(ack_topic) = &ack_topic {
+                    eventloop
+                        .pending
+                        .push_front(Request::Subscribe(Subscribe::new(
+                            ack_topic.as_str(),
+                            QoS::AtMostOnce,
+                        )));
+                }
                 connections += 1;
                 if connections > 1 {
                     counters.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -456,8 +546,19 @@ async fn drive_connection(
                 link.wake.notify_one();
                 backoff.reset();
             }
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) if track_pubacks => {
+                tracker(&link).sent(pkid);
+            }
+            Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) if track_pubacks => {
+                tracker(&link).await_ack(pkid);
+            }
+            Ok(Event::Incoming(Incoming::PubAck(puback))) if track_pubacks => {
+                if tracker(&link).puback(puback.pkid, Instant::now()) {
+                    link.wake.notify_one();
+                }
+            }
             Ok(Event::Incoming(Incoming::Publish(publish))) => {
-                if publish.topic != ack_topic {
+                if ack_topic.as_deref() != Some(publish.topic.as_str()) {
                     continue;
                 }
                 match ack::decode(&publish.payload) {
@@ -477,12 +578,17 @@ async fn drive_connection(
                     .iter()
                     .any(|code| matches!(code, SubscribeReasonCode::Failure))
                 {
-                    warn!(meter = %key, "broker refused the ack subscription: no acks will arrive, messages will be resent until the deadline");
+                    if track_pubacks {
+                        warn!(meter = %key, "broker refused the ack subscription: messages settle by PUBACK only");
+                    } else {
+                        warn!(meter = %key, "broker refused the ack subscription: no acks will arrive, messages will be resent until the deadline");
+                    }
                 }
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
             Ok(_) => {}
             Err(error) => {
+                forget_connection(&mut eventloop, &link);
                 if link.connected.swap(false, Ordering::AcqRel) {
                     counters.connected.fetch_sub(1, Ordering::Relaxed);
                     link.wake.notify_one();
@@ -500,7 +606,7 @@ fn log_connection_error(fleet: &FleetShared, key: &MeterKey, error: &ConnectionE
         if !fleet.refusal_logged.swap(true, Ordering::Relaxed) {
             let hint = match code {
                 ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized => {
-                    "check --username/--password and that the tenant and meters are configured"
+                    "check --username/--password (or --meter-secret) and that the tenant and meters are configured"
                 }
                 ConnectReturnCode::BadClientId => {
                     "the broker refused the client id {tenant}.{meter}: check the tenant"

@@ -37,6 +37,10 @@ pub struct FleetCounters {
     pub malformed: AtomicU64,
     /// Connections dropped by reconnect storms.
     pub storm_disconnects: AtomicU64,
+    /// Publishes rumqttc reported sending that no queued message could be paired
+    /// with, so their PUBACKs settled nothing. Always 0 unless the simulator's
+    /// packet-id bookkeeping has a bug (the tests check it).
+    pub pubacks_unpaired: AtomicU64,
 }
 
 /// A consistent-enough copy of [`FleetCounters`] for printing.
@@ -54,6 +58,7 @@ pub struct CountersSnapshot {
     pub out_of_order: u64,
     pub malformed: u64,
     pub storm_disconnects: u64,
+    pub pubacks_unpaired: u64,
 }
 
 impl FleetCounters {
@@ -72,6 +77,7 @@ impl FleetCounters {
             out_of_order: get(&self.out_of_order),
             malformed: get(&self.malformed),
             storm_disconnects: get(&self.storm_disconnects),
+            pubacks_unpaired: get(&self.pubacks_unpaired),
         }
     }
 
@@ -82,8 +88,8 @@ impl FleetCounters {
     }
 }
 
-/// Publish→ack latency, from a message's first send to the ack that cleared it, in
-/// milliseconds (recorded in microseconds, 2 significant digits).
+/// Publish→ack latency, from a message's first send to the acknowledgement that
+/// settled it, in milliseconds (recorded in microseconds, 2 significant digits).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LatencySummary {
     pub p50: f64,
@@ -128,7 +134,13 @@ pub struct Report {
     pub elapsed_s: f64,
     /// The connect phase before it (0 without `connect_first`).
     pub connect_s: f64,
+    /// Messages settled by the ack topic's watermark: publish → the ack covering it.
     pub ack_latency_ms: LatencySummary,
+    /// Messages settled by a durable PUBACK (`SimConfig::puback_durable`): publish →
+    /// the first PUBACK of any of its publications. A message is settled once, by
+    /// whichever of the two comes first, and counted in that one only.
+    #[serde(default)]
+    pub puback_latency_ms: LatencySummary,
     pub reconnects: u64,
     pub connection_errors: u64,
     pub bad_acks: u64,
@@ -175,6 +187,11 @@ mod tests {
             ..Report::default()
         };
         let json = serde_json::to_string(&report).unwrap();
+        assert!(json.contains(r#""puback_latency_ms":{"p50":0.0"#), "{json}");
         assert_eq!(serde_json::from_str::<Report>(&json).unwrap(), report);
+        // A report written before PUBACK latency existed still reads.
+        let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
+        old.as_object_mut().unwrap().remove("puback_latency_ms");
+        assert_eq!(serde_json::from_value::<Report>(old).unwrap(), report);
     }
 }

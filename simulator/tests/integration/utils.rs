@@ -1,7 +1,13 @@
 //! Test fixtures: a real `mosquitto` broker on a free loopback port, and an "acker"
 //! that plays the meterflow service — it subscribes to every uplink, decodes and
 //! stores it, and publishes the meter's durable watermark `{"seq":W}` (DESIGN §3) —
-//! so the simulator is exercised end to end against a real broker.
+//! so the simulator is exercised end to end against a real broker. Mosquitto's
+//! PUBACK only means "received", so runs against it set `puback_durable = false`.
+//!
+//! [`Endpoint`] plays meterflow's own MQTT endpoint instead: a minimal MQTT 3.1.1
+//! server (rumqttc's packet codec over tokio) that checks per-meter logins, stores
+//! each uplink and only then PUBACKs it, and publishes the watermark to meters that
+//! subscribed to their ack topic.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{TcpListener, TcpStream};
@@ -10,10 +16,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use meterflow_model::{Uplink, ack, codec, mac, topic};
+use bytes::BytesMut;
+use meterflow_model::{MeterKey, Uplink, ack, codec, credentials, mac, topic};
 use meterflow_simulator::{MacKeys, SimConfig, meter_id_string, meter_messages};
-use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
-use tokio::sync::Notify;
+use rumqttc::{
+    AsyncClient, ConnAck, ConnectReturnCode, Event, Incoming, MqttOptions, Packet, PubAck, Publish,
+    QoS, SubAck, SubscribeReasonCode,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Notify, mpsc};
 
 /// How long a fresh broker may take to accept connections.
 const BROKER_START_TIMEOUT: Duration = Duration::from_secs(5);
@@ -224,21 +235,7 @@ impl Acker {
     pub(crate) fn assert_stored_ground_truth(&self, config: &SimConfig) {
         let state = self.state.lock().unwrap();
         assert!(state.errors.is_empty(), "bad uplinks: {:?}", state.errors);
-        assert_eq!(state.meters.len(), config.meters);
-        for index in config.meter_indices() {
-            let meter = meter_id_string(index);
-            let log = state
-                .meters
-                .get(&meter)
-                .unwrap_or_else(|| panic!("nothing stored for {meter}"));
-            let expected: Vec<Uplink> = meter_messages(config, index).collect();
-            let stored: Vec<&Uplink> = log.stored.values().collect();
-            assert_eq!(stored.len(), expected.len(), "{meter}");
-            for (got, want) in stored.iter().zip(&expected) {
-                assert_eq!(*got, want, "{meter} seq {}", want.seq);
-            }
-            assert_eq!(log.watermark, config.messages_per_meter, "{meter}");
-        }
+        assert_stored(&state.meters, config);
     }
 }
 
@@ -293,4 +290,288 @@ fn store(
         }
     }
     Some((topic::ack_topic(&key), log.watermark))
+}
+
+/// When the fake endpoint sends a PUBACK.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PubackPolicy {
+    /// Once the uplink is stored, after this long (the time a durable write takes).
+    Durable(Duration),
+    /// As `Durable(1 ms)`, but the first arrival of every seq divisible by 3 is
+    /// PUBACKed only after this long: its resend overtakes it, and the first PUBACK
+    /// of either copy settles it. PUBACKs then arrive out of order.
+    SlowEveryThird(Duration),
+    /// As `Durable(1 ms)`, but each meter's 5th uplink drops the connection instead
+    /// (stored, never PUBACKed, once per meter): the meter reconnects and resends.
+    DropConnectionOnce,
+}
+
+/// What the fake endpoint saw.
+#[derive(Debug, Default)]
+pub(crate) struct EndpointState {
+    pub(crate) meters: HashMap<String, MeterLog>,
+    /// Uplinks that were not well-formed or failed their MAC: must stay empty.
+    pub(crate) errors: Vec<String>,
+    /// Payloads that did not decode (injected malformed ones): PUBACKed, as meterflow
+    /// does for a dead letter.
+    pub(crate) rejected: u64,
+    pub(crate) received: u64,
+    pub(crate) subscriptions: u64,
+    /// Usernames of accepted meters, by client id.
+    pub(crate) logins: HashMap<String, Option<String>>,
+    pub(crate) refused_logins: u64,
+    /// Meters whose connection was dropped (`DropConnectionOnce`).
+    pub(crate) dropped: HashSet<String>,
+}
+
+/// A minimal meterflow-like MQTT endpoint on a free loopback port.
+pub(crate) struct Endpoint {
+    pub(crate) state: Arc<Mutex<EndpointState>>,
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Largest packet the fake endpoint reads or writes.
+const ENDPOINT_MAX_PACKET: usize = 128 * 1024;
+
+impl Endpoint {
+    /// Listens at once. With `meter_secret`, a meter must log in as its tenant with
+    /// its derived password; without, anyone may connect.
+    pub(crate) async fn start(policy: PubackPolicy, meter_secret: Option<&str>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free loopback port");
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(Mutex::new(EndpointState::default()));
+        let secret = meter_secret.map(str::to_owned);
+        let task = tokio::spawn({
+            let state = Arc::clone(&state);
+            async move {
+                let mut connections = tokio::task::JoinSet::new();
+                while let Ok((stream, _)) = listener.accept().await {
+                    let _ = stream.set_nodelay(true);
+                    connections.spawn(serve(stream, Arc::clone(&state), policy, secret.clone()));
+                }
+            }
+        });
+        Self { state, port, task }
+    }
+
+    pub(crate) fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Asserts that the endpoint stored exactly the ground truth of every meter.
+    pub(crate) fn assert_stored_ground_truth(&self, config: &SimConfig) {
+        let state = self.state.lock().unwrap();
+        assert!(state.errors.is_empty(), "bad uplinks: {:?}", state.errors);
+        assert_stored(&state.meters, config);
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        // Dropping the accept task drops its JoinSet, which aborts every connection.
+        self.task.abort();
+    }
+}
+
+fn assert_stored(meters: &HashMap<String, MeterLog>, config: &SimConfig) {
+    assert_eq!(meters.len(), config.meters);
+    for index in config.meter_indices() {
+        let meter = meter_id_string(index);
+        let log = meters
+            .get(&meter)
+            .unwrap_or_else(|| panic!("nothing stored for {meter}"));
+        let expected: Vec<Uplink> = meter_messages(config, index).collect();
+        let stored: Vec<&Uplink> = log.stored.values().collect();
+        assert_eq!(stored.len(), expected.len(), "{meter}");
+        for (got, want) in stored.iter().zip(&expected) {
+            assert_eq!(*got, want, "{meter} seq {}", want.seq);
+        }
+        assert_eq!(log.watermark, config.messages_per_meter, "{meter}");
+    }
+}
+
+/// One connection: CONNECT (with the login check), then SUBSCRIBE, PUBLISH, PINGREQ
+/// until DISCONNECT, EOF or a deliberate drop.
+async fn serve(
+    stream: tokio::net::TcpStream,
+    state: Arc<Mutex<EndpointState>>,
+    policy: PubackPolicy,
+    meter_secret: Option<String>,
+) {
+    let (mut reader, mut writer) = stream.into_split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Packet>();
+    let writing = tokio::spawn(async move {
+        let mut out = BytesMut::new();
+        while let Some(packet) = rx.recv().await {
+            out.clear();
+            if packet.write(&mut out, ENDPOINT_MAX_PACKET).is_err()
+                || writer.write_all(&out).await.is_err()
+            {
+                break;
+            }
+        }
+    });
+    let mut input = BytesMut::with_capacity(4096);
+    let mut meter: Option<MeterKey> = None;
+    let mut ack_subscribed = false;
+    loop {
+        let packet = match Packet::read(&mut input, ENDPOINT_MAX_PACKET) {
+            Ok(packet) => packet,
+            Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {
+                match reader.read_buf(&mut input).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => continue,
+                }
+            }
+            Err(_) => break,
+        };
+        match (packet, &meter) {
+            (Packet::Connect(connect), None) => {
+                let key = topic::parse_client_id(&connect.client_id).ok();
+                let login = connect.login.as_ref();
+                let allowed = match (&meter_secret, &key) {
+                    (None, Some(_)) => true,
+                    (Some(secret), Some(key)) => login.is_some_and(|login| {
+                        login.username == key.tenant.as_str()
+                            && credentials::verify_meter_password(
+                                secret,
+                                &key.tenant,
+                                &key.meter,
+                                login.password.as_bytes(),
+                            )
+                    }),
+                    (_, None) => false,
+                };
+                let Some(key) = key.filter(|_| allowed) else {
+                    state.lock().unwrap().refused_logins += 1;
+                    let _ = tx.send(Packet::ConnAck(ConnAck::new(
+                        ConnectReturnCode::BadUserNamePassword,
+                        false,
+                    )));
+                    break;
+                };
+                state
+                    .lock()
+                    .unwrap()
+                    .logins
+                    .insert(connect.client_id.clone(), login.map(|l| l.username.clone()));
+                meter = Some(key);
+                let _ = tx.send(Packet::ConnAck(ConnAck::new(
+                    ConnectReturnCode::Success,
+                    false,
+                )));
+            }
+            (Packet::Subscribe(subscribe), Some(key)) => {
+                let own = topic::ack_topic(key);
+                let codes = subscribe
+                    .filters
+                    .iter()
+                    .map(|filter| {
+                        if filter.path == own {
+                            ack_subscribed = true;
+                            SubscribeReasonCode::Success(QoS::AtMostOnce)
+                        } else {
+                            SubscribeReasonCode::Failure
+                        }
+                    })
+                    .collect();
+                state.lock().unwrap().subscriptions += 1;
+                let _ = tx.send(Packet::SubAck(SubAck::new(subscribe.pkid, codes)));
+            }
+            (Packet::Publish(publish), Some(key)) => {
+                let (
+                    Stored {
+                        seq,
+                        watermark,
+                        first,
+                    },
+                    drop_now,
+                ) = {
+                    let mut state = state.lock().unwrap();
+                    let stored = store_durably(&mut state, key, &publish);
+                    let seq = stored.seq;
+                    let drop_now = policy == PubackPolicy::DropConnectionOnce
+                        && seq == Some(5)
+                        && state.dropped.insert(key.meter.to_string());
+                    (stored, drop_now)
+                };
+                if drop_now {
+                    break;
+                }
+                if ack_subscribed && let Some(watermark) = watermark {
+                    let _ = tx.send(Packet::Publish(Publish::new(
+                        topic::ack_topic(key),
+                        QoS::AtMostOnce,
+                        ack::encode(watermark),
+                    )));
+                }
+                if publish.qos == QoS::AtLeastOnce {
+                    let delay = match policy {
+                        PubackPolicy::Durable(delay) => delay,
+                        PubackPolicy::SlowEveryThird(slow)
+                            if first && seq.is_some_and(|seq| seq % 3 == 0) =>
+                        {
+                            slow
+                        }
+                        _ => Duration::from_millis(1),
+                    };
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let _ = tx.send(Packet::PubAck(PubAck::new(publish.pkid)));
+                    });
+                }
+            }
+            (Packet::PingReq, Some(_)) => {
+                let _ = tx.send(Packet::PingResp);
+            }
+            _ => break,
+        }
+    }
+    writing.abort();
+}
+
+/// What [`store_durably`] made of an uplink.
+#[derive(Debug, Default)]
+struct Stored {
+    /// Its seq, when it decoded.
+    seq: Option<u64>,
+    /// The meter's watermark afterwards, when it decoded.
+    watermark: Option<u64>,
+    /// Its first arrival (not a duplicate).
+    first: bool,
+}
+
+/// Stores one uplink of `key` (the authenticated meter).
+fn store_durably(state: &mut EndpointState, key: &MeterKey, publish: &Publish) -> Stored {
+    state.received += 1;
+    if publish.topic != topic::uplink_topic(key) {
+        state
+            .errors
+            .push(format!("{key}: publish to foreign topic {}", publish.topic));
+        return Stored::default();
+    }
+    let Ok(uplink) = codec::decode(&publish.payload) else {
+        state.rejected += 1;
+        return Stored::default();
+    };
+    let log = state.meters.entry(key.meter.to_string()).or_default();
+    let seq = uplink.seq;
+    let first = !log.stored.contains_key(&seq);
+    if first {
+        log.stored.insert(seq, uplink);
+        while log.stored.contains_key(&(log.watermark + 1)) {
+            log.watermark += 1;
+        }
+    } else {
+        log.duplicates += 1;
+    }
+    Stored {
+        seq: Some(seq),
+        watermark: Some(log.watermark),
+        first,
+    }
 }
