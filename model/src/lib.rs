@@ -1,6 +1,6 @@
 //! meterflow's vocabulary: what a meter sends, what the pipeline keeps, and the rules
 //! both sides agree on. No I/O, no clocks, no threads — every function here takes
-//! values and returns values, so the broker side, the simulator and the storage layer
+//! values and returns values, so the endpoint, the simulator and the storage layer
 //! all speak exactly the same contract (DESIGN §3).
 //!
 //! - [`ids`]: tenant and meter ids (`[A-Za-z0-9_-]{1,64}`) and the key that joins them;
@@ -11,6 +11,7 @@
 //! - [`limits`] and [`check`]: what an acceptable uplink is;
 //! - [`reject`]: every reason an uplink can be dead-lettered, as stable codes;
 //! - [`mac`]: the payload MAC that authenticates a meter;
+//! - [`credentials`]: per-meter MQTT passwords derived from a tenant's secret;
 //! - [`seq_window`]: per-meter dedupe and the durable ack watermark;
 //! - [`state`] and [`batch`]: what the shard workers hand to processors and storage;
 //! - [`status`]: a meter's device status (flags, battery, signal);
