@@ -65,9 +65,11 @@ pub struct UsageState {
     pub last: Option<Reading>,
     /// Quality of `last`.
     pub last_quality: Quality,
-    /// UTC day number (see [`crate::time::day_of`]) that `today_l` belongs to.
+    /// Start (epoch ms) of the tenant's local day that `today_l` belongs to. (States
+    /// written before local days held a UTC day number here; such a state starts a
+    /// fresh day at its next reading.)
     pub day: i64,
-    /// Litres used on `day`, from register deltas of readings stamped that day.
+    /// Litres used on `day`: register deltas of intervals ending within it (`ts − 1 ms`).
     pub today_l: u64,
 }
 

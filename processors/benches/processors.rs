@@ -114,7 +114,7 @@ fn bench(c: &mut Criterion) {
     run(
         "usage",
         &validated,
-        &mut meterflow_processors::usage::UsageProcessor,
+        &mut meterflow_processors::usage::UsageProcessor::with_directory(directory.clone()),
     );
     run(
         "billing",

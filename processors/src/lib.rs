@@ -85,7 +85,7 @@ impl ProcessorChain {
         let directory = TenantDirectory::resolve(&config)?;
         Ok(Self::new(vec![
             Box::new(vee::VeeProcessor::new(directory.clone())),
-            Box::new(usage::UsageProcessor),
+            Box::new(usage::UsageProcessor::with_directory(directory.clone())),
             Box::new(billing::BillingProcessor::with_directory(directory.clone())),
             Box::new(alerting::AlertingProcessor::with_directory(
                 directory.clone(),

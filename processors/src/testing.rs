@@ -58,6 +58,6 @@ pub(crate) fn directory() -> std::sync::Arc<TenantDirectory> {
 pub(crate) fn chain_vee_usage() -> ProcessorChain {
     ProcessorChain::new(vec![
         Box::new(vee::VeeProcessor::new(directory())),
-        Box::new(usage::UsageProcessor),
+        Box::new(usage::UsageProcessor::with_directory(directory())),
     ])
 }

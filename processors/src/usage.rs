@@ -4,19 +4,35 @@
 //!
 //! For each row of the batch, in order:
 //! - `Suspect`: ignored (stored, never counted);
-//! - newer than the meter's latest actual reading: its interval is added to the UTC
-//!   day of the row (a new day starts from that interval alone); an `Actual` row
-//!   becomes the latest reading shown;
+//! - newer than the meter's latest actual reading: its interval is added to the day
+//!   it belongs to — the tenant's local day containing `ts − 1 ms`, the same rule as
+//!   the district and tenant figures (ARCHITECTURE.md departure 13), so a meter's
+//!   "today" and its tenant's "today" add up (a new day starts from that interval
+//!   alone); an `Actual` row becomes the latest reading shown;
 //! - not newer (a late read, or a correction VEE re-emitted): not counted — VEE's
 //!   corrections move litres between rows, they never add any.
 
-use meterflow_model::time::day_of;
+use std::sync::Arc;
+
 use meterflow_model::{MeterBatch, MeterView, Outputs, Quality, SealedBatch};
 
 use crate::Processor;
+use crate::calendar::LocalCalendar;
+use crate::tenants::{PerTenant, TenantDirectory};
 
-/// Consumption per meter; all its state lives in each meter's `UsageState`.
-pub struct UsageProcessor;
+/// Consumption per meter; all its state lives in each meter's `UsageState`, the
+/// processor keeps only each tenant's calendar.
+pub struct UsageProcessor {
+    calendars: PerTenant<LocalCalendar>,
+}
+
+impl UsageProcessor {
+    pub fn with_directory(directory: Arc<TenantDirectory>) -> Self {
+        Self {
+            calendars: PerTenant::new(directory, |entry| entry.calendar.clone()),
+        }
+    }
+}
 
 impl Processor for UsageProcessor {
     fn name(&self) -> &'static str {
@@ -25,20 +41,21 @@ impl Processor for UsageProcessor {
 
     fn process(&mut self, batch: &mut SealedBatch, out: &mut Outputs) {
         for meter in &mut batch.meters {
-            fold_meter(meter);
+            let (_, calendar) = self.calendars.get(&meter.key.tenant);
+            fold_meter(meter, calendar);
             out.meters.push(view_of(meter));
         }
     }
 }
 
-fn fold_meter(meter: &mut MeterBatch) {
+fn fold_meter(meter: &mut MeterBatch, calendar: &mut LocalCalendar) {
     let usage = &mut meter.state.usage;
     for stored in &meter.readings {
         let reading = stored.reading;
         if stored.quality == Quality::Suspect || usage.last.is_some_and(|l| reading.ts <= l.ts) {
             continue;
         }
-        let day = day_of(reading.ts);
+        let day = calendar.day(reading.ts.saturating_sub(1)).start_ms;
         if day != usage.day {
             usage.day = day;
             usage.today_l = 0;
@@ -115,6 +132,59 @@ mod tests {
             vec![stored(DAY0 + DAY_MS + 600_000, 175)],
         );
         assert_eq!(out.meters[0].today_l, 25);
+    }
+
+    #[test]
+    fn today_is_the_tenant_s_local_day() {
+        use meterflow_model::ProcessorsConfig;
+        let mut config = ProcessorsConfig::default();
+        let mut chicago = config.defaults.clone();
+        chicago.tariff.time_zone = "America/Chicago".into();
+        let tenant = crate::testing::key("m1").tenant;
+        config.tenants.insert(tenant, chicago);
+        let directory = crate::tenants::TenantDirectory::resolve(&config).unwrap();
+        let mut chain = crate::ProcessorChain::new(vec![
+            Box::new(crate::vee::VeeProcessor::new(directory.clone())),
+            Box::new(UsageProcessor::with_directory(directory)),
+        ]);
+        // DAY0 is a UTC midnight in October: 19:00 the day before in Chicago (CDT,
+        // UTC−5). Reads at 18:40, 19:00 and 19:20 Chicago time: all one local day,
+        // across UTC midnight. Then 05:00 UTC = 00:00 Chicago: the interval ending
+        // exactly at local midnight still belongs to the day before (ts − 1 ms).
+        let mut run = |state: MeterState, readings| {
+            let mut b = batch_of(state, readings);
+            let mut out = Outputs::default();
+            chain.process(&mut b, &mut out);
+            (b, out)
+        };
+        let (b, out) = run(
+            MeterState::default(),
+            vec![
+                stored(DAY0 - 1_200_000, 100),
+                stored(DAY0, 130),
+                stored(DAY0 + 1_200_000, 180),
+            ],
+        );
+        assert_eq!(
+            out.meters[0].today_l, 80,
+            "UTC midnight is not a local day's end"
+        );
+        let (b, out) = run(
+            b.meters[0].state.clone(),
+            vec![stored(DAY0 + 5 * 3_600_000, 200)],
+        );
+        assert_eq!(
+            out.meters[0].today_l, 100,
+            "the interval ending at local midnight"
+        );
+        let (_, out) = run(
+            b.meters[0].state.clone(),
+            vec![stored(DAY0 + 5 * 3_600_000 + 600_000, 210)],
+        );
+        assert_eq!(
+            out.meters[0].today_l, 10,
+            "the new local day starts from its first interval"
+        );
     }
 
     #[test]

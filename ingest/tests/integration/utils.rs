@@ -295,12 +295,15 @@ pub(crate) fn expected_today_l(config: &SimConfig, meter_index: usize) -> u64 {
         .into_iter()
         .flat_map(|u| u.readings)
         .collect();
+    // An interval's litres belong to the day containing `ts − 1 ms` (the demo tenant's
+    // local day is the UTC day).
+    let day_of_interval = |ts: i64| meterflow_model::time::day_of(ts - 1);
     let last = readings.last().unwrap();
-    let day = meterflow_model::time::day_of(last.ts);
+    let day = day_of_interval(last.ts);
     let base = readings
         .iter()
         .rev()
-        .find(|r| meterflow_model::time::day_of(r.ts) < day)
+        .find(|r| day_of_interval(r.ts) < day)
         .unwrap_or(&readings[0]);
     last.reg - base.reg
 }
