@@ -167,6 +167,14 @@ impl Wire {
                 Err(V4Error::PayloadSizeLimitExceeded(_)) => Err(ReadError::TooLarge),
                 Err(_) => Err(ReadError::Malformed),
             },
+            // MQTT 5 §3.14.2.1: a normal DISCONNECT may omit its reason code and
+            // properties (remaining length 0) — what mosquitto and most clients send.
+            // rumqttc's v5 codec answers that with `PayloadRequired`, which made every
+            // clean MQTT 5 disconnect a "malformed" protocol violation.
+            Wire::V5 if buf.starts_with(&[0xE0, 0x00]) => {
+                let _ = buf.split_to(2);
+                Ok(Incoming::Disconnect)
+            }
             Wire::V5 => match v5::Packet::read(buf, Some(max_packet_bytes as u32)) {
                 Ok(packet) => from_v5(packet),
                 Err(V5Error::InsufficientBytes(_)) => Err(ReadError::Incomplete),
@@ -535,5 +543,20 @@ mod tests {
             panic!("puback")
         };
         assert_eq!(ack.reason, v5::PubAckReason::NotAuthorized);
+    }
+
+    #[test]
+    fn a_bare_mqtt5_disconnect_is_a_disconnect_not_a_violation() {
+        // Remaining length 0: reason code (normal) and properties omitted.
+        let mut buf = BytesMut::from(&[0xE0, 0x00, 0xC0, 0x00][..]);
+        assert!(matches!(
+            Wire::V5.read(&mut buf, 1024),
+            Ok(Incoming::Disconnect)
+        ));
+        assert!(matches!(
+            Wire::V5.read(&mut buf, 1024),
+            Ok(Incoming::PingReq)
+        ));
+        assert!(buf.is_empty());
     }
 }
