@@ -6,6 +6,7 @@ mod backends;
 mod bad_input;
 mod crash;
 mod e2e;
+mod endpoint;
 mod fleet;
 mod grafana;
 mod interop;
