@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use meterflow_model::{Reading, Uplink, codec};
 use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet, QoS};
 
-use crate::utils::Meterflow;
+use crate::utils::{Meterflow, dead_letter_triples, packet, push_str};
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -33,21 +33,6 @@ fn uplink(seq: u64, readings: usize, ts_end: i64) -> Uplink {
     Uplink::new(seq, readings)
 }
 
-/// Appends an MQTT "remaining length" varint.
-fn push_len(out: &mut Vec<u8>, mut len: usize) {
-    loop {
-        let mut byte = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if len == 0 {
-            return;
-        }
-    }
-}
-
 /// Publishes QoS 0 on a topic that is not valid UTF-8 — something no MQTT library
 /// lets one do — over a hand-made MQTT 3.1.1 session of meter `demo.raw`. Returns the
 /// CONNACK's bytes and whether the service then closed the connection.
@@ -56,35 +41,17 @@ fn publish_raw_topic(addr: SocketAddr, topic: &[u8], payload: &[u8]) -> (Vec<u8>
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let client_id = b"demo.raw";
-    let mut body = vec![
-        0,
-        4,
-        b'M',
-        b'Q',
-        b'T',
-        b'T',
-        4,
-        0x02,
-        0,
-        60,
-        0,
-        client_id.len() as u8,
-    ];
-    body.extend_from_slice(client_id);
-    let mut connect = vec![0x10];
-    push_len(&mut connect, body.len());
-    connect.extend(body);
-    stream.write_all(&connect).unwrap();
+    let mut body = Vec::new();
+    push_str(&mut body, b"MQTT");
+    body.extend_from_slice(&[4, 0x02, 0, 60]);
+    push_str(&mut body, b"demo.raw");
+    stream.write_all(&packet(0x10, &body)).unwrap();
     let mut connack = [0u8; 4];
     stream.read_exact(&mut connack).unwrap();
-    let mut body = vec![0, topic.len() as u8];
-    body.extend_from_slice(topic);
+    let mut body = Vec::new();
+    push_str(&mut body, topic);
     body.extend_from_slice(payload);
-    let mut publish = vec![0x30];
-    push_len(&mut publish, body.len());
-    publish.extend(body);
-    let _ = stream.write_all(&publish);
+    let _ = stream.write_all(&packet(0x30, &body));
     // Closed: end of stream (or a reset), not a read timeout and not more packets.
     let mut rest = [0u8; 64];
     let closed = match stream.read(&mut rest) {
@@ -285,18 +252,9 @@ async fn each_kind_of_bad_input_is_dead_lettered_with_its_reason() {
     assert_eq!(victim.as_array().unwrap().len(), 0, "{victim}");
 
     let letters = service.get_json("/api/v1/tenants/demo/dead-letters?limit=50");
-    let of_good: Vec<(String, String, String)> = letters
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|d| d["correlation_id"] == "demo/good/-")
-        .map(|d| {
-            (
-                d["topic"].as_str().unwrap().to_string(),
-                d["reason"].as_str().unwrap().to_string(),
-                d["correlation_id"].as_str().unwrap().to_string(),
-            )
-        })
+    let of_good: Vec<(String, String, String)> = dead_letter_triples(&letters)
+        .into_iter()
+        .filter(|(_, _, correlation_id)| correlation_id == "demo/good/-")
         .collect();
     let mut expected: Vec<(String, String, String)> = forbidden
         .iter()

@@ -22,7 +22,7 @@ use meterflow_model::credentials::meter_password;
 use meterflow_model::{MeterId, TenantId};
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 
-use crate::utils::{Meterflow, free_addr, tool};
+use crate::utils::{Meterflow, dead_letter_triples, free_addr, packet, push_len, push_str, tool};
 
 /// acme: per-meter passwords derived from this secret.
 const ACME_SECRET: &str = "acme-meter-secret-0123456789";
@@ -376,33 +376,6 @@ fn wait_until(service: &Meterflow, what: &str, within: Duration, mut done: impl 
 
 // ---------------------------------------------------------------------------------
 // Raw MQTT 3.1.1, written by hand: the traffic no library would send.
-
-/// Appends an MQTT "remaining length" varint.
-fn push_len(out: &mut Vec<u8>, mut len: usize) {
-    loop {
-        let mut byte = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if len == 0 {
-            return;
-        }
-    }
-}
-
-fn push_str(out: &mut Vec<u8>, s: &[u8]) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s);
-}
-
-fn packet(first: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![first];
-    push_len(&mut out, body.len());
-    out.extend_from_slice(body);
-    out
-}
 
 /// CONNECT (MQTT 3.1.1, clean session) with the given keep-alive.
 fn connect_packet(cred: &Cred, keep_alive: u16) -> Vec<u8> {
@@ -1068,18 +1041,7 @@ fn publishes_to_foreign_topics_are_dead_letters_of_the_sender_and_touch_no_victi
 
     // Dead letters of mallory, in mallory's tenant, with the topics it used.
     let letters = service.get_json("/api/v1/tenants/acme/dead-letters");
-    let mut got: Vec<(String, String, String)> = letters
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| {
-            (
-                d["topic"].as_str().unwrap().to_string(),
-                d["reason"].as_str().unwrap().to_string(),
-                d["correlation_id"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let mut got = dead_letter_triples(&letters);
     let mut want: Vec<(String, String, String)> = attacks
         .iter()
         .map(|(topic, _, _, reason)| {

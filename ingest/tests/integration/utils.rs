@@ -436,3 +436,49 @@ pub(crate) async fn wait_for_acks(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+// ---------------------------------------------------------------------------------
+// Raw MQTT 3.1.1, written by hand for the traffic no library would send (bad input,
+// attacks); everything well-formed goes through real clients.
+
+/// Appends an MQTT "remaining length" varint.
+pub(crate) fn push_len(out: &mut Vec<u8>, mut len: usize) {
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        out.push(byte);
+        if len == 0 {
+            return;
+        }
+    }
+}
+
+/// Appends a length-prefixed MQTT string (or binary).
+pub(crate) fn push_str(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s);
+}
+
+/// A packet: its first byte, the remaining length, the body.
+pub(crate) fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    push_len(&mut out, body.len());
+    out.extend_from_slice(body);
+    out
+}
+
+/// `(topic, reason, correlation_id)` of each dead letter in an API answer.
+pub(crate) fn dead_letter_triples(letters: &serde_json::Value) -> Vec<(String, String, String)> {
+    letters
+        .as_array()
+        .expect("a list of dead letters")
+        .iter()
+        .map(|d| {
+            let field = |name: &str| d[name].as_str().unwrap_or_default().to_string();
+            (field("topic"), field("reason"), field("correlation_id"))
+        })
+        .collect()
+}
