@@ -78,9 +78,9 @@ impl CacheWriter {
             }
         }
         if let Some(state) = self.cache.breaker_state() {
-            self.metrics
-                .cache_breaker_open
-                .set(f64::from(state.as_gauge()));
+            let value = f64::from(state.as_gauge());
+            self.metrics.cache_breaker_state.set(value);
+            self.metrics.cache_breaker_open.set(value);
         }
     }
 

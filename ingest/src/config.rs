@@ -292,10 +292,16 @@ impl PipelineConfig {
     }
 }
 
+/// The default `log.level`: meterflow's targets (`meterflow`, `meterflow_*`) at INFO,
+/// everything else at WARN (fjall and lsm_tree say a lot at INFO when opening).
+pub const DEFAULT_LOG_FILTER: &str = "warn,meterflow=info";
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
-    /// `tracing` filter, e.g. `info` or `meterflow=debug,rumqttd=warn`.
+    /// `tracing` filter. The default, `warn,meterflow=info`, logs meterflow's own
+    /// events from INFO and other libraries' (the store's, drivers') from WARN; e.g.
+    /// `info` for everything, or `warn,meterflow=info,meterflow_ingest::endpoint=debug`.
     pub level: String,
     /// One JSON object per line instead of human-readable text.
     pub json: bool,
@@ -304,7 +310,7 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
-            level: "info".into(),
+            level: DEFAULT_LOG_FILTER.into(),
             json: false,
         }
     }

@@ -135,11 +135,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.prometheus.render(),
-    )
-        .into_response()
+    // The process metrics are read from /proc now, at the scrape.
+    let mut text = state.prometheus.render();
+    text.push_str(&crate::metrics::process::render());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// Checks the tenant exists and the caller may see it; returns its validated id.

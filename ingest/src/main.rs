@@ -112,9 +112,13 @@ fn load(args: &RunArgs) -> anyhow::Result<Config> {
 }
 
 fn init_logging(config: &Config) {
-    let filter = EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let filter = EnvFilter::try_new(&config.log.level)
+        .unwrap_or_else(|_| EnvFilter::new(meterflow_ingest::config::DEFAULT_LOG_FILTER));
+    // Colour only for a person at a terminal: files and log collectors get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if config.log.json {
         builder.json().init();
@@ -190,12 +194,17 @@ fn run(config: Config) -> anyhow::Result<()> {
         .thread_name("meterflow-io")
         .enable_all()
         .build()?;
+    let json_logs = config.log.json;
     runtime.block_on(async {
         let service = Service::start(config).await?;
-        eprintln!(
-            "meterflow: MQTT on {}, HTTP on http://{} — Ctrl-C to stop",
-            service.mqtt_addr, service.http_addr
-        );
+        // For a person at a console; in JSON mode every stderr line is a JSON object
+        // and the "meterflow running" event already carries the addresses.
+        if !json_logs {
+            eprintln!(
+                "meterflow: MQTT on {}, HTTP on http://{} — Ctrl-C to stop",
+                service.mqtt_addr, service.http_addr
+            );
+        }
         wait_for_signal().await;
         tracing::info!("stopping: sealing and storing what is in flight");
         tokio::task::spawn_blocking(move || service.shutdown()).await?;

@@ -20,6 +20,8 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+pub mod process;
+
 pub const MESSAGES_RECEIVED: &str = "meterflow_messages_received_total";
 pub const MESSAGES: &str = "meterflow_messages_total";
 pub const READINGS: &str = "meterflow_readings_total";
@@ -32,8 +34,13 @@ pub const STORE_ERRORS: &str = "meterflow_store_errors_total";
 pub const CACHE_ERRORS: &str = "meterflow_cache_errors_total";
 pub const CACHE_WRITE_SECONDS: &str = "meterflow_cache_write_seconds";
 pub const CACHE_DROPPED: &str = "meterflow_cache_dropped_total";
+/// Deprecated (kept one release): the same values as [`STORE_BREAKER_STATE`].
 pub const STORE_BREAKER: &str = "meterflow_store_breaker_open";
+/// Deprecated (kept one release): the same values as [`CACHE_BREAKER_STATE`].
 pub const CACHE_BREAKER: &str = "meterflow_cache_breaker_open";
+pub const STORE_BREAKER_STATE: &str = "meterflow_store_breaker_state";
+pub const CACHE_BREAKER_STATE: &str = "meterflow_cache_breaker_state";
+pub const BUILD_INFO: &str = "meterflow_build_info";
 pub const RECEIVED_TO_DURABLE_SECONDS: &str = "meterflow_publish_to_durable_seconds";
 pub const ACKS: &str = "meterflow_acks_published_total";
 pub const PUBACKS: &str = "meterflow_pubacks_total";
@@ -71,6 +78,7 @@ pub fn install() -> PrometheusHandle {
                 .install_recorder()
                 .expect("the metrics recorder is installed once");
             describe();
+            gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             handle
         })
         .clone()
@@ -108,12 +116,24 @@ fn describe() {
         "Cache updates dropped because the cache was down too long (repaired by the next report)."
     );
     describe_gauge!(
-        STORE_BREAKER,
+        STORE_BREAKER_STATE,
         "Store circuit breaker: 0 closed, 1 open, 2 half-open (backends with a breaker)."
     );
     describe_gauge!(
-        CACHE_BREAKER,
+        CACHE_BREAKER_STATE,
         "Cache circuit breaker: 0 closed, 1 open, 2 half-open (backends with a breaker)."
+    );
+    describe_gauge!(
+        STORE_BREAKER,
+        "Deprecated, removed in the next release: use meterflow_store_breaker_state (same values: 0 closed, 1 open, 2 half-open)."
+    );
+    describe_gauge!(
+        CACHE_BREAKER,
+        "Deprecated, removed in the next release: use meterflow_cache_breaker_state (same values: 0 closed, 1 open, 2 half-open)."
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the running meterflow's version in the `version` label."
     );
     describe_histogram!(
         RECEIVED_TO_DURABLE_SECONDS,
@@ -198,6 +218,8 @@ pub struct PipelineMetrics {
     pub cache_dropped: Counter,
     pub store_breaker_open: Gauge,
     pub cache_breaker_open: Gauge,
+    pub store_breaker_state: Gauge,
+    pub cache_breaker_state: Gauge,
     pub received_to_durable_seconds: Histogram,
     pub acks: Counter,
     pub seq_gaps: Counter,
@@ -226,6 +248,8 @@ impl PipelineMetrics {
             cache_dropped: counter!(CACHE_DROPPED),
             store_breaker_open: gauge!(STORE_BREAKER),
             cache_breaker_open: gauge!(CACHE_BREAKER),
+            store_breaker_state: gauge!(STORE_BREAKER_STATE),
+            cache_breaker_state: gauge!(CACHE_BREAKER_STATE),
             received_to_durable_seconds: histogram!(RECEIVED_TO_DURABLE_SECONDS),
             acks: counter!(ACKS),
             seq_gaps: counter!(SEQ_GAPS),

@@ -35,7 +35,7 @@ use meterflow_model::{
 use meterflow_processors::ProcessorChain;
 use meterflow_storage::ReadingStore;
 use metrics::Gauge;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::clock::now_ms;
 use crate::endpoint::handoff::{Inbound, ShardInbox};
@@ -89,6 +89,8 @@ pub struct ShardWorker {
     swept: Outputs,
     sealed_count: u64,
     dead_letter_ids: u64,
+    /// At most one dead-letter WARN a second; the rest go to DEBUG (all are counted).
+    dead_letter_warn: WarnLimit,
     /// Set at shutdown: the worker seals what it holds and stops, even though the
     /// broker link still holds a sender to its inbox.
     stop: Arc<AtomicBool>,
@@ -191,6 +193,7 @@ impl ShardWorker {
             swept: Outputs::default(),
             sealed_count: 0,
             dead_letter_ids: 0,
+            dead_letter_warn: WarnLimit::new(DEAD_LETTER_WARN_EVERY),
             stop,
         }
     }
@@ -446,11 +449,20 @@ impl ShardWorker {
             meter.meter,
             seq.map_or_else(|| "-".to_string(), |s| s.to_string())
         );
-        warn!(
-            correlation_id,
-            reason = reason.code(),
-            "dead letter: {reason}"
-        );
+        match self.dead_letter_warn.admit(Instant::now()) {
+            Some(suppressed) => warn!(
+                correlation_id,
+                reason = reason.code(),
+                // Dead letters of this shard logged only at DEBUG since its last WARN.
+                suppressed,
+                "dead letter: {reason}"
+            ),
+            None => debug!(
+                correlation_id,
+                reason = reason.code(),
+                "dead letter: {reason}"
+            ),
+        }
         self.metrics.dead_letter.add(1, readings as u64);
         self.metrics.dead_letter_reason(reason).increment(1);
         self.dead_letter_ids += 1;
@@ -511,5 +523,59 @@ impl ShardWorker {
         {
             info!(shard = self.shard, "sink gone; shard stopping");
         }
+    }
+}
+
+/// How often a shard may log a dead letter at WARN.
+const DEAD_LETTER_WARN_EVERY: Duration = Duration::from_secs(1);
+
+/// Rate limit for a repeating WARN: at most one per `every`, counting those held back.
+struct WarnLimit {
+    every: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl WarnLimit {
+    fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(how many were held back since the last WARN)` if one may be logged at
+    /// `now`; `None` (and counted) if not.
+    fn admit(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(last) if now.saturating_duration_since(last) < self.every => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod warn_limit_tests {
+    use super::*;
+
+    #[test]
+    fn one_warn_per_window_with_the_count_held_back() {
+        let start = Instant::now();
+        let mut limit = WarnLimit::new(Duration::from_secs(1));
+        assert_eq!(limit.admit(start), Some(0));
+        for ms in [1, 10, 500, 999] {
+            assert_eq!(limit.admit(start + Duration::from_millis(ms)), None);
+        }
+        assert_eq!(limit.admit(start + Duration::from_millis(1_000)), Some(4));
+        assert_eq!(limit.admit(start + Duration::from_millis(1_001)), None);
+        assert_eq!(limit.admit(start + Duration::from_secs(5)), Some(1));
+        assert_eq!(limit.admit(start + Duration::from_secs(7)), Some(0));
     }
 }

@@ -169,9 +169,9 @@ impl Sink {
 
     fn record_breaker(&self) {
         if let Some(state) = self.store.breaker_state() {
-            self.metrics
-                .store_breaker_open
-                .set(f64::from(state.as_gauge()));
+            let value = f64::from(state.as_gauge());
+            self.metrics.store_breaker_state.set(value);
+            self.metrics.store_breaker_open.set(value);
         }
     }
 

@@ -10,6 +10,7 @@ mod endpoint;
 mod fleet;
 mod grafana;
 mod interop;
+mod logs;
 mod processing;
 // The storage crate's helpers for real servers (reachability, unique names, the TCP
 // proxy that simulates outages), shared rather than copied.
