@@ -101,12 +101,28 @@ pub struct TlsConfig {
 pub struct HttpConfig {
     /// Where the API, `/metrics`, `/healthz` and `/readyz` listen.
     pub listen: SocketAddr,
+    /// Most HTTP connections open at once; one more is answered 503 and closed at
+    /// once, so idle or hostile clients cannot take the descriptors that MQTT sessions
+    /// and `/healthz` need. The default, 256, fits (with the store's files) in the 512
+    /// descriptors the MQTT endpoint leaves free under the open-file limit, and is far
+    /// above what dashboards, scrapers and API clients hold (a few connections each).
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's line and headers, counted from the
+    /// connection's start or from the end of the previous answer: a kept-alive
+    /// connection waiting for its next request is closed after this too.
+    pub header_timeout_s: u64,
+    /// Seconds a connection may go without a byte moving either way (a client that
+    /// stopped reading its answer, a stalled body) before it is closed.
+    pub idle_timeout_s: u64,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: DEFAULT_HTTP_LISTEN.parse().expect("valid default"),
+            max_connections: 256,
+            header_timeout_s: 10,
+            idle_timeout_s: 60,
         }
     }
 }
@@ -551,6 +567,15 @@ impl Config {
             ("pipeline.batch_readings", p.batch_readings),
             ("pipeline.sink_queue", p.sink_queue),
             ("mqtt.max_connections", self.mqtt.max_connections),
+            ("http.max_connections", self.http.max_connections),
+            (
+                "http.header_timeout_s",
+                usize::try_from(self.http.header_timeout_s).unwrap_or(usize::MAX),
+            ),
+            (
+                "http.idle_timeout_s",
+                usize::try_from(self.http.idle_timeout_s).unwrap_or(usize::MAX),
+            ),
             ("mqtt.max_inflight", self.mqtt.max_inflight),
             ("mqtt.connection_rate", self.mqtt.connection_rate as usize),
             (
@@ -560,6 +585,14 @@ impl Config {
         ] {
             if value == 0 {
                 errors.push(format!("{name} must be at least 1"));
+            }
+        }
+        for (name, value) in [
+            ("http.header_timeout_s", self.http.header_timeout_s),
+            ("http.idle_timeout_s", self.http.idle_timeout_s),
+        ] {
+            if value > 86_400 {
+                errors.push(format!("{name} must be at most 86400 (a day)"));
             }
         }
         if p.sweep_interval_s == 0 {
@@ -727,5 +760,22 @@ mod tests {
             ..TenantConfig::default()
         }];
         assert_eq!(c.validate().unwrap_err().len(), 3);
+    }
+
+    #[test]
+    fn http_limits_default_parse_and_are_validated() {
+        let c: Config = toml::from_str("[http]\nmax_connections = 50\n").unwrap();
+        assert_eq!(c.http.max_connections, 50);
+        assert_eq!(c.http.header_timeout_s, 10);
+        assert_eq!(c.http.idle_timeout_s, 60);
+        let mut c = Config::default();
+        c.http.max_connections = 0;
+        c.http.header_timeout_s = 0;
+        c.http.idle_timeout_s = 100_000;
+        let errors = c.validate().unwrap_err();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors.iter().any(|e| e.contains("http.max_connections")));
+        assert!(errors.iter().any(|e| e.contains("http.header_timeout_s")));
+        assert!(errors.iter().any(|e| e.contains("http.idle_timeout_s")));
     }
 }

@@ -137,11 +137,12 @@ impl Service {
             },
             processing: Arc::new(config.processors.clone()),
         });
-        let http_task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(http_listener, app).await {
-                tracing::error!(error = %e, "http server stopped");
-            }
-        });
+        let http_limits = http::ServeLimits {
+            max_connections: config.http.max_connections,
+            header_timeout: Duration::from_secs(config.http.header_timeout_s),
+            idle_timeout: Duration::from_secs(config.http.idle_timeout_s),
+        };
+        let http_task = tokio::spawn(http::serve(http_listener, app, http_limits));
         info!(
             mqtt = %endpoint.listen,
             mqtt_tls = ?endpoint.tls_listen,

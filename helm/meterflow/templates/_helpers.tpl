@@ -181,6 +181,7 @@ key_file = {{ printf "%s/tls.key" (include "meterflow.tlsDir" .) | quote }}
 
 [http]
 listen = {{ printf "0.0.0.0:%d" (int .Values.ports.http) | quote }}
+{{- include "meterflow.tomlKeys" .Values.config.http }}
 
 [store]
 {{- if eq .Values.store.kind "scylla" }}

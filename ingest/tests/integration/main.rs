@@ -9,6 +9,7 @@ mod e2e;
 mod endpoint;
 mod fleet;
 mod grafana;
+mod http_limits;
 mod interop;
 mod logs;
 mod processing;
