@@ -201,6 +201,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ServeLimits) {
     let slots = Arc::new(Semaphore::new(
         limits.max_connections.min(Semaphore::MAX_PERMITS),
     ));
+    let refused = metrics::counter!(crate::metrics::HTTP_REFUSED);
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -213,7 +214,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ServeLimits) {
             }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            metrics::counter!("meterflow_http_connections_refused_total").increment(1);
+            refused.increment(1);
             let _ = stream.try_write(OVER_CAPACITY);
             drop(stream);
             continue;

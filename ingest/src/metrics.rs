@@ -50,6 +50,7 @@ pub const MQTT_REFUSED: &str = "meterflow_mqtt_refused_total";
 pub const MQTT_VIOLATIONS: &str = "meterflow_mqtt_protocol_violations_total";
 pub const MQTT_TAKEOVERS: &str = "meterflow_mqtt_takeovers_total";
 pub const MQTT_ACCEPT_ERRORS: &str = "meterflow_mqtt_accept_errors_total";
+pub const HTTP_REFUSED: &str = "meterflow_http_connections_refused_total";
 pub const SEQ_GAPS: &str = "meterflow_seq_gaps_total";
 pub const ALERTS: &str = "meterflow_alerts_total";
 pub const NOTIFICATIONS: &str = "meterflow_notifications_total";
@@ -163,6 +164,10 @@ fn describe() {
     describe_counter!(
         MQTT_TAKEOVERS,
         "Sessions closed because a new connection authenticated as the same client."
+    );
+    describe_counter!(
+        HTTP_REFUSED,
+        "HTTP connections refused at http.max_connections (answered 503 and closed)."
     );
     describe_counter!(
         MQTT_ACCEPT_ERRORS,
