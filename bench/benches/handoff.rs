@@ -1,8 +1,9 @@
-//! Shard handoff: the broker-link thread passing uplinks to a shard worker through a
-//! crossbeam bounded channel, as ingest does (one producer, one consumer thread).
-//! The message is an 88-byte value, the size of ingest's `Inbound` (two `Bytes`
-//! handles, a timestamp and an `Instant`), moved without allocation, so this measures
-//! the channel alone. Capacities: 16,384 (the default `pipeline.shard_queue`) and 64
+//! Shard handoff: uplinks passed to a shard worker through a crossbeam bounded
+//! channel, as ingest does (its endpoint pairs the channel with a semaphore so a full
+//! queue blocks the connection; that part is not measured here). One producer, one
+//! consumer thread. The message is an 88-byte value, the size ingest's `Inbound` had
+//! when this was written (two `Bytes` handles, a timestamp and an `Instant`), moved
+//! without allocation, so this measures the channel alone. Capacities: 16,384 (the default `pipeline.shard_queue`) and 64
 //! (a queue so small the threads keep waking each other).
 //!
 //! Timed from the first send to the consumer having received the last message.

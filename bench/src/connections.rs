@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::loadgen::{SimFleet, SimSettings};
 use crate::procfs::{self, ProcSample, Sampler};
 use crate::sweep::Env;
-use crate::targets::{MeterflowOptions, Target, TargetKind};
+use crate::targets::{MeterflowOptions, TargetKind};
 
 /// Sampling period: `/proc/net/tcp` with 40,000 sockets is ~6 MB of text to read.
 const SAMPLE_PERIOD: Duration = Duration::from_secs(1);
@@ -126,16 +126,7 @@ pub(crate) fn run(
     meterflow: &MeterflowOptions,
     settings: &ConnectionsSettings,
 ) -> anyhow::Result<ConnectionsRun> {
-    let mut target = match kind {
-        TargetKind::Meterflow => Target::start_meterflow(meterflow)?,
-        TargetKind::Mosquitto => Target::start_mosquitto(
-            env.mosquitto
-                .as_deref()
-                .ok_or_else(|| anyhow::anyhow!("no mosquitto binary"))?,
-            env.peer_nodelay,
-            env.peer_ackers,
-        )?,
-    };
+    let mut target = env.start(kind, meterflow)?;
     let name = format!("{} {label}", kind.name());
     let port = target.mqtt.port();
     let sampler = Sampler::start(target.pid(), SAMPLE_PERIOD, Some(port));
@@ -178,6 +169,11 @@ pub(crate) fn run(
             ack_timeout_ms: 30_000,
             connect_concurrency: 32,
             binary: false,
+            // Against a peer only the acker's ack settles a message (meters never
+            // finish early either way: the schedule outlasts the run).
+            puback_not_durable: kind != TargetKind::Meterflow
+                && env.sim_features.puback_not_durable,
+            no_ack_topic: false,
         };
         first_meter += meters;
         fleets.push(SimFleet::spawn(&env.sim, &[part], &env.log_dir)?);
@@ -253,10 +249,10 @@ pub(crate) fn run(
     let mut reconnects = 0;
     for fleet in fleets {
         match fleet.wait(Duration::from_secs(30)) {
-            Ok(reports) => {
-                for report in reports {
-                    connection_errors += report.connection_errors;
-                    reconnects += report.reconnects;
+            Ok(outcomes) => {
+                for outcome in outcomes {
+                    connection_errors += outcome.report.connection_errors;
+                    reconnects += outcome.report.reconnects;
                 }
             }
             Err(error) => println!("[{name}] a simulator process failed: {error:#}"),
@@ -305,7 +301,7 @@ pub(crate) fn run(
 fn meterflow_config_if(kind: TargetKind, options: &MeterflowOptions) -> String {
     match kind {
         TargetKind::Meterflow => options.config_toml.clone(),
-        TargetKind::Mosquitto => String::new(),
+        TargetKind::Mosquitto | TargetKind::Rumqttd => String::new(),
     }
 }
 

@@ -13,6 +13,13 @@
 //! the merged p50 is the acked-weighted mean of the p50s (an estimate), the merged
 //! p99 and max are the largest of the parts (upper bounds). The throughput scenarios
 //! use one process, so their percentiles are exact.
+//!
+//! PUBACK latency (`puback_latency_ms`, simulators that report it) is read from the
+//! report's JSON beside the [`Report`] type, so the harness works with simulators
+//! from before and after it. What settles a message is a flag of the simulator
+//! ([`SimFeatures`]): against a peer broker, whose PUBACK only means "received", the
+//! harness passes `--puback-not-durable` when the simulator has it, so only the
+//! acker's ack settles a message, as before.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -23,7 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use meterflow_simulator::{LatencySummary, Report};
 use rustix::process::Signal;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::procfs;
 use crate::targets;
@@ -47,6 +54,33 @@ pub(crate) struct SimSettings {
     pub(crate) ack_timeout_ms: u64,
     pub(crate) connect_concurrency: usize,
     pub(crate) binary: bool,
+    /// `--puback-not-durable`: only the ack topic settles a message (peer brokers).
+    #[serde(default)]
+    pub(crate) puback_not_durable: bool,
+    /// `--no-ack-topic`: meters do not subscribe to the ack topic; PUBACKs settle.
+    #[serde(default)]
+    pub(crate) no_ack_topic: bool,
+}
+
+/// Which of the flags about acknowledgements this `meterflow-sim` has (its `--help`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SimFeatures {
+    pub(crate) puback_not_durable: bool,
+    pub(crate) no_ack_topic: bool,
+}
+
+impl SimFeatures {
+    pub(crate) fn probe(binary: &Path) -> SimFeatures {
+        let help = Command::new(binary)
+            .arg("--help")
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+            .unwrap_or_default();
+        SimFeatures {
+            puback_not_durable: help.contains("--puback-not-durable"),
+            no_ack_topic: help.contains("--no-ack-topic"),
+        }
+    }
 }
 
 impl SimSettings {
@@ -68,6 +102,12 @@ impl SimSettings {
         }
         if self.binary {
             args.push("--binary".to_owned());
+        }
+        if self.puback_not_durable {
+            args.push("--puback-not-durable".to_owned());
+        }
+        if self.no_ack_topic {
+            args.push("--no-ack-topic".to_owned());
         }
         args
     }
@@ -92,6 +132,29 @@ impl SimSettings {
                 part
             })
             .collect()
+    }
+}
+
+/// One simulator process's outcome: its report, and its PUBACK latency when it
+/// reports one (`None`: a simulator without it, or no message settled by a PUBACK).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct SimOutcome {
+    pub(crate) report: Report,
+    pub(crate) puback_ms: Option<LatencySummary>,
+}
+
+impl SimOutcome {
+    /// Parses `meterflow-sim --json` output.
+    pub(crate) fn parse(json: &str) -> anyhow::Result<SimOutcome> {
+        let value: serde_json::Value = serde_json::from_str(json.trim())?;
+        let puback_ms = value
+            .get("puback_latency_ms")
+            .and_then(|v| LatencySummary::deserialize(v).ok())
+            .filter(|l| l.max > 0.0);
+        Ok(SimOutcome {
+            report: Report::deserialize(&value)?,
+            puback_ms,
+        })
     }
 }
 
@@ -168,7 +231,7 @@ impl SimFleet {
 
     /// Waits for every process (killing any still running `hard_deadline` from now)
     /// and returns their reports.
-    pub(crate) fn wait(mut self, hard_deadline: Duration) -> anyhow::Result<Vec<Report>> {
+    pub(crate) fn wait(mut self, hard_deadline: Duration) -> anyhow::Result<Vec<SimOutcome>> {
         let deadline = Instant::now() + hard_deadline;
         while !self.finished() && Instant::now() < deadline {
             self.poll_cpu();
@@ -195,9 +258,9 @@ impl SimFleet {
             if !matches!(status.code(), Some(0 | 1)) && stdout.trim().is_empty() {
                 bail!("meterflow-sim failed ({status}); see its log in the run directory");
             }
-            let report: Report = serde_json::from_str(stdout.trim())
+            let outcome = SimOutcome::parse(&stdout)
                 .with_context(|| format!("meterflow-sim printed no JSON report ({status})"))?;
-            reports.push(report);
+            reports.push(outcome);
         }
         Ok(reports)
     }
@@ -213,56 +276,73 @@ impl Drop for SimFleet {
     }
 }
 
-/// One report for a fleet split over several processes (see the module docs for how
-/// percentiles are combined).
-pub(crate) fn merge(reports: &[Report]) -> Report {
-    let Some(first) = reports.first() else {
-        return Report::default();
+/// One outcome for a fleet split over several processes (see the module docs for
+/// how percentiles are combined).
+pub(crate) fn merge(outcomes: &[SimOutcome]) -> SimOutcome {
+    let Some(first) = outcomes.first() else {
+        return SimOutcome::default();
     };
-    if reports.len() == 1 {
+    if outcomes.len() == 1 {
         return first.clone();
     }
-    let sum = |f: fn(&Report) -> u64| reports.iter().map(f).sum::<u64>();
-    let max = |f: fn(&Report) -> f64| reports.iter().map(f).fold(0.0, f64::max);
+    let reports: Vec<&Report> = outcomes.iter().map(|o| &o.report).collect();
+    let sum = |f: fn(&Report) -> u64| reports.iter().map(|r| f(r)).sum::<u64>();
+    let max = |f: fn(&Report) -> f64| reports.iter().map(|r| f(r)).fold(0.0, f64::max);
     let acked = sum(|r| r.acked);
     let elapsed_s = max(|r| r.elapsed_s).max(1e-9);
     let readings: f64 = reports.iter().map(|r| r.readings_per_s * r.elapsed_s).sum();
-    let weighted_p50 = if acked > 0 {
-        reports
-            .iter()
-            .map(|r| r.ack_latency_ms.p50 * r.acked as f64)
-            .sum::<f64>()
-            / acked as f64
+    // Field by field over a copy of the first, so fields this harness does not know
+    // (a newer simulator's) keep the first part's values.
+    let mut report = first.report.clone();
+    report.meters = reports.iter().map(|r| r.meters).sum();
+    report.messages = sum(|r| r.messages);
+    report.sent = sum(|r| r.sent);
+    report.acked = acked;
+    report.unacked = sum(|r| r.unacked);
+    report.resent = sum(|r| r.resent);
+    report.msgs_per_s = acked as f64 / elapsed_s;
+    report.readings_per_s = readings / elapsed_s;
+    report.elapsed_s = elapsed_s;
+    report.connect_s = max(|r| r.connect_s);
+    report.ack_latency_ms =
+        merge_latency(reports.iter().map(|r| (r.ack_latency_ms, r.acked))).unwrap_or_default();
+    report.reconnects = sum(|r| r.reconnects);
+    report.connection_errors = sum(|r| r.connection_errors);
+    report.bad_acks = sum(|r| r.bad_acks);
+    report.duplicates = sum(|r| r.duplicates);
+    report.out_of_order = sum(|r| r.out_of_order);
+    report.malformed = sum(|r| r.malformed);
+    report.storms = max(|r| r.storms as f64) as u64;
+    report.storm_disconnects = sum(|r| r.storm_disconnects);
+    report.stopped_early = reports.iter().any(|r| r.stopped_early);
+    SimOutcome {
+        report,
+        puback_ms: merge_latency(
+            outcomes
+                .iter()
+                .filter_map(|o| Some((o.puback_ms?, o.report.acked))),
+        ),
+    }
+}
+
+/// Latency summaries of several processes as one: p50 weighted by `weight` (an
+/// estimate), p99 and max the largest (upper bounds). `None` when there are none.
+fn merge_latency(parts: impl Iterator<Item = (LatencySummary, u64)>) -> Option<LatencySummary> {
+    let parts: Vec<(LatencySummary, u64)> = parts.collect();
+    if parts.is_empty() {
+        return None;
+    }
+    let weight: u64 = parts.iter().map(|p| p.1).sum();
+    let p50 = if weight > 0 {
+        parts.iter().map(|(l, w)| l.p50 * *w as f64).sum::<f64>() / weight as f64
     } else {
         0.0
     };
-    Report {
-        meters: reports.iter().map(|r| r.meters).sum(),
-        messages: sum(|r| r.messages),
-        sent: sum(|r| r.sent),
-        acked,
-        unacked: sum(|r| r.unacked),
-        resent: sum(|r| r.resent),
-        msgs_per_s: acked as f64 / elapsed_s,
-        readings_per_s: readings / elapsed_s,
-        elapsed_s,
-        connect_s: max(|r| r.connect_s),
-        ack_latency_ms: LatencySummary {
-            p50: weighted_p50,
-            p99: max(|r| r.ack_latency_ms.p99),
-            max: max(|r| r.ack_latency_ms.max),
-        },
-        reconnects: sum(|r| r.reconnects),
-        connection_errors: sum(|r| r.connection_errors),
-        bad_acks: sum(|r| r.bad_acks),
-        duplicates: sum(|r| r.duplicates),
-        out_of_order: sum(|r| r.out_of_order),
-        malformed: sum(|r| r.malformed),
-        storms: max(|r| r.storms as f64) as u64,
-        storm_disconnects: sum(|r| r.storm_disconnects),
-        start_ts_ms: first.start_ts_ms,
-        stopped_early: reports.iter().any(|r| r.stopped_early),
-    }
+    Some(LatencySummary {
+        p50,
+        p99: parts.iter().map(|p| p.0.p99).fold(0.0, f64::max),
+        max: parts.iter().map(|p| p.0.max).fold(0.0, f64::max),
+    })
 }
 
 /// The `meterflow-sim` next to the `meterflow` binary unless given.
@@ -287,6 +367,8 @@ mod tests {
             ack_timeout_ms: 5000,
             connect_concurrency: 64,
             binary: false,
+            puback_not_durable: false,
+            no_ack_topic: false,
         }
     }
 
@@ -320,25 +402,85 @@ mod tests {
         let args = closed.args();
         assert!(!args.iter().any(|a| a.starts_with("--rate")));
         assert!(args.contains(&"--binary".to_owned()));
+        assert!(
+            !args
+                .iter()
+                .any(|a| a.contains("puback") || a.contains("ack-topic"))
+        );
+        let peer = SimSettings {
+            puback_not_durable: true,
+            ..settings()
+        };
+        assert!(peer.args().contains(&"--puback-not-durable".to_owned()));
+    }
+
+    #[test]
+    fn puback_latency_is_read_when_reported() {
+        let full = serde_json::to_string(&Report {
+            acked: 5,
+            ..Report::default()
+        })
+        .unwrap();
+        // Whether or not this simulator's Report has the field, removing it gives the
+        // report of a simulator without it.
+        let mut value: serde_json::Value = serde_json::from_str(&full).unwrap();
+        value.as_object_mut().unwrap().remove("puback_latency_ms");
+        let full = value.to_string();
+        let parsed = SimOutcome::parse(&full).unwrap();
+        assert_eq!(parsed.report.acked, 5);
+        assert_eq!(parsed.puback_ms, None);
+        let mut value: serde_json::Value = serde_json::from_str(&full).unwrap();
+        value["puback_latency_ms"] = serde_json::json!({"p50": 4.0, "p99": 9.5, "max": 12.0});
+        let parsed = SimOutcome::parse(&value.to_string()).unwrap();
+        assert_eq!(
+            parsed.puback_ms,
+            Some(LatencySummary {
+                p50: 4.0,
+                p99: 9.5,
+                max: 12.0
+            })
+        );
+        // An empty histogram (nothing settled by a PUBACK) is no latency.
+        value["puback_latency_ms"] = serde_json::json!({"p50": 0.0, "p99": 0.0, "max": 0.0});
+        assert_eq!(
+            SimOutcome::parse(&value.to_string()).unwrap().puback_ms,
+            None
+        );
     }
 
     #[test]
     fn merge_adds_counts_and_bounds_percentiles() {
-        let part = |acked, p50, p99, elapsed_s| Report {
-            meters: 5,
-            messages: acked,
-            sent: acked,
-            acked,
-            readings_per_s: acked as f64 * 24.0 / elapsed_s,
-            elapsed_s,
-            ack_latency_ms: LatencySummary {
-                p50,
-                p99,
-                max: p99 * 2.0,
+        let part = |acked, p50, p99, elapsed_s| SimOutcome {
+            report: Report {
+                meters: 5,
+                messages: acked,
+                sent: acked,
+                acked,
+                readings_per_s: acked as f64 * 24.0 / elapsed_s,
+                elapsed_s,
+                ack_latency_ms: LatencySummary {
+                    p50,
+                    p99,
+                    max: p99 * 2.0,
+                },
+                ..Report::default()
             },
-            ..Report::default()
+            puback_ms: (p50 > 15.0).then_some(LatencySummary {
+                p50: 1.0,
+                p99: 2.0,
+                max: 3.0,
+            }),
         };
         let merged = merge(&[part(300, 10.0, 50.0, 2.0), part(100, 20.0, 40.0, 4.0)]);
+        assert_eq!(
+            merged.puback_ms,
+            Some(LatencySummary {
+                p50: 1.0,
+                p99: 2.0,
+                max: 3.0
+            })
+        );
+        let merged = merged.report;
         assert_eq!(merged.acked, 400);
         assert_eq!(merged.meters, 10);
         assert!((merged.elapsed_s - 4.0).abs() < 1e-9);
@@ -347,6 +489,6 @@ mod tests {
         assert!((merged.ack_latency_ms.p50 - 12.5).abs() < 1e-9);
         assert_eq!(merged.ack_latency_ms.p99, 50.0);
         assert_eq!(merged.ack_latency_ms.max, 100.0);
-        assert_eq!(merge(&[]), Report::default());
+        assert_eq!(merge(&[]), SimOutcome::default());
     }
 }

@@ -1,8 +1,10 @@
-//! `meterflow-bench`: end-to-end scenarios against a real `meterflow` process and a
-//! peer baseline (Mosquitto with a counting acker), driven by `meterflow-sim`.
+//! `meterflow-bench`: end-to-end scenarios against a real `meterflow` process and
+//! peer baselines (Mosquitto and rumqttd, each with a counting acker), driven by
+//! `meterflow-sim`.
 //!
 //! ```sh
 //! cargo build --release --bin meterflow --bin meterflow-sim
+//! cargo build --release -p meterflow-bench                  # the harness and rumqttd-peer
 //! cargo run --release -p meterflow-bench -- single        # or burst24, connections, cassandra, all
 //! cargo run --release -p meterflow-bench -- single --quick  # seconds, for development
 //! cargo run --release -p meterflow-bench -- path/to/case.toml
@@ -15,7 +17,8 @@
 //!
 //! Modules: [`scenario`] (scenario files), [`procfs`] (CPU/RSS/connections from
 //! /proc), [`prom`] (Prometheus text), [`http`] (a tiny GET), [`mqtt_wire`] +
-//! [`peer_acker`] (the peer's subscriber), [`targets`] (meterflow and mosquitto processes), [`loadgen`] (simulator
+//! [`peer_acker`] (the peers' subscriber), [`targets`] (meterflow and the peer
+//! brokers' processes; the rumqttd peer is `src/bin/rumqttd-peer.rs`), [`loadgen`] (simulator
 //! processes), [`sustain`] (the sustainability rule), [`sweep`] (throughput
 //! scenarios), [`connections`] (the connections scenario), [`record`] (JSON lines),
 //! [`readme`] (the README summary) and [`svg`] (the plot).
@@ -46,19 +49,22 @@ use anyhow::Context;
 use clap::Parser;
 
 use crate::connections::ConnectionsSettings;
+use crate::loadgen::SimFeatures;
 use crate::record::{BinaryInfo, ConnectionsRecord, Machine, Revision, ThroughputRecord};
 use crate::scenario::{ConnectionsFile, ScenarioFile, ThroughputFile};
 use crate::sustain::Criteria;
 use crate::sweep::{Env, SweepSettings};
-use crate::targets::{MeterflowOptions, TargetKind};
+use crate::targets::{MeterflowOptions, Peer, PeerOptions, TargetKind};
 
 /// Descriptors kept free below the hard limit in the `connections` scenario: the
-/// target's own files (store, listeners, HTTP) and the harness's scrapes.
-const FD_HEADROOM: usize = 500;
+/// target's own files (store, listeners, HTTP) and the harness's scrapes. Above
+/// meterflow's own reserve (512: it caps `mqtt.max_connections` at the limit less
+/// that), so every system is asked for the same number of meters and can hold them.
+const FD_HEADROOM: usize = 600;
 /// The scenarios `all` runs, in order.
 const ALL: [&str; 4] = ["single", "burst24", "connections", "cassandra"];
 
-/// End-to-end benchmarks of meterflow against a Mosquitto baseline.
+/// End-to-end benchmarks of meterflow against Mosquitto and rumqttd baselines.
 #[derive(Debug, Parser)]
 #[command(name = "meterflow-bench")]
 struct Args {
@@ -74,11 +80,18 @@ struct Args {
     /// The mosquitto binary (default: $MOSQUITTO_BIN, /usr/sbin/mosquitto, or PATH).
     #[arg(long)]
     mosquitto: Option<PathBuf>,
-    /// Skip the Mosquitto peer baseline.
+    /// The rumqttd peer binary (default: `rumqttd-peer` next to this harness; built
+    /// by `cargo build --release -p meterflow-bench`).
+    #[arg(long)]
+    rumqttd: Option<PathBuf>,
+    /// The peer baselines, comma-separated, in the order they run.
+    #[arg(long, value_delimiter = ',', default_value = "mosquitto,rumqttd")]
+    peers: Vec<String>,
+    /// Skip the peer baselines (the same as an empty --peers).
     #[arg(long)]
     no_peer: bool,
-    /// Run Mosquitto with Nagle on (default: TCP_NODELAY, as meterflow sets on its
-    /// embedded broker's sockets).
+    /// Run the peers with Nagle on (default: TCP_NODELAY on their accepted sockets, as
+    /// meterflow's endpoint sets).
     #[arg(long)]
     peer_nagle: bool,
     /// Peer acker connections: 1 (default) is the single counting subscriber; more
@@ -106,6 +119,10 @@ struct Args {
     /// Binary (0x01 + bincode) uplinks instead of the scenario's choice.
     #[arg(long)]
     binary: bool,
+    /// meterflow's meters rely on PUBACKs alone and do not subscribe to the ack topic
+    /// (`meterflow-sim --no-ack-topic`; the peers always need the ack topic).
+    #[arg(long)]
+    no_ack_topic: bool,
     /// Override the meters `connections` connects (default: the open-file limit less headroom).
     #[arg(long)]
     connections: Option<usize>,
@@ -146,6 +163,51 @@ fn workspace_dir() -> PathBuf {
     bench_dir()
         .parent()
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Where cargo puts release binaries: `$CARGO_TARGET_DIR/release` when set (as when
+/// the harness runs under `cargo run`), else this workspace's `target/release`.
+fn release_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_dir().join("target"), PathBuf::from)
+        .join("release")
+}
+
+/// The peers asked for, with their binaries (an error names what is missing).
+fn find_peers(args: &Args) -> anyhow::Result<Vec<Peer>> {
+    if args.no_peer {
+        return Ok(Vec::new());
+    }
+    let mut peers = Vec::new();
+    for name in args.peers.iter().filter(|n| !n.trim().is_empty()) {
+        let kind = TargetKind::peer(name)
+            .with_context(|| format!("unknown peer {name:?} (known: mosquitto, rumqttd)"))?;
+        let binary = match kind {
+            TargetKind::Mosquitto => find_mosquitto(args.mosquitto.as_deref()).context(
+                "mosquitto not found: install it (`apt-get install mosquitto`), pass --mosquitto PATH, --peers rumqttd or --no-peer",
+            )?,
+            _ => {
+                let path = args.rumqttd.clone().unwrap_or_else(|| {
+                    std::env::current_exe()
+                        .ok()
+                        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+                        .unwrap_or_else(release_dir)
+                        .join("rumqttd-peer")
+                });
+                if !path.is_file() {
+                    anyhow::bail!(
+                        "no rumqttd peer at {}: build it with `cargo build --release -p meterflow-bench`, or pass --rumqttd PATH, --peers mosquitto or --no-peer",
+                        path.display()
+                    );
+                }
+                path
+            }
+        };
+        if !peers.iter().any(|p: &Peer| p.kind == kind) {
+            peers.push(Peer { kind, binary });
+        }
+    }
+    Ok(peers)
 }
 
 fn find_mosquitto(explicit: Option<&Path>) -> Option<PathBuf> {
@@ -227,22 +289,19 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let meterflow_bin = args
         .meterflow
         .clone()
-        .unwrap_or_else(|| workspace_dir().join("target/release/meterflow"));
+        .unwrap_or_else(|| release_dir().join("meterflow"));
     let sim = args
         .sim
         .clone()
         .unwrap_or_else(|| loadgen::default_sim_binary(&meterflow_bin));
-    let mosquitto = if args.no_peer {
-        None
-    } else {
-        let found = find_mosquitto(args.mosquitto.as_deref());
-        if found.is_none() {
-            anyhow::bail!(
-                "mosquitto not found: install it (`apt-get install mosquitto`), pass --mosquitto PATH, or run with --no-peer"
-            );
-        }
-        found
-    };
+    let peers = find_peers(args)?;
+    let sim_features = SimFeatures::probe(&sim);
+    if args.no_ack_topic && !sim_features.no_ack_topic {
+        anyhow::bail!(
+            "--no-ack-topic: {} has no --no-ack-topic flag",
+            sim.display()
+        );
+    }
     let scenarios_dir = args
         .scenarios
         .clone()
@@ -257,9 +316,13 @@ fn run(args: &Args) -> anyhow::Result<()> {
             extra_args: Vec::new(),
         },
         sim,
-        mosquitto,
-        peer_nodelay: !args.peer_nagle,
-        peer_ackers: args.peer_ackers.max(1),
+        sim_features,
+        meterflow_no_ack_topic: args.no_ack_topic,
+        peers,
+        peer_options: PeerOptions {
+            nodelay: !args.peer_nagle,
+            ackers: args.peer_ackers.max(1),
+        },
         log_dir: run_dir.path().to_path_buf(),
         criteria: Criteria::default(),
     };
@@ -276,14 +339,31 @@ fn run(args: &Args) -> anyhow::Result<()> {
     if args.quick {
         notes.push("quick mode (development): tiny steps, not a measurement".to_owned());
     }
+    if !env.peers.is_empty() && !env.sim_features.puback_not_durable {
+        notes.push(
+            "this meterflow-sim has no --puback-not-durable: against the peers it settles messages by the acker's ack only, as before PUBACK latency existed".to_owned(),
+        );
+    }
+    if args.no_ack_topic {
+        notes.push(
+            "meterflow's meters did not subscribe to the ack topic (--no-ack-topic): PUBACKs alone settled their messages".to_owned(),
+        );
+    }
     println!(
-        "meterflow-bench: {} with {}, sim {}, peer {}, open files {open_files}",
+        "meterflow-bench: {} with {}, sim {} ({:?}), peers {}, open files {open_files}",
         args.scenario,
         meterflow_bin.display(),
         env.sim.display(),
-        env.mosquitto
-            .as_deref()
-            .map_or_else(|| "none".to_owned(), |p| p.display().to_string()),
+        env.sim_features,
+        if env.peers.is_empty() {
+            "none".to_owned()
+        } else {
+            env.peers
+                .iter()
+                .map(|p| format!("{} ({})", p.kind.name(), p.binary.display()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
     );
 
     let names: Vec<String> = if args.scenario == "all" {
@@ -418,12 +498,12 @@ fn throughput(
         binary_payloads: args.binary || file.sim.binary,
     };
     println!("== {scenario} ({}): {settings:?}", file.description);
-    let (meterflow, peer) = sweep::run_scenario(env, &settings, env.mosquitto.is_some())?;
+    let (meterflow, peers) = sweep::run_scenario(env, &settings)?;
     machine.loadavg_end = record::loadavg();
-    let ratios = peer.as_ref().map(|p| sweep::ratios(&meterflow, p));
+    let peer_ratios: Vec<_> = peers.iter().map(|p| sweep::ratios(&meterflow, p)).collect();
 
     let mut notes = notes.to_vec();
-    for sweep in std::iter::once(&meterflow).chain(peer.as_ref()) {
+    for sweep in std::iter::once(&meterflow).chain(&peers) {
         if let Some(best) = &sweep.best {
             let total = best.cpu_pct + best.generator_cpu_pct;
             if total > 170.0 {
@@ -442,31 +522,65 @@ fn throughput(
         machine,
         settings,
         criteria: env.criteria,
-        peer_setup: format!(
-            "mosquitto 2.x, memory only (persistence false, max_queued_messages 0, {}), one raw-MQTT subscriber on meters/+/+/up at QoS 0 that answers every uplink with {{\"seq\":W}} (contiguous watermark) at QoS 0 and stores nothing",
-            if env.peer_nodelay {
-                "TCP_NODELAY"
-            } else {
-                "Nagle on"
-            }
-        ),
+        peer_setup: peer_setup(env),
+        sim_features: Some(env.sim_features),
         meterflow,
-        peer,
-        ratios,
+        peers,
+        peer_ratios,
+        peer: None,
+        ratios: None,
         plot: Some(format!("results/{scenario}.svg")),
         notes,
     };
     record::append(results, scenario, &record)?;
     write_plot(results, &record)?;
-    if let Some(r) = &record.ratios {
+    for r in &record.peer_ratios {
         println!(
-            "== {scenario}: meterflow ÷ mosquitto: sustainable ×{:.2}, closed loop ×{:.2}, ack p99 at common rate ×{:.2}",
+            "== {scenario}: meterflow ÷ {}: sustainable ×{:.2}, closed loop ×{:.2}, ack p99 at common rate ×{:.2}, at half rate ×{:.2}, CPU µs/msg ×{:.2} (at half rate ×{:.2})",
+            r.peer,
             r.sustainable_msgs_per_s.unwrap_or(f64::NAN),
             r.closed_loop_msgs_per_s.unwrap_or(f64::NAN),
             r.ack_p99_at_common_rate.unwrap_or(f64::NAN),
+            r.ack_p99_at_half_rate.unwrap_or(f64::NAN),
+            r.cpu_us_per_msg_at_common_rate.unwrap_or(f64::NAN),
+            r.cpu_us_per_msg_at_half_rate.unwrap_or(f64::NAN),
         );
     }
     Ok(())
+}
+
+/// How the peers were set up, in words (for the record).
+fn peer_setup(env: &Env) -> String {
+    if env.peers.is_empty() {
+        return "no peers".to_owned();
+    }
+    let nodelay = if env.peer_options.nodelay {
+        "TCP_NODELAY on accepted sockets"
+    } else {
+        "Nagle on"
+    };
+    let brokers: Vec<&str> = env
+        .peers
+        .iter()
+        .map(|p| match p.kind {
+            TargetKind::Mosquitto => {
+                "mosquitto 2.x, memory only (persistence false, max_queued_messages 0)"
+            }
+            _ => {
+                "rumqttd 0.20 (bench/src/bin/rumqttd-peer.rs: meterflow's former embedded-broker settings — max_connections 30000, segments 32 MiB × 8, 1 KiB ack-filter logs, max_outgoing_packet_count 200, dynamic filters)"
+            }
+        })
+        .collect();
+    format!(
+        "{}; {nodelay}; each with {} raw-MQTT subscriber(s) on meters/+/+/up at QoS 0 that answer every uplink with {{\"seq\":W}} (contiguous watermark) at QoS 0 and store nothing{}",
+        brokers.join("; "),
+        env.peer_options.ackers,
+        if env.sim_features.puback_not_durable {
+            "; meters run with --puback-not-durable (the broker's PUBACK settles nothing)"
+        } else {
+            ""
+        }
+    )
 }
 
 fn connections(
@@ -523,11 +637,15 @@ fn connections(
             &settings,
         )?);
     }
-    if env.mosquitto.is_some() {
+    for peer in &env.peers {
+        let label = match peer.kind {
+            TargetKind::Mosquitto => "memory only",
+            _ => "meterflow's former embedded-broker settings",
+        };
         runs.push(connections::run(
             env,
-            TargetKind::Mosquitto,
-            "memory only",
+            peer.kind,
+            label,
             &env.meterflow,
             &settings,
         )?);
@@ -540,6 +658,10 @@ fn connections(
     notes.push(
         "every meter connects from 127.0.0.1 (rumqttc binds to a device, not to a source address); the ephemeral port range (28,232 ports) is above the descriptor limit, so it does not bind".to_owned(),
     );
+    notes.push(format!(
+        "the peers ran with {} acker connection(s) each, as in the throughput scenarios; they are in the peers' RSS",
+        env.peer_options.ackers
+    ));
     let record = ConnectionsRecord {
         scenario: scenario.to_owned(),
         timestamp: record::now_rfc3339(),
@@ -557,9 +679,10 @@ fn connections(
 /// `results/{scenario}.svg` for a throughput record (a pure function of the record,
 /// so `meterflow-bench readme` can redraw it).
 fn write_plot(results: &Path, record: &ThroughputRecord) -> anyhow::Result<()> {
+    const PEER_COLORS: [&str; 3] = ["#ff7f0e", "#2ca02c", "#9467bd"];
     let mut series = vec![sweep::series(&record.meterflow, "#1f77b4")];
-    if let Some(peer) = &record.peer {
-        series.push(sweep::series(peer, "#ff7f0e"));
+    for (peer, color) in record.all_peers().zip(PEER_COLORS.iter().cycle()) {
+        series.push(sweep::series(peer, color));
     }
     let subtitle = format!(
         "{} meters, {} reading(s)/msg, {} · commit {}{} · load avg {} → {}{}",
@@ -581,7 +704,11 @@ fn write_plot(results: &Path, record: &ThroughputRecord) -> anyhow::Result<()> {
         results.join(format!("{}.svg", record.scenario)),
         svg::plot(
             &format!(
-                "meterflow vs mosquitto — {}: throughput and ack p99 against offered rate",
+                "{} — {}: throughput and ack p99 against offered rate",
+                std::iter::once("meterflow")
+                    .chain(record.all_peers().map(|p| p.target.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(" vs "),
                 record.scenario
             ),
             &subtitle,

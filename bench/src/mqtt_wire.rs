@@ -1,6 +1,6 @@
 //! The few MQTT 3.1.1 packets the peer-baseline acker speaks, as pure encode and
-//! decode functions over byte buffers (no socket here): CONNECT, SUBSCRIBE and QoS 0
-//! PUBLISH out; CONNACK, SUBACK and PUBLISH in.
+//! decode functions over byte buffers (no socket here): CONNECT, SUBSCRIBE, QoS 0
+//! PUBLISH and PINGREQ out; CONNACK, SUBACK and PUBLISH in (PINGRESP is skipped).
 //!
 //! Wire format (MQTT 3.1.1 §2): a fixed header byte (type in the high nibble, flags
 //! in the low), the remaining length as a 1–4 byte base-128 varint, then the body.
@@ -98,6 +98,11 @@ pub(crate) fn connect(out: &mut Vec<u8>, client_id: &str, keep_alive_s: u16) {
     put_str(out, client_id.as_bytes());
 }
 
+/// PINGREQ: keeps a connection with a keep-alive open while it sends nothing else.
+pub(crate) fn pingreq(out: &mut Vec<u8>) {
+    out.extend_from_slice(&[0xc0, 0x00]);
+}
+
 /// SUBSCRIBE to one filter at `qos`.
 pub(crate) fn subscribe(out: &mut Vec<u8>, packet_id: u16, filter: &str, qos: u8) {
     let body_len = 2 + 2 + filter.len() + 1;
@@ -184,6 +189,14 @@ mod tests {
             next_frame(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01]),
             Err(FrameError::BadLength)
         );
+    }
+
+    #[test]
+    fn pingreq_is_a_bare_fixed_header() {
+        let mut out = Vec::new();
+        pingreq(&mut out);
+        let frame = next_frame(&out).unwrap().unwrap();
+        assert_eq!((frame.packet_type, frame.body.len(), frame.len), (12, 0, 2));
     }
 
     #[test]

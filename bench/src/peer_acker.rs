@@ -1,6 +1,7 @@
-//! The peer baseline's "service": ONE MQTT subscriber on a bare broker (Mosquitto)
-//! that only counts uplinks and answers each with the ack meterflow would send, so the
-//! same simulator closes its loop against a broker with no pipeline behind it.
+//! The peer baselines' "service": ONE MQTT subscriber on a bare broker (Mosquitto or
+//! rumqttd) that only counts uplinks and answers each with the ack meterflow would
+//! send, so the same simulator closes its loop against a broker with no pipeline
+//! behind it.
 //!
 //! It does no decoding beyond finding the `seq`, no storage and no fsync, so the peer
 //! numbers are an upper bound for "broker only", not a like-for-like service.
@@ -8,12 +9,15 @@
 //! Path of one message: meter →(QoS 1)→ broker →(QoS 0)→ acker →(QoS 0 `{"seq":W}` on
 //! `meters/{t}/{m}/ack`)→ broker →(QoS 0)→ meter. W is the meter's contiguous
 //! watermark (DESIGN §3) from the first seq seen, so a message the broker drops on the
-//! way to the acker is never acked; such gaps are counted (`gaps`), the analogue of
-//! meterflow's `meterflow_broker_skipped_total`.
+//! way to the acker is never acked; such gaps are counted (`gaps`): a skip (rumqttd's
+//! router skips messages for a subscriber that falls behind) or a drop.
 //!
 //! One blocking thread: read whatever the socket has, handle every complete packet
 //! in the buffer, then write all the acks it produced in one `write`. Batching the
 //! writes this way keeps the acker far below the broker's cost per message.
+//!
+//! The acker runs on a thread of the harness; its CPU time (`/proc/self/task/<tid>`)
+//! is counted with the broker's as the peer's service CPU.
 //!
 //! The specified peer is ONE such subscriber. Mosquitto reads one packet per socket
 //! per pass of its event loop, so all acks funnelling through one connection can be
@@ -41,6 +45,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(200);
 /// Read buffer: a few hundred uplinks per read at full speed.
 const READ_CHUNK: usize = 256 * 1024;
+/// Keep-alive of the acker's connection: rumqttd refuses 0 ("no keep-alive"), so the
+/// acker says 60 s and sends a PINGREQ after [`PING_AFTER`] without writing.
+const KEEP_ALIVE_S: u16 = 60;
+const PING_AFTER: Duration = Duration::from_secs(20);
 
 /// Live counters of the acker.
 #[derive(Debug, Default)]
@@ -51,6 +59,18 @@ pub(crate) struct AckerCounters {
     pub(crate) gaps: AtomicU64,
     /// Uplinks without a readable seq.
     pub(crate) unreadable: AtomicU64,
+    /// The acker thread's kernel thread id (0 until it runs).
+    pub(crate) tid: AtomicU64,
+}
+
+impl AckerCounters {
+    /// CPU seconds the acker thread has used (`None` before it runs or once it ended).
+    pub(crate) fn cpu_seconds(&self) -> Option<f64> {
+        match self.tid.load(Ordering::Relaxed) {
+            0 => None,
+            tid => crate::procfs::thread_cpu_seconds(tid),
+        }
+    }
 }
 
 /// A running acker; stops when dropped or [`PeerAcker::stop`]ped.
@@ -75,7 +95,11 @@ impl PeerAcker {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
         let mut out = Vec::new();
-        mqtt_wire::connect(&mut out, &format!("meterflow-bench-acker-{index}"), 0);
+        mqtt_wire::connect(
+            &mut out,
+            &format!("meterflow-bench-acker-{index}"),
+            KEEP_ALIVE_S,
+        );
         mqtt_wire::subscribe(&mut out, 1, filter, 0);
         stream.write_all(&out)?;
 
@@ -172,6 +196,15 @@ fn ack_loop(
     counters: &AckerCounters,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
+    counters.tid.store(
+        u64::from(
+            rustix::thread::gettid()
+                .as_raw_nonzero()
+                .get()
+                .unsigned_abs(),
+        ),
+        Ordering::Relaxed,
+    );
     let mut watermarks = Watermarks {
         contiguous,
         ..Watermarks::default()
@@ -179,6 +212,7 @@ fn ack_loop(
     let mut out = Vec::with_capacity(READ_CHUNK);
     let mut ack_topic = Vec::with_capacity(96);
     let mut payload = Vec::with_capacity(32);
+    let mut last_write = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         read_some(&mut stream, &mut buf)?;
         let mut consumed = 0;
@@ -219,7 +253,11 @@ fn ack_loop(
             }
         }
         buf.drain(..consumed);
+        if out.is_empty() && last_write.elapsed() > PING_AFTER {
+            mqtt_wire::pingreq(&mut out);
+        }
         if !out.is_empty() {
+            last_write = Instant::now();
             stream
                 .write_all(&out)
                 .context("peer acker: writing acks to the broker")?;

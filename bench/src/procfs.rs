@@ -197,6 +197,33 @@ pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(parse_stat_cpu_ticks(&stat)? as f64 / clock_ticks_per_second().max(1) as f64)
 }
 
+/// Seconds a process's live threads have spent runnable but waiting for a CPU
+/// (`run_delay`, the second field of `/proc/<pid>/task/<tid>/schedstat`): how much
+/// the machine's other load held it back. Threads that have exited no longer count.
+pub(crate) fn runqueue_wait_seconds(pid: u32) -> Option<f64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut ns = 0u64;
+    for task in tasks.flatten() {
+        let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        ns += parse_schedstat_wait_ns(&text).unwrap_or(0);
+    }
+    Some(ns as f64 / 1e9)
+}
+
+/// The run-queue wait in ns from the text of a `schedstat` file (`on-CPU ns`,
+/// `waiting ns`, `timeslices`).
+pub(crate) fn parse_schedstat_wait_ns(text: &str) -> Option<u64> {
+    text.split_ascii_whitespace().nth(1)?.parse().ok()
+}
+
+/// Cumulative CPU seconds of one thread of this process, `None` once it is gone.
+pub(crate) fn thread_cpu_seconds(tid: u64) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    Some(parse_stat_cpu_ticks(&stat)? as f64 / clock_ticks_per_second().max(1) as f64)
+}
+
 /// Resident and peak resident memory of a process, KiB.
 pub(crate) fn memory_kib(pid: u32) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -298,6 +325,14 @@ mod tests {
     fn this_process_can_be_read() {
         let pid = std::process::id();
         assert!(cpu_seconds(pid).is_some());
+        assert!(runqueue_wait_seconds(pid).is_some());
+        assert_eq!(parse_schedstat_wait_ns("123 456 7\n"), Some(456));
+        assert_eq!(parse_schedstat_wait_ns("123"), None);
+        let tid = rustix::thread::gettid()
+            .as_raw_nonzero()
+            .get()
+            .unsigned_abs();
+        assert!(thread_cpu_seconds(u64::from(tid)).is_some());
         let (rss, hwm) = memory_kib(pid).unwrap();
         assert!(rss > 0 && hwm >= rss);
         assert!(open_fds(pid).unwrap() >= 3);

@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 
 use crate::record::{ConnectionsRecord, ThroughputRecord};
-use crate::sweep::{StepRecord, TargetSweep};
+use crate::sweep::{Latency, StepRecord, TargetSweep};
 
 pub(crate) const BEGIN: &str =
     "<!-- BEGIN meterflow-bench results (written by the harness; edits are overwritten) -->";
@@ -51,6 +51,54 @@ fn fmt_rate(value: f64) -> String {
     out
 }
 
+fn fmt_opt(value: Option<f64>, decimals: usize) -> String {
+    value.map_or_else(|| "–".to_owned(), |v| format!("{v:.decimals$}"))
+}
+
+/// The PUBACK-only step at `step`'s offered rate, if one ran.
+fn puback_step<'a>(sweep: &'a TargetSweep, step: &StepRecord) -> Option<&'a StepRecord> {
+    sweep
+        .puback_steps
+        .iter()
+        .find(|p| p.offered_msgs_per_s == step.offered_msgs_per_s)
+}
+
+/// PUBACK latency at `step`'s rate: its own, or its PUBACK step's.
+fn puback_at(sweep: &TargetSweep, step: &StepRecord) -> Option<Latency> {
+    step.puback_ms
+        .or_else(|| puback_step(sweep, step).and_then(|p| p.puback_ms))
+}
+
+/// `p50 / p99` of the PUBACK latency, or `–`.
+fn fmt_puback(latency: Option<Latency>) -> String {
+    latency.map_or_else(
+        || "–".to_owned(),
+        |p| format!("{:.1} / {:.1}", p.p50, p.p99),
+    )
+}
+
+fn half_cell(sweep: &TargetSweep) -> String {
+    sweep.half_step.as_ref().map_or_else(
+        || "–".to_owned(),
+        |half| {
+            let puback = puback_at(sweep, half).map_or_else(String::new, |p| {
+                format!(" (PUBACK {:.1} / {:.1})", p.p50, p.p99)
+            });
+            format!(
+                "{}: {:.1} / {:.1}{puback}{}",
+                fmt_rate(half.offered_msgs_per_s.unwrap_or(0.0)),
+                half.ack_ms.p50,
+                half.ack_ms.p99,
+                if step_is_sustainable(half) {
+                    ""
+                } else {
+                    " (not sustainable)"
+                }
+            )
+        },
+    )
+}
+
 fn best_row(scenario: &str, sweep: &TargetSweep, rpm: usize) -> String {
     let closed = &sweep.closed_loop;
     let closed_text = format!(
@@ -58,6 +106,7 @@ fn best_row(scenario: &str, sweep: &TargetSweep, rpm: usize) -> String {
         fmt_rate(closed.achieved_msgs_per_s),
         closed.ack_ms.p99
     );
+    let half = half_cell(sweep);
     match &sweep.best {
         Some(best) => {
             let service = best.service_ms.map_or_else(
@@ -65,23 +114,64 @@ fn best_row(scenario: &str, sweep: &TargetSweep, rpm: usize) -> String {
                 |s| format!("{:.0} / {:.0}", s.p99, s.p999),
             );
             format!(
-                "| {scenario} | {} | {} | {} | {:.1} / {:.1} / {:.1} | {service} | {:.0} | {:.0} / {:.0} | {closed_text} |",
+                "| {scenario} | {} | {} | {} | {:.1} / {:.1} / {:.1} | {} | {half} | {service} | {closed_text} |",
                 sweep.target,
                 fmt_rate(best.offered_msgs_per_s.unwrap_or(0.0)),
                 fmt_rate(best.offered_msgs_per_s.unwrap_or(0.0) * rpm as f64),
                 best.ack_ms.p50,
                 best.ack_ms.p99,
                 best.ack_ms.max,
-                best.cpu_pct,
-                best.rss_peak_mib,
-                sweep.rss_hwm_mib,
+                fmt_puback(puback_at(sweep, best)),
             )
         }
         None => format!(
-            "| {scenario} | {} | none sustainable | – | – | – | – | – / {:.0} | {closed_text} |",
-            sweep.target, sweep.rss_hwm_mib
+            "| {scenario} | {} | none sustainable | – | – | – | {half} | – | {closed_text} |",
+            sweep.target
         ),
     }
+}
+
+/// The cost row: CPU at the best step, CPU-µs per message and reading at the best
+/// and the half step, RSS.
+fn cost_row(scenario: &str, sweep: &TargetSweep) -> String {
+    let best = sweep.best.as_ref();
+    let half = sweep.half_step.as_ref();
+    let pair = |f: fn(&StepRecord) -> Option<f64>, decimals: usize| {
+        format!(
+            "{} / {}",
+            fmt_opt(best.and_then(f), decimals),
+            fmt_opt(half.and_then(f), decimals)
+        )
+    };
+    let puback_only = |step: Option<&StepRecord>| {
+        fmt_opt(
+            step.and_then(|s| puback_step(sweep, s))
+                .and_then(|p| p.cpu_us_per_msg),
+            1,
+        )
+    };
+    format!(
+        "| {scenario} | {} | {} | {} | {} | {} | {} / {} | {} | {} |",
+        sweep.target,
+        best.map_or_else(
+            || "–".to_owned(),
+            |b| format!("{:.0} / {:.0}", b.cpu_pct, b.generator_cpu_pct)
+        ),
+        pair(|s| s.cpu_us_per_msg, 1),
+        pair(|s| s.cpu_us_per_reading, 2),
+        pair(|s| s.generator_cpu_us_per_msg, 1),
+        puback_only(best),
+        puback_only(half),
+        best.and_then(|b| Some((b.service_cpu_s?, b.service_cpu_wait_s?)))
+            .map_or_else(
+                || "–".to_owned(),
+                |(on, wait)| format!("{on:.1} / {wait:.1}")
+            ),
+        best.map_or_else(
+            || format!("– / {:.0}", sweep.rss_hwm_mib),
+            |b| format!("{:.0} / {:.0}", b.rss_peak_mib, sweep.rss_hwm_mib)
+        ),
+    )
 }
 
 fn step_is_sustainable(step: &StepRecord) -> bool {
@@ -99,25 +189,46 @@ pub(crate) fn render(
         md,
         "Sustainable = every message acked by the step's deadline, achieved ≥ 95 % of offered, \
          ack p99 ≤ 1 s, no growing queue, nothing skipped or shed. Ack latency is publish→ack \
-         at the meters (simulator HDR histogram: p50 / p99 / max — it has no p999); \
+         at the meters (simulator HDR histogram: p50 / p99 / max — it has no p999). \
+         It is what the ack topic's `{{\"seq\":W}}` settled (the simulator ignores PUBACKs \
+         there); \"PUBACK\" is publish→PUBACK in meterflow's PUBACK steps, at the same rates with \
+         meters that do not subscribe to the ack topic, so its durable PUBACK alone settles \
+         (simulators that have `--no-ack-topic`). \"½\" is one more step at half of meterflow's \
+         sustainable rate, the same rate for every system. \
          \"service p99 / p999\" is meterflow's received→durable histogram (bucket-interpolated). \
-         CPU is % of one core (200 % = the whole machine) over the step's send phase; RSS is \
-         the peak during the best step / during the whole run (unsustainable steps included). \
-         The peer is Mosquitto with one counting subscriber that acks every uplink and stores \
-         nothing, meant as an upper bound for \"broker only\" (see the findings for where it \
-         is not one).\n"
+         CPU % is of one core (200 % = the whole machine) over the step's send phase; CPU µs is \
+         the service's CPU over the whole step (a peer's broker plus its acker) ÷ messages or \
+         readings acked, at the best / the ½ step, beside the seconds its threads spent on a CPU \
+         and runnable but waiting for one (schedstat run delay summed over its threads: other \
+         engineers' work, the generator and its own other threads) over the best step; RSS is the peak during the best step / \
+         during the whole run (unsustainable steps included). The peers are Mosquitto and \
+         rumqttd (meterflow's former embedded broker), each with one counting subscriber that \
+         acks every uplink and stores nothing, meant as an upper bound for \"broker only\" \
+         (see the findings for where it is not one).\n"
     );
     if !throughput.is_empty() {
         let _ = writeln!(
             md,
-            "| scenario | system | sustainable msgs/s (offered) | readings/s | ack ms p50 / p99 / max | service ms p99 / p999 | CPU % | RSS MiB best / peak | closed loop msgs/s |"
+            "| scenario | system | sustainable msgs/s (offered) | readings/s | ack ms p50 / p99 / max | PUBACK ms p50 / p99 | at ½: msgs/s: ack ms p50 / p99 | service ms p99 / p999 | closed loop msgs/s |"
         );
-        let _ = writeln!(md, "|---|---|---:|---:|---|---|---:|---|---|");
+        let _ = writeln!(md, "|---|---|---:|---:|---|---|---|---|---|");
         for record in throughput {
             let rpm = record.settings.readings_per_message;
             let _ = writeln!(md, "{}", best_row(&record.scenario, &record.meterflow, rpm));
-            if let Some(peer) = &record.peer {
+            for peer in record.all_peers() {
                 let _ = writeln!(md, "{}", best_row(&record.scenario, peer, rpm));
+            }
+        }
+        let _ = writeln!(md);
+        let _ = writeln!(
+            md,
+            "| scenario | system | CPU % service / generator | service CPU µs/msg best / ½ | service CPU µs/reading best / ½ | generator CPU µs/msg best / ½ | PUBACK only: service CPU µs/msg best / ½ | best step: service s on CPU / waiting for a CPU | RSS MiB best / peak |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+        for record in throughput {
+            let _ = writeln!(md, "{}", cost_row(&record.scenario, &record.meterflow));
+            for peer in record.all_peers() {
+                let _ = writeln!(md, "{}", cost_row(&record.scenario, peer));
             }
         }
         let _ = writeln!(md);
@@ -135,7 +246,7 @@ pub(crate) fn render(
                 )
             };
             let mut step_counts = steps(&record.meterflow);
-            if let Some(peer) = &record.peer {
+            for peer in record.all_peers() {
                 step_counts.push_str(", ");
                 step_counts.push_str(&steps(peer));
             }
@@ -163,16 +274,20 @@ pub(crate) fn render(
                 let _ = write!(md, "; plot [{plot}]({plot})");
             }
             let _ = writeln!(md, ")");
-            if let Some(r) = &record.ratios {
+            for r in record.all_ratios() {
                 let _ = writeln!(
                     md,
-                    "  meterflow ÷ mosquitto: sustainable rate {}, closed-loop rate {}, at {} msgs/s ack p50 {} / p99 {}, CPU {}",
+                    "  meterflow ÷ {}: sustainable rate {}, closed-loop rate {}, at {} msgs/s ack p50 {} / p99 {}, CPU {}, CPU µs/msg {}; at ½ ack p99 {}, CPU µs/msg {}",
+                    r.peer,
                     fmt_ratio(r.sustainable_msgs_per_s),
                     fmt_ratio(r.closed_loop_msgs_per_s),
                     r.common_rate.map_or_else(|| "–".to_owned(), fmt_rate),
                     fmt_ratio(r.ack_p50_at_common_rate),
                     fmt_ratio(r.ack_p99_at_common_rate),
                     fmt_ratio(r.cpu_at_common_rate),
+                    fmt_ratio(r.cpu_us_per_msg_at_common_rate),
+                    fmt_ratio(r.ack_p99_at_half_rate),
+                    fmt_ratio(r.cpu_us_per_msg_at_half_rate),
                 );
             }
             for note in &record.notes {
@@ -201,13 +316,13 @@ pub(crate) fn render(
         );
         let _ = writeln!(
             md,
-            "| system | config | connected | idle RSS MiB | RSS at N MiB | KiB / connection | slope KiB / conn (R²) | CPU % holding | RSS after disconnect MiB |"
+            "| system | config | connected | idle RSS MiB | RSS at N MiB | KiB / connection | slope KiB / conn (R²) | CPU % holding | RSS after disconnect MiB | failed connection attempts |"
         );
-        let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---|---:|---:|");
+        let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---|---:|---:|---:|");
         for run in &record.runs {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {:.0} | {:.1} |",
+                "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {:.0} | {:.1} | {} |",
                 run.target,
                 run.label,
                 fmt_rate(run.connected as f64),
@@ -220,6 +335,7 @@ pub(crate) fn render(
                 ),
                 run.hold_cpu_pct,
                 run.rss_after_disconnect_mib,
+                fmt_rate(run.connection_errors as f64),
             );
         }
         for note in &record.notes {
@@ -275,11 +391,32 @@ mod tests {
                 max: 80.0,
             },
             cpu_pct: 120.0,
+            cpu_us_per_msg: Some(41.24),
+            cpu_us_per_reading: Some(1.72),
             verdict: Some(Verdict {
                 sustainable: true,
                 reasons: vec![],
             }),
             ..StepRecord::default()
+        };
+        let half = StepRecord {
+            offered_msgs_per_s: Some(7_500.0),
+            ack_ms: Latency {
+                p50: 2.0,
+                p99: 9.0,
+                max: 20.0,
+            },
+            cpu_us_per_msg: Some(50.0),
+            ..best.clone()
+        };
+        let puback_half = StepRecord {
+            puback_ms: Some(Latency {
+                p50: 1.5,
+                p99: 8.0,
+                max: 19.0,
+            }),
+            cpu_us_per_msg: Some(30.0),
+            ..half.clone()
         };
         let record = ThroughputRecord {
             scenario: "burst24".into(),
@@ -287,17 +424,26 @@ mod tests {
                 target: "meterflow".into(),
                 steps: vec![best.clone()],
                 best: Some(best),
+                half_step: Some(half),
+                puback_steps: vec![puback_half],
                 rss_hwm_mib: 200.0,
                 ..TargetSweep::default()
             },
-            peer: Some(TargetSweep {
-                target: "mosquitto".into(),
-                ..TargetSweep::default()
-            }),
-            ratios: Some(Ratios {
+            peers: vec![
+                TargetSweep {
+                    target: "mosquitto".into(),
+                    ..TargetSweep::default()
+                },
+                TargetSweep {
+                    target: "rumqttd".into(),
+                    ..TargetSweep::default()
+                },
+            ],
+            peer_ratios: vec![Ratios {
+                peer: "mosquitto".into(),
                 sustainable_msgs_per_s: Some(0.5),
                 ..Ratios::default()
-            }),
+            }],
             settings: crate::sweep::SweepSettings {
                 readings_per_message: 24,
                 ..Default::default()
@@ -317,18 +463,30 @@ mod tests {
         };
         let md = render(&[record], Some(&connections));
         assert!(
-            md.contains("| burst24 | meterflow | 15,000 | 360,000 | 4.0 / 30.0 / 80.0 |"),
+            md.contains(
+                "| burst24 | meterflow | 15,000 | 360,000 | 4.0 / 30.0 / 80.0 | – | 7,500: 2.0 / 9.0 (PUBACK 1.5 / 8.0) |"
+            ),
             "{md}"
         );
         assert!(
-            md.contains("meterflow 1 steps (1 sustainable), mosquitto 0 steps (0 sustainable)"),
+            md.contains("meterflow 1 steps (1 sustainable), mosquitto 0 steps (0 sustainable), rumqttd 0 steps (0 sustainable)"),
             "{md}"
         );
         assert!(
             md.contains("| burst24 | mosquitto | none sustainable |"),
             "{md}"
         );
-        assert!(md.contains("sustainable rate ×0.50"));
+        assert!(
+            md.contains("| burst24 | rumqttd | none sustainable |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| burst24 | meterflow | 120 / 0 | 41.2 / 50.0 | 1.72 / 1.72 | – / – | – / 30.0 | – |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("meterflow ÷ mosquitto: sustainable rate ×0.50"));
         assert!(md.contains("| meterflow | default | 19,500 |"));
         assert!(md.contains("| 48.2 |"));
         assert!(md.contains("  - machine shared"));

@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::connections::{ConnectionsRun, ConnectionsSettings};
+use crate::loadgen::SimFeatures;
 use crate::procfs;
 use crate::sustain::Criteria;
 use crate::sweep::{Ratios, SweepSettings, TargetSweep};
@@ -135,15 +136,49 @@ pub(crate) struct ThroughputRecord {
     pub(crate) machine: Machine,
     pub(crate) settings: SweepSettings,
     pub(crate) criteria: Criteria,
-    /// How the peer was set up, in words.
+    /// How the peers were set up, in words.
     pub(crate) peer_setup: String,
+    /// The simulator's acknowledgement flags (`None` in records from before).
+    #[serde(default)]
+    pub(crate) sim_features: Option<SimFeatures>,
     pub(crate) meterflow: TargetSweep,
+    /// The peer baselines, in the order they ran.
+    #[serde(default)]
+    pub(crate) peers: Vec<TargetSweep>,
+    /// meterflow ÷ each peer.
+    #[serde(default)]
+    pub(crate) peer_ratios: Vec<Ratios>,
+    /// The one peer (Mosquitto) of records from before there were several; read,
+    /// never written.
+    #[serde(default, skip_serializing)]
     pub(crate) peer: Option<TargetSweep>,
-    /// meterflow ÷ peer.
+    #[serde(default, skip_serializing)]
     pub(crate) ratios: Option<Ratios>,
     /// The plot written for this run, relative to `bench/`.
     pub(crate) plot: Option<String>,
     pub(crate) notes: Vec<String>,
+}
+
+impl ThroughputRecord {
+    /// The peers' sweeps, old records' single peer included.
+    pub(crate) fn all_peers(&self) -> impl Iterator<Item = &TargetSweep> {
+        self.peers.iter().chain(self.peer.as_ref())
+    }
+
+    /// meterflow ÷ each peer, old records' single ratio included (its peer named).
+    pub(crate) fn all_ratios(&self) -> Vec<Ratios> {
+        let mut all = self.peer_ratios.clone();
+        if let Some(old) = &self.ratios {
+            all.push(Ratios {
+                peer: self
+                    .peer
+                    .as_ref()
+                    .map_or_else(|| "mosquitto".to_owned(), |p| p.target.clone()),
+                ..old.clone()
+            });
+        }
+        all
+    }
 }
 
 impl Default for SweepSettings {
@@ -257,6 +292,29 @@ mod tests {
         let newest: ConnectionsRecord = latest(dir.path(), "connections").unwrap();
         assert_eq!(newest.timestamp, "t2");
         assert!(latest::<ConnectionsRecord>(dir.path(), "missing").is_none());
+    }
+
+    #[test]
+    fn records_from_before_several_peers_still_read() {
+        // The shape of a record with one peer (fields trimmed to what changed).
+        let old = serde_json::json!({
+            "scenario": "single", "timestamp": "t", "revision": {"commit": "abc", "dirty": false},
+            "machine": Machine::default(), "settings": SweepSettings::default(),
+            "criteria": Criteria::default(), "peer_setup": "mosquitto",
+            "meterflow": TargetSweep { target: "meterflow".into(), ..TargetSweep::default() },
+            "peer": TargetSweep { target: "mosquitto".into(), ..TargetSweep::default() },
+            "ratios": Ratios { sustainable_msgs_per_s: Some(2.0), ..Ratios::default() },
+            "plot": null, "notes": [],
+        });
+        let record: ThroughputRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(record.all_peers().count(), 1);
+        let ratios = record.all_ratios();
+        assert_eq!(ratios.len(), 1);
+        assert_eq!(ratios[0].peer, "mosquitto");
+        // New records write the lists only.
+        let json = serde_json::to_value(&record).unwrap();
+        assert!(json.get("peer").is_none() && json.get("ratios").is_none());
+        assert_eq!(json["peers"], serde_json::json!([]));
     }
 
     #[test]

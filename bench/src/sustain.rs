@@ -9,9 +9,13 @@
 //! 3. ack p99 is at most [`Criteria::max_p99_ms`];
 //! 4. no backlog grew during the send phase (shard queues in messages, the sink queue
 //!    in batches; see [`backlog_growth`]);
-//! 5. nothing was skipped or shed: meterflow's `meterflow_broker_skipped_total` and
-//!    `meterflow_messages_total{outcome="shed"}` unchanged, the peer acker saw no
-//!    seq gaps.
+//! 5. nothing was shed or skipped: meterflow's `meterflow_messages_total{outcome="shed"}`
+//!    unchanged (its endpoint blocks a connection at a full shard queue instead of
+//!    skipping, so nothing else can be lost), the peer acker saw no seq gaps.
+//!
+//! The latency of criterion 3 is the one that settles a message: the ack topic's, or
+//! the larger of it and the PUBACK's where PUBACKs settle some messages (see
+//! [`crate::sweep::StepRecord::settle_ms`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -55,8 +59,8 @@ pub(crate) struct StepFacts {
     /// as for the peer).
     pub(crate) queue_growth: Option<f64>,
     pub(crate) sink_growth: Option<f64>,
-    /// Messages skipped by the broker, shed by the pipeline, or (peer) lost on the
-    /// way to the acker, during the step.
+    /// Messages shed by the pipeline or (peer) lost on the way to the acker, during
+    /// the step.
     pub(crate) skipped: u64,
 }
 
@@ -105,7 +109,7 @@ pub(crate) fn judge(facts: &StepFacts, criteria: &Criteria) -> Verdict {
         reasons.push(format!("sink queue grew by {growth:.1} batches"));
     }
     if facts.skipped > 0 {
-        reasons.push(format!("{} messages skipped or shed", facts.skipped));
+        reasons.push(format!("{} messages shed or skipped", facts.skipped));
     }
     Verdict {
         sustainable: reasons.is_empty(),

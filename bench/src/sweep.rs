@@ -1,6 +1,6 @@
 //! The throughput scenarios (`single`, `burst24`, `cassandra`): for each system
-//! (meterflow, then the Mosquitto peer) a closed-loop probe and an open-loop rate
-//! sweep, one fresh process per system.
+//! (meterflow, then each peer: Mosquitto, rumqttd) a closed-loop probe and an
+//! open-loop rate sweep, one fresh process per system.
 //!
 //! 1. **Closed loop** ("as fast as acks allow", window 8 per meter): the maximum
 //!    throughput, latency unbounded.
@@ -8,9 +8,25 @@
 //!    meterflow's closed-loop rate, each step a bounded number of messages
 //!    (`rate × step_secs`) with a deadline, until a step is not sustainable
 //!    ([`crate::sustain`]); then one step at the geometric mean of the last good and
-//!    the first bad rate refines the answer. The peer runs the *same ladder* from the
-//!    same start (continuing higher if it can), so both systems have steps at equal
+//!    the first bad rate refines the answer. The peers run the *same ladder* from the
+//!    same start (continuing higher if they can), so all systems have steps at equal
 //!    offered rates to compare latency at.
+//! 3. **Half step**: one more step at half of meterflow's highest sustainable rate
+//!    (every system at the same rate), where latency is judged against its goal.
+//! 4. **PUBACK steps** (meterflow, simulators with `--no-ack-topic`): the best and the
+//!    half rate again with meters that do not subscribe to the ack topic, so the
+//!    durable PUBACK alone settles each message and its latency is exact.
+//!
+//! What settles a message: in steps 1–3 the ack topic's `{"seq":W}` only
+//! (`--puback-not-durable` when the simulator has it), for every system. A simulator
+//! settles a message by whichever of the ack and a durable PUBACK comes first and
+//! reports the two latencies apart, each over the messages it settled; two such
+//! partial histograms cannot be merged, so each measurement takes one path whole.
+//!
+//! Every step records the service's CPU over the whole step (from `/proc/<pid>/stat`
+//! before the simulator starts and after its last ack; for a peer the broker's plus
+//! its acker thread's) divided by the messages and readings acked — CPU-µs per
+//! message and per reading — and the generator's likewise.
 //!
 //! Every step uses meters nobody has used before in that process (`first_meter`
 //! moves on), so meterflow sees new seqs, never duplicates of an earlier step. The
@@ -23,11 +39,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::loadgen::{self, SimFleet, SimSettings};
+use crate::loadgen::{self, SimFeatures, SimFleet, SimSettings};
 use crate::procfs::{self, ProcSample, Sampler};
 use crate::prom::Scrape;
 use crate::sustain::{self, Criteria, StepFacts, Verdict};
-use crate::targets::{MeterflowOptions, Target, TargetKind};
+use crate::targets::{MeterflowOptions, Peer, PeerOptions, Target, TargetKind};
 
 /// Sampling period of CPU and RSS.
 const SAMPLE_PERIOD: Duration = Duration::from_millis(250);
@@ -80,8 +96,17 @@ pub(crate) struct StepRecord {
     /// Open loop: [`sustain::achieved_rate`]; closed loop: the simulator's rate.
     pub(crate) achieved_msgs_per_s: f64,
     pub(crate) achieved_readings_per_s: f64,
-    /// Publish→ack latency at the meters (simulator HDR histogram; exact).
+    /// Publish→ack latency at the meters (simulator HDR histogram; exact): messages
+    /// settled by the ack topic's `{"seq":W}`.
     pub(crate) ack_ms: Latency,
+    /// Publish→PUBACK latency of the messages a PUBACK settled (simulators that
+    /// report it, meterflow only: a peer's PUBACK settles nothing).
+    #[serde(default)]
+    pub(crate) puback_ms: Option<Latency>,
+    /// What settled messages: `ack topic`, `PUBACK`, or `ack topic or PUBACK` (the
+    /// first of the two; `None` in records from before).
+    #[serde(default)]
+    pub(crate) settled_by: Option<String>,
     /// meterflow's own received→durable histogram over the step (bucket-interpolated,
     /// so coarse); the only p999 available (the simulator reports p50/p99/max).
     pub(crate) service_ms: Option<ServiceLatency>,
@@ -93,13 +118,38 @@ pub(crate) struct StepRecord {
     pub(crate) cpu_pct: f64,
     /// The simulator processes' CPU over their lifetime, % of one core.
     pub(crate) generator_cpu_pct: f64,
+    /// CPU seconds of the service over the whole step (simulator start to after its
+    /// last ack): meterflow's process, or the peer broker's plus its acker's.
+    #[serde(default)]
+    pub(crate) service_cpu_s: Option<f64>,
+    /// The peer acker's share of `service_cpu_s`.
+    #[serde(default)]
+    pub(crate) acker_cpu_s: Option<f64>,
+    /// Seconds the service process's threads spent runnable but waiting for a CPU
+    /// over the step (their `schedstat` run delay, summed over threads, so it can
+    /// exceed the step's length): what the other load — other engineers' work, the
+    /// generator, and the service's own other threads — cost it. Compare with
+    /// `service_cpu_s`.
+    #[serde(default)]
+    pub(crate) service_cpu_wait_s: Option<f64>,
+    /// CPU seconds of the simulator processes.
+    #[serde(default)]
+    pub(crate) generator_cpu_s: Option<f64>,
+    /// `service_cpu_s` ÷ messages acked, µs.
+    #[serde(default)]
+    pub(crate) cpu_us_per_msg: Option<f64>,
+    /// `service_cpu_s` ÷ readings acked, µs.
+    #[serde(default)]
+    pub(crate) cpu_us_per_reading: Option<f64>,
+    /// `generator_cpu_s` ÷ messages acked, µs.
+    #[serde(default)]
+    pub(crate) generator_cpu_us_per_msg: Option<f64>,
     pub(crate) rss_peak_mib: f64,
     /// Largest summed shard-queue depth seen (meterflow).
     pub(crate) queue_max: Option<f64>,
     pub(crate) queue_growth: Option<f64>,
     pub(crate) sink_growth: Option<f64>,
-    /// Skipped by the broker + shed by the pipeline (meterflow) or lost before the
-    /// acker (peer).
+    /// Shed by the pipeline (meterflow) or lost before the acker (peer).
     pub(crate) skipped: u64,
     /// Messages meterflow counted as stored during the step.
     pub(crate) stored: Option<u64>,
@@ -131,6 +181,14 @@ pub(crate) struct TargetSweep {
     pub(crate) steps: Vec<StepRecord>,
     /// The highest sustainable open-loop step.
     pub(crate) best: Option<StepRecord>,
+    /// One step at half of meterflow's highest sustainable rate (the same rate for
+    /// every system; a peer's own when meterflow had none).
+    #[serde(default)]
+    pub(crate) half_step: Option<StepRecord>,
+    /// meterflow with PUBACKs alone settling (`--no-ack-topic`): at the best rate,
+    /// then at the half step's.
+    #[serde(default)]
+    pub(crate) puback_steps: Vec<StepRecord>,
     /// Peak RSS of the whole run (`VmHWM`).
     pub(crate) rss_hwm_mib: f64,
     /// Bytes the store wrote (meterflow's data directory at the end).
@@ -142,14 +200,54 @@ pub(crate) struct TargetSweep {
 pub(crate) struct Env {
     pub(crate) meterflow: MeterflowOptions,
     pub(crate) sim: PathBuf,
-    pub(crate) mosquitto: Option<PathBuf>,
-    /// Mosquitto with `set_tcp_nodelay true` (default: Nagle on, like rumqttd).
-    pub(crate) peer_nodelay: bool,
-    /// Acker connections of the peer (1: the specified single subscriber).
-    pub(crate) peer_ackers: usize,
+    /// What the simulator's flags allow.
+    pub(crate) sim_features: SimFeatures,
+    /// meterflow's meters do not subscribe to the ack topic (`--no-ack-topic`).
+    pub(crate) meterflow_no_ack_topic: bool,
+    /// The peer baselines, in order (empty: `--no-peer`).
+    pub(crate) peers: Vec<Peer>,
+    pub(crate) peer_options: PeerOptions,
     /// Where simulator logs go for this run.
     pub(crate) log_dir: PathBuf,
     pub(crate) criteria: Criteria,
+}
+
+impl Env {
+    /// Starts a fresh system of `kind` (meterflow with `meterflow`'s options).
+    pub(crate) fn start(
+        &self,
+        kind: TargetKind,
+        meterflow: &MeterflowOptions,
+    ) -> anyhow::Result<Target> {
+        match kind {
+            TargetKind::Meterflow => Target::start_meterflow(meterflow),
+            peer => Target::start_peer(
+                self.peers
+                    .iter()
+                    .find(|p| p.kind == peer)
+                    .with_context(|| format!("{} is not among the peers", peer.name()))?,
+                self.peer_options,
+            ),
+        }
+    }
+
+    /// `(--puback-not-durable, --no-ack-topic)` of the simulators against `kind`: the
+    /// ack topic alone settles (a peer's PUBACK only means "received"), unless
+    /// meterflow's meters are to rely on PUBACKs alone.
+    fn ack_flags(&self, kind: TargetKind) -> (bool, bool) {
+        if kind == TargetKind::Meterflow && self.meterflow_no_ack_topic {
+            (false, true)
+        } else {
+            (self.sim_features.puback_not_durable, false)
+        }
+    }
+
+    /// Whether meterflow gets the PUBACK steps.
+    fn puback_steps(&self, kind: TargetKind) -> bool {
+        kind == TargetKind::Meterflow
+            && self.sim_features.no_ack_topic
+            && !self.meterflow_no_ack_topic
+    }
 }
 
 /// The rates of a ladder: `start × growth^k`.
@@ -157,24 +255,18 @@ pub(crate) fn ladder_rate(start: f64, growth: f64, k: usize) -> f64 {
     start * growth.powi(i32::try_from(k).unwrap_or(i32::MAX))
 }
 
-/// Runs the closed-loop probe and the sweep on one fresh system. `start` is the
-/// ladder's first rate (`None`: derived from this system's closed-loop rate).
+/// Runs the closed-loop probe, the sweep and the half step on one fresh system.
+/// `start` is the ladder's first rate (`None`: derived from this system's closed-loop
+/// rate); `half_rate` the half step's (`None`: half this system's best).
 pub(crate) fn sweep_target(
     env: &Env,
     kind: TargetKind,
     settings: &SweepSettings,
     start: Option<f64>,
+    half_rate: Option<f64>,
 ) -> anyhow::Result<TargetSweep> {
-    let mut target = match kind {
-        TargetKind::Meterflow => Target::start_meterflow(&env.meterflow)?,
-        TargetKind::Mosquitto => Target::start_mosquitto(
-            env.mosquitto
-                .as_deref()
-                .context("no mosquitto binary (pass --mosquitto PATH or --no-peer)")?,
-            env.peer_nodelay,
-            env.peer_ackers,
-        )?,
-    };
+    let mut target = env.start(kind, &env.meterflow)?;
+    let (puback_not_durable, no_ack_topic) = env.ack_flags(kind);
     let sampler = Sampler::start(target.pid(), SAMPLE_PERIOD, None);
     let name = kind.name();
     let mut next_meter = 0usize;
@@ -191,6 +283,8 @@ pub(crate) fn sweep_target(
         ack_timeout_ms: ACK_TIMEOUT_MS,
         connect_concurrency: 64,
         binary: settings.binary_payloads,
+        puback_not_durable,
+        no_ack_topic,
     };
     next_meter += settings.meters;
     let closed_loop = run_step(env, &mut target, &sampler, &closed, settings.sim_procs)?;
@@ -232,30 +326,10 @@ pub(crate) fn sweep_target(
         if rate < MIN_RATE {
             break;
         }
-        let messages = (rate * settings.step_secs).ceil() as u64;
-        let per_meter = messages.div_ceil(settings.meters as u64).max(1);
-        let window = ((rate / settings.meters as f64) * OPEN_LOOP_WINDOW_SECONDS).ceil() as usize;
-        let paced_s = (per_meter * settings.meters as u64) as f64 / rate;
-        let step = SimSettings {
-            first_meter: next_meter,
-            messages_per_meter: per_meter,
-            rate: Some(rate),
-            window: window.clamp(16, 4096),
-            timeout_s: (paced_s + STEP_DEADLINE_SLACK_S).ceil() as u64,
-            ..closed.clone()
-        };
+        let step = open_loop_step(&closed, settings, next_meter, rate);
         next_meter += settings.meters;
         let mut record = run_step(env, &mut target, &sampler, &step, settings.sim_procs)?;
-        let facts = StepFacts {
-            offered_msgs_per_s: rate,
-            achieved_msgs_per_s: record.achieved_msgs_per_s,
-            unacked: record.unacked,
-            ack_p99_ms: record.ack_ms.p99,
-            queue_growth: record.queue_growth,
-            sink_growth: record.sink_growth,
-            skipped: record.skipped,
-        };
-        let verdict = sustain::judge(&facts, &env.criteria);
+        let verdict = judge(&record, rate, &env.criteria);
         println!(
             "[{name}] step {:>2} offered {:>8.0} msg/s: {} → {}",
             steps.len() + 1,
@@ -290,6 +364,63 @@ pub(crate) fn sweep_target(
             break;
         }
     }
+    let half_rate = half_rate.or_else(|| {
+        best.as_ref()
+            .and_then(|b| b.offered_msgs_per_s)
+            .map(|r| r / 2.0)
+    });
+    let half_step = match half_rate {
+        Some(rate) if rate >= MIN_RATE && target.alive() => {
+            let step = open_loop_step(&closed, settings, next_meter, rate);
+            next_meter += settings.meters;
+            let mut record = run_step(env, &mut target, &sampler, &step, settings.sim_procs)?;
+            let verdict = judge(&record, rate, &env.criteria);
+            println!(
+                "[{name}] half step, offered {rate:>8.0} msg/s: {}{}",
+                describe(&record, settings.readings_per_message),
+                if verdict.sustainable {
+                    String::new()
+                } else {
+                    format!(" (NOT sustainable: {})", verdict.reasons.join("; "))
+                }
+            );
+            record.verdict = Some(verdict);
+            Some(record)
+        }
+        _ => None,
+    };
+    let mut puback_steps = Vec::new();
+    if env.puback_steps(kind) {
+        let rates = best
+            .as_ref()
+            .and_then(|b| b.offered_msgs_per_s)
+            .into_iter()
+            .chain(half_step.as_ref().and_then(|h| h.offered_msgs_per_s));
+        for rate in rates {
+            if !target.alive() {
+                break;
+            }
+            let step = SimSettings {
+                puback_not_durable: false,
+                no_ack_topic: true,
+                ..open_loop_step(&closed, settings, next_meter, rate)
+            };
+            next_meter += settings.meters;
+            let mut record = run_step(env, &mut target, &sampler, &step, settings.sim_procs)?;
+            let verdict = judge(&record, rate, &env.criteria);
+            println!(
+                "[{name}] PUBACK step, offered {rate:>8.0} msg/s: {}{}",
+                describe(&record, settings.readings_per_message),
+                if verdict.sustainable {
+                    String::new()
+                } else {
+                    format!(" (NOT sustainable: {})", verdict.reasons.join("; "))
+                }
+            );
+            record.verdict = Some(verdict);
+            puback_steps.push(record);
+        }
+    }
     let rss_hwm_mib = procfs::memory_kib(target.pid()).map_or(0.0, |(_, hwm)| hwm as f64 / 1024.0);
     sampler.finish();
     let data_bytes = target.stop()?;
@@ -298,9 +429,84 @@ pub(crate) fn sweep_target(
         closed_loop,
         steps,
         best,
+        half_step,
+        puback_steps,
         rss_hwm_mib,
         data_bytes,
     })
+}
+
+/// The open-loop step at `rate` for fresh meters from `first_meter` on: `rate ×
+/// step_secs` messages, a window of [`OPEN_LOOP_WINDOW_SECONDS`] of each meter's
+/// messages, a deadline of the paced time plus [`STEP_DEADLINE_SLACK_S`].
+fn open_loop_step(
+    closed: &SimSettings,
+    settings: &SweepSettings,
+    first_meter: usize,
+    rate: f64,
+) -> SimSettings {
+    let messages = (rate * settings.step_secs).ceil() as u64;
+    let per_meter = messages.div_ceil(settings.meters as u64).max(1);
+    let window = ((rate / settings.meters as f64) * OPEN_LOOP_WINDOW_SECONDS).ceil() as usize;
+    let paced_s = (per_meter * settings.meters as u64) as f64 / rate;
+    SimSettings {
+        first_meter,
+        messages_per_meter: per_meter,
+        rate: Some(rate),
+        window: window.clamp(16, 4096),
+        timeout_s: (paced_s + STEP_DEADLINE_SLACK_S).ceil() as u64,
+        ..closed.clone()
+    }
+}
+
+/// A step's verdict at the offered `rate`.
+fn judge(record: &StepRecord, rate: f64, criteria: &Criteria) -> Verdict {
+    sustain::judge(
+        &StepFacts {
+            offered_msgs_per_s: rate,
+            achieved_msgs_per_s: record.achieved_msgs_per_s,
+            unacked: record.unacked,
+            ack_p99_ms: record.settle_ms().p99,
+            queue_growth: record.queue_growth,
+            sink_growth: record.sink_growth,
+            skipped: record.skipped,
+        },
+        criteria,
+    )
+}
+
+impl StepRecord {
+    /// The latency that settles a message, for the verdict: the ack topic's, the
+    /// PUBACK's when only PUBACKs settled, or where both settled some messages the
+    /// larger of the two (percentiles of the two parts cannot be merged; the larger
+    /// bounds the whole from above).
+    pub(crate) fn settle_ms(&self) -> Latency {
+        match self.puback_ms {
+            Some(p) if self.acked_by_topic() => Latency {
+                p50: self.ack_ms.p50.max(p.p50),
+                p99: self.ack_ms.p99.max(p.p99),
+                max: self.ack_ms.max.max(p.max),
+            },
+            Some(p) => p,
+            None => self.ack_ms,
+        }
+    }
+
+    /// Whether the ack topic settled any message (an empty histogram reads as 0).
+    fn acked_by_topic(&self) -> bool {
+        self.ack_ms.max > 0.0
+    }
+}
+
+/// What settles messages under `settings`, in words.
+fn settled_by(settings: &SimSettings, features: SimFeatures) -> &'static str {
+    if settings.no_ack_topic {
+        "PUBACK"
+    } else if settings.puback_not_durable || !features.puback_not_durable {
+        "ack topic"
+    } else {
+        "ack topic or PUBACK"
+    }
 }
 
 /// One line about a step for the progress output.
@@ -316,6 +522,18 @@ pub(crate) fn describe(step: &StepRecord, readings_per_message: usize) -> String
         step.generator_cpu_pct,
         step.rss_peak_mib
     );
+    if let Some(p) = step.puback_ms {
+        text.push_str(&format!(
+            ", puback ms p50 {:.1} p99 {:.1} max {:.1}",
+            p.p50, p.p99, p.max
+        ));
+    }
+    if let (Some(msg), Some(generator)) = (step.cpu_us_per_msg, step.generator_cpu_us_per_msg) {
+        text.push_str(&format!(", cpu µs/msg {msg:.1} (sim {generator:.1})"));
+    }
+    if let (Some(on), Some(wait)) = (step.service_cpu_s, step.service_cpu_wait_s) {
+        text.push_str(&format!(", on cpu {on:.1} s, waited for cpu {wait:.1} s"));
+    }
     if let Some(queue) = step.queue_max {
         text.push_str(&format!(", queue max {queue:.0}"));
     }
@@ -336,18 +554,22 @@ pub(crate) fn describe(step: &StepRecord, readings_per_message: usize) -> String
 
 /// Counters read before and after a step.
 struct Counters {
-    skipped: f64,
+    shed: f64,
     stored: f64,
     acker_gaps: u64,
+    /// CPU seconds of the target process and of its ackers.
+    process_cpu_s: Option<f64>,
+    acker_cpu_s: Option<f64>,
+    /// Run-queue wait of the target process's threads.
+    process_wait_s: Option<f64>,
     scrape: Option<Scrape>,
 }
 
 fn counters(target: &Target) -> anyhow::Result<Counters> {
     let scrape = target.scrape()?;
-    let (skipped, stored) = scrape.as_ref().map_or((0.0, 0.0), |s| {
+    let (shed, stored) = scrape.as_ref().map_or((0.0, 0.0), |s| {
         (
-            s.sum("meterflow_broker_skipped_total", &[])
-                + s.sum("meterflow_messages_total", &[("outcome", "shed")]),
+            s.sum("meterflow_messages_total", &[("outcome", "shed")]),
             s.sum("meterflow_messages_total", &[("outcome", "stored")]),
         )
     });
@@ -356,12 +578,34 @@ fn counters(target: &Target) -> anyhow::Result<Counters> {
         .iter()
         .map(|a| a.counters.gaps.load(std::sync::atomic::Ordering::Relaxed))
         .sum();
+    let acker_cpu_s = (!target.ackers.is_empty())
+        .then(|| {
+            target
+                .ackers
+                .iter()
+                .map(|a| a.counters.cpu_seconds())
+                .sum::<Option<f64>>()
+        })
+        .flatten();
     Ok(Counters {
-        skipped,
+        shed,
         stored,
         acker_gaps,
+        process_cpu_s: procfs::cpu_seconds(target.pid()),
+        acker_cpu_s,
+        process_wait_s: procfs::runqueue_wait_seconds(target.pid()),
         scrape,
     })
+}
+
+/// `(after − before)` of an optional counter.
+fn delta(before: Option<f64>, after: Option<f64>) -> Option<f64> {
+    Some((after? - before?).max(0.0))
+}
+
+/// `seconds` per `count`, in µs (`None` for nothing counted).
+fn micros_per(seconds: Option<f64>, count: f64) -> Option<f64> {
+    (count > 0.0).then_some(seconds? * 1e6 / count)
 }
 
 /// Runs one simulator fleet against the target and measures it.
@@ -390,8 +634,9 @@ fn run_step(
     }
     let generator_cpu_s = fleet.cpu_seconds();
     let lifetime_s = fleet.started.elapsed().as_secs_f64();
-    let reports = fleet.wait(Duration::from_secs(5))?;
-    let report = loadgen::merge(&reports);
+    let outcomes = fleet.wait(Duration::from_secs(5))?;
+    let outcome = loadgen::merge(&outcomes);
+    let report = &outcome.report;
     // Let the last acks' batches settle before reading the counters.
     std::thread::sleep(Duration::from_millis(300));
     let after = counters(target)?;
@@ -422,14 +667,32 @@ fn run_step(
     };
     let service_ms = histogram_ms("meterflow_publish_to_durable_seconds");
     let store_write_ms = histogram_ms("meterflow_store_write_seconds");
-    let skipped = (after.skipped - before.skipped).max(0.0) as u64
+    let skipped = (after.shed - before.shed).max(0.0) as u64
         + after.acker_gaps.saturating_sub(before.acker_gaps);
+    let puback_ms = outcome.puback_ms.map(|p| Latency {
+        p50: p.p50,
+        p99: p.p99,
+        max: p.max,
+    });
+    let ack_ms = Latency {
+        p50: report.ack_latency_ms.p50,
+        p99: report.ack_latency_ms.p99,
+        max: report.ack_latency_ms.max,
+    };
+    let settle_p50 = match puback_ms {
+        Some(p) if ack_ms.max > 0.0 => p.p50.max(ack_ms.p50),
+        Some(p) => p.p50,
+        None => ack_ms.p50,
+    };
     let achieved = match settings.rate {
-        Some(_) => {
-            sustain::achieved_rate(report.acked, report.elapsed_s, report.ack_latency_ms.p50)
-        }
+        Some(_) => sustain::achieved_rate(report.acked, report.elapsed_s, settle_p50),
         None => report.msgs_per_s,
     };
+    let acker_cpu_s = delta(before.acker_cpu_s, after.acker_cpu_s);
+    let service_cpu_s = delta(before.process_cpu_s, after.process_cpu_s)
+        .map(|process| process + acker_cpu_s.unwrap_or(0.0));
+    let acked = report.acked as f64;
+    let readings = acked * settings.readings_per_message as f64;
     Ok(StepRecord {
         offered_msgs_per_s: settings.rate,
         meters: report.meters,
@@ -440,11 +703,9 @@ fn run_step(
         resent: report.resent,
         achieved_msgs_per_s: achieved,
         achieved_readings_per_s: achieved * settings.readings_per_message as f64,
-        ack_ms: Latency {
-            p50: report.ack_latency_ms.p50,
-            p99: report.ack_latency_ms.p99,
-            max: report.ack_latency_ms.max,
-        },
+        ack_ms,
+        puback_ms,
+        settled_by: Some(settled_by(settings, env.sim_features).to_owned()),
         service_ms,
         store_write_ms,
         cpu_pct,
@@ -453,6 +714,13 @@ fn run_step(
         } else {
             0.0
         },
+        service_cpu_s,
+        acker_cpu_s,
+        service_cpu_wait_s: delta(before.process_wait_s, after.process_wait_s),
+        generator_cpu_s: Some(generator_cpu_s),
+        cpu_us_per_msg: micros_per(service_cpu_s, acked),
+        cpu_us_per_reading: micros_per(service_cpu_s, readings),
+        generator_cpu_us_per_msg: micros_per(Some(generator_cpu_s), acked),
         rss_peak_mib: rss_peak_kib as f64 / 1024.0,
         queue_max: observable.then(|| queue.iter().map(|q| q.1).fold(0.0, f64::max)),
         queue_growth: if observable {
@@ -473,39 +741,45 @@ fn run_step(
     })
 }
 
-/// meterflow, then (unless disabled) the peer on meterflow's ladder.
+/// meterflow, then every peer on meterflow's ladder and at its half step's rate.
 pub(crate) fn run_scenario(
     env: &Env,
     settings: &SweepSettings,
-    with_peer: bool,
-) -> anyhow::Result<(TargetSweep, Option<TargetSweep>)> {
-    let meterflow = sweep_target(env, TargetKind::Meterflow, settings, None)?;
+) -> anyhow::Result<(TargetSweep, Vec<TargetSweep>)> {
+    let meterflow = sweep_target(env, TargetKind::Meterflow, settings, None, None)?;
     let start = meterflow
         .steps
         .first()
         .and_then(|s| s.offered_msgs_per_s)
         .unwrap_or(MIN_RATE);
-    let peer = if with_peer {
-        // The peer's ladder starts where meterflow's did, so they share rates.
-        let peer_settings = SweepSettings {
-            max_steps: settings.max_steps + 2,
-            ..settings.clone()
-        };
-        Some(sweep_target(
+    let half_rate = meterflow
+        .half_step
+        .as_ref()
+        .and_then(|s| s.offered_msgs_per_s);
+    // The peers' ladders start where meterflow's did, so they share rates.
+    let peer_settings = SweepSettings {
+        max_steps: settings.max_steps + 2,
+        ..settings.clone()
+    };
+    let mut peers = Vec::with_capacity(env.peers.len());
+    for peer in &env.peers {
+        peers.push(sweep_target(
             env,
-            TargetKind::Mosquitto,
+            peer.kind,
             &peer_settings,
             Some(start),
-        )?)
-    } else {
-        None
-    };
-    Ok((meterflow, peer))
+            half_rate,
+        )?);
+    }
+    Ok((meterflow, peers))
 }
 
-/// meterflow ÷ peer.
+/// meterflow ÷ one peer.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Ratios {
+    /// Which peer (empty in records from before there were several: Mosquitto).
+    #[serde(default)]
+    pub(crate) peer: String,
     /// Highest sustainable open-loop rate.
     pub(crate) sustainable_msgs_per_s: Option<f64>,
     /// Closed-loop throughput.
@@ -516,6 +790,15 @@ pub(crate) struct Ratios {
     pub(crate) ack_p99_at_common_rate: Option<f64>,
     /// CPU per message at the common rate (meterflow CPU % ÷ peer CPU %).
     pub(crate) cpu_at_common_rate: Option<f64>,
+    /// Service CPU-µs per message at the common rate.
+    #[serde(default)]
+    pub(crate) cpu_us_per_msg_at_common_rate: Option<f64>,
+    /// Ack p99 at the half step (the same offered rate for both).
+    #[serde(default)]
+    pub(crate) ack_p99_at_half_rate: Option<f64>,
+    /// Service CPU-µs per message at the half step.
+    #[serde(default)]
+    pub(crate) cpu_us_per_msg_at_half_rate: Option<f64>,
 }
 
 fn ratio(a: f64, b: f64) -> Option<f64> {
@@ -542,7 +825,13 @@ pub(crate) fn ratios(meterflow: &TargetSweep, peer: &TargetSweep) -> Ratios {
             Some(acc.map_or(r, |a| a.max(r)))
         });
     let pair = common.and_then(|rate| Some((sustained(meterflow, rate)?, sustained(peer, rate)?)));
+    let half = meterflow
+        .half_step
+        .as_ref()
+        .zip(peer.half_step.as_ref())
+        .filter(|(m, p)| m.offered_msgs_per_s == p.offered_msgs_per_s);
     Ratios {
+        peer: peer.target.clone(),
         sustainable_msgs_per_s: best(meterflow)
             .zip(best(peer))
             .and_then(|(a, b)| ratio(a, b)),
@@ -554,6 +843,11 @@ pub(crate) fn ratios(meterflow: &TargetSweep, peer: &TargetSweep) -> Ratios {
         ack_p50_at_common_rate: pair.and_then(|(m, p)| ratio(m.ack_ms.p50, p.ack_ms.p50)),
         ack_p99_at_common_rate: pair.and_then(|(m, p)| ratio(m.ack_ms.p99, p.ack_ms.p99)),
         cpu_at_common_rate: pair.and_then(|(m, p)| ratio(m.cpu_pct, p.cpu_pct)),
+        cpu_us_per_msg_at_common_rate: pair
+            .and_then(|(m, p)| ratio(m.cpu_us_per_msg?, p.cpu_us_per_msg?)),
+        ack_p99_at_half_rate: half.and_then(|(m, p)| ratio(m.settle_ms().p99, p.settle_ms().p99)),
+        cpu_us_per_msg_at_half_rate: half
+            .and_then(|(m, p)| ratio(m.cpu_us_per_msg?, p.cpu_us_per_msg?)),
     }
 }
 
@@ -569,7 +863,7 @@ pub(crate) fn series(sweep: &TargetSweep, color: &'static str) -> crate::svg::Se
                 Some(crate::svg::Point {
                     offered: s.offered_msgs_per_s?,
                     achieved: s.achieved_msgs_per_s,
-                    p99_ms: s.ack_ms.p99,
+                    p99_ms: s.settle_ms().p99,
                     sustainable: s.verdict.as_ref().is_some_and(|v| v.sustainable),
                 })
             })
@@ -642,6 +936,7 @@ mod tests {
             ..TargetSweep::default()
         };
         let r = ratios(&meterflow, &peer);
+        assert_eq!(r.peer, "mosquitto");
         assert!((r.closed_loop_msgs_per_s.unwrap() - 0.5).abs() < 1e-9);
         assert!((r.sustainable_msgs_per_s.unwrap() - 18_371.0 / 33_750.0).abs() < 1e-9);
         // 18,371 is a refinement step the peer never ran: compare at 15,000.
@@ -650,8 +945,82 @@ mod tests {
         assert!((r.ack_p99_at_common_rate.unwrap() - 10.0).abs() < 1e-9);
         assert_eq!(r.cpu_at_common_rate, Some(1.0));
 
+        assert_eq!(r.ack_p99_at_half_rate, None, "no half steps");
+        let half = |p99| Some(step(9_000.0, 9_000.0, 1.0, p99, true));
+        let r = ratios(
+            &TargetSweep {
+                half_step: half(20.0),
+                ..meterflow.clone()
+            },
+            &TargetSweep {
+                half_step: half(5.0),
+                ..peer.clone()
+            },
+        );
+        assert_eq!(r.ack_p99_at_half_rate, Some(4.0));
+
         let empty = ratios(&TargetSweep::default(), &TargetSweep::default());
         assert_eq!(empty, Ratios::default());
+    }
+
+    #[test]
+    fn settle_latency_bounds_both_acknowledgements() {
+        let mut record = step(1000.0, 1000.0, 3.0, 10.0, true);
+        assert_eq!(record.settle_ms(), record.ack_ms);
+        let puback = Latency {
+            p50: 4.0,
+            p99: 8.0,
+            max: 30.0,
+        };
+        record.puback_ms = Some(puback);
+        assert_eq!(
+            record.settle_ms(),
+            Latency {
+                p50: 4.0,
+                p99: 10.0,
+                max: 30.0
+            }
+        );
+        // PUBACKs alone: the ack histogram is empty.
+        record.ack_ms = Latency::default();
+        assert_eq!(record.settle_ms(), puback);
+
+        let features = SimFeatures {
+            puback_not_durable: true,
+            no_ack_topic: true,
+        };
+        let sim = SimSettings {
+            mqtt: "127.0.0.1:1883".parse().unwrap(),
+            meters: 1,
+            first_meter: 0,
+            messages_per_meter: 1,
+            readings_per_message: 1,
+            rate: None,
+            window: 1,
+            timeout_s: 1,
+            ack_timeout_ms: 1,
+            connect_concurrency: 1,
+            binary: false,
+            puback_not_durable: true,
+            no_ack_topic: false,
+        };
+        assert_eq!(settled_by(&sim, features), "ack topic");
+        let either = SimSettings {
+            puback_not_durable: false,
+            ..sim.clone()
+        };
+        assert_eq!(settled_by(&either, features), "ack topic or PUBACK");
+        assert_eq!(settled_by(&either, SimFeatures::default()), "ack topic");
+        let puback = SimSettings {
+            no_ack_topic: true,
+            ..either
+        };
+        assert_eq!(settled_by(&puback, features), "PUBACK");
+        assert_eq!(micros_per(Some(2.0), 1e6), Some(2.0));
+        assert_eq!(micros_per(Some(2.0), 0.0), None);
+        assert_eq!(micros_per(None, 10.0), None);
+        assert_eq!(delta(Some(1.0), Some(3.5)), Some(2.5));
+        assert_eq!(delta(None, Some(3.5)), None);
     }
 
     #[test]

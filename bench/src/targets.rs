@@ -1,6 +1,8 @@
 //! The systems under test, as child processes the harness owns: `meterflow` (the
 //! release binary, with a fresh data directory and free loopback ports) and the peer
-//! baseline, Debian's `mosquitto` with the [`PeerAcker`] subscribed to it.
+//! baselines — Debian's `mosquitto`, and `rumqttd-peer` (this crate's bare rumqttd
+//! 0.20 with the settings meterflow's embedded broker had) — each with the
+//! [`PeerAcker`] subscribed to it.
 //!
 //! Every target lives in its own temporary directory (config, data, log), removed
 //! when the target is dropped; the process is stopped with SIGTERM (meterflow then
@@ -40,15 +42,41 @@ const SHARE_GROUP: &str = "meterflow-bench";
 pub(crate) enum TargetKind {
     Meterflow,
     Mosquitto,
+    Rumqttd,
 }
 
 impl TargetKind {
+    /// The peers, in the order a run measures them.
+    pub(crate) const PEERS: [TargetKind; 2] = [TargetKind::Mosquitto, TargetKind::Rumqttd];
+
     pub(crate) fn name(self) -> &'static str {
         match self {
             TargetKind::Meterflow => "meterflow",
             TargetKind::Mosquitto => "mosquitto",
+            TargetKind::Rumqttd => "rumqttd",
         }
     }
+
+    /// A peer by name (`--peers mosquitto,rumqttd`).
+    pub(crate) fn peer(name: &str) -> Option<TargetKind> {
+        Self::PEERS.into_iter().find(|k| k.name() == name.trim())
+    }
+}
+
+/// A peer baseline and the binary that runs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Peer {
+    pub(crate) kind: TargetKind,
+    pub(crate) binary: PathBuf,
+}
+
+/// How the peers are run (the same for every peer).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PeerOptions {
+    /// `TCP_NODELAY` on the broker's accepted sockets (default: on, as meterflow).
+    pub(crate) nodelay: bool,
+    /// Acker connections (1: the specified single subscriber).
+    pub(crate) ackers: usize,
 }
 
 /// How to start meterflow.
@@ -128,32 +156,38 @@ impl Target {
         Ok(target)
     }
 
-    /// Starts Mosquitto (with `TCP_NODELAY` on its sockets when `nodelay`) and its
-    /// ackers: one subscriber with contiguous watermarks (the peer as specified), or
-    /// `ackers > 1` sharing a `$share/…` subscription, each acking the highest seq it
-    /// saw (see [`PeerAcker`]).
-    pub(crate) fn start_mosquitto(
-        binary: &Path,
-        nodelay: bool,
-        ackers: usize,
-    ) -> anyhow::Result<Target> {
+    /// Starts a peer broker (with `TCP_NODELAY` on its accepted sockets when
+    /// `options.nodelay`) and its ackers: one subscriber with contiguous watermarks
+    /// (the peer as specified), or `options.ackers > 1` sharing a `$share/…`
+    /// subscription, each acking the highest seq it saw (see [`PeerAcker`]).
+    pub(crate) fn start_peer(peer: &Peer, options: PeerOptions) -> anyhow::Result<Target> {
+        let name = peer.kind.name();
         let dir = tempfile::Builder::new()
-            .prefix("mosquitto-bench-")
+            .prefix(&format!("{name}-bench-"))
             .tempdir()?;
         let mqtt = loopback(free_port()?);
-        let config = dir.path().join("mosquitto.conf");
-        std::fs::write(&config, mosquitto_config(mqtt.port(), nodelay))?;
-        let log = dir.path().join("mosquitto.log");
-        let mut command = Command::new(binary);
-        command.arg("-c").arg(&config);
-        let child = spawn_logged(&mut command, &log).with_context(|| {
-            format!(
-                "starting {} (install it with `apt-get install mosquitto`, or pass --mosquitto PATH / --no-peer)",
-                binary.display()
-            )
-        })?;
+        let log = dir.path().join(format!("{name}.log"));
+        let mut command = Command::new(&peer.binary);
+        let hint = match peer.kind {
+            TargetKind::Mosquitto => {
+                let config = dir.path().join("mosquitto.conf");
+                std::fs::write(&config, mosquitto_config(mqtt.port(), options.nodelay))?;
+                command.arg("-c").arg(&config);
+                "install it with `apt-get install mosquitto`, or pass --mosquitto PATH, --peers or --no-peer"
+            }
+            TargetKind::Rumqttd => {
+                command.arg("--listen").arg(mqtt.to_string());
+                if !options.nodelay {
+                    command.arg("--nagle");
+                }
+                "build it with `cargo build --release -p meterflow-bench`, or pass --rumqttd PATH, --peers or --no-peer"
+            }
+            TargetKind::Meterflow => bail!("meterflow is not a peer"),
+        };
+        let child = spawn_logged(&mut command, &log)
+            .with_context(|| format!("starting {} ({hint})", peer.binary.display()))?;
         let mut target = Target {
-            kind: TargetKind::Mosquitto,
+            kind: peer.kind,
             mqtt,
             http: None,
             ackers: Vec::new(),
@@ -162,7 +196,7 @@ impl Target {
             dir,
         };
         target.wait_ready()?;
-        let ackers = ackers.max(1);
+        let ackers = options.ackers.max(1);
         for index in 0..ackers {
             target.ackers.push(if ackers == 1 {
                 PeerAcker::start(mqtt, UPLINK_FILTER, index, true)?
@@ -200,11 +234,15 @@ impl Target {
                     self.log_tail(20)
                 );
             }
-            let ready = match self.http {
-                Some(http_addr) => {
+            let ready = match (self.kind, self.http) {
+                (_, Some(http_addr)) => {
                     matches!(http::get(http_addr, "/readyz", HTTP_TIMEOUT), Ok((200, _)))
                 }
-                None => TcpStream::connect_timeout(&self.mqtt, HTTP_TIMEOUT).is_ok(),
+                // It says so once its listener has TCP_NODELAY (or it was told not to).
+                (TargetKind::Rumqttd, None) => {
+                    std::fs::read_to_string(&self.log).is_ok_and(|log| log.contains("listening on"))
+                }
+                (_, None) => TcpStream::connect_timeout(&self.mqtt, HTTP_TIMEOUT).is_ok(),
             };
             if ready {
                 return Ok(());
@@ -297,9 +335,8 @@ fn spawn_logged(command: &mut Command, log: &Path) -> anyhow::Result<Child> {
 /// Mosquitto as a bare, memory-only broker on one loopback port. Its defaults are
 /// kept except where they would make it drop messages the acker or the meters are
 /// owed: `max_queued_messages 0` (no cap: with the default 1,000, QoS 0 deliveries to
-/// a busy subscriber are silently dropped) and no connection cap. Nagle stays on by
-/// default, as in rumqttd (which has no option to turn it off), so both brokers send
-/// with the same socket options; `nodelay` turns it off to show what it costs.
+/// a busy subscriber are silently dropped) and no connection cap. `nodelay` sets
+/// `set_tcp_nodelay true`, as meterflow's endpoint and the rumqttd peer do.
 pub(crate) fn mosquitto_config(port: u16, nodelay: bool) -> String {
     let mut text = String::new();
     let _ = writeln!(text, "# written by meterflow-bench: the peer baseline");
