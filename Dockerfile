@@ -37,7 +37,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
 FROM gcr.io/distroless/cc-debian12:nonroot
 ARG VERSION=0.1.0
 ARG REVISION=unknown
-ARG SOURCE=https://github.com/meterflow/meterflow
+# The repository the image is built from: pass it at build time (--build-arg SOURCE=…).
+ARG SOURCE=unknown
 LABEL org.opencontainers.image.title="meterflow" \
       org.opencontainers.image.description="Water-meter telemetry over MQTT: durable ingest, hot caches, acks with the durable watermark" \
       org.opencontainers.image.source="${SOURCE}" \
