@@ -1,7 +1,9 @@
 //! Opens the store and the cache the configuration names (`store.backend`,
 //! `cache.backend`). A ScyllaDB cluster that is not reachable yet is waited for —
 //! after a power cut the database may come up after meterflow — while a bad setting
-//! fails at once with what to change.
+//! fails at once with what to change, and so does a cluster that answers but whose
+//! keyspace replication can never meet `store.scylla.consistency` (`ScyllaStore::open`
+//! reports that as `StoreError::Config`, not `Unavailable`).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -41,6 +41,11 @@ pub enum Consistency {
 }
 
 impl Consistency {
+    /// Whether the level only counts replicas of the coordinator's datacenter.
+    pub(crate) fn is_local(self) -> bool {
+        matches!(self, Consistency::LocalQuorum | Consistency::LocalOne)
+    }
+
     pub(crate) fn to_driver(self) -> ::scylla::statement::Consistency {
         use ::scylla::statement::Consistency as C;
         match self {
@@ -60,9 +65,15 @@ impl Consistency {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScyllaConfig {
-    /// Replicas of every row, per datacenter, used when the keyspace is created.
-    /// Default 3 (DESIGN §9): LOCAL_QUORUM then tolerates one node down. Set 1 for a
-    /// single-node development or test cluster (the scripts' Cassandra).
+    /// Replicas of every row, per datacenter, used when meterflow creates the
+    /// keyspace. Default 3 (DESIGN §9): LOCAL_QUORUM then tolerates one node down.
+    /// Capped at creation by the nodes the driver sees in the datacenter (the local
+    /// one if set, else the smallest): on a single-node development cluster the
+    /// keyspace gets RF 1 (an INFO log says so; LOCAL_QUORUM of RF 1 is that one
+    /// node). An existing keyspace keeps its replication; if `consistency` can never
+    /// be met with it on the nodes the cluster has (say RF 3 on one node at
+    /// LOCAL_QUORUM), opening fails at once with the `ALTER KEYSPACE` to run instead
+    /// of waiting forever.
     pub replication_factor: u8,
     /// The datacenter this service runs next to. When set, the keyspace is created
     /// as `NetworkTopologyStrategy {'<dc>': replication_factor}` and the driver
@@ -70,7 +81,9 @@ pub struct ScyllaConfig {
     /// `'replication_factor'` shorthand (every datacenter gets that many replicas) and
     /// the driver has no preference: fine for one datacenter.
     pub local_datacenter: Option<String>,
-    /// Consistency of reads and writes (default LOCAL_QUORUM).
+    /// Consistency of reads and writes (default LOCAL_QUORUM). Checked at open
+    /// against the keyspace's replication and the cluster's nodes: a level that can
+    /// never be met (e.g. THREE on one node) fails at once, naming this setting.
     pub consistency: Consistency,
     /// User for password authentication (none by default). In Kubernetes it comes
     /// from the Secret through `MF_SCYLLA_USERNAME` rather than the config file.

@@ -265,8 +265,12 @@ impl ScyllaStore {
     /// migrations and prepares the statements.
     ///
     /// `keyspace` must be lowercase `[a-z][a-z0-9_]*`, at most 48 characters.
+    /// A new keyspace gets `replication_factor` capped by the nodes of the datacenter
+    /// (see [`ScyllaConfig::replication_factor`]).
+    ///
     /// An unreachable cluster is [`StoreError::Unavailable`] (try again later); a bad
-    /// config or keyspace name is [`StoreError::Config`].
+    /// config or keyspace name, or an existing keyspace whose replication can never
+    /// meet `consistency` on the cluster's nodes, is [`StoreError::Config`].
     pub fn open<S: AsRef<str>>(
         contact_points: &[S],
         keyspace: &str,

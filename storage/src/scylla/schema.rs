@@ -66,13 +66,13 @@
 //! time (the service's start-up, or a deploy job): concurrent `CREATE TABLE` on
 //! different coordinators of a Cassandra cluster can race.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ::scylla::client::session::Session;
 use ::scylla::value::CqlTimestamp;
 
-use super::config::ScyllaConfig;
+use super::config::{Consistency, ScyllaConfig};
 use super::errors;
 use crate::error::StoreError;
 use crate::resilience::retry;
@@ -228,7 +228,11 @@ fn output_tables(ks: &str, config: &ScyllaConfig) -> Vec<String> {
 
 /// `CREATE KEYSPACE IF NOT EXISTS` with the configured replication.
 pub fn keyspace_statement(keyspace: &str, config: &ScyllaConfig) -> String {
-    let rf = config.replication_factor;
+    keyspace_statement_with_rf(keyspace, config, usize::from(config.replication_factor))
+}
+
+/// `CREATE KEYSPACE IF NOT EXISTS` with replication factor `rf`.
+fn keyspace_statement_with_rf(keyspace: &str, config: &ScyllaConfig, rf: usize) -> String {
     let replication = match &config.local_datacenter {
         Some(dc) => format!("'{dc}': {rf}"),
         None => format!("'replication_factor': {rf}"),
@@ -274,14 +278,258 @@ async fn run_ddl(
     .await
 }
 
-/// Creates the keyspace if missing and applies every migration not yet recorded.
-/// Returns the versions applied by this call (empty when the schema was current).
+/// Nodes the driver sees in each datacenter (`system.local` + `system.peers`, up or
+/// down). A node whose datacenter is unknown counts under `""`.
+fn nodes_per_datacenter(session: &Session) -> BTreeMap<String, usize> {
+    let mut nodes = BTreeMap::new();
+    for node in session.get_cluster_state().get_nodes_info() {
+        *nodes
+            .entry(node.datacenter.clone().unwrap_or_default())
+            .or_insert(0) += 1;
+    }
+    nodes
+}
+
+/// The replication of `keyspace` as `system_schema.keyspaces` holds it, if it exists.
+async fn existing_replication(
+    session: &Session,
+    keyspace: &str,
+    config: &ScyllaConfig,
+) -> Result<Option<HashMap<String, String>>, StoreError> {
+    let result = retry(&config.retry, StoreError::is_retryable, || async {
+        session
+            .query_unpaged(
+                "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = ?",
+                (keyspace,),
+            )
+            .await
+            .map_err(|e| errors::execution("reading the keyspace's replication failed", &e))
+    })
+    .await?;
+    let rows = result
+        .into_rows_result()
+        .map_err(|e| errors::type_check("system_schema.keyspaces returned no rows", &e))?;
+    let row = rows
+        .maybe_first_row::<(HashMap<String, String>,)>()
+        .map_err(|e| errors::type_check("unreadable system_schema.keyspaces row", &e))?;
+    Ok(row.map(|(replication,)| replication))
+}
+
+/// Replicas per datacenter of a keyspace's `replication` map (`class` plus one entry
+/// per datacenter for NetworkTopologyStrategy; `replication_factor` for
+/// SimpleStrategy, which spreads its replicas over the whole cluster: `None` key).
+fn parse_replication(replication: &HashMap<String, String>) -> BTreeMap<Option<String>, usize> {
+    let simple = replication
+        .get("class")
+        .is_some_and(|class| class.ends_with("SimpleStrategy"));
+    replication
+        .iter()
+        .filter(|(key, _)| key.as_str() != "class")
+        .filter_map(|(key, value)| {
+            let rf = value.parse::<usize>().ok()?;
+            let dc = if simple && key == "replication_factor" {
+                None
+            } else {
+                Some(key.clone())
+            };
+            Some((dc, rf))
+        })
+        .collect()
+}
+
+/// Why `consistency` can never be met with `groups` of `(datacenter, replication
+/// factor, nodes)` (a `None` datacenter is the whole cluster), or `None` if it can.
+/// At most `min(rf, nodes)` replicas of a row exist in a group.
+pub(crate) fn unmet_consistency(
+    consistency: Consistency,
+    groups: &[(Option<&str>, usize, usize)],
+) -> Option<String> {
+    let rf_total: usize = groups.iter().map(|g| g.1).sum();
+    let replicas_total: usize = groups.iter().map(|g| g.1.min(g.2)).sum();
+    let name = consistency_name(consistency);
+    let need_total = |need: usize| {
+        (replicas_total < need).then(|| {
+            format!(
+                "{name} needs {need} replica(s) but at most {replicas_total} exist \
+                 (replication factor {rf_total} over {} node(s))",
+                groups.iter().map(|g| g.2).sum::<usize>()
+            )
+        })
+    };
+    match consistency {
+        Consistency::One | Consistency::LocalOne => need_total(1),
+        Consistency::Two => need_total(2),
+        Consistency::Three => need_total(3),
+        Consistency::Quorum => need_total(rf_total / 2 + 1),
+        Consistency::All => need_total(rf_total),
+        // Without a preferred datacenter any of them may coordinate: each must do.
+        Consistency::LocalQuorum | Consistency::EachQuorum => {
+            groups.iter().find_map(|&(dc, rf, nodes)| {
+                let need = rf / 2 + 1;
+                (rf.min(nodes) < need).then(|| {
+                    let place = dc.map_or("the cluster".to_owned(), |dc| {
+                        format!("datacenter {dc:?}")
+                    });
+                    format!(
+                        "{name} needs {need} of the {rf} replicas but {place} has only {nodes} node(s)"
+                    )
+                })
+            })
+        }
+    }
+}
+
+fn consistency_name(consistency: Consistency) -> &'static str {
+    match consistency {
+        Consistency::One => "ONE",
+        Consistency::Two => "TWO",
+        Consistency::Three => "THREE",
+        Consistency::Quorum => "QUORUM",
+        Consistency::All => "ALL",
+        Consistency::LocalQuorum => "LOCAL_QUORUM",
+        Consistency::EachQuorum => "EACH_QUORUM",
+        Consistency::LocalOne => "LOCAL_ONE",
+    }
+}
+
+/// Creates the keyspace with a replication factor the cluster can hold: the
+/// configured one capped by the nodes of the (smallest, or the configured local)
+/// datacenter, logged at INFO when lowered. An existing keyspace is checked instead:
+/// if the configured consistency can never be met with its replication and the
+/// nodes the driver sees, this is a [`StoreError::Config`] naming what to change
+/// (retrying would only loop on a node that answers).
+async fn ensure_keyspace(
+    session: &Session,
+    keyspace: &str,
+    config: &ScyllaConfig,
+) -> Result<(), StoreError> {
+    let nodes = nodes_per_datacenter(session);
+    let seen = || {
+        nodes
+            .iter()
+            .map(|(dc, n)| format!("{dc:?}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let consistency = consistency_name(config.consistency);
+    if let Some(replication) = existing_replication(session, keyspace, config).await? {
+        let replicas = parse_replication(&replication);
+        let total_nodes: usize = nodes.values().sum();
+        let groups: Vec<(Option<&str>, usize, usize)> = replicas
+            .iter()
+            .filter(|(dc, _)| match (&config.local_datacenter, dc) {
+                // Only the local datacenter matters to LOCAL_* levels when it is set.
+                (Some(local), Some(dc)) if config.consistency.is_local() => dc == local,
+                _ => true,
+            })
+            .map(|(dc, &rf)| {
+                let n = match dc {
+                    Some(dc) => nodes.get(dc).copied().unwrap_or(0),
+                    None => total_nodes,
+                };
+                (dc.as_deref(), rf, n)
+            })
+            .collect();
+        if let Some(why) = unmet_consistency(config.consistency, &groups) {
+            let fix: Vec<String> = groups
+                .iter()
+                .map(|&(dc, rf, n)| {
+                    format!(
+                        "'{}': {}",
+                        dc.unwrap_or("replication_factor"),
+                        rf.min(n).max(1)
+                    )
+                })
+                .collect();
+            return Err(StoreError::Config(format!(
+                "keyspace {keyspace} already exists with replication {replication:?}, and with the \
+                 nodes the cluster has ({}) consistency {consistency} can never be met: {why}. \
+                 Lower the keyspace's replication with `ALTER KEYSPACE {keyspace} WITH replication = \
+                 {{'class': 'NetworkTopologyStrategy', {}}}` (store.scylla.replication_factor only \
+                 applies when meterflow creates the keyspace), add nodes, or lower \
+                 store.scylla.consistency",
+                seen(),
+                fix.join(", ")
+            )));
+        }
+        for &(dc, rf, n) in &groups {
+            if rf > n {
+                tracing::warn!(
+                    keyspace,
+                    datacenter = dc.unwrap_or("(whole cluster)"),
+                    replication_factor = rf,
+                    nodes = n,
+                    "the keyspace's replication factor is above the number of nodes: rows have fewer copies than configured (ALTER KEYSPACE to match, or add nodes)"
+                );
+            }
+        }
+        return Ok(());
+    }
+
+    let wanted = usize::from(config.replication_factor);
+    let (dcs, capacity): (Vec<&str>, usize) = match &config.local_datacenter {
+        Some(dc) => match nodes.get(dc) {
+            Some(&n) => (vec![dc.as_str()], n),
+            None => {
+                return Err(StoreError::Config(format!(
+                    "store.scylla.local_datacenter is {dc:?}, but the cluster's datacenters \
+                     are {{{}}}: set it to one of them (or unset it)",
+                    seen()
+                )));
+            }
+        },
+        None => (
+            nodes.keys().map(String::as_str).collect(),
+            nodes.values().copied().min().unwrap_or(0),
+        ),
+    };
+    if capacity == 0 {
+        return Err(StoreError::Unavailable(
+            "the driver sees no node of the cluster yet".to_owned(),
+        ));
+    }
+    let rf = wanted.min(capacity);
+    let groups: Vec<(Option<&str>, usize, usize)> = dcs
+        .iter()
+        .map(|&dc| (Some(dc), rf, nodes.get(dc).copied().unwrap_or(0)))
+        .collect();
+    if let Some(why) = unmet_consistency(config.consistency, &groups) {
+        return Err(StoreError::Config(format!(
+            "cannot create keyspace {keyspace}: with replication factor {rf} on the nodes the \
+             cluster has ({}), consistency {consistency} can never be met: {why}. Lower \
+             store.scylla.consistency (e.g. LOCAL_QUORUM) or add nodes",
+            seen()
+        )));
+    }
+    if rf < wanted {
+        tracing::info!(
+            keyspace,
+            configured = wanted,
+            replication_factor = rf,
+            nodes = capacity,
+            "creating the keyspace with replication factor {rf} instead of store.scylla.replication_factor = {wanted}: \
+             the cluster has only {capacity} node(s) per datacenter; a (LOCAL_)QUORUM of RF {rf} is {} node(s) \
+             (no redundancy below RF 3: after adding nodes, ALTER KEYSPACE and repair)",
+            rf / 2 + 1
+        );
+    }
+    run_ddl(
+        session,
+        config,
+        &keyspace_statement_with_rf(keyspace, config, rf),
+    )
+    .await
+}
+
+/// Creates the keyspace if missing (see [`ensure_keyspace`]) and applies every
+/// migration not yet recorded. Returns the versions applied by this call (empty when
+/// the schema was current).
 pub(crate) async fn migrate(
     session: &Session,
     keyspace: &str,
     config: &ScyllaConfig,
 ) -> Result<Vec<i32>, StoreError> {
-    run_ddl(session, config, &keyspace_statement(keyspace, config)).await?;
+    ensure_keyspace(session, keyspace, config).await?;
     run_ddl(session, config, &migrations_table_statement(keyspace)).await?;
     let applied = applied_versions(session, keyspace, config).await?;
 
@@ -390,6 +638,38 @@ mod tests {
         config.local_datacenter = Some("dc1".into());
         config.replication_factor = 2;
         assert!(keyspace_statement("ks", &config).contains("'dc1': 2"));
+    }
+
+    #[test]
+    fn consistency_levels_against_replicas_and_nodes() {
+        let one_node = [(Some("dc1"), 1, 1)];
+        for level in [
+            Consistency::One,
+            Consistency::LocalOne,
+            Consistency::Quorum,
+            Consistency::LocalQuorum,
+            Consistency::EachQuorum,
+            Consistency::All,
+        ] {
+            assert_eq!(unmet_consistency(level, &one_node), None, "{level:?}");
+        }
+        assert!(unmet_consistency(Consistency::Two, &one_node).is_some());
+        let rf3_one_node = [(Some("dc1"), 3, 1)];
+        assert!(unmet_consistency(Consistency::One, &rf3_one_node).is_none());
+        let why = unmet_consistency(Consistency::LocalQuorum, &rf3_one_node).unwrap();
+        assert!(why.contains("needs 2 of the 3"), "{why}");
+        assert!(unmet_consistency(Consistency::Quorum, &rf3_one_node).is_some());
+        let rf3_two_nodes = [(Some("dc1"), 3, 2)];
+        assert!(unmet_consistency(Consistency::LocalQuorum, &rf3_two_nodes).is_none());
+        assert!(unmet_consistency(Consistency::All, &rf3_two_nodes).is_some());
+        let simple = parse_replication(&HashMap::from([
+            (
+                "class".to_owned(),
+                "org.apache.cassandra.locator.SimpleStrategy".to_owned(),
+            ),
+            ("replication_factor".to_owned(), "2".to_owned()),
+        ]));
+        assert_eq!(simple, BTreeMap::from([(None, 2)]));
     }
 
     #[test]

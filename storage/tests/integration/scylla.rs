@@ -498,3 +498,83 @@ fn scylla_open_reports_unreachable_clusters_and_bad_settings() {
         "{message}"
     );
 }
+
+#[test]
+fn scylla_a_new_keyspace_on_one_node_gets_the_replication_the_node_can_hold() {
+    let Some(cassandra) = servers::cassandra("scylla_single_node") else {
+        return;
+    };
+    // The default replication (3) and consistency (LOCAL_QUORUM), as a first run
+    // against a development node would have them.
+    let config = ScyllaConfig {
+        retry: test_config().retry,
+        ..ScyllaConfig::default()
+    };
+    assert_eq!(config.replication_factor, 3);
+    let (inspector, store) = fresh("single_node", &cassandra, config);
+    let key = meter_key("acme", "m1");
+    let reading = stored_reading(BASE_TS, 1_000, Quality::Actual);
+    store
+        .write(&[sealed_batch(
+            1,
+            vec![meter_batch(key.clone(), vec![reading], meter_state(1, 1))],
+            vec![],
+        )])
+        .unwrap();
+    assert_eq!(
+        store.readings(&key, i64::MIN, i64::MAX, 10).unwrap(),
+        [reading]
+    );
+
+    let replication: Vec<(HashMap<String, String>,)> = inspector.rows(&format!(
+        "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = '{}'",
+        store.keyspace()
+    ));
+    let factors: Vec<&String> = replication[0]
+        .0
+        .iter()
+        .filter(|(key, _)| key.as_str() != "class")
+        .map(|(_, rf)| rf)
+        .collect();
+    assert!(
+        !factors.is_empty() && factors.iter().all(|rf| rf.as_str() == "1"),
+        "{replication:?}"
+    );
+}
+
+#[test]
+fn scylla_an_existing_keyspace_the_node_cannot_serve_fails_fast_naming_the_fix() {
+    let Some(cassandra) = servers::cassandra("scylla_rf_too_high") else {
+        return;
+    };
+    let keyspace = servers::unique_name("rf_too_high");
+    let inspector = Inspector::connect(&cassandra, &keyspace);
+    let create = format!(
+        "CREATE KEYSPACE {keyspace} WITH replication = \
+         {{'class': 'NetworkTopologyStrategy', 'replication_factor': 3}}"
+    );
+    inspector
+        .runtime
+        .block_on(inspector.session.query_unpaged(create.as_str(), ()))
+        .expect("keyspace created");
+
+    let started = Instant::now();
+    let error = ScyllaStore::open(&[cassandra.as_str()], &keyspace, ScyllaConfig::default())
+        .err()
+        .expect("LOCAL_QUORUM of RF 3 cannot be met by one node");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(!error.is_retryable(), "{error}");
+    let StoreError::Config(message) = error else {
+        panic!("{error}")
+    };
+    assert!(
+        message.contains(&format!("ALTER KEYSPACE {keyspace}"))
+            && message.contains("store.scylla.consistency")
+            && message.contains("LOCAL_QUORUM"),
+        "{message}"
+    );
+}
