@@ -4,42 +4,20 @@
 //! the breaker state gauges.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use meterflow_simulator::{SimConfig, run};
 
 use crate::utils::{Meterflow, free_addr};
 
-/// Starts meterflow with its stderr in `log` and the log settings left at their
-/// defaults (apart from `extra_env`), sends it a small fleet, stops it with SIGTERM
-/// and returns everything it wrote to stderr.
+/// Starts meterflow with the log settings left at their defaults (apart from
+/// `extra_env`), sends it a small fleet, stops it with SIGTERM and returns everything
+/// it wrote to stderr.
 async fn healthy_run(dir: &Path, extra_env: &[(&str, &str)]) -> String {
-    let (mqtt, http) = (free_addr(), free_addr());
-    let log = dir.join("stderr.log");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_meterflow"));
-    command
-        .args([
-            "run",
-            "--mqtt",
-            &mqtt.to_string(),
-            "--http",
-            &http.to_string(),
-        ])
-        .arg("--data")
-        .arg(dir.join("data"))
-        .env("MF_SHARDS", "2")
-        .env_remove("MF_LOG_LEVEL")
-        .env_remove("MF_LOG_JSON")
-        .envs(extra_env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
-    let mut child = command.spawn().expect("start the meterflow binary");
-    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
-
-    wait_ready(&mut child, &http.to_string(), &read_log);
+    let mut env: Vec<(&str, Option<&str>)> = vec![("MF_LOG_LEVEL", None), ("MF_LOG_JSON", None)];
+    env.extend(extra_env.iter().map(|(name, value)| (*name, Some(*value))));
+    let mut service = Meterflow::start_env(&dir.join("data"), free_addr(), free_addr(), &[], &env);
     let config = SimConfig {
-        mqtt: mqtt.to_string(),
+        mqtt: service.mqtt.to_string(),
         meters: 20,
         messages_per_meter: 5,
         readings_per_message: 4,
@@ -53,60 +31,15 @@ async fn healthy_run(dir: &Path, extra_env: &[(&str, &str)]) -> String {
         (report.acked, report.unacked),
         (100, 0),
         "{report:?}\n{}",
-        read_log()
+        service.log_text()
     );
-
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(
-                status.success(),
-                "meterflow exited {status}:\n{}",
-                read_log()
-            );
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("meterflow did not stop on SIGTERM:\n{}", read_log());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let text = read_log();
+    service.stop();
+    let text = service.log_text();
     assert!(
         text.contains("meterflow stopped"),
         "the shutdown was not logged:\n{text}"
     );
     text
-}
-
-fn wait_ready(child: &mut Child, http: &str, read_log: &dyn Fn() -> String) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(5)))
-        .build()
-        .into();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("meterflow exited early ({status}):\n{}", read_log());
-        }
-        if let Ok(r) = agent.get(&format!("http://{http}/readyz")).call()
-            && r.status() == 200
-        {
-            return;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("meterflow not ready:\n{}", read_log());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,12 +47,25 @@ impl Meterflow {
         http: SocketAddr,
         extra: &[&str],
     ) -> Meterflow {
+        Self::start_env(data, mqtt, http, extra, &[])
+    }
+
+    /// Like [`Meterflow::start_with`], with environment variables set (`Some`) or
+    /// removed (`None`) for the process.
+    pub(crate) fn start_env(
+        data: &Path,
+        mqtt: SocketAddr,
+        http: SocketAddr,
+        extra: &[&str],
+        env: &[(&str, Option<&str>)],
+    ) -> Meterflow {
         let log = data.with_extension(format!(
             "{}.log",
             Instant::now().elapsed().as_nanos() ^ u128::from(http.port())
         ));
         let stderr = File::create(&log).expect("create the log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_meterflow"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_meterflow"));
+        command
             .args([
                 "run",
                 "--mqtt",
@@ -65,9 +78,14 @@ impl Meterflow {
             .args(extra)
             .env("MF_SHARDS", "2")
             .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("start the meterflow binary");
+            .stderr(stderr);
+        for (name, value) in env {
+            match value {
+                Some(value) => command.env(name, value),
+                None => command.env_remove(name),
+            };
+        }
+        let child = command.spawn().expect("start the meterflow binary");
         let mut service = Meterflow {
             child: Some(child),
             mqtt,
@@ -111,6 +129,11 @@ impl Meterflow {
             "meterflow not ready after {READY_TIMEOUT:?}:\n{}",
             self.log_tail()
         );
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub(crate) fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     pub(crate) fn log_tail(&self) -> String {
