@@ -5,6 +5,7 @@
 mod backends;
 mod bad_input;
 mod crash;
+mod csv;
 mod e2e;
 mod endpoint;
 mod fleet;
