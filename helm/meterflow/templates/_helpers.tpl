@@ -160,6 +160,36 @@ are printed as integers (meterflow's integer fields refuse 1.0).
 {{- end }}
 
 {{/*
+pipeline.shards as rendered: the value when set; when 0, the container's CPU request
+(resources.requests.cpu, else resources.limits.cpu) rounded up, at least 1 - so a pod
+requesting 1 CPU does not start a shard thread per core of its node. Unset: 1.
+Accepts Kubernetes CPU quantities "500m", "1", "1.5", 2.
+*/}}
+{{- define "meterflow.shards" -}}
+{{- $shards := int .Values.config.pipeline.shards }}
+{{- if eq $shards 0 }}
+{{- $res := .Values.resources | default dict }}
+{{- $cpu := dig "requests" "cpu" "" $res | default (dig "limits" "cpu" "" $res) | toString }}
+{{- if not $cpu }}
+{{- $shards = 1 }}
+{{- else if hasSuffix "m" $cpu }}
+{{- $milli := trimSuffix "m" $cpu }}
+{{- if not (regexMatch "^[0-9]+$" $milli) }}
+{{- fail (printf "meterflow: cannot read the CPU quantity %q in resources (for config.pipeline.shards: 0); use e.g. \"500m\" or \"2\", or set config.pipeline.shards" $cpu) }}
+{{- end }}
+{{- $shards = div (add (int64 $milli) 999) 1000 | int }}
+{{- else }}
+{{- if not (regexMatch "^[0-9]+(\\.[0-9]+)?$" $cpu) }}
+{{- fail (printf "meterflow: cannot read the CPU quantity %q in resources (for config.pipeline.shards: 0); use e.g. \"500m\" or \"2\", or set config.pipeline.shards" $cpu) }}
+{{- end }}
+{{- $shards = $cpu | float64 | ceil | int }}
+{{- end }}
+{{- $shards = max 1 $shards | int }}
+{{- end }}
+{{- $shards }}
+{{- end }}
+
+{{/*
 meterflow.toml without secrets: what the ConfigMap holds. Tables only (no top-level
 keys), so the Secret's [[tenants]] tables can be appended to it.
 */}}
@@ -202,7 +232,9 @@ consistency = {{ .Values.store.scylla.consistency | quote }}
 {{- end }}
 
 [pipeline]
-{{- include "meterflow.tomlKeys" .Values.config.pipeline }}
+{{- $pipeline := deepCopy .Values.config.pipeline }}
+{{- $_ := set $pipeline "shards" (int (include "meterflow.shards" .)) }}
+{{- include "meterflow.tomlKeys" $pipeline }}
 
 [limits]
 {{- include "meterflow.tomlKeys" .Values.config.limits }}
@@ -288,13 +320,11 @@ or set existingSecret to a Secret holding a tenants.toml key. See the chart's RE
 {{- end }}
 {{- $_ := set $ids .id true }}
 {{- end }}
-{{- if eq .Values.store.kind "embedded" }}
 {{- if .Values.autoscaling.enabled }}
-{{- fail "meterflow: autoscaling needs store.kind=scylla - the embedded store lives on one pod's volume; set autoscaling.enabled=false or use ScyllaDB" }}
+{{- fail (printf "meterflow: autoscaling.enabled is refused: an HPA would run several pods, and meterflow runs as exactly one pod until its distributed mode exists - %s. Set autoscaling.enabled=false; scale one pod up (resources.requests.cpu, config.pipeline.shards) instead." (include "meterflow.whyOnePod" .)) }}
 {{- end }}
-{{- if ne (int .Values.replicaCount) 1 }}
-{{- fail (printf "meterflow: store.kind=embedded runs exactly one pod (replicaCount is %d): each pod would hold its own store, so the API would see part of the data and a meter moving between pods would lose its dedupe state. Use store.kind=scylla to run several." (int .Values.replicaCount)) }}
-{{- end }}
+{{- if gt (int .Values.replicaCount) 1 }}
+{{- fail (printf "meterflow: replicaCount is %d, but meterflow runs as exactly one pod until its distributed mode exists - %s. Set replicaCount=1; scale one pod up (resources.requests.cpu, config.pipeline.shards) instead." (int .Values.replicaCount) (include "meterflow.whyOnePod" .)) }}
 {{- end }}
 {{- if eq .Values.store.kind "scylla" }}
 {{- if empty .Values.store.scylla.contactPoints }}
@@ -326,6 +356,15 @@ plaintext MQTT (meters' passwords in clear text) outside the cluster. Either
 {{- if lt (int .Values.terminationGracePeriodSeconds) 60 }}
 {{- fail "meterflow: terminationGracePeriodSeconds must be at least 60 so in-flight batches are stored on shutdown" }}
 {{- end }}
+{{- end }}
+
+{{/* Why more than one pod would be wrong, for the store in use (meterflow.validate's messages). */}}
+{{- define "meterflow.whyOnePod" -}}
+{{- if eq .Values.store.kind "embedded" -}}
+with store.kind=embedded each pod would hold its own store, so the API would see part of the data and a meter moving between pods would lose its dedupe state
+{{- else -}}
+with ScyllaDB{{ if eq .Values.cache.kind "redis" }} and Redis{{ end }} each pod would write its own district totals and analytics summary as absolute values, overwriting the other pods' (and each keeps its meters' dedupe and VEE state in memory)
+{{- end -}}
 {{- end }}
 
 {{/* PromQL label matchers selecting this release's series in alert rules. */}}

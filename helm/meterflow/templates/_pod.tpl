@@ -62,6 +62,27 @@ spec:
           readOnly: true
         - name: rendered-config
           mountPath: /run/meterflow
+    # `meterflow check` on the rendered file, with the main container's image, env,
+    # mounts and securityContext: a config meterflow would refuse fails the pod here,
+    # before meterflow starts, with the errors in this container's log
+    # (kubectl logs <pod> -c check-config).
+    - name: check-config
+      image: {{ include "meterflow.image" . | quote }}
+      imagePullPolicy: {{ .Values.image.pullPolicy }}
+      command:
+        {{- toYaml .Values.command | nindent 8 }}
+      args:
+        - check
+        - --config
+        - /run/meterflow/meterflow.toml
+      {{- with include "meterflow.containerEnv" . | trim }}
+      {{- . | nindent 6 }}
+      {{- end }}
+      securityContext:
+        {{- toYaml .Values.securityContext | nindent 8 }}
+      resources:
+        {{- toYaml .Values.resources | nindent 8 }}
+      {{- include "meterflow.containerMounts" . | trim | nindent 6 }}
   containers:
     - name: meterflow
       image: {{ include "meterflow.image" . | quote }}
@@ -75,33 +96,8 @@ spec:
         {{- with .Values.extraArgs }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
-      {{- if or (eq .Values.store.kind "scylla") (eq .Values.cache.kind "redis") .Values.extraEnv }}
-      env:
-        {{- if eq .Values.store.kind "scylla" }}
-        - name: MF_SCYLLA_USERNAME
-          valueFrom:
-            secretKeyRef:
-              name: {{ include "meterflow.secretName" . }}
-              key: scylla-username
-              optional: true
-        - name: MF_SCYLLA_PASSWORD
-          valueFrom:
-            secretKeyRef:
-              name: {{ include "meterflow.secretName" . }}
-              key: scylla-password
-              optional: true
-        {{- end }}
-        {{- if eq .Values.cache.kind "redis" }}
-        # cache.backend = the Redis URL, kept in the Secret (it may hold a password).
-        - name: MF_CACHE
-          valueFrom:
-            secretKeyRef:
-              name: {{ include "meterflow.secretName" . }}
-              key: redis-url
-        {{- end }}
-        {{- with .Values.extraEnv }}
-        {{- toYaml . | nindent 8 }}
-        {{- end }}
+      {{- with include "meterflow.containerEnv" . | trim }}
+      {{- . | nindent 6 }}
       {{- end }}
       ports:
         - name: mqtt
@@ -135,22 +131,7 @@ spec:
         {{- toYaml .Values.securityContext | nindent 8 }}
       resources:
         {{- toYaml .Values.resources | nindent 8 }}
-      volumeMounts:
-        - name: rendered-config
-          mountPath: /run/meterflow
-          readOnly: true
-        - name: data
-          mountPath: {{ .Values.store.persistence.mountPath }}
-        - name: tmp
-          mountPath: /tmp
-        {{- if .Values.mqtt.tls.enabled }}
-        - name: mqtt-tls
-          mountPath: {{ include "meterflow.tlsDir" . }}
-          readOnly: true
-        {{- end }}
-        {{- with .Values.extraVolumeMounts }}
-        {{- toYaml . | nindent 8 }}
-        {{- end }}
+      {{- include "meterflow.containerMounts" . | trim | nindent 6 }}
   volumes:
     - name: config
       configMap:
@@ -215,5 +196,58 @@ spec:
   {{- end }}
   topologySpreadConstraints:
     {{- toYaml $constraints | nindent 4 }}
+  {{- end }}
+{{- end }}
+
+
+{{/* The env of the meterflow container and of its check-config init container. */}}
+{{- define "meterflow.containerEnv" -}}
+{{- if or (eq .Values.store.kind "scylla") (eq .Values.cache.kind "redis") .Values.extraEnv }}
+env:
+  {{- if eq .Values.store.kind "scylla" }}
+  - name: MF_SCYLLA_USERNAME
+    valueFrom:
+      secretKeyRef:
+        name: {{ include "meterflow.secretName" . }}
+        key: scylla-username
+        optional: true
+  - name: MF_SCYLLA_PASSWORD
+    valueFrom:
+      secretKeyRef:
+        name: {{ include "meterflow.secretName" . }}
+        key: scylla-password
+        optional: true
+  {{- end }}
+  {{- if eq .Values.cache.kind "redis" }}
+  # cache.backend = the Redis URL, kept in the Secret (it may hold a password).
+  - name: MF_CACHE
+    valueFrom:
+      secretKeyRef:
+        name: {{ include "meterflow.secretName" . }}
+        key: redis-url
+  {{- end }}
+  {{- with .Values.extraEnv }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The volumeMounts of the meterflow container and of its check-config init container. */}}
+{{- define "meterflow.containerMounts" -}}
+volumeMounts:
+  - name: rendered-config
+    mountPath: /run/meterflow
+    readOnly: true
+  - name: data
+    mountPath: {{ .Values.store.persistence.mountPath }}
+  - name: tmp
+    mountPath: /tmp
+  {{- if .Values.mqtt.tls.enabled }}
+  - name: mqtt-tls
+    mountPath: {{ include "meterflow.tlsDir" . }}
+    readOnly: true
+  {{- end }}
+  {{- with .Values.extraVolumeMounts }}
+  {{- toYaml . | nindent 2 }}
   {{- end }}
 {{- end }}
