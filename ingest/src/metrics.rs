@@ -13,6 +13,7 @@
 use meterflow_model::Reject;
 use meterflow_model::alert::AlertKind;
 
+use crate::endpoint::session::{ConnectOutcome, ProtocolViolation};
 use crate::notifier::NotifierMetrics;
 use metrics::{
     Counter, Gauge, Histogram, counter, describe_counter, describe_gauge, describe_histogram,
@@ -305,37 +306,16 @@ pub struct EndpointMetrics {
     pub received: Counter,
     pub shed: OutcomeCounters,
     pub connections: Gauge,
-    connects: Vec<(&'static str, Counter)>,
+    /// By [`ConnectOutcome::index`].
+    connects: Vec<Counter>,
     pub refused_publish: Counter,
     pub refused_subscribe: Counter,
-    violations: Vec<(&'static str, Counter)>,
+    /// In [`ProtocolViolation::ALL`] order.
+    violations: Vec<Counter>,
     pub takeovers: Counter,
     pub accept_errors: Counter,
     pub pubacks: Counter,
 }
-
-/// Every CONNECT outcome label.
-pub const CONNECT_OUTCOMES: [&str; 10] = [
-    "accepted",
-    "client_id",
-    "credentials",
-    "will",
-    "capacity",
-    "rate",
-    "timeout",
-    "protocol_version",
-    "tls",
-    "malformed",
-];
-
-/// Every protocol-violation label.
-pub const VIOLATION_KINDS: [&str; 5] = [
-    "qos2",
-    "publish_not_allowed",
-    "malformed",
-    "too_large",
-    "keep_alive",
-];
 
 impl EndpointMetrics {
     pub fn register(pipeline: &PipelineMetrics) -> Self {
@@ -343,15 +323,15 @@ impl EndpointMetrics {
             received: pipeline.received.clone(),
             shed: pipeline.shed.clone(),
             connections: gauge!(MQTT_CONNECTIONS),
-            connects: CONNECT_OUTCOMES
+            connects: ConnectOutcome::ALL
                 .iter()
-                .map(|o| (*o, counter!(MQTT_CONNECTS, "outcome" => *o)))
+                .map(|o| counter!(MQTT_CONNECTS, "outcome" => o.code()))
                 .collect(),
             refused_publish: counter!(MQTT_REFUSED, "what" => "publish"),
             refused_subscribe: counter!(MQTT_REFUSED, "what" => "subscribe"),
-            violations: VIOLATION_KINDS
+            violations: ProtocolViolation::ALL
                 .iter()
-                .map(|k| (*k, counter!(MQTT_VIOLATIONS, "kind" => *k)))
+                .map(|k| counter!(MQTT_VIOLATIONS, "kind" => k.code()))
                 .collect(),
             takeovers: counter!(MQTT_TAKEOVERS),
             accept_errors: counter!(MQTT_ACCEPT_ERRORS),
@@ -359,17 +339,17 @@ impl EndpointMetrics {
         }
     }
 
-    /// Counts one CONNECT outcome (a label of [`CONNECT_OUTCOMES`]).
-    pub fn connect(&self, outcome: &str) {
-        if let Some((_, c)) = self.connects.iter().find(|(o, _)| *o == outcome) {
-            c.increment(1);
-        }
+    /// Counts one CONNECT outcome.
+    pub fn connect(&self, outcome: ConnectOutcome) {
+        self.connects[outcome.index()].increment(1);
     }
 
-    /// Counts one protocol violation (a label of [`VIOLATION_KINDS`]).
-    pub fn violation(&self, kind: &str) {
-        if let Some((_, c)) = self.violations.iter().find(|(k, _)| *k == kind) {
-            c.increment(1);
-        }
+    /// Counts one connection closed for what it sent.
+    pub fn violation(&self, kind: ProtocolViolation) {
+        let index = ProtocolViolation::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .expect("ALL lists every kind");
+        self.violations[index].increment(1);
     }
 }

@@ -31,7 +31,10 @@ use tracing::debug;
 use super::EndpointShared;
 use super::handoff::Inbound;
 use super::outbox::{Completion, Outbox, OutboxReceiver, Outgoing};
-use super::session::{Grant, Identity, Login, ProtocolViolation, PublishVerdict, Session};
+use super::session::{
+    ConnectOutcome, ConnectRefusal, Grant, Identity, Login, ProtocolViolation, PublishVerdict,
+    Session,
+};
 use super::wire::{ConnectAnswer, ConnectInfo, ConnectReadError, Incoming, ReadError, Wire};
 use crate::clock::now_ms;
 
@@ -59,7 +62,7 @@ pub struct ConnectionLimits {
 enum Ended {
     Closed,
     Io,
-    Violation(&'static str),
+    Violation(ProtocolViolation),
     TakenOver,
     Abandoned,
     PipelineClosed,
@@ -124,19 +127,19 @@ where
     .await
     {
         Err(_) => {
-            shared.metrics.connect("timeout");
+            shared.metrics.connect(ConnectOutcome::Timeout);
             return None;
         }
         Ok(Err(ConnectError::Io)) => return None,
         Ok(Err(ConnectError::ProtocolVersion)) => {
-            shared.metrics.connect("protocol_version");
+            shared.metrics.connect(ConnectOutcome::ProtocolVersion);
             let mut out = BytesMut::new();
             Wire::V4.connack(ConnectAnswer::UnsupportedProtocol, answer_limits, &mut out);
             let _ = write_all(stream, &out).await;
             return None;
         }
         Ok(Err(ConnectError::Malformed)) => {
-            shared.metrics.connect("malformed");
+            shared.metrics.connect(ConnectOutcome::Malformed);
             return None;
         }
         Ok(Ok(connect)) => connect,
@@ -152,7 +155,7 @@ where
         return None;
     }
     let identity = verdict.ok()?;
-    shared.metrics.connect("accepted");
+    shared.metrics.connect(ConnectOutcome::Accepted);
     let keep_alive = match connect.keep_alive {
         0 => limits.idle_timeout,
         // MQTT 3.1.1 §3.1.2.10, MQTT 5 §3.1.2.10: one and a half times the keep-alive.
@@ -169,7 +172,9 @@ where
 fn authenticate(shared: &EndpointShared, connect: &ConnectInfo) -> Result<Identity, ConnectAnswer> {
     if connect.auth_method {
         // MQTT 5 enhanced authentication is not served: credentials go in CONNECT.
-        shared.metrics.connect("credentials");
+        shared
+            .metrics
+            .connect(ConnectOutcome::Refused(ConnectRefusal::Credentials));
         return Err(ConnectAnswer::NotAuthorized);
     }
     let login = Login {
@@ -179,7 +184,7 @@ fn authenticate(shared: &EndpointShared, connect: &ConnectInfo) -> Result<Identi
         has_will: connect.has_will,
     };
     shared.auth.authenticate(&login).map_err(|refusal| {
-        shared.metrics.connect(refusal.code());
+        shared.metrics.connect(ConnectOutcome::Refused(refusal));
         debug!(client_id = %connect.client_id, reason = refusal.code(), "mqtt connect refused");
         refusal.answer()
     })
@@ -259,10 +264,10 @@ where
                     }
                     Err(ReadError::Incomplete) => break,
                     Err(ReadError::TooLarge) => {
-                        return Ended::Violation(ProtocolViolation::TooLarge.code());
+                        return Ended::Violation(ProtocolViolation::TooLarge);
                     }
                     Err(ReadError::Malformed) => {
-                        return Ended::Violation(ProtocolViolation::Malformed.code());
+                        return Ended::Violation(ProtocolViolation::Malformed);
                     }
                 }
             }
@@ -310,7 +315,7 @@ where
                 // Only while reading: a connection paused at its in-flight cap is
                 // silent because of us, not because the client went away.
                 _ = tokio::time::sleep_until(deadline.into()), if reading => {
-                    return Ended::Violation("keep_alive");
+                    return Ended::Violation(ProtocolViolation::KeepAlive);
                 }
             }
         }
@@ -339,7 +344,7 @@ where
             } => {
                 if aliased {
                     // No topic alias was granted (CONNACK said 0).
-                    return Err(Ended::Violation(ProtocolViolation::Malformed.code()));
+                    return Err(Ended::Violation(ProtocolViolation::Malformed));
                 }
                 self.on_publish(topic, pkid, qos, retain, payload).await
             }
@@ -382,7 +387,7 @@ where
             Incoming::Disconnect => Err(Ended::Closed),
             // A client may acknowledge our QoS 0 publishes needlessly; nothing to do.
             Incoming::PubAck => Ok(()),
-            Incoming::Unexpected => Err(Ended::Violation(ProtocolViolation::Malformed.code())),
+            Incoming::Unexpected => Err(Ended::Violation(ProtocolViolation::Malformed)),
         }
     }
 
@@ -403,7 +408,7 @@ where
     ) -> Result<(), Ended> {
         let (meter, refused) = match self.session.on_publish(&topic, qos, retain) {
             PublishVerdict::Take { meter, refused } => (meter, refused),
-            PublishVerdict::Close(violation) => return Err(Ended::Violation(violation.code())),
+            PublishVerdict::Close(violation) => return Err(Ended::Violation(violation)),
         };
         if refused.is_some() {
             self.shared.metrics.refused_publish.increment(1);

@@ -51,7 +51,7 @@ use crate::tenants::Tenants;
 use connection::ConnectionLimits;
 use handoff::ShardRouter;
 use registry::Registry;
-use session::Authenticator;
+use session::{Authenticator, ConnectOutcome};
 
 /// Descriptors kept free of MQTT connections: the store's files, HTTP connections,
 /// logs and the refusal slots.
@@ -232,9 +232,11 @@ async fn accept_loop(
                 }
             },
             None => {
-                shared
-                    .metrics
-                    .connect(if within_rate { "capacity" } else { "rate" });
+                shared.metrics.connect(if within_rate {
+                    ConnectOutcome::Capacity
+                } else {
+                    ConnectOutcome::Rate
+                });
                 if let Ok(refusal) = gate.refusals.clone().try_acquire_owned() {
                     tokio::spawn(refuse(socket, tls.clone(), shared.clone(), refusal));
                 }
@@ -264,7 +266,7 @@ async fn serve_tls(
     let deadline = shared.limits.connect_timeout;
     match tokio::time::timeout(deadline, acceptor.accept(socket)).await {
         Ok(Ok(stream)) => connection::serve(stream, shared).await,
-        _ => shared.metrics.connect("tls"),
+        _ => shared.metrics.connect(ConnectOutcome::Tls),
     }
 }
 

@@ -59,8 +59,65 @@ pub enum ConnectRefusal {
     Will,
 }
 
+/// How a CONNECT ended, as counted in `meterflow_mqtt_connects_total{outcome}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectOutcome {
+    Accepted,
+    Refused(ConnectRefusal),
+    /// Over `mqtt.max_connections`.
+    Capacity,
+    /// Over `mqtt.connection_rate`.
+    Rate,
+    /// No CONNECT (or TLS handshake) within the deadline.
+    Timeout,
+    /// A protocol level other than MQTT 3.1.1 or 5.
+    ProtocolVersion,
+    /// The TLS handshake failed or timed out.
+    Tls,
+    /// The first packet was not a decodable CONNECT.
+    Malformed,
+}
+
+impl ConnectOutcome {
+    /// Every outcome, in the order its counters are registered.
+    pub const ALL: [ConnectOutcome; 10] = [
+        ConnectOutcome::Accepted,
+        ConnectOutcome::Refused(ConnectRefusal::ClientId),
+        ConnectOutcome::Refused(ConnectRefusal::Credentials),
+        ConnectOutcome::Refused(ConnectRefusal::Will),
+        ConnectOutcome::Capacity,
+        ConnectOutcome::Rate,
+        ConnectOutcome::Timeout,
+        ConnectOutcome::ProtocolVersion,
+        ConnectOutcome::Tls,
+        ConnectOutcome::Malformed,
+    ];
+
+    /// The metric label.
+    pub const fn code(self) -> &'static str {
+        match self {
+            ConnectOutcome::Accepted => "accepted",
+            ConnectOutcome::Refused(refusal) => refusal.code(),
+            ConnectOutcome::Capacity => "capacity",
+            ConnectOutcome::Rate => "rate",
+            ConnectOutcome::Timeout => "timeout",
+            ConnectOutcome::ProtocolVersion => "protocol_version",
+            ConnectOutcome::Tls => "tls",
+            ConnectOutcome::Malformed => "malformed",
+        }
+    }
+
+    /// Its position in [`ConnectOutcome::ALL`].
+    pub fn index(self) -> usize {
+        Self::ALL
+            .iter()
+            .position(|o| *o == self)
+            .expect("ALL lists every outcome")
+    }
+}
+
 impl ConnectRefusal {
-    /// Metric label.
+    /// Metric label and log reason.
     pub const fn code(self) -> &'static str {
         match self {
             ConnectRefusal::ClientId => "client_id",
@@ -192,15 +249,28 @@ pub enum ProtocolViolation {
     Malformed,
     /// A packet larger than the endpoint's limit.
     TooLarge,
+    /// Silent for 1.5 × its keep-alive (or `mqtt.idle_timeout_s`).
+    KeepAlive,
 }
 
 impl ProtocolViolation {
+    /// Every kind, in the order its counters are registered.
+    pub const ALL: [ProtocolViolation; 5] = [
+        ProtocolViolation::QoS2,
+        ProtocolViolation::PublishNotAllowed,
+        ProtocolViolation::Malformed,
+        ProtocolViolation::TooLarge,
+        ProtocolViolation::KeepAlive,
+    ];
+
+    /// The metric label.
     pub const fn code(self) -> &'static str {
         match self {
             ProtocolViolation::QoS2 => "qos2",
             ProtocolViolation::PublishNotAllowed => "publish_not_allowed",
             ProtocolViolation::Malformed => "malformed",
             ProtocolViolation::TooLarge => "too_large",
+            ProtocolViolation::KeepAlive => "keep_alive",
         }
     }
 }
@@ -597,6 +667,19 @@ mod tests {
         ]);
         let codes: Vec<bool> = granted.iter().map(Option::is_some).collect();
         assert_eq!(codes, [true, true, false, false, false, false]);
+    }
+
+    #[test]
+    fn metric_labels_are_unique_and_every_outcome_is_listed() {
+        let codes: std::collections::HashSet<_> =
+            ConnectOutcome::ALL.iter().map(|o| o.code()).collect();
+        assert_eq!(codes.len(), ConnectOutcome::ALL.len());
+        for (i, outcome) in ConnectOutcome::ALL.iter().enumerate() {
+            assert_eq!(outcome.index(), i);
+        }
+        let kinds: std::collections::HashSet<_> =
+            ProtocolViolation::ALL.iter().map(|k| k.code()).collect();
+        assert_eq!(kinds.len(), ProtocolViolation::ALL.len());
     }
 
     #[test]
