@@ -200,8 +200,12 @@ fn run(config: Config) -> anyhow::Result<()> {
         // For a person at a console; in JSON mode every stderr line is a JSON object
         // and the "meterflow running" event already carries the addresses.
         if !json_logs {
+            let tls = service
+                .mqtt_tls_addr
+                .map(|addr| format!(", MQTT over TLS on {addr}"))
+                .unwrap_or_default();
             eprintln!(
-                "meterflow: MQTT on {}, HTTP on http://{} — Ctrl-C to stop",
+                "meterflow: MQTT on {}{tls}, HTTP on http://{} — Ctrl-C to stop",
                 service.mqtt_addr, service.http_addr
             );
         }

@@ -83,10 +83,6 @@ impl ShardRouter {
         )
     }
 
-    pub fn shards(&self) -> usize {
-        self.queues.len()
-    }
-
     /// Hands an uplink to its meter's shard, waiting while the shard's queue is full.
     pub async fn send(&self, inbound: Inbound) -> Result<(), PipelineClosed> {
         let (tx, space) = &self.queues[shard_of(&inbound.identity, self.queues.len())];

@@ -105,8 +105,9 @@ impl Registry {
         (delivered, dropped)
     }
 
-    /// Open sessions (for tests and metrics).
-    pub fn sessions(&self) -> usize {
+    /// Open sessions.
+    #[cfg(test)]
+    fn sessions(&self) -> usize {
         self.sessions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

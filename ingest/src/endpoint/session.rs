@@ -159,10 +159,6 @@ impl Authenticator {
         }
     }
 
-    pub fn probe_secret(&self) -> &str {
-        &self.probe_secret
-    }
-
     pub fn authenticate(&self, login: &Login<'_>) -> Result<Identity, ConnectRefusal> {
         if login.has_will {
             return Err(ConnectRefusal::Will);
@@ -341,10 +337,6 @@ impl Session {
     /// Whether the runner may read another packet: false at the in-flight cap.
     pub fn may_read(&self) -> bool {
         self.inflight < self.max_inflight
-    }
-
-    pub fn inflight(&self) -> usize {
-        self.inflight
     }
 
     /// Decides what to do with a PUBLISH; a taken one counts as in flight.

@@ -106,11 +106,10 @@ pub fn read_connect(
     buf: &mut BytesMut,
     max_packet_bytes: usize,
 ) -> Result<(Wire, ConnectInfo), ConnectReadError> {
-    if rumqttc::mqttbytes::check(buf.iter(), max_packet_bytes).is_err() {
-        return match rumqttc::mqttbytes::check(buf.iter(), max_packet_bytes) {
-            Err(V4Error::InsufficientBytes(_)) => Err(ConnectReadError::Incomplete),
-            _ => Err(ConnectReadError::Malformed),
-        };
+    match rumqttc::mqttbytes::check(buf.iter(), max_packet_bytes) {
+        Ok(_) => {}
+        Err(V4Error::InsufficientBytes(_)) => return Err(ConnectReadError::Incomplete),
+        Err(_) => return Err(ConnectReadError::Malformed),
     }
     match protocol_level(buf) {
         Some(4) => match rumqttc::Packet::read(buf, max_packet_bytes) {
