@@ -69,33 +69,15 @@ mod tests {
         let (_, m2) = ids("acme", "m2");
         let p1 = meter_password("secret-secret-secret", &t, &m1);
         assert_eq!(p1.len(), 64);
-        assert!(verify_meter_password(
+        let opens = |secret: &str, meter: &MeterId, password: &[u8]| {
+            verify_meter_password(secret, &t, meter, password)
+        };
+        assert!(opens("secret-secret-secret", &m1, p1.as_bytes()));
+        assert!(!opens("secret-secret-secret", &m2, p1.as_bytes()));
+        assert!(!opens("other-secret-secret", &m1, p1.as_bytes()));
+        assert!(!opens("secret-secret-secret", &m1, &p1.as_bytes()[..62]));
+        assert!(opens(
             "secret-secret-secret",
-            &t,
-            &m1,
-            p1.as_bytes()
-        ));
-        assert!(!verify_meter_password(
-            "secret-secret-secret",
-            &t,
-            &m2,
-            p1.as_bytes()
-        ));
-        assert!(!verify_meter_password(
-            "other-secret-secret",
-            &t,
-            &m1,
-            p1.as_bytes()
-        ));
-        assert!(!verify_meter_password(
-            "secret-secret-secret",
-            &t,
-            &m1,
-            &p1.as_bytes()[..62]
-        ));
-        assert!(verify_meter_password(
-            "secret-secret-secret",
-            &t,
             &m1,
             p1.to_uppercase().as_bytes()
         ));
