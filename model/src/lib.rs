@@ -50,7 +50,7 @@ pub use batch::{DeadLetter, MeterBatch, SealedBatch, StoredReading};
 pub use billing::{BillLine, Tariff, TariffTier, TierCharge};
 pub use ids::{MeterId, MeterKey, TenantId};
 pub use limits::Limits;
-pub use outputs::{MeterView, Outputs, TenantSummary};
+pub use outputs::{MeterPage, MeterQuery, MeterView, Outputs, TenantSummary};
 pub use processing::{ProcessorsConfig, TenantProcessing};
 pub use reject::Reject;
 pub use seq_window::{Admission, SeqWindow};

@@ -8,7 +8,7 @@ use crate::alert::AlertEvent;
 use crate::analytics::{DistrictUsage, TopConsumers};
 use crate::billing::BillLine;
 use crate::ids::MeterKey;
-use crate::state::Quality;
+use crate::state::{MeterState, Quality};
 
 /// The latest picture of one meter, as dashboards read it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,18 +27,80 @@ pub struct MeterView {
     pub flow: Option<u32>,
     /// Water temperature of the newest reading, 0.1 °C.
     pub temp: Option<i16>,
-    /// Litres used on the UTC day of `last_ts`.
+    /// Litres used on the tenant's local day of `last_ts` (the interval rule of
+    /// [`TenantSummary`]).
     pub today_l: u64,
     pub quality: Quality,
+    /// District metered area the meter belongs to (`default` when unassigned).
+    #[serde(default)]
+    pub district: String,
+    /// Battery level, percent, as the meter last reported it.
+    #[serde(default)]
+    pub battery: Option<u8>,
+    /// Received signal strength at the meter, dBm, as it last reported it.
+    #[serde(default)]
+    pub rssi: Option<i16>,
 }
 
 impl MeterView {
-    pub fn key_matches(&self, key: &MeterKey) -> bool {
-        self.tenant == key.tenant.as_str() && self.meter == key.meter.as_str()
+    /// The view of a meter in `state`, a member of `district`; battery and signal
+    /// are left for the caller, which knows the newest device status if any.
+    pub fn of_state(key: &MeterKey, state: &MeterState, district: &str) -> Self {
+        let last = state.usage.last;
+        MeterView {
+            tenant: key.tenant.to_string(),
+            meter: key.meter.to_string(),
+            last_seq: state.seq.watermark(),
+            last_ts: last.map(|r| r.ts),
+            reg: last.map(|r| r.reg),
+            rev: last.map(|r| r.rev),
+            flow: last.map(|r| r.flow),
+            temp: last.and_then(|r| r.temp),
+            today_l: state.usage.today_l,
+            quality: state.usage.last_quality,
+            district: district.to_owned(),
+            battery: None,
+            rssi: None,
+        }
     }
 }
 
-/// Everything processors emit for one sealed batch.
+/// Which of a tenant's cached meters to list (`GET …/meters`), in meter-id order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MeterQuery {
+    /// Only meters whose id contains this text.
+    pub search: Option<String>,
+    /// Only meters of this district.
+    pub district: Option<String>,
+    /// Only silent meters: those whose newest reading is older than this, epoch ms.
+    pub silent_before_ms: Option<i64>,
+    /// Start after this meter id (the previous page's `next`).
+    pub after: Option<String>,
+    /// At most this many meters.
+    pub limit: usize,
+}
+
+impl MeterQuery {
+    /// Whether `view` passes the query's filters (not its paging).
+    pub fn matches(&self, view: &MeterView) -> bool {
+        self.search
+            .as_deref()
+            .is_none_or(|s| view.meter.contains(s))
+            && self.district.as_deref().is_none_or(|d| view.district == d)
+            && self
+                .silent_before_ms
+                .is_none_or(|before| view.last_ts.is_none_or(|ts| ts < before))
+    }
+}
+
+/// One page of a meter list; `next` is the `after` of the following page, `None` on
+/// the last one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeterPage {
+    pub meters: Vec<MeterView>,
+    pub next: Option<String>,
+}
+
 /// A tenant's headline numbers, as the dashboard's summary shows them. Absolute
 /// values, computed where the shards' partials are merged (the sink's rollup).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +118,7 @@ pub struct TenantSummary {
     pub updated_at: i64,
 }
 
+/// Everything processors emit for one sealed batch.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Outputs {
     /// One view per meter touched by the batch.

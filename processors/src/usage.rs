@@ -14,6 +14,7 @@
 
 use std::sync::Arc;
 
+use meterflow_model::processing::DEFAULT_DISTRICT;
 use meterflow_model::{MeterBatch, MeterView, Outputs, Quality, SealedBatch};
 
 use crate::Processor;
@@ -41,9 +42,14 @@ impl Processor for UsageProcessor {
 
     fn process(&mut self, batch: &mut SealedBatch, out: &mut Outputs) {
         for meter in &mut batch.meters {
-            let (_, calendar) = self.calendars.get(&meter.key.tenant);
+            let (entry, calendar) = self.calendars.get(&meter.key.tenant);
             fold_meter(meter, calendar);
-            out.meters.push(view_of(meter));
+            let district = entry
+                .settings
+                .districts
+                .get(&meter.key.meter)
+                .map_or(DEFAULT_DISTRICT, String::as_str);
+            out.meters.push(view_of(meter, district));
         }
     }
 }
@@ -68,19 +74,13 @@ fn fold_meter(meter: &mut MeterBatch, calendar: &mut LocalCalendar) {
     }
 }
 
-fn view_of(meter: &MeterBatch) -> MeterView {
-    let usage = &meter.state.usage;
+/// The meter's view after `meter`; battery and signal are those of the batch's newest
+/// message, `None` when it reported none (caches keep the last reported value).
+fn view_of(meter: &MeterBatch, district: &str) -> MeterView {
     MeterView {
-        tenant: meter.key.tenant.to_string(),
-        meter: meter.key.meter.to_string(),
-        last_seq: meter.state.seq.watermark(),
-        last_ts: usage.last.map(|r| r.ts),
-        reg: usage.last.map(|r| r.reg),
-        rev: usage.last.map(|r| r.rev),
-        flow: usage.last.map(|r| r.flow),
-        temp: usage.last.and_then(|r| r.temp),
-        today_l: usage.today_l,
-        quality: usage.last_quality,
+        battery: meter.status.and_then(|s| s.battery),
+        rssi: meter.status.and_then(|s| s.rssi),
+        ..MeterView::of_state(&meter.key, &meter.state, district)
     }
 }
 

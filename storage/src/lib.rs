@@ -28,7 +28,8 @@ use meterflow_model::alert::AlertEvent;
 use meterflow_model::analytics::{DistrictUsage, Resolution, TopEntry};
 use meterflow_model::billing::BillLine;
 use meterflow_model::{
-    DeadLetter, MeterKey, MeterState, MeterView, Outputs, SealedBatch, StoredReading, TenantSummary,
+    DeadLetter, MeterKey, MeterPage, MeterQuery, MeterState, MeterView, Outputs, SealedBatch,
+    StoredReading, TenantSummary,
 };
 
 /// The durable tables.
@@ -102,6 +103,10 @@ pub trait HotCache: Send + Sync + 'static {
 
     /// The cached view of one meter.
     fn meter(&self, key: &MeterKey) -> Result<Option<MeterView>, CacheError>;
+
+    /// A page of the tenant's cached meters matching `query`, in meter-id order
+    /// (the meter list and its silent-meter filter).
+    fn meters(&self, tenant: &str, query: &MeterQuery) -> Result<MeterPage, CacheError>;
 
     /// A tenant's headline numbers (`mf:{t}:summary`).
     fn summary(&self, tenant: &str) -> Result<Option<TenantSummary>, CacheError>;

@@ -23,11 +23,12 @@
 //! after a restart the cache refills from the next outputs.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Bound;
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use meterflow_model::alert::{AlertEvent, AlertKind, EpisodeState};
 use meterflow_model::analytics::{DistrictUsage, Resolution, TopEntry};
-use meterflow_model::{MeterKey, MeterView, Outputs, TenantSummary};
+use meterflow_model::{MeterKey, MeterPage, MeterQuery, MeterView, Outputs, TenantSummary};
 
 use crate::redis_cache::keys::{clamp_read_from, day_label_stamp, ids_are_valid};
 use crate::redis_cache::{cached_row, sort_open_alerts, sort_top};
@@ -125,7 +126,8 @@ impl DistrictWindows {
 /// Everything cached for one tenant.
 #[derive(Debug, Default)]
 struct TenantCache {
-    meters: HashMap<String, MeterView>,
+    /// By meter id, ordered for the meter list's paging.
+    meters: BTreeMap<String, MeterView>,
     districts: HashMap<String, DistrictWindows>,
     /// Top lists by `yyyymmdd` stamp (sorts as time), each sorted as served.
     tops: BTreeMap<String, Vec<TopEntry>>,
@@ -211,7 +213,13 @@ impl HotCache for MemoryCache {
             }
             let meters = &mut tenant_entry(&mut tenants, &view.tenant).meters;
             match meters.get_mut(&view.meter) {
-                Some(cached) => cached.clone_from(view),
+                Some(cached) => {
+                    // Battery and signal are what the meter last reported.
+                    let (battery, rssi) = (cached.battery, cached.rssi);
+                    cached.clone_from(view);
+                    cached.battery = view.battery.or(battery);
+                    cached.rssi = view.rssi.or(rssi);
+                }
                 None => {
                     meters.insert(view.meter.clone(), view.clone());
                 }
@@ -256,6 +264,26 @@ impl HotCache for MemoryCache {
     fn meter(&self, key: &MeterKey) -> Result<Option<MeterView>, CacheError> {
         Ok(self.with_tenant(key.tenant.as_str(), None, |t| {
             t.meters.get(key.meter.as_str()).cloned()
+        }))
+    }
+
+    fn meters(&self, tenant: &str, query: &MeterQuery) -> Result<MeterPage, CacheError> {
+        Ok(self.with_tenant(tenant, MeterPage::default(), |t| {
+            let start = match &query.after {
+                Some(after) => Bound::Excluded(after.as_str()),
+                None => Bound::Unbounded,
+            };
+            let mut matching = t
+                .meters
+                .range::<str, _>((start, Bound::Unbounded))
+                .map(|(_, view)| view)
+                .filter(|view| query.matches(view));
+            let meters: Vec<MeterView> = matching.by_ref().take(query.limit).cloned().collect();
+            let next = match matching.next() {
+                Some(_) => meters.last().map(|v| v.meter.clone()),
+                None => None,
+            };
+            MeterPage { meters, next }
         }))
     }
 
@@ -354,6 +382,9 @@ mod tests {
             temp: None,
             today_l,
             quality: Quality::Actual,
+            district: "default".into(),
+            battery: None,
+            rssi: None,
         }
     }
 

@@ -42,7 +42,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use meterflow_model::{DeadLetter, MeterId, MeterKey, MeterState, MeterView, StoredReading};
+use meterflow_model::{
+    DeadLetter, MeterId, MeterKey, MeterPage, MeterQuery, MeterView, StoredReading,
+};
 use meterflow_storage::{HotCache, ReadingStore};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
@@ -59,6 +61,8 @@ use meterflow_model::processing::{DEFAULT_DISTRICT, ProcessorsConfig};
 
 /// Most alerts one call returns.
 const MAX_ALERTS: usize = 1_000;
+/// Largest page of the meter list.
+const MAX_METERS_PAGE: usize = 1_000;
 /// Widest window of minute rows one call returns (a day), so a dashboard cannot
 /// make the cache enumerate months of minutes.
 const MAX_MINUTE_WINDOW_MS: i64 = 86_400_000;
@@ -97,6 +101,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/api/v1/tenants/{tenant}/meters", get(meters))
         .route("/api/v1/tenants/{tenant}/meters/{meter}", get(meter))
         .route(
             "/api/v1/tenants/{tenant}/meters/{meter}/readings",
@@ -264,6 +269,42 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e))
 }
 
+#[derive(Deserialize)]
+struct MeterListQuery {
+    /// Only meters whose id contains this text.
+    q: Option<String>,
+    district: Option<String>,
+    /// Only meters without a reading in the last `silent_for_s` seconds.
+    silent_for_s: Option<u64>,
+    /// The previous page's `next`.
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET …/meters`: the tenant's meters the cache knows, in id order, a page at a time.
+async fn meters(
+    State(state): State<AppState>,
+    Path(tenant): Path<String>,
+    Query(q): Query<MeterListQuery>,
+    headers: HeaderMap,
+) -> ApiResult<MeterPage> {
+    let tenant = authorize(&state, &tenant, &headers)?.to_string();
+    let silent_for_ms = q
+        .silent_for_s
+        .map(|s| i64::try_from(s.saturating_mul(1_000)).unwrap_or(i64::MAX));
+    let query = MeterQuery {
+        search: q.q.filter(|s| !s.is_empty()),
+        district: q.district.filter(|s| !s.is_empty()),
+        silent_before_ms: silent_for_ms.map(|ms| crate::clock::now_ms().saturating_sub(ms)),
+        after: q.after.filter(|s| !s.is_empty()),
+        limit: q.limit.unwrap_or(100).clamp(1, MAX_METERS_PAGE),
+    };
+    let cache = state.cache.clone();
+    Ok(Json(
+        blocking(move || cache.meters(&tenant, &query).map_err(|e| e.to_string())).await?,
+    ))
+}
+
 async fn meter(
     State(state): State<AppState>,
     Path((tenant, meter)): Path<(String, String)>,
@@ -276,7 +317,9 @@ async fn meter(
             return Ok(Some(view));
         }
         let persisted = store.meter_state(&key).map_err(|e| e.to_string())?;
-        Ok(persisted.map(|s| view_from_state(&key, &s)))
+        // The district is the cache's to know; a view rebuilt after a restart,
+        // before the meter reports, says `default` until then.
+        Ok(persisted.map(|s| MeterView::of_state(&key, &s, DEFAULT_DISTRICT)))
     })
     .await?;
     view.map(Json).ok_or_else(|| {
@@ -285,23 +328,6 @@ async fn meter(
             format!("meter {tenant}/{meter} has sent nothing yet"),
         )
     })
-}
-
-/// A view rebuilt from persisted state (after a restart, before the meter reports).
-fn view_from_state(key: &MeterKey, state: &MeterState) -> MeterView {
-    let last = state.usage.last;
-    MeterView {
-        tenant: key.tenant.to_string(),
-        meter: key.meter.to_string(),
-        last_seq: state.seq.watermark(),
-        last_ts: last.map(|r| r.ts),
-        reg: last.map(|r| r.reg),
-        rev: last.map(|r| r.rev),
-        flow: last.map(|r| r.flow),
-        temp: last.and_then(|r| r.temp),
-        today_l: state.usage.today_l,
-        quality: state.usage.last_quality,
-    }
 }
 
 #[derive(Deserialize)]

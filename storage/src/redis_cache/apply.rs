@@ -318,6 +318,9 @@ mod tests {
             temp: None,
             today_l: 0,
             quality: Quality::Actual,
+            district: "default".into(),
+            battery: None,
+            rssi: None,
         };
         let outputs = Outputs {
             meters: vec![

@@ -116,6 +116,9 @@ pub(crate) fn parse_view(
         temp: parse_field(key, hash, fields::TEMP)?,
         today_l,
         quality,
+        district: String::new(),
+        battery: None,
+        rssi: None,
     }))
 }
 
@@ -423,6 +426,9 @@ mod tests {
             temp: None,
             today_l: 310,
             quality: Quality::Estimated,
+            district: "default".into(),
+            battery: None,
+            rssi: None,
         }
     }
 

@@ -58,7 +58,7 @@ use std::time::Duration;
 use meterflow_model::alert::AlertEvent;
 use meterflow_model::analytics::{DistrictUsage, Resolution, TopEntry};
 use meterflow_model::ids::is_valid_id;
-use meterflow_model::{MeterKey, MeterView, Outputs, TenantSummary};
+use meterflow_model::{MeterKey, MeterPage, MeterQuery, MeterView, Outputs, TenantSummary};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, RedisError, RetryMethod};
 use serde::{Deserialize, Serialize};
@@ -351,6 +351,12 @@ impl HotCache for RedisCache {
             async move { connection.hgetall(redis_key).await }
         })?;
         codec::parse_view(&redis_key, key, &hash)
+    }
+
+    fn meters(&self, _tenant: &str, _query: &MeterQuery) -> Result<MeterPage, CacheError> {
+        Err(CacheError(
+            "TODO(seam): the Redis meter index is not built yet".into(),
+        ))
     }
 
     fn summary(&self, tenant: &str) -> Result<Option<TenantSummary>, CacheError> {

@@ -34,6 +34,9 @@ pub(crate) fn view(tenant: &str, meter: &str, today_l: u64) -> MeterView {
         temp: Some(125),
         today_l,
         quality: Quality::Actual,
+        district: "default".into(),
+        battery: None,
+        rssi: None,
     }
 }
 

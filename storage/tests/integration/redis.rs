@@ -34,6 +34,9 @@ fn view(tenant: &str, meter: &str, today_l: u64, temp: Option<i16>) -> MeterView
         temp,
         today_l,
         quality: Quality::Actual,
+        district: "default".into(),
+        battery: None,
+        rssi: None,
     }
 }
 
