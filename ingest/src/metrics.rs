@@ -10,8 +10,10 @@
 //! hand it to a stopping pipeline (its meter got no PUBACK and resends). Readings are counted where their number is known (a shed or
 //! undecodable message has none).
 
-use meterflow_model::Reject;
-use meterflow_model::alert::AlertKind;
+use std::collections::HashMap;
+
+use meterflow_model::alert::{AlertKind, EpisodeState};
+use meterflow_model::{Reject, TenantId};
 
 use crate::endpoint::session::{ConnectOutcome, ProtocolViolation};
 use crate::notifier::NotifierMetrics;
@@ -55,6 +57,8 @@ pub const HTTP_REFUSED: &str = "meterflow_http_connections_refused_total";
 pub const SEQ_GAPS: &str = "meterflow_seq_gaps_total";
 pub const ALERTS: &str = "meterflow_alerts_total";
 pub const NOTIFICATIONS: &str = "meterflow_notifications_total";
+pub const TENANT_MESSAGES: &str = "meterflow_tenant_messages_stored_total";
+pub const TENANT_READINGS: &str = "meterflow_tenant_readings_stored_total";
 
 /// Latency buckets (seconds) from 1 ms to 10 s: acks are expected in tens of ms, and
 /// a store outage shows in the top buckets.
@@ -177,12 +181,44 @@ fn describe() {
     describe_counter!(SEQ_GAPS, "Seq gaps given up on after the resend window.");
     describe_counter!(
         ALERTS,
-        "Alert episode events (opened, updated, cleared) by kind."
+        "Alert episode events by kind and state (opened, updated, cleared)."
+    );
+    describe_counter!(
+        TENANT_MESSAGES,
+        "Uplink messages stored, by tenant (counted once durable)."
+    );
+    describe_counter!(
+        TENANT_READINGS,
+        "Readings meters sent that are stored, by tenant (counted once durable)."
     );
     describe_counter!(
         NOTIFICATIONS,
         "Alert notifications by outcome: published (MQTT), dropped (queue full), webhook_failed."
     );
+}
+
+/// Stored messages and readings per tenant, registered on a tenant's first stored
+/// batch. Only configured tenants reach the store, so the label set is bounded.
+#[derive(Default)]
+pub struct TenantStored {
+    by_tenant: HashMap<TenantId, (Counter, Counter)>,
+}
+
+impl TenantStored {
+    /// Counts `messages` and `readings` stored for `tenant`.
+    pub fn add(&mut self, tenant: &TenantId, messages: u64, readings: u64) {
+        if !self.by_tenant.contains_key(tenant) {
+            let label = tenant.as_str().to_owned();
+            let counters = (
+                counter!(TENANT_MESSAGES, "tenant" => label.clone()),
+                counter!(TENANT_READINGS, "tenant" => label),
+            );
+            self.by_tenant.insert(tenant.clone(), counters);
+        }
+        let (m, r) = &self.by_tenant[tenant];
+        m.increment(messages);
+        r.increment(readings);
+    }
 }
 
 /// Counters for one outcome, messages and readings together.
@@ -261,7 +297,11 @@ impl PipelineMetrics {
             seq_gaps: counter!(SEQ_GAPS),
             alerts: AlertKind::ALL
                 .iter()
-                .map(|k| counter!(ALERTS, "kind" => k.name()))
+                .flat_map(|k| {
+                    EpisodeState::ALL
+                        .iter()
+                        .map(|s| counter!(ALERTS, "kind" => k.name(), "state" => s.name()))
+                })
                 .collect(),
             notifications_dropped: counter!(NOTIFICATIONS, "outcome" => "dropped"),
         }
@@ -276,13 +316,17 @@ impl PipelineMetrics {
         &self.dead_letter_reasons[index]
     }
 
-    /// The per-kind alert counter.
-    pub fn alert(&self, kind: AlertKind) -> &Counter {
-        let index = AlertKind::ALL
+    /// The alert counter of one kind and episode state.
+    pub fn alert(&self, kind: AlertKind, state: EpisodeState) -> &Counter {
+        let kind = AlertKind::ALL
             .iter()
             .position(|k| *k == kind)
             .expect("ALL lists every kind");
-        &self.alerts[index]
+        let state = EpisodeState::ALL
+            .iter()
+            .position(|s| *s == state)
+            .expect("ALL lists every state");
+        &self.alerts[kind * EpisodeState::ALL.len() + state]
     }
 
     /// Counters of the notifier's outcomes.
@@ -351,5 +395,38 @@ impl EndpointMetrics {
             .position(|k| *k == kind)
             .expect("ALL lists every kind");
         self.violations[index].increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every metric name this module and `process` define, read from their source so
+    /// a new metric cannot be missed.
+    fn defined_names() -> Vec<String> {
+        [
+            include_str!("metrics.rs"),
+            include_str!("metrics/process.rs"),
+        ]
+        .iter()
+        .flat_map(|source| source.lines())
+        .filter(|line| line.trim_start().starts_with("pub const") && line.contains("&str"))
+        .filter_map(|line| line.split('"').nth(1))
+        .map(str::to_owned)
+        .collect()
+    }
+
+    #[test]
+    fn every_metric_is_in_the_operations_guide() {
+        let guide = include_str!("../../docs/operations.md");
+        let names = defined_names();
+        assert!(names.len() > 30, "found only {names:?}");
+        let missing: Vec<&String> = names
+            .iter()
+            .filter(|name| !guide.contains(&format!("`{name}`")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "metrics missing from docs/operations.md: {missing:?}"
+        );
     }
 }

@@ -19,7 +19,7 @@ use crate::cache_writer::CacheWriter;
 use crate::config::Config;
 use crate::endpoint::{self, handoff::ShardRouter};
 use crate::http::{self, AppState};
-use crate::metrics::{self, EndpointMetrics, PipelineMetrics};
+use crate::metrics::{self, EndpointMetrics, PipelineMetrics, TenantStored};
 use crate::notifier::{ALERT_QUEUE, Notifier};
 use crate::shard::{ShardSettings, ShardWorker};
 use crate::sink::Sink;
@@ -122,6 +122,7 @@ impl Service {
             rollup: DistrictRollup::with_settings(shards, &config.processors.analytics),
             alerts: alert_tx,
             metrics: pipeline_metrics.clone(),
+            tenant_stored: TenantStored::default(),
             store_healthy: store_healthy.clone(),
         }
         .spawn()?;

@@ -33,7 +33,7 @@ use tracing::{error, info};
 
 use crate::cache_writer::CacheWriter;
 use crate::endpoint::outbox::{Completion, Outbox};
-use crate::metrics::PipelineMetrics;
+use crate::metrics::{PipelineMetrics, TenantStored};
 use crate::shard::SinkItem;
 
 /// Readings per group write. Large groups amortise the fsync; this bound keeps one
@@ -56,6 +56,8 @@ pub struct Sink {
     /// Alert events on their way to the notifier (never waited on).
     pub alerts: Sender<AlertEvent>,
     pub metrics: PipelineMetrics,
+    /// Stored messages and readings per tenant.
+    pub tenant_stored: TenantStored,
     /// False while store writes are failing (for `/readyz`).
     pub store_healthy: Arc<AtomicBool>,
 }
@@ -177,26 +179,27 @@ impl Sink {
 
     /// Counts what meters sent and is now stored; estimated rows VEE added are not
     /// readings anyone sent.
-    fn count_stored(&self, batches: &[SealedBatch]) {
-        let (messages, readings) =
-            batches
+    fn count_stored(&mut self, batches: &[SealedBatch]) {
+        let (mut messages, mut readings) = (0, 0);
+        for meter in batches.iter().flat_map(|b| &b.meters) {
+            let sent = meter
+                .readings
                 .iter()
-                .flat_map(|b| &b.meters)
-                .fold((0u64, 0u64), |(m, r), meter| {
-                    let sent = meter
-                        .readings
-                        .iter()
-                        .filter(|r| r.quality != Quality::Estimated)
-                        .count();
-                    (m + u64::from(meter.messages), r + sent as u64)
-                });
+                .filter(|r| r.quality != Quality::Estimated)
+                .count() as u64;
+            let sent_messages = u64::from(meter.messages);
+            self.tenant_stored
+                .add(&meter.key.tenant, sent_messages, sent);
+            messages += sent_messages;
+            readings += sent;
+        }
         self.metrics.stored.add(messages, readings);
     }
 
     /// Hands durable alert events to the notifier without waiting.
     fn notify(&self, outputs: &Outputs) {
         for event in &outputs.alerts {
-            self.metrics.alert(event.kind).increment(1);
+            self.metrics.alert(event.kind, event.state).increment(1);
             if self.alerts.try_send(event.clone()).is_err() {
                 self.metrics.notifications_dropped.increment(1);
             }

@@ -95,6 +95,19 @@ pub enum Priority {
     Low,
 }
 
+impl Priority {
+    pub const ALL: [Priority; 3] = [Priority::Critical, Priority::High, Priority::Low];
+
+    /// The stable name stored and served (the serde name).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Priority::Critical => "critical",
+            Priority::High => "high",
+            Priority::Low => "low",
+        }
+    }
+}
+
 /// Where an episode is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -103,6 +116,23 @@ pub enum EpisodeState {
     /// Still open; something about it changed or it was reconfirmed.
     Updated,
     Cleared,
+}
+
+impl EpisodeState {
+    pub const ALL: [EpisodeState; 3] = [
+        EpisodeState::Opened,
+        EpisodeState::Updated,
+        EpisodeState::Cleared,
+    ];
+
+    /// The stable name stored and served (the serde name).
+    pub const fn name(self) -> &'static str {
+        match self {
+            EpisodeState::Opened => "opened",
+            EpisodeState::Updated => "updated",
+            EpisodeState::Cleared => "cleared",
+        }
+    }
 }
 
 /// One step of an alert episode, for the `alerts` table, the Redis stream and

@@ -66,7 +66,8 @@ async fn dashboard_and_alert_rules_query_only_exported_metrics() {
     let deadline = Instant::now() + SETTLE_TIMEOUT;
     loop {
         let metrics = service.metrics();
-        let alerted = metrics.value("meterflow_alerts_total{kind=\"leak\"}") >= 1.0;
+        let alerted =
+            metrics.value("meterflow_alerts_total{kind=\"leak\",state=\"opened\"}") >= 1.0;
         let dead = metrics.messages("dead_letter") >= 1.0;
         if alerted && dead {
             break;

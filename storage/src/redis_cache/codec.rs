@@ -189,40 +189,16 @@ pub(crate) fn parse_district(
     Ok(Some(row))
 }
 
-pub(crate) const fn priority_name(priority: Priority) -> &'static str {
-    match priority {
-        Priority::Critical => "critical",
-        Priority::High => "high",
-        Priority::Low => "low",
-    }
-}
-
-pub(crate) const fn state_name(state: EpisodeState) -> &'static str {
-    match state {
-        EpisodeState::Opened => "opened",
-        EpisodeState::Updated => "updated",
-        EpisodeState::Cleared => "cleared",
-    }
-}
-
 fn parse_kind(raw: &str) -> Option<AlertKind> {
     AlertKind::ALL.into_iter().find(|k| k.name() == raw)
 }
 
 fn parse_priority(raw: &str) -> Option<Priority> {
-    [Priority::Critical, Priority::High, Priority::Low]
-        .into_iter()
-        .find(|p| priority_name(*p) == raw)
+    Priority::ALL.into_iter().find(|p| p.name() == raw)
 }
 
 fn parse_state(raw: &str) -> Option<EpisodeState> {
-    [
-        EpisodeState::Opened,
-        EpisodeState::Updated,
-        EpisodeState::Cleared,
-    ]
-    .into_iter()
-    .find(|s| state_name(*s) == raw)
+    EpisodeState::ALL.into_iter().find(|s| s.name() == raw)
 }
 
 /// The field of an open episode in `alerts:open`: `{meter}:{kind}`.
@@ -235,8 +211,8 @@ pub(crate) fn alert_entry(event: &AlertEvent) -> [(&'static str, String); 7] {
     [
         (alert::METER, event.meter.clone()),
         (alert::KIND, event.kind.name().to_owned()),
-        (alert::PRIORITY, priority_name(event.priority).to_owned()),
-        (alert::STATE, state_name(event.state).to_owned()),
+        (alert::PRIORITY, event.priority.name().to_owned()),
+        (alert::STATE, event.state.name().to_owned()),
         (alert::OPENED_AT, event.opened_at.to_string()),
         (alert::AT, event.at.to_string()),
         (alert::DETAIL, event.detail.clone()),
@@ -249,8 +225,8 @@ pub(crate) fn alert_json(event: &AlertEvent) -> String {
         .str(alert::TENANT, &event.tenant)
         .str(alert::METER, &event.meter)
         .str(alert::KIND, event.kind.name())
-        .str(alert::PRIORITY, priority_name(event.priority))
-        .str(alert::STATE, state_name(event.state))
+        .str(alert::PRIORITY, event.priority.name())
+        .str(alert::STATE, event.state.name())
         .int(alert::OPENED_AT, event.opened_at)
         .int(alert::AT, event.at)
         .str(alert::DETAIL, &event.detail)

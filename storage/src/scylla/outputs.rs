@@ -287,29 +287,6 @@ fn episode_write_timestamp(event: &AlertEvent) -> i64 {
         .max(i64::MIN + 1)
 }
 
-fn priority_name(priority: Priority) -> &'static str {
-    match priority {
-        Priority::Critical => "critical",
-        Priority::High => "high",
-        Priority::Low => "low",
-    }
-}
-
-fn state_name(state: EpisodeState) -> &'static str {
-    match state {
-        EpisodeState::Opened => "opened",
-        EpisodeState::Updated => "updated",
-        EpisodeState::Cleared => "cleared",
-    }
-}
-
-const PRIORITIES: [Priority; 3] = [Priority::Critical, Priority::High, Priority::Low];
-const STATES: [EpisodeState; 3] = [
-    EpisodeState::Opened,
-    EpisodeState::Updated,
-    EpisodeState::Cleared,
-];
-
 /// A `u64` as the `bigint` holding the same 64 bits (see `schema`).
 fn bigint(value: u64) -> i64 {
     value as i64
@@ -375,8 +352,8 @@ fn alert_row(event: &AlertEvent, day: CqlDate, ttl: i32) -> AlertRow<'_> {
         CqlTimestamp(event.opened_at),
         event.meter.as_str(),
         event.kind.name(),
-        priority_name(event.priority),
-        state_name(event.state),
+        event.priority.name(),
+        event.state.name(),
         CqlTimestamp(event.at),
         event.detail.as_str(),
         ttl,
@@ -396,13 +373,13 @@ fn decode_alert(tenant: &str, columns: AlertColumns) -> Result<AlertEvent, Store
         .into_iter()
         .find(|k| k.name() == kind)
         .ok_or_else(|| unknown("kind", &kind))?;
-    let priority = PRIORITIES
+    let priority = Priority::ALL
         .into_iter()
-        .find(|p| priority_name(*p) == priority)
+        .find(|p| p.name() == priority)
         .ok_or_else(|| unknown("priority", &priority))?;
-    let state = STATES
+    let state = EpisodeState::ALL
         .into_iter()
-        .find(|s| state_name(*s) == state)
+        .find(|s| s.name() == state)
         .ok_or_else(|| unknown("state", &state))?;
     Ok(AlertEvent {
         tenant: tenant.to_owned(),
@@ -615,7 +592,7 @@ impl Core {
                 usize::MAX,
             )
             .await?;
-        let cleared = state_name(EpisodeState::Cleared);
+        let cleared = EpisodeState::Cleared.name();
         let mut out = Vec::new();
         for (date,) in days {
             let remaining = limit - out.len();
@@ -788,15 +765,15 @@ mod tests {
             priority: Priority,
             state: EpisodeState,
         }
-        for priority in PRIORITIES {
-            for state in STATES {
+        for priority in Priority::ALL {
+            for state in EpisodeState::ALL {
                 let text = toml::to_string(&Names { priority, state }).unwrap();
                 assert_eq!(
                     text,
                     format!(
                         "priority = \"{}\"\nstate = \"{}\"\n",
-                        priority_name(priority),
-                        state_name(state)
+                        priority.name(),
+                        state.name()
                     )
                 );
             }
