@@ -1,13 +1,14 @@
 //! The sink stage: makes sealed batches durable, then acks and caches them.
 //!
 //! One thread takes sealed batches from every shard, in arrival order (each shard's
-//! batches arrive in sealing order), and writes them in groups: one durable store
-//! write — one fsync in the embedded store — carries every batch waiting, up to
-//! [`MAX_GROUP_READINGS`]. Only after the write returns does it answer every message
+//! batches arrive in sealing order), and writes them in groups: the district rollup
+//! runs over the group, then one durable store commit — one journal sync in the
+//! embedded store — carries every batch waiting, up to [`MAX_GROUP_READINGS`], with
+//! the bills, alert episodes and hourly district rows derived from them. Only after the write returns does it answer every message
 //! of the group — PUBACK for QoS 1 (so a PUBACK means durable), and each meter's
 //! watermark on its ack topic where the meter subscribed (one per connection per
-//! group) — and update the hot cache (through [`CacheWriter`], which never holds
-//! storage up).
+//! group) — and update the hot cache once for the group (through [`CacheWriter`],
+//! which never holds storage up).
 //!
 //! Failure policy (DESIGN §6.6): a failed store write is retried with exponential
 //! backoff and jitter, forever — nothing is acked meanwhile, the sink queue fills, the
@@ -97,45 +98,37 @@ impl Sink {
         info!("sink drained");
     }
 
+    /// Makes a group durable in one store commit — readings, states, dead letters
+    /// and the durable outputs derived from them — then answers its messages, counts,
+    /// notifies and updates the cache once for the whole group.
     fn commit(&mut self, group: Vec<SinkItem>) {
         let mut batches = Vec::with_capacity(group.len());
-        let mut outputs = Vec::with_capacity(group.len());
+        let mut outputs = Outputs::default();
+        let mut received = Vec::with_capacity(group.len());
         let mut completions = Vec::new();
         for mut item in group {
             completions.append(&mut item.completions);
             self.rollup
                 .absorb(item.batch.shard, item.batch.now_ms, &mut item.outputs);
-            outputs.push((item.outputs, item.oldest));
+            outputs.append(&mut item.outputs);
+            received.extend(item.oldest);
             batches.push(item.batch);
         }
-        self.write_durably("readings", |store| store.write(&batches));
-        for (out, _) in &outputs {
-            if has_durable_outputs(out) {
-                self.write_durably("derived outputs", |store| store.write_outputs(out));
-            }
-        }
+        self.write_durably(|store| store.commit(&batches, &outputs));
         let durable_at = Instant::now();
-        for (_, oldest) in &outputs {
-            if let Some(oldest) = oldest {
-                self.metrics
-                    .received_to_durable_seconds
-                    .record(durable_at.duration_since(*oldest).as_secs_f64());
-            }
+        for oldest in received {
+            self.metrics
+                .received_to_durable_seconds
+                .record(durable_at.duration_since(oldest).as_secs_f64());
         }
         self.count_stored(&batches);
         self.answer(&batches, completions);
-        for (out, _) in outputs {
-            self.notify(&out);
-            self.cache.apply(out);
-        }
+        self.notify(&outputs);
+        self.cache.apply(outputs);
     }
 
     /// Runs a store write until the store accepts it, backing off between attempts.
-    fn write_durably(
-        &self,
-        what: &str,
-        write: impl Fn(&dyn ReadingStore) -> Result<(), StoreError>,
-    ) {
+    fn write_durably(&self, write: impl Fn(&dyn ReadingStore) -> Result<(), StoreError>) {
         let mut delay = RETRY_FIRST;
         let mut attempt = 0u32;
         loop {
@@ -159,7 +152,7 @@ impl Sink {
                     self.store_healthy.store(false, Ordering::Relaxed);
                     self.record_breaker();
                     if attempt == 0 || attempt.is_power_of_two() {
-                        error!(what, error = %e, attempt, retryable = e.is_retryable(), "store write failed; holding acks and retrying");
+                        error!(error = %e, attempt, retryable = e.is_retryable(), "store write failed; holding acks and retrying");
                     }
                     attempt += 1;
                     thread::sleep(jittered(delay));
@@ -233,15 +226,4 @@ impl Sink {
 /// `delay` scaled by a factor in [0.5, 1.5), so meters' retries do not synchronise.
 fn jittered(delay: Duration) -> Duration {
     delay.mul_f64(rand::random_range(0.5..1.5))
-}
-
-/// Whether outputs hold anything the store keeps (bills, alert episodes, hourly
-/// district rows); meter views, minute/day rows and summaries are cache-only.
-fn has_durable_outputs(outputs: &Outputs) -> bool {
-    !outputs.bills.is_empty()
-        || !outputs.alerts.is_empty()
-        || outputs
-            .districts
-            .iter()
-            .any(|d| d.resolution == meterflow_model::analytics::Resolution::Hour)
 }

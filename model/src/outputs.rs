@@ -146,6 +146,17 @@ impl Outputs {
         self.summaries.clear();
     }
 
+    /// Moves everything of `other` after this outputs' own (later values of the same
+    /// key win where they are applied), leaving `other` empty.
+    pub fn append(&mut self, other: &mut Outputs) {
+        self.meters.append(&mut other.meters);
+        self.bills.append(&mut other.bills);
+        self.alerts.append(&mut other.alerts);
+        self.districts.append(&mut other.districts);
+        self.top.append(&mut other.top);
+        self.summaries.append(&mut other.summaries);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.meters.is_empty()
             && self.bills.is_empty()

@@ -63,6 +63,15 @@ pub trait ReadingStore: Send + Sync + 'static {
     /// the same rows.
     fn write_outputs(&self, outputs: &Outputs) -> Result<(), StoreError>;
 
+    /// Makes one group durable: the readings, states and dead letters of `batches`
+    /// and the durable rows of `outputs` derived from them. Backends that can do it
+    /// atomically (embedded: one journal sync) override this; the default writes the
+    /// readings first, then the outputs, so outputs never precede their readings.
+    fn commit(&self, batches: &[SealedBatch], outputs: &Outputs) -> Result<(), StoreError> {
+        self.write(batches)?;
+        self.write_outputs(outputs)
+    }
+
     /// The bill of one meter for one period (`yyyy-mm`).
     fn bill(&self, tenant: &str, period: &str, meter: &str)
     -> Result<Option<BillLine>, StoreError>;

@@ -48,7 +48,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{
+    Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch as WriteBatch, PersistMode,
+};
 use meterflow_model::alert::AlertEvent;
 use meterflow_model::analytics::DistrictUsage;
 use meterflow_model::billing::BillLine;
@@ -191,10 +193,9 @@ impl EmbeddedStore {
             dir = self.dir.display(),
         ))
     }
-}
 
-impl ReadingStore for EmbeddedStore {
-    fn write(&self, batches: &[SealedBatch]) -> Result<(), StoreError> {
+    /// Adds the readings, meter states and dead letters of `batches` to `batch`.
+    fn stage_batches(&self, batch: &mut WriteBatch, batches: &[SealedBatch]) {
         let mut readings = Vec::with_capacity(batches.iter().map(|b| b.reading_count()).sum());
         let mut states = Vec::new();
         let mut dead_letters = Vec::new();
@@ -229,7 +230,6 @@ impl ReadingStore for EmbeddedStore {
         keep_last_per_key(&mut states);
         keep_last_per_key(&mut dead_letters);
 
-        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
         for (key, value) in &readings {
             batch.insert(&self.readings, key.as_slice(), value.as_slice());
         }
@@ -239,11 +239,34 @@ impl ReadingStore for EmbeddedStore {
         for (key, value) in &dead_letters {
             batch.insert(&self.dead_letters, key.as_slice(), value.as_slice());
         }
+    }
+
+    fn durable_batch(&self) -> WriteBatch {
+        self.db.batch().durability(Some(PersistMode::SyncData))
+    }
+}
+
+impl ReadingStore for EmbeddedStore {
+    fn write(&self, batches: &[SealedBatch]) -> Result<(), StoreError> {
+        let mut batch = self.durable_batch();
+        self.stage_batches(&mut batch, batches);
         // An empty batch commits nothing and syncs nothing: there is nothing to make
         // durable.
         batch
             .commit()
             .map_err(|e| self.fjall_error("writing a batch", e))
+    }
+
+    /// One fjall batch, one journal sync: the group's readings, states and dead
+    /// letters and every durable output derived from them become durable together.
+    fn commit(&self, batches: &[SealedBatch], outputs: &Outputs) -> Result<(), StoreError> {
+        let _writer = self.lock_outputs();
+        let mut batch = self.durable_batch();
+        self.stage_batches(&mut batch, batches);
+        self.stage_outputs(&mut batch, outputs)?;
+        batch
+            .commit()
+            .map_err(|e| self.fjall_error("writing a group", e))
     }
 
     fn meter_state(&self, key: &MeterKey) -> Result<Option<MeterState>, StoreError> {

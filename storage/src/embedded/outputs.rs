@@ -35,9 +35,9 @@
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
-use std::sync::PoisonError;
+use std::sync::{MutexGuard, PoisonError};
 
-use fjall::PersistMode;
+use fjall::OwnedWriteBatch as WriteBatch;
 use meterflow_model::Outputs;
 use meterflow_model::alert::{AlertEvent, EpisodeState};
 use meterflow_model::analytics::{DistrictUsage, Resolution};
@@ -65,6 +65,29 @@ impl EmbeddedStore {
         if !has_durable_rows(outputs) {
             return Ok(());
         }
+        let _writer = self.lock_outputs();
+        let mut batch = self.durable_batch();
+        self.stage_outputs(&mut batch, outputs)?;
+        batch
+            .commit()
+            .map_err(|e| self.fjall_error("writing bills, alerts and district hours", e))
+    }
+
+    /// Held from reading the stored episodes until the batch holding the new ones is
+    /// committed, so two callers cannot both decide their event is the latest.
+    pub(super) fn lock_outputs(&self) -> MutexGuard<'_, ()> {
+        self.outputs_writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds the bills, alert episodes and hourly district rows of `outputs` to
+    /// `batch`; the caller holds [`Self::lock_outputs`] until it commits.
+    pub(super) fn stage_outputs(
+        &self,
+        batch: &mut WriteBatch,
+        outputs: &Outputs,
+    ) -> Result<(), StoreError> {
         let mut bills = Vec::with_capacity(outputs.bills.len());
         for bill in &outputs.bills {
             if !all_storable(&[&bill.tenant, &bill.period, &bill.meter]) {
@@ -132,13 +155,6 @@ impl EmbeddedStore {
             }
         }
 
-        // Held from reading the stored episodes until the batch is committed, so two
-        // callers cannot both decide their event is the latest.
-        let _writer = self
-            .outputs_writer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
         for (key, event) in &episodes {
             if let Some(stored) = self.stored_episode(key)?
                 && stored.order() > event.order()
@@ -153,9 +169,7 @@ impl EmbeddedStore {
         for (key, value) in &hours {
             batch.insert(&self.district_hourly, key.as_slice(), value.as_slice());
         }
-        batch
-            .commit()
-            .map_err(|e| self.fjall_error("writing bills, alerts and district hours", e))
+        Ok(())
     }
 
     /// The stored latest event of an episode. A row that does not decode is reported

@@ -4,11 +4,11 @@
 //! in one fresh keyspace of a real Cassandra 5 (`scripts/cassandra start`), which is
 //! why every check uses tenant names of its own.
 
-use meterflow_model::Outputs;
 use meterflow_model::alert::{AlertEvent, AlertKind, EpisodeState};
 use meterflow_model::analytics::{DistrictUsage, Resolution};
 use meterflow_model::billing::{BillLine, TierCharge};
 use meterflow_model::time::DAY_MS;
+use meterflow_model::{Outputs, Quality};
 use meterflow_storage::ReadingStore;
 use meterflow_storage::resilience::RetryConfig;
 use meterflow_storage::scylla::{ScyllaConfig, ScyllaStore};
@@ -16,7 +16,9 @@ use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 
 use crate::servers;
-use crate::utils::open;
+use crate::utils::{
+    dead_letter, meter_batch, meter_key, meter_state, open, sealed_batch, stored_reading,
+};
 
 /// 2025-11-22T08:00:00Z, an hour start near a real date.
 const BASE_HOUR: i64 = 1_763_798_400_000;
@@ -521,6 +523,67 @@ fn outputs_without_durable_rows_write_nothing(store: &dyn ReadingStore) {
     assert!(store.is_ready());
 }
 
+/// `commit` makes a group's readings, states, dead letters and durable outputs
+/// readable together, and is idempotent like its halves.
+fn a_group_commit_stores_readings_and_outputs_together(store: &dyn ReadingStore) {
+    let t = "group";
+    let key = meter_key(t, "m1");
+    let readings = vec![
+        stored_reading(BASE_HOUR, 1_000, Quality::Actual),
+        stored_reading(BASE_HOUR + HOUR_MS, 1_250, Quality::Actual),
+    ];
+    let batches = [sealed_batch(
+        1,
+        vec![meter_batch(
+            key.clone(),
+            readings.clone(),
+            meter_state(2, 250),
+        )],
+        vec![dead_letter(t, BASE_HOUR, 1)],
+    )];
+    let derived = outputs(
+        vec![bill(t, "2025-11", "m1", 250)],
+        vec![alert(
+            t,
+            "m1",
+            AlertKind::Leak,
+            BASE_HOUR,
+            EpisodeState::Opened,
+            BASE_HOUR,
+        )],
+        vec![hour(t, "north", BASE_HOUR, 250)],
+    );
+    for _ in 0..2 {
+        store.commit(&batches, &derived).unwrap();
+        assert_eq!(store.readings(&key, 0, i64::MAX, 10).unwrap(), readings);
+        assert_eq!(store.meter_state(&key).unwrap(), Some(meter_state(2, 250)));
+        assert_eq!(store.dead_letters(t, 10).unwrap().len(), 1);
+        assert_eq!(
+            store.bill(t, "2025-11", "m1").unwrap().as_ref(),
+            derived.bills.first()
+        );
+        assert_eq!(all_alerts(store, t), derived.alerts);
+        assert_eq!(all_hours(store, t, "north").len(), 1);
+    }
+    // A group without derived rows stores its readings alone.
+    let quiet = meter_key(t, "m2");
+    store
+        .commit(
+            &[sealed_batch(
+                2,
+                vec![meter_batch(
+                    quiet.clone(),
+                    readings.clone(),
+                    meter_state(1, 0),
+                )],
+                vec![],
+            )],
+            &Outputs::default(),
+        )
+        .unwrap();
+    assert_eq!(store.readings(&quiet, 0, i64::MAX, 10).unwrap(), readings);
+}
+
 /// One contract check, run against any store.
 type Check = fn(&dyn ReadingStore);
 
@@ -553,6 +616,10 @@ const CHECKS: &[(&str, Check)] = &[
     (
         "outputs_without_durable_rows_write_nothing",
         outputs_without_durable_rows_write_nothing,
+    ),
+    (
+        "a_group_commit_stores_readings_and_outputs_together",
+        a_group_commit_stores_readings_and_outputs_together,
     ),
 ];
 
@@ -599,6 +666,11 @@ mod embedded {
     #[test]
     fn embedded_outputs_without_durable_rows_write_nothing() {
         run(outputs_without_durable_rows_write_nothing);
+    }
+
+    #[test]
+    fn embedded_a_group_commit_stores_readings_and_outputs_together() {
+        run(a_group_commit_stores_readings_and_outputs_together);
     }
 
     #[test]
