@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use meterflow_model::{MeterId, Reject, TenantId, Uplink, credentials, mac};
+use subtle::ConstantTimeEq;
 
 use crate::config::Config;
 
@@ -113,9 +114,10 @@ impl Tenants {
     }
 }
 
-/// Compares secrets without leaking where they differ through timing.
+/// Compares secrets without leaking where they differ through timing (`subtle`,
+/// the constant-time primitive under `hmac`; only the length can show).
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.ct_eq(b).into()
 }
 
 #[cfg(test)]
