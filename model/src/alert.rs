@@ -176,6 +176,12 @@ pub struct AlertRules {
     /// Leak: no hour with zero consumption for this long. 24 h is the industry
     /// default: every occupied home has at least one quiet hour a night.
     pub leak_window_ms: i64,
+    /// Leak: the longest interval between actual reads that counts as evidence of
+    /// continuous flow (2 h: hourly and 15-minute meters qualify). A longer one —
+    /// an outage — or estimated readings restart the leak window instead; meters
+    /// read less often than this never raise the leak rule (their device flag
+    /// still does).
+    pub leak_evidence_interval_ms: i64,
     /// Burst: average flow over an interval at or above this, L/h. 1,500 L/h is
     /// well above household peaks (a shower is ~600 L/h) and 60 % of a DN15's Q3.
     pub burst_flow_lph: u64,
@@ -211,6 +217,7 @@ impl Default for AlertRules {
     fn default() -> Self {
         Self {
             leak_window_ms: 24 * HOUR_MS,
+            leak_evidence_interval_ms: 2 * HOUR_MS,
             burst_flow_lph: 1_500,
             burst_duration_ms: HOUR_MS / 2,
             backflow_min_l: 10,
@@ -232,6 +239,7 @@ impl AlertRules {
         let mut problems = Vec::new();
         for (name, value) in [
             ("leak_window_ms", self.leak_window_ms),
+            ("leak_evidence_interval_ms", self.leak_evidence_interval_ms),
             ("burst_duration_ms", self.burst_duration_ms),
             ("backflow_clear_ms", self.backflow_clear_ms),
             ("no_communication_ms", self.no_communication_ms),
@@ -286,7 +294,9 @@ pub struct AlertState {
     pub first_ts: Option<i64>,
     /// Start of the current run of zero-consumption intervals.
     pub zero_run_since: Option<i64>,
-    /// End of the newest complete zero-consumption hour.
+    /// Where the leak window starts: the end of the newest complete
+    /// zero-consumption hour, or of the newest interval that is no evidence
+    /// (estimated, or an outage).
     pub last_zero_hour_ts: Option<i64>,
     /// Start of the current run of intervals at burst flow.
     pub burst_since: Option<i64>,

@@ -13,6 +13,8 @@
 //! litres), where an interval is the time and litres between consecutive rows:
 //! - **leak**: no complete hour of zero consumption in `leak_window_ms` (a run of
 //!   zero-litre intervals spanning ≥ 1 h is a zero hour); clears at the next one.
+//!   Only evidence counts: actual reads at most `leak_evidence_interval_ms` apart.
+//!   An estimated row or an outage restarts the window and releases the rule.
 //! - **burst**: intervals whose average flow is ≥ `burst_flow_lph`, in a run lasting
 //!   ≥ `burst_duration_ms`; clears at the first interval below it.
 //! - **backflow**: the reverse register grew by ≥ `backflow_min_l`; clears once it
@@ -275,27 +277,10 @@ fn fold_row(
     let elapsed = ts - last_ts;
     let litres = row.interval_l.unwrap_or(0);
     let first_ts = alerts.first_ts.unwrap_or(last_ts);
-
-    // Leak: a zero hour resets the window.
-    if litres == 0 {
-        let since = *alerts.zero_run_since.get_or_insert(last_ts);
-        if ts - since >= HOUR_MS {
-            alerts.last_zero_hour_ts = Some(ts);
-        }
-    } else {
-        alerts.zero_run_since = None;
+    if litres > 0 {
         alerts.last_consumption_ts = Some(ts);
     }
-    let leak_since = alerts.last_zero_hour_ts.unwrap_or(first_ts).max(first_ts);
-    if ts - leak_since >= rules.leak_window_ms {
-        log.raise(&mut alerts.open, AlertKind::Leak, SOURCE_RULE, ts, || {
-            format!("no zero-flow hour for {} h", (ts - leak_since) / HOUR_MS)
-        });
-    } else {
-        log.release(&mut alerts.open, AlertKind::Leak, SOURCE_RULE, ts, || {
-            "zero-flow hour seen".into()
-        });
-    }
+    fold_leak(log, rules, alerts, row.quality, last_ts, ts, litres);
 
     // Burst: sustained high average flow.
     let average_lph = u128::from(litres) * HOUR_MS as u128 / elapsed as u128;
@@ -371,6 +356,54 @@ fn fold_row(
 
     alerts.last_ts = Some(ts);
     alerts.last_rev = Some(reading.rev);
+}
+
+/// Leak: no zero-consumption hour for `leak_window_ms` — counted only over evidence.
+/// Actual reads at most `leak_evidence_interval_ms` apart are evidence; an estimated
+/// row or a longer interval (an outage) says nothing about quiet hours, so it
+/// restarts the window at its end and releases the rule: a gap never opens, nor
+/// keeps open, a leak.
+fn fold_leak(
+    log: &mut EpisodeLog<'_>,
+    rules: &AlertRules,
+    alerts: &mut AlertState,
+    quality: Quality,
+    last_ts: i64,
+    ts: i64,
+    litres: u64,
+) {
+    let span = ts - last_ts;
+    if quality != Quality::Actual || span > rules.leak_evidence_interval_ms {
+        alerts.zero_run_since = None;
+        alerts.last_zero_hour_ts = Some(ts);
+        log.release(&mut alerts.open, AlertKind::Leak, SOURCE_RULE, ts, || {
+            if quality == Quality::Actual {
+                format!("no leak evidence across a {} min gap", span / 60_000)
+            } else {
+                "no leak evidence in estimated readings".into()
+            }
+        });
+        return;
+    }
+    if litres == 0 {
+        let since = *alerts.zero_run_since.get_or_insert(last_ts);
+        if ts - since >= HOUR_MS {
+            alerts.last_zero_hour_ts = Some(ts);
+        }
+    } else {
+        alerts.zero_run_since = None;
+    }
+    let first_ts = alerts.first_ts.unwrap_or(last_ts);
+    let leak_since = alerts.last_zero_hour_ts.unwrap_or(first_ts).max(first_ts);
+    if ts - leak_since >= rules.leak_window_ms {
+        log.raise(&mut alerts.open, AlertKind::Leak, SOURCE_RULE, ts, || {
+            format!("no zero-flow hour for {} h", (ts - leak_since) / HOUR_MS)
+        });
+    } else {
+        log.release(&mut alerts.open, AlertKind::Leak, SOURCE_RULE, ts, || {
+            "zero-flow hour seen".into()
+        });
+    }
 }
 
 fn fold_status(

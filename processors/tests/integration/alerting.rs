@@ -73,6 +73,78 @@ fn continuous_flow_raises_one_leak_that_clears_when_flow_stops() {
     assert!(!pipeline.states[&meter].alerts.is_open(AlertKind::Leak));
 }
 
+/// "False leaks from gaps": 10 h of hourly reads with flow, a comms outage
+/// until hour 40 (the register grew 300 L meanwhile), then a normal day with quiet
+/// nights. Before the rule needed evidence, the 30 h interval (or the estimates VEE
+/// fills it with) read as continuous flow and opened a leak at hour 40.
+#[test]
+fn an_outage_never_opens_a_leak() {
+    let mut pipeline = Pipeline::new(ProcessorsConfig::default());
+    let meter = key("demo", "outage");
+    let mut events = Vec::new();
+    let (_, out) = pipeline.feed(
+        0,
+        vec![Input::readings(&meter, vec![reading(START, 1_000)])],
+    );
+    events.extend(out.alerts);
+    let (before, reg) = hourly(START, 1_000, &[12; 10]);
+    let (_, out) = pipeline.feed(0, vec![Input::readings(&meter, before)]);
+    events.extend(out.alerts);
+    // Back at hour 40 with 300 L more; then 24 hours with 6 quiet ones.
+    let back = reading(START + 40 * HOUR, reg + 300);
+    let (_, out) = pipeline.feed(0, vec![Input::readings(&meter, vec![back])]);
+    events.extend(out.alerts);
+    let day = [
+        0, 0, 0, 0, 0, 0, 20, 40, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 40, 60, 30, 20, 10, 5,
+    ];
+    let (after, _) = hourly(START + 40 * HOUR, reg + 300, &day);
+    let (_, out) = pipeline.feed(0, vec![Input::readings(&meter, after)]);
+    events.extend(out.alerts);
+    assert_eq!(events_of(&events, AlertKind::Leak), vec![], "{events:#?}");
+}
+
+/// "An outage keeps a leak open": a leak opened at hour 24 of dripping (re-announced
+/// at 48); the meter goes silent for 30 h. VEE fills hours 49–77 with estimates,
+/// which are no evidence: the rule is released at the first one (hour 49) and the
+/// window restarts at the last (77). The drip seen again for 24 h of actual reads
+/// re-opens it at hour 101 — not earlier.
+#[test]
+fn an_outage_releases_a_leak_and_evidence_reopens_it() {
+    let mut pipeline = Pipeline::new(ProcessorsConfig::default());
+    let meter = key("demo", "drip");
+    let mut events = Vec::new();
+    pipeline.feed(
+        0,
+        vec![Input::readings(&meter, vec![reading(START, 1_000)])],
+    );
+    let (reads, reg) = hourly(START, 1_000, &[12; 48]);
+    let (_, out) = pipeline.feed(0, vec![Input::readings(&meter, reads)]);
+    events.extend(out.alerts);
+    let back_at = START + 78 * HOUR;
+    let (_, out) = pipeline.feed(
+        0,
+        vec![Input::readings(&meter, vec![reading(back_at, reg + 40)])],
+    );
+    events.extend(out.alerts);
+    let (reads, _) = hourly(back_at, reg + 40, &[12; 30]);
+    let (_, out) = pipeline.feed(0, vec![Input::readings(&meter, reads)]);
+    events.extend(out.alerts);
+    let leak: Vec<(EpisodeState, i64)> = events
+        .iter()
+        .filter(|e| e.kind == AlertKind::Leak)
+        .map(|e| (e.state, (e.at - START) / HOUR))
+        .collect();
+    assert_eq!(
+        leak,
+        vec![
+            (EpisodeState::Opened, 24),
+            (EpisodeState::Updated, 48),
+            (EpisodeState::Cleared, 49),
+            (EpisodeState::Opened, 101),
+        ]
+    );
+}
+
 #[test]
 fn a_burst_raises_a_critical_alert() {
     let mut pipeline = Pipeline::new(ProcessorsConfig::default());
