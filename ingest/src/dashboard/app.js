@@ -1,6 +1,7 @@
 // meterflow dashboard: polls the tenant API every few seconds and draws the summary,
-// district usage, top consumers, open alerts and one meter. Plain DOM and hand-drawn
-// SVG, no dependencies, no inline script (the page is served with a strict CSP).
+// district usage, top consumers, open alerts, silent meters, a meter search and one
+// meter with its alert history. Plain DOM and hand-drawn SVG, no dependencies, no
+// inline script (the page is served with a strict CSP).
 'use strict';
 (() => {
   /** Refresh period: fast enough to feel live, slow enough for hundreds of screens. */
@@ -14,6 +15,25 @@
   const METER_SPAN_MS = 24 * 3600e3;
   const TOP_LIMIT = 10;
   const ALERT_LIMIT = 200;
+  /** A meter's alert history: its newest episodes (the API's largest page is 1,000). */
+  const HISTORY_LIMIT = 1000;
+  /** Silent meters and search results per page ("More" fetches the next one). */
+  const SILENT_PAGE = 50;
+  const SEARCH_PAGE = 10;
+  /** Districts compared when the page picks the busiest one (one usage call each). */
+  const MAX_AUTO_DISTRICTS = 24;
+  /** Low battery at or below this percent: the alert rules' default `low_battery_pct`. */
+  const LOW_BATTERY_PCT = 10;
+  /** Weak radio at or below this RSSI: where NB-IoT and wM-Bus links start to drop reads. */
+  const WEAK_RSSI_DBM = -110;
+  /** Time-axis steps in minutes, round in any zone (offsets are multiples of 15 min). */
+  const TICK_STEPS_MIN = [1, 2, 5, 10, 15, 30, 60, 120, 180, 360, 720, 1440];
+  /** The meter chart spans at least this much, so a young meter's bars have labelled times. */
+  const METER_MIN_SPAN_MS = 3600e3;
+  /** At most this many time labels: each needs ~80 px of a 720 px chart. */
+  const MAX_TIME_TICKS = 8;
+  /** Value axis: about this many intervals between round numbers. */
+  const VALUE_INTERVALS = 4;
   /** Highest first; unknown priorities sort last. */
   const PRIORITY_RANK = { critical: 0, high: 1, normal: 2, medium: 2, low: 3 };
   const SVG_NS = 'http://www.w3.org/2000/svg';
@@ -23,8 +43,14 @@
     tenant: 'demo',
     token: '',
     district: '',
+    /** 'user' once chosen (or restored from the hash / localStorage), else 'auto'. */
+    districtSource: 'auto',
     resolution: 'minute',
     meter: '',
+    silentFor: 3600,
+    silentShown: 0,
+    silentNext: null,
+    search: { q: '', next: null },
     summary: null,
     busy: false,
     again: false,
@@ -59,20 +85,52 @@
     return body;
   }
 
-  // ---- formatting ----
+  // ---- time, in the tenant's zone ----
+  /**
+   * Wall-clock fields in one IANA zone. The zone is the API's (summary `time_zone`)
+   * when it says, else `?tz=` in the page's address, else the browser's.
+   */
+  function zoneClock(zone) {
+    let fmt;
+    try {
+      fmt = new Intl.DateTimeFormat('en-US', {
+        timeZone: zone, hourCycle: 'h23', weekday: 'short', year: 'numeric', month: '2-digit',
+        day: '2-digit', hour: '2-digit', minute: '2-digit', second: '2-digit',
+      });
+    } catch {
+      return null; // not a zone this browser knows
+    }
+    const parts = (ms) => {
+      const out = {};
+      for (const p of fmt.formatToParts(ms)) out[p.type] = p.value;
+      return out;
+    };
+    return { zone, parts };
+  }
+  const browserZone = Intl.DateTimeFormat().resolvedOptions().timeZone;
+  let clock = zoneClock(browserZone);
+
+  function setZone(zone) {
+    if (clock && clock.zone === zone) return;
+    clock = zoneClock(zone) || zoneClock(browserZone);
+    $('zone-note').textContent = 'times in ' + clock.zone + (clock.zone === zone ? '' : ' (unknown zone ' + zone + ')');
+  }
+  const hhmm = (ms) => { const p = clock.parts(ms); return p.hour + ':' + p.minute; };
+  const hhmmss = (ms) => { const p = clock.parts(ms); return p.hour + ':' + p.minute + ':' + p.second; };
+  const dayHour = (ms) => clock.parts(ms).weekday + ' ' + hhmm(ms);
+  const fullTime = (ms) => { const p = clock.parts(ms); return p.year + '-' + p.month + '-' + p.day + ' ' + hhmmss(ms) + ' ' + clock.zone; };
+  const minuteOfDay = (ms) => { const p = clock.parts(ms); return Number(p.hour) * 60 + Number(p.minute); };
+
+  // ---- numbers ----
   const nf = new Intl.NumberFormat();
   const int = (n) => (n == null ? '–' : nf.format(Math.round(n)));
-  const axisNum = (n) => n.toLocaleString(undefined, { maximumFractionDigits: n < 10 ? 2 : 0 });
+  const axisNum = (n) => n.toLocaleString(undefined, { maximumFractionDigits: 2 });
   function volume(litres) {
     if (litres == null) return '–';
     if (litres < 1000) return int(litres) + ' L';
     const m3 = litres / 1000;
     return m3.toLocaleString(undefined, { maximumFractionDigits: m3 < 100 ? 2 : m3 < 10000 ? 1 : 0 }) + ' m³';
   }
-  const pad = (n) => String(n).padStart(2, '0');
-  const hhmm = (ms) => { const d = new Date(ms); return pad(d.getHours()) + ':' + pad(d.getMinutes()); };
-  const hhmmss = (ms) => hhmm(ms) + ':' + pad(new Date(ms).getSeconds());
-  const dayHour = (ms) => new Date(ms).toLocaleDateString(undefined, { weekday: 'short' }) + ' ' + hhmm(ms);
   function ago(ms) {
     const s = Math.max(0, (Date.now() - ms) / 1000);
     if (s < 60) return Math.round(s) + ' s ago';
@@ -90,6 +148,7 @@
     }
   }
 
+  // ---- DOM ----
   /** Builds an element; children are nodes or text (never parsed as HTML). */
   function h(tag, attrs, ...children) {
     const el = document.createElement(tag);
@@ -115,71 +174,116 @@
     el.classList.toggle('good', !!good);
   }
 
-  // ---- chart ----
-  /** A round axis maximum ≥ v whose quarters are round too: (1, 2, 4, 6 or 8) × 10^k. */
-  function niceCeil(v) {
-    if (!(v > 0)) return 4;
-    const p = 10 ** Math.floor(Math.log10(v));
-    for (const m of [1, 2, 4, 6, 8, 10]) if (m * p >= v) return m * p;
-    return 10 * p;
+  // ---- axes ----
+  /** Round instants in [x0, x1] of the current zone: every 5, 10, 15, 30 min, 1, 2, 3, 6, 12 or 24 h. */
+  function timeTicks(x0, x1) {
+    const spanMin = (x1 - x0) / 60e3;
+    const step = TICK_STEPS_MIN.find((s) => spanMin / s <= MAX_TIME_TICKS) || TICK_STEPS_MIN[TICK_STEPS_MIN.length - 1];
+    // Every zone's round times lie on the UTC 5-minute (15-minute) grid.
+    const walk = (step % 15 === 0 ? 15 : step % 5 === 0 ? 5 : 1) * 60e3;
+    const ticks = [];
+    for (let t = Math.ceil(x0 / walk) * walk; t <= x1; t += walk) {
+      if (minuteOfDay(t) % step === 0) ticks.push(t);
+    }
+    return { stepMin: step, ticks, label: spanMin > 24 * 60 ? dayHour : hhmm };
   }
 
+  /** Round values from 0 to at least `max`: a step of 1, 2 or 5 × 10^k litres. */
+  function valueTicks(max) {
+    const raw = Math.max(max, VALUE_INTERVALS) / VALUE_INTERVALS;
+    const p = 10 ** Math.floor(Math.log10(raw));
+    const step = [1, 2, 5, 10].map((m) => m * p).find((s) => s >= raw);
+    const top = Math.max(step, Math.ceil(max / step) * step);
+    const ticks = [];
+    for (let v = 0; v <= top; v += step) ticks.push(v);
+    return { step, top, ticks };
+  }
+  /** Litres, or m³ once the axis reaches 10 m³ (its steps are then whole m³). */
+  const litresLabel = (top) => (top >= 10000 ? (v) => axisNum(v / 1000) + ' m³' : (v) => axisNum(v) + ' L');
+
+  /** Runs of points no more than one `step` apart: a missing window breaks the line. */
+  function segments(pts, step) {
+    const runs = [];
+    for (const p of pts) {
+      const run = runs[runs.length - 1];
+      if (run && p.x - run[run.length - 1].x <= step * 1.5) run.push(p);
+      else runs.push([p]);
+    }
+    return runs;
+  }
+
+  // ---- chart ----
   /**
    * Draws points {x: epoch ms, y, cls?, title} over [x0, x1] into an SVG with a viewBox.
-   * kind 'line' draws an area, a line and a circle (class "pt") per point; 'bar' a rect
-   * (class "bar") per point, `step` ms wide.
+   * kind 'line' draws an area, a line and a circle (class "pt") per point, with one
+   * path per run of consecutive windows (`step` apart); 'bar' a rect (class "bar") per
+   * point, `step` ms wide. Axis labels carry their value: `data-t` (ms) and `data-v`.
    */
-  function drawChart(el, points, { kind, x0, x1, step, xLabel, yFormat }) {
+  function drawChart(el, points, { kind, x0, x1, step, unit }) {
     const [, , W, H] = el.getAttribute('viewBox').split(' ').map(Number);
-    const L = 58, R = 12, T = 10, B = 24;
+    const L = 58, R = 12, T = 22, B = 24;
     const pw = W - L - R, ph = H - T - B;
-    // At least 4 so that the five gridlines carry distinct whole numbers.
-    const yMax = niceCeil(Math.max(4, ...points.map((p) => p.y)));
-    const sx = (x) => L + ((x - x0) / (x1 - x0)) * pw;
-    const sy = (y) => T + ph - (y / yMax) * ph;
-    const nodes = [];
-    for (let i = 0; i <= 4; i++) {
-      const v = (yMax * i) / 4, y = sy(v);
-      nodes.push(svg('line', { class: 'grid-line', x1: L, x2: W - R, y1: y, y2: y }));
-      nodes.push(svg('text', { class: 'axis', x: L - 6, y: y + 4, 'text-anchor': 'end' }, yFormat(v)));
-    }
-    const ticks = 6;
-    for (let i = 0; i <= ticks; i++) {
-      const x = x0 + ((x1 - x0) * i) / ticks;
-      const anchor = i === 0 ? 'start' : i === ticks ? 'end' : 'middle';
-      nodes.push(svg('text', { class: 'axis', x: sx(x), y: H - 6, 'text-anchor': anchor }, xLabel(x)));
-    }
     const pts = points.filter((p) => p.x >= x0 && p.x <= x1).sort((a, b) => a.x - b.x);
-    if (kind === 'bar') {
-      const bw = Math.max(1.5, (step / (x1 - x0)) * pw * 0.8);
-      for (const p of pts) {
-        const y = sy(p.y);
-        const r = svg('rect', { class: 'bar ' + (p.cls || ''), x: sx(p.x) - bw / 2, y, width: bw, height: Math.max(0, T + ph - y) });
-        r.append(svg('title', {}, p.title));
-        nodes.push(r);
-      }
-    } else if (pts.length) {
-      const line = pts.map((p, i) => (i ? 'L' : 'M') + sx(p.x).toFixed(1) + ' ' + sy(p.y).toFixed(1)).join(' ');
-      const base = (T + ph).toFixed(1);
-      const first = sx(pts[0].x).toFixed(1), last = sx(pts[pts.length - 1].x).toFixed(1);
-      nodes.push(svg('path', { class: 'area', d: line + ' L' + last + ' ' + base + ' L' + first + ' ' + base + ' Z' }));
-      nodes.push(svg('path', { class: 'series', d: line }));
-      const r = pts.length > 90 ? 2 : 3;
-      for (const p of pts) {
-        const c = svg('circle', { class: 'pt', cx: sx(p.x), cy: sy(p.y), r });
-        c.append(svg('title', {}, p.title));
-        nodes.push(c);
-      }
+    const values = valueTicks(Math.max(0, ...pts.map((p) => p.y)));
+    const yLabel = litresLabel(values.top);
+    const sx = (x) => L + ((x - x0) / (x1 - x0)) * pw;
+    const sy = (y) => T + ph - (y / values.top) * ph;
+    const nodes = [];
+    for (const v of values.ticks) {
+      const y = sy(v);
+      nodes.push(svg('line', { class: 'grid-line', x1: L, x2: W - R, y1: y, y2: y }));
+      nodes.push(svg('text', { class: 'axis y', x: L - 6, y: y + 4, 'text-anchor': 'end', 'data-v': v }, yLabel(v)));
     }
+    nodes.push(svg('text', { class: 'axis unit', x: L, y: 11 }, unit || ''));
+    const time = timeTicks(x0, x1);
+    for (const t of time.ticks) {
+      const x = sx(t);
+      const anchor = x - L < 20 ? 'start' : W - R - x < 20 ? 'end' : 'middle';
+      nodes.push(svg('line', { class: 'tick', x1: x, x2: x, y1: T + ph, y2: T + ph + 4 }));
+      nodes.push(svg('text', { class: 'axis x', x, y: H - 6, 'text-anchor': anchor, 'data-t': t }, time.label(t)));
+    }
+    const runs = kind === 'bar' ? [] : segments(pts, step);
+    if (kind === 'bar') nodes.push(...bars(pts, { sx, sy, bw: Math.max(1.5, (step / (x1 - x0)) * pw * 0.8), base: T + ph }));
+    else nodes.push(...lines(runs, { sx, sy, base: T + ph }));
     el.replaceChildren(...nodes);
     el.dataset.points = String(pts.length);
+    el.dataset.segments = String(runs.length);
+    el.dataset.tickMinutes = String(time.stepMin);
     el.toggleAttribute('hidden', !pts.length); // empty: the caller says why instead
     return pts.length;
   }
 
-  // ---- sections ----
+  function bars(pts, { sx, sy, bw, base }) {
+    return pts.map((p) => {
+      const y = sy(p.y);
+      const r = svg('rect', { class: 'bar ' + (p.cls || ''), x: sx(p.x) - bw / 2, y, width: bw, height: Math.max(0, base - y) });
+      r.append(svg('title', {}, p.title));
+      return r;
+    });
+  }
+
+  /** One area and one line per run; a run of one window is a lone point. */
+  function lines(runs, { sx, sy, base }) {
+    const nodes = [];
+    const r = runs.reduce((n, run) => n + run.length, 0) > 90 ? 2 : 3;
+    for (const run of runs) {
+      const line = run.map((p, i) => (i ? 'L' : 'M') + sx(p.x).toFixed(1) + ' ' + sy(p.y).toFixed(1)).join(' ');
+      const first = sx(run[0].x).toFixed(1), last = sx(run[run.length - 1].x).toFixed(1);
+      nodes.push(svg('path', { class: 'area', d: line + ' L' + last + ' ' + base.toFixed(1) + ' L' + first + ' ' + base.toFixed(1) + ' Z' }));
+      nodes.push(svg('path', { class: 'series', d: line }));
+    }
+    for (const p of runs.flat()) {
+      const c = svg('circle', { class: 'pt', cx: sx(p.x), cy: sy(p.y), r });
+      c.append(svg('title', {}, p.title));
+      nodes.push(c);
+    }
+    return nodes;
+  }
+
+  // ---- summary ----
   function renderSummary(s) {
     state.summary = s;
+    if (s && s.time_zone) setZone(s.time_zone);
     const usage = $('kpi-usage'), meters = $('kpi-meters'), alerts = $('kpi-alerts');
     usage.textContent = s ? volume(s.usage_today_l) : '–';
     usage.dataset.value = s ? s.usage_today_l : '';
@@ -209,64 +313,94 @@
     }
   }
 
-  async function loadUsage() {
-    const districts = (await api('/districts')) || [];
+  // ---- district usage ----
+  function usageQuery(district, now) {
+    const win = WINDOWS[state.resolution];
+    const from = Math.floor((now - win.span) / win.step) * win.step;
+    return '/districts/' + encodeURIComponent(district) + '/usage?from=' + from + '&to=' + (now + win.step) + '&resolution=' + state.resolution;
+  }
+  const usageOf = (rows) => rows.reduce((a, r) => a + r.usage_l, 0);
+
+  /** The district with the most litres in the current window (ties: by name). */
+  async function busiestDistrict(names, now) {
+    const scored = await Promise.all(names.slice(0, MAX_AUTO_DISTRICTS).map(async (name) => {
+      const rows = (await api(usageQuery(name, now))) || [];
+      return { name, rows, litres: usageOf(rows) };
+    }));
+    scored.sort((a, b) => b.litres - a.litres || a.name.localeCompare(b.name));
+    return scored[0];
+  }
+
+  function fillDistricts(names) {
     const select = $('district');
-    const names = districts.map(String);
     if (select.options.length !== names.length || names.some((n, i) => select.options[i].value !== n)) {
       select.replaceChildren(...names.map((n) => h('option', { value: n }, n)));
     }
-    if (!names.includes(state.district)) state.district = names[0] || '';
-    select.value = state.district;
+  }
+
+  /**
+   * The district to show and its rows: the user's choice when it still exists, else
+   * the busiest one, re-picked while the picked one has no usage in the window.
+   */
+  async function chooseDistrict(names, now) {
+    if (!names.includes(state.district)) {
+      state.district = '';
+      state.districtSource = 'auto';
+    }
+    if (state.district) {
+      const rows = (await api(usageQuery(state.district, now))) || [];
+      if (state.districtSource === 'user' || rows.length) return rows;
+    }
+    const best = await busiestDistrict(names, now);
+    state.district = best ? best.name : '';
+    return best ? best.rows : [];
+  }
+
+  async function loadUsage() {
+    const names = ((await api('/districts')) || []).map(String);
+    fillDistricts(names);
+    const now = Date.now();
+    const rows = await chooseDistrict(names, now);
+    $('district').value = state.district;
+    writeHash();
     const chart = $('district-chart');
+    const win = WINDOWS[state.resolution];
+    const opts = { kind: 'line', x0: now - win.span, x1: now, step: win.step, unit: state.resolution === 'hour' ? 'L per hour' : 'L per minute' };
     if (!state.district) {
-      drawChart(chart, [], axesFor(Date.now()));
+      drawChart(chart, [], opts);
       $('usage-meta').textContent = '';
       return setEmpty('usage-empty', 'No district has usage yet: districts appear once meters report.');
     }
-    const now = Date.now();
-    const win = WINDOWS[state.resolution];
-    const from = Math.floor((now - win.span) / win.step) * win.step;
-    const rows = (await api('/districts/' + encodeURIComponent(state.district) + '/usage?from=' + from + '&to=' + (now + win.step) + '&resolution=' + state.resolution)) || [];
-    const opts = axesFor(now);
+    const label = (ms) => (state.resolution === 'hour' ? dayHour(ms) : hhmm(ms));
     const points = rows.map((r) => ({
       x: r.start_ms,
       y: r.usage_l,
-      title: (state.resolution === 'hour' ? dayHour(r.start_ms) : hhmm(r.start_ms)) + ' · ' + int(r.usage_l) + ' L · ' + int(r.meters) + ' meters' + (r.p90_l != null ? ' · p90 ' + int(r.p90_l) + ' L/meter' : ''),
+      title: label(r.start_ms) + ' · ' + int(r.usage_l) + ' L · ' + int(r.meters) + ' meters' + (r.p90_l != null ? ' · p90 ' + int(r.p90_l) + ' L/meter' : ''),
     }));
     const shown = drawChart(chart, points, opts);
-    chart.setAttribute('aria-label', 'Usage of district ' + state.district + ', ' + win.label + ', ' + shown + ' points');
+    chart.setAttribute('aria-label', 'Usage of district ' + state.district + ', ' + win.label + ', ' + shown + ' points in ' + chart.dataset.segments + ' runs');
     if (!shown) {
       $('usage-meta').textContent = win.label;
       return setEmpty('usage-empty', 'No usage in district ' + state.district + ' in the ' + win.label.replace(', per', ' (per') + ')' + '. Try the hour view, or start the simulator.');
     }
     setEmpty('usage-empty', '');
-    const total = rows.reduce((a, r) => a + r.usage_l, 0);
+    $('usage-meta').textContent = usageMeta(rows, win);
+  }
+
+  function usageMeta(rows, win) {
     const peak = rows.reduce((a, r) => (r.usage_l > a.usage_l ? r : a), rows[0]);
     const latest = rows.reduce((a, r) => (r.start_ms > a.start_ms ? r : a), rows[0]);
     const night = rows.map((r) => r.night_flow_lph).filter((v) => v != null);
-    $('usage-meta').textContent =
-      win.label + ' · total ' + volume(total) + ' · peak ' + int(peak.usage_l) + ' L at ' + hhmm(peak.start_ms) +
-      ' · ' + int(latest.meters) + ' meters in latest window' + (night.length ? ' · min night flow ' + int(Math.min(...night)) + ' L/h' : '');
+    return win.label + ' · total ' + volume(usageOf(rows)) + ' · peak ' + int(peak.usage_l) + ' L at ' + hhmm(peak.start_ms) +
+      ' · ' + int(latest.meters) + ' meters in latest window' + (night.length ? ' · min night flow ' + int(Math.min(...night)) + ' L/h' : '') +
+      ' · a break in the line is a window without data';
   }
 
-  function axesFor(now) {
-    const win = WINDOWS[state.resolution];
-    return {
-      kind: 'line',
-      x0: now - win.span,
-      x1: now,
-      step: win.step,
-      xLabel: state.resolution === 'hour' ? dayHour : hhmm,
-      yFormat: (v) => (v >= 10000 ? axisNum(v / 1000) + ' m³' : axisNum(v) + ' L'),
-    };
-  }
-
+  // ---- top consumers and open alerts ----
   async function loadTop() {
     const rows = (await api('/top?limit=' + TOP_LIMIT)) || [];
     const max = Math.max(1, ...rows.map((r) => r.usage_l));
-    const body = $('top').tBodies[0];
-    body.replaceChildren(
+    $('top').tBodies[0].replaceChildren(
       ...rows.map((r, i) => {
         const bar = h('div', { class: 'meter-bar' });
         bar.style.width = ((100 * r.usage_l) / max).toFixed(1) + '%';
@@ -285,28 +419,94 @@
     return h('button', { type: 'button', class: 'linkish', title: 'Show meter ' + id, onclick: () => selectMeter(id) }, id);
   }
 
+  const rank = (p) => PRIORITY_RANK[p] ?? 9;
+
   async function loadAlerts() {
     const rows = ((await api('/alerts?state=open&limit=' + ALERT_LIMIT)) || []).slice();
-    const rank = (p) => PRIORITY_RANK[p] ?? 9;
     rows.sort((a, b) => rank(a.priority) - rank(b.priority) || b.at - a.at);
     $('alerts').replaceChildren(
       ...rows.map((a) =>
         h('li', { class: 'alert ' + (a.priority || ''), 'data-kind': a.kind, 'data-meter': a.meter, 'data-priority': a.priority },
           h('span', { class: 'prio' }, a.priority || '?'),
           h('span', null, h('span', { class: 'kind' }, humanKind(a.kind)), ' · ', meterLink(a.meter)),
-          h('span', { class: 'when', title: new Date(a.opened_at).toLocaleString() }, ago(a.opened_at)),
+          h('span', { class: 'when', title: fullTime(a.opened_at) }, ago(a.opened_at)),
           h('span', { class: 'detail' }, a.detail || ''))),
     );
     $('alerts-count').textContent = rows.length ? String(rows.length) : '';
     setEmpty('alerts-empty', rows.length ? '' : 'No open alerts. All clear.', true);
   }
 
+  // ---- device health: battery and signal ----
+  const lowBattery = (v) => v.battery != null && v.battery <= LOW_BATTERY_PCT;
+  const weakSignal = (v) => v.rssi != null && v.rssi <= WEAK_RSSI_DBM;
+  /** A value with, when it is bad, a text badge (colour alone is not enough). */
+  function health(text, bad, badge, what) {
+    if (text == null) return h('span', { class: 'muted', title: what + ' not reported' }, '–');
+    return h('span', { class: bad ? 'bad' : null, 'data-bad': bad ? 'true' : null },
+      text, bad ? ' ' : null, bad ? h('span', { class: 'badge' }, badge) : null);
+  }
+  const batteryCell = (v) => health(v.battery == null ? null : v.battery + ' %', lowBattery(v), 'low battery', 'battery');
+  const signalCell = (v) => health(v.rssi == null ? null : v.rssi + ' dBm', weakSignal(v), 'weak signal', 'signal');
+
+  // ---- meter lists: silent meters and search ----
+  function meterRow(v) {
+    return h('tr', { 'data-meter': v.meter, class: v.meter === state.meter ? 'selected' : null },
+      h('td', null, meterLink(v.meter)),
+      h('td', null, v.district || '–'),
+      h('td', { title: v.last_ts ? fullTime(v.last_ts) : 'never', 'data-ts': v.last_ts || null }, v.last_ts ? ago(v.last_ts) : 'never'),
+      h('td', { class: 'num battery' }, batteryCell(v)),
+      h('td', { class: 'num signal' }, signalCell(v)));
+  }
+
+  function renderMeterList(table, views, append) {
+    const body = $(table).tBodies[0];
+    const rows = views.map(meterRow);
+    if (append) body.append(...rows);
+    else body.replaceChildren(...rows);
+    $(table).hidden = !body.rows.length;
+    return body.rows.length;
+  }
+
+  async function loadSilent() {
+    const limit = Math.max(SILENT_PAGE, state.silentShown);
+    const page = await api('/meters?silent_for_s=' + state.silentFor + '&limit=' + limit);
+    showSilent(page, false);
+  }
+
+  async function moreSilent() {
+    if (!state.silentNext) return;
+    const page = await api('/meters?silent_for_s=' + state.silentFor + '&limit=' + SILENT_PAGE + '&after=' + encodeURIComponent(state.silentNext));
+    showSilent(page, true);
+  }
+
+  function showSilent(page, append) {
+    state.silentShown = renderMeterList('silent', page.meters || [], append);
+    state.silentNext = page.next || null;
+    $('silent-more').hidden = !state.silentNext;
+    $('silent-count').textContent = state.silentShown ? state.silentShown + (state.silentNext ? '+' : '') : '';
+    const span = $('silent-for').selectedOptions[0].textContent;
+    setEmpty('silent-empty', state.silentShown ? '' : 'Every meter has reported in the last ' + span + '.', true);
+  }
+
+  async function search(append) {
+    const q = state.search.q;
+    if (!q) return;
+    const after = append && state.search.next ? '&after=' + encodeURIComponent(state.search.next) : '';
+    const page = await api('/meters?q=' + encodeURIComponent(q) + '&limit=' + SEARCH_PAGE + after);
+    if (q !== state.search.q) return;
+    const shown = renderMeterList('found', page.meters || [], append);
+    state.search.next = page.next || null;
+    $('found-more').hidden = !state.search.next;
+    setEmpty('found-empty', shown ? '' : 'No meter id contains "' + q + '".');
+  }
+
+  // ---- one meter ----
   async function loadMeter() {
     const id = state.meter;
     $('meter-title').replaceChildren('Meter', ...(id ? [' ', h('span', { class: 'id' }, id)] : []));
     if (!id) {
       $('meter-detail').hidden = true;
-      return setEmpty('meter-empty', 'Pick a meter in the top list or an alert, or type its id.');
+      return setEmpty('meter-empty', 'Pick a meter in a list or an alert, or type its id.');
     }
     let view;
     try {
@@ -319,29 +519,41 @@
     if (id !== state.meter) return;
     const last = view.last_ts || Date.now();
     const period = state.summary && state.summary.day ? state.summary.day.slice(0, 7) : new Date(last).toISOString().slice(0, 7);
-    const [readings, bill] = await Promise.all([
+    const [readings, bill, episodes] = await Promise.all([
       api('/meters/' + encodeURIComponent(id) + '/readings?from=' + (last - METER_SPAN_MS) + '&to=' + (last + 1) + '&limit=2000'),
       api('/bills/' + period + '/' + encodeURIComponent(id)).catch((e) => {
         if (e.status === 404) return null;
         throw e;
       }),
+      api('/alerts?state=all&meter=' + encodeURIComponent(id) + '&limit=' + HISTORY_LIMIT),
     ]);
     if (id !== state.meter) return;
     setEmpty('meter-empty', '');
     $('meter-detail').hidden = false;
-    const fact = (label, value, cls) => h('div', null, h('dt', null, label), h('dd', { class: cls || null }, value));
+    renderFacts(view, bill, period);
+    renderMeterChart(readings || [], last);
+    renderHistory(id, episodes || []);
+  }
+
+  function renderFacts(view, bill, period) {
+    const fact = (label, value, cls) => h('div', { class: cls || null }, h('dt', null, label), h('dd', null, value));
     const billText = bill ? money(bill.amount_cents, bill.currency) + (bill.final ? ' · final' : bill.estimated ? ' · estimated' : ' · so far') : 'no bill yet';
     $('meter-facts').replaceChildren(
       fact('Last reading · ' + (view.last_ts ? ago(view.last_ts) : 'never'), view.last_ts ? hhmmss(view.last_ts) : '–'),
+      fact('District', view.district || '–'),
       fact('Register', view.reg != null ? (view.reg / 1000).toLocaleString(undefined, { minimumFractionDigits: 3, maximumFractionDigits: 3 }) + ' m³' : '–'),
       fact('Flow', view.flow != null ? int(view.flow) + ' L/h' : '–'),
       fact('Temperature', view.temp != null ? (view.temp / 10).toFixed(1) + ' °C' : '–'),
-      fact('Quality', view.quality || '–', 'q-' + view.quality),
+      fact('Quality', h('span', { class: 'q-' + view.quality }, view.quality || '–')),
+      fact('Battery', batteryCell(view), 'battery'),
+      fact('Signal', signalCell(view), 'signal'),
       fact('Today', int(view.today_l) + ' L'),
       fact('Period ' + period, bill ? volume(bill.usage_l) : '–'),
       fact('Bill ' + period, billText),
     );
-    const rows = readings || [];
+  }
+
+  function renderMeterChart(rows, last) {
     const points = rows.map((r) => ({
       x: r.ts,
       y: r.interval_l || 0,
@@ -349,24 +561,62 @@
       title: hhmm(r.ts) + ' · ' + int(r.interval_l || 0) + ' L · flow ' + int(r.flow) + ' L/h · ' + r.quality,
     }));
     const step = rows.length > 1 ? Math.max(60e3, (rows[rows.length - 1].ts - rows[0].ts) / (rows.length - 1)) : 900e3;
-    // Fit the time axis to the readings (at most 24 h), so a young meter's few bars show.
-    const x0 = rows.length ? Math.max(last - METER_SPAN_MS, rows[0].ts - step) : last - METER_SPAN_MS;
-    const shown = drawChart($('meter-chart'), points, {
-      kind: 'bar', x0, x1: last + step / 2, step, xLabel: hhmm, yFormat: (v) => axisNum(v) + ' L',
-    });
+    // Fit the time axis to the readings (1 to 24 h), so a young meter's few bars show.
+    const x0 = rows.length ? Math.max(last - METER_SPAN_MS, Math.min(rows[0].ts - step, last - METER_MIN_SPAN_MS)) : last - METER_SPAN_MS;
+    const shown = drawChart($('meter-chart'), points, { kind: 'bar', x0, x1: last + step / 2, step, unit: 'L per reading' });
     const total = rows.reduce((a, r) => a + (r.interval_l || 0), 0);
     $('meter-meta').textContent = shown
       ? 'litres per reading, up to 24 h before the newest · ' + shown + ' readings · ' + int(total) + ' L · yellow: estimated, orange: suspect'
       : 'no readings in the 24 h before the newest';
   }
 
+  /**
+   * The meter's alert episodes, newest first. Filtered here too: a server that does
+   * not know `meter=` answers the tenant's alerts, and the note then says the list
+   * is limited to the tenant's newest episodes.
+   */
+  function renderHistory(id, episodes) {
+    const mine = episodes.filter((a) => a.meter === id).sort((a, b) => b.at - a.at);
+    $('meter-history').replaceChildren(...mine.map((a) =>
+      h('li', { class: 'alert ' + (a.priority || '') + ' ' + a.state, 'data-meter': a.meter, 'data-kind': a.kind, 'data-state': a.state },
+        h('span', { class: 'prio' }, a.priority || '?'),
+        h('span', null, h('span', { class: 'kind' }, humanKind(a.kind)), ' · ', h('span', { class: 'state' }, a.state)),
+        h('span', { class: 'when', title: fullTime(a.at) }, ago(a.at)),
+        h('span', { class: 'detail' }, 'opened ' + fullTime(a.opened_at) + (a.detail ? ' · ' + a.detail : '')))));
+    setEmpty('history-empty', mine.length ? '' : 'No alerts for this meter.', true);
+    const unfiltered = mine.length < episodes.length;
+    $('history-note').hidden = !(unfiltered && episodes.length >= HISTORY_LIMIT);
+    $('history-note').textContent = 'Searched the tenant\'s newest ' + HISTORY_LIMIT + ' alert episodes only.';
+  }
+
   function selectMeter(id) {
     state.meter = id;
     $('meter').value = id;
-    history.replaceState(null, '', '#meter=' + encodeURIComponent(id));
-    for (const tr of $('top').tBodies[0].rows) tr.classList.toggle('selected', tr.dataset.meter === id);
+    writeHash();
+    for (const tr of document.querySelectorAll('tr[data-meter]')) tr.classList.toggle('selected', tr.dataset.meter === id);
     loadMeter().catch(report1);
     $('meter-title').scrollIntoView({ behavior: 'smooth', block: 'nearest' });
+  }
+
+  // ---- address: #district=…&meter=… ----
+  function writeHash() {
+    const params = new URLSearchParams();
+    if (state.district && state.districtSource === 'user') params.set('district', state.district);
+    if (state.meter) params.set('meter', state.meter);
+    const hash = params.toString();
+    if (hash !== location.hash.slice(1)) history.replaceState(null, '', location.pathname + location.search + (hash ? '#' + hash : ''));
+  }
+
+  /** The remembered district of `tenant`: the address's, else this browser's last choice. */
+  function rememberedDistrict(tenant) {
+    return new URLSearchParams(location.hash.slice(1)).get('district') || localStorage.getItem('mf.district.' + tenant) || '';
+  }
+
+  function chooseDistrictByHand(name) {
+    state.district = name;
+    state.districtSource = 'user';
+    localStorage.setItem('mf.district.' + state.tenant, name);
+    loadUsage().catch(report1);
   }
 
   // ---- status and errors ----
@@ -410,9 +660,9 @@
     state.busy = true;
     const generation = state.generation;
     try {
-      // The summary first: the meter's bill period comes from the tenant's day.
+      // The summary first: the meter's bill period and the time zone come from it.
       const first = await Promise.allSettled([loadSummary()]);
-      const rest = await Promise.allSettled([loadUsage(), loadTop(), loadAlerts(), loadMeter()]);
+      const rest = await Promise.allSettled([loadUsage(), loadTop(), loadAlerts(), loadSilent(), loadMeter()]);
       if (generation !== state.generation) return;
       report([...first, ...rest].filter((r) => r.status === 'rejected').map((r) => r.reason));
     } finally {
@@ -430,12 +680,15 @@
     $('empty').hidden = true;
     $('alerts').replaceChildren();
     $('alerts-count').textContent = '';
-    $('top').tBodies[0].replaceChildren();
+    for (const t of ['top', 'silent', 'found']) $(t).tBodies[0].replaceChildren();
+    $('found').hidden = true;
+    for (const b of ['silent-more', 'found-more']) $(b).hidden = true;
+    $('silent-count').textContent = '';
     $('district').replaceChildren();
     $('district-chart').toggleAttribute('hidden', true);
     $('usage-meta').textContent = '';
     $('meter-detail').hidden = true;
-    for (const id of ['usage-empty', 'alerts-empty', 'top-empty']) setEmpty(id, '');
+    for (const id of ['usage-empty', 'alerts-empty', 'top-empty', 'silent-empty', 'found-empty']) setEmpty(id, '');
   }
 
   function openTenant(tenant, token) {
@@ -448,7 +701,10 @@
     state.token = token;
     state.generation++;
     state.summary = null;
-    state.district = '';
+    state.district = rememberedDistrict(tenant);
+    state.districtSource = state.district ? 'user' : 'auto';
+    state.silentShown = 0;
+    state.search = { q: '', next: null };
     localStorage.setItem('mf.tenant', tenant);
     if (token) localStorage.setItem('mf.token.' + tenant, token);
     else localStorage.removeItem('mf.token.' + tenant);
@@ -456,17 +712,7 @@
     refresh();
   }
 
-  function init() {
-    const params = new URLSearchParams(location.search);
-    const tenant = params.get('tenant') || localStorage.getItem('mf.tenant') || 'demo';
-    const token = localStorage.getItem('mf.token.' + tenant) || '';
-    $('tenant').value = tenant;
-    $('token').value = token;
-    const m = /meter=([^&]+)/.exec(location.hash);
-    if (m) {
-      state.meter = decodeURIComponent(m[1]);
-      $('meter').value = state.meter;
-    }
+  function listen() {
     $('tenant-form').addEventListener('submit', (ev) => {
       ev.preventDefault();
       openTenant($('tenant').value.trim(), $('token').value.trim());
@@ -476,17 +722,40 @@
       const id = $('meter').value.trim();
       if (id) selectMeter(id);
     });
-    $('district').addEventListener('change', (ev) => {
-      state.district = ev.target.value;
-      loadUsage().catch(report1);
-    });
+    $('district').addEventListener('change', (ev) => chooseDistrictByHand(ev.target.value));
     for (const r of document.querySelectorAll('input[name=res]')) {
       r.addEventListener('change', () => {
         state.resolution = r.value;
         loadUsage().catch(report1);
       });
     }
+    $('silent-for').addEventListener('change', (ev) => {
+      state.silentFor = Number(ev.target.value);
+      state.silentShown = 0;
+      loadSilent().catch(report1);
+    });
+    $('silent-more').addEventListener('click', () => moreSilent().catch(report1));
+    $('search-form').addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      state.search = { q: $('search').value.trim(), next: null };
+      search(false).catch(report1);
+    });
+    $('found-more').addEventListener('click', () => search(true).catch(report1));
     document.addEventListener('visibilitychange', () => document.hidden || refresh());
+  }
+
+  function init() {
+    const params = new URLSearchParams(location.search);
+    setZone(params.get('tz') || browserZone);
+    const tenant = params.get('tenant') || localStorage.getItem('mf.tenant') || 'demo';
+    const token = localStorage.getItem('mf.token.' + tenant) || '';
+    $('tenant').value = tenant;
+    $('token').value = token;
+    state.tenant = tenant;
+    state.meter = new URLSearchParams(location.hash.slice(1)).get('meter') || '';
+    $('meter').value = state.meter;
+    state.silentFor = Number($('silent-for').value);
+    listen();
     openTenant(tenant, token);
     setInterval(refresh, POLL_MS);
   }
