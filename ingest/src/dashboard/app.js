@@ -185,7 +185,9 @@
     for (let t = Math.ceil(x0 / walk) * walk; t <= x1; t += walk) {
       if (minuteOfDay(t) % step === 0) ticks.push(t);
     }
-    return { stepMin: step, ticks, label: spanMin > 24 * 60 ? dayHour : hhmm };
+    // Over a day, or at a midnight, the label names the day too.
+    const label = (t) => (spanMin > 24 * 60 || minuteOfDay(t) === 0 ? dayHour(t) : hhmm(t));
+    return { stepMin: step, ticks, label };
   }
 
   /** Round values from 0 to at least `max`: a step of 1, 2 or 5 × 10^k litres. */
