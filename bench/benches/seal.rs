@@ -74,7 +74,7 @@ impl Fleet {
                     messages: 1,
                     duplicates: 0,
                     first_received_at: Some(received_at),
-                    status: None,
+                    statuses: Vec::new(),
                 }
             })
             .collect();

@@ -131,7 +131,7 @@ impl OpenBatch {
                     messages: 0,
                     duplicates: 0,
                     first_received_at: None,
-                    status: None,
+                    statuses: Vec::new(),
                 });
                 self.index.insert(key.clone(), self.meters.len() - 1);
                 self.meters.len() - 1
@@ -338,10 +338,9 @@ impl ShardWorker {
                 entry.readings.extend(uplink.readings.iter().map(|reading| {
                     StoredReading::actual(*reading, uplink.seq, inbound.received_at)
                 }));
-                let newest_ts = uplink.readings.last().map_or(i64::MIN, |r| r.ts);
-                if entry.status.as_ref().is_none_or(|s| newest_ts >= s.ts) {
-                    entry.status = Some(DeviceStatus {
-                        ts: newest_ts,
+                if let Some(newest) = uplink.readings.last() {
+                    entry.statuses.push(DeviceStatus {
+                        ts: newest.ts,
                         received_at: inbound.received_at,
                         flags: uplink.flags,
                         battery: uplink.battery,

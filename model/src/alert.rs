@@ -308,6 +308,10 @@ pub struct AlertState {
     pub last_backflow_ts: Option<i64>,
     /// Newest message received from the meter, service clock (no-communication).
     pub last_seen_at: Option<i64>,
+    /// `ts` of the newest device status folded in; an older one arrives late.
+    pub last_status_ts: Option<i64>,
+    /// The flags of that status, as a [`Flags`](crate::Flags) bitset.
+    pub last_status_flags: u32,
 }
 
 impl AlertState {
@@ -339,3 +343,5 @@ impl Default for NotificationLimits {
         }
     }
 }
+
+impl crate::codec::binary::Record for AlertEvent {}

@@ -271,6 +271,8 @@ pub struct MeterAnalyticsState {
     pub day_l: u64,
 }
 
+impl crate::codec::binary::Record for DistrictUsage {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

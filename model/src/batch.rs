@@ -50,10 +50,17 @@ pub struct MeterBatch {
     pub duplicates: u32,
     /// Earliest `received_at` among the new messages (for publish→durable latency).
     pub first_received_at: Option<i64>,
-    /// Device status of the newest new message in the batch (by its newest
-    /// reading's `ts`), when the batch holds one; alerting reads its flags, battery
-    /// and signal.
-    pub status: Option<DeviceStatus>,
+    /// Device status of every new message in the batch, in arrival order: a flag
+    /// raised in any of them counts, whatever else the batch holds (alerting folds
+    /// them by `ts`; the meter view shows the newest one's battery and signal).
+    pub statuses: Vec<DeviceStatus>,
+}
+
+impl MeterBatch {
+    /// The newest status of the batch by `ts` (the later one of equal `ts`).
+    pub fn newest_status(&self) -> Option<&DeviceStatus> {
+        self.statuses.iter().rev().max_by_key(|s| s.ts)
+    }
 }
 
 /// A rejected uplink, kept with its reason (DESIGN §6.7).

@@ -184,3 +184,5 @@ pub struct BillingState {
     /// The period before it, until its late window passes and its bill is final.
     pub previous: Option<PeriodReads>,
 }
+
+impl crate::codec::binary::Record for BillLine {}

@@ -38,6 +38,7 @@ pub mod processing;
 pub mod reject;
 pub mod seq_window;
 pub mod state;
+mod state_v1;
 pub mod status;
 pub mod time;
 pub mod topic;

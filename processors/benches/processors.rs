@@ -65,7 +65,7 @@ fn batch(states: &[MeterState], from: usize) -> SealedBatch {
                 messages: 1,
                 duplicates: 0,
                 first_received_at: None,
-                status: None,
+                statuses: Vec::new(),
             }
         })
         .collect();

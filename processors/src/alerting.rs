@@ -26,8 +26,13 @@
 //! - **no communication**: no message for `no_communication_ms` — only time can show
 //!   it, so the sweep ([`AlertingProcessor::sweep`]) opens it; any message clears it.
 //! - **device flags** (leak, burst, backflow, tamper, magnetic, cut cable, dry pipe,
-//!   low battery, freeze, register error): the newest status's flags open their kind;
-//!   a status without the flag releases it.
+//!   low battery, freeze, register error): every message's status counts, folded by
+//!   reading time — a raised flag opens its kind, a newer status without it
+//!   releases it. A status older than the newest one folded (late) only adds: a
+//!   flag it raises at a time no open episode covers becomes a closed episode from
+//!   its time to the next thing known (the open episode's start, or the newest
+//!   status). Exact equality with in-order arrival would need the status history;
+//!   this keeps every raised flag visible and never strands an episode open.
 //!
 //! Event times are data times (the reading's or status's `ts`), except for
 //! no-communication, which uses the service clock of the sweep and the message's
@@ -102,11 +107,14 @@ impl Processor for AlertingProcessor {
                 events: &mut out.alerts,
             };
             let alerts = &mut meter.state.alerts;
-            note_contact(&mut log, alerts, &meter.readings, meter.status.as_ref());
+            note_contact(&mut log, alerts, &meter.readings, &meter.statuses);
             for row in &meter.readings {
                 fold_row(&mut log, rules, alerts, row);
             }
-            if let Some(status) = &meter.status {
+            // By reading time; equal times keep their arrival order.
+            let mut statuses: Vec<&DeviceStatus> = meter.statuses.iter().collect();
+            statuses.sort_by_key(|s| s.ts);
+            for status in statuses {
                 fold_status(&mut log, rules, alerts, status);
             }
         }
@@ -224,12 +232,12 @@ fn note_contact(
     log: &mut EpisodeLog<'_>,
     alerts: &mut AlertState,
     readings: &[StoredReading],
-    status: Option<&DeviceStatus>,
+    statuses: &[DeviceStatus],
 ) {
     let newest = readings
         .iter()
         .map(|r| r.received_at)
-        .chain(status.map(|s| s.received_at))
+        .chain(statuses.iter().map(|s| s.received_at))
         .max();
     if let Some(seen) = newest {
         alerts.last_seen_at = alerts.last_seen_at.max(Some(seen));
@@ -413,6 +421,12 @@ fn fold_status(
     status: &DeviceStatus,
 ) {
     let at = status.ts;
+    if let Some(newest) = alerts.last_status_ts.filter(|newest| at < *newest) {
+        fold_late_status(log, alerts, status, newest);
+        return;
+    }
+    alerts.last_status_ts = Some(at);
+    alerts.last_status_flags = status.flags.bits();
     for (flag, kind) in FLAG_KINDS {
         if status.flags.contains(flag) {
             log.raise(&mut alerts.open, kind, SOURCE_DEVICE, at, || {
@@ -442,5 +456,47 @@ fn fold_status(
                 || format!("battery at {battery} %"),
             );
         }
+    }
+}
+
+/// A status older than the newest one folded (it arrived late). Its raised flags
+/// still count: a flag raised at a time no open episode of its kind covers gets a
+/// closed episode from this status to the next thing known after it — the open
+/// episode's start, or else the newest status (which does not raise it). Its
+/// lowered flags and battery level are older news than what is known and change
+/// nothing.
+fn fold_late_status(
+    log: &mut EpisodeLog<'_>,
+    alerts: &mut AlertState,
+    status: &DeviceStatus,
+    newest: i64,
+) {
+    for (flag, kind) in FLAG_KINDS {
+        if !status.flags.contains(flag) {
+            continue;
+        }
+        let open = alerts.open.iter().find(|a| a.kind == kind);
+        if open.is_some_and(|a| a.opened_at <= status.ts) {
+            continue;
+        }
+        let until = open.map_or(newest, |a| a.opened_at);
+        let episode = OpenAlert {
+            kind,
+            opened_at: status.ts,
+            last_event_at: status.ts,
+            sources: SOURCE_DEVICE,
+        };
+        log.record(
+            &episode,
+            EpisodeState::Opened,
+            status.ts,
+            format!("device flag {} (reported late)", flag.name()),
+        );
+        log.record(
+            &episode,
+            EpisodeState::Cleared,
+            until,
+            format!("device flag {} lowered by a newer message", flag.name()),
+        );
     }
 }

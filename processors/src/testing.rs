@@ -40,7 +40,7 @@ pub(crate) fn meter_batch(
         messages: 1,
         duplicates: 0,
         first_received_at: None,
-        status: None,
+        statuses: Vec::new(),
     }
 }
 

@@ -78,8 +78,8 @@ fn fold_meter(meter: &mut MeterBatch, calendar: &mut LocalCalendar) {
 /// message, `None` when it reported none (caches keep the last reported value).
 fn view_of(meter: &MeterBatch, district: &str) -> MeterView {
     MeterView {
-        battery: meter.status.and_then(|s| s.battery),
-        rssi: meter.status.and_then(|s| s.rssi),
+        battery: meter.newest_status().and_then(|s| s.battery),
+        rssi: meter.newest_status().and_then(|s| s.rssi),
         ..MeterView::of_state(&meter.key, &meter.state, district)
     }
 }

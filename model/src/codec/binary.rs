@@ -106,8 +106,28 @@ pub(crate) fn decode_uplink(body: &[u8]) -> Result<Uplink, Reject> {
 }
 
 /// Version byte in front of every persisted record; bump it when a record's shape
-/// changes, and teach [`decode_record`] the old one.
-const RECORD_VERSION: u8 = 1;
+/// changes, and teach [`Record`] the old one.
+///
+/// - 1: the first layouts.
+/// - 2: `AlertState` (inside `MeterState`) gained the newest device status
+///   (`last_status_ts`, `last_status_flags`). Other records are unchanged.
+const RECORD_VERSION: u8 = 2;
+
+/// A persisted record type, and how it reads bodies of older record versions.
+pub trait Record: DeserializeOwned {
+    /// Reads a version-1 body; types whose layout has not changed since read it as
+    /// they are.
+    fn decode_v1(body: &[u8]) -> Result<Self, RecordError> {
+        decode_body(body)
+    }
+}
+
+/// Decodes a record body (after its version byte) in the current layout of `T`.
+pub(crate) fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, RecordError> {
+    bincode::serde::decode_from_slice(body, config())
+        .map(|(value, _)| value)
+        .map_err(|e| RecordError::Corrupt(e.to_string()))
+}
 
 /// Why a stored record could not be read back.
 #[derive(Debug, thiserror::Error)]
@@ -128,12 +148,20 @@ pub fn encode_record<T: Serialize>(value: &T) -> Vec<u8> {
     out
 }
 
-/// Decodes a record written by [`encode_record`].
-pub fn decode_record<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, RecordError> {
+/// Encodes `value` behind version byte 1, as the first layouts were written (for
+/// tests of the upgrade path).
+#[cfg(test)]
+pub(crate) fn encode_record_v1<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = encode_record(value);
+    out[0] = 1;
+    out
+}
+
+/// Decodes a record written by [`encode_record`] of this or an older version.
+pub fn decode_record<T: Record>(bytes: &[u8]) -> Result<T, RecordError> {
     match bytes.split_first() {
-        Some((&RECORD_VERSION, body)) => bincode::serde::decode_from_slice(body, config())
-            .map(|(value, _)| value)
-            .map_err(|e| RecordError::Corrupt(e.to_string())),
+        Some((&RECORD_VERSION, body)) => decode_body(body),
+        Some((1, body)) => T::decode_v1(body),
         Some((&other, _)) => Err(RecordError::Version(other)),
         None => Err(RecordError::Corrupt("empty record".into())),
     }

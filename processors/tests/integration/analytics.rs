@@ -60,7 +60,7 @@ fn shard(meters: &[(&str, Vec<u64>)]) -> AnalyticsProcessor {
             messages: 1,
             duplicates: 0,
             first_received_at: None,
-            status: None,
+            statuses: Vec::new(),
         });
     }
     let mut out = Outputs::default();

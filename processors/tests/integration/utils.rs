@@ -69,7 +69,7 @@ impl Pipeline {
             match meters.iter_mut().find(|m| m.key == input.key) {
                 Some(meter) => {
                     meter.readings.extend(input.readings);
-                    meter.status = input.status.or(meter.status);
+                    meter.statuses.extend(input.status);
                 }
                 None => meters.push(MeterBatch {
                     state: self.states.get(&input.key).cloned().unwrap_or_default(),
@@ -78,7 +78,7 @@ impl Pipeline {
                     messages: 1,
                     duplicates: 0,
                     first_received_at: None,
-                    status: input.status,
+                    statuses: input.status.into_iter().collect(),
                 }),
             }
         }

@@ -1025,7 +1025,7 @@ mod tests {
             messages: 1,
             duplicates: 0,
             first_received_at: None,
-            status: None,
+            statuses: Vec::new(),
         }
     }
 

@@ -70,7 +70,7 @@ pub(crate) fn meter_batch(
         state,
         duplicates: 0,
         first_received_at: None,
-        status: None,
+        statuses: Vec::new(),
     }
 }
 
