@@ -341,28 +341,33 @@
   }
 
   /**
-   * The district to show and its rows: the user's choice when it still exists, else
-   * the busiest one, re-picked while the picked one has no usage in the window.
+   * The district to show and its rows: the user's choice, else the busiest one,
+   * re-picked while the picked one has no usage in the window.
    */
   async function chooseDistrict(names, now) {
-    if (!names.includes(state.district)) {
-      state.district = '';
-      state.districtSource = 'auto';
+    const asked = state.district;
+    if (asked) {
+      const rows = (await api(usageQuery(asked, now))) || [];
+      if (state.districtSource === 'user' || rows.length) return { name: asked, rows };
     }
-    if (state.district) {
-      const rows = (await api(usageQuery(state.district, now))) || [];
-      if (state.districtSource === 'user' || rows.length) return rows;
-    }
-    const best = await busiestDistrict(names, now);
-    state.district = best ? best.name : '';
-    return best ? best.rows : [];
+    return (await busiestDistrict(names, now)) || { name: '', rows: [] };
   }
+
+  /** A token for "nothing the user can change has changed since": a stale answer is dropped. */
+  const viewKey = () => [state.generation, state.district, state.resolution, state.districtSource].join('|');
 
   async function loadUsage() {
     const names = ((await api('/districts')) || []).map(String);
     fillDistricts(names);
+    if (!names.includes(state.district)) {
+      state.district = '';
+      state.districtSource = 'auto';
+    }
+    const key = viewKey();
     const now = Date.now();
-    const rows = await chooseDistrict(names, now);
+    const { name, rows } = await chooseDistrict(names, now);
+    if (key !== viewKey()) return; // the user chose meanwhile: that call draws
+    state.district = name;
     $('district').value = state.district;
     writeHash();
     const chart = $('district-chart');
@@ -400,7 +405,9 @@
 
   // ---- top consumers and open alerts ----
   async function loadTop() {
+    const generation = state.generation;
     const rows = (await api('/top?limit=' + TOP_LIMIT)) || [];
+    if (generation !== state.generation) return;
     const max = Math.max(1, ...rows.map((r) => r.usage_l));
     $('top').tBodies[0].replaceChildren(
       ...rows.map((r, i) => {
@@ -424,7 +431,9 @@
   const rank = (p) => PRIORITY_RANK[p] ?? 9;
 
   async function loadAlerts() {
+    const generation = state.generation;
     const rows = ((await api('/alerts?state=open&limit=' + ALERT_LIMIT)) || []).slice();
+    if (generation !== state.generation) return;
     rows.sort((a, b) => rank(a.priority) - rank(b.priority) || b.at - a.at);
     $('alerts').replaceChildren(
       ...rows.map((a) =>
@@ -471,14 +480,16 @@
 
   async function loadSilent() {
     const limit = Math.max(SILENT_PAGE, state.silentShown);
+    const asked = state.generation + '|' + state.silentFor;
     const page = await api('/meters?silent_for_s=' + state.silentFor + '&limit=' + limit);
-    showSilent(page, false);
+    if (asked === state.generation + '|' + state.silentFor) showSilent(page, false);
   }
 
   async function moreSilent() {
     if (!state.silentNext) return;
+    const asked = state.generation + '|' + state.silentFor;
     const page = await api('/meters?silent_for_s=' + state.silentFor + '&limit=' + SILENT_PAGE + '&after=' + encodeURIComponent(state.silentNext));
-    showSilent(page, true);
+    if (asked === state.generation + '|' + state.silentFor) showSilent(page, true);
   }
 
   function showSilent(page, append) {
@@ -491,11 +502,11 @@
   }
 
   async function search(append) {
-    const q = state.search.q;
+    const q = state.search.q, generation = state.generation;
     if (!q) return;
     const after = append && state.search.next ? '&after=' + encodeURIComponent(state.search.next) : '';
     const page = await api('/meters?q=' + encodeURIComponent(q) + '&limit=' + SEARCH_PAGE + after);
-    if (q !== state.search.q) return;
+    if (q !== state.search.q || generation !== state.generation) return;
     const shown = renderMeterList('found', page.meters || [], append);
     state.search.next = page.next || null;
     $('found-more').hidden = !state.search.next;
@@ -504,7 +515,7 @@
 
   // ---- one meter ----
   async function loadMeter() {
-    const id = state.meter;
+    const id = state.meter, generation = state.generation;
     $('meter-title').replaceChildren('Meter', ...(id ? [' ', h('span', { class: 'id' }, id)] : []));
     if (!id) {
       $('meter-detail').hidden = true;
@@ -518,7 +529,7 @@
       $('meter-detail').hidden = true;
       return setEmpty('meter-empty', e.message);
     }
-    if (id !== state.meter) return;
+    if (id !== state.meter || generation !== state.generation) return;
     const last = view.last_ts || Date.now();
     const period = state.summary && state.summary.day ? state.summary.day.slice(0, 7) : new Date(last).toISOString().slice(0, 7);
     const [readings, bill, episodes] = await Promise.all([
@@ -529,7 +540,7 @@
       }),
       api('/alerts?state=all&meter=' + encodeURIComponent(id) + '&limit=' + HISTORY_LIMIT),
     ]);
-    if (id !== state.meter) return;
+    if (id !== state.meter || generation !== state.generation) return;
     setEmpty('meter-empty', '');
     $('meter-detail').hidden = false;
     renderFacts(view, bill, period);
