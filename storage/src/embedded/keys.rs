@@ -152,6 +152,31 @@ pub(crate) fn dead_letter_received_at_and_id(key: &[u8]) -> Option<(i64, u64)> {
     Some((ts_from_ordered(received_at), u64::from_be_bytes(id)))
 }
 
+/// The prefix of `key` up to and including its `ids`-th separator: the series (one
+/// tenant's dead letters, one meter's readings, one district's hours) the key belongs
+/// to. `None` when the key has fewer separators, which a well-formed key never has.
+pub(crate) fn series_prefix(key: &[u8], ids: usize) -> Option<&[u8]> {
+    let end = key
+        .iter()
+        .enumerate()
+        .filter(|(_, byte)| **byte == SEPARATOR)
+        .nth(ids.checked_sub(1)?)?
+        .0;
+    Some(&key[..=end])
+}
+
+/// The smallest key above every key that starts with `prefix`, which ends with a
+/// separator: the same bytes with the separator raised by one. Where a scan of the
+/// next series starts.
+pub(crate) fn after_series(prefix: &[u8]) -> Vec<u8> {
+    debug_assert_eq!(prefix.last(), Some(&SEPARATOR));
+    let mut out = prefix.to_vec();
+    if let Some(last) = out.last_mut() {
+        *last = SEPARATOR + 1;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,6 +233,18 @@ mod tests {
     }
 
     #[test]
+    fn series_prefixes_end_at_the_last_id() {
+        let reading = reading_key(&readings_prefix(&meter("t1", "m1")), -5);
+        assert_eq!(series_prefix(&reading, 2), Some(&b"t1\0m1\0"[..]));
+        // A dead letter's id may hold 0x00 bytes; only the tenant is the series.
+        let letter = dead_letter_key("t1", 0, 0);
+        assert_eq!(series_prefix(&letter, 1), Some(&b"t1\0"[..]));
+        assert_eq!(series_prefix(b"t1", 1), None);
+        assert_eq!(series_prefix(b"t1\0", 0), None);
+        assert_eq!(after_series(b"t1\0m1\0"), b"t1\0m1\x01".to_vec());
+    }
+
+    #[test]
     fn short_keys_are_refused() {
         assert_eq!(reading_ts(b"short"), None);
         assert_eq!(dead_letter_received_at_and_id(b"too short"), None);
@@ -247,6 +284,20 @@ mod tests {
             let ka = alert_key("t", a.0, &a.1, &a.2);
             let kb = alert_key("t", b.0, &b.1, &b.2);
             prop_assert_eq!(a.cmp(&b), ka.cmp(&kb));
+        }
+
+        #[test]
+        fn every_key_of_a_series_sorts_below_the_next_series(
+            tenant in "[a-z]{1,3}", id_of_meter in "[a-z]{1,3}", ts: i64, id: u64,
+        ) {
+            let prefix = readings_prefix(&meter(&tenant, &id_of_meter));
+            let key = reading_key(&prefix, ts);
+            prop_assert!(key < after_series(&prefix));
+            let letter = dead_letter_key(&tenant, ts, id);
+            let series = series_prefix(&letter, 1).unwrap();
+            let tenant_prefix = dead_letters_prefix(&tenant);
+            prop_assert_eq!(series, tenant_prefix.as_slice());
+            prop_assert!(letter < after_series(series));
         }
 
         #[test]

@@ -34,6 +34,9 @@
 //! - **One process per directory.** fjall locks the directory; a second open fails
 //!   with [`StoreError::Config`] naming it.
 //! - **Bounded memory**: see the constants below.
+//! - **Retention**: [`retention`] deletes rows older than their table's retention
+//!   period (readings, dead letters, district hours; `0` keeps them forever) in
+//!   bounded chunks, from a sweeper thread the service starts.
 //!
 //! If a journal write or fsync fails, fjall poisons the database and refuses every
 //! later write: that write fails with the I/O error, every later one with a
@@ -42,6 +45,7 @@
 
 mod keys;
 mod outputs;
+pub mod retention;
 mod rows;
 
 use std::path::{Path, PathBuf};

@@ -5,6 +5,7 @@ mod cache_contract;
 mod embedded_contract;
 mod embedded_durability;
 mod embedded_model;
+mod embedded_retention;
 mod outputs_contract;
 mod redis;
 mod scylla;
