@@ -412,6 +412,11 @@ test(`the dashboard shows a live tenant and keeps up with new data (clock: ${CLO
     if (/Failed to load resource.*404/.test(msg.text()) && url.includes('/bills/')) return;
     consoleErrors.push(`${msg.text()} (${url})`);
   });
+  // Offline: the page asks nothing of any other origin (no CDN, no web font).
+  const foreign = [];
+  page.on('request', (req) => {
+    if (!req.url().startsWith(service.url + '/') && !req.url().startsWith('data:')) foreign.push(req.url());
+  });
   // The tenant's zone for the page's times: the API does not say it yet (see README).
   const pageUrl = `${service.url}/?tz=${encodeURIComponent(TENANT_ZONE)}`;
   await page.goto(pageUrl);
@@ -426,6 +431,11 @@ test(`the dashboard shows a live tenant and keeps up with new data (clock: ${CLO
   assert.ok(await page.isHidden('#empty'), 'no "no data yet" hint once meters report');
   assert.ok(await page.isHidden('#banner'), 'no error banner');
   assert.match(await page.innerText('footer'), new RegExp(`times in ${TENANT_ZONE}`));
+  // Every control has an accessible name: a <label for>, aria-label or its own text.
+  const unnamed = await page.$$eval('input, select, button', (els) => els
+    .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute('aria-label') && !el.textContent.trim())
+    .map((el) => el.outerHTML));
+  assert.deepEqual(unnamed, [], 'controls without a label');
 
   // District chart: opens on the busiest district (not the empty `default`), an SVG
   // with data points, minute resolution by default.
@@ -625,5 +635,6 @@ test(`the dashboard shows a live tenant and keeps up with new data (clock: ${CLO
   assert.deepEqual(unexpected, [], 'no console errors but the 401s of the locked tenant before its token');
 
   assert.deepEqual(pageErrors, [], 'no script errors in the page');
+  assert.deepEqual(foreign, [], 'the page loads nothing from another origin');
   assert.equal(localDay(TENANT_ZONE, now()).label, today.label, "the test ran within the tenant's local day it started in");
 });
