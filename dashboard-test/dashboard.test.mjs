@@ -19,10 +19,11 @@
 // it drives on one shifted clock: meterflow and meterflow-sim under Debian's libfaketime
 // (LD_PRELOAD, FAKETIME="+Ns" relative offset, monotonic clocks untouched), the page
 // under playwright's clock (installed at the same instant, then flowing naturally), and
-// what the test stamps itself (the leak uplink's `ts`) from the same offset. The `demo`
-// tenant lives in America/Chicago; the processes run with TZ=Asia/Kolkata and the
+// what the test stamps itself (the hand-made uplinks' `ts`) from the same offset. The
+// `demo` tenant lives in America/Chicago; the processes run with TZ=Asia/Kolkata and the
 // browser in Asia/Kolkata, so neither UTC nor the machine's zone can stand in for the
-// tenant's.
+// tenant's. The page is told the tenant's zone (`?tz=`; the API does not say it yet)
+// and its time labels are checked in that zone.
 //   MF_TEST_CLOCK  midday (default): 12:00 in the tenant's zone, today
 //                  before-local-midnight / after-local-midnight: 23:55 / 00:20 there
 //                  (after: the 40 minutes of readings straddle the tenant's midnight)
