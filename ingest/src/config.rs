@@ -3,11 +3,11 @@
 //! in `./data`, in-process cache, HTTP on 127.0.0.1:8080, and the built-in `demo`
 //! tenant that accepts anonymous meters on loopback only.
 //!
-//! Layers, later wins: defaults → the TOML file → environment (`MF_*`, resolved from a
-//! map passed in so tests need not touch the process environment) → command-line
-//! flags. [`Config::validate`] reports every problem at once, each with what to do.
+//! Layers, later wins: defaults → the TOML file → overrides, each a command-line
+//! flag or its `MF_*` environment variable (clap's `env`, in `main.rs`; the flag
+//! wins). [`Config::validate`] reports every problem at once, each with what to do.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -394,63 +394,6 @@ impl Config {
         text
     }
 
-    /// Applies `MF_*` overrides from `env`. Unparseable values are errors.
-    pub fn apply_env(&mut self, env: &HashMap<String, String>) -> Result<(), Vec<String>> {
-        let mut errors = Vec::new();
-        let mut parse = |name: &str, apply: &mut dyn FnMut(&str) -> Result<(), String>| {
-            if let Some(value) = env.get(name)
-                && let Err(e) = apply(value)
-            {
-                errors.push(format!("{name}={value:?}: {e}"));
-            }
-        };
-        parse("MF_MQTT_LISTEN", &mut |v| {
-            self.mqtt.listen = v.parse().map_err(|e| format!("{e}"))?;
-            Ok(())
-        });
-        parse("MF_HTTP_LISTEN", &mut |v| {
-            self.http.listen = v.parse().map_err(|e| format!("{e}"))?;
-            Ok(())
-        });
-        parse("MF_DATA_DIR", &mut |v| {
-            self.store.data_dir = PathBuf::from(v);
-            Ok(())
-        });
-        parse("MF_STORE", &mut |v| {
-            self.store.backend = v.to_string();
-            Ok(())
-        });
-        parse("MF_CACHE", &mut |v| {
-            self.cache.backend = v.to_string();
-            Ok(())
-        });
-        parse("MF_SCYLLA_USERNAME", &mut |v| {
-            self.store.scylla.username = Some(v.to_string()).filter(|u| !u.is_empty());
-            Ok(())
-        });
-        parse("MF_SCYLLA_PASSWORD", &mut |v| {
-            self.store.scylla.password = Some(v.to_string()).filter(|p| !p.is_empty());
-            Ok(())
-        });
-        parse("MF_SHARDS", &mut |v| {
-            self.pipeline.shards = v.parse().map_err(|e| format!("{e}"))?;
-            Ok(())
-        });
-        parse("MF_LOG_LEVEL", &mut |v| {
-            self.log.level = v.to_string();
-            Ok(())
-        });
-        parse("MF_LOG_JSON", &mut |v| {
-            self.log.json = matches!(v, "1" | "true" | "yes");
-            Ok(())
-        });
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
-        }
-    }
-
     /// Checks the whole configuration and returns every problem found.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut errors = Vec::new();
@@ -723,19 +666,6 @@ mod tests {
     fn unknown_fields_are_refused() {
         let err = Config::from_toml("[mqtt]\nlisen = \"0.0.0.0:1\"\n").unwrap_err();
         assert!(err.contains("lisen"), "{err}");
-    }
-
-    #[test]
-    fn env_overrides_apply_and_report_bad_values() {
-        let mut c = Config::default();
-        let env = HashMap::from([
-            ("MF_MQTT_LISTEN".to_string(), "127.0.0.1:1999".to_string()),
-            ("MF_SHARDS".to_string(), "x".to_string()),
-        ]);
-        let errors = c.apply_env(&env).unwrap_err();
-        assert_eq!(c.mqtt.listen.port(), 1999);
-        assert_eq!(errors.len(), 1);
-        assert!(errors[0].starts_with("MF_SHARDS"));
     }
 
     #[test]

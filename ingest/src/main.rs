@@ -3,11 +3,11 @@
 //! default configuration; `meterflow check` validates a configuration file;
 //! `meterflow credentials` prints the MQTT logins to provision meters with.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
+use clap::builder::BoolishValueParser;
 use clap::{Parser, Subcommand};
 use meterflow_ingest::{Config, Service};
 use tracing_subscriber::EnvFilter;
@@ -53,26 +53,81 @@ struct CredentialsArgs {
     meters_file: Option<PathBuf>,
 }
 
+/// Overrides of the configuration file, each from a flag or its `MF_*` environment
+/// variable (the flag wins); layers, later wins: defaults → file → these.
 #[derive(clap::Args, Clone, Default)]
 struct RunArgs {
     /// TOML configuration file; fields not in it keep their defaults.
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// MQTT listen address (overrides mqtt.listen).
-    #[arg(long)]
+    #[arg(long, env = "MF_MQTT_LISTEN")]
     mqtt: Option<SocketAddr>,
     /// HTTP listen address (overrides http.listen).
-    #[arg(long)]
+    #[arg(long, env = "MF_HTTP_LISTEN")]
     http: Option<SocketAddr>,
     /// Data directory of the embedded store (overrides store.data_dir).
-    #[arg(long)]
+    #[arg(long, env = "MF_DATA_DIR")]
     data: Option<PathBuf>,
     /// Store: `embedded` or `scylla://HOST:PORT[,HOST:PORT]/KEYSPACE` (overrides store.backend).
-    #[arg(long)]
+    #[arg(long, env = "MF_STORE")]
     store: Option<String>,
-    /// Hot cache: `memory` or `redis://HOST:PORT` (overrides cache.backend).
-    #[arg(long)]
+    /// Hot cache: `memory` or `redis://[USER:PASSWORD@]HOST:PORT` (overrides cache.backend).
+    #[arg(long, env = "MF_CACHE", hide_env_values = true)]
     cache: Option<String>,
+    /// Shard workers, 0 = one per core (overrides pipeline.shards).
+    #[arg(long, env = "MF_SHARDS")]
+    shards: Option<usize>,
+    /// ScyllaDB username, empty for none (overrides store.scylla.username).
+    #[arg(long, env = "MF_SCYLLA_USERNAME")]
+    scylla_username: Option<String>,
+    /// ScyllaDB password (overrides store.scylla.password).
+    #[arg(long, env = "MF_SCYLLA_PASSWORD", hide_env_values = true)]
+    scylla_password: Option<String>,
+    /// Log filter, e.g. `warn,meterflow=debug` (overrides log.level).
+    #[arg(long, env = "MF_LOG_LEVEL")]
+    log_level: Option<String>,
+    /// JSON log lines: true/false, 1/0, yes/no (overrides log.json).
+    #[arg(long, env = "MF_LOG_JSON", value_parser = BoolishValueParser::new(),
+          num_args = 0..=1, default_missing_value = "true")]
+    log_json: Option<bool>,
+}
+
+impl RunArgs {
+    /// Writes every override given into `config`.
+    fn apply(&self, config: &mut Config) {
+        let non_empty = |s: &String| Some(s.clone()).filter(|s| !s.is_empty());
+        if let Some(mqtt) = self.mqtt {
+            config.mqtt.listen = mqtt;
+        }
+        if let Some(http) = self.http {
+            config.http.listen = http;
+        }
+        if let Some(data) = &self.data {
+            config.store.data_dir = data.clone();
+        }
+        if let Some(store) = &self.store {
+            config.store.backend = store.clone();
+        }
+        if let Some(cache) = &self.cache {
+            config.cache.backend = cache.clone();
+        }
+        if let Some(shards) = self.shards {
+            config.pipeline.shards = shards;
+        }
+        if let Some(username) = &self.scylla_username {
+            config.store.scylla.username = non_empty(username);
+        }
+        if let Some(password) = &self.scylla_password {
+            config.store.scylla.password = non_empty(password);
+        }
+        if let Some(level) = &self.log_level {
+            config.log.level = level.clone();
+        }
+        if let Some(json) = self.log_json {
+            config.log.json = json;
+        }
+    }
 }
 
 fn load(args: &RunArgs) -> anyhow::Result<Config> {
@@ -84,27 +139,7 @@ fn load(args: &RunArgs) -> anyhow::Result<Config> {
         }
         None => Config::default(),
     };
-    let env: HashMap<String, String> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("MF_"))
-        .collect();
-    if let Err(errors) = config.apply_env(&env) {
-        bail!("invalid environment overrides:\n  {}", errors.join("\n  "));
-    }
-    if let Some(mqtt) = args.mqtt {
-        config.mqtt.listen = mqtt;
-    }
-    if let Some(http) = args.http {
-        config.http.listen = http;
-    }
-    if let Some(data) = &args.data {
-        config.store.data_dir = data.clone();
-    }
-    if let Some(store) = &args.store {
-        config.store.backend = store.clone();
-    }
-    if let Some(cache) = &args.cache {
-        config.cache.backend = cache.clone();
-    }
+    args.apply(&mut config);
     if let Err(errors) = config.validate() {
         bail!("invalid configuration:\n  {}", errors.join("\n  "));
     }
@@ -222,5 +257,69 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(args: &[&str]) -> Result<Config, clap::Error> {
+        let cli = Cli::try_parse_from(std::iter::once("meterflow").chain(args.iter().copied()))?;
+        let mut config = Config::default();
+        cli.run.apply(&mut config);
+        Ok(config)
+    }
+
+    #[test]
+    fn overrides_apply_and_bad_values_are_refused() {
+        let config = parsed(&[
+            "--mqtt",
+            "127.0.0.1:1999",
+            "--shards",
+            "3",
+            "--scylla-username",
+            "",
+            "--log-json",
+        ])
+        .unwrap();
+        assert_eq!(config.mqtt.listen.port(), 1999);
+        assert_eq!(config.pipeline.shards, 3);
+        assert_eq!(config.store.scylla.username, None);
+        assert!(config.log.json);
+        assert!(!parsed(&["--log-json", "no"]).unwrap().log.json);
+        let error = parsed(&["--shards", "x"]).unwrap_err().to_string();
+        assert!(error.contains("--shards"), "{error}");
+    }
+
+    #[test]
+    fn every_override_names_its_environment_variable() {
+        use clap::CommandFactory;
+        let command = Cli::command();
+        let envs: Vec<String> = command
+            .get_arguments()
+            .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+            .collect();
+        for name in [
+            "MF_MQTT_LISTEN",
+            "MF_HTTP_LISTEN",
+            "MF_DATA_DIR",
+            "MF_STORE",
+            "MF_CACHE",
+            "MF_SHARDS",
+            "MF_SCYLLA_USERNAME",
+            "MF_SCYLLA_PASSWORD",
+            "MF_LOG_LEVEL",
+            "MF_LOG_JSON",
+        ] {
+            assert!(
+                envs.iter().any(|e| e == name),
+                "{name} missing from {envs:?}"
+            );
+            assert!(
+                Config::default_toml().contains(name),
+                "{name} not in `meterflow config`"
+            );
+        }
     }
 }
