@@ -14,6 +14,7 @@ use meterflow_storage::memory_cache::MemoryCache;
 use meterflow_storage::redis_cache::RedisCache;
 use meterflow_storage::scylla::ScyllaStore;
 use meterflow_storage::{HotCache, ReadingStore, StoreError};
+use tokio::runtime::Handle;
 use tracing::{info, warn};
 
 use crate::config::{CacheBackend, Config, StoreBackend};
@@ -21,9 +22,9 @@ use crate::config::{CacheBackend, Config, StoreBackend};
 /// Longest pause between attempts to reach a ScyllaDB cluster at start.
 const CONNECT_RETRY_MAX: Duration = Duration::from_secs(10);
 
-/// Opens the configured store. Blocking: call it off the async workers (the
-/// ScyllaDB client runs on a runtime of its own).
-pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn ReadingStore>> {
+/// Opens the configured store. Blocking: call it off the async workers. The ScyllaDB
+/// client runs on `runtime` (the service's; a multi-thread runtime).
+pub fn open_store(config: &Config, runtime: &Handle) -> anyhow::Result<Arc<dyn ReadingStore>> {
     match config.store.parse_backend().map_err(anyhow::Error::msg)? {
         StoreBackend::Embedded => {
             let dir = &config.store.data_dir;
@@ -37,7 +38,12 @@ pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn ReadingStore>> {
         } => {
             let mut delay = Duration::from_millis(500);
             loop {
-                match ScyllaStore::open(&contact_points, &keyspace, config.store.scylla.clone()) {
+                match ScyllaStore::open_on(
+                    runtime.clone(),
+                    &contact_points,
+                    &keyspace,
+                    config.store.scylla.clone(),
+                ) {
                     Ok(store) => {
                         info!(?contact_points, keyspace, "connected to ScyllaDB");
                         return Ok(Arc::new(store));

@@ -50,9 +50,11 @@ impl Service {
         let pipeline_metrics = PipelineMetrics::register();
 
         let opening = config.clone();
+        // The store's async client runs on this (the service's) runtime.
+        let runtime = tokio::runtime::Handle::current();
         let (store, cache) = tokio::task::spawn_blocking(move || {
             anyhow::Ok((
-                backends::open_store(&opening)?,
+                backends::open_store(&opening, &runtime)?,
                 backends::open_cache(&opening)?,
             ))
         })

@@ -39,11 +39,13 @@
 //! with [`StoreError::Unavailable`] until a probe succeeds. Its state is exposed by
 //! [`ScyllaStore::breaker_state`] for metrics.
 //!
-//! The driver is async; [`ReadingStore`] is synchronous. The store owns a small
-//! multi-thread tokio runtime (the driver's connection tasks keep running between
-//! calls) and each trait method `block_on`s it. So the methods must be called from
-//! plain threads or `spawn_blocking`, never from inside an async task: tokio panics on
-//! a `block_on` nested in a runtime worker.
+//! The driver is async; [`ReadingStore`] is synchronous. The driver's connection
+//! tasks run on a multi-thread tokio runtime — the caller's
+//! ([`ScyllaStore::open_on`], the service passes its own) or a small one the store
+//! starts for itself ([`ScyllaStore::open`], for tests and tools) — and each trait
+//! method `block_on`s that runtime's handle. So the methods must be called from plain
+//! threads or `spawn_blocking`, never from inside an async task: tokio panics on a
+//! `block_on` nested in a runtime worker.
 
 mod config;
 mod errors;
@@ -63,6 +65,7 @@ use ::scylla::serialize::row::SerializeRow;
 use ::scylla::statement::batch::{Batch, BatchType};
 use ::scylla::statement::prepared::PreparedStatement;
 use ::scylla::value::{CqlDate, CqlTimestamp};
+use ::scylla::{DeserializeRow, SerializeRow};
 use futures_util::stream::{FuturesUnordered, StreamExt, TryStreamExt};
 use meterflow_model::alert::AlertEvent;
 use meterflow_model::analytics::DistrictUsage;
@@ -72,7 +75,7 @@ use meterflow_model::time::day_of;
 use meterflow_model::{
     DeadLetter, MeterKey, MeterState, Outputs, Quality, Reading, Reject, SealedBatch, StoredReading,
 };
-use tokio::runtime::Runtime;
+use tokio::runtime::{Handle, Runtime, RuntimeFlavor};
 use tokio::sync::Semaphore;
 
 pub use self::config::{Consistency, ScyllaConfig};
@@ -80,9 +83,9 @@ use crate::ReadingStore;
 use crate::error::StoreError;
 use crate::resilience::{BreakerPermit, BreakerState, CircuitBreaker, retry};
 
-/// Worker threads of the store's runtime. The driver's work is socket I/O and
-/// (de)serialisation, so one thread would do; the second keeps one slow poll (a large
-/// result page) from stalling every connection's heartbeat.
+/// Worker threads of the runtime [`ScyllaStore::open`] starts. The driver's work is
+/// socket I/O and (de)serialisation, so one thread would do; the second keeps one slow
+/// poll (a large result page) from stalling every connection's heartbeat.
 const RUNTIME_WORKER_THREADS: usize = 2;
 
 /// Rows per page of the read queries: a day of per-minute readings (1,440) fits in
@@ -92,55 +95,97 @@ const READ_PAGE_SIZE: i32 = 1_000;
 /// The CQL `date` of the Unix epoch: `date` is an unsigned day count centred on 2^31.
 const CQL_DATE_EPOCH: i64 = 1 << 31;
 
-/// A readings row as bound to `insert_reading`: tenant, meter, day, ts, reg, rev,
-/// flow, temp, interval_l, quality, seq, received_at, TTL.
-type ReadingRow<'a> = (
-    &'a str,
-    &'a str,
-    CqlDate,
-    CqlTimestamp,
-    i64,
-    i64,
-    i64,
-    Option<i16>,
-    Option<i64>,
-    i8,
-    i64,
-    CqlTimestamp,
-    i32,
-);
+/// A `readings` row as bound to `insert_reading`. Like every row struct here, its
+/// fields are matched to the statement's bind markers by name (the driver's default
+/// `match_by_name` flavor) and type-checked when a row is bound, so a field bound to
+/// the wrong column fails the statement instead of storing a value in it.
+#[derive(SerializeRow)]
+struct ReadingRow<'a> {
+    tenant: &'a str,
+    meter: &'a str,
+    day: CqlDate,
+    #[scylla(flatten)]
+    columns: ReadingColumns,
+    /// The `USING TTL ?` marker, which Cassandra and ScyllaDB name `[ttl]`.
+    #[scylla(rename = "[ttl]")]
+    ttl: i32,
+}
 
-/// A dead_letters row as bound to `insert_dead_letter`: tenant, day, received_at, id,
-/// topic, payload, reason, correlation_id, TTL.
-type DeadLetterRow<'a> = (
-    &'a str,
-    CqlDate,
-    CqlTimestamp,
-    i64,
-    &'a str,
-    &'a [u8],
-    &'static str,
-    &'a str,
-    i32,
-);
+/// A reading's own columns: written inside a [`ReadingRow`] and returned by
+/// `select_readings`. [`ReadingColumns::of`] and [`ReadingColumns::decode`] hold
+/// their encoding.
+#[derive(Clone, Copy, SerializeRow, DeserializeRow)]
+struct ReadingColumns {
+    ts: CqlTimestamp,
+    reg: i64,
+    rev: i64,
+    flow: i64,
+    temp: Option<i16>,
+    interval_l: Option<i64>,
+    /// [`Quality::code`].
+    quality: i8,
+    seq: i64,
+    received_at: CqlTimestamp,
+}
 
-/// What `select_readings` returns: ts, reg, rev, flow, temp, interval_l, quality, seq,
-/// received_at.
-type ReadingColumns = (
-    CqlTimestamp,
-    i64,
-    i64,
-    i64,
-    Option<i16>,
-    Option<i64>,
-    i8,
-    i64,
-    CqlTimestamp,
-);
+/// A `reading_days` row as bound to `insert_reading_day`.
+#[derive(SerializeRow)]
+struct MeterDayRow<'a> {
+    tenant: &'a str,
+    meter: &'a str,
+    day: CqlDate,
+    #[scylla(rename = "[ttl]")]
+    ttl: i32,
+}
 
-/// What `select_dead_letters` returns: received_at, id, topic, payload, reason,
-/// correlation_id.
-type DeadLetterColumns = (CqlTimestamp, i64, String, Vec<u8>, String, String);
+/// A row of a day index keyed by tenant alone (`dead_letter_days`, `alert_days`), as
+/// bound to its insert.
+#[derive(SerializeRow)]
+struct TenantDayRow<'a> {
+    tenant: &'a str,
+    day: CqlDate,
+    #[scylla(rename = "[ttl]")]
+    ttl: i32,
+}
+
+/// A `meter_state` row as bound to `insert_state`.
+#[derive(SerializeRow)]
+struct StateRow<'a> {
+    tenant: &'a str,
+    meter: &'a str,
+    /// The state record (`meterflow_model::codec::binary`).
+    state: &'a [u8],
+    last_seq: Option<i64>,
+    last_ts: Option<CqlTimestamp>,
+}
+
+/// A `dead_letters` row as bound to `insert_dead_letter` (borrowing the letter; what
+/// comes back is [`DeadLetterColumns`]).
+#[derive(SerializeRow)]
+struct DeadLetterRow<'a> {
+    tenant: &'a str,
+    day: CqlDate,
+    received_at: CqlTimestamp,
+    id: i64,
+    topic: &'a str,
+    payload: &'a [u8],
+    /// [`Reject::code`].
+    reason: &'static str,
+    correlation_id: &'a str,
+    #[scylla(rename = "[ttl]")]
+    ttl: i32,
+}
+
+/// What `select_dead_letters` returns.
+#[derive(DeserializeRow)]
+struct DeadLetterColumns {
+    received_at: CqlTimestamp,
+    id: i64,
+    topic: String,
+    payload: Vec<u8>,
+    reason: String,
+    correlation_id: String,
+}
 
 type UnitFuture<'a> = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>>;
 
@@ -254,9 +299,12 @@ struct Core {
 /// [`ReadingStore`] on ScyllaDB or Apache Cassandra.
 pub struct ScyllaStore {
     core: Core,
-    /// `Some` until drop; shut down in the background so dropping the store from
-    /// anywhere (even an async context) is safe.
-    runtime: Option<Runtime>,
+    /// The runtime the driver's tasks run on and every call `block_on`s.
+    runtime: Handle,
+    /// The runtime [`ScyllaStore::open`] started for the store (`None` when the
+    /// caller's runs it); shut down in the background on drop, so dropping the store
+    /// from anywhere (even an async context) is safe.
+    own_runtime: Option<Runtime>,
 }
 
 impl ScyllaStore {
@@ -276,24 +324,46 @@ impl ScyllaStore {
         keyspace: &str,
         config: ScyllaConfig,
     ) -> Result<Self, StoreError> {
-        let mut problems = config.validate().err().unwrap_or_default();
-        if contact_points.is_empty() {
-            problems.push("scylla: at least one contact point (host:port) is needed".into());
-        }
-        if !schema::is_valid_keyspace(keyspace) {
-            problems.push(format!(
-                "scylla: keyspace {keyspace:?} must be lowercase [a-z][a-z0-9_]*, at most 48 characters"
-            ));
-        }
-        if !problems.is_empty() {
-            return Err(StoreError::Config(problems.join("; ")));
-        }
+        check_open(contact_points, keyspace, &config)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(RUNTIME_WORKER_THREADS)
             .thread_name("mf-scylla")
             .enable_all()
             .build()
             .map_err(|e| StoreError::Config(format!("cannot start the ScyllaDB runtime: {e}")))?;
+        let handle = runtime.handle().clone();
+        Self::connect(handle, Some(runtime), contact_points, keyspace, config)
+    }
+
+    /// [`ScyllaStore::open`], with the driver running on `runtime` (the service's)
+    /// instead of a runtime of the store's own. `runtime` must be a multi-thread
+    /// runtime that outlives the store's use: a current-thread runtime drives its
+    /// I/O only inside its own `block_on`, so calls from other threads would stall
+    /// ([`StoreError::Config`]).
+    pub fn open_on<S: AsRef<str>>(
+        runtime: Handle,
+        contact_points: &[S],
+        keyspace: &str,
+        config: ScyllaConfig,
+    ) -> Result<Self, StoreError> {
+        if runtime.runtime_flavor() == RuntimeFlavor::CurrentThread {
+            return Err(StoreError::Config(
+                "scylla: the store needs a multi-thread tokio runtime; a current-thread one \
+                 only runs the driver inside its own block_on"
+                    .into(),
+            ));
+        }
+        check_open(contact_points, keyspace, &config)?;
+        Self::connect(runtime, None, contact_points, keyspace, config)
+    }
+
+    fn connect<S: AsRef<str>>(
+        runtime: Handle,
+        own_runtime: Option<Runtime>,
+        contact_points: &[S],
+        keyspace: &str,
+        config: ScyllaConfig,
+    ) -> Result<Self, StoreError> {
         let nodes: Vec<String> = contact_points
             .iter()
             .map(|c| c.as_ref().to_owned())
@@ -301,7 +371,8 @@ impl ScyllaStore {
         let core = runtime.block_on(Core::connect(nodes, keyspace, config))?;
         Ok(Self {
             core,
-            runtime: Some(runtime),
+            runtime,
+            own_runtime,
         })
     }
 
@@ -336,17 +407,35 @@ impl ScyllaStore {
     }
 
     fn block_on<T>(&self, future: impl Future<Output = T>) -> T {
-        match &self.runtime {
-            Some(runtime) => runtime.block_on(future),
-            // Only `drop` takes the runtime out.
-            None => unreachable!("the runtime lives as long as the store"),
-        }
+        self.runtime.block_on(future)
+    }
+}
+
+/// Every problem of `open`'s arguments at once, before any connection is made.
+fn check_open<S: AsRef<str>>(
+    contact_points: &[S],
+    keyspace: &str,
+    config: &ScyllaConfig,
+) -> Result<(), StoreError> {
+    let mut problems = config.validate().err().unwrap_or_default();
+    if contact_points.is_empty() {
+        problems.push("scylla: at least one contact point (host:port) is needed".into());
+    }
+    if !schema::is_valid_keyspace(keyspace) {
+        problems.push(format!(
+            "scylla: keyspace {keyspace:?} must be lowercase [a-z][a-z0-9_]*, at most 48 characters"
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(StoreError::Config(problems.join("; ")))
     }
 }
 
 impl Drop for ScyllaStore {
     fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
+        if let Some(runtime) = self.own_runtime.take() {
             runtime.shutdown_background();
         }
     }
@@ -523,61 +612,82 @@ fn cql_limit(limit: usize) -> i32 {
     i32::try_from(limit).unwrap_or(i32::MAX)
 }
 
-fn reading_row<'a>(
-    key: &'a MeterKey,
-    date: CqlDate,
-    stored: &StoredReading,
-    ttl: i32,
-) -> ReadingRow<'a> {
-    let r = &stored.reading;
-    (
-        key.tenant.as_str(),
-        key.meter.as_str(),
-        date,
-        CqlTimestamp(r.ts),
-        r.reg as i64,
-        r.rev as i64,
-        i64::from(r.flow),
-        r.temp,
-        stored.interval_l.map(|l| l as i64),
-        stored.quality.code() as i8,
-        stored.seq as i64,
-        CqlTimestamp(stored.received_at),
-        ttl,
-    )
+/// A `u64` as the `bigint` holding the same 64 bits (values above `i64::MAX` read
+/// as negative in CQL; see `schema`).
+fn bigint(value: u64) -> i64 {
+    value as i64
 }
 
-fn decode_reading(columns: ReadingColumns) -> Result<StoredReading, StoreError> {
-    let (ts, reg, rev, flow, temp, interval_l, quality, seq, received_at) = columns;
-    let flow = u32::try_from(flow).map_err(|_| {
-        StoreError::Corrupt(format!("reading at {}: flow {flow} is not a u32", ts.0))
-    })?;
-    let quality = u8::try_from(quality)
-        .ok()
-        .and_then(Quality::from_code)
-        .ok_or_else(|| {
-            StoreError::Corrupt(format!(
-                "reading at {}: unknown quality code {quality} (written by a newer meterflow?)",
-                ts.0
-            ))
-        })?;
-    Ok(StoredReading {
-        reading: Reading {
-            ts: ts.0,
-            reg: reg as u64,
-            rev: rev as u64,
+/// Inverse of [`bigint`].
+fn unsigned(value: i64) -> u64 {
+    value as u64
+}
+
+impl ReadingColumns {
+    fn of(stored: &StoredReading) -> Self {
+        let r = &stored.reading;
+        Self {
+            ts: CqlTimestamp(r.ts),
+            reg: bigint(r.reg),
+            rev: bigint(r.rev),
+            flow: i64::from(r.flow),
+            temp: r.temp,
+            interval_l: stored.interval_l.map(bigint),
+            quality: stored.quality.code() as i8,
+            seq: bigint(stored.seq),
+            received_at: CqlTimestamp(stored.received_at),
+        }
+    }
+
+    fn decode(self) -> Result<StoredReading, StoreError> {
+        let Self {
+            ts,
+            reg,
+            rev,
             flow,
             temp,
-        },
-        seq: seq as u64,
-        received_at: received_at.0,
-        quality,
-        interval_l: interval_l.map(|l| l as u64),
-    })
+            interval_l,
+            quality,
+            seq,
+            received_at,
+        } = self;
+        let flow = u32::try_from(flow).map_err(|_| {
+            StoreError::Corrupt(format!("reading at {}: flow {flow} is not a u32", ts.0))
+        })?;
+        let quality = u8::try_from(quality)
+            .ok()
+            .and_then(Quality::from_code)
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "reading at {}: unknown quality code {quality} (written by a newer meterflow?)",
+                    ts.0
+                ))
+            })?;
+        Ok(StoredReading {
+            reading: Reading {
+                ts: ts.0,
+                reg: unsigned(reg),
+                rev: unsigned(rev),
+                flow,
+                temp,
+            },
+            seq: unsigned(seq),
+            received_at: received_at.0,
+            quality,
+            interval_l: interval_l.map(unsigned),
+        })
+    }
 }
 
 fn decode_dead_letter(tenant: &str, columns: DeadLetterColumns) -> Result<DeadLetter, StoreError> {
-    let (received_at, id, topic, payload, reason, correlation_id) = columns;
+    let DeadLetterColumns {
+        received_at,
+        id,
+        topic,
+        payload,
+        reason,
+        correlation_id,
+    } = columns;
     let reason = Reject::from_code(&reason).ok_or_else(|| {
         StoreError::Corrupt(format!(
             "dead letter {correlation_id}: unknown reason code {reason:?} (written by a newer meterflow?)"
@@ -586,7 +696,7 @@ fn decode_dead_letter(tenant: &str, columns: DeadLetterColumns) -> Result<DeadLe
     Ok(DeadLetter {
         tenant: tenant.to_owned(),
         received_at: received_at.0,
-        id: id as u64,
+        id: unsigned(id),
         topic,
         payload,
         reason,
@@ -650,8 +760,6 @@ impl Core {
         result
     }
 
-    /// Executes one statement (retried while transient), holding an in-flight permit
-    /// per attempt.
     /// The days a day-index table lists for `partition` that overlap
     /// `from_ms..to_ms` (`from_ms < to_ms`).
     async fn indexed_days(
@@ -672,6 +780,8 @@ impl Core {
         self.select_all(what, statement, range, usize::MAX).await
     }
 
+    /// Executes one statement (retried while transient), holding an in-flight permit
+    /// per attempt.
     async fn execute(
         &self,
         what: &'static str,
@@ -689,7 +799,6 @@ impl Core {
         .await
     }
 
-    /// Executes `rows` of one partition as one unlogged batch of `statement`.
     /// Adds one unlogged batch per `max_batch_rows` of `rows` (one partition's) to
     /// `statements`.
     fn push_batches<'a, R: SerializeRow + Sync>(
@@ -704,6 +813,7 @@ impl Core {
         }
     }
 
+    /// Executes `rows` of one partition as one unlogged batch of `statement`.
     async fn execute_batch<R: SerializeRow>(
         &self,
         what: &'static str,
@@ -762,7 +872,13 @@ impl Core {
             let date = cql_date(*day)?;
             let rows: Vec<ReadingRow<'_>> = readings
                 .values()
-                .map(|stored| reading_row(meter.key, date, stored, ttl))
+                .map(|stored| ReadingRow {
+                    tenant,
+                    meter: name,
+                    day: date,
+                    columns: ReadingColumns::of(stored),
+                    ttl,
+                })
                 .collect();
             days.push((date, rows));
         }
@@ -771,7 +887,12 @@ impl Core {
             statements.push(Box::pin(self.execute(
                 "writing reading_days failed",
                 &self.statements.insert_reading_day,
-                (tenant, name, *date, ttl),
+                MeterDayRow {
+                    tenant,
+                    meter: name,
+                    day: *date,
+                    ttl,
+                },
             )));
             self.push_batches(
                 &statements,
@@ -785,13 +906,13 @@ impl Core {
         self.execute(
             "writing meter_state failed",
             &self.statements.insert_state,
-            (
+            StateRow {
                 tenant,
-                name,
-                state.as_slice(),
-                meter.state.seq.watermark().map(|s| s as i64),
-                meter.state.last_ts().map(CqlTimestamp),
-            ),
+                meter: name,
+                state: &state,
+                last_seq: meter.state.seq.watermark().map(bigint),
+                last_ts: meter.state.last_ts().map(CqlTimestamp),
+            },
         )
         .await
     }
@@ -806,25 +927,27 @@ impl Core {
         let date = cql_date(day)?;
         let rows: Vec<DeadLetterRow<'_>> = letters
             .values()
-            .map(|l| {
-                (
-                    tenant,
-                    date,
-                    CqlTimestamp(l.received_at),
-                    l.id as i64,
-                    l.topic.as_str(),
-                    l.payload.as_slice(),
-                    l.reason.code(),
-                    l.correlation_id.as_str(),
-                    ttl,
-                )
+            .map(|l| DeadLetterRow {
+                tenant,
+                day: date,
+                received_at: CqlTimestamp(l.received_at),
+                id: bigint(l.id),
+                topic: &l.topic,
+                payload: &l.payload,
+                reason: l.reason.code(),
+                correlation_id: &l.correlation_id,
+                ttl,
             })
             .collect();
         let statements: FuturesUnordered<UnitFuture<'_>> = FuturesUnordered::new();
         statements.push(Box::pin(self.execute(
             "writing dead_letter_days failed",
             &self.statements.insert_dead_letter_day,
-            (tenant, date, ttl),
+            TenantDayRow {
+                tenant,
+                day: date,
+                ttl,
+            },
         )));
         self.push_batches(
             &statements,
@@ -945,7 +1068,7 @@ impl Core {
                 )
                 .await?;
             for columns in rows {
-                out.push(decode_reading(columns)?);
+                out.push(columns.decode()?);
             }
             if out.len() >= limit {
                 break;
@@ -1071,23 +1194,24 @@ mod tests {
     }
 
     #[test]
-    fn rows_round_trip_through_their_column_types() {
-        let k = key("m1");
+    fn readings_round_trip_through_their_column_types() {
         let mut original = stored(1_763_800_000_000, u64::MAX - 3);
         original.reading.temp = Some(-15);
         original.reading.flow = u32::MAX;
         original.interval_l = Some(42);
         original.quality = Quality::Suspect;
         original.seq = u64::MAX;
-        let row = reading_row(&k, CqlDate(0), &original, 1);
-        let columns = (
-            row.3, row.4, row.5, row.6, row.7, row.8, row.9, row.10, row.11,
-        );
-        assert_eq!(decode_reading(columns).unwrap(), original);
-        let bad_quality = (row.3, row.4, row.5, row.6, None, None, 9, row.10, row.11);
-        assert!(matches!(
-            decode_reading(bad_quality),
-            Err(StoreError::Corrupt(_))
-        ));
+        let columns = ReadingColumns::of(&original);
+        assert_eq!(columns.decode().unwrap(), original);
+        let bad_quality = ReadingColumns {
+            quality: 9,
+            ..columns
+        };
+        assert!(matches!(bad_quality.decode(), Err(StoreError::Corrupt(_))));
+        let bad_flow = ReadingColumns {
+            flow: i64::from(u32::MAX) + 1,
+            ..columns
+        };
+        assert!(matches!(bad_flow.decode(), Err(StoreError::Corrupt(_))));
     }
 }

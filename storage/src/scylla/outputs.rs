@@ -42,6 +42,7 @@ use std::collections::btree_map::Entry;
 use ::scylla::client::session::Session;
 use ::scylla::statement::prepared::PreparedStatement;
 use ::scylla::value::{CqlDate, CqlTimestamp};
+use ::scylla::{DeserializeRow, SerializeRow};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use meterflow_model::Outputs;
 use meterflow_model::alert::{AlertEvent, AlertKind, EpisodeState, Priority};
@@ -49,7 +50,9 @@ use meterflow_model::analytics::{DistrictUsage, Resolution, UsageSketch};
 use meterflow_model::billing::{BillLine, TierCharge};
 use meterflow_model::time::day_of;
 
-use super::{Core, UnitFuture, cql_date, cql_limit, drain, prepare_statement};
+use super::{
+    Core, TenantDayRow, UnitFuture, bigint, cql_date, cql_limit, drain, prepare_statement, unsigned,
+};
 use crate::error::StoreError;
 
 /// The prepared statements of the output tables.
@@ -124,93 +127,121 @@ impl OutputStatements {
     }
 }
 
-/// A tier as stored in `bills.tiers`: usage_l, price_per_m3, amount_cents.
+/// A tier as stored in `bills.tiers` (a CQL tuple, so positional): usage_l,
+/// price_per_m3, amount_cents.
 type TierColumns = (i64, i64, i64);
 
-/// A bills row as bound to `insert_bill`: tenant, period, meter, currency, usage_l,
-/// tiers, fixed_cents, amount_cents, is_estimated, is_final.
-type BillRow<'a> = (
-    &'a str,
-    &'a str,
-    &'a str,
-    &'a str,
-    i64,
-    Vec<TierColumns>,
-    i64,
-    i64,
-    bool,
-    bool,
-);
+/// A `bills` row as bound to `insert_bill` (borrowing the line; what comes back is
+/// [`BillColumns`]). Fields match bind markers by name, as in every row struct of the
+/// store (see `ReadingRow`).
+#[derive(SerializeRow)]
+struct BillRow<'a> {
+    tenant: &'a str,
+    period: &'a str,
+    meter: &'a str,
+    currency: &'a str,
+    usage_l: i64,
+    tiers: Vec<TierColumns>,
+    fixed_cents: i64,
+    amount_cents: i64,
+    is_estimated: bool,
+    is_final: bool,
+}
 
-/// What `select_bill` returns: currency, usage_l, tiers, fixed_cents, amount_cents,
-/// is_estimated, is_final.
-type BillColumns = (String, i64, Option<Vec<TierColumns>>, i64, i64, bool, bool);
+/// What `select_bill` returns.
+#[derive(DeserializeRow)]
+struct BillColumns {
+    currency: String,
+    usage_l: i64,
+    /// An empty frozen list may come back as `null`.
+    #[scylla(default_when_null)]
+    tiers: Vec<TierColumns>,
+    fixed_cents: i64,
+    amount_cents: i64,
+    is_estimated: bool,
+    is_final: bool,
+}
 
-/// An alerts row as bound to `insert_alert`: tenant, day, opened_at, meter, kind,
-/// priority, state, event_at, detail, TTL, write timestamp (µs).
-type AlertRow<'a> = (
-    &'a str,
-    CqlDate,
-    CqlTimestamp,
-    &'a str,
-    &'static str,
-    &'static str,
-    &'static str,
-    CqlTimestamp,
-    &'a str,
-    i32,
-    i64,
-);
+/// An `alerts` row as bound to `insert_alert` (borrowing the event; what comes back
+/// is [`AlertColumns`]). Text columns hold the model's names (`AlertKind::name`, …).
+#[derive(SerializeRow)]
+struct AlertRow<'a> {
+    tenant: &'a str,
+    day: CqlDate,
+    opened_at: CqlTimestamp,
+    meter: &'a str,
+    kind: &'static str,
+    priority: &'static str,
+    state: &'static str,
+    event_at: CqlTimestamp,
+    detail: &'a str,
+    /// The `USING TTL ?` marker, named `[ttl]` by the cluster.
+    #[scylla(rename = "[ttl]")]
+    ttl: i32,
+    /// The `AND TIMESTAMP ?` marker (µs, [`episode_write_timestamp`]), named
+    /// `[timestamp]` by the cluster.
+    #[scylla(rename = "[timestamp]")]
+    write_timestamp: i64,
+}
 
-/// What `select_alerts` returns: opened_at, meter, kind, priority, state, event_at,
-/// detail.
-type AlertColumns = (
-    CqlTimestamp,
-    String,
-    String,
-    String,
-    String,
-    CqlTimestamp,
-    String,
-);
+/// What `select_alerts` returns.
+#[derive(Clone, DeserializeRow)]
+struct AlertColumns {
+    opened_at: CqlTimestamp,
+    meter: String,
+    kind: String,
+    priority: String,
+    state: String,
+    event_at: CqlTimestamp,
+    detail: String,
+}
 
-/// A sketch bin as stored in `district_hourly.sketch_bins`: bucket index, count.
+/// A sketch bin as stored in `district_hourly.sketch_bins` (a CQL tuple): bucket
+/// index, count.
 type BinColumns = (i32, i64);
 
-/// A district_hourly row as bound to `insert_district_hour`: tenant, district, day,
-/// hour, usage_l, meters, p50_l, p90_l, p99_l, sketch_zeros, sketch_bins,
-/// night_hour_l, night_flow_lph, TTL.
-type DistrictHourRow<'a> = (
-    &'a str,
-    &'a str,
-    CqlDate,
-    CqlTimestamp,
-    i64,
-    i64,
-    Option<i64>,
-    Option<i64>,
-    Option<i64>,
-    i64,
-    Vec<BinColumns>,
-    (Option<i64>, Option<i64>),
-    Option<i64>,
-    i32,
-);
+/// A `district_hourly_days` row as bound to `insert_district_hour_day`.
+#[derive(SerializeRow)]
+struct DistrictDayRow<'a> {
+    tenant: &'a str,
+    district: &'a str,
+    day: CqlDate,
+    #[scylla(rename = "[ttl]")]
+    ttl: i32,
+}
 
-/// What `select_district_hours` returns: hour, usage_l, meters, p50_l, p90_l, p99_l,
-/// sketch_zeros, sketch_bins, night_hour_l, night_flow_lph.
-type DistrictHourColumns = (
-    CqlTimestamp,
-    i64,
-    i64,
-    Option<i64>,
-    Option<i64>,
-    Option<i64>,
-    i64,
-    Option<Vec<BinColumns>>,
-    Option<(Option<i64>, Option<i64>)>,
-    Option<i64>,
-);
+/// A `district_hourly` row as bound to `insert_district_hour`.
+#[derive(SerializeRow)]
+struct DistrictHourRow<'a> {
+    tenant: &'a str,
+    district: &'a str,
+    day: CqlDate,
+    #[scylla(flatten)]
+    columns: DistrictHourColumns,
+    #[scylla(rename = "[ttl]")]
+    ttl: i32,
+}
+
+/// An hour's own columns: written inside a [`DistrictHourRow`] and returned by
+/// `select_district_hours`. [`DistrictHourColumns::of`] and
+/// [`DistrictHourColumns::decode`] hold their encoding.
+#[derive(Clone, SerializeRow, DeserializeRow)]
+struct DistrictHourColumns {
+    hour: CqlTimestamp,
+    usage_l: i64,
+    meters: i64,
+    p50_l: Option<i64>,
+    p90_l: Option<i64>,
+    p99_l: Option<i64>,
+    sketch_zeros: i64,
+    /// An empty frozen list may come back as `null`.
+    #[scylla(default_when_null)]
+    sketch_bins: Vec<BinColumns>,
+    /// The nights' hours 02:00 and 03:00; `null` reads as neither known.
+    #[scylla(default_when_null)]
+    night_hour_l: (Option<i64>, Option<i64>),
+    night_flow_lph: Option<i64>,
+}
 
 /// An episode within its `(tenant, day)` partition: opened_at, meter, kind.
 type EpisodeKey<'a> = (i64, &'a str, AlertKind);
@@ -287,24 +318,15 @@ fn episode_write_timestamp(event: &AlertEvent) -> i64 {
         .max(i64::MIN + 1)
 }
 
-/// A `u64` as the `bigint` holding the same 64 bits (see `schema`).
-fn bigint(value: u64) -> i64 {
-    value as i64
-}
-
-/// Inverse of [`bigint`].
-fn unsigned(value: i64) -> u64 {
-    value as u64
-}
-
 fn bill_row(bill: &BillLine) -> BillRow<'_> {
-    (
-        bill.tenant.as_str(),
-        bill.period.as_str(),
-        bill.meter.as_str(),
-        bill.currency.as_str(),
-        bigint(bill.usage_l),
-        bill.tiers
+    BillRow {
+        tenant: &bill.tenant,
+        period: &bill.period,
+        meter: &bill.meter,
+        currency: &bill.currency,
+        usage_l: bigint(bill.usage_l),
+        tiers: bill
+            .tiers
             .iter()
             .map(|t| {
                 (
@@ -314,15 +336,23 @@ fn bill_row(bill: &BillLine) -> BillRow<'_> {
                 )
             })
             .collect(),
-        bigint(bill.fixed_cents),
-        bigint(bill.amount_cents),
-        bill.estimated,
-        bill.final_,
-    )
+        fixed_cents: bigint(bill.fixed_cents),
+        amount_cents: bigint(bill.amount_cents),
+        is_estimated: bill.estimated,
+        is_final: bill.final_,
+    }
 }
 
 fn decode_bill(tenant: &str, period: &str, meter: &str, columns: BillColumns) -> BillLine {
-    let (currency, usage_l, tiers, fixed_cents, amount_cents, estimated, final_) = columns;
+    let BillColumns {
+        currency,
+        usage_l,
+        tiers,
+        fixed_cents,
+        amount_cents,
+        is_estimated,
+        is_final,
+    } = columns;
     BillLine {
         tenant: tenant.to_owned(),
         meter: meter.to_owned(),
@@ -330,7 +360,6 @@ fn decode_bill(tenant: &str, period: &str, meter: &str, columns: BillColumns) ->
         currency,
         usage_l: unsigned(usage_l),
         tiers: tiers
-            .unwrap_or_default()
             .into_iter()
             .map(|(usage_l, price_per_m3, amount_cents)| TierCharge {
                 usage_l: unsigned(usage_l),
@@ -340,29 +369,37 @@ fn decode_bill(tenant: &str, period: &str, meter: &str, columns: BillColumns) ->
             .collect(),
         fixed_cents: unsigned(fixed_cents),
         amount_cents: unsigned(amount_cents),
-        estimated,
-        final_,
+        estimated: is_estimated,
+        final_: is_final,
     }
 }
 
 fn alert_row(event: &AlertEvent, day: CqlDate, ttl: i32) -> AlertRow<'_> {
-    (
-        event.tenant.as_str(),
+    AlertRow {
+        tenant: &event.tenant,
         day,
-        CqlTimestamp(event.opened_at),
-        event.meter.as_str(),
-        event.kind.name(),
-        event.priority.name(),
-        event.state.name(),
-        CqlTimestamp(event.at),
-        event.detail.as_str(),
+        opened_at: CqlTimestamp(event.opened_at),
+        meter: &event.meter,
+        kind: event.kind.name(),
+        priority: event.priority.name(),
+        state: event.state.name(),
+        event_at: CqlTimestamp(event.at),
+        detail: &event.detail,
         ttl,
-        episode_write_timestamp(event),
-    )
+        write_timestamp: episode_write_timestamp(event),
+    }
 }
 
 fn decode_alert(tenant: &str, columns: AlertColumns) -> Result<AlertEvent, StoreError> {
-    let (opened_at, meter, kind, priority, state, at, detail) = columns;
+    let AlertColumns {
+        opened_at,
+        meter,
+        kind,
+        priority,
+        state,
+        event_at,
+        detail,
+    } = columns;
     let unknown = |what: &str, value: &str| {
         StoreError::Corrupt(format!(
             "alert episode of meter {meter} opened at {}: unknown {what} {value:?} (written by a newer meterflow?)",
@@ -388,76 +425,79 @@ fn decode_alert(tenant: &str, columns: AlertColumns) -> Result<AlertEvent, Store
         priority,
         state,
         opened_at: opened_at.0,
-        at: at.0,
+        at: event_at.0,
         detail,
     })
 }
 
-fn district_hour_row(row: &DistrictUsage, day: CqlDate, ttl: i32) -> DistrictHourRow<'_> {
-    let sketch = &row.meter_hour_sketch;
-    (
-        row.tenant.as_str(),
-        row.district.as_str(),
-        day,
-        CqlTimestamp(row.start_ms),
-        bigint(row.usage_l),
-        bigint(row.meters),
-        row.p50_l.map(bigint),
-        row.p90_l.map(bigint),
-        row.p99_l.map(bigint),
-        bigint(sketch.zeros),
-        sketch
-            .bins
-            .iter()
-            .map(|&(bucket, count)| (i32::from(bucket), bigint(count)))
-            .collect(),
-        (
-            row.night_hour_l[0].map(bigint),
-            row.night_hour_l[1].map(bigint),
-        ),
-        row.night_flow_lph.map(bigint),
-        ttl,
-    )
-}
+impl DistrictHourColumns {
+    fn of(row: &DistrictUsage) -> Self {
+        let sketch = &row.meter_hour_sketch;
+        Self {
+            hour: CqlTimestamp(row.start_ms),
+            usage_l: bigint(row.usage_l),
+            meters: bigint(row.meters),
+            p50_l: row.p50_l.map(bigint),
+            p90_l: row.p90_l.map(bigint),
+            p99_l: row.p99_l.map(bigint),
+            sketch_zeros: bigint(sketch.zeros),
+            sketch_bins: sketch
+                .bins
+                .iter()
+                .map(|&(bucket, count)| (i32::from(bucket), bigint(count)))
+                .collect(),
+            night_hour_l: (
+                row.night_hour_l[0].map(bigint),
+                row.night_hour_l[1].map(bigint),
+            ),
+            night_flow_lph: row.night_flow_lph.map(bigint),
+        }
+    }
 
-fn decode_district_hour(
-    tenant: &str,
-    district: &str,
-    columns: DistrictHourColumns,
-) -> Result<DistrictUsage, StoreError> {
-    let (hour, usage_l, meters, p50, p90, p99, zeros, bins, night, night_flow) = columns;
-    let bins = bins
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(bucket, count)| {
-            u16::try_from(bucket)
-                .map(|bucket| (bucket, unsigned(count)))
-                .map_err(|_| {
-                    StoreError::Corrupt(format!(
-                        "district_hourly row of {tenant}/{district} at {}: sketch bucket {bucket} is not a u16",
-                        hour.0
-                    ))
-                })
+    fn decode(self, tenant: &str, district: &str) -> Result<DistrictUsage, StoreError> {
+        let Self {
+            hour,
+            usage_l,
+            meters,
+            p50_l,
+            p90_l,
+            p99_l,
+            sketch_zeros,
+            sketch_bins,
+            night_hour_l: (night_2, night_3),
+            night_flow_lph,
+        } = self;
+        let bins = sketch_bins
+            .into_iter()
+            .map(|(bucket, count)| {
+                u16::try_from(bucket)
+                    .map(|bucket| (bucket, unsigned(count)))
+                    .map_err(|_| {
+                        StoreError::Corrupt(format!(
+                            "district_hourly row of {tenant}/{district} at {}: sketch bucket {bucket} is not a u16",
+                            hour.0
+                        ))
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(DistrictUsage {
+            tenant: tenant.to_owned(),
+            district: district.to_owned(),
+            resolution: Resolution::Hour,
+            start_ms: hour.0,
+            usage_l: unsigned(usage_l),
+            meters: unsigned(meters),
+            meter_hour_sketch: UsageSketch {
+                zeros: unsigned(sketch_zeros),
+                bins,
+            },
+            p50_l: p50_l.map(unsigned),
+            p90_l: p90_l.map(unsigned),
+            p99_l: p99_l.map(unsigned),
+            night_hour_l: [night_2.map(unsigned), night_3.map(unsigned)],
+            night_flow_lph: night_flow_lph.map(unsigned),
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    let (night_2, night_3) = night.unwrap_or_default();
-    Ok(DistrictUsage {
-        tenant: tenant.to_owned(),
-        district: district.to_owned(),
-        resolution: Resolution::Hour,
-        start_ms: hour.0,
-        usage_l: unsigned(usage_l),
-        meters: unsigned(meters),
-        meter_hour_sketch: UsageSketch {
-            zeros: unsigned(zeros),
-            bins,
-        },
-        p50_l: p50.map(unsigned),
-        p90_l: p90.map(unsigned),
-        p99_l: p99.map(unsigned),
-        night_hour_l: [night_2.map(unsigned), night_3.map(unsigned)],
-        night_flow_lph: night_flow.map(unsigned),
-    })
+    }
 }
 
 impl Core {
@@ -511,7 +551,11 @@ impl Core {
         statements.push(Box::pin(self.execute(
             "writing alert_days failed",
             &self.statements.outputs.insert_alert_day,
-            (tenant, date, ttl),
+            TenantDayRow {
+                tenant,
+                day: date,
+                ttl,
+            },
         )));
         self.push_batches(
             &statements,
@@ -535,13 +579,24 @@ impl Core {
         let date = cql_date(day)?;
         let rows: Vec<DistrictHourRow<'_>> = hours
             .values()
-            .map(|row| district_hour_row(row, date, ttl))
+            .map(|row| DistrictHourRow {
+                tenant,
+                district,
+                day: date,
+                columns: DistrictHourColumns::of(row),
+                ttl,
+            })
             .collect();
         let statements: FuturesUnordered<UnitFuture<'_>> = FuturesUnordered::new();
         statements.push(Box::pin(self.execute(
             "writing district_hourly_days failed",
             &self.statements.outputs.insert_district_hour_day,
-            (tenant, district, date, ttl),
+            DistrictDayRow {
+                tenant,
+                district,
+                day: date,
+                ttl,
+            },
         )));
         self.push_batches(
             &statements,
@@ -605,7 +660,7 @@ impl Core {
                     &self.statements.outputs.select_alerts,
                     (tenant, date, cql_limit(server_limit)),
                     remaining,
-                    |row: &AlertColumns| !open_only || row.4 != cleared,
+                    |row: &AlertColumns| !open_only || row.state != cleared,
                 )
                 .await?;
             for columns in rows {
@@ -651,14 +706,13 @@ impl Core {
                 )
                 .await?;
             for columns in rows {
-                out.push(decode_district_hour(tenant, district, columns)?);
+                out.push(columns.decode(tenant, district)?);
             }
         }
         Ok(out)
     }
 }
 
-/// Awaits every statement; the first error cancels the rest.
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -799,23 +853,33 @@ mod tests {
             final_: false,
         };
         let r = bill_row(&bill);
-        let columns = (r.3.to_owned(), r.4, Some(r.5.clone()), r.6, r.7, r.8, r.9);
+        let columns = BillColumns {
+            currency: r.currency.to_owned(),
+            usage_l: r.usage_l,
+            tiers: r.tiers.clone(),
+            fixed_cents: r.fixed_cents,
+            amount_cents: r.amount_cents,
+            is_estimated: r.is_estimated,
+            is_final: r.is_final,
+        };
         assert_eq!(decode_bill("t", "2025-11", "m", columns), bill);
 
         let alert = event("m", EpisodeState::Updated, 7, 9);
         let r = alert_row(&alert, CqlDate(0), 1);
-        let columns = (
-            r.2,
-            r.3.to_owned(),
-            r.4.to_owned(),
-            r.5.to_owned(),
-            r.6.to_owned(),
-            r.7,
-            r.8.to_owned(),
-        );
+        let columns = AlertColumns {
+            opened_at: r.opened_at,
+            meter: r.meter.to_owned(),
+            kind: r.kind.to_owned(),
+            priority: r.priority.to_owned(),
+            state: r.state.to_owned(),
+            event_at: r.event_at,
+            detail: r.detail.to_owned(),
+        };
         assert_eq!(decode_alert("t", columns.clone()).unwrap(), alert);
-        let mut bad = columns;
-        bad.2 = "flood".into();
+        let bad = AlertColumns {
+            kind: "flood".into(),
+            ..columns
+        };
         assert!(matches!(
             decode_alert("t", bad),
             Err(StoreError::Corrupt(_))
@@ -829,27 +893,14 @@ mod tests {
         }
         hour.refresh_derived();
         hour.night_hour_l = [Some(4), None];
-        let r = district_hour_row(&hour, CqlDate(0), 1);
-        let columns = (
-            r.3,
-            r.4,
-            r.5,
-            r.6,
-            r.7,
-            r.8,
-            r.9,
-            Some(r.10.clone()),
-            Some(r.11),
-            r.12,
-        );
-        assert_eq!(
-            decode_district_hour("t", "north", columns.clone()).unwrap(),
-            hour
-        );
-        let mut bad = columns;
-        bad.7 = Some(vec![(70_000, 1)]);
+        let columns = DistrictHourColumns::of(&hour);
+        assert_eq!(columns.clone().decode("t", "north").unwrap(), hour);
+        let bad = DistrictHourColumns {
+            sketch_bins: vec![(70_000, 1)],
+            ..columns
+        };
         assert!(matches!(
-            decode_district_hour("t", "north", bad),
+            bad.decode("t", "north"),
             Err(StoreError::Corrupt(_))
         ));
     }

@@ -578,3 +578,155 @@ fn scylla_an_existing_keyspace_the_node_cannot_serve_fails_fast_naming_the_fix()
         "{message}"
     );
 }
+
+#[test]
+fn scylla_open_on_runs_the_driver_on_the_callers_runtime() {
+    let Some(cassandra) = servers::cassandra("scylla_open_on") else {
+        return;
+    };
+    let current_thread = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let error = ScyllaStore::open_on(
+        current_thread.handle().clone(),
+        &[cassandra.as_str()],
+        "mft_never_created",
+        test_config(),
+    )
+    .err()
+    .expect("a current-thread runtime cannot run the driver for other threads");
+    assert!(matches!(error, StoreError::Config(_)), "{error}");
+
+    let keyspace = servers::unique_name("open_on");
+    let _inspector = Inspector::connect(&cassandra, &keyspace);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    assert_eq!(runtime.metrics().num_alive_tasks(), 0);
+    let store = ScyllaStore::open_on(
+        runtime.handle().clone(),
+        &[cassandra.as_str()],
+        &keyspace,
+        test_config(),
+    )
+    .expect("store opens");
+    assert!(
+        runtime.metrics().num_alive_tasks() > 0,
+        "the driver's connection tasks live on the caller's runtime"
+    );
+    let key = meter_key("acme", "m1");
+    let reading = stored_reading(BASE_TS, 7, Quality::Actual);
+    store
+        .write(&[sealed_batch(
+            1,
+            vec![meter_batch(key.clone(), vec![reading], meter_state(1, 7))],
+            vec![],
+        )])
+        .unwrap();
+    // A plain thread, like the sink, calls in while the runtime's worker is free.
+    let read = std::thread::scope(|scope| {
+        scope
+            .spawn(|| store.readings(&key, BASE_TS, BASE_TS + 1, 10).unwrap())
+            .join()
+            .unwrap()
+    });
+    assert_eq!(read, vec![reading]);
+    // Dropped in reverse: the store, then its runtime, then the inspector (keyspace).
+}
+
+/// The store's row structs derive `SerializeRow` by name, as these do: a field with
+/// no bind marker of its name fails at bind time, before anything is sent, instead of
+/// landing in whichever column sits at its position. Also pins the name Cassandra
+/// gives the `USING TTL ?` marker, `[ttl]`.
+#[test]
+fn scylla_row_fields_are_bound_to_markers_by_name() {
+    use scylla::SerializeRow;
+    use scylla::value::CqlDate;
+
+    #[derive(SerializeRow)]
+    struct DayRow<'a> {
+        // Out of the statement's order on purpose: matching is by name.
+        day: CqlDate,
+        meter: &'a str,
+        tenant: &'a str,
+        #[scylla(rename = "[ttl]")]
+        ttl: i32,
+    }
+    #[derive(SerializeRow)]
+    struct TtlNotRenamed<'a> {
+        tenant: &'a str,
+        meter: &'a str,
+        day: CqlDate,
+        ttl: i32,
+    }
+    #[derive(SerializeRow)]
+    struct MisnamedColumn<'a> {
+        tenant: &'a str,
+        meter: &'a str,
+        date: CqlDate,
+        #[scylla(rename = "[ttl]")]
+        ttl: i32,
+    }
+
+    let Some(cassandra) = servers::cassandra("scylla_bind_by_name") else {
+        return;
+    };
+    let (inspector, _store) = fresh("bind_by_name", &cassandra, test_config());
+    let ks = &inspector.keyspace;
+    let statement = inspector
+        .runtime
+        .block_on(inspector.session.prepare(format!(
+            "INSERT INTO {ks}.reading_days (tenant, meter, day) VALUES (?, ?, ?) USING TTL ?"
+        )))
+        .unwrap();
+    let day = CqlDate((1 << 31) + 20_000);
+    let execute = |row: &dyn scylla::serialize::row::SerializeRow| {
+        inspector
+            .runtime
+            .block_on(inspector.session.execute_unpaged(&statement, row))
+            .map(drop)
+            .map_err(|e| e.to_string())
+    };
+    execute(&DayRow {
+        day,
+        meter: "m1",
+        tenant: "acme",
+        ttl: 60,
+    })
+    .expect("every field has its marker");
+    let rows: Vec<(String, String, CqlDate)> =
+        inspector.rows(&format!("SELECT tenant, meter, day FROM {ks}.reading_days"));
+    assert_eq!(rows, vec![("acme".into(), "m1".into(), day)]);
+
+    let error = execute(&TtlNotRenamed {
+        tenant: "acme",
+        meter: "m2",
+        day,
+        ttl: 60,
+    })
+    .expect_err("the TTL marker is named [ttl]");
+    assert!(
+        error.contains("value for column [ttl] was not provided"),
+        "{error}"
+    );
+    let error = execute(&MisnamedColumn {
+        tenant: "acme",
+        meter: "m3",
+        date: day,
+        ttl: 60,
+    })
+    .expect_err("no column is named date");
+    assert!(
+        error.contains("value for column day was not provided"),
+        "{error}"
+    );
+    assert_eq!(
+        inspector
+            .rows::<(String,)>(&format!("SELECT meter FROM {ks}.reading_days"))
+            .len(),
+        1,
+        "a row that failed to bind was never sent"
+    );
+}
