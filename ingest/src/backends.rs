@@ -4,12 +4,17 @@
 //! fails at once with what to change, and so does a cluster that answers but whose
 //! keyspace replication can never meet `store.scylla.consistency` (`ScyllaStore::open`
 //! reports that as `StoreError::Config`, not `Unavailable`).
+//!
+//! The embedded store gets its retention sweeper here: a thread that deletes rows past
+//! `store.*_retention_days` at start and then hourly, and counts them in
+//! `meterflow_store_expired_rows_total{table}`. (ScyllaDB expires rows by TTL.)
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use meterflow_storage::embedded::EmbeddedStore;
+use meterflow_storage::embedded::retention::{Retention, SWEEP_EVERY, spawn_sweeper};
 use meterflow_storage::memory_cache::MemoryCache;
 use meterflow_storage::redis_cache::RedisCache;
 use meterflow_storage::scylla::ScyllaStore;
@@ -17,7 +22,34 @@ use meterflow_storage::{HotCache, ReadingStore, StoreError};
 use tokio::runtime::Handle;
 use tracing::{info, warn};
 
+use crate::clock::now_ms;
 use crate::config::{CacheBackend, Config, StoreBackend};
+use crate::metrics::PipelineMetrics;
+
+/// Starts the embedded store's retention sweeper, which counts the rows it expires per
+/// table; none when every table keeps its rows forever. The sweeper holds the store
+/// only while sweeping, so it never keeps a stopped service's store open.
+fn start_retention(store: &Arc<EmbeddedStore>, retention: Retention) -> anyhow::Result<()> {
+    if retention.keeps_everything() {
+        return Ok(());
+    }
+    let counters = PipelineMetrics::store_expired();
+    spawn_sweeper(
+        Arc::downgrade(store),
+        retention,
+        SWEEP_EVERY,
+        now_ms,
+        move |report| {
+            for (table, rows) in &report.expired {
+                if let Some((_, counter)) = counters.iter().find(|(name, _)| name == table) {
+                    counter.increment(*rows);
+                }
+            }
+        },
+    )
+    .context("starting the retention sweeper thread")?;
+    Ok(())
+}
 
 /// Longest pause between attempts to reach a ScyllaDB cluster at start.
 const CONNECT_RETRY_MAX: Duration = Duration::from_secs(10);
@@ -30,7 +62,9 @@ pub fn open_store(config: &Config, runtime: &Handle) -> anyhow::Result<Arc<dyn R
             let dir = &config.store.data_dir;
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating the data directory {}", dir.display()))?;
-            Ok(Arc::new(EmbeddedStore::open(dir)?))
+            let store = Arc::new(EmbeddedStore::open(dir)?);
+            start_retention(&store, config.store.retention())?;
+            Ok(store)
         }
         StoreBackend::Scylla {
             contact_points,

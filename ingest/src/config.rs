@@ -14,9 +14,12 @@ use std::path::PathBuf;
 use meterflow_model::Limits;
 use meterflow_model::ids::is_valid_id;
 use meterflow_model::processing::ProcessorsConfig;
+use meterflow_storage::embedded::retention::Retention;
 use meterflow_storage::redis_cache::RedisConfig;
 use meterflow_storage::scylla::ScyllaConfig;
 use serde::{Deserialize, Serialize};
+
+use crate::dead_letter_limit::{DEAD_LETTER_SOURCES, DeadLetterRate};
 
 /// Listen address of the embedded broker: the MQTT port on loopback.
 pub const DEFAULT_MQTT_LISTEN: &str = "127.0.0.1:1883";
@@ -136,6 +139,17 @@ pub struct StoreConfig {
     pub backend: String,
     /// Directory of the embedded store (created if missing).
     pub data_dir: PathBuf,
+    /// Days the embedded store keeps a dead letter, by the time it was received; `0`
+    /// keeps them forever. Two weeks is time enough to look into a misbehaving meter;
+    /// junk older than that only takes disk. (ScyllaDB: `scylla.dead_letters_ttl_days`.)
+    pub dead_letter_retention_days: u32,
+    /// Days the embedded store keeps a reading, by its timestamp; `0` keeps them
+    /// forever. 400, as ScyllaDB's `scylla.readings_ttl_days`: a year of history for
+    /// year-over-year comparisons plus a month of margin.
+    pub readings_retention_days: u32,
+    /// Days the embedded store keeps an hour row of district usage, by the hour's
+    /// start; `0` keeps them forever. 400, as `scylla.district_hourly_ttl_days`.
+    pub district_hourly_retention_days: u32,
     /// ScyllaDB settings (replication, consistency, TTLs, in-flight bound, retries,
     /// breaker), used with a `scylla://` backend.
     pub scylla: ScyllaConfig,
@@ -146,6 +160,9 @@ impl Default for StoreConfig {
         Self {
             backend: "embedded".into(),
             data_dir: PathBuf::from("data"),
+            dead_letter_retention_days: 14,
+            readings_retention_days: 400,
+            district_hourly_retention_days: 400,
             scylla: ScyllaConfig::default(),
         }
     }
@@ -161,7 +178,37 @@ pub enum StoreBackend {
     },
 }
 
+/// Longest retention accepted, in days (100 years): longer is a typo; `0` keeps rows
+/// forever.
+const MAX_RETENTION_DAYS: u32 = 36_500;
+
 impl StoreConfig {
+    /// The embedded store's retention periods.
+    pub fn retention(&self) -> Retention {
+        Retention {
+            readings_days: self.readings_retention_days,
+            dead_letters_days: self.dead_letter_retention_days,
+            district_hourly_days: self.district_hourly_retention_days,
+        }
+    }
+
+    /// Problems with the retention settings.
+    fn retention_problems(&self) -> Vec<String> {
+        [
+            ("dead_letter_retention_days", self.dead_letter_retention_days),
+            ("readings_retention_days", self.readings_retention_days),
+            ("district_hourly_retention_days", self.district_hourly_retention_days),
+        ]
+        .into_iter()
+        .filter(|(_, days)| *days > MAX_RETENTION_DAYS)
+        .map(|(name, days)| {
+            format!(
+                "store.{name} must be at most {MAX_RETENTION_DAYS} (100 years), not {days}; use 0 to keep rows forever"
+            )
+        })
+        .collect()
+    }
+
     pub fn parse_backend(&self) -> Result<StoreBackend, String> {
         if self.backend == "embedded" {
             return Ok(StoreBackend::Embedded);
@@ -279,6 +326,14 @@ pub struct PipelineConfig {
     /// alerts, bill closing, analytics flushes on a quiet shard). The shortest rule it
     /// drives is hours long, so a minute is plenty.
     pub sweep_interval_s: u64,
+    /// Dead letters one sender (tenant and meter of its session) may have stored at
+    /// once; more are dropped and counted (`meterflow_dead_letters_dropped_total`),
+    /// still answered. 20 shows every distinct fault a meter can make at once.
+    pub dead_letter_burst: u32,
+    /// Dead letters per second one sender may have stored in the long run: one a
+    /// second is ~1 MiB an hour of junk at most per sender, and far more than a
+    /// faulty but well-meant meter sends.
+    pub dead_letter_refill_per_s: u32,
 }
 
 impl Default for PipelineConfig {
@@ -291,11 +346,22 @@ impl Default for PipelineConfig {
             sink_queue: 16,
             resend_window_s: 600,
             sweep_interval_s: 60,
+            dead_letter_burst: 20,
+            dead_letter_refill_per_s: 1,
         }
     }
 }
 
 impl PipelineConfig {
+    /// The per-sender dead-letter limit of each shard.
+    pub fn dead_letter_rate(&self) -> DeadLetterRate {
+        DeadLetterRate {
+            burst: self.dead_letter_burst,
+            refill_per_s: self.dead_letter_refill_per_s,
+            capacity: DEAD_LETTER_SOURCES,
+        }
+    }
+
     /// Shard count with `0` resolved to the number of cores.
     pub fn shard_count(&self) -> usize {
         if self.shards == 0 {
@@ -541,6 +607,17 @@ impl Config {
         if p.sweep_interval_s == 0 {
             errors.push("pipeline.sweep_interval_s must be at least 1".into());
         }
+        for (name, value) in [
+            ("pipeline.dead_letter_burst", p.dead_letter_burst),
+            ("pipeline.dead_letter_refill_per_s", p.dead_letter_refill_per_s),
+        ] {
+            if value == 0 {
+                errors.push(format!(
+                    "{name} must be at least 1 (dead letters of a sender would never be stored)"
+                ));
+            }
+        }
+        errors.extend(self.store.retention_problems());
         for t in &tenants {
             if let Some(url) = &t.webhook_url
                 && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -707,5 +784,54 @@ mod tests {
         assert!(errors.iter().any(|e| e.contains("http.max_connections")));
         assert!(errors.iter().any(|e| e.contains("http.header_timeout_s")));
         assert!(errors.iter().any(|e| e.contains("http.idle_timeout_s")));
+    }
+
+    #[test]
+    fn retention_and_dead_letter_rate_parse_and_are_validated() {
+        let c = Config::from_toml(
+            "[store]\nreadings_retention_days = 0\ndead_letter_retention_days = 3\n\
+             [pipeline]\ndead_letter_burst = 5\n",
+        )
+        .unwrap();
+        let retention = c.store.retention();
+        assert_eq!(
+            (
+                retention.readings_days,
+                retention.dead_letters_days,
+                retention.district_hourly_days
+            ),
+            (0, 3, 400),
+            "0 keeps readings forever; the others default"
+        );
+        let rate = c.pipeline.dead_letter_rate();
+        assert_eq!((rate.burst, rate.refill_per_s), (5, 1));
+        assert!(c.validate().is_ok());
+
+        let negative = Config::from_toml("[store]\ndead_letter_retention_days = -1\n");
+        assert!(
+            negative.unwrap_err().contains("dead_letter_retention_days"),
+            "a negative retention names its field"
+        );
+        let mut c = Config::default();
+        c.store.readings_retention_days = 40_000;
+        c.pipeline.dead_letter_burst = 0;
+        c.pipeline.dead_letter_refill_per_s = 0;
+        let errors = c.validate().unwrap_err();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        let has = |text: &str| errors.iter().any(|e| e.contains(text));
+        assert!(has("store.readings_retention_days must be at most 36500"));
+        assert!(has("use 0 to keep rows forever"));
+        assert!(has("pipeline.dead_letter_burst"));
+        assert!(has("pipeline.dead_letter_refill_per_s"));
+        let printed = Config::default_toml();
+        for key in [
+            "dead_letter_retention_days = 14",
+            "readings_retention_days = 400",
+            "district_hourly_retention_days = 400",
+            "dead_letter_burst = 20",
+            "dead_letter_refill_per_s = 1",
+        ] {
+            assert!(printed.contains(key), "{key} not in `meterflow config`");
+        }
     }
 }

@@ -7,6 +7,7 @@ pub mod cache_writer;
 pub mod clock;
 pub mod config;
 pub mod dashboard;
+pub mod dead_letter_limit;
 pub mod endpoint;
 pub mod http;
 pub mod metrics;

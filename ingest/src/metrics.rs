@@ -4,7 +4,9 @@
 //!
 //! Accounting identity (DESIGN §6.4), per message once the pipeline is idle:
 //! `meterflow_messages_received_total` = sum over outcomes of
-//! `meterflow_messages_total{outcome="stored"|"dead_letter"|"duplicate"|"shed"}`.
+//! `meterflow_messages_total{outcome="stored"|"dead_letter"|"dead_letter_dropped"|"duplicate"|"shed"}`.
+//! `dead_letter_dropped` is a rejected uplink whose sender was over its dead-letter
+//! rate: answered like a dead letter, not stored.
 //! `stored` and `dead_letter` are counted when their write is durable; `duplicate`
 //! when the shard recognises it; `shed` when the endpoint took an uplink but could not
 //! hand it to a stopping pipeline (its meter got no PUBACK and resends). Readings are counted where their number is known (a shed or
@@ -14,6 +16,7 @@ use std::collections::HashMap;
 
 use meterflow_model::alert::{AlertKind, EpisodeState};
 use meterflow_model::{Reject, TenantId};
+use meterflow_storage::embedded::retention::EXPIRING_TABLES;
 
 use crate::endpoint::session::{ConnectOutcome, ProtocolViolation};
 use crate::notifier::NotifierMetrics;
@@ -29,6 +32,8 @@ pub const MESSAGES_RECEIVED: &str = "meterflow_messages_received_total";
 pub const MESSAGES: &str = "meterflow_messages_total";
 pub const READINGS: &str = "meterflow_readings_total";
 pub const DEAD_LETTERS: &str = "meterflow_dead_letters_total";
+pub const DEAD_LETTERS_DROPPED: &str = "meterflow_dead_letters_dropped_total";
+pub const STORE_EXPIRED: &str = "meterflow_store_expired_rows_total";
 pub const QUEUE_DEPTH: &str = "meterflow_shard_queue_depth";
 pub const SINK_QUEUE_DEPTH: &str = "meterflow_sink_queue_depth";
 pub const BATCH_READINGS: &str = "meterflow_batch_readings";
@@ -104,6 +109,14 @@ fn describe() {
         "Readings by outcome, where their number is known."
     );
     describe_counter!(DEAD_LETTERS, "Dead-lettered uplinks by reason code.");
+    describe_counter!(
+        DEAD_LETTERS_DROPPED,
+        "Dead letters not stored because their sender was over its dead-letter rate, by reason code (still answered)."
+    );
+    describe_counter!(
+        STORE_EXPIRED,
+        "Rows the embedded store's retention sweep deleted, by table."
+    );
     describe_gauge!(QUEUE_DEPTH, "Uplinks waiting in each shard's queue.");
     describe_gauge!(SINK_QUEUE_DEPTH, "Sealed batches waiting for the store.");
     describe_histogram!(BATCH_READINGS, "Readings per sealed batch.");
@@ -248,9 +261,11 @@ pub struct PipelineMetrics {
     pub received: Counter,
     pub stored: OutcomeCounters,
     pub dead_letter: OutcomeCounters,
+    pub dead_letter_dropped: OutcomeCounters,
     pub duplicate: OutcomeCounters,
     pub shed: OutcomeCounters,
     dead_letter_reasons: Vec<Counter>,
+    dead_letter_dropped_reasons: Vec<Counter>,
     pub sink_queue_depth: Gauge,
     pub batch_readings: Histogram,
     pub store_write_seconds: Histogram,
@@ -275,11 +290,16 @@ impl PipelineMetrics {
             received: counter!(MESSAGES_RECEIVED),
             stored: OutcomeCounters::new("stored"),
             dead_letter: OutcomeCounters::new("dead_letter"),
+            dead_letter_dropped: OutcomeCounters::new("dead_letter_dropped"),
             duplicate: OutcomeCounters::new("duplicate"),
             shed: OutcomeCounters::new("shed"),
             dead_letter_reasons: Reject::ALL
                 .iter()
                 .map(|r| counter!(DEAD_LETTERS, "reason" => r.code()))
+                .collect(),
+            dead_letter_dropped_reasons: Reject::ALL
+                .iter()
+                .map(|r| counter!(DEAD_LETTERS_DROPPED, "reason" => r.code()))
                 .collect(),
             sink_queue_depth: gauge!(SINK_QUEUE_DEPTH),
             batch_readings: histogram!(BATCH_READINGS),
@@ -309,11 +329,21 @@ impl PipelineMetrics {
 
     /// The per-reason dead-letter counter.
     pub fn dead_letter_reason(&self, reason: Reject) -> &Counter {
-        let index = Reject::ALL
+        &self.dead_letter_reasons[reason_index(reason)]
+    }
+
+    /// The per-reason counter of dead letters dropped by the rate limit.
+    pub fn dead_letter_dropped_reason(&self, reason: Reject) -> &Counter {
+        &self.dead_letter_dropped_reasons[reason_index(reason)]
+    }
+
+    /// The expired-row counter of each table the embedded store's retention sweep
+    /// expires, by table name.
+    pub fn store_expired() -> Vec<(&'static str, Counter)> {
+        EXPIRING_TABLES
             .iter()
-            .position(|r| *r == reason)
-            .expect("ALL lists every reason");
-        &self.dead_letter_reasons[index]
+            .map(|table| (*table, counter!(STORE_EXPIRED, "table" => *table)))
+            .collect()
     }
 
     /// The alert counter of one kind and episode state.
@@ -342,6 +372,14 @@ impl PipelineMetrics {
     pub fn shard_queue_depth(shard: usize) -> Gauge {
         gauge!(QUEUE_DEPTH, "shard" => shard.to_string())
     }
+}
+
+/// Where `reason` is in [`Reject::ALL`], which orders the per-reason counters.
+fn reason_index(reason: Reject) -> usize {
+    Reject::ALL
+        .iter()
+        .position(|r| *r == reason)
+        .expect("ALL lists every reason")
 }
 
 /// The handles the meter endpoint uses.

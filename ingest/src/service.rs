@@ -84,6 +84,7 @@ impl Service {
             linger: Duration::from_millis(p.linger_ms),
             resend_window_ms: (p.resend_window_s * 1000) as i64,
             sweep_interval: Duration::from_secs(p.sweep_interval_s),
+            dead_letter_rate: p.dead_letter_rate(),
         };
         let stop_shards = Arc::new(AtomicBool::new(false));
         let mut shard_threads = Vec::with_capacity(shards);

@@ -11,7 +11,9 @@
 //! latest after `linger`; the sealed batch runs through the processors and goes to the
 //! sink with every touched meter's state and the [`Completion`] of every message it
 //! took, which the sink answers once the batch is durable. Rejected uplinks become dead
-//! letters in the same batch, so they are durable before they count.
+//! letters in the same batch, so they are durable before they count — as many as the
+//! sender's dead-letter rate allows ([`DeadLetterLimit`], per authenticated identity);
+//! the rest are counted by reason and answered like the others, but not stored.
 //!
 //! Invariant: a meter's state in a sealed batch reflects exactly the messages in that
 //! batch and earlier ones of this shard; the sink makes batches of one shard durable in
@@ -38,6 +40,7 @@ use metrics::Gauge;
 use tracing::{debug, error, info, warn};
 
 use crate::clock::now_ms;
+use crate::dead_letter_limit::{Admit, DeadLetterLimit, DeadLetterRate};
 use crate::endpoint::handoff::{Inbound, ShardInbox};
 use crate::endpoint::outbox::Completion;
 use crate::metrics::PipelineMetrics;
@@ -68,6 +71,8 @@ pub struct ShardSettings {
     pub resend_window_ms: i64,
     /// How often the processors' timer sweep runs.
     pub sweep_interval: Duration,
+    /// How many dead letters one sender may have stored.
+    pub dead_letter_rate: DeadLetterRate,
 }
 
 pub struct ShardWorker {
@@ -91,6 +96,8 @@ pub struct ShardWorker {
     dead_letter_ids: u64,
     /// At most one dead-letter WARN a second; the rest go to DEBUG (all are counted).
     dead_letter_warn: WarnLimit,
+    /// Which dead letters are stored: per sender, at most its rate.
+    dead_letter_limit: DeadLetterLimit,
     /// Set at shutdown: the worker seals what it holds and stops, even though the
     /// broker link still holds a sender to its inbox.
     stop: Arc<AtomicBool>,
@@ -177,6 +184,7 @@ impl ShardWorker {
         metrics: PipelineMetrics,
         stop: Arc<AtomicBool>,
     ) -> Self {
+        let dead_letter_limit = DeadLetterLimit::new(settings.dead_letter_rate);
         Self {
             shard,
             settings,
@@ -194,6 +202,7 @@ impl ShardWorker {
             sealed_count: 0,
             dead_letter_ids: 0,
             dead_letter_warn: WarnLimit::new(DEAD_LETTER_WARN_EVERY),
+            dead_letter_limit,
             stop,
         }
     }
@@ -448,10 +457,15 @@ impl ShardWorker {
             meter.meter,
             seq.map_or_else(|| "-".to_string(), |s| s.to_string())
         );
-        match self.dead_letter_warn.admit(Instant::now()) {
+        let now = Instant::now();
+        let admit = self.dead_letter_limit.admit(meter, now);
+        // False when the sender is over its dead-letter rate: counted, not stored.
+        let stored = admit == Admit::Store;
+        match self.dead_letter_warn.admit(now) {
             Some(suppressed) => warn!(
                 correlation_id,
                 reason = reason.code(),
+                stored,
                 // Dead letters of this shard logged only at DEBUG since its last WARN.
                 suppressed,
                 "dead letter: {reason}"
@@ -459,8 +473,14 @@ impl ShardWorker {
             None => debug!(
                 correlation_id,
                 reason = reason.code(),
+                stored,
                 "dead letter: {reason}"
             ),
+        }
+        if !stored {
+            self.metrics.dead_letter_dropped.add(1, readings as u64);
+            self.metrics.dead_letter_dropped_reason(reason).increment(1);
+            return;
         }
         self.metrics.dead_letter.add(1, readings as u64);
         self.metrics.dead_letter_reason(reason).increment(1);

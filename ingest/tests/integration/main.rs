@@ -14,6 +14,7 @@ mod http_limits;
 mod interop;
 mod logs;
 mod processing;
+mod retention;
 // The storage crate's helpers for real servers (reachability, unique names, the TCP
 // proxy that simulates outages), shared rather than copied.
 #[allow(dead_code)]

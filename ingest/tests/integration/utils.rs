@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -250,10 +251,16 @@ impl Metrics {
 
     /// received = stored + dead_letter + duplicate + shed (DESIGN §6.4).
     pub(crate) fn assert_accounted(&self) {
-        let outcomes: f64 = ["stored", "dead_letter", "duplicate", "shed"]
-            .iter()
-            .map(|o| self.messages(o))
-            .sum();
+        let outcomes: f64 = [
+            "stored",
+            "dead_letter",
+            "dead_letter_dropped",
+            "duplicate",
+            "shed",
+        ]
+        .iter()
+        .map(|o| self.messages(o))
+        .sum();
         assert_eq!(
             self.received(),
             outcomes,
@@ -494,6 +501,25 @@ pub(crate) fn packet(first: u8, body: &[u8]) -> Vec<u8> {
 }
 
 /// `(topic, reason, correlation_id)` of each dead letter in an API answer.
+/// Bytes allocated on disk to the files under `dir`, recursively — not their apparent
+/// size: fjall preallocates its journal as a sparse file, which only takes disk as it
+/// is written.
+pub(crate) fn disk_usage(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|entry| {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                disk_usage(&entry.path())
+            } else {
+                // st_blocks counts 512-byte units whatever the filesystem's block size.
+                meta.blocks() * 512
+            }
+        })
+        .sum()
+}
+
 pub(crate) fn dead_letter_triples(letters: &serde_json::Value) -> Vec<(String, String, String)> {
     letters
         .as_array()
