@@ -609,7 +609,10 @@ impl Config {
         }
         for (name, value) in [
             ("pipeline.dead_letter_burst", p.dead_letter_burst),
-            ("pipeline.dead_letter_refill_per_s", p.dead_letter_refill_per_s),
+            (
+                "pipeline.dead_letter_refill_per_s",
+                p.dead_letter_refill_per_s,
+            ),
         ] {
             if value == 0 {
                 errors.push(format!(
