@@ -1,13 +1,16 @@
 //! Junk from one meter cannot fill the store: a real meterflow takes a flood of
 //! invalid uplinks from one connection, answers every one, stores at most the sender's
 //! dead-letter rate of them and counts the rest by reason — while a well-behaved meter
-//! on another connection is served as usual. (The retention sweep itself is tested
-//! in the storage crate, with injected time.)
+//! on another connection is served as usual. And a store's expired rows are gone once
+//! meterflow has started on it (the sweep's rules are tested in the storage crate, with
+//! injected time).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use meterflow_model::{Reading, Uplink, codec};
+use meterflow_model::{DeadLetter, Reading, Reject, SealedBatch, Uplink, codec};
+use meterflow_storage::ReadingStore;
+use meterflow_storage::embedded::EmbeddedStore;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 use crate::utils::{Meterflow, dead_letter_triples, disk_usage};
@@ -148,4 +151,68 @@ async fn a_junk_flood_from_one_meter_stores_at_most_its_dead_letter_rate() {
         "the data directory grew by {grown} bytes"
     );
     assert_eq!(service.get("/readyz").0, 200, "still serving");
+}
+
+fn dead_letter(received_at: i64, id: u64) -> DeadLetter {
+    DeadLetter {
+        tenant: "demo".into(),
+        received_at,
+        id,
+        topic: "meters/demo/m1/up".into(),
+        payload: b"{".to_vec(),
+        reason: Reject::Malformed,
+        correlation_id: format!("demo/m1/{id}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_dead_letters_are_gone_once_meterflow_has_started() {
+    const DAY_MS: i64 = 86_400_000;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let now = now_ms();
+    {
+        // Written before meterflow runs: one past the default 14 days, one inside.
+        let store = EmbeddedStore::open(&data).unwrap();
+        let letters = vec![
+            dead_letter(now - 15 * DAY_MS, 1),
+            dead_letter(now - 13 * DAY_MS, 2),
+        ];
+        store
+            .write(&[SealedBatch {
+                shard: 0,
+                number: 1,
+                meters: Vec::new(),
+                dead_letters: letters,
+                now_ms: now,
+            }])
+            .unwrap();
+    }
+    let service = Meterflow::start(&data);
+    // The first sweep runs on its own thread as the store opens.
+    let expired = "meterflow_store_expired_rows_total{table=\"dead_letters\"}";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while service.metrics().value(expired) < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no sweep: {:?}",
+            service.metrics().0
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = service.metrics();
+    assert_eq!(metrics.value(expired), 1.0);
+    assert_eq!(
+        metrics.value("meterflow_store_expired_rows_total{table=\"readings\"}"),
+        0.0
+    );
+    let letters = service.get_json("/api/v1/tenants/demo/dead-letters?limit=10");
+    let ids: Vec<&str> = letters
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["correlation_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["demo/m1/2"], "{letters}");
 }
