@@ -66,17 +66,45 @@ pub struct Retention {
 impl Retention {
     /// Whether no table expires, so there is nothing to sweep.
     pub fn keeps_everything(&self) -> bool {
-        self.plan_tables().iter().all(|(_, days, _)| *days == 0)
+        Table::ALL.iter().all(|table| self.days(*table) == 0)
     }
 
-    /// Each time-keyed table with its retention and the number of ids in its series
-    /// prefix.
-    fn plan_tables(&self) -> [(&'static str, u32, usize); 3] {
-        [
-            (READINGS, self.readings_days, 2),
-            (DEAD_LETTERS, self.dead_letters_days, 1),
-            (DISTRICT_HOURLY, self.district_hourly_days, 2),
-        ]
+    fn days(&self, table: Table) -> u32 {
+        match table {
+            Table::Readings => self.readings_days,
+            Table::DeadLetters => self.dead_letters_days,
+            Table::DistrictHourly => self.district_hourly_days,
+        }
+    }
+}
+
+/// A time-keyed table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Table {
+    Readings,
+    DeadLetters,
+    DistrictHourly,
+}
+
+impl Table {
+    const ALL: [Table; 3] = [Table::Readings, Table::DeadLetters, Table::DistrictHourly];
+
+    /// The keyspace name.
+    fn name(self) -> &'static str {
+        match self {
+            Table::Readings => READINGS,
+            Table::DeadLetters => DEAD_LETTERS,
+            Table::DistrictHourly => DISTRICT_HOURLY,
+        }
+    }
+
+    /// Ids before the time in the table's keys, which make up a series prefix: the
+    /// tenant; or the tenant and the meter or district.
+    fn ids(self) -> usize {
+        match self {
+            Table::DeadLetters => 1,
+            Table::Readings | Table::DistrictHourly => 2,
+        }
     }
 }
 
@@ -86,26 +114,26 @@ pub const EXPIRING_TABLES: [&str; 3] = [READINGS, DEAD_LETTERS, DISTRICT_HOURLY]
 /// One table's part of a sweep.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Expiry {
-    pub(crate) table: &'static str,
-    /// Ids before the time in this table's keys (1: tenant; 2: tenant and meter or
-    /// district).
-    pub(crate) ids: usize,
+    pub(crate) table: Table,
     /// Rows older than this (epoch ms) expire.
     pub(crate) cutoff_ms: i64,
 }
 
 /// What a sweep at `now_ms` expires: one entry per table with a retention period.
 pub(crate) fn plan(now_ms: i64, retention: &Retention) -> Vec<Expiry> {
-    retention
-        .plan_tables()
+    Table::ALL
         .into_iter()
-        .filter(|(_, days, _)| *days > 0)
-        .map(|(table, days, ids)| Expiry {
+        .filter(|table| retention.days(*table) > 0)
+        .map(|table| Expiry {
             table,
-            ids,
-            cutoff_ms: now_ms.saturating_sub(i64::from(days) * DAY_MS),
+            cutoff_ms: now_ms.saturating_sub(i64::from(retention.days(table)) * DAY_MS),
         })
         .collect()
+}
+
+/// The smallest key above `key`: where a scan resumes after it.
+fn after_key(key: &[u8]) -> Vec<u8> {
+    [key, &[0]].concat()
 }
 
 /// The keys of the series `prefix` older than `cutoff_ms`.
@@ -146,38 +174,37 @@ impl EmbeddedStore {
         let chunk = chunk.max(1);
         let mut report = SweepReport::default();
         for expiry in plan(now_ms, retention) {
-            let rows =
-                self.expire_table(self.keyspace(expiry.table), &expiry, chunk, &mut report)?;
-            report.expired.push((expiry.table, rows));
+            let rows = self.expire_table(&expiry, chunk, &mut report)?;
+            report.expired.push((expiry.table.name(), rows));
         }
         Ok(report)
     }
 
-    fn keyspace(&self, table: &str) -> &Keyspace {
+    fn keyspace(&self, table: Table) -> &Keyspace {
         match table {
-            READINGS => &self.readings,
-            DEAD_LETTERS => &self.dead_letters,
-            _ => &self.district_hourly,
+            Table::Readings => &self.readings,
+            Table::DeadLetters => &self.dead_letters,
+            Table::DistrictHourly => &self.district_hourly,
         }
     }
 
     /// Deletes one table's expired rows, series by series; returns how many.
     fn expire_table(
         &self,
-        keyspace: &Keyspace,
         expiry: &Expiry,
         chunk: usize,
         report: &mut SweepReport,
     ) -> Result<u64, StoreError> {
+        let (table, keyspace) = (expiry.table.name(), self.keyspace(expiry.table));
         let mut rows = 0;
         let mut from: Vec<u8> = Vec::new();
         while let Some(first) = keyspace.range(from.as_slice()..).next() {
             let key = first
                 .key()
                 .map_err(|e| self.fjall_error("scanning for expired rows", e))?;
-            let prefix = keys::series_prefix(&key, expiry.ids)
-                .ok_or_else(|| self.corrupt_row(expiry.table, &key, "key without its ids"))?;
-            let range = expired_range(prefix, expiry.cutoff_ms);
+            let prefix = keys::series_prefix(&key, expiry.table.ids())
+                .ok_or_else(|| self.corrupt_row(table, &key, "key without its ids"))?;
+            let mut range = expired_range(prefix, expiry.cutoff_ms);
             loop {
                 let doomed = keyspace
                     .range(range.clone())
@@ -188,6 +215,8 @@ impl EmbeddedStore {
                 if doomed.is_empty() {
                     break;
                 }
+                // The next chunk starts after this one, not over its tombstones.
+                range.start = after_key(doomed.last().expect("not empty"));
                 let mut batch = self.db.batch();
                 let count = doomed.len();
                 for key in doomed {
@@ -264,13 +293,11 @@ mod tests {
             plan(NOW, &retention(400, 14, 0)),
             vec![
                 Expiry {
-                    table: READINGS,
-                    ids: 2,
+                    table: Table::Readings,
                     cutoff_ms: NOW - 400 * DAY_MS
                 },
                 Expiry {
-                    table: DEAD_LETTERS,
-                    ids: 1,
+                    table: Table::DeadLetters,
                     cutoff_ms: NOW - 14 * DAY_MS
                 },
             ]
@@ -285,6 +312,14 @@ mod tests {
         let planned = plan(i64::MIN + 5, &retention(0, 1, 0));
         assert_eq!(planned.len(), 1);
         assert_eq!(planned[0].cutoff_ms, i64::MIN);
+    }
+
+    #[test]
+    fn the_table_names_are_the_expiring_tables() {
+        let names: Vec<&str> = Table::ALL.iter().map(|t| t.name()).collect();
+        assert_eq!(names, EXPIRING_TABLES);
+        assert!(after_key(b"ab") > b"ab".to_vec());
+        assert!(after_key(b"ab") < b"ab\x00\x00".to_vec());
     }
 
     #[test]
