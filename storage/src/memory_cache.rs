@@ -11,8 +11,8 @@
 //!
 //! Values are absolute, so applying outputs twice, or out of a crash-replay, leaves
 //! the same picture — except the recent-alerts log, which, like the Redis stream,
-//! takes a replayed step again. Rows and lists with a tenant, meter or district name
-//! that is not an id are skipped, as Redis skips them.
+//! takes a replayed step again. Rows, views and lists with a tenant, meter or
+//! district name that is not an id are skipped, as Redis skips them.
 //!
 //! Memory is bounded. Per district, the newest [`MINUTE_WINDOWS_KEPT`],
 //! [`HOUR_WINDOWS_KEPT`] and [`DAY_WINDOWS_KEPT`] windows (the spans the Redis TTLs
@@ -208,7 +208,8 @@ impl HotCache for MemoryCache {
         }
         let mut tenants = self.write();
         for view in &outputs.meters {
-            if !ids_are_valid(&[&view.tenant, &view.meter]) {
+            // The district too, as Redis checks it: it is part of an index member there.
+            if !ids_are_valid(&[&view.tenant, &view.meter, &view.district]) {
                 continue;
             }
             let meters = &mut tenant_entry(&mut tenants, &view.tenant).meters;

@@ -2,18 +2,22 @@
 //! (no connection), so what is written for what is testable without a server.
 //!
 //! Per part of the outputs, in this order:
-//! - `meters`: per view `HSET` of its fields, `HDEL` of unknown ones, `EXPIRE`;
+//! - `meters`: per view `HSET` of its fields, `HDEL` of unknown ones, `EXPIRE`; then
+//!   per tenant [`INDEX_METERS`] calls (up to [`VIEWS_PER_INDEX_CALL`] views each)
+//!   that put the views into the meter index and trim it;
 //! - `bills`: per tenant one [`SET_BILLS`] script call with, per meter, the line of
 //!   the latest period in the outputs;
 //! - `districts`: per row `HSET`, `HDEL` of absent optional fields, `EXPIRE` with the
-//!   TTL of its resolution;
+//!   TTL of its resolution; then per (tenant, district, resolution) one
+//!   [`PUT_SERIES`] call with the rows' points in order;
 //! - `top`: per list one [`REPLACE_TOP`] call (the ZSET becomes exactly the list);
 //! - `alerts`: per event `XADD … MAXLEN ~ n` to the tenant's stream, then `EXPIRE`;
 //! - `alerts` and `summaries`: per tenant having either, one [`APPLY_ALERTS`] call
 //!   (alerts:open, per-meter and summary counts, the summary's fields).
 //!
 //! Rows whose tenant, meter or district is not an id (`[A-Za-z0-9_-]{1,64}`) are
-//! skipped and counted: such a name could break out of its key (`:`, `{`, `}`).
+//! skipped and counted: such a name could break out of its key (`:`, `{`, `}`) or,
+//! for a view's district, out of its `{district}:{meter}` index member.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -26,7 +30,19 @@ use redis::Pipeline;
 use super::RedisConfig;
 use super::codec::{self, FieldUpdate};
 use super::keys::{KeySpace, day_label_stamp, ids_are_valid};
-use super::scripts::{APPLY_ALERTS, REPLACE_TOP, SET_BILLS};
+use super::scripts::{APPLY_ALERTS, INDEX_METERS, PUT_SERIES, REPLACE_TOP, SET_BILLS};
+
+/// Views per [`INDEX_METERS`] call. Each view costs the script about six commands, so
+/// a call stays near a millisecond of Redis time: a group of 64k meters (the sink's
+/// largest) is indexed in 64 short scripts instead of one that stalls every other
+/// client for a tenth of a second.
+pub(crate) const VIEWS_PER_INDEX_CALL: usize = 1_000;
+
+/// Stale meters one [`INDEX_METERS`] call removes from the index at most. Meters go
+/// stale one by one as they stop reporting, far fewer than views arrive; when a
+/// whole fleet leaves at once, the index sheds it over successive applies (each
+/// with a bounded script) — or expires whole when nothing of the tenant is written.
+pub(crate) const METER_TRIM_PER_CALL: usize = 1_000;
 
 /// The pipeline for one apply.
 pub(crate) struct ApplyPlan {
@@ -89,13 +105,46 @@ pub(crate) fn plan(keys: &KeySpace, config: &RedisConfig, outputs: &Outputs) -> 
 }
 
 fn meters(plan: &mut ApplyPlan, keys: &KeySpace, config: &RedisConfig, outputs: &Outputs) {
+    // Per tenant, the index arguments of its views (meter, district, last_ts), in
+    // output order: a later view of the same meter wins, in the hash and the index.
+    let mut index: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for view in &outputs.meters {
-        if !ids_are_valid(&[&view.tenant, &view.meter]) {
-            plan.skip(|| format!("meter view {}/{}", view.tenant, view.meter));
+        if !ids_are_valid(&[&view.tenant, &view.meter, &view.district]) {
+            plan.skip(|| {
+                format!(
+                    "meter view {}/{} (district {:?})",
+                    view.tenant, view.meter, view.district
+                )
+            });
             continue;
         }
         let key = keys.meter(&view.tenant, &view.meter);
         plan.hash(&key, codec::view_fields(view), ttl(config.meter_ttl_secs));
+        index.entry(&view.tenant).or_default().extend([
+            view.meter.clone(),
+            view.district.clone(),
+            view.last_ts.map_or_else(String::new, |ts| ts.to_string()),
+        ]);
+    }
+    let ttl_secs = ttl(config.meter_ttl_secs);
+    for (tenant, entries) in index {
+        let index_keys = [
+            keys.meters(tenant),
+            keys.meters_by_district(tenant),
+            keys.meters_last_ts(tenant),
+            keys.meters_seen(tenant),
+            keys.meters_district(tenant),
+        ];
+        for chunk in entries.chunks(3 * VIEWS_PER_INDEX_CALL) {
+            let mut args = Vec::with_capacity(3 + chunk.len());
+            args.extend([
+                ttl_secs.to_string(),
+                ttl_secs.saturating_mul(1_000).to_string(),
+                METER_TRIM_PER_CALL.to_string(),
+            ]);
+            args.extend_from_slice(chunk);
+            plan.eval(INDEX_METERS, &index_keys, &args);
+        }
     }
 }
 
@@ -148,6 +197,8 @@ fn district_ttl(config: &RedisConfig, resolution: Resolution) -> i64 {
 }
 
 fn districts(plan: &mut ApplyPlan, keys: &KeySpace, config: &RedisConfig, rows: &[DistrictUsage]) {
+    // Per series, its (start_ms, member) pairs in output order.
+    let mut series: BTreeMap<(&str, &str, Resolution), Vec<String>> = BTreeMap::new();
     for row in rows {
         if !ids_are_valid(&[&row.tenant, &row.district]) {
             plan.skip(|| format!("district row {}/{}", row.tenant, row.district));
@@ -158,6 +209,32 @@ fn districts(plan: &mut ApplyPlan, keys: &KeySpace, config: &RedisConfig, rows: 
             &key,
             codec::district_fields(row),
             district_ttl(config, row.resolution),
+        );
+        series
+            .entry((&row.tenant, &row.district, row.resolution))
+            .or_default()
+            .extend([row.start_ms.to_string(), codec::series_member(row)]);
+    }
+    // The district index lives as long as the longest series (days).
+    let districts_ttl = district_ttl(config, Resolution::Day);
+    for ((tenant, district, resolution), points) in series {
+        let series_ttl = district_ttl(config, resolution);
+        let mut args = Vec::with_capacity(5 + points.len());
+        args.extend([
+            series_ttl.to_string(),
+            series_ttl.saturating_mul(1_000).to_string(),
+            district.to_owned(),
+            districts_ttl.to_string(),
+            districts_ttl.saturating_mul(1_000).to_string(),
+        ]);
+        args.extend(points);
+        plan.eval(
+            PUT_SERIES,
+            &[
+                keys.series(tenant, district, resolution),
+                keys.districts(tenant),
+            ],
+            &args,
         );
     }
 }
@@ -361,9 +438,61 @@ mod tests {
             }],
         };
         let plan = plan(&KeySpace::new("mf"), &RedisConfig::default(), &outputs);
-        // view, bills script, district row, top script, alerts/summary script.
-        assert_eq!(plan.commands, 5);
+        // view, index script, bills script, district row, series script, top script,
+        // alerts/summary script.
+        assert_eq!(plan.commands, 7);
         assert_eq!(plan.skipped, 3);
         assert!(plan.first_skipped.unwrap().contains("a{b}"));
+    }
+
+    fn view_in(tenant: &str, meter: &str, district: &str) -> MeterView {
+        MeterView {
+            tenant: tenant.into(),
+            meter: meter.into(),
+            last_seq: None,
+            last_ts: None,
+            reg: None,
+            rev: None,
+            flow: None,
+            temp: None,
+            today_l: 0,
+            quality: Quality::Actual,
+            district: district.into(),
+            battery: None,
+            rssi: None,
+        }
+    }
+
+    /// A view whose district is not an id is skipped whole (its hash and its index
+    /// entry): the district is part of an index member. Index calls go per tenant,
+    /// in chunks; series calls per (tenant, district, resolution).
+    #[test]
+    fn views_are_indexed_in_chunks_per_tenant_and_rows_per_series() {
+        let mut meters: Vec<_> = (0..VIEWS_PER_INDEX_CALL + 1)
+            .map(|i| view_in("acme", &format!("m{i}"), "north"))
+            .collect();
+        meters.push(view_in("other", "m1", "north"));
+        meters.push(view_in("acme", "m1", "no:rth"));
+        meters.push(view_in("acme", "m1", ""));
+        let districts = vec![
+            DistrictUsage::new("acme", "north", Resolution::Minute, 0),
+            DistrictUsage::new("acme", "north", Resolution::Minute, 60_000),
+            DistrictUsage::new("acme", "north", Resolution::Hour, 0),
+            DistrictUsage::new("acme", "south", Resolution::Minute, 0),
+        ];
+        let views = meters.len() - 2;
+        let plan = plan(
+            &KeySpace::new("mf"),
+            &RedisConfig::default(),
+            &Outputs {
+                meters,
+                districts,
+                ..Outputs::default()
+            },
+        );
+        // Hashes; acme's index in two calls, other's in one; four row hashes and
+        // three series.
+        assert_eq!(plan.commands, views + 3 + 4 + 3);
+        assert_eq!(plan.skipped, 2);
     }
 }

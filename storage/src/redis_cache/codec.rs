@@ -32,12 +32,16 @@ fn split_optional(
     (set, unset)
 }
 
-/// The hash fields of a meter view.
+/// The hash fields of a meter view. The reading fields mirror the newest reading, so
+/// an unknown one is deleted; battery and signal are what the meter *last reported*,
+/// so a view without them (its batch's newest message carried none) leaves the
+/// stored values in place instead.
 pub(crate) fn view_fields(view: &MeterView) -> FieldUpdate {
-    split_optional(
+    let (mut set, unset) = split_optional(
         vec![
             (fields::TODAY_L, view.today_l.to_string()),
             (fields::QUALITY, view.quality.as_str().to_owned()),
+            (fields::DISTRICT, view.district.clone()),
         ],
         [
             (fields::LAST_SEQ, view.last_seq.map(|v| v.to_string())),
@@ -47,8 +51,21 @@ pub(crate) fn view_fields(view: &MeterView) -> FieldUpdate {
             (fields::FLOW, view.flow.map(|v| v.to_string())),
             (fields::TEMP, view.temp.map(|v| v.to_string())),
         ],
-    )
+    );
+    set.extend(
+        [
+            (fields::BATTERY, view.battery.map(|v| v.to_string())),
+            (fields::RSSI, view.rssi.map(|v| v.to_string())),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.map(|value| (name, value))),
+    );
+    (set, unset)
 }
+
+/// District of a meter hash written before the field existed: the model's name for
+/// "unassigned". The next view of the meter writes the real one.
+const UNKNOWN_DISTRICT: &str = "default";
 
 pub(crate) fn parse_field<T: FromStr>(
     key: &str,
@@ -116,9 +133,12 @@ pub(crate) fn parse_view(
         temp: parse_field(key, hash, fields::TEMP)?,
         today_l,
         quality,
-        district: String::new(),
-        battery: None,
-        rssi: None,
+        district: hash
+            .get(fields::DISTRICT)
+            .map_or(UNKNOWN_DISTRICT, String::as_str)
+            .to_owned(),
+        battery: parse_field(key, hash, fields::BATTERY)?,
+        rssi: parse_field(key, hash, fields::RSSI)?,
     }))
 }
 
@@ -149,6 +169,33 @@ pub(crate) fn district_fields(row: &DistrictUsage) -> FieldUpdate {
             ),
         ],
     )
+}
+
+/// The member of a district row in its series ZSET (`mf:{t}:series:district:{d}:{res}`),
+/// fields joined by `:`, an unknown value as an empty field:
+/// - minute: `{start_ms}:{usage_l}:{meters}`
+/// - hour: `{start_ms}:{usage_l}:{meters}:{p50_l}:{p90_l}:{p99_l}`
+/// - day: `{start_ms}:{usage_l}:{meters}:{night_flow_lph}`
+///
+/// The start leads so that members of different windows never collide and a member
+/// is self-describing without its score.
+pub(crate) fn series_member(row: &DistrictUsage) -> String {
+    let known = |value: Option<u64>| value.map_or_else(String::new, |v| v.to_string());
+    let mut member = format!("{}:{}:{}", row.start_ms, row.usage_l, row.meters);
+    match row.resolution {
+        Resolution::Minute => {}
+        Resolution::Hour => {
+            for value in [row.p50_l, row.p90_l, row.p99_l] {
+                member.push(':');
+                member.push_str(&known(value));
+            }
+        }
+        Resolution::Day => {
+            member.push(':');
+            member.push_str(&known(row.night_flow_lph));
+        }
+    }
+    member
 }
 
 /// What the caches return for a district row: everything but the merge-only sketch.
@@ -435,11 +482,81 @@ mod tests {
         assert_eq!(update.1, vec![fields::TEMP]);
         let key = meter_key();
         assert_eq!(parse_view("k", &key, &hash_of(update)).unwrap(), Some(v));
+        let full = MeterView {
+            temp: Some(-15),
+            district: "north-2".into(),
+            battery: Some(87),
+            rssi: Some(-97),
+            ..view()
+        };
+        let update = view_fields(&full);
+        assert!(update.1.is_empty());
+        let hash = hash_of(update);
+        assert_eq!(hash[fields::DISTRICT], "north-2");
+        assert_eq!(hash[fields::BATTERY], "87");
+        assert_eq!(hash[fields::RSSI], "-97");
+        assert_eq!(parse_view("k", &key, &hash).unwrap(), Some(full));
         assert_eq!(parse_view("k", &key, &HashMap::new()).unwrap(), None);
         // A hash holding only bill or alert fields has no view yet.
         let extras: HashMap<String, String> =
             [(fields::ALERTS_OPEN.to_owned(), "1".to_owned())].into();
         assert_eq!(parse_view("k", &key, &extras).unwrap(), None);
+    }
+
+    /// Battery and signal are the last *reported* values: a view without them neither
+    /// sets nor deletes them, so the hash keeps what an earlier view wrote.
+    #[test]
+    fn a_view_without_battery_or_signal_keeps_the_stored_ones() {
+        let reported = MeterView {
+            battery: Some(55),
+            rssi: Some(-101),
+            ..view()
+        };
+        let mut hash = hash_of(view_fields(&reported));
+        let (set, unset) = view_fields(&view());
+        for name in [fields::BATTERY, fields::RSSI] {
+            assert!(!unset.contains(&name), "{name} must not be deleted");
+            assert!(
+                set.iter().all(|(n, _)| *n != name),
+                "{name} must not be set"
+            );
+        }
+        // As Redis would apply it: HSET the set, HDEL the unset.
+        hash.extend(set.into_iter().map(|(k, v)| (k.to_owned(), v)));
+        for name in unset {
+            hash.remove(name);
+        }
+        let back = parse_view("k", &meter_key(), &hash).unwrap().unwrap();
+        assert_eq!((back.battery, back.rssi), (Some(55), Some(-101)));
+        assert_eq!(back.temp, None);
+        // A hash from before the district field existed reads as unassigned.
+        hash.remove(fields::DISTRICT);
+        let old = parse_view("k", &meter_key(), &hash).unwrap().unwrap();
+        assert_eq!(old.district, "default");
+        hash.insert(fields::BATTERY.into(), "300".into());
+        assert!(parse_view("k", &meter_key(), &hash).is_err());
+    }
+
+    #[test]
+    fn series_members_carry_the_start_and_mark_unknowns_empty() {
+        let mut minute = DistrictUsage::new("acme", "north", Resolution::Minute, 1_736_899_800_000);
+        minute.usage_l = 12;
+        minute.meters = 2;
+        assert_eq!(series_member(&minute), "1736899800000:12:2");
+        let mut hour = DistrictUsage::new("acme", "north", Resolution::Hour, -3_600_000);
+        hour.usage_l = 40;
+        hour.meters = 2;
+        assert_eq!(series_member(&hour), "-3600000:40:2:::");
+        hour.meter_hour_sketch.add(10);
+        hour.meter_hour_sketch.add(30);
+        hour.refresh_derived();
+        assert_eq!(series_member(&hour), "-3600000:40:2:10:30:30");
+        let mut day = DistrictUsage::new("acme", "north", Resolution::Day, 1_736_899_200_000);
+        day.usage_l = 1_850;
+        assert_eq!(series_member(&day), "1736899200000:1850:0:");
+        day.night_hour_l = [Some(6), Some(4)];
+        day.refresh_derived();
+        assert_eq!(series_member(&day), "1736899200000:1850:0:4");
     }
 
     #[test]

@@ -29,6 +29,13 @@ pub const PERIOD_L: &str = "period_l";
 pub const BILL_CENTS: &str = "bill_cents";
 /// Alert episodes of the meter open now.
 pub const ALERTS_OPEN: &str = "alerts_open";
+/// District metered area of the meter (`default` when unassigned); always written.
+pub const DISTRICT: &str = "district";
+/// Battery level, percent, as the meter last reported it. Kept when a later batch
+/// reports none (never deleted by a view).
+pub const BATTERY: &str = "battery";
+/// Signal strength at the meter, dBm, as it last reported it; kept like `battery`.
+pub const RSSI: &str = "rssi";
 
 /// `mf:{t}:district:{d}:{min|hour|day}:{stamp}` HASH.
 pub mod district {

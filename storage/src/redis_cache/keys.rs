@@ -16,7 +16,10 @@
 //!   date would collide: London's local 31 March starts at 23:00 UTC on 30 March,
 //!   the same UTC date as local 30 March.
 //!
-//! Every district hash also holds `start_ms`, the exact window start.
+//! Every district hash also holds `start_ms`, the exact window start, and the series
+//! and index keys (`series:district:{d}:{min|hour|day}`, `districts`, `meters…`)
+//! carry no stamp: their scores are epoch ms or, for the lexicographic meter indexes,
+//! all 0.
 
 use meterflow_model::analytics::Resolution;
 use meterflow_model::ids::is_valid_id;
@@ -201,15 +204,54 @@ impl KeySpace {
         resolution: Resolution,
         stamp: &str,
     ) -> String {
-        let width = match resolution {
-            Resolution::Minute => "min",
-            Resolution::Hour => "hour",
-            Resolution::Day => "day",
-        };
         format!(
-            "{}:district:{district}:{width}:{stamp}",
-            self.tenant(tenant)
+            "{}:district:{district}:{}:{stamp}",
+            self.tenant(tenant),
+            width_segment(resolution)
         )
+    }
+
+    /// `mf:{t}:series:district:{d}:{min|hour|day}` ZSET: one member per window,
+    /// scored by its start (see `codec::series_member`).
+    pub fn series(&self, tenant: &str, district: &str, resolution: Resolution) -> String {
+        format!(
+            "{}:series:district:{district}:{}",
+            self.tenant(tenant),
+            width_segment(resolution)
+        )
+    }
+
+    /// `mf:{t}:districts` ZSET: district id → start of its newest window, epoch ms.
+    pub fn districts(&self, tenant: &str) -> String {
+        format!("{}:districts", self.tenant(tenant))
+    }
+
+    /// `mf:{t}:meters` ZSET, every score 0: meter ids, paged with `ZRANGEBYLEX`.
+    pub fn meters(&self, tenant: &str) -> String {
+        format!("{}:meters", self.tenant(tenant))
+    }
+
+    /// `mf:{t}:meters:by_district` ZSET, every score 0: `{district}:{meter}`
+    /// ([`district_member`]), a district's meters paged with `ZRANGEBYLEX`.
+    pub fn meters_by_district(&self, tenant: &str) -> String {
+        format!("{}:meters:by_district", self.tenant(tenant))
+    }
+
+    /// `mf:{t}:meters:last_ts` ZSET: meter id → `last_ts` (`-inf` without a reading).
+    pub fn meters_last_ts(&self, tenant: &str) -> String {
+        format!("{}:meters:last_ts", self.tenant(tenant))
+    }
+
+    /// `mf:{t}:meters:seen` ZSET: meter id → when its view was last written, epoch ms
+    /// of the Redis server's clock (what the index is trimmed by).
+    pub fn meters_seen(&self, tenant: &str) -> String {
+        format!("{}:meters:seen", self.tenant(tenant))
+    }
+
+    /// `mf:{t}:meters:district` HASH: meter id → its district (which
+    /// `meters:by_district` member to remove when it moves or is trimmed).
+    pub fn meters_district(&self, tenant: &str) -> String {
+        format!("{}:meters:district", self.tenant(tenant))
     }
 
     /// `mf:{t}:top:{yyyymmdd}` ZSET, from its `yyyymmdd` stamp.
@@ -231,6 +273,28 @@ impl KeySpace {
     pub fn summary(&self, tenant: &str) -> String {
         format!("{}:summary", self.tenant(tenant))
     }
+}
+
+/// The key segment of a resolution: `min`, `hour` or `day`.
+fn width_segment(resolution: Resolution) -> &'static str {
+    match resolution {
+        Resolution::Minute => "min",
+        Resolution::Hour => "hour",
+        Resolution::Day => "day",
+    }
+}
+
+/// A member of `meters:by_district`: `{district}:{meter}`. Ids never contain `:`, so
+/// the district's members are exactly the range [`district_lex_range`] gives, in
+/// meter-id order.
+pub fn district_member(district: &str, meter: &str) -> String {
+    format!("{district}:{meter}")
+}
+
+/// The `ZRANGEBYLEX` bounds of a district's members in `meters:by_district`:
+/// `[{d}:` to `({d};` (`;` is the byte after `:`).
+pub fn district_lex_range(district: &str) -> (String, String) {
+    (format!("[{district}:"), format!("({district};"))
 }
 
 /// Whether every id is well formed, i.e. safe inside a key.
@@ -312,6 +376,40 @@ mod tests {
         assert_eq!(keys.alerts("acme"), "mf:{acme}:alerts");
         assert_eq!(keys.alerts_open("acme"), "mf:{acme}:alerts:open");
         assert_eq!(keys.summary("acme"), "mf:{acme}:summary");
+        assert_eq!(
+            keys.series("acme", "north", Resolution::Hour),
+            "mf:{acme}:series:district:north:hour"
+        );
+        assert_eq!(keys.districts("acme"), "mf:{acme}:districts");
+        assert_eq!(keys.meters("acme"), "mf:{acme}:meters");
+        assert_eq!(
+            keys.meters_by_district("acme"),
+            "mf:{acme}:meters:by_district"
+        );
+        assert_eq!(keys.meters_last_ts("acme"), "mf:{acme}:meters:last_ts");
+        assert_eq!(keys.meters_seen("acme"), "mf:{acme}:meters:seen");
+        assert_eq!(keys.meters_district("acme"), "mf:{acme}:meters:district");
+    }
+
+    /// A district's range holds its members and nothing of a district whose id
+    /// extends it (`north` vs `north2`, `north-x`), in byte order as Redis compares.
+    #[test]
+    fn district_ranges_hold_exactly_their_members() {
+        let (lo, hi) = district_lex_range("north");
+        let (lo, hi) = (&lo[1..], &hi[1..]);
+        for (district, meter, inside) in [
+            ("north", "m1", true),
+            ("north", "zzz", true),
+            ("north", "-", true),
+            ("north2", "m1", false),
+            ("north-x", "m1", false),
+            ("nort", "hm1", false),
+            ("south", "m1", false),
+        ] {
+            let member = district_member(district, meter);
+            let within = lo <= member.as_str() && member.as_str() < hi;
+            assert_eq!(within, inside, "{member}");
+        }
     }
 
     #[test]

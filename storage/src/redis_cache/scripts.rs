@@ -1,11 +1,17 @@
-//! The Lua scripts `apply` sends, for the three writes a plain pipeline cannot make
-//! both absolute and safe. Each touches keys of one tenant only, all declared in
-//! `KEYS` and sharing the tenant's hash tag, so they run on Redis Cluster too.
+//! The Lua scripts of the Redis cache: five `apply` sends, for the writes a plain
+//! pipeline cannot make both absolute and safe, and one read ([`PAGE_METERS`]) that
+//! filters the meter index on the server. Each touches keys of one tenant only, all
+//! declared in `KEYS` and sharing the tenant's hash tag, so they run on Redis Cluster
+//! too.
 //!
-//! They are sent with `EVAL` inside the apply pipeline (still one round trip).
+//! They are sent with `EVAL` (inside the apply pipeline: still one round trip).
 //! Redis caches a script's compiled form by its SHA1, so re-sending the ~1 KB text
 //! costs little and, unlike `EVALSHA`, cannot fail with `NOSCRIPT` after a Redis
 //! restart or failover. A script runs atomically: no reader sees half of it.
+//!
+//! Needs Redis 6.2 or later (`ZADD … GT`); [`INDEX_METERS`] reads the server clock
+//! (`TIME`) after writing, which Redis allows since scripts replicate their effects
+//! (the default from 5.0, the only mode from 7.0).
 
 /// Replaces a day's top-consumers ZSET with exactly the list given (absolute
 /// scores), atomically — `DEL` + `ZADD` in a bare pipeline could show a dashboard an
@@ -98,6 +104,151 @@ if alerts_open > 0 then
   redis.call('EXPIRE', open, ARGV[1])
 end
 return alerts_open
+";
+
+/// Keeps a tenant's meter index in step with the meter views of one apply, then
+/// trims meters whose view was not written for the meter TTL — the hashes that have
+/// expired (or are about to) — so the index never outgrows the live meters.
+///
+/// Per view: the meter joins `meters` (lex), `meters:by_district` as
+/// `{district}:{meter}` (leaving its old district's member when it moved: the old
+/// district is in the `meters:district` hash), `meters:last_ts` scored by its newest
+/// reading (`-inf` without one, so a silent-meter range from `-inf` finds it) and
+/// `meters:seen` scored by the server clock now. Then at most `ARGV[3]` members of
+/// `meters:seen` older than now − TTL leave all five keys (the rest at later
+/// applies), and every key's TTL is renewed: an index lives as long as views arrive.
+///
+/// `KEYS`: `meters`, `meters:by_district`, `meters:last_ts`, `meters:seen`,
+/// `meters:district`. `ARGV[1]`: TTL, seconds; `ARGV[2]`: the same in ms;
+/// `ARGV[3]`: trim limit; then per view: meter, district, last_ts (empty: none).
+pub(crate) const INDEX_METERS: &str = r"
+local all, by_district, last_ts, seen, district_of =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local now_ms = string.format('%.0f', now)
+for i = 4, #ARGV, 3 do
+  local meter, district, ts = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local old = redis.call('HGET', district_of, meter)
+  if old and old ~= district then
+    redis.call('ZREM', by_district, old .. ':' .. meter)
+  end
+  redis.call('HSET', district_of, meter, district)
+  redis.call('ZADD', by_district, 0, district .. ':' .. meter)
+  redis.call('ZADD', all, 0, meter)
+  if ts == '' then ts = '-inf' end
+  redis.call('ZADD', last_ts, ts, meter)
+  redis.call('ZADD', seen, now_ms, meter)
+end
+local cutoff = string.format('%.0f', now - tonumber(ARGV[2]))
+local stale = redis.call('ZRANGEBYSCORE', seen, '-inf', '(' .. cutoff, 'LIMIT', 0, ARGV[3])
+for _, meter in ipairs(stale) do
+  local district = redis.call('HGET', district_of, meter)
+  if district then
+    redis.call('ZREM', by_district, district .. ':' .. meter)
+  end
+  redis.call('HDEL', district_of, meter)
+  redis.call('ZREM', all, meter)
+  redis.call('ZREM', last_ts, meter)
+  redis.call('ZREM', seen, meter)
+end
+for _, key in ipairs(KEYS) do
+  redis.call('EXPIRE', key, ARGV[1])
+end
+return #stale
+";
+
+/// Writes a district's points of one resolution into its series ZSET so that one
+/// `ZRANGEBYSCORE` returns a chart: per point, `ZREMRANGEBYSCORE start start` then
+/// `ZADD start member` — a rewritten window (late data) *replaces* its point, never
+/// adds a second one (members differ when values do, so `ZADD` alone would keep
+/// both). Then the series is cut to the span its window hashes live (windows
+/// starting after newest − span are kept, by window time, so replays of old data
+/// trim the same way) and its TTL renewed; the district's entry in `districts`
+/// rises to the series' newest start (`GT`), entries older than the newest district
+/// by the day span are dropped, and that key's TTL is renewed too.
+///
+/// `KEYS[1]`: the series, `KEYS[2]`: `districts`. `ARGV[1]`: series TTL, seconds;
+/// `ARGV[2]`: series span, ms; `ARGV[3]`: the district id; `ARGV[4]`: `districts`
+/// TTL, seconds; `ARGV[5]`: `districts` span, ms; then (start_ms, member) pairs in
+/// write order (a later pair of the same window wins).
+pub(crate) const PUT_SERIES: &str = r"
+local series, districts = KEYS[1], KEYS[2]
+for i = 6, #ARGV, 2 do
+  redis.call('ZREMRANGEBYSCORE', series, ARGV[i], ARGV[i])
+  redis.call('ZADD', series, ARGV[i], ARGV[i + 1])
+end
+local newest = redis.call('ZRANGE', series, -1, -1, 'WITHSCORES')[2]
+if newest then
+  local cutoff = tonumber(newest) - tonumber(ARGV[2])
+  redis.call('ZREMRANGEBYSCORE', series, '-inf', string.format('%.0f', cutoff))
+  redis.call('EXPIRE', series, ARGV[1])
+  redis.call('ZADD', districts, 'GT', newest, ARGV[3])
+  local top = redis.call('ZRANGE', districts, -1, -1, 'WITHSCORES')[2]
+  local oldest = tonumber(top) - tonumber(ARGV[5])
+  redis.call('ZREMRANGEBYSCORE', districts, '-inf', string.format('%.0f', oldest))
+  redis.call('EXPIRE', districts, ARGV[4])
+end
+return 0
+";
+
+/// Walks a lexicographic meter index from a bound and returns the meters that pass
+/// the filters, examining at most a budget of members so that one call holds Redis
+/// for a bounded time; the caller continues from the returned cursor.
+///
+/// `KEYS[1]`: the index walked — `meters`, or `meters:by_district` for a district
+/// filter; `KEYS[2]`: `meters:last_ts`. `ARGV[1]`, `ARGV[2]`: `ZRANGEBYLEX` min and
+/// max; `ARGV[3]`: bytes to strip from each member to get the meter id (the
+/// `{district}:` prefix); `ARGV[4]`: text the id must contain (empty: any);
+/// `ARGV[5]`: only meters whose `last_ts` is below this (empty: any; no reading
+/// counts as silent); `ARGV[6]`: matches wanted; `ARGV[7]`: budget of members.
+///
+/// Returns `{exhausted, cursor, id…}`, all strings: `exhausted` is `1` when the range
+/// has no member past the cursor, else `0`; `cursor` is the last member examined (the next call's min is
+/// `(` + cursor), empty when none was.
+pub(crate) const PAGE_METERS: &str = r"
+local index, last_ts = KEYS[1], KEYS[2]
+local min, max, strip = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local search = ARGV[4]
+local before = nil
+if ARGV[5] ~= '' then before = tonumber(ARGV[5]) end
+local wanted, budget = tonumber(ARGV[6]), tonumber(ARGV[7])
+local found = {}
+local examined = 0
+local cursor = ''
+local exhausted = 0
+while #found < wanted and examined < budget do
+  local asked = math.min(budget - examined, 1000)
+  local members = redis.call('ZRANGEBYLEX', index, min, max, 'LIMIT', 0, asked)
+  local stopped = false
+  for _, member in ipairs(members) do
+    examined = examined + 1
+    cursor = member
+    local id = string.sub(member, strip + 1)
+    local pass = search == '' or string.find(id, search, 1, true) ~= nil
+    if pass and before then
+      local score = redis.call('ZSCORE', last_ts, id)
+      pass = (not score) or tonumber(score) < before
+    end
+    if pass then
+      found[#found + 1] = id
+      if #found == wanted then
+        stopped = true
+        break
+      end
+    end
+  end
+  if not stopped and #members < asked then
+    exhausted = 1
+    break
+  end
+  min = '(' .. cursor
+end
+local reply = {tostring(exhausted), cursor}
+for _, id in ipairs(found) do
+  reply[#reply + 1] = id
+end
+return reply
 ";
 
 #[cfg(test)]

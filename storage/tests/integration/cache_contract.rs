@@ -1,13 +1,18 @@
 //! One contract for both hot caches: the same outputs applied (twice) to the
 //! in-process `MemoryCache` and to `RedisCache` on a real Redis must read back the
-//! same — views, summaries, district rows, top consumers, open and recent alerts —
-//! with tenants isolated. The fixtures here also feed the Redis-only tests
-//! (`redis.rs`).
+//! same — views, summaries, district rows, top consumers, open and recent alerts,
+//! the meter list with its paging and filters — with tenants isolated. The meter
+//! list is checked twice: against hand-computed pages, and as a property (generated
+//! fleets and queries, every page equal in both caches and the pages together equal
+//! to the filtered fleet). The fixtures here also feed the Redis-only tests
+//! (`redis.rs`, `redis_series.rs`).
 
 use meterflow_model::alert::{AlertEvent, AlertKind, EpisodeState};
 use meterflow_model::analytics::{DistrictUsage, Resolution, TopEntry, UsageSketch};
 use meterflow_model::billing::BillLine;
-use meterflow_model::{MeterView, Outputs, Quality, TenantSummary, TopConsumers};
+use meterflow_model::{
+    MeterPage, MeterQuery, MeterView, Outputs, Quality, TenantSummary, TopConsumers,
+};
 use meterflow_storage::HotCache;
 use meterflow_storage::memory_cache::MemoryCache;
 use meterflow_storage::redis_cache::{RedisCache, RedisConfig};
@@ -259,6 +264,13 @@ pub(crate) fn check_contract(cache: &dyn HotCache) {
         Some(view("acme", "m1", 900))
     );
     assert_eq!(cache.meter(&meter_key("acme", "m9")).unwrap(), None);
+    assert_eq!(
+        cache.meters("acme", &list(10)).unwrap(),
+        MeterPage {
+            meters: vec![view("acme", "m1", 900), view("acme", "m2", 900)],
+            next: None,
+        }
+    );
 
     // Summary: alerts_open counts the open episodes (leak, burst, low battery).
     let expected_summary = TenantSummary {
@@ -493,10 +505,20 @@ pub(crate) fn check_contract(cache: &dyn HotCache) {
     assert_eq!(cache.summary("other").unwrap().unwrap().alerts_open, 0);
     assert_eq!(cache.summary("acme").unwrap().unwrap().usage_today_l, 1_850);
 
-    // Names that are not ids are neither written nor readable.
+    assert_eq!(ids(&cache.meters("other", &list(10)).unwrap()), ["m1"]);
+    assert_eq!(ids(&cache.meters("acme", &list(10)).unwrap()), ["m1", "m2"]);
+
+    // Names that are not ids are neither written nor readable: a view whose
+    // district is not an id is left out whole.
     cache
         .apply(&Outputs {
-            meters: vec![view("bad}tenant", "m1", 1)],
+            meters: vec![
+                view("bad}tenant", "m1", 1),
+                MeterView {
+                    district: "no:rth".into(),
+                    ..view("acme", "m5", 1)
+                },
+            ],
             districts: vec![district_row(
                 "acme",
                 "no:rth",
@@ -521,6 +543,425 @@ pub(crate) fn check_contract(cache: &dyn HotCache) {
             .is_empty()
     );
     assert_eq!(cache.summary("bad}tenant").unwrap(), None);
+    assert_eq!(cache.meter(&meter_key("acme", "m5")).unwrap(), None);
+    assert_eq!(ids(&cache.meters("acme", &list(10)).unwrap()), ["m1", "m2"]);
+    assert_eq!(
+        cache.meters("bad}tenant", &list(10)).unwrap(),
+        MeterPage::default()
+    );
+}
+
+/// A query for the first `limit` meters, no filter.
+pub(crate) fn list(limit: usize) -> MeterQuery {
+    MeterQuery {
+        limit,
+        ..MeterQuery::default()
+    }
+}
+
+pub(crate) fn ids(page: &MeterPage) -> Vec<&str> {
+    page.meters.iter().map(|v| v.meter.as_str()).collect()
+}
+
+/// "Now" of the meter-list fixture: 2025-01-15T12:00Z.
+const NOON: i64 = MIDNIGHT + 12 * HOUR;
+
+/// A meter of tenant `fleet` in `district`, newest reading at `last_ts`.
+fn fleet_meter(meter: &str, district: &str, last_ts: Option<i64>) -> MeterView {
+    MeterView {
+        district: district.into(),
+        last_ts,
+        ..view("fleet", meter, 10)
+    }
+}
+
+/// Seven meters whose ids exercise byte order (`B` < `m`; `-` < `0`…`9` < `_`),
+/// a district whose id extends another's (`north2`), a meter without a reading and
+/// readings on both sides of the silent bounds used below. Id order:
+/// `B-7, m-01, m-02, m-10, m-2, m_05, x-m-1`.
+fn fleet() -> Vec<MeterView> {
+    vec![
+        fleet_meter("m-10", "north", Some(NOON - MINUTE)),
+        fleet_meter("x-m-1", "north", Some(NOON - 3 * DAY)),
+        fleet_meter("m-01", "north", Some(NOON - 5 * HOUR)),
+        fleet_meter("B-7", "north", Some(NOON - 10 * MINUTE)),
+        fleet_meter("m_05", "north2", Some(NOON - 30 * MINUTE)),
+        fleet_meter("m-2", "south", Some(NOON - 2 * HOUR)),
+        fleet_meter("m-02", "south", None),
+    ]
+}
+
+/// The meter list against hand-computed pages: id order, `after` exclusive, `next`
+/// only when more match, each filter and their combinations, moves between
+/// districts, and battery and signal kept when a later view reports none.
+pub(crate) fn check_meter_list(cache: &dyn HotCache) {
+    let outputs = Outputs {
+        meters: fleet(),
+        ..Outputs::default()
+    };
+    cache.apply(&outputs).unwrap();
+    cache.apply(&outputs).unwrap();
+    let page = |query: MeterQuery| {
+        let page = cache.meters("fleet", &query).unwrap();
+        (ids(&page).join(" "), page.next.clone())
+    };
+    let q = |limit: usize, after: Option<&str>| MeterQuery {
+        after: after.map(str::to_owned),
+        ..list(limit)
+    };
+    let next = |id: &str| Some(id.to_owned());
+
+    // Every meter, a page at a time.
+    assert_eq!(page(q(3, None)), ("B-7 m-01 m-02".into(), next("m-02")));
+    assert_eq!(
+        page(q(3, Some("m-02"))),
+        ("m-10 m-2 m_05".into(), next("m_05"))
+    );
+    assert_eq!(page(q(3, Some("m_05"))), ("x-m-1".into(), None));
+    // A page that ends exactly at the last meter has no next; one short of it has.
+    let all = "B-7 m-01 m-02 m-10 m-2 m_05 x-m-1";
+    assert_eq!(page(q(7, None)), (all.into(), None));
+    assert_eq!(page(q(1_000, None)), (all.into(), None));
+    assert_eq!(page(q(6, None)).1, next("m_05"));
+    // `after` need not be a meter; past the last one the page is empty.
+    assert_eq!(page(q(2, Some("m-03"))), ("m-10 m-2".into(), next("m-2")));
+    assert_eq!(page(q(2, Some("A"))), ("B-7 m-01".into(), next("m-01")));
+    assert_eq!(page(q(2, Some("zzz"))), (String::new(), None));
+    assert_eq!(page(q(0, None)), (String::new(), None));
+    // The whole views come back.
+    let first = cache.meters("fleet", &q(1, None)).unwrap();
+    assert_eq!(first.meters, vec![fleet()[3].clone()]);
+
+    // Search: the id contains the text (`m-` is not in `m_05` nor `B-7`).
+    let search = |text: &str, limit, after: Option<&str>| MeterQuery {
+        search: Some(text.into()),
+        ..q(limit, after)
+    };
+    assert_eq!(
+        page(search("m-", 2, None)),
+        ("m-01 m-02".into(), next("m-02"))
+    );
+    assert_eq!(
+        page(search("m-", 2, Some("m-02"))),
+        ("m-10 m-2".into(), next("m-2"))
+    );
+    assert_eq!(page(search("m-", 2, Some("m-2"))), ("x-m-1".into(), None));
+    assert_eq!(page(search("", 10, None)), (all.into(), None));
+    assert_eq!(page(search("M-", 10, None)), (String::new(), None));
+    assert_eq!(page(search("-7", 10, None)), ("B-7".into(), None));
+
+    // District: `north2` is not `north`.
+    let district = |d: &str, limit, after: Option<&str>| MeterQuery {
+        district: Some(d.into()),
+        ..q(limit, after)
+    };
+    assert_eq!(
+        page(district("north", 3, None)),
+        ("B-7 m-01 m-10".into(), next("m-10"))
+    );
+    assert_eq!(
+        page(district("north", 3, Some("m-10"))),
+        ("x-m-1".into(), None)
+    );
+    assert_eq!(
+        page(district("north", 3, Some("m-05"))),
+        ("m-10 x-m-1".into(), None)
+    );
+    assert_eq!(page(district("north2", 3, None)), ("m_05".into(), None));
+    assert_eq!(page(district("south", 3, None)), ("m-02 m-2".into(), None));
+    assert_eq!(page(district("nort", 3, None)), (String::new(), None));
+    assert_eq!(page(district("no:rth", 3, None)), (String::new(), None));
+
+    // Silent: newest reading before the bound (strictly), or none at all.
+    let silent = |before: i64, limit, after: Option<&str>| MeterQuery {
+        silent_before_ms: Some(before),
+        ..q(limit, after)
+    };
+    assert_eq!(
+        page(silent(NOON - HOUR, 10, None)),
+        ("m-01 m-02 m-2 x-m-1".into(), None)
+    );
+    assert_eq!(
+        page(silent(NOON - HOUR, 2, Some("m-01"))),
+        ("m-02 m-2".into(), next("m-2"))
+    );
+    assert_eq!(
+        page(silent(NOON - 5 * HOUR, 10, None)),
+        ("m-02 x-m-1".into(), None)
+    );
+    assert_eq!(
+        page(silent(NOON - 5 * HOUR + 1, 10, None)),
+        ("m-01 m-02 x-m-1".into(), None)
+    );
+    assert_eq!(page(silent(i64::MIN, 10, None)), ("m-02".into(), None));
+
+    // Filters together.
+    let north_silent = MeterQuery {
+        district: Some("north".into()),
+        ..silent(NOON - HOUR, 10, None)
+    };
+    assert_eq!(page(north_silent.clone()), ("m-01 x-m-1".into(), None));
+    assert_eq!(
+        page(MeterQuery {
+            limit: 1,
+            ..north_silent.clone()
+        }),
+        ("m-01".into(), next("m-01"))
+    );
+    assert_eq!(
+        page(MeterQuery {
+            search: Some("x".into()),
+            ..north_silent.clone()
+        }),
+        ("x-m-1".into(), None)
+    );
+    assert_eq!(
+        page(MeterQuery {
+            search: Some("0".into()),
+            district: Some("south".into()),
+            ..silent(NOON, 10, None)
+        }),
+        ("m-02".into(), None)
+    );
+
+    // A meter moves from north to south; a newer reading ends its silence.
+    cache
+        .apply(&Outputs {
+            meters: vec![fleet_meter("m-01", "south", Some(NOON))],
+            ..Outputs::default()
+        })
+        .unwrap();
+    assert_eq!(
+        page(district("north", 10, None)),
+        ("B-7 m-10 x-m-1".into(), None)
+    );
+    assert_eq!(
+        page(district("south", 10, None)),
+        ("m-01 m-02 m-2".into(), None)
+    );
+    assert_eq!(page(north_silent), ("x-m-1".into(), None));
+    assert_eq!(
+        page(silent(NOON - HOUR, 10, None)),
+        ("m-02 m-2 x-m-1".into(), None)
+    );
+    assert_eq!(page(q(10, None)).0, all);
+
+    // Battery and signal: what the meter last reported, kept through views without.
+    let reported = |battery, rssi| MeterView {
+        battery,
+        rssi,
+        ..fleet_meter("m-10", "north", Some(NOON))
+    };
+    let stored = || {
+        let view = cache.meter(&meter_key("fleet", "m-10")).unwrap().unwrap();
+        (view.battery, view.rssi)
+    };
+    for (battery, rssi, want) in [
+        (Some(87), Some(-97), (Some(87), Some(-97))),
+        (None, None, (Some(87), Some(-97))),
+        (Some(80), None, (Some(80), Some(-97))),
+        (None, Some(-90), (Some(80), Some(-90))),
+    ] {
+        cache
+            .apply(&Outputs {
+                meters: vec![reported(battery, rssi)],
+                ..Outputs::default()
+            })
+            .unwrap();
+        assert_eq!(stored(), want, "after battery {battery:?}, rssi {rssi:?}");
+    }
+    // Within one apply too: a later view without them keeps the earlier one's.
+    cache
+        .apply(&Outputs {
+            meters: vec![reported(Some(12), Some(-120)), reported(None, None)],
+            ..Outputs::default()
+        })
+        .unwrap();
+    assert_eq!(stored(), (Some(12), Some(-120)));
+    let listed = cache.meters("fleet", &search("m-10", 1, None)).unwrap();
+    assert_eq!(
+        (listed.meters[0].battery, listed.meters[0].rssi),
+        (Some(12), Some(-120))
+    );
+    assert!(cache.meters("nobody", &list(10)).unwrap().meters.is_empty());
+}
+
+/// A deterministic xorshift64* generator: the property below is seeded, so a
+/// failure replays.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len())]
+    }
+}
+
+/// A generated view of meter `id` in tenant `gen`: one of districts whose ids
+/// extend each other, a reading within two days of [`NOON`] or none, a battery
+/// level or none.
+fn generated_view(rng: &mut Rng, id: &str) -> MeterView {
+    const DISTRICTS: [&str; 4] = ["north", "north2", "south", "default"];
+    let last_ts = (rng.below(10) != 0).then(|| NOON - (rng.below(48 * 60) as i64) * MINUTE);
+    let district = rng.pick(&DISTRICTS);
+    MeterView {
+        tenant: "gen".into(),
+        battery: (rng.below(2) == 0).then(|| rng.below(101) as u8),
+        ..fleet_meter(id, district, last_ts)
+    }
+}
+
+/// Two rounds of views of a generated fleet of about `size` meters: ids from a small
+/// alphabet (so prefixes and substrings collide, and some ids repeat within the
+/// round), then new views of a fifth of them (moves, new readings, batteries gone).
+fn generated_fleet(rng: &mut Rng, size: usize) -> [Vec<MeterView>; 2] {
+    let mut first = Vec::with_capacity(size);
+    for i in 0..size {
+        let prefix = rng.pick(&["m", "M", "w", "m_"]);
+        let id = format!("{prefix}{}-{:03}", rng.below(50), i % 997);
+        first.push(generated_view(rng, &id));
+    }
+    let mut second = Vec::new();
+    for view in &first {
+        if rng.below(5) == 0 {
+            second.push(generated_view(rng, &view.meter));
+        }
+    }
+    [first, second]
+}
+
+/// The property: for generated fleets and queries, both caches serve the same pages,
+/// and walking every page of a query yields exactly the fleet filtered by
+/// `MeterQuery::matches`, in id order, each meter once.
+fn check_generated_meter_lists(caches: &[&dyn HotCache], seed: u64, size: usize) {
+    let mut rng = Rng(seed);
+    let rounds = generated_fleet(&mut rng, size);
+    for round in &rounds {
+        for cache in caches {
+            cache
+                .apply(&Outputs {
+                    meters: round.clone(),
+                    ..Outputs::default()
+                })
+                .unwrap();
+        }
+    }
+    // What the caches should hold: the last view per meter, battery kept.
+    let mut expected: std::collections::BTreeMap<String, MeterView> = Default::default();
+    for view in rounds.iter().flatten() {
+        let kept = expected.get(&view.meter).and_then(|v| v.battery);
+        let mut view = view.clone();
+        view.battery = view.battery.or(kept);
+        expected.insert(view.meter.clone(), view);
+    }
+    for case in 0..40 {
+        let query = MeterQuery {
+            search: (rng.below(3) == 0).then(|| {
+                rng.pick(&["m", "-0", "_", "7", "M1", "zz", "w4-"])
+                    .to_owned()
+            }),
+            district: (rng.below(3) == 0).then(|| {
+                rng.pick(&["north", "north2", "south", "default", "east"])
+                    .to_owned()
+            }),
+            silent_before_ms: (rng.below(3) == 0)
+                .then(|| NOON - (rng.below(48 * 60) as i64) * MINUTE),
+            after: None,
+            limit: [1, 7, 100, 1_000][rng.below(4)],
+        };
+        let want: Vec<&MeterView> = expected.values().filter(|v| query.matches(v)).collect();
+        let mut walked = Vec::new();
+        let mut query_at = query.clone();
+        // A limit-1 walk of thousands of meters would take thousands of calls: a
+        // prefix of the walk is compared then.
+        for _ in 0..60 {
+            let pages: Vec<MeterPage> = caches
+                .iter()
+                .map(|cache| cache.meters("gen", &query_at).unwrap())
+                .collect();
+            for page in &pages[1..] {
+                assert_eq!(page, &pages[0], "case {case}: {query_at:?}");
+            }
+            let page = &pages[0];
+            assert!(page.meters.len() <= query.limit);
+            walked.extend(page.meters.iter().cloned());
+            match &page.next {
+                Some(next) => {
+                    assert_eq!(Some(next), page.meters.last().map(|v| &v.meter));
+                    query_at.after = Some(next.clone());
+                }
+                None => {
+                    query_at.after = None;
+                    break;
+                }
+            }
+        }
+        let finished = query_at.after.is_none();
+        let want_prefix: Vec<MeterView> = want
+            .iter()
+            .take(if finished { want.len() } else { walked.len() })
+            .map(|v| (*v).clone())
+            .collect();
+        assert_eq!(walked, want_prefix, "case {case}: {query:?}");
+    }
+}
+
+#[test]
+fn memory_cache_lists_meters_by_the_contract() {
+    check_meter_list(&MemoryCache::new());
+    check_generated_meter_lists(&[&MemoryCache::new()], 0x5EED_0001, 3_000);
+}
+
+#[test]
+fn redis_cache_lists_meters_by_the_contract() {
+    let Some(url) = servers::redis("redis_meter_list") else {
+        return;
+    };
+    let prefix = servers::unique_name("meter_list");
+    let _cleanup = Cleanup::new(&url, &prefix);
+    let cache = RedisCache::open(
+        &url,
+        RedisConfig {
+            key_prefix: prefix.clone(),
+            ..RedisConfig::default()
+        },
+    )
+    .unwrap();
+    check_meter_list(&cache);
+}
+
+/// Memory and Redis page alike over generated fleets. One fleet is several times a
+/// page script's budget of examined members (2,000), so sparse filters make the
+/// Redis side continue its walk over several calls.
+#[test]
+fn redis_and_memory_caches_list_generated_fleets_alike() {
+    let Some(url) = servers::redis("redis_generated_meter_lists") else {
+        return;
+    };
+    for (seed, size) in [(0x5EED_0002, 300), (0x5EED_0003, 12_000)] {
+        let prefix = servers::unique_name("generated_lists");
+        let _cleanup = Cleanup::new(&url, &prefix);
+        let redis = RedisCache::open(
+            &url,
+            RedisConfig {
+                key_prefix: prefix.clone(),
+                ..RedisConfig::default()
+            },
+        )
+        .unwrap();
+        let memory = MemoryCache::new();
+        check_generated_meter_lists(&[&memory, &redis], seed, size);
+    }
 }
 
 #[test]

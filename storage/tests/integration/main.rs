@@ -8,6 +8,7 @@ mod embedded_model;
 mod embedded_retention;
 mod outputs_contract;
 mod redis;
+mod redis_series;
 mod scylla;
 mod servers;
 mod utils;

@@ -104,7 +104,8 @@ fn redis_apply_writes_the_documented_hash_with_a_ttl_and_reads_it_back() {
     assert_eq!(hash[fields::QUALITY], "actual");
     assert_eq!(hash[fields::TEMP], "125");
     assert_eq!(hash[fields::LAST_SEQ], "41");
-    assert_eq!(hash.len(), 8);
+    assert_eq!(hash[fields::DISTRICT], "default");
+    assert_eq!(hash.len(), 9);
     let ttl: i64 = raw.connection.ttl(&key).unwrap();
     assert!(ttl > 7 * 86_400 - 60 && ttl <= 7 * 86_400, "{ttl}");
 
@@ -298,6 +299,42 @@ fn redis_apply_writes_every_key_with_its_fields_and_a_ttl() {
         (format!("{t}:alerts"), ("stream", config.alerts_ttl_secs)),
         (format!("{t}:alerts:open"), ("hash", config.alerts_ttl_secs)),
         (format!("{t}:summary"), ("hash", config.summary_ttl_secs)),
+        // The meter index (redis_series.rs checks its contents and commands).
+        (format!("{t}:meters"), ("zset", config.meter_ttl_secs)),
+        (
+            format!("{t}:meters:by_district"),
+            ("zset", config.meter_ttl_secs),
+        ),
+        (
+            format!("{t}:meters:last_ts"),
+            ("zset", config.meter_ttl_secs),
+        ),
+        (format!("{t}:meters:seen"), ("zset", config.meter_ttl_secs)),
+        (
+            format!("{t}:meters:district"),
+            ("hash", config.meter_ttl_secs),
+        ),
+        // District index and series.
+        (
+            format!("{t}:districts"),
+            ("zset", config.district_day_ttl_secs),
+        ),
+        (
+            format!("{t}:series:district:north:min"),
+            ("zset", config.district_minute_ttl_secs),
+        ),
+        (
+            format!("{t}:series:district:south:min"),
+            ("zset", config.district_minute_ttl_secs),
+        ),
+        (
+            format!("{t}:series:district:north:hour"),
+            ("zset", config.district_hour_ttl_secs),
+        ),
+        (
+            format!("{t}:series:district:north:day"),
+            ("zset", config.district_day_ttl_secs),
+        ),
     ]
     .into();
     let found = key_types(&mut raw.connection, &p);
@@ -323,8 +360,9 @@ fn redis_apply_writes_every_key_with_its_fields_and_a_ttl() {
     }
 
     let m1 = hash(&mut raw.connection, &format!("{t}:meter:m1"));
-    assert_eq!(m1.len(), 12, "{m1:?}");
+    assert_eq!(m1.len(), 13, "{m1:?}");
     for (field, value) in [
+        (fields::DISTRICT, "default"),
         (fields::TODAY_L, "900"),
         (fields::QUALITY, "actual"),
         (fields::PERIOD, "2025-01"),
@@ -459,9 +497,19 @@ fn redis_replaying_outputs_leaves_the_same_hashes_and_zsets_and_grows_the_stream
     let (cache, mut raw, p) = cache_on(&url, "replay", RedisConfig::default());
     let outputs = full_outputs("acme");
     cache.apply(&outputs).unwrap();
-    let before = contents(&mut raw.connection, &p);
+    let mut before = contents(&mut raw.connection, &p);
     cache.apply(&outputs).unwrap();
     let mut after = contents(&mut raw.connection, &p);
+    // `meters:seen` records when (server clock) each view was last written: a replay
+    // is a write, so only its scores move; its members stay.
+    let seen = format!("{p}:{{acme}}:meters:seen");
+    let members = |content: Option<Content>| match content {
+        Some(Content::Zset(scored)) => scored.into_iter().map(|(m, _)| m).collect::<Vec<_>>(),
+        other => panic!("{seen} holds {other:?}"),
+    };
+    let seen_before = members(before.remove(&seen));
+    assert_eq!(seen_before, ["m1", "m2"]);
+    assert_eq!(members(after.remove(&seen)), seen_before);
     let stream = format!("{p}:{{acme}}:alerts");
     // The stream is an event log: the replay appended the same five steps again.
     assert_eq!(before[&stream], Content::StreamLen(5));
