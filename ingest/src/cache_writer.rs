@@ -5,8 +5,10 @@
 //! since values are absolute — and applied with the next update that succeeds, or by
 //! [`CacheWriter::retry_pending`] when no traffic comes. So once the cache is back,
 //! it is current again with the next attempt, not only for meters that report again.
-//! What is kept is bounded ([`MAX_PENDING_METERS`]); past it the oldest views are
-//! dropped and counted — those meters are repaired by their next report.
+//! What is kept is bounded ([`MAX_PENDING_METERS`]); past it the views held longest
+//! are dropped and counted — those meters are repaired by their next report. A held
+//! view keeps the battery and signal of an older held one when it reports none, as
+//! the caches do.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,7 +30,7 @@ pub struct CacheWriter {
     cache: Arc<dyn HotCache>,
     metrics: PipelineMetrics,
     /// Views not yet applied, newest per meter.
-    pending_meters: HashMap<(String, String), MeterView>,
+    pending_meters: PendingViews,
     /// Everything else not yet applied, in order.
     pending_others: Outputs,
     failing_since: Option<Instant>,
@@ -39,7 +41,7 @@ impl CacheWriter {
         Self {
             cache,
             metrics,
-            pending_meters: HashMap::new(),
+            pending_meters: PendingViews::default(),
             pending_others: Outputs::default(),
             failing_since: None,
         }
@@ -57,7 +59,7 @@ impl CacheWriter {
             return;
         }
         let mut batch = std::mem::take(&mut self.pending_others);
-        batch.meters = self.pending_meters.drain().map(|(_, view)| view).collect();
+        batch.meters = self.pending_meters.drain();
         let started = Instant::now();
         match self.cache.apply(&batch) {
             Ok(()) => {
@@ -84,11 +86,6 @@ impl CacheWriter {
         }
     }
 
-    /// Whether updates are waiting for the cache.
-    pub fn has_pending(&self) -> bool {
-        !self.pending_meters.is_empty() || !self.pending_others.is_empty()
-    }
-
     fn hold(&mut self, outputs: Outputs) {
         let Outputs {
             meters,
@@ -99,17 +96,10 @@ impl CacheWriter {
             summaries,
         } = outputs;
         for view in meters {
-            self.pending_meters
-                .insert((view.tenant.clone(), view.meter.clone()), view);
+            self.pending_meters.insert(view);
         }
-        if self.pending_meters.len() > MAX_PENDING_METERS {
-            let excess = self.pending_meters.len() - MAX_PENDING_METERS;
-            let dropped: Vec<_> = self.pending_meters.keys().take(excess).cloned().collect();
-            for key in dropped {
-                self.pending_meters.remove(&key);
-            }
-            self.metrics.cache_dropped.increment(excess as u64);
-        }
+        let dropped = self.pending_meters.trim(MAX_PENDING_METERS);
+        self.metrics.cache_dropped.increment(dropped as u64);
         let others = &mut self.pending_others;
         others.bills.extend(bills);
         others.alerts.extend(alerts);
@@ -135,9 +125,102 @@ impl CacheWriter {
     }
 }
 
+/// The newest view of each meter waiting for the cache, in the order they were first
+/// held.
+#[derive(Default)]
+struct PendingViews {
+    /// By (tenant, meter): when first held (a counter) and the newest view.
+    views: HashMap<(String, String), (u64, MeterView)>,
+    held: u64,
+}
+
+impl PendingViews {
+    fn is_empty(&self) -> bool {
+        self.views.is_empty()
+    }
+
+    /// Holds `view`, replacing the meter's held one; battery and signal the new view
+    /// does not report stay as the held one had them.
+    fn insert(&mut self, mut view: MeterView) {
+        let key = (view.tenant.clone(), view.meter.clone());
+        match self.views.get_mut(&key) {
+            Some((_, held)) => {
+                view.battery = view.battery.or(held.battery);
+                view.rssi = view.rssi.or(held.rssi);
+                *held = view;
+            }
+            None => {
+                self.held += 1;
+                self.views.insert(key, (self.held, view));
+            }
+        }
+    }
+
+    /// Drops the views held longest until at most `max` remain; returns how many.
+    fn trim(&mut self, max: usize) -> usize {
+        let excess = self.views.len().saturating_sub(max);
+        if excess > 0 {
+            let mut order: Vec<(u64, (String, String))> = self
+                .views
+                .iter()
+                .map(|(key, (held, _))| (*held, key.clone()))
+                .collect();
+            order.select_nth_unstable(excess - 1);
+            for (_, key) in &order[..excess] {
+                self.views.remove(key);
+            }
+        }
+        excess
+    }
+
+    /// Every held view, leaving none.
+    fn drain(&mut self) -> Vec<MeterView> {
+        self.views.drain().map(|(_, (_, view))| view).collect()
+    }
+}
+
 /// Drops up to `*count` of the oldest entries of `list`, lowering `*count` by as many.
 fn drop_oldest<T>(list: &mut Vec<T>, count: &mut usize) {
     let n = (*count).min(list.len());
     list.drain(..n);
     *count -= n;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meterflow_model::MeterKey;
+    use meterflow_model::state::MeterState;
+
+    fn view(meter: &str, battery: Option<u8>) -> MeterView {
+        let key = MeterKey::new("t".try_into().unwrap(), meter.try_into().unwrap());
+        MeterView {
+            battery,
+            ..MeterView::of_state(&key, &MeterState::default(), "north")
+        }
+    }
+
+    #[test]
+    fn a_held_view_keeps_the_battery_an_older_one_reported() {
+        let mut pending = PendingViews::default();
+        pending.insert(view("m1", Some(40)));
+        pending.insert(view("m1", None));
+        assert_eq!(pending.drain(), vec![view("m1", Some(40))]);
+        assert!(pending.is_empty());
+    }
+
+    #[test]
+    fn trimming_drops_the_views_held_longest() {
+        let mut pending = PendingViews::default();
+        for meter in ["m1", "m2", "m3", "m4"] {
+            pending.insert(view(meter, None));
+        }
+        // A newer view of m1 does not make it younger: it has waited longest.
+        pending.insert(view("m1", Some(9)));
+        assert_eq!(pending.trim(2), 2);
+        let mut left: Vec<String> = pending.drain().into_iter().map(|v| v.meter).collect();
+        left.sort();
+        assert_eq!(left, ["m3", "m4"]);
+        assert_eq!(pending.trim(2), 0);
+    }
 }
