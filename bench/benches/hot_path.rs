@@ -30,7 +30,11 @@
 //!   sealed batches, 1,024 readings, with the outputs derived from them after the
 //!   district rollup, as `ingest/src/sink.rs` commits a group) into a temporary store
 //!   that already holds the history. The journal's fsync is a system call: its wait
-//!   is not counted, the work around it is.
+//!   is not counted, the work around it is;
+//! - `cache_apply` — `MemoryCache::apply` of that group's outputs (the in-process hot
+//!   cache, as the sink's cache writer applies a group once it is durable) to a cache
+//!   holding the history's. The cache writer's own merging of pending updates is
+//!   private to ingest and not measured.
 //!
 //! Fixtures are built in each benchmark's setup, which Callgrind does not count; each
 //! stage returns its input so that dropping it is not counted either.
@@ -51,8 +55,9 @@ use meterflow_model::{
 use meterflow_processors::ProcessorChain;
 use meterflow_processors::analytics::DistrictRollup;
 use meterflow_simulator::{MacKeys, SimConfig, meter_id_string, meter_messages};
-use meterflow_storage::ReadingStore;
 use meterflow_storage::embedded::EmbeddedStore;
+use meterflow_storage::memory_cache::MemoryCache;
+use meterflow_storage::{HotCache, ReadingStore};
 use tempfile::TempDir;
 
 /// Meters in the shard's batch: enough that per-meter work dominates per-batch
@@ -351,13 +356,17 @@ struct CommitInput {
     _dir: TempDir,
 }
 
-fn commit_input() -> CommitInput {
-    let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(&dir.path().join("store")).unwrap();
+/// One sink group: its sealed batches and their outputs, merged.
+type SinkGroup = (Vec<SealedBatch>, Outputs);
+
+/// Every round through the shard and the processors, gathered as the sink gathers
+/// them: groups of [`GROUP_ROUNDS`] batches whose outputs went through the district
+/// rollup and were merged. The last group is the measured one.
+fn sink_groups() -> Vec<SinkGroup> {
     let mut fleet = ShardFleet::new();
     let mut chain = ProcessorChain::standard();
     let mut rollup = DistrictRollup::new(1);
-    let mut groups: Vec<(Vec<SealedBatch>, Outputs)> = Vec::new();
+    let mut groups: Vec<SinkGroup> = Vec::new();
     replay(&rounds(), &mut fleet, &mut chain, |batch, mut outputs| {
         rollup.absorb(batch.shard, batch.now_ms, &mut outputs);
         match groups.last_mut() {
@@ -368,6 +377,13 @@ fn commit_input() -> CommitInput {
             _ => groups.push((vec![batch], outputs)),
         }
     });
+    groups
+}
+
+fn commit_input() -> CommitInput {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(&dir.path().join("store")).unwrap();
+    let mut groups = sink_groups();
     let (batches, outputs) = groups.pop().expect("ROUNDS > 0");
     for (history, history_outputs) in &groups {
         store.commit(history, history_outputs).unwrap();
@@ -390,6 +406,24 @@ fn store_commit(input: CommitInput) -> CommitInput {
     input
 }
 
+/// The in-process hot cache holding the history's outputs, and the last group's.
+fn cache_input() -> (MemoryCache, Outputs) {
+    let mut groups = sink_groups();
+    let (_, outputs) = groups.pop().expect("ROUNDS > 0");
+    let cache = MemoryCache::new();
+    for (_, history) in &groups {
+        cache.apply(history).unwrap();
+    }
+    (cache, outputs)
+}
+
+#[library_benchmark]
+#[bench::group(cache_input())]
+fn cache_apply(input: (MemoryCache, Outputs)) -> (MemoryCache, Outputs) {
+    input.0.apply(black_box(&input.1)).unwrap();
+    input
+}
+
 library_benchmark_group!(
     name = stages,
     benchmarks = [
@@ -398,7 +432,8 @@ library_benchmark_group!(
         mac_verify,
         shard_admit,
         processors_chain,
-        store_commit
+        store_commit,
+        cache_apply
     ]
 );
 
