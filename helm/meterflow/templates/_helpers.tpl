@@ -218,6 +218,11 @@ listen = {{ printf "0.0.0.0:%d" (int .Values.ports.http) | quote }}
 backend = {{ printf "scylla://%s/%s" (join "," .Values.store.scylla.contactPoints) .Values.store.scylla.keyspace | quote }}
 {{- end }}
 data_dir = {{ .Values.store.persistence.mountPath | quote }}
+{{- if eq .Values.store.kind "embedded" }}
+readings_retention_days = {{ int .Values.store.retention.readingsDays }}
+dead_letter_retention_days = {{ int .Values.store.retention.deadLettersDays }}
+district_hourly_retention_days = {{ int .Values.store.retention.districtHourlyDays }}
+{{- end }}
 {{- if eq .Values.store.kind "scylla" }}
 
 [store.scylla]
