@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 /// What an alert is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AlertKind {
     /// Water never stopped: no zero-consumption hour within the leak window.
@@ -88,6 +89,7 @@ impl AlertKind {
 
 /// Notification priority; `Critical` is delivered first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Priority {
     Critical,
@@ -110,6 +112,7 @@ impl Priority {
 
 /// Where an episode is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum EpisodeState {
     Opened,
@@ -138,6 +141,7 @@ impl EpisodeState {
 /// One step of an alert episode, for the `alerts` table, the Redis stream and
 /// notifications.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AlertEvent {
     pub tenant: String,
     pub meter: String,

@@ -22,6 +22,7 @@ pub const SKETCH_GAMMA: f64 = 1.02;
 /// stored sparsely. Merging adds counts, so it is exactly associative and
 /// commutative, unlike sketches that carry floating-point sums.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UsageSketch {
     /// Values equal to zero (no bucket: log is undefined there).
     pub zeros: u64,
@@ -103,6 +104,7 @@ impl UsageSketch {
 
 /// Width of a district usage window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Resolution {
     Minute,
@@ -118,6 +120,7 @@ pub const NIGHT_HOURS: [u8; 2] = [2, 3];
 
 /// Usage of one district in one window (partial over a shard's meters, or merged).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DistrictUsage {
     pub tenant: String,
     pub district: String,
@@ -194,6 +197,7 @@ impl DistrictUsage {
 
 /// One meter in a top-consumers list.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TopEntry {
     pub meter: String,
     pub usage_l: u64,

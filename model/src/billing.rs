@@ -115,6 +115,7 @@ impl Tariff {
 
 /// What one tier contributes to a bill.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TierCharge {
     /// Litres of the period's usage that fell in this tier.
     pub usage_l: u64,
@@ -125,6 +126,7 @@ pub struct TierCharge {
 
 /// The running bill of one meter for one period.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BillLine {
     pub tenant: String,
     pub meter: String,

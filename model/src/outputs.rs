@@ -12,6 +12,7 @@ use crate::state::{MeterState, Quality};
 
 /// The latest picture of one meter, as dashboards read it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MeterView {
     pub tenant: String,
     pub meter: String,
@@ -96,6 +97,7 @@ impl MeterQuery {
 /// One page of a meter list; `next` is the `after` of the following page, `None` on
 /// the last one.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MeterPage {
     pub meters: Vec<MeterView>,
     pub next: Option<String>,
@@ -104,6 +106,7 @@ pub struct MeterPage {
 /// A tenant's headline numbers, as the dashboard's summary shows them. Absolute
 /// values, computed where the shards' partials are merged (the sink's rollup).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TenantSummary {
     pub tenant: String,
     /// Local day (tenant time zone) the figures are for, `yyyy-mm-dd`.

@@ -19,6 +19,7 @@ use crate::vee::VeeState;
 
 /// How far a stored reading can be trusted (VEE, DESIGN §4).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Quality {
     /// As measured by the meter.

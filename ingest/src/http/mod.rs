@@ -4,6 +4,9 @@
 //! - `GET /readyz` — the endpoint takes a new MQTT session (a CONNECT/CONNACK round
 //!   trip), the store is open and its writes succeed;
 //! - `GET /metrics` — Prometheus text;
+//! - `GET /api/v1/openapi.json` — the OpenAPI 3.1 document of all of these ([`openapi`]);
+//! - `GET /api/v1/tenants/{t}/meters?q=&district=&silent_for_s=&after=&limit=` — the
+//!   meters the hot cache holds, in id order, a page at a time (`next` → `after`);
 //! - `GET /api/v1/tenants/{t}/meters/{m}` — latest state of a meter;
 //! - `GET /api/v1/tenants/{t}/meters/{m}/readings?from=MS&to=MS&limit=N`;
 //! - `GET /api/v1/tenants/{t}/dead-letters?limit=N` — newest first;
@@ -12,7 +15,8 @@
 //! - `GET /api/v1/tenants/{t}/districts/{d}/usage?from=MS&to=MS&resolution=hour|minute`
 //!   — hourly rows from the store, minute rows from the hot cache;
 //! - `GET /api/v1/tenants/{t}/top?day=yyyy-mm-dd&limit=N` — top consumers of a day;
-//! - `GET /api/v1/tenants/{t}/alerts?state=open|all&limit=N`;
+//! - `GET /api/v1/tenants/{t}/alerts?state=open|all&meter=M&limit=N` — newest first;
+//!   `meter=` filters the tenant's newest [`MAX_ALERTS`] episodes to one meter;
 //! - `GET /api/v1/tenants/{t}/bills/{yyyy-mm}/{meter}` — usage, tiers, amount.
 //!
 //! Readings and bills also answer CSV (RFC 4180) to `Accept: text/csv` or
@@ -26,9 +30,12 @@
 //! wrong method) included. Store calls are blocking, so they run on tokio's blocking pool.
 //!
 //! - [`server`]: the server with socket limits (`[http]`), [`serve`];
-//! - `format`: JSON or CSV answers (content negotiation, CSV rendering).
+//! - `format`: JSON or CSV answers (content negotiation, CSV rendering);
+//! - [`openapi`]: the document's skeleton and shared responses. A route is added in
+//!   `api()` with `routes!` and a `#[utoipa::path]` on its handler, or a test fails.
 
 mod format;
+pub mod openapi;
 pub mod server;
 
 use std::net::SocketAddr;
@@ -40,15 +47,17 @@ use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Json, Router};
 use meterflow_model::{
-    DeadLetter, MeterId, MeterKey, MeterPage, MeterQuery, MeterView, StoredReading,
+    DeadLetter, MeterId, MeterKey, MeterPage, MeterQuery, MeterView, Quality, StoredReading,
+    TenantId, TenantProcessing,
 };
 use meterflow_storage::{HotCache, ReadingStore};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use server::{ServeLimits, serve};
 
@@ -57,12 +66,20 @@ use format::{Format, bill_csv, csv_response, json_response, negotiate, readings_
 use meterflow_model::TenantSummary;
 use meterflow_model::alert::AlertEvent;
 use meterflow_model::analytics::{DistrictUsage, Resolution, TopEntry};
+use meterflow_model::billing::BillLine;
 use meterflow_model::processing::{DEFAULT_DISTRICT, ProcessorsConfig};
+use openapi::{BadRequest, ErrorBody, NotAcceptable, NotFound, Unauthorized, Unavailable};
 
-/// Most alerts one call returns.
+/// Most alert episodes one call returns, and how many of the tenant's newest episodes
+/// a `meter=` filter looks through: a bound on what one request reads from the store.
+/// On a large tenant that may be days of episodes, so a meter's older history is not
+/// served by the list (the store has no per-meter index of episodes yet).
 const MAX_ALERTS: usize = 1_000;
-/// Largest page of the meter list.
+/// Largest page of the meter list (larger `limit`s are served this many, with `next`):
+/// a page a dashboard renders at once; integrators follow `next`.
 const MAX_METERS_PAGE: usize = 1_000;
+/// Page size of the meter list when the caller does not say.
+const DEFAULT_METERS_PAGE: usize = 100;
 /// Widest window of minute rows one call returns (a day), so a dashboard cannot
 /// make the cache enumerate months of minutes.
 const MAX_MINUTE_WINDOW_MS: i64 = 86_400_000;
@@ -85,6 +102,16 @@ pub struct AppState {
     pub processing: Arc<ProcessorsConfig>,
 }
 
+impl AppState {
+    /// The processing settings of `tenant`: its own, or the defaults.
+    fn settings(&self, tenant: &TenantId) -> &TenantProcessing {
+        self.processing
+            .tenants
+            .get(tenant)
+            .unwrap_or(&self.processing.defaults)
+    }
+}
+
 /// The endpoint's readiness probe target.
 #[derive(Clone)]
 pub struct MqttProbe {
@@ -97,31 +124,42 @@ pub struct MqttProbe {
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/api/v1/tenants/{tenant}/meters", get(meters))
-        .route("/api/v1/tenants/{tenant}/meters/{meter}", get(meter))
-        .route(
-            "/api/v1/tenants/{tenant}/meters/{meter}/readings",
-            get(readings),
-        )
-        .route("/api/v1/tenants/{tenant}/dead-letters", get(dead_letters))
-        .route("/api/v1/tenants/{tenant}/summary", get(summary))
-        .route("/api/v1/tenants/{tenant}/districts", get(districts))
-        .route(
-            "/api/v1/tenants/{tenant}/districts/{district}/usage",
-            get(district_usage),
-        )
-        .route("/api/v1/tenants/{tenant}/top", get(top))
-        .route("/api/v1/tenants/{tenant}/alerts", get(alerts))
-        .route("/api/v1/tenants/{tenant}/bills/{period}/{meter}", get(bill))
-        .with_state(state)
-        .merge(crate::dashboard::routes())
+    routes().with_state(state)
+}
+
+/// Every route — the documented API, the dashboard's assets — with the JSON error
+/// fallback and the layers; stateless until [`router`] gives it the state.
+fn routes() -> Router<AppState> {
+    let (api, _document) = api().split_for_parts();
+    api.merge(crate::dashboard::routes())
         .fallback(|| async { StatusCode::NOT_FOUND })
         .layer(middleware::from_fn(json_errors))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+}
+
+/// The API's routes, each registered with its documentation: `routes!` takes the path
+/// and method from the handler's `#[utoipa::path]`. A new route goes here.
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_json))
+        .routes(routes!(list_meters))
+        .routes(routes!(get_meter))
+        .routes(routes!(list_readings))
+        .routes(routes!(list_dead_letters))
+        .routes(routes!(get_summary))
+        .routes(routes!(list_districts))
+        .routes(routes!(get_district_usage))
+        .routes(routes!(list_top_consumers))
+        .routes(routes!(list_alerts))
+        .routes(routes!(get_bill))
+}
+
+/// The OpenAPI document of the API (what `GET /api/v1/openapi.json` serves).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().into_openapi()
 }
 
 /// Largest request body taken: the API is GET-only, so this is only room for clients
@@ -182,25 +220,60 @@ pub struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
     }
 }
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
+/// The process is up.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "Always `ok`", body = String, content_type = "text/plain"))
+)]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// What `/readyz` found.
+#[derive(Serialize, ToSchema)]
+struct Readiness {
+    /// The endpoint took a new MQTT session (a CONNECT/CONNACK round trip).
+    mqtt_sessions: bool,
+    /// Why it did not, when it did not.
+    mqtt_error: Option<String>,
+    /// The store is open.
+    store_open: bool,
+    /// The store's latest writes succeeded.
+    store_writes_ok: bool,
+}
+
+/// Ready: the endpoint takes a new MQTT session, the store is open and its writes
+/// succeed.
+///
+/// `mqtt_sessions` is a real CONNECT/CONNACK round trip against the endpoint: it fails
+/// at `mqtt.max_connections` or over `mqtt.connection_rate` too.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready; the fields say what is not", body = Readiness),
+    )
+)]
 async fn readyz(State(state): State<AppState>) -> Response {
     let probe = &state.mqtt_probe;
     let mqtt = crate::endpoint::probe::probe(probe.addr, &probe.secret, PROBE_TIMEOUT).await;
-    let mqtt_sessions = mqtt.is_ok();
-    let store_open = state.store.is_ready();
-    let store_writing = state.store_healthy.load(Ordering::Relaxed);
-    let body = json!({
-        "mqtt_sessions": mqtt_sessions,
-        "mqtt_error": mqtt.err(),
-        "store_open": store_open,
-        "store_writes_ok": store_writing,
-    });
-    let status = if mqtt_sessions && store_open && store_writing {
+    let body = Readiness {
+        mqtt_sessions: mqtt.is_ok(),
+        mqtt_error: mqtt.err(),
+        store_open: state.store.is_ready(),
+        store_writes_ok: state.store_healthy.load(Ordering::Relaxed),
+    };
+    let status = if body.mqtt_sessions && body.store_open && body.store_writes_ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -208,11 +281,38 @@ async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// Prometheus metrics (`meterflow_*`, listed in the operations guide).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((
+        status = 200,
+        description = "Prometheus text exposition format 0.0.4",
+        body = String,
+        content_type = "text/plain"
+    ))
+)]
 async fn metrics(State(state): State<AppState>) -> Response {
     // The process metrics are read from /proc now, at the scrape.
     let mut text = state.prometheus.render();
     text.push_str(&crate::metrics::process::render());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// This document: the API in OpenAPI 3.1.
+#[utoipa::path(
+    get,
+    path = "/api/v1/openapi.json",
+    tag = "operations",
+    responses((status = 200, description = "The OpenAPI document", body = Object, content_type = "application/json"))
+)]
+async fn openapi_json() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        openapi::document_json(),
+    )
+        .into_response()
 }
 
 /// Checks the tenant exists and the caller may see it; returns its validated id.
@@ -243,6 +343,16 @@ fn authorize(
     Ok(t.id.clone())
 }
 
+/// A meter id from a URL, or a 400 saying what one looks like.
+fn meter_id(raw: &str) -> Result<MeterId, ApiError> {
+    MeterId::try_from(raw).map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("{raw:?} is not a meter id ([A-Za-z0-9_-]{{1,64}})"),
+        )
+    })
+}
+
 fn meter_key(
     state: &AppState,
     tenant: &str,
@@ -250,13 +360,7 @@ fn meter_key(
     headers: &HeaderMap,
 ) -> Result<MeterKey, ApiError> {
     let tenant = authorize(state, tenant, headers)?;
-    let meter = MeterId::try_from(meter).map_err(|_| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("{meter:?} is not a meter id ([A-Za-z0-9_-]{{1,64}})"),
-        )
-    })?;
-    Ok(MeterKey::new(tenant, meter))
+    Ok(MeterKey::new(tenant, meter_id(meter)?))
 }
 
 /// Runs a blocking store call off the async workers.
@@ -269,26 +373,80 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e))
 }
 
-#[derive(Deserialize)]
+/// `{tenant}` of a tenant's path.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct TenantPath {
+    /// The tenant's id.
+    tenant: String,
+}
+
+/// `{tenant}` and `{meter}` of a meter's path.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct MeterPath {
+    /// The tenant's id.
+    tenant: String,
+    /// The meter's id (`[A-Za-z0-9_-]{1,64}`).
+    meter: String,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct MeterListQuery {
-    /// Only meters whose id contains this text.
+    /// Only meters whose id contains this text (case-sensitive).
     q: Option<String>,
+    /// Only meters of this district (names: `GET …/districts`).
     district: Option<String>,
-    /// Only meters without a reading in the last `silent_for_s` seconds.
+    /// Only silent meters: those whose newest reading (by its own timestamp) is more
+    /// than this many seconds older than the service's clock.
     silent_for_s: Option<u64>,
-    /// The previous page's `next`.
+    /// The previous page's `next`: the list goes on after this meter id.
     after: Option<String>,
+    /// Meters per page, default 100. More than 1000 is served as 1000 (follow `next`);
+    /// 0 is a 400.
+    #[param(minimum = 1)]
     limit: Option<usize>,
 }
 
-/// `GET …/meters`: the tenant's meters the cache knows, in id order, a page at a time.
-async fn meters(
+/// The tenant's meters, in meter-id order, a page at a time.
+///
+/// Lists the meters the hot cache holds (with the in-process cache: those that
+/// reported since meterflow started), each as `GET …/meters/{meter}` shows it.
+/// Filters combine. Paging: when more meters match than `limit`, `next` is the last
+/// id of this page; ask again with `after=<next>` until `next` is null. Paging by
+/// `next` lists every matching meter exactly once (meters that appear meanwhile are
+/// listed when their id sorts after the page being read).
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{tenant}/meters",
+    tag = "meters",
+    params(TenantPath, MeterListQuery),
+    security((), ("api_token" = [])),
+    responses(
+        (status = 200, description = "One page of meters", body = MeterPage),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    )
+)]
+async fn list_meters(
     State(state): State<AppState>,
-    Path(tenant): Path<String>,
+    Path(path): Path<TenantPath>,
     Query(q): Query<MeterListQuery>,
     headers: HeaderMap,
 ) -> ApiResult<MeterPage> {
-    let tenant = authorize(&state, &tenant, &headers)?.to_string();
+    let tenant = authorize(&state, &path.tenant, &headers)?.to_string();
+    let limit = match q.limit.unwrap_or(DEFAULT_METERS_PAGE) {
+        0 => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("limit 0: a page holds 1 to {MAX_METERS_PAGE} meters"),
+            ));
+        }
+        n => n.min(MAX_METERS_PAGE),
+    };
     let silent_for_ms = q
         .silent_for_s
         .map(|s| i64::try_from(s.saturating_mul(1_000)).unwrap_or(i64::MAX));
@@ -297,7 +455,7 @@ async fn meters(
         district: q.district.filter(|s| !s.is_empty()),
         silent_before_ms: silent_for_ms.map(|ms| crate::clock::now_ms().saturating_sub(ms)),
         after: q.after.filter(|s| !s.is_empty()),
-        limit: q.limit.unwrap_or(100).clamp(1, MAX_METERS_PAGE),
+        limit,
     };
     let cache = state.cache.clone();
     Ok(Json(
@@ -305,56 +463,98 @@ async fn meters(
     ))
 }
 
-async fn meter(
+/// A meter's latest state: newest reading, today's usage, quality, district, battery
+/// and signal.
+///
+/// From the hot cache; after a restart, before the meter reports again, rebuilt from
+/// the stored state (battery and signal unknown until then).
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{tenant}/meters/{meter}",
+    tag = "meters",
+    params(MeterPath),
+    security((), ("api_token" = [])),
+    responses(
+        (status = 200, description = "The meter's latest state", body = MeterView),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    )
+)]
+async fn get_meter(
     State(state): State<AppState>,
-    Path((tenant, meter)): Path<(String, String)>,
+    Path(path): Path<MeterPath>,
     headers: HeaderMap,
 ) -> ApiResult<MeterView> {
-    let key = meter_key(&state, &tenant, &meter, &headers)?;
+    let key = meter_key(&state, &path.tenant, &path.meter, &headers)?;
+    let district = state
+        .settings(&key.tenant)
+        .districts
+        .get(&key.meter)
+        .map_or(DEFAULT_DISTRICT, String::as_str)
+        .to_owned();
     let (cache, store) = (state.cache.clone(), state.store.clone());
     let view = blocking(move || {
         if let Ok(Some(view)) = cache.meter(&key) {
             return Ok(Some(view));
         }
         let persisted = store.meter_state(&key).map_err(|e| e.to_string())?;
-        // The district is the cache's to know; a view rebuilt after a restart,
-        // before the meter reports, says `default` until then.
-        Ok(persisted.map(|s| MeterView::of_state(&key, &s, DEFAULT_DISTRICT)))
+        Ok(persisted.map(|s| MeterView::of_state(&key, &s, &district)))
     })
     .await?;
     view.map(Json).ok_or_else(|| {
         ApiError(
             StatusCode::NOT_FOUND,
-            format!("meter {tenant}/{meter} has sent nothing yet"),
+            format!("meter {}/{} has sent nothing yet", path.tenant, path.meter),
         )
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct RangeQuery {
+    /// Readings with `ts` at or after this instant, epoch ms.
     from: Option<i64>,
+    /// Readings with `ts` before this instant, epoch ms.
     to: Option<i64>,
+    /// Most readings returned (default and at most 10000).
     limit: Option<usize>,
-    format: Option<String>,
+    /// `csv` or `json`: overrides `Accept` (for browsers).
+    #[param(inline)]
+    format: Option<Format>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct FormatQuery {
-    format: Option<String>,
+    /// `csv` or `json`: overrides `Accept` (for browsers).
+    #[param(inline)]
+    format: Option<Format>,
 }
 
-#[derive(Serialize)]
+/// One stored reading as served.
+#[derive(Serialize, ToSchema)]
+#[schema(as = StoredReading)]
 struct ReadingOut {
+    /// When the meter took the reading, epoch ms.
     ts: i64,
+    /// Forward register, litres.
     reg: u64,
+    /// Reverse (backflow) register, litres.
     rev: u64,
+    /// Max flow in the interval, L/h.
     flow: u32,
+    /// Water temperature, 0.1 °C; absent when the meter did not send one.
     #[serde(skip_serializing_if = "Option::is_none")]
     temp: Option<i16>,
-    quality: &'static str,
+    quality: Quality,
+    /// Litres since the previous reading; absent while unknown.
     #[serde(skip_serializing_if = "Option::is_none")]
     interval_l: Option<u64>,
+    /// Seq of the message that carried it.
     seq: u64,
+    /// When meterflow received it, epoch ms.
     received_at: i64,
 }
 
@@ -366,7 +566,7 @@ impl From<StoredReading> for ReadingOut {
             rev: r.reading.rev,
             flow: r.reading.flow,
             temp: r.reading.temp,
-            quality: r.quality.as_str(),
+            quality: r.quality,
             interval_l: r.interval_l,
             seq: r.seq,
             received_at: r.received_at,
@@ -374,14 +574,42 @@ impl From<StoredReading> for ReadingOut {
     }
 }
 
-async fn readings(
+/// A meter's stored readings, ascending by `ts`; also CSV.
+///
+/// CSV columns: `ts,ts_iso,reg,rev,flow,temp,quality,interval_l,seq,received_at` —
+/// the JSON fields plus `ts_iso` (`ts` as ISO 8601 UTC); an absent field is an empty
+/// cell.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{tenant}/meters/{meter}/readings",
+    tag = "meters",
+    params(MeterPath, RangeQuery),
+    security((), ("api_token" = [])),
+    responses(
+        (
+            status = 200,
+            description = "The readings (`[]` for a meter without any)",
+            content(
+                (Vec<ReadingOut> = "application/json"),
+                (String = "text/csv"),
+            ),
+            headers(("Content-Disposition" = String, description = "CSV only: `attachment; filename=\"{tenant}-{meter}-readings.csv\"`"))
+        ),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 406, response = NotAcceptable),
+        (status = 503, response = Unavailable),
+    )
+)]
+async fn list_readings(
     State(state): State<AppState>,
-    Path((tenant, meter)): Path<(String, String)>,
+    Path(path): Path<MeterPath>,
     Query(q): Query<RangeQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let key = meter_key(&state, &tenant, &meter, &headers)?;
-    let format = negotiate(q.format.as_deref(), &headers)?;
+    let key = meter_key(&state, &path.tenant, &path.meter, &headers)?;
+    let format = negotiate(q.format, &headers)?;
     let filename = format!("{}-{}-readings.csv", key.tenant, key.meter);
     let (from, to) = (q.from.unwrap_or(i64::MIN), q.to.unwrap_or(i64::MAX));
     if from >= to {
@@ -408,18 +636,27 @@ async fn readings(
     })
 }
 
-#[derive(Deserialize)]
-struct LimitQuery {
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct DeadLetterQuery {
+    /// Most dead letters returned (default 100, at most 10000).
     limit: Option<usize>,
 }
 
-#[derive(Serialize)]
+/// A refused uplink as served.
+#[derive(Serialize, ToSchema)]
+#[schema(as = DeadLetter)]
 struct DeadLetterOut {
+    /// Why it was refused: a stable code (`malformed`, `clock_skew`, `bad_mac`, …;
+    /// the README lists them).
     reason: &'static str,
+    /// The MQTT topic it was published to.
     topic: String,
+    /// `{tenant}/{meter}/{seq}` where known, `-` for unknown parts.
     correlation_id: String,
+    /// When meterflow received it, epoch ms.
     received_at: i64,
-    /// The (capped) payload, as text where it is UTF-8, else hex.
+    /// The (capped) payload, as text where it is UTF-8, else `hex:` and its hex.
     payload: String,
 }
 
@@ -439,13 +676,28 @@ impl From<DeadLetter> for DeadLetterOut {
     }
 }
 
-async fn dead_letters(
+/// The tenant's dead letters (refused uplinks), newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{tenant}/dead-letters",
+    tag = "dead letters",
+    params(TenantPath, DeadLetterQuery),
+    security((), ("api_token" = [])),
+    responses(
+        (status = 200, description = "Newest first", body = Vec<DeadLetterOut>),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    )
+)]
+async fn list_dead_letters(
     State(state): State<AppState>,
-    Path(tenant): Path<String>,
-    Query(q): Query<LimitQuery>,
+    Path(path): Path<TenantPath>,
+    Query(q): Query<DeadLetterQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Vec<DeadLetterOut>> {
-    let tenant = authorize(&state, &tenant, &headers)?;
+    let tenant = authorize(&state, &path.tenant, &headers)?;
     let limit = q
         .limit
         .unwrap_or(DEFAULT_DEAD_LETTERS)
@@ -460,12 +712,27 @@ async fn dead_letters(
     Ok(Json(rows.into_iter().map(DeadLetterOut::from).collect()))
 }
 
-async fn summary(
+/// The tenant's headline numbers for its local today: usage, meters reporting, alerts
+/// open.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{tenant}/summary",
+    tag = "usage",
+    params(TenantPath),
+    security((), ("api_token" = [])),
+    responses(
+        (status = 200, description = "Today's summary (zeros before anything reported today)", body = TenantSummary),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    )
+)]
+async fn get_summary(
     State(state): State<AppState>,
-    Path(tenant): Path<String>,
+    Path(path): Path<TenantPath>,
     headers: HeaderMap,
 ) -> ApiResult<TenantSummary> {
-    let tenant = authorize(&state, &tenant, &headers)?;
+    let tenant = authorize(&state, &path.tenant, &headers)?;
     let cache = state.cache.clone();
     let id = tenant.to_string();
     let found = blocking(move || cache.summary(&id).map_err(|e| e.to_string())).await?;
@@ -499,17 +766,26 @@ fn summary_of_today(
     }
 }
 
-async fn districts(
+/// The tenant's district names (`default` holds meters without a district).
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{tenant}/districts",
+    tag = "usage",
+    params(TenantPath),
+    security((), ("api_token" = [])),
+    responses(
+        (status = 200, description = "District names, sorted", body = Vec<String>),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+    )
+)]
+async fn list_districts(
     State(state): State<AppState>,
-    Path(tenant): Path<String>,
+    Path(path): Path<TenantPath>,
     headers: HeaderMap,
 ) -> ApiResult<Vec<String>> {
-    let tenant = authorize(&state, &tenant, &headers)?;
-    let settings = state
-        .processing
-        .tenants
-        .get(&tenant)
-        .unwrap_or(&state.processing.defaults);
+    let tenant = authorize(&state, &path.tenant, &headers)?;
+    let settings = state.settings(&tenant);
     let mut names: Vec<String> = settings.districts.values().cloned().collect();
     names.push(DEFAULT_DISTRICT.to_string());
     names.sort();
@@ -517,31 +793,69 @@ async fn districts(
     Ok(Json(names))
 }
 
-#[derive(Deserialize)]
-struct UsageQuery {
-    from: Option<i64>,
-    to: Option<i64>,
-    resolution: Option<String>,
+/// `{tenant}` and `{district}` of a district's path.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct DistrictPath {
+    /// The tenant's id.
+    tenant: String,
+    /// A district name from `GET …/districts`.
+    district: String,
 }
 
-async fn district_usage(
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct UsageQuery {
+    /// Windows starting at or after this instant, epoch ms (default: `to` less a day
+    /// for hours, an hour for minutes).
+    from: Option<i64>,
+    /// Windows starting before this instant, epoch ms (default: now).
+    to: Option<i64>,
+    /// `hour` (default; from the store) or `minute` (from the hot cache, at most a day
+    /// per call).
+    #[param(inline)]
+    resolution: Option<UsageResolution>,
+}
+
+/// The windows district usage is served in.
+#[derive(Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum UsageResolution {
+    Hour,
+    Minute,
+}
+
+/// A district's usage per hour or minute: litres, meters reporting, percentiles of
+/// per-meter hourly usage.
+///
+/// Windows without a reading ending in them have no row.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{tenant}/districts/{district}/usage",
+    tag = "usage",
+    params(DistrictPath, UsageQuery),
+    security((), ("api_token" = [])),
+    responses(
+        (status = 200, description = "Rows ascending by `start_ms`", body = Vec<DistrictUsage>),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    )
+)]
+async fn get_district_usage(
     State(state): State<AppState>,
-    Path((tenant, district)): Path<(String, String)>,
+    Path(path): Path<DistrictPath>,
     Query(q): Query<UsageQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Vec<DistrictUsage>> {
-    let tenant = authorize(&state, &tenant, &headers)?.to_string();
+    let tenant = authorize(&state, &path.tenant, &headers)?.to_string();
+    let district = path.district;
     let now = crate::clock::now_ms();
     let to = q.to.unwrap_or(now);
-    let resolution = match q.resolution.as_deref().unwrap_or("hour") {
-        "hour" => Resolution::Hour,
-        "minute" => Resolution::Minute,
-        other => {
-            return Err(ApiError(
-                StatusCode::BAD_REQUEST,
-                format!("resolution {other:?}: use hour or minute"),
-            ));
-        }
+    let resolution = match q.resolution.unwrap_or(UsageResolution::Hour) {
+        UsageResolution::Hour => Resolution::Hour,
+        UsageResolution::Minute => Resolution::Minute,
     };
     let from = q.from.unwrap_or(match resolution {
         Resolution::Minute => to - 3_600_000,
@@ -572,19 +886,37 @@ async fn district_usage(
     Ok(Json(rows))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct TopQuery {
+    /// The tenant's local day, `yyyy-mm-dd` (default: today).
     day: Option<String>,
+    /// Most entries (default 10, at most 100).
     limit: Option<usize>,
 }
 
-async fn top(
+/// The biggest consumers of a local day, largest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{tenant}/top",
+    tag = "usage",
+    params(TenantPath, TopQuery),
+    security((), ("api_token" = [])),
+    responses(
+        (status = 200, description = "Largest first (ties by meter id)", body = Vec<TopEntry>),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    )
+)]
+async fn list_top_consumers(
     State(state): State<AppState>,
-    Path(tenant): Path<String>,
+    Path(path): Path<TenantPath>,
     Query(q): Query<TopQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Vec<TopEntry>> {
-    let tenant = authorize(&state, &tenant, &headers)?;
+    let tenant = authorize(&state, &path.tenant, &headers)?;
     let day = match q.day {
         Some(day) => day,
         None => local_today(&state, &tenant),
@@ -603,12 +935,8 @@ async fn top(
 }
 
 /// Today in the tenant's time zone, `yyyy-mm-dd`.
-fn local_today(state: &AppState, tenant: &meterflow_model::TenantId) -> String {
-    let settings = state
-        .processing
-        .tenants
-        .get(tenant)
-        .unwrap_or(&state.processing.defaults);
+fn local_today(state: &AppState, tenant: &TenantId) -> String {
+    let settings = state.settings(tenant);
     meterflow_processors::calendar::LocalCalendar::for_zone_name(&settings.tariff.time_zone)
         .map(|mut calendar| calendar.day(crate::clock::now_ms()).day_label())
         .unwrap_or_else(|_| {
@@ -616,49 +944,130 @@ fn local_today(state: &AppState, tenant: &meterflow_model::TenantId) -> String {
         })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AlertQuery {
-    state: Option<String>,
+    /// `open` (default): episodes not cleared; `all`: cleared ones too.
+    #[param(inline)]
+    state: Option<AlertStates>,
+    /// Only this meter's episodes, found among the tenant's newest 1000 (empty: every
+    /// meter's).
+    meter: Option<String>,
+    /// Most episodes returned (default 100, at most 1000).
     limit: Option<usize>,
 }
 
-async fn alerts(
+/// Which episodes the alert list serves.
+#[derive(Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum AlertStates {
+    Open,
+    All,
+}
+
+/// The tenant's alert episodes, newest `opened_at` first; one entry per episode, its
+/// latest step.
+///
+/// `meter=` filters to one meter's episodes among the tenant's newest 1000 (open ones
+/// with `state=open`): a meter's older history is not served by this call.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{tenant}/alerts",
+    tag = "alerts",
+    params(TenantPath, AlertQuery),
+    security((), ("api_token" = [])),
+    responses(
+        (status = 200, description = "Episodes, newest first", body = Vec<AlertEvent>),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    )
+)]
+async fn list_alerts(
     State(state): State<AppState>,
-    Path(tenant): Path<String>,
+    Path(path): Path<TenantPath>,
     Query(q): Query<AlertQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Vec<AlertEvent>> {
-    let tenant = authorize(&state, &tenant, &headers)?.to_string();
-    let open_only = match q.state.as_deref().unwrap_or("open") {
-        "open" => true,
-        "all" => false,
-        other => {
-            return Err(ApiError(
-                StatusCode::BAD_REQUEST,
-                format!("state {other:?}: use open or all"),
-            ));
-        }
-    };
+    let tenant = authorize(&state, &path.tenant, &headers)?.to_string();
+    let open_only = q.state.unwrap_or(AlertStates::Open) == AlertStates::Open;
+    let meter = q
+        .meter
+        .as_deref()
+        .filter(|m| !m.is_empty())
+        .map(meter_id)
+        .transpose()?;
     let limit = q.limit.unwrap_or(100).min(MAX_ALERTS);
+    // One meter's episodes are looked for among the tenant's newest MAX_ALERTS.
+    let read = if meter.is_some() { MAX_ALERTS } else { limit };
     let store = state.store.clone();
-    Ok(Json(
-        blocking(move || {
-            store
-                .alerts(&tenant, open_only, limit)
-                .map_err(|e| e.to_string())
-        })
-        .await?,
-    ))
+    let mut episodes = blocking(move || {
+        store
+            .alerts(&tenant, open_only, read)
+            .map_err(|e| e.to_string())
+    })
+    .await?;
+    if let Some(meter) = meter {
+        episodes.retain(|e| e.meter == meter.as_str());
+        episodes.truncate(limit);
+    }
+    Ok(Json(episodes))
 }
 
-async fn bill(
+/// `{tenant}`, `{period}` and `{meter}` of a bill's path.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct BillPath {
+    /// The tenant's id.
+    tenant: String,
+    /// The billing period: a calendar month in the tenant's time zone, `yyyy-mm`.
+    period: String,
+    /// The meter's id.
+    meter: String,
+}
+
+/// A meter's running bill for one period: usage, tier breakdown, fixed charge, amount;
+/// also CSV.
+///
+/// CSV columns: `tenant,meter,period,currency,row,tier,usage_l,price_per_m3,fixed_cents,
+/// amount_cents,estimated,final` — a `row=tier` line per tier, then a `row=total` line.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{tenant}/bills/{period}/{meter}",
+    tag = "billing",
+    params(BillPath, FormatQuery),
+    security((), ("api_token" = [])),
+    responses(
+        (
+            status = 200,
+            description = "The bill so far (`final` once the period closed)",
+            content(
+                (BillLine = "application/json"),
+                (String = "text/csv"),
+            ),
+            headers(("Content-Disposition" = String, description = "CSV only: `attachment; filename=\"{tenant}-{meter}-{period}-bill.csv\"`"))
+        ),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 406, response = NotAcceptable),
+        (status = 503, response = Unavailable),
+    )
+)]
+async fn get_bill(
     State(state): State<AppState>,
-    Path((tenant, period, meter)): Path<(String, String, String)>,
+    Path(path): Path<BillPath>,
     Query(q): Query<FormatQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let BillPath {
+        tenant,
+        period,
+        meter,
+    } = path;
     let key = meter_key(&state, &tenant, &meter, &headers)?;
-    let format = negotiate(q.format.as_deref(), &headers)?;
+    let format = negotiate(q.format, &headers)?;
     let valid_period = period.len() == 7
         && period.as_bytes()[4] == b'-'
         && period

@@ -13,6 +13,8 @@ mod grafana;
 mod http_limits;
 mod interop;
 mod logs;
+mod meter_list;
+mod openapi;
 mod processing;
 mod retention;
 // The storage crate's helpers for real servers (reachability, unique names, the TCP
