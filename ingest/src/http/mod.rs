@@ -807,12 +807,13 @@ struct DistrictPath {
 #[into_params(parameter_in = Query)]
 struct UsageQuery {
     /// Windows starting at or after this instant, epoch ms (default: `to` less a day
-    /// for hours, an hour for minutes).
+    /// for hours, an hour for minutes, 31 days for days).
     from: Option<i64>,
     /// Windows starting before this instant, epoch ms (default: now).
     to: Option<i64>,
-    /// `hour` (default; from the store) or `minute` (from the hot cache, at most a day
-    /// per call).
+    /// `hour` (default; from the store), `minute` (from the hot cache, at most a day
+    /// per call) or `day` (the tenant's local days, from the hot cache: usage, meters
+    /// reporting, the 02:00 and 03:00 hours and the minimum night flow).
     #[param(inline)]
     resolution: Option<UsageResolution>,
 }
@@ -823,10 +824,12 @@ struct UsageQuery {
 enum UsageResolution {
     Hour,
     Minute,
+    Day,
 }
 
-/// A district's usage per hour or minute: litres, meters reporting, percentiles of
-/// per-meter hourly usage.
+/// A district's usage per hour, minute or local day: litres, meters reporting,
+/// percentiles of per-meter hourly usage (hours), night usage and minimum night flow
+/// (days).
 ///
 /// Windows without a reading ending in them have no row.
 #[utoipa::path(
@@ -856,10 +859,12 @@ async fn get_district_usage(
     let resolution = match q.resolution.unwrap_or(UsageResolution::Hour) {
         UsageResolution::Hour => Resolution::Hour,
         UsageResolution::Minute => Resolution::Minute,
+        UsageResolution::Day => Resolution::Day,
     };
     let from = q.from.unwrap_or(match resolution {
         Resolution::Minute => to - 3_600_000,
-        _ => to - 86_400_000,
+        Resolution::Hour => to - 86_400_000,
+        Resolution::Day => to - 31 * 86_400_000,
     });
     if from >= to {
         return Err(ApiError(
@@ -875,11 +880,11 @@ async fn get_district_usage(
     }
     let (store, cache) = (state.store.clone(), state.cache.clone());
     let rows = blocking(move || match resolution {
-        Resolution::Minute => cache
-            .district_usage(&tenant, &district, resolution, from, to)
-            .map_err(|e| e.to_string()),
-        _ => store
+        Resolution::Hour => store
             .district_hourly(&tenant, &district, from, to)
+            .map_err(|e| e.to_string()),
+        Resolution::Minute | Resolution::Day => cache
+            .district_usage(&tenant, &district, resolution, from, to)
             .map_err(|e| e.to_string()),
     })
     .await?;
