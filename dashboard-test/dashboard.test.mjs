@@ -22,8 +22,8 @@
 // what the test stamps itself (the hand-made uplinks' `ts`) from the same offset. The
 // `demo` tenant lives in America/Chicago; the processes run with TZ=Asia/Kolkata and the
 // browser in Asia/Kolkata, so neither UTC nor the machine's zone can stand in for the
-// tenant's. The page is told the tenant's zone (`?tz=`; the API does not say it yet)
-// and its time labels are checked in that zone.
+// tenant's. The page learns the tenant's zone from the API (the summary's
+// `time_zone`) and its time labels are checked in that zone.
 //   MF_TEST_CLOCK  midday (default): 12:00 in the tenant's zone, today
 //                  before-local-midnight / after-local-midnight: 23:55 / 00:20 there
 //                  (after: the 40 minutes of readings straddle the tenant's midnight)
@@ -418,8 +418,8 @@ test(`the dashboard shows a live tenant and keeps up with new data (clock: ${CLO
   page.on('request', (req) => {
     if (!req.url().startsWith(service.url + '/') && !req.url().startsWith('data:')) foreign.push(req.url());
   });
-  // The tenant's zone for the page's times: the API does not say it yet (see README).
-  const pageUrl = `${service.url}/?tz=${encodeURIComponent(TENANT_ZONE)}`;
+  // No zone in the address: the page takes the tenant's from the API.
+  const pageUrl = `${service.url}/`;
   await page.goto(pageUrl);
   const pageNow = await page.evaluate(() => Date.now());
   assert.ok(Math.abs(pageNow - now()) < 10_000, `the page's clock is not the test's: ${iso(pageNow)} vs ${iso(now())}`);

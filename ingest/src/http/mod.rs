@@ -712,8 +712,8 @@ async fn list_dead_letters(
     Ok(Json(rows.into_iter().map(DeadLetterOut::from).collect()))
 }
 
-/// The tenant's headline numbers for its local today: usage, meters reporting, alerts
-/// open.
+/// The tenant's headline numbers for its local today (usage, meters reporting, alerts
+/// open) and the time zone its days are counted in.
 #[utoipa::path(
     get,
     path = "/api/v1/tenants/{tenant}/summary",
@@ -721,7 +721,7 @@ async fn list_dead_letters(
     params(TenantPath),
     security((), ("api_token" = [])),
     responses(
-        (status = 200, description = "Today's summary (zeros before anything reported today)", body = TenantSummary),
+        (status = 200, description = "Today's summary (zeros before anything reported today)", body = SummaryOut),
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
         (status = 503, response = Unavailable),
@@ -731,17 +731,30 @@ async fn get_summary(
     State(state): State<AppState>,
     Path(path): Path<TenantPath>,
     headers: HeaderMap,
-) -> ApiResult<TenantSummary> {
+) -> ApiResult<SummaryOut> {
     let tenant = authorize(&state, &path.tenant, &headers)?;
     let cache = state.cache.clone();
     let id = tenant.to_string();
     let found = blocking(move || cache.summary(&id).map_err(|e| e.to_string())).await?;
-    Ok(Json(summary_of_today(
-        found,
-        &tenant,
-        &local_today(&state, &tenant),
-        crate::clock::now_ms(),
-    )))
+    Ok(Json(SummaryOut {
+        summary: summary_of_today(
+            found,
+            &tenant,
+            &local_today(&state, &tenant),
+            crate::clock::now_ms(),
+        ),
+        time_zone: state.settings(&tenant).tariff.time_zone.clone(),
+    }))
+}
+
+/// A tenant's summary as served: the figures and the zone of their day.
+#[derive(Serialize, ToSchema)]
+struct SummaryOut {
+    #[serde(flatten)]
+    summary: TenantSummary,
+    /// The tenant's time zone (IANA name, its tariff's `time_zone`): `day` and every
+    /// "today" are its local days.
+    time_zone: String,
 }
 
 /// The summary for the tenant's `today`: the stored one when it is today's, else

@@ -278,8 +278,21 @@ fn validate(doc: &Value, schema: &Value, value: &Value, at: &str, errors: &mut V
         e.is_empty()
     };
     if let Some(all) = schema.get("allOf").and_then(Value::as_array) {
-        for s in all {
-            validate(doc, s, value, at, errors);
+        // Object parts (serde's `flatten`) describe one object together: their fields
+        // are checked as one; any other part on its own.
+        let (mut properties, mut required) = (serde_json::Map::new(), Vec::new());
+        for part in all.iter().map(|s| deref(doc, s)) {
+            match part.get("properties").and_then(Value::as_object) {
+                Some(fields) => {
+                    properties.extend(fields.clone());
+                    required.extend(part["required"].as_array().into_iter().flatten().cloned());
+                }
+                None => validate(doc, part, value, at, errors),
+            }
+        }
+        if !properties.is_empty() {
+            let merged = serde_json::json!({"properties": properties, "required": required});
+            validate(doc, &merged, value, at, errors);
         }
     }
     if let Some(one) = schema.get("oneOf").and_then(Value::as_array) {
@@ -453,6 +466,28 @@ fn the_validator_catches_what_it_is_for() {
         serde_json::json!({"id": "x"}),
     ] {
         assert!(!check(bad.clone()).is_empty(), "{bad} passed");
+    }
+    // A flattened object (allOf of object parts): fields of either part pass, others
+    // and a missing required one do not.
+    let flattened = serde_json::json!({"allOf": [
+        {"$ref": "#/components/schemas/Thing"},
+        {"type": "object", "required": ["zone"], "properties": {"zone": {"type": "string"}}}
+    ]});
+    let check_flat = |value: Value| {
+        let mut errors = Vec::new();
+        validate(&doc, &flattened, &value, "$", &mut errors);
+        errors
+    };
+    assert_eq!(
+        check_flat(serde_json::json!({"id": "x", "zone": "UTC"})),
+        Vec::<String>::new()
+    );
+    for bad in [
+        serde_json::json!({"id": "x"}),
+        serde_json::json!({"id": "x", "zone": "UTC", "extra": 1}),
+        serde_json::json!({"id": "x", "zone": 3}),
+    ] {
+        assert!(!check_flat(bad.clone()).is_empty(), "{bad} passed");
     }
     let mut broken = doc.clone();
     broken["openapi"] = "3.1.0".into();

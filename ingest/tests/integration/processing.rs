@@ -329,4 +329,8 @@ async fn a_district_day_carries_the_night_flow() {
     assert_eq!(row["night_flow_lph"], 15, "{row}");
     let (status, body) = service.get(&path.replace("resolution=day", "resolution=week"));
     assert_eq!(status, 400, "{body}");
+    // The summary names the zone those days are counted in.
+    let summary = service.get_json("/api/v1/tenants/demo/summary");
+    assert_eq!(summary["time_zone"], "UTC", "{summary}");
+    assert!(summary["day"].is_string(), "{summary}");
 }
