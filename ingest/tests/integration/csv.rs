@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::utils::{Meterflow, free_addr, tool};
+use crate::utils::{Meterflow, api_get, free_addr, tool};
 
 const TOKEN: &str = "csv-test-token-0123456789";
 
@@ -14,42 +14,6 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
-}
-
-/// A GET with headers: status, content type, content disposition and body.
-struct Answer {
-    status: u16,
-    content_type: String,
-    disposition: String,
-    body: String,
-}
-
-fn get(service: &Meterflow, path: &str, headers: &[(&str, &str)]) -> Answer {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into();
-    let mut request = agent.get(&format!("http://{}{path}", service.http));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let mut response = request.call().expect("the HTTP API answers");
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string()
-    };
-    let (content_type, disposition) = (header("content-type"), header("content-disposition"));
-    Answer {
-        status: response.status().as_u16(),
-        content_type,
-        disposition,
-        body: response.body_mut().read_to_string().unwrap(),
-    }
 }
 
 /// RFC 4180 records (quoted fields may hold commas, doubled quotes and line breaks).
@@ -183,19 +147,19 @@ fn readings_as_csv_hold_what_the_json_holds() {
     publish(&service, "m1", &payloads);
     let path = "/api/v1/tenants/acme/meters/m1/readings";
     let auth = bearer();
-    let json = get(&service, path, &[("Authorization", &auth)]);
+    let json = api_get(&service, path, &[("Authorization", &auth)]);
     assert_eq!(json.status, 200, "{}", json.body);
     assert!(json.content_type.starts_with("application/json"));
     let json: serde_json::Value = serde_json::from_str(&json.body).unwrap();
     let json = json.as_array().unwrap();
     assert_eq!(json.len(), 6, "{json:?}");
 
-    let by_accept = get(
+    let by_accept = api_get(
         &service,
         path,
         &[("Authorization", &auth), ("Accept", "text/csv")],
     );
-    let by_query = get(
+    let by_query = api_get(
         &service,
         &format!("{path}?format=csv"),
         &[("Authorization", &auth)],
@@ -245,7 +209,7 @@ fn readings_as_csv_hold_what_the_json_holds() {
 
     // A range narrows the CSV as it narrows the JSON.
     let from = json[2]["ts"].as_i64().unwrap();
-    let narrowed = get(
+    let narrowed = api_get(
         &service,
         &format!("{path}?format=csv&from={from}"),
         &[("Authorization", &auth)],
@@ -263,7 +227,7 @@ async fn a_bill_as_csv_has_the_json_bills_totals() {
     let auth = bearer();
     let deadline = Instant::now() + Duration::from_secs(15);
     let bill = loop {
-        let answer = get(&service, &path, &[("Authorization", &auth)]);
+        let answer = api_get(&service, &path, &[("Authorization", &auth)]);
         if answer.status == 200 {
             break serde_json::from_str::<serde_json::Value>(&answer.body).unwrap();
         }
@@ -277,7 +241,7 @@ async fn a_bill_as_csv_has_the_json_bills_totals() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
 
-    let csv = get(
+    let csv = api_get(
         &service,
         &path,
         &[("Authorization", &auth), ("Accept", "text/csv")],
@@ -319,7 +283,7 @@ async fn a_bill_as_csv_has_the_json_bills_totals() {
         assert_eq!(col(total, field), cell(&bill[field]), "{field} of {bill}");
     }
 
-    let by_query = get(
+    let by_query = api_get(
         &service,
         &format!("{path}?format=csv"),
         &[("Authorization", &auth)],
@@ -337,13 +301,13 @@ fn errors_stay_json_and_a_format_nobody_speaks_is_406() {
     for path in [readings, bill] {
         // Without the token: 401, as JSON, whatever format was asked for.
         for (query, accept) in [("", "text/csv"), ("?format=csv", "*/*")] {
-            let answer = get(&service, &format!("{path}{query}"), &[("Accept", accept)]);
+            let answer = api_get(&service, &format!("{path}{query}"), &[("Accept", accept)]);
             assert_eq!(answer.status, 401, "{path}{query}: {}", answer.body);
             assert!(answer.content_type.starts_with("application/json"));
             let error: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
             assert!(error["error"].as_str().unwrap().contains("Bearer"));
         }
-        let answer = get(
+        let answer = api_get(
             &service,
             path,
             &[("Authorization", &auth), ("Accept", "application/xml")],
@@ -352,7 +316,7 @@ fn errors_stay_json_and_a_format_nobody_speaks_is_406() {
         assert!(answer.content_type.starts_with("application/json"));
         let error: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
         assert!(error["error"].as_str().unwrap().contains("text/csv"));
-        let answer = get(
+        let answer = api_get(
             &service,
             &format!("{path}?format=xml"),
             &[("Authorization", &auth)],
@@ -363,7 +327,7 @@ fn errors_stay_json_and_a_format_nobody_speaks_is_406() {
     for headers in [vec![], vec![("Accept", "*/*")]] {
         let mut headers = headers;
         headers.push(("Authorization", auth.as_str()));
-        let answer = get(&service, readings, &headers);
+        let answer = api_get(&service, readings, &headers);
         assert_eq!(answer.status, 200, "{}", answer.body);
         assert!(answer.content_type.starts_with("application/json"));
         assert_eq!(answer.body, "[]");

@@ -6,7 +6,6 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,21 +13,10 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::utils::{Meterflow, free_addr, tool};
+use crate::utils::{Meterflow, start_configured, tool};
 
 /// Slack on every timing bound: the machine is shared with benchmarks.
 const SLACK: Duration = Duration::from_secs(8);
-
-fn start(dir: &Path, toml: &str) -> Meterflow {
-    let config = dir.join("meterflow.toml");
-    std::fs::write(&config, toml).unwrap();
-    Meterflow::start_with(
-        &dir.join("data"),
-        free_addr(),
-        free_addr(),
-        &["--config", config.to_str().unwrap()],
-    )
-}
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -175,9 +163,10 @@ async fn slowloris(http: SocketAddr, stop: Arc<AtomicBool>) -> Vec<Duration> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_sockets_are_closed_after_the_header_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    let service = start(
+    let service = start_configured(
         dir.path(),
         "[http]\nheader_timeout_s = 2\nidle_timeout_s = 30\n",
+        &[],
     );
     let header_timeout = Duration::from_secs(2);
     let stop = Arc::new(AtomicBool::new(false));
@@ -244,9 +233,10 @@ async fn slowloris_sockets_are_closed_after_the_header_timeout() {
 #[test]
 fn connections_over_the_cap_are_refused_and_healthz_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let service = start(
+    let service = start_configured(
         dir.path(),
         "[http]\nmax_connections = 50\nheader_timeout_s = 3\nidle_timeout_s = 30\n",
+        &[],
     );
     // The readiness probe's own connections may still be closing: wait until they have.
     std::thread::sleep(Duration::from_millis(500));
@@ -334,9 +324,10 @@ fn connections_over_the_cap_are_refused_and_healthz_recovers() {
 #[test]
 fn a_kept_alive_connection_waiting_for_its_next_request_is_closed() {
     let dir = tempfile::tempdir().unwrap();
-    let service = start(
+    let service = start_configured(
         dir.path(),
         "[http]\nheader_timeout_s = 2\nidle_timeout_s = 30\n",
+        &[],
     );
     let mut stream = TcpStream::connect(service.http).unwrap();
     stream
@@ -363,7 +354,7 @@ fn a_kept_alive_connection_waiting_for_its_next_request_is_closed() {
 #[test]
 fn rejections_have_the_json_error_shape() {
     let dir = tempfile::tempdir().unwrap();
-    let service = start(dir.path(), "");
+    let service = start_configured(dir.path(), "", &[]);
     let http = service.http;
     let readings = "/api/v1/tenants/demo/meters/m1/readings";
     let message = assert_json_error(

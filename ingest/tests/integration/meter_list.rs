@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use meterflow_model::{DeviceFlag, Reading, Uplink};
 
-use crate::openapi::{Answer, TOKEN, api_get, now_ms, start_configured};
+use crate::openapi::{TOKEN, now_ms};
+use crate::utils::{Answer, api_get, start_configured};
 use crate::utils::{Meterflow, send_and_wait_for_ack};
 
 const MINUTE_MS: i64 = 60_000;
@@ -83,7 +84,7 @@ fn readings_ending(newest_ts: i64, reg0: u64) -> Vec<Reading> {
 /// Starts meterflow with the fleet's config and has every meter send one uplink (its
 /// battery and signal set), waiting for each ack (the ack means stored and cached).
 async fn start_fleet(dir: &std::path::Path) -> (Meterflow, i64) {
-    let service = start_configured(dir, &fleet_config());
+    let service = start_configured(dir, &fleet_config(), &[]);
     let start = now_ms();
     let sends: Vec<_> = FLEET
         .iter()
@@ -270,7 +271,7 @@ async fn bad_list_parameters_are_json_400s_and_big_pages_are_clamped() {
     ] {
         let answer = get(&service, &format!("{meters}?{query}"));
         assert_eq!(answer.status, 400, "{query}: {}", answer.body);
-        assert_eq!(answer.media_type, "application/json", "{query}");
+        assert_eq!(answer.media_type(), "application/json", "{query}");
         let error = answer.json()["error"].as_str().unwrap().to_string();
         let name = query.split('=').next().unwrap();
         assert!(error.contains(name), "{query}: {error}");
@@ -365,6 +366,7 @@ async fn the_meter_filter_gives_exactly_that_meters_alert_history() {
     let service = start_configured(
         dir.path(),
         &format!("[[tenants]]\nid = \"acme\"\napi_token = \"{TOKEN}\"\n"),
+        &[],
     );
     let t0 = now_ms() - 2 * HOUR_MS;
     // a1: tamper and magnetic raised, then lowered, then tamper again (3 episodes,

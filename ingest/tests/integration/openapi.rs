@@ -15,14 +15,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use meterflow_model::{DeviceFlag, Reading, Uplink};
 use serde_json::Value;
 
-use crate::utils::{Meterflow, free_addr, send_and_wait_for_ack, tool};
+use crate::utils::{Answer, api_get, send_and_wait_for_ack, start_configured, tool};
 
 /// The API token of the tenant `acme` in the API tests.
 pub(crate) const TOKEN: &str = "api-test-token-0123456789abcdef";
@@ -32,61 +31,6 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
-}
-
-/// Starts meterflow on fresh ports with `toml` as its config file, data beside it.
-pub(crate) fn start_configured(dir: &Path, toml: &str) -> Meterflow {
-    let config = dir.join("meterflow.toml");
-    std::fs::write(&config, toml).unwrap();
-    Meterflow::start_with(
-        &dir.join("data"),
-        free_addr(),
-        free_addr(),
-        &["--config", config.to_str().unwrap()],
-    )
-}
-
-/// An answer: status, media type (the content type before any `;`) and body.
-pub(crate) struct Answer {
-    pub(crate) status: u16,
-    pub(crate) media_type: String,
-    pub(crate) body: String,
-}
-
-impl Answer {
-    pub(crate) fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
-    }
-}
-
-/// A GET of `path` (with its query) with `headers`.
-pub(crate) fn api_get(service: &Meterflow, path: &str, headers: &[(&str, &str)]) -> Answer {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into();
-    let mut request = agent.get(&format!("http://{}{path}", service.http));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let mut response = request.call().expect("the HTTP API answers");
-    let media_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    Answer {
-        status: response.status().as_u16(),
-        media_type,
-        body: response.body_mut().read_to_string().unwrap(),
-    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -409,15 +353,15 @@ fn conformance(doc: &Value, operation: &Value, answer: &Answer, what: &str) -> V
     let Some(content) = response["content"].as_object() else {
         return Vec::new();
     };
-    let Some(media) = content.get(&answer.media_type) else {
+    let Some(media) = content.get(answer.media_type()) else {
         return vec![format!(
             "{what}: {status} answered {:?}, documented {:?}",
-            answer.media_type,
+            answer.media_type(),
             content.keys().collect::<Vec<_>>()
         )];
     };
     let mut errors = Vec::new();
-    if answer.media_type == "application/json" {
+    if answer.media_type() == "application/json" {
         let body: Value = match serde_json::from_str(&answer.body) {
             Ok(body) => body,
             Err(e) => return vec![format!("{what}: not JSON ({e}): {}", answer.body)],
@@ -428,7 +372,7 @@ fn conformance(doc: &Value, operation: &Value, answer: &Answer, what: &str) -> V
     {
         errors.push(format!(
             "{what}: a {} body documented as {kind}",
-            answer.media_type
+            answer.media_type()
         ));
     }
     errors.into_iter().map(|e| format!("{what}: {e}")).collect()
@@ -579,6 +523,7 @@ async fn every_documented_operation_answers_as_documented() {
              [pipeline]\nsweep_interval_s = 1\n\n\
              [processors.analytics]\nflush_interval_ms = 1000\n"
         ),
+        &[],
     );
     // Three hours of 10-minute reads for m1 (using water), a tamper flag on the last
     // message (an alert episode), battery and signal; a dead letter.
@@ -607,7 +552,7 @@ async fn every_documented_operation_answers_as_documented() {
 
     let answer = api_get(&service, "/api/v1/openapi.json", &[]);
     assert_eq!(answer.status, 200, "{}", answer.body);
-    assert_eq!(answer.media_type, "application/json");
+    assert_eq!(answer.media_type(), "application/json");
     let doc = answer.json();
     let problems = structural_problems(&doc);
     assert!(
@@ -719,7 +664,7 @@ async fn every_documented_operation_answers_as_documented() {
             let headers = [authorized[0], ("Accept", "text/csv")];
             let answer = api_get(&service, &url, &headers);
             assert_eq!(
-                (answer.status, answer.media_type.as_str()),
+                (answer.status, answer.media_type()),
                 (200, "text/csv"),
                 "GET {url} as CSV: {}",
                 answer.body

@@ -12,7 +12,7 @@ use meterflow_model::Uplink;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
 
 use crate::server_support;
-use crate::utils::{Meterflow, free_addr, hourly_uplinks, send_and_wait_for_ack};
+use crate::utils::{hourly_uplinks, send_and_wait_for_ack, start_configured};
 
 const HOUR_MS: i64 = 3_600_000;
 /// The demo tenant's integration password in the burst test (16 characters at least).
@@ -23,14 +23,6 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
-}
-
-fn start_with_config(dir: &std::path::Path, toml: &str, extra: &[&str]) -> Meterflow {
-    let config = dir.join("meterflow.toml");
-    std::fs::write(&config, toml).unwrap();
-    let mut args = vec!["--config", config.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    Meterflow::start_with(&dir.join("data"), free_addr(), free_addr(), &args)
 }
 
 /// Polls `f` until it returns `Some`, or fails after `within`.
@@ -48,7 +40,7 @@ async fn eventually<T>(within: Duration, what: &str, mut f: impl FnMut() -> Opti
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_household_month_gets_the_hand_computed_bill() {
     let dir = tempfile::tempdir().unwrap();
-    let service = start_with_config(dir.path(), "", &[]);
+    let service = start_configured(dir.path(), "", &[]);
     // October 2026 (UTC, the default tariff's zone), hourly, 15 L every hour: from
     // 2026-10-01T00:00Z to 2026-11-01T00:00Z is 31 × 24 = 744 hours.
     let october_start = 1_790_812_800_000; // 2026-10-01T00:00:00Z
@@ -82,7 +74,7 @@ async fn a_household_month_gets_the_hand_computed_bill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continuous_flow_raises_one_leak_alert_that_clears_when_flow_stops() {
     let dir = tempfile::tempdir().unwrap();
-    let service = start_with_config(dir.path(), "", &[]);
+    let service = start_configured(dir.path(), "", &[]);
     let start = (now_ms() / HOUR_MS - 40) * HOUR_MS;
     // 30 hours of never-zero flow, then 6 hours of none.
     let mut uplinks = hourly_uplinks(1, start, 10_000, 20, 30, 6);
@@ -160,7 +152,7 @@ async fn a_burst_reaches_redis_mqtt_and_the_webhook_first() {
         "[cache.redis]\nkey_prefix = \"{prefix}\"\n\n[[tenants]]\nid = \"demo\"\nwebhook_url = \"{hook_url}\"\n\
          integration_password = \"{INTEGRATION_PASSWORD}\"\n"
     );
-    let service = start_with_config(dir.path(), &toml, &["--cache", &redis]);
+    let service = start_configured(dir.path(), &toml, &["--cache", &redis]);
 
     // An integration of the tenant listening on its alert topics: its own login
     // (`{tenant}:integration` and the tenant's integration_password), any client id.
@@ -274,7 +266,7 @@ async fn a_silent_meter_is_caught_by_the_sweep() {
     let dir = tempfile::tempdir().unwrap();
     // No-communication after 3 s instead of 72 h, swept every second.
     let toml = "[pipeline]\nsweep_interval_s = 1\n\n[processors.defaults.alert_rules]\nno_communication_ms = 3000\n";
-    let service = start_with_config(dir.path(), toml, &[]);
+    let service = start_configured(dir.path(), toml, &[]);
     let start = now_ms() - 3 * HOUR_MS;
     send_and_wait_for_ack(
         service.mqtt,
@@ -306,7 +298,7 @@ async fn a_district_day_carries_the_night_flow() {
     let dir = tempfile::tempdir().unwrap();
     let config =
         "[pipeline]\nsweep_interval_s = 1\n\n[processors.analytics]\nflush_interval_ms = 1000\n";
-    let service = start_with_config(dir.path(), config, &[]);
+    let service = start_configured(dir.path(), config, &[]);
     let day_ms = 24 * HOUR_MS;
     let yesterday = (now_ms().div_euclid(day_ms) - 1) * day_ms;
     let uplinks = hourly_uplinks(1, yesterday, 50_000, 15, 25, 25);

@@ -531,3 +531,66 @@ pub(crate) fn dead_letter_triples(letters: &serde_json::Value) -> Vec<(String, S
         })
         .collect()
 }
+
+/// An HTTP answer: status, content type and disposition headers, body.
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) content_type: String,
+    pub(crate) disposition: String,
+    pub(crate) body: String,
+}
+
+impl Answer {
+    /// The content type without its parameters (`text/csv; charset=utf-8` → `text/csv`).
+    pub(crate) fn media_type(&self) -> &str {
+        self.content_type
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+    }
+
+    pub(crate) fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
+    }
+}
+
+/// A GET of `path` (with its query) with `headers`; any status is an answer.
+pub(crate) fn api_get(service: &Meterflow, path: &str, headers: &[(&str, &str)]) -> Answer {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut request = agent.get(&format!("http://{}{path}", service.http));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut response = request.call().expect("the HTTP API answers");
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (content_type, disposition) = (header("content-type"), header("content-disposition"));
+    Answer {
+        status: response.status().as_u16(),
+        content_type,
+        disposition,
+        body: response.body_mut().read_to_string().unwrap(),
+    }
+}
+
+/// Starts meterflow on fresh ports with `toml` as its config file (data beside it) and
+/// `extra` arguments.
+pub(crate) fn start_configured(dir: &Path, toml: &str, extra: &[&str]) -> Meterflow {
+    let config = dir.join("meterflow.toml");
+    std::fs::write(&config, toml).unwrap();
+    let mut args = vec!["--config", config.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    Meterflow::start_with(&dir.join("data"), free_addr(), free_addr(), &args)
+}

@@ -384,21 +384,7 @@ mod tests {
 
     #[test]
     fn every_part_of_the_outputs_is_planned_and_bad_names_are_skipped() {
-        let view = MeterView {
-            tenant: "acme".into(),
-            meter: "m1".into(),
-            last_seq: None,
-            last_ts: None,
-            reg: None,
-            rev: None,
-            flow: None,
-            temp: None,
-            today_l: 0,
-            quality: Quality::Actual,
-            district: "default".into(),
-            battery: None,
-            rssi: None,
-        };
+        let view = view_in("acme", "m1", "default");
         let outputs = Outputs {
             meters: vec![
                 view.clone(),

@@ -310,6 +310,18 @@ impl RedisCache {
                 Guarded::Failed(e) => CacheError(format!("Redis call failed: {e}")),
             })
     }
+
+    /// Every field of each hash `names`, in one pipeline (empty maps for missing keys).
+    fn hashes(&self, names: &[String]) -> Result<Vec<HashMap<String, String>>, CacheError> {
+        let mut pipe = redis::pipe();
+        for name in names {
+            pipe.hgetall(name);
+        }
+        self.call(|mut connection| {
+            let pipe = &pipe;
+            async move { pipe.query_async(&mut connection).await }
+        })
+    }
 }
 
 impl Drop for RedisCache {
@@ -370,14 +382,7 @@ impl RedisCache {
         if names.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for name in &names {
-            pipe.hgetall(name);
-        }
-        let hashes: Vec<HashMap<String, String>> = self.call(|mut connection| {
-            let pipe = &pipe;
-            async move { pipe.query_async(&mut connection).await }
-        })?;
+        let hashes = self.hashes(&names)?;
         let mut views = Vec::with_capacity(names.len());
         for ((name, key), hash) in names.iter().zip(&meter_keys).zip(&hashes) {
             if let Some(view) = codec::parse_view(name, key, hash)?
@@ -556,14 +561,7 @@ impl HotCache for RedisCache {
         if names.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for name in &names {
-            pipe.hgetall(name);
-        }
-        let hashes: Vec<HashMap<String, String>> = self.call(|mut connection| {
-            let pipe = &pipe;
-            async move { pipe.query_async(&mut connection).await }
-        })?;
+        let hashes = self.hashes(&names)?;
         let mut rows = Vec::new();
         for (name, hash) in names.iter().zip(&hashes) {
             if let Some(row) = codec::parse_district(name, tenant, district, resolution, hash)?

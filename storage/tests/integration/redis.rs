@@ -203,7 +203,11 @@ fn redis_breaker_opens_on_a_closed_port_and_closes_when_redis_appears() {
 }
 
 /// A cache on its own prefix, with its cleanup (and raw connection).
-fn cache_on(url: &str, test: &str, config: RedisConfig) -> (RedisCache, Cleanup, String) {
+pub(crate) fn cache_on(
+    url: &str,
+    test: &str,
+    config: RedisConfig,
+) -> (RedisCache, Cleanup, String) {
     let prefix = servers::unique_name(test);
     let cleanup = Cleanup::new(url, &prefix);
     let cache = RedisCache::open(

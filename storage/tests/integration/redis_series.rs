@@ -24,16 +24,7 @@ use crate::servers;
 /// A cache on its own key prefix with `config`'s settings; the cleanup's connection
 /// issues the dashboard's commands. Returns the tenant `acme`'s key start too.
 fn cache_on(url: &str, test: &str, config: RedisConfig) -> (RedisCache, Cleanup, String) {
-    let prefix = servers::unique_name(test);
-    let cleanup = Cleanup::new(url, &prefix);
-    let cache = RedisCache::open(
-        url,
-        RedisConfig {
-            key_prefix: prefix.clone(),
-            ..config
-        },
-    )
-    .unwrap();
+    let (cache, cleanup, prefix) = crate::redis::cache_on(url, test, config);
     (cache, cleanup, format!("{prefix}:{{acme}}"))
 }
 
