@@ -11,7 +11,6 @@ use meterflow_model::analytics::{DistrictUsage, Resolution, TopEntry, UsageSketc
 use meterflow_model::{MeterKey, MeterView, Quality, TenantSummary};
 
 use super::fields::{self, alert, district, summary};
-use super::json::{self, ObjectWriter, Value};
 use crate::CacheError;
 
 /// A hash's fields: values to set, and names of unknown ones to delete (a value
@@ -266,18 +265,10 @@ pub(crate) fn alert_entry(event: &AlertEvent) -> [(&'static str, String); 7] {
     ]
 }
 
-/// The JSON of an event in `alerts:open`: the shape serde gives `AlertEvent`.
+/// The JSON of an event in `alerts:open`: `AlertEvent` as serde writes it (the field
+/// names of `fields::alert`).
 pub(crate) fn alert_json(event: &AlertEvent) -> String {
-    ObjectWriter::new()
-        .str(alert::TENANT, &event.tenant)
-        .str(alert::METER, &event.meter)
-        .str(alert::KIND, event.kind.name())
-        .str(alert::PRIORITY, event.priority.name())
-        .str(alert::STATE, event.state.name())
-        .int(alert::OPENED_AT, event.opened_at)
-        .int(alert::AT, event.at)
-        .str(alert::DETAIL, &event.detail)
-        .finish()
+    serde_json::to_string(event).expect("an alert event is plain data")
 }
 
 /// Reads one alert event from named text and integer values (a stream entry or a
@@ -316,21 +307,16 @@ pub(crate) fn parse_alert_json(
     tenant: &str,
     text: &str,
 ) -> Result<AlertEvent, CacheError> {
-    let what = format!("{key} field {field}");
-    let object = json::parse_object(text)
-        .map_err(|e| CacheError(format!("{what}: not the expected JSON object: {e}")))?;
-    alert_from(
-        &what,
-        tenant,
-        |name| match object.get(name) {
-            Some(Value::Str(s)) => Some(s.clone()),
-            _ => None,
-        },
-        |name| match object.get(name) {
-            Some(Value::Int(n)) => Some(*n),
-            _ => None,
-        },
-    )
+    let event: AlertEvent = serde_json::from_str(text).map_err(|e| {
+        CacheError(format!(
+            "{key} field {field}: not an alert event's JSON: {e}"
+        ))
+    })?;
+    // The key's tenant is the one that counts (as for stream entries).
+    Ok(AlertEvent {
+        tenant: tenant.to_owned(),
+        ..event
+    })
 }
 
 /// A stream entry (`XRANGE` pairs) back into its event.

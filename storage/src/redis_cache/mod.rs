@@ -60,7 +60,6 @@
 mod apply;
 mod codec;
 pub mod fields;
-mod json;
 pub mod keys;
 mod scripts;
 
