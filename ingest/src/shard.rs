@@ -451,19 +451,15 @@ impl ShardWorker {
             return;
         }
         let meter = &inbound.identity;
-        let correlation_id = format!(
-            "{}/{}/{}",
-            meter.tenant,
-            meter.meter,
-            seq.map_or_else(|| "-".to_string(), |s| s.to_string())
-        );
+        // Formatted only where it is logged or stored: a junk flood is mostly neither.
+        let correlation_id = CorrelationId { meter, seq };
         let now = Instant::now();
         let admit = self.dead_letter_limit.admit(meter, now);
         // False when the sender is over its dead-letter rate: counted, not stored.
         let stored = admit == Admit::Store;
         match self.dead_letter_warn.admit(now) {
             Some(suppressed) => warn!(
-                correlation_id,
+                correlation_id = %correlation_id,
                 reason = reason.code(),
                 stored,
                 // Dead letters of this shard logged only at DEBUG since its last WARN.
@@ -471,7 +467,7 @@ impl ShardWorker {
                 "dead letter: {reason}"
             ),
             None => debug!(
-                correlation_id,
+                correlation_id = %correlation_id,
                 reason = reason.code(),
                 stored,
                 "dead letter: {reason}"
@@ -493,7 +489,7 @@ impl ShardWorker {
             topic: String::from_utf8_lossy(&inbound.topic).into_owned(),
             payload: inbound.payload[..payload_len].to_vec(),
             reason,
-            correlation_id,
+            correlation_id: correlation_id.to_string(),
         });
     }
 
@@ -576,6 +572,22 @@ impl WarnLimit {
                 self.last = Some(now);
                 Some(std::mem::take(&mut self.suppressed))
             }
+        }
+    }
+}
+
+/// A dead letter's correlation id, `{tenant}/{meter}/{seq or -}`, formatted on demand.
+struct CorrelationId<'a> {
+    meter: &'a MeterKey,
+    seq: Option<u64>,
+}
+
+impl std::fmt::Display for CorrelationId<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/", self.meter.tenant, self.meter.meter)?;
+        match self.seq {
+            Some(seq) => write!(f, "{seq}"),
+            None => f.write_str("-"),
         }
     }
 }

@@ -77,9 +77,10 @@ fn fold_meter(meter: &mut MeterBatch, calendar: &mut LocalCalendar) {
 /// The meter's view after `meter`; battery and signal are those of the batch's newest
 /// message, `None` when it reported none (caches keep the last reported value).
 fn view_of(meter: &MeterBatch, district: &str) -> MeterView {
+    let newest = meter.newest_status();
     MeterView {
-        battery: meter.newest_status().and_then(|s| s.battery),
-        rssi: meter.newest_status().and_then(|s| s.rssi),
+        battery: newest.and_then(|s| s.battery),
+        rssi: newest.and_then(|s| s.rssi),
         ..MeterView::of_state(&meter.key, &meter.state, district)
     }
 }
