@@ -4,10 +4,11 @@
 //! `bench/perf-baseline.json` (see "Performance gate" in `bench/README.md`).
 //!
 //! The input is fixed: a fleet of [`METERS`] meters from the simulator's ground truth
-//! (its default seed, a fixed start time, per-meter MAC keys), each sending one
-//! message of [`READINGS_PER_MESSAGE`] fifteen-minute reads per round. Every
-//! `received_at` and every batch's `now_ms` is derived from the readings' timestamps:
-//! nothing reads a clock, so every run measures the same work.
+//! (its default seed, a fixed start time, per-meter MAC keys the tenant is configured
+//! with), each sending one message of [`READINGS_PER_MESSAGE`] fifteen-minute reads per
+//! round. Every `received_at` and every batch's `now_ms` is derived from the readings'
+//! timestamps and the shard's monotonic clock is pinned to one instant: every run
+//! measures the same work.
 //!
 //! Stages, each measured on the last round after [`WARM_UP_ROUNDS`] rounds (a day) of
 //! history have gone through the shard, the processors and the store:
@@ -18,14 +19,14 @@
 //!   is 90 % of the shard's per-uplink work and would hide the rest. Under Callgrind
 //!   `sha2` takes its portable code path (valgrind's CPU reports no SHA extensions),
 //!   so this counts more instructions than a CPU with SHA-NI executes;
-//! - `shard_admit` — the rest of what the shard does per decoded uplink, with the
-//!   public functions it calls: payload size check, `check_uplink`, the meter's dedupe
-//!   window (`SeqWindow::admit`), then the readings and device status into a
-//!   `SealedBatch` carrying each meter's state. The shard's own `accept`/`admit`/`seal`
-//!   (`ingest/src/shard.rs`) are private, so their composition is restated here in
-//!   [`ShardFleet::admit_round`] with the shard's types and constructors;
-//! - `processors_chain` — `ProcessorChain::standard().process` on that batch (VEE,
-//!   usage, billing, alerting, analytics), with chain state warmed by the history;
+//! - `shard_admit` — the service's own shard core (`ShardCore::admit`, from
+//!   `ingest/src/shard/core.rs`) taking the round's 64 binary uplinks into its open
+//!   batch: tenant rules, size, decode, MAC, contract checks, the dedupe window,
+//!   readings and device status. It includes `decode_binary` and `mac_verify`'s work;
+//!   the rest is the shard's own;
+//! - `shard_seal` — `ShardCore::seal` of that batch: each meter's state moved into it,
+//!   the standard processor chain (VEE, usage, billing, alerting, analytics, warmed by
+//!   the history) run on it, the states taken back;
 //! - `store_commit` — `EmbeddedStore::commit` of one sink group ([`GROUP_ROUNDS`]
 //!   sealed batches, 1,024 readings, with the outputs derived from them after the
 //!   district rollup, as `ingest/src/sink.rs` commits a group) into a temporary store
@@ -44,14 +45,17 @@
 //! installs both).
 
 use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use gungraun::{library_benchmark, library_benchmark_group, main};
-use meterflow_model::check::{check_payload_size, check_uplink};
+use meterflow_ingest::config::Config;
+use meterflow_ingest::metrics::PipelineMetrics;
+use meterflow_ingest::shard::ShardSettings;
+use meterflow_ingest::shard::core::{Arrival, Now, Sealed, ShardCore, Step};
+use meterflow_ingest::tenants::Tenants;
 use meterflow_model::codec::{decode, encode_binary, encode_json};
-use meterflow_model::{
-    Admission, DeviceStatus, Limits, MeterBatch, MeterKey, MeterState, Outputs, SealedBatch,
-    StoredReading, Uplink, mac,
-};
+use meterflow_model::{MeterKey, MeterState, Outputs, SealedBatch, Uplink, mac};
 use meterflow_processors::ProcessorChain;
 use meterflow_processors::analytics::DistrictRollup;
 use meterflow_simulator::{MacKeys, SimConfig, meter_id_string, meter_messages};
@@ -126,131 +130,123 @@ fn received_at(uplink: &Uplink) -> i64 {
     uplink.readings.last().map_or(START_TS_MS, |r| r.ts) + RECEIVE_DELAY_MS
 }
 
-/// What one shard keeps per meter between batches.
-struct ShardFleet {
+/// The fleet's tenant as a service configures it: every meter has its MAC key, so
+/// the shard verifies every uplink, as a tenant with `meter_keys` does.
+fn tenant_config() -> Config {
+    let tenant = SimConfig::default().tenant;
+    let secret = MacKeys::PerMeter(MAC_SECRET.to_string());
+    let mut toml = format!("[[tenants]]\nid = \"{tenant}\"\n[tenants.meter_keys]\n");
+    for m in 0..METERS {
+        let meter = meter_id_string(m);
+        toml += &format!("{meter} = \"{}\"\n", hex::encode(secret.key_for(&meter)));
+    }
+    Config::from_toml(&toml).expect("a valid tenant config")
+}
+
+/// The service's shard core for the fleet, with its clock pinned: every arrival is
+/// received at one instant (the linger and rate limits never come into play) and
+/// every batch is sealed at its round's `received_at`.
+struct Shard {
+    core: ShardCore,
     keys: Vec<MeterKey>,
-    mac_keys: Vec<Vec<u8>>,
-    states: Vec<MeterState>,
-    limits: Limits,
-    sealed: u64,
+    at: Instant,
 }
 
-impl ShardFleet {
-    fn new() -> ShardFleet {
-        let tenant = SimConfig::default();
-        let secret = MacKeys::PerMeter(MAC_SECRET.to_string());
-        ShardFleet {
-            keys: (0..METERS).map(|m| tenant.meter_key(m).unwrap()).collect(),
-            mac_keys: (0..METERS)
-                .map(|m| secret.key_for(&meter_id_string(m)))
-                .collect(),
-            states: vec![MeterState::default(); METERS],
-            limits: Limits::default(),
-            sealed: 0,
+impl Shard {
+    fn new() -> Shard {
+        let config = tenant_config();
+        let settings = ShardSettings {
+            limits: config.limits.clone(),
+            batch_readings: usize::MAX,
+            linger: Duration::from_secs(3_600),
+            resend_window_ms: 600_000,
+            sweep_interval: Duration::from_secs(3_600),
+            dead_letter_rate: config.pipeline.dead_letter_rate(),
+        };
+        let at = Instant::now();
+        let fleet = SimConfig::default();
+        Shard {
+            core: ShardCore::new(
+                0,
+                settings,
+                Arc::new(Tenants::from_config(&config)),
+                ProcessorChain::standard(),
+                PipelineMetrics::register(),
+                at,
+            ),
+            keys: (0..METERS).map(|m| fleet.meter_key(m).unwrap()).collect(),
+            at,
         }
     }
 
-    /// Whether every uplink of a round carries its meter's MAC.
-    fn verify_macs(&self, uplinks: &[Uplink]) -> bool {
-        uplinks
+    /// Every meter's message of `round` into the open batch, in the binary wire form,
+    /// each meter's state hydrated (empty) the first time the core asks for it.
+    fn admit_round(&mut self, round: &Round) {
+        for ((key, uplink), payload) in self.keys.iter().zip(&round.uplinks).zip(&round.binary) {
+            let arrival = Arrival {
+                identity: key,
+                topic: &[],
+                payload,
+                refused: None,
+                received_at: received_at(uplink),
+                received: self.at,
+            };
+            while let Step::NeedsState(key) = self.core.admit(&arrival, self.at) {
+                self.core.hydrated(key, MeterState::default());
+            }
+        }
+    }
+
+    /// Seals the round's batch: the processors run on it.
+    fn seal(&mut self, round: &Round) -> Sealed {
+        let wall_ms = round
+            .uplinks
             .iter()
-            .zip(&self.mac_keys)
-            .all(|(uplink, key)| mac::verify(key, uplink))
-    }
-
-    /// Takes one round of decoded uplinks (with their payload sizes) through the
-    /// shard's per-uplink checks (but the MAC, [`ShardFleet::verify_macs`]) and dedupe
-    /// windows, and seals it as one batch carrying each meter's state. Every uplink of
-    /// the fixture is valid and new.
-    fn admit_round(&mut self, uplinks: &[Uplink], payload_sizes: &[usize]) -> SealedBatch {
-        let mut skipped = Vec::new();
-        let mut now_ms = i64::MIN;
-        let meters = uplinks
-            .iter()
-            .zip(payload_sizes)
-            .enumerate()
-            .map(|(m, (uplink, &size))| {
-                let received_at = received_at(uplink);
-                now_ms = now_ms.max(received_at);
-                check_payload_size(size, &self.limits).expect("the fixture fits the limits");
-                check_uplink(uplink, &self.limits, received_at).expect("valid uplinks");
-                let state = &mut self.states[m];
-                let admission = state.seq.admit(uplink.seq, received_at, &mut skipped);
-                assert_eq!(admission, Admission::New, "no resends in the fixture");
-                MeterBatch {
-                    key: self.keys[m].clone(),
-                    readings: uplink
-                        .readings
-                        .iter()
-                        .map(|reading| StoredReading::actual(*reading, uplink.seq, received_at))
-                        .collect(),
-                    state: state.clone(),
-                    messages: 1,
-                    duplicates: 0,
-                    first_received_at: Some(received_at),
-                    statuses: uplink
-                        .readings
-                        .last()
-                        .map(|newest| DeviceStatus {
-                            ts: newest.ts,
-                            received_at,
-                            flags: uplink.flags,
-                            battery: uplink.battery,
-                            rssi: uplink.rssi,
-                        })
-                        .into_iter()
-                        .collect(),
-                }
-            })
-            .collect();
-        self.sealed += 1;
-        SealedBatch {
-            now_ms,
-            shard: 0,
-            number: self.sealed,
-            meters,
-            dead_letters: Vec::new(),
-        }
-    }
-
-    /// Takes back the meters' states after the processors ran, as the shard does.
-    fn keep_states(&mut self, batch: &SealedBatch) {
-        for (state, meter) in self.states.iter_mut().zip(&batch.meters) {
-            state.clone_from(&meter.state);
-        }
+            .map(received_at)
+            .max()
+            .unwrap_or(START_TS_MS);
+        let sealed = self.core.seal(Now {
+            instant: self.at,
+            wall_ms,
+        });
+        let sealed = sealed.expect("a round holds every meter's message");
+        assert!(
+            sealed.batch.dead_letters.is_empty(),
+            "valid, signed uplinks"
+        );
+        sealed
     }
 }
 
-/// The payload sizes of a round in one wire form.
-fn sizes(payloads: &[Vec<u8>]) -> Vec<usize> {
-    payloads.iter().map(Vec::len).collect()
+/// Per-meter MAC keys, as the tenant config holds them.
+fn mac_keys() -> Vec<Vec<u8>> {
+    let secret = MacKeys::PerMeter(MAC_SECRET.to_string());
+    (0..METERS)
+        .map(|m| secret.key_for(&meter_id_string(m)))
+        .collect()
 }
 
-/// The shard and its processors after `rounds`, each round admitted and processed.
-/// Calls `sealed` with every processed batch and its outputs.
-fn replay(
-    rounds: &[Round],
-    fleet: &mut ShardFleet,
-    chain: &mut ProcessorChain,
-    mut sealed: impl FnMut(SealedBatch, Outputs),
-) {
+fn verify_macs(keys: &[Vec<u8>], uplinks: &[Uplink]) -> bool {
+    uplinks
+        .iter()
+        .zip(keys)
+        .all(|(uplink, key)| mac::verify(key, uplink))
+}
+
+/// Every round through the shard (admitted, sealed, processed), handing each sealed
+/// batch to `sealed`.
+fn replay(rounds: &[Round], shard: &mut Shard, mut sealed: impl FnMut(Sealed)) {
     for round in rounds {
-        assert!(fleet.verify_macs(&round.uplinks), "signed by the simulator");
-        let mut batch = fleet.admit_round(&round.uplinks, &sizes(&round.json));
-        let mut outputs = Outputs::default();
-        chain.process(&mut batch, &mut outputs);
-        fleet.keep_states(&batch);
-        sealed(batch, outputs);
+        shard.admit_round(round);
+        sealed(shard.seal(round));
     }
 }
 
-/// The measured round's payloads.
 fn last_round_payloads(binary: bool) -> Vec<Vec<u8>> {
     let last = rounds().pop().expect("ROUNDS > 0");
     if binary { last.binary } else { last.json }
 }
 
-/// Decodes every payload (whatever its wire form), returning them with the uplinks.
 fn decode_all(payloads: Vec<Vec<u8>>) -> (Vec<Vec<u8>>, Vec<Uplink>) {
     let uplinks = payloads
         .iter()
@@ -271,83 +267,48 @@ fn decode_binary(payloads: Vec<Vec<u8>>) -> (Vec<Vec<u8>>, Vec<Uplink>) {
     decode_all(payloads)
 }
 
-/// The shard's meters and the measured round's uplinks.
-fn mac_input() -> (ShardFleet, Vec<Uplink>) {
+fn mac_input() -> (Vec<Vec<u8>>, Vec<Uplink>) {
     let last = rounds().pop().expect("ROUNDS > 0");
-    (ShardFleet::new(), last.uplinks)
+    (mac_keys(), last.uplinks)
 }
 
 #[library_benchmark]
 #[bench::round(mac_input())]
-fn mac_verify(input: (ShardFleet, Vec<Uplink>)) -> (ShardFleet, Vec<Uplink>) {
-    assert!(input.0.verify_macs(black_box(&input.1)));
+fn mac_verify(input: (Vec<Vec<u8>>, Vec<Uplink>)) -> (Vec<Vec<u8>>, Vec<Uplink>) {
+    assert!(verify_macs(&input.0, black_box(&input.1)));
     input
 }
 
-/// The shard after the history, and the measured round.
-struct AdmitInput {
-    fleet: ShardFleet,
-    round: Round,
-    payload_sizes: Vec<usize>,
-}
-
-fn admit_input() -> AdmitInput {
+/// The shard after the history, and the round still to come.
+fn admit_input() -> (Shard, Round) {
     let mut rounds = rounds();
     let round = rounds.pop().expect("ROUNDS > 0");
-    let mut fleet = ShardFleet::new();
-    replay(
-        &rounds,
-        &mut fleet,
-        &mut ProcessorChain::standard(),
-        |_, _| {},
-    );
-    AdmitInput {
-        fleet,
-        payload_sizes: sizes(&round.json),
-        round,
-    }
+    let mut shard = Shard::new();
+    replay(&rounds, &mut shard, |_| {});
+    (shard, round)
 }
 
 #[library_benchmark]
 #[bench::round(admit_input())]
-fn shard_admit(mut input: AdmitInput) -> (AdmitInput, SealedBatch) {
-    let batch = input
-        .fleet
-        .admit_round(black_box(&input.round.uplinks), &input.payload_sizes);
-    (input, black_box(batch))
+fn shard_admit(mut input: (Shard, Round)) -> (Shard, Round) {
+    input.0.admit_round(black_box(&input.1));
+    input
 }
 
-/// The warmed processors, the measured round's sealed batch and an empty output.
-struct ChainInput {
-    chain: ProcessorChain,
-    batch: SealedBatch,
-    outputs: Outputs,
-}
-
-fn chain_input() -> ChainInput {
-    let mut rounds = rounds();
-    let round = rounds.pop().expect("ROUNDS > 0");
-    let mut fleet = ShardFleet::new();
-    let mut chain = ProcessorChain::standard();
-    replay(&rounds, &mut fleet, &mut chain, |_, _| {});
-    let batch = fleet.admit_round(&round.uplinks, &sizes(&round.json));
-    ChainInput {
-        chain,
-        batch,
-        outputs: Outputs::default(),
-    }
+/// The shard after the history with the last round admitted, not yet sealed.
+fn seal_input() -> (Shard, Round) {
+    let (mut shard, round) = admit_input();
+    shard.admit_round(&round);
+    (shard, round)
 }
 
 #[library_benchmark]
-#[bench::round(chain_input())]
-fn processors_chain(mut input: ChainInput) -> ChainInput {
-    input
-        .chain
-        .process(black_box(&mut input.batch), &mut input.outputs);
-    input
+#[bench::round(seal_input())]
+fn shard_seal(mut input: (Shard, Round)) -> (Shard, Sealed) {
+    let sealed = input.0.seal(black_box(&input.1));
+    (input.0, black_box(sealed))
 }
 
-/// A store holding the history and the last group, ready to commit, as the sink has it.
 struct CommitInput {
     store: EmbeddedStore,
     batches: Vec<SealedBatch>,
@@ -363,11 +324,13 @@ type SinkGroup = (Vec<SealedBatch>, Outputs);
 /// them: groups of [`GROUP_ROUNDS`] batches whose outputs went through the district
 /// rollup and were merged. The last group is the measured one.
 fn sink_groups() -> Vec<SinkGroup> {
-    let mut fleet = ShardFleet::new();
-    let mut chain = ProcessorChain::standard();
+    let mut shard = Shard::new();
     let mut rollup = DistrictRollup::new(1);
     let mut groups: Vec<SinkGroup> = Vec::new();
-    replay(&rounds(), &mut fleet, &mut chain, |batch, mut outputs| {
+    replay(&rounds(), &mut shard, |sealed| {
+        let Sealed {
+            batch, mut outputs, ..
+        } = sealed;
         rollup.absorb(batch.shard, batch.now_ms, &mut outputs);
         match groups.last_mut() {
             Some((batches, group)) if batches.len() < GROUP_ROUNDS => {
@@ -431,7 +394,7 @@ library_benchmark_group!(
         decode_binary,
         mac_verify,
         shard_admit,
-        processors_chain,
+        shard_seal,
         store_commit,
         cache_apply
     ]

@@ -1,0 +1,402 @@
+//! The shard core driven directly: arrivals and ticks with the time passed in, no
+//! threads, no store, no clock.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meterflow_model::topic::parse_client_id;
+use meterflow_model::{MeterKey, MeterState, Reading, Reject, Uplink, codec, mac};
+use meterflow_processors::ProcessorChain;
+use proptest::prelude::*;
+
+use super::ShardSettings;
+use super::core::{Arrival, Now, Sealed, ShardCore, Step};
+use crate::config::Config;
+use crate::dead_letter_limit::DeadLetterRate;
+use crate::metrics::PipelineMetrics;
+use crate::tenants::Tenants;
+
+/// 2026-03-02T00:00:00Z: every reading and `received_at` is counted from here.
+const T0_MS: i64 = 1_772_409_600_000;
+const LINGER: Duration = Duration::from_millis(20);
+const RESEND_WINDOW_MS: i64 = 60_000;
+const DEAD_LETTER_BURST: u32 = 3;
+/// MAC key of `signed.m1`, hex.
+const MAC_KEY_HEX: &str = "00112233445566778899aabbccddeeff";
+
+const CONFIG: &str = r#"
+[[tenants]]
+id = "plain"
+
+[[tenants]]
+id = "signed"
+require_mac = true
+[tenants.meter_keys]
+m1 = "00112233445566778899aabbccddeeff"
+"#;
+
+/// A shard core and the instant its clock started at.
+struct Harness {
+    core: ShardCore,
+    start: Instant,
+}
+
+impl Harness {
+    fn new(batch_readings: usize) -> Harness {
+        Harness::with_burst(batch_readings, DEAD_LETTER_BURST)
+    }
+
+    fn with_burst(batch_readings: usize, dead_letter_burst: u32) -> Harness {
+        let config = Config::from_toml(CONFIG).expect("test config");
+        let settings = ShardSettings {
+            limits: config.limits.clone(),
+            batch_readings,
+            linger: LINGER,
+            resend_window_ms: RESEND_WINDOW_MS,
+            sweep_interval: Duration::from_secs(60),
+            dead_letter_rate: DeadLetterRate {
+                burst: dead_letter_burst,
+                refill_per_s: 1,
+                capacity: 16,
+            },
+        };
+        let start = Instant::now();
+        let core = ShardCore::new(
+            0,
+            settings,
+            Arc::new(Tenants::from_config(&config)),
+            ProcessorChain::standard(),
+            PipelineMetrics::register(),
+            start,
+        );
+        Harness { core, start }
+    }
+
+    /// The time `ms` after the start, on both clocks.
+    fn at(&self, ms: u64) -> Now {
+        Now {
+            instant: self.start + Duration::from_millis(ms),
+            wall_ms: T0_MS + ms as i64,
+        }
+    }
+
+    /// Offers `payload` from `meter` at `ms`, hydrating a never-seen meter (default
+    /// state) when asked. Returns how many times the core asked for a state.
+    fn offer(&mut self, meter: &MeterKey, payload: &[u8], ms: u64) -> usize {
+        self.offer_with(meter, payload, None, ms)
+    }
+
+    fn offer_with(
+        &mut self,
+        meter: &MeterKey,
+        payload: &[u8],
+        refused: Option<Reject>,
+        ms: u64,
+    ) -> usize {
+        let now = self.at(ms);
+        let arrival = Arrival {
+            identity: meter,
+            topic: b"meters/test",
+            payload,
+            refused,
+            received_at: now.wall_ms,
+            received: now.instant,
+        };
+        let mut asked = 0;
+        while let Step::NeedsState(key) = self.core.admit(&arrival, now.instant) {
+            assert_eq!(&key, meter, "asks for the sender's state");
+            asked += 1;
+            assert!(asked < 2, "asks once, then takes it");
+            self.core.hydrated(key, MeterState::default());
+        }
+        asked
+    }
+
+    fn seal(&mut self, ms: u64) -> Sealed {
+        let now = self.at(ms);
+        self.core.seal(now).expect("something to seal")
+    }
+}
+
+fn key(client_id: &str) -> MeterKey {
+    parse_client_id(client_id).expect("valid client id")
+}
+
+/// An uplink of `n` readings, the newest 1 s before T0 + `seq` minutes.
+fn uplink(seq: u64, n: usize) -> Uplink {
+    let newest = T0_MS + seq as i64 * 60_000 - 1_000;
+    let readings = (0..n)
+        .map(|i| Reading {
+            ts: newest - (n - 1 - i) as i64 * 900_000,
+            reg: 1_000 + seq * 10 + i as u64,
+            rev: 0,
+            flow: 0,
+            temp: None,
+        })
+        .collect();
+    Uplink::new(seq, readings)
+}
+
+fn json(seq: u64, n: usize) -> Vec<u8> {
+    codec::encode_json(&uplink(seq, n))
+}
+
+#[test]
+fn a_meter_is_hydrated_once_then_its_readings_join_the_batch() {
+    let mut shard = Harness::new(1_000);
+    let m1 = key("plain.m1");
+    assert_eq!(shard.offer(&m1, &json(1, 2), 0), 1);
+    assert_eq!(
+        shard.offer(&m1, &json(2, 3), 1),
+        0,
+        "state kept in the shard"
+    );
+    let sealed = shard.seal(2);
+    let batch = &sealed.batch;
+    assert_eq!(batch.meters.len(), 1);
+    assert_eq!(batch.meters[0].messages, 2);
+    assert_eq!(batch.meters[0].readings.len(), 5);
+    assert_eq!(batch.meters[0].state.seq.watermark(), Some(2));
+    assert_eq!(batch.now_ms, T0_MS + 2);
+    assert_eq!(sealed.oldest, Some(shard.start));
+    assert!(batch.dead_letters.is_empty());
+    assert_eq!(
+        shard.offer(&m1, &json(3, 1), 3),
+        0,
+        "state survives the seal"
+    );
+}
+
+#[test]
+fn a_state_read_from_the_store_decides_what_is_a_duplicate() {
+    let mut shard = Harness::new(1_000);
+    let m1 = key("plain.m1");
+    let mut stored = MeterState::default();
+    stored.seq.admit(1, T0_MS, &mut Vec::new());
+    stored.seq.admit(2, T0_MS, &mut Vec::new());
+    let arrival_payload = json(2, 1);
+    let now = shard.at(0);
+    let arrival = Arrival {
+        identity: &m1,
+        topic: b"t",
+        payload: &arrival_payload,
+        refused: None,
+        received_at: now.wall_ms,
+        received: now.instant,
+    };
+    assert_eq!(
+        shard.core.admit(&arrival, now.instant),
+        Step::NeedsState(m1.clone())
+    );
+    assert!(shard.core.seal(now).is_none(), "asking changed nothing");
+    shard.core.hydrated(m1.clone(), stored);
+    assert_eq!(shard.core.admit(&arrival, now.instant), Step::Taken);
+    let sealed = shard.seal(1);
+    let meter = &sealed.batch.meters[0];
+    assert_eq!((meter.messages, meter.duplicates), (0, 1));
+    assert!(meter.readings.is_empty(), "a resend is not stored again");
+}
+
+#[test]
+fn junk_and_forgeries_are_dead_lettered_without_a_state_read() {
+    let mut shard = Harness::new(1_000);
+    let signed = key("signed.m1");
+    assert_eq!(shard.offer(&signed, b"{not json", 0), 0);
+    assert_eq!(shard.offer(&signed, &json(1, 1), 1), 0, "unsigned: bad MAC");
+    assert_eq!(shard.offer(&key("nobody.m1"), &json(1, 1), 2), 0);
+    let sealed = shard.seal(3);
+    let reasons: Vec<_> = sealed.batch.dead_letters.iter().map(|d| d.reason).collect();
+    assert_eq!(
+        reasons,
+        [Reject::Malformed, Reject::BadMac, Reject::UnknownTenant]
+    );
+    assert!(sealed.batch.meters.is_empty(), "no window moved");
+    assert_eq!(sealed.batch.dead_letters[1].correlation_id, "signed/m1/1");
+    assert_eq!(sealed.batch.dead_letters[0].correlation_id, "signed/m1/-");
+}
+
+#[test]
+fn a_signed_uplink_is_taken() {
+    let mut shard = Harness::new(1_000);
+    let signed = key("signed.m1");
+    let mut up = uplink(1, 2);
+    mac::sign(&hex::decode(MAC_KEY_HEX).unwrap(), &mut up);
+    assert_eq!(shard.offer(&signed, &codec::encode_json(&up), 0), 1);
+    let sealed = shard.seal(1);
+    assert!(sealed.batch.dead_letters.is_empty());
+    assert_eq!(sealed.batch.meters[0].readings.len(), 2);
+}
+
+#[test]
+fn a_contract_breach_moves_the_window_and_its_resend_is_a_duplicate() {
+    let mut shard = Harness::new(1_000);
+    let m1 = key("plain.m1");
+    let mut future = uplink(1, 1);
+    future.readings[0].ts = T0_MS + 86_400_000;
+    let payload = codec::encode_json(&future);
+    shard.offer(&m1, &payload, 0);
+    shard.offer(&m1, &payload, 1);
+    let sealed = shard.seal(2);
+    assert_eq!(sealed.batch.dead_letters.len(), 1, "stored once");
+    assert_eq!(sealed.batch.dead_letters[0].reason, Reject::ClockSkew);
+    let meter = &sealed.batch.meters[0];
+    assert_eq!(meter.state.seq.watermark(), Some(1), "acked past it");
+    assert_eq!((meter.messages, meter.duplicates), (0, 1));
+    assert!(meter.readings.is_empty());
+}
+
+#[test]
+fn a_refused_publish_is_a_dead_letter_with_the_endpoints_reason() {
+    let mut shard = Harness::new(1_000);
+    let m1 = key("plain.m1");
+    assert_eq!(
+        shard.offer_with(&m1, &json(1, 1), Some(Reject::ForbiddenTopic), 0),
+        0
+    );
+    let sealed = shard.seal(1);
+    assert_eq!(sealed.batch.dead_letters[0].reason, Reject::ForbiddenTopic);
+    assert!(sealed.batch.meters.is_empty());
+}
+
+#[test]
+fn dead_letters_over_the_senders_rate_are_answered_not_stored() {
+    let mut shard = Harness::new(1_000);
+    let m1 = key("plain.m1");
+    for i in 0..10 {
+        shard.offer(&m1, b"junk", i);
+    }
+    let sealed = shard.seal(10);
+    assert_eq!(sealed.batch.dead_letters.len(), DEAD_LETTER_BURST as usize);
+    // Only dropped dead letters: still sealed, so their arrivals are answered.
+    shard.offer(&m1, b"junk", 11);
+    let sealed = shard.seal(12);
+    assert!(sealed.batch.dead_letters.is_empty() && sealed.batch.meters.is_empty());
+    assert!(shard.core.seal(shard.at(13)).is_none(), "then nothing left");
+}
+
+#[test]
+fn a_batch_is_full_at_its_readings_and_lingers_from_when_it_opened() {
+    let mut shard = Harness::new(4);
+    let m1 = key("plain.m1");
+    assert_eq!(shard.core.deadline(), shard.at(1_000).instant, "gap sweep");
+    shard.offer(&m1, &json(1, 3), 5);
+    assert!(!shard.core.is_full());
+    assert_eq!(shard.core.deadline(), shard.at(25).instant);
+    assert!(!shard.core.linger_elapsed(shard.at(24).instant));
+    assert!(shard.core.linger_elapsed(shard.at(25).instant));
+    shard.offer(&m1, &json(2, 1), 6);
+    assert!(shard.core.is_full());
+    shard.seal(7);
+    assert!(!shard.core.linger_elapsed(shard.at(1_000).instant));
+}
+
+#[test]
+fn an_unfilled_gap_is_skipped_after_the_resend_window() {
+    let mut shard = Harness::new(1_000);
+    let m1 = key("plain.m1");
+    shard.offer(&m1, &json(1, 1), 0);
+    shard.offer(&m1, &json(3, 1), 1);
+    let sealed = shard.seal(2);
+    assert_eq!(sealed.batch.meters[0].state.seq.watermark(), Some(1));
+    assert!(!shard.core.tick(shard.at(999)), "not due yet");
+    assert!(shard.core.tick(shard.at(1_000)));
+    assert!(
+        shard.core.seal(shard.at(1_001)).is_none(),
+        "gap still young"
+    );
+    let late = RESEND_WINDOW_MS as u64 + 1_000;
+    assert!(shard.core.tick(shard.at(late)));
+    let sealed = shard.seal(late + 1);
+    assert_eq!(sealed.batch.meters[0].state.seq.watermark(), Some(3));
+    assert!(sealed.batch.meters[0].readings.is_empty());
+}
+
+/// What a proptest does to the shard next.
+#[derive(Clone, Debug)]
+enum Op {
+    /// A valid uplink of `readings` readings from meter `meter` with `seq`.
+    Uplink {
+        meter: u8,
+        seq: u64,
+        readings: usize,
+    },
+    /// Bytes that are not an uplink.
+    Junk(Vec<u8>),
+    /// The clock moves on by `ms`, and the core is ticked.
+    Tick {
+        ms: u64,
+    },
+    Seal,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0u8..4, 1u64..40, 1usize..5)
+            .prop_map(|(meter, seq, readings)| Op::Uplink { meter, seq, readings }),
+        1 => proptest::collection::vec(any::<u8>(), 0..40).prop_map(Op::Junk),
+        2 => (1u64..40_000).prop_map(|ms| Op::Tick { ms }),
+        2 => Just(Op::Seal),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Whatever arrives, in whatever order, with resends, junk and sweeps between:
+    /// every arrival is sealed into a batch (so it is answered), counted exactly once
+    /// as stored, duplicate or dead letter; no (meter, seq) is stored twice; and a
+    /// meter's watermark never moves back.
+    #[test]
+    fn every_arrival_is_sealed_and_counted_once(ops in proptest::collection::vec(op(), 1..120)) {
+        let mut shard = Harness::with_burst(8, 10_000);
+        let meters: Vec<MeterKey> = (0..4).map(|m| key(&format!("plain.m{m}"))).collect();
+        let mut ms = 0;
+        let (mut offered, mut counted) = (0, 0);
+        let mut stored = HashSet::new();
+        let mut watermarks = vec![None; meters.len()];
+        let mut collect = |sealed: Sealed, counted: &mut usize| {
+            *counted += sealed.batch.dead_letters.len();
+            for meter in &sealed.batch.meters {
+                *counted += (meter.messages + meter.duplicates) as usize;
+                let m = meters.iter().position(|k| *k == meter.key).expect("a known meter");
+                let watermark = meter.state.seq.watermark();
+                prop_assert!(watermark >= watermarks[m], "watermark moved back");
+                watermarks[m] = watermark;
+                let seqs: HashSet<u64> = meter.readings.iter().map(|r| r.seq).collect();
+                for seq in seqs {
+                    prop_assert!(stored.insert((m, seq)), "seq {} of m{} stored twice", seq, m);
+                }
+            }
+            Ok(())
+        };
+        for op in ops {
+            ms += 1;
+            match op {
+                Op::Uplink { meter, seq, readings } => {
+                    let payload = codec::encode_json(&uplink(seq, readings));
+                    shard.offer(&meters[usize::from(meter)], &payload, ms);
+                    offered += 1;
+                }
+                Op::Junk(bytes) => {
+                    shard.offer(&meters[0], &bytes, ms);
+                    offered += 1;
+                }
+                Op::Tick { ms: step } => {
+                    ms += step;
+                    shard.core.tick(shard.at(ms));
+                }
+                Op::Seal => {
+                    if let Some(sealed) = shard.core.seal(shard.at(ms)) {
+                        collect(sealed, &mut counted)?;
+                    }
+                }
+            }
+        }
+        if let Some(sealed) = shard.core.seal(shard.at(ms + 1)) {
+            collect(sealed, &mut counted)?;
+        }
+        prop_assert_eq!(counted, offered);
+        prop_assert!(shard.core.seal(shard.at(ms + 2)).is_none());
+    }
+}

@@ -1,0 +1,165 @@
+//! The thread around a [`ShardCore`]: it owns the shard's queue, the clock, the store
+//! reads that hydrate a meter on first sight, the [`Completion`]s of the messages the
+//! open batch took, and the hand-off of sealed batches to the sink (blocking while the
+//! sink queue is full: that is the pipeline's backpressure).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{RecvTimeoutError, Sender};
+use meterflow_model::{MeterKey, MeterState};
+use meterflow_processors::ProcessorChain;
+use meterflow_storage::ReadingStore;
+use metrics::Gauge;
+use tracing::{error, info};
+
+use super::core::{Now, ShardCore, Step};
+use super::{ShardSettings, SinkItem};
+use crate::clock::now_ms;
+use crate::endpoint::handoff::{Inbound, ShardInbox};
+use crate::endpoint::outbox::Completion;
+use crate::metrics::PipelineMetrics;
+use crate::tenants::Tenants;
+
+/// Back-off between attempts to read a meter's state while the store is failing.
+const HYDRATE_RETRY: Duration = Duration::from_millis(500);
+
+/// A shard worker: one OS thread running a [`ShardCore`].
+pub struct ShardWorker {
+    shard: usize,
+    core: ShardCore,
+    inbox: ShardInbox,
+    sink: Sender<SinkItem>,
+    store: Arc<dyn ReadingStore>,
+    queue_depth: Gauge,
+    /// One per arrival the open batch took, answered by the sink once it is durable.
+    completions: Vec<Completion>,
+    /// Set at shutdown: the worker seals what it holds and stops, even though the
+    /// broker link still holds a sender to its inbox.
+    stop: Arc<AtomicBool>,
+}
+
+impl ShardWorker {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        shard: usize,
+        settings: ShardSettings,
+        inbox: ShardInbox,
+        sink: Sender<SinkItem>,
+        store: Arc<dyn ReadingStore>,
+        tenants: Arc<Tenants>,
+        processors: ProcessorChain,
+        metrics: PipelineMetrics,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            shard,
+            core: ShardCore::new(
+                shard,
+                settings,
+                tenants,
+                processors,
+                metrics,
+                Instant::now(),
+            ),
+            inbox,
+            sink,
+            store,
+            queue_depth: PipelineMetrics::shard_queue_depth(shard),
+            completions: Vec::new(),
+            stop,
+        }
+    }
+
+    /// Starts the worker on its own thread. It runs until its inbox closes (or the
+    /// stop flag is set), then seals what it holds and stops.
+    pub fn spawn(self) -> std::io::Result<thread::JoinHandle<()>> {
+        thread::Builder::new()
+            .name(format!("shard-{}", self.shard))
+            .spawn(move || self.run())
+    }
+
+    fn run(mut self) {
+        loop {
+            match self.inbox.recv_deadline(self.core.deadline()) {
+                Ok(inbound) => {
+                    self.take(inbound);
+                    if self.core.is_full() || self.inbox.is_empty() {
+                        self.seal();
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.seal();
+                    return;
+                }
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                self.seal();
+                return;
+            }
+            let now = now();
+            if self.core.tick(now) {
+                self.queue_depth.set(self.inbox.len() as f64);
+            }
+            if self.core.linger_elapsed(now.instant) {
+                self.seal();
+            }
+        }
+    }
+
+    /// Offers an arrival to the core, reading the meter's state first when it asks.
+    fn take(&mut self, inbound: Inbound) {
+        let at = Instant::now();
+        let arrival = inbound.arrival();
+        while let Step::NeedsState(key) = self.core.admit(&arrival, at) {
+            let state = self.hydrate(&key);
+            self.core.hydrated(key, state);
+        }
+        self.completions.push(inbound.completion);
+    }
+
+    /// Reads a meter's persisted state. Without it a resend would count as new usage,
+    /// so while the store cannot answer the shard waits (and backpressure builds).
+    fn hydrate(&self, key: &MeterKey) -> MeterState {
+        let mut logged = false;
+        loop {
+            match self.store.meter_state(key) {
+                Ok(state) => return state.unwrap_or_default(),
+                Err(e) => {
+                    if !logged {
+                        error!(shard = self.shard, meter = %key, error = %e, "cannot read meter state; waiting for the store");
+                        logged = true;
+                    }
+                    thread::sleep(HYDRATE_RETRY);
+                }
+            }
+        }
+    }
+
+    /// Seals the open batch and hands it to the sink with its completions.
+    fn seal(&mut self) {
+        let Some(sealed) = self.core.seal(now()) else {
+            return;
+        };
+        let item = SinkItem {
+            batch: sealed.batch,
+            outputs: sealed.outputs,
+            oldest: sealed.oldest,
+            completions: std::mem::take(&mut self.completions),
+        };
+        if self.sink.send(item).is_err() {
+            info!(shard = self.shard, "sink gone; shard stopping");
+        }
+    }
+}
+
+/// The clock, read here and passed to the core.
+fn now() -> Now {
+    Now {
+        instant: Instant::now(),
+        wall_ms: now_ms(),
+    }
+}
