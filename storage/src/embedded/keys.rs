@@ -4,7 +4,7 @@
 //!
 //! | keyspace       | key                                                         |
 //! |----------------|-------------------------------------------------------------|
-//! | `readings`     | tenant, `0x00`, meter, `0x00`, ts (8 bytes, [`ordered_ts`]) |
+//! | `readings`     | tenant, `0x00`, meter, `0x00`, the chunk's first ts (8 bytes, [`ordered_ts`]) |
 //! | `meter_state`  | tenant, `0x00`, meter                                       |
 //! | `dead_letters` | tenant, `0x00`, received_at (8 bytes, [`ordered_ts`]), id (u64 BE) |
 //! | `bills`        | tenant, `0x00`, period (`yyyy-mm`), `0x00`, meter            |
@@ -18,6 +18,11 @@
 //! (a bill's period, a district name from the tenant config) are checked with
 //! [`is_storable`] before a key is built from them: one containing `0x00` could
 //! collide with another key, so it is never stored (and never found).
+//!
+//! A `readings` key names a chunk of readings (`chunks.rs`) by its first `ts`; a
+//! single-reading row of an older build has the same shape, its one reading's `ts`.
+//! Chunks are disjoint and never cross a UTC day, so a meter's readings from `from`
+//! on are in the chunks keyed from the start of `from`'s day on.
 //!
 //! `alerts` has no day component: DESIGN §5 partitions alerts by the UTC day of
 //! `opened_at`, which `opened_at` itself orders the same way, so a reverse scan over
@@ -61,7 +66,8 @@ pub(crate) fn readings_prefix(key: &MeterKey) -> Vec<u8> {
     out
 }
 
-/// The `readings` key of `key`'s reading at `ts`.
+/// The `readings` key of the chunk of the meter with prefix `prefix` whose first
+/// reading is at `ts`.
 pub(crate) fn reading_key(prefix: &[u8], ts: i64) -> Vec<u8> {
     let mut out = Vec::with_capacity(prefix.len() + U64_LEN);
     out.extend_from_slice(prefix);
@@ -69,7 +75,8 @@ pub(crate) fn reading_key(prefix: &[u8], ts: i64) -> Vec<u8> {
     out
 }
 
-/// The `ts` of a `readings` key, or `None` when the key is too short to hold one.
+/// The first `ts` of a `readings` key, or `None` when the key is too short to hold
+/// one.
 pub(crate) fn reading_ts(key: &[u8]) -> Option<i64> {
     let suffix = key
         .len()

@@ -7,16 +7,18 @@
 //!
 //! | keyspace       | key                                       | value                              |
 //! |----------------|-------------------------------------------|------------------------------------|
-//! | `readings`     | tenant `0x00` meter `0x00` ts*            | 50-byte fixed LE row, version byte first |
+//! | `readings`     | tenant `0x00` meter `0x00` first ts*      | a chunk: 1–128 readings of one UTC day, delta-encoded, version byte first (or, from older builds, one 50-byte reading row) |
 //! | `meter_state`  | tenant `0x00` meter                       | `encode_record(&MeterState)`       |
 //! | `dead_letters` | tenant `0x00` received_at* id (u64 BE)    | version byte, then u32-length-prefixed topic, payload, reason code, correlation id |
 //! | `bills`        | tenant `0x00` period `0x00` meter         | `encode_record(&BillLine)`         |
 //! | `alerts`       | tenant `0x00` opened_at* meter `0x00` kind name | `encode_record(&AlertEvent)`, the episode's latest event |
 //! | `district_hourly` | tenant `0x00` district `0x00` hour start* | `encode_record(&DistrictUsage)`, hour rows only |
 //!
-//! The byte-level layouts are documented, and tested, in `keys.rs` and `rows.rs`; the
-//! last three keyspaces, written by [`ReadingStore::write_outputs`], and their rules
-//! (one fsync per call, latest event per alert episode) in `outputs.rs`. A store
+//! The byte-level layouts are documented, and tested, in `keys.rs`, `chunks.rs`
+//! (readings) and `rows.rs` (dead letters, and the older reading row); how readings
+//! are merged into chunks in `readings.rs`; the last three keyspaces, written by
+//! [`ReadingStore::write_outputs`], and their rules (one fsync per call, latest event
+//! per alert episode) in `outputs.rs`. A store
 //! created by an older build gains them, empty, when it is opened.
 //!
 //! Invariants:
@@ -28,9 +30,11 @@
 //!   together or not at all. Many sealed batches cost one fsync: that is the group
 //!   commit the sink relies on.
 //! - **Last write wins, per key.** Writing a reading again (same meter, same `ts`)
-//!   replaces the row, so replays are idempotent. Within one call, when a key occurs
-//!   more than once (a meter in several batches of a shard, a reading re-sent), the
-//!   occurrence in the later batch — or later in the same batch — is the one stored.
+//!   replaces it in its chunk, so replays are idempotent. Within one call, when a key
+//!   occurs more than once (a meter in several batches of a shard, a reading re-sent),
+//!   the occurrence in the later batch — or later in the same batch — is the one
+//!   stored. Merging into a chunk reads it first: every writer holds
+//!   [`EmbeddedStore::lock_writer`] from that read to its commit.
 //! - **One process per directory.** fjall locks the directory; a second open fails
 //!   with [`StoreError::Config`] naming it.
 //! - **Bounded memory**: see the constants below.
@@ -38,19 +42,60 @@
 //!   period (readings, dead letters, district hours; `0` keeps them forever) in
 //!   bounded chunks, from a sweeper thread the service starts.
 //!
+//! ## Readings as chunks
+//!
+//! fjall takes ~0.5–0.7M rows/s on one core (DESIGN §5), and one row per reading cost
+//! ~8.7k instructions per reading in the perf gate's `store_commit`: the row rate
+//! capped the pipeline. So a `readings` row is a **chunk** of one meter's readings —
+//! up to [`MAX_CHUNK_READINGS`] (128), all in one UTC day, keyed by the first one's
+//! `ts` — and a commit writes one row per meter per day it touches, merged into the
+//! day's newest chunk (read-modify-write; invariants and algorithm in `readings.rs`).
+//! The logical model (a reading per meter and `ts`, last write wins), the API and
+//! the single fsynced batch per commit are unchanged.
+//!
+//! **Bucket: the UTC day**, because it keeps rows per message at 1–2 for every common
+//! profile while the cap bounds the re-encoding a merge costs:
+//! - 15-minute reads sent hourly (the simulator's default): 1 row per message
+//!   (hour buckets: 1–2, as messages straddle hours), re-encoding on average the
+//!   ~48 readings of the day so far — ~12 × 15 bytes, cheap next to a row;
+//! - hourly or 15-minute reads sent once a day (24–96 readings): 1–2 rows per
+//!   message, where hour buckets would write 24;
+//! - one-minute reads: the day splits into chunks of 128, so a merge re-encodes at
+//!   most 128 + the new readings, whatever the cadence.
+//!
+//! Chunks per sealed batch (keyed by the batch's first `ts`, never read back on write)
+//! would avoid the read, but a replay or a VEE re-estimate overlaps earlier chunks, so
+//! reads would have to merge overlapping chunks by write order and retention could not
+//! tell a chunk's end from its key; fixed days keep chunks disjoint, and a range read
+//! is one forward scan from the first chunk of `from`'s day.
+//!
+//! **Older stores.** A store written before chunks holds single-reading rows
+//! (version byte 1, `rows.rs`) in the same keyspace with the same key shape; they are
+//! read as chunks of one reading, and a write into their day merges into them. So an
+//! older store opens with no conversion step (nothing to interrupt, nothing to
+//! resume), and its rows become chunks as they are rewritten or leave with retention.
+//!
+//! **Retention** deletes whole chunks older than the cutoff and rewrites a chunk that
+//! straddles it without its expired readings (`retention.rs`), so no reading at or
+//! after the cutoff is lost and none before it stays readable.
+//!
 //! If a journal write or fsync fails, fjall poisons the database and refuses every
 //! later write: that write fails with the I/O error, every later one with a
 //! [`StoreError::Unavailable`] that asks for a restart (recovery replays the journal),
 //! and from then on [`ReadingStore::is_ready`] is false.
 
+mod chunks;
 mod keys;
 mod outputs;
+mod readings;
 pub mod retention;
 mod rows;
 
+pub use chunks::MAX_CHUNK_READINGS;
+
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use fjall::{
     Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch as WriteBatch, PersistMode,
@@ -72,12 +117,14 @@ const MIB: u64 = 1024 * 1024;
 /// for read-heavy stores).
 const BLOCK_CACHE_BYTES: u64 = 64 * MIB;
 
-/// Memtable (write buffer) of `readings`. fjall accounts ~140 bytes per reading row
-/// (~30-byte key, 50-byte value, entry overhead), so 32 MiB holds ~240k readings
-/// between flushes: large enough that flushes are not constant at 0.5M rows/s, small
-/// enough for the bound below. fjall keeps one active memtable per keyspace and
-/// stalls writers while 4 sealed ones wait for a flush, so `readings` holds at most
-/// ~5 × 32 MiB in memory.
+/// Memtable (write buffer) of `readings`. fjall accounts ~60 bytes of overhead per
+/// row (~30-byte key, entry overhead) plus the chunk, ~15 bytes per reading; a chunk
+/// rewritten by several commits before a flush is held once per version. With hourly
+/// messages of 15-minute reads that is ~650 bytes per meter per message, so 32 MiB
+/// holds ~50k meter-messages (~200k readings) between flushes: large enough that
+/// flushes are not constant, small enough for the bound below. fjall keeps one active
+/// memtable per keyspace and stalls writers while 4 sealed ones wait for a flush, so
+/// `readings` holds at most ~5 × 32 MiB in memory.
 const READINGS_MEMTABLE_BYTES: u64 = 32 * MIB;
 
 /// Memtable of `meter_state`: one row of a few hundred bytes per meter per write, so
@@ -127,9 +174,8 @@ pub struct EmbeddedStore {
     bills: Keyspace,
     alerts: Keyspace,
     district_hourly: Keyspace,
-    /// Serialises [`ReadingStore::write_outputs`]: keeping the latest event of an
-    /// alert episode reads the stored one before writing (see `outputs.rs`).
-    outputs_writer: Mutex<()>,
+    /// Serialises the store's read-modify-writes; see [`Self::lock_writer`].
+    writer: Mutex<()>,
     /// Set once fjall reports the database poisoned (a failed journal write or
     /// fsync): no later write can succeed without a restart.
     poisoned: AtomicBool,
@@ -158,7 +204,7 @@ impl EmbeddedStore {
             bills: keyspace(BILLS, BILLS_MEMTABLE_BYTES)?,
             alerts: keyspace(ALERTS, ALERTS_MEMTABLE_BYTES)?,
             district_hourly: keyspace(DISTRICT_HOURLY, DISTRICT_HOURLY_MEMTABLE_BYTES)?,
-            outputs_writer: Mutex::new(()),
+            writer: Mutex::new(()),
             dir: dir.to_path_buf(),
             db,
             poisoned: AtomicBool::new(false),
@@ -198,25 +244,24 @@ impl EmbeddedStore {
         ))
     }
 
-    /// Adds the readings, meter states and dead letters of `batches` to `batch`.
-    fn stage_batches(&self, batch: &mut WriteBatch, batches: &[SealedBatch]) {
-        let mut readings = Vec::with_capacity(batches.iter().map(|b| b.reading_count()).sum());
+    /// Adds the readings, meter states and dead letters of `batches` to `batch`; the
+    /// caller holds [`Self::lock_writer`] until it commits (readings are merged into
+    /// stored chunks, `readings.rs`).
+    fn stage_batches(
+        &self,
+        batch: &mut WriteBatch,
+        batches: &[SealedBatch],
+    ) -> Result<(), StoreError> {
+        self.stage_readings(batch, batches)?;
         let mut states = Vec::new();
         let mut dead_letters = Vec::new();
         for batch in batches {
-            for meter in &batch.meters {
-                let prefix = keys::readings_prefix(&meter.key);
-                readings.extend(meter.readings.iter().map(|stored| {
-                    (
-                        keys::reading_key(&prefix, stored.reading.ts),
-                        rows::encode_reading(stored),
-                    )
-                }));
-                states.push((
+            states.extend(batch.meters.iter().map(|meter| {
+                (
                     keys::meter_state_key(&meter.key),
                     encode_record(&meter.state),
-                ));
-            }
+                )
+            }));
             dead_letters.extend(batch.dead_letters.iter().map(|letter| {
                 debug_assert!(!letter.tenant.is_empty() && !letter.tenant.contains('\0'));
                 (
@@ -230,19 +275,26 @@ impl EmbeddedStore {
                 )
             }));
         }
-        keep_last_per_key(&mut readings);
         keep_last_per_key(&mut states);
         keep_last_per_key(&mut dead_letters);
 
-        for (key, value) in &readings {
-            batch.insert(&self.readings, key.as_slice(), value.as_slice());
-        }
         for (key, value) in &states {
             batch.insert(&self.meter_state, key.as_slice(), value.as_slice());
         }
         for (key, value) in &dead_letters {
             batch.insert(&self.dead_letters, key.as_slice(), value.as_slice());
         }
+        Ok(())
+    }
+
+    /// Held by every writer from its first read of stored rows until its batch is
+    /// committed: merging readings into chunks, keeping the latest event of an alert
+    /// episode (`outputs.rs`) and trimming a chunk at the retention cutoff
+    /// (`retention.rs`) are read-modify-writes, and two of them interleaved could
+    /// each overwrite the other's rows. The sink writes from one thread, so the lock is
+    /// uncontended there; it makes correctness independent of how callers call.
+    pub(super) fn lock_writer(&self) -> MutexGuard<'_, ()> {
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn durable_batch(&self) -> WriteBatch {
@@ -252,8 +304,9 @@ impl EmbeddedStore {
 
 impl ReadingStore for EmbeddedStore {
     fn write(&self, batches: &[SealedBatch]) -> Result<(), StoreError> {
+        let _writer = self.lock_writer();
         let mut batch = self.durable_batch();
-        self.stage_batches(&mut batch, batches);
+        self.stage_batches(&mut batch, batches)?;
         // An empty batch commits nothing and syncs nothing: there is nothing to make
         // durable.
         batch
@@ -264,9 +317,9 @@ impl ReadingStore for EmbeddedStore {
     /// One fjall batch, one journal sync: the group's readings, states and dead
     /// letters and every durable output derived from them become durable together.
     fn commit(&self, batches: &[SealedBatch], outputs: &Outputs) -> Result<(), StoreError> {
-        let _writer = self.lock_outputs();
+        let _writer = self.lock_writer();
         let mut batch = self.durable_batch();
-        self.stage_batches(&mut batch, batches);
+        self.stage_batches(&mut batch, batches)?;
         self.stage_outputs(&mut batch, outputs)?;
         batch
             .commit()
@@ -294,23 +347,7 @@ impl ReadingStore for EmbeddedStore {
         to_ms: i64,
         limit: usize,
     ) -> Result<Vec<StoredReading>, StoreError> {
-        if from_ms >= to_ms || limit == 0 {
-            return Ok(Vec::new());
-        }
-        let prefix = keys::readings_prefix(key);
-        let range = keys::reading_key(&prefix, from_ms)..keys::reading_key(&prefix, to_ms);
-        let mut out = Vec::with_capacity(limit.min(MAX_PREALLOCATED_ROWS));
-        for entry in self.readings.range(range).take(limit) {
-            let (row_key, value) = entry
-                .into_inner()
-                .map_err(|e| self.fjall_error("reading readings", e))?;
-            let ts = keys::reading_ts(&row_key)
-                .ok_or_else(|| self.corrupt_row(READINGS, &row_key, "key too short"))?;
-            let stored = rows::decode_reading(ts, &value)
-                .map_err(|e| self.corrupt_row(READINGS, &row_key, e))?;
-            out.push(stored);
-        }
-        Ok(out)
+        self.stored_readings(key, from_ms, to_ms, limit)
     }
 
     /// Newest first. A `tenant` that could not be stored (empty, or containing
@@ -384,12 +421,18 @@ impl ReadingStore for EmbeddedStore {
 }
 
 /// Sorts rows by key and keeps, of every key, the row written last (latest batch,
-/// latest position). The sort is stable, so after reversing, the first row of each
-/// run of equal keys is the newest one.
+/// latest position).
 fn keep_last_per_key<V>(rows: &mut Vec<(Vec<u8>, V)>) {
+    keep_last_by(rows, |a, b| a.0.cmp(&b.0));
+}
+
+/// Sorts `rows` by `order` and keeps, of every run of equal rows, the one that came
+/// last. The sort is stable, so after reversing, the first row of each run is the
+/// newest one.
+fn keep_last_by<T>(rows: &mut Vec<T>, mut order: impl FnMut(&T, &T) -> std::cmp::Ordering) {
     rows.reverse();
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
-    rows.dedup_by(|later_in_vec, kept| later_in_vec.0 == kept.0);
+    rows.sort_by(&mut order);
+    rows.dedup_by(|later_in_vec, kept| order(later_in_vec, kept).is_eq());
 }
 
 /// Whether an fjall error comes from the operating system (disk full, I/O error)

@@ -27,7 +27,7 @@
 //!   lifecycle (opened < updated < cleared) for events at the same instant — not by
 //!   write order, so a replayed older event never reopens a cleared episode. Only an
 //!   event of exactly the same order replaces the stored one (the later write wins).
-//!   This is a read-modify-write; `outputs_writer` serialises it between callers.
+//!   This is a read-modify-write; the store's writer lock serialises it between callers.
 //! - **Unstorable ids are skipped.** A tenant, period, meter or district containing
 //!   `0x00` could collide with another key; such a row is dropped with a warning (ids
 //!   are validated upstream, so this is a bug guard), and readers asked for such an id
@@ -35,7 +35,6 @@
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
-use std::sync::{MutexGuard, PoisonError};
 
 use fjall::OwnedWriteBatch as WriteBatch;
 use meterflow_model::Outputs;
@@ -65,7 +64,7 @@ impl EmbeddedStore {
         if !has_durable_rows(outputs) {
             return Ok(());
         }
-        let _writer = self.lock_outputs();
+        let _writer = self.lock_writer();
         let mut batch = self.durable_batch();
         self.stage_outputs(&mut batch, outputs)?;
         batch
@@ -73,16 +72,8 @@ impl EmbeddedStore {
             .map_err(|e| self.fjall_error("writing bills, alerts and district hours", e))
     }
 
-    /// Held from reading the stored episodes until the batch holding the new ones is
-    /// committed, so two callers cannot both decide their event is the latest.
-    pub(super) fn lock_outputs(&self) -> MutexGuard<'_, ()> {
-        self.outputs_writer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Adds the bills, alert episodes and hourly district rows of `outputs` to
-    /// `batch`; the caller holds [`Self::lock_outputs`] until it commits.
+    /// `batch`; the caller holds [`Self::lock_writer`] until it commits.
     pub(super) fn stage_outputs(
         &self,
         batch: &mut WriteBatch,

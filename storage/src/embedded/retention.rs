@@ -13,15 +13,26 @@
 //! see `keys.rs`) then the row's time as 8 ordered bytes. So one series' expired rows
 //! are exactly the keys from `prefix ordered_ts(i64::MIN)` up to, not including,
 //! `prefix ordered_ts(cutoff)`, where `cutoff = now_ms − days × 86 400 000`. A row
-//! whose time equals the cutoff is kept.
+//! whose time equals the cutoff is kept. The time of a row is its key's: a dead
+//! letter's `received_at`, an hour row's start, a readings chunk's first `ts`.
+//!
+//! A readings chunk holds up to a day of readings (`chunks.rs`), so one whose key is
+//! before the cutoff may hold readings at or after it. Each chunk in the expired range
+//! is decoded: it is deleted, and when it straddles the cutoff it is written again
+//! with only its readings at or after the cutoff, under the key of the first of them.
+//! Trimming rather than keeping the whole chunk means a read never sees a reading
+//! older than the cutoff after a sweep, exactly as with one row per reading. The
+//! report counts readings, not chunks.
 //!
 //! How they are deleted (the I/O part, [`EmbeddedStore::expire`]): the sweep seeks to
 //! the first key of a table, reads its series prefix, deletes that series' expired
 //! range in write batches of at most `chunk` keys, then seeks past the series and
-//! repeats. Memory is bounded by one chunk of keys; each batch commits on its own
-//! (journal-written, not fsynced: a deletion lost in a crash is redone by the next
-//! sweep), so writers wait for at most one chunk's commit. The time of a row is its
-//! key's: a reading's `ts`, a dead letter's `received_at`, an hour row's start.
+//! repeats. Memory is bounded by one chunk of keys (and, for readings, their values:
+//! at most `chunk` × 128 readings); each batch commits on its own (journal-written,
+//! not fsynced: a deletion lost in a crash is redone by the next sweep). Each batch is
+//! read and committed under the store's writer lock, so a commit merging into a chunk
+//! the sweep is trimming waits for at most one batch, and neither overwrites the
+//! other's rows.
 //!
 //! [`spawn_sweeper`] runs the sweep on a thread of its own: once at start, then every
 //! `every`. It holds the store only while sweeping, so dropping the store is never
@@ -41,10 +52,10 @@ use crate::StoreError;
 /// Milliseconds in a retention day.
 const DAY_MS: i64 = 86_400_000;
 
-/// Keys deleted per write batch. 1,000 keys of ~40 bytes is ~40 KiB of batch: a
-/// commit of that size takes well under a millisecond, so writers sharing the journal
-/// barely notice, and a sweep of millions of rows still needs only thousands of
-/// commits.
+/// Keys deleted per write batch. 1,000 keys of ~40 bytes is ~40 KiB of batch (plus
+/// at most one trimmed readings chunk per meter, ~2 KiB): a commit of that size takes
+/// well under a millisecond, so writers sharing the journal barely notice, and a
+/// sweep of millions of rows still needs only thousands of commits.
 pub const SWEEP_CHUNK: usize = 1_000;
 
 /// How often [`spawn_sweeper`] sweeps by default: retention is counted in days, so an
@@ -146,11 +157,12 @@ pub(crate) fn expired_range(prefix: &[u8], cutoff_ms: i64) -> Range<Vec<u8>> {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SweepReport {
     /// Rows deleted, per table in [`EXPIRING_TABLES`] (tables that were not swept
-    /// are absent).
+    /// are absent); for `readings`, readings (not the chunks holding them).
     pub expired: Vec<(&'static str, u64)>,
     /// Write batches committed.
     pub batches: u64,
-    /// Keys in the largest of them (at most the sweep's chunk).
+    /// Keys expired in the largest of them (at most the sweep's chunk; a trimmed
+    /// readings chunk is one).
     pub largest_batch: usize,
 }
 
@@ -164,7 +176,8 @@ impl SweepReport {
 impl EmbeddedStore {
     /// Deletes every row older than its table's retention at `now_ms`, in write
     /// batches of at most `chunk` keys (see the module docs). Rows inside the window
-    /// are not touched. Safe to run while the store is written.
+    /// are kept (a readings chunk straddling the cutoff is rewritten without its
+    /// expired readings). Safe to run while the store is written.
     pub fn expire(
         &self,
         now_ms: i64,
@@ -188,7 +201,8 @@ impl EmbeddedStore {
         }
     }
 
-    /// Deletes one table's expired rows, series by series; returns how many.
+    /// Deletes one table's expired rows, series by series; returns how many (for
+    /// readings, how many readings).
     fn expire_table(
         &self,
         expiry: &Expiry,
@@ -206,26 +220,38 @@ impl EmbeddedStore {
                 .ok_or_else(|| self.corrupt_row(table, &key, "key without its ids"))?;
             let mut range = expired_range(prefix, expiry.cutoff_ms);
             loop {
+                let _writer = self.lock_writer();
                 let doomed = keyspace
                     .range(range.clone())
                     .take(chunk)
-                    .map(|entry| entry.key())
+                    .map(|entry| entry.into_inner())
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| self.fjall_error("scanning for expired rows", e))?;
-                if doomed.is_empty() {
+                let Some((last, _)) = doomed.last() else {
                     break;
-                }
+                };
                 // The next chunk starts after this one, not over its tombstones.
-                range.start = after_key(doomed.last().expect("not empty"));
+                range.start = after_key(last);
                 let mut batch = self.db.batch();
                 let count = doomed.len();
-                for key in doomed {
-                    batch.remove(keyspace, key);
+                for (key, value) in &doomed {
+                    rows += match expiry.table {
+                        Table::Readings => self.stage_chunk_expiry(
+                            &mut batch,
+                            prefix,
+                            key,
+                            value,
+                            expiry.cutoff_ms,
+                        )?,
+                        Table::DeadLetters | Table::DistrictHourly => {
+                            batch.remove(keyspace, key.clone());
+                            1
+                        }
+                    };
                 }
                 batch
                     .commit()
                     .map_err(|e| self.fjall_error("deleting expired rows", e))?;
-                rows += count as u64;
                 report.batches += 1;
                 report.largest_batch = report.largest_batch.max(count);
                 if count < chunk {

@@ -1,10 +1,13 @@
-//! Values of the embedded store's `readings` and `dead_letters` keyspaces:
-//! hand-written, fixed little-endian layouts behind a leading format-version byte, so
-//! that a row can be read without any serialisation framework and a future layout can
-//! be told apart from this one. (`meter_state` values are
-//! `meterflow_model::codec::binary::encode_record` records and are not encoded here.)
+//! Values of the embedded store's `dead_letters` keyspace, and the single-reading
+//! `readings` row of older builds: hand-written, fixed little-endian layouts behind a
+//! leading format-version byte, so that a row can be read without any serialisation
+//! framework and a future layout can be told apart from this one. (`meter_state`
+//! values are `meterflow_model::codec::binary::encode_record` records, and `readings`
+//! values are now chunks, `chunks.rs`; neither is encoded here.)
 //!
-//! `readings` value, [`READING_ROW_LEN`] bytes (the `ts` lives in the key):
+//! Single-reading `readings` value, [`READING_ROW_LEN`] bytes (the `ts` lives in the
+//! key). This build no longer writes it, but reads it — as a chunk of one reading —
+//! from stores written before readings were chunked:
 //!
 //! | offset | bytes | field                                            |
 //! |--------|-------|--------------------------------------------------|
@@ -34,6 +37,8 @@
 
 use meterflow_model::{Quality, Reading, Reject, StoredReading};
 
+use super::chunks::{CHUNK_FORMAT_VERSION, MAX_CHUNK_READINGS};
+
 /// Version byte in front of every value written here. Bump it when a layout changes
 /// and keep decoding the old one.
 pub(crate) const ROW_FORMAT_VERSION: u8 = 1;
@@ -56,13 +61,29 @@ pub(crate) enum RowError {
     PresenceFlag { field: &'static str, flag: u8 },
     #[error("quality code {0} is unknown")]
     Quality(u8),
+    #[error(
+        "readings value format version {0} is unknown to this build (it reads {ROW_FORMAT_VERSION} and {CHUNK_FORMAT_VERSION}); was the store written by a newer meterflow?"
+    )]
+    ReadingsVersion(u8),
+    #[error("chunk holds {0} readings, this build reads 1 to {MAX_CHUNK_READINGS}")]
+    ChunkCount(u64),
+    #[error("chunk timestamps are not strictly ascending")]
+    TsOrder,
+    #[error("chunk holds a varint longer than 64 bits")]
+    Varint,
+    #[error("chunk reading flags {0:#04x} hold unknown bits")]
+    Flags(u8),
+    #[error("chunk {0} is out of its range")]
+    Field(&'static str),
     #[error("dead-letter reason {0:?} is unknown to this build")]
     Reason(String),
     #[error("{0} is not UTF-8")]
     Utf8(&'static str),
 }
 
-/// Encodes the value of a `readings` row (everything but `ts`).
+/// Encodes the value of a single-reading `readings` row (everything but `ts`), as
+/// older builds wrote it; kept for the tests that check this build still reads it.
+#[cfg(test)]
 pub(crate) fn encode_reading(stored: &StoredReading) -> [u8; READING_ROW_LEN] {
     let mut row = [0u8; READING_ROW_LEN];
     let reading = &stored.reading;
@@ -84,7 +105,8 @@ pub(crate) fn encode_reading(stored: &StoredReading) -> [u8; READING_ROW_LEN] {
     row
 }
 
-/// Decodes a `readings` value written by [`encode_reading`]; `ts` comes from the key.
+/// Decodes a single-reading `readings` value (the layout above); `ts` comes from the
+/// key.
 pub(crate) fn decode_reading(ts: i64, bytes: &[u8]) -> Result<StoredReading, RowError> {
     check_version(bytes)?;
     let row: &[u8; READING_ROW_LEN] = bytes.try_into().map_err(|_| RowError::Length {

@@ -2,6 +2,7 @@
 //! restarts and aborts, and its dead-letter and idempotency contracts.
 
 mod cache_contract;
+mod embedded_chunks;
 mod embedded_contract;
 mod embedded_durability;
 mod embedded_model;

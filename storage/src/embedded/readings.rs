@@ -1,0 +1,179 @@
+//! The `readings` keyspace of the embedded store: how a commit merges a meter's new
+//! readings into its chunks, how a range read takes them apart, and how retention
+//! trims them. The value format is `chunks.rs`'; the layout and why in `mod.rs`.
+//!
+//! Invariants every write keeps, for each meter:
+//! - a chunk's readings share one UTC day ([`chunks::bucket`]), are strictly
+//!   ascending by `ts`, number 1 to [`MAX_CHUNK_READINGS`], and the key holds the
+//!   first one's `ts`;
+//! - chunks are disjoint: every reading of a chunk is older than the next chunk's
+//!   first `ts`. So a `ts` lives in at most one chunk — the one with the greatest
+//!   first `ts` at or below it in its day — which is what makes last write wins a
+//!   merge into that one chunk, and a range read one forward scan from the first
+//!   chunk of `from`'s day.
+//!
+//! A write of new readings into one day of one meter (sorted, one per `ts`, the
+//! latest occurrence of each) scans that day's chunks backwards from the newest new
+//! `ts` and hands each new reading to the chunk with the greatest first `ts` at or
+//! below it; a chunk that receives readings is decoded, merged (the new reading
+//! replaces a stored one at the same `ts`) and written back under its own key, split
+//! into pieces of [`MAX_CHUNK_READINGS`] when it outgrows them (the first piece keeps
+//! the key). New readings older than the day's first chunk, or in a day without
+//! chunks, become new chunks. Chunks that receive nothing are not decoded.
+//!
+//! This is a read-modify-write: the store's writer lock (`EmbeddedStore::lock_writer`)
+//! is held from the first read until the batch holding the merged chunks commits, so
+//! a merge never works from a chunk another writer (a second caller, or the
+//! retention sweep) is about to replace.
+
+use std::collections::BTreeMap;
+
+use fjall::OwnedWriteBatch as WriteBatch;
+use meterflow_model::{MeterKey, SealedBatch, StoredReading};
+
+use super::chunks::{self, MAX_CHUNK_READINGS};
+use super::{EmbeddedStore, MAX_PREALLOCATED_ROWS, READINGS, keep_last_by, keys};
+use crate::StoreError;
+
+impl EmbeddedStore {
+    /// Adds the readings of `batches` to `batch`, merged into the chunks they belong
+    /// to. When a `(meter, ts)` occurs more than once, the occurrence in the later
+    /// batch, or later in the same batch, is the one stored. The caller holds the
+    /// writer lock until it commits.
+    pub(super) fn stage_readings(
+        &self,
+        batch: &mut WriteBatch,
+        batches: &[SealedBatch],
+    ) -> Result<(), StoreError> {
+        for (prefix, mut readings) in readings_by_meter(batches) {
+            keep_last_by(&mut readings, |a, b| a.reading.ts.cmp(&b.reading.ts));
+            let days = readings
+                .chunk_by(|a, b| chunks::bucket(a.reading.ts) == chunks::bucket(b.reading.ts));
+            for day in days {
+                self.merge_into_day(batch, &prefix, day)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Merges `new` — readings of one meter (`prefix`) in one day, strictly
+    /// ascending — into that day's chunks (see the module doc).
+    fn merge_into_day(
+        &self,
+        batch: &mut WriteBatch,
+        prefix: &[u8],
+        new: &[StoredReading],
+    ) -> Result<(), StoreError> {
+        let (Some(oldest), Some(newest)) = (new.first(), new.last()) else {
+            return Ok(());
+        };
+        let day_start = keys::reading_key(prefix, chunks::bucket_start(oldest.reading.ts));
+        let through_newest = keys::reading_key(prefix, newest.reading.ts);
+        let mut chunks = self.readings.range(day_start..=through_newest).rev();
+        let mut pending = new;
+        while !pending.is_empty() {
+            let Some(entry) = chunks.next() else { break };
+            let (key, value) = entry
+                .into_inner()
+                .map_err(|e| self.fjall_error("reading a readings chunk", e))?;
+            let first = self.chunk_first_ts(&key)?;
+            let at = pending.partition_point(|stored| stored.reading.ts < first);
+            let (older, mine) = pending.split_at(at);
+            pending = older;
+            if mine.is_empty() {
+                continue;
+            }
+            let stored = chunks::decode_chunk(first, &value)
+                .map_err(|e| self.corrupt_row(READINGS, &key, e))?;
+            self.stage_chunks(batch, prefix, &chunks::merge(stored, mine));
+        }
+        self.stage_chunks(batch, prefix, pending);
+        Ok(())
+    }
+
+    /// Adds `readings` (strictly ascending, within one day) to `batch` as chunks of at
+    /// most [`MAX_CHUNK_READINGS`], each keyed by its first `ts`.
+    fn stage_chunks(&self, batch: &mut WriteBatch, prefix: &[u8], readings: &[StoredReading]) {
+        for piece in readings.chunks(MAX_CHUNK_READINGS) {
+            batch.insert(
+                &self.readings,
+                keys::reading_key(prefix, piece[0].reading.ts),
+                chunks::encode_chunk(piece),
+            );
+        }
+    }
+
+    /// The first `ts` of the chunk at `key`.
+    fn chunk_first_ts(&self, key: &[u8]) -> Result<i64, StoreError> {
+        keys::reading_ts(key).ok_or_else(|| self.corrupt_row(READINGS, key, "key too short"))
+    }
+
+    /// [`ReadingStore::readings`](crate::ReadingStore::readings): the chunks from the
+    /// first of `from`'s day up to `to`, filtered to `from <= ts < to`.
+    pub(super) fn stored_readings(
+        &self,
+        key: &MeterKey,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredReading>, StoreError> {
+        if from_ms >= to_ms || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let prefix = keys::readings_prefix(key);
+        let range = keys::reading_key(&prefix, chunks::bucket_start(from_ms))
+            ..keys::reading_key(&prefix, to_ms);
+        let mut out = Vec::with_capacity(limit.min(MAX_PREALLOCATED_ROWS));
+        for entry in self.readings.range(range) {
+            let (row_key, value) = entry
+                .into_inner()
+                .map_err(|e| self.fjall_error("reading readings", e))?;
+            let chunk = chunks::decode_chunk(self.chunk_first_ts(&row_key)?, &value)
+                .map_err(|e| self.corrupt_row(READINGS, &row_key, e))?;
+            let wanted = chunk
+                .into_iter()
+                .filter(|stored| (from_ms..to_ms).contains(&stored.reading.ts));
+            out.extend(wanted.take(limit - out.len()));
+            if out.len() == limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stages the expiry of the chunk at `key` of the meter whose `readings` prefix is
+    /// `prefix` (the chunk's first `ts` is older than `cutoff_ms`): removed, and when some of its readings are at or after the cutoff
+    /// (the chunk straddles it), written again without the older ones under the key
+    /// of its first kept reading. Returns how many readings expired. The caller holds
+    /// the writer lock until it commits.
+    pub(super) fn stage_chunk_expiry(
+        &self,
+        batch: &mut WriteBatch,
+        prefix: &[u8],
+        key: &[u8],
+        value: &[u8],
+        cutoff_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let stored = chunks::decode_chunk(self.chunk_first_ts(key)?, value)
+            .map_err(|e| self.corrupt_row(READINGS, key, e))?;
+        let expired = stored.partition_point(|s| s.reading.ts < cutoff_ms);
+        batch.remove(&self.readings, key);
+        self.stage_chunks(batch, prefix, &stored[expired..]);
+        Ok(expired as u64)
+    }
+}
+
+/// The readings of `batches`, per meter `readings` prefix, in the order they come.
+fn readings_by_meter(batches: &[SealedBatch]) -> BTreeMap<Vec<u8>, Vec<StoredReading>> {
+    let mut by_meter: BTreeMap<Vec<u8>, Vec<StoredReading>> = BTreeMap::new();
+    for meter in batches.iter().flat_map(|batch| &batch.meters) {
+        if meter.readings.is_empty() {
+            continue;
+        }
+        by_meter
+            .entry(keys::readings_prefix(&meter.key))
+            .or_default()
+            .extend_from_slice(&meter.readings);
+    }
+    by_meter
+}
