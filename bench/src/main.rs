@@ -27,6 +27,7 @@
 //! every process the harness starts is stopped by pid when it is done.
 
 mod connections;
+mod cql_ceiling;
 mod http;
 mod loadgen;
 mod mqtt_wire;
@@ -69,8 +70,22 @@ const ALL: [&str; 4] = ["single", "burst24", "connections", "cassandra"];
 #[command(name = "meterflow-bench")]
 struct Args {
     /// A scenario of bench/scenarios (single, burst24, connections, cassandra), a path
-    /// to a scenario .toml, `all`, or `readme` (only re-render the README summary).
+    /// to a scenario .toml, `all`, `readme` (only re-render the README summary), or
+    /// `cql-ceiling` (the CQL server's own write ceiling for the readings table, no
+    /// meterflow in the path; see src/cql_ceiling.rs).
     scenario: String,
+    /// `cql-ceiling`: the CQL node.
+    #[arg(long, default_value = "127.0.0.1:9042")]
+    cql_node: String,
+    /// `cql-ceiling`: rows per write shape.
+    #[arg(long, default_value_t = 480_000)]
+    cql_rows: usize,
+    /// `cql-ceiling`: requests in flight.
+    #[arg(long, default_value_t = 64)]
+    cql_concurrency: usize,
+    /// `cql-ceiling`: the most seconds per write shape.
+    #[arg(long, default_value_t = 60.0)]
+    cql_secs: f64,
     /// The meterflow binary (default: target/release/meterflow of this workspace).
     #[arg(long)]
     meterflow: Option<PathBuf>,
@@ -276,6 +291,17 @@ fn run(args: &Args) -> anyhow::Result<()> {
         .results
         .clone()
         .unwrap_or_else(|| bench_dir().join("results"));
+    if args.scenario == "cql-ceiling" {
+        return cql_ceiling::run(
+            &cql_ceiling::CeilingSettings {
+                node: args.cql_node.clone(),
+                rows: args.cql_rows,
+                concurrency: args.cql_concurrency,
+                max_secs: args.cql_secs,
+            },
+            &results,
+        );
+    }
     if args.scenario == "readme" {
         // Only redraw the plots and the README summary from the recorded results.
         for name in ["single", "burst24", "cassandra"] {
