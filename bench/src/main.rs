@@ -21,7 +21,7 @@
 //! brokers' processes; the rumqttd peer is `src/bin/rumqttd-peer.rs`), [`loadgen`] (simulator
 //! processes), [`sustain`] (the sustainability rule), [`sweep`] (throughput
 //! scenarios), [`connections`] (the connections scenario), [`record`] (JSON lines),
-//! [`readme`] (the README summary) and [`svg`] (the plot).
+//! [`readme`] (the README summary) and [`plot`] (the plot, with plotters).
 //!
 //! Everything runs on 127.0.0.1, every load is bounded in messages and time, and
 //! every process the harness starts is stopped by pid when it is done.
@@ -32,13 +32,13 @@ mod http;
 mod loadgen;
 mod mqtt_wire;
 mod peer_acker;
+mod plot;
 mod procfs;
 mod prom;
 mod readme;
 mod record;
 mod scenario;
 mod sustain;
-mod svg;
 mod sweep;
 mod targets;
 
@@ -48,6 +48,7 @@ use std::time::{Instant, SystemTime};
 
 use anyhow::Context;
 use clap::Parser;
+use plotters::style::RGBColor;
 
 use crate::connections::ConnectionsSettings;
 use crate::loadgen::SimFeatures;
@@ -705,10 +706,14 @@ fn connections(
 /// `results/{scenario}.svg` for a throughput record (a pure function of the record,
 /// so `meterflow-bench readme` can redraw it).
 fn write_plot(results: &Path, record: &ThroughputRecord) -> anyhow::Result<()> {
-    const PEER_COLORS: [&str; 3] = ["#ff7f0e", "#2ca02c", "#9467bd"];
-    let mut series = vec![sweep::series(&record.meterflow, "#1f77b4")];
+    const PEER_COLORS: [RGBColor; 3] = [
+        RGBColor(0xff, 0x7f, 0x0e),
+        RGBColor(0x2c, 0xa0, 0x2c),
+        RGBColor(0x94, 0x67, 0xbd),
+    ];
+    let mut series = vec![sweep::series(&record.meterflow, RGBColor(0x1f, 0x77, 0xb4))];
     for (peer, color) in record.all_peers().zip(PEER_COLORS.iter().cycle()) {
-        series.push(sweep::series(peer, color));
+        series.push(sweep::series(peer, *color));
     }
     let subtitle = format!(
         "{} meters, {} reading(s)/msg, {} · commit {}{} · load avg {} → {}{}",
@@ -728,7 +733,7 @@ fn write_plot(results: &Path, record: &ThroughputRecord) -> anyhow::Result<()> {
     std::fs::create_dir_all(results)?;
     std::fs::write(
         results.join(format!("{}.svg", record.scenario)),
-        svg::plot(
+        plot::plot(
             &format!(
                 "{} — {}: throughput and ack p99 against offered rate",
                 std::iter::once("meterflow")

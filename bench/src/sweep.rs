@@ -37,6 +37,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use plotters::style::RGBColor;
 use serde::{Deserialize, Serialize};
 
 use crate::loadgen::{self, SimFeatures, SimFleet, SimSettings};
@@ -851,16 +852,16 @@ pub(crate) fn ratios(meterflow: &TargetSweep, peer: &TargetSweep) -> Ratios {
     }
 }
 
-/// The SVG series of a sweep.
-pub(crate) fn series(sweep: &TargetSweep, color: &'static str) -> crate::svg::Series {
-    crate::svg::Series {
+/// The plot series of a sweep.
+pub(crate) fn series(sweep: &TargetSweep, color: RGBColor) -> crate::plot::Series {
+    crate::plot::Series {
         name: sweep.target.clone(),
         color,
         points: sweep
             .steps
             .iter()
             .filter_map(|s| {
-                Some(crate::svg::Point {
+                Some(crate::plot::Point {
                     offered: s.offered_msgs_per_s?,
                     achieved: s.achieved_msgs_per_s,
                     p99_ms: s.settle_ms().p99,
@@ -1037,7 +1038,7 @@ mod tests {
             steps: vec![step(1000.0, 990.0, 1.0, 5.0, true), StepRecord::default()],
             ..TargetSweep::default()
         };
-        let s = series(&sweep, "#000");
+        let s = series(&sweep, plotters::style::BLACK);
         assert_eq!(s.points.len(), 1);
         assert!(s.points[0].sustainable);
     }
