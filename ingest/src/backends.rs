@@ -1,9 +1,12 @@
 //! Opens the store and the cache the configuration names (`store.backend`,
-//! `cache.backend`). A ScyllaDB cluster that is not reachable yet is waited for —
-//! after a power cut the database may come up after meterflow — while a bad setting
-//! fails at once with what to change, and so does a cluster that answers but whose
-//! keyspace replication can never meet `store.scylla.consistency` (`ScyllaStore::open`
-//! reports that as `StoreError::Config`, not `Unavailable`).
+//! `cache.backend`), their async clients on the service's tokio runtime (one runtime
+//! per process: the backends start none of their own). A ScyllaDB cluster that is not
+//! reachable yet is waited for — after a power cut the database may come up after
+//! meterflow — by retrying the whole open with backon, paced by `store.scylla.retry`,
+//! while its error is transient; a bad setting fails at once with what to change, and
+//! so does a cluster that answers but whose keyspace replication can never meet
+//! `store.scylla.consistency` (`ScyllaStore::open_on` reports that as
+//! `StoreError::Config`, not `Unavailable`).
 //!
 //! The embedded store gets its retention sweeper here: a thread that deletes rows past
 //! `store.*_retention_days` at start and then hourly, and counts them in
@@ -13,10 +16,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use backon::BlockingRetryable;
 use meterflow_storage::embedded::EmbeddedStore;
 use meterflow_storage::embedded::retention::{Retention, SWEEP_EVERY, spawn_sweeper};
 use meterflow_storage::memory_cache::MemoryCache;
 use meterflow_storage::redis_cache::RedisCache;
+use meterflow_storage::resilience::RetryConfig;
 use meterflow_storage::scylla::ScyllaStore;
 use meterflow_storage::{HotCache, ReadingStore, StoreError};
 use tokio::runtime::Handle;
@@ -51,9 +56,6 @@ fn start_retention(store: &Arc<EmbeddedStore>, retention: Retention) -> anyhow::
     Ok(())
 }
 
-/// Longest pause between attempts to reach a ScyllaDB cluster at start.
-const CONNECT_RETRY_MAX: Duration = Duration::from_secs(10);
-
 /// Opens the configured store. Blocking: call it off the async workers. The ScyllaDB
 /// client runs on `runtime` (the service's; a multi-thread runtime).
 pub fn open_store(config: &Config, runtime: &Handle) -> anyhow::Result<Arc<dyn ReadingStore>> {
@@ -70,36 +72,50 @@ pub fn open_store(config: &Config, runtime: &Handle) -> anyhow::Result<Arc<dyn R
             contact_points,
             keyspace,
         } => {
-            let mut delay = Duration::from_millis(500);
-            loop {
-                match ScyllaStore::open_on(
+            let mut waits = 0u32;
+            let open = || {
+                ScyllaStore::open_on(
                     runtime.clone(),
                     &contact_points,
                     &keyspace,
                     config.store.scylla.clone(),
-                ) {
-                    Ok(store) => {
-                        info!(?contact_points, keyspace, "connected to ScyllaDB");
-                        return Ok(Arc::new(store));
+                )
+            };
+            let store = open
+                .retry(config.store.scylla.retry.backoff().without_max_times())
+                .sleep(std::thread::sleep)
+                .when(StoreError::is_transient)
+                .notify(|error, delay: Duration| {
+                    waits += 1;
+                    if waits.is_power_of_two() {
+                        warn!(%error, waits, retry_in_ms = delay.as_millis() as u64, "ScyllaDB not reachable yet; waiting for it");
                     }
-                    Err(e @ StoreError::Unavailable(_)) => {
-                        warn!(error = %e, retry_in = ?delay, "ScyllaDB not reachable yet; waiting for it");
-                        std::thread::sleep(delay);
-                        delay = (delay * 2).min(CONNECT_RETRY_MAX);
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
+                })
+                .call()?;
+            info!(?contact_points, keyspace, "connected to ScyllaDB");
+            Ok(Arc::new(store))
         }
     }
 }
 
-/// Opens the configured cache. Redis connects lazily: a Redis that is down is not a
-/// start-up error (the pipeline stores and acks without it).
-pub fn open_cache(config: &Config) -> anyhow::Result<Arc<dyn HotCache>> {
+/// How the sink retries a group commit that failed transiently: `store.scylla.retry`
+/// with ScyllaDB; the defaults with the embedded store, which has no retry settings
+/// of its own (a local disk that fails is retried at the same pace).
+pub fn commit_retry(config: &Config) -> RetryConfig {
+    match config.store.parse_backend() {
+        Ok(StoreBackend::Scylla { .. }) => config.store.scylla.retry.clone(),
+        _ => RetryConfig::default(),
+    }
+}
+
+/// Opens the configured cache, a Redis client on `runtime` (the service's). Redis
+/// connects lazily: a Redis that is down is not a start-up error (the pipeline stores
+/// and acks without it).
+pub fn open_cache(config: &Config, runtime: &Handle) -> anyhow::Result<Arc<dyn HotCache>> {
     match config.cache.parse_backend().map_err(anyhow::Error::msg)? {
         CacheBackend::Memory => Ok(Arc::new(MemoryCache::default())),
-        CacheBackend::Redis { url } => Ok(Arc::new(RedisCache::open(
+        CacheBackend::Redis { url } => Ok(Arc::new(RedisCache::open_on(
+            runtime.clone(),
             &url,
             config.cache.redis.clone(),
         )?)),

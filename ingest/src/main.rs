@@ -222,16 +222,24 @@ fn credentials(args: &CredentialsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Worker threads of the process's one tokio runtime: the MQTT endpoint, HTTP, and the
+/// ScyllaDB and Redis clients. Their work is socket I/O and framing; the CPU-heavy
+/// stages (shards, sink) are OS threads of their own, so two workers keep up and
+/// leave the cores to them.
+const RUNTIME_WORKER_THREADS: usize = 2;
+
+/// Runs the service on the process's only tokio runtime (threads `meterflow-io`): the
+/// store and cache clients are handed its handle and start none of their own.
 fn run(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(RUNTIME_WORKER_THREADS)
         .thread_name("meterflow-io")
         .enable_all()
         .build()?;
     let json_logs = config.log.json;
     runtime.block_on(async {
-        let service = Service::start(config).await?;
+        let mut service = Service::start(config).await?;
         // For a person at a console; in JSON mode every stderr line is a JSON object
         // and the "meterflow running" event already carries the addresses.
         if !json_logs {
@@ -244,7 +252,15 @@ fn run(config: Config) -> anyhow::Result<()> {
                 service.mqtt_addr, service.http_addr
             );
         }
-        wait_for_signal().await;
+        let refused = tokio::select! {
+            () = wait_for_signal() => None,
+            error = service.store_refused() => Some(error),
+        };
+        if let Some(error) = refused {
+            // Nothing more can be made durable; what is unacked is resent by meters to
+            // the restarted service.
+            bail!("stopped: the store refused a write for good: {error}");
+        }
         tracing::info!("stopping: sealing and storing what is in flight");
         tokio::task::spawn_blocking(move || service.shutdown()).await?;
         Ok(())

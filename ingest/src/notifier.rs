@@ -6,8 +6,10 @@
 //!
 //! Nothing here can slow ingestion down: the sink hands events over with `try_send`
 //! (a full queue drops the notification, counted — the episode itself is stored and
-//! in the hot cache regardless), and webhooks are delivered by their own thread with
-//! retries and backoff, so a slow receiver only delays webhooks. The Redis stream
+//! in the hot cache regardless), and webhooks are delivered by their own thread, retried
+//! with backon's exponential backoff and jitter while the receiver's failure is
+//! transient (unreachable, timed out, 5xx, 408, 429 — not any other 4xx), so a slow
+//! receiver only delays webhooks. The Redis stream
 //! `mf:{t}:alerts` is written by the cache writer with every event: it is the
 //! dashboards' feed, not a push channel.
 
@@ -15,15 +17,18 @@ use std::collections::HashMap;
 use std::thread;
 use std::time::Duration;
 
+use backon::BlockingRetryable;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
 use meterflow_model::alert::AlertEvent;
 use meterflow_model::processing::ProcessorsConfig;
 use meterflow_model::{MeterId, MeterKey, TenantId};
 use meterflow_processors::notify::{Notification, NotificationPolicy};
+use meterflow_storage::resilience::RetryConfig;
 use metrics::Counter;
 use tracing::{info, warn};
 
 use crate::clock::now_ms;
+use crate::config::redacted_url;
 use crate::endpoint::registry::Registry;
 
 /// Alert events waiting for the policy. Alerts are rare next to readings; 10,000
@@ -31,10 +36,15 @@ use crate::endpoint::registry::Registry;
 pub const ALERT_QUEUE: usize = 10_000;
 /// Notifications waiting for webhook delivery.
 const WEBHOOK_QUEUE: usize = 10_000;
-/// Webhook attempts per notification: 1 s, 2 s, 4 s, 8 s apart — about 15 s of a
-/// receiver's outage is ridden out; longer outages drop (counted, logged).
-const WEBHOOK_ATTEMPTS: u32 = 5;
-const WEBHOOK_FIRST_RETRY: Duration = Duration::from_secs(1);
+/// Webhook attempts per notification: retries after about 1 s, 2 s, 4 s and 8 s (each
+/// between half and all of that, jittered) — 7.5-15 s of a receiver's outage is ridden
+/// out; longer outages drop (counted, logged). Short, because the delivery thread is
+/// one queue: a receiver that stays down must not hold the others' notifications.
+const WEBHOOK_RETRY: RetryConfig = RetryConfig {
+    max_attempts: 5,
+    initial_backoff_ms: 1_000,
+    max_backoff_ms: 8_000,
+};
 /// Per-request timeout: a webhook that hangs must not hold the queue for long.
 const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest the notifier sleeps without checking the policy's buckets.
@@ -148,36 +158,103 @@ pub fn payload(notification: &Notification) -> Vec<u8> {
     serde_json::to_vec(&value).unwrap_or_default()
 }
 
-/// POSTs each notification, retrying with exponential backoff.
+/// Why one webhook POST failed.
+#[derive(Debug, thiserror::Error)]
+enum WebhookFailure {
+    /// The receiver answered with a status that is not 2xx.
+    #[error("status {0}")]
+    Status(u16),
+    /// No answer: connection, DNS, TLS, timeout or protocol trouble.
+    #[error(transparent)]
+    Transport(ureq::Error),
+}
+
+impl WebhookFailure {
+    /// Whether the receiver may take the notification later: it was unreachable,
+    /// slow, failing (5xx) or asked to come back (408, 429). Another 4xx refuses this
+    /// request, and would refuse it again.
+    fn is_transient(&self) -> bool {
+        match self {
+            WebhookFailure::Status(status) => *status >= 500 || matches!(status, 408 | 429),
+            WebhookFailure::Transport(error) => matches!(
+                error,
+                ureq::Error::Io(_)
+                    | ureq::Error::Timeout(_)
+                    | ureq::Error::HostNotFound
+                    | ureq::Error::ConnectionFailed
+                    | ureq::Error::Protocol(_)
+            ),
+        }
+    }
+}
+
+/// One POST of `body` to `url`.
+fn post(agent: &ureq::Agent, url: &str, body: &[u8]) -> Result<(), WebhookFailure> {
+    match agent
+        .post(url)
+        .header("content-type", "application/json")
+        .send(body)
+    {
+        Ok(response) if response.status().is_success() => Ok(()),
+        Ok(response) => Err(WebhookFailure::Status(response.status().as_u16())),
+        Err(ureq::Error::StatusCode(status)) => Err(WebhookFailure::Status(status)),
+        Err(error) => Err(WebhookFailure::Transport(error)),
+    }
+}
+
+/// POSTs each notification, retrying per [`WEBHOOK_RETRY`] while the failure is
+/// transient.
 fn deliver_webhooks(inbox: Receiver<(String, Vec<u8>)>, failed: Counter) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(WEBHOOK_TIMEOUT))
         .build()
         .into();
     while let Ok((url, body)) = inbox.recv() {
-        let mut delay = WEBHOOK_FIRST_RETRY;
-        for attempt in 1..=WEBHOOK_ATTEMPTS {
-            let result = agent
-                .post(&url)
-                .header("content-type", "application/json")
-                .send(&body[..]);
-            match result {
-                Ok(response) if response.status().is_success() => break,
-                outcome => {
-                    let reason = match outcome {
-                        Ok(response) => format!("status {}", response.status()),
-                        Err(e) => e.to_string(),
-                    };
-                    if attempt == WEBHOOK_ATTEMPTS {
-                        failed.increment(1);
-                        warn!(url, reason, attempts = attempt, "webhook delivery given up");
-                    } else {
-                        info!(url, reason, attempt, "webhook delivery failed; retrying");
-                        thread::sleep(delay);
-                        delay *= 2;
-                    }
-                }
-            }
+        // A webhook URL may carry a password.
+        let shown = redacted_url(&url);
+        let mut attempt = 1u32;
+        let delivered = (|| post(&agent, &url, &body))
+            .retry(WEBHOOK_RETRY.backoff())
+            .sleep(thread::sleep)
+            .when(WebhookFailure::is_transient)
+            .notify(|reason, delay: Duration| {
+                info!(url = shown, %reason, attempt, retry_in_ms = delay.as_millis() as u64, "webhook delivery failed; retrying");
+                attempt += 1;
+            })
+            .call();
+        if let Err(reason) = delivered {
+            failed.increment(1);
+            warn!(url = shown, %reason, attempts = attempt, "webhook delivery given up");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhook_failures_that_may_heal_are_retried_refusals_are_not() {
+        for status in [500, 502, 503, 408, 429] {
+            assert!(WebhookFailure::Status(status).is_transient(), "{status}");
+        }
+        for status in [400, 401, 403, 404, 410, 422] {
+            assert!(!WebhookFailure::Status(status).is_transient(), "{status}");
+        }
+        assert!(WebhookFailure::Transport(ureq::Error::ConnectionFailed).is_transient());
+        assert!(WebhookFailure::Transport(ureq::Error::HostNotFound).is_transient());
+        assert!(!WebhookFailure::Transport(ureq::Error::BadUri("x".into())).is_transient());
+    }
+
+    #[test]
+    fn webhook_retries_are_bounded() {
+        use backon::BackoffBuilder;
+        let delays: Vec<Duration> = WEBHOOK_RETRY.backoff().build().collect();
+        assert_eq!(delays.len(), 4);
+        let total: Duration = delays.iter().sum();
+        assert!(
+            total >= Duration::from_millis(7_500) && total <= Duration::from_secs(15),
+            "{total:?}"
+        );
     }
 }

@@ -1,6 +1,11 @@
 //! Wires the pipeline together and runs it: meter endpoint → shard workers → sink
 //! (→ PUBACKs and acks, cache), plus the HTTP server. [`Service::start`] returns once everything
-//! listens; [`Service::shutdown`] seals and drains what the shards hold.
+//! listens; [`Service::shutdown`] seals and drains what the shards hold;
+//! [`Service::store_refused`] resolves if the sink had to stop.
+//!
+//! One tokio runtime per process: the caller's (the binary builds it), which runs the
+//! endpoint and HTTP and, through its handle, the ScyllaDB and Redis clients. Shards,
+//! the sink and the notifier are OS threads.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -11,7 +16,9 @@ use anyhow::Context;
 use crossbeam_channel::bounded;
 use meterflow_processors::ProcessorChain;
 use meterflow_processors::analytics::DistrictRollup;
+use meterflow_storage::StoreError;
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tracing::info;
 
 use crate::backends;
@@ -37,11 +44,14 @@ pub struct Service {
     sink_thread: JoinHandle<()>,
     http_task: tokio::task::JoinHandle<()>,
     stop_shards: Arc<AtomicBool>,
+    /// The error of a group commit the store refused for good (the sink stopped).
+    refused: oneshot::Receiver<StoreError>,
 }
 
 impl Service {
-    /// Starts every part: the endpoint and HTTP on the current tokio runtime, shards
-    /// and the sink on OS threads.
+    /// Starts every part: the endpoint and HTTP on the current tokio runtime (a
+    /// multi-thread one: the store and cache clients run on it too), shards and the
+    /// sink on OS threads.
     pub async fn start(config: Config) -> anyhow::Result<Service> {
         config.validate().map_err(|errors| {
             anyhow::anyhow!("invalid configuration:\n  {}", errors.join("\n  "))
@@ -50,12 +60,12 @@ impl Service {
         let pipeline_metrics = PipelineMetrics::register();
 
         let opening = config.clone();
-        // The store's async client runs on this (the service's) runtime.
+        // The store's and the cache's async clients run on this (the service's) runtime.
         let runtime = tokio::runtime::Handle::current();
         let (store, cache) = tokio::task::spawn_blocking(move || {
             anyhow::Ok((
                 backends::open_store(&opening, &runtime)?,
-                backends::open_cache(&opening)?,
+                backends::open_cache(&opening, &runtime)?,
             ))
         })
         .await??;
@@ -118,6 +128,7 @@ impl Service {
             pipeline_metrics.notifier(),
         )
         .spawn()?;
+        let (refused_tx, refused) = oneshot::channel();
         let sink_thread = Sink {
             inbox: sink_rx,
             store: store.clone(),
@@ -127,6 +138,8 @@ impl Service {
             metrics: pipeline_metrics.clone(),
             tenant_stored: TenantStored::default(),
             store_healthy: store_healthy.clone(),
+            retry: backends::commit_retry(&config),
+            refused: refused_tx,
         }
         .spawn()?;
         let app = http::router(AppState {
@@ -166,7 +179,20 @@ impl Service {
             sink_thread,
             http_task,
             stop_shards,
+            refused,
         })
+    }
+
+    /// Resolves with the store's error if the sink stopped because the store refused
+    /// a group commit for good (a rejected statement, unreadable data): the service
+    /// cannot make anything durable any more, and the caller should exit so that it is
+    /// restarted. Never resolves otherwise.
+    pub async fn store_refused(&mut self) -> StoreError {
+        match (&mut self.refused).await {
+            Ok(error) => error,
+            // The sink stopped normally (shutdown): nothing was refused.
+            Err(_) => std::future::pending().await,
+        }
     }
 
     /// Seals what the shards hold, waits until it is durable and acked, then stops.

@@ -10,11 +10,22 @@
 //! group) — and update the hot cache once for the group (through [`CacheWriter`],
 //! which never holds storage up).
 //!
-//! Failure policy (DESIGN §6.6): a failed store write is retried with exponential
-//! backoff and jitter, forever — nothing is acked meanwhile, the sink queue fills, the
-//! shard workers block and the meters see slower acks and resend. A failed cache update
-//! is counted and logged; storing and acking go on (the cache holds absolute values,
-//! so what failed is applied again once the cache answers).
+//! Failure policy (DESIGN §6.6): the sink is the one layer that retries a store write —
+//! the whole group commit, with backon's exponential backoff and jitter paced by the
+//! store's `retry` config; the store sends each statement once and its driver does not
+//! retry (`meterflow_storage::resilience` has the table of who retries what).
+//! - A *transient* error (unreachable, overloaded, timed out, breaker open) is retried
+//!   forever: nothing is acked meanwhile, the sink queue fills, the shard workers block
+//!   and the meters see slower acks and resend. After `retry.max_attempts` failed tries
+//!   the store is reported failing (`/readyz` 503); failures are logged at 1, 2, 4, 8…
+//! - Any other error (a rejected statement, unreadable data) cannot heal by retrying,
+//!   and the group cannot be acked: the sink stops, leaving the group unacked, and
+//!   tells the service, which exits so that its supervisor restarts it (a misconfigured
+//!   store then fails at start with what to change). Meters resend what was not acked;
+//!   state is hydrated from the store again, so nothing is lost or counted twice.
+//!
+//! A failed cache update is counted and logged; storing and acking go on (the cache
+//! holds absolute values, so what failed is applied again once the cache answers).
 //!
 //! The sink runs on a plain OS thread, not tokio: the embedded store's writes block
 //! on fsync and the thread does nothing else.
@@ -25,12 +36,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use backon::BlockingRetryable;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use meterflow_model::alert::AlertEvent;
 use meterflow_model::{MeterKey, Outputs, Quality, SealedBatch};
 use meterflow_processors::analytics::DistrictRollup;
+use meterflow_storage::resilience::RetryConfig;
 use meterflow_storage::{ReadingStore, StoreError};
-use tracing::{error, info};
+use tokio::sync::oneshot;
+use tracing::{error, info, warn};
 
 use crate::cache_writer::CacheWriter;
 use crate::endpoint::outbox::{Completion, Outbox};
@@ -40,10 +54,6 @@ use crate::shard::SinkItem;
 /// Readings per group write. Large groups amortise the fsync; this bound keeps one
 /// write (and the acks waiting on it) to a few tens of milliseconds.
 const MAX_GROUP_READINGS: usize = 64 * 1024;
-/// First retry delay after a failed store write; doubles up to [`RETRY_MAX`].
-const RETRY_FIRST: Duration = Duration::from_millis(50);
-/// Longest wait between store write attempts: an outage is probed every few seconds.
-const RETRY_MAX: Duration = Duration::from_secs(5);
 /// How often cache updates held back by a cache outage are retried when no new
 /// batch arrives: the cache is current again within about this long of returning.
 const CACHE_RETRY_EVERY: Duration = Duration::from_secs(1);
@@ -61,6 +71,12 @@ pub struct Sink {
     pub tenant_stored: TenantStored,
     /// False while store writes are failing (for `/readyz`).
     pub store_healthy: Arc<AtomicBool>,
+    /// The store's retry settings: the delays between tries of a group commit, and
+    /// after how many failed tries the store is reported failing.
+    pub retry: RetryConfig,
+    /// Receives the error of a group commit the store refused for good, when the sink
+    /// stops on it.
+    pub refused: oneshot::Sender<StoreError>,
 }
 
 impl Sink {
@@ -70,7 +86,8 @@ impl Sink {
             .spawn(move || self.run())
     }
 
-    /// Runs until every shard has stopped and the queue is drained.
+    /// Runs until every shard has stopped and the queue is drained, or until the store
+    /// refuses a group for good.
     fn run(mut self) {
         loop {
             let first = match self.inbox.recv_timeout(CACHE_RETRY_EVERY) {
@@ -93,15 +110,20 @@ impl Sink {
                 }
             }
             self.metrics.sink_queue_depth.set(self.inbox.len() as f64);
-            self.commit(group);
+            if let Err(refusal) = self.commit(group) {
+                error!(error = %refusal, "the store refused a group commit, and retrying cannot help; the sink stops without acking the group, and meterflow exits so that it is restarted (meters resend what was not acked)");
+                let _ = self.refused.send(refusal);
+                return;
+            }
         }
         info!("sink drained");
     }
 
     /// Makes a group durable in one store commit — readings, states, dead letters
     /// and the durable outputs derived from them — then answers its messages, counts,
-    /// notifies and updates the cache once for the whole group.
-    fn commit(&mut self, group: Vec<SinkItem>) {
+    /// notifies and updates the cache once for the whole group. Returns the store's
+    /// error, with nothing answered, when it is not transient.
+    fn commit(&mut self, group: Vec<SinkItem>) -> Result<(), StoreError> {
         let mut batches = Vec::with_capacity(group.len());
         let mut outputs = Outputs::default();
         let mut received = Vec::with_capacity(group.len());
@@ -114,7 +136,7 @@ impl Sink {
             received.extend(item.oldest);
             batches.push(item.batch);
         }
-        self.write_durably(|store| store.commit(&batches, &outputs));
+        self.commit_durably(&batches, &outputs)?;
         let durable_at = Instant::now();
         for oldest in received {
             self.metrics
@@ -125,39 +147,68 @@ impl Sink {
         self.answer(&batches, completions);
         self.notify(&outputs);
         self.cache.apply(outputs);
+        Ok(())
     }
 
-    /// Runs a store write until the store accepts it, backing off between attempts.
-    fn write_durably(&self, write: impl Fn(&dyn ReadingStore) -> Result<(), StoreError>) {
-        let mut delay = RETRY_FIRST;
-        let mut attempt = 0u32;
-        loop {
+    /// Commits the group, retrying it while the store's error is transient (without
+    /// limit: an outage holds the group, never drops it). Returns the first error that
+    /// is not transient.
+    fn commit_durably(&self, batches: &[SealedBatch], outputs: &Outputs) -> Result<(), StoreError> {
+        let mut failures = 0u32;
+        let attempt = || {
             let started = Instant::now();
-            match write(self.store.as_ref()) {
-                Ok(()) => {
-                    self.metrics
-                        .store_write_seconds
-                        .record(started.elapsed().as_secs_f64());
-                    if attempt > 0 {
-                        info!(
-                            attempts = attempt + 1,
-                            "store writes succeed again; draining"
-                        );
-                    }
-                    self.store_healthy.store(true, Ordering::Relaxed);
-                    return;
+            let result = self.store.commit(batches, outputs);
+            if result.is_ok() {
+                self.metrics
+                    .store_write_seconds
+                    .record(started.elapsed().as_secs_f64());
+            }
+            result
+        };
+        let result = attempt
+            .retry(self.retry.backoff().without_max_times())
+            .sleep(thread::sleep)
+            .when(StoreError::is_transient)
+            .notify(|error, delay| {
+                failures += 1;
+                self.failed(error, failures, delay);
+            })
+            .call();
+        match &result {
+            Ok(()) => {
+                if failures > 0 {
+                    info!(
+                        attempts = failures + 1,
+                        "store writes succeed again; draining"
+                    );
                 }
-                Err(e) => {
-                    self.metrics.store_errors.increment(1);
-                    self.store_healthy.store(false, Ordering::Relaxed);
-                    self.record_breaker();
-                    if attempt == 0 || attempt.is_power_of_two() {
-                        error!(error = %e, attempt, retryable = e.is_retryable(), "store write failed; holding acks and retrying");
-                    }
-                    attempt += 1;
-                    thread::sleep(jittered(delay));
-                    delay = (delay * 2).min(RETRY_MAX);
-                }
+                self.store_healthy.store(true, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.metrics.store_errors.increment(1);
+                self.store_healthy.store(false, Ordering::Relaxed);
+                self.record_breaker();
+            }
+        }
+        result
+    }
+
+    /// Counts a transient failure of a group commit (the `failures`th in a row), and
+    /// logs it at 1, 2, 4, 8… After `retry.max_attempts` of them the store is reported
+    /// failing.
+    fn failed(&self, error: &StoreError, failures: u32, retry_in: Duration) {
+        self.metrics.store_errors.increment(1);
+        self.record_breaker();
+        let failing = failures >= self.retry.max_attempts;
+        if failing {
+            self.store_healthy.store(false, Ordering::Relaxed);
+        }
+        if failures.is_power_of_two() {
+            let retry_in_ms = retry_in.as_millis() as u64;
+            if failing {
+                error!(%error, failures, retry_in_ms, "store writes keep failing; holding acks and retrying");
+            } else {
+                warn!(%error, failures, retry_in_ms, "store write failed; holding acks and retrying");
             }
         }
     }
@@ -223,7 +274,139 @@ impl Sink {
     }
 }
 
-/// `delay` scaled by a factor in [0.5, 1.5), so meters' retries do not synchronise.
-fn jittered(delay: Duration) -> Duration {
-    delay.mul_f64(rand::random_range(0.5..1.5))
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use crossbeam_channel::bounded;
+    use meterflow_model::alert::AlertEvent;
+    use meterflow_model::analytics::DistrictUsage;
+    use meterflow_model::billing::BillLine;
+    use meterflow_model::processing::AnalyticsSettings;
+    use meterflow_model::{DeadLetter, MeterState, StoredReading};
+    use meterflow_storage::memory_cache::MemoryCache;
+
+    use super::*;
+
+    /// A store whose group commits answer from a script (then succeed), counting them.
+    struct ScriptedStore {
+        answers: Mutex<VecDeque<Result<(), StoreError>>>,
+        commits: Mutex<u32>,
+    }
+
+    impl ReadingStore for ScriptedStore {
+        fn write(&self, _: &[SealedBatch]) -> Result<(), StoreError> {
+            unreachable!("the sink commits groups")
+        }
+        fn commit(&self, _: &[SealedBatch], _: &Outputs) -> Result<(), StoreError> {
+            *self.commits.lock().unwrap() += 1;
+            self.answers.lock().unwrap().pop_front().unwrap_or(Ok(()))
+        }
+        fn meter_state(&self, _: &MeterKey) -> Result<Option<MeterState>, StoreError> {
+            Ok(None)
+        }
+        fn readings(
+            &self,
+            _: &MeterKey,
+            _: i64,
+            _: i64,
+            _: usize,
+        ) -> Result<Vec<StoredReading>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn dead_letters(&self, _: &str, _: usize) -> Result<Vec<DeadLetter>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn write_outputs(&self, _: &Outputs) -> Result<(), StoreError> {
+            unreachable!("the sink commits groups")
+        }
+        fn bill(&self, _: &str, _: &str, _: &str) -> Result<Option<BillLine>, StoreError> {
+            Ok(None)
+        }
+        fn alerts(&self, _: &str, _: bool, _: usize) -> Result<Vec<AlertEvent>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn district_hourly(
+            &self,
+            _: &str,
+            _: &str,
+            _: i64,
+            _: i64,
+        ) -> Result<Vec<DistrictUsage>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn is_ready(&self) -> bool {
+            true
+        }
+    }
+
+    /// Runs a sink over one group on a store answering `answers`; returns how many
+    /// commits it tried, whether the store ended healthy, and what the sink refused.
+    fn sink_over(answers: Vec<Result<(), StoreError>>) -> (u32, bool, Option<StoreError>) {
+        let store = Arc::new(ScriptedStore {
+            answers: Mutex::new(answers.into()),
+            commits: Mutex::new(0),
+        });
+        let (inbox_tx, inbox) = bounded(1);
+        let (alerts, _alerts_rx) = bounded(1);
+        let (refused, mut refusal) = oneshot::channel();
+        let metrics = PipelineMetrics::register();
+        let store_healthy = Arc::new(AtomicBool::new(true));
+        let sink = Sink {
+            inbox,
+            store: store.clone(),
+            cache: CacheWriter::new(Arc::new(MemoryCache::default()), metrics.clone()),
+            rollup: DistrictRollup::with_settings(1, &AnalyticsSettings::default()),
+            alerts,
+            metrics,
+            tenant_stored: TenantStored::default(),
+            store_healthy: store_healthy.clone(),
+            // Millisecond delays: the test sleeps for nothing.
+            retry: RetryConfig {
+                max_attempts: 2,
+                initial_backoff_ms: 1,
+                max_backoff_ms: 2,
+            },
+            refused,
+        }
+        .spawn()
+        .unwrap();
+        inbox_tx
+            .send(SinkItem {
+                batch: SealedBatch::default(),
+                outputs: Outputs::default(),
+                oldest: None,
+                completions: Vec::new(),
+            })
+            .unwrap();
+        drop(inbox_tx);
+        sink.join().unwrap();
+        let commits = *store.commits.lock().unwrap();
+        (
+            commits,
+            store_healthy.load(Ordering::Relaxed),
+            refusal.try_recv().ok(),
+        )
+    }
+
+    #[test]
+    fn a_transient_failure_is_retried_until_the_commit_succeeds() {
+        let down = || Err(StoreError::Unavailable("down".into()));
+        let (commits, healthy, refused) = sink_over(vec![down(), down(), down(), down()]);
+        assert_eq!(commits, 5, "past max_attempts: the sink never gives up");
+        assert!(healthy, "healthy again once the commit succeeded");
+        assert!(refused.is_none());
+    }
+
+    #[test]
+    fn a_refusal_is_not_retried_and_stops_the_sink() {
+        let (commits, healthy, refused) = sink_over(vec![
+            Err(StoreError::Unavailable("blip".into())),
+            Err(StoreError::Config("rejected".into())),
+        ]);
+        assert_eq!(commits, 2, "the refusal is not retried");
+        assert!(!healthy);
+        assert!(matches!(refused, Some(StoreError::Config(_))));
+    }
 }

@@ -3,8 +3,10 @@
 //! what dashboards read.
 //!
 //! Both traits are synchronous: the sink stage calls them from its own thread, and a
-//! backend whose client is async (ScyllaDB, Redis) drives it on a runtime it owns. The
-//! HTTP API calls them through `spawn_blocking`.
+//! backend whose client is async (ScyllaDB, Redis) drives it on the service's tokio
+//! runtime, whose handle it is given (`open_on`; `open` starts a small runtime of the
+//! backend's own, for tests and tools). The HTTP API calls them through
+//! `spawn_blocking`.
 //!
 //! Contracts every backend keeps:
 //! - [`ReadingStore::write`] returns `Ok` only when everything in the batches is
@@ -12,13 +14,15 @@
 //!   consistency). A meter's `meter_state` is written with the readings it reflects.
 //! - Writes are idempotent on natural keys: writing the same batch twice leaves the
 //!   same rows.
-//! - Errors carry a kind the caller branches on ([`StoreError::is_retryable`]).
+//! - Errors carry a kind the caller branches on ([`StoreError::is_transient`]);
+//!   `resilience` says which layer retries what.
 
 pub mod embedded;
 pub mod error;
 pub mod memory_cache;
 pub mod redis_cache;
 pub mod resilience;
+mod runtime;
 pub mod scylla;
 
 pub use error::{CacheError, StoreError};

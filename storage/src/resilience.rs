@@ -1,11 +1,26 @@
-//! Retries and a circuit breaker for the network backends (ScyllaDB store, Redis cache),
-//! DESIGN §6.6: "storage and cache calls retry with exponential backoff and jitter
-//! behind a circuit breaker".
+//! Retry pacing and a circuit breaker for the network backends (ScyllaDB store, Redis
+//! cache), DESIGN §6.6: "storage and cache calls retry with exponential backoff and
+//! jitter behind a circuit breaker".
 //!
-//! - [`retry`] re-runs one idempotent operation while its error is transient, sleeping
-//!   [`RetryConfig::backoff`] between attempts: exponential growth, capped, with
-//!   "equal jitter" (half of the delay fixed, half random) so that many writers that
-//!   failed together do not retry together, yet every retry still waits.
+//! Who retries what — exactly one layer per call path, so attempts never multiply:
+//!
+//! | call | retried by | how long |
+//! |---|---|---|
+//! | store group commit (readings, states, outputs) | the sink (`ingest/src/sink.rs`), the whole commit | forever, transient errors only: acks wait, backpressure builds |
+//! | connecting to ScyllaDB at start | `ingest/src/backends.rs`, the whole open | forever, transient errors only |
+//! | store reads (HTTP, hydration) | nobody here: HTTP answers 503, a shard waits for its meter's state | — |
+//! | one ScyllaDB statement | nobody: the store sends each once and the driver's retry policy is off | — |
+//! | one Redis call (apply, reads) | the cache, the whole call, inside [`guarded`] | `cache.redis.retry.max_attempts` |
+//!
+//! - [`RetryConfig::backoff`] turns the configured values into backon's
+//!   [`ExponentialBuilder`]: exponential growth, capped, with "equal jitter" (half of
+//!   each delay fixed, half random) so that many writers that failed together do not
+//!   retry together, yet every retry still waits. The sink's, start-up's and the
+//!   Redis cache's retries are backon retries built from it.
+//! - Only errors that say the backend is unreachable or overloaded are retried
+//!   ([`StoreError::is_transient`](crate::StoreError::is_transient), the Redis
+//!   cache's classification); a rejected statement or an unreadable row is an answer:
+//!   it is not retried, and it does not open the breaker.
 //! - [`CircuitBreaker`] stops calling a backend that keeps failing. It is *closed*
 //!   (calls pass) until `failure_threshold` consecutive operations failed, then *open*
 //!   (calls fail at once, without touching the network) for `cool_down_ms`, then
@@ -14,36 +29,34 @@
 //!   reports the outcome on it; a permit dropped without a verdict (a cancelled call)
 //!   releases the probe slot without judging the backend.
 //! - [`guarded`] combines both for a whole operation: one permit, retries inside it,
-//!   one verdict. Backends with several statements per operation (the ScyllaDB store)
-//!   use the parts directly: a permit per operation, [`retry`] per statement.
-//!
-//! What counts as a failure is the caller's call: only errors that say the backend is
-//! unreachable or overloaded. A rejected statement or an unreadable row is an answer,
-//! and does not open the breaker.
+//!   one verdict (the Redis cache). The ScyllaDB store takes a permit per operation
+//!   and does not retry: its caller does.
 //!
 //! Time: the breaker reads [`Instant::now`], and has `*_at` variants that take the
-//! instant, so unit tests drive it without sleeping. Backoff takes the RNG as an
-//! argument for the same reason.
+//! instant, so unit tests drive it without sleeping; retries take their sleep function
+//! from the caller (tokio's, a thread's, or a test's that only records).
 
 use std::fmt;
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rand::Rng;
+use backon::{ExponentialBuilder, Retryable};
 use serde::{Deserialize, Serialize};
 
 /// Growth factor between consecutive backoff delays: the usual doubling.
-const BACKOFF_MULTIPLIER: u32 = 2;
+const BACKOFF_MULTIPLIER: f32 = 2.0;
 
-/// How often one operation is tried and how long to wait between tries.
+/// How often one operation is tried and how long to wait between tries (the keys
+/// `store.scylla.retry` and `cache.redis.retry`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
     /// Tries per operation, the first one included (1 = no retry). Default 4: with the
     /// default delays a transient failure (a node restarting, a leader change, a
-    /// dropped connection) gets ~0.4 s to heal before the error goes up to the caller,
-    /// which then retries the whole batch at its own pace while holding acks back.
+    /// dropped connection) gets ~0.2-0.35 s to heal before it is reported: a Redis
+    /// call then fails to its caller; the sink, which never gives a group commit up,
+    /// reports the store as failing (`/readyz` 503, an error log) and keeps retrying.
     pub max_attempts: u32,
     /// Delay before the first retry, ms (default 50: long enough for a reconnect on a
     /// LAN, short enough not to be felt in a batch's latency).
@@ -64,17 +77,22 @@ impl Default for RetryConfig {
 }
 
 impl RetryConfig {
-    /// The delay before retry number `retry` (0 = the first retry): the capped
-    /// exponential delay `d = min(max, initial × 2^retry)`, of which half is fixed and
-    /// half drawn uniformly from `rng` ("equal jitter").
-    pub fn backoff(&self, retry: u32, rng: &mut impl Rng) -> Duration {
+    /// backon's backoff for these values: retry `n` (0 = the first) waits a delay
+    /// drawn uniformly from `[d/2, d]`, `d = min(max_backoff, initial_backoff × 2^n)`
+    /// ("equal jitter": half fixed, half random), at most `max_attempts - 1` times.
+    ///
+    /// backon's jitter adds a uniform fraction of a delay to it (`d → [d, 2d)`), so the
+    /// builder starts from half the configured delays. A caller that must not give up
+    /// (the sink) lifts the limit with `.without_max_times()`.
+    pub fn backoff(&self) -> ExponentialBuilder {
         let initial = self.initial_backoff_ms.max(1);
-        let growth = BACKOFF_MULTIPLIER.saturating_pow(retry.min(32));
-        let capped = initial
-            .saturating_mul(u64::from(growth))
-            .min(self.max_backoff_ms.max(initial));
-        let half = capped / 2;
-        Duration::from_millis(capped - half + rng.random_range(0..=half))
+        let max = self.max_backoff_ms.max(initial);
+        ExponentialBuilder::new()
+            .with_jitter()
+            .with_factor(BACKOFF_MULTIPLIER)
+            .with_min_delay(Duration::from_millis(initial) / 2)
+            .with_max_delay(Duration::from_millis(max) / 2)
+            .with_max_times(self.max_attempts.saturating_sub(1) as usize)
     }
 
     /// Every problem with the values, each phrased as what to change.
@@ -394,37 +412,6 @@ impl Drop for BreakerPermit<'_> {
     }
 }
 
-/// Runs `op` until it succeeds, fails with an error `is_transient` rejects, or has
-/// been tried `config.max_attempts` times; sleeps [`RetryConfig::backoff`] between
-/// tries. Only for idempotent operations. Needs a tokio runtime with timers.
-pub async fn retry<T, E, Fut>(
-    config: &RetryConfig,
-    is_transient: impl Fn(&E) -> bool,
-    mut op: impl FnMut() -> Fut,
-) -> Result<T, E>
-where
-    Fut: Future<Output = Result<T, E>>,
-    E: fmt::Display,
-{
-    let mut attempt = 1;
-    loop {
-        match op().await {
-            Ok(value) => return Ok(value),
-            Err(error) if attempt < config.max_attempts && is_transient(&error) => {
-                let delay = config.backoff(attempt - 1, &mut rand::rng());
-                tracing::debug!(
-                    attempt,
-                    delay_ms = delay.as_millis() as u64,
-                    "transient error, retrying: {error}"
-                );
-                tokio::time::sleep(delay).await;
-                attempt += 1;
-            }
-            Err(error) => return Err(error),
-        }
-    }
-}
-
 /// Why a [`guarded`] call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Guarded<E> {
@@ -436,9 +423,10 @@ pub enum Guarded<E> {
     Failed(E),
 }
 
-/// One operation behind `breaker`, retried per `config`: a transient final error
-/// counts as a breaker failure, anything else (success or a non-transient error) as
-/// the backend answering.
+/// One idempotent operation behind `breaker`, retried per `config` ([`RetryConfig::backoff`])
+/// while `is_transient` says its error may go away, sleeping on tokio's timer. A
+/// transient final error counts as a breaker failure, anything else (success or a
+/// non-transient error) as the backend answering.
 pub async fn guarded<T, E, Fut>(
     breaker: &CircuitBreaker,
     config: &RetryConfig,
@@ -450,7 +438,18 @@ where
     E: fmt::Display,
 {
     let permit = breaker.acquire().map_err(Guarded::Open)?;
-    match retry(config, &is_transient, op).await {
+    let attempt = op
+        .retry(config.backoff())
+        .sleep(tokio::time::sleep)
+        .when(&is_transient)
+        .notify(|error, delay| {
+            tracing::debug!(
+                breaker = breaker.name(),
+                delay_ms = delay.as_millis() as u64,
+                "transient error, retrying: {error}"
+            );
+        });
+    match attempt.await {
         Ok(value) => {
             permit.succeeded();
             Ok(value)
@@ -470,10 +469,10 @@ where
 mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    use rand::SeedableRng;
-    use rand::rngs::SmallRng;
+    use backon::{BackoffBuilder, BlockingRetryable};
 
     use super::*;
+    use crate::StoreError;
 
     fn breaker(threshold: u32, cool_down_ms: u64) -> CircuitBreaker {
         CircuitBreaker::new(
@@ -485,33 +484,118 @@ mod tests {
         )
     }
 
+    /// The delays `config` sleeps, retry after retry (seeded jitter).
+    fn delays(config: &RetryConfig, seed: u64) -> Vec<Duration> {
+        config.backoff().with_jitter_seed(seed).build().collect()
+    }
+
     #[test]
     fn backoff_grows_is_capped_and_keeps_half_fixed() {
         let config = RetryConfig {
-            max_attempts: 10,
+            max_attempts: 31,
             initial_backoff_ms: 100,
             max_backoff_ms: 1_000,
         };
-        let mut rng = SmallRng::seed_from_u64(7);
-        for _ in 0..200 {
-            let first = config.backoff(0, &mut rng).as_millis();
-            assert!((50..=100).contains(&first), "{first}");
-            let second = config.backoff(1, &mut rng).as_millis();
-            assert!((100..=200).contains(&second), "{second}");
-            let late = config.backoff(30, &mut rng).as_millis();
-            assert!((500..=1_000).contains(&late), "{late}");
+        for seed in 0..200 {
+            let delays = delays(&config, seed);
+            assert_eq!(delays.len(), 30, "max_attempts - 1 retries");
+            let ms = |retry: usize| delays[retry].as_millis();
+            assert!((50..=100).contains(&ms(0)), "{}", ms(0));
+            assert!((100..=200).contains(&ms(1)), "{}", ms(1));
+            assert!((500..=1_000).contains(&ms(29)), "{}", ms(29));
         }
-        // Huge retry numbers neither overflow nor exceed the cap.
-        assert!(config.backoff(u32::MAX, &mut rng) <= Duration::from_millis(1_000));
+        // Without a limit (the sink) the delays stay capped forever.
+        let mut endless = config.backoff().without_max_times().build();
+        assert!(endless.nth(10_000).unwrap() <= Duration::from_millis(1_000));
     }
 
     #[test]
     fn backoff_is_jittered() {
-        let config = RetryConfig::default();
-        let mut rng = SmallRng::seed_from_u64(1);
-        let delays: std::collections::HashSet<_> =
-            (0..50).map(|_| config.backoff(3, &mut rng)).collect();
-        assert!(delays.len() > 10, "{delays:?}");
+        let config = RetryConfig {
+            max_attempts: 5,
+            ..RetryConfig::default()
+        };
+        let fourth: std::collections::HashSet<_> =
+            (0..50).map(|seed| delays(&config, seed)[3]).collect();
+        assert!(fourth.len() > 10, "{fourth:?}");
+    }
+
+    #[test]
+    fn one_attempt_means_no_retry() {
+        let config = RetryConfig {
+            max_attempts: 1,
+            ..RetryConfig::default()
+        };
+        assert!(delays(&config, 1).is_empty());
+    }
+
+    /// Runs `op` as the sink does (blocking, transient store errors only), with a
+    /// sleeper that records instead of sleeping; returns the outcome and the sleeps.
+    fn retried<T>(
+        config: &RetryConfig,
+        op: impl FnMut() -> Result<T, StoreError>,
+    ) -> (Result<T, StoreError>, Vec<Duration>) {
+        let slept = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let record = slept.clone();
+        let result = BlockingRetryable::retry(op, config.backoff())
+            .sleep(move |delay| record.lock().unwrap().push(delay))
+            .when(StoreError::is_transient)
+            .call();
+        let slept = slept.lock().unwrap().clone();
+        (result, slept)
+    }
+
+    #[test]
+    fn only_transient_errors_are_retried_up_to_the_limit() {
+        let config = RetryConfig {
+            max_attempts: 3,
+            initial_backoff_ms: 10,
+            max_backoff_ms: 40,
+        };
+        let calls = AtomicU32::new(0);
+        let (result, slept) = retried(&config, || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>(StoreError::Config("rejected".into()))
+        });
+        assert!(matches!(result, Err(StoreError::Config(_))));
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "a rejection is an answer");
+        assert!(slept.is_empty());
+
+        calls.store(0, Ordering::SeqCst);
+        let (result, slept) = retried(&config, || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>(StoreError::Unavailable("down".into()))
+        });
+        assert!(matches!(result, Err(StoreError::Unavailable(_))));
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "max_attempts tries");
+        assert_eq!(slept.len(), 2);
+        assert!(slept[0] >= Duration::from_millis(5) && slept[0] <= Duration::from_millis(10));
+        assert!(slept[1] >= Duration::from_millis(10) && slept[1] <= Duration::from_millis(20));
+
+        calls.store(0, Ordering::SeqCst);
+        let (result, _) = retried(&config, || {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            if n < 3 {
+                Err(StoreError::Unavailable("flaky".into()))
+            } else {
+                Ok(n)
+            }
+        });
+        assert_eq!(result.unwrap(), 3, "a transient error that heals in time");
+
+        // A transient error after a permanent one is never reached: the first
+        // non-transient error ends the retries.
+        calls.store(0, Ordering::SeqCst);
+        let (result, _) = retried(&config, || {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>(if n == 0 {
+                StoreError::Unavailable("blip".into())
+            } else {
+                StoreError::Corrupt("bad row".into())
+            })
+        });
+        assert!(matches!(result, Err(StoreError::Corrupt(_))));
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 
     #[test]
@@ -570,49 +654,30 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn retry_stops_on_success_permanent_error_or_attempts() {
+    async fn guarded_retries_inside_one_permit() {
+        let b = breaker(1, 60_000);
         let config = RetryConfig {
             max_attempts: 3,
             initial_backoff_ms: 10,
             max_backoff_ms: 10,
         };
         let calls = AtomicU32::new(0);
-        let result: Result<u32, String> = retry(
+        let r: Result<u32, _> = guarded(
+            &b,
             &config,
-            |_| true,
+            |e: &&str| *e == "down",
             || async {
                 let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
-                if n < 2 { Err("flaky".into()) } else { Ok(n) }
+                if n < 3 { Err("down") } else { Ok(n) }
             },
         )
         .await;
-        assert_eq!(result, Ok(2));
-
-        calls.store(0, Ordering::SeqCst);
-        let result: Result<u32, String> = retry(
-            &config,
-            |e: &String| e != "permanent",
-            || async {
-                calls.fetch_add(1, Ordering::SeqCst);
-                Err("permanent".into())
-            },
-        )
-        .await;
-        assert_eq!(result, Err("permanent".into()));
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
-
-        calls.store(0, Ordering::SeqCst);
-        let result: Result<u32, String> = retry(
-            &config,
-            |_| true,
-            || async {
-                calls.fetch_add(1, Ordering::SeqCst);
-                Err("down".into())
-            },
-        )
-        .await;
-        assert!(result.is_err());
-        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        assert!(matches!(r, Ok(3)));
+        assert_eq!(
+            b.state(),
+            BreakerState::Closed,
+            "failed attempts inside one operation are not breaker failures"
+        );
     }
 
     #[tokio::test(start_paused = true)]

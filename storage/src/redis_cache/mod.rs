@@ -52,10 +52,19 @@
 //! Resilience: the connection is a redis-rs [`ConnectionManager`] (multiplexed,
 //! reconnects by itself), created lazily so the service starts even while Redis is
 //! down (DESIGN §6.6: Redis down, keep storing; the cache is rebuilt by later
-//! outputs). Each call is retried on transient errors and guarded by a
-//! [`CircuitBreaker`], so a dead Redis costs the sink one fast failure per call
-//! instead of a timeout. The cache owns a one-thread tokio runtime and `block_on`s it:
-//! call it from plain threads or `spawn_blocking`, never from inside an async task.
+//! outputs). Each call is one operation behind a [`CircuitBreaker`], retried as a whole
+//! with backon ([`resilience::guarded`](crate::resilience::guarded), `redis.retry`)
+//! while Redis's error is transient (`is_transient`: connection trouble, timeouts,
+//! a loading or failing-over server — not a refused command or a wrong-type key). This
+//! is the only retry of a Redis call: the connection manager only reconnects, and the
+//! sink's cache writer does not retry — it keeps what failed and sends it with the next
+//! update. So a dead Redis costs the sink one fast failure per call instead of a
+//! timeout.
+//!
+//! The connection manager runs on a multi-thread tokio runtime — the service's, whose
+//! handle [`RedisCache::open_on`] takes, or, for tests and tools without one, a
+//! one-thread runtime [`RedisCache::open`] starts — and each call `block_on`s it: call
+//! the cache from plain threads or `spawn_blocking`, never from inside an async task.
 
 mod apply;
 mod codec;
@@ -75,22 +84,26 @@ use meterflow_model::{
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, RedisError, RetryMethod};
 use serde::{Deserialize, Serialize};
-use tokio::runtime::Runtime;
+use tokio::runtime::Handle;
 
 use crate::HotCache;
 use crate::error::CacheError;
 use crate::resilience::{
     BreakerConfig, BreakerState, CircuitBreaker, Guarded, RetryConfig, guarded,
 };
+use crate::runtime::ClientRuntime;
 pub use keys::KeySpace;
 
 pub(crate) use codec::{cached_row, sort_open_alerts, sort_top};
 
-/// Worker threads of the cache's runtime: one multiplexed connection needs one.
+/// Worker threads of the runtime [`RedisCache::open`] starts (tests and tools; the
+/// service's cache runs on the service's runtime): one multiplexed connection needs
+/// one.
 const RUNTIME_WORKER_THREADS: usize = 1;
 
 /// Reconnection attempts the ConnectionManager makes by itself after a dropped
-/// connection, before failing the call: our own retry and breaker pace the rest.
+/// connection, before failing the call: the cache's own retry and breaker pace the
+/// rest.
 const MANAGER_RECONNECT_ATTEMPTS: usize = 1;
 
 const DAY_SECS: u64 = 24 * 3600;
@@ -143,7 +156,8 @@ pub struct RedisConfig {
     /// Timeout of one command or pipeline, ms (default 1000: a healthy Redis answers
     /// a pipeline of thousands of HSETs in milliseconds).
     pub response_timeout_ms: u64,
-    /// Retries of each call (all calls are idempotent).
+    /// Retries of each call, the only retry layer of a Redis call (all calls are
+    /// idempotent); its delays also pace the connection manager's reconnects.
     pub retry: RetryConfig,
     /// The breaker in front of Redis.
     pub breaker: BreakerConfig,
@@ -219,28 +233,47 @@ pub struct RedisCache {
     config: RedisConfig,
     keys: KeySpace,
     breaker: CircuitBreaker,
-    /// `Some` until drop; shut down in the background so dropping the cache from
-    /// anywhere is safe.
-    runtime: Option<Runtime>,
+    /// The runtime the connection manager runs on and every call `block_on`s.
+    runtime: ClientRuntime,
 }
 
 impl RedisCache {
     /// Prepares a cache on `url` (`redis://host:port[/db]`, `rediss://…`,
-    /// `unix:///path`). Does not connect: the first call does, so an unreachable
-    /// Redis is a (retryable) error of that call, not of start-up. Fails only on a
-    /// bad URL or config.
+    /// `unix:///path`), its connection running on `runtime` (the service's; a
+    /// multi-thread runtime). Does not connect: the first call does, so an
+    /// unreachable Redis is a (transient) error of that call, not of start-up. Fails
+    /// only on a bad URL, config or runtime.
+    pub fn open_on(runtime: Handle, url: &str, config: RedisConfig) -> Result<Self, CacheError> {
+        let client = Self::client(url, &config)?;
+        let runtime = ClientRuntime::shared(runtime, "redis").map_err(CacheError)?;
+        Self::prepare(runtime, client, config)
+    }
+
+    /// [`RedisCache::open_on`] for callers without a tokio runtime (tests, tools): the
+    /// cache starts one of its own ([`RUNTIME_WORKER_THREADS`] worker named
+    /// `mf-redis`), shut down when the cache is dropped. A service must not use it: it
+    /// would run a second runtime beside its own.
     pub fn open(url: &str, config: RedisConfig) -> Result<Self, CacheError> {
+        let client = Self::client(url, &config)?;
+        let runtime = ClientRuntime::own("mf-redis", RUNTIME_WORKER_THREADS)
+            .map_err(|e| CacheError(format!("cannot start the Redis runtime: {e}")))?;
+        Self::prepare(runtime, client, config)
+    }
+
+    /// The client of `url` (no connection yet), after every problem of the config.
+    fn client(url: &str, config: &RedisConfig) -> Result<redis::Client, CacheError> {
         config
             .validate()
             .map_err(|problems| CacheError(problems.join("; ")))?;
-        let client = redis::Client::open(url)
-            .map_err(|e| CacheError(format!("bad Redis URL {url:?}: {e}")))?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(RUNTIME_WORKER_THREADS)
-            .thread_name("mf-redis")
-            .enable_all()
-            .build()
-            .map_err(|e| CacheError(format!("cannot start the Redis runtime: {e}")))?;
+        // The URL may hold a password: the error names the problem, not the URL.
+        redis::Client::open(url).map_err(|e| CacheError(format!("bad Redis URL: {e}")))
+    }
+
+    fn prepare(
+        runtime: ClientRuntime,
+        client: redis::Client,
+        config: RedisConfig,
+    ) -> Result<Self, CacheError> {
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_millis(config.connect_timeout_ms)))
             .set_response_timeout(Some(Duration::from_millis(config.response_timeout_ms)))
@@ -249,7 +282,7 @@ impl RedisCache {
             .set_max_delay(Duration::from_millis(config.retry.max_backoff_ms));
         let connection = {
             // The manager spawns its reconnection tasks on the current runtime.
-            let _context = runtime.enter();
+            let _context = runtime.handle().enter();
             ConnectionManager::new_lazy_with_config(client, manager_config)
                 .map_err(|e| CacheError(format!("cannot set up the Redis connection: {e}")))?
         };
@@ -258,7 +291,7 @@ impl RedisCache {
             breaker: CircuitBreaker::new("redis", config.breaker.clone()),
             keys: KeySpace::new(&config.key_prefix),
             config,
-            runtime: Some(runtime),
+            runtime,
         })
     }
 
@@ -292,10 +325,7 @@ impl RedisCache {
     where
         Fut: std::future::Future<Output = Result<T, RedisError>>,
     {
-        let Some(runtime) = &self.runtime else {
-            unreachable!("the runtime lives as long as the cache")
-        };
-        runtime
+        self.runtime
             .block_on(guarded(
                 &self.breaker,
                 &self.config.retry,
@@ -320,14 +350,6 @@ impl RedisCache {
             let pipe = &pipe;
             async move { pipe.query_async(&mut connection).await }
         })
-    }
-}
-
-impl Drop for RedisCache {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
     }
 }
 
@@ -671,6 +693,46 @@ mod tests {
             ..RedisConfig::default()
         };
         assert_eq!(bad.validate().unwrap_err().len(), 4);
+    }
+
+    #[test]
+    fn unreachable_timed_out_and_loading_are_transient_refusals_are_not() {
+        use redis::{ErrorKind, ServerErrorKind};
+        let io = |kind| RedisError::from(std::io::Error::from(kind));
+        assert!(is_transient(&io(std::io::ErrorKind::ConnectionRefused)));
+        assert!(is_transient(&io(std::io::ErrorKind::ConnectionReset)));
+        assert!(is_transient(&io(std::io::ErrorKind::TimedOut)));
+        let server = |kind, what| RedisError::from((ErrorKind::Server(kind), what));
+        assert!(is_transient(&server(
+            ServerErrorKind::BusyLoading,
+            "LOADING"
+        )));
+        assert!(is_transient(&server(ServerErrorKind::TryAgain, "TRYAGAIN")));
+        assert!(!is_transient(&server(
+            ServerErrorKind::ResponseError,
+            "WRONGTYPE"
+        )));
+        assert!(!is_transient(&server(
+            ServerErrorKind::NoScript,
+            "NOSCRIPT"
+        )));
+        assert!(!is_transient(&RedisError::from((
+            ErrorKind::UnexpectedReturnType,
+            "not a hash"
+        ))));
+    }
+
+    #[test]
+    fn a_service_runtime_must_be_multi_thread() {
+        let current_thread = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let refused = RedisCache::open_on(
+            current_thread.handle().clone(),
+            "redis://127.0.0.1:1",
+            RedisConfig::default(),
+        );
+        assert!(refused.is_err_and(|e| e.0.contains("multi-thread")));
     }
 
     #[test]

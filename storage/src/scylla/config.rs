@@ -122,7 +122,11 @@ pub struct ScyllaConfig {
     pub request_timeout_ms: u64,
     /// Timeout of one connection attempt, ms (default 5000).
     pub connect_timeout_ms: u64,
-    /// Retries of each statement (all statements are idempotent upserts).
+    /// How a failed operation on the store is retried — by its caller: the store
+    /// sends every statement once. The sink paces its retries of a group commit with
+    /// these delays, and reports the store as failing after `max_attempts` tries
+    /// (it never gives a commit up); the service paces its start-up connection
+    /// attempts with them.
     pub retry: RetryConfig,
     /// The breaker in front of the whole store.
     pub breaker: BreakerConfig,

@@ -1,8 +1,9 @@
 //! Turns the driver's errors into [`StoreError`]s with the right kind: `Unavailable`
-//! (retrying can help: connection lost, timeout, overloaded, not enough replicas up)
-//! or `Config` (the cluster rejected the statement: wrong schema, no permission,
-//! syntax) or `Corrupt` (rows that do not decode). Only `Unavailable` is retried and
-//! counted by the circuit breaker.
+//! (transient, retrying can help: connection lost, timeout, overloaded, not enough
+//! replicas up) or `Config` (the cluster rejected the statement: wrong schema, no
+//! permission, syntax, a value it does not take) or `Corrupt` (rows that do not
+//! decode). Only `Unavailable` is retried (by the caller of the store) and counted by
+//! the circuit breaker.
 
 use ::scylla::errors::{
     DbError, ExecutionError, NewSessionError, NextPageError, NextRowError, PagerExecutionError,
@@ -151,5 +152,100 @@ pub(crate) fn new_session(error: &NewSessionError) -> StoreError {
         _ => StoreError::Unavailable(format!(
             "cannot connect to the CQL cluster: {error}; check the contact points and that the cluster is up"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ::scylla::errors::{BadQuery, WriteType};
+    use ::scylla::statement::Consistency;
+
+    use super::*;
+
+    fn db(error: DbError) -> ExecutionError {
+        ExecutionError::LastAttemptError(RequestAttemptError::DbError(error, "test".into()))
+    }
+
+    #[test]
+    fn unreachable_overloaded_and_timed_out_are_transient() {
+        let transient = [
+            db(DbError::Overloaded),
+            db(DbError::IsBootstrapping),
+            db(DbError::Unavailable {
+                consistency: Consistency::LocalQuorum,
+                required: 2,
+                alive: 1,
+            }),
+            db(DbError::WriteTimeout {
+                consistency: Consistency::LocalQuorum,
+                received: 1,
+                required: 2,
+                write_type: WriteType::UnloggedBatch,
+            }),
+            db(DbError::ReadTimeout {
+                consistency: Consistency::LocalQuorum,
+                received: 1,
+                required: 2,
+                data_present: false,
+            }),
+            ExecutionError::RequestTimeout(Duration::from_secs(5)),
+            ExecutionError::EmptyPlan,
+            ExecutionError::LastAttemptError(RequestAttemptError::UnableToAllocStreamId),
+        ];
+        for error in &transient {
+            let kind = execution("writing readings failed", error);
+            assert!(
+                matches!(kind, StoreError::Unavailable(_)),
+                "{error}: {kind}"
+            );
+            assert!(kind.is_transient());
+        }
+    }
+
+    #[test]
+    fn a_rejected_statement_or_value_is_not_transient() {
+        let rejected = [
+            db(DbError::Invalid),
+            db(DbError::SyntaxError),
+            db(DbError::Unauthorized),
+            ExecutionError::BadQuery(BadQuery::ValuesTooLongForKey(70_000, 65_535)),
+        ];
+        for error in &rejected {
+            let kind = execution("writing readings failed", error);
+            assert!(matches!(kind, StoreError::Config(_)), "{error}: {kind}");
+            assert!(!kind.is_transient());
+        }
+        let unreadable =
+            ExecutionError::LastAttemptError(RequestAttemptError::NonfinishedPagingState);
+        assert!(matches!(
+            execution("reading readings failed", &unreadable),
+            StoreError::Corrupt(_)
+        ));
+    }
+
+    #[test]
+    fn too_few_replicas_names_the_replication_factor() {
+        let error = execution(
+            "writing readings failed",
+            &db(DbError::Unavailable {
+                consistency: Consistency::LocalQuorum,
+                required: 2,
+                alive: 1,
+            }),
+        );
+        assert!(error.to_string().contains("replication factor"), "{error}");
+    }
+
+    #[test]
+    fn session_errors() {
+        assert!(!new_session(&NewSessionError::EmptyKnownNodesList).is_transient());
+        assert!(
+            new_session(&NewSessionError::FailedToResolveAnyHostname(vec![
+                "scylla:9042".into()
+            ]))
+            .is_transient()
+        );
     }
 }

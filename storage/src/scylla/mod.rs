@@ -18,7 +18,10 @@
 //!   estimated reading replaced by the actual one (or back) keeps nothing stale. The
 //!   price is a small cell tombstone per absent value, dropped with its TTL'd SSTable;
 //! - every statement is prepared and marked idempotent (pure upserts on natural keys),
-//!   and is retried with backoff while the error is transient;
+//!   and sent once: neither the store nor the driver retries it (the driver's retry
+//!   policy is `FallthroughRetryPolicy`). The caller retries the whole operation —
+//!   the sink a group commit, while its error is transient (`resilience` has the
+//!   table of who retries what) — so attempts never multiply across layers;
 //! - `write` returns `Ok` only when every statement was acknowledged at the
 //!   configured consistency; on the first failure it returns that error (statements
 //!   already sent may have landed: rewriting the same batches is harmless).
@@ -31,21 +34,20 @@
 //! [`ScyllaStore::write_outputs`](ReadingStore::write_outputs) stores bills, alert
 //! episodes and hourly district rows the same way — grouped per partition, unlogged
 //! batches within one partition plus the `*_days` index upsert, idempotent prepared
-//! upserts, the same in-flight bound, retries and breaker; the `outputs` module has
-//! the details.
+//! upserts, the same in-flight bound, one attempt and the breaker; the `outputs`
+//! module has the details.
 //!
 //! A [`CircuitBreaker`] guards the whole store: each `write` or read is one operation;
-//! when `failure_threshold` of them in a row failed after retries, calls fail at once
+//! when `failure_threshold` of them in a row failed transiently, calls fail at once
 //! with [`StoreError::Unavailable`] until a probe succeeds. Its state is exposed by
 //! [`ScyllaStore::breaker_state`] for metrics.
 //!
 //! The driver is async; [`ReadingStore`] is synchronous. The driver's connection
-//! tasks run on a multi-thread tokio runtime — the caller's
-//! ([`ScyllaStore::open_on`], the service passes its own) or a small one the store
-//! starts for itself ([`ScyllaStore::open`], for tests and tools) — and each trait
-//! method `block_on`s that runtime's handle. So the methods must be called from plain
-//! threads or `spawn_blocking`, never from inside an async task: tokio panics on a
-//! `block_on` nested in a runtime worker.
+//! tasks run on a multi-thread tokio runtime — the service's, whose handle
+//! [`ScyllaStore::open_on`] takes, or, for tests and tools without one, a small one
+//! [`ScyllaStore::open`] starts — and each trait method `block_on`s that runtime's
+//! handle. So the methods must be called from plain threads or `spawn_blocking`, never
+//! from inside an async task: tokio panics on a `block_on` nested in a runtime worker.
 
 mod config;
 mod errors;
@@ -60,6 +62,7 @@ use std::sync::Arc;
 use ::scylla::client::execution_profile::ExecutionProfile;
 use ::scylla::client::session::Session;
 use ::scylla::client::session_builder::SessionBuilder;
+use ::scylla::policies::retry::FallthroughRetryPolicy;
 use ::scylla::policies::timestamp_generator::MonotonicTimestampGenerator;
 use ::scylla::serialize::row::SerializeRow;
 use ::scylla::statement::batch::{Batch, BatchType};
@@ -75,15 +78,17 @@ use meterflow_model::time::day_of;
 use meterflow_model::{
     DeadLetter, MeterKey, MeterState, Outputs, Quality, Reading, Reject, SealedBatch, StoredReading,
 };
-use tokio::runtime::{Handle, Runtime, RuntimeFlavor};
+use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
 pub use self::config::{Consistency, ScyllaConfig};
 use crate::ReadingStore;
 use crate::error::StoreError;
-use crate::resilience::{BreakerPermit, BreakerState, CircuitBreaker, retry};
+use crate::resilience::{BreakerPermit, BreakerState, CircuitBreaker};
+use crate::runtime::ClientRuntime;
 
-/// Worker threads of the runtime [`ScyllaStore::open`] starts. The driver's work is
+/// Worker threads of the runtime [`ScyllaStore::open`] starts (tests and tools; the
+/// service's store runs on the service's runtime). The driver's work is
 /// socket I/O and (de)serialisation, so one thread would do; the second keeps one slow
 /// poll (a large result page) from stalling every connection's heartbeat.
 const RUNTIME_WORKER_THREADS: usize = 2;
@@ -214,7 +219,7 @@ struct Statements {
 }
 
 /// Prepares one statement of the store. Every statement here is a pure upsert or a
-/// read on natural keys, so all are idempotent (the driver may retry or speculate).
+/// read on natural keys, so all are idempotent: a caller may send an operation again.
 async fn prepare_statement(
     session: &Session,
     cql: String,
@@ -300,11 +305,7 @@ struct Core {
 pub struct ScyllaStore {
     core: Core,
     /// The runtime the driver's tasks run on and every call `block_on`s.
-    runtime: Handle,
-    /// The runtime [`ScyllaStore::open`] started for the store (`None` when the
-    /// caller's runs it); shut down in the background on drop, so dropping the store
-    /// from anywhere (even an async context) is safe.
-    own_runtime: Option<Runtime>,
+    runtime: ClientRuntime,
 }
 
 impl ScyllaStore {
@@ -318,48 +319,42 @@ impl ScyllaStore {
     ///
     /// An unreachable cluster is [`StoreError::Unavailable`] (try again later); a bad
     /// config or keyspace name, or an existing keyspace whose replication can never
-    /// meet `consistency` on the cluster's nodes, is [`StoreError::Config`].
-    pub fn open<S: AsRef<str>>(
-        contact_points: &[S],
-        keyspace: &str,
-        config: ScyllaConfig,
-    ) -> Result<Self, StoreError> {
-        check_open(contact_points, keyspace, &config)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(RUNTIME_WORKER_THREADS)
-            .thread_name("mf-scylla")
-            .enable_all()
-            .build()
-            .map_err(|e| StoreError::Config(format!("cannot start the ScyllaDB runtime: {e}")))?;
-        let handle = runtime.handle().clone();
-        Self::connect(handle, Some(runtime), contact_points, keyspace, config)
-    }
-
-    /// [`ScyllaStore::open`], with the driver running on `runtime` (the service's)
-    /// instead of a runtime of the store's own. `runtime` must be a multi-thread
-    /// runtime that outlives the store's use: a current-thread runtime drives its
-    /// I/O only inside its own `block_on`, so calls from other threads would stall
-    /// ([`StoreError::Config`]).
+    /// meet `consistency` on the cluster's nodes, is [`StoreError::Config`]. Opening
+    /// is one attempt: a caller that waits for the cluster retries it (the service
+    /// does, see `ingest/src/backends.rs`).
+    ///
+    /// The driver runs on the service's runtime, `runtime`: a multi-thread runtime
+    /// that outlives the store's use (a current-thread one drives its I/O only inside
+    /// its own `block_on`, so calls from other threads would stall:
+    /// [`StoreError::Config`]). Call it from a plain thread or `spawn_blocking`.
     pub fn open_on<S: AsRef<str>>(
         runtime: Handle,
         contact_points: &[S],
         keyspace: &str,
         config: ScyllaConfig,
     ) -> Result<Self, StoreError> {
-        if runtime.runtime_flavor() == RuntimeFlavor::CurrentThread {
-            return Err(StoreError::Config(
-                "scylla: the store needs a multi-thread tokio runtime; a current-thread one \
-                 only runs the driver inside its own block_on"
-                    .into(),
-            ));
-        }
+        let runtime = ClientRuntime::shared(runtime, "scylla").map_err(StoreError::Config)?;
         check_open(contact_points, keyspace, &config)?;
-        Self::connect(runtime, None, contact_points, keyspace, config)
+        Self::connect(runtime, contact_points, keyspace, config)
+    }
+
+    /// [`ScyllaStore::open_on`] for callers without a tokio runtime (tests, tools):
+    /// the store starts one of its own ([`RUNTIME_WORKER_THREADS`] workers named
+    /// `mf-scylla`), shut down when the store is dropped. A service must not use it:
+    /// it would run a second runtime beside its own.
+    pub fn open<S: AsRef<str>>(
+        contact_points: &[S],
+        keyspace: &str,
+        config: ScyllaConfig,
+    ) -> Result<Self, StoreError> {
+        check_open(contact_points, keyspace, &config)?;
+        let runtime = ClientRuntime::own("mf-scylla", RUNTIME_WORKER_THREADS)
+            .map_err(|e| StoreError::Config(format!("cannot start the ScyllaDB runtime: {e}")))?;
+        Self::connect(runtime, contact_points, keyspace, config)
     }
 
     fn connect<S: AsRef<str>>(
-        runtime: Handle,
-        own_runtime: Option<Runtime>,
+        runtime: ClientRuntime,
         contact_points: &[S],
         keyspace: &str,
         config: ScyllaConfig,
@@ -369,11 +364,7 @@ impl ScyllaStore {
             .map(|c| c.as_ref().to_owned())
             .collect();
         let core = runtime.block_on(Core::connect(nodes, keyspace, config))?;
-        Ok(Self {
-            core,
-            runtime,
-            own_runtime,
-        })
+        Ok(Self { core, runtime })
     }
 
     /// The breaker's state, for metrics (`closed`, `open`, `half_open`).
@@ -393,7 +384,7 @@ impl ScyllaStore {
     pub fn applied_migrations(&self) -> Result<Vec<i32>, StoreError> {
         let core = &self.core;
         self.block_on(async {
-            schema::applied_versions(&core.session, &core.keyspace, &core.config)
+            schema::applied_versions(&core.session, &core.keyspace)
                 .await
                 .map(|set| set.into_iter().collect())
         })
@@ -430,14 +421,6 @@ fn check_open<S: AsRef<str>>(
         Ok(())
     } else {
         Err(StoreError::Config(problems.join("; ")))
-    }
-}
-
-impl Drop for ScyllaStore {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.own_runtime.take() {
-            runtime.shutdown_background();
-        }
     }
 }
 
@@ -710,9 +693,11 @@ impl Core {
         keyspace: &str,
         config: ScyllaConfig,
     ) -> Result<Self, StoreError> {
+        // No driver retries: the caller retries whole operations (module docs).
         let profile = ExecutionProfile::builder()
             .consistency(config.consistency.to_driver())
             .request_timeout(Some(config.request_timeout()))
+            .retry_policy(Arc::new(FallthroughRetryPolicy::new()))
             .build();
         let mut builder = SessionBuilder::new()
             .known_nodes(&contact_points)
@@ -754,7 +739,7 @@ impl Core {
         })?;
         let result = operation.await;
         match &result {
-            Err(error) if error.is_retryable() => permit.failed(),
+            Err(error) if error.is_transient() => permit.failed(),
             _ => permit.succeeded(),
         }
         result
@@ -780,23 +765,19 @@ impl Core {
         self.select_all(what, statement, range, usize::MAX).await
     }
 
-    /// Executes one statement (retried while transient), holding an in-flight permit
-    /// per attempt.
+    /// Executes one statement once, holding an in-flight permit.
     async fn execute(
         &self,
         what: &'static str,
         statement: &PreparedStatement,
         values: impl SerializeRow,
     ) -> Result<(), StoreError> {
-        retry(&self.config.retry, StoreError::is_retryable, || async {
-            let _slot = self.slot().await?;
-            self.session
-                .execute_unpaged(statement, &values)
-                .await
-                .map(drop)
-                .map_err(|e| errors::execution(what, &e))
-        })
-        .await
+        let _slot = self.slot().await?;
+        self.session
+            .execute_unpaged(statement, &values)
+            .await
+            .map(drop)
+            .map_err(|e| errors::execution(what, &e))
     }
 
     /// Adds one unlogged batch per `max_batch_rows` of `rows` (one partition's) to
@@ -828,15 +809,12 @@ impl Core {
             batch.append_statement(statement.clone());
         }
         batch.set_is_idempotent(true);
-        retry(&self.config.retry, StoreError::is_retryable, || async {
-            let _slot = self.slot().await?;
-            self.session
-                .batch(&batch, rows)
-                .await
-                .map(drop)
-                .map_err(|e| errors::execution(what, &e))
-        })
-        .await
+        let _slot = self.slot().await?;
+        self.session
+            .batch(&batch, rows)
+            .await
+            .map(drop)
+            .map_err(|e| errors::execution(what, &e))
     }
 
     async fn slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, StoreError> {
@@ -958,8 +936,7 @@ impl Core {
         drain(statements).await
     }
 
-    /// Every row of a paged query (at most `limit`), retried as a whole while
-    /// transient.
+    /// Every row of a paged query (at most `limit`).
     async fn select_all<R>(
         &self,
         what: &'static str,
@@ -974,8 +951,8 @@ impl Core {
             .await
     }
 
-    /// The first `limit` rows of a paged query that `keep` accepts, retried as a
-    /// whole while transient. Pages are fetched only until `limit` rows are kept.
+    /// The first `limit` rows of a paged query that `keep` accepts. Pages are fetched
+    /// only until `limit` rows are kept.
     async fn select_matching<R>(
         &self,
         what: &'static str,
@@ -987,28 +964,25 @@ impl Core {
     where
         R: for<'f, 'm> ::scylla::deserialize::row::DeserializeRow<'f, 'm> + Send + 'static,
     {
-        retry(&self.config.retry, StoreError::is_retryable, || async {
-            let _slot = self.slot().await?;
-            let pager = self
-                .session
-                .execute_iter(statement.clone(), &values)
-                .await
-                .map_err(|e| errors::pager(what, &e))?;
-            let mut rows = pager
-                .rows_stream::<R>()
-                .map_err(|e| errors::type_check(what, &e))?;
-            let mut out = Vec::new();
-            while out.len() < limit {
-                match rows.try_next().await {
-                    Ok(Some(row)) if keep(&row) => out.push(row),
-                    Ok(Some(_)) => {}
-                    Ok(None) => break,
-                    Err(e) => return Err(errors::next_row(what, &e)),
-                }
+        let _slot = self.slot().await?;
+        let pager = self
+            .session
+            .execute_iter(statement.clone(), &values)
+            .await
+            .map_err(|e| errors::pager(what, &e))?;
+        let mut rows = pager
+            .rows_stream::<R>()
+            .map_err(|e| errors::type_check(what, &e))?;
+        let mut out = Vec::new();
+        while out.len() < limit {
+            match rows.try_next().await {
+                Ok(Some(row)) if keep(&row) => out.push(row),
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(e) => return Err(errors::next_row(what, &e)),
             }
-            Ok(out)
-        })
-        .await
+        }
+        Ok(out)
     }
 
     async fn meter_state(&self, key: &MeterKey) -> Result<Option<MeterState>, StoreError> {

@@ -75,7 +75,6 @@ use ::scylla::value::CqlTimestamp;
 use super::config::{Consistency, ScyllaConfig};
 use super::errors;
 use crate::error::StoreError;
-use crate::resilience::retry;
 
 /// Longest keyspace name Cassandra accepts (ScyllaDB allows the same).
 const MAX_KEYSPACE_LEN: usize = 48;
@@ -263,19 +262,12 @@ pub fn full_schema(keyspace: &str, config: &ScyllaConfig) -> Vec<String> {
     all
 }
 
-async fn run_ddl(
-    session: &Session,
-    config: &ScyllaConfig,
-    statement: &str,
-) -> Result<(), StoreError> {
-    retry(&config.retry, StoreError::is_retryable, || async {
-        session
-            .query_unpaged(statement, ())
-            .await
-            .map(|_| ())
-            .map_err(|e| errors::execution("schema change failed", &e))
-    })
-    .await
+async fn run_ddl(session: &Session, statement: &str) -> Result<(), StoreError> {
+    session
+        .query_unpaged(statement, ())
+        .await
+        .map(|_| ())
+        .map_err(|e| errors::execution("schema change failed", &e))
 }
 
 /// Nodes the driver sees in each datacenter (`system.local` + `system.peers`, up or
@@ -294,18 +286,14 @@ fn nodes_per_datacenter(session: &Session) -> BTreeMap<String, usize> {
 async fn existing_replication(
     session: &Session,
     keyspace: &str,
-    config: &ScyllaConfig,
 ) -> Result<Option<HashMap<String, String>>, StoreError> {
-    let result = retry(&config.retry, StoreError::is_retryable, || async {
-        session
-            .query_unpaged(
-                "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = ?",
-                (keyspace,),
-            )
-            .await
-            .map_err(|e| errors::execution("reading the keyspace's replication failed", &e))
-    })
-    .await?;
+    let result = session
+        .query_unpaged(
+            "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = ?",
+            (keyspace,),
+        )
+        .await
+        .map_err(|e| errors::execution("reading the keyspace's replication failed", &e))?;
     let rows = result
         .into_rows_result()
         .map_err(|e| errors::type_check("system_schema.keyspaces returned no rows", &e))?;
@@ -412,7 +400,7 @@ async fn ensure_keyspace(
             .join(", ")
     };
     let consistency = consistency_name(config.consistency);
-    if let Some(replication) = existing_replication(session, keyspace, config).await? {
+    if let Some(replication) = existing_replication(session, keyspace).await? {
         let replicas = parse_replication(&replication);
         let total_nodes: usize = nodes.values().sum();
         let groups: Vec<(Option<&str>, usize, usize)> = replicas
@@ -513,12 +501,7 @@ async fn ensure_keyspace(
             rf / 2 + 1
         );
     }
-    run_ddl(
-        session,
-        config,
-        &keyspace_statement_with_rf(keyspace, config, rf),
-    )
-    .await
+    run_ddl(session, &keyspace_statement_with_rf(keyspace, config, rf)).await
 }
 
 /// Creates the keyspace if missing (see [`ensure_keyspace`]) and applies every
@@ -530,8 +513,8 @@ pub(crate) async fn migrate(
     config: &ScyllaConfig,
 ) -> Result<Vec<i32>, StoreError> {
     ensure_keyspace(session, keyspace, config).await?;
-    run_ddl(session, config, &migrations_table_statement(keyspace)).await?;
-    let applied = applied_versions(session, keyspace, config).await?;
+    run_ddl(session, &migrations_table_statement(keyspace)).await?;
+    let applied = applied_versions(session, keyspace).await?;
 
     let record = session
         .prepare(format!(
@@ -551,23 +534,19 @@ pub(crate) async fn migrate(
             "applying schema migration"
         );
         for statement in migration.statements(keyspace, config) {
-            run_ddl(session, config, &statement).await?;
+            run_ddl(session, &statement).await?;
         }
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
             .unwrap_or(0);
-        retry(&config.retry, StoreError::is_retryable, || async {
-            session
-                .execute_unpaged(
-                    &record,
-                    (migration.version, migration.name, CqlTimestamp(now_ms)),
-                )
-                .await
-                .map(|_| ())
-                .map_err(|e| errors::execution("recording a schema migration failed", &e))
-        })
-        .await?;
+        session
+            .execute_unpaged(
+                &record,
+                (migration.version, migration.name, CqlTimestamp(now_ms)),
+            )
+            .await
+            .map_err(|e| errors::execution("recording a schema migration failed", &e))?;
         newly_applied.push(migration.version);
     }
     Ok(newly_applied)
@@ -577,16 +556,12 @@ pub(crate) async fn migrate(
 pub(crate) async fn applied_versions(
     session: &Session,
     keyspace: &str,
-    config: &ScyllaConfig,
 ) -> Result<BTreeSet<i32>, StoreError> {
     let statement = format!("SELECT version FROM {keyspace}.schema_migrations");
-    let result = retry(&config.retry, StoreError::is_retryable, || async {
-        session
-            .query_unpaged(statement.as_str(), ())
-            .await
-            .map_err(|e| errors::execution("reading schema_migrations failed", &e))
-    })
-    .await?;
+    let result = session
+        .query_unpaged(statement.as_str(), ())
+        .await
+        .map_err(|e| errors::execution("reading schema_migrations failed", &e))?;
     let rows = result
         .into_rows_result()
         .map_err(|e| errors::type_check("schema_migrations returned no rows result", &e))?;

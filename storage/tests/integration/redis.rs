@@ -202,6 +202,46 @@ fn redis_breaker_opens_on_a_closed_port_and_closes_when_redis_appears() {
     );
 }
 
+#[test]
+fn redis_open_on_runs_the_connection_on_the_callers_runtime() {
+    let Some(url) = servers::redis("redis_open_on") else {
+        return;
+    };
+    let prefix = servers::unique_name("open_on");
+    let _cleanup = Cleanup::new(&url, &prefix);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    assert_eq!(runtime.metrics().num_alive_tasks(), 0);
+    let cache = RedisCache::open_on(runtime.handle().clone(), &url, config(&prefix)).unwrap();
+    // A plain thread, like the sink, calls in while the runtime's worker is free.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                cache.ping().unwrap();
+                cache
+                    .apply(&Outputs {
+                        meters: vec![view("acme", "M-1", 5, None)],
+                        ..Outputs::default()
+                    })
+                    .unwrap();
+            })
+            .join()
+            .unwrap()
+    });
+    assert!(
+        runtime.metrics().num_alive_tasks() > 0,
+        "the connection's tasks live on the caller's runtime"
+    );
+    assert_eq!(
+        cache.meter(&meter_key("acme", "M-1")).unwrap(),
+        Some(view("acme", "M-1", 5, None))
+    );
+    // Dropped in reverse: the cache, then its runtime.
+}
+
 /// A cache on its own prefix, with its cleanup (and raw connection).
 pub(crate) fn cache_on(
     url: &str,

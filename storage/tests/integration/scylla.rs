@@ -419,12 +419,14 @@ fn scylla_breaker_opens_when_the_cluster_is_unreachable_and_recovers() {
     };
     write(1).unwrap();
 
-    // The cluster "crashes": its port closes and every connection is cut.
+    // The cluster "crashes": its port closes and every connection is cut. Each write
+    // is one attempt (the store and the driver do not retry; its caller does), so each
+    // failed write is one breaker failure.
     proxy.stop();
     let mut failures = 0;
     while store.breaker_state() != BreakerState::Open {
         let error = write(2).expect_err("no cluster, no write");
-        assert!(error.is_retryable(), "{error}");
+        assert!(error.is_transient(), "{error}");
         failures += 1;
         assert!(
             failures <= 10,
@@ -432,6 +434,10 @@ fn scylla_breaker_opens_when_the_cluster_is_unreachable_and_recovers() {
             store.breaker_state()
         );
     }
+    assert_eq!(
+        failures, 2,
+        "failure_threshold failed writes open the breaker"
+    );
     assert!(!store.is_ready());
     let started = Instant::now();
     let error = write(3).unwrap_err();
@@ -452,7 +458,7 @@ fn scylla_breaker_opens_when_the_cluster_is_unreachable_and_recovers() {
         std::thread::sleep(Duration::from_millis(300));
         match write(4) {
             Ok(()) => break,
-            Err(e) if Instant::now() < deadline => assert!(e.is_retryable(), "{e}"),
+            Err(e) if Instant::now() < deadline => assert!(e.is_transient(), "{e}"),
             Err(e) => panic!("store did not recover within 60 s: {e}"),
         }
     }
@@ -473,7 +479,7 @@ fn scylla_open_reports_unreachable_clusters_and_bad_settings() {
     let error = ScyllaStore::open(&[closed.as_str()], "mft_unreachable", config.clone())
         .err()
         .expect("nothing listens there");
-    assert!(error.is_retryable(), "{error}");
+    assert!(error.is_transient(), "{error}");
 
     let error = ScyllaStore::open(&[closed.as_str()], "Bad-Name", config.clone())
         .err()
@@ -567,7 +573,7 @@ fn scylla_an_existing_keyspace_the_node_cannot_serve_fails_fast_naming_the_fix()
         "took {:?}",
         started.elapsed()
     );
-    assert!(!error.is_retryable(), "{error}");
+    assert!(!error.is_transient(), "{error}");
     let StoreError::Config(message) = error else {
         panic!("{error}")
     };
