@@ -124,7 +124,10 @@ fn describe() {
         STORE_WRITE_SECONDS,
         "Duration of one durable store write (a group of batches)."
     );
-    describe_counter!(STORE_ERRORS, "Failed store writes (each is retried).");
+    describe_counter!(
+        STORE_ERRORS,
+        "Failed store write attempts (transient ones are retried by the sink)."
+    );
     describe_counter!(
         CACHE_ERRORS,
         "Failed hot-cache updates (kept and applied when the cache is back)."
