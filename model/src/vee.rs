@@ -102,8 +102,9 @@ pub const DEFAULT_EXPECTED_INTERVAL_MS: i64 = 3_600_000;
 /// filling it would write thousands of invented rows; its usage still lands in full
 /// on the next actual read.
 pub const DEFAULT_MAX_ESTIMATED_READS: u32 = 744;
-/// A meter fresh from the factory reads a few litres of test water; anything under
-/// one cubic metre after a large register is a new meter, not a read error.
+/// A meter fresh from the factory reads a few litres of test water: a register that
+/// restarts under one cubic metre looks like a new meter, and one read continuing
+/// it confirms the exchange (a register restarting elsewhere needs two).
 pub const DEFAULT_EXCHANGE_THRESHOLD_L: u64 = 1_000;
 /// Litres a register may exceed the size's maximum flow by: register resolution and
 /// rounding of the interval (one litre per tick on household meters, plus margin).
@@ -122,8 +123,9 @@ pub struct VeeRules {
     pub expected_interval_ms: i64,
     /// Longest gap, in expected intervals, that is filled with estimates.
     pub max_estimated_reads: u32,
-    /// A register that drops below this many litres (and then grows normally) is a
-    /// meter exchange.
+    /// A register that restarts below this many litres is confirmed as a meter
+    /// exchange by one read growing from it (and not from the old register); one
+    /// that lands anywhere else, by two.
     pub exchange_threshold_l: u64,
     /// Slack on the maximum-flow plausibility check, litres.
     pub jump_slack_l: u64,

@@ -49,7 +49,10 @@
 //!   register (at most `max_estimated_reads`; longer gaps are not filled, the next
 //!   actual carries the whole delta), except at the `ts` of a read in the window (a
 //!   suspect read keeps its row). A late read inside the gap re-runs the pass: it
-//!   replaces its estimate and the estimates around it are re-spread.
+//!   replaces its estimate and the estimates around it are re-spread. Storage has
+//!   no deletes, so an estimate no later pass makes stays stored: when the read
+//!   after a gap is turned suspect by reads arriving late, or when late reads off
+//!   the expected grid move the grid.
 //!
 //! Suspect reads are stored but excluded from billing, usage and analytics.
 //! Billing follows the re-emitted rows ([`crate::billing`]); usage, alerting and
@@ -111,7 +114,7 @@ impl MeterRules {
     /// Whether `later` grew plausibly from `earlier` on the same register.
     fn grows_from(&self, earlier: &Reading, later: &Reading) -> bool {
         later.reg >= earlier.reg
-            && later.reg - earlier.reg <= self.plausible_litres(later.ts - earlier.ts)
+            && later.reg - earlier.reg <= self.plausible_litres(later.ts.saturating_sub(earlier.ts))
     }
 
     /// Reads that must continue an exchange candidate starting at `reg` to confirm it.
@@ -425,7 +428,9 @@ impl<'a> Pass<'a> {
     /// Growth, rollover, or a suspect read that may begin an exchange.
     fn judge(&mut self, base: ValidatedRead, read: &RawRead) {
         let r = read.reading;
-        let limit = self.rules.plausible_litres(r.ts - base.reading.ts);
+        let limit = self
+            .rules
+            .plausible_litres(r.ts.saturating_sub(base.reading.ts));
         if r.reg >= base.reading.reg && r.reg - base.reading.reg <= limit {
             self.accept(read, base, r.reg - base.reading.reg);
         } else if let Some(wrapped) = self.rollover_delta(&base.reading, &r)
@@ -450,7 +455,8 @@ impl<'a> Pass<'a> {
     /// Litres across a wrap at the register capacity, when both registers fit in it.
     fn rollover_delta(&self, base: &Reading, r: &Reading) -> Option<u64> {
         let capacity = self.rules.capacity;
-        (base.reg < capacity && r.reg < capacity).then(|| capacity - base.reg + r.reg)
+        (base.reg < capacity && r.reg < capacity)
+            .then(|| (capacity - base.reg).saturating_add(r.reg))
     }
 
     fn push_epoch(
@@ -510,8 +516,11 @@ impl<'a> Pass<'a> {
     /// continuous register of the last row before `to`.
     fn estimate_between(&mut self, from: &ValidatedRead, to: &ValidatedRead) -> u64 {
         let step = self.rules.expected_interval_ms;
-        let span = to.reading.ts - from.reading.ts;
-        if self.out.is_none() || span * 2 <= step * 3 || to.creg < from.creg {
+        let span = to.reading.ts.saturating_sub(from.reading.ts);
+        if self.out.is_none()
+            || span.saturating_mul(2) <= step.saturating_mul(3)
+            || to.creg < from.creg
+        {
             return from.creg;
         }
         let slots = ((span - step / 2 - 1) / step) as u64;
