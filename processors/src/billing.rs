@@ -13,16 +13,28 @@
 //!   the moment an actual read near the boundary arrives.
 //! - **Order-free**: per period, billing keeps four reads — the newest at or before
 //!   the start, the oldest and newest within, the oldest at or after the end — each
-//!   a minimum or maximum over reads. So the bill depends only on the *set* of reads,
-//!   not on their order, duplication or message boundaries (within the two periods
-//!   kept: the current one and the one before it; older reads cannot change a bill).
+//!   a minimum or maximum over reads, so a bill depends only on the *set* of actual
+//!   reads, not on their order, duplication or message boundaries (within the two
+//!   periods kept: the current one and the one before it; older reads cannot change
+//!   a bill).
+//! - **Re-decided reads**: VEE decides reads in time order and may re-decide the
+//!   reads of its window when a late read arrives, re-emitting their rows
+//!   ([`crate::vee`]). A minimum or maximum cannot forget a read, so only *settled*
+//!   reads (at or before VEE's settled point) are folded into the periods; the
+//!   window's actual reads are kept apart as *open* reads, one per `ts`, each
+//!   re-emitted row replacing its own (an actual row with its continuous register, a
+//!   suspect one removing it), and are folded into a copy of the periods whenever a
+//!   bill is made. So every bill is the one the reads' final decisions give, each
+//!   litre billed once, whatever the arrival order. A bill line is emitted for each
+//!   period whose boundary reads changed in the batch.
 //! - **Charges**: increasing-block tiers in m³ (litres in a tier × price per m³ /
 //!   1000, rounded half up to the minor unit, per tier) plus the fixed charge for the
 //!   meter's size. The amount is the sum of the lines, so tiers always add up to it
 //!   and it never decreases when usage grows.
 //! - **Final**: once the service clock (`SealedBatch::now_ms`, or the sweep's time)
-//!   is `bill_close_after_ms` past the previous period's end, its bill is emitted one
-//!   last time with `final: true` and forgotten. A bill whose boundary was
+//!   is `bill_close_after_ms` past the previous period's end, its bill (open reads
+//!   included) is emitted one last time with `final: true` and forgotten; a read of
+//!   that month arriving later does not bring it back. A bill whose boundary was
 //!   interpolated across a gap longer than 1.5 expected intervals is `estimated`.
 //!
 //! Output: one [`BillLine`] per touched period of each meter in the batch.
@@ -237,14 +249,23 @@ fn settle_point(
 }
 
 /// The periods as bills see them: the settled reads with the open ones folded in.
+/// Open reads are all newer than settled ones and ascending, and within one month
+/// only the month's first and last read can be a boundary read of any period, so
+/// those two per month are folded (the same result as folding every open read).
 fn with_open_reads(billing: &BillingState, calendar: &mut LocalCalendar) -> BillingState {
     let mut view = BillingState {
         current: billing.current,
         previous: billing.previous,
         open: Vec::new(),
     };
-    for point in &billing.open {
-        observe(&mut view, *point, calendar);
+    let mut rest = &billing.open[..];
+    while let Some(first) = rest.first() {
+        let month_end = calendar.month(first.ts).end_ms;
+        let (month, later) = rest.split_at(rest.partition_point(|p| p.ts < month_end));
+        for point in [month.first(), month.last()].into_iter().flatten() {
+            observe(&mut view, *point, calendar);
+        }
+        rest = later;
     }
     view
 }
@@ -478,6 +499,31 @@ mod tests {
     }
 
     proptest! {
+        /// Folding only each month's first and last open read gives the periods that
+        /// folding every open read gives.
+        #[test]
+        fn open_reads_fold_by_their_months_extremes(
+            settled in proptest::collection::vec((0i64..40, 0u64..1_000), 0..5),
+            open in proptest::collection::btree_map(40i64..120, 0u64..1_000, 0..40),
+        ) {
+            let mut calendar = LocalCalendar::for_zone_name("UTC").unwrap();
+            let day = |d: i64| 1_735_689_600_000 + d * 86_400_000;
+            let mut billing = BillingState::default();
+            for (d, creg) in settled {
+                observe(&mut billing, RegisterPoint { ts: day(d), creg }, &mut calendar);
+            }
+            let mut creg = 1_000;
+            billing.open = open.iter().map(|(d, used)| {
+                creg += used;
+                RegisterPoint { ts: day(*d), creg }
+            }).collect();
+            let mut every = BillingState { open: Vec::new(), ..billing.clone() };
+            for point in &billing.open {
+                observe(&mut every, *point, &mut calendar);
+            }
+            prop_assert_eq!(with_open_reads(&billing, &mut calendar), every);
+        }
+
         /// Tier amounts add up to the total, and the total never falls as usage grows.
         #[test]
         fn tiers_sum_to_the_total_and_grow_with_usage(

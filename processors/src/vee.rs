@@ -257,6 +257,10 @@ fn settle(rules: &MeterRules, state: &mut VeeState) {
         return;
     };
     let cutoff = newest.saturating_sub(rules.late_window_ms);
+    let overflow = state.window.len().saturating_sub(MAX_WINDOW_READS);
+    if overflow == 0 && state.window.first().is_none_or(|r| r.reading.ts >= cutoff) {
+        return;
+    }
     let mut probe = Pass::silent(rules, state.settled.clone(), &state.window);
     let mut settle_up_to = 0;
     for (i, read) in state.window.iter().enumerate() {
@@ -268,7 +272,7 @@ fn settle(rules: &MeterRules, state: &mut VeeState) {
             settle_up_to = i + 1;
         }
     }
-    let settle_up_to = settle_up_to.max(state.window.len().saturating_sub(MAX_WINDOW_READS));
+    let settle_up_to = settle_up_to.max(overflow);
     if settle_up_to == 0 {
         return;
     }
