@@ -178,13 +178,18 @@ pub struct PeriodReads {
     pub after: Option<RegisterPoint>,
 }
 
-/// Per-meter billing state.
+/// Per-meter billing state. `current` and `previous` fold *settled* reads only (VEE's
+/// decision on them is final); the actual reads of VEE's window, which a late read
+/// can still re-decide, are kept apart in `open` and folded in when a bill is made.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BillingState {
-    /// The period of the meter's newest read.
+    /// The period of the meter's newest settled read.
     pub current: Option<PeriodReads>,
     /// The period before it, until its late window passes and its bill is final.
     pub previous: Option<PeriodReads>,
+    /// Actual reads not yet settled, ascending `ts`, one per `ts`: as many as VEE's
+    /// window holds at most (`MAX_WINDOW_READS`).
+    pub open: Vec<RegisterPoint>,
 }
 
 impl crate::codec::binary::Record for BillLine {}

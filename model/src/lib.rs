@@ -39,6 +39,7 @@ pub mod reject;
 pub mod seq_window;
 pub mod state;
 mod state_v1;
+mod state_v2;
 pub mod status;
 pub mod time;
 pub mod topic;

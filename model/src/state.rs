@@ -80,14 +80,24 @@ pub struct MeterState {
     pub seq: SeqWindow,
     /// Usage, fed by the usage processor.
     pub usage: UsageState,
-    /// Register epochs, the newest validated read, the newest estimated gap (VEE).
+    /// Raw reads of the late window and the passes over them (VEE).
     pub vee: VeeState,
-    /// Billing periods' boundary reads (billing).
+    /// Billing periods' boundary reads and the window's actual reads (billing).
     pub billing: BillingState,
     /// Open alert episodes and the interval rules' trackers (alerting).
     pub alerts: AlertState,
     /// Running hour and day totals (analytics).
     pub analytics: MeterAnalyticsState,
+}
+
+impl crate::codec::binary::Record for MeterState {
+    fn decode_v1(body: &[u8]) -> Result<Self, crate::codec::binary::RecordError> {
+        crate::state_v1::decode(body)
+    }
+
+    fn decode_v2(body: &[u8]) -> Result<Self, crate::codec::binary::RecordError> {
+        crate::state_v2::decode(body)
+    }
 }
 
 impl MeterState {

@@ -3,26 +3,26 @@
 //! window, registers, billing boundaries and open alerts across the upgrade.
 //!
 //! bincode lays fields out by position, so version 1 is spelled out here as it was.
-//! Only [`AlertState`] changed since (it gained the newest device status, which
+//! [`AlertState`] changed in version 2 (it gained the newest device status, which
 //! starts unknown after the upgrade: the next status a meter sends is taken as the
-//! newest).
+//! newest); VEE and billing state changed in version 3 and are upgraded as version 2's
+//! are (`state_v2.rs`).
 
 use serde::Deserialize;
 
 use crate::alert::{AlertState, OpenAlert};
 use crate::analytics::MeterAnalyticsState;
-use crate::billing::BillingState;
-use crate::codec::binary::{Record, RecordError};
+use crate::codec::binary::RecordError;
 use crate::seq_window::SeqWindow;
 use crate::state::{MeterState, UsageState};
-use crate::vee::VeeState;
+use crate::state_v2::{BillingStateV2, VeeStateV2};
 
 #[derive(Deserialize)]
 struct MeterStateV1 {
     seq: SeqWindow,
     usage: UsageState,
-    vee: VeeState,
-    billing: BillingState,
+    vee: VeeStateV2,
+    billing: BillingStateV2,
     alerts: AlertStateV1,
     analytics: MeterAnalyticsState,
 }
@@ -42,40 +42,41 @@ struct AlertStateV1 {
     last_seen_at: Option<i64>,
 }
 
-impl Record for MeterState {
-    fn decode_v1(body: &[u8]) -> Result<Self, RecordError> {
-        let v1: MeterStateV1 = crate::codec::binary::decode_body(body)?;
-        let a = v1.alerts;
-        Ok(MeterState {
-            seq: v1.seq,
-            usage: v1.usage,
-            vee: v1.vee,
-            billing: v1.billing,
-            alerts: AlertState {
-                open: a.open,
-                last_ts: a.last_ts,
-                last_rev: a.last_rev,
-                first_ts: a.first_ts,
-                zero_run_since: a.zero_run_since,
-                last_zero_hour_ts: a.last_zero_hour_ts,
-                burst_since: a.burst_since,
-                last_consumption_ts: a.last_consumption_ts,
-                backflow_l: a.backflow_l,
-                last_backflow_ts: a.last_backflow_ts,
-                last_seen_at: a.last_seen_at,
-                last_status_ts: None,
-                last_status_flags: 0,
-            },
-            analytics: v1.analytics,
-        })
-    }
+/// Reads a version-1 `meter_state` body.
+pub(crate) fn decode(body: &[u8]) -> Result<MeterState, RecordError> {
+    let v1: MeterStateV1 = crate::codec::binary::decode_body(body)?;
+    let a = v1.alerts;
+    Ok(MeterState {
+        seq: v1.seq,
+        usage: v1.usage,
+        vee: v1.vee.upgrade(),
+        billing: v1.billing.upgrade(),
+        alerts: AlertState {
+            open: a.open,
+            last_ts: a.last_ts,
+            last_rev: a.last_rev,
+            first_ts: a.first_ts,
+            zero_run_since: a.zero_run_since,
+            last_zero_hour_ts: a.last_zero_hour_ts,
+            burst_since: a.burst_since,
+            last_consumption_ts: a.last_consumption_ts,
+            backflow_l: a.backflow_l,
+            last_backflow_ts: a.last_backflow_ts,
+            last_seen_at: a.last_seen_at,
+            last_status_ts: None,
+            last_status_flags: 0,
+        },
+        analytics: v1.analytics,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::alert::AlertKind;
-    use crate::codec::binary::{decode_record, encode_record_v1};
+    use crate::billing::PeriodReads;
+    use crate::codec::binary::{decode_record, encode_record_as};
+    use crate::vee::{ValidatedRead, VeeState};
 
     /// A version-1 record, as the previous release wrote it (its fields as a tuple:
     /// bincode's layout is positional), reads back with every field in place.
@@ -109,12 +110,19 @@ mod tests {
         let v1 = (
             seq.clone(),
             usage.clone(),
-            VeeState::default(),
-            BillingState::default(),
+            // VEE and billing state as versions 1 and 2 laid them out, empty.
+            (
+                None::<ValidatedRead>,
+                Vec::<u8>::new(),
+                None::<ValidatedRead>,
+                None::<(ValidatedRead, ValidatedRead)>,
+                None::<i64>,
+            ),
+            (None::<PeriodReads>, None::<PeriodReads>),
             alerts_v1,
             MeterAnalyticsState::default(),
         );
-        let state: MeterState = decode_record(&encode_record_v1(&v1)).unwrap();
+        let state: MeterState = decode_record(&encode_record_as(1, &v1)).unwrap();
         assert_eq!(state.seq, seq);
         assert_eq!(state.usage, usage);
         assert_eq!(state.alerts.open, open);
@@ -122,5 +130,6 @@ mod tests {
         assert_eq!(state.alerts.last_zero_hour_ts, Some(50));
         assert_eq!(state.alerts.last_seen_at, Some(99));
         assert_eq!(state.alerts.last_status_ts, None);
+        assert_eq!(state.vee, VeeState::default());
     }
 }

@@ -3,11 +3,16 @@
 //! in `meter_state`. The rules themselves live in `meterflow-processors` (`vee`).
 //!
 //! The *continuous register* is the VEE's central idea: a meter's raw register wraps
-//! at its digit capacity and restarts near zero when the meter is exchanged, so raw
+//! at its digit capacity and restarts elsewhere when the meter is exchanged, so raw
 //! registers cannot be subtracted across those events. VEE keeps, per register
-//! epoch, the offset that turns a raw register into litres since the first reading
-//! ever seen (`creg = reg + offset`). Billing subtracts continuous registers, so a
-//! rollover or an exchange never shows up as negative or enormous usage.
+//! epoch, how a raw register maps to litres since the first reading in time order
+//! (`creg`): within an epoch litre for litre, across a rollover plus the litres
+//! through the wrap, across an exchange from the new register's initial read.
+//! Billing subtracts continuous registers, so a rollover or an exchange never shows
+//! up as negative or enormous usage.
+//!
+//! [`VeeState`] keeps the raw reads of the late window, so that VEE's decisions are
+//! those of the reads in time order, whatever order they arrive in.
 //!
 //! Persisted with bincode's serde mode: no `skip_serializing_if` and no untagged or
 //! flattened fields in the state types.
@@ -97,8 +102,9 @@ pub const DEFAULT_EXPECTED_INTERVAL_MS: i64 = 3_600_000;
 /// filling it would write thousands of invented rows; its usage still lands in full
 /// on the next actual read.
 pub const DEFAULT_MAX_ESTIMATED_READS: u32 = 744;
-/// A meter fresh from the factory reads a few litres of test water; anything under
-/// one cubic metre after a large register is a new meter, not a read error.
+/// A meter fresh from the factory reads a few litres of test water: a register that
+/// restarts under one cubic metre looks like a new meter, and one read continuing
+/// it confirms the exchange (a register restarting elsewhere needs two).
 pub const DEFAULT_EXCHANGE_THRESHOLD_L: u64 = 1_000;
 /// Litres a register may exceed the size's maximum flow by: register resolution and
 /// rounding of the interval (one litre per tick on household meters, plus margin).
@@ -117,8 +123,9 @@ pub struct VeeRules {
     pub expected_interval_ms: i64,
     /// Longest gap, in expected intervals, that is filled with estimates.
     pub max_estimated_reads: u32,
-    /// A register that drops below this many litres (and then grows normally) is a
-    /// meter exchange.
+    /// A register that restarts below this many litres is confirmed as a meter
+    /// exchange by one read growing from it (and not from the old register); one
+    /// that lands anywhere else, by two.
     pub exchange_threshold_l: u64,
     /// Slack on the maximum-flow plausibility check, litres.
     pub jump_slack_l: u64,
@@ -180,11 +187,13 @@ impl VeeRules {
 pub enum EpochCause {
     /// The register wrapped at its digit capacity.
     Rollover,
-    /// The meter was exchanged: the register restarted near zero.
+    /// The meter was exchanged: a new register took over.
     Exchange,
 }
 
-/// From `first_ts` on, a meter's raw registers are offset by `offset`.
+/// From `first_ts` on, a meter's raw registers belong to a new register epoch. Each
+/// side of the event is pinned by one read and its continuous register; within an
+/// epoch the continuous register moves litre for litre with the raw one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegisterEpoch {
     pub cause: EpochCause,
@@ -194,17 +203,40 @@ pub struct RegisterEpoch {
     /// register is at least this belongs to the previous epoch (registers only grow
     /// within an epoch); one below it belongs to this one.
     pub after_reg: u64,
+    /// Continuous register of that read.
+    pub after_creg: u64,
     /// `ts` of the first read of this epoch.
     pub first_ts: i64,
-    /// Continuous register = raw register + `offset` within this epoch.
-    pub offset: u64,
-    /// The previous epoch's offset.
-    pub previous_offset: u64,
+    /// Raw register of that read.
+    pub first_reg: u64,
+    /// Its continuous register: after a rollover, `after_creg` plus the litres across
+    /// the wrap; after an exchange, `after_creg` itself (the new register bills from
+    /// its initial read, whatever its value).
+    pub first_creg: u64,
+}
+
+/// The continuous register of `reg` on a register where `pin_reg` reads `pin_creg`.
+fn along(pin_reg: u64, pin_creg: u64, reg: u64) -> u64 {
+    if reg >= pin_reg {
+        pin_creg.saturating_add(reg - pin_reg)
+    } else {
+        pin_creg.saturating_sub(pin_reg - reg)
+    }
 }
 
 /// Epochs remembered per meter: enough to place late reads around the last few
 /// rollovers or exchanges (each happens at most every few years).
 pub const MAX_REGISTER_EPOCHS: usize = 4;
+
+/// A read as the meter sent it, kept until VEE's decision on it is final.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawRead {
+    pub reading: Reading,
+    /// Seq of the message that carried it.
+    pub seq: u64,
+    /// When that message was received, epoch ms.
+    pub received_at: i64,
+}
 
 /// A validated read: raw and continuous register at a time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -218,53 +250,83 @@ pub struct ValidatedRead {
     pub received_at: i64,
 }
 
-/// The newest gap VEE filled with estimates, so a late real read inside it can
-/// replace estimates and re-spread the rest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EstimatedGap {
-    /// The actual read before the estimates (moves right as late reads fill in).
-    pub from: ValidatedRead,
-    /// The actual read after the estimates.
-    pub to: ValidatedRead,
+/// A register regression or jump that may be a meter exchange: its reads are stored
+/// `Suspect` until enough later reads grow from it (and not from the old base).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExchangeCandidate {
+    /// The first read off the old register: the new register's initial read if the
+    /// exchange is confirmed.
+    pub initial: RawRead,
+    /// Reads since, each grown plausibly from the one before (at most one: a second
+    /// confirms the exchange).
+    pub followers: Vec<RawRead>,
 }
 
-/// Per-meter VEE state.
+/// Where VEE's left-to-right pass over a meter's reads in time order stands: what the
+/// next read is judged against.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VeeState {
+pub struct VeeFold {
     /// The newest read accepted as actual: the base of the next delta.
-    pub last: Option<ValidatedRead>,
+    pub base: Option<ValidatedRead>,
     /// Recent register epochs, oldest first, at most [`MAX_REGISTER_EPOCHS`]. Empty
-    /// while the meter has never rolled over or been exchanged (offset 0).
+    /// while the meter has never rolled over or been exchanged (the continuous
+    /// register is then the raw one).
     pub epochs: Vec<RegisterEpoch>,
-    /// A read whose register dropped near zero: a meter exchange if the next read
-    /// grows normally from it. Stored as suspect until then.
-    pub exchange_candidate: Option<ValidatedRead>,
-    /// The newest estimated gap.
-    pub gap: Option<EstimatedGap>,
-    /// Newest `ts` of any read, suspect ones included: a suspect read is still a
-    /// read, so no estimate is made at or before it.
-    pub newest_seen_ts: Option<i64>,
+    /// A pending exchange, while its reads are suspect.
+    pub candidate: Option<ExchangeCandidate>,
+    /// Newest `ts` of any read passed, suspect ones included.
+    pub newest_ts: Option<i64>,
 }
 
-impl VeeState {
+impl VeeFold {
     /// Continuous register of a raw read taken at `ts` (late reads included): the
-    /// offset of the epoch the read belongs to, added to its raw register.
+    /// register epoch the read belongs to decides how its raw register maps.
     pub fn continuous_register(&self, ts: i64, reg: u64) -> u64 {
         for epoch in self.epochs.iter().rev() {
             if ts >= epoch.first_ts || (ts > epoch.after_ts && reg < epoch.after_reg) {
-                return reg.saturating_add(epoch.offset);
+                return along(epoch.first_reg, epoch.first_creg, reg);
             }
             if ts > epoch.after_ts {
-                return reg.saturating_add(epoch.previous_offset);
+                return along(epoch.after_reg, epoch.after_creg, reg);
             }
         }
-        let base = self.epochs.first().map_or(0, |e| e.previous_offset);
-        reg.saturating_add(base)
+        self.epochs
+            .first()
+            .map_or(reg, |e| along(e.after_reg, e.after_creg, reg))
+    }
+}
+
+/// Per-meter VEE state: reads in time order, split at the *settled* point. Reads up
+/// to it are folded into `settled` and forgotten; reads after it are kept raw in
+/// `window`, so that a late read among them re-runs the pass from `settled` and
+/// every decision is the one the reads in time order give, whatever their arrival
+/// order. `head` is the pass over the whole window (the state new reads continue).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VeeState {
+    /// The pass over every settled read.
+    pub settled: VeeFold,
+    /// Reads after the settled point, ascending `ts`, one per `ts`; bounded by the
+    /// late window and by [`MAX_WINDOW_READS`].
+    pub window: Vec<RawRead>,
+    /// The pass over `settled` and then `window`.
+    pub head: VeeFold,
+}
+
+/// Most raw reads kept per meter: three days (the default late window) of
+/// 15-minute reads. A meter reading more often than that keeps a shorter window, and
+/// its reads arriving later than the window are stored without re-deciding others.
+pub const MAX_WINDOW_READS: usize = 288;
+
+impl VeeState {
+    /// Continuous register of a raw read taken at `ts`, by the newest pass.
+    pub fn continuous_register(&self, ts: i64, reg: u64) -> u64 {
+        self.head.continuous_register(ts, reg)
     }
 
-    /// Offset of the current (newest) epoch.
-    pub fn current_offset(&self) -> u64 {
-        self.epochs.last().map_or(0, |e| e.offset)
+    /// `ts` of the newest settled read: a read at or before it can no longer change
+    /// any decision (it is late beyond the window).
+    pub fn settled_ts(&self) -> Option<i64> {
+        self.settled.newest_ts
     }
 }
 
@@ -292,23 +354,33 @@ mod tests {
             seq: 4,
             received_at: 11,
         };
+        let raw = RawRead {
+            reading: read.reading,
+            seq: 5,
+            received_at: 12,
+        };
+        let fold = VeeFold {
+            base: Some(read),
+            epochs: vec![RegisterEpoch {
+                cause: EpochCause::Rollover,
+                after_ts: 5,
+                after_reg: 99_999_000,
+                after_creg: 99_999_000,
+                first_ts: 10,
+                first_reg: 20,
+                first_creg: 100_000_020,
+            }],
+            candidate: Some(ExchangeCandidate {
+                initial: raw,
+                followers: vec![raw],
+            }),
+            newest_ts: Some(10),
+        };
         let mut state = MeterState {
             vee: VeeState {
-                last: Some(read),
-                epochs: vec![RegisterEpoch {
-                    cause: EpochCause::Rollover,
-                    after_ts: 5,
-                    after_reg: 99_999_000,
-                    first_ts: 10,
-                    offset: 100_000_000,
-                    previous_offset: 0,
-                }],
-                exchange_candidate: Some(read),
-                gap: Some(EstimatedGap {
-                    from: read,
-                    to: read,
-                }),
-                newest_seen_ts: Some(10),
+                settled: fold.clone(),
+                window: vec![raw, raw],
+                head: fold,
             },
             ..MeterState::default()
         };
@@ -323,6 +395,7 @@ mod tests {
             last: None,
             after: point,
         });
+        state.billing.open.push(RegisterPoint { ts: 3, creg: 4 });
         state.alerts.open.push(OpenAlert {
             kind: AlertKind::Leak,
             opened_at: 1,
@@ -337,28 +410,45 @@ mod tests {
 
     #[test]
     fn late_reads_find_their_epoch() {
-        let state = VeeState {
-            epochs: vec![RegisterEpoch {
-                cause: EpochCause::Rollover,
-                after_ts: 100,
-                after_reg: 99_999_000,
-                first_ts: 300,
-                offset: 100_000_000,
-                previous_offset: 0,
-            }],
-            ..VeeState::default()
+        let fold = VeeFold {
+            epochs: vec![
+                RegisterEpoch {
+                    cause: EpochCause::Rollover,
+                    after_ts: 100,
+                    after_reg: 99_999_000,
+                    after_creg: 99_999_000,
+                    first_ts: 300,
+                    first_reg: 50,
+                    first_creg: 100_000_050,
+                },
+                RegisterEpoch {
+                    cause: EpochCause::Exchange,
+                    after_ts: 500,
+                    after_reg: 900,
+                    after_creg: 100_000_900,
+                    first_ts: 600,
+                    first_reg: 350_000,
+                    first_creg: 100_000_900,
+                },
+            ],
+            ..VeeFold::default()
         };
-        assert_eq!(state.continuous_register(50, 99_998_000), 99_998_000);
+        assert_eq!(fold.continuous_register(50, 99_998_000), 99_998_000);
         assert_eq!(
-            state.continuous_register(200, 99_999_500),
+            fold.continuous_register(200, 99_999_500),
             99_999_500,
             "before the wrap"
         );
         assert_eq!(
-            state.continuous_register(200, 20),
+            fold.continuous_register(200, 20),
             100_000_020,
             "after the wrap"
         );
-        assert_eq!(state.continuous_register(400, 70), 100_000_070);
+        assert_eq!(fold.continuous_register(400, 70), 100_000_070);
+        assert_eq!(
+            fold.continuous_register(700, 350_100),
+            100_001_000,
+            "a refurbished register bills from its initial read"
+        );
     }
 }

@@ -13,16 +13,28 @@
 //!   the moment an actual read near the boundary arrives.
 //! - **Order-free**: per period, billing keeps four reads — the newest at or before
 //!   the start, the oldest and newest within, the oldest at or after the end — each
-//!   a minimum or maximum over reads. So the bill depends only on the *set* of reads,
-//!   not on their order, duplication or message boundaries (within the two periods
-//!   kept: the current one and the one before it; older reads cannot change a bill).
+//!   a minimum or maximum over reads, so a bill depends only on the *set* of actual
+//!   reads, not on their order, duplication or message boundaries (within the two
+//!   periods kept: the current one and the one before it; older reads cannot change
+//!   a bill).
+//! - **Re-decided reads**: VEE decides reads in time order and may re-decide the
+//!   reads of its window when a late read arrives, re-emitting their rows
+//!   ([`crate::vee`]). A minimum or maximum cannot forget a read, so only *settled*
+//!   reads (at or before VEE's settled point) are folded into the periods; the
+//!   window's actual reads are kept apart as *open* reads, one per `ts`, each
+//!   re-emitted row replacing its own (an actual row with its continuous register, a
+//!   suspect one removing it), and are folded into a copy of the periods whenever a
+//!   bill is made. So every bill is the one the reads' final decisions give, each
+//!   litre billed once, whatever the arrival order. A bill line is emitted for each
+//!   period whose boundary reads changed in the batch.
 //! - **Charges**: increasing-block tiers in m³ (litres in a tier × price per m³ /
 //!   1000, rounded half up to the minor unit, per tier) plus the fixed charge for the
 //!   meter's size. The amount is the sum of the lines, so tiers always add up to it
 //!   and it never decreases when usage grows.
 //! - **Final**: once the service clock (`SealedBatch::now_ms`, or the sweep's time)
-//!   is `bill_close_after_ms` past the previous period's end, its bill is emitted one
-//!   last time with `final: true` and forgotten. A bill whose boundary was
+//!   is `bill_close_after_ms` past the previous period's end, its bill (open reads
+//!   included) is emitted one last time with `final: true` and forgotten; a read of
+//!   that month arriving later does not bring it back. A bill whose boundary was
 //!   interpolated across a gap longer than 1.5 expected intervals is `estimated`.
 //!
 //! Output: one [`BillLine`] per touched period of each meter in the batch.
@@ -32,7 +44,7 @@ use std::sync::Arc;
 use meterflow_model::billing::{BillingState, PeriodReads, RegisterPoint};
 use meterflow_model::{
     BillLine, MeterKey, MeterSize, MeterState, Outputs, ProcessorsConfig, Quality, SealedBatch,
-    Tariff, TenantId, TenantProcessing, TierCharge,
+    StoredReading, Tariff, TenantId, TenantProcessing, TierCharge,
 };
 use std::collections::HashMap;
 
@@ -119,42 +131,30 @@ impl Processor for BillingProcessor {
         for meter in &mut batch.meters {
             let (entry, runtime) = self.tenants.get(&meter.key.tenant);
             let terms = MeterTerms::new(entry, &meter.key);
+            let calendar = &mut runtime.calendar;
             let state = &mut meter.state;
-            let mut touched = Touched::default();
+            let before = with_open_reads(&state.billing, calendar);
             for row in &meter.readings {
-                if row.quality != Quality::Actual {
-                    continue;
-                }
-                let point = RegisterPoint {
-                    ts: row.reading.ts,
-                    creg: state
-                        .vee
-                        .continuous_register(row.reading.ts, row.reading.reg),
-                };
-                if let Some(pushed_out) = observe(
-                    &mut state.billing,
-                    point,
-                    &mut runtime.calendar,
-                    &mut touched,
-                ) {
-                    out.bills.push(bill_line(&terms, &pushed_out, true));
-                }
+                take_row(state, row, calendar, &terms, out);
             }
+            settle_open_reads(state, calendar, &terms, out);
+            let after = with_open_reads(&state.billing, calendar);
             let finalised = finalise_previous(
                 &mut state.billing,
+                &after,
                 batch.now_ms,
                 self.close_after_ms,
                 &terms,
                 out,
             );
-            if touched.previous
+            if after.previous != before.previous
                 && !finalised
-                && let Some(previous) = &state.billing.previous
+                && let Some(previous) = &after.previous
             {
                 out.bills.push(bill_line(&terms, previous, false));
             }
-            if touched.current
-                && let Some(current) = &state.billing.current
+            if after.current != before.current
+                && let Some(current) = &after.current
             {
                 out.bills.push(bill_line(&terms, current, false));
             }
@@ -168,19 +168,106 @@ impl Processor for BillingProcessor {
         state: &mut MeterState,
         out: &mut Outputs,
     ) -> bool {
-        if state.billing.previous.is_none() {
+        if state.billing.previous.is_none() && state.billing.open.is_empty() {
             return false;
         }
-        let (entry, _) = self.tenants.get(&key.tenant);
+        let (entry, runtime) = self.tenants.get(&key.tenant);
         let terms = MeterTerms::new(entry, key);
-        finalise_previous(&mut state.billing, now_ms, self.close_after_ms, &terms, out)
+        let view = with_open_reads(&state.billing, &mut runtime.calendar);
+        finalise_previous(
+            &mut state.billing,
+            &view,
+            now_ms,
+            self.close_after_ms,
+            &terms,
+            out,
+        )
     }
 }
 
-#[derive(Default)]
-struct Touched {
-    current: bool,
-    previous: bool,
+/// Takes one of VEE's rows: an actual read of the window replaces the open read at
+/// its `ts`, a suspect one removes it; an actual read at or before VEE's settled
+/// point (late beyond the window, or settled in this batch) is folded for good.
+fn take_row(
+    state: &mut MeterState,
+    row: &StoredReading,
+    calendar: &mut LocalCalendar,
+    terms: &MeterTerms<'_>,
+    out: &mut Outputs,
+) {
+    if row.quality == Quality::Estimated {
+        return;
+    }
+    let ts = row.reading.ts;
+    let open = &mut state.billing.open;
+    let at = open.binary_search_by_key(&ts, |p| p.ts);
+    if let Ok(i) = at {
+        open.remove(i);
+    }
+    if row.quality != Quality::Actual {
+        return;
+    }
+    let point = RegisterPoint {
+        ts,
+        creg: state.vee.continuous_register(ts, row.reading.reg),
+    };
+    if state.vee.settled_ts().is_some_and(|settled| ts <= settled) {
+        settle_point(&mut state.billing, point, calendar, terms, out);
+    } else {
+        let i = at.unwrap_or_else(|i| i);
+        state.billing.open.insert(i, point);
+    }
+}
+
+/// Folds the open reads VEE has settled into the periods for good.
+fn settle_open_reads(
+    state: &mut MeterState,
+    calendar: &mut LocalCalendar,
+    terms: &MeterTerms<'_>,
+    out: &mut Outputs,
+) {
+    let Some(settled) = state.vee.settled_ts() else {
+        return;
+    };
+    let billing = &mut state.billing;
+    let count = billing.open.partition_point(|p| p.ts <= settled);
+    for point in billing.open.drain(..count).collect::<Vec<_>>() {
+        settle_point(billing, point, calendar, terms, out);
+    }
+}
+
+fn settle_point(
+    billing: &mut BillingState,
+    point: RegisterPoint,
+    calendar: &mut LocalCalendar,
+    terms: &MeterTerms<'_>,
+    out: &mut Outputs,
+) {
+    if let Some(pushed_out) = observe(billing, point, calendar) {
+        out.bills.push(bill_line(terms, &pushed_out, true));
+    }
+}
+
+/// The periods as bills see them: the settled reads with the open ones folded in.
+/// Open reads are all newer than settled ones and ascending, and within one month
+/// only the month's first and last read can be a boundary read of any period, so
+/// those two per month are folded (the same result as folding every open read).
+fn with_open_reads(billing: &BillingState, calendar: &mut LocalCalendar) -> BillingState {
+    let mut view = BillingState {
+        current: billing.current,
+        previous: billing.previous,
+        open: Vec::new(),
+    };
+    let mut rest = &billing.open[..];
+    while let Some(first) = rest.first() {
+        let month_end = calendar.month(first.ts).end_ms;
+        let (month, later) = rest.split_at(rest.partition_point(|p| p.ts < month_end));
+        for point in [month.first(), month.last()].into_iter().flatten() {
+            observe(&mut view, *point, calendar);
+        }
+        rest = later;
+    }
+    view
 }
 
 fn new_period(span: LocalSpan) -> PeriodReads {
@@ -209,7 +296,6 @@ fn observe(
     billing: &mut BillingState,
     point: RegisterPoint,
     calendar: &mut LocalCalendar,
-    touched: &mut Touched,
 ) -> Option<PeriodReads> {
     let month = calendar.month(point.ts);
     let mut pushed_out = None;
@@ -221,26 +307,30 @@ fn observe(
             pushed_out = billing.previous.replace(current);
             billing.current = Some(next);
         }
-        Some(current) if month.end_ms == current.start_ms && billing.previous.is_none() => {
-            // A read of the month before arrived after reads of this month.
+        Some(current)
+            if month.end_ms == current.start_ms
+                && billing.previous.is_none()
+                && current.before.is_none_or(|b| b.ts >= current.start_ms) =>
+        {
+            // A read of the month before arrived after reads of this month (and none
+            // of that month was seen before: else it was billed final).
             let mut previous = new_period(month);
             previous.after = points(&current).filter(|p| p.ts >= previous.end_ms).min();
             billing.previous = Some(previous);
         }
         Some(_) => {}
     }
-    if let Some(current) = &mut billing.current {
-        touched.current |= fold_point(current, point);
-    }
-    if let Some(previous) = &mut billing.previous {
-        touched.previous |= fold_point(previous, point);
+    for period in [&mut billing.current, &mut billing.previous]
+        .into_iter()
+        .flatten()
+    {
+        fold_point(period, point);
     }
     pushed_out
 }
 
-/// Joins a read into a period's boundary reads; whether anything changed.
-fn fold_point(period: &mut PeriodReads, point: RegisterPoint) -> bool {
-    let before = *period;
+/// Joins a read into a period's boundary reads.
+fn fold_point(period: &mut PeriodReads, point: RegisterPoint) {
     if point.ts <= period.start_ms {
         period.before = period.before.max(Some(point));
     }
@@ -251,25 +341,40 @@ fn fold_point(period: &mut PeriodReads, point: RegisterPoint) -> bool {
     if point.ts >= period.end_ms {
         period.after = Some(period.after.map_or(point, |a| a.min(point)));
     }
-    *period != before
 }
 
-/// Emits the previous period's final bill once its late window has passed.
+/// Emits the previous period's final bill (as `view`, the periods with the open
+/// reads folded in, has it) once its late window has passed, and forgets it: when
+/// only open reads had moved on to the next period, the settled state moves there
+/// too, keeping the read before its start.
 fn finalise_previous(
     billing: &mut BillingState,
+    view: &BillingState,
     now_ms: i64,
     close_after_ms: i64,
     terms: &MeterTerms<'_>,
     out: &mut Outputs,
 ) -> bool {
-    match billing.previous {
-        Some(previous) if now_ms >= previous.end_ms.saturating_add(close_after_ms) => {
-            out.bills.push(bill_line(terms, &previous, true));
-            billing.previous = None;
-            true
-        }
-        _ => false,
+    let Some(previous) = view
+        .previous
+        .filter(|p| now_ms >= p.end_ms.saturating_add(close_after_ms))
+    else {
+        return false;
+    };
+    out.bills.push(bill_line(terms, &previous, true));
+    if let Some(settled) = billing.current.filter(|c| c.start_ms == previous.start_ms)
+        && let Some(next) = view.current
+    {
+        billing.current = Some(PeriodReads {
+            before: points(&settled).filter(|p| p.ts <= next.start_ms).max(),
+            first: None,
+            last: None,
+            after: None,
+            ..next
+        });
     }
+    billing.previous = None;
+    true
 }
 
 /// The continuous register at `t`, on the line through `a` and `b`.
@@ -394,6 +499,31 @@ mod tests {
     }
 
     proptest! {
+        /// Folding only each month's first and last open read gives the periods that
+        /// folding every open read gives.
+        #[test]
+        fn open_reads_fold_by_their_months_extremes(
+            settled in proptest::collection::vec((0i64..40, 0u64..1_000), 0..5),
+            open in proptest::collection::btree_map(40i64..120, 0u64..1_000, 0..40),
+        ) {
+            let mut calendar = LocalCalendar::for_zone_name("UTC").unwrap();
+            let day = |d: i64| 1_735_689_600_000 + d * 86_400_000;
+            let mut billing = BillingState::default();
+            for (d, creg) in settled {
+                observe(&mut billing, RegisterPoint { ts: day(d), creg }, &mut calendar);
+            }
+            let mut creg = 1_000;
+            billing.open = open.iter().map(|(d, used)| {
+                creg += used;
+                RegisterPoint { ts: day(*d), creg }
+            }).collect();
+            let mut every = BillingState { open: Vec::new(), ..billing.clone() };
+            for point in &billing.open {
+                observe(&mut every, *point, &mut calendar);
+            }
+            prop_assert_eq!(with_open_reads(&billing, &mut calendar), every);
+        }
+
         /// Tier amounts add up to the total, and the total never falls as usage grows.
         #[test]
         fn tiers_sum_to_the_total_and_grow_with_usage(

@@ -4,47 +4,67 @@
 //! meter's *continuous register* (see [`meterflow_model::vee`]) that billing
 //! subtracts.
 //!
-//! Rules, per meter, over the batch's readings sorted by `ts` (readings are compared
-//! with the newest read accepted as actual, the *base*):
+//! **Time order, whatever the arrival order.** The rules below are one pass over a
+//! meter's reads sorted by `ts`. VEE keeps the raw reads of the late window (the
+//! reads after the *settled* point, [`VeeState::window`]) and the pass state at that
+//! point; a read older than the newest one re-runs the pass from the settled point
+//! over the window with the read in place, and every row from it on is re-emitted
+//! (storage upserts by (meter, ts), so a re-emitted row replaces the old one). So
+//! every decision, and every stored row, is the one the reads in time order give.
+//! - **window**: a read settles once it is more than the late window
+//!   (`processors.bill_close_after_ms`) older than the meter's newest read *and* an
+//!   actual read at or after it settled too (so the window always starts right after
+//!   an actual read, and estimates never cover a forgotten read); at most
+//!   [`MAX_WINDOW_READS`] are kept (beyond that the oldest settle anyway).
+//! - **too late**: a read at or before the settled point is stored without an
+//!   interval, `Actual` unless ahead of the settled continuous register (then
+//!   `Suspect`), and changes nothing else (DESIGN §4: "older ones are stored").
+//! - **duplicates**: a read whose `ts` is already in the window is dropped (already
+//!   stored).
+//!
+//! The pass, per read (compared with the newest read accepted as actual, the
+//! *base*):
 //! - **growth**: `reg ≥ base.reg` and the delta is plausible → `Actual`, interval =
 //!   delta. *Plausible* means at most the meter size's overload flow Q4 over the
 //!   elapsed time, plus `jump_slack_l` ([`MeterSize::max_flow_lph`]).
-//! - **implausible jump**: a larger delta → `Suspect`; the base stays.
 //! - **rollover**: `reg < base.reg`, and wrapping at the register's capacity
 //!   (`10^register_digits` litres) gives a plausible delta → `Actual`, interval =
-//!   `capacity - base.reg + reg`; a new register epoch adds `capacity` to the offset.
-//! - **meter exchange** (no explicit marker exists, so a heuristic): a register that
-//!   drops below `exchange_threshold_l` and is not a rollover is stored `Suspect` and
-//!   kept as a candidate. If the next read grows plausibly from it (and not from the
-//!   old base), the exchange is confirmed: a new epoch continues the continuous
-//!   register from the old meter's last read (usage between that read and the
-//!   removal is unknowable and not billed), the new meter counts from zero, and the
-//!   candidate is re-emitted as `Actual` with interval = its register. Otherwise the
-//!   candidate stays suspect (a one-off glitch).
-//! - **other regression** → `Suspect`.
+//!   `capacity - base.reg + reg`; a new register epoch begins.
+//! - **anything else** (a regression that is not a rollover, an implausible jump) →
+//!   `Suspect`, and the read is an *exchange candidate*, the possible initial read of
+//!   a new register.
+//! - **meter exchange** (no explicit marker exists, so a heuristic): the candidate is
+//!   confirmed when the next reads grow plausibly from it and not from the old base —
+//!   one read when the candidate is below `exchange_threshold_l` (a new meter reads
+//!   a few litres of test water), two otherwise (a refurbished register can start
+//!   anywhere, above or below the old one). A new epoch begins; the new register
+//!   bills from its initial read, whatever its value: the candidate is re-emitted as
+//!   `Actual` with interval 0 and the continuous register of the old meter's last
+//!   read (usage between that read and the removal is unknowable and not billed),
+//!   the reads after it as `Actual` with their deltas. A read that does not continue
+//!   the candidate ends it: the candidate stays `Suspect` (a one-off glitch), and
+//!   the read is judged against the base.
 //! - **gap**: an actual read more than 1.5 expected intervals after the base gets
-//!   `Estimated` rows on the expected grid between them, linear on the continuous
+//!   `Estimated` rows on the expected grid from the base, linear on the continuous
 //!   register (at most `max_estimated_reads`; longer gaps are not filled, the next
-//!   actual carries the whole delta). The gap is remembered.
-//! - **late read inside the remembered gap** (a lost message resent): `Actual`, with
-//!   the estimates on both sides re-spread and re-emitted, and the read after the gap
-//!   re-emitted with its corrected interval. Storage upserts by (meter, ts), so a real
-//!   read or a corrected estimate simply overwrites the row it replaces.
-//! - **other late reads** (older than the base): `Actual` unless ahead of the base's
-//!   continuous register (then `Suspect`); no interval (their predecessor is unknown).
-//! - **duplicates**: a read with the `ts` of the base, the candidate or a gap end is
-//!   dropped from the batch (already stored). Other duplicates of older reads cannot
-//!   be told from late reads and are stored again without an interval.
+//!   actual carries the whole delta), except at the `ts` of a read in the window (a
+//!   suspect read keeps its row). A late read inside the gap re-runs the pass: it
+//!   replaces its estimate and the estimates around it are re-spread. Storage has
+//!   no deletes, so an estimate no later pass makes stays stored: when the read
+//!   after a gap is turned suspect by reads arriving late, or when late reads off
+//!   the expected grid move the grid.
 //!
 //! Suspect reads are stored but excluded from billing, usage and analytics.
-//! Downstream processors count a row's interval only when the row is newer than what
-//! they have seen: re-emitted corrections move litres between rows but never add any.
+//! Billing follows the re-emitted rows ([`crate::billing`]); usage, alerting and
+//! analytics count a row's interval only when the row is newer than what they have
+//! seen, so re-emitted corrections never add litres there (nor move them).
 
 use std::sync::Arc;
 
 use meterflow_model::processing::TenantProcessing;
 use meterflow_model::vee::{
-    EpochCause, EstimatedGap, MAX_REGISTER_EPOCHS, RegisterEpoch, ValidatedRead, VeeState,
+    EpochCause, ExchangeCandidate, MAX_REGISTER_EPOCHS, MAX_WINDOW_READS, RawRead, RegisterEpoch,
+    ValidatedRead, VeeFold, VeeState,
 };
 use meterflow_model::{MeterBatch, MeterId, Outputs, Quality, Reading, SealedBatch, StoredReading};
 
@@ -63,10 +83,13 @@ pub struct MeterRules {
     pub expected_interval_ms: i64,
     pub max_estimated_reads: u32,
     pub exchange_threshold_l: u64,
+    /// Reads this much older than the meter's newest read settle: a later read can
+    /// no longer re-decide them.
+    pub late_window_ms: i64,
 }
 
 impl MeterRules {
-    pub fn new(settings: &TenantProcessing, meter: &MeterId) -> Self {
+    pub fn new(settings: &TenantProcessing, meter: &MeterId, late_window_ms: i64) -> Self {
         let size = settings.meter_size(meter);
         let vee = &settings.vee;
         Self {
@@ -76,6 +99,7 @@ impl MeterRules {
             expected_interval_ms: vee.expected_interval_ms,
             max_estimated_reads: vee.max_estimated_reads,
             exchange_threshold_l: vee.exchange_threshold_l,
+            late_window_ms,
         }
     }
 
@@ -90,7 +114,16 @@ impl MeterRules {
     /// Whether `later` grew plausibly from `earlier` on the same register.
     fn grows_from(&self, earlier: &Reading, later: &Reading) -> bool {
         later.reg >= earlier.reg
-            && later.reg - earlier.reg <= self.plausible_litres(later.ts - earlier.ts)
+            && later.reg - earlier.reg <= self.plausible_litres(later.ts.saturating_sub(earlier.ts))
+    }
+
+    /// Reads that must continue an exchange candidate starting at `reg` to confirm it.
+    fn confirmations(&self, reg: u64) -> usize {
+        if reg < self.exchange_threshold_l {
+            1
+        } else {
+            2
+        }
     }
 }
 
@@ -99,8 +132,6 @@ pub struct VeeProcessor {
     directory: Arc<TenantDirectory>,
     /// Rows being built for the current meter (swapped into its batch).
     output: Vec<StoredReading>,
-    /// Late reads of the current meter that fall inside its remembered gap.
-    late_in_gap: Vec<StoredReading>,
 }
 
 impl VeeProcessor {
@@ -108,7 +139,6 @@ impl VeeProcessor {
         Self {
             directory,
             output: Vec::new(),
-            late_in_gap: Vec::new(),
         }
     }
 }
@@ -119,22 +149,19 @@ impl Processor for VeeProcessor {
     }
 
     fn process(&mut self, batch: &mut SealedBatch, _out: &mut Outputs) {
+        let late_window_ms = self.directory.bill_close_after_ms;
         for meter in &mut batch.meters {
             let settings = &self.directory.get(&meter.key.tenant).settings;
-            let rules = MeterRules::new(settings, &meter.key.meter);
-            validate_meter(&rules, meter, &mut self.output, &mut self.late_in_gap);
+            let rules = MeterRules::new(settings, &meter.key.meter, late_window_ms);
+            validate_meter(&rules, meter, &mut self.output);
         }
     }
 }
 
-/// Runs the module's rules over one meter's readings, replacing them with the
-/// validated rows (estimates included).
-pub fn validate_meter(
-    rules: &MeterRules,
-    meter: &mut MeterBatch,
-    output: &mut Vec<StoredReading>,
-    late_in_gap: &mut Vec<StoredReading>,
-) {
+/// Runs the module's rules over one meter's readings, replacing them with the rows
+/// to store (estimates and re-emitted corrections included), ascending `ts`, one
+/// per `ts`.
+pub fn validate_meter(rules: &MeterRules, meter: &mut MeterBatch, output: &mut Vec<StoredReading>) {
     if meter.readings.is_empty() {
         return;
     }
@@ -143,204 +170,366 @@ pub fn validate_meter(
         meter.readings.sort_unstable_by_key(order);
     }
     output.clear();
-    late_in_gap.clear();
     let state = &mut meter.state.vee;
-    let base_ts = state.last.map(|l| l.reading.ts);
-    let gap = state.gap;
-    let first_fresh = meter
-        .readings
-        .partition_point(|r| base_ts.is_some_and(|base| r.reading.ts < base));
-    let mut validator = Validator {
-        rules,
-        state,
-        out: output,
-    };
-    for stored in &meter.readings[..first_fresh] {
-        let ts = stored.reading.ts;
-        match gap {
-            Some(g) if g.from.reading.ts < ts && ts < g.to.reading.ts => late_in_gap.push(*stored),
-            Some(g) if ts == g.from.reading.ts || ts == g.to.reading.ts => {}
-            _ => validator.late_outside_gap(stored),
-        }
+    if let Some(from) = admit(state, &meter.readings, output) {
+        decide_from(rules, state, from, output);
+        settle(rules, state);
     }
-    if let Some(gap) = gap
-        && !late_in_gap.is_empty()
-    {
-        validator.fill_gap(gap, late_in_gap);
-    }
-    for stored in &meter.readings[first_fresh..] {
-        validator.in_order(stored);
-    }
+    one_row_per_ts(output);
     meter.readings.clear();
     std::mem::swap(&mut meter.readings, output);
 }
 
-struct Validator<'a> {
-    rules: &'a MeterRules,
-    state: &'a mut VeeState,
-    out: &'a mut Vec<StoredReading>,
+/// Puts the batch's new reads into the window and the rows of too-late reads into
+/// `out`; returns the `ts` of the oldest new read.
+fn admit(
+    state: &mut VeeState,
+    readings: &[StoredReading],
+    out: &mut Vec<StoredReading>,
+) -> Option<i64> {
+    let settled_ts = state.settled_ts();
+    let mut oldest_new = None;
+    for stored in readings {
+        let ts = stored.reading.ts;
+        if settled_ts.is_some_and(|settled| ts <= settled) {
+            out.push(too_late(&state.settled, stored));
+            continue;
+        }
+        if let Err(at) = state.window.binary_search_by_key(&ts, |r| r.reading.ts) {
+            state.window.insert(at, raw(stored));
+            oldest_new = Some(oldest_new.map_or(ts, |o: i64| o.min(ts)));
+        }
+    }
+    oldest_new
 }
 
-fn validated(stored: &StoredReading, creg: u64) -> ValidatedRead {
-    ValidatedRead {
+fn raw(stored: &StoredReading) -> RawRead {
+    RawRead {
         reading: stored.reading,
-        creg,
         seq: stored.seq,
         received_at: stored.received_at,
     }
 }
 
-impl Validator<'_> {
-    fn emit(&mut self, read: &ValidatedRead, quality: Quality, interval_l: Option<u64>) {
-        self.out.push(StoredReading {
-            reading: read.reading,
-            seq: read.seq,
-            received_at: read.received_at,
-            quality,
-            interval_l,
-        });
+/// The row of a read at or before the settled point.
+fn too_late(settled: &VeeFold, stored: &StoredReading) -> StoredReading {
+    let r = stored.reading;
+    let creg = settled.continuous_register(r.ts, r.reg);
+    let ahead = settled.base.is_some_and(|base| creg > base.creg);
+    StoredReading {
+        quality: if ahead {
+            Quality::Suspect
+        } else {
+            Quality::Actual
+        },
+        interval_l: None,
+        ..*stored
     }
+}
 
-    fn suspect(&mut self, stored: &StoredReading) {
-        self.out.push(StoredReading {
-            quality: Quality::Suspect,
-            interval_l: None,
-            ..*stored
-        });
+/// Runs the pass over the window and emits the rows of every read from `from` on.
+/// New reads all after the newest one continue the head; otherwise the pass
+/// re-runs from the settled point (silently up to `from`: those rows are stored).
+fn decide_from(rules: &MeterRules, state: &mut VeeState, from: i64, out: &mut Vec<StoredReading>) {
+    let VeeState {
+        settled,
+        window,
+        head,
+    } = state;
+    let split = window.partition_point(|r| r.reading.ts < from);
+    let in_order = head.newest_ts.is_none_or(|newest| from > newest);
+    let mut pass = if in_order {
+        Pass::emitting(rules, std::mem::take(head), window, out)
+    } else {
+        let mut pass = Pass::silent(rules, settled.clone(), window);
+        pass.run(&window[..split]);
+        pass.emit_from_here(out);
+        pass
+    };
+    pass.run(&window[split..]);
+    *head = pass.fold;
+}
+
+/// Moves reads past the late window (and beyond [`MAX_WINDOW_READS`]) out of the
+/// window into the settled pass, up to the newest such read accepted as actual.
+fn settle(rules: &MeterRules, state: &mut VeeState) {
+    let Some(newest) = state.head.newest_ts else {
+        return;
+    };
+    let cutoff = newest.saturating_sub(rules.late_window_ms);
+    let overflow = state.window.len().saturating_sub(MAX_WINDOW_READS);
+    if overflow == 0 && state.window.first().is_none_or(|r| r.reading.ts >= cutoff) {
+        return;
     }
+    let mut probe = Pass::silent(rules, state.settled.clone(), &state.window);
+    let mut settle_up_to = 0;
+    for (i, read) in state.window.iter().enumerate() {
+        if read.reading.ts >= cutoff {
+            break;
+        }
+        probe.step(read);
+        if probe.rests_on(read) {
+            settle_up_to = i + 1;
+        }
+    }
+    let settle_up_to = settle_up_to.max(overflow);
+    if settle_up_to == 0 {
+        return;
+    }
+    let mut pass = Pass::silent(rules, std::mem::take(&mut state.settled), &state.window);
+    pass.run(&state.window[..settle_up_to]);
+    state.settled = pass.fold;
+    state.window.drain(..settle_up_to);
+}
 
-    fn push_epoch(&mut self, epoch: RegisterEpoch) {
-        self.state.epochs.push(epoch);
-        if self.state.epochs.len() > MAX_REGISTER_EPOCHS {
-            self.state.epochs.remove(0);
+/// Orders rows by `ts` and keeps the last one emitted for each `ts` (a correction
+/// emitted later in the pass wins).
+fn one_row_per_ts(rows: &mut Vec<StoredReading>) {
+    rows.sort_by_key(|r| r.reading.ts);
+    let mut kept = 0;
+    for i in 0..rows.len() {
+        if rows
+            .get(i + 1)
+            .is_some_and(|next| next.reading.ts == rows[i].reading.ts)
+        {
+            continue;
+        }
+        rows[kept] = rows[i];
+        kept += 1;
+    }
+    rows.truncate(kept);
+}
+
+fn validated(read: &RawRead, creg: u64) -> ValidatedRead {
+    ValidatedRead {
+        reading: read.reading,
+        creg,
+        seq: read.seq,
+        received_at: read.received_at,
+    }
+}
+
+/// The pass over reads in time order.
+struct Pass<'a> {
+    rules: &'a MeterRules,
+    fold: VeeFold,
+    /// The meter's window: estimates skip the `ts` of its reads.
+    window: &'a [RawRead],
+    /// Where rows go; `None` while re-running reads whose rows are already stored.
+    out: Option<&'a mut Vec<StoredReading>>,
+}
+
+impl<'a> Pass<'a> {
+    fn silent(rules: &'a MeterRules, fold: VeeFold, window: &'a [RawRead]) -> Self {
+        Self {
+            rules,
+            fold,
+            window,
+            out: None,
         }
     }
 
-    /// A read at or after the base (ts-sorted, so bases only move forward).
-    fn in_order(&mut self, stored: &StoredReading) {
-        let r = stored.reading;
-        let seen_before = self.state.newest_seen_ts;
-        self.state.newest_seen_ts = seen_before.max(Some(r.ts));
-        let Some(mut base) = self.state.last else {
-            let creg = self.state.continuous_register(r.ts, r.reg);
-            let first = validated(stored, creg);
+    fn emitting(
+        rules: &'a MeterRules,
+        fold: VeeFold,
+        window: &'a [RawRead],
+        out: &'a mut Vec<StoredReading>,
+    ) -> Self {
+        Self {
+            out: Some(out),
+            ..Self::silent(rules, fold, window)
+        }
+    }
+
+    /// Starts emitting. A pending exchange candidate's reads are emitted `Suspect`
+    /// again: an earlier pass may have confirmed it with reads now re-decided.
+    fn emit_from_here(&mut self, out: &'a mut Vec<StoredReading>) {
+        self.out = Some(out);
+        if let Some(candidate) = self.fold.candidate.clone() {
+            for read in std::iter::once(&candidate.initial).chain(&candidate.followers) {
+                self.suspect(read);
+            }
+        }
+    }
+
+    fn run(&mut self, reads: &[RawRead]) {
+        for read in reads {
+            self.step(read);
+        }
+    }
+
+    /// Whether the pass stands on `read`: it is the base, with no candidate pending.
+    fn rests_on(&self, read: &RawRead) -> bool {
+        self.fold.candidate.is_none()
+            && self
+                .fold
+                .base
+                .is_some_and(|base| base.reading.ts == read.reading.ts)
+    }
+
+    fn emit(&mut self, read: &ValidatedRead, quality: Quality, interval_l: Option<u64>) {
+        if let Some(out) = &mut self.out {
+            out.push(StoredReading {
+                reading: read.reading,
+                seq: read.seq,
+                received_at: read.received_at,
+                quality,
+                interval_l,
+            });
+        }
+    }
+
+    fn suspect(&mut self, read: &RawRead) {
+        self.emit(&validated(read, 0), Quality::Suspect, None);
+    }
+
+    /// One read, later than every read before it.
+    fn step(&mut self, read: &RawRead) {
+        self.fold.newest_ts = self.fold.newest_ts.max(Some(read.reading.ts));
+        let Some(base) = self.fold.base else {
+            let first = validated(
+                read,
+                self.fold
+                    .continuous_register(read.reading.ts, read.reading.reg),
+            );
             self.emit(&first, Quality::Actual, None);
-            self.state.last = Some(first);
+            self.fold.base = Some(first);
             return;
         };
-        if r.ts <= base.reading.ts {
-            return; // the base itself, re-sent: already stored
+        if let Some(candidate) = self.fold.candidate.take()
+            && self.continues(&candidate, &base, read)
+        {
+            self.follow(base, candidate, read);
+            return;
         }
-        if let Some(candidate) = self.state.exchange_candidate {
-            if r.ts == candidate.reading.ts {
-                return; // the candidate re-sent
-            }
-            if r.ts > candidate.reading.ts {
-                self.state.exchange_candidate = None;
-                if self.rules.grows_from(&candidate.reading, &r)
-                    && !self.rules.grows_from(&base.reading, &r)
-                {
-                    base = self.confirm_exchange(base, candidate);
-                }
-            }
+        self.judge(base, read);
+    }
+
+    /// `read` continues the candidate: it confirms the exchange, or waits with it.
+    fn follow(&mut self, base: ValidatedRead, mut candidate: ExchangeCandidate, read: &RawRead) {
+        let needed = self.rules.confirmations(candidate.initial.reading.reg);
+        if candidate.followers.len() + 1 >= needed {
+            self.confirm_exchange(base, &candidate, read);
+        } else {
+            self.suspect(read);
+            candidate.followers.push(*read);
+            self.fold.candidate = Some(candidate);
         }
-        let limit = self.rules.plausible_litres(r.ts - base.reading.ts);
-        if r.reg >= base.reading.reg {
-            let delta = r.reg - base.reading.reg;
-            if delta <= limit {
-                self.accept(stored, base, delta, seen_before);
-            } else {
-                self.suspect(stored);
-            }
+    }
+
+    /// Whether `read` grows from the candidate's newest read and not from the base.
+    fn continues(
+        &self,
+        candidate: &ExchangeCandidate,
+        base: &ValidatedRead,
+        read: &RawRead,
+    ) -> bool {
+        let newest = candidate.followers.last().unwrap_or(&candidate.initial);
+        self.rules.grows_from(&newest.reading, &read.reading)
+            && !self.rules.grows_from(&base.reading, &read.reading)
+    }
+
+    /// Growth, rollover, or a suspect read that may begin an exchange.
+    fn judge(&mut self, base: ValidatedRead, read: &RawRead) {
+        let r = read.reading;
+        let limit = self
+            .rules
+            .plausible_litres(r.ts.saturating_sub(base.reading.ts));
+        if r.reg >= base.reading.reg && r.reg - base.reading.reg <= limit {
+            self.accept(read, base, r.reg - base.reading.reg);
         } else if let Some(wrapped) = self.rollover_delta(&base.reading, &r)
             && wrapped <= limit
         {
-            let offset = self.state.current_offset();
-            self.push_epoch(RegisterEpoch {
-                cause: EpochCause::Rollover,
-                after_ts: base.reading.ts,
-                after_reg: base.reading.reg,
-                first_ts: r.ts,
-                offset: offset.saturating_add(self.rules.capacity),
-                previous_offset: offset,
-            });
-            self.accept(stored, base, wrapped, seen_before);
+            self.push_epoch(
+                EpochCause::Rollover,
+                &base,
+                read,
+                base.creg.saturating_add(wrapped),
+            );
+            self.accept(read, base, wrapped);
         } else {
-            if r.reg < self.rules.exchange_threshold_l {
-                // Its continuous register is unknown until the exchange is confirmed.
-                self.state.exchange_candidate = Some(validated(stored, 0));
-            }
-            self.suspect(stored);
+            self.suspect(read);
+            self.fold.candidate = Some(ExchangeCandidate {
+                initial: *read,
+                followers: Vec::new(),
+            });
         }
     }
 
     /// Litres across a wrap at the register capacity, when both registers fit in it.
     fn rollover_delta(&self, base: &Reading, r: &Reading) -> Option<u64> {
         let capacity = self.rules.capacity;
-        (base.reg < capacity && r.reg < capacity).then(|| capacity - base.reg + r.reg)
+        (base.reg < capacity && r.reg < capacity)
+            .then(|| (capacity - base.reg).saturating_add(r.reg))
     }
 
-    /// Starts a new epoch at the candidate and re-emits it as actual; returns the new
-    /// base.
-    fn confirm_exchange(&mut self, base: ValidatedRead, candidate: ValidatedRead) -> ValidatedRead {
-        let offset = base.creg;
-        self.push_epoch(RegisterEpoch {
-            cause: EpochCause::Exchange,
+    fn push_epoch(
+        &mut self,
+        cause: EpochCause,
+        base: &ValidatedRead,
+        first: &RawRead,
+        first_creg: u64,
+    ) {
+        self.fold.epochs.push(RegisterEpoch {
+            cause,
             after_ts: base.reading.ts,
             after_reg: base.reading.reg,
-            first_ts: candidate.reading.ts,
-            offset,
-            previous_offset: self.state.current_offset(),
+            after_creg: base.creg,
+            first_ts: first.reading.ts,
+            first_reg: first.reading.reg,
+            first_creg,
         });
-        let new_base = ValidatedRead {
-            creg: offset.saturating_add(candidate.reading.reg),
-            ..candidate
-        };
-        self.emit(&new_base, Quality::Actual, Some(candidate.reading.reg));
-        self.state.last = Some(new_base);
-        self.state.gap = None;
-        new_base
+        if self.fold.epochs.len() > MAX_REGISTER_EPOCHS {
+            self.fold.epochs.remove(0);
+        }
     }
 
-    /// Accepts `stored`, `delta` litres after `base`, filling a gap before it (after
-    /// the newest read seen, `seen_before`, suspect or not).
-    fn accept(
+    /// A new register from the candidate's initial read on: it bills from there, so
+    /// its continuous register is the old base's; the candidate's reads and `read`
+    /// are accepted on it.
+    fn confirm_exchange(
         &mut self,
-        stored: &StoredReading,
         base: ValidatedRead,
-        delta: u64,
-        seen_before: Option<i64>,
+        candidate: &ExchangeCandidate,
+        read: &RawRead,
     ) {
-        let read = validated(stored, base.creg.saturating_add(delta));
-        let not_before = seen_before.unwrap_or(base.reading.ts);
-        let (estimates, previous_creg) = self.estimate_between(&base, &read, not_before);
-        if estimates > 0 {
-            self.state.gap = Some(EstimatedGap {
-                from: base,
-                to: read,
-            });
+        self.push_epoch(EpochCause::Exchange, &base, &candidate.initial, base.creg);
+        let mut previous = self.accept(&candidate.initial, base, 0);
+        for next in candidate.followers.iter().chain([read]) {
+            let delta = next.reading.reg - previous.reading.reg;
+            previous = self.accept(next, previous, delta);
         }
-        self.emit(&read, Quality::Actual, Some(read.creg - previous_creg));
-        self.state.last = Some(read);
+    }
+
+    /// Accepts `read` as actual, `delta` litres after `base`, estimates before it
+    /// included; it becomes the base.
+    fn accept(&mut self, read: &RawRead, base: ValidatedRead, delta: u64) -> ValidatedRead {
+        let accepted = validated(read, base.creg.saturating_add(delta));
+        let previous_creg = self.estimate_between(&base, &accepted);
+        self.emit(
+            &accepted,
+            Quality::Actual,
+            Some(accepted.creg - previous_creg),
+        );
+        self.fold.base = Some(accepted);
+        accepted
     }
 
     /// Emits estimates on the expected grid strictly between `from` and `to`, none
-    /// within half an interval of `to` or of a read at `not_before`; returns how many
-    /// and the continuous register of the last row before `to`.
-    fn estimate_between(
-        &mut self,
-        from: &ValidatedRead,
-        to: &ValidatedRead,
-        not_before: i64,
-    ) -> (u64, u64) {
+    /// within half an interval of `to` nor at a read of the window; returns the
+    /// continuous register of the last row before `to`.
+    fn estimate_between(&mut self, from: &ValidatedRead, to: &ValidatedRead) -> u64 {
         let step = self.rules.expected_interval_ms;
-        let span = to.reading.ts - from.reading.ts;
-        if span * 2 <= step * 3 || to.creg < from.creg {
-            return (0, from.creg);
+        let span = to.reading.ts.saturating_sub(from.reading.ts);
+        if self.out.is_none()
+            || span.saturating_mul(2) <= step.saturating_mul(3)
+            || to.creg < from.creg
+        {
+            return from.creg;
         }
         let slots = ((span - step / 2 - 1) / step) as u64;
         if slots == 0 || slots > u64::from(self.rules.max_estimated_reads) {
-            return (0, from.creg);
+            return from.creg;
         }
         let litres = to.creg - from.creg;
         let avg_flow_lph =
@@ -349,10 +538,13 @@ impl Validator<'_> {
         let share =
             |total: u64, elapsed: i64| (u128::from(total) * elapsed as u128 / span as u128) as u64;
         let mut previous = from.creg;
-        let mut emitted = 0;
         for k in 1..=slots as i64 {
             let ts = from.reading.ts + k * step;
-            if ts < not_before + step / 2 {
+            if self
+                .window
+                .binary_search_by_key(&ts, |r| r.reading.ts)
+                .is_ok()
+            {
                 continue;
             }
             let creg = from.creg + share(litres, ts - from.reading.ts);
@@ -360,7 +552,7 @@ impl Validator<'_> {
             if reg >= self.rules.capacity && from.reading.reg < self.rules.capacity {
                 reg -= self.rules.capacity; // the estimate lies past a rollover
             }
-            self.out.push(StoredReading {
+            let estimate = ValidatedRead {
                 reading: Reading {
                     ts,
                     reg,
@@ -368,57 +560,14 @@ impl Validator<'_> {
                     flow: avg_flow_lph,
                     temp: None,
                 },
+                creg,
                 seq: to.seq,
                 received_at: to.received_at,
-                quality: Quality::Estimated,
-                interval_l: Some(creg - previous),
-            });
+            };
+            self.emit(&estimate, Quality::Estimated, Some(creg - previous));
             previous = creg;
-            emitted += 1;
         }
-        (emitted, previous)
-    }
-
-    /// Late actual reads inside the remembered gap (ts-sorted): each replaces an
-    /// estimate; the estimates around them are re-spread.
-    fn fill_gap(&mut self, gap: EstimatedGap, late: &[StoredReading]) {
-        let mut from = gap.from;
-        for stored in late {
-            let r = stored.reading;
-            if r.ts <= from.reading.ts {
-                continue; // duplicate within the resent reads
-            }
-            let creg = self.state.continuous_register(r.ts, r.reg);
-            let fits = creg >= from.creg
-                && creg <= gap.to.creg
-                && creg - from.creg <= self.rules.plausible_litres(r.ts - from.reading.ts);
-            if !fits {
-                self.suspect(stored);
-                continue;
-            }
-            let read = validated(stored, creg);
-            let (_, previous) = self.estimate_between(&from, &read, from.reading.ts);
-            self.emit(&read, Quality::Actual, Some(creg - previous));
-            from = read;
-        }
-        if from != gap.from {
-            let (_, previous) = self.estimate_between(&from, &gap.to, from.reading.ts);
-            self.emit(&gap.to, Quality::Actual, Some(gap.to.creg - previous));
-            self.state.gap = Some(EstimatedGap { from, to: gap.to });
-        }
-    }
-
-    /// A late read outside the remembered gap: stored, without an interval.
-    fn late_outside_gap(&mut self, stored: &StoredReading) {
-        let r = stored.reading;
-        let creg = self.state.continuous_register(r.ts, r.reg);
-        let ahead_of_base = self.state.last.is_some_and(|base| creg > base.creg);
-        let quality = if ahead_of_base {
-            Quality::Suspect
-        } else {
-            Quality::Actual
-        };
-        self.emit(&validated(stored, creg), quality, None);
+        previous
     }
 }
 
@@ -427,6 +576,7 @@ mod tests {
     use super::*;
     use crate::testing::{DAY0, batch_of, directory, stored};
     use meterflow_model::MeterState;
+    use meterflow_model::time::DAY_MS;
 
     const HOUR: i64 = HOUR_MS;
 
@@ -462,7 +612,7 @@ mod tests {
                 (120, Quality::Actual, Some(70))
             ]
         );
-        assert_eq!(state.vee.last.unwrap().creg, 100_000_120);
+        assert_eq!(state.vee.head.base.unwrap().creg, 100_000_120);
         // A late read from before the wrap still maps to the old epoch.
         assert_eq!(
             state
@@ -488,7 +638,7 @@ mod tests {
                 (180, Quality::Actual, Some(100))
             ]
         );
-        assert_eq!(state.vee.last.unwrap().reading.reg, 10_100);
+        assert_eq!(state.vee.head.base.unwrap().reading.reg, 10_100);
     }
 
     #[test]
@@ -519,7 +669,7 @@ mod tests {
                 (240, Quality::Actual, Some(50))
             ]
         );
-        assert_eq!(state.vee.gap.unwrap().from.reading.ts, DAY0 + HOUR);
+        assert_eq!(state.vee.window.len(), 3);
     }
 
     #[test]
@@ -527,14 +677,16 @@ mod tests {
         let (rows, state) = run(MeterState::default(), hourly(&[5_000_000, 5_000_100, 7]));
         assert_eq!(rows[2].quality, Quality::Suspect, "unconfirmed yet");
         let (rows, state) = run(state, vec![stored(DAY0 + 3 * HOUR, 57)]);
+        // The new register bills from its initial read: 7 L of factory test water
+        // are not the customer's.
         assert_eq!(
             summary(&rows),
             vec![
-                (120, Quality::Actual, Some(7)),
+                (120, Quality::Actual, Some(0)),
                 (180, Quality::Actual, Some(50))
             ]
         );
-        assert_eq!(state.vee.last.unwrap().creg, 5_000_157);
+        assert_eq!(state.vee.head.base.unwrap().creg, 5_000_150);
     }
 
     #[test]
@@ -548,7 +700,7 @@ mod tests {
                 (120, Quality::Actual, Some(200))
             ]
         );
-        assert!(state.vee.epochs.is_empty());
+        assert!(state.vee.head.epochs.is_empty());
     }
 
     #[test]
@@ -556,5 +708,109 @@ mod tests {
         let (_, state) = run(MeterState::default(), hourly(&[100, 200]));
         let (rows, _) = run(state, vec![stored(DAY0 + HOUR, 200)]);
         assert!(rows.is_empty());
+    }
+
+    #[test]
+    fn a_pre_wrap_read_arriving_last_still_makes_the_rollover() {
+        // 99,999,900 → 99,999,980 → (wrap) 50 → 120: 80 + 70 + 70 L.
+        let (_, state) = run(
+            MeterState::default(),
+            vec![stored(DAY0 + 2 * HOUR, 50), stored(DAY0 + 3 * HOUR, 120)],
+        );
+        let (rows, state) = run(
+            state,
+            vec![stored(DAY0, 99_999_900), stored(DAY0 + HOUR, 99_999_980)],
+        );
+        assert_eq!(
+            summary(&rows),
+            vec![
+                (0, Quality::Actual, None),
+                (60, Quality::Actual, Some(80)),
+                (120, Quality::Actual, Some(70)),
+                (180, Quality::Actual, Some(70))
+            ]
+        );
+        assert_eq!(state.vee.head.base.unwrap().creg, 100_000_120);
+    }
+
+    #[test]
+    fn a_refurbished_register_above_the_threshold_is_an_exchange() {
+        // Old meter at 2,000; the new one starts at 350,000: two reads growing from
+        // it, and not from 2,000, confirm the exchange.
+        let (rows, state) = run(
+            MeterState::default(),
+            hourly(&[1_900, 2_000, 350_000, 350_040]),
+        );
+        assert_eq!(rows[2].quality, Quality::Suspect, "one read is not enough");
+        assert_eq!(rows[3].quality, Quality::Suspect);
+        let (rows, state) = run(state, vec![stored(DAY0 + 4 * HOUR, 350_100)]);
+        assert_eq!(
+            summary(&rows),
+            vec![
+                (120, Quality::Actual, Some(0)),
+                (180, Quality::Actual, Some(40)),
+                (240, Quality::Actual, Some(60))
+            ]
+        );
+        assert_eq!(state.vee.head.base.unwrap().creg, 2_100);
+    }
+
+    #[test]
+    fn a_repeated_glitch_above_the_threshold_is_not_an_exchange() {
+        let (rows, state) = run(
+            MeterState::default(),
+            hourly(&[5_000_000, 2_500, 2_510, 5_000_300]),
+        );
+        assert_eq!(
+            summary(&rows),
+            vec![
+                (0, Quality::Actual, None),
+                (60, Quality::Suspect, None),
+                (120, Quality::Suspect, None),
+                (180, Quality::Actual, Some(300))
+            ]
+        );
+        assert!(state.vee.head.epochs.is_empty());
+    }
+
+    #[test]
+    fn a_late_read_can_undo_a_confirmed_exchange() {
+        // 500 after 10,000 looked like a new meter, confirmed by 520 at 03:00; the
+        // 02:00 read arriving late shows the old register still counting, so 500 is
+        // a glitch again and 520 does not follow from the base.
+        let (rows, state) = run(
+            MeterState::default(),
+            vec![
+                stored(DAY0, 10_000),
+                stored(DAY0 + HOUR, 500),
+                stored(DAY0 + 3 * HOUR, 520),
+            ],
+        );
+        assert_eq!(rows[1].quality, Quality::Actual, "confirmed at first");
+        let (rows, state) = run(state, vec![stored(DAY0 + 2 * HOUR, 10_100)]);
+        assert_eq!(
+            summary(&rows),
+            vec![
+                (60, Quality::Suspect, None),
+                (120, Quality::Actual, Some(100)),
+                (180, Quality::Suspect, None)
+            ]
+        );
+        assert!(state.vee.head.epochs.is_empty());
+    }
+
+    #[test]
+    fn reads_settle_after_the_late_window() {
+        let days = 5;
+        let regs: Vec<u64> = (0..days * 24).map(|h| 1_000 + h * 10).collect();
+        let (_, state) = run(MeterState::default(), hourly(&regs));
+        // Three days (the default late window) before the newest read, and no more.
+        let newest = DAY0 + (days as i64 * 24 - 1) * HOUR;
+        assert_eq!(state.vee.window[0].reading.ts, newest - 3 * DAY_MS);
+        assert_eq!(state.vee.settled_ts(), Some(newest - 3 * DAY_MS - HOUR));
+        // A read older than the settled point is stored as late, alone.
+        let (rows, state2) = run(state.clone(), vec![stored(DAY0 + 30 * 60_000, 1_005)]);
+        assert_eq!(summary(&rows), vec![(30, Quality::Actual, None)]);
+        assert_eq!(state2.vee, state.vee);
     }
 }

@@ -111,13 +111,22 @@ pub(crate) fn decode_uplink(body: &[u8]) -> Result<Uplink, Reject> {
 /// - 1: the first layouts.
 /// - 2: `AlertState` (inside `MeterState`) gained the newest device status
 ///   (`last_status_ts`, `last_status_flags`). Other records are unchanged.
-const RECORD_VERSION: u8 = 2;
+/// - 3: `VeeState` keeps the raw reads of the late window and two passes over them
+///   (settled and head); `BillingState` keeps the window's actual reads apart
+///   (`open`). Other records are unchanged.
+const RECORD_VERSION: u8 = 3;
 
 /// A persisted record type, and how it reads bodies of older record versions.
 pub trait Record: DeserializeOwned {
     /// Reads a version-1 body; types whose layout has not changed since read it as
     /// they are.
     fn decode_v1(body: &[u8]) -> Result<Self, RecordError> {
+        decode_body(body)
+    }
+
+    /// Reads a version-2 body; types whose layout has not changed since read it as
+    /// they are.
+    fn decode_v2(body: &[u8]) -> Result<Self, RecordError> {
         decode_body(body)
     }
 }
@@ -148,12 +157,12 @@ pub fn encode_record<T: Serialize>(value: &T) -> Vec<u8> {
     out
 }
 
-/// Encodes `value` behind version byte 1, as the first layouts were written (for
-/// tests of the upgrade path).
+/// Encodes `value` behind an older version byte, as that version's layouts were
+/// written (for tests of the upgrade path).
 #[cfg(test)]
-pub(crate) fn encode_record_v1<T: Serialize>(value: &T) -> Vec<u8> {
+pub(crate) fn encode_record_as<T: Serialize>(version: u8, value: &T) -> Vec<u8> {
     let mut out = encode_record(value);
-    out[0] = 1;
+    out[0] = version;
     out
 }
 
@@ -162,6 +171,7 @@ pub fn decode_record<T: Record>(bytes: &[u8]) -> Result<T, RecordError> {
     match bytes.split_first() {
         Some((&RECORD_VERSION, body)) => decode_body(body),
         Some((1, body)) => T::decode_v1(body),
+        Some((2, body)) => T::decode_v2(body),
         Some((&other, _)) => Err(RecordError::Version(other)),
         None => Err(RecordError::Corrupt("empty record".into())),
     }

@@ -101,6 +101,14 @@ fn a_household_month_gets_the_hand_computed_bill() {
     assert_eq!(bill.amount_cents, 2_340);
     assert_eq!(bill.currency, "EUR");
     assert!(bill.final_ && !bill.estimated);
+    // A February read arriving after the final bill (late beyond the window)
+    // changes nothing: no February line, final or not.
+    let late = reading(FEB_START_PARIS + 9 * DAY, 48_216_300);
+    let (_, out) = pipeline.feed(
+        MAR_START_PARIS + 4 * DAY,
+        vec![Input::readings(&meter, vec![late])],
+    );
+    assert!(out.bills.iter().all(|b| b.period != "2025-02"));
 }
 
 #[test]

@@ -3,5 +3,6 @@
 mod alerting;
 mod analytics;
 mod billing;
+mod register_order;
 mod utils;
 mod vee;
