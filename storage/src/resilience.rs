@@ -118,9 +118,11 @@ impl RetryConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerConfig {
-    /// Consecutive failed operations (each already retried) that open the breaker.
-    /// Default 5: one or two failures happen in healthy clusters (a node restart); five
-    /// in a row, each after its own retries, mean the backend is down.
+    /// Consecutive failed operations that open the breaker: for Redis a call after its
+    /// retries; for the ScyllaDB store one attempt (its caller retries), so with the
+    /// sink's default delays five failures take ~0.4-0.75 s. Default 5: one or two
+    /// failures happen in healthy clusters (a node restart); five in a row mean the
+    /// backend is down.
     pub failure_threshold: u32,
     /// How long the breaker stays open before one probe is let through, ms. Default
     /// 5000: a restarting node or a failed-over Redis is usually back within seconds,
@@ -392,7 +394,8 @@ impl BreakerPermit<'_> {
         self.breaker.record_success();
     }
 
-    /// The backend was unreachable or overloaded, after retries.
+    /// The backend was unreachable or overloaded (after the retries the operation
+    /// makes, if any).
     pub fn failed(self) {
         self.failed_at(Instant::now());
     }
