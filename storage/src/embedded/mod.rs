@@ -93,6 +93,7 @@ mod rows;
 
 pub use chunks::MAX_CHUNK_READINGS;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -252,16 +253,16 @@ impl EmbeddedStore {
         batch: &mut WriteBatch,
         batches: &[SealedBatch],
     ) -> Result<(), StoreError> {
-        self.stage_readings(batch, batches)?;
-        let mut states = Vec::new();
+        for (key, writes) in writes_by_meter(batches) {
+            self.stage_meter_readings(batch, key, &writes.readings)?;
+            batch.insert(
+                &self.meter_state,
+                keys::meter_state_key(key),
+                encode_record(writes.state),
+            );
+        }
         let mut dead_letters = Vec::new();
         for batch in batches {
-            states.extend(batch.meters.iter().map(|meter| {
-                (
-                    keys::meter_state_key(&meter.key),
-                    encode_record(&meter.state),
-                )
-            }));
             dead_letters.extend(batch.dead_letters.iter().map(|letter| {
                 debug_assert!(!letter.tenant.is_empty() && !letter.tenant.contains('\0'));
                 (
@@ -275,12 +276,7 @@ impl EmbeddedStore {
                 )
             }));
         }
-        keep_last_per_key(&mut states);
         keep_last_per_key(&mut dead_letters);
-
-        for (key, value) in &states {
-            batch.insert(&self.meter_state, key.as_slice(), value.as_slice());
-        }
         for (key, value) in &dead_letters {
             batch.insert(&self.dead_letters, key.as_slice(), value.as_slice());
         }
@@ -418,6 +414,32 @@ impl ReadingStore for EmbeddedStore {
     fn is_ready(&self) -> bool {
         !self.poisoned.load(Ordering::Relaxed)
     }
+}
+
+/// What one call writes for one meter.
+struct MeterWrites<'a> {
+    /// The meter's readings from each batch it is in, in batch order.
+    readings: Vec<&'a [StoredReading]>,
+    /// Its state in the last of those batches, which supersedes the earlier ones.
+    state: &'a MeterState,
+}
+
+/// The meters of `batches`, each once. Encoding a state is the costliest part of a
+/// commit after the readings, so superseded states are dropped before they are
+/// encoded.
+fn writes_by_meter(batches: &[SealedBatch]) -> BTreeMap<&MeterKey, MeterWrites<'_>> {
+    let mut by_meter: BTreeMap<&MeterKey, MeterWrites<'_>> = BTreeMap::new();
+    for meter in batches.iter().flat_map(|batch| &batch.meters) {
+        let writes = by_meter.entry(&meter.key).or_insert(MeterWrites {
+            readings: Vec::new(),
+            state: &meter.state,
+        });
+        writes.state = &meter.state;
+        if !meter.readings.is_empty() {
+            writes.readings.push(&meter.readings);
+        }
+    }
+    by_meter
 }
 
 /// Sorts rows by key and keeps, of every key, the row written last (latest batch,

@@ -91,7 +91,7 @@ impl EmbeddedStore {
             }
             bills.push((
                 keys::bill_key(&bill.tenant, &bill.period, &bill.meter),
-                encode_record(bill),
+                bill,
             ));
         }
         keep_last_per_key(&mut bills);
@@ -110,10 +110,7 @@ impl EmbeddedStore {
                 continue;
             }
             let prefix = keys::district_hourly_prefix(&row.tenant, &row.district);
-            hours.push((
-                keys::district_hour_key(&prefix, row.start_ms),
-                encode_record(row),
-            ));
+            hours.push((keys::district_hour_key(&prefix, row.start_ms), row));
         }
         keep_last_per_key(&mut hours);
 
@@ -154,11 +151,13 @@ impl EmbeddedStore {
             }
             batch.insert(&self.alerts, key.as_slice(), encode_record(*event));
         }
-        for (key, value) in &bills {
-            batch.insert(&self.bills, key.as_slice(), value.as_slice());
+        // Superseded bill lines and hour rows were dropped above, before encoding:
+        // a group holds one per meter (or district) per sealed batch.
+        for (key, bill) in &bills {
+            batch.insert(&self.bills, key.as_slice(), encode_record(*bill));
         }
-        for (key, value) in &hours {
-            batch.insert(&self.district_hourly, key.as_slice(), value.as_slice());
+        for (key, row) in &hours {
+            batch.insert(&self.district_hourly, key.as_slice(), encode_record(*row));
         }
         Ok(())
     }

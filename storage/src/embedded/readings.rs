@@ -13,7 +13,7 @@
 //!   chunk of `from`'s day.
 //!
 //! A write of new readings into one day of one meter (sorted, one per `ts`, the
-//! latest occurrence of each) scans that day's chunks backwards from the newest new
+//! latest occurrence of each) scans that day's chunks forwards up to the newest new
 //! `ts` and hands each new reading to the chunk with the greatest first `ts` at or
 //! below it; a chunk that receives readings is decoded, merged (the new reading
 //! replaces a stored one at the same `ts`) and written back under its own key, split
@@ -26,38 +26,42 @@
 //! a merge never works from a chunk another writer (a second caller, or the
 //! retention sweep) is about to replace.
 
-use std::collections::BTreeMap;
-
-use fjall::OwnedWriteBatch as WriteBatch;
-use meterflow_model::{MeterKey, SealedBatch, StoredReading};
+use fjall::{OwnedWriteBatch as WriteBatch, UserKey, UserValue};
+use meterflow_model::{MeterKey, StoredReading};
 
 use super::chunks::{self, MAX_CHUNK_READINGS};
 use super::{EmbeddedStore, MAX_PREALLOCATED_ROWS, READINGS, keep_last_by, keys};
 use crate::StoreError;
 
 impl EmbeddedStore {
-    /// Adds the readings of `batches` to `batch`, merged into the chunks they belong
-    /// to. When a `(meter, ts)` occurs more than once, the occurrence in the later
-    /// batch, or later in the same batch, is the one stored. The caller holds the
-    /// writer lock until it commits.
-    pub(super) fn stage_readings(
+    /// Adds the readings of the meter `key` to `batch`, merged into the chunks they
+    /// belong to. `parts` are its readings from each batch of the call, in batch
+    /// order: when a `ts` occurs more than once, the occurrence in the later part, or
+    /// later in the same part, is the one stored. The caller holds the writer lock
+    /// until it commits.
+    pub(super) fn stage_meter_readings(
         &self,
         batch: &mut WriteBatch,
-        batches: &[SealedBatch],
+        key: &MeterKey,
+        parts: &[&[StoredReading]],
     ) -> Result<(), StoreError> {
-        for (prefix, mut readings) in readings_by_meter(batches) {
-            keep_last_by(&mut readings, |a, b| a.reading.ts.cmp(&b.reading.ts));
-            let days = readings
-                .chunk_by(|a, b| chunks::bucket(a.reading.ts) == chunks::bucket(b.reading.ts));
-            for day in days {
-                self.merge_into_day(batch, &prefix, day)?;
-            }
+        if parts.is_empty() {
+            return Ok(());
+        }
+        let readings = latest_per_ts(parts);
+        let prefix = keys::readings_prefix(key);
+        let days =
+            readings.chunk_by(|a, b| chunks::bucket(a.reading.ts) == chunks::bucket(b.reading.ts));
+        for day in days {
+            self.merge_into_day(batch, &prefix, day)?;
         }
         Ok(())
     }
 
     /// Merges `new` — readings of one meter (`prefix`) in one day, strictly
-    /// ascending — into that day's chunks (see the module doc).
+    /// ascending — into that day's chunks (see the module doc). One forward scan
+    /// over the day's chunks up to the newest new `ts`, holding one chunk back: the
+    /// held chunk receives the new readings older than the next chunk's first `ts`.
     fn merge_into_day(
         &self,
         batch: &mut WriteBatch,
@@ -69,25 +73,53 @@ impl EmbeddedStore {
         };
         let day_start = keys::reading_key(prefix, chunks::bucket_start(oldest.reading.ts));
         let through_newest = keys::reading_key(prefix, newest.reading.ts);
-        let mut chunks = self.readings.range(day_start..=through_newest).rev();
         let mut pending = new;
-        while !pending.is_empty() {
-            let Some(entry) = chunks.next() else { break };
+        let mut held: Option<StoredChunk> = None;
+        for entry in self.readings.range(day_start..=through_newest) {
             let (key, value) = entry
                 .into_inner()
                 .map_err(|e| self.fjall_error("reading a readings chunk", e))?;
-            let first = self.chunk_first_ts(&key)?;
-            let at = pending.partition_point(|stored| stored.reading.ts < first);
-            let (older, mine) = pending.split_at(at);
-            pending = older;
-            if mine.is_empty() {
-                continue;
+            let chunk = StoredChunk {
+                first: self.chunk_first_ts(&key)?,
+                key,
+                value,
+            };
+            let (older, rest) =
+                pending.split_at(pending.partition_point(|s| s.reading.ts < chunk.first));
+            match held.replace(chunk) {
+                Some(before) => self.merge_into_chunk(batch, prefix, &before, older)?,
+                // Older than the day's first chunk: new chunks of their own.
+                None => self.stage_chunks(batch, prefix, older),
             }
-            let stored = chunks::decode_chunk(first, &value)
-                .map_err(|e| self.corrupt_row(READINGS, &key, e))?;
-            self.stage_chunks(batch, prefix, &chunks::merge(stored, mine));
+            pending = rest;
+            if pending.is_empty() {
+                break;
+            }
         }
-        self.stage_chunks(batch, prefix, pending);
+        match held {
+            Some(last) => self.merge_into_chunk(batch, prefix, &last, pending),
+            None => {
+                self.stage_chunks(batch, prefix, pending);
+                Ok(())
+            }
+        }
+    }
+
+    /// Stages `chunk` with `new` merged in (readings at or after its first `ts`,
+    /// before the next chunk's); a chunk that receives nothing is left alone.
+    fn merge_into_chunk(
+        &self,
+        batch: &mut WriteBatch,
+        prefix: &[u8],
+        chunk: &StoredChunk,
+        new: &[StoredReading],
+    ) -> Result<(), StoreError> {
+        if new.is_empty() {
+            return Ok(());
+        }
+        let stored = chunks::decode_chunk(chunk.first, &chunk.value)
+            .map_err(|e| self.corrupt_row(READINGS, &chunk.key, e))?;
+        self.stage_chunks(batch, prefix, &chunks::merge(stored, new));
         Ok(())
     }
 
@@ -163,17 +195,20 @@ impl EmbeddedStore {
     }
 }
 
-/// The readings of `batches`, per meter `readings` prefix, in the order they come.
-fn readings_by_meter(batches: &[SealedBatch]) -> BTreeMap<Vec<u8>, Vec<StoredReading>> {
-    let mut by_meter: BTreeMap<Vec<u8>, Vec<StoredReading>> = BTreeMap::new();
-    for meter in batches.iter().flat_map(|batch| &batch.meters) {
-        if meter.readings.is_empty() {
-            continue;
-        }
-        by_meter
-            .entry(keys::readings_prefix(&meter.key))
-            .or_default()
-            .extend_from_slice(&meter.readings);
+/// A chunk as read from the keyspace.
+struct StoredChunk {
+    key: UserKey,
+    /// Its first `ts`, from the key.
+    first: i64,
+    value: UserValue,
+}
+
+/// The readings of `parts` (in write order) ascending by `ts`, the last occurrence
+/// of each `ts`. Usually the parts are ascending one after the other already.
+fn latest_per_ts(parts: &[&[StoredReading]]) -> Vec<StoredReading> {
+    let mut readings = parts.concat();
+    if !readings.is_sorted_by(|a, b| a.reading.ts < b.reading.ts) {
+        keep_last_by(&mut readings, |a, b| a.reading.ts.cmp(&b.reading.ts));
     }
-    by_meter
+    readings
 }
