@@ -15,11 +15,16 @@
 //! A write of new readings into one day of one meter (sorted, one per `ts`, the
 //! latest occurrence of each) scans that day's chunks forwards up to the newest new
 //! `ts` and hands each new reading to the chunk with the greatest first `ts` at or
-//! below it; a chunk that receives readings is decoded, merged (the new reading
-//! replaces a stored one at the same `ts`) and written back under its own key, split
+//! below it; a chunk that receives readings newer than its last has them appended
+//! (only the new ones are encoded, `chunks::append_to_chunk`), any other is
+//! decoded, merged (the new reading replaces a stored one at the same `ts`) and
+//! written back under its own key, split
 //! into pieces of [`MAX_CHUNK_READINGS`] when it outgrows them (the first piece keeps
 //! the key). New readings older than the day's first chunk, or in a day without
-//! chunks, become new chunks. Chunks that receive nothing are not decoded.
+//! chunks, become new chunks. Chunks that receive nothing are not decoded, and the
+//! scan holds one chunk at a time, so memory stays bounded by the cap whatever a
+//! day holds; its time grows with the chunks of the day before the first new
+//! reading — one for a day of fifteen-minute reads, 12 for one-minute reads.
 //!
 //! This is a read-modify-write: the store's writer lock (`EmbeddedStore::lock_writer`)
 //! is held from the first read until the batch holding the merged chunks commits, so
@@ -115,6 +120,13 @@ impl EmbeddedStore {
         new: &[StoredReading],
     ) -> Result<(), StoreError> {
         if new.is_empty() {
+            return Ok(());
+        }
+        let corrupt = |e| self.corrupt_row(READINGS, &chunk.key, e);
+        if let Some(appended) =
+            chunks::append_to_chunk(chunk.first, &chunk.value, new).map_err(corrupt)?
+        {
+            batch.insert(&self.readings, chunk.key.clone(), appended);
             return Ok(());
         }
         let stored = chunks::decode_chunk(chunk.first, &chunk.value)

@@ -69,6 +69,8 @@ pub(crate) enum RowError {
     ChunkCount(u64),
     #[error("chunk timestamps are not strictly ascending")]
     TsOrder,
+    #[error("chunk readings do not end where its header says")]
+    Tail,
     #[error("chunk holds a varint longer than 64 bits")]
     Varint,
     #[error("chunk reading flags {0:#04x} hold unknown bits")]
