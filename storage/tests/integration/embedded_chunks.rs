@@ -1,7 +1,8 @@
 //! Readings stored as chunks in the embedded store: a model-based test with days
 //! dense enough to split chunks, rewrites across and within commits, reopenings and
 //! retention sweeps; a store written by the build before chunks (one row per reading);
-//! chunk sizes under a flood; and corrupt chunks on disk.
+//! chunk sizes under a flood; corrupt chunks on disk; and concurrent writers and
+//! sweeps merging into the same chunk.
 
 use std::collections::BTreeMap;
 
@@ -471,4 +472,68 @@ fn a_corrupt_or_unknown_chunk_is_a_clear_error() {
             [stored_reading(DAY_0, 1, Quality::Actual)]
         );
     }
+}
+
+/// Merging into a chunk is a read-modify-write: two callers writing the same meter's
+/// day at once, and a retention sweep trimming that day, must not lose each other's
+/// readings. The store serialises them itself, whatever its callers do.
+#[test]
+fn concurrent_writers_and_sweeps_lose_no_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let key = meter_key("t", "m");
+    // The day straddles the cutoff: the sweep trims the same chunk the writers append
+    // to.
+    let cutoff = DAY_0 + 12 * 3_600_000;
+    let retention = Retention {
+        readings_days: 1,
+        dead_letters_days: 0,
+        district_hourly_days: 0,
+    };
+    let writes_per_writer = 60;
+    let write = |writer: i64, i: i64| {
+        let ts = cutoff + (i * 2 + writer) * MINUTE_MS;
+        store
+            .write(&[sealed_batch(
+                i as u64,
+                vec![meter_batch(
+                    key.clone(),
+                    vec![stored_reading(ts, i as u64, Quality::Actual)],
+                    meter_state(1, 0),
+                )],
+                vec![],
+            )])
+            .unwrap();
+    };
+    store
+        .write(&[sealed_batch(
+            0,
+            vec![meter_batch(
+                key.clone(),
+                vec![stored_reading(cutoff - MINUTE_MS, 0, Quality::Actual)],
+                meter_state(1, 0),
+            )],
+            vec![],
+        )])
+        .unwrap();
+    std::thread::scope(|scope| {
+        for writer in 0..2 {
+            scope.spawn(move || (0..writes_per_writer).for_each(|i| write(writer, i)));
+        }
+        scope.spawn(|| {
+            for _ in 0..20 {
+                store.expire(cutoff + DAY_MS, &retention, 1).unwrap();
+            }
+        });
+    });
+    let stored: Vec<i64> = store
+        .readings(&key, i64::MIN, i64::MAX, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|s| s.reading.ts)
+        .collect();
+    let expected: Vec<i64> = (0..2 * writes_per_writer)
+        .map(|n| cutoff + n * MINUTE_MS)
+        .collect();
+    assert_eq!(stored, expected);
 }
