@@ -11,6 +11,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::codec::binary::RecordError;
+
 /// Relative accuracy of [`UsageSketch`] quantiles: bucket `i` holds values in
 /// `(γ^(i-1), γ^i]` with γ = 1.02, so any value is within ±1 % of its bucket's
 /// representative — finer than the litre resolution of household meters at the
@@ -143,6 +145,15 @@ pub struct DistrictUsage {
     pub night_hour_l: [Option<u64>; 2],
     /// Day rows: minimum night flow, L/h — the lower of the night hours' usage.
     pub night_flow_lph: Option<u64>,
+    /// Litres the district's bulk (inflow) meters measured in the window; `None`
+    /// until a bulk meter's read ends in it. Never part of `usage_l`.
+    pub inflow_l: Option<u64>,
+    /// Day rows: inflow in each [`NIGHT_HOURS`] hour, litres; `None` until a bulk
+    /// meter's read ends in that hour.
+    pub inflow_night_hour_l: [Option<u64>; 2],
+    /// Day rows: minimum night flow of the inflow, L/h — the lower of the night
+    /// hours' inflow.
+    pub inflow_night_flow_lph: Option<u64>,
 }
 
 impl DistrictUsage {
@@ -160,6 +171,9 @@ impl DistrictUsage {
             p99_l: None,
             night_hour_l: [None; 2],
             night_flow_lph: None,
+            inflow_l: None,
+            inflow_night_hour_l: [None; 2],
+            inflow_night_flow_lph: None,
         }
     }
 
@@ -177,13 +191,21 @@ impl DistrictUsage {
         self.usage_l += other.usage_l;
         self.meters += other.meters;
         self.meter_hour_sketch.merge(&other.meter_hour_sketch);
-        for (mine, theirs) in self.night_hour_l.iter_mut().zip(other.night_hour_l) {
-            *mine = match (*mine, theirs) {
-                (Some(a), Some(b)) => Some(a + b),
-                (a, b) => a.or(b),
-            };
+        self.inflow_l = add_known(self.inflow_l, other.inflow_l);
+        let night = self.night_hour_l.iter_mut().zip(other.night_hour_l);
+        let inflow_night = self
+            .inflow_night_hour_l
+            .iter_mut()
+            .zip(other.inflow_night_hour_l);
+        for (mine, theirs) in night.chain(inflow_night) {
+            *mine = add_known(*mine, theirs);
         }
         self.refresh_derived();
+    }
+
+    /// Adds a bulk meter's `litres` to the window's inflow.
+    pub fn add_inflow(&mut self, litres: u64) {
+        self.inflow_l = add_known(self.inflow_l, Some(litres));
     }
 
     /// Recomputes the percentiles and the night flow from the mergeable fields.
@@ -192,6 +214,15 @@ impl DistrictUsage {
         self.p90_l = self.meter_hour_sketch.quantile(0.90);
         self.p99_l = self.meter_hour_sketch.quantile(0.99);
         self.night_flow_lph = self.night_hour_l.iter().flatten().copied().min();
+        self.inflow_night_flow_lph = self.inflow_night_hour_l.iter().flatten().copied().min();
+    }
+}
+
+/// The sum of two partial figures, unknown only when both are.
+pub fn add_known(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a + b),
+        (a, b) => a.or(b),
     }
 }
 
@@ -275,7 +306,54 @@ pub struct MeterAnalyticsState {
     pub day_l: u64,
 }
 
-impl crate::codec::binary::Record for DistrictUsage {}
+/// Reads district rows of record versions 1 to 3, which had no inflow.
+impl crate::codec::binary::Record for DistrictUsage {
+    fn decode_v1(body: &[u8]) -> Result<Self, RecordError> {
+        crate::codec::binary::decode_body::<DistrictUsageV3>(body).map(DistrictUsageV3::upgrade)
+    }
+
+    fn decode_v2(body: &[u8]) -> Result<Self, RecordError> {
+        Self::decode_v1(body)
+    }
+
+    fn decode_v3(body: &[u8]) -> Result<Self, RecordError> {
+        Self::decode_v1(body)
+    }
+}
+
+/// [`DistrictUsage`] as record versions 1 to 3 laid it out (bincode is positional):
+/// without the inflow fields, which an upgraded row has unknown.
+#[derive(Deserialize)]
+struct DistrictUsageV3 {
+    tenant: String,
+    district: String,
+    resolution: Resolution,
+    start_ms: i64,
+    usage_l: u64,
+    meters: u64,
+    meter_hour_sketch: UsageSketch,
+    p50_l: Option<u64>,
+    p90_l: Option<u64>,
+    p99_l: Option<u64>,
+    night_hour_l: [Option<u64>; 2],
+    night_flow_lph: Option<u64>,
+}
+
+impl DistrictUsageV3 {
+    fn upgrade(self) -> DistrictUsage {
+        DistrictUsage {
+            usage_l: self.usage_l,
+            meters: self.meters,
+            meter_hour_sketch: self.meter_hour_sketch,
+            p50_l: self.p50_l,
+            p90_l: self.p90_l,
+            p99_l: self.p99_l,
+            night_hour_l: self.night_hour_l,
+            night_flow_lph: self.night_flow_lph,
+            ..DistrictUsage::new(&self.tenant, &self.district, self.resolution, self.start_ms)
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -293,6 +371,69 @@ mod tests {
             );
         }
         assert_eq!(sketch.quantile(0.0), Some(0));
+    }
+
+    fn day_row() -> DistrictUsage {
+        let mut row = DistrictUsage::new("acme", "north", Resolution::Day, 1_736_899_200_000);
+        row.usage_l = 1_850;
+        row.meters = 2;
+        row.meter_hour_sketch.add(40);
+        row.night_hour_l = [Some(6), Some(4)];
+        row.refresh_derived();
+        row
+    }
+
+    /// A district row written before inflow existed (versions 1 to 3, its fields as
+    /// a tuple: bincode's layout is positional) reads back with no inflow.
+    #[test]
+    fn district_rows_of_versions_1_to_3_read_without_inflow() {
+        use crate::codec::binary::{decode_record, encode_record, encode_record_as};
+        let row = day_row();
+        let old = (
+            &row.tenant,
+            &row.district,
+            row.resolution,
+            row.start_ms,
+            row.usage_l,
+            row.meters,
+            &row.meter_hour_sketch,
+            row.p50_l,
+            row.p90_l,
+            row.p99_l,
+            row.night_hour_l,
+            row.night_flow_lph,
+        );
+        for version in 1..=3 {
+            let back: DistrictUsage = decode_record(&encode_record_as(version, &old)).unwrap();
+            assert_eq!(back, row, "version {version}");
+        }
+        let mut current = row.clone();
+        current.add_inflow(2_000);
+        current.inflow_night_hour_l = [Some(130), Some(125)];
+        current.refresh_derived();
+        let back: DistrictUsage = decode_record(&encode_record(&current)).unwrap();
+        assert_eq!(back, current);
+        assert_eq!(back.inflow_night_flow_lph, Some(125));
+    }
+
+    #[test]
+    fn merging_adds_inflow_and_unknown_stays_unknown() {
+        let mut a = day_row();
+        let mut b = day_row();
+        a.merge(&b);
+        assert_eq!((a.inflow_l, a.inflow_night_flow_lph), (None, None));
+        b.add_inflow(500);
+        b.inflow_night_hour_l = [Some(20), None];
+        a.merge(&b);
+        assert_eq!(a.inflow_l, Some(500));
+        assert_eq!(a.inflow_night_hour_l, [Some(20), None]);
+        assert_eq!(a.inflow_night_flow_lph, Some(20));
+        b.inflow_night_hour_l = [Some(1), Some(7)];
+        a.merge(&b);
+        assert_eq!(a.inflow_l, Some(1_000));
+        assert_eq!(a.inflow_night_hour_l, [Some(21), Some(7)]);
+        assert_eq!(a.inflow_night_flow_lph, Some(7));
+        assert_eq!(a.usage_l, 4 * 1_850);
     }
 
     #[test]

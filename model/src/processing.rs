@@ -35,6 +35,10 @@ pub struct TenantProcessing {
     pub meter_sizes: BTreeMap<MeterId, MeterSize>,
     /// District metered area of each meter; others are in [`DEFAULT_DISTRICT`].
     pub districts: BTreeMap<MeterId, String>,
+    /// Bulk (inflow) meters, each with the district it feeds: their usage is the
+    /// district's inflow for the water balance, not consumption. A bulk meter is in
+    /// no `districts` entry (it is not a customer).
+    pub bulk_meters: BTreeMap<MeterId, String>,
 }
 
 impl TenantProcessing {
@@ -43,6 +47,52 @@ impl TenantProcessing {
             .get(meter)
             .copied()
             .unwrap_or(self.default_meter_size)
+    }
+
+    /// The district a meter belongs to: the one it feeds for a bulk meter, its
+    /// `districts` entry for a customer, else [`DEFAULT_DISTRICT`].
+    pub fn district_of(&self, meter: &MeterId) -> &str {
+        self.bulk_meters
+            .get(meter)
+            .or_else(|| self.districts.get(meter))
+            .map_or(DEFAULT_DISTRICT, String::as_str)
+    }
+
+    /// Whether `meter` is a bulk (inflow) meter.
+    pub fn is_bulk(&self, meter: &MeterId) -> bool {
+        self.bulk_meters.contains_key(meter)
+    }
+
+    /// Problems of `districts` and `bulk_meters`, each prefixed with `at`.
+    fn district_problems(&self, at: &str) -> Vec<String> {
+        let names = self
+            .districts
+            .iter()
+            .map(|(meter, district)| (format!("{at}.districts.{meter}"), district))
+            .chain(
+                self.bulk_meters
+                    .iter()
+                    .map(|(meter, district)| (format!("{at}.bulk_meters.{meter}"), district)),
+            );
+        let mut problems: Vec<String> = names
+            .filter(|(_, district)| !crate::ids::is_valid_id(district.as_bytes()))
+            .map(|(place, district)| {
+                format!(
+                    "{place}: district {district:?} must be 1-64 of A-Z a-z 0-9 _ - (it becomes \
+                     part of Redis keys and URLs)"
+                )
+            })
+            .collect();
+        for (meter, fed) in &self.bulk_meters {
+            if let Some(member) = self.districts.get(meter) {
+                problems.push(format!(
+                    "{at}.bulk_meters.{meter}: meter {meter} is also a customer of district \
+                     {member:?} in districts; a bulk meter measures the inflow of {fed:?} and is \
+                     no customer: remove it from districts"
+                ));
+            }
+        }
+        problems
     }
 }
 
@@ -127,14 +177,7 @@ impl ProcessorsConfig {
                         .map(|p| format!("processors.{tenant}.{section}: {p}")),
                 );
             }
-            for (meter, district) in &settings.districts {
-                if !crate::ids::is_valid_id(district.as_bytes()) {
-                    problems.push(format!(
-                        "processors.{tenant}.districts.{meter}: district {district:?} must be 1-64 of \
-                         A-Z a-z 0-9 _ - (it becomes part of Redis keys and URLs)"
-                    ));
-                }
-            }
+            problems.extend(settings.district_problems(&format!("processors.{tenant}")));
             if settings.notifications.per_minute == 0 || settings.notifications.burst == 0 {
                 problems.push(format!(
                     "processors.{tenant}.notifications: burst and per_minute must be at least 1"
@@ -161,5 +204,51 @@ impl ProcessorsConfig {
             problems.push("processors.bill_close_after_ms must not be negative".into());
         }
         problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(districts: &[(&str, &str)], bulk: &[(&str, &str)]) -> TenantProcessing {
+        let map = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(m, d)| (MeterId::try_from(*m).unwrap(), d.to_string()))
+                .collect()
+        };
+        TenantProcessing {
+            districts: map(districts),
+            bulk_meters: map(bulk),
+            ..TenantProcessing::default()
+        }
+    }
+
+    #[test]
+    fn bulk_meters_feed_a_valid_district_and_are_no_customers() {
+        let good = tenant(&[("m1", "north")], &[("b1", "north"), ("b2", "south")]);
+        assert!(good.district_problems("t").is_empty());
+        assert_eq!(good.district_of(&"b2".try_into().unwrap()), "south");
+        assert_eq!(good.district_of(&"m1".try_into().unwrap()), "north");
+        assert_eq!(
+            good.district_of(&"m9".try_into().unwrap()),
+            DEFAULT_DISTRICT
+        );
+        assert!(good.is_bulk(&"b1".try_into().unwrap()));
+
+        let both = tenant(&[("b1", "south")], &[("b1", "north")]);
+        let problems = both.district_problems("t");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with("t.bulk_meters.b1:"), "{problems:?}");
+        assert!(
+            problems[0].contains("remove it from districts"),
+            "{problems:?}"
+        );
+
+        let bad = tenant(&[("m1", "no rth")], &[("b1", "")]);
+        let problems = bad.district_problems("t");
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[1].starts_with("t.bulk_meters.b1: district \"\""));
     }
 }

@@ -19,6 +19,11 @@
 //! - Minimum night flow: per local day, the district's usage in the 02:00 and 03:00
 //!   hours; the lower one, in L/h. (On a fall-back night the repeated hour adds up.)
 //! - Top consumers: per tenant and local day, the meters with the most litres.
+//! - Bulk (inflow) meters (`bulk_meters` of the tenant): a counted row of one adds
+//!   its litres to its district's `inflow_l` in the minute, hour and day it ends in,
+//!   and a day's 02:00 and 03:00 hours to `inflow_night_hour_l` (the inflow's
+//!   minimum night flow, by the night flow's rule). It counts in no customer figure:
+//!   not `usage_l`, `meters`, percentiles, night flow or top consumers.
 //! - Windows stay open for late rows for their retention after they end (settings);
 //!   a row for a window past it is not counted, so a published total is never
 //!   replaced by a partial one.
@@ -33,8 +38,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use meterflow_model::analytics::{MeterAnalyticsState, NIGHT_HOURS};
-use meterflow_model::processing::{AnalyticsSettings, DEFAULT_DISTRICT};
+use meterflow_model::analytics::{MeterAnalyticsState, NIGHT_HOURS, add_known};
+use meterflow_model::processing::AnalyticsSettings;
 use meterflow_model::time::{day_of, day_string};
 use meterflow_model::{
     DistrictUsage, Outputs, Quality, Resolution, SealedBatch, TenantSummary, TopConsumers,
@@ -327,11 +332,8 @@ impl Processor for AnalyticsProcessor {
         let now_ms = batch.now_ms;
         for meter in &mut batch.meters {
             let (entry, runtime) = self.tenants.get(&meter.key.tenant);
-            let district = entry
-                .settings
-                .districts
-                .get(&meter.key.meter)
-                .map_or(DEFAULT_DISTRICT, String::as_str);
+            let district = entry.settings.district_of(&meter.key.meter);
+            let bulk = entry.settings.is_bulk(&meter.key.meter);
             let tenant = meter.key.tenant.as_str();
             let scope = match runtime.scope_of_district.get(district) {
                 Some(scope) => *scope,
@@ -364,6 +366,7 @@ impl Processor for AnalyticsProcessor {
                     continue;
                 }
                 match row.interval_l {
+                    Some(litres) if bulk => folder.fold_inflow(ts, litres),
                     Some(litres) => folder.fold(ts, litres),
                     // A meter's first read measures no interval yet.
                     None => folder.state.last_ts = Some(ts),
@@ -393,6 +396,36 @@ struct MeterFolder<'a> {
 impl MeterFolder<'_> {
     fn open(&self, start_ms: i64, resolution: Resolution) -> bool {
         is_open(start_ms, resolution, self.now_ms, self.settings)
+    }
+
+    /// Folds a bulk meter's interval: the district's inflow in every window it ends
+    /// in (and the day's night hours), nothing of the customers' figures.
+    fn fold_inflow(&mut self, ts: i64, litres: u64) {
+        self.state.last_ts = Some(ts);
+        let end = ts - 1;
+        let minute = end.div_euclid(MINUTE_MS) * MINUTE_MS;
+        let hour = self.calendar.hour_start(end);
+        let day = self.calendar.day(end).start_ms;
+        for (resolution, start) in [
+            (Resolution::Minute, minute),
+            (Resolution::Hour, hour),
+            (Resolution::Day, day),
+        ] {
+            if self.open(start, resolution) {
+                self.partial
+                    .window(self.scope, resolution, start)
+                    .row
+                    .add_inflow(litres);
+            }
+        }
+        let hour_of_day = self.calendar.hour_of_day(end);
+        if let Some(slot) = NIGHT_HOURS.iter().position(|h| *h == hour_of_day)
+            && self.open(day, Resolution::Day)
+        {
+            let night = &mut self.partial.window(self.scope, Resolution::Day, day).row;
+            night.inflow_night_hour_l[slot] =
+                add_known(night.inflow_night_hour_l[slot], Some(litres));
+        }
     }
 
     fn fold(&mut self, ts: i64, litres: u64) {

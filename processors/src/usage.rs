@@ -14,7 +14,6 @@
 
 use std::sync::Arc;
 
-use meterflow_model::processing::DEFAULT_DISTRICT;
 use meterflow_model::{MeterBatch, MeterView, Outputs, Quality, SealedBatch};
 
 use crate::Processor;
@@ -44,11 +43,7 @@ impl Processor for UsageProcessor {
         for meter in &mut batch.meters {
             let (entry, calendar) = self.calendars.get(&meter.key.tenant);
             fold_meter(meter, calendar);
-            let district = entry
-                .settings
-                .districts
-                .get(&meter.key.meter)
-                .map_or(DEFAULT_DISTRICT, String::as_str);
+            let district = entry.settings.district_of(&meter.key.meter);
             out.meters.push(view_of(meter, district));
         }
     }

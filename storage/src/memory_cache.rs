@@ -58,6 +58,9 @@ struct Row {
     p99_l: Option<u64>,
     night_hour_l: [Option<u64>; 2],
     night_flow_lph: Option<u64>,
+    inflow_l: Option<u64>,
+    inflow_night_hour_l: [Option<u64>; 2],
+    inflow_night_flow_lph: Option<u64>,
 }
 
 impl Row {
@@ -70,6 +73,9 @@ impl Row {
             p99_l: row.p99_l,
             night_hour_l: row.night_hour_l,
             night_flow_lph: row.night_flow_lph,
+            inflow_l: row.inflow_l,
+            inflow_night_hour_l: row.inflow_night_hour_l,
+            inflow_night_flow_lph: row.inflow_night_flow_lph,
         }
     }
 
@@ -88,6 +94,9 @@ impl Row {
         row.p99_l = self.p99_l;
         row.night_hour_l = self.night_hour_l;
         row.night_flow_lph = self.night_flow_lph;
+        row.inflow_l = self.inflow_l;
+        row.inflow_night_hour_l = self.inflow_night_hour_l;
+        row.inflow_night_flow_lph = self.inflow_night_flow_lph;
         cached_row(&row)
     }
 }

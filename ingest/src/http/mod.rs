@@ -14,6 +14,9 @@
 //! - `GET /api/v1/tenants/{t}/districts` — the tenant's district names;
 //! - `GET /api/v1/tenants/{t}/districts/{d}/usage?from=MS&to=MS&resolution=hour|minute`
 //!   — hourly rows from the store, minute rows from the hot cache;
+//! - `GET /api/v1/tenants/{t}/districts/{d}/balance?from=MS&to=MS&resolution=day|hour`
+//!   — the water balance: inflow of bulk meters, customers' consumption, non-revenue
+//!   water and the inflow's minimum night flow (see [`balance`]);
 //! - `GET /api/v1/tenants/{t}/top?day=yyyy-mm-dd&limit=N` — top consumers of a day;
 //! - `GET /api/v1/tenants/{t}/alerts?state=open|all&meter=M&limit=N` — newest first;
 //!   `meter=` filters the tenant's newest [`MAX_ALERTS`] episodes to one meter;
@@ -34,6 +37,7 @@
 //! - [`openapi`]: the document's skeleton and shared responses. A route is added in
 //!   `api()` with `routes!` and a `#[utoipa::path]` on its handler, or a test fails.
 
+mod balance;
 mod format;
 pub mod openapi;
 pub mod server;
@@ -152,6 +156,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(get_summary))
         .routes(routes!(list_districts))
         .routes(routes!(get_district_usage))
+        .routes(routes!(balance::get_district_balance))
         .routes(routes!(list_top_consumers))
         .routes(routes!(list_alerts))
         .routes(routes!(get_bill))
@@ -490,9 +495,7 @@ async fn get_meter(
     let key = meter_key(&state, &path.tenant, &path.meter, &headers)?;
     let district = state
         .settings(&key.tenant)
-        .districts
-        .get(&key.meter)
-        .map_or(DEFAULT_DISTRICT, String::as_str)
+        .district_of(&key.meter)
         .to_owned();
     let (cache, store) = (state.cache.clone(), state.store.clone());
     let view = blocking(move || {
@@ -799,7 +802,12 @@ async fn list_districts(
 ) -> ApiResult<Vec<String>> {
     let tenant = authorize(&state, &path.tenant, &headers)?;
     let settings = state.settings(&tenant);
-    let mut names: Vec<String> = settings.districts.values().cloned().collect();
+    let mut names: Vec<String> = settings
+        .districts
+        .values()
+        .chain(settings.bulk_meters.values())
+        .cloned()
+        .collect();
     names.push(DEFAULT_DISTRICT.to_string());
     names.sort();
     names.dedup();
@@ -866,18 +874,29 @@ async fn get_district_usage(
     headers: HeaderMap,
 ) -> ApiResult<Vec<DistrictUsage>> {
     let tenant = authorize(&state, &path.tenant, &headers)?.to_string();
-    let district = path.district;
-    let now = crate::clock::now_ms();
-    let to = q.to.unwrap_or(now);
     let resolution = match q.resolution.unwrap_or(UsageResolution::Hour) {
         UsageResolution::Hour => Resolution::Hour,
         UsageResolution::Minute => Resolution::Minute,
         UsageResolution::Day => Resolution::Day,
     };
-    let from = q.from.unwrap_or(match resolution {
-        Resolution::Minute => to - 3_600_000,
-        Resolution::Hour => to - 86_400_000,
-        Resolution::Day => to - 31 * 86_400_000,
+    let (from, to) = usage_range(resolution, q.from, q.to)?;
+    let rows = district_rows(&state, tenant, path.district, resolution, from, to).await?;
+    Ok(Json(rows))
+}
+
+/// The `[from, to)` of a district usage call: `to` defaults to now, `from` to `to`
+/// less an hour of minutes, a day of hours or 31 days; 400 when the range is empty
+/// or more than a day of minutes.
+fn usage_range(
+    resolution: Resolution,
+    from: Option<i64>,
+    to: Option<i64>,
+) -> Result<(i64, i64), ApiError> {
+    let to = to.unwrap_or_else(crate::clock::now_ms);
+    let from = from.unwrap_or(match resolution {
+        Resolution::Minute => to.saturating_sub(3_600_000),
+        Resolution::Hour => to.saturating_sub(86_400_000),
+        Resolution::Day => to.saturating_sub(31 * 86_400_000),
     });
     if from >= to {
         return Err(ApiError(
@@ -885,14 +904,27 @@ async fn get_district_usage(
             format!("from ({from}) must be before to ({to})"),
         ));
     }
-    if resolution == Resolution::Minute && to - from > MAX_MINUTE_WINDOW_MS {
+    if resolution == Resolution::Minute && to.saturating_sub(from) > MAX_MINUTE_WINDOW_MS {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
             "minute rows are served for at most one day; use resolution=hour".into(),
         ));
     }
+    Ok((from, to))
+}
+
+/// A district's rows of `[from, to)`: hours from the store, minutes and days from
+/// the hot cache.
+async fn district_rows(
+    state: &AppState,
+    tenant: String,
+    district: String,
+    resolution: Resolution,
+    from: i64,
+    to: i64,
+) -> Result<Vec<DistrictUsage>, ApiError> {
     let (store, cache) = (state.store.clone(), state.cache.clone());
-    let rows = blocking(move || match resolution {
+    blocking(move || match resolution {
         Resolution::Hour => store
             .district_hourly(&tenant, &district, from, to)
             .map_err(|e| e.to_string()),
@@ -900,8 +932,7 @@ async fn get_district_usage(
             .district_usage(&tenant, &district, resolution, from, to)
             .map_err(|e| e.to_string()),
     })
-    .await?;
-    Ok(Json(rows))
+    .await
 }
 
 #[derive(Deserialize, IntoParams)]

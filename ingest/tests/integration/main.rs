@@ -23,3 +23,4 @@ mod retention;
 #[path = "../../../storage/tests/integration/servers.rs"]
 mod server_support;
 mod utils;
+mod water_balance;

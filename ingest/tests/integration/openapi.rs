@@ -520,6 +520,7 @@ async fn every_documented_operation_answers_as_documented() {
         &format!(
             "[[tenants]]\nid = \"acme\"\napi_token = \"{TOKEN}\"\n\n\
              [processors.tenants.acme.districts]\nm1 = \"north\"\n\n\
+             [processors.tenants.acme.bulk_meters]\nb1 = \"north\"\n\n\
              [pipeline]\nsweep_interval_s = 1\n\n\
              [processors.analytics]\nflush_interval_ms = 1000\n"
         ),
@@ -547,6 +548,15 @@ async fn every_documented_operation_answers_as_documented() {
     last.battery = Some(64);
     last.rssi = Some(-101);
     send_and_wait_for_ack(service.mqtt, "acme", "m1", &uplinks).await;
+    // The north's bulk meter: its inflow, the water balance's figures.
+    let inflow: Vec<Reading> = readings
+        .iter()
+        .map(|r| Reading {
+            reg: 2 * r.reg,
+            ..*r
+        })
+        .collect();
+    send_and_wait_for_ack(service.mqtt, "acme", "b1", &[Uplink::new(1, inflow)]).await;
     publish_garbage(service.mqtt, "m2");
     let newest_ts = readings.last().unwrap().ts;
 
@@ -596,7 +606,9 @@ async fn every_documented_operation_answers_as_documented() {
         // As documented, with the token: routed, documented, and (for most) data.
         let answer = loop {
             let answer = api_get(&service, &url, &authorized);
-            let empty = answer.body == "[]" || answer.status == 404;
+            let empty = answer.body == "[]"
+                || answer.status == 404
+                || answer.body.contains("\"windows\":[]");
             if !empty || Instant::now() > deadline {
                 break answer;
             }
@@ -609,7 +621,8 @@ async fn every_documented_operation_answers_as_documented() {
             answer.body
         );
         problems.extend(conformance(&doc, operation, &answer, &format!("GET {url}")));
-        let mut has_data = answer.status == 200 && answer.body != "[]";
+        let mut has_data =
+            answer.status == 200 && answer.body != "[]" && !answer.body.contains("\"windows\":[]");
         checked += 1;
 
         // Every documented query parameter set (to the fed data's names where they
@@ -629,7 +642,7 @@ async fn every_documented_operation_answers_as_documented() {
             let full = format!("{url}?{}", query.join("&"));
             let answer = api_get(&service, &full, &authorized);
             assert_eq!(answer.status, 200, "GET {full}: {}", answer.body);
-            has_data |= answer.body != "[]";
+            has_data |= answer.body != "[]" && !answer.body.contains("\"windows\":[]");
             problems.extend(conformance(
                 &doc,
                 operation,
@@ -646,6 +659,7 @@ async fn every_documented_operation_answers_as_documented() {
             "/api/v1/tenants/{tenant}/bills/{period}/{meter}",
             "/api/v1/tenants/{tenant}/top",
             "/api/v1/tenants/{tenant}/districts/{district}/usage",
+            "/api/v1/tenants/{tenant}/districts/{district}/balance",
         ]
         .contains(&path.as_str())
         {

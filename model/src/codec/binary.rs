@@ -114,7 +114,10 @@ pub(crate) fn decode_uplink(body: &[u8]) -> Result<Uplink, Reject> {
 /// - 3: `VeeState` keeps the raw reads of the late window and two passes over them
 ///   (settled and head); `BillingState` keeps the window's actual reads apart
 ///   (`open`). Other records are unchanged.
-const RECORD_VERSION: u8 = 3;
+/// - 4: `DistrictUsage` gained the inflow of bulk meters (`inflow_l`,
+///   `inflow_night_hour_l`, `inflow_night_flow_lph`); older rows read with none.
+///   Other records are unchanged.
+const RECORD_VERSION: u8 = 4;
 
 /// A persisted record type, and how it reads bodies of older record versions.
 pub trait Record: DeserializeOwned {
@@ -127,6 +130,12 @@ pub trait Record: DeserializeOwned {
     /// Reads a version-2 body; types whose layout has not changed since read it as
     /// they are.
     fn decode_v2(body: &[u8]) -> Result<Self, RecordError> {
+        decode_body(body)
+    }
+
+    /// Reads a version-3 body; types whose layout has not changed since read it as
+    /// they are.
+    fn decode_v3(body: &[u8]) -> Result<Self, RecordError> {
         decode_body(body)
     }
 }
@@ -172,6 +181,7 @@ pub fn decode_record<T: Record>(bytes: &[u8]) -> Result<T, RecordError> {
         Some((&RECORD_VERSION, body)) => decode_body(body),
         Some((1, body)) => T::decode_v1(body),
         Some((2, body)) => T::decode_v2(body),
+        Some((3, body)) => T::decode_v3(body),
         Some((&other, _)) => Err(RecordError::Version(other)),
         None => Err(RecordError::Corrupt("empty record".into())),
     }

@@ -23,11 +23,14 @@ fn config() -> ProcessorsConfig {
         ("m1".try_into().unwrap(), "north".to_string()),
         ("m2".try_into().unwrap(), "south".to_string()),
     ]);
+    // b0 measures what flows into the north.
+    let bulk_meters = BTreeMap::from([("b0".try_into().unwrap(), "north".to_string())]);
     ProcessorsConfig {
         tenants: BTreeMap::from([(
             TenantId::try_from("acme").unwrap(),
             TenantProcessing {
                 districts,
+                bulk_meters,
                 ..TenantProcessing::default()
             },
         )]),
@@ -110,6 +113,85 @@ fn district_hours_night_flow_percentiles_and_top_consumers() {
         .collect();
     assert_eq!(entries, vec![("m1", 123), ("m0", 90), ("m2", 30)]);
     assert_eq!(top.day, "2025-01-15");
+}
+
+/// The row of `district` at `resolution` and `start` among `out`'s districts.
+fn row_of<'a>(
+    out: &'a Outputs,
+    district: &str,
+    resolution: Resolution,
+    start: i64,
+) -> &'a meterflow_model::DistrictUsage {
+    out.districts
+        .iter()
+        .find(|r| r.district == district && r.resolution == resolution && r.start_ms == start)
+        .unwrap_or_else(|| panic!("{district} {resolution:?} {start}"))
+}
+
+#[test]
+fn a_bulk_meter_is_the_districts_inflow_and_no_customer() {
+    // b0 feeds the north: the customers' use plus 5 L/h lost.
+    let mut one = shard(&[
+        ("m0", vec![10, 10, 4, 6]),
+        ("m1", vec![0, 0, 2, 1]),
+        ("b0", vec![15, 15, 11, 12]),
+    ]);
+    let mut out = Outputs::default();
+    one.flush(MIDNIGHT + 4 * HOUR, &mut out);
+    let day = row_of(&out, "north", Resolution::Day, MIDNIGHT);
+    // Customers only: usage, meters, night flow.
+    assert_eq!((day.usage_l, day.meters), (33, 2));
+    assert_eq!(day.night_flow_lph, Some(6));
+    assert_eq!(day.inflow_l, Some(53));
+    // Inflow at 02:00 and 03:00 (the reads at 03:00 and 04:00): 11 and 12 L.
+    assert_eq!(day.inflow_night_hour_l, [Some(11), Some(12)]);
+    assert_eq!(day.inflow_night_flow_lph, Some(11));
+    for (h, inflow) in [(0, 15), (1, 15), (2, 11), (3, 12)] {
+        let hour = row_of(&out, "north", Resolution::Hour, MIDNIGHT + h * HOUR);
+        assert_eq!(hour.inflow_l, Some(inflow), "hour {h}");
+        assert_eq!(hour.meters, 2, "hour {h}");
+        assert_eq!(hour.inflow_night_flow_lph, None, "hour {h}");
+    }
+    // The midnight hour's percentiles are over m0 and m1 only (10 L and 0 L).
+    let midnight_hour = row_of(&out, "north", Resolution::Hour, MIDNIGHT);
+    assert_eq!(midnight_hour.meter_hour_sketch.count(), 2);
+    assert_eq!(midnight_hour.p99_l, Some(10));
+    let minute = row_of(&out, "north", Resolution::Minute, MIDNIGHT + HOUR - 60_000);
+    assert_eq!(
+        (minute.usage_l, minute.meters, minute.inflow_l),
+        (10, 2, Some(15))
+    );
+    // Not a top consumer, though it used the most.
+    assert!(out.top[0].entries.iter().all(|e| e.meter != "b0"));
+    // A district without bulk meters has no inflow.
+    let south = shard(&[("m2", vec![5, 5])]);
+    let mut out = Outputs::default();
+    let mut south = south;
+    south.flush(MIDNIGHT + 2 * HOUR, &mut out);
+    assert_eq!(
+        row_of(&out, "south", Resolution::Day, MIDNIGHT).inflow_l,
+        None
+    );
+}
+
+#[test]
+fn inflow_of_shards_merges_into_the_districts_balance() {
+    let mut customers = shard(&[("m0", vec![10, 20, 30, 40])]);
+    let mut bulk = shard(&[("b0", vec![12, 22, 31, 41])]);
+    let mut rollup = DistrictRollup::new(2);
+    let mut out = Outputs::default();
+    customers.flush(MIDNIGHT + 4 * HOUR, &mut out);
+    rollup.absorb(0, MIDNIGHT + 4 * HOUR, &mut out);
+    let mut out = Outputs::default();
+    bulk.flush(MIDNIGHT + 4 * HOUR, &mut out);
+    rollup.absorb(1, MIDNIGHT + 4 * HOUR, &mut out);
+    let day = row_of(&out, "north", Resolution::Day, MIDNIGHT);
+    assert_eq!((day.usage_l, day.meters, day.inflow_l), (100, 1, Some(106)));
+    assert_eq!(day.night_flow_lph, Some(30));
+    assert_eq!(day.inflow_night_flow_lph, Some(31));
+    // The summary counts customers only.
+    assert_eq!(out.summaries[0].usage_today_l, 100);
+    assert_eq!(out.summaries[0].meters_reporting, 1);
 }
 
 #[test]

@@ -166,6 +166,19 @@ pub(crate) fn district_fields(row: &DistrictUsage) -> FieldUpdate {
                 district::NIGHT_FLOW_LPH,
                 row.night_flow_lph.map(|v| v.to_string()),
             ),
+            (district::INFLOW_L, row.inflow_l.map(|v| v.to_string())),
+            (
+                district::INFLOW_NIGHT_02_L,
+                row.inflow_night_hour_l[0].map(|v| v.to_string()),
+            ),
+            (
+                district::INFLOW_NIGHT_03_L,
+                row.inflow_night_hour_l[1].map(|v| v.to_string()),
+            ),
+            (
+                district::INFLOW_NIGHT_FLOW_LPH,
+                row.inflow_night_flow_lph.map(|v| v.to_string()),
+            ),
         ],
     )
 }
@@ -232,6 +245,12 @@ pub(crate) fn parse_district(
         parse_field(key, hash, district::NIGHT_03_L)?,
     ];
     row.night_flow_lph = parse_field(key, hash, district::NIGHT_FLOW_LPH)?;
+    row.inflow_l = parse_field(key, hash, district::INFLOW_L)?;
+    row.inflow_night_hour_l = [
+        parse_field(key, hash, district::INFLOW_NIGHT_02_L)?,
+        parse_field(key, hash, district::INFLOW_NIGHT_03_L)?,
+    ];
+    row.inflow_night_flow_lph = parse_field(key, hash, district::INFLOW_NIGHT_FLOW_LPH)?;
     Ok(Some(row))
 }
 
@@ -584,15 +603,20 @@ mod tests {
         row.meters = 2;
         row.meter_hour_sketch.add(10);
         row.night_hour_l = [Some(6), None];
+        row.inflow_l = Some(260);
+        row.inflow_night_hour_l = [None, Some(11)];
         row.refresh_derived();
         let update = district_fields(&row);
         assert!(update.1.contains(&district::NIGHT_03_L));
+        assert!(update.1.contains(&district::INFLOW_NIGHT_02_L));
         let back = parse_district("k", "acme", "north", Resolution::Day, &hash_of(update))
             .unwrap()
             .unwrap();
         assert_eq!(back, cached_row(&row));
         assert_eq!(back.p50_l, Some(10));
         assert_eq!(back.night_flow_lph, Some(6));
+        assert_eq!(back.inflow_l, Some(260));
+        assert_eq!(back.inflow_night_flow_lph, Some(11));
         assert_eq!(
             parse_district("k", "acme", "north", Resolution::Day, &HashMap::new()).unwrap(),
             None

@@ -55,6 +55,13 @@ pub mod district {
     pub const NIGHT_03_L: &str = "night_03_l";
     /// Day rows: minimum night flow, L/h.
     pub const NIGHT_FLOW_LPH: &str = "night_flow_lph";
+    /// Litres the district's bulk (inflow) meters measured in the window.
+    pub const INFLOW_L: &str = "inflow_l";
+    /// Day rows: inflow in the local 02:00 and 03:00 hours, litres.
+    pub const INFLOW_NIGHT_02_L: &str = "inflow_night_02_l";
+    pub const INFLOW_NIGHT_03_L: &str = "inflow_night_03_l";
+    /// Day rows: minimum night flow of the inflow, L/h.
+    pub const INFLOW_NIGHT_FLOW_LPH: &str = "inflow_night_flow_lph";
 }
 
 /// Entries of the `mf:{t}:alerts` STREAM, and keys of the JSON objects in

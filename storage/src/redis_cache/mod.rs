@@ -10,7 +10,7 @@
 //! | `mf:{t}:meter:{m}` | HASH: view fields, `period`, `period_l`, `bill_cents`, `alerts_open` | 7 days |
 //! | `mf:{t}:district:{d}:min:{yyyymmddHHMM}` (UTC minute) | HASH: usage, meters | 2 days |
 //! | `mf:{t}:district:{d}:hour:{yyyymmddHH}` (UTC hour) | HASH: usage, meters, percentiles | 35 days |
-//! | `mf:{t}:district:{d}:day:{yyyymmdd}` (local date) | HASH: usage, meters, night flow | 400 days |
+//! | `mf:{t}:district:{d}:day:{yyyymmdd}` (local date) | HASH: usage, meters, night flow, inflow | 400 days |
 //! | `mf:{t}:top:{yyyymmdd}` (local date) | ZSET: meter → litres that day | 35 days |
 //! | `mf:{t}:alerts` | STREAM of alert steps, `MAXLEN ~ 10000` | 30 days |
 //! | `mf:{t}:alerts:open` | HASH: `{meter}:{kind}` → JSON of the latest step | 30 days |

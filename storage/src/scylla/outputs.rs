@@ -103,8 +103,9 @@ impl OutputStatements {
             .await?,
             insert_district_hour: prepare(format!(
                 "INSERT INTO {ks}.district_hourly (tenant, district, day, hour, usage_l, meters, \
-                 p50_l, p90_l, p99_l, sketch_zeros, sketch_bins, night_hour_l, night_flow_lph) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?"
+                 p50_l, p90_l, p99_l, sketch_zeros, sketch_bins, night_hour_l, night_flow_lph, \
+                 inflow_l, inflow_night_hour_l, inflow_night_flow_lph) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?"
             ))
             .await?,
             insert_district_hour_day: prepare(format!(
@@ -119,7 +120,8 @@ impl OutputStatements {
             .await?,
             select_district_hours: prepare(format!(
                 "SELECT hour, usage_l, meters, p50_l, p90_l, p99_l, sketch_zeros, sketch_bins, \
-                 night_hour_l, night_flow_lph FROM {ks}.district_hourly \
+                 night_hour_l, night_flow_lph, inflow_l, inflow_night_hour_l, \
+                 inflow_night_flow_lph FROM {ks}.district_hourly \
                  WHERE tenant = ? AND district = ? AND day = ? AND hour >= ? AND hour < ?"
             ))
             .await?,
@@ -241,6 +243,12 @@ struct DistrictHourColumns {
     #[scylla(default_when_null)]
     night_hour_l: (Option<i64>, Option<i64>),
     night_flow_lph: Option<i64>,
+    /// The bulk meters' inflow; `null` until one reported in the window.
+    inflow_l: Option<i64>,
+    /// The inflow's night hours, as `night_hour_l`.
+    #[scylla(default_when_null)]
+    inflow_night_hour_l: (Option<i64>, Option<i64>),
+    inflow_night_flow_lph: Option<i64>,
 }
 
 /// An episode within its `(tenant, day)` partition: opened_at, meter, kind.
@@ -446,11 +454,11 @@ impl DistrictHourColumns {
                 .iter()
                 .map(|&(bucket, count)| (i32::from(bucket), bigint(count)))
                 .collect(),
-            night_hour_l: (
-                row.night_hour_l[0].map(bigint),
-                row.night_hour_l[1].map(bigint),
-            ),
+            night_hour_l: night_columns(row.night_hour_l),
             night_flow_lph: row.night_flow_lph.map(bigint),
+            inflow_l: row.inflow_l.map(bigint),
+            inflow_night_hour_l: night_columns(row.inflow_night_hour_l),
+            inflow_night_flow_lph: row.inflow_night_flow_lph.map(bigint),
         }
     }
 
@@ -464,8 +472,11 @@ impl DistrictHourColumns {
             p99_l,
             sketch_zeros,
             sketch_bins,
-            night_hour_l: (night_2, night_3),
+            night_hour_l,
             night_flow_lph,
+            inflow_l,
+            inflow_night_hour_l,
+            inflow_night_flow_lph,
         } = self;
         let bins = sketch_bins
             .into_iter()
@@ -494,10 +505,23 @@ impl DistrictHourColumns {
             p50_l: p50_l.map(unsigned),
             p90_l: p90_l.map(unsigned),
             p99_l: p99_l.map(unsigned),
-            night_hour_l: [night_2.map(unsigned), night_3.map(unsigned)],
+            night_hour_l: night_hours(night_hour_l),
             night_flow_lph: night_flow_lph.map(unsigned),
+            inflow_l: inflow_l.map(unsigned),
+            inflow_night_hour_l: night_hours(inflow_night_hour_l),
+            inflow_night_flow_lph: inflow_night_flow_lph.map(unsigned),
         })
     }
+}
+
+/// The two night hours as their tuple column.
+fn night_columns(hours: [Option<u64>; 2]) -> (Option<i64>, Option<i64>) {
+    (hours[0].map(bigint), hours[1].map(bigint))
+}
+
+/// A night-hours tuple column back into the two hours.
+fn night_hours((two, three): (Option<i64>, Option<i64>)) -> [Option<u64>; 2] {
+    [two.map(unsigned), three.map(unsigned)]
 }
 
 impl Core {
@@ -893,6 +917,9 @@ mod tests {
         }
         hour.refresh_derived();
         hour.night_hour_l = [Some(4), None];
+        hour.inflow_l = Some(50);
+        hour.inflow_night_hour_l = [None, Some(9)];
+        hour.inflow_night_flow_lph = Some(9);
         let columns = DistrictHourColumns::of(&hour);
         assert_eq!(columns.clone().decode("t", "north").unwrap(), hour);
         let bad = DistrictHourColumns {

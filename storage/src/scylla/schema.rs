@@ -12,7 +12,7 @@
 //! | `bills` | `((tenant, period), meter)` | currency, usage_l, tiers, fixed_cents, amount_cents, is_estimated, is_final | 2 |
 //! | `alerts` | `((tenant, day), opened_at, meter, kind)` newest first | priority, state, event_at, detail: the episode's latest event | 2 |
 //! | `alert_days` | `((tenant), day)` newest first | which days of a tenant have alert episodes | 2 |
-//! | `district_hourly` | `((tenant, district, day), hour)` | usage_l, meters, p50_l, p90_l, p99_l, sketch_zeros, sketch_bins, night_hour_l, night_flow_lph | 2 |
+//! | `district_hourly` | `((tenant, district, day), hour)` | usage_l, meters, p50_l, p90_l, p99_l, sketch_zeros, sketch_bins, night_hour_l, night_flow_lph (2); inflow_l, inflow_night_hour_l, inflow_night_flow_lph (3) | 2 |
 //! | `district_hourly_days` | `((tenant, district), day)` | which days of a district have hourly rows | 2 |
 //! | `schema_migrations` | `(version)` | name, applied_at | — |
 //!
@@ -44,7 +44,10 @@
 //!   `sketch_bins` (`(bucket, count)`, frozen) are the mergeable
 //!   `meter_hour_sketch`; `night_hour_l` is a tuple of the two night hours (null
 //!   components until known) and, with `night_flow_lph`, a day-row field that hour
-//!   rows carry as null. TTL `district_hourly_ttl_days` (default 400).
+//!   rows carry as null. `inflow_l` is the bulk meters' inflow (null until one
+//!   reported in the hour); `inflow_night_hour_l` and `inflow_night_flow_lph` are
+//!   the inflow's night hours and minimum night flow, day-row fields like the
+//!   customers' ones. TTL `district_hourly_ttl_days` (default 400).
 //!
 //! The `*_days` tables are indexes the read paths need: readings are partitioned by
 //! day, dead letters and alerts by tenant-day, district hours by district-day, so
@@ -59,8 +62,11 @@
 //! with string-valued options, `default_time_to_live`, `IF NOT EXISTS`), and is tested
 //! against Cassandra 5.0 (`scripts/cassandra`).
 //!
-//! Migrations: each has a version, a name and a list of statements that are each
-//! idempotent (`IF NOT EXISTS`). [`migrate`] runs the versions not yet recorded in
+//! Migrations: each has a version, a name, a list of statements that are each
+//! idempotent (`IF NOT EXISTS`) and columns it adds to existing tables
+//! ([`AddedColumn`]: `ALTER TABLE … ADD`, which has no `IF NOT EXISTS` in ScyllaDB or
+//! Cassandra before 4.1, so [`migrate`] runs it only when `system_schema.columns`
+//! lacks the column). [`migrate`] runs the versions not yet recorded in
 //! `schema_migrations`, in order, and records each after its statements succeeded: a
 //! migration interrupted halfway is simply run again. Run them from one process at a
 //! time (the service's start-up, or a deploy job): concurrent `CREATE TABLE` on
@@ -106,13 +112,39 @@ pub struct Migration {
     pub version: i32,
     pub name: &'static str,
     statements: fn(&str, &ScyllaConfig) -> Vec<String>,
+    /// Columns added to tables of earlier migrations, after `statements`.
+    pub added_columns: &'static [AddedColumn],
 }
 
 impl Migration {
-    /// The statements of this migration for `keyspace` and `config`.
+    /// The statements of this migration for `keyspace` and `config`, without its
+    /// added columns.
     pub fn statements(&self, keyspace: &str, config: &ScyllaConfig) -> Vec<String> {
         (self.statements)(keyspace, config)
     }
+}
+
+/// A column a migration adds to an existing table. Guarded by [`column_exists`]
+/// instead of `IF NOT EXISTS` (see the module doc), so running it again is a no-op.
+#[derive(Clone, Copy, Debug)]
+pub struct AddedColumn {
+    pub table: &'static str,
+    pub column: &'static str,
+    pub cql_type: &'static str,
+}
+
+impl AddedColumn {
+    /// The `ALTER TABLE … ADD` that adds the column.
+    pub fn statement(&self, keyspace: &str) -> String {
+        format!(
+            "ALTER TABLE {keyspace}.{} ADD {} {}",
+            self.table, self.column, self.cql_type
+        )
+    }
+}
+
+fn no_statements(_: &str, _: &ScyllaConfig) -> Vec<String> {
+    Vec::new()
 }
 
 /// Every migration, in version order. Never edit one that has shipped: add another.
@@ -121,11 +153,35 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 1,
         name: "readings, reading_days, meter_state, dead_letters, dead_letter_days",
         statements: initial_tables,
+        added_columns: &[],
     },
     Migration {
         version: 2,
         name: "bills, alerts, alert_days, district_hourly, district_hourly_days",
         statements: output_tables,
+        added_columns: &[],
+    },
+    Migration {
+        version: 3,
+        name: "district_hourly: inflow_l, inflow_night_hour_l, inflow_night_flow_lph",
+        statements: no_statements,
+        added_columns: &[
+            AddedColumn {
+                table: "district_hourly",
+                column: "inflow_l",
+                cql_type: "bigint",
+            },
+            AddedColumn {
+                table: "district_hourly",
+                column: "inflow_night_hour_l",
+                cql_type: "frozen<tuple<bigint, bigint>>",
+            },
+            AddedColumn {
+                table: "district_hourly",
+                column: "inflow_night_flow_lph",
+                cql_type: "bigint",
+            },
+        ],
     },
 ];
 
@@ -258,8 +314,34 @@ pub fn full_schema(keyspace: &str, config: &ScyllaConfig) -> Vec<String> {
     ];
     for migration in MIGRATIONS {
         all.extend(migration.statements(keyspace, config));
+        all.extend(
+            migration
+                .added_columns
+                .iter()
+                .map(|c| c.statement(keyspace)),
+        );
     }
     all
+}
+
+/// Whether `system_schema.columns` lists `column` of `keyspace`.
+async fn column_exists(
+    session: &Session,
+    keyspace: &str,
+    column: &AddedColumn,
+) -> Result<bool, StoreError> {
+    let result = session
+        .query_unpaged(
+            "SELECT column_name FROM system_schema.columns \
+             WHERE keyspace_name = ? AND table_name = ? AND column_name = ?",
+            (keyspace, column.table, column.column),
+        )
+        .await
+        .map_err(|e| errors::execution("reading system_schema.columns failed", &e))?;
+    let rows = result
+        .into_rows_result()
+        .map_err(|e| errors::type_check("system_schema.columns returned no rows", &e))?;
+    Ok(rows.rows_num() > 0)
 }
 
 async fn run_ddl(session: &Session, statement: &str) -> Result<(), StoreError> {
@@ -536,6 +618,11 @@ pub(crate) async fn migrate(
         for statement in migration.statements(keyspace, config) {
             run_ddl(session, &statement).await?;
         }
+        for column in migration.added_columns {
+            if !column_exists(session, keyspace, column).await? {
+                run_ddl(session, &column.statement(keyspace)).await?;
+            }
+        }
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -656,8 +743,21 @@ mod tests {
         sorted.dedup();
         assert_eq!(versions, sorted, "versions ascend and are unique");
         for statement in full_schema("ks", &config) {
-            assert!(statement.contains("IF NOT EXISTS"), "{statement}");
+            // Added columns are guarded by `column_exists` instead.
+            assert!(
+                statement.contains("IF NOT EXISTS") || statement.starts_with("ALTER TABLE ks."),
+                "{statement}"
+            );
         }
+        let added: Vec<String> = MIGRATIONS[2]
+            .added_columns
+            .iter()
+            .map(|c| c.statement("ks"))
+            .collect();
+        assert_eq!(
+            added[1],
+            "ALTER TABLE ks.district_hourly ADD inflow_night_hour_l frozen<tuple<bigint, bigint>>"
+        );
         let readings = &MIGRATIONS[0].statements("ks", &config)[0];
         assert!(readings.contains("TimeWindowCompactionStrategy"));
         assert!(readings.contains("'compaction_window_size': '14'"));

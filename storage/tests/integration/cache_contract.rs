@@ -174,19 +174,23 @@ pub(crate) fn minute_rows(tenant: &str) -> Vec<DistrictUsage> {
     ]
 }
 
-/// North's 00:00 hour with percentiles from a sketch.
+/// North's 00:00 hour with percentiles from a sketch and its bulk meter's inflow.
 pub(crate) fn hour_row(tenant: &str) -> DistrictUsage {
     let mut row = district_row(tenant, "north", Resolution::Hour, MIDNIGHT, 40, 2);
     row.meter_hour_sketch.add(10);
     row.meter_hour_sketch.add(30);
+    row.inflow_l = Some(52);
     row.refresh_derived();
     row
 }
 
-/// North's day with night hours.
+/// North's day with night hours, and its inflow with the inflow's night hours (the
+/// 03:00 one not known yet).
 pub(crate) fn day_row(tenant: &str) -> DistrictUsage {
     let mut row = district_row(tenant, "north", Resolution::Day, MIDNIGHT, 1_850, 2);
     row.night_hour_l = [Some(6), Some(4)];
+    row.inflow_l = Some(2_100);
+    row.inflow_night_hour_l = [Some(11), None];
     row.refresh_derived();
     row
 }
@@ -326,6 +330,7 @@ pub(crate) fn check_contract(cache: &dyn HotCache) {
         .unwrap();
     assert_eq!(hours, vec![as_cached(&hour_row("acme"))]);
     assert_eq!(hours[0].p50_l, Some(10));
+    assert_eq!(hours[0].inflow_l, Some(52));
     let days = cache
         .district_usage(
             "acme",
@@ -337,6 +342,16 @@ pub(crate) fn check_contract(cache: &dyn HotCache) {
         .unwrap();
     assert_eq!(days, vec![as_cached(&day_row("acme"))]);
     assert_eq!(days[0].night_flow_lph, Some(4));
+    assert_eq!(
+        (
+            days[0].inflow_l,
+            days[0].inflow_night_hour_l,
+            days[0].inflow_night_flow_lph
+        ),
+        (Some(2_100), [Some(11), None], Some(11))
+    );
+    // Minute rows of a district without inflow carry none.
+    assert_eq!(minutes[0].inflow_l, None);
     assert!(
         cache
             .district_usage(

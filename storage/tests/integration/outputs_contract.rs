@@ -73,11 +73,13 @@ fn alert(
     }
 }
 
-/// An hour row with every field set the way analytics sets it for hour rows.
+/// An hour row with every field set the way analytics sets it for hour rows; even
+/// usages come with a bulk meter's inflow (120 L more), odd ones without.
 fn hour(tenant: &str, district: &str, start_ms: i64, usage_l: u64) -> DistrictUsage {
     let mut row = DistrictUsage::new(tenant, district, Resolution::Hour, start_ms);
     row.usage_l = usage_l;
     row.meters = usage_l % 7 + 1;
+    row.inflow_l = usage_l.is_multiple_of(2).then_some(usage_l + 120);
     for meter_l in [0, usage_l / 3, usage_l / 2, usage_l] {
         row.meter_hour_sketch.add(meter_l);
     }
@@ -395,6 +397,11 @@ fn district_hours_come_ascending_within_bounds(store: &dyn ReadingStore) {
     store.write_outputs(&outputs(vec![], vec![], rows)).unwrap();
 
     assert_eq!(all_hours(store, t, d), hours, "hour rows only, ascending");
+    let inflows: Vec<_> = all_hours(store, t, d)[..3]
+        .iter()
+        .map(|row| row.inflow_l)
+        .collect();
+    assert_eq!(inflows, [Some(1_120), None, Some(1_122)], "inflow, or none");
     let at = |i: i64| BASE_HOUR + i * 5 * HOUR_MS;
     assert_eq!(
         store.district_hourly(t, d, at(2), at(9)).unwrap(),
@@ -431,7 +438,10 @@ fn district_hours_come_ascending_within_bounds(store: &dyn ReadingStore) {
     // An hour rewritten later (more meters reported) is replaced whole.
     let mut grown = hour(t, d, at(4), 5_000);
     grown.meter_hour_sketch.add(9_999);
+    // Every inflow field is carried, the day-row ones too.
+    grown.inflow_night_hour_l = [Some(3), None];
     grown.refresh_derived();
+    assert_eq!(grown.inflow_night_flow_lph, Some(3));
     store
         .write_outputs(&outputs(vec![], vec![], vec![grown.clone()]))
         .unwrap();
@@ -838,15 +848,55 @@ fn scylla_outputs_contract() {
 
     // Migration 2 is recorded like migration 1; if its record is lost, it runs again
     // without touching the tables or their rows.
-    assert_eq!(store.applied_migrations().unwrap(), [1, 2]);
+    assert_eq!(store.applied_migrations().unwrap(), [1, 2, 3]);
     keyspace.execute(&format!(
         "DELETE FROM {ks}.schema_migrations WHERE version = 2"
     ));
     assert_eq!(store.migrate().unwrap(), [2]);
-    assert_eq!(store.applied_migrations().unwrap(), [1, 2]);
+    assert_eq!(store.applied_migrations().unwrap(), [1, 2, 3]);
     assert_eq!(
         store.bill("iso", "2025-11", "m").unwrap().unwrap().usage_l,
         1
+    );
+
+    // Migration 3 adds the inflow columns: run again over a table that has them, it
+    // leaves them and their values alone.
+    let inflow = |store: &ScyllaStore| -> Vec<Option<u64>> {
+        all_hours(store, "hours", "north")[..3]
+            .iter()
+            .map(|row| row.inflow_l)
+            .collect()
+    };
+    assert_eq!(inflow(&store), [Some(1_120), None, Some(1_122)]);
+    keyspace.execute(&format!(
+        "DELETE FROM {ks}.schema_migrations WHERE version = 3"
+    ));
+    assert_eq!(store.migrate().unwrap(), [3]);
+    assert_eq!(inflow(&store), [Some(1_120), None, Some(1_122)]);
+    // A keyspace of the previous release (district_hourly without them, migration
+    // 3 not recorded) gains them; its rows read with no inflow.
+    for column in ["inflow_l", "inflow_night_hour_l", "inflow_night_flow_lph"] {
+        keyspace.execute(&format!("ALTER TABLE {ks}.district_hourly DROP {column}"));
+    }
+    keyspace.execute(&format!(
+        "DELETE FROM {ks}.schema_migrations WHERE version = 3"
+    ));
+    assert_eq!(store.migrate().unwrap(), [3]);
+    drop(store);
+    let store = ScyllaStore::open(&[cassandra.as_str()], &keyspace.name, scylla_test_config())
+        .expect("store reopens");
+    assert_eq!(inflow(&store), [None, None, None]);
+    let mut written = hour("hours", "north", BASE_HOUR + 100 * HOUR_MS, 10);
+    written.inflow_night_hour_l = [None, Some(2)];
+    written.refresh_derived();
+    store
+        .write_outputs(&outputs(vec![], vec![], vec![written.clone()]))
+        .unwrap();
+    assert_eq!(
+        store
+            .district_hourly("hours", "north", written.start_ms, written.start_ms + 1)
+            .unwrap(),
+        [written]
     );
     drop(store);
 }

@@ -445,13 +445,15 @@ fn redis_apply_writes_every_key_with_its_fields_and_a_ttl() {
         &mut raw.connection,
         &format!("{t}:district:north:hour:2025011500"),
     );
-    assert_eq!(hour.len(), 6, "{hour:?}");
+    assert_eq!(hour.len(), 7, "{hour:?}");
     assert_eq!(hour[fields::district::P50_L], "10");
+    assert_eq!(hour[fields::district::INFLOW_L], "52");
     let day = hash(
         &mut raw.connection,
         &format!("{t}:district:north:day:20250115"),
     );
-    assert_eq!(day.len(), 6, "{day:?}");
+    // The inflow's 03:00 hour is not known yet: no field.
+    assert_eq!(day.len(), 9, "{day:?}");
     assert_eq!(
         (
             day[fields::district::USAGE_L].as_str(),
@@ -460,6 +462,14 @@ fn redis_apply_writes_every_key_with_its_fields_and_a_ttl() {
             day[fields::district::NIGHT_FLOW_LPH].as_str()
         ),
         ("1850", "6", "4", "4")
+    );
+    assert_eq!(
+        (
+            day[fields::district::INFLOW_L].as_str(),
+            day[fields::district::INFLOW_NIGHT_02_L].as_str(),
+            day[fields::district::INFLOW_NIGHT_FLOW_LPH].as_str()
+        ),
+        ("2100", "11", "11")
     );
 
     let top: Vec<(String, u64)> = raw
