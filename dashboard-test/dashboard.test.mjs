@@ -188,6 +188,8 @@ async function startMeterflow() {
     '[processors.analytics]', 'flush_interval_ms = 1000', '',
     '[processors.tenants.demo]', 'default_meter_size = "dn40"', '',
     '[processors.tenants.demo.districts]', ...Object.entries(DISTRICTS).map(([meter, d]) => `${meter} = "${d}"`), '',
+    '[processors.tenants.demo.bulk_meters]', `${BULK_METER} = "north"`, '',
+    '[processors.tenants.demo.meter_sizes]', `${BULK_METER} = "dn150"`, '',
     '[processors.tenants.demo.tariff]', `time_zone = "${TENANT_ZONE}"`, '',
   ].join('\n'));
   const logPath = path.join(tmp, 'meterflow.log');
@@ -225,6 +227,11 @@ const DISTRICTS = Object.fromEntries([
   ...[8, 9, 10, 11, 100, 101, 102, 103, 104, 105].map((i) => [meterId(i), 'south']),
   ['gap01', 'east'], ['gap02', 'east'],
 ]);
+
+/** The bulk (inflow) meter feeding north: the water balance's inflow (sendInflow). */
+const BULK_METER = 'bulk01';
+/** Litres bulk01 measures (in 8 minutes, within DN150's overload flow): north's inflow today. */
+const INFLOW_L = 30_000;
 
 /** A fleet of `meters` DN40 meters from index `first`, one reading a minute for 40 min up to now. */
 async function simulate(service, first, meters) {
@@ -284,6 +291,12 @@ async function sendFast(service, meter) {
   await publish(service, meter, {
     v: 1, seq: 1, readings: [{ ts: now() - 4 * MINUTE_MS, reg: 50_000, flow: 0 }, { ts: now() + 6 * MINUTE_MS, reg: 50_040, flow: 400 }],
   });
+}
+
+/** North's inflow: two reads of the bulk meter, 10 and 2 minutes before now, INFLOW_L apart (always within today). */
+async function sendInflow(service) {
+  const readings = [{ ts: now() - 10 * MINUTE_MS, reg: 1_000_000, flow: 0 }, { ts: now() - 2 * MINUTE_MS, reg: 1_000_000 + INFLOW_L, flow: 0 }];
+  await publish(service, BULK_METER, { v: 1, seq: 1, readings });
 }
 
 async function api(service, path, token) {
@@ -368,6 +381,7 @@ test(`the dashboard shows a live tenant and keeps up with new data (clock: ${CLO
   await sendSparse(service, 'gap02');
   await sendSilent(service, 'silent01');
   await sendLowBattery(service, 'lowbat01');
+  await sendInflow(service);
   meters.push('leak01', 'gap01', 'gap02', 'silent01', 'lowbat01');
   const before = await summaryWhere(service, (s) => s.meters_reporting >= 12 && s.alerts_open >= 2, '12 meters, a leak and a low battery');
   // Every district's minute rows are flushed before the page judges which is busiest.
@@ -479,8 +493,26 @@ test(`the dashboard shows a live tenant and keeps up with new data (clock: ${CLO
   await page.goto(pageUrl);
   await wait(() => /district east,/.test(document.getElementById('district-chart').getAttribute('aria-label') || ''));
   assert.equal(await page.$eval('#district', (s) => s.value), 'east');
+  // East has no bulk meter: no water balance.
+  await page.waitForSelector('#balance-panel', { state: 'hidden', timeout: UI_TIMEOUT_MS });
   await page.selectOption('#district', 'north');
   await page.waitForSelector('#district-chart circle.pt', { timeout: UI_TIMEOUT_MS });
+
+  // North's water balance: today's inflow is exactly what bulk01 measured, the
+  // consumption north's customers' litres of the day (the district's day row, without
+  // the bulk meter), non-revenue water their difference, in litres and % of the inflow.
+  const todayRow = `#balance tbody tr[data-day="${today.label}"]`;
+  await page.waitForSelector(todayRow, { timeout: UI_TIMEOUT_MS });
+  await eventually(async () => {
+    const [usage] = await api(service, `demo/districts/north/usage?resolution=day&from=${today.start}&to=${today.start + 1}`);
+    const shown = await page.$$eval(`${todayRow} td.num`, (tds) => tds.map((td) => td.dataset.value));
+    const nrw = INFLOW_L - usage.usage_l;
+    const nrwPct = Math.round((nrw * 100 / INFLOW_L) * 100) / 100;
+    assert.deepEqual(shown, [String(INFLOW_L), String(usage.usage_l), String(nrw), String(nrwPct), ''],
+      `inflow, consumption, NRW L, NRW %, night flow (none: no read in the night) for ${today.label}`);
+    assert.equal(await page.$eval(`${todayRow} td:nth-child(5)`, (td) => td.textContent), nrwPct.toFixed(2) + ' %');
+  });
+  assert.equal(await page.$eval('#balance-district', (e) => e.textContent), 'north');
 
   // The leak alert, with its priority, and the top consumers.
   const leak = await page.waitForSelector('#alerts li.alert[data-kind="leak"][data-meter="leak01"]', { timeout: UI_TIMEOUT_MS });

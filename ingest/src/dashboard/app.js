@@ -1,5 +1,5 @@
 // meterflow dashboard: polls the tenant API every few seconds and draws the summary,
-// district usage, top consumers, open alerts, silent meters, a meter search and one
+// district usage, the district's water balance, top consumers, open alerts, silent meters, a meter search and one
 // meter with its alert history. Plain DOM and hand-drawn SVG, no dependencies, no
 // inline script (the page is served with a strict CSP).
 'use strict';
@@ -20,6 +20,8 @@
   /** Silent meters and search results per page ("More" fetches the next one). */
   const SILENT_PAGE = 50;
   const SEARCH_PAGE = 10;
+  /** Local days the water balance shows, today included: a week of night flows for a trend. */
+  const BALANCE_DAYS = 7;
   /** Districts compared when the page picks the busiest one (one usage call each). */
   const MAX_AUTO_DISTRICTS = 24;
   /** Low battery at or below this percent: the alert rules' default `low_battery_pct`. */
@@ -403,6 +405,40 @@
       ' · a break in the line is a window without data';
   }
 
+  // ---- water balance: the shown district's bulk-meter inflow against its consumption ----
+  const dayLabel = (ms) => { const p = clock.parts(ms); return p.year + '-' + p.month + '-' + p.day; };
+  const pct = (v) => (v == null ? '–' : v.toFixed(2) + ' %');
+  const cell = (value, text) => h('td', { class: 'num', 'data-value': value == null ? '' : String(value) }, text);
+
+  /** Shown only for a district whose bulk meters reported in the days shown (tenants with bulk_meters). */
+  async function loadBalance() {
+    const key = viewKey(), district = state.district, panel = $('balance-panel');
+    if (!district) return void (panel.hidden = true);
+    const now = Date.now();
+    const b = await api('/districts/' + encodeURIComponent(district) + '/balance?resolution=day&from=' + (now - BALANCE_DAYS * 86400e3) + '&to=' + (now + 1));
+    if (key !== viewKey()) return;
+    const days = ((b && b.windows) || []).filter((w) => w.inflow_l != null);
+    panel.hidden = !days.length;
+    if (!days.length) return;
+    $('balance-district').textContent = district;
+    $('balance').tBodies[0].replaceChildren(...days.map((w) => {
+      const bar = h('div', { class: 'meter-bar' });
+      bar.style.width = (w.inflow_l ? Math.min(100, (100 * w.consumption_l) / w.inflow_l) : 0).toFixed(1) + '%';
+      return h('tr', { 'data-day': dayLabel(w.start) },
+        h('td', null, dayLabel(w.start)),
+        cell(w.inflow_l, int(w.inflow_l)),
+        cell(w.consumption_l, int(w.consumption_l)),
+        cell(w.nrw_l, int(w.nrw_l)),
+        cell(w.nrw_pct, pct(w.nrw_pct)),
+        cell(w.night_flow_lph, int(w.night_flow_lph)),
+        h('td', { class: 'barcol', title: 'consumption of the inflow' }, bar));
+    }));
+    const trend = b.night_flow_trend_lph_per_day;
+    $('balance-meta').textContent = 'last ' + BALANCE_DAYS + ' days · non-revenue water = inflow − consumption (negative: customers registered more)' +
+      (trend == null ? '' : ' · night flow trend ' + (trend > 0 ? '+' : '') + trend.toFixed(2) + ' L/h per day');
+  }
+  const loadDistrict = () => loadUsage().then(loadBalance);
+
   // ---- top consumers and open alerts ----
   async function loadTop() {
     const generation = state.generation;
@@ -629,7 +665,7 @@
     state.district = name;
     state.districtSource = 'user';
     localStorage.setItem('mf.district.' + state.tenant, name);
-    loadUsage().catch(report1);
+    loadDistrict().catch(report1);
   }
 
   // ---- status and errors ----
@@ -675,7 +711,7 @@
     try {
       // The summary first: the meter's bill period and the time zone come from it.
       const first = await Promise.allSettled([loadSummary()]);
-      const rest = await Promise.allSettled([loadUsage(), loadTop(), loadAlerts(), loadSilent(), loadMeter()]);
+      const rest = await Promise.allSettled([loadDistrict(), loadTop(), loadAlerts(), loadSilent(), loadMeter()]);
       if (generation !== state.generation) return;
       report([...first, ...rest].filter((r) => r.status === 'rejected').map((r) => r.reason));
     } finally {
@@ -700,6 +736,7 @@
     $('district').replaceChildren();
     $('district-chart').toggleAttribute('hidden', true);
     $('usage-meta').textContent = '';
+    $('balance-panel').hidden = true;
     $('meter-detail').hidden = true;
     for (const id of ['usage-empty', 'alerts-empty', 'top-empty', 'silent-empty', 'found-empty']) setEmpty(id, '');
   }

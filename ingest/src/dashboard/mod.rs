@@ -1,5 +1,7 @@
 //! The utility dashboard: one page at `/` for a water utility's control room — the
 //! tenant's usage today, meters reporting and open alerts, district usage over time,
+//! the district's water balance (bulk meters' inflow, consumption, non-revenue water,
+//! the inflow's minimum night flow; only for districts fed by bulk meters),
 //! the day's top consumers, open alerts by priority, silent meters (no reading for a
 //! chosen span), a meter search, and a drill-down into one meter (latest reading,
 //! district, battery and signal, quality, today's and the period's usage, the bill so
