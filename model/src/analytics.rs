@@ -218,10 +218,11 @@ impl DistrictUsage {
     }
 }
 
-/// The sum of two partial figures, unknown only when both are.
+/// The sum of two partial figures, unknown only when both are (saturating: no input
+/// makes it panic).
 pub fn add_known(a: Option<u64>, b: Option<u64>) -> Option<u64> {
     match (a, b) {
-        (Some(a), Some(b)) => Some(a + b),
+        (Some(a), Some(b)) => Some(a.saturating_add(b)),
         (a, b) => a.or(b),
     }
 }
