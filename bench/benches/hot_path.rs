@@ -52,7 +52,7 @@ use gungraun::{library_benchmark, library_benchmark_group, main};
 use meterflow_ingest::config::Config;
 use meterflow_ingest::metrics::PipelineMetrics;
 use meterflow_ingest::shard::ShardSettings;
-use meterflow_ingest::shard::core::{Arrival, Now, Sealed, ShardCore, Step};
+use meterflow_ingest::shard::core::{Arrival, Now, Sealed, ShardCore, Step, WindowRows};
 use meterflow_ingest::tenants::Tenants;
 use meterflow_model::codec::{decode, encode_binary, encode_json};
 use meterflow_model::{MeterKey, MeterState, Outputs, SealedBatch, Uplink, mac};
@@ -192,7 +192,8 @@ impl Shard {
                 received: self.at,
             };
             while let Step::NeedsState(key) = self.core.admit(&arrival, self.at) {
-                self.core.hydrated(key, MeterState::default());
+                self.core
+                    .hydrated(key, MeterState::default(), WindowRows::default());
             }
         }
     }

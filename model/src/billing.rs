@@ -181,6 +181,8 @@ pub struct PeriodReads {
 /// Per-meter billing state. `current` and `previous` fold *settled* reads only (VEE's
 /// decision on them is final); the actual reads of VEE's window, which a late read
 /// can still re-decide, are kept apart in `open` and folded in when a bill is made.
+/// Only `current` and `previous` are persisted: `open` is rebuilt from VEE's rebuilt
+/// window on hydration (see [`crate::vee::VeeState`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BillingState {
     /// The period of the meter's newest settled read.
@@ -188,7 +190,8 @@ pub struct BillingState {
     /// The period before it, until its late window passes and its bill is final.
     pub previous: Option<PeriodReads>,
     /// Actual reads not yet settled, ascending `ts`, one per `ts`: as many as VEE's
-    /// window holds at most (`MAX_WINDOW_READS`).
+    /// window holds at most (`MAX_WINDOW_READS`). Not persisted (rebuilt).
+    #[serde(skip)]
     pub open: Vec<RegisterPoint>,
 }
 

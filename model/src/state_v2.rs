@@ -5,7 +5,8 @@
 //! bincode lays fields out by position, so the old layouts are spelled out here as
 //! they were. What the upgrade cannot carry over: the old state kept no raw reads,
 //! so the upgraded meter's window starts empty and its newest read is the settled
-//! point — a read older than it that arrives after the upgrade is stored as late
+//! point (no stored row lies after it, so hydration's rebuild finds the window empty
+//! too) — a read older than it that arrives after the upgrade is stored as late
 //! (the old remembered gap, where such a read used to re-spread estimates, is
 //! dropped). From the meter's next reads on, the window fills as usual.
 

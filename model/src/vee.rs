@@ -15,7 +15,12 @@
 //! those of the reads in time order, whatever order they arrive in.
 //!
 //! Persisted with bincode's serde mode: no `skip_serializing_if` and no untagged or
-//! flattened fields in the state types.
+//! flattened fields in the state types. Of [`VeeState`], only the settled pass is
+//! persisted (`meter_state` record version 3): the window's raw reads are stored as
+//! readings rows anyway, in the same atomic write, so the window and the pass over it
+//! are rebuilt from those rows when a shard hydrates the meter
+//! (`meterflow_processors::vee::rebuild_window`). They are `#[serde(skip)]`, which
+//! bincode's positional layout allows because both directions skip them.
 
 use std::collections::BTreeMap;
 
@@ -301,14 +306,22 @@ impl VeeFold {
 /// `window`, so that a late read among them re-runs the pass from `settled` and
 /// every decision is the one the reads in time order give, whatever their arrival
 /// order. `head` is the pass over the whole window (the state new reads continue).
+///
+/// Only `settled` is persisted: `window` is the meter's stored non-estimated rows
+/// after the settled point, and `head` the pass over them, so both are rebuilt from
+/// the readings table on hydration. A state just decoded has them empty.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VeeState {
     /// The pass over every settled read.
     pub settled: VeeFold,
     /// Reads after the settled point, ascending `ts`, one per `ts`; bounded by the
-    /// late window and by [`MAX_WINDOW_READS`].
+    /// late window and by [`MAX_WINDOW_READS`]. Not persisted (rebuilt from the
+    /// stored rows).
+    #[serde(skip)]
     pub window: Vec<RawRead>,
-    /// The pass over `settled` and then `window`.
+    /// The pass over `settled` and then `window`. Not persisted (rebuilt with the
+    /// window).
+    #[serde(skip)]
     pub head: VeeFold,
 }
 
@@ -338,8 +351,10 @@ mod tests {
     use crate::codec::binary::{decode_record, encode_record};
     use crate::state::MeterState;
 
-    /// Every processor's state survives the `meter_state` record codec (bincode's
-    /// serde mode is positional: a skipped field would break this).
+    /// Every processor's persisted state survives the `meter_state` record codec, and
+    /// the fields skipped in both directions (VEE's window and head, billing's open
+    /// reads) come back empty without shifting the fields after them (bincode's serde
+    /// mode is positional: a field skipped one way only would break this).
     #[test]
     fn a_fully_populated_meter_state_round_trips() {
         let read = ValidatedRead {
@@ -405,7 +420,16 @@ mod tests {
         state.alerts.last_zero_hour_ts = Some(3);
         state.analytics.day_l = 7;
         let back: MeterState = decode_record(&encode_record(&state)).unwrap();
-        assert_eq!(back, state);
+        let mut persisted = state.clone();
+        persisted.vee.window.clear();
+        persisted.vee.head = VeeFold::default();
+        persisted.billing.open.clear();
+        assert_eq!(back, persisted);
+        assert_eq!(back.billing.current, state.billing.current);
+        assert_eq!(back.alerts, state.alerts);
+        // Nothing of the window is written: the record is as long as one without it.
+        let without_window = encode_record(&persisted);
+        assert_eq!(encode_record(&state), without_window);
     }
 
     #[test]

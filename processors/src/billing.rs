@@ -37,6 +37,11 @@
 //!   that month arriving later does not bring it back. A bill whose boundary was
 //!   interpolated across a gap longer than 1.5 expected intervals is `estimated`.
 //!
+//! - **Open reads are rebuilt, not persisted**: `meter_state` keeps the periods only;
+//!   when a shard hydrates a meter, VEE rebuilds its window from the stored rows and
+//!   the open reads are the actual rows of that window, with their continuous
+//!   registers ([`Processor::rehydrate`]; no bill is emitted).
+//!
 //! Output: one [`BillLine`] per touched period of each meter in the batch.
 
 use std::sync::Arc;
@@ -159,6 +164,28 @@ impl Processor for BillingProcessor {
                 out.bills.push(bill_line(&terms, current, false));
             }
         }
+    }
+
+    /// The open reads are the actual rows VEE made of its rebuilt window, after the
+    /// settled point (the periods hold the settled ones).
+    fn rehydrate(
+        &mut self,
+        _key: &MeterKey,
+        state: &mut MeterState,
+        rows: &mut Vec<StoredReading>,
+    ) {
+        let settled = state.vee.settled_ts();
+        let vee = &state.vee;
+        state.billing.open = rows
+            .iter()
+            .filter(|row| {
+                row.quality == Quality::Actual && settled.is_none_or(|s| row.reading.ts > s)
+            })
+            .map(|row| RegisterPoint {
+                ts: row.reading.ts,
+                creg: vee.continuous_register(row.reading.ts, row.reading.reg),
+            })
+            .collect();
     }
 
     fn sweep_meter(

@@ -16,6 +16,10 @@
 //! 5. [`analytics::AnalyticsProcessor`] — district usage, night flow, percentiles, top
 //!    consumers, as mergeable per-shard partials.
 //!
+//! A meter's state is persisted without what can be rebuilt from its stored rows (VEE's
+//! window of raw reads, billing's open reads): when the runtime hydrates a meter it
+//! reads those rows and [`ProcessorChain::rehydrate`] rebuilds the rest.
+//!
 //! Around the chain: [`notify::NotificationPolicy`] decides which alert events to
 //! deliver now and which later (rate limits, priorities, coalescing), and
 //! [`analytics::DistrictRollup`] merges the shards' analytics partials.
@@ -34,7 +38,9 @@ pub mod vee;
 #[cfg(test)]
 mod testing;
 
-use meterflow_model::{MeterKey, MeterState, Outputs, ProcessorsConfig, SealedBatch};
+use meterflow_model::{
+    MeterKey, MeterState, Outputs, ProcessorsConfig, SealedBatch, StoredReading,
+};
 
 pub use tenants::{ProcessorsConfigError, TenantDirectory};
 
@@ -63,6 +69,20 @@ pub trait Processor: Send {
 
     /// Time-driven work on the processor's own state (flushing aggregates).
     fn tick(&mut self, _now_ms: i64, _out: &mut Outputs) {}
+
+    /// Rebuilds what the processor keeps of a meter without persisting it, once the
+    /// meter's state has been read back from the store ([`ProcessorChain::rehydrate`]).
+    /// `rows` are what the processors before it left of the meter's stored rows; a
+    /// processor may replace them for the ones after it. Counts nothing and emits
+    /// nothing: every row was processed when it was first stored. Processors that
+    /// persist all they keep (the default) do nothing.
+    fn rehydrate(
+        &mut self,
+        _key: &MeterKey,
+        _state: &mut MeterState,
+        _rows: &mut Vec<StoredReading>,
+    ) {
+    }
 }
 
 /// The processors a shard runs, in order, on every sealed batch.
@@ -97,6 +117,22 @@ impl ProcessorChain {
     pub fn process(&mut self, batch: &mut SealedBatch, out: &mut Outputs) {
         for processor in &mut self.processors {
             processor.process(batch, out);
+        }
+    }
+
+    /// Rebuilds the unpersisted part of a meter's state just read from the store
+    /// (`meter_state` keeps VEE's settled pass and billing's periods, not the late
+    /// window): `rows` are the meter's stored rows after VEE's settled point
+    /// ([`MeterState::vee`]`.settled_ts()`), ascending `ts`, one per `ts`, as the
+    /// runtime read them (processors do no I/O). VEE puts the window's reads back and
+    /// re-runs its pass over them ([`vee::rebuild_window`]), billing rebuilds its open
+    /// reads from the rows VEE makes; usage, alerting and analytics persist all they
+    /// keep and are left alone, so nothing is counted twice and nothing is emitted.
+    /// Call it once per hydration, also with no rows: it sets VEE's newest pass.
+    pub fn rehydrate(&mut self, key: &MeterKey, state: &mut MeterState, rows: Vec<StoredReading>) {
+        let mut rows = rows;
+        for processor in &mut self.processors {
+            processor.rehydrate(key, state, &mut rows);
         }
     }
 

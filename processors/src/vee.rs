@@ -54,6 +54,15 @@
 //!   after a gap is turned suspect by reads arriving late, or when late reads off
 //!   the expected grid move the grid.
 //!
+//! **Rebuilt, not persisted.** `meter_state` keeps only the settled pass: the window's
+//! reads are the meter's stored non-estimated rows after the settled point (each was
+//! stored, atomically with the state that holds it, as the row of its read: raw
+//! reading, seq, received_at). When a shard hydrates a meter it reads those rows and
+//! [`rebuild_window`] puts them back into the window and re-runs the pass over them
+//! from the settled point, exactly as [`validate_meter`] runs an in-order batch; the
+//! rows it makes are handed to billing (which rebuilds its open reads from them) and
+//! to nobody else, and nothing is stored or emitted.
+//!
 //! Suspect reads are stored but excluded from billing, usage and analytics.
 //! Billing follows the re-emitted rows ([`crate::billing`]); usage, alerting and
 //! analytics count a row's interval only when the row is newer than what they have
@@ -66,7 +75,10 @@ use meterflow_model::vee::{
     EpochCause, ExchangeCandidate, MAX_REGISTER_EPOCHS, MAX_WINDOW_READS, RawRead, RegisterEpoch,
     ValidatedRead, VeeFold, VeeState,
 };
-use meterflow_model::{MeterBatch, MeterId, Outputs, Quality, Reading, SealedBatch, StoredReading};
+use meterflow_model::{
+    MeterBatch, MeterId, MeterKey, MeterState, Outputs, Quality, Reading, SealedBatch,
+    StoredReading,
+};
 
 use crate::Processor;
 use crate::calendar::HOUR_MS;
@@ -156,28 +168,62 @@ impl Processor for VeeProcessor {
             validate_meter(&rules, meter, &mut self.output);
         }
     }
+
+    fn rehydrate(&mut self, key: &MeterKey, state: &mut MeterState, rows: &mut Vec<StoredReading>) {
+        let settings = &self.directory.get(&key.tenant).settings;
+        let rules = MeterRules::new(settings, &key.meter, self.directory.bill_close_after_ms);
+        rebuild_window(&rules, &mut state.vee, rows, &mut self.output);
+    }
 }
 
 /// Runs the module's rules over one meter's readings, replacing them with the rows
 /// to store (estimates and re-emitted corrections included), ascending `ts`, one
 /// per `ts`.
 pub fn validate_meter(rules: &MeterRules, meter: &mut MeterBatch, output: &mut Vec<StoredReading>) {
-    if meter.readings.is_empty() {
+    validate(rules, &mut meter.state.vee, &mut meter.readings, output);
+}
+
+/// Rebuilds the unpersisted part of a hydrated meter's state — the window and the
+/// pass over it (`head`) — from `rows`, the meter's stored rows after the settled
+/// point (ascending `ts`, one per `ts`, as the store returns them): the
+/// non-estimated ones are the window's reads, and the pass re-runs over them from
+/// the settled point as [`validate_meter`] runs an in-order batch. `rows` is
+/// replaced with the rows that pass makes (what billing rebuilds its open reads
+/// from); they are stored already, so they are not emitted again.
+pub fn rebuild_window(
+    rules: &MeterRules,
+    state: &mut VeeState,
+    rows: &mut Vec<StoredReading>,
+    output: &mut Vec<StoredReading>,
+) {
+    rows.retain(|row| row.quality != Quality::Estimated);
+    state.window.clear();
+    state.head.clone_from(&state.settled);
+    validate(rules, state, rows, output);
+}
+
+/// [`validate_meter`] on a meter's VEE state and readings.
+fn validate(
+    rules: &MeterRules,
+    state: &mut VeeState,
+    readings: &mut Vec<StoredReading>,
+    output: &mut Vec<StoredReading>,
+) {
+    if readings.is_empty() {
         return;
     }
     let order = |r: &StoredReading| (r.reading.ts, r.seq, r.received_at);
-    if !meter.readings.is_sorted_by_key(order) {
-        meter.readings.sort_unstable_by_key(order);
+    if !readings.is_sorted_by_key(order) {
+        readings.sort_unstable_by_key(order);
     }
     output.clear();
-    let state = &mut meter.state.vee;
-    if let Some(from) = admit(state, &meter.readings, output) {
+    if let Some(from) = admit(state, readings, output) {
         decide_from(rules, state, from, output);
         settle(rules, state);
     }
     one_row_per_ts(output);
-    meter.readings.clear();
-    std::mem::swap(&mut meter.readings, output);
+    readings.clear();
+    std::mem::swap(readings, output);
 }
 
 /// Puts the batch's new reads into the window and the rows of too-late reads into

@@ -7,7 +7,14 @@
 //!
 //! Per arrival: the endpoint's verdict on its topic → tenant rules → size → decode →
 //! MAC → the meter's state (hydrated by the runner on first sight, then the arrival is
-//! offered again) → contract checks → dedupe by seq → append to the open batch. The
+//! offered again) → contract checks → dedupe by seq → append to the open batch.
+//!
+//! Hydration is two reads, both the runner's: the meter's `meter_state`, and — since
+//! that record leaves out what the stored readings already hold (VEE's window of raw
+//! reads, billing's open reads) — the meter's stored rows after VEE's settled point,
+//! gathered page by page into [`WindowRows`], which keeps only what the rebuild needs
+//! and bounds it. [`ShardCore::hydrated`] then has the processor chain rebuild the
+//! meter's window from those rows (`ProcessorChain::rehydrate`), emitting nothing. The
 //! meter is the one its connection authenticated as ([`Arrival::identity`]); a topic
 //! is never trusted to say who sent a message. Rejected arrivals become dead letters
 //! in the same batch, so they are durable before they count — as many as the sender's
@@ -20,6 +27,7 @@
 //! the core for the third. Sealing runs the processors, with everything their timer
 //! sweep produced since the last seal.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,8 +36,9 @@ use meterflow_model::batch::DEAD_LETTER_PAYLOAD_CAP;
 use meterflow_model::check::{check_payload_size, check_uplink};
 use meterflow_model::seq_window::SkippedGap;
 use meterflow_model::status::DeviceStatus;
+use meterflow_model::vee::MAX_WINDOW_READS;
 use meterflow_model::{
-    Admission, DeadLetter, MeterBatch, MeterKey, MeterState, Outputs, Reject, SealedBatch,
+    Admission, DeadLetter, MeterBatch, MeterKey, MeterState, Outputs, Quality, Reject, SealedBatch,
     StoredReading, Uplink, codec,
 };
 use meterflow_processors::ProcessorChain;
@@ -93,6 +102,73 @@ pub enum Step {
     /// The meter's persisted state is needed first: read it, hand it over with
     /// [`ShardCore::hydrated`], and offer the same arrival again. Nothing changed.
     NeedsState(MeterKey),
+}
+
+/// Rows asked of the store per read while gathering a hydrating meter's rows
+/// ([`WindowRows`]): more than the window's reads ([`MAX_WINDOW_READS`]), so a meter
+/// with a full window and a few of VEE's estimates among its reads takes one read.
+pub const WINDOW_ROWS_PAGE: usize = 1_024;
+
+/// A hydrating meter's stored rows after VEE's settled point, from which the chain
+/// rebuilds what `meter_state` does not persist. The runner reads them page by page
+/// (`store.readings(key, from_ms, i64::MAX, WINDOW_ROWS_PAGE)`, ascending `ts`, the
+/// oldest first when a page is full: both stores order and limit that way) until
+/// [`WindowRows::next_page`] says every row is in. Kept, at most
+/// [`MAX_WINDOW_READS`] (what a persisted window holds), the newest:
+/// - rows of reads, not VEE's estimates (the rebuild makes those again), which are
+///   most of a gap's rows and unbounded in number;
+/// - rows whose seq the state's dedupe window has accepted: the ScyllaDB store writes
+///   a meter's readings before its state, so a crash in between leaves rows the state
+///   does not reflect. Their messages were never acked and are resent; left out
+///   here, they are processed as new, as before the window was rebuilt.
+#[derive(Debug, Default)]
+pub struct WindowRows {
+    /// `from_ms` of the next page to read; `None` once every row is in.
+    next_from: Option<i64>,
+    /// Highest seq the meter's state accepted; rows above it are left out.
+    highest_seq: Option<u64>,
+    /// The kept rows, ascending `ts`.
+    reads: Vec<StoredReading>,
+}
+
+impl WindowRows {
+    /// The rows to gather for a state read from the store. (A meter the store has no
+    /// state of has no rows to gather: [`WindowRows::default`].)
+    pub fn after_settled(state: &MeterState) -> Self {
+        let from = state
+            .vee
+            .settled_ts()
+            .map_or(i64::MIN, |ts| ts.saturating_add(1));
+        Self {
+            next_from: state.seq.highest().map(|_| from),
+            highest_seq: state.seq.highest(),
+            reads: Vec::new(),
+        }
+    }
+
+    /// `from_ms` of the next page to read, or `None` when every row is in.
+    pub fn next_page(&self) -> Option<i64> {
+        self.next_from
+    }
+
+    /// Takes the page the store returned for [`WindowRows::next_page`].
+    pub fn take_page(&mut self, page: Vec<StoredReading>) {
+        let Some(from) = self.next_from else {
+            return;
+        };
+        let full = page.len() >= WINDOW_ROWS_PAGE;
+        let next = page
+            .last()
+            .and_then(|row| row.reading.ts.checked_add(1))
+            .filter(|next| *next > from);
+        let highest_seq = self.highest_seq;
+        self.reads.extend(page.into_iter().filter(|row| {
+            row.quality != Quality::Estimated && highest_seq.is_some_and(|h| row.seq <= h)
+        }));
+        let excess = self.reads.len().saturating_sub(MAX_WINDOW_READS);
+        self.reads.drain(..excess);
+        self.next_from = next.filter(|_| full);
+    }
 }
 
 /// A sealed, processed batch and what it is made of, for the sink.
@@ -245,10 +321,16 @@ impl ShardCore {
     }
 
     /// The persisted state of a meter [`Step::NeedsState`] asked for (the default
-    /// state for a meter the store has never seen). A state the shard already holds
-    /// is kept: it is newer than the store's.
-    pub fn hydrated(&mut self, key: MeterKey, state: MeterState) {
-        self.meters.entry(key).or_insert(state);
+    /// state for a meter the store has never seen) and its stored rows after VEE's
+    /// settled point ([`WindowRows`]), from which the processors rebuild what the
+    /// state does not persist. A state the shard already holds is kept: it is newer
+    /// than the store's.
+    pub fn hydrated(&mut self, key: MeterKey, mut state: MeterState, rows: WindowRows) {
+        if let Entry::Vacant(slot) = self.meters.entry(key) {
+            self.processors
+                .rehydrate(slot.key(), &mut state, rows.reads);
+            slot.insert(state);
+        }
     }
 
     /// Whether the open batch holds its `batch_readings` readings.

@@ -6,12 +6,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meterflow_model::topic::parse_client_id;
-use meterflow_model::{MeterKey, MeterState, Reading, Reject, Uplink, codec, mac};
+use std::collections::BTreeMap;
+
+use meterflow_model::codec::binary::{decode_record, encode_record};
+use meterflow_model::vee::MAX_WINDOW_READS;
+use meterflow_model::{
+    BillLine, MeterKey, MeterState, Quality, Reading, Reject, StoredReading, Uplink, codec, mac,
+};
 use meterflow_processors::ProcessorChain;
 use proptest::prelude::*;
 
 use super::ShardSettings;
-use super::core::{Arrival, Now, Sealed, ShardCore, Step};
+use super::core::{Arrival, Now, Sealed, ShardCore, Step, WINDOW_ROWS_PAGE, WindowRows};
 use crate::config::Config;
 use crate::dead_letter_limit::DeadLetterRate;
 use crate::metrics::PipelineMetrics;
@@ -108,7 +114,8 @@ impl Harness {
             assert_eq!(&key, meter, "asks for the sender's state");
             asked += 1;
             assert!(asked < 2, "asks once, then takes it");
-            self.core.hydrated(key, MeterState::default());
+            self.core
+                .hydrated(key, MeterState::default(), WindowRows::default());
         }
         asked
     }
@@ -190,12 +197,196 @@ fn a_state_read_from_the_store_decides_what_is_a_duplicate() {
         Step::NeedsState(m1.clone())
     );
     assert!(shard.core.seal(now).is_none(), "asking changed nothing");
-    shard.core.hydrated(m1.clone(), stored);
+    let rows = WindowRows::after_settled(&stored);
+    shard.core.hydrated(m1.clone(), stored, rows);
     assert_eq!(shard.core.admit(&arrival, now.instant), Step::Taken);
     let sealed = shard.seal(1);
     let meter = &sealed.batch.meters[0];
     assert_eq!((meter.messages, meter.duplicates), (0, 1));
     assert!(meter.readings.is_empty(), "a resend is not stored again");
+}
+
+/// A meter's stored rows as a store keeps them: one per `ts`, the last written.
+type StoredRows = BTreeMap<i64, StoredReading>;
+
+/// Hourly reads at `T0 - hours_before[i]` hours, registers `regs[i]`, as one JSON
+/// uplink with seq `seq`.
+fn hourly_json(seq: u64, reads: &[(i64, u64)]) -> Vec<u8> {
+    const HOUR_MS: i64 = 3_600_000;
+    let readings = reads
+        .iter()
+        .map(|(hours_before, reg)| Reading {
+            ts: T0_MS - hours_before * HOUR_MS,
+            reg: *reg,
+            rev: 0,
+            flow: 0,
+            temp: None,
+        })
+        .collect();
+    codec::encode_json(&Uplink::new(seq, readings))
+}
+
+/// Offers `payload` from `meter` at `ms`, hydrating the meter, when asked, as a
+/// runner does from a store holding `persisted` and `stored`: page by page.
+fn offer_from_store(
+    shard: &mut Harness,
+    meter: &MeterKey,
+    payload: &[u8],
+    ms: u64,
+    persisted: Option<&MeterState>,
+    stored: &StoredRows,
+) {
+    let now = shard.at(ms);
+    let arrival = Arrival {
+        identity: meter,
+        topic: b"t",
+        payload,
+        refused: None,
+        received_at: now.wall_ms,
+        received: now.instant,
+    };
+    while let Step::NeedsState(key) = shard.core.admit(&arrival, now.instant) {
+        let Some(state) = persisted else {
+            shard
+                .core
+                .hydrated(key, MeterState::default(), WindowRows::default());
+            continue;
+        };
+        let state: MeterState = decode_record(&encode_record(state)).unwrap();
+        let mut rows = WindowRows::after_settled(&state);
+        while let Some(from) = rows.next_page() {
+            let page = stored.range(from..).take(WINDOW_ROWS_PAGE);
+            rows.take_page(page.map(|(_, row)| *row).collect());
+        }
+        shard.core.hydrated(key, state, rows);
+    }
+}
+
+/// Seals and keeps what a store would: the rows, and the last bill per period.
+fn seal_into(
+    shard: &mut Harness,
+    ms: u64,
+    stored: &mut StoredRows,
+    bills: &mut BTreeMap<String, BillLine>,
+) -> MeterState {
+    let sealed = shard.seal(ms);
+    let meter = &sealed.batch.meters[0];
+    for row in &meter.readings {
+        stored.insert(row.reading.ts, *row);
+    }
+    for bill in sealed.outputs.bills {
+        bills.insert(bill.period.clone(), bill);
+    }
+    meter.state.clone()
+}
+
+#[test]
+fn a_meter_hydrated_with_its_stored_rows_continues_as_if_never_persisted() {
+    let m1 = key("plain.m1");
+    // A gap between 8 h and 5 h before T0 (two estimates), then a late read in it
+    // and a new read: after a restart (state through the record codec, the window
+    // rebuilt from the rows), the rows and bills are those of no restart.
+    let first = hourly_json(1, &[(10, 1_000), (9, 1_100), (6, 1_400), (5, 1_500)]);
+    let late = hourly_json(2, &[(7, 1_250)]);
+    let next = hourly_json(3, &[(4, 1_600)]);
+
+    let mut steady = Harness::new(1_000);
+    let (mut steady_rows, mut steady_bills) = (StoredRows::new(), BTreeMap::new());
+    offer_from_store(&mut steady, &m1, &first, 0, None, &steady_rows);
+    let persisted = seal_into(&mut steady, 1, &mut steady_rows, &mut steady_bills);
+    assert!(
+        !persisted.vee.window.is_empty(),
+        "the reads are in the window"
+    );
+    assert!(
+        steady_rows
+            .values()
+            .any(|r| r.quality == Quality::Estimated),
+        "the gap has estimates"
+    );
+    let (mut rows, mut bills) = (steady_rows.clone(), steady_bills.clone());
+    for (payload, ms) in [(&late, 2), (&next, 4)] {
+        offer_from_store(&mut steady, &m1, payload, ms, None, &steady_rows);
+        seal_into(&mut steady, ms + 1, &mut steady_rows, &mut steady_bills);
+    }
+
+    let mut restarted = Harness::new(1_000);
+    offer_from_store(&mut restarted, &m1, &late, 2, Some(&persisted), &rows);
+    let state = seal_into(&mut restarted, 3, &mut rows, &mut bills);
+    assert_eq!(rows[&(T0_MS - 7 * 3_600_000)].quality, Quality::Actual);
+    // 1,250 L at 7 h before T0, 1,100 L at 9 h, the estimate at 8 h re-spread.
+    assert_eq!(rows[&(T0_MS - 7 * 3_600_000)].interval_l, Some(75));
+    assert_eq!(
+        state.vee.window.len(),
+        5,
+        "the rebuilt window and the late read"
+    );
+    offer_from_store(&mut restarted, &m1, &next, 4, None, &rows);
+    seal_into(&mut restarted, 5, &mut rows, &mut bills);
+    assert_eq!(rows, steady_rows);
+    assert_eq!(bills, steady_bills);
+}
+
+#[test]
+fn window_rows_keep_reads_the_state_accepted_page_by_page() {
+    let mut state = MeterState::default();
+    state.seq.admit(5, T0_MS, &mut Vec::new());
+    let mut rows = WindowRows::after_settled(&state);
+    assert_eq!(
+        rows.next_page(),
+        Some(i64::MIN),
+        "nothing settled: every row"
+    );
+    let row = |ts: i64, seq: u64, quality: Quality| StoredReading {
+        quality,
+        ..StoredReading::actual(
+            Reading {
+                ts,
+                reg: 1,
+                rev: 0,
+                flow: 0,
+                temp: None,
+            },
+            seq,
+            T0_MS,
+        )
+    };
+    // A full page: read on from after its last row.
+    let page = (0..WINDOW_ROWS_PAGE as i64)
+        .map(|i| row(i, 5, Quality::Estimated))
+        .collect();
+    rows.take_page(page);
+    assert_eq!(rows.next_page(), Some(WINDOW_ROWS_PAGE as i64));
+    let newest = 3 * WINDOW_ROWS_PAGE as i64;
+    let mut page: Vec<_> = (WINDOW_ROWS_PAGE as i64..newest)
+        .step_by(4)
+        .map(|ts| row(ts, 4, Quality::Actual))
+        .collect();
+    page.push(row(newest, 6, Quality::Suspect));
+    rows.take_page(page);
+    assert_eq!(rows.next_page(), None, "a short page is the last");
+    // Estimates and rows of a seq the state never accepted are left out; at most a
+    // window's worth is kept, the newest.
+    let m1 = key("plain.m1");
+    let mut shard = Harness::new(1_000);
+    shard.core.hydrated(m1.clone(), state, rows);
+    assert!(
+        shard.core.seal(shard.at(0)).is_none(),
+        "hydrating emits nothing"
+    );
+    assert_eq!(shard.offer(&m1, &json(5, 1), 1), 0, "hydrated");
+    let sealed = shard.seal(2);
+    let meter = &sealed.batch.meters[0];
+    assert_eq!(meter.duplicates, 1);
+    let window: Vec<i64> = meter
+        .state
+        .vee
+        .window
+        .iter()
+        .map(|r| r.reading.ts)
+        .collect();
+    let oldest_kept = newest - 4 * MAX_WINDOW_READS as i64;
+    assert_eq!(window, (oldest_kept..newest).step_by(4).collect::<Vec<_>>());
 }
 
 #[test]

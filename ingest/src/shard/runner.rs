@@ -1,7 +1,9 @@
 //! The thread around a [`ShardCore`]: it owns the shard's queue, the clock, the store
-//! reads that hydrate a meter on first sight, the [`Completion`]s of the messages the
-//! open batch took, and the hand-off of sealed batches to the sink (blocking while the
-//! sink queue is full: that is the pipeline's backpressure).
+//! reads that hydrate a meter on first sight (its `meter_state`, then its stored rows
+//! after VEE's settled point, page by page into [`WindowRows`], from which the core
+//! rebuilds the window the state does not persist), the [`Completion`]s of the
+//! messages the open batch took, and the hand-off of sealed batches to the sink
+//! (blocking while the sink queue is full: that is the pipeline's backpressure).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,11 +13,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{RecvTimeoutError, Sender};
 use meterflow_model::{MeterKey, MeterState};
 use meterflow_processors::ProcessorChain;
-use meterflow_storage::ReadingStore;
+use meterflow_storage::{ReadingStore, StoreError};
 use metrics::Gauge;
 use tracing::{error, info};
 
-use super::core::{Now, ShardCore, Step};
+use super::core::{Now, ShardCore, Step, WINDOW_ROWS_PAGE, WindowRows};
 use super::{ShardSettings, SinkItem};
 use crate::clock::now_ms;
 use crate::endpoint::handoff::{Inbound, ShardInbox};
@@ -115,22 +117,46 @@ impl ShardWorker {
         let at = Instant::now();
         let arrival = inbound.arrival();
         while let Step::NeedsState(key) = self.core.admit(&arrival, at) {
-            let state = self.hydrate(&key);
-            self.core.hydrated(key, state);
+            let (state, rows) = self.hydrate(&key);
+            self.core.hydrated(key, state, rows);
         }
         self.completions.push(inbound.completion);
     }
 
-    /// Reads a meter's persisted state. Without it a resend would count as new usage,
-    /// so while the store cannot answer the shard waits (and backpressure builds).
-    fn hydrate(&self, key: &MeterKey) -> MeterState {
+    /// Reads a meter's persisted state and the stored rows its window is rebuilt
+    /// from. Without them a resend would count as new usage (and VEE would decide
+    /// late reads without their neighbours), so while the store cannot answer the
+    /// shard waits (and backpressure builds).
+    fn hydrate(&self, key: &MeterKey) -> (MeterState, WindowRows) {
+        let Some(state) = self.wait_for_store(key, "meter state", || self.store.meter_state(key))
+        else {
+            return (MeterState::default(), WindowRows::default());
+        };
+        let mut rows = WindowRows::after_settled(&state);
+        while let Some(from_ms) = rows.next_page() {
+            let page = self.wait_for_store(key, "stored readings", || {
+                self.store
+                    .readings(key, from_ms, i64::MAX, WINDOW_ROWS_PAGE)
+            });
+            rows.take_page(page);
+        }
+        (state, rows)
+    }
+
+    /// Runs `read` until the store answers, logging the first failure.
+    fn wait_for_store<T>(
+        &self,
+        key: &MeterKey,
+        what: &'static str,
+        read: impl Fn() -> Result<T, StoreError>,
+    ) -> T {
         let mut logged = false;
         loop {
-            match self.store.meter_state(key) {
-                Ok(state) => return state.unwrap_or_default(),
+            match read() {
+                Ok(value) => return value,
                 Err(e) => {
                     if !logged {
-                        error!(shard = self.shard, meter = %key, error = %e, "cannot read meter state; waiting for the store");
+                        error!(shard = self.shard, meter = %key, error = %e, what, "cannot hydrate meter; waiting for the store");
                         logged = true;
                     }
                     thread::sleep(HYDRATE_RETRY);

@@ -111,9 +111,13 @@ pub(crate) fn decode_uplink(body: &[u8]) -> Result<Uplink, Reject> {
 /// - 1: the first layouts.
 /// - 2: `AlertState` (inside `MeterState`) gained the newest device status
 ///   (`last_status_ts`, `last_status_flags`). Other records are unchanged.
-/// - 3: `VeeState` keeps the raw reads of the late window and two passes over them
-///   (settled and head); `BillingState` keeps the window's actual reads apart
-///   (`open`). Other records are unchanged.
+/// - 3: `VeeState` persists the pass over its settled reads in the new layout
+///   (register epochs pinned by reads, a pending exchange candidate with its
+///   followers); the late window's raw reads, the pass over them and billing's open
+///   reads are not persisted but rebuilt from the stored readings on hydration
+///   (`#[serde(skip)]`). Other records are unchanged. (Version 3 never shipped with
+///   the window persisted: that layout lived on `main` for an hour and was changed
+///   in place.)
 /// - 4: `DistrictUsage` gained the inflow of bulk meters (`inflow_l`,
 ///   `inflow_night_hour_l`, `inflow_night_flow_lph`); older rows read with none.
 ///   Other records are unchanged.
