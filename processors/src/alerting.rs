@@ -8,6 +8,9 @@
 //! episode has two possible sources — the device's own flag and a rule — and stays
 //! open while either holds.
 //!
+//! Leak, burst and no-consumption are consumption rules: a district's bulk (inflow)
+//! meter (`bulk_meters`) is exempt from them — its flow never stops and is no one's use.
+//!
 //! Rules, over the meter's non-suspect rows newer than the last one seen (late rows
 //! and VEE corrections are ignored; estimated rows count, they carry the gap's
 //! litres), where an interval is the time and litres between consecutive rows:
@@ -100,7 +103,11 @@ impl Processor for AlertingProcessor {
 
     fn process(&mut self, batch: &mut SealedBatch, out: &mut Outputs) {
         for meter in &mut batch.meters {
-            let rules = &self.directory.get(&meter.key.tenant).settings.alert_rules;
+            let settings = &self.directory.get(&meter.key.tenant).settings;
+            let rules = &settings.alert_rules;
+            // A bulk meter's flow is a district's inflow: it never stops and is not
+            // a customer's use, so the consumption rules do not apply to it.
+            let consumer = !settings.is_bulk(&meter.key.meter);
             let mut log = EpisodeLog {
                 key: &meter.key,
                 update_interval_ms: rules.update_interval_ms,
@@ -109,7 +116,7 @@ impl Processor for AlertingProcessor {
             let alerts = &mut meter.state.alerts;
             note_contact(&mut log, alerts, &meter.readings, &meter.statuses);
             for row in &meter.readings {
-                fold_row(&mut log, rules, alerts, row);
+                fold_row(&mut log, rules, alerts, row, consumer);
             }
             // By reading time (in place; stable: equal times keep their arrival order).
             meter.statuses.sort_by_key(|s| s.ts);
@@ -255,6 +262,7 @@ fn fold_row(
     rules: &AlertRules,
     alerts: &mut AlertState,
     row: &StoredReading,
+    consumer: bool,
 ) {
     if row.quality == Quality::Suspect {
         return;
@@ -281,31 +289,17 @@ fn fold_row(
     if ts <= last_ts {
         return;
     }
-    let elapsed = ts - last_ts;
     let litres = row.interval_l.unwrap_or(0);
     let first_ts = alerts.first_ts.unwrap_or(last_ts);
     if litres > 0 {
         alerts.last_consumption_ts = Some(ts);
     }
-    fold_leak(log, rules, alerts, row.quality, last_ts, ts, litres);
+    if consumer {
+        fold_leak(log, rules, alerts, row.quality, last_ts, ts, litres);
+    }
 
-    // Burst: sustained high average flow.
-    let average_lph = u128::from(litres) * HOUR_MS as u128 / elapsed as u128;
-    if average_lph >= u128::from(rules.burst_flow_lph) {
-        let since = *alerts.burst_since.get_or_insert(last_ts);
-        if ts - since >= rules.burst_duration_ms {
-            log.raise(&mut alerts.open, AlertKind::Burst, SOURCE_RULE, ts, || {
-                format!(
-                    "average flow {average_lph} L/h for {} min",
-                    (ts - since) / 60_000
-                )
-            });
-        }
-    } else {
-        alerts.burst_since = None;
-        log.release(&mut alerts.open, AlertKind::Burst, SOURCE_RULE, ts, || {
-            format!("flow down to {average_lph} L/h")
-        });
+    if consumer {
+        fold_burst(log, rules, alerts, last_ts, ts, litres);
     }
 
     // Backflow: the reverse register grows.
@@ -340,7 +334,53 @@ fn fold_row(
         );
     }
 
-    // No consumption.
+    if consumer {
+        fold_idle(log, rules, alerts, ts, first_ts);
+    }
+
+    alerts.last_ts = Some(ts);
+    alerts.last_rev = Some(reading.rev);
+}
+
+/// Burst: intervals whose average flow is at or above `burst_flow_lph`, in a run
+/// lasting `burst_duration_ms`; released at the first interval below it.
+fn fold_burst(
+    log: &mut EpisodeLog<'_>,
+    rules: &AlertRules,
+    alerts: &mut AlertState,
+    last_ts: i64,
+    ts: i64,
+    litres: u64,
+) {
+    let elapsed = ts - last_ts;
+    let average_lph = u128::from(litres) * HOUR_MS as u128 / elapsed as u128;
+    if average_lph >= u128::from(rules.burst_flow_lph) {
+        let since = *alerts.burst_since.get_or_insert(last_ts);
+        if ts - since >= rules.burst_duration_ms {
+            log.raise(&mut alerts.open, AlertKind::Burst, SOURCE_RULE, ts, || {
+                format!(
+                    "average flow {average_lph} L/h for {} min",
+                    (ts - since) / 60_000
+                )
+            });
+        }
+    } else {
+        alerts.burst_since = None;
+        log.release(&mut alerts.open, AlertKind::Burst, SOURCE_RULE, ts, || {
+            format!("flow down to {average_lph} L/h")
+        });
+    }
+}
+
+/// No consumption for `no_consumption_days` (since the first read when nothing was
+/// ever used); released when water is used again.
+fn fold_idle(
+    log: &mut EpisodeLog<'_>,
+    rules: &AlertRules,
+    alerts: &mut AlertState,
+    ts: i64,
+    first_ts: i64,
+) {
     let consumed_at = alerts.last_consumption_ts.unwrap_or(first_ts);
     let idle = ts - consumed_at;
     if idle >= i64::from(rules.no_consumption_days) * DAY_MS {
@@ -360,9 +400,6 @@ fn fold_row(
             || "consumption resumed".into(),
         );
     }
-
-    alerts.last_ts = Some(ts);
-    alerts.last_rev = Some(reading.rev);
 }
 
 /// Leak: no zero-consumption hour for `leak_window_ms` — counted only over evidence.

@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 
 use meterflow_model::{
-    AlertEvent, AlertKind, DeviceFlag, DeviceStatus, EpisodeState, Flags, Priority,
-    ProcessorsConfig, StoredReading,
+    AlertEvent, AlertKind, DeviceFlag, DeviceStatus, EpisodeState, Flags, MeterId, Priority,
+    ProcessorsConfig, StoredReading, TenantId,
 };
 use proptest::prelude::*;
 
@@ -143,6 +143,40 @@ fn an_outage_releases_a_leak_and_evidence_reopens_it() {
             (EpisodeState::Opened, 101),
         ]
     );
+}
+
+/// A district's bulk (inflow) meter never stops flowing: the consumption rules (leak,
+/// burst, no consumption) are not for it, while a customer with the same flow gets
+/// its leak.
+#[test]
+fn a_bulk_meter_raises_no_consumption_alerts() {
+    let mut config = ProcessorsConfig::default();
+    let mut demo = config.defaults.clone();
+    demo.bulk_meters
+        .insert(MeterId::try_from("inlet").unwrap(), "north".to_string());
+    config
+        .tenants
+        .insert(TenantId::try_from("demo").unwrap(), demo);
+    let mut pipeline = Pipeline::new(config);
+    let (inlet, customer) = (key("demo", "inlet"), key("demo", "tap"));
+    let first = |meter| Input::readings(meter, vec![reading(START, 1_000)]);
+    pipeline.feed(0, vec![first(&inlet), first(&customer)]);
+    let (reads, _) = hourly(START, 1_000, &[12; 48]);
+    let mut events = Vec::new();
+    for chunk in reads.chunks(6) {
+        let inputs = vec![
+            Input::readings(&inlet, chunk.to_vec()),
+            Input::readings(&customer, chunk.to_vec()),
+        ];
+        events.extend(pipeline.feed(0, inputs).1.alerts);
+    }
+    let leaks: Vec<&str> = events
+        .iter()
+        .filter(|e| e.kind == AlertKind::Leak && e.state == EpisodeState::Opened)
+        .map(|e| e.meter.as_str())
+        .collect();
+    assert_eq!(leaks, ["tap"]);
+    assert!(events.iter().all(|e| e.meter != "inlet"), "{events:?}");
 }
 
 #[test]
