@@ -1,5 +1,7 @@
 //! Billing: a running bill per meter and billing period (DESIGN §4).
 //!
+//! A district's bulk (inflow) meter (`bulk_meters`) is no customer and gets no bill.
+//!
 //! Rules:
 //! - **Period**: the calendar month in the tenant's time zone (`Tariff::time_zone`),
 //!   from local midnight on the 1st to local midnight on the 1st of the next month.
@@ -135,6 +137,9 @@ impl Processor for BillingProcessor {
     fn process(&mut self, batch: &mut SealedBatch, out: &mut Outputs) {
         for meter in &mut batch.meters {
             let (entry, runtime) = self.tenants.get(&meter.key.tenant);
+            if entry.settings.is_bulk(&meter.key.meter) {
+                continue;
+            }
             let terms = MeterTerms::new(entry, &meter.key);
             let calendar = &mut runtime.calendar;
             let state = &mut meter.state;
@@ -168,12 +173,10 @@ impl Processor for BillingProcessor {
 
     /// The open reads are the actual rows VEE made of its rebuilt window, after the
     /// settled point (the periods hold the settled ones).
-    fn rehydrate(
-        &mut self,
-        _key: &MeterKey,
-        state: &mut MeterState,
-        rows: &mut Vec<StoredReading>,
-    ) {
+    fn rehydrate(&mut self, key: &MeterKey, state: &mut MeterState, rows: &mut Vec<StoredReading>) {
+        if self.tenants.get(&key.tenant).0.settings.is_bulk(&key.meter) {
+            return;
+        }
         let settled = state.vee.settled_ts();
         let vee = &state.vee;
         state.billing.open = rows

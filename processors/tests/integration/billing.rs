@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use meterflow_model::{
-    MeterSize, ProcessorsConfig, Tariff, TariffTier, TenantId, TenantProcessing,
+    MeterId, MeterSize, ProcessorsConfig, Tariff, TariffTier, TenantId, TenantProcessing,
 };
 use proptest::prelude::*;
 
@@ -129,6 +129,31 @@ fn a_missing_boundary_read_is_estimated_then_trued_up() {
     let (_, out) = pipeline.feed(0, vec![Input::readings(&meter, resent)]);
     let feb = out.bills.iter().find(|b| b.period == "2025-02").unwrap();
     assert_eq!((feb.usage_l, feb.estimated), (500, false));
+}
+
+/// A district's bulk (inflow) meter is no customer: a month of its reads, and the
+/// sweep after the month, make no bill line, while a customer's do.
+#[test]
+fn a_bulk_meter_gets_no_bill() {
+    let mut config = acme_config();
+    let acme = config.tenants.values_mut().next().expect("acme");
+    acme.bulk_meters
+        .insert(MeterId::try_from("inlet").unwrap(), "north".into());
+    let mut pipeline = Pipeline::new(config);
+    let (inlet, house) = (key("acme", "inlet"), key("acme", "house"));
+    let mut bills = Vec::new();
+    for day in 0..30 {
+        let ts = FEB_START_PARIS + day * DAY;
+        let reg = 1_000 + day as u64 * 500;
+        let inputs = vec![
+            Input::readings(&inlet, vec![reading(ts, reg)]),
+            Input::readings(&house, vec![reading(ts, reg)]),
+        ];
+        bills.extend(pipeline.feed(ts, inputs).1.bills);
+    }
+    bills.extend(pipeline.sweep(MAR_START_PARIS + 4 * DAY).bills);
+    assert!(bills.iter().any(|b| b.meter == "house"));
+    assert!(bills.iter().all(|b| b.meter != "inlet"), "{bills:?}");
 }
 
 /// Hourly reads from 2025-02-20 to 2025-03-10 (two periods), as messages.
