@@ -2,10 +2,11 @@
 //! 1,024 meters (4 fifteen-minute reads each, from the simulator's ground truth),
 //! every meter warmed up with a day of history.
 //!
-//! The assembly of the batch itself (`ingest/src/shard.rs`, `seal`) is private to
-//! ingest and is not reimplemented here. Measured instead, with public types only:
-//! - `state_clone` — cloning each meter's `MeterState` into the batch, which `seal`
-//!   does once per meter;
+//! The whole seal (`ShardCore::seal`, `ingest/src/shard/core.rs`) is measured in
+//! instructions by the performance gate (`benches/hot_path.rs`, `shard_seal`). Here,
+//! in wall time, with public types only:
+//! - `state_clone` — cloning each meter's `MeterState`, which `seal` does once per
+//!   meter (moved into the batch, cloned back after the processors);
 //! - `chain` — `ProcessorChain::standard().process`, the bulk of sealing (VEE, usage,
 //!   billing, alerting, analytics). `processors/benches/processors.rs` breaks this
 //!   down per processor on hourly reads.
