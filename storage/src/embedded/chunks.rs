@@ -84,7 +84,7 @@ pub(crate) fn encode_chunk(readings: &[StoredReading]) -> Vec<u8> {
     debug_assert!(readings.is_sorted_by(|a, b| a.reading.ts < b.reading.ts));
     let first_ts = readings.first().map_or(0, |r| r.reading.ts);
     let mut tail = Previous::at(first_ts);
-    let mut body = Vec::with_capacity(BODY_BYTES_PER_READING * readings.len());
+    let mut body = Vec::with_capacity(MAX_READING_BYTES * readings.len());
     put_readings(&mut body, readings, &mut tail, false);
     with_header(first_ts, readings.len(), &tail, &[&body])
 }
@@ -111,7 +111,7 @@ pub(crate) fn append_to_chunk(
     if !after_tail || count > MAX_CHUNK_READINGS {
         return Ok(None);
     }
-    let mut appended = Vec::with_capacity(BODY_BYTES_PER_READING * new.len());
+    let mut appended = Vec::with_capacity(MAX_READING_BYTES * new.len());
     put_readings(&mut appended, new, &mut tail, true);
     Ok(Some(with_header(
         first_ts,
@@ -121,8 +121,10 @@ pub(crate) fn append_to_chunk(
     )))
 }
 
-/// Typical encoded size of one reading, for preallocation.
-const BODY_BYTES_PER_READING: usize = 16;
+/// Most bytes one encoded reading takes (seven varints, a flags byte and a temp),
+/// preallocated so that encoding never grows the buffer (a reading usually takes
+/// 12–16; the buffer is dropped once the value is built).
+const MAX_READING_BYTES: usize = 7 * MAX_VARINT_BYTES + 1 + 3;
 
 /// Version, count and tail, then the `bodies`' bytes.
 fn with_header(first_ts: i64, count: usize, tail: &Previous, bodies: &[&[u8]]) -> Vec<u8> {
@@ -361,19 +363,11 @@ impl Cursor<'_> {
 const MAX_VARINT_BYTES: usize = 10;
 
 fn put_varint(out: &mut Vec<u8>, mut value: u64) {
-    if value < 0x80 {
-        out.push(value as u8);
-        return;
-    }
-    let mut bytes = [0u8; MAX_VARINT_BYTES];
-    let mut len = 0;
     while value >= 0x80 {
-        bytes[len] = (value as u8) | 0x80;
+        out.push((value as u8) | 0x80);
         value >>= 7;
-        len += 1;
     }
-    bytes[len] = value as u8;
-    out.extend_from_slice(&bytes[..=len]);
+    out.push(value as u8);
 }
 
 fn put_signed(out: &mut Vec<u8>, value: i64) {

@@ -69,8 +69,8 @@
 //!   re-estimate, a replay) decodes and re-encodes at most that.
 //!
 //! In the perf gate's `store_commit` (a group of 1,024 readings, 16 per meter for 64
-//! meters, appended to the morning of their day) the commit went from 8.88M to 2.87M
-//! instructions, ~8.7k to ~2.8k per reading; what is left is mostly fjall's commit
+//! meters, appended to the morning of their day) the commit went from 8.88M to 2.75M
+//! instructions, ~8.7k to ~2.7k per reading; what is left is mostly fjall's commit
 //! (journal, memtable inserts) and encoding meter states.
 //!
 //! Chunks per sealed batch (keyed by the batch's first `ts`, never read back on write)
