@@ -395,7 +395,7 @@ pub(crate) fn merge(old: Vec<StoredReading>, new: &[StoredReading]) -> Vec<Store
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -408,7 +408,8 @@ mod tests {
     }
 
     prop_compose! {
-        fn stored_at(ts: i64)(
+        /// Any stored reading at `ts` (also the row codec's tests' input).
+        pub(in crate::embedded) fn stored_at(ts: i64)(
             reg: u64, rev: u64, flow: u32, temp: Option<i16>,
             seq: u64, received_at: i64, quality in quality(), interval_l: Option<u64>,
         ) -> StoredReading {

@@ -229,27 +229,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn quality() -> impl Strategy<Value = Quality> {
-        prop_oneof![
-            Just(Quality::Actual),
-            Just(Quality::Estimated),
-            Just(Quality::Suspect)
-        ]
-    }
+    use crate::embedded::chunks::tests::stored_at;
 
-    prop_compose! {
-        fn stored_reading()(
-            ts: i64, reg: u64, rev: u64, flow: u32, temp: Option<i16>,
-            seq: u64, received_at: i64, quality in quality(), interval_l: Option<u64>,
-        ) -> StoredReading {
-            StoredReading {
-                reading: Reading { ts, reg, rev, flow, temp },
-                seq,
-                received_at,
-                quality,
-                interval_l,
-            }
-        }
+    fn stored_reading() -> impl Strategy<Value = StoredReading> {
+        any::<i64>().prop_flat_map(stored_at)
     }
 
     proptest! {
