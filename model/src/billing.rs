@@ -71,7 +71,8 @@ impl Default for Tariff {
 }
 
 impl Tariff {
-    /// Fixed charge per period for a meter of `size`.
+    /// Fixed charge per period for a meter of `size` (billing prorates it in a
+    /// meter's first period).
     pub fn fixed_charge_for(&self, size: MeterSize) -> u64 {
         self.fixed_charge_by_size
             .get(&size)
@@ -137,12 +138,14 @@ pub struct BillLine {
     pub usage_l: u64,
     /// One entry per tariff tier, in tier order (zero-usage tiers included).
     pub tiers: Vec<TierCharge>,
-    /// Fixed charge for the period, minor units.
+    /// Fixed charge for the period, minor units: prorated to the local days in
+    /// service in the meter's first period, in full otherwise.
     pub fixed_cents: u64,
     /// `fixed_cents` + the tiers' amounts, minor units.
     pub amount_cents: u64,
-    /// Whether an end of the period was interpolated across a read gap (the bill
-    /// is trued up when actual reads arrive).
+    /// Whether an end of the period was interpolated across a read gap, or the
+    /// period has no read at all and its usage is interpolated between the reads
+    /// around it (the bill is trued up when actual reads arrive).
     pub estimated: bool,
     /// No later read can change this bill: the period closed and its late window
     /// passed.

@@ -10,6 +10,16 @@
 //!   and exchanges) interpolated linearly between the actual reads around each
 //!   boundary. Before the period ends, C(end) is the newest read's register (a
 //!   running bill). A meter whose first read falls inside the period starts there.
+//! - **Months without reads** (issue 10, case 5): when the meter's reads jump over
+//!   whole months, the kept periods are not adjacent; the months between are
+//!   *skipped months*, derived from the two periods around them whenever a bill is
+//!   made (never stored: `meter_state` keeps its shape). Each is billed with the
+//!   same rule — C(end) − C(start) on the line between the newest read before it and
+//!   the oldest read after it — and marked `estimated`; a late read inside one makes
+//!   it an ordinary period of the view (trued up). At most [`MAX_SKIPPED_MONTHS`]
+//!   (24) are billed between two reads, the newest ones. Skipped lines are emitted
+//!   again whenever a read around them changes (bills are upserted by tenant, meter
+//!   and period, so a repeated line is harmless).
 //! - Only `Actual` reads count: `Suspect` reads are excluded; `Estimated` rows are
 //!   redundant (they are the same linear interpolation), so an estimate is *trued up*
 //!   the moment an actual read near the boundary arrives.
@@ -17,8 +27,8 @@
 //!   the start, the oldest and newest within, the oldest at or after the end — each
 //!   a minimum or maximum over reads, so a bill depends only on the *set* of actual
 //!   reads, not on their order, duplication or message boundaries (within the two
-//!   periods kept: the current one and the one before it; older reads cannot change
-//!   a bill).
+//!   periods kept: the current one and the one before it, and the skipped months
+//!   between them; older reads cannot change a bill).
 //! - **Re-decided reads**: VEE decides reads in time order and may re-decide the
 //!   reads of its window when a late read arrives, re-emitting their rows
 //!   ([`crate::vee`]). A minimum or maximum cannot forget a read, so only *settled*
@@ -28,23 +38,38 @@
 //!   suspect one removing it), and are folded into a copy of the periods whenever a
 //!   bill is made. So every bill is the one the reads' final decisions give, each
 //!   litre billed once, whatever the arrival order. A bill line is emitted for each
-//!   period whose boundary reads changed in the batch.
+//!   period whose boundary reads changed in the batch — the view's current and
+//!   previous periods, the settled periods open reads moved it past, and the skipped
+//!   months between them — unless its late window has passed (below).
 //! - **Charges**: increasing-block tiers in m³ (litres in a tier × price per m³ /
 //!   1000, rounded half up to the minor unit, per tier) plus the fixed charge for the
 //!   meter's size. The amount is the sum of the lines, so tiers always add up to it
 //!   and it never decreases when usage grows.
+//! - **Prorated fixed charge**: the meter's first period (no actual read before it)
+//!   is charged for the local days (tenant's zone) from the day of its first actual
+//!   read to the month's end: fixed × days in service / days in the month, rounded
+//!   half up to the minor unit. Every later period, skipped months included, is
+//!   charged in full. A meter exchange does not prorate: the meter key is the
+//!   service point, which stays in service, and the state has no place for a
+//!   removal or a size that changes over time.
 //! - **Final**: once the service clock (`SealedBatch::now_ms`, or the sweep's time)
-//!   is `bill_close_after_ms` past the previous period's end, its bill (open reads
-//!   included) is emitted one last time with `final: true` and forgotten; a read of
-//!   that month arriving later does not bring it back. A bill whose boundary was
-//!   interpolated across a gap longer than 1.5 expected intervals is `estimated`.
+//!   is `bill_close_after_ms` past the start of the current period — the previous
+//!   period's end, unless skipped months lie between them — the bills of the
+//!   previous period and of those skipped months (open reads included) are emitted
+//!   one last time with `final: true` and forgotten; a read of those months arriving
+//!   later does not bring them back. They close together because a late read in a
+//!   skipped month changes the previous period's end too. A settled period pushed
+//!   out by a newer one is billed final with the skipped months after it. A bill
+//!   whose boundary was interpolated across a gap longer than 1.5 expected intervals
+//!   is `estimated`, and so is one with no read of its own.
 //!
 //! - **Open reads are rebuilt, not persisted**: `meter_state` keeps the periods only;
 //!   when a shard hydrates a meter, VEE rebuilds its window from the stored rows and
 //!   the open reads are the actual rows of that window, with their continuous
 //!   registers ([`Processor::rehydrate`]; no bill is emitted).
 //!
-//! Output: one [`BillLine`] per touched period of each meter in the batch.
+//! Output: one [`BillLine`] per touched period (skipped months included) of each
+//! meter in the batch.
 
 use std::sync::Arc;
 
@@ -143,30 +168,29 @@ impl Processor for BillingProcessor {
             let terms = MeterTerms::new(entry, &meter.key);
             let calendar = &mut runtime.calendar;
             let state = &mut meter.state;
-            let before = with_open_reads(&state.billing, calendar);
+            let before = with_open_reads(&state.billing, calendar).billable(calendar);
             for row in &meter.readings {
                 take_row(state, row, calendar, &terms, out);
             }
             settle_open_reads(state, calendar, &terms, out);
             let after = with_open_reads(&state.billing, calendar);
-            let finalised = finalise_previous(
+            finalise_previous(
                 &mut state.billing,
-                &after,
+                &after.periods,
                 batch.now_ms,
                 self.close_after_ms,
                 &terms,
+                calendar,
                 out,
             );
-            if after.previous != before.previous
-                && !finalised
-                && let Some(previous) = &after.previous
-            {
-                out.bills.push(bill_line(&terms, previous, false));
-            }
-            if after.current != before.current
-                && let Some(current) = &after.current
-            {
-                out.bills.push(bill_line(&terms, current, false));
+            // A period whose stretch has closed was billed final just now, or will be
+            // when its reads settle: no running line for it.
+            for (period, stretch_end) in after.billable(calendar) {
+                if batch.now_ms < stretch_end.saturating_add(self.close_after_ms)
+                    && !before.iter().any(|(seen, _)| *seen == period)
+                {
+                    out.bills.push(bill_line(&terms, &period, false, calendar));
+                }
             }
         }
     }
@@ -203,13 +227,15 @@ impl Processor for BillingProcessor {
         }
         let (entry, runtime) = self.tenants.get(&key.tenant);
         let terms = MeterTerms::new(entry, key);
-        let view = with_open_reads(&state.billing, &mut runtime.calendar);
+        let calendar = &mut runtime.calendar;
+        let view = with_open_reads(&state.billing, calendar);
         finalise_previous(
             &mut state.billing,
-            &view,
+            &view.periods,
             now_ms,
             self.close_after_ms,
             &terms,
+            calendar,
             out,
         )
     }
@@ -273,31 +299,108 @@ fn settle_point(
     terms: &MeterTerms<'_>,
     out: &mut Outputs,
 ) {
-    if let Some(pushed_out) = observe(billing, point, calendar) {
-        out.bills.push(bill_line(terms, &pushed_out, true));
+    if let Some(pushed_out) = observe(billing, point, calendar)
+        && let Some(next) = billing.previous
+    {
+        out.bills
+            .push(bill_line(terms, &pushed_out, true, calendar));
+        for month in skipped_months(&pushed_out, &next, calendar) {
+            out.bills.push(bill_line(terms, &month, true, calendar));
+        }
     }
 }
 
-/// The periods as bills see them: the settled reads with the open ones folded in.
-/// Open reads are all newer than settled ones and ascending, and within one month
-/// only the month's first and last read can be a boundary read of any period, so
-/// those two per month are folded (the same result as folding every open read).
-fn with_open_reads(billing: &BillingState, calendar: &mut LocalCalendar) -> BillingState {
-    let mut view = BillingState {
-        current: billing.current,
-        previous: billing.previous,
-        open: Vec::new(),
+/// The periods as bills see them: the settled reads with the open reads folded in.
+struct BillView {
+    periods: BillingState,
+    /// Settled periods the open reads moved the view past (older than
+    /// `periods.previous`), ascending: their boundary reads can still change.
+    passed: Vec<PeriodReads>,
+}
+
+impl BillView {
+    /// Every period a line can be made of, ascending — the kept periods and the
+    /// skipped months between them — each with the end of its *stretch*: the start
+    /// of the next kept period (`i64::MAX` for the current one). A kept period and
+    /// the skipped months after it are interpolated towards the same read, so they
+    /// close together, a late window after the stretch ends.
+    fn billable(&self, calendar: &mut LocalCalendar) -> Vec<(PeriodReads, i64)> {
+        let kept: Vec<PeriodReads> = (self.passed.iter())
+            .chain(&self.periods.previous)
+            .chain(&self.periods.current)
+            .copied()
+            .collect();
+        let mut billable = Vec::new();
+        for (i, period) in kept.iter().enumerate() {
+            let Some(next) = kept.get(i + 1) else {
+                billable.push((*period, i64::MAX));
+                break;
+            };
+            billable.push((*period, next.start_ms));
+            for month in skipped_months(period, next, calendar) {
+                billable.push((month, next.start_ms));
+            }
+        }
+        billable
+    }
+}
+
+/// The view of the periods. Open reads are all newer than settled ones and
+/// ascending, and within one month only the month's first and last read can be a
+/// boundary read of any period, so those two per month are folded (the same result
+/// as folding every open read).
+fn with_open_reads(billing: &BillingState, calendar: &mut LocalCalendar) -> BillView {
+    let mut view = BillView {
+        periods: BillingState {
+            current: billing.current,
+            previous: billing.previous,
+            open: Vec::new(),
+        },
+        passed: Vec::new(),
     };
     let mut rest = &billing.open[..];
     while let Some(first) = rest.first() {
         let month_end = calendar.month(first.ts).end_ms;
         let (month, later) = rest.split_at(rest.partition_point(|p| p.ts < month_end));
         for point in [month.first(), month.last()].into_iter().flatten() {
-            observe(&mut view, *point, calendar);
+            view.passed
+                .extend(observe(&mut view.periods, *point, calendar));
         }
         rest = later;
     }
     view
+}
+
+/// Most months without reads billed between two kept periods: a meter silent for
+/// longer gets lines for the 24 months before the period that ended its silence,
+/// none for the months before those. Two years of estimates is as far as an
+/// interpolation between two reads is worth sending a customer, and it bounds the
+/// lines one read can make.
+pub const MAX_SKIPPED_MONTHS: usize = 24;
+
+/// The months strictly between two kept periods (no read of the meter falls in
+/// them, in the kept state), the newest [`MAX_SKIPPED_MONTHS`] of them, ascending,
+/// each with the boundary reads the two periods know: a skipped month is billed
+/// by linear interpolation on the continuous register between the newest read
+/// before it and the oldest read after it. Derived whenever needed, never stored.
+fn skipped_months(
+    older: &PeriodReads,
+    newer: &PeriodReads,
+    calendar: &mut LocalCalendar,
+) -> Vec<PeriodReads> {
+    let mut months = Vec::new();
+    let mut end_ms = newer.start_ms;
+    while end_ms > older.end_ms && months.len() < MAX_SKIPPED_MONTHS {
+        let span = calendar.month(end_ms - 1);
+        let mut month = new_period(span);
+        for point in points(older).chain(points(newer)) {
+            fold_point(&mut month, point);
+        }
+        months.push(month);
+        end_ms = span.start_ms;
+    }
+    months.reverse();
+    months
 }
 
 fn new_period(span: LocalSpan) -> PeriodReads {
@@ -338,12 +441,13 @@ fn observe(
             billing.current = Some(next);
         }
         Some(current)
-            if month.end_ms == current.start_ms
+            if month.start_ms < current.start_ms
                 && billing.previous.is_none()
                 && current.before.is_none_or(|b| b.ts >= current.start_ms) =>
         {
-            // A read of the month before arrived after reads of this month (and none
-            // of that month was seen before: else it was billed final).
+            // A read of an earlier month arrived after reads of this month, and no
+            // read before this month was seen (else its month was billed final): the
+            // meter's earliest period, the months between are skipped months.
             let mut previous = new_period(month);
             previous.after = points(&current).filter(|p| p.ts >= previous.end_ms).min();
             billing.previous = Some(previous);
@@ -373,28 +477,34 @@ fn fold_point(period: &mut PeriodReads, point: RegisterPoint) {
     }
 }
 
-/// Emits the previous period's final bill (as `view`, the periods with the open
-/// reads folded in, has it) once its late window has passed, and forgets it: when
-/// only open reads had moved on to the next period, the settled state moves there
-/// too, keeping the read before its start.
+/// Emits the final bills of the previous period and of the skipped months after it
+/// (as `view`, the periods with the open reads folded in, has them) once the late
+/// window has passed after the start of the current period — the end of the
+/// previous period, unless months without reads follow it: their usage and the
+/// previous period's end are interpolated towards the same read, which a late read
+/// in those months still changes, so they all close together. Then forgets them:
+/// when only open reads had moved on to the next period, the settled state moves
+/// there too, keeping the read before its start.
 fn finalise_previous(
     billing: &mut BillingState,
     view: &BillingState,
     now_ms: i64,
     close_after_ms: i64,
     terms: &MeterTerms<'_>,
+    calendar: &mut LocalCalendar,
     out: &mut Outputs,
 ) -> bool {
-    let Some(previous) = view
-        .previous
-        .filter(|p| now_ms >= p.end_ms.saturating_add(close_after_ms))
-    else {
+    let (Some(previous), Some(next)) = (view.previous, view.current) else {
         return false;
     };
-    out.bills.push(bill_line(terms, &previous, true));
-    if let Some(settled) = billing.current.filter(|c| c.start_ms == previous.start_ms)
-        && let Some(next) = view.current
-    {
+    if now_ms < next.start_ms.saturating_add(close_after_ms) {
+        return false;
+    }
+    out.bills.push(bill_line(terms, &previous, true, calendar));
+    for month in skipped_months(&previous, &next, calendar) {
+        out.bills.push(bill_line(terms, &month, true, calendar));
+    }
+    if let Some(settled) = billing.current.filter(|c| c.start_ms == previous.start_ms) {
         billing.current = Some(PeriodReads {
             before: points(&settled).filter(|p| p.ts <= next.start_ms).max(),
             first: None,
@@ -416,30 +526,45 @@ fn interpolate(a: RegisterPoint, b: RegisterPoint, t: i64) -> u64 {
     a.creg + (u128::from(b.creg - a.creg) * elapsed / (b.ts - a.ts) as u128) as u64
 }
 
-/// Usage of a period in litres, and whether a boundary was interpolated across a
-/// long gap.
+/// Usage of a period in litres, and whether it is estimated: a boundary was
+/// interpolated across a long gap, or the period has no read of its own (a skipped
+/// month, interpolated end to end). The start is the first read when no read
+/// precedes it (the meter's first period), the end the last read when none follows
+/// it (a running bill).
 pub fn period_usage(period: &PeriodReads, long_gap_ms: i64) -> (u64, bool) {
-    let (Some(first), Some(last)) = (period.first, period.last) else {
-        return (0, false);
-    };
-    let long = |a: RegisterPoint, b: RegisterPoint, t: i64| {
-        a.ts < t && t < b.ts && b.ts - a.ts > long_gap_ms
-    };
-    let (start, start_estimated) = match period.before {
-        Some(before) => (
-            interpolate(before, first, period.start_ms),
-            long(before, first, period.start_ms),
+    let boundary = |a: Option<RegisterPoint>, b: Option<RegisterPoint>, t: i64| match (a, b) {
+        (Some(a), Some(b)) => (
+            interpolate(a, b, t),
+            a.ts < t && t < b.ts && b.ts - a.ts > long_gap_ms,
         ),
-        None => (first.creg, false),
+        (Some(only), None) | (None, Some(only)) => (only.creg, false),
+        (None, None) => (0, false),
     };
-    let (end, end_estimated) = match period.after {
-        Some(after) => (
-            interpolate(last, after, period.end_ms),
-            long(last, after, period.end_ms),
-        ),
-        None => (last.creg, false),
+    let (start, start_estimated) = boundary(
+        period.before,
+        period.first.or(period.after),
+        period.start_ms,
+    );
+    let (end, end_estimated) = boundary(period.last.or(period.before), period.after, period.end_ms);
+    let skipped = period.first.is_none() && period.before.is_some() && period.after.is_some();
+    (
+        end.saturating_sub(start),
+        start_estimated || end_estimated || skipped,
+    )
+}
+
+/// The fixed charge of a period: the full charge for the meter's size, prorated in
+/// the meter's first period (no read before it) to the local days from the day of
+/// its first read to the month's end, of the month's local days — rounded half up
+/// to the minor unit.
+fn fixed_charge(terms: &MeterTerms<'_>, period: &PeriodReads, calendar: &mut LocalCalendar) -> u64 {
+    let full = terms.tariff.fixed_charge_for(terms.size);
+    let (None, Some(first)) = (period.before, period.first) else {
+        return full;
     };
-    (end.saturating_sub(start), start_estimated || end_estimated)
+    let days = u128::from(calendar.day(period.end_ms - 1).day);
+    let in_service = days + 1 - u128::from(calendar.day(first.ts).day);
+    u64::try_from((u128::from(full) * in_service * 2 + days) / (2 * days)).unwrap_or(u64::MAX)
 }
 
 /// Tier lines and their total for `usage_l` litres.
@@ -465,10 +590,15 @@ pub fn tier_charges(tariff: &Tariff, usage_l: u64) -> Vec<TierCharge> {
         .collect()
 }
 
-fn bill_line(terms: &MeterTerms<'_>, period: &PeriodReads, final_: bool) -> BillLine {
+fn bill_line(
+    terms: &MeterTerms<'_>,
+    period: &PeriodReads,
+    final_: bool,
+    calendar: &mut LocalCalendar,
+) -> BillLine {
     let (usage_l, estimated) = period_usage(period, terms.long_gap_ms);
     let tiers = tier_charges(terms.tariff, usage_l);
-    let fixed_cents = terms.tariff.fixed_charge_for(terms.size);
+    let fixed_cents = fixed_charge(terms, period, calendar);
     let amount_cents = tiers
         .iter()
         .fold(fixed_cents, |sum, t| sum.saturating_add(t.amount_cents));
@@ -528,9 +658,62 @@ mod tests {
         assert_eq!(period_usage(&period, 100), (1_000, true));
     }
 
+    #[test]
+    fn the_first_period_prorates_the_fixed_charge_half_up() {
+        let mut calendar = LocalCalendar::for_zone_name("UTC").unwrap();
+        let key = MeterKey::new("demo".try_into().unwrap(), "m".try_into().unwrap());
+        let tariff = Tariff {
+            fixed_charge: 1_005,
+            ..Tariff::default()
+        };
+        let terms = MeterTerms {
+            key: &key,
+            tariff: &tariff,
+            size: MeterSize::default(),
+            long_gap_ms: 5_400_000,
+        };
+        // November 2024 (UTC): 2024-11-01T00:00Z to 2024-12-01T00:00Z, 30 days.
+        let november = new_period(calendar.month(1_730_419_200_000));
+        let read = |ts| RegisterPoint { ts, creg: 7 };
+        let first_read_on = |day: i64| PeriodReads {
+            first: Some(read(november.start_ms + (day - 1) * 86_400_000 + 1)),
+            ..november
+        };
+        let mut fixed = |period: PeriodReads| fixed_charge(&terms, &period, &mut calendar);
+        // 10.05 × 1/30 = 0.335 → 0.34; × 30/30 in full; × 15/30 = 5.025 → 5.03.
+        assert_eq!(fixed(first_read_on(30)), 34);
+        assert_eq!(fixed(first_read_on(1)), 1_005);
+        assert_eq!(fixed(first_read_on(16)), 503);
+        // A read before the period: in service all month.
+        let before = PeriodReads {
+            before: Some(read(november.start_ms - 1)),
+            ..first_read_on(30)
+        };
+        assert_eq!(fixed(before), 1_005);
+    }
+
+    #[test]
+    fn a_skipped_month_is_interpolated_end_to_end_and_estimated() {
+        let period = PeriodReads {
+            year: 2025,
+            month: 1,
+            start_ms: 1_000,
+            end_ms: 2_000,
+            before: Some(RegisterPoint { ts: 500, creg: 0 }),
+            first: None,
+            last: None,
+            after: Some(RegisterPoint {
+                ts: 3_000,
+                creg: 2_500,
+            }),
+        };
+        // 1 L/ms: C(1000) = 500, C(2000) = 1500.
+        assert_eq!(period_usage(&period, 1_000_000), (1_000, true));
+    }
+
     proptest! {
-        /// Folding only each month's first and last open read gives the periods that
-        /// folding every open read gives.
+        /// Folding only each month's first and last open read gives the periods (and
+        /// the periods passed) that folding every open read gives.
         #[test]
         fn open_reads_fold_by_their_months_extremes(
             settled in proptest::collection::vec((0i64..40, 0u64..1_000), 0..5),
@@ -548,10 +731,13 @@ mod tests {
                 RegisterPoint { ts: day(*d), creg }
             }).collect();
             let mut every = BillingState { open: Vec::new(), ..billing.clone() };
+            let mut passed = Vec::new();
             for point in &billing.open {
-                observe(&mut every, *point, &mut calendar);
+                passed.extend(observe(&mut every, *point, &mut calendar));
             }
-            prop_assert_eq!(with_open_reads(&billing, &mut calendar), every);
+            let view = with_open_reads(&billing, &mut calendar);
+            prop_assert_eq!(view.periods, every);
+            prop_assert_eq!(view.passed, passed);
         }
 
         /// Tier amounts add up to the total, and the total never falls as usage grows.

@@ -4,5 +4,6 @@ mod alerting;
 mod analytics;
 mod billing;
 mod register_order;
+mod skipped_months;
 mod utils;
 mod vee;

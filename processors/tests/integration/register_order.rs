@@ -12,7 +12,7 @@ use meterflow_model::{MeterState, ProcessorsConfig, Quality, Reading, StoredRead
 use proptest::prelude::*;
 use proptest::sample::Index;
 
-use crate::utils::{HOUR, Input, Pipeline, key, reading};
+use crate::utils::{DAY, HOUR, Input, Pipeline, key, reading};
 
 /// 2025-01-28T00:00Z: five days of hourly reads cross the January/February boundary.
 const START: i64 = 1_738_022_400_000;
@@ -27,11 +27,12 @@ const MAX_MESSAGE_READS: usize = 24;
 type Reads = Vec<(i64, u64)>;
 
 /// What a replay leaves behind: the stored row per `ts` (storage upserts by
-/// (meter, ts)), and the last bill line per period as (usage, estimated).
+/// (meter, ts)), and the last bill line per period as (usage, estimated, fixed
+/// charge).
 #[derive(Debug, PartialEq)]
 struct Outcome {
     rows: BTreeMap<i64, (Reading, Quality, Option<u64>)>,
-    bills: BTreeMap<String, (u64, bool)>,
+    bills: BTreeMap<String, (u64, bool, u64)>,
 }
 
 impl Outcome {
@@ -89,9 +90,8 @@ fn replay_restarting(batches: &[Vec<Reads>], restarts: &BTreeSet<usize>) -> Outc
             stored.insert(row.reading.ts, *row);
         }
         for bill in out.bills {
-            outcome
-                .bills
-                .insert(bill.period, (bill.usage_l, bill.estimated));
+            let terms = (bill.usage_l, bill.estimated, bill.fixed_cents);
+            outcome.bills.insert(bill.period, terms);
         }
     }
     outcome
@@ -183,7 +183,9 @@ fn a_one_off_glitch_stays_suspect_in_any_order() {
 
 /// A meter's hourly reads: steady usage with zero-flow hours, starting near the
 /// register's wrap or anywhere, maybe exchanged (for a register below or above the
-/// exchange threshold), with missing hours (gaps) and one-off glitches.
+/// exchange threshold), with missing hours (gaps), one-off glitches, and maybe an
+/// outage of up to 100 days (up to three months without a read, issue 10 case 5)
+/// during which the meter keeps counting.
 fn stream() -> impl Strategy<Value = Reads> {
     (
         prop_oneof![
@@ -197,16 +199,24 @@ fn stream() -> impl Strategy<Value = Reads> {
         )),
         proptest::collection::vec(any::<Index>(), 0..10),
         proptest::collection::vec((any::<Index>(), 0..CAPACITY), 0..3),
+        proptest::option::of((any::<Index>(), 1i64..=100, 0u64..100)),
     )
-        .prop_map(|(start, litres, exchange, missing, glitches)| {
+        .prop_map(|(start, litres, exchange, missing, glitches, outage)| {
             let exchange = exchange.map(|(at, new_start)| (at.index(litres.len()), new_start));
+            let outage =
+                outage.map(|(at, days, per_hour)| (at.index(litres.len()), days, per_hour));
             let mut reg = start;
+            let mut silent_ms = 0;
             let mut reads: Reads = Vec::new();
             for (hour, used) in litres.iter().enumerate() {
+                if let Some((_, days, per_hour)) = outage.filter(|(at, ..)| *at == hour) {
+                    silent_ms = days * DAY;
+                    reg = (reg + days as u64 * 24 * per_hour) % CAPACITY;
+                }
                 if let Some((_, new_start)) = exchange.filter(|(at, _)| *at == hour) {
                     reg = new_start;
                 }
-                reads.push((START + hour as i64 * HOUR, reg));
+                reads.push((START + hour as i64 * HOUR + silent_ms, reg));
                 reg = (reg + used) % CAPACITY;
             }
             for (at, bogus) in glitches {
@@ -271,7 +281,15 @@ fn cut(reads: &[(i64, u64)], sizes: &[usize]) -> Vec<Reads> {
 impl Arrival {
     /// The batches the meter's reads arrive in.
     fn batches(&self, reads: &Reads) -> Vec<Vec<Reads>> {
-        let messages = cut(reads, &self.sizes);
+        // A message spans at most a day of reads, so one cut across an outage is
+        // two messages.
+        let messages: Vec<Reads> = cut(reads, &self.sizes)
+            .iter()
+            .flat_map(|message| {
+                message.chunk_by(|a, b| b.0 - a.0 < MAX_MESSAGE_READS as i64 * HOUR)
+            })
+            .map(<[_]>::to_vec)
+            .collect();
         // Sorted by arrival time: the first read's ts plus the delay.
         let mut timed: Vec<(i64, usize, Reads)> = messages
             .iter()
@@ -315,7 +333,7 @@ proptest! {
     /// per batch). Any arrival within the late window — messages cut differently,
     /// delayed and so reordered, duplicated, several to a batch — leaves the same
     /// stored row per `ts` (reading, quality, interval) and the same last bill per
-    /// period (usage, estimated) as the model. One exception, which storage cannot
+    /// period (usage, estimated, fixed charge) as the model. One exception, which storage cannot
     /// undo without deletes: a read accepted across a gap while earlier reads were
     /// missing, and turned suspect when they arrived, leaves the gap's estimates
     /// stored where the model has no row (ARCHITECTURE.md departure 21); so rows
