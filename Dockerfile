@@ -23,11 +23,13 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
 # The registry and the target dir are BuildKit cache mounts: the binaries are copied out
-# of the cached target dir within the same RUN.
+# of the cached target dir within the same RUN. The `kafka` feature (distributed mode)
+# builds librdkafka from its bundled sources: cmake and libcurl's headers.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --release --locked --bin meterflow --bin meterflow-sim \
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends cmake libcurl4-openssl-dev \
+    && cargo build --release --locked --features meterflow-ingest/kafka --bin meterflow --bin meterflow-sim \
     && install -D -m 0755 target/release/meterflow /out/usr/local/bin/meterflow \
     && install -D -m 0755 target/release/meterflow-sim /out/usr/local/bin/meterflow-sim \
     && install -d -m 0750 /out/var/lib/meterflow

@@ -20,6 +20,7 @@ use meterflow_storage::scylla::ScyllaConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::dead_letter_limit::{DEAD_LETTER_SOURCES, DeadLetterRate};
+pub use crate::kafka::config::{KafkaConfig, Mode};
 
 /// Listen address of the embedded broker: the MQTT port on loopback.
 pub const DEFAULT_MQTT_LISTEN: &str = "127.0.0.1:1883";
@@ -33,6 +34,9 @@ pub const DEMO_TENANT: &str = "demo";
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// What this process runs: `embedded` (everything, the default), or in distributed
+    /// mode (DESIGN §9) an `endpoint` or a `processor` replica around a Kafka log.
+    pub mode: Mode,
     pub mqtt: MqttConfig,
     pub http: HttpConfig,
     pub store: StoreConfig,
@@ -43,6 +47,8 @@ pub struct Config {
     /// per tenant with defaults (see `model/src/processing.rs`).
     pub processors: ProcessorsConfig,
     pub log: LogConfig,
+    /// The uplink log of distributed mode (unused in `embedded` mode).
+    pub kafka: KafkaConfig,
     /// Utilities served by this instance. Empty means just the built-in `demo`.
     pub tenants: Vec<TenantConfig>,
 }
@@ -460,6 +466,36 @@ impl Config {
         text
     }
 
+    /// What distributed mode needs: the Kafka support compiled in, a valid `[kafka]`,
+    /// and a store and cache that every replica shares (an embedded store or an
+    /// in-process cache would split a meter's state and the dashboards' data).
+    fn distributed_problems(&self) -> Vec<String> {
+        if self.mode == Mode::Embedded {
+            return Vec::new();
+        }
+        let mode = self.mode.as_str();
+        let mut errors = Vec::new();
+        if !cfg!(feature = "kafka") {
+            errors.push(format!(
+                "mode = {mode:?} needs Kafka support, which this build lacks: build with \
+                 `--features kafka` (the release image and the Helm chart have it)"
+            ));
+        }
+        errors.extend(self.kafka.problems());
+        if self.store.parse_backend() == Ok(StoreBackend::Embedded) {
+            errors.push(format!(
+                "mode = {mode:?} needs a store every replica shares: set store.backend to \
+                 scylla://HOST:PORT/KEYSPACE"
+            ));
+        }
+        if self.cache.parse_backend() == Ok(CacheBackend::Memory) {
+            errors.push(format!(
+                "mode = {mode:?} needs a cache every replica shares: set cache.backend to a Redis URL"
+            ));
+        }
+        errors
+    }
+
     /// Checks the whole configuration and returns every problem found.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut errors = Vec::new();
@@ -558,6 +594,7 @@ impl Config {
         if let Err(e) = self.cache.parse_backend() {
             errors.push(e);
         }
+        errors.extend(self.distributed_problems());
         if let Err(problems) = self.store.scylla.validate() {
             errors.extend(problems.into_iter().map(|p| format!("store.{p}")));
         }

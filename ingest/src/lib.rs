@@ -10,6 +10,7 @@ pub mod dashboard;
 pub mod dead_letter_limit;
 pub mod endpoint;
 pub mod http;
+pub mod kafka;
 pub mod metrics;
 pub mod notifier;
 pub mod service;

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::builder::BoolishValueParser;
 use clap::{Parser, Subcommand};
+use meterflow_ingest::config::Mode;
 use meterflow_ingest::{Config, Service};
 use tracing_subscriber::EnvFilter;
 
@@ -60,6 +61,13 @@ struct RunArgs {
     /// TOML configuration file; fields not in it keep their defaults.
     #[arg(long, short)]
     config: Option<PathBuf>,
+    /// What this process runs: embedded (everything), or in distributed mode an
+    /// endpoint or a processor replica (overrides mode).
+    #[arg(long, env = "MF_MODE", value_enum)]
+    mode: Option<Mode>,
+    /// Kafka bootstrap brokers, host:port[,host:port] (overrides kafka.brokers).
+    #[arg(long, env = "MF_KAFKA_BROKERS")]
+    kafka_brokers: Option<String>,
     /// MQTT listen address (overrides mqtt.listen).
     #[arg(long, env = "MF_MQTT_LISTEN")]
     mqtt: Option<SocketAddr>,
@@ -97,6 +105,12 @@ impl RunArgs {
     /// Writes every override given into `config`.
     fn apply(&self, config: &mut Config) {
         let non_empty = |s: &String| Some(s.clone()).filter(|s| !s.is_empty());
+        if let Some(mode) = self.mode {
+            config.mode = mode;
+        }
+        if let Some(brokers) = &self.kafka_brokers {
+            config.kafka.brokers = brokers.clone();
+        }
         if let Some(mqtt) = self.mqtt {
             config.mqtt.listen = mqtt;
         }
@@ -238,18 +252,23 @@ fn run(config: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let json_logs = config.log.json;
+    let mode = config.mode.as_str();
     runtime.block_on(async {
         let mut service = Service::start(config).await?;
         // For a person at a console; in JSON mode every stderr line is a JSON object
         // and the "meterflow running" event already carries the addresses.
         if !json_logs {
+            let mqtt = service
+                .mqtt_addr
+                .map(|addr| format!("MQTT on {addr}, "))
+                .unwrap_or_default();
             let tls = service
                 .mqtt_tls_addr
-                .map(|addr| format!(", MQTT over TLS on {addr}"))
+                .map(|addr| format!("MQTT over TLS on {addr}, "))
                 .unwrap_or_default();
             eprintln!(
-                "meterflow: MQTT on {}{tls}, HTTP on http://{} — Ctrl-C to stop",
-                service.mqtt_addr, service.http_addr
+                "meterflow ({mode}): {mqtt}{tls}HTTP on http://{} — Ctrl-C to stop",
+                service.http_addr
             );
         }
         let refused = tokio::select! {

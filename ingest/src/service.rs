@@ -13,7 +13,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context;
-use crossbeam_channel::bounded;
+use crossbeam_channel::{Receiver, bounded};
+use meterflow_model::alert::AlertEvent;
 use meterflow_processors::ProcessorChain;
 use meterflow_processors::analytics::DistrictRollup;
 use meterflow_storage::StoreError;
@@ -24,7 +25,10 @@ use tracing::info;
 use crate::backends;
 use crate::cache_writer::CacheWriter;
 use crate::config::Config;
-use crate::endpoint::{self, handoff::ShardRouter};
+use crate::endpoint::{
+    self,
+    handoff::{Handoff, ShardRouter},
+};
 use crate::http::{self, AppState};
 use crate::metrics::{self, EndpointMetrics, PipelineMetrics, TenantStored};
 use crate::notifier::{ALERT_QUEUE, Notifier};
@@ -34,24 +38,47 @@ use crate::tenants::Tenants;
 
 /// A running meterflow.
 pub struct Service {
-    pub mqtt_addr: std::net::SocketAddr,
+    /// The meter endpoint's listeners (not in `processor` mode).
+    pub mqtt_addr: Option<std::net::SocketAddr>,
     pub mqtt_tls_addr: Option<std::net::SocketAddr>,
     pub http_addr: std::net::SocketAddr,
-    /// The endpoint's way into the shards; closed by [`Service::shutdown`]. Connection
-    /// tasks hold clones, so shards are stopped through `stop_shards`.
-    router: ShardRouter,
-    shard_threads: Vec<JoinHandle<()>>,
-    sink_thread: JoinHandle<()>,
+    /// Shards and sink (not in `endpoint` mode).
+    pipeline: Option<Pipeline>,
+    /// What feeds the pipeline in `processor` mode.
+    #[cfg(feature = "kafka")]
+    consumer: Option<crate::kafka::consumer::LogConsumer>,
+    /// Where the endpoint hands uplinks in `endpoint` mode.
+    #[cfg(feature = "kafka")]
+    producer: Option<Arc<crate::kafka::producer::LogProducer>>,
     http_task: tokio::task::JoinHandle<()>,
-    stop_shards: Arc<AtomicBool>,
     /// The error of a group commit the store refused for good (the sink stopped).
     refused: oneshot::Receiver<StoreError>,
 }
 
+/// The shard workers and the sink.
+struct Pipeline {
+    /// The way into the shards; closed at shutdown. Connection tasks hold clones, so
+    /// shards are stopped through `stop_shards`.
+    router: ShardRouter,
+    shard_threads: Vec<JoinHandle<()>>,
+    sink_thread: JoinHandle<()>,
+    stop_shards: Arc<AtomicBool>,
+}
+
+/// What the pipeline shares with the rest of the service.
+struct Shared {
+    config: Config,
+    store: Arc<dyn meterflow_storage::ReadingStore>,
+    cache: Arc<dyn meterflow_storage::HotCache>,
+    tenants: Arc<Tenants>,
+    store_healthy: Arc<AtomicBool>,
+    metrics: PipelineMetrics,
+}
+
 impl Service {
-    /// Starts every part: the endpoint and HTTP on the current tokio runtime (a
-    /// multi-thread one: the store and cache clients run on it too), shards and the
-    /// sink on OS threads.
+    /// Starts every part this process runs (`mode`): the endpoint and HTTP on the
+    /// current tokio runtime (a multi-thread one: the store and cache clients run on
+    /// it too), shards and the sink on OS threads.
     pub async fn start(config: Config) -> anyhow::Result<Service> {
         config.validate().map_err(|errors| {
             anyhow::anyhow!("invalid configuration:\n  {}", errors.join("\n  "))
@@ -69,24 +96,179 @@ impl Service {
             ))
         })
         .await??;
-        let tenants = Arc::new(Tenants::from_config(&config));
-        let store_healthy = Arc::new(AtomicBool::new(true));
+        let shared = Shared {
+            tenants: Arc::new(Tenants::from_config(&config)),
+            store_healthy: Arc::new(AtomicBool::new(true)),
+            config,
+            store,
+            cache,
+            metrics: pipeline_metrics,
+        };
+        let config = &shared.config;
 
         let http_listener = TcpListener::bind(config.http.listen)
             .await
             .with_context(|| format!("http.listen {} is not free", config.http.listen))?;
         let http_addr = http_listener.local_addr()?;
 
+        let (refused_tx, refused) = oneshot::channel();
+        let (pipeline, alerts) = match config.mode.runs_pipeline() {
+            true => {
+                let (pipeline, alerts) = Pipeline::start(&shared, refused_tx)?;
+                (Some(pipeline), Some(alerts))
+            }
+            false => (None, None),
+        };
+        #[cfg(feature = "kafka")]
+        let producer = match config.mode {
+            crate::config::Mode::Endpoint => Some(Arc::new(
+                crate::kafka::producer::LogProducer::connect(&config.kafka).await?,
+            )),
+            _ => None,
+        };
+        let endpoint = if config.mode.runs_endpoint() {
+            let handoff = match &pipeline {
+                Some(pipeline) => Handoff::Shards(pipeline.router.clone()),
+                #[cfg(feature = "kafka")]
+                None => Handoff::Log(producer.clone().context("endpoint mode has a producer")?),
+                #[cfg(not(feature = "kafka"))]
+                None => anyhow::bail!("endpoint mode needs the kafka feature"),
+            };
+            Some(
+                endpoint::start(
+                    config,
+                    shared.tenants.clone(),
+                    handoff,
+                    EndpointMetrics::register(&shared.metrics),
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
+        #[cfg(feature = "kafka")]
+        let consumer = match (&pipeline, config.mode) {
+            (Some(pipeline), crate::config::Mode::Processor) => Some(
+                crate::kafka::consumer::LogConsumer::start(&config.kafka, pipeline.router.clone())
+                    .await?,
+            ),
+            _ => None,
+        };
+        if let Some(alerts) = alerts {
+            // Alert events go to webhooks, and to MQTT subscribers of this process's
+            // endpoint when it runs one.
+            let registry = endpoint
+                .as_ref()
+                .map_or_else(Default::default, |e| e.registry.clone());
+            let webhooks = config
+                .effective_tenants()
+                .into_iter()
+                .filter_map(|t| Some((t.id.clone(), t.webhook_url.clone()?)))
+                .collect();
+            Notifier::new(
+                alerts,
+                &config.processors,
+                registry,
+                webhooks,
+                shared.metrics.notifier(),
+            )
+            .spawn()?;
+        }
+        let app = http::router(AppState {
+            store: shared.store.clone(),
+            cache: shared.cache.clone(),
+            tenants: shared.tenants.clone(),
+            prometheus,
+            store_healthy: shared.store_healthy.clone(),
+            mqtt_probe: endpoint.as_ref().map(|endpoint| http::MqttProbe {
+                addr: endpoint::probe::probe_addr(endpoint.listen),
+                secret: endpoint.probe_secret.clone(),
+            }),
+            processing: Arc::new(config.processors.clone()),
+        });
+        let http_limits = http::ServeLimits {
+            max_connections: config.http.max_connections,
+            header_timeout: Duration::from_secs(config.http.header_timeout_s),
+            idle_timeout: Duration::from_secs(config.http.idle_timeout_s),
+        };
+        let http_task = tokio::spawn(http::serve(http_listener, app, http_limits));
+        info!(
+            mode = config.mode.as_str(),
+            mqtt = ?endpoint.as_ref().map(|e| e.listen),
+            mqtt_tls = ?endpoint.as_ref().and_then(|e| e.tls_listen),
+            max_connections = endpoint.as_ref().map(|e| e.max_connections),
+            http = %http_addr,
+            shards = pipeline.as_ref().map(|p| p.shard_threads.len()),
+            store = config.store.backend,
+            cache = crate::config::redacted_url(&config.cache.backend),
+            "meterflow running"
+        );
+        Ok(Service {
+            mqtt_addr: endpoint.as_ref().map(|e| e.listen),
+            mqtt_tls_addr: endpoint.as_ref().and_then(|e| e.tls_listen),
+            http_addr,
+            pipeline,
+            #[cfg(feature = "kafka")]
+            consumer,
+            #[cfg(feature = "kafka")]
+            producer,
+            http_task,
+            refused,
+        })
+    }
+
+    /// Resolves with the store's error if the sink stopped because the store refused
+    /// a group commit for good (a rejected statement, unreadable data): the service
+    /// cannot make anything durable any more, and the caller should exit so that it is
+    /// restarted. Never resolves otherwise.
+    pub async fn store_refused(&mut self) -> StoreError {
+        match (&mut self.refused).await {
+            Ok(error) => error,
+            // The sink stopped normally (shutdown), or this process has none.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Seals what the shards hold, waits until it is durable and acked (in `processor`
+    /// mode: its offsets committed; in `endpoint` mode: the log has answered what was
+    /// handed to it), then stops. Uplinks not yet handed over are not taken: their
+    /// meters get no PUBACK and resend them.
+    pub fn shutdown(self) {
+        #[cfg(feature = "kafka")]
+        if let Some(consumer) = &self.consumer {
+            consumer.stop_feeding();
+        }
+        if let Some(pipeline) = self.pipeline {
+            pipeline.shutdown();
+        }
+        #[cfg(feature = "kafka")]
+        if let Some(consumer) = self.consumer {
+            consumer.finish();
+        }
+        #[cfg(feature = "kafka")]
+        if let Some(producer) = &self.producer {
+            producer.flush(LOG_FLUSH_TIMEOUT);
+        }
+        self.http_task.abort();
+        info!("meterflow stopped: everything taken in is durable and acked");
+    }
+}
+
+/// How long an endpoint waits at shutdown for the log to answer what it holds.
+#[cfg(feature = "kafka")]
+const LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Pipeline {
+    /// Shard workers and the sink on OS threads; also the alert events the sink will
+    /// send, for the notifier.
+    fn start(
+        shared: &Shared,
+        refused: oneshot::Sender<StoreError>,
+    ) -> anyhow::Result<(Pipeline, Receiver<AlertEvent>)> {
+        let config = &shared.config;
         let p = &config.pipeline;
         let shards = p.shard_count();
         let (router, inboxes) = ShardRouter::new(shards, p.shard_queue);
-        let endpoint = endpoint::start(
-            &config,
-            tenants.clone(),
-            router.clone(),
-            EndpointMetrics::register(&pipeline_metrics),
-        )
-        .await?;
         let (sink_tx, sink_rx) = bounded(p.sink_queue);
         let settings = ShardSettings {
             limits: config.limits.clone(),
@@ -104,101 +286,42 @@ impl Service {
                 settings.clone(),
                 inbox,
                 sink_tx.clone(),
-                store.clone(),
-                tenants.clone(),
+                shared.store.clone(),
+                shared.tenants.clone(),
                 ProcessorChain::for_tenants(config.processors.clone())
                     .map_err(|e| anyhow::anyhow!("processors: {}", e.problems.join("; ")))?,
-                pipeline_metrics.clone(),
+                shared.metrics.clone(),
                 stop_shards.clone(),
             );
             shard_threads.push(worker.spawn()?);
         }
         drop(sink_tx);
         let (alert_tx, alert_rx) = bounded(ALERT_QUEUE);
-        let webhooks = config
-            .effective_tenants()
-            .into_iter()
-            .filter_map(|t| Some((t.id.clone(), t.webhook_url.clone()?)))
-            .collect();
-        Notifier::new(
-            alert_rx,
-            &config.processors,
-            endpoint.registry.clone(),
-            webhooks,
-            pipeline_metrics.notifier(),
-        )
-        .spawn()?;
-        let (refused_tx, refused) = oneshot::channel();
         let sink_thread = Sink {
             inbox: sink_rx,
-            store: store.clone(),
-            cache: CacheWriter::new(cache.clone(), pipeline_metrics.clone()),
+            store: shared.store.clone(),
+            cache: CacheWriter::new(shared.cache.clone(), shared.metrics.clone()),
             rollup: DistrictRollup::with_settings(shards, &config.processors.analytics),
             alerts: alert_tx,
-            metrics: pipeline_metrics.clone(),
+            metrics: shared.metrics.clone(),
             tenant_stored: TenantStored::default(),
-            store_healthy: store_healthy.clone(),
-            retry: backends::commit_retry(&config),
-            refused: refused_tx,
+            store_healthy: shared.store_healthy.clone(),
+            retry: backends::commit_retry(config),
+            refused,
         }
         .spawn()?;
-        let app = http::router(AppState {
-            store,
-            cache,
-            tenants,
-            prometheus,
-            store_healthy,
-            mqtt_probe: http::MqttProbe {
-                addr: endpoint::probe::probe_addr(endpoint.listen),
-                secret: endpoint.probe_secret.clone(),
+        Ok((
+            Pipeline {
+                router,
+                shard_threads,
+                sink_thread,
+                stop_shards,
             },
-            processing: Arc::new(config.processors.clone()),
-        });
-        let http_limits = http::ServeLimits {
-            max_connections: config.http.max_connections,
-            header_timeout: Duration::from_secs(config.http.header_timeout_s),
-            idle_timeout: Duration::from_secs(config.http.idle_timeout_s),
-        };
-        let http_task = tokio::spawn(http::serve(http_listener, app, http_limits));
-        info!(
-            mqtt = %endpoint.listen,
-            mqtt_tls = ?endpoint.tls_listen,
-            max_connections = endpoint.max_connections,
-            http = %http_addr,
-            shards,
-            store = config.store.backend,
-            cache = crate::config::redacted_url(&config.cache.backend),
-            "meterflow running"
-        );
-        Ok(Service {
-            mqtt_addr: endpoint.listen,
-            mqtt_tls_addr: endpoint.tls_listen,
-            http_addr,
-            router,
-            shard_threads,
-            sink_thread,
-            http_task,
-            stop_shards,
-            refused,
-        })
+            alert_rx,
+        ))
     }
 
-    /// Resolves with the store's error if the sink stopped because the store refused
-    /// a group commit for good (a rejected statement, unreadable data): the service
-    /// cannot make anything durable any more, and the caller should exit so that it is
-    /// restarted. Never resolves otherwise.
-    pub async fn store_refused(&mut self) -> StoreError {
-        match (&mut self.refused).await {
-            Ok(error) => error,
-            // The sink stopped normally (shutdown): nothing was refused.
-            Err(_) => std::future::pending().await,
-        }
-    }
-
-    /// Seals what the shards hold, waits until it is durable and acked, then stops.
-    /// Uplinks not yet handed to a shard are not taken: their meters get no PUBACK
-    /// and resend them.
-    pub fn shutdown(self) {
+    fn shutdown(self) {
         self.router.close();
         self.stop_shards
             .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -206,7 +329,5 @@ impl Service {
             let _ = thread.join();
         }
         let _ = self.sink_thread.join();
-        self.http_task.abort();
-        info!("meterflow stopped: everything taken in is durable and acked");
     }
 }

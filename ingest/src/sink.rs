@@ -262,8 +262,8 @@ impl Sink {
         }
         let mut told: HashSet<*const Outbox> = HashSet::new();
         for completion in completions {
-            let outbox = completion.outbox();
-            if let Some(w) = outbox.meter().and_then(|m| watermarks.get(m))
+            if let Some(outbox) = completion.outbox()
+                && let Some(w) = outbox.meter().and_then(|m| watermarks.get(m))
                 && told.insert(Arc::as_ptr(outbox))
                 && outbox.deliver_watermark(*w)
             {

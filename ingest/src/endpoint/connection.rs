@@ -425,7 +425,7 @@ where
             completion,
         };
         self.shared.metrics.received.increment(1);
-        if self.shared.router.send(inbound).await.is_err() {
+        if self.shared.handoff.send(inbound).await.is_err() {
             self.shared.metrics.shed.add(1, 0);
             return Err(Ended::PipelineClosed);
         }
@@ -468,7 +468,7 @@ mod tests {
     //! the bytes reach the connected state's packet handling.
     use super::*;
     use crate::config::Config;
-    use crate::endpoint::handoff::ShardRouter;
+    use crate::endpoint::handoff::{Handoff, ShardRouter};
     use crate::endpoint::registry::Registry;
     use crate::endpoint::session::Authenticator;
     use crate::metrics::{EndpointMetrics, PipelineMetrics};
@@ -485,7 +485,7 @@ mod tests {
                 Arc::new(Tenants::from_config(&Config::default())),
                 "probe-secret".into(),
             ),
-            router,
+            handoff: Handoff::Shards(router),
             registry: Arc::new(Registry::default()),
             metrics: EndpointMetrics::register(&PipelineMetrics::register()),
             limits: ConnectionLimits {

@@ -14,13 +14,20 @@
 //! returns the permit when it takes the uplink. A slow shard therefore stops the
 //! connections that feed it from reading their sockets, and TCP carries the
 //! backpressure to the meters — nothing is shed while the pipeline runs.
+//!
+//! In distributed mode (DESIGN §9) the endpoint hands uplinks to the log instead
+//! ([`Handoff::Log`]), and a processor's consumer feeds the shards through the same
+//! [`ShardRouter`]. Beside the uplinks, each shard queue carries [`ForgetOrder`]s: when
+//! a processor gives up partitions, every shard drops the cached state of their meters
+//! before it takes another uplink, so a meter that comes back later is hydrated from
+//! the store, never processed with what this replica knew before someone else owned it.
 
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, bounded};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, bounded, unbounded};
 use meterflow_model::{MeterKey, Reject};
 use tokio::sync::Semaphore;
 
@@ -54,10 +61,39 @@ pub fn shard_of(meter: &MeterKey, shards: usize) -> usize {
     (hash % shards as u64) as usize
 }
 
+/// Which meters a shard must forget: those of partitions this processor gave up.
+pub type ForgetOrder = Arc<dyn Fn(&MeterKey) -> bool + Send + Sync>;
+
+/// Where the endpoint hands uplinks: the shards of this process (embedded mode), or
+/// the partitioned log (distributed mode's endpoint).
+pub enum Handoff {
+    Shards(ShardRouter),
+    #[cfg(feature = "kafka")]
+    Log(Arc<crate::kafka::producer::LogProducer>),
+}
+
+impl Handoff {
+    /// Hands an uplink over, waiting while the shard queue (or the log's in-flight
+    /// window) is full.
+    pub async fn send(&self, inbound: Inbound) -> Result<(), PipelineClosed> {
+        match self {
+            Handoff::Shards(router) => router.send(inbound).await,
+            #[cfg(feature = "kafka")]
+            Handoff::Log(producer) => producer.send(inbound).await,
+        }
+    }
+}
+
 /// The sending side of every shard queue, shared by all connection tasks.
 #[derive(Clone)]
 pub struct ShardRouter {
-    queues: Arc<[(Sender<Inbound>, Arc<Semaphore>)]>,
+    queues: Arc<[ShardQueue]>,
+}
+
+struct ShardQueue {
+    uplinks: Sender<Inbound>,
+    space: Arc<Semaphore>,
+    orders: Sender<ForgetOrder>,
 }
 
 /// Why an uplink could not be handed over: the pipeline is stopping.
@@ -70,10 +106,19 @@ impl ShardRouter {
         let mut queues = Vec::with_capacity(shards);
         let mut inboxes = Vec::with_capacity(shards);
         for _ in 0..shards {
-            let (tx, rx) = bounded(capacity);
+            let (uplinks, rx) = bounded(capacity);
             let space = Arc::new(Semaphore::new(capacity));
-            queues.push((tx, space.clone()));
-            inboxes.push(ShardInbox { rx, space });
+            let (orders, order_rx) = unbounded();
+            queues.push(ShardQueue {
+                uplinks,
+                space: space.clone(),
+                orders,
+            });
+            inboxes.push(ShardInbox {
+                rx,
+                space,
+                orders: order_rx,
+            });
         }
         (
             ShardRouter {
@@ -85,18 +130,27 @@ impl ShardRouter {
 
     /// Hands an uplink to its meter's shard, waiting while the shard's queue is full.
     pub async fn send(&self, inbound: Inbound) -> Result<(), PipelineClosed> {
-        let (tx, space) = &self.queues[shard_of(&inbound.identity, self.queues.len())];
-        let permit = space.acquire().await.map_err(|_| PipelineClosed)?;
+        let queue = &self.queues[shard_of(&inbound.identity, self.queues.len())];
+        let permit = queue.space.acquire().await.map_err(|_| PipelineClosed)?;
         // A permit is a free slot, so the queue has room; it is returned by the shard
         // when it takes the uplink.
         permit.forget();
-        tx.try_send(inbound).map_err(|_| PipelineClosed)
+        queue.uplinks.try_send(inbound).map_err(|_| PipelineClosed)
+    }
+
+    /// Has every shard forget the meters `order` names before it takes the next
+    /// uplink (an uplink sent after this call is taken after the order).
+    pub fn forget(&self, order: ForgetOrder) {
+        for queue in self.queues.iter() {
+            // A shard that has stopped forgets everything anyway.
+            let _ = queue.orders.send(order.clone());
+        }
     }
 
     /// Stops accepting: connection tasks waiting for room get [`PipelineClosed`].
     pub fn close(&self) {
-        for (_, space) in self.queues.iter() {
-            space.close();
+        for queue in self.queues.iter() {
+            queue.space.close();
         }
     }
 }
@@ -105,6 +159,7 @@ impl ShardRouter {
 pub struct ShardInbox {
     rx: Receiver<Inbound>,
     space: Arc<Semaphore>,
+    orders: Receiver<ForgetOrder>,
 }
 
 impl ShardInbox {
@@ -120,6 +175,11 @@ impl ShardInbox {
         let inbound = self.rx.try_recv()?;
         self.space.add_permits(1);
         Ok(inbound)
+    }
+
+    /// Forget orders sent since the last call.
+    pub fn orders(&self) -> impl Iterator<Item = ForgetOrder> + '_ {
+        self.orders.try_iter()
     }
 
     pub fn len(&self) -> usize {

@@ -49,7 +49,7 @@ use crate::config::Config;
 use crate::metrics::EndpointMetrics;
 use crate::tenants::Tenants;
 use connection::ConnectionLimits;
-use handoff::ShardRouter;
+use handoff::Handoff;
 use registry::Registry;
 use session::{Authenticator, ConnectOutcome};
 
@@ -68,7 +68,7 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// What every connection task shares.
 pub struct EndpointShared {
     pub auth: Authenticator,
-    pub router: ShardRouter,
+    pub handoff: Handoff,
     pub registry: Arc<Registry>,
     pub metrics: EndpointMetrics,
     pub limits: ConnectionLimits,
@@ -91,7 +91,7 @@ pub struct Endpoint {
 pub async fn start(
     config: &Config,
     tenants: Arc<Tenants>,
-    router: ShardRouter,
+    handoff: Handoff,
     metrics: EndpointMetrics,
 ) -> anyhow::Result<Endpoint> {
     let m = &config.mqtt;
@@ -118,7 +118,7 @@ pub async fn start(
     let registry = Arc::new(Registry::default());
     let shared = Arc::new(EndpointShared {
         auth: Authenticator::new(tenants, probe_secret.clone()),
-        router,
+        handoff,
         registry: registry.clone(),
         metrics,
         limits: ConnectionLimits {

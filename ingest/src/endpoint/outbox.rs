@@ -15,7 +15,9 @@
 //!
 //! A [`Completion`] dropped without being completed (the pipeline stopped before the
 //! uplink was durable) tells the connection to close, so the meter reconnects and
-//! resends instead of waiting forever for a PUBACK.
+//! resends instead of waiting forever for a PUBACK. In distributed mode a processor's
+//! completions answer the log instead ([`Completion::for_log`]): durable offsets may
+//! be committed, abandoned ones never are.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -24,6 +26,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use bytes::Bytes;
 use meterflow_model::MeterKey;
 use tokio::sync::Notify;
+
+use crate::kafka::offsets::LogPosition;
 
 /// Alert events waiting on one connection. Alerts for one meter or tenant are rare
 /// (the notifier rate-limits them per tenant), so a connection this far behind is not
@@ -183,51 +187,91 @@ impl Outbox {
     }
 }
 
-/// The promise to answer one uplink once it is durable.
+/// The promise to answer one uplink once it is durable: to the meter's connection
+/// (PUBACK), or, for an uplink a processor read from the log, to the
+/// [`OffsetBook`](crate::kafka::offsets::OffsetBook)
+/// that decides which offsets may be committed.
 #[derive(Debug)]
 pub struct Completion {
-    outbox: Arc<Outbox>,
-    /// Packet id of a QoS 1 publish; `None` for QoS 0.
-    pkid: Option<u16>,
-    /// The session refused the publish (kept as a dead letter).
-    refused: bool,
+    to: AnswerTo,
     done: bool,
+}
+
+#[derive(Debug)]
+enum AnswerTo {
+    Meter {
+        outbox: Arc<Outbox>,
+        /// Packet id of a QoS 1 publish; `None` for QoS 0.
+        pkid: Option<u16>,
+        /// The session refused the publish (kept as a dead letter).
+        refused: bool,
+    },
+    Log(LogPosition),
 }
 
 impl Completion {
     pub fn new(outbox: Arc<Outbox>, pkid: Option<u16>, refused: bool) -> Completion {
         Completion {
-            outbox,
-            pkid,
-            refused,
+            to: AnswerTo::Meter {
+                outbox,
+                pkid,
+                refused,
+            },
             done: false,
         }
     }
 
-    pub fn outbox(&self) -> &Arc<Outbox> {
-        &self.outbox
+    /// The completion of an uplink read from the log at `position`.
+    pub fn for_log(position: LogPosition) -> Completion {
+        Completion {
+            to: AnswerTo::Log(position),
+            done: false,
+        }
+    }
+
+    /// The connection to answer, when the uplink came from one.
+    pub fn outbox(&self) -> Option<&Arc<Outbox>> {
+        match &self.to {
+            AnswerTo::Meter { outbox, .. } => Some(outbox),
+            AnswerTo::Log(_) => None,
+        }
     }
 
     /// The uplink is durable (stored, dead-lettered, or a duplicate of a durable one):
-    /// PUBACK it. A connection that has gone meanwhile simply never sees it; its meter
-    /// resends and is answered as a duplicate.
+    /// PUBACK it (a connection that has gone meanwhile simply never sees it; its meter
+    /// resends and is answered as a duplicate), or mark its log offset committable.
     pub fn complete(mut self) {
         self.done = true;
-        let answer = match self.pkid {
-            Some(pkid) => Outgoing::PubAck {
+        match &self.to {
+            AnswerTo::Meter {
+                outbox,
                 pkid,
-                refused: self.refused,
-            },
-            None => Outgoing::Done,
-        };
-        self.outbox.send(answer);
+                refused,
+            } => {
+                let answer = match pkid {
+                    Some(pkid) => Outgoing::PubAck {
+                        pkid: *pkid,
+                        refused: *refused,
+                    },
+                    None => Outgoing::Done,
+                };
+                outbox.send(answer);
+            }
+            AnswerTo::Log(log) => log.book.completed(log.at),
+        }
     }
 }
 
 impl Drop for Completion {
     fn drop(&mut self) {
-        if !self.done {
-            self.outbox.send(Outgoing::Abandoned);
+        if self.done {
+            return;
+        }
+        match &self.to {
+            AnswerTo::Meter { outbox, .. } => {
+                outbox.send(Outgoing::Abandoned);
+            }
+            AnswerTo::Log(log) => log.book.abandoned(log.at),
         }
     }
 }

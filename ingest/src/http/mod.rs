@@ -101,7 +101,9 @@ pub struct AppState {
     pub prometheus: PrometheusHandle,
     pub store_healthy: Arc<AtomicBool>,
     /// How `/readyz` checks that the endpoint takes new sessions.
-    pub mqtt_probe: MqttProbe,
+    /// The meter endpoint's readiness probe; `None` where this process runs no
+    /// endpoint (`processor` mode).
+    pub mqtt_probe: Option<MqttProbe>,
     /// Tariffs, districts and time zones, for the tenant endpoints.
     pub processing: Arc<ProcessorsConfig>,
 }
@@ -270,8 +272,12 @@ struct Readiness {
     )
 )]
 async fn readyz(State(state): State<AppState>) -> Response {
-    let probe = &state.mqtt_probe;
-    let mqtt = crate::endpoint::probe::probe(probe.addr, &probe.secret, PROBE_TIMEOUT).await;
+    let mqtt = match &state.mqtt_probe {
+        Some(probe) => {
+            crate::endpoint::probe::probe(probe.addr, &probe.secret, PROBE_TIMEOUT).await
+        }
+        None => Ok(()),
+    };
     let body = Readiness {
         mqtt_sessions: mqtt.is_ok(),
         mqtt_error: mqtt.err(),

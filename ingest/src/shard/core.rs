@@ -333,6 +333,15 @@ impl ShardCore {
         }
     }
 
+    /// Drops the cached state of the meters `which` names (distributed mode: their
+    /// partition moved to another processor), so the next uplink of one is hydrated
+    /// from the store. The runner orders it only for meters with nothing in flight
+    /// here (their partition was drained first), so none is in the open batch.
+    pub fn forget(&mut self, which: &dyn Fn(&MeterKey) -> bool) {
+        self.meters.retain(|key, _| !which(key));
+        self.gapped.retain(|key| !which(key));
+    }
+
     /// Whether the open batch holds its `batch_readings` readings.
     pub fn is_full(&self) -> bool {
         self.open.readings >= self.settings.batch_readings

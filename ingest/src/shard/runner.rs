@@ -114,6 +114,9 @@ impl ShardWorker {
 
     /// Offers an arrival to the core, reading the meter's state first when it asks.
     fn take(&mut self, inbound: Inbound) {
+        for order in self.inbox.orders() {
+            self.core.forget(&*order);
+        }
         let at = Instant::now();
         let arrival = inbound.arrival();
         while let Step::NeedsState(key) = self.core.admit(&arrival, at) {

@@ -66,7 +66,7 @@ fn start_on(
     Meterflow::start_with(&dir.join("data"), mqtt, http, &args)
 }
 
-async fn cql(cassandra: &str) -> Session {
+pub(crate) async fn cql(cassandra: &str) -> Session {
     SessionBuilder::new()
         .known_node(cassandra)
         .build()
@@ -75,7 +75,7 @@ async fn cql(cassandra: &str) -> Session {
 }
 
 /// Every stored reading, per meter id, read straight from Cassandra.
-async fn stored_readings(
+pub(crate) async fn stored_readings(
     session: &Session,
     keyspace: &str,
 ) -> BTreeMap<String, Vec<(u64, Reading)>> {
@@ -152,7 +152,12 @@ fn redis_mismatches(redis: &str, prefix: &str, config: &SimConfig) -> Vec<String
     problems
 }
 
-async fn wait_for_redis(redis: &str, prefix: &str, config: &SimConfig, within: Duration) {
+pub(crate) async fn wait_for_redis(
+    redis: &str,
+    prefix: &str,
+    config: &SimConfig,
+    within: Duration,
+) {
     let deadline = Instant::now() + within;
     loop {
         let problems = redis_mismatches(redis, prefix, config);

@@ -6,6 +6,8 @@ mod backends;
 mod bad_input;
 mod crash;
 mod csv;
+#[cfg(feature = "kafka")]
+mod distributed;
 mod e2e;
 mod endpoint;
 mod fleet;

@@ -1,0 +1,171 @@
+//! How a process takes part (`mode`) and the `[kafka]` section of distributed mode.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// What this process runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Everything in one process: endpoint → shards → store (the default).
+    #[default]
+    Embedded,
+    /// A stateless meter endpoint: uplinks go to the Kafka topic, PUBACK once the log
+    /// has them.
+    Endpoint,
+    /// A processor replica: consumes the partitions the consumer group assigns it and
+    /// runs the shard/sink pipeline on them.
+    Processor,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Embedded => "embedded",
+            Mode::Endpoint => "endpoint",
+            Mode::Processor => "processor",
+        }
+    }
+
+    /// Whether this mode runs the meter endpoint.
+    pub fn runs_endpoint(self) -> bool {
+        self != Mode::Processor
+    }
+
+    /// Whether this mode runs the shard/sink pipeline.
+    pub fn runs_pipeline(self) -> bool {
+        self != Mode::Endpoint
+    }
+}
+
+/// librdkafka settings meterflow sets itself, because its guarantees rest on them;
+/// `kafka.properties` may not change them.
+pub const RESERVED_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "enable.idempotence",
+    "acks",
+    "request.required.acks",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "isolation.level",
+    "partition.assignment.strategy",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "statistics.interval.ms",
+];
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port[,host:port…]`.
+    pub brokers: String,
+    /// The uplink topic. Created at start when missing (with `partitions` and
+    /// `replication_factor`); an existing one must have exactly `partitions`.
+    pub topic: String,
+    /// Partitions of the topic: the unit of ownership, and the most processor replicas
+    /// that can share the work. Endpoints place a meter by it, so every endpoint and
+    /// processor must agree; changing it moves meters between owners.
+    pub partitions: u32,
+    /// Replicas of each partition when meterflow creates the topic (3 in production,
+    /// with the broker's `min.insync.replicas` = 2: PUBACK then means "on two brokers").
+    pub replication_factor: u16,
+    /// The processors' consumer group.
+    pub group_id: String,
+    /// Uplinks an endpoint has handed to the log and not yet seen acknowledged; when
+    /// full, connections wait (backpressure to the meters instead of memory).
+    pub max_in_flight: usize,
+    /// How long an endpoint keeps trying to append an uplink before it gives up and
+    /// closes the meter's connection (the meter resends).
+    pub delivery_timeout_ms: u64,
+    /// How often a processor commits the offsets its store writes cover.
+    pub commit_interval_ms: u64,
+    /// When a processor gives up partitions (rebalance), how long it waits for their
+    /// uplinks in flight to become durable before it commits and lets them go.
+    pub rebalance_drain_s: u64,
+    /// Further librdkafka settings, passed through as they are — TLS and SASL for
+    /// example (`security.protocol`, `ssl.ca.location`, `sasl.mechanism`,
+    /// `sasl.username`, `sasl.password`). Values are never logged.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "meterflow.uplinks".into(),
+            partitions: 12,
+            replication_factor: 1,
+            group_id: "meterflow-processors".into(),
+            max_in_flight: 20_000,
+            delivery_timeout_ms: 30_000,
+            commit_interval_ms: 1_000,
+            rebalance_drain_s: 30,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// Every problem of the section, for [`crate::Config::validate`].
+    pub fn problems(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        if self.brokers.trim().is_empty() {
+            errors.push("kafka.brokers: give at least one host:port".to_string());
+        }
+        let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        if self.topic.is_empty() || self.topic.len() > 249 || !self.topic.chars().all(legal) {
+            errors.push(format!(
+                "kafka.topic {:?}: 1-249 of A-Z a-z 0-9 . _ - (Kafka's topic names)",
+                self.topic
+            ));
+        }
+        if self.partitions == 0 {
+            errors.push("kafka.partitions: at least 1".to_string());
+        }
+        if self.replication_factor == 0 {
+            errors.push("kafka.replication_factor: at least 1".to_string());
+        }
+        if self.group_id.trim().is_empty() {
+            errors.push("kafka.group_id: must not be empty".to_string());
+        }
+        if self.max_in_flight == 0 {
+            errors.push("kafka.max_in_flight: at least 1".to_string());
+        }
+        for key in self.properties.keys() {
+            if RESERVED_PROPERTIES.contains(&key.as_str()) {
+                errors.push(format!(
+                    "kafka.properties.{key}: set by meterflow (its delivery guarantees rest on it); \
+                     use the kafka.* setting for it if there is one"
+                ));
+            }
+        }
+        errors
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_is_valid_and_reserved_properties_are_refused() {
+        assert_eq!(KafkaConfig::default().problems(), Vec::<String>::new());
+        let mut config = KafkaConfig {
+            topic: "bad topic".into(),
+            partitions: 0,
+            ..KafkaConfig::default()
+        };
+        config
+            .properties
+            .insert("enable.idempotence".into(), "false".into());
+        config
+            .properties
+            .insert("security.protocol".into(), "SASL_SSL".into());
+        let problems = config.problems();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[2].contains("enable.idempotence"));
+    }
+}

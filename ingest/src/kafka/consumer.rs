@@ -1,0 +1,287 @@
+//! A processor's feed in distributed mode: one consumer-group member on its own
+//! thread reads the partitions it is assigned and hands each uplink to the shards
+//! through the same [`ShardRouter`] the endpoint uses in embedded mode, with a
+//! completion that marks its offset in the [`OffsetBook`].
+//!
+//! - **Commits**: every `kafka.commit_interval_ms`, the offsets below the first uplink
+//!   not yet durable (so a crash replays from there; the seq window persisted with the
+//!   data absorbs what was already stored), and synchronously when partitions are
+//!   given up and at shutdown.
+//! - **Rebalance** (cooperative-sticky): before partitions are given up, the thread
+//!   waits (at most `kafka.rebalance_drain_s`) until their uplinks in flight are
+//!   durable, commits them, and has every shard forget the cached state of their
+//!   meters ([`ShardRouter::forget`]); their next owner hydrates them from the store.
+//! - **Backpressure**: a full shard queue blocks the hand-over, so the thread stops
+//!   polling; memory stays bounded by the shard queues, and lag grows in the log.
+//! - **Lag**: librdkafka's statistics give each owned partition's consumer lag;
+//!   their sum is `meterflow_consumer_lag`, the autoscaling signal.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use metrics::{Counter, Gauge};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use tokio::runtime::Handle;
+use tracing::{error, info, warn};
+
+use super::config::KafkaConfig;
+use super::offsets::{LogPosition, OffsetBook, Partition, Position};
+use super::{partition_of, record, topic};
+use crate::endpoint::handoff::{Inbound, ShardRouter};
+use crate::endpoint::outbox::Completion;
+
+/// How long one poll waits for a record.
+const POLL: Duration = Duration::from_millis(100);
+
+/// The running feed.
+pub struct LogConsumer {
+    thread: JoinHandle<()>,
+    stop: Arc<AtomicBool>,
+    finish: Sender<()>,
+}
+
+/// What the consumer's callbacks (rebalance, statistics) and the feed loop share.
+struct Feed {
+    book: Arc<OffsetBook>,
+    router: ShardRouter,
+    topic: String,
+    partitions: u32,
+    drain: Duration,
+    consumed: Counter,
+    unreadable: Counter,
+    lag: Gauge,
+    owned: Gauge,
+}
+
+impl LogConsumer {
+    /// Checks the topic, joins the group and starts feeding the shards.
+    pub async fn start(config: &KafkaConfig, router: ShardRouter) -> anyhow::Result<LogConsumer> {
+        topic::ensure(config).await?;
+        let feed = Feed {
+            book: Arc::new(OffsetBook::default()),
+            router,
+            topic: config.topic.clone(),
+            partitions: config.partitions,
+            drain: Duration::from_secs(config.rebalance_drain_s),
+            consumed: metrics::counter!("meterflow_log_consumed_total"),
+            unreadable: metrics::counter!("meterflow_log_unreadable_total"),
+            lag: metrics::gauge!("meterflow_consumer_lag"),
+            owned: metrics::gauge!("meterflow_log_partitions_owned"),
+        };
+        let consumer: BaseConsumer<Feed> = topic::client_config(config)
+            .set("group.id", &config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("statistics.interval.ms", "5000")
+            .create_with_context(feed)?;
+        consumer.subscribe(&[&config.topic])?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (finish, finished) = bounded(1);
+        let commit_every = Duration::from_millis(config.commit_interval_ms);
+        let runtime = Handle::current();
+        let stopping = stop.clone();
+        let thread = thread::Builder::new()
+            .name("log-consumer".into())
+            .spawn(move || run(consumer, runtime, stopping, finished, commit_every))?;
+        Ok(LogConsumer {
+            thread,
+            stop,
+            finish,
+        })
+    }
+
+    /// Stops taking uplinks from the log (the shards then drain what they hold).
+    pub fn stop_feeding(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Once the pipeline has drained: commits what is durable and leaves the group.
+    pub fn finish(self) {
+        self.stop_feeding();
+        let _ = self.finish.send(());
+        let _ = self.thread.join();
+    }
+}
+
+fn run(
+    consumer: BaseConsumer<Feed>,
+    runtime: Handle,
+    stop: Arc<AtomicBool>,
+    finish: Receiver<()>,
+    commit_every: Duration,
+) {
+    let feed = consumer.context();
+    let mut last_commit = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let fed = match consumer.poll(POLL) {
+            Some(Ok(message)) => feed.dispatch(&message, &runtime),
+            Some(Err(error)) => {
+                warn!(%error, "reading the uplink log");
+                true
+            }
+            None => true,
+        };
+        if !fed {
+            break;
+        }
+        if last_commit.elapsed() >= commit_every {
+            let points = feed.book.lock().take_commits();
+            commit(&consumer, &feed.topic, &points, CommitMode::Async);
+            last_commit = Instant::now();
+        }
+    }
+    let _ = finish.recv();
+    let points = feed.book.lock().release_all();
+    commit(&consumer, &feed.topic, &points, CommitMode::Sync);
+    info!(
+        partitions = points.len(),
+        "log consumer stopped: durable offsets committed"
+    );
+}
+
+impl Feed {
+    /// Hands one record to its meter's shard; false once the pipeline is closed.
+    fn dispatch(&self, message: &BorrowedMessage<'_>, runtime: &Handle) -> bool {
+        let (partition, offset) = (message.partition(), message.offset());
+        let Some(epoch) = self.book.lock().dispatched(partition, offset) else {
+            return true;
+        };
+        let at = Position {
+            partition,
+            offset,
+            epoch,
+        };
+        let headers = message.headers();
+        let header = |name: &str| {
+            headers
+                .and_then(|h| h.iter().find(|h| h.key == name))
+                .and_then(|h| h.value)
+        };
+        let uplink = match record::decode(message.key(), message.payload(), header) {
+            Ok(uplink) => uplink,
+            Err(reason) => {
+                error!(partition, offset, %reason, "log record is no uplink of this build; skipped");
+                self.unreadable.increment(1);
+                self.book.completed(at);
+                return true;
+            }
+        };
+        self.consumed.increment(1);
+        let inbound = Inbound {
+            identity: uplink.identity,
+            topic: uplink.topic,
+            payload: uplink.payload,
+            refused: uplink.refused,
+            received_at: uplink.received_at,
+            received: Instant::now(),
+            completion: Completion::for_log(LogPosition {
+                book: self.book.clone(),
+                at,
+            }),
+        };
+        runtime.block_on(self.router.send(inbound)).is_ok()
+    }
+
+    /// Partitions are being taken away: drain, commit, forget their meters.
+    fn give_up(&self, consumer: &BaseConsumer<Feed>, revoked: &TopicPartitionList) {
+        let partitions: Vec<Partition> = revoked
+            .elements_for_topic(&self.topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        if partitions.is_empty() {
+            return;
+        }
+        let left = self.book.wait_drained(&partitions, self.drain);
+        if left > 0 {
+            warn!(
+                ?partitions,
+                in_flight = left,
+                "partitions given up before all their uplinks were durable; the next owner replays them"
+            );
+        }
+        let points = self.book.lock().release(&partitions);
+        commit(consumer, &self.topic, &points, CommitMode::Sync);
+        let count = self.partitions;
+        let gone: HashSet<Partition> = partitions.iter().copied().collect();
+        self.router.forget(Arc::new(move |meter| {
+            gone.contains(&partition_of(meter, count))
+        }));
+        self.owned.decrement(partitions.len() as f64);
+        info!(
+            ?partitions,
+            "partitions given up: committed, their meters forgotten"
+        );
+    }
+}
+
+impl ClientContext for Feed {
+    fn stats(&self, statistics: Statistics) {
+        let lag: i64 = statistics
+            .topics
+            .get(&self.topic)
+            .map(|topic| {
+                topic
+                    .partitions
+                    .values()
+                    .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+                    .map(|p| p.consumer_lag)
+                    .sum()
+            })
+            .unwrap_or(0);
+        self.lag.set(lag as f64);
+    }
+}
+
+impl ConsumerContext for Feed {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Feed>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(revoked) => self.give_up(consumer, revoked),
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(error) => warn!(%error, "consumer group rebalance failed"),
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Feed>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(assigned) = rebalance {
+            let partitions: Vec<Partition> = assigned
+                .elements_for_topic(&self.topic)
+                .iter()
+                .map(|e| e.partition())
+                .collect();
+            self.owned.increment(partitions.len() as f64);
+            info!(?partitions, "partitions assigned");
+        }
+    }
+}
+
+/// Commits `points` (partition → next offset to read); a failure is logged: a later
+/// commit covers it, and at worst the next owner replays what the store has.
+fn commit(
+    consumer: &BaseConsumer<Feed>,
+    topic: &str,
+    points: &[(Partition, i64)],
+    mode: CommitMode,
+) {
+    if points.is_empty() {
+        return;
+    }
+    let mut list = TopicPartitionList::new();
+    for (partition, offset) in points {
+        if let Err(error) = list.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
+            warn!(%error, partition, "offset not committed");
+        }
+    }
+    if let Err(error) = consumer.commit(&list, mode) {
+        warn!(%error, "committing offsets failed; a later commit covers them");
+    }
+}

@@ -1,0 +1,143 @@
+//! The endpoint's hand-off in distributed mode: each uplink is appended to its meter's
+//! partition by librdkafka's idempotent producer (`acks=all`), and the meter's
+//! [`Completion`] — its PUBACK — fires only when the log has acknowledged it. An uplink
+//! the log did not take within `kafka.delivery_timeout_ms` is abandoned: its connection
+//! closes and the meter resends it (to this endpoint or another).
+//!
+//! Backpressure: at most `kafka.max_in_flight` uplinks wait for the log's answer; past
+//! that, connections wait to hand over (and stop reading their sockets), so a slow or
+//! absent log slows PUBACKs instead of growing memory.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{Counter, Gauge};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::sync::Semaphore;
+use tracing::warn;
+
+use super::config::KafkaConfig;
+use super::{partition_of, record, topic};
+use crate::endpoint::handoff::{Inbound, PipelineClosed};
+
+/// Pause before offering a record again when librdkafka's local queue is full.
+const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(5);
+
+/// Appends uplinks to the log.
+pub struct LogProducer {
+    producer: FutureProducer,
+    topic: Arc<str>,
+    partitions: u32,
+    in_flight: Arc<Semaphore>,
+    metrics: ProducerMetrics,
+}
+
+#[derive(Clone)]
+struct ProducerMetrics {
+    appended: Counter,
+    failed: Counter,
+    in_flight: Gauge,
+}
+
+impl LogProducer {
+    /// Connects, and checks (or creates) the topic; fails when the brokers do not
+    /// answer.
+    pub async fn connect(config: &KafkaConfig) -> anyhow::Result<LogProducer> {
+        topic::ensure(config).await?;
+        let producer: FutureProducer = topic::client_config(config)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", config.delivery_timeout_ms.to_string())
+            .set("linger.ms", "2")
+            .create()?;
+        Ok(LogProducer {
+            producer,
+            topic: Arc::from(config.topic.as_str()),
+            partitions: config.partitions,
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+            metrics: ProducerMetrics {
+                appended: metrics::counter!("meterflow_log_appended_total"),
+                failed: metrics::counter!("meterflow_log_append_failures_total"),
+                in_flight: metrics::gauge!("meterflow_log_append_in_flight"),
+            },
+        })
+    }
+
+    /// Appends an uplink; its completion fires once the log has it.
+    pub async fn send(&self, inbound: Inbound) -> Result<(), PipelineClosed> {
+        let permit = self
+            .in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| PipelineClosed)?;
+        let Inbound {
+            identity,
+            topic,
+            payload,
+            refused,
+            received_at,
+            completion,
+            ..
+        } = inbound;
+        let key = record::key(&identity);
+        let headers = record::headers(&topic, received_at, refused).iter().fold(
+            OwnedHeaders::new(),
+            |headers, (name, value)| {
+                headers.insert(Header {
+                    key: name,
+                    value: Some(value.as_slice()),
+                })
+            },
+        );
+        let mut next = FutureRecord::to(&self.topic)
+            .key(&key)
+            .payload(&payload[..])
+            .partition(partition_of(&identity, self.partitions))
+            .headers(headers);
+        let delivery = loop {
+            match self.producer.send_result(next) {
+                Ok(delivery) => break delivery,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    next = back;
+                    tokio::time::sleep(QUEUE_FULL_PAUSE).await;
+                }
+                Err((error, _)) => {
+                    warn!(meter = %identity, %error, "uplink not appended to the log; the meter will resend");
+                    self.metrics.failed.increment(1);
+                    // Dropping the completion closes the connection: the meter resends.
+                    return Ok(());
+                }
+            }
+        };
+        self.metrics.in_flight.increment(1.0);
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            match delivery.await {
+                Ok(Ok(_)) => {
+                    metrics.appended.increment(1);
+                    completion.complete();
+                }
+                Ok(Err((error, _))) => {
+                    warn!(meter = %identity, %error, "the log refused an uplink; the meter will resend");
+                    metrics.failed.increment(1);
+                }
+                // The producer is gone (shutdown): the meter resends.
+                Err(_) => {}
+            }
+            metrics.in_flight.decrement(1.0);
+            drop(permit);
+        });
+        Ok(())
+    }
+
+    /// Waits (at most `timeout`) until the log has answered every uplink handed over.
+    pub fn flush(&self, timeout: Duration) {
+        use rdkafka::producer::Producer;
+        if let Err(error) = self.producer.flush(timeout) {
+            warn!(%error, "uplinks still unanswered by the log at shutdown; their meters resend");
+        }
+    }
+}

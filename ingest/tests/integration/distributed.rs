@@ -1,0 +1,398 @@
+//! Distributed mode (DESIGN §9) on loopback, every part a real process or server:
+//! `meterflow --mode endpoint` and `--mode processor` replicas around a real Kafka
+//! (`scripts/kafka`), Cassandra and Redis, the simulator's meters on MQTT. Each test
+//! has its own topic, consumer group, keyspace and Redis prefix.
+//!
+//! What they prove: every reading stored once and bills and alerts equal to embedded
+//! mode's on the same fleet while meters move between endpoints (one killed); a
+//! processor killed mid-stream loses nothing and counts nothing twice; a meter whose
+//! partition moves to another processor and back is never processed with the state
+//! the first one cached.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use meterflow_model::Reading;
+use meterflow_simulator::{SimConfig, run};
+
+use crate::backends::{cql, stored_readings, wait_for_redis};
+use crate::server_support::{self, Proxy};
+use crate::utils::{Meterflow, free_addr, ground_truth, spawn_fleet, wait_for_acks};
+
+const DEFAULT_KAFKA: &str = "127.0.0.1:9092";
+/// How long processors get to store what the endpoints appended.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Kafka's bootstrap address (`MF_KAFKA`), or `None` when server tests are skipped;
+/// fails when Kafka is not reachable.
+fn kafka(test: &str) -> Option<String> {
+    if std::env::var("MF_SKIP_SERVER_TESTS").as_deref() == Ok("1") {
+        eprintln!("skipped {test}: needs Kafka, and MF_SKIP_SERVER_TESTS=1");
+        return None;
+    }
+    let addr = std::env::var("MF_KAFKA").unwrap_or_else(|_| DEFAULT_KAFKA.into());
+    let socket: SocketAddr = addr
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .unwrap_or_else(|| panic!("cannot resolve MF_KAFKA {addr:?}"));
+    assert!(
+        TcpStream::connect_timeout(&socket, Duration::from_secs(2)).is_ok(),
+        "Kafka is not reachable at {addr}: start it with `scripts/kafka start` \
+         (or point MF_KAFKA at one, or set MF_SKIP_SERVER_TESTS=1 to skip the server tests)"
+    );
+    Some(addr)
+}
+
+/// One test's cluster: its servers and names, and the configuration every replica
+/// shares.
+struct Cluster {
+    cassandra: String,
+    redis: String,
+    keyspace: String,
+    config: std::path::PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn new(test: &str) -> Option<Cluster> {
+        let (Some(cassandra), Some(redis), Some(kafka)) = (
+            server_support::cassandra(test),
+            server_support::redis(test),
+            kafka(test),
+        ) else {
+            return None;
+        };
+        let keyspace = server_support::unique_name(test);
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("meterflow.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[store]\nbackend = \"scylla://{cassandra}/{keyspace}\"\n\
+                 [store.scylla]\nreplication_factor = 1\n\
+                 [cache]\nbackend = \"{redis}\"\n[cache.redis]\nkey_prefix = \"{keyspace}\"\n\
+                 [kafka]\nbrokers = \"{kafka}\"\ntopic = \"{keyspace}\"\npartitions = 8\n\
+                 group_id = \"{keyspace}\"\ncommit_interval_ms = 200\nrebalance_drain_s = 20\n\
+                 [kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\
+                 \"heartbeat.interval.ms\" = \"1000\"\n"
+            ),
+        )
+        .unwrap();
+        Some(Cluster {
+            cassandra,
+            redis,
+            keyspace,
+            config,
+            dir,
+        })
+    }
+
+    /// A replica in `mode`, ready. Start the first processor alone: it applies the
+    /// schema the others then find.
+    fn start(&self, mode: &str, name: &str) -> Meterflow {
+        let config = self.config.to_str().unwrap();
+        Meterflow::start_with(
+            &self.dir.path().join(name),
+            free_addr(),
+            free_addr(),
+            &["--config", config, "--mode", mode],
+        )
+    }
+
+    /// Waits until Cassandra holds exactly the fleet's readings.
+    async fn wait_stored(&self, config: &SimConfig, within: Duration) {
+        let session = cql(&self.cassandra).await;
+        let expected = expected_rows(config);
+        let deadline = Instant::now() + within;
+        loop {
+            let stored = stored_readings(&session, &self.keyspace).await;
+            if stored == expected {
+                return;
+            }
+            let rows: usize = stored.values().map(Vec::len).sum();
+            let want: usize = expected.values().map(Vec::len).sum();
+            assert!(
+                Instant::now() < deadline,
+                "Cassandra holds {rows} rows of {} meters, want exactly {want} of {}",
+                stored.len(),
+                expected.len()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// Every reading of the fleet with its message's seq, per meter id.
+fn expected_rows(config: &SimConfig) -> BTreeMap<String, Vec<(u64, Reading)>> {
+    config
+        .meter_indices()
+        .map(|index| {
+            let key = config.meter_key(index).unwrap();
+            let rows = ground_truth(config, index)
+                .into_iter()
+                .flat_map(|u| u.readings.into_iter().map(move |r| (u.seq, r)))
+                .collect();
+            (key.meter.to_string(), rows)
+        })
+        .collect()
+}
+
+/// Messages stored (not duplicates) by these processors together.
+fn stored_by(processors: &[&Meterflow]) -> f64 {
+    processors
+        .iter()
+        .map(|p| p.metrics().messages("stored"))
+        .sum()
+}
+
+/// Every bill and every alert episode the API of `service` shows for the fleet.
+fn bills_and_alerts(service: &Meterflow, config: &SimConfig) -> (Vec<String>, Vec<String>) {
+    let months: std::collections::BTreeSet<String> = config
+        .meter_indices()
+        .flat_map(|index| ground_truth(config, index))
+        .flat_map(|u| u.readings)
+        .map(|r| utc_month(r.ts))
+        .collect();
+    let mut bills = Vec::new();
+    for index in config.meter_indices() {
+        let meter = config.meter_key(index).unwrap().meter;
+        for month in &months {
+            let (status, body) =
+                service.get(&format!("/api/v1/tenants/demo/bills/{month}/{meter}"));
+            bills.push(format!("{meter} {month} {status} {body}"));
+        }
+    }
+    let alerts = service.get_json("/api/v1/tenants/demo/alerts?state=all&limit=1000");
+    let mut episodes: Vec<String> = alerts
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|a| {
+                    format!(
+                        "{} {} {} {}",
+                        a["meter"], a["kind"], a["state"], a["opened_at"]
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    episodes.sort();
+    (bills, episodes)
+}
+
+/// `yyyy-mm` of an epoch-ms instant in UTC (the demo tenant's billing zone).
+fn utc_month(ts: i64) -> String {
+    let days = ts.div_euclid(86_400_000);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_endpoints_and_two_processors_store_every_reading_once_and_bill_as_embedded() {
+    let Some(cluster) = Cluster::new("dist_fleet") else {
+        return;
+    };
+    let p1 = cluster.start("processor", "p1");
+    let p2 = cluster.start("processor", "p2");
+    let mut e1 = cluster.start("endpoint", "e1");
+    let e2 = cluster.start("endpoint", "e2");
+    // The meters reach the endpoints through one address, first E1's, then E2's.
+    let mut front = Proxy::start(0, &e1.mqtt.to_string()).unwrap();
+    let port = front.port();
+    let config = SimConfig {
+        mqtt: front.addr(),
+        meters: 200,
+        messages_per_meter: 30,
+        readings_per_message: 4,
+        rate: Some(600.0),
+        ack_timeout_ms: 2_000,
+        seed: 31,
+        timeout_s: 180,
+        ..SimConfig::default()
+    }
+    .resolved_now();
+    let (fleet, counters) = spawn_fleet(&config);
+    wait_for_acks(&counters, 1_500, Duration::from_secs(60), &e1).await;
+    e1.kill9();
+    front.stop();
+    let _front = Proxy::start(port, &e2.mqtt.to_string()).unwrap();
+    let report = fleet.await.unwrap().unwrap();
+    assert_eq!(report.acked, 6_000, "{report:?}\n{}", e2.log_tail());
+    assert!(report.reconnects > 0, "the meters moved: {report:?}");
+
+    cluster.wait_stored(&config, DRAIN_TIMEOUT).await;
+    wait_for_redis(
+        &cluster.redis,
+        &cluster.keyspace,
+        &config,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(stored_by(&[&p1, &p2]), 6_000.0, "each message stored once");
+    assert!(
+        p1.metrics().messages("stored") > 0.0 && p2.metrics().messages("stored") > 0.0,
+        "both processors took a share"
+    );
+
+    // The same fleet on one embedded meterflow: the same bills and alerts.
+    let embedded_dir = tempfile::tempdir().unwrap();
+    let embedded = Meterflow::start(&embedded_dir.path().join("data"));
+    let same = SimConfig {
+        mqtt: embedded.mqtt.to_string(),
+        ..config.clone()
+    };
+    assert_eq!(run(same).await.unwrap().acked, 6_000);
+    let expected = bills_and_alerts(&embedded, &config);
+    assert!(
+        expected.0.iter().all(|b| b.contains(" 200 ")),
+        "{:?}",
+        &expected.0[..1]
+    );
+    assert_eq!(bills_and_alerts(&e2, &config), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_killed_mid_stream_loses_nothing_and_counts_nothing_twice() {
+    let Some(cluster) = Cluster::new("dist_kill") else {
+        return;
+    };
+    let mut p1 = cluster.start("processor", "p1");
+    let p2 = cluster.start("processor", "p2");
+    let endpoint = cluster.start("endpoint", "e1");
+    let config = SimConfig {
+        mqtt: endpoint.mqtt.to_string(),
+        meters: 200,
+        messages_per_meter: 30,
+        readings_per_message: 4,
+        rate: Some(400.0),
+        ack_timeout_ms: 2_000,
+        seed: 33,
+        timeout_s: 180,
+        ..SimConfig::default()
+    }
+    .resolved_now();
+    let (fleet, counters) = spawn_fleet(&config);
+    wait_for_acks(&counters, 2_000, Duration::from_secs(60), &endpoint).await;
+    let before = p1.metrics().messages("stored");
+    assert!(before > 0.0, "p1 owned partitions and stored some");
+    p1.kill9();
+    let report = fleet.await.unwrap().unwrap();
+    assert_eq!(report.acked, 6_000, "acks continue: {report:?}");
+
+    // p2 takes p1's partitions over (after the session timeout) and replays them
+    // from p1's last commit; the seq window stored with the data absorbs the rest.
+    cluster.wait_stored(&config, DRAIN_TIMEOUT).await;
+    wait_for_redis(
+        &cluster.redis,
+        &cluster.keyspace,
+        &config,
+        Duration::from_secs(20),
+    )
+    .await;
+    let stored = p2.metrics().messages("stored");
+    assert!(
+        stored > 6_000.0 - 2.0 * before,
+        "p2 took p1's partitions over"
+    );
+    // Everything again: all duplicates now, none stored a second time.
+    assert_eq!(run(config.clone()).await.unwrap().acked, 6_000);
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while p2.metrics().messages("duplicate") < 6_000.0 {
+        assert!(Instant::now() < deadline, "{}", p2.log_tail());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        p2.metrics().messages("stored"),
+        stored,
+        "a replay stores nothing"
+    );
+    cluster.wait_stored(&config, Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meter_moving_between_processors_is_never_processed_with_stale_state() {
+    let Some(cluster) = Cluster::new("dist_moves") else {
+        return;
+    };
+    let p1 = cluster.start("processor", "p1");
+    let endpoint = cluster.start("endpoint", "e1");
+    let full = SimConfig {
+        mqtt: endpoint.mqtt.to_string(),
+        meters: 100,
+        messages_per_meter: 20,
+        readings_per_message: 4,
+        ack_timeout_ms: 2_000,
+        seed: 35,
+        timeout_s: 120,
+        ..SimConfig::default()
+    }
+    .resolved_now();
+    // The first half of every meter's messages: p1 owns every partition and caches
+    // every meter's state.
+    let first_half = SimConfig {
+        messages_per_meter: 10,
+        ..full.clone()
+    };
+    assert_eq!(run(first_half.clone()).await.unwrap().acked, 1_000);
+    cluster.wait_stored(&first_half, DRAIN_TIMEOUT).await;
+
+    // p2 joins: half the partitions move to it, and it takes the second half of
+    // their meters' messages.
+    let mut p2 = cluster.start("processor", "p2");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while p2.metrics().value("meterflow_log_partitions_owned") < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no rebalance:\n{}",
+            p2.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(run(full.clone()).await.unwrap().acked, 2_000);
+    cluster.wait_stored(&full, DRAIN_TIMEOUT).await;
+    let p2_stored = p2.metrics().messages("stored");
+    assert!(p2_stored > 0.0, "p2 took some meters");
+    assert_eq!(stored_by(&[&p1]) + p2_stored, 2_000.0);
+
+    // p2 leaves: its partitions return to p1, whose cached state of their meters
+    // predates p2's work. Everything again must be all duplicates.
+    p2.stop();
+    let before = p1.metrics();
+    let (stored, seen) = (
+        before.messages("stored"),
+        before.messages("stored") + before.messages("duplicate"),
+    );
+    assert_eq!(run(full.clone()).await.unwrap().acked, 2_000);
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    loop {
+        let now = p1.metrics();
+        if now.messages("stored") + now.messages("duplicate") >= seen + 2_000.0 {
+            assert_eq!(
+                now.messages("stored"),
+                stored,
+                "p1 stored nothing a second time"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", p1.log_tail());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cluster.wait_stored(&full, Duration::from_secs(5)).await;
+    wait_for_redis(
+        &cluster.redis,
+        &cluster.keyspace,
+        &full,
+        Duration::from_secs(20),
+    )
+    .await;
+}
