@@ -34,6 +34,7 @@ use tracing::{error, info, warn};
 use super::config::KafkaConfig;
 use super::offsets::{LogPosition, OffsetBook, Partition, Position};
 use super::{partition_of, record, topic};
+use crate::clock::now_ms;
 use crate::endpoint::handoff::{Inbound, ShardRouter};
 use crate::endpoint::outbox::Completion;
 
@@ -176,13 +177,19 @@ impl Feed {
             }
         };
         self.consumed.increment(1);
+        // Latency is measured from the endpoint's receipt (its wall clock, in the
+        // record): `received` is back-dated by the time the uplink spent in the log.
+        let in_log =
+            Duration::from_millis(u64::try_from(now_ms() - uplink.received_at).unwrap_or(0));
         let inbound = Inbound {
             identity: uplink.identity,
             topic: uplink.topic,
             payload: uplink.payload,
             refused: uplink.refused,
             received_at: uplink.received_at,
-            received: Instant::now(),
+            received: Instant::now()
+                .checked_sub(in_log)
+                .unwrap_or_else(Instant::now),
             completion: Completion::for_log(LogPosition {
                 book: self.book.clone(),
                 at,
