@@ -50,6 +50,63 @@ app.kubernetes.io/name: {{ include "meterflow.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
+{{/*
+Whether the chart deploys meterflow's distributed mode (endpoint and processor
+Deployments around a Kafka log). Renders "true" or "".
+*/}}
+{{- define "meterflow.distributed" -}}
+{{- if eq .Values.mode "distributed" }}true{{ end }}
+{{- end }}
+
+{{/*
+The workloads the chart renders: "" (embedded mode: one pod), or "endpoint" and
+"processor" (distributed mode). Each is also the component of its pods
+(app.kubernetes.io/component) and the MF_MODE they run with. A JSON list.
+*/}}
+{{- define "meterflow.components" -}}
+{{- if include "meterflow.distributed" . }}["endpoint","processor"]{{ else }}[""]{{ end }}
+{{- end }}
+
+{{/*
+Labels selecting one workload's pods: the release's, plus app.kubernetes.io/component
+in distributed mode. Takes (dict "root" $ "component" "endpoint"|"processor"|"").
+*/}}
+{{- define "meterflow.componentSelectorLabels" -}}
+{{ include "meterflow.selectorLabels" .root }}
+{{- with .component }}
+app.kubernetes.io/component: {{ . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The name of a workload (and of its HPA and PDB): the full name, plus "-endpoint" or
+"-processor" in distributed mode (truncated so the suffix fits 63 characters).
+Takes (dict "root" $ "component" ...).
+*/}}
+{{- define "meterflow.componentName" -}}
+{{- if .component }}
+{{- printf "%s-%s" (include "meterflow.fullname" .root | trunc 52 | trimSuffix "-") .component }}
+{{- else }}
+{{- include "meterflow.fullname" .root }}
+{{- end }}
+{{- end }}
+
+{{/*
+The values of one workload: (dict "replicaCount" "autoscaling" "resources") from
+endpoint.* / processor.* in distributed mode (resources falling back to the top-level
+resources when empty), from the top-level values in embedded mode.
+Takes (dict "root" $ "component" ...). Renders YAML.
+*/}}
+{{- define "meterflow.componentValues" -}}
+{{- $v := .root.Values }}
+{{- if .component }}
+{{- $c := get $v .component }}
+{{- toYaml (dict "replicaCount" $c.replicaCount "autoscaling" $c.autoscaling "resources" ($c.resources | default $v.resources)) }}
+{{- else }}
+{{- toYaml (dict "replicaCount" $v.replicaCount "autoscaling" $v.autoscaling "resources" $v.resources) }}
+{{- end }}
+{{- end }}
+
 {{/* The ServiceAccount the pods run as. */}}
 {{- define "meterflow.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
@@ -161,14 +218,16 @@ are printed as integers (meterflow's integer fields refuse 1.0).
 
 {{/*
 pipeline.shards as rendered: the value when set; when 0, the container's CPU request
-(resources.requests.cpu, else resources.limits.cpu) rounded up, at least 1 - so a pod
-requesting 1 CPU does not start a shard thread per core of its node. Unset: 1.
+(resources.requests.cpu, else resources.limits.cpu; in distributed mode the
+processors', which run the shards) rounded up, at least 1 - so a pod requesting 1 CPU
+does not start a shard thread per core of its node. Unset: 1.
 Accepts Kubernetes CPU quantities "500m", "1", "1.5", 2.
 */}}
 {{- define "meterflow.shards" -}}
 {{- $shards := int .Values.config.pipeline.shards }}
 {{- if eq $shards 0 }}
-{{- $res := .Values.resources | default dict }}
+{{- $component := ternary "processor" "" (eq (include "meterflow.distributed" .) "true") }}
+{{- $res := (include "meterflow.componentValues" (dict "root" . "component" $component) | fromYaml).resources | default dict }}
 {{- $cpu := dig "requests" "cpu" "" $res | default (dig "limits" "cpu" "" $res) | toString }}
 {{- if not $cpu }}
 {{- $shards = 1 }}
@@ -191,11 +250,13 @@ Accepts Kubernetes CPU quantities "500m", "1", "1.5", 2.
 
 {{/*
 meterflow.toml without secrets: what the ConfigMap holds. Tables only (no top-level
-keys), so the Secret's [[tenants]] tables can be appended to it.
+keys), so the Secret's [[tenants]] tables can be appended to it. In distributed mode
+it ends with [kafka.properties], so that render-config can append the SASL password
+to that table (see _pod.tpl). `mode` is not in it: each workload sets MF_MODE.
 */}}
 {{- define "meterflow.configToml" -}}
 # meterflow.toml rendered by the meterflow Helm chart {{ .Chart.Version }}. Secrets
-# (the [[tenants]] tables, ScyllaDB/Redis credentials) are added in the pod from the
+# (the [[tenants]] tables, ScyllaDB/Redis credentials{{ if include "meterflow.distributed" . }}, the Kafka SASL password{{ end }}) are added in the pod from the
 # Secret {{ include "meterflow.secretName" . }}; see the chart's README.md.
 
 [mqtt]
@@ -250,6 +311,18 @@ consistency = {{ .Values.store.scylla.consistency | quote }}
 
 [processors]
 {{- include "meterflow.tomlKeys" . }}
+{{- end }}
+{{- if include "meterflow.distributed" . }}
+{{- $kafka := omit .Values.config.kafka "properties" }}
+
+[kafka]
+{{- include "meterflow.tomlKeys" $kafka }}
+
+# Last table: render-config appends "sasl.password" (from the Secret) here.
+[kafka.properties]
+{{- range $k, $v := .Values.config.kafka.properties | default dict }}
+{{ toJson $k }} = {{ toJson (toString $v) }}
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -325,11 +398,16 @@ or set existingSecret to a Secret holding a tenants.toml key. See the chart's RE
 {{- end }}
 {{- $_ := set $ids .id true }}
 {{- end }}
+{{- if include "meterflow.distributed" . }}
+{{- include "meterflow.validateDistributed" . }}
+{{- else }}
+{{- /* Embedded mode: one pod (the distributed mode is how meterflow scales out). */}}
 {{- if .Values.autoscaling.enabled }}
-{{- fail (printf "meterflow: autoscaling.enabled is refused: an HPA would run several pods, and meterflow runs as exactly one pod until its distributed mode exists - %s. Set autoscaling.enabled=false; scale one pod up (resources.requests.cpu, config.pipeline.shards) instead." (include "meterflow.whyOnePod" .)) }}
+{{- fail (printf "meterflow: autoscaling.enabled is refused: an HPA would run several pods, and meterflow runs as exactly one pod in embedded mode - %s. Set autoscaling.enabled=false and scale one pod up (resources.requests.cpu, config.pipeline.shards), or scale out with mode=distributed (endpoint.autoscaling, processor.autoscaling; ScyllaDB, Redis and Kafka)." (include "meterflow.whyOnePod" .)) }}
 {{- end }}
 {{- if gt (int .Values.replicaCount) 1 }}
-{{- fail (printf "meterflow: replicaCount is %d, but meterflow runs as exactly one pod until its distributed mode exists - %s. Set replicaCount=1; scale one pod up (resources.requests.cpu, config.pipeline.shards) instead." (int .Values.replicaCount) (include "meterflow.whyOnePod" .)) }}
+{{- fail (printf "meterflow: replicaCount is %d, but meterflow runs as exactly one pod in embedded mode - %s. Set replicaCount=1 and scale one pod up (resources.requests.cpu, config.pipeline.shards), or scale out with mode=distributed (endpoint.replicaCount, processor.replicaCount; ScyllaDB, Redis and Kafka)." (int .Values.replicaCount) (include "meterflow.whyOnePod" .)) }}
+{{- end }}
 {{- end }}
 {{- if eq .Values.store.kind "scylla" }}
 {{- if empty .Values.store.scylla.contactPoints }}
@@ -360,6 +438,57 @@ plaintext MQTT (meters' passwords in clear text) outside the cluster. Either
 {{- end }}
 {{- if lt (int .Values.terminationGracePeriodSeconds) 60 }}
 {{- fail "meterflow: terminationGracePeriodSeconds must be at least 60 so in-flight batches are stored on shutdown" }}
+{{- end }}
+{{- end }}
+
+{{/*
+The guards of distributed mode (part of meterflow.validate): a store and a cache every
+replica shares, no secret in the ConfigMap's [kafka.properties], no more processors
+than partitions, and the embedded-mode pod count values left alone.
+*/}}
+{{- define "meterflow.validateDistributed" -}}
+{{- if ne .Values.store.kind "scylla" }}
+{{- fail (printf `
+
+meterflow: mode=distributed needs store.kind=scylla (it is %q): every endpoint and
+processor replica shares one store, and the embedded store is one pod's disk. Set
+  store.kind: scylla
+  store.scylla.contactPoints: [<host:port of your ScyllaDB nodes>]` .Values.store.kind) }}
+{{- end }}
+{{- if ne .Values.cache.kind "redis" }}
+{{- fail (printf `
+
+meterflow: mode=distributed needs cache.kind=redis (it is %q): the in-process cache
+would hold only the meters of one processor, and the API and dashboards read it from
+any replica. Set
+  cache.kind: redis
+  cache.redis.url: redis://[:password@]host:6379/0   (or existingSecret with a redis-url key;
+                   Redis Cluster: redis+cluster://host:port,host:port,...)` .Values.cache.kind) }}
+{{- end }}
+{{- if regexMatch "^(127\\.0\\.0\\.1|localhost)(:|$)" .Values.config.kafka.brokers }}
+{{- fail (printf "meterflow: mode=distributed needs config.kafka.brokers, the bootstrap address of your Kafka (it is %q, meterflow's default, which is the pod itself), e.g. my-cluster-kafka-bootstrap.kafka.svc:9092" .Values.config.kafka.brokers) }}
+{{- end }}
+{{- if or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled }}
+{{- fail "meterflow: replicaCount and autoscaling apply to embedded mode only; with mode=distributed set endpoint.replicaCount / endpoint.autoscaling and processor.replicaCount / processor.autoscaling (leave replicaCount at 1 and autoscaling.enabled false)" }}
+{{- end }}
+{{- range $key, $_ := .Values.config.kafka.properties }}
+{{- if regexMatch "(?i)(password|secret)" $key }}
+{{- fail (printf "meterflow: config.kafka.properties.%s would put a secret into the ConfigMap; %s" $key (ternary "set kafka.saslPassword instead (it goes to the Secret, key kafka-sasl-password, and reaches [kafka.properties] only inside the pod)" "the chart passes no other secret librdkafka property: use an unencrypted key file from a Secret volume (extraVolumes, extraVolumeMounts)" (eq $key "sasl.password"))) }}
+{{- end }}
+{{- end }}
+{{- $partitions := int .Values.config.kafka.partitions }}
+{{- $p := .Values.processor }}
+{{- if gt (int $p.replicaCount) $partitions }}
+{{- fail (printf "meterflow: processor.replicaCount is %d, but config.kafka.partitions is %d: a partition is the unit of ownership, so at most %d processors get work and the others idle. Lower processor.replicaCount, or create the topic with more partitions and raise config.kafka.partitions (it moves meters between owners; see docs/distributed.md)." (int $p.replicaCount) $partitions $partitions) }}
+{{- end }}
+{{- if and $p.autoscaling.enabled (gt (int $p.autoscaling.maxReplicas) $partitions) }}
+{{- fail (printf "meterflow: processor.autoscaling.maxReplicas is %d, but config.kafka.partitions is %d: at most %d processors get partitions (one owner per partition), so the HPA would add idle pods while the consumer lag stays. Set processor.autoscaling.maxReplicas to at most %d." (int $p.autoscaling.maxReplicas) $partitions $partitions $partitions) }}
+{{- end }}
+{{- range $component := list "endpoint" "processor" }}
+{{- $a := (get $.Values $component).autoscaling }}
+{{- if and $a.enabled (gt (int $a.minReplicas) (int $a.maxReplicas)) }}
+{{- fail (printf "meterflow: %s.autoscaling.minReplicas (%d) is above its maxReplicas (%d)" $component (int $a.minReplicas) (int $a.maxReplicas)) }}
+{{- end }}
 {{- end }}
 {{- end }}
 

@@ -1,6 +1,13 @@
 {{/*
-The pod template shared by the StatefulSet (embedded store on a PVC) and the
-Deployment (ScyllaDB, or the embedded store on an emptyDir for trials).
+The pod template shared by every workload: the StatefulSet (embedded store on a PVC),
+the Deployment (ScyllaDB, or the embedded store on an emptyDir for trials), and in
+distributed mode the endpoint and processor Deployments. Takes
+(dict "root" $ "component" C): C is "" in embedded mode, else "endpoint" or
+"processor" - the pods' app.kubernetes.io/component and their MF_MODE (the check-config
+init container checks the config in that mode too). A processor pod has no MQTT ports
+(it runs no endpoint); both get the MQTT TLS mount when TLS is on, since `meterflow
+check` wants the [mqtt.tls] files in every mode. Resources: the component's
+(meterflow.componentValues).
 
 How meterflow.toml reaches the process: the ConfigMap holds every non-secret setting
 (meterflow.toml), the Secret holds the [[tenants]] tables (tenants.toml). The
@@ -8,20 +15,30 @@ How meterflow.toml reaches the process: the ConfigMap holds every non-secret set
 emptyDir private to the pod; meterflow reads that file read-only. The
 ScyllaDB credentials and the Redis URL (which may carry a password) do not go
 through the file: they are MF_SCYLLA_USERNAME, MF_SCYLLA_PASSWORD and MF_CACHE,
-from the same Secret.
+from the same Secret. In distributed mode, the Kafka SASL password (Secret key
+kafka-sasl-password, optional) reaches render-config as an environment variable and is
+appended, TOML-escaped, to [kafka.properties] - the ConfigMap's last table - as
+"sasl.password"; meterflow itself never sees it in its environment.
 */}}
 {{- define "meterflow.podTemplate" -}}
+{{- $component := .component }}
+{{- $values := include "meterflow.componentValues" . | fromYaml }}
+{{- $ctx := . }}
+{{- with .root -}}
 metadata:
   annotations:
-    checksum/config: {{ include (print $.Template.BasePath "/configmap.yaml") . | sha256sum }}
+    checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
     {{- if not .Values.existingSecret }}
-    checksum/secret: {{ include (print $.Template.BasePath "/secret.yaml") . | sha256sum }}
+    checksum/secret: {{ include (print .Template.BasePath "/secret.yaml") . | sha256sum }}
     {{- end }}
     {{- with .Values.podAnnotations }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
   labels:
     {{- include "meterflow.labels" . | nindent 4 }}
+    {{- with $component }}
+    app.kubernetes.io/component: {{ . }}
+    {{- end }}
     {{- with .Values.podLabels }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -47,8 +64,32 @@ spec:
         - -ec
         - |
           umask 077
+          {{- if $component }}
+          cat /etc/meterflow/config/meterflow.toml > /run/meterflow/meterflow.toml
+          # The Kafka SASL password into [kafka.properties] (the ConfigMap's last table).
+          if [ -n "${KAFKA_SASL_PASSWORD:-}" ]; then
+            case "$KAFKA_SASL_PASSWORD" in
+              *[[:cntrl:]]*)
+                echo "render-config: the Secret's kafka-sasl-password holds a control character (a trailing newline?); refused" >&2
+                exit 1 ;;
+            esac
+            escaped=$(printf '%s' "$KAFKA_SASL_PASSWORD" | sed -e 's/\\/\\\\/g' -e 's/"/\\"/g')
+            printf '"sasl.password" = "%s"\n' "$escaped" >> /run/meterflow/meterflow.toml
+          fi
+          cat /etc/meterflow/secret/tenants.toml >> /run/meterflow/meterflow.toml
+          {{- else }}
           cat /etc/meterflow/config/meterflow.toml /etc/meterflow/secret/tenants.toml \
             > /run/meterflow/meterflow.toml
+          {{- end }}
+      {{- if $component }}
+      env:
+        - name: KAFKA_SASL_PASSWORD
+          valueFrom:
+            secretKeyRef:
+              name: {{ include "meterflow.secretName" . }}
+              key: kafka-sasl-password
+              optional: true
+      {{- end }}
       securityContext:
         {{- toYaml .Values.securityContext | nindent 8 }}
       resources:
@@ -75,13 +116,13 @@ spec:
         - check
         - --config
         - /run/meterflow/meterflow.toml
-      {{- with include "meterflow.containerEnv" . | trim }}
+      {{- with include "meterflow.containerEnv" $ctx | trim }}
       {{- . | nindent 6 }}
       {{- end }}
       securityContext:
         {{- toYaml .Values.securityContext | nindent 8 }}
       resources:
-        {{- toYaml .Values.resources | nindent 8 }}
+        {{- toYaml $values.resources | nindent 8 }}
       {{- include "meterflow.containerMounts" . | trim | nindent 6 }}
   containers:
     - name: meterflow
@@ -96,10 +137,11 @@ spec:
         {{- with .Values.extraArgs }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
-      {{- with include "meterflow.containerEnv" . | trim }}
+      {{- with include "meterflow.containerEnv" $ctx | trim }}
       {{- . | nindent 6 }}
       {{- end }}
       ports:
+        {{- if ne $component "processor" }}
         - name: mqtt
           containerPort: {{ .Values.ports.mqtt }}
           protocol: TCP
@@ -107,6 +149,7 @@ spec:
         - name: mqtts
           containerPort: {{ .Values.ports.mqtts }}
           protocol: TCP
+        {{- end }}
         {{- end }}
         - name: http
           containerPort: {{ .Values.ports.http }}
@@ -130,7 +173,7 @@ spec:
       securityContext:
         {{- toYaml .Values.securityContext | nindent 8 }}
       resources:
-        {{- toYaml .Values.resources | nindent 8 }}
+        {{- toYaml $values.resources | nindent 8 }}
       {{- include "meterflow.containerMounts" . | trim | nindent 6 }}
   volumes:
     - name: config
@@ -190,7 +233,7 @@ spec:
   {{- range . }}
   {{- $c := deepCopy . }}
   {{- if not (hasKey $c "labelSelector") }}
-  {{- $_ := set $c "labelSelector" (dict "matchLabels" (include "meterflow.selectorLabels" $ | fromYaml)) }}
+  {{- $_ := set $c "labelSelector" (dict "matchLabels" (include "meterflow.componentSelectorLabels" $ctx | fromYaml)) }}
   {{- end }}
   {{- $constraints = append $constraints $c }}
   {{- end }}
@@ -198,12 +241,23 @@ spec:
     {{- toYaml $constraints | nindent 4 }}
   {{- end }}
 {{- end }}
+{{- end }}
 
 
-{{/* The env of the meterflow container and of its check-config init container. */}}
+{{/*
+The env of the meterflow container and of its check-config init container. Takes
+(dict "root" $ "component" C); C sets MF_MODE.
+*/}}
 {{- define "meterflow.containerEnv" -}}
-{{- if or (eq .Values.store.kind "scylla") (eq .Values.cache.kind "redis") .Values.extraEnv }}
+{{- $component := .component }}
+{{- with .root -}}
+{{- if or $component (eq .Values.store.kind "scylla") (eq .Values.cache.kind "redis") .Values.extraEnv }}
 env:
+  {{- with $component }}
+  # Distributed mode: what this workload runs (meterflow --mode).
+  - name: MF_MODE
+    value: {{ . }}
+  {{- end }}
   {{- if eq .Values.store.kind "scylla" }}
   - name: MF_SCYLLA_USERNAME
     valueFrom:
@@ -229,6 +283,7 @@ env:
   {{- with .Values.extraEnv }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
+{{- end }}
 {{- end }}
 {{- end }}
 
