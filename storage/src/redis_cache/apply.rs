@@ -1,5 +1,12 @@
-//! Turns one [`Outputs`] into the single pipeline `RedisCache::apply` sends: pure
-//! (no connection), so what is written for what is testable without a server.
+//! Turns one [`Outputs`] into the pipelines `RedisCache::apply` sends: pure (no
+//! connection), so what is written for what is testable without a server.
+//!
+//! [`Grouping`] decides how many: one pipeline for everything on a single Redis; one
+//! per tenant on a Redis Cluster, where a pipeline is sent to one node and every
+//! key of a tenant — `{prefix}:{<tenant>}:…`, the tenant as hash tag — is in one
+//! slot (redis-rs refuses a pipeline that spans slots before sending it). A
+//! tenant's commands keep their order in its pipeline; different tenants share no
+//! key, so no order between them matters.
 //!
 //! Per part of the outputs, in this order:
 //! - `meters`: per view `HSET` of its fields, `HDEL` of unknown ones, `EXPIRE`; then
@@ -44,9 +51,22 @@ pub(crate) const VIEWS_PER_INDEX_CALL: usize = 1_000;
 /// with a bounded script) — or expires whole when nothing of the tenant is written.
 pub(crate) const METER_TRIM_PER_CALL: usize = 1_000;
 
-/// The pipeline for one apply.
+/// How an apply's commands are grouped into pipelines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Grouping {
+    /// All in one pipeline: a single Redis holds every key (one round trip).
+    One,
+    /// One pipeline per tenant: on a Redis Cluster a pipeline must stay within one
+    /// slot, and a tenant's keys share one (sent concurrently: one round trip too).
+    PerTenant,
+}
+
+/// The pipelines for one apply.
 pub(crate) struct ApplyPlan {
-    pub(crate) pipe: Pipeline,
+    /// By tenant under [`Grouping::PerTenant`]; one, under `""`, under
+    /// [`Grouping::One`].
+    pub(crate) pipes: BTreeMap<String, Pipeline>,
+    grouping: Grouping,
     /// Commands (or script calls) queued; 0 means nothing to send.
     pub(crate) commands: usize,
     /// Rows left out because a name is not an id, with one example for the log.
@@ -62,17 +82,33 @@ impl ApplyPlan {
         }
     }
 
-    fn hash(&mut self, key: &str, (set, unset): FieldUpdate, ttl: i64) {
-        self.pipe.hset_multiple(key, &set).ignore();
-        if !unset.is_empty() {
-            self.pipe.hdel(key, &unset).ignore();
+    /// The pipeline of `tenant`'s commands.
+    fn pipe(&mut self, tenant: &str) -> &mut Pipeline {
+        let group = match self.grouping {
+            Grouping::One => "",
+            Grouping::PerTenant => tenant,
+        };
+        // Not `entry`: that would allocate the name for every command.
+        if !self.pipes.contains_key(group) {
+            self.pipes.insert(group.to_owned(), redis::pipe());
         }
-        self.pipe.expire(key, ttl).ignore();
+        self.pipes
+            .get_mut(group)
+            .expect("the group's pipeline was just ensured")
+    }
+
+    fn hash(&mut self, tenant: &str, key: &str, (set, unset): FieldUpdate, ttl: i64) {
+        let pipe = self.pipe(tenant);
+        pipe.hset_multiple(key, &set).ignore();
+        if !unset.is_empty() {
+            pipe.hdel(key, &unset).ignore();
+        }
+        pipe.expire(key, ttl).ignore();
         self.commands += 1;
     }
 
-    fn eval(&mut self, script: &str, keys: &[String], args: &[String]) {
-        self.pipe
+    fn eval(&mut self, tenant: &str, script: &str, keys: &[String], args: &[String]) {
+        self.pipe(tenant)
             .cmd("EVAL")
             .arg(script)
             .arg(keys.len())
@@ -89,9 +125,15 @@ fn ttl(secs: u64) -> i64 {
     i64::try_from(secs).unwrap_or(i64::MAX)
 }
 
-pub(crate) fn plan(keys: &KeySpace, config: &RedisConfig, outputs: &Outputs) -> ApplyPlan {
+pub(crate) fn plan(
+    keys: &KeySpace,
+    config: &RedisConfig,
+    grouping: Grouping,
+    outputs: &Outputs,
+) -> ApplyPlan {
     let mut plan = ApplyPlan {
-        pipe: redis::pipe(),
+        pipes: BTreeMap::new(),
+        grouping,
         commands: 0,
         skipped: 0,
         first_skipped: None,
@@ -119,7 +161,12 @@ fn meters(plan: &mut ApplyPlan, keys: &KeySpace, config: &RedisConfig, outputs: 
             continue;
         }
         let key = keys.meter(&view.tenant, &view.meter);
-        plan.hash(&key, codec::view_fields(view), ttl(config.meter_ttl_secs));
+        plan.hash(
+            &view.tenant,
+            &key,
+            codec::view_fields(view),
+            ttl(config.meter_ttl_secs),
+        );
         index.entry(&view.tenant).or_default().extend([
             view.meter.clone(),
             view.district.clone(),
@@ -143,7 +190,7 @@ fn meters(plan: &mut ApplyPlan, keys: &KeySpace, config: &RedisConfig, outputs: 
                 METER_TRIM_PER_CALL.to_string(),
             ]);
             args.extend_from_slice(chunk);
-            plan.eval(INDEX_METERS, &index_keys, &args);
+            plan.eval(tenant, INDEX_METERS, &index_keys, &args);
         }
     }
 }
@@ -184,7 +231,7 @@ fn bills(plan: &mut ApplyPlan, keys: &KeySpace, config: &RedisConfig, bills: &[B
                 line.amount_cents.to_string(),
             ]);
         }
-        plan.eval(SET_BILLS, &meter_keys, &args);
+        plan.eval(&tenant, SET_BILLS, &meter_keys, &args);
     }
 }
 
@@ -206,6 +253,7 @@ fn districts(plan: &mut ApplyPlan, keys: &KeySpace, config: &RedisConfig, rows: 
         }
         let key = keys.district(&row.tenant, &row.district, row.resolution, row.start_ms);
         plan.hash(
+            &row.tenant,
             &key,
             codec::district_fields(row),
             district_ttl(config, row.resolution),
@@ -229,6 +277,7 @@ fn districts(plan: &mut ApplyPlan, keys: &KeySpace, config: &RedisConfig, rows: 
         ]);
         args.extend(points);
         plan.eval(
+            tenant,
             PUT_SERIES,
             &[
                 keys.series(tenant, district, resolution),
@@ -252,7 +301,12 @@ fn tops(plan: &mut ApplyPlan, keys: &KeySpace, config: &RedisConfig, outputs: &O
             args.push(codec::litres_score(entry.usage_l).to_string());
             args.push(entry.meter.clone());
         }
-        plan.eval(REPLACE_TOP, &[keys.top(&list.tenant, &stamp)], &args);
+        plan.eval(
+            &list.tenant,
+            REPLACE_TOP,
+            &[keys.top(&list.tenant, &stamp)],
+            &args,
+        );
     }
 }
 
@@ -283,7 +337,7 @@ fn alerts_and_summaries(
     for (tenant, events) in &events {
         let stream = keys.alerts(tenant);
         for event in events {
-            plan.pipe
+            plan.pipe(tenant)
                 .cmd("XADD")
                 .arg(&stream)
                 .arg("MAXLEN")
@@ -294,7 +348,7 @@ fn alerts_and_summaries(
                 .ignore();
             plan.commands += 1;
         }
-        plan.pipe
+        plan.pipe(tenant)
             .expire(&stream, ttl(config.alerts_ttl_secs))
             .ignore();
     }
@@ -332,7 +386,7 @@ fn alerts_and_summaries(
         }
         args.extend(meters.iter().map(|m| (*m).to_owned()));
         args.extend(AlertKind::ALL.iter().map(|k| k.name().to_owned()));
-        plan.eval(APPLY_ALERTS, &script_keys, &args);
+        plan.eval(tenant, APPLY_ALERTS, &script_keys, &args);
     }
 }
 
@@ -363,6 +417,7 @@ mod tests {
         let mut plan = plan(
             &KeySpace::new("mf"),
             &RedisConfig::default(),
+            Grouping::One,
             &Outputs::default(),
         );
         assert_eq!(plan.commands, 0);
@@ -423,7 +478,12 @@ mod tests {
                 ..TenantSummary::default()
             }],
         };
-        let plan = plan(&KeySpace::new("mf"), &RedisConfig::default(), &outputs);
+        let plan = plan(
+            &KeySpace::new("mf"),
+            &RedisConfig::default(),
+            Grouping::One,
+            &outputs,
+        );
         // view, index script, bills script, district row, series script, top script,
         // alerts/summary script.
         assert_eq!(plan.commands, 7);
@@ -470,6 +530,7 @@ mod tests {
         let plan = plan(
             &KeySpace::new("mf"),
             &RedisConfig::default(),
+            Grouping::One,
             &Outputs {
                 meters,
                 districts,
@@ -480,5 +541,68 @@ mod tests {
         // three series.
         assert_eq!(plan.commands, views + 3 + 4 + 3);
         assert_eq!(plan.skipped, 2);
+    }
+
+    /// Every part of the outputs for three tenants: one pipeline with everything, or
+    /// one per tenant in which every key (and script key) is that tenant's — so on a
+    /// cluster each pipeline stays in one slot.
+    #[test]
+    fn per_tenant_grouping_gives_each_tenant_its_own_pipeline_of_its_own_keys() {
+        let tenants = ["acme", "other", "third"];
+        let mut outputs = Outputs::default();
+        for tenant in tenants {
+            outputs.meters.push(view_in(tenant, "m1", "north"));
+            outputs.bills.push(BillLine {
+                tenant: tenant.into(),
+                ..line("m1", "2025-01", 1)
+            });
+            outputs
+                .districts
+                .push(DistrictUsage::new(tenant, "north", Resolution::Minute, 0));
+            outputs.top.push(TopConsumers {
+                tenant: tenant.into(),
+                day: "2025-01-15".into(),
+                day_start_ms: 0,
+                limit: 1,
+                entries: Vec::new(),
+            });
+            outputs.summaries.push(TenantSummary {
+                tenant: tenant.into(),
+                ..TenantSummary::default()
+            });
+        }
+        let planned = |grouping| {
+            plan(
+                &KeySpace::new("mf"),
+                &RedisConfig::default(),
+                grouping,
+                &outputs,
+            )
+        };
+        let one = planned(Grouping::One);
+        assert_eq!(one.pipes.keys().collect::<Vec<_>>(), [""]);
+        let per_tenant = planned(Grouping::PerTenant);
+        assert_eq!(per_tenant.pipes.keys().collect::<Vec<_>>(), tenants);
+        assert_eq!(per_tenant.commands, one.commands);
+        let commands_of = |pipe: &Pipeline| pipe.cmd_iter().count();
+        assert_eq!(
+            per_tenant.pipes.values().map(commands_of).sum::<usize>(),
+            commands_of(&one.pipes[""])
+        );
+        for (tenant, pipe) in &per_tenant.pipes {
+            let own = format!("mf:{{{tenant}}}:");
+            let mut keys = 0;
+            for cmd in pipe.cmd_iter() {
+                for arg in cmd.args_iter() {
+                    if let redis::Arg::Simple(bytes) = arg
+                        && bytes.starts_with(b"mf:{")
+                    {
+                        keys += 1;
+                        assert!(bytes.starts_with(own.as_bytes()), "{tenant}: {bytes:?}");
+                    }
+                }
+            }
+            assert!(keys >= 10, "{tenant}: only {keys} keys");
+        }
     }
 }

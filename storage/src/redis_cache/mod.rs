@@ -34,54 +34,74 @@
 //! opened_at, state, at).
 //!
 //! [`RedisCache::apply`] sends everything of one [`Outputs`] as one pipeline, one
-//! round trip (built by `apply.rs`): plain `HSET`/`HDEL`/`EXPIRE`/`XADD`, plus small
-//! Lua scripts (`scripts.rs`) where an absolute write needs Redis-side state —
-//! replacing a top list atomically, not letting an older period's bill replace the
-//! current one, counting open alerts (per meter and `HLEN` for the summary) in the
-//! same step that changes them, moving a meter between districts in the index, and
-//! replacing a rewritten window's series point instead of adding a second one. The
-//! pipeline is not a transaction: a dashboard
-//! may, for an instant, see some keys of an apply new and others old; each key (and
-//! each script's keys) changes atomically.
+//! round trip (built by `apply.rs`; on a Redis Cluster one pipeline per tenant, see
+//! below): plain `HSET`/`HDEL`/`EXPIRE`/`XADD`, plus small Lua scripts (`scripts.rs`)
+//! where an absolute write needs Redis-side state — replacing a top list atomically,
+//! not letting an older period's bill replace the current one, counting open alerts
+//! (per meter and `HLEN` for the summary) in the same step that changes them, moving
+//! a meter between districts in the index, and replacing a rewritten window's series
+//! point instead of adding a second one. The pipeline is not a transaction: a
+//! dashboard may, for an instant, see some keys of an apply new and others old; each
+//! key (and each script's keys) changes atomically.
 //!
 //! Reads: `district_usage` computes the keys of every window in the (capped) range
 //! and fetches them with one pipeline of `HGETALL`s, skipping missing ones; `meters`
 //! walks the meter index with a read-only script in bounded chunks (its cost is on
-//! the method); the others are one command each.
+//! the method); the others are one command each. Every read is of one tenant.
 //!
-//! Resilience: the connection is a redis-rs [`ConnectionManager`] (multiplexed,
-//! reconnects by itself), created lazily so the service starts even while Redis is
-//! down (DESIGN §6.6: Redis down, keep storing; the cache is rebuilt by later
-//! outputs). Each call is one operation behind a [`CircuitBreaker`], retried as a whole
-//! with backon ([`resilience::guarded`](crate::resilience::guarded), `redis.retry`)
-//! while Redis's error is transient (`is_transient`: connection trouble, timeouts,
-//! a loading or failing-over server — not a refused command or a wrong-type key). This
-//! is the only retry of a Redis call: the connection manager only reconnects, and the
-//! sink's cache writer does not retry — it keeps what failed and sends it with the next
-//! update. So a dead Redis costs the sink one fast failure per call instead of a
-//! timeout.
+//! Redis Cluster (DESIGN §9, distributed mode): a `redis+cluster://` URL
+//! (`connection.rs`) connects to a cluster through redis-rs's cluster client, which
+//! routes each command to the node serving its key's slot and follows `MOVED`/`ASK`.
+//! A pipeline goes to one node and a script runs on one node, so each may touch
+//! keys of one slot only: every key of a tenant shares the tenant's hash tag and so
+//! its slot; every script gets all its keys through `KEYS` and touches one tenant's
+//! (`scripts.rs`); each read is of one tenant; and `apply` splits its outputs into
+//! one pipeline per tenant, sent concurrently — still one round trip of latency,
+//! to as many nodes as the tenants live on (`apply.rs`, [`Grouping`]). Different
+//! tenants' pipelines are not ordered with one another; nothing needs them to be.
+//! Scripts go as `EVAL` with their text, never `EVALSHA`, so no node can answer
+//! `NOSCRIPT` — not one that never saw the script, nor a new master after a
+//! failover. The calls below are the same code for both kinds of server
+//! ([`Connection`]).
 //!
-//! The connection manager runs on a multi-thread tokio runtime — the service's, whose
+//! Resilience: the connection is a redis-rs
+//! [`ConnectionManager`](redis::aio::ConnectionManager) (multiplexed, reconnects by
+//! itself) — on a cluster a redis-rs cluster connection, which also reconnects,
+//! re-reads the slot map and follows redirects — created lazily so the service
+//! starts even while Redis is down (DESIGN §6.6: Redis down, keep storing; the cache
+//! is rebuilt by later outputs). Each call is one operation behind a
+//! [`CircuitBreaker`], retried as a whole with backon
+//! ([`resilience::guarded`](crate::resilience::guarded), `redis.retry`) while Redis's
+//! error is transient (`is_transient`: connection trouble, timeouts, a loading or
+//! failing-over server, a cluster that is down or moving slots — not a refused
+//! command, a wrong-type key or a pipeline over several slots). This is the only
+//! retry of a Redis call, but for the cluster client's own few within a call
+//! (`CLUSTER_RETRIES` in `connection.rs`: a redirect, a reconnect to a failed-over
+//! node): the connection manager only reconnects, and the sink's cache writer does
+//! not retry — it keeps what failed and sends it with the next update. So a dead
+//! Redis costs the sink one fast failure per call instead of a timeout.
+//!
+//! The connection runs on a multi-thread tokio runtime — the service's, whose
 //! handle [`RedisCache::open_on`] takes, or, for tests and tools without one, a
 //! one-thread runtime [`RedisCache::open`] starts — and each call `block_on`s it: call
 //! the cache from plain threads or `spawn_blocking`, never from inside an async task.
 
 mod apply;
 mod codec;
+mod connection;
 pub mod fields;
 pub mod keys;
 mod scripts;
 
 use std::collections::HashMap;
-use std::time::Duration;
 
+use futures_util::future::try_join_all;
 use meterflow_model::alert::AlertEvent;
 use meterflow_model::analytics::{DistrictUsage, Resolution, TopEntry};
 use meterflow_model::ids::is_valid_id;
 use meterflow_model::{
     MeterId, MeterKey, MeterPage, MeterQuery, MeterView, Outputs, TenantId, TenantSummary,
 };
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, RedisError, RetryMethod};
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
@@ -94,17 +114,15 @@ use crate::resilience::{
 use crate::runtime::ClientRuntime;
 pub use keys::KeySpace;
 
+use self::apply::Grouping;
+use self::connection::{Connection, Target};
+
 pub(crate) use codec::{cached_row, sort_open_alerts, sort_top};
 
 /// Worker threads of the runtime [`RedisCache::open`] starts (tests and tools; the
 /// service's cache runs on the service's runtime): one multiplexed connection needs
 /// one.
 const RUNTIME_WORKER_THREADS: usize = 1;
-
-/// Reconnection attempts the ConnectionManager makes by itself after a dropped
-/// connection, before failing the call: the cache's own retry and breaker pace the
-/// rest.
-const MANAGER_RECONNECT_ATTEMPTS: usize = 1;
 
 const DAY_SECS: u64 = 24 * 3600;
 
@@ -157,7 +175,7 @@ pub struct RedisConfig {
     /// a pipeline of thousands of HSETs in milliseconds).
     pub response_timeout_ms: u64,
     /// Retries of each call, the only retry layer of a Redis call (all calls are
-    /// idempotent); its delays also pace the connection manager's reconnects.
+    /// idempotent); its delays also pace the connection's reconnects.
     pub retry: RetryConfig,
     /// The breaker in front of Redis.
     pub breaker: BreakerConfig,
@@ -229,24 +247,30 @@ impl RedisConfig {
 
 /// [`HotCache`] on Redis.
 pub struct RedisCache {
-    connection: ConnectionManager,
+    /// One Redis or a Redis Cluster; cloned into each call.
+    connection: Connection,
+    /// How `apply` groups its commands into pipelines: all in one for a single
+    /// Redis, one per tenant on a cluster.
+    grouping: Grouping,
     config: RedisConfig,
     keys: KeySpace,
     breaker: CircuitBreaker,
-    /// The runtime the connection manager runs on and every call `block_on`s.
+    /// The runtime the connection runs on and every call `block_on`s.
     runtime: ClientRuntime,
 }
 
 impl RedisCache {
-    /// Prepares a cache on `url` (`redis://host:port[/db]`, `rediss://…`,
-    /// `unix:///path`), its connection running on `runtime` (the service's; a
-    /// multi-thread runtime). Does not connect: the first call does, so an
-    /// unreachable Redis is a (transient) error of that call, not of start-up. Fails
-    /// only on a bad URL, config or runtime.
+    /// Prepares a cache on `url` — one Redis (`redis://host:port[/db]`, `rediss://…`,
+    /// `unix:///path`) or a Redis Cluster
+    /// (`redis+cluster://[user:password@]host:port[,host:port…]`, any seed nodes) —
+    /// its connection running on `runtime` (the service's; a multi-thread runtime).
+    /// Does not connect: the first call does, so an unreachable Redis is a
+    /// (transient) error of that call, not of start-up. Fails only on a bad URL,
+    /// config or runtime.
     pub fn open_on(runtime: Handle, url: &str, config: RedisConfig) -> Result<Self, CacheError> {
-        let client = Self::client(url, &config)?;
+        let target = Self::target(url, &config)?;
         let runtime = ClientRuntime::shared(runtime, "redis").map_err(CacheError)?;
-        Self::prepare(runtime, client, config)
+        Self::prepare(runtime, target, config)
     }
 
     /// [`RedisCache::open_on`] for callers without a tokio runtime (tests, tools): the
@@ -254,40 +278,39 @@ impl RedisCache {
     /// `mf-redis`), shut down when the cache is dropped. A service must not use it: it
     /// would run a second runtime beside its own.
     pub fn open(url: &str, config: RedisConfig) -> Result<Self, CacheError> {
-        let client = Self::client(url, &config)?;
+        let target = Self::target(url, &config)?;
         let runtime = ClientRuntime::own("mf-redis", RUNTIME_WORKER_THREADS)
             .map_err(|e| CacheError(format!("cannot start the Redis runtime: {e}")))?;
-        Self::prepare(runtime, client, config)
+        Self::prepare(runtime, target, config)
     }
 
-    /// The client of `url` (no connection yet), after every problem of the config.
-    fn client(url: &str, config: &RedisConfig) -> Result<redis::Client, CacheError> {
+    /// The server (or cluster) of `url`, not connected yet, after every problem of
+    /// the config.
+    fn target(url: &str, config: &RedisConfig) -> Result<Target, CacheError> {
         config
             .validate()
             .map_err(|problems| CacheError(problems.join("; ")))?;
-        // The URL may hold a password: the error names the problem, not the URL.
-        redis::Client::open(url).map_err(|e| CacheError(format!("bad Redis URL: {e}")))
+        Target::parse(url, config)
     }
 
     fn prepare(
         runtime: ClientRuntime,
-        client: redis::Client,
+        target: Target,
         config: RedisConfig,
     ) -> Result<Self, CacheError> {
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(config.connect_timeout_ms)))
-            .set_response_timeout(Some(Duration::from_millis(config.response_timeout_ms)))
-            .set_number_of_retries(MANAGER_RECONNECT_ATTEMPTS)
-            .set_min_delay(Duration::from_millis(config.retry.initial_backoff_ms))
-            .set_max_delay(Duration::from_millis(config.retry.max_backoff_ms));
+        let grouping = if target.is_cluster() {
+            Grouping::PerTenant
+        } else {
+            Grouping::One
+        };
         let connection = {
-            // The manager spawns its reconnection tasks on the current runtime.
+            // Both clients spawn their connection tasks on the current runtime.
             let _context = runtime.handle().enter();
-            ConnectionManager::new_lazy_with_config(client, manager_config)
-                .map_err(|e| CacheError(format!("cannot set up the Redis connection: {e}")))?
+            target.connect_lazily(&config)?
         };
         Ok(Self {
             connection,
+            grouping,
             breaker: CircuitBreaker::new("redis", config.breaker.clone()),
             keys: KeySpace::new(&config.key_prefix),
             config,
@@ -321,7 +344,7 @@ impl RedisCache {
         })
     }
 
-    fn call<T, Fut>(&self, op: impl Fn(ConnectionManager) -> Fut) -> Result<T, CacheError>
+    fn call<T, Fut>(&self, op: impl Fn(Connection) -> Fut) -> Result<T, CacheError>
     where
         Fut: std::future::Future<Output = Result<T, RedisError>>,
     {
@@ -354,7 +377,9 @@ impl RedisCache {
 }
 
 /// Errors worth retrying: connection trouble, timeouts, a loading or failing-over
-/// server. A wrong-type key or a refused command is not.
+/// server, a cluster that is down or whose slots moved (`CLUSTERDOWN`, `MOVED`,
+/// `ASK`, no connection to a slot's node yet). A wrong-type key, a refused command
+/// or a pipeline over several slots (`CROSSSLOT`) is not.
 fn is_transient(error: &RedisError) -> bool {
     !matches!(error.retry_method(), RetryMethod::NoRetry)
         || error.is_io_error()
@@ -421,8 +446,11 @@ impl HotCache for RedisCache {
         Some(self.breaker.state())
     }
 
+    /// Sends the plan's pipelines — one, or on a cluster one per tenant —
+    /// concurrently, as one call: a transient failure of any retries them all (every
+    /// write is absolute; only the alert stream would get a step twice).
     fn apply(&self, outputs: &Outputs) -> Result<(), CacheError> {
-        let plan = apply::plan(&self.keys, &self.config, outputs);
+        let plan = apply::plan(&self.keys, &self.config, self.grouping, outputs);
         if plan.skipped > 0 {
             // Ids are validated where they enter; a bad one here is a bug upstream.
             // Skipping it keeps one bad row from failing (and re-failing) the rest.
@@ -435,10 +463,13 @@ impl HotCache for RedisCache {
         if plan.commands == 0 {
             return Ok(());
         }
-        self.call(|mut connection| {
-            let pipe = &plan.pipe;
-            async move { pipe.query_async::<()>(&mut connection).await }
+        self.call(|connection| {
+            try_join_all(plan.pipes.values().map(|pipe| {
+                let mut connection = connection.clone();
+                async move { pipe.query_async::<()>(&mut connection).await }
+            }))
         })
+        .map(|_| ())
     }
 
     fn meter(&self, key: &MeterKey) -> Result<Option<MeterView>, CacheError> {
@@ -708,6 +739,21 @@ mod tests {
             "LOADING"
         )));
         assert!(is_transient(&server(ServerErrorKind::TryAgain, "TRYAGAIN")));
+        // A cluster between states (no slot map yet, a failover, a moved slot).
+        assert!(is_transient(&server(
+            ServerErrorKind::ClusterDown,
+            "CLUSTERDOWN"
+        )));
+        assert!(is_transient(&RedisError::from((
+            ErrorKind::ClusterConnectionNotFound,
+            "no connection"
+        ))));
+        assert!(is_transient(&server(ServerErrorKind::Moved, "MOVED")));
+        // A pipeline over several slots is a bug of ours, not bad luck.
+        assert!(!is_transient(&server(
+            ServerErrorKind::CrossSlot,
+            "CROSSSLOT"
+        )));
         assert!(!is_transient(&server(
             ServerErrorKind::ResponseError,
             "WRONGTYPE"
@@ -741,5 +787,19 @@ mod tests {
         assert_eq!(cache.meter_key("acme", "M-1"), "mf:{acme}:meter:M-1");
         assert_eq!(cache.keys().summary("acme"), "mf:{acme}:summary");
         assert!(RedisCache::open("not a url", RedisConfig::default()).is_err());
+    }
+
+    #[test]
+    fn a_cluster_url_opens_without_a_cluster_and_splits_applies_per_tenant() {
+        let single = RedisCache::open("redis://127.0.0.1:1", RedisConfig::default()).unwrap();
+        assert_eq!(single.grouping, Grouping::One);
+        let cluster = RedisCache::open(
+            "redis+cluster://u:secret@127.0.0.1:1,127.0.0.1:2",
+            RedisConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(cluster.grouping, Grouping::PerTenant);
+        let refused = RedisCache::open("redis+cluster://u:secret@h", RedisConfig::default());
+        assert!(refused.is_err_and(|e| !e.0.contains("secret")));
     }
 }

@@ -7,7 +7,9 @@
 //! They are sent with `EVAL` (inside the apply pipeline: still one round trip).
 //! Redis caches a script's compiled form by its SHA1, so re-sending the ~1 KB text
 //! costs little and, unlike `EVALSHA`, cannot fail with `NOSCRIPT` after a Redis
-//! restart or failover. A script runs atomically: no reader sees half of it.
+//! restart or failover, nor on a cluster node that has not run it yet (each node
+//! has its own script cache; redis-rs routes an `EVAL` by its first key). A script
+//! runs atomically: no reader sees half of it.
 //!
 //! Needs Redis 6.2 or later (`ZADD … GT`); [`INDEX_METERS`] reads the server clock
 //! (`TIME`) after writing, which Redis allows since scripts replicate their effects

@@ -4,8 +4,9 @@
 //! the meter list with its paging and filters — with tenants isolated. The meter
 //! list is checked twice: against hand-computed pages, and as a property (generated
 //! fleets and queries, every page equal in both caches and the pages together equal
-//! to the filtered fleet). The fixtures here also feed the Redis-only tests
-//! (`redis.rs`, `redis_series.rs`).
+//! to the filtered fleet). The Redis side runs twice, against a single Redis and a
+//! Redis Cluster (`redis::redis_and_cluster!`). The fixtures here also feed the
+//! Redis-only tests (`redis.rs`, `redis_series.rs`, `redis_cluster.rs`).
 
 use meterflow_model::alert::{AlertEvent, AlertKind, EpisodeState};
 use meterflow_model::analytics::{DistrictUsage, Resolution, TopEntry, UsageSketch};
@@ -17,7 +18,7 @@ use meterflow_storage::HotCache;
 use meterflow_storage::memory_cache::MemoryCache;
 use meterflow_storage::redis_cache::{RedisCache, RedisConfig};
 
-use crate::redis::Cleanup;
+use crate::redis::{Cleanup, redis_and_cluster};
 use crate::servers;
 use crate::utils::meter_key;
 
@@ -937,15 +938,12 @@ fn memory_cache_lists_meters_by_the_contract() {
     check_generated_meter_lists(&[&MemoryCache::new()], 0x5EED_0001, 3_000);
 }
 
-#[test]
-fn redis_cache_lists_meters_by_the_contract() {
-    let Some(url) = servers::redis("redis_meter_list") else {
-        return;
-    };
+redis_and_cluster!(redis_cache_lists_meters_by_the_contract);
+fn redis_cache_lists_meters_by_the_contract(url: &str) {
     let prefix = servers::unique_name("meter_list");
-    let _cleanup = Cleanup::new(&url, &prefix);
+    let _cleanup = Cleanup::new(url, &prefix);
     let cache = RedisCache::open(
-        &url,
+        url,
         RedisConfig {
             key_prefix: prefix.clone(),
             ..RedisConfig::default()
@@ -955,19 +953,16 @@ fn redis_cache_lists_meters_by_the_contract() {
     check_meter_list(&cache);
 }
 
+redis_and_cluster!(redis_and_memory_caches_list_generated_fleets_alike);
 /// Memory and Redis page alike over generated fleets. One fleet is several times a
 /// page script's budget of examined members (2,000), so sparse filters make the
 /// Redis side continue its walk over several calls.
-#[test]
-fn redis_and_memory_caches_list_generated_fleets_alike() {
-    let Some(url) = servers::redis("redis_generated_meter_lists") else {
-        return;
-    };
+fn redis_and_memory_caches_list_generated_fleets_alike(url: &str) {
     for (seed, size) in [(0x5EED_0002, 300), (0x5EED_0003, 12_000)] {
         let prefix = servers::unique_name("generated_lists");
-        let _cleanup = Cleanup::new(&url, &prefix);
+        let _cleanup = Cleanup::new(url, &prefix);
         let redis = RedisCache::open(
-            &url,
+            url,
             RedisConfig {
                 key_prefix: prefix.clone(),
                 ..RedisConfig::default()
@@ -984,15 +979,12 @@ fn memory_cache_keeps_the_cache_contract() {
     check_contract(&MemoryCache::new());
 }
 
-#[test]
-fn redis_cache_keeps_the_cache_contract() {
-    let Some(url) = servers::redis("redis_cache_contract") else {
-        return;
-    };
+redis_and_cluster!(redis_cache_keeps_the_cache_contract);
+fn redis_cache_keeps_the_cache_contract(url: &str) {
     let prefix = servers::unique_name("contract");
-    let _cleanup = Cleanup::new(&url, &prefix);
+    let _cleanup = Cleanup::new(url, &prefix);
     let cache = RedisCache::open(
-        &url,
+        url,
         RedisConfig {
             key_prefix: prefix.clone(),
             ..RedisConfig::default()

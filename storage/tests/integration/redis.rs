@@ -4,6 +4,11 @@
 //! and the circuit breaker on a closed port. The read contract shared with the
 //! in-process cache is in `cache_contract.rs`. Each test uses its own key prefix and
 //! deletes its keys.
+//!
+//! All but the breaker test (its proxy stands in for one server) run twice through
+//! [`redis_and_cluster!`]: against the single Redis and against the Redis
+//! Cluster (`scripts/redis-cluster start`), their own connection a cluster client
+//! there ([`RawConnection`]). Cluster-only checks are in `redis_cluster.rs`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -47,20 +52,125 @@ fn config(prefix: &str) -> RedisConfig {
     }
 }
 
+/// Defines, for each named function `fn name(url: &str)`, a module `name` with two
+/// tests: `single` runs it against the Redis of [`servers::redis`], `cluster`
+/// against the Redis Cluster of [`servers::redis_cluster`] (test names
+/// `…::name::single` and `…::name::cluster`).
+macro_rules! redis_and_cluster {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn single() {
+                if let Some(url) = crate::servers::redis(stringify!($name)) {
+                    super::$name(&url);
+                }
+            }
+
+            #[test]
+            fn cluster() {
+                if let Some(url) = crate::servers::redis_cluster(stringify!($name)) {
+                    super::$name(&url);
+                }
+            }
+        }
+    )+};
+}
+pub(crate) use redis_and_cluster;
+
+/// A test's own (blocking) connection to the server the cache uses: a plain one to a
+/// single Redis, a cluster client (routing each key to its node, `KEYS` to every
+/// master) to a Redis Cluster.
+pub(crate) enum RawConnection {
+    Single(redis::Connection),
+    /// Boxed: several times the size of a plain connection.
+    Cluster(Box<redis::cluster::ClusterConnection>),
+}
+
+impl RawConnection {
+    pub(crate) fn open(url: &str) -> RawConnection {
+        match servers::redis_cluster_seeds(url) {
+            Some(seeds) => RawConnection::Cluster(Box::new(
+                redis::cluster::ClusterClient::new(seeds)
+                    .and_then(|client| client.get_connection())
+                    .expect("Redis Cluster connection"),
+            )),
+            None => RawConnection::Single(
+                redis::Client::open(url)
+                    .and_then(|c| c.get_connection())
+                    .expect("plain Redis connection"),
+            ),
+        }
+    }
+}
+
+impl redis::ConnectionLike for RawConnection {
+    fn req_packed_command(&mut self, cmd: &[u8]) -> redis::RedisResult<redis::Value> {
+        match self {
+            RawConnection::Single(c) => c.req_packed_command(cmd),
+            RawConnection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands(
+        &mut self,
+        cmd: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisResult<Vec<redis::Value>> {
+        match self {
+            RawConnection::Single(c) => c.req_packed_commands(cmd, offset, count),
+            RawConnection::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    /// The cluster client routes by the unpacked command: forwarded, not packed.
+    fn req_command(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
+        match self {
+            RawConnection::Single(c) => c.req_command(cmd),
+            RawConnection::Cluster(c) => c.req_command(cmd),
+        }
+    }
+
+    fn supports_pipelining(&self) -> bool {
+        match self {
+            RawConnection::Single(c) => c.supports_pipelining(),
+            RawConnection::Cluster(c) => c.supports_pipelining(),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RawConnection::Single(c) => c.get_db(),
+            RawConnection::Cluster(c) => c.get_db(),
+        }
+    }
+
+    fn check_connection(&mut self) -> bool {
+        match self {
+            RawConnection::Single(c) => c.check_connection(),
+            RawConnection::Cluster(c) => c.check_connection(),
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        match self {
+            RawConnection::Single(c) => c.is_open(),
+            RawConnection::Cluster(c) => c.is_open(),
+        }
+    }
+}
+
 /// Deletes the test's keys when dropped; its connection serves the test's own
 /// commands.
 pub(crate) struct Cleanup {
-    pub(crate) connection: redis::Connection,
+    pub(crate) connection: RawConnection,
     prefix: String,
 }
 
 impl Cleanup {
     pub(crate) fn new(url: &str, prefix: &str) -> Cleanup {
-        let connection = redis::Client::open(url)
-            .and_then(|c| c.get_connection())
-            .expect("plain Redis connection");
         Cleanup {
-            connection,
+            connection: RawConnection::open(url),
             prefix: prefix.to_owned(),
         }
     }
@@ -72,20 +182,18 @@ impl Drop for Cleanup {
             .connection
             .keys(format!("{}:*", self.prefix))
             .unwrap_or_default();
-        if !keys.is_empty() {
-            let _: Result<(), _> = self.connection.del(keys);
+        // One key a command: on a cluster the keys are in many slots.
+        for key in keys {
+            let _: Result<(), _> = self.connection.del(key);
         }
     }
 }
 
-#[test]
-fn redis_apply_writes_the_documented_hash_with_a_ttl_and_reads_it_back() {
-    let Some(url) = servers::redis("redis_apply") else {
-        return;
-    };
+redis_and_cluster!(redis_apply_writes_the_documented_hash_with_a_ttl_and_reads_it_back);
+fn redis_apply_writes_the_documented_hash_with_a_ttl_and_reads_it_back(url: &str) {
     let prefix = servers::unique_name("apply");
-    let mut raw = Cleanup::new(&url, &prefix);
-    let cache = RedisCache::open(&url, config(&prefix)).unwrap();
+    let mut raw = Cleanup::new(url, &prefix);
+    let cache = RedisCache::open(url, config(&prefix)).unwrap();
     cache.ping().unwrap();
 
     let first = view("acme", "M-1", 300, Some(125));
@@ -202,20 +310,17 @@ fn redis_breaker_opens_on_a_closed_port_and_closes_when_redis_appears() {
     );
 }
 
-#[test]
-fn redis_open_on_runs_the_connection_on_the_callers_runtime() {
-    let Some(url) = servers::redis("redis_open_on") else {
-        return;
-    };
+redis_and_cluster!(redis_open_on_runs_the_connection_on_the_callers_runtime);
+fn redis_open_on_runs_the_connection_on_the_callers_runtime(url: &str) {
     let prefix = servers::unique_name("open_on");
-    let _cleanup = Cleanup::new(&url, &prefix);
+    let _cleanup = Cleanup::new(url, &prefix);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
     assert_eq!(runtime.metrics().num_alive_tasks(), 0);
-    let cache = RedisCache::open_on(runtime.handle().clone(), &url, config(&prefix)).unwrap();
+    let cache = RedisCache::open_on(runtime.handle().clone(), url, config(&prefix)).unwrap();
     // A plain thread, like the sink, calls in while the runtime's worker is free.
     std::thread::scope(|scope| {
         scope
@@ -262,7 +367,7 @@ pub(crate) fn cache_on(
 }
 
 /// Every key under `prefix`, with its type.
-fn key_types(connection: &mut redis::Connection, prefix: &str) -> BTreeMap<String, String> {
+fn key_types(connection: &mut RawConnection, prefix: &str) -> BTreeMap<String, String> {
     let keys: Vec<String> = connection.keys(format!("{prefix}:*")).unwrap();
     keys.into_iter()
         .map(|key| {
@@ -281,7 +386,7 @@ enum Content {
     StreamLen(usize),
 }
 
-fn contents(connection: &mut redis::Connection, prefix: &str) -> BTreeMap<String, Content> {
+fn contents(connection: &mut RawConnection, prefix: &str) -> BTreeMap<String, Content> {
     key_types(connection, prefix)
         .into_iter()
         .map(|(key, kind)| {
@@ -298,16 +403,13 @@ fn contents(connection: &mut redis::Connection, prefix: &str) -> BTreeMap<String
         .collect()
 }
 
-fn hash(connection: &mut redis::Connection, key: &str) -> HashMap<String, String> {
+fn hash(connection: &mut RawConnection, key: &str) -> HashMap<String, String> {
     connection.hgetall(key).unwrap()
 }
 
-#[test]
-fn redis_apply_writes_every_key_with_its_fields_and_a_ttl() {
-    let Some(url) = servers::redis("redis_every_key") else {
-        return;
-    };
-    let (cache, mut raw, p) = cache_on(&url, "every_key", RedisConfig::default());
+redis_and_cluster!(redis_apply_writes_every_key_with_its_fields_and_a_ttl);
+fn redis_apply_writes_every_key_with_its_fields_and_a_ttl(url: &str) {
+    let (cache, mut raw, p) = cache_on(url, "every_key", RedisConfig::default());
     cache.apply(&full_outputs("acme")).unwrap();
     let config = RedisConfig::default();
 
@@ -543,12 +645,9 @@ fn redis_apply_writes_every_key_with_its_fields_and_a_ttl() {
     assert_eq!(summary_hash, want);
 }
 
-#[test]
-fn redis_replaying_outputs_leaves_the_same_hashes_and_zsets_and_grows_the_stream() {
-    let Some(url) = servers::redis("redis_replay") else {
-        return;
-    };
-    let (cache, mut raw, p) = cache_on(&url, "replay", RedisConfig::default());
+redis_and_cluster!(redis_replaying_outputs_leaves_the_same_hashes_and_zsets_and_grows_the_stream);
+fn redis_replaying_outputs_leaves_the_same_hashes_and_zsets_and_grows_the_stream(url: &str) {
+    let (cache, mut raw, p) = cache_on(url, "replay", RedisConfig::default());
     let outputs = full_outputs("acme");
     cache.apply(&outputs).unwrap();
     let mut before = contents(&mut raw.connection, &p);
@@ -574,12 +673,9 @@ fn redis_replaying_outputs_leaves_the_same_hashes_and_zsets_and_grows_the_stream
     assert_eq!(after, before);
 }
 
-#[test]
-fn redis_cleared_alerts_leave_alerts_open_and_every_count_follows() {
-    let Some(url) = servers::redis("redis_cleared") else {
-        return;
-    };
-    let (cache, mut raw, p) = cache_on(&url, "cleared", RedisConfig::default());
+redis_and_cluster!(redis_cleared_alerts_leave_alerts_open_and_every_count_follows);
+fn redis_cleared_alerts_leave_alerts_open_and_every_count_follows(url: &str) {
+    let (cache, mut raw, p) = cache_on(url, "cleared", RedisConfig::default());
     cache.apply(&full_outputs("acme")).unwrap();
     let t = format!("{p}:{{acme}}");
     let at = MIDNIGHT + HOUR;
@@ -649,12 +745,9 @@ fn redis_cleared_alerts_leave_alerts_open_and_every_count_follows() {
     assert_eq!(cache.open_alerts("fresh").unwrap().len(), 1);
 }
 
-#[test]
-fn redis_bill_fields_never_step_back_a_period() {
-    let Some(url) = servers::redis("redis_bills") else {
-        return;
-    };
-    let (cache, mut raw, p) = cache_on(&url, "bills", RedisConfig::default());
+redis_and_cluster!(redis_bill_fields_never_step_back_a_period);
+fn redis_bill_fields_never_step_back_a_period(url: &str) {
+    let (cache, mut raw, p) = cache_on(url, "bills", RedisConfig::default());
     cache.apply(&full_outputs("acme")).unwrap();
     let key = format!("{p}:{{acme}}:meter:m1");
     let bill_fields = |raw: &mut Cleanup| -> (String, String, String) {
@@ -703,14 +796,11 @@ fn redis_bill_fields_never_step_back_a_period() {
     assert_eq!(cache.meter(&meter_key("acme", "m7")).unwrap(), None);
 }
 
-#[test]
-fn redis_alert_stream_is_capped_near_its_maxlen() {
-    let Some(url) = servers::redis("redis_stream_cap") else {
-        return;
-    };
+redis_and_cluster!(redis_alert_stream_is_capped_near_its_maxlen);
+fn redis_alert_stream_is_capped_near_its_maxlen(url: &str) {
     let maxlen = 100;
     let (cache, mut raw, p) = cache_on(
-        &url,
+        url,
         "stream_cap",
         RedisConfig {
             alerts_stream_maxlen: maxlen,
@@ -749,12 +839,9 @@ fn redis_alert_stream_is_capped_near_its_maxlen() {
     );
 }
 
-#[test]
-fn redis_district_keys_are_stamped_utc_hours_and_local_dates() {
-    let Some(url) = servers::redis("redis_stamps") else {
-        return;
-    };
-    let (cache, mut raw, p) = cache_on(&url, "stamps", RedisConfig::default());
+redis_and_cluster!(redis_district_keys_are_stamped_utc_hours_and_local_dates);
+fn redis_district_keys_are_stamped_utc_hours_and_local_dates(url: &str) {
+    let (cache, mut raw, p) = cache_on(url, "stamps", RedisConfig::default());
     // London: local 31 March 2025 starts at 23:00 UTC on the 30th. India: the local
     // 10:00 hour starts at 04:30 UTC.
     let march_30 = 1_743_292_800_000;

@@ -2,10 +2,14 @@
 //! a TCP proxy that lets a test cut a backend off and bring it back.
 //!
 //! Targets: `MF_CASSANDRA` (default `127.0.0.1:9042`, started by
-//! `scripts/cassandra start`) and `MF_REDIS` (default `redis://127.0.0.1:6390`,
-//! `scripts/redis start`). A test whose server is unreachable fails and says which
-//! script to run, unless `MF_SKIP_SERVER_TESTS=1`: then it prints that it was skipped
-//! and passes.
+//! `scripts/cassandra start`), `MF_REDIS` (default `redis://127.0.0.1:6390`,
+//! `scripts/redis start`) and `MF_REDIS_CLUSTER` (default
+//! `redis+cluster://127.0.0.1:7001`, the 3-node cluster of `scripts/redis-cluster
+//! start`). A test whose server is unreachable fails and says which script to run,
+//! unless `MF_SKIP_SERVER_TESTS=1`: then it prints that it was skipped and passes.
+//!
+//! `redis.rs`'s `redis_and_cluster!` runs one Redis test body against both Redis
+//! targets. (The ingest crate's tests include this file too.)
 
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -16,6 +20,9 @@ use std::time::Duration;
 
 const DEFAULT_CASSANDRA: &str = "127.0.0.1:9042";
 const DEFAULT_REDIS: &str = "redis://127.0.0.1:6390";
+const DEFAULT_REDIS_CLUSTER: &str = "redis+cluster://127.0.0.1:7001";
+/// The scheme `RedisCache` takes for a Redis Cluster.
+const CLUSTER_SCHEME: &str = "redis+cluster://";
 /// How long the reachability check waits: a local server accepts at once.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the proxy's accept loop checks whether it was stopped.
@@ -66,11 +73,47 @@ pub(crate) fn redis(test: &str) -> Option<String> {
     Some(url)
 }
 
-/// `host:port` of a `redis://[user:pass@]host:port[/db]` URL.
+/// The Redis Cluster URL (`redis+cluster://…`), or `None` if server tests are skipped.
+pub(crate) fn redis_cluster(test: &str) -> Option<String> {
+    if skipped(test, "the Redis Cluster") {
+        return None;
+    }
+    let url = std::env::var("MF_REDIS_CLUSTER").unwrap_or_else(|_| DEFAULT_REDIS_CLUSTER.into());
+    assert!(
+        url.starts_with(CLUSTER_SCHEME),
+        "MF_REDIS_CLUSTER {url:?} must be a {CLUSTER_SCHEME}HOST:PORT[,HOST:PORT…] URL"
+    );
+    require(
+        "The Redis Cluster",
+        &redis_host_port(&url),
+        "scripts/redis-cluster",
+        "MF_REDIS_CLUSTER",
+    );
+    Some(url)
+}
+
+/// The node URLs (`redis://[user:pass@]host:port`) of a `redis+cluster://` URL, for
+/// a test's own cluster client; `None` for any other URL.
+pub(crate) fn redis_cluster_seeds(url: &str) -> Option<Vec<String>> {
+    let rest = url.strip_prefix(CLUSTER_SCHEME)?;
+    let (credentials, hosts) = match rest.rsplit_once('@') {
+        Some((credentials, hosts)) => (format!("{credentials}@"), hosts),
+        None => (String::new(), rest),
+    };
+    Some(
+        hosts
+            .split(',')
+            .map(|host| format!("redis://{credentials}{host}"))
+            .collect(),
+    )
+}
+
+/// `host:port` of a `redis://[user:pass@]host:port[/db]` URL, or of the first seed of
+/// a `redis+cluster://[user:pass@]host:port[,host:port…]` URL.
 pub(crate) fn redis_host_port(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
-    let host_port = rest.split('/').next().unwrap_or(rest);
+    let host_port = rest.split(['/', ',']).next().unwrap_or(rest);
     if host_port.contains(':') {
         host_port.to_owned()
     } else {
