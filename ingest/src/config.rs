@@ -252,8 +252,9 @@ impl StoreConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
-    /// Where dashboards' hot data goes: `memory` (in-process, served over HTTP) or
-    /// `redis://HOST:PORT[/DB]` (the key contract in docs/redis-keys.md).
+    /// Where dashboards' hot data goes: `memory` (in-process, served over HTTP),
+    /// `redis://HOST:PORT[/DB]` or a Redis Cluster,
+    /// `redis+cluster://HOST:PORT[,HOST:PORT…]` (the key contract in docs/redis-keys.md).
     pub backend: String,
     /// Redis settings (key prefix, TTLs, timeouts, retries, breaker).
     pub redis: RedisConfig,
@@ -292,13 +293,17 @@ impl CacheConfig {
     pub fn parse_backend(&self) -> Result<CacheBackend, String> {
         match self.backend.as_str() {
             "memory" => Ok(CacheBackend::Memory),
-            url if url.starts_with("redis://") || url.starts_with("rediss://") => {
+            url if ["redis://", "rediss://", "redis+cluster://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme)) =>
+            {
                 Ok(CacheBackend::Redis {
                     url: url.to_string(),
                 })
             }
             other => Err(format!(
-                "cache.backend {other:?}: use \"memory\" or \"redis://HOST:PORT\""
+                "cache.backend {other:?}: use \"memory\", \"redis://HOST:PORT\" or \
+                 \"redis+cluster://HOST:PORT[,HOST:PORT…]\""
             )),
         }
     }
@@ -727,6 +732,11 @@ mod tests {
             c.cache.parse_backend(),
             Ok(CacheBackend::Redis { .. })
         ));
+        c.cache.backend = "redis+cluster://10.0.0.1:7001,10.0.0.2:7001".into();
+        assert!(matches!(
+            c.cache.parse_backend(),
+            Ok(CacheBackend::Redis { .. })
+        ));
         c.cache.backend = "memcached://x".into();
         assert!(
             c.validate()
@@ -747,6 +757,14 @@ mod tests {
             "redis://***@cache:6379"
         );
         assert_eq!(redacted_url("redis://cache:6379/0"), "redis://cache:6379/0");
+        assert_eq!(
+            redacted_url("redis+cluster://app:s3cret@r1:7001,r2:7001,r3:7001"),
+            "redis+cluster://***@r1:7001,r2:7001,r3:7001"
+        );
+        assert_eq!(
+            redacted_url("redis+cluster://r1:7001,r2:7001"),
+            "redis+cluster://r1:7001,r2:7001"
+        );
         assert_eq!(redacted_url("memory"), "memory");
         assert_eq!(
             redacted_url("https://hooks.example/a@b"),
