@@ -325,19 +325,19 @@ impl BillView {
     /// the skipped months after it are interpolated towards the same read, so they
     /// close together, a late window after the stretch ends.
     fn billable(&self, calendar: &mut LocalCalendar) -> Vec<(PeriodReads, i64)> {
-        let kept: Vec<PeriodReads> = (self.passed.iter())
+        let mut kept = (self.passed.iter())
             .chain(&self.periods.previous)
             .chain(&self.periods.current)
             .copied()
-            .collect();
-        let mut billable = Vec::new();
-        for (i, period) in kept.iter().enumerate() {
-            let Some(next) = kept.get(i + 1) else {
-                billable.push((*period, i64::MAX));
+            .peekable();
+        let mut billable = Vec::with_capacity(self.passed.len() + 2);
+        while let Some(period) = kept.next() {
+            let Some(next) = kept.peek() else {
+                billable.push((period, i64::MAX));
                 break;
             };
-            billable.push((*period, next.start_ms));
-            for month in skipped_months(period, next, calendar) {
+            billable.push((period, next.start_ms));
+            for month in skipped_months(&period, next, calendar) {
                 billable.push((month, next.start_ms));
             }
         }
