@@ -18,7 +18,7 @@
 //! process (`scripts/cassandra`'s pid file), from `/proc`. One JSON line per run goes
 //! to `bench/results/cql-ceiling.jsonl`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -108,7 +108,7 @@ pub(crate) fn run(settings: &CeilingSettings, results: &Path) -> anyhow::Result<
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let server = server_pid();
+    let server = procfs::script_server_pid("cassandra", "MF_CASSANDRA_PORT", 9042);
     let load_before = record::loadavg();
     let shapes = runtime.block_on(async {
         let session = SessionBuilder::new()
@@ -251,15 +251,4 @@ fn unit<'a>(
             )
         })
         .collect()
-}
-
-/// The CQL server's pid, from `scripts/cassandra`'s pid file, if it runs there.
-fn server_pid() -> Option<u32> {
-    let run_dir = std::env::var_os("MF_RUN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::workspace_dir().join(".cache/run"));
-    let port = std::env::var("MF_CASSANDRA_PORT").unwrap_or_else(|_| "9042".into());
-    let text =
-        std::fs::read_to_string(run_dir.join(format!("cassandra-{port}/cassandra.pid"))).ok()?;
-    text.trim().parse().ok()
 }

@@ -28,6 +28,7 @@
 
 mod connections;
 mod cql_ceiling;
+mod distributed;
 mod http;
 mod loadgen;
 mod mqtt_wire;
@@ -73,11 +74,18 @@ struct Args {
     /// A scenario of bench/scenarios (single, burst24, connections, cassandra), a path
     /// to a scenario .toml, `all`, `readme` (only re-render the README summary), or
     /// `cql-ceiling` (the CQL server's own write ceiling for the readings table, no
-    /// meterflow in the path; see src/cql_ceiling.rs).
+    /// meterflow in the path; see src/cql_ceiling.rs), or `distributed` (embedded vs
+    /// distributed mode on Cassandra, Redis and Kafka; see src/distributed.rs).
     scenario: String,
     /// `cql-ceiling`: the CQL node.
     #[arg(long, default_value = "127.0.0.1:9042")]
     cql_node: String,
+    /// `distributed`: messages per meter of the closed loop.
+    #[arg(long, default_value_t = 40)]
+    dist_messages: u64,
+    /// `distributed`: seconds of the open loop at half the closed loop's rate.
+    #[arg(long, default_value_t = 20.0)]
+    dist_half_secs: f64,
     /// `cql-ceiling`: rows per write shape.
     #[arg(long, default_value_t = 480_000)]
     cql_rows: usize,
@@ -299,6 +307,26 @@ fn run(args: &Args) -> anyhow::Result<()> {
                 rows: args.cql_rows,
                 concurrency: args.cql_concurrency,
                 max_secs: args.cql_secs,
+            },
+            &results,
+        );
+    }
+    if args.scenario == "distributed" {
+        let meterflow = args
+            .meterflow
+            .clone()
+            .unwrap_or_else(|| release_dir().join("meterflow"));
+        return distributed::run(
+            &distributed::DistributedSettings {
+                sim: args
+                    .sim
+                    .clone()
+                    .unwrap_or_else(|| loadgen::default_sim_binary(&meterflow)),
+                meterflow,
+                meters: args.meters.unwrap_or(1_000),
+                messages_per_meter: args.dist_messages,
+                readings_per_message: 24,
+                half_rate_secs: args.dist_half_secs,
             },
             &results,
         );

@@ -255,6 +255,18 @@ pub(crate) fn summarize(samples: &[ProcSample], from_s: f64, to_s: f64) -> (f64,
     (cpu, peak)
 }
 
+/// The pid of a server `scripts/{name}` runs on this machine (its pid file,
+/// `$MF_RUN_DIR/{name}-{port}/{name}.pid`, the port from `port_variable` or
+/// `default_port`), if it runs there.
+pub(crate) fn script_server_pid(name: &str, port_variable: &str, default_port: u16) -> Option<u32> {
+    let run_dir = std::env::var_os("MF_RUN_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| crate::workspace_dir().join(".cache/run"));
+    let port = std::env::var(port_variable).unwrap_or_else(|_| default_port.to_string());
+    let text = std::fs::read_to_string(run_dir.join(format!("{name}-{port}/{name}.pid"))).ok()?;
+    text.trim().parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

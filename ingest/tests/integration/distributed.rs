@@ -396,3 +396,100 @@ async fn a_meter_moving_between_processors_is_never_processed_with_stale_state()
     )
     .await;
 }
+
+/// A Kafka broker of this test's own (`scripts/kafka` on another port), so stopping it
+/// disturbs no other test; stopped and its data removed when dropped.
+struct OwnKafka {
+    port: u16,
+}
+
+impl OwnKafka {
+    fn start(port: u16) -> OwnKafka {
+        let kafka = OwnKafka { port };
+        kafka.script("start");
+        kafka
+    }
+
+    fn script(&self, command: &str) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka");
+        let status = std::process::Command::new(script)
+            .arg(command)
+            .env("MF_KAFKA_PORT", self.port.to_string())
+            .env("MF_KAFKA_HEAP", "256m")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("run scripts/kafka");
+        assert!(
+            status.success(),
+            "scripts/kafka {command} on port {}",
+            self.port
+        );
+    }
+}
+
+impl Drop for OwnKafka {
+    fn drop(&mut self) {
+        self.script("reset");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_kafka_is_down_nothing_is_acked_and_nothing_is_lost() {
+    let Some(mut cluster) = Cluster::new("dist_outage") else {
+        return;
+    };
+    let kafka = OwnKafka::start(19_192);
+    let text: String = std::fs::read_to_string(&cluster.config)
+        .unwrap()
+        .lines()
+        .map(|line| match line.starts_with("brokers = ") {
+            true => format!(
+                "brokers = \"127.0.0.1:{}\"\ndelivery_timeout_ms = 3000\n",
+                kafka.port
+            ),
+            false => format!("{line}\n"),
+        })
+        .collect();
+    cluster.config = cluster.dir.path().join("outage.toml");
+    std::fs::write(&cluster.config, text).unwrap();
+    let processor = cluster.start("processor", "p1");
+    let endpoint = cluster.start("endpoint", "e1");
+    let config = SimConfig {
+        mqtt: endpoint.mqtt.to_string(),
+        meters: 100,
+        messages_per_meter: 40,
+        readings_per_message: 4,
+        rate: Some(200.0),
+        ack_timeout_ms: 2_000,
+        seed: 37,
+        timeout_s: 240,
+        ..SimConfig::default()
+    }
+    .resolved_now();
+    let (fleet, counters) = spawn_fleet(&config);
+    wait_for_acks(&counters, 500, Duration::from_secs(60), &endpoint).await;
+
+    kafka.script("stop");
+    // The endpoint's appends time out (kafka.delivery_timeout_ms): no PUBACK while the
+    // log is away, however long the meters keep sending.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let stalled = counters.snapshot().acked;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        counters.snapshot().acked,
+        stalled,
+        "acked while Kafka was down"
+    );
+    assert!(stalled < 4_000, "the outage must land mid-run");
+
+    kafka.script("start");
+    let report = fleet.await.unwrap().unwrap();
+    assert_eq!(report.acked, 4_000, "{report:?}\n{}", endpoint.log_tail());
+    assert!(report.resent > 0, "meters held and resent: {report:?}");
+    cluster.wait_stored(&config, DRAIN_TIMEOUT).await;
+    assert_eq!(
+        stored_by(&[&processor]),
+        4_000.0,
+        "each message stored once"
+    );
+}
