@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use futures_util::TryStreamExt;
 use meterflow_model::Reading;
 use meterflow_simulator::{SimConfig, run};
-use redis::Commands;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::value::CqlTimestamp;
@@ -125,17 +124,34 @@ async fn assert_cassandra_matches(cassandra: &str, keyspace: &str, config: &SimC
     }
 }
 
+/// A connection to the Redis (`redis://`) or Redis Cluster (`redis+cluster://`) at
+/// `url`, for the test's own reads.
+pub(crate) fn redis_connection(url: &str) -> Box<dyn redis::ConnectionLike> {
+    match server_support::redis_cluster_seeds(url) {
+        Some(seeds) => Box::new(
+            redis::cluster::ClusterClient::new(seeds)
+                .and_then(|c| c.get_connection())
+                .expect("connect to the Redis Cluster"),
+        ),
+        None => Box::new(
+            redis::Client::open(url)
+                .and_then(|c| c.get_connection())
+                .expect("connect to Redis"),
+        ),
+    }
+}
+
 /// Checks every meter's Redis hash holds the final values, with a TTL.
 fn redis_mismatches(redis: &str, prefix: &str, config: &SimConfig) -> Vec<String> {
-    let mut connection = redis::Client::open(redis)
-        .unwrap()
-        .get_connection()
-        .expect("connect to Redis");
+    let mut connection = redis_connection(redis);
     let mut problems = Vec::new();
     for index in config.meter_indices() {
         let key = config.meter_key(index).unwrap();
         let redis_key = format!("{prefix}:{{{}}}:meter:{}", key.tenant, key.meter);
-        let hash: BTreeMap<String, String> = connection.hgetall(&redis_key).unwrap();
+        let hash: BTreeMap<String, String> = redis::cmd("HGETALL")
+            .arg(&redis_key)
+            .query(&mut *connection)
+            .unwrap();
         let want_today = expected_today_l(config, index).to_string();
         let want_seq = config.messages_per_meter.to_string();
         if hash.get("today_l") != Some(&want_today) || hash.get("last_seq") != Some(&want_seq) {
@@ -144,7 +160,10 @@ fn redis_mismatches(redis: &str, prefix: &str, config: &SimConfig) -> Vec<String
             ));
             continue;
         }
-        let ttl: i64 = connection.ttl(&redis_key).unwrap();
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(&redis_key)
+            .query(&mut *connection)
+            .unwrap();
         if ttl <= 0 {
             problems.push(format!("{redis_key} has no TTL ({ttl})"));
         }

@@ -1,7 +1,8 @@
 //! Distributed mode (DESIGN §9) on loopback, every part a real process or server:
 //! `meterflow --mode endpoint` and `--mode processor` replicas around a real Kafka
-//! (`scripts/kafka`), Cassandra and Redis, the simulator's meters on MQTT. Each test
-//! has its own topic, consumer group, keyspace and Redis prefix.
+//! (`scripts/kafka`), Cassandra and a 3-node Redis Cluster (`scripts/redis-cluster`),
+//! the simulator's meters on MQTT. Each test has its own topic, consumer group,
+//! keyspace and Redis key prefix.
 //!
 //! What they prove: every reading stored once and bills and alerts equal to embedded
 //! mode's on the same fleet while meters move between endpoints (one killed); a
@@ -59,7 +60,7 @@ impl Cluster {
     fn new(test: &str) -> Option<Cluster> {
         let (Some(cassandra), Some(redis), Some(kafka)) = (
             server_support::cassandra(test),
-            server_support::redis(test),
+            server_support::redis_cluster(test),
             kafka(test),
         ) else {
             return None;
