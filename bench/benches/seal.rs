@@ -73,6 +73,7 @@ impl Fleet {
                         .collect(),
                     state: self.states[m].clone(),
                     messages: 1,
+                    sent_readings: uplink.readings.len() as u32,
                     duplicates: 0,
                     first_received_at: Some(received_at),
                     statuses: Vec::new(),

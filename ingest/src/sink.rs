@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use backon::BlockingRetryable;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use meterflow_model::alert::AlertEvent;
-use meterflow_model::{MeterKey, Outputs, Quality, SealedBatch};
+use meterflow_model::{MeterKey, Outputs, SealedBatch};
 use meterflow_processors::analytics::DistrictRollup;
 use meterflow_storage::resilience::RetryConfig;
 use meterflow_storage::{ReadingStore, StoreError};
@@ -226,11 +226,7 @@ impl Sink {
     fn count_stored(&mut self, batches: &[SealedBatch]) {
         let (mut messages, mut readings) = (0, 0);
         for meter in batches.iter().flat_map(|b| &b.meters) {
-            let sent = meter
-                .readings
-                .iter()
-                .filter(|r| r.quality != Quality::Estimated)
-                .count() as u64;
+            let sent = u64::from(meter.sent_readings);
             let sent_messages = u64::from(meter.messages);
             self.tenant_stored
                 .add(&meter.key.tenant, sent_messages, sent);

@@ -46,6 +46,10 @@ pub struct MeterBatch {
     pub state: MeterState,
     /// New messages whose readings are in `readings`.
     pub messages: u32,
+    /// Readings those new messages carried. `readings` can hold more: rows VEE
+    /// re-decided for reads of earlier messages are re-emitted there, and are not new
+    /// readings (the stored-readings metric counts these).
+    pub sent_readings: u32,
     /// Duplicate messages seen in this batch; they are answered with the watermark.
     pub duplicates: u32,
     /// Earliest `received_at` among the new messages (for publish→durable latency).

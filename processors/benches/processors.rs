@@ -63,6 +63,7 @@ fn batch(states: &[MeterState], from: usize) -> SealedBatch {
                 readings,
                 state: states[m].clone(),
                 messages: 1,
+                sent_readings: count as u32,
                 duplicates: 0,
                 first_received_at: None,
                 statuses: Vec::new(),

@@ -35,6 +35,7 @@ pub(crate) fn meter_batch(
 ) -> MeterBatch {
     MeterBatch {
         key: key(meter),
+        sent_readings: readings.len() as u32,
         readings,
         state,
         messages: 1,

@@ -237,6 +237,7 @@ impl OpenBatch {
                     readings: Vec::new(),
                     state: MeterState::default(),
                     messages: 0,
+                    sent_readings: 0,
                     duplicates: 0,
                     first_received_at: None,
                     statuses: Vec::new(),
@@ -500,6 +501,7 @@ impl ShardCore {
             }
             Admission::New if store => {
                 entry.messages += 1;
+                entry.sent_readings += uplink.readings.len() as u32;
                 entry.first_received_at.get_or_insert(received_at);
                 entry.readings.extend(
                     uplink

@@ -595,3 +595,39 @@ proptest! {
         prop_assert!(shard.core.seal(shard.at(ms + 2)).is_none());
     }
 }
+
+#[test]
+fn a_late_read_counts_once_though_its_neighbours_rows_are_re_emitted() {
+    let m1 = key("plain.m1");
+    let first = hourly_json(1, &[(10, 1_000), (9, 1_100), (6, 1_400), (5, 1_500)]);
+    let late = hourly_json(2, &[(7, 1_250)]);
+    let mut shard = Harness::new(1_000);
+    shard.offer(&m1, &first, 0);
+    let sealed = shard.seal(1);
+    assert_eq!(sealed.batch.meters[0].sent_readings, 4);
+    shard.offer(&m1, &late, 2);
+    let sealed = shard.seal(3);
+    let meter = &sealed.batch.meters[0];
+    assert!(
+        meter.readings.len() > 1,
+        "VEE re-decided the gap's rows: {:?}",
+        meter.readings
+    );
+    assert_eq!(meter.sent_readings, 1, "one reading was sent");
+}
+
+#[test]
+fn a_forgotten_meter_is_hydrated_again_and_others_are_kept() {
+    let (m1, m2) = (key("plain.m1"), key("plain.m2"));
+    let mut shard = Harness::new(1_000);
+    assert_eq!(shard.offer(&m1, &json(1, 1), 0), 1);
+    assert_eq!(shard.offer(&m2, &json(1, 1), 0), 1);
+    shard.seal(1);
+    shard.core.forget(&|meter: &MeterKey| meter == &m1);
+    assert_eq!(
+        shard.offer(&m1, &json(2, 1), 2),
+        1,
+        "read from the store again"
+    );
+    assert_eq!(shard.offer(&m2, &json(2, 1), 2), 0, "still cached");
+}

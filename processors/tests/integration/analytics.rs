@@ -58,6 +58,7 @@ fn shard(meters: &[(&str, Vec<u64>)]) -> AnalyticsProcessor {
         }
         batch.meters.push(MeterBatch {
             key: key("acme", meter),
+            sent_readings: readings.len() as u32,
             readings,
             state: MeterState::default(),
             messages: 1,

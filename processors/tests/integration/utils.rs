@@ -74,6 +74,7 @@ impl Pipeline {
                 None => meters.push(MeterBatch {
                     state: self.states.get(&input.key).cloned().unwrap_or_default(),
                     key: input.key,
+                    sent_readings: input.readings.len() as u32,
                     readings: input.readings,
                     messages: 1,
                     duplicates: 0,

@@ -1116,6 +1116,7 @@ mod tests {
 
     fn meter_batch(meter: &str, readings: Vec<StoredReading>) -> MeterBatch {
         MeterBatch {
+            sent_readings: readings.len() as u32,
             key: key(meter),
             readings,
             state: MeterState::default(),

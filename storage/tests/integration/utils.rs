@@ -66,6 +66,7 @@ pub(crate) fn meter_batch(
     MeterBatch {
         key,
         messages: readings.len() as u32,
+        sent_readings: readings.len() as u32,
         readings,
         state,
         duplicates: 0,
