@@ -84,6 +84,7 @@ async fn dashboard_and_alert_rules_query_only_exported_metrics() {
     assert_eq!(status, 200);
     let live = series_labels(&exposition);
 
+    let distributed_only = distributed_only_metrics();
     let mut problems = Vec::new();
     for file in ["dashboards/meterflow.json", "templates/prometheusrule.yaml"] {
         let text = chart_file(file);
@@ -94,7 +95,9 @@ async fn dashboard_and_alert_rules_query_only_exported_metrics() {
         );
         for (metric, labels) in queried {
             let Some(exported) = live.get(&metric) else {
-                problems.push(format!("{file}: {metric} is not exported"));
+                if !distributed_only.contains(&metric) {
+                    problems.push(format!("{file}: {metric} is not exported"));
+                }
                 continue;
             };
             for label in labels {
@@ -220,6 +223,23 @@ fn selector_label_names(selector: &str) -> Vec<String> {
         .collect()
 }
 
+/// Metrics only distributed mode's endpoints and processors export (named in
+/// `ingest/src/kafka/`), which this embedded meterflow cannot show; the distributed
+/// tests check those processes serve them.
+fn distributed_only_metrics() -> BTreeSet<String> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/kafka");
+    let mut names = BTreeSet::new();
+    for entry in std::fs::read_dir(dir).expect("ingest/src/kafka") {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for quoted in text.split('"').skip(1).step_by(2) {
+            if quoted.starts_with("meterflow_") && quoted.bytes().all(is_name_byte) {
+                names.insert(quoted.to_string());
+            }
+        }
+    }
+    names
+}
+
 /// The label names of every `by (…)` clause of a line.
 fn by_labels(line: &str) -> Vec<String> {
     let mut labels = Vec::new();
@@ -231,7 +251,8 @@ fn by_labels(line: &str) -> Vec<String> {
             inner[..close]
                 .split(',')
                 .map(str::trim)
-                .filter(|l| !l.is_empty())
+                // A Helm template's placeholder (`by (%s)`) names no label itself.
+                .filter(|l| !l.is_empty() && !l.starts_with('%'))
                 .map(str::to_string),
         );
         rest = &inner[close..];
