@@ -404,6 +404,10 @@ fn scylla_breaker_opens_when_the_cluster_is_unreachable_and_recovers() {
     let port = proxy.port();
     let keyspace = servers::unique_name("breaker");
     let _inspector = Inspector::connect(&cassandra, &keyspace);
+    // The schema first, with the default timeouts: creating a keyspace and its tables
+    // can take longer than this test's 2 s on a loaded machine, and is not what the
+    // breaker is about.
+    drop(ScyllaStore::open(&[&cassandra], &keyspace, test_config()).unwrap());
     let store = ScyllaStore::open(&[proxy.addr()], &keyspace, config).unwrap();
     let key = meter_key("acme", "m1");
     let write = |i: u64| {
