@@ -3,6 +3,9 @@
 //! priorities (burst, backflow, tamper before leak before battery) that coalesces
 //! repeats of an episode — and what it lets through is published on MQTT
 //! `alerts/{tenant}/{meter}` and, when the tenant has a `webhook_url`, POSTed there.
+//! A processor (distributed mode) has no MQTT subscribers: it appends the notification
+//! to the events topic ([`EventLog`]) instead, and every endpoint publishes it to its
+//! own subscribers with [`publish_alert`], as this process would.
 //!
 //! Nothing here can slow ingestion down: the sink hands events over with `try_send`
 //! (a full queue drops the notification, counted — the episode itself is stored and
@@ -30,6 +33,7 @@ use tracing::{info, warn};
 use crate::clock::now_ms;
 use crate::config::redacted_url;
 use crate::endpoint::registry::Registry;
+use crate::kafka::EventLog;
 
 /// Alert events waiting for the policy. Alerts are rare next to readings; 10,000
 /// covers a storm across a large fleet while bounding memory.
@@ -61,10 +65,13 @@ pub struct NotifierMetrics {
 pub struct Notifier {
     pub inbox: Receiver<AlertEvent>,
     pub policy: NotificationPolicy,
-    /// The endpoint's alert subscribers (integrations, meters on their own topic).
+    /// The endpoint's alert subscribers (integrations, meters on their own topic);
+    /// none in a processor.
     pub subscribers: std::sync::Arc<Registry>,
     /// Tenant id → webhook URL.
     pub webhooks: HashMap<String, String>,
+    /// The events topic, in a processor: the endpoints' subscribers are reached there.
+    pub events: Option<std::sync::Arc<dyn EventLog>>,
     pub metrics: NotifierMetrics,
 }
 
@@ -74,6 +81,7 @@ impl Notifier {
         config: &ProcessorsConfig,
         subscribers: std::sync::Arc<Registry>,
         webhooks: HashMap<String, String>,
+        events: Option<std::sync::Arc<dyn EventLog>>,
         metrics: NotifierMetrics,
     ) -> Self {
         Self {
@@ -81,6 +89,7 @@ impl Notifier {
             policy: NotificationPolicy::from_config(config),
             subscribers,
             webhooks,
+            events,
             metrics,
         }
     }
@@ -128,11 +137,15 @@ impl Notifier {
             MeterId::try_from(event.meter.as_str()),
         ) {
             let key = MeterKey::new(tenant, meter);
-            let (delivered, dropped) = self
-                .subscribers
-                .publish_alert(&key, bytes::Bytes::from(body.clone()));
-            self.metrics.published.increment(delivered as u64);
-            self.metrics.dropped.increment(dropped as u64);
+            match &self.events {
+                Some(events) => events.alert(&key, &body),
+                None => publish_alert(
+                    &self.subscribers,
+                    &key,
+                    bytes::Bytes::from(body.clone()),
+                    &self.metrics,
+                ),
+            }
         }
         if let Some(url) = self.webhooks.get(&event.tenant) {
             match webhooks.try_send((url.clone(), body)) {
@@ -147,6 +160,19 @@ impl Notifier {
             }
         }
     }
+}
+
+/// Publishes a notification's JSON to the MQTT subscribers of `meter`'s alert topic
+/// connected to this process, counting who got it and who was too far behind.
+pub fn publish_alert(
+    subscribers: &Registry,
+    meter: &MeterKey,
+    payload: bytes::Bytes,
+    metrics: &NotifierMetrics,
+) {
+    let (delivered, dropped) = subscribers.publish_alert(meter, payload);
+    metrics.published.increment(delivered as u64);
+    metrics.dropped.increment(dropped as u64);
 }
 
 /// The JSON sent to integrations: the event plus how many repeats it stands for.

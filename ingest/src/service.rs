@@ -30,6 +30,7 @@ use crate::endpoint::{
     handoff::{Handoff, ShardRouter},
 };
 use crate::http::{self, AppState};
+use crate::kafka::EventLog;
 use crate::metrics::{self, EndpointMetrics, PipelineMetrics, TenantStored};
 use crate::notifier::{ALERT_QUEUE, Notifier};
 use crate::shard::{ShardSettings, ShardWorker};
@@ -50,6 +51,12 @@ pub struct Service {
     /// Where the endpoint hands uplinks in `endpoint` mode.
     #[cfg(feature = "kafka")]
     producer: Option<Arc<crate::kafka::producer::LogProducer>>,
+    /// `processor` mode: where the sink and the notifier tell the endpoints.
+    #[cfg(feature = "kafka")]
+    events: Option<Arc<crate::kafka::events::EventProducer>>,
+    /// `endpoint` mode: what the processors tell this endpoint's meters and subscribers.
+    #[cfg(feature = "kafka")]
+    event_feed: Option<crate::kafka::events::EventFeed>,
     http_task: tokio::task::JoinHandle<()>,
     /// The error of a group commit the store refused for good (the sink stopped).
     refused: oneshot::Receiver<StoreError>,
@@ -111,10 +118,21 @@ impl Service {
             .with_context(|| format!("http.listen {} is not free", config.http.listen))?;
         let http_addr = http_listener.local_addr()?;
 
+        #[cfg(feature = "kafka")]
+        let events = match config.mode {
+            crate::config::Mode::Processor => Some(Arc::new(
+                crate::kafka::events::EventProducer::connect(&config.kafka).await?,
+            )),
+            _ => None,
+        };
+        #[cfg(feature = "kafka")]
+        let event_log = events.clone().map(|e| e as Arc<dyn EventLog>);
+        #[cfg(not(feature = "kafka"))]
+        let event_log: Option<Arc<dyn EventLog>> = None;
         let (refused_tx, refused) = oneshot::channel();
         let (pipeline, alerts) = match config.mode.runs_pipeline() {
             true => {
-                let (pipeline, alerts) = Pipeline::start(&shared, refused_tx)?;
+                let (pipeline, alerts) = Pipeline::start(&shared, refused_tx, event_log.clone())?;
                 (Some(pipeline), Some(alerts))
             }
             false => (None, None),
@@ -147,6 +165,19 @@ impl Service {
             None
         };
         #[cfg(feature = "kafka")]
+        let event_feed = match (&endpoint, config.mode) {
+            (Some(endpoint), crate::config::Mode::Endpoint) => Some(
+                crate::kafka::events::EventFeed::start(
+                    &config.kafka,
+                    endpoint.registry.clone(),
+                    shared.metrics.acks.clone(),
+                    shared.metrics.notifier(),
+                )
+                .await?,
+            ),
+            _ => None,
+        };
+        #[cfg(feature = "kafka")]
         let consumer = match (&pipeline, config.mode) {
             (Some(pipeline), crate::config::Mode::Processor) => Some(
                 crate::kafka::consumer::LogConsumer::start(&config.kafka, pipeline.router.clone())
@@ -156,7 +187,8 @@ impl Service {
         };
         if let Some(alerts) = alerts {
             // Alert events go to webhooks, and to MQTT subscribers of this process's
-            // endpoint when it runs one.
+            // endpoint when it runs one — or, from a processor, of every endpoint's
+            // (through the events topic).
             let registry = endpoint
                 .as_ref()
                 .map_or_else(Default::default, |e| e.registry.clone());
@@ -170,6 +202,7 @@ impl Service {
                 &config.processors,
                 registry,
                 webhooks,
+                event_log,
                 shared.metrics.notifier(),
             )
             .spawn()?;
@@ -212,6 +245,10 @@ impl Service {
             consumer,
             #[cfg(feature = "kafka")]
             producer,
+            #[cfg(feature = "kafka")]
+            events,
+            #[cfg(feature = "kafka")]
+            event_feed,
             http_task,
             refused,
         })
@@ -249,12 +286,21 @@ impl Service {
         if let Some(producer) = &self.producer {
             producer.flush(LOG_FLUSH_TIMEOUT);
         }
+        #[cfg(feature = "kafka")]
+        if let Some(events) = &self.events {
+            events.flush(LOG_FLUSH_TIMEOUT);
+        }
+        #[cfg(feature = "kafka")]
+        if let Some(feed) = self.event_feed {
+            feed.stop();
+        }
         self.http_task.abort();
         info!("meterflow stopped: everything taken in is durable and acked");
     }
 }
 
-/// How long an endpoint waits at shutdown for the log to answer what it holds.
+/// How long an endpoint (or a processor, for its events) waits at shutdown for the
+/// log to answer what it holds.
 #[cfg(feature = "kafka")]
 const LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -264,6 +310,7 @@ impl Pipeline {
     fn start(
         shared: &Shared,
         refused: oneshot::Sender<StoreError>,
+        events: Option<Arc<dyn EventLog>>,
     ) -> anyhow::Result<(Pipeline, Receiver<AlertEvent>)> {
         let config = &shared.config;
         let p = &config.pipeline;
@@ -303,6 +350,7 @@ impl Pipeline {
             cache: CacheWriter::new(shared.cache.clone(), shared.metrics.clone()),
             rollup: DistrictRollup::with_settings(shards, &config.processors.analytics),
             alerts: alert_tx,
+            events,
             metrics: shared.metrics.clone(),
             tenant_stored: TenantStored::default(),
             store_healthy: shared.store_healthy.clone(),

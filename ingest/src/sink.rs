@@ -8,7 +8,9 @@
 //! of the group — PUBACK for QoS 1 (so a PUBACK means durable), and each meter's
 //! watermark on its ack topic where the meter subscribed (one per connection per
 //! group) — and update the hot cache once for the group (through [`CacheWriter`],
-//! which never holds storage up).
+//! which never holds storage up). A processor (distributed mode) has no connections:
+//! it appends each meter's watermark to the events topic instead ([`EventLog`], never
+//! waited on), and the endpoint holding the meter's session delivers it there.
 //!
 //! Failure policy (DESIGN §6.6): the sink is the one layer that retries a store write —
 //! the whole group commit, with backon's exponential backoff and jitter paced by the
@@ -48,6 +50,7 @@ use tracing::{error, info, warn};
 
 use crate::cache_writer::CacheWriter;
 use crate::endpoint::outbox::{Completion, Outbox};
+use crate::kafka::EventLog;
 use crate::metrics::{PipelineMetrics, TenantStored};
 use crate::shard::SinkItem;
 
@@ -66,6 +69,8 @@ pub struct Sink {
     pub rollup: DistrictRollup,
     /// Alert events on their way to the notifier (never waited on).
     pub alerts: Sender<AlertEvent>,
+    /// In a processor: where the meters' watermarks go, for the endpoints.
+    pub events: Option<Arc<dyn EventLog>>,
     pub metrics: PipelineMetrics,
     /// Stored messages and readings per tenant.
     pub tenant_stored: TenantStored,
@@ -248,12 +253,17 @@ impl Sink {
 
     /// Answers every message of a durable group: the meter's watermark first (once
     /// per connection, where it subscribed to its ack topic; the latest batch's state
-    /// wins), then the PUBACK.
+    /// wins — in a processor, once per meter to the events topic), then the PUBACK.
     fn answer(&mut self, batches: &[SealedBatch], completions: Vec<Completion>) {
         let mut watermarks: HashMap<&MeterKey, u64> = HashMap::new();
         for meter in batches.iter().flat_map(|b| &b.meters) {
             if let Some(w) = meter.state.seq.watermark() {
                 watermarks.insert(&meter.key, w);
+            }
+        }
+        if let Some(events) = &self.events {
+            for (meter, w) in &watermarks {
+                events.watermark(meter, *w);
             }
         }
         let mut told: HashSet<*const Outbox> = HashSet::new();
@@ -340,11 +350,32 @@ mod tests {
     /// Runs a sink over one group on a store answering `answers`; returns how many
     /// commits it tried, whether the store ended healthy, and what the sink refused.
     fn sink_over(answers: Vec<Result<(), StoreError>>) -> (u32, bool, Option<StoreError>) {
+        sink_with(answers, vec![SealedBatch::default()], None)
+    }
+
+    /// [`sink_over`] with the group's batches and an events log.
+    fn sink_with(
+        answers: Vec<Result<(), StoreError>>,
+        batches: Vec<SealedBatch>,
+        events: Option<Arc<dyn EventLog>>,
+    ) -> (u32, bool, Option<StoreError>) {
         let store = Arc::new(ScriptedStore {
             answers: Mutex::new(answers.into()),
             commits: Mutex::new(0),
         });
-        let (inbox_tx, inbox) = bounded(1);
+        let (inbox_tx, inbox) = bounded(batches.len());
+        // Queued before the sink starts: one group.
+        for batch in batches {
+            inbox_tx
+                .send(SinkItem {
+                    batch,
+                    outputs: Outputs::default(),
+                    oldest: None,
+                    completions: Vec::new(),
+                })
+                .unwrap();
+        }
+        drop(inbox_tx);
         let (alerts, _alerts_rx) = bounded(1);
         let (refused, mut refusal) = oneshot::channel();
         let metrics = PipelineMetrics::register();
@@ -355,6 +386,7 @@ mod tests {
             cache: CacheWriter::new(Arc::new(MemoryCache::default()), metrics.clone()),
             rollup: DistrictRollup::with_settings(1, &AnalyticsSettings::default()),
             alerts,
+            events,
             metrics,
             tenant_stored: TenantStored::default(),
             store_healthy: store_healthy.clone(),
@@ -368,15 +400,6 @@ mod tests {
         }
         .spawn()
         .unwrap();
-        inbox_tx
-            .send(SinkItem {
-                batch: SealedBatch::default(),
-                outputs: Outputs::default(),
-                oldest: None,
-                completions: Vec::new(),
-            })
-            .unwrap();
-        drop(inbox_tx);
         sink.join().unwrap();
         let commits = *store.commits.lock().unwrap();
         (
@@ -404,5 +427,66 @@ mod tests {
         assert_eq!(commits, 2, "the refusal is not retried");
         assert!(!healthy);
         assert!(matches!(refused, Some(StoreError::Config(_))));
+    }
+
+    /// What a processor's sink appended to the events topic.
+    #[derive(Default)]
+    struct Appended(Mutex<Vec<(String, u64)>>);
+
+    impl EventLog for Appended {
+        fn watermark(&self, meter: &MeterKey, seq: u64) {
+            self.0.lock().unwrap().push((meter.to_string(), seq));
+        }
+        fn alert(&self, _: &MeterKey, _: &[u8]) {
+            unreachable!("alerts go through the notifier")
+        }
+    }
+
+    /// A batch of one meter whose state has admitted `seqs`.
+    fn batch_of(meter: &str, seqs: &[u64]) -> SealedBatch {
+        let mut state = MeterState::default();
+        for &seq in seqs {
+            state.seq.admit(seq, 0, &mut Vec::new());
+        }
+        SealedBatch {
+            meters: vec![meterflow_model::batch::MeterBatch {
+                key: meterflow_model::topic::parse_client_id(meter).unwrap(),
+                readings: Vec::new(),
+                state,
+                messages: seqs.len() as u32,
+                sent_readings: 0,
+                duplicates: 0,
+                first_received_at: None,
+                statuses: Vec::new(),
+            }],
+            ..SealedBatch::default()
+        }
+    }
+
+    #[test]
+    fn a_processor_appends_each_meters_latest_watermark_once_per_durable_group() {
+        let appended = Arc::new(Appended::default());
+        let group = vec![
+            batch_of("demo.m1", &[1, 2]),
+            batch_of("demo.m2", &[]),
+            batch_of("demo.m1", &[1, 2, 3]),
+        ];
+        sink_with(vec![], group, Some(appended.clone()));
+        assert_eq!(
+            *appended.0.lock().unwrap(),
+            vec![("demo/m1".to_string(), 3)],
+            "m2 has no watermark yet"
+        );
+        let nothing = Arc::new(Appended::default());
+        let (_, _, refused) = sink_with(
+            vec![Err(StoreError::Config("rejected".into()))],
+            vec![batch_of("demo.m1", &[1])],
+            Some(nothing.clone()),
+        );
+        assert!(refused.is_some());
+        assert!(
+            nothing.0.lock().unwrap().is_empty(),
+            "nothing before durability"
+        );
     }
 }

@@ -63,6 +63,15 @@ impl Registry {
         alerts.retain(|_, subscribers| !subscribers.is_empty());
     }
 
+    /// The live session of a meter, if it is connected here.
+    pub fn meter_session(&self, meter: &MeterKey) -> Option<Arc<Outbox>> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&Identity::Meter(meter.clone()))
+            .cloned()
+    }
+
     pub fn subscribe_alerts(&self, filter: AlertFilter, outbox: &Arc<Outbox>) {
         let mut alerts = self.alerts.write().unwrap_or_else(PoisonError::into_inner);
         let subscribers = alerts.entry(filter.tenant().clone()).or_default();
@@ -132,8 +141,11 @@ mod tests {
         assert_eq!(old_rx.try_recv(), Ok(Outgoing::TakenOver));
         registry.unregister(&m1, &old);
         assert_eq!(registry.sessions(), 1, "the newer session stays");
+        let key = parse_client_id("demo.m1").unwrap();
+        assert!(Arc::ptr_eq(&registry.meter_session(&key).unwrap(), &new));
         registry.unregister(&m1, &new);
         assert_eq!(registry.sessions(), 0);
+        assert!(registry.meter_session(&key).is_none());
     }
 
     #[test]

@@ -65,6 +65,15 @@ pub struct KafkaConfig {
     /// The uplink topic. Created at start when missing (with `partitions` and
     /// `replication_factor`); an existing one must have exactly `partitions`.
     pub topic: String,
+    /// The events topic, from processors back to endpoints: each meter's durable seq
+    /// watermark (for its ack topic) and alert events (for MQTT subscribers).
+    /// Best-effort notifications — the store is the durable truth. Created at start
+    /// like `topic`, with `partitions` partitions. Default: `{topic}.events`, so that
+    /// deployments sharing a Kafka (each with its own `topic`) never read each
+    /// other's events — an endpoint would hand a meter of the same id a foreign
+    /// watermark.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events_topic: Option<String>,
     /// Partitions of the topic: the unit of ownership, and the most processor replicas
     /// that can share the work. Endpoints place a meter by it, so every endpoint and
     /// processor must agree; changing it moves meters between owners.
@@ -96,6 +105,7 @@ impl Default for KafkaConfig {
         Self {
             brokers: "127.0.0.1:9092".into(),
             topic: "meterflow.uplinks".into(),
+            events_topic: None,
             partitions: 12,
             replication_factor: 1,
             group_id: "meterflow-processors".into(),
@@ -109,6 +119,13 @@ impl Default for KafkaConfig {
 }
 
 impl KafkaConfig {
+    /// The events topic in force: `events_topic`, or `{topic}.events`.
+    pub fn events_topic(&self) -> String {
+        self.events_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.events", self.topic))
+    }
+
     /// Every problem of the section, for [`crate::Config::validate`].
     pub fn problems(&self) -> Vec<String> {
         let mut errors = Vec::new();
@@ -116,10 +133,23 @@ impl KafkaConfig {
             errors.push("kafka.brokers: give at least one host:port".to_string());
         }
         let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-        if self.topic.is_empty() || self.topic.len() > 249 || !self.topic.chars().all(legal) {
+        let events_topic = self.events_topic();
+        let mut names = vec![("topic", &self.topic)];
+        // A default events topic is only checked once the topic it derives from is.
+        let topic_ok = self.topic.len() <= 249 && self.topic.chars().all(legal);
+        if self.events_topic.is_some() || topic_ok {
+            names.push(("events_topic", &events_topic));
+        }
+        for (key, name) in names {
+            if name.is_empty() || name.len() > 249 || !name.chars().all(legal) {
+                errors.push(format!(
+                    "kafka.{key} {name:?}: 1-249 of A-Z a-z 0-9 . _ - (Kafka's topic names)"
+                ));
+            }
+        }
+        if events_topic == self.topic {
             errors.push(format!(
-                "kafka.topic {:?}: 1-249 of A-Z a-z 0-9 . _ - (Kafka's topic names)",
-                self.topic
+                "kafka.events_topic {events_topic:?}: must differ from kafka.topic (processors read every uplink of it)"
             ));
         }
         if self.partitions == 0 {
@@ -167,5 +197,19 @@ mod tests {
         let problems = config.problems();
         assert_eq!(problems.len(), 3, "{problems:?}");
         assert!(problems[2].contains("enable.idempotence"));
+        assert_eq!(
+            KafkaConfig::default().events_topic(),
+            "meterflow.uplinks.events"
+        );
+        let same = KafkaConfig {
+            events_topic: Some("meterflow.uplinks".into()),
+            ..KafkaConfig::default()
+        };
+        assert_eq!(same.problems().len(), 1, "{:?}", same.problems());
+        let bad = KafkaConfig {
+            events_topic: Some(String::new()),
+            ..KafkaConfig::default()
+        };
+        assert!(bad.problems()[0].starts_with("kafka.events_topic"));
     }
 }

@@ -64,7 +64,7 @@ struct Feed {
 impl LogConsumer {
     /// Checks the topic, joins the group and starts feeding the shards.
     pub async fn start(config: &KafkaConfig, router: ShardRouter) -> anyhow::Result<LogConsumer> {
-        topic::ensure(config).await?;
+        topic::ensure(config, &config.topic).await?;
         let feed = Feed {
             book: Arc::new(OffsetBook::default()),
             router,
@@ -161,13 +161,9 @@ impl Feed {
             offset,
             epoch,
         };
-        let headers = message.headers();
-        let header = |name: &str| {
-            headers
-                .and_then(|h| h.iter().find(|h| h.key == name))
-                .and_then(|h| h.value)
-        };
-        let uplink = match record::decode(message.key(), message.payload(), header) {
+        let uplink = match record::decode(message.key(), message.payload(), |name| {
+            header(message, name)
+        }) {
             Ok(uplink) => uplink,
             Err(reason) => {
                 error!(partition, offset, %reason, "log record is no uplink of this build; skipped");
@@ -269,6 +265,14 @@ impl ConsumerContext for Feed {
             info!(?partitions, "partitions assigned");
         }
     }
+}
+
+/// The value of a record's header `name`.
+pub(super) fn header<'a>(message: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
+    message
+        .headers()
+        .and_then(|h| h.iter().find(|h| h.key == name))
+        .and_then(|h| h.value)
 }
 
 /// Commits `points` (partition → next offset to read); a failure is logged: a later

@@ -5,10 +5,14 @@
 //! - [`config`]: `mode` and the `[kafka]` section;
 //! - [`offsets`]: which offsets a processor may commit (only below the first uplink not
 //!   yet durable) — plain bookkeeping, also behind [`Completion`]s;
+//! - [`EventLog`]: how the sink and the notifier of a processor tell the endpoints what
+//!   became durable, without depending on Kafka types;
 //! - with the `kafka` cargo feature (librdkafka through `rdkafka`): [`record`] (an
-//!   uplink as a log record), [`topic`] (the topic checked or created at start),
-//!   [`producer`] (the endpoint's hand-off: PUBACK once the log has the uplink) and
-//!   [`consumer`] (the processor's feed into the shards, rebalances, commits, lag).
+//!   uplink, or an event, as a log record), [`topic`] (the topics checked or created at
+//!   start), [`producer`] (the endpoint's hand-off: PUBACK once the log has the uplink),
+//!   [`consumer`] (the processor's feed into the shards, rebalances, commits, lag) and
+//!   [`events`] (the events topic: watermarks and alert events from processors to
+//!   endpoints).
 //!
 //! Ownership: a meter's partition is [`partition_of`] its authenticated identity,
 //! chosen by the endpoint (not librdkafka's partitioner), so a processor can tell which
@@ -16,9 +20,13 @@
 //!
 //! [`Completion`]: crate::endpoint::outbox::Completion
 
+use meterflow_model::MeterKey;
+
 pub mod config;
 #[cfg(feature = "kafka")]
 pub mod consumer;
+#[cfg(feature = "kafka")]
+pub mod events;
 pub mod offsets;
 #[cfg(feature = "kafka")]
 pub mod producer;
@@ -29,6 +37,17 @@ pub mod topic;
 
 #[cfg(feature = "kafka")]
 pub use partitioning::partition_of;
+
+/// Where a processor tells the endpoints what the store now has: the events topic
+/// ([`events`]). The sink and the notifier hold one as an `Option` — none in embedded
+/// mode, where they reach the meters' connections themselves. Best effort, and never
+/// blocks the caller: an event the log cannot take now is dropped (and counted).
+pub trait EventLog: Send + Sync {
+    /// `meter`'s durable seq watermark, for its ack topic.
+    fn watermark(&self, meter: &MeterKey, seq: u64);
+    /// An alert event's JSON, for the subscribers of `meter`'s alert topic.
+    fn alert(&self, meter: &MeterKey, payload: &[u8]);
+}
 
 #[cfg(feature = "kafka")]
 mod partitioning {

@@ -45,7 +45,7 @@ impl LogProducer {
     /// Connects, and checks (or creates) the topic; fails when the brokers do not
     /// answer.
     pub async fn connect(config: &KafkaConfig) -> anyhow::Result<LogProducer> {
-        topic::ensure(config).await?;
+        topic::ensure(config, &config.topic).await?;
         let producer: FutureProducer = topic::client_config(config)
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -83,15 +83,7 @@ impl LogProducer {
             ..
         } = inbound;
         let key = record::key(&identity);
-        let headers = record::headers(&topic, received_at, refused).iter().fold(
-            OwnedHeaders::new(),
-            |headers, (name, value)| {
-                headers.insert(Header {
-                    key: name,
-                    value: Some(value.as_slice()),
-                })
-            },
-        );
+        let headers = owned_headers(&record::headers(&topic, received_at, refused));
         let mut next = FutureRecord::to(&self.topic)
             .key(&key)
             .payload(&payload[..])
@@ -140,4 +132,16 @@ impl LogProducer {
             warn!(%error, "uplinks still unanswered by the log at shutdown; their meters resend");
         }
     }
+}
+
+/// A record's headers as librdkafka takes them.
+pub(super) fn owned_headers(headers: &[(&str, Vec<u8>)]) -> OwnedHeaders {
+    headers
+        .iter()
+        .fold(OwnedHeaders::new(), |headers, (name, value)| {
+            headers.insert(Header {
+                key: name,
+                value: Some(value.as_slice()),
+            })
+        })
 }

@@ -9,17 +9,28 @@
 //!   with a dead letter), `mf-received-at` (epoch ms, decimal), and `mf-refused` (the
 //!   reject code when the session refused the publish).
 //!
+//! The events topic's records ([`LogEvent`], processors → endpoints) share the key and
+//! the `mf-v` header; `mf-event` says what they carry:
+//!
+//! - `watermark`: value = the meter's durable seq watermark, decimal;
+//! - `alert`: value = the alert event's JSON as integrations receive it, `mf-topic` =
+//!   the MQTT topic it goes out on (`alerts/{tenant}/{meter}`, checked against the key).
+//!
 //! A record that does not decode (another writer, a newer format) is a
 //! [`RecordError`]: the processor counts and logs it and moves on, since it names no
-//! meter to dead-letter it for.
+//! meter to dead-letter it for (an endpoint does the same with an event).
 
 use bytes::Bytes;
-use meterflow_model::{MeterId, MeterKey, Reject, TenantId};
+use meterflow_model::{MeterId, MeterKey, Reject, TenantId, topic};
 
 pub const HEADER_VERSION: &str = "mf-v";
 pub const HEADER_TOPIC: &str = "mf-topic";
 pub const HEADER_RECEIVED_AT: &str = "mf-received-at";
 pub const HEADER_REFUSED: &str = "mf-refused";
+/// What an events-topic record carries: [`EVENT_WATERMARK`] or [`EVENT_ALERT`].
+pub const HEADER_EVENT: &str = "mf-event";
+pub const EVENT_WATERMARK: &[u8] = b"watermark";
+pub const EVENT_ALERT: &[u8] = b"alert";
 /// The record format this build writes and reads.
 pub const VERSION: &[u8] = b"1";
 
@@ -33,7 +44,22 @@ pub struct LogUplink {
     pub received_at: i64,
 }
 
-/// Why a record is not an uplink of this format.
+/// What a processor tells the endpoints about one meter, on the events topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogEvent {
+    pub meter: MeterKey,
+    pub event: Event,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Every seq of the meter up to this one is durable in the store.
+    Watermark(u64),
+    /// An alert event's JSON, for the subscribers of the meter's alert topic.
+    Alert(Bytes),
+}
+
+/// Why a record is not an uplink (or an event) of this format.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
     #[error("record format {0:?} is not the one this build reads (1)")]
@@ -42,6 +68,10 @@ pub enum RecordError {
     Key(String),
     #[error("header {0} is missing or malformed")]
     Header(&'static str),
+    #[error("event {0:?} is not one this build reads")]
+    Event(String),
+    #[error("record value {0:?} is no seq")]
+    Seq(String),
 }
 
 /// The record key of a meter's uplinks.
@@ -73,15 +103,7 @@ pub fn decode<'a>(
     payload: Option<&[u8]>,
     header: impl Fn(&str) -> Option<&'a [u8]>,
 ) -> Result<LogUplink, RecordError> {
-    let version = header(HEADER_VERSION).unwrap_or_default();
-    if version != VERSION {
-        return Err(RecordError::Version(
-            String::from_utf8_lossy(version).into_owned(),
-        ));
-    }
-    let key = key.unwrap_or_default();
-    let identity = parse_key(key)
-        .ok_or_else(|| RecordError::Key(String::from_utf8_lossy(key).into_owned()))?;
+    let identity = versioned_key(key, &header)?;
     let topic = header(HEADER_TOPIC).ok_or(RecordError::Header(HEADER_TOPIC))?;
     let received_at = header(HEADER_RECEIVED_AT)
         .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
@@ -104,6 +126,76 @@ pub fn decode<'a>(
     })
 }
 
+impl LogEvent {
+    /// The header values of the event's record.
+    pub fn headers(&self) -> Vec<(&'static str, Vec<u8>)> {
+        let mut headers = vec![(HEADER_VERSION, VERSION.to_vec())];
+        match &self.event {
+            Event::Watermark(_) => headers.push((HEADER_EVENT, EVENT_WATERMARK.to_vec())),
+            Event::Alert(_) => {
+                headers.push((HEADER_EVENT, EVENT_ALERT.to_vec()));
+                headers.push((HEADER_TOPIC, topic::alert_topic(&self.meter).into_bytes()));
+            }
+        }
+        headers
+    }
+
+    /// The record's value.
+    pub fn value(&self) -> Bytes {
+        match &self.event {
+            Event::Watermark(seq) => Bytes::from(seq.to_string()),
+            Event::Alert(payload) => payload.clone(),
+        }
+    }
+
+    /// Reads an events-topic record back; `header` looks a header up by name.
+    pub fn decode<'a>(
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        header: impl Fn(&str) -> Option<&'a [u8]>,
+    ) -> Result<LogEvent, RecordError> {
+        let meter = versioned_key(key, &header)?;
+        let payload = payload.unwrap_or_default();
+        let event = match header(HEADER_EVENT).ok_or(RecordError::Header(HEADER_EVENT))? {
+            EVENT_WATERMARK => Event::Watermark(
+                std::str::from_utf8(payload)
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| {
+                        RecordError::Seq(String::from_utf8_lossy(payload).into_owned())
+                    })?,
+            ),
+            EVENT_ALERT => {
+                if header(HEADER_TOPIC) != Some(topic::alert_topic(&meter).as_bytes()) {
+                    return Err(RecordError::Header(HEADER_TOPIC));
+                }
+                Event::Alert(Bytes::copy_from_slice(payload))
+            }
+            other => {
+                return Err(RecordError::Event(
+                    String::from_utf8_lossy(other).into_owned(),
+                ));
+            }
+        };
+        Ok(LogEvent { meter, event })
+    }
+}
+
+/// The meter a record of this format is about (its key), once its version is checked.
+fn versioned_key<'a>(
+    key: Option<&[u8]>,
+    header: &impl Fn(&str) -> Option<&'a [u8]>,
+) -> Result<MeterKey, RecordError> {
+    let version = header(HEADER_VERSION).unwrap_or_default();
+    if version != VERSION {
+        return Err(RecordError::Version(
+            String::from_utf8_lossy(version).into_owned(),
+        ));
+    }
+    let key = key.unwrap_or_default();
+    parse_key(key).ok_or_else(|| RecordError::Key(String::from_utf8_lossy(key).into_owned()))
+}
+
 fn parse_key(key: &[u8]) -> Option<MeterKey> {
     let key = std::str::from_utf8(key).ok()?;
     let (tenant, meter) = key.split_once('/')?;
@@ -124,12 +216,24 @@ mod tests {
         payload: &[u8],
         headers: &[(&'static str, Vec<u8>)],
     ) -> Result<LogUplink, RecordError> {
-        decode(Some(key), Some(payload), |name| {
+        decode(Some(key), Some(payload), lookup(headers))
+    }
+
+    fn event_from(
+        key: &[u8],
+        payload: &[u8],
+        headers: &[(&'static str, Vec<u8>)],
+    ) -> Result<LogEvent, RecordError> {
+        LogEvent::decode(Some(key), Some(payload), lookup(headers))
+    }
+
+    fn lookup<'a>(headers: &'a [(&'static str, Vec<u8>)]) -> impl Fn(&str) -> Option<&'a [u8]> {
+        |name| {
             headers
                 .iter()
                 .find(|(n, _)| *n == name)
                 .map(|(_, v)| v.as_slice())
-        })
+        }
     }
 
     #[test]
@@ -180,6 +284,77 @@ mod tests {
         );
     }
 
+    #[test]
+    fn events_survive_the_log() {
+        let meter = parse_client_id("acme.m-42").unwrap();
+        for event in [
+            Event::Watermark(0),
+            Event::Watermark(u64::MAX),
+            Event::Alert(Bytes::from_static(br#"{"kind":"leak"}"#)),
+        ] {
+            let sent = LogEvent {
+                meter: meter.clone(),
+                event,
+            };
+            let back = event_from(key(&meter).as_bytes(), &sent.value(), &sent.headers());
+            assert_eq!(back, Ok(sent));
+        }
+        let alert = LogEvent {
+            meter: meter.clone(),
+            event: Event::Alert(Bytes::new()),
+        };
+        assert!(
+            alert
+                .headers()
+                .contains(&(HEADER_TOPIC, b"alerts/acme/m-42".to_vec()))
+        );
+        assert_eq!(
+            LogEvent {
+                meter,
+                event: Event::Watermark(17)
+            }
+            .value(),
+            Bytes::from_static(b"17")
+        );
+    }
+
+    #[test]
+    fn foreign_events_are_errors_that_say_why() {
+        let v = (HEADER_VERSION, VERSION.to_vec());
+        let watermark = (HEADER_EVENT, EVENT_WATERMARK.to_vec());
+        let alert = (HEADER_EVENT, EVENT_ALERT.to_vec());
+        assert_eq!(
+            event_from(b"acme/m1", b"1", std::slice::from_ref(&v)),
+            Err(RecordError::Header(HEADER_EVENT))
+        );
+        assert_eq!(
+            event_from(
+                b"acme/m1",
+                b"1",
+                &[v.clone(), (HEADER_EVENT, b"gossip".to_vec())]
+            ),
+            Err(RecordError::Event("gossip".into()))
+        );
+        for bad in [&b"-1"[..], b"", b"1.5", b"18446744073709551616"] {
+            assert!(matches!(
+                event_from(b"acme/m1", bad, &[v.clone(), watermark.clone()]),
+                Err(RecordError::Seq(_))
+            ));
+        }
+        // An alert whose topic is not its key's meter's alert topic.
+        let elsewhere = (HEADER_TOPIC, b"alerts/acme/m2".to_vec());
+        for headers in [vec![v.clone(), alert.clone()], vec![v, alert, elsewhere]] {
+            assert_eq!(
+                event_from(b"acme/m1", b"{}", &headers),
+                Err(RecordError::Header(HEADER_TOPIC))
+            );
+        }
+        assert!(matches!(
+            event_from(b"acme/m1", b"1", &[watermark]),
+            Err(RecordError::Version(_))
+        ));
+    }
+
     proptest! {
         /// Whatever bytes a record holds, decoding answers (an uplink or an error).
         #[test]
@@ -192,6 +367,26 @@ mod tests {
                 names.iter().copied().zip(values).collect();
             headers[0].1 = VERSION.to_vec();
             let _ = decode_from(&key, b"x", &headers);
+        }
+
+        /// Whatever bytes an events-topic record holds, decoding answers.
+        #[test]
+        fn decoding_arbitrary_events_never_panics(
+            key in proptest::collection::vec(any::<u8>(), 0..40),
+            value in proptest::collection::vec(any::<u8>(), 0..24),
+            event in prop_oneof![
+                Just(EVENT_WATERMARK.to_vec()),
+                Just(EVENT_ALERT.to_vec()),
+                proptest::collection::vec(any::<u8>(), 0..12),
+            ],
+            topic in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            let headers = [
+                (HEADER_VERSION, VERSION.to_vec()),
+                (HEADER_EVENT, event),
+                (HEADER_TOPIC, topic),
+            ];
+            let _ = event_from(&key, &value, &headers);
         }
     }
 }

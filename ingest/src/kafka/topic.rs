@@ -1,6 +1,8 @@
-//! The uplink topic, checked (or created) when an endpoint or processor starts: its
-//! partition count must be `kafka.partitions`, because endpoints place each meter by
-//! it and processors forget meters by it.
+//! meterflow's topics, checked (or created) when an endpoint or processor starts: the
+//! uplink topic (`kafka.topic`) and the events topic (`kafka.events_topic`). Their
+//! partition count must be `kafka.partitions`, because each meter is placed by it
+//! (endpoints place its uplinks, processors its events) and processors forget meters
+//! by it.
 
 use std::time::Duration;
 
@@ -15,6 +17,8 @@ use super::config::KafkaConfig;
 
 /// How long start-up waits for the brokers to answer.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
+/// Pause between metadata requests while a new topic propagates.
+const METADATA_RETRY: Duration = Duration::from_millis(200);
 
 /// The settings every client of meterflow's shares: the brokers and the
 /// pass-through properties (TLS, SASL).
@@ -27,13 +31,13 @@ pub fn client_config(config: &KafkaConfig) -> ClientConfig {
     client
 }
 
-/// Creates the topic when missing; fails when it has another partition count or the
-/// brokers do not answer.
-pub async fn ensure(config: &KafkaConfig) -> anyhow::Result<()> {
+/// Creates `name` (one of the config's topics) when missing; fails when it has another
+/// partition count than `kafka.partitions` or the brokers do not answer.
+pub async fn ensure(config: &KafkaConfig, name: &str) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> =
         client_config(config).create().context("kafka client")?;
     let topic = NewTopic::new(
-        &config.topic,
+        name,
         i32::try_from(config.partitions).unwrap_or(i32::MAX),
         TopicReplication::Fixed(i32::from(config.replication_factor)),
     );
@@ -47,33 +51,39 @@ pub async fn ensure(config: &KafkaConfig) -> anyhow::Result<()> {
             Ok(name) => info!(
                 topic = name,
                 partitions = config.partitions,
-                "uplink topic created"
+                "kafka topic created"
             ),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => bail!("kafka topic {name}: cannot create it: {code}"),
         }
     }
     let brokers = config.brokers.clone();
-    let name = config.topic.clone();
+    let wanted = name.to_string();
+    // A topic created a moment ago may not be in the brokers' metadata yet (it shows
+    // with no partitions): ask again until it is, within the metadata timeout.
     let found = tokio::task::spawn_blocking(move || {
-        let metadata = admin
-            .inner()
-            .fetch_metadata(Some(&name), METADATA_TIMEOUT)
-            .with_context(|| format!("kafka.brokers {brokers}: no metadata"))?;
-        anyhow::Ok(
-            metadata
+        let deadline = std::time::Instant::now() + METADATA_TIMEOUT;
+        loop {
+            let metadata = admin
+                .inner()
+                .fetch_metadata(Some(&wanted), METADATA_TIMEOUT)
+                .with_context(|| format!("kafka.brokers {brokers}: no metadata"))?;
+            let found = metadata
                 .topics()
                 .iter()
-                .find(|t| t.name() == name)
-                .map_or(0, |t| t.partitions().len()),
-        )
+                .find(|t| t.name() == wanted)
+                .map_or(0, |t| t.partitions().len());
+            if found > 0 || std::time::Instant::now() >= deadline {
+                return anyhow::Ok(found);
+            }
+            std::thread::sleep(METADATA_RETRY);
+        }
     })
     .await??;
     if found != config.partitions as usize {
         bail!(
-            "kafka topic {} has {found} partitions but kafka.partitions is {}: they must agree \
-             (endpoints place each meter by it); fix the setting or the topic",
-            config.topic,
+            "kafka topic {name} has {found} partitions but kafka.partitions is {}: they must \
+             agree (each meter is placed by it); fix the setting or the topic",
             config.partitions
         );
     }

@@ -24,7 +24,7 @@ use crate::utils::{Meterflow, free_addr, ground_truth, spawn_fleet, wait_for_ack
 
 const DEFAULT_KAFKA: &str = "127.0.0.1:9092";
 /// How long processors get to store what the endpoints appended.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Kafka's bootstrap address (`MF_KAFKA`), or `None` when server tests are skipped;
 /// fails when Kafka is not reachable.
@@ -49,16 +49,22 @@ fn kafka(test: &str) -> Option<String> {
 
 /// One test's cluster: its servers and names, and the configuration every replica
 /// shares.
-struct Cluster {
+pub(crate) struct Cluster {
     cassandra: String,
     redis: String,
     keyspace: String,
-    config: std::path::PathBuf,
+    pub(crate) config: std::path::PathBuf,
     dir: tempfile::TempDir,
+    /// Held for the test's life: one cluster at a time (each is four or five
+    /// processes and a new keyspace; several at once on two cores time out schema
+    /// changes instead of testing anything).
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
 
+static ONE_CLUSTER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 impl Cluster {
-    fn new(test: &str) -> Option<Cluster> {
+    pub(crate) fn new(test: &str) -> Option<Cluster> {
         let (Some(cassandra), Some(redis), Some(kafka)) = (
             server_support::cassandra(test),
             server_support::redis_cluster(test),
@@ -88,12 +94,15 @@ impl Cluster {
             keyspace,
             config,
             dir,
+            _one_at_a_time: ONE_CLUSTER_AT_A_TIME
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
         })
     }
 
     /// A replica in `mode`, ready. Start the first processor alone: it applies the
     /// schema the others then find.
-    fn start(&self, mode: &str, name: &str) -> Meterflow {
+    pub(crate) fn start(&self, mode: &str, name: &str) -> Meterflow {
         let config = self.config.to_str().unwrap();
         Meterflow::start_with(
             &self.dir.path().join(name),
@@ -111,7 +120,7 @@ impl Cluster {
     }
 
     /// Waits until Cassandra holds exactly the fleet's readings.
-    async fn wait_stored(&self, config: &SimConfig, within: Duration) {
+    pub(crate) async fn wait_stored(&self, config: &SimConfig, within: Duration) {
         let session = cql(&self.cassandra).await;
         let expected = expected_rows(config);
         let deadline = Instant::now() + within;
@@ -149,7 +158,7 @@ fn expected_rows(config: &SimConfig) -> BTreeMap<String, Vec<(u64, Reading)>> {
 }
 
 /// 200 meters × 30 messages of 4 readings at `rate` msgs/s, aimed at `mqtt`.
-fn fleet(mqtt: String, rate: f64, seed: u64) -> SimConfig {
+pub(crate) fn fleet(mqtt: String, rate: f64, seed: u64) -> SimConfig {
     SimConfig {
         mqtt,
         meters: 200,
@@ -165,7 +174,7 @@ fn fleet(mqtt: String, rate: f64, seed: u64) -> SimConfig {
 }
 
 /// Messages stored (not duplicates) by these processors together.
-fn stored_by(processors: &[&Meterflow]) -> f64 {
+pub(crate) fn stored_by(processors: &[&Meterflow]) -> f64 {
     processors
         .iter()
         .map(|p| p.metrics().messages("stored"))

@@ -8,6 +8,8 @@ mod crash;
 mod csv;
 #[cfg(feature = "kafka")]
 mod distributed;
+#[cfg(feature = "kafka")]
+mod distributed_events;
 mod e2e;
 mod endpoint;
 mod fleet;

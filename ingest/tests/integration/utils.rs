@@ -14,8 +14,9 @@ use meterflow_simulator::{SimConfig, meter_messages};
 use meterflow_storage::ReadingStore;
 use meterflow_storage::embedded::EmbeddedStore;
 
-/// How long a fresh meterflow gets to become ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a fresh meterflow gets to become ready (a first start on ScyllaDB
+/// creates the keyspace and tables, which a loaded test machine can take long over).
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
 pub(crate) fn free_addr() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
