@@ -225,7 +225,14 @@ async fn cassandra_and_redis_hold_exactly_what_was_sent_even_when_replayed() {
     let metrics = service.metrics();
     metrics.assert_accounted();
     assert_eq!(metrics.messages("stored"), 20_000.0);
-    assert_eq!(metrics.messages("duplicate"), 20_000.0);
+    // Every replayed message is a duplicate, and so is each resend a busy machine
+    // caused (an ack slower than the simulator's ack timeout) that reached meterflow.
+    let duplicates = metrics.messages("duplicate");
+    let resent = (report.resent + replay.resent) as f64;
+    assert!(
+        (20_000.0..=20_000.0 + resent).contains(&duplicates),
+        "{duplicates} duplicates, 20,000 replayed and {resent} resent"
+    );
     assert_cassandra_matches(&cassandra, &keyspace, &config).await;
     assert_eq!(
         redis_mismatches(&redis, &keyspace, &config),
