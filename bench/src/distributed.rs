@@ -185,9 +185,8 @@ impl Variant {
         let (stored_before, e2e_before) = self.stored()?;
         let cpu_before = self.cpu_seconds();
         let (kafka_before, cassandra_before) = (server_cpu(kafka), server_cpu(cassandra));
-        let fleet = SimFleet::spawn(binary, std::slice::from_ref(sim), logs)?;
+        let mut fleet = SimFleet::spawn(binary, std::slice::from_ref(sim), logs)?;
         let started = fleet.started;
-        let mut fleet = fleet;
         let mut max_lag: f64 = 0.0;
         while !fleet.finished() {
             fleet.poll_cpu();
@@ -265,7 +264,7 @@ pub(crate) fn run(settings: &DistributedSettings, results: &Path) -> anyhow::Res
         .chars()
         .filter(char::is_ascii_digit)
         .collect::<String>();
-    let mut machine = record::Machine::probe(targets_open_files(), true);
+    let mut machine = record::Machine::probe(crate::targets::raise_open_file_limit(), true);
     let mut variants = Vec::new();
     for name in ["embedded", "distributed"] {
         let variant = Variant::start(name, settings, &run)?;
@@ -326,8 +325,4 @@ pub(crate) fn run(settings: &DistributedSettings, results: &Path) -> anyhow::Res
     record::append(results, "distributed", &record)?;
     println!("{}", serde_json::to_string_pretty(&record)?);
     Ok(())
-}
-
-fn targets_open_files() -> u64 {
-    crate::targets::raise_open_file_limit()
 }

@@ -11,7 +11,6 @@
 //! the first one cached.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use meterflow_model::Reading;
@@ -22,30 +21,8 @@ use crate::backends::{cql, stored_readings, wait_for_redis};
 use crate::server_support::{self, Proxy};
 use crate::utils::{Meterflow, free_addr, ground_truth, spawn_fleet, wait_for_acks};
 
-const DEFAULT_KAFKA: &str = "127.0.0.1:9092";
 /// How long processors get to store what the endpoints appended.
 pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Kafka's bootstrap address (`MF_KAFKA`), or `None` when server tests are skipped;
-/// fails when Kafka is not reachable.
-fn kafka(test: &str) -> Option<String> {
-    if std::env::var("MF_SKIP_SERVER_TESTS").as_deref() == Ok("1") {
-        eprintln!("skipped {test}: needs Kafka, and MF_SKIP_SERVER_TESTS=1");
-        return None;
-    }
-    let addr = std::env::var("MF_KAFKA").unwrap_or_else(|_| DEFAULT_KAFKA.into());
-    let socket: SocketAddr = addr
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .unwrap_or_else(|| panic!("cannot resolve MF_KAFKA {addr:?}"));
-    assert!(
-        TcpStream::connect_timeout(&socket, Duration::from_secs(2)).is_ok(),
-        "Kafka is not reachable at {addr}: start it with `scripts/kafka start` \
-         (or point MF_KAFKA at one, or set MF_SKIP_SERVER_TESTS=1 to skip the server tests)"
-    );
-    Some(addr)
-}
 
 /// One test's cluster: its servers and names, and the configuration every replica
 /// shares.
@@ -68,7 +45,7 @@ impl Cluster {
         let (Some(cassandra), Some(redis), Some(kafka)) = (
             server_support::cassandra(test),
             server_support::redis_cluster(test),
-            kafka(test),
+            server_support::kafka(test),
         ) else {
             return None;
         };

@@ -21,6 +21,7 @@ use std::time::Duration;
 const DEFAULT_CASSANDRA: &str = "127.0.0.1:9042";
 const DEFAULT_REDIS: &str = "redis://127.0.0.1:6390";
 const DEFAULT_REDIS_CLUSTER: &str = "redis+cluster://127.0.0.1:7001";
+const DEFAULT_KAFKA: &str = "127.0.0.1:9092";
 /// The scheme `RedisCache` takes for a Redis Cluster.
 const CLUSTER_SCHEME: &str = "redis+cluster://";
 /// How long the reachability check waits: a local server accepts at once.
@@ -71,6 +72,18 @@ pub(crate) fn redis(test: &str) -> Option<String> {
     let url = std::env::var("MF_REDIS").unwrap_or_else(|_| DEFAULT_REDIS.into());
     require("Redis", &redis_host_port(&url), "scripts/redis", "MF_REDIS");
     Some(url)
+}
+
+/// Kafka's bootstrap address (`MF_KAFKA`, `scripts/kafka start`), or `None` if server
+/// tests are skipped. Only ingest's distributed-mode tests use it.
+#[allow(dead_code)]
+pub(crate) fn kafka(test: &str) -> Option<String> {
+    if skipped(test, "Kafka") {
+        return None;
+    }
+    let addr = std::env::var("MF_KAFKA").unwrap_or_else(|_| DEFAULT_KAFKA.into());
+    require("Kafka", &addr, "scripts/kafka", "MF_KAFKA");
+    Some(addr)
 }
 
 /// The Redis Cluster URL (`redis+cluster://…`), or `None` if server tests are skipped.
