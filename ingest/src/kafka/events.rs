@@ -7,9 +7,11 @@
 //!
 //! - [`EventProducer`] (processor): the sink and the notifier append through it as an
 //!   [`EventLog`]. librdkafka's idempotent producer, polled by its own thread; it never
-//!   waits: an event its local queue cannot take is dropped, as is one the log did not
-//!   take within `kafka.delivery_timeout_ms` — both counted
+//!   waits: an event its local queue cannot take is dropped — counted
 //!   (`meterflow_log_events_dropped_total`) and logged at the 1st, 2nd, 4th, 8th….
+//!   It never times an event out either (an idempotent producer's timeouts livelock
+//!   it after an outage, see [`producer`](super::producer)): the queue holds what the
+//!   log has not taken yet, up to its bound.
 //! - [`EventFeed`] (endpoint): a thread reading every partition from where it ended at
 //!   start (assigned, not a group member; nothing committed), which delivers a
 //!   watermark to the meter's live session here (sent when it subscribed to its ack
@@ -22,7 +24,7 @@
 //! the store, the hot cache's stream and the webhooks.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -37,6 +39,7 @@ use tracing::{info, warn};
 
 use super::config::KafkaConfig;
 use super::consumer::header;
+use super::failures::Failures;
 use super::producer::owned_headers;
 use super::record::{self, Event, LogEvent};
 use super::{EventLog, partition_of, topic};
@@ -62,16 +65,13 @@ pub struct EventProducer {
 /// Counts what became of appended events (librdkafka's delivery reports).
 struct Deliveries {
     appended: Counter,
-    dropped: Counter,
-    failures: AtomicU64,
+    dropped: Failures,
 }
 
 impl Deliveries {
     /// An event that will not reach the endpoints.
     fn dropped(&self, error: &KafkaError) {
-        self.dropped.increment(1);
-        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if failures.is_power_of_two() {
+        if let Some(failures) = self.dropped.record() {
             warn!(%error, failures, "events not appended to the log: endpoints miss these notifications (the store has the data)");
         }
     }
@@ -98,13 +98,12 @@ impl EventProducer {
         let producer = topic::client_config(config)
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("message.timeout.ms", config.delivery_timeout_ms.to_string())
+            .set("message.timeout.ms", "0")
             .set("queue.buffering.max.messages", QUEUE_MESSAGES.to_string())
             .set("linger.ms", "5")
             .create_with_context(Deliveries {
                 appended: metrics::counter!("meterflow_log_events_appended_total"),
-                dropped: metrics::counter!("meterflow_log_events_dropped_total"),
-                failures: AtomicU64::new(0),
+                dropped: Failures::new(metrics::counter!("meterflow_log_events_dropped_total")),
             })?;
         Ok(EventProducer {
             producer,

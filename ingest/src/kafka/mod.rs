@@ -27,6 +27,8 @@ pub mod config;
 pub mod consumer;
 #[cfg(feature = "kafka")]
 pub mod events;
+#[cfg(feature = "kafka")]
+mod failures;
 pub mod offsets;
 #[cfg(feature = "kafka")]
 pub mod producer;

@@ -1,16 +1,25 @@
 //! The endpoint's hand-off in distributed mode: each uplink is appended to its meter's
 //! partition by librdkafka's idempotent producer (`acks=all`), and the meter's
-//! [`Completion`] — its PUBACK — fires only when the log has acknowledged it. An uplink
-//! the log did not take within `kafka.delivery_timeout_ms` is abandoned: its connection
-//! closes and the meter resends it (to this endpoint or another).
+//! [`Completion`] — its PUBACK — fires only when the log has acknowledged it.
 //!
-//! Backpressure: at most `kafka.max_in_flight` uplinks wait for the log's answer; past
+//! An uplink the log has not taken within `kafka.delivery_timeout_ms` loses its PUBACK:
+//! its connection closes and the meter resends it (to this endpoint or another). The
+//! record itself stays queued in librdkafka, which never times a message out
+//! (`message.timeout.ms = 0`): each timeout makes an idempotent producer drain every
+//! partition and bump its epoch, and under the steady stream of resends that follows
+//! an outage those bumps came back faster than anything could be sent — the producer
+//! livelocked and appended nothing after the log returned. A record appended after its
+//! meter gave up on it is a duplicate the processors drop by its seq.
+//!
+//! Backpressure: at most `kafka.max_in_flight` uplinks wait for the log's answer (a
+//! slot is held until librdkafka answers, after the PUBACK was given up too); past
 //! that, connections wait to hand over (and stop reading their sockets), so a slow or
 //! absent log slows PUBACKs instead of growing memory.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use meterflow_model::MeterKey;
 use metrics::{Counter, Gauge};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -19,6 +28,7 @@ use tokio::sync::Semaphore;
 use tracing::warn;
 
 use super::config::KafkaConfig;
+use super::failures::Failures;
 use super::{partition_of, record, topic};
 use crate::endpoint::handoff::{Inbound, PipelineClosed};
 
@@ -31,13 +41,14 @@ pub struct LogProducer {
     topic: Arc<str>,
     partitions: u32,
     in_flight: Arc<Semaphore>,
-    metrics: ProducerMetrics,
+    /// How long a meter's PUBACK waits for the log.
+    delivery_timeout: Duration,
+    metrics: Arc<ProducerMetrics>,
 }
 
-#[derive(Clone)]
 struct ProducerMetrics {
     appended: Counter,
-    failed: Counter,
+    failed: Failures,
     in_flight: Gauge,
 }
 
@@ -49,7 +60,8 @@ impl LogProducer {
         let producer: FutureProducer = topic::client_config(config)
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("message.timeout.ms", config.delivery_timeout_ms.to_string())
+            // Never: the PUBACK's timeout is meterflow's (see the module docs).
+            .set("message.timeout.ms", "0")
             .set("linger.ms", "2")
             .create()?;
         Ok(LogProducer {
@@ -57,11 +69,12 @@ impl LogProducer {
             topic: Arc::from(config.topic.as_str()),
             partitions: config.partitions,
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
-            metrics: ProducerMetrics {
+            delivery_timeout: Duration::from_millis(config.delivery_timeout_ms),
+            metrics: Arc::new(ProducerMetrics {
                 appended: metrics::counter!("meterflow_log_appended_total"),
-                failed: metrics::counter!("meterflow_log_append_failures_total"),
+                failed: Failures::new(metrics::counter!("meterflow_log_append_failures_total")),
                 in_flight: metrics::gauge!("meterflow_log_append_in_flight"),
-            },
+            }),
         })
     }
 
@@ -89,7 +102,7 @@ impl LogProducer {
             .payload(&payload[..])
             .partition(partition_of(&identity, self.partitions))
             .headers(headers);
-        let delivery = loop {
+        let mut delivery = loop {
             match self.producer.send_result(next) {
                 Ok(delivery) => break delivery,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
@@ -97,8 +110,7 @@ impl LogProducer {
                     tokio::time::sleep(QUEUE_FULL_PAUSE).await;
                 }
                 Err((error, _)) => {
-                    warn!(meter = %identity, %error, "uplink not appended to the log; the meter will resend");
-                    self.metrics.failed.increment(1);
+                    self.metrics.failed_to_append(&identity, &error);
                     // Dropping the completion closes the connection: the meter resends.
                     return Ok(());
                 }
@@ -106,18 +118,24 @@ impl LogProducer {
         };
         self.metrics.in_flight.increment(1.0);
         let metrics = self.metrics.clone();
+        let timeout = self.delivery_timeout;
         tokio::spawn(async move {
-            match delivery.await {
-                Ok(Ok(_)) => {
+            match tokio::time::timeout(timeout, &mut delivery).await.ok() {
+                Some(Ok(Ok(_))) => {
                     metrics.appended.increment(1);
                     completion.complete();
                 }
-                Ok(Err((error, _))) => {
-                    warn!(meter = %identity, %error, "the log refused an uplink; the meter will resend");
-                    metrics.failed.increment(1);
-                }
+                Some(Ok(Err((error, _)))) => metrics.failed_to_append(&identity, &error),
                 // The producer is gone (shutdown): the meter resends.
-                Err(_) => {}
+                Some(Err(_)) => {}
+                None => {
+                    metrics
+                        .failed_to_append(&identity, &"no answer within kafka.delivery_timeout_ms");
+                    // The connection closes now; the slot stays taken until the log
+                    // answers for the record.
+                    drop(completion);
+                    let _ = delivery.await;
+                }
             }
             metrics.in_flight.decrement(1.0);
             drop(permit);
@@ -130,6 +148,15 @@ impl LogProducer {
         use rdkafka::producer::Producer;
         if let Err(error) = self.producer.flush(timeout) {
             warn!(%error, "uplinks still unanswered by the log at shutdown; their meters resend");
+        }
+    }
+}
+
+impl ProducerMetrics {
+    /// An uplink whose PUBACK is given up: counted, and logged sparsely.
+    fn failed_to_append(&self, meter: &MeterKey, error: &dyn std::fmt::Display) {
+        if let Some(failures) = self.failed.record() {
+            warn!(%meter, %error, failures, "uplinks not appended to the log in time; their meters will resend");
         }
     }
 }

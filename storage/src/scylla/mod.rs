@@ -51,6 +51,7 @@
 
 mod config;
 mod errors;
+mod migration_lease;
 mod outputs;
 pub mod schema;
 

@@ -15,6 +15,7 @@
 //! | `district_hourly` | `((tenant, district, day), hour)` | usage_l, meters, p50_l, p90_l, p99_l, sketch_zeros, sketch_bins, night_hour_l, night_flow_lph (2); inflow_l, inflow_night_hour_l, inflow_night_flow_lph (3) | 2 |
 //! | `district_hourly_days` | `((tenant, district), day)` | which days of a district have hourly rows | 2 |
 //! | `schema_migrations` | `(version)` | name, applied_at | — |
+//! | `schema_lease` | `(id)` | holder, taken_at: who migrates now (one row, TTL) | — |
 //!
 //! Column encodings:
 //! - `day` is a CQL `date`: the UTC day of `ts` (readings) or `received_at` (dead
@@ -68,9 +69,11 @@
 //! Cassandra before 4.1, so [`migrate`] runs it only when `system_schema.columns`
 //! lacks the column). [`migrate`] runs the versions not yet recorded in
 //! `schema_migrations`, in order, and records each after its statements succeeded: a
-//! migration interrupted halfway is simply run again. Run them from one process at a
-//! time (the service's start-up, or a deploy job): concurrent `CREATE TABLE` on
-//! different coordinators of a Cassandra cluster can race.
+//! migration interrupted halfway is simply run again. One process migrates at a time:
+//! a replica that finds versions missing takes the keyspace's lease first
+//! ([`migration_lease`](super::migration_lease), a lightweight transaction on
+//! `schema_lease`), so replicas starting together against a new keyspace wait for
+//! each other instead of racing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -80,6 +83,7 @@ use ::scylla::value::CqlTimestamp;
 
 use super::config::{Consistency, ScyllaConfig};
 use super::errors;
+use super::migration_lease::{self, Lease};
 use crate::error::StoreError;
 
 /// Longest keyspace name Cassandra accepts (ScyllaDB allows the same).
@@ -311,6 +315,7 @@ pub fn full_schema(keyspace: &str, config: &ScyllaConfig) -> Vec<String> {
     let mut all = vec![
         keyspace_statement(keyspace, config),
         migrations_table_statement(keyspace),
+        migration_lease::table_statement(keyspace),
     ];
     for migration in MIGRATIONS {
         all.extend(migration.statements(keyspace, config));
@@ -596,6 +601,23 @@ pub(crate) async fn migrate(
 ) -> Result<Vec<i32>, StoreError> {
     ensure_keyspace(session, keyspace, config).await?;
     run_ddl(session, &migrations_table_statement(keyspace)).await?;
+    let current = applied_versions(session, keyspace).await?;
+    if MIGRATIONS.iter().all(|m| current.contains(&m.version)) {
+        return Ok(Vec::new());
+    }
+    run_ddl(session, &migration_lease::table_statement(keyspace)).await?;
+    let lease = Lease::take(session, keyspace).await?;
+    let applied = apply_missing(session, keyspace, config).await;
+    lease.release(session).await;
+    applied
+}
+
+/// Applies the migrations not yet recorded (holding the lease).
+async fn apply_missing(
+    session: &Session,
+    keyspace: &str,
+    config: &ScyllaConfig,
+) -> Result<Vec<i32>, StoreError> {
     let applied = applied_versions(session, keyspace).await?;
 
     let record = session

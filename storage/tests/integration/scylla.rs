@@ -363,6 +363,7 @@ fn scylla_migrations_run_once_and_rerun_as_no_ops() {
             "meter_state",
             "reading_days",
             "readings",
+            "schema_lease",
             "schema_migrations"
         ]
     );
@@ -379,6 +380,38 @@ fn scylla_migrations_run_once_and_rerun_as_no_ops() {
         store.keyspace()
     ));
     assert!(replication[0].0["class"].ends_with("NetworkTopologyStrategy"));
+}
+
+#[test]
+fn scylla_replicas_starting_together_on_a_new_keyspace_all_open_it() {
+    let Some(cassandra) = servers::cassandra("scylla_concurrent_migrations") else {
+        return;
+    };
+    let keyspace = servers::unique_name("together");
+    let inspector = Inspector::connect(&cassandra, &keyspace);
+    let replicas = 4;
+    let start = std::sync::Barrier::new(replicas);
+    let opened: Vec<Result<Vec<i32>, StoreError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..replicas)
+            .map(|_| {
+                scope.spawn(|| {
+                    start.wait();
+                    ScyllaStore::open(&[cassandra.as_str()], &keyspace, test_config())
+                        .and_then(|store| store.applied_migrations())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let all: Vec<i32> = schema::MIGRATIONS.iter().map(|m| m.version).collect();
+    for result in opened {
+        assert_eq!(result.expect("every replica opens the keyspace"), all);
+    }
+    let columns: Vec<(String,)> = inspector.rows(&format!(
+        "SELECT column_name FROM system_schema.columns \
+         WHERE keyspace_name = '{keyspace}' AND table_name = 'district_hourly'"
+    ));
+    assert!(columns.iter().any(|(c,)| c == "inflow_night_flow_lph"));
 }
 
 #[test]
