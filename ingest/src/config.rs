@@ -35,7 +35,8 @@ pub const DEMO_TENANT: &str = "demo";
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// What this process runs: `embedded` (everything, the default), or in distributed
-    /// mode (DESIGN §9) an `endpoint` or a `processor` replica around a Kafka log.
+    /// mode (DESIGN §9) an `endpoint` or a `processor` replica around a Kafka log, or
+    /// both in one process (`combined`, for small clusters).
     pub mode: Mode,
     pub mqtt: MqttConfig,
     pub http: HttpConfig,

@@ -62,7 +62,8 @@ struct RunArgs {
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// What this process runs: embedded (everything), or in distributed mode an
-    /// endpoint or a processor replica (overrides mode).
+    /// endpoint, a processor replica, or both meeting through Kafka (combined; overrides
+    /// mode).
     #[arg(long, env = "MF_MODE", value_enum)]
     mode: Option<Mode>,
     /// Kafka bootstrap brokers, host:port[,host:port] (overrides kafka.brokers).

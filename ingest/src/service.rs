@@ -119,11 +119,11 @@ impl Service {
         let http_addr = http_listener.local_addr()?;
 
         #[cfg(feature = "kafka")]
-        let events = match config.mode {
-            crate::config::Mode::Processor => Some(Arc::new(
+        let events = match config.mode.consumes_log() {
+            true => Some(Arc::new(
                 crate::kafka::events::EventProducer::connect(&config.kafka).await?,
             )),
-            _ => None,
+            false => None,
         };
         #[cfg(feature = "kafka")]
         let event_log = events.clone().map(|e| e as Arc<dyn EventLog>);
@@ -138,19 +138,19 @@ impl Service {
             false => (None, None),
         };
         #[cfg(feature = "kafka")]
-        let producer = match config.mode {
-            crate::config::Mode::Endpoint => Some(Arc::new(
+        let producer = match config.mode.appends_to_log() {
+            true => Some(Arc::new(
                 crate::kafka::producer::LogProducer::connect(&config.kafka).await?,
             )),
-            _ => None,
+            false => None,
         };
         let endpoint = if config.mode.runs_endpoint() {
-            let handoff = match &pipeline {
-                Some(pipeline) => Handoff::Shards(pipeline.router.clone()),
+            let handoff = match (&pipeline, config.mode.appends_to_log()) {
+                (Some(pipeline), false) => Handoff::Shards(pipeline.router.clone()),
                 #[cfg(feature = "kafka")]
-                None => Handoff::Log(producer.clone().context("endpoint mode has a producer")?),
+                _ => Handoff::Log(producer.clone().context("this mode has a producer")?),
                 #[cfg(not(feature = "kafka"))]
-                None => anyhow::bail!("endpoint mode needs the kafka feature"),
+                _ => anyhow::bail!("mode {} needs the kafka feature", config.mode.as_str()),
             };
             Some(
                 endpoint::start(
@@ -165,8 +165,8 @@ impl Service {
             None
         };
         #[cfg(feature = "kafka")]
-        let event_feed = match (&endpoint, config.mode) {
-            (Some(endpoint), crate::config::Mode::Endpoint) => Some(
+        let event_feed = match (&endpoint, config.mode.appends_to_log()) {
+            (Some(endpoint), true) => Some(
                 crate::kafka::events::EventFeed::start(
                     &config.kafka,
                     endpoint.registry.clone(),
@@ -178,20 +178,21 @@ impl Service {
             _ => None,
         };
         #[cfg(feature = "kafka")]
-        let consumer = match (&pipeline, config.mode) {
-            (Some(pipeline), crate::config::Mode::Processor) => Some(
+        let consumer = match (&pipeline, config.mode.consumes_log()) {
+            (Some(pipeline), true) => Some(
                 crate::kafka::consumer::LogConsumer::start(&config.kafka, pipeline.router.clone())
                     .await?,
             ),
             _ => None,
         };
         if let Some(alerts) = alerts {
-            // Alert events go to webhooks, and to MQTT subscribers of this process's
-            // endpoint when it runs one — or, from a processor, of every endpoint's
-            // (through the events topic).
-            let registry = endpoint
-                .as_ref()
-                .map_or_else(Default::default, |e| e.registry.clone());
+            // Alert events go to webhooks, and to MQTT subscribers: of this process's
+            // endpoint in embedded mode, of every endpoint's (this one's included)
+            // through the events topic when the shards are fed from the log.
+            let registry = match (&endpoint, &event_log) {
+                (Some(endpoint), None) => endpoint.registry.clone(),
+                _ => Default::default(),
+            };
             let webhooks = config
                 .effective_tenants()
                 .into_iter()
@@ -268,7 +269,7 @@ impl Service {
 
     /// Seals what the shards hold, waits until it is durable and acked (in `processor`
     /// mode: its offsets committed; in `endpoint` mode: the log has answered what was
-    /// handed to it), then stops. Uplinks not yet handed over are not taken: their
+    /// handed to it; in `combined` mode both), then stops. Uplinks not yet handed over are not taken: their
     /// meters get no PUBACK and resend them.
     pub fn shutdown(self) {
         #[cfg(feature = "kafka")]

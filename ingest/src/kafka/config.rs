@@ -17,6 +17,10 @@ pub enum Mode {
     /// A processor replica: consumes the partitions the consumer group assigns it and
     /// runs the shard/sink pipeline on them.
     Processor,
+    /// Both in one process, for small clusters: an endpoint that appends to the log
+    /// and a processor in the group, meeting only through Kafka (a meter on this
+    /// process's endpoint may well be owned by another's processor).
+    Combined,
 }
 
 impl Mode {
@@ -25,6 +29,7 @@ impl Mode {
             Mode::Embedded => "embedded",
             Mode::Endpoint => "endpoint",
             Mode::Processor => "processor",
+            Mode::Combined => "combined",
         }
     }
 
@@ -36,6 +41,16 @@ impl Mode {
     /// Whether this mode runs the shard/sink pipeline.
     pub fn runs_pipeline(self) -> bool {
         self != Mode::Endpoint
+    }
+
+    /// Whether the endpoint hands uplinks to the log (not to this process's shards).
+    pub fn appends_to_log(self) -> bool {
+        matches!(self, Mode::Endpoint | Mode::Combined)
+    }
+
+    /// Whether the shards are fed from the log (as a member of the consumer group).
+    pub fn consumes_log(self) -> bool {
+        matches!(self, Mode::Processor | Mode::Combined)
     }
 }
 
@@ -179,6 +194,22 @@ impl KafkaConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_mode_runs_its_parts_and_only_embedded_bypasses_the_log() {
+        let roles = |m: Mode| {
+            (
+                m.runs_endpoint(),
+                m.runs_pipeline(),
+                m.appends_to_log(),
+                m.consumes_log(),
+            )
+        };
+        assert_eq!(roles(Mode::Embedded), (true, true, false, false));
+        assert_eq!(roles(Mode::Endpoint), (true, false, true, false));
+        assert_eq!(roles(Mode::Processor), (false, true, false, true));
+        assert_eq!(roles(Mode::Combined), (true, true, true, true));
+    }
 
     #[test]
     fn the_default_is_valid_and_reserved_properties_are_refused() {

@@ -8,7 +8,8 @@
 //! mode's on the same fleet while meters move between endpoints (one killed); a
 //! processor killed mid-stream loses nothing and counts nothing twice; a meter whose
 //! partition moves to another processor and back is never processed with the state
-//! the first one cached.
+//! the first one cached; two `--mode combined` nodes (endpoint and processor in one
+//! process) started at once share the work through the log.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -255,6 +256,43 @@ async fn two_endpoints_and_two_processors_store_every_reading_once_and_bill_as_e
         &expected.0[..1]
     );
     assert_eq!(bills_and_alerts(&e2, &config), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_combined_nodes_started_together_store_every_reading_once() {
+    let Some(cluster) = Cluster::new("dist_combined") else {
+        return;
+    };
+    // Both at once against the new keyspace: they take turns at the schema.
+    let (n1, n2) = std::thread::scope(|scope| {
+        let n1 = scope.spawn(|| cluster.start("combined", "n1"));
+        let n2 = scope.spawn(|| cluster.start("combined", "n2"));
+        (n1.join().unwrap(), n2.join().unwrap())
+    });
+    // The meters reach the nodes through one address, first N1's endpoint, then N2's.
+    let mut front = Proxy::start(0, &n1.mqtt.to_string()).unwrap();
+    let port = front.port();
+    let config = fleet(front.addr(), 600.0, 33);
+    let (fleet, counters) = spawn_fleet(&config);
+    wait_for_acks(&counters, 1_500, Duration::from_secs(60), &n1).await;
+    front.stop();
+    let _front = Proxy::start(port, &n2.mqtt.to_string()).unwrap();
+    let report = fleet.await.unwrap().unwrap();
+    assert_eq!(report.acked, 6_000, "{report:?}\n{}", n2.log_tail());
+
+    cluster.wait_settled(&config, DRAIN_TIMEOUT).await;
+    assert_eq!(stored_by(&[&n1, &n2]), 6_000.0, "each message stored once");
+    for node in [&n1, &n2] {
+        let metrics = node.metrics();
+        assert!(
+            metrics.messages("stored") > 0.0,
+            "both processors took a share"
+        );
+        assert!(
+            metrics.value("meterflow_log_appended_total") > 0.0,
+            "both endpoints appended"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
