@@ -59,6 +59,7 @@ impl Fleet {
                 let received_at = uplink.readings.last().map_or(0, |r| r.ts) + 1_000;
                 now_ms = now_ms.max(received_at);
                 MeterBatch {
+                    replaced: Vec::new(),
                     key: self.keys[m].clone(),
                     readings: uplink
                         .readings

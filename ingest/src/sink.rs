@@ -450,6 +450,7 @@ mod tests {
         }
         SealedBatch {
             meters: vec![meterflow_model::batch::MeterBatch {
+                replaced: Vec::new(),
                 key: meterflow_model::topic::parse_client_id(meter).unwrap(),
                 readings: Vec::new(),
                 state,

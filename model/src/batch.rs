@@ -46,6 +46,11 @@ pub struct MeterBatch {
     pub state: MeterState,
     /// New messages whose readings are in `readings`.
     pub messages: u32,
+    /// Rows VEE stored for this meter before this batch and re-decides in it: the
+    /// earlier version of each row it re-emits in `readings`, and rows no pass makes
+    /// any more (they stay stored: storage has no deletes). Set by VEE, so that what
+    /// counted the earlier versions (analytics) can take them back; empty otherwise.
+    pub replaced: Vec<StoredReading>,
     /// Readings those new messages carried. `readings` can hold more: rows VEE
     /// re-decided for reads of earlier messages are re-emitted there, and are not new
     /// readings (the stored-readings metric counts these).

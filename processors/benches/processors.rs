@@ -56,6 +56,7 @@ fn batch(states: &[MeterState], from: usize) -> SealedBatch {
                 })
                 .collect();
             MeterBatch {
+                replaced: Vec::new(),
                 key: MeterKey::new(
                     "bench".try_into().unwrap(),
                     format!("m{m:05}").as_str().try_into().unwrap(),

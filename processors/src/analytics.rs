@@ -4,11 +4,22 @@
 //!
 //! Rules:
 //! - A row counts when it is non-suspect, has an interval (a meter's very first read
-//!   measures none) and is newer than the meter's last counted row
-//!   (VEE's corrections move litres between rows that were already counted; they are
-//!   not counted again). Its `interval_l` is attributed to the window containing the
-//!   end of its interval, `ts - 1 ms`: an hourly read stamped 03:00 measured
-//!   02:00–03:00 and lands in the 02:00 hour.
+//!   measures none) and is newer than the meter's last counted row. Its
+//!   `interval_l` is attributed to the window containing the end of its interval,
+//!   `ts - 1 ms`: an hourly read stamped 03:00 measured 02:00–03:00 and lands in the
+//!   02:00 hour.
+//! - **Corrections** (issue 10, case 6): when VEE re-decides rows already counted —
+//!   a late read replaces a gap's estimates, a read turns suspect — it hands the
+//!   earlier versions along ([`MeterBatch::replaced`]); the difference per row is
+//!   added to (or taken from) the usage, inflow and night-hour litres of the windows
+//!   the row ends in, while they are open, and to the meter's running hour and day.
+//!   So the litres of every open window are those of the rows in time order,
+//!   whatever the arrival order (property-tested in `register_order.rs`). What a
+//!   correction leaves as it was: `meters` (a meter counted in a window stays counted),
+//!   the sketch of an hour the meter had finished, and a past day's top list (a
+//!   meter's entry only grows).
+//!
+//! [`MeterBatch::replaced`]: meterflow_model::MeterBatch::replaced
 //! - Minute windows are UTC minutes (every time zone's offset is a whole number of
 //!   minutes); hour and day windows are the tenant's local hours and days (its
 //!   tariff's time zone), DST included.
@@ -42,7 +53,8 @@ use meterflow_model::analytics::{MeterAnalyticsState, NIGHT_HOURS, add_known};
 use meterflow_model::processing::AnalyticsSettings;
 use meterflow_model::time::{day_of, day_string};
 use meterflow_model::{
-    DistrictUsage, Outputs, Quality, Resolution, SealedBatch, TenantSummary, TopConsumers,
+    DistrictUsage, Outputs, Quality, Resolution, SealedBatch, StoredReading, TenantSummary,
+    TopConsumers,
 };
 
 use crate::Processor;
@@ -358,6 +370,10 @@ impl Processor for AnalyticsProcessor {
                 meter: meter.key.meter.as_str(),
                 now_ms,
             };
+            let counted_up_to = folder.state.last_ts;
+            for (ts, delta) in corrections(&meter.readings, &meter.replaced, counted_up_to) {
+                folder.correct(ts, delta, bulk);
+            }
             for row in &meter.readings {
                 let ts = row.reading.ts;
                 if row.quality == Quality::Suspect
@@ -379,6 +395,45 @@ impl Processor for AnalyticsProcessor {
     fn tick(&mut self, now_ms: i64, out: &mut Outputs) {
         self.flush_if_due(now_ms, out);
     }
+}
+
+/// Litres a row counts for: its interval, unless it is suspect.
+fn counted(row: &StoredReading) -> i64 {
+    match row.quality {
+        Quality::Suspect => 0,
+        _ => row
+            .interval_l
+            .map_or(0, |l| i64::try_from(l).unwrap_or(i64::MAX)),
+    }
+}
+
+/// What a batch changes in rows already counted (at or before `counted_up_to`): per
+/// `ts`, the litres of the row now minus those of the row counted before — VEE's
+/// re-emitted `rows` against the earlier versions it `replaced`, a replaced row no
+/// longer made counting as taken back. Ascending `ts`, changes only.
+fn corrections(
+    rows: &[StoredReading],
+    replaced: &[StoredReading],
+    counted_up_to: Option<i64>,
+) -> Vec<(i64, i64)> {
+    let Some(last) = counted_up_to else {
+        return Vec::new();
+    };
+    if replaced.is_empty() && rows.first().is_none_or(|row| row.reading.ts > last) {
+        // In order: nothing counted is touched (the common case).
+        return Vec::new();
+    }
+    let mut deltas: BTreeMap<i64, i64> = BTreeMap::new();
+    for row in rows.iter().filter(|r| r.reading.ts <= last) {
+        *deltas.entry(row.reading.ts).or_default() += counted(row);
+    }
+    for row in replaced.iter().filter(|r| r.reading.ts <= last) {
+        *deltas.entry(row.reading.ts).or_default() -= counted(row);
+    }
+    deltas
+        .into_iter()
+        .filter(|(_, delta)| *delta != 0)
+        .collect()
 }
 
 /// Folds one meter's rows into the partial.
@@ -425,6 +480,59 @@ impl MeterFolder<'_> {
             let night = &mut self.partial.window(self.scope, Resolution::Day, day).row;
             night.inflow_night_hour_l[slot] =
                 add_known(night.inflow_night_hour_l[slot], Some(litres));
+        }
+    }
+
+    /// A counted row's litres changed by `delta` (a late read replaced estimates, or
+    /// turned a read suspect): the usage of the windows it ends in follows, while they
+    /// are open, and so do the meter's running hour and day. `meters`, the hour
+    /// sketches and past days' top lists keep what they had (see the module doc).
+    fn correct(&mut self, ts: i64, delta: i64, bulk: bool) {
+        let end = ts - 1;
+        let minute = end.div_euclid(MINUTE_MS) * MINUTE_MS;
+        let hour = self.calendar.hour_start(end);
+        let day = self.calendar.day(end).start_ms;
+        let night_slot = NIGHT_HOURS
+            .iter()
+            .position(|h| *h == self.calendar.hour_of_day(end));
+        for (resolution, start) in [
+            (Resolution::Minute, minute),
+            (Resolution::Hour, hour),
+            (Resolution::Day, day),
+        ] {
+            if !self.open(start, resolution) {
+                continue;
+            }
+            let row = &mut self.partial.window(self.scope, resolution, start).row;
+            match bulk {
+                true => {
+                    row.inflow_l = Some(row.inflow_l.unwrap_or(0).saturating_add_signed(delta));
+                }
+                false => row.usage_l = row.usage_l.saturating_add_signed(delta),
+            }
+            if let (Resolution::Day, Some(slot)) = (resolution, night_slot) {
+                let night = match bulk {
+                    true => &mut row.inflow_night_hour_l[slot],
+                    false => &mut row.night_hour_l[slot],
+                };
+                *night = Some(night.unwrap_or(0).saturating_add_signed(delta));
+            }
+        }
+        if bulk {
+            return;
+        }
+        if hour == self.state.hour_start {
+            self.state.hour_l = self.state.hour_l.saturating_add_signed(delta);
+        }
+        if day == self.state.day_start {
+            self.state.day_l = self.state.day_l.saturating_add_signed(delta);
+            if self.open(day, Resolution::Day) {
+                let day_l = self.state.day_l;
+                let label = self.calendar.day(end);
+                let top = self.partial.top(self.tenant_id, day, || label.day_label());
+                top.list.offer(self.meter, day_l);
+                top.dirty = true;
+            }
         }
     }
 

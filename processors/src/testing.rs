@@ -34,6 +34,7 @@ pub(crate) fn meter_batch(
     readings: Vec<StoredReading>,
 ) -> MeterBatch {
     MeterBatch {
+        replaced: Vec::new(),
         key: key(meter),
         sent_readings: readings.len() as u32,
         readings,

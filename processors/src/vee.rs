@@ -64,9 +64,12 @@
 //! to nobody else, and nothing is stored or emitted.
 //!
 //! Suspect reads are stored but excluded from billing, usage and analytics.
-//! Billing follows the re-emitted rows ([`crate::billing`]); usage, alerting and
-//! analytics count a row's interval only when the row is newer than what they have
-//! seen, so re-emitted corrections never add litres there (nor move them).
+//! Billing follows the re-emitted rows ([`crate::billing`]); so does analytics,
+//! from the earlier versions of those rows that a re-running batch hands along
+//! ([`MeterBatch::replaced`]: the same re-run over the window as it was before the
+//! batch). Usage and alerting count a row's interval only when the row is newer than
+//! what they have seen, so re-emitted corrections never add litres there (nor move
+//! them).
 
 use std::sync::Arc;
 
@@ -180,7 +183,13 @@ impl Processor for VeeProcessor {
 /// to store (estimates and re-emitted corrections included), ascending `ts`, one
 /// per `ts`.
 pub fn validate_meter(rules: &MeterRules, meter: &mut MeterBatch, output: &mut Vec<StoredReading>) {
-    validate(rules, &mut meter.state.vee, &mut meter.readings, output);
+    validate(
+        rules,
+        &mut meter.state.vee,
+        &mut meter.readings,
+        output,
+        &mut meter.replaced,
+    );
 }
 
 /// Rebuilds the unpersisted part of a hydrated meter's state — the window and the
@@ -199,16 +208,19 @@ pub fn rebuild_window(
     rows.retain(|row| row.quality != Quality::Estimated);
     state.window.clear();
     state.head.clone_from(&state.settled);
-    validate(rules, state, rows, output);
+    validate(rules, state, rows, output, &mut Vec::new());
 }
 
-/// [`validate_meter`] on a meter's VEE state and readings.
+/// [`validate_meter`] on a meter's VEE state and readings; `replaced` gets the earlier
+/// rows the batch re-decides (see [`MeterBatch::replaced`]).
 fn validate(
     rules: &MeterRules,
     state: &mut VeeState,
     readings: &mut Vec<StoredReading>,
     output: &mut Vec<StoredReading>,
+    replaced: &mut Vec<StoredReading>,
 ) {
+    replaced.clear();
     if readings.is_empty() {
         return;
     }
@@ -217,8 +229,15 @@ fn validate(
         readings.sort_unstable_by_key(order);
     }
     output.clear();
+    // A read not after the newest one may re-run the pass: keep the window as it
+    // was, to tell what the re-run replaces.
+    let before = state
+        .head
+        .newest_ts
+        .is_some_and(|newest| readings[0].reading.ts <= newest)
+        .then(|| state.window.clone());
     if let Some(from) = admit(state, readings, output) {
-        decide_from(rules, state, from, output);
+        decide_from(rules, state, from, before.as_deref(), output, replaced);
         settle(rules, state);
     }
     one_row_per_ts(output);
@@ -275,25 +294,51 @@ fn too_late(settled: &VeeFold, stored: &StoredReading) -> StoredReading {
 
 /// Runs the pass over the window and emits the rows of every read from `from` on.
 /// New reads all after the newest one continue the head; otherwise the pass
-/// re-runs from the settled point (silently up to `from`: those rows are stored).
-fn decide_from(rules: &MeterRules, state: &mut VeeState, from: i64, out: &mut Vec<StoredReading>) {
+/// re-runs from the settled point (silently up to `from`: those rows are stored),
+/// and `replaced` gets the rows the same re-run makes over the window as it was
+/// `before` the batch: what was stored from that point on.
+fn decide_from(
+    rules: &MeterRules,
+    state: &mut VeeState,
+    from: i64,
+    before: Option<&[RawRead]>,
+    out: &mut Vec<StoredReading>,
+    replaced: &mut Vec<StoredReading>,
+) {
     let VeeState {
         settled,
         window,
         head,
     } = state;
-    let split = window.partition_point(|r| r.reading.ts < from);
-    let in_order = head.newest_ts.is_none_or(|newest| from > newest);
-    let mut pass = if in_order {
-        Pass::emitting(rules, std::mem::take(head), window, out)
+    if head.newest_ts.is_none_or(|newest| from > newest) {
+        let split = window.partition_point(|r| r.reading.ts < from);
+        let mut pass = Pass::emitting(rules, std::mem::take(head), window, out);
+        pass.run(&window[split..]);
+        *head = pass.fold;
     } else {
-        let mut pass = Pass::silent(rules, settled.clone(), window);
-        pass.run(&window[..split]);
-        pass.emit_from_here(out);
-        pass
-    };
+        if let Some(before) = before {
+            rerun_from(rules, settled, before, from, replaced);
+            one_row_per_ts(replaced);
+        }
+        *head = rerun_from(rules, settled, window, from, out);
+    }
+}
+
+/// Re-runs the pass over `window` from the settled point, emitting the rows of every
+/// read from `from` on into `out`; where the pass ends.
+fn rerun_from(
+    rules: &MeterRules,
+    settled: &VeeFold,
+    window: &[RawRead],
+    from: i64,
+    out: &mut Vec<StoredReading>,
+) -> VeeFold {
+    let split = window.partition_point(|r| r.reading.ts < from);
+    let mut pass = Pass::silent(rules, settled.clone(), window);
+    pass.run(&window[..split]);
+    pass.emit_from_here(out);
     pass.run(&window[split..]);
-    *head = pass.fold;
+    pass.fold
 }
 
 /// Moves reads past the late window (and beyond [`MAX_WINDOW_READS`]) out of the

@@ -233,6 +233,7 @@ impl OpenBatch {
             Some(&index) => index,
             None => {
                 self.meters.push(MeterBatch {
+                    replaced: Vec::new(),
                     key: key.clone(),
                     readings: Vec::new(),
                     state: MeterState::default(),

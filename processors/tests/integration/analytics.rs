@@ -12,7 +12,7 @@ use meterflow_processors::vee::VeeProcessor;
 use meterflow_processors::{Processor, TenantDirectory};
 use proptest::prelude::*;
 
-use crate::utils::{HOUR, key, reading};
+use crate::utils::{HOUR, Input, Pipeline, key, reading};
 
 /// 2025-01-15T00:00Z, a Wednesday.
 const MIDNIGHT: i64 = 1_736_899_200_000;
@@ -57,6 +57,7 @@ fn shard(meters: &[(&str, Vec<u64>)]) -> AnalyticsProcessor {
             readings.push(reading(MIDNIGHT + (h as i64 + 1) * HOUR, reg));
         }
         batch.meters.push(MeterBatch {
+            replaced: Vec::new(),
             key: key("acme", meter),
             sent_readings: readings.len() as u32,
             readings,
@@ -278,4 +279,67 @@ proptest! {
         let all: Vec<_> = a.iter().chain(&b).chain(&c).cloned().collect();
         prop_assert_eq!(&left, &partial_of(&all).snapshot());
     }
+}
+
+/// The north's hour rows (start → litres) and day total after feeding `batches` of
+/// m0's (hour, register) reads, each batch at 15:00, and a flush at 16:00.
+fn north_after(batches: &[&[(i64, u64)]]) -> (BTreeMap<i64, u64>, u64) {
+    let mut pipeline = Pipeline::new(config());
+    let meter = key("acme", "m0");
+    for batch in batches {
+        let readings = batch
+            .iter()
+            .map(|(hour, reg)| reading(MIDNIGHT + hour * HOUR, *reg))
+            .collect();
+        pipeline.feed(
+            MIDNIGHT + 15 * HOUR,
+            vec![Input::readings(&meter, readings)],
+        );
+    }
+    let out = pipeline.sweep(MIDNIGHT + 16 * HOUR);
+    let north = out.districts.iter().filter(|r| r.district == "north");
+    let hours = north
+        .clone()
+        .filter(|r| r.resolution == Resolution::Hour)
+        .map(|r| ((r.start_ms - MIDNIGHT) / HOUR, r.usage_l))
+        .collect();
+    let day = north
+        .filter(|r| r.resolution == Resolution::Day)
+        .map(|r| r.usage_l)
+        .sum();
+    (hours, day)
+}
+
+#[test]
+fn case_6_late_reads_replace_a_gaps_estimates_in_the_district_hours() {
+    // m0 reads 1,000 L at 10:00 and 1,260 L at 14:00: VEE fills 11:00–13:00 with
+    // estimates, 65 L an hour. The real reads of 11:00 (1,010), 12:00 (1,125) and
+    // 13:00 (1,190) arrive afterwards: the hours ending then used 10, 115, 65 and
+    // 70 L. Before, the district hours kept the estimates (65 L shown for the 11:00
+    // hour, 115 L true).
+    let reads = [
+        (10, 1_000),
+        (11, 1_010),
+        (12, 1_125),
+        (13, 1_190),
+        (14, 1_260),
+    ];
+    let truth = BTreeMap::from([(10, 10), (11, 115), (12, 65), (13, 70)]);
+    assert_eq!(north_after(&[&reads]), (truth.clone(), 260), "in order");
+    let gap_first = [&[reads[0], reads[4]][..], &reads[1..4]];
+    let estimated = north_after(&gap_first[..1]);
+    assert_eq!(
+        estimated,
+        (
+            BTreeMap::from([(10, 65), (11, 65), (12, 65), (13, 65)]),
+            260
+        )
+    );
+    assert_eq!(north_after(&gap_first), (truth.clone(), 260), "late reads");
+    // One at a time, newest first.
+    let one_by_one: Vec<&[(i64, u64)]> = [4, 0, 2, 3, 1]
+        .iter()
+        .map(|i| std::slice::from_ref(&reads[*i]))
+        .collect();
+    assert_eq!(north_after(&one_by_one), (truth, 260), "one by one");
 }

@@ -72,6 +72,7 @@ impl Pipeline {
                     meter.statuses.extend(input.status);
                 }
                 None => meters.push(MeterBatch {
+                    replaced: Vec::new(),
                     state: self.states.get(&input.key).cloned().unwrap_or_default(),
                     key: input.key,
                     sent_readings: input.readings.len() as u32,

@@ -1117,6 +1117,7 @@ mod tests {
 
     fn meter_batch(meter: &str, readings: Vec<StoredReading>) -> MeterBatch {
         MeterBatch {
+            replaced: Vec::new(),
             sent_readings: readings.len() as u32,
             key: key(meter),
             readings,

@@ -64,6 +64,7 @@ pub(crate) fn meter_batch(
     state: MeterState,
 ) -> MeterBatch {
     MeterBatch {
+        replaced: Vec::new(),
         key,
         messages: readings.len() as u32,
         sent_readings: readings.len() as u32,
