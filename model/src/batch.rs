@@ -70,6 +70,40 @@ impl MeterBatch {
     pub fn newest_status(&self) -> Option<&DeviceStatus> {
         self.statuses.iter().rev().max_by_key(|s| s.ts)
     }
+
+    /// What the batch changes in rows a processor counted already (at or before
+    /// `counted_up_to`): per `ts`, the litres of the row now minus those of the row
+    /// before — VEE's re-emitted `readings` against the earlier versions it
+    /// [`replaced`](Self::replaced), a replaced row no longer made counting as taken
+    /// back. A row counts its interval unless it is suspect. Ascending `ts`, changes
+    /// only; empty for an in-order batch.
+    pub fn corrections(&self, counted_up_to: i64) -> Vec<(i64, i64)> {
+        let rows = &self.readings;
+        if self.replaced.is_empty() && rows.first().is_none_or(|r| r.reading.ts > counted_up_to) {
+            return Vec::new();
+        }
+        let counted = |row: &StoredReading| match row.quality {
+            Quality::Suspect => 0,
+            _ => row
+                .interval_l
+                .map_or(0, |l| i64::try_from(l).unwrap_or(i64::MAX)),
+        };
+        let mut deltas: std::collections::BTreeMap<i64, i64> = Default::default();
+        for row in rows.iter().filter(|r| r.reading.ts <= counted_up_to) {
+            *deltas.entry(row.reading.ts).or_default() += counted(row);
+        }
+        for row in self
+            .replaced
+            .iter()
+            .filter(|r| r.reading.ts <= counted_up_to)
+        {
+            *deltas.entry(row.reading.ts).or_default() -= counted(row);
+        }
+        deltas
+            .into_iter()
+            .filter(|(_, delta)| *delta != 0)
+            .collect()
+    }
 }
 
 /// A rejected uplink, kept with its reason (DESIGN §6.7).

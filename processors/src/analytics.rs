@@ -10,7 +10,7 @@
 //!   02:00 hour.
 //! - **Corrections** (issue 10, case 6): when VEE re-decides rows already counted —
 //!   a late read replaces a gap's estimates, a read turns suspect — it hands the
-//!   earlier versions along ([`MeterBatch::replaced`]); the difference per row is
+//!   earlier versions along ([`MeterBatch::corrections`]); the difference per row is
 //!   added to (or taken from) the usage, inflow and night-hour litres of the windows
 //!   the row ends in, while they are open, and to the meter's running hour and day.
 //!   So the litres of every open window are those of the rows in time order,
@@ -19,7 +19,7 @@
 //!   the sketch of an hour the meter had finished, and a past day's top list (a
 //!   meter's entry only grows).
 //!
-//! [`MeterBatch::replaced`]: meterflow_model::MeterBatch::replaced
+//! [`MeterBatch::corrections`]: meterflow_model::MeterBatch::corrections
 //! - Minute windows are UTC minutes (every time zone's offset is a whole number of
 //!   minutes); hour and day windows are the tenant's local hours and days (its
 //!   tariff's time zone), DST included.
@@ -53,8 +53,7 @@ use meterflow_model::analytics::{MeterAnalyticsState, NIGHT_HOURS, add_known};
 use meterflow_model::processing::AnalyticsSettings;
 use meterflow_model::time::{day_of, day_string};
 use meterflow_model::{
-    DistrictUsage, Outputs, Quality, Resolution, SealedBatch, StoredReading, TenantSummary,
-    TopConsumers,
+    DistrictUsage, Outputs, Quality, Resolution, SealedBatch, TenantSummary, TopConsumers,
 };
 
 use crate::Processor;
@@ -360,6 +359,11 @@ impl Processor for AnalyticsProcessor {
             let tenant_id = *runtime
                 .tenant_id
                 .get_or_insert_with(|| self.partial.tenant_id(tenant));
+            let corrections = meter
+                .state
+                .analytics
+                .last_ts
+                .map_or_else(Vec::new, |counted_up_to| meter.corrections(counted_up_to));
             let mut folder = MeterFolder {
                 partial: &mut self.partial,
                 settings: &self.settings,
@@ -370,8 +374,7 @@ impl Processor for AnalyticsProcessor {
                 meter: meter.key.meter.as_str(),
                 now_ms,
             };
-            let counted_up_to = folder.state.last_ts;
-            for (ts, delta) in corrections(&meter.readings, &meter.replaced, counted_up_to) {
+            for (ts, delta) in corrections {
                 folder.correct(ts, delta, bulk);
             }
             for row in &meter.readings {
@@ -395,45 +398,6 @@ impl Processor for AnalyticsProcessor {
     fn tick(&mut self, now_ms: i64, out: &mut Outputs) {
         self.flush_if_due(now_ms, out);
     }
-}
-
-/// Litres a row counts for: its interval, unless it is suspect.
-fn counted(row: &StoredReading) -> i64 {
-    match row.quality {
-        Quality::Suspect => 0,
-        _ => row
-            .interval_l
-            .map_or(0, |l| i64::try_from(l).unwrap_or(i64::MAX)),
-    }
-}
-
-/// What a batch changes in rows already counted (at or before `counted_up_to`): per
-/// `ts`, the litres of the row now minus those of the row counted before — VEE's
-/// re-emitted `rows` against the earlier versions it `replaced`, a replaced row no
-/// longer made counting as taken back. Ascending `ts`, changes only.
-fn corrections(
-    rows: &[StoredReading],
-    replaced: &[StoredReading],
-    counted_up_to: Option<i64>,
-) -> Vec<(i64, i64)> {
-    let Some(last) = counted_up_to else {
-        return Vec::new();
-    };
-    if replaced.is_empty() && rows.first().is_none_or(|row| row.reading.ts > last) {
-        // In order: nothing counted is touched (the common case).
-        return Vec::new();
-    }
-    let mut deltas: BTreeMap<i64, i64> = BTreeMap::new();
-    for row in rows.iter().filter(|r| r.reading.ts <= last) {
-        *deltas.entry(row.reading.ts).or_default() += counted(row);
-    }
-    for row in replaced.iter().filter(|r| r.reading.ts <= last) {
-        *deltas.entry(row.reading.ts).or_default() -= counted(row);
-    }
-    deltas
-        .into_iter()
-        .filter(|(_, delta)| *delta != 0)
-        .collect()
 }
 
 /// Folds one meter's rows into the partial.

@@ -9,8 +9,9 @@
 //!   the district and tenant figures (ARCHITECTURE.md departure 13), so a meter's
 //!   "today" and its tenant's "today" add up (a new day starts from that interval
 //!   alone); an `Actual` row becomes the latest reading shown;
-//! - not newer (a late read, or a correction VEE re-emitted): not counted — VEE's
-//!   corrections move litres between rows, they never add any.
+//! - not newer (a late read, or a correction VEE re-emitted): not counted again;
+//!   what it changes against the row counted before ([`MeterBatch::corrections`])
+//!   moves `today_l` when the row belongs to that day (issue 10, case 6).
 
 use std::sync::Arc;
 
@@ -50,6 +51,14 @@ impl Processor for UsageProcessor {
 }
 
 fn fold_meter(meter: &mut MeterBatch, calendar: &mut LocalCalendar) {
+    if let Some(last) = meter.state.usage.last {
+        for (ts, delta) in meter.corrections(last.ts) {
+            let usage = &mut meter.state.usage;
+            if calendar.day(ts.saturating_sub(1)).start_ms == usage.day {
+                usage.today_l = usage.today_l.saturating_add_signed(delta);
+            }
+        }
+    }
     let usage = &mut meter.state.usage;
     for stored in &meter.readings {
         let reading = stored.reading;

@@ -64,12 +64,11 @@
 //! to nobody else, and nothing is stored or emitted.
 //!
 //! Suspect reads are stored but excluded from billing, usage and analytics.
-//! Billing follows the re-emitted rows ([`crate::billing`]); so does analytics,
-//! from the earlier versions of those rows that a re-running batch hands along
+//! Billing follows the re-emitted rows ([`crate::billing`]); so do analytics and
+//! usage, from the earlier versions of those rows that a re-running batch hands along
 //! ([`MeterBatch::replaced`]: the same re-run over the window as it was before the
-//! batch). Usage and alerting count a row's interval only when the row is newer than
-//! what they have seen, so re-emitted corrections never add litres there (nor move
-//! them).
+//! batch). Alerting counts a row's interval only when the row is newer than what it
+//! has seen, so re-emitted corrections never add litres there (nor move them).
 
 use std::sync::Arc;
 

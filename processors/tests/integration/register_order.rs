@@ -37,6 +37,8 @@ struct Outcome {
     rows: BTreeMap<i64, (Reading, Quality, Option<u64>)>,
     bills: BTreeMap<String, (u64, bool, u64)>,
     districts: BTreeMap<(Resolution, i64), (u64, [u64; 2])>,
+    /// The meter view's day and its litres (`UsageState`) at the end.
+    today: (i64, u64),
 }
 
 impl Outcome {
@@ -67,6 +69,7 @@ fn replay_restarting(batches: &[Vec<Reads>], restarts: &BTreeSet<usize>) -> Outc
         rows: BTreeMap::new(),
         bills: BTreeMap::new(),
         districts: BTreeMap::new(),
+        today: (0, 0),
     };
     let mut stored: BTreeMap<i64, StoredReading> = BTreeMap::new();
     for (i, batch) in batches.iter().enumerate() {
@@ -99,6 +102,8 @@ fn replay_restarting(batches: &[Vec<Reads>], restarts: &BTreeSet<usize>) -> Outc
             outcome.bills.insert(bill.period, terms);
         }
     }
+    let usage = &pipeline.states[&meter].usage;
+    outcome.today = (usage.day, usage.today_l);
     // Every window is still open (batches are fed at `now_ms` 0); a tick far later
     // flushes them all.
     for row in pipeline.sweep(START + 400 * DAY).districts {
@@ -353,8 +358,9 @@ proptest! {
     /// missing, and turned suspect when they arrived, leaves the gap's estimates
     /// stored where the model has no row (ARCHITECTURE.md departure 21); so rows
     /// the model lacks may exist, and must be estimates. The district windows'
-    /// litres are the model's too: analytics takes back what such estimates, and
-    /// every other re-decided row, counted before (issue 10, case 6).
+    /// litres and the meter view's day are the model's too: analytics and usage
+    /// take back what such estimates, and every other re-decided row, counted
+    /// before (issue 10, case 6).
     #[test]
     fn any_arrival_within_the_late_window_gives_the_in_order_rows_and_bills(
         reads in stream(),
@@ -374,6 +380,7 @@ proptest! {
         }
         prop_assert_eq!(actual.bills, expected.bills);
         prop_assert_eq!(actual.districts, expected.districts);
+        prop_assert_eq!(actual.today, expected.today);
     }
 }
 
@@ -401,6 +408,7 @@ proptest! {
         // them): rows and bills only.
         prop_assert_eq!(actual.rows, expected.rows);
         prop_assert_eq!(actual.bills, expected.bills);
+        prop_assert_eq!(actual.today, expected.today);
     }
 }
 
