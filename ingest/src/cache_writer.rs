@@ -47,6 +47,11 @@ impl CacheWriter {
         }
     }
 
+    /// The cache written to (for reading what it holds).
+    pub fn cache(&self) -> &dyn HotCache {
+        &*self.cache
+    }
+
     /// Applies `outputs` (after whatever is pending).
     pub fn apply(&mut self, outputs: Outputs) {
         self.hold(outputs);

@@ -15,8 +15,8 @@ use std::time::Duration;
 use anyhow::Context;
 use crossbeam_channel::{Receiver, bounded};
 use meterflow_model::alert::AlertEvent;
-use meterflow_processors::ProcessorChain;
 use meterflow_processors::analytics::DistrictRollup;
+use meterflow_processors::{ProcessorChain, TenantDirectory};
 use meterflow_storage::StoreError;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -350,6 +350,9 @@ impl Pipeline {
             store: shared.store.clone(),
             cache: CacheWriter::new(shared.cache.clone(), shared.metrics.clone()),
             rollup: DistrictRollup::with_settings(shards, &config.processors.analytics),
+            tenants: TenantDirectory::resolve(&config.processors)
+                .map_err(|e| anyhow::anyhow!("processors configuration: {e}"))?,
+            seed_from_published: !config.mode.consumes_log(),
             alerts: alert_tx,
             events,
             metrics: shared.metrics.clone(),

@@ -42,6 +42,7 @@ use backon::BlockingRetryable;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use meterflow_model::alert::AlertEvent;
 use meterflow_model::{MeterKey, Outputs, SealedBatch};
+use meterflow_processors::TenantDirectory;
 use meterflow_processors::analytics::DistrictRollup;
 use meterflow_storage::resilience::RetryConfig;
 use meterflow_storage::{ReadingStore, StoreError};
@@ -52,6 +53,7 @@ use crate::cache_writer::CacheWriter;
 use crate::endpoint::outbox::{Completion, Outbox};
 use crate::kafka::EventLog;
 use crate::metrics::{PipelineMetrics, TenantStored};
+use crate::rollup_seed::Published;
 use crate::shard::SinkItem;
 
 /// Readings per group write. Large groups amortise the fsync; this bound keeps one
@@ -67,6 +69,13 @@ pub struct Sink {
     pub cache: CacheWriter,
     /// Merges the shards' analytics partials into district and tenant totals.
     pub rollup: DistrictRollup,
+    /// The tenants' settings (local days, for what an earlier run published).
+    pub tenants: Arc<TenantDirectory>,
+    /// Whether windows start from what an earlier run published
+    /// ([`crate::rollup_seed`]): when this process owns every meter (embedded mode).
+    /// A processor owns some partitions only, and the store holds other processors'
+    /// shares too (docs/distributed.md, "Known limits").
+    pub seed_from_published: bool,
     /// Alert events on their way to the notifier (never waited on).
     pub alerts: Sender<AlertEvent>,
     /// In a processor: where the meters' watermarks go, for the endpoints.
@@ -135,6 +144,19 @@ impl Sink {
         let mut completions = Vec::new();
         for mut item in group {
             completions.append(&mut item.completions);
+            let (rows, tops) = match self.seed_from_published {
+                true => self.rollup.unseen(&item.outputs),
+                false => (Vec::new(), Vec::new()),
+            };
+            if !rows.is_empty() || !tops.is_empty() {
+                let published = Published {
+                    store: &*self.store,
+                    cache: self.cache.cache(),
+                    tenants: &self.tenants,
+                };
+                let (rows, tops) = published.read(rows, tops);
+                self.rollup.seed(rows, tops);
+            }
             self.rollup
                 .absorb(item.batch.shard, item.batch.now_ms, &mut item.outputs);
             outputs.append(&mut item.outputs);
@@ -385,6 +407,8 @@ mod tests {
             store: store.clone(),
             cache: CacheWriter::new(Arc::new(MemoryCache::default()), metrics.clone()),
             rollup: DistrictRollup::with_settings(1, &AnalyticsSettings::default()),
+            tenants: TenantDirectory::resolve(&Default::default()).unwrap(),
+            seed_from_published: true,
             alerts,
             events,
             metrics,

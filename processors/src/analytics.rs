@@ -635,6 +635,7 @@ impl DistrictRollup {
     /// `now_ms` is the time of the batch the outputs came with (the service clock
     /// shards run on): it stamps the summaries (`updated_at`) and drives forgetting.
     pub fn absorb(&mut self, shard: usize, now_ms: i64, out: &mut Outputs) {
+        let slots = self.shards + 1;
         for row in &mut out.districts {
             let key = (
                 row.tenant.clone(),
@@ -642,10 +643,7 @@ impl DistrictRollup {
                 row.resolution,
                 row.start_ms,
             );
-            let partials = self
-                .rows
-                .entry(key)
-                .or_insert_with(|| vec![None; self.shards]);
+            let partials = self.rows.entry(key).or_insert_with(|| vec![None; slots]);
             partials[shard] = Some(row.clone());
             let mut total =
                 DistrictUsage::new(&row.tenant, &row.district, row.resolution, row.start_ms);
@@ -664,7 +662,7 @@ impl DistrictRollup {
             let partials = self
                 .tops
                 .entry((top.tenant.clone(), top.day_start_ms))
-                .or_insert_with(|| vec![None; self.shards]);
+                .or_insert_with(|| vec![None; slots]);
             partials[shard] = Some(top.clone());
             let mut total = TopConsumers {
                 entries: Vec::new(),
@@ -675,6 +673,63 @@ impl DistrictRollup {
         }
         self.summarise(now_ms, out);
         self.forget_closed(now_ms);
+    }
+
+    /// The district windows and top lists among `out`'s that this rollup holds
+    /// nothing of: what was published of them before this process started (by an
+    /// earlier run) must be [`seed`](Self::seed)ed before `out` is absorbed, or their
+    /// totals would start again from this process's rows alone.
+    pub fn unseen(&self, out: &Outputs) -> (Vec<DistrictUsage>, Vec<TopConsumers>) {
+        let rows = out
+            .districts
+            .iter()
+            .filter(|row| {
+                let key = (
+                    row.tenant.clone(),
+                    row.district.clone(),
+                    row.resolution,
+                    row.start_ms,
+                );
+                !self.rows.contains_key(&key)
+            })
+            .map(|row| DistrictUsage::new(&row.tenant, &row.district, row.resolution, row.start_ms))
+            .collect();
+        let tops = out
+            .top
+            .iter()
+            .filter(|top| {
+                !self
+                    .tops
+                    .contains_key(&(top.tenant.clone(), top.day_start_ms))
+            })
+            .map(|top| TopConsumers {
+                entries: Vec::new(),
+                ..top.clone()
+            })
+            .collect();
+        (rows, tops)
+    }
+
+    /// What an earlier run published of windows [`unseen`](Self::unseen) here: a
+    /// slot of its own beside the shards', added to every total of the window. The
+    /// meters' persisted analytics state keeps this run from counting again what it
+    /// holds (a meter counted in an hour before the restart is not counted again).
+    pub fn seed(&mut self, rows: Vec<DistrictUsage>, tops: Vec<TopConsumers>) {
+        let base = self.shards;
+        let slots = self.shards + 1;
+        for row in rows {
+            let key = (
+                row.tenant.clone(),
+                row.district.clone(),
+                row.resolution,
+                row.start_ms,
+            );
+            self.rows.entry(key).or_insert_with(|| vec![None; slots])[base] = Some(row);
+        }
+        for top in tops {
+            let key = (top.tenant.clone(), top.day_start_ms);
+            self.tops.entry(key).or_insert_with(|| vec![None; slots])[base] = Some(top);
+        }
     }
 
     /// One summary per tenant with a day row in `out`: the tenant's newest day that
@@ -800,6 +855,31 @@ mod rollup_tests {
         let mut out = out.clone();
         rollup.absorb(shard, now_ms, &mut out);
         out.summaries
+    }
+
+    #[test]
+    fn a_seeded_window_adds_what_an_earlier_run_published() {
+        let mut rollup = DistrictRollup::new(2);
+        let out = Outputs {
+            districts: vec![day_row("acme", "north", MIDNIGHT, 30, 1)],
+            top: vec![top("acme", MIDNIGHT, "2025-01-15")],
+            ..Outputs::default()
+        };
+        let (rows, tops) = rollup.unseen(&out);
+        assert_eq!((rows.len(), tops.len()), (1, 1));
+        let mut earlier = top("acme", MIDNIGHT, "2025-01-15");
+        earlier.offer("m9", 500);
+        rollup.seed(
+            vec![day_row("acme", "north", MIDNIGHT, 200, 4)],
+            vec![earlier],
+        );
+        assert_eq!(rollup.unseen(&out), (Vec::new(), Vec::new()));
+        let mut absorbed = out.clone();
+        rollup.absorb(1, MIDNIGHT + 5_000, &mut absorbed);
+        let day = &absorbed.districts[0];
+        assert_eq!((day.usage_l, day.meters), (230, 5));
+        assert_eq!(absorbed.top[0].entries[0].meter, "m9");
+        assert_eq!(absorbed.summaries[0].usage_today_l, 230);
     }
 
     #[test]

@@ -20,6 +20,7 @@ mod logs;
 mod meter_list;
 mod openapi;
 mod processing;
+mod restart_aggregates;
 mod retention;
 // The storage crate's helpers for real servers (reachability, unique names, the TCP
 // proxy that simulates outages), shared rather than copied.
