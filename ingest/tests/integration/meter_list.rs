@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use meterflow_model::{DeviceFlag, Reading, Uplink};
 
 use crate::openapi::{TOKEN, now_ms};
-use crate::utils::{Answer, api_get, start_configured};
+use crate::utils::{Answer, api_get, restart_configured, start_configured};
 use crate::utils::{Meterflow, send_and_wait_for_ack};
 
 const MINUTE_MS: i64 = 60_000;
@@ -304,21 +304,12 @@ async fn bad_list_parameters_are_json_400s_and_big_pages_are_clamped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_meter_rebuilt_after_a_restart_keeps_its_configured_district() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut service, start) = start_fleet(dir.path()).await;
+    let (service, start) = start_fleet(dir.path()).await;
     let before: Vec<serde_json::Value> = ["n03", "s02", "d01"]
         .iter()
         .map(|m| get(&service, &format!("/api/v1/tenants/acme/meters/{m}")).json())
         .collect();
-    service.stop();
-    let (mqtt, http) = (service.mqtt, service.http);
-    drop(service);
-    let config = dir.path().join("meterflow.toml");
-    let service = Meterflow::start_with(
-        &dir.path().join("data"),
-        mqtt,
-        http,
-        &["--config", config.to_str().unwrap()],
-    );
+    let service = restart_configured(service, dir.path());
     // Nothing reported since the restart: the views come from the stored state.
     for (view, district) in before.iter().zip(["north", "south", "default"]) {
         let meter = view["meter"].as_str().unwrap();

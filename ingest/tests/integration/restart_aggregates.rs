@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use meterflow_model::{Reading, Uplink};
 use serde_json::Value;
 
-use crate::utils::{Meterflow, send_and_wait_for_ack, start_configured};
+use crate::utils::{Meterflow, restart_configured, send_and_wait_for_ack, start_configured};
 
 const HOUR_MS: i64 = 3_600_000;
 /// 2026-10-05T10:00:00Z.
@@ -68,7 +68,7 @@ fn litres_and_meters(row: &Value) -> (Value, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_hour_across_a_restart_keeps_the_litres_counted_before_it() {
     let dir = tempfile::tempdir().unwrap();
-    let mut service = start_configured(dir.path(), CONFIG, &[]);
+    let service = start_configured(dir.path(), CONFIG, &[]);
     // Before the restart: c1 10:00–10:30 (100 L), c2 10:00–10:15 (50 L).
     send_and_wait_for_ack(service.mqtt, "demo", "c1", &[quarters(1, 0..=2)]).await;
     send_and_wait_for_ack(service.mqtt, "demo", "c2", &[quarters(1, 0..=1)]).await;
@@ -79,16 +79,7 @@ async fn an_hour_across_a_restart_keeps_the_litres_counted_before_it() {
     );
     assert_eq!(litres_and_meters(&harbour(&service, "day", 150).await), two);
 
-    service.stop();
-    let (mqtt, http) = (service.mqtt, service.http);
-    drop(service);
-    let config = dir.path().join("meterflow.toml");
-    let service = Meterflow::start_with(
-        &dir.path().join("data"),
-        mqtt,
-        http,
-        &["--config", config.to_str().unwrap()],
-    );
+    let service = restart_configured(service, dir.path());
     // After it: c1 10:30–11:00 (100 L more); c2 sends nothing.
     send_and_wait_for_ack(service.mqtt, "demo", "c1", &[quarters(2, 3..=4)]).await;
     let both = (250.into(), 2.into());

@@ -588,6 +588,21 @@ pub(crate) fn api_get(service: &Meterflow, path: &str, headers: &[(&str, &str)])
 
 /// Starts meterflow on fresh ports with `toml` as its config file (data beside it) and
 /// `extra` arguments.
+/// Stops a service [`start_configured`] in `dir` (SIGTERM) and starts it again on the
+/// same ports, data and configuration.
+pub(crate) fn restart_configured(mut service: Meterflow, dir: &Path) -> Meterflow {
+    service.stop();
+    let (mqtt, http) = (service.mqtt, service.http);
+    drop(service);
+    let config = dir.join("meterflow.toml");
+    Meterflow::start_with(
+        &dir.join("data"),
+        mqtt,
+        http,
+        &["--config", config.to_str().unwrap()],
+    )
+}
+
 pub(crate) fn start_configured(dir: &Path, toml: &str, extra: &[&str]) -> Meterflow {
     let config = dir.join("meterflow.toml");
     std::fs::write(&config, toml).unwrap();
