@@ -17,7 +17,7 @@ use meterflow_model::Reading;
 use meterflow_model::uplink::{DeviceFlag, Uplink};
 use meterflow_simulator::{SimConfig, run};
 
-use crate::distributed::{Cluster, DRAIN_TIMEOUT, fleet, stored_by};
+use crate::distributed::{Cluster, DRAIN_TIMEOUT, assert_stored_once, fleet};
 use crate::utils::{send_and_wait_for_ack, tool};
 
 /// The demo tenant's integration password (alerts subscriptions).
@@ -46,11 +46,7 @@ async fn meters_settling_by_the_ack_topic_alone_get_every_message_acked_and_stor
     );
     assert_eq!(report.bad_acks, 0, "{report:?}");
     cluster.wait_stored(&config, DRAIN_TIMEOUT).await;
-    assert_eq!(
-        stored_by(&[&processor]),
-        6_000.0,
-        "each message stored once"
-    );
+    assert_stored_once(&[&processor], 6_000.0).await;
 
     // The watermarks went processor → log → endpoint → meters, and none was lost.
     let (sent, delivered) = (processor.metrics(), endpoint.metrics());
