@@ -267,6 +267,18 @@ impl TopConsumers {
         self.sort_and_truncate();
     }
 
+    /// A listed meter's usage of the day changed by `delta` (a late read moved litres
+    /// into or out of the day): its entry follows, and the list is re-ordered. False
+    /// when the meter is not listed (its day total is not known here).
+    pub fn correct(&mut self, meter: &str, delta: i64) -> bool {
+        let Some(entry) = self.entries.iter_mut().find(|e| e.meter == meter) else {
+            return false;
+        };
+        entry.usage_l = entry.usage_l.saturating_add_signed(delta);
+        self.sort_and_truncate();
+        true
+    }
+
     /// Merges another partial of the same tenant and day: the top of the union.
     pub fn merge(&mut self, other: &TopConsumers) {
         self.limit = self.limit.max(other.limit);

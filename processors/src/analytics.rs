@@ -12,12 +12,14 @@
 //!   a late read replaces a gap's estimates, a read turns suspect — it hands the
 //!   earlier versions along ([`MeterBatch::corrections`]); the difference per row is
 //!   added to (or taken from) the usage, inflow and night-hour litres of the windows
-//!   the row ends in, while they are open, and to the meter's running hour and day.
-//!   So the litres of every open window are those of the rows in time order,
-//!   whatever the arrival order (property-tested in `register_order.rs`). What a
-//!   correction leaves as it was: `meters` (a meter counted in a window stays counted),
-//!   the sketch of an hour the meter had finished, and a past day's top list (a
-//!   meter's entry only grows).
+//!   the row ends in, while they are open, to the meter's running hour and day, and
+//!   to its entry in the day's top list (an unlisted meter enters it on its running
+//!   day, or while the list has room). So the litres of every open window and a
+//!   meter's top-list litres are those of the rows in time order, whatever the
+//!   arrival order (property-tested in `register_order.rs`). What a correction
+//!   leaves as it was: `meters` (a meter counted in a window stays counted), the
+//!   sketch of an hour the meter had finished, and a full past day's list that the
+//!   meter is not on (its day total is not known there).
 //!
 //! [`MeterBatch::corrections`]: meterflow_model::MeterBatch::corrections
 //! - Minute windows are UTC minutes (every time zone's offset is a whole number of
@@ -449,8 +451,8 @@ impl MeterFolder<'_> {
 
     /// A counted row's litres changed by `delta` (a late read replaced estimates, or
     /// turned a read suspect): the usage of the windows it ends in follows, while they
-    /// are open, and so do the meter's running hour and day. `meters`, the hour
-    /// sketches and past days' top lists keep what they had (see the module doc).
+    /// are open, and so do the meter's running hour and day and its top-list entry.
+    /// `meters` and the hour sketches keep what they had (see the module doc).
     fn correct(&mut self, ts: i64, delta: i64, bulk: bool) {
         let end = ts - 1;
         let minute = end.div_euclid(MINUTE_MS) * MINUTE_MS;
@@ -488,15 +490,35 @@ impl MeterFolder<'_> {
         if hour == self.state.hour_start {
             self.state.hour_l = self.state.hour_l.saturating_add_signed(delta);
         }
-        if day == self.state.day_start {
-            self.state.day_l = self.state.day_l.saturating_add_signed(delta);
-            if self.open(day, Resolution::Day) {
-                let day_l = self.state.day_l;
-                let label = self.calendar.day(end);
-                let top = self.partial.top(self.tenant_id, day, || label.day_label());
-                top.list.offer(self.meter, day_l);
-                top.dirty = true;
+        // The meter's running day is the day of its newest counted row (a meter whose
+        // only row there is its first read has counted nothing in it yet).
+        let newest_day = self
+            .state
+            .last_ts
+            .map(|ts| self.calendar.day(ts - 1).start_ms);
+        let today = newest_day == Some(day);
+        if today {
+            if self.state.day_start != day {
+                self.state.day_start = day;
+                self.state.day_l = 0;
             }
+            self.state.day_l = self.state.day_l.saturating_add_signed(delta);
+        }
+        if self.open(day, Resolution::Day) {
+            let running = today.then_some(self.state.day_l);
+            let label = self.calendar.day(end);
+            let top = self.partial.top(self.tenant_id, day, || label.day_label());
+            if !top.list.correct(self.meter, delta) {
+                // Unlisted: its day total is known on its running day, or when the
+                // list has room (every meter offered that day is listed, so it had
+                // counted nothing in it).
+                let room = top.list.entries.len() < top.list.limit;
+                let known = running.or_else(|| room.then(|| delta.max(0).unsigned_abs()));
+                if let Some(total) = known {
+                    top.list.offer(self.meter, total);
+                }
+            }
+            top.dirty = true;
         }
     }
 

@@ -39,6 +39,9 @@ struct Outcome {
     districts: BTreeMap<(Resolution, i64), (u64, [u64; 2])>,
     /// The meter view's day and its litres (`UsageState`) at the end.
     today: (i64, u64),
+    /// The meter's entry in each day's top list, as flushed at the end (days it used
+    /// litres on).
+    top: BTreeMap<i64, u64>,
 }
 
 impl Outcome {
@@ -70,6 +73,7 @@ fn replay_restarting(batches: &[Vec<Reads>], restarts: &BTreeSet<usize>) -> Outc
         bills: BTreeMap::new(),
         districts: BTreeMap::new(),
         today: (0, 0),
+        top: BTreeMap::new(),
     };
     let mut stored: BTreeMap<i64, StoredReading> = BTreeMap::new();
     for (i, batch) in batches.iter().enumerate() {
@@ -106,7 +110,13 @@ fn replay_restarting(batches: &[Vec<Reads>], restarts: &BTreeSet<usize>) -> Outc
     outcome.today = (usage.day, usage.today_l);
     // Every window is still open (batches are fed at `now_ms` 0); a tick far later
     // flushes them all.
-    for row in pipeline.sweep(START + 400 * DAY).districts {
+    let flushed = pipeline.sweep(START + 400 * DAY);
+    for list in flushed.top {
+        if let Some(entry) = list.entries.first().filter(|entry| entry.usage_l > 0) {
+            outcome.top.insert(list.day_start_ms, entry.usage_l);
+        }
+    }
+    for row in flushed.districts {
         let litres = (row.usage_l, row.night_hour_l.map(|l| l.unwrap_or(0)));
         if litres != (0, [0, 0]) {
             outcome
@@ -381,6 +391,7 @@ proptest! {
         prop_assert_eq!(actual.bills, expected.bills);
         prop_assert_eq!(actual.districts, expected.districts);
         prop_assert_eq!(actual.today, expected.today);
+        prop_assert_eq!(actual.top, expected.top);
     }
 }
 
