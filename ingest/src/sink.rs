@@ -144,18 +144,8 @@ impl Sink {
         let mut completions = Vec::new();
         for mut item in group {
             completions.append(&mut item.completions);
-            let (rows, tops) = match self.seed_from_published {
-                true => self.rollup.unseen(&item.outputs),
-                false => (Vec::new(), Vec::new()),
-            };
-            if !rows.is_empty() || !tops.is_empty() {
-                let published = Published {
-                    store: &*self.store,
-                    cache: self.cache.cache(),
-                    tenants: &self.tenants,
-                };
-                let (rows, tops) = published.read(rows, tops);
-                self.rollup.seed(rows, tops);
+            if self.seed_from_published {
+                self.seed_unseen(&item.outputs);
             }
             self.rollup
                 .absorb(item.batch.shard, item.batch.now_ms, &mut item.outputs);
@@ -175,6 +165,22 @@ impl Sink {
         self.notify(&outputs);
         self.cache.apply(outputs);
         Ok(())
+    }
+
+    /// Seeds the rollup with what an earlier run published of the windows in
+    /// `outputs` it holds nothing of yet.
+    fn seed_unseen(&mut self, outputs: &Outputs) {
+        let (rows, tops) = self.rollup.unseen(outputs);
+        if rows.is_empty() && tops.is_empty() {
+            return;
+        }
+        let published = Published {
+            store: &*self.store,
+            cache: self.cache.cache(),
+            tenants: &self.tenants,
+        };
+        let (rows, tops) = published.read(rows, tops);
+        self.rollup.seed(rows, tops);
     }
 
     /// Commits the group, retrying it while the store's error is transient (without

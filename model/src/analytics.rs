@@ -203,11 +203,6 @@ impl DistrictUsage {
         self.refresh_derived();
     }
 
-    /// Adds a bulk meter's `litres` to the window's inflow.
-    pub fn add_inflow(&mut self, litres: u64) {
-        self.inflow_l = add_known(self.inflow_l, Some(litres));
-    }
-
     /// Recomputes the percentiles and the night flow from the mergeable fields.
     pub fn refresh_derived(&mut self) {
         self.p50_l = self.meter_hour_sketch.quantile(0.50);
@@ -421,7 +416,7 @@ mod tests {
             assert_eq!(back, row, "version {version}");
         }
         let mut current = row.clone();
-        current.add_inflow(2_000);
+        current.inflow_l = Some(2_000);
         current.inflow_night_hour_l = [Some(130), Some(125)];
         current.refresh_derived();
         let back: DistrictUsage = decode_record(&encode_record(&current)).unwrap();
@@ -435,7 +430,7 @@ mod tests {
         let mut b = day_row();
         a.merge(&b);
         assert_eq!((a.inflow_l, a.inflow_night_flow_lph), (None, None));
-        b.add_inflow(500);
+        b.inflow_l = Some(500);
         b.inflow_night_hour_l = [Some(20), None];
         a.merge(&b);
         assert_eq!(a.inflow_l, Some(500));

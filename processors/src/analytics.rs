@@ -47,11 +47,13 @@
 //! Everything is a per-shard [`AnalyticsPartial`]; partials merge (associatively, in
 //! any order) with [`AnalyticsPartial::merge`], and rows flushed by different shards
 //! merge with [`DistrictRollup`], which also adds up each tenant's headline summary.
+//!
+//! [`MeterBatch::corrections`]: meterflow_model::MeterBatch::corrections
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use meterflow_model::analytics::{MeterAnalyticsState, NIGHT_HOURS, add_known};
+use meterflow_model::analytics::{MeterAnalyticsState, NIGHT_HOURS};
 use meterflow_model::processing::AnalyticsSettings;
 use meterflow_model::time::{day_of, day_string};
 use meterflow_model::{
@@ -423,38 +425,13 @@ impl MeterFolder<'_> {
     /// in (and the day's night hours), nothing of the customers' figures.
     fn fold_inflow(&mut self, ts: i64, litres: u64) {
         self.state.last_ts = Some(ts);
-        let end = ts - 1;
-        let minute = end.div_euclid(MINUTE_MS) * MINUTE_MS;
-        let hour = self.calendar.hour_start(end);
-        let day = self.calendar.day(end).start_ms;
-        for (resolution, start) in [
-            (Resolution::Minute, minute),
-            (Resolution::Hour, hour),
-            (Resolution::Day, day),
-        ] {
-            if self.open(start, resolution) {
-                self.partial
-                    .window(self.scope, resolution, start)
-                    .row
-                    .add_inflow(litres);
-            }
-        }
-        let hour_of_day = self.calendar.hour_of_day(end);
-        if let Some(slot) = NIGHT_HOURS.iter().position(|h| *h == hour_of_day)
-            && self.open(day, Resolution::Day)
-        {
-            let night = &mut self.partial.window(self.scope, Resolution::Day, day).row;
-            night.inflow_night_hour_l[slot] =
-                add_known(night.inflow_night_hour_l[slot], Some(litres));
-        }
+        self.add_to_windows(ts - 1, i64::try_from(litres).unwrap_or(i64::MAX), true);
     }
 
-    /// A counted row's litres changed by `delta` (a late read replaced estimates, or
-    /// turned a read suspect): the usage of the windows it ends in follows, while they
-    /// are open, and so do the meter's running hour and day and its top-list entry.
-    /// `meters` and the hour sketches keep what they had (see the module doc).
-    fn correct(&mut self, ts: i64, delta: i64, bulk: bool) {
-        let end = ts - 1;
+    /// Adds `delta` litres ending at `end` to the open minute, hour and day windows
+    /// (and the day's night hour) it falls in: to `usage_l`, or to the inflow for a
+    /// bulk meter.
+    fn add_to_windows(&mut self, end: i64, delta: i64, bulk: bool) {
         let minute = end.div_euclid(MINUTE_MS) * MINUTE_MS;
         let hour = self.calendar.hour_start(end);
         let day = self.calendar.day(end).start_ms;
@@ -484,9 +461,20 @@ impl MeterFolder<'_> {
                 *night = Some(night.unwrap_or(0).saturating_add_signed(delta));
             }
         }
+    }
+
+    /// A counted row's litres changed by `delta` (a late read replaced estimates, or
+    /// turned a read suspect): the usage of the windows it ends in follows, while they
+    /// are open, and so do the meter's running hour and day and its top-list entry.
+    /// `meters` and the hour sketches keep what they had (see the module doc).
+    fn correct(&mut self, ts: i64, delta: i64, bulk: bool) {
+        let end = ts - 1;
+        self.add_to_windows(end, delta, bulk);
         if bulk {
             return;
         }
+        let hour = self.calendar.hour_start(end);
+        let day = self.calendar.day(end).start_ms;
         if hour == self.state.hour_start {
             self.state.hour_l = self.state.hour_l.saturating_add_signed(delta);
         }
