@@ -190,6 +190,7 @@ impl Shard {
                 refused: None,
                 received_at: received_at(uplink),
                 received: self.at,
+                order: None,
             };
             while let Step::NeedsState(key) = self.core.admit(&arrival, self.at) {
                 self.core

@@ -78,6 +78,7 @@ impl Fleet {
                     duplicates: 0,
                     first_received_at: Some(received_at),
                     statuses: Vec::new(),
+                    orders: Vec::new(),
                 }
             })
             .collect();

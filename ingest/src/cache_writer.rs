@@ -99,6 +99,8 @@ impl CacheWriter {
             districts,
             top,
             summaries,
+            // Exceptions live in the store only (the API reads them there).
+            exceptions: _,
         } = outputs;
         for view in meters {
             self.pending_meters.insert(view);

@@ -219,6 +219,10 @@ impl Service {
                 secret: endpoint.probe_secret.clone(),
             }),
             processing: Arc::new(config.processors.clone()),
+            orders: pipeline
+                .as_ref()
+                .filter(|_| !config.mode.consumes_log())
+                .map(|pipeline| pipeline.router.clone()),
         });
         let http_limits = http::ServeLimits {
             max_connections: config.http.max_connections,

@@ -370,6 +370,22 @@ mod tests {
         ) -> Result<Vec<DistrictUsage>, StoreError> {
             Ok(Vec::new())
         }
+        fn exceptions(
+            &self,
+            _: &str,
+            _: Option<meterflow_model::ExceptionState>,
+            _: usize,
+        ) -> Result<Vec<meterflow_model::ReadException>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn exception(
+            &self,
+            _: &str,
+            _: &str,
+            _: i64,
+        ) -> Result<Option<meterflow_model::ReadException>, StoreError> {
+            Ok(None)
+        }
         fn is_ready(&self) -> bool {
             true
         }
@@ -489,6 +505,7 @@ mod tests {
                 duplicates: 0,
                 first_received_at: None,
                 statuses: Vec::new(),
+                orders: Vec::new(),
             }],
             ..SealedBatch::default()
         }

@@ -3,6 +3,7 @@
 //! letters. The sink writes all of it in one durable write and, only then, acks each
 //! meter's watermark (DESIGN §2, §6).
 
+use crate::exception::RegisterOrder;
 use crate::ids::MeterKey;
 use crate::reject::Reject;
 use crate::state::{MeterState, Quality};
@@ -63,6 +64,10 @@ pub struct MeterBatch {
     /// raised in any of them counts, whatever else the batch holds (alerting folds
     /// them by `ts`; the meter view shows the newest one's battery and signal).
     pub statuses: Vec<DeviceStatus>,
+    /// Operator orders about the meter's register taken into this batch (decided
+    /// exceptions, recorded exchanges); VEE keeps them in the meter's state and
+    /// re-runs its pass from the oldest.
+    pub orders: Vec<RegisterOrder>,
 }
 
 impl MeterBatch {

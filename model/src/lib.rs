@@ -18,6 +18,7 @@
 //! - [`vee`], [`billing`], [`alert`], [`analytics`]: what the processors keep per meter
 //!   and emit — register epochs, tariffs and bill lines, alert episodes, district
 //!   aggregates;
+//! - [`exception`]: validation exceptions and the operator orders that settle them;
 //! - [`processing`]: the processors' configuration (per tenant: tariff, rules,
 //!   districts);
 //! - [`outputs`]: what processors emit for the hot cache and the API.
@@ -30,6 +31,7 @@ pub mod billing;
 pub mod check;
 pub mod codec;
 pub mod credentials;
+pub mod exception;
 pub mod ids;
 pub mod limits;
 pub mod mac;
@@ -40,6 +42,7 @@ pub mod seq_window;
 pub mod state;
 mod state_v1;
 mod state_v2;
+mod state_v4;
 pub mod status;
 pub mod time;
 pub mod topic;
@@ -50,6 +53,10 @@ pub use alert::{AlertEvent, AlertKind, AlertRules, EpisodeState, NotificationLim
 pub use analytics::{DistrictUsage, Resolution, TopConsumers, UsageSketch};
 pub use batch::{DeadLetter, MeterBatch, SealedBatch, StoredReading};
 pub use billing::{BillLine, Tariff, TariffTier, TierCharge};
+pub use exception::{
+    Decision, ExceptionReason, ExceptionRef, ExceptionState, OrderAction, ReadException,
+    RegisterOrder,
+};
 pub use ids::{MeterId, MeterKey, TenantId};
 pub use limits::Limits;
 pub use outputs::{MeterPage, MeterQuery, MeterView, Outputs, TenantSummary};

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::alert::AlertEvent;
 use crate::analytics::{DistrictUsage, TopConsumers};
 use crate::billing::BillLine;
+use crate::exception::ReadException;
 use crate::ids::MeterKey;
 use crate::state::{MeterState, Quality};
 
@@ -137,6 +138,9 @@ pub struct Outputs {
     pub top: Vec<TopConsumers>,
     /// Per-tenant headline numbers; filled by the sink's rollup, never by a shard.
     pub summaries: Vec<TenantSummary>,
+    /// Validation exceptions raised, resolved or decided (VEE): the latest word on
+    /// each `(meter, ts)`, upserted.
+    pub exceptions: Vec<ReadException>,
 }
 
 impl Outputs {
@@ -147,6 +151,7 @@ impl Outputs {
         self.districts.clear();
         self.top.clear();
         self.summaries.clear();
+        self.exceptions.clear();
     }
 
     /// Moves everything of `other` after this outputs' own (later values of the same
@@ -158,6 +163,7 @@ impl Outputs {
         self.districts.append(&mut other.districts);
         self.top.append(&mut other.top);
         self.summaries.append(&mut other.summaries);
+        self.exceptions.append(&mut other.exceptions);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -167,5 +173,6 @@ impl Outputs {
             && self.districts.is_empty()
             && self.top.is_empty()
             && self.summaries.is_empty()
+            && self.exceptions.is_empty()
     }
 }

@@ -105,6 +105,14 @@ impl crate::codec::binary::Record for MeterState {
     fn decode_v2(body: &[u8]) -> Result<Self, crate::codec::binary::RecordError> {
         crate::state_v2::decode(body)
     }
+
+    fn decode_v3(body: &[u8]) -> Result<Self, crate::codec::binary::RecordError> {
+        crate::state_v4::decode(body)
+    }
+
+    fn decode_v4(body: &[u8]) -> Result<Self, crate::codec::binary::RecordError> {
+        crate::state_v4::decode(body)
+    }
 }
 
 impl MeterState {

@@ -91,8 +91,8 @@ impl VeeStateV2 {
         };
         VeeState {
             settled: fold.clone(),
-            window: Vec::new(),
             head: fold,
+            ..VeeState::default()
         }
     }
 }

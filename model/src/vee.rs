@@ -26,6 +26,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::exception::RegisterOrder;
 use crate::uplink::Reading;
 
 /// Nominal diameter of a water meter (ISO 4064 / EN 14154 sizes). Decides the
@@ -323,6 +324,11 @@ pub struct VeeState {
     /// window).
     #[serde(skip)]
     pub head: VeeFold,
+    /// Operator orders about reads after the settled point (decided exceptions,
+    /// recorded exchanges), ascending `ts`, at most
+    /// [`MAX_METER_ORDERS`](crate::exception::MAX_METER_ORDERS); the pass
+    /// follows them. Persisted (record version 5): nothing else holds them.
+    pub orders: Vec<RegisterOrder>,
 }
 
 /// Most raw reads kept per meter: three days (the default late window) of
@@ -349,6 +355,7 @@ mod tests {
     use crate::alert::{AlertKind, OpenAlert, SOURCE_RULE};
     use crate::billing::{PeriodReads, RegisterPoint};
     use crate::codec::binary::{decode_record, encode_record};
+    use crate::exception::{Decision, OrderAction};
     use crate::state::MeterState;
 
     /// Every processor's persisted state survives the `meter_state` record codec, and
@@ -396,6 +403,19 @@ mod tests {
                 settled: fold.clone(),
                 window: vec![raw, raw],
                 head: fold,
+                orders: vec![RegisterOrder {
+                    ts: 10,
+                    action: OrderAction::Exchange {
+                        final_reg: Some(7),
+                        initial_reg: 2,
+                    },
+                    decision: Decision {
+                        by: "ana".into(),
+                        why: "work order 12".into(),
+                        at_ms: 13,
+                    },
+                    exception: None,
+                }],
             },
             ..MeterState::default()
         };

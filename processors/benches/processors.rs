@@ -68,6 +68,7 @@ fn batch(states: &[MeterState], from: usize) -> SealedBatch {
                 duplicates: 0,
                 first_received_at: None,
                 statuses: Vec::new(),
+                orders: Vec::new(),
             }
         })
         .collect();

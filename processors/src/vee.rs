@@ -72,14 +72,15 @@
 
 use std::sync::Arc;
 
+use meterflow_model::exception::MAX_METER_ORDERS;
 use meterflow_model::processing::TenantProcessing;
 use meterflow_model::vee::{
     EpochCause, ExchangeCandidate, MAX_REGISTER_EPOCHS, MAX_WINDOW_READS, RawRead, RegisterEpoch,
     ValidatedRead, VeeFold, VeeState,
 };
 use meterflow_model::{
-    MeterBatch, MeterId, MeterKey, MeterState, Outputs, Quality, Reading, SealedBatch,
-    StoredReading,
+    ExceptionReason, ExceptionState, MeterBatch, MeterId, MeterKey, MeterState, OrderAction,
+    Outputs, Quality, ReadException, Reading, RegisterOrder, SealedBatch, StoredReading,
 };
 
 use crate::Processor;
@@ -162,12 +163,12 @@ impl Processor for VeeProcessor {
         "vee"
     }
 
-    fn process(&mut self, batch: &mut SealedBatch, _out: &mut Outputs) {
+    fn process(&mut self, batch: &mut SealedBatch, out: &mut Outputs) {
         let late_window_ms = self.directory.bill_close_after_ms;
         for meter in &mut batch.meters {
             let settings = &self.directory.get(&meter.key.tenant).settings;
             let rules = MeterRules::new(settings, &meter.key.meter, late_window_ms);
-            validate_meter(&rules, meter, &mut self.output);
+            validate_meter(&rules, meter, &mut self.output, &mut out.exceptions);
         }
     }
 
@@ -178,17 +179,103 @@ impl Processor for VeeProcessor {
     }
 }
 
-/// Runs the module's rules over one meter's readings, replacing them with the rows
-/// to store (estimates and re-emitted corrections included), ascending `ts`, one
-/// per `ts`.
-pub fn validate_meter(rules: &MeterRules, meter: &mut MeterBatch, output: &mut Vec<StoredReading>) {
+/// Runs the module's rules over one meter's readings and the operator orders of its
+/// batch, replacing the readings with the rows to store (estimates and re-emitted
+/// corrections included), ascending `ts`, one per `ts`; `exceptions` gets the
+/// validation exceptions those rows raise, resolve or decide.
+pub fn validate_meter(
+    rules: &MeterRules,
+    meter: &mut MeterBatch,
+    output: &mut Vec<StoredReading>,
+    exceptions: &mut Vec<ReadException>,
+) {
+    let mut notes: Vec<Note> = Vec::new();
     validate(
         rules,
         &mut meter.state.vee,
-        &mut meter.readings,
+        Inputs {
+            readings: &mut meter.readings,
+            orders: std::mem::take(&mut meter.orders),
+        },
         output,
         &mut meter.replaced,
+        &mut notes,
     );
+    // The last word on each read wins (a read suspect, then confirmed in the same
+    // batch, is resolved): a stable sort keeps each read's notes in pass order.
+    notes.sort_by_key(|note| note.read.reading.ts);
+    let mut last_words: Vec<Note> = Vec::with_capacity(notes.len());
+    for note in notes {
+        match last_words.last_mut() {
+            Some(last) if last.read.reading.ts == note.read.reading.ts => *last = note,
+            _ => last_words.push(note),
+        }
+    }
+    exceptions.extend(
+        last_words
+            .into_iter()
+            .map(|note| note.exception(&meter.key)),
+    );
+}
+
+/// Why VEE cannot follow `order` on a meter in `state`, if it cannot: a read order
+/// needs its read in the window (a read at or before the settled point can only be
+/// rejected, which records the decision and changes nothing else), and an exchange
+/// must be after the settled point.
+pub fn order_problem(state: &VeeState, order: &RegisterOrder) -> Option<String> {
+    let settled = state.settled_ts().filter(|settled| order.ts <= *settled);
+    if !order.action.targets_a_read() {
+        return settled.map(|settled| {
+            format!(
+                "an exchange at {} is before the meter's settled point ({settled}): reads that old can no longer change a bill",
+                order.ts
+            )
+        });
+    }
+    if settled.is_some() {
+        return (order.action != OrderAction::Reject || order.exception.is_none()).then(|| {
+            format!(
+                "the read at {} is settled (older than the late window before the meter's newest read): it can only be rejected",
+                order.ts
+            )
+        });
+    }
+    let in_window = state
+        .window
+        .binary_search_by_key(&order.ts, |r| r.reading.ts)
+        .is_ok();
+    (!in_window).then(|| format!("the meter has no read at {} to decide", order.ts))
+}
+
+/// What a pass says about a read that is, or was, an exception.
+#[derive(Clone, Debug)]
+struct Note {
+    read: RawRead,
+    reason: ExceptionReason,
+    state: ExceptionState,
+    /// The order that decided it, if any.
+    order: Option<RegisterOrder>,
+}
+
+impl Note {
+    fn exception(self, key: &MeterKey) -> ReadException {
+        ReadException {
+            tenant: key.tenant.to_string(),
+            meter: key.meter.to_string(),
+            ts: self.read.reading.ts,
+            reg: self.read.reading.reg,
+            reason: self.reason,
+            state: self.state,
+            received_at: self.read.received_at,
+            decision: self.order.map(|order| order.decision),
+        }
+    }
+}
+
+/// A meter's new reads and operator orders for [`validate`].
+struct Inputs<'a> {
+    readings: &'a mut Vec<StoredReading>,
+    orders: Vec<RegisterOrder>,
 }
 
 /// Rebuilds the unpersisted part of a hydrated meter's state — the window and the
@@ -207,20 +294,34 @@ pub fn rebuild_window(
     rows.retain(|row| row.quality != Quality::Estimated);
     state.window.clear();
     state.head.clone_from(&state.settled);
-    validate(rules, state, rows, output, &mut Vec::new());
+    let inputs = Inputs {
+        readings: rows,
+        orders: Vec::new(),
+    };
+    validate(
+        rules,
+        state,
+        inputs,
+        output,
+        &mut Vec::new(),
+        &mut Vec::new(),
+    );
 }
 
-/// [`validate_meter`] on a meter's VEE state and readings; `replaced` gets the earlier
-/// rows the batch re-decides (see [`MeterBatch::replaced`]).
+/// [`validate_meter`] on a meter's VEE state and inputs; `replaced` gets the earlier
+/// rows the batch re-decides (see [`MeterBatch::replaced`]), `notes` what the rows
+/// from the re-decided point on say about exceptions.
 fn validate(
     rules: &MeterRules,
     state: &mut VeeState,
-    readings: &mut Vec<StoredReading>,
+    inputs: Inputs,
     output: &mut Vec<StoredReading>,
     replaced: &mut Vec<StoredReading>,
+    notes: &mut Vec<Note>,
 ) {
+    let Inputs { readings, orders } = inputs;
     replaced.clear();
-    if readings.is_empty() {
+    if readings.is_empty() && orders.is_empty() {
         return;
     }
     let order = |r: &StoredReading| (r.reading.ts, r.seq, r.received_at);
@@ -228,20 +329,85 @@ fn validate(
         readings.sort_unstable_by_key(order);
     }
     output.clear();
-    // A read not after the newest one may re-run the pass: keep the window as it
-    // was, to tell what the re-run replaces.
-    let before = state
-        .head
-        .newest_ts
-        .is_some_and(|newest| readings[0].reading.ts <= newest)
-        .then(|| state.window.clone());
-    if let Some(from) = admit(state, readings, output) {
-        decide_from(rules, state, from, before.as_deref(), output, replaced);
+    let oldest_input = readings
+        .first()
+        .map(|r| r.reading.ts)
+        .into_iter()
+        .chain(orders.iter().map(|o| o.ts))
+        .min();
+    // A read or order not after the newest read may re-run the pass: keep the window
+    // and the orders as they were, to tell what the re-run replaces.
+    let before = oldest_input
+        .filter(|oldest| state.head.newest_ts.is_some_and(|newest| *oldest <= newest))
+        .map(|_| Before {
+            window: state.window.clone(),
+            orders: state.orders.clone(),
+        });
+    let ordered_from = take_orders(state, orders, notes);
+    let from = admit(state, readings, output, notes)
+        .into_iter()
+        .chain(ordered_from)
+        .min();
+    if let Some(from) = from {
+        decide_from(rules, state, from, before.as_ref(), output, replaced, notes);
         settle(rules, state);
     }
     one_row_per_ts(output);
     readings.clear();
     std::mem::swap(readings, output);
+}
+
+/// A meter's window and orders as they were before a batch that re-runs the pass.
+struct Before {
+    window: Vec<RawRead>,
+    orders: Vec<RegisterOrder>,
+}
+
+/// Puts a batch's orders into the meter's state (an order replaces an earlier one
+/// of the same kind at the same `ts`); returns the `ts` of the oldest one the pass
+/// must follow. An order at or before the settled point can change nothing any
+/// more: a rejection there is recorded on the exception as it stands (the shard
+/// lets no other order through for such a read).
+fn take_orders(
+    state: &mut VeeState,
+    orders: Vec<RegisterOrder>,
+    notes: &mut Vec<Note>,
+) -> Option<i64> {
+    let settled_ts = state.settled_ts();
+    let mut oldest = None;
+    for order in orders {
+        if settled_ts.is_some_and(|settled| order.ts <= settled) {
+            if let (OrderAction::Reject, Some(exception)) = (&order.action, order.exception) {
+                notes.push(Note {
+                    read: RawRead {
+                        reading: Reading {
+                            ts: order.ts,
+                            reg: exception.reg,
+                            rev: 0,
+                            flow: 0,
+                            temp: None,
+                        },
+                        seq: 0,
+                        received_at: exception.received_at,
+                    },
+                    reason: exception.reason,
+                    state: ExceptionState::Rejected,
+                    order: Some(order),
+                });
+            }
+            continue;
+        }
+        oldest = Some(oldest.map_or(order.ts, |o: i64| o.min(order.ts)));
+        let same = |o: &RegisterOrder| {
+            o.ts == order.ts && o.action.targets_a_read() == order.action.targets_a_read()
+        };
+        state.orders.retain(|o| !same(o));
+        let at = state.orders.partition_point(|o| o.ts <= order.ts);
+        state.orders.insert(at, order);
+    }
+    let excess = state.orders.len().saturating_sub(MAX_METER_ORDERS);
+    state.orders.drain(..excess);
+    oldest
 }
 
 /// Puts the batch's new reads into the window and the rows of too-late reads into
@@ -250,13 +416,23 @@ fn admit(
     state: &mut VeeState,
     readings: &[StoredReading],
     out: &mut Vec<StoredReading>,
+    notes: &mut Vec<Note>,
 ) -> Option<i64> {
     let settled_ts = state.settled_ts();
     let mut oldest_new = None;
     for stored in readings {
         let ts = stored.reading.ts;
         if settled_ts.is_some_and(|settled| ts <= settled) {
-            out.push(too_late(&state.settled, stored));
+            let row = too_late(&state.settled, stored);
+            if row.quality == Quality::Suspect {
+                notes.push(Note {
+                    read: raw(stored),
+                    reason: ExceptionReason::LateAhead,
+                    state: ExceptionState::Open,
+                    order: None,
+                });
+            }
+            out.push(row);
             continue;
         }
         if let Err(at) = state.window.binary_search_by_key(&ts, |r| r.reading.ts) {
@@ -294,54 +470,103 @@ fn too_late(settled: &VeeFold, stored: &StoredReading) -> StoredReading {
 /// Runs the pass over the window and emits the rows of every read from `from` on.
 /// New reads all after the newest one continue the head; otherwise the pass
 /// re-runs from the settled point (silently up to `from`: those rows are stored),
-/// and `replaced` gets the rows the same re-run makes over the window as it was
-/// `before` the batch: what was stored from that point on.
+/// and `replaced` gets the rows the same re-run makes over the window and orders as
+/// they were `before` the batch: what was stored from that point on. An exception
+/// of that earlier run whose read is no longer suspect, with no order deciding it,
+/// is resolved.
 fn decide_from(
     rules: &MeterRules,
     state: &mut VeeState,
     from: i64,
-    before: Option<&[RawRead]>,
+    before: Option<&Before>,
     out: &mut Vec<StoredReading>,
     replaced: &mut Vec<StoredReading>,
+    notes: &mut Vec<Note>,
 ) {
     let VeeState {
         settled,
         window,
         head,
+        orders,
     } = state;
     if head.newest_ts.is_none_or(|newest| from > newest) {
         let split = window.partition_point(|r| r.reading.ts < from);
-        let mut pass = Pass::emitting(rules, std::mem::take(head), window, out);
+        let mut pass = Pass::silent(rules, std::mem::take(head), window, orders);
+        pass.out = Some(out);
+        pass.notes = Some(notes);
         pass.run(&window[split..]);
         *head = pass.fold;
-    } else {
-        if let Some(before) = before {
-            rerun_from(rules, settled, before, from, replaced);
-            one_row_per_ts(replaced);
+        return;
+    }
+    let mut earlier = Vec::new();
+    if let Some(before) = before {
+        let rerun = Rerun {
+            window: &before.window,
+            orders: &before.orders,
+            from,
+        };
+        rerun.run(rules, settled, replaced, &mut earlier);
+        one_row_per_ts(replaced);
+    }
+    let first_new_note = notes.len();
+    let rerun = Rerun {
+        window,
+        orders,
+        from,
+    };
+    *head = rerun.run(rules, settled, out, notes);
+    let decided: Vec<i64> = notes[first_new_note..]
+        .iter()
+        .map(|note| note.read.reading.ts)
+        .collect();
+    for note in earlier {
+        let ts = note.read.reading.ts;
+        let now_suspect = out
+            .iter()
+            .rev()
+            .find(|row| row.reading.ts == ts)
+            .is_some_and(|row| row.quality == Quality::Suspect);
+        if !now_suspect && !decided.contains(&ts) {
+            notes.push(Note {
+                state: ExceptionState::Resolved,
+                order: None,
+                ..note
+            });
         }
-        *head = rerun_from(rules, settled, window, from, out);
     }
 }
 
-/// Re-runs the pass over `window` from the settled point, emitting the rows of every
-/// read from `from` on into `out`; where the pass ends.
-fn rerun_from(
-    rules: &MeterRules,
-    settled: &VeeFold,
-    window: &[RawRead],
+/// A re-run of the pass over a window with its orders from the settled point.
+struct Rerun<'a> {
+    window: &'a [RawRead],
+    orders: &'a [RegisterOrder],
+    /// Rows (and notes) are emitted for reads from here on.
     from: i64,
-    out: &mut Vec<StoredReading>,
-) -> VeeFold {
-    let split = window.partition_point(|r| r.reading.ts < from);
-    let mut pass = Pass::silent(rules, settled.clone(), window);
-    pass.run(&window[..split]);
-    pass.emit_from_here(out);
-    pass.run(&window[split..]);
-    pass.fold
+}
+
+impl Rerun<'_> {
+    /// Runs it, emitting into `out` and `notes`; where the pass ends.
+    fn run(
+        &self,
+        rules: &MeterRules,
+        settled: &VeeFold,
+        out: &mut Vec<StoredReading>,
+        notes: &mut Vec<Note>,
+    ) -> VeeFold {
+        let split = self.window.partition_point(|r| r.reading.ts < self.from);
+        let mut pass = Pass::silent(rules, settled.clone(), self.window, self.orders);
+        pass.run(&self.window[..split]);
+        pass.emit_from_here(out, notes);
+        pass.run(&self.window[split..]);
+        pass.fold
+    }
 }
 
 /// Moves reads past the late window (and beyond [`MAX_WINDOW_READS`]) out of the
-/// window into the settled pass, up to the newest such read accepted as actual.
+/// window into the settled pass, up to the newest such read accepted as actual and
+/// before the first read still suspect with no decision (an open exception keeps its
+/// read decidable, up to [`MAX_WINDOW_READS`]). Orders at or before the new settled
+/// point are done with and dropped.
 fn settle(rules: &MeterRules, state: &mut VeeState) {
     let Some(newest) = state.head.newest_ts else {
         return;
@@ -351,25 +576,40 @@ fn settle(rules: &MeterRules, state: &mut VeeState) {
     if overflow == 0 && state.window.first().is_none_or(|r| r.reading.ts >= cutoff) {
         return;
     }
-    let mut probe = Pass::silent(rules, state.settled.clone(), &state.window);
-    let mut settle_up_to = 0;
+    let mut probe = Pass::silent(rules, state.settled.clone(), &state.window, &state.orders);
+    let mut rests = Vec::new();
     for (i, read) in state.window.iter().enumerate() {
         if read.reading.ts >= cutoff {
             break;
         }
         probe.step(read);
         if probe.rests_on(read) {
-            settle_up_to = i + 1;
+            rests.push(i + 1);
         }
     }
-    let settle_up_to = settle_up_to.max(overflow);
+    let first_open = probe.open_suspects.iter().min().copied();
+    let settle_up_to = rests
+        .into_iter()
+        .rev()
+        .find(|&n| first_open.is_none_or(|open| state.window[n - 1].reading.ts < open))
+        .unwrap_or(0)
+        .max(overflow);
     if settle_up_to == 0 {
         return;
     }
-    let mut pass = Pass::silent(rules, std::mem::take(&mut state.settled), &state.window);
+    let mut pass = Pass::silent(
+        rules,
+        std::mem::take(&mut state.settled),
+        &state.window,
+        &state.orders,
+    );
     pass.run(&state.window[..settle_up_to]);
     state.settled = pass.fold;
     state.window.drain(..settle_up_to);
+    let settled_ts = state.settled.newest_ts;
+    state
+        .orders
+        .retain(|order| settled_ts.is_none_or(|settled| order.ts > settled));
 }
 
 /// Orders rows by `ts` and keeps the last one emitted for each `ts` (a correction
@@ -399,45 +639,64 @@ fn validated(read: &RawRead, creg: u64) -> ValidatedRead {
     }
 }
 
+/// Why a read that is neither growth nor a rollover from `base` is suspect.
+fn deviation(base: &Reading, read: &Reading) -> ExceptionReason {
+    if read.reg < base.reg {
+        ExceptionReason::Regression
+    } else {
+        ExceptionReason::ImplausibleJump
+    }
+}
+
 /// The pass over reads in time order.
 struct Pass<'a> {
     rules: &'a MeterRules,
     fold: VeeFold,
     /// The meter's window: estimates skip the `ts` of its reads.
     window: &'a [RawRead],
+    /// The meter's operator orders, ascending `ts`.
+    orders: &'a [RegisterOrder],
     /// Where rows go; `None` while re-running reads whose rows are already stored.
     out: Option<&'a mut Vec<StoredReading>>,
+    /// Where exception notes go, with the rows.
+    notes: Option<&'a mut Vec<Note>>,
+    /// `ts` of the reads passed that are suspect with no decision (and not since
+    /// confirmed as an exchange): open exceptions, which keep the window from
+    /// settling past them.
+    open_suspects: Vec<i64>,
 }
 
 impl<'a> Pass<'a> {
-    fn silent(rules: &'a MeterRules, fold: VeeFold, window: &'a [RawRead]) -> Self {
+    fn silent(
+        rules: &'a MeterRules,
+        fold: VeeFold,
+        window: &'a [RawRead],
+        orders: &'a [RegisterOrder],
+    ) -> Self {
         Self {
             rules,
             fold,
             window,
+            orders,
             out: None,
+            notes: None,
+            open_suspects: Vec::new(),
         }
     }
 
-    fn emitting(
-        rules: &'a MeterRules,
-        fold: VeeFold,
-        window: &'a [RawRead],
-        out: &'a mut Vec<StoredReading>,
-    ) -> Self {
-        Self {
-            out: Some(out),
-            ..Self::silent(rules, fold, window)
-        }
-    }
-
-    /// Starts emitting. A pending exchange candidate's reads are emitted `Suspect`
-    /// again: an earlier pass may have confirmed it with reads now re-decided.
-    fn emit_from_here(&mut self, out: &'a mut Vec<StoredReading>) {
+    /// Starts emitting in a re-run. A pending exchange candidate's reads are emitted
+    /// `Suspect` again: an earlier pass may have confirmed it with reads now
+    /// re-decided.
+    fn emit_from_here(&mut self, out: &'a mut Vec<StoredReading>, notes: &'a mut Vec<Note>) {
         self.out = Some(out);
+        self.notes = Some(notes);
         if let Some(candidate) = self.fold.candidate.clone() {
-            for read in std::iter::once(&candidate.initial).chain(&candidate.followers) {
-                self.suspect(read);
+            let reason = self.fold.base.map_or(ExceptionReason::Regression, |base| {
+                deviation(&base.reading, &candidate.initial.reading)
+            });
+            self.suspect(&candidate.initial, reason);
+            for read in &candidate.followers {
+                self.suspect(read, ExceptionReason::UnconfirmedExchange);
             }
         }
     }
@@ -469,13 +728,120 @@ impl<'a> Pass<'a> {
         }
     }
 
-    fn suspect(&mut self, read: &RawRead) {
+    /// Emits `read` as `Suspect` for `reason`: an open exception, or a rejected one
+    /// when an order rejects it.
+    fn suspect(&mut self, read: &RawRead, reason: ExceptionReason) {
         self.emit(&validated(read, 0), Quality::Suspect, None);
+        let rejection = self
+            .read_order(read.reading.ts)
+            .filter(|order| order.action == OrderAction::Reject);
+        if rejection.is_none() {
+            self.open_suspects.push(read.reading.ts);
+        }
+        let state = rejection.map_or(ExceptionState::Open, |order| order.action.state());
+        self.note(read, reason, state, rejection);
+    }
+
+    /// Records what the pass says of an exception's read, while emitting.
+    fn note(
+        &mut self,
+        read: &RawRead,
+        reason: ExceptionReason,
+        state: ExceptionState,
+        order: Option<&RegisterOrder>,
+    ) {
+        if let Some(notes) = &mut self.notes {
+            notes.push(Note {
+                read: *read,
+                reason,
+                state,
+                order: order.cloned(),
+            });
+        }
+    }
+
+    /// The order deciding the read at `ts`, if any.
+    fn read_order(&self, ts: i64) -> Option<&'a RegisterOrder> {
+        let orders = self.orders;
+        orders
+            .iter()
+            .find(|order| order.ts == ts && order.action.targets_a_read())
+    }
+
+    /// Recorded exchanges from after the previous read up to `ts` take effect.
+    fn apply_exchanges_up_to(&mut self, ts: i64) {
+        let orders = self.orders;
+        for order in orders {
+            let OrderAction::Exchange {
+                final_reg,
+                initial_reg,
+            } = order.action
+            else {
+                continue;
+            };
+            if order.ts <= ts && self.fold.newest_ts.is_none_or(|newest| newest < order.ts) {
+                self.exchange_at(order.ts, final_reg, initial_reg);
+            }
+        }
+    }
+
+    /// A recorded exchange at `at`: the old register is billed up to its final read
+    /// (when given and not below the base), and a new register bills from its
+    /// initial read. Neither read is a row (they are no meter's message); the next
+    /// read's interval runs from the initial one. A pending candidate is dropped.
+    fn exchange_at(&mut self, at: i64, final_reg: Option<u64>, initial_reg: u64) {
+        self.fold.candidate = None;
+        let at_reg = |from: &ValidatedRead, reg: u64, creg: u64| ValidatedRead {
+            reading: Reading {
+                ts: at,
+                reg,
+                rev: 0,
+                flow: 0,
+                temp: None,
+            },
+            creg,
+            ..*from
+        };
+        let Some(base) = self.fold.base else {
+            self.fold.base = Some(ValidatedRead {
+                reading: Reading {
+                    ts: at,
+                    reg: initial_reg,
+                    rev: 0,
+                    flow: 0,
+                    temp: None,
+                },
+                creg: initial_reg,
+                seq: 0,
+                received_at: at,
+            });
+            return;
+        };
+        let last = match final_reg {
+            Some(reg) if reg >= base.reading.reg => {
+                at_reg(&base, reg, base.creg.saturating_add(reg - base.reading.reg))
+            }
+            _ => base,
+        };
+        let first = at_reg(&last, initial_reg, last.creg);
+        let first_raw = RawRead {
+            reading: first.reading,
+            seq: first.seq,
+            received_at: first.received_at,
+        };
+        self.push_epoch(EpochCause::Exchange, &last, &first_raw, last.creg);
+        self.fold.base = Some(first);
     }
 
     /// One read, later than every read before it.
     fn step(&mut self, read: &RawRead) {
+        self.apply_exchanges_up_to(read.reading.ts);
         self.fold.newest_ts = self.fold.newest_ts.max(Some(read.reading.ts));
+        if let Some(order) = self.read_order(read.reading.ts)
+            && self.follow_order(order, read)
+        {
+            return;
+        }
         let Some(base) = self.fold.base else {
             let first = validated(
                 read,
@@ -495,13 +861,45 @@ impl<'a> Pass<'a> {
         self.judge(base, read);
     }
 
+    /// Decides `read` as `order` says; false when the order does not apply (an
+    /// acceptance of a regression, a meter's first read), and the rules decide.
+    fn follow_order(&mut self, order: &RegisterOrder, read: &RawRead) -> bool {
+        let reason = |base: Option<ValidatedRead>| {
+            order.exception.map(|e| e.reason).unwrap_or_else(|| {
+                base.map_or(ExceptionReason::Regression, |base| {
+                    deviation(&base.reading, &read.reading)
+                })
+            })
+        };
+        match (&order.action, self.fold.base) {
+            (OrderAction::Reject, base) => {
+                self.suspect(read, reason(base));
+                true
+            }
+            (OrderAction::ConfirmExchange, Some(base)) => {
+                self.fold.candidate = None;
+                self.push_epoch(EpochCause::Exchange, &base, read, base.creg);
+                self.accept(read, base, 0);
+                self.note(read, reason(Some(base)), order.action.state(), Some(order));
+                true
+            }
+            (OrderAction::Accept, Some(base)) if read.reading.reg >= base.reading.reg => {
+                self.fold.candidate = None;
+                self.accept(read, base, read.reading.reg - base.reading.reg);
+                self.note(read, reason(Some(base)), order.action.state(), Some(order));
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// `read` continues the candidate: it confirms the exchange, or waits with it.
     fn follow(&mut self, base: ValidatedRead, mut candidate: ExchangeCandidate, read: &RawRead) {
         let needed = self.rules.confirmations(candidate.initial.reading.reg);
         if candidate.followers.len() + 1 >= needed {
             self.confirm_exchange(base, &candidate, read);
         } else {
-            self.suspect(read);
+            self.suspect(read, ExceptionReason::UnconfirmedExchange);
             candidate.followers.push(*read);
             self.fold.candidate = Some(candidate);
         }
@@ -538,7 +936,7 @@ impl<'a> Pass<'a> {
             );
             self.accept(read, base, wrapped);
         } else {
-            self.suspect(read);
+            self.suspect(read, deviation(&base.reading, &r));
             self.fold.candidate = Some(ExchangeCandidate {
                 initial: *read,
                 followers: Vec::new(),
@@ -584,11 +982,22 @@ impl<'a> Pass<'a> {
         read: &RawRead,
     ) {
         self.push_epoch(EpochCause::Exchange, &base, &candidate.initial, base.creg);
+        let reason = deviation(&base.reading, &candidate.initial.reading);
+        self.resolve(&candidate.initial, reason);
         let mut previous = self.accept(&candidate.initial, base, 0);
         for next in candidate.followers.iter().chain([read]) {
+            if next != read {
+                self.resolve(next, ExceptionReason::UnconfirmedExchange);
+            }
             let delta = next.reading.reg - previous.reading.reg;
             previous = self.accept(next, previous, delta);
         }
+    }
+
+    /// A suspect read that later reads explain: no longer an open exception.
+    fn resolve(&mut self, read: &RawRead, reason: ExceptionReason) {
+        self.open_suspects.retain(|&ts| ts != read.reading.ts);
+        self.note(read, reason, ExceptionState::Resolved, None);
     }
 
     /// Accepts `read` as actual, `delta` litres after `base`, estimates before it
@@ -904,3 +1313,7 @@ mod tests {
         assert_eq!(state2.vee, state.vee);
     }
 }
+
+#[cfg(test)]
+#[path = "vee_exceptions_tests.rs"]
+mod exceptions_tests;

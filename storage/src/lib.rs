@@ -32,8 +32,8 @@ use meterflow_model::alert::AlertEvent;
 use meterflow_model::analytics::{DistrictUsage, Resolution, TopEntry};
 use meterflow_model::billing::BillLine;
 use meterflow_model::{
-    DeadLetter, MeterKey, MeterPage, MeterQuery, MeterState, MeterView, Outputs, SealedBatch,
-    StoredReading, TenantSummary,
+    DeadLetter, ExceptionState, MeterKey, MeterPage, MeterQuery, MeterState, MeterView, Outputs,
+    ReadException, SealedBatch, StoredReading, TenantSummary,
 };
 
 /// The durable tables.
@@ -61,8 +61,8 @@ pub trait ReadingStore: Send + Sync + 'static {
     fn dead_letters(&self, tenant: &str, limit: usize) -> Result<Vec<DeadLetter>, StoreError>;
 
     /// Persists what processors derived — bills (`bills`), alert episode events
-    /// (`alerts`) and hourly district rows (`district_hourly`; minute and day rows are
-    /// cache-only) — as idempotent upserts on their natural keys (DESIGN §5). Called
+    /// (`alerts`), hourly district rows (`district_hourly`; minute and day rows are
+    /// cache-only) and validation exceptions (`exceptions`) — as idempotent upserts on their natural keys (DESIGN §5). Called
     /// after the readings they derive from are durable; the same outputs twice leave
     /// the same rows.
     fn write_outputs(&self, outputs: &Outputs) -> Result<(), StoreError>;
@@ -98,6 +98,24 @@ pub trait ReadingStore: Send + Sync + 'static {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<DistrictUsage>, StoreError>;
+
+    /// A tenant's validation exceptions in (meter, ts) order, at most `limit`; with
+    /// `state`, only those in it. A backend may bound how many rows one call looks
+    /// through to find them.
+    fn exceptions(
+        &self,
+        tenant: &str,
+        state: Option<ExceptionState>,
+        limit: usize,
+    ) -> Result<Vec<ReadException>, StoreError>;
+
+    /// The exception of one read, if it has one.
+    fn exception(
+        &self,
+        tenant: &str,
+        meter: &str,
+        ts: i64,
+    ) -> Result<Option<ReadException>, StoreError>;
 
     /// Whether the store can take writes now (for `/readyz`).
     fn is_ready(&self) -> bool;

@@ -423,6 +423,7 @@ where
             received_at: now_ms(),
             received: Instant::now(),
             completion,
+            order: None,
         };
         self.shared.metrics.received.increment(1);
         if self.shared.handoff.send(inbound).await.is_err() {

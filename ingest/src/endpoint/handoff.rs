@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, bounded, unbounded};
-use meterflow_model::{MeterKey, Reject};
+use meterflow_model::{MeterKey, RegisterOrder, Reject};
 use tokio::sync::Semaphore;
 
 use super::outbox::Completion;
@@ -49,6 +49,10 @@ pub struct Inbound {
     pub received: Instant,
     /// Answers the meter (PUBACK, ack topic) once the uplink is durable.
     pub completion: Completion,
+    /// An operator's order about the meter's register (the HTTP API, embedded mode)
+    /// instead of an uplink: `topic` and `payload` are empty. It goes through the
+    /// meter's shard so that it lands in order with the meter's data.
+    pub order: Option<Box<RegisterOrder>>,
 }
 
 /// The shard a meter belongs to.

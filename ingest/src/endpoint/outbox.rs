@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use meterflow_model::MeterKey;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 
 use crate::kafka::offsets::LogPosition;
 
@@ -207,9 +207,33 @@ enum AnswerTo {
         refused: bool,
     },
     Log(LogPosition),
+    /// An operator's order from the HTTP API: told whether it is durable, or why it
+    /// was refused (dropped unanswered: the pipeline stopped).
+    Request(Option<oneshot::Sender<Result<(), String>>>),
 }
 
 impl Completion {
+    /// The completion of an operator's order; `answer` hears how it ended.
+    pub fn for_request(answer: oneshot::Sender<Result<(), String>>) -> Completion {
+        Completion {
+            to: AnswerTo::Request(Some(answer)),
+            done: false,
+        }
+    }
+
+    /// An operator's order could not apply: say why. (Uplinks are never refused
+    /// this way; one would count as answered.)
+    pub fn refuse(mut self, why: String) {
+        if let AnswerTo::Request(answer) = &mut self.to
+            && let Some(answer) = answer.take()
+        {
+            self.done = true;
+            let _ = answer.send(Err(why));
+            return;
+        }
+        self.complete();
+    }
+
     pub fn new(outbox: Arc<Outbox>, pkid: Option<u16>, refused: bool) -> Completion {
         Completion {
             to: AnswerTo::Meter {
@@ -233,7 +257,7 @@ impl Completion {
     pub fn outbox(&self) -> Option<&Arc<Outbox>> {
         match &self.to {
             AnswerTo::Meter { outbox, .. } => Some(outbox),
-            AnswerTo::Log(_) => None,
+            AnswerTo::Log(_) | AnswerTo::Request(_) => None,
         }
     }
 
@@ -242,7 +266,7 @@ impl Completion {
     /// resends and is answered as a duplicate), or mark its log offset committable.
     pub fn complete(mut self) {
         self.done = true;
-        match &self.to {
+        match &mut self.to {
             AnswerTo::Meter {
                 outbox,
                 pkid,
@@ -258,6 +282,11 @@ impl Completion {
                 outbox.send(answer);
             }
             AnswerTo::Log(log) => log.book.completed(log.at),
+            AnswerTo::Request(answer) => {
+                if let Some(answer) = answer.take() {
+                    let _ = answer.send(Ok(()));
+                }
+            }
         }
     }
 }
@@ -272,6 +301,8 @@ impl Drop for Completion {
                 outbox.send(Outgoing::Abandoned);
             }
             AnswerTo::Log(log) => log.book.abandoned(log.at),
+            // Dropping the sender tells the caller the order was not made durable.
+            AnswerTo::Request(_) => {}
         }
     }
 }

@@ -20,7 +20,10 @@
 //! - `GET /api/v1/tenants/{t}/top?day=yyyy-mm-dd&limit=N` — top consumers of a day;
 //! - `GET /api/v1/tenants/{t}/alerts?state=open|all&meter=M&limit=N` — newest first;
 //!   `meter=` filters the tenant's newest [`MAX_ALERTS`] episodes to one meter;
-//! - `GET /api/v1/tenants/{t}/bills/{yyyy-mm}/{meter}` — usage, tiers, amount.
+//! - `GET /api/v1/tenants/{t}/bills/{yyyy-mm}/{meter}` — usage, tiers, amount;
+//! - `GET /api/v1/tenants/{t}/exceptions?state=open`, `POST …/meters/{m}/exceptions/{ts}`
+//!   and `POST …/meters/{m}/exchanges` — the validation-exceptions work queue and
+//!   field work orders ([`exceptions`]).
 //!
 //! Readings and bills also answer CSV (RFC 4180) to `Accept: text/csv` or
 //! `?format=csv`; an `Accept` that allows neither JSON nor CSV is a 406.
@@ -38,6 +41,7 @@
 //!   `api()` with `routes!` and a `#[utoipa::path]` on its handler, or a test fails.
 
 mod balance;
+mod exceptions;
 mod format;
 pub mod openapi;
 pub mod server;
@@ -106,6 +110,9 @@ pub struct AppState {
     pub mqtt_probe: Option<MqttProbe>,
     /// Tariffs, districts and time zones, for the tenant endpoints.
     pub processing: Arc<ProcessorsConfig>,
+    /// Where operators' orders go (decided exceptions, exchanges): this process's
+    /// shards in embedded mode; `None` where the shards are fed from the log.
+    pub orders: Option<crate::endpoint::handoff::ShardRouter>,
 }
 
 impl AppState {
@@ -162,6 +169,9 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(list_top_consumers))
         .routes(routes!(list_alerts))
         .routes(routes!(get_bill))
+        .routes(routes!(exceptions::list_exceptions))
+        .routes(routes!(exceptions::decide_exception))
+        .routes(routes!(exceptions::record_exchange))
 }
 
 /// The OpenAPI document of the API (what `GET /api/v1/openapi.json` serves).
@@ -169,8 +179,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     api().into_openapi()
 }
 
-/// Largest request body taken: the API is GET-only, so this is only room for clients
-/// that send a small body anyway. Larger ones are answered 413 before any handler runs.
+/// Largest request body taken: the only bodies are operators' decisions and work
+/// orders (a few hundred bytes). Larger ones are answered 413 before any handler runs.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Most bytes of a plain-text error body carried into the JSON message.
 const MAX_ERROR_TEXT: usize = 4 * 1024;
@@ -187,7 +197,7 @@ async fn json_errors(request: Request, next: Next) -> Response {
     if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
         return ApiError(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request bodies are limited to {MAX_BODY_BYTES} bytes (the API is GET-only)"),
+            format!("request bodies are limited to {MAX_BODY_BYTES} bytes"),
         )
         .into_response();
     }
@@ -212,7 +222,7 @@ async fn json_errors(request: Request, next: Next) -> Response {
         StatusCode::NOT_FOUND => {
             format!("no such path {path:?}; the API is under /api/v1/tenants/{{tenant}}/…")
         }
-        StatusCode::METHOD_NOT_ALLOWED => format!("{path} takes GET"),
+        StatusCode::METHOD_NOT_ALLOWED => format!("{path} does not take this method"),
         other => other.canonical_reason().unwrap_or("error").to_string(),
     };
     let mut out = ApiError(status, message).into_response();

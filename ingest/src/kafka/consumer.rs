@@ -190,6 +190,7 @@ impl Feed {
                 book: self.book.clone(),
                 at,
             }),
+            order: None,
         };
         runtime.block_on(self.router.send(inbound)).is_ok()
     }

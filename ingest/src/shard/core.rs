@@ -38,10 +38,11 @@ use meterflow_model::seq_window::SkippedGap;
 use meterflow_model::status::DeviceStatus;
 use meterflow_model::vee::MAX_WINDOW_READS;
 use meterflow_model::{
-    Admission, DeadLetter, MeterBatch, MeterKey, MeterState, Outputs, Quality, Reject, SealedBatch,
-    StoredReading, Uplink, codec,
+    Admission, DeadLetter, MeterBatch, MeterKey, MeterState, Outputs, Quality, RegisterOrder,
+    Reject, SealedBatch, StoredReading, Uplink, codec,
 };
 use meterflow_processors::ProcessorChain;
+use meterflow_processors::vee::order_problem;
 use tracing::{debug, warn};
 
 use super::ShardSettings;
@@ -70,6 +71,8 @@ pub struct Arrival<'a> {
     pub received_at: i64,
     /// The same moment on the monotonic clock.
     pub received: Instant,
+    /// An operator's order instead of an uplink (see [`Inbound::order`]).
+    pub order: Option<&'a RegisterOrder>,
 }
 
 impl Inbound {
@@ -82,6 +85,7 @@ impl Inbound {
             refused: self.refused,
             received_at: self.received_at,
             received: self.received,
+            order: self.order.as_deref(),
         }
     }
 }
@@ -102,6 +106,8 @@ pub enum Step {
     /// The meter's persisted state is needed first: read it, hand it over with
     /// [`ShardCore::hydrated`], and offer the same arrival again. Nothing changed.
     NeedsState(MeterKey),
+    /// An operator's order that cannot apply, and why (nothing changed).
+    Refused(String),
 }
 
 /// Rows asked of the store per read while gathering a hydrating meter's rows
@@ -242,6 +248,7 @@ impl OpenBatch {
                     duplicates: 0,
                     first_received_at: None,
                     statuses: Vec::new(),
+                    orders: Vec::new(),
                 });
                 self.index.insert(key.clone(), self.meters.len() - 1);
                 self.meters.len() - 1
@@ -311,6 +318,9 @@ impl ShardCore {
 
     /// Offers an arrival received by the runner at `at`.
     pub fn admit(&mut self, arrival: &Arrival, at: Instant) -> Step {
+        if let Some(order) = arrival.order {
+            return self.admit_order(arrival.identity, order, at);
+        }
         match self.accept(arrival) {
             Ok(Accepted::NeedsState) => return Step::NeedsState(arrival.identity.clone()),
             Ok(Accepted::Taken) => {}
@@ -318,6 +328,25 @@ impl ShardCore {
         }
         self.open.opened.get_or_insert(at);
         self.open.oldest.get_or_insert(arrival.received);
+        self.open.arrivals += 1;
+        Step::Taken
+    }
+
+    /// Takes an operator's order about `key`'s register into the open batch, when the
+    /// meter's VEE state can still follow it ([`order_problem`]); VEE applies it when
+    /// the batch seals, and it is answered once the batch is durable.
+    fn admit_order(&mut self, key: &MeterKey, order: &RegisterOrder, at: Instant) -> Step {
+        if self.tenants.get(key.tenant.as_str().as_bytes()).is_none() {
+            return Step::Refused(format!("tenant {} is not configured", key.tenant));
+        }
+        let Some(state) = self.meters.get(key) else {
+            return Step::NeedsState(key.clone());
+        };
+        if let Some(problem) = order_problem(&state.vee, order) {
+            return Step::Refused(problem);
+        }
+        self.open.meter(key).orders.push(order.clone());
+        self.open.opened.get_or_insert(at);
         self.open.arrivals += 1;
         Step::Taken
     }

@@ -108,6 +108,7 @@ impl Harness {
             refused,
             received_at: now.wall_ms,
             received: now.instant,
+            order: None,
         };
         let mut asked = 0;
         while let Step::NeedsState(key) = self.core.admit(&arrival, now.instant) {
@@ -191,6 +192,7 @@ fn a_state_read_from_the_store_decides_what_is_a_duplicate() {
         refused: None,
         received_at: now.wall_ms,
         received: now.instant,
+        order: None,
     };
     assert_eq!(
         shard.core.admit(&arrival, now.instant),
@@ -244,6 +246,7 @@ fn offer_from_store(
         refused: None,
         received_at: now.wall_ms,
         received: now.instant,
+        order: None,
     };
     while let Step::NeedsState(key) = shard.core.admit(&arrival, now.instant) {
         let Some(state) = persisted else {

@@ -119,9 +119,18 @@ impl ShardWorker {
         }
         let at = Instant::now();
         let arrival = inbound.arrival();
-        while let Step::NeedsState(key) = self.core.admit(&arrival, at) {
-            let (state, rows) = self.hydrate(&key);
-            self.core.hydrated(key, state, rows);
+        loop {
+            match self.core.admit(&arrival, at) {
+                Step::Taken => break,
+                Step::NeedsState(key) => {
+                    let (state, rows) = self.hydrate(&key);
+                    self.core.hydrated(key, state, rows);
+                }
+                Step::Refused(why) => {
+                    inbound.completion.refuse(why);
+                    return;
+                }
+            }
         }
         self.completions.push(inbound.completion);
     }

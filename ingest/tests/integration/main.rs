@@ -12,6 +12,7 @@ mod distributed;
 mod distributed_events;
 mod e2e;
 mod endpoint;
+mod exceptions;
 mod fleet;
 mod grafana;
 mod http_limits;

@@ -588,8 +588,12 @@ async fn every_documented_operation_answers_as_documented() {
     let mut problems = Vec::new();
     let mut checked = 0;
     for (path, item) in doc["paths"].as_object().unwrap() {
+        // Operators' orders (POST) are checked by their own tests (`exceptions.rs`).
         let operation = &item["get"];
-        assert!(operation.is_object(), "{path}: the API is GET-only");
+        if !operation.is_object() {
+            assert!(item["post"].is_object(), "{path}: neither GET nor POST");
+            continue;
+        }
         let parameters: Vec<&Value> = operation["parameters"]
             .as_array()
             .into_iter()

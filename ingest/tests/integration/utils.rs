@@ -557,18 +557,36 @@ impl Answer {
     }
 }
 
-/// A GET of `path` (with its query) with `headers`; any status is an answer.
-pub(crate) fn api_get(service: &Meterflow, path: &str, headers: &[(&str, &str)]) -> Answer {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+fn api_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
         .build()
-        .into();
-    let mut request = agent.get(&format!("http://{}{path}", service.http));
+        .into()
+}
+
+/// A GET of `path` (with its query) with `headers`; any status is an answer.
+pub(crate) fn api_get(service: &Meterflow, path: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut request = api_agent().get(&format!("http://{}{path}", service.http));
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let mut response = request.call().expect("the HTTP API answers");
+    answer(request.call().expect("the HTTP API answers"))
+}
+
+/// A POST of the JSON `body` to `path`; any status is an answer.
+pub(crate) fn api_post(service: &Meterflow, path: &str, body: &serde_json::Value) -> Answer {
+    let request = api_agent()
+        .post(&format!("http://{}{path}", service.http))
+        .header("Content-Type", "application/json");
+    answer(
+        request
+            .send(body.to_string())
+            .expect("the HTTP API answers"),
+    )
+}
+
+fn answer(mut response: ureq::http::Response<ureq::Body>) -> Answer {
     let header = |name: &str| {
         response
             .headers()

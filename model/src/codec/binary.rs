@@ -121,7 +121,10 @@ pub(crate) fn decode_uplink(body: &[u8]) -> Result<Uplink, Reject> {
 /// - 4: `DistrictUsage` gained the inflow of bulk meters (`inflow_l`,
 ///   `inflow_night_hour_l`, `inflow_night_flow_lph`); older rows read with none.
 ///   Other records are unchanged.
-const RECORD_VERSION: u8 = 4;
+/// - 5: `VeeState` (inside `MeterState`) persists the operator orders about the
+///   meter's register (`orders`, after `settled`); older states read with none.
+///   Other records are unchanged.
+const RECORD_VERSION: u8 = 5;
 
 /// A persisted record type, and how it reads bodies of older record versions.
 pub trait Record: DeserializeOwned {
@@ -140,6 +143,12 @@ pub trait Record: DeserializeOwned {
     /// Reads a version-3 body; types whose layout has not changed since read it as
     /// they are.
     fn decode_v3(body: &[u8]) -> Result<Self, RecordError> {
+        decode_body(body)
+    }
+
+    /// Reads a version-4 body; types whose layout has not changed since read it as
+    /// they are.
+    fn decode_v4(body: &[u8]) -> Result<Self, RecordError> {
         decode_body(body)
     }
 }
@@ -186,6 +195,7 @@ pub fn decode_record<T: Record>(bytes: &[u8]) -> Result<T, RecordError> {
         Some((1, body)) => T::decode_v1(body),
         Some((2, body)) => T::decode_v2(body),
         Some((3, body)) => T::decode_v3(body),
+        Some((4, body)) => T::decode_v4(body),
         Some((&other, _)) => Err(RecordError::Version(other)),
         None => Err(RecordError::Corrupt("empty record".into())),
     }

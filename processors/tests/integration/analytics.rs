@@ -66,6 +66,7 @@ fn shard(meters: &[(&str, Vec<u64>)]) -> AnalyticsProcessor {
             duplicates: 0,
             first_received_at: None,
             statuses: Vec::new(),
+            orders: Vec::new(),
         });
     }
     let mut out = Outputs::default();

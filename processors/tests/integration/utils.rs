@@ -81,6 +81,7 @@ impl Pipeline {
                     duplicates: 0,
                     first_received_at: None,
                     statuses: input.status.into_iter().collect(),
+                    orders: Vec::new(),
                 }),
             }
         }

@@ -13,6 +13,7 @@
 //! | `bills`        | tenant `0x00` period `0x00` meter         | `encode_record(&BillLine)`         |
 //! | `alerts`       | tenant `0x00` opened_at* meter `0x00` kind name | `encode_record(&AlertEvent)`, the episode's latest event |
 //! | `district_hourly` | tenant `0x00` district `0x00` hour start* | `encode_record(&DistrictUsage)`, hour rows only |
+//! | `exceptions`   | tenant `0x00` meter `0x00` ts*            | `encode_record(&ReadException)` (`exceptions.rs`) |
 //!
 //! The byte-level layouts are documented, and tested, in `keys.rs`, `chunks.rs`
 //! (readings) and `rows.rs` (dead letters, and the older reading row); how readings
@@ -95,6 +96,7 @@
 //! and from then on [`ReadingStore::is_ready`] is false.
 
 mod chunks;
+mod exceptions;
 mod keys;
 mod outputs;
 mod readings;
@@ -115,7 +117,10 @@ use meterflow_model::alert::AlertEvent;
 use meterflow_model::analytics::DistrictUsage;
 use meterflow_model::billing::BillLine;
 use meterflow_model::codec::binary::{decode_record, encode_record};
-use meterflow_model::{DeadLetter, MeterKey, MeterState, Outputs, SealedBatch, StoredReading};
+use meterflow_model::{
+    DeadLetter, ExceptionState, MeterKey, MeterState, Outputs, ReadException, SealedBatch,
+    StoredReading,
+};
 
 use crate::{ReadingStore, StoreError};
 
@@ -166,6 +171,7 @@ const DEAD_LETTERS: &str = "dead_letters";
 const BILLS: &str = "bills";
 const ALERTS: &str = "alerts";
 const DISTRICT_HOURLY: &str = "district_hourly";
+const EXCEPTIONS: &str = "exceptions";
 
 /// Most rows preallocated for a read, whatever `limit` says.
 const MAX_PREALLOCATED_ROWS: usize = 1024;
@@ -185,6 +191,7 @@ pub struct EmbeddedStore {
     bills: Keyspace,
     alerts: Keyspace,
     district_hourly: Keyspace,
+    exceptions: Keyspace,
     /// Serialises the store's read-modify-writes; see [`Self::lock_writer`].
     writer: Mutex<()>,
     /// Set once fjall reports the database poisoned (a failed journal write or
@@ -215,6 +222,7 @@ impl EmbeddedStore {
             bills: keyspace(BILLS, BILLS_MEMTABLE_BYTES)?,
             alerts: keyspace(ALERTS, ALERTS_MEMTABLE_BYTES)?,
             district_hourly: keyspace(DISTRICT_HOURLY, DISTRICT_HOURLY_MEMTABLE_BYTES)?,
+            exceptions: keyspace(EXCEPTIONS, DISTRICT_HOURLY_MEMTABLE_BYTES)?,
             writer: Mutex::new(()),
             dir: dir.to_path_buf(),
             db,
@@ -418,6 +426,24 @@ impl ReadingStore for EmbeddedStore {
         to_ms: i64,
     ) -> Result<Vec<DistrictUsage>, StoreError> {
         self.stored_district_hours(tenant, district, from_ms, to_ms)
+    }
+
+    fn exceptions(
+        &self,
+        tenant: &str,
+        state: Option<ExceptionState>,
+        limit: usize,
+    ) -> Result<Vec<ReadException>, StoreError> {
+        self.stored_exceptions(tenant, state, limit)
+    }
+
+    fn exception(
+        &self,
+        tenant: &str,
+        meter: &str,
+        ts: i64,
+    ) -> Result<Option<ReadException>, StoreError> {
+        self.stored_exception(tenant, meter, ts)
     }
 
     /// True while open, until fjall reports the database poisoned.

@@ -52,6 +52,7 @@ use crate::StoreError;
 fn has_durable_rows(outputs: &Outputs) -> bool {
     !outputs.bills.is_empty()
         || !outputs.alerts.is_empty()
+        || !outputs.exceptions.is_empty()
         || outputs
             .districts
             .iter()
@@ -159,6 +160,7 @@ impl EmbeddedStore {
         for (key, row) in &hours {
             batch.insert(&self.district_hourly, key.as_slice(), encode_record(*row));
         }
+        self.stage_exceptions(batch, &outputs.exceptions);
         Ok(())
     }
 

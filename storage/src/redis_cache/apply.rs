@@ -450,6 +450,7 @@ mod tests {
             ],
             bills: vec![line("m1", "2025-01", 1)],
             alerts: Vec::new(),
+            exceptions: Vec::new(),
             districts: vec![
                 DistrictUsage::new("acme", "north", Resolution::Minute, 0),
                 DistrictUsage::new("acme", "no:rth", Resolution::Minute, 0),

@@ -51,6 +51,7 @@
 
 mod config;
 mod errors;
+mod exceptions;
 mod migration_lease;
 mod outputs;
 pub mod schema;
@@ -77,7 +78,8 @@ use meterflow_model::billing::BillLine;
 use meterflow_model::codec::binary::{decode_record, encode_record};
 use meterflow_model::time::day_of;
 use meterflow_model::{
-    DeadLetter, MeterKey, MeterState, Outputs, Quality, Reading, Reject, SealedBatch, StoredReading,
+    DeadLetter, ExceptionState, MeterKey, MeterState, Outputs, Quality, ReadException, Reading,
+    Reject, SealedBatch, StoredReading,
 };
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
@@ -217,6 +219,8 @@ struct Statements {
     select_dead_letters: PreparedStatement,
     /// Those of `bills`, `alerts` and `district_hourly`.
     outputs: outputs::OutputStatements,
+    /// Those of `exceptions`.
+    exceptions: exceptions::ExceptionStatements,
 }
 
 /// Prepares one statement of the store. Every statement here is a pure upsert or a
@@ -287,6 +291,7 @@ impl Statements {
             ))
             .await?,
             outputs: outputs::OutputStatements::prepare(session, ks).await?,
+            exceptions: exceptions::ExceptionStatements::prepare(session, ks).await?,
         })
     }
 }
@@ -479,6 +484,27 @@ impl ReadingStore for ScyllaStore {
         meter: &str,
     ) -> Result<Option<BillLine>, StoreError> {
         self.block_on(self.core.guarded(self.core.bill(tenant, period, meter)))
+    }
+
+    fn exceptions(
+        &self,
+        tenant: &str,
+        state: Option<ExceptionState>,
+        limit: usize,
+    ) -> Result<Vec<ReadException>, StoreError> {
+        self.block_on(
+            self.core
+                .guarded(self.core.exceptions(tenant, state, limit)),
+        )
+    }
+
+    fn exception(
+        &self,
+        tenant: &str,
+        meter: &str,
+        ts: i64,
+    ) -> Result<Option<ReadException>, StoreError> {
+        self.block_on(self.core.guarded(self.core.exception(tenant, meter, ts)))
     }
 
     fn alerts(
@@ -1126,6 +1152,7 @@ mod tests {
             duplicates: 0,
             first_received_at: None,
             statuses: Vec::new(),
+            orders: Vec::new(),
         }
     }
 

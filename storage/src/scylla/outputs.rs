@@ -44,11 +44,11 @@ use ::scylla::statement::prepared::PreparedStatement;
 use ::scylla::value::{CqlDate, CqlTimestamp};
 use ::scylla::{DeserializeRow, SerializeRow};
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use meterflow_model::Outputs;
 use meterflow_model::alert::{AlertEvent, AlertKind, EpisodeState, Priority};
 use meterflow_model::analytics::{DistrictUsage, Resolution, UsageSketch};
 use meterflow_model::billing::{BillLine, TierCharge};
 use meterflow_model::time::day_of;
+use meterflow_model::{Outputs, ReadException};
 
 use super::{
     Core, TenantDayRow, UnitFuture, bigint, cql_date, cql_limit, drain, prepare_statement, unsigned,
@@ -262,11 +262,16 @@ pub(super) struct OutputsPlan<'a> {
     alerts: BTreeMap<(&'a str, i64), BTreeMap<EpisodeKey<'a>, &'a AlertEvent>>,
     /// `(tenant, district, day)` → hour start → its last row in the call.
     hours: BTreeMap<(&'a str, &'a str, i64), BTreeMap<i64, &'a DistrictUsage>>,
+    /// Validation exceptions, in call order (`exceptions.rs`).
+    exceptions: &'a [ReadException],
 }
 
 impl OutputsPlan<'_> {
     pub(super) fn is_empty(&self) -> bool {
-        self.bills.is_empty() && self.alerts.is_empty() && self.hours.is_empty()
+        self.bills.is_empty()
+            && self.alerts.is_empty()
+            && self.hours.is_empty()
+            && self.exceptions.is_empty()
     }
 }
 
@@ -313,6 +318,7 @@ pub(super) fn plan(outputs: &Outputs) -> OutputsPlan<'_> {
         bills,
         alerts,
         hours,
+        exceptions: &outputs.exceptions,
     }
 }
 
@@ -537,6 +543,9 @@ impl Core {
             units.push(Box::pin(
                 self.write_district_hours(tenant, district, *day, hours),
             ));
+        }
+        if !plan.exceptions.is_empty() {
+            units.push(Box::pin(self.write_exceptions(plan.exceptions)));
         }
         while let Some(result) = units.next().await {
             // Dropping the remaining units cancels their pending statements.

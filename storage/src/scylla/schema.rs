@@ -187,7 +187,17 @@ pub const MIGRATIONS: &[Migration] = &[
             },
         ],
     },
+    Migration {
+        version: 4,
+        name: "exceptions",
+        statements: exception_tables,
+        added_columns: &[],
+    },
 ];
+
+fn exception_tables(ks: &str, _: &ScyllaConfig) -> Vec<String> {
+    vec![super::exceptions::table(ks)]
+}
 
 fn initial_tables(ks: &str, config: &ScyllaConfig) -> Vec<String> {
     let readings_ttl = config.readings_ttl_secs();

@@ -204,6 +204,7 @@ pub(crate) fn full_outputs(tenant: &str) -> Outputs {
     districts.push(hour_row(tenant));
     districts.push(day_row(tenant));
     Outputs {
+        exceptions: Vec::new(),
         meters: vec![view(tenant, "m1", 900), view(tenant, "m2", 900)],
         bills: vec![
             bill(tenant, "m1", "2025-01", 5_000, false),

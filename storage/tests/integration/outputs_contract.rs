@@ -1,5 +1,5 @@
 //! The outputs half of the `ReadingStore` contract — `write_outputs`, `bill`, `alerts`,
-//! `district_hourly` — as checks over `&dyn ReadingStore`, run against both backends:
+//! `district_hourly`, `exceptions`, `exception` — as checks over `&dyn ReadingStore`, run against both backends:
 //! each check is its own test on a fresh embedded store, and all of them run in turn
 //! in one fresh keyspace of a real Cassandra 5 (`scripts/cassandra start`), which is
 //! why every check uses tenant names of its own.
@@ -8,7 +8,7 @@ use meterflow_model::alert::{AlertEvent, AlertKind, EpisodeState};
 use meterflow_model::analytics::{DistrictUsage, Resolution};
 use meterflow_model::billing::{BillLine, TierCharge};
 use meterflow_model::time::DAY_MS;
-use meterflow_model::{Outputs, Quality};
+use meterflow_model::{Decision, ExceptionReason, ExceptionState, Outputs, Quality, ReadException};
 use meterflow_storage::ReadingStore;
 use meterflow_storage::resilience::RetryConfig;
 use meterflow_storage::scylla::{ScyllaConfig, ScyllaStore};
@@ -514,6 +514,69 @@ fn tenants_and_districts_never_see_each_others_rows(store: &dyn ReadingStore) {
     assert!(usage(a, "").is_empty());
 }
 
+fn exception(tenant: &str, meter: &str, ts: i64, state: ExceptionState) -> ReadException {
+    ReadException {
+        tenant: tenant.into(),
+        meter: meter.into(),
+        ts,
+        reg: 9_000,
+        reason: ExceptionReason::Regression,
+        state,
+        received_at: ts + 5,
+        decision: (state != ExceptionState::Open).then(|| Decision {
+            by: "ana".into(),
+            why: "field visit, reader fault".into(),
+            at_ms: ts + 60_000,
+        }),
+    }
+}
+
+/// Exceptions are upserted per (meter, ts) — the later word wins, within a call and
+/// across calls — and listed in (meter, ts) order, filtered by state and limited.
+fn exceptions_upsert_and_filter_by_state(store: &dyn ReadingStore) {
+    let t = "exceptions";
+    let open = |meter, hour| exception(t, meter, BASE_HOUR + hour * HOUR_MS, ExceptionState::Open);
+    let written = Outputs {
+        exceptions: vec![open("m2", 1), open("m1", 3), open("m1", 2)],
+        ..Outputs::default()
+    };
+    store.write_outputs(&written).unwrap();
+    let rejected = exception(t, "m1", BASE_HOUR + 3 * HOUR_MS, ExceptionState::Rejected);
+    store
+        .write_outputs(&Outputs {
+            exceptions: vec![open("m1", 3), rejected.clone()],
+            ..Outputs::default()
+        })
+        .unwrap();
+    let all = store.exceptions(t, None, 10).unwrap();
+    assert_eq!(all, [open("m1", 2), rejected.clone(), open("m2", 1)]);
+    assert_eq!(
+        store.exceptions(t, Some(ExceptionState::Open), 10).unwrap(),
+        [open("m1", 2), open("m2", 1)]
+    );
+    assert_eq!(
+        store.exceptions(t, Some(ExceptionState::Open), 1).unwrap(),
+        [open("m1", 2)]
+    );
+    assert_eq!(
+        store
+            .exceptions(t, Some(ExceptionState::Rejected), 10)
+            .unwrap(),
+        std::slice::from_ref(&rejected)
+    );
+    assert_eq!(
+        store.exception(t, "m1", rejected.ts).unwrap(),
+        Some(rejected)
+    );
+    assert_eq!(store.exception(t, "m1", BASE_HOUR).unwrap(), None);
+    assert!(
+        store
+            .exceptions("no-such-tenant", None, 10)
+            .unwrap()
+            .is_empty()
+    );
+}
+
 fn outputs_without_durable_rows_write_nothing(store: &dyn ReadingStore) {
     let t = "empty";
     store.write_outputs(&Outputs::default()).unwrap();
@@ -628,6 +691,10 @@ const CHECKS: &[(&str, Check)] = &[
         outputs_without_durable_rows_write_nothing,
     ),
     (
+        "exceptions_upsert_and_filter_by_state",
+        exceptions_upsert_and_filter_by_state,
+    ),
+    (
         "a_group_commit_stores_readings_and_outputs_together",
         a_group_commit_stores_readings_and_outputs_together,
     ),
@@ -671,6 +738,11 @@ mod embedded {
     #[test]
     fn embedded_tenants_and_districts_never_see_each_others_rows() {
         run(tenants_and_districts_never_see_each_others_rows);
+    }
+
+    #[test]
+    fn embedded_exceptions_upsert_and_filter_by_state() {
+        run(exceptions_upsert_and_filter_by_state);
     }
 
     #[test]
@@ -848,12 +920,12 @@ fn scylla_outputs_contract() {
 
     // Migration 2 is recorded like migration 1; if its record is lost, it runs again
     // without touching the tables or their rows.
-    assert_eq!(store.applied_migrations().unwrap(), [1, 2, 3]);
+    assert_eq!(store.applied_migrations().unwrap(), [1, 2, 3, 4]);
     keyspace.execute(&format!(
         "DELETE FROM {ks}.schema_migrations WHERE version = 2"
     ));
     assert_eq!(store.migrate().unwrap(), [2]);
-    assert_eq!(store.applied_migrations().unwrap(), [1, 2, 3]);
+    assert_eq!(store.applied_migrations().unwrap(), [1, 2, 3, 4]);
     assert_eq!(
         store.bill("iso", "2025-11", "m").unwrap().unwrap().usage_l,
         1

@@ -360,6 +360,7 @@ fn scylla_migrations_run_once_and_rerun_as_no_ops() {
             "dead_letters",
             "district_hourly",
             "district_hourly_days",
+            "exceptions",
             "meter_state",
             "reading_days",
             "readings",

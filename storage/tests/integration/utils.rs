@@ -73,6 +73,7 @@ pub(crate) fn meter_batch(
         duplicates: 0,
         first_received_at: None,
         statuses: Vec::new(),
+        orders: Vec::new(),
     }
 }
 

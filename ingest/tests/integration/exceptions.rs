@@ -1,0 +1,201 @@
+//! The validation-exceptions work queue and field work orders through the whole
+//! service: suspect reads published over MQTT become open exceptions; an operator's
+//! decision (`accept`, `reject`) or a recorded exchange, posted to the API, re-decides
+//! the meter's reads in its shard, and the stored readings and the bill follow —
+//! hand-computed litres. Bad decisions get clear errors.
+//!
+//! Time is values: fixed hours of a fixed UTC day (the default tariff's zone).
+
+use meterflow_model::{Reading, Uplink};
+use serde_json::{Value, json};
+
+use crate::utils::{Meterflow, api_post, send_and_wait_for_ack, start_configured};
+
+const HOUR_MS: i64 = 3_600_000;
+/// 2026-10-05T00:00:00Z.
+const DAY0: i64 = 1_791_158_400_000;
+
+fn hourly(seq: u64, from_hour: i64, regs: &[u64]) -> Uplink {
+    let readings = regs
+        .iter()
+        .enumerate()
+        .map(|(i, reg)| Reading {
+            ts: DAY0 + (from_hour + i as i64) * HOUR_MS,
+            reg: *reg,
+            rev: 0,
+            flow: 0,
+            temp: None,
+        })
+        .collect();
+    Uplink::new(seq, readings)
+}
+
+fn get_json(service: &Meterflow, path: &str) -> Value {
+    let (status, body) = service.get(path);
+    assert_eq!(status, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// (meter, hour, reason, state) of a list of exceptions.
+fn cases(list: &Value) -> Vec<(String, i64, String, String)> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["meter"].as_str().unwrap().to_string(),
+                (e["ts"].as_i64().unwrap() - DAY0) / HOUR_MS,
+                e["reason"].as_str().unwrap().to_string(),
+                e["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// (hour, quality, interval) of a meter's stored rows.
+fn rows(service: &Meterflow, meter: &str) -> Vec<(i64, String, Option<i64>)> {
+    let path = format!(
+        "/api/v1/tenants/demo/meters/{meter}/readings?from={DAY0}&to={}",
+        DAY0 + 24 * HOUR_MS
+    );
+    get_json(service, &path)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                (r["ts"].as_i64().unwrap() - DAY0) / HOUR_MS,
+                r["quality"].as_str().unwrap().to_string(),
+                r["interval_l"].as_i64(),
+            )
+        })
+        .collect()
+}
+
+fn billed_l(service: &Meterflow, meter: &str) -> i64 {
+    let bill = get_json(
+        service,
+        &format!("/api/v1/tenants/demo/bills/2026-10/{meter}"),
+    );
+    bill["usage_l"].as_i64().unwrap()
+}
+
+fn case(meter: &str, hour: i64, reason: &str, state: &str) -> (String, i64, String, String) {
+    (meter.into(), hour, reason.into(), state.into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_and_recorded_exchanges_re_decide_reads_and_bills() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = start_configured(dir.path(), "", &[]);
+    // m1: 49,900 L in an hour is beyond a DN15's 3,125 L/h (a jump), and the read
+    // after it may be an exchange's second read.
+    let m1 = hourly(1, 0, &[10_000, 10_100, 60_000, 60_100]);
+    send_and_wait_for_ack(service.mqtt, "demo", "m1", &[m1]).await;
+    // m3: a register that went backwards.
+    let m3 = hourly(1, 0, &[5_000_000, 2_500]);
+    send_and_wait_for_ack(service.mqtt, "demo", "m3", &[m3]).await;
+    let open = get_json(&service, "/api/v1/tenants/demo/exceptions?state=open");
+    assert_eq!(
+        cases(&open),
+        vec![
+            case("m1", 2, "implausible_jump", "open"),
+            case("m1", 3, "unconfirmed_exchange", "open"),
+            case("m3", 1, "regression", "open"),
+        ]
+    );
+    assert_eq!(
+        billed_l(&service, "m1"),
+        100,
+        "suspect reads are not billed"
+    );
+
+    // Accepted as actual (the meter is bigger than its configured size): billed.
+    let ts = DAY0 + 2 * HOUR_MS;
+    let path = format!("/api/v1/tenants/demo/meters/m1/exceptions/{ts}");
+    let answer = api_post(
+        &service,
+        &path,
+        &json!({"action": "accept", "by": "ana", "why": "DN40 fitted, size not updated"}),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let decided = answer.json();
+    assert_eq!(decided["state"], "accepted");
+    assert_eq!(decided["decision"]["by"], "ana");
+    assert_eq!(
+        rows(&service, "m1"),
+        vec![
+            (0, "actual".into(), None),
+            (1, "actual".into(), Some(100)),
+            (2, "actual".into(), Some(49_900)),
+            (3, "actual".into(), Some(100)),
+        ]
+    );
+    assert_eq!(billed_l(&service, "m1"), 50_100);
+    let all = get_json(&service, "/api/v1/tenants/demo/exceptions?state=all");
+    assert!(cases(&all).contains(&case("m1", 3, "unconfirmed_exchange", "resolved")));
+
+    // A regression cannot be accepted; rejecting it records who and why.
+    let ts = DAY0 + HOUR_MS;
+    let path = format!("/api/v1/tenants/demo/meters/m3/exceptions/{ts}");
+    let refused = api_post(&service, &path, &json!({"action": "accept", "by": "ana"}));
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert!(refused.body.contains("regression"), "{}", refused.body);
+    let anonymous = api_post(&service, &path, &json!({"action": "reject", "by": " "}));
+    assert_eq!(anonymous.status, 400, "{}", anonymous.body);
+    let unknown = api_post(
+        &service,
+        "/api/v1/tenants/demo/meters/m3/exceptions/12345",
+        &json!({"action": "reject", "by": "ana"}),
+    );
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+    let rejected = api_post(
+        &service,
+        &path,
+        &json!({"action": "reject", "by": "ana", "why": "reader fault"}),
+    );
+    assert_eq!(rejected.status, 200, "{}", rejected.body);
+    assert_eq!(rejected.json()["state"], "rejected");
+    assert_eq!(rejected.json()["decision"]["why"], "reader fault");
+    let open = get_json(&service, "/api/v1/tenants/demo/exceptions");
+    assert_eq!(cases(&open), vec![], "nothing left open");
+
+    // m2: the work order of an exchange at 01:30 (the old register read 5,000,180
+    // when removed; the new one 2,500 when fitted), recorded before the new meter's
+    // reads arrive: they are actual from the first one, and the bill runs across.
+    let m2 = hourly(1, 0, &[5_000_000, 5_000_100]);
+    send_and_wait_for_ack(service.mqtt, "demo", "m2", &[m2]).await;
+    let exchange = json!({
+        "at": DAY0 + HOUR_MS + HOUR_MS / 2,
+        "final_read_l": 5_000_180,
+        "initial_read_l": 2_500,
+        "by": "field crew 4",
+        "why": "work order 7781",
+    });
+    let recorded = api_post(
+        &service,
+        "/api/v1/tenants/demo/meters/m2/exchanges",
+        &exchange,
+    );
+    assert_eq!(recorded.status, 200, "{}", recorded.body);
+    let m2 = hourly(2, 2, &[2_520, 2_600]);
+    send_and_wait_for_ack(service.mqtt, "demo", "m2", &[m2]).await;
+    assert_eq!(
+        rows(&service, "m2")[2..],
+        [
+            (2, "actual".into(), Some(20)),
+            (3, "actual".into(), Some(80))
+        ]
+    );
+    assert_eq!(billed_l(&service, "m2"), 280);
+    let open = get_json(&service, "/api/v1/tenants/demo/exceptions");
+    assert_eq!(cases(&open), vec![]);
+    // A body that is not a work order is refused, saying what is expected.
+    let bad = api_post(
+        &service,
+        "/api/v1/tenants/demo/meters/m2/exchanges",
+        &json!({"at": 1, "initial_read_l": 0, "by": "ana", "extra": 1}),
+    );
+    assert_eq!(bad.status, 422, "{}", bad.body);
+    assert!(bad.body.contains("unknown field `extra`"), "{}", bad.body);
+}

@@ -1,0 +1,101 @@
+//! Validation exceptions in the embedded store: the `exceptions` keyspace behind the
+//! exceptions part of [`ReadingStore::write_outputs`](crate::ReadingStore::write_outputs)
+//! and its two readers.
+//!
+//! | keyspace     | key                                   | value                               |
+//! |--------------|---------------------------------------|-------------------------------------|
+//! | `exceptions` | tenant `0x00` meter `0x00` ts*         | `encode_record(&ReadException)`     |
+//!
+//! (`*`: order-preserving, as in `keys.rs`.) One row per suspect read, upserted: the
+//! latest word VEE or an operator had on it wins. A tenant's list is a forward scan
+//! of its prefix, in (meter, ts) order.
+
+use fjall::OwnedWriteBatch as WriteBatch;
+use meterflow_model::codec::binary::{decode_record, encode_record};
+use meterflow_model::{ExceptionState, ReadException};
+
+use super::{EXCEPTIONS, EmbeddedStore, MAX_PREALLOCATED_ROWS, keys};
+use crate::StoreError;
+
+/// Most rows one list call looks through (on top of the `limit` it returns): a bound
+/// on what one request reads when few rows match its state.
+pub(crate) const MAX_SCANNED_EXCEPTIONS: usize = 100_000;
+
+fn exception_key(tenant: &str, meter: &str, ts: i64) -> Vec<u8> {
+    let mut out = keys::dead_letters_prefix(tenant);
+    out.extend_from_slice(meter.as_bytes());
+    out.push(0);
+    out.extend_from_slice(&keys::ordered_ts(ts));
+    out
+}
+
+impl EmbeddedStore {
+    /// Adds the exceptions of `exceptions` to `batch` (the later of two for one read
+    /// wins); the caller holds [`Self::lock_writer`] until it commits.
+    pub(super) fn stage_exceptions(&self, batch: &mut WriteBatch, exceptions: &[ReadException]) {
+        for exception in exceptions {
+            if !keys::is_storable(&exception.tenant) || !keys::is_storable(&exception.meter) {
+                tracing::warn!(
+                    tenant = exception.tenant.escape_debug().to_string(),
+                    meter = exception.meter.escape_debug().to_string(),
+                    "exception not stored: an id contains 0x00"
+                );
+                continue;
+            }
+            let key = exception_key(&exception.tenant, &exception.meter, exception.ts);
+            batch.insert(&self.exceptions, key, encode_record(exception));
+        }
+    }
+
+    /// [`ReadingStore::exceptions`](crate::ReadingStore::exceptions).
+    pub(super) fn stored_exceptions(
+        &self,
+        tenant: &str,
+        state: Option<ExceptionState>,
+        limit: usize,
+    ) -> Result<Vec<ReadException>, StoreError> {
+        if limit == 0 || !keys::is_storable(tenant) {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::with_capacity(limit.min(MAX_PREALLOCATED_ROWS));
+        let rows = self.exceptions.prefix(keys::dead_letters_prefix(tenant));
+        for entry in rows.take(MAX_SCANNED_EXCEPTIONS) {
+            let (key, value) = entry
+                .into_inner()
+                .map_err(|e| self.fjall_error("reading exceptions", e))?;
+            let exception: ReadException =
+                decode_record(&value).map_err(|e| self.corrupt_row(EXCEPTIONS, &key, e))?;
+            if state.is_some_and(|state| exception.state != state) {
+                continue;
+            }
+            out.push(exception);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`ReadingStore::exception`](crate::ReadingStore::exception).
+    pub(super) fn stored_exception(
+        &self,
+        tenant: &str,
+        meter: &str,
+        ts: i64,
+    ) -> Result<Option<ReadException>, StoreError> {
+        if !keys::is_storable(tenant) || !keys::is_storable(meter) {
+            return Ok(None);
+        }
+        let key = exception_key(tenant, meter, ts);
+        let Some(value) = self
+            .exceptions
+            .get(&key)
+            .map_err(|e| self.fjall_error("reading an exception", e))?
+        else {
+            return Ok(None);
+        };
+        decode_record(&value)
+            .map(Some)
+            .map_err(|e| self.corrupt_row(EXCEPTIONS, &key, e))
+    }
+}
