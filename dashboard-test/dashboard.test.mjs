@@ -4,8 +4,9 @@
 // It checks that the summary, the district chart, the top list, the leak alert and the
 // meter drill-down appear, that they UPDATE when more data arrives, that the page's
 // "usage today" is exactly the litres of the stored readings whose interval lies in the
-// tenant's local today, and that a tenant with an API token gets the "token needed"
-// state until the token is entered. The fleet spans districts (north, south, east and
+// tenant's local today, that an open validation exception can be decided from the
+// page (who and why recorded), and that a tenant with an API token gets the "token
+// needed" state until the token is entered. The fleet spans districts (north, south, east and
 // the unassigned `default`), so the page must open on the busiest one and remember a
 // choice; east's meters read every 15 minutes, so its minute chart has gaps that must
 // stay gaps; the axes must sit on round times (in the tenant's zone) and round values;
@@ -293,6 +294,16 @@ async function sendFast(service, meter) {
   });
 }
 
+/**
+ * A register that jumps 390,000 L in a minute, beyond a DN40's 20,000 L/h: the second
+ * read is a validation exception (implausible jump), kept out of the bills. The meter
+ * is no part of the usage checks (its only interval is suspect).
+ */
+async function sendJump(service, meter) {
+  const readings = [{ ts: now() - 4 * MINUTE_MS, reg: 10_000, flow: 0 }, { ts: now() - 3 * MINUTE_MS, reg: 400_000, flow: 0 }];
+  await publish(service, meter, { v: 1, seq: 1, readings });
+}
+
 /** North's inflow: two reads of the bulk meter, 10 and 2 minutes before now, INFLOW_L apart (always within today). */
 async function sendInflow(service) {
   const readings = [{ ts: now() - 10 * MINUTE_MS, reg: 1_000_000, flow: 0 }, { ts: now() - 2 * MINUTE_MS, reg: 1_000_000 + INFLOW_L, flow: 0 }];
@@ -382,6 +393,7 @@ test(`the dashboard shows a live tenant and keeps up with new data (clock: ${CLO
   await sendSilent(service, 'silent01');
   await sendLowBattery(service, 'lowbat01');
   await sendInflow(service);
+  await sendJump(service, 'jump01');
   meters.push('leak01', 'gap01', 'gap02', 'silent01', 'lowbat01');
   const before = await summaryWhere(service, (s) => s.meters_reporting >= 12 && s.alerts_open >= 2, '12 meters, a leak and a low battery');
   // Every district's minute rows are flushed before the page judges which is busiest.
@@ -522,6 +534,23 @@ test(`the dashboard shows a live tenant and keeps up with new data (clock: ${CLO
   const topMeters = await page.$$eval('#top tbody tr', (rows) => rows.map((r) => r.dataset.meter));
   const top = await api(service, 'demo/top?limit=10');
   assert.deepEqual(topMeters, top.map((e) => e.meter), 'top list in the API order');
+
+  // The validation exceptions: jump01's jump waits for a decision. The operator
+  // rejects it, saying who and why; the row leaves the open list and the decision is
+  // recorded as typed.
+  const jumpRow = '#exceptions tr[data-meter="jump01"]';
+  await page.waitForSelector(jumpRow, { timeout: UI_TIMEOUT_MS });
+  assert.match(await page.$eval(jumpRow, (r) => r.innerText), /implausible jump/);
+  assert.equal(await page.$$eval(jumpRow + ' button[data-action="accept"]', (b) => b.length), 1, 'a jump can be accepted');
+  await page.fill('#decider', 'night shift');
+  await page.fill(jumpRow + ' input', 'register fault, read by hand');
+  await page.click(jumpRow + ' button[data-action="reject"]');
+  await wait(() => !document.querySelector('#exceptions tr[data-meter="jump01"]') &&
+    /jump01 .*rejected by night shift/.test(document.getElementById('exceptions-status').textContent));
+  const rejected = (await api(service, 'demo/exceptions?state=rejected')).filter((e) => e.meter === 'jump01');
+  assert.equal(rejected.length, 1, JSON.stringify(rejected));
+  assert.equal(rejected[0].decision.by, 'night shift');
+  assert.equal(rejected[0].decision.why, 'register fault, read by hand');
 
   // Drill-down: click the biggest consumer.
   await page.click('#top tbody tr:first-child button');

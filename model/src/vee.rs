@@ -274,7 +274,9 @@ pub struct ExchangeCandidate {
 pub struct VeeFold {
     /// The newest read accepted as actual: the base of the next delta.
     pub base: Option<ValidatedRead>,
-    /// Recent register epochs, oldest first, at most [`MAX_REGISTER_EPOCHS`]. Empty
+    /// Recent register epochs, oldest first: at most [`MAX_REGISTER_EPOCHS`] before
+    /// the settled point, and every one after it (see
+    /// `meterflow_processors::vee`). Empty
     /// while the meter has never rolled over or been exchanged (the continuous
     /// register is then the raw one).
     pub epochs: Vec<RegisterEpoch>,

@@ -12,8 +12,8 @@
 //! (storage upserts by (meter, ts), so a re-emitted row replaces the old one). So
 //! every decision, and every stored row, is the one the reads in time order give.
 //! - **window**: a read settles once it is more than the late window
-//!   (`processors.bill_close_after_ms`) older than the meter's newest read *and* an
-//!   actual read at or after it settled too (so the window always starts right after
+//!   (`processors.bill_close_after_ms`) older than the meter's newest read, no open
+//!   exception comes before it, *and* an actual read at or after it settled too (so the window always starts right after
 //!   an actual read, and estimates never cover a forgotten read); at most
 //!   [`MAX_WINDOW_READS`] are kept (beyond that the oldest settle anyway).
 //! - **too late**: a read at or before the settled point is stored without an
@@ -62,6 +62,15 @@
 //! from the settled point, exactly as [`validate_meter`] runs an in-order batch; the
 //! rows it makes are handed to billing (which rebuilds its open reads from them) and
 //! to nobody else, and nothing is stored or emitted.
+//!
+//! **Exceptions and orders.** Each suspect row is a validation exception
+//! ([`ReadException`], with its [`ExceptionReason`]); a row a later pass makes
+//! actual resolves it. Operators' orders ([`RegisterOrder`]: accept, reject, confirm
+//! an exchange at a read, or a recorded exchange at a time) are kept in
+//! [`VeeState::orders`] and followed by the pass; a batch with a new order re-runs the
+//! pass from it, as for a late read. The window does not settle past an open
+//! exception (up to [`MAX_WINDOW_READS`]), so its read stays decidable;
+//! [`order_problem`] says which orders the pass cannot follow.
 //!
 //! Suspect reads are stored but excluded from billing, usage and analytics.
 //! Billing follows the re-emitted rows ([`crate::billing`]); so do analytics and
@@ -190,6 +199,12 @@ pub fn validate_meter(
     exceptions: &mut Vec<ReadException>,
 ) {
     let mut notes: Vec<Note> = Vec::new();
+    // Epochs only reads settled in earlier batches needed: this batch's rows (and
+    // billing, which maps the settled ones among them) saw them last time. (Not on
+    // hydration: that rebuilds the state as it was.)
+    if !meter.readings.is_empty() || !meter.orders.is_empty() {
+        forget_old_epochs(&mut meter.state.vee);
+    }
     validate(
         rules,
         &mut meter.state.vee,
@@ -612,6 +627,26 @@ fn settle(rules: &MeterRules, state: &mut VeeState) {
         .retain(|order| settled_ts.is_none_or(|settled| order.ts > settled));
 }
 
+/// Drops the oldest register epochs beyond [`MAX_REGISTER_EPOCHS`] that no read after
+/// the settled point can need: an epoch is needed only by reads before the next
+/// epoch's first read, and once that one is settled, every read still to be decided
+/// maps through the later epochs. (Reads stored too late, before the settled point,
+/// map through what is left, as they always did.) The settled pass's epochs are a prefix of the
+/// head's, so both drop the same ones; the window's epochs are never dropped (they
+/// are as many as its reads at most).
+fn forget_old_epochs(state: &mut VeeState) {
+    let Some(settled_ts) = state.settled.newest_ts else {
+        return;
+    };
+    let epochs = &state.settled.epochs;
+    let mut drop = 0;
+    while epochs.len() - drop > MAX_REGISTER_EPOCHS && epochs[drop + 1].first_ts <= settled_ts {
+        drop += 1;
+    }
+    state.settled.epochs.drain(..drop);
+    state.head.epochs.drain(..drop.min(state.head.epochs.len()));
+}
+
 /// Orders rows by `ts` and keeps the last one emitted for each `ts` (a correction
 /// emitted later in the pass wins).
 fn one_row_per_ts(rows: &mut Vec<StoredReading>) {
@@ -967,9 +1002,6 @@ impl<'a> Pass<'a> {
             first_reg: first.reading.reg,
             first_creg,
         });
-        if self.fold.epochs.len() > MAX_REGISTER_EPOCHS {
-            self.fold.epochs.remove(0);
-        }
     }
 
     /// A new register from the candidate's initial read on: it bills from there, so

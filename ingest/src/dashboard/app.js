@@ -1,6 +1,7 @@
 // meterflow dashboard: polls the tenant API every few seconds and draws the summary,
-// district usage, the district's water balance, top consumers, open alerts, silent meters, a meter search and one
-// meter with its alert history. Plain DOM and hand-drawn SVG, no dependencies, no
+// district usage, the district's water balance, top consumers, open alerts, the validation
+// exceptions (with their decisions), silent meters, a meter search and one meter with its
+// alert history. Plain DOM and hand-drawn SVG, no dependencies, no
 // inline script (the page is served with a strict CSP).
 'use strict';
 (() => {
@@ -15,6 +16,15 @@
   const METER_SPAN_MS = 24 * 3600e3;
   const TOP_LIMIT = 10;
   const ALERT_LIMIT = 200;
+  /** Open validation exceptions shown (oldest meters first, as the API lists them). */
+  const EXCEPTION_LIMIT = 200;
+  /** What each exception reason means to an operator. */
+  const EXCEPTION_REASONS = {
+    regression: 'register went backwards',
+    implausible_jump: 'implausible jump',
+    unconfirmed_exchange: 'possible meter exchange',
+    late_ahead: 'late read ahead of the register',
+  };
   /** A meter's alert history: its newest episodes (the API's largest page is 1,000). */
   const HISTORY_LIMIT = 1000;
   /** Silent meters and search results per page ("More" fetches the next one). */
@@ -56,6 +66,8 @@
     summary: null,
     busy: false,
     again: false,
+    /** What the operator typed as the reason for each open exception (`meter@ts`). */
+    whys: new Map(),
     generation: 0, // bumped when the tenant changes: late answers for the old one are dropped
     lastOk: 0,
   };
@@ -67,13 +79,20 @@
     }
   }
 
-  async function api(path) {
+  /** A call of the tenant API; `body`, when given, is POSTed as JSON. */
+  async function api(path, payload) {
     const headers = { Accept: 'application/json' };
     if (state.token) headers.Authorization = 'Bearer ' + state.token;
     const url = '/api/v1/tenants/' + encodeURIComponent(state.tenant) + path;
+    const init = { headers, cache: 'no-store' };
+    if (payload !== undefined) {
+      init.method = 'POST';
+      headers['Content-Type'] = 'application/json';
+      init.body = JSON.stringify(payload);
+    }
     let res;
     try {
-      res = await fetch(url, { headers, cache: 'no-store' });
+      res = await fetch(url, init);
     } catch (e) {
       throw new ApiError(0, 'meterflow is unreachable (' + e.message + ')');
     }
@@ -483,6 +502,60 @@
     setEmpty('alerts-empty', rows.length ? '' : 'No open alerts. All clear.', true);
   }
 
+  // ---- validation exceptions: the revenue-protection work queue ----
+  const exceptionKey = (e) => e.meter + '@' + e.ts;
+
+  async function loadExceptions() {
+    const generation = state.generation;
+    const rows = (await api('/exceptions?state=open&limit=' + EXCEPTION_LIMIT)) || [];
+    if (generation !== state.generation) return;
+    const open = new Set(rows.map(exceptionKey));
+    for (const key of state.whys.keys()) if (!open.has(key)) state.whys.delete(key);
+    $('exceptions').tBodies[0].replaceChildren(...rows.map(exceptionRow));
+    $('exceptions-count').textContent = rows.length ? String(rows.length) : '';
+    setEmpty('exceptions-empty', rows.length ? '' : 'No open exceptions: every read is billed or decided.', true);
+  }
+
+  function exceptionRow(e) {
+    const key = exceptionKey(e);
+    const why = h('input', { type: 'text', maxlength: '500', placeholder: 'e.g. field visit', 'aria-label': 'Why, for ' + e.meter + ' at ' + fullTime(e.ts) });
+    why.value = state.whys.get(key) || '';
+    why.addEventListener('input', () => state.whys.set(key, why.value));
+    const button = (action, label) => h('button', { type: 'button', 'data-action': action, onclick: () => decide(e, action) }, label);
+    // A register that went backwards is an exchange or a glitch, never usage.
+    const actions = [
+      e.reason === 'regression' ? null : button('accept', 'Accept'),
+      button('confirm_exchange', 'Exchange'),
+      button('reject', 'Reject'),
+    ].filter(Boolean);
+    return h('tr', { 'data-meter': e.meter, 'data-ts': String(e.ts), 'data-reason': e.reason },
+      h('td', null, meterLink(e.meter)),
+      h('td', { title: fullTime(e.ts) }, fullTime(e.ts)),
+      h('td', { class: 'num' }, e.reg.toLocaleString('en-US')),
+      h('td', null, EXCEPTION_REASONS[e.reason] || e.reason),
+      h('td', null, why),
+      h('td', { class: 'actions' }, ...actions));
+  }
+
+  async function decide(e, action) {
+    const by = $('decider').value.trim();
+    const status = $('exceptions-status');
+    if (!by) {
+      status.textContent = 'Say who decides first ("Decided by").';
+      $('decider').focus();
+      return;
+    }
+    localStorage.setItem('mf.decider', by);
+    const why = state.whys.get(exceptionKey(e)) || '';
+    try {
+      const out = await api('/meters/' + encodeURIComponent(e.meter) + '/exceptions/' + e.ts, { action, by, why });
+      status.textContent = e.meter + ' at ' + fullTime(e.ts) + ': ' + out.state.replace('_', ' ') + ' by ' + by + '.';
+    } catch (err) {
+      status.textContent = e.meter + ' at ' + fullTime(e.ts) + ': not decided: ' + err.message;
+    }
+    await loadExceptions().catch(report1);
+  }
+
   // ---- device health: battery and signal ----
   const lowBattery = (v) => v.battery != null && v.battery <= LOW_BATTERY_PCT;
   const weakSignal = (v) => v.rssi != null && v.rssi <= WEAK_RSSI_DBM;
@@ -711,7 +784,7 @@
     try {
       // The summary first: the meter's bill period and the time zone come from it.
       const first = await Promise.allSettled([loadSummary()]);
-      const rest = await Promise.allSettled([loadDistrict(), loadTop(), loadAlerts(), loadSilent(), loadMeter()]);
+      const rest = await Promise.allSettled([loadDistrict(), loadTop(), loadAlerts(), loadExceptions(), loadSilent(), loadMeter()]);
       if (generation !== state.generation) return;
       report([...first, ...rest].filter((r) => r.status === 'rejected').map((r) => r.reason));
     } finally {
@@ -729,7 +802,10 @@
     $('empty').hidden = true;
     $('alerts').replaceChildren();
     $('alerts-count').textContent = '';
-    for (const t of ['top', 'silent', 'found']) $(t).tBodies[0].replaceChildren();
+    $('exceptions-count').textContent = '';
+    $('exceptions-status').textContent = '';
+    state.whys.clear();
+    for (const t of ['top', 'exceptions', 'silent', 'found']) $(t).tBodies[0].replaceChildren();
     $('found').hidden = true;
     for (const b of ['silent-more', 'found-more']) $(b).hidden = true;
     $('silent-count').textContent = '';
@@ -738,7 +814,7 @@
     $('usage-meta').textContent = '';
     $('balance-panel').hidden = true;
     $('meter-detail').hidden = true;
-    for (const id of ['usage-empty', 'alerts-empty', 'top-empty', 'silent-empty', 'found-empty']) setEmpty(id, '');
+    for (const id of ['usage-empty', 'alerts-empty', 'exceptions-empty', 'top-empty', 'silent-empty', 'found-empty']) setEmpty(id, '');
   }
 
   function openTenant(tenant, token) {
@@ -801,6 +877,7 @@
     const token = localStorage.getItem('mf.token.' + tenant) || '';
     $('tenant').value = tenant;
     $('token').value = token;
+    $('decider').value = localStorage.getItem('mf.decider') || '';
     state.tenant = tenant;
     state.meter = new URLSearchParams(location.hash.slice(1)).get('meter') || '';
     $('meter').value = state.meter;

@@ -56,6 +56,7 @@ next page, until `next` is null.",
         (name = "alerts", description = "Alert episodes (leak, burst, backflow, no communication, ...)"),
         (name = "usage", description = "Tenant summary, districts, district usage and top consumers"),
         (name = "billing", description = "Running bills per meter and billing period"),
+        (name = "exceptions", description = "Validation exceptions (suspect reads kept out of the bills), their decisions, and recorded meter exchanges"),
         (name = "dead letters", description = "Uplinks meterflow refused, with the reason"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     )

@@ -8,7 +8,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use meterflow_model::codec::binary::{decode_record, encode_record};
 use meterflow_model::limits::MIN_PLAUSIBLE_TS_MS;
-use meterflow_model::{MeterState, ProcessorsConfig, Quality, Reading, Resolution, StoredReading};
+use meterflow_model::{
+    Decision, MeterState, OrderAction, ProcessorsConfig, Quality, Reading, RegisterOrder,
+    Resolution, StoredReading,
+};
 use proptest::prelude::*;
 use proptest::sample::Index;
 
@@ -56,7 +59,7 @@ impl Outcome {
 
 /// Feeds one meter's batches (each a list of messages) through the standard chain.
 fn replay(batches: &[Vec<Reads>]) -> Outcome {
-    replay_restarting(batches, &BTreeSet::new())
+    replay_restarting(batches, &BTreeSet::new(), &[])
 }
 
 /// [`replay`], restarting before each batch whose index is in `restarts`: the
@@ -65,9 +68,17 @@ fn replay(batches: &[Vec<Reads>]) -> Outcome {
 /// exactly the rows stored so far after its settled point, as a shard reads them
 /// from the store (ascending `ts`, one per `ts`, the last written). Checks that the
 /// rehydrated state is the one the meter had.
-fn replay_restarting(batches: &[Vec<Reads>], restarts: &BTreeSet<usize>) -> Outcome {
+/// `orders` (operators' decisions) go with the first batch.
+fn replay_restarting(
+    batches: &[Vec<Reads>],
+    restarts: &BTreeSet<usize>,
+    orders: &[RegisterOrder],
+) -> Outcome {
     let mut pipeline = Pipeline::new(ProcessorsConfig::default());
     let meter = key("demo", "m");
+    for order in orders {
+        pipeline.order(&meter, order.clone());
+    }
     let mut outcome = Outcome {
         rows: BTreeMap::new(),
         bills: BTreeMap::new(),
@@ -414,10 +425,98 @@ proptest! {
         let restarts: BTreeSet<usize> =
             restarts.iter().map(|at| at.index(batches.len())).collect();
         let expected = replay(&batches);
-        let actual = replay_restarting(&batches, &restarts);
+        let actual = replay_restarting(&batches, &restarts, &[]);
         // Analytics' windows live in the process (a restarted chain starts without
         // them): rows and bills only.
         prop_assert_eq!(actual.rows, expected.rows);
+        prop_assert_eq!(actual.bills, expected.bills);
+        prop_assert_eq!(actual.today, expected.today);
+    }
+}
+
+/// Operators' orders about a stream's reads: up to three decisions (accept, reject,
+/// confirm an exchange) on reads anywhere, and perhaps a recorded exchange half an
+/// hour before a read, to a new register anywhere.
+fn orders(reads: &Reads) -> impl Strategy<Value = Vec<RegisterOrder>> + use<> {
+    let times: Vec<i64> = reads.iter().map(|(ts, _)| *ts).collect();
+    (
+        proptest::collection::vec((any::<Index>(), 0u8..3), 0..4),
+        proptest::option::of((
+            any::<Index>(),
+            0..CAPACITY,
+            proptest::option::of(0..CAPACITY),
+        )),
+    )
+        .prop_map(move |(decisions, exchange)| {
+            let decision = Decision {
+                by: "ana".into(),
+                why: "property".into(),
+                at_ms: 0,
+            };
+            let order = |ts, action| RegisterOrder {
+                ts,
+                action,
+                decision: decision.clone(),
+                exception: None,
+            };
+            let mut orders: Vec<RegisterOrder> = decisions
+                .into_iter()
+                .map(|(at, action)| {
+                    let action = match action {
+                        0 => OrderAction::Accept,
+                        1 => OrderAction::Reject,
+                        _ => OrderAction::ConfirmExchange,
+                    };
+                    order(times[at.index(times.len())], action)
+                })
+                .collect();
+            if let Some((at, initial_reg, final_reg)) = exchange {
+                let ts = times[at.index(times.len())] - HOUR / 2;
+                orders.push(order(
+                    ts,
+                    OrderAction::Exchange {
+                        final_reg,
+                        initial_reg,
+                    },
+                ));
+            }
+            orders
+        })
+}
+
+proptest! {
+    // 256 cases per run, seeds as above.
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Operators' decisions and recorded exchanges are followed by reading time:
+    /// given with the first batch, any arrival within the late window leaves the
+    /// in-order stream's rows and bills with the same orders (the same allowance for
+    /// left-over estimates as above), and restarts anywhere change nothing (the
+    /// orders are persisted with the state).
+    #[test]
+    fn orders_give_the_same_rows_and_bills_in_any_arrival(
+        (reads, orders) in stream().prop_flat_map(|reads| {
+            let orders = orders(&reads);
+            (Just(reads), orders)
+        }),
+        arrival in arrival(),
+        restarts in proptest::collection::vec(any::<Index>(), 0..3),
+    ) {
+        let daily: Vec<Vec<Reads>> = reads.chunks(24).map(|day| vec![day.to_vec()]).collect();
+        let expected = replay_restarting(&daily, &BTreeSet::new(), &orders);
+        let batches = arrival.batches(&reads);
+        let restarts: BTreeSet<usize> =
+            restarts.iter().map(|at| at.index(batches.len())).collect();
+        let actual = replay_restarting(&batches, &restarts, &orders);
+        for (ts, row) in &expected.rows {
+            prop_assert_eq!(actual.rows.get(ts), Some(row), "at {}", ts);
+        }
+        for (ts, row) in &actual.rows {
+            prop_assert!(
+                expected.rows.contains_key(ts) || row.1 == Quality::Estimated,
+                "{:?} at {} where the in-order stream has no row", row, ts
+            );
+        }
         prop_assert_eq!(actual.bills, expected.bills);
         prop_assert_eq!(actual.today, expected.today);
     }

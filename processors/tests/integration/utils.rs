@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use meterflow_model::{
     DeviceStatus, MeterBatch, MeterKey, MeterState, Outputs, ProcessorsConfig, Quality, Reading,
-    SealedBatch, StoredReading,
+    RegisterOrder, SealedBatch, StoredReading,
 };
 use meterflow_processors::ProcessorChain;
 
@@ -52,6 +52,8 @@ impl Input {
 pub(crate) struct Pipeline {
     pub(crate) chain: ProcessorChain,
     pub(crate) states: HashMap<MeterKey, MeterState>,
+    /// Operators' orders going with the next batch (see [`Pipeline::order`]).
+    orders: Vec<(MeterKey, RegisterOrder)>,
 }
 
 impl Pipeline {
@@ -59,13 +61,24 @@ impl Pipeline {
         Self {
             chain: ProcessorChain::for_tenants(config).unwrap(),
             states: HashMap::new(),
+            orders: Vec::new(),
         }
+    }
+
+    /// Sends `order` about `key`'s register with the next batch, as a shard takes an
+    /// operator's order into its open batch.
+    pub(crate) fn order(&mut self, key: &MeterKey, order: RegisterOrder) {
+        self.orders.push((key.clone(), order));
     }
 
     /// Seals `inputs` into one batch at `now_ms`, runs the chain, keeps the states.
     pub(crate) fn feed(&mut self, now_ms: i64, inputs: Vec<Input>) -> (SealedBatch, Outputs) {
         let mut meters: Vec<MeterBatch> = Vec::new();
-        for input in inputs {
+        let orders = std::mem::take(&mut self.orders);
+        let ordered = orders
+            .iter()
+            .map(|(key, _)| Input::readings(key, Vec::new()));
+        for input in inputs.into_iter().chain(ordered) {
             match meters.iter_mut().find(|m| m.key == input.key) {
                 Some(meter) => {
                     meter.readings.extend(input.readings);
@@ -83,6 +96,11 @@ impl Pipeline {
                     statuses: input.status.into_iter().collect(),
                     orders: Vec::new(),
                 }),
+            }
+        }
+        for (key, order) in orders {
+            if let Some(meter) = meters.iter_mut().find(|m| m.key == key) {
+                meter.orders.push(order);
             }
         }
         let mut batch = SealedBatch {
