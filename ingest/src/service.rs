@@ -219,10 +219,12 @@ impl Service {
                 secret: endpoint.probe_secret.clone(),
             }),
             processing: Arc::new(config.processors.clone()),
-            orders: pipeline
-                .as_ref()
-                .filter(|_| !config.mode.consumes_log())
-                .map(|pipeline| pipeline.router.clone()),
+            orders: order_handoff(
+                config,
+                pipeline.as_ref(),
+                #[cfg(feature = "kafka")]
+                producer.as_ref(),
+            ),
         });
         let http_limits = http::ServeLimits {
             max_connections: config.http.max_connections,
@@ -386,4 +388,21 @@ impl Pipeline {
         }
         let _ = self.sink_thread.join();
     }
+}
+
+/// Where the HTTP API hands operators' orders: the meter's shard in embedded mode,
+/// the uplink log wherever this process appends to it (the meter's processor applies
+/// them); a processor-only replica takes none.
+fn order_handoff(
+    config: &Config,
+    pipeline: Option<&Pipeline>,
+    #[cfg(feature = "kafka")] producer: Option<&Arc<crate::kafka::producer::LogProducer>>,
+) -> Option<Arc<Handoff>> {
+    #[cfg(feature = "kafka")]
+    if config.mode.appends_to_log() {
+        return producer.map(|producer| Arc::new(Handoff::Log(producer.clone())));
+    }
+    pipeline
+        .filter(|_| !config.mode.consumes_log())
+        .map(|pipeline| Arc::new(Handoff::Shards(pipeline.router.clone())))
 }

@@ -10,10 +10,13 @@
 //!
 //! A decision or an exchange is an order about the meter's register: it goes through
 //! the meter's shard, in order with its data, and VEE re-runs its pass with it, so
-//! the stored readings and the bill follow. The answer comes once that is durable
-//! (200, with the exception as it now stands), or says why VEE cannot follow it
-//! (409: the read is settled, or the meter has no such read). Orders are taken by a
-//! process whose shards own the meters: embedded mode; elsewhere 503.
+//! the stored readings and the bill follow. In embedded mode the answer comes once
+//! that is durable (200, with the exception as it now stands), or says why VEE cannot
+//! follow it (409: the read is settled, or the meter has no such read). Where this
+//! process runs a distributed endpoint, the order is appended to the uplink log,
+//! keyed by the meter, and the answer (202) means "in the log", as a PUBACK does
+//! there: the meter's processor applies it (or logs why it cannot); the exception's
+//! state shows the outcome. A processor-only replica takes no orders (503).
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -28,7 +31,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::openapi::{BadRequest, NotFound, Unauthorized, Unavailable};
 use super::{ApiError, ApiResult, AppState, TenantPath, authorize, blocking, meter_id};
-use crate::endpoint::handoff::Inbound;
+use crate::endpoint::handoff::{Handoff, Inbound};
 use crate::endpoint::outbox::Completion;
 
 /// Most exceptions one list call returns.
@@ -145,6 +148,7 @@ pub(super) struct DecisionBody {
     security((), ("api_token" = [])),
     responses(
         (status = 200, description = "The exception as it now stands", body = ReadException),
+        (status = 202, description = "In the log (distributed mode): the exception as stored before the decision; the meter's processor applies it", body = ReadException),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
@@ -157,7 +161,7 @@ pub(super) async fn decide_exception(
     Path(path): Path<ExceptionPath>,
     headers: HeaderMap,
     Json(body): Json<DecisionBody>,
-) -> ApiResult<ReadException> {
+) -> Result<(StatusCode, Json<ReadException>), ApiError> {
     let tenant = authorize(&state, &path.tenant, &headers)?;
     let meter = meter_id(&path.meter)?;
     let store = state.store.clone();
@@ -192,7 +196,9 @@ pub(super) async fn decide_exception(
         }),
     };
     let key = MeterKey { tenant, meter };
-    place(&state, &key, order).await?;
+    if place(&state, &key, order).await? == Placed::InTheLog {
+        return Ok((StatusCode::ACCEPTED, Json(stored)));
+    }
     let store = state.store.clone();
     let exception = blocking(move || {
         store
@@ -200,7 +206,7 @@ pub(super) async fn decide_exception(
             .map_err(|e| e.to_string())
     })
     .await?;
-    Ok(Json(exception.unwrap_or(stored)))
+    Ok((StatusCode::OK, Json(exception.unwrap_or(stored))))
 }
 
 /// `{tenant}` and `{meter}` of a meter's work orders.
@@ -252,6 +258,7 @@ pub(super) struct ExchangeRecorded {
     security((), ("api_token" = [])),
     responses(
         (status = 200, description = "Recorded and applied", body = ExchangeRecorded),
+        (status = 202, description = "In the log (distributed mode): the meter's processor applies it", body = ExchangeRecorded),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
@@ -264,7 +271,7 @@ pub(super) async fn record_exchange(
     Path(path): Path<MeterPath>,
     headers: HeaderMap,
     Json(body): Json<ExchangeBody>,
-) -> ApiResult<ExchangeRecorded> {
+) -> Result<(StatusCode, Json<ExchangeRecorded>), ApiError> {
     let tenant = authorize(&state, &path.tenant, &headers)?;
     let meter = meter_id(&path.meter)?;
     let decision = decision(body.by, body.why)?;
@@ -281,15 +288,19 @@ pub(super) async fn record_exchange(
         tenant: tenant.clone(),
         meter: meter.clone(),
     };
-    place(&state, &key, order).await?;
-    Ok(Json(ExchangeRecorded {
+    let status = match place(&state, &key, order).await? {
+        Placed::Applied => StatusCode::OK,
+        Placed::InTheLog => StatusCode::ACCEPTED,
+    };
+    let recorded = ExchangeRecorded {
         tenant: tenant.to_string(),
         meter: meter.to_string(),
         at: body.at,
         final_read_l: body.final_read_l,
         initial_read_l: body.initial_read_l,
         decision,
-    }))
+    };
+    Ok((status, Json(recorded)))
 }
 
 fn decision(by: String, why: String) -> Result<Decision, ApiError> {
@@ -304,14 +315,28 @@ fn decision(by: String, why: String) -> Result<Decision, ApiError> {
     }
 }
 
-/// Hands `order` to the meter's shard and waits until it is durable or refused.
-async fn place(state: &AppState, key: &MeterKey, order: RegisterOrder) -> Result<(), ApiError> {
-    let Some(router) = &state.orders else {
+/// How far an order got when [`place`] answered.
+#[derive(Debug, PartialEq, Eq)]
+enum Placed {
+    /// Applied and durable (embedded mode).
+    Applied,
+    /// In the uplink log; the meter's processor applies it.
+    InTheLog,
+}
+
+/// Hands `order` to the meter's shard (or the log) and waits until it is durable
+/// there, or refused.
+async fn place(state: &AppState, key: &MeterKey, order: RegisterOrder) -> Result<Placed, ApiError> {
+    let Some(handoff) = &state.orders else {
         return Err(ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
-            "this process takes no orders: decisions and exchanges are taken in embedded mode"
-                .into(),
+            "this process takes no orders (processor mode): send them to an endpoint or an embedded replica".into(),
         ));
+    };
+    let placed = match handoff.as_ref() {
+        Handoff::Shards(_) => Placed::Applied,
+        #[cfg(feature = "kafka")]
+        Handoff::Log(_) => Placed::InTheLog,
     };
     let (answer, answered) = oneshot::channel();
     let inbound = Inbound {
@@ -330,9 +355,9 @@ async fn place(state: &AppState, key: &MeterKey, order: RegisterOrder) -> Result
             "the pipeline stopped before the order was durable; send it again".into(),
         )
     };
-    router.send(inbound).await.map_err(|_| stopped())?;
+    handoff.send(inbound).await.map_err(|_| stopped())?;
     match answered.await {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(())) => Ok(placed),
         Ok(Err(why)) => Err(ApiError(StatusCode::CONFLICT, why)),
         Err(_) => Err(stopped()),
     }

@@ -111,8 +111,9 @@ pub struct AppState {
     /// Tariffs, districts and time zones, for the tenant endpoints.
     pub processing: Arc<ProcessorsConfig>,
     /// Where operators' orders go (decided exceptions, exchanges): this process's
-    /// shards in embedded mode; `None` where the shards are fed from the log.
-    pub orders: Option<crate::endpoint::handoff::ShardRouter>,
+    /// shards in embedded mode, the uplink log where this process runs an endpoint
+    /// of the distributed mode; `None` in `processor` mode.
+    pub orders: Option<Arc<crate::endpoint::handoff::Handoff>>,
 }
 
 impl AppState {

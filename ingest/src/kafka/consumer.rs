@@ -190,7 +190,7 @@ impl Feed {
                 book: self.book.clone(),
                 at,
             }),
-            order: None,
+            order: uplink.order,
         };
         runtime.block_on(self.router.send(inbound)).is_ok()
     }

@@ -93,10 +93,20 @@ impl LogProducer {
             refused,
             received_at,
             completion,
+            order,
             ..
         } = inbound;
         let key = record::key(&identity);
-        let headers = owned_headers(&record::headers(&topic, received_at, refused));
+        let (headers, payload) = match order {
+            Some(order) => (
+                record::order_headers(received_at),
+                serde_json::to_vec(&order)
+                    .expect("an order serialises")
+                    .into(),
+            ),
+            None => (record::headers(&topic, received_at, refused), payload),
+        };
+        let headers = owned_headers(&headers);
         let mut next = FutureRecord::to(&self.topic)
             .key(&key)
             .payload(&payload[..])

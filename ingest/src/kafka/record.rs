@@ -9,6 +9,13 @@
 //!   with a dead letter), `mf-received-at` (epoch ms, decimal), and `mf-refused` (the
 //!   reject code when the session refused the publish).
 //!
+//! An operator's order about the meter's register (a decided validation exception, a
+//! recorded exchange; the HTTP API of an endpoint) travels the same way, so that the
+//! meter's processor applies it in order with the meter's data: header `mf-order`
+//! (`1`), `mf-topic` empty, value = the order as JSON ([`RegisterOrder`]). A processor
+//! older than orders would dead-letter it as a malformed uplink of that meter:
+//! upgrade processors before endpoints.
+//!
 //! The events topic's records ([`LogEvent`], processors → endpoints) share the key and
 //! the `mf-v` header; `mf-event` says what they carry:
 //!
@@ -21,12 +28,16 @@
 //! meter to dead-letter it for (an endpoint does the same with an event).
 
 use bytes::Bytes;
-use meterflow_model::{MeterId, MeterKey, Reject, TenantId, topic};
+use meterflow_model::{MeterId, MeterKey, RegisterOrder, Reject, TenantId, topic};
 
 pub const HEADER_VERSION: &str = "mf-v";
 pub const HEADER_TOPIC: &str = "mf-topic";
 pub const HEADER_RECEIVED_AT: &str = "mf-received-at";
 pub const HEADER_REFUSED: &str = "mf-refused";
+/// Marks an operator's order (value: the order as JSON).
+pub const HEADER_ORDER: &str = "mf-order";
+/// Largest order value read back: an order is a few hundred bytes of JSON.
+const MAX_ORDER_BYTES: usize = 8 * 1024;
 /// What an events-topic record carries: [`EVENT_WATERMARK`] or [`EVENT_ALERT`].
 pub const HEADER_EVENT: &str = "mf-event";
 pub const EVENT_WATERMARK: &[u8] = b"watermark";
@@ -42,6 +53,8 @@ pub struct LogUplink {
     pub payload: Bytes,
     pub refused: Option<Reject>,
     pub received_at: i64,
+    /// An operator's order instead of an uplink (the payload is then empty).
+    pub order: Option<Box<RegisterOrder>>,
 }
 
 /// What a processor tells the endpoints about one meter, on the events topic.
@@ -72,6 +85,8 @@ pub enum RecordError {
     Event(String),
     #[error("record value {0:?} is no seq")]
     Seq(String),
+    #[error("record value is no operator order: {0}")]
+    Order(String),
 }
 
 /// The record key of a meter's uplinks.
@@ -97,6 +112,16 @@ pub fn headers(
     headers
 }
 
+/// The header values of an operator's order (see the module doc).
+pub fn order_headers(received_at: i64) -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        (HEADER_VERSION, VERSION.to_vec()),
+        (HEADER_TOPIC, Vec::new()),
+        (HEADER_RECEIVED_AT, received_at.to_string().into_bytes()),
+        (HEADER_ORDER, b"1".to_vec()),
+    ]
+}
+
 /// Reads a record back; `header` looks a header up by name.
 pub fn decode<'a>(
     key: Option<&[u8]>,
@@ -117,12 +142,26 @@ pub fn decode<'a>(
                 .ok_or(RecordError::Header(HEADER_REFUSED))?,
         ),
     };
+    let payload = payload.unwrap_or_default();
+    let order = match header(HEADER_ORDER) {
+        None => None,
+        Some(_) if payload.len() > MAX_ORDER_BYTES => {
+            return Err(RecordError::Order(format!("{} bytes", payload.len())));
+        }
+        Some(_) => Some(Box::new(
+            serde_json::from_slice(payload).map_err(|e| RecordError::Order(e.to_string()))?,
+        )),
+    };
     Ok(LogUplink {
         identity,
         topic: Bytes::copy_from_slice(topic),
-        payload: Bytes::copy_from_slice(payload.unwrap_or_default()),
+        payload: match order {
+            Some(_) => Bytes::new(),
+            None => Bytes::copy_from_slice(payload),
+        },
         refused,
         received_at,
+        order,
     })
 }
 
@@ -250,9 +289,43 @@ mod tests {
                     payload: Bytes::from_static(b"\x01\x02"),
                     refused,
                     received_at: 1_764_000_000_123,
+                    order: None,
                 }
             );
         }
+    }
+
+    #[test]
+    fn an_order_survives_the_log_and_a_bad_one_is_an_error() {
+        let identity = parse_client_id("acme.m-42").unwrap();
+        let order = RegisterOrder {
+            ts: 1_764_000_000_000,
+            action: meterflow_model::OrderAction::Exchange {
+                final_reg: Some(5_000_180),
+                initial_reg: 2_500,
+            },
+            decision: meterflow_model::Decision {
+                by: "field crew 4".into(),
+                why: "work order 7781".into(),
+                at_ms: 1_764_000_000_500,
+            },
+            exception: None,
+        };
+        let value = serde_json::to_vec(&order).unwrap();
+        let headers = order_headers(7);
+        let back = decode_from(key(&identity).as_bytes(), &value, &headers).unwrap();
+        assert_eq!(back.order.as_deref(), Some(&order));
+        assert!(back.payload.is_empty());
+        assert_eq!(back.received_at, 7);
+        assert!(matches!(
+            decode_from(key(&identity).as_bytes(), b"{\"ts\": 1}", &headers),
+            Err(RecordError::Order(_))
+        ));
+        let huge = vec![b' '; MAX_ORDER_BYTES + 1];
+        assert!(matches!(
+            decode_from(key(&identity).as_bytes(), &huge, &headers),
+            Err(RecordError::Order(_))
+        ));
     }
 
     #[test]

@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use meterflow_model::codec::binary::{decode_record, encode_record};
 use meterflow_model::vee::MAX_WINDOW_READS;
 use meterflow_model::{
-    BillLine, MeterKey, MeterState, Quality, Reading, Reject, StoredReading, Uplink, codec, mac,
+    BillLine, Decision, ExceptionState, MeterKey, MeterState, OrderAction, Quality, Reading,
+    RegisterOrder, Reject, StoredReading, Uplink, codec, mac,
 };
 use meterflow_processors::ProcessorChain;
 use proptest::prelude::*;
@@ -633,4 +634,88 @@ fn a_forgotten_meter_is_hydrated_again_and_others_are_kept() {
         "read from the store again"
     );
     assert_eq!(shard.offer(&m2, &json(2, 1), 2), 0, "still cached");
+}
+
+/// An operator's order about `meter`'s register at `ts`, offered at `ms` (hydrating a
+/// never-seen meter with the default state when asked).
+fn order(shard: &mut Harness, meter: &MeterKey, ts: i64, action: OrderAction, ms: u64) -> Step {
+    let now = shard.at(ms);
+    let order = RegisterOrder {
+        ts,
+        action,
+        decision: Decision {
+            by: "ana".into(),
+            why: "test".into(),
+            at_ms: now.wall_ms,
+        },
+        exception: None,
+    };
+    let arrival = Arrival {
+        identity: meter,
+        topic: b"",
+        payload: b"",
+        refused: None,
+        received_at: now.wall_ms,
+        received: now.instant,
+        order: Some(&order),
+    };
+    loop {
+        match shard.core.admit(&arrival, now.instant) {
+            Step::NeedsState(key) => {
+                shard
+                    .core
+                    .hydrated(key, MeterState::default(), WindowRows::default())
+            }
+            step => return step,
+        }
+    }
+}
+
+#[test]
+fn an_order_joins_the_batch_only_when_vee_can_follow_it() {
+    let mut shard = Harness::new(1_000);
+    let m1 = key("plain.m1");
+    // A meter that never sent a read has nothing to decide, but takes an exchange.
+    let refused = order(&mut shard, &m1, T0_MS, OrderAction::Reject, 0);
+    assert!(
+        matches!(&refused, Step::Refused(why) if why.contains("no read")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        order(
+            &mut shard,
+            &m1,
+            T0_MS,
+            OrderAction::Exchange {
+                final_reg: None,
+                initial_reg: 0
+            },
+            0
+        ),
+        Step::Taken
+    );
+    let unknown = key("nobody.m1");
+    assert!(matches!(
+        order(&mut shard, &unknown, T0_MS, OrderAction::Reject, 0),
+        Step::Refused(_)
+    ));
+    // Once its reads are in the window (VEE ran on them at a seal), a read order is
+    // taken, and sealed with the batch for VEE.
+    shard.offer(&m1, &hourly_json(1, &[(2, 1_000), (1, 900_000)]), 1);
+    shard.seal(1);
+    assert_eq!(
+        order(&mut shard, &m1, T0_MS - 3_600_000, OrderAction::Accept, 2),
+        Step::Taken
+    );
+    let sealed = shard.seal(3);
+    let meter = &sealed.batch.meters[0];
+    assert!(meter.orders.is_empty(), "VEE took them into the state");
+    assert_eq!(meter.state.vee.orders.len(), 2);
+    let accepted = sealed
+        .outputs
+        .exceptions
+        .iter()
+        .find(|e| e.ts == T0_MS - 3_600_000)
+        .expect("the decided exception");
+    assert_eq!(accepted.state, ExceptionState::Accepted);
 }

@@ -15,7 +15,7 @@ use meterflow_model::{MeterKey, MeterState};
 use meterflow_processors::ProcessorChain;
 use meterflow_storage::{ReadingStore, StoreError};
 use metrics::Gauge;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::core::{Now, ShardCore, Step, WINDOW_ROWS_PAGE, WindowRows};
 use super::{ShardSettings, SinkItem};
@@ -127,6 +127,7 @@ impl ShardWorker {
                     self.core.hydrated(key, state, rows);
                 }
                 Step::Refused(why) => {
+                    warn!(meter = %inbound.identity, %why, "operator order refused");
                     inbound.completion.refuse(why);
                     return;
                 }

@@ -10,6 +10,8 @@ mod csv;
 mod distributed;
 #[cfg(feature = "kafka")]
 mod distributed_events;
+#[cfg(feature = "kafka")]
+mod distributed_orders;
 mod e2e;
 mod endpoint;
 mod exceptions;

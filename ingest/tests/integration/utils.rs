@@ -604,6 +604,31 @@ fn answer(mut response: ureq::http::Response<ureq::Body>) -> Answer {
     }
 }
 
+/// Asks `path` of `service` until `ready` holds for its JSON answer (200), for at
+/// most `within`: derived data lands a flush or a log hop after the ack.
+pub(crate) async fn json_where(
+    service: &Meterflow,
+    path: &str,
+    within: Duration,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let (status, body) = service.get(path);
+        if status == 200 {
+            let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+            if ready(&answer) {
+                return answer;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "GET {path} never got there: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Starts meterflow on fresh ports with `toml` as its config file (data beside it) and
 /// `extra` arguments.
 /// Stops a service [`start_configured`] in `dir` (SIGTERM) and starts it again on the

@@ -7,12 +7,12 @@
 //! Time is values: two fixed UTC days (the default tariff's zone), kept open for the
 //! test by day and hour retentions longer than their age.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use meterflow_model::{Reading, Uplink};
 use serde_json::{Value, json};
 
-use crate::utils::{send_and_wait_for_ack, start_configured};
+use crate::utils::{json_where, send_and_wait_for_ack, start_configured};
 
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 24 * HOUR_MS;
@@ -72,27 +72,8 @@ fn uplinks(lph: impl Fn(u64) -> u64) -> Vec<Uplink> {
         .collect()
 }
 
-/// Asks `path` until `ready` holds for its JSON answer (flushes run every second).
-async fn balance_where(
-    service: &crate::utils::Meterflow,
-    path: &str,
-    ready: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (status, body) = service.get(path);
-        assert_eq!(status, 200, "GET {path}: {body}");
-        let answer: Value = serde_json::from_str(&body).unwrap();
-        if ready(&answer) {
-            return answer;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "GET {path} never got there: {answer}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
+/// Flushes run every second: the balance has its figures within this.
+const FLUSHED_WITHIN: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn water_balance_of_a_bulk_meter_is_the_customers_sum_plus_the_leak() {
@@ -128,7 +109,7 @@ async fn water_balance_of_a_bulk_meter_is_the_customers_sum_plus_the_leak() {
         "/api/v1/tenants/demo/districts/harbour/balance?resolution=day&from={DAY0}&to={}",
         DAY0 + 2 * DAY_MS
     );
-    let days = balance_where(&service, &days_path, |b| {
+    let days = json_where(&service, &days_path, FLUSHED_WITHIN, |b| {
         b["windows"].as_array().is_some_and(|w| {
             w.len() == 2 && w[1]["inflow_l"] == 11_536 && w[1]["consumption_l"] == 8_080
         })
@@ -175,7 +156,7 @@ async fn water_balance_of_a_bulk_meter_is_the_customers_sum_plus_the_leak() {
         )
     };
     let has_inflow = |b: &Value| b["windows"][0]["inflow_l"].is_u64();
-    let night = balance_where(&service, &hours_path(2), has_inflow).await;
+    let night = json_where(&service, &hours_path(2), FLUSHED_WITHIN, has_inflow).await;
     assert_eq!(
         night,
         json!({
@@ -185,7 +166,7 @@ async fn water_balance_of_a_bulk_meter_is_the_customers_sum_plus_the_leak() {
                          "nrw_l": 120, "nrw_pct": 38.71, "night_flow_lph": null}],
         })
     );
-    let morning = balance_where(&service, &hours_path(31), has_inflow).await;
+    let morning = json_where(&service, &hours_path(31), FLUSHED_WITHIN, has_inflow).await;
     assert_eq!(
         morning["windows"],
         json!([{"start": DAY0 + 31 * HOUR_MS, "inflow_l": 764, "consumption_l": 620,
