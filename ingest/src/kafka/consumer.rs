@@ -15,15 +15,26 @@
 //!   polling; memory stays bounded by the shard queues, and lag grows in the log.
 //! - **Lag**: librdkafka's statistics give each owned partition's consumer lag;
 //!   their sum is `meterflow_consumer_lag`, the autoscaling signal.
+//! - **Membership watchdog**: after the brokers come back from an outage, a member
+//!   can stay out of its group for good (its session timed out while the
+//!   coordinator was away, and the rejoin request waits on a coordinator connection
+//!   that never comes up again: seen here with librdkafka 2.12 under load, every
+//!   partition given up and none assigned again). The statistics say whether the
+//!   member's join state is `steady`; when it has not been for
+//!   [`membership_patience`], the thread replaces the consumer with a new one that
+//!   joins the group afresh (the old one is closed on a thread of its own, since
+//!   closing talks to the coordinator too). Counted in
+//!   `meterflow_log_consumer_rejoins_total`.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 use metrics::{Counter, Gauge};
+use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::statistics::Statistics;
@@ -40,6 +51,15 @@ use crate::endpoint::outbox::Completion;
 
 /// How long one poll waits for a record.
 const POLL: Duration = Duration::from_millis(100);
+/// Least time a member may spend out of a steady group membership before it is
+/// replaced (a join, a sync and a drain of given-up partitions take less).
+const MIN_MEMBERSHIP_PATIENCE: Duration = Duration::from_secs(60);
+
+/// How long the membership watchdog waits for a steady membership: a minute, or
+/// three rebalance drains when those are longer.
+fn membership_patience(drain: Duration) -> Duration {
+    MIN_MEMBERSHIP_PATIENCE.max(drain * 3)
+}
 
 /// The running feed.
 pub struct LogConsumer {
@@ -48,8 +68,13 @@ pub struct LogConsumer {
     finish: Sender<()>,
 }
 
-/// What the consumer's callbacks (rebalance, statistics) and the feed loop share.
+/// What the consumer's callbacks (rebalance, statistics) and the feed loop share. A
+/// replacement consumer (membership watchdog) gets a clone: the same book, shards
+/// and metrics.
+#[derive(Clone)]
 struct Feed {
+    /// What the statistics last said of the member's group membership.
+    membership: Arc<Mutex<Membership>>,
     book: Arc<OffsetBook>,
     router: ShardRouter,
     topic: String,
@@ -66,6 +91,7 @@ impl LogConsumer {
     pub async fn start(config: &KafkaConfig, router: ShardRouter) -> anyhow::Result<LogConsumer> {
         topic::ensure(config, &config.topic).await?;
         let feed = Feed {
+            membership: Arc::new(Mutex::new(Membership::new(Instant::now()))),
             book: Arc::new(OffsetBook::default()),
             router,
             topic: config.topic.clone(),
@@ -76,15 +102,21 @@ impl LogConsumer {
             lag: metrics::gauge!("meterflow_consumer_lag"),
             owned: metrics::gauge!("meterflow_log_partitions_owned"),
         };
-        let consumer: BaseConsumer<Feed> = topic::client_config(config)
+        let mut client = topic::client_config(config);
+        client
             .set("group.id", &config.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("statistics.interval.ms", "5000")
-            .create_with_context(feed)?;
-        consumer.subscribe(&[&config.topic])?;
+            .set("statistics.interval.ms", "5000");
+        let member = Member {
+            client,
+            topic: config.topic.clone(),
+            feed,
+            rejoins: metrics::counter!("meterflow_log_consumer_rejoins_total"),
+        };
+        let consumer = member.join()?;
         let stop = Arc::new(AtomicBool::new(false));
         let (finish, finished) = bounded(1);
         let commit_every = Duration::from_millis(config.commit_interval_ms);
@@ -92,7 +124,7 @@ impl LogConsumer {
         let stopping = stop.clone();
         let thread = thread::Builder::new()
             .name("log-consumer".into())
-            .spawn(move || run(consumer, runtime, stopping, finished, commit_every))?;
+            .spawn(move || run(member, consumer, runtime, stopping, finished, commit_every))?;
         Ok(LogConsumer {
             thread,
             stop,
@@ -113,16 +145,102 @@ impl LogConsumer {
     }
 }
 
+/// When the statistics last came, and last showed the member steady in its group
+/// (or holding partitions).
+#[derive(Clone, Copy, Debug)]
+struct Membership {
+    stats_at: Instant,
+    steady_at: Instant,
+}
+
+/// Statistics come every 5 s; ones older than this mean the thread was not polling
+/// (blocked handing uplinks to full shard queues), which says nothing of the group.
+const FRESH_STATS: Duration = Duration::from_secs(15);
+
+impl Membership {
+    fn new(now: Instant) -> Self {
+        Self {
+            stats_at: now,
+            steady_at: now,
+        }
+    }
+
+    /// New statistics at `now`.
+    fn observed(&mut self, now: Instant, steady: bool) {
+        self.stats_at = now;
+        if steady {
+            self.steady_at = now;
+        }
+    }
+
+    /// Whether the member has been out of a steady membership for `patience` by the
+    /// statistics the thread has kept reading.
+    fn stuck(&self, now: Instant, patience: Duration) -> bool {
+        now.duration_since(self.stats_at) < FRESH_STATS
+            && now.duration_since(self.steady_at) >= patience
+    }
+}
+
+/// How to make (and remake) this processor's group member.
+struct Member {
+    client: ClientConfig,
+    topic: String,
+    feed: Feed,
+    rejoins: Counter,
+}
+
+impl Member {
+    /// A new consumer subscribed to the uplink topic, sharing the feed's book and
+    /// shards.
+    fn join(&self) -> anyhow::Result<BaseConsumer<Feed>> {
+        let feed = self.feed.clone();
+        *feed.membership() = Membership::new(Instant::now());
+        let consumer: BaseConsumer<Feed> = self.client.create_with_context(feed)?;
+        consumer.subscribe(&[&self.topic])?;
+        Ok(consumer)
+    }
+
+    /// Replaces `consumer` when its membership has not been steady for the
+    /// watchdog's patience (see the module doc).
+    fn watch(&self, consumer: &mut BaseConsumer<Feed>) {
+        let now = Instant::now();
+        let membership = *self.feed.membership();
+        if !membership.stuck(now, membership_patience(self.feed.drain)) {
+            return;
+        }
+        warn!(
+            out_for_s = now.duration_since(membership.steady_at).as_secs(),
+            "log consumer out of its group with nothing assigned; joining again with a new consumer"
+        );
+        self.rejoins.increment(1);
+        match self.join() {
+            Ok(fresh) => {
+                let old = std::mem::replace(consumer, fresh);
+                // Closing asks the coordinator too; it must not hold up the feed.
+                let _ = thread::Builder::new()
+                    .name("log-consumer-close".into())
+                    .spawn(move || drop(old));
+            }
+            Err(error) => {
+                warn!(%error, "could not make a new log consumer; trying again later");
+                *self.feed.membership() = Membership::new(now);
+            }
+        }
+    }
+}
+
 fn run(
-    consumer: BaseConsumer<Feed>,
+    member: Member,
+    mut consumer: BaseConsumer<Feed>,
     runtime: Handle,
     stop: Arc<AtomicBool>,
     finish: Receiver<()>,
     commit_every: Duration,
 ) {
-    let feed = consumer.context();
+    let feed = member.feed.clone();
     let mut last_commit = Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        member.watch(&mut consumer);
         let fed = match consumer.poll(POLL) {
             Some(Ok(message)) => feed.dispatch(&message, &runtime),
             Some(Err(error)) => {
@@ -150,6 +268,12 @@ fn run(
 }
 
 impl Feed {
+    fn membership(&self) -> std::sync::MutexGuard<'_, Membership> {
+        self.membership
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Hands one record to its meter's shard; false once the pipeline is closed.
     fn dispatch(&self, message: &BorrowedMessage<'_>, runtime: &Handle) -> bool {
         let (partition, offset) = (message.partition(), message.offset());
@@ -230,6 +354,12 @@ impl Feed {
 
 impl ClientContext for Feed {
     fn stats(&self, statistics: Statistics) {
+        // A member that holds partitions, or is steady in its group, is fine.
+        let steady = statistics
+            .cgrp
+            .as_ref()
+            .is_some_and(|group| group.join_state == "steady" || group.assignment_size > 0);
+        self.membership().observed(Instant::now(), steady);
         let lag: i64 = statistics
             .topics
             .get(&self.topic)
@@ -295,5 +425,36 @@ fn commit(
     }
     if let Err(error) = consumer.commit(&list, mode) {
         warn!(%error, "committing offsets failed; a later commit covers them");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_member_is_stuck_only_when_fresh_statistics_keep_showing_it_out() {
+        let t0 = Instant::now();
+        let patience = membership_patience(Duration::from_secs(20));
+        assert_eq!(patience, Duration::from_secs(60));
+        assert_eq!(
+            membership_patience(Duration::from_secs(30)),
+            Duration::from_secs(90)
+        );
+        let mut member = Membership::new(t0);
+        let at = |s| t0 + Duration::from_secs(s);
+        for s in (5..=55).step_by(5) {
+            member.observed(at(s), false);
+            assert!(!member.stuck(at(s), patience), "out for {s} s only");
+        }
+        member.observed(at(60), false);
+        assert!(member.stuck(at(60), patience));
+        // Steady again: fine.
+        member.observed(at(65), true);
+        assert!(!member.stuck(at(65), patience));
+        // The thread stopped polling (blocked on full shard queues): stale
+        // statistics say nothing, however long it has been.
+        let quiet = Membership::new(t0);
+        assert!(!quiet.stuck(at(300), patience));
     }
 }
