@@ -395,13 +395,7 @@ fn take_orders(
             if let (OrderAction::Reject, Some(exception)) = (&order.action, order.exception) {
                 notes.push(Note {
                     read: RawRead {
-                        reading: Reading {
-                            ts: order.ts,
-                            reg: exception.reg,
-                            rev: 0,
-                            flow: 0,
-                            temp: None,
-                        },
+                        reading: register_at(order.ts, exception.reg),
                         seq: 0,
                         received_at: exception.received_at,
                     },
@@ -674,6 +668,18 @@ fn validated(read: &RawRead, creg: u64) -> ValidatedRead {
     }
 }
 
+/// A register value at a time and nothing else: an operator's figure (a work order's
+/// read, a decided exception), not a meter's message.
+fn register_at(ts: i64, reg: u64) -> Reading {
+    Reading {
+        ts,
+        reg,
+        rev: 0,
+        flow: 0,
+        temp: None,
+    }
+}
+
 /// Why a read that is neither growth nor a rollover from `base` is suspect.
 fn deviation(base: &Reading, read: &Reading) -> ExceptionReason {
     if read.reg < base.reg {
@@ -827,25 +833,13 @@ impl<'a> Pass<'a> {
     fn exchange_at(&mut self, at: i64, final_reg: Option<u64>, initial_reg: u64) {
         self.fold.candidate = None;
         let at_reg = |from: &ValidatedRead, reg: u64, creg: u64| ValidatedRead {
-            reading: Reading {
-                ts: at,
-                reg,
-                rev: 0,
-                flow: 0,
-                temp: None,
-            },
+            reading: register_at(at, reg),
             creg,
             ..*from
         };
         let Some(base) = self.fold.base else {
             self.fold.base = Some(ValidatedRead {
-                reading: Reading {
-                    ts: at,
-                    reg: initial_reg,
-                    rev: 0,
-                    flow: 0,
-                    temp: None,
-                },
+                reading: register_at(at, initial_reg),
                 creg: initial_reg,
                 seq: 0,
                 received_at: at,

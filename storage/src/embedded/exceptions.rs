@@ -14,25 +14,18 @@ use fjall::OwnedWriteBatch as WriteBatch;
 use meterflow_model::codec::binary::{decode_record, encode_record};
 use meterflow_model::{ExceptionState, ReadException};
 
-use super::{EXCEPTIONS, EmbeddedStore, MAX_PREALLOCATED_ROWS, keys};
+use super::{EXCEPTIONS, EmbeddedStore, MAX_PREALLOCATED_ROWS, keep_last_per_key, keys};
 use crate::StoreError;
 
 /// Most rows one list call looks through (on top of the `limit` it returns): a bound
 /// on what one request reads when few rows match its state.
 pub(crate) const MAX_SCANNED_EXCEPTIONS: usize = 100_000;
 
-fn exception_key(tenant: &str, meter: &str, ts: i64) -> Vec<u8> {
-    let mut out = keys::dead_letters_prefix(tenant);
-    out.extend_from_slice(meter.as_bytes());
-    out.push(0);
-    out.extend_from_slice(&keys::ordered_ts(ts));
-    out
-}
-
 impl EmbeddedStore {
     /// Adds the exceptions of `exceptions` to `batch` (the later of two for one read
     /// wins); the caller holds [`Self::lock_writer`] until it commits.
     pub(super) fn stage_exceptions(&self, batch: &mut WriteBatch, exceptions: &[ReadException]) {
+        let mut rows = Vec::with_capacity(exceptions.len());
         for exception in exceptions {
             if !keys::is_storable(&exception.tenant) || !keys::is_storable(&exception.meter) {
                 tracing::warn!(
@@ -42,7 +35,11 @@ impl EmbeddedStore {
                 );
                 continue;
             }
-            let key = exception_key(&exception.tenant, &exception.meter, exception.ts);
+            let key = keys::exception_key(&exception.tenant, &exception.meter, exception.ts);
+            rows.push((key, exception));
+        }
+        keep_last_per_key(&mut rows);
+        for (key, exception) in rows {
             batch.insert(&self.exceptions, key, encode_record(exception));
         }
     }
@@ -58,7 +55,7 @@ impl EmbeddedStore {
             return Ok(Vec::new());
         }
         let mut out = Vec::with_capacity(limit.min(MAX_PREALLOCATED_ROWS));
-        let rows = self.exceptions.prefix(keys::dead_letters_prefix(tenant));
+        let rows = self.exceptions.prefix(keys::exceptions_prefix(tenant));
         for entry in rows.take(MAX_SCANNED_EXCEPTIONS) {
             let (key, value) = entry
                 .into_inner()
@@ -86,7 +83,7 @@ impl EmbeddedStore {
         if !keys::is_storable(tenant) || !keys::is_storable(meter) {
             return Ok(None);
         }
-        let key = exception_key(tenant, meter, ts);
+        let key = keys::exception_key(tenant, meter, ts);
         let Some(value) = self
             .exceptions
             .get(&key)

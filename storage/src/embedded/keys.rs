@@ -115,6 +115,21 @@ pub(crate) fn alerts_prefix(tenant: &str) -> Vec<u8> {
     dead_letters_prefix(tenant)
 }
 
+/// `tenant 0x00` — the prefix of every `exceptions` key of one tenant.
+pub(crate) fn exceptions_prefix(tenant: &str) -> Vec<u8> {
+    dead_letters_prefix(tenant)
+}
+
+/// `tenant 0x00 meter 0x00 ts` — the `exceptions` key of one read's exception.
+pub(crate) fn exception_key(tenant: &str, meter: &str, ts: i64) -> Vec<u8> {
+    let mut out = exceptions_prefix(tenant);
+    out.reserve(meter.len() + 1 + U64_LEN);
+    out.extend_from_slice(meter.as_bytes());
+    out.push(SEPARATOR);
+    out.extend_from_slice(&ordered_ts(ts));
+    out
+}
+
 /// `tenant 0x00 opened_at meter 0x00 kind` — the `alerts` key of one episode
 /// (`kind` is [`meterflow_model::alert::AlertKind::name`]).
 pub(crate) fn alert_key(tenant: &str, opened_at: i64, meter: &str, kind: &str) -> Vec<u8> {

@@ -10,6 +10,8 @@
 //! A tenant's exceptions are one partition in (meter, ts) order; a list filtered by
 //! state pages through it, at most [`MAX_SCANNED_EXCEPTIONS`] rows a call.
 
+use std::collections::BTreeMap;
+
 use ::scylla::client::session::Session;
 use ::scylla::statement::prepared::PreparedStatement;
 use ::scylla::value::CqlTimestamp;
@@ -144,17 +146,12 @@ impl Core {
         &self,
         exceptions: &[ReadException],
     ) -> Result<(), StoreError> {
-        let mut latest: Vec<&ReadException> = Vec::with_capacity(exceptions.len());
-        for e in exceptions.iter().rev() {
-            if !latest
-                .iter()
-                .any(|kept| (&kept.tenant, &kept.meter, kept.ts) == (&e.tenant, &e.meter, e.ts))
-            {
-                latest.push(e);
-            }
-        }
+        let latest: BTreeMap<(&str, &str, i64), &ReadException> = exceptions
+            .iter()
+            .map(|e| ((e.tenant.as_str(), e.meter.as_str(), e.ts), e))
+            .collect();
         let statements: FuturesUnordered<UnitFuture<'_>> = FuturesUnordered::new();
-        for e in latest {
+        for e in latest.into_values() {
             statements.push(Box::pin(self.execute(
                 "writing exceptions failed",
                 &self.statements.exceptions.insert,
