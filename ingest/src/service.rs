@@ -139,9 +139,7 @@ impl Service {
         };
         #[cfg(feature = "kafka")]
         let producer = match config.mode.appends_to_log() {
-            true => Some(Arc::new(
-                crate::kafka::producer::LogProducer::connect(&config.kafka).await?,
-            )),
+            true => Some(crate::kafka::producer::LogProducer::connect(&config.kafka).await?),
             false => None,
         };
         let endpoint = if config.mode.runs_endpoint() {

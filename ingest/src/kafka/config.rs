@@ -109,6 +109,12 @@ pub struct KafkaConfig {
     /// When a processor gives up partitions (rebalance), how long it waits for their
     /// uplinks in flight to become durable before it commits and lets them go.
     pub rebalance_drain_s: u64,
+    /// How long a log client may stay stalled before it is replaced by a fresh one:
+    /// an endpoint's producer holding uplinks and appending none, a processor's
+    /// consumer out of its group with nothing assigned (for the consumer, at least
+    /// three `rebalance_drain_s`). After a broker outage librdkafka can leave a client
+    /// waiting for good on a connection that never comes up again.
+    pub stall_patience_s: u64,
     /// Further librdkafka settings, passed through as they are — TLS and SASL for
     /// example (`security.protocol`, `ssl.ca.location`, `sasl.mechanism`,
     /// `sasl.username`, `sasl.password`). Values are never logged.
@@ -128,6 +134,7 @@ impl Default for KafkaConfig {
             delivery_timeout_ms: 30_000,
             commit_interval_ms: 1_000,
             rebalance_drain_s: 30,
+            stall_patience_s: 60,
             properties: BTreeMap::new(),
         }
     }
@@ -175,6 +182,9 @@ impl KafkaConfig {
         }
         if self.group_id.trim().is_empty() {
             errors.push("kafka.group_id: must not be empty".to_string());
+        }
+        if self.stall_patience_s == 0 {
+            errors.push("kafka.stall_patience_s: at least 1".to_string());
         }
         if self.max_in_flight == 0 {
             errors.push("kafka.max_in_flight: at least 1".to_string());

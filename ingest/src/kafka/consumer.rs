@@ -15,20 +15,20 @@
 //!   polling; memory stays bounded by the shard queues, and lag grows in the log.
 //! - **Lag**: librdkafka's statistics give each owned partition's consumer lag;
 //!   their sum is `meterflow_consumer_lag`, the autoscaling signal.
-//! - **Membership watchdog**: after the brokers come back from an outage, a member
-//!   can stay out of its group for good (its session timed out while the
-//!   coordinator was away, and the rejoin request waits on a coordinator connection
-//!   that never comes up again: seen here with librdkafka 2.12 under load, every
-//!   partition given up and none assigned again). The statistics say whether the
-//!   member's join state is `steady`; when it has not been for
+//! - **Membership watchdog** ([`super::stall`]): after the brokers come back from an
+//!   outage, a member can stay out of its group for good (its session timed out
+//!   while the coordinator was away, and the rejoin request waits on a coordinator
+//!   connection that never comes up again: seen here with librdkafka 2.12 under
+//!   load, every partition given up and none assigned again). The statistics say
+//!   whether the member's join state is `steady`; when it has not been for
 //!   [`membership_patience`], the thread replaces the consumer with a new one that
 //!   joins the group afresh (the old one is closed on a thread of its own, since
 //!   closing talks to the coordinator too). Counted in
 //!   `meterflow_log_consumer_rejoins_total`.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -44,6 +44,7 @@ use tracing::{error, info, warn};
 
 use super::config::KafkaConfig;
 use super::offsets::{LogPosition, OffsetBook, Partition, Position};
+use super::stall::{STATS_INTERVAL_MS, SharedWatch};
 use super::{partition_of, record, topic};
 use crate::clock::now_ms;
 use crate::endpoint::handoff::{Inbound, ShardRouter};
@@ -51,14 +52,11 @@ use crate::endpoint::outbox::Completion;
 
 /// How long one poll waits for a record.
 const POLL: Duration = Duration::from_millis(100);
-/// Least time a member may spend out of a steady group membership before it is
-/// replaced (a join, a sync and a drain of given-up partitions take less).
-const MIN_MEMBERSHIP_PATIENCE: Duration = Duration::from_secs(60);
-
-/// How long the membership watchdog waits for a steady membership: a minute, or
-/// three rebalance drains when those are longer.
-fn membership_patience(drain: Duration) -> Duration {
-    MIN_MEMBERSHIP_PATIENCE.max(drain * 3)
+/// How long the membership watchdog waits for a steady membership:
+/// `kafka.stall_patience_s`, or three rebalance drains when those are longer (a join,
+/// a sync and a drain of given-up partitions must fit).
+fn membership_patience(stall_patience: Duration, drain: Duration) -> Duration {
+    stall_patience.max(drain * 3)
 }
 
 /// The running feed.
@@ -74,12 +72,14 @@ pub struct LogConsumer {
 #[derive(Clone)]
 struct Feed {
     /// What the statistics last said of the member's group membership.
-    membership: Arc<Mutex<Membership>>,
+    membership: SharedWatch,
     book: Arc<OffsetBook>,
     router: ShardRouter,
     topic: String,
     partitions: u32,
     drain: Duration,
+    /// How long the member may stay out of its group ([`membership_patience`]).
+    patience: Duration,
     consumed: Counter,
     unreadable: Counter,
     lag: Gauge,
@@ -91,12 +91,16 @@ impl LogConsumer {
     pub async fn start(config: &KafkaConfig, router: ShardRouter) -> anyhow::Result<LogConsumer> {
         topic::ensure(config, &config.topic).await?;
         let feed = Feed {
-            membership: Arc::new(Mutex::new(Membership::new(Instant::now()))),
+            membership: SharedWatch::new(),
             book: Arc::new(OffsetBook::default()),
             router,
             topic: config.topic.clone(),
             partitions: config.partitions,
             drain: Duration::from_secs(config.rebalance_drain_s),
+            patience: membership_patience(
+                Duration::from_secs(config.stall_patience_s),
+                Duration::from_secs(config.rebalance_drain_s),
+            ),
             consumed: metrics::counter!("meterflow_log_consumed_total"),
             unreadable: metrics::counter!("meterflow_log_unreadable_total"),
             lag: metrics::gauge!("meterflow_consumer_lag"),
@@ -109,7 +113,7 @@ impl LogConsumer {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("statistics.interval.ms", "5000");
+            .set("statistics.interval.ms", STATS_INTERVAL_MS);
         let member = Member {
             client,
             topic: config.topic.clone(),
@@ -145,42 +149,6 @@ impl LogConsumer {
     }
 }
 
-/// When the statistics last came, and last showed the member steady in its group
-/// (or holding partitions).
-#[derive(Clone, Copy, Debug)]
-struct Membership {
-    stats_at: Instant,
-    steady_at: Instant,
-}
-
-/// Statistics come every 5 s; ones older than this mean the thread was not polling
-/// (blocked handing uplinks to full shard queues), which says nothing of the group.
-const FRESH_STATS: Duration = Duration::from_secs(15);
-
-impl Membership {
-    fn new(now: Instant) -> Self {
-        Self {
-            stats_at: now,
-            steady_at: now,
-        }
-    }
-
-    /// New statistics at `now`.
-    fn observed(&mut self, now: Instant, steady: bool) {
-        self.stats_at = now;
-        if steady {
-            self.steady_at = now;
-        }
-    }
-
-    /// Whether the member has been out of a steady membership for `patience` by the
-    /// statistics the thread has kept reading.
-    fn stuck(&self, now: Instant, patience: Duration) -> bool {
-        now.duration_since(self.stats_at) < FRESH_STATS
-            && now.duration_since(self.steady_at) >= patience
-    }
-}
-
 /// How to make (and remake) this processor's group member.
 struct Member {
     client: ClientConfig,
@@ -194,7 +162,7 @@ impl Member {
     /// shards.
     fn join(&self) -> anyhow::Result<BaseConsumer<Feed>> {
         let feed = self.feed.clone();
-        *feed.membership() = Membership::new(Instant::now());
+        feed.membership.restart();
         let consumer: BaseConsumer<Feed> = self.client.create_with_context(feed)?;
         consumer.subscribe(&[&self.topic])?;
         Ok(consumer)
@@ -204,12 +172,12 @@ impl Member {
     /// watchdog's patience (see the module doc).
     fn watch(&self, consumer: &mut BaseConsumer<Feed>) {
         let now = Instant::now();
-        let membership = *self.feed.membership();
-        if !membership.stuck(now, membership_patience(self.feed.drain)) {
+        let watch = *self.feed.membership.lock();
+        let Some(out_for) = watch.stalled_for(now, self.feed.patience) else {
             return;
-        }
+        };
         warn!(
-            out_for_s = now.duration_since(membership.steady_at).as_secs(),
+            out_for_s = out_for.as_secs(),
             "log consumer out of its group with nothing assigned; joining again with a new consumer"
         );
         self.rejoins.increment(1);
@@ -223,7 +191,7 @@ impl Member {
             }
             Err(error) => {
                 warn!(%error, "could not make a new log consumer; trying again later");
-                *self.feed.membership() = Membership::new(now);
+                self.feed.membership.restart();
             }
         }
     }
@@ -268,12 +236,6 @@ fn run(
 }
 
 impl Feed {
-    fn membership(&self) -> std::sync::MutexGuard<'_, Membership> {
-        self.membership
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Hands one record to its meter's shard; false once the pipeline is closed.
     fn dispatch(&self, message: &BorrowedMessage<'_>, runtime: &Handle) -> bool {
         let (partition, offset) = (message.partition(), message.offset());
@@ -359,7 +321,7 @@ impl ClientContext for Feed {
             .cgrp
             .as_ref()
             .is_some_and(|group| group.join_state == "steady" || group.assignment_size > 0);
-        self.membership().observed(Instant::now(), steady);
+        self.membership.lock().observed(Instant::now(), steady);
         let lag: i64 = statistics
             .topics
             .get(&self.topic)
@@ -433,28 +395,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_member_is_stuck_only_when_fresh_statistics_keep_showing_it_out() {
-        let t0 = Instant::now();
-        let patience = membership_patience(Duration::from_secs(20));
-        assert_eq!(patience, Duration::from_secs(60));
+    fn the_membership_patience_fits_three_drains() {
+        let minute = Duration::from_secs(60);
+        assert_eq!(membership_patience(minute, Duration::from_secs(20)), minute);
         assert_eq!(
-            membership_patience(Duration::from_secs(30)),
+            membership_patience(minute, Duration::from_secs(30)),
             Duration::from_secs(90)
         );
-        let mut member = Membership::new(t0);
-        let at = |s| t0 + Duration::from_secs(s);
-        for s in (5..=55).step_by(5) {
-            member.observed(at(s), false);
-            assert!(!member.stuck(at(s), patience), "out for {s} s only");
-        }
-        member.observed(at(60), false);
-        assert!(member.stuck(at(60), patience));
-        // Steady again: fine.
-        member.observed(at(65), true);
-        assert!(!member.stuck(at(65), patience));
-        // The thread stopped polling (blocked on full shard queues): stale
-        // statistics say nothing, however long it has been.
-        let quiet = Membership::new(t0);
-        assert!(!quiet.stuck(at(300), patience));
     }
 }

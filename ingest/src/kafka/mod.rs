@@ -10,7 +10,8 @@
 //! - with the `kafka` cargo feature (librdkafka through `rdkafka`): [`record`] (an
 //!   uplink, or an event, as a log record), [`topic`] (the topics checked or created at
 //!   start), [`producer`] (the endpoint's hand-off: PUBACK once the log has the uplink),
-//!   [`consumer`] (the processor's feed into the shards, rebalances, commits, lag) and
+//!   [`consumer`] (the processor's feed into the shards, rebalances, commits, lag),
+//!   [`stall`] (when a producer or consumer is replaced by a fresh one) and
 //!   [`events`] (the events topic: watermarks and alert events from processors to
 //!   endpoints).
 //!
@@ -34,6 +35,8 @@ pub mod offsets;
 pub mod producer;
 #[cfg(feature = "kafka")]
 pub mod record;
+#[cfg(feature = "kafka")]
+mod stall;
 #[cfg(feature = "kafka")]
 pub mod topic;
 

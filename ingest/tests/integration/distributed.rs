@@ -489,7 +489,7 @@ async fn while_kafka_is_down_nothing_is_acked_and_nothing_is_lost() {
         .lines()
         .map(|line| match line.starts_with("brokers = ") {
             true => format!(
-                "brokers = \"127.0.0.1:{}\"\ndelivery_timeout_ms = 3000\n",
+                "brokers = \"127.0.0.1:{}\"\ndelivery_timeout_ms = 3000\nstall_patience_s = 5\n",
                 kafka.port
             ),
             false => format!("{line}\n"),
@@ -526,6 +526,22 @@ async fn while_kafka_is_down_nothing_is_acked_and_nothing_is_lost() {
         "acked while Kafka was down"
     );
     assert!(stalled < 4_000, "the outage must land mid-run");
+    // The producer holds uplinks and appends none: past kafka.stall_patience_s the
+    // watchdog replaces it, and the new one is what delivers after the outage.
+    let replaced = || {
+        endpoint
+            .metrics()
+            .value("meterflow_log_producer_replacements_total")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while replaced() < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled producer was not replaced\n{}",
+            endpoint.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     kafka.script("start");
     let report = fleet.await.unwrap().unwrap();
