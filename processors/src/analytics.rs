@@ -50,9 +50,10 @@
 //!
 //! [`MeterBatch::corrections`]: meterflow_model::MeterBatch::corrections
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use foldhash::{HashMap, HashMapExt};
 use meterflow_model::analytics::{MeterAnalyticsState, NIGHT_HOURS};
 use meterflow_model::processing::AnalyticsSettings;
 use meterflow_model::time::{day_of, day_string};

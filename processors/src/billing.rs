@@ -605,7 +605,7 @@ fn bill_line(
     BillLine {
         tenant: terms.key.tenant.to_string(),
         meter: terms.key.meter.to_string(),
-        period: format!("{:04}-{:02}", period.year, period.month),
+        period: period_label(period.year, period.month),
         currency: terms.tariff.currency.clone(),
         usage_l,
         tiers,
@@ -616,10 +616,50 @@ fn bill_line(
     }
 }
 
+/// `YYYY-MM`, as `format!("{year:04}-{month:02}")` writes it — without the formatting
+/// machinery in the common case, a line per touched period of every meter of a batch.
+fn period_label(year: i16, month: u8) -> String {
+    match (u16::try_from(year), month) {
+        (Ok(year @ 0..=9999), 1..=12) => {
+            let digit = |n: u16| char::from(b'0' + (n % 10) as u8);
+            let month = u16::from(month);
+            [
+                digit(year / 1000),
+                digit(year / 100),
+                digit(year / 10),
+                digit(year),
+                '-',
+                digit(month / 10),
+                digit(month),
+            ]
+            .into_iter()
+            .collect()
+        }
+        _ => format!("{year:04}-{month:02}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn period_labels_are_what_format_writes() {
+        for (year, month) in [
+            (2026, 1),
+            (2026, 12),
+            (999, 7),
+            (0, 1),
+            (9999, 12),
+            (-1, 3),
+            (10_000, 5),
+            (2026, 0),
+            (2026, 13),
+        ] {
+            assert_eq!(period_label(year, month), format!("{year:04}-{month:02}"));
+        }
+    }
 
     #[test]
     fn tiers_fill_in_order() {

@@ -5,7 +5,7 @@
 //! Validation reports every problem at once (CONVENTIONS §6): the model's structural
 //! checks plus time zones, which only resolve here.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
 use meterflow_model::processing::{AnalyticsSettings, TenantProcessing};

@@ -27,8 +27,8 @@
 //! the core for the third. Sealing runs the processors, with everything their timer
 //! sweep produced since the last seal.
 
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
