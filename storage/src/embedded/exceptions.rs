@@ -11,10 +11,10 @@
 //! of its prefix, in (meter, ts) order.
 
 use fjall::OwnedWriteBatch as WriteBatch;
-use meterflow_model::codec::binary::{decode_record, encode_record};
+use meterflow_model::codec::binary::encode_record;
 use meterflow_model::{ExceptionState, ReadException};
 
-use super::{EXCEPTIONS, EmbeddedStore, MAX_PREALLOCATED_ROWS, keep_last_per_key, keys};
+use super::{EXCEPTIONS, EmbeddedStore, keep_last_per_key, keys};
 use crate::StoreError;
 
 /// Most rows one list call looks through (on top of the `limit` it returns): a bound
@@ -54,23 +54,14 @@ impl EmbeddedStore {
         if limit == 0 || !keys::is_storable(tenant) {
             return Ok(Vec::new());
         }
-        let mut out = Vec::with_capacity(limit.min(MAX_PREALLOCATED_ROWS));
         let rows = self.exceptions.prefix(keys::exceptions_prefix(tenant));
-        for entry in rows.take(MAX_SCANNED_EXCEPTIONS) {
-            let (key, value) = entry
-                .into_inner()
-                .map_err(|e| self.fjall_error("reading exceptions", e))?;
-            let exception: ReadException =
-                decode_record(&value).map_err(|e| self.corrupt_row(EXCEPTIONS, &key, e))?;
-            if state.is_some_and(|state| exception.state != state) {
-                continue;
-            }
-            out.push(exception);
-            if out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
+        self.collect_records(
+            rows.take(MAX_SCANNED_EXCEPTIONS),
+            EXCEPTIONS,
+            "reading exceptions",
+            limit,
+            |exception: &ReadException| state.is_none_or(|state| exception.state == state),
+        )
     }
 
     /// [`ReadingStore::exception`](crate::ReadingStore::exception).
@@ -84,15 +75,6 @@ impl EmbeddedStore {
             return Ok(None);
         }
         let key = keys::exception_key(tenant, meter, ts);
-        let Some(value) = self
-            .exceptions
-            .get(&key)
-            .map_err(|e| self.fjall_error("reading an exception", e))?
-        else {
-            return Ok(None);
-        };
-        decode_record(&value)
-            .map(Some)
-            .map_err(|e| self.corrupt_row(EXCEPTIONS, &key, e))
+        self.get_record(&self.exceptions, EXCEPTIONS, &key, "reading an exception")
     }
 }

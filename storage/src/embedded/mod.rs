@@ -116,7 +116,7 @@ use fjall::{
 use meterflow_model::alert::AlertEvent;
 use meterflow_model::analytics::DistrictUsage;
 use meterflow_model::billing::BillLine;
-use meterflow_model::codec::binary::{decode_record, encode_record};
+use meterflow_model::codec::binary::{Record, decode_record, encode_record};
 use meterflow_model::{
     DeadLetter, ExceptionState, MeterKey, MeterState, Outputs, ReadException, SealedBatch,
     StoredReading,
@@ -263,6 +263,47 @@ impl EmbeddedStore {
         ))
     }
 
+    /// The record at `key` of `keyspace` (the table named `table`), if there is one;
+    /// `doing` names the read in errors.
+    fn get_record<T: Record>(
+        &self,
+        keyspace: &Keyspace,
+        table: &str,
+        key: &[u8],
+        doing: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let Some(value) = keyspace.get(key).map_err(|e| self.fjall_error(doing, e))? else {
+            return Ok(None);
+        };
+        decode_record(&value)
+            .map(Some)
+            .map_err(|e| self.corrupt_row(table, key, e))
+    }
+
+    /// The records of a scan of `table` (`entries`) that `keep` passes, at most
+    /// `limit`; `doing` names the read in errors.
+    fn collect_records<T: Record>(
+        &self,
+        entries: impl Iterator<Item = fjall::Guard>,
+        table: &str,
+        doing: &str,
+        limit: usize,
+        keep: impl Fn(&T) -> bool,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::with_capacity(limit.min(MAX_PREALLOCATED_ROWS));
+        for entry in entries {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, value) = entry.into_inner().map_err(|e| self.fjall_error(doing, e))?;
+            let record = decode_record(&value).map_err(|e| self.corrupt_row(table, &key, e))?;
+            if keep(&record) {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+
     /// Adds the readings, meter states and dead letters of `batches` to `batch`; the
     /// caller holds [`Self::lock_writer`] until it commits (readings are merged into
     /// stored chunks, `readings.rs`).
@@ -342,16 +383,12 @@ impl ReadingStore for EmbeddedStore {
 
     fn meter_state(&self, key: &MeterKey) -> Result<Option<MeterState>, StoreError> {
         let state_key = keys::meter_state_key(key);
-        let Some(value) = self
-            .meter_state
-            .get(&state_key)
-            .map_err(|e| self.fjall_error("reading a meter state", e))?
-        else {
-            return Ok(None);
-        };
-        decode_record(&value)
-            .map(Some)
-            .map_err(|e| self.corrupt_row(METER_STATE, &state_key, e))
+        self.get_record(
+            &self.meter_state,
+            METER_STATE,
+            &state_key,
+            "reading a meter state",
+        )
     }
 
     fn readings(

@@ -43,9 +43,7 @@ use meterflow_model::analytics::{DistrictUsage, Resolution};
 use meterflow_model::billing::BillLine;
 use meterflow_model::codec::binary::{decode_record, encode_record};
 
-use super::{
-    ALERTS, BILLS, DISTRICT_HOURLY, EmbeddedStore, MAX_PREALLOCATED_ROWS, keep_last_per_key, keys,
-};
+use super::{ALERTS, BILLS, DISTRICT_HOURLY, EmbeddedStore, keep_last_per_key, keys};
 use crate::StoreError;
 
 /// Whether outputs hold anything this store keeps.
@@ -199,16 +197,7 @@ impl EmbeddedStore {
             return Ok(None);
         }
         let key = keys::bill_key(tenant, period, meter);
-        let Some(value) = self
-            .bills
-            .get(&key)
-            .map_err(|e| self.fjall_error("reading a bill", e))?
-        else {
-            return Ok(None);
-        };
-        decode_record(&value)
-            .map(Some)
-            .map_err(|e| self.corrupt_row(BILLS, &key, e))
+        self.get_record(&self.bills, BILLS, &key, "reading a bill")
     }
 
     /// [`ReadingStore::alerts`](crate::ReadingStore::alerts): a reverse scan over the tenant's episodes.
@@ -221,22 +210,13 @@ impl EmbeddedStore {
         if limit == 0 || !keys::is_storable(tenant) {
             return Ok(Vec::new());
         }
-        let mut out = Vec::with_capacity(limit.min(MAX_PREALLOCATED_ROWS));
-        for entry in self.alerts.prefix(keys::alerts_prefix(tenant)).rev() {
-            let (key, value) = entry
-                .into_inner()
-                .map_err(|e| self.fjall_error("reading alerts", e))?;
-            let event: AlertEvent =
-                decode_record(&value).map_err(|e| self.corrupt_row(ALERTS, &key, e))?;
-            if open_only && event.state == EpisodeState::Cleared {
-                continue;
-            }
-            out.push(event);
-            if out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
+        self.collect_records(
+            self.alerts.prefix(keys::alerts_prefix(tenant)).rev(),
+            ALERTS,
+            "reading alerts",
+            limit,
+            |event: &AlertEvent| !(open_only && event.state == EpisodeState::Cleared),
+        )
     }
 
     /// [`ReadingStore::district_hourly`](crate::ReadingStore::district_hourly): a range scan over the district's hours.
