@@ -42,6 +42,13 @@ pub enum ExceptionReason {
 }
 
 impl ExceptionReason {
+    pub const ALL: [ExceptionReason; 4] = [
+        ExceptionReason::Regression,
+        ExceptionReason::ImplausibleJump,
+        ExceptionReason::UnconfirmedExchange,
+        ExceptionReason::LateAhead,
+    ];
+
     pub const fn code(self) -> &'static str {
         match self {
             ExceptionReason::Regression => "regression",
@@ -52,14 +59,7 @@ impl ExceptionReason {
     }
 
     pub fn from_code(code: &str) -> Option<Self> {
-        [
-            ExceptionReason::Regression,
-            ExceptionReason::ImplausibleJump,
-            ExceptionReason::UnconfirmedExchange,
-            ExceptionReason::LateAhead,
-        ]
-        .into_iter()
-        .find(|reason| reason.code() == code)
+        Self::ALL.into_iter().find(|reason| reason.code() == code)
     }
 }
 
@@ -174,15 +174,6 @@ pub enum OrderAction {
 }
 
 impl OrderAction {
-    pub const fn code(&self) -> &'static str {
-        match self {
-            OrderAction::Accept => "accept",
-            OrderAction::Reject => "reject",
-            OrderAction::ConfirmExchange => "confirm_exchange",
-            OrderAction::Exchange { .. } => "exchange",
-        }
-    }
-
     /// Whether the order decides one read (rather than recording an event).
     pub const fn targets_a_read(&self) -> bool {
         !matches!(self, OrderAction::Exchange { .. })
@@ -231,12 +222,7 @@ mod tests {
             let json = serde_json::to_string(&state).unwrap();
             assert_eq!(json, format!("\"{}\"", state.code()));
         }
-        for reason in [
-            ExceptionReason::Regression,
-            ExceptionReason::ImplausibleJump,
-            ExceptionReason::UnconfirmedExchange,
-            ExceptionReason::LateAhead,
-        ] {
+        for reason in ExceptionReason::ALL {
             assert_eq!(ExceptionReason::from_code(reason.code()), Some(reason));
             let json = serde_json::to_string(&reason).unwrap();
             assert_eq!(json, format!("\"{}\"", reason.code()));

@@ -37,6 +37,20 @@ pub struct Reading {
     pub temp: Option<i16>,
 }
 
+impl Reading {
+    /// A forward register value at a time and nothing else (no reverse register,
+    /// flow or temperature): an operator's figure such as a work order's read.
+    pub const fn register(ts: i64, reg: u64) -> Self {
+        Self {
+            ts,
+            reg,
+            rev: 0,
+            flow: 0,
+            temp: None,
+        }
+    }
+}
+
 /// Alarms a meter raises itself. The discriminant is the bit in the binary bitset and
 /// must never change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

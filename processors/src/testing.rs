@@ -15,17 +15,7 @@ pub(crate) fn key(meter: &str) -> MeterKey {
 }
 
 pub(crate) fn stored(ts: i64, reg: u64) -> StoredReading {
-    StoredReading::actual(
-        Reading {
-            ts,
-            reg,
-            rev: 0,
-            flow: 0,
-            temp: None,
-        },
-        1,
-        ts,
-    )
+    StoredReading::actual(Reading::register(ts, reg), 1, ts)
 }
 
 pub(crate) fn meter_batch(

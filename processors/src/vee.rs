@@ -395,7 +395,7 @@ fn take_orders(
             if let (OrderAction::Reject, Some(exception)) = (&order.action, order.exception) {
                 notes.push(Note {
                     read: RawRead {
-                        reading: register_at(order.ts, exception.reg),
+                        reading: Reading::register(order.ts, exception.reg),
                         seq: 0,
                         received_at: exception.received_at,
                     },
@@ -668,18 +668,6 @@ fn validated(read: &RawRead, creg: u64) -> ValidatedRead {
     }
 }
 
-/// A register value at a time and nothing else: an operator's figure (a work order's
-/// read, a decided exception), not a meter's message.
-fn register_at(ts: i64, reg: u64) -> Reading {
-    Reading {
-        ts,
-        reg,
-        rev: 0,
-        flow: 0,
-        temp: None,
-    }
-}
-
 /// Why a read that is neither growth nor a rollover from `base` is suspect.
 fn deviation(base: &Reading, read: &Reading) -> ExceptionReason {
     if read.reg < base.reg {
@@ -833,13 +821,13 @@ impl<'a> Pass<'a> {
     fn exchange_at(&mut self, at: i64, final_reg: Option<u64>, initial_reg: u64) {
         self.fold.candidate = None;
         let at_reg = |from: &ValidatedRead, reg: u64, creg: u64| ValidatedRead {
-            reading: register_at(at, reg),
+            reading: Reading::register(at, reg),
             creg,
             ..*from
         };
         let Some(base) = self.fold.base else {
             self.fold.base = Some(ValidatedRead {
-                reading: register_at(at, initial_reg),
+                reading: Reading::register(at, initial_reg),
                 creg: initial_reg,
                 seq: 0,
                 received_at: at,

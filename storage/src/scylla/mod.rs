@@ -1128,17 +1128,7 @@ mod tests {
     }
 
     fn stored(ts: i64, reg: u64) -> StoredReading {
-        StoredReading::actual(
-            Reading {
-                ts,
-                reg,
-                rev: 0,
-                flow: 0,
-                temp: None,
-            },
-            1,
-            ts,
-        )
+        StoredReading::actual(Reading::register(ts, reg), 1, ts)
     }
 
     fn meter_batch(meter: &str, readings: Vec<StoredReading>) -> MeterBatch {
