@@ -20,8 +20,6 @@
 //!   leaves as it was: `meters` (a meter counted in a window stays counted), the
 //!   sketch of an hour the meter had finished, and a full past day's list that the
 //!   meter is not on (its day total is not known there).
-//!
-//! [`MeterBatch::corrections`]: meterflow_model::MeterBatch::corrections
 //! - Minute windows are UTC minutes (every time zone's offset is a whole number of
 //!   minutes); hour and day windows are the tenant's local hours and days (its
 //!   tariff's time zone), DST included.
@@ -475,7 +473,8 @@ impl MeterFolder<'_> {
             return;
         }
         let hour = self.calendar.hour_start(end);
-        let day = self.calendar.day(end).start_ms;
+        let label = self.calendar.day(end);
+        let day = label.start_ms;
         if hour == self.state.hour_start {
             self.state.hour_l = self.state.hour_l.saturating_add_signed(delta);
         }
@@ -495,7 +494,6 @@ impl MeterFolder<'_> {
         }
         if self.open(day, Resolution::Day) {
             let running = today.then_some(self.state.day_l);
-            let label = self.calendar.day(end);
             let top = self.partial.top(self.tenant_id, day, || label.day_label());
             if !top.list.correct(self.meter, delta) {
                 // Unlisted: its day total is known on its running day, or when the
