@@ -203,6 +203,19 @@ pub struct RegisterOrder {
     pub exception: Option<ExceptionRef>,
 }
 
+impl RegisterOrder {
+    /// Why the order contradicts the exception it decides, if it does: a regression
+    /// cannot be accepted as actual (it is an exchange, or a glitch).
+    pub fn contradiction(&self) -> Option<&'static str> {
+        let regression = self
+            .exception
+            .is_some_and(|e| e.reason == ExceptionReason::Regression);
+        (self.action == OrderAction::Accept && regression).then_some(
+            "a regression cannot be accepted as actual: confirm an exchange, or reject it",
+        )
+    }
+}
+
 /// What an order knows of the exception it decides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExceptionRef {
@@ -241,5 +254,41 @@ mod tests {
         assert!(decision("  ", "x").problem().unwrap().contains("by"));
         let long = "x".repeat(MAX_DECISION_TEXT + 1);
         assert!(decision("ana", &long).problem().unwrap().contains("why"));
+    }
+
+    #[test]
+    fn only_accepting_a_regression_is_a_contradiction() {
+        let order = |action: OrderAction, reason: ExceptionReason| RegisterOrder {
+            ts: 0,
+            action,
+            decision: Decision {
+                by: "ana".into(),
+                why: String::new(),
+                at_ms: 0,
+            },
+            exception: Some(ExceptionRef {
+                reg: 1,
+                received_at: 0,
+                reason,
+            }),
+        };
+        let regression = ExceptionReason::Regression;
+        assert!(
+            order(OrderAction::Accept, regression)
+                .contradiction()
+                .is_some()
+        );
+        assert!(
+            order(OrderAction::Reject, regression)
+                .contradiction()
+                .is_none()
+        );
+        assert!(
+            order(OrderAction::ConfirmExchange, regression)
+                .contradiction()
+                .is_none()
+        );
+        let jump = ExceptionReason::ImplausibleJump;
+        assert!(order(OrderAction::Accept, jump).contradiction().is_none());
     }
 }

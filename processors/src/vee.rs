@@ -233,11 +233,15 @@ pub fn validate_meter(
     );
 }
 
-/// Why VEE cannot follow `order` on a meter in `state`, if it cannot: a read order
-/// needs its read in the window (a read at or before the settled point can only be
+/// Why VEE cannot follow `order` on a meter in `state`, if it cannot: it contradicts
+/// its exception ([`RegisterOrder::contradiction`]), a read order needs its read in
+/// the window (a read at or before the settled point can only be
 /// rejected, which records the decision and changes nothing else), and an exchange
 /// must be after the settled point.
 pub fn order_problem(state: &VeeState, order: &RegisterOrder) -> Option<String> {
+    if let Some(why) = order.contradiction() {
+        return Some(why.into());
+    }
     let settled = state.settled_ts().filter(|settled| order.ts <= *settled);
     if !order.action.targets_a_read() {
         return settled.map(|settled| {

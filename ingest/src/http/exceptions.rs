@@ -23,7 +23,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use meterflow_model::exception::ExceptionRef;
 use meterflow_model::{
-    Decision, ExceptionReason, ExceptionState, MeterKey, OrderAction, ReadException, RegisterOrder,
+    Decision, ExceptionState, MeterKey, OrderAction, ReadException, RegisterOrder,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -179,12 +179,6 @@ pub(super) async fn decide_exception(
         DecisionAction::ConfirmExchange => OrderAction::ConfirmExchange,
         DecisionAction::Reject => OrderAction::Reject,
     };
-    if action == OrderAction::Accept && stored.reason == ExceptionReason::Regression {
-        return Err(ApiError(
-            StatusCode::CONFLICT,
-            "a regression cannot be accepted as actual: confirm an exchange, or reject it".into(),
-        ));
-    }
     let order = RegisterOrder {
         ts: path.ts,
         action,
@@ -195,6 +189,11 @@ pub(super) async fn decide_exception(
             reason: stored.reason,
         }),
     };
+    // Refused here too, not only by the meter's shard: an endpoint of the
+    // distributed mode would otherwise answer 202 for an order no processor follows.
+    if let Some(why) = order.contradiction() {
+        return Err(ApiError(StatusCode::CONFLICT, why.into()));
+    }
     let key = MeterKey { tenant, meter };
     if place(&state, &key, order).await? == Placed::InTheLog {
         return Ok((StatusCode::ACCEPTED, Json(stored)));
