@@ -102,6 +102,12 @@ async fn start_fleet(dir: &std::path::Path) -> (Meterflow, i64) {
     for send in sends {
         send.await.unwrap();
     }
+    // An ack means durable in the store; the meter list is the hot cache, applied
+    // just after: wait until it holds the whole fleet.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while page_through(&service, "", 1_000).len() < FLEET.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     (service, start)
 }
 
