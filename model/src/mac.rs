@@ -44,32 +44,33 @@ impl<'de> Deserialize<'de> for Mac {
     }
 }
 
-/// The MAC of `uplink` (its own `mac` field is ignored) under `key`.
-pub fn compute(key: &[u8], uplink: &Uplink) -> Mac {
-    let mut unsigned = uplink.clone();
-    unsigned.mac = None;
-    let canonical = codec::encode_binary(&unsigned);
+/// HMAC-SHA256 under `key` over `uplink`'s canonical form (its own `mac` field
+/// ignored; written without copying the uplink, and hashed in one piece — bincode
+/// writes many small ones, each a costly hash update).
+fn hmac_of(key: &[u8], uplink: &Uplink) -> Hmac<Sha256> {
+    let mut canonical = Vec::with_capacity(16 + uplink.readings.len() * 16);
+    codec::write_binary(uplink, None, &mut canonical);
     // HMAC accepts keys of any length, so new_from_slice cannot fail.
     let mut hmac = <Hmac<Sha256>>::new_from_slice(key).expect("hmac takes any key length");
     hmac.update(&canonical);
-    let full = hmac.finalize().into_bytes();
+    hmac
+}
+
+/// The MAC of `uplink` (its own `mac` field is ignored) under `key`.
+pub fn compute(key: &[u8], uplink: &Uplink) -> Mac {
+    let full = hmac_of(key, uplink).finalize().into_bytes();
     let mut tag = [0u8; MAC_LEN];
     tag.copy_from_slice(&full[..MAC_LEN]);
     Mac(tag)
 }
 
-/// Whether `uplink` carries a MAC that verifies under `key` (constant-time compare).
+/// Whether `uplink` carries a MAC that verifies under `key` (hmac's constant-time
+/// compare of the truncated tag).
 pub fn verify(key: &[u8], uplink: &Uplink) -> bool {
     let Some(given) = uplink.mac else {
         return false;
     };
-    let expected = compute(key, uplink);
-    given
-        .0
-        .iter()
-        .zip(expected.0.iter())
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-        == 0
+    hmac_of(key, uplink).verify_truncated_left(&given.0).is_ok()
 }
 
 /// Signs `uplink` in place.
@@ -113,6 +114,19 @@ mod tests {
         let via_bin = codec::decode(&codec::encode_binary(&u)).unwrap();
         assert!(verify(b"k", &via_json));
         assert!(verify(b"k", &via_bin));
+    }
+
+    #[test]
+    fn the_mac_is_over_the_binary_form_with_no_mac() {
+        let mut u = uplink();
+        u.battery = Some(80);
+        u.mac = Some(Mac([9; MAC_LEN]));
+        let mut unsigned = u.clone();
+        unsigned.mac = None;
+        let mut hmac = <Hmac<Sha256>>::new_from_slice(b"k").unwrap();
+        hmac.update(&codec::encode_binary(&unsigned));
+        let full = hmac.finalize().into_bytes();
+        assert_eq!(compute(b"k", &u).0[..], full[..MAC_LEN]);
     }
 
     #[test]

@@ -54,7 +54,13 @@ struct WireUplink {
     mac: Option<[u8; 16]>,
 }
 
-pub(crate) fn encode_uplink_into(uplink: &Uplink, out: &mut Vec<u8>) {
+/// Writes `uplink`'s bincode body with `mac` in place of its own (the MAC is
+/// computed over the body with none).
+pub(crate) fn encode_uplink_into(
+    uplink: &Uplink,
+    mac: Option<[u8; 16]>,
+    out: &mut impl std::io::Write,
+) {
     let wire = WireUplink {
         v: uplink.v,
         seq: uplink.seq,
@@ -72,10 +78,10 @@ pub(crate) fn encode_uplink_into(uplink: &Uplink, out: &mut Vec<u8>) {
         flags: uplink.flags.bits(),
         battery: uplink.battery,
         rssi: uplink.rssi,
-        mac: uplink.mac.map(|m| m.0),
+        mac,
     };
-    // Writing into a Vec cannot fail.
-    bincode::encode_into_std_write(wire, out, standard()).expect("encode into Vec");
+    // The writers are a Vec and a MAC's hash: neither fails.
+    bincode::encode_into_std_write(wire, out, standard()).expect("encode into memory");
 }
 
 pub(crate) fn decode_uplink(body: &[u8]) -> Result<Uplink, Reject> {

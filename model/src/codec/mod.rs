@@ -12,6 +12,7 @@
 pub mod binary;
 pub mod json;
 
+use crate::mac::Mac;
 use crate::reject::Reject;
 use crate::uplink::Uplink;
 
@@ -37,9 +38,16 @@ pub fn encode_json(uplink: &Uplink) -> Vec<u8> {
 /// the MAC is computed over.
 pub fn encode_binary(uplink: &Uplink) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 + uplink.readings.len() * 16);
-    out.push(BINARY_FORMAT_BYTE);
-    binary::encode_uplink_into(uplink, &mut out);
+    write_binary(uplink, uplink.mac, &mut out);
     out
+}
+
+/// Writes the binary wire form of `uplink` with `mac` in place of its own: with
+/// `None`, the canonical form [`crate::mac`] hashes.
+pub(crate) fn write_binary(uplink: &Uplink, mac: Option<Mac>, out: &mut impl std::io::Write) {
+    out.write_all(&[BINARY_FORMAT_BYTE])
+        .expect("the writers are in memory");
+    binary::encode_uplink_into(uplink, mac.map(|m| m.0), out);
 }
 
 #[cfg(test)]
