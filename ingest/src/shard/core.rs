@@ -227,6 +227,16 @@ struct OpenBatch {
 }
 
 impl OpenBatch {
+    /// An empty batch with room for `meters` meters: sized like the one before it, so
+    /// filling it does not grow (and move) its entries again and again.
+    fn with_room_for(meters: usize) -> Self {
+        Self {
+            meters: Vec::with_capacity(meters),
+            index: HashMap::with_capacity(meters),
+            ..Self::default()
+        }
+    }
+
     fn holds_nothing(&self) -> bool {
         self.meters.is_empty() && self.dead_letters.is_empty() && self.arrivals == 0
     }
@@ -412,7 +422,8 @@ impl ShardCore {
     /// Seals the open batch and runs the processors on it; `None` when there is
     /// nothing to seal (no arrival, no meter to persist, nothing swept).
     pub fn seal(&mut self, now: Now) -> Option<Sealed> {
-        let open = std::mem::take(&mut self.open);
+        let room = OpenBatch::with_room_for(self.open.meters.len());
+        let open = std::mem::replace(&mut self.open, room);
         if open.holds_nothing() && self.swept.is_empty() {
             return None;
         }
