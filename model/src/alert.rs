@@ -4,7 +4,9 @@
 //! `meterflow-processors` (`alerting`, `notify`).
 //!
 //! An alert is an *episode* of one kind on one meter: opened → updated* → cleared.
-//! At most one episode per (meter, kind) is open at a time.
+//! At most one episode per (meter, kind) is open at a time. An episode that data
+//! arriving later shows never happened (a late read fills the quiet hour a leak
+//! was opened for) is *withdrawn*; one whose clearing was wrong is updated again.
 
 use serde::{Deserialize, Serialize};
 
@@ -119,13 +121,17 @@ pub enum EpisodeState {
     /// Still open; something about it changed or it was reconfirmed.
     Updated,
     Cleared,
+    /// It never happened: data that arrived later (within the late window) shows
+    /// the condition did not hold. Not open, and not counted as an episode.
+    Withdrawn,
 }
 
 impl EpisodeState {
-    pub const ALL: [EpisodeState; 3] = [
+    pub const ALL: [EpisodeState; 4] = [
         EpisodeState::Opened,
         EpisodeState::Updated,
         EpisodeState::Cleared,
+        EpisodeState::Withdrawn,
     ];
 
     /// The stable name stored and served (the serde name).
@@ -134,6 +140,23 @@ impl EpisodeState {
             EpisodeState::Opened => "opened",
             EpisodeState::Updated => "updated",
             EpisodeState::Cleared => "cleared",
+            EpisodeState::Withdrawn => "withdrawn",
+        }
+    }
+
+    /// Whether the episode is open after this step.
+    pub const fn is_open(self) -> bool {
+        matches!(self, EpisodeState::Opened | EpisodeState::Updated)
+    }
+
+    /// Its place among the steps at one instant: an episode opened and cleared by
+    /// the same reading ends cleared.
+    pub const fn step(self) -> u8 {
+        match self {
+            EpisodeState::Opened => 0,
+            EpisodeState::Updated => 1,
+            EpisodeState::Cleared => 2,
+            EpisodeState::Withdrawn => 3,
         }
     }
 }
@@ -155,19 +178,23 @@ pub struct AlertEvent {
     pub at: i64,
     /// Human-readable cause, e.g. `no zero-flow hour for 26 h`.
     pub detail: String,
+    /// Write order of the meter's alert events: each is above every earlier one of
+    /// its meter, so it is the episode's latest word even when its `at` is earlier
+    /// (a clearing moved back by a late read, a withdrawal). Both stores keep the
+    /// event of the highest revision per episode (ScyllaDB writes it as the row's
+    /// `USING TIMESTAMP`), so a batch replayed or written out of order cannot undo
+    /// a later one. At least [`AlertEvent::first_revision`] of its `at` and step.
+    pub revision: i64,
 }
 
 impl AlertEvent {
-    /// Where the event stands in its episode: later events sort higher. `at` first;
-    /// at the same instant, the lifecycle step (an episode opened and cleared by the
-    /// same reading ends cleared). Both stores keep the latest event by this order.
-    pub fn order(&self) -> (i64, u8) {
-        let step = match self.state {
-            EpisodeState::Opened => 0,
-            EpisodeState::Updated => 1,
-            EpisodeState::Cleared => 2,
-        };
-        (self.at, step)
+    /// The least revision of an event at `at` in `state`: `at` in µs, the step in
+    /// the sub-millisecond digits. Revisions before version 6 were exactly this, so
+    /// a meter's new events stay above the rows written before.
+    pub fn first_revision(at: i64, state: EpisodeState) -> i64 {
+        at.saturating_mul(1_000)
+            .saturating_add(i64::from(state.step()))
+            .max(i64::MIN + 1)
     }
 }
 
@@ -284,17 +311,18 @@ pub struct OpenAlert {
     pub sources: u8,
 }
 
-/// Per-meter alerting state: open episodes and what the interval rules track.
-/// Timestamps are epoch ms; "reading time" is the device's `ts`.
+/// What alerting knows of a meter at one point of its time-ordered data: the open
+/// episodes (but no-communication, which only the service clock shows) and what the
+/// interval rules track. Timestamps are epoch ms of reading time (the device's `ts`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AlertState {
+pub struct AlertFold {
     /// Open episodes, at most one per kind.
     pub open: Vec<OpenAlert>,
-    /// Newest reading folded into the interval rules (older ones are ignored).
+    /// Newest reading folded into the interval rules.
     pub last_ts: Option<i64>,
     /// Reverse register of that reading.
     pub last_rev: Option<u64>,
-    /// First reading ever seen: the leak and no-consumption windows start here.
+    /// First reading: the leak and no-consumption windows start here.
     pub first_ts: Option<i64>,
     /// Start of the current run of zero-consumption intervals.
     pub zero_run_since: Option<i64>,
@@ -310,17 +338,114 @@ pub struct AlertState {
     pub backflow_l: u64,
     /// Newest reading at which the reverse register grew.
     pub last_backflow_ts: Option<i64>,
+}
+
+/// A change in what the device's statuses say about one kind, at a reading time: a
+/// flag raised or lowered, the battery low or recovered (`battery`), or a raised
+/// flag reconfirmed after `update_interval_ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusMark {
+    pub at: i64,
+    pub kind: AlertKind,
+    /// [`SOURCE_DEVICE`] for a flag, [`SOURCE_RULE`] for the battery level.
+    pub source: u8,
+    /// Raised (or reconfirmed) rather than lowered.
+    pub raised: bool,
+    /// The battery level that made it, for the battery rule.
+    pub battery: Option<u8>,
+}
+
+/// What the newest status (in arrival order) says: the marks to make when the next
+/// one differs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceHead {
+    /// `ts` of the newest status; an older one arrives late.
+    pub last_status_ts: Option<i64>,
+    /// Its flags, as a [`Flags`](crate::Flags) bitset.
+    pub flags: u32,
+    /// Whether the battery rule holds after it.
+    pub battery_low: bool,
+}
+
+/// Per-meter alerting state. Episodes are derived from the meter's data in reading
+/// time, so they are the same whatever order the data arrived in: alerting keeps
+/// its fold at VEE's settled point (persisted), the window's rows after it (rebuilt
+/// from the stored rows on hydration, like VEE's window) and the window's status
+/// marks (persisted: statuses are not stored elsewhere), and derives the window's
+/// events again when data lands inside it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertState {
+    /// The fold over everything at or before `settled_ts` (final).
+    pub settled: AlertFold,
+    /// Where the settled fold ends (VEE's settled point when it last moved).
+    pub settled_ts: Option<i64>,
+    /// Status marks after `settled_ts`, by `at` (ties keep their order).
+    pub marks: Vec<StatusMark>,
+    /// The newest status in arrival order.
+    pub device: DeviceHead,
+    /// The open no-communication episode (the sweep's, service clock).
+    pub no_communication: Option<OpenAlert>,
     /// Newest message received from the meter, service clock (no-communication).
     pub last_seen_at: Option<i64>,
-    /// `ts` of the newest device status folded in; an older one arrives late.
-    pub last_status_ts: Option<i64>,
-    /// The flags of that status, as a [`Flags`](crate::Flags) bitset.
-    pub last_status_flags: u32,
+    /// Revision of the newest event emitted ([`AlertEvent::revision`]).
+    pub revision: i64,
+    /// The window's rows after `settled_ts` that the rules read (not suspect), by
+    /// `ts`. Rebuilt on hydration.
+    #[serde(skip)]
+    pub rows: std::collections::VecDeque<RuleRow>,
+    /// The fold over the settled fold, the rows and the marks. Rebuilt on hydration.
+    #[serde(skip)]
+    pub head: AlertFold,
+    /// Where `head` stands: the key of the last item folded into it.
+    #[serde(skip)]
+    pub head_key: Option<(i64, u8)>,
+    /// The steps the window's items make from the settled fold, in order: what the
+    /// stores hold of them, to compare with when the window is folded again.
+    /// Rebuilt on hydration.
+    #[serde(skip)]
+    pub window_steps: Vec<EpisodeStep>,
+}
+
+/// One step of one of a meter's episodes, as alerting derives it (an
+/// [`AlertEvent`] without its meter and revision).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EpisodeStep {
+    pub kind: AlertKind,
+    pub state: EpisodeState,
+    pub opened_at: i64,
+    pub at: i64,
+    pub detail: String,
+}
+
+impl EpisodeStep {
+    /// The episode it belongs to.
+    pub fn episode(&self) -> (AlertKind, i64) {
+        (self.kind, self.opened_at)
+    }
+}
+
+/// What the interval rules read of a stored row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleRow {
+    pub ts: i64,
+    /// Litres of the interval ending at `ts` (none for the first read).
+    pub interval_l: Option<u64>,
+    /// Actual or estimated.
+    pub estimated: bool,
+    pub rev: u64,
+    pub temp: Option<i16>,
 }
 
 impl AlertState {
+    /// Whether an episode of `kind` is open now.
     pub fn is_open(&self, kind: AlertKind) -> bool {
-        self.open.iter().any(|a| a.kind == kind)
+        self.head.open.iter().any(|a| a.kind == kind)
+            || (kind == AlertKind::NoCommunication && self.no_communication.is_some())
+    }
+
+    /// The episodes open now, no-communication included.
+    pub fn open(&self) -> impl Iterator<Item = &OpenAlert> {
+        self.head.open.iter().chain(self.no_communication.iter())
     }
 }
 
@@ -348,4 +473,24 @@ impl Default for NotificationLimits {
     }
 }
 
-impl crate::codec::binary::Record for AlertEvent {}
+impl crate::codec::binary::Record for AlertEvent {
+    fn decode_v1(body: &[u8]) -> Result<Self, crate::codec::binary::RecordError> {
+        crate::state_v5::decode_event(body)
+    }
+
+    fn decode_v2(body: &[u8]) -> Result<Self, crate::codec::binary::RecordError> {
+        crate::state_v5::decode_event(body)
+    }
+
+    fn decode_v3(body: &[u8]) -> Result<Self, crate::codec::binary::RecordError> {
+        crate::state_v5::decode_event(body)
+    }
+
+    fn decode_v4(body: &[u8]) -> Result<Self, crate::codec::binary::RecordError> {
+        crate::state_v5::decode_event(body)
+    }
+
+    fn decode_v5(body: &[u8]) -> Result<Self, crate::codec::binary::RecordError> {
+        crate::state_v5::decode_event(body)
+    }
+}

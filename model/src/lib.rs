@@ -43,6 +43,7 @@ pub mod state;
 mod state_v1;
 mod state_v2;
 mod state_v4;
+mod state_v5;
 pub mod status;
 pub mod time;
 pub mod topic;

@@ -91,7 +91,8 @@ pub struct MeterState {
     /// Billing periods' boundary reads (persisted) and the window's actual reads
     /// (rebuilt on hydration) (billing).
     pub billing: BillingState,
-    /// Open alert episodes and the interval rules' trackers (alerting).
+    /// Alerting's fold at the settled point and status marks (persisted), the
+    /// window's rows and the fold over them (rebuilt on hydration).
     pub alerts: AlertState,
     /// Running hour and day totals (analytics).
     pub analytics: MeterAnalyticsState,
@@ -112,6 +113,10 @@ impl crate::codec::binary::Record for MeterState {
 
     fn decode_v4(body: &[u8]) -> Result<Self, crate::codec::binary::RecordError> {
         crate::state_v4::decode(body)
+    }
+
+    fn decode_v5(body: &[u8]) -> Result<Self, crate::codec::binary::RecordError> {
+        crate::state_v5::decode(body)
     }
 }
 

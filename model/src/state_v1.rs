@@ -3,19 +3,20 @@
 //! window, registers, billing boundaries and open alerts across the upgrade.
 //!
 //! bincode lays fields out by position, so version 1 is spelled out here as it was.
-//! [`AlertState`] changed in version 2 (it gained the newest device status, which
+//! `AlertState` changed in version 2 (it gained the newest device status, which
 //! starts unknown after the upgrade: the next status a meter sends is taken as the
 //! newest); VEE and billing state changed in version 3 and are upgraded as version 2's
 //! are (`state_v2.rs`).
 
 use serde::Deserialize;
 
-use crate::alert::{AlertState, OpenAlert};
+use crate::alert::OpenAlert;
 use crate::analytics::MeterAnalyticsState;
 use crate::codec::binary::RecordError;
 use crate::seq_window::SeqWindow;
 use crate::state::{MeterState, UsageState};
 use crate::state_v2::{BillingStateV2, VeeStateV2};
+use crate::state_v5::AlertStateV5;
 
 #[derive(Deserialize)]
 struct MeterStateV1 {
@@ -51,7 +52,7 @@ pub(crate) fn decode(body: &[u8]) -> Result<MeterState, RecordError> {
         usage: v1.usage,
         vee: v1.vee.upgrade(),
         billing: v1.billing.upgrade(),
-        alerts: AlertState {
+        alerts: AlertStateV5 {
             open: a.open,
             last_ts: a.last_ts,
             last_rev: a.last_rev,
@@ -65,7 +66,8 @@ pub(crate) fn decode(body: &[u8]) -> Result<MeterState, RecordError> {
             last_seen_at: a.last_seen_at,
             last_status_ts: None,
             last_status_flags: 0,
-        },
+        }
+        .upgrade(),
         analytics: v1.analytics,
     })
 }
@@ -125,11 +127,12 @@ mod tests {
         let state: MeterState = decode_record(&encode_record_as(1, &v1)).unwrap();
         assert_eq!(state.seq, seq);
         assert_eq!(state.usage, usage);
-        assert_eq!(state.alerts.open, open);
-        assert_eq!(state.alerts.last_ts, Some(100));
-        assert_eq!(state.alerts.last_zero_hour_ts, Some(50));
+        assert_eq!(state.alerts.settled.open, open);
+        assert_eq!(state.alerts.settled.last_ts, Some(100));
+        assert_eq!(state.alerts.settled_ts, Some(100));
+        assert_eq!(state.alerts.settled.last_zero_hour_ts, Some(50));
         assert_eq!(state.alerts.last_seen_at, Some(99));
-        assert_eq!(state.alerts.last_status_ts, None);
+        assert_eq!(state.alerts.device.last_status_ts, None);
         assert_eq!(state.vee, VeeState::default());
     }
 }

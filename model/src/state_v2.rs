@@ -12,12 +12,12 @@
 
 use serde::Deserialize;
 
-use crate::alert::AlertState;
 use crate::analytics::MeterAnalyticsState;
 use crate::billing::{BillingState, PeriodReads};
 use crate::codec::binary::RecordError;
 use crate::seq_window::SeqWindow;
 use crate::state::{MeterState, UsageState};
+use crate::state_v5::AlertStateV5;
 use crate::vee::{
     EpochCause, ExchangeCandidate, RawRead, RegisterEpoch, ValidatedRead, VeeFold, VeeState,
 };
@@ -28,7 +28,7 @@ struct MeterStateV2 {
     usage: UsageState,
     vee: VeeStateV2,
     billing: BillingStateV2,
-    alerts: AlertState,
+    alerts: AlertStateV5,
     analytics: MeterAnalyticsState,
 }
 
@@ -116,7 +116,7 @@ pub(crate) fn decode(body: &[u8]) -> Result<MeterState, RecordError> {
         usage: v2.usage,
         vee: v2.vee.upgrade(),
         billing: v2.billing.upgrade(),
-        alerts: v2.alerts,
+        alerts: v2.alerts.upgrade(),
         analytics: v2.analytics,
     })
 }
@@ -192,7 +192,7 @@ mod tests {
             usage.clone(),
             vee,
             (Some(period), None::<PeriodReads>),
-            AlertState::default(),
+            crate::state_v5::EMPTY_ALERTS_V5,
             MeterAnalyticsState::default(),
         );
         let state: MeterState = decode_record(&encode_record_as(2, &v2)).unwrap();

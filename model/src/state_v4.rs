@@ -4,12 +4,12 @@
 
 use serde::Deserialize;
 
-use crate::alert::AlertState;
 use crate::analytics::MeterAnalyticsState;
 use crate::billing::BillingState;
 use crate::codec::binary::RecordError;
 use crate::seq_window::SeqWindow;
 use crate::state::{MeterState, UsageState};
+use crate::state_v5::AlertStateV5;
 use crate::vee::{VeeFold, VeeState};
 
 #[derive(Deserialize)]
@@ -18,7 +18,7 @@ struct MeterStateV4 {
     usage: UsageState,
     vee: VeeStateV4,
     billing: BillingState,
-    alerts: AlertState,
+    alerts: AlertStateV5,
     analytics: MeterAnalyticsState,
 }
 
@@ -40,7 +40,7 @@ pub(crate) fn decode(body: &[u8]) -> Result<MeterState, RecordError> {
             ..VeeState::default()
         },
         billing: v4.billing,
-        alerts: v4.alerts,
+        alerts: v4.alerts.upgrade(),
         analytics: v4.analytics,
     })
 }
@@ -72,7 +72,7 @@ mod tests {
             &usage,
             (&fold,),
             &current.billing,
-            &current.alerts,
+            crate::state_v5::EMPTY_ALERTS_V5,
             &current.analytics,
         );
         for version in [3, 4] {

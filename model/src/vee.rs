@@ -433,13 +433,13 @@ mod tests {
             after: point,
         });
         state.billing.open.push(RegisterPoint { ts: 3, creg: 4 });
-        state.alerts.open.push(OpenAlert {
+        state.alerts.settled.open.push(OpenAlert {
             kind: AlertKind::Leak,
             opened_at: 1,
             last_event_at: 2,
             sources: SOURCE_RULE,
         });
-        state.alerts.last_zero_hour_ts = Some(3);
+        state.alerts.settled.last_zero_hour_ts = Some(3);
         state.analytics.day_l = 7;
         let back: MeterState = decode_record(&encode_record(&state)).unwrap();
         let mut persisted = state.clone();

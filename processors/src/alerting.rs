@@ -4,16 +4,31 @@
 //!
 //! Episodes: at most one open per (meter, kind); an episode is *opened*, then
 //! *updated* when another source confirms it or, while its condition holds, at most
-//! every `update_interval_ms`, and *cleared* when no source holds any more. An
-//! episode has two possible sources — the device's own flag and a rule — and stays
-//! open while either holds.
+//! every `update_interval_ms`, and *cleared* when no source holds any more — or
+//! *withdrawn* when later data shows it never happened. An episode has two possible
+//! sources — the device's own flag and a rule — and stays open while either holds.
 //!
 //! Leak, burst and no-consumption are consumption rules: a district's bulk (inflow)
 //! meter (`bulk_meters`) is exempt from them — its flow never stops and is no one's use.
 //!
-//! Rules, over the meter's non-suspect rows newer than the last one seen (late rows
-//! and VEE corrections are ignored; estimated rows count, they carry the gap's
-//! litres), where an interval is the time and litres between consecutive rows:
+//! **Reading time, not arrival order.** Episodes are what folding the meter's rows
+//! and statuses in reading time gives ([`fold`]), whatever order they arrived in:
+//! - The fold up to VEE's settled point is kept (`AlertState::settled`); after it
+//!   lie the window's rows (VEE's rows that are not suspect, replaced when VEE
+//!   re-decides them, rebuilt from the stored rows on hydration) and the status
+//!   *marks* (persisted).
+//! - A batch whose data lands after everything folded (the usual case) is folded on
+//!   from the head. One that lands inside the window folds the window again from
+//!   the settled fold and compares its steps with those it made before: an episode
+//!   no longer made is *withdrawn*, a step not made before is emitted, and an
+//!   episode whose latest step changed gets it again. Every event carries a
+//!   revision above the meter's earlier ones; the stores keep the highest per
+//!   episode, so the stored episodes are the in-order ones.
+//! - As VEE's settled point moves on, the window's items before it are folded into
+//!   the settled fold for good.
+//!
+//! Rules, over the meter's non-suspect rows (estimated rows count, they carry the
+//! gap's litres), where an interval is the time and litres between consecutive rows:
 //! - **leak**: no complete hour of zero consumption in `leak_window_ms` (a run of
 //!   zero-litre intervals spanning ≥ 1 h is a zero hour); clears at the next one.
 //!   Only evidence counts: actual reads at most `leak_evidence_interval_ms` apart.
@@ -29,45 +44,37 @@
 //! - **no communication**: no message for `no_communication_ms` — only time can show
 //!   it, so the sweep ([`AlertingProcessor::sweep`]) opens it; any message clears it.
 //! - **device flags** (leak, burst, backflow, tamper, magnetic, cut cable, dry pipe,
-//!   low battery, freeze, register error): every message's status counts, folded by
-//!   reading time — a raised flag opens its kind, a newer status without it
-//!   releases it. A status older than the newest one folded (late) only adds: a
-//!   flag it raises at a time no open episode covers becomes a closed episode from
-//!   its time to the next thing known (the open episode's start, or the newest
-//!   status). Exact equality with in-order arrival would need the status history;
-//!   this keeps every raised flag visible and never strands an episode open.
+//!   low battery, freeze, register error): every message's status counts. Statuses
+//!   are not stored, so they become *marks* as they arrive: a flag raised, lowered
+//!   or reconfirmed (after `update_interval_ms`), the battery rule held or released,
+//!   compared with the newest status before. The marks are folded with the rows in
+//!   reading time. A status older than the newest one (late) only adds: a flag it
+//!   raises at a time no mark or open episode covers gets a closed span from its
+//!   time to the next thing known (the kind's next mark, or the newest status).
+//!   Exact equality with in-order arrival would need every status kept; this keeps
+//!   every raised flag visible and never strands an episode open.
 //!
 //! Event times are data times (the reading's or status's `ts`), except for
 //! no-communication, which uses the service clock of the sweep and the message's
 //! `received_at`.
 
+mod fold;
+
+use std::collections::HashSet;
 use std::sync::Arc;
 
-use meterflow_model::alert::{AlertState, OpenAlert, SOURCE_DEVICE, SOURCE_RULE};
+use meterflow_model::alert::{
+    AlertFold, AlertState, EpisodeStep, OpenAlert, RuleRow, SOURCE_DEVICE, SOURCE_RULE, StatusMark,
+};
 use meterflow_model::{
-    AlertEvent, AlertKind, AlertRules, DeviceFlag, DeviceStatus, EpisodeState, MeterKey,
-    MeterState, Outputs, Quality, SealedBatch, StoredReading,
+    AlertEvent, AlertKind, AlertRules, DeviceStatus, EpisodeState, Flags, MeterKey, MeterState,
+    Outputs, Quality, SealedBatch, StoredReading,
 };
 
 use crate::Processor;
 use crate::calendar::HOUR_MS;
 use crate::tenants::TenantDirectory;
-
-const DAY_MS: i64 = 24 * HOUR_MS;
-
-/// Device flags and the alert kind each opens.
-const FLAG_KINDS: [(DeviceFlag, AlertKind); 10] = [
-    (DeviceFlag::Leak, AlertKind::Leak),
-    (DeviceFlag::Burst, AlertKind::Burst),
-    (DeviceFlag::Backflow, AlertKind::Backflow),
-    (DeviceFlag::Tamper, AlertKind::Tamper),
-    (DeviceFlag::Magnetic, AlertKind::Magnetic),
-    (DeviceFlag::CutCable, AlertKind::CutCable),
-    (DeviceFlag::DryPipe, AlertKind::DryPipe),
-    (DeviceFlag::LowBattery, AlertKind::LowBattery),
-    (DeviceFlag::Freeze, AlertKind::Freeze),
-    (DeviceFlag::RegisterError, AlertKind::RegisterError),
-];
+use fold::{FLAG_KINDS, FoldRules, fold_item, merged};
 
 /// The alerting stage; its per-meter state is `MeterState::alerts`.
 pub struct AlertingProcessor {
@@ -94,6 +101,17 @@ impl AlertingProcessor {
             })
             .collect()
     }
+
+    /// The rules of the meter's tenant, as the fold reads them.
+    fn fold_rules(&self, key: &MeterKey) -> FoldRules<'_> {
+        let settings = &self.directory.get(&key.tenant).settings;
+        FoldRules {
+            rules: &settings.alert_rules,
+            // A bulk meter's flow is a district's inflow: it never stops and is not
+            // a customer's use, so the consumption rules do not apply to it.
+            consumer: !settings.is_bulk(&key.meter),
+        }
+    }
 }
 
 impl Processor for AlertingProcessor {
@@ -103,26 +121,33 @@ impl Processor for AlertingProcessor {
 
     fn process(&mut self, batch: &mut SealedBatch, out: &mut Outputs) {
         for meter in &mut batch.meters {
-            let settings = &self.directory.get(&meter.key.tenant).settings;
-            let rules = &settings.alert_rules;
-            // A bulk meter's flow is a district's inflow: it never stops and is not
-            // a customer's use, so the consumption rules do not apply to it.
-            let consumer = !settings.is_bulk(&meter.key.meter);
-            let mut log = EpisodeLog {
+            let rules = self.fold_rules(&meter.key);
+            let settled_point = meter.state.vee.settled_ts();
+            let alerts = &mut meter.state.alerts;
+            let mut emitter = Emitter {
                 key: &meter.key,
-                update_interval_ms: rules.update_interval_ms,
+                revision: alerts.revision,
                 events: &mut out.alerts,
             };
-            let alerts = &mut meter.state.alerts;
-            note_contact(&mut log, alerts, &meter.readings, &meter.statuses);
-            for row in &meter.readings {
-                fold_row(&mut log, rules, alerts, row, consumer);
-            }
+            note_contact(&mut emitter, alerts, &meter.readings, &meter.statuses);
+            let mut window = WindowChange::default();
+            take_rows(alerts, &meter.readings, &meter.replaced, &mut window);
             // By reading time (in place; stable: equal times keep their arrival order).
             meter.statuses.sort_by_key(|s| s.ts);
             for status in &meter.statuses {
-                fold_status(&mut log, rules, alerts, status);
+                take_status(alerts, rules.rules, status, &mut window, &mut emitter);
             }
+            let inside = window
+                .first
+                .is_some_and(|first| alerts.head_key.is_some_and(|head| first <= head));
+            if inside {
+                let from = window.first.map_or(0, |(at, _)| at);
+                fold_again(alerts, rules, from, &mut emitter);
+            } else {
+                fold_on(alerts, rules, &mut emitter);
+            }
+            settle(alerts, rules, settled_point);
+            alerts.revision = emitter.revision;
         }
     }
 
@@ -142,100 +167,96 @@ impl Processor for AlertingProcessor {
         if silent < rules.no_communication_ms {
             return false;
         }
-        let mut log = EpisodeLog {
+        let state = match &mut alerts.no_communication {
+            Some(open) if now_ms - open.last_event_at < rules.update_interval_ms => return false,
+            Some(open) => {
+                open.last_event_at = now_ms;
+                EpisodeState::Updated
+            }
+            None => EpisodeState::Opened,
+        };
+        let open = *alerts.no_communication.get_or_insert(OpenAlert {
+            kind: AlertKind::NoCommunication,
+            opened_at: now_ms,
+            last_event_at: now_ms,
+            sources: SOURCE_RULE,
+        });
+        let mut emitter = Emitter {
             key,
-            update_interval_ms: rules.update_interval_ms,
+            revision: alerts.revision,
             events: &mut out.alerts,
         };
-        log.raise(
-            &mut alerts.open,
-            AlertKind::NoCommunication,
-            SOURCE_RULE,
-            now_ms,
-            || format!("no message for {} h", silent / HOUR_MS),
-        )
+        emitter.emit(EpisodeStep {
+            kind: open.kind,
+            state,
+            opened_at: open.opened_at,
+            at: now_ms,
+            detail: format!("no message for {} h", silent / HOUR_MS),
+        });
+        alerts.revision = emitter.revision;
+        true
+    }
+
+    /// The window's rows are the rows VEE made of its rebuilt window after the
+    /// settled fold; folding them (and the persisted marks) again gives the head and
+    /// the steps the stores hold of them. Nothing is emitted.
+    fn rehydrate(&mut self, key: &MeterKey, state: &mut MeterState, rows: &mut Vec<StoredReading>) {
+        let rules = self.fold_rules(key);
+        let alerts = &mut state.alerts;
+        let floor = alerts.settled_ts;
+        alerts.rows = rows
+            .iter()
+            .filter(|row| floor.is_none_or(|f| row.reading.ts > f))
+            .filter_map(rule_row)
+            .collect();
+        let window = fold_window(alerts, rules);
+        (alerts.head, alerts.window_steps, alerts.head_key) = window;
     }
 }
 
-/// Opens, updates and clears episodes, recording each step.
-struct EpisodeLog<'a> {
+/// Turns steps into events of the meter, each with the next revision.
+struct Emitter<'a> {
     key: &'a MeterKey,
-    update_interval_ms: i64,
+    revision: i64,
     events: &'a mut Vec<AlertEvent>,
 }
 
-impl EpisodeLog<'_> {
-    fn record(&mut self, alert: &OpenAlert, state: EpisodeState, at: i64, detail: String) {
+impl Emitter<'_> {
+    fn emit(&mut self, step: EpisodeStep) {
+        let revision = self
+            .revision
+            .saturating_add(1)
+            .max(AlertEvent::first_revision(step.at, step.state));
+        self.revision = revision;
         self.events.push(AlertEvent {
             tenant: self.key.tenant.to_string(),
             meter: self.key.meter.to_string(),
-            kind: alert.kind,
-            priority: alert.kind.priority(),
-            state,
-            opened_at: alert.opened_at,
-            at,
-            detail,
+            kind: step.kind,
+            priority: step.kind.priority(),
+            state: step.state,
+            opened_at: step.opened_at,
+            at: step.at,
+            detail: step.detail,
+            revision,
         });
     }
+}
 
-    /// `source` holds for `kind` at `at`. Returns whether anything changed.
-    fn raise(
-        &mut self,
-        open: &mut Vec<OpenAlert>,
-        kind: AlertKind,
-        source: u8,
-        at: i64,
-        detail: impl FnOnce() -> String,
-    ) -> bool {
-        if let Some(alert) = open.iter_mut().find(|a| a.kind == kind) {
-            let new_source = alert.sources & source == 0;
-            if !new_source && at - alert.last_event_at < self.update_interval_ms {
-                return false;
-            }
-            alert.sources |= source;
-            alert.last_event_at = alert.last_event_at.max(at);
-            let alert = *alert;
-            self.record(&alert, EpisodeState::Updated, at, detail());
-        } else {
-            let alert = OpenAlert {
-                kind,
-                opened_at: at,
-                last_event_at: at,
-                sources: source,
-            };
-            open.push(alert);
-            self.record(&alert, EpisodeState::Opened, at, detail());
-        }
-        true
-    }
+/// Where a batch changed the window: the earliest fold key it touched.
+#[derive(Default)]
+struct WindowChange {
+    first: Option<(i64, u8)>,
+}
 
-    /// `source` no longer holds for `kind`; the episode clears when no source does.
-    fn release(
-        &mut self,
-        open: &mut Vec<OpenAlert>,
-        kind: AlertKind,
-        source: u8,
-        at: i64,
-        detail: impl FnOnce() -> String,
-    ) -> bool {
-        let Some(index) = open.iter().position(|a| a.kind == kind) else {
-            return false;
-        };
-        if open[index].sources & source == 0 {
-            return false;
-        }
-        open[index].sources &= !source;
-        if open[index].sources == 0 {
-            let alert = open.remove(index);
-            self.record(&alert, EpisodeState::Cleared, at, detail());
-        }
-        true
+impl WindowChange {
+    fn at(&mut self, key: (i64, u8)) {
+        self.first = Some(self.first.map_or(key, |first| first.min(key)));
     }
 }
 
 /// Any message proves the meter can talk: it clears no-communication.
 fn note_contact(
-    log: &mut EpisodeLog<'_>,
+    emitter: &mut Emitter<'_>,
     alerts: &mut AlertState,
     readings: &[StoredReading],
     statuses: &[DeviceStatus],
@@ -245,294 +266,407 @@ fn note_contact(
         .map(|r| r.received_at)
         .chain(statuses.iter().map(|s| s.received_at))
         .max();
-    if let Some(seen) = newest {
-        alerts.last_seen_at = alerts.last_seen_at.max(Some(seen));
-        log.release(
-            &mut alerts.open,
-            AlertKind::NoCommunication,
-            SOURCE_RULE,
-            seen,
-            || "meter reported again".into(),
-        );
-    }
-}
-
-fn fold_row(
-    log: &mut EpisodeLog<'_>,
-    rules: &AlertRules,
-    alerts: &mut AlertState,
-    row: &StoredReading,
-    consumer: bool,
-) {
-    if row.quality == Quality::Suspect {
-        return;
-    }
-    let reading = row.reading;
-    let ts = reading.ts;
-    if let Some(temp) = reading.temp {
-        if temp <= rules.freeze_temp {
-            log.raise(&mut alerts.open, AlertKind::Freeze, SOURCE_RULE, ts, || {
-                format!("water at {:.1} °C", f64::from(temp) / 10.0)
-            });
-        } else if temp >= rules.freeze_clear_temp {
-            log.release(&mut alerts.open, AlertKind::Freeze, SOURCE_RULE, ts, || {
-                format!("water back at {:.1} °C", f64::from(temp) / 10.0)
-            });
-        }
-    }
-    let Some(last_ts) = alerts.last_ts else {
-        alerts.first_ts = Some(ts);
-        alerts.last_ts = Some(ts);
-        alerts.last_rev = Some(reading.rev);
+    let Some(seen) = newest else {
         return;
     };
-    if ts <= last_ts {
-        return;
-    }
-    let litres = row.interval_l.unwrap_or(0);
-    let first_ts = alerts.first_ts.unwrap_or(last_ts);
-    if litres > 0 {
-        alerts.last_consumption_ts = Some(ts);
-    }
-    if consumer {
-        fold_leak(log, rules, alerts, row.quality, last_ts, ts, litres);
-    }
-
-    if consumer {
-        fold_burst(log, rules, alerts, last_ts, ts, litres);
-    }
-
-    // Backflow: the reverse register grows.
-    let reverse_growth = alerts
-        .last_rev
-        .map_or(0, |rev| reading.rev.saturating_sub(rev));
-    if reverse_growth > 0 {
-        alerts.backflow_l = alerts.backflow_l.saturating_add(reverse_growth);
-        alerts.last_backflow_ts = Some(ts);
-        if alerts.backflow_l >= rules.backflow_min_l {
-            let total = alerts.backflow_l;
-            log.raise(
-                &mut alerts.open,
-                AlertKind::Backflow,
-                SOURCE_RULE,
-                ts,
-                || format!("reverse register grew {total} L"),
-            );
-        }
-    } else if alerts
-        .last_backflow_ts
-        .is_some_and(|t| ts - t >= rules.backflow_clear_ms)
-    {
-        alerts.backflow_l = 0;
-        alerts.last_backflow_ts = None;
-        log.release(
-            &mut alerts.open,
-            AlertKind::Backflow,
-            SOURCE_RULE,
-            ts,
-            || "reverse register steady".into(),
-        );
-    }
-
-    if consumer {
-        fold_idle(log, rules, alerts, ts, first_ts);
-    }
-
-    alerts.last_ts = Some(ts);
-    alerts.last_rev = Some(reading.rev);
-}
-
-/// Burst: intervals whose average flow is at or above `burst_flow_lph`, in a run
-/// lasting `burst_duration_ms`; released at the first interval below it.
-fn fold_burst(
-    log: &mut EpisodeLog<'_>,
-    rules: &AlertRules,
-    alerts: &mut AlertState,
-    last_ts: i64,
-    ts: i64,
-    litres: u64,
-) {
-    let elapsed = ts - last_ts;
-    let average_lph = u128::from(litres) * HOUR_MS as u128 / elapsed as u128;
-    if average_lph >= u128::from(rules.burst_flow_lph) {
-        let since = *alerts.burst_since.get_or_insert(last_ts);
-        if ts - since >= rules.burst_duration_ms {
-            log.raise(&mut alerts.open, AlertKind::Burst, SOURCE_RULE, ts, || {
-                format!(
-                    "average flow {average_lph} L/h for {} min",
-                    (ts - since) / 60_000
-                )
-            });
-        }
-    } else {
-        alerts.burst_since = None;
-        log.release(&mut alerts.open, AlertKind::Burst, SOURCE_RULE, ts, || {
-            format!("flow down to {average_lph} L/h")
+    alerts.last_seen_at = alerts.last_seen_at.max(Some(seen));
+    if let Some(open) = alerts.no_communication.take() {
+        emitter.emit(EpisodeStep {
+            kind: open.kind,
+            state: EpisodeState::Cleared,
+            opened_at: open.opened_at,
+            at: seen,
+            detail: "meter reported again".into(),
         });
     }
 }
 
-/// No consumption for `no_consumption_days` (since the first read when nothing was
-/// ever used); released when water is used again.
-fn fold_idle(
-    log: &mut EpisodeLog<'_>,
-    rules: &AlertRules,
-    alerts: &mut AlertState,
-    ts: i64,
-    first_ts: i64,
-) {
-    let consumed_at = alerts.last_consumption_ts.unwrap_or(first_ts);
-    let idle = ts - consumed_at;
-    if idle >= i64::from(rules.no_consumption_days) * DAY_MS {
-        log.raise(
-            &mut alerts.open,
-            AlertKind::NoConsumption,
-            SOURCE_RULE,
-            ts,
-            || format!("no consumption for {} days", idle / DAY_MS),
-        );
-    } else {
-        log.release(
-            &mut alerts.open,
-            AlertKind::NoConsumption,
-            SOURCE_RULE,
-            ts,
-            || "consumption resumed".into(),
-        );
-    }
+/// What the rules read of one of VEE's rows; none for a suspect one.
+fn rule_row(row: &StoredReading) -> Option<RuleRow> {
+    (row.quality != Quality::Suspect).then_some(RuleRow {
+        ts: row.reading.ts,
+        interval_l: row.interval_l,
+        estimated: row.quality == Quality::Estimated,
+        rev: row.reading.rev,
+        temp: row.reading.temp,
+    })
 }
 
-/// Leak: no zero-consumption hour for `leak_window_ms` — counted only over evidence.
-/// Actual reads at most `leak_evidence_interval_ms` apart are evidence; an estimated
-/// row or a longer interval (an outage) says nothing about quiet hours, so it
-/// restarts the window at its end and releases the rule: a gap never opens, nor
-/// keeps open, a leak.
-fn fold_leak(
-    log: &mut EpisodeLog<'_>,
-    rules: &AlertRules,
+/// Takes VEE's rows of the batch into the window: a row replaces the one at its
+/// `ts`, a suspect row removes it, and a row VEE made before and no longer makes
+/// (`replaced`, not re-emitted) leaves. Rows at or before the settled fold's end
+/// are final already.
+fn take_rows(
     alerts: &mut AlertState,
-    quality: Quality,
-    last_ts: i64,
-    ts: i64,
-    litres: u64,
+    rows: &[StoredReading],
+    replaced: &[StoredReading],
+    window: &mut WindowChange,
 ) {
-    let span = ts - last_ts;
-    if quality != Quality::Actual || span > rules.leak_evidence_interval_ms {
-        alerts.zero_run_since = None;
-        alerts.last_zero_hour_ts = Some(ts);
-        log.release(&mut alerts.open, AlertKind::Leak, SOURCE_RULE, ts, || {
-            if quality == Quality::Actual {
-                format!("no leak evidence across a {} min gap", span / 60_000)
-            } else {
-                "no leak evidence in estimated readings".into()
+    let floor = alerts.settled_ts;
+    let inside = |ts: i64| floor.is_none_or(|f| ts > f);
+    for row in rows.iter().filter(|row| inside(row.reading.ts)) {
+        let ts = row.reading.ts;
+        let at = alerts.rows.binary_search_by_key(&ts, |r| r.ts);
+        match (rule_row(row), at) {
+            (None, Ok(index)) => {
+                alerts.rows.remove(index);
             }
-        });
+            (None, Err(_)) => continue,
+            (Some(new), Ok(index)) if alerts.rows[index] == new => continue,
+            (Some(new), Ok(index)) => alerts.rows[index] = new,
+            (Some(new), Err(index)) => alerts.rows.insert(index, new),
+        }
+        window.at((ts, 0));
+    }
+    if replaced.is_empty() {
         return;
     }
-    if litres == 0 {
-        let since = *alerts.zero_run_since.get_or_insert(last_ts);
-        if ts - since >= HOUR_MS {
-            alerts.last_zero_hour_ts = Some(ts);
+    let made: HashSet<i64> = rows.iter().map(|r| r.reading.ts).collect();
+    for gone in replaced
+        .iter()
+        .map(|r| r.reading.ts)
+        .filter(|ts| !made.contains(ts))
+    {
+        if let Ok(index) = alerts.rows.binary_search_by_key(&gone, |r| r.ts) {
+            alerts.rows.remove(index);
+            window.at((gone, 0));
         }
-    } else {
-        alerts.zero_run_since = None;
-    }
-    let first_ts = alerts.first_ts.unwrap_or(last_ts);
-    let leak_since = alerts.last_zero_hour_ts.unwrap_or(first_ts).max(first_ts);
-    if ts - leak_since >= rules.leak_window_ms {
-        log.raise(&mut alerts.open, AlertKind::Leak, SOURCE_RULE, ts, || {
-            format!("no zero-flow hour for {} h", (ts - leak_since) / HOUR_MS)
-        });
-    } else {
-        log.release(&mut alerts.open, AlertKind::Leak, SOURCE_RULE, ts, || {
-            "zero-flow hour seen".into()
-        });
     }
 }
 
-fn fold_status(
-    log: &mut EpisodeLog<'_>,
-    rules: &AlertRules,
+/// Takes a status: marks what changed since the newest status before it, or — for
+/// a late one — the raised flags nothing covers at its time.
+fn take_status(
     alerts: &mut AlertState,
+    rules: &AlertRules,
     status: &DeviceStatus,
+    window: &mut WindowChange,
+    emitter: &mut Emitter<'_>,
 ) {
     let at = status.ts;
-    if let Some(newest) = alerts.last_status_ts.filter(|newest| at < *newest) {
-        fold_late_status(log, alerts, status, newest);
-        return;
-    }
-    alerts.last_status_ts = Some(at);
-    alerts.last_status_flags = status.flags.bits();
-    for (flag, kind) in FLAG_KINDS {
-        if status.flags.contains(flag) {
-            log.raise(&mut alerts.open, kind, SOURCE_DEVICE, at, || {
-                format!("device flag {}", flag.name())
-            });
-        } else {
-            log.release(&mut alerts.open, kind, SOURCE_DEVICE, at, || {
-                format!("device flag {} lowered", flag.name())
-            });
-        }
-    }
-    if let Some(battery) = status.battery {
-        if battery <= rules.low_battery_pct {
-            log.raise(
-                &mut alerts.open,
-                AlertKind::LowBattery,
-                SOURCE_RULE,
-                at,
-                || format!("battery at {battery} %"),
-            );
-        } else if battery >= rules.low_battery_clear_pct {
-            log.release(
-                &mut alerts.open,
-                AlertKind::LowBattery,
-                SOURCE_RULE,
-                at,
-                || format!("battery at {battery} %"),
-            );
-        }
+    match alerts.device.last_status_ts {
+        Some(newest) if at < newest => take_late_status(alerts, status, newest, window, emitter),
+        _ => take_newest_status(alerts, rules, status, window, emitter),
     }
 }
 
-/// A status older than the newest one folded (it arrived late). Its raised flags
-/// still count: a flag raised at a time no open episode of its kind covers gets a
-/// closed episode from this status to the next thing known after it — the open
-/// episode's start, or else the newest status (which does not raise it). Its
-/// lowered flags and battery level are older news than what is known and change
-/// nothing.
-fn fold_late_status(
-    log: &mut EpisodeLog<'_>,
+fn take_newest_status(
+    alerts: &mut AlertState,
+    rules: &AlertRules,
+    status: &DeviceStatus,
+    window: &mut WindowChange,
+    emitter: &mut Emitter<'_>,
+) {
+    let at = status.ts;
+    let before = alerts.device.flags;
+    alerts.device.last_status_ts = Some(at);
+    alerts.device.flags = status.flags.bits();
+    let mut marks = Vec::new();
+    for (flag, kind) in FLAG_KINDS {
+        let raised = status.flags.contains(flag);
+        let was = Flags::from_bits(before).is_some_and(|f| f.contains(flag));
+        if raised != was || (raised && reconfirm_due(alerts, rules, kind, SOURCE_DEVICE, at)) {
+            marks.push(StatusMark {
+                at,
+                kind,
+                source: SOURCE_DEVICE,
+                raised,
+                battery: None,
+            });
+        }
+    }
+    if let Some(level) = status.battery {
+        let kind = AlertKind::LowBattery;
+        let low = level <= rules.low_battery_pct;
+        let recovered = level >= rules.low_battery_clear_pct;
+        let held = alerts.device.battery_low;
+        if (low && (!held || reconfirm_due(alerts, rules, kind, SOURCE_RULE, at)))
+            || (recovered && held)
+        {
+            alerts.device.battery_low = low;
+            marks.push(StatusMark {
+                at,
+                kind,
+                source: SOURCE_RULE,
+                raised: low,
+                battery: Some(level),
+            });
+        }
+    }
+    for mark in marks {
+        if alerts.settled_ts.is_some_and(|s| at <= s) {
+            // Older than the settled fold (a device clock behind its reads): its
+            // raised flags stand alone, as a late status's do.
+            if mark.raised && mark.battery.is_none() {
+                late_span_outside(alerts, mark.kind, at, at, emitter);
+            }
+            continue;
+        }
+        let index = alerts.marks.partition_point(|m| m.at <= at);
+        alerts.marks.insert(index, mark);
+        window.at((at, 1));
+    }
+}
+
+/// A raised flag is reconfirmed (so that its episode is updated) once
+/// `update_interval_ms` has passed since the kind's last raising mark.
+fn reconfirm_due(
+    alerts: &AlertState,
+    rules: &AlertRules,
+    kind: AlertKind,
+    source: u8,
+    at: i64,
+) -> bool {
+    !alerts.marks.iter().any(|m| {
+        m.kind == kind && m.source == source && m.raised && at - m.at < rules.update_interval_ms
+    })
+}
+
+/// A status older than the newest one: each flag it raises that nothing covers at
+/// its time gets a span from its time to the next thing known of the kind — its
+/// next mark, or else the newest status (which does not raise it). Its lowered
+/// flags and battery level are older news than what is known and change nothing.
+fn take_late_status(
     alerts: &mut AlertState,
     status: &DeviceStatus,
     newest: i64,
+    window: &mut WindowChange,
+    emitter: &mut Emitter<'_>,
 ) {
+    let at = status.ts;
+    let settled = alerts.settled_ts.is_some_and(|s| at <= s);
     for (flag, kind) in FLAG_KINDS {
         if !status.flags.contains(flag) {
             continue;
         }
-        let open = alerts.open.iter().find(|a| a.kind == kind);
-        if open.is_some_and(|a| a.opened_at <= status.ts) {
+        let next = alerts
+            .marks
+            .iter()
+            .find(|m| m.at > at && m.kind == kind && m.source == SOURCE_DEVICE)
+            .map(|m| m.at);
+        let until = next.unwrap_or(newest);
+        if settled {
+            late_span_outside(alerts, kind, at, until, emitter);
             continue;
         }
-        let until = open.map_or(newest, |a| a.opened_at);
-        let episode = OpenAlert {
+        if device_holds(alerts, kind, at) {
+            continue;
+        }
+        let mark = |at, raised| StatusMark {
+            at,
             kind,
-            opened_at: status.ts,
-            last_event_at: status.ts,
-            sources: SOURCE_DEVICE,
+            source: SOURCE_DEVICE,
+            raised,
+            battery: None,
         };
-        log.record(
-            &episode,
+        let raise_at = alerts.marks.partition_point(|m| m.at <= at);
+        alerts.marks.insert(raise_at, mark(at, true));
+        // The lowering goes before a mark at `until` (the next episode starts there).
+        let lower_at = alerts.marks.partition_point(|m| m.at < until);
+        alerts.marks.insert(lower_at, mark(until, false));
+        window.at((at, 1));
+    }
+}
+
+/// Whether the device's flag holds `kind` at `at`: the kind's last mark at or
+/// before it says so, or — with none in the window — the settled fold's episode.
+fn device_holds(alerts: &AlertState, kind: AlertKind, at: i64) -> bool {
+    let last = alerts
+        .marks
+        .iter()
+        .rev()
+        .find(|m| m.at <= at && m.kind == kind && m.source == SOURCE_DEVICE);
+    match last {
+        Some(mark) => mark.raised,
+        None => alerts
+            .settled
+            .open
+            .iter()
+            .any(|a| a.kind == kind && a.sources & SOURCE_DEVICE != 0),
+    }
+}
+
+/// A raised flag at or before the settled fold's end cannot be folded in reading
+/// time any more: it becomes a closed episode of its own, from `at` to `until` or
+/// the start of a later episode of its kind open at the settled point or now,
+/// unless one of those already covers it.
+fn late_span_outside(
+    alerts: &AlertState,
+    kind: AlertKind,
+    at: i64,
+    until: i64,
+    emitter: &mut Emitter<'_>,
+) {
+    let known = alerts
+        .settled
+        .open
+        .iter()
+        .chain(&alerts.head.open)
+        .filter(|a| a.kind == kind);
+    let mut until = until;
+    for alert in known {
+        if alert.opened_at <= at {
+            return;
+        }
+        until = until.min(alert.opened_at);
+    }
+    let name = FLAG_KINDS
+        .iter()
+        .find(|(_, k)| *k == kind)
+        .map_or("?", |(flag, _)| flag.name());
+    for (state, step_at, detail) in [
+        (
             EpisodeState::Opened,
-            status.ts,
-            format!("device flag {} (reported late)", flag.name()),
-        );
-        log.record(
-            &episode,
+            at,
+            format!("device flag {name} (reported late)"),
+        ),
+        (
             EpisodeState::Cleared,
             until,
-            format!("device flag {} lowered by a newer message", flag.name()),
-        );
+            format!("device flag {name} lowered by a newer message"),
+        ),
+    ] {
+        emitter.emit(EpisodeStep {
+            kind,
+            state,
+            opened_at: at,
+            at: step_at,
+            detail,
+        });
     }
+}
+
+/// Folds the window's items after the head onto it (a batch that only added data
+/// newer than everything folded), emitting their steps.
+fn fold_on(alerts: &mut AlertState, rules: FoldRules<'_>, emitter: &mut Emitter<'_>) {
+    let after = |key: (i64, u8)| alerts.head_key.is_none_or(|head| key > head);
+    let first_row = alerts.rows.partition_point(|r| !after((r.ts, 0)));
+    let first_mark = alerts.marks.partition_point(|m| !after((m.at, 1)));
+    let mut steps = Vec::new();
+    let mut last = None;
+    for item in merged(alerts.rows.range(first_row..), &alerts.marks[first_mark..]) {
+        fold_item(&mut alerts.head, rules, item, &mut steps);
+        last = Some(item.key());
+    }
+    if last.is_some() {
+        alerts.head_key = last;
+    }
+    for step in &steps {
+        emitter.emit(step.clone());
+    }
+    alerts.window_steps.extend(steps);
+}
+
+/// Folds the whole window again from the settled fold (data landed inside it) and
+/// emits what changed against the steps it made before.
+fn fold_again(alerts: &mut AlertState, rules: FoldRules<'_>, from: i64, emitter: &mut Emitter<'_>) {
+    let (head, steps, head_key) = fold_window(alerts, rules);
+    for step in changed_steps(&alerts.window_steps, &steps, &head.open, from) {
+        emitter.emit(step);
+    }
+    alerts.head = head;
+    alerts.window_steps = steps;
+    alerts.head_key = head_key;
+}
+
+/// The settled fold with every window item folded in, the steps they make, and the
+/// key of the last.
+fn fold_window(
+    alerts: &AlertState,
+    rules: FoldRules<'_>,
+) -> (AlertFold, Vec<EpisodeStep>, Option<(i64, u8)>) {
+    let mut head = alerts.settled.clone();
+    let mut steps = Vec::new();
+    let mut last = None;
+    for item in merged(&alerts.rows, &alerts.marks) {
+        fold_item(&mut head, rules, item, &mut steps);
+        last = Some(item.key());
+    }
+    (head, steps, last)
+}
+
+/// What to emit when the window's steps go from `old` to `new` (`open`: the
+/// episodes open after `new`), so that the latest step the stores keep of every
+/// episode is `new`'s: episodes opened in `old` and absent from `new` are
+/// withdrawn (at `from`, where the change begins); steps of `new` that `old` did not
+/// make are emitted in order; and an episode whose latest step changed without a
+/// new one (its clearing went away) gets its latest step again — or, opened before
+/// the window and stepped in it no more, an update that it is open.
+fn changed_steps(
+    old: &[EpisodeStep],
+    new: &[EpisodeStep],
+    open: &[OpenAlert],
+    from: i64,
+) -> Vec<EpisodeStep> {
+    let mut out = Vec::new();
+    let in_new = |episode: (AlertKind, i64)| new.iter().any(|s| s.episode() == episode);
+    for gone in old
+        .iter()
+        .filter(|s| s.state == EpisodeState::Opened && !in_new(s.episode()))
+    {
+        out.push(EpisodeStep {
+            state: EpisodeState::Withdrawn,
+            at: from,
+            detail: "withdrawn: data that arrived later shows it did not happen".into(),
+            ..gone.clone()
+        });
+    }
+    let mut matched = vec![false; old.len()];
+    for step in new {
+        match (0..old.len()).find(|&i| !matched[i] && old[i] == *step) {
+            Some(i) => matched[i] = true,
+            None => out.push(step.clone()),
+        }
+    }
+    let mut episodes: Vec<(AlertKind, i64)> =
+        old.iter().chain(new).map(EpisodeStep::episode).collect();
+    episodes.sort_unstable();
+    episodes.dedup();
+    for episode in episodes {
+        let latest =
+            |steps: &[EpisodeStep]| steps.iter().rev().find(|s| s.episode() == episode).cloned();
+        let latest_new = latest(new);
+        // What the stores hold of the episode once `out` is applied.
+        let held = latest(&out).or_else(|| latest(old));
+        if held == latest_new {
+            continue;
+        }
+        match latest_new {
+            Some(step) => out.push(step),
+            None => {
+                let Some(alert) = open.iter().find(|a| (a.kind, a.opened_at) == episode) else {
+                    continue;
+                };
+                out.push(EpisodeStep {
+                    kind: alert.kind,
+                    state: EpisodeState::Updated,
+                    opened_at: alert.opened_at,
+                    at: alert.last_event_at,
+                    detail: "open again: data that arrived later undid its clearing".into(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Folds the window's items up to VEE's settled point into the settled fold for
+/// good (their steps were emitted when they were first folded) and drops them.
+fn settle(alerts: &mut AlertState, rules: FoldRules<'_>, point: Option<i64>) {
+    let Some(point) = point else {
+        return;
+    };
+    if alerts.settled_ts.is_some_and(|s| point <= s) {
+        return;
+    }
+    let rows = alerts.rows.partition_point(|r| r.ts <= point);
+    let marks = alerts.marks.partition_point(|m| m.at <= point);
+    let mut steps = Vec::new();
+    for item in merged(alerts.rows.range(..rows), &alerts.marks[..marks]) {
+        fold_item(&mut alerts.settled, rules, item, &mut steps);
+    }
+    alerts.rows.drain(..rows);
+    alerts.marks.drain(..marks);
+    alerts.window_steps.retain(|s| s.at > point);
+    alerts.settled_ts = Some(point);
 }

@@ -10,10 +10,12 @@
 //!   backflow, tamper, magnetic, cut cable) before high (leak, freeze, dry pipe)
 //!   before low (battery, communication, consumption) — and in arrival order within a
 //!   priority.
-//! - **Coalescing**: a new event of an episode (meter, kind) that is still waiting
-//!   replaces the waiting one in place (keeping its turn) and counts as coalesced; an
-//!   `updated` that follows a waiting `opened` stays an `opened` (the receiver has not
-//!   heard of the episode yet) with the newer detail.
+//! - **Coalescing**: a new event of an episode (meter, kind, opened_at) that is still
+//!   waiting replaces the waiting one in place (keeping its turn) and counts as
+//!   coalesced; an `updated` that follows a waiting `opened` stays an `opened` (the
+//!   receiver has not heard of the episode yet) with the newer detail. Episodes are
+//!   told apart by their opening time, so a withdrawn episode's withdrawal is not
+//!   replaced by the steps of the episode that took its place.
 //! - **Bound**: past `max_pending` waiting notifications, the newest one of the
 //!   lowest priority is dropped and counted.
 
@@ -44,7 +46,7 @@ struct TenantQueue {
     tokens: u64,
     refilled_at: Option<i64>,
     waiting: BTreeMap<(Priority, u64), Waiting>,
-    by_episode: HashMap<(String, AlertKind), (Priority, u64)>,
+    by_episode: HashMap<(String, AlertKind, i64), (Priority, u64)>,
 }
 
 impl TenantQueue {
@@ -112,7 +114,7 @@ impl NotificationPolicy {
         }
         let queue = self.tenants.get_mut(&event.tenant).expect("inserted above");
         queue.refill(now_ms);
-        let episode = (event.meter.clone(), event.kind);
+        let episode = (event.meter.clone(), event.kind, event.opened_at);
         if let Some(slot) = queue.by_episode.get(&episode)
             && let Some(waiting) = queue.waiting.get_mut(slot)
         {
@@ -141,7 +143,9 @@ impl NotificationPolicy {
             && let Some((_, dropped)) = queue.waiting.pop_last()
         {
             let event = &dropped.notification.event;
-            queue.by_episode.remove(&(event.meter.clone(), event.kind));
+            queue
+                .by_episode
+                .remove(&(event.meter.clone(), event.kind, event.opened_at));
             self.dropped += 1;
         }
     }
@@ -157,7 +161,9 @@ impl NotificationPolicy {
                     break;
                 };
                 let event = &waiting.notification.event;
-                queue.by_episode.remove(&(event.meter.clone(), event.kind));
+                queue
+                    .by_episode
+                    .remove(&(event.meter.clone(), event.kind, event.opened_at));
                 queue.tokens -= TOKEN;
                 deliver.push(waiting.notification);
             }
@@ -197,6 +203,7 @@ mod tests {
             opened_at: 0,
             at,
             detail: String::new(),
+            revision: at,
         }
     }
 

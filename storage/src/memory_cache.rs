@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use meterflow_model::alert::{AlertEvent, AlertKind, EpisodeState};
+use meterflow_model::alert::{AlertEvent, AlertKind};
 use meterflow_model::analytics::{DistrictUsage, Resolution, TopEntry};
 use meterflow_model::{MeterKey, MeterPage, MeterQuery, MeterView, Outputs, TenantSummary};
 
@@ -150,13 +150,16 @@ struct TenantCache {
 impl TenantCache {
     fn alert(&mut self, event: &AlertEvent) {
         let episode = (event.meter.clone(), event.kind);
-        match event.state {
-            EpisodeState::Cleared => {
+        // A step touches only its own episode (as in Redis's `APPLY_ALERTS`): a
+        // closing one removes it only while it is the one held, an open one does not
+        // replace a later-opened episode.
+        let holds = self.open.get(&episode).map(|held| held.opened_at);
+        if !event.state.is_open() {
+            if holds == Some(event.opened_at) {
                 self.open.remove(&episode);
             }
-            EpisodeState::Opened | EpisodeState::Updated => {
-                self.open.insert(episode, event.clone());
-            }
+        } else if holds.is_none_or(|opened_at| opened_at <= event.opened_at) {
+            self.open.insert(episode, event.clone());
         }
         if self.recent.len() == RECENT_ALERTS_KEPT {
             self.recent.pop_front();
@@ -366,6 +369,7 @@ impl HotCache for MemoryCache {
 
 #[cfg(test)]
 mod tests {
+    use meterflow_model::alert::EpisodeState;
     use meterflow_model::{MeterId, Quality, TenantId, TopConsumers};
 
     use super::*;
@@ -416,6 +420,7 @@ mod tests {
             opened_at: 1,
             at,
             detail: String::new(),
+            revision: AlertEvent::first_revision(at, state),
         }
     }
 

@@ -130,7 +130,12 @@ pub(crate) fn decode_uplink(body: &[u8]) -> Result<Uplink, Reject> {
 /// - 5: `VeeState` (inside `MeterState`) persists the operator orders about the
 ///   meter's register (`orders`, after `settled`); older states read with none.
 ///   Other records are unchanged.
-const RECORD_VERSION: u8 = 5;
+/// - 6: alert episodes are derived in reading time. `AlertState` (inside
+///   `MeterState`) keeps its fold at VEE's settled point, the window's status
+///   marks, the newest device status, the no-communication episode and the newest
+///   event revision; `AlertEvent` gained its `revision`. Older layouts are frozen
+///   in `model/src/state_v5.rs`. Other records are unchanged.
+const RECORD_VERSION: u8 = 6;
 
 /// A persisted record type, and how it reads bodies of older record versions.
 pub trait Record: DeserializeOwned {
@@ -155,6 +160,12 @@ pub trait Record: DeserializeOwned {
     /// Reads a version-4 body; types whose layout has not changed since read it as
     /// they are.
     fn decode_v4(body: &[u8]) -> Result<Self, RecordError> {
+        decode_body(body)
+    }
+
+    /// Reads a version-5 body; types whose layout has not changed since read it as
+    /// they are.
+    fn decode_v5(body: &[u8]) -> Result<Self, RecordError> {
         decode_body(body)
     }
 }
@@ -220,6 +231,7 @@ pub fn decode_record<T: Record>(bytes: &[u8]) -> Result<T, RecordError> {
         Some((2, body)) => T::decode_v2(body),
         Some((3, body)) => T::decode_v3(body),
         Some((4, body)) => T::decode_v4(body),
+        Some((5, body)) => T::decode_v5(body),
         Some((&other, _)) => Err(RecordError::Version(other)),
         None => Err(RecordError::Corrupt("empty record".into())),
     }

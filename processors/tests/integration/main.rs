@@ -1,5 +1,6 @@
 //! Scenario and property tests of the processor chain: pure, no servers.
 
+mod alert_order;
 mod alerting;
 mod analytics;
 mod billing;

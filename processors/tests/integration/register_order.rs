@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use meterflow_model::codec::binary::{decode_record, encode_record};
 use meterflow_model::limits::MIN_PLAUSIBLE_TS_MS;
 use meterflow_model::{
-    Decision, MeterState, OrderAction, ProcessorsConfig, Quality, Reading, RegisterOrder,
-    Resolution, StoredReading,
+    AlertEvent, AlertKind, Decision, EpisodeState, MeterState, OrderAction, ProcessorsConfig,
+    Quality, Reading, RegisterOrder, Resolution, StoredReading,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -45,6 +45,10 @@ struct Outcome {
     /// The meter's entry in each day's top list, as flushed at the end (days it used
     /// litres on).
     top: BTreeMap<i64, u64>,
+    /// The alert episodes as the stores keep them (the latest step of each, by
+    /// revision): (kind, opened_at) → when cleared (none: open). Withdrawn ones are
+    /// not episodes.
+    episodes: BTreeMap<(AlertKind, i64), Option<i64>>,
 }
 
 impl Outcome {
@@ -85,6 +89,7 @@ fn replay_restarting(
         districts: BTreeMap::new(),
         today: (0, 0),
         top: BTreeMap::new(),
+        episodes: BTreeMap::new(),
     };
     let mut stored: BTreeMap<i64, StoredReading> = BTreeMap::new();
     for (i, batch) in batches.iter().enumerate() {
@@ -116,6 +121,7 @@ fn replay_restarting(
             let terms = (bill.usage_l, bill.estimated, bill.fixed_cents);
             outcome.bills.insert(bill.period, terms);
         }
+        keep_episodes(&mut outcome.episodes, &out.alerts);
     }
     let usage = &pipeline.states[&meter].usage;
     outcome.today = (usage.day, usage.today_l);
@@ -136,6 +142,29 @@ fn replay_restarting(
         }
     }
     outcome
+}
+
+/// Applies alert events to episodes as the stores keep them: each event is its
+/// episode's latest word (events come in revision order); a withdrawn episode is
+/// none.
+pub(crate) fn keep_episodes(
+    episodes: &mut BTreeMap<(AlertKind, i64), Option<i64>>,
+    events: &[AlertEvent],
+) {
+    for event in events {
+        let episode = (event.kind, event.opened_at);
+        match event.state {
+            EpisodeState::Withdrawn => {
+                episodes.remove(&episode);
+            }
+            EpisodeState::Cleared => {
+                episodes.insert(episode, Some(event.at));
+            }
+            EpisodeState::Opened | EpisodeState::Updated => {
+                episodes.insert(episode, None);
+            }
+        }
+    }
 }
 
 /// `actual` stored the rows and bills of `expected` (the in-order stream): every row
@@ -412,6 +441,7 @@ proptest! {
         prop_assert_eq!(actual.districts, expected.districts);
         prop_assert_eq!(actual.today, expected.today);
         prop_assert_eq!(actual.top, expected.top);
+        prop_assert_eq!(actual.episodes, expected.episodes);
     }
 }
 
@@ -440,6 +470,7 @@ proptest! {
         prop_assert_eq!(actual.rows, expected.rows);
         prop_assert_eq!(actual.bills, expected.bills);
         prop_assert_eq!(actual.today, expected.today);
+        prop_assert_eq!(actual.episodes, expected.episodes);
     }
 }
 

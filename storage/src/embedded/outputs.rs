@@ -38,7 +38,7 @@ use std::collections::btree_map::Entry;
 
 use fjall::OwnedWriteBatch as WriteBatch;
 use meterflow_model::Outputs;
-use meterflow_model::alert::{AlertEvent, EpisodeState};
+use meterflow_model::alert::AlertEvent;
 use meterflow_model::analytics::{DistrictUsage, Resolution};
 use meterflow_model::billing::BillLine;
 use meterflow_model::codec::binary::{decode_record, encode_record};
@@ -135,7 +135,7 @@ impl EmbeddedStore {
                     slot.insert(event);
                 }
                 Entry::Occupied(mut slot) => {
-                    if event.order() >= slot.get().order() {
+                    if event.revision >= slot.get().revision {
                         slot.insert(event);
                     }
                 }
@@ -144,7 +144,7 @@ impl EmbeddedStore {
 
         for (key, event) in &episodes {
             if let Some(stored) = self.stored_episode(key)?
-                && stored.order() > event.order()
+                && stored.revision > event.revision
             {
                 continue;
             }
@@ -215,7 +215,7 @@ impl EmbeddedStore {
             ALERTS,
             "reading alerts",
             limit,
-            |event: &AlertEvent| !(open_only && event.state == EpisodeState::Cleared),
+            |event: &AlertEvent| !open_only || event.state.is_open(),
         )
     }
 
@@ -252,7 +252,7 @@ fn all_storable(parts: &[&str]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use meterflow_model::alert::{AlertKind, Priority};
+    use meterflow_model::alert::{AlertKind, EpisodeState, Priority};
 
     use super::*;
     use crate::ReadingStore;
@@ -267,17 +267,52 @@ mod tests {
             opened_at: 0,
             at,
             detail: String::new(),
+            revision: AlertEvent::first_revision(at, state),
         }
     }
 
     #[test]
-    fn events_order_by_time_then_lifecycle() {
+    fn first_revisions_order_by_time_then_lifecycle() {
         let opened = event(EpisodeState::Opened, 5);
         let updated = event(EpisodeState::Updated, 5);
         let cleared = event(EpisodeState::Cleared, 5);
-        assert!(opened.order() < updated.order());
-        assert!(updated.order() < cleared.order());
-        assert!(cleared.order() < event(EpisodeState::Updated, 6).order());
+        assert!(opened.revision < updated.revision);
+        assert!(updated.revision < cleared.revision);
+        assert!(cleared.revision < event(EpisodeState::Updated, 6).revision);
+    }
+
+    /// A later word on an episode wins even when its `at` is earlier: a clearing
+    /// that a late read moved back, then the episode withdrawn.
+    #[test]
+    fn the_highest_revision_is_the_episode_s_word() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let write = |events: Vec<AlertEvent>| {
+            store
+                .write_outputs(&Outputs {
+                    alerts: events,
+                    ..Outputs::default()
+                })
+                .unwrap()
+        };
+        let cleared_at_9 = event(EpisodeState::Cleared, 9);
+        write(vec![event(EpisodeState::Opened, 1), cleared_at_9.clone()]);
+        let cleared_at_4 = AlertEvent {
+            revision: cleared_at_9.revision + 1,
+            ..event(EpisodeState::Cleared, 4)
+        };
+        write(vec![cleared_at_4.clone()]);
+        assert_eq!(
+            store.alerts("t", false, 10).unwrap(),
+            [cleared_at_4.clone()]
+        );
+        let withdrawn = AlertEvent {
+            revision: cleared_at_4.revision + 1,
+            ..event(EpisodeState::Withdrawn, 4)
+        };
+        write(vec![withdrawn.clone()]);
+        assert_eq!(store.alerts("t", false, 10).unwrap(), [withdrawn]);
+        assert!(store.alerts("t", true, 10).unwrap().is_empty());
     }
 
     #[test]

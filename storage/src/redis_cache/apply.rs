@@ -28,7 +28,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use meterflow_model::alert::{AlertEvent, AlertKind, EpisodeState};
+use meterflow_model::alert::{AlertEvent, AlertKind};
 use meterflow_model::analytics::{DistrictUsage, Resolution};
 use meterflow_model::billing::BillLine;
 use meterflow_model::{Outputs, TenantSummary};
@@ -379,9 +379,11 @@ fn alerts_and_summaries(
         args.push(steps.len().to_string());
         for event in steps {
             args.push(codec::open_field(event));
-            args.push(match event.state {
-                EpisodeState::Cleared => String::new(),
-                EpisodeState::Opened | EpisodeState::Updated => codec::alert_json(event),
+            args.push(event.opened_at.to_string());
+            args.push(if event.state.is_open() {
+                codec::alert_json(event)
+            } else {
+                String::new()
             });
         }
         args.extend(meters.iter().map(|m| (*m).to_owned()));

@@ -272,7 +272,7 @@ pub(crate) fn open_field(event: &AlertEvent) -> String {
 }
 
 /// The fields of an alert event's stream entry.
-pub(crate) fn alert_entry(event: &AlertEvent) -> [(&'static str, String); 7] {
+pub(crate) fn alert_entry(event: &AlertEvent) -> [(&'static str, String); 8] {
     [
         (alert::METER, event.meter.clone()),
         (alert::KIND, event.kind.name().to_owned()),
@@ -281,6 +281,7 @@ pub(crate) fn alert_entry(event: &AlertEvent) -> [(&'static str, String); 7] {
         (alert::OPENED_AT, event.opened_at.to_string()),
         (alert::AT, event.at.to_string()),
         (alert::DETAIL, event.detail.clone()),
+        (alert::REVISION, event.revision.to_string()),
     ]
 }
 
@@ -305,17 +306,21 @@ fn alert_from(
         .ok_or_else(|| CacheError(format!("{what}: unknown alert kind {kind_raw:?}")))?;
     let priority_raw = named(alert::PRIORITY)?;
     let state_raw = named(alert::STATE)?;
+    let state = parse_state(&state_raw)
+        .ok_or_else(|| CacheError(format!("{what}: unknown state {state_raw:?}")))?;
+    let at = int(alert::AT).ok_or_else(|| missing(alert::AT))?;
     Ok(AlertEvent {
         tenant: tenant.to_owned(),
         meter: named(alert::METER)?,
         kind,
         priority: parse_priority(&priority_raw)
             .ok_or_else(|| CacheError(format!("{what}: unknown priority {priority_raw:?}")))?,
-        state: parse_state(&state_raw)
-            .ok_or_else(|| CacheError(format!("{what}: unknown state {state_raw:?}")))?,
+        state,
         opened_at: int(alert::OPENED_AT).ok_or_else(|| missing(alert::OPENED_AT))?,
-        at: int(alert::AT).ok_or_else(|| missing(alert::AT))?,
+        at,
         detail: named(alert::DETAIL)?,
+        // Entries written before revisions have none: their order was this.
+        revision: int(alert::REVISION).unwrap_or_else(|| AlertEvent::first_revision(at, state)),
     })
 }
 
@@ -477,6 +482,7 @@ mod tests {
             opened_at: 1_700_000_000_000,
             at: 1_700_000_060_000,
             detail: "no zero-flow hour for 26 h, \"really\"".into(),
+            revision: 1_700_000_060_000_007,
         }
     }
 
@@ -626,11 +632,7 @@ mod tests {
     #[test]
     fn alert_events_round_trip_through_json_and_stream_entries() {
         for kind in AlertKind::ALL {
-            for state in [
-                EpisodeState::Opened,
-                EpisodeState::Updated,
-                EpisodeState::Cleared,
-            ] {
+            for state in EpisodeState::ALL {
                 let e = event("M-1", kind, state);
                 let json = alert_json(&e);
                 assert_eq!(parse_alert_json("k", "f", "acme", &json).unwrap(), e);
@@ -647,7 +649,8 @@ mod tests {
             alert_json(&e),
             "{\"tenant\":\"acme\",\"meter\":\"M-1\",\"kind\":\"no_communication\",\
              \"priority\":\"low\",\"state\":\"opened\",\"opened_at\":1700000000000,\
-             \"at\":1700000060000,\"detail\":\"no zero-flow hour for 26 h, \\\"really\\\"\"}"
+             \"at\":1700000060000,\"detail\":\"no zero-flow hour for 26 h, \\\"really\\\"\",\
+             \"revision\":1700000060000007}"
         );
         assert!(parse_alert_json("k", "f", "acme", "{\"kind\":\"meteor\"}").is_err());
         assert!(parse_alert_json("k", "f", "acme", "not json").is_err());

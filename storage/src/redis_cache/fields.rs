@@ -73,7 +73,7 @@ pub mod alert {
     pub const KIND: &str = "kind";
     /// `critical` | `high` | `low`.
     pub const PRIORITY: &str = "priority";
-    /// `opened` | `updated` | `cleared`.
+    /// `opened` | `updated` | `cleared` | `withdrawn`.
     pub const STATE: &str = "state";
     /// Epoch ms the episode opened; with meter and kind, the episode's identity.
     pub const OPENED_AT: &str = "opened_at";
@@ -81,6 +81,8 @@ pub mod alert {
     pub const AT: &str = "at";
     /// Human-readable cause.
     pub const DETAIL: &str = "detail";
+    /// Write order of the meter's alert events (`AlertEvent::revision`).
+    pub const REVISION: &str = "revision";
 }
 
 /// `mf:{t}:summary` HASH.

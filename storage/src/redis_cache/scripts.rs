@@ -53,7 +53,7 @@ return 0
 ";
 
 /// Applies one tenant's alert episode steps to `alerts:open` (HSET while open, HDEL
-/// on cleared, in event order), then writes the absolute counts that depend on it:
+/// on cleared or withdrawn, in event order), then writes the absolute counts that depend on it:
 /// `alerts_open` of each meter whose alerts changed (HMGET of its possible
 /// `{meter}:{kind}` fields) and of the summary (HLEN). Doing it in one script keeps
 /// the counts equal to the open set at every instant, in the same round trip.
@@ -66,18 +66,31 @@ return 0
 /// `KEYS[1]` `alerts:open`, `KEYS[2]` `summary`, `KEYS[3..]` meter hashes.
 /// `ARGV[1..3]`: TTLs of alerts, meters, summary. `ARGV[4]`: `1` when a summary
 /// follows in `ARGV[5..8]` (day, usage_today_l, meters_reporting, updated_at), else
-/// `0`. `ARGV[9]`: number of steps, then (field, JSON or empty for cleared) pairs;
-/// then one meter id per meter key; then every alert kind name.
+/// `0`. `ARGV[9]`: number of steps, then (field, opened_at, JSON or empty when no
+/// longer open) triples; then one meter id per meter key; then every alert kind
+/// name.
+///
+/// A field holds one episode per (meter, kind), and a step only touches its own:
+/// a closing step deletes the field only while it holds the step's episode
+/// (`opened_at`), and an open step does not replace a later-opened episode. So when
+/// alerting folds a meter's window again and emits an earlier episode's steps
+/// after a later one's (each is the latest word on its own episode), the field
+/// ends holding the episode that is open.
 pub(crate) const APPLY_ALERTS: &str = r"
 local open, summary = KEYS[1], KEYS[2]
 local at = 10
 for _ = 1, tonumber(ARGV[9]) do
-  if ARGV[at + 1] == '' then
-    redis.call('HDEL', open, ARGV[at])
-  else
-    redis.call('HSET', open, ARGV[at], ARGV[at + 1])
+  local field, opened, value = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2]
+  local current = redis.call('HGET', open, field)
+  local holds = current and cjson.decode(current)['opened_at']
+  if value == '' then
+    if holds == opened then
+      redis.call('HDEL', open, field)
+    end
+  elseif (not holds) or holds <= opened then
+    redis.call('HSET', open, field, value)
   end
-  at = at + 2
+  at = at + 3
 end
 local meters = #KEYS - 2
 local kinds_from = at + meters

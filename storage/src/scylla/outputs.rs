@@ -294,7 +294,7 @@ pub(super) fn plan(outputs: &Outputs) -> OutputsPlan<'_> {
                 slot.insert(event);
             }
             Entry::Occupied(mut slot) => {
-                if event.order() >= slot.get().order() {
+                if event.revision >= slot.get().revision {
                     slot.insert(event);
                 }
             }
@@ -322,14 +322,12 @@ pub(super) fn plan(outputs: &Outputs) -> OutputsPlan<'_> {
     }
 }
 
-/// The write timestamp (µs) of an alert row: the event's order as one number. `at`
-/// is in ms, so the step fits in the sub-millisecond digits. Clamped away from
-/// `i64::MIN`, which CQL refuses as a timestamp.
+/// The write timestamp of an alert row: the event's revision, so that the row keeps
+/// the meter's latest word on the episode whatever order the writes land in
+/// (revisions before version 6 were `at` in µs plus the step, and new ones stay
+/// above them). Clamped away from `i64::MIN`, which CQL refuses as a timestamp.
 fn episode_write_timestamp(event: &AlertEvent) -> i64 {
-    let (at, step) = event.order();
-    at.saturating_mul(1_000)
-        .saturating_add(i64::from(step))
-        .max(i64::MIN + 1)
+    event.revision.max(i64::MIN + 1)
 }
 
 fn bill_row(bill: &BillLine) -> BillRow<'_> {
@@ -441,6 +439,7 @@ fn decode_alert(tenant: &str, columns: AlertColumns) -> Result<AlertEvent, Store
         opened_at: opened_at.0,
         at: event_at.0,
         detail,
+        revision: AlertEvent::first_revision(event_at.0, state),
     })
 }
 
@@ -680,11 +679,11 @@ impl Core {
                 usize::MAX,
             )
             .await?;
-        let cleared = EpisodeState::Cleared.name();
+        let closed = [EpisodeState::Cleared.name(), EpisodeState::Withdrawn.name()];
         let mut out = Vec::new();
         for (date,) in days {
             let remaining = limit - out.len();
-            // With `open_only`, the rows the server returns include cleared ones, so
+            // With `open_only`, the rows the server returns include closed ones, so
             // LIMIT cannot bound them; paging stops once `remaining` are kept.
             let server_limit = if open_only { usize::MAX } else { remaining };
             let rows: Vec<AlertColumns> = self
@@ -693,7 +692,7 @@ impl Core {
                     &self.statements.outputs.select_alerts,
                     (tenant, date, cql_limit(server_limit)),
                     remaining,
-                    |row: &AlertColumns| !open_only || row.state != cleared,
+                    |row: &AlertColumns| !open_only || !closed.contains(&row.state.as_str()),
                 )
                 .await?;
             for columns in rows {
@@ -760,6 +759,7 @@ mod tests {
             opened_at,
             at,
             detail: format!("{state:?} at {at}"),
+            revision: AlertEvent::first_revision(at, state),
         }
     }
 
@@ -805,7 +805,7 @@ mod tests {
     }
 
     #[test]
-    fn plan_keeps_the_latest_event_of_each_episode_by_event_order() {
+    fn plan_keeps_the_latest_event_of_each_episode_by_revision() {
         let day = meterflow_model::time::DAY_MS;
         let outputs = Outputs {
             alerts: vec![
@@ -826,7 +826,7 @@ mod tests {
     }
 
     #[test]
-    fn write_timestamps_follow_event_order() {
+    fn write_timestamps_are_revisions() {
         let opened = event("m", EpisodeState::Opened, 0, 5);
         let updated = event("m", EpisodeState::Updated, 0, 5);
         let cleared = event("m", EpisodeState::Cleared, 0, 5);
@@ -835,6 +835,11 @@ mod tests {
         assert!(ts(&opened) < ts(&updated) && ts(&updated) < ts(&cleared));
         assert!(ts(&cleared) < ts(&later));
         assert_eq!(ts(&cleared), 5_002);
+        let withdrawn_earlier = AlertEvent {
+            revision: 6_001,
+            ..event("m", EpisodeState::Withdrawn, 0, 1)
+        };
+        assert_eq!(ts(&withdrawn_earlier), 6_001);
         assert_eq!(
             ts(&event("m", EpisodeState::Opened, 0, i64::MIN)),
             i64::MIN + 1

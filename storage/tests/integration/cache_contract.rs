@@ -83,6 +83,7 @@ pub(crate) fn alert(
         opened_at: MIDNIGHT + MINUTE,
         at,
         detail: format!("{} on {meter}: \"test\"", kind.name()),
+        revision: AlertEvent::first_revision(at, state),
     }
 }
 

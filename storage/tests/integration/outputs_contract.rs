@@ -70,6 +70,7 @@ fn alert(
         opened_at,
         at,
         detail: format!("{} {state:?} at {at}", kind.name()),
+        revision: AlertEvent::first_revision(at, state),
     }
 }
 

@@ -1,0 +1,345 @@
+//! The alert fold: one meter's rows and status marks, in reading time, folded into
+//! its open episodes and the interval rules' trackers ([`AlertFold`]), with the
+//! episode steps they make. Pure: the same items from the same fold give the same
+//! steps, which is what makes the episodes independent of arrival order
+//! (`alerting` folds the window again when data lands inside it).
+
+use meterflow_model::alert::{AlertFold, EpisodeStep, OpenAlert, RuleRow, SOURCE_RULE, StatusMark};
+use meterflow_model::{AlertKind, AlertRules, DeviceFlag, EpisodeState};
+
+use crate::calendar::HOUR_MS;
+
+const DAY_MS: i64 = 24 * HOUR_MS;
+
+/// Device flags and the alert kind each opens.
+pub(crate) const FLAG_KINDS: [(DeviceFlag, AlertKind); 10] = [
+    (DeviceFlag::Leak, AlertKind::Leak),
+    (DeviceFlag::Burst, AlertKind::Burst),
+    (DeviceFlag::Backflow, AlertKind::Backflow),
+    (DeviceFlag::Tamper, AlertKind::Tamper),
+    (DeviceFlag::Magnetic, AlertKind::Magnetic),
+    (DeviceFlag::CutCable, AlertKind::CutCable),
+    (DeviceFlag::DryPipe, AlertKind::DryPipe),
+    (DeviceFlag::LowBattery, AlertKind::LowBattery),
+    (DeviceFlag::Freeze, AlertKind::Freeze),
+    (DeviceFlag::RegisterError, AlertKind::RegisterError),
+];
+
+/// One thing to fold, by reading time.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Item<'a> {
+    Row(&'a RuleRow),
+    Mark(&'a StatusMark),
+}
+
+impl Item<'_> {
+    /// Its place in the fold: reading time, a row before a mark of the same time (a
+    /// message's readings before its status).
+    pub(crate) fn key(&self) -> (i64, u8) {
+        match self {
+            Item::Row(row) => (row.ts, 0),
+            Item::Mark(mark) => (mark.at, 1),
+        }
+    }
+}
+
+/// Rows (by `ts`) and marks (by `at`) merged into fold order.
+pub(crate) fn merged<'a>(
+    rows: impl IntoIterator<Item = &'a RuleRow>,
+    marks: &'a [StatusMark],
+) -> impl Iterator<Item = Item<'a>> {
+    let mut rows = rows.into_iter().peekable();
+    let mut marks = marks.iter().peekable();
+    std::iter::from_fn(move || match (rows.peek(), marks.peek()) {
+        (Some(row), Some(mark)) if row.ts <= mark.at => rows.next().map(Item::Row),
+        (_, Some(_)) => marks.next().map(Item::Mark),
+        (Some(_), None) => rows.next().map(Item::Row),
+        (None, None) => None,
+    })
+}
+
+/// What the fold needs of the tenant's settings.
+#[derive(Clone, Copy)]
+pub(crate) struct FoldRules<'a> {
+    pub(crate) rules: &'a AlertRules,
+    /// Whether the consumption rules apply (not a district's bulk meter).
+    pub(crate) consumer: bool,
+}
+
+/// Folds one item; appends the steps it makes.
+pub(crate) fn fold_item(
+    fold: &mut AlertFold,
+    rules: FoldRules<'_>,
+    item: Item<'_>,
+    steps: &mut Vec<EpisodeStep>,
+) {
+    // The episodes apart from the trackers, so both can be borrowed (a Vec move).
+    let mut open = std::mem::take(&mut fold.open);
+    let mut log = Episodes {
+        open: &mut open,
+        update_interval_ms: rules.rules.update_interval_ms,
+        steps,
+    };
+    match item {
+        Item::Row(row) => fold_row(&mut log, fold, rules, row),
+        Item::Mark(mark) => fold_mark(&mut log, mark),
+    }
+    fold.open = open;
+}
+
+/// Opens, updates and clears episodes, recording each step.
+pub(crate) struct Episodes<'a> {
+    pub(crate) open: &'a mut Vec<OpenAlert>,
+    pub(crate) update_interval_ms: i64,
+    pub(crate) steps: &'a mut Vec<EpisodeStep>,
+}
+
+impl Episodes<'_> {
+    fn record(&mut self, alert: &OpenAlert, state: EpisodeState, at: i64, detail: String) {
+        self.steps.push(EpisodeStep {
+            kind: alert.kind,
+            state,
+            opened_at: alert.opened_at,
+            at,
+            detail,
+        });
+    }
+
+    /// `source` holds for `kind` at `at`: opens its episode, or updates it when the
+    /// source is new to it or `update_interval_ms` has passed since its last step.
+    pub(crate) fn raise(
+        &mut self,
+        kind: AlertKind,
+        source: u8,
+        at: i64,
+        detail: impl FnOnce() -> String,
+    ) {
+        if let Some(alert) = self.open.iter_mut().find(|a| a.kind == kind) {
+            let new_source = alert.sources & source == 0;
+            if !new_source && at - alert.last_event_at < self.update_interval_ms {
+                return;
+            }
+            alert.sources |= source;
+            alert.last_event_at = alert.last_event_at.max(at);
+            let alert = *alert;
+            self.record(&alert, EpisodeState::Updated, at, detail());
+        } else {
+            let alert = OpenAlert {
+                kind,
+                opened_at: at,
+                last_event_at: at,
+                sources: source,
+            };
+            self.open.push(alert);
+            self.record(&alert, EpisodeState::Opened, at, detail());
+        }
+    }
+
+    /// `source` no longer holds for `kind`; the episode clears when no source does.
+    pub(crate) fn release(
+        &mut self,
+        kind: AlertKind,
+        source: u8,
+        at: i64,
+        detail: impl FnOnce() -> String,
+    ) {
+        let Some(index) = self.open.iter().position(|a| a.kind == kind) else {
+            return;
+        };
+        if self.open[index].sources & source == 0 {
+            return;
+        }
+        self.open[index].sources &= !source;
+        if self.open[index].sources == 0 {
+            let alert = self.open.remove(index);
+            self.record(&alert, EpisodeState::Cleared, at, detail());
+        }
+    }
+}
+
+/// A status mark: the device (or its battery level) raises or lowers its kind.
+fn fold_mark(log: &mut Episodes<'_>, mark: &StatusMark) {
+    let name = || {
+        FLAG_KINDS
+            .iter()
+            .find(|(_, kind)| *kind == mark.kind)
+            .map_or("?", |(flag, _)| flag.name())
+    };
+    let detail = || match (mark.battery, mark.raised) {
+        (Some(level), _) => format!("battery at {level} %"),
+        (None, true) => format!("device flag {}", name()),
+        (None, false) => format!("device flag {} lowered", name()),
+    };
+    if mark.raised {
+        log.raise(mark.kind, mark.source, mark.at, detail);
+    } else {
+        log.release(mark.kind, mark.source, mark.at, detail);
+    }
+}
+
+/// A row of interval data, through the rules (over rows that are not suspect; an
+/// interval is the time and litres since the previous row).
+fn fold_row(log: &mut Episodes<'_>, fold: &mut AlertFold, rules: FoldRules<'_>, row: &RuleRow) {
+    let FoldRules { rules, consumer } = rules;
+    let ts = row.ts;
+    if let Some(temp) = row.temp {
+        if temp <= rules.freeze_temp {
+            log.raise(AlertKind::Freeze, SOURCE_RULE, ts, || {
+                format!("water at {:.1} °C", f64::from(temp) / 10.0)
+            });
+        } else if temp >= rules.freeze_clear_temp {
+            log.release(AlertKind::Freeze, SOURCE_RULE, ts, || {
+                format!("water back at {:.1} °C", f64::from(temp) / 10.0)
+            });
+        }
+    }
+    let Some(last_ts) = fold.last_ts else {
+        fold.first_ts = Some(ts);
+        fold.last_ts = Some(ts);
+        fold.last_rev = Some(row.rev);
+        return;
+    };
+    if ts <= last_ts {
+        return;
+    }
+    let litres = row.interval_l.unwrap_or(0);
+    let first_ts = fold.first_ts.unwrap_or(last_ts);
+    if litres > 0 {
+        fold.last_consumption_ts = Some(ts);
+    }
+    if consumer {
+        fold_leak(log, rules, fold, row.estimated, last_ts, ts, litres);
+        fold_burst(log, rules, fold, last_ts, ts, litres);
+    }
+    fold_backflow(log, rules, fold, ts, row.rev);
+    if consumer {
+        fold_idle(log, rules, fold, ts, first_ts);
+    }
+    fold.last_ts = Some(ts);
+    fold.last_rev = Some(row.rev);
+}
+
+/// Backflow: the reverse register grows by `backflow_min_l`; released once it has
+/// not grown for `backflow_clear_ms`.
+fn fold_backflow(
+    log: &mut Episodes<'_>,
+    rules: &AlertRules,
+    fold: &mut AlertFold,
+    ts: i64,
+    rev: u64,
+) {
+    let reverse_growth = fold.last_rev.map_or(0, |last| rev.saturating_sub(last));
+    if reverse_growth > 0 {
+        fold.backflow_l = fold.backflow_l.saturating_add(reverse_growth);
+        fold.last_backflow_ts = Some(ts);
+        if fold.backflow_l >= rules.backflow_min_l {
+            let total = fold.backflow_l;
+            log.raise(AlertKind::Backflow, SOURCE_RULE, ts, || {
+                format!("reverse register grew {total} L")
+            });
+        }
+    } else if fold
+        .last_backflow_ts
+        .is_some_and(|t| ts - t >= rules.backflow_clear_ms)
+    {
+        fold.backflow_l = 0;
+        fold.last_backflow_ts = None;
+        log.release(AlertKind::Backflow, SOURCE_RULE, ts, || {
+            "reverse register steady".into()
+        });
+    }
+}
+
+/// Burst: intervals whose average flow is at or above `burst_flow_lph`, in a run
+/// lasting `burst_duration_ms`; released at the first interval below it.
+fn fold_burst(
+    log: &mut Episodes<'_>,
+    rules: &AlertRules,
+    fold: &mut AlertFold,
+    last_ts: i64,
+    ts: i64,
+    litres: u64,
+) {
+    let elapsed = ts - last_ts;
+    let average_lph = u128::from(litres) * HOUR_MS as u128 / elapsed as u128;
+    if average_lph >= u128::from(rules.burst_flow_lph) {
+        let since = *fold.burst_since.get_or_insert(last_ts);
+        if ts - since >= rules.burst_duration_ms {
+            log.raise(AlertKind::Burst, SOURCE_RULE, ts, || {
+                format!(
+                    "average flow {average_lph} L/h for {} min",
+                    (ts - since) / 60_000
+                )
+            });
+        }
+    } else {
+        fold.burst_since = None;
+        log.release(AlertKind::Burst, SOURCE_RULE, ts, || {
+            format!("flow down to {average_lph} L/h")
+        });
+    }
+}
+
+/// No consumption for `no_consumption_days` (since the first read when nothing was
+/// ever used); released when water is used again.
+fn fold_idle(log: &mut Episodes<'_>, rules: &AlertRules, fold: &AlertFold, ts: i64, first_ts: i64) {
+    let consumed_at = fold.last_consumption_ts.unwrap_or(first_ts);
+    let idle = ts - consumed_at;
+    if idle >= i64::from(rules.no_consumption_days) * DAY_MS {
+        log.raise(AlertKind::NoConsumption, SOURCE_RULE, ts, || {
+            format!("no consumption for {} days", idle / DAY_MS)
+        });
+    } else {
+        log.release(AlertKind::NoConsumption, SOURCE_RULE, ts, || {
+            "consumption resumed".into()
+        });
+    }
+}
+
+/// Leak: no zero-consumption hour for `leak_window_ms` — counted only over evidence.
+/// Actual reads at most `leak_evidence_interval_ms` apart are evidence; an estimated
+/// row or a longer interval (an outage) says nothing about quiet hours, so it
+/// restarts the window at its end and releases the rule: a gap never opens, nor
+/// keeps open, a leak.
+fn fold_leak(
+    log: &mut Episodes<'_>,
+    rules: &AlertRules,
+    fold: &mut AlertFold,
+    estimated: bool,
+    last_ts: i64,
+    ts: i64,
+    litres: u64,
+) {
+    let span = ts - last_ts;
+    if estimated || span > rules.leak_evidence_interval_ms {
+        fold.zero_run_since = None;
+        fold.last_zero_hour_ts = Some(ts);
+        log.release(AlertKind::Leak, SOURCE_RULE, ts, || {
+            if estimated {
+                "no leak evidence in estimated readings".into()
+            } else {
+                format!("no leak evidence across a {} min gap", span / 60_000)
+            }
+        });
+        return;
+    }
+    if litres == 0 {
+        let since = *fold.zero_run_since.get_or_insert(last_ts);
+        if ts - since >= HOUR_MS {
+            fold.last_zero_hour_ts = Some(ts);
+        }
+    } else {
+        fold.zero_run_since = None;
+    }
+    let first_ts = fold.first_ts.unwrap_or(last_ts);
+    let leak_since = fold.last_zero_hour_ts.unwrap_or(first_ts).max(first_ts);
+    if ts - leak_since >= rules.leak_window_ms {
+        log.raise(AlertKind::Leak, SOURCE_RULE, ts, || {
+            format!("no zero-flow hour for {} h", (ts - leak_since) / HOUR_MS)
+        });
+    } else {
+        log.release(AlertKind::Leak, SOURCE_RULE, ts, || {
+            "zero-flow hour seen".into()
+        });
+    }
+}
