@@ -456,6 +456,46 @@ pub(crate) fn check_contract(cache: &dyn HotCache) {
     assert_eq!(open[0], burst);
     assert_eq!(cache.summary("acme").unwrap().unwrap().alerts_open, 2);
 
+    // Alerting folded m1's window again: an earlier burst episode (opened and cleared
+    // before the open one) arrives after it; each step touches only its own episode,
+    // so the open one stays. Then the open one is withdrawn: nothing of it is open.
+    let earlier = |state, at| AlertEvent {
+        opened_at: MIDNIGHT,
+        ..alert("acme", "m1", AlertKind::Burst, state, at)
+    };
+    cache
+        .apply(&Outputs {
+            alerts: vec![
+                earlier(EpisodeState::Opened, MIDNIGHT),
+                earlier(EpisodeState::Cleared, MIDNIGHT + MINUTE / 2),
+            ],
+            ..Outputs::default()
+        })
+        .unwrap();
+    assert_eq!(cache.open_alerts("acme").unwrap()[0], burst);
+    assert_eq!(cache.summary("acme").unwrap().unwrap().alerts_open, 2);
+    let withdrawn = AlertEvent {
+        state: EpisodeState::Withdrawn,
+        ..burst.clone()
+    };
+    cache
+        .apply(&Outputs {
+            alerts: vec![withdrawn],
+            ..Outputs::default()
+        })
+        .unwrap();
+    let open = cache.open_alerts("acme").unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].kind, AlertKind::LowBattery);
+    assert_eq!(cache.summary("acme").unwrap().unwrap().alerts_open, 1);
+    cache
+        .apply(&Outputs {
+            alerts: vec![burst.clone()],
+            ..Outputs::default()
+        })
+        .unwrap();
+    assert_eq!(cache.summary("acme").unwrap().unwrap().alerts_open, 2);
+
     // A shorter top list replaces the day's list; it does not merge into it.
     cache
         .apply(&Outputs {

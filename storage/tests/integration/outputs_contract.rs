@@ -265,7 +265,7 @@ fn alert_episodes_keep_their_latest_event(store: &dyn ReadingStore) {
             vec![],
         ))
         .unwrap();
-    assert_eq!(all_alerts(store, t), [closed_at_once, cleared]);
+    assert_eq!(all_alerts(store, t), [closed_at_once, cleared.clone()]);
 
     // A new episode of the same meter and kind is a row of its own.
     let third_at = opened_at + 4 * HOUR_MS;
@@ -281,7 +281,32 @@ fn alert_episodes_keep_their_latest_event(store: &dyn ReadingStore) {
         .write_outputs(&outputs(vec![], vec![reopened.clone()], vec![]))
         .unwrap();
     assert_eq!(all_alerts(store, t).len(), 3);
-    assert_eq!(store.alerts(t, true, 10).unwrap(), [reopened]);
+    assert_eq!(store.alerts(t, true, 10).unwrap(), [reopened.clone()]);
+
+    // The highest revision is the episode's word, whatever its `at` (alerting folded
+    // the window again): the open episode is withdrawn — listed as such, not open —
+    // and the first one's clearing moves back an hour.
+    let withdrawn = AlertEvent {
+        state: EpisodeState::Withdrawn,
+        revision: reopened.revision + 1,
+        ..reopened
+    };
+    let cleared_earlier = AlertEvent {
+        at: cleared.at - HOUR_MS,
+        revision: withdrawn.revision + 1,
+        ..cleared.clone()
+    };
+    store
+        .write_outputs(&outputs(
+            vec![],
+            vec![cleared_earlier.clone(), withdrawn.clone()],
+            vec![],
+        ))
+        .unwrap();
+    assert!(store.alerts(t, true, 10).unwrap().is_empty());
+    let stored = all_alerts(store, t);
+    assert_eq!(stored[0].state, EpisodeState::Withdrawn);
+    assert_eq!(stored[2].at, cleared_earlier.at);
 }
 
 fn alerts_come_newest_first_filtered_and_limited(store: &dyn ReadingStore) {
@@ -889,7 +914,8 @@ fn scylla_outputs_contract() {
     }
 
     // What landed where: alerts and district hours carry their TTL, bills none; the
-    // alert row's write time is its event order (`at` × 1000 + step).
+    // alert row's write time is its latest event's revision (the clearing moved
+    // back, written last: the reopened episode's `at` × 1000, plus 2).
     let ks = &keyspace.name;
     let bills: Vec<(Option<i32>,)> =
         keyspace.rows(&format!("SELECT TTL(currency) FROM {ks}.bills LIMIT 1"));
@@ -907,7 +933,7 @@ fn scylla_outputs_contract() {
     );
     assert_eq!(
         *writetime,
-        Some((BASE_HOUR + 5 * 60_000 + 2 * HOUR_MS) * 1_000 + 2)
+        Some((BASE_HOUR + 5 * 60_000 + 4 * HOUR_MS) * 1_000 + 2)
     );
     assert_eq!(state, "cleared");
     let hours: Vec<(Option<i32>,)> = keyspace.rows(&format!(

@@ -591,8 +591,10 @@ fn redis_apply_writes_every_key_with_its_fields_and_a_ttl(url: &str) {
         open["m1:leak"],
         format!(
             "{{\"tenant\":\"acme\",\"meter\":\"m1\",\"kind\":\"leak\",\"priority\":\"high\",\
-             \"state\":\"opened\",\"opened_at\":{o},\"at\":{o},\"detail\":\"leak on m1: \\\"test\\\"\"}}",
-            o = MIDNIGHT + MINUTE
+             \"state\":\"opened\",\"opened_at\":{o},\"at\":{o},\"detail\":\"leak on m1: \\\"test\\\"\",\
+             \"revision\":{r}}}",
+            o = MIDNIGHT + MINUTE,
+            r = (MIDNIGHT + MINUTE) * 1_000
         )
     );
 
@@ -604,9 +606,10 @@ fn redis_apply_writes_every_key_with_its_fields_and_a_ttl(url: &str) {
         .unwrap();
     assert_eq!(entries.len(), 5);
     let first: Vec<&str> = entries[0].1.iter().map(String::as_str).collect();
-    let (opened, at) = (
+    let (opened, at, revision) = (
         (MIDNIGHT + MINUTE).to_string(),
         (MIDNIGHT + MINUTE).to_string(),
+        ((MIDNIGHT + MINUTE) * 1_000).to_string(),
     );
     assert_eq!(
         first,
@@ -624,7 +627,9 @@ fn redis_apply_writes_every_key_with_its_fields_and_a_ttl(url: &str) {
             "at",
             &at,
             "detail",
-            "leak on m1: \"test\""
+            "leak on m1: \"test\"",
+            "revision",
+            &revision
         ]
     );
 
