@@ -361,10 +361,18 @@ fn take_newest_status(
     let before = alerts.device.flags;
     alerts.device.last_status_ts = Some(at);
     alerts.device.flags = status.flags.bits();
+    let battery_low = status
+        .battery
+        .is_some_and(|level| level <= rules.low_battery_pct);
+    if before == 0 && status.flags.bits() == 0 && !battery_low && !alerts.device.battery_low {
+        // Clean as the one before (nearly every status): nothing to mark.
+        return;
+    }
+    let before = Flags::from_bits(before).unwrap_or_default();
     let mut marks = Vec::new();
     for (flag, kind) in FLAG_KINDS {
         let raised = status.flags.contains(flag);
-        let was = Flags::from_bits(before).is_some_and(|f| f.contains(flag));
+        let was = before.contains(flag);
         if raised != was || (raised && reconfirm_due(alerts, rules, kind, SOURCE_DEVICE, at)) {
             marks.push(StatusMark {
                 at,

@@ -17,7 +17,7 @@
 //!    consumers, as mergeable per-shard partials.
 //!
 //! A meter's state is persisted without what can be rebuilt from its stored rows (VEE's
-//! window of raw reads, billing's open reads): when the runtime hydrates a meter it
+//! window of raw reads, billing's open reads, alerting's window rows): when the runtime hydrates a meter it
 //! reads those rows and [`ProcessorChain::rehydrate`] rebuilds the rest.
 //!
 //! Around the chain: [`notify::NotificationPolicy`] decides which alert events to
@@ -126,8 +126,9 @@ impl ProcessorChain {
     /// ([`MeterState::vee`]`.settled_ts()`), ascending `ts`, one per `ts`, as the
     /// runtime read them (processors do no I/O). VEE puts the window's reads back and
     /// re-runs its pass over them ([`vee::rebuild_window`]), billing rebuilds its open
-    /// reads from the rows VEE makes; usage, alerting and analytics persist all they
-    /// keep and are left alone, so nothing is counted twice and nothing is emitted.
+    /// reads from the rows VEE makes, alerting its window of rows and the fold over
+    /// it; usage and analytics persist all they keep and are left alone, so nothing
+    /// is counted twice and nothing is emitted.
     /// Call it once per hydration, also with no rows: it sets VEE's newest pass.
     pub fn rehydrate(&mut self, key: &MeterKey, state: &mut MeterState, rows: Vec<StoredReading>) {
         let mut rows = rows;

@@ -1013,7 +1013,7 @@ fn local_today(state: &AppState, tenant: &TenantId) -> String {
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct AlertQuery {
-    /// `open` (default): episodes not cleared; `all`: cleared ones too.
+    /// `open` (default): episodes open now; `all`: cleared and withdrawn ones too.
     #[param(inline)]
     state: Option<AlertStates>,
     /// Only this meter's episodes, found among the tenant's newest 1000 (empty: every

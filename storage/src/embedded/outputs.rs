@@ -304,7 +304,7 @@ mod tests {
         write(vec![cleared_at_4.clone()]);
         assert_eq!(
             store.alerts("t", false, 10).unwrap(),
-            [cleared_at_4.clone()]
+            std::slice::from_ref(&cleared_at_4)
         );
         let withdrawn = AlertEvent {
             revision: cleared_at_4.revision + 1,

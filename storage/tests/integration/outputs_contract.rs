@@ -281,7 +281,10 @@ fn alert_episodes_keep_their_latest_event(store: &dyn ReadingStore) {
         .write_outputs(&outputs(vec![], vec![reopened.clone()], vec![]))
         .unwrap();
     assert_eq!(all_alerts(store, t).len(), 3);
-    assert_eq!(store.alerts(t, true, 10).unwrap(), [reopened.clone()]);
+    assert_eq!(
+        store.alerts(t, true, 10).unwrap(),
+        std::slice::from_ref(&reopened)
+    );
 
     // The highest revision is the episode's word, whatever its `at` (alerting folded
     // the window again): the open episode is withdrawn — listed as such, not open —
