@@ -12,15 +12,11 @@ use meterflow_model::{
 use proptest::prelude::*;
 use proptest::sample::Index;
 
-use crate::register_order::keep_episodes;
+use crate::register_order::{arrival, keep_episodes};
 use crate::utils::{HOUR, Input, Pipeline, key, reading};
 
 /// 2025-03-03T00:00Z.
 const START: i64 = 1_740_960_000_000;
-/// The default late window (`processors.bill_close_after_ms`), in hours.
-const LATE_WINDOW_HOURS: i64 = 72;
-/// Most reads in one message of the property's arrivals.
-const MAX_MESSAGE_READS: usize = 12;
 
 /// The episodes as the stores keep them: (kind, opened_at) → when cleared.
 type Episodes = BTreeMap<(AlertKind, i64), Option<i64>>;
@@ -142,69 +138,6 @@ fn hours() -> impl Strategy<Value = Vec<Option<(u64, u64, Option<i16>)>>> {
         })
 }
 
-/// How the reads travel: message sizes, each message's delay (hours after its
-/// first read, so that it lands within the late window), duplicates, and how many
-/// messages each sealed batch takes.
-#[derive(Clone, Debug)]
-struct Arrival {
-    sizes: Vec<usize>,
-    delays: Vec<i64>,
-    duplicates: Vec<(Index, i64)>,
-    batch_sizes: Vec<usize>,
-}
-
-const MAX_DELAY_HOURS: i64 = LATE_WINDOW_HOURS - MAX_MESSAGE_READS as i64;
-
-fn arrival() -> impl Strategy<Value = Arrival> {
-    (
-        proptest::collection::vec(1usize..=MAX_MESSAGE_READS, 1..10),
-        proptest::collection::vec(0..=MAX_DELAY_HOURS, 1..10),
-        proptest::collection::vec((any::<Index>(), 0..=MAX_DELAY_HOURS), 0..4),
-        proptest::collection::vec(1usize..4, 1..6),
-    )
-        .prop_map(|(sizes, delays, duplicates, batch_sizes)| Arrival {
-            sizes,
-            delays,
-            duplicates,
-            batch_sizes,
-        })
-}
-
-impl Arrival {
-    fn batches(&self, reads: &[StoredReading]) -> Vec<Vec<Vec<StoredReading>>> {
-        let mut messages = Vec::new();
-        let mut rest = reads;
-        for size in self.sizes.iter().cycle() {
-            if rest.is_empty() {
-                break;
-            }
-            let (head, tail) = rest.split_at((*size).min(rest.len()));
-            messages.push(head.to_vec());
-            rest = tail;
-        }
-        let arrives = |m: &[StoredReading], delay: i64| m[0].reading.ts + delay * HOUR;
-        let mut timed: Vec<(i64, usize, Vec<StoredReading>)> = messages
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (arrives(m, self.delays[i % self.delays.len()]), i, m.clone()))
-            .collect();
-        for (n, (which, delay)) in self.duplicates.iter().enumerate() {
-            let copy = &messages[which.index(messages.len())];
-            timed.push((arrives(copy, *delay), messages.len() + n, copy.clone()));
-        }
-        timed.sort_by_key(|(at, i, _)| (*at, *i));
-        let mut arrived = timed.into_iter().map(|(_, _, m)| m).peekable();
-        let mut batches = Vec::new();
-        for size in self.batch_sizes.iter().cycle() {
-            if arrived.peek().is_none() {
-                break;
-            }
-            batches.push(arrived.by_ref().take(*size).collect());
-        }
-        batches
-    }
-}
-
 proptest! {
     // 256 generated meters per run; seeds as in `register_order.rs` (a fresh random
     // seed each run, `PROPTEST_RNG_SEED=<u64>` replays one).
@@ -224,7 +157,7 @@ proptest! {
         let reads = reads_of(&hours);
         prop_assume!(!reads.is_empty());
         let expected = replay(&[vec![reads.clone()]], &BTreeSet::new());
-        let batches = arrival.batches(&reads);
+        let batches = arrival.batches_of(&reads, |r| r.reading.ts);
         let restarts: BTreeSet<usize> =
             restarts.iter().map(|at| at.index(batches.len())).collect();
         let actual = replay(&batches, &restarts);

@@ -325,7 +325,7 @@ fn stream() -> impl Strategy<Value = Reads> {
 /// first read, within the late window), duplicated messages, and how many messages
 /// each sealed batch takes.
 #[derive(Clone, Debug)]
-struct Arrival {
+pub(crate) struct Arrival {
     sizes: Vec<usize>,
     delays: Vec<i64>,
     duplicates: Vec<(Index, i64)>,
@@ -336,7 +336,7 @@ struct Arrival {
 /// its first read: its delay plus the longest message stays within the window.
 const MAX_DELAY_HOURS: i64 = LATE_WINDOW_HOURS - MAX_MESSAGE_READS as i64;
 
-fn arrival() -> impl Strategy<Value = Arrival> {
+pub(crate) fn arrival() -> impl Strategy<Value = Arrival> {
     (
         proptest::collection::vec(1usize..=MAX_MESSAGE_READS, 1..20),
         proptest::collection::vec(0..=MAX_DELAY_HOURS, 1..20),
@@ -352,7 +352,7 @@ fn arrival() -> impl Strategy<Value = Arrival> {
 }
 
 /// `reads` cut into consecutive messages of `sizes` (cycled).
-fn cut(reads: &[(i64, u64)], sizes: &[usize]) -> Vec<Reads> {
+fn cut<T: Clone>(reads: &[T], sizes: &[usize]) -> Vec<Vec<T>> {
     let mut messages = Vec::new();
     let mut rest = reads;
     for size in sizes.iter().cycle() {
@@ -367,24 +367,28 @@ fn cut(reads: &[(i64, u64)], sizes: &[usize]) -> Vec<Reads> {
 }
 
 impl Arrival {
-    /// The batches the meter's reads arrive in.
-    fn batches(&self, reads: &Reads) -> Vec<Vec<Reads>> {
+    /// The batches the meter's reads (`ts` gives a read's time) arrive in.
+    pub(crate) fn batches_of<T: Clone>(
+        &self,
+        reads: &[T],
+        ts: impl Fn(&T) -> i64,
+    ) -> Vec<Vec<Vec<T>>> {
         // A message spans at most a day of reads, so one cut across an outage is
         // two messages.
-        let messages: Vec<Reads> = cut(reads, &self.sizes)
+        let messages: Vec<Vec<T>> = cut(reads, &self.sizes)
             .iter()
             .flat_map(|message| {
-                message.chunk_by(|a, b| b.0 - a.0 < MAX_MESSAGE_READS as i64 * HOUR)
+                message.chunk_by(|a, b| ts(b) - ts(a) < MAX_MESSAGE_READS as i64 * HOUR)
             })
             .map(<[_]>::to_vec)
             .collect();
         // Sorted by arrival time: the first read's ts plus the delay.
-        let mut timed: Vec<(i64, usize, Reads)> = messages
+        let mut timed: Vec<(i64, usize, Vec<T>)> = messages
             .iter()
             .enumerate()
             .map(|(i, m)| {
                 (
-                    m[0].0 + self.delays[i % self.delays.len()] * HOUR,
+                    ts(&m[0]) + self.delays[i % self.delays.len()] * HOUR,
                     i,
                     m.clone(),
                 )
@@ -392,7 +396,11 @@ impl Arrival {
             .collect();
         for (n, (which, delay)) in self.duplicates.iter().enumerate() {
             let copy = &messages[which.index(messages.len())];
-            timed.push((copy[0].0 + delay * HOUR, messages.len() + n, copy.clone()));
+            timed.push((
+                ts(&copy[0]) + delay * HOUR,
+                messages.len() + n,
+                copy.clone(),
+            ));
         }
         timed.sort_by_key(|(at, i, _)| (*at, *i));
         let mut arrived = timed.into_iter().map(|(_, _, m)| m).peekable();
@@ -404,6 +412,11 @@ impl Arrival {
             batches.push(arrived.by_ref().take(*size).collect());
         }
         batches
+    }
+
+    /// The batches the meter's reads arrive in.
+    fn batches(&self, reads: &Reads) -> Vec<Vec<Reads>> {
+        self.batches_of(reads, |(ts, _)| *ts)
     }
 }
 
