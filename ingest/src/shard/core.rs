@@ -428,8 +428,8 @@ impl ShardCore {
             return None;
         }
         let mut meters = open.meters;
-        // Moved into the batch, cloned back after the processors ran ([`Self::process`]):
-        // the batch carries the states to the store, the shard keeps its own.
+        // Moved into the batch and back after the processors ran ([`Self::process`]):
+        // the batch carries the persisted part to the store, the shard keeps the whole.
         for meter in &mut meters {
             meter.state = self
                 .meters
@@ -459,14 +459,22 @@ impl ShardCore {
 
     /// Runs the processors on a sealed batch and keeps the meters' states they leave.
     /// Processors own every part of a meter's state but its seq window, which they
-    /// leave as it was at sealing — so the whole state is taken back.
+    /// leave as it was at sealing — so the whole state is taken back, and the batch
+    /// keeps the part the store persists ([`MeterState::persisted`]).
     pub fn process(&mut self, batch: &mut SealedBatch, outputs: &mut Outputs) {
         self.processors.process(batch, outputs);
-        for meter in &batch.meters {
+        for meter in &mut batch.meters {
             if let Some(state) = self.meters.get_mut(&meter.key) {
-                state.clone_from(&meter.state);
+                let persisted = meter.state.persisted();
+                *state = std::mem::replace(&mut meter.state, persisted);
             }
         }
+    }
+
+    /// The whole state the shard keeps of a meter (windows included).
+    #[cfg(test)]
+    pub(crate) fn meter_state(&self, key: &MeterKey) -> Option<&MeterState> {
+        self.meters.get(key)
     }
 
     /// Takes an arrival into the open batch, or says why not.

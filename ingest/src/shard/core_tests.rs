@@ -299,8 +299,12 @@ fn a_meter_hydrated_with_its_stored_rows_continues_as_if_never_persisted() {
     offer_from_store(&mut steady, &m1, &first, 0, None, &steady_rows);
     let persisted = seal_into(&mut steady, 1, &mut steady_rows, &mut steady_bills);
     assert!(
-        !persisted.vee.window.is_empty(),
+        !steady.core.meter_state(&m1).unwrap().vee.window.is_empty(),
         "the reads are in the window"
+    );
+    assert!(
+        persisted.vee.window.is_empty(),
+        "the batch carries no window"
     );
     assert!(
         steady_rows
@@ -316,7 +320,8 @@ fn a_meter_hydrated_with_its_stored_rows_continues_as_if_never_persisted() {
 
     let mut restarted = Harness::new(1_000);
     offer_from_store(&mut restarted, &m1, &late, 2, Some(&persisted), &rows);
-    let state = seal_into(&mut restarted, 3, &mut rows, &mut bills);
+    seal_into(&mut restarted, 3, &mut rows, &mut bills);
+    let state = restarted.core.meter_state(&m1).unwrap().clone();
     assert_eq!(rows[&(T0_MS - 7 * 3_600_000)].quality, Quality::Actual);
     // 1,250 L at 7 h before T0, 1,100 L at 9 h, the estimate at 8 h re-spread.
     assert_eq!(rows[&(T0_MS - 7 * 3_600_000)].interval_l, Some(75));
@@ -382,8 +387,10 @@ fn window_rows_keep_reads_the_state_accepted_page_by_page() {
     let sealed = shard.seal(2);
     let meter = &sealed.batch.meters[0];
     assert_eq!(meter.duplicates, 1);
-    let window: Vec<i64> = meter
-        .state
+    let window: Vec<i64> = shard
+        .core
+        .meter_state(&m1)
+        .unwrap()
         .vee
         .window
         .iter()
