@@ -135,8 +135,8 @@ impl MeterState {
                 ..VeeState::default()
             },
             billing: BillingState {
-                current: self.billing.current.clone(),
-                previous: self.billing.previous.clone(),
+                current: self.billing.current,
+                previous: self.billing.previous,
                 ..BillingState::default()
             },
             alerts: AlertState {
