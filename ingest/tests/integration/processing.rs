@@ -1,7 +1,8 @@
 //! What a utility's billing office, leak team and integrations see, through the whole
 //! pipeline: a household's hand-computed bill, a leak episode that opens once and
-//! clears, a burst delivered to Redis, MQTT and a webhook, and a silent meter caught
-//! by the timer sweep.
+//! clears, a burst delivered to Redis, MQTT and a webhook, a silent meter caught by
+//! the timer sweep, and a burst episode withdrawn when a late read shows it did not
+//! happen.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -325,4 +326,76 @@ async fn a_district_day_carries_the_night_flow() {
     let summary = service.get_json("/api/v1/tenants/demo/summary");
     assert_eq!(summary["time_zone"], "UTC", "{summary}");
     assert!(summary["day"].is_string(), "{summary}");
+}
+
+/// Issue 10, case 7, through the service: alert episodes follow the reads in reading
+/// time, whatever order they arrive in. A household's hour to 03:00 used 2,900 L
+/// (after 100 L to 02:00): in order, a burst opens at 03:00 and clears at 04:00. Its
+/// 02:00 read arrives last, in a later message: until then VEE spreads 3,000 L over
+/// 01:00–03:00 as two estimated hours of 1,500 L/h, which open a burst at 02:00.
+/// When the read lands, that episode is withdrawn (stored as such, not open) and
+/// the in-order one is stored. Time is values: fixed hours of a fixed UTC day.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_opened_on_estimates_is_withdrawn_when_the_late_read_lands() {
+    /// 2026-10-05T00:00:00Z.
+    const DAY0: i64 = 1_791_158_400_000;
+    let at = |hour: i64| DAY0 + hour * HOUR_MS;
+    let read = |hour: i64, reg: u64| meterflow_model::Reading {
+        ts: at(hour),
+        reg,
+        rev: 0,
+        flow: 0,
+        temp: None,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let service = start_configured(dir.path(), "", &[]);
+    let bursts = |service: &crate::utils::Meterflow| -> Vec<(i64, String, i64)> {
+        let all = service.get_json("/api/v1/tenants/demo/alerts?state=all");
+        let mut found: Vec<_> = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["kind"] == "burst" && a["meter"] == "late1")
+            .map(|a| {
+                (
+                    (a["opened_at"].as_i64().unwrap() - DAY0) / HOUR_MS,
+                    a["state"].as_str().unwrap().to_string(),
+                    (a["at"].as_i64().unwrap() - DAY0) / HOUR_MS,
+                )
+            })
+            .collect();
+        found.sort();
+        found
+    };
+
+    let without_02 = Uplink::new(
+        1,
+        vec![
+            read(0, 50_000),
+            read(1, 50_020),
+            read(3, 53_020),
+            read(4, 53_040),
+            read(5, 53_060),
+        ],
+    );
+    send_and_wait_for_ack(service.mqtt, "demo", "late1", &[without_02]).await;
+    assert_eq!(bursts(&service), vec![(2, "cleared".to_string(), 4)]);
+
+    let late = Uplink::new(2, vec![read(2, 50_120)]);
+    send_and_wait_for_ack(service.mqtt, "demo", "late1", &[late]).await;
+    assert_eq!(
+        bursts(&service),
+        vec![
+            (2, "withdrawn".to_string(), 2),
+            (3, "cleared".to_string(), 4)
+        ]
+    );
+    let open = service.get_json("/api/v1/tenants/demo/alerts?state=open");
+    assert!(
+        open.as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["kind"] != "burst"),
+        "no burst open: {open}"
+    );
 }
