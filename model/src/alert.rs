@@ -428,8 +428,10 @@ impl EpisodeStep {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RuleRow {
     pub ts: i64,
-    /// Litres of the interval ending at `ts` (none for the first read).
-    pub interval_l: Option<u64>,
+    /// Litres of the interval ending at `ts` (0 for a read that measures none: the
+    /// rules read it so). Not an `Option`: the window holds up to 288 rows a meter,
+    /// and a row is 32 bytes this way, 40 with one.
+    pub interval_l: u64,
     /// Actual or estimated.
     pub estimated: bool,
     pub rev: u64,
@@ -492,5 +494,16 @@ impl crate::codec::binary::Record for AlertEvent {
 
     fn decode_v5(body: &[u8]) -> Result<Self, crate::codec::binary::RecordError> {
         crate::state_v5::decode_event(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A meter's alerting window holds up to 288 rows in memory: keep a row small.
+    #[test]
+    fn a_rule_row_is_32_bytes() {
+        assert_eq!(std::mem::size_of::<RuleRow>(), 32);
     }
 }

@@ -185,7 +185,7 @@ mod tests {
             .push(crate::billing::RegisterPoint { ts: 5, creg: 6 });
         state.alerts.rows.push_back(crate::alert::RuleRow {
             ts: 5,
-            interval_l: Some(1),
+            interval_l: 1,
             estimated: false,
             rev: 0,
             temp: None,

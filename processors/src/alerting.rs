@@ -285,7 +285,7 @@ fn note_contact(
 fn rule_row(row: &StoredReading) -> Option<RuleRow> {
     (row.quality != Quality::Suspect).then_some(RuleRow {
         ts: row.reading.ts,
-        interval_l: row.interval_l,
+        interval_l: row.interval_l.unwrap_or(0),
         estimated: row.quality == Quality::Estimated,
         rev: row.reading.rev,
         temp: row.reading.temp,

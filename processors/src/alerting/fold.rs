@@ -202,7 +202,7 @@ fn fold_row(log: &mut Episodes<'_>, fold: &mut AlertFold, rules: FoldRules<'_>, 
     if ts <= last_ts {
         return;
     }
-    let litres = row.interval_l.unwrap_or(0);
+    let litres = row.interval_l;
     let first_ts = fold.first_ts.unwrap_or(last_ts);
     if litres > 0 {
         fold.last_consumption_ts = Some(ts);
