@@ -97,8 +97,8 @@ impl OutputStatements {
             select_alert_days: prepare(format!("SELECT day FROM {ks}.alert_days WHERE tenant = ?"))
                 .await?,
             select_alerts: prepare(format!(
-                "SELECT opened_at, meter, kind, priority, state, event_at, detail \
-                 FROM {ks}.alerts WHERE tenant = ? AND day = ? LIMIT ?"
+                "SELECT opened_at, meter, kind, priority, state, event_at, detail, \
+                 WRITETIME(detail) AS written FROM {ks}.alerts WHERE tenant = ? AND day = ? LIMIT ?"
             ))
             .await?,
             insert_district_hour: prepare(format!(
@@ -196,6 +196,9 @@ struct AlertColumns {
     state: String,
     event_at: CqlTimestamp,
     detail: String,
+    /// The row's write time: its event's revision (every column of a row is
+    /// written at once).
+    written: Option<i64>,
 }
 
 /// A sketch bin as stored in `district_hourly.sketch_bins` (a CQL tuple): bucket
@@ -411,6 +414,7 @@ fn decode_alert(tenant: &str, columns: AlertColumns) -> Result<AlertEvent, Store
         state,
         event_at,
         detail,
+        written,
     } = columns;
     let unknown = |what: &str, value: &str| {
         StoreError::Corrupt(format!(
@@ -439,7 +443,7 @@ fn decode_alert(tenant: &str, columns: AlertColumns) -> Result<AlertEvent, Store
         opened_at: opened_at.0,
         at: event_at.0,
         detail,
-        revision: AlertEvent::first_revision(event_at.0, state),
+        revision: written.unwrap_or_else(|| AlertEvent::first_revision(event_at.0, state)),
     })
 }
 
@@ -912,8 +916,18 @@ mod tests {
             state: r.state.to_owned(),
             event_at: r.event_at,
             detail: r.detail.to_owned(),
+            written: Some(episode_write_timestamp(&alert)),
         };
         assert_eq!(decode_alert("t", columns.clone()).unwrap(), alert);
+        let revised = AlertColumns {
+            written: Some(alert.revision + 5),
+            ..columns.clone()
+        };
+        assert_eq!(
+            decode_alert("t", revised).unwrap().revision,
+            alert.revision + 5,
+            "the revision is the row's write time"
+        );
         let bad = AlertColumns {
             kind: "flood".into(),
             ..columns
