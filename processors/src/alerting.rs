@@ -146,7 +146,7 @@ impl Processor for AlertingProcessor {
             } else {
                 fold_on(alerts, rules, &mut emitter);
             }
-            settle(alerts, rules, settled_point);
+            settle(alerts, rules, settled_point.max(marks_overflow(alerts)));
             alerts.revision = emitter.revision;
         }
     }
@@ -346,7 +346,7 @@ fn take_status(
     let at = status.ts;
     match alerts.device.last_status_ts {
         Some(newest) if at < newest => take_late_status(alerts, status, newest, window, emitter),
-        _ => take_newest_status(alerts, rules, status, window, emitter),
+        _ => take_newest_status(alerts, rules, status, window),
     }
 }
 
@@ -355,7 +355,6 @@ fn take_newest_status(
     rules: &AlertRules,
     status: &DeviceStatus,
     window: &mut WindowChange,
-    emitter: &mut Emitter<'_>,
 ) {
     let at = status.ts;
     let before = alerts.device.flags;
@@ -401,17 +400,15 @@ fn take_newest_status(
             });
         }
     }
+    // The newest status, but not newer than the settled fold's end (a device clock
+    // behind its reads, or flags flapping on one old read): it counts from just
+    // after that end, so that the newest status's flags are what is open.
+    let at = alerts
+        .settled_ts
+        .map_or(at, |s| at.max(s.saturating_add(1)));
     for mark in marks {
-        if alerts.settled_ts.is_some_and(|s| at <= s) {
-            // Older than the settled fold (a device clock behind its reads): its
-            // raised flags stand alone, as a late status's do.
-            if mark.raised && mark.battery.is_none() {
-                late_span_outside(alerts, mark.kind, at, at, emitter);
-            }
-            continue;
-        }
         let index = alerts.marks.partition_point(|m| m.at <= at);
-        alerts.marks.insert(index, mark);
+        alerts.marks.insert(index, StatusMark { at, ..mark });
         window.at((at, 1));
     }
 }
@@ -657,6 +654,19 @@ fn changed_steps(
     }
     out
 }
+
+/// Where the settled fold must reach so that at most [`MAX_MARKS`] marks stay in
+/// the window: a device whose flags change more often than that within the late
+/// window (a fault, or a hostile client resending one old read with other flags)
+/// must not grow the meter's persisted state. Its oldest marks, and the rows up to
+/// them, settle early — their episodes are final from then on.
+fn marks_overflow(alerts: &AlertState) -> Option<i64> {
+    let excess = alerts.marks.len().checked_sub(MAX_MARKS + 1)?;
+    Some(alerts.marks[excess].at)
+}
+
+/// Most status marks a meter's window keeps (see [`marks_overflow`]).
+pub const MAX_MARKS: usize = 256;
 
 /// Folds the window's items up to VEE's settled point into the settled fold for
 /// good (their steps were emitted when they were first folded) and drops them.

@@ -614,3 +614,35 @@ proptest! {
         }
     }
 }
+
+/// A device whose flags change with every message, all stamped with one old read's
+/// time (a fault, or a hostile client), keeps a bounded window of status marks: the
+/// oldest settle early. Its episode still ends as its newest status says.
+#[test]
+fn flags_flapping_on_one_read_keep_the_marks_bounded() {
+    let mut pipeline = Pipeline::new(ProcessorsConfig::default());
+    let meter = key("demo", "flap");
+    for i in 0..2_000 {
+        let flags: &[DeviceFlag] = if i % 2 == 0 {
+            &[DeviceFlag::Tamper]
+        } else {
+            &[]
+        };
+        pipeline.feed(0, vec![message(&meter, START + HOUR, flags)]);
+    }
+    let alerts = &pipeline.states[&meter].alerts;
+    assert!(
+        alerts.marks.len() <= meterflow_processors::alerting::MAX_MARKS,
+        "{} marks",
+        alerts.marks.len()
+    );
+    assert!(
+        !alerts.is_open(AlertKind::Tamper),
+        "the newest status is clean"
+    );
+    pipeline.feed(
+        0,
+        vec![message(&meter, START + HOUR, &[DeviceFlag::Tamper])],
+    );
+    assert!(pipeline.states[&meter].alerts.is_open(AlertKind::Tamper));
+}
