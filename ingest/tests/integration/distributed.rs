@@ -487,12 +487,18 @@ async fn while_kafka_is_down_nothing_is_acked_and_nothing_is_lost() {
     let text: String = std::fs::read_to_string(&cluster.config)
         .unwrap()
         .lines()
-        .map(|line| match line.starts_with("brokers = ") {
-            true => format!(
-                "brokers = \"127.0.0.1:{}\"\ndelivery_timeout_ms = 3000\nstall_patience_s = 5\n",
-                kafka.port
-            ),
-            false => format!("{line}\n"),
+        .map(|line| {
+            if line.starts_with("brokers = ") {
+                format!(
+                    "brokers = \"127.0.0.1:{}\"\ndelivery_timeout_ms = 3000\nstall_patience_s = 5\n",
+                    kafka.port
+                )
+            } else if line.starts_with("rebalance_drain_s = ") {
+                // The consumer's membership patience: max(5 s, three drains) = 6 s.
+                "rebalance_drain_s = 2\n".to_owned()
+            } else {
+                format!("{line}\n")
+            }
         })
         .collect();
     cluster.config = cluster.dir.path().join("outage.toml");
@@ -539,6 +545,24 @@ async fn while_kafka_is_down_nothing_is_acked_and_nothing_is_lost() {
             Instant::now() < deadline,
             "the stalled producer was not replaced\n{}",
             endpoint.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // The processor's consumer loses its group once its session times out (6 s,
+    // `kafka.properties`), owning nothing; past its patience (three drains, 6 s) the
+    // membership watchdog replaces it, and the new one is what consumes after.
+    let rejoined = || {
+        processor
+            .metrics()
+            .value("meterflow_log_consumer_rejoins_total")
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rejoined() < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the consumer out of its group was not replaced\n{}",
+            processor.log_tail()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
