@@ -478,6 +478,20 @@ impl Drop for OwnKafka {
     }
 }
 
+/// Waits until `node`'s counter `metric` counts at least one, failing with its log
+/// after `within`.
+async fn wait_for_count(node: &Meterflow, metric: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while node.metrics().value(metric) < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "{metric} stayed 0\n{}",
+            node.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_kafka_is_down_nothing_is_acked_and_nothing_is_lost() {
     let Some(mut cluster) = Cluster::new("dist_outage") else {
@@ -534,38 +548,13 @@ async fn while_kafka_is_down_nothing_is_acked_and_nothing_is_lost() {
     assert!(stalled < 4_000, "the outage must land mid-run");
     // The producer holds uplinks and appends none: past kafka.stall_patience_s the
     // watchdog replaces it, and the new one is what delivers after the outage.
-    let replaced = || {
-        endpoint
-            .metrics()
-            .value("meterflow_log_producer_replacements_total")
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while replaced() < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the stalled producer was not replaced\n{}",
-            endpoint.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-
+    let producer_replaced = "meterflow_log_producer_replacements_total";
+    wait_for_count(&endpoint, producer_replaced, Duration::from_secs(30)).await;
     // The processor's consumer loses its group once its session times out (6 s,
     // `kafka.properties`), owning nothing; past its patience (three drains, 6 s) the
     // membership watchdog replaces it, and the new one is what consumes after.
-    let rejoined = || {
-        processor
-            .metrics()
-            .value("meterflow_log_consumer_rejoins_total")
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while rejoined() < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the consumer out of its group was not replaced\n{}",
-            processor.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let consumer_replaced = "meterflow_log_consumer_rejoins_total";
+    wait_for_count(&processor, consumer_replaced, Duration::from_secs(60)).await;
 
     kafka.script("start");
     let report = fleet.await.unwrap().unwrap();
