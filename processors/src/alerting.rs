@@ -687,4 +687,9 @@ fn settle(alerts: &mut AlertState, rules: FoldRules<'_>, point: Option<i64>) {
     alerts.marks.drain(..marks);
     alerts.window_steps.retain(|s| s.at > point);
     alerts.settled_ts = Some(point);
+    // Everything folded is settled: the head is the settled fold and stands on no
+    // window item (as a meter rehydrated with an empty window).
+    if alerts.head_key.is_some_and(|(at, _)| at <= point) {
+        alerts.head_key = None;
+    }
 }
