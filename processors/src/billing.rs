@@ -562,9 +562,20 @@ fn fixed_charge(terms: &MeterTerms<'_>, period: &PeriodReads, calendar: &mut Loc
     let (None, Some(first)) = (period.before, period.first) else {
         return full;
     };
-    let days = u128::from(calendar.day(period.end_ms - 1).day);
-    let in_service = days + 1 - u128::from(calendar.day(first.ts).day);
+    // The month's length from its number, the first read's day from the UTC offset:
+    // building both days' spans (a time-zone lookup each, alternating so that the
+    // calendar's one-day cache never hit) was a tenth of a seal for meters in their
+    // first period.
+    let days = u128::from(days_in_month(period.year, period.month));
+    let in_service = days + 1 - u128::from(calendar.day_of_month(first.ts));
     u64::try_from((u128::from(full) * in_service * 2 + days) / (2 * days)).unwrap_or(u64::MAX)
+}
+
+/// Days in a month of the proleptic Gregorian calendar (31 for a month out of range,
+/// which a period never is).
+fn days_in_month(year: i16, month: u8) -> u8 {
+    let month = i8::try_from(month).unwrap_or(1);
+    jiff::civil::Date::new(year, month, 1).map_or(31, |first| first.days_in_month() as u8)
 }
 
 /// Tier lines and their total for `usage_l` litres.

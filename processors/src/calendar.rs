@@ -128,6 +128,13 @@ impl LocalCalendar {
         ((ts_ms + offset).rem_euclid(24 * HOUR_MS) / HOUR_MS) as u8
     }
 
+    /// The local day of the month (1..=31) of `ts_ms`: its local date's day, from the
+    /// UTC offset alone (cached per offset span), without building the day's span.
+    pub fn day_of_month(&mut self, ts_ms: i64) -> u8 {
+        let local_ms = ts_ms.saturating_add(self.offset_ms(ts_ms));
+        day_of_month_of(local_ms.div_euclid(24 * HOUR_MS))
+    }
+
     /// The local calendar day containing `ts_ms`.
     pub fn day(&mut self, ts_ms: i64) -> LocalSpan {
         if let Some(day) = self.day
@@ -174,9 +181,39 @@ impl LocalCalendar {
     }
 }
 
+/// The day of the month of the civil date `days` days after 1970-01-01 (proleptic
+/// Gregorian; H. Hinnant's `civil_from_days`).
+fn day_of_month_of(days: i64) -> u8 {
+    let z = days + 719_468;
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    (day_of_year - (153 * month_from_march + 2) / 5 + 1) as u8
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The day of the month from the offset is the local date's day, in zones with
+        /// DST (both hemispheres), half-hour offsets and none, across years.
+        #[test]
+        fn the_day_of_the_month_is_the_local_dates(
+            ts in -2_208_988_800_000i64..4_102_444_800_000,
+            zone in proptest::sample::select(vec![
+                "UTC", "Europe/Paris", "America/Chicago", "Australia/Sydney",
+                "Asia/Kolkata", "Pacific/Chatham", "America/St_Johns",
+            ]),
+        ) {
+            let mut calendar = LocalCalendar::for_zone_name(zone).unwrap();
+            let expected = calendar.day(ts).day;
+            prop_assert_eq!(calendar.day_of_month(ts), expected);
+        }
+    }
 
     /// 2025-03-30 is the spring-forward day in Europe/Paris: 23 hours long.
     #[test]
