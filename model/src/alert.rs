@@ -393,12 +393,10 @@ pub struct AlertState {
     /// `ts`. Rebuilt on hydration.
     #[serde(skip)]
     pub rows: std::collections::VecDeque<RuleRow>,
-    /// The fold over the settled fold, the rows and the marks. Rebuilt on hydration.
+    /// The fold over the settled fold, the rows and the marks (it stands on the
+    /// window's last item). Rebuilt on hydration.
     #[serde(skip)]
     pub head: AlertFold,
-    /// Where `head` stands: the key of the last item folded into it.
-    #[serde(skip)]
-    pub head_key: Option<(i64, u8)>,
     /// The steps the window's items make from the settled fold, in order: what the
     /// stores hold of them, to compare with when the window is folded again.
     /// Rebuilt on hydration.

@@ -191,7 +191,6 @@ mod tests {
             temp: None,
         });
         state.alerts.head.last_ts = Some(5);
-        state.alerts.head_key = Some((5, 0));
         state.alerts.settled_ts = Some(4);
         state.alerts.revision = 9;
         state.usage.today_l = 3;

@@ -74,7 +74,7 @@ use meterflow_model::{
 use crate::Processor;
 use crate::calendar::HOUR_MS;
 use crate::tenants::TenantDirectory;
-use fold::{FLAG_KINDS, FoldRules, fold_item, merged};
+use fold::{Episodes, FLAG_KINDS, FoldRules, Item, flag_name, fold_item, merged};
 
 /// The alerting stage; its per-meter state is `MeterState::alerts`.
 pub struct AlertingProcessor {
@@ -130,6 +130,10 @@ impl Processor for AlertingProcessor {
                 events: &mut out.alerts,
             };
             note_contact(&mut emitter, alerts, &meter.readings, &meter.statuses);
+            // The head stands on the window's last item (everything is folded
+            // after every batch): what this batch changes at or before it lands
+            // inside the window.
+            let head = last_key(alerts);
             let mut window = WindowChange::default();
             take_rows(alerts, &meter.readings, &meter.replaced, &mut window);
             // By reading time (in place; stable: equal times keep their arrival order).
@@ -137,14 +141,12 @@ impl Processor for AlertingProcessor {
             for status in &meter.statuses {
                 take_status(alerts, rules.rules, status, &mut window, &mut emitter);
             }
-            let inside = window
+            match window
                 .first
-                .is_some_and(|first| alerts.head_key.is_some_and(|head| first <= head));
-            if inside {
-                let from = window.first.map_or(0, |(at, _)| at);
-                fold_again(alerts, rules, from, &mut emitter);
-            } else {
-                fold_on(alerts, rules, &mut emitter);
+                .filter(|first| head.is_some_and(|head| *first <= head))
+            {
+                Some((from, _)) => fold_again(alerts, rules, from, &mut emitter),
+                None => fold_on(alerts, rules, head, &mut emitter),
             }
             settle(alerts, rules, settled_point.max(marks_overflow(alerts)));
             alerts.revision = emitter.revision;
@@ -167,34 +169,22 @@ impl Processor for AlertingProcessor {
         if silent < rules.no_communication_ms {
             return false;
         }
-        let state = match &mut alerts.no_communication {
-            Some(open) if now_ms - open.last_event_at < rules.update_interval_ms => return false,
-            Some(open) => {
-                open.last_event_at = now_ms;
-                EpisodeState::Updated
-            }
-            None => EpisodeState::Opened,
-        };
-        let open = *alerts.no_communication.get_or_insert(OpenAlert {
-            kind: AlertKind::NoCommunication,
-            opened_at: now_ms,
-            last_event_at: now_ms,
-            sources: SOURCE_RULE,
+        let steps = no_communication(alerts, rules.update_interval_ms, |episodes| {
+            episodes.raise(AlertKind::NoCommunication, SOURCE_RULE, now_ms, || {
+                format!("no message for {} h", silent / HOUR_MS)
+            });
         });
         let mut emitter = Emitter {
             key,
             revision: alerts.revision,
             events: &mut out.alerts,
         };
-        emitter.emit(EpisodeStep {
-            kind: open.kind,
-            state,
-            opened_at: open.opened_at,
-            at: now_ms,
-            detail: format!("no message for {} h", silent / HOUR_MS),
-        });
+        let changed = !steps.is_empty();
+        for step in steps {
+            emitter.emit(step);
+        }
         alerts.revision = emitter.revision;
-        true
+        changed
     }
 
     /// The window's rows are the rows VEE made of its rebuilt window after the
@@ -209,8 +199,7 @@ impl Processor for AlertingProcessor {
             .filter(|row| floor.is_none_or(|f| row.reading.ts > f))
             .filter_map(rule_row)
             .collect();
-        let window = fold_window(alerts, rules);
-        (alerts.head, alerts.window_steps, alerts.head_key) = window;
+        (alerts.head, alerts.window_steps) = fold_window(alerts, rules);
     }
 }
 
@@ -270,15 +259,38 @@ fn note_contact(
         return;
     };
     alerts.last_seen_at = alerts.last_seen_at.max(Some(seen));
-    if let Some(open) = alerts.no_communication.take() {
-        emitter.emit(EpisodeStep {
-            kind: open.kind,
-            state: EpisodeState::Cleared,
-            opened_at: open.opened_at,
-            at: seen,
-            detail: "meter reported again".into(),
-        });
+    // Most messages find no episode open: nothing to release.
+    if alerts.no_communication.is_none() {
+        return;
     }
+    // Any update interval: a release is never held back.
+    let steps = no_communication(alerts, i64::MAX, |episodes| {
+        episodes.release(AlertKind::NoCommunication, SOURCE_RULE, seen, || {
+            "meter reported again".into()
+        });
+    });
+    for step in steps {
+        emitter.emit(step);
+    }
+}
+
+/// Applies `change` to the no-communication episode by the shared episode rules
+/// ([`Episodes`]); it is kept apart from the fold (only the service clock shows
+/// it). Returns the steps made.
+fn no_communication(
+    alerts: &mut AlertState,
+    update_interval_ms: i64,
+    change: impl FnOnce(&mut Episodes<'_>),
+) -> Vec<EpisodeStep> {
+    let mut open: Vec<OpenAlert> = alerts.no_communication.take().into_iter().collect();
+    let mut steps = Vec::new();
+    change(&mut Episodes {
+        open: &mut open,
+        update_interval_ms,
+        steps: &mut steps,
+    });
+    alerts.no_communication = open.pop();
+    steps
 }
 
 /// What the rules read of one of VEE's rows; none for a suspect one.
@@ -515,10 +527,7 @@ fn late_span_outside(
         }
         until = until.min(alert.opened_at);
     }
-    let name = FLAG_KINDS
-        .iter()
-        .find(|(_, k)| *k == kind)
-        .map_or("?", |(flag, _)| flag.name());
+    let name = flag_name(kind);
     for (state, step_at, detail) in [
         (
             EpisodeState::Opened,
@@ -541,21 +550,22 @@ fn late_span_outside(
     }
 }
 
-/// Folds the window's items after the head onto it (a batch that only added data
-/// newer than everything folded), emitting their steps.
-fn fold_on(alerts: &mut AlertState, rules: FoldRules<'_>, emitter: &mut Emitter<'_>) {
-    let after = |key: (i64, u8)| alerts.head_key.is_none_or(|head| key > head);
-    let first_row = alerts.rows.partition_point(|r| !after((r.ts, 0)));
-    let first_mark = alerts.marks.partition_point(|m| !after((m.at, 1)));
-    let mut steps = Vec::new();
-    let mut last = None;
-    for item in merged(alerts.rows.range(first_row..), &alerts.marks[first_mark..]) {
-        fold_item(&mut alerts.head, rules, item, &mut steps);
-        last = Some(item.key());
-    }
-    if last.is_some() {
-        alerts.head_key = last;
-    }
+/// Folds the window's items after `head` (the key of the last item folded before
+/// this batch) onto the head — a batch that only added data newer than everything
+/// folded — emitting their steps.
+fn fold_on(
+    alerts: &mut AlertState,
+    rules: FoldRules<'_>,
+    head: Option<(i64, u8)>,
+    emitter: &mut Emitter<'_>,
+) {
+    let folded = |key: (i64, u8)| head.is_some_and(|head| key <= head);
+    let first_row = alerts.rows.partition_point(|r| folded(Item::Row(r).key()));
+    let first_mark = alerts
+        .marks
+        .partition_point(|m| folded(Item::Mark(m).key()));
+    let new = merged(alerts.rows.range(first_row..), &alerts.marks[first_mark..]);
+    let steps = fold_items(&mut alerts.head, rules, new);
     for step in &steps {
         emitter.emit(step.clone());
     }
@@ -565,29 +575,39 @@ fn fold_on(alerts: &mut AlertState, rules: FoldRules<'_>, emitter: &mut Emitter<
 /// Folds the whole window again from the settled fold (data landed inside it) and
 /// emits what changed against the steps it made before.
 fn fold_again(alerts: &mut AlertState, rules: FoldRules<'_>, from: i64, emitter: &mut Emitter<'_>) {
-    let (head, steps, head_key) = fold_window(alerts, rules);
+    let (head, steps) = fold_window(alerts, rules);
     for step in changed_steps(&alerts.window_steps, &steps, &head.open, from) {
         emitter.emit(step);
     }
     alerts.head = head;
     alerts.window_steps = steps;
-    alerts.head_key = head_key;
 }
 
-/// The settled fold with every window item folded in, the steps they make, and the
-/// key of the last.
-fn fold_window(
-    alerts: &AlertState,
-    rules: FoldRules<'_>,
-) -> (AlertFold, Vec<EpisodeStep>, Option<(i64, u8)>) {
+/// The settled fold with every window item folded in, and the steps they make.
+fn fold_window(alerts: &AlertState, rules: FoldRules<'_>) -> (AlertFold, Vec<EpisodeStep>) {
     let mut head = alerts.settled.clone();
+    let steps = fold_items(&mut head, rules, merged(&alerts.rows, &alerts.marks));
+    (head, steps)
+}
+
+/// Folds `items` into `fold`; returns the steps they make.
+fn fold_items<'a>(
+    fold: &mut AlertFold,
+    rules: FoldRules<'_>,
+    items: impl Iterator<Item = Item<'a>>,
+) -> Vec<EpisodeStep> {
     let mut steps = Vec::new();
-    let mut last = None;
-    for item in merged(&alerts.rows, &alerts.marks) {
-        fold_item(&mut head, rules, item, &mut steps);
-        last = Some(item.key());
+    for item in items {
+        fold_item(fold, rules, item, &mut steps);
     }
-    (head, steps, last)
+    steps
+}
+
+/// The fold key of the window's last item: where the head stands.
+fn last_key(alerts: &AlertState) -> Option<(i64, u8)> {
+    let row = alerts.rows.back().map(|r| Item::Row(r).key());
+    let mark = alerts.marks.last().map(|m| Item::Mark(m).key());
+    row.max(mark)
 }
 
 /// What to emit when the window's steps go from `old` to `new` (`open`: the
@@ -679,17 +699,11 @@ fn settle(alerts: &mut AlertState, rules: FoldRules<'_>, point: Option<i64>) {
     }
     let rows = alerts.rows.partition_point(|r| r.ts <= point);
     let marks = alerts.marks.partition_point(|m| m.at <= point);
-    let mut steps = Vec::new();
-    for item in merged(alerts.rows.range(..rows), &alerts.marks[..marks]) {
-        fold_item(&mut alerts.settled, rules, item, &mut steps);
-    }
+    // Their steps were emitted when the head first folded them.
+    let settling = merged(alerts.rows.range(..rows), &alerts.marks[..marks]);
+    fold_items(&mut alerts.settled, rules, settling);
     alerts.rows.drain(..rows);
     alerts.marks.drain(..marks);
     alerts.window_steps.retain(|s| s.at > point);
     alerts.settled_ts = Some(point);
-    // Everything folded is settled: the head is the settled fold and stands on no
-    // window item (as a meter rehydrated with an empty window).
-    if alerts.head_key.is_some_and(|(at, _)| at <= point) {
-        alerts.head_key = None;
-    }
 }

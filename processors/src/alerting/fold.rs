@@ -25,6 +25,14 @@ pub(crate) const FLAG_KINDS: [(DeviceFlag, AlertKind); 10] = [
     (DeviceFlag::RegisterError, AlertKind::RegisterError),
 ];
 
+/// The name of the device flag that opens `kind` (`?` for a kind no flag opens).
+pub(crate) fn flag_name(kind: AlertKind) -> &'static str {
+    FLAG_KINDS
+        .iter()
+        .find(|(_, k)| *k == kind)
+        .map_or("?", |(flag, _)| flag.name())
+}
+
 /// One thing to fold, by reading time.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Item<'a> {
@@ -159,16 +167,10 @@ impl Episodes<'_> {
 
 /// A status mark: the device (or its battery level) raises or lowers its kind.
 fn fold_mark(log: &mut Episodes<'_>, mark: &StatusMark) {
-    let name = || {
-        FLAG_KINDS
-            .iter()
-            .find(|(_, kind)| *kind == mark.kind)
-            .map_or("?", |(flag, _)| flag.name())
-    };
     let detail = || match (mark.battery, mark.raised) {
         (Some(level), _) => format!("battery at {level} %"),
-        (None, true) => format!("device flag {}", name()),
-        (None, false) => format!("device flag {} lowered", name()),
+        (None, true) => format!("device flag {}", flag_name(mark.kind)),
+        (None, false) => format!("device flag {} lowered", flag_name(mark.kind)),
     };
     if mark.raised {
         log.raise(mark.kind, mark.source, mark.at, detail);
