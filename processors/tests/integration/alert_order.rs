@@ -5,15 +5,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use meterflow_model::codec::binary::{decode_record, encode_record};
-use meterflow_model::{
-    AlertKind, DeviceStatus, Flags, MeterState, ProcessorsConfig, StoredReading,
-};
+use meterflow_model::{AlertKind, DeviceStatus, Flags, ProcessorsConfig, StoredReading};
 use proptest::prelude::*;
 use proptest::sample::Index;
 
 use crate::register_order::{arrival, keep_episodes};
-use crate::utils::{HOUR, Input, Pipeline, key, reading};
+use crate::utils::{HOUR, Input, Pipeline, key, reading, restart};
 
 /// 2025-03-03T00:00Z.
 const START: i64 = 1_740_960_000_000;
@@ -40,9 +37,8 @@ fn input(meter: &meterflow_model::MeterKey, reads: &[StoredReading]) -> Input {
 }
 
 /// Feeds the batches (each a list of messages) through the standard chain and keeps
-/// the episodes; before each batch whose index is in `restarts`, the meter's state
-/// goes through its record codec and is rehydrated from the rows stored so far
-/// after its settled point (as a shard does), and must come back as it was.
+/// the episodes; before each batch whose index is in `restarts` the meter restarts
+/// (`utils::restart`), and its alert state must come back as it was.
 fn replay(batches: &[Vec<Vec<StoredReading>>], restarts: &BTreeSet<usize>) -> Episodes {
     let meter = key("demo", "m");
     let mut pipeline = Pipeline::new(ProcessorsConfig::default());
@@ -50,15 +46,9 @@ fn replay(batches: &[Vec<Vec<StoredReading>>], restarts: &BTreeSet<usize>) -> Ep
     let mut stored: BTreeMap<i64, StoredReading> = BTreeMap::new();
     for (i, batch) in batches.iter().enumerate() {
         if restarts.contains(&i)
-            && let Some(before) = pipeline.states.get(&meter).cloned()
+            && let Some((before, state)) = restart(&mut pipeline, &meter, &stored)
         {
-            let mut state: MeterState = decode_record(&encode_record(&before)).unwrap();
-            let after_settled = state.vee.settled_ts().map_or(i64::MIN, |ts| ts + 1);
-            let rows = stored.range(after_settled..).map(|(_, row)| *row).collect();
-            pipeline = Pipeline::new(ProcessorsConfig::default());
-            pipeline.chain.rehydrate(&meter, &mut state, rows);
             assert_eq!(state.alerts, before.alerts, "rehydrated before batch {i}");
-            pipeline.states.insert(meter.clone(), state);
         }
         let inputs = batch.iter().map(|reads| input(&meter, reads)).collect();
         let (sealed, out) = pipeline.feed(0, inputs);

@@ -6,16 +6,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use meterflow_model::codec::binary::{decode_record, encode_record};
 use meterflow_model::limits::MIN_PLAUSIBLE_TS_MS;
 use meterflow_model::{
-    AlertEvent, AlertKind, Decision, EpisodeState, MeterState, OrderAction, ProcessorsConfig,
-    Quality, Reading, RegisterOrder, Resolution, StoredReading,
+    AlertEvent, AlertKind, Decision, EpisodeState, OrderAction, ProcessorsConfig, Quality, Reading,
+    RegisterOrder, Resolution, StoredReading,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
 
-use crate::utils::{DAY, HOUR, Input, Pipeline, key, reading};
+use crate::utils::{DAY, HOUR, Input, Pipeline, key, reading, restart};
 
 /// 2025-01-28T00:00Z: five days of hourly reads cross the January/February boundary.
 const START: i64 = 1_738_022_400_000;
@@ -66,12 +65,8 @@ fn replay(batches: &[Vec<Reads>]) -> Outcome {
     replay_restarting(batches, &BTreeSet::new(), &[])
 }
 
-/// [`replay`], restarting before each batch whose index is in `restarts`: the
-/// meter's state goes through the `meter_state` record codec (what it does not
-/// persist is lost), a fresh chain takes over, and the meter is rehydrated from
-/// exactly the rows stored so far after its settled point, as a shard reads them
-/// from the store (ascending `ts`, one per `ts`, the last written). Checks that the
-/// rehydrated state is the one the meter had.
+/// [`replay`], restarting (`utils::restart`) before each batch whose index is in
+/// `restarts`. Checks that the rehydrated state is the one the meter had.
 /// `orders` (operators' decisions) go with the first batch.
 fn replay_restarting(
     batches: &[Vec<Reads>],
@@ -94,15 +89,9 @@ fn replay_restarting(
     let mut stored: BTreeMap<i64, StoredReading> = BTreeMap::new();
     for (i, batch) in batches.iter().enumerate() {
         if restarts.contains(&i)
-            && let Some(before) = pipeline.states.get(&meter).cloned()
+            && let Some((before, state)) = restart(&mut pipeline, &meter, &stored)
         {
-            let mut state: MeterState = decode_record(&encode_record(&before)).unwrap();
-            let after_settled = state.vee.settled_ts().map_or(i64::MIN, |ts| ts + 1);
-            let rows = stored.range(after_settled..).map(|(_, row)| *row).collect();
-            pipeline = Pipeline::new(ProcessorsConfig::default());
-            pipeline.chain.rehydrate(&meter, &mut state, rows);
             assert_eq!(state, before, "the rehydrated state before batch {i}");
-            pipeline.states.insert(meter.clone(), state);
         }
         let inputs = batch
             .iter()

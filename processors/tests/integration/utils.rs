@@ -1,8 +1,9 @@
 //! A small pipeline around the processor chain, as the shard worker drives it: each
 //! meter's state goes into the batch, comes back after the chain and is kept.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
+use meterflow_model::codec::binary::{decode_record, encode_record};
 use meterflow_model::{
     DeviceStatus, MeterBatch, MeterKey, MeterState, Outputs, ProcessorsConfig, Quality, Reading,
     RegisterOrder, SealedBatch, StoredReading,
@@ -121,4 +122,25 @@ impl Pipeline {
         self.chain.sweep(now_ms, self.states.iter_mut(), &mut out);
         out
     }
+}
+
+/// Restarts `pipeline` as a process restart does for `meter` (when it has a state):
+/// the state goes through its record codec (what it does not persist is lost), a
+/// fresh chain takes over, and the meter is rehydrated from exactly the rows
+/// `stored` so far after its settled point, as a shard reads them from the store
+/// (ascending `ts`, one per `ts`, the last written). Returns the state before and
+/// the rehydrated one, which the new pipeline holds.
+pub(crate) fn restart(
+    pipeline: &mut Pipeline,
+    meter: &MeterKey,
+    stored: &BTreeMap<i64, StoredReading>,
+) -> Option<(MeterState, MeterState)> {
+    let before = pipeline.states.get(meter).cloned()?;
+    let mut state: MeterState = decode_record(&encode_record(&before)).unwrap();
+    let after_settled = state.vee.settled_ts().map_or(i64::MIN, |ts| ts + 1);
+    let rows = stored.range(after_settled..).map(|(_, row)| *row).collect();
+    *pipeline = Pipeline::new(ProcessorsConfig::default());
+    pipeline.chain.rehydrate(meter, &mut state, rows);
+    pipeline.states.insert(meter.clone(), state.clone());
+    Some((before, state))
 }

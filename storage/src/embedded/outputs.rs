@@ -271,6 +271,15 @@ mod tests {
         }
     }
 
+    fn write_alerts(store: &EmbeddedStore, alerts: Vec<AlertEvent>) {
+        store
+            .write_outputs(&Outputs {
+                alerts,
+                ..Outputs::default()
+            })
+            .unwrap();
+    }
+
     #[test]
     fn first_revisions_order_by_time_then_lifecycle() {
         let opened = event(EpisodeState::Opened, 5);
@@ -287,14 +296,7 @@ mod tests {
     fn the_highest_revision_is_the_episode_s_word() {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(dir.path()).unwrap();
-        let write = |events: Vec<AlertEvent>| {
-            store
-                .write_outputs(&Outputs {
-                    alerts: events,
-                    ..Outputs::default()
-                })
-                .unwrap()
-        };
+        let write = |events| write_alerts(&store, events);
         let cleared_at_9 = event(EpisodeState::Cleared, 9);
         write(vec![event(EpisodeState::Opened, 1), cleared_at_9.clone()]);
         let cleared_at_4 = AlertEvent {
@@ -341,14 +343,7 @@ mod tests {
     fn a_replayed_older_event_does_not_reopen_an_episode() {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(dir.path()).unwrap();
-        let write = |events: Vec<AlertEvent>| {
-            store
-                .write_outputs(&Outputs {
-                    alerts: events,
-                    ..Outputs::default()
-                })
-                .unwrap()
-        };
+        let write = |events| write_alerts(&store, events);
         write(vec![event(EpisodeState::Cleared, 9)]);
         write(vec![
             event(EpisodeState::Opened, 1),
