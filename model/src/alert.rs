@@ -194,7 +194,6 @@ impl AlertEvent {
     pub fn first_revision(at: i64, state: EpisodeState) -> i64 {
         at.saturating_mul(1_000)
             .saturating_add(i64::from(state.step()))
-            .max(i64::MIN + 1)
     }
 }
 
