@@ -44,6 +44,7 @@ mod state_v1;
 mod state_v2;
 mod state_v4;
 mod state_v5;
+mod state_v6;
 pub mod status;
 pub mod time;
 pub mod topic;

@@ -42,6 +42,12 @@ pub struct MeterView {
     /// Received signal strength at the meter, dBm, as it last reported it.
     #[serde(default)]
     pub rssi: Option<i16>,
+    /// The [`MeterState::version`] the view was made from: a cache keeps the view
+    /// (and the bill and alert steps of the same apply) of the greatest version, so
+    /// a stalled former owner's late apply replaces nothing newer. Not part of the
+    /// API's view. 0: unknown (the cache writes it unconditionally).
+    #[serde(skip)]
+    pub version: i64,
 }
 
 impl MeterView {
@@ -63,6 +69,7 @@ impl MeterView {
             district: district.to_owned(),
             battery: None,
             rssi: None,
+            version: state.version,
         }
     }
 }

@@ -96,6 +96,13 @@ pub struct MeterState {
     pub alerts: AlertState,
     /// Running hour and day totals (analytics).
     pub analytics: MeterAnalyticsState,
+    /// How far along the meter's input this state is: it rises with every uplink or
+    /// order the state takes in ([`MeterState::advance_version`]), and a store
+    /// shared by several processors writes the meter's rows with it as their write
+    /// time, so a stalled former owner's late write never replaces a newer one
+    /// (ARCHITECTURE.md, "a meter's rows carry its state's version"). 0 in a state
+    /// read from a record older than version 7.
+    pub version: i64,
 }
 
 impl crate::codec::binary::Record for MeterState {
@@ -117,6 +124,10 @@ impl crate::codec::binary::Record for MeterState {
 
     fn decode_v5(body: &[u8]) -> Result<Self, crate::codec::binary::RecordError> {
         crate::state_v5::decode(body)
+    }
+
+    fn decode_v6(body: &[u8]) -> Result<Self, crate::codec::binary::RecordError> {
+        crate::state_v6::decode(body)
     }
 }
 
@@ -150,7 +161,23 @@ impl MeterState {
                 ..AlertState::default()
             },
             analytics: self.analytics.clone(),
+            version: self.version,
         }
+    }
+
+    /// Counts one more uplink or order taken in, received (by the endpoint) at
+    /// `received_at` ms: the version becomes the greater of one more than before
+    /// and `received_at` in µs. It depends only on what the meter took in and in
+    /// which order, so two processors that fold the same log from the same stored
+    /// state reach the same version at the same point, and the one further along
+    /// has the greater; and it stays near the clock in µs, which the write times of
+    /// rows written before versions existed were (and ScyllaDB refuses write times
+    /// more than three days ahead of its clock).
+    pub fn advance_version(&mut self, received_at: i64) {
+        self.version = self
+            .version
+            .saturating_add(1)
+            .max(received_at.saturating_mul(1000));
     }
 
     /// Timestamp of the newest reading folded in.

@@ -69,6 +69,7 @@ pub(crate) fn decode(body: &[u8]) -> Result<MeterState, RecordError> {
         }
         .upgrade(),
         analytics: v1.analytics,
+        version: 0,
     })
 }
 

@@ -118,6 +118,7 @@ pub(crate) fn decode(body: &[u8]) -> Result<MeterState, RecordError> {
         billing: v2.billing.upgrade(),
         alerts: v2.alerts.upgrade(),
         analytics: v2.analytics,
+        version: 0,
     })
 }
 

@@ -42,6 +42,7 @@ pub(crate) fn decode(body: &[u8]) -> Result<MeterState, RecordError> {
         billing: v4.billing,
         alerts: v4.alerts.upgrade(),
         analytics: v4.analytics,
+        version: 0,
     })
 }
 

@@ -130,6 +130,7 @@ pub(crate) fn decode(body: &[u8]) -> Result<MeterState, RecordError> {
         billing: v5.billing,
         alerts: v5.alerts.upgrade(),
         analytics: v5.analytics,
+        version: 0,
     })
 }
 

@@ -11,7 +11,9 @@
 //!
 //! Values are absolute, so applying outputs twice, or out of a crash-replay, leaves
 //! the same picture — except the recent-alerts log, which, like the Redis stream,
-//! takes a replayed step again. Rows, views and lists with a tenant, meter or
+//! takes a replayed step again. As in Redis, a meter's view, and the alert steps
+//! beside it in the same outputs, change nothing when the cached view comes from a
+//! state of a greater version (a stalled former owner's late apply). Rows, views and lists with a tenant, meter or
 //! district name that is not an id are skipped, as Redis skips them.
 //!
 //! Memory is bounded. Per district, the newest [`MINUTE_WINDOWS_KEPT`],
@@ -168,6 +170,12 @@ impl TenantCache {
     }
 }
 
+/// Whether a view of `version` comes after one of `held` and must change nothing
+/// (`0`: unknown, never stale) — the check of Redis's `APPLY_VIEW`.
+fn is_stale(held: i64, version: i64) -> bool {
+    version != 0 && held > version
+}
+
 /// The in-process [`HotCache`]. Never fails, except on a malformed day label.
 #[derive(Debug, Default)]
 pub struct MemoryCache {
@@ -226,12 +234,17 @@ impl HotCache for MemoryCache {
             }
             let meters = &mut tenant_entry(&mut tenants, &view.tenant).meters;
             match meters.get_mut(&view.meter) {
+                Some(cached) if is_stale(cached.version, view.version) => {}
                 Some(cached) => {
-                    // Battery and signal are what the meter last reported.
-                    let (battery, rssi) = (cached.battery, cached.rssi);
+                    // Battery and signal are what the meter last reported; an unknown
+                    // version (0) keeps the one held.
+                    let (battery, rssi, version) = (cached.battery, cached.rssi, cached.version);
                     cached.clone_from(view);
                     cached.battery = view.battery.or(battery);
                     cached.rssi = view.rssi.or(rssi);
+                    if view.version == 0 {
+                        cached.version = version;
+                    }
                 }
                 None => {
                     meters.insert(view.meter.clone(), view.clone());
@@ -261,9 +274,21 @@ impl HotCache for MemoryCache {
                 tops.pop_first();
             }
         }
+        // An alert step is gated by its meter's view in the same outputs, as in Redis.
+        let versions: HashMap<(&str, &str), i64> = outputs
+            .meters
+            .iter()
+            .map(|view| ((view.tenant.as_str(), view.meter.as_str()), view.version))
+            .collect();
         for event in &outputs.alerts {
-            if ids_are_valid(&[&event.tenant, &event.meter]) {
-                tenant_entry(&mut tenants, &event.tenant).alert(event);
+            if !ids_are_valid(&[&event.tenant, &event.meter]) {
+                continue;
+            }
+            let tenant = tenant_entry(&mut tenants, &event.tenant);
+            let version = versions.get(&(event.tenant.as_str(), event.meter.as_str()));
+            let held = tenant.meters.get(&event.meter).map(|view| view.version);
+            if !matches!((held, version), (Some(held), Some(&version)) if is_stale(held, version)) {
+                tenant.alert(event);
             }
         }
         for summary in &outputs.summaries {
@@ -399,6 +424,7 @@ mod tests {
             district: "default".into(),
             battery: None,
             rssi: None,
+            version: 0,
         }
     }
 

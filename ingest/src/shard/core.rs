@@ -329,7 +329,7 @@ impl ShardCore {
     /// Offers an arrival received by the runner at `at`.
     pub fn admit(&mut self, arrival: &Arrival, at: Instant) -> Step {
         if let Some(order) = arrival.order {
-            return self.admit_order(arrival.identity, order, at);
+            return self.admit_order(arrival.identity, order, arrival.received_at, at);
         }
         match self.accept(arrival) {
             Ok(Accepted::NeedsState) => return Step::NeedsState(arrival.identity.clone()),
@@ -345,16 +345,23 @@ impl ShardCore {
     /// Takes an operator's order about `key`'s register into the open batch, when the
     /// meter's VEE state can still follow it ([`order_problem`]); VEE applies it when
     /// the batch seals, and it is answered once the batch is durable.
-    fn admit_order(&mut self, key: &MeterKey, order: &RegisterOrder, at: Instant) -> Step {
+    fn admit_order(
+        &mut self,
+        key: &MeterKey,
+        order: &RegisterOrder,
+        received_at: i64,
+        at: Instant,
+    ) -> Step {
         if self.tenants.get(key.tenant.as_str().as_bytes()).is_none() {
             return Step::Refused(format!("tenant {} is not configured", key.tenant));
         }
-        let Some(state) = self.meters.get(key) else {
+        let Some(state) = self.meters.get_mut(key) else {
             return Step::NeedsState(key.clone());
         };
         if let Some(problem) = order_problem(&state.vee, order) {
             return Step::Refused(problem);
         }
+        state.advance_version(received_at);
         self.open.meter(key).orders.push(order.clone());
         self.open.opened.get_or_insert(at);
         self.open.arrivals += 1;
@@ -533,6 +540,9 @@ impl ShardCore {
         let state = self.meters.get_mut(key)?;
         let mut skipped = Vec::new();
         let admission = state.seq.admit(uplink.seq, received_at, &mut skipped);
+        if admission == Admission::New {
+            state.advance_version(received_at);
+        }
         let gap_open = state.seq.has_gap();
         self.record_gaps(key, &skipped);
         if gap_open {

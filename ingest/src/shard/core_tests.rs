@@ -726,3 +726,43 @@ fn an_order_joins_the_batch_only_when_vee_can_follow_it() {
         .expect("the decided exception");
     assert_eq!(accepted.state, ExceptionState::Accepted);
 }
+
+/// A meter's state version depends on what the meter took in (uplinks with their
+/// endpoint receive times, as the log carries them), not on when or by whom it was
+/// processed: a stalled former owner and the new owner folding the same log reach
+/// the same version at the same point, resends do not move it, and the owner
+/// further along has the greater one — what lets a shared store drop the former
+/// owner's late write (`storage/src/scylla/write_order.rs`).
+#[test]
+fn a_meters_version_follows_what_it_took_in_not_who_processed_it() {
+    let m1 = key("plain.m1");
+    // (seq, received at ms after T0)
+    let log = [(1, 10), (2, 20), (3, 30), (4, 40), (5, 50)];
+    let take = |shard: &mut Harness, part: &[(u64, u64)], resend_at: u64| {
+        for &(seq, ms) in part {
+            shard.offer(&m1, &json(seq, 1), ms);
+            // The same uplink again, received later: a duplicate.
+            shard.offer(&m1, &json(seq, 1), resend_at);
+        }
+        shard.seal(resend_at).batch.meters[0].state.clone()
+    };
+
+    let mut stalled = Harness::new(1_000);
+    let stale = take(&mut stalled, &log[..3], 35);
+    assert!(
+        stale.version >= (T0_MS + 30) * 1_000,
+        "near the receive time, in µs"
+    );
+
+    let mut owner = Harness::new(1_000);
+    let same_point = take(&mut owner, &log[..3], 5_000);
+    assert_eq!(same_point.version, stale.version);
+    let further = take(&mut owner, &log[3..], 6_000);
+    assert!(further.version > stale.version);
+
+    // A third owner hydrating the stalled one's stored state gets there too.
+    let mut next = Harness::new(1_000);
+    next.core
+        .hydrated(m1.clone(), stale.persisted(), WindowRows::default());
+    assert_eq!(take(&mut next, &log[3..], 9_000).version, further.version);
+}

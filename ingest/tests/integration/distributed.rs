@@ -8,7 +8,8 @@
 //! mode's on the same fleet while meters move between endpoints (one killed); a
 //! processor killed mid-stream loses nothing and counts nothing twice; a meter whose
 //! partition moves to another processor and back is never processed with the state
-//! the first one cached; two `--mode combined` nodes (endpoint and processor in one
+//! the first one cached; a processor stalled past its session wakes and overwrites
+//! nothing newer; two `--mode combined` nodes (endpoint and processor in one
 //! process) started at once share the work through the log.
 
 use std::collections::BTreeMap;
@@ -355,6 +356,62 @@ async fn a_processor_killed_mid_stream_loses_nothing_and_counts_nothing_twice() 
         "a replay stores nothing"
     );
     cluster.wait_stored(&config, Duration::from_secs(5)).await;
+}
+
+/// A processor stopped (SIGSTOP) past its session timeout while holding uplinks —
+/// a zombie owner — wakes after the other processor took its partitions over and
+/// stored everything since: what it then writes late (the drain of its revoked
+/// partitions) replaces nothing newer, in the store or in the cache. Every reading
+/// is stored once, every view is the final one, and a replay of the whole fleet,
+/// now spread over both processors again and hydrated from the store, is all
+/// duplicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_that_stalls_past_its_session_overwrites_nothing_newer_when_it_wakes() {
+    let Some(cluster) = Cluster::new("dist_zombie") else {
+        return;
+    };
+    let p1 = cluster.start("processor", "p1");
+    let p2 = cluster.start("processor", "p2");
+    let endpoint = cluster.start("endpoint", "e1");
+    let config = fleet(endpoint.mqtt.to_string(), 400.0, 37);
+    let (fleet, counters) = spawn_fleet(&config);
+    wait_for_acks(&counters, 2_000, Duration::from_secs(60), &endpoint).await;
+    assert!(p1.metrics().messages("stored") > 0.0, "p1 owned partitions");
+    p1.signal("STOP");
+    let report = fleet.await.unwrap().unwrap();
+    assert_eq!(report.acked, 6_000, "acks continue: {report:?}");
+    // p2 takes p1's partitions over after the session timeout, replays them from
+    // p1's last commit and stores the rest of the fleet.
+    cluster.wait_stored(&config, DRAIN_TIMEOUT).await;
+
+    p1.signal("CONT");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while p1.metrics().value("meterflow_log_partitions_owned") < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "p1 did not rejoin:\n{}",
+            p1.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cluster.wait_settled(&config, Duration::from_secs(30)).await;
+
+    let taken = |metrics: &Metrics| metrics.messages("stored") + metrics.messages("duplicate");
+    let stored = stored_by(&[&p1, &p2]);
+    let before = taken(&p1.metrics()) + taken(&p2.metrics());
+    assert_eq!(run(config.clone()).await.unwrap().acked, 6_000);
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while taken(&p1.metrics()) + taken(&p2.metrics()) - before < 6_000.0 {
+        assert!(
+            Instant::now() < deadline,
+            "{}\n{}",
+            p1.log_tail(),
+            p2.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(stored_by(&[&p1, &p2]), stored, "a replay stores nothing");
+    cluster.wait_settled(&config, Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

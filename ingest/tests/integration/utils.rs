@@ -152,14 +152,22 @@ impl Meterflow {
         }
     }
 
+    /// Sends the process `signal` (`STOP`, `CONT`, `TERM`) with kill(1).
+    pub(crate) fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     /// SIGTERM and wait: meterflow seals and stores what it holds.
     pub(crate) fn stop(&mut self) {
+        if self.child.is_some() {
+            self.signal("TERM");
+        }
         if let Some(mut child) = self.child.take() {
-            let status = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status()
-                .unwrap();
-            assert!(status.success());
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 if let Some(status) = child.try_wait().unwrap() {

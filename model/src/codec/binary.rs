@@ -135,7 +135,10 @@ pub(crate) fn decode_uplink(body: &[u8]) -> Result<Uplink, Reject> {
 ///   marks, the newest device status, the no-communication episode and the newest
 ///   event revision; `AlertEvent` gained its `revision`. Older layouts are frozen
 ///   in `model/src/state_v5.rs`. Other records are unchanged.
-const RECORD_VERSION: u8 = 6;
+/// - 7: `MeterState` gained its `version` (last), which orders a meter's writes in
+///   a shared store; older states read with 0 (`model/src/state_v6.rs`). Other
+///   records are unchanged.
+const RECORD_VERSION: u8 = 7;
 
 /// A persisted record type, and how it reads bodies of older record versions.
 pub trait Record: DeserializeOwned {
@@ -166,6 +169,12 @@ pub trait Record: DeserializeOwned {
     /// Reads a version-5 body; types whose layout has not changed since read it as
     /// they are.
     fn decode_v5(body: &[u8]) -> Result<Self, RecordError> {
+        decode_body(body)
+    }
+
+    /// Reads a version-6 body; types whose layout has not changed since read it as
+    /// they are.
+    fn decode_v6(body: &[u8]) -> Result<Self, RecordError> {
         decode_body(body)
     }
 }
@@ -232,6 +241,7 @@ pub fn decode_record<T: Record>(bytes: &[u8]) -> Result<T, RecordError> {
         Some((3, body)) => T::decode_v3(body),
         Some((4, body)) => T::decode_v4(body),
         Some((5, body)) => T::decode_v5(body),
+        Some((6, body)) => T::decode_v6(body),
         Some((&other, _)) => Err(RecordError::Version(other)),
         None => Err(RecordError::Corrupt("empty record".into())),
     }

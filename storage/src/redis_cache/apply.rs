@@ -9,9 +9,10 @@
 //! key, so no order between them matters.
 //!
 //! Per part of the outputs, in this order:
-//! - `meters`: per view `HSET` of its fields, `HDEL` of unknown ones, `EXPIRE`; then
-//!   per tenant [`INDEX_METERS`] calls (up to [`VIEWS_PER_INDEX_CALL`] views each)
-//!   that put the views into the meter index and trim it;
+//! - `meters`: per view one [`APPLY_VIEW`] call (its fields and version, unless the
+//!   hash holds a greater version); then per tenant [`INDEX_METERS`] calls (up to
+//!   [`VIEWS_PER_INDEX_CALL`] views each) that put the views into the meter index
+//!   and trim it;
 //! - `bills`: per tenant one [`SET_BILLS`] script call with, per meter, the line of
 //!   the latest period in the outputs;
 //! - `districts`: per row `HSET`, `HDEL` of absent optional fields, `EXPIRE` with the
@@ -22,11 +23,15 @@
 //! - `alerts` and `summaries`: per tenant having either, one [`APPLY_ALERTS`] call
 //!   (alerts:open, per-meter and summary counts, the summary's fields).
 //!
+//! Bills and alert steps carry the version of their meter's view in the same
+//! outputs ([`Versions`]), so the scripts skip those of a meter whose hash holds a
+//! greater one (`scripts.rs`, "version").
+//!
 //! Rows whose tenant, meter or district is not an id (`[A-Za-z0-9_-]{1,64}`) are
 //! skipped and counted: such a name could break out of its key (`:`, `{`, `}`) or,
 //! for a view's district, out of its `{district}:{meter}` index member.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use meterflow_model::alert::{AlertEvent, AlertKind};
 use meterflow_model::analytics::{DistrictUsage, Resolution};
@@ -37,7 +42,7 @@ use redis::Pipeline;
 use super::RedisConfig;
 use super::codec::{self, FieldUpdate};
 use super::keys::{KeySpace, day_label_stamp, ids_are_valid};
-use super::scripts::{APPLY_ALERTS, INDEX_METERS, PUT_SERIES, REPLACE_TOP, SET_BILLS};
+use super::scripts::{APPLY_ALERTS, APPLY_VIEW, INDEX_METERS, PUT_SERIES, REPLACE_TOP, SET_BILLS};
 
 /// Views per [`INDEX_METERS`] call. Each view costs the script about six commands, so
 /// a call stays near a millisecond of Redis time: a group of 64k meters (the sink's
@@ -138,18 +143,43 @@ pub(crate) fn plan(
         skipped: 0,
         first_skipped: None,
     };
+    let versions = Versions::of(outputs);
     meters(&mut plan, keys, config, outputs);
-    bills(&mut plan, keys, config, &outputs.bills);
+    bills(&mut plan, keys, config, &outputs.bills, &versions);
     districts(&mut plan, keys, config, &outputs.districts);
     tops(&mut plan, keys, config, outputs);
-    alerts_and_summaries(&mut plan, keys, config, &outputs.alerts, &outputs.summaries);
+    alerts_and_summaries(&mut plan, keys, config, outputs, &versions);
     plan
 }
 
+/// Per (tenant, meter), the version of its last view in one outputs: what its bill
+/// and alert steps are gated with.
+struct Versions<'a>(HashMap<(&'a str, &'a str), i64>);
+
+impl<'a> Versions<'a> {
+    fn of(outputs: &'a Outputs) -> Self {
+        Versions(
+            outputs
+                .meters
+                .iter()
+                .map(|view| ((view.tenant.as_str(), view.meter.as_str()), view.version))
+                .collect(),
+        )
+    }
+
+    /// The meter's version as a script argument (empty: unknown).
+    fn arg(&self, tenant: &str, meter: &str) -> String {
+        self.0
+            .get(&(tenant, meter))
+            .map_or_else(String::new, i64::to_string)
+    }
+}
+
 fn meters(plan: &mut ApplyPlan, keys: &KeySpace, config: &RedisConfig, outputs: &Outputs) {
-    // Per tenant, the index arguments of its views (meter, district, last_ts), in
-    // output order: a later view of the same meter wins, in the hash and the index.
-    let mut index: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    // Per tenant, the index entries of its views (the meter hash; meter, district,
+    // last_ts, version), in output order: a later view of the same meter wins, in the
+    // hash and the index.
+    let mut index: BTreeMap<&str, Vec<(String, [String; 4])>> = BTreeMap::new();
     for view in &outputs.meters {
         if !ids_are_valid(&[&view.tenant, &view.meter, &view.district]) {
             plan.skip(|| {
@@ -161,17 +191,27 @@ fn meters(plan: &mut ApplyPlan, keys: &KeySpace, config: &RedisConfig, outputs: 
             continue;
         }
         let key = keys.meter(&view.tenant, &view.meter);
-        plan.hash(
-            &view.tenant,
-            &key,
-            codec::view_fields(view),
-            ttl(config.meter_ttl_secs),
-        );
-        index.entry(&view.tenant).or_default().extend([
-            view.meter.clone(),
-            view.district.clone(),
-            view.last_ts.map_or_else(String::new, |ts| ts.to_string()),
+        let (set, unset) = codec::view_fields(view);
+        let mut args = Vec::with_capacity(3 + 2 * set.len() + unset.len());
+        args.extend([
+            ttl(config.meter_ttl_secs).to_string(),
+            view.version.to_string(),
+            set.len().to_string(),
         ]);
+        for (field, value) in set {
+            args.extend([field.to_owned(), value]);
+        }
+        args.extend(unset.iter().map(|field| (*field).to_owned()));
+        plan.eval(&view.tenant, APPLY_VIEW, std::slice::from_ref(&key), &args);
+        index.entry(&view.tenant).or_default().push((
+            key,
+            [
+                view.meter.clone(),
+                view.district.clone(),
+                view.last_ts.map_or_else(String::new, |ts| ts.to_string()),
+                view.version.to_string(),
+            ],
+        ));
     }
     let ttl_secs = ttl(config.meter_ttl_secs);
     for (tenant, entries) in index {
@@ -182,15 +222,20 @@ fn meters(plan: &mut ApplyPlan, keys: &KeySpace, config: &RedisConfig, outputs: 
             keys.meters_seen(tenant),
             keys.meters_district(tenant),
         ];
-        for chunk in entries.chunks(3 * VIEWS_PER_INDEX_CALL) {
-            let mut args = Vec::with_capacity(3 + chunk.len());
+        for chunk in entries.chunks(VIEWS_PER_INDEX_CALL) {
+            let mut script_keys = Vec::with_capacity(index_keys.len() + chunk.len());
+            script_keys.extend_from_slice(&index_keys);
+            let mut args = Vec::with_capacity(3 + 4 * chunk.len());
             args.extend([
                 ttl_secs.to_string(),
                 ttl_secs.saturating_mul(1_000).to_string(),
                 METER_TRIM_PER_CALL.to_string(),
             ]);
-            args.extend_from_slice(chunk);
-            plan.eval(tenant, INDEX_METERS, &index_keys, &args);
+            for (key, entry) in chunk {
+                script_keys.push(key.clone());
+                args.extend_from_slice(entry);
+            }
+            plan.eval(tenant, INDEX_METERS, &script_keys, &args);
         }
     }
 }
@@ -218,10 +263,16 @@ fn current_bills(
     current
 }
 
-fn bills(plan: &mut ApplyPlan, keys: &KeySpace, config: &RedisConfig, bills: &[BillLine]) {
+fn bills(
+    plan: &mut ApplyPlan,
+    keys: &KeySpace,
+    config: &RedisConfig,
+    bills: &[BillLine],
+    versions: &Versions,
+) {
     for (tenant, meters) in current_bills(plan, bills) {
         let mut meter_keys = Vec::with_capacity(meters.len());
-        let mut args = Vec::with_capacity(1 + 3 * meters.len());
+        let mut args = Vec::with_capacity(1 + 4 * meters.len());
         args.push(ttl(config.meter_ttl_secs).to_string());
         for (meter, line) in &meters {
             meter_keys.push(keys.meter(&tenant, meter));
@@ -229,6 +280,7 @@ fn bills(plan: &mut ApplyPlan, keys: &KeySpace, config: &RedisConfig, bills: &[B
                 line.period.clone(),
                 line.usage_l.to_string(),
                 line.amount_cents.to_string(),
+                versions.arg(&tenant, meter),
             ]);
         }
         plan.eval(&tenant, SET_BILLS, &meter_keys, &args);
@@ -314,9 +366,10 @@ fn alerts_and_summaries(
     plan: &mut ApplyPlan,
     keys: &KeySpace,
     config: &RedisConfig,
-    alerts: &[AlertEvent],
-    summaries: &[TenantSummary],
+    outputs: &Outputs,
+    versions: &Versions,
 ) {
+    let (alerts, summaries) = (&outputs.alerts, &outputs.summaries);
     let mut events: BTreeMap<&str, Vec<&AlertEvent>> = BTreeMap::new();
     for event in alerts {
         if ids_are_valid(&[&event.tenant, &event.meter]) {
@@ -358,6 +411,11 @@ fn alerts_and_summaries(
         let steps = events.get(tenant).map_or(&[][..], Vec::as_slice);
         let summary = latest.get(tenant);
         let meters: BTreeSet<&str> = steps.iter().map(|e| e.meter.as_str()).collect();
+        let positions: HashMap<&str, usize> = meters
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (*m, i + 1))
+            .collect();
 
         let mut script_keys = vec![keys.alerts_open(tenant), keys.summary(tenant)];
         script_keys.extend(meters.iter().map(|m| keys.meter(tenant, m)));
@@ -385,8 +443,10 @@ fn alerts_and_summaries(
             } else {
                 String::new()
             });
+            args.push(positions[event.meter.as_str()].to_string());
         }
         args.extend(meters.iter().map(|m| (*m).to_owned()));
+        args.extend(meters.iter().map(|m| versions.arg(tenant, m)));
         args.extend(AlertKind::ALL.iter().map(|k| k.name().to_owned()));
         plan.eval(tenant, APPLY_ALERTS, &script_keys, &args);
     }
@@ -509,6 +569,7 @@ mod tests {
             district: district.into(),
             battery: None,
             rssi: None,
+            version: 0,
         }
     }
 

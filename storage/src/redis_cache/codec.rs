@@ -138,6 +138,7 @@ pub(crate) fn parse_view(
             .to_owned(),
         battery: parse_field(key, hash, fields::BATTERY)?,
         rssi: parse_field(key, hash, fields::RSSI)?,
+        version: parse_field(key, hash, fields::VERSION)?.unwrap_or(0),
     }))
 }
 
@@ -462,6 +463,7 @@ mod tests {
             district: "default".into(),
             battery: None,
             rssi: None,
+            version: 0,
         }
     }
 

@@ -36,6 +36,10 @@ pub const DISTRICT: &str = "district";
 pub const BATTERY: &str = "battery";
 /// Signal strength at the meter, dBm, as it last reported it; kept like `battery`.
 pub const RSSI: &str = "rssi";
+/// The version of the meter state the view was made from (`MeterView::version`):
+/// a view, bill or alert step of a lower one is not applied over it. Absent in
+/// hashes written before versions.
+pub const VERSION: &str = "version";
 
 /// `mf:{t}:district:{d}:{min|hour|day}:{stamp}` HASH.
 pub mod district {

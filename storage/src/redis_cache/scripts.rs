@@ -11,9 +11,53 @@
 //! has its own script cache; redis-rs routes an `EVAL` by its first key). A script
 //! runs atomically: no reader sees half of it.
 //!
+//! The scripts that write a meter's hash, its index entries, its bill fields or its
+//! alert steps first check the hash's `version` ([`APPLY_VIEW`]): the cache keeps
+//! what the meter's state of the greatest version made, so a stalled former owner's
+//! late apply (distributed mode) replaces nothing newer.
+//!
 //! Needs Redis 6.2 or later (`ZADD … GT`); [`INDEX_METERS`] reads the server clock
 //! (`TIME`) after writing, which Redis allows since scripts replicate their effects
 //! (the default from 5.0, the only mode from 7.0).
+
+/// The Lua function the version-gated scripts share: whether the meter hash `key`
+/// holds a view of a greater version than `version` (a decimal string; empty or
+/// `0`: unknown, never stale). Versions are µs-scale integers below 2^53, exact in
+/// Lua's numbers.
+macro_rules! stale_fn {
+    () => {
+        r"
+local function stale(key, version)
+  if version == '' or version == '0' then return false end
+  local held = redis.call('HGET', key, 'version')
+  return held ~= false and tonumber(held) > tonumber(version)
+end
+"
+    };
+}
+
+/// Writes a meter's view fields (`HSET` of the set ones, `HDEL` of the absent ones,
+/// `EXPIRE`) and its `version`, unless the hash holds a view of a greater version.
+///
+/// `KEYS[1]`: the meter hash. `ARGV[1]`: TTL, seconds; `ARGV[2]`: the view's version
+/// (`0`: unknown, written unconditionally and not recorded); `ARGV[3]`: the number
+/// n of fields set; then n (field, value) pairs; then the fields to delete.
+pub(crate) const APPLY_VIEW: &str = concat!(
+    stale_fn!(),
+    r"
+local key, version, n = KEYS[1], ARGV[2], tonumber(ARGV[3])
+if stale(key, version) then return 0 end
+redis.call('HSET', key, unpack(ARGV, 4, 3 + 2 * n))
+if version ~= '0' then
+  redis.call('HSET', key, 'version', version)
+end
+if #ARGV > 3 + 2 * n then
+  redis.call('HDEL', key, unpack(ARGV, 4 + 2 * n, #ARGV))
+end
+redis.call('EXPIRE', key, ARGV[1])
+return 1
+"
+);
 
 /// Replaces a day's top-consumers ZSET with exactly the list given (absolute
 /// scores), atomically — `DEL` + `ZADD` in a bare pipeline could show a dashboard an
@@ -36,21 +80,25 @@ return 0
 /// Sets a meter's bill fields unless the hash already holds a *later* period: a
 /// late read that updates last month's bill, or the final bill of last month sent
 /// after this month's first, must not replace the running bill of the current
-/// period. Periods are `yyyy-mm`, so string order is time order.
+/// period. Periods are `yyyy-mm`, so string order is time order. Nor when the hash
+/// holds a view of a greater version than the bill's meter state.
 ///
 /// `KEYS[i]`: meter hashes of one tenant. `ARGV[1]`: TTL, seconds. Then per key:
-/// period, period_l, bill_cents.
-pub(crate) const SET_BILLS: &str = r"
+/// period, period_l, bill_cents, version (empty: unknown).
+pub(crate) const SET_BILLS: &str = concat!(
+    stale_fn!(),
+    r"
 for i, key in ipairs(KEYS) do
-  local at = 2 + (i - 1) * 3
+  local at = 2 + (i - 1) * 4
   local stored = redis.call('HGET', key, 'period')
-  if (not stored) or stored <= ARGV[at] then
+  if ((not stored) or stored <= ARGV[at]) and not stale(key, ARGV[at + 3]) then
     redis.call('HSET', key, 'period', ARGV[at], 'period_l', ARGV[at + 1], 'bill_cents', ARGV[at + 2])
     redis.call('EXPIRE', key, ARGV[1])
   end
 end
 return 0
-";
+"
+);
 
 /// Applies one tenant's alert episode steps to `alerts:open` (HSET while open, HDEL
 /// on cleared or withdrawn, in event order), then writes the absolute counts that depend on it:
@@ -67,8 +115,10 @@ return 0
 /// `ARGV[1..3]`: TTLs of alerts, meters, summary. `ARGV[4]`: `1` when a summary
 /// follows in `ARGV[5..8]` (day, usage_today_l, meters_reporting, updated_at), else
 /// `0`. `ARGV[9]`: number of steps, then (field, opened_at, JSON or empty when no
-/// longer open) triples; then one meter id per meter key; then every alert kind
-/// name.
+/// longer open, position of the step's meter among the meter keys) quadruples; then
+/// one meter id per meter key; then one version per meter key (empty: unknown);
+/// then every alert kind name. The steps of a meter whose hash holds a view of a
+/// greater version are skipped (see the module doc).
 ///
 /// A field holds one episode per (meter, kind), and a step only touches its own:
 /// a closing step deletes the field only while it holds the step's episode
@@ -76,24 +126,31 @@ return 0
 /// alerting folds a meter's window again and emits an earlier episode's steps
 /// after a later one's (each is the latest word on its own episode), the field
 /// ends holding the episode that is open.
-pub(crate) const APPLY_ALERTS: &str = r"
+pub(crate) const APPLY_ALERTS: &str = concat!(
+    stale_fn!(),
+    r"
 local open, summary = KEYS[1], KEYS[2]
-local at = 10
-for _ = 1, tonumber(ARGV[9]) do
-  local field, opened, value = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2]
-  local current = redis.call('HGET', open, field)
-  local holds = current and cjson.decode(current)['opened_at']
-  if value == '' then
-    if holds == opened then
-      redis.call('HDEL', open, field)
-    end
-  elseif (not holds) or holds <= opened then
-    redis.call('HSET', open, field, value)
-  end
-  at = at + 3
-end
 local meters = #KEYS - 2
-local kinds_from = at + meters
+local steps = tonumber(ARGV[9])
+local versions_from = 10 + 4 * steps + meters
+local at = 10
+for _ = 1, steps do
+  local field, opened, value = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2]
+  local meter = tonumber(ARGV[at + 3])
+  if not stale(KEYS[2 + meter], ARGV[versions_from + meter - 1]) then
+    local current = redis.call('HGET', open, field)
+    local holds = current and cjson.decode(current)['opened_at']
+    if value == '' then
+      if holds == opened then
+        redis.call('HDEL', open, field)
+      end
+    elseif (not holds) or holds <= opened then
+      redis.call('HSET', open, field, value)
+    end
+  end
+  at = at + 4
+end
+local kinds_from = versions_from + meters
 for i = 1, meters do
   local meter = ARGV[at + i - 1]
   local names = {}
@@ -119,7 +176,8 @@ if alerts_open > 0 then
   redis.call('EXPIRE', open, ARGV[1])
 end
 return alerts_open
-";
+"
+);
 
 /// Keeps a tenant's meter index in step with the meter views of one apply, then
 /// trims meters whose view was not written for the meter TTL — the hashes that have
@@ -133,31 +191,39 @@ return alerts_open
 /// `meters:seen` older than now − TTL leave all five keys (the rest at later
 /// applies), and every key's TTL is renewed: an index lives as long as views arrive.
 ///
+/// A view whose meter hash holds a greater version (its [`APPLY_VIEW`] was
+/// skipped) leaves the index alone.
+///
 /// `KEYS`: `meters`, `meters:by_district`, `meters:last_ts`, `meters:seen`,
-/// `meters:district`. `ARGV[1]`: TTL, seconds; `ARGV[2]`: the same in ms;
-/// `ARGV[3]`: trim limit; then per view: meter, district, last_ts (empty: none).
-pub(crate) const INDEX_METERS: &str = r"
+/// `meters:district`, then the meter hash of each view. `ARGV[1]`: TTL, seconds;
+/// `ARGV[2]`: the same in ms; `ARGV[3]`: trim limit; then per view: meter,
+/// district, last_ts (empty: none), version (empty: unknown).
+pub(crate) const INDEX_METERS: &str = concat!(
+    stale_fn!(),
+    r"
 local all, by_district, last_ts, seen, district_of =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local now_ms = string.format('%.0f', now)
-for i = 4, #ARGV, 3 do
+for i = 4, #ARGV, 4 do
   local meter, district, ts = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local old = redis.call('HGET', district_of, meter)
-  if old and old ~= district then
-    redis.call('ZREM', by_district, old .. ':' .. meter)
+  if not stale(KEYS[6 + (i - 4) / 4], ARGV[i + 3]) then
+    local old = redis.call('HGET', district_of, meter)
+    if old and old ~= district then
+      redis.call('ZREM', by_district, old .. ':' .. meter)
+    end
+    redis.call('HSET', district_of, meter, district)
+    redis.call('ZADD', by_district, 0, district .. ':' .. meter)
+    redis.call('ZADD', all, 0, meter)
+    if ts == '' then ts = '-inf' end
+    redis.call('ZADD', last_ts, ts, meter)
+    redis.call('ZADD', seen, now_ms, meter)
   end
-  redis.call('HSET', district_of, meter, district)
-  redis.call('ZADD', by_district, 0, district .. ':' .. meter)
-  redis.call('ZADD', all, 0, meter)
-  if ts == '' then ts = '-inf' end
-  redis.call('ZADD', last_ts, ts, meter)
-  redis.call('ZADD', seen, now_ms, meter)
 end
 local cutoff = string.format('%.0f', now - tonumber(ARGV[2]))
-local stale = redis.call('ZRANGEBYSCORE', seen, '-inf', '(' .. cutoff, 'LIMIT', 0, ARGV[3])
-for _, meter in ipairs(stale) do
+local expired = redis.call('ZRANGEBYSCORE', seen, '-inf', '(' .. cutoff, 'LIMIT', 0, ARGV[3])
+for _, meter in ipairs(expired) do
   local district = redis.call('HGET', district_of, meter)
   if district then
     redis.call('ZREM', by_district, district .. ':' .. meter)
@@ -167,11 +233,12 @@ for _, meter in ipairs(stale) do
   redis.call('ZREM', last_ts, meter)
   redis.call('ZREM', seen, meter)
 end
-for _, key in ipairs(KEYS) do
-  redis.call('EXPIRE', key, ARGV[1])
+for k = 1, 5 do
+  redis.call('EXPIRE', KEYS[k], ARGV[1])
 end
-return #stale
-";
+return #expired
+"
+);
 
 /// Writes a district's points of one resolution into its series ZSET so that one
 /// `ZRANGEBYSCORE` returns a chart: per point, `ZREMRANGEBYSCORE start start` then

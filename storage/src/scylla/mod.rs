@@ -26,10 +26,13 @@
 //!   configured consistency; on the first failure it returns that error (statements
 //!   already sent may have landed: rewriting the same batches is harmless).
 //!
-//! Write timestamps come from the driver's monotonic client-side generator, so a
-//! later `write` of a meter's state always wins over an earlier one, whichever
-//! coordinators applied them. (Alert episodes are the exception: their rows carry
-//! the event's own time, see `outputs`.)
+//! A meter's readings, state row and bills are written at its state's version
+//! (`write_order`: `USING TIMESTAMP`, a value that rises with every uplink or order
+//! the state took in), so the write of the state further along the meter's input
+//! wins, whichever processor sent it, whenever it landed and whichever coordinators
+//! applied it — a stalled former owner's late write replaces nothing newer. Other
+//! rows take the driver's monotonic client-side generator; alert episodes carry the
+//! event's own time (see `outputs`).
 //!
 //! [`ScyllaStore::write_outputs`](ReadingStore::write_outputs) stores bills, alert
 //! episodes and hourly district rows the same way — grouped per partition, unlogged
@@ -55,6 +58,7 @@ mod exceptions;
 mod migration_lease;
 mod outputs;
 pub mod schema;
+mod write_order;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -69,7 +73,7 @@ use ::scylla::policies::timestamp_generator::MonotonicTimestampGenerator;
 use ::scylla::serialize::row::SerializeRow;
 use ::scylla::statement::batch::{Batch, BatchType};
 use ::scylla::statement::prepared::PreparedStatement;
-use ::scylla::value::{CqlDate, CqlTimestamp};
+use ::scylla::value::{CqlDate, CqlTimestamp, MaybeUnset};
 use ::scylla::{DeserializeRow, SerializeRow};
 use futures_util::stream::{FuturesUnordered, StreamExt, TryStreamExt};
 use meterflow_model::alert::AlertEvent;
@@ -89,6 +93,7 @@ use crate::ReadingStore;
 use crate::error::StoreError;
 use crate::resilience::{BreakerPermit, BreakerState, CircuitBreaker};
 use crate::runtime::ClientRuntime;
+use write_order::{hydrated_version, write_time};
 
 /// Worker threads of the runtime [`ScyllaStore::open`] starts (tests and tools; the
 /// service's store runs on the service's runtime). The driver's work is
@@ -117,6 +122,10 @@ struct ReadingRow<'a> {
     /// The `USING TTL ?` marker, which Cassandra and ScyllaDB name `[ttl]`.
     #[scylla(rename = "[ttl]")]
     ttl: i32,
+    /// The `AND TIMESTAMP ?` marker: the meter state's version (µs scale), see
+    /// [`MeterState::version`].
+    #[scylla(rename = "[timestamp]")]
+    write_timestamp: MaybeUnset<i64>,
 }
 
 /// A reading's own columns: written inside a [`ReadingRow`] and returned by
@@ -165,6 +174,9 @@ struct StateRow<'a> {
     state: &'a [u8],
     last_seq: Option<i64>,
     last_ts: Option<CqlTimestamp>,
+    /// The `USING TIMESTAMP ?` marker: the state's version.
+    #[scylla(rename = "[timestamp]")]
+    write_timestamp: MaybeUnset<i64>,
 }
 
 /// A `dead_letters` row as bound to `insert_dead_letter` (borrowing the letter; what
@@ -245,7 +257,7 @@ impl Statements {
             insert_reading: prepare(format!(
                 "INSERT INTO {ks}.readings (tenant, meter, day, ts, reg, rev, flow, temp, \
                  interval_l, quality, seq, received_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?"
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?"
             ))
             .await?,
             insert_reading_day: prepare(format!(
@@ -254,7 +266,7 @@ impl Statements {
             .await?,
             insert_state: prepare(format!(
                 "INSERT INTO {ks}.meter_state (tenant, meter, state, last_seq, last_ts) \
-                 VALUES (?, ?, ?, ?, ?)"
+                 VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?"
             ))
             .await?,
             insert_dead_letter: prepare(format!(
@@ -267,7 +279,8 @@ impl Statements {
             ))
             .await?,
             select_state: prepare(format!(
-                "SELECT state FROM {ks}.meter_state WHERE tenant = ? AND meter = ?"
+                "SELECT state, WRITETIME(state) AS written FROM {ks}.meter_state \
+                 WHERE tenant = ? AND meter = ?"
             ))
             .await?,
             select_reading_days: prepare(format!(
@@ -406,6 +419,15 @@ impl ScyllaStore {
     fn block_on<T>(&self, future: impl Future<Output = T>) -> T {
         self.runtime.block_on(future)
     }
+
+    /// Writes what `plan` holds of the outputs (nothing, without touching the
+    /// breaker, when it holds none).
+    fn write_planned(&self, plan: &outputs::OutputsPlan<'_>) -> Result<(), StoreError> {
+        if plan.is_empty() {
+            return Ok(());
+        }
+        self.block_on(self.core.guarded(self.core.write_outputs(plan)))
+    }
 }
 
 /// Every problem of `open`'s arguments at once, before any connection is made.
@@ -470,11 +492,14 @@ impl ReadingStore for ScyllaStore {
     }
 
     fn write_outputs(&self, outputs: &Outputs) -> Result<(), StoreError> {
-        let plan = outputs::plan(outputs);
-        if plan.is_empty() {
-            return Ok(());
-        }
-        self.block_on(self.core.guarded(self.core.write_outputs(&plan)))
+        self.write_planned(&outputs::plan(outputs, &[]))
+    }
+
+    /// As the default (readings first, then outputs), with each bill written at its
+    /// meter's state version (`write_order`).
+    fn commit(&self, batches: &[SealedBatch], outputs: &Outputs) -> Result<(), StoreError> {
+        self.write(batches)?;
+        self.write_planned(&outputs::plan(outputs, batches))
     }
 
     fn bill(
@@ -883,6 +908,7 @@ impl Core {
                     day: date,
                     columns: ReadingColumns::of(stored),
                     ttl,
+                    write_timestamp: write_time(meter.state),
                 })
                 .collect();
             days.push((date, rows));
@@ -917,6 +943,7 @@ impl Core {
                 state: &state,
                 last_seq: meter.state.seq.watermark().map(bigint),
                 last_ts: meter.state.last_ts().map(CqlTimestamp),
+                write_timestamp: write_time(meter.state),
             },
         )
         .await
@@ -1013,7 +1040,7 @@ impl Core {
     }
 
     async fn meter_state(&self, key: &MeterKey) -> Result<Option<MeterState>, StoreError> {
-        let rows: Vec<(Option<Vec<u8>>,)> = self
+        let rows: Vec<(Option<Vec<u8>>, Option<i64>)> = self
             .select_all(
                 "reading meter_state failed",
                 &self.statements.select_state,
@@ -1023,12 +1050,15 @@ impl Core {
             .await?;
         match rows.into_iter().next() {
             None => Ok(None),
-            Some((None,)) => Err(StoreError::Corrupt(format!(
+            Some((None, _)) => Err(StoreError::Corrupt(format!(
                 "meter_state of {key} has no state blob"
             ))),
-            Some((Some(blob),)) => decode_record(&blob)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt(format!("meter_state of {key}: {e}"))),
+            Some((Some(blob), written)) => {
+                let mut state: MeterState = decode_record(&blob)
+                    .map_err(|e| StoreError::Corrupt(format!("meter_state of {key}: {e}")))?;
+                state.version = hydrated_version(state.version, written.unwrap_or(0));
+                Ok(Some(state))
+            }
         }
     }
 

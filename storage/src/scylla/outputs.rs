@@ -36,20 +36,21 @@
 //! - `district_hourly`: `district_hourly_days` within the range's UTC days, then each
 //!   day's rows with `from_ms <= hour < to_ms`, ascending.
 
-use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 
 use ::scylla::client::session::Session;
 use ::scylla::statement::prepared::PreparedStatement;
-use ::scylla::value::{CqlDate, CqlTimestamp};
+use ::scylla::value::{CqlDate, CqlTimestamp, MaybeUnset};
 use ::scylla::{DeserializeRow, SerializeRow};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use meterflow_model::alert::{AlertEvent, AlertKind, EpisodeState, Priority};
 use meterflow_model::analytics::{DistrictUsage, Resolution, UsageSketch};
 use meterflow_model::billing::{BillLine, TierCharge};
 use meterflow_model::time::day_of;
-use meterflow_model::{Outputs, ReadException};
+use meterflow_model::{Outputs, ReadException, SealedBatch};
 
+use super::write_order::write_time;
 use super::{
     Core, TenantDayRow, UnitFuture, bigint, cql_date, cql_limit, drain, prepare_statement, unsigned,
 };
@@ -76,7 +77,7 @@ impl OutputStatements {
             insert_bill: prepare(format!(
                 "INSERT INTO {ks}.bills (tenant, period, meter, currency, usage_l, tiers, \
                  fixed_cents, amount_cents, is_estimated, is_final) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
             ))
             .await?,
             select_bill: prepare(format!(
@@ -148,6 +149,10 @@ struct BillRow<'a> {
     amount_cents: i64,
     is_estimated: bool,
     is_final: bool,
+    /// The `USING TIMESTAMP ?` marker: the version of the meter's state the bill
+    /// was derived with (`write_order`); unset where the call has no state.
+    #[scylla(rename = "[timestamp]")]
+    write_timestamp: MaybeUnset<i64>,
 }
 
 /// What `select_bill` returns.
@@ -267,6 +272,9 @@ pub(super) struct OutputsPlan<'a> {
     hours: BTreeMap<(&'a str, &'a str, i64), BTreeMap<i64, &'a DistrictUsage>>,
     /// Validation exceptions, in call order (`exceptions.rs`).
     exceptions: &'a [ReadException],
+    /// `(tenant, meter)` → the write time of its rows, from the meter's state in the
+    /// batches committed with these outputs (`write_order`).
+    write_times: HashMap<(&'a str, &'a str), MaybeUnset<i64>>,
 }
 
 impl OutputsPlan<'_> {
@@ -278,8 +286,20 @@ impl OutputsPlan<'_> {
     }
 }
 
-/// Groups what `outputs` holds for the durable tables per partition.
-pub(super) fn plan(outputs: &Outputs) -> OutputsPlan<'_> {
+/// Groups what `outputs` holds for the durable tables per partition; a bill is
+/// written at the version of its meter's state in `batches` (the group it was
+/// derived with), the latest batch winning.
+pub(super) fn plan<'a>(outputs: &'a Outputs, batches: &'a [SealedBatch]) -> OutputsPlan<'a> {
+    let write_times = batches
+        .iter()
+        .flat_map(|batch| &batch.meters)
+        .map(|meter| {
+            (
+                (meter.key.tenant.as_str(), meter.key.meter.as_str()),
+                write_time(&meter.state),
+            )
+        })
+        .collect();
     let mut bills: BTreeMap<_, BTreeMap<_, _>> = BTreeMap::new();
     for bill in &outputs.bills {
         bills
@@ -322,6 +342,7 @@ pub(super) fn plan(outputs: &Outputs) -> OutputsPlan<'_> {
         alerts,
         hours,
         exceptions: &outputs.exceptions,
+        write_times,
     }
 }
 
@@ -333,7 +354,7 @@ fn episode_write_timestamp(event: &AlertEvent) -> i64 {
     event.revision.max(i64::MIN + 1)
 }
 
-fn bill_row(bill: &BillLine) -> BillRow<'_> {
+fn bill_row(bill: &BillLine, write_timestamp: MaybeUnset<i64>) -> BillRow<'_> {
     BillRow {
         tenant: &bill.tenant,
         period: &bill.period,
@@ -355,6 +376,7 @@ fn bill_row(bill: &BillLine) -> BillRow<'_> {
         amount_cents: bigint(bill.amount_cents),
         is_estimated: bill.estimated,
         is_final: bill.final_,
+        write_timestamp,
     }
 }
 
@@ -537,7 +559,7 @@ impl Core {
     pub(super) async fn write_outputs(&self, plan: &OutputsPlan<'_>) -> Result<(), StoreError> {
         let mut units: FuturesUnordered<UnitFuture<'_>> = FuturesUnordered::new();
         for lines in plan.bills.values() {
-            units.push(Box::pin(self.write_bills(lines)));
+            units.push(Box::pin(self.write_bills(lines, &plan.write_times)));
         }
         for ((tenant, day), episodes) in &plan.alerts {
             units.push(Box::pin(self.write_alerts(tenant, *day, episodes)));
@@ -558,8 +580,21 @@ impl Core {
     }
 
     /// One `(tenant, period)` partition of bills.
-    async fn write_bills(&self, lines: &BTreeMap<&str, &BillLine>) -> Result<(), StoreError> {
-        let rows: Vec<BillRow<'_>> = lines.values().map(|bill| bill_row(bill)).collect();
+    async fn write_bills(
+        &self,
+        lines: &BTreeMap<&str, &BillLine>,
+        write_times: &HashMap<(&str, &str), MaybeUnset<i64>>,
+    ) -> Result<(), StoreError> {
+        let rows: Vec<BillRow<'_>> = lines
+            .values()
+            .map(|bill| {
+                let written = write_times
+                    .get(&(bill.tenant.as_str(), bill.meter.as_str()))
+                    .copied()
+                    .unwrap_or(MaybeUnset::Unset);
+                bill_row(bill, written)
+            })
+            .collect();
         let statements: FuturesUnordered<UnitFuture<'_>> = FuturesUnordered::new();
         self.push_batches(
             &statements,
@@ -795,7 +830,7 @@ mod tests {
             bills: vec![bill(1), bill(2)],
             ..Outputs::default()
         };
-        let plan = plan(&outputs);
+        let plan = plan(&outputs, &[]);
         assert_eq!(plan.hours.len(), 1);
         assert_eq!(plan.hours[&("t", "north", 0)][&3_600_000].usage_l, 2);
         assert_eq!(plan.bills[&("t", "2025-11")]["m"].amount_cents, 2);
@@ -805,7 +840,7 @@ mod tests {
             districts: vec![DistrictUsage::new("t", "north", Resolution::Minute, 0)],
             ..Outputs::default()
         };
-        assert!(super::plan(&cache_only).is_empty());
+        assert!(super::plan(&cache_only, &[]).is_empty());
     }
 
     #[test]
@@ -819,7 +854,7 @@ mod tests {
             ],
             ..Outputs::default()
         };
-        let plan = plan(&outputs);
+        let plan = plan(&outputs, &[]);
         assert_eq!(plan.alerts.len(), 2, "two UTC days of opened_at");
         let first_day = &plan.alerts[&("t", 0)];
         assert_eq!(first_day.len(), 1);
@@ -894,7 +929,7 @@ mod tests {
             estimated: true,
             final_: false,
         };
-        let r = bill_row(&bill);
+        let r = bill_row(&bill, MaybeUnset::Unset);
         let columns = BillColumns {
             currency: r.currency.to_owned(),
             usage_l: r.usage_l,

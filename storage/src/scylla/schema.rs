@@ -27,7 +27,10 @@
 //!   `temp` a `smallint` (0.1 °C), `quality` a `tinyint` ([`meterflow_model::Quality::code`]).
 //! - `meter_state.state` is [`meterflow_model::codec::binary::encode_record`] of the
 //!   `MeterState`: versioned by its own first byte; `last_seq`/`last_ts` repeat what
-//!   an operator wants to query without decoding it.
+//!   an operator wants to query without decoding it. A meter's `readings`,
+//!   `meter_state` and `bills` rows are written `USING TIMESTAMP` its state's
+//!   `version` (µs scale; `write_order`), so the write of the state further along
+//!   the meter's input wins.
 //! - `reason` is the dead-letter code ([`meterflow_model::Reject::code`]).
 //! - `bills`: `period` is the bill's `yyyy-mm`; money is minor units and volumes
 //!   litres, as `bigint` (same 64 bits as the model's u64); `tiers` is a frozen list of

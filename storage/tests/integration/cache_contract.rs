@@ -43,6 +43,7 @@ pub(crate) fn view(tenant: &str, meter: &str, today_l: u64) -> MeterView {
         district: "default".into(),
         battery: None,
         rssi: None,
+        version: 0,
     }
 }
 
@@ -609,6 +610,90 @@ pub(crate) fn check_contract(cache: &dyn HotCache) {
     );
 }
 
+/// A meter's view and alert steps from a state of a lower version than the cached
+/// view change nothing — a stalled former owner's late apply in distributed mode —
+/// while a greater version, or an unknown one (0), is written.
+pub(crate) fn check_versions(cache: &dyn HotCache) {
+    let versioned = |today_l: u64, district: &str, version: i64| MeterView {
+        district: district.into(),
+        version,
+        ..view("acme", "m1", today_l)
+    };
+    let leak = |state| alert("acme", "m1", AlertKind::Leak, state, MIDNIGHT + MINUTE);
+    let open = || cache.open_alerts("acme").unwrap().len();
+    let in_north = MeterQuery {
+        district: Some("north".into()),
+        ..list(10)
+    };
+
+    let current = versioned(900, "north", 2_000);
+    cache
+        .apply(&Outputs {
+            meters: vec![current.clone()],
+            alerts: vec![leak(EpisodeState::Opened)],
+            ..Outputs::default()
+        })
+        .unwrap();
+    assert_eq!(open(), 1);
+
+    // The late apply of version 1,000: another district, a cleared leak.
+    cache
+        .apply(&Outputs {
+            meters: vec![versioned(5, "south", 1_000)],
+            alerts: vec![leak(EpisodeState::Cleared)],
+            ..Outputs::default()
+        })
+        .unwrap();
+    assert_eq!(
+        cache.meter(&meter_key("acme", "m1")).unwrap(),
+        Some(current)
+    );
+    assert_eq!(ids(&cache.meters("acme", &in_north).unwrap()), ["m1"]);
+    assert_eq!(open(), 1);
+
+    // The next version clears it and moves the meter.
+    let next = versioned(950, "south", 3_000);
+    cache
+        .apply(&Outputs {
+            meters: vec![next.clone()],
+            alerts: vec![leak(EpisodeState::Cleared)],
+            ..Outputs::default()
+        })
+        .unwrap();
+    assert_eq!(cache.meter(&meter_key("acme", "m1")).unwrap(), Some(next));
+    assert!(ids(&cache.meters("acme", &in_north).unwrap()).is_empty());
+    assert_eq!(open(), 0);
+
+    // A view of unknown version (a state written before versions) is written, and
+    // the version held stays the gate.
+    cache
+        .apply(&Outputs {
+            meters: vec![versioned(960, "south", 0)],
+            ..Outputs::default()
+        })
+        .unwrap();
+    assert_eq!(
+        cache
+            .meter(&meter_key("acme", "m1"))
+            .unwrap()
+            .map(|v| v.today_l),
+        Some(960)
+    );
+    cache
+        .apply(&Outputs {
+            meters: vec![versioned(7, "south", 2_500)],
+            ..Outputs::default()
+        })
+        .unwrap();
+    assert_eq!(
+        cache
+            .meter(&meter_key("acme", "m1"))
+            .unwrap()
+            .map(|v| v.today_l),
+        Some(960)
+    );
+}
+
 /// A query for the first `limit` meters, no filter.
 pub(crate) fn list(limit: usize) -> MeterQuery {
     MeterQuery {
@@ -1034,4 +1119,24 @@ fn redis_cache_keeps_the_cache_contract(url: &str) {
     )
     .unwrap();
     check_contract(&cache);
+}
+
+#[test]
+fn memory_cache_keeps_the_newest_version() {
+    check_versions(&MemoryCache::new());
+}
+
+redis_and_cluster!(redis_cache_keeps_the_newest_version);
+fn redis_cache_keeps_the_newest_version(url: &str) {
+    let prefix = servers::unique_name("versions");
+    let _cleanup = Cleanup::new(url, &prefix);
+    let cache = RedisCache::open(
+        url,
+        RedisConfig {
+            key_prefix: prefix.clone(),
+            ..RedisConfig::default()
+        },
+    )
+    .unwrap();
+    check_versions(&cache);
 }

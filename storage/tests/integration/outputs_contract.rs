@@ -6,7 +6,7 @@
 
 use meterflow_model::alert::{AlertEvent, AlertKind, EpisodeState};
 use meterflow_model::analytics::{DistrictUsage, Resolution};
-use meterflow_model::billing::{BillLine, TierCharge};
+use meterflow_model::billing::BillLine;
 use meterflow_model::time::DAY_MS;
 use meterflow_model::{Decision, ExceptionReason, ExceptionState, Outputs, Quality, ReadException};
 use meterflow_storage::ReadingStore;
@@ -17,41 +17,12 @@ use scylla::client::session_builder::SessionBuilder;
 
 use crate::servers;
 use crate::utils::{
-    dead_letter, meter_batch, meter_key, meter_state, open, sealed_batch, stored_reading,
+    bill, dead_letter, meter_batch, meter_key, meter_state, open, sealed_batch, stored_reading,
 };
 
 /// 2025-11-22T08:00:00Z, an hour start near a real date.
 const BASE_HOUR: i64 = 1_763_798_400_000;
 const HOUR_MS: i64 = 3_600_000;
-
-fn bill(tenant: &str, period: &str, meter: &str, usage_l: u64) -> BillLine {
-    let first = usage_l.min(10_000);
-    let tiers = vec![
-        TierCharge {
-            usage_l: first,
-            price_per_m3: 150,
-            amount_cents: first * 150 / 1_000,
-        },
-        TierCharge {
-            usage_l: usage_l - first,
-            price_per_m3: 250,
-            amount_cents: (usage_l - first) * 250 / 1_000,
-        },
-    ];
-    let fixed_cents = 800;
-    BillLine {
-        tenant: tenant.into(),
-        meter: meter.into(),
-        period: period.into(),
-        currency: "EUR".into(),
-        usage_l,
-        amount_cents: fixed_cents + tiers.iter().map(|t| t.amount_cents).sum::<u64>(),
-        tiers,
-        fixed_cents,
-        estimated: usage_l % 2 == 1,
-        final_: false,
-    }
-}
 
 fn alert(
     tenant: &str,

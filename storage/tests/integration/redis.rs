@@ -42,6 +42,7 @@ fn view(tenant: &str, meter: &str, today_l: u64, temp: Option<i16>) -> MeterView
         district: "default".into(),
         battery: None,
         rssi: None,
+        version: 0,
     }
 }
 
@@ -799,6 +800,36 @@ fn redis_bill_fields_never_step_back_a_period(url: &str) {
         .unwrap();
     assert!(ttl > 0);
     assert_eq!(cache.meter(&meter_key("acme", "m7")).unwrap(), None);
+}
+
+redis_and_cluster!(redis_bill_fields_follow_the_newest_meter_state);
+/// A bill beside a view of a lower version than the hash's (a stalled former
+/// owner's late apply) leaves the bill fields alone, even of a later period.
+fn redis_bill_fields_follow_the_newest_meter_state(url: &str) {
+    let (cache, mut raw, p) = cache_on(url, "bill_versions", RedisConfig::default());
+    let key = format!("{p}:{{acme}}:meter:m1");
+    let apply = |version: i64, period: &str, usage_l: u64| {
+        cache
+            .apply(&Outputs {
+                meters: vec![MeterView {
+                    version,
+                    ..view("acme", "m1", usage_l, None)
+                }],
+                bills: vec![bill("acme", "m1", period, usage_l, false)],
+                ..Outputs::default()
+            })
+            .unwrap();
+    };
+    let held = |raw: &mut Cleanup| {
+        let h = hash(&mut raw.connection, &key);
+        (h[fields::PERIOD_L].clone(), h[fields::VERSION].clone())
+    };
+    apply(2_000, "2025-01", 500);
+    assert_eq!(held(&mut raw), ("500".into(), "2000".into()));
+    apply(1_000, "2025-02", 40);
+    assert_eq!(held(&mut raw), ("500".into(), "2000".into()));
+    apply(3_000, "2025-01", 600);
+    assert_eq!(held(&mut raw), ("600".into(), "3000".into()));
 }
 
 redis_and_cluster!(redis_alert_stream_is_capped_near_its_maxlen);

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use meterflow_model::batch::INVALID_TENANT;
 use meterflow_model::time::DAY_MS;
-use meterflow_model::{Quality, SealedBatch};
+use meterflow_model::{MeterState, Outputs, Quality, SealedBatch};
 use meterflow_storage::resilience::{BreakerConfig, BreakerState, RetryConfig};
 use meterflow_storage::scylla::{ScyllaConfig, ScyllaStore, schema};
 use meterflow_storage::{ReadingStore, StoreError};
@@ -16,7 +16,7 @@ use scylla::client::session_builder::SessionBuilder;
 
 use crate::servers::{self, Proxy};
 use crate::utils::{
-    dead_letter, meter_batch, meter_key, meter_state, meter_state_with_temp, sealed_batch,
+    bill, dead_letter, meter_batch, meter_key, meter_state, meter_state_with_temp, sealed_batch,
     stored_reading,
 };
 
@@ -324,6 +324,79 @@ fn scylla_rewrites_are_idempotent_and_the_later_batch_wins() {
     // Empty writes touch nothing and succeed.
     store.write(&[]).unwrap();
     store.write(&[SealedBatch::default()]).unwrap();
+}
+
+/// A processor that stalled past its consumer-group session (a zombie owner) and
+/// wakes with a batch in hand commits it after the meter's new owner committed a
+/// state further along: the late write replaces none of the new owner's rows
+/// (readings, state, bill), and the new owner's next commit still lands.
+#[test]
+fn scylla_a_stale_owners_late_commit_replaces_nothing_newer() {
+    let Some(cassandra) = servers::cassandra("scylla_zombie") else {
+        return;
+    };
+    let (inspector, store) = fresh("zombie", &cassandra, test_config());
+    let key = meter_key("acme", "m1");
+    let ts = BASE_TS + 3_600_000;
+    let commit = |seq: u64, quality: Quality, usage_l: u64| {
+        let reading = stored_reading(ts, usage_l, quality);
+        let batch = sealed_batch(
+            seq,
+            vec![meter_batch(
+                key.clone(),
+                vec![reading],
+                meter_state(seq, usage_l),
+            )],
+            vec![],
+        );
+        let outputs = Outputs {
+            bills: vec![bill("acme", "2025-11", "m1", usage_l)],
+            ..Outputs::default()
+        };
+        store.commit(&[batch], &outputs).unwrap();
+        reading
+    };
+    let stored = |store: &ScyllaStore| {
+        (
+            store.readings(&key, ts, ts + 1, 10).unwrap(),
+            store.meter_state(&key).unwrap(),
+            store
+                .bill("acme", "2025-11", "m1")
+                .unwrap()
+                .map(|b| b.usage_l),
+        )
+    };
+
+    let newer = commit(12, Quality::Actual, 700);
+    let stale = commit(10, Quality::Estimated, 500);
+    assert_ne!(newer, stale);
+    assert_eq!(
+        stored(&store),
+        (vec![newer], Some(meter_state(12, 700)), Some(700)),
+        "the stale owner's late commit left the newer rows in place"
+    );
+    let next = commit(13, Quality::Estimated, 900);
+    assert_eq!(
+        stored(&store),
+        (vec![next], Some(meter_state(13, 900)), Some(900))
+    );
+
+    // A state written before versions existed (version 0, at the driver's clock)
+    // resumes above its commit's write time, so the meter's next rows replace
+    // that commit's bills, written just after the state.
+    let legacy = meter_key("acme", "legacy");
+    let batch = sealed_batch(
+        1,
+        vec![meter_batch(legacy.clone(), vec![], MeterState::default())],
+        vec![],
+    );
+    store.write(&[batch]).unwrap();
+    let written: Vec<(i64,)> = inspector.rows(&format!(
+        "SELECT WRITETIME(state) FROM {}.meter_state WHERE tenant = 'acme' AND meter = 'legacy'",
+        inspector.keyspace
+    ));
+    let resumed = store.meter_state(&legacy).unwrap().unwrap().version;
+    assert_eq!(resumed, written[0].0 + 60_000_000);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Builders shared by the integration tests: keys, readings, states and batches with
 //! the fields a test does not care about filled in.
 
+use meterflow_model::billing::{BillLine, TierCharge};
 use meterflow_model::{
     DeadLetter, MeterBatch, MeterId, MeterKey, MeterState, Quality, Reading, Reject, SealedBatch,
     StoredReading, TenantId, UsageState,
@@ -55,6 +56,9 @@ pub(crate) fn meter_state_with_temp(seq: u64, today_l: u64, temp: Option<i16>) -
         ..MeterState::default()
     };
     state.seq.admit(seq, 0, &mut Vec::new());
+    // As if uplink `seq` had been received at `seq` ms: a later seq is a later
+    // version, so a later state's rows win in a store that orders by it.
+    state.advance_version(seq as i64);
     state
 }
 
@@ -105,4 +109,35 @@ pub(crate) fn dead_letter(tenant: &str, received_at: i64, id: u64) -> DeadLetter
 
 pub(crate) fn open(dir: &tempfile::TempDir) -> EmbeddedStore {
     EmbeddedStore::open(dir.path()).expect("store opens in a fresh temp dir")
+}
+
+/// A bill of `usage_l` litres over two tiers with a fixed charge; odd usages are
+/// estimated.
+pub(crate) fn bill(tenant: &str, period: &str, meter: &str, usage_l: u64) -> BillLine {
+    let first = usage_l.min(10_000);
+    let tiers = vec![
+        TierCharge {
+            usage_l: first,
+            price_per_m3: 150,
+            amount_cents: first * 150 / 1_000,
+        },
+        TierCharge {
+            usage_l: usage_l - first,
+            price_per_m3: 250,
+            amount_cents: (usage_l - first) * 250 / 1_000,
+        },
+    ];
+    let fixed_cents = 800;
+    BillLine {
+        tenant: tenant.into(),
+        meter: meter.into(),
+        period: period.into(),
+        currency: "EUR".into(),
+        usage_l,
+        amount_cents: fixed_cents + tiers.iter().map(|t| t.amount_cents).sum::<u64>(),
+        tiers,
+        fixed_cents,
+        estimated: usage_l % 2 == 1,
+        final_: false,
+    }
 }
