@@ -24,7 +24,7 @@
 //! and meters are dead-lettered before they reach processors. Nothing is persisted;
 //! after a restart the cache refills from the next outputs.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ops::Bound;
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -227,14 +227,23 @@ impl HotCache for MemoryCache {
             return Ok(());
         }
         let mut tenants = self.write();
+        // Meters whose last view here was stale: their alert steps are too (Redis's
+        // `APPLY_ALERTS` checks the view's version against the hash's the same way).
+        let mut stale: HashSet<(&str, &str)> = HashSet::new();
         for view in &outputs.meters {
             // The district too, as Redis checks it: it is part of an index member there.
             if !ids_are_valid(&[&view.tenant, &view.meter, &view.district]) {
                 continue;
             }
+            if !stale.is_empty() {
+                stale.remove(&(view.tenant.as_str(), view.meter.as_str()));
+            }
             let meters = &mut tenant_entry(&mut tenants, &view.tenant).meters;
             match meters.get_mut(&view.meter) {
-                Some(cached) if is_stale(cached.version, view.version) => {}
+                Some(cached) if is_stale(cached.version, view.version) => {
+                    stale.insert((&view.tenant, &view.meter));
+                    continue;
+                }
                 Some(cached) => {
                     // Battery and signal are what the meter last reported; an unknown
                     // version (0) keeps the one held.
@@ -274,21 +283,11 @@ impl HotCache for MemoryCache {
                 tops.pop_first();
             }
         }
-        // An alert step is gated by its meter's view in the same outputs, as in Redis.
-        let versions: HashMap<(&str, &str), i64> = outputs
-            .meters
-            .iter()
-            .map(|view| ((view.tenant.as_str(), view.meter.as_str()), view.version))
-            .collect();
         for event in &outputs.alerts {
-            if !ids_are_valid(&[&event.tenant, &event.meter]) {
-                continue;
-            }
-            let tenant = tenant_entry(&mut tenants, &event.tenant);
-            let version = versions.get(&(event.tenant.as_str(), event.meter.as_str()));
-            let held = tenant.meters.get(&event.meter).map(|view| view.version);
-            if !matches!((held, version), (Some(held), Some(&version)) if is_stale(held, version)) {
-                tenant.alert(event);
+            if ids_are_valid(&[&event.tenant, &event.meter])
+                && !stale.contains(&(event.tenant.as_str(), event.meter.as_str()))
+            {
+                tenant_entry(&mut tenants, &event.tenant).alert(event);
             }
         }
         for summary in &outputs.summaries {
