@@ -171,7 +171,7 @@ impl TenantCache {
 }
 
 /// Whether a view of `version` comes after one of `held` and must change nothing
-/// (`0`: unknown, never stale) — the check of Redis's `APPLY_VIEW`.
+/// (`0`: unknown, never stale) — the check of Redis's `APPLY_VIEWS`.
 fn is_stale(held: i64, version: i64) -> bool {
     version != 0 && held > version
 }

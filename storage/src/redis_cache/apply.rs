@@ -9,10 +9,10 @@
 //! key, so no order between them matters.
 //!
 //! Per part of the outputs, in this order:
-//! - `meters`: per view one [`APPLY_VIEW`] call (its fields and version, unless the
-//!   hash holds a greater version); then per tenant [`INDEX_METERS`] calls (up to
-//!   [`VIEWS_PER_INDEX_CALL`] views each) that put the views into the meter index
-//!   and trim it;
+//! - `meters`: per tenant, per chunk of up to [`VIEWS_PER_CALL`] views, one
+//!   [`APPLY_VIEWS`] call (each view's fields and version, unless its hash holds a
+//!   greater version), then one [`INDEX_METERS`] call that puts them into the meter
+//!   index and trims it;
 //! - `bills`: per tenant one [`SET_BILLS`] script call with, per meter, the line of
 //!   the latest period in the outputs;
 //! - `districts`: per row `HSET`, `HDEL` of absent optional fields, `EXPIRE` with the
@@ -36,19 +36,19 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use meterflow_model::alert::{AlertEvent, AlertKind};
 use meterflow_model::analytics::{DistrictUsage, Resolution};
 use meterflow_model::billing::BillLine;
-use meterflow_model::{Outputs, TenantSummary};
+use meterflow_model::{MeterView, Outputs, TenantSummary};
 use redis::Pipeline;
 
 use super::RedisConfig;
 use super::codec::{self, FieldUpdate};
 use super::keys::{KeySpace, day_label_stamp, ids_are_valid};
-use super::scripts::{APPLY_ALERTS, APPLY_VIEW, INDEX_METERS, PUT_SERIES, REPLACE_TOP, SET_BILLS};
+use super::scripts::{APPLY_ALERTS, APPLY_VIEWS, INDEX_METERS, PUT_SERIES, REPLACE_TOP, SET_BILLS};
 
-/// Views per [`INDEX_METERS`] call. Each view costs the script about six commands, so
-/// a call stays near a millisecond of Redis time: a group of 64k meters (the sink's
-/// largest) is indexed in 64 short scripts instead of one that stalls every other
-/// client for a tenth of a second.
-pub(crate) const VIEWS_PER_INDEX_CALL: usize = 1_000;
+/// Views per [`APPLY_VIEWS`] and per [`INDEX_METERS`] call. Each view costs either
+/// script about five commands, so a call stays near a millisecond of Redis time: a
+/// group of 64k meters (the sink's largest) is written in 64 pairs of short scripts
+/// instead of one that stalls every other client for a tenth of a second.
+pub(crate) const VIEWS_PER_CALL: usize = 1_000;
 
 /// Stale meters one [`INDEX_METERS`] call removes from the index at most. Meters go
 /// stale one by one as they stop reporting, far fewer than views arrive; when a
@@ -176,45 +176,23 @@ impl<'a> Versions<'a> {
 }
 
 fn meters(plan: &mut ApplyPlan, keys: &KeySpace, config: &RedisConfig, outputs: &Outputs) {
-    // Per tenant, the index entries of its views (the meter hash; meter, district,
-    // last_ts, version), in output order: a later view of the same meter wins, in the
-    // hash and the index.
-    let mut index: BTreeMap<&str, Vec<(String, [String; 4])>> = BTreeMap::new();
+    // Per tenant, its views in output order: a later view of the same meter wins, in
+    // the hash and the index.
+    let mut views: BTreeMap<&str, Vec<&MeterView>> = BTreeMap::new();
     for view in &outputs.meters {
-        if !ids_are_valid(&[&view.tenant, &view.meter, &view.district]) {
+        if ids_are_valid(&[&view.tenant, &view.meter, &view.district]) {
+            views.entry(&view.tenant).or_default().push(view);
+        } else {
             plan.skip(|| {
                 format!(
                     "meter view {}/{} (district {:?})",
                     view.tenant, view.meter, view.district
                 )
             });
-            continue;
         }
-        let key = keys.meter(&view.tenant, &view.meter);
-        let (set, unset) = codec::view_fields(view);
-        let mut args = Vec::with_capacity(3 + 2 * set.len() + unset.len());
-        args.extend([
-            ttl(config.meter_ttl_secs).to_string(),
-            view.version.to_string(),
-            set.len().to_string(),
-        ]);
-        for (field, value) in set {
-            args.extend([field.to_owned(), value]);
-        }
-        args.extend(unset.iter().map(|field| (*field).to_owned()));
-        plan.eval(&view.tenant, APPLY_VIEW, std::slice::from_ref(&key), &args);
-        index.entry(&view.tenant).or_default().push((
-            key,
-            [
-                view.meter.clone(),
-                view.district.clone(),
-                view.last_ts.map_or_else(String::new, |ts| ts.to_string()),
-                view.version.to_string(),
-            ],
-        ));
     }
     let ttl_secs = ttl(config.meter_ttl_secs);
-    for (tenant, entries) in index {
+    for (tenant, views) in views {
         let index_keys = [
             keys.meters(tenant),
             keys.meters_by_district(tenant),
@@ -222,18 +200,42 @@ fn meters(plan: &mut ApplyPlan, keys: &KeySpace, config: &RedisConfig, outputs: 
             keys.meters_seen(tenant),
             keys.meters_district(tenant),
         ];
-        for chunk in entries.chunks(VIEWS_PER_INDEX_CALL) {
+        for chunk in views.chunks(VIEWS_PER_CALL) {
+            let meter_keys: Vec<String> = chunk
+                .iter()
+                .map(|view| keys.meter(tenant, &view.meter))
+                .collect();
+            let mut args = vec![ttl_secs.to_string()];
+            for view in chunk {
+                let (set, unset) = codec::view_fields(view);
+                args.extend([
+                    view.version.to_string(),
+                    set.len().to_string(),
+                    unset.len().to_string(),
+                ]);
+                for (field, value) in set {
+                    args.extend([field.to_owned(), value]);
+                }
+                args.extend(unset.iter().map(|field| (*field).to_owned()));
+            }
+            plan.eval(tenant, APPLY_VIEWS, &meter_keys, &args);
+
             let mut script_keys = Vec::with_capacity(index_keys.len() + chunk.len());
             script_keys.extend_from_slice(&index_keys);
+            script_keys.extend(meter_keys);
             let mut args = Vec::with_capacity(3 + 4 * chunk.len());
             args.extend([
                 ttl_secs.to_string(),
                 ttl_secs.saturating_mul(1_000).to_string(),
                 METER_TRIM_PER_CALL.to_string(),
             ]);
-            for (key, entry) in chunk {
-                script_keys.push(key.clone());
-                args.extend_from_slice(entry);
+            for view in chunk {
+                args.extend([
+                    view.meter.clone(),
+                    view.district.clone(),
+                    view.last_ts.map_or_else(String::new, |ts| ts.to_string()),
+                    view.version.to_string(),
+                ]);
             }
             plan.eval(tenant, INDEX_METERS, &script_keys, &args);
         }
@@ -578,7 +580,7 @@ mod tests {
     /// in chunks; series calls per (tenant, district, resolution).
     #[test]
     fn views_are_indexed_in_chunks_per_tenant_and_rows_per_series() {
-        let mut meters: Vec<_> = (0..VIEWS_PER_INDEX_CALL + 1)
+        let mut meters: Vec<_> = (0..VIEWS_PER_CALL + 1)
             .map(|i| view_in("acme", &format!("m{i}"), "north"))
             .collect();
         meters.push(view_in("other", "m1", "north"));
@@ -590,7 +592,6 @@ mod tests {
             DistrictUsage::new("acme", "north", Resolution::Hour, 0),
             DistrictUsage::new("acme", "south", Resolution::Minute, 0),
         ];
-        let views = meters.len() - 2;
         let plan = plan(
             &KeySpace::new("mf"),
             &RedisConfig::default(),
@@ -601,9 +602,9 @@ mod tests {
                 ..Outputs::default()
             },
         );
-        // Hashes; acme's index in two calls, other's in one; four row hashes and
-        // three series.
-        assert_eq!(plan.commands, views + 3 + 4 + 3);
+        // acme's views and index in two pairs of calls, other's in one pair; four
+        // row hashes and three series.
+        assert_eq!(plan.commands, 2 * 3 + 4 + 3);
         assert_eq!(plan.skipped, 2);
     }
 

@@ -12,7 +12,7 @@
 //! runs atomically: no reader sees half of it.
 //!
 //! The scripts that write a meter's hash, its index entries, its bill fields or its
-//! alert steps first check the hash's `version` ([`APPLY_VIEW`]): the cache keeps
+//! alert steps first check the hash's `version` ([`APPLY_VIEWS`]): the cache keeps
 //! what the meter's state of the greatest version made, so a stalled former owner's
 //! late apply (distributed mode) replaces nothing newer.
 //!
@@ -36,26 +36,35 @@ end
     };
 }
 
-/// Writes a meter's view fields (`HSET` of the set ones, `HDEL` of the absent ones,
-/// `EXPIRE`) and its `version`, unless the hash holds a view of a greater version.
+/// Writes meter views, each unless its hash holds a view of a greater version: per
+/// view `HSET` of its set fields and its `version`, `HDEL` of its absent ones,
+/// `EXPIRE`. One call takes many views of one tenant, so the script text travels
+/// once per chunk, not once per view.
 ///
-/// `KEYS[1]`: the meter hash. `ARGV[1]`: TTL, seconds; `ARGV[2]`: the view's version
-/// (`0`: unknown, written unconditionally and not recorded); `ARGV[3]`: the number
-/// n of fields set; then n (field, value) pairs; then the fields to delete.
-pub(crate) const APPLY_VIEW: &str = concat!(
+/// `KEYS[i]`: the meter hash of view i. `ARGV[1]`: TTL, seconds. Then per view: its
+/// version (`0`: unknown, written unconditionally and not recorded), the number n of
+/// fields set, the number d of fields deleted, n (field, value) pairs, d fields.
+pub(crate) const APPLY_VIEWS: &str = concat!(
     stale_fn!(),
     r"
-local key, version, n = KEYS[1], ARGV[2], tonumber(ARGV[3])
-if stale(key, version) then return 0 end
-redis.call('HSET', key, unpack(ARGV, 4, 3 + 2 * n))
-if version ~= '0' then
-  redis.call('HSET', key, 'version', version)
+local at, written = 2, 0
+for _, key in ipairs(KEYS) do
+  local version, n, d = ARGV[at], tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
+  local fields = at + 3
+  at = fields + 2 * n + d
+  if not stale(key, version) then
+    redis.call('HSET', key, unpack(ARGV, fields, fields + 2 * n - 1))
+    if version ~= '0' then
+      redis.call('HSET', key, 'version', version)
+    end
+    if d > 0 then
+      redis.call('HDEL', key, unpack(ARGV, fields + 2 * n, at - 1))
+    end
+    redis.call('EXPIRE', key, ARGV[1])
+    written = written + 1
+  end
 end
-if #ARGV > 3 + 2 * n then
-  redis.call('HDEL', key, unpack(ARGV, 4 + 2 * n, #ARGV))
-end
-redis.call('EXPIRE', key, ARGV[1])
-return 1
+return written
 "
 );
 
@@ -191,8 +200,8 @@ return alerts_open
 /// `meters:seen` older than now − TTL leave all five keys (the rest at later
 /// applies), and every key's TTL is renewed: an index lives as long as views arrive.
 ///
-/// A view whose meter hash holds a greater version (its [`APPLY_VIEW`] was
-/// skipped) leaves the index alone.
+/// A view whose meter hash holds a greater version (skipped by [`APPLY_VIEWS`])
+/// leaves the index alone.
 ///
 /// `KEYS`: `meters`, `meters:by_district`, `meters:last_ts`, `meters:seen`,
 /// `meters:district`, then the meter hash of each view. `ARGV[1]`: TTL, seconds;
