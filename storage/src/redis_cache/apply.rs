@@ -19,9 +19,9 @@
 //!   TTL of its resolution; then per (tenant, district, resolution) one
 //!   [`PUT_SERIES`] call with the rows' points in order;
 //! - `top`: per list one [`REPLACE_TOP`] call (the ZSET becomes exactly the list);
-//! - `alerts`: per event `XADD … MAXLEN ~ n` to the tenant's stream, then `EXPIRE`;
 //! - `alerts` and `summaries`: per tenant having either, one [`APPLY_ALERTS`] call
-//!   (alerts:open, per-meter and summary counts, the summary's fields).
+//!   (the alert stream, alerts:open, per-meter and summary counts, the summary's
+//!   fields).
 //!
 //! Bills and alert steps carry the version of their meter's view in the same
 //! outputs ([`Versions`]), so the scripts skip those of a meter whose hash holds a
@@ -42,7 +42,9 @@ use redis::Pipeline;
 use super::RedisConfig;
 use super::codec::{self, FieldUpdate};
 use super::keys::{KeySpace, day_label_stamp, ids_are_valid};
-use super::scripts::{APPLY_ALERTS, APPLY_VIEWS, INDEX_METERS, PUT_SERIES, REPLACE_TOP, SET_BILLS};
+use super::scripts::{
+    APPLY_ALERTS, APPLY_VIEWS, ENTRY_FIELDS, INDEX_METERS, PUT_SERIES, REPLACE_TOP, SET_BILLS,
+};
 
 /// Views per [`APPLY_VIEWS`] and per [`INDEX_METERS`] call. Each view costs either
 /// script about five commands, so a call stays near a millisecond of Redis time: a
@@ -389,25 +391,6 @@ fn alerts_and_summaries(
         }
     }
 
-    for (tenant, events) in &events {
-        let stream = keys.alerts(tenant);
-        for event in events {
-            plan.pipe(tenant)
-                .cmd("XADD")
-                .arg(&stream)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(config.alerts_stream_maxlen)
-                .arg("*")
-                .arg(&codec::alert_entry(event)[..])
-                .ignore();
-            plan.commands += 1;
-        }
-        plan.pipe(tenant)
-            .expire(&stream, ttl(config.alerts_ttl_secs))
-            .ignore();
-    }
-
     let tenants: BTreeSet<&str> = events.keys().chain(latest.keys()).copied().collect();
     for tenant in tenants {
         let steps = events.get(tenant).map_or(&[][..], Vec::as_slice);
@@ -419,7 +402,11 @@ fn alerts_and_summaries(
             .map(|(i, m)| (*m, i + 1))
             .collect();
 
-        let mut script_keys = vec![keys.alerts_open(tenant), keys.summary(tenant)];
+        let mut script_keys = vec![
+            keys.alerts_open(tenant),
+            keys.summary(tenant),
+            keys.alerts(tenant),
+        ];
         script_keys.extend(meters.iter().map(|m| keys.meter(tenant, m)));
         let mut args = vec![
             ttl(config.alerts_ttl_secs).to_string(),
@@ -436,6 +423,7 @@ fn alerts_and_summaries(
             ]),
             None => args.extend(["0", "", "", "", ""].map(String::from)),
         }
+        args.push(config.alerts_stream_maxlen.to_string());
         args.push(steps.len().to_string());
         for event in steps {
             args.push(codec::open_field(event));
@@ -446,6 +434,10 @@ fn alerts_and_summaries(
                 String::new()
             });
             args.push(positions[event.meter.as_str()].to_string());
+            let entry: [_; ENTRY_FIELDS] = codec::alert_entry(event);
+            for (name, value) in entry {
+                args.extend([name.to_owned(), value]);
+            }
         }
         args.extend(meters.iter().map(|m| (*m).to_owned()));
         args.extend(meters.iter().map(|m| versions.arg(tenant, m)));

@@ -109,25 +109,30 @@ return 0
 "
 );
 
-/// Applies one tenant's alert episode steps to `alerts:open` (HSET while open, HDEL
-/// on cleared or withdrawn, in event order), then writes the absolute counts that depend on it:
-/// `alerts_open` of each meter whose alerts changed (HMGET of its possible
-/// `{meter}:{kind}` fields) and of the summary (HLEN). Doing it in one script keeps
-/// the counts equal to the open set at every instant, in the same round trip.
+/// Applies one tenant's alert episode steps: each is appended to the tenant's alert
+/// stream (`XADD … MAXLEN ~`) and applied to `alerts:open` (HSET while open, HDEL on
+/// cleared or withdrawn, in event order); then the script writes the absolute counts
+/// that depend on it: `alerts_open` of each meter whose alerts changed (HMGET of its
+/// possible `{meter}:{kind}` fields) and of the summary (HLEN). Doing it in one
+/// script keeps the counts equal to the open set at every instant, in the same round
+/// trip.
 ///
 /// The summary's other fields are written when the apply carries a summary;
 /// otherwise only an existing summary's `alerts_open` is refreshed (no half summary
 /// is created). The open set's TTL is renewed whenever it is non-empty, so it lives
-/// as long as the tenant sends alert steps or summaries.
+/// as long as the tenant sends alert steps or summaries; the stream's whenever a
+/// step is appended.
 ///
-/// `KEYS[1]` `alerts:open`, `KEYS[2]` `summary`, `KEYS[3..]` meter hashes.
-/// `ARGV[1..3]`: TTLs of alerts, meters, summary. `ARGV[4]`: `1` when a summary
-/// follows in `ARGV[5..8]` (day, usage_today_l, meters_reporting, updated_at), else
-/// `0`. `ARGV[9]`: number of steps, then (field, opened_at, JSON or empty when no
-/// longer open, position of the step's meter among the meter keys) quadruples; then
-/// one meter id per meter key; then one version per meter key (empty: unknown);
-/// then every alert kind name. The steps of a meter whose hash holds a view of a
-/// greater version are skipped (see the module doc).
+/// `KEYS[1]` `alerts:open`, `KEYS[2]` `summary`, `KEYS[3]` the alert stream,
+/// `KEYS[4..]` meter hashes. `ARGV[1..3]`: TTLs of alerts, meters, summary.
+/// `ARGV[4]`: `1` when a summary follows in `ARGV[5..8]` (day, usage_today_l,
+/// meters_reporting, updated_at), else `0`. `ARGV[9]`: the stream's approximate
+/// maximum length. `ARGV[10]`: number of steps, then per step 20 values: field,
+/// opened_at, JSON (empty when no longer open), position of the step's meter among
+/// the meter keys, then the stream entry's [`ENTRY_FIELDS`] (name, value) pairs; then one meter id per meter key; then one version per meter key (empty:
+/// unknown); then every alert kind name. The steps of a meter whose hash holds a
+/// view of a greater version are skipped, in the open set and the stream (see the
+/// module doc).
 ///
 /// A field holds one episode per (meter, kind), and a step only touches its own:
 /// a closing step deletes the field only while it holds the step's episode
@@ -138,15 +143,17 @@ return 0
 pub(crate) const APPLY_ALERTS: &str = concat!(
     stale_fn!(),
     r"
-local open, summary = KEYS[1], KEYS[2]
-local meters = #KEYS - 2
-local steps = tonumber(ARGV[9])
-local versions_from = 10 + 4 * steps + meters
-local at = 10
+local open, summary, stream = KEYS[1], KEYS[2], KEYS[3]
+local meters = #KEYS - 3
+local steps = tonumber(ARGV[10])
+local versions_from = 11 + 20 * steps + meters
+local at, appended = 11, 0
 for _ = 1, steps do
   local field, opened, value = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2]
   local meter = tonumber(ARGV[at + 3])
-  if not stale(KEYS[2 + meter], ARGV[versions_from + meter - 1]) then
+  if not stale(KEYS[3 + meter], ARGV[versions_from + meter - 1]) then
+    redis.call('XADD', stream, 'MAXLEN', '~', ARGV[9], '*', unpack(ARGV, at + 4, at + 19))
+    appended = appended + 1
     local current = redis.call('HGET', open, field)
     local holds = current and cjson.decode(current)['opened_at']
     if value == '' then
@@ -157,7 +164,10 @@ for _ = 1, steps do
       redis.call('HSET', open, field, value)
     end
   end
-  at = at + 4
+  at = at + 20
+end
+if appended > 0 then
+  redis.call('EXPIRE', stream, ARGV[1])
 end
 local kinds_from = versions_from + meters
 for i = 1, meters do
@@ -170,8 +180,8 @@ for i = 1, meters do
   for _, value in ipairs(redis.call('HMGET', open, unpack(names))) do
     if value then count = count + 1 end
   end
-  redis.call('HSET', KEYS[i + 2], 'alerts_open', count)
-  redis.call('EXPIRE', KEYS[i + 2], ARGV[2])
+  redis.call('HSET', KEYS[i + 3], 'alerts_open', count)
+  redis.call('EXPIRE', KEYS[i + 3], ARGV[2])
 end
 local alerts_open = redis.call('HLEN', open)
 if ARGV[4] == '1' then
@@ -187,6 +197,10 @@ end
 return alerts_open
 "
 );
+
+/// Stream entry fields of one alert step (`codec::alert_entry`): [`APPLY_ALERTS`]
+/// takes 4 + 2 × this = 20 values per step.
+pub(crate) const ENTRY_FIELDS: usize = 8;
 
 /// Keeps a tenant's meter index in step with the meter views of one apply, then
 /// trims meters whose view was not written for the meter TTL — the hashes that have

@@ -610,8 +610,8 @@ pub(crate) fn check_contract(cache: &dyn HotCache) {
     );
 }
 
-/// A meter's view and alert steps from a state of a lower version than the cached
-/// view change nothing — a stalled former owner's late apply in distributed mode —
+/// A meter's view and alert steps (open set and recent log) from a state of a
+/// lower version than the cached view change nothing — a stalled former owner's late apply in distributed mode —
 /// while a greater version, or an unknown one (0), is written.
 pub(crate) fn check_versions(cache: &dyn HotCache) {
     let versioned = |today_l: u64, district: &str, version: i64| MeterView {
@@ -621,6 +621,7 @@ pub(crate) fn check_versions(cache: &dyn HotCache) {
     };
     let leak = |state| alert("acme", "m1", AlertKind::Leak, state, MIDNIGHT + MINUTE);
     let open = || cache.open_alerts("acme").unwrap().len();
+    let recent = || cache.recent_alerts("acme", 10).unwrap().len();
     let in_north = MeterQuery {
         district: Some("north".into()),
         ..list(10)
@@ -649,7 +650,7 @@ pub(crate) fn check_versions(cache: &dyn HotCache) {
         Some(current)
     );
     assert_eq!(ids(&cache.meters("acme", &in_north).unwrap()), ["m1"]);
-    assert_eq!(open(), 1);
+    assert_eq!((open(), recent()), (1, 1));
 
     // The next version clears it and moves the meter.
     let next = versioned(950, "south", 3_000);
@@ -662,7 +663,7 @@ pub(crate) fn check_versions(cache: &dyn HotCache) {
         .unwrap();
     assert_eq!(cache.meter(&meter_key("acme", "m1")).unwrap(), Some(next));
     assert!(ids(&cache.meters("acme", &in_north).unwrap()).is_empty());
-    assert_eq!(open(), 0);
+    assert_eq!((open(), recent()), (0, 2));
 
     // A view of unknown version (a state written before versions) is written, and
     // the version held stays the gate.
