@@ -385,15 +385,13 @@ async fn a_processor_that_stalls_past_its_session_overwrites_nothing_newer_when_
     cluster.wait_stored(&config, DRAIN_TIMEOUT).await;
 
     p1.signal("CONT");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while p1.metrics().value("meterflow_log_partitions_owned") < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "p1 did not rejoin:\n{}",
-            p1.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // p1 rejoins the group.
+    wait_for_count(
+        &p1,
+        "meterflow_log_partitions_owned",
+        Duration::from_secs(60),
+    )
+    .await;
     cluster.wait_settled(&config, Duration::from_secs(30)).await;
 
     let taken = |metrics: &Metrics| metrics.messages("stored") + metrics.messages("duplicate");
@@ -444,15 +442,12 @@ async fn a_meter_moving_between_processors_is_never_processed_with_stale_state()
     // p2 joins: half the partitions move to it, and it takes the second half of
     // their meters' messages.
     let mut p2 = cluster.start("processor", "p2");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while p2.metrics().value("meterflow_log_partitions_owned") < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "no rebalance:\n{}",
-            p2.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_count(
+        &p2,
+        "meterflow_log_partitions_owned",
+        Duration::from_secs(60),
+    )
+    .await;
     assert_eq!(run(full.clone()).await.unwrap().acked, 2_000);
     cluster.wait_stored(&full, DRAIN_TIMEOUT).await;
     assert_stored_once(&[&p1, &p2], 2_000.0).await;
@@ -535,8 +530,8 @@ impl Drop for OwnKafka {
     }
 }
 
-/// Waits until `node`'s counter `metric` counts at least one, failing with its log
-/// after `within`.
+/// Waits until `node`'s metric `metric` is at least one, failing with its log after
+/// `within`.
 async fn wait_for_count(node: &Meterflow, metric: &str, within: Duration) {
     let deadline = Instant::now() + within;
     while node.metrics().value(metric) < 1.0 {

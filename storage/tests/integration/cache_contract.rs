@@ -16,10 +16,9 @@ use meterflow_model::{
 };
 use meterflow_storage::HotCache;
 use meterflow_storage::memory_cache::MemoryCache;
-use meterflow_storage::redis_cache::{RedisCache, RedisConfig};
+use meterflow_storage::redis_cache::RedisConfig;
 
-use crate::redis::{Cleanup, redis_and_cluster};
-use crate::servers;
+use crate::redis::{cache_on, redis_and_cluster};
 use crate::utils::meter_key;
 
 /// 2025-01-15T00:00Z.
@@ -47,6 +46,8 @@ pub(crate) fn view(tenant: &str, meter: &str, today_l: u64) -> MeterView {
     }
 }
 
+/// A bill as the caches see it: one price, no tier lines (the caches keep the
+/// period, its litres and the amount).
 pub(crate) fn bill(
     tenant: &str,
     meter: &str,
@@ -55,16 +56,11 @@ pub(crate) fn bill(
     final_: bool,
 ) -> BillLine {
     BillLine {
-        tenant: tenant.into(),
-        meter: meter.into(),
-        period: period.into(),
-        currency: "EUR".into(),
-        usage_l,
         tiers: Vec::new(),
-        fixed_cents: 800,
         amount_cents: 800 + usage_l * 150 / 1000,
         estimated: false,
         final_,
+        ..crate::utils::bill(tenant, period, meter, usage_l)
     }
 }
 
@@ -619,7 +615,18 @@ pub(crate) fn check_versions(cache: &dyn HotCache) {
         version,
         ..view("acme", "m1", today_l)
     };
-    let leak = |state| alert("acme", "m1", AlertKind::Leak, state, MIDNIGHT + MINUTE);
+    let apply = |view: &MeterView, leak: Option<EpisodeState>| {
+        let alerts =
+            leak.map(|state| alert("acme", "m1", AlertKind::Leak, state, MIDNIGHT + MINUTE));
+        cache
+            .apply(&Outputs {
+                meters: vec![view.clone()],
+                alerts: alerts.into_iter().collect(),
+                ..Outputs::default()
+            })
+            .unwrap();
+    };
+    let held = || cache.meter(&meter_key("acme", "m1")).unwrap();
     let open = || cache.open_alerts("acme").unwrap().len();
     let recent = || cache.recent_alerts("acme", 10).unwrap().len();
     let in_north = MeterQuery {
@@ -628,71 +635,28 @@ pub(crate) fn check_versions(cache: &dyn HotCache) {
     };
 
     let current = versioned(900, "north", 2_000);
-    cache
-        .apply(&Outputs {
-            meters: vec![current.clone()],
-            alerts: vec![leak(EpisodeState::Opened)],
-            ..Outputs::default()
-        })
-        .unwrap();
+    apply(&current, Some(EpisodeState::Opened));
     assert_eq!(open(), 1);
 
     // The late apply of version 1,000: another district, a cleared leak.
-    cache
-        .apply(&Outputs {
-            meters: vec![versioned(5, "south", 1_000)],
-            alerts: vec![leak(EpisodeState::Cleared)],
-            ..Outputs::default()
-        })
-        .unwrap();
-    assert_eq!(
-        cache.meter(&meter_key("acme", "m1")).unwrap(),
-        Some(current)
-    );
+    apply(&versioned(5, "south", 1_000), Some(EpisodeState::Cleared));
+    assert_eq!(held(), Some(current));
     assert_eq!(ids(&cache.meters("acme", &in_north).unwrap()), ["m1"]);
     assert_eq!((open(), recent()), (1, 1));
 
     // The next version clears it and moves the meter.
     let next = versioned(950, "south", 3_000);
-    cache
-        .apply(&Outputs {
-            meters: vec![next.clone()],
-            alerts: vec![leak(EpisodeState::Cleared)],
-            ..Outputs::default()
-        })
-        .unwrap();
-    assert_eq!(cache.meter(&meter_key("acme", "m1")).unwrap(), Some(next));
+    apply(&next, Some(EpisodeState::Cleared));
+    assert_eq!(held(), Some(next));
     assert!(ids(&cache.meters("acme", &in_north).unwrap()).is_empty());
     assert_eq!((open(), recent()), (0, 2));
 
     // A view of unknown version (a state written before versions) is written, and
     // the version held stays the gate.
-    cache
-        .apply(&Outputs {
-            meters: vec![versioned(960, "south", 0)],
-            ..Outputs::default()
-        })
-        .unwrap();
-    assert_eq!(
-        cache
-            .meter(&meter_key("acme", "m1"))
-            .unwrap()
-            .map(|v| v.today_l),
-        Some(960)
-    );
-    cache
-        .apply(&Outputs {
-            meters: vec![versioned(7, "south", 2_500)],
-            ..Outputs::default()
-        })
-        .unwrap();
-    assert_eq!(
-        cache
-            .meter(&meter_key("acme", "m1"))
-            .unwrap()
-            .map(|v| v.today_l),
-        Some(960)
-    );
+    apply(&versioned(960, "south", 0), None);
+    assert_eq!(held().map(|v| v.today_l), Some(960));
+    apply(&versioned(7, "south", 2_500), None);
+    assert_eq!(held().map(|v| v.today_l), Some(960));
 }
 
 /// A query for the first `limit` meters, no filter.
@@ -1068,16 +1032,7 @@ fn memory_cache_lists_meters_by_the_contract() {
 
 redis_and_cluster!(redis_cache_lists_meters_by_the_contract);
 fn redis_cache_lists_meters_by_the_contract(url: &str) {
-    let prefix = servers::unique_name("meter_list");
-    let _cleanup = Cleanup::new(url, &prefix);
-    let cache = RedisCache::open(
-        url,
-        RedisConfig {
-            key_prefix: prefix.clone(),
-            ..RedisConfig::default()
-        },
-    )
-    .unwrap();
+    let (cache, _cleanup, _) = cache_on(url, "meter_list", RedisConfig::default());
     check_meter_list(&cache);
 }
 
@@ -1087,16 +1042,7 @@ redis_and_cluster!(redis_and_memory_caches_list_generated_fleets_alike);
 /// Redis side continue its walk over several calls.
 fn redis_and_memory_caches_list_generated_fleets_alike(url: &str) {
     for (seed, size) in [(0x5EED_0002, 300), (0x5EED_0003, 12_000)] {
-        let prefix = servers::unique_name("generated_lists");
-        let _cleanup = Cleanup::new(url, &prefix);
-        let redis = RedisCache::open(
-            url,
-            RedisConfig {
-                key_prefix: prefix.clone(),
-                ..RedisConfig::default()
-            },
-        )
-        .unwrap();
+        let (redis, _cleanup, _) = cache_on(url, "generated_lists", RedisConfig::default());
         let memory = MemoryCache::new();
         check_generated_meter_lists(&[&memory, &redis], seed, size);
     }
@@ -1109,16 +1055,7 @@ fn memory_cache_keeps_the_cache_contract() {
 
 redis_and_cluster!(redis_cache_keeps_the_cache_contract);
 fn redis_cache_keeps_the_cache_contract(url: &str) {
-    let prefix = servers::unique_name("contract");
-    let _cleanup = Cleanup::new(url, &prefix);
-    let cache = RedisCache::open(
-        url,
-        RedisConfig {
-            key_prefix: prefix.clone(),
-            ..RedisConfig::default()
-        },
-    )
-    .unwrap();
+    let (cache, _cleanup, _) = cache_on(url, "contract", RedisConfig::default());
     check_contract(&cache);
 }
 
@@ -1129,15 +1066,6 @@ fn memory_cache_keeps_the_newest_version() {
 
 redis_and_cluster!(redis_cache_keeps_the_newest_version);
 fn redis_cache_keeps_the_newest_version(url: &str) {
-    let prefix = servers::unique_name("versions");
-    let _cleanup = Cleanup::new(url, &prefix);
-    let cache = RedisCache::open(
-        url,
-        RedisConfig {
-            key_prefix: prefix.clone(),
-            ..RedisConfig::default()
-        },
-    )
-    .unwrap();
+    let (cache, _cleanup, _) = cache_on(url, "versions", RedisConfig::default());
     check_versions(&cache);
 }
