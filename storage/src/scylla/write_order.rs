@@ -25,13 +25,30 @@ use meterflow_model::MeterState;
 /// write times ahead of its clock.
 pub(super) const LEGACY_MARGIN_US: i64 = 60_000_000;
 
-/// The write time of `state`'s rows: its version. A state that never took an
-/// uplink or an order (built by hand, as tools and tests do) has none: its rows
-/// leave the marker unset and are written at the driver's clock, as every row was
-/// before versions.
+/// How far ahead of this process's clock a write time may be: a day, well inside
+/// ScyllaDB's bound of three days ahead of its own clock (`restrict_future_timestamp`).
+pub(super) const MAX_AHEAD_US: i64 = 86_400_000_000;
+
+/// The write time of `state`'s rows: its version, read against the system clock
+/// ([`write_time_at`]).
 pub(super) fn write_time(state: &MeterState) -> MaybeUnset<i64> {
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+    write_time_at(state, now_us)
+}
+
+/// The write time of `state`'s rows at `now_us`: its version. A state that never
+/// took an uplink or an order (built by hand, as tools and tests do) has none: its
+/// rows leave the marker unset and are written at the driver's clock, as every row
+/// was before versions. A version more than [`MAX_AHEAD_US`] ahead of `now_us` —
+/// an endpoint whose clock ran days ahead stamped the uplinks it counts — is
+/// written at that bound instead, which ScyllaDB takes: the meter's writes go on
+/// (still rising with the clock) rather than being refused until the clock catches
+/// up.
+pub(super) fn write_time_at(state: &MeterState, now_us: i64) -> MaybeUnset<i64> {
     if state.version > 0 {
-        MaybeUnset::Set(state.version)
+        MaybeUnset::Set(state.version.min(now_us.saturating_add(MAX_AHEAD_US)))
     } else {
         MaybeUnset::Unset
     }
@@ -75,12 +92,26 @@ mod tests {
         let mut state = MeterState::default();
         state.advance_version(1_700_000_000_000);
         assert!(matches!(
-            write_time(&state),
+            write_time_at(&state, 1_700_000_000_000_000),
             MaybeUnset::Set(1_700_000_000_000_000)
         ));
         assert!(matches!(
             write_time(&MeterState::default()),
             MaybeUnset::Unset
         ));
+    }
+
+    #[test]
+    fn a_version_days_ahead_of_the_clock_is_written_at_the_bound() {
+        let now_us = 1_700_000_000_000_000;
+        let mut state = MeterState::default();
+        // Uplinks stamped a week ahead (an endpoint's clock gone wrong).
+        state.advance_version(1_700_000_000_000 + 7 * 86_400_000);
+        for now in [now_us, now_us + 1] {
+            assert!(matches!(
+                write_time_at(&state, now),
+                MaybeUnset::Set(t) if t == now + MAX_AHEAD_US
+            ));
+        }
     }
 }
