@@ -897,6 +897,7 @@ impl Core {
         let ttl = self.config.readings_ttl_secs();
         let tenant = meter.key.tenant.as_str();
         let name = meter.key.meter.as_str();
+        let write_timestamp = write_time(meter.state);
         let mut days = Vec::with_capacity(meter.days.len());
         for (day, readings) in &meter.days {
             let date = cql_date(*day)?;
@@ -908,7 +909,7 @@ impl Core {
                     day: date,
                     columns: ReadingColumns::of(stored),
                     ttl,
-                    write_timestamp: write_time(meter.state),
+                    write_timestamp,
                 })
                 .collect();
             days.push((date, rows));
@@ -943,7 +944,7 @@ impl Core {
                 state: &state,
                 last_seq: meter.state.seq.watermark().map(bigint),
                 last_ts: meter.state.last_ts().map(CqlTimestamp),
-                write_timestamp: write_time(meter.state),
+                write_timestamp,
             },
         )
         .await
