@@ -254,8 +254,8 @@ impl Sink {
         }
     }
 
-    /// Counts what meters sent and is now stored; estimated rows VEE added are not
-    /// readings anyone sent.
+    /// Counts what meters sent and is now stored; estimated rows VEE added and an
+    /// exchange's recorded final read are not readings a meter sent.
     fn count_stored(&mut self, batches: &[SealedBatch]) {
         let (mut messages, mut readings) = (0, 0);
         for meter in batches.iter().flat_map(|b| &b.meters) {

@@ -34,14 +34,35 @@ pub enum Quality {
     Estimated,
     /// Stored, but excluded from billing (regression, implausible jump).
     Suspect,
+    /// Read by hand at a recorded meter exchange: the removed register's final read
+    /// (a field work order's). No meter sent it; it counts in usage and analytics
+    /// like an actual read, and billing has it already through VEE's continuous
+    /// register.
+    Recorded,
 }
 
 impl Quality {
+    /// Every quality, in code order.
+    pub const ALL: [Quality; 4] = [
+        Quality::Actual,
+        Quality::Estimated,
+        Quality::Suspect,
+        Quality::Recorded,
+    ];
+
+    /// Whether a row of this quality is a read the meter sent (actual or suspect),
+    /// not one meterflow made (an estimate) or an operator recorded (an exchange's
+    /// final read): what rebuilds a meter's window of reads from its stored rows.
+    pub const fn is_from_meter(self) -> bool {
+        matches!(self, Quality::Actual | Quality::Suspect)
+    }
+
     pub const fn code(self) -> u8 {
         match self {
             Quality::Actual => 0,
             Quality::Estimated => 1,
             Quality::Suspect => 2,
+            Quality::Recorded => 3,
         }
     }
 
@@ -50,6 +71,7 @@ impl Quality {
             0 => Some(Quality::Actual),
             1 => Some(Quality::Estimated),
             2 => Some(Quality::Suspect),
+            3 => Some(Quality::Recorded),
             _ => None,
         }
     }
@@ -59,6 +81,7 @@ impl Quality {
             Quality::Actual => "actual",
             Quality::Estimated => "estimated",
             Quality::Suspect => "suspect",
+            Quality::Recorded => "recorded",
         }
     }
 }

@@ -310,7 +310,7 @@ pub fn rebuild_window(
     rows: &mut Vec<StoredReading>,
     output: &mut Vec<StoredReading>,
 ) {
-    rows.retain(|row| row.quality != Quality::Estimated);
+    rows.retain(|row| row.quality.is_from_meter());
     state.window.clear();
     state.head.clone_from(&state.settled);
     let inputs = Inputs {
@@ -801,8 +801,8 @@ impl<'a> Pass<'a> {
             .find(|order| order.ts == ts && order.action.targets_a_read())
     }
 
-    /// Recorded exchanges from after the previous read up to `ts` take effect.
-    fn apply_exchanges_up_to(&mut self, ts: i64) {
+    /// Recorded exchanges from after the previous read up to `next` take effect.
+    fn apply_exchanges_up_to(&mut self, next: &RawRead) {
         let orders = self.orders;
         for order in orders {
             let OrderAction::Exchange {
@@ -812,17 +812,21 @@ impl<'a> Pass<'a> {
             else {
                 continue;
             };
-            if order.ts <= ts && self.fold.newest_ts.is_none_or(|newest| newest < order.ts) {
-                self.exchange_at(order.ts, final_reg, initial_reg);
+            let newest = self.fold.newest_ts;
+            if order.ts <= next.reading.ts && newest.is_none_or(|newest| newest < order.ts) {
+                self.exchange_at(order.ts, final_reg, initial_reg, next);
             }
         }
     }
 
-    /// A recorded exchange at `at`: the old register is billed up to its final read
-    /// (when given and not below the base), and a new register bills from its
-    /// initial read. Neither read is a row (they are no meter's message); the next
-    /// read's interval runs from the initial one. A pending candidate is dropped.
-    fn exchange_at(&mut self, at: i64, final_reg: Option<u64>, initial_reg: u64) {
+    /// A recorded exchange at `at`, applied by the pass of `next`: the old register
+    /// is billed up to its final read (when given and not below the base), which is
+    /// a [`Quality::Recorded`] row at `at` ([`record_final_read`]), and a new
+    /// register bills from its initial read. The initial read is no row; the next
+    /// read's interval runs from it. A pending candidate is dropped.
+    ///
+    /// [`record_final_read`]: Self::record_final_read
+    fn exchange_at(&mut self, at: i64, final_reg: Option<u64>, initial_reg: u64, next: &RawRead) {
         self.fold.candidate = None;
         let at_reg = |from: &ValidatedRead, reg: u64, creg: u64| ValidatedRead {
             reading: Reading::register(at, reg),
@@ -840,7 +844,9 @@ impl<'a> Pass<'a> {
         };
         let last = match final_reg {
             Some(reg) if reg >= base.reading.reg => {
-                at_reg(&base, reg, base.creg.saturating_add(reg - base.reading.reg))
+                let last = at_reg(&base, reg, base.creg.saturating_add(reg - base.reading.reg));
+                self.record_final_read(&base, &last, next);
+                last
             }
             _ => base,
         };
@@ -854,9 +860,33 @@ impl<'a> Pass<'a> {
         self.fold.base = Some(first);
     }
 
+    /// The old register's final read at an exchange, `last`, as a row: the litres
+    /// from `base` up to it are in the interval of some row (analytics, `today_l`),
+    /// as they are in the continuous register (billing), the gap before it
+    /// estimated as before any read. It carries the seq and receive time of `next`,
+    /// the read whose pass applies the exchange, as estimates do. None when the
+    /// meter sent a read at the exchange's own time: that read is the row there.
+    fn record_final_read(&mut self, base: &ValidatedRead, last: &ValidatedRead, next: &RawRead) {
+        let at = last.reading.ts;
+        if self
+            .window
+            .binary_search_by_key(&at, |r| r.reading.ts)
+            .is_ok()
+        {
+            return;
+        }
+        let row = ValidatedRead {
+            seq: next.seq,
+            received_at: next.received_at,
+            ..*last
+        };
+        let previous_creg = self.estimate_between(base, &row);
+        self.emit(&row, Quality::Recorded, Some(row.creg - previous_creg));
+    }
+
     /// One read, later than every read before it.
     fn step(&mut self, read: &RawRead) {
-        self.apply_exchanges_up_to(read.reading.ts);
+        self.apply_exchanges_up_to(read);
         self.fold.newest_ts = self.fold.newest_ts.max(Some(read.reading.ts));
         if let Some(order) = self.read_order(read.reading.ts)
             && self.follow_order(order, read)

@@ -256,14 +256,25 @@ fn a_recorded_exchange_bills_the_final_read_and_the_new_register_from_its_initia
     assert_eq!(recorded.state.vee.orders.len(), 1);
     // The new register's reads are actual from the first one, whatever its value.
     // The old register's 80 L up to its final read are in the continuous register
-    // (billing) but in no row's interval: the final read is no row.
+    // (billing) and in the interval of the final read's row (analytics, today_l),
+    // recorded at 2:30 in the pass of the first read after it.
     let next = run(recorded.state, hourly(3, &[2_520, 2_600]));
     assert_eq!(
         rows(&next.rows),
         vec![
+            (2, Quality::Recorded, Some(80)),
             (3, Quality::Actual, Some(20)),
             (4, Quality::Actual, Some(80))
         ]
+    );
+    let final_read = &next.rows[0];
+    assert_eq!(
+        (final_read.reading.ts, final_read.reading.reg),
+        (DAY0 + 2 * HOUR + HOUR / 2, 5_000_180)
+    );
+    assert_eq!(
+        final_read.seq, next.rows[1].seq,
+        "the seq of the read after it"
     );
     assert!(next.exceptions.is_empty());
     assert_eq!(next.state.vee.head.base.unwrap().creg, 5_000_280);
@@ -286,6 +297,7 @@ fn a_recorded_exchange_bills_the_final_read_and_the_new_register_from_its_initia
     assert_eq!(
         rows(&recorded.rows),
         vec![
+            (1, Quality::Recorded, Some(80)),
             (2, Quality::Actual, Some(20)),
             (3, Quality::Actual, Some(80))
         ]
@@ -302,6 +314,44 @@ fn a_recorded_exchange_bills_the_final_read_and_the_new_register_from_its_initia
             ),
         ]
     );
+}
+
+#[test]
+fn a_recorded_exchanges_final_read_ends_the_old_registers_gap_like_a_read() {
+    let exchange = || {
+        order(
+            5,
+            OrderAction::Exchange {
+                final_reg: Some(5_000_500),
+                initial_reg: 10,
+            },
+        )
+    };
+    let first = run(MeterState::default(), hourly(0, &[5_000_000, 5_000_100]));
+    let recorded = run_with(first.state.clone(), Vec::new(), vec![exchange()]);
+    // Silent from hour 1 to the removal at 5:00: the gap before the final read is
+    // estimated as before any read, and every litre is in one row's interval.
+    let next = run(recorded.state, hourly(6, &[60, 110]));
+    assert_eq!(
+        rows(&next.rows),
+        vec![
+            (2, Quality::Estimated, Some(100)),
+            (3, Quality::Estimated, Some(100)),
+            (4, Quality::Estimated, Some(100)),
+            (5, Quality::Recorded, Some(100)),
+            (6, Quality::Actual, Some(50)),
+            (7, Quality::Actual, Some(50))
+        ]
+    );
+    // A read the meter sent at the exchange's own time is the row there.
+    let recorded = run_with(first.state, Vec::new(), vec![exchange()]);
+    let next = run(recorded.state, hourly(5, &[10, 60]));
+    assert!(
+        next.rows.iter().all(|row| row.quality != Quality::Recorded),
+        "{:?}",
+        rows(&next.rows)
+    );
+    assert_eq!(next.state.vee.head.base.unwrap().creg, 5_000_550);
 }
 
 #[test]

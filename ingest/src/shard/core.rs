@@ -38,8 +38,8 @@ use meterflow_model::seq_window::SkippedGap;
 use meterflow_model::status::DeviceStatus;
 use meterflow_model::vee::MAX_WINDOW_READS;
 use meterflow_model::{
-    Admission, DeadLetter, MeterBatch, MeterKey, MeterState, Outputs, Quality, RegisterOrder,
-    Reject, SealedBatch, StoredReading, Uplink, codec,
+    Admission, DeadLetter, MeterBatch, MeterKey, MeterState, Outputs, RegisterOrder, Reject,
+    SealedBatch, StoredReading, Uplink, codec,
 };
 use meterflow_processors::ProcessorChain;
 use meterflow_processors::vee::order_problem;
@@ -169,7 +169,7 @@ impl WindowRows {
             .filter(|next| *next > from);
         let highest_seq = self.highest_seq;
         self.reads.extend(page.into_iter().filter(|row| {
-            row.quality != Quality::Estimated && highest_seq.is_some_and(|h| row.seq <= h)
+            row.quality.is_from_meter() && highest_seq.is_some_and(|h| row.seq <= h)
         }));
         let excess = self.reads.len().saturating_sub(MAX_WINDOW_READS);
         self.reads.drain(..excess);

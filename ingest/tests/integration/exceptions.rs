@@ -162,7 +162,8 @@ async fn decisions_and_recorded_exchanges_re_decide_reads_and_bills() {
 
     // m2: the work order of an exchange at 01:30 (the old register read 5,000,180
     // when removed; the new one 2,500 when fitted), recorded before the new meter's
-    // reads arrive: they are actual from the first one, and the bill runs across.
+    // reads arrive: they are actual from the first one, the final read is a
+    // `recorded` row, and the bill and the day's usage run across.
     let m2 = hourly(1, 0, &[5_000_000, 5_000_100]);
     send_and_wait_for_ack(service.mqtt, "demo", "m2", &[m2]).await;
     let exchange = json!({
@@ -183,11 +184,18 @@ async fn decisions_and_recorded_exchanges_re_decide_reads_and_bills() {
     assert_eq!(
         rows(&service, "m2")[2..],
         [
+            (1, "recorded".into(), Some(80)),
             (2, "actual".into(), Some(20)),
             (3, "actual".into(), Some(80))
         ]
     );
     assert_eq!(billed_l(&service, "m2"), 280);
+    let view = get_json(&service, "/api/v1/tenants/demo/meters/m2");
+    assert_eq!(view["today_l"], 280, "{view}");
+    assert_eq!(
+        view["quality"], "actual",
+        "the newest read, not the final one"
+    );
     let open = get_json(&service, "/api/v1/tenants/demo/exceptions");
     assert_eq!(cases(&open), vec![]);
     // A body that is not a work order is refused, saying what is expected.

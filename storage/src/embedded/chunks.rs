@@ -400,11 +400,7 @@ pub(super) mod tests {
     use proptest::prelude::*;
 
     fn quality() -> impl Strategy<Value = Quality> {
-        prop_oneof![
-            Just(Quality::Actual),
-            Just(Quality::Estimated),
-            Just(Quality::Suspect)
-        ]
+        proptest::sample::select(Quality::ALL.to_vec())
     }
 
     prop_compose! {
@@ -581,7 +577,7 @@ pub(super) mod tests {
         assert_eq!(decode_chunk(0, &repeated), Err(RowError::TsOrder));
         let past_max = encode_chunk(&[at(i64::MAX - 1, 1), at(i64::MAX, 1)]);
         assert_eq!(decode_chunk(i64::MAX, &past_max), Err(RowError::TsOrder));
-        // Unknown flag bits, quality 3, an eleven-byte varint.
+        // Unknown flag bits, an eleven-byte varint.
         let one = encode_chunk(&[at(0, 0)]);
         // Version, count, a five-field tail, then reg, rev and flow: the flags.
         let flags_at = 10;
@@ -589,8 +585,12 @@ pub(super) mod tests {
         let mut flagged = one.clone();
         flagged[flags_at] = 0x10;
         assert_eq!(decode_chunk(0, &flagged), Err(RowError::Flags(0x10)));
-        flagged[flags_at] = 3;
-        assert_eq!(decode_chunk(0, &flagged), Err(RowError::Quality(3)));
+        flagged[flags_at] = Quality::Recorded.code();
+        assert_eq!(
+            decode_chunk(0, &flagged).map(|rows| rows[0].quality),
+            Ok(Quality::Recorded),
+            "every quality code fits the flags' two bits"
+        );
         // Readings that do not end where the tail says.
         let mut wrong_tail = two.clone();
         assert_eq!(wrong_tail[3], 2, "the tail's reg");

@@ -92,9 +92,7 @@ fn require_field<T: FromStr>(
 }
 
 pub(crate) fn parse_quality(raw: &str) -> Option<Quality> {
-    [Quality::Actual, Quality::Estimated, Quality::Suspect]
-        .into_iter()
-        .find(|q| q.as_str() == raw)
+    Quality::ALL.into_iter().find(|q| q.as_str() == raw)
 }
 
 /// A meter's hash back into a view; `None` for a missing (or expired) key, and for

@@ -24,7 +24,8 @@
 //! - Unsigned model integers (`reg`, `rev`, `interval_l`, `seq`, dead-letter `id`) are
 //!   `bigint` holding the same 64 bits: exact for every value; values ≥ 2^63, which no
 //!   meter produces, would merely look negative in cqlsh. `flow` (u32) is a `bigint`,
-//!   `temp` a `smallint` (0.1 °C), `quality` a `tinyint` ([`meterflow_model::Quality::code`]).
+//!   `temp` a `smallint` (0.1 °C), `quality` a `tinyint` ([`meterflow_model::Quality::code`]: 0 actual, 1 estimated,
+//!   2 suspect, 3 recorded).
 //! - `meter_state.state` is [`meterflow_model::codec::binary::encode_record`] of the
 //!   `MeterState`: versioned by its own first byte; `last_seq`/`last_ts` repeat what
 //!   an operator wants to query without decoding it. A meter's `readings`,
