@@ -58,7 +58,14 @@ fn start_retention(store: &Arc<EmbeddedStore>, retention: Retention) -> anyhow::
 
 /// Opens the configured store. Blocking: call it off the async workers. The ScyllaDB
 /// client runs on `runtime` (the service's; a multi-thread runtime).
-pub fn open_store(config: &Config, runtime: &Handle) -> anyhow::Result<Arc<dyn ReadingStore>> {
+///
+/// With a `contributor` (see [`contributor`]), ScyllaDB's district hours are written
+/// as that contributor's share; the embedded store has a single writer and none.
+pub fn open_store(
+    config: &Config,
+    runtime: &Handle,
+    contributor: Option<&str>,
+) -> anyhow::Result<Arc<dyn ReadingStore>> {
     match config.store.parse_backend().map_err(anyhow::Error::msg)? {
         StoreBackend::Embedded => {
             let dir = &config.store.data_dir;
@@ -93,7 +100,10 @@ pub fn open_store(config: &Config, runtime: &Handle) -> anyhow::Result<Arc<dyn R
                 })
                 .call()?;
             info!(?contact_points, keyspace, "connected to ScyllaDB");
-            Ok(Arc::new(store))
+            Ok(Arc::new(match contributor {
+                Some(contributor) => store.with_contributor(contributor),
+                None => store,
+            }))
         }
     }
 }
@@ -111,13 +121,35 @@ pub fn commit_retry(config: &Config) -> RetryConfig {
 /// Opens the configured cache, a Redis client on `runtime` (the service's). Redis
 /// connects lazily: a Redis that is down is not a start-up error (the pipeline stores
 /// and acks without it).
-pub fn open_cache(config: &Config, runtime: &Handle) -> anyhow::Result<Arc<dyn HotCache>> {
+///
+/// With a `contributor`, Redis's district rows, top lists and summaries are written
+/// as that contributor's share and each key holds the merge of every contributor's;
+/// the in-process cache holds this process's own.
+pub fn open_cache(
+    config: &Config,
+    runtime: &Handle,
+    contributor: Option<&str>,
+) -> anyhow::Result<Arc<dyn HotCache>> {
     match config.cache.parse_backend().map_err(anyhow::Error::msg)? {
         CacheBackend::Memory => Ok(Arc::new(MemoryCache::default())),
-        CacheBackend::Redis { url } => Ok(Arc::new(RedisCache::open_on(
-            runtime.clone(),
-            &url,
-            config.cache.redis.clone(),
-        )?)),
+        CacheBackend::Redis { url } => {
+            let cache = RedisCache::open_on(runtime.clone(), &url, config.cache.redis.clone())?;
+            Ok(Arc::new(match contributor {
+                Some(contributor) => cache.with_contributor(contributor),
+                None => cache,
+            }))
+        }
     }
+}
+
+/// The name this run writes its share of the aggregates under, when several
+/// processes count disjoint meters (a mode that consumes the log, DESIGN §9): a
+/// random id, new at every start, so a restarted processor's share starts beside
+/// the one its earlier run left (which keeps what that run counted). None when this
+/// process owns every meter.
+pub fn contributor(config: &Config) -> Option<String> {
+    config
+        .mode
+        .consumes_log()
+        .then(|| format!("{:016x}", rand::random::<u64>()))
 }

@@ -96,10 +96,18 @@ impl Service {
         let opening = config.clone();
         // The store's and the cache's async clients run on this (the service's) runtime.
         let runtime = tokio::runtime::Handle::current();
+        let contributor = backends::contributor(&config);
+        if let Some(contributor) = &contributor {
+            info!(
+                contributor,
+                "district, top and summary figures are written as this run's share"
+            );
+        }
         let (store, cache) = tokio::task::spawn_blocking(move || {
+            let contributor = contributor.as_deref();
             anyhow::Ok((
-                backends::open_store(&opening, &runtime)?,
-                backends::open_cache(&opening, &runtime)?,
+                backends::open_store(&opening, &runtime, contributor)?,
+                backends::open_cache(&opening, &runtime, contributor)?,
             ))
         })
         .await??;

@@ -4,8 +4,10 @@
 //! the simulator's meters on MQTT. Each test has its own topic, consumer group,
 //! keyspace and Redis key prefix.
 //!
-//! What they prove: every reading stored once and bills and alerts equal to embedded
-//! mode's on the same fleet while meters move between endpoints (one killed); a
+//! What they prove: every reading stored once and bills, alerts and the district,
+//! top-list and summary figures (merged over both processors' shares) equal to
+//! embedded mode's on the same fleet while meters move between endpoints (one
+//! killed); a
 //! processor killed mid-stream loses nothing and counts nothing twice; a meter whose
 //! partition moves to another processor and back is never processed with the state
 //! the first one cached; a processor stalled past its session wakes and overwrites
@@ -16,15 +18,24 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use meterflow_model::Reading;
-use meterflow_model::time::{civil_from_days, day_of};
+use meterflow_model::time::{DAY_MS, civil_from_days, day_of};
 use meterflow_simulator::{SimConfig, run};
 
 use crate::backends::{cql, stored_readings, wait_for_redis};
 use crate::server_support::{self, Proxy};
-use crate::utils::{Meterflow, Metrics, free_addr, ground_truth, spawn_fleet, wait_for_acks};
+use crate::utils::{
+    Meterflow, Metrics, free_addr, ground_truth, spawn_fleet, start_configured, wait_for_acks,
+};
 
 /// How long processors get to store what the endpoints appended.
 pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Analytics flushed every second (the sweep flushes a quiet shard's windows), so
+/// the district figures settle within seconds of the fleet's last message; minute
+/// windows open for three days (hours stay open two, days three), so a run minutes
+/// later — the embedded reference — counts the fleet's reads in the same windows.
+const FAST_FLUSH: &str = "[pipeline]\nsweep_interval_s = 1\n\
+    [processors.analytics]\nflush_interval_ms = 1000\nminute_retention_ms = 259200000\n";
 
 /// One test's cluster: its servers and names, and the configuration every replica
 /// shares.
@@ -63,7 +74,7 @@ impl Cluster {
                  [kafka]\nbrokers = \"{kafka}\"\ntopic = \"{keyspace}\"\npartitions = 8\n\
                  group_id = \"{keyspace}\"\ncommit_interval_ms = 200\nrebalance_drain_s = 20\n\
                  [kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\
-                 \"heartbeat.interval.ms\" = \"1000\"\n"
+                 \"heartbeat.interval.ms\" = \"1000\"\n{FAST_FLUSH}"
             ),
         )
         .unwrap();
@@ -217,6 +228,65 @@ fn bills_and_alerts(service: &Meterflow, config: &SimConfig) -> (Vec<String>, Ve
     (bills, episodes)
 }
 
+/// The district figures (every minute, hour and day of the fleet), the top list of
+/// each day and the summary's day figures the API of `service` shows.
+fn aggregates(service: &Meterflow, config: &SimConfig) -> Vec<String> {
+    let times: Vec<i64> = config
+        .meter_indices()
+        .flat_map(|index| ground_truth(config, index))
+        .flat_map(|u| u.readings)
+        .map(|r| r.ts)
+        .collect();
+    let (oldest, newest) = (*times.iter().min().unwrap(), *times.iter().max().unwrap());
+    let mut figures = Vec::new();
+    let districts = service.get_json("/api/v1/tenants/demo/districts");
+    figures.push(districts.to_string());
+    for district in districts.as_array().unwrap() {
+        let district = district.as_str().unwrap();
+        // A read of minutes covers one day at most: the fleet's last.
+        let ranges = [
+            ("minute", newest + 60_000 - DAY_MS, newest + 60_000),
+            ("hour", oldest - 2 * DAY_MS, newest + 2 * DAY_MS),
+            ("day", oldest - 2 * DAY_MS, newest + 2 * DAY_MS),
+        ];
+        for (resolution, from, to) in ranges {
+            let usage = service.get_json(&format!(
+                "/api/v1/tenants/demo/districts/{district}/usage?from={from}&to={to}&resolution={resolution}"
+            ));
+            figures.push(format!("{district} {resolution} {usage}"));
+        }
+    }
+    let days: std::collections::BTreeSet<i64> = times.iter().map(|ts| day_of(*ts)).collect();
+    for day in days {
+        let (year, month, day) = civil_from_days(day);
+        let top = service.get_json(&format!(
+            "/api/v1/tenants/demo/top?day={year:04}-{month:02}-{day:02}&limit=10"
+        ));
+        figures.push(format!("top {top}"));
+    }
+    let summary = service.get_json("/api/v1/tenants/demo/summary");
+    figures.push(format!(
+        "summary {} {} {}",
+        summary["day"], summary["usage_today_l"], summary["meters_reporting"]
+    ));
+    figures
+}
+
+/// `service`'s [`aggregates`] once two reads 3 s apart agree (its last flush is in).
+async fn settled_aggregates(service: &Meterflow, config: &SimConfig) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = aggregates(service, config);
+    loop {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let now = aggregates(service, config);
+        if now == last {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "the figures never settled");
+        last = now;
+    }
+}
+
 /// `yyyy-mm` of an epoch-ms instant in UTC (the demo tenant's billing zone).
 fn utc_month(ts: i64) -> String {
     let (year, month, _) = civil_from_days(day_of(ts));
@@ -264,9 +334,11 @@ async fn two_endpoints_and_two_processors_store_every_reading_once_and_bill_as_e
         "both processors took a share"
     );
 
-    // The same fleet on one embedded meterflow: the same bills and alerts.
+    // The same fleet on one embedded meterflow: the same bills and alerts, and the
+    // same district, top-list and summary figures — each processor wrote only its
+    // share of them, and Redis and Cassandra hold the merge.
     let embedded_dir = tempfile::tempdir().unwrap();
-    let embedded = Meterflow::start(&embedded_dir.path().join("data"));
+    let embedded = start_configured(embedded_dir.path(), FAST_FLUSH, &[]);
     let same = SimConfig {
         mqtt: embedded.mqtt.to_string(),
         ..config.clone()
@@ -279,6 +351,12 @@ async fn two_endpoints_and_two_processors_store_every_reading_once_and_bill_as_e
         &expected.0[..1]
     );
     assert_eq!(bills_and_alerts(&e2, &config), expected);
+    let expected = settled_aggregates(&embedded, &config).await;
+    assert!(
+        expected.iter().any(|f| f.contains("usage_l")),
+        "{expected:?}"
+    );
+    assert_eq!(settled_aggregates(&e2, &config).await, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

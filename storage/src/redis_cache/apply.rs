@@ -34,17 +34,20 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use meterflow_model::alert::{AlertEvent, AlertKind};
-use meterflow_model::analytics::{DistrictUsage, Resolution};
+use meterflow_model::analytics::{DistrictUsage, Resolution, TopConsumers};
 use meterflow_model::billing::BillLine;
 use meterflow_model::{MeterView, Outputs, TenantSummary};
 use redis::Pipeline;
 
 use super::RedisConfig;
 use super::codec::{self, FieldUpdate};
+use super::fields::summary as summary_fields;
 use super::keys::{KeySpace, day_label_stamp, ids_are_valid};
 use super::scripts::{
-    APPLY_ALERTS, APPLY_VIEWS, ENTRY_FIELDS, INDEX_METERS, PUT_SERIES, REPLACE_TOP, SET_BILLS,
+    APPLY_ALERTS, APPLY_VIEWS, ENTRY_FIELDS, GATED, INDEX_METERS, PUT_SERIES, REPLACE_TOP,
+    SET_BILLS,
 };
+use super::shares::Totals;
 
 /// Views per [`APPLY_VIEWS`] and per [`INDEX_METERS`] call. Each view costs either
 /// script about five commands, so a call stays near a millisecond of Redis time: a
@@ -114,6 +117,23 @@ impl ApplyPlan {
         self.commands += 1;
     }
 
+    /// `commands` (each a command's words, its key second) as one [`GATED`] call:
+    /// run unless `shares` records a total of `version` or later.
+    fn gated(&mut self, tenant: &str, shares: String, version: i64, commands: Vec<Vec<String>>) {
+        let mut keys = vec![shares];
+        for command in &commands {
+            if !keys.contains(&command[1]) {
+                keys.push(command[1].clone());
+            }
+        }
+        let mut args = vec![version.to_string()];
+        for command in commands {
+            args.push(command.len().to_string());
+            args.extend(command);
+        }
+        self.eval(tenant, GATED, &keys, &args);
+    }
+
     fn eval(&mut self, tenant: &str, script: &str, keys: &[String], args: &[String]) {
         self.pipe(tenant)
             .cmd("EVAL")
@@ -126,17 +146,38 @@ impl ApplyPlan {
     }
 }
 
+/// The commands that write a hash as [`ApplyPlan::hash`] does, as words.
+fn hash_words(key: &str, (set, unset): FieldUpdate, ttl: i64) -> Vec<Vec<String>> {
+    let mut commands = Vec::with_capacity(3);
+    let mut hset = vec!["HSET".to_owned(), key.to_owned()];
+    for (field, value) in set {
+        hset.extend([field.to_owned(), value]);
+    }
+    commands.push(hset);
+    if !unset.is_empty() {
+        let mut hdel = vec!["HDEL".to_owned(), key.to_owned()];
+        hdel.extend(unset.iter().map(|field| (*field).to_owned()));
+        commands.push(hdel);
+    }
+    commands.push(vec!["EXPIRE".to_owned(), key.to_owned(), ttl.to_string()]);
+    commands
+}
+
 /// A TTL as `EXPIRE` takes it; `RedisConfig::validate` keeps every TTL below
 /// `i64::MAX`.
-fn ttl(secs: u64) -> i64 {
+pub(crate) fn ttl(secs: u64) -> i64 {
     i64::try_from(secs).unwrap_or(i64::MAX)
 }
 
+/// The plan of `outputs`; with `totals` (a cache with a contributor, `shares.rs`)
+/// the district rows, top lists and summaries written are those merged totals,
+/// each gated by its version, instead of `outputs`' own.
 pub(crate) fn plan(
     keys: &KeySpace,
     config: &RedisConfig,
     grouping: Grouping,
     outputs: &Outputs,
+    totals: Option<&Totals>,
 ) -> ApplyPlan {
     let mut plan = ApplyPlan {
         pipes: BTreeMap::new(),
@@ -148,10 +189,51 @@ pub(crate) fn plan(
     let versions = Versions::of(outputs);
     meters(&mut plan, keys, config, outputs);
     bills(&mut plan, keys, config, &outputs.bills, &versions);
-    districts(&mut plan, keys, config, &outputs.districts);
-    tops(&mut plan, keys, config, outputs);
-    alerts_and_summaries(&mut plan, keys, config, outputs, &versions);
+    let aggregates = match totals {
+        None => Aggregates {
+            districts: outputs.districts.iter().map(|row| (row, None)).collect(),
+            top: outputs.top.iter().map(|list| (list, None)).collect(),
+            summaries: outputs.summaries.iter().map(|s| (s, None)).collect(),
+        },
+        Some(totals) => Aggregates {
+            districts: totals
+                .districts
+                .iter()
+                .map(|g| (&g.total, Some(g.version)))
+                .collect(),
+            top: totals
+                .top
+                .iter()
+                .map(|g| (&g.total, Some(g.version)))
+                .collect(),
+            summaries: totals
+                .summaries
+                .iter()
+                .map(|g| (&g.total, Some(g.version)))
+                .collect(),
+        },
+    };
+    districts(&mut plan, keys, config, &aggregates.districts);
+    tops(&mut plan, keys, config, &aggregates.top);
+    alerts_and_summaries(
+        &mut plan,
+        keys,
+        config,
+        &outputs.alerts,
+        &aggregates.summaries,
+        &versions,
+    );
     plan
+}
+
+/// An aggregate and, when it is a merged total, the version it is gated by.
+type Aggregate<'a, T> = (&'a T, Option<i64>);
+
+/// The district rows, top lists and summaries an apply writes.
+struct Aggregates<'a> {
+    districts: Vec<Aggregate<'a, DistrictUsage>>,
+    top: Vec<Aggregate<'a, TopConsumers>>,
+    summaries: Vec<Aggregate<'a, TenantSummary>>,
 }
 
 /// Per (tenant, meter), the version of its last view in one outputs: what its bill
@@ -296,7 +378,7 @@ fn bills(
     }
 }
 
-fn district_ttl(config: &RedisConfig, resolution: Resolution) -> i64 {
+pub(crate) fn district_ttl(config: &RedisConfig, resolution: Resolution) -> i64 {
     ttl(match resolution {
         Resolution::Minute => config.district_minute_ttl_secs,
         Resolution::Hour => config.district_hour_ttl_secs,
@@ -304,25 +386,45 @@ fn district_ttl(config: &RedisConfig, resolution: Resolution) -> i64 {
     })
 }
 
-fn districts(plan: &mut ApplyPlan, keys: &KeySpace, config: &RedisConfig, rows: &[DistrictUsage]) {
+/// Per row its hash and its series point; then per series one [`PUT_SERIES`] call
+/// with the points of ungated rows, which also trims the series and keeps the
+/// district index. A gated row (a merged total) writes its hash and its point in
+/// its [`GATED`] call.
+fn districts(
+    plan: &mut ApplyPlan,
+    keys: &KeySpace,
+    config: &RedisConfig,
+    rows: &[Aggregate<DistrictUsage>],
+) {
     // Per series, its (start_ms, member) pairs in output order.
     let mut series: BTreeMap<(&str, &str, Resolution), Vec<String>> = BTreeMap::new();
-    for row in rows {
+    for &(row, version) in rows {
         if !ids_are_valid(&[&row.tenant, &row.district]) {
             plan.skip(|| format!("district row {}/{}", row.tenant, row.district));
             continue;
         }
         let key = keys.district(&row.tenant, &row.district, row.resolution, row.start_ms);
-        plan.hash(
-            &row.tenant,
-            &key,
-            codec::district_fields(row),
-            district_ttl(config, row.resolution),
-        );
-        series
+        let fields = codec::district_fields(row);
+        let ttl = district_ttl(config, row.resolution);
+        let points = series
             .entry((&row.tenant, &row.district, row.resolution))
-            .or_default()
-            .extend([row.start_ms.to_string(), codec::series_member(row)]);
+            .or_default();
+        let (start, member) = (row.start_ms.to_string(), codec::series_member(row));
+        let Some(version) = version else {
+            plan.hash(&row.tenant, &key, fields, ttl);
+            points.extend([start, member]);
+            continue;
+        };
+        let series_key = keys.series(&row.tenant, &row.district, row.resolution);
+        let mut commands = hash_words(&key, fields, ttl);
+        commands.push(vec![
+            "ZREMRANGEBYSCORE".to_owned(),
+            series_key.clone(),
+            start.clone(),
+            start.clone(),
+        ]);
+        commands.push(vec!["ZADD".to_owned(), series_key, start, member]);
+        plan.gated(&row.tenant, KeySpace::shares(&key), version, commands);
     }
     // The district index lives as long as the longest series (days).
     let districts_ttl = district_ttl(config, Resolution::Day);
@@ -349,36 +451,52 @@ fn districts(plan: &mut ApplyPlan, keys: &KeySpace, config: &RedisConfig, rows: 
     }
 }
 
-fn tops(plan: &mut ApplyPlan, keys: &KeySpace, config: &RedisConfig, outputs: &Outputs) {
-    for list in &outputs.top {
+/// Per list one [`REPLACE_TOP`] call; a gated list (a merged total) does the same
+/// in its [`GATED`] call.
+fn tops(
+    plan: &mut ApplyPlan,
+    keys: &KeySpace,
+    config: &RedisConfig,
+    lists: &[Aggregate<TopConsumers>],
+) {
+    for &(list, version) in lists {
         let stamp = day_label_stamp(&list.day);
         let Some(stamp) = stamp.filter(|_| ids_are_valid(&[&list.tenant])) else {
             plan.skip(|| format!("top list {}/{}", list.tenant, list.day));
             continue;
         };
-        let mut args = Vec::with_capacity(1 + 2 * list.entries.len());
-        args.push(ttl(config.top_ttl_secs).to_string());
+        let key = keys.top(&list.tenant, &stamp);
+        let ttl = ttl(config.top_ttl_secs).to_string();
+        let mut scored = Vec::with_capacity(2 * list.entries.len());
         for entry in &list.entries {
-            args.push(codec::litres_score(entry.usage_l).to_string());
-            args.push(entry.meter.clone());
+            scored.push(codec::litres_score(entry.usage_l).to_string());
+            scored.push(entry.meter.clone());
         }
-        plan.eval(
-            &list.tenant,
-            REPLACE_TOP,
-            &[keys.top(&list.tenant, &stamp)],
-            &args,
-        );
+        let Some(version) = version else {
+            let args: Vec<String> = [ttl].into_iter().chain(scored).collect();
+            plan.eval(&list.tenant, REPLACE_TOP, &[key], &args);
+            continue;
+        };
+        let mut commands = vec![vec!["DEL".to_owned(), key.clone()]];
+        if !scored.is_empty() {
+            commands.push([vec!["ZADD".to_owned(), key.clone()], scored].concat());
+            commands.push(vec!["EXPIRE".to_owned(), key.clone(), ttl]);
+        }
+        plan.gated(&list.tenant, KeySpace::shares(&key), version, commands);
     }
 }
 
+/// Per tenant with alert steps or a summary one [`APPLY_ALERTS`] call. A gated
+/// summary (a merged total) writes its figures in a [`GATED`] call before it, and
+/// the alert script only counts the open alerts into it.
 fn alerts_and_summaries(
     plan: &mut ApplyPlan,
     keys: &KeySpace,
     config: &RedisConfig,
-    outputs: &Outputs,
+    alerts: &[AlertEvent],
+    summaries: &[Aggregate<TenantSummary>],
     versions: &Versions,
 ) {
-    let (alerts, summaries) = (&outputs.alerts, &outputs.summaries);
     let mut events: BTreeMap<&str, Vec<&AlertEvent>> = BTreeMap::new();
     for event in alerts {
         if ids_are_valid(&[&event.tenant, &event.meter]) {
@@ -387,10 +505,10 @@ fn alerts_and_summaries(
             plan.skip(|| format!("alert {}/{}", event.tenant, event.meter));
         }
     }
-    let mut latest: BTreeMap<&str, &TenantSummary> = BTreeMap::new();
-    for summary in summaries {
+    let mut latest: BTreeMap<&str, Aggregate<TenantSummary>> = BTreeMap::new();
+    for &(summary, version) in summaries {
         if ids_are_valid(&[&summary.tenant]) {
-            latest.insert(&summary.tenant, summary);
+            latest.insert(&summary.tenant, (summary, version));
         } else {
             plan.skip(|| format!("summary {}", summary.tenant));
         }
@@ -418,15 +536,38 @@ fn alerts_and_summaries(
             ttl(config.meter_ttl_secs).to_string(),
             ttl(config.summary_ttl_secs).to_string(),
         ];
+        if let Some((s, Some(version))) = summary {
+            let key = keys.summary(tenant);
+            let ttl = ttl(config.summary_ttl_secs).to_string();
+            let figures = vec![
+                "HSET".to_owned(),
+                key.clone(),
+                summary_fields::DAY.to_owned(),
+                s.day.clone(),
+                summary_fields::USAGE_TODAY_L.to_owned(),
+                s.usage_today_l.to_string(),
+                summary_fields::METERS_REPORTING.to_owned(),
+                s.meters_reporting.to_string(),
+                summary_fields::UPDATED_AT.to_owned(),
+                s.updated_at.to_string(),
+            ];
+            let expire = vec!["EXPIRE".to_owned(), key.clone(), ttl];
+            plan.gated(
+                tenant,
+                KeySpace::shares(&key),
+                *version,
+                vec![figures, expire],
+            );
+        }
         match summary {
-            Some(s) => args.extend([
+            Some((s, None)) => args.extend([
                 "1".to_owned(),
                 s.day.clone(),
                 s.usage_today_l.to_string(),
                 s.meters_reporting.to_string(),
                 s.updated_at.to_string(),
             ]),
-            None => args.extend(["0", "", "", "", ""].map(String::from)),
+            Some((_, Some(_))) | None => args.extend(["0", "", "", "", ""].map(String::from)),
         }
         args.push(config.alerts_stream_maxlen.to_string());
         args.push(steps.len().to_string());
@@ -480,6 +621,7 @@ mod tests {
             &RedisConfig::default(),
             Grouping::One,
             &Outputs::default(),
+            None,
         );
         assert_eq!(plan.commands, 0);
         let current = current_bills(
@@ -545,6 +687,7 @@ mod tests {
             &RedisConfig::default(),
             Grouping::One,
             &outputs,
+            None,
         );
         // view, index script, bills script, district row, series script, top script,
         // alerts/summary script.
@@ -598,6 +741,7 @@ mod tests {
                 districts,
                 ..Outputs::default()
             },
+            None,
         );
         // acme's views and index in two pairs of calls, other's in one pair; four
         // row hashes and three series.
@@ -639,6 +783,7 @@ mod tests {
                 &RedisConfig::default(),
                 grouping,
                 &outputs,
+                None,
             )
         };
         let one = planned(Grouping::One);

@@ -175,6 +175,12 @@ impl KeySpace {
         format!("{}:{{{tenant}}}", self.prefix)
     }
 
+    /// `{target}:shares` HASH: the contributors' shares of an aggregate with
+    /// several writers (`shares.rs`), beside its target key.
+    pub fn shares(target: &str) -> String {
+        format!("{target}:shares")
+    }
+
     /// `mf:{t}:meter:{m}` HASH.
     pub fn meter(&self, tenant: &str, meter: &str) -> String {
         format!("{}:meter:{meter}", self.tenant(tenant))

@@ -20,6 +20,7 @@
 //! | `mf:{t}:meters`, `…:meters:by_district` | ZSET (lex): meter ids, `{district}:{meter}` | 7 days |
 //! | `mf:{t}:meters:last_ts`, `…:meters:seen` | ZSET: meter → newest reading, last view write | 7 days |
 //! | `mf:{t}:meters:district` | HASH: meter → district | 7 days |
+//! | `{district, top or summary key}:shares` | HASH: contributors' shares, `#v`, `#w` (`shares.rs`; only with a contributor) | as the key |
 //!
 //! Every TTL is renewed by each write of its key, and configurable ([`RedisConfig`]).
 //! Sorted sets that grow with time or meters are also trimmed at each write: series
@@ -29,7 +30,8 @@
 //!
 //! Values are absolute (what processors computed, never `INCR`), so applying the
 //! same outputs twice, or replaying them after a Redis restart, leaves the same
-//! hashes and sorted sets. The one exception is the alerts stream, an event log: a
+//! hashes and sorted sets. (With a contributor, an aggregate is the merge of the
+//! contributors' absolute shares, `shares.rs`; the same holds.) The one exception is the alerts stream, an event log: a
 //! replay appends the same steps again (readers may dedupe on meter, kind,
 //! opened_at, state, at).
 //!
@@ -92,6 +94,7 @@ mod connection;
 pub mod fields;
 pub mod keys;
 mod scripts;
+mod shares;
 
 use std::collections::HashMap;
 
@@ -257,6 +260,9 @@ pub struct RedisCache {
     breaker: CircuitBreaker,
     /// The runtime the connection runs on and every call `block_on`s.
     runtime: ClientRuntime,
+    /// Who this cache writes aggregates for, when several processes write them
+    /// ([`with_contributor`](Self::with_contributor)).
+    contributor: Option<String>,
 }
 
 impl RedisCache {
@@ -315,7 +321,39 @@ impl RedisCache {
             keys: KeySpace::new(&config.key_prefix),
             config,
             runtime,
+            contributor: None,
         })
+    }
+
+    /// This cache as one of several writers of the aggregates (distributed mode's
+    /// processors, each counting the meters it owns): district rows, top lists and
+    /// summaries are written as `contributor`'s share, and each key gets the merge
+    /// of every contributor's (`shares.rs`). `contributor` names one run of one
+    /// process (an id no other run uses); without one, as by default, the cache
+    /// writes the aggregates it is given as the totals.
+    pub fn with_contributor(mut self, contributor: &str) -> Self {
+        self.contributor = Some(contributor.to_owned());
+        self
+    }
+
+    /// Round one of the shared aggregates of `outputs` (`shares.rs`): their totals.
+    fn share(&self, contributor: &str, outputs: &Outputs) -> Result<shares::Totals, CacheError> {
+        let calls = shares::share_calls(&self.keys, &self.config, contributor, outputs);
+        let replies = self.call(|connection| {
+            try_join_all(calls.iter().map(|call| {
+                let mut connection = connection.clone();
+                async move {
+                    redis::cmd("EVAL")
+                        .arg(scripts::PUT_SHARES)
+                        .arg(call.keys.len())
+                        .arg(&call.keys)
+                        .arg(&call.args)
+                        .query_async::<Vec<Vec<String>>>(&mut connection)
+                        .await
+                }
+            }))
+        })?;
+        Ok(shares::totals(&calls, replies))
     }
 
     /// The breaker's state, for metrics (`closed`, `open`, `half_open`).
@@ -450,7 +488,20 @@ impl HotCache for RedisCache {
     /// concurrently, as one call: a transient failure of any retries them all (every
     /// write is absolute; only the alert stream would get a step twice).
     fn apply(&self, outputs: &Outputs) -> Result<(), CacheError> {
-        let plan = apply::plan(&self.keys, &self.config, self.grouping, outputs);
+        let shared = !(outputs.districts.is_empty()
+            && outputs.top.is_empty()
+            && outputs.summaries.is_empty());
+        let totals = match &self.contributor {
+            Some(contributor) if shared => Some(self.share(contributor, outputs)?),
+            _ => None,
+        };
+        let plan = apply::plan(
+            &self.keys,
+            &self.config,
+            self.grouping,
+            outputs,
+            totals.as_ref(),
+        );
         if plan.skipped > 0 {
             // Ids are validated where they enter; a bad one here is a bug upstream.
             // Skipping it keeps one bad row from failing (and re-failing) the rest.

@@ -356,6 +356,50 @@ end
 return reply
 ";
 
+/// Round one of a shared aggregate (`shares.rs`): per key of `KEYS` (a target's
+/// `…:shares` hash), the contributor's share in its field, the version `#v` raised
+/// by one and the TTL renewed; then the whole hash back. Atomic, so the shares a
+/// reply holds are exactly those written up to its version.
+///
+/// `ARGV[1]`: the contributor; then per key: TTL, seconds, and the share (JSON).
+/// Returns per key the hash as `HGETALL` gives it (`#v`, `#w` and one field per
+/// contributor).
+pub(crate) const PUT_SHARES: &str = r"
+local replies = {}
+for i, key in ipairs(KEYS) do
+  redis.call('HSET', key, ARGV[1], ARGV[2 * i + 1])
+  redis.call('HINCRBY', key, '#v', 1)
+  redis.call('EXPIRE', key, ARGV[2 * i])
+  replies[i] = redis.call('HGETALL', key)
+end
+return replies
+";
+
+/// Round two of a shared aggregate: runs the commands that write a target's total
+/// unless a total of the same or a higher version was written (`#w` of its shares
+/// hash), and records this one's. So the total read last is the one that stays,
+/// whatever order the writes land in.
+///
+/// `KEYS[1]`: the shares hash; the other keys: those the commands write (all of one
+/// tenant, one slot). `ARGV[1]`: the version the total was merged at; then per
+/// command its number of words and the words (`HSET key field value…`).
+/// Returns 1 when written, 0 when a newer total was there.
+pub(crate) const GATED: &str = r"
+local version = tonumber(ARGV[1])
+local written = tonumber(redis.call('HGET', KEYS[1], '#w') or '0')
+if written >= version then
+  return 0
+end
+redis.call('HSET', KEYS[1], '#w', ARGV[1])
+local at = 2
+while at <= #ARGV do
+  local words = tonumber(ARGV[at])
+  redis.call(unpack(ARGV, at + 1, at + words))
+  at = at + words + 1
+end
+return 1
+";
+
 #[cfg(test)]
 mod tests {
     use super::*;

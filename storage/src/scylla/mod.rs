@@ -318,6 +318,9 @@ struct Core {
     /// Permits for statements in flight (`config.max_in_flight`).
     in_flight: Semaphore,
     breaker: CircuitBreaker,
+    /// Who this store writes district hours for, when several processes write them
+    /// ([`ScyllaStore::with_contributor`]).
+    contributor: Option<String>,
 }
 
 /// [`ReadingStore`] on ScyllaDB or Apache Cassandra.
@@ -389,6 +392,16 @@ impl ScyllaStore {
     /// The breaker's state, for metrics (`closed`, `open`, `half_open`).
     pub fn breaker_state(&self) -> BreakerState {
         self.core.breaker.state()
+    }
+
+    /// This store as one of several writers of district hours (distributed mode's
+    /// processors, each counting the meters it owns): its hours are written to
+    /// `district_hourly_shares` as `contributor`'s share, and reads merge every
+    /// share (schema docs). `contributor` names one run of one process (an id no
+    /// other run uses).
+    pub fn with_contributor(mut self, contributor: &str) -> Self {
+        self.core.contributor = Some(contributor.to_owned());
+        self
     }
 
     pub fn keyspace(&self) -> &str {
@@ -776,6 +789,7 @@ impl Core {
             breaker: CircuitBreaker::new("scylla", config.breaker.clone()),
             config,
             statements,
+            contributor: None,
         })
     }
 

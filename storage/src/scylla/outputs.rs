@@ -65,10 +65,17 @@ pub(super) struct OutputStatements {
     select_alert_days: PreparedStatement,
     select_alerts: PreparedStatement,
     insert_district_hour: PreparedStatement,
+    insert_district_hour_share: PreparedStatement,
     insert_district_hour_day: PreparedStatement,
     select_district_hour_days: PreparedStatement,
     select_district_hours: PreparedStatement,
+    select_district_hour_shares: PreparedStatement,
 }
+
+/// The columns of an hour, as both `district_hourly` and `district_hourly_shares`
+/// list them after their keys.
+const HOUR_COLUMNS: &str = "usage_l, meters, p50_l, p90_l, p99_l, sketch_zeros, sketch_bins, \
+     night_hour_l, night_flow_lph, inflow_l, inflow_night_hour_l, inflow_night_flow_lph";
 
 impl OutputStatements {
     pub(super) async fn prepare(session: &Session, ks: &str) -> Result<Self, StoreError> {
@@ -103,10 +110,14 @@ impl OutputStatements {
             ))
             .await?,
             insert_district_hour: prepare(format!(
-                "INSERT INTO {ks}.district_hourly (tenant, district, day, hour, usage_l, meters, \
-                 p50_l, p90_l, p99_l, sketch_zeros, sketch_bins, night_hour_l, night_flow_lph, \
-                 inflow_l, inflow_night_hour_l, inflow_night_flow_lph) \
+                "INSERT INTO {ks}.district_hourly (tenant, district, day, hour, {HOUR_COLUMNS}) \
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?"
+            ))
+            .await?,
+            insert_district_hour_share: prepare(format!(
+                "INSERT INTO {ks}.district_hourly_shares (tenant, district, day, hour, \
+                 contributor, {HOUR_COLUMNS}) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?"
             ))
             .await?,
             insert_district_hour_day: prepare(format!(
@@ -120,9 +131,12 @@ impl OutputStatements {
             ))
             .await?,
             select_district_hours: prepare(format!(
-                "SELECT hour, usage_l, meters, p50_l, p90_l, p99_l, sketch_zeros, sketch_bins, \
-                 night_hour_l, night_flow_lph, inflow_l, inflow_night_hour_l, \
-                 inflow_night_flow_lph FROM {ks}.district_hourly \
+                "SELECT hour, {HOUR_COLUMNS} FROM {ks}.district_hourly \
+                 WHERE tenant = ? AND district = ? AND day = ? AND hour >= ? AND hour < ?"
+            ))
+            .await?,
+            select_district_hour_shares: prepare(format!(
+                "SELECT hour, {HOUR_COLUMNS} FROM {ks}.district_hourly_shares \
                  WHERE tenant = ? AND district = ? AND day = ? AND hour >= ? AND hour < ?"
             ))
             .await?,
@@ -230,6 +244,15 @@ struct DistrictHourRow<'a> {
     columns: DistrictHourColumns,
     #[scylla(rename = "[ttl]")]
     ttl: i32,
+}
+
+/// A `district_hourly_shares` row as bound to `insert_district_hour_share`: an
+/// hour row and whose share it is.
+#[derive(SerializeRow)]
+struct DistrictHourShareRow<'a> {
+    #[scylla(flatten)]
+    hour: DistrictHourRow<'a>,
+    contributor: &'a str,
 }
 
 /// An hour's own columns: written inside a [`DistrictHourRow`] and returned by
@@ -643,7 +666,8 @@ impl Core {
         drain(statements).await
     }
 
-    /// One `(tenant, district, day)` partition of hourly rows, and its
+    /// One `(tenant, district, day)` partition of hourly rows — a contributor's
+    /// shares in `district_hourly_shares` when the store has one — and its
     /// `district_hourly_days` entry.
     async fn write_district_hours(
         &self,
@@ -654,16 +678,22 @@ impl Core {
     ) -> Result<(), StoreError> {
         let ttl = self.config.district_hourly_ttl_secs();
         let date = cql_date(day)?;
-        let rows: Vec<DistrictHourRow<'_>> = hours
-            .values()
-            .map(|row| DistrictHourRow {
-                tenant,
-                district,
-                day: date,
-                columns: DistrictHourColumns::of(row),
-                ttl,
-            })
-            .collect();
+        let rows = hours.values().map(|row| DistrictHourRow {
+            tenant,
+            district,
+            day: date,
+            columns: DistrictHourColumns::of(row),
+            ttl,
+        });
+        // One of the two is empty.
+        let (rows, shares): (Vec<_>, Vec<_>) = match &self.contributor {
+            None => (rows.collect(), Vec::new()),
+            Some(contributor) => (
+                Vec::new(),
+                rows.map(|hour| DistrictHourShareRow { hour, contributor })
+                    .collect(),
+            ),
+        };
         let statements: FuturesUnordered<UnitFuture<'_>> = FuturesUnordered::new();
         statements.push(Box::pin(self.execute(
             "writing district_hourly_days failed",
@@ -680,6 +710,12 @@ impl Core {
             "writing district_hourly failed",
             &self.statements.outputs.insert_district_hour,
             &rows,
+        );
+        self.push_batches(
+            &statements,
+            "writing district_hourly_shares failed",
+            &self.statements.outputs.insert_district_hour_share,
+            &shares,
         );
         drain(statements).await
     }
@@ -766,27 +802,41 @@ impl Core {
                 to_ms,
             )
             .await?;
-        let mut out = Vec::new();
+        // Per hour, its row and its shares merged.
+        let mut hours: BTreeMap<i64, DistrictUsage> = BTreeMap::new();
         for (date,) in days {
-            let rows: Vec<DistrictHourColumns> = self
-                .select_all(
+            let key = (
+                tenant,
+                district,
+                date,
+                CqlTimestamp(from_ms),
+                CqlTimestamp(to_ms),
+            );
+            let tables = [
+                (
                     "reading district_hourly failed",
                     &self.statements.outputs.select_district_hours,
-                    (
-                        tenant,
-                        district,
-                        date,
-                        CqlTimestamp(from_ms),
-                        CqlTimestamp(to_ms),
-                    ),
-                    usize::MAX,
-                )
-                .await?;
-            for columns in rows {
-                out.push(columns.decode(tenant, district)?);
+                ),
+                (
+                    "reading district_hourly_shares failed",
+                    &self.statements.outputs.select_district_hour_shares,
+                ),
+            ];
+            for (what, statement) in tables {
+                let rows: Vec<DistrictHourColumns> =
+                    self.select_all(what, statement, key, usize::MAX).await?;
+                for columns in rows {
+                    let row = columns.decode(tenant, district)?;
+                    match hours.entry(row.start_ms) {
+                        Entry::Vacant(vacant) => {
+                            vacant.insert(row);
+                        }
+                        Entry::Occupied(mut merged) => merged.get_mut().merge(&row),
+                    }
+                }
             }
         }
-        Ok(out)
+        Ok(hours.into_values().collect())
     }
 }
 

@@ -14,6 +14,7 @@
 //! | `alert_days` | `((tenant), day)` newest first | which days of a tenant have alert episodes | 2 |
 //! | `district_hourly` | `((tenant, district, day), hour)` | usage_l, meters, p50_l, p90_l, p99_l, sketch_zeros, sketch_bins, night_hour_l, night_flow_lph (2); inflow_l, inflow_night_hour_l, inflow_night_flow_lph (3) | 2 |
 //! | `district_hourly_days` | `((tenant, district), day)` | which days of a district have hourly rows | 2 |
+//! | `district_hourly_shares` | `((tenant, district, day), hour, contributor)` | the columns of `district_hourly`: one processor's share of the hour (distributed mode) | 5 |
 //! | `schema_migrations` | `(version)` | name, applied_at | — |
 //! | `schema_lease` | `(id)` | holder, taken_at: who migrates now (one row, TTL) | — |
 //!
@@ -53,6 +54,12 @@
 //!   reported in the hour); `inflow_night_hour_l` and `inflow_night_flow_lph` are
 //!   the inflow's night hours and minimum night flow, day-row fields like the
 //!   customers' ones. TTL `district_hourly_ttl_days` (default 400).
+//! - `district_hourly_shares`: in distributed mode each processor counts the meters
+//!   it owns, so it writes its *share* of an hour here under its `contributor` (one
+//!   run of one processor) instead of `district_hourly`; an hour's figures are the
+//!   merge of its `district_hourly` row and its shares — litres and meters added,
+//!   sketch bins added, percentiles and night flows from the merged values — which
+//!   is what the store's reads return. Same encodings and TTL as `district_hourly`.
 //!
 //! The `*_days` tables are indexes the read paths need: readings are partitioned by
 //! day, dead letters and alerts by tenant-day, district hours by district-day, so
@@ -197,7 +204,30 @@ pub const MIGRATIONS: &[Migration] = &[
         statements: exception_tables,
         added_columns: &[],
     },
+    Migration {
+        version: 5,
+        name: "district_hourly_shares",
+        statements: district_share_tables,
+        added_columns: &[],
+    },
 ];
+
+/// Migration 5: the processors' shares of district hours (distributed mode).
+fn district_share_tables(ks: &str, config: &ScyllaConfig) -> Vec<String> {
+    let district_ttl = config.district_hourly_ttl_secs();
+    vec![format!(
+        "CREATE TABLE IF NOT EXISTS {ks}.district_hourly_shares (\
+         tenant text, district text, day date, hour timestamp, contributor text, \
+         usage_l bigint, meters bigint, p50_l bigint, p90_l bigint, p99_l bigint, \
+         sketch_zeros bigint, sketch_bins frozen<list<frozen<tuple<int, bigint>>>>, \
+         night_hour_l frozen<tuple<bigint, bigint>>, night_flow_lph bigint, \
+         inflow_l bigint, inflow_night_hour_l frozen<tuple<bigint, bigint>>, \
+         inflow_night_flow_lph bigint, \
+         PRIMARY KEY ((tenant, district, day), hour, contributor)) \
+         WITH CLUSTERING ORDER BY (hour ASC, contributor ASC) \
+         AND default_time_to_live = {district_ttl}"
+    )]
+}
 
 fn exception_tables(ks: &str, _: &ScyllaConfig) -> Vec<String> {
     vec![super::exceptions::table(ks)]

@@ -923,3 +923,128 @@ fn redis_district_keys_are_stamped_utc_hours_and_local_dates(url: &str) {
     assert_eq!(hour(MIDNIGHT + 4 * HOUR, india_hour), 0);
     assert_eq!(hour(MIDNIGHT + 4 * HOUR, MIDNIGHT + 5 * HOUR), 1);
 }
+
+redis_and_cluster!(redis_aggregates_of_several_contributors_are_merged);
+/// Two processors, each with its share of the same district windows, top list and
+/// summary (the meters it owns): whatever order they apply in, every key holds the
+/// merge of both shares — hashes, series points, the top list, the summary — and a
+/// total older than one already written is never written over it.
+fn redis_aggregates_of_several_contributors_are_merged(url: &str) {
+    use meterflow_model::analytics::{DistrictUsage, UsageSketch};
+
+    use crate::cache_contract::{as_cached, top_list};
+
+    let (p1, _cleanup, prefix) = cache_on(url, "shares", RedisConfig::default());
+    let p1 = p1.with_contributor("p1");
+    let p2 = RedisCache::open(url, config(&prefix))
+        .unwrap()
+        .with_contributor("p2");
+    let minute_start = MIDNIGHT + 10 * MINUTE;
+    let minute = |usage_l, meters| {
+        district_row(
+            "acme",
+            "north",
+            Resolution::Minute,
+            minute_start,
+            usage_l,
+            meters,
+        )
+    };
+    let hour = |values: &[u64]| {
+        let mut sketch = UsageSketch::default();
+        values.iter().for_each(|v| sketch.add(*v));
+        let mut row = DistrictUsage {
+            meter_hour_sketch: sketch,
+            ..district_row(
+                "acme",
+                "north",
+                Resolution::Hour,
+                MIDNIGHT,
+                values.iter().sum(),
+                values.len() as u64,
+            )
+        };
+        row.refresh_derived();
+        row
+    };
+    let day = |usage_l, meters, night: [Option<u64>; 2]| {
+        let mut row = DistrictUsage {
+            night_hour_l: night,
+            ..district_row("acme", "north", Resolution::Day, MIDNIGHT, usage_l, meters)
+        };
+        row.refresh_derived();
+        row
+    };
+    let outputs = |districts: Vec<DistrictUsage>, top: &[(&str, u64)], usage_today_l, at| Outputs {
+        districts,
+        top: vec![top_list("acme", "2025-01-15", top)],
+        summaries: vec![summary("acme", usage_today_l, at)],
+        ..Outputs::default()
+    };
+    p1.apply(&outputs(
+        vec![minute(10, 1), hour(&[10, 20]), day(100, 2, [Some(5), None])],
+        &[("m1", 60), ("m2", 40)],
+        100,
+        1,
+    ))
+    .unwrap();
+    // m1 moved to p2 during the day: p2 lists its later (greater) day total.
+    p2.apply(&outputs(
+        vec![minute(7, 1), hour(&[30]), day(50, 1, [Some(3), Some(9)])],
+        &[("m1", 70), ("m3", 30)],
+        50,
+        2,
+    ))
+    .unwrap();
+    // p1's next flush of its still-growing minute.
+    p1.apply(&Outputs {
+        districts: vec![minute(12, 1)],
+        ..Outputs::default()
+    })
+    .unwrap();
+
+    let read = |resolution, from| {
+        p2.district_usage("acme", "north", resolution, from, from + 1)
+            .unwrap()
+    };
+    assert_eq!(read(Resolution::Minute, minute_start), vec![minute(19, 2)]);
+    let mut merged_hour = hour(&[10, 20]);
+    merged_hour.merge(&hour(&[30]));
+    assert_eq!(merged_hour.p50_l, Some(20));
+    assert_eq!(
+        read(Resolution::Hour, MIDNIGHT),
+        vec![as_cached(&merged_hour)]
+    );
+    let merged_day = day(150, 3, [Some(8), Some(9)]);
+    assert_eq!(merged_day.night_flow_lph, Some(8));
+    assert_eq!(read(Resolution::Day, MIDNIGHT), vec![merged_day]);
+    let top = p1.top_consumers("acme", "2025-01-15", 10).unwrap();
+    assert_eq!(
+        top,
+        top_list("acme", "2025-01-15", &[("m1", 70), ("m2", 40), ("m3", 30)]).entries
+    );
+    let total = p1.summary("acme").unwrap().unwrap();
+    assert_eq!(
+        (
+            total.usage_today_l,
+            total.meters_reporting,
+            total.updated_at
+        ),
+        (150, 4, 2)
+    );
+
+    // A total merged at a lower version than the one written is not written: here
+    // the minute's total is marked as written far ahead, so p1's next share is
+    // kept but its total is not.
+    let mut raw = RawConnection::open(url);
+    let shares = format!("{prefix}:{{acme}}:district:north:min:202501150010:shares");
+    let _: () = raw.hset(&shares, "#w", 1_000).unwrap();
+    p1.apply(&Outputs {
+        districts: vec![minute(40, 1)],
+        ..Outputs::default()
+    })
+    .unwrap();
+    assert_eq!(read(Resolution::Minute, minute_start), vec![minute(19, 2)]);
+    let p1_share: String = raw.hget(&shares, "p1").unwrap();
+    assert!(p1_share.contains("\"usage_l\":40"), "{p1_share}");
+}

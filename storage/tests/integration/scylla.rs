@@ -399,6 +399,69 @@ fn scylla_a_stale_owners_late_commit_replaces_nothing_newer() {
     assert_eq!(resumed, written[0].0 + 60_000_000);
 }
 
+/// Distributed mode's processors each write their share of a district hour (the
+/// meters they own): a read returns every hour as the merge of its shares and of a
+/// row written without a contributor — litres, meters and the sketch added,
+/// percentiles from the merged sketch — and a contributor's rewrite replaces only
+/// its own share.
+#[test]
+fn scylla_district_hours_of_several_contributors_are_merged() {
+    use meterflow_model::analytics::{DistrictUsage, Resolution, UsageSketch};
+
+    let Some(cassandra) = servers::cassandra("scylla_shares") else {
+        return;
+    };
+    let (inspector, plain) = fresh("shares", &cassandra, test_config());
+    let open = |contributor: &str| {
+        ScyllaStore::open(&[cassandra.as_str()], &inspector.keyspace, test_config())
+            .unwrap()
+            .with_contributor(contributor)
+    };
+    let (p1, p2) = (open("p1"), open("p2"));
+    let hour = |start_ms: i64, values: &[u64]| {
+        let mut sketch = UsageSketch::default();
+        values.iter().for_each(|v| sketch.add(*v));
+        let mut row = DistrictUsage {
+            usage_l: values.iter().sum(),
+            meters: values.len() as u64,
+            meter_hour_sketch: sketch,
+            inflow_l: Some(1_000),
+            ..DistrictUsage::new("acme", "north", Resolution::Hour, start_ms)
+        };
+        row.refresh_derived();
+        row
+    };
+    let write = |store: &ScyllaStore, rows: Vec<DistrictUsage>| {
+        let outputs = Outputs {
+            districts: rows,
+            ..Outputs::default()
+        };
+        store.write_outputs(&outputs).unwrap();
+    };
+    let (h0, h1) = (BASE_TS, BASE_TS + 3_600_000);
+    write(&p1, vec![hour(h0, &[10, 20]), hour(h1, &[5])]);
+    write(&p2, vec![hour(h0, &[30])]);
+    write(&plain, vec![hour(h1, &[7])]);
+    write(&p1, vec![hour(h0, &[10, 25])]);
+
+    let mut merged = hour(h0, &[10, 25]);
+    merged.merge(&hour(h0, &[30]));
+    let mut second = hour(h1, &[5]);
+    second.merge(&hour(h1, &[7]));
+    let read = |store: &ScyllaStore| store.district_hourly("acme", "north", h0, h1 + 1).unwrap();
+    assert_eq!(read(&plain), vec![merged.clone(), second.clone()]);
+    assert_eq!(
+        (merged.usage_l, merged.meters, merged.inflow_l),
+        (65, 3, Some(2_000))
+    );
+    assert_eq!(read(&p2), read(&plain), "every store reads the merge");
+    let shares: Vec<(String,)> = inspector.rows(&format!(
+        "SELECT contributor FROM {}.district_hourly_shares",
+        inspector.keyspace
+    ));
+    assert_eq!(shares.len(), 3, "{shares:?}");
+}
+
 #[test]
 fn scylla_migrations_run_once_and_rerun_as_no_ops() {
     let Some(cassandra) = servers::cassandra("scylla_migrations") else {
@@ -433,6 +496,7 @@ fn scylla_migrations_run_once_and_rerun_as_no_ops() {
             "dead_letters",
             "district_hourly",
             "district_hourly_days",
+            "district_hourly_shares",
             "exceptions",
             "meter_state",
             "reading_days",
