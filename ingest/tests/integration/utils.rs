@@ -120,7 +120,10 @@ impl Meterflow {
         let deadline = Instant::now() + READY_TIMEOUT;
         while Instant::now() < deadline {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("meterflow exited early ({status}):\n{}", self.log_tail());
+                panic!(
+                    "meterflow exited early ({status}):\n{}",
+                    self.log_without_frames()
+                );
             }
             if self.get("/readyz").0 == 200 {
                 return;
@@ -141,6 +144,22 @@ impl Meterflow {
     pub(crate) fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<_> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// The last 40 lines of the log that are not frames of a backtrace: what a
+    /// process that exited with an error said, which a long backtrace would push out
+    /// of [`log_tail`](Self::log_tail).
+    pub(crate) fn log_without_frames(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let frame = |line: &&str| {
+            let line = line.trim_start();
+            line.starts_with("at ")
+                || line
+                    .split_once(": ")
+                    .is_some_and(|(n, _)| n.parse::<u32>().is_ok())
+        };
+        let lines: Vec<_> = text.lines().filter(|l| !frame(l)).collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 

@@ -230,7 +230,7 @@ fn summary_total(summary: &TenantSummary, shares: &[TenantSummary]) -> TenantSum
 
 #[cfg(test)]
 mod tests {
-    use meterflow_model::analytics::{Resolution, TopEntry};
+    use meterflow_model::analytics::Resolution;
 
     use super::*;
 
@@ -295,18 +295,16 @@ mod tests {
 
     #[test]
     fn top_lists_and_summaries_merge_by_day() {
-        let list = |entries: &[(&str, u64)]| TopConsumers {
-            tenant: "acme".into(),
-            day: "2026-12-05".into(),
-            day_start_ms: 0,
-            limit: 2,
-            entries: entries
-                .iter()
-                .map(|(meter, usage_l)| TopEntry {
-                    meter: (*meter).into(),
-                    usage_l: *usage_l,
-                })
-                .collect(),
+        let list = |offers: &[(&str, u64)]| {
+            let mut list = TopConsumers {
+                tenant: "acme".into(),
+                day: "2026-12-05".into(),
+                day_start_ms: 0,
+                limit: 2,
+                entries: Vec::new(),
+            };
+            offers.iter().for_each(|(meter, l)| list.offer(meter, *l));
+            list
         };
         // A meter that moved between processors is in both lists: its larger
         // (later) day total counts.
