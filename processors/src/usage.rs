@@ -8,7 +8,9 @@
 //!   it belongs to — the tenant's local day containing `ts − 1 ms`, the same rule as
 //!   the district and tenant figures (ARCHITECTURE.md departure 13), so a meter's
 //!   "today" and its tenant's "today" add up (a new day starts from that interval
-//!   alone); an `Actual` row becomes the latest reading shown;
+//!   alone); an `Actual` row becomes the latest reading shown, and so does a
+//!   `Recorded` one (an exchange's final read, which may be followed by no actual
+//!   read for a while: a later re-emission of it is then a correction, not new);
 //! - not newer (a late read, or a correction VEE re-emitted): not counted again;
 //!   what it changes against the row counted before ([`MeterBatch::corrections`])
 //!   moves `today_l` when the row belongs to that day (issue 10, case 6).
@@ -71,7 +73,7 @@ fn fold_meter(meter: &mut MeterBatch, calendar: &mut LocalCalendar) {
             usage.today_l = 0;
         }
         usage.today_l = usage.today_l.saturating_add(stored.interval_l.unwrap_or(0));
-        if stored.quality == Quality::Actual {
+        if matches!(stored.quality, Quality::Actual | Quality::Recorded) {
             usage.last = Some(reading);
             usage.last_quality = stored.quality;
         }
