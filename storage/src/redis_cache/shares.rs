@@ -68,16 +68,23 @@ impl Share<'_> {
     }
 }
 
-/// Round one for one tenant (one slot): the [`PUT_SHARES`](super::scripts::PUT_SHARES) call.
+/// One [`PUT_SHARES`](super::scripts::PUT_SHARES) call of round one: targets of one
+/// tenant (one slot).
 pub(crate) struct ShareCall<'a> {
     pub(crate) keys: Vec<String>,
     pub(crate) args: Vec<String>,
     shares: Vec<Share<'a>>,
 }
 
-/// The aggregates of `outputs` as round-one calls, one per tenant; a target given
-/// twice is shared once, as its later row. Rows whose names are not ids are left
-/// out here, as the apply plan leaves them out.
+/// Targets per [`PUT_SHARES`](super::scripts::PUT_SHARES) call: each costs the
+/// script a few commands and a share read back, so a call stays within a few
+/// milliseconds of Redis time however many districts a tenant flushes at once.
+pub(crate) const SHARES_PER_CALL: usize = 500;
+
+/// The aggregates of `outputs` as round-one calls, per tenant (one slot) one per
+/// [`SHARES_PER_CALL`] targets; a target given twice is shared once, as its later
+/// row. Rows whose names are not ids are left out here, as the apply plan leaves
+/// them out.
 pub(crate) fn share_calls<'a>(
     keys: &KeySpace,
     config: &RedisConfig,
@@ -110,22 +117,24 @@ pub(crate) fn share_calls<'a>(
             tenant.insert(KeySpace::shares(&key), (ttl, Share::Summary(summary)));
         }
     }
-    targets
-        .into_values()
-        .map(|targets| {
+    let mut calls = Vec::new();
+    for targets in targets.into_values() {
+        let mut targets = targets.into_iter().peekable();
+        while targets.peek().is_some() {
             let mut call = ShareCall {
-                keys: Vec::with_capacity(targets.len()),
+                keys: Vec::new(),
                 args: vec![contributor.to_owned()],
-                shares: Vec::with_capacity(targets.len()),
+                shares: Vec::new(),
             };
-            for (key, (ttl, share)) in targets {
+            for (key, (ttl, share)) in targets.by_ref().take(SHARES_PER_CALL) {
                 call.args.extend([ttl.to_string(), share.json()]);
                 call.keys.push(key);
                 call.shares.push(share);
             }
-            call
-        })
-        .collect()
+            calls.push(call);
+        }
+    }
+    calls
 }
 
 /// The totals of round one's replies: per call, one reply per key, the shares hash
@@ -291,6 +300,27 @@ mod tests {
             Some(5),
             "derived from the merge"
         );
+    }
+
+    #[test]
+    fn a_tenants_shares_are_sent_in_calls_of_bounded_size() {
+        let rows = (0..SHARES_PER_CALL + 1)
+            .map(|d| DistrictUsage::new("acme", &format!("d{d}"), Resolution::Hour, 0));
+        let outputs = Outputs {
+            districts: rows
+                .chain([DistrictUsage::new("other", "x", Resolution::Hour, 0)])
+                .collect(),
+            ..Outputs::default()
+        };
+        let calls = share_calls(
+            &KeySpace::new("mf"),
+            &RedisConfig::default(),
+            "p1",
+            &outputs,
+        );
+        let sizes: Vec<usize> = calls.iter().map(|c| c.keys.len()).collect();
+        assert_eq!(sizes, [SHARES_PER_CALL, 1, 1]);
+        assert!(calls.iter().all(|c| c.args.len() == 1 + 2 * c.keys.len()));
     }
 
     #[test]
