@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,24 +18,10 @@ use meterflow_storage::embedded::EmbeddedStore;
 /// creates the keyspace and tables, which a loaded test machine can take long over).
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// A free loopback port for a service a test starts, below the kernel's ephemeral
-/// range: a port from that range, released after the probe, can be taken by any
-/// outgoing connection of the tests running beside it before the service binds it
-/// (which then exits: "is not free"). Ports below the range are only ever bound on
-/// purpose; the test servers' fixed ports (`scripts/`) are all below 20,000.
+/// A free loopback address for a service a test starts
+/// ([`server_support::free_port`]).
 pub(crate) fn free_addr() -> SocketAddr {
-    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32_768);
-    let ports = 20_000..ephemeral_from.max(20_001);
-    for _ in 0..1_000 {
-        let port = rand::random_range(ports.clone());
-        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
-            return listener.local_addr().unwrap();
-        }
-    }
-    panic!("no free port in {ports:?} after 1,000 tries")
+    SocketAddr::from(([127, 0, 0, 1], crate::server_support::free_port()))
 }
 
 /// A meterflow process.

@@ -4,6 +4,10 @@
 //! skip — when mosquitto is missing. Run with `cargo test -p meterflow-simulator`
 //! (see simulator/README.md).
 
+// The storage crate's helpers for real servers (free ports), shared rather than copied.
+#[allow(dead_code)]
+#[path = "../../../storage/tests/integration/servers.rs"]
+mod server_support;
 mod utils;
 
 use std::process::Command;

@@ -10,7 +10,7 @@
 //! subscribed to their ack topic.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -61,11 +61,7 @@ pub(crate) struct Mosquitto {
 impl Mosquitto {
     /// Starts a broker on a free port.
     pub(crate) fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port")
-            .port();
-        Self::start_on(port)
+        Self::start_on(crate::server_support::free_port())
     }
 
     /// Starts a broker on `port` (a restart reuses the port of the killed one).

@@ -146,10 +146,55 @@ pub(crate) fn unique_name(test: &str) -> String {
     format!("mft_{test}_{}_{n}_{nanos:x}", std::process::id())
 }
 
-/// A port nothing listens on (bound, then released).
+/// A free loopback port for a server a test starts, outside the kernel's ephemeral
+/// range: a port from that range, released after the probe, can be taken by any
+/// outgoing connection of the tests running beside it before the server binds it
+/// (which then fails to start). Ports outside it are only ever bound on purpose; the
+/// test servers' fixed ports (`scripts/`) are all below 20,000, so the ports tried
+/// are those from 20,000 up to the range (Linux's default: 32,768), or above it when
+/// it starts lower. Without room either side, any free port.
+pub(crate) fn free_port() -> u16 {
+    let range: Vec<u32> = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let (low, high) = match range[..] {
+        [low, high] => (low, high),
+        _ => (32_768, 60_999),
+    };
+    let outside = if low >= 21_000 {
+        Some((20_000, low))
+    } else if high <= 64_535 {
+        Some((high + 1, 65_536))
+    } else {
+        None
+    };
+    let Some((from, to)) = outside else {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        return listener.local_addr().expect("local addr").port();
+    };
+    let mut state = u64::from(std::process::id())
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+        | 1;
+    for _ in 0..1_000 {
+        // xorshift64: a different candidate each try, no state shared between tests.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let port = (u64::from(from) + state % u64::from(to - from)) as u16;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().expect("local addr").port();
+        }
+    }
+    panic!("no free port in {from}..{to} after 1,000 tries")
+}
+
+/// A port nothing listens on (probed, then released).
 pub(crate) fn closed_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
+    free_port()
 }
 
 /// Forwards `127.0.0.1:<port>` to a target until stopped. Stopping closes the port
