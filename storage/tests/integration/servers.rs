@@ -207,8 +207,11 @@ pub(crate) struct Proxy {
 }
 
 impl Proxy {
-    /// Starts forwarding `127.0.0.1:port` (0: any free port) to `target`.
+    /// Starts forwarding `127.0.0.1:port` to `target`; with port 0, a [`free_port`]
+    /// (outside the ephemeral range, so that a proxy stopped and started again on the
+    /// same port, as an outage test does, finds it still free).
     pub(crate) fn start(port: u16, target: &str) -> io::Result<Proxy> {
+        let port = if port == 0 { free_port() } else { port };
         let listener = TcpListener::bind(("127.0.0.1", port))?;
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
