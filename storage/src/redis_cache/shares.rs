@@ -261,18 +261,18 @@ mod tests {
         reply
     }
 
+    /// Round one's calls of contributor `p1` for `outputs`, keys prefixed `mf`.
+    fn calls_of(outputs: &Outputs) -> Vec<ShareCall<'_>> {
+        share_calls(&KeySpace::new("mf"), &RedisConfig::default(), "p1", outputs)
+    }
+
     #[test]
     fn a_windows_total_merges_every_contributors_share() {
         let outputs = Outputs {
             districts: vec![row(10, 1, [Some(4), None])],
             ..Outputs::default()
         };
-        let calls = share_calls(
-            &KeySpace::new("mf"),
-            &RedisConfig::default(),
-            "p1",
-            &outputs,
-        );
+        let calls = calls_of(&outputs);
         assert_eq!(calls.len(), 1);
         assert_eq!(
             calls[0].keys,
@@ -312,12 +312,7 @@ mod tests {
                 .collect(),
             ..Outputs::default()
         };
-        let calls = share_calls(
-            &KeySpace::new("mf"),
-            &RedisConfig::default(),
-            "p1",
-            &outputs,
-        );
+        let calls = calls_of(&outputs);
         let sizes: Vec<usize> = calls.iter().map(|c| c.keys.len()).collect();
         assert_eq!(sizes, [SHARES_PER_CALL, 1, 1]);
         assert!(calls.iter().all(|c| c.args.len() == 1 + 2 * c.keys.len()));
