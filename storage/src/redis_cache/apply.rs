@@ -27,6 +27,12 @@
 //! outputs ([`Versions`]), so the scripts skip those of a meter whose hash holds a
 //! greater one (`scripts.rs`, "version").
 //!
+//! A cache with a contributor writes merged totals instead of the outputs' own
+//! district rows, top lists and summaries (`shares.rs`): each in one [`GATED`] call
+//! (a row's hash and its series point; a list; a summary's figures, before the
+//! tenant's [`APPLY_ALERTS`] call, which then only counts its open alerts), and
+//! the [`PUT_SERIES`] calls carry no points, only trimming the series.
+//!
 //! Rows whose tenant, meter or district is not an id (`[A-Za-z0-9_-]{1,64}`) are
 //! skipped and counted: such a name could break out of its key (`:`, `{`, `}`) or,
 //! for a view's district, out of its `{district}:{meter}` index member.
