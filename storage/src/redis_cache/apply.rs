@@ -47,13 +47,12 @@ use redis::Pipeline;
 
 use super::RedisConfig;
 use super::codec::{self, FieldUpdate};
-use super::fields::summary as summary_fields;
 use super::keys::{KeySpace, day_label_stamp, ids_are_valid};
 use super::scripts::{
     APPLY_ALERTS, APPLY_VIEWS, ENTRY_FIELDS, GATED, INDEX_METERS, PUT_SERIES, REPLACE_TOP,
     SET_BILLS,
 };
-use super::shares::Totals;
+use super::shares::{Gated, Totals};
 
 /// Views per [`APPLY_VIEWS`] and per [`INDEX_METERS`] call. Each view costs either
 /// script about five commands, so a call stays near a millisecond of Redis time: a
@@ -113,13 +112,11 @@ impl ApplyPlan {
             .expect("the group's pipeline was just ensured")
     }
 
-    fn hash(&mut self, tenant: &str, key: &str, (set, unset): FieldUpdate, ttl: i64) {
+    fn hash(&mut self, tenant: &str, key: &str, fields: FieldUpdate, ttl: i64) {
         let pipe = self.pipe(tenant);
-        pipe.hset_multiple(key, &set).ignore();
-        if !unset.is_empty() {
-            pipe.hdel(key, &unset).ignore();
+        for words in hash_words(key, fields, ttl) {
+            pipe.cmd(&words[0]).arg(&words[1..]).ignore();
         }
-        pipe.expire(key, ttl).ignore();
         self.commands += 1;
     }
 
@@ -197,26 +194,14 @@ pub(crate) fn plan(
     bills(&mut plan, keys, config, &outputs.bills, &versions);
     let aggregates = match totals {
         None => Aggregates {
-            districts: outputs.districts.iter().map(|row| (row, None)).collect(),
-            top: outputs.top.iter().map(|list| (list, None)).collect(),
-            summaries: outputs.summaries.iter().map(|s| (s, None)).collect(),
+            districts: as_given(&outputs.districts),
+            top: as_given(&outputs.top),
+            summaries: as_given(&outputs.summaries),
         },
         Some(totals) => Aggregates {
-            districts: totals
-                .districts
-                .iter()
-                .map(|g| (&g.total, Some(g.version)))
-                .collect(),
-            top: totals
-                .top
-                .iter()
-                .map(|g| (&g.total, Some(g.version)))
-                .collect(),
-            summaries: totals
-                .summaries
-                .iter()
-                .map(|g| (&g.total, Some(g.version)))
-                .collect(),
+            districts: as_gated(&totals.districts),
+            top: as_gated(&totals.top),
+            summaries: as_gated(&totals.summaries),
         },
     };
     districts(&mut plan, keys, config, &aggregates.districts);
@@ -240,6 +225,16 @@ struct Aggregates<'a> {
     districts: Vec<Aggregate<'a, DistrictUsage>>,
     top: Vec<Aggregate<'a, TopConsumers>>,
     summaries: Vec<Aggregate<'a, TenantSummary>>,
+}
+
+/// Aggregates written as the outputs give them.
+fn as_given<T>(rows: &[T]) -> Vec<Aggregate<'_, T>> {
+    rows.iter().map(|row| (row, None)).collect()
+}
+
+/// Merged totals, each gated by the version it was merged at.
+fn as_gated<T>(totals: &[Gated<T>]) -> Vec<Aggregate<'_, T>> {
+    totals.iter().map(|g| (&g.total, Some(g.version))).collect()
 }
 
 /// Per (tenant, meter), the version of its last view in one outputs: what its bill
@@ -544,26 +539,9 @@ fn alerts_and_summaries(
         ];
         if let Some((s, Some(version))) = summary {
             let key = keys.summary(tenant);
-            let ttl = ttl(config.summary_ttl_secs).to_string();
-            let figures = vec![
-                "HSET".to_owned(),
-                key.clone(),
-                summary_fields::DAY.to_owned(),
-                s.day.clone(),
-                summary_fields::USAGE_TODAY_L.to_owned(),
-                s.usage_today_l.to_string(),
-                summary_fields::METERS_REPORTING.to_owned(),
-                s.meters_reporting.to_string(),
-                summary_fields::UPDATED_AT.to_owned(),
-                s.updated_at.to_string(),
-            ];
-            let expire = vec!["EXPIRE".to_owned(), key.clone(), ttl];
-            plan.gated(
-                tenant,
-                KeySpace::shares(&key),
-                *version,
-                vec![figures, expire],
-            );
+            let ttl = ttl(config.summary_ttl_secs);
+            let commands = hash_words(&key, codec::summary_figures(s), ttl);
+            plan.gated(tenant, KeySpace::shares(&key), *version, commands);
         }
         match summary {
             Some((s, None)) => args.extend([

@@ -140,8 +140,21 @@ pub(crate) fn parse_view(
     }))
 }
 
-/// The hash fields of a district row. The sketch behind the percentiles is not
-/// stored: it only serves merging, which happens before the cache.
+/// A summary's figures: every field but `alerts_open`, which the alert script
+/// counts.
+pub(crate) fn summary_figures(s: &TenantSummary) -> FieldUpdate {
+    let figures = vec![
+        (summary::DAY, s.day.clone()),
+        (summary::USAGE_TODAY_L, s.usage_today_l.to_string()),
+        (summary::METERS_REPORTING, s.meters_reporting.to_string()),
+        (summary::UPDATED_AT, s.updated_at.to_string()),
+    ];
+    (figures, Vec::new())
+}
+
+/// The hash fields of a district row. The sketch behind the percentiles is not a
+/// field: it only serves merging (the sink's rollup, and `shares.rs`, which keeps
+/// it in each share's JSON).
 pub(crate) fn district_fields(row: &DistrictUsage) -> FieldUpdate {
     split_optional(
         vec![

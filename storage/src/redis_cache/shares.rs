@@ -31,8 +31,8 @@ use super::RedisConfig;
 use super::apply::{district_ttl, ttl};
 use super::keys::{KeySpace, day_label_stamp, ids_are_valid};
 
-/// Fields of a shares hash that are no contributor's: the version and the version
-/// of the last total written.
+/// The field of a shares hash holding its version. It and `#w` (the version of the
+/// total last written) start with `#`, which no contributor id does.
 const VERSION_FIELD: &str = "#v";
 
 /// A merged aggregate and the version of the shares it was merged from.
