@@ -867,12 +867,7 @@ impl<'a> Pass<'a> {
     /// the read whose pass applies the exchange, as estimates do. None when the
     /// meter sent a read at the exchange's own time: that read is the row there.
     fn record_final_read(&mut self, base: &ValidatedRead, last: &ValidatedRead, next: &RawRead) {
-        let at = last.reading.ts;
-        if self
-            .window
-            .binary_search_by_key(&at, |r| r.reading.ts)
-            .is_ok()
-        {
+        if self.has_read_at(last.reading.ts) {
             return;
         }
         let row = ValidatedRead {
@@ -882,6 +877,13 @@ impl<'a> Pass<'a> {
         };
         let previous_creg = self.estimate_between(base, &row);
         self.emit(&row, Quality::Recorded, Some(row.creg - previous_creg));
+    }
+
+    /// Whether the meter sent a read at `ts` (its window holds one).
+    fn has_read_at(&self, ts: i64) -> bool {
+        self.window
+            .binary_search_by_key(&ts, |r| r.reading.ts)
+            .is_ok()
     }
 
     /// One read, later than every read before it.
@@ -1087,11 +1089,7 @@ impl<'a> Pass<'a> {
         let mut previous = from.creg;
         for k in 1..=slots as i64 {
             let ts = from.reading.ts + k * step;
-            if self
-                .window
-                .binary_search_by_key(&ts, |r| r.reading.ts)
-                .is_ok()
-            {
+            if self.has_read_at(ts) {
                 continue;
             }
             let creg = from.creg + share(litres, ts - from.reading.ts);

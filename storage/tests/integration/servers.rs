@@ -11,6 +11,7 @@
 //! `redis.rs`'s `redis_and_cluster!` runs one Redis test body against both Redis
 //! targets. (The ingest crate's tests include this file too.)
 
+use std::collections::hash_map::RandomState;
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -174,17 +175,10 @@ pub(crate) fn free_port() -> u16 {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
         return listener.local_addr().expect("local addr").port();
     };
-    let mut state = u64::from(std::process::id())
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-        | 1;
     for _ in 0..1_000 {
-        // xorshift64: a different candidate each try, no state shared between tests.
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        let port = (u64::from(from) + state % u64::from(to - from)) as u16;
+        // std's per-process random keys, fresh for every hasher: a random candidate.
+        let random = std::hash::BuildHasher::hash_one(&RandomState::new(), ());
+        let port = (u64::from(from) + random % u64::from(to - from)) as u16;
         if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
             return listener.local_addr().expect("local addr").port();
         }
