@@ -55,6 +55,22 @@ impl UsageSketch {
         }
     }
 
+    /// Takes one `value` out (one that was added): the counterpart of
+    /// [`add`](Self::add), for a meter's hour that a correction changed.
+    pub fn remove(&mut self, value: u64) {
+        if value == 0 {
+            self.zeros = self.zeros.saturating_sub(1);
+            return;
+        }
+        let index = Self::bucket_of(value);
+        if let Ok(at) = self.bins.binary_search_by_key(&index, |(i, _)| *i) {
+            self.bins[at].1 -= 1;
+            if self.bins[at].1 == 0 {
+                self.bins.remove(at);
+            }
+        }
+    }
+
     pub fn count(&self) -> u64 {
         self.zeros + self.bins.iter().map(|(_, c)| c).sum::<u64>()
     }
@@ -312,6 +328,113 @@ pub struct MeterAnalyticsState {
     pub day_start: i64,
     /// Litres of the meter on `day_start`'s day so far.
     pub day_l: u64,
+    /// What the meter's counted rows add to each open window this process counted
+    /// them in. Not persisted: a restarted process starts it again.
+    #[serde(skip)]
+    pub ledger: WindowLedger,
+}
+
+impl MeterAnalyticsState {
+    /// A copy without the ledger: what is persisted.
+    pub fn persisted(&self) -> MeterAnalyticsState {
+        MeterAnalyticsState {
+            ledger: WindowLedger::default(),
+            ..*self
+        }
+    }
+}
+
+/// A meter's part of the district windows it was counted in by this process, so
+/// that a row VEE re-decides later (a late read, a read turned suspect) can be
+/// taken out of every figure it went into — litres, meters reporting, the hour's
+/// sketch — and its replacement put in. Windows that began before `since` may
+/// hold rows an earlier process counted; the ledger knows nothing of those.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WindowLedger {
+    /// Windows starting at or after this hold only rows this process counted; set
+    /// at the meter's first batch in the process (its `last_ts` then, or
+    /// `i64::MIN` for a meter that had counted nothing).
+    pub since: Option<i64>,
+    /// Per resolution (minute, hour, day), ascending by start: rows mostly come in
+    /// time order, so an entry is mostly the last one or a new last one.
+    lists: [Vec<LedgerEntry>; 3],
+}
+
+/// The meter's counted rows ending in one window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LedgerEntry {
+    pub start_ms: i64,
+    /// Rows that count (not suspect, with an interval).
+    pub rows: u32,
+    pub litres: u64,
+    /// Hour windows: the value this meter put in the hour's sketch, if any.
+    pub sketched: Option<u64>,
+}
+
+impl WindowLedger {
+    fn slot(resolution: Resolution) -> usize {
+        match resolution {
+            Resolution::Minute => 0,
+            Resolution::Hour => 1,
+            Resolution::Day => 2,
+        }
+    }
+
+    /// The windows of one resolution, ascending by start.
+    pub fn list(&self, resolution: Resolution) -> &[LedgerEntry] {
+        &self.lists[Self::slot(resolution)]
+    }
+
+    pub fn list_mut(&mut self, resolution: Resolution) -> &mut Vec<LedgerEntry> {
+        &mut self.lists[Self::slot(resolution)]
+    }
+
+    /// The entry of a window, made empty when there is none.
+    pub fn entry(&mut self, resolution: Resolution, start_ms: i64) -> &mut LedgerEntry {
+        let list = self.list_mut(resolution);
+        let at = match list.last() {
+            Some(last) if last.start_ms == start_ms => list.len() - 1,
+            Some(last) if last.start_ms > start_ms => {
+                match list.binary_search_by_key(&start_ms, |e| e.start_ms) {
+                    Ok(at) => at,
+                    Err(at) => {
+                        list.insert(at, LedgerEntry::empty(start_ms));
+                        at
+                    }
+                }
+            }
+            _ => {
+                list.push(LedgerEntry::empty(start_ms));
+                list.len() - 1
+            }
+        };
+        &mut list[at]
+    }
+
+    /// Whether a list is at its capacity: the next new window would grow it, so
+    /// it is time to drop what can change no more (pruning only then keeps its
+    /// cost off most batches and the lists within twice what they must hold).
+    pub fn is_full(&self) -> bool {
+        self.lists.iter().any(|list| list.len() == list.capacity())
+    }
+
+    pub fn get(&self, resolution: Resolution, start_ms: i64) -> Option<&LedgerEntry> {
+        let list = self.list(resolution);
+        list.binary_search_by_key(&start_ms, |e| e.start_ms)
+            .ok()
+            .map(|at| &list[at])
+    }
+}
+
+impl LedgerEntry {
+    fn empty(start_ms: i64) -> Self {
+        Self {
+            start_ms,
+            rows: 0,
+            litres: 0,
+            sketched: None,
+        }
+    }
 }
 
 /// Reads district rows of record versions 1 to 3, which had no inflow.

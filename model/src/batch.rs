@@ -77,37 +77,82 @@ impl MeterBatch {
     }
 
     /// What the batch changes in rows a processor counted already (at or before
-    /// `counted_up_to`): per `ts`, the litres of the row now minus those of the row
-    /// before — VEE's re-emitted `readings` against the earlier versions it
+    /// `counted_up_to`): per `ts`, the row as it counts now against the row before —
+    /// VEE's re-emitted `readings` against the earlier versions it
     /// [`replaced`](Self::replaced), a replaced row no longer made counting as taken
-    /// back. A row counts its interval unless it is suspect. Ascending `ts`, changes
-    /// only; empty for an in-order batch.
-    pub fn corrections(&self, counted_up_to: i64) -> Vec<(i64, i64)> {
+    /// back. Ascending `ts`, changes only; empty for an in-order batch.
+    pub fn row_changes(&self, counted_up_to: i64) -> Vec<RowChange> {
         let rows = &self.readings;
         if self.replaced.is_empty() && rows.first().is_none_or(|r| r.reading.ts > counted_up_to) {
             return Vec::new();
         }
-        let counted = |row: &StoredReading| match row.quality {
-            Quality::Suspect => 0,
-            _ => row
-                .interval_l
-                .map_or(0, |l| i64::try_from(l).unwrap_or(i64::MAX)),
-        };
-        let mut deltas: std::collections::BTreeMap<i64, i64> = Default::default();
-        for row in rows.iter().filter(|r| r.reading.ts <= counted_up_to) {
-            *deltas.entry(row.reading.ts).or_default() += counted(row);
-        }
+        let mut changes: std::collections::BTreeMap<i64, RowChange> = Default::default();
         for row in self
             .replaced
             .iter()
             .filter(|r| r.reading.ts <= counted_up_to)
         {
-            *deltas.entry(row.reading.ts).or_default() -= counted(row);
+            changes
+                .entry(row.reading.ts)
+                .or_insert_with(|| RowChange::at(row.reading.ts))
+                .before = counted_litres(row);
         }
-        deltas
+        for row in rows.iter().filter(|r| r.reading.ts <= counted_up_to) {
+            changes
+                .entry(row.reading.ts)
+                .or_insert_with(|| RowChange::at(row.reading.ts))
+                .now = counted_litres(row);
+        }
+        changes
+            .into_values()
+            .filter(|c| c.before != c.now)
+            .collect()
+    }
+
+    /// [`row_changes`](Self::row_changes) as litres: per `ts`, what the row counts
+    /// now minus what it counted before (a row that does not count, 0).
+    pub fn corrections(&self, counted_up_to: i64) -> Vec<(i64, i64)> {
+        self.row_changes(counted_up_to)
             .into_iter()
+            .map(|c| (c.ts, c.delta()))
             .filter(|(_, delta)| *delta != 0)
             .collect()
+    }
+}
+
+/// The litres a row counts in usage and analytics: its interval, unless it is
+/// suspect; `None` when it counts nothing (suspect, or a meter's first read, which
+/// measures no interval).
+pub fn counted_litres(row: &StoredReading) -> Option<u64> {
+    match row.quality {
+        Quality::Suspect => None,
+        _ => row.interval_l,
+    }
+}
+
+/// How a batch changed one counted row ([`MeterBatch::row_changes`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowChange {
+    pub ts: i64,
+    /// What the row counted before the batch ([`counted_litres`]).
+    pub before: Option<u64>,
+    /// What it counts now.
+    pub now: Option<u64>,
+}
+
+impl RowChange {
+    fn at(ts: i64) -> Self {
+        Self {
+            ts,
+            before: None,
+            now: None,
+        }
+    }
+
+    /// Litres now minus litres before.
+    pub fn delta(&self) -> i64 {
+        let litres = |l: Option<u64>| i64::try_from(l.unwrap_or(0)).unwrap_or(i64::MAX);
+        litres(self.now) - litres(self.before)
     }
 }
 

@@ -183,7 +183,7 @@ impl MeterState {
                 revision: self.alerts.revision,
                 ..AlertState::default()
             },
-            analytics: self.analytics.clone(),
+            analytics: self.analytics.persisted(),
             version: self.version,
         }
     }

@@ -9,24 +9,31 @@
 //!   `ts - 1 ms`: an hourly read stamped 03:00 measured 02:00–03:00 and lands in the
 //!   02:00 hour.
 //! - **Corrections** (issue 10, case 6): when VEE re-decides rows already counted —
-//!   a late read replaces a gap's estimates, a read turns suspect — it hands the
-//!   earlier versions along ([`MeterBatch::corrections`]); the difference per row is
-//!   added to (or taken from) the usage, inflow and night-hour litres of the windows
-//!   the row ends in, while they are open, to the meter's running hour and day, and
-//!   to its entry in the day's top list (an unlisted meter enters it on its running
-//!   day, or while the list has room). So the litres of every open window and a
-//!   meter's top-list litres are those of the rows in time order, whatever the
-//!   arrival order (property-tested in `register_order.rs`). What a correction
-//!   leaves as it was: `meters` (a meter counted in a window stays counted), the
-//!   sketch of an hour the meter had finished, and a full past day's list that the
-//!   meter is not on (its day total is not known there).
+//!   a late read replaces a gap's estimates, a read turns suspect or actual — it
+//!   hands the earlier versions along ([`MeterBatch::row_changes`]: per row, what it
+//!   counted before and counts now). The difference is added to (or taken from) the
+//!   usage, inflow and night-hour litres of the windows the row ends in, while they
+//!   are open, to the meter's running hour and day, and to its entry in the day's
+//!   top list. Each meter keeps a ledger of the open windows this process counted
+//!   it in (`MeterAnalyticsState::ledger`: rows and litres per window, and what it
+//!   put in an hour's sketch), so a correction there also moves `meters` (a meter
+//!   whose last counted row in a window turned suspect leaves it, one whose late
+//!   read lands in a window it had none in enters it) and the sketch (the hour's
+//!   old value out, the new one in), and an unlisted meter enters a past day's top
+//!   list with its day total. So every open window's litres, meters and
+//!   percentiles and a meter's top-list litres are those of the rows in time order,
+//!   whatever the arrival order (property-tested in `register_order.rs`). The
+//!   ledger lives in the process: for a window an earlier process counted the
+//!   meter in (before a restart, or before the meter moved to this processor),
+//!   only litres follow, and only upwards — what this process takes back from a
+//!   window it holds nothing of stays counted.
 //! - Minute windows are UTC minutes (every time zone's offset is a whole number of
 //!   minutes); hour and day windows are the tenant's local hours and days (its
 //!   tariff's time zone), DST included.
 //! - `meters` counts meters with a counted row ending in the window.
-//! - Percentiles: each meter's usage of a local hour enters that hour's sketch when
-//!   the meter's first row of a later hour arrives (the hour is then complete for
-//!   that meter).
+//! - Percentiles: each meter's usage of a local hour enters that hour's sketch once
+//!   the meter has a counted row in a later hour (the hour is then complete for
+//!   that meter); a correction can take it out again.
 //! - Minimum night flow: per local day, the district's usage in the 02:00 and 03:00
 //!   hours; the lower one, in L/h. (On a fall-back night the repeated hour adds up.)
 //! - Top consumers: per tenant and local day, the meters with the most litres.
@@ -46,13 +53,14 @@
 //! any order) with [`AnalyticsPartial::merge`], and rows flushed by different shards
 //! merge with [`DistrictRollup`], which also adds up each tenant's headline summary.
 //!
-//! [`MeterBatch::corrections`]: meterflow_model::MeterBatch::corrections
+//! [`MeterBatch::row_changes`]: meterflow_model::MeterBatch::row_changes
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use foldhash::{HashMap, HashMapExt};
 use meterflow_model::analytics::{MeterAnalyticsState, NIGHT_HOURS};
+use meterflow_model::batch::RowChange;
 use meterflow_model::processing::AnalyticsSettings;
 use meterflow_model::time::{day_of, day_string};
 use meterflow_model::{
@@ -362,11 +370,15 @@ impl Processor for AnalyticsProcessor {
             let tenant_id = *runtime
                 .tenant_id
                 .get_or_insert_with(|| self.partial.tenant_id(tenant));
-            let corrections = meter
-                .state
-                .analytics
+            let state = &mut meter.state.analytics;
+            let since = *state
+                .ledger
+                .since
+                .get_or_insert(state.last_ts.unwrap_or(i64::MIN));
+            let changes = state
                 .last_ts
-                .map_or_else(Vec::new, |counted_up_to| meter.corrections(counted_up_to));
+                .map_or_else(Vec::new, |counted_up_to| meter.row_changes(counted_up_to));
+            let settled_ts = meter.state.vee.settled_ts();
             let mut folder = MeterFolder {
                 partial: &mut self.partial,
                 settings: &self.settings,
@@ -376,9 +388,12 @@ impl Processor for AnalyticsProcessor {
                 tenant_id,
                 meter: meter.key.meter.as_str(),
                 now_ms,
+                since,
+                touched_hour: None,
             };
-            for (ts, delta) in corrections {
-                folder.correct(ts, delta, bulk);
+            let newest_before = folder.newest_reporting_hour();
+            for change in changes {
+                folder.revise(change, bulk);
             }
             for row in &meter.readings {
                 let ts = row.reading.ts;
@@ -393,6 +408,10 @@ impl Processor for AnalyticsProcessor {
                     // A meter's first read measures no interval yet.
                     None => folder.state.last_ts = Some(ts),
                 }
+            }
+            let newest = folder.sketch_finished_hours(newest_before);
+            if folder.state.ledger.is_full() {
+                folder.forget_fixed(settled_ts, newest);
             }
         }
         self.flush_if_due(now_ms, out);
@@ -413,6 +432,11 @@ struct MeterFolder<'a> {
     tenant_id: u32,
     meter: &'a str,
     now_ms: i64,
+    /// Windows starting at or after this are in the meter's ledger
+    /// ([`WindowLedger::since`](meterflow_model::analytics::WindowLedger::since)).
+    since: i64,
+    /// The earliest hour the batch changed the meter's rows in.
+    touched_hour: Option<i64>,
 }
 
 impl MeterFolder<'_> {
@@ -462,14 +486,44 @@ impl MeterFolder<'_> {
         }
     }
 
-    /// A counted row's litres changed by `delta` (a late read replaced estimates, or
-    /// turned a read suspect): the usage of the windows it ends in follows, while they
-    /// are open, and so do the meter's running hour and day and its top-list entry.
-    /// `meters` and the hour sketches keep what they had (see the module doc).
-    fn correct(&mut self, ts: i64, delta: i64, bulk: bool) {
-        let end = ts - 1;
-        self.add_to_windows(end, delta, bulk);
+    /// VEE re-decided a row this meter counted (a late read replaced estimates, or
+    /// turned a read suspect): the windows it ends in follow, while they are open —
+    /// their litres, and for windows in the ledger whether the meter reports there
+    /// and the hour's sketch (settled in [`sketch_finished_hours`]) — and so do the
+    /// meter's running hour and day and its top-list entry.
+    ///
+    /// [`sketch_finished_hours`]: Self::sketch_finished_hours
+    fn revise(&mut self, change: RowChange, bulk: bool) {
+        let delta = change.delta();
+        let end = change.ts - 1;
+        if delta != 0 {
+            self.add_to_windows(end, delta, bulk);
+        }
         if bulk {
+            return;
+        }
+        let rows_delta = i64::from(change.now.is_some()) - i64::from(change.before.is_some());
+        for (resolution, start) in self.windows_of(end) {
+            if start < self.since || !self.open(start, resolution) {
+                continue;
+            }
+            let entry = self.state.ledger.entry(resolution, start);
+            let reported = entry.rows > 0;
+            entry.rows = entry.rows.saturating_add_signed(rows_delta as i32);
+            entry.litres = entry.litres.saturating_add_signed(delta);
+            let reports = entry.rows > 0;
+            if reported != reports {
+                let row = &mut self.partial.window(self.scope, resolution, start).row;
+                row.meters = match reports {
+                    true => row.meters + 1,
+                    false => row.meters.saturating_sub(1),
+                };
+            }
+            if resolution == Resolution::Hour {
+                self.touched_hour = Some(self.touched_hour.map_or(start, |t| t.min(start)));
+            }
+        }
+        if delta == 0 {
             return;
         }
         let hour = self.calendar.hour_start(end);
@@ -493,12 +547,17 @@ impl MeterFolder<'_> {
             self.state.day_l = self.state.day_l.saturating_add_signed(delta);
         }
         if self.open(day, Resolution::Day) {
-            let running = today.then_some(self.state.day_l);
+            // The meter's day total: its running day's, or the ledger's.
+            let ledger_day = (day >= self.since)
+                .then(|| self.state.ledger.get(Resolution::Day, day))
+                .flatten()
+                .map(|entry| entry.litres);
+            let running = today.then_some(self.state.day_l).or(ledger_day);
             let top = self.partial.top(self.tenant_id, day, || label.day_label());
             if !top.list.correct(self.meter, delta) {
-                // Unlisted: its day total is known on its running day, or when the
-                // list has room (every meter offered that day is listed, so it had
-                // counted nothing in it).
+                // Unlisted: its day total is known on its running day or from the
+                // ledger, or when the list has room (every meter offered that day is
+                // listed, so it had counted nothing in it).
                 let room = top.list.entries.len() < top.list.limit;
                 let known = running.or_else(|| room.then(|| delta.max(0).unsigned_abs()));
                 if let Some(total) = known {
@@ -509,13 +568,119 @@ impl MeterFolder<'_> {
         }
     }
 
+    /// The minute, hour and day windows an interval ending at `end` falls in.
+    fn windows_of(&mut self, end: i64) -> [(Resolution, i64); 3] {
+        [
+            (Resolution::Minute, end.div_euclid(MINUTE_MS) * MINUTE_MS),
+            (Resolution::Hour, self.calendar.hour_start(end)),
+            (Resolution::Day, self.calendar.day(end).start_ms),
+        ]
+    }
+
+    /// One more row ending in a window, counted by [`fold`](Self::fold): whether the
+    /// meter reports there for the first time. The ledger says for windows in it;
+    /// for one an earlier process may have counted the meter in, `by_state` (the
+    /// window is not the one the meter was last counted in).
+    fn first_report(
+        &mut self,
+        resolution: Resolution,
+        start: i64,
+        litres: u64,
+        by_state: bool,
+    ) -> bool {
+        if start < self.since {
+            return by_state;
+        }
+        let entry = self.state.ledger.entry(resolution, start);
+        entry.rows += 1;
+        entry.litres += litres;
+        if resolution == Resolution::Hour {
+            self.touched_hour = Some(self.touched_hour.map_or(start, |t| t.min(start)));
+        }
+        entry.rows == 1
+    }
+
+    /// The newest hour in the ledger the meter reports in.
+    fn newest_reporting_hour(&self) -> Option<i64> {
+        self.state
+            .ledger
+            .list(Resolution::Hour)
+            .iter()
+            .rev()
+            .find(|e| e.rows > 0)
+            .map(|e| e.start_ms)
+    }
+
+    /// Puts each of the meter's finished hours in the ledger into the hour's sketch
+    /// with its litres as they are now, and takes out what it put there before:
+    /// an hour is finished for a meter that reports in a later hour. Looks only at
+    /// hours from the earliest one the batch changed, or that was or is the newest.
+    /// Returns the newest hour the meter reports in.
+    fn sketch_finished_hours(&mut self, newest_before: Option<i64>) -> Option<i64> {
+        let newest = self.newest_reporting_hour();
+        let Some(from) = [self.touched_hour, newest_before, newest]
+            .into_iter()
+            .flatten()
+            .min()
+        else {
+            return newest;
+        };
+        self.touched_hour = None;
+        let hours = self.state.ledger.list_mut(Resolution::Hour);
+        let first = hours.partition_point(|e| e.start_ms < from);
+        for entry in &mut hours[first..] {
+            let finished = newest.is_some_and(|n| entry.start_ms < n);
+            let wanted = (entry.rows > 0 && finished).then_some(entry.litres);
+            if wanted == entry.sketched
+                || !is_open(entry.start_ms, Resolution::Hour, self.now_ms, self.settings)
+            {
+                continue;
+            }
+            let window = self
+                .partial
+                .window(self.scope, Resolution::Hour, entry.start_ms);
+            if let Some(value) = entry.sketched {
+                window.row.meter_hour_sketch.remove(value);
+            }
+            if let Some(value) = wanted {
+                window.row.meter_hour_sketch.add(value);
+            }
+            entry.sketched = wanted;
+        }
+        newest
+    }
+
+    /// Drops the ledger's windows that can change no more (until then they are
+    /// looked at only while open): closed ones, and those ending at or before VEE's
+    /// settled point (no row there is re-decided) — but
+    /// not the newest hour the meter reports in (`newest`), which goes into its
+    /// sketch when a later hour comes. Oldest first: what stays is newer than what
+    /// goes.
+    fn forget_fixed(&mut self, settled_ts: Option<i64>, newest: Option<i64>) {
+        let (now_ms, settings) = (self.now_ms, self.settings);
+        let settled = settled_ts.unwrap_or(i64::MIN);
+        for resolution in [Resolution::Minute, Resolution::Hour, Resolution::Day] {
+            let list = self.state.ledger.list_mut(resolution);
+            let fixed = list
+                .iter()
+                .take_while(|e| {
+                    let running = resolution == Resolution::Hour && Some(e.start_ms) == newest;
+                    let ended = e.start_ms.saturating_add(max_width_ms(resolution)) <= settled;
+                    !running && (ended || !is_open(e.start_ms, resolution, now_ms, settings))
+                })
+                .count();
+            list.drain(..fixed);
+        }
+    }
+
     fn fold(&mut self, ts: i64, litres: u64) {
         self.state.last_ts = Some(ts);
         let end = ts - 1;
 
         let minute = end.div_euclid(MINUTE_MS) * MINUTE_MS;
         if self.open(minute, Resolution::Minute) {
-            let new_meter = self.state.minute_start != minute;
+            let by_state = self.state.minute_start != minute;
+            let new_meter = self.first_report(Resolution::Minute, minute, litres, by_state);
             let window = self.partial.window(self.scope, Resolution::Minute, minute);
             window.row.usage_l += litres;
             window.row.meters += u64::from(new_meter);
@@ -523,10 +688,14 @@ impl MeterFolder<'_> {
         self.state.minute_start = minute;
 
         let hour = self.calendar.hour_start(end);
-        if hour != self.state.hour_start {
+        let new_hour = hour != self.state.hour_start;
+        if new_hour {
+            // An hour an earlier process counted the meter in: finished now. (Hours
+            // in the ledger are put in their sketch by `sketch_finished_hours`.)
             let finished = (self.state.hour_start, self.state.hour_l);
             if finished.0 != 0
                 && finished.0 < hour
+                && finished.0 < self.since
                 && let Some(window) =
                     self.partial
                         .windows
@@ -537,42 +706,33 @@ impl MeterFolder<'_> {
             }
             self.state.hour_start = hour;
             self.state.hour_l = 0;
-            if self.open(hour, Resolution::Hour) {
-                self.partial
-                    .window(self.scope, Resolution::Hour, hour)
-                    .row
-                    .meters += 1;
-            }
         }
         self.state.hour_l += litres;
         if self.open(hour, Resolution::Hour) {
-            self.partial
-                .window(self.scope, Resolution::Hour, hour)
-                .row
-                .usage_l += litres;
+            let new_meter = self.first_report(Resolution::Hour, hour, litres, new_hour);
+            let row = &mut self.partial.window(self.scope, Resolution::Hour, hour).row;
+            row.usage_l += litres;
+            row.meters += u64::from(new_meter);
         }
 
         let day = self.calendar.day(end);
-        if day.start_ms != self.state.day_start {
+        let new_day = day.start_ms != self.state.day_start;
+        if new_day {
             self.state.day_start = day.start_ms;
             self.state.day_l = 0;
-            if self.open(day.start_ms, Resolution::Day) {
-                self.partial
-                    .window(self.scope, Resolution::Day, day.start_ms)
-                    .row
-                    .meters += 1;
-            }
         }
         self.state.day_l += litres;
         if !self.open(day.start_ms, Resolution::Day) {
             return;
         }
+        let new_meter = self.first_report(Resolution::Day, day.start_ms, litres, new_day);
         let hour_of_day = self.calendar.hour_of_day(end);
         let row = &mut self
             .partial
             .window(self.scope, Resolution::Day, day.start_ms)
             .row;
         row.usage_l += litres;
+        row.meters += u64::from(new_meter);
         if let Some(slot) = NIGHT_HOURS.iter().position(|h| *h == hour_of_day) {
             row.night_hour_l[slot] = Some(row.night_hour_l[slot].unwrap_or(0) + litres);
         }

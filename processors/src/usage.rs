@@ -2,13 +2,17 @@
 //! never a sum of events, so a lost or repeated message cannot change it). Runs after
 //! [`crate::vee`] and adds up the intervals VEE derived from register deltas.
 //!
-//! For each row of the batch, in order:
-//! - `Suspect`: ignored (stored, never counted);
-//! - newer than the meter's latest actual reading: its interval is added to the day
-//!   it belongs to — the tenant's local day containing `ts − 1 ms`, the same rule as
-//!   the district and tenant figures (ARCHITECTURE.md departure 13), so a meter's
-//!   "today" and its tenant's "today" add up (a new day starts from that interval
-//!   alone); an `Actual` row becomes the latest reading shown, and so does a
+//! The meter's day is the day of its newest row, whatever its quality — the tenant's
+//! local day containing `ts − 1 ms`, the same rule as the district and tenant
+//! figures (ARCHITECTURE.md departure 13), so a meter's "today" and its tenant's
+//! "today" add up — and `today_l` the litres its counted rows measured in that day.
+//! The newest row is the same whatever order the reads arrived in, which the newest
+//! *counted* row is not: a read counted at first can turn suspect when an earlier
+//! one arrives. For each row of the batch, in order:
+//! - a row of a later day than the meter's starts that day at 0 L;
+//! - `Suspect`: not counted (stored);
+//! - newer than the meter's latest actual reading: its interval is added when it
+//!   ends in the meter's day; an `Actual` row becomes the latest reading shown, and so does a
 //!   `Recorded` one (an exchange's final read, which may be followed by no actual
 //!   read for a while: a later re-emission of it is then a correction, not new);
 //! - not newer (a late read, or a correction VEE re-emitted): not counted again;
@@ -64,15 +68,17 @@ fn fold_meter(meter: &mut MeterBatch, calendar: &mut LocalCalendar) {
     let usage = &mut meter.state.usage;
     for stored in &meter.readings {
         let reading = stored.reading;
-        if stored.quality == Quality::Suspect || usage.last.is_some_and(|l| reading.ts <= l.ts) {
-            continue;
-        }
         let day = calendar.day(reading.ts.saturating_sub(1)).start_ms;
-        if day != usage.day {
+        if day > usage.day {
             usage.day = day;
             usage.today_l = 0;
         }
-        usage.today_l = usage.today_l.saturating_add(stored.interval_l.unwrap_or(0));
+        if stored.quality == Quality::Suspect || usage.last.is_some_and(|l| reading.ts <= l.ts) {
+            continue;
+        }
+        if day == usage.day {
+            usage.today_l = usage.today_l.saturating_add(stored.interval_l.unwrap_or(0));
+        }
         if matches!(stored.quality, Quality::Actual | Quality::Recorded) {
             usage.last = Some(reading);
             usage.last_quality = stored.quality;

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use meterflow_model::processing::AnalyticsSettings;
 use meterflow_model::{
-    MeterBatch, MeterState, Outputs, ProcessorsConfig, Resolution, SealedBatch, TenantId,
-    TenantProcessing,
+    DistrictUsage, MeterBatch, MeterState, Outputs, ProcessorsConfig, Resolution, SealedBatch,
+    TenantId, TenantProcessing, UsageSketch,
 };
 use meterflow_processors::analytics::{AnalyticsPartial, AnalyticsProcessor, DistrictRollup};
 use meterflow_processors::vee::VeeProcessor;
@@ -282,29 +282,47 @@ proptest! {
     }
 }
 
+/// The north's rows after feeding `batches` of (meter, hour, register) reads, each
+/// batch at 15:00, and a flush at 16:00.
+fn north_rows(batches: &[Vec<(&str, i64, u64)>]) -> Vec<DistrictUsage> {
+    let mut pipeline = Pipeline::new(config());
+    for batch in batches {
+        let inputs = batch
+            .iter()
+            .map(|(meter, hour, reg)| {
+                let read = reading(MIDNIGHT + hour * HOUR, *reg);
+                Input::readings(&key("acme", meter), vec![read])
+            })
+            .collect();
+        pipeline.feed(MIDNIGHT + 15 * HOUR, inputs);
+    }
+    let out = pipeline.sweep(MIDNIGHT + 16 * HOUR);
+    out.districts
+        .into_iter()
+        .filter(|r| r.district == "north")
+        .collect()
+}
+
 /// The north's hour rows (start → litres) and day total after feeding `batches` of
 /// m0's (hour, register) reads, each batch at 15:00, and a flush at 16:00.
 fn north_after(batches: &[&[(i64, u64)]]) -> (BTreeMap<i64, u64>, u64) {
-    let mut pipeline = Pipeline::new(config());
-    let meter = key("acme", "m0");
-    for batch in batches {
-        let readings = batch
-            .iter()
-            .map(|(hour, reg)| reading(MIDNIGHT + hour * HOUR, *reg))
-            .collect();
-        pipeline.feed(
-            MIDNIGHT + 15 * HOUR,
-            vec![Input::readings(&meter, readings)],
-        );
-    }
-    let out = pipeline.sweep(MIDNIGHT + 16 * HOUR);
-    let north = out.districts.iter().filter(|r| r.district == "north");
+    let batches: Vec<Vec<_>> = batches
+        .iter()
+        .map(|batch| {
+            batch
+                .iter()
+                .map(|(hour, reg)| ("m0", *hour, *reg))
+                .collect()
+        })
+        .collect();
+    let north = north_rows(&batches);
     let hours = north
-        .clone()
+        .iter()
         .filter(|r| r.resolution == Resolution::Hour)
         .map(|r| ((r.start_ms - MIDNIGHT) / HOUR, r.usage_l))
         .collect();
     let day = north
+        .iter()
         .filter(|r| r.resolution == Resolution::Day)
         .map(|r| r.usage_l)
         .sum();
@@ -343,4 +361,67 @@ fn case_6_late_reads_replace_a_gaps_estimates_in_the_district_hours() {
         .map(|i| std::slice::from_ref(&reads[*i]))
         .collect();
     assert_eq!(north_after(&one_by_one), (truth, 260), "one by one");
+}
+
+#[test]
+fn case_6_late_reads_reach_the_hours_percentiles_and_meters() {
+    // m0 as above: 1,000 L at 10:00 and 1,260 L at 14:00 first (65 L an hour
+    // estimated in between), the real 11:00–13:00 reads later: its hours used 10,
+    // 115, 65 and 70 L. m1 uses 40 L every hour. An hour enters the percentiles once
+    // a meter reports in a later one: 10:00–12:00 here, the 13:00 hour is still
+    // running for both. Nearest rank of two values: p50 the lower, p90 the higher.
+    let m0 = [
+        (10, 1_000),
+        (11, 1_010),
+        (12, 1_125),
+        (13, 1_190),
+        (14, 1_260),
+    ];
+    let m1: Vec<_> = (10..=14)
+        .map(|h| ("m1", h, 500 + 40 * (h - 10) as u64))
+        .collect();
+    let first: Vec<_> = [m0[0], m0[4]]
+        .iter()
+        .map(|(h, reg)| ("m0", *h, *reg))
+        .chain(m1)
+        .collect();
+    let late: Vec<_> = m0[1..4].iter().map(|(h, reg)| ("m0", *h, *reg)).collect();
+    // A sketch stands for a value by its bucket's representative (within 1 %).
+    let as_sketched = |litres: u64| {
+        let mut sketch = UsageSketch::default();
+        sketch.add(litres);
+        sketch.quantile(0.5)
+    };
+    let hours = |rows: Vec<DistrictUsage>| -> BTreeMap<i64, (u64, u64, Option<u64>, Option<u64>)> {
+        rows.into_iter()
+            .filter(|r| r.resolution == Resolution::Hour)
+            .map(|r| {
+                (
+                    (r.start_ms - MIDNIGHT) / HOUR,
+                    (r.usage_l, r.meters, r.p50_l, r.p90_l),
+                )
+            })
+            .collect()
+    };
+    let (forty, sixty_five) = (as_sketched(40), as_sketched(65));
+    assert_eq!(
+        hours(north_rows(std::slice::from_ref(&first))),
+        BTreeMap::from([
+            (10, (105, 2, forty, sixty_five)),
+            (11, (105, 2, forty, sixty_five)),
+            (12, (105, 2, forty, sixty_five)),
+            (13, (105, 2, None, None)),
+        ]),
+        "estimated"
+    );
+    assert_eq!(
+        hours(north_rows(&[first, late])),
+        BTreeMap::from([
+            (10, (50, 2, as_sketched(10), forty)),
+            (11, (155, 2, forty, as_sketched(115))),
+            (12, (105, 2, forty, sixty_five)),
+            (13, (110, 2, None, None)),
+        ]),
+        "after the late reads"
+    );
 }

@@ -128,14 +128,17 @@ impl Pipeline {
 /// the state goes through its record codec (what it does not persist is lost), a
 /// fresh chain takes over, and the meter is rehydrated from exactly the rows
 /// `stored` so far after its settled point, as a shard reads them from the store
-/// (ascending `ts`, one per `ts`, the last written). Returns the state before and
-/// the rehydrated one, which the new pipeline holds.
+/// (ascending `ts`, one per `ts`, the last written). Returns the state before (less
+/// analytics' ledger, which lives in the process) and the rehydrated one, which the
+/// new pipeline holds.
 pub(crate) fn restart(
     pipeline: &mut Pipeline,
     meter: &MeterKey,
     stored: &BTreeMap<i64, StoredReading>,
 ) -> Option<(MeterState, MeterState)> {
-    let before = pipeline.states.get(meter).cloned()?;
+    let mut before = pipeline.states.get(meter).cloned()?;
+    // Analytics' ledger lives in the process, as its windows do.
+    before.analytics.ledger = Default::default();
     let mut state: MeterState = decode_record(&encode_record(&before)).unwrap();
     let after_settled = state.vee.settled_ts().map_or(i64::MIN, |ts| ts + 1);
     let rows = stored.range(after_settled..).map(|(_, row)| *row).collect();
