@@ -19,6 +19,7 @@ mod fleet;
 mod grafana;
 mod http_limits;
 mod interop;
+mod late_aggregates;
 mod logs;
 mod meter_list;
 mod openapi;

@@ -1,0 +1,120 @@
+//! District figures follow late reads through the service (issue 10, case 6): when a
+//! gap's real reads arrive after the read that closed it, the hours they fall in get
+//! the real litres, and so do their meters reporting and percentiles — not only
+//! their litres.
+//!
+//! Time is values: fixed hours of a fixed UTC day, kept open by hour and day
+//! retentions longer than its age.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use meterflow_model::{Reading, Uplink, UsageSketch};
+use serde_json::Value;
+
+use crate::utils::{Meterflow, send_and_wait_for_ack, start_configured};
+
+const HOUR_MS: i64 = 3_600_000;
+/// 2026-10-05T00:00:00Z.
+const DAY0: i64 = 1_791_158_400_000;
+
+const CONFIG: &str = "[pipeline]\nsweep_interval_s = 1\n\n\
+    [processors.analytics]\nflush_interval_ms = 1000\n\
+    hour_retention_ms = 315360000000\nday_retention_ms = 315360000000\n\n\
+    [processors.tenants.demo.districts]\nm0 = \"north\"\nm1 = \"north\"\n";
+
+/// One message of reads at `(hour, register)`.
+fn uplink(seq: u64, reads: &[(i64, u64)]) -> Uplink {
+    let readings = reads
+        .iter()
+        .map(|(hour, reg)| Reading {
+            ts: DAY0 + hour * HOUR_MS,
+            reg: *reg,
+            rev: 0,
+            flow: 0,
+            temp: None,
+        })
+        .collect();
+    Uplink::new(seq, readings)
+}
+
+/// The north's hours 10:00–13:00 as (litres, meters, p50, p90), once the 11:00 hour
+/// holds `litres_at_11`; the last ones seen when that never comes.
+type Hour = (u64, u64, Option<u64>, Option<u64>);
+async fn north_hours(service: &Meterflow, litres_at_11: u64) -> BTreeMap<i64, Hour> {
+    let path = format!(
+        "/api/v1/tenants/demo/districts/north/usage?resolution=hour&from={}&to={}",
+        DAY0 + 10 * HOUR_MS,
+        DAY0 + 14 * HOUR_MS
+    );
+    let figures = |row: &Value| -> (i64, Hour) {
+        let litres = |field: &str| row[field].as_u64();
+        let hour = (row["start_ms"].as_i64().unwrap() - DAY0) / HOUR_MS;
+        let meters = litres("meters").unwrap();
+        (
+            hour,
+            (
+                litres("usage_l").unwrap(),
+                meters,
+                litres("p50_l"),
+                litres("p90_l"),
+            ),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let rows = service.get_json(&path);
+        let hours: BTreeMap<i64, Hour> = rows.as_array().unwrap().iter().map(figures).collect();
+        let settled = hours.get(&11).is_some_and(|h| h.0 == litres_at_11);
+        if settled || Instant::now() > deadline {
+            return hours;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// What a sketch shows for one value: its bucket's representative (within 1 %).
+fn as_sketched(litres: u64) -> Option<u64> {
+    let mut sketch = UsageSketch::default();
+    sketch.add(litres);
+    sketch.quantile(0.5)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_reads_move_the_hours_percentiles_as_well_as_their_litres() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = start_configured(dir.path(), CONFIG, &[]);
+    // m1 uses 40 L every hour. m0 reads 1,000 L at 10:00 and 1,260 L at 14:00: VEE
+    // estimates 65 L for each hour between. Its real 11:00–13:00 reads come later:
+    // its hours used 10, 115, 65 and 70 L. An hour enters the percentiles once a
+    // meter reports in a later one (10:00–12:00; 13:00 is running for both); of two
+    // values, p50 is the lower and p90 the higher.
+    let m1: Vec<(i64, u64)> = (10..=14).map(|h| (h, 500 + 40 * (h as u64 - 10))).collect();
+    send_and_wait_for_ack(service.mqtt, "demo", "m1", &[uplink(1, &m1)]).await;
+    let gap = uplink(1, &[(10, 1_000), (14, 1_260)]);
+    send_and_wait_for_ack(service.mqtt, "demo", "m0", &[gap]).await;
+    let (forty, sixty_five) = (as_sketched(40), as_sketched(65));
+    assert_eq!(
+        north_hours(&service, 105).await,
+        BTreeMap::from([
+            (10, (105, 2, forty, sixty_five)),
+            (11, (105, 2, forty, sixty_five)),
+            (12, (105, 2, forty, sixty_five)),
+            (13, (105, 2, None, None)),
+        ]),
+        "on the estimates"
+    );
+
+    let late = uplink(2, &[(11, 1_010), (12, 1_125), (13, 1_190)]);
+    send_and_wait_for_ack(service.mqtt, "demo", "m0", &[late]).await;
+    assert_eq!(
+        north_hours(&service, 155).await,
+        BTreeMap::from([
+            (10, (50, 2, as_sketched(10), forty)),
+            (11, (155, 2, forty, as_sketched(115))),
+            (12, (105, 2, forty, sixty_five)),
+            (13, (110, 2, None, None)),
+        ]),
+        "after the late reads"
+    );
+}
