@@ -420,6 +420,10 @@ impl Processor for AnalyticsProcessor {
     fn tick(&mut self, now_ms: i64, out: &mut Outputs) {
         self.flush_if_due(now_ms, out);
     }
+
+    fn finish(&mut self, now_ms: i64, out: &mut Outputs) {
+        self.flush(now_ms, out);
+    }
 }
 
 /// Folds one meter's rows into the partial.

@@ -70,6 +70,11 @@ pub trait Processor: Send {
     /// Time-driven work on the processor's own state (flushing aggregates).
     fn tick(&mut self, _now_ms: i64, _out: &mut Outputs) {}
 
+    /// The process stops: emits what the processor holds for a later time-driven
+    /// output (analytics' windows not flushed yet), which the meters' persisted
+    /// states say was counted and no later run would emit.
+    fn finish(&mut self, _now_ms: i64, _out: &mut Outputs) {}
+
     /// Rebuilds what the processor keeps of a meter without persisting it, once the
     /// meter's state has been read back from the store ([`ProcessorChain::rehydrate`]).
     /// `rows` are what the processors before it left of the meter's stored rows; a
@@ -134,6 +139,13 @@ impl ProcessorChain {
         let mut rows = rows;
         for processor in &mut self.processors {
             processor.rehydrate(key, state, &mut rows);
+        }
+    }
+
+    /// Every processor's [`Processor::finish`]: the process stops.
+    pub fn finish(&mut self, now_ms: i64, out: &mut Outputs) {
+        for processor in &mut self.processors {
+            processor.finish(now_ms, out);
         }
     }
 

@@ -426,6 +426,15 @@ impl ShardCore {
         gap_sweep
     }
 
+    /// The shard stops: seals the open batch, then has the processors emit what they
+    /// hold for later ([`ProcessorChain::finish`]: analytics' windows not flushed
+    /// yet) in one more batch of outputs only. What to send the sink, in order.
+    pub fn finish(&mut self, now: Now) -> Vec<Sealed> {
+        let last = self.seal(now);
+        self.processors.finish(now.wall_ms, &mut self.swept);
+        last.into_iter().chain(self.seal(now)).collect()
+    }
+
     /// Seals the open batch and runs the processors on it; `None` when there is
     /// nothing to seal (no arrival, no meter to persist, nothing swept).
     pub fn seal(&mut self, now: Now) -> Option<Sealed> {

@@ -12,7 +12,7 @@ use meterflow_model::codec::binary::{decode_record, encode_record};
 use meterflow_model::vee::MAX_WINDOW_READS;
 use meterflow_model::{
     BillLine, Decision, ExceptionState, MeterKey, MeterState, OrderAction, Quality, Reading,
-    RegisterOrder, Reject, StoredReading, Uplink, codec, mac,
+    RegisterOrder, Reject, Resolution, StoredReading, Uplink, codec, mac,
 };
 use meterflow_processors::ProcessorChain;
 use proptest::prelude::*;
@@ -765,4 +765,38 @@ fn a_meters_version_follows_what_it_took_in_not_who_processed_it() {
     next.core
         .hydrated(m1.clone(), stale.persisted(), WindowRows::default());
     assert_eq!(take(&mut next, &log[3..], 9_000).version, further.version);
+}
+
+#[test]
+fn a_stopping_shard_seals_its_batch_then_what_analytics_has_not_flushed() {
+    let mut shard = Harness::new(1_000);
+    let m1 = key("plain.m1");
+    // Three reads a litre apart: two litres counted, in windows not flushed yet
+    // (the first batch only sets the flush boundary).
+    shard.offer(&m1, &json(1, 3), 0);
+    let sealed = shard.core.finish(shard.at(1));
+    assert_eq!(
+        sealed.len(),
+        2,
+        "the open batch, then the processors' outputs"
+    );
+    assert_eq!(sealed[0].batch.meters.len(), 1);
+    assert!(
+        sealed[0].outputs.districts.is_empty(),
+        "nothing flushed before"
+    );
+    assert!(sealed[1].batch.meters.is_empty());
+    // The reads straddle midnight: a litre on each day.
+    let days: Vec<(u64, u64)> = sealed[1]
+        .outputs
+        .districts
+        .iter()
+        .filter(|row| row.resolution == Resolution::Day)
+        .map(|row| (row.usage_l, row.meters))
+        .collect();
+    assert_eq!(days, vec![(1, 1), (1, 1)]);
+    assert!(
+        shard.core.finish(shard.at(2)).is_empty(),
+        "nothing held after"
+    );
 }

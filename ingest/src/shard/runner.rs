@@ -17,7 +17,7 @@ use meterflow_storage::{ReadingStore, StoreError};
 use metrics::Gauge;
 use tracing::{error, info, warn};
 
-use super::core::{Now, ShardCore, Step, WINDOW_ROWS_PAGE, WindowRows};
+use super::core::{Now, Sealed, ShardCore, Step, WINDOW_ROWS_PAGE, WindowRows};
 use super::{ShardSettings, SinkItem};
 use crate::clock::now_ms;
 use crate::endpoint::handoff::{Inbound, ShardInbox};
@@ -76,7 +76,8 @@ impl ShardWorker {
     }
 
     /// Starts the worker on its own thread. It runs until its inbox closes (or the
-    /// stop flag is set), then seals what it holds and stops.
+    /// stop flag is set), then seals what it holds — and what its processors hold for
+    /// later, analytics' unflushed windows — and stops.
     pub fn spawn(self) -> std::io::Result<thread::JoinHandle<()>> {
         thread::Builder::new()
             .name(format!("shard-{}", self.shard))
@@ -94,12 +95,12 @@ impl ShardWorker {
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
-                    self.seal();
+                    self.finish();
                     return;
                 }
             }
             if self.stop.load(Ordering::Relaxed) {
-                self.seal();
+                self.finish();
                 return;
             }
             let now = now();
@@ -180,9 +181,19 @@ impl ShardWorker {
 
     /// Seals the open batch and hands it to the sink with its completions.
     fn seal(&mut self) {
-        let Some(sealed) = self.core.seal(now()) else {
-            return;
-        };
+        if let Some(sealed) = self.core.seal(now()) {
+            self.send(sealed);
+        }
+    }
+
+    /// Seals what the shard holds and what its processors still hold, as it stops.
+    fn finish(&mut self) {
+        for sealed in self.core.finish(now()) {
+            self.send(sealed);
+        }
+    }
+
+    fn send(&mut self, sealed: Sealed) {
         let item = SinkItem {
             batch: sealed.batch,
             outputs: sealed.outputs,

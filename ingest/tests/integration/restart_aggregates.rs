@@ -1,8 +1,9 @@
 //! District figures across a restart: an hour (and a day) that began before meterflow
 //! restarted and ends after it must hold the litres of both sides — the restarted
-//! process writes the window's total, never only what it saw itself. Before the
+//! process writes the window's total, never only what it saw itself (before the
 //! rollup was seeded with what the earlier run published, the hour below read 100 L
-//! and 0 meters after the restart instead of 250 L and 2.
+//! and 0 meters after the restart instead of 250 L and 2) — and the stopping process
+//! publishes what it counted since its last flush.
 //!
 //! Time is values: one fixed UTC hour, kept open by hour and day retentions longer
 //! than its age.
@@ -89,4 +90,25 @@ async fn an_hour_across_a_restart_keeps_the_litres_counted_before_it() {
     // from the store's hours, then counted on.
     let day = harbour(&service, "day", 250).await;
     assert_eq!(litres_and_meters(&day), both, "the day: {day}");
+}
+
+/// A graceful stop publishes what the districts counted since the last flush: with a
+/// flush interval longer than the test, the hour holds the litres after a restart
+/// only because the stopping process flushed them. (Before, a stop lost up to a
+/// flush interval of district counts: the meters' states said they were counted.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_publishes_what_was_not_flushed_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = CONFIG.replace("flush_interval_ms = 1000", "flush_interval_ms = 3600000");
+    let service = start_configured(dir.path(), &config, &[]);
+    // c1 10:00–10:30 (100 L), c2 10:00–10:15 (50 L).
+    send_and_wait_for_ack(service.mqtt, "demo", "c1", &[quarters(1, 0..=2)]).await;
+    send_and_wait_for_ack(service.mqtt, "demo", "c2", &[quarters(1, 0..=1)]).await;
+    let service = restart_configured(service, dir.path());
+    let hour = harbour(&service, "hour", 150).await;
+    assert_eq!(
+        litres_and_meters(&hour),
+        (150.into(), 2.into()),
+        "the 10:00 hour: {hour}"
+    );
 }
