@@ -654,12 +654,11 @@ impl MeterFolder<'_> {
         newest
     }
 
-    /// Drops the ledger's windows that can change no more (until then they are
-    /// looked at only while open): closed ones, and those ending at or before VEE's
-    /// settled point (no row there is re-decided) — but
+    /// Drops the ledger's windows that can change no more: closed ones, and those
+    /// ending at or before VEE's settled point (no row there is re-decided) — but
     /// not the newest hour the meter reports in (`newest`), which goes into its
     /// sketch when a later hour comes. Oldest first: what stays is newer than what
-    /// goes.
+    /// goes. (Until dropped, an entry is looked at only while its window is open.)
     fn forget_fixed(&mut self, settled_ts: Option<i64>, newest: Option<i64>) {
         let (now_ms, settings) = (self.now_ms, self.settings);
         let settled = settled_ts.unwrap_or(i64::MIN);
