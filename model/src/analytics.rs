@@ -170,6 +170,31 @@ pub struct DistrictUsage {
     /// Day rows: minimum night flow of the inflow, L/h — the lower of the night
     /// hours' inflow.
     pub inflow_night_flow_lph: Option<u64>,
+    /// A partial's litres taken back beyond what it holds: a correction that a
+    /// process makes to a window an earlier process counted the row in (before a
+    /// restart). Merges add it; a total [`settle_taken`](Self::settle_taken)s it
+    /// against what the partials hold, the earlier process's published row among
+    /// them. Zero in every total; never stored or shown.
+    #[serde(skip)]
+    pub taken: TakenBack,
+}
+
+/// Litres a partial takes back beyond what it holds (see [`DistrictUsage::taken`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TakenBack {
+    pub usage_l: u64,
+    pub inflow_l: u64,
+    pub night_hour_l: [u64; 2],
+    pub inflow_night_hour_l: [u64; 2],
+}
+
+/// `held` litres of a partial changed by `delta`: what it holds now, what it takes
+/// back beyond that in `taken` (so that `held − taken` moves by exactly `delta`).
+pub fn add_signed(held: u64, taken: &mut u64, delta: i64) -> u64 {
+    let net = i128::from(held) - i128::from(*taken) + i128::from(delta);
+    let clamp = |v: i128| u64::try_from(v).unwrap_or(u64::MAX);
+    *taken = clamp((-net).max(0));
+    clamp(net.max(0))
 }
 
 impl DistrictUsage {
@@ -190,6 +215,7 @@ impl DistrictUsage {
             inflow_l: None,
             inflow_night_hour_l: [None; 2],
             inflow_night_flow_lph: None,
+            taken: TakenBack::default(),
         }
     }
 
@@ -215,6 +241,31 @@ impl DistrictUsage {
             .zip(other.inflow_night_hour_l);
         for (mine, theirs) in night.chain(inflow_night) {
             *mine = add_known(*mine, theirs);
+        }
+        let (taken, theirs) = (&mut self.taken, &other.taken);
+        taken.usage_l += theirs.usage_l;
+        taken.inflow_l += theirs.inflow_l;
+        for slot in 0..NIGHT_HOURS.len() {
+            taken.night_hour_l[slot] += theirs.night_hour_l[slot];
+            taken.inflow_night_hour_l[slot] += theirs.inflow_night_hour_l[slot];
+        }
+        self.refresh_derived();
+    }
+
+    /// Takes what the partials took back ([`taken`](Self::taken)) from what they
+    /// hold: for a total over every partial of the window, the earlier processes'
+    /// published row among them.
+    pub fn settle_taken(&mut self) {
+        let taken = std::mem::take(&mut self.taken);
+        let less = |held: Option<u64>, taken: u64| held.map(|l| l.saturating_sub(taken));
+        self.usage_l = self.usage_l.saturating_sub(taken.usage_l);
+        self.inflow_l = less(self.inflow_l, taken.inflow_l);
+        for slot in 0..NIGHT_HOURS.len() {
+            self.night_hour_l[slot] = less(self.night_hour_l[slot], taken.night_hour_l[slot]);
+            self.inflow_night_hour_l[slot] = less(
+                self.inflow_night_hour_l[slot],
+                taken.inflow_night_hour_l[slot],
+            );
         }
         self.refresh_derived();
     }

@@ -25,8 +25,11 @@
 //!   whatever the arrival order (property-tested in `register_order.rs`). The
 //!   ledger lives in the process: for a window an earlier process counted the
 //!   meter in (before a restart, or before the meter moved to this processor),
-//!   only litres follow, and only upwards — what this process takes back from a
-//!   window it holds nothing of stays counted.
+//!   only litres follow. Litres a correction takes back beyond what this
+//!   process's partial holds are kept as [`DistrictUsage::taken`], and the
+//!   rollup takes them from the total — in which the earlier process's published
+//!   row is (embedded mode seeds it; a processor's share holds its own run only,
+//!   so there they stay counted).
 //! - Minute windows are UTC minutes (every time zone's offset is a whole number of
 //!   minutes); hour and day windows are the tenant's local hours and days (its
 //!   tariff's time zone), DST included.
@@ -59,7 +62,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use foldhash::{HashMap, HashMapExt};
-use meterflow_model::analytics::{MeterAnalyticsState, NIGHT_HOURS};
+use meterflow_model::analytics::{MeterAnalyticsState, NIGHT_HOURS, add_signed};
 use meterflow_model::batch::RowChange;
 use meterflow_model::processing::AnalyticsSettings;
 use meterflow_model::time::{day_of, day_string};
@@ -474,18 +477,23 @@ impl MeterFolder<'_> {
                 continue;
             }
             let row = &mut self.partial.window(self.scope, resolution, start).row;
+            let taken = &mut row.taken;
             match bulk {
                 true => {
-                    row.inflow_l = Some(row.inflow_l.unwrap_or(0).saturating_add_signed(delta));
+                    let held = row.inflow_l.unwrap_or(0);
+                    row.inflow_l = Some(add_signed(held, &mut taken.inflow_l, delta));
                 }
-                false => row.usage_l = row.usage_l.saturating_add_signed(delta),
+                false => row.usage_l = add_signed(row.usage_l, &mut taken.usage_l, delta),
             }
             if let (Resolution::Day, Some(slot)) = (resolution, night_slot) {
-                let night = match bulk {
-                    true => &mut row.inflow_night_hour_l[slot],
-                    false => &mut row.night_hour_l[slot],
+                let (night, taken) = match bulk {
+                    true => (
+                        &mut row.inflow_night_hour_l[slot],
+                        &mut taken.inflow_night_hour_l[slot],
+                    ),
+                    false => (&mut row.night_hour_l[slot], &mut taken.night_hour_l[slot]),
                 };
-                *night = Some(night.unwrap_or(0).saturating_add_signed(delta));
+                *night = Some(add_signed(night.unwrap_or(0), taken, delta));
             }
         }
     }
@@ -820,6 +828,7 @@ impl DistrictRollup {
             let mut total =
                 DistrictUsage::new(&row.tenant, &row.district, row.resolution, row.start_ms);
             partials.iter().flatten().for_each(|p| total.merge(p));
+            total.settle_taken();
             *row = total;
             if row.resolution == Resolution::Day {
                 self.days

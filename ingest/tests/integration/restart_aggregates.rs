@@ -112,3 +112,44 @@ async fn a_graceful_stop_publishes_what_was_not_flushed_yet() {
         "the 10:00 hour: {hour}"
     );
 }
+
+/// A late read after a restart moves litres between hours the earlier run counted:
+/// the restarted process takes them back from what that run published. c1 reads
+/// 1,000 L at 10:00 and 1,300 L at 12:00: VEE estimates 1,150 at 11:00, so each
+/// hour shows 150 L. After the restart its real 11:00 read (1,050) arrives: the
+/// 10:00 hour used 50 L and the 11:00 hour 250 L. (Before, the 10:00 hour kept its
+/// 150 L — a process could only add to a window it held nothing of — and the day
+/// read 400 L.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_read_after_a_restart_takes_back_what_the_earlier_run_counted() {
+    let hourly = |seq: u64, reads: &[(i64, u64)]| {
+        let readings = reads
+            .iter()
+            .map(|(hour, reg)| Reading {
+                ts: TEN + (hour - 10) * HOUR_MS,
+                reg: *reg,
+                rev: 0,
+                flow: 0,
+                temp: None,
+            })
+            .collect();
+        Uplink::new(seq, readings)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let service = start_configured(dir.path(), CONFIG, &[]);
+    let gap = hourly(1, &[(10, 1_000), (12, 1_300)]);
+    send_and_wait_for_ack(service.mqtt, "demo", "c1", &[gap]).await;
+    assert_eq!(harbour(&service, "hour", 150).await["usage_l"], 150);
+
+    let service = restart_configured(service, dir.path());
+    let late = hourly(2, &[(11, 1_050)]);
+    send_and_wait_for_ack(service.mqtt, "demo", "c1", &[late]).await;
+    let hour = harbour(&service, "hour", 50).await;
+    assert_eq!(
+        litres_and_meters(&hour),
+        (50.into(), 1.into()),
+        "the 10:00 hour: {hour}"
+    );
+    let day = harbour(&service, "day", 300).await;
+    assert_eq!(day["usage_l"], 300, "the day: {day}");
+}

@@ -5,14 +5,14 @@ use std::collections::BTreeMap;
 use meterflow_model::processing::AnalyticsSettings;
 use meterflow_model::{
     DistrictUsage, MeterBatch, MeterState, Outputs, ProcessorsConfig, Resolution, SealedBatch,
-    TenantId, TenantProcessing, UsageSketch,
+    StoredReading, TenantId, TenantProcessing, UsageSketch,
 };
 use meterflow_processors::analytics::{AnalyticsPartial, AnalyticsProcessor, DistrictRollup};
 use meterflow_processors::vee::VeeProcessor;
 use meterflow_processors::{Processor, TenantDirectory};
 use proptest::prelude::*;
 
-use crate::utils::{HOUR, Input, Pipeline, key, reading};
+use crate::utils::{HOUR, Input, Pipeline, key, reading, restart_configured};
 
 /// 2025-01-15T00:00Z, a Wednesday.
 const MIDNIGHT: i64 = 1_736_899_200_000;
@@ -424,4 +424,61 @@ fn case_6_late_reads_reach_the_hours_percentiles_and_meters() {
         ]),
         "after the late reads"
     );
+}
+
+#[test]
+fn case_6_after_a_restart_late_reads_take_back_what_the_earlier_process_counted() {
+    // m0 as above: the gap's estimates (65 L an hour) are counted and published by
+    // one process, the real reads arrive after a restart. The new process holds
+    // nothing of those hours: what the 10:00 hour loses (55 L) it takes back from
+    // the published rows its rollup was seeded with. Before, it could only add: the
+    // 10:00 hour kept 65 L, and the day read 315 L instead of 260.
+    let meter = key("acme", "m0");
+    let read = |hour: i64, reg: u64| reading(MIDNIGHT + hour * HOUR, reg);
+    let mut pipeline = Pipeline::new(config());
+    let (sealed, _) = pipeline.feed(
+        MIDNIGHT + 15 * HOUR,
+        vec![Input::readings(
+            &meter,
+            vec![read(10, 1_000), read(14, 1_260)],
+        )],
+    );
+    let stored: BTreeMap<i64, StoredReading> = sealed.meters[0]
+        .readings
+        .iter()
+        .map(|row| (row.reading.ts, *row))
+        .collect();
+    let mut earlier = DistrictRollup::new(1);
+    let mut published = pipeline.sweep(MIDNIGHT + 16 * HOUR);
+    earlier.absorb(0, MIDNIGHT + 16 * HOUR, &mut published);
+
+    restart_configured(&mut pipeline, config(), &meter, &stored);
+    let late = vec![read(11, 1_010), read(12, 1_125), read(13, 1_190)];
+    pipeline.feed(MIDNIGHT + 17 * HOUR, vec![Input::readings(&meter, late)]);
+    let mut out = pipeline.sweep(MIDNIGHT + 18 * HOUR);
+    let mut rollup = DistrictRollup::new(1);
+    let (unseen, _) = rollup.unseen(&out);
+    let seeds = unseen
+        .iter()
+        .filter_map(|row| published.districts.iter().find(|p| p.same_window(row)))
+        .cloned()
+        .collect();
+    rollup.seed(seeds, Vec::new());
+    rollup.absorb(0, MIDNIGHT + 18 * HOUR, &mut out);
+    // What readers see: the rows published before, each replaced by the one
+    // published after the restart, if any (the 12:00 hour did not change).
+    let north = |resolution| -> BTreeMap<i64, u64> {
+        published
+            .districts
+            .iter()
+            .chain(&out.districts)
+            .filter(|r| r.district == "north" && r.resolution == resolution)
+            .map(|r| ((r.start_ms - MIDNIGHT) / HOUR, r.usage_l))
+            .collect()
+    };
+    assert_eq!(
+        north(Resolution::Hour),
+        BTreeMap::from([(10, 10), (11, 115), (12, 65), (13, 70)])
+    );
+    assert_eq!(north(Resolution::Day), BTreeMap::from([(0, 260)]));
 }

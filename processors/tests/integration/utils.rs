@@ -136,13 +136,23 @@ pub(crate) fn restart(
     meter: &MeterKey,
     stored: &BTreeMap<i64, StoredReading>,
 ) -> Option<(MeterState, MeterState)> {
+    restart_configured(pipeline, ProcessorsConfig::default(), meter, stored)
+}
+
+/// [`restart`] into a chain for `config`.
+pub(crate) fn restart_configured(
+    pipeline: &mut Pipeline,
+    config: ProcessorsConfig,
+    meter: &MeterKey,
+    stored: &BTreeMap<i64, StoredReading>,
+) -> Option<(MeterState, MeterState)> {
     let mut before = pipeline.states.get(meter).cloned()?;
     // Analytics' ledger lives in the process, as its windows do.
     before.analytics.ledger = Default::default();
     let mut state: MeterState = decode_record(&encode_record(&before)).unwrap();
     let after_settled = state.vee.settled_ts().map_or(i64::MIN, |ts| ts + 1);
     let rows = stored.range(after_settled..).map(|(_, row)| *row).collect();
-    *pipeline = Pipeline::new(ProcessorsConfig::default());
+    *pipeline = Pipeline::new(config);
     pipeline.chain.rehydrate(meter, &mut state, rows);
     pipeline.states.insert(meter.clone(), state.clone());
     Some((before, state))

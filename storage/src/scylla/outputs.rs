@@ -45,7 +45,7 @@ use ::scylla::value::{CqlDate, CqlTimestamp, MaybeUnset};
 use ::scylla::{DeserializeRow, SerializeRow};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use meterflow_model::alert::{AlertEvent, AlertKind, EpisodeState, Priority};
-use meterflow_model::analytics::{DistrictUsage, Resolution, UsageSketch};
+use meterflow_model::analytics::{DistrictUsage, Resolution, TakenBack, UsageSketch};
 use meterflow_model::billing::{BillLine, TierCharge};
 use meterflow_model::time::day_of;
 use meterflow_model::{Outputs, ReadException, SealedBatch};
@@ -570,6 +570,7 @@ impl DistrictHourColumns {
             inflow_l: inflow_l.map(unsigned),
             inflow_night_hour_l: night_hours(inflow_night_hour_l),
             inflow_night_flow_lph: inflow_night_flow_lph.map(unsigned),
+            taken: TakenBack::default(),
         })
     }
 }
