@@ -12,7 +12,8 @@
 //! meter (`bulk_meters`) is exempt from them — its flow never stops and is no one's use.
 //!
 //! **Reading time, not arrival order.** Episodes are what folding the meter's rows
-//! and statuses in reading time gives ([`fold`]), whatever order they arrived in:
+//! and statuses in reading time gives (the `fold` module), whatever order they
+//! arrived in:
 //! - The fold up to VEE's settled point is kept (`AlertState::settled`); after it
 //!   lie the window's rows (VEE's rows that are not suspect, replaced when VEE
 //!   re-decides them, rebuilt from the stored rows on hydration) and the status
@@ -685,7 +686,7 @@ fn marks_overflow(alerts: &AlertState) -> Option<i64> {
     Some(alerts.marks[excess].at)
 }
 
-/// Most status marks a meter's window keeps (see [`marks_overflow`]).
+/// Most status marks a meter's window keeps (see `marks_overflow`).
 pub const MAX_MARKS: usize = 256;
 
 /// Folds the window's items up to VEE's settled point into the settled fold for

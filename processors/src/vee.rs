@@ -76,8 +76,10 @@
 //! Billing follows the re-emitted rows ([`crate::billing`]); so do analytics and
 //! usage, from the earlier versions of those rows that a re-running batch hands along
 //! ([`MeterBatch::replaced`]: the same re-run over the window as it was before the
-//! batch). Alerting counts a row's interval only when the row is newer than what it
-//! has seen, so re-emitted corrections never add litres there (nor move them).
+//! batch). Alerting keeps the window's rows too and re-folds them in reading time
+//! when a re-emitted row replaces one it had ([`crate::alerting`]).
+//!
+//! [`MeterSize::max_flow_lph`]: meterflow_model::vee::MeterSize::max_flow_lph
 
 use std::sync::Arc;
 
