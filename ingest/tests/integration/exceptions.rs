@@ -6,28 +6,22 @@
 //!
 //! Time is values: fixed hours of a fixed UTC day (the default tariff's zone).
 
-use meterflow_model::{Reading, Uplink};
+use meterflow_model::Uplink;
 use serde_json::{Value, json};
 
-use crate::utils::{Meterflow, api_post, send_and_wait_for_ack, start_configured};
+use crate::utils::{Meterflow, api_post, register_uplink, send_and_wait_for_ack, start_configured};
 
 const HOUR_MS: i64 = 3_600_000;
 /// 2026-10-05T00:00:00Z.
 const DAY0: i64 = 1_791_158_400_000;
 
 fn hourly(seq: u64, from_hour: i64, regs: &[u64]) -> Uplink {
-    let readings = regs
+    let reads: Vec<(i64, u64)> = regs
         .iter()
         .enumerate()
-        .map(|(i, reg)| Reading {
-            ts: DAY0 + (from_hour + i as i64) * HOUR_MS,
-            reg: *reg,
-            rev: 0,
-            flow: 0,
-            temp: None,
-        })
+        .map(|(i, reg)| (DAY0 + (from_hour + i as i64) * HOUR_MS, *reg))
         .collect();
-    Uplink::new(seq, readings)
+    register_uplink(seq, &reads)
 }
 
 fn get_json(service: &Meterflow, path: &str) -> Value {

@@ -9,10 +9,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use meterflow_model::{Reading, Uplink, UsageSketch};
+use meterflow_model::{Uplink, UsageSketch};
 use serde_json::Value;
 
-use crate::utils::{Meterflow, send_and_wait_for_ack, start_configured};
+use crate::utils::{Meterflow, register_uplink, send_and_wait_for_ack, start_configured};
 
 const HOUR_MS: i64 = 3_600_000;
 /// 2026-10-05T00:00:00Z.
@@ -25,17 +25,11 @@ const CONFIG: &str = "[pipeline]\nsweep_interval_s = 1\n\n\
 
 /// One message of reads at `(hour, register)`.
 fn uplink(seq: u64, reads: &[(i64, u64)]) -> Uplink {
-    let readings = reads
+    let reads: Vec<(i64, u64)> = reads
         .iter()
-        .map(|(hour, reg)| Reading {
-            ts: DAY0 + hour * HOUR_MS,
-            reg: *reg,
-            rev: 0,
-            flow: 0,
-            temp: None,
-        })
+        .map(|(hour, reg)| (DAY0 + hour * HOUR_MS, *reg))
         .collect();
-    Uplink::new(seq, readings)
+    register_uplink(seq, &reads)
 }
 
 /// The north's hours 10:00–13:00 as (litres, meters, p50, p90), once the 11:00 hour
@@ -80,6 +74,20 @@ fn as_sketched(litres: u64) -> Option<u64> {
     sketch.quantile(0.5)
 }
 
+/// The north's 10:00–13:00 hours when its two meters used these litres in them:
+/// their sum and 2 meters; for the hours both finished (all but the last), of the
+/// two values the lower as p50 and the higher as p90 (nearest rank).
+fn expected(m0: [u64; 4], m1: [u64; 4]) -> BTreeMap<i64, Hour> {
+    (0..4)
+        .map(|i| {
+            let finished = i < 3;
+            let (low, high) = (m0[i].min(m1[i]), m0[i].max(m1[i]));
+            let p = |litres| as_sketched(litres).filter(|_| finished);
+            (10 + i as i64, (m0[i] + m1[i], 2, p(low), p(high)))
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_reads_move_the_hours_percentiles_as_well_as_their_litres() {
     let dir = tempfile::tempdir().unwrap();
@@ -87,21 +95,14 @@ async fn late_reads_move_the_hours_percentiles_as_well_as_their_litres() {
     // m1 uses 40 L every hour. m0 reads 1,000 L at 10:00 and 1,260 L at 14:00: VEE
     // estimates 65 L for each hour between. Its real 11:00–13:00 reads come later:
     // its hours used 10, 115, 65 and 70 L. An hour enters the percentiles once a
-    // meter reports in a later one (10:00–12:00; 13:00 is running for both); of two
-    // values, p50 is the lower and p90 the higher.
+    // meter reports in a later one (10:00–12:00; 13:00 is running for both).
     let m1: Vec<(i64, u64)> = (10..=14).map(|h| (h, 500 + 40 * (h as u64 - 10))).collect();
     send_and_wait_for_ack(service.mqtt, "demo", "m1", &[uplink(1, &m1)]).await;
     let gap = uplink(1, &[(10, 1_000), (14, 1_260)]);
     send_and_wait_for_ack(service.mqtt, "demo", "m0", &[gap]).await;
-    let (forty, sixty_five) = (as_sketched(40), as_sketched(65));
     assert_eq!(
         north_hours(&service, 105).await,
-        BTreeMap::from([
-            (10, (105, 2, forty, sixty_five)),
-            (11, (105, 2, forty, sixty_five)),
-            (12, (105, 2, forty, sixty_five)),
-            (13, (105, 2, None, None)),
-        ]),
+        expected([65; 4], [40; 4]),
         "on the estimates"
     );
 
@@ -109,12 +110,7 @@ async fn late_reads_move_the_hours_percentiles_as_well_as_their_litres() {
     send_and_wait_for_ack(service.mqtt, "demo", "m0", &[late]).await;
     assert_eq!(
         north_hours(&service, 155).await,
-        BTreeMap::from([
-            (10, (50, 2, as_sketched(10), forty)),
-            (11, (155, 2, forty, as_sketched(115))),
-            (12, (105, 2, forty, sixty_five)),
-            (13, (110, 2, None, None)),
-        ]),
+        expected([10, 115, 65, 70], [40; 4]),
         "after the late reads"
     );
 }

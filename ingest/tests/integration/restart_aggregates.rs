@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use meterflow_model::{Reading, Uplink};
 use serde_json::Value;
 
-use crate::utils::{Meterflow, restart_configured, send_and_wait_for_ack, start_configured};
+use crate::utils::{
+    Meterflow, register_uplink, restart_configured, send_and_wait_for_ack, start_configured,
+};
 
 const HOUR_MS: i64 = 3_600_000;
 /// 2026-10-05T10:00:00Z.
@@ -123,17 +125,11 @@ async fn a_graceful_stop_publishes_what_was_not_flushed_yet() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_read_after_a_restart_takes_back_what_the_earlier_run_counted() {
     let hourly = |seq: u64, reads: &[(i64, u64)]| {
-        let readings = reads
+        let reads: Vec<(i64, u64)> = reads
             .iter()
-            .map(|(hour, reg)| Reading {
-                ts: TEN + (hour - 10) * HOUR_MS,
-                reg: *reg,
-                rev: 0,
-                flow: 0,
-                temp: None,
-            })
+            .map(|(hour, reg)| (TEN + (hour - 10) * HOUR_MS, *reg))
             .collect();
-        Uplink::new(seq, readings)
+        register_uplink(seq, &reads)
     };
     let dir = tempfile::tempdir().unwrap();
     let service = start_configured(dir.path(), CONFIG, &[]);

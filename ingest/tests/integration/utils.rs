@@ -436,6 +436,21 @@ pub(crate) async fn send_and_wait_for_ack(
     }
 }
 
+/// One message of register reads at `(ts, register)`, nothing else measured.
+pub(crate) fn register_uplink(seq: u64, reads: &[(i64, u64)]) -> Uplink {
+    let readings = reads
+        .iter()
+        .map(|(ts, reg)| meterflow_model::Reading {
+            ts: *ts,
+            reg: *reg,
+            rev: 0,
+            flow: 0,
+            temp: None,
+        })
+        .collect();
+    Uplink::new(seq, readings)
+}
+
 /// Hourly readings `first_ts, first_ts + 1 h, …` (`count` of them) with a constant
 /// flow of `lph` litres per hour from register `reg0`, in messages of `per_message`.
 pub(crate) fn hourly_uplinks(
