@@ -55,20 +55,35 @@ impl UsageSketch {
         }
     }
 
-    /// Takes one `value` out (one that was added): the counterpart of
-    /// [`add`](Self::add), for a meter's hour that a correction changed.
-    pub fn remove(&mut self, value: u64) {
+    /// Takes one `value` out, if the sketch holds one in its bucket: the
+    /// counterpart of [`add`](Self::add), for a meter's hour that a correction
+    /// changed. Returns whether it did.
+    pub fn remove(&mut self, value: u64) -> bool {
         if value == 0 {
-            self.zeros = self.zeros.saturating_sub(1);
-            return;
+            let held = self.zeros > 0;
+            self.zeros -= u64::from(held);
+            return held;
         }
         let index = Self::bucket_of(value);
-        if let Ok(at) = self.bins.binary_search_by_key(&index, |(i, _)| *i) {
-            self.bins[at].1 -= 1;
-            if self.bins[at].1 == 0 {
-                self.bins.remove(at);
+        let Ok(at) = self.bins.binary_search_by_key(&index, |(i, _)| *i) else {
+            return false;
+        };
+        self.bins[at].1 -= 1;
+        if self.bins[at].1 == 0 {
+            self.bins.remove(at);
+        }
+        true
+    }
+
+    /// Takes out every value `other` holds (bucket counts, saturating).
+    pub fn subtract(&mut self, other: &UsageSketch) {
+        self.zeros = self.zeros.saturating_sub(other.zeros);
+        for (index, count) in &other.bins {
+            if let Ok(at) = self.bins.binary_search_by_key(index, |(i, _)| *i) {
+                self.bins[at].1 = self.bins[at].1.saturating_sub(*count);
             }
         }
+        self.bins.retain(|(_, count)| *count > 0);
     }
 
     pub fn count(&self) -> u64 {
@@ -170,22 +185,25 @@ pub struct DistrictUsage {
     /// Day rows: minimum night flow of the inflow, L/h — the lower of the night
     /// hours' inflow.
     pub inflow_night_flow_lph: Option<u64>,
-    /// A partial's litres taken back beyond what it holds: a correction that a
-    /// process makes to a window an earlier process counted the row in (before a
-    /// restart). Merges add it; a total [`settle_taken`](Self::settle_taken)s it
-    /// against what the partials hold, the earlier process's published row among
-    /// them. Zero in every total; never stored or shown.
+    /// What a partial takes back beyond what it holds: a correction that a process
+    /// makes to a window an earlier process counted the row in (before a restart).
+    /// Merges add it; a total [`settle_taken`](Self::settle_taken)s it against what
+    /// the partials hold, the earlier process's published row among them. Empty in
+    /// every total; never stored or shown.
     #[serde(skip)]
     pub taken: TakenBack,
 }
 
-/// Litres a partial takes back beyond what it holds (see [`DistrictUsage::taken`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What a partial takes back beyond what it holds (see [`DistrictUsage::taken`]):
+/// litres, meters reporting, and hour values out of the sketch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TakenBack {
     pub usage_l: u64,
     pub inflow_l: u64,
     pub night_hour_l: [u64; 2],
     pub inflow_night_hour_l: [u64; 2],
+    pub meters: u64,
+    pub sketch: UsageSketch,
 }
 
 /// `held` litres of a partial changed by `delta`: what it holds now, what it takes
@@ -245,6 +263,8 @@ impl DistrictUsage {
         let (taken, theirs) = (&mut self.taken, &other.taken);
         taken.usage_l += theirs.usage_l;
         taken.inflow_l += theirs.inflow_l;
+        taken.meters += theirs.meters;
+        taken.sketch.merge(&theirs.sketch);
         for slot in 0..NIGHT_HOURS.len() {
             taken.night_hour_l[slot] += theirs.night_hour_l[slot];
             taken.inflow_night_hour_l[slot] += theirs.inflow_night_hour_l[slot];
@@ -259,6 +279,8 @@ impl DistrictUsage {
         let taken = std::mem::take(&mut self.taken);
         let less = |held: Option<u64>, taken: u64| held.map(|l| l.saturating_sub(taken));
         self.usage_l = self.usage_l.saturating_sub(taken.usage_l);
+        self.meters = self.meters.saturating_sub(taken.meters);
+        self.meter_hour_sketch.subtract(&taken.sketch);
         self.inflow_l = less(self.inflow_l, taken.inflow_l);
         for slot in 0..NIGHT_HOURS.len() {
             self.night_hour_l[slot] = less(self.night_hour_l[slot], taken.night_hour_l[slot]);

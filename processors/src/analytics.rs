@@ -23,13 +23,16 @@
 //!   list with its day total. So every open window's litres, meters and
 //!   percentiles and a meter's top-list litres are those of the rows in time order,
 //!   whatever the arrival order (property-tested in `register_order.rs`). The
-//!   ledger lives in the process: for a window an earlier process counted the
-//!   meter in (before a restart, or before the meter moved to this processor),
-//!   only litres follow. Litres a correction takes back beyond what this
-//!   process's partial holds are kept as [`DistrictUsage::taken`], and the
-//!   rollup takes them from the total — in which the earlier process's published
-//!   row is (embedded mode seeds it; a processor's share holds its own run only,
-//!   so there they stay counted).
+//!   ledger is not persisted: when a shard hydrates a meter it is rebuilt from the
+//!   rows VEE's rebuilt pass makes after its settled point (`rehydrate`), so it
+//!   holds every window that began after that point. What a correction takes
+//!   back there beyond what this process's partial holds — litres, a meter
+//!   reporting, an hour value an earlier process put in the sketch — is kept as
+//!   [`DistrictUsage::taken`], and the rollup takes it from the total, in which
+//!   the earlier process's published row is (embedded mode seeds it; a
+//!   processor's share holds its own run only, so there it stays counted).
+//!   Windows that began before the settled point (possible only with retentions
+//!   longer than the late window) follow in litres only.
 //! - Minute windows are UTC minutes (every time zone's offset is a whole number of
 //!   minutes); hour and day windows are the tenant's local hours and days (its
 //!   tariff's time zone), DST included.
@@ -62,12 +65,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use foldhash::{HashMap, HashMapExt};
-use meterflow_model::analytics::{MeterAnalyticsState, NIGHT_HOURS, add_signed};
-use meterflow_model::batch::RowChange;
+use meterflow_model::analytics::{MeterAnalyticsState, NIGHT_HOURS, WindowLedger, add_signed};
+use meterflow_model::batch::{RowChange, counted_litres};
 use meterflow_model::processing::AnalyticsSettings;
 use meterflow_model::time::{day_of, day_string};
 use meterflow_model::{
-    DistrictUsage, Outputs, Quality, Resolution, SealedBatch, TenantSummary, TopConsumers,
+    DistrictUsage, MeterKey, MeterState, Outputs, Quality, Resolution, SealedBatch, StoredReading,
+    TenantSummary, TopConsumers,
 };
 
 use crate::Processor;
@@ -281,6 +285,15 @@ fn retention_ms(resolution: Resolution, settings: &AnalyticsSettings) -> i64 {
     }
 }
 
+/// The minute, hour and day windows an interval ending at `end` falls in.
+fn windows_of(calendar: &mut LocalCalendar, end: i64) -> [(Resolution, i64); 3] {
+    [
+        (Resolution::Minute, end.div_euclid(MINUTE_MS) * MINUTE_MS),
+        (Resolution::Hour, calendar.hour_start(end)),
+        (Resolution::Day, calendar.day(end).start_ms),
+    ]
+}
+
 /// Whether a window still takes rows at `now_ms`.
 fn is_open(
     start_ms: i64,
@@ -427,6 +440,46 @@ impl Processor for AnalyticsProcessor {
     fn finish(&mut self, now_ms: i64, out: &mut Outputs) {
         self.flush(now_ms, out);
     }
+
+    /// Rebuilds the meter's ledger from the rows VEE's rebuilt pass made after its
+    /// settled point — the rows the earlier process counted there — so that a
+    /// correction after a restart moves meters reporting and the hour's sketch of
+    /// windows the earlier process published (taking back what this process's
+    /// partial does not hold, [`DistrictUsage::taken`]). Windows starting at or after
+    /// the settled point are whole in it.
+    fn rehydrate(&mut self, key: &MeterKey, state: &mut MeterState, rows: &mut Vec<StoredReading>) {
+        let (entry, runtime) = self.tenants.get(&key.tenant);
+        let settled = state.vee.settled_ts().unwrap_or(i64::MIN);
+        let analytics = &mut state.analytics;
+        analytics.ledger = WindowLedger::default();
+        analytics.ledger.since = Some(settled);
+        if entry.settings.is_bulk(&key.meter) {
+            return;
+        }
+        let counted_up_to = analytics.last_ts.unwrap_or(i64::MIN);
+        let calendar = &mut runtime.calendar;
+        for row in rows.iter() {
+            let ts = row.reading.ts;
+            let Some(litres) = counted_litres(row).filter(|_| ts > settled && ts <= counted_up_to)
+            else {
+                continue;
+            };
+            for (resolution, start) in windows_of(calendar, ts - 1) {
+                if start >= settled {
+                    let entry = analytics.ledger.entry(resolution, start);
+                    entry.rows += 1;
+                    entry.litres += litres;
+                }
+            }
+        }
+        // The earlier process put each hour the meter had finished in its sketch.
+        let hours = analytics.ledger.list_mut(Resolution::Hour);
+        let newest = hours.iter().rev().find(|e| e.rows > 0).map(|e| e.start_ms);
+        for hour in hours.iter_mut() {
+            let finished = newest.is_some_and(|n| hour.start_ms < n);
+            hour.sketched = (hour.rows > 0 && finished).then_some(hour.litres);
+        }
+    }
 }
 
 /// Folds one meter's rows into the partial.
@@ -515,7 +568,7 @@ impl MeterFolder<'_> {
             return;
         }
         let rows_delta = i64::from(change.now.is_some()) - i64::from(change.before.is_some());
-        for (resolution, start) in self.windows_of(end) {
+        for (resolution, start) in windows_of(self.calendar, end) {
             if start < self.since || !self.open(start, resolution) {
                 continue;
             }
@@ -526,10 +579,8 @@ impl MeterFolder<'_> {
             let reports = entry.rows > 0;
             if reported != reports {
                 let row = &mut self.partial.window(self.scope, resolution, start).row;
-                row.meters = match reports {
-                    true => row.meters + 1,
-                    false => row.meters.saturating_sub(1),
-                };
+                let step = if reports { 1 } else { -1 };
+                row.meters = add_signed(row.meters, &mut row.taken.meters, step);
             }
             if resolution == Resolution::Hour {
                 self.touched_hour = Some(self.touched_hour.map_or(start, |t| t.min(start)));
@@ -578,15 +629,6 @@ impl MeterFolder<'_> {
             }
             top.dirty = true;
         }
-    }
-
-    /// The minute, hour and day windows an interval ending at `end` falls in.
-    fn windows_of(&mut self, end: i64) -> [(Resolution, i64); 3] {
-        [
-            (Resolution::Minute, end.div_euclid(MINUTE_MS) * MINUTE_MS),
-            (Resolution::Hour, self.calendar.hour_start(end)),
-            (Resolution::Day, self.calendar.day(end).start_ms),
-        ]
     }
 
     /// One more row ending in a window, counted by [`fold`](Self::fold): whether the
@@ -651,8 +693,11 @@ impl MeterFolder<'_> {
             let window = self
                 .partial
                 .window(self.scope, Resolution::Hour, entry.start_ms);
-            if let Some(value) = entry.sketched {
-                window.row.meter_hour_sketch.remove(value);
+            // A value an earlier process put in is taken from the total.
+            if let Some(value) = entry.sketched
+                && !window.row.meter_hour_sketch.remove(value)
+            {
+                window.row.taken.sketch.add(value);
             }
             if let Some(value) = wanted {
                 window.row.meter_hour_sketch.add(value);

@@ -9,10 +9,12 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use meterflow_model::{Uplink, UsageSketch};
+use meterflow_model::Uplink;
 use serde_json::Value;
 
-use crate::utils::{Meterflow, register_uplink, send_and_wait_for_ack, start_configured};
+use crate::utils::{
+    Meterflow, as_sketched, register_uplink, send_and_wait_for_ack, start_configured,
+};
 
 const HOUR_MS: i64 = 3_600_000;
 /// 2026-10-05T00:00:00Z.
@@ -65,13 +67,6 @@ async fn north_hours(service: &Meterflow, litres_at_11: u64) -> BTreeMap<i64, Ho
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-}
-
-/// What a sketch shows for one value: its bucket's representative (within 1 %).
-fn as_sketched(litres: u64) -> Option<u64> {
-    let mut sketch = UsageSketch::default();
-    sketch.add(litres);
-    sketch.quantile(0.5)
 }
 
 /// The north's 10:00–13:00 hours when its two meters used these litres in them:

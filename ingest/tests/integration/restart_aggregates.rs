@@ -14,7 +14,8 @@ use meterflow_model::{Reading, Uplink};
 use serde_json::Value;
 
 use crate::utils::{
-    Meterflow, register_uplink, restart_configured, send_and_wait_for_ack, start_configured,
+    Meterflow, as_sketched, register_uplink, restart_configured, send_and_wait_for_ack,
+    start_configured,
 };
 
 const HOUR_MS: i64 = 3_600_000;
@@ -119,9 +120,9 @@ async fn a_graceful_stop_publishes_what_was_not_flushed_yet() {
 /// the restarted process takes them back from what that run published. c1 reads
 /// 1,000 L at 10:00 and 1,300 L at 12:00: VEE estimates 1,150 at 11:00, so each
 /// hour shows 150 L. After the restart its real 11:00 read (1,050) arrives: the
-/// 10:00 hour used 50 L and the 11:00 hour 250 L. (Before, the 10:00 hour kept its
-/// 150 L — a process could only add to a window it held nothing of — and the day
-/// read 400 L.)
+/// 10:00 hour used 50 L and the 11:00 hour 250 L, and the 10:00 hour's percentiles
+/// (c1 finished it) show 50. (Before, the 10:00 hour kept its 150 L — a process
+/// could only add to a window it held nothing of — and the day read 400 L.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_read_after_a_restart_takes_back_what_the_earlier_run_counted() {
     let hourly = |seq: u64, reads: &[(i64, u64)]| {
@@ -146,6 +147,7 @@ async fn a_late_read_after_a_restart_takes_back_what_the_earlier_run_counted() {
         (50.into(), 1.into()),
         "the 10:00 hour: {hour}"
     );
+    assert_eq!(hour["p50_l"].as_u64(), as_sketched(50), "{hour}");
     let day = harbour(&service, "day", 300).await;
     assert_eq!(day["usage_l"], 300, "the day: {day}");
 }

@@ -436,6 +436,14 @@ pub(crate) async fn send_and_wait_for_ack(
     }
 }
 
+/// What a district hour's percentiles show for one value: its sketch bucket's
+/// representative (within 1 %).
+pub(crate) fn as_sketched(litres: u64) -> Option<u64> {
+    let mut sketch = meterflow_model::UsageSketch::default();
+    sketch.add(litres);
+    sketch.quantile(0.5)
+}
+
 /// One message of register reads at `(ts, register)`, nothing else measured.
 pub(crate) fn register_uplink(seq: u64, reads: &[(i64, u64)]) -> Uplink {
     let readings = reads

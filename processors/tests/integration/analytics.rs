@@ -363,6 +363,13 @@ fn case_6_late_reads_replace_a_gaps_estimates_in_the_district_hours() {
     assert_eq!(north_after(&one_by_one), (truth, 260), "one by one");
 }
 
+/// What a sketch shows for one value: its bucket's representative (within 1 %).
+fn as_sketched(litres: u64) -> Option<u64> {
+    let mut sketch = UsageSketch::default();
+    sketch.add(litres);
+    sketch.quantile(0.5)
+}
+
 #[test]
 fn case_6_late_reads_reach_the_hours_percentiles_and_meters() {
     // m0 as above: 1,000 L at 10:00 and 1,260 L at 14:00 first (65 L an hour
@@ -386,12 +393,6 @@ fn case_6_late_reads_reach_the_hours_percentiles_and_meters() {
         .chain(m1)
         .collect();
     let late: Vec<_> = m0[1..4].iter().map(|(h, reg)| ("m0", *h, *reg)).collect();
-    // A sketch stands for a value by its bucket's representative (within 1 %).
-    let as_sketched = |litres: u64| {
-        let mut sketch = UsageSketch::default();
-        sketch.add(litres);
-        sketch.quantile(0.5)
-    };
     let hours = |rows: Vec<DistrictUsage>| -> BTreeMap<i64, (u64, u64, Option<u64>, Option<u64>)> {
         rows.into_iter()
             .filter(|r| r.resolution == Resolution::Hour)
@@ -428,33 +429,40 @@ fn case_6_late_reads_reach_the_hours_percentiles_and_meters() {
 
 #[test]
 fn case_6_after_a_restart_late_reads_take_back_what_the_earlier_process_counted() {
-    // m0 as above: the gap's estimates (65 L an hour) are counted and published by
-    // one process, the real reads arrive after a restart. The new process holds
-    // nothing of those hours: what the 10:00 hour loses (55 L) it takes back from
-    // the published rows its rollup was seeded with. Before, it could only add: the
-    // 10:00 hour kept 65 L, and the day read 315 L instead of 260.
-    let meter = key("acme", "m0");
+    // m0 and m1 as above: the gap's estimates (65 L an hour) are counted and
+    // published by one process, m0's real reads arrive after a restart. The new
+    // process holds nothing of those hours: what the 10:00 hour loses (55 L, and
+    // m0's 65 L value in its percentiles) it takes back from the published rows its
+    // rollup was seeded with; the ledger it rebuilt from m0's rows says what m0 had
+    // put in. Before, it could only add: the 10:00 hour kept 65 L, and the day read
+    // 315 L instead of 260.
+    let m0 = key("acme", "m0");
     let read = |hour: i64, reg: u64| reading(MIDNIGHT + hour * HOUR, reg);
+    let m1_reads = (10..=14)
+        .map(|h| read(h, 500 + 40 * (h as u64 - 10)))
+        .collect();
     let mut pipeline = Pipeline::new(config());
     let (sealed, _) = pipeline.feed(
         MIDNIGHT + 15 * HOUR,
-        vec![Input::readings(
-            &meter,
-            vec![read(10, 1_000), read(14, 1_260)],
-        )],
+        vec![
+            Input::readings(&m0, vec![read(10, 1_000), read(14, 1_260)]),
+            Input::readings(&key("acme", "m1"), m1_reads),
+        ],
     );
-    let stored: BTreeMap<i64, StoredReading> = sealed.meters[0]
-        .readings
+    let stored: BTreeMap<i64, StoredReading> = sealed
+        .meters
         .iter()
+        .filter(|meter| meter.key == m0)
+        .flat_map(|meter| &meter.readings)
         .map(|row| (row.reading.ts, *row))
         .collect();
     let mut earlier = DistrictRollup::new(1);
     let mut published = pipeline.sweep(MIDNIGHT + 16 * HOUR);
     earlier.absorb(0, MIDNIGHT + 16 * HOUR, &mut published);
 
-    restart_configured(&mut pipeline, config(), &meter, &stored);
+    restart_configured(&mut pipeline, config(), &m0, &stored);
     let late = vec![read(11, 1_010), read(12, 1_125), read(13, 1_190)];
-    pipeline.feed(MIDNIGHT + 17 * HOUR, vec![Input::readings(&meter, late)]);
+    pipeline.feed(MIDNIGHT + 17 * HOUR, vec![Input::readings(&m0, late)]);
     let mut out = pipeline.sweep(MIDNIGHT + 18 * HOUR);
     let mut rollup = DistrictRollup::new(1);
     let (unseen, _) = rollup.unseen(&out);
@@ -467,18 +475,28 @@ fn case_6_after_a_restart_late_reads_take_back_what_the_earlier_process_counted(
     rollup.absorb(0, MIDNIGHT + 18 * HOUR, &mut out);
     // What readers see: the rows published before, each replaced by the one
     // published after the restart, if any (the 12:00 hour did not change).
-    let north = |resolution| -> BTreeMap<i64, u64> {
+    type Figures = (u64, u64, Option<u64>, Option<u64>);
+    let north = |resolution| -> BTreeMap<i64, Figures> {
         published
             .districts
             .iter()
             .chain(&out.districts)
             .filter(|r| r.district == "north" && r.resolution == resolution)
-            .map(|r| ((r.start_ms - MIDNIGHT) / HOUR, r.usage_l))
+            .map(|r| {
+                let hour = (r.start_ms - MIDNIGHT) / HOUR;
+                (hour, (r.usage_l, r.meters, r.p50_l, r.p90_l))
+            })
             .collect()
     };
+    let (forty, sixty_five) = (as_sketched(40), as_sketched(65));
     assert_eq!(
         north(Resolution::Hour),
-        BTreeMap::from([(10, 10), (11, 115), (12, 65), (13, 70)])
+        BTreeMap::from([
+            (10, (50, 2, as_sketched(10), forty)),
+            (11, (155, 2, forty, as_sketched(115))),
+            (12, (105, 2, forty, sixty_five)),
+            (13, (110, 2, None, None)),
+        ])
     );
-    assert_eq!(north(Resolution::Day), BTreeMap::from([(0, 260)]));
+    assert_eq!(north(Resolution::Day)[&0].0, 420);
 }

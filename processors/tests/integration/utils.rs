@@ -128,9 +128,9 @@ impl Pipeline {
 /// the state goes through its record codec (what it does not persist is lost), a
 /// fresh chain takes over, and the meter is rehydrated from exactly the rows
 /// `stored` so far after its settled point, as a shard reads them from the store
-/// (ascending `ts`, one per `ts`, the last written). Returns the state before (less
-/// analytics' ledger, which lives in the process) and the rehydrated one, which the
-/// new pipeline holds.
+/// (ascending `ts`, one per `ts`, the last written). Returns the state before and
+/// the rehydrated one, which the new pipeline holds, both less analytics' ledger
+/// (the process's own; a rehydrated one is rebuilt from the rows).
 pub(crate) fn restart(
     pipeline: &mut Pipeline,
     meter: &MeterKey,
@@ -155,5 +155,6 @@ pub(crate) fn restart_configured(
     *pipeline = Pipeline::new(config);
     pipeline.chain.rehydrate(meter, &mut state, rows);
     pipeline.states.insert(meter.clone(), state.clone());
+    state.analytics.ledger = Default::default();
     Some((before, state))
 }
