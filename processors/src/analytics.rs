@@ -748,17 +748,19 @@ impl MeterFolder<'_> {
         if new_hour {
             // An hour an earlier process counted the meter in: finished now. (Hours
             // in the ledger are put in their sketch by `sketch_finished_hours`.)
+            // (Its window may hold nothing of this process yet: made here, the
+            // value reaches the total an earlier process published.)
             let finished = (self.state.hour_start, self.state.hour_l);
             if finished.0 != 0
                 && finished.0 < hour
                 && finished.0 < self.since
-                && let Some(window) =
-                    self.partial
-                        .windows
-                        .get_mut(&(self.scope, Resolution::Hour, finished.0))
+                && self.open(finished.0, Resolution::Hour)
             {
-                window.row.meter_hour_sketch.add(finished.1);
-                window.dirty = true;
+                self.partial
+                    .window(self.scope, Resolution::Hour, finished.0)
+                    .row
+                    .meter_hour_sketch
+                    .add(finished.1);
             }
             self.state.hour_start = hour;
             self.state.hour_l = 0;
