@@ -401,8 +401,8 @@ pub struct MeterAnalyticsState {
     pub day_start: i64,
     /// Litres of the meter on `day_start`'s day so far.
     pub day_l: u64,
-    /// What the meter's counted rows add to each open window this process counted
-    /// them in. Not persisted: a restarted process starts it again.
+    /// What the meter's counted rows add to each open window. Not persisted:
+    /// rebuilt from the meter's rows when a shard hydrates it.
     #[serde(skip)]
     pub ledger: WindowLedger,
 }
@@ -424,9 +424,10 @@ impl MeterAnalyticsState {
 /// hold rows an earlier process counted; the ledger knows nothing of those.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WindowLedger {
-    /// Windows starting at or after this hold only rows this process counted; set
-    /// at the meter's first batch in the process (its `last_ts` then, or
-    /// `i64::MIN` for a meter that had counted nothing).
+    /// Windows starting at or after this are whole in the ledger: on hydration,
+    /// VEE's settled point (the rows after it rebuild the ledger); for a state
+    /// that was not hydrated, its `last_ts` at its first batch (`i64::MIN` for a
+    /// meter that had counted nothing).
     pub since: Option<i64>,
     /// Per resolution (minute, hour, day), ascending by start: rows mostly come in
     /// time order, so an entry is mostly the last one or a new last one.
@@ -484,6 +485,24 @@ impl WindowLedger {
         &mut list[at]
     }
 
+    /// One more counted row of `litres` ending in a window: whether it is the
+    /// meter's first there.
+    pub fn count(&mut self, resolution: Resolution, start_ms: i64, litres: u64) -> bool {
+        let entry = self.entry(resolution, start_ms);
+        entry.rows += 1;
+        entry.litres += litres;
+        entry.rows == 1
+    }
+
+    /// The newest hour the meter reports in.
+    pub fn newest_reporting_hour(&self) -> Option<i64> {
+        self.list(Resolution::Hour)
+            .iter()
+            .rev()
+            .find(|e| e.rows > 0)
+            .map(|e| e.start_ms)
+    }
+
     /// Whether a list is at its capacity: the next new window would grow it, so
     /// it is time to drop what can change no more (pruning only then keeps its
     /// cost off most batches and the lists within twice what they must hold).
@@ -500,6 +519,13 @@ impl WindowLedger {
 }
 
 impl LedgerEntry {
+    /// An hour's value for its sketch when the meter's newest reporting hour is
+    /// `newest`: its litres once the meter reports in a later hour.
+    pub fn sketch_value(&self, newest: Option<i64>) -> Option<u64> {
+        let finished = newest.is_some_and(|n| self.start_ms < n);
+        (self.rows > 0 && finished).then_some(self.litres)
+    }
+
     fn empty(start_ms: i64) -> Self {
         Self {
             start_ms,

@@ -407,7 +407,7 @@ impl Processor for AnalyticsProcessor {
                 since,
                 touched_hour: None,
             };
-            let newest_before = folder.newest_reporting_hour();
+            let newest_before = folder.state.ledger.newest_reporting_hour();
             for change in changes {
                 folder.revise(change, bulk);
             }
@@ -466,18 +466,14 @@ impl Processor for AnalyticsProcessor {
             };
             for (resolution, start) in windows_of(calendar, ts - 1) {
                 if start >= settled {
-                    let entry = analytics.ledger.entry(resolution, start);
-                    entry.rows += 1;
-                    entry.litres += litres;
+                    analytics.ledger.count(resolution, start, litres);
                 }
             }
         }
         // The earlier process put each hour the meter had finished in its sketch.
-        let hours = analytics.ledger.list_mut(Resolution::Hour);
-        let newest = hours.iter().rev().find(|e| e.rows > 0).map(|e| e.start_ms);
-        for hour in hours.iter_mut() {
-            let finished = newest.is_some_and(|n| hour.start_ms < n);
-            hour.sketched = (hour.rows > 0 && finished).then_some(hour.litres);
+        let newest = analytics.ledger.newest_reporting_hour();
+        for hour in analytics.ledger.list_mut(Resolution::Hour) {
+            hour.sketched = hour.sketch_value(newest);
         }
     }
 }
@@ -583,7 +579,7 @@ impl MeterFolder<'_> {
                 row.meters = add_signed(row.meters, &mut row.taken.meters, step);
             }
             if resolution == Resolution::Hour {
-                self.touched_hour = Some(self.touched_hour.map_or(start, |t| t.min(start)));
+                self.touch_hour(start);
             }
         }
         if delta == 0 {
@@ -631,6 +627,11 @@ impl MeterFolder<'_> {
         }
     }
 
+    /// The batch changed the meter's rows ending in the hour starting at `start`.
+    fn touch_hour(&mut self, start: i64) {
+        self.touched_hour = Some(self.touched_hour.map_or(start, |t| t.min(start)));
+    }
+
     /// One more row ending in a window, counted by [`fold`](Self::fold): whether the
     /// meter reports there for the first time. The ledger says for windows in it;
     /// for one an earlier process may have counted the meter in, `by_state` (the
@@ -645,24 +646,10 @@ impl MeterFolder<'_> {
         if start < self.since {
             return by_state;
         }
-        let entry = self.state.ledger.entry(resolution, start);
-        entry.rows += 1;
-        entry.litres += litres;
         if resolution == Resolution::Hour {
-            self.touched_hour = Some(self.touched_hour.map_or(start, |t| t.min(start)));
+            self.touch_hour(start);
         }
-        entry.rows == 1
-    }
-
-    /// The newest hour in the ledger the meter reports in.
-    fn newest_reporting_hour(&self) -> Option<i64> {
-        self.state
-            .ledger
-            .list(Resolution::Hour)
-            .iter()
-            .rev()
-            .find(|e| e.rows > 0)
-            .map(|e| e.start_ms)
+        self.state.ledger.count(resolution, start, litres)
     }
 
     /// Puts each of the meter's finished hours in the ledger into the hour's sketch
@@ -671,7 +658,7 @@ impl MeterFolder<'_> {
     /// hours from the earliest one the batch changed, or that was or is the newest.
     /// Returns the newest hour the meter reports in.
     fn sketch_finished_hours(&mut self, newest_before: Option<i64>) -> Option<i64> {
-        let newest = self.newest_reporting_hour();
+        let newest = self.state.ledger.newest_reporting_hour();
         let Some(from) = [self.touched_hour, newest_before, newest]
             .into_iter()
             .flatten()
@@ -683,8 +670,7 @@ impl MeterFolder<'_> {
         let hours = self.state.ledger.list_mut(Resolution::Hour);
         let first = hours.partition_point(|e| e.start_ms < from);
         for entry in &mut hours[first..] {
-            let finished = newest.is_some_and(|n| entry.start_ms < n);
-            let wanted = (entry.rows > 0 && finished).then_some(entry.litres);
+            let wanted = entry.sketch_value(newest);
             if wanted == entry.sketched
                 || !is_open(entry.start_ms, Resolution::Hour, self.now_ms, self.settings)
             {

@@ -12,9 +12,10 @@
 //! - a row of a later day than the meter's starts that day at 0 L;
 //! - `Suspect`: not counted (stored);
 //! - newer than the meter's latest actual reading: its interval is added when it
-//!   ends in the meter's day; an `Actual` row becomes the latest reading shown, and so does a
-//!   `Recorded` one (an exchange's final read, which may be followed by no actual
-//!   read for a while: a later re-emission of it is then a correction, not new);
+//!   ends in the meter's day; an `Actual` row becomes the latest reading shown, and
+//!   so does a `Recorded` one (an exchange's final read, which may be followed by
+//!   no actual read for a while: a later re-emission of it is then a correction,
+//!   not new);
 //! - not newer (a late read, or a correction VEE re-emitted): not counted again;
 //!   what it changes against the row counted before ([`MeterBatch::corrections`])
 //!   moves `today_l` when the row belongs to that day (issue 10, case 6).
