@@ -334,9 +334,10 @@ pub struct PipelineConfig {
     /// A gap in a meter's seqs not filled within this many seconds is skipped
     /// (DESIGN §3: default 10 min).
     pub resend_window_s: u64,
-    /// How often each shard runs the processors' timer sweep (no-communication
-    /// alerts, bill closing, analytics flushes on a quiet shard). The shortest rule it
-    /// drives is hours long, so a minute is plenty.
+    /// How often each shard runs the processors' timer sweep over its meters
+    /// (no-communication alerts, bill closing). The shortest rule it drives is hours
+    /// long, so a minute is plenty. (Analytics' flush on a quiet shard is checked
+    /// every second.)
     pub sweep_interval_s: u64,
     /// Dead letters one sender (tenant and meter of its session) may have stored at
     /// once; more are dropped and counted (`meterflow_dead_letters_dropped_total`),

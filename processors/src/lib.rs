@@ -168,9 +168,15 @@ impl ProcessorChain {
                 changed.push(key.clone());
             }
         }
+        self.tick(now_ms, out);
+        changed
+    }
+
+    /// Every processor's [`Processor::tick`]: their own time-driven work (analytics'
+    /// flush), cheap enough to run every second.
+    pub fn tick(&mut self, now_ms: i64, out: &mut Outputs) {
         for processor in &mut self.processors {
             processor.tick(now_ms, out);
         }
-        changed
     }
 }

@@ -412,11 +412,14 @@ impl ShardCore {
     }
 
     /// Runs the sweeps that are due at `now`. True when the once-a-second gap sweep
-    /// ran (the runner samples its queue depth then).
+    /// ran (the runner samples its queue depth then); the processors' own tick
+    /// (analytics' flush on a quiet shard) runs with it.
     pub fn tick(&mut self, now: Now) -> bool {
         let gap_sweep = now.instant >= self.next_gap_sweep;
         if gap_sweep {
             self.sweep_gaps(now);
+            self.processors.tick(now.wall_ms, &mut self.swept);
+            self.hold_swept(now);
             self.next_gap_sweep = now.instant + GAP_SWEEP_EVERY;
         }
         if now.instant >= self.next_timer_sweep {
@@ -634,7 +637,16 @@ impl ShardCore {
         for key in &changed {
             self.open.meter(key);
         }
-        if !changed.is_empty() || !self.swept.is_empty() {
+        if !changed.is_empty() {
+            self.open.opened.get_or_insert(now.instant);
+        }
+        self.hold_swept(now);
+    }
+
+    /// Opens the batch for outputs the sweeps made, so that it is sealed within the
+    /// linger.
+    fn hold_swept(&mut self, now: Now) {
+        if !self.swept.is_empty() {
             self.open.opened.get_or_insert(now.instant);
         }
     }

@@ -800,3 +800,27 @@ fn a_stopping_shard_seals_its_batch_then_what_analytics_has_not_flushed() {
         "nothing held after"
     );
 }
+
+#[test]
+fn a_quiet_shard_publishes_its_districts_at_the_flush_interval_not_the_meter_sweep() {
+    let mut shard = Harness::new(1_000);
+    let m1 = key("plain.m1");
+    shard.offer(&m1, &json(1, 3), 0);
+    let first = shard.seal(1);
+    assert!(
+        first.outputs.districts.is_empty(),
+        "the first batch sets the boundary"
+    );
+    // Nothing arrives; the flush boundary (5 s) passes long before the meters' sweep
+    // (60 s here): the once-a-second tick flushes.
+    shard.core.tick(shard.at(6_000));
+    let flushed = shard.seal(6_001);
+    assert!(flushed.batch.meters.is_empty());
+    let days = flushed
+        .outputs
+        .districts
+        .iter()
+        .filter(|row| row.resolution == Resolution::Day)
+        .count();
+    assert_eq!(days, 2, "the litre on each side of midnight");
+}
