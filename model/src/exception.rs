@@ -17,6 +17,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::vee::MeterSize;
+
 /// Longest `by` or `why` of a decision, in bytes: a name and a sentence, not a file.
 pub const MAX_DECISION_TEXT: usize = 500;
 
@@ -166,10 +168,14 @@ pub enum OrderAction {
     ConfirmExchange,
     /// A field work order: the meter was exchanged at `ts`. The old register read
     /// `final_reg` when removed (billed up to `ts`, when given); the new one read
-    /// `initial_reg` when fitted and bills from there.
+    /// `initial_reg` when fitted and bills from there. `size`, when given, is the new
+    /// meter's size: from `ts` on it sets the register's capacity, what the meter
+    /// can plausibly measure and its fixed charge (record version 8).
     Exchange {
         final_reg: Option<u64>,
         initial_reg: u64,
+        #[serde(default)]
+        size: Option<MeterSize>,
     },
 }
 

@@ -45,6 +45,7 @@ mod state_v2;
 mod state_v4;
 mod state_v5;
 mod state_v6;
+mod state_v7;
 pub mod status;
 pub mod time;
 pub mod topic;

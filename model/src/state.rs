@@ -152,6 +152,10 @@ impl crate::codec::binary::Record for MeterState {
     fn decode_v6(body: &[u8]) -> Result<Self, crate::codec::binary::RecordError> {
         crate::state_v6::decode(body)
     }
+
+    fn decode_v7(body: &[u8]) -> Result<Self, crate::codec::binary::RecordError> {
+        crate::state_v7::decode(body)
+    }
 }
 
 impl MeterState {
@@ -166,6 +170,7 @@ impl MeterState {
             vee: VeeState {
                 settled: self.vee.settled.clone(),
                 orders: self.vee.orders.clone(),
+                sizes: self.vee.sizes.clone(),
                 ..VeeState::default()
             },
             billing: BillingState {

@@ -21,7 +21,7 @@ use crate::billing::BillingState;
 use crate::codec::binary::RecordError;
 use crate::seq_window::SeqWindow;
 use crate::state::{MeterState, UsageState};
-use crate::vee::VeeState;
+use crate::state_v7::VeeStateV7;
 
 /// `AlertState` of record versions 2 to 5 (version 1's lacked the last two fields).
 #[derive(Deserialize)]
@@ -114,7 +114,7 @@ pub(crate) const EMPTY_ALERTS_V5: (
 struct MeterStateV5 {
     seq: SeqWindow,
     usage: UsageState,
-    vee: VeeState,
+    vee: VeeStateV7,
     billing: BillingState,
     alerts: AlertStateV5,
     analytics: MeterAnalyticsState,
@@ -126,7 +126,7 @@ pub(crate) fn decode(body: &[u8]) -> Result<MeterState, RecordError> {
     Ok(MeterState {
         seq: v5.seq,
         usage: v5.usage,
-        vee: v5.vee,
+        vee: v5.vee.upgrade(),
         billing: v5.billing,
         alerts: v5.alerts.upgrade(),
         analytics: v5.analytics,
@@ -204,7 +204,7 @@ mod tests {
         let v5 = (
             &current.seq,
             &current.usage,
-            &current.vee,
+            (&current.vee.settled, &current.vee.orders),
             &current.billing,
             alerts_v5,
             &current.analytics,

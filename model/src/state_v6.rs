@@ -12,13 +12,13 @@ use crate::billing::BillingState;
 use crate::codec::binary::RecordError;
 use crate::seq_window::SeqWindow;
 use crate::state::{MeterState, UsageState};
-use crate::vee::VeeState;
+use crate::state_v7::VeeStateV7;
 
 #[derive(Deserialize)]
 struct MeterStateV6 {
     seq: SeqWindow,
     usage: UsageState,
-    vee: VeeState,
+    vee: VeeStateV7,
     billing: BillingState,
     alerts: AlertState,
     analytics: MeterAnalyticsState,
@@ -30,7 +30,7 @@ pub(crate) fn decode(body: &[u8]) -> Result<MeterState, RecordError> {
     Ok(MeterState {
         seq: v6.seq,
         usage: v6.usage,
-        vee: v6.vee,
+        vee: v6.vee.upgrade(),
         billing: v6.billing,
         alerts: v6.alerts,
         analytics: v6.analytics,
@@ -54,7 +54,7 @@ mod tests {
         let v6 = (
             &state.seq,
             &state.usage,
-            &state.vee,
+            (&state.vee.settled, &state.vee.orders),
             &state.billing,
             &state.alerts,
             &state.analytics,

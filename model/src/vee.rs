@@ -34,6 +34,7 @@ use crate::uplink::Reading;
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum MeterSize {
     /// Household meter (½"), the most common size.
@@ -331,7 +332,32 @@ pub struct VeeState {
     /// [`MAX_METER_ORDERS`](crate::exception::MAX_METER_ORDERS); the pass
     /// follows them. Persisted (record version 5): nothing else holds them.
     pub orders: Vec<RegisterOrder>,
+    /// Sizes recorded with the meter's exchanges, ascending `from_ts`, at most
+    /// [`MAX_SIZE_CHANGES`]; before the first (and with none), the tenant's
+    /// configured size holds. Persisted (record version 8): the orders that
+    /// recorded them are forgotten once the window settles past them.
+    pub sizes: Vec<SizeChange>,
 }
+
+/// From `from_ts` on (a recorded exchange's time), the meter is of `size`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SizeChange {
+    pub from_ts: i64,
+    pub size: MeterSize,
+}
+
+/// A meter's size at `ts`, of its recorded `changes` (ascending): the newest at or
+/// before it, else `configured` (a read at an exchange's own time is the new
+/// meter's, as VEE places it on the new register).
+pub fn size_at(changes: &[SizeChange], ts: i64, configured: MeterSize) -> MeterSize {
+    let after = changes.partition_point(|c| c.from_ts <= ts);
+    after.checked_sub(1).map_or(configured, |i| changes[i].size)
+}
+
+/// Size changes remembered per meter: each comes with a field exchange, a few in a
+/// meter's life; the oldest is forgotten first (it can only matter to periods long
+/// billed final).
+pub const MAX_SIZE_CHANGES: usize = 8;
 
 /// Most raw reads kept per meter: three days (the default late window) of
 /// 15-minute reads. A meter reading more often than that keeps a shorter window, and
@@ -348,6 +374,19 @@ impl VeeState {
     /// any decision (it is late beyond the window).
     pub fn settled_ts(&self) -> Option<i64> {
         self.settled.newest_ts
+    }
+
+    /// Records what an exchange order at `ts` says of the meter's size: `size`
+    /// from `ts` on, or — an order replacing one that gave a size — nothing at
+    /// `ts` any more. Keeps the newest [`MAX_SIZE_CHANGES`].
+    pub fn record_size(&mut self, ts: i64, size: Option<MeterSize>) {
+        self.sizes.retain(|c| c.from_ts != ts);
+        if let Some(size) = size {
+            let at = self.sizes.partition_point(|c| c.from_ts < ts);
+            self.sizes.insert(at, SizeChange { from_ts: ts, size });
+        }
+        let excess = self.sizes.len().saturating_sub(MAX_SIZE_CHANGES);
+        self.sizes.drain(..excess);
     }
 }
 
@@ -410,6 +449,7 @@ mod tests {
                     action: OrderAction::Exchange {
                         final_reg: Some(7),
                         initial_reg: 2,
+                        size: Some(MeterSize::Dn25),
                     },
                     decision: Decision {
                         by: "ana".into(),
@@ -417,6 +457,10 @@ mod tests {
                         at_ms: 13,
                     },
                     exception: None,
+                }],
+                sizes: vec![SizeChange {
+                    from_ts: 10,
+                    size: MeterSize::Dn25,
                 }],
             },
             ..MeterState::default()
@@ -452,6 +496,34 @@ mod tests {
         // Nothing of the window is written: the record is as long as one without it.
         let without_window = encode_record(&persisted);
         assert_eq!(encode_record(&state), without_window);
+    }
+
+    #[test]
+    fn a_meters_size_is_the_newest_recorded_at_or_before_a_time() {
+        let mut state = VeeState::default();
+        let configured = MeterSize::Dn15;
+        assert_eq!(size_at(&state.sizes, 5, configured), configured);
+        state.record_size(100, Some(MeterSize::Dn25));
+        state.record_size(50, Some(MeterSize::Dn20));
+        assert_eq!(size_at(&state.sizes, 49, configured), configured);
+        assert_eq!(
+            size_at(&state.sizes, 50, configured),
+            MeterSize::Dn20,
+            "from its time on"
+        );
+        assert_eq!(size_at(&state.sizes, 99, configured), MeterSize::Dn20);
+        assert_eq!(size_at(&state.sizes, i64::MAX, configured), MeterSize::Dn25);
+        state.record_size(100, None);
+        assert_eq!(
+            size_at(&state.sizes, 200, configured),
+            MeterSize::Dn20,
+            "an order without a size takes back its time's size"
+        );
+        for ts in 0..20 {
+            state.record_size(1_000 + ts, Some(MeterSize::Dn40));
+        }
+        assert_eq!(state.sizes.len(), MAX_SIZE_CHANGES);
+        assert_eq!(state.sizes[0].from_ts, 1_012, "the oldest are forgotten");
     }
 
     #[test]

@@ -49,9 +49,14 @@
 //!   is charged for the local days (tenant's zone) from the day of its first actual
 //!   read to the month's end: fixed × days in service / days in the month, rounded
 //!   half up to the minor unit. Every later period, skipped months included, is
-//!   charged in full. A meter exchange does not prorate: the meter key is the
-//!   service point, which stays in service, and the state has no place for a
-//!   removal or a size that changes over time.
+//!   charged in full for the days it was in service. A recorded exchange that gives
+//!   the new meter's size ([`VeeState::sizes`]) splits its period: the days before
+//!   the exchange's local day at the old size's charge, the rest at the new one's,
+//!   rounded once; its period is billed again when the order arrives. An exchange
+//!   without a size does not prorate: the meter key is the service point, which
+//!   stays in service.
+//!
+//! [`VeeState::sizes`]: meterflow_model::vee::VeeState::sizes
 //! - **Final**: once the service clock (`SealedBatch::now_ms`, or the sweep's time)
 //!   is `bill_close_after_ms` past the start of the current period — the previous
 //!   period's end, unless skipped months lie between them — the bills of the
@@ -74,9 +79,10 @@
 use std::sync::Arc;
 
 use meterflow_model::billing::{BillingState, PeriodReads, RegisterPoint};
+use meterflow_model::vee::{SizeChange, size_at};
 use meterflow_model::{
-    BillLine, MeterKey, MeterSize, MeterState, Outputs, ProcessorsConfig, Quality, SealedBatch,
-    StoredReading, Tariff, TenantId, TenantProcessing, TierCharge,
+    BillLine, MeterKey, MeterSize, MeterState, OrderAction, Outputs, ProcessorsConfig, Quality,
+    SealedBatch, StoredReading, Tariff, TenantId, TenantProcessing, TierCharge,
 };
 use std::collections::HashMap;
 
@@ -138,17 +144,24 @@ impl BillingProcessor {
 struct MeterTerms<'a> {
     key: &'a MeterKey,
     tariff: &'a Tariff,
+    /// The meter's configured size: before its first recorded size change, and with
+    /// none.
     size: MeterSize,
+    /// Sizes recorded with the meter's exchanges ([`VeeState::sizes`]).
+    ///
+    /// [`VeeState::sizes`]: meterflow_model::vee::VeeState::sizes
+    sizes: Vec<SizeChange>,
     /// Interpolation across more than this marks a bill estimated.
     long_gap_ms: i64,
 }
 
 impl<'a> MeterTerms<'a> {
-    fn new(entry: &'a TenantEntry, key: &'a MeterKey) -> Self {
+    fn new(entry: &'a TenantEntry, key: &'a MeterKey, sizes: &[SizeChange]) -> Self {
         Self {
             key,
             tariff: &entry.settings.tariff,
             size: entry.settings.meter_size(&key.meter),
+            sizes: sizes.to_vec(),
             long_gap_ms: entry.settings.vee.expected_interval_ms * 3 / 2,
         }
     }
@@ -165,7 +178,15 @@ impl Processor for BillingProcessor {
             if entry.settings.is_bulk(&meter.key.meter) {
                 continue;
             }
-            let terms = MeterTerms::new(entry, &meter.key);
+            let terms = MeterTerms::new(entry, &meter.key, &meter.state.vee.sizes);
+            // A recorded exchange may change the size, so the fixed charge, of its
+            // period whether or not it moves the period's reads.
+            let exchanged_at: Vec<i64> = meter
+                .orders
+                .iter()
+                .filter(|order| matches!(order.action, OrderAction::Exchange { .. }))
+                .map(|order| order.ts)
+                .collect();
             let calendar = &mut runtime.calendar;
             let state = &mut meter.state;
             let before = with_open_reads(&state.billing, calendar).billable(calendar);
@@ -186,8 +207,11 @@ impl Processor for BillingProcessor {
             // A period whose stretch has closed was billed final just now, or will be
             // when its reads settle: no running line for it.
             for (period, stretch_end) in after.billable(calendar) {
+                let exchanged = exchanged_at
+                    .iter()
+                    .any(|ts| (period.start_ms..period.end_ms).contains(ts));
                 if batch.now_ms < stretch_end.saturating_add(self.close_after_ms)
-                    && !before.iter().any(|(seen, _)| *seen == period)
+                    && (exchanged || !before.iter().any(|(seen, _)| *seen == period))
                 {
                     out.bills.push(bill_line(&terms, &period, false, calendar));
                 }
@@ -226,7 +250,7 @@ impl Processor for BillingProcessor {
             return false;
         }
         let (entry, runtime) = self.tenants.get(&key.tenant);
-        let terms = MeterTerms::new(entry, key);
+        let terms = MeterTerms::new(entry, key, &state.vee.sizes);
         let calendar = &mut runtime.calendar;
         let view = with_open_reads(&state.billing, calendar);
         finalise_previous(
@@ -553,22 +577,39 @@ pub fn period_usage(period: &PeriodReads, long_gap_ms: i64) -> (u64, bool) {
     )
 }
 
-/// The fixed charge of a period: the full charge for the meter's size, prorated in
-/// the meter's first period (no read before it) to the local days from the day of
-/// its first read to the month's end, of the month's local days — rounded half up
-/// to the minor unit.
+/// The fixed charge of a period: the full charge for the meter's size, prorated to
+/// the local days of each size the period saw and to the days in service — in the
+/// meter's first period (no read before it) from the day of its first read — of the
+/// month's local days, rounded half up to the minor unit once. A size recorded with
+/// an exchange holds from the exchange's local day on (that day is the new meter's).
 fn fixed_charge(terms: &MeterTerms<'_>, period: &PeriodReads, calendar: &mut LocalCalendar) -> u64 {
-    let full = terms.tariff.fixed_charge_for(terms.size);
-    let (None, Some(first)) = (period.before, period.first) else {
-        return full;
+    let full = |size| u128::from(terms.tariff.fixed_charge_for(size));
+    let first_day = match (period.before, period.first) {
+        (None, Some(first)) => calendar.day_of_month(first.ts),
+        _ => 1,
     };
-    // The month's length from its number, the first read's day from the UTC offset:
-    // building both days' spans (a time-zone lookup each, alternating so that the
-    // calendar's one-day cache never hit) was a tenth of a seal for meters in their
-    // first period.
+    let changes = terms
+        .sizes
+        .iter()
+        .filter(|change| period.start_ms < change.from_ts && change.from_ts < period.end_ms);
+    let mut size = size_at(&terms.sizes, period.start_ms, terms.size);
+    if first_day == 1 && changes.clone().next().is_none() {
+        return u64::try_from(full(size)).unwrap_or(u64::MAX);
+    }
+    // The month's length from its number, a day from the UTC offset: building each
+    // day's span (a time-zone lookup each, alternating so that the calendar's
+    // one-day cache never hit) was a tenth of a seal for meters in their first
+    // period.
     let days = u128::from(days_in_month(period.year, period.month));
-    let in_service = days + 1 - u128::from(calendar.day_of_month(first.ts));
-    u64::try_from((u128::from(full) * in_service * 2 + days) / (2 * days)).unwrap_or(u64::MAX)
+    let mut day = u128::from(first_day);
+    let mut charged = 0u128;
+    for change in changes {
+        let from = u128::from(calendar.day_of_month(change.from_ts)).max(day);
+        charged += full(size) * (from - day);
+        (day, size) = (from, change.size);
+    }
+    charged += full(size) * (days + 1 - day);
+    u64::try_from((charged * 2 + days) / (2 * days)).unwrap_or(u64::MAX)
 }
 
 /// Days in a month of the proleptic Gregorian calendar (31 for a month out of range,
@@ -721,6 +762,7 @@ mod tests {
             key: &key,
             tariff: &tariff,
             size: MeterSize::default(),
+            sizes: Vec::new(),
             long_gap_ms: 5_400_000,
         };
         // November 2024 (UTC): 2024-11-01T00:00Z to 2024-12-01T00:00Z, 30 days.
@@ -741,6 +783,59 @@ mod tests {
             ..first_read_on(30)
         };
         assert_eq!(fixed(before), 1_005);
+    }
+
+    #[test]
+    fn a_size_recorded_with_an_exchange_splits_its_periods_fixed_charge_by_days() {
+        let mut calendar = LocalCalendar::for_zone_name("UTC").unwrap();
+        let key = MeterKey::new("demo".try_into().unwrap(), "m".try_into().unwrap());
+        let tariff = Tariff {
+            fixed_charge: 1_000,
+            fixed_charge_by_size: [(MeterSize::Dn25, 3_000)].into(),
+            ..Tariff::default()
+        };
+        // November 2024 (UTC), 30 days; the exchange at 09:30 on the 11th.
+        let november = new_period(calendar.month(1_730_419_200_000));
+        let on_day = |day: i64| november.start_ms + (day - 1) * 86_400_000;
+        let exchange = SizeChange {
+            from_ts: on_day(11) + 34_200_000,
+            size: MeterSize::Dn25,
+        };
+        let terms = MeterTerms {
+            key: &key,
+            tariff: &tariff,
+            size: MeterSize::Dn15,
+            sizes: vec![exchange],
+            long_gap_ms: 5_400_000,
+        };
+        let read = |ts| Some(RegisterPoint { ts, creg: 7 });
+        let in_service = PeriodReads {
+            before: read(november.start_ms - 1),
+            ..november
+        };
+        let december = new_period(calendar.month(november.end_ms));
+        let october = new_period(calendar.month(november.start_ms - 1));
+        let mut fixed = |period: PeriodReads| fixed_charge(&terms, &period, &mut calendar);
+        // 10 days × 10.00 + 20 days × 30.00, of 30: 23.333… → 23.33.
+        assert_eq!(fixed(in_service), 2_333);
+        // First read on the 16th, after the exchange: 15 days of the new size only.
+        let first_on_16th = PeriodReads {
+            first: read(on_day(16)),
+            ..november
+        };
+        assert_eq!(fixed(first_on_16th), 1_500);
+        // December holds the new size all month.
+        let december = PeriodReads {
+            before: read(november.end_ms - 1),
+            ..december
+        };
+        assert_eq!(fixed(december), 3_000);
+        // October, before the exchange, the configured size.
+        let october = PeriodReads {
+            before: read(october.start_ms - 1),
+            ..october
+        };
+        assert_eq!(fixed(october), 1_000);
     }
 
     #[test]

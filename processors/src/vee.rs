@@ -26,7 +26,9 @@
 //! *base*):
 //! - **growth**: `reg ≥ base.reg` and the delta is plausible → `Actual`, interval =
 //!   delta. *Plausible* means at most the meter size's overload flow Q4 over the
-//!   elapsed time, plus `jump_slack_l` ([`MeterSize::max_flow_lph`]).
+//!   elapsed time, plus `jump_slack_l` ([`MeterSize::max_flow_lph`]). The size is
+//!   the one in place at the read's time: the configured one, or the one a recorded
+//!   exchange gave ([`VeeState::sizes`]), which also sets the register's capacity.
 //! - **rollover**: `reg < base.reg`, and wrapping at the register's capacity
 //!   (`10^register_digits` litres) gives a plausible delta → `Actual`, interval =
 //!   `capacity - base.reg + reg`; a new register epoch begins.
@@ -86,8 +88,8 @@ use std::sync::Arc;
 use meterflow_model::exception::MAX_METER_ORDERS;
 use meterflow_model::processing::TenantProcessing;
 use meterflow_model::vee::{
-    EpochCause, ExchangeCandidate, MAX_REGISTER_EPOCHS, MAX_WINDOW_READS, RawRead, RegisterEpoch,
-    ValidatedRead, VeeFold, VeeState,
+    EpochCause, ExchangeCandidate, MAX_REGISTER_EPOCHS, MAX_WINDOW_READS, MeterSize, RawRead,
+    RegisterEpoch, SizeChange, ValidatedRead, VeeFold, VeeRules, VeeState,
 };
 use meterflow_model::{
     ExceptionReason, ExceptionState, MeterBatch, MeterId, MeterKey, MeterState, OrderAction,
@@ -99,12 +101,13 @@ use crate::calendar::HOUR_MS;
 use crate::tenants::TenantDirectory;
 
 /// What VEE needs to know about one meter.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct MeterRules {
-    /// Raw register value at which the register wraps to zero.
-    pub capacity: u64,
-    /// Overload flow of the meter's size, L/h.
-    pub max_flow_lph: u64,
+    /// What the meter's size allows before its first recorded size change (and with
+    /// none): the tenant's configured size.
+    configured: SizeRules,
+    /// From each `ts` on, what a size recorded with an exchange allows; ascending.
+    resized: Vec<(i64, SizeRules)>,
     pub jump_slack_l: u64,
     pub expected_interval_ms: i64,
     pub max_estimated_reads: u32,
@@ -114,13 +117,40 @@ pub struct MeterRules {
     pub late_window_ms: i64,
 }
 
-impl MeterRules {
-    pub fn new(settings: &TenantProcessing, meter: &MeterId, late_window_ms: i64) -> Self {
-        let size = settings.meter_size(meter);
-        let vee = &settings.vee;
+/// What a meter of one size can register.
+#[derive(Clone, Copy, Debug)]
+struct SizeRules {
+    /// Raw register value at which the register wraps to zero.
+    capacity: u64,
+    /// Overload flow of the size, L/h.
+    max_flow_lph: u64,
+}
+
+impl SizeRules {
+    fn of(vee: &VeeRules, size: MeterSize) -> Self {
         Self {
             capacity: vee.register_capacity(size),
             max_flow_lph: size.max_flow_lph(),
+        }
+    }
+}
+
+impl MeterRules {
+    /// The rules of `meter`, whose recorded size changes are `sizes`
+    /// ([`VeeState::sizes`]).
+    pub fn new(
+        settings: &TenantProcessing,
+        meter: &MeterId,
+        sizes: &[SizeChange],
+        late_window_ms: i64,
+    ) -> Self {
+        let vee = &settings.vee;
+        Self {
+            configured: SizeRules::of(vee, settings.meter_size(meter)),
+            resized: sizes
+                .iter()
+                .map(|change| (change.from_ts, SizeRules::of(vee, change.size)))
+                .collect(),
             jump_slack_l: vee.jump_slack_l,
             expected_interval_ms: vee.expected_interval_ms,
             max_estimated_reads: vee.max_estimated_reads,
@@ -129,9 +159,23 @@ impl MeterRules {
         }
     }
 
-    /// Most litres the meter can register in `dt_ms`.
-    fn plausible_litres(&self, dt_ms: i64) -> u64 {
-        let litres = u128::from(self.max_flow_lph) * dt_ms.max(0) as u128 / HOUR_MS as u128;
+    /// What the meter in place at `ts` can register.
+    fn at(&self, ts: i64) -> SizeRules {
+        let after = self.resized.partition_point(|(from, _)| *from <= ts);
+        after
+            .checked_sub(1)
+            .map_or(self.configured, |i| self.resized[i].1)
+    }
+
+    /// Raw register value at which the register in place at `ts` wraps to zero.
+    fn capacity(&self, ts: i64) -> u64 {
+        self.at(ts).capacity
+    }
+
+    /// Most litres the meter in place at `to_ts` can register in the `dt_ms` before.
+    fn plausible_litres(&self, to_ts: i64, dt_ms: i64) -> u64 {
+        let max_flow_lph = self.at(to_ts).max_flow_lph;
+        let litres = u128::from(max_flow_lph) * dt_ms.max(0) as u128 / HOUR_MS as u128;
         u64::try_from(litres)
             .unwrap_or(u64::MAX)
             .saturating_add(self.jump_slack_l)
@@ -140,7 +184,8 @@ impl MeterRules {
     /// Whether `later` grew plausibly from `earlier` on the same register.
     fn grows_from(&self, earlier: &Reading, later: &Reading) -> bool {
         later.reg >= earlier.reg
-            && later.reg - earlier.reg <= self.plausible_litres(later.ts.saturating_sub(earlier.ts))
+            && later.reg - earlier.reg
+                <= self.plausible_litres(later.ts, later.ts.saturating_sub(earlier.ts))
     }
 
     /// Reads that must continue an exchange candidate starting at `reg` to confirm it.
@@ -178,24 +223,58 @@ impl Processor for VeeProcessor {
         let late_window_ms = self.directory.bill_close_after_ms;
         for meter in &mut batch.meters {
             let settings = &self.directory.get(&meter.key.tenant).settings;
-            let rules = MeterRules::new(settings, &meter.key.meter, late_window_ms);
-            validate_meter(&rules, meter, &mut self.output, &mut out.exceptions);
+            let id = &meter.key.meter;
+            let earlier = MeterRules::new(settings, id, &meter.state.vee.sizes, late_window_ms);
+            let resized = take_sizes(&mut meter.state.vee, &meter.orders)
+                .then(|| MeterRules::new(settings, id, &meter.state.vee.sizes, late_window_ms));
+            let rules = resized.as_ref().unwrap_or(&earlier);
+            validate_meter(
+                rules,
+                &earlier,
+                meter,
+                &mut self.output,
+                &mut out.exceptions,
+            );
         }
     }
 
     fn rehydrate(&mut self, key: &MeterKey, state: &mut MeterState, rows: &mut Vec<StoredReading>) {
         let settings = &self.directory.get(&key.tenant).settings;
-        let rules = MeterRules::new(settings, &key.meter, self.directory.bill_close_after_ms);
+        let late_window_ms = self.directory.bill_close_after_ms;
+        let rules = MeterRules::new(settings, &key.meter, &state.vee.sizes, late_window_ms);
         rebuild_window(&rules, &mut state.vee, rows, &mut self.output);
     }
+}
+
+/// Records the sizes that a batch's exchange orders give the meter (an order at or
+/// before the settled point changes nothing: [`order_problem`] refuses it), so the
+/// pass that follows them judges each read by the meter in place at its time.
+/// Returns whether the meter's sizes changed.
+fn take_sizes(state: &mut VeeState, orders: &[RegisterOrder]) -> bool {
+    if orders.is_empty() {
+        return false;
+    }
+    let settled_ts = state.settled_ts();
+    let before = state.sizes.clone();
+    for order in orders {
+        if let OrderAction::Exchange { size, .. } = order.action
+            && settled_ts.is_none_or(|settled| order.ts > settled)
+        {
+            state.record_size(order.ts, size);
+        }
+    }
+    state.sizes != before
 }
 
 /// Runs the module's rules over one meter's readings and the operator orders of its
 /// batch, replacing the readings with the rows to store (estimates and re-emitted
 /// corrections included), ascending `ts`, one per `ts`; `exceptions` gets the
-/// validation exceptions those rows raise, resolve or decide.
+/// validation exceptions those rows raise, resolve or decide. `earlier_rules` are
+/// the meter's rules before the batch's orders changed its size (the pass of the
+/// rows a re-run replaces followed them); `rules` when the batch changed none.
 pub fn validate_meter(
     rules: &MeterRules,
+    earlier_rules: &MeterRules,
     meter: &mut MeterBatch,
     output: &mut Vec<StoredReading>,
     exceptions: &mut Vec<ReadException>,
@@ -209,10 +288,11 @@ pub fn validate_meter(
     }
     validate(
         rules,
+        earlier_rules,
         &mut meter.state.vee,
         Inputs {
             readings: &mut meter.readings,
-            orders: std::mem::take(&mut meter.orders),
+            orders: meter.orders.clone(),
         },
         output,
         &mut meter.replaced,
@@ -321,6 +401,7 @@ pub fn rebuild_window(
     };
     validate(
         rules,
+        rules,
         state,
         inputs,
         output,
@@ -334,6 +415,7 @@ pub fn rebuild_window(
 /// from the re-decided point on say about exceptions.
 fn validate(
     rules: &MeterRules,
+    earlier_rules: &MeterRules,
     state: &mut VeeState,
     inputs: Inputs,
     output: &mut Vec<StoredReading>,
@@ -363,6 +445,7 @@ fn validate(
         .map(|_| Before {
             window: state.window.clone(),
             orders: state.orders.clone(),
+            rules: earlier_rules,
         });
     let ordered_from = take_orders(state, orders, notes);
     let from = admit(state, readings, output, notes)
@@ -378,10 +461,12 @@ fn validate(
     std::mem::swap(readings, output);
 }
 
-/// A meter's window and orders as they were before a batch that re-runs the pass.
-struct Before {
+/// A meter's window, orders and rules as they were before a batch that re-runs the
+/// pass.
+struct Before<'a> {
     window: Vec<RawRead>,
     orders: Vec<RegisterOrder>,
+    rules: &'a MeterRules,
 }
 
 /// Puts a batch's orders into the meter's state (an order replaces an earlier one
@@ -493,7 +578,7 @@ fn decide_from(
     rules: &MeterRules,
     state: &mut VeeState,
     from: i64,
-    before: Option<&Before>,
+    before: Option<&Before<'_>>,
     out: &mut Vec<StoredReading>,
     replaced: &mut Vec<StoredReading>,
     notes: &mut Vec<Note>,
@@ -503,6 +588,7 @@ fn decide_from(
         window,
         head,
         orders,
+        ..
     } = state;
     if head.newest_ts.is_none_or(|newest| from > newest) {
         let split = window.partition_point(|r| r.reading.ts < from);
@@ -520,7 +606,7 @@ fn decide_from(
             orders: &before.orders,
             from,
         };
-        rerun.run(rules, settled, replaced, &mut earlier);
+        rerun.run(before.rules, settled, replaced, &mut earlier);
         one_row_per_ts(replaced);
     }
     let first_new_note = notes.len();
@@ -810,6 +896,7 @@ impl<'a> Pass<'a> {
             let OrderAction::Exchange {
                 final_reg,
                 initial_reg,
+                ..
             } = order.action
             else {
                 continue;
@@ -977,7 +1064,7 @@ impl<'a> Pass<'a> {
         let r = read.reading;
         let limit = self
             .rules
-            .plausible_litres(r.ts.saturating_sub(base.reading.ts));
+            .plausible_litres(r.ts, r.ts.saturating_sub(base.reading.ts));
         if r.reg >= base.reading.reg && r.reg - base.reading.reg <= limit {
             self.accept(read, base, r.reg - base.reading.reg);
         } else if let Some(wrapped) = self.rollover_delta(&base.reading, &r)
@@ -1001,7 +1088,7 @@ impl<'a> Pass<'a> {
 
     /// Litres across a wrap at the register capacity, when both registers fit in it.
     fn rollover_delta(&self, base: &Reading, r: &Reading) -> Option<u64> {
-        let capacity = self.rules.capacity;
+        let capacity = self.rules.capacity(r.ts);
         (base.reg < capacity && r.reg < capacity)
             .then(|| (capacity - base.reg).saturating_add(r.reg))
     }
@@ -1088,6 +1175,7 @@ impl<'a> Pass<'a> {
         let rev_growth = to.reading.rev.saturating_sub(from.reading.rev);
         let share =
             |total: u64, elapsed: i64| (u128::from(total) * elapsed as u128 / span as u128) as u64;
+        let capacity = self.rules.capacity(from.reading.ts);
         let mut previous = from.creg;
         for k in 1..=slots as i64 {
             let ts = from.reading.ts + k * step;
@@ -1096,8 +1184,8 @@ impl<'a> Pass<'a> {
             }
             let creg = from.creg + share(litres, ts - from.reading.ts);
             let mut reg = from.reading.reg.saturating_add(creg - from.creg);
-            if reg >= self.rules.capacity && from.reading.reg < self.rules.capacity {
-                reg -= self.rules.capacity; // the estimate lies past a rollover
+            if reg >= capacity && from.reading.reg < capacity {
+                reg -= capacity; // the estimate lies past a rollover
             }
             let estimate = ValidatedRead {
                 reading: Reading {

@@ -4,6 +4,7 @@
 
 use meterflow_model::exception::ExceptionRef;
 use meterflow_model::time::DAY_MS;
+use meterflow_model::vee::{MeterSize, SizeChange};
 use meterflow_model::{
     Decision, ExceptionReason, ExceptionState, MeterState, OrderAction, Outputs, Quality,
     ReadException, RegisterOrder, StoredReading,
@@ -248,6 +249,7 @@ fn a_recorded_exchange_bills_the_final_read_and_the_new_register_from_its_initia
         OrderAction::Exchange {
             final_reg: Some(5_000_180),
             initial_reg: 2_500,
+            size: None,
         },
     );
     exchange.ts += HOUR / 2;
@@ -290,6 +292,7 @@ fn a_recorded_exchange_bills_the_final_read_and_the_new_register_from_its_initia
         OrderAction::Exchange {
             final_reg: Some(5_000_180),
             initial_reg: 2_500,
+            size: None,
         },
     );
     exchange.ts -= HOUR / 2;
@@ -324,6 +327,7 @@ fn a_recorded_exchanges_final_read_ends_the_old_registers_gap_like_a_read() {
             OrderAction::Exchange {
                 final_reg: Some(5_000_500),
                 initial_reg: 10,
+                size: None,
             },
         )
     };
@@ -403,4 +407,74 @@ fn a_rejection_of_a_settled_read_is_recorded_as_it_stands() {
     );
     assert_eq!(rejected.exceptions[0].reg, 5_000);
     assert!(rejected.state.vee.orders.is_empty());
+}
+
+#[test]
+fn a_size_recorded_with_an_exchange_judges_the_new_meters_reads_by_that_size() {
+    // A DN15 meter (Q4 3,125 L/h) exchanged at 1:30 for a DN40 (Q4 20,000 L/h)
+    // reading 0: 10,000 L in its first half hour and 15,000 L in the hour after are
+    // plausible for the DN40, not for the DN15.
+    let first = run(MeterState::default(), hourly(0, &[1_000, 2_000]));
+    let exchange = |size| {
+        let mut order = order(
+            1,
+            OrderAction::Exchange {
+                final_reg: None,
+                initial_reg: 0,
+                size,
+            },
+        );
+        order.ts += HOUR / 2;
+        order
+    };
+    let sized = run_with(
+        first.state.clone(),
+        hourly(2, &[10_000, 25_000]),
+        vec![exchange(Some(MeterSize::Dn40))],
+    );
+    assert_eq!(
+        rows(&sized.rows),
+        vec![
+            (2, Quality::Actual, Some(10_000)),
+            (3, Quality::Actual, Some(15_000))
+        ]
+    );
+    assert_eq!(
+        sized.state.vee.sizes,
+        vec![SizeChange {
+            from_ts: DAY0 + HOUR + HOUR / 2,
+            size: MeterSize::Dn40
+        }]
+    );
+    // The same exchange without a size keeps the configured DN15: the jump is
+    // suspect, and the read after it continues the new register, still too fast.
+    let configured = run_with(
+        first.state.clone(),
+        hourly(2, &[10_000, 25_000]),
+        vec![exchange(None)],
+    );
+    assert_eq!(
+        rows(&configured.rows)
+            .iter()
+            .map(|row| row.1)
+            .collect::<Vec<_>>(),
+        vec![Quality::Suspect, Quality::Suspect]
+    );
+    // Recorded after the reads arrived (stored suspect), the size re-decides them;
+    // the rows it replaces are the ones stored before (judged by the old size).
+    let mut batch = batch_of(configured.state, Vec::new());
+    batch.meters[0].orders = vec![exchange(Some(MeterSize::Dn40))];
+    let mut out = Outputs::default();
+    VeeProcessor::new(directory()).process(&mut batch, &mut out);
+    let meter = &batch.meters[0];
+    assert_eq!(rows(&meter.readings), rows(&sized.rows));
+    assert_eq!(
+        meter
+            .replaced
+            .iter()
+            .map(|row| row.quality)
+            .collect::<Vec<_>>(),
+        vec![Quality::Suspect, Quality::Suspect],
+        "what the re-run replaces, as it was stored"
+    );
 }

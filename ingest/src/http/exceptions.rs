@@ -23,7 +23,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use meterflow_model::exception::ExceptionRef;
 use meterflow_model::{
-    Decision, ExceptionState, MeterKey, OrderAction, ReadException, RegisterOrder,
+    Decision, ExceptionState, MeterKey, MeterSize, OrderAction, ReadException, RegisterOrder,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -228,6 +228,12 @@ pub(super) struct ExchangeBody {
     final_read_l: Option<u64>,
     /// The new register's initial read, litres: it bills from there.
     initial_read_l: u64,
+    /// The new meter's size (`dn15` … `dn150`), when it differs from the old one's:
+    /// from `at` on it decides the register's digits, the flow the meter can
+    /// plausibly measure and the fixed charge (prorated by day in the exchange's
+    /// period). Omitted: the size stays as it was.
+    #[serde(default)]
+    size: Option<MeterSize>,
     /// Who records it.
     by: String,
     /// Why, or the work order's reference.
@@ -243,6 +249,8 @@ pub(super) struct ExchangeRecorded {
     at: i64,
     final_read_l: Option<u64>,
     initial_read_l: u64,
+    /// The new meter's size, if the order gave one.
+    size: Option<MeterSize>,
     decision: Decision,
 }
 
@@ -279,6 +287,7 @@ pub(super) async fn record_exchange(
         action: OrderAction::Exchange {
             final_reg: body.final_read_l,
             initial_reg: body.initial_read_l,
+            size: body.size,
         },
         decision: decision.clone(),
         exception: None,
@@ -297,6 +306,7 @@ pub(super) async fn record_exchange(
         at: body.at,
         final_read_l: body.final_read_l,
         initial_read_l: body.initial_read_l,
+        size: body.size,
         decision,
     };
     Ok((status, Json(recorded)))

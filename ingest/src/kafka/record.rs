@@ -303,6 +303,7 @@ mod tests {
             action: meterflow_model::OrderAction::Exchange {
                 final_reg: Some(5_000_180),
                 initial_reg: 2_500,
+                size: Some(meterflow_model::MeterSize::Dn25),
             },
             decision: meterflow_model::Decision {
                 by: "field crew 4".into(),

@@ -695,7 +695,8 @@ fn an_order_joins_the_batch_only_when_vee_can_follow_it() {
             T0_MS,
             OrderAction::Exchange {
                 final_reg: None,
-                initial_reg: 0
+                initial_reg: 0,
+                size: None,
             },
             0
         ),
@@ -716,8 +717,11 @@ fn an_order_joins_the_batch_only_when_vee_can_follow_it() {
     );
     let sealed = shard.seal(3);
     let meter = &sealed.batch.meters[0];
-    assert!(meter.orders.is_empty(), "VEE took them into the state");
-    assert_eq!(meter.state.vee.orders.len(), 2);
+    assert_eq!(
+        meter.state.vee.orders.len(),
+        2,
+        "VEE took them into the state"
+    );
     let accepted = sealed
         .outputs
         .exceptions

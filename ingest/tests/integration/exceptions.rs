@@ -201,3 +201,87 @@ async fn decisions_and_recorded_exchanges_re_decide_reads_and_bills() {
     assert_eq!(bad.status, 422, "{}", bad.body);
     assert!(bad.body.contains("unknown field `extra`"), "{}", bad.body);
 }
+
+/// A work order that fits a larger meter: from the exchange on, the new meter's reads
+/// are judged by its size (a DN40 measures what a DN15 cannot) and its period's fixed
+/// charge is split by day between the two sizes' charges — hand-computed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_exchange_to_another_size_judges_reads_and_charges_by_that_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[processors.tenants.demo.tariff]\nfixed_charge = 1000\n\n\
+                  [processors.tenants.demo.tariff.fixed_charge_by_size]\ndn40 = 3100\n";
+    let service = start_configured(dir.path(), config, &[]);
+    // A DN15 (the default size) from 2026-10-05, the first day of its first period.
+    send_and_wait_for_ack(
+        service.mqtt,
+        "demo",
+        "m4",
+        &[hourly(1, 0, &[10_000, 10_100])],
+    )
+    .await;
+    let at = DAY0 + 2 * 24 * HOUR_MS + HOUR_MS + HOUR_MS / 2; // 2026-10-07T01:30Z
+    let exchange = |size: &str| {
+        json!({
+            "at": at,
+            "final_read_l": 10_200,
+            "initial_read_l": 0,
+            "size": size,
+            "by": "field crew 2",
+            "why": "work order 9120: DN40 for the new bakery",
+        })
+    };
+    let path = "/api/v1/tenants/demo/meters/m4/exchanges";
+    let unknown = api_post(&service, path, &exchange("dn17"));
+    assert_eq!(unknown.status, 422, "{}", unknown.body);
+    assert!(
+        unknown.body.contains("dn40"),
+        "names the sizes: {}",
+        unknown.body
+    );
+    let recorded = api_post(&service, path, &exchange("dn40"));
+    assert_eq!(recorded.status, 200, "{}", recorded.body);
+    assert_eq!(recorded.json()["size"], "dn40");
+    // 10,000 L in the new meter's first half hour, 15,000 L in the hour after: at
+    // most 10,010 and 20,010 L for a DN40 (Q4 20,000 L/h + 10 L slack), far beyond a
+    // DN15's 3,125 L/h.
+    send_and_wait_for_ack(
+        service.mqtt,
+        "demo",
+        "m4",
+        &[hourly(2, 48 + 2, &[10_000, 25_000])],
+    )
+    .await;
+    let day2 = DAY0 + 2 * 24 * HOUR_MS;
+    let rows = get_json(
+        &service,
+        &format!(
+            "/api/v1/tenants/demo/meters/m4/readings?from={}&to={}",
+            day2 + 2 * HOUR_MS,
+            day2 + 4 * HOUR_MS
+        ),
+    );
+    let rows: Vec<(String, i64)> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let quality = r["quality"].as_str().unwrap().to_string();
+            (quality, r["interval_l"].as_i64().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("actual".to_string(), 10_000),
+            ("actual".to_string(), 15_000)
+        ]
+    );
+    let bill = get_json(&service, "/api/v1/tenants/demo/bills/2026-10/m4");
+    // 200 L of the old register up to its final read, 25,000 L of the new one.
+    assert_eq!(bill["usage_l"], 25_200, "{bill}");
+    // In service from the 5th: the 5th and 6th at 10.00, the 7th to the 31st at
+    // 31.00, of 31 days: (2 × 1,000 + 25 × 3,100) / 31 = 2,564.5… → 2,565.
+    assert_eq!(bill["fixed_cents"], 2_565, "{bill}");
+    let open = get_json(&service, "/api/v1/tenants/demo/exceptions");
+    assert_eq!(cases(&open), vec![]);
+}

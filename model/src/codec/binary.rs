@@ -138,7 +138,11 @@ pub(crate) fn decode_uplink(body: &[u8]) -> Result<Uplink, Reject> {
 /// - 7: `MeterState` gained its `version` (last), which orders a meter's writes in
 ///   a shared store; older states read with 0 (`model/src/state_v6.rs`). Other
 ///   records are unchanged.
-const RECORD_VERSION: u8 = 7;
+/// - 8: a recorded exchange may give the new meter's size: `OrderAction::Exchange`
+///   gained `size`, and `VeeState` (inside `MeterState`) keeps the sizes recorded
+///   (`sizes`, last); older states read with none (`model/src/state_v7.rs`). Other
+///   records are unchanged.
+const RECORD_VERSION: u8 = 8;
 
 /// A persisted record type, and how it reads bodies of older record versions.
 pub trait Record: DeserializeOwned {
@@ -175,6 +179,12 @@ pub trait Record: DeserializeOwned {
     /// Reads a version-6 body; types whose layout has not changed since read it as
     /// they are.
     fn decode_v6(body: &[u8]) -> Result<Self, RecordError> {
+        decode_body(body)
+    }
+
+    /// Reads a version-7 body; types whose layout has not changed since read it as
+    /// they are.
+    fn decode_v7(body: &[u8]) -> Result<Self, RecordError> {
         decode_body(body)
     }
 }
@@ -242,6 +252,7 @@ pub fn decode_record<T: Record>(bytes: &[u8]) -> Result<T, RecordError> {
         Some((4, body)) => T::decode_v4(body),
         Some((5, body)) => T::decode_v5(body),
         Some((6, body)) => T::decode_v6(body),
+        Some((7, body)) => T::decode_v7(body),
         Some((&other, _)) => Err(RecordError::Version(other)),
         None => Err(RecordError::Corrupt("empty record".into())),
     }

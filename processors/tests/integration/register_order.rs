@@ -8,14 +8,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use meterflow_model::limits::MIN_PLAUSIBLE_TS_MS;
 use meterflow_model::{
-    AlertEvent, AlertKind, Decision, DistrictUsage, EpisodeState, OrderAction, Outputs,
+    AlertEvent, AlertKind, Decision, DistrictUsage, EpisodeState, MeterSize, OrderAction, Outputs,
     ProcessorsConfig, Quality, Reading, RegisterOrder, Resolution, StoredReading, UsageSketch,
 };
 use meterflow_processors::analytics::DistrictRollup;
 use proptest::prelude::*;
 use proptest::sample::Index;
 
-use crate::utils::{DAY, HOUR, Input, Pipeline, key, reading, restart};
+use crate::utils::{DAY, HOUR, Input, Pipeline, key, reading, restart_configured};
 
 /// 2025-01-28T00:00Z: five days of hourly reads cross the January/February boundary.
 const START: i64 = 1_738_022_400_000;
@@ -64,6 +64,15 @@ impl Outcome {
     }
 }
 
+/// The default settings, with a fixed charge of its own for the larger size that a
+/// recorded exchange may fit (so that a size change shows in the bills).
+fn sized_tariff() -> ProcessorsConfig {
+    let mut config = ProcessorsConfig::default();
+    let tariff = &mut config.defaults.tariff;
+    tariff.fixed_charge_by_size = [(MeterSize::Dn40, 2_400)].into();
+    config
+}
+
 /// Feeds one meter's batches (each a list of messages) through the standard chain.
 fn replay(batches: &[Vec<Reads>]) -> Outcome {
     replay_restarting(batches, &BTreeSet::new(), &[])
@@ -77,7 +86,7 @@ fn replay_restarting(
     restarts: &BTreeSet<usize>,
     orders: &[RegisterOrder],
 ) -> Outcome {
-    let mut pipeline = Pipeline::new(ProcessorsConfig::default());
+    let mut pipeline = Pipeline::new(sized_tariff());
     let meter = key("demo", "m");
     for order in orders {
         pipeline.order(&meter, order.clone());
@@ -100,7 +109,9 @@ fn replay_restarting(
             let mut out = Outputs::default();
             pipeline.chain.finish(0, &mut out);
             published.absorb(out);
-            let (before, state) = restart(&mut pipeline, &meter, &stored).expect("a state");
+            let (before, state) =
+                restart_configured(&mut pipeline, sized_tariff(), &meter, &stored)
+                    .expect("a state");
             assert_eq!(state, before, "the rehydrated state before batch {i}");
             published.rollup = DistrictRollup::new(1);
         }
@@ -548,7 +559,8 @@ proptest! {
 
 /// Operators' orders about a stream's reads: up to three decisions (accept, reject,
 /// confirm an exchange) on reads anywhere, and perhaps a recorded exchange half an
-/// hour before a read, to a new register anywhere.
+/// hour before a read, to a new register anywhere, perhaps of another size (which
+/// moves what the meter can plausibly measure and its fixed charge).
 fn orders(reads: &Reads) -> impl Strategy<Value = Vec<RegisterOrder>> + use<> {
     let times: Vec<i64> = reads.iter().map(|(ts, _)| *ts).collect();
     (
@@ -557,6 +569,7 @@ fn orders(reads: &Reads) -> impl Strategy<Value = Vec<RegisterOrder>> + use<> {
             any::<Index>(),
             0..CAPACITY,
             proptest::option::of(0..CAPACITY),
+            proptest::option::of(prop_oneof![Just(MeterSize::Dn15), Just(MeterSize::Dn40)]),
         )),
     )
         .prop_map(move |(decisions, exchange)| {
@@ -582,13 +595,14 @@ fn orders(reads: &Reads) -> impl Strategy<Value = Vec<RegisterOrder>> + use<> {
                     order(times[at.index(times.len())], action)
                 })
                 .collect();
-            if let Some((at, initial_reg, final_reg)) = exchange {
+            if let Some((at, initial_reg, final_reg, size)) = exchange {
                 let ts = times[at.index(times.len())] - HOUR / 2;
                 orders.push(order(
                     ts,
                     OrderAction::Exchange {
                         final_reg,
                         initial_reg,
+                        size,
                     },
                 ));
             }
