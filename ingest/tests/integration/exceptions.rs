@@ -241,6 +241,14 @@ async fn a_recorded_exchange_to_another_size_judges_reads_and_charges_by_that_si
     let recorded = api_post(&service, path, &exchange("dn40"));
     assert_eq!(recorded.status, 200, "{}", recorded.body);
     assert_eq!(recorded.json()["size"], "dn40");
+    // The month is billed again at once (no read has moved): the new size's charge
+    // from the exchange's day on.
+    let bill = get_json(&service, "/api/v1/tenants/demo/bills/2026-10/m4");
+    assert_eq!(
+        (bill["usage_l"].as_i64(), bill["fixed_cents"].as_i64()),
+        (Some(100), Some(2_565)),
+        "{bill}"
+    );
     // 10,000 L in the new meter's first half hour, 15,000 L in the hour after: at
     // most 10,010 and 20,010 L for a DN40 (Q4 20,000 L/h + 10 L slack), far beyond a
     // DN15's 3,125 L/h.
@@ -280,7 +288,8 @@ async fn a_recorded_exchange_to_another_size_judges_reads_and_charges_by_that_si
     // 200 L of the old register up to its final read, 25,000 L of the new one.
     assert_eq!(bill["usage_l"], 25_200, "{bill}");
     // In service from the 5th: the 5th and 6th at 10.00, the 7th to the 31st at
-    // 31.00, of 31 days: (2 × 1,000 + 25 × 3,100) / 31 = 2,564.5… → 2,565.
+    // 31.00, of 31 days: (2 × 1,000 + 25 × 3,100) / 31 = 2,564.5… → 2,565 (a DN15
+    // all along: 27 × 1,000 / 31 → 871).
     assert_eq!(bill["fixed_cents"], 2_565, "{bill}");
     let open = get_json(&service, "/api/v1/tenants/demo/exceptions");
     assert_eq!(cases(&open), vec![]);
