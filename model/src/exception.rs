@@ -41,14 +41,20 @@ pub enum ExceptionReason {
     UnconfirmedExchange,
     /// A read older than VEE's late window that is ahead of the settled register.
     LateAhead,
+    /// Not a suspect read: a field work order recorded a meter exchange at this time
+    /// (`POST …/exchanges`; `reg` is the new register's initial read). It is decided
+    /// when it is made (`exchange_confirmed`, with who, when and why), so the queue's
+    /// history holds every register decision.
+    RecordedExchange,
 }
 
 impl ExceptionReason {
-    pub const ALL: [ExceptionReason; 4] = [
+    pub const ALL: [ExceptionReason; 5] = [
         ExceptionReason::Regression,
         ExceptionReason::ImplausibleJump,
         ExceptionReason::UnconfirmedExchange,
         ExceptionReason::LateAhead,
+        ExceptionReason::RecordedExchange,
     ];
 
     pub const fn code(self) -> &'static str {
@@ -57,6 +63,7 @@ impl ExceptionReason {
             ExceptionReason::ImplausibleJump => "implausible_jump",
             ExceptionReason::UnconfirmedExchange => "unconfirmed_exchange",
             ExceptionReason::LateAhead => "late_ahead",
+            ExceptionReason::RecordedExchange => "recorded_exchange",
         }
     }
 

@@ -359,6 +359,23 @@ struct Note {
 }
 
 impl Note {
+    /// The record of a field work order (a recorded exchange at `order.ts`, the new
+    /// register reading `initial_reg`): no suspect read, an exception already decided,
+    /// so the work queue's history holds every register decision with who, when and
+    /// why. A read's own exception at the same `ts` has the last word.
+    fn work_order(order: &RegisterOrder, initial_reg: u64) -> Self {
+        Note {
+            read: RawRead {
+                reading: Reading::register(order.ts, initial_reg),
+                seq: 0,
+                received_at: order.decision.at_ms,
+            },
+            reason: ExceptionReason::RecordedExchange,
+            state: order.action.state(),
+            order: Some(order.clone()),
+        }
+    }
+
     fn exception(self, key: &MeterKey) -> ReadException {
         ReadException {
             tenant: key.tenant.to_string(),
@@ -502,6 +519,9 @@ fn take_orders(
             o.ts == order.ts && o.action.targets_a_read() == order.action.targets_a_read()
         };
         state.orders.retain(|o| !same(o));
+        if let OrderAction::Exchange { initial_reg, .. } = order.action {
+            notes.push(Note::work_order(&order, initial_reg));
+        }
         let at = state.orders.partition_point(|o| o.ts <= order.ts);
         state.orders.insert(at, order);
     }

@@ -256,6 +256,18 @@ fn a_recorded_exchange_bills_the_final_read_and_the_new_register_from_its_initia
     let recorded = run_with(first.state, Vec::new(), vec![exchange]);
     assert!(recorded.rows.is_empty(), "nothing to re-decide yet");
     assert_eq!(recorded.state.vee.orders.len(), 1);
+    // The work order is on record in the queue's history, decided, with its decision.
+    assert_eq!(
+        cases(&recorded.exceptions),
+        vec![(
+            2,
+            ExceptionReason::RecordedExchange,
+            ExceptionState::ExchangeConfirmed
+        )]
+    );
+    let record = &recorded.exceptions[0];
+    assert_eq!((record.reg, record.ts), (2_500, DAY0 + 2 * HOUR + HOUR / 2));
+    assert_eq!(record.decision.as_ref().unwrap().by, "ana");
     // The new register's reads are actual from the first one, whatever its value.
     // The old register's 80 L up to its final read are in the continuous register
     // (billing) and in the interval of the final read's row (analytics, today_l),
@@ -309,6 +321,11 @@ fn a_recorded_exchange_bills_the_final_read_and_the_new_register_from_its_initia
     assert_eq!(
         cases(&recorded.exceptions),
         vec![
+            (
+                1,
+                ExceptionReason::RecordedExchange,
+                ExceptionState::ExchangeConfirmed
+            ),
             (2, ExceptionReason::Regression, ExceptionState::Resolved),
             (
                 3,

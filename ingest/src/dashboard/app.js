@@ -24,6 +24,7 @@
     implausible_jump: 'implausible jump',
     unconfirmed_exchange: 'possible meter exchange',
     late_ahead: 'late read ahead of the register',
+    recorded_exchange: 'recorded meter exchange',
   };
   /** A meter's alert history: its newest episodes (the API's largest page is 1,000). */
   const HISTORY_LIMIT = 1000;

@@ -241,6 +241,20 @@ async fn a_recorded_exchange_to_another_size_judges_reads_and_charges_by_that_si
     let recorded = api_post(&service, path, &exchange("dn40"));
     assert_eq!(recorded.status, 200, "{}", recorded.body);
     assert_eq!(recorded.json()["size"], "dn40");
+    // The work order is on record in the work queue's history, with who and why.
+    let records = get_json(
+        &service,
+        "/api/v1/tenants/demo/exceptions?state=exchange_confirmed",
+    );
+    let record = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["meter"] == "m4" && e["ts"] == at)
+        .unwrap_or_else(|| panic!("no record of the work order: {records}"));
+    assert_eq!(record["reason"], "recorded_exchange", "{record}");
+    assert_eq!(record["reg"], 0, "the new register's initial read");
+    assert_eq!(record["decision"]["by"], "field crew 2", "{record}");
     // The month is billed again at once (no read has moved): the new size's charge
     // from the exchange's day on.
     let bill = get_json(&service, "/api/v1/tenants/demo/bills/2026-10/m4");
