@@ -347,7 +347,12 @@ fn stream() -> impl Strategy<Value = Reads> {
             (1u64..8_000).prop_map(|below| CAPACITY - below),
             0u64..50_000_000
         ],
-        proptest::collection::vec(prop_oneof![3 => Just(0u64), 7 => 1u64..400], 24..120),
+        // Litres an hour: mostly a household's, now and then more than a DN15 can
+        // measure but not a DN40 (a size an exchange may record).
+        proptest::collection::vec(
+            prop_oneof![3 => Just(0u64), 7 => 1u64..400, 1 => 3_200u64..20_000],
+            24..120,
+        ),
         proptest::option::of((
             any::<Index>(),
             prop_oneof![0u64..1_000, 1_000u64..10_000_000],
