@@ -34,6 +34,7 @@ fn view(meter: usize, version: i64) -> MeterView {
         today_l: 300,
         quality: Quality::Actual,
         district: "north".into(),
+        size: None,
         battery: None,
         rssi: None,
         version,

@@ -203,7 +203,7 @@ mod tests {
         let key = MeterKey::new("t".try_into().unwrap(), meter.try_into().unwrap());
         MeterView {
             battery,
-            ..MeterView::of_state(&key, &MeterState::default(), "north")
+            ..MeterView::of_state(&key, &MeterState::default(), "north", Default::default())
         }
     }
 

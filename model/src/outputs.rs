@@ -10,6 +10,7 @@ use crate::billing::BillLine;
 use crate::exception::ReadException;
 use crate::ids::MeterKey;
 use crate::state::{MeterState, Quality};
+use crate::vee::{MeterSize, size_at};
 
 /// The latest picture of one meter, as dashboards read it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +37,10 @@ pub struct MeterView {
     /// District metered area the meter belongs to (`default` when unassigned).
     #[serde(default)]
     pub district: String,
+    /// The meter's size: the one its newest recorded exchange gave, else the
+    /// configured one (`meter_sizes`). None in a view written before views showed it.
+    #[serde(default)]
+    pub size: Option<MeterSize>,
     /// Battery level, percent, as the meter last reported it.
     #[serde(default)]
     pub battery: Option<u8>,
@@ -51,9 +56,15 @@ pub struct MeterView {
 }
 
 impl MeterView {
-    /// The view of a meter in `state`, a member of `district`; battery and signal
-    /// are left for the caller, which knows the newest device status if any.
-    pub fn of_state(key: &MeterKey, state: &MeterState, district: &str) -> Self {
+    /// The view of a meter in `state`, a member of `district`, configured as of
+    /// `configured_size`; battery and signal are left for the caller, which knows the
+    /// newest device status if any.
+    pub fn of_state(
+        key: &MeterKey,
+        state: &MeterState,
+        district: &str,
+        configured_size: MeterSize,
+    ) -> Self {
         let last = state.usage.last;
         MeterView {
             tenant: key.tenant.to_string(),
@@ -67,6 +78,7 @@ impl MeterView {
             today_l: state.usage.today_l,
             quality: state.usage.last_quality,
             district: district.to_owned(),
+            size: Some(size_at(&state.vee.sizes, i64::MAX, configured_size)),
             battery: None,
             rssi: None,
             version: state.version,

@@ -22,7 +22,7 @@
 
 use std::sync::Arc;
 
-use meterflow_model::{MeterBatch, MeterView, Outputs, Quality, SealedBatch};
+use meterflow_model::{MeterBatch, MeterSize, MeterView, Outputs, Quality, SealedBatch};
 
 use crate::Processor;
 use crate::calendar::LocalCalendar;
@@ -52,7 +52,8 @@ impl Processor for UsageProcessor {
             let (entry, calendar) = self.calendars.get(&meter.key.tenant);
             fold_meter(meter, calendar);
             let district = entry.settings.district_of(&meter.key.meter);
-            out.meters.push(view_of(meter, district));
+            let size = entry.settings.meter_size(&meter.key.meter);
+            out.meters.push(view_of(meter, district, size));
         }
     }
 }
@@ -89,12 +90,12 @@ fn fold_meter(meter: &mut MeterBatch, calendar: &mut LocalCalendar) {
 
 /// The meter's view after `meter`; battery and signal are those of the batch's newest
 /// message, `None` when it reported none (caches keep the last reported value).
-fn view_of(meter: &MeterBatch, district: &str) -> MeterView {
+fn view_of(meter: &MeterBatch, district: &str, configured_size: MeterSize) -> MeterView {
     let newest = meter.newest_status();
     MeterView {
         battery: newest.and_then(|s| s.battery),
         rssi: newest.and_then(|s| s.rssi),
-        ..MeterView::of_state(&meter.key, &meter.state, district)
+        ..MeterView::of_state(&meter.key, &meter.state, district, configured_size)
     }
 }
 

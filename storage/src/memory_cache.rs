@@ -245,12 +245,15 @@ impl HotCache for MemoryCache {
                     continue;
                 }
                 Some(cached) => {
-                    // Battery and signal are what the meter last reported; an unknown
-                    // version (0) keeps the one held.
-                    let (battery, rssi, version) = (cached.battery, cached.rssi, cached.version);
+                    // Battery and signal are what the meter last reported; a view
+                    // without a size (made before views showed it) and an unknown
+                    // version (0) keep the ones held.
+                    let (battery, rssi, size, version) =
+                        (cached.battery, cached.rssi, cached.size, cached.version);
                     cached.clone_from(view);
                     cached.battery = view.battery.or(battery);
                     cached.rssi = view.rssi.or(rssi);
+                    cached.size = view.size.or(size);
                     if view.version == 0 {
                         cached.version = version;
                     }
@@ -421,6 +424,7 @@ mod tests {
             today_l,
             quality: Quality::Actual,
             district: "default".into(),
+            size: None,
             battery: None,
             rssi: None,
             version: 0,

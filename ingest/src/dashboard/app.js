@@ -664,6 +664,7 @@
     $('meter-facts').replaceChildren(
       fact('Last reading · ' + (view.last_ts ? ago(view.last_ts) : 'never'), view.last_ts ? hhmmss(view.last_ts) : '–'),
       fact('District', view.district || '–'),
+      fact('Size', view.size ? view.size.toUpperCase() : '–'),
       fact('Register', view.reg != null ? (view.reg / 1000).toLocaleString(undefined, { minimumFractionDigits: 3, maximumFractionDigits: 3 }) + ' m³' : '–'),
       fact('Flow', view.flow != null ? int(view.flow) + ' L/h' : '–'),
       fact('Temperature', view.temp != null ? (view.temp / 10).toFixed(1) + ' °C' : '–'),

@@ -510,17 +510,16 @@ async fn get_meter(
     headers: HeaderMap,
 ) -> ApiResult<MeterView> {
     let key = meter_key(&state, &path.tenant, &path.meter, &headers)?;
-    let district = state
-        .settings(&key.tenant)
-        .district_of(&key.meter)
-        .to_owned();
+    let settings = state.settings(&key.tenant);
+    let district = settings.district_of(&key.meter).to_owned();
+    let size = settings.meter_size(&key.meter);
     let (cache, store) = (state.cache.clone(), state.store.clone());
     let view = blocking(move || {
         if let Ok(Some(view)) = cache.meter(&key) {
             return Ok(Some(view));
         }
         let persisted = store.meter_state(&key).map_err(|e| e.to_string())?;
-        Ok(persisted.map(|s| MeterView::of_state(&key, &s, &district)))
+        Ok(persisted.map(|s| MeterView::of_state(&key, &s, &district, size)))
     })
     .await?;
     view.map(Json).ok_or_else(|| {

@@ -693,6 +693,7 @@ mod tests {
             today_l: 0,
             quality: Quality::Actual,
             district: district.into(),
+            size: None,
             battery: None,
             rssi: None,
             version: 0,

@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use meterflow_model::alert::{AlertEvent, AlertKind, EpisodeState, Priority};
 use meterflow_model::analytics::{DistrictUsage, Resolution, TopEntry, UsageSketch};
-use meterflow_model::{MeterKey, MeterView, Quality, TenantSummary};
+use meterflow_model::{MeterKey, MeterSize, MeterView, Quality, TenantSummary};
 
 use super::fields::{self, alert, district, summary};
 use crate::CacheError;
@@ -55,6 +55,7 @@ pub(crate) fn view_fields(view: &MeterView) -> FieldUpdate {
         [
             (fields::BATTERY, view.battery.map(|v| v.to_string())),
             (fields::RSSI, view.rssi.map(|v| v.to_string())),
+            (fields::SIZE, view.size.map(|v| v.name().to_owned())),
         ]
         .into_iter()
         .filter_map(|(name, value)| value.map(|value| (name, value))),
@@ -134,6 +135,19 @@ pub(crate) fn parse_view(
             .get(fields::DISTRICT)
             .map_or(UNKNOWN_DISTRICT, String::as_str)
             .to_owned(),
+        size: hash
+            .get(fields::SIZE)
+            .map(|raw| {
+                MeterSize::ALL
+                    .into_iter()
+                    .find(|size| size.name() == raw)
+                    .ok_or_else(|| {
+                        CacheError(format!(
+                            "{key}: unknown size {raw:?} (written by a newer meterflow?)"
+                        ))
+                    })
+            })
+            .transpose()?,
         battery: parse_field(key, hash, fields::BATTERY)?,
         rssi: parse_field(key, hash, fields::RSSI)?,
         version: parse_field(key, hash, fields::VERSION)?.unwrap_or(0),
@@ -472,6 +486,7 @@ mod tests {
             today_l: 310,
             quality: Quality::Estimated,
             district: "default".into(),
+            size: None,
             battery: None,
             rssi: None,
             version: 0,
@@ -534,11 +549,12 @@ mod tests {
         let reported = MeterView {
             battery: Some(55),
             rssi: Some(-101),
+            size: Some(MeterSize::Dn40),
             ..view()
         };
         let mut hash = hash_of(view_fields(&reported));
         let (set, unset) = view_fields(&view());
-        for name in [fields::BATTERY, fields::RSSI] {
+        for name in [fields::BATTERY, fields::RSSI, fields::SIZE] {
             assert!(!unset.contains(&name), "{name} must not be deleted");
             assert!(
                 set.iter().all(|(n, _)| *n != name),
@@ -552,6 +568,11 @@ mod tests {
         }
         let back = parse_view("k", &meter_key(), &hash).unwrap().unwrap();
         assert_eq!((back.battery, back.rssi), (Some(55), Some(-101)));
+        assert_eq!(back.size, Some(MeterSize::Dn40), "{hash:?}");
+        let mut unknown = hash.clone();
+        unknown.insert(fields::SIZE.into(), "dn17".into());
+        let error = parse_view("k", &meter_key(), &unknown).unwrap_err();
+        assert!(error.0.contains("unknown size"), "{error:?}");
         assert_eq!(back.temp, None);
         // A hash from before the district field existed reads as unassigned.
         hash.remove(fields::DISTRICT);

@@ -36,6 +36,9 @@ pub const DISTRICT: &str = "district";
 pub const BATTERY: &str = "battery";
 /// Signal strength at the meter, dBm, as it last reported it; kept like `battery`.
 pub const RSSI: &str = "rssi";
+/// The meter's size (`dn15` … `dn150`): the one its newest recorded exchange gave,
+/// else the configured one. Absent in hashes written before views showed it.
+pub const SIZE: &str = "size";
 /// The version of the meter state the view was made from (`MeterView::version`):
 /// a view, bill or alert step of a lower one is not applied over it. Absent in
 /// hashes written before versions.

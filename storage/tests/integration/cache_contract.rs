@@ -12,7 +12,7 @@ use meterflow_model::alert::{AlertEvent, AlertKind, EpisodeState};
 use meterflow_model::analytics::{DistrictUsage, Resolution, TopEntry, UsageSketch};
 use meterflow_model::billing::BillLine;
 use meterflow_model::{
-    MeterPage, MeterQuery, MeterView, Outputs, Quality, TenantSummary, TopConsumers,
+    MeterPage, MeterQuery, MeterSize, MeterView, Outputs, Quality, TenantSummary, TopConsumers,
 };
 use meterflow_storage::HotCache;
 use meterflow_storage::memory_cache::MemoryCache;
@@ -40,6 +40,7 @@ pub(crate) fn view(tenant: &str, meter: &str, today_l: u64) -> MeterView {
         today_l,
         quality: Quality::Actual,
         district: "default".into(),
+        size: Some(MeterSize::Dn25),
         battery: None,
         rssi: None,
         version: 0,

@@ -40,6 +40,7 @@ fn view(tenant: &str, meter: &str, today_l: u64, temp: Option<i16>) -> MeterView
         today_l,
         quality: Quality::Actual,
         district: "default".into(),
+        size: None,
         battery: None,
         rssi: None,
         version: 0,
@@ -507,9 +508,10 @@ fn redis_apply_writes_every_key_with_its_fields_and_a_ttl(url: &str) {
     }
 
     let m1 = hash(&mut raw.connection, &format!("{t}:meter:m1"));
-    assert_eq!(m1.len(), 13, "{m1:?}");
+    assert_eq!(m1.len(), 14, "{m1:?}");
     for (field, value) in [
         (fields::DISTRICT, "default"),
+        (fields::SIZE, "dn25"),
         (fields::TODAY_L, "900"),
         (fields::QUALITY, "actual"),
         (fields::PERIOD, "2025-01"),
