@@ -299,7 +299,10 @@ async fn a_recorded_exchange_to_another_size_judges_reads_and_charges_by_that_si
         ]
     );
     let view = get_json(&service, "/api/v1/tenants/demo/meters/m4");
-    assert_eq!(view["size"], "dn40", "the meter view shows the size: {view}");
+    assert_eq!(
+        view["size"], "dn40",
+        "the meter view shows the size: {view}"
+    );
     let bill = get_json(&service, "/api/v1/tenants/demo/bills/2026-10/m4");
     // 200 L of the old register up to its final read, 25,000 L of the new one.
     assert_eq!(bill["usage_l"], 25_200, "{bill}");
