@@ -350,8 +350,14 @@ pub struct SizeChange {
 /// before it, else `configured` (a read at an exchange's own time is the new
 /// meter's, as VEE places it on the new register).
 pub fn size_at(changes: &[SizeChange], ts: i64, configured: MeterSize) -> MeterSize {
-    let after = changes.partition_point(|c| c.from_ts <= ts);
-    after.checked_sub(1).map_or(configured, |i| changes[i].size)
+    in_effect_at(changes, ts, |c| c.from_ts).map_or(configured, |c| c.size)
+}
+
+/// Of `changes`, ascending by the time each takes effect (`from`), the newest in
+/// effect at `ts`.
+pub fn in_effect_at<T>(changes: &[T], ts: i64, from: impl Fn(&T) -> i64) -> Option<&T> {
+    let after = changes.partition_point(|c| from(c) <= ts);
+    after.checked_sub(1).map(|i| &changes[i])
 }
 
 /// Size changes remembered per meter: each comes with a field exchange, a few in a
@@ -378,8 +384,13 @@ impl VeeState {
 
     /// Records what an exchange order at `ts` says of the meter's size: `size`
     /// from `ts` on, or — an order replacing one that gave a size — nothing at
-    /// `ts` any more. Keeps the newest [`MAX_SIZE_CHANGES`].
-    pub fn record_size(&mut self, ts: i64, size: Option<MeterSize>) {
+    /// `ts` any more. Keeps the newest [`MAX_SIZE_CHANGES`]. Returns whether the
+    /// sizes changed.
+    pub fn record_size(&mut self, ts: i64, size: Option<MeterSize>) -> bool {
+        let held = self.sizes.iter().find(|c| c.from_ts == ts).map(|c| c.size);
+        if held == size {
+            return false;
+        }
         self.sizes.retain(|c| c.from_ts != ts);
         if let Some(size) = size {
             let at = self.sizes.partition_point(|c| c.from_ts < ts);
@@ -387,6 +398,7 @@ impl VeeState {
         }
         let excess = self.sizes.len().saturating_sub(MAX_SIZE_CHANGES);
         self.sizes.drain(..excess);
+        true
     }
 }
 

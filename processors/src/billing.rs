@@ -79,7 +79,7 @@
 use std::sync::Arc;
 
 use meterflow_model::billing::{BillingState, PeriodReads, RegisterPoint};
-use meterflow_model::vee::{SizeChange, size_at};
+use meterflow_model::vee::{SizeChange, VeeState, size_at};
 use meterflow_model::{
     BillLine, MeterKey, MeterSize, MeterState, OrderAction, Outputs, ProcessorsConfig, Quality,
     SealedBatch, StoredReading, Tariff, TenantId, TenantProcessing, TierCharge,
@@ -150,18 +150,18 @@ struct MeterTerms<'a> {
     /// Sizes recorded with the meter's exchanges ([`VeeState::sizes`]).
     ///
     /// [`VeeState::sizes`]: meterflow_model::vee::VeeState::sizes
-    sizes: Vec<SizeChange>,
+    sizes: &'a [SizeChange],
     /// Interpolation across more than this marks a bill estimated.
     long_gap_ms: i64,
 }
 
 impl<'a> MeterTerms<'a> {
-    fn new(entry: &'a TenantEntry, key: &'a MeterKey, sizes: &[SizeChange]) -> Self {
+    fn new(entry: &'a TenantEntry, key: &'a MeterKey, sizes: &'a [SizeChange]) -> Self {
         Self {
             key,
             tariff: &entry.settings.tariff,
             size: entry.settings.meter_size(&key.meter),
-            sizes: sizes.to_vec(),
+            sizes,
             long_gap_ms: entry.settings.vee.expected_interval_ms * 3 / 2,
         }
     }
@@ -178,25 +178,26 @@ impl Processor for BillingProcessor {
             if entry.settings.is_bulk(&meter.key.meter) {
                 continue;
             }
-            let terms = MeterTerms::new(entry, &meter.key, &meter.state.vee.sizes);
+            let MeterState { billing, vee, .. } = &mut meter.state;
+            let terms = MeterTerms::new(entry, &meter.key, &vee.sizes);
             // A recorded exchange may change the size, so the fixed charge, of its
             // period whether or not it moves the period's reads.
-            let exchanged_at: Vec<i64> = meter
-                .orders
-                .iter()
-                .filter(|order| matches!(order.action, OrderAction::Exchange { .. }))
-                .map(|order| order.ts)
-                .collect();
+            let orders = &meter.orders;
+            let exchanged = |period: &PeriodReads| {
+                orders.iter().any(|order| {
+                    matches!(order.action, OrderAction::Exchange { .. })
+                        && (period.start_ms..period.end_ms).contains(&order.ts)
+                })
+            };
             let calendar = &mut runtime.calendar;
-            let state = &mut meter.state;
-            let before = with_open_reads(&state.billing, calendar).billable(calendar);
+            let before = with_open_reads(billing, calendar).billable(calendar);
             for row in &meter.readings {
-                take_row(state, row, calendar, &terms, out);
+                take_row(billing, vee, row, calendar, &terms, out);
             }
-            settle_open_reads(state, calendar, &terms, out);
-            let after = with_open_reads(&state.billing, calendar);
+            settle_open_reads(billing, vee, calendar, &terms, out);
+            let after = with_open_reads(billing, calendar);
             finalise_previous(
-                &mut state.billing,
+                billing,
                 &after.periods,
                 batch.now_ms,
                 self.close_after_ms,
@@ -207,11 +208,8 @@ impl Processor for BillingProcessor {
             // A period whose stretch has closed was billed final just now, or will be
             // when its reads settle: no running line for it.
             for (period, stretch_end) in after.billable(calendar) {
-                let exchanged = exchanged_at
-                    .iter()
-                    .any(|ts| (period.start_ms..period.end_ms).contains(ts));
                 if batch.now_ms < stretch_end.saturating_add(self.close_after_ms)
-                    && (exchanged || !before.iter().any(|(seen, _)| *seen == period))
+                    && (exchanged(&period) || !before.iter().any(|(seen, _)| *seen == period))
                 {
                     out.bills.push(bill_line(&terms, &period, false, calendar));
                 }
@@ -269,7 +267,8 @@ impl Processor for BillingProcessor {
 /// its `ts`, a suspect one removes it; an actual read at or before VEE's settled
 /// point (late beyond the window, or settled in this batch) is folded for good.
 fn take_row(
-    state: &mut MeterState,
+    billing: &mut BillingState,
+    vee: &VeeState,
     row: &StoredReading,
     calendar: &mut LocalCalendar,
     terms: &MeterTerms<'_>,
@@ -279,7 +278,7 @@ fn take_row(
         return;
     }
     let ts = row.reading.ts;
-    let open = &mut state.billing.open;
+    let open = &mut billing.open;
     let at = open.binary_search_by_key(&ts, |p| p.ts);
     if let Ok(i) = at {
         open.remove(i);
@@ -289,27 +288,27 @@ fn take_row(
     }
     let point = RegisterPoint {
         ts,
-        creg: state.vee.continuous_register(ts, row.reading.reg),
+        creg: vee.continuous_register(ts, row.reading.reg),
     };
-    if state.vee.settled_ts().is_some_and(|settled| ts <= settled) {
-        settle_point(&mut state.billing, point, calendar, terms, out);
+    if vee.settled_ts().is_some_and(|settled| ts <= settled) {
+        settle_point(billing, point, calendar, terms, out);
     } else {
         let i = at.unwrap_or_else(|i| i);
-        state.billing.open.insert(i, point);
+        billing.open.insert(i, point);
     }
 }
 
 /// Folds the open reads VEE has settled into the periods for good.
 fn settle_open_reads(
-    state: &mut MeterState,
+    billing: &mut BillingState,
+    vee: &VeeState,
     calendar: &mut LocalCalendar,
     terms: &MeterTerms<'_>,
     out: &mut Outputs,
 ) {
-    let Some(settled) = state.vee.settled_ts() else {
+    let Some(settled) = vee.settled_ts() else {
         return;
     };
-    let billing = &mut state.billing;
     let count = billing.open.partition_point(|p| p.ts <= settled);
     for point in billing.open.drain(..count).collect::<Vec<_>>() {
         settle_point(billing, point, calendar, terms, out);
@@ -592,7 +591,7 @@ fn fixed_charge(terms: &MeterTerms<'_>, period: &PeriodReads, calendar: &mut Loc
         .sizes
         .iter()
         .filter(|change| period.start_ms < change.from_ts && change.from_ts < period.end_ms);
-    let mut size = size_at(&terms.sizes, period.start_ms, terms.size);
+    let mut size = size_at(terms.sizes, period.start_ms, terms.size);
     if first_day == 1 && changes.clone().next().is_none() {
         return u64::try_from(full(size)).unwrap_or(u64::MAX);
     }
@@ -762,7 +761,7 @@ mod tests {
             key: &key,
             tariff: &tariff,
             size: MeterSize::default(),
-            sizes: Vec::new(),
+            sizes: &[],
             long_gap_ms: 5_400_000,
         };
         // November 2024 (UTC): 2024-11-01T00:00Z to 2024-12-01T00:00Z, 30 days.
@@ -805,7 +804,7 @@ mod tests {
             key: &key,
             tariff: &tariff,
             size: MeterSize::Dn15,
-            sizes: vec![exchange],
+            sizes: &[exchange],
             long_gap_ms: 5_400_000,
         };
         let read = |ts| Some(RegisterPoint { ts, creg: 7 });

@@ -89,7 +89,7 @@ use meterflow_model::exception::MAX_METER_ORDERS;
 use meterflow_model::processing::TenantProcessing;
 use meterflow_model::vee::{
     EpochCause, ExchangeCandidate, MAX_REGISTER_EPOCHS, MAX_WINDOW_READS, MeterSize, RawRead,
-    RegisterEpoch, SizeChange, ValidatedRead, VeeFold, VeeRules, VeeState,
+    RegisterEpoch, SizeChange, ValidatedRead, VeeFold, VeeRules, VeeState, in_effect_at,
 };
 use meterflow_model::{
     ExceptionReason, ExceptionState, MeterBatch, MeterId, MeterKey, MeterState, OrderAction,
@@ -161,10 +161,7 @@ impl MeterRules {
 
     /// What the meter in place at `ts` can register.
     fn at(&self, ts: i64) -> SizeRules {
-        let after = self.resized.partition_point(|(from, _)| *from <= ts);
-        after
-            .checked_sub(1)
-            .map_or(self.configured, |i| self.resized[i].1)
+        in_effect_at(&self.resized, ts, |(from, _)| *from).map_or(self.configured, |(_, r)| *r)
     }
 
     /// Raw register value at which the register in place at `ts` wraps to zero.
@@ -255,15 +252,15 @@ fn take_sizes(state: &mut VeeState, orders: &[RegisterOrder]) -> bool {
         return false;
     }
     let settled_ts = state.settled_ts();
-    let before = state.sizes.clone();
+    let mut changed = false;
     for order in orders {
         if let OrderAction::Exchange { size, .. } = order.action
             && settled_ts.is_none_or(|settled| order.ts > settled)
         {
-            state.record_size(order.ts, size);
+            changed |= state.record_size(order.ts, size);
         }
     }
-    state.sizes != before
+    changed
 }
 
 /// Runs the module's rules over one meter's readings and the operator orders of its

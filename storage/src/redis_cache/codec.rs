@@ -96,6 +96,10 @@ pub(crate) fn parse_quality(raw: &str) -> Option<Quality> {
     Quality::ALL.into_iter().find(|q| q.as_str() == raw)
 }
 
+fn parse_size(raw: &str) -> Option<MeterSize> {
+    MeterSize::ALL.into_iter().find(|s| s.name() == raw)
+}
+
 /// A meter's hash back into a view; `None` for a missing (or expired) key, and for
 /// a hash that so far holds only bill or alert fields (no view applied yet).
 pub(crate) fn parse_view(
@@ -138,14 +142,11 @@ pub(crate) fn parse_view(
         size: hash
             .get(fields::SIZE)
             .map(|raw| {
-                MeterSize::ALL
-                    .into_iter()
-                    .find(|size| size.name() == raw)
-                    .ok_or_else(|| {
-                        CacheError(format!(
-                            "{key}: unknown size {raw:?} (written by a newer meterflow?)"
-                        ))
-                    })
+                parse_size(raw).ok_or_else(|| {
+                    CacheError(format!(
+                        "{key}: unknown size {raw:?} (written by a newer meterflow?)"
+                    ))
+                })
             })
             .transpose()?,
         battery: parse_field(key, hash, fields::BATTERY)?,
