@@ -10,6 +10,9 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::status_log::{StatusLog, StatusPoint};
+use crate::uplink::DeviceFlag;
+
 /// What an alert is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -339,38 +342,25 @@ pub struct AlertFold {
     pub last_backflow_ts: Option<i64>,
 }
 
-/// A change in what the device's statuses say about one kind, at a reading time: a
-/// flag raised or lowered, the battery low or recovered (`battery`), or a raised
-/// flag reconfirmed after `update_interval_ms`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StatusMark {
-    pub at: i64,
-    pub kind: AlertKind,
-    /// [`SOURCE_DEVICE`] for a flag, [`SOURCE_RULE`] for the battery level.
-    pub source: u8,
-    /// Raised (or reconfirmed) rather than lowered.
-    pub raised: bool,
-    /// The battery level that made it, for the battery rule.
-    pub battery: Option<u8>,
-}
-
-/// What the newest status (in arrival order) says: the marks to make when the next
-/// one differs.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeviceHead {
-    /// `ts` of the newest status; an older one arrives late.
-    pub last_status_ts: Option<i64>,
-    /// Its flags, as a [`Flags`](crate::Flags) bitset.
-    pub flags: u32,
-    /// Whether the battery rule holds after it.
-    pub battery_low: bool,
-}
+/// Device flags and the alert kind each opens.
+pub const FLAG_KINDS: [(DeviceFlag, AlertKind); 10] = [
+    (DeviceFlag::Leak, AlertKind::Leak),
+    (DeviceFlag::Burst, AlertKind::Burst),
+    (DeviceFlag::Backflow, AlertKind::Backflow),
+    (DeviceFlag::Tamper, AlertKind::Tamper),
+    (DeviceFlag::Magnetic, AlertKind::Magnetic),
+    (DeviceFlag::CutCable, AlertKind::CutCable),
+    (DeviceFlag::DryPipe, AlertKind::DryPipe),
+    (DeviceFlag::LowBattery, AlertKind::LowBattery),
+    (DeviceFlag::Freeze, AlertKind::Freeze),
+    (DeviceFlag::RegisterError, AlertKind::RegisterError),
+];
 
 /// Per-meter alerting state. Episodes are derived from the meter's data in reading
 /// time, so they are the same whatever order the data arrived in: alerting keeps
 /// its fold at VEE's settled point (persisted), the window's rows after it (rebuilt
 /// from the stored rows on hydration, like VEE's window) and the window's status
-/// marks (persisted: statuses are not stored elsewhere), and derives the window's
+/// statuses (persisted: statuses are not stored elsewhere), and derives the window's
 /// events again when data lands inside it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AlertState {
@@ -378,10 +368,8 @@ pub struct AlertState {
     pub settled: AlertFold,
     /// Where the settled fold ends (VEE's settled point when it last moved).
     pub settled_ts: Option<i64>,
-    /// Status marks after `settled_ts`, by `at` (ties keep their order).
-    pub marks: Vec<StatusMark>,
-    /// The newest status in arrival order.
-    pub device: DeviceHead,
+    /// The device statuses after `settled_ts`, by `ts` (one per `ts`).
+    pub statuses: StatusLog,
     /// The open no-communication episode (the sweep's, service clock).
     pub no_communication: Option<OpenAlert>,
     /// Newest message received from the meter, service clock (no-communication).
@@ -392,7 +380,7 @@ pub struct AlertState {
     /// `ts`. Rebuilt on hydration.
     #[serde(skip)]
     pub rows: std::collections::VecDeque<RuleRow>,
-    /// The fold over the settled fold, the rows and the marks (it stands on the
+    /// The fold over the settled fold, the rows and the statuses (it stands on the
     /// window's last item). Rebuilt on hydration.
     #[serde(skip)]
     pub head: AlertFold,

@@ -71,9 +71,9 @@ pub struct MeterBatch {
 }
 
 impl MeterBatch {
-    /// The newest status of the batch by `ts` (the later one of equal `ts`).
+    /// The newest status of the batch by `ts` (of equal `ts`, the greater seq's).
     pub fn newest_status(&self) -> Option<&DeviceStatus> {
-        self.statuses.iter().rev().max_by_key(|s| s.ts)
+        self.statuses.iter().max_by_key(|s| (s.ts, s.seq))
     }
 
     /// What the batch changes in rows a processor counted already (at or before

@@ -114,8 +114,8 @@ pub struct MeterState {
     /// Billing periods' boundary reads (persisted) and the window's actual reads
     /// (rebuilt on hydration) (billing).
     pub billing: BillingState,
-    /// Alerting's fold at the settled point and status marks (persisted), the
-    /// window's rows and the fold over them (rebuilt on hydration).
+    /// Alerting's fold at the settled point and the window's device statuses
+    /// (persisted), the window's rows and the fold over them (rebuilt on hydration).
     pub alerts: AlertState,
     /// Running hour and day totals (analytics).
     pub analytics: MeterAnalyticsState,
@@ -156,6 +156,10 @@ impl crate::codec::binary::Record for MeterState {
     fn decode_v7(body: &[u8]) -> Result<Self, crate::codec::binary::RecordError> {
         crate::state_v7::decode(body)
     }
+
+    fn decode_v8(body: &[u8]) -> Result<Self, crate::codec::binary::RecordError> {
+        crate::state_v8::decode(body)
+    }
 }
 
 impl MeterState {
@@ -181,8 +185,7 @@ impl MeterState {
             alerts: AlertState {
                 settled: self.alerts.settled.clone(),
                 settled_ts: self.alerts.settled_ts,
-                marks: self.alerts.marks.clone(),
-                device: self.alerts.device.clone(),
+                statuses: self.alerts.statuses.clone(),
                 no_communication: self.alerts.no_communication,
                 last_seen_at: self.alerts.last_seen_at,
                 revision: self.alerts.revision,

@@ -133,7 +133,7 @@ mod tests {
         assert_eq!(state.alerts.settled_ts, Some(100));
         assert_eq!(state.alerts.settled.last_zero_hour_ts, Some(50));
         assert_eq!(state.alerts.last_seen_at, Some(99));
-        assert_eq!(state.alerts.device.last_status_ts, None);
+        assert!(state.alerts.statuses.is_empty());
         assert_eq!(state.vee, VeeState::default());
     }
 }

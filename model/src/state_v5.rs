@@ -5,6 +5,7 @@
 //!   The upgrade takes that fold as settled at its newest reading: rows at or before
 //!   it were folded already and are not folded again, so nothing is emitted twice,
 //!   and the meter's episodes are derived in reading time from its next rows on.
+//!   The newest status, when newer than that reading, stays in the window.
 //! - `AlertEvent` had no revision: its stores ordered events by `(at, step)`, which
 //!   is [`AlertEvent::first_revision`], so an old row reads with that revision.
 //!
@@ -13,8 +14,7 @@
 use serde::Deserialize;
 
 use crate::alert::{
-    AlertEvent, AlertFold, AlertKind, AlertState, DeviceHead, EpisodeState, OpenAlert, Priority,
-    SOURCE_RULE,
+    AlertEvent, AlertFold, AlertKind, AlertState, EpisodeState, OpenAlert, Priority, StatusPoint,
 };
 use crate::analytics::MeterAnalyticsState;
 use crate::billing::BillingState;
@@ -48,9 +48,6 @@ impl AlertStateV5 {
             .open
             .into_iter()
             .partition(|a| a.kind == AlertKind::NoCommunication);
-        let battery_low = open
-            .iter()
-            .any(|a| a.kind == AlertKind::LowBattery && a.sources & SOURCE_RULE != 0);
         AlertState {
             settled: AlertFold {
                 open,
@@ -65,11 +62,18 @@ impl AlertStateV5 {
                 last_backflow_ts: self.last_backflow_ts,
             },
             settled_ts: self.last_ts,
-            device: DeviceHead {
-                last_status_ts: self.last_status_ts,
-                flags: self.last_status_flags,
-                battery_low,
-            },
+            // The newest status, when newer than the fold, stays in the window.
+            statuses: self
+                .last_status_ts
+                .filter(|ts| self.last_ts.is_none_or(|last| *ts > last))
+                .map(|ts| StatusPoint {
+                    ts,
+                    seq: 0,
+                    flags: self.last_status_flags,
+                    battery: None,
+                })
+                .into_iter()
+                .collect(),
             no_communication: no_communication.into_iter().next(),
             last_seen_at: self.last_seen_at,
             ..AlertState::default()
@@ -166,6 +170,7 @@ pub(crate) fn decode_event(body: &[u8]) -> Result<AlertEvent, RecordError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alert::SOURCE_RULE;
     use crate::codec::binary::{decode_record, encode_record, encode_record_as};
 
     fn open(kind: AlertKind, sources: u8) -> OpenAlert {
@@ -225,10 +230,15 @@ mod tests {
             Some(open(AlertKind::NoCommunication, SOURCE_RULE))
         );
         assert_eq!(alerts.last_seen_at, Some(99));
-        assert_eq!(alerts.device.last_status_ts, Some(120));
-        assert_eq!(alerts.device.flags, 4);
-        assert!(alerts.device.battery_low);
-        assert!(alerts.marks.is_empty());
+        assert_eq!(
+            alerts.statuses.iter().collect::<Vec<_>>(),
+            [StatusPoint {
+                ts: 120,
+                seq: 0,
+                flags: 4,
+                battery: None
+            }]
+        );
     }
 
     /// An alert row written before revisions reads with the revision its old order

@@ -6,13 +6,13 @@
 
 use serde::Deserialize;
 
-use crate::alert::AlertState;
 use crate::analytics::MeterAnalyticsState;
 use crate::billing::BillingState;
 use crate::codec::binary::RecordError;
 use crate::seq_window::SeqWindow;
 use crate::state::{MeterState, UsageState};
 use crate::state_v7::VeeStateV7;
+use crate::state_v8::AlertStateV8;
 
 #[derive(Deserialize)]
 struct MeterStateV6 {
@@ -20,7 +20,7 @@ struct MeterStateV6 {
     usage: UsageState,
     vee: VeeStateV7,
     billing: BillingState,
-    alerts: AlertState,
+    alerts: AlertStateV8,
     analytics: MeterAnalyticsState,
 }
 
@@ -32,7 +32,7 @@ pub(crate) fn decode(body: &[u8]) -> Result<MeterState, RecordError> {
         usage: v6.usage,
         vee: v6.vee.upgrade(),
         billing: v6.billing,
-        alerts: v6.alerts,
+        alerts: v6.alerts.upgrade(),
         analytics: v6.analytics,
         version: 0,
     })
@@ -56,7 +56,10 @@ mod tests {
             &state.usage,
             (&state.vee.settled, &state.vee.orders),
             &state.billing,
-            &state.alerts,
+            &AlertStateV8 {
+                revision: 7,
+                ..AlertStateV8::default()
+            },
             &state.analytics,
         );
         let back: MeterState = decode_record(&encode_record_as(6, &v6)).unwrap();

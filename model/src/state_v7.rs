@@ -7,13 +7,13 @@
 
 use serde::Deserialize;
 
-use crate::alert::AlertState;
 use crate::analytics::MeterAnalyticsState;
 use crate::billing::BillingState;
 use crate::codec::binary::RecordError;
 use crate::exception::{Decision, ExceptionRef, OrderAction, RegisterOrder};
 use crate::seq_window::SeqWindow;
 use crate::state::{MeterState, UsageState};
+use crate::state_v8::AlertStateV8;
 use crate::vee::{VeeFold, VeeState};
 
 /// `VeeState` of record versions 5 to 7: the settled pass and the orders.
@@ -86,7 +86,7 @@ struct MeterStateV7 {
     usage: UsageState,
     vee: VeeStateV7,
     billing: BillingState,
-    alerts: AlertState,
+    alerts: AlertStateV8,
     analytics: MeterAnalyticsState,
     version: i64,
 }
@@ -99,7 +99,7 @@ pub(crate) fn decode(body: &[u8]) -> Result<MeterState, RecordError> {
         usage: v7.usage,
         vee: v7.vee.upgrade(),
         billing: v7.billing,
-        alerts: v7.alerts,
+        alerts: v7.alerts.upgrade(),
         analytics: v7.analytics,
         version: v7.version,
     })
@@ -171,7 +171,7 @@ mod tests {
             &state.usage,
             (&state.vee.settled, &old_orders),
             &state.billing,
-            &state.alerts,
+            &AlertStateV8::default(),
             &state.analytics,
             state.version,
         );

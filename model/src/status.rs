@@ -11,6 +11,9 @@ use crate::uplink::Flags;
 pub struct DeviceStatus {
     /// `ts` of the newest reading of that message, epoch ms (device clock).
     pub ts: i64,
+    /// Seq of that message: of two statuses at one `ts`, the greater one's is the
+    /// device's word.
+    pub seq: u64,
     /// When meterflow received that message, epoch ms (service clock).
     pub received_at: i64,
     /// Alarms the device raised in that message; an absent flag means "not raised".

@@ -16,8 +16,8 @@
 //! arrived in:
 //! - The fold up to VEE's settled point is kept (`AlertState::settled`); after it
 //!   lie the window's rows (VEE's rows that are not suspect, replaced when VEE
-//!   re-decides them, rebuilt from the stored rows on hydration) and the status
-//!   *marks* (persisted).
+//!   re-decides them, rebuilt from the stored rows on hydration) and the device
+//!   statuses (persisted: statuses are not stored elsewhere).
 //! - A batch whose data lands after everything folded (the usual case) is folded on
 //!   from the head. One that lands inside the window folds the window again from
 //!   the settled fold and compares its steps with those it made before: an episode
@@ -45,15 +45,12 @@
 //! - **no communication**: no message for `no_communication_ms` — only time can show
 //!   it, so the sweep ([`AlertingProcessor::sweep`]) opens it; any message clears it.
 //! - **device flags** (leak, burst, backflow, tamper, magnetic, cut cable, dry pipe,
-//!   low battery, freeze, register error): every message's status counts. Statuses
-//!   are not stored, so they become *marks* as they arrive: a flag raised, lowered
-//!   or reconfirmed (after `update_interval_ms`), the battery rule held or released,
-//!   compared with the newest status before. The marks are folded with the rows in
-//!   reading time. A status older than the newest one (late) only adds: a flag it
-//!   raises at a time no mark or open episode covers gets a closed span from its
-//!   time to the next thing known (the kind's next mark, or the newest status).
-//!   Exact equality with in-order arrival would need every status kept; this keeps
-//!   every raised flag visible and never strands an episode open.
+//!   low battery, freeze, register error): every message's status counts, folded
+//!   with the rows in reading time: a status raises its flags' episodes and
+//!   releases the device's hold on the others. One status per reading time — of two
+//!   messages about one time, the greater seq's. A status older than the settled
+//!   point cannot be folded any more: each flag it raises gets a closed episode of
+//!   its own, up to the next status that does not raise it.
 //!
 //! Event times are data times (the reading's or status's `ts`), except for
 //! no-communication, which uses the service clock of the sweep and the message's
@@ -65,17 +62,18 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use meterflow_model::alert::{
-    AlertFold, AlertState, EpisodeStep, OpenAlert, RuleRow, SOURCE_DEVICE, SOURCE_RULE, StatusMark,
+    AlertFold, AlertState, EpisodeStep, FLAG_KINDS, OpenAlert, RuleRow, SOURCE_RULE, StatusPoint,
 };
+use meterflow_model::vee::MAX_WINDOW_READS;
 use meterflow_model::{
-    AlertEvent, AlertKind, AlertRules, DeviceStatus, EpisodeState, Flags, MeterKey, MeterState,
+    AlertEvent, AlertKind, DeviceFlag, DeviceStatus, EpisodeState, Flags, MeterKey, MeterState,
     Outputs, Quality, SealedBatch, StoredReading,
 };
 
 use crate::Processor;
 use crate::calendar::HOUR_MS;
 use crate::tenants::TenantDirectory;
-use fold::{Episodes, FLAG_KINDS, FoldRules, Item, flag_name, fold_item, merged};
+use fold::{Episodes, FoldRules, Item, fold_item, merged};
 
 /// The alerting stage; its per-meter state is `MeterState::alerts`.
 pub struct AlertingProcessor {
@@ -137,10 +135,8 @@ impl Processor for AlertingProcessor {
             let head = last_key(alerts);
             let mut window = WindowChange::default();
             take_rows(alerts, &meter.readings, &meter.replaced, &mut window);
-            // By reading time (in place; stable: equal times keep their arrival order).
-            meter.statuses.sort_by_key(|s| s.ts);
             for status in &meter.statuses {
-                take_status(alerts, rules.rules, status, &mut window, &mut emitter);
+                take_status(alerts, status, &mut window, &mut emitter);
             }
             match window
                 .first
@@ -149,7 +145,7 @@ impl Processor for AlertingProcessor {
                 Some((from, _)) => fold_again(alerts, rules, from, &mut emitter),
                 None => fold_on(alerts, rules, head, &mut emitter),
             }
-            settle(alerts, rules, settled_point.max(marks_overflow(alerts)));
+            settle(alerts, rules, settled_point.max(statuses_overflow(alerts)));
             alerts.revision = emitter.revision;
         }
     }
@@ -189,7 +185,7 @@ impl Processor for AlertingProcessor {
     }
 
     /// The window's rows are the rows VEE made of its rebuilt window after the
-    /// settled fold; folding them (and the persisted marks) again gives the head and
+    /// settled fold; folding them (and the persisted statuses) again gives the head and
     /// the steps the stores hold of them. Nothing is emitted.
     fn rehydrate(&mut self, key: &MeterKey, state: &mut MeterState, rows: &mut Vec<StoredReading>) {
         let rules = self.fold_rules(key);
@@ -347,188 +343,67 @@ fn take_rows(
     }
 }
 
-/// Takes a status: marks what changed since the newest status before it, or — for
-/// a late one — the raised flags nothing covers at its time.
+/// Takes a status into the window at its `ts`: one per `ts`, the message of the
+/// greater seq deciding (a status of an older seq at a time the window holds says
+/// nothing new). One at or before the settled fold's end cannot be folded in time
+/// any more: each flag it raises gets an episode of its own ([`late_span_outside`]).
 fn take_status(
     alerts: &mut AlertState,
-    rules: &AlertRules,
     status: &DeviceStatus,
     window: &mut WindowChange,
     emitter: &mut Emitter<'_>,
 ) {
-    let at = status.ts;
-    match alerts.device.last_status_ts {
-        Some(newest) if at < newest => take_late_status(alerts, status, newest, window, emitter),
-        _ => take_newest_status(alerts, rules, status, window),
-    }
-}
-
-fn take_newest_status(
-    alerts: &mut AlertState,
-    rules: &AlertRules,
-    status: &DeviceStatus,
-    window: &mut WindowChange,
-) {
-    let at = status.ts;
-    let before = alerts.device.flags;
-    alerts.device.last_status_ts = Some(at);
-    alerts.device.flags = status.flags.bits();
-    let battery_low = status
-        .battery
-        .is_some_and(|level| level <= rules.low_battery_pct);
-    if before == 0 && status.flags.bits() == 0 && !battery_low && !alerts.device.battery_low {
-        // Clean as the one before (nearly every status): nothing to mark.
+    let point = StatusPoint {
+        ts: status.ts,
+        seq: status.seq,
+        flags: status.flags.bits(),
+        battery: status.battery,
+    };
+    if alerts.settled_ts.is_some_and(|s| point.ts <= s) {
+        for (flag, kind) in FLAG_KINDS {
+            if status.flags.contains(flag) {
+                late_span_outside(alerts, flag, kind, point.ts, emitter);
+            }
+        }
         return;
     }
-    let before = Flags::from_bits(before).unwrap_or_default();
-    let mut marks = Vec::new();
-    for (flag, kind) in FLAG_KINDS {
-        let raised = status.flags.contains(flag);
-        let was = before.contains(flag);
-        if raised != was || (raised && reconfirm_due(alerts, rules, kind, SOURCE_DEVICE, at)) {
-            marks.push(StatusMark {
-                at,
-                kind,
-                source: SOURCE_DEVICE,
-                raised,
-                battery: None,
-            });
-        }
-    }
-    if let Some(level) = status.battery {
-        let kind = AlertKind::LowBattery;
-        let low = level <= rules.low_battery_pct;
-        let recovered = level >= rules.low_battery_clear_pct;
-        let held = alerts.device.battery_low;
-        if (low && (!held || reconfirm_due(alerts, rules, kind, SOURCE_RULE, at)))
-            || (recovered && held)
-        {
-            alerts.device.battery_low = low;
-            marks.push(StatusMark {
-                at,
-                kind,
-                source: SOURCE_RULE,
-                raised: low,
-                battery: Some(level),
-            });
-        }
-    }
-    // The newest status, but not newer than the settled fold's end (a device clock
-    // behind its reads, or flags flapping on one old read): it counts from just
-    // after that end, so that the newest status's flags are what is open.
-    let at = alerts
-        .settled_ts
-        .map_or(at, |s| at.max(s.saturating_add(1)));
-    for mark in marks {
-        let index = alerts.marks.partition_point(|m| m.at <= at);
-        alerts.marks.insert(index, StatusMark { at, ..mark });
-        window.at((at, 1));
-    }
-}
-
-/// A raised flag is reconfirmed (so that its episode is updated) once
-/// `update_interval_ms` has passed since the kind's last raising mark.
-fn reconfirm_due(
-    alerts: &AlertState,
-    rules: &AlertRules,
-    kind: AlertKind,
-    source: u8,
-    at: i64,
-) -> bool {
-    !alerts.marks.iter().any(|m| {
-        m.kind == kind && m.source == source && m.raised && at - m.at < rules.update_interval_ms
-    })
-}
-
-/// A status older than the newest one: each flag it raises that nothing covers at
-/// its time gets a span from its time to the next thing known of the kind — its
-/// next mark, or else the newest status (which does not raise it). Its lowered
-/// flags and battery level are older news than what is known and change nothing.
-fn take_late_status(
-    alerts: &mut AlertState,
-    status: &DeviceStatus,
-    newest: i64,
-    window: &mut WindowChange,
-    emitter: &mut Emitter<'_>,
-) {
-    let at = status.ts;
-    let settled = alerts.settled_ts.is_some_and(|s| at <= s);
-    for (flag, kind) in FLAG_KINDS {
-        if !status.flags.contains(flag) {
-            continue;
-        }
-        let next = alerts
-            .marks
-            .iter()
-            .find(|m| m.at > at && m.kind == kind && m.source == SOURCE_DEVICE)
-            .map(|m| m.at);
-        let until = next.unwrap_or(newest);
-        if settled {
-            late_span_outside(alerts, kind, at, until, emitter);
-            continue;
-        }
-        if device_holds(alerts, kind, at) {
-            continue;
-        }
-        let mark = |at, raised| StatusMark {
-            at,
-            kind,
-            source: SOURCE_DEVICE,
-            raised,
-            battery: None,
-        };
-        let raise_at = alerts.marks.partition_point(|m| m.at <= at);
-        alerts.marks.insert(raise_at, mark(at, true));
-        // The lowering goes before a mark at `until` (the next episode starts there).
-        let lower_at = alerts.marks.partition_point(|m| m.at < until);
-        alerts.marks.insert(lower_at, mark(until, false));
-        window.at((at, 1));
-    }
-}
-
-/// Whether the device's flag holds `kind` at `at`: the kind's last mark at or
-/// before it says so, or — with none in the window — the settled fold's episode.
-fn device_holds(alerts: &AlertState, kind: AlertKind, at: i64) -> bool {
-    let last = alerts
-        .marks
-        .iter()
-        .rev()
-        .find(|m| m.at <= at && m.kind == kind && m.source == SOURCE_DEVICE);
-    match last {
-        Some(mark) => mark.raised,
-        None => alerts
-            .settled
-            .open
-            .iter()
-            .any(|a| a.kind == kind && a.sources & SOURCE_DEVICE != 0),
+    if alerts.statuses.insert(point) {
+        window.at(Item::Status(point).key());
     }
 }
 
 /// A raised flag at or before the settled fold's end cannot be folded in reading
-/// time any more: it becomes a closed episode of its own, from `at` to `until` or
-/// the start of a later episode of its kind open at the settled point or now,
-/// unless one of those already covers it.
+/// time any more: it becomes a closed episode of its own, from `at` to the next
+/// thing known of it — the window's first status that does not raise it (else the
+/// settled point, where the settled fold did not hold it), or the start of a later
+/// episode of its kind open at the settled point or now — unless one of those
+/// episodes already covers it.
 fn late_span_outside(
     alerts: &AlertState,
+    flag: DeviceFlag,
     kind: AlertKind,
     at: i64,
-    until: i64,
     emitter: &mut Emitter<'_>,
 ) {
+    let lowered = alerts
+        .statuses
+        .iter()
+        .find(|s| !Flags::from_bits(s.flags).is_some_and(|f| f.contains(flag)))
+        .map(|s| s.ts);
+    let mut until = lowered.or(alerts.settled_ts).unwrap_or(at).max(at);
     let known = alerts
         .settled
         .open
         .iter()
         .chain(&alerts.head.open)
         .filter(|a| a.kind == kind);
-    let mut until = until;
     for alert in known {
         if alert.opened_at <= at {
             return;
         }
         until = until.min(alert.opened_at);
     }
-    let name = flag_name(kind);
+    let name = flag.name();
     for (state, step_at, detail) in [
         (
             EpisodeState::Opened,
@@ -562,10 +437,16 @@ fn fold_on(
 ) {
     let folded = |key: (i64, u8)| head.is_some_and(|head| key <= head);
     let first_row = alerts.rows.partition_point(|r| folded(Item::Row(r).key()));
-    let first_mark = alerts
-        .marks
-        .partition_point(|m| folded(Item::Mark(m).key()));
-    let new = merged(alerts.rows.range(first_row..), &alerts.marks[first_mark..]);
+    // A status folds after a row of its time: one at the head's time is new when
+    // the head is a row.
+    let first_status = head.map_or(
+        i64::MIN,
+        |(ts, item)| if item == 0 { ts } else { ts.saturating_add(1) },
+    );
+    let new = merged(
+        alerts.rows.range(first_row..),
+        alerts.statuses.from_ts(first_status),
+    );
     let steps = fold_items(&mut alerts.head, rules, new);
     for step in &steps {
         emitter.emit(step.clone());
@@ -587,7 +468,11 @@ fn fold_again(alerts: &mut AlertState, rules: FoldRules<'_>, from: i64, emitter:
 /// The settled fold with every window item folded in, and the steps they make.
 fn fold_window(alerts: &AlertState, rules: FoldRules<'_>) -> (AlertFold, Vec<EpisodeStep>) {
     let mut head = alerts.settled.clone();
-    let steps = fold_items(&mut head, rules, merged(&alerts.rows, &alerts.marks));
+    let steps = fold_items(
+        &mut head,
+        rules,
+        merged(&alerts.rows, alerts.statuses.iter()),
+    );
     (head, steps)
 }
 
@@ -607,14 +492,14 @@ fn fold_items<'a>(
 /// The fold key of the window's last item: where the head stands.
 fn last_key(alerts: &AlertState) -> Option<(i64, u8)> {
     let row = alerts.rows.back().map(|r| Item::Row(r).key());
-    let mark = alerts.marks.last().map(|m| Item::Mark(m).key());
-    row.max(mark)
+    let status = alerts.statuses.last().map(|s| Item::Status(s).key());
+    row.max(status)
 }
 
 /// What to emit when the window's steps go from `old` to `new` (`open`: the
 /// episodes open after `new`), so that the latest step the stores keep of every
 /// episode is `new`'s: episodes opened in `old` and absent from `new` are
-/// withdrawn (at `from`, where the change begins); steps of `new` that `old` did not
+/// withdrawn (at `from`, where the change begins, or their opening if later); steps of `new` that `old` did not
 /// make are emitted in order; and an episode whose latest step changed without a
 /// new one (its clearing went away) gets its latest step again — or, opened before
 /// the window and stepped in it no more, an update that it is open.
@@ -632,7 +517,7 @@ fn changed_steps(
     {
         out.push(EpisodeStep {
             state: EpisodeState::Withdrawn,
-            at: from,
+            at: from.max(gone.opened_at),
             detail: "withdrawn: data that arrived later shows it did not happen".into(),
             ..gone.clone()
         });
@@ -676,18 +561,21 @@ fn changed_steps(
     out
 }
 
-/// Where the settled fold must reach so that at most [`MAX_MARKS`] marks stay in
-/// the window: a device whose flags change more often than that within the late
-/// window (a fault, or a hostile client resending one old read with other flags)
-/// must not grow the meter's persisted state. Its oldest marks, and the rows up to
-/// them, settle early — their episodes are final from then on.
-fn marks_overflow(alerts: &AlertState) -> Option<i64> {
-    let excess = alerts.marks.len().checked_sub(MAX_MARKS + 1)?;
-    Some(alerts.marks[excess].at)
+/// Where the settled fold must reach so that at most [`MAX_STATUSES`] statuses
+/// stay in the window. A status's time is one of its message's reads, and VEE's
+/// window holds at most as many, so a meter stays within it unless its messages'
+/// reads are suspect or replaced (a fault, or a hostile client sending one read per
+/// message at new times): its oldest statuses, and the rows up to them, settle
+/// early — their episodes are final from then on — so its persisted state stays
+/// bounded.
+fn statuses_overflow(alerts: &AlertState) -> Option<i64> {
+    let excess = alerts.statuses.len().checked_sub(MAX_STATUSES + 1)?;
+    alerts.statuses.nth(excess).map(|s| s.ts)
 }
 
-/// Most status marks a meter's window keeps (see `marks_overflow`).
-pub const MAX_MARKS: usize = 256;
+/// Most device statuses a meter's window keeps (see `statuses_overflow`): one per
+/// read of VEE's window.
+pub const MAX_STATUSES: usize = MAX_WINDOW_READS;
 
 /// Folds the window's items up to VEE's settled point into the settled fold for
 /// good (their steps were emitted when they were first folded) and drops them.
@@ -699,12 +587,12 @@ fn settle(alerts: &mut AlertState, rules: FoldRules<'_>, point: Option<i64>) {
         return;
     }
     let rows = alerts.rows.partition_point(|r| r.ts <= point);
-    let marks = alerts.marks.partition_point(|m| m.at <= point);
     // Their steps were emitted when the head first folded them.
-    let settling = merged(alerts.rows.range(..rows), &alerts.marks[..marks]);
+    let statuses = alerts.statuses.iter().take_while(|s| s.ts <= point);
+    let settling = merged(alerts.rows.range(..rows), statuses);
     fold_items(&mut alerts.settled, rules, settling);
     alerts.rows.drain(..rows);
-    alerts.marks.drain(..marks);
+    alerts.statuses.drop_through(point);
     alerts.window_steps.retain(|s| s.at > point);
     alerts.settled_ts = Some(point);
 }

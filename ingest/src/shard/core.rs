@@ -583,6 +583,7 @@ impl ShardCore {
                 if let Some(newest) = uplink.readings.last() {
                     entry.statuses.push(DeviceStatus {
                         ts: newest.ts,
+                        seq: uplink.seq,
                         received_at,
                         flags: uplink.flags,
                         battery: uplink.battery,

@@ -20,6 +20,7 @@ mod grafana;
 mod http_limits;
 mod interop;
 mod late_aggregates;
+mod late_status;
 mod logs;
 mod meter_list;
 mod openapi;

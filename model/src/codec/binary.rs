@@ -142,7 +142,11 @@ pub(crate) fn decode_uplink(body: &[u8]) -> Result<Uplink, Reject> {
 ///   gained `size`, and `VeeState` (inside `MeterState`) keeps the sizes recorded
 ///   (`sizes`, last); older states read with none (`model/src/state_v7.rs`). Other
 ///   records are unchanged.
-const RECORD_VERSION: u8 = 8;
+/// - 9: alerting keeps every device status of the late window (`statuses`: reading
+///   time, seq, flags, battery level) instead of the changes they made (marks) and
+///   the newest status; older states read with their marks turned into statuses
+///   (`model/src/state_v8.rs`). Other records are unchanged.
+const RECORD_VERSION: u8 = 9;
 
 /// A persisted record type, and how it reads bodies of older record versions.
 pub trait Record: DeserializeOwned {
@@ -185,6 +189,12 @@ pub trait Record: DeserializeOwned {
     /// Reads a version-7 body; types whose layout has not changed since read it as
     /// they are.
     fn decode_v7(body: &[u8]) -> Result<Self, RecordError> {
+        decode_body(body)
+    }
+
+    /// Reads a version-8 body; types whose layout has not changed since read it as
+    /// they are.
+    fn decode_v8(body: &[u8]) -> Result<Self, RecordError> {
         decode_body(body)
     }
 }
@@ -253,6 +263,7 @@ pub fn decode_record<T: Record>(bytes: &[u8]) -> Result<T, RecordError> {
         Some((5, body)) => T::decode_v5(body),
         Some((6, body)) => T::decode_v6(body),
         Some((7, body)) => T::decode_v7(body),
+        Some((8, body)) => T::decode_v8(body),
         Some((&other, _)) => Err(RecordError::Version(other)),
         None => Err(RecordError::Corrupt("empty record".into())),
     }

@@ -1,66 +1,46 @@
-//! The alert fold: one meter's rows and status marks, in reading time, folded into
+//! The alert fold: one meter's rows and device statuses, in reading time, folded into
 //! its open episodes and the interval rules' trackers ([`AlertFold`]), with the
 //! episode steps they make. Pure: the same items from the same fold give the same
 //! steps, which is what makes the episodes independent of arrival order
 //! (`alerting` folds the window again when data lands inside it).
 
-use meterflow_model::alert::{AlertFold, EpisodeStep, OpenAlert, RuleRow, SOURCE_RULE, StatusMark};
-use meterflow_model::{AlertKind, AlertRules, DeviceFlag, EpisodeState};
+use meterflow_model::alert::{
+    AlertFold, EpisodeStep, FLAG_KINDS, OpenAlert, RuleRow, SOURCE_DEVICE, SOURCE_RULE, StatusPoint,
+};
+use meterflow_model::{AlertKind, AlertRules, EpisodeState, Flags};
 
 use crate::calendar::HOUR_MS;
 
 const DAY_MS: i64 = 24 * HOUR_MS;
 
-/// Device flags and the alert kind each opens.
-pub(crate) const FLAG_KINDS: [(DeviceFlag, AlertKind); 10] = [
-    (DeviceFlag::Leak, AlertKind::Leak),
-    (DeviceFlag::Burst, AlertKind::Burst),
-    (DeviceFlag::Backflow, AlertKind::Backflow),
-    (DeviceFlag::Tamper, AlertKind::Tamper),
-    (DeviceFlag::Magnetic, AlertKind::Magnetic),
-    (DeviceFlag::CutCable, AlertKind::CutCable),
-    (DeviceFlag::DryPipe, AlertKind::DryPipe),
-    (DeviceFlag::LowBattery, AlertKind::LowBattery),
-    (DeviceFlag::Freeze, AlertKind::Freeze),
-    (DeviceFlag::RegisterError, AlertKind::RegisterError),
-];
-
-/// The name of the device flag that opens `kind` (`?` for a kind no flag opens).
-pub(crate) fn flag_name(kind: AlertKind) -> &'static str {
-    FLAG_KINDS
-        .iter()
-        .find(|(_, k)| *k == kind)
-        .map_or("?", |(flag, _)| flag.name())
-}
-
 /// One thing to fold, by reading time.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Item<'a> {
     Row(&'a RuleRow),
-    Mark(&'a StatusMark),
+    Status(StatusPoint),
 }
 
 impl Item<'_> {
-    /// Its place in the fold: reading time, a row before a mark of the same time (a
-    /// message's readings before its status).
+    /// Its place in the fold: reading time, a row before a status of the same time
+    /// (a message's readings before its status; one status per time).
     pub(crate) fn key(&self) -> (i64, u8) {
         match self {
             Item::Row(row) => (row.ts, 0),
-            Item::Mark(mark) => (mark.at, 1),
+            Item::Status(status) => (status.ts, 1),
         }
     }
 }
 
-/// Rows (by `ts`) and marks (by `at`) merged into fold order.
+/// Rows and statuses (each by `ts`) merged into fold order.
 pub(crate) fn merged<'a>(
     rows: impl IntoIterator<Item = &'a RuleRow>,
-    marks: &'a [StatusMark],
+    statuses: impl IntoIterator<Item = StatusPoint>,
 ) -> impl Iterator<Item = Item<'a>> {
     let mut rows = rows.into_iter().peekable();
-    let mut marks = marks.iter().peekable();
-    std::iter::from_fn(move || match (rows.peek(), marks.peek()) {
-        (Some(row), Some(mark)) if row.ts <= mark.at => rows.next().map(Item::Row),
-        (_, Some(_)) => marks.next().map(Item::Mark),
+    let mut statuses = statuses.into_iter().peekable();
+    std::iter::from_fn(move || match (rows.peek(), statuses.peek()) {
+        (Some(row), Some(status)) if row.ts <= status.ts => rows.next().map(Item::Row),
+        (_, Some(_)) => statuses.next().map(Item::Status),
         (Some(_), None) => rows.next().map(Item::Row),
         (None, None) => None,
     })
@@ -90,7 +70,7 @@ pub(crate) fn fold_item(
     };
     match item {
         Item::Row(row) => fold_row(&mut log, fold, rules, row),
-        Item::Mark(mark) => fold_mark(&mut log, mark),
+        Item::Status(status) => fold_status(&mut log, rules.rules, &status),
     }
     fold.open = open;
 }
@@ -165,17 +145,34 @@ impl Episodes<'_> {
     }
 }
 
-/// A status mark: the device (or its battery level) raises or lowers its kind.
-fn fold_mark(log: &mut Episodes<'_>, mark: &StatusMark) {
-    let detail = || match (mark.battery, mark.raised) {
-        (Some(level), _) => format!("battery at {level} %"),
-        (None, true) => format!("device flag {}", flag_name(mark.kind)),
-        (None, false) => format!("device flag {} lowered", flag_name(mark.kind)),
+/// A status: each device flag holds its kind or no longer does, and the battery
+/// level holds the battery rule (at or below `low_battery_pct`) or releases it (at
+/// or above `low_battery_clear_pct`; between the two it changes nothing).
+fn fold_status(log: &mut Episodes<'_>, rules: &AlertRules, status: &StatusPoint) {
+    let at = status.ts;
+    let flags = Flags::from_bits(status.flags).unwrap_or_default();
+    // A clean status with no flag held (nearly every one) changes no flag's episode.
+    if !flags.is_empty() || log.open.iter().any(|a| a.sources & SOURCE_DEVICE != 0) {
+        for (flag, kind) in FLAG_KINDS {
+            if flags.contains(flag) {
+                log.raise(kind, SOURCE_DEVICE, at, || {
+                    format!("device flag {}", flag.name())
+                });
+            } else {
+                log.release(kind, SOURCE_DEVICE, at, || {
+                    format!("device flag {} lowered", flag.name())
+                });
+            }
+        }
+    }
+    let Some(level) = status.battery else {
+        return;
     };
-    if mark.raised {
-        log.raise(mark.kind, mark.source, mark.at, detail);
-    } else {
-        log.release(mark.kind, mark.source, mark.at, detail);
+    let detail = || format!("battery at {level} %");
+    if level <= rules.low_battery_pct {
+        log.raise(AlertKind::LowBattery, SOURCE_RULE, at, detail);
+    } else if level >= rules.low_battery_clear_pct {
+        log.release(AlertKind::LowBattery, SOURCE_RULE, at, detail);
     }
 }
 

@@ -1,6 +1,6 @@
 //! Alerting scenarios and the one-open-episode property.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use meterflow_model::{
     AlertEvent, AlertKind, DeviceFlag, DeviceStatus, EpisodeState, Flags, MeterId, Priority,
@@ -8,6 +8,7 @@ use meterflow_model::{
 };
 use proptest::prelude::*;
 
+use crate::register_order::keep_episodes;
 use crate::utils::{DAY, HOUR, Input, Pipeline, key, reading};
 
 const START: i64 = 1_735_689_600_000; // 2025-01-01T00:00Z
@@ -231,6 +232,7 @@ fn a_silent_meter_raises_no_communication_on_the_sweep() {
 fn status(ts: i64, battery: u8, flags: &[DeviceFlag]) -> DeviceStatus {
     DeviceStatus {
         ts,
+        seq: 0,
         received_at: ts,
         flags: flags.iter().copied().collect::<Flags>(),
         battery: Some(battery),
@@ -407,12 +409,16 @@ const DEVICE_ONLY: [(DeviceFlag, AlertKind); 3] = [
     (DeviceFlag::CutCable, AlertKind::CutCable),
 ];
 
-/// One message: a reading and the status it carried.
+/// One message: a reading and the status it carried; its seq grows with its time,
+/// as a device numbers its messages.
 fn message(meter: &meterflow_model::MeterKey, ts: i64, flags: &[DeviceFlag]) -> Input {
     Input {
         key: meter.clone(),
         readings: vec![reading(ts, 1_000)],
-        status: Some(status(ts, 90, flags)),
+        status: Some(DeviceStatus {
+            seq: ((ts - START) / HOUR) as u64,
+            ..status(ts, 90, flags)
+        }),
     }
 }
 
@@ -615,34 +621,75 @@ proptest! {
     }
 }
 
-/// A device whose flags change with every message, all stamped with one old read's
-/// time (a fault, or a hostile client), keeps a bounded window of status marks: the
-/// oldest settle early. Its episode still ends as its newest status says.
+/// "Late data never changes what the in-order stream gives", for device flags: a
+/// tamper flag at 02:00 and 06:00, clean at 04:00 and 08:00. In order: episodes
+/// 02:00–04:00 and 06:00–08:00. Arriving 08:00, 02:00, 06:00, then 04:00 last: the
+/// flags first make one episode 02:00–08:00; the clean 04:00 status splits it as in
+/// order (the first clears at 04:00, 06:00 opens the second).
 #[test]
-fn flags_flapping_on_one_read_keep_the_marks_bounded() {
+fn a_late_clean_status_between_two_flags_splits_the_episode_as_in_order() {
+    let meter = key("demo", "split");
+    let history = [
+        (2, &[DeviceFlag::Tamper][..]),
+        (4, &[][..]),
+        (6, &[DeviceFlag::Tamper][..]),
+        (8, &[][..]),
+    ];
+    let episodes = |order: &[usize]| {
+        let mut pipeline = Pipeline::new(ProcessorsConfig::default());
+        let mut kept = BTreeMap::new();
+        for &i in order {
+            let (hour, flags) = history[i];
+            let (_, out) = pipeline.feed(0, vec![message(&meter, START + hour * HOUR, flags)]);
+            keep_episodes(&mut kept, &out.alerts);
+        }
+        kept
+    };
+    let at = |hour: i64| START + hour * HOUR;
+    let in_order = episodes(&[0, 1, 2, 3]);
+    assert_eq!(
+        in_order,
+        BTreeMap::from([
+            ((AlertKind::Tamper, at(2)), Some(at(4))),
+            ((AlertKind::Tamper, at(6)), Some(at(8))),
+        ])
+    );
+    assert_eq!(
+        episodes(&[3, 0, 2]),
+        BTreeMap::from([((AlertKind::Tamper, at(2)), Some(at(8)))])
+    );
+    assert_eq!(episodes(&[3, 0, 2, 1]), in_order);
+}
+
+/// A device whose flags change with every message, all stamped with one old read's
+/// time (a fault, or a hostile client): one status per time is kept, the one of the
+/// greatest seq, so its window stays small. Its episode ends as that status says.
+#[test]
+fn flags_flapping_on_one_read_keep_one_status() {
     let mut pipeline = Pipeline::new(ProcessorsConfig::default());
     let meter = key("demo", "flap");
-    for i in 0..2_000 {
-        let flags: &[DeviceFlag] = if i % 2 == 0 {
+    let flapping = |seq: u64| {
+        let flags: &[DeviceFlag] = if seq.is_multiple_of(2) {
             &[DeviceFlag::Tamper]
         } else {
             &[]
         };
-        pipeline.feed(0, vec![message(&meter, START + HOUR, flags)]);
+        let mut input = message(&meter, START + HOUR, flags);
+        input.status.as_mut().unwrap().seq = seq;
+        input
+    };
+    for seq in 0..2_000 {
+        pipeline.feed(0, vec![flapping(seq)]);
     }
     let alerts = &pipeline.states[&meter].alerts;
-    assert!(
-        alerts.marks.len() <= meterflow_processors::alerting::MAX_MARKS,
-        "{} marks",
-        alerts.marks.len()
-    );
+    assert_eq!(alerts.statuses.len(), 1);
     assert!(
         !alerts.is_open(AlertKind::Tamper),
         "the newest status is clean"
     );
-    pipeline.feed(
-        0,
-        vec![message(&meter, START + HOUR, &[DeviceFlag::Tamper])],
-    );
+    // An older message's word about that time changes nothing; a newer one's does.
+    pipeline.feed(0, vec![flapping(1_000)]);
+    assert!(!pipeline.states[&meter].alerts.is_open(AlertKind::Tamper));
+    pipeline.feed(0, vec![flapping(2_000)]);
     assert!(pipeline.states[&meter].alerts.is_open(AlertKind::Tamper));
 }
