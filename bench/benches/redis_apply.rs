@@ -82,6 +82,7 @@ fn flush(usage_l: u64) -> Outputs {
             day: "2025-01-15".into(),
             day_start_ms: start,
             limit: 10,
+            changed: Vec::new(),
             entries: (0..10)
                 .map(|m| TopEntry {
                     meter: format!("m{m:06}"),

@@ -330,9 +330,71 @@ pub struct TopConsumers {
     pub day_start_ms: i64,
     pub limit: usize,
     pub entries: Vec<TopEntry>,
+    /// Changes this process made to the day totals of meters whose totals it does
+    /// not know (a late read moving litres of a past day): the rollup adds them to
+    /// what an earlier run published of those meters. Never stored or shown.
+    #[serde(skip)]
+    pub changed: Vec<(String, i64)>,
 }
 
 impl TopConsumers {
+    /// An empty list of `tenant`'s day.
+    pub fn new(tenant: &str, day: String, day_start_ms: i64, limit: usize) -> Self {
+        TopConsumers {
+            tenant: tenant.to_string(),
+            day,
+            day_start_ms,
+            limit,
+            entries: Vec::new(),
+            changed: Vec::new(),
+        }
+    }
+
+    /// Notes that a meter's day total, not known here, changed by `delta`.
+    pub fn change_unknown(&mut self, meter: &str, delta: i64) {
+        match self.changed.iter_mut().find(|(m, _)| m == meter) {
+            Some((_, sum)) => *sum = sum.saturating_add(delta),
+            None => self.changed.push((meter.to_string(), delta)),
+        }
+    }
+
+    /// Merges what an earlier run published of the day under this run's lists (its
+    /// partials merged into `self`, with their changes): a meter this run lists
+    /// with its whole day total (a meter's running day total is kept in its state)
+    /// replaces the earlier figure; a meter whose total this run does not know gets
+    /// its changes added to the earlier figure (and keeps this run's figure if that
+    /// is greater); a meter only this run changed enters with what it added.
+    pub fn merge_earlier(&mut self, earlier: Option<&TopConsumers>) {
+        let earlier_usage = |meter: &str| {
+            earlier
+                .into_iter()
+                .flat_map(|e| &e.entries)
+                .find(|e| e.meter == meter)
+                .map(|e| e.usage_l)
+        };
+        for (meter, delta) in &self.changed {
+            let before = earlier_usage(meter);
+            let total = before.unwrap_or(0).saturating_add_signed(*delta);
+            match self.entries.iter_mut().find(|e| e.meter == *meter) {
+                Some(mine) => mine.usage_l = mine.usage_l.max(total),
+                None if total > 0 || before.is_some() => self.entries.push(TopEntry {
+                    meter: meter.clone(),
+                    usage_l: total,
+                }),
+                None => {}
+            }
+        }
+        if let Some(earlier) = earlier {
+            self.limit = self.limit.max(earlier.limit);
+            for entry in &earlier.entries {
+                if !self.entries.iter().any(|e| e.meter == entry.meter) {
+                    self.entries.push(entry.clone());
+                }
+            }
+        }
+        self.sort_and_truncate();
+    }
+
     /// Offers a meter's (growing) usage of the day. Exact for values that only grow:
     /// a meter pushed out can only come back by growing, and then it is offered again.
     pub fn offer(&mut self, meter: &str, usage_l: u64) {
@@ -359,13 +421,21 @@ impl TopConsumers {
             return false;
         };
         entry.usage_l = entry.usage_l.saturating_add_signed(delta);
+        // A figure of what this run changed, not the meter's total: its changes too.
+        if let Some((_, sum)) = self.changed.iter_mut().find(|(m, _)| m == meter) {
+            *sum = sum.saturating_add(delta);
+        }
         self.sort_and_truncate();
         true
     }
 
-    /// Merges another partial of the same tenant and day: the top of the union.
+    /// Merges another partial of the same tenant and day (another shard's): the top
+    /// of the union, and both one's changes.
     pub fn merge(&mut self, other: &TopConsumers) {
         self.limit = self.limit.max(other.limit);
+        for (meter, delta) in &other.changed {
+            self.change_unknown(meter, *delta);
+        }
         for entry in &other.entries {
             match self.entries.iter_mut().find(|e| e.meter == entry.meter) {
                 Some(mine) => mine.usage_l = mine.usage_l.max(entry.usage_l),

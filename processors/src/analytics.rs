@@ -179,13 +179,12 @@ impl AnalyticsPartial {
         self.tops
             .entry((tenant, day_start_ms))
             .or_insert_with(|| TopWindow {
-                list: TopConsumers {
-                    tenant: tenants[tenant as usize].clone(),
-                    day: day_label(),
+                list: TopConsumers::new(
+                    &tenants[tenant as usize],
+                    day_label(),
                     day_start_ms,
                     limit,
-                    entries: Vec::new(),
-                },
+                ),
                 dirty: true,
             })
     }
@@ -615,12 +614,19 @@ impl MeterFolder<'_> {
             let top = self.partial.top(self.tenant_id, day, || label.day_label());
             if !top.list.correct(self.meter, delta) {
                 // Unlisted: its day total is known on its running day or from the
-                // ledger, or when the list has room (every meter offered that day is
-                // listed, so it had counted nothing in it).
-                let room = top.list.entries.len() < top.list.limit;
-                let known = running.or_else(|| room.then(|| delta.max(0).unsigned_abs()));
-                if let Some(total) = known {
-                    top.list.offer(self.meter, total);
+                // ledger. Else this run knows only the change (an earlier run may
+                // have counted the meter that day: the rollup adds the change to
+                // what that run published); when the list has room, every meter
+                // this run offered that day is listed, so the change is what this
+                // run counted of it.
+                match running {
+                    Some(total) => top.list.offer(self.meter, total),
+                    None => {
+                        top.list.change_unknown(self.meter, delta);
+                        if top.list.entries.len() < top.list.limit {
+                            top.list.offer(self.meter, delta.max(0).unsigned_abs());
+                        }
+                    }
                 }
             }
             top.dirty = true;
@@ -880,9 +886,14 @@ impl DistrictRollup {
             partials[shard] = Some(top.clone());
             let mut total = TopConsumers {
                 entries: Vec::new(),
+                changed: Vec::new(),
                 ..top.clone()
             };
-            partials.iter().flatten().for_each(|p| total.merge(p));
+            // This run's shards, then what an earlier run published (the seed).
+            let (shards, seed) = partials.split_at(slots - 1);
+            shards.iter().flatten().for_each(|p| total.merge(p));
+            total.merge_earlier(seed[0].as_ref());
+            total.changed.clear();
             *top = total;
         }
         self.summarise(now_ms, out);
@@ -918,6 +929,7 @@ impl DistrictRollup {
             })
             .map(|top| TopConsumers {
                 entries: Vec::new(),
+                changed: Vec::new(),
                 ..top.clone()
             })
             .collect();
@@ -1051,13 +1063,7 @@ mod rollup_tests {
     }
 
     fn top(tenant: &str, day_start_ms: i64, day: &str) -> TopConsumers {
-        TopConsumers {
-            tenant: tenant.into(),
-            day: day.into(),
-            day_start_ms,
-            limit: 3,
-            entries: Vec::new(),
-        }
+        TopConsumers::new(tenant, day.into(), day_start_ms, 3)
     }
 
     fn summaries(

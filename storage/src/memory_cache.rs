@@ -594,6 +594,7 @@ mod tests {
                 day: format!("2025-{:02}-{:02}", 1 + d / 28, 1 + d % 28),
                 day_start_ms: 0,
                 limit: 2,
+                changed: Vec::new(),
                 entries: vec![
                     TopEntry {
                         meter: "b".into(),

@@ -500,3 +500,62 @@ fn case_6_after_a_restart_late_reads_take_back_what_the_earlier_process_counted(
     );
     assert_eq!(north(Resolution::Day)[&0].0, 420);
 }
+
+/// A day's top list across a restart, when a late read moves litres out of the day:
+/// one process counts m0's gap 22:00–02:00 (400 L) as estimates, 200 L of them on
+/// the 15th, and publishes its top list; after a restart the real reads arrive
+/// (23:00 1,010, 00:00 1,020), so the 15th holds 20 L of m0. The new process's figure
+/// for m0 is its whole day total and replaces the published one. Before, lists were
+/// merged by the greater figure per meter, and the 15th kept 200 L (found by the
+/// restarts property once it compared top lists).
+#[test]
+fn case_6_after_a_restart_a_days_top_list_follows_litres_moved_out_of_it() {
+    let m0 = key("acme", "m0");
+    let read = |hour: i64, reg: u64| reading(MIDNIGHT + hour * HOUR, reg);
+    let mut pipeline = Pipeline::new(config());
+    let (sealed, _) = pipeline.feed(
+        MIDNIGHT + 27 * HOUR,
+        vec![Input::readings(&m0, vec![read(22, 1_000), read(26, 1_400)])],
+    );
+    let stored: BTreeMap<i64, StoredReading> = sealed.meters[0]
+        .readings
+        .iter()
+        .map(|row| (row.reading.ts, *row))
+        .collect();
+    let mut earlier = DistrictRollup::new(1);
+    let mut published = pipeline.sweep(MIDNIGHT + 28 * HOUR);
+    earlier.absorb(0, MIDNIGHT + 28 * HOUR, &mut published);
+    let fifteenth = |out: &Outputs| -> Option<u64> {
+        out.top
+            .iter()
+            .find(|list| list.day_start_ms == MIDNIGHT)
+            .and_then(|list| list.entries.iter().find(|e| e.meter == "m0"))
+            .map(|e| e.usage_l)
+    };
+    assert_eq!(fifteenth(&published), Some(200));
+
+    restart_configured(&mut pipeline, config(), &m0, &stored);
+    let late = vec![read(23, 1_010), read(24, 1_020)];
+    pipeline.feed(MIDNIGHT + 29 * HOUR, vec![Input::readings(&m0, late)]);
+    let mut out = pipeline.sweep(MIDNIGHT + 30 * HOUR);
+    let mut rollup = DistrictRollup::new(1);
+    let (unseen, unseen_tops) = rollup.unseen(&out);
+    let seeds = unseen
+        .iter()
+        .filter_map(|row| published.districts.iter().find(|p| p.same_window(row)))
+        .cloned()
+        .collect();
+    let top_seeds = unseen_tops
+        .iter()
+        .filter_map(|top| {
+            published
+                .top
+                .iter()
+                .find(|p| p.day_start_ms == top.day_start_ms)
+        })
+        .cloned()
+        .collect();
+    rollup.seed(seeds, top_seeds);
+    rollup.absorb(0, MIDNIGHT + 30 * HOUR, &mut out);
+    assert_eq!(fifteenth(&out), Some(20));
+}

@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use meterflow_model::limits::MIN_PLAUSIBLE_TS_MS;
 use meterflow_model::{
     AlertEvent, AlertKind, Decision, DistrictUsage, EpisodeState, MeterSize, OrderAction, Outputs,
-    ProcessorsConfig, Quality, Reading, RegisterOrder, Resolution, StoredReading, UsageSketch,
+    ProcessorsConfig, Quality, Reading, RegisterOrder, Resolution, StoredReading, TopConsumers,
+    UsageSketch,
 };
 use meterflow_processors::analytics::DistrictRollup;
 use proptest::prelude::*;
@@ -139,12 +140,12 @@ fn replay_restarting(
     // Every window is still open (batches are fed at `now_ms` 0); a tick far later
     // flushes them all.
     let flushed = pipeline.sweep(START + 400 * DAY);
-    for list in &flushed.top {
+    published.absorb(flushed);
+    for list in published.tops.values() {
         if let Some(entry) = list.entries.first().filter(|entry| entry.usage_l > 0) {
             outcome.top.insert(list.day_start_ms, entry.usage_l);
         }
     }
-    published.absorb(flushed);
     for row in published.windows.into_values() {
         let figures = (
             row.usage_l,
@@ -161,11 +162,13 @@ fn replay_restarting(
     outcome
 }
 
-/// The district windows a replay's runs published: each run's flushes through its
-/// rollup, seeded with what earlier runs published of a window it had not seen.
+/// The district windows and day top lists a replay's runs published: each run's
+/// flushes through its rollup, seeded with what earlier runs published of a window
+/// or day it had not seen (as the sink seeds it from the store).
 struct Published {
     rollup: DistrictRollup,
     windows: BTreeMap<(Resolution, i64), DistrictUsage>,
+    tops: BTreeMap<i64, TopConsumers>,
 }
 
 impl Published {
@@ -173,20 +176,29 @@ impl Published {
         Self {
             rollup: DistrictRollup::new(1),
             windows: BTreeMap::new(),
+            tops: BTreeMap::new(),
         }
     }
 
     fn absorb(&mut self, mut out: Outputs) {
-        let (unseen, _) = self.rollup.unseen(&out);
+        let (unseen, unseen_tops) = self.rollup.unseen(&out);
         let seeds = unseen
             .iter()
             .filter_map(|row| self.windows.get(&(row.resolution, row.start_ms)))
             .cloned()
             .collect();
-        self.rollup.seed(seeds, Vec::new());
+        let top_seeds = unseen_tops
+            .iter()
+            .filter_map(|top| self.tops.get(&top.day_start_ms))
+            .cloned()
+            .collect();
+        self.rollup.seed(seeds, top_seeds);
         self.rollup.absorb(0, 0, &mut out);
         for row in out.districts {
             self.windows.insert((row.resolution, row.start_ms), row);
+        }
+        for top in out.top {
+            self.tops.insert(top.day_start_ms, top);
         }
     }
 }
@@ -578,13 +590,14 @@ proptest! {
             restarts.iter().map(|at| at.index(batches.len())).collect();
         let expected = replay(&batches);
         let actual = replay_restarting(&batches, &restarts, &[]);
-        // District windows as published: a restarted run's rollup is seeded with
-        // what the earlier runs published (top lists are not compared here).
+        // District windows and day top lists as published: a restarted run's
+        // rollup is seeded with what the earlier runs published.
         prop_assert_eq!(actual.rows, expected.rows);
         prop_assert_eq!(actual.bills, expected.bills);
         same_windows(&actual.districts, &expected.districts)?;
         prop_assert_eq!(actual.today, expected.today);
         prop_assert_eq!(actual.episodes, expected.episodes);
+        prop_assert_eq!(actual.top, expected.top);
     }
 }
 

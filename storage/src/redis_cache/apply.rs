@@ -648,6 +648,7 @@ mod tests {
                     day: "2025-01-15".into(),
                     day_start_ms: 0,
                     limit: 1,
+                    changed: Vec::new(),
                     entries: vec![TopEntry {
                         meter: "m1".into(),
                         usage_l: 3,
@@ -658,6 +659,7 @@ mod tests {
                     day: "15/01/2025".into(),
                     day_start_ms: 0,
                     limit: 1,
+                    changed: Vec::new(),
                     entries: Vec::new(),
                 },
             ],
@@ -755,6 +757,7 @@ mod tests {
                 day: "2025-01-15".into(),
                 day_start_ms: 0,
                 limit: 1,
+                changed: Vec::new(),
                 entries: Vec::new(),
             });
             outputs.summaries.push(TenantSummary {

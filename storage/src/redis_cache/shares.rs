@@ -200,6 +200,7 @@ fn district_total(row: &DistrictUsage, shares: &[DistrictUsage]) -> DistrictUsag
 fn top_total(list: &TopConsumers, shares: &[TopConsumers]) -> TopConsumers {
     let mut total = TopConsumers {
         entries: Vec::new(),
+        changed: Vec::new(),
         ..list.clone()
     };
     let same_day = |share: &&TopConsumers| share.day == list.day && share.tenant == list.tenant;
@@ -326,6 +327,7 @@ mod tests {
                 day: "2026-12-05".into(),
                 day_start_ms: 0,
                 limit: 2,
+                changed: Vec::new(),
                 entries: Vec::new(),
             };
             offers.iter().for_each(|(meter, l)| list.offer(meter, *l));

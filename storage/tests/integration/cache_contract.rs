@@ -114,6 +114,7 @@ pub(crate) fn top_list(tenant: &str, day: &str, entries: &[(&str, u64)]) -> TopC
         day: day.into(),
         day_start_ms: MIDNIGHT,
         limit: 10,
+        changed: Vec::new(),
         entries: entries
             .iter()
             .map(|(meter, usage_l)| TopEntry {
