@@ -73,7 +73,10 @@ impl Run {
         if (next.flags, next.battery) != (self.first.flags, self.first.battery) {
             return false;
         }
-        let (step_ts, step_seq) = (next.ts - last.ts, next.seq.wrapping_sub(last.seq));
+        let Some(step_ts) = next.ts.checked_sub(last.ts) else {
+            return false;
+        };
+        let step_seq = next.seq.wrapping_sub(last.seq);
         if self.len > 1 && (step_ts, step_seq) != (self.step_ts, self.step_seq) {
             return false;
         }
@@ -90,9 +93,9 @@ impl Run {
         if self.len == 1 {
             return None;
         }
-        // Both positive here: `(ts - first.ts)` and the step.
-        let i = (ts - self.first.ts)
-            .unsigned_abs()
+        // `ts` is after the first status, and the step positive.
+        let i = ts
+            .abs_diff(self.first.ts)
             .div_ceil(self.step_ts.unsigned_abs());
         u32::try_from(i).ok().filter(|i| *i < self.len)
     }
@@ -330,6 +333,38 @@ mod tests {
 
     fn bincode_body(runs: &[Run]) -> Vec<u8> {
         crate::codec::binary::encode_record(&runs.to_vec())[1..].to_vec()
+    }
+
+    proptest! {
+        /// No persisted log makes it panic: any runs decode or are refused, and a
+        /// decoded one takes any status, query and drop.
+        #[test]
+        fn any_persisted_log_is_refused_or_usable(
+            runs in proptest::collection::vec(
+                (any::<i64>(), any::<u64>(), any::<i64>(), any::<u64>(), 0u32..6),
+                0..6,
+            ),
+            status in (any::<i64>(), any::<u64>(), 0u32..4),
+            at in any::<i64>(),
+        ) {
+            let runs: Vec<Run> = runs
+                .into_iter()
+                .map(|(ts, seq, step_ts, step_seq, len)| Run {
+                    first: point(ts, seq, 0, None),
+                    step_ts,
+                    step_seq,
+                    len,
+                })
+                .collect();
+            if let Ok(mut log) = crate::codec::binary::decode_body::<StatusLog>(&bincode_body(&runs)) {
+                prop_assert_eq!(log.iter().count(), log.len());
+                let _ = log.from_ts(at).count();
+                let _ = log.nth(at.unsigned_abs() as usize % 8);
+                log.insert(point(status.0, status.1, status.2, None));
+                log.drop_through(at);
+                prop_assert_eq!(log.iter().count(), log.len());
+            }
+        }
     }
 
     proptest! {
