@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use meterflow_model::processing::AnalyticsSettings;
 use meterflow_model::{
     DistrictUsage, MeterBatch, MeterState, Outputs, ProcessorsConfig, Resolution, SealedBatch,
-    StoredReading, TenantId, TenantProcessing, UsageSketch,
+    StoredReading, TenantId, TenantProcessing, TopConsumers, UsageSketch,
 };
 use meterflow_processors::analytics::{AnalyticsPartial, AnalyticsProcessor, DistrictRollup};
 use meterflow_processors::vee::VeeProcessor;
@@ -464,15 +464,7 @@ fn case_6_after_a_restart_late_reads_take_back_what_the_earlier_process_counted(
     let late = vec![read(11, 1_010), read(12, 1_125), read(13, 1_190)];
     pipeline.feed(MIDNIGHT + 17 * HOUR, vec![Input::readings(&m0, late)]);
     let mut out = pipeline.sweep(MIDNIGHT + 18 * HOUR);
-    let mut rollup = DistrictRollup::new(1);
-    let (unseen, _) = rollup.unseen(&out);
-    let seeds = unseen
-        .iter()
-        .filter_map(|row| published.districts.iter().find(|p| p.same_window(row)))
-        .cloned()
-        .collect();
-    rollup.seed(seeds, Vec::new());
-    rollup.absorb(0, MIDNIGHT + 18 * HOUR, &mut out);
+    absorb_after_a_restart(&published, &mut out, MIDNIGHT + 18 * HOUR);
     // What readers see: the rows published before, each replaced by the one
     // published after the restart, if any (the 12:00 hour did not change).
     type Figures = (u64, u64, Option<u64>, Option<u64>);
@@ -538,8 +530,16 @@ fn case_6_after_a_restart_a_days_top_list_follows_litres_moved_out_of_it() {
     let late = vec![read(23, 1_010), read(24, 1_020)];
     pipeline.feed(MIDNIGHT + 29 * HOUR, vec![Input::readings(&m0, late)]);
     let mut out = pipeline.sweep(MIDNIGHT + 30 * HOUR);
+    absorb_after_a_restart(&published, &mut out, MIDNIGHT + 30 * HOUR);
+    assert_eq!(fifteenth(&out), Some(20));
+}
+
+/// A restarted process's rollup absorbs `out`, seeded (as the sink seeds it from the
+/// store) with what the earlier process `published` of the windows and days it had
+/// not seen.
+fn absorb_after_a_restart(published: &Outputs, out: &mut Outputs, now_ms: i64) {
     let mut rollup = DistrictRollup::new(1);
-    let (unseen, unseen_tops) = rollup.unseen(&out);
+    let (unseen, unseen_tops) = rollup.unseen(out);
     let seeds = unseen
         .iter()
         .filter_map(|row| published.districts.iter().find(|p| p.same_window(row)))
@@ -548,14 +548,11 @@ fn case_6_after_a_restart_a_days_top_list_follows_litres_moved_out_of_it() {
     let top_seeds = unseen_tops
         .iter()
         .filter_map(|top| {
-            published
-                .top
-                .iter()
-                .find(|p| p.day_start_ms == top.day_start_ms)
+            let day = |p: &&TopConsumers| p.day_start_ms == top.day_start_ms;
+            published.top.iter().find(day)
         })
         .cloned()
         .collect();
     rollup.seed(seeds, top_seeds);
-    rollup.absorb(0, MIDNIGHT + 30 * HOUR, &mut out);
-    assert_eq!(fifteenth(&out), Some(20));
+    rollup.absorb(0, now_ms, out);
 }
