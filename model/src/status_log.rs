@@ -356,7 +356,8 @@ mod tests {
                     len,
                 })
                 .collect();
-            if let Ok(mut log) = crate::codec::binary::decode_body::<StatusLog>(&bincode_body(&runs)) {
+            let decoded = crate::codec::binary::decode_body::<StatusLog>(&bincode_body(&runs));
+            if let Ok(mut log) = decoded {
                 prop_assert_eq!(log.iter().count(), log.len());
                 let _ = log.from_ts(at).count();
                 let _ = log.nth(at.unsigned_abs() as usize % 8);
@@ -375,8 +376,9 @@ mod tests {
         fn the_log_is_its_statuses(
             ops in proptest::collection::vec(
                 prop_oneof![
-                    4 => (0i64..60, 0u64..8, 0u32..3, proptest::option::of(8u8..11))
-                        .prop_map(|(t, seq, flags, battery)| (Some(point(t * 10, seq, flags, battery)), 0)),
+                    4 => (0i64..60, 0u64..8, 0u32..3, proptest::option::of(8u8..11)).prop_map(
+                        |(t, seq, flags, battery)| (Some(point(t * 10, seq, flags, battery)), 0)
+                    ),
                     1 => (0i64..600).prop_map(|ts| (None, ts)),
                 ],
                 0..80,

@@ -185,8 +185,8 @@ impl Processor for AlertingProcessor {
     }
 
     /// The window's rows are the rows VEE made of its rebuilt window after the
-    /// settled fold; folding them (and the persisted statuses) again gives the head and
-    /// the steps the stores hold of them. Nothing is emitted.
+    /// settled fold; folding them (and the persisted statuses) again gives the head
+    /// and the steps the stores hold of them. Nothing is emitted.
     fn rehydrate(&mut self, key: &MeterKey, state: &mut MeterState, rows: &mut Vec<StoredReading>) {
         let rules = self.fold_rules(key);
         let alerts = &mut state.alerts;
@@ -499,8 +499,8 @@ fn last_key(alerts: &AlertState) -> Option<(i64, u8)> {
 /// What to emit when the window's steps go from `old` to `new` (`open`: the
 /// episodes open after `new`), so that the latest step the stores keep of every
 /// episode is `new`'s: episodes opened in `old` and absent from `new` are
-/// withdrawn (at `from`, where the change begins, or their opening if later); steps of `new` that `old` did not
-/// make are emitted in order; and an episode whose latest step changed without a
+/// withdrawn (at `from`, where the change begins, or their opening if later);
+/// steps of `new` that `old` did not make are emitted in order; and an episode whose latest step changed without a
 /// new one (its clearing went away) gets its latest step again — or, opened before
 /// the window and stepped in it no more, an update that it is open.
 fn changed_steps(
