@@ -500,9 +500,10 @@ fn last_key(alerts: &AlertState) -> Option<(i64, u8)> {
 /// episodes open after `new`), so that the latest step the stores keep of every
 /// episode is `new`'s: episodes opened in `old` and absent from `new` are
 /// withdrawn (at `from`, where the change begins, or their opening if later);
-/// steps of `new` that `old` did not make are emitted in order; and an episode whose latest step changed without a
-/// new one (its clearing went away) gets its latest step again — or, opened before
-/// the window and stepped in it no more, an update that it is open.
+/// steps of `new` that `old` did not make are emitted in order; and an episode
+/// whose latest step changed without a new one (its clearing went away) gets its
+/// latest step again — or, opened before the window and stepped in it no more, an
+/// update that it is open.
 fn changed_steps(
     old: &[EpisodeStep],
     new: &[EpisodeStep],
