@@ -196,6 +196,12 @@ pub struct BillingState {
     /// window holds at most (`MAX_WINDOW_READS`). Not persisted (rebuilt).
     #[serde(skip)]
     pub open: Vec<RegisterPoint>,
+    /// `ts` of the newest read VEE decided, actual or suspect: a month after the
+    /// periods' whose reads are all suspect (pending exceptions) is billed as a month
+    /// without reads. Not persisted (rebuilt: the newest read is always in VEE's
+    /// window).
+    #[serde(skip)]
+    pub reported_to: Option<i64>,
 }
 
 impl crate::codec::binary::Record for BillLine {}

@@ -104,6 +104,7 @@ impl BillingStateV2 {
             current: self.current,
             previous: self.previous,
             open: Vec::new(),
+            reported_to: None,
         }
     }
 }

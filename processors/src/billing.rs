@@ -20,6 +20,13 @@
 //!   (24) are billed between two reads, the newest ones. Skipped lines are emitted
 //!   again whenever a read around them changes (bills are upserted by tenant, meter
 //!   and period, so a repeated line is harmless).
+//! - **Trailing months of suspect reads**: the months after the newest kept period
+//!   up to the month of the meter's newest read, when every read after the period
+//!   is suspect, are billed as months without reads from the newest actual read:
+//!   their fixed charge, no litres until a read after them is accepted (then they
+//!   are trued up), `estimated`. The meter reported in them; and a month billed
+//!   while its reads were actual keeps a line a later decision (an order, a late
+//!   read) would otherwise leave stale, where the same data in order bills it so.
 //! - Only `Actual` reads count: `Suspect` reads are excluded; `Estimated` rows are
 //!   redundant (they are the same linear interpolation), so an estimate is *trued up*
 //!   the moment an actual read near the boundary arrives.
@@ -225,6 +232,11 @@ impl Processor for BillingProcessor {
         }
         let settled = state.vee.settled_ts();
         let vee = &state.vee;
+        state.billing.reported_to = rows
+            .iter()
+            .filter(|row| matches!(row.quality, Quality::Actual | Quality::Suspect))
+            .map(|row| row.reading.ts)
+            .max();
         state.billing.open = rows
             .iter()
             .filter(|row| {
@@ -278,6 +290,9 @@ fn take_row(
         return;
     }
     let ts = row.reading.ts;
+    if matches!(row.quality, Quality::Actual | Quality::Suspect) {
+        billing.reported_to = billing.reported_to.max(Some(ts));
+    }
     let open = &mut billing.open;
     let at = open.binary_search_by_key(&ts, |p| p.ts);
     if let Ok(i) = at {
@@ -357,6 +372,11 @@ impl BillView {
         while let Some(period) = kept.next() {
             let Some(next) = kept.peek() else {
                 billable.push((period, i64::MAX));
+                billable.extend(
+                    trailing_months(&period, self.periods.reported_to, calendar)
+                        .into_iter()
+                        .map(|month| (month, i64::MAX)),
+                );
                 break;
             };
             billable.push((period, next.start_ms));
@@ -378,6 +398,7 @@ fn with_open_reads(billing: &BillingState, calendar: &mut LocalCalendar) -> Bill
             current: billing.current,
             previous: billing.previous,
             open: Vec::new(),
+            reported_to: billing.reported_to,
         },
         passed: Vec::new(),
     };
@@ -421,6 +442,38 @@ fn skipped_months(
         }
         months.push(month);
         end_ms = span.start_ms;
+    }
+    months.reverse();
+    months
+}
+
+/// The months after the newest kept period up to the month of the meter's newest
+/// read, when that read and every one after the period is suspect (pending
+/// exceptions, or a new register they do not fit): the meter reported in them, so
+/// each is billed as a month without reads — its fixed charge, and the usage the
+/// register line gives from the newest actual read, nothing until a read after it
+/// is accepted (then it is trued up like any month without reads). The newest
+/// [`MAX_SKIPPED_MONTHS`] of them, ascending. Without them, a month billed while
+/// its reads were actual and turned suspect by a later decision (a late order or
+/// read) kept its last line, which the same data in order never makes.
+fn trailing_months(
+    newest: &PeriodReads,
+    reported_to: Option<i64>,
+    calendar: &mut LocalCalendar,
+) -> Vec<PeriodReads> {
+    let Some(reported_to) = reported_to.filter(|ts| *ts >= newest.end_ms) else {
+        return Vec::new();
+    };
+    let mut months = Vec::new();
+    let mut start_ms = calendar.month(reported_to).start_ms;
+    while start_ms >= newest.end_ms && months.len() < MAX_SKIPPED_MONTHS {
+        let span = calendar.month(start_ms);
+        let mut month = new_period(span);
+        for point in points(newest) {
+            fold_point(&mut month, point);
+        }
+        months.push(month);
+        start_ms = calendar.month(start_ms - 1).start_ms;
     }
     months.reverse();
     months
@@ -569,7 +622,8 @@ pub fn period_usage(period: &PeriodReads, long_gap_ms: i64) -> (u64, bool) {
         period.start_ms,
     );
     let (end, end_estimated) = boundary(period.last.or(period.before), period.after, period.end_ms);
-    let skipped = period.first.is_none() && period.before.is_some() && period.after.is_some();
+    // No read of its own: a skipped or trailing month, interpolated or held.
+    let skipped = period.first.is_none() && period.before.is_some();
     (
         end.saturating_sub(start),
         start_estimated || end_estimated || skipped,

@@ -238,3 +238,69 @@ fn a_silence_of_years_bills_at_most_the_24_months_before_it_ends() {
     // January.
     assert_eq!(*skipped[23].1, (7_440, 800, 800 + 1_116, true, true));
 }
+
+/// A month whose reads are all suspect after the meter's newest billable read is
+/// billed as a month without reads, whatever order the decisions came in. The meter
+/// turns 40 L an hour from Oct 30 noon; on Nov 1 at 06:00 and 07:00 CDT it reports
+/// registers no meter of its size can reach in a few hours (a jump of 9,000,000 L),
+/// so November has no billable read. Its line: the full fixed charge, no litres
+/// (nothing is known of November's use until a read after it is accepted), marked
+/// estimated — billed, not silently left out.
+///
+/// The same reads with the jump first accepted — an operator accepts the 06:00 read,
+/// then withdraws that decision by rejecting it (a later order on the same read
+/// replaces the earlier) — bill November from the accepted reads first, then the
+/// same line as in order. Before, that month kept its accepted-reads line, which
+/// the data in order never makes (the orders property found it).
+#[test]
+fn a_month_of_only_suspect_reads_is_billed_as_one_without_reads() {
+    use meterflow_model::{Decision, OrderAction, RegisterOrder};
+    // Nov 1 06:00 and 07:00 CDT (UTC−5).
+    let (six, seven) = (NOV_START + 6 * 3_600_000, NOV_START + 7 * 3_600_000);
+    let jump = |ts: i64| REG_OCT_30 + 9_000_000 + ((ts - OCT_30_NOON) / 3_600_000) as u64 * RATE;
+    // Oct 30 noon to Nov 1 00:00: 36 h × 40 = 1,440 L, October's fixed 0.65.
+    let october = (OCT_30_NOON, REG_OCT_30);
+    let last_october = (NOV_START - 3_600_000, REG_OCT_30 + 35 * RATE);
+    // November: C held at the last October read (1,400 L into the meter) to the
+    // month's end: 0 L; 10.00 fixed; estimated.
+    const HELD_NOVEMBER: Terms = (0, 1_000, 1_000, true, false);
+
+    let mut pipeline = Pipeline::new(chicago_config());
+    let meter = key("prairie", "m-501");
+    send(&mut pipeline, &meter, OCT_30_NOON, &[october, last_october]);
+    let bills = send(
+        &mut pipeline,
+        &meter,
+        seven,
+        &[(six, jump(six)), (seven, jump(seven))],
+    );
+    assert_eq!(by_period(&bills).get("2025-11"), Some(&HELD_NOVEMBER));
+
+    // The other way round: the 06:00 read accepted first, so November is billed
+    // from the read and the one after it; then rejected.
+    let order = |action| RegisterOrder {
+        ts: six,
+        action,
+        decision: Decision {
+            by: "ana".into(),
+            why: "scenario".into(),
+            at_ms: seven,
+        },
+        exception: None,
+    };
+    let mut pipeline = Pipeline::new(chicago_config());
+    send(&mut pipeline, &meter, OCT_30_NOON, &[october, last_october]);
+    pipeline.order(&meter, order(OrderAction::Accept));
+    let accepted = send(
+        &mut pipeline,
+        &meter,
+        seven,
+        &[(six, jump(six)), (seven, jump(seven))],
+    );
+    let november = by_period(&accepted)["2025-11"];
+    // Most of the jump falls in November (C interpolated at its start): 7,714,566 L.
+    assert_eq!(november.0, 7_714_566, "accepted: {november:?}");
+    pipeline.order(&meter, order(OrderAction::Reject));
+    let rejected = send(&mut pipeline, &meter, seven, &[]);
+    assert_eq!(by_period(&rejected).get("2025-11"), Some(&HELD_NOVEMBER));
+}
