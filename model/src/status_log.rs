@@ -105,24 +105,24 @@ impl Run {
 #[derive(Clone, Debug, Default)]
 pub struct StatusLog {
     runs: Vec<Run>,
-    len: usize,
 }
 
 impl PartialEq for StatusLog {
     fn eq(&self, other: &Self) -> bool {
-        self.len == other.len && self.iter().eq(other.iter())
+        self.iter().eq(other.iter())
     }
 }
 
 impl Eq for StatusLog {}
 
 impl StatusLog {
+    /// Statuses held (a sum over the runs: a window holds a few).
     pub fn len(&self) -> usize {
-        self.len
+        self.runs.iter().map(|run| run.len as usize).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.runs.is_empty()
     }
 
     /// The statuses in ascending `ts`.
@@ -174,7 +174,6 @@ impl StatusLog {
 
     /// Appends a status newer than every one held.
     fn push(&mut self, status: StatusPoint) {
-        self.len += 1;
         if let Some(run) = self.runs.last_mut()
             && run.extend(&status)
         {
@@ -208,7 +207,6 @@ impl StatusLog {
             run.first = run.at(keep);
             run.len -= keep;
         }
-        self.len = self.runs.iter().map(|run| run.len as usize).sum();
     }
 }
 
@@ -249,10 +247,7 @@ impl<'de> Deserialize<'de> for StatusLog {
             }
             before = end;
         }
-        Ok(StatusLog {
-            len: total as usize,
-            runs,
-        })
+        Ok(StatusLog { runs })
     }
 }
 

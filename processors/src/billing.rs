@@ -432,19 +432,8 @@ fn skipped_months(
     newer: &PeriodReads,
     calendar: &mut LocalCalendar,
 ) -> Vec<PeriodReads> {
-    let mut months = Vec::new();
-    let mut end_ms = newer.start_ms;
-    while end_ms > older.end_ms && months.len() < MAX_SKIPPED_MONTHS {
-        let span = calendar.month(end_ms - 1);
-        let mut month = new_period(span);
-        for point in points(older).chain(points(newer)) {
-            fold_point(&mut month, point);
-        }
-        months.push(month);
-        end_ms = span.start_ms;
-    }
-    months.reverse();
-    months
+    let known = points(older).chain(points(newer));
+    months_without_reads(older.end_ms, newer.start_ms, known, calendar)
 }
 
 /// The months after the newest kept period up to the month of the meter's newest
@@ -464,16 +453,29 @@ fn trailing_months(
     let Some(reported_to) = reported_to.filter(|ts| *ts >= newest.end_ms) else {
         return Vec::new();
     };
+    let until = calendar.month(reported_to).end_ms;
+    months_without_reads(newest.end_ms, until, points(newest), calendar)
+}
+
+/// The local months from `from_ms` to `until_ms` (month boundaries), the newest
+/// [`MAX_SKIPPED_MONTHS`] of them, ascending, each with the boundary reads `known`
+/// gives it.
+fn months_without_reads(
+    from_ms: i64,
+    until_ms: i64,
+    known: impl Iterator<Item = RegisterPoint> + Clone,
+    calendar: &mut LocalCalendar,
+) -> Vec<PeriodReads> {
     let mut months = Vec::new();
-    let mut start_ms = calendar.month(reported_to).start_ms;
-    while start_ms >= newest.end_ms && months.len() < MAX_SKIPPED_MONTHS {
-        let span = calendar.month(start_ms);
+    let mut end_ms = until_ms;
+    while end_ms > from_ms && months.len() < MAX_SKIPPED_MONTHS {
+        let span = calendar.month(end_ms - 1);
         let mut month = new_period(span);
-        for point in points(newest) {
+        for point in known.clone() {
             fold_point(&mut month, point);
         }
         months.push(month);
-        start_ms = calendar.month(start_ms - 1).start_ms;
+        end_ms = span.start_ms;
     }
     months.reverse();
     months
@@ -492,7 +494,7 @@ fn new_period(span: LocalSpan) -> PeriodReads {
     }
 }
 
-fn points(period: &PeriodReads) -> impl Iterator<Item = RegisterPoint> {
+fn points(period: &PeriodReads) -> impl Iterator<Item = RegisterPoint> + Clone {
     [period.before, period.first, period.last, period.after]
         .into_iter()
         .flatten()
