@@ -49,8 +49,9 @@ pub struct MeterBatch {
     pub messages: u32,
     /// Rows VEE stored for this meter before this batch and re-decides in it: the
     /// earlier version of each row it re-emits in `readings`, and rows no pass makes
-    /// any more (they stay stored: storage has no deletes). Set by VEE, so that what
-    /// counted the earlier versions (analytics) can take them back; empty otherwise.
+    /// any more ([`withdrawn`](Self::withdrawn): the store deletes them with the
+    /// batch). Set by VEE, so that what counted the earlier versions (analytics) can
+    /// take them back; empty otherwise.
     pub replaced: Vec<StoredReading>,
     /// Readings those new messages carried. `readings` can hold more: rows VEE
     /// re-decided for reads of earlier messages are re-emitted there, and are not new
@@ -74,6 +75,29 @@ impl MeterBatch {
     /// The newest status of the batch by `ts` (of equal `ts`, the greater seq's).
     pub fn newest_status(&self) -> Option<&DeviceStatus> {
         self.statuses.iter().max_by_key(|s| (s.ts, s.seq))
+    }
+
+    /// The `ts` of the rows stored before this batch that no pass makes any more —
+    /// [`replaced`](Self::replaced) and not re-emitted in `readings` (an estimate a
+    /// late read re-spread, a recorded final read a new base no longer needs). The
+    /// store deletes them in the write that stores the batch; a later batch's row
+    /// at the same `ts` wins over the delete. Ascending, each once; empty (no
+    /// allocation) when VEE replaced nothing.
+    pub fn withdrawn(&self) -> Vec<i64> {
+        if self.replaced.is_empty() {
+            return Vec::new();
+        }
+        let mut made: Vec<i64> = self.readings.iter().map(|r| r.reading.ts).collect();
+        made.sort_unstable();
+        let mut gone: Vec<i64> = self
+            .replaced
+            .iter()
+            .map(|r| r.reading.ts)
+            .filter(|ts| made.binary_search(ts).is_err())
+            .collect();
+        gone.sort_unstable();
+        gone.dedup();
+        gone
     }
 
     /// What the batch changes in rows a processor counted already (at or before
@@ -202,5 +226,56 @@ impl SealedBatch {
 
     pub fn is_empty(&self) -> bool {
         self.meters.is_empty() && self.dead_letters.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::MeterKey;
+
+    fn row(ts: i64, quality: Quality) -> StoredReading {
+        StoredReading {
+            quality,
+            ..StoredReading::actual(Reading::register(ts, 100), 1, ts)
+        }
+    }
+
+    fn batch(readings: Vec<StoredReading>, replaced: Vec<StoredReading>) -> MeterBatch {
+        MeterBatch {
+            key: MeterKey::new("demo".try_into().unwrap(), "m".try_into().unwrap()),
+            sent_readings: 0,
+            readings,
+            replaced,
+            state: MeterState::default(),
+            messages: 1,
+            duplicates: 0,
+            first_received_at: None,
+            statuses: Vec::new(),
+            orders: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_batch_withdraws_the_replaced_rows_it_does_not_make_again() {
+        let estimated = |ts| row(ts, Quality::Estimated);
+        // A late read at 30 re-spreads estimates at 10 and 20 to one at 15.
+        let late = batch(
+            vec![estimated(15), row(30, Quality::Actual), estimated(40)],
+            vec![estimated(40), estimated(20), estimated(10), estimated(20)],
+        );
+        assert_eq!(late.withdrawn(), vec![10, 20]);
+        // Nothing replaced, nothing withdrawn, whatever the rows.
+        assert!(
+            batch(vec![row(5, Quality::Actual)], Vec::new())
+                .withdrawn()
+                .is_empty()
+        );
+        // Every replaced row made again: nothing withdrawn.
+        let again = batch(
+            vec![row(5, Quality::Suspect)],
+            vec![row(5, Quality::Actual)],
+        );
+        assert!(again.withdrawn().is_empty());
     }
 }

@@ -51,10 +51,11 @@
 //!   register (at most `max_estimated_reads`; longer gaps are not filled, the next
 //!   actual carries the whole delta), except at the `ts` of a read in the window (a
 //!   suspect read keeps its row). A late read inside the gap re-runs the pass: it
-//!   replaces its estimate and the estimates around it are re-spread. Storage has
-//!   no deletes, so an estimate no later pass makes stays stored: when the read
-//!   after a gap is turned suspect by reads arriving late, or when late reads off
-//!   the expected grid move the grid.
+//!   replaces its estimate and the estimates around it are re-spread. An estimate
+//!   no later pass makes — the read after a gap turned suspect by reads arriving
+//!   late, or late reads off the expected grid moving the grid — is withdrawn
+//!   ([`MeterBatch::withdrawn`]: replaced and not re-emitted), and the store
+//!   deletes it with the batch.
 //!
 //! **Rebuilt, not persisted.** `meter_state` keeps only the settled pass: the window's
 //! reads are the meter's stored non-estimated rows after the settled point (each was

@@ -34,3 +34,4 @@ mod retention;
 mod server_support;
 mod utils;
 mod water_balance;
+mod withdrawn_rows;

@@ -124,7 +124,14 @@ fn replay_restarting(
             })
             .collect();
         let (sealed, out) = pipeline.feed(0, inputs);
-        for row in &sealed.meters[0].readings {
+        // As the stores do: the batch's rows are written, the rows it withdraws
+        // deleted.
+        let meter_batch = &sealed.meters[0];
+        for ts in meter_batch.withdrawn() {
+            outcome.rows.remove(&ts);
+            stored.remove(&ts);
+        }
+        for row in &meter_batch.readings {
             let value = (row.reading, row.quality, row.interval_l);
             outcome.rows.insert(row.reading.ts, value);
             stored.insert(row.reading.ts, *row);
@@ -226,22 +233,9 @@ pub(crate) fn keep_episodes(
     }
 }
 
-/// `actual` stored the rows and bills of `expected` (the in-order stream): every row
-/// of it, and besides only rows VEE makes itself — estimates, a recorded exchange's
-/// final read — that storage cannot delete (departure 21); and exactly its bills.
+/// `actual` stored exactly the rows and bills of `expected` (the in-order stream).
 fn same_rows_and_bills(actual: &Outcome, expected: &Outcome) -> Result<(), TestCaseError> {
-    for (ts, row) in &expected.rows {
-        prop_assert_eq!(actual.rows.get(ts), Some(row), "at {}", ts);
-    }
-    for (ts, row) in &actual.rows {
-        prop_assert!(
-            expected.rows.contains_key(ts)
-                || matches!(row.1, Quality::Estimated | Quality::Recorded),
-            "{:?} at {} where the in-order stream has no row",
-            row,
-            ts
-        );
-    }
+    prop_assert_eq!(&actual.rows, &expected.rows);
     prop_assert_eq!(&actual.bills, &expected.bills);
     Ok(())
 }
@@ -535,14 +529,12 @@ proptest! {
     /// per batch). Any arrival within the late window — messages cut differently,
     /// delayed and so reordered, duplicated, several to a batch — leaves the same
     /// stored row per `ts` (reading, quality, interval) and the same last bill per
-    /// period (usage, estimated, fixed charge) as the model. One exception, which storage cannot
-    /// undo without deletes: a read accepted across a gap while earlier reads were
-    /// missing, and turned suspect when they arrived, leaves the gap's estimates
-    /// stored where the model has no row (ARCHITECTURE.md departure 21); so rows
-    /// the model lacks may exist, and must be estimates. The district windows'
-    /// litres and the meter view's day are the model's too: analytics and usage
-    /// take back what such estimates, and every other re-decided row, counted
-    /// before (issue 10, case 6).
+    /// period (usage, estimated, fixed charge) as the model — rows the model lacks
+    /// included: a batch withdraws the rows VEE made before and no pass makes any
+    /// more (estimates of a gap a late read re-spread or turned suspect), and the
+    /// replay deletes them as the stores do (`MeterBatch::withdrawn`). The district
+    /// windows' litres and the meter view's day are the model's too: analytics and
+    /// usage take back what every re-decided row counted before (issue 10, case 6).
     #[test]
     fn any_arrival_within_the_late_window_gives_the_in_order_rows_and_bills(
         reads in stream(),
@@ -653,8 +645,7 @@ proptest! {
     /// given with any batch while their time is well within the late window —
     /// before or after the reads they are about arrive — any arrival within the
     /// late window leaves the rows and bills the in-order stream gives with the
-    /// orders from its start (the same allowance for left-over estimates as above),
-    /// and restarts anywhere change nothing (the orders are persisted with the
+    /// orders from its start, and restarts anywhere change nothing (the orders are persisted with the
     /// state).
     #[test]
     fn orders_give_the_same_rows_and_bills_in_any_arrival(

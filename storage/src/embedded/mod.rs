@@ -118,8 +118,8 @@ use meterflow_model::analytics::DistrictUsage;
 use meterflow_model::billing::BillLine;
 use meterflow_model::codec::binary::{Record, decode_record, encode_record};
 use meterflow_model::{
-    DeadLetter, ExceptionState, MeterKey, MeterState, Outputs, ReadException, SealedBatch,
-    StoredReading,
+    DeadLetter, ExceptionState, MeterBatch, MeterKey, MeterState, Outputs, ReadException,
+    SealedBatch, StoredReading,
 };
 
 use crate::{ReadingStore, StoreError};
@@ -313,7 +313,7 @@ impl EmbeddedStore {
         batches: &[SealedBatch],
     ) -> Result<(), StoreError> {
         for (key, writes) in writes_by_meter(batches) {
-            self.stage_meter_readings(batch, key, &writes.readings)?;
+            self.stage_meter_readings(batch, key, &writes.parts)?;
             batch.insert(
                 &self.meter_state,
                 keys::meter_state_key(key),
@@ -491,8 +491,9 @@ impl ReadingStore for EmbeddedStore {
 
 /// What one call writes for one meter.
 struct MeterWrites<'a> {
-    /// The meter's readings from each batch it is in, in batch order.
-    readings: Vec<&'a [StoredReading]>,
+    /// The meter's share of each batch that has rows to store or withdraw, in batch
+    /// order.
+    parts: Vec<&'a MeterBatch>,
     /// Its state in the last of those batches, which supersedes the earlier ones.
     state: &'a MeterState,
 }
@@ -504,12 +505,12 @@ fn writes_by_meter(batches: &[SealedBatch]) -> BTreeMap<&MeterKey, MeterWrites<'
     let mut by_meter: BTreeMap<&MeterKey, MeterWrites<'_>> = BTreeMap::new();
     for meter in batches.iter().flat_map(|batch| &batch.meters) {
         let writes = by_meter.entry(&meter.key).or_insert(MeterWrites {
-            readings: Vec::new(),
+            parts: Vec::new(),
             state: &meter.state,
         });
         writes.state = &meter.state;
-        if !meter.readings.is_empty() {
-            writes.readings.push(&meter.readings);
+        if !meter.readings.is_empty() || !meter.replaced.is_empty() {
+            writes.parts.push(meter);
         }
     }
     by_meter

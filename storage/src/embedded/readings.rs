@@ -26,59 +26,83 @@
 //! day holds; its time grows with the chunks of the day before the first new
 //! reading — one for a day of fifteen-minute reads, 12 for one-minute reads.
 //!
+//! Rows a batch withdraws ([`MeterBatch::withdrawn`](meterflow_model::MeterBatch::withdrawn):
+//! estimates or recorded rows no pass makes any more) go through the same scan: the
+//! chunk holding each is decoded, merged with any new readings, and written back
+//! without it. The key invariant holds: a chunk whose first reading is withdrawn is
+//! written under its new first reading's `ts` and its old key removed; a chunk left
+//! empty is removed. A withdrawn `ts` that no chunk holds changes nothing.
+//!
 //! This is a read-modify-write: the store's writer lock (`EmbeddedStore::lock_writer`)
 //! is held from the first read until the batch holding the merged chunks commits, so
 //! a merge never works from a chunk another writer (a second caller, or the
 //! retention sweep) is about to replace.
 
 use fjall::{OwnedWriteBatch as WriteBatch, UserKey, UserValue};
-use meterflow_model::{MeterKey, StoredReading};
+use meterflow_model::{MeterBatch, MeterKey, StoredReading};
 
 use super::chunks::{self, MAX_CHUNK_READINGS};
 use super::{EmbeddedStore, MAX_PREALLOCATED_ROWS, READINGS, keep_last_by, keys};
 use crate::StoreError;
 
 impl EmbeddedStore {
-    /// Adds the readings of the meter `key` to `batch`, merged into the chunks they
-    /// belong to. `parts` are its readings from each batch of the call, in batch
-    /// order: when a `ts` occurs more than once, the occurrence in the later part, or
-    /// later in the same part, is the one stored. The caller holds the writer lock
-    /// until it commits.
+    /// Adds the rows of the meter `key` to `batch`, merged into the chunks they
+    /// belong to, and takes out the rows its batches withdraw
+    /// ([`MeterBatch::withdrawn`]). `parts` are its shares of each batch of the call,
+    /// in batch order: when a `ts` occurs more than once, the occurrence in the later
+    /// part, or later in the same part, is the one that counts. The caller holds the
+    /// writer lock until it commits.
     pub(super) fn stage_meter_readings(
         &self,
         batch: &mut WriteBatch,
         key: &MeterKey,
-        parts: &[&[StoredReading]],
+        parts: &[&MeterBatch],
     ) -> Result<(), StoreError> {
         if parts.is_empty() {
             return Ok(());
         }
-        let readings = latest_per_ts(parts);
+        let Edits { rows, withdrawn } = latest_per_ts(parts);
         let prefix = keys::readings_prefix(key);
-        let days =
-            readings.chunk_by(|a, b| chunks::bucket(a.reading.ts) == chunks::bucket(b.reading.ts));
-        for day in days {
-            self.merge_into_day(batch, &prefix, day)?;
+        let (mut rows, mut withdrawn) = (rows.as_slice(), withdrawn.as_slice());
+        loop {
+            let day = match (rows.first(), withdrawn.first()) {
+                (None, None) => return Ok(()),
+                (Some(row), None) => chunks::bucket(row.reading.ts),
+                (None, Some(ts)) => chunks::bucket(*ts),
+                (Some(row), Some(ts)) => chunks::bucket(row.reading.ts.min(*ts)),
+            };
+            let (day_rows, later_rows) =
+                rows.split_at(rows.partition_point(|r| chunks::bucket(r.reading.ts) == day));
+            let (day_withdrawn, later_withdrawn) =
+                withdrawn.split_at(withdrawn.partition_point(|ts| chunks::bucket(*ts) == day));
+            self.merge_into_day(
+                batch,
+                &prefix,
+                DayEdits {
+                    rows: day_rows,
+                    withdrawn: day_withdrawn,
+                },
+            )?;
+            (rows, withdrawn) = (later_rows, later_withdrawn);
         }
-        Ok(())
     }
 
-    /// Merges `new` — readings of one meter (`prefix`) in one day, strictly
-    /// ascending — into that day's chunks (see the module doc). One forward scan
-    /// over the day's chunks up to the newest new `ts`, holding one chunk back: the
-    /// held chunk receives the new readings older than the next chunk's first `ts`.
+    /// Merges `edits` — of one meter (`prefix`) in one day — into that day's chunks
+    /// (see the module doc). One forward scan over the day's chunks up to the newest
+    /// edited `ts`, holding one chunk back: the held chunk receives the edits older
+    /// than the next chunk's first `ts`.
     fn merge_into_day(
         &self,
         batch: &mut WriteBatch,
         prefix: &[u8],
-        new: &[StoredReading],
+        edits: DayEdits<'_>,
     ) -> Result<(), StoreError> {
-        let (Some(oldest), Some(newest)) = (new.first(), new.last()) else {
+        let Some((oldest, newest)) = edits.span() else {
             return Ok(());
         };
-        let day_start = keys::reading_key(prefix, chunks::bucket_start(oldest.reading.ts));
-        let through_newest = keys::reading_key(prefix, newest.reading.ts);
-        let mut pending = new;
+        let day_start = keys::reading_key(prefix, chunks::bucket_start(oldest));
+        let through_newest = keys::reading_key(prefix, newest);
+        let mut pending = edits;
         let mut held: Option<StoredChunk> = None;
         for entry in self.readings.range(day_start..=through_newest) {
             let (key, value) = entry
@@ -89,12 +113,12 @@ impl EmbeddedStore {
                 key,
                 value,
             };
-            let (older, rest) =
-                pending.split_at(pending.partition_point(|s| s.reading.ts < chunk.first));
+            let (older, rest) = pending.split_before(chunk.first);
             match held.replace(chunk) {
                 Some(before) => self.merge_into_chunk(batch, prefix, &before, older)?,
-                // Older than the day's first chunk: new chunks of their own.
-                None => self.stage_chunks(batch, prefix, older),
+                // Older than the day's first chunk: new chunks of their own (nothing
+                // is stored there to withdraw).
+                None => self.stage_chunks(batch, prefix, older.rows),
             }
             pending = rest;
             if pending.is_empty() {
@@ -104,34 +128,44 @@ impl EmbeddedStore {
         match held {
             Some(last) => self.merge_into_chunk(batch, prefix, &last, pending),
             None => {
-                self.stage_chunks(batch, prefix, pending);
+                self.stage_chunks(batch, prefix, pending.rows);
                 Ok(())
             }
         }
     }
 
-    /// Stages `chunk` with `new` merged in (readings at or after its first `ts`,
-    /// before the next chunk's); a chunk that receives nothing is left alone.
+    /// Stages `chunk` with `edits` merged in (at or after its first `ts`, before the
+    /// next chunk's); a chunk that receives nothing is left alone. A chunk whose
+    /// first reading is withdrawn moves to the key of its new first one; one with
+    /// none left is removed.
     fn merge_into_chunk(
         &self,
         batch: &mut WriteBatch,
         prefix: &[u8],
         chunk: &StoredChunk,
-        new: &[StoredReading],
+        edits: DayEdits<'_>,
     ) -> Result<(), StoreError> {
-        if new.is_empty() {
+        if edits.is_empty() {
             return Ok(());
         }
         let corrupt = |e| self.corrupt_row(READINGS, &chunk.key, e);
-        if let Some(appended) =
-            chunks::append_to_chunk(chunk.first, &chunk.value, new).map_err(corrupt)?
+        if edits.withdrawn.is_empty()
+            && let Some(appended) =
+                chunks::append_to_chunk(chunk.first, &chunk.value, edits.rows).map_err(corrupt)?
         {
             batch.insert(&self.readings, chunk.key.clone(), appended);
             return Ok(());
         }
         let stored = chunks::decode_chunk(chunk.first, &chunk.value)
             .map_err(|e| self.corrupt_row(READINGS, &chunk.key, e))?;
-        self.stage_chunks(batch, prefix, &chunks::merge(stored, new));
+        let mut merged = chunks::merge(stored, edits.rows);
+        if !edits.withdrawn.is_empty() {
+            merged.retain(|r| edits.withdrawn.binary_search(&r.reading.ts).is_err());
+            if merged.first().is_none_or(|r| r.reading.ts != chunk.first) {
+                batch.remove(&self.readings, chunk.key.clone());
+            }
+        }
+        self.stage_chunks(batch, prefix, &merged);
         Ok(())
     }
 
@@ -215,12 +249,78 @@ struct StoredChunk {
     value: UserValue,
 }
 
-/// The readings of `parts` (in write order) ascending by `ts`, the last occurrence
-/// of each `ts`. Usually the parts are ascending one after the other already.
-fn latest_per_ts(parts: &[&[StoredReading]]) -> Vec<StoredReading> {
-    let mut readings = parts.concat();
-    if !readings.is_sorted_by(|a, b| a.reading.ts < b.reading.ts) {
-        keep_last_by(&mut readings, |a, b| a.reading.ts.cmp(&b.reading.ts));
+/// What one write does to a meter's rows: the rows to store (ascending `ts`, one
+/// per `ts`) and the `ts` of rows to withdraw (ascending, none also in `rows`).
+struct Edits {
+    rows: Vec<StoredReading>,
+    withdrawn: Vec<i64>,
+}
+
+/// The edits of one day, or of the part of a day one chunk receives.
+#[derive(Clone, Copy)]
+struct DayEdits<'a> {
+    rows: &'a [StoredReading],
+    withdrawn: &'a [i64],
+}
+
+impl<'a> DayEdits<'a> {
+    fn is_empty(&self) -> bool {
+        self.rows.is_empty() && self.withdrawn.is_empty()
     }
-    readings
+
+    /// The oldest and newest `ts` edited.
+    fn span(&self) -> Option<(i64, i64)> {
+        let ts = |row: &StoredReading| row.reading.ts;
+        let firsts = self.rows.first().map(ts).into_iter();
+        let lasts = self.rows.last().map(ts).into_iter();
+        let oldest = firsts.chain(self.withdrawn.first().copied()).min()?;
+        let newest = lasts.chain(self.withdrawn.last().copied()).max()?;
+        Some((oldest, newest))
+    }
+
+    /// The edits older than `ts`, and the rest.
+    fn split_before(self, ts: i64) -> (Self, Self) {
+        let (rows, later_rows) = self
+            .rows
+            .split_at(self.rows.partition_point(|r| r.reading.ts < ts));
+        let (withdrawn, later_withdrawn) = self
+            .withdrawn
+            .split_at(self.withdrawn.partition_point(|w| *w < ts));
+        (
+            Self { rows, withdrawn },
+            Self {
+                rows: later_rows,
+                withdrawn: later_withdrawn,
+            },
+        )
+    }
+}
+
+/// The edits of `parts` (in write order): the rows ascending by `ts`, the last
+/// occurrence of each `ts` (usually the parts are ascending one after the other
+/// already), and the withdrawn `ts` no later part stores again; a row a later part
+/// withdraws is not stored.
+fn latest_per_ts(parts: &[&MeterBatch]) -> Edits {
+    let mut rows = Vec::with_capacity(parts.iter().map(|part| part.readings.len()).sum());
+    for part in parts {
+        rows.extend_from_slice(&part.readings);
+    }
+    if !rows.is_sorted_by(|a, b| a.reading.ts < b.reading.ts) {
+        keep_last_by(&mut rows, |a, b| a.reading.ts.cmp(&b.reading.ts));
+    }
+    let mut withdrawn: Vec<i64> = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        let stored_later = |ts: i64| {
+            parts[i + 1..]
+                .iter()
+                .any(|later| later.readings.iter().any(|r| r.reading.ts == ts))
+        };
+        withdrawn.extend(part.withdrawn().into_iter().filter(|ts| !stored_later(*ts)));
+    }
+    if !withdrawn.is_empty() {
+        withdrawn.sort_unstable();
+        withdrawn.dedup();
+        rows.retain(|r| withdrawn.binary_search(&r.reading.ts).is_err());
+    }
+    Edits { rows, withdrawn }
 }

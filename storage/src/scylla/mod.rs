@@ -17,7 +17,12 @@
 //!   `interval_l`, a state's `last_seq`) is written as `null`, not left unset, so an
 //!   estimated reading replaced by the actual one (or back) keeps nothing stale. The
 //!   price is a small cell tombstone per absent value, dropped with its TTL'd SSTable;
-//! - every statement is prepared and marked idempotent (pure upserts on natural keys),
+//! - the rows a batch withdraws (`MeterBatch::withdrawn`) are deleted in the same
+//!   pass, per partition in unlogged batches of their own, at the same write time
+//!   as the meter's rows, so a stale write of them cannot bring them back and a
+//!   later batch that makes one again stores it;
+//! - every statement is prepared and marked idempotent (upserts and deletes on
+//!   natural keys),
 //!   and sent once: neither the store nor the driver retries it (the driver's retry
 //!   policy is `FallthroughRetryPolicy`). The caller retries the whole operation —
 //!   the sink a group commit, while its error is transient (`resilience` has the
@@ -145,6 +150,19 @@ struct ReadingColumns {
     received_at: CqlTimestamp,
 }
 
+/// A `readings` row's key as bound to `delete_reading`: a row a batch withdraws
+/// ([`MeterBatch::withdrawn`](meterflow_model::MeterBatch::withdrawn)), deleted at
+/// the meter state's version like the rows written with it.
+#[derive(SerializeRow)]
+struct ReadingKeyRow<'a> {
+    tenant: &'a str,
+    meter: &'a str,
+    day: CqlDate,
+    ts: CqlTimestamp,
+    #[scylla(rename = "[timestamp]")]
+    write_timestamp: MaybeUnset<i64>,
+}
+
 /// A `reading_days` row as bound to `insert_reading_day`.
 #[derive(SerializeRow)]
 struct MeterDayRow<'a> {
@@ -220,6 +238,7 @@ async fn drain(mut statements: FuturesUnordered<UnitFuture<'_>>) -> Result<(), S
 /// The store's prepared statements, prepared once at open.
 struct Statements {
     insert_reading: PreparedStatement,
+    delete_reading: PreparedStatement,
     insert_reading_day: PreparedStatement,
     insert_state: PreparedStatement,
     insert_dead_letter: PreparedStatement,
@@ -235,7 +254,7 @@ struct Statements {
     exceptions: exceptions::ExceptionStatements,
 }
 
-/// Prepares one statement of the store. Every statement here is a pure upsert or a
+/// Prepares one statement of the store. Every statement here is an upsert, a delete or a
 /// read on natural keys, so all are idempotent: a caller may send an operation again.
 async fn prepare_statement(
     session: &Session,
@@ -258,6 +277,11 @@ impl Statements {
                 "INSERT INTO {ks}.readings (tenant, meter, day, ts, reg, rev, flow, temp, \
                  interval_l, quality, seq, received_at) \
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?"
+            ))
+            .await?,
+            delete_reading: prepare(format!(
+                "DELETE FROM {ks}.readings USING TIMESTAMP ? \
+                 WHERE tenant = ? AND meter = ? AND day = ? AND ts = ?"
             ))
             .await?,
             insert_reading_day: prepare(format!(
@@ -591,7 +615,8 @@ impl ReadingStore for ScyllaStore {
 /// One meter's share of a write: readings by day then ts, and its newest state.
 struct MeterWrite<'a> {
     key: &'a MeterKey,
-    days: BTreeMap<i64, BTreeMap<i64, &'a StoredReading>>,
+    /// Per UTC day, per `ts`: the row to write, or `None` to delete a withdrawn one.
+    days: BTreeMap<i64, BTreeMap<i64, Option<&'a StoredReading>>>,
     state: &'a MeterState,
 }
 
@@ -604,8 +629,8 @@ struct WritePlan<'a> {
     dead_letters: BTreeMap<(&'a str, i64), DeadLetterPartition<'a>>,
 }
 
-/// Groups the batches per partition. Later batches win: a reading's row for a `ts`
-/// seen twice, and a meter's state.
+/// Groups the batches per partition. Later batches win: a reading's row (or its
+/// withdrawal) for a `ts` seen twice, and a meter's state.
 fn plan(batches: &[SealedBatch]) -> WritePlan<'_> {
     let mut meters: Vec<MeterWrite<'_>> = Vec::new();
     let mut index: HashMap<&MeterKey, usize> = HashMap::new();
@@ -627,7 +652,10 @@ fn plan(batches: &[SealedBatch]) -> WritePlan<'_> {
                     .days
                     .entry(day_of(stored.reading.ts))
                     .or_default()
-                    .insert(stored.reading.ts, stored);
+                    .insert(stored.reading.ts, Some(stored));
+            }
+            for ts in meter.withdrawn() {
+                write.days.entry(day_of(ts)).or_default().insert(ts, None);
             }
         }
         for letter in &batch.dead_letters {
@@ -913,38 +941,56 @@ impl Core {
         let name = meter.key.meter.as_str();
         let write_timestamp = write_time(meter.state);
         let mut days = Vec::with_capacity(meter.days.len());
-        for (day, readings) in &meter.days {
+        for (day, edits) in &meter.days {
             let date = cql_date(*day)?;
-            let rows: Vec<ReadingRow<'_>> = readings
-                .values()
-                .map(|stored| ReadingRow {
-                    tenant,
-                    meter: name,
-                    day: date,
-                    columns: ReadingColumns::of(stored),
-                    ttl,
-                    write_timestamp,
-                })
-                .collect();
-            days.push((date, rows));
+            let mut rows: Vec<ReadingRow<'_>> = Vec::with_capacity(edits.len());
+            let mut withdrawn: Vec<ReadingKeyRow<'_>> = Vec::new();
+            for (ts, edit) in edits {
+                match edit {
+                    Some(stored) => rows.push(ReadingRow {
+                        tenant,
+                        meter: name,
+                        day: date,
+                        columns: ReadingColumns::of(stored),
+                        ttl,
+                        write_timestamp,
+                    }),
+                    None => withdrawn.push(ReadingKeyRow {
+                        tenant,
+                        meter: name,
+                        day: date,
+                        ts: CqlTimestamp(*ts),
+                        write_timestamp,
+                    }),
+                }
+            }
+            days.push((date, rows, withdrawn));
         }
         let statements: FuturesUnordered<UnitFuture<'_>> = FuturesUnordered::new();
-        for (date, rows) in &days {
-            statements.push(Box::pin(self.execute(
-                "writing reading_days failed",
-                &self.statements.insert_reading_day,
-                MeterDayRow {
-                    tenant,
-                    meter: name,
-                    day: *date,
-                    ttl,
-                },
-            )));
+        for (date, rows, withdrawn) in &days {
+            if !rows.is_empty() {
+                statements.push(Box::pin(self.execute(
+                    "writing reading_days failed",
+                    &self.statements.insert_reading_day,
+                    MeterDayRow {
+                        tenant,
+                        meter: name,
+                        day: *date,
+                        ttl,
+                    },
+                )));
+            }
             self.push_batches(
                 &statements,
                 "writing readings failed",
                 &self.statements.insert_reading,
                 rows,
+            );
+            self.push_batches(
+                &statements,
+                "deleting withdrawn readings failed",
+                &self.statements.delete_reading,
+                withdrawn,
             );
         }
         drain(statements).await?;
@@ -1200,6 +1246,9 @@ mod tests {
         };
         let mut second_meter = meter_batch("m1", vec![stored(10, 99)]);
         second_meter.state.usage.today_l = 7;
+        // It withdraws the row at day + 5 (replaced, not made again); the one at 10
+        // it replaces and makes again.
+        second_meter.replaced = vec![stored(day + 5, 2), stored(10, 1)];
         let second = SealedBatch {
             number: 1,
             meters: vec![second_meter, meter_batch("m2", vec![])],
@@ -1214,7 +1263,12 @@ mod tests {
         assert_eq!(meters.len(), 2);
         let m1 = &meters[0];
         assert_eq!(m1.days.len(), 2);
-        assert_eq!(m1.days[&0][&10].reading.reg, 99, "later batch wins");
+        assert_eq!(
+            m1.days[&0][&10].unwrap().reading.reg,
+            99,
+            "later batch wins"
+        );
+        assert_eq!(m1.days[&1][&(day + 5)], None, "a later withdrawal wins");
         assert_eq!(m1.state.usage.today_l, 7, "later state wins");
         assert!(
             meters[1].days.is_empty(),

@@ -1,6 +1,6 @@
 //! Readings stored as chunks in the embedded store: a model-based test with days
-//! dense enough to split chunks, rewrites across and within commits, reopenings and
-//! retention sweeps; a store written by the build before chunks (one row per reading);
+//! dense enough to split chunks, rewrites and withdrawn rows across and within
+//! commits, reopenings and retention sweeps; a store written by the build before chunks (one row per reading);
 //! chunk sizes under a flood; corrupt chunks on disk; and concurrent writers and
 //! sweeps merging into the same chunk.
 
@@ -38,8 +38,9 @@ fn raw_key(key: &MeterKey, ts: i64) -> Vec<u8> {
     out
 }
 
-/// One commit: per sealed batch, per meter share, readings `(minute slot, reg)`.
-type Commit = Vec<Vec<(usize, Vec<(i64, u64)>)>>;
+/// One commit: per sealed batch, per meter share, readings `(minute slot, reg)`
+/// and the slots of rows VEE replaced (those not among the readings are withdrawn).
+type Commit = Vec<Vec<(usize, Vec<(i64, u64)>, Vec<i64>)>>;
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -70,6 +71,10 @@ fn op() -> impl Strategy<Value = Op> {
     let share = (
         0..meters().len(),
         prop::collection::vec((slot(), 0u64..1_000_000), 0..160),
+        prop_oneof![
+            2 => Just(Vec::new()),
+            1 => prop::collection::vec(slot(), 0..40),
+        ],
     );
     let sealed = prop::collection::vec(share, 0..3);
     prop_oneof![
@@ -91,12 +96,18 @@ fn to_batches(commit: &Commit) -> Vec<SealedBatch> {
         .map(|(number, shares)| {
             let batches = shares
                 .iter()
-                .map(|(meter, readings)| {
+                .map(|(meter, readings, replaced)| {
                     let readings = readings
                         .iter()
                         .map(|&(slot, reg)| stored_reading(slot_ts(slot), reg, quality_of(reg)))
                         .collect();
-                    meter_batch(meters[*meter].clone(), readings, meter_state(1, 0))
+                    let mut batch =
+                        meter_batch(meters[*meter].clone(), readings, meter_state(1, 0));
+                    batch.replaced = replaced
+                        .iter()
+                        .map(|&slot| stored_reading(slot_ts(slot), 1, Quality::Estimated))
+                        .collect();
+                    batch
                 })
                 .collect();
             sealed_batch(number as u64, batches, vec![])
@@ -104,13 +115,19 @@ fn to_batches(commit: &Commit) -> Vec<SealedBatch> {
         .collect()
 }
 
-/// What the store should show: the last reading written per meter and `ts`.
+/// What the store should show: the last reading written per meter and `ts`, none
+/// where a later share withdrew it.
 #[derive(Default)]
 struct Model(BTreeMap<(usize, i64), StoredReading>);
 
 impl Model {
     fn commit(&mut self, commit: &Commit) {
-        for (meter, readings) in commit.iter().flatten() {
+        for (meter, readings, replaced) in commit.iter().flatten() {
+            for &slot in replaced {
+                if !readings.iter().any(|(made, _)| *made == slot) {
+                    self.0.remove(&(*meter, slot_ts(slot)));
+                }
+            }
             for &(slot, reg) in readings {
                 let ts = slot_ts(slot);
                 self.0

@@ -326,6 +326,51 @@ fn scylla_rewrites_are_idempotent_and_the_later_batch_wins() {
     store.write(&[SealedBatch::default()]).unwrap();
 }
 
+/// Rows a batch withdraws (VEE replaced them and makes them no more) are deleted at
+/// the meter state's version: gone from range reads on every day they were on, not
+/// brought back by a stale owner's late write of them, and stored again by a later
+/// batch that makes them.
+#[test]
+fn scylla_withdrawn_rows_are_deleted_at_the_batchs_version() {
+    let Some(cassandra) = servers::cassandra("scylla_withdrawn") else {
+        return;
+    };
+    let (_inspector, store) = fresh("withdrawn", &cassandra, test_config());
+    let key = meter_key("acme", "m1");
+    let quarter = 15 * 60_000;
+    let estimates: Vec<_> = [0, quarter, 2 * quarter, DAY_MS]
+        .iter()
+        .map(|offset| stored_reading(BASE_TS + offset, 100, Quality::Estimated))
+        .collect();
+    let write = |seq: u64, readings: Vec<_>, replaced: Vec<_>| {
+        let mut meter = meter_batch(key.clone(), readings, meter_state(seq, 0));
+        meter.replaced = replaced;
+        store
+            .write(&[sealed_batch(seq, vec![meter], vec![])])
+            .unwrap();
+    };
+    let all = |store: &ScyllaStore| store.readings(&key, i64::MIN, i64::MAX, 100).unwrap();
+    write(5, estimates.clone(), Vec::new());
+    assert_eq!(all(&store), estimates);
+
+    // A late read between them re-spreads the gap: no estimate is made again.
+    let late = stored_reading(BASE_TS + quarter + 60_000, 150, Quality::Actual);
+    write(6, vec![late], estimates.clone());
+    assert_eq!(
+        all(&store),
+        [late],
+        "every withdrawn row is gone, on both days"
+    );
+
+    // The stale write of the estimates (an earlier version) does not bring them back.
+    write(5, estimates.clone(), Vec::new());
+    assert_eq!(all(&store), [late]);
+
+    // A later batch that makes one again stores it.
+    write(7, vec![estimates[3]], Vec::new());
+    assert_eq!(all(&store), [late, estimates[3]]);
+}
+
 /// A processor that stalled past its consumer-group session (a zombie owner) and
 /// wakes with a batch in hand commits it after the meter's new owner committed a
 /// state further along: the late write replaces none of the new owner's rows
