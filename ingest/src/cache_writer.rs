@@ -110,9 +110,27 @@ impl CacheWriter {
         let others = &mut self.pending_others;
         others.bills.extend(bills);
         others.alerts.extend(alerts);
+        // District rows, top lists and summaries are absolute values, and analytics
+        // sends a changed window with every group: while the cache is down only the
+        // newest of each waits.
+        let superseding = !others.districts.is_empty() || !others.top.is_empty();
         others.districts.extend(districts);
         others.top.extend(top);
         others.summaries.extend(summaries);
+        if superseding {
+            keep_newest(&mut others.districts, |row| {
+                (
+                    row.tenant.clone(),
+                    row.district.clone(),
+                    row.resolution,
+                    row.start_ms,
+                )
+            });
+            keep_newest(&mut others.top, |top| {
+                (top.tenant.clone(), top.day_start_ms)
+            });
+            keep_newest(&mut others.summaries, |summary| summary.tenant.clone());
+        }
         let held = others.bills.len()
             + others.alerts.len()
             + others.districts.len()
@@ -186,6 +204,19 @@ impl PendingViews {
     }
 }
 
+/// Keeps, of the entries of `list` with the same `key`, the last one (in its place
+/// among the others, so that the order of what is kept is the order it came in).
+fn keep_newest<T, K: Eq + std::hash::Hash>(list: &mut Vec<T>, key: impl Fn(&T) -> K) {
+    let mut seen = std::collections::HashSet::with_capacity(list.len());
+    let keep: Vec<bool> = list
+        .iter()
+        .rev()
+        .map(|item| seen.insert(key(item)))
+        .collect();
+    let mut keep = keep.into_iter().rev();
+    list.retain(|_| keep.next().unwrap_or(true));
+}
+
 /// Drops up to `*count` of the oldest entries of `list`, lowering `*count` by as many.
 fn drop_oldest<T>(list: &mut Vec<T>, count: &mut usize) {
     let n = (*count).min(list.len());
@@ -214,6 +245,13 @@ mod tests {
         pending.insert(view("m1", None));
         assert_eq!(pending.drain(), vec![view("m1", Some(40))]);
         assert!(pending.is_empty());
+    }
+
+    #[test]
+    fn of_absolute_values_only_the_newest_of_each_waits() {
+        let mut list = vec![("a", 1), ("b", 2), ("a", 3), ("c", 4), ("b", 5)];
+        keep_newest(&mut list, |(key, _)| *key);
+        assert_eq!(list, [("a", 3), ("c", 4), ("b", 5)]);
     }
 
     #[test]

@@ -100,13 +100,16 @@ impl TenantProcessing {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AnalyticsSettings {
-    /// How often partial aggregates are flushed to outputs, by batch time: what
-    /// dashboards see is at most this old, and a process killed without stopping
-    /// (`kill -9`, a power cut) loses what its districts counted since its last
+    /// How often partial aggregates are flushed to outputs, by batch time. 0 (the
+    /// default): with every batch — the district windows and top lists a batch
+    /// changed go out with it, so the hourly district rows are stored in the same
+    /// commit as the meter states that counted them and a process killed without
+    /// stopping (`kill -9`, a power cut) loses none of them; each group commit costs
+    /// the cache one write per window the group changed (`bench/README.md`,
+    /// `redis_apply`). A positive interval batches those writes instead, at the
+    /// price that a killed process loses what its districts counted since its last
     /// flush (its meters' states and readings are stored; they are not counted
-    /// again). Five seconds: under the dashboard's 3 s poll twice over, and a
-    /// flush costs the cache one write per window changed (`bench/README.md`,
-    /// `redis_apply`), whatever the meter count.
+    /// again).
     pub flush_interval_ms: i64,
     /// Entries in a top-consumers list.
     pub top_n: usize,
@@ -122,7 +125,7 @@ pub struct AnalyticsSettings {
 impl Default for AnalyticsSettings {
     fn default() -> Self {
         Self {
-            flush_interval_ms: 5_000,
+            flush_interval_ms: 0,
             top_n: 10,
             minute_retention_ms: 2 * HOUR_MS,
             hour_retention_ms: 2 * DAY_MS,
@@ -190,8 +193,13 @@ impl ProcessorsConfig {
             }
         }
         let a = &self.analytics;
+        if a.flush_interval_ms < 0 {
+            problems.push(format!(
+                "processors.analytics.flush_interval_ms must be 0 (with every batch) or positive, got {}",
+                a.flush_interval_ms
+            ));
+        }
         for (name, value) in [
-            ("flush_interval_ms", a.flush_interval_ms),
             ("minute_retention_ms", a.minute_retention_ms),
             ("hour_retention_ms", a.hour_retention_ms),
             ("day_retention_ms", a.day_retention_ms),

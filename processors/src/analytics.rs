@@ -51,9 +51,14 @@
 //! - Windows stay open for late rows for their retention after they end (settings);
 //!   a row for a window past it is not counted, so a published total is never
 //!   replaced by a partial one.
-//! - Flush: when the batch's `now_ms` (or a tick's) reaches the next multiple of
-//!   `flush_interval_ms`, every window changed since the last flush is emitted into
-//!   `Outputs::districts` / `Outputs::top`, and expired windows are dropped.
+//! - Flush: by default (`flush_interval_ms` 0) every window and top list a batch
+//!   changed is emitted into `Outputs::districts` / `Outputs::top` with that batch,
+//!   so the sink stores district hours in the same commit as the meter states that
+//!   counted them (a `kill -9` loses none of them), at a cost of what the batch
+//!   changed ([`AnalyticsPartial::emit_changed`]); windows past retention are dropped
+//!   every 5 s of batch time. With `flush_interval_ms` > 0, changed windows are
+//!   emitted, and expired ones dropped, when the batch's `now_ms` (or a tick's)
+//!   reaches the next multiple of it.
 //!
 //! Everything is a per-shard [`AnalyticsPartial`]; partials merge (associatively, in
 //! any order) with [`AnalyticsPartial::merge`], and rows flushed by different shards
@@ -89,6 +94,11 @@ fn max_width_ms(resolution: Resolution) -> i64 {
     }
 }
 
+/// How often windows past retention are dropped when windows are published with
+/// every batch (`flush_interval_ms` 0), by batch time: dropping looks at every
+/// window held, so not with every batch.
+const PRUNE_INTERVAL_MS: i64 = 5_000;
+
 type WindowKey = (u32, Resolution, i64);
 type TopKey = (u32, i64);
 
@@ -102,6 +112,9 @@ struct Window {
 struct TopWindow {
     list: TopConsumers,
     dirty: bool,
+    /// In [`AnalyticsPartial::touched_tops`]: looked at since the last emission
+    /// (its list may not have changed: then `dirty` is false).
+    queued: bool,
 }
 
 /// Aggregates over some set of meters (one shard's, or merged). See the module doc.
@@ -115,6 +128,12 @@ pub struct AnalyticsPartial {
     windows: HashMap<WindowKey, Window>,
     tops: HashMap<TopKey, TopWindow>,
     top_n: usize,
+    /// The windows that turned dirty since the last emission, each once: what
+    /// [`emit_changed`](Self::emit_changed) looks at, so that emitting after every
+    /// batch costs what the batch changed, not every window held.
+    changed_windows: Vec<WindowKey>,
+    /// The top lists looked at since the last emission, each once.
+    touched_tops: Vec<TopKey>,
 }
 
 /// A partial's content keyed by names, independent of ids and insertion order.
@@ -154,17 +173,18 @@ impl AnalyticsPartial {
 
     fn window(&mut self, scope: u32, resolution: Resolution, start_ms: i64) -> &mut Window {
         let scopes = &self.scopes;
-        let window = self
-            .windows
-            .entry((scope, resolution, start_ms))
-            .or_insert_with(|| {
-                let (tenant, district) = &scopes[scope as usize];
-                Window {
-                    row: DistrictUsage::new(tenant, district, resolution, start_ms),
-                    dirty: true,
-                }
-            });
-        window.dirty = true;
+        let key = (scope, resolution, start_ms);
+        let window = self.windows.entry(key).or_insert_with(|| {
+            let (tenant, district) = &scopes[scope as usize];
+            Window {
+                row: DistrictUsage::new(tenant, district, resolution, start_ms),
+                dirty: false,
+            }
+        });
+        if !window.dirty {
+            window.dirty = true;
+            self.changed_windows.push(key);
+        }
         window
     }
 
@@ -176,17 +196,17 @@ impl AnalyticsPartial {
     ) -> &mut TopWindow {
         let tenants = &self.tenants;
         let limit = self.top_n;
-        self.tops
-            .entry((tenant, day_start_ms))
-            .or_insert_with(|| TopWindow {
-                list: TopConsumers::new(
-                    &tenants[tenant as usize],
-                    day_label(),
-                    day_start_ms,
-                    limit,
-                ),
-                dirty: true,
-            })
+        let key = (tenant, day_start_ms);
+        let top = self.tops.entry(key).or_insert_with(|| TopWindow {
+            list: TopConsumers::new(&tenants[tenant as usize], day_label(), day_start_ms, limit),
+            dirty: true,
+            queued: false,
+        });
+        if !top.queued {
+            top.queued = true;
+            self.touched_tops.push(key);
+        }
+        top
     }
 
     /// Adds another partial (e.g. another shard's): associative and commutative.
@@ -216,6 +236,25 @@ impl AnalyticsPartial {
                 None => {
                     self.tops.insert((mine, day), theirs.clone());
                 }
+            }
+        }
+        self.requeue();
+    }
+
+    /// Rebuilds the lists of what changed since the last emission from the dirty
+    /// flags (after a merge, which sets flags wholesale).
+    fn requeue(&mut self) {
+        self.changed_windows.clear();
+        for (key, window) in &self.windows {
+            if window.dirty {
+                self.changed_windows.push(*key);
+            }
+        }
+        self.touched_tops.clear();
+        for (key, top) in &mut self.tops {
+            top.queued = top.dirty;
+            if top.dirty {
+                self.touched_tops.push(*key);
             }
         }
     }
@@ -248,8 +287,21 @@ impl AnalyticsPartial {
     /// Emits changed windows (sorted, so output order is deterministic) and drops
     /// those past retention at `now_ms`.
     pub fn flush(&mut self, now_ms: i64, settings: &AnalyticsSettings, out: &mut Outputs) {
+        self.emit_changed(out);
+        self.windows
+            .retain(|&(_, resolution, start), _| is_open(start, resolution, now_ms, settings));
+        self.tops
+            .retain(|&(_, day), _| is_open(day, Resolution::Day, now_ms, settings));
+    }
+
+    /// Emits the windows and top lists that changed since the last emission (sorted,
+    /// so output order is deterministic), at a cost of what changed.
+    pub fn emit_changed(&mut self, out: &mut Outputs) {
         let first = out.districts.len();
-        for window in self.windows.values_mut().filter(|w| w.dirty) {
+        for key in self.changed_windows.drain(..) {
+            let Some(window) = self.windows.get_mut(&key).filter(|w| w.dirty) else {
+                continue;
+            };
             window.row.refresh_derived();
             out.districts.push(window.row.clone());
             window.dirty = false;
@@ -263,16 +315,18 @@ impl AnalyticsPartial {
             ))
         });
         let first = out.top.len();
-        for top in self.tops.values_mut().filter(|t| t.dirty) {
-            out.top.push(top.list.clone());
-            top.dirty = false;
+        for key in self.touched_tops.drain(..) {
+            let Some(top) = self.tops.get_mut(&key) else {
+                continue;
+            };
+            top.queued = false;
+            if top.dirty {
+                out.top.push(top.list.clone());
+                top.dirty = false;
+            }
         }
         out.top[first..]
             .sort_unstable_by(|a, b| (&a.tenant, a.day_start_ms).cmp(&(&b.tenant, b.day_start_ms)));
-        self.windows
-            .retain(|&(_, resolution, start), _| is_open(start, resolution, now_ms, settings));
-        self.tops
-            .retain(|&(_, day), _| is_open(day, Resolution::Day, now_ms, settings));
     }
 }
 
@@ -346,12 +400,20 @@ impl AnalyticsProcessor {
     }
 
     fn boundary_after(&self, now_ms: i64) -> i64 {
-        let interval = self.settings.flush_interval_ms;
+        let interval = match self.settings.flush_interval_ms {
+            0 => PRUNE_INTERVAL_MS,
+            interval => interval,
+        };
         (now_ms.div_euclid(interval) + 1) * interval
     }
 
-    /// Flushes when `now_ms` reached the next boundary (the first call only sets it).
+    /// Emits what changed when windows are published with every batch
+    /// (`flush_interval_ms` 0); flushes — emits and drops windows past retention —
+    /// when `now_ms` reached the next boundary (the first call only sets it).
     fn flush_if_due(&mut self, now_ms: i64, out: &mut Outputs) {
+        if self.settings.flush_interval_ms == 0 {
+            self.partial.emit_changed(out);
+        }
         match self.next_flush_ms {
             Some(due) if now_ms >= due => self.flush(now_ms, out),
             Some(_) => {}

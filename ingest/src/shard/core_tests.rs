@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use meterflow_model::codec::binary::{decode_record, encode_record};
 use meterflow_model::vee::MAX_WINDOW_READS;
 use meterflow_model::{
-    BillLine, Decision, ExceptionState, MeterKey, MeterState, OrderAction, Quality, Reading,
-    RegisterOrder, Reject, Resolution, StoredReading, Uplink, codec, mac,
+    BillLine, Decision, ExceptionState, MeterKey, MeterState, OrderAction, ProcessorsConfig,
+    Quality, Reading, RegisterOrder, Reject, Resolution, StoredReading, Uplink, codec, mac,
 };
 use meterflow_processors::ProcessorChain;
 use proptest::prelude::*;
@@ -55,6 +55,26 @@ impl Harness {
     }
 
     fn with_burst(batch_readings: usize, dead_letter_burst: u32) -> Harness {
+        Harness::with_chain(
+            batch_readings,
+            dead_letter_burst,
+            ProcessorChain::standard(),
+        )
+    }
+
+    /// A harness whose analytics flush every `interval_ms` of batch time.
+    fn flushing_every(interval_ms: i64) -> Harness {
+        let mut config = ProcessorsConfig::default();
+        config.analytics.flush_interval_ms = interval_ms;
+        let chain = ProcessorChain::for_tenants(config).expect("a valid configuration");
+        Harness::with_chain(1_000, DEAD_LETTER_BURST, chain)
+    }
+
+    fn with_chain(
+        batch_readings: usize,
+        dead_letter_burst: u32,
+        processors: ProcessorChain,
+    ) -> Harness {
         let config = Config::from_toml(CONFIG).expect("test config");
         let settings = ShardSettings {
             limits: config.limits.clone(),
@@ -73,7 +93,7 @@ impl Harness {
             0,
             settings,
             Arc::new(Tenants::from_config(&config)),
-            ProcessorChain::standard(),
+            processors,
             PipelineMetrics::register(),
             start,
         );
@@ -773,7 +793,7 @@ fn a_meters_version_follows_what_it_took_in_not_who_processed_it() {
 
 #[test]
 fn a_stopping_shard_seals_its_batch_then_what_analytics_has_not_flushed() {
-    let mut shard = Harness::new(1_000);
+    let mut shard = Harness::flushing_every(5_000);
     let m1 = key("plain.m1");
     // Three reads a litre apart: two litres counted, in windows not flushed yet
     // (the first batch only sets the flush boundary).
@@ -806,8 +826,43 @@ fn a_stopping_shard_seals_its_batch_then_what_analytics_has_not_flushed() {
 }
 
 #[test]
-fn a_quiet_shard_publishes_its_districts_at_the_flush_interval_not_the_meter_sweep() {
+fn a_batch_publishes_the_district_windows_it_changed_with_it() {
     let mut shard = Harness::new(1_000);
+    let m1 = key("plain.m1");
+    shard.offer(&m1, &json(1, 3), 0);
+    let first = shard.seal(1);
+    let windows = |sealed: &Sealed| {
+        let mut rows: Vec<(Resolution, u64)> = sealed
+            .outputs
+            .districts
+            .iter()
+            .map(|row| (row.resolution, row.usage_l))
+            .collect();
+        rows.sort();
+        rows
+    };
+    // Three reads, the first measuring no interval: a litre on each side of midnight.
+    assert_eq!(
+        windows(&first),
+        [
+            (Resolution::Minute, 1),
+            (Resolution::Minute, 1),
+            (Resolution::Hour, 1),
+            (Resolution::Hour, 1),
+            (Resolution::Day, 1),
+            (Resolution::Day, 1),
+        ],
+        "the first batch's windows go out with it, not at a flush boundary"
+    );
+    assert!(!first.outputs.top.is_empty());
+    // A batch that changes nothing publishes nothing again.
+    shard.offer(&m1, &json(1, 3), 2);
+    assert!(shard.seal(3).outputs.districts.is_empty(), "a duplicate");
+}
+
+#[test]
+fn a_quiet_shard_publishes_its_districts_at_the_flush_interval_not_the_meter_sweep() {
+    let mut shard = Harness::flushing_every(5_000);
     let m1 = key("plain.m1");
     shard.offer(&m1, &json(1, 3), 0);
     let first = shard.seal(1);

@@ -2,8 +2,9 @@
 //! restarted and ends after it must hold the litres of both sides — the restarted
 //! process writes the window's total, never only what it saw itself (before the
 //! rollup was seeded with what the earlier run published, the hour below read 100 L
-//! and 0 meters after the restart instead of 250 L and 2) — and the stopping process
-//! publishes what it counted since its last flush.
+//! and 0 meters after the restart instead of 250 L and 2) — the stopping process
+//! publishes what it counted since its last flush, and a killed one loses nothing
+//! it acked (the hours are stored with the batches that counted them).
 //!
 //! Time is values: one fixed UTC hour, kept open by hour and day retentions longer
 //! than its age.
@@ -14,8 +15,8 @@ use meterflow_model::{Reading, Uplink};
 use serde_json::Value;
 
 use crate::utils::{
-    Meterflow, as_sketched, register_uplink, restart_configured, send_and_wait_for_ack,
-    start_configured,
+    Meterflow, as_sketched, kill9_and_restart_configured, register_uplink, restart_configured,
+    send_and_wait_for_ack, start_configured,
 };
 
 const HOUR_MS: i64 = 3_600_000;
@@ -114,6 +115,34 @@ async fn a_graceful_stop_publishes_what_was_not_flushed_yet() {
         (150.into(), 2.into()),
         "the 10:00 hour: {hour}"
     );
+}
+
+/// A process killed without stopping (`kill -9`) loses no district figure: with the
+/// default flush (with every batch) the hour's row is stored in the same commit as
+/// the meter states that counted it, so once the meters are acked the hour holds
+/// their litres, and the day (the in-process cache is gone) is rebuilt from the
+/// hours. (With a flush interval, a kill before the flush lost the 150 L: the
+/// meters' states said they were counted, and the hour showed 100 L in the end.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_9_after_the_acks_loses_no_district_figure() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = CONFIG.replace("flush_interval_ms = 1000\n", "");
+    let service = start_configured(dir.path(), &config, &[]);
+    // c1 10:00–10:30 (100 L), c2 10:00–10:15 (50 L); killed right after the acks.
+    send_and_wait_for_ack(service.mqtt, "demo", "c1", &[quarters(1, 0..=2)]).await;
+    send_and_wait_for_ack(service.mqtt, "demo", "c2", &[quarters(1, 0..=1)]).await;
+    let service = kill9_and_restart_configured(service, dir.path());
+    let two = (150.into(), 2.into());
+    let hour = harbour(&service, "hour", 150).await;
+    assert_eq!(litres_and_meters(&hour), two, "the 10:00 hour: {hour}");
+    // Counted on after the restart: c1 10:30–11:00 (100 L more); the day, gone with
+    // the in-process cache, is rebuilt from the stored hours and counted on.
+    send_and_wait_for_ack(service.mqtt, "demo", "c1", &[quarters(2, 3..=4)]).await;
+    let both = (250.into(), 2.into());
+    let hour = harbour(&service, "hour", 250).await;
+    assert_eq!(litres_and_meters(&hour), both, "the 10:00 hour: {hour}");
+    let day = harbour(&service, "day", 250).await;
+    assert_eq!(litres_and_meters(&day), both, "the day: {day}");
 }
 
 /// A late read after a restart moves litres between hours the earlier run counted:

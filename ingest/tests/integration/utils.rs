@@ -686,6 +686,17 @@ pub(crate) async fn json_where(
 /// same ports, data and configuration.
 pub(crate) fn restart_configured(mut service: Meterflow, dir: &Path) -> Meterflow {
     service.stop();
+    start_again_configured(service, dir)
+}
+
+/// Kills a service [`start_configured`] in `dir` (SIGKILL: nothing flushed, nothing
+/// stopped in order) and starts it again on the same ports, data and configuration.
+pub(crate) fn kill9_and_restart_configured(mut service: Meterflow, dir: &Path) -> Meterflow {
+    service.kill9();
+    start_again_configured(service, dir)
+}
+
+fn start_again_configured(service: Meterflow, dir: &Path) -> Meterflow {
     let (mqtt, http) = (service.mqtt, service.http);
     drop(service);
     let config = dir.join("meterflow.toml");

@@ -34,8 +34,12 @@ fn config() -> ProcessorsConfig {
                 ..TenantProcessing::default()
             },
         )]),
+        // The scenarios read what a flush publishes; a flush interval keeps it in
+        // one place (by default every batch publishes what it changed instead:
+        // `shard_rows_are_published_with_every_batch`).
         analytics: AnalyticsSettings {
             top_n: 3,
+            flush_interval_ms: 5_000,
             ..AnalyticsSettings::default()
         },
         ..ProcessorsConfig::default()
@@ -555,4 +559,68 @@ fn absorb_after_a_restart(published: &Outputs, out: &mut Outputs, now_ms: i64) {
         .collect();
     rollup.seed(seeds, top_seeds);
     rollup.absorb(0, now_ms, out);
+}
+
+/// By default (`flush_interval_ms` 0) a batch publishes the windows it changed with
+/// it, each as the shard's total so far — so what the sink stores with the batch is
+/// current — and a batch that changes none publishes none. Rolled up, the rows
+/// published batch by batch end where one flush after all of them does.
+#[test]
+fn shard_rows_are_published_with_every_batch() {
+    let hourly = |meter: &str, from_hour: i64, registers: &[u64]| {
+        let readings = registers
+            .iter()
+            .enumerate()
+            .map(|(i, reg)| reading(MIDNIGHT + (from_hour + i as i64) * HOUR, *reg))
+            .collect();
+        Input::readings(&key("acme", meter), readings)
+    };
+    let batches = || {
+        [
+            vec![hourly("m0", 0, &[1_000, 1_010, 1_030])],
+            vec![hourly("m1", 0, &[500, 504]), hourly("m0", 3, &[1_060])],
+            // A resend: nothing changes.
+            vec![hourly("m0", 3, &[1_060])],
+        ]
+    };
+    let mut every_batch = config();
+    every_batch.analytics.flush_interval_ms = 0;
+    let mut pipeline = Pipeline::new(every_batch);
+    let mut rollup = DistrictRollup::new(1);
+    let mut published: BTreeMap<(String, Resolution, i64), DistrictUsage> = BTreeMap::new();
+    let mut rows_per_batch = Vec::new();
+    for (i, inputs) in batches().into_iter().enumerate() {
+        let (_, mut out) = pipeline.feed(i as i64, inputs);
+        rows_per_batch.push(out.districts.len());
+        if i == 0 {
+            let north_hours: Vec<u64> = out
+                .districts
+                .iter()
+                .filter(|r| r.district == "north" && r.resolution == Resolution::Hour)
+                .map(|r| r.usage_l)
+                .collect();
+            assert_eq!(north_hours, [10, 20], "the first batch's hours, with it");
+        }
+        rollup.absorb(0, i as i64, &mut out);
+        for row in out.districts {
+            published.insert((row.district.clone(), row.resolution, row.start_ms), row);
+        }
+    }
+    assert_eq!(rows_per_batch[2], 0, "a batch that changes nothing");
+
+    let mut at_once = Pipeline::new(config());
+    for (i, inputs) in batches().into_iter().enumerate() {
+        at_once.feed(i as i64, inputs);
+    }
+    let mut flushed = Outputs::default();
+    at_once.chain.finish(10, &mut flushed);
+    DistrictRollup::new(1).absorb(0, 10, &mut flushed);
+    let flushed: BTreeMap<_, _> = flushed
+        .districts
+        .into_iter()
+        .map(|row| ((row.district.clone(), row.resolution, row.start_ms), row))
+        .collect();
+    assert_eq!(published, flushed);
+    let north_day = &published[&("north".to_string(), Resolution::Day, MIDNIGHT)];
+    assert_eq!((north_day.usage_l, north_day.meters), (64, 2));
 }
