@@ -72,6 +72,23 @@ pub struct MeterBatch {
 }
 
 impl MeterBatch {
+    /// A meter's share with nothing in it yet, its state the default one (a shard's
+    /// open batch fills it in as the meter's messages join).
+    pub fn empty(key: MeterKey) -> Self {
+        Self {
+            key,
+            readings: Vec::new(),
+            state: MeterState::default(),
+            messages: 0,
+            replaced: Vec::new(),
+            sent_readings: 0,
+            duplicates: 0,
+            first_received_at: None,
+            statuses: Vec::new(),
+            orders: Vec::new(),
+        }
+    }
+
     /// The newest status of the batch by `ts` (of equal `ts`, the greater seq's).
     pub fn newest_status(&self) -> Option<&DeviceStatus> {
         self.statuses.iter().max_by_key(|s| (s.ts, s.seq))
@@ -243,16 +260,12 @@ mod tests {
 
     fn batch(readings: Vec<StoredReading>, replaced: Vec<StoredReading>) -> MeterBatch {
         MeterBatch {
-            key: MeterKey::new("demo".try_into().unwrap(), "m".try_into().unwrap()),
-            sent_readings: 0,
             readings,
             replaced,
-            state: MeterState::default(),
-            messages: 1,
-            duplicates: 0,
-            first_received_at: None,
-            statuses: Vec::new(),
-            orders: Vec::new(),
+            ..MeterBatch::empty(MeterKey::new(
+                "demo".try_into().unwrap(),
+                "m".try_into().unwrap(),
+            ))
         }
     }
 

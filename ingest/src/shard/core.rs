@@ -248,18 +248,7 @@ impl OpenBatch {
         let index = match self.index.get(key) {
             Some(&index) => index,
             None => {
-                self.meters.push(MeterBatch {
-                    replaced: Vec::new(),
-                    key: key.clone(),
-                    readings: Vec::new(),
-                    state: MeterState::default(),
-                    messages: 0,
-                    sent_readings: 0,
-                    duplicates: 0,
-                    first_received_at: None,
-                    statuses: Vec::new(),
-                    orders: Vec::new(),
-                });
+                self.meters.push(MeterBatch::empty(key.clone()));
                 self.index.insert(key.clone(), self.meters.len() - 1);
                 self.meters.len() - 1
             }

@@ -70,13 +70,31 @@ fn litres_and_meters(row: &Value) -> (Value, Value) {
     (row["usage_l"].clone(), row["meters"].clone())
 }
 
+/// Starts meterflow in `dir` with `config`, then the harbour's meters use 150 L in
+/// the 10:00 hour: c1 10:00–10:30 (100 L), c2 10:00–10:15 (50 L), both acked.
+async fn harbour_uses_150(dir: &std::path::Path, config: &str) -> Meterflow {
+    let service = start_configured(dir, config, &[]);
+    send_and_wait_for_ack(service.mqtt, "demo", "c1", &[quarters(1, 0..=2)]).await;
+    send_and_wait_for_ack(service.mqtt, "demo", "c2", &[quarters(1, 0..=1)]).await;
+    service
+}
+
+/// After a restart: c1 10:30–11:00 (100 L more); c2 sends nothing. The hour and the
+/// day hold both sides, 250 L of two meters; the day comes from the in-process
+/// cache, which the restart emptied: rebuilt from the store's hours, then counted on.
+async fn c1_counts_on(service: &Meterflow) {
+    send_and_wait_for_ack(service.mqtt, "demo", "c1", &[quarters(2, 3..=4)]).await;
+    let both = (250.into(), 2.into());
+    let hour = harbour(service, "hour", 250).await;
+    assert_eq!(litres_and_meters(&hour), both, "the 10:00 hour: {hour}");
+    let day = harbour(service, "day", 250).await;
+    assert_eq!(litres_and_meters(&day), both, "the day: {day}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_hour_across_a_restart_keeps_the_litres_counted_before_it() {
     let dir = tempfile::tempdir().unwrap();
-    let service = start_configured(dir.path(), CONFIG, &[]);
-    // Before the restart: c1 10:00–10:30 (100 L), c2 10:00–10:15 (50 L).
-    send_and_wait_for_ack(service.mqtt, "demo", "c1", &[quarters(1, 0..=2)]).await;
-    send_and_wait_for_ack(service.mqtt, "demo", "c2", &[quarters(1, 0..=1)]).await;
+    let service = harbour_uses_150(dir.path(), CONFIG).await;
     let two = (150.into(), 2.into());
     assert_eq!(
         litres_and_meters(&harbour(&service, "hour", 150).await),
@@ -85,15 +103,7 @@ async fn an_hour_across_a_restart_keeps_the_litres_counted_before_it() {
     assert_eq!(litres_and_meters(&harbour(&service, "day", 150).await), two);
 
     let service = restart_configured(service, dir.path());
-    // After it: c1 10:30–11:00 (100 L more); c2 sends nothing.
-    send_and_wait_for_ack(service.mqtt, "demo", "c1", &[quarters(2, 3..=4)]).await;
-    let both = (250.into(), 2.into());
-    let hour = harbour(&service, "hour", 250).await;
-    assert_eq!(litres_and_meters(&hour), both, "the 10:00 hour: {hour}");
-    // The day comes from the in-process cache, which the restart emptied: rebuilt
-    // from the store's hours, then counted on.
-    let day = harbour(&service, "day", 250).await;
-    assert_eq!(litres_and_meters(&day), both, "the day: {day}");
+    c1_counts_on(&service).await;
 }
 
 /// A graceful stop publishes what the districts counted since the last flush: with a
@@ -104,10 +114,7 @@ async fn an_hour_across_a_restart_keeps_the_litres_counted_before_it() {
 async fn a_graceful_stop_publishes_what_was_not_flushed_yet() {
     let dir = tempfile::tempdir().unwrap();
     let config = CONFIG.replace("flush_interval_ms = 1000", "flush_interval_ms = 3600000");
-    let service = start_configured(dir.path(), &config, &[]);
-    // c1 10:00–10:30 (100 L), c2 10:00–10:15 (50 L).
-    send_and_wait_for_ack(service.mqtt, "demo", "c1", &[quarters(1, 0..=2)]).await;
-    send_and_wait_for_ack(service.mqtt, "demo", "c2", &[quarters(1, 0..=1)]).await;
+    let service = harbour_uses_150(dir.path(), &config).await;
     let service = restart_configured(service, dir.path());
     let hour = harbour(&service, "hour", 150).await;
     assert_eq!(
@@ -127,22 +134,16 @@ async fn a_graceful_stop_publishes_what_was_not_flushed_yet() {
 async fn a_kill_9_after_the_acks_loses_no_district_figure() {
     let dir = tempfile::tempdir().unwrap();
     let config = CONFIG.replace("flush_interval_ms = 1000\n", "");
-    let service = start_configured(dir.path(), &config, &[]);
-    // c1 10:00–10:30 (100 L), c2 10:00–10:15 (50 L); killed right after the acks.
-    send_and_wait_for_ack(service.mqtt, "demo", "c1", &[quarters(1, 0..=2)]).await;
-    send_and_wait_for_ack(service.mqtt, "demo", "c2", &[quarters(1, 0..=1)]).await;
+    // Killed right after the acks.
+    let service = harbour_uses_150(dir.path(), &config).await;
     let service = kill9_and_restart_configured(service, dir.path());
-    let two = (150.into(), 2.into());
     let hour = harbour(&service, "hour", 150).await;
-    assert_eq!(litres_and_meters(&hour), two, "the 10:00 hour: {hour}");
-    // Counted on after the restart: c1 10:30–11:00 (100 L more); the day, gone with
-    // the in-process cache, is rebuilt from the stored hours and counted on.
-    send_and_wait_for_ack(service.mqtt, "demo", "c1", &[quarters(2, 3..=4)]).await;
-    let both = (250.into(), 2.into());
-    let hour = harbour(&service, "hour", 250).await;
-    assert_eq!(litres_and_meters(&hour), both, "the 10:00 hour: {hour}");
-    let day = harbour(&service, "day", 250).await;
-    assert_eq!(litres_and_meters(&day), both, "the day: {day}");
+    assert_eq!(
+        litres_and_meters(&hour),
+        (150.into(), 2.into()),
+        "the 10:00 hour: {hour}"
+    );
+    c1_counts_on(&service).await;
 }
 
 /// A late read after a restart moves litres between hours the earlier run counted:

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use meterflow_model::processing::AnalyticsSettings;
 use meterflow_model::{
-    DistrictUsage, MeterBatch, MeterState, Outputs, ProcessorsConfig, Resolution, SealedBatch,
-    StoredReading, TenantId, TenantProcessing, TopConsumers, UsageSketch,
+    DistrictUsage, MeterBatch, Outputs, ProcessorsConfig, Resolution, SealedBatch, StoredReading,
+    TenantId, TenantProcessing, TopConsumers, UsageSketch,
 };
 use meterflow_processors::analytics::{AnalyticsPartial, AnalyticsProcessor, DistrictRollup};
 use meterflow_processors::vee::VeeProcessor;
@@ -61,16 +61,10 @@ fn shard(meters: &[(&str, Vec<u64>)]) -> AnalyticsProcessor {
             readings.push(reading(MIDNIGHT + (h as i64 + 1) * HOUR, reg));
         }
         batch.meters.push(MeterBatch {
-            replaced: Vec::new(),
-            key: key("acme", meter),
             sent_readings: readings.len() as u32,
             readings,
-            state: MeterState::default(),
             messages: 1,
-            duplicates: 0,
-            first_received_at: None,
-            statuses: Vec::new(),
-            orders: Vec::new(),
+            ..MeterBatch::empty(key("acme", meter))
         });
     }
     let mut out = Outputs::default();

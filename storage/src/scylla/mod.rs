@@ -1224,16 +1224,10 @@ mod tests {
 
     fn meter_batch(meter: &str, readings: Vec<StoredReading>) -> MeterBatch {
         MeterBatch {
-            replaced: Vec::new(),
             sent_readings: readings.len() as u32,
-            key: key(meter),
             readings,
-            state: MeterState::default(),
             messages: 1,
-            duplicates: 0,
-            first_received_at: None,
-            statuses: Vec::new(),
-            orders: Vec::new(),
+            ..MeterBatch::empty(key(meter))
         }
     }
 
