@@ -113,7 +113,8 @@ impl CacheWriter {
         // District rows, top lists and summaries are absolute values, and analytics
         // sends a changed window with every group: while the cache is down only the
         // newest of each waits.
-        let superseding = !others.districts.is_empty() || !others.top.is_empty();
+        let superseding =
+            !others.districts.is_empty() || !others.top.is_empty() || !others.summaries.is_empty();
         others.districts.extend(districts);
         others.top.extend(top);
         others.summaries.extend(summaries);

@@ -234,7 +234,7 @@ impl Processor for BillingProcessor {
         let vee = &state.vee;
         state.billing.reported_to = rows
             .iter()
-            .filter(|row| matches!(row.quality, Quality::Actual | Quality::Suspect))
+            .filter(|row| row.quality.is_from_meter())
             .map(|row| row.reading.ts)
             .max();
         state.billing.open = rows
@@ -290,7 +290,7 @@ fn take_row(
         return;
     }
     let ts = row.reading.ts;
-    if matches!(row.quality, Quality::Actual | Quality::Suspect) {
+    if row.quality.is_from_meter() {
         billing.reported_to = billing.reported_to.max(Some(ts));
     }
     let open = &mut billing.open;

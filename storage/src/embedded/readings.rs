@@ -63,28 +63,17 @@ impl EmbeddedStore {
         }
         let Edits { rows, withdrawn } = latest_per_ts(parts);
         let prefix = keys::readings_prefix(key);
-        let (mut rows, mut withdrawn) = (rows.as_slice(), withdrawn.as_slice());
-        loop {
-            let day = match (rows.first(), withdrawn.first()) {
-                (None, None) => return Ok(()),
-                (Some(row), None) => chunks::bucket(row.reading.ts),
-                (None, Some(ts)) => chunks::bucket(*ts),
-                (Some(row), Some(ts)) => chunks::bucket(row.reading.ts.min(*ts)),
-            };
-            let (day_rows, later_rows) =
-                rows.split_at(rows.partition_point(|r| chunks::bucket(r.reading.ts) == day));
-            let (day_withdrawn, later_withdrawn) =
-                withdrawn.split_at(withdrawn.partition_point(|ts| chunks::bucket(*ts) == day));
-            self.merge_into_day(
-                batch,
-                &prefix,
-                DayEdits {
-                    rows: day_rows,
-                    withdrawn: day_withdrawn,
-                },
-            )?;
-            (rows, withdrawn) = (later_rows, later_withdrawn);
+        let mut pending = DayEdits {
+            rows: &rows,
+            withdrawn: &withdrawn,
+        };
+        while let Some((oldest, _)) = pending.span() {
+            let day = chunks::bucket(oldest);
+            let (of_day, later) = pending.split_while(|ts| chunks::bucket(ts) == day);
+            self.merge_into_day(batch, &prefix, of_day)?;
+            pending = later;
         }
+        Ok(())
     }
 
     /// Merges `edits` — of one meter (`prefix`) in one day — into that day's chunks
@@ -113,7 +102,7 @@ impl EmbeddedStore {
                 key,
                 value,
             };
-            let (older, rest) = pending.split_before(chunk.first);
+            let (older, rest) = pending.split_while(|ts| ts < chunk.first);
             match held.replace(chunk) {
                 Some(before) => self.merge_into_chunk(batch, prefix, &before, older)?,
                 // Older than the day's first chunk: new chunks of their own (nothing
@@ -278,14 +267,15 @@ impl<'a> DayEdits<'a> {
         Some((oldest, newest))
     }
 
-    /// The edits older than `ts`, and the rest.
-    fn split_before(self, ts: i64) -> (Self, Self) {
+    /// The edits whose `ts` pass `leading` (the ascending edits' leading run), and
+    /// the rest.
+    fn split_while(self, leading: impl Fn(i64) -> bool) -> (Self, Self) {
         let (rows, later_rows) = self
             .rows
-            .split_at(self.rows.partition_point(|r| r.reading.ts < ts));
+            .split_at(self.rows.partition_point(|r| leading(r.reading.ts)));
         let (withdrawn, later_withdrawn) = self
             .withdrawn
-            .split_at(self.withdrawn.partition_point(|w| *w < ts));
+            .split_at(self.withdrawn.partition_point(|ts| leading(*ts)));
         (
             Self { rows, withdrawn },
             Self {
