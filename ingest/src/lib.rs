@@ -13,6 +13,7 @@ pub mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod notifier;
+pub mod restart;
 pub mod rollup_seed;
 pub mod service;
 pub mod shard;

@@ -31,6 +31,7 @@ use crate::endpoint::{
 };
 use crate::http::{self, AppState};
 use crate::kafka::EventLog;
+use crate::kafka::lease::{self, OwnershipLease};
 use crate::metrics::{self, EndpointMetrics, PipelineMetrics, TenantStored};
 use crate::notifier::{ALERT_QUEUE, Notifier};
 use crate::shard::{ShardSettings, ShardWorker};
@@ -372,6 +373,12 @@ impl Pipeline {
             store_healthy: shared.store_healthy.clone(),
             retry: backends::commit_retry(config),
             refused,
+            ownership: if config.mode.consumes_log() {
+                let tolerance = lease::tolerance(&config.kafka.properties);
+                Some(OwnershipLease::start(tolerance)?)
+            } else {
+                None
+            },
         }
         .spawn()?;
         Ok((

@@ -26,6 +26,11 @@
 //!   store then fails at start with what to change). Meters resend what was not acked;
 //!   state is hydrated from the store again, so nothing is lost or counted twice.
 //!
+//! A processor's sink writes only while the processor's ownership lease holds
+//! ([`crate::kafka::lease`]): it asks right before every store write and when idle,
+//! and a process found frozen past its group session restarts in place, writing
+//! nothing more ([`crate::restart`]).
+//!
 //! A failed cache update is counted and logged; storing and acking go on (the cache
 //! holds absolute values, so what failed is applied again once the cache answers).
 //!
@@ -52,6 +57,7 @@ use tracing::{error, info, warn};
 use crate::cache_writer::CacheWriter;
 use crate::endpoint::outbox::{Completion, Outbox};
 use crate::kafka::EventLog;
+use crate::kafka::lease::OwnershipLease;
 use crate::metrics::{PipelineMetrics, TenantStored};
 use crate::rollup_seed::Published;
 use crate::shard::SinkItem;
@@ -91,6 +97,11 @@ pub struct Sink {
     /// Receives the error of a group commit the store refused for good, when the sink
     /// stops on it.
     pub refused: oneshot::Sender<StoreError>,
+    /// In a processor: whether it may still write as its partitions' owner. Checked
+    /// right before every store write and when idle (so a lapse is acted on within
+    /// about [`CACHE_RETRY_EVERY`], between groups): once lapsed, the process restarts
+    /// in place without writing (docs/distributed.md, "A stalled former owner").
+    pub ownership: Option<Arc<OwnershipLease>>,
 }
 
 impl Sink {
@@ -107,6 +118,7 @@ impl Sink {
             let first = match self.inbox.recv_timeout(CACHE_RETRY_EVERY) {
                 Ok(item) => item,
                 Err(RecvTimeoutError::Timeout) => {
+                    self.hold_ownership();
                     self.cache.retry_pending();
                     continue;
                 }
@@ -189,6 +201,7 @@ impl Sink {
     fn commit_durably(&self, batches: &[SealedBatch], outputs: &Outputs) -> Result<(), StoreError> {
         let mut failures = 0u32;
         let attempt = || {
+            self.hold_ownership();
             let started = Instant::now();
             let result = self.store.commit(batches, outputs);
             if result.is_ok() {
@@ -224,6 +237,15 @@ impl Sink {
             }
         }
         result
+    }
+
+    /// In a processor whose ownership lease has lapsed: restarts the process in place,
+    /// writing nothing more. Its partitions' new owners replay what it held, and its
+    /// aggregates, which count that, go with it.
+    fn hold_ownership(&self) {
+        if let Some(Err(lapsed)) = self.ownership.as_deref().map(OwnershipLease::holds) {
+            crate::restart::in_place(&lapsed.to_string());
+        }
     }
 
     /// Counts a transient failure of a group commit (the `failures`th in a row), and
@@ -443,6 +465,7 @@ mod tests {
                 max_backoff_ms: 2,
             },
             refused,
+            ownership: None,
         }
         .spawn()
         .unwrap();

@@ -5,6 +5,8 @@
 //! - [`config`]: `mode` and the `[kafka]` section;
 //! - [`offsets`]: which offsets a processor may commit (only below the first uplink not
 //!   yet durable) — plain bookkeeping, also behind [`Completion`]s;
+//! - [`lease`]: whether a processor may still write as its partitions' owner (no
+//!   freeze longer than its group session);
 //! - [`EventLog`]: how the sink and the notifier of a processor tell the endpoints what
 //!   became durable, without depending on Kafka types;
 //! - with the `kafka` cargo feature (librdkafka through `rdkafka`): [`record`] (an
@@ -30,6 +32,7 @@ pub mod consumer;
 pub mod events;
 #[cfg(feature = "kafka")]
 mod failures;
+pub mod lease;
 pub mod offsets;
 #[cfg(feature = "kafka")]
 pub mod producer;

@@ -10,8 +10,8 @@
 //! killed); a
 //! processor killed mid-stream loses nothing and counts nothing twice; a meter whose
 //! partition moves to another processor and back is never processed with the state
-//! the first one cached; a processor stalled past its session wakes and overwrites
-//! nothing newer; two `--mode combined` nodes (endpoint and processor in one
+//! the first one cached; a processor stalled past its session wakes, writes nothing
+//! late and restarts, and the figures still equal embedded mode's; two `--mode combined` nodes (endpoint and processor in one
 //! process) started at once share the work through the log.
 
 use std::collections::BTreeMap;
@@ -438,17 +438,27 @@ async fn a_processor_killed_mid_stream_loses_nothing_and_counts_nothing_twice() 
 
 /// A processor stopped (SIGSTOP) past its session timeout while holding uplinks —
 /// a zombie owner — wakes after the other processor took its partitions over and
-/// stored everything since: what it then writes late (the drain of its revoked
-/// partitions) replaces nothing newer, in the store or in the cache. Every reading
-/// is stored once, every view is the final one, and a replay of the whole fleet,
-/// now spread over both processors again and hydrated from the store, is all
-/// duplicates.
+/// stored everything since. It finds it did not run for longer than its session
+/// allows, writes nothing of what it held and restarts in place (its ownership
+/// lease); before it did, it wrote that late — the drain of its revoked partitions —
+/// and counted those reads a second time in its district shares. Every reading is
+/// stored once, every view is the final one, the district, top-list and summary
+/// figures (merged over p1's two runs and p2) equal embedded mode's on the same
+/// fleet, and a replay of the whole fleet, now spread over both processors again and
+/// hydrated from the store, is all duplicates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_processor_that_stalls_past_its_session_overwrites_nothing_newer_when_it_wakes() {
-    let Some(cluster) = Cluster::new("dist_zombie") else {
+async fn a_processor_that_stalls_past_its_session_writes_nothing_late_and_restarts() {
+    let Some(mut cluster) = Cluster::new("dist_zombie") else {
         return;
     };
-    let p1 = cluster.start("processor", "p1");
+    // District figures published with every batch (the default): a restart loses
+    // none of what was written, so the figures can be compared exactly.
+    let text = std::fs::read_to_string(&cluster.config)
+        .unwrap()
+        .replace("flush_interval_ms = 1000", "flush_interval_ms = 0");
+    cluster.config = cluster.dir.path().join("every_batch.toml");
+    std::fs::write(&cluster.config, text).unwrap();
+    let mut p1 = cluster.start("processor", "p1");
     let p2 = cluster.start("processor", "p2");
     let endpoint = cluster.start("endpoint", "e1");
     let config = fleet(endpoint.mqtt.to_string(), 400.0, 37);
@@ -463,7 +473,9 @@ async fn a_processor_that_stalls_past_its_session_overwrites_nothing_newer_when_
     cluster.wait_stored(&config, DRAIN_TIMEOUT).await;
 
     p1.signal("CONT");
-    // p1 rejoins the group.
+    // p1 finds its lease lapsed, restarts in place (the same process) and rejoins.
+    wait_for_log(&p1, "restarting in place", Duration::from_secs(30)).await;
+    p1.wait_ready();
     wait_for_count(
         &p1,
         "meterflow_log_partitions_owned",
@@ -488,6 +500,16 @@ async fn a_processor_that_stalls_past_its_session_overwrites_nothing_newer_when_
     }
     assert_eq!(stored_by(&[&p1, &p2]), stored, "a replay stores nothing");
     cluster.wait_settled(&config, Duration::from_secs(5)).await;
+
+    let embedded_dir = tempfile::tempdir().unwrap();
+    let embedded = start_configured(embedded_dir.path(), FAST_FLUSH, &[]);
+    let same = SimConfig {
+        mqtt: embedded.mqtt.to_string(),
+        ..config.clone()
+    };
+    assert_eq!(run(same).await.unwrap().acked, 6_000);
+    let expected = settled_aggregates(&embedded, &config).await;
+    assert_eq!(settled_aggregates(&p2, &config).await, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -605,6 +627,19 @@ impl OwnKafka {
 impl Drop for OwnKafka {
     fn drop(&mut self) {
         self.script("reset");
+    }
+}
+
+/// Waits until `node`'s log holds `text`, failing with its tail after `within`.
+async fn wait_for_log(node: &Meterflow, text: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !node.log_text().contains(text) {
+        assert!(
+            Instant::now() < deadline,
+            "{text:?} not logged:\n{}",
+            node.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -117,7 +117,9 @@ impl Meterflow {
             .map_or(0, |kb| kb * 1024)
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits until the process answers `/readyz` (after it started, or restarted in
+    /// place), failing if it exits.
+    pub(crate) fn wait_ready(&mut self) {
         let deadline = Instant::now() + READY_TIMEOUT;
         while Instant::now() < deadline {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
