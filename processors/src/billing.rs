@@ -724,23 +724,24 @@ fn bill_line(
 }
 
 /// `YYYY-MM`, as `format!("{year:04}-{month:02}")` writes it — without the formatting
-/// machinery in the common case, a line per touched period of every meter of a batch.
+/// machinery in the common case, a line per touched period of every meter of a batch:
+/// seven ASCII bytes copied into one allocation of their size (collecting `char`s
+/// grew the string push by push).
 fn period_label(year: i16, month: u8) -> String {
     match (u16::try_from(year), month) {
         (Ok(year @ 0..=9999), 1..=12) => {
-            let digit = |n: u16| char::from(b'0' + (n % 10) as u8);
+            let digit = |n: u16| b'0' + (n % 10) as u8;
             let month = u16::from(month);
-            [
+            let label = [
                 digit(year / 1000),
                 digit(year / 100),
                 digit(year / 10),
                 digit(year),
-                '-',
+                b'-',
                 digit(month / 10),
                 digit(month),
-            ]
-            .into_iter()
-            .collect()
+            ];
+            String::from_utf8_lossy(&label).into_owned()
         }
         _ => format!("{year:04}-{month:02}"),
     }
