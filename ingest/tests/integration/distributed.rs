@@ -287,6 +287,20 @@ async fn settled_aggregates(service: &Meterflow, config: &SimConfig) -> Vec<Stri
     }
 }
 
+/// The same fleet run on one embedded meterflow (in its own directory, kept with it):
+/// what distributed mode's figures must equal.
+async fn embedded_reference(config: &SimConfig) -> (tempfile::TempDir, Meterflow) {
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = start_configured(dir.path(), FAST_FLUSH, &[]);
+    let same = SimConfig {
+        mqtt: embedded.mqtt.to_string(),
+        ..config.clone()
+    };
+    let sent = config.meters as u64 * config.messages_per_meter;
+    assert_eq!(run(same).await.unwrap().acked, sent);
+    (dir, embedded)
+}
+
 /// `yyyy-mm` of an epoch-ms instant in UTC (the demo tenant's billing zone).
 fn utc_month(ts: i64) -> String {
     let (year, month, _) = civil_from_days(day_of(ts));
@@ -337,13 +351,7 @@ async fn two_endpoints_and_two_processors_store_every_reading_once_and_bill_as_e
     // The same fleet on one embedded meterflow: the same bills and alerts, and the
     // same district, top-list and summary figures — each processor wrote only its
     // share of them, and Redis and Cassandra hold the merge.
-    let embedded_dir = tempfile::tempdir().unwrap();
-    let embedded = start_configured(embedded_dir.path(), FAST_FLUSH, &[]);
-    let same = SimConfig {
-        mqtt: embedded.mqtt.to_string(),
-        ..config.clone()
-    };
-    assert_eq!(run(same).await.unwrap().acked, 6_000);
+    let (_embedded_dir, embedded) = embedded_reference(&config).await;
     let expected = bills_and_alerts(&embedded, &config);
     assert!(
         expected.0.iter().all(|b| b.contains(" 200 ")),
@@ -501,13 +509,7 @@ async fn a_processor_that_stalls_past_its_session_writes_nothing_late_and_restar
     assert_eq!(stored_by(&[&p1, &p2]), stored, "a replay stores nothing");
     cluster.wait_settled(&config, Duration::from_secs(5)).await;
 
-    let embedded_dir = tempfile::tempdir().unwrap();
-    let embedded = start_configured(embedded_dir.path(), FAST_FLUSH, &[]);
-    let same = SimConfig {
-        mqtt: embedded.mqtt.to_string(),
-        ..config.clone()
-    };
-    assert_eq!(run(same).await.unwrap().acked, 6_000);
+    let (_embedded_dir, embedded) = embedded_reference(&config).await;
     let expected = settled_aggregates(&embedded, &config).await;
     assert_eq!(settled_aggregates(&p2, &config).await, expected);
 }
