@@ -52,7 +52,9 @@
 //! up to [`MAX_CHUNK_READINGS`] (128), all in one UTC day, keyed by the first one's
 //! `ts` — and a commit writes one row per meter per day it touches: each reading is
 //! merged into the chunk its `ts` belongs to, usually appended to the day's newest
-//! (read-modify-write; invariants and algorithm in `readings.rs`).
+//! (read-modify-write; invariants and algorithm in `readings.rs`) — without the read
+//! when that chunk is held in memory (`tails.rs`: each meter's newest chunk of its
+//! newest written day, exactly as stored).
 //! The logical model (a reading per meter and `ts`, last write wins), the API and
 //! the single fsynced batch per commit are unchanged.
 //!
@@ -102,6 +104,7 @@ mod outputs;
 mod readings;
 pub mod retention;
 mod rows;
+mod tails;
 
 pub use chunks::MAX_CHUNK_READINGS;
 
@@ -122,6 +125,7 @@ use meterflow_model::{
     SealedBatch, StoredReading,
 };
 
+use self::tails::{TailUpdates, Tails};
 use crate::{ReadingStore, StoreError};
 
 const MIB: u64 = 1024 * 1024;
@@ -192,8 +196,9 @@ pub struct EmbeddedStore {
     alerts: Keyspace,
     district_hourly: Keyspace,
     exceptions: Keyspace,
-    /// Serialises the store's read-modify-writes; see [`Self::lock_writer`].
-    writer: Mutex<()>,
+    /// Serialises the store's read-modify-writes, and guards the meters' newest
+    /// chunks held in memory (`tails.rs`); see [`Self::lock_writer`].
+    writer: Mutex<Tails>,
     /// Set once fjall reports the database poisoned (a failed journal write or
     /// fsync): no later write can succeed without a restart.
     poisoned: AtomicBool,
@@ -223,7 +228,7 @@ impl EmbeddedStore {
             alerts: keyspace(ALERTS, ALERTS_MEMTABLE_BYTES)?,
             district_hourly: keyspace(DISTRICT_HOURLY, DISTRICT_HOURLY_MEMTABLE_BYTES)?,
             exceptions: keyspace(EXCEPTIONS, DISTRICT_HOURLY_MEMTABLE_BYTES)?,
-            writer: Mutex::new(()),
+            writer: Mutex::new(Tails::default()),
             dir: dir.to_path_buf(),
             db,
             poisoned: AtomicBool::new(false),
@@ -306,14 +311,16 @@ impl EmbeddedStore {
 
     /// Adds the readings, meter states and dead letters of `batches` to `batch`; the
     /// caller holds [`Self::lock_writer`] until it commits (readings are merged into
-    /// stored chunks, `readings.rs`).
+    /// stored chunks, `readings.rs`), and then applies the returned tail updates.
     fn stage_batches(
         &self,
         batch: &mut WriteBatch,
         batches: &[SealedBatch],
-    ) -> Result<(), StoreError> {
+        tails: &Tails,
+    ) -> Result<TailUpdates, StoreError> {
+        let mut updates = Vec::new();
         for (key, writes) in writes_by_meter(batches) {
-            self.stage_meter_readings(batch, key, &writes.parts)?;
+            self.stage_meter_readings(batch, key, &writes.parts, tails, &mut updates)?;
             batch.insert(
                 &self.meter_state,
                 keys::meter_state_key(key),
@@ -339,7 +346,7 @@ impl EmbeddedStore {
         for (key, value) in &dead_letters {
             batch.insert(&self.dead_letters, key.as_slice(), value.as_slice());
         }
-        Ok(())
+        Ok(updates)
     }
 
     /// Held by every writer from its first read of stored rows until its batch is
@@ -348,7 +355,7 @@ impl EmbeddedStore {
     /// (`retention.rs`) are read-modify-writes, and two of them interleaved could
     /// each overwrite the other's rows. The sink writes from one thread, so the lock is
     /// uncontended there; it makes correctness independent of how callers call.
-    pub(super) fn lock_writer(&self) -> MutexGuard<'_, ()> {
+    fn lock_writer(&self) -> MutexGuard<'_, Tails> {
         self.writer.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -359,26 +366,30 @@ impl EmbeddedStore {
 
 impl ReadingStore for EmbeddedStore {
     fn write(&self, batches: &[SealedBatch]) -> Result<(), StoreError> {
-        let _writer = self.lock_writer();
+        let mut tails = self.lock_writer();
         let mut batch = self.durable_batch();
-        self.stage_batches(&mut batch, batches)?;
+        let updates = self.stage_batches(&mut batch, batches, &tails)?;
         // An empty batch commits nothing and syncs nothing: there is nothing to make
         // durable.
         batch
             .commit()
-            .map_err(|e| self.fjall_error("writing a batch", e))
+            .map_err(|e| self.fjall_error("writing a batch", e))?;
+        tails.apply(updates);
+        Ok(())
     }
 
     /// One fjall batch, one journal sync: the group's readings, states and dead
     /// letters and every durable output derived from them become durable together.
     fn commit(&self, batches: &[SealedBatch], outputs: &Outputs) -> Result<(), StoreError> {
-        let _writer = self.lock_writer();
+        let mut tails = self.lock_writer();
         let mut batch = self.durable_batch();
-        self.stage_batches(&mut batch, batches)?;
+        let updates = self.stage_batches(&mut batch, batches, &tails)?;
         self.stage_outputs(&mut batch, outputs)?;
         batch
             .commit()
-            .map_err(|e| self.fjall_error("writing a group", e))
+            .map_err(|e| self.fjall_error("writing a group", e))?;
+        tails.apply(updates);
+        Ok(())
     }
 
     fn meter_state(&self, key: &MeterKey) -> Result<Option<MeterState>, StoreError> {

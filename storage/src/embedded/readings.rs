@@ -33,15 +33,23 @@
 //! written under its new first reading's `ts` and its old key removed; a chunk left
 //! empty is removed. A withdrawn `ts` that no chunk holds changes nothing.
 //!
-//! This is a read-modify-write: the store's writer lock (`EmbeddedStore::lock_writer`)
-//! is held from the first read until the batch holding the merged chunks commits, so
-//! a merge never works from a chunk another writer (a second caller, or the
-//! retention sweep) is about to replace.
+//! The common write skips the scan: when the meter's newest chunk of the day is held
+//! in memory (`tails.rs`) and nothing is withdrawn, readings newer than it are
+//! appended to it as they would have been after the scan. A scan tells afterwards
+//! which chunk is the day's newest — the last one it staged or kept, when no chunk
+//! of the day lies beyond its newest edit (one more seek) — and the write hands
+//! that on as the meter's tail once the batch commits.
+//!
+//! This is a read-modify-write: the store's writer lock (`EmbeddedStore::lock_writer`,
+//! which also guards the tails) is held from the first read until the batch holding
+//! the merged chunks commits, so a merge never works from a chunk another writer (a
+//! second caller, or the retention sweep) is about to replace.
 
-use fjall::{OwnedWriteBatch as WriteBatch, UserKey, UserValue};
+use fjall::{OwnedWriteBatch as WriteBatch, UserValue};
 use meterflow_model::{MeterBatch, MeterKey, StoredReading};
 
 use super::chunks::{self, MAX_CHUNK_READINGS};
+use super::tails::{StoredChunk, Tail, TailUpdate, TailUpdates, Tails};
 use super::{EmbeddedStore, MAX_PREALLOCATED_ROWS, READINGS, keep_last_by, keys};
 use crate::StoreError;
 
@@ -51,12 +59,15 @@ impl EmbeddedStore {
     /// ([`MeterBatch::withdrawn`]). `parts` are its shares of each batch of the call,
     /// in batch order: when a `ts` occurs more than once, the occurrence in the later
     /// part, or later in the same part, is the one that counts. The caller holds the
-    /// writer lock until it commits.
+    /// writer lock (and `tails`, which it guards) until it commits, and then applies
+    /// what this pushed to `updates`.
     pub(super) fn stage_meter_readings(
         &self,
         batch: &mut WriteBatch,
         key: &MeterKey,
         parts: &[&MeterBatch],
+        tails: &Tails,
+        updates: &mut TailUpdates,
     ) -> Result<(), StoreError> {
         if parts.is_empty() {
             return Ok(());
@@ -70,24 +81,61 @@ impl EmbeddedStore {
         while let Some((oldest, _)) = pending.span() {
             let day = chunks::bucket(oldest);
             let (of_day, later) = pending.split_while(|ts| chunks::bucket(ts) == day);
-            self.merge_into_day(batch, &prefix, of_day)?;
+            let update = match tails.get(&prefix, day) {
+                Some(tail) if of_day.withdrawn.is_empty() => {
+                    self.append_to_tail(batch, tail, of_day.rows)?
+                }
+                _ => None,
+            };
+            let update = match update {
+                Some(update) => update,
+                None => self.merge_into_day(batch, &prefix, day, of_day)?,
+            };
+            updates.push((prefix.as_slice().into(), update));
             pending = later;
         }
         Ok(())
     }
 
-    /// Merges `edits` — of one meter (`prefix`) in one day — into that day's chunks
+    /// Appends `rows` (of the tail's day) to the meter's newest chunk of that day
+    /// without reading it, when they are all newer than its last reading and fit;
+    /// `None` when they do not (the day is then merged the reading way).
+    fn append_to_tail(
+        &self,
+        batch: &mut WriteBatch,
+        tail: &Tail,
+        rows: &[StoredReading],
+    ) -> Result<Option<TailUpdate>, StoreError> {
+        let chunk = &tail.chunk;
+        let Some(appended) = chunks::append_to_chunk(chunk.first, &chunk.value, rows)
+            .map_err(|e| self.corrupt_row(READINGS, &chunk.key, e))?
+        else {
+            return Ok(None);
+        };
+        let chunk = StoredChunk {
+            value: appended.into(),
+            ..chunk.clone()
+        };
+        batch.insert(&self.readings, chunk.key.clone(), chunk.value.clone());
+        Ok(Some(TailUpdate::Set(Tail {
+            day: tail.day,
+            chunk,
+        })))
+    }
+
+    /// Merges `edits` — of one meter (`prefix`) in one `day` — into that day's chunks
     /// (see the module doc). One forward scan over the day's chunks up to the newest
     /// edited `ts`, holding one chunk back: the held chunk receives the edits older
-    /// than the next chunk's first `ts`.
+    /// than the next chunk's first `ts`. Returns what becomes of the meter's tail.
     fn merge_into_day(
         &self,
         batch: &mut WriteBatch,
         prefix: &[u8],
+        day: i64,
         edits: DayEdits<'_>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<TailUpdate, StoreError> {
         let Some((oldest, newest)) = edits.span() else {
-            return Ok(());
+            return Ok(TailUpdate::Keep);
         };
         let day_start = keys::reading_key(prefix, chunks::bucket_start(oldest));
         let through_newest = keys::reading_key(prefix, newest);
@@ -103,47 +151,64 @@ impl EmbeddedStore {
                 value,
             };
             let (older, rest) = pending.split_while(|ts| ts < chunk.first);
-            match held.replace(chunk) {
+            // Only the day's last chunk tells what the tail becomes.
+            let _ = match held.replace(chunk) {
                 Some(before) => self.merge_into_chunk(batch, prefix, &before, older)?,
                 // Older than the day's first chunk: new chunks of their own (nothing
                 // is stored there to withdraw).
                 None => self.stage_chunks(batch, prefix, older.rows),
-            }
+            };
             pending = rest;
             if pending.is_empty() {
                 break;
             }
         }
-        match held {
-            Some(last) => self.merge_into_chunk(batch, prefix, &last, pending),
-            None => {
-                self.stage_chunks(batch, prefix, pending.rows);
-                Ok(())
+        let last = match held {
+            Some(last) => self.merge_into_chunk(batch, prefix, &last, pending)?,
+            None => self.stage_chunks(batch, prefix, pending.rows),
+        };
+        // The day's newest chunk is the last one staged or kept here, unless one of
+        // the day lies beyond the newest edit (then this write did not touch it).
+        let day_last = chunks::bucket_start(newest).saturating_add(chunks::BUCKET_MS - 1);
+        if newest < day_last {
+            let beyond =
+                keys::reading_key(prefix, newest + 1)..=keys::reading_key(prefix, day_last);
+            if self.readings.range(beyond).next().is_some() {
+                return Ok(TailUpdate::Keep);
             }
         }
+        Ok(match last {
+            Some(chunk) => TailUpdate::Set(Tail { day, chunk }),
+            None => TailUpdate::Forget { day },
+        })
     }
 
     /// Stages `chunk` with `edits` merged in (at or after its first `ts`, before the
     /// next chunk's); a chunk that receives nothing is left alone. A chunk whose
     /// first reading is withdrawn moves to the key of its new first one; one with
-    /// none left is removed.
+    /// none left is removed. Returns the last chunk of its range afterwards (none
+    /// when nothing is left of it).
     fn merge_into_chunk(
         &self,
         batch: &mut WriteBatch,
         prefix: &[u8],
         chunk: &StoredChunk,
         edits: DayEdits<'_>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<StoredChunk>, StoreError> {
         if edits.is_empty() {
-            return Ok(());
+            return Ok(Some(chunk.clone()));
         }
         let corrupt = |e| self.corrupt_row(READINGS, &chunk.key, e);
         if edits.withdrawn.is_empty()
             && let Some(appended) =
                 chunks::append_to_chunk(chunk.first, &chunk.value, edits.rows).map_err(corrupt)?
         {
-            batch.insert(&self.readings, chunk.key.clone(), appended);
-            return Ok(());
+            let value = UserValue::from(appended);
+            batch.insert(&self.readings, chunk.key.clone(), value.clone());
+            return Ok(Some(StoredChunk {
+                value,
+                ..chunk.clone()
+            }));
         }
         let stored = chunks::decode_chunk(chunk.first, &chunk.value)
             .map_err(|e| self.corrupt_row(READINGS, &chunk.key, e))?;
@@ -154,20 +219,28 @@ impl EmbeddedStore {
                 batch.remove(&self.readings, chunk.key.clone());
             }
         }
-        self.stage_chunks(batch, prefix, &merged);
-        Ok(())
+        Ok(self.stage_chunks(batch, prefix, &merged))
     }
 
     /// Adds `readings` (strictly ascending, within one day) to `batch` as chunks of at
-    /// most [`MAX_CHUNK_READINGS`], each keyed by its first `ts`.
-    fn stage_chunks(&self, batch: &mut WriteBatch, prefix: &[u8], readings: &[StoredReading]) {
+    /// most [`MAX_CHUNK_READINGS`], each keyed by its first `ts`; returns the last.
+    fn stage_chunks(
+        &self,
+        batch: &mut WriteBatch,
+        prefix: &[u8],
+        readings: &[StoredReading],
+    ) -> Option<StoredChunk> {
+        let mut last = None;
         for piece in readings.chunks(MAX_CHUNK_READINGS) {
-            batch.insert(
-                &self.readings,
-                keys::reading_key(prefix, piece[0].reading.ts),
-                chunks::encode_chunk(piece),
-            );
+            let chunk = StoredChunk {
+                key: keys::reading_key(prefix, piece[0].reading.ts).into(),
+                first: piece[0].reading.ts,
+                value: chunks::encode_chunk(piece).into(),
+            };
+            batch.insert(&self.readings, chunk.key.clone(), chunk.value.clone());
+            last = Some(chunk);
         }
+        last
     }
 
     /// The first `ts` of the chunk at `key`.
@@ -228,14 +301,6 @@ impl EmbeddedStore {
         self.stage_chunks(batch, prefix, &stored[expired..]);
         Ok(expired as u64)
     }
-}
-
-/// A chunk as read from the keyspace.
-struct StoredChunk {
-    key: UserKey,
-    /// Its first `ts`, from the key.
-    first: i64,
-    value: UserValue,
 }
 
 /// What one write does to a meter's rows: the rows to store (ascending `ts`, one

@@ -220,7 +220,7 @@ impl EmbeddedStore {
                 .ok_or_else(|| self.corrupt_row(table, &key, "key without its ids"))?;
             let mut range = expired_range(prefix, expiry.cutoff_ms);
             loop {
-                let _writer = self.lock_writer();
+                let mut tails = self.lock_writer();
                 let doomed = keyspace
                     .range(range.clone())
                     .take(chunk)
@@ -236,13 +236,17 @@ impl EmbeddedStore {
                 let count = doomed.len();
                 for (key, value) in &doomed {
                     rows += match expiry.table {
-                        Table::Readings => self.stage_chunk_expiry(
-                            &mut batch,
-                            prefix,
-                            key,
-                            value,
-                            expiry.cutoff_ms,
-                        )?,
+                        Table::Readings => {
+                            // Its chunks change under the key it might append to.
+                            tails.forget(prefix);
+                            self.stage_chunk_expiry(
+                                &mut batch,
+                                prefix,
+                                key,
+                                value,
+                                expiry.cutoff_ms,
+                            )?
+                        }
                         Table::DeadLetters | Table::DistrictHourly => {
                             batch.remove(keyspace, key.clone());
                             1
