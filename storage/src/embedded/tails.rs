@@ -15,7 +15,9 @@
 //! - a reopened store starts with none.
 //!
 //! At most [`MAX_TAILS`] meters are held (~1–2 KiB each: a chunk of a day's
-//! fifteen-minute reads); past that, a meter not held is written the reading way.
+//! fifteen-minute reads, so up to ~130 MiB); past that, a meter not held is written the
+//! reading way. The first meters written keep their places (no eviction): a tail is
+//! only given up when its meter's chunks change under it.
 
 use std::collections::HashMap;
 
