@@ -18,7 +18,9 @@
 //! run hydrates from the store like one after `kill -9`. A lapse with nothing held
 //! restarts it too: one rule, and a run whose partitions were all taken is no loss.
 //!
-//! What it cannot see: a freeze inside a store write (between its statements), a
+//! What it cannot see: a freeze inside a store write (between its statements; a
+//! ScyllaDB group write waits for the cluster several times, so under load that is
+//! common), a
 //! member evicted without a freeze (cut off from the brokers but not from the store),
 //! whose drain races its partitions' next owner, and a host suspended to memory (the
 //! monotonic clock it reads stops too).
