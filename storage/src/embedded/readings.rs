@@ -45,7 +45,7 @@
 //! the merged chunks commits, so a merge never works from a chunk another writer (a
 //! second caller, or the retention sweep) is about to replace.
 
-use fjall::{OwnedWriteBatch as WriteBatch, UserValue};
+use fjall::OwnedWriteBatch as WriteBatch;
 use meterflow_model::{MeterBatch, MeterKey, StoredReading};
 
 use super::chunks::{self, MAX_CHUNK_READINGS};
@@ -81,32 +81,34 @@ impl EmbeddedStore {
         while let Some((oldest, _)) = pending.span() {
             let day = chunks::bucket(oldest);
             let (of_day, later) = pending.split_while(|ts| chunks::bucket(ts) == day);
-            let update = match tails.get(&prefix, day) {
+            // The day's newest chunk held in memory: append to it without the scan.
+            let appended = match tails.get(&prefix, day) {
                 Some(tail) if of_day.withdrawn.is_empty() => {
-                    self.append_to_tail(batch, tail, of_day.rows)?
+                    self.append(batch, &tail.chunk, of_day.rows)?
                 }
                 _ => None,
             };
-            let update = match update {
-                Some(update) => update,
+            let update = match appended {
+                Some(chunk) => TailUpdate::Set(Tail { day, chunk }),
                 None => self.merge_into_day(batch, &prefix, day, of_day)?,
             };
-            updates.push((prefix.as_slice().into(), update));
+            if !matches!(update, TailUpdate::Keep) {
+                updates.push((prefix.as_slice().into(), update));
+            }
             pending = later;
         }
         Ok(())
     }
 
-    /// Appends `rows` (of the tail's day) to the meter's newest chunk of that day
-    /// without reading it, when they are all newer than its last reading and fit;
-    /// `None` when they do not (the day is then merged the reading way).
-    fn append_to_tail(
+    /// Stages `chunk` with `rows` appended, when they are all newer than its last
+    /// reading and fit under the cap (only they are encoded); `None` when they do not
+    /// (the chunk has to be decoded and merged). Returns the chunk as staged.
+    fn append(
         &self,
         batch: &mut WriteBatch,
-        tail: &Tail,
+        chunk: &StoredChunk,
         rows: &[StoredReading],
-    ) -> Result<Option<TailUpdate>, StoreError> {
-        let chunk = &tail.chunk;
+    ) -> Result<Option<StoredChunk>, StoreError> {
         let Some(appended) = chunks::append_to_chunk(chunk.first, &chunk.value, rows)
             .map_err(|e| self.corrupt_row(READINGS, &chunk.key, e))?
         else {
@@ -117,10 +119,7 @@ impl EmbeddedStore {
             ..chunk.clone()
         };
         batch.insert(&self.readings, chunk.key.clone(), chunk.value.clone());
-        Ok(Some(TailUpdate::Set(Tail {
-            day: tail.day,
-            chunk,
-        })))
+        Ok(Some(chunk))
     }
 
     /// Merges `edits` — of one meter (`prefix`) in one `day` — into that day's chunks
@@ -198,17 +197,10 @@ impl EmbeddedStore {
         if edits.is_empty() {
             return Ok(Some(chunk.clone()));
         }
-        let corrupt = |e| self.corrupt_row(READINGS, &chunk.key, e);
         if edits.withdrawn.is_empty()
-            && let Some(appended) =
-                chunks::append_to_chunk(chunk.first, &chunk.value, edits.rows).map_err(corrupt)?
+            && let Some(appended) = self.append(batch, chunk, edits.rows)?
         {
-            let value = UserValue::from(appended);
-            batch.insert(&self.readings, chunk.key.clone(), value.clone());
-            return Ok(Some(StoredChunk {
-                value,
-                ..chunk.clone()
-            }));
+            return Ok(Some(appended));
         }
         let stored = chunks::decode_chunk(chunk.first, &chunk.value)
             .map_err(|e| self.corrupt_row(READINGS, &chunk.key, e))?;

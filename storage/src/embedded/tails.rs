@@ -44,7 +44,7 @@ pub(super) struct Tail {
 /// What a staged write does to its meter's tail, once committed.
 #[derive(Debug)]
 pub(super) enum TailUpdate {
-    /// The write left the day's newest chunk alone.
+    /// The write left the day's newest chunk alone (not staged).
     Keep,
     /// The day's newest chunk is now this.
     Set(Tail),
