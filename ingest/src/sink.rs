@@ -100,7 +100,8 @@ pub struct Sink {
     /// In a processor: whether it may still write as its partitions' owner. Checked
     /// right before every store write and when idle (so a lapse is acted on within
     /// about [`CACHE_RETRY_EVERY`], between groups): once lapsed, the process restarts
-    /// in place without writing (docs/distributed.md, "A stalled former owner").
+    /// in place without writing (docs/distributed.md, "A late former owner starts no
+    /// late write").
     pub ownership: Option<Arc<OwnershipLease>>,
 }
 
