@@ -71,6 +71,7 @@ use meterflow_model::{
 };
 
 use crate::Processor;
+use crate::by_time::ByTime;
 use crate::calendar::HOUR_MS;
 use crate::tenants::TenantDirectory;
 use fold::{Episodes, FoldRules, Item, fold_item, merged};
@@ -315,7 +316,7 @@ fn take_rows(
     let inside = |ts: i64| floor.is_none_or(|f| ts > f);
     for row in rows.iter().filter(|row| inside(row.reading.ts)) {
         let ts = row.reading.ts;
-        let at = alerts.rows.binary_search_by_key(&ts, |r| r.ts);
+        let at = alerts.rows.find_time(ts, |r| r.ts);
         match (rule_row(row), at) {
             (None, Ok(index)) => {
                 alerts.rows.remove(index);
@@ -587,7 +588,7 @@ fn settle(alerts: &mut AlertState, rules: FoldRules<'_>, point: Option<i64>) {
     if alerts.settled_ts.is_some_and(|s| point <= s) {
         return;
     }
-    let rows = alerts.rows.partition_point(|r| r.ts <= point);
+    let rows = alerts.rows.count_before(point.saturating_add(1), |r| r.ts);
     // Their steps were emitted when the head first folded them.
     let statuses = alerts.statuses.iter().take_while(|s| s.ts <= point);
     let settling = merged(alerts.rows.range(..rows), statuses);

@@ -94,6 +94,7 @@ use meterflow_model::{
 use std::collections::HashMap;
 
 use crate::Processor;
+use crate::by_time::ByTime;
 use crate::calendar::{LocalCalendar, LocalSpan};
 use crate::tenants::{PerTenant, ProcessorsConfigError, TenantDirectory, TenantEntry};
 
@@ -294,7 +295,7 @@ fn take_row(
         billing.reported_to = billing.reported_to.max(Some(ts));
     }
     let open = &mut billing.open;
-    let at = open.binary_search_by_key(&ts, |p| p.ts);
+    let at = open.find_time(ts, |p| p.ts);
     if let Ok(i) = at {
         open.remove(i);
     }
@@ -405,7 +406,7 @@ fn with_open_reads(billing: &BillingState, calendar: &mut LocalCalendar) -> Bill
     let mut rest = &billing.open[..];
     while let Some(first) = rest.first() {
         let month_end = calendar.month(first.ts).end_ms;
-        let (month, later) = rest.split_at(rest.partition_point(|p| p.ts < month_end));
+        let (month, later) = rest.split_at(rest.count_before(month_end, |p| p.ts));
         for point in [month.first(), month.last()].into_iter().flatten() {
             view.passed
                 .extend(observe(&mut view.periods, *point, calendar));

@@ -29,6 +29,7 @@
 pub mod alerting;
 pub mod analytics;
 pub mod billing;
+mod by_time;
 pub mod calendar;
 pub mod notify;
 pub mod tenants;

@@ -98,6 +98,7 @@ use meterflow_model::{
 };
 
 use crate::Processor;
+use crate::by_time::ByTime;
 use crate::calendar::HOUR_MS;
 use crate::tenants::TenantDirectory;
 
@@ -553,7 +554,7 @@ fn admit(
             out.push(row);
             continue;
         }
-        if let Err(at) = state.window.binary_search_by_key(&ts, |r| r.reading.ts) {
+        if let Err(at) = state.window.find_time(ts, |r| r.reading.ts) {
             state.window.insert(at, raw(stored));
             oldest_new = Some(oldest_new.map_or(ts, |o: i64| o.min(ts)));
         }
@@ -672,7 +673,7 @@ impl Rerun<'_> {
         out: &mut Vec<StoredReading>,
         notes: &mut Vec<Note>,
     ) -> VeeFold {
-        let split = self.window.partition_point(|r| r.reading.ts < self.from);
+        let split = self.window.count_before(self.from, |r| r.reading.ts);
         let mut pass = Pass::silent(rules, settled.clone(), self.window, self.orders);
         pass.run(&self.window[..split]);
         pass.emit_from_here(out, notes);

@@ -89,18 +89,29 @@ pub(crate) fn encode_chunk(readings: &[StoredReading]) -> Vec<u8> {
     with_header(first_ts, readings.len(), &tail, &[&body])
 }
 
+/// What appending readings to a stored chunk gives ([`append_to_chunk`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Append {
+    /// The chunk's value with the readings appended.
+    Appended(Vec<u8>),
+    /// The readings are all newer than the chunk's last but do not fit under the
+    /// cap with it: they can start a chunk of their own after it.
+    Full,
+    /// Not all newer than the chunk's last (or none given, or the value is an older
+    /// single-reading row): the chunk has to be decoded and merged.
+    Merge,
+}
+
 /// The chunk value `value` (at `first_ts`) with `new` appended, when every reading
-/// of `new` is newer than the chunk's last and they fit under the cap; `None` when
-/// they do not (or `value` is an older single-reading row), and the chunk has to be
-/// decoded and merged. Only the header is read: the stored readings' bytes are
-/// copied, not checked.
+/// of `new` is newer than the chunk's last and they fit under the cap. Only the
+/// header is read: the stored readings' bytes are copied, not checked.
 pub(crate) fn append_to_chunk(
     first_ts: i64,
     value: &[u8],
     new: &[StoredReading],
-) -> Result<Option<Vec<u8>>, RowError> {
+) -> Result<Append, RowError> {
     let Some((&CHUNK_FORMAT_VERSION, rest)) = value.split_first() else {
-        return Ok(None);
+        return Ok(Append::Merge);
     };
     let mut cursor = Cursor(rest);
     let (count, mut tail) = cursor.header(first_ts)?;
@@ -108,12 +119,15 @@ pub(crate) fn append_to_chunk(
     let after_tail = new
         .first()
         .is_some_and(|oldest| oldest.reading.ts > tail.ts);
-    if !after_tail || count > MAX_CHUNK_READINGS {
-        return Ok(None);
+    if !after_tail {
+        return Ok(Append::Merge);
+    }
+    if count > MAX_CHUNK_READINGS {
+        return Ok(Append::Full);
     }
     let mut appended = Vec::with_capacity(MAX_READING_BYTES * new.len());
     put_readings(&mut appended, new, &mut tail, true);
-    Ok(Some(with_header(
+    Ok(Append::Appended(with_header(
         first_ts,
         count,
         &tail,
@@ -490,17 +504,20 @@ pub(super) mod tests {
             let (first, last) = (stored[0].reading.ts, stored[split - 1].reading.ts);
             let appended = append_to_chunk(first, &value, new).unwrap();
             if new.is_empty() {
-                prop_assert_eq!(appended, None);
+                prop_assert_eq!(appended, Append::Merge);
             } else {
-                prop_assert_eq!(appended, Some(encode_chunk(&readings)));
-                prop_assert_eq!(append_to_chunk(first, &value, &stored[split - 1..]), Ok(None));
+                prop_assert_eq!(appended, Append::Appended(encode_chunk(&readings)));
+                prop_assert_eq!(
+                    append_to_chunk(first, &value, &stored[split - 1..]),
+                    Ok(Append::Merge)
+                );
             }
             if let Some(room) = last.checked_add(2 * MAX_CHUNK_READINGS as i64) {
                 let too_many = (1..=MAX_CHUNK_READINGS + 1 - stored.len() + extra)
                     .map(|i| at(room - i as i64, 1))
                     .rev()
                     .collect::<Vec<_>>();
-                prop_assert_eq!(append_to_chunk(first, &value, &too_many), Ok(None));
+                prop_assert_eq!(append_to_chunk(first, &value, &too_many), Ok(Append::Full));
             }
         }
 
@@ -608,7 +625,7 @@ pub(super) mod tests {
         let row = rows::encode_reading(&stored);
         assert_eq!(decode_chunk(42, &row), Ok(vec![stored]));
         // It is merged, not appended to.
-        assert_eq!(append_to_chunk(42, &row, &[at(43, 8)]), Ok(None));
+        assert_eq!(append_to_chunk(42, &row, &[at(43, 8)]), Ok(Append::Merge));
     }
 
     #[test]

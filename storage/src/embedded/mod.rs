@@ -53,8 +53,9 @@
 //! `ts` — and a commit writes one row per meter per day it touches: each reading is
 //! merged into the chunk its `ts` belongs to, usually appended to the day's newest
 //! (read-modify-write; invariants and algorithm in `readings.rs`) — without the read
-//! when that chunk is held in memory (`tails.rs`: each meter's newest chunk of its
-//! newest written day, exactly as stored).
+//! when the meter's newest chunk is held in memory (`tails.rs`, exactly as stored;
+//! a message that begins a new day, or finds that chunk full, then starts a chunk
+//! without a read too).
 //! The logical model (a reading per meter and `ts`, last write wins), the API and
 //! the single fsynced batch per commit are unchanged.
 //!

@@ -33,12 +33,13 @@
 //! written under its new first reading's `ts` and its old key removed; a chunk left
 //! empty is removed. A withdrawn `ts` that no chunk holds changes nothing.
 //!
-//! The common write skips the scan: when the meter's newest chunk of the day is held
-//! in memory (`tails.rs`) and nothing is withdrawn, readings newer than it are
-//! appended to it as they would have been after the scan. A scan tells afterwards
-//! which chunk is the day's newest — the last one it staged or kept, when no chunk
-//! of the day lies beyond its newest edit (one more seek) — and the write hands
-//! that on as the meter's tail once the batch commits.
+//! The common write skips the scan: when the meter's newest chunk is held in memory
+//! (`tails.rs`) and nothing is withdrawn, readings newer than it are appended to it
+//! as they would have been after the scan, or — when it is full, or they begin a
+//! later day, which then has no chunk yet — become chunks of their own after it. A
+//! scan tells afterwards which chunk is the meter's newest — the last one it staged
+//! or kept, when no chunk of the meter lies beyond its newest edit (one more seek) —
+//! and the write hands that on as the meter's tail once the batch commits.
 //!
 //! This is a read-modify-write: the store's writer lock (`EmbeddedStore::lock_writer`,
 //! which also guards the tails) is held from the first read until the batch holding
@@ -48,7 +49,7 @@
 use fjall::OwnedWriteBatch as WriteBatch;
 use meterflow_model::{MeterBatch, MeterKey, StoredReading};
 
-use super::chunks::{self, MAX_CHUNK_READINGS};
+use super::chunks::{self, Append, MAX_CHUNK_READINGS};
 use super::tails::{StoredChunk, Tail, TailUpdate, TailUpdates, Tails};
 use super::{EmbeddedStore, MAX_PREALLOCATED_ROWS, READINGS, keep_last_by, keys};
 use crate::StoreError;
@@ -81,15 +82,16 @@ impl EmbeddedStore {
         while let Some((oldest, _)) = pending.span() {
             let day = chunks::bucket(oldest);
             let (of_day, later) = pending.split_while(|ts| chunks::bucket(ts) == day);
-            // The day's newest chunk held in memory: append to it without the scan.
-            let appended = match tails.get(&prefix, day) {
-                Some(tail) if of_day.withdrawn.is_empty() => {
-                    self.append(batch, &tail.chunk, of_day.rows)?
+            // The meter's newest chunk held in memory: readings after it go after it
+            // without the scan.
+            let extended = match tails.newest(&prefix) {
+                Some(tail) if of_day.withdrawn.is_empty() && tail.day <= day => {
+                    self.extend_newest(batch, &prefix, tail, day, of_day.rows)?
                 }
                 _ => None,
             };
-            let update = match appended {
-                Some(chunk) => TailUpdate::Set(Tail { day, chunk }),
+            let update = match extended {
+                Some(update) => update,
                 None => self.merge_into_day(batch, &prefix, day, of_day)?,
             };
             if !matches!(update, TailUpdate::Keep) {
@@ -100,26 +102,53 @@ impl EmbeddedStore {
         Ok(())
     }
 
+    /// Stages `rows` (of `day`, none withdrawn) after `tail`, the meter's newest
+    /// chunk, without reading the store: appended to it when they are all newer and
+    /// fit, as chunks of their own when they are all newer and do not fit or belong to
+    /// a later day (which then has no chunk yet). `None` when some are not newer: the
+    /// day has to be merged.
+    fn extend_newest(
+        &self,
+        batch: &mut WriteBatch,
+        prefix: &[u8],
+        tail: &Tail,
+        day: i64,
+        rows: &[StoredReading],
+    ) -> Result<Option<TailUpdate>, StoreError> {
+        if tail.day == day {
+            match self.append(batch, &tail.chunk, rows)? {
+                Appending::Staged(chunk) => return Ok(Some(TailUpdate::Set(Tail { day, chunk }))),
+                Appending::Full => {}
+                Appending::Merge => return Ok(None),
+            }
+        }
+        Ok(self
+            .stage_chunks(batch, prefix, rows)
+            .map(|chunk| TailUpdate::Set(Tail { day, chunk })))
+    }
+
     /// Stages `chunk` with `rows` appended, when they are all newer than its last
-    /// reading and fit under the cap (only they are encoded); `None` when they do not
-    /// (the chunk has to be decoded and merged). Returns the chunk as staged.
+    /// reading and fit under the cap (only they are encoded).
     fn append(
         &self,
         batch: &mut WriteBatch,
         chunk: &StoredChunk,
         rows: &[StoredReading],
-    ) -> Result<Option<StoredChunk>, StoreError> {
-        let Some(appended) = chunks::append_to_chunk(chunk.first, &chunk.value, rows)
-            .map_err(|e| self.corrupt_row(READINGS, &chunk.key, e))?
-        else {
-            return Ok(None);
-        };
-        let chunk = StoredChunk {
-            value: appended.into(),
-            ..chunk.clone()
-        };
-        batch.insert(&self.readings, chunk.key.clone(), chunk.value.clone());
-        Ok(Some(chunk))
+    ) -> Result<Appending, StoreError> {
+        let appended = chunks::append_to_chunk(chunk.first, &chunk.value, rows)
+            .map_err(|e| self.corrupt_row(READINGS, &chunk.key, e))?;
+        Ok(match appended {
+            Append::Appended(value) => {
+                let chunk = StoredChunk {
+                    value: value.into(),
+                    ..chunk.clone()
+                };
+                batch.insert(&self.readings, chunk.key.clone(), chunk.value.clone());
+                Appending::Staged(chunk)
+            }
+            Append::Full => Appending::Full,
+            Append::Merge => Appending::Merge,
+        })
     }
 
     /// Merges `edits` — of one meter (`prefix`) in one `day` — into that day's chunks
@@ -166,12 +195,11 @@ impl EmbeddedStore {
             Some(last) => self.merge_into_chunk(batch, prefix, &last, pending)?,
             None => self.stage_chunks(batch, prefix, pending.rows),
         };
-        // The day's newest chunk is the last one staged or kept here, unless one of
-        // the day lies beyond the newest edit (then this write did not touch it).
-        let day_last = chunks::bucket_start(newest).saturating_add(chunks::BUCKET_MS - 1);
-        if newest < day_last {
+        // The meter's newest chunk is the last one staged or kept here, unless one
+        // lies beyond the newest edit (then this write did not touch it).
+        if newest < i64::MAX {
             let beyond =
-                keys::reading_key(prefix, newest + 1)..=keys::reading_key(prefix, day_last);
+                keys::reading_key(prefix, newest + 1)..=keys::reading_key(prefix, i64::MAX);
             if self.readings.range(beyond).next().is_some() {
                 return Ok(TailUpdate::Keep);
             }
@@ -198,7 +226,7 @@ impl EmbeddedStore {
             return Ok(Some(chunk.clone()));
         }
         if edits.withdrawn.is_empty()
-            && let Some(appended) = self.append(batch, chunk, edits.rows)?
+            && let Appending::Staged(appended) = self.append(batch, chunk, edits.rows)?
         {
             return Ok(Some(appended));
         }
@@ -293,6 +321,16 @@ impl EmbeddedStore {
         self.stage_chunks(batch, prefix, &stored[expired..]);
         Ok(expired as u64)
     }
+}
+
+/// What [`EmbeddedStore::append`] did with a chunk.
+enum Appending {
+    /// Staged the chunk with the readings appended: this one.
+    Staged(StoredChunk),
+    /// Nothing: the readings are all newer than the chunk's last but do not fit in it.
+    Full,
+    /// Nothing: the chunk has to be decoded and merged.
+    Merge,
 }
 
 /// What one write does to a meter's rows: the rows to store (ascending `ts`, one

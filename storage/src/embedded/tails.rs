@@ -1,16 +1,20 @@
-//! The newest chunk of each meter's newest written day, kept in memory beside the
-//! `readings` keyspace, so that the common write — a meter's next message, readings
-//! newer than any it stored that day — appends to that chunk without reading it
-//! back (the range read of a merge was ~11 % of a group commit's instructions and,
-//! once the chunk's day is flushed out of the memtables, a block decode too).
+//! The newest chunk of each meter, kept in memory beside the `readings` keyspace, so
+//! that the common write — a meter's next message, readings newer than any it
+//! stored — goes after that chunk without reading the store: appended to it, or as a
+//! chunk of its own when it is full or the readings begin a later day (the range
+//! read of a merge was ~11 % of a group commit's instructions and, once the chunk's
+//! day is flushed out of the memtables, a block decode too).
 //!
-//! A [`Tail`] is exactly the stored chunk: the newest chunk of its meter in its day,
-//! under the same key, with the same bytes. It is kept so by whoever holds the
-//! writer lock, which guards [`Tails`]:
+//! A [`Tail`] is exactly the stored chunk: the meter's newest chunk (no chunk of the
+//! meter has a later key), under the same key, with the same bytes. It is kept so by
+//! whoever holds the writer lock, which guards [`Tails`]:
 //! - a write stages its updates ([`TailUpdate`]) and applies them only once its batch
 //!   has committed (a failed commit leaves the tails as the store is);
-//! - a write that cannot tell which chunk is its day's newest afterwards forgets the
-//!   meter; one whose day has a newer chunk than anything it touched keeps the tail;
+//! - a write that goes after the tail hands on the last chunk it staged; one that
+//!   merged hands on the last chunk it staged or kept only when no chunk of the meter
+//!   lies beyond its newest edit (one more seek) — when one does, it did not touch
+//!   the tail, and when it left its day empty the meter is forgotten if that day was
+//!   the tail's;
 //! - the retention sweep forgets every meter whose chunks it rewrites;
 //! - a reopened store starts with none.
 //!
@@ -34,7 +38,7 @@ pub(super) struct StoredChunk {
     pub(super) value: UserValue,
 }
 
-/// The newest chunk of a meter in `day` (a [`super::chunks::bucket`]).
+/// The newest chunk of a meter, in `day` (a [`super::chunks::bucket`]).
 #[derive(Clone, Debug)]
 pub(super) struct Tail {
     pub(super) day: i64,
@@ -44,11 +48,12 @@ pub(super) struct Tail {
 /// What a staged write does to its meter's tail, once committed.
 #[derive(Debug)]
 pub(super) enum TailUpdate {
-    /// The write left the day's newest chunk alone (not staged).
+    /// The write left the meter's newest chunk alone (not staged).
     Keep,
-    /// The day's newest chunk is now this.
+    /// The meter's newest chunk is now this.
     Set(Tail),
-    /// The write changed `day` and cannot tell its newest chunk.
+    /// The write left `day` without chunks, and none beyond: the meter's newest
+    /// chunk, if any, is of an earlier day.
     Forget { day: i64 },
 }
 
@@ -63,9 +68,9 @@ pub(super) struct Tails {
 }
 
 impl Tails {
-    /// The tail of the meter with `prefix` in `day`, if held.
-    pub(super) fn get(&self, prefix: &[u8], day: i64) -> Option<&Tail> {
-        self.by_meter.get(prefix).filter(|tail| tail.day == day)
+    /// The newest chunk of the meter with `prefix`, if held.
+    pub(super) fn newest(&self, prefix: &[u8]) -> Option<&Tail> {
+        self.by_meter.get(prefix)
     }
 
     /// Forgets the meter's tail (its chunks are being rewritten).
@@ -73,9 +78,10 @@ impl Tails {
         self.by_meter.remove(prefix);
     }
 
-    /// Applies a committed write's updates, in the order staged. A tail of a later
-    /// day than the one held replaces it; one of an earlier day does not (the later
-    /// day's chunk is still what the meter's next message appends to).
+    /// Applies a committed write's updates, in the order staged (a write staged
+    /// them day by day, oldest first). A forget of a later day than the tail's
+    /// leaves it: that day had no chunk before and has none now. (A tail of an
+    /// earlier day than the one held does not replace it.)
     pub(super) fn apply(&mut self, updates: TailUpdates) {
         for (prefix, update) in updates {
             match update {
@@ -131,11 +137,10 @@ mod tests {
         let mut tails = Tails::default();
         tails.apply(vec![(prefix("m1"), TailUpdate::Set(tail(10, 100)))]);
         tails.apply(vec![(prefix("m1"), TailUpdate::Set(tail(9, 90)))]);
-        assert_eq!(tails.get(b"m1", 10).map(|t| t.chunk.first), Some(100));
-        assert!(tails.get(b"m1", 9).is_none());
+        let newest = |tails: &Tails| tails.newest(b"m1").map(|t| (t.day, t.chunk.first));
+        assert_eq!(newest(&tails), Some((10, 100)));
         tails.apply(vec![(prefix("m1"), TailUpdate::Set(tail(11, 110)))]);
-        assert_eq!(tails.get(b"m1", 11).map(|t| t.chunk.first), Some(110));
-        assert!(tails.get(b"m1", 10).is_none(), "one day per meter");
+        assert_eq!(newest(&tails), Some((11, 110)), "one chunk per meter");
     }
 
     #[test]
@@ -150,8 +155,8 @@ mod tests {
             (prefix("m2"), TailUpdate::Forget { day: 10 }),
             (prefix("m1"), TailUpdate::Keep),
         ]);
-        assert!(tails.get(b"m1", 10).is_some());
-        assert!(tails.get(b"m2", 10).is_none());
+        assert!(tails.newest(b"m1").is_some());
+        assert!(tails.newest(b"m2").is_none());
         tails.forget(b"m1");
         assert_eq!(tails.len(), 0);
     }
@@ -166,6 +171,6 @@ mod tests {
         assert_eq!(tails.len(), MAX_TAILS);
         // A held meter still moves on.
         tails.apply(vec![(prefix("m0"), TailUpdate::Set(tail(2, 5)))]);
-        assert_eq!(tails.get(b"m0", 2).map(|t| t.chunk.first), Some(5));
+        assert_eq!(tails.newest(b"m0").map(|t| t.chunk.first), Some(5));
     }
 }

@@ -67,10 +67,28 @@ fn slot_ts(slot: i64) -> i64 {
     DAY_0 + slot * MINUTE_MS
 }
 
+/// A message's readings: random slots, or a run of consecutive ones as a meter
+/// sends them, from a few starts in ascending order, so that runs often land after
+/// a meter's newest chunk, overfill it and cross midnight.
+fn readings() -> impl Strategy<Value = Vec<(i64, u64)>> {
+    let start = prop_oneof![
+        slot(),
+        prop::sample::select(vec![0i64, 100, 200, 300, 1_400, 1_500, 1_600]),
+    ];
+    prop_oneof![
+        1 => prop::collection::vec((slot(), 0u64..1_000_000), 0..160),
+        2 => (start, 1i64..150, 0u64..1_000_000).prop_map(|(start, len, reg)| {
+            (start..start + len)
+                .map(|slot| (slot, reg + slot as u64))
+                .collect()
+        }),
+    ]
+}
+
 fn op() -> impl Strategy<Value = Op> {
     let share = (
         0..meters().len(),
-        prop::collection::vec((slot(), 0u64..1_000_000), 0..160),
+        readings(),
         prop_oneof![
             2 => Just(Vec::new()),
             1 => prop::collection::vec(slot(), 0..40),
@@ -433,6 +451,63 @@ fn a_day_of_hourly_messages_is_one_chunk() {
     }
     drop(store);
     assert_eq!(raw_chunks(&dir, &key), [(raw_key(&key, DAY_0), 96)]);
+}
+
+#[test]
+fn in_order_messages_fill_a_chunk_then_start_the_next_and_the_next_day() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = meter_key("t", "m");
+    let store = open(&dir);
+    // Five-minute reads sent 24 at a time (two hours) for two days: 288 a day, so
+    // a day's first chunk fills after five messages and later ones start chunks of
+    // their own; the thirteenth message begins the second day.
+    let reading = |i: i64| stored_reading(DAY_0 + i * 5 * MINUTE_MS, i as u64, Quality::Actual);
+    for message in 0..24 {
+        let readings = (message * 24..(message + 1) * 24).map(reading).collect();
+        store
+            .write(&[sealed_batch(
+                message as u64,
+                vec![meter_batch(key.clone(), readings, meter_state(1, 0))],
+                vec![],
+            )])
+            .unwrap();
+    }
+    let expected: Vec<_> = (0..576).map(reading).collect();
+    let stored = store
+        .readings(&key, i64::MIN, i64::MAX, usize::MAX)
+        .unwrap();
+    assert_eq!(stored, expected);
+    // A range inside the second day, read across its chunks.
+    let (from, to) = (
+        DAY_0 + DAY_MS + 7 * 3_600_000,
+        DAY_0 + DAY_MS + 19 * 3_600_000,
+    );
+    let inside: Vec<_> = expected
+        .iter()
+        .filter(|r| (from..to).contains(&r.reading.ts))
+        .copied()
+        .collect();
+    assert_eq!(store.readings(&key, from, to, usize::MAX).unwrap(), inside);
+    drop(store);
+    let chunks = raw_chunks(&dir, &key);
+    assert!(
+        chunks
+            .iter()
+            .all(|(_, count)| (1..=MAX_CHUNK_READINGS as u64).contains(count)),
+        "{chunks:?}"
+    );
+    assert_eq!(chunks.iter().map(|(_, count)| count).sum::<u64>(), 576);
+    assert_eq!(
+        chunks[0],
+        (raw_key(&key, DAY_0), 120),
+        "five messages in the first"
+    );
+    assert!(
+        chunks
+            .iter()
+            .any(|(chunk, _)| *chunk == raw_key(&key, DAY_0 + DAY_MS)),
+        "the second day begins a chunk at its first reading"
+    );
 }
 
 #[test]

@@ -1,0 +1,89 @@
+//! Finding a time in a meter's window, newest end first.
+//!
+//! VEE's window of raw reads, alerting's window rows and billing's open reads are
+//! kept ascending by `ts` and hold up to a few hundred entries a meter (three days
+//! of fifteen-minute reads). Data mostly arrives in order, so a new `ts` mostly
+//! lands after the last entry: looking there first spares a binary search through a
+//! window that is rarely in the CPU's cache (a shard holds thousands of them), and
+//! gives the same answer as the search.
+
+use std::collections::VecDeque;
+
+/// Items sorted ascending by a time key.
+pub(crate) trait ByTime {
+    type Item;
+
+    /// Where the item with key `ts` is (`Ok`), or where it would be inserted to keep
+    /// the order (`Err`), as `binary_search_by_key` answers; after the last item
+    /// without a search.
+    fn find_time(&self, ts: i64, key: impl Fn(&Self::Item) -> i64) -> Result<usize, usize>;
+
+    /// How many items have a key below `ts`, as `partition_point` answers; all of
+    /// them without a search when the last one does.
+    fn count_before(&self, ts: i64, key: impl Fn(&Self::Item) -> i64) -> usize;
+}
+
+impl<T> ByTime for [T] {
+    type Item = T;
+
+    fn find_time(&self, ts: i64, key: impl Fn(&T) -> i64) -> Result<usize, usize> {
+        match self.last() {
+            Some(last) if key(last) < ts => Err(self.len()),
+            _ => self.binary_search_by_key(&ts, key),
+        }
+    }
+
+    fn count_before(&self, ts: i64, key: impl Fn(&T) -> i64) -> usize {
+        match self.last() {
+            Some(last) if key(last) < ts => self.len(),
+            _ => self.partition_point(|item| key(item) < ts),
+        }
+    }
+}
+
+impl<T> ByTime for VecDeque<T> {
+    type Item = T;
+
+    fn find_time(&self, ts: i64, key: impl Fn(&T) -> i64) -> Result<usize, usize> {
+        match self.back() {
+            Some(last) if key(last) < ts => Err(self.len()),
+            _ => self.binary_search_by_key(&ts, key),
+        }
+    }
+
+    fn count_before(&self, ts: i64, key: impl Fn(&T) -> i64) -> usize {
+        match self.back() {
+            Some(last) if key(last) < ts => self.len(),
+            _ => self.partition_point(|item| key(item) < ts),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Same answers as the searches they stand for, for a slice and a deque
+        /// (wrapped around, as a window that dropped its oldest entries is).
+        #[test]
+        fn answers_as_the_searches_do(
+            mut keys in proptest::collection::vec(-50i64..50, 0..40),
+            dropped in 0usize..10,
+            ts in -60i64..60,
+        ) {
+            keys.sort_unstable();
+            keys.dedup();
+            let id = |k: &i64| *k;
+            prop_assert_eq!(keys.find_time(ts, id), keys.binary_search(&ts));
+            prop_assert_eq!(keys.count_before(ts, id), keys.partition_point(|k| *k < ts));
+            let mut deque: VecDeque<i64> = (0..dropped as i64).map(|k| k - 1000).collect();
+            deque.extend(keys.iter().copied());
+            deque.drain(..dropped);
+            prop_assert_eq!(deque.find_time(ts, id), keys.binary_search(&ts));
+            prop_assert_eq!(deque.count_before(ts, id), keys.partition_point(|k| *k < ts));
+        }
+    }
+}
