@@ -37,7 +37,6 @@
 //! The sink runs on a plain OS thread, not tokio: the embedded store's writes block
 //! on fsync and the thread does nothing else.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -45,6 +44,7 @@ use std::time::{Duration, Instant};
 
 use backon::BlockingRetryable;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use meterflow_model::alert::AlertEvent;
 use meterflow_model::{MeterKey, Outputs, SealedBatch};
 use meterflow_processors::TenantDirectory;
@@ -306,7 +306,8 @@ impl Sink {
     /// per connection, where it subscribed to its ack topic; the latest batch's state
     /// wins — in a processor, once per meter to the events topic), then the PUBACK.
     fn answer(&mut self, batches: &[SealedBatch], completions: Vec<Completion>) {
-        let mut watermarks: HashMap<&MeterKey, u64> = HashMap::new();
+        let meters = batches.iter().map(|b| b.meters.len()).sum();
+        let mut watermarks: HashMap<&MeterKey, u64> = HashMap::with_capacity(meters);
         for meter in batches.iter().flat_map(|b| &b.meters) {
             if let Some(w) = meter.state.seq.watermark() {
                 watermarks.insert(&meter.key, w);
@@ -317,7 +318,7 @@ impl Sink {
                 events.watermark(meter, *w);
             }
         }
-        let mut told: HashSet<*const Outbox> = HashSet::new();
+        let mut told: HashSet<*const Outbox> = HashSet::with_capacity(completions.len());
         for completion in completions {
             if let Some(outbox) = completion.outbox()
                 && let Some(w) = outbox.meter().and_then(|m| watermarks.get(m))

@@ -698,11 +698,13 @@ fn settle(rules: &MeterRules, state: &mut VeeState) {
     }
     let mut probe = Pass::silent(rules, state.settled.clone(), &state.window, &state.orders);
     let mut rests = Vec::new();
+    let mut stepped = 0;
     for (i, read) in state.window.iter().enumerate() {
         if read.reading.ts >= cutoff {
             break;
         }
         probe.step(read);
+        stepped = i + 1;
         if probe.rests_on(read) {
             rests.push(i + 1);
         }
@@ -717,14 +719,20 @@ fn settle(rules: &MeterRules, state: &mut VeeState) {
     if settle_up_to == 0 {
         return;
     }
-    let mut pass = Pass::silent(
-        rules,
-        std::mem::take(&mut state.settled),
-        &state.window,
-        &state.orders,
-    );
-    pass.run(&state.window[..settle_up_to]);
-    state.settled = pass.fold;
+    state.settled = if settle_up_to == stepped {
+        // The probe stands there already (the common case: every read it passed was
+        // accepted): the same pass over the same reads.
+        probe.fold
+    } else {
+        let mut pass = Pass::silent(
+            rules,
+            std::mem::take(&mut state.settled),
+            &state.window,
+            &state.orders,
+        );
+        pass.run(&state.window[..settle_up_to]);
+        pass.fold
+    };
     state.window.drain(..settle_up_to);
     let settled_ts = state.settled.newest_ts;
     state
