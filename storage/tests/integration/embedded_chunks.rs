@@ -370,6 +370,20 @@ fn raw_chunks(dir: &tempfile::TempDir, key: &MeterKey) -> Vec<(Vec<u8>, u64)> {
         .collect()
 }
 
+/// The chunks of `key` (as [`raw_chunks`]), checked to hold 1 to the cap readings
+/// each and `total` in all.
+fn capped_chunks(dir: &tempfile::TempDir, key: &MeterKey, total: u64) -> Vec<(Vec<u8>, u64)> {
+    let chunks = raw_chunks(dir, key);
+    assert!(
+        chunks
+            .iter()
+            .all(|(_, count)| (1..=MAX_CHUNK_READINGS as u64).contains(count)),
+        "{chunks:?}"
+    );
+    assert_eq!(chunks.iter().map(|(_, count)| count).sum::<u64>(), total);
+    chunks
+}
+
 #[test]
 fn a_flood_into_one_day_is_split_into_capped_chunks() {
     let dir = tempfile::tempdir().unwrap();
@@ -418,14 +432,7 @@ fn a_flood_into_one_day_is_split_into_capped_chunks() {
     );
     drop(store);
 
-    let chunks = raw_chunks(&dir, &key);
-    assert!(
-        chunks
-            .iter()
-            .all(|(_, count)| (1..=MAX_CHUNK_READINGS as u64).contains(count)),
-        "{chunks:?}"
-    );
-    assert_eq!(chunks.iter().map(|(_, count)| count).sum::<u64>(), 3_000);
+    let chunks = capped_chunks(&dir, &key, 3_000);
     assert!(chunks.len() < 3_000 / 64, "{} chunks", chunks.len());
 }
 
@@ -489,14 +496,7 @@ fn in_order_messages_fill_a_chunk_then_start_the_next_and_the_next_day() {
         .collect();
     assert_eq!(store.readings(&key, from, to, usize::MAX).unwrap(), inside);
     drop(store);
-    let chunks = raw_chunks(&dir, &key);
-    assert!(
-        chunks
-            .iter()
-            .all(|(_, count)| (1..=MAX_CHUNK_READINGS as u64).contains(count)),
-        "{chunks:?}"
-    );
-    assert_eq!(chunks.iter().map(|(_, count)| count).sum::<u64>(), 576);
+    let chunks = capped_chunks(&dir, &key, 576);
     assert_eq!(
         chunks[0],
         (raw_key(&key, DAY_0), 120),
