@@ -67,7 +67,8 @@ mod tests {
 
     proptest! {
         /// Same answers as the searches they stand for, for a slice and a deque
-        /// (wrapped around, as a window that dropped its oldest entries is).
+        /// (wrapped around, as a window that dropped its oldest entries is), at a
+        /// random time and at every key and its neighbours.
         #[test]
         fn answers_as_the_searches_do(
             mut keys in proptest::collection::vec(-50i64..50, 0..40),
@@ -77,13 +78,17 @@ mod tests {
             keys.sort_unstable();
             keys.dedup();
             let id = |k: &i64| *k;
-            prop_assert_eq!(keys.find_time(ts, id), keys.binary_search(&ts));
-            prop_assert_eq!(keys.count_before(ts, id), keys.partition_point(|k| *k < ts));
             let mut deque: VecDeque<i64> = (0..dropped as i64).map(|k| k - 1000).collect();
             deque.extend(keys.iter().copied());
             deque.drain(..dropped);
-            prop_assert_eq!(deque.find_time(ts, id), keys.binary_search(&ts));
-            prop_assert_eq!(deque.count_before(ts, id), keys.partition_point(|k| *k < ts));
+            let times = keys.iter().flat_map(|k| [k - 1, *k, k + 1]).chain([ts]);
+            for ts in times {
+                let (found, before) = (keys.binary_search(&ts), keys.partition_point(|k| *k < ts));
+                prop_assert_eq!(keys.find_time(ts, id), found);
+                prop_assert_eq!(keys.count_before(ts, id), before);
+                prop_assert_eq!(deque.find_time(ts, id), found);
+                prop_assert_eq!(deque.count_before(ts, id), before);
+            }
         }
     }
 }
