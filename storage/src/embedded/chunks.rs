@@ -89,11 +89,12 @@ pub(crate) fn encode_chunk(readings: &[StoredReading]) -> Vec<u8> {
     with_header(first_ts, readings.len(), &tail, &[&body])
 }
 
-/// What appending readings to a stored chunk gives ([`append_to_chunk`]).
+/// What appending readings to a stored chunk gives ([`append_to_chunk`]: its new
+/// value; the store's append: the chunk as staged).
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Append {
-    /// The chunk's value with the readings appended.
-    Appended(Vec<u8>),
+pub(crate) enum Append<T> {
+    /// The chunk with the readings appended.
+    Appended(T),
     /// The readings are all newer than the chunk's last but do not fit under the
     /// cap with it: they can start a chunk of their own after it.
     Full,
@@ -109,7 +110,7 @@ pub(crate) fn append_to_chunk(
     first_ts: i64,
     value: &[u8],
     new: &[StoredReading],
-) -> Result<Append, RowError> {
+) -> Result<Append<Vec<u8>>, RowError> {
     let Some((&CHUNK_FORMAT_VERSION, rest)) = value.split_first() else {
         return Ok(Append::Merge);
     };

@@ -117,9 +117,9 @@ impl EmbeddedStore {
     ) -> Result<Option<TailUpdate>, StoreError> {
         if tail.day == day {
             match self.append(batch, &tail.chunk, rows)? {
-                Appending::Staged(chunk) => return Ok(Some(TailUpdate::Set(Tail { day, chunk }))),
-                Appending::Full => {}
-                Appending::Merge => return Ok(None),
+                Append::Appended(chunk) => return Ok(Some(TailUpdate::Set(Tail { day, chunk }))),
+                Append::Full => {}
+                Append::Merge => return Ok(None),
             }
         }
         Ok(self
@@ -128,26 +128,27 @@ impl EmbeddedStore {
     }
 
     /// Stages `chunk` with `rows` appended, when they are all newer than its last
-    /// reading and fit under the cap (only they are encoded).
+    /// reading and fit under the cap (only they are encoded); returns it as staged.
     fn append(
         &self,
         batch: &mut WriteBatch,
         chunk: &StoredChunk,
         rows: &[StoredReading],
-    ) -> Result<Appending, StoreError> {
+    ) -> Result<Append<StoredChunk>, StoreError> {
         let appended = chunks::append_to_chunk(chunk.first, &chunk.value, rows)
             .map_err(|e| self.corrupt_row(READINGS, &chunk.key, e))?;
         Ok(match appended {
             Append::Appended(value) => {
                 let chunk = StoredChunk {
+                    key: chunk.key.clone(),
+                    first: chunk.first,
                     value: value.into(),
-                    ..chunk.clone()
                 };
                 batch.insert(&self.readings, chunk.key.clone(), chunk.value.clone());
-                Appending::Staged(chunk)
+                Append::Appended(chunk)
             }
-            Append::Full => Appending::Full,
-            Append::Merge => Appending::Merge,
+            Append::Full => Append::Full,
+            Append::Merge => Append::Merge,
         })
     }
 
@@ -226,7 +227,7 @@ impl EmbeddedStore {
             return Ok(Some(chunk.clone()));
         }
         if edits.withdrawn.is_empty()
-            && let Appending::Staged(appended) = self.append(batch, chunk, edits.rows)?
+            && let Append::Appended(appended) = self.append(batch, chunk, edits.rows)?
         {
             return Ok(Some(appended));
         }
@@ -321,16 +322,6 @@ impl EmbeddedStore {
         self.stage_chunks(batch, prefix, &stored[expired..]);
         Ok(expired as u64)
     }
-}
-
-/// What [`EmbeddedStore::append`] did with a chunk.
-enum Appending {
-    /// Staged the chunk with the readings appended: this one.
-    Staged(StoredChunk),
-    /// Nothing: the readings are all newer than the chunk's last but do not fit in it.
-    Full,
-    /// Nothing: the chunk has to be decoded and merged.
-    Merge,
 }
 
 /// What one write does to a meter's rows: the rows to store (ascending `ts`, one

@@ -23,9 +23,8 @@
 //! reading way. The first meters written keep their places (no eviction): a tail is
 //! only given up when its meter's chunks change under it.
 
-use std::collections::HashMap;
-
 use fjall::{UserKey, UserValue};
+use foldhash::HashMap;
 
 /// Most meters whose tail is held.
 pub(super) const MAX_TAILS: usize = 65_536;
