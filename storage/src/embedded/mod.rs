@@ -112,8 +112,9 @@ pub use chunks::MAX_CHUNK_READINGS;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use fjall::compaction::Leveled;
 use fjall::{
     Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch as WriteBatch, PersistMode,
 };
@@ -141,12 +142,37 @@ const BLOCK_CACHE_BYTES: u64 = 64 * MIB;
 /// Memtable (write buffer) of `readings`. fjall accounts ~60 bytes of overhead per
 /// row (~30-byte key, entry overhead) plus the chunk, ~15 bytes per reading; a chunk
 /// rewritten by several commits before a flush is held once per version. With hourly
-/// messages of 15-minute reads that is ~650 bytes per meter per message, so 32 MiB
-/// holds ~50k meter-messages (~200k readings) between flushes: large enough that
-/// flushes are not constant, small enough for the bound below. fjall keeps one active
-/// memtable per keyspace and stalls writers while 4 sealed ones wait for a flush, so
-/// `readings` holds at most ~5 × 32 MiB in memory.
-const READINGS_MEMTABLE_BYTES: u64 = 32 * MIB;
+/// messages of 15-minute reads that is ~650 bytes per meter per message, so 8 MiB
+/// holds ~13k meter-messages (~50k readings) between flushes. Small on purpose: a
+/// flush writes the memtable out as one table and fsyncs it, and while that table's
+/// pages go to disk the sink's journal sync waits behind them (ext4 and XFS order a
+/// file's size change behind the data written before it), so the table's size is how
+/// long a group commit can stall. 32 MiB gave acks a p99 of ~120 ms at 18k messages/s
+/// of 24 readings on the bench's 2-core box, 8 MiB (with [`TABLE_TARGET_BYTES`] and
+/// [`background_workers`]) ~35 ms, for the same CPU: the smaller skiplist makes the
+/// sink's inserts cheaper by about what the extra flushes cost (bench/README.md,
+/// "Background work and the ack tail"). fjall keeps one active memtable per keyspace
+/// and stalls writers while 4 sealed ones wait for a flush, so `readings` holds at
+/// most ~5 × 8 MiB in memory.
+const READINGS_MEMTABLE_BYTES: u64 = 8 * MIB;
+
+/// Target size of the tables compaction writes (fjall's leveled strategy; its default
+/// is 64 MiB), in every keyspace. Each table is fsynced when written, and a group
+/// commit can wait behind that sync as behind a flush's (see
+/// [`READINGS_MEMTABLE_BYTES`]); 8 MiB tables keep that wait short. The price: L1
+/// holds 4 tables (32 MiB instead of 256), so a large store has one level more and
+/// compaction rewrites its data one time more over its life.
+const TABLE_TARGET_BYTES: u64 = 8 * MIB;
+
+/// fjall's background threads (flushes and compactions) for a machine of `cores`:
+/// half of them, 1 to 4. fjall's default is one per core up to 4; on a small machine
+/// two compacting threads took both cores at once for hundreds of milliseconds, and
+/// every pipeline thread — the sink holding the group's acks among them — waited for
+/// a CPU meanwhile. One thread kept up with the bench's highest sustainable rate on 2
+/// cores (bench/README.md, "Background work and the ack tail").
+fn background_workers(cores: usize) -> usize {
+    (cores / 2).clamp(1, 4)
+}
 
 /// Memtable of `meter_state`: one row of a few hundred bytes per meter per write, so
 /// 8 MiB holds the latest states of tens of thousands of meters.
@@ -207,17 +233,22 @@ pub struct EmbeddedStore {
 
 impl EmbeddedStore {
     /// Opens the store in `dir`, creating the directory and the keyspaces when they do
-    /// not exist, and recovering from the journal after a crash. Memtable sizes are
-    /// fixed when a keyspace is created; an existing store keeps the sizes it was
-    /// created with.
+    /// not exist, and recovering from the journal after a crash. Memtable sizes and
+    /// the compaction's table size are fixed when a keyspace is created; an existing
+    /// store keeps the ones it was created with.
     pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let db = Database::builder(dir)
             .cache_size(BLOCK_CACHE_BYTES)
+            .worker_threads(background_workers(cores))
             .open()
             .map_err(|e| open_error(dir, e))?;
+        let compaction = Arc::new(Leveled::default().with_table_target_size(TABLE_TARGET_BYTES));
         let keyspace = |name: &str, memtable_bytes: u64| {
             db.keyspace(name, || {
-                KeyspaceCreateOptions::default().max_memtable_size(memtable_bytes)
+                KeyspaceCreateOptions::default()
+                    .max_memtable_size(memtable_bytes)
+                    .compaction_strategy(compaction.clone())
             })
             .map_err(|e| open_error(dir, e))
         };
@@ -592,6 +623,12 @@ mod tests {
             rows,
             vec![(b"a".to_vec(), 6), (b"b".to_vec(), 5), (b"c".to_vec(), 4)]
         );
+    }
+
+    #[test]
+    fn background_work_takes_half_the_cores_one_to_four() {
+        let workers: Vec<usize> = [1, 2, 3, 4, 8, 16].map(background_workers).into();
+        assert_eq!(workers, vec![1, 1, 1, 2, 4, 4]);
     }
 
     #[test]
