@@ -145,9 +145,9 @@ const BLOCK_CACHE_BYTES: u64 = 64 * MIB;
 /// messages of 15-minute reads that is ~650 bytes per meter per message, so 8 MiB
 /// holds ~13k meter-messages (~50k readings) between flushes. Small on purpose: a
 /// flush writes the memtable out as one table and fsyncs it, and while that table's
-/// pages go to disk the sink's journal sync waits behind them (ext4 and XFS order a
-/// file's size change behind the data written before it), so the table's size is how
-/// long a group commit can stall. 32 MiB gave acks a p99 of ~120 ms at 18k messages/s
+/// pages go to disk the sink's journal sync can wait behind them (ext4 in its default
+/// `data=ordered` mode commits the journal file's new size only after the data
+/// written before it), so the table's size bounds how long a group commit stalls. 32 MiB gave acks a p99 of ~120 ms at 18k messages/s
 /// of 24 readings on the bench's 2-core box, 8 MiB (with [`TABLE_TARGET_BYTES`] and
 /// [`background_workers`]) ~35 ms, for the same CPU: the smaller skiplist makes the
 /// sink's inserts cheaper by about what the extra flushes cost (bench/README.md,
