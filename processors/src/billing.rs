@@ -59,7 +59,8 @@
 //!   charged in full for the days it was in service. A recorded exchange that gives
 //!   the new meter's size ([`VeeState::sizes`]) splits its period: the days before
 //!   the exchange's local day at the old size's charge, the rest at the new one's,
-//!   rounded once; its period is billed again when the order arrives. An exchange
+//!   rounded once; its period, and every later one billed so far (they are charged
+//!   at the new size), are billed again when the order arrives. An exchange
 //!   without a size does not prorate: the meter key is the service point, which
 //!   stays in service.
 //!
@@ -189,12 +190,12 @@ impl Processor for BillingProcessor {
             let MeterState { billing, vee, .. } = &mut meter.state;
             let terms = MeterTerms::new(entry, &meter.key, &vee.sizes);
             // A recorded exchange may change the size, so the fixed charge, of its
-            // period whether or not it moves the period's reads.
+            // period and of every later one (the size holds from the exchange on),
+            // whether or not it moves their reads.
             let orders = &meter.orders;
             let exchanged = |period: &PeriodReads| {
                 orders.iter().any(|order| {
-                    matches!(order.action, OrderAction::Exchange { .. })
-                        && (period.start_ms..period.end_ms).contains(&order.ts)
+                    matches!(order.action, OrderAction::Exchange { .. }) && order.ts < period.end_ms
                 })
             };
             let calendar = &mut runtime.calendar;

@@ -335,6 +335,42 @@ fn case_4_a_refurbished_meter_above_the_old_register_is_billed() {
 }
 
 #[test]
+fn a_resized_exchange_arriving_after_the_next_month_was_billed_reprices_that_month() {
+    // Hourly reads from 20:00 on 31 January into February; a DN40 meter replaces
+    // the old one at 21:30, recorded as an exchange whose register starts where the
+    // old one's last read stood (1,010), so no read's usage moves with the order.
+    // The order comes with the last batch — January's first read, late — after
+    // February was billed at the old size's charge (800). It re-billed January only,
+    // and February kept 800 where the order known from the start gives 2,400.
+    let at = |h: i64| START + (3 * 24 + 20 + h) * HOUR;
+    let registers = [1_000, 1_010, 1_020, 1_030, 1_040, 1_050, 1_060, 1_070];
+    let reads: Reads = (0..).zip(registers).map(|(h, reg)| (at(h), reg)).collect();
+    let exchange = RegisterOrder {
+        ts: at(1) + HOUR / 2,
+        action: OrderAction::Exchange {
+            final_reg: None,
+            initial_reg: 1_010,
+            size: Some(MeterSize::Dn40),
+        },
+        decision: Decision {
+            by: "ana".into(),
+            why: "meter replaced".into(),
+            at_ms: 0,
+        },
+        exception: None,
+    };
+    let batches = vec![vec![reads[1..].to_vec()], vec![reads[..1].to_vec()]];
+    let known = replay_restarting(&batches, &BTreeSet::new(), &[(0, exchange.clone())]);
+    assert_eq!(
+        known.bills["2025-02"].2, 2_400,
+        "February at the DN40 charge"
+    );
+    let late = replay_restarting(&batches, &BTreeSet::new(), &[(1, exchange)]);
+    assert_eq!(late.bills, known.bills);
+    assert_eq!(late.rows, known.rows);
+}
+
+#[test]
 fn a_one_off_glitch_stays_suspect_in_any_order() {
     // 2,500 between 5,000,100 and 5,000,200 is one bad read, not an exchange.
     let reads = hourly(&[5_000_000, 5_000_100, 2_500, 5_000_200, 5_000_300]);
