@@ -147,13 +147,13 @@ const BLOCK_CACHE_BYTES: u64 = 64 * MIB;
 /// flush writes the memtable out as one table and fsyncs it, and while that table's
 /// pages go to disk the sink's journal sync can wait behind them (ext4 in its default
 /// `data=ordered` mode commits the journal file's new size only after the data
-/// written before it), so the table's size bounds how long a group commit stalls. 32 MiB gave acks a p99 of ~120 ms at 18k messages/s
-/// of 24 readings on the bench's 2-core box, 8 MiB (with [`TABLE_TARGET_BYTES`] and
-/// [`background_workers`]) ~35 ms, for the same CPU: the smaller skiplist makes the
-/// sink's inserts cheaper by about what the extra flushes cost (bench/README.md,
-/// "Background work and the ack tail"). fjall keeps one active memtable per keyspace
-/// and stalls writers while 4 sealed ones wait for a flush, so `readings` holds at
-/// most ~5 × 8 MiB in memory.
+/// written before it), so the table's size bounds how long a group commit stalls.
+/// 32 MiB gave acks a p99 of ~120 ms at 18k messages/s of 24 readings on the bench's
+/// 2-core box, 8 MiB (with [`TABLE_TARGET_BYTES`] and [`background_workers`]) ~35 ms,
+/// for the same CPU: the smaller skiplist makes the sink's inserts cheaper by about
+/// what the extra flushes cost (bench/README.md, "Background work and the ack
+/// tail"). fjall keeps one active memtable per keyspace and stalls writers while 4
+/// sealed ones wait for a flush, so `readings` holds at most ~5 × 8 MiB in memory.
 const READINGS_MEMTABLE_BYTES: u64 = 8 * MIB;
 
 /// Target size of the tables compaction writes (fjall's leveled strategy; its default
