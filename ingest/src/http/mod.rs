@@ -1133,16 +1133,10 @@ async fn get_bill(
     } = path;
     let key = meter_key(&state, &tenant, &meter, &headers)?;
     let format = negotiate(q.format, &headers)?;
-    let valid_period = period.len() == 7
-        && period.as_bytes()[4] == b'-'
-        && period
-            .bytes()
-            .enumerate()
-            .all(|(i, b)| i == 4 || b.is_ascii_digit());
-    if !valid_period {
+    if !is_billing_period(&period) {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
-            format!("period {period:?}: use yyyy-mm"),
+            format!("period {period:?}: use yyyy-mm, month 01 to 12"),
         ));
     }
     let store = state.store.clone();
@@ -1167,9 +1161,42 @@ async fn get_bill(
     })
 }
 
+/// Whether `period` names a billing period as billing labels them: `yyyy-mm`, the
+/// month 01 to 12.
+fn is_billing_period(period: &str) -> bool {
+    let bytes = period.as_bytes();
+    let digits = |range: std::ops::Range<usize>| bytes[range].iter().all(u8::is_ascii_digit);
+    bytes.len() == 7
+        && bytes[4] == b'-'
+        && digits(0..4)
+        && digits(5..7)
+        && matches!(&bytes[5..7], [b'0', b'1'..=b'9'] | [b'1', b'0'..=b'2'])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_billing_period_is_a_year_and_a_month_of_twelve() {
+        for period in ["2026-01", "2026-09", "2026-10", "2026-12", "0999-07"] {
+            assert!(is_billing_period(period), "{period}");
+        }
+        for period in [
+            "2026-00",
+            "2026-13",
+            "2026-1",
+            "2026-1a",
+            "2026/01",
+            "26-01",
+            "2026-011",
+            "",
+            "２０２６-01",
+            "2026-0１",
+        ] {
+            assert!(!is_billing_period(period), "{period}");
+        }
+    }
 
     #[test]
     fn the_summary_is_of_the_tenants_today() {
