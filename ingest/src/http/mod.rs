@@ -221,9 +221,14 @@ async fn json_errors(request: Request, next: Next) -> Response {
     let message = match status {
         _ if !text.is_empty() => text,
         StatusCode::NOT_FOUND => {
-            format!("no such path {path:?}; the API is under /api/v1/tenants/{{tenant}}/…")
+            format!(
+                "no such path {}; the API is under /api/v1/tenants/{{tenant}}/…",
+                quoted(path.as_str())
+            )
         }
-        StatusCode::METHOD_NOT_ALLOWED => format!("{path} does not take this method"),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            format!("{} does not take this method", quoted(path.as_str()))
+        }
         other => other.canonical_reason().unwrap_or("error").to_string(),
     };
     let mut out = ApiError(status, message).into_response();
@@ -346,7 +351,7 @@ fn authorize(
     let Some(t) = state.tenants.get(tenant.as_bytes()) else {
         return Err(ApiError(
             StatusCode::NOT_FOUND,
-            format!("no tenant {tenant:?} is configured"),
+            format!("no tenant {} is configured", quoted(tenant)),
         ));
     };
     if let Some(expected) = &t.api_token {
@@ -370,7 +375,7 @@ fn meter_id(raw: &str) -> Result<MeterId, ApiError> {
     MeterId::try_from(raw).map_err(|_| {
         ApiError(
             StatusCode::BAD_REQUEST,
-            format!("{raw:?} is not a meter id ([A-Za-z0-9_-]{{1,64}})"),
+            format!("{} is not a meter id ([A-Za-z0-9_-]{{1,64}})", quoted(raw)),
         )
     })
 }
@@ -1136,7 +1141,7 @@ async fn get_bill(
     if !is_billing_period(&period) {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
-            format!("period {period:?}: use yyyy-mm, month 01 to 12"),
+            format!("period {}: use yyyy-mm, month 01 to 12", quoted(&period)),
         ));
     }
     let store = state.store.clone();
@@ -1161,6 +1166,19 @@ async fn get_bill(
     })
 }
 
+/// Most characters of a caller's input an error message quotes back.
+const QUOTED_CHARS: usize = 64;
+
+/// What a caller sent (a path, an id), quoted and escaped for an error message, cut
+/// to [`QUOTED_CHARS`] characters: enough to recognise it, and a long URL is not
+/// echoed back whole.
+fn quoted(raw: &str) -> String {
+    match raw.char_indices().nth(QUOTED_CHARS) {
+        Some((cut, _)) => format!("{:?}…", &raw[..cut]),
+        None => format!("{raw:?}"),
+    }
+}
+
 /// Whether `period` names a billing period as billing labels them: `yyyy-mm`, the
 /// month 01 to 12.
 fn is_billing_period(period: &str) -> bool {
@@ -1176,6 +1194,16 @@ fn is_billing_period(period: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn input_is_quoted_back_escaped_and_cut() {
+        assert_eq!(quoted("m1"), "\"m1\"");
+        assert_eq!(quoted("a\"\0b"), "\"a\\\"\\0b\"");
+        let long = "é".repeat(QUOTED_CHARS + 1);
+        assert_eq!(quoted(&long), format!("\"{}\"…", "é".repeat(QUOTED_CHARS)));
+        let exact = "x".repeat(QUOTED_CHARS);
+        assert_eq!(quoted(&exact), format!("\"{exact}\""));
+    }
 
     #[test]
     fn a_billing_period_is_a_year_and_a_month_of_twelve() {

@@ -1,8 +1,8 @@
 //! The HTTP server's socket limits against hostile clients (`[http]`): slowloris
 //! sockets are closed after `header_timeout_s`, connections over `max_connections` are
 //! refused at once, and meanwhile `/healthz` answers and MQTT uplinks are stored. Also
-//! the API's one JSON error shape for axum's own rejections. Loopback only; every wait
-//! is bounded.
+//! the API's one JSON error shape for axum's own rejections and its handlers' errors,
+//! which quote a caller's input back cut short. Loopback only; every wait is bounded.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -386,6 +386,34 @@ fn rejections_have_the_json_error_shape() {
         "state=closed",
     );
     assert_json_error(&get_raw(http, "/api/v1/nothing-here"), 404, "unknown path");
+    // A period that names no month is a bad request, not a bill that is not there yet.
+    for period in ["2026-13", "2026-00", "2026-1x"] {
+        let message = assert_json_error(
+            &get_raw(http, &format!("/api/v1/tenants/demo/bills/{period}/m1")),
+            400,
+            period,
+        );
+        assert!(message.contains("yyyy-mm"), "{message}");
+    }
+    // What a caller sent is quoted back cut short, not echoed whole.
+    let long = "t".repeat(4000);
+    for (path, status, what) in [
+        (
+            format!("/api/v1/tenants/{long}/meters/m1"),
+            404,
+            "a long tenant",
+        ),
+        (
+            format!("/api/v1/tenants/demo/meters/{long}"),
+            400,
+            "a long meter id",
+        ),
+        (format!("/api/v1/{long}"), 404, "a long unknown path"),
+    ] {
+        let message = assert_json_error(&get_raw(http, &path), status, what);
+        assert!(message.contains("ttt\"…"), "{what}: {message}");
+        assert!(message.len() < 300, "{what}: {} bytes", message.len());
+    }
     assert_json_error(
         &raw(
             http,
