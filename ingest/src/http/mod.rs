@@ -1182,13 +1182,12 @@ fn quoted(raw: &str) -> String {
 /// Whether `period` names a billing period as billing labels them: `yyyy-mm`, the
 /// month 01 to 12.
 fn is_billing_period(period: &str) -> bool {
-    let bytes = period.as_bytes();
-    let digits = |range: std::ops::Range<usize>| bytes[range].iter().all(u8::is_ascii_digit);
-    bytes.len() == 7
-        && bytes[4] == b'-'
-        && digits(0..4)
-        && digits(5..7)
-        && matches!(&bytes[5..7], [b'0', b'1'..=b'9'] | [b'1', b'0'..=b'2'])
+    match period.as_bytes() {
+        [year @ .., b'-', b'0', b'1'..=b'9'] | [year @ .., b'-', b'1', b'0'..=b'2'] => {
+            year.len() == 4 && year.iter().all(u8::is_ascii_digit)
+        }
+        _ => false,
+    }
 }
 
 #[cfg(test)]
