@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use meterflow_model::Limits;
 use meterflow_model::ids::is_valid_id;
 use meterflow_model::processing::ProcessorsConfig;
+use meterflow_storage::embedded::background::LOWEST_PRIORITY_NICE;
 use meterflow_storage::embedded::retention::Retention;
 use meterflow_storage::redis_cache::RedisConfig;
 use meterflow_storage::scylla::ScyllaConfig;
@@ -157,6 +158,12 @@ pub struct StoreConfig {
     /// Days the embedded store keeps an hour row of district usage, by the hour's
     /// start; `0` keeps them forever. 400, as `scylla.district_hourly_ttl_days`.
     pub district_hourly_retention_days: u32,
+    /// Nice value (0–19) of the embedded store's background threads, which flush
+    /// and compact tables: 19 runs them on the CPU the pipeline leaves idle, so their
+    /// bursts do not delay acks; 0 runs them as the pipeline's own threads (for a
+    /// machine that runs at its peak for hours, where compaction must keep pace).
+    /// On Linux; elsewhere unused.
+    pub background_nice: u8,
     /// ScyllaDB settings (replication, consistency, TTLs, in-flight bound, retries,
     /// breaker), used with a `scylla://` backend.
     pub scylla: ScyllaConfig,
@@ -170,6 +177,7 @@ impl Default for StoreConfig {
             dead_letter_retention_days: 14,
             readings_retention_days: 400,
             district_hourly_retention_days: 400,
+            background_nice: 19,
             scylla: ScyllaConfig::default(),
         }
     }
@@ -467,7 +475,8 @@ impl Config {
             "# meterflow configuration: every field shown with its default.\n\
              # Environment overrides: MF_MQTT_LISTEN, MF_HTTP_LISTEN, MF_DATA_DIR, MF_STORE,\n\
              # MF_CACHE, MF_SCYLLA_USERNAME, MF_SCYLLA_PASSWORD, MF_SHARDS, MF_LOG_LEVEL,\n\
-             # MF_LOG_JSON. Tenants: add [[tenants]] tables (see README).\n\n",
+             # MF_LOG_JSON, MF_MODE, MF_KAFKA_BROKERS, MF_STORE_BACKGROUND_NICE.\n\
+             # Tenants: add [[tenants]] tables (see README).\n\n",
         );
         text.push_str(&toml::to_string_pretty(&Config::default()).expect("default serialises"));
         text
@@ -665,6 +674,12 @@ impl Config {
             }
         }
         errors.extend(self.store.retention_problems());
+        if i32::from(self.store.background_nice) > LOWEST_PRIORITY_NICE {
+            errors.push(format!(
+                "store.background_nice must be at most {LOWEST_PRIORITY_NICE}, not {}",
+                self.store.background_nice
+            ));
+        }
         for t in &tenants {
             if let Some(url) = &t.webhook_url
                 && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -876,18 +891,21 @@ mod tests {
         c.store.readings_retention_days = 40_000;
         c.pipeline.dead_letter_burst = 0;
         c.pipeline.dead_letter_refill_per_s = 0;
+        c.store.background_nice = 20;
         let errors = c.validate().unwrap_err();
-        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert_eq!(errors.len(), 4, "{errors:?}");
         let has = |text: &str| errors.iter().any(|e| e.contains(text));
         assert!(has("store.readings_retention_days must be at most 36500"));
         assert!(has("use 0 to keep rows forever"));
         assert!(has("pipeline.dead_letter_burst"));
         assert!(has("pipeline.dead_letter_refill_per_s"));
+        assert!(has("store.background_nice must be at most 19, not 20"));
         let printed = Config::default_toml();
         for key in [
             "dead_letter_retention_days = 14",
             "readings_retention_days = 400",
             "district_hourly_retention_days = 400",
+            "background_nice = 19",
             "dead_letter_burst = 20",
             "dead_letter_refill_per_s = 1",
         ] {

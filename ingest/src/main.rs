@@ -87,6 +87,10 @@ struct RunArgs {
     /// Shard workers, 0 = one per core (overrides pipeline.shards).
     #[arg(long, env = "MF_SHARDS")]
     shards: Option<usize>,
+    /// Nice value 0–19 of the embedded store's background threads (overrides
+    /// store.background_nice).
+    #[arg(long, env = "MF_STORE_BACKGROUND_NICE")]
+    store_background_nice: Option<u8>,
     /// ScyllaDB username, empty for none (overrides store.scylla.username).
     #[arg(long, env = "MF_SCYLLA_USERNAME")]
     scylla_username: Option<String>,
@@ -129,6 +133,9 @@ impl RunArgs {
         }
         if let Some(shards) = self.shards {
             config.pipeline.shards = shards;
+        }
+        if let Some(nice) = self.store_background_nice {
+            config.store.background_nice = nice;
         }
         if let Some(username) = &self.scylla_username {
             config.store.scylla.username = non_empty(username);
@@ -320,15 +327,22 @@ mod tests {
             "--scylla-username",
             "",
             "--log-json",
+            "--store-background-nice",
+            "0",
         ])
         .unwrap();
         assert_eq!(config.mqtt.listen.port(), 1999);
         assert_eq!(config.pipeline.shards, 3);
         assert_eq!(config.store.scylla.username, None);
         assert!(config.log.json);
+        assert_eq!(config.store.background_nice, 0);
         assert!(!parsed(&["--log-json", "no"]).unwrap().log.json);
         let error = parsed(&["--shards", "x"]).unwrap_err().to_string();
         assert!(error.contains("--shards"), "{error}");
+        let error = parsed(&["--store-background-nice", "high"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--store-background-nice"), "{error}");
     }
 
     #[test]
@@ -350,6 +364,9 @@ mod tests {
             "MF_SCYLLA_PASSWORD",
             "MF_LOG_LEVEL",
             "MF_LOG_JSON",
+            "MF_MODE",
+            "MF_KAFKA_BROKERS",
+            "MF_STORE_BACKGROUND_NICE",
         ] {
             assert!(
                 envs.iter().any(|e| e == name),

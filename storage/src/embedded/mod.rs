@@ -98,6 +98,7 @@
 //! [`StoreError::Unavailable`] that asks for a restart (recovery replays the journal),
 //! and from then on [`ReadingStore::is_ready`] is false.
 
+pub mod background;
 mod chunks;
 mod exceptions;
 mod keys;

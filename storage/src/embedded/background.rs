@@ -1,0 +1,124 @@
+//! The priority of the store's background threads: fjall's workers, which flush
+//! memtables into tables and compact tables, run at a higher nice value than the
+//! pipeline, so that they take the CPU the pipeline leaves idle instead of taking it
+//! from the threads that hold the acks.
+//!
+//! Why: a flush or a compaction is a burst of CPU work (tens to hundreds of
+//! milliseconds for the store's 8 MiB memtables and tables). On a small machine that
+//! burst takes one of the cores from the shards, the sink and the I/O threads, and
+//! every ack waiting in them waits as long. At a lower priority the same work runs in
+//! the gaps between their bursts. The work is not less, only later: under a load
+//! that leaves no core idle, flushes lag, and fjall itself then holds the writer
+//! (four sealed memtables waiting, or twenty tables in level 0) until they catch up,
+//! which gives them the CPU back. Measured on the bench's 2-core machine in
+//! bench/README.md, "Background work at a lower priority".
+//!
+//! fjall names its workers `fjall:worker` and has no hook for the threads it spawns,
+//! so [`lower_priority`] finds them by that name among the process's threads
+//! (`/proc/self/task/*/comm`) once the database is open (fjall starts them in
+//! `open` and spawns none later) and sets their nice value. Raising a nice value
+//! needs no privilege. Elsewhere than on Linux it does nothing.
+
+use std::io;
+
+/// The name fjall (`=3.1.13`, `worker_pool.rs`) gives its worker threads.
+#[cfg(target_os = "linux")]
+const WORKER_THREAD_NAME: &str = "fjall:worker";
+
+/// The highest nice value: the lowest priority of the normal scheduling class.
+pub const LOWEST_PRIORITY_NICE: i32 = 19;
+
+/// Sets the nice value of every fjall worker thread of this process to `nice`
+/// (0–19), unless one already runs at that value or higher; returns how many threads
+/// it found. A thread that exits while it looks is skipped.
+#[cfg(target_os = "linux")]
+pub fn lower_priority(nice: i32) -> io::Result<usize> {
+    use rustix::process::{Pid, getpriority_process, setpriority_process};
+
+    if !(0..=LOWEST_PRIORITY_NICE).contains(&nice) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("a nice value for background work is 0 to {LOWEST_PRIORITY_NICE}, not {nice}"),
+        ));
+    }
+    let mut found = 0;
+    for entry in std::fs::read_dir("/proc/self/task")? {
+        let entry = entry?;
+        let Some(tid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<i32>().ok())
+            .and_then(Pid::from_raw)
+        else {
+            continue;
+        };
+        let Ok(name) = std::fs::read_to_string(entry.path().join("comm")) else {
+            continue;
+        };
+        if name.trim_end() != WORKER_THREAD_NAME {
+            continue;
+        }
+        found += 1;
+        // On Linux, PRIO_PROCESS with a thread id sets that one thread's nice value.
+        if getpriority_process(Some(tid))? < nice {
+            setpriority_process(Some(tid), nice)?;
+        }
+    }
+    Ok(found)
+}
+
+/// Does nothing: thread priorities are set only on Linux.
+#[cfg(not(target_os = "linux"))]
+pub fn lower_priority(_nice: i32) -> io::Result<usize> {
+    Ok(0)
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use crate::embedded::EmbeddedStore;
+    use rustix::process::{Pid, getpriority_process};
+
+    /// Nice values of this process's fjall worker threads.
+    fn worker_nice_values() -> Vec<i32> {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|entry| {
+                let entry = entry.unwrap();
+                let name = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+                if name.trim_end() != WORKER_THREAD_NAME {
+                    return None;
+                }
+                let tid: i32 = entry.file_name().to_str()?.parse().ok()?;
+                getpriority_process(Pid::from_raw(tid)).ok()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_stores_workers_get_the_nice_value_and_the_caller_keeps_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let _store = EmbeddedStore::open(dir.path()).unwrap();
+        let own = getpriority_process(None).unwrap();
+
+        let found = lower_priority(LOWEST_PRIORITY_NICE).unwrap();
+
+        assert!(found >= 1, "an open store has at least one worker thread");
+        let values = worker_nice_values();
+        assert!(values.len() >= found, "{values:?}");
+        assert!(
+            values.iter().all(|&nice| nice == LOWEST_PRIORITY_NICE),
+            "{values:?}"
+        );
+        assert_eq!(getpriority_process(None).unwrap(), own);
+    }
+
+    #[test]
+    fn a_nice_value_out_of_range_is_refused() {
+        for nice in [-1, 20] {
+            let error = lower_priority(nice).unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+            assert!(error.to_string().contains(&nice.to_string()), "{error}");
+        }
+    }
+}
