@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use backon::BlockingRetryable;
+use meterflow_storage::embedded::EmbeddedStore;
 use meterflow_storage::embedded::retention::{Retention, SWEEP_EVERY, spawn_sweeper};
-use meterflow_storage::embedded::{EmbeddedStore, background};
 use meterflow_storage::memory_cache::MemoryCache;
 use meterflow_storage::redis_cache::RedisCache;
 use meterflow_storage::resilience::RetryConfig;
@@ -37,11 +37,11 @@ use crate::metrics::PipelineMetrics;
 /// Runs the embedded store's flush and compaction threads at nice value `nice`
 /// (`embedded/background.rs`); at 0 they keep the pipeline's priority. A failure
 /// costs only the ack tail it was for, so it is a warning.
-fn lower_background_priority(nice: u8) {
+fn lower_background_priority(store: &EmbeddedStore, nice: u8) {
     if nice == 0 {
         return;
     }
-    match background::lower_priority(i32::from(nice)) {
+    match store.lower_background_priority(i32::from(nice)) {
         Ok(0) if cfg!(target_os = "linux") => {
             warn!("no store background thread found to run at a lower priority")
         }
@@ -91,7 +91,7 @@ pub fn open_store(
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating the data directory {}", dir.display()))?;
             let store = Arc::new(EmbeddedStore::open(dir)?);
-            lower_background_priority(config.store.background_nice);
+            lower_background_priority(&store, config.store.background_nice);
             start_retention(&store, config.store.retention())?;
             Ok(store)
         }

@@ -227,6 +227,8 @@ pub struct EmbeddedStore {
     /// Serialises the store's read-modify-writes, and guards the meters' newest
     /// chunks held in memory (`tails.rs`); see [`Self::lock_writer`].
     writer: Mutex<Tails>,
+    /// fjall's flush and compaction threads started for this store.
+    background_threads: usize,
     /// Set once fjall reports the database poisoned (a failed journal write or
     /// fsync): no later write can succeed without a restart.
     poisoned: AtomicBool,
@@ -239,9 +241,10 @@ impl EmbeddedStore {
     /// store keeps the ones it was created with.
     pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let background_threads = background_workers(cores);
         let db = Database::builder(dir)
             .cache_size(BLOCK_CACHE_BYTES)
-            .worker_threads(background_workers(cores))
+            .worker_threads(background_threads)
             .open()
             .map_err(|e| open_error(dir, e))?;
         let compaction = Arc::new(Leveled::default().with_table_target_size(TABLE_TARGET_BYTES));
@@ -262,6 +265,7 @@ impl EmbeddedStore {
             district_hourly: keyspace(DISTRICT_HOURLY, DISTRICT_HOURLY_MEMTABLE_BYTES)?,
             exceptions: keyspace(EXCEPTIONS, DISTRICT_HOURLY_MEMTABLE_BYTES)?,
             writer: Mutex::new(Tails::default()),
+            background_threads,
             dir: dir.to_path_buf(),
             db,
             poisoned: AtomicBool::new(false),
@@ -271,6 +275,13 @@ impl EmbeddedStore {
     /// The directory the store lives in.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Runs fjall's flush and compaction threads (this store's and any other open
+    /// store's in the process) at nice value `nice`, 0–19 (`background.rs`); returns
+    /// how many threads it found.
+    pub fn lower_background_priority(&self, nice: i32) -> std::io::Result<usize> {
+        background::lower_priority(nice, self.background_threads)
     }
 
     /// Maps an error fjall returned while the store was open.
