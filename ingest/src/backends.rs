@@ -31,9 +31,6 @@ use crate::clock::now_ms;
 use crate::config::{CacheBackend, Config, StoreBackend};
 use crate::metrics::PipelineMetrics;
 
-/// Starts the embedded store's retention sweeper, which counts the rows it expires per
-/// table; none when every table keeps its rows forever. The sweeper holds the store
-/// only while sweeping, so it never keeps a stopped service's store open.
 /// Runs the embedded store's flush and compaction threads at nice value `nice`
 /// (`embedded/background.rs`); at 0 they keep the pipeline's priority. A failure
 /// costs only the ack tail it was for, so it is a warning.
@@ -53,6 +50,9 @@ fn lower_background_priority(store: &EmbeddedStore, nice: u8) {
     }
 }
 
+/// Starts the embedded store's retention sweeper, which counts the rows it expires per
+/// table; none when every table keeps its rows forever. The sweeper holds the store
+/// only while sweeping, so it never keeps a stopped service's store open.
 fn start_retention(store: &Arc<EmbeddedStore>, retention: Retention) -> anyhow::Result<()> {
     if retention.keeps_everything() {
         return Ok(());

@@ -41,16 +41,18 @@ pub const NAMED_WITHIN: Duration = Duration::from_secs(1);
 /// found.
 #[cfg(target_os = "linux")]
 pub fn lower_priority(nice: i32, expected: usize) -> io::Result<usize> {
+    use std::time::Instant;
+
     if !(0..=LOWEST_PRIORITY_NICE).contains(&nice) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("a nice value for background work is 0 to {LOWEST_PRIORITY_NICE}, not {nice}"),
         ));
     }
-    let deadline = std::time::Instant::now() + NAMED_WITHIN;
+    let deadline = Instant::now() + NAMED_WITHIN;
     loop {
         let found = lower_named_workers(nice)?;
-        if found >= expected || std::time::Instant::now() >= deadline {
+        if found >= expected || Instant::now() >= deadline {
             return Ok(found);
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -156,7 +158,6 @@ mod tests {
         done.send(()).unwrap();
 
         assert!(started.elapsed() >= NAMED_WITHIN);
-
         assert!(found > before, "{found} after {before}");
         assert_eq!(late.join().unwrap(), LOWEST_PRIORITY_NICE);
     }
