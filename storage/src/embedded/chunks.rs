@@ -58,6 +58,17 @@ pub(crate) const CHUNK_FORMAT_VERSION: u8 = 2;
 /// chunk, and a day of one-minute reads (1,440) in 12.
 pub const MAX_CHUNK_READINGS: usize = 128;
 
+/// Most readings a chunk grows to by appends ([`append_to_chunk`]); readings that
+/// would take it past this start a chunk of their own after it, which is still one
+/// row for the message. An append rewrites the whole chunk (its stored bytes are
+/// copied into the new value), so this bounds the bytes a message's write carries
+/// into the journal, the memtable, flushes and compactions: a message of 24 readings
+/// writes its own ~24 readings, not the day so far (~60 on average when chunks grew
+/// to a whole day of fifteen-minute reads). A day of fifteen-minute reads becomes
+/// 3–4 chunks instead of one; merges that are not appends still fill a chunk up to
+/// [`MAX_CHUNK_READINGS`].
+pub const APPEND_UP_TO: usize = 32;
+
 /// Length of a chunk's time bucket: one UTC day (see "Bucket" in `mod.rs`).
 pub(crate) const BUCKET_MS: i64 = 86_400_000;
 
@@ -95,8 +106,8 @@ pub(crate) fn encode_chunk(readings: &[StoredReading]) -> Vec<u8> {
 pub(crate) enum Append<T> {
     /// The chunk with the readings appended.
     Appended(T),
-    /// The readings are all newer than the chunk's last but do not fit under the
-    /// cap with it: they can start a chunk of their own after it.
+    /// The readings are all newer than the chunk's last but would take it past
+    /// [`APPEND_UP_TO`]: they can start a chunk of their own after it.
     Full,
     /// Not all newer than the chunk's last (or none given, or the value is an older
     /// single-reading row): the chunk has to be decoded and merged.
@@ -104,8 +115,9 @@ pub(crate) enum Append<T> {
 }
 
 /// The chunk value `value` (at `first_ts`) with `new` appended, when every reading
-/// of `new` is newer than the chunk's last and they fit under the cap. Only the
-/// header is read: the stored readings' bytes are copied, not checked.
+/// of `new` is newer than the chunk's last and the chunk then holds at most
+/// [`APPEND_UP_TO`]. Only the header is read: the stored readings' bytes are copied,
+/// not checked.
 pub(crate) fn append_to_chunk(
     first_ts: i64,
     value: &[u8],
@@ -123,7 +135,7 @@ pub(crate) fn append_to_chunk(
     if !after_tail {
         return Ok(Append::Merge);
     }
-    if count > MAX_CHUNK_READINGS {
+    if count > APPEND_UP_TO {
         return Ok(Append::Full);
     }
     let mut appended = Vec::with_capacity(MAX_READING_BYTES * new.len());
@@ -492,7 +504,8 @@ pub(super) mod tests {
         }
 
         /// Appending to a chunk encodes exactly what encoding the whole would, and
-        /// is refused for readings not after the chunk's last or past the cap.
+        /// is refused for readings not after the chunk's last or past
+        /// [`APPEND_UP_TO`].
         #[test]
         fn appending_equals_encoding_the_whole(
             readings in chunk(),
@@ -507,14 +520,19 @@ pub(super) mod tests {
             if new.is_empty() {
                 prop_assert_eq!(appended, Append::Merge);
             } else {
-                prop_assert_eq!(appended, Append::Appended(encode_chunk(&readings)));
+                let expected = if readings.len() <= APPEND_UP_TO {
+                    Append::Appended(encode_chunk(&readings))
+                } else {
+                    Append::Full
+                };
+                prop_assert_eq!(appended, expected);
                 prop_assert_eq!(
                     append_to_chunk(first, &value, &stored[split - 1..]),
                     Ok(Append::Merge)
                 );
             }
             if let Some(room) = last.checked_add(2 * MAX_CHUNK_READINGS as i64) {
-                let too_many = (1..=MAX_CHUNK_READINGS + 1 - stored.len() + extra)
+                let too_many = (1..=(APPEND_UP_TO + 1).saturating_sub(stored.len()).max(1) + extra)
                     .map(|i| at(room - i as i64, 1))
                     .rev()
                     .collect::<Vec<_>>();

@@ -16,7 +16,9 @@
 //! latest occurrence of each) scans that day's chunks forwards up to the newest new
 //! `ts` and hands each new reading to the chunk with the greatest first `ts` at or
 //! below it; a chunk that receives readings newer than its last has them appended
-//! (only the new ones are encoded, `chunks::append_to_chunk`), any other is
+//! (only the new ones are encoded, `chunks::append_to_chunk`) while it then holds at
+//! most [`APPEND_UP_TO`](chunks::APPEND_UP_TO), or else they become a chunk of their
+//! own after it (an append rewrites the whole chunk; see `mod.rs`); any other is
 //! decoded, merged (the new reading replaces a stored one at the same `ts`) and
 //! written back under its own key, split
 //! into pieces of [`MAX_CHUNK_READINGS`] when it outgrows them (the first piece keeps
@@ -24,7 +26,8 @@
 //! chunks, become new chunks. Chunks that receive nothing are not decoded, and the
 //! scan holds one chunk at a time, so memory stays bounded by the cap whatever a
 //! day holds; its time grows with the chunks of the day before the first new
-//! reading — one for a day of fifteen-minute reads, 12 for one-minute reads.
+//! reading — up to 4 for a day of fifteen-minute reads, up to 45 for one-minute
+//! reads sent in small messages (12 when they arrive a day at a time).
 //!
 //! Rows a batch withdraws ([`MeterBatch::withdrawn`](meterflow_model::MeterBatch::withdrawn):
 //! estimates or recorded rows no pass makes any more) go through the same scan: the
@@ -226,10 +229,12 @@ impl EmbeddedStore {
         if edits.is_empty() {
             return Ok(Some(chunk.clone()));
         }
-        if edits.withdrawn.is_empty()
-            && let Append::Appended(appended) = self.append(batch, chunk, edits.rows)?
-        {
-            return Ok(Some(appended));
+        if edits.withdrawn.is_empty() {
+            match self.append(batch, chunk, edits.rows)? {
+                Append::Appended(appended) => return Ok(Some(appended)),
+                Append::Full => return Ok(self.stage_chunks(batch, prefix, edits.rows)),
+                Append::Merge => {}
+            }
         }
         let stored = chunks::decode_chunk(chunk.first, &chunk.value)
             .map_err(|e| self.corrupt_row(READINGS, &chunk.key, e))?;

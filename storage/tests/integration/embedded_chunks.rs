@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 
 use meterflow_model::{MeterKey, Quality, SealedBatch, StoredReading};
-use meterflow_storage::embedded::MAX_CHUNK_READINGS;
 use meterflow_storage::embedded::retention::{Retention, SWEEP_CHUNK};
+use meterflow_storage::embedded::{APPEND_UP_TO, EmbeddedStore, MAX_CHUNK_READINGS};
 use meterflow_storage::{ReadingStore, StoreError};
 use proptest::prelude::*;
 
@@ -437,7 +437,7 @@ fn a_flood_into_one_day_is_split_into_capped_chunks() {
 }
 
 #[test]
-fn a_day_of_hourly_messages_is_one_chunk() {
+fn a_day_of_hourly_messages_fills_chunks_of_up_to_the_append_limit() {
     let dir = tempfile::tempdir().unwrap();
     let key = meter_key("t", "m");
     let store = open(&dir);
@@ -457,7 +457,53 @@ fn a_day_of_hourly_messages_is_one_chunk() {
             .unwrap();
     }
     drop(store);
-    assert_eq!(raw_chunks(&dir, &key), [(raw_key(&key, DAY_0), 96)]);
+    // Four reads an hour: a chunk takes eight hours of appends (32 readings), then
+    // the next message starts the next chunk.
+    assert_eq!(APPEND_UP_TO, 32);
+    assert_eq!(
+        raw_chunks(&dir, &key),
+        [0, 8, 16].map(|hour| (raw_key(&key, DAY_0 + hour * 3_600_000), 32))
+    );
+}
+
+#[test]
+fn after_a_reopen_a_message_past_the_append_limit_starts_its_own_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = meter_key("t", "m");
+    let reading = |q: i64| stored_reading(DAY_0 + q * 15 * MINUTE_MS, q as u64, Quality::Actual);
+    let write = |store: &EmbeddedStore, message: i64| {
+        let readings = (message * 4..(message + 1) * 4).map(reading).collect();
+        store
+            .write(&[sealed_batch(
+                message as u64,
+                vec![meter_batch(key.clone(), readings, meter_state(1, 0))],
+                vec![],
+            )])
+            .unwrap();
+    };
+    {
+        let store = open(&dir);
+        (0..8).for_each(|message| write(&store, message));
+    }
+    // Reopened: the newest chunk is not held, so the write scans the day and finds
+    // the full chunk.
+    let store = open(&dir);
+    write(&store, 8);
+    let expected: Vec<_> = (0..36).map(reading).collect();
+    assert_eq!(
+        store
+            .readings(&key, i64::MIN, i64::MAX, usize::MAX)
+            .unwrap(),
+        expected
+    );
+    drop(store);
+    assert_eq!(
+        raw_chunks(&dir, &key),
+        [
+            (raw_key(&key, DAY_0), APPEND_UP_TO as u64),
+            (raw_key(&key, DAY_0 + 8 * 3_600_000), 4)
+        ]
+    );
 }
 
 #[test]
@@ -465,9 +511,10 @@ fn in_order_messages_fill_a_chunk_then_start_the_next_and_the_next_day() {
     let dir = tempfile::tempdir().unwrap();
     let key = meter_key("t", "m");
     let store = open(&dir);
-    // Five-minute reads sent 24 at a time (two hours) for two days: 288 a day, so
-    // a day's first chunk fills after five messages and later ones start chunks of
-    // their own; the thirteenth message begins the second day.
+    // Five-minute reads sent 24 at a time (two hours) for two days: two messages
+    // would take a chunk past the append limit, so every message starts a chunk of
+    // its own (one row each, as an append would be); the thirteenth message begins
+    // the second day.
     let reading = |i: i64| stored_reading(DAY_0 + i * 5 * MINUTE_MS, i as u64, Quality::Actual);
     for message in 0..24 {
         let readings = (message * 24..(message + 1) * 24).map(reading).collect();
@@ -497,11 +544,10 @@ fn in_order_messages_fill_a_chunk_then_start_the_next_and_the_next_day() {
     assert_eq!(store.readings(&key, from, to, usize::MAX).unwrap(), inside);
     drop(store);
     let chunks = capped_chunks(&dir, &key, 576);
-    assert_eq!(
-        chunks[0],
-        (raw_key(&key, DAY_0), 120),
-        "five messages in the first"
-    );
+    let message_starts: Vec<_> = (0..24)
+        .map(|message| (raw_key(&key, reading(message * 24).reading.ts), 24))
+        .collect();
+    assert_eq!(chunks, message_starts, "a chunk per message");
     assert!(
         chunks
             .iter()
