@@ -31,6 +31,7 @@ mod cql_ceiling;
 mod distributed;
 mod http;
 mod loadgen;
+mod mqtt_floor;
 mod mqtt_wire;
 mod peer_acker;
 mod plot;
@@ -74,9 +75,17 @@ struct Args {
     /// A scenario of bench/scenarios (single, burst24, connections, cassandra), a path
     /// to a scenario .toml, `all`, `readme` (only re-render the README summary), or
     /// `cql-ceiling` (the CQL server's own write ceiling for the readings table, no
-    /// meterflow in the path; see src/cql_ceiling.rs), or `distributed` (embedded vs
-    /// distributed mode on Cassandra, Redis and Kafka; see src/distributed.rs).
+    /// meterflow in the path; see src/cql_ceiling.rs), `mqtt-floor` (what a bare MQTT
+    /// endpoint costs here: Mosquitto with no subscriber under burst24's load; see
+    /// src/mqtt_floor.rs), or `distributed` (embedded vs distributed mode on
+    /// Cassandra, Redis and Kafka; see src/distributed.rs).
     scenario: String,
+    /// `mqtt-floor`: the offered rates, msgs/s, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "12000,23000,40000")]
+    floor_rates: Vec<f64>,
+    /// `mqtt-floor`: paced seconds at each rate.
+    #[arg(long, default_value_t = 20.0)]
+    floor_secs: f64,
     /// `cql-ceiling`: the CQL node.
     #[arg(long, default_value = "127.0.0.1:9042")]
     cql_node: String,
@@ -307,6 +316,26 @@ fn run(args: &Args) -> anyhow::Result<()> {
                 rows: args.cql_rows,
                 concurrency: args.cql_concurrency,
                 max_secs: args.cql_secs,
+            },
+            &results,
+        );
+    }
+    if args.scenario == "mqtt-floor" {
+        let meterflow = args
+            .meterflow
+            .clone()
+            .unwrap_or_else(|| release_dir().join("meterflow"));
+        return mqtt_floor::run(
+            &mqtt_floor::FloorSettings {
+                mosquitto: find_mosquitto(args.mosquitto.as_deref()).context(
+                    "mosquitto not found: install it (`apt-get install mosquitto`) or pass --mosquitto PATH",
+                )?,
+                sim: args
+                    .sim
+                    .clone()
+                    .unwrap_or_else(|| loadgen::default_sim_binary(&meterflow)),
+                rates: args.floor_rates.clone(),
+                secs: args.floor_secs,
             },
             &results,
         );

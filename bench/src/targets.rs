@@ -75,7 +75,8 @@ pub(crate) struct Peer {
 pub(crate) struct PeerOptions {
     /// `TCP_NODELAY` on the broker's accepted sockets (default: on, as meterflow).
     pub(crate) nodelay: bool,
-    /// Acker connections (1: the specified single subscriber).
+    /// Acker connections (1: the specified single subscriber; 0: none, the broker
+    /// alone, as `mqtt-floor` measures it).
     pub(crate) ackers: usize,
 }
 
@@ -196,7 +197,7 @@ impl Target {
             dir,
         };
         target.wait_ready()?;
-        let ackers = options.ackers.max(1);
+        let ackers = options.ackers;
         for index in 0..ackers {
             target.ackers.push(if ackers == 1 {
                 PeerAcker::start(mqtt, UPLINK_FILTER, index, true)?

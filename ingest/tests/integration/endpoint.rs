@@ -1306,6 +1306,17 @@ fn silent_clients_are_dropped_at_the_connect_deadline_and_keep_alive() {
 }
 
 #[test]
+fn the_service_runs_without_transparent_huge_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = start(dir.path(), "");
+    assert_eq!(
+        service.status_field("THP_enabled").as_deref(),
+        Some("0"),
+        "the binary turns them off before the service starts"
+    );
+}
+
+#[test]
 fn idle_and_unread_connections_cannot_grow_memory_without_bound() {
     const IDLE: usize = 500;
     const MAX_INFLIGHT: f64 = 8.0;

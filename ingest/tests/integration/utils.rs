@@ -108,13 +108,19 @@ impl Meterflow {
 
     /// Resident memory of the process, bytes.
     pub(crate) fn rss_bytes(&self) -> u64 {
+        self.status_field("VmRSS")
+            .and_then(|v| v.trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+
+    /// A field of the process's `/proc/<pid>/status`, trimmed (`None` when absent).
+    pub(crate) fn status_field(&self, field: &str) -> Option<String> {
         let pid = self.child.as_ref().expect("running").id();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
+        status.lines().find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            (name == field).then(|| value.trim().to_string())
+        })
     }
 
     /// Waits until the process answers `/readyz` (after it started, or restarted in
