@@ -53,10 +53,8 @@ pub(crate) struct DistributedSettings {
 
 #[derive(Debug, Serialize)]
 struct Record {
-    scenario: &'static str,
-    timestamp: String,
-    revision: record::Revision,
-    machine: record::Machine,
+    #[serde(flatten)]
+    run: record::RunHeader,
     meters: usize,
     readings_per_message: usize,
     partitions: u32,
@@ -313,10 +311,7 @@ pub(crate) fn run(settings: &DistributedSettings, results: &Path) -> anyhow::Res
     }
     machine.loadavg_end = record::loadavg();
     let record = Record {
-        scenario: "distributed",
-        timestamp: record::now_rfc3339(),
-        revision: record::Revision::probe(&crate::workspace_dir()),
-        machine,
+        run: record::RunHeader::now("distributed", machine),
         meters: settings.meters,
         readings_per_message: settings.readings_per_message,
         partitions: PARTITIONS,

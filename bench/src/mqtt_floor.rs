@@ -61,10 +61,8 @@ struct RateFigures {
 /// One JSON line of `mqtt-floor.jsonl`.
 #[derive(Debug, Serialize)]
 struct FloorRecord {
-    scenario: &'static str,
-    timestamp: String,
-    revision: record::Revision,
-    machine: record::Machine,
+    #[serde(flatten)]
+    run: record::RunHeader,
     meters: usize,
     readings_per_message: usize,
     rates: Vec<RateFigures>,
@@ -93,10 +91,7 @@ pub(crate) fn run(settings: &FloorSettings, results: &Path) -> anyhow::Result<()
         results,
         "mqtt-floor",
         &FloorRecord {
-            scenario: "mqtt-floor",
-            timestamp: record::now_rfc3339(),
-            revision: record::Revision::probe(&crate::workspace_dir()),
-            machine,
+            run: record::RunHeader::now("mqtt-floor", machine),
             meters: METERS,
             readings_per_message: READINGS_PER_MESSAGE,
             rates,

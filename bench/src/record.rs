@@ -211,6 +211,29 @@ pub(crate) struct ConnectionsRecord {
     pub(crate) notes: Vec<String>,
 }
 
+/// What a one-off measurement's record begins with (flattened into it): which
+/// measurement, when, of which code, on which machine.
+#[derive(Debug, Serialize)]
+pub(crate) struct RunHeader {
+    pub(crate) scenario: &'static str,
+    pub(crate) timestamp: String,
+    pub(crate) revision: Revision,
+    pub(crate) machine: Machine,
+}
+
+impl RunHeader {
+    /// The header of `scenario` measured now on `machine` (its end load average
+    /// filled in by the caller), from this workspace's code.
+    pub(crate) fn now(scenario: &'static str, machine: Machine) -> RunHeader {
+        RunHeader {
+            scenario,
+            timestamp: now_rfc3339(),
+            revision: Revision::probe(&crate::workspace_dir()),
+            machine,
+        }
+    }
+}
+
 /// Appends one JSON line to `{dir}/{scenario}.jsonl`.
 pub(crate) fn append<T: Serialize>(dir: &Path, scenario: &str, record: &T) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;

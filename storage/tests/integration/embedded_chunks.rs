@@ -370,6 +370,17 @@ fn raw_chunks(dir: &tempfile::TempDir, key: &MeterKey) -> Vec<(Vec<u8>, u64)> {
         .collect()
 }
 
+/// Commits one sealed batch (`number`) holding `readings` of the meter `key`.
+fn write_message(store: &EmbeddedStore, key: &MeterKey, number: u64, readings: Vec<StoredReading>) {
+    store
+        .write(&[sealed_batch(
+            number,
+            vec![meter_batch(key.clone(), readings, meter_state(1, 0))],
+            vec![],
+        )])
+        .unwrap();
+}
+
 /// The chunks of `key` (as [`raw_chunks`]), checked to hold 1 to the cap readings
 /// each and `total` in all.
 fn capped_chunks(dir: &tempfile::TempDir, key: &MeterKey, total: u64) -> Vec<(Vec<u8>, u64)> {
@@ -396,13 +407,7 @@ fn a_flood_into_one_day_is_split_into_capped_chunks() {
         let readings = (commit * 750..(commit + 1) * 750)
             .map(|i| reading(i, i as u64))
             .collect();
-        store
-            .write(&[sealed_batch(
-                1,
-                vec![meter_batch(key.clone(), readings, meter_state(1, 0))],
-                vec![],
-            )])
-            .unwrap();
+        write_message(&store, &key, 1, readings);
     }
     let rewritten: Vec<_> = (1_000..1_300).map(|i| reading(i, 7)).collect();
     store
@@ -448,13 +453,7 @@ fn a_day_of_hourly_messages_fills_chunks_of_up_to_the_append_limit() {
                 stored_reading(ts, (hour * 4 + q) as u64, Quality::Actual)
             })
             .collect();
-        store
-            .write(&[sealed_batch(
-                hour as u64,
-                vec![meter_batch(key.clone(), readings, meter_state(1, 0))],
-                vec![],
-            )])
-            .unwrap();
+        write_message(&store, &key, hour as u64, readings);
     }
     drop(store);
     // Four reads an hour: a chunk takes eight hours of appends (32 readings), then
@@ -473,13 +472,7 @@ fn after_a_reopen_a_message_past_the_append_limit_starts_its_own_chunk() {
     let reading = |q: i64| stored_reading(DAY_0 + q * 15 * MINUTE_MS, q as u64, Quality::Actual);
     let write = |store: &EmbeddedStore, message: i64| {
         let readings = (message * 4..(message + 1) * 4).map(reading).collect();
-        store
-            .write(&[sealed_batch(
-                message as u64,
-                vec![meter_batch(key.clone(), readings, meter_state(1, 0))],
-                vec![],
-            )])
-            .unwrap();
+        write_message(store, &key, message as u64, readings);
     };
     {
         let store = open(&dir);
@@ -518,13 +511,7 @@ fn in_order_messages_fill_a_chunk_then_start_the_next_and_the_next_day() {
     let reading = |i: i64| stored_reading(DAY_0 + i * 5 * MINUTE_MS, i as u64, Quality::Actual);
     for message in 0..24 {
         let readings = (message * 24..(message + 1) * 24).map(reading).collect();
-        store
-            .write(&[sealed_batch(
-                message as u64,
-                vec![meter_batch(key.clone(), readings, meter_state(1, 0))],
-                vec![],
-            )])
-            .unwrap();
+        write_message(&store, &key, message as u64, readings);
     }
     let expected: Vec<_> = (0..576).map(reading).collect();
     let stored = store
