@@ -292,6 +292,22 @@ fn staleness_note(binary: &Path) -> Option<String> {
     })
 }
 
+impl Args {
+    /// The meterflow binary and the simulator to run: `--meterflow` (else the
+    /// release build's) and `--sim` (else the one beside that meterflow).
+    fn binaries(&self) -> (PathBuf, PathBuf) {
+        let meterflow = self
+            .meterflow
+            .clone()
+            .unwrap_or_else(|| release_dir().join("meterflow"));
+        let sim = self
+            .sim
+            .clone()
+            .unwrap_or_else(|| loadgen::default_sim_binary(&meterflow));
+        (meterflow, sim)
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(&args) {
@@ -321,19 +337,13 @@ fn run(args: &Args) -> anyhow::Result<()> {
         );
     }
     if args.scenario == "mqtt-floor" {
-        let meterflow = args
-            .meterflow
-            .clone()
-            .unwrap_or_else(|| release_dir().join("meterflow"));
+        let (_, sim) = args.binaries();
         return mqtt_floor::run(
             &mqtt_floor::FloorSettings {
                 mosquitto: find_mosquitto(args.mosquitto.as_deref()).context(
                     "mosquitto not found: install it (`apt-get install mosquitto`) or pass --mosquitto PATH",
                 )?,
-                sim: args
-                    .sim
-                    .clone()
-                    .unwrap_or_else(|| loadgen::default_sim_binary(&meterflow)),
+                sim,
                 rates: args.floor_rates.clone(),
                 secs: args.floor_secs,
             },
@@ -341,16 +351,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
         );
     }
     if args.scenario == "distributed" {
-        let meterflow = args
-            .meterflow
-            .clone()
-            .unwrap_or_else(|| release_dir().join("meterflow"));
+        let (meterflow, sim) = args.binaries();
         return distributed::run(
             &distributed::DistributedSettings {
-                sim: args
-                    .sim
-                    .clone()
-                    .unwrap_or_else(|| loadgen::default_sim_binary(&meterflow)),
+                sim,
                 meterflow,
                 meters: args.meters.unwrap_or(1_000),
                 messages_per_meter: args.dist_messages,
@@ -370,14 +374,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         return update_readme(&results);
     }
     let open_files = targets::raise_open_file_limit();
-    let meterflow_bin = args
-        .meterflow
-        .clone()
-        .unwrap_or_else(|| release_dir().join("meterflow"));
-    let sim = args
-        .sim
-        .clone()
-        .unwrap_or_else(|| loadgen::default_sim_binary(&meterflow_bin));
+    let (meterflow_bin, sim) = args.binaries();
     let peers = find_peers(args)?;
     let sim_features = SimFeatures::probe(&sim);
     if args.no_ack_topic && !sim_features.no_ack_topic {

@@ -60,13 +60,28 @@ pub fn lower_priority(nice: i32, expected: usize) -> io::Result<usize> {
 }
 
 /// One look through the process's threads: sets the nice value of each one named
-/// [`WORKER_THREAD_NAME`] and returns how many there are. A thread that exits while
-/// it looks is skipped.
+/// [`WORKER_THREAD_NAME`] and returns how many there are.
 #[cfg(target_os = "linux")]
 fn lower_named_workers(nice: i32) -> io::Result<usize> {
-    use rustix::process::{Pid, getpriority_process, setpriority_process};
+    use rustix::process::{getpriority_process, setpriority_process};
 
-    let mut found = 0;
+    let workers = named_workers()?;
+    for &tid in &workers {
+        // On Linux, PRIO_PROCESS with a thread id sets that one thread's nice value.
+        if getpriority_process(Some(tid))? < nice {
+            setpriority_process(Some(tid), nice)?;
+        }
+    }
+    Ok(workers.len())
+}
+
+/// The ids of this process's threads named [`WORKER_THREAD_NAME`]. A thread that
+/// exits while it looks is skipped.
+#[cfg(target_os = "linux")]
+fn named_workers() -> io::Result<Vec<rustix::process::Pid>> {
+    use rustix::process::Pid;
+
+    let mut workers = Vec::new();
     for entry in std::fs::read_dir("/proc/self/task")? {
         let entry = entry?;
         let Some(tid) = entry
@@ -80,16 +95,11 @@ fn lower_named_workers(nice: i32) -> io::Result<usize> {
         let Ok(name) = std::fs::read_to_string(entry.path().join("comm")) else {
             continue;
         };
-        if name.trim_end() != WORKER_THREAD_NAME {
-            continue;
-        }
-        found += 1;
-        // On Linux, PRIO_PROCESS with a thread id sets that one thread's nice value.
-        if getpriority_process(Some(tid))? < nice {
-            setpriority_process(Some(tid), nice)?;
+        if name.trim_end() == WORKER_THREAD_NAME {
+            workers.push(tid);
         }
     }
-    Ok(found)
+    Ok(workers)
 }
 
 /// Does nothing: thread priorities are set only on Linux.
@@ -102,21 +112,14 @@ pub fn lower_priority(_nice: i32, _expected: usize) -> io::Result<usize> {
 mod tests {
     use super::*;
     use crate::embedded::EmbeddedStore;
-    use rustix::process::{Pid, getpriority_process};
+    use rustix::process::getpriority_process;
 
     /// Nice values of this process's fjall worker threads.
     fn worker_nice_values() -> Vec<i32> {
-        std::fs::read_dir("/proc/self/task")
+        named_workers()
             .unwrap()
-            .filter_map(|entry| {
-                let entry = entry.unwrap();
-                let name = std::fs::read_to_string(entry.path().join("comm")).ok()?;
-                if name.trim_end() != WORKER_THREAD_NAME {
-                    return None;
-                }
-                let tid: i32 = entry.file_name().to_str()?.parse().ok()?;
-                getpriority_process(Pid::from_raw(tid)).ok()
-            })
+            .into_iter()
+            .filter_map(|tid| getpriority_process(Some(tid)).ok())
             .collect()
     }
 
