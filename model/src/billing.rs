@@ -5,7 +5,7 @@
 //! Money is integers in the currency's minor unit (cents for EUR and USD), volumes are
 //! litres, tier bounds are whole cubic metres as tariffs publish them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -195,7 +195,7 @@ pub struct BillingState {
     /// Actual reads not yet settled, ascending `ts`, one per `ts`: as many as VEE's
     /// window holds at most (`MAX_WINDOW_READS`). Not persisted (rebuilt).
     #[serde(skip)]
-    pub open: Vec<RegisterPoint>,
+    pub open: VecDeque<RegisterPoint>,
     /// `ts` of the newest read VEE decided, actual or suspect: a month after the
     /// periods' whose reads are all suspect (pending exceptions) is billed as a month
     /// without reads. Not persisted (rebuilt: the newest read is always in VEE's

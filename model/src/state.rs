@@ -226,7 +226,7 @@ mod tests {
     #[test]
     fn the_persisted_copy_is_what_the_record_holds() {
         let mut state = MeterState::default();
-        state.vee.window.push(crate::vee::RawRead {
+        state.vee.window.push_back(crate::vee::RawRead {
             reading: Reading {
                 ts: 5,
                 reg: 6,
@@ -240,7 +240,7 @@ mod tests {
         state
             .billing
             .open
-            .push(crate::billing::RegisterPoint { ts: 5, creg: 6 });
+            .push_back(crate::billing::RegisterPoint { ts: 5, creg: 6 });
         state.alerts.rows.push_back(crate::alert::RuleRow {
             ts: 5,
             interval_l: 1,

@@ -103,7 +103,7 @@ impl BillingStateV2 {
         BillingState {
             current: self.current,
             previous: self.previous,
-            open: Vec::new(),
+            open: Default::default(),
             reported_to: None,
         }
     }

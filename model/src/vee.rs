@@ -22,7 +22,7 @@
 //! (`meterflow_processors::vee::rebuild_window`). They are `#[serde(skip)]`, which
 //! bincode's positional layout allows because both directions skip them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -320,9 +320,10 @@ pub struct VeeState {
     pub settled: VeeFold,
     /// Reads after the settled point, ascending `ts`, one per `ts`; bounded by the
     /// late window and by [`MAX_WINDOW_READS`]. Not persisted (rebuilt from the
-    /// stored rows).
+    /// stored rows). A deque: reads settle off its front a message's worth at a
+    /// time, and a `Vec` moved the whole window (~16 KiB) down for each.
     #[serde(skip)]
-    pub window: Vec<RawRead>,
+    pub window: VecDeque<RawRead>,
     /// The pass over `settled` and then `window`. Not persisted (rebuilt with the
     /// window).
     #[serde(skip)]
@@ -454,7 +455,7 @@ mod tests {
         let mut state = MeterState {
             vee: VeeState {
                 settled: fold.clone(),
-                window: vec![raw, raw],
+                window: VecDeque::from([raw, raw]),
                 head: fold,
                 orders: vec![RegisterOrder {
                     ts: 10,
@@ -488,7 +489,10 @@ mod tests {
             last: None,
             after: point,
         });
-        state.billing.open.push(RegisterPoint { ts: 3, creg: 4 });
+        state
+            .billing
+            .open
+            .push_back(RegisterPoint { ts: 3, creg: 4 });
         state.alerts.settled.open.push(OpenAlert {
             kind: AlertKind::Leak,
             opened_at: 1,

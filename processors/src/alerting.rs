@@ -71,7 +71,7 @@ use meterflow_model::{
 };
 
 use crate::Processor;
-use crate::by_time::ByTime;
+use crate::by_time::{ByTime, insert_at};
 use crate::calendar::HOUR_MS;
 use crate::tenants::TenantDirectory;
 use fold::{Episodes, FoldRules, Item, fold_item, merged};
@@ -324,7 +324,7 @@ fn take_rows(
             (None, Err(_)) => continue,
             (Some(new), Ok(index)) if alerts.rows[index] == new => continue,
             (Some(new), Ok(index)) => alerts.rows[index] = new,
-            (Some(new), Err(index)) => alerts.rows.insert(index, new),
+            (Some(new), Err(index)) => insert_at(&mut alerts.rows, index, new),
         }
         window.at((ts, 0));
     }
@@ -588,7 +588,9 @@ fn settle(alerts: &mut AlertState, rules: FoldRules<'_>, point: Option<i64>) {
     if alerts.settled_ts.is_some_and(|s| point <= s) {
         return;
     }
-    let rows = alerts.rows.count_before(point.saturating_add(1), |r| r.ts);
+    // Counted from the front: the rows settling are few (a message's worth) and are
+    // folded next, where a binary search would touch the middle of the window.
+    let rows = alerts.rows.iter().take_while(|r| r.ts <= point).count();
     // Their steps were emitted when the head first folded them.
     let statuses = alerts.statuses.iter().take_while(|s| s.ts <= point);
     let settling = merged(alerts.rows.range(..rows), statuses);

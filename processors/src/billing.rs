@@ -84,6 +84,7 @@
 //! Output: one [`BillLine`] per touched period (skipped months included) of each
 //! meter in the batch.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use meterflow_model::billing::{BillingState, PeriodReads, RegisterPoint};
@@ -92,10 +93,9 @@ use meterflow_model::{
     BillLine, MeterKey, MeterSize, MeterState, OrderAction, Outputs, ProcessorsConfig, Quality,
     SealedBatch, StoredReading, Tariff, TenantId, TenantProcessing, TierCharge,
 };
-use std::collections::HashMap;
 
 use crate::Processor;
-use crate::by_time::ByTime;
+use crate::by_time::{ByTime, insert_at};
 use crate::calendar::{LocalCalendar, LocalSpan};
 use crate::tenants::{PerTenant, ProcessorsConfigError, TenantDirectory, TenantEntry};
 
@@ -311,7 +311,7 @@ fn take_row(
         settle_point(billing, point, calendar, terms, out);
     } else {
         let i = at.unwrap_or_else(|i| i);
-        billing.open.insert(i, point);
+        insert_at(&mut billing.open, i, point);
     }
 }
 
@@ -326,8 +326,10 @@ fn settle_open_reads(
     let Some(settled) = vee.settled_ts() else {
         return;
     };
-    let count = billing.open.partition_point(|p| p.ts <= settled);
-    for point in billing.open.drain(..count).collect::<Vec<_>>() {
+    while let Some(&point) = billing.open.front()
+        && point.ts <= settled
+    {
+        billing.open.pop_front();
         settle_point(billing, point, calendar, terms, out);
     }
 }
@@ -399,20 +401,22 @@ fn with_open_reads(billing: &BillingState, calendar: &mut LocalCalendar) -> Bill
         periods: BillingState {
             current: billing.current,
             previous: billing.previous,
-            open: Vec::new(),
+            open: VecDeque::new(),
             reported_to: billing.reported_to,
         },
         passed: Vec::new(),
     };
-    let mut rest = &billing.open[..];
-    while let Some(first) = rest.first() {
+    let open = &billing.open;
+    let mut month_start = 0;
+    while let Some(first) = open.get(month_start) {
         let month_end = calendar.month(first.ts).end_ms;
-        let (month, later) = rest.split_at(rest.count_before(month_end, |p| p.ts));
-        for point in [month.first(), month.last()].into_iter().flatten() {
+        // Every read before `month_start` is in an earlier month.
+        let next_month = open.count_before(month_end, |p| p.ts);
+        for point in [first, &open[next_month - 1]] {
             view.passed
                 .extend(observe(&mut view.periods, *point, calendar));
         }
-        rest = later;
+        month_start = next_month;
     }
     view
 }
@@ -934,7 +938,7 @@ mod tests {
                 creg += used;
                 RegisterPoint { ts: day(*d), creg }
             }).collect();
-            let mut every = BillingState { open: Vec::new(), ..billing.clone() };
+            let mut every = BillingState { open: VecDeque::new(), ..billing.clone() };
             let mut passed = Vec::new();
             for point in &billing.open {
                 passed.extend(observe(&mut every, *point, &mut calendar));

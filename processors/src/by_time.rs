@@ -5,7 +5,9 @@
 //! of fifteen-minute reads). Data mostly arrives in order, so a new `ts` mostly
 //! lands after the last entry: looking there first spares a binary search through a
 //! window that is rarely in the CPU's cache (a shard holds thousands of them), and
-//! gives the same answer as the search.
+//! gives the same answer as the search. The three are deques: entries settle off the
+//! front a message's worth at a time, where a `Vec` moved the whole window down for
+//! each message.
 
 use std::collections::VecDeque;
 
@@ -59,6 +61,17 @@ impl<T> ByTime for VecDeque<T> {
     }
 }
 
+/// Inserts `item` at `index` as [`VecDeque::insert`] does, after the last item —
+/// where data arriving in order lands — as a plain push (`insert` there still runs
+/// its general wrap-around copy).
+pub(crate) fn insert_at<T>(items: &mut VecDeque<T>, index: usize, item: T) {
+    if index == items.len() {
+        items.push_back(item);
+    } else {
+        items.insert(index, item);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -88,6 +101,28 @@ mod tests {
                 prop_assert_eq!(keys.count_before(ts, id), before);
                 prop_assert_eq!(deque.find_time(ts, id), found);
                 prop_assert_eq!(deque.count_before(ts, id), before);
+            }
+        }
+
+        /// Where a time's search puts it, `insert_at` leaves the deque as `insert`
+        /// does, wrapped around or not, at the back or anywhere before it.
+        #[test]
+        fn insert_at_inserts_as_insert_does(
+            mut keys in proptest::collection::vec(-50i64..50, 0..40),
+            dropped in 0usize..10,
+            ts in -60i64..60,
+        ) {
+            keys.sort_unstable();
+            keys.dedup();
+            let mut deque: VecDeque<i64> = (0..dropped as i64).map(|k| k - 1000).collect();
+            deque.extend(keys.iter().copied());
+            deque.drain(..dropped);
+            for ts in [ts, 100] {
+                let at = deque.find_time(ts, |k| *k).unwrap_or_else(|at| at);
+                let mut expected = deque.clone();
+                expected.insert(at, ts);
+                insert_at(&mut deque, at, ts);
+                prop_assert_eq!(&deque, &expected);
             }
         }
     }

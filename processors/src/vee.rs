@@ -84,6 +84,7 @@
 //!
 //! [`MeterSize::max_flow_lph`]: meterflow_model::vee::MeterSize::max_flow_lph
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use meterflow_model::exception::MAX_METER_ORDERS;
@@ -98,7 +99,7 @@ use meterflow_model::{
 };
 
 use crate::Processor;
-use crate::by_time::ByTime;
+use crate::by_time::{ByTime, insert_at};
 use crate::calendar::HOUR_MS;
 use crate::tenants::TenantDirectory;
 
@@ -480,7 +481,7 @@ fn validate(
 /// A meter's window, orders and rules as they were before a batch that re-runs the
 /// pass.
 struct Before<'a> {
-    window: Vec<RawRead>,
+    window: VecDeque<RawRead>,
     orders: Vec<RegisterOrder>,
     rules: &'a MeterRules,
 }
@@ -555,7 +556,7 @@ fn admit(
             continue;
         }
         if let Err(at) = state.window.find_time(ts, |r| r.reading.ts) {
-            state.window.insert(at, raw(stored));
+            insert_at(&mut state.window, at, raw(stored));
             oldest_new = Some(oldest_new.map_or(ts, |o: i64| o.min(ts)));
         }
     }
@@ -610,11 +611,18 @@ fn decide_from(
         ..
     } = state;
     if head.newest_ts.is_none_or(|newest| from > newest) {
-        let split = window.partition_point(|r| r.reading.ts < from);
+        // Counted from the back: here the reads from `from` on are the batch's new
+        // ones, the window's last.
+        let split = window.len()
+            - window
+                .iter()
+                .rev()
+                .take_while(|r| r.reading.ts >= from)
+                .count();
         let mut pass = Pass::silent(rules, std::mem::take(head), window, orders);
         pass.out = Some(out);
         pass.notes = Some(notes);
-        pass.run(&window[split..]);
+        pass.run(window.range(split..));
         *head = pass.fold;
         return;
     }
@@ -658,7 +666,7 @@ fn decide_from(
 
 /// A re-run of the pass over a window with its orders from the settled point.
 struct Rerun<'a> {
-    window: &'a [RawRead],
+    window: &'a VecDeque<RawRead>,
     orders: &'a [RegisterOrder],
     /// Rows (and notes) are emitted for reads from here on.
     from: i64,
@@ -675,9 +683,9 @@ impl Rerun<'_> {
     ) -> VeeFold {
         let split = self.window.count_before(self.from, |r| r.reading.ts);
         let mut pass = Pass::silent(rules, settled.clone(), self.window, self.orders);
-        pass.run(&self.window[..split]);
+        pass.run(self.window.range(..split));
         pass.emit_from_here(out, notes);
-        pass.run(&self.window[split..]);
+        pass.run(self.window.range(split..));
         pass.fold
     }
 }
@@ -693,7 +701,7 @@ fn settle(rules: &MeterRules, state: &mut VeeState) {
     };
     let cutoff = newest.saturating_sub(rules.late_window_ms);
     let overflow = state.window.len().saturating_sub(MAX_WINDOW_READS);
-    if overflow == 0 && state.window.first().is_none_or(|r| r.reading.ts >= cutoff) {
+    if overflow == 0 && state.window.front().is_none_or(|r| r.reading.ts >= cutoff) {
         return;
     }
     let mut probe = Pass::silent(rules, state.settled.clone(), &state.window, &state.orders);
@@ -730,7 +738,7 @@ fn settle(rules: &MeterRules, state: &mut VeeState) {
             &state.window,
             &state.orders,
         );
-        pass.run(&state.window[..settle_up_to]);
+        pass.run(state.window.range(..settle_up_to));
         pass.fold
     };
     state.window.drain(..settle_up_to);
@@ -801,7 +809,7 @@ struct Pass<'a> {
     rules: &'a MeterRules,
     fold: VeeFold,
     /// The meter's window: estimates skip the `ts` of its reads.
-    window: &'a [RawRead],
+    window: &'a VecDeque<RawRead>,
     /// The meter's operator orders, ascending `ts`.
     orders: &'a [RegisterOrder],
     /// Where rows go; `None` while re-running reads whose rows are already stored.
@@ -818,7 +826,7 @@ impl<'a> Pass<'a> {
     fn silent(
         rules: &'a MeterRules,
         fold: VeeFold,
-        window: &'a [RawRead],
+        window: &'a VecDeque<RawRead>,
         orders: &'a [RegisterOrder],
     ) -> Self {
         Self {
@@ -849,10 +857,9 @@ impl<'a> Pass<'a> {
         }
     }
 
-    fn run(&mut self, reads: &[RawRead]) {
-        for read in reads {
-            self.step(read);
-        }
+    fn run<'r>(&mut self, reads: impl IntoIterator<Item = &'r RawRead>) {
+        // `for_each` walks a deque's range as its two slices.
+        reads.into_iter().for_each(|read| self.step(read));
     }
 
     /// Whether the pass stands on `read`: it is the base, with no candidate pending.
