@@ -50,6 +50,15 @@ use crate::targets::{MeterflowOptions, Peer, PeerOptions, Target, TargetKind};
 const SAMPLE_PERIOD: Duration = Duration::from_millis(250);
 /// How often `/metrics` is scraped during a step for queue depths.
 const SCRAPE_PERIOD: Duration = Duration::from_millis(500);
+/// meterflow's queue depths: uplinks waiting in the shard queues, batches waiting for
+/// the sink.
+const SHARD_QUEUE_DEPTH: &str = "meterflow_shard_queue_depth";
+const SINK_QUEUE_DEPTH: &str = "meterflow_sink_queue_depth";
+/// How often, and how long at most, the queues are read before a step while they
+/// drain. The shard queues' depth is sampled once a second, so two empty reads this
+/// far apart mean empty.
+const IDLE_POLL: Duration = Duration::from_millis(1100);
+const IDLE_WAIT_LIMIT: Duration = Duration::from_secs(120);
 /// Window of the closed-loop probe: the simulator's default, as in the baselines.
 const CLOSED_LOOP_WINDOW: usize = 8;
 /// Open-loop window: room for this many seconds of a meter's messages in flight, so
@@ -157,6 +166,10 @@ pub(crate) struct StepRecord {
     pub(crate) elapsed_s: f64,
     pub(crate) connect_s: f64,
     pub(crate) verdict: Option<Verdict>,
+    /// Seconds waited before the step for meterflow's queues to drain (`None`: a
+    /// peer, or a record from before the wait).
+    #[serde(default)]
+    pub(crate) idle_wait_s: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -550,6 +563,9 @@ pub(crate) fn describe(step: &StepRecord, readings_per_message: usize) -> String
             step.unacked, step.resent
         ));
     }
+    if let Some(wait) = step.idle_wait_s.filter(|w| *w > 2.5) {
+        text.push_str(&format!(", started after {wait:.0} s of draining"));
+    }
     text
 }
 
@@ -609,6 +625,42 @@ fn micros_per(seconds: Option<f64>, count: f64) -> Option<f64> {
     (count > 0.0).then_some(seconds? * 1e6 / count)
 }
 
+/// Waits until meterflow's shard and sink queues are empty, so that a step measures
+/// the service at its own rate, not draining what an overloaded step before it left
+/// queued (which also bills that step's CPU to this one). Returns the seconds waited;
+/// `None` for a target without metrics (the peers). Gives up after
+/// [`IDLE_WAIT_LIMIT`], saying so, and the step runs on what is left; a scrape that
+/// fails (a busy or stopped service) counts as not empty.
+fn wait_until_idle(target: &mut Target) -> Option<f64> {
+    let started = Instant::now();
+    let mut empty_reads = 0;
+    loop {
+        let queued = match target.scrape() {
+            Ok(None) => return None,
+            Ok(Some(scrape)) => {
+                Some(scrape.sum(SHARD_QUEUE_DEPTH, &[]) + scrape.sum(SINK_QUEUE_DEPTH, &[]))
+            }
+            Err(_) => None,
+        };
+        empty_reads = if queued == Some(0.0) {
+            empty_reads + 1
+        } else {
+            0
+        };
+        if empty_reads == 2 || !target.alive() {
+            return Some(started.elapsed().as_secs_f64());
+        }
+        if started.elapsed() >= IDLE_WAIT_LIMIT {
+            println!(
+                "  (the queues were not empty after {} s; the step starts anyway)",
+                IDLE_WAIT_LIMIT.as_secs()
+            );
+            return Some(started.elapsed().as_secs_f64());
+        }
+        std::thread::sleep(IDLE_POLL);
+    }
+}
+
 /// Runs one simulator fleet against the target and measures it.
 fn run_step(
     env: &Env,
@@ -617,6 +669,7 @@ fn run_step(
     settings: &SimSettings,
     procs: usize,
 ) -> anyhow::Result<StepRecord> {
+    let idle_wait_s = wait_until_idle(target);
     let before = counters(target)?;
     let spawned_at_s = sampler.now_s();
     let mut fleet = SimFleet::spawn(&env.sim, &settings.split(procs), &env.log_dir)?;
@@ -628,8 +681,8 @@ fn run_step(
         fleet.poll_cpu();
         if let Ok(Some(scrape)) = target.scrape() {
             let t = sampler.now_s();
-            queue.push((t, scrape.sum("meterflow_shard_queue_depth", &[])));
-            sink.push((t, scrape.sum("meterflow_sink_queue_depth", &[])));
+            queue.push((t, scrape.sum(SHARD_QUEUE_DEPTH, &[])));
+            sink.push((t, scrape.sum(SINK_QUEUE_DEPTH, &[])));
         }
         std::thread::sleep(SCRAPE_PERIOD);
     }
@@ -739,6 +792,7 @@ fn run_step(
         elapsed_s: report.elapsed_s,
         connect_s: report.connect_s,
         verdict: None,
+        idle_wait_s,
     })
 }
 
