@@ -78,22 +78,27 @@ mod tests {
 
     use super::*;
 
+    /// Ascending distinct keys, and the same keys in a deque that dropped its oldest
+    /// entries first (wrapped around, as a window that settled some is).
+    fn windows() -> impl Strategy<Value = (Vec<i64>, VecDeque<i64>)> {
+        (proptest::collection::vec(-50i64..50, 0..40), 0usize..10).prop_map(
+            |(mut keys, dropped)| {
+                keys.sort_unstable();
+                keys.dedup();
+                let mut deque: VecDeque<i64> = (0..dropped as i64).map(|k| k - 1000).collect();
+                deque.extend(keys.iter().copied());
+                deque.drain(..dropped);
+                (keys, deque)
+            },
+        )
+    }
+
     proptest! {
-        /// Same answers as the searches they stand for, for a slice and a deque
-        /// (wrapped around, as a window that dropped its oldest entries is), at a
+        /// Same answers as the searches they stand for, for a slice and a deque, at a
         /// random time and at every key and its neighbours.
         #[test]
-        fn answers_as_the_searches_do(
-            mut keys in proptest::collection::vec(-50i64..50, 0..40),
-            dropped in 0usize..10,
-            ts in -60i64..60,
-        ) {
-            keys.sort_unstable();
-            keys.dedup();
+        fn answers_as_the_searches_do((keys, deque) in windows(), ts in -60i64..60) {
             let id = |k: &i64| *k;
-            let mut deque: VecDeque<i64> = (0..dropped as i64).map(|k| k - 1000).collect();
-            deque.extend(keys.iter().copied());
-            deque.drain(..dropped);
             let times = keys.iter().flat_map(|k| [k - 1, *k, k + 1]).chain([ts]);
             for ts in times {
                 let (found, before) = (keys.binary_search(&ts), keys.partition_point(|k| *k < ts));
@@ -107,16 +112,7 @@ mod tests {
         /// Where a time's search puts it, `insert_at` leaves the deque as `insert`
         /// does, wrapped around or not, at the back or anywhere before it.
         #[test]
-        fn insert_at_inserts_as_insert_does(
-            mut keys in proptest::collection::vec(-50i64..50, 0..40),
-            dropped in 0usize..10,
-            ts in -60i64..60,
-        ) {
-            keys.sort_unstable();
-            keys.dedup();
-            let mut deque: VecDeque<i64> = (0..dropped as i64).map(|k| k - 1000).collect();
-            deque.extend(keys.iter().copied());
-            deque.drain(..dropped);
+        fn insert_at_inserts_as_insert_does((_, mut deque) in windows(), ts in -60i64..60) {
             for ts in [ts, 100] {
                 let at = deque.find_time(ts, |k| *k).unwrap_or_else(|at| at);
                 let mut expected = deque.clone();
