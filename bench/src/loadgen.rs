@@ -350,9 +350,22 @@ pub(crate) fn default_sim_binary(meterflow: &Path) -> PathBuf {
     meterflow.with_file_name("meterflow-sim")
 }
 
+/// Messages each of `meters` sends so that the fleet at `rate` msgs/s runs for
+/// `secs` (at least one).
+pub(crate) fn messages_per_meter(rate: f64, secs: f64, meters: usize) -> u64 {
+    ((rate * secs).ceil() as u64).div_ceil(meters as u64).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rate_runs_for_its_seconds_across_the_fleet() {
+        assert_eq!(messages_per_meter(23_000.0, 20.0, 1_000), 460);
+        assert_eq!(messages_per_meter(12_345.0, 1.0, 1_000), 13);
+        assert_eq!(messages_per_meter(0.0, 20.0, 1_000), 1);
+    }
 
     fn settings() -> SimSettings {
         SimSettings {

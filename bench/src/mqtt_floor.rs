@@ -115,7 +115,7 @@ fn measure(settings: &FloorSettings, rate: f64, logs: &Path) -> anyhow::Result<R
         mqtt: broker.mqtt,
         meters: METERS,
         first_meter: 0,
-        messages_per_meter: messages_per_meter(rate, settings.secs),
+        messages_per_meter: loadgen::messages_per_meter(rate, settings.secs, METERS),
         readings_per_message: READINGS_PER_MESSAGE,
         rate: Some(rate),
         window: 8,
@@ -148,21 +148,4 @@ fn measure(settings: &FloorSettings, rate: f64, logs: &Path) -> anyhow::Result<R
         generator_cpu_us_per_msg: per_message(generator_cpu),
         puback_ms: outcome.puback_ms.unwrap_or_default(),
     })
-}
-
-/// Messages each meter sends so that the fleet at `rate` runs for `secs`.
-fn messages_per_meter(rate: f64, secs: f64) -> u64 {
-    ((rate * secs) / METERS as f64).ceil().max(1.0) as u64
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_rate_runs_for_its_seconds_across_the_fleet() {
-        assert_eq!(messages_per_meter(23_000.0, 20.0), 460);
-        assert_eq!(messages_per_meter(12_345.0, 1.0), 13);
-        assert_eq!(messages_per_meter(0.0, 20.0), 1);
-    }
 }

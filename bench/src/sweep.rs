@@ -459,8 +459,7 @@ fn open_loop_step(
     first_meter: usize,
     rate: f64,
 ) -> SimSettings {
-    let messages = (rate * settings.step_secs).ceil() as u64;
-    let per_meter = messages.div_ceil(settings.meters as u64).max(1);
+    let per_meter = loadgen::messages_per_meter(rate, settings.step_secs, settings.meters);
     let window = ((rate / settings.meters as f64) * OPEN_LOOP_WINDOW_SECONDS).ceil() as usize;
     let paced_s = (per_meter * settings.meters as u64) as f64 / rate;
     SimSettings {

@@ -858,8 +858,9 @@ impl<'a> Pass<'a> {
     }
 
     fn run<'r>(&mut self, reads: impl IntoIterator<Item = &'r RawRead>) {
-        // `for_each` walks a deque's range as its two slices.
-        reads.into_iter().for_each(|read| self.step(read));
+        for read in reads {
+            self.step(read);
+        }
     }
 
     /// Whether the pass stands on `read`: it is the base, with no candidate pending.

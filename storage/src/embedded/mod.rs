@@ -66,13 +66,11 @@
 //!   buckets: 1–2, as messages straddle hours); appends stop at
 //!   [`APPEND_UP_TO`] (32) readings, after which the next message starts a chunk of
 //!   its own, so the row carries ~18 readings × ~13 bytes on average (~60 bytes a
-//!   reading; one row per reading took ~80). Until 2026-12-06 a chunk took appends up
-//!   to the cap and the row carried the day so far (~48 readings, ~160 bytes a
-//!   reading): rows cost more than bytes in fjall, but every byte of a rewritten
-//!   chunk also goes through the journal, the memtable, a flush and compactions. A
-//!   `burst24` message (24 readings) now writes its own 24 instead of ~60: the sink
-//!   journals ~810 bytes a message instead of ~1,260, and fjall's worker writes ~1,015
-//!   instead of ~1,340 (`/proc/<pid>/task/*/io` at 23,000 msgs/s);
+//!   reading; one row per reading took ~80). Appending without the limit would carry
+//!   the day so far (~48 readings): every byte of a rewritten chunk goes through the
+//!   journal, the memtable, a flush and compactions, and a `burst24` message (24
+//!   readings) writes its own 24 instead of ~60 (bench/README.md, "Huge pages off, and
+//!   chunks that stop growing");
 //! - hourly or 15-minute reads sent once a day (24–96 readings): 1–2 rows per
 //!   message, where hour buckets would write 24;
 //! - one-minute reads: the day splits into chunks of 128, so a row carries at most

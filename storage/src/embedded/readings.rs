@@ -118,26 +118,26 @@ impl EmbeddedStore {
         day: i64,
         rows: &[StoredReading],
     ) -> Result<Option<TailUpdate>, StoreError> {
-        if tail.day == day {
-            match self.append(batch, &tail.chunk, rows)? {
-                Append::Appended(chunk) => return Ok(Some(TailUpdate::Set(Tail { day, chunk }))),
-                Append::Full => {}
-                Append::Merge => return Ok(None),
-            }
-        }
-        Ok(self
-            .stage_chunks(batch, prefix, rows)
-            .map(|chunk| TailUpdate::Set(Tail { day, chunk })))
+        let newest = if tail.day == day {
+            self.extend_chunk(batch, prefix, &tail.chunk, rows)?
+        } else {
+            self.stage_chunks(batch, prefix, rows)
+        };
+        Ok(newest.map(|chunk| TailUpdate::Set(Tail { day, chunk })))
     }
 
-    /// Stages `chunk` with `rows` appended, when they are all newer than its last
-    /// reading and fit under the cap (only they are encoded); returns it as staged.
-    fn append(
+    /// Stages `rows` after `chunk` when they are all newer than its last reading:
+    /// appended to it while it then holds at most
+    /// [`APPEND_UP_TO`](chunks::APPEND_UP_TO) (only they are encoded), else as chunks
+    /// of their own after it. Returns the newest chunk as staged; `None` when some
+    /// are not newer (the chunk has to be merged).
+    fn extend_chunk(
         &self,
         batch: &mut WriteBatch,
+        prefix: &[u8],
         chunk: &StoredChunk,
         rows: &[StoredReading],
-    ) -> Result<Append<StoredChunk>, StoreError> {
+    ) -> Result<Option<StoredChunk>, StoreError> {
         let appended = chunks::append_to_chunk(chunk.first, &chunk.value, rows)
             .map_err(|e| self.corrupt_row(READINGS, &chunk.key, e))?;
         Ok(match appended {
@@ -148,10 +148,10 @@ impl EmbeddedStore {
                     value: value.into(),
                 };
                 batch.insert(&self.readings, chunk.key.clone(), chunk.value.clone());
-                Append::Appended(chunk)
+                Some(chunk)
             }
-            Append::Full => Append::Full,
-            Append::Merge => Append::Merge,
+            Append::Full => self.stage_chunks(batch, prefix, rows),
+            Append::Merge => None,
         })
     }
 
@@ -229,12 +229,10 @@ impl EmbeddedStore {
         if edits.is_empty() {
             return Ok(Some(chunk.clone()));
         }
-        if edits.withdrawn.is_empty() {
-            match self.append(batch, chunk, edits.rows)? {
-                Append::Appended(appended) => return Ok(Some(appended)),
-                Append::Full => return Ok(self.stage_chunks(batch, prefix, edits.rows)),
-                Append::Merge => {}
-            }
+        if edits.withdrawn.is_empty()
+            && let Some(extended) = self.extend_chunk(batch, prefix, chunk, edits.rows)?
+        {
+            return Ok(Some(extended));
         }
         let stored = chunks::decode_chunk(chunk.first, &chunk.value)
             .map_err(|e| self.corrupt_row(READINGS, &chunk.key, e))?;
