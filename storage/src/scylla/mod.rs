@@ -7,7 +7,9 @@
 //!   `ts`, the later batch winning), dead letters per tenant and day;
 //! - each partition's rows go out as unlogged batches of at most `max_batch_rows`
 //!   (an unlogged batch never spans partitions: that is what makes it cheap and
-//!   atomic per partition), alongside one upsert into the matching `*_days` index;
+//!   atomic per partition), alongside one upsert into the matching `*_days` index —
+//!   for `reading_days` only when this process did not write that row within the
+//!   last hour (`day_index`, whose TTL keeps the row alive past every reading);
 //! - a meter's `meter_state` is written only after every readings statement of that
 //!   meter succeeded, so a crash in between leaves readings without the state that
 //!   reflects them (harmless: they are rewritten on resend), never the reverse;
@@ -58,6 +60,7 @@
 //! from inside an async task: tokio panics on a `block_on` nested in a runtime worker.
 
 mod config;
+mod day_index;
 mod errors;
 mod exceptions;
 mod migration_lease;
@@ -68,7 +71,8 @@ mod write_order;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use ::scylla::client::execution_profile::ExecutionProfile;
 use ::scylla::client::session::Session;
@@ -98,6 +102,7 @@ use crate::ReadingStore;
 use crate::error::StoreError;
 use crate::resilience::{BreakerPermit, BreakerState, CircuitBreaker};
 use crate::runtime::ClientRuntime;
+use day_index::{DayIndexTtl, RecentDays};
 use write_order::{hydrated_version, write_time};
 
 /// Worker threads of the runtime [`ScyllaStore::open`] starts (tests and tools; the
@@ -345,6 +350,10 @@ struct Core {
     /// Who this store writes district hours for, when several processes write them
     /// ([`ScyllaStore::with_contributor`]).
     contributor: Option<String>,
+    /// The `reading_days` rows written lately, which later writes of the same day
+    /// need not upsert again (`day_index`).
+    recent_days: Mutex<RecentDays>,
+    day_index_ttl: DayIndexTtl,
 }
 
 /// [`ReadingStore`] on ScyllaDB or Apache Cassandra.
@@ -810,6 +819,7 @@ impl Core {
         }
         let statements = Statements::prepare(&session, keyspace).await?;
         tracing::info!(keyspace, nodes = ?contact_points, "scylla store ready");
+        let day_index_ttl = DayIndexTtl::for_readings(config.readings_ttl_secs());
         Ok(Self {
             session,
             keyspace: keyspace.to_owned(),
@@ -818,7 +828,15 @@ impl Core {
             config,
             statements,
             contributor: None,
+            recent_days: Mutex::new(RecentDays::new(day_index_ttl.refresh, day_index::CAPACITY)),
+            day_index_ttl,
         })
+    }
+
+    fn recent_days(&self) -> MutexGuard<'_, RecentDays> {
+        self.recent_days
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Runs one store operation behind the breaker.
@@ -934,12 +952,15 @@ impl Core {
         Ok(())
     }
 
-    /// A meter's readings (and their day index) first, then its state.
+    /// A meter's readings (and their day index, unless this process wrote it lately:
+    /// `day_index`) first, then its state.
     async fn write_meter(&self, meter: &MeterWrite<'_>) -> Result<(), StoreError> {
         let ttl = self.config.readings_ttl_secs();
         let tenant = meter.key.tenant.as_str();
         let name = meter.key.meter.as_str();
         let write_timestamp = write_time(meter.state);
+        let now = Instant::now();
+        let mut indexed = Vec::new();
         let mut days = Vec::with_capacity(meter.days.len());
         for (day, edits) in &meter.days {
             let date = cql_date(*day)?;
@@ -964,11 +985,15 @@ impl Core {
                     }),
                 }
             }
-            days.push((date, rows, withdrawn));
+            let index = !rows.is_empty() && self.recent_days().needs_write(meter.key, *day, now);
+            if index {
+                indexed.push(*day);
+            }
+            days.push((date, index, rows, withdrawn));
         }
         let statements: FuturesUnordered<UnitFuture<'_>> = FuturesUnordered::new();
-        for (date, rows, withdrawn) in &days {
-            if !rows.is_empty() {
+        for (date, index, rows, withdrawn) in &days {
+            if *index {
                 statements.push(Box::pin(self.execute(
                     "writing reading_days failed",
                     &self.statements.insert_reading_day,
@@ -976,7 +1001,7 @@ impl Core {
                         tenant,
                         meter: name,
                         day: *date,
-                        ttl,
+                        ttl: self.day_index_ttl.ttl_secs,
                     },
                 )));
             }
@@ -994,6 +1019,7 @@ impl Core {
             );
         }
         drain(statements).await?;
+        self.recent_days().wrote(meter.key, &indexed, now);
         let state = encode_record(meter.state);
         self.execute(
             "writing meter_state failed",

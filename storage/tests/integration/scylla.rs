@@ -326,6 +326,69 @@ fn scylla_rewrites_are_idempotent_and_the_later_batch_wins() {
     store.write(&[SealedBatch::default()]).unwrap();
 }
 
+/// A meter's `reading_days` row is upserted by the first write of its day, not by
+/// the next ones while this process wrote it lately; a process that did not (a
+/// restart, another processor) writes it again, as does the first write of a new day.
+#[test]
+fn scylla_a_days_index_row_is_not_rewritten_by_every_write_of_the_day() {
+    let Some(cassandra) = servers::cassandra("scylla_day_index") else {
+        return;
+    };
+    let (inspector, store) = fresh("day_index", &cassandra, test_config());
+    let key = meter_key("acme", "m1");
+    let write = |store: &ScyllaStore, number: u64, ts: i64| {
+        let reading = stored_reading(ts, 5_000 + number, Quality::Actual);
+        let meters = vec![meter_batch(
+            key.clone(),
+            vec![reading],
+            meter_state(number, 1),
+        )];
+        store
+            .write(&[sealed_batch(number, meters, vec![])])
+            .unwrap();
+    };
+    let ks = inspector.keyspace.clone();
+    let indexed_days = || {
+        let cql = format!(
+            "SELECT COUNT(*) FROM {ks}.reading_days WHERE tenant = 'acme' AND meter = 'm1'"
+        );
+        inspector.rows::<(i64,)>(&cql)[0].0
+    };
+    write(&store, 1, BASE_TS);
+    assert_eq!(indexed_days(), 1);
+
+    // Taken away behind the store's back, the row is not written again by a later
+    // write of the same day…
+    let delete = format!("DELETE FROM {ks}.reading_days WHERE tenant = 'acme' AND meter = 'm1'");
+    inspector
+        .runtime
+        .block_on(inspector.session.query_unpaged(delete.as_str(), ()))
+        .unwrap();
+    write(&store, 2, BASE_TS + 60_000);
+    assert_eq!(indexed_days(), 0);
+    // …but the first write of another day writes that day's,
+    write(&store, 3, BASE_TS + DAY_MS);
+    assert_eq!(indexed_days(), 1);
+    // and a process that did not write the first day's writes it again.
+    let other = ScyllaStore::open(&[cassandra.as_str()], &ks, test_config()).expect("opens");
+    write(&other, 4, BASE_TS + 120_000);
+    assert_eq!(indexed_days(), 2);
+    assert_eq!(
+        other
+            .readings(&key, i64::MIN, i64::MAX, 10)
+            .unwrap()
+            .iter()
+            .map(|row| row.reading.ts)
+            .collect::<Vec<_>>(),
+        [
+            BASE_TS,
+            BASE_TS + 60_000,
+            BASE_TS + 120_000,
+            BASE_TS + DAY_MS
+        ]
+    );
+}
+
 /// Rows a batch withdraws (VEE replaced them and makes them no more) are deleted at
 /// the meter state's version: gone from range reads on every day they were on, not
 /// brought back by a stale owner's late write of them, and stored again by a later
