@@ -72,13 +72,13 @@ impl RecentDays {
     pub(crate) fn needs_write(&self, key: &MeterKey, day: i64, now: Instant) -> bool {
         !self.written.get(key).is_some_and(|days| {
             days.iter()
-                .any(|&(written_day, at)| written_day == day && self.fresh(at, now))
+                .any(|&(written_day, at)| written_day == day && fresh(at, now, self.refresh))
         })
     }
 
     /// Records that `key`'s index rows of `days` were written (acknowledged) at `now`.
     pub(crate) fn wrote(&mut self, key: &MeterKey, days: &[i64], now: Instant) {
-        if days.is_empty() {
+        if days.is_empty() || self.refresh.is_zero() {
             return;
         }
         if !self.written.contains_key(key) && self.written.len() >= self.capacity {
@@ -86,9 +86,7 @@ impl RecentDays {
         }
         let refresh = self.refresh;
         let entry = self.written.entry(key.clone()).or_default();
-        entry.retain(|&(day, at)| {
-            !days.contains(&day) && now.saturating_duration_since(at) < refresh
-        });
+        entry.retain(|&(day, at)| !days.contains(&day) && fresh(at, now, refresh));
         entry.extend(days.iter().map(|&day| (day, now)));
     }
 
@@ -97,24 +95,25 @@ impl RecentDays {
         self.written.len()
     }
 
-    fn fresh(&self, at: Instant, now: Instant) -> bool {
-        now.saturating_duration_since(at) < self.refresh
-    }
-
     fn make_room(&mut self, now: Instant) {
         let refresh = self.refresh;
-        self.written.retain(|_, days| {
-            days.iter()
-                .any(|&(_, at)| now.saturating_duration_since(at) < refresh)
-        });
+        self.written
+            .retain(|_, days| days.iter().any(|&(_, at)| fresh(at, now, refresh)));
         if self.written.len() >= self.capacity {
             self.written.clear();
         }
     }
 }
 
+/// Whether a write made `at` still stands at `now`.
+fn fresh(at: Instant, now: Instant, refresh: Duration) -> bool {
+    now.saturating_duration_since(at) < refresh
+}
+
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn key(meter: &str) -> MeterKey {
@@ -138,11 +137,41 @@ mod tests {
     }
 
     #[test]
-    fn a_zero_refresh_indexes_every_write() {
+    fn a_zero_refresh_indexes_every_write_and_remembers_nothing() {
         let now = Instant::now();
         let mut recent = RecentDays::new(Duration::ZERO, 10);
         recent.wrote(&key("m1"), &[5], now);
         assert!(recent.needs_write(&key("m1"), 5, now));
+        assert_eq!(recent.len(), 0);
+    }
+
+    proptest! {
+        /// Against a model that remembers every write: a write is skipped only when
+        /// the same meter's same day was written less than `refresh` before, and the
+        /// memory never holds more than its capacity.
+        #[test]
+        fn a_write_is_skipped_only_within_the_refresh_of_an_earlier_one(
+            steps in prop::collection::vec((0..6usize, 0..3i64, 0..40u64, any::<bool>()), 1..200),
+            capacity in 1..5usize,
+        ) {
+            let refresh = Duration::from_secs(30);
+            let mut recent = RecentDays::new(refresh, capacity);
+            let mut last_written: HashMap<(usize, i64), Instant> = HashMap::new();
+            let mut now = Instant::now();
+            for (meter, day, advance, write) in steps {
+                now += Duration::from_secs(advance);
+                let skip = !recent.needs_write(&key(&format!("m{meter}")), day, now);
+                if skip {
+                    let at = last_written.get(&(meter, day));
+                    prop_assert!(at.is_some_and(|&at| now - at < refresh));
+                }
+                if write && !skip {
+                    recent.wrote(&key(&format!("m{meter}")), &[day], now);
+                    last_written.insert((meter, day), now);
+                }
+                prop_assert!(recent.len() <= capacity);
+            }
+        }
     }
 
     #[test]
