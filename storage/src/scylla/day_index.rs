@@ -13,7 +13,7 @@
 //!
 //! What this process remembers is a hint, not a record: another processor (after an
 //! ownership change), a restart or a full memory each only cost an upsert more.
-//! Memory is bounded: at most [`RecentDays::capacity`] meters; when it is full, the
+//! Memory is bounded: at most [`CAPACITY`] meters; when it is full, the
 //! meters with nothing fresh are dropped, and if none is, all of them.
 
 use std::collections::HashMap;

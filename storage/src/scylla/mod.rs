@@ -353,7 +353,8 @@ struct Core {
     /// The `reading_days` rows written lately, which later writes of the same day
     /// need not upsert again (`day_index`).
     recent_days: Mutex<RecentDays>,
-    day_index_ttl: DayIndexTtl,
+    /// The TTL `reading_days` rows are written with (`DayIndexTtl`).
+    reading_days_ttl_secs: i32,
 }
 
 /// [`ReadingStore`] on ScyllaDB or Apache Cassandra.
@@ -829,7 +830,7 @@ impl Core {
             statements,
             contributor: None,
             recent_days: Mutex::new(RecentDays::new(day_index_ttl.refresh, day_index::CAPACITY)),
-            day_index_ttl,
+            reading_days_ttl_secs: day_index_ttl.ttl_secs,
         })
     }
 
@@ -938,9 +939,11 @@ impl Core {
 
     async fn write(&self, batches: &[SealedBatch]) -> Result<(), StoreError> {
         let plan = plan(batches);
+        // When these writes are made, for what `reading_days` rows they may skip.
+        let now = Instant::now();
         let mut units: FuturesUnordered<UnitFuture<'_>> = FuturesUnordered::new();
         for meter in &plan.meters {
-            units.push(Box::pin(self.write_meter(meter)));
+            units.push(Box::pin(self.write_meter(meter, now)));
         }
         for ((tenant, day), letters) in &plan.dead_letters {
             units.push(Box::pin(self.write_dead_letters(tenant, *day, letters)));
@@ -954,12 +957,11 @@ impl Core {
 
     /// A meter's readings (and their day index, unless this process wrote it lately:
     /// `day_index`) first, then its state.
-    async fn write_meter(&self, meter: &MeterWrite<'_>) -> Result<(), StoreError> {
+    async fn write_meter(&self, meter: &MeterWrite<'_>, now: Instant) -> Result<(), StoreError> {
         let ttl = self.config.readings_ttl_secs();
         let tenant = meter.key.tenant.as_str();
         let name = meter.key.meter.as_str();
         let write_timestamp = write_time(meter.state);
-        let now = Instant::now();
         let mut indexed = Vec::new();
         let mut days = Vec::with_capacity(meter.days.len());
         for (day, edits) in &meter.days {
@@ -1001,7 +1003,7 @@ impl Core {
                         tenant,
                         meter: name,
                         day: *date,
-                        ttl: self.day_index_ttl.ttl_secs,
+                        ttl: self.reading_days_ttl_secs,
                     },
                 )));
             }
