@@ -13,7 +13,6 @@ use meterflow_storage::ReadingStore;
 use meterflow_storage::resilience::RetryConfig;
 use meterflow_storage::scylla::{ScyllaConfig, ScyllaStore};
 use scylla::client::session::Session;
-use scylla::client::session_builder::SessionBuilder;
 
 use crate::servers;
 use crate::utils::{
@@ -808,13 +807,7 @@ struct Keyspace {
 
 impl Keyspace {
     fn connect(contact_point: &str, name: String) -> Keyspace {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let session = runtime
-            .block_on(SessionBuilder::new().known_node(contact_point).build())
-            .expect("inspection session connects");
+        let (runtime, session) = crate::utils::cql_session(contact_point);
         Keyspace {
             runtime,
             session,

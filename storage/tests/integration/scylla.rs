@@ -12,7 +12,6 @@ use meterflow_storage::resilience::{BreakerConfig, BreakerState, RetryConfig};
 use meterflow_storage::scylla::{ScyllaConfig, ScyllaStore, schema};
 use meterflow_storage::{ReadingStore, StoreError};
 use scylla::client::session::Session;
-use scylla::client::session_builder::SessionBuilder;
 
 use crate::servers::{self, Proxy};
 use crate::utils::{
@@ -47,13 +46,7 @@ struct Inspector {
 
 impl Inspector {
     fn connect(contact_point: &str, keyspace: &str) -> Inspector {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let session = runtime
-            .block_on(SessionBuilder::new().known_node(contact_point).build())
-            .expect("inspection session connects");
+        let (runtime, session) = crate::utils::cql_session(contact_point);
         Inspector {
             runtime,
             session,

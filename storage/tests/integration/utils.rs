@@ -1,5 +1,8 @@
 //! Builders shared by the integration tests: keys, readings, states and batches with
-//! the fields a test does not care about filled in.
+//! the fields a test does not care about filled in; and the CQL session the
+//! ScyllaDB tests look at a store's rows with.
+
+use std::sync::Arc;
 
 use meterflow_model::billing::{BillLine, TierCharge};
 use meterflow_model::{
@@ -7,6 +10,9 @@ use meterflow_model::{
     StoredReading, TenantId, UsageState,
 };
 use meterflow_storage::embedded::EmbeddedStore;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::policies::timestamp_generator::MonotonicTimestampGenerator;
 
 pub(crate) fn meter_key(tenant: &str, meter: &str) -> MeterKey {
     MeterKey::new(
@@ -140,4 +146,26 @@ pub(crate) fn bill(tenant: &str, period: &str, meter: &str, usage_l: u64) -> Bil
         estimated: usage_l % 2 == 1,
         final_: false,
     }
+}
+
+/// A plain driver session on `contact_point` for looking at what a store wrote (and
+/// changing it behind the store's back), with the single-threaded runtime it runs on.
+/// Its statements carry client-side write times as the store's do
+/// (`MonotonicTimestampGenerator`), so a row it deletes and the store writes again
+/// compare by the process's one clock, even when a test fakes that clock away from
+/// the server's.
+pub(crate) fn cql_session(contact_point: &str) -> (tokio::runtime::Runtime, Session) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let session = runtime
+        .block_on(
+            SessionBuilder::new()
+                .known_node(contact_point)
+                .timestamp_generator(Arc::new(MonotonicTimestampGenerator::new()))
+                .build(),
+        )
+        .expect("inspection session connects");
+    (runtime, session)
 }
