@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod dashboard;
 pub mod dead_letter_limit;
+pub mod dormant;
 pub mod endpoint;
 pub mod http;
 pub mod kafka;

@@ -60,6 +60,7 @@ pub const MQTT_TAKEOVERS: &str = "meterflow_mqtt_takeovers_total";
 pub const MQTT_ACCEPT_ERRORS: &str = "meterflow_mqtt_accept_errors_total";
 pub const HTTP_REFUSED: &str = "meterflow_http_connections_refused_total";
 pub const SEQ_GAPS: &str = "meterflow_seq_gaps_total";
+pub const DORMANT_HYDRATED: &str = "meterflow_dormant_meters_hydrated_total";
 pub const ALERTS: &str = "meterflow_alerts_total";
 pub const NOTIFICATIONS: &str = "meterflow_notifications_total";
 pub const TENANT_MESSAGES: &str = "meterflow_tenant_messages_stored_total";
@@ -196,6 +197,10 @@ fn describe() {
     );
     describe_counter!(SEQ_GAPS, "Seq gaps given up on after the resend window.");
     describe_counter!(
+        DORMANT_HYDRATED,
+        "Stored meters hydrated after start without an uplink from them, so that the timer rules cover them."
+    );
+    describe_counter!(
         ALERTS,
         "Alert episode events by kind and state (opened, updated, cleared)."
     );
@@ -283,6 +288,7 @@ pub struct PipelineMetrics {
     pub received_to_durable_seconds: Histogram,
     pub acks: Counter,
     pub seq_gaps: Counter,
+    pub dormant_hydrated: Counter,
     alerts: Vec<Counter>,
     pub notifications_dropped: Counter,
 }
@@ -318,6 +324,7 @@ impl PipelineMetrics {
             received_to_durable_seconds: histogram!(RECEIVED_TO_DURABLE_SECONDS),
             acks: counter!(ACKS),
             seq_gaps: counter!(SEQ_GAPS),
+            dormant_hydrated: counter!(DORMANT_HYDRATED),
             alerts: AlertKind::ALL
                 .iter()
                 .flat_map(|k| {

@@ -25,6 +25,7 @@ use tracing::info;
 use crate::backends;
 use crate::cache_writer::CacheWriter;
 use crate::config::Config;
+use crate::dormant::DormantMeters;
 use crate::endpoint::{
     self,
     handoff::{Handoff, ShardRouter},
@@ -71,6 +72,8 @@ struct Pipeline {
     shard_threads: Vec<JoinHandle<()>>,
     sink_thread: JoinHandle<()>,
     stop_shards: Arc<AtomicBool>,
+    /// Lists the stored meters for the shards to watch (embedded mode).
+    dormant: Option<DormantMeters>,
 }
 
 /// What the pipeline shares with the rest of the service.
@@ -340,12 +343,25 @@ impl Pipeline {
             dead_letter_rate: p.dead_letter_rate(),
         };
         let stop_shards = Arc::new(AtomicBool::new(false));
+        // A processor owns only the meters of its partitions, and they move: it
+        // watches those heard from since start (docs/distributed.md, "Known limits").
+        let (dormant, dormant_queues) = if config.mode.consumes_log() {
+            (
+                None,
+                (0..shards).map(|_| crossbeam_channel::never()).collect(),
+            )
+        } else {
+            let (listing, queues) =
+                DormantMeters::spawn(shared.store.clone(), shards, stop_shards.clone())?;
+            (Some(listing), queues)
+        };
         let mut shard_threads = Vec::with_capacity(shards);
-        for (shard, inbox) in inboxes.into_iter().enumerate() {
+        for ((shard, inbox), dormant) in inboxes.into_iter().enumerate().zip(dormant_queues) {
             let worker = ShardWorker::new(
                 shard,
                 settings.clone(),
                 inbox,
+                dormant,
                 sink_tx.clone(),
                 shared.store.clone(),
                 shared.tenants.clone(),
@@ -387,6 +403,7 @@ impl Pipeline {
                 shard_threads,
                 sink_thread,
                 stop_shards,
+                dormant,
             },
             alert_rx,
         ))
@@ -398,6 +415,9 @@ impl Pipeline {
             .store(true, std::sync::atomic::Ordering::Relaxed);
         for thread in self.shard_threads {
             let _ = thread.join();
+        }
+        if let Some(listing) = self.dormant {
+            listing.join();
         }
         let _ = self.sink_thread.join();
     }

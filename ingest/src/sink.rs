@@ -364,6 +364,12 @@ mod tests {
         fn meter_state(&self, _: &MeterKey) -> Result<Option<MeterState>, StoreError> {
             Ok(None)
         }
+        fn stored_meters(
+            &self,
+            _: &mut dyn FnMut(MeterKey) -> std::ops::ControlFlow<()>,
+        ) -> Result<(), StoreError> {
+            Ok(())
+        }
         fn readings(
             &self,
             _: &MeterKey,

@@ -28,6 +28,8 @@ pub mod scylla;
 pub use error::{CacheError, StoreError};
 pub use resilience::BreakerState;
 
+use std::ops::ControlFlow;
+
 use meterflow_model::alert::AlertEvent;
 use meterflow_model::analytics::{DistrictUsage, Resolution, TopEntry};
 use meterflow_model::billing::BillLine;
@@ -45,6 +47,16 @@ pub trait ReadingStore: Send + Sync + 'static {
 
     /// The persisted state of a meter, for hydration after a restart.
     fn meter_state(&self, key: &MeterKey) -> Result<Option<MeterState>, StoreError>;
+
+    /// Calls `visit` with every meter that has a persisted state, once each, in no
+    /// particular order, until it answers `Break`. After a restart the shards hydrate
+    /// them in their idle time, so that the timer rules (no-communication alerts, bill
+    /// closing) cover meters silent since before it, not only those heard from again.
+    /// Stops at the first error; visiting again from the start is harmless.
+    fn stored_meters(
+        &self,
+        visit: &mut dyn FnMut(MeterKey) -> ControlFlow<()>,
+    ) -> Result<(), StoreError>;
 
     /// Stored readings of a meter with `from_ms <= ts < to_ms`, ascending by `ts`, at
     /// most `limit`.

@@ -370,6 +370,17 @@ impl ShardCore {
         }
     }
 
+    /// Whether to hydrate `key`, a meter the store holds a state of, though it has not
+    /// been heard from since start ([`crate::dormant`]): when the shard does not hold
+    /// it yet and its tenant still serves it. Once hydrated, the timer rules cover it.
+    pub fn wants_dormant(&self, key: &MeterKey) -> bool {
+        !self.meters.contains_key(key)
+            && self
+                .tenants
+                .get(key.tenant.as_str().as_bytes())
+                .is_some_and(|tenant| tenant.admits(&key.meter).is_ok())
+    }
+
     /// Drops the cached state of the meters `which` names (distributed mode: their
     /// partition moved to another processor), so the next uplink of one is hydrated
     /// from the store. The runner orders it only for meters with nothing in flight

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use meterflow_model::topic::parse_client_id;
 use std::collections::BTreeMap;
 
+use meterflow_model::alert::AlertKind;
 use meterflow_model::codec::binary::{decode_record, encode_record};
 use meterflow_model::vee::MAX_WINDOW_READS;
 use meterflow_model::{
@@ -882,4 +883,43 @@ fn a_quiet_shard_publishes_its_districts_at_the_flush_interval_not_the_meter_swe
         .filter(|row| row.resolution == Resolution::Day)
         .count();
     assert_eq!(days, 2, "the litre on each side of midnight");
+}
+
+/// After a restart a shard holds no meter; the stored ones it is handed
+/// (`crate::dormant`) are hydrated, and the timer sweep then covers them as if they
+/// had been heard from since start: a meter silent for four days opens its
+/// no-communication episode though it sent nothing to this run.
+#[test]
+fn a_stored_meter_never_heard_from_since_start_is_swept_once_hydrated() {
+    let (silent, heard, gone) = (key("plain.m1"), key("plain.m2"), key("gone.m1"));
+    let mut shard = Harness::new(1_000);
+    assert_eq!(shard.offer(&heard, &json(1, 1), 0), 1);
+    assert!(shard.core.wants_dormant(&silent));
+    assert!(!shard.core.wants_dormant(&heard), "already held");
+    assert!(
+        !shard.core.wants_dormant(&gone),
+        "a tenant no longer served"
+    );
+
+    let mut state = MeterState::default();
+    state.alerts.last_seen_at = Some(T0_MS - 4 * 86_400_000);
+    shard
+        .core
+        .hydrated(silent.clone(), state, WindowRows::default());
+    assert!(!shard.core.wants_dormant(&silent), "held once hydrated");
+
+    shard.core.tick(shard.at(61_000));
+    let sealed = shard.seal(61_001);
+    let opened: Vec<(&str, AlertKind)> = sealed
+        .outputs
+        .alerts
+        .iter()
+        .map(|a| (a.meter.as_str(), a.kind))
+        .collect();
+    assert_eq!(opened, vec![("m1", AlertKind::NoCommunication)]);
+    assert_eq!(
+        shard.offer(&silent, &json(2, 1), 61_002),
+        0,
+        "its state is held: no second read"
+    );
 }

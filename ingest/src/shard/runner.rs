@@ -4,17 +4,20 @@
 //! rebuilds the window the state does not persist), the [`Completion`]s of the
 //! messages the open batch took, and the hand-off of sealed batches to the sink
 //! (blocking while the sink queue is full: that is the pipeline's backpressure).
+//! When its queue is empty it also hydrates, a few at a time, the stored meters it
+//! does not hold yet ([`crate::dormant`]), so the timer rules cover meters silent
+//! since before a restart.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use meterflow_model::{MeterKey, MeterState};
 use meterflow_processors::ProcessorChain;
 use meterflow_storage::{ReadingStore, StoreError};
-use metrics::Gauge;
+use metrics::{Counter, Gauge};
 use tracing::{error, info, warn};
 
 use super::core::{Now, Sealed, ShardCore, Step, WINDOW_ROWS_PAGE, WindowRows};
@@ -28,6 +31,10 @@ use crate::tenants::Tenants;
 /// Back-off between attempts to read a meter's state while the store is failing.
 const HYDRATE_RETRY: Duration = Duration::from_millis(500);
 
+/// Stored meters hydrated per turn of an idle shard ([`ShardWorker::hydrate_dormant`]),
+/// between which the shard ticks and seals as usual.
+const DORMANT_PER_TURN: usize = 16;
+
 /// A shard worker: one OS thread running a [`ShardCore`].
 pub struct ShardWorker {
     shard: usize,
@@ -36,6 +43,9 @@ pub struct ShardWorker {
     sink: Sender<SinkItem>,
     store: Arc<dyn ReadingStore>,
     queue_depth: Gauge,
+    /// Stored meters to hydrate when idle ([`crate::dormant`]).
+    dormant: Receiver<MeterKey>,
+    dormant_hydrated: Counter,
     /// One per arrival the open batch took, answered by the sink once it is durable.
     completions: Vec<Completion>,
     /// Set at shutdown: the worker seals what it holds and stops, even though the
@@ -49,6 +59,7 @@ impl ShardWorker {
         shard: usize,
         settings: ShardSettings,
         inbox: ShardInbox,
+        dormant: Receiver<MeterKey>,
         sink: Sender<SinkItem>,
         store: Arc<dyn ReadingStore>,
         tenants: Arc<Tenants>,
@@ -56,6 +67,7 @@ impl ShardWorker {
         metrics: PipelineMetrics,
         stop: Arc<AtomicBool>,
     ) -> Self {
+        let dormant_hydrated = metrics.dormant_hydrated.clone();
         Self {
             shard,
             core: ShardCore::new(
@@ -67,6 +79,8 @@ impl ShardWorker {
                 Instant::now(),
             ),
             inbox,
+            dormant,
+            dormant_hydrated,
             sink,
             store,
             queue_depth: PipelineMetrics::shard_queue_depth(shard),
@@ -86,7 +100,7 @@ impl ShardWorker {
 
     fn run(mut self) {
         loop {
-            match self.inbox.recv_deadline(self.core.deadline()) {
+            match self.inbox.recv_deadline(self.wake_at()) {
                 Ok(inbound) => {
                     self.take(inbound);
                     if self.core.is_full() || self.inbox.is_empty() {
@@ -109,6 +123,37 @@ impl ShardWorker {
             }
             if self.core.linger_elapsed(now.instant) {
                 self.seal();
+            }
+            self.hydrate_dormant();
+        }
+    }
+
+    /// When to stop waiting for an uplink: now while stored meters wait to be
+    /// hydrated, else when the core next needs a tick or a seal.
+    fn wake_at(&self) -> Instant {
+        if self.dormant.is_empty() {
+            self.core.deadline()
+        } else {
+            Instant::now()
+        }
+    }
+
+    /// Hydrates up to [`DORMANT_PER_TURN`] of the stored meters the listing handed
+    /// over, those the core wants ([`ShardCore::wants_dormant`]), stopping as soon as
+    /// an uplink waits (it waits for one hydration at most); the next timer sweep
+    /// covers them.
+    fn hydrate_dormant(&mut self) {
+        for _ in 0..DORMANT_PER_TURN {
+            if !self.inbox.is_empty() {
+                return;
+            }
+            let Ok(key) = self.dormant.try_recv() else {
+                return;
+            };
+            if self.core.wants_dormant(&key) {
+                let (state, rows) = self.hydrate(&key);
+                self.core.hydrated(key, state, rows);
+                self.dormant_hydrated.increment(1);
             }
         }
     }

@@ -288,6 +288,39 @@ async fn a_silent_meter_is_caught_by_the_sweep() {
     assert_eq!(alert["state"], "opened", "{alert}");
 }
 
+/// A meter that fell silent before a restart is still caught: the restarted service
+/// never hears from it, yet its shard hydrates it from the store's list of meters
+/// (`ingest/src/dormant.rs`) and the sweep opens the episode. The first run's rule is
+/// the default 72 h, so nothing can open before the restart; the second run's is 3 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meter_silent_since_before_a_restart_is_caught_by_the_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = start_configured(dir.path(), "[pipeline]\nsweep_interval_s = 1\n", &[]);
+    let start = now_ms() - 3 * HOUR_MS;
+    send_and_wait_for_ack(
+        service.mqtt,
+        "demo",
+        "quiet2",
+        &hourly_uplinks(1, start, 100, 5, 3, 3),
+    )
+    .await;
+    service.stop();
+    drop(service);
+
+    let toml = "[pipeline]\nsweep_interval_s = 1\n\n[processors.defaults.alert_rules]\nno_communication_ms = 3000\n";
+    let service = start_configured(dir.path(), toml, &[]);
+    let alert = eventually(Duration::from_secs(20), "no-communication", || {
+        let open = service.get_json("/api/v1/tenants/demo/alerts?state=open");
+        open.as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["kind"] == "no_communication" && a["meter"] == "quiet2")
+            .cloned()
+    })
+    .await;
+    assert_eq!(alert["state"], "opened", "{alert}");
+}
+
 /// A leakage engineer's day view: `resolution=day` serves the tenant's local days with
 /// the night hours and the minimum night flow. One household, hourly 15 L through
 /// yesterday (UTC, the default zone; analytics keeps a day open for late rows for

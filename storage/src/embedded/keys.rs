@@ -29,7 +29,7 @@
 //! `tenant 0x00` yields a tenant's episodes newest `opened_at` first, ties by meter
 //! then kind name, both descending (the ScyllaDB table clusters the same way).
 
-use meterflow_model::MeterKey;
+use meterflow_model::{MeterId, MeterKey, TenantId};
 
 /// Separates variable-length ids; sorts below every byte an id may contain.
 const SEPARATOR: u8 = 0x00;
@@ -56,6 +56,15 @@ pub(crate) fn meter_state_key(key: &MeterKey) -> Vec<u8> {
     out.push(SEPARATOR);
     out.extend_from_slice(meter.as_bytes());
     out
+}
+
+/// The meter a `meter_state` key names ([`meter_state_key`]); `None` when it is not
+/// one.
+pub(crate) fn meter_of_state_key(key: &[u8]) -> Option<MeterKey> {
+    let at = key.iter().position(|&b| b == SEPARATOR)?;
+    let tenant = TenantId::parse(&key[..at]).ok()?;
+    let meter = MeterId::parse(&key[at + 1..]).ok()?;
+    Some(MeterKey::new(tenant, meter))
 }
 
 /// `tenant 0x00 meter 0x00` — the prefix of every `readings` key of one meter.
@@ -217,6 +226,21 @@ mod tests {
         let key = reading_key(&readings_prefix(&meter("t", "m1")), -1);
         assert_eq!(key, b"t\0m1\0\x7f\xff\xff\xff\xff\xff\xff\xff");
         assert_eq!(reading_ts(&key), Some(-1));
+    }
+
+    #[test]
+    fn a_meter_state_key_names_its_meter_and_nothing_else_does() {
+        let key = meter("acme-1", "m_2");
+        assert_eq!(meter_of_state_key(&meter_state_key(&key)), Some(key));
+        for not_one in [
+            &b"acme"[..],
+            b"\0m1",
+            b"acme\0",
+            b"acme\0m1\0x",
+            b"ac me\0m1",
+        ] {
+            assert_eq!(meter_of_state_key(not_one), None, "{not_one:?}");
+        }
     }
 
     #[test]

@@ -116,6 +116,7 @@ mod tails;
 pub use chunks::{APPEND_UP_TO, MAX_CHUNK_READINGS};
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -449,6 +450,25 @@ impl ReadingStore for EmbeddedStore {
             &state_key,
             "reading a meter state",
         )
+    }
+
+    /// A scan of `meter_state`'s keys; values are not read.
+    fn stored_meters(
+        &self,
+        visit: &mut dyn FnMut(MeterKey) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        for entry in self.meter_state.iter() {
+            let key = entry
+                .key()
+                .map_err(|e| self.fjall_error("listing meter states", e))?;
+            let meter = keys::meter_of_state_key(&key).ok_or_else(|| {
+                self.corrupt_row(METER_STATE, &key, "not a tenant and a meter id")
+            })?;
+            if visit(meter).is_break() {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn readings(

@@ -70,6 +70,7 @@ mod write_order;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
@@ -91,8 +92,8 @@ use meterflow_model::billing::BillLine;
 use meterflow_model::codec::binary::{decode_record, encode_record};
 use meterflow_model::time::day_of;
 use meterflow_model::{
-    DeadLetter, ExceptionState, MeterKey, MeterState, Outputs, Quality, ReadException, Reading,
-    Reject, SealedBatch, StoredReading,
+    DeadLetter, ExceptionState, MeterId, MeterKey, MeterState, Outputs, Quality, ReadException,
+    Reading, Reject, SealedBatch, StoredReading, TenantId,
 };
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
@@ -249,6 +250,7 @@ struct Statements {
     insert_dead_letter: PreparedStatement,
     insert_dead_letter_day: PreparedStatement,
     select_state: PreparedStatement,
+    select_state_keys: PreparedStatement,
     select_reading_days: PreparedStatement,
     select_readings: PreparedStatement,
     select_dead_letter_days: PreparedStatement,
@@ -310,6 +312,10 @@ impl Statements {
             select_state: prepare(format!(
                 "SELECT state, WRITETIME(state) AS written FROM {ks}.meter_state \
                  WHERE tenant = ? AND meter = ?"
+            ))
+            .await?,
+            select_state_keys: prepare(format!(
+                "SELECT DISTINCT tenant, meter FROM {ks}.meter_state"
             ))
             .await?,
             select_reading_days: prepare(format!(
@@ -513,6 +519,13 @@ impl ReadingStore for ScyllaStore {
 
     fn meter_state(&self, key: &MeterKey) -> Result<Option<MeterState>, StoreError> {
         self.block_on(self.core.guarded(self.core.meter_state(key)))
+    }
+
+    fn stored_meters(
+        &self,
+        visit: &mut dyn FnMut(MeterKey) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.block_on(self.core.guarded(self.core.stored_meters(visit)))
     }
 
     fn readings(
@@ -1126,6 +1139,40 @@ impl Core {
             }
         }
         Ok(out)
+    }
+
+    /// `meter_state`'s partition keys, page by page (a scan of the whole table).
+    async fn stored_meters(
+        &self,
+        visit: &mut dyn FnMut(MeterKey) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        const WHAT: &str = "listing meter_state failed";
+        let _slot = self.slot().await?;
+        let pager = self
+            .session
+            .execute_iter(self.statements.select_state_keys.clone(), ())
+            .await
+            .map_err(|e| errors::pager(WHAT, &e))?;
+        let mut rows = pager
+            .rows_stream::<(String, String)>()
+            .map_err(|e| errors::type_check(WHAT, &e))?;
+        while let Some((tenant, meter)) = rows
+            .try_next()
+            .await
+            .map_err(|e| errors::next_row(WHAT, &e))?
+        {
+            let key = TenantId::try_from(tenant.as_str())
+                .and_then(|t| MeterId::try_from(meter.as_str()).map(|m| MeterKey::new(t, m)))
+                .map_err(|_| {
+                    StoreError::Corrupt(format!(
+                        "meter_state has a row of tenant {tenant:?} and meter {meter:?}, which are not ids"
+                    ))
+                })?;
+            if visit(key).is_break() {
+                break;
+            }
+        }
+        Ok(())
     }
 
     async fn meter_state(&self, key: &MeterKey) -> Result<Option<MeterState>, StoreError> {

@@ -6,8 +6,8 @@ use meterflow_model::batch::INVALID_TENANT;
 use meterflow_storage::ReadingStore;
 
 use crate::utils::{
-    dead_letter, meter_batch, meter_key, meter_state, meter_state_with_temp, open, sealed_batch,
-    stored_reading,
+    check_stored_meters, dead_letter, meter_batch, meter_key, meter_state, meter_state_with_temp,
+    open, sealed_batch, stored_reading,
 };
 
 #[test]
@@ -45,6 +45,13 @@ fn readings_are_ascending_from_inclusive_to_exclusive_and_limited() {
             .unwrap()
             .is_empty()
     );
+}
+
+/// What a restarted service lists to watch meters silent since before the restart.
+#[test]
+fn stored_meters_are_the_meters_with_a_state() {
+    let dir = tempfile::tempdir().unwrap();
+    check_stored_meters(&open(&dir));
 }
 
 #[test]

@@ -15,8 +15,8 @@ use scylla::client::session::Session;
 
 use crate::servers::{self, Proxy};
 use crate::utils::{
-    bill, dead_letter, meter_batch, meter_key, meter_state, meter_state_with_temp, sealed_batch,
-    stored_reading,
+    bill, check_stored_meters, dead_letter, meter_batch, meter_key, meter_state,
+    meter_state_with_temp, sealed_batch, stored_reading,
 };
 
 /// 2025-11-22T08:26:40Z: readings near a real date, spread over several UTC days.
@@ -199,6 +199,17 @@ fn scylla_readings_come_back_ascending_within_ranges_across_days() {
     );
     assert!(store.is_ready());
     assert_eq!(store.breaker_state(), BreakerState::Closed);
+}
+
+/// What a restarted service lists to watch meters silent since before the restart:
+/// a scan of `meter_state`'s partition keys.
+#[test]
+fn scylla_stored_meters_are_the_meters_with_a_state() {
+    let Some(cassandra) = servers::cassandra("scylla_stored_meters") else {
+        return;
+    };
+    let (_inspector, store) = fresh("stored_meters", &cassandra, test_config());
+    check_stored_meters(&store);
 }
 
 #[test]

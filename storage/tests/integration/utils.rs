@@ -2,6 +2,7 @@
 //! the fields a test does not care about filled in; and the CQL session the
 //! ScyllaDB tests look at a store's rows with.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use meterflow_model::billing::{BillLine, TierCharge};
@@ -9,6 +10,7 @@ use meterflow_model::{
     DeadLetter, MeterBatch, MeterId, MeterKey, MeterState, Quality, Reading, Reject, SealedBatch,
     StoredReading, TenantId, UsageState,
 };
+use meterflow_storage::ReadingStore;
 use meterflow_storage::embedded::EmbeddedStore;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -111,6 +113,48 @@ pub(crate) fn dead_letter(tenant: &str, received_at: i64, id: u64) -> DeadLetter
         reason: Reject::ALL[id as usize % Reject::ALL.len()],
         correlation_id: format!("{tenant}/m{id}/-"),
     }
+}
+
+/// The `stored_meters` contract, on any store: every meter with a state, once
+/// each, whatever wrote it how often; not a tenant that has only dead letters; and a
+/// visit that answers `Break` ends the listing.
+pub(crate) fn check_stored_meters(store: &dyn ReadingStore) {
+    let meters = [
+        meter_key("acme", "m1"),
+        meter_key("acme", "m2"),
+        meter_key("zeta", "m1"),
+    ];
+    for seq in 1..=2 {
+        let batches: Vec<_> = meters
+            .iter()
+            .map(|key| meter_batch(key.clone(), Vec::new(), meter_state(seq, 0)))
+            .collect();
+        store
+            .write(&[sealed_batch(
+                seq,
+                batches,
+                vec![dead_letter("other", 5, seq)],
+            )])
+            .unwrap();
+    }
+    let mut listed = Vec::new();
+    store
+        .stored_meters(&mut |key| {
+            listed.push(key);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    listed.sort();
+    assert_eq!(listed, meters);
+
+    let mut visits = 0;
+    store
+        .stored_meters(&mut |_| {
+            visits += 1;
+            ControlFlow::Break(())
+        })
+        .unwrap();
+    assert_eq!(visits, 1, "the listing ends at the first Break");
 }
 
 pub(crate) fn open(dir: &tempfile::TempDir) -> EmbeddedStore {
