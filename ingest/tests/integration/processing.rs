@@ -13,7 +13,7 @@ use meterflow_model::Uplink;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
 
 use crate::server_support;
-use crate::utils::{hourly_uplinks, send_and_wait_for_ack, start_configured};
+use crate::utils::{Meterflow, hourly_uplinks, send_and_wait_for_ack, start_configured};
 
 const HOUR_MS: i64 = 3_600_000;
 /// The demo tenant's integration password in the burst test (16 characters at least).
@@ -262,30 +262,41 @@ async fn a_burst_reaches_redis_mqtt_and_the_webhook_first() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_meter_is_caught_by_the_sweep() {
-    let dir = tempfile::tempdir().unwrap();
-    // No-communication after 3 s instead of 72 h, swept every second.
-    let toml = "[pipeline]\nsweep_interval_s = 1\n\n[processors.defaults.alert_rules]\nno_communication_ms = 3000\n";
-    let service = start_configured(dir.path(), toml, &[]);
+/// A rule that opens no-communication after 3 s instead of 72 h, swept every second.
+const QUICK_NO_COMMUNICATION: &str = "[pipeline]\nsweep_interval_s = 1\n\n[processors.defaults.alert_rules]\nno_communication_ms = 3000\n";
+
+/// One hourly uplink from `meter` of tenant `demo`, acked.
+async fn report_once(service: &Meterflow, meter: &str) {
     let start = now_ms() - 3 * HOUR_MS;
     send_and_wait_for_ack(
         service.mqtt,
         "demo",
-        "quiet1",
+        meter,
         &hourly_uplinks(1, start, 100, 5, 3, 3),
     )
     .await;
-    let alert = eventually(Duration::from_secs(15), "no-communication", || {
+}
+
+/// Waits for `meter`'s no-communication episode to be open, and checks its step.
+async fn assert_no_communication_opens(service: &Meterflow, meter: &str) {
+    let alert = eventually(Duration::from_secs(20), "no-communication", || {
         let open = service.get_json("/api/v1/tenants/demo/alerts?state=open");
         open.as_array()
             .unwrap()
             .iter()
-            .find(|a| a["kind"] == "no_communication" && a["meter"] == "quiet1")
+            .find(|a| a["kind"] == "no_communication" && a["meter"] == meter)
             .cloned()
     })
     .await;
     assert_eq!(alert["state"], "opened", "{alert}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_meter_is_caught_by_the_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = start_configured(dir.path(), QUICK_NO_COMMUNICATION, &[]);
+    report_once(&service, "quiet1").await;
+    assert_no_communication_opens(&service, "quiet1").await;
 }
 
 /// A meter that fell silent before a restart is still caught: the restarted service
@@ -296,29 +307,12 @@ async fn a_silent_meter_is_caught_by_the_sweep() {
 async fn a_meter_silent_since_before_a_restart_is_caught_by_the_sweep() {
     let dir = tempfile::tempdir().unwrap();
     let mut service = start_configured(dir.path(), "[pipeline]\nsweep_interval_s = 1\n", &[]);
-    let start = now_ms() - 3 * HOUR_MS;
-    send_and_wait_for_ack(
-        service.mqtt,
-        "demo",
-        "quiet2",
-        &hourly_uplinks(1, start, 100, 5, 3, 3),
-    )
-    .await;
+    report_once(&service, "quiet2").await;
     service.stop();
     drop(service);
 
-    let toml = "[pipeline]\nsweep_interval_s = 1\n\n[processors.defaults.alert_rules]\nno_communication_ms = 3000\n";
-    let service = start_configured(dir.path(), toml, &[]);
-    let alert = eventually(Duration::from_secs(20), "no-communication", || {
-        let open = service.get_json("/api/v1/tenants/demo/alerts?state=open");
-        open.as_array()
-            .unwrap()
-            .iter()
-            .find(|a| a["kind"] == "no_communication" && a["meter"] == "quiet2")
-            .cloned()
-    })
-    .await;
-    assert_eq!(alert["state"], "opened", "{alert}");
+    let service = start_configured(dir.path(), QUICK_NO_COMMUNICATION, &[]);
+    assert_no_communication_opens(&service, "quiet2").await;
 }
 
 /// A leakage engineer's day view: `resolution=day` serves the tenant's local days with
