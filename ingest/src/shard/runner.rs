@@ -117,6 +117,8 @@ impl ShardWorker {
                 self.finish();
                 return;
             }
+            // Before any sweep: an idle shard must not sweep meters it gave up.
+            self.apply_orders();
             let now = now();
             if self.core.tick(now) {
                 self.queue_depth.set(self.inbox.len() as f64);
@@ -158,11 +160,19 @@ impl ShardWorker {
         }
     }
 
-    /// Offers an arrival to the core, reading the meter's state first when it asks.
-    fn take(&mut self, inbound: Inbound) {
+    /// Drops the meters the processor gave up ([`crate::endpoint::handoff::ForgetOrder`]):
+    /// before the next uplink is taken, and before every tick, so that a shard with
+    /// nothing to take does not sweep them — raise their no-communication alerts,
+    /// close their bills — after their new owner took over.
+    fn apply_orders(&mut self) {
         for order in self.inbox.orders() {
             self.core.forget(&*order);
         }
+    }
+
+    /// Offers an arrival to the core, reading the meter's state first when it asks.
+    fn take(&mut self, inbound: Inbound) {
+        self.apply_orders();
         let at = Instant::now();
         let arrival = inbound.arrival();
         loop {
@@ -256,5 +266,117 @@ fn now() -> Now {
     Now {
         instant: Instant::now(),
         wall_ms: now_ms(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use crossbeam_channel::bounded;
+    use meterflow_model::alert::AlertKind;
+    use meterflow_model::topic::parse_client_id;
+    use meterflow_model::{Reading, Uplink, codec};
+    use meterflow_storage::embedded::EmbeddedStore;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::dead_letter_limit::DeadLetterRate;
+    use crate::endpoint::handoff::ShardRouter;
+    use crate::endpoint::outbox::Outbox;
+
+    /// Meters fall silent after 1.5 s (room for a slow machine between an uplink and
+    /// the order that gives its meter up), and the timer sweep runs every 20 ms.
+    const CONFIG: &str = "[[tenants]]\nid = \"plain\"\n\n[processors.defaults.alert_rules]\nno_communication_ms = 1500\n";
+
+    fn uplink(meter: &MeterKey) -> Inbound {
+        let now_ms = now_ms();
+        let payload =
+            codec::encode_json(&Uplink::new(1, vec![Reading::register(now_ms - 1_000, 10)]));
+        let (outbox, _answers) = Outbox::new(Some(meter.clone()));
+        Inbound {
+            identity: meter.clone(),
+            topic: Bytes::from(format!("meters/plain/{}/up", meter.meter)),
+            payload: payload.into(),
+            refused: None,
+            received_at: now_ms,
+            received: Instant::now(),
+            completion: Completion::new(outbox, None, false),
+            order: None,
+        }
+    }
+
+    /// A processor gave `gone`'s partition up while the shard had nothing to take:
+    /// the shard drops it before its next sweep, so only the meter it kept is alerted
+    /// on when both fall silent.
+    #[test]
+    fn an_idle_shard_does_not_sweep_the_meters_it_gave_up() {
+        let config = Config::from_toml(CONFIG).expect("test config");
+        let settings = ShardSettings {
+            limits: config.limits.clone(),
+            batch_readings: 1_000,
+            linger: Duration::from_millis(1),
+            resend_window_ms: 60_000,
+            sweep_interval: Duration::from_millis(20),
+            dead_letter_rate: DeadLetterRate {
+                burst: 3,
+                refill_per_s: 1,
+                capacity: 16,
+            },
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ReadingStore> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let (router, mut inboxes) = ShardRouter::new(1, 16);
+        let (sink, sealed) = bounded(64);
+        let stop = Arc::new(AtomicBool::new(false));
+        let worker = ShardWorker::new(
+            0,
+            settings,
+            inboxes.remove(0),
+            crossbeam_channel::never(),
+            sink,
+            store,
+            Arc::new(Tenants::from_config(&config)),
+            ProcessorChain::for_tenants(config.processors.clone()).unwrap(),
+            PipelineMetrics::register(),
+            stop.clone(),
+        )
+        .spawn()
+        .unwrap();
+
+        let (kept, gone) = (
+            parse_client_id("plain.m1").unwrap(),
+            parse_client_id("plain.m2").unwrap(),
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for meter in [&kept, &gone] {
+            runtime.block_on(router.send(uplink(meter))).unwrap();
+        }
+        let mut taken = 0;
+        while taken < 2 {
+            let item = sealed
+                .recv_timeout(Duration::from_secs(5))
+                .expect("the uplinks sealed");
+            taken += item.batch.meters.iter().filter(|m| m.messages > 0).count();
+        }
+        let forgotten = gone.clone();
+        router.forget(Arc::new(move |meter| meter == &forgotten));
+
+        let mut silent = Vec::new();
+        let until = Instant::now() + Duration::from_secs(4);
+        while let Ok(item) = sealed.recv_deadline(until) {
+            silent.extend(
+                item.outputs
+                    .alerts
+                    .iter()
+                    .filter(|a| a.kind == AlertKind::NoCommunication)
+                    .map(|a| a.meter.clone()),
+            );
+        }
+        stop.store(true, Ordering::Relaxed);
+        drop(router);
+        worker.join().unwrap();
+        assert_eq!(silent, vec!["m1".to_owned()]);
     }
 }
