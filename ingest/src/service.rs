@@ -25,7 +25,7 @@ use tracing::info;
 use crate::backends;
 use crate::cache_writer::CacheWriter;
 use crate::config::Config;
-use crate::dormant::DormantMeters;
+use crate::dormant::{DormantMeters, MeterFilter};
 use crate::endpoint::{
     self,
     handoff::{Handoff, ShardRouter},
@@ -72,8 +72,8 @@ struct Pipeline {
     shard_threads: Vec<JoinHandle<()>>,
     sink_thread: JoinHandle<()>,
     stop_shards: Arc<AtomicBool>,
-    /// Lists the stored meters for the shards to watch (embedded mode).
-    dormant: Option<DormantMeters>,
+    /// Lists stored meters for the shards to watch.
+    dormant: Arc<DormantMeters>,
 }
 
 /// What the pipeline shares with the rest of the service.
@@ -141,10 +141,26 @@ impl Service {
         let event_log = events.clone().map(|e| e as Arc<dyn EventLog>);
         #[cfg(not(feature = "kafka"))]
         let event_log: Option<Arc<dyn EventLog>> = None;
+        // Which stored meters the shards may hydrate unasked: every one in embedded
+        // mode; in a processor, those of the partitions it owns at that moment.
+        #[cfg(feature = "kafka")]
+        let partitions = Arc::new(crate::kafka::consumer::OwnedPartitions::new(
+            config.kafka.partitions,
+        ));
+        #[cfg(feature = "kafka")]
+        let owned: MeterFilter = if config.mode.consumes_log() {
+            let partitions = partitions.clone();
+            Arc::new(move |meter| partitions.owns(meter))
+        } else {
+            Arc::new(|_| true)
+        };
+        #[cfg(not(feature = "kafka"))]
+        let owned: MeterFilter = Arc::new(|_| true);
         let (refused_tx, refused) = oneshot::channel();
         let (pipeline, alerts) = match config.mode.runs_pipeline() {
             true => {
-                let (pipeline, alerts) = Pipeline::start(&shared, refused_tx, event_log.clone())?;
+                let (pipeline, alerts) =
+                    Pipeline::start(&shared, refused_tx, event_log.clone(), owned)?;
                 (Some(pipeline), Some(alerts))
             }
             false => (None, None),
@@ -190,8 +206,13 @@ impl Service {
         #[cfg(feature = "kafka")]
         let consumer = match (&pipeline, config.mode.consumes_log()) {
             (Some(pipeline), true) => Some(
-                crate::kafka::consumer::LogConsumer::start(&config.kafka, pipeline.router.clone())
-                    .await?,
+                crate::kafka::consumer::LogConsumer::start(
+                    &config.kafka,
+                    pipeline.router.clone(),
+                    pipeline.dormant.clone(),
+                    partitions,
+                )
+                .await?,
             ),
             _ => None,
         };
@@ -323,11 +344,13 @@ const LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Pipeline {
     /// Shard workers and the sink on OS threads; also the alert events the sink will
-    /// send, for the notifier.
+    /// send, for the notifier. The shards hydrate listed meters only while `owned`
+    /// passes them ([`crate::dormant`]).
     fn start(
         shared: &Shared,
         refused: oneshot::Sender<StoreError>,
         events: Option<Arc<dyn EventLog>>,
+        owned: MeterFilter,
     ) -> anyhow::Result<(Pipeline, Receiver<AlertEvent>)> {
         let config = &shared.config;
         let p = &config.pipeline;
@@ -343,18 +366,13 @@ impl Pipeline {
             dead_letter_rate: p.dead_letter_rate(),
         };
         let stop_shards = Arc::new(AtomicBool::new(false));
-        // A processor owns only the meters of its partitions, and they move: it
-        // watches those heard from since start (docs/distributed.md, "Known limits").
-        let (dormant, dormant_queues) = if config.mode.consumes_log() {
-            (
-                None,
-                (0..shards).map(|_| crossbeam_channel::never()).collect(),
-            )
-        } else {
-            let (listing, queues) =
-                DormantMeters::spawn(shared.store.clone(), shards, stop_shards.clone())?;
-            (Some(listing), queues)
-        };
+        let (dormant, dormant_queues) =
+            DormantMeters::new(shared.store.clone(), shards, owned, stop_shards.clone());
+        // A processor lists the meters of each partition it is assigned
+        // (`kafka::consumer`); embedded mode owns every meter from the start.
+        if !config.mode.consumes_log() {
+            dormant.list("every stored meter", Arc::new(|_| true));
+        }
         let mut shard_threads = Vec::with_capacity(shards);
         for ((shard, inbox), dormant) in inboxes.into_iter().enumerate().zip(dormant_queues) {
             let worker = ShardWorker::new(
@@ -403,7 +421,7 @@ impl Pipeline {
                 shard_threads,
                 sink_thread,
                 stop_shards,
-                dormant,
+                dormant: Arc::new(dormant),
             },
             alert_rx,
         ))
@@ -416,9 +434,7 @@ impl Pipeline {
         for thread in self.shard_threads {
             let _ = thread.join();
         }
-        if let Some(listing) = self.dormant {
-            listing.join();
-        }
+        self.dormant.join();
         let _ = self.sink_thread.join();
     }
 }

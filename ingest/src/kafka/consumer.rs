@@ -33,6 +33,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
+use meterflow_model::MeterKey;
 use metrics::{Counter, Gauge};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -47,6 +48,7 @@ use super::offsets::{LogPosition, OffsetBook, Partition, Position};
 use super::stall::{STATS_INTERVAL_MS, SharedWatch};
 use super::{partition_of, record, topic};
 use crate::clock::now_ms;
+use crate::dormant::DormantMeters;
 use crate::endpoint::handoff::{Inbound, ShardRouter};
 use crate::endpoint::outbox::Completion;
 
@@ -75,6 +77,10 @@ struct Feed {
     membership: SharedWatch,
     book: Arc<OffsetBook>,
     router: ShardRouter,
+    /// Lists the stored meters of assigned partitions for the shards to watch.
+    dormant: Arc<DormantMeters>,
+    /// The partitions owned now, for the shards' hydration of listed meters.
+    owned_now: Arc<OwnedPartitions>,
     topic: String,
     partitions: u32,
     drain: Duration,
@@ -88,12 +94,21 @@ struct Feed {
 
 impl LogConsumer {
     /// Checks the topic, joins the group and starts feeding the shards.
-    pub async fn start(config: &KafkaConfig, router: ShardRouter) -> anyhow::Result<LogConsumer> {
+    /// At each assignment it has `dormant` list the stored meters of the partitions
+    /// assigned, and keeps `partitions` current for the shards that hydrate them.
+    pub async fn start(
+        config: &KafkaConfig,
+        router: ShardRouter,
+        dormant: Arc<DormantMeters>,
+        partitions: Arc<OwnedPartitions>,
+    ) -> anyhow::Result<LogConsumer> {
         topic::ensure(config, &config.topic).await?;
         let feed = Feed {
             membership: SharedWatch::new(),
             book: Arc::new(OffsetBook::default()),
             router,
+            dormant,
+            owned_now: partitions,
             topic: config.topic.clone(),
             partitions: config.partitions,
             drain: Duration::from_secs(config.rebalance_drain_s),
@@ -291,6 +306,7 @@ impl Feed {
         if partitions.is_empty() {
             return;
         }
+        self.owned_now.set(&partitions, false);
         let left = self.book.wait_drained(&partitions, self.drain);
         if left > 0 {
             warn!(
@@ -356,6 +372,49 @@ impl ConsumerContext for Feed {
                 .collect();
             self.owned.increment(partitions.len() as f64);
             info!(?partitions, "partitions assigned");
+            self.owned_now.set(&partitions, true);
+            let (assigned, count): (HashSet<Partition>, u32) =
+                (partitions.into_iter().collect(), self.partitions);
+            self.dormant.list(
+                "the meters of the partitions assigned",
+                Arc::new(move |meter| assigned.contains(&partition_of(meter, count))),
+            );
+        }
+    }
+}
+
+/// The partitions a processor owns now: set as they are assigned, cleared as soon as
+/// they are being given up. A shard hydrates a listed meter ([`crate::dormant`]) only
+/// while its partition is owned, so a listing that outlives an assignment hydrates
+/// nothing for the partition's new owner to share.
+pub struct OwnedPartitions {
+    owned: Box<[AtomicBool]>,
+}
+
+impl OwnedPartitions {
+    /// None of `count` partitions.
+    pub fn new(count: u32) -> OwnedPartitions {
+        OwnedPartitions {
+            owned: (0..count).map(|_| AtomicBool::new(false)).collect(),
+        }
+    }
+
+    /// Whether `meter`'s partition is owned.
+    pub fn owns(&self, meter: &MeterKey) -> bool {
+        let partition = partition_of(meter, self.owned.len() as u32);
+        self.owned
+            .get(partition as usize)
+            .is_some_and(|owned| owned.load(Ordering::Acquire))
+    }
+
+    fn set(&self, partitions: &[Partition], owned: bool) {
+        for partition in partitions {
+            if let Some(flag) = usize::try_from(*partition)
+                .ok()
+                .and_then(|p| self.owned.get(p))
+            {
+                flag.store(owned, Ordering::Release);
+            }
         }
     }
 }

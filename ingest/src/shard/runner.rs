@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{RecvTimeoutError, Sender};
 use meterflow_model::{MeterKey, MeterState};
 use meterflow_processors::ProcessorChain;
 use meterflow_storage::{ReadingStore, StoreError};
@@ -23,6 +23,7 @@ use tracing::{error, info, warn};
 use super::core::{Now, Sealed, ShardCore, Step, WINDOW_ROWS_PAGE, WindowRows};
 use super::{ShardSettings, SinkItem};
 use crate::clock::now_ms;
+use crate::dormant::DormantQueue;
 use crate::endpoint::handoff::{Inbound, ShardInbox};
 use crate::endpoint::outbox::Completion;
 use crate::metrics::PipelineMetrics;
@@ -44,7 +45,7 @@ pub struct ShardWorker {
     store: Arc<dyn ReadingStore>,
     queue_depth: Gauge,
     /// Stored meters to hydrate when idle ([`crate::dormant`]).
-    dormant: Receiver<MeterKey>,
+    dormant: DormantQueue,
     dormant_hydrated: Counter,
     /// One per arrival the open batch took, answered by the sink once it is durable.
     completions: Vec<Completion>,
@@ -59,7 +60,7 @@ impl ShardWorker {
         shard: usize,
         settings: ShardSettings,
         inbox: ShardInbox,
-        dormant: Receiver<MeterKey>,
+        dormant: DormantQueue,
         sink: Sender<SinkItem>,
         store: Arc<dyn ReadingStore>,
         tenants: Arc<Tenants>,
@@ -140,16 +141,17 @@ impl ShardWorker {
         }
     }
 
-    /// Hydrates up to [`DORMANT_PER_TURN`] of the stored meters the listing handed
-    /// over, those the core wants ([`ShardCore::wants_dormant`]), stopping as soon as
-    /// an uplink waits (it waits for one hydration at most); the next timer sweep
-    /// covers them.
+    /// Hydrates up to [`DORMANT_PER_TURN`] of the stored meters a listing handed
+    /// over that the process still owns, those the core wants
+    /// ([`ShardCore::wants_dormant`]), stopping as soon as an uplink waits (it waits
+    /// for one hydration at most); the next timer sweep covers them. Orders are
+    /// applied first: a meter given up is not hydrated again here.
     fn hydrate_dormant(&mut self) {
         for _ in 0..DORMANT_PER_TURN {
             if !self.inbox.is_empty() {
                 return;
             }
-            let Ok(key) = self.dormant.try_recv() else {
+            let Some(key) = self.dormant.next() else {
                 return;
             };
             if self.core.wants_dormant(&key) {
@@ -281,6 +283,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::dead_letter_limit::DeadLetterRate;
+    use crate::dormant::DormantMeters;
     use crate::endpoint::handoff::ShardRouter;
     use crate::endpoint::outbox::Outbox;
 
@@ -328,11 +331,13 @@ mod tests {
         let (router, mut inboxes) = ShardRouter::new(1, 16);
         let (sink, sealed) = bounded(64);
         let stop = Arc::new(AtomicBool::new(false));
+        let (_nothing_listed, mut dormant) =
+            DormantMeters::new(store.clone(), 1, Arc::new(|_| true), stop.clone());
         let worker = ShardWorker::new(
             0,
             settings,
             inboxes.remove(0),
-            crossbeam_channel::never(),
+            dormant.remove(0),
             sink,
             store,
             Arc::new(Tenants::from_config(&config)),

@@ -24,7 +24,8 @@ use meterflow_simulator::{SimConfig, run};
 use crate::backends::{cql, stored_readings, wait_for_redis};
 use crate::server_support::{self, Proxy};
 use crate::utils::{
-    Meterflow, Metrics, free_addr, ground_truth, spawn_fleet, start_configured, wait_for_acks,
+    Meterflow, Metrics, assert_no_communication_opens, free_addr, ground_truth, hourly_uplinks,
+    send_and_wait_for_ack, spawn_fleet, start_configured, wait_for_acks,
 };
 
 /// How long processors get to store what the endpoints appended.
@@ -638,6 +639,47 @@ async fn wait_for_count(node: &Meterflow, metric: &str, within: Duration) {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// A processor that starts lists the stored meters of the partitions it is assigned
+/// (`ingest/src/dormant.rs`): a meter silent since before the restart still opens its
+/// no-communication episode. The first run's rule is the default 72 h, so nothing can
+/// open before the restart; the second run's is 3 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_processor_watches_the_silent_meters_of_its_partitions() {
+    let Some(cluster) = Cluster::new("dist_dormant") else {
+        return;
+    };
+    let mut processor = cluster.start("processor", "p1");
+    let endpoint = cluster.start("endpoint", "e1");
+    wait_for_count(
+        &processor,
+        "meterflow_log_partitions_owned",
+        Duration::from_secs(60),
+    )
+    .await;
+    let start = meterflow_ingest::clock::now_ms() - 3 * 3_600_000;
+    send_and_wait_for_ack(
+        endpoint.mqtt,
+        "demo",
+        "quiet3",
+        &hourly_uplinks(1, start, 100, 5, 3, 3),
+    )
+    .await;
+    wait_for_count(
+        &processor,
+        "meterflow_messages_total{outcome=\"stored\"}",
+        Duration::from_secs(60),
+    )
+    .await;
+    processor.stop();
+
+    let mut text = std::fs::read_to_string(&cluster.config).unwrap();
+    text.push_str("[processors.defaults.alert_rules]\nno_communication_ms = 3000\n");
+    std::fs::write(&cluster.config, text).unwrap();
+    let processor = cluster.start("processor", "p2");
+    assert_no_communication_opens(&processor, "quiet3", Duration::from_secs(90)).await;
+    drop(endpoint);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

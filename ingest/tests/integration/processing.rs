@@ -13,7 +13,10 @@ use meterflow_model::Uplink;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
 
 use crate::server_support;
-use crate::utils::{Meterflow, hourly_uplinks, send_and_wait_for_ack, start_configured};
+use crate::utils::{
+    Meterflow, assert_no_communication_opens, hourly_uplinks, send_and_wait_for_ack,
+    start_configured,
+};
 
 const HOUR_MS: i64 = 3_600_000;
 /// The demo tenant's integration password in the burst test (16 characters at least).
@@ -277,26 +280,12 @@ async fn report_once(service: &Meterflow, meter: &str) {
     .await;
 }
 
-/// Waits for `meter`'s no-communication episode to be open, and checks its step.
-async fn assert_no_communication_opens(service: &Meterflow, meter: &str) {
-    let alert = eventually(Duration::from_secs(20), "no-communication", || {
-        let open = service.get_json("/api/v1/tenants/demo/alerts?state=open");
-        open.as_array()
-            .unwrap()
-            .iter()
-            .find(|a| a["kind"] == "no_communication" && a["meter"] == meter)
-            .cloned()
-    })
-    .await;
-    assert_eq!(alert["state"], "opened", "{alert}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_meter_is_caught_by_the_sweep() {
     let dir = tempfile::tempdir().unwrap();
     let service = start_configured(dir.path(), QUICK_NO_COMMUNICATION, &[]);
     report_once(&service, "quiet1").await;
-    assert_no_communication_opens(&service, "quiet1").await;
+    assert_no_communication_opens(&service, "quiet1", Duration::from_secs(20)).await;
 }
 
 /// A meter that fell silent before a restart is still caught: the restarted service
@@ -312,7 +301,7 @@ async fn a_meter_silent_since_before_a_restart_is_caught_by_the_sweep() {
     drop(service);
 
     let service = start_configured(dir.path(), QUICK_NO_COMMUNICATION, &[]);
-    assert_no_communication_opens(&service, "quiet2").await;
+    assert_no_communication_opens(&service, "quiet2", Duration::from_secs(20)).await;
 }
 
 /// A leakage engineer's day view: `resolution=day` serves the tenant's local days with

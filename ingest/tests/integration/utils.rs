@@ -723,3 +723,32 @@ pub(crate) fn start_configured(dir: &Path, toml: &str, extra: &[&str]) -> Meterf
     args.extend_from_slice(extra);
     Meterflow::start_with(&dir.join("data"), free_addr(), free_addr(), &args)
 }
+
+/// Waits until `meter` of tenant `demo` has an open no-communication episode on
+/// `service` (within `within`), and checks its step; fails with the service's log.
+pub(crate) async fn assert_no_communication_opens(
+    service: &Meterflow,
+    meter: &str,
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let open = service.get_json("/api/v1/tenants/demo/alerts?state=open");
+        let alert = open
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["kind"] == "no_communication" && a["meter"] == meter)
+            .cloned();
+        if let Some(alert) = alert {
+            assert_eq!(alert["state"], "opened", "{alert}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no no-communication episode for {meter}: {open}\n{}",
+            service.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
