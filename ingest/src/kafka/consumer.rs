@@ -11,6 +11,10 @@
 //!   waits (at most `kafka.rebalance_drain_s`) until their uplinks in flight are
 //!   durable, commits them, and has every shard forget the cached state of their
 //!   meters ([`ShardRouter::forget`]); their next owner hydrates them from the store.
+//!   Partitions assigned are marked owned ([`OwnedPartitions`]) and their stored
+//!   meters listed for the shards to hydrate in idle time ([`DormantMeters`]), so the
+//!   timer rules cover the silent ones too; partitions being given up are unmarked
+//!   before the drain.
 //! - **Backpressure**: a full shard queue blocks the hand-over, so the thread stops
 //!   polling; memory stays bounded by the shard queues, and lag grows in the log.
 //! - **Lag**: librdkafka's statistics give each owned partition's consumer lag;
