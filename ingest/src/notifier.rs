@@ -22,9 +22,9 @@ use std::time::Duration;
 
 use backon::BlockingRetryable;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
+use meterflow_model::MeterKey;
 use meterflow_model::alert::AlertEvent;
 use meterflow_model::processing::ProcessorsConfig;
-use meterflow_model::{MeterId, MeterKey, TenantId};
 use meterflow_processors::notify::{Notification, NotificationPolicy};
 use meterflow_storage::resilience::RetryConfig;
 use metrics::Counter;
@@ -132,11 +132,7 @@ impl Notifier {
     fn deliver(&mut self, notification: Notification, webhooks: &Sender<(String, Vec<u8>)>) {
         let event = &notification.event;
         let body = payload(&notification);
-        if let (Ok(tenant), Ok(meter)) = (
-            TenantId::try_from(event.tenant.as_str()),
-            MeterId::try_from(event.meter.as_str()),
-        ) {
-            let key = MeterKey::new(tenant, meter);
+        if let Ok(key) = MeterKey::parse(event.tenant.as_bytes(), event.meter.as_bytes()) {
             match &self.events {
                 Some(events) => events.alert(&key, &body),
                 None => publish_alert(

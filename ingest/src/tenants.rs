@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use meterflow_model::{MeterId, Reject, TenantId, Uplink, credentials, mac};
+use meterflow_model::{MeterId, MeterKey, Reject, TenantId, Uplink, credentials, mac};
 use subtle::ConstantTimeEq;
 
 use crate::config::Config;
@@ -111,6 +111,15 @@ impl Tenants {
     /// Looks a tenant up by the raw id from a topic or URL.
     pub fn get(&self, raw_id: &[u8]) -> Option<&Tenant> {
         self.by_id.get(raw_id)
+    }
+
+    /// `meter`'s tenant, when it is configured and admits the meter.
+    pub fn admit(&self, meter: &MeterKey) -> Result<&Tenant, Reject> {
+        let tenant = self
+            .get(meter.tenant.as_str().as_bytes())
+            .ok_or(Reject::UnknownTenant)?;
+        tenant.admits(&meter.meter)?;
+        Ok(tenant)
     }
 }
 

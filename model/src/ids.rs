@@ -103,6 +103,11 @@ impl MeterKey {
     pub fn new(tenant: TenantId, meter: MeterId) -> Self {
         Self { tenant, meter }
     }
+
+    /// Validates a tenant id and a meter id read back from storage or an event.
+    pub fn parse(tenant: &[u8], meter: &[u8]) -> Result<Self, Reject> {
+        Ok(Self::new(TenantId::parse(tenant)?, MeterId::parse(meter)?))
+    }
 }
 
 impl fmt::Display for MeterKey {
@@ -120,6 +125,14 @@ impl fmt::Debug for MeterKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_meter_key_parses_from_two_valid_ids_only() {
+        let key = MeterKey::parse(b"acme", b"m-1").unwrap();
+        assert_eq!(key.to_string(), "acme/m-1");
+        assert_eq!(MeterKey::parse(b"ac me", b"m1"), Err(Reject::BadId));
+        assert_eq!(MeterKey::parse(b"acme", b""), Err(Reject::BadId));
+    }
 
     #[test]
     fn accepts_the_documented_alphabet() {

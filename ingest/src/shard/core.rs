@@ -374,11 +374,7 @@ impl ShardCore {
     /// been heard from since start ([`crate::dormant`]): when the shard does not hold
     /// it yet and its tenant still serves it. Once hydrated, the timer rules cover it.
     pub fn wants_dormant(&self, key: &MeterKey) -> bool {
-        !self.meters.contains_key(key)
-            && self
-                .tenants
-                .get(key.tenant.as_str().as_bytes())
-                .is_some_and(|tenant| tenant.admits(&key.meter).is_ok())
+        !self.meters.contains_key(key) && self.tenants.admit(key).is_ok()
     }
 
     /// Drops the cached state of the meters `which` names (distributed mode: their
@@ -511,11 +507,7 @@ impl ShardCore {
             return Err(reason.into());
         }
         let meter = arrival.identity;
-        let tenant = self
-            .tenants
-            .get(meter.tenant.as_str().as_bytes())
-            .ok_or(Reject::UnknownTenant)?;
-        tenant.admits(&meter.meter)?;
+        let tenant = self.tenants.admit(meter)?;
         check_payload_size(arrival.payload.len(), &self.settings.limits)?;
         let uplink = codec::decode(arrival.payload)?;
         let rejection = |reason, duplicate| Rejection {

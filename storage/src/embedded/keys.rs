@@ -29,7 +29,7 @@
 //! `tenant 0x00` yields a tenant's episodes newest `opened_at` first, ties by meter
 //! then kind name, both descending (the ScyllaDB table clusters the same way).
 
-use meterflow_model::{MeterId, MeterKey, TenantId};
+use meterflow_model::MeterKey;
 
 /// Separates variable-length ids; sorts below every byte an id may contain.
 const SEPARATOR: u8 = 0x00;
@@ -62,9 +62,7 @@ pub(crate) fn meter_state_key(key: &MeterKey) -> Vec<u8> {
 /// one.
 pub(crate) fn meter_of_state_key(key: &[u8]) -> Option<MeterKey> {
     let at = key.iter().position(|&b| b == SEPARATOR)?;
-    let tenant = TenantId::parse(&key[..at]).ok()?;
-    let meter = MeterId::parse(&key[at + 1..]).ok()?;
-    Some(MeterKey::new(tenant, meter))
+    MeterKey::parse(&key[..at], &key[at + 1..]).ok()
 }
 
 /// `tenant 0x00 meter 0x00` — the prefix of every `readings` key of one meter.

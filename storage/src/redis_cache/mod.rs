@@ -102,9 +102,7 @@ use futures_util::future::try_join_all;
 use meterflow_model::alert::AlertEvent;
 use meterflow_model::analytics::{DistrictUsage, Resolution, TopEntry};
 use meterflow_model::ids::is_valid_id;
-use meterflow_model::{
-    MeterId, MeterKey, MeterPage, MeterQuery, MeterView, Outputs, TenantId, TenantSummary,
-};
+use meterflow_model::{MeterKey, MeterPage, MeterQuery, MeterView, Outputs, TenantSummary};
 use redis::{AsyncCommands, RedisError, RetryMethod};
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
@@ -454,12 +452,9 @@ impl RedisCache {
         let mut names = Vec::with_capacity(ids.len());
         let mut meter_keys = Vec::with_capacity(ids.len());
         for id in ids {
-            let (Ok(tenant_id), Ok(meter_id)) =
-                (TenantId::try_from(tenant), MeterId::try_from(id.as_str()))
-            else {
+            let Ok(key) = MeterKey::parse(tenant.as_bytes(), id.as_bytes()) else {
                 continue; // not written by meterflow: ids in the index are valid
             };
-            let key = MeterKey::new(tenant_id, meter_id);
             names.push(self.keys.meter(tenant, id));
             meter_keys.push(key);
         }
