@@ -92,8 +92,8 @@ use meterflow_model::billing::BillLine;
 use meterflow_model::codec::binary::{decode_record, encode_record};
 use meterflow_model::time::day_of;
 use meterflow_model::{
-    DeadLetter, ExceptionState, MeterId, MeterKey, MeterState, Outputs, Quality, ReadException,
-    Reading, Reject, SealedBatch, StoredReading, TenantId,
+    DeadLetter, ExceptionState, MeterKey, MeterState, Outputs, Quality, ReadException, Reading,
+    Reject, SealedBatch, StoredReading,
 };
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
@@ -1120,6 +1120,33 @@ impl Core {
     where
         R: for<'f, 'm> ::scylla::deserialize::row::DeserializeRow<'f, 'm> + Send + 'static,
     {
+        let mut out = Vec::new();
+        self.for_each_row(what, statement, values, |row: R| {
+            if out.len() < limit && keep(&row) {
+                out.push(row);
+            }
+            Ok(if out.len() < limit {
+                ControlFlow::Continue(())
+            } else {
+                ControlFlow::Break(())
+            })
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Hands the rows of a paged query to `each` until it answers `Break`; pages are
+    /// fetched as they are needed.
+    async fn for_each_row<R>(
+        &self,
+        what: &'static str,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+        mut each: impl FnMut(R) -> Result<ControlFlow<()>, StoreError>,
+    ) -> Result<(), StoreError>
+    where
+        R: for<'f, 'm> ::scylla::deserialize::row::DeserializeRow<'f, 'm> + Send + 'static,
+    {
         let _slot = self.slot().await?;
         let pager = self
             .session
@@ -1129,16 +1156,16 @@ impl Core {
         let mut rows = pager
             .rows_stream::<R>()
             .map_err(|e| errors::type_check(what, &e))?;
-        let mut out = Vec::new();
-        while out.len() < limit {
-            match rows.try_next().await {
-                Ok(Some(row)) if keep(&row) => out.push(row),
-                Ok(Some(_)) => {}
-                Ok(None) => break,
-                Err(e) => return Err(errors::next_row(what, &e)),
+        while let Some(row) = rows
+            .try_next()
+            .await
+            .map_err(|e| errors::next_row(what, &e))?
+        {
+            if each(row)?.is_break() {
+                break;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// `meter_state`'s partition keys, page by page (a scan of the whole table).
@@ -1146,33 +1173,20 @@ impl Core {
         &self,
         visit: &mut dyn FnMut(MeterKey) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
-        const WHAT: &str = "listing meter_state failed";
-        let _slot = self.slot().await?;
-        let pager = self
-            .session
-            .execute_iter(self.statements.select_state_keys.clone(), ())
-            .await
-            .map_err(|e| errors::pager(WHAT, &e))?;
-        let mut rows = pager
-            .rows_stream::<(String, String)>()
-            .map_err(|e| errors::type_check(WHAT, &e))?;
-        while let Some((tenant, meter)) = rows
-            .try_next()
-            .await
-            .map_err(|e| errors::next_row(WHAT, &e))?
-        {
-            let key = TenantId::try_from(tenant.as_str())
-                .and_then(|t| MeterId::try_from(meter.as_str()).map(|m| MeterKey::new(t, m)))
-                .map_err(|_| {
+        self.for_each_row(
+            "listing meter_state failed",
+            &self.statements.select_state_keys,
+            (),
+            |(tenant, meter): (String, String)| {
+                let key = MeterKey::parse(tenant.as_bytes(), meter.as_bytes()).map_err(|_| {
                     StoreError::Corrupt(format!(
                         "meter_state has a row of tenant {tenant:?} and meter {meter:?}, which are not ids"
                     ))
                 })?;
-            if visit(key).is_break() {
-                break;
-            }
-        }
-        Ok(())
+                Ok(visit(key))
+            },
+        )
+        .await
     }
 
     async fn meter_state(&self, key: &MeterKey) -> Result<Option<MeterState>, StoreError> {
