@@ -147,15 +147,14 @@ impl Service {
         let partitions = Arc::new(crate::kafka::consumer::OwnedPartitions::new(
             config.kafka.partitions,
         ));
-        #[cfg(feature = "kafka")]
-        let owned: MeterFilter = if config.mode.consumes_log() {
-            let partitions = partitions.clone();
-            Arc::new(move |meter| partitions.owns(meter))
-        } else {
-            Arc::new(|_| true)
+        let owned: MeterFilter = match config.mode.consumes_log() {
+            #[cfg(feature = "kafka")]
+            true => {
+                let partitions = partitions.clone();
+                Arc::new(move |meter| partitions.owns(meter))
+            }
+            _ => Arc::new(|_| true),
         };
-        #[cfg(not(feature = "kafka"))]
-        let owned: MeterFilter = Arc::new(|_| true);
         let (refused_tx, refused) = oneshot::channel();
         let (pipeline, alerts) = match config.mode.runs_pipeline() {
             true => {

@@ -24,8 +24,8 @@ use meterflow_simulator::{SimConfig, run};
 use crate::backends::{cql, stored_readings, wait_for_redis};
 use crate::server_support::{self, Proxy};
 use crate::utils::{
-    Meterflow, Metrics, assert_no_communication_opens, free_addr, ground_truth, hourly_uplinks,
-    send_and_wait_for_ack, spawn_fleet, start_configured, wait_for_acks,
+    Meterflow, Metrics, assert_no_communication_opens, free_addr, ground_truth, report_once,
+    spawn_fleet, start_configured, wait_for_acks,
 };
 
 /// How long processors get to store what the endpoints appended.
@@ -658,14 +658,7 @@ async fn a_restarted_processor_watches_the_silent_meters_of_its_partitions() {
         Duration::from_secs(60),
     )
     .await;
-    let start = meterflow_ingest::clock::now_ms() - 3 * 3_600_000;
-    send_and_wait_for_ack(
-        endpoint.mqtt,
-        "demo",
-        "quiet3",
-        &hourly_uplinks(1, start, 100, 5, 3, 3),
-    )
-    .await;
+    report_once(endpoint.mqtt, "quiet3").await;
     wait_for_count(
         &processor,
         "meterflow_messages_total{outcome=\"stored\"}",

@@ -14,7 +14,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeReasonCode}
 
 use crate::server_support;
 use crate::utils::{
-    Meterflow, assert_no_communication_opens, hourly_uplinks, send_and_wait_for_ack,
+    assert_no_communication_opens, hourly_uplinks, report_once, send_and_wait_for_ack,
     start_configured,
 };
 
@@ -268,23 +268,11 @@ async fn a_burst_reaches_redis_mqtt_and_the_webhook_first() {
 /// A rule that opens no-communication after 3 s instead of 72 h, swept every second.
 const QUICK_NO_COMMUNICATION: &str = "[pipeline]\nsweep_interval_s = 1\n\n[processors.defaults.alert_rules]\nno_communication_ms = 3000\n";
 
-/// One hourly uplink from `meter` of tenant `demo`, acked.
-async fn report_once(service: &Meterflow, meter: &str) {
-    let start = now_ms() - 3 * HOUR_MS;
-    send_and_wait_for_ack(
-        service.mqtt,
-        "demo",
-        meter,
-        &hourly_uplinks(1, start, 100, 5, 3, 3),
-    )
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_meter_is_caught_by_the_sweep() {
     let dir = tempfile::tempdir().unwrap();
     let service = start_configured(dir.path(), QUICK_NO_COMMUNICATION, &[]);
-    report_once(&service, "quiet1").await;
+    report_once(service.mqtt, "quiet1").await;
     assert_no_communication_opens(&service, "quiet1", Duration::from_secs(20)).await;
 }
 
@@ -296,7 +284,7 @@ async fn a_silent_meter_is_caught_by_the_sweep() {
 async fn a_meter_silent_since_before_a_restart_is_caught_by_the_sweep() {
     let dir = tempfile::tempdir().unwrap();
     let mut service = start_configured(dir.path(), "[pipeline]\nsweep_interval_s = 1\n", &[]);
-    report_once(&service, "quiet2").await;
+    report_once(service.mqtt, "quiet2").await;
     service.stop();
     drop(service);
 

@@ -724,6 +724,13 @@ pub(crate) fn start_configured(dir: &Path, toml: &str, extra: &[&str]) -> Meterf
     Meterflow::start_with(&dir.join("data"), free_addr(), free_addr(), &args)
 }
 
+/// One uplink from `meter` of tenant `demo` (three hourly reads, the newest three hours
+/// old), acked.
+pub(crate) async fn report_once(mqtt: SocketAddr, meter: &str) {
+    let start = meterflow_ingest::clock::now_ms() - 3 * 3_600_000;
+    send_and_wait_for_ack(mqtt, "demo", meter, &hourly_uplinks(1, start, 100, 5, 3, 3)).await;
+}
+
 /// Waits until `meter` of tenant `demo` has an open no-communication episode on
 /// `service` (within `within`), and checks its step; fails with the service's log.
 pub(crate) async fn assert_no_communication_opens(
