@@ -162,6 +162,7 @@ impl Shard {
             resend_window_ms: 600_000,
             sweep_interval: Duration::from_secs(3_600),
             dead_letter_rate: config.pipeline.dead_letter_rate(),
+            held_meters: config.pipeline.held_meters_per_shard(),
         };
         let at = Instant::now();
         let fleet = SimConfig::default();

@@ -347,6 +347,14 @@ pub struct PipelineConfig {
     /// long, so a minute is plenty. (Analytics' flush on a quiet shard is checked
     /// every second.)
     pub sweep_interval_s: u64,
+    /// Meters the shards hold in memory at most, across shards (a soft limit, applied
+    /// every second). A held meter keeps its windows — ~15 KiB at fifteen-minute
+    /// reads, ~30 KiB at five-minute ones — so 100,000 is ~1.5–3 GiB. Past it the
+    /// least recently active meters rest in the store, read back on their next uplink
+    /// or one sweep interval before a timer rule is due on them
+    /// (`meterflow_shard_meters`); set it above your fleet (per process) to never
+    /// read a meter back.
+    pub held_meters: usize,
     /// Dead letters one sender (tenant and meter of its session) may have stored at
     /// once; more are dropped and counted (`meterflow_dead_letters_dropped_total`),
     /// still answered. 20 shows every distinct fault a meter can make at once.
@@ -367,6 +375,7 @@ impl Default for PipelineConfig {
             sink_queue: 16,
             resend_window_s: 600,
             sweep_interval_s: 60,
+            held_meters: 100_000,
             dead_letter_burst: 20,
             dead_letter_refill_per_s: 1,
         }
@@ -384,6 +393,11 @@ impl PipelineConfig {
     }
 
     /// Shard count with `0` resolved to the number of cores.
+    /// Meters each shard holds at most: `held_meters` split over the shards.
+    pub fn held_meters_per_shard(&self) -> usize {
+        self.held_meters.div_ceil(self.shard_count())
+    }
+
     pub fn shard_count(&self) -> usize {
         if self.shards == 0 {
             std::thread::available_parallelism()
@@ -628,6 +642,7 @@ impl Config {
             ("pipeline.shard_queue", p.shard_queue),
             ("pipeline.batch_readings", p.batch_readings),
             ("pipeline.sink_queue", p.sink_queue),
+            ("pipeline.held_meters", p.held_meters),
             ("mqtt.max_connections", self.mqtt.max_connections),
             ("http.max_connections", self.http.max_connections),
             (

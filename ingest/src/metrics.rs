@@ -61,6 +61,8 @@ pub const MQTT_ACCEPT_ERRORS: &str = "meterflow_mqtt_accept_errors_total";
 pub const HTTP_REFUSED: &str = "meterflow_http_connections_refused_total";
 pub const SEQ_GAPS: &str = "meterflow_seq_gaps_total";
 pub const DORMANT_HYDRATED: &str = "meterflow_dormant_meters_hydrated_total";
+pub const SHARD_METERS: &str = "meterflow_shard_meters";
+pub const METERS_RESTED: &str = "meterflow_meters_rested_total";
 pub const ALERTS: &str = "meterflow_alerts_total";
 pub const NOTIFICATIONS: &str = "meterflow_notifications_total";
 pub const TENANT_MESSAGES: &str = "meterflow_tenant_messages_stored_total";
@@ -200,6 +202,14 @@ fn describe() {
         DORMANT_HYDRATED,
         "Stored meters hydrated after start without an uplink from them, so that the timer rules cover them."
     );
+    describe_gauge!(
+        SHARD_METERS,
+        "Meters a shard holds in memory (state=held) and lets rest in the store past pipeline.held_meters (state=resting)."
+    );
+    describe_counter!(
+        METERS_RESTED,
+        "Meters let rest in the store because their shard held more than pipeline.held_meters; each is read back on its next uplink or before a timer rule is due on it."
+    );
     describe_counter!(
         ALERTS,
         "Alert episode events by kind and state (opened, updated, cleared)."
@@ -289,6 +299,7 @@ pub struct PipelineMetrics {
     pub acks: Counter,
     pub seq_gaps: Counter,
     pub dormant_hydrated: Counter,
+    pub meters_rested: Counter,
     alerts: Vec<Counter>,
     pub notifications_dropped: Counter,
 }
@@ -325,6 +336,7 @@ impl PipelineMetrics {
             acks: counter!(ACKS),
             seq_gaps: counter!(SEQ_GAPS),
             dormant_hydrated: counter!(DORMANT_HYDRATED),
+            meters_rested: counter!(METERS_RESTED),
             alerts: AlertKind::ALL
                 .iter()
                 .flat_map(|k| {
@@ -381,6 +393,12 @@ impl PipelineMetrics {
     /// The queue-depth gauge of one shard.
     pub fn shard_queue_depth(shard: usize) -> Gauge {
         gauge!(QUEUE_DEPTH, "shard" => shard.to_string())
+    }
+
+    /// The gauges of one shard's meters: held in memory, resting in the store.
+    pub fn shard_meters(shard: usize) -> (Gauge, Gauge) {
+        let of = |state: &'static str| gauge!(SHARD_METERS, "shard" => shard.to_string(), "state" => state);
+        (of("held"), of("resting"))
     }
 }
 

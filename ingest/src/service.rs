@@ -35,7 +35,7 @@ use crate::kafka::EventLog;
 use crate::kafka::lease::{self, OwnershipLease};
 use crate::metrics::{self, EndpointMetrics, PipelineMetrics, TenantStored};
 use crate::notifier::{ALERT_QUEUE, Notifier};
-use crate::shard::{ShardSettings, ShardWorker};
+use crate::shard::{DurableBatches, ShardSettings, ShardWorker};
 use crate::sink::Sink;
 use crate::tenants::Tenants;
 
@@ -363,6 +363,7 @@ impl Pipeline {
             resend_window_ms: (p.resend_window_s * 1000) as i64,
             sweep_interval: Duration::from_secs(p.sweep_interval_s),
             dead_letter_rate: p.dead_letter_rate(),
+            held_meters: p.held_meters_per_shard(),
         };
         let stop_shards = Arc::new(AtomicBool::new(false));
         let (dormant, dormant_queues) =
@@ -372,6 +373,7 @@ impl Pipeline {
         if !config.mode.consumes_log() {
             dormant.list("every stored meter", Arc::new(|_| true));
         }
+        let durable = DurableBatches::new(shards);
         let mut shard_threads = Vec::with_capacity(shards);
         for ((shard, inbox), dormant) in inboxes.into_iter().enumerate().zip(dormant_queues) {
             let worker = ShardWorker::new(
@@ -380,6 +382,7 @@ impl Pipeline {
                 inbox,
                 dormant,
                 sink_tx.clone(),
+                durable.clone(),
                 shared.store.clone(),
                 shared.tenants.clone(),
                 ProcessorChain::for_tenants(config.processors.clone())
@@ -406,6 +409,7 @@ impl Pipeline {
             store_healthy: shared.store_healthy.clone(),
             retry: backends::commit_retry(config),
             refused,
+            durable,
             ownership: if config.mode.consumes_log() {
                 let tolerance = lease::tolerance(&config.kafka.properties);
                 Some(OwnershipLease::start(tolerance)?)

@@ -60,7 +60,7 @@ use crate::kafka::EventLog;
 use crate::kafka::lease::OwnershipLease;
 use crate::metrics::{PipelineMetrics, TenantStored};
 use crate::rollup_seed::Published;
-use crate::shard::SinkItem;
+use crate::shard::{DurableBatches, SinkItem};
 
 /// Readings per group write. Large groups amortise the fsync; this bound keeps one
 /// write (and the acks waiting on it) to a few tens of milliseconds.
@@ -97,6 +97,9 @@ pub struct Sink {
     /// Receives the error of a group commit the store refused for good, when the sink
     /// stops on it.
     pub refused: oneshot::Sender<StoreError>,
+    /// Which batches of each shard are durable, for the shards (a meter rests only
+    /// once its last batch is).
+    pub durable: DurableBatches,
     /// In a processor: whether it may still write as its partitions' owner. Checked
     /// right before every store write and when idle (so a lapse is acted on within
     /// about [`CACHE_RETRY_EVERY`], between groups): once lapsed, the process restarts
@@ -167,6 +170,9 @@ impl Sink {
             batches.push(item.batch);
         }
         self.commit_durably(&batches, &outputs)?;
+        for batch in &batches {
+            self.durable.advance(batch.shard, batch.number);
+        }
         let durable_at = Instant::now();
         for oldest in received {
             self.metrics
@@ -473,6 +479,7 @@ mod tests {
                 max_backoff_ms: 2,
             },
             refused,
+            durable: DurableBatches::new(1),
             ownership: None,
         }
         .spawn()

@@ -185,6 +185,23 @@ impl Processor for AlertingProcessor {
         changed
     }
 
+    /// The silence rule acts once the meter has been silent `no_communication_ms`,
+    /// then again each `update_interval_ms` after the open episode's last event (an
+    /// episode the rule did not raise takes the rule's source at once).
+    fn sweep_due(&mut self, key: &MeterKey, state: &MeterState) -> Option<i64> {
+        let rules = &self.directory.get(&key.tenant).settings.alert_rules;
+        let alerts = &state.alerts;
+        let silent_from = alerts
+            .last_seen_at?
+            .saturating_add(rules.no_communication_ms);
+        Some(match &alerts.no_communication {
+            Some(open) if open.sources & SOURCE_RULE != 0 => {
+                silent_from.max(open.last_event_at.saturating_add(rules.update_interval_ms))
+            }
+            _ => silent_from,
+        })
+    }
+
     /// The window's rows are the rows VEE made of its rebuilt window after the
     /// settled fold; folding them (and the persisted statuses) again gives the head
     /// and the steps the stores hold of them. Nothing is emitted.

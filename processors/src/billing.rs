@@ -275,6 +275,20 @@ impl Processor for BillingProcessor {
             out,
         )
     }
+
+    /// A finished period is closed `close_after_ms` after the next one starts
+    /// ([`finalise_previous`]); nothing else in the sweep depends on the time.
+    fn sweep_due(&mut self, key: &MeterKey, state: &MeterState) -> Option<i64> {
+        if state.billing.previous.is_none() && state.billing.open.is_empty() {
+            return None;
+        }
+        let calendar = &mut self.tenants.get(&key.tenant).1.calendar;
+        let view = with_open_reads(&state.billing, calendar);
+        let (Some(_), Some(next)) = (view.periods.previous, view.periods.current) else {
+            return None;
+        };
+        Some(next.start_ms.saturating_add(self.close_after_ms))
+    }
 }
 
 /// Takes one of VEE's rows: an actual read of the window replaces the open read at

@@ -68,6 +68,14 @@ pub trait Processor: Send {
         false
     }
 
+    /// The earliest time (ms since the epoch) at which [`Self::sweep_meter`] could do
+    /// anything for this meter while its state stays as it is; `None` when no time
+    /// would. A shard lets a meter rest out of memory until then
+    /// (`ingest::shard::held`), so it must not say later than the sweep would act.
+    fn sweep_due(&mut self, _key: &MeterKey, _state: &MeterState) -> Option<i64> {
+        None
+    }
+
     /// Time-driven work on the processor's own state (flushing aggregates).
     fn tick(&mut self, _now_ms: i64, _out: &mut Outputs) {}
 
@@ -171,6 +179,15 @@ impl ProcessorChain {
         }
         self.tick(now_ms, out);
         changed
+    }
+
+    /// When the sweep could next act on a meter whose state stays as it is: the
+    /// earliest of the processors' [`Processor::sweep_due`]; `None` when never.
+    pub fn sweep_due(&mut self, key: &MeterKey, state: &MeterState) -> Option<i64> {
+        self.processors
+            .iter_mut()
+            .filter_map(|processor| processor.sweep_due(key, state))
+            .min()
     }
 
     /// Every processor's [`Processor::tick`]: their own time-driven work (analytics'

@@ -28,7 +28,6 @@
 //! sweep produced since the last seal.
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
-use std::collections::hash_map::Entry;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,6 +45,7 @@ use meterflow_processors::vee::order_problem;
 use tracing::{debug, warn};
 
 use super::ShardSettings;
+use super::held::HeldMeters;
 use super::warn_limit::WarnLimit;
 use crate::dead_letter_limit::{Admit, DeadLetterLimit};
 use crate::endpoint::handoff::Inbound;
@@ -192,8 +192,11 @@ pub struct ShardCore {
     tenants: Arc<Tenants>,
     processors: ProcessorChain,
     metrics: PipelineMetrics,
-    /// State of every meter seen since start (hydrated from the store on first sight).
-    meters: HashMap<MeterKey, MeterState>,
+    /// The meters' states (hydrated from the store on first sight), at most
+    /// `held_meters` of them; the rest wait in the store ([`super::held`]).
+    meters: HeldMeters,
+    /// Resting meters whose sweep is near, for the runner to hydrate.
+    waking: Vec<MeterKey>,
     /// Meters whose seq window has an open gap, checked by the gap sweep.
     gapped: HashSet<MeterKey>,
     open: OpenBatch,
@@ -296,6 +299,7 @@ impl ShardCore {
         metrics: PipelineMetrics,
         start: Instant,
     ) -> Self {
+        let held_meters = settings.held_meters;
         Self {
             shard,
             dead_letter_limit: DeadLetterLimit::new(settings.dead_letter_rate),
@@ -305,7 +309,8 @@ impl ShardCore {
             tenants,
             processors,
             metrics,
-            meters: HashMap::new(),
+            meters: HeldMeters::new(held_meters),
+            waking: Vec::new(),
             gapped: HashSet::new(),
             open: OpenBatch::default(),
             swept: Outputs::default(),
@@ -362,19 +367,61 @@ impl ShardCore {
     /// settled point ([`WindowRows`]), from which the processors rebuild what the
     /// state does not persist. A state the shard already holds is kept: it is newer
     /// than the store's.
-    pub fn hydrated(&mut self, key: MeterKey, mut state: MeterState, rows: WindowRows) {
-        if let Entry::Vacant(slot) = self.meters.entry(key) {
-            self.processors
-                .rehydrate(slot.key(), &mut state, rows.reads);
-            slot.insert(state);
-        }
+    pub fn hydrated(&mut self, key: MeterKey, state: MeterState, rows: WindowRows) {
+        let processors = &mut self.processors;
+        self.meters.hydrated(key, state, |key, state| {
+            processors.rehydrate(key, state, rows.reads)
+        });
     }
 
     /// Whether to hydrate `key`, a meter the store holds a state of, though it has not
     /// been heard from since start ([`crate::dormant`]): when the shard does not hold
     /// it yet and its tenant still serves it. Once hydrated, the timer rules cover it.
     pub fn wants_dormant(&self, key: &MeterKey) -> bool {
-        !self.meters.contains_key(key) && self.tenants.admit(key).is_ok()
+        !self.meters.watches(key) && self.tenants.admit(key).is_ok()
+    }
+
+    /// A resting meter whose sweep is near ([`super::held`]), for the runner to
+    /// hydrate before that sweep.
+    pub fn next_waking(&mut self) -> Option<MeterKey> {
+        self.waking.pop()
+    }
+
+    pub fn has_waking(&self) -> bool {
+        !self.waking.is_empty()
+    }
+
+    /// Lets meters over the shard's `held_meters` rest in the store, of those whose
+    /// last batch is at or below `durable` (the sink's watermark for this shard), not
+    /// in the open batch, without an open seq gap, and with no sweep due within three
+    /// sweep intervals of `now`.
+    pub fn rest(&mut self, durable: u64, now: Now) {
+        let open = &self.open.index;
+        let gapped = &self.gapped;
+        let not_before = now.wall_ms.saturating_add(3 * self.sweep_interval_ms());
+        let rested = self.meters.rest(
+            durable,
+            |key| open.contains_key(key) || gapped.contains(key),
+            not_before,
+            &mut self.processors,
+        );
+        self.metrics.meters_rested.increment(rested.rested as u64);
+        if rested.kept > 0 {
+            debug!(
+                shard = self.shard,
+                kept = rested.kept,
+                "meters over held_meters kept: not durable yet, in the open batch, or a timer rule due soon"
+            );
+        }
+    }
+
+    /// How many meters the shard holds and how many rest.
+    pub fn meter_counts(&self) -> (usize, usize) {
+        (self.meters.held(), self.meters.resting())
+    }
+
+    fn sweep_interval_ms(&self) -> i64 {
+        i64::try_from(self.settings.sweep_interval.as_millis()).unwrap_or(i64::MAX)
     }
 
     /// Drops the cached state of the meters `which` names (distributed mode: their
@@ -382,8 +429,9 @@ impl ShardCore {
     /// from the store. The runner orders it only for meters with nothing in flight
     /// here (their partition was drained first), so none is in the open batch.
     pub fn forget(&mut self, which: &dyn Fn(&MeterKey) -> bool) {
-        self.meters.retain(|key, _| !which(key));
+        self.meters.forget(which);
         self.gapped.retain(|key| !which(key));
+        self.waking.retain(|key| !which(key));
     }
 
     /// Whether the open batch holds its `batch_readings` readings.
@@ -445,14 +493,10 @@ impl ShardCore {
         let mut meters = open.meters;
         // Moved into the batch and back after the processors ran ([`Self::process`]):
         // the batch carries the persisted part to the store, the shard keeps the whole.
-        for meter in &mut meters {
-            meter.state = self
-                .meters
-                .get_mut(&meter.key)
-                .map(std::mem::take)
-                .unwrap_or_default();
-        }
         self.sealed_count += 1;
+        for meter in &mut meters {
+            meter.state = self.meters.take_for_batch(&meter.key, self.sealed_count);
+        }
         let mut batch = SealedBatch {
             now_ms: now.wall_ms,
             shard: self.shard,
@@ -624,6 +668,8 @@ impl ShardCore {
     /// fire on silence, bills that close, analytics windows that end). Meters whose
     /// state changed join the open batch so the change is persisted.
     fn sweep_timers(&mut self, now: Now) {
+        let until = now.wall_ms.saturating_add(2 * self.sweep_interval_ms());
+        self.waking.extend(self.meters.wake_due(until));
         let changed = self
             .processors
             .sweep(now.wall_ms, self.meters.iter_mut(), &mut self.swept);

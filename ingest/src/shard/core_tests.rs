@@ -76,6 +76,25 @@ impl Harness {
         dead_letter_burst: u32,
         processors: ProcessorChain,
     ) -> Harness {
+        Harness::build(batch_readings, dead_letter_burst, processors, usize::MAX)
+    }
+
+    /// A harness whose shard holds at most `held_meters` meters.
+    fn holding(held_meters: usize) -> Harness {
+        Harness::build(
+            1_000,
+            DEAD_LETTER_BURST,
+            ProcessorChain::standard(),
+            held_meters,
+        )
+    }
+
+    fn build(
+        batch_readings: usize,
+        dead_letter_burst: u32,
+        processors: ProcessorChain,
+        held_meters: usize,
+    ) -> Harness {
         let config = Config::from_toml(CONFIG).expect("test config");
         let settings = ShardSettings {
             limits: config.limits.clone(),
@@ -88,6 +107,7 @@ impl Harness {
                 refill_per_s: 1,
                 capacity: 16,
             },
+            held_meters,
         };
         let start = Instant::now();
         let core = ShardCore::new(
@@ -922,4 +942,185 @@ fn a_stored_meter_never_heard_from_since_start_is_swept_once_hydrated() {
         0,
         "its state is held: no second read"
     );
+}
+
+/// What a store keeps of a shard's sealed batches, for several meters: each meter's
+/// persisted state and rows, the last line per meter and bill period, and every alert
+/// event (sorted: two shards sweep their meters in their own order).
+#[derive(Default)]
+struct FleetStore {
+    states: BTreeMap<String, Vec<u8>>,
+    rows: BTreeMap<(String, i64), StoredReading>,
+    bills: BTreeMap<(String, String), BillLine>,
+    alerts: Vec<String>,
+}
+
+impl FleetStore {
+    fn keep(&mut self, sealed: Option<Sealed>) {
+        let Some(sealed) = sealed else { return };
+        for meter in &sealed.batch.meters {
+            let name = meter.key.meter.to_string();
+            self.states
+                .insert(name.clone(), encode_record(&meter.state));
+            for row in &meter.readings {
+                self.rows.insert((name.clone(), row.reading.ts), *row);
+            }
+        }
+        for bill in sealed.outputs.bills {
+            self.bills
+                .insert((bill.meter.clone(), bill.period.clone()), bill);
+        }
+        self.alerts
+            .extend(sealed.outputs.alerts.iter().map(|a| format!("{a:?}")));
+        self.alerts.sort();
+    }
+
+    /// Hydrates `key` into `core` as a runner does: its state, then its rows after
+    /// the settled point, page by page.
+    fn hydrate(&self, core: &mut ShardCore, key: MeterKey) {
+        let name = key.meter.to_string();
+        let state: MeterState = self
+            .states
+            .get(&name)
+            .map(|record| decode_record(record).unwrap())
+            .unwrap_or_default();
+        let mut rows = WindowRows::after_settled(&state);
+        while let Some(from) = rows.next_page() {
+            let page = self
+                .rows
+                .range((name.clone(), from)..=(name.clone(), i64::MAX))
+                .take(WINDOW_ROWS_PAGE);
+            rows.take_page(page.map(|(_, row)| *row).collect());
+        }
+        core.hydrated(key, state, rows);
+    }
+}
+
+/// A shard holding all its meters, and one holding one at a time, each writing to its
+/// own store; the second lets the others rest once their batch is durable (right
+/// after each seal here) and reads them back on their next uplink, or before their
+/// timer rules are due. Returns how many times each read a meter back.
+fn run_fleet(shard: &mut Harness, store: &mut FleetStore, rests: bool) -> usize {
+    const HOUR_MS: u64 = 3_600_000;
+    const QUARTER_MS: u64 = 900_000;
+    let meters: Vec<MeterKey> = (1..=4).map(|i| key(&format!("plain.m{i}"))).collect();
+    let mut reads = 0;
+    let mut offer =
+        |shard: &mut Harness, store: &FleetStore, meter: &MeterKey, payload: &[u8], ms: u64| {
+            let now = shard.at(ms);
+            let arrival = Arrival {
+                identity: meter,
+                topic: b"t",
+                payload,
+                refused: None,
+                received_at: now.wall_ms,
+                received: now.instant,
+                order: None,
+            };
+            while let Step::NeedsState(key) = shard.core.admit(&arrival, now.instant) {
+                store.hydrate(&mut shard.core, key);
+                reads += 1;
+            }
+        };
+    // Twelve hours of fifteen-minute reads, an hour's a message; m2's read at 03:15
+    // comes two hours late (VEE estimated it meanwhile).
+    for hour in 0..12u64 {
+        for (i, meter) in meters.iter().enumerate() {
+            let readings: Vec<Reading> = (0..4u64)
+                .map(|q| hour * 4 + q)
+                .filter(|&n| !(i == 1 && n == 13 && hour == 3))
+                .chain((i == 1 && hour == 5).then_some(13))
+                .map(|n| Reading {
+                    ts: T0_MS + (n * QUARTER_MS) as i64,
+                    reg: 1_000 + n * (10 + i as u64),
+                    rev: 0,
+                    flow: 0,
+                    temp: None,
+                })
+                .collect();
+            let payload = codec::encode_json(&Uplink::new(hour + 1, readings));
+            offer(
+                shard,
+                store,
+                meter,
+                &payload,
+                (hour + 1) * HOUR_MS + i as u64,
+            );
+        }
+        let now = shard.at((hour + 1) * HOUR_MS + 100);
+        let sealed = shard.core.seal(now);
+        let number = sealed.as_ref().map_or(0, |s| s.batch.number);
+        store.keep(sealed);
+        if rests {
+            shard.core.rest(number, now);
+        }
+    }
+    // Then silence, a sweep a minute, until the no-communication rule (72 h) fired.
+    let mut sealed_up_to = 0;
+    for minute in 0..(74 * 60) {
+        let now = shard.at(13 * HOUR_MS + minute * 60_000);
+        if shard.core.tick(now) && rests {
+            shard.core.rest(sealed_up_to, now);
+        }
+        while let Some(key) = shard.core.next_waking() {
+            store.hydrate(&mut shard.core, key);
+            reads += 1;
+        }
+        if let Some(sealed) = shard.core.seal(now) {
+            sealed_up_to = sealed.batch.number;
+            store.keep(Some(sealed));
+        }
+    }
+    reads
+}
+
+/// Resting changes nothing a store keeps: the rows, the persisted states, the bills
+/// and the alert events (the no-communication episodes of all four meters included)
+/// are those of a shard that held every meter.
+#[test]
+fn a_meter_that_rests_in_the_store_continues_as_if_always_held() {
+    let (mut held, mut resting) = (Harness::new(1_000), Harness::holding(1));
+    let (mut all, mut one) = (FleetStore::default(), FleetStore::default());
+    assert_eq!(
+        run_fleet(&mut held, &mut all, false),
+        4,
+        "each meter read once"
+    );
+    let reads = run_fleet(&mut resting, &mut one, true);
+    // Four at first sight; then each hour the three that rested after the hour
+    // before; then the three resting when the silence rule neared.
+    assert_eq!(reads, 4 + 3 * 11 + 3, "the resting meters were read back");
+    assert_eq!(one.rows, all.rows);
+    assert_eq!(one.states, all.states);
+    assert_eq!(one.bills, all.bills);
+    assert_eq!(one.alerts, all.alerts);
+    let silent = all
+        .alerts
+        .iter()
+        .filter(|a| a.contains("NoCommunication") && a.contains("Opened"))
+        .count();
+    assert_eq!(silent, 4, "{:?}", all.alerts);
+    assert_eq!(
+        resting.core.meter_counts(),
+        (1, 3),
+        "at rest again until their episodes' next update"
+    );
+}
+
+/// A meter rests only once its last batch is durable and it is not in the open batch.
+#[test]
+fn a_meter_rests_only_once_its_last_batch_is_durable() {
+    let mut shard = Harness::holding(1);
+    let (m1, m2) = (key("plain.m1"), key("plain.m2"));
+    shard.offer(&m1, &json(1, 1), 0);
+    shard.offer(&m2, &json(1, 1), 1);
+    let sealed = shard.seal(2);
+    shard.core.rest(sealed.batch.number - 1, shard.at(3));
+    assert_eq!(shard.core.meter_counts(), (2, 0), "not durable yet");
+    shard.offer(&m1, &json(2, 1), 4);
+    shard.core.rest(sealed.batch.number, shard.at(5));
+    assert_eq!(shard.core.meter_counts(), (1, 1), "m1 is in the open batch");
+    assert_eq!(shard.offer(&m1, &json(3, 1), 6), 0, "m1 still held");
+    assert_eq!(shard.offer(&m2, &json(2, 1), 7), 1, "m2 is read back");
+    assert_eq!(shard.core.meter_counts(), (2, 0));
 }

@@ -17,9 +17,12 @@
 pub mod core;
 #[cfg(test)]
 mod core_tests;
+mod held;
 mod runner;
 mod warn_limit;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use meterflow_model::{Limits, Outputs, SealedBatch};
@@ -51,4 +54,33 @@ pub struct ShardSettings {
     pub sweep_interval: Duration,
     /// How many dead letters one sender may have stored.
     pub dead_letter_rate: DeadLetterRate,
+    /// Meters the shard holds in memory at most; the rest wait in the store
+    /// ([`held`]).
+    pub held_meters: usize,
+}
+
+/// The sink's watermark per shard: the number of the shard's last durable batch
+/// ([`SealedBatch::number`]). A shard lets a meter rest only once its last batch is
+/// durable ([`held`]).
+#[derive(Clone)]
+pub struct DurableBatches(Arc<[AtomicU64]>);
+
+impl DurableBatches {
+    pub fn new(shards: usize) -> Self {
+        Self((0..shards).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    /// The shard's batch `number` is durable (and every earlier one: the sink makes a
+    /// shard's batches durable in order).
+    pub fn advance(&self, shard: usize, number: u64) {
+        if let Some(durable) = self.0.get(shard) {
+            durable.fetch_max(number, Ordering::Release);
+        }
+    }
+
+    pub fn of(&self, shard: usize) -> u64 {
+        self.0
+            .get(shard)
+            .map_or(0, |durable| durable.load(Ordering::Acquire))
+    }
 }

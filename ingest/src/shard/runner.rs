@@ -4,9 +4,11 @@
 //! rebuilds the window the state does not persist), the [`Completion`]s of the
 //! messages the open batch took, and the hand-off of sealed batches to the sink
 //! (blocking while the sink queue is full: that is the pipeline's backpressure).
-//! When its queue is empty it also hydrates, a few at a time, the stored meters it
-//! does not hold yet ([`crate::dormant`]), so the timer rules cover meters silent
-//! since before a restart.
+//! When its queue is empty it also hydrates, a few at a time, the resting meters
+//! whose timer rules are near ([`super::held`]) and the stored meters it does not
+//! hold yet ([`crate::dormant`]), so the timer rules cover meters silent since before
+//! a restart. Once a second it lets meters over `held_meters` rest, those whose last
+//! batch the sink has made durable ([`DurableBatches`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +23,7 @@ use metrics::{Counter, Gauge};
 use tracing::{error, info, warn};
 
 use super::core::{Now, Sealed, ShardCore, Step, WINDOW_ROWS_PAGE, WindowRows};
-use super::{ShardSettings, SinkItem};
+use super::{DurableBatches, ShardSettings, SinkItem};
 use crate::clock::now_ms;
 use crate::dormant::DormantQueue;
 use crate::endpoint::handoff::{Inbound, ShardInbox};
@@ -32,7 +34,7 @@ use crate::tenants::Tenants;
 /// Back-off between attempts to read a meter's state while the store is failing.
 const HYDRATE_RETRY: Duration = Duration::from_millis(500);
 
-/// Stored meters hydrated per turn of an idle shard ([`ShardWorker::hydrate_dormant`]),
+/// Meters hydrated per turn of an idle shard ([`ShardWorker::hydrate_idle`]),
 /// between which the shard ticks and seals as usual.
 const DORMANT_PER_TURN: usize = 16;
 
@@ -47,6 +49,10 @@ pub struct ShardWorker {
     /// Stored meters to hydrate when idle ([`crate::dormant`]).
     dormant: DormantQueue,
     dormant_hydrated: Counter,
+    /// The sink's watermark per shard: which of this shard's batches are durable.
+    durable: DurableBatches,
+    /// Meters held and resting ([`PipelineMetrics::shard_meters`]).
+    meter_gauges: (Gauge, Gauge),
     /// One per arrival the open batch took, answered by the sink once it is durable.
     completions: Vec<Completion>,
     /// Set at shutdown: the worker seals what it holds and stops, even though the
@@ -62,6 +68,7 @@ impl ShardWorker {
         inbox: ShardInbox,
         dormant: DormantQueue,
         sink: Sender<SinkItem>,
+        durable: DurableBatches,
         store: Arc<dyn ReadingStore>,
         tenants: Arc<Tenants>,
         processors: ProcessorChain,
@@ -82,6 +89,8 @@ impl ShardWorker {
             inbox,
             dormant,
             dormant_hydrated,
+            durable,
+            meter_gauges: PipelineMetrics::shard_meters(shard),
             sink,
             store,
             queue_depth: PipelineMetrics::shard_queue_depth(shard),
@@ -123,33 +132,49 @@ impl ShardWorker {
             let now = now();
             if self.core.tick(now) {
                 self.queue_depth.set(self.inbox.len() as f64);
+                self.rest(now);
             }
             if self.core.linger_elapsed(now.instant) {
                 self.seal();
             }
-            self.hydrate_dormant();
+            self.hydrate_idle();
         }
     }
 
-    /// When to stop waiting for an uplink: now while stored meters wait to be
-    /// hydrated, else when the core next needs a tick or a seal.
+    /// When to stop waiting for an uplink: now while meters wait to be hydrated,
+    /// else when the core next needs a tick or a seal.
     fn wake_at(&self) -> Instant {
-        if self.dormant.is_empty() {
+        if self.dormant.is_empty() && !self.core.has_waking() {
             self.core.deadline()
         } else {
             Instant::now()
         }
     }
 
-    /// Hydrates up to [`DORMANT_PER_TURN`] of the stored meters a listing handed
-    /// over that the process still owns, those the core wants
-    /// ([`ShardCore::wants_dormant`]), stopping as soon as an uplink waits (it waits
-    /// for one hydration at most); the next timer sweep covers them. Orders are
+    /// Lets meters over the shard's limit rest, and shows how many are held and
+    /// resting.
+    fn rest(&mut self, now: Now) {
+        self.core.rest(self.durable.of(self.shard), now);
+        let (held, resting) = self.core.meter_counts();
+        self.meter_gauges.0.set(held as f64);
+        self.meter_gauges.1.set(resting as f64);
+    }
+
+    /// Hydrates up to [`DORMANT_PER_TURN`] meters, stopping as soon as an uplink
+    /// waits (it waits for one hydration at most): first the resting meters whose
+    /// timer rules are near ([`ShardCore::next_waking`]), then the stored meters a
+    /// listing handed over that the process still owns, those the core wants
+    /// ([`ShardCore::wants_dormant`]); the next timer sweep covers them. Orders are
     /// applied first: a meter given up is not hydrated again here.
-    fn hydrate_dormant(&mut self) {
+    fn hydrate_idle(&mut self) {
         for _ in 0..DORMANT_PER_TURN {
             if !self.inbox.is_empty() {
                 return;
+            }
+            if let Some(key) = self.core.next_waking() {
+                let (state, rows) = self.hydrate(&key);
+                self.core.hydrated(key, state, rows);
+                continue;
             }
             let Some(key) = self.dormant.next() else {
                 return;
@@ -325,6 +350,7 @@ mod tests {
                 refill_per_s: 1,
                 capacity: 16,
             },
+            held_meters: 1_000,
         };
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn ReadingStore> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
@@ -339,6 +365,7 @@ mod tests {
             inboxes.remove(0),
             dormant.remove(0),
             sink,
+            DurableBatches::new(1),
             store,
             Arc::new(Tenants::from_config(&config)),
             ProcessorChain::for_tenants(config.processors.clone()).unwrap(),

@@ -292,6 +292,43 @@ async fn a_meter_silent_since_before_a_restart_is_caught_by_the_sweep() {
     assert_no_communication_opens(&service, "quiet2", Duration::from_secs(20)).await;
 }
 
+/// A fleet larger than `pipeline.held_meters` (one a shard here): the meters over it
+/// rest in the store once their batch is durable (`ingest/src/shard/held.rs`). The
+/// silence rule still finds every one of them — each is read back before its rule is
+/// due — and a resting meter's resends are still known for what they are: read back,
+/// its seq window says they are duplicates, and nothing is stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meters_over_the_held_limit_rest_in_the_store_and_stay_watched() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[pipeline]\nsweep_interval_s = 1\nheld_meters = 1\n\n[processors.defaults.alert_rules]\nno_communication_ms = 8000\n";
+    let service = start_configured(dir.path(), config, &[]);
+    let meters = ["rest1", "rest2", "rest3", "rest4"];
+    for meter in meters {
+        report_once(service.mqtt, meter).await;
+    }
+    let rested = || service.metrics().value("meterflow_meters_rested_total");
+    eventually(Duration::from_secs(10), "meters at rest", || {
+        (rested() >= 2.0).then_some(())
+    })
+    .await;
+    for meter in meters {
+        assert_no_communication_opens(&service, meter, Duration::from_secs(30)).await;
+    }
+    // Once their episodes are open, they rest again until the next update (a day).
+    let before = rested();
+    eventually(Duration::from_secs(10), "meters at rest again", || {
+        (rested() > before).then_some(())
+    })
+    .await;
+    for meter in meters {
+        report_once(service.mqtt, meter).await;
+    }
+    let metrics = service.metrics();
+    assert_eq!(metrics.messages("stored"), 4.0, "an uplink a meter, once");
+    assert_eq!(metrics.messages("duplicate"), 4.0, "every resend known");
+    metrics.assert_accounted();
+}
+
 /// A leakage engineer's day view: `resolution=day` serves the tenant's local days with
 /// the night hours and the minimum night flow. One household, hourly 15 L through
 /// yesterday (UTC, the default zone; analytics keeps a day open for late rows for

@@ -211,10 +211,20 @@ fn a_silent_meter_raises_no_communication_on_the_sweep() {
     let meter = key("demo", "quiet");
     pipeline.feed(0, vec![Input::readings(&meter, vec![reading(START, 100)])]);
     assert!(pipeline.sweep(START + 71 * HOUR).alerts.is_empty());
+    assert_eq!(pipeline.sweep_due(&meter), Some(START + 72 * HOUR));
     let out = pipeline.sweep(START + 72 * HOUR);
     assert_eq!(
         events_of(&out.alerts, AlertKind::NoCommunication),
         vec![EpisodeState::Opened]
+    );
+    // Then again each update interval (a day by default) while the meter stays silent.
+    let update = pipeline
+        .sweep_due(&meter)
+        .expect("an open episode is updated");
+    assert!(update > START + 73 * HOUR);
+    assert_eq!(
+        events_of(&pipeline.sweep(update).alerts, AlertKind::NoCommunication),
+        vec![EpisodeState::Updated]
     );
     assert!(
         pipeline.sweep(START + 73 * HOUR).alerts.is_empty(),

@@ -139,6 +139,7 @@ fn case_5_a_month_without_reads_gets_an_estimated_bill() {
     assert_eq!(1_440 + 28_840 + 480, REG_DEC_1 - REG_OCT_30);
     // A late window (3 days) after December starts, October and November go final
     // together: a late read in November would have changed both.
+    assert_eq!(pipeline.sweep_due(&meter), Some(DEC_START + 3 * DAY));
     let out = pipeline.sweep(DEC_START + 3 * DAY - 1);
     assert!(out.bills.is_empty(), "{:?}", out.bills);
     let out = pipeline.sweep(DEC_START + 3 * DAY);

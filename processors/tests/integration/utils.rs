@@ -122,6 +122,26 @@ impl Pipeline {
         self.chain.sweep(now_ms, self.states.iter_mut(), &mut out);
         out
     }
+
+    /// When the chain's sweep could next act on `meter` ([`ProcessorChain::sweep_due`]),
+    /// checked against the sweep itself: a sweep a millisecond before changes nothing
+    /// of the meter and raises nothing (its state is compared through its record).
+    pub(crate) fn sweep_due(&mut self, meter: &MeterKey) -> Option<i64> {
+        let state = &self.states[meter];
+        let due = self.chain.sweep_due(meter, state)?;
+        let before = encode_record(state);
+        let out = self.sweep(due - 1);
+        assert!(
+            out.alerts.is_empty() && out.bills.is_empty(),
+            "the sweep acted before {due}: {out:?}"
+        );
+        assert_eq!(
+            encode_record(&self.states[meter]),
+            before,
+            "the sweep changed the state before {due}"
+        );
+        Some(due)
+    }
 }
 
 /// Restarts `pipeline` as a process restart does for `meter` (when it has a state):
