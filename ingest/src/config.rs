@@ -348,12 +348,12 @@ pub struct PipelineConfig {
     /// every second.)
     pub sweep_interval_s: u64,
     /// Meters the shards hold in memory at most, across shards (a soft limit, applied
-    /// every second). A held meter keeps its windows — ~15 KiB at fifteen-minute
-    /// reads, ~30 KiB at five-minute ones — so 100,000 is ~1.5–3 GiB. Past it the
-    /// least recently active meters rest in the store, read back on their next uplink
-    /// or one sweep interval before a timer rule is due on them
-    /// (`meterflow_shard_meters`); set it above your fleet (per process) to never
-    /// read a meter back.
+    /// every second). A held meter keeps its late window — ~24 KiB for a fifteen-minute
+    /// meter with 72 h of reads, more at shorter intervals — so 50,000 is ~1.2 GiB. Past
+    /// it the least recently active meters rest in the store: read back on their next
+    /// uplink, or a sweep interval before a timer rule is due on them
+    /// (`meterflow_shard_meters`). Set it above the meters one process serves to
+    /// never read a meter back.
     pub held_meters: usize,
     /// Dead letters one sender (tenant and meter of its session) may have stored at
     /// once; more are dropped and counted (`meterflow_dead_letters_dropped_total`),
@@ -375,7 +375,7 @@ impl Default for PipelineConfig {
             sink_queue: 16,
             resend_window_s: 600,
             sweep_interval_s: 60,
-            held_meters: 100_000,
+            held_meters: 50_000,
             dead_letter_burst: 20,
             dead_letter_refill_per_s: 1,
         }
