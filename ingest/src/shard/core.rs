@@ -415,6 +415,12 @@ impl ShardCore {
         }
     }
 
+    /// Whether the shard holds well over its `held_meters` (hydrations since the last
+    /// [`Self::rest`]): the runner lets meters rest at once.
+    pub fn well_over_limit(&self) -> bool {
+        self.meters.well_over_limit()
+    }
+
     /// How many meters the shard holds and how many rest.
     pub fn meter_counts(&self) -> (usize, usize) {
         (self.meters.held(), self.meters.resting())

@@ -7,7 +7,8 @@
 //! When its queue is empty it also hydrates, a few at a time, the resting meters
 //! whose timer rules are near ([`super::held`]) and the stored meters it does not
 //! hold yet ([`crate::dormant`]), so the timer rules cover meters silent since before
-//! a restart. Once a second it lets meters over `held_meters` rest, those whose last
+//! a restart. Once a second — and at once after a seal or an idle hydration that left
+//! it well over the limit — it lets meters over `held_meters` rest, those whose last
 //! batch the sink has made durable ([`DurableBatches`]).
 
 use std::sync::Arc;
@@ -151,6 +152,15 @@ impl ShardWorker {
         }
     }
 
+    /// Lets meters rest when the shard holds well over its limit: between the
+    /// once-a-second passes, a burst of meters read back (a start's listing, a fleet
+    /// larger than the limit) would otherwise hold a second's worth more.
+    fn rest_if_well_over(&mut self) {
+        if self.core.well_over_limit() {
+            self.rest(now());
+        }
+    }
+
     /// Lets meters over the shard's limit rest, and shows how many are held and
     /// resting.
     fn rest(&mut self, now: Now) {
@@ -176,6 +186,7 @@ impl ShardWorker {
                 self.core.hydrated(key, state, rows);
                 continue;
             }
+            self.rest_if_well_over();
             let Some(key) = self.dormant.next() else {
                 return;
             };
@@ -266,6 +277,7 @@ impl ShardWorker {
         if let Some(sealed) = self.core.seal(now()) {
             self.send(sealed);
         }
+        self.rest_if_well_over();
     }
 
     /// Seals what the shard holds and what its processors still hold, as it stops.
