@@ -270,16 +270,15 @@ fn hourly_json(seq: u64, reads: &[(i64, u64)]) -> Vec<u8> {
     codec::encode_json(&Uplink::new(seq, readings))
 }
 
-/// Offers `payload` from `meter` at `ms`, hydrating the meter, when asked, as a
-/// runner does from a store holding `persisted` and `stored`: page by page.
-fn offer_from_store(
+/// Offers `payload` from `meter` at `ms`, calling `hydrate` each time the core asks
+/// for a state, as a runner reads the store. Returns how many times it asked.
+fn offer_hydrating(
     shard: &mut Harness,
     meter: &MeterKey,
     payload: &[u8],
     ms: u64,
-    persisted: Option<&MeterState>,
-    stored: &StoredRows,
-) {
+    mut hydrate: impl FnMut(&mut ShardCore, MeterKey),
+) -> usize {
     let now = shard.at(ms);
     let arrival = Arrival {
         identity: meter,
@@ -290,21 +289,49 @@ fn offer_from_store(
         received: now.instant,
         order: None,
     };
+    let mut asked = 0;
     while let Step::NeedsState(key) = shard.core.admit(&arrival, now.instant) {
-        let Some(state) = persisted else {
-            shard
-                .core
-                .hydrated(key, MeterState::default(), WindowRows::default());
-            continue;
-        };
-        let state: MeterState = decode_record(&encode_record(state)).unwrap();
-        let mut rows = WindowRows::after_settled(&state);
-        while let Some(from) = rows.next_page() {
-            let page = stored.range(from..).take(WINDOW_ROWS_PAGE);
-            rows.take_page(page.map(|(_, row)| *row).collect());
-        }
-        shard.core.hydrated(key, state, rows);
+        hydrate(&mut shard.core, key);
+        asked += 1;
     }
+    asked
+}
+
+/// Hands `core` the state `persisted` (through its record, as the store keeps it)
+/// and the rows a runner gathers after its settled point, page by page: `page(from)`
+/// is the stored rows from `from` on, ascending.
+fn hydrate_from<'a, I>(
+    core: &mut ShardCore,
+    key: MeterKey,
+    persisted: &MeterState,
+    page: impl Fn(i64) -> I,
+) where
+    I: Iterator<Item = &'a StoredReading>,
+{
+    let state: MeterState = decode_record(&encode_record(persisted)).unwrap();
+    let mut rows = WindowRows::after_settled(&state);
+    while let Some(from) = rows.next_page() {
+        rows.take_page(page(from).take(WINDOW_ROWS_PAGE).copied().collect());
+    }
+    core.hydrated(key, state, rows);
+}
+
+/// Offers `payload` from `meter` at `ms`, hydrating the meter, when asked, as a
+/// runner does from a store holding `persisted` and `stored`: page by page.
+fn offer_from_store(
+    shard: &mut Harness,
+    meter: &MeterKey,
+    payload: &[u8],
+    ms: u64,
+    persisted: Option<&MeterState>,
+    stored: &StoredRows,
+) {
+    offer_hydrating(shard, meter, payload, ms, |core, key| match persisted {
+        Some(state) => hydrate_from(core, key, state, |from| {
+            stored.range(from..).map(|(_, row)| row)
+        }),
+        None => core.hydrated(key, MeterState::default(), WindowRows::default()),
+    });
 }
 
 /// Seals and keeps what a store would: the rows, and the last bill per period.
@@ -975,8 +1002,8 @@ impl FleetStore {
         self.alerts.sort();
     }
 
-    /// Hydrates `key` into `core` as a runner does: its state, then its rows after
-    /// the settled point, page by page.
+    /// Hydrates `key` into `core` as a runner does: its state (the default for a
+    /// meter never stored), then its rows after the settled point, page by page.
     fn hydrate(&self, core: &mut ShardCore, key: MeterKey) {
         let name = key.meter.to_string();
         let state: MeterState = self
@@ -984,15 +1011,11 @@ impl FleetStore {
             .get(&name)
             .map(|record| decode_record(record).unwrap())
             .unwrap_or_default();
-        let mut rows = WindowRows::after_settled(&state);
-        while let Some(from) = rows.next_page() {
-            let page = self
-                .rows
+        hydrate_from(core, key, &state, |from| {
+            self.rows
                 .range((name.clone(), from)..=(name.clone(), i64::MAX))
-                .take(WINDOW_ROWS_PAGE);
-            rows.take_page(page.map(|(_, row)| *row).collect());
-        }
-        core.hydrated(key, state, rows);
+                .map(|(_, row)| row)
+        });
     }
 }
 
@@ -1005,23 +1028,6 @@ fn run_fleet(shard: &mut Harness, store: &mut FleetStore, rests: bool) -> usize 
     const QUARTER_MS: u64 = 900_000;
     let meters: Vec<MeterKey> = (1..=4).map(|i| key(&format!("plain.m{i}"))).collect();
     let mut reads = 0;
-    let mut offer =
-        |shard: &mut Harness, store: &FleetStore, meter: &MeterKey, payload: &[u8], ms: u64| {
-            let now = shard.at(ms);
-            let arrival = Arrival {
-                identity: meter,
-                topic: b"t",
-                payload,
-                refused: None,
-                received_at: now.wall_ms,
-                received: now.instant,
-                order: None,
-            };
-            while let Step::NeedsState(key) = shard.core.admit(&arrival, now.instant) {
-                store.hydrate(&mut shard.core, key);
-                reads += 1;
-            }
-        };
     // Twelve hours of fifteen-minute reads, an hour's a message; m2's read at 03:15
     // comes two hours late (VEE estimated it meanwhile).
     for hour in 0..12u64 {
@@ -1039,13 +1045,10 @@ fn run_fleet(shard: &mut Harness, store: &mut FleetStore, rests: bool) -> usize 
                 })
                 .collect();
             let payload = codec::encode_json(&Uplink::new(hour + 1, readings));
-            offer(
-                shard,
-                store,
-                meter,
-                &payload,
-                (hour + 1) * HOUR_MS + i as u64,
-            );
+            let ms = (hour + 1) * HOUR_MS + i as u64;
+            reads += offer_hydrating(shard, meter, &payload, ms, |core, key| {
+                store.hydrate(core, key)
+            });
         }
         let now = shard.at((hour + 1) * HOUR_MS + 100);
         let sealed = shard.core.seal(now);
