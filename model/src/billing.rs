@@ -202,6 +202,13 @@ pub struct BillingState {
     /// window).
     #[serde(skip)]
     pub reported_to: Option<i64>,
+    /// `ts` of the oldest read in VEE's window (after the settled point), actual or
+    /// suspect, as of the last batch, while no actual read has settled (`current` is
+    /// none): the months from its month up to the meter's first period, when no
+    /// actual read of the meter falls in them, are *leading months* (billed as owing
+    /// nothing). Not persisted (rebuilt with the window).
+    #[serde(skip)]
+    pub reported_from: Option<i64>,
 }
 
 impl crate::codec::binary::Record for BillLine {}

@@ -105,6 +105,7 @@ impl BillingStateV2 {
             previous: self.previous,
             open: Default::default(),
             reported_to: None,
+            reported_from: None,
         }
     }
 }

@@ -27,6 +27,14 @@
 //!   are trued up), `estimated`. The meter reported in them; and a month billed
 //!   while its reads were actual keeps a line a later decision (an order, a late
 //!   read) would otherwise leave stale, where the same data in order bills it so.
+//! - **Leading months of suspect reads**: the months from the month of the oldest
+//!   read in VEE's window up to the meter's first period, when every read the meter
+//!   sent in them is suspect and none came before (a first read an operator
+//!   rejected, or that an exchange recorded before it does not fit), owe nothing:
+//!   each gets a line of 0 L, no fixed charge, `estimated`. The meter's first
+//!   period, and its prorated fixed charge, still start at its first actual read.
+//!   Without them, a month billed while such a read still counted kept that line,
+//!   which the same data in order never makes.
 //! - Only `Actual` reads count: `Suspect` reads are excluded; `Estimated` rows are
 //!   redundant (they are the same linear interpolation), so an estimate is *trued up*
 //!   the moment an actual read near the boundary arrives.
@@ -199,11 +207,14 @@ impl Processor for BillingProcessor {
                 })
             };
             let calendar = &mut runtime.calendar;
-            let before = with_open_reads(billing, calendar).billable(calendar);
+            let before_view = with_open_reads(billing, calendar);
+            let before = before_view.billable(calendar);
+            let leading_before = before_view.leading(&before, calendar);
             for row in &meter.readings {
                 take_row(billing, vee, row, calendar, &terms, out);
             }
             settle_open_reads(billing, vee, calendar, &terms, out);
+            billing.reported_from = first_reported(billing, vee);
             let after = with_open_reads(billing, calendar);
             finalise_previous(
                 billing,
@@ -216,11 +227,17 @@ impl Processor for BillingProcessor {
             );
             // A period whose stretch has closed was billed final just now, or will be
             // when its reads settle: no running line for it.
-            for (period, stretch_end) in after.billable(calendar) {
+            let billable = after.billable(calendar);
+            for (period, stretch_end) in &billable {
                 if batch.now_ms < stretch_end.saturating_add(self.close_after_ms)
-                    && (exchanged(&period) || !before.iter().any(|(seen, _)| *seen == period))
+                    && (exchanged(period) || !before.iter().any(|(seen, _)| seen == period))
                 {
-                    out.bills.push(bill_line(&terms, &period, false, calendar));
+                    out.bills.push(bill_line(&terms, period, false, calendar));
+                }
+            }
+            for month in after.leading(&billable, calendar) {
+                if !leading_before.contains(&month) {
+                    out.bills.push(owing_nothing(&terms, &month));
                 }
             }
         }
@@ -234,6 +251,7 @@ impl Processor for BillingProcessor {
         }
         let settled = state.vee.settled_ts();
         let vee = &state.vee;
+        state.billing.reported_from = first_reported(&state.billing, vee);
         state.billing.reported_to = rows
             .iter()
             .filter(|row| row.quality.is_from_meter())
@@ -404,6 +422,47 @@ impl BillView {
         }
         billable
     }
+
+    /// The meter's *leading months*: from the month of the oldest read in VEE's
+    /// window up to its first billable period (through the month of its newest read
+    /// when it has none), when no actual read of the meter falls in them — every read
+    /// the meter sent in them was rejected or does not fit its register, and none
+    /// came before.
+    fn leading(
+        &self,
+        billable: &[(PeriodReads, i64)],
+        calendar: &mut LocalCalendar,
+    ) -> Vec<PeriodReads> {
+        let Some(from) = self.periods.reported_from else {
+            return Vec::new();
+        };
+        let until = match billable.first() {
+            // The common case: the oldest read is in the first period or after it.
+            Some((first, _)) if from >= first.start_ms => return Vec::new(),
+            Some((first, _)) => first.start_ms,
+            None => {
+                calendar
+                    .month(self.periods.reported_to.unwrap_or(from).max(from))
+                    .end_ms
+            }
+        };
+        months_without_reads(
+            calendar.month(from).start_ms,
+            until,
+            std::iter::empty(),
+            calendar,
+        )
+    }
+}
+
+/// Where leading months could start ([`BillingState::reported_from`]): the oldest
+/// read in VEE's window, actual or suspect — none once an actual read has settled
+/// (it is older than the window, and the periods start at or before it).
+fn first_reported(billing: &BillingState, vee: &VeeState) -> Option<i64> {
+    if billing.current.is_some() {
+        return None;
+    }
+    vee.window.front().map(|read| read.reading.ts)
 }
 
 /// The view of the periods. Open reads are all newer than settled ones and
@@ -417,6 +476,7 @@ fn with_open_reads(billing: &BillingState, calendar: &mut LocalCalendar) -> Bill
             previous: billing.previous,
             open: VecDeque::new(),
             reported_to: billing.reported_to,
+            reported_from: billing.reported_from,
         },
         passed: Vec::new(),
     };
@@ -724,8 +784,29 @@ fn bill_line(
     calendar: &mut LocalCalendar,
 ) -> BillLine {
     let (usage_l, estimated) = period_usage(period, terms.long_gap_ms);
-    let tiers = tier_charges(terms.tariff, usage_l);
     let fixed_cents = fixed_charge(terms, period, calendar);
+    line_of(terms, period, usage_l, fixed_cents, estimated, final_)
+}
+
+/// The line of a leading month ([`BillView::leading`]): the meter reported in it,
+/// but no read of it counts and none came before, so nothing is owed — 0 L, no
+/// fixed charge, `estimated`. Without it, a month billed while such a read still
+/// counted (before an operator rejected it, or an exchange recorded before it made
+/// it suspect) kept that line, which the same data in order never makes.
+fn owing_nothing(terms: &MeterTerms<'_>, month: &PeriodReads) -> BillLine {
+    line_of(terms, month, 0, 0, true, false)
+}
+
+/// A bill line of `usage_l` litres (charged by the tariff's tiers) and a fixed charge.
+fn line_of(
+    terms: &MeterTerms<'_>,
+    period: &PeriodReads,
+    usage_l: u64,
+    fixed_cents: u64,
+    estimated: bool,
+    final_: bool,
+) -> BillLine {
+    let tiers = tier_charges(terms.tariff, usage_l);
     let amount_cents = tiers
         .iter()
         .fold(fixed_cents, |sum, t| sum.saturating_add(t.amount_cents));

@@ -620,6 +620,47 @@ proptest! {
     }
 }
 
+/// A meter's first read, at 23:00 on the last day of January, is rejected by an
+/// operator an hour later, once February's reads have begun to arrive. January then
+/// has no read that counts, and none came before it: it owes nothing. In order (the
+/// decision known from the start) its line says so; given late, the January line
+/// billed while the read still counted (0 L and a day's fixed charge) is replaced by
+/// the same one.
+#[test]
+fn a_first_read_rejected_late_leaves_its_month_owing_nothing() {
+    let first = 1_738_364_400_000; // 2025-01-31T23:00:00Z
+    let reads: Reads = (0..40)
+        .map(|hour| (first + hour * HOUR, 1_000 + hour as u64 * 100))
+        .collect();
+    let reject = RegisterOrder {
+        ts: first,
+        action: OrderAction::Reject,
+        decision: Decision {
+            by: "ana".into(),
+            why: "a bogus first read".into(),
+            at_ms: 0,
+        },
+        exception: None,
+    };
+    let batches = vec![
+        vec![reads[..1].to_vec()],
+        vec![reads[1..25].to_vec()],
+        vec![reads[25..].to_vec()],
+    ];
+    let in_order = replay_restarting(&batches, &BTreeSet::new(), &[(0, reject.clone())]);
+    let late = replay_restarting(&batches, &BTreeSet::new(), &[(1, reject)]);
+    assert_eq!(
+        in_order.bills["2025-01"],
+        (0, true, 0),
+        "{:?}",
+        in_order.bills
+    );
+    // February from its first read, at its first instant: 39 hours × 100 L, the
+    // month's whole fixed charge.
+    assert_eq!(in_order.bills["2025-02"], (3_800, false, 800));
+    assert_eq!(late.bills, in_order.bills);
+}
+
 /// Operators' orders about a stream's reads: up to three decisions (accept, reject,
 /// confirm an exchange) on reads anywhere, and perhaps a recorded exchange half an
 /// hour before a read, to a new register anywhere, perhaps of another size (which
