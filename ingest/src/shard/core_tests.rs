@@ -1127,3 +1127,23 @@ fn a_meter_rests_only_once_its_last_batch_is_durable() {
     assert_eq!(shard.offer(&m2, &json(2, 1), 7), 1, "m2 is read back");
     assert_eq!(shard.core.meter_counts(), (2, 0));
 }
+
+/// A processor gives up a partition: its resting meters are forgotten with the held
+/// ones, so the shard neither wakes nor sweeps them once their rule is due.
+#[test]
+fn a_resting_meter_given_up_is_not_woken() {
+    let mut shard = Harness::holding(1);
+    let (m1, m2) = (key("plain.m1"), key("plain.m2"));
+    shard.offer(&m1, &json(1, 1), 0);
+    shard.offer(&m2, &json(1, 1), 1);
+    let sealed = shard.seal(2);
+    shard.core.rest(sealed.batch.number, shard.at(3));
+    assert_eq!(shard.core.meter_counts(), (1, 1));
+    shard.core.forget(&|_| true);
+    assert_eq!(shard.core.meter_counts(), (0, 0));
+    // Past the default 72-h silence rule: nothing to wake, nothing swept.
+    let later = 73 * 3_600_000;
+    shard.core.tick(shard.at(later));
+    assert!(shard.core.next_waking().is_none());
+    assert!(shard.core.seal(shard.at(later + 1)).is_none());
+}
