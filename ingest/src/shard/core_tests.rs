@@ -1110,18 +1110,25 @@ fn a_meter_that_rests_in_the_store_continues_as_if_always_held() {
     );
 }
 
-/// A meter rests only once its last batch is durable and it is not in the open batch.
-#[test]
-fn a_meter_rests_only_once_its_last_batch_is_durable() {
+/// A shard holding one meter, after `plain.m1` and `plain.m2` reported once each
+/// and their batch was sealed (its number last).
+fn two_meters_holding_one() -> (Harness, MeterKey, MeterKey, u64) {
     let mut shard = Harness::holding(1);
     let (m1, m2) = (key("plain.m1"), key("plain.m2"));
     shard.offer(&m1, &json(1, 1), 0);
     shard.offer(&m2, &json(1, 1), 1);
-    let sealed = shard.seal(2);
-    shard.core.rest(sealed.batch.number - 1, shard.at(3));
+    let sealed = shard.seal(2).batch.number;
+    (shard, m1, m2, sealed)
+}
+
+/// A meter rests only once its last batch is durable and it is not in the open batch.
+#[test]
+fn a_meter_rests_only_once_its_last_batch_is_durable() {
+    let (mut shard, m1, m2, sealed) = two_meters_holding_one();
+    shard.core.rest(sealed - 1, shard.at(3));
     assert_eq!(shard.core.meter_counts(), (2, 0), "not durable yet");
     shard.offer(&m1, &json(2, 1), 4);
-    shard.core.rest(sealed.batch.number, shard.at(5));
+    shard.core.rest(sealed, shard.at(5));
     assert_eq!(shard.core.meter_counts(), (1, 1), "m1 is in the open batch");
     assert_eq!(shard.offer(&m1, &json(3, 1), 6), 0, "m1 still held");
     assert_eq!(shard.offer(&m2, &json(2, 1), 7), 1, "m2 is read back");
@@ -1132,12 +1139,8 @@ fn a_meter_rests_only_once_its_last_batch_is_durable() {
 /// ones, so the shard neither wakes nor sweeps them once their rule is due.
 #[test]
 fn a_resting_meter_given_up_is_not_woken() {
-    let mut shard = Harness::holding(1);
-    let (m1, m2) = (key("plain.m1"), key("plain.m2"));
-    shard.offer(&m1, &json(1, 1), 0);
-    shard.offer(&m2, &json(1, 1), 1);
-    let sealed = shard.seal(2);
-    shard.core.rest(sealed.batch.number, shard.at(3));
+    let (mut shard, _, _, sealed) = two_meters_holding_one();
+    shard.core.rest(sealed, shard.at(3));
     assert_eq!(shard.core.meter_counts(), (1, 1));
     shard.core.forget(&|_| true);
     assert_eq!(shard.core.meter_counts(), (0, 0));
