@@ -351,7 +351,7 @@ pub struct PipelineConfig {
     /// every second). A held meter keeps its late window — ~24 KiB for a fifteen-minute
     /// meter with 72 h of reads, more at shorter intervals — so 50,000 is ~1.2 GiB. Past
     /// it the least recently active meters rest in the store: read back on their next
-    /// uplink, or a sweep interval before a timer rule is due on them
+    /// uplink, or by the timer sweep when a rule is due on them
     /// (`meterflow_shard_meters`). Set it above the meters one process serves to
     /// never read a meter back.
     pub held_meters: usize,

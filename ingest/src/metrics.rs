@@ -208,7 +208,7 @@ fn describe() {
     );
     describe_counter!(
         METERS_RESTED,
-        "Meters let rest in the store because their shard held more than pipeline.held_meters; each is read back on its next uplink or before a timer rule is due on it."
+        "Meters let rest in the store because their shard held more than pipeline.held_meters; each is read back on its next uplink or when a timer rule is due on it."
     );
     describe_counter!(
         ALERTS,

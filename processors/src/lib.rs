@@ -169,16 +169,28 @@ impl ProcessorChain {
     ) -> Vec<MeterKey> {
         let mut changed = Vec::new();
         for (key, state) in states {
-            let mut any = false;
-            for processor in &mut self.processors {
-                any |= processor.sweep_meter(now_ms, key, state, out);
-            }
-            if any {
+            if self.sweep_meter(now_ms, key, state, out) {
                 changed.push(key.clone());
             }
         }
         self.tick(now_ms, out);
         changed
+    }
+
+    /// Every processor's [`Processor::sweep_meter`] on one meter (a meter read back
+    /// from the store because its sweep is due). Returns whether its state changed.
+    pub fn sweep_meter(
+        &mut self,
+        now_ms: i64,
+        key: &MeterKey,
+        state: &mut MeterState,
+        out: &mut Outputs,
+    ) -> bool {
+        let mut any = false;
+        for processor in &mut self.processors {
+            any |= processor.sweep_meter(now_ms, key, state, out);
+        }
+        any
     }
 
     /// When the sweep could next act on a meter whose state stays as it is: the

@@ -195,7 +195,8 @@ pub struct ShardCore {
     /// The meters' states (hydrated from the store on first sight), at most
     /// `held_meters` of them; the rest wait in the store ([`super::held`]).
     meters: HeldMeters,
-    /// Resting meters whose sweep is near, for the runner to hydrate.
+    /// Resting meters whose sweep is due, for the runner to hydrate
+    /// ([`Self::woken`]).
     waking: Vec<MeterKey>,
     /// Meters whose seq window has an open gap, checked by the gap sweep.
     gapped: HashSet<MeterKey>,
@@ -381,10 +382,29 @@ impl ShardCore {
         !self.meters.watches(key) && self.tenants.admit(key).is_ok()
     }
 
-    /// A resting meter whose sweep is near ([`super::held`]), for the runner to
-    /// hydrate before that sweep.
+    /// A resting meter whose sweep is due ([`super::held`]), for the runner to
+    /// read back and hand to [`Self::woken`].
     pub fn next_waking(&mut self) -> Option<MeterKey> {
         self.waking.pop()
+    }
+
+    /// Holds a woken meter read back from the store ([`Self::hydrated`]) and runs
+    /// its sweep at once, as the timer sweep that woke it would have had it been
+    /// held; a meter the sweep changed joins the open batch, and rests again once
+    /// that batch is durable.
+    pub fn woken(&mut self, key: MeterKey, state: MeterState, rows: WindowRows, now: Now) {
+        self.hydrated(key.clone(), state, rows);
+        let Some(state) = self.meters.get_mut(&key) else {
+            return;
+        };
+        if self
+            .processors
+            .sweep_meter(now.wall_ms, &key, state, &mut self.swept)
+        {
+            self.open.meter(&key);
+            self.open.opened.get_or_insert(now.instant);
+        }
+        self.hold_swept(now);
     }
 
     pub fn has_waking(&self) -> bool {
@@ -393,12 +413,11 @@ impl ShardCore {
 
     /// Lets meters over the shard's `held_meters` rest in the store, of those whose
     /// last batch is at or below `durable` (the sink's watermark for this shard), not
-    /// in the open batch, without an open seq gap, and with no sweep due within three
-    /// sweep intervals of `now`.
+    /// in the open batch, without an open seq gap, and with no sweep due at `now`.
     pub fn rest(&mut self, durable: u64, now: Now) {
         let open = &self.open.index;
         let gapped = &self.gapped;
-        let not_before = now.wall_ms.saturating_add(3 * self.sweep_interval_ms());
+        let not_before = now.wall_ms.saturating_add(1);
         let rested = self.meters.rest(
             durable,
             |key| open.contains_key(key) || gapped.contains(key),
@@ -424,10 +443,6 @@ impl ShardCore {
     /// How many meters the shard holds and how many rest.
     pub fn meter_counts(&self) -> (usize, usize) {
         (self.meters.held(), self.meters.resting())
-    }
-
-    fn sweep_interval_ms(&self) -> i64 {
-        i64::try_from(self.settings.sweep_interval.as_millis()).unwrap_or(i64::MAX)
     }
 
     /// Drops the cached state of the meters `which` names (distributed mode: their
@@ -674,8 +689,8 @@ impl ShardCore {
     /// fire on silence, bills that close, analytics windows that end). Meters whose
     /// state changed join the open batch so the change is persisted.
     fn sweep_timers(&mut self, now: Now) {
-        let until = now.wall_ms.saturating_add(2 * self.sweep_interval_ms());
-        self.waking.extend(self.meters.wake_due(until));
+        self.waking
+            .extend(self.meters.wake_due(now.wall_ms.saturating_add(1)));
         let changed = self
             .processors
             .sweep(now.wall_ms, self.meters.iter_mut(), &mut self.swept);

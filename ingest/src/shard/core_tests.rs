@@ -297,15 +297,11 @@ fn offer_hydrating(
     asked
 }
 
-/// Hands `core` the state `persisted` (through its record, as the store keeps it)
-/// and the rows a runner gathers after its settled point, page by page: `page(from)`
-/// is the stored rows from `from` on, ascending.
-fn hydrate_from<'a, I>(
-    core: &mut ShardCore,
-    key: MeterKey,
-    persisted: &MeterState,
-    page: impl Fn(i64) -> I,
-) where
+/// What a runner reads back of a meter: the state `persisted` (through its record,
+/// as the store keeps it) and the rows after its settled point, page by page:
+/// `page(from)` is the stored rows from `from` on, ascending.
+fn read_back<'a, I>(persisted: &MeterState, page: impl Fn(i64) -> I) -> (MeterState, WindowRows)
+where
     I: Iterator<Item = &'a StoredReading>,
 {
     let state: MeterState = decode_record(&encode_record(persisted)).unwrap();
@@ -313,7 +309,7 @@ fn hydrate_from<'a, I>(
     while let Some(from) = rows.next_page() {
         rows.take_page(page(from).take(WINDOW_ROWS_PAGE).copied().collect());
     }
-    core.hydrated(key, state, rows);
+    (state, rows)
 }
 
 /// Offers `payload` from `meter` at `ms`, hydrating the meter, when asked, as a
@@ -327,9 +323,10 @@ fn offer_from_store(
     stored: &StoredRows,
 ) {
     offer_hydrating(shard, meter, payload, ms, |core, key| match persisted {
-        Some(state) => hydrate_from(core, key, state, |from| {
-            stored.range(from..).map(|(_, row)| row)
-        }),
+        Some(state) => {
+            let (state, rows) = read_back(state, |from| stored.range(from..).map(|(_, row)| row));
+            core.hydrated(key, state, rows);
+        }
         None => core.hydrated(key, MeterState::default(), WindowRows::default()),
     });
 }
@@ -1002,20 +999,20 @@ impl FleetStore {
         self.alerts.sort();
     }
 
-    /// Hydrates `key` into `core` as a runner does: its state (the default for a
-    /// meter never stored), then its rows after the settled point, page by page.
-    fn hydrate(&self, core: &mut ShardCore, key: MeterKey) {
+    /// What a runner reads back of `key`: its state (the default for a meter never
+    /// stored), then its rows after the settled point, page by page.
+    fn read_back(&self, key: &MeterKey) -> (MeterState, WindowRows) {
         let name = key.meter.to_string();
         let state: MeterState = self
             .states
             .get(&name)
             .map(|record| decode_record(record).unwrap())
             .unwrap_or_default();
-        hydrate_from(core, key, &state, |from| {
+        read_back(&state, |from| {
             self.rows
                 .range((name.clone(), from)..=(name.clone(), i64::MAX))
                 .map(|(_, row)| row)
-        });
+        })
     }
 }
 
@@ -1047,7 +1044,8 @@ fn run_fleet(shard: &mut Harness, store: &mut FleetStore, rests: bool) -> usize 
             let payload = codec::encode_json(&Uplink::new(hour + 1, readings));
             let ms = (hour + 1) * HOUR_MS + i as u64;
             reads += offer_hydrating(shard, meter, &payload, ms, |core, key| {
-                store.hydrate(core, key)
+                let (state, rows) = store.read_back(&key);
+                core.hydrated(key, state, rows);
             });
         }
         let now = shard.at((hour + 1) * HOUR_MS + 100);
@@ -1066,7 +1064,8 @@ fn run_fleet(shard: &mut Harness, store: &mut FleetStore, rests: bool) -> usize 
             shard.core.rest(sealed_up_to, now);
         }
         while let Some(key) = shard.core.next_waking() {
-            store.hydrate(&mut shard.core, key);
+            let (state, rows) = store.read_back(&key);
+            shard.core.woken(key, state, rows, now);
             reads += 1;
         }
         if let Some(sealed) = shard.core.seal(now) {

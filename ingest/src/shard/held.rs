@@ -11,9 +11,12 @@
 //!
 //! The timer rules must still cover a resting meter: it rests with the time its sweep
 //! could next act ([`ProcessorChain::sweep_due`], a state that does not change while
-//! it rests gives the same answer until then), and is woken — hydrated again — one
-//! sweep interval before it ([`HeldMeters::wake_due`]), so the sweep that is due finds
-//! it held. A meter due within two sweep intervals does not rest.
+//! it rests gives the same answer until then). The first timer sweep at or after that
+//! time wakes it ([`HeldMeters::wake_due`]); the runner reads it back and the core
+//! sweeps it at once (`ShardCore::woken`), as that sweep would have had it been held.
+//! A meter whose sweep is due does not rest; once swept, its new state is batched and
+//! it may rest again when that batch is durable — so even when a whole fleet's bills
+//! close at once, the meters held stay near the limit.
 
 use std::collections::hash_map::Entry;
 
@@ -171,7 +174,7 @@ impl HeldMeters {
     }
 
     /// Resting meters whose sweep is due before `until` (ms since the epoch): no
-    /// longer resting, for the runner to hydrate.
+    /// longer resting, for the runner to read back.
     pub(super) fn wake_due(&mut self, until: i64) -> Vec<MeterKey> {
         let mut due = Vec::new();
         self.resting.retain(|key, at| {

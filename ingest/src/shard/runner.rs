@@ -4,10 +4,11 @@
 //! rebuilds the window the state does not persist), the [`Completion`]s of the
 //! messages the open batch took, and the hand-off of sealed batches to the sink
 //! (blocking while the sink queue is full: that is the pipeline's backpressure).
-//! When its queue is empty it also hydrates, a few at a time, the resting meters
-//! whose timer rules are near ([`super::held`]) and the stored meters it does not
-//! hold yet ([`crate::dormant`]), so the timer rules cover meters silent since before
-//! a restart. Once a second — and at once after a seal or an idle hydration that left
+//! It reads back the resting meters whose timer rules are due ([`super::held`]) — a
+//! few at a time when its queue is empty, one between two uplinks when it is not —
+//! and, when its queue is empty, the stored meters it does not hold yet
+//! ([`crate::dormant`]), so the timer rules cover meters silent since before a
+//! restart. Once a second — and at once after a seal or an idle hydration that left
 //! it well over the limit — it lets meters over `held_meters` rest, those whose last
 //! batch the sink has made durable ([`DurableBatches`]).
 
@@ -172,19 +173,24 @@ impl ShardWorker {
 
     /// Hydrates up to [`DORMANT_PER_TURN`] meters, stopping as soon as an uplink
     /// waits (it waits for one hydration at most): first the resting meters whose
-    /// timer rules are near ([`ShardCore::next_waking`]), then the stored meters a
-    /// listing handed over that the process still owns, those the core wants
-    /// ([`ShardCore::wants_dormant`]); the next timer sweep covers them. Orders are
-    /// applied first: a meter given up is not hydrated again here.
+    /// timer rules are due ([`ShardCore::next_waking`], swept at once), then the
+    /// stored meters a listing handed over that the process still owns, those the
+    /// core wants ([`ShardCore::wants_dormant`]); the next timer sweep covers them.
+    /// A woken meter is read back even when an uplink waits, one a turn, so its rule
+    /// is not put off while the shard is busy. Orders are applied first: a meter
+    /// given up is not hydrated again here.
     fn hydrate_idle(&mut self) {
-        for _ in 0..DORMANT_PER_TURN {
-            if !self.inbox.is_empty() {
+        for turn in 0..DORMANT_PER_TURN {
+            if turn > 0 && !self.inbox.is_empty() {
                 return;
             }
             if let Some(key) = self.core.next_waking() {
                 let (state, rows) = self.hydrate(&key);
-                self.core.hydrated(key, state, rows);
+                self.core.woken(key, state, rows, now());
                 continue;
+            }
+            if !self.inbox.is_empty() {
+                return;
             }
             self.rest_if_well_over();
             let Some(key) = self.dormant.next() else {
