@@ -1018,7 +1018,7 @@ impl FleetStore {
 
 /// A shard holding all its meters, and one holding one at a time, each writing to its
 /// own store; the second lets the others rest once their batch is durable (right
-/// after each seal here) and reads them back on their next uplink, or before their
+/// after each seal here) and reads them back on their next uplink, or when their
 /// timer rules are due. Returns how many times each read a meter back.
 fn run_fleet(shard: &mut Harness, store: &mut FleetStore, rests: bool) -> usize {
     const HOUR_MS: u64 = 3_600_000;
@@ -1090,7 +1090,7 @@ fn a_meter_that_rests_in_the_store_continues_as_if_always_held() {
     );
     let reads = run_fleet(&mut resting, &mut one, true);
     // Four at first sight; then each hour the three that rested after the hour
-    // before; then the three resting when the silence rule neared.
+    // before; then the three resting when the silence rule fell due.
     assert_eq!(reads, 4 + 3 * 11 + 3, "the resting meters were read back");
     assert_eq!(one.rows, all.rows);
     assert_eq!(one.states, all.states);

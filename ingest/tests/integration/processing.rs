@@ -294,7 +294,7 @@ async fn a_meter_silent_since_before_a_restart_is_caught_by_the_sweep() {
 
 /// A fleet larger than `pipeline.held_meters` (one a shard here): the meters over it
 /// rest in the store once their batch is durable (`ingest/src/shard/held.rs`). The
-/// silence rule still finds every one of them — each is read back before its rule is
+/// silence rule still finds every one of them — each is read back when its rule is
 /// due — and a resting meter's resends are still known for what they are: read back,
 /// its seq window says they are duplicates, and nothing is stored twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
