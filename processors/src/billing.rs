@@ -276,13 +276,12 @@ impl Processor for BillingProcessor {
         state: &mut MeterState,
         out: &mut Outputs,
     ) -> bool {
-        if state.billing.previous.is_none() && state.billing.open.is_empty() {
-            return false;
-        }
         let (entry, runtime) = self.tenants.get(&key.tenant);
-        let terms = MeterTerms::new(entry, key, &state.vee.sizes);
         let calendar = &mut runtime.calendar;
-        let view = with_open_reads(&state.billing, calendar);
+        let Some(view) = closable_view(&state.billing, calendar) else {
+            return false;
+        };
+        let terms = MeterTerms::new(entry, key, &state.vee.sizes);
         finalise_previous(
             &mut state.billing,
             &view.periods,
@@ -297,11 +296,8 @@ impl Processor for BillingProcessor {
     /// A finished period is closed `close_after_ms` after the next one starts
     /// ([`finalise_previous`]); nothing else in the sweep depends on the time.
     fn sweep_due(&mut self, key: &MeterKey, state: &MeterState) -> Option<i64> {
-        if state.billing.previous.is_none() && state.billing.open.is_empty() {
-            return None;
-        }
         let calendar = &mut self.tenants.get(&key.tenant).1.calendar;
-        let view = with_open_reads(&state.billing, calendar);
+        let view = closable_view(&state.billing, calendar)?;
         let (Some(_), Some(next)) = (view.periods.previous, view.periods.current) else {
             return None;
         };
@@ -493,6 +489,15 @@ fn with_open_reads(billing: &BillingState, calendar: &mut LocalCalendar) -> Bill
         month_start = next_month;
     }
     view
+}
+
+/// The view of a meter's periods for the sweep, when one of them can close: there is
+/// a previous period, or open reads that may make one.
+fn closable_view(billing: &BillingState, calendar: &mut LocalCalendar) -> Option<BillView> {
+    if billing.previous.is_none() && billing.open.is_empty() {
+        return None;
+    }
+    Some(with_open_reads(billing, calendar))
 }
 
 /// Most months without reads billed between two kept periods: a meter silent for

@@ -401,8 +401,7 @@ impl ShardCore {
             .processors
             .sweep_meter(now.wall_ms, &key, state, &mut self.swept)
         {
-            self.open.meter(&key);
-            self.open.opened.get_or_insert(now.instant);
+            self.join_batch(&key, now);
         }
         self.hold_swept(now);
     }
@@ -417,11 +416,10 @@ impl ShardCore {
     pub fn rest(&mut self, durable: u64, now: Now) {
         let open = &self.open.index;
         let gapped = &self.gapped;
-        let not_before = now.wall_ms.saturating_add(1);
         let rested = self.meters.rest(
             durable,
             |key| open.contains_key(key) || gapped.contains(key),
-            not_before,
+            now.wall_ms,
             &mut self.processors,
         );
         self.metrics.meters_rested.increment(rested.rested as u64);
@@ -429,7 +427,7 @@ impl ShardCore {
             debug!(
                 shard = self.shard,
                 kept = rested.kept,
-                "meters over held_meters kept: not durable yet, in the open batch, or a timer rule due soon"
+                "meters over held_meters kept: not durable yet, in the open batch, an open seq gap, or a timer rule due"
             );
         }
     }
@@ -677,8 +675,7 @@ impl ShardCore {
             }
         }
         for (key, still_gapped) in closed {
-            self.open.meter(&key);
-            self.open.opened.get_or_insert(now.instant);
+            self.join_batch(&key, now);
             if !still_gapped {
                 self.gapped.remove(&key);
             }
@@ -689,18 +686,21 @@ impl ShardCore {
     /// fire on silence, bills that close, analytics windows that end). Meters whose
     /// state changed join the open batch so the change is persisted.
     fn sweep_timers(&mut self, now: Now) {
-        self.waking
-            .extend(self.meters.wake_due(now.wall_ms.saturating_add(1)));
+        self.waking.extend(self.meters.wake_due(now.wall_ms));
         let changed = self
             .processors
             .sweep(now.wall_ms, self.meters.iter_mut(), &mut self.swept);
         for key in &changed {
-            self.open.meter(key);
-        }
-        if !changed.is_empty() {
-            self.open.opened.get_or_insert(now.instant);
+            self.join_batch(key, now);
         }
         self.hold_swept(now);
+    }
+
+    /// A meter whose state a sweep changed (its timer rules, an expired seq gap) joins
+    /// the open batch, so the change is persisted and acked.
+    fn join_batch(&mut self, key: &MeterKey, now: Now) {
+        self.open.meter(key);
+        self.open.opened.get_or_insert(now.instant);
     }
 
     /// Opens the batch for outputs the sweeps made, so that it is sealed within the

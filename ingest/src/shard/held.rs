@@ -41,7 +41,7 @@ pub(super) struct HeldMeters {
 }
 
 /// What one [`HeldMeters::rest`] did.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Default)]
 pub(super) struct Rested {
     pub(super) rested: usize,
     /// Meters over the limit that could not rest yet (last batch not durable, in the
@@ -135,12 +135,12 @@ impl HeldMeters {
 
     /// Lets the least recently batched meters over the limit rest, of those that
     /// may: last batch at or below `durable`, not `busy` (in the open batch, an open
-    /// gap), and a sweep not due before `not_before` (ms since the epoch).
+    /// gap), and no sweep due at `now_ms` (ms since the epoch).
     pub(super) fn rest(
         &mut self,
         durable: u64,
         busy: impl Fn(&MeterKey) -> bool,
-        not_before: i64,
+        now_ms: i64,
         processors: &mut ProcessorChain,
     ) -> Rested {
         let Some(excess) = self.held.len().checked_sub(self.limit).filter(|&n| n > 0) else {
@@ -160,7 +160,7 @@ impl HeldMeters {
         let mut rested = 0;
         for key in chosen {
             let due = processors.sweep_due(&key, &self.held[&key].state);
-            if due.is_some_and(|due| due < not_before) {
+            if due.is_some_and(|due| due <= now_ms) {
                 continue;
             }
             self.held.remove(&key);
@@ -173,12 +173,12 @@ impl HeldMeters {
         }
     }
 
-    /// Resting meters whose sweep is due before `until` (ms since the epoch): no
-    /// longer resting, for the runner to read back.
-    pub(super) fn wake_due(&mut self, until: i64) -> Vec<MeterKey> {
+    /// Resting meters whose sweep is due at `now_ms` (ms since the epoch): no longer
+    /// resting, for the runner to read back.
+    pub(super) fn wake_due(&mut self, now_ms: i64) -> Vec<MeterKey> {
         let mut due = Vec::new();
         self.resting.retain(|key, at| {
-            let wake = at.is_some_and(|at| at < until);
+            let wake = at.is_some_and(|at| at <= now_ms);
             if wake {
                 due.push(key.clone());
             }
