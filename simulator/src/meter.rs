@@ -28,6 +28,13 @@
 //! driver has dropped everything rumqttc still held of the old connection (requests
 //! not yet sent, in-flight copies, buffered events) together with the packet ids the
 //! tracker knew, so no PUBACK is ever paired with the wrong message.
+//!
+//! A meter is done when nothing is left to send or settle and, with PUBACKs tracked,
+//! every publish it queued has had its PUBACK — an injected duplicate or a malformed
+//! payload too, and a message an ack settled first. Only then does it disconnect:
+//! closing a socket with answers still unread resets the connection, and the kernel
+//! drops what it had not yet sent of the last publishes, which the broker would then
+//! never see.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -306,7 +313,11 @@ pub(crate) async fn run_meter(
             FleetCounters::add(&counters.acked, cleared);
             FleetCounters::add(&counters.acked_readings, cleared * readings_per_message);
         }
-        if window.is_empty() && generator.remaining() == 0 && duplicates_due.is_empty() {
+        if window.is_empty()
+            && generator.remaining() == 0
+            && duplicates_due.is_empty()
+            && (!track_pubacks || tracker(&link).all_answered())
+        {
             break;
         }
         if now >= fleet.deadline || fleet.stop_requested.load(Ordering::Acquire) {
@@ -553,7 +564,8 @@ async fn drive_connection(
                 tracker(&link).await_ack(pkid);
             }
             Ok(Event::Incoming(Incoming::PubAck(puback))) if track_pubacks => {
-                if tracker(&link).puback(puback.pkid, Instant::now()) {
+                let mut tracker = tracker(&link);
+                if tracker.puback(puback.pkid, Instant::now()) || tracker.all_answered() {
                     link.wake.notify_one();
                 }
             }

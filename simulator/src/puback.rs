@@ -26,8 +26,8 @@ pub(crate) type Offered = Option<u64>;
 pub(crate) struct PubackTracker {
     /// Queued to rumqttc, no packet id yet; oldest first.
     offered: VecDeque<Offered>,
-    /// Packet id → the seq of the uplink it carries, until its PUBACK.
-    in_flight: HashMap<u16, u64>,
+    /// Packet id → what it carries, until its PUBACK.
+    in_flight: HashMap<u16, Offered>,
     /// A publish that found its packet id taken (`AwaitAck`): rumqttc sends it with
     /// that id once the id's PUBACK arrives.
     collided: Option<(u16, Offered)>,
@@ -58,14 +58,7 @@ impl PubackTracker {
                 }
             }
         };
-        match what {
-            Some(seq) => {
-                self.in_flight.insert(pkid, seq);
-            }
-            None => {
-                self.in_flight.remove(&pkid);
-            }
-        }
+        self.in_flight.insert(pkid, what);
     }
 
     /// rumqttc holds the next publish back until `pkid` is free (`Outgoing::AwaitAck`).
@@ -80,12 +73,19 @@ impl PubackTracker {
     /// (the logic should then be woken).
     pub(crate) fn puback(&mut self, pkid: u16, at: Instant) -> bool {
         match self.in_flight.remove(&pkid) {
-            Some(seq) => {
+            Some(Some(seq)) => {
                 self.settled.push((seq, at));
                 true
             }
-            None => false,
+            _ => false,
         }
+    }
+
+    /// Whether every publish queued on this connection has had its PUBACK: none
+    /// waits to be sent, none is in flight (see `meter`'s module doc for why a
+    /// meter disconnects only then).
+    pub(crate) fn all_answered(&self) -> bool {
+        self.offered.is_empty() && self.in_flight.is_empty() && self.collided.is_none()
     }
 
     /// Moves the seqs settled so far into `into` (emptied first).
@@ -139,10 +139,29 @@ mod tests {
         assert!(!tracker.puback(1, t), "a PUBACK counts once");
         assert!(!tracker.puback(9, t), "an id never sent");
         assert_eq!(settled(&mut tracker), [5, 6]);
+        assert!(!tracker.all_answered(), "the PUBACK of seq 7 is still due");
         assert!(tracker.puback(4, t));
         assert_eq!(settled(&mut tracker), [7]);
         assert!(settled(&mut tracker).is_empty());
         assert_eq!(tracker.unpaired(), 0);
+        assert!(tracker.all_answered());
+    }
+
+    #[test]
+    fn a_publish_that_settles_nothing_is_still_awaited() {
+        let t = Instant::now();
+        let mut tracker = PubackTracker::default();
+        assert!(tracker.all_answered());
+        tracker.offered(None);
+        assert!(!tracker.all_answered(), "queued, not sent yet");
+        tracker.sent(1);
+        assert!(!tracker.all_answered(), "sent, its PUBACK not in");
+        assert!(!tracker.puback(1, t));
+        assert!(tracker.all_answered());
+        tracker.offered(Some(1));
+        tracker.sent(1);
+        tracker.reset();
+        assert!(tracker.all_answered(), "a connection gone awaits nothing");
     }
 
     #[test]

@@ -220,9 +220,8 @@ async fn cassandra_and_redis_hold_exactly_what_was_sent_even_when_replayed() {
     wait_for_redis(&redis, &keyspace, &config, Duration::from_secs(10)).await;
 
     // The same messages again: acked, nothing new stored, values unchanged. Each is
-    // settled by its own PUBACK: with the ack topic on, the watermark the first run
-    // left (every seq) would settle the replay at once, and a meter done before
-    // rumqttc sent its last publishes would never send them.
+    // settled by its own PUBACK (with the ack topic on, the first run's watermark
+    // would settle the whole replay at once), so every one must reach meterflow.
     let replay = run(SimConfig {
         ack_topic: false,
         ..config.clone()
