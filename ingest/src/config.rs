@@ -392,12 +392,12 @@ impl PipelineConfig {
         }
     }
 
-    /// Shard count with `0` resolved to the number of cores.
     /// Meters each shard holds at most: `held_meters` split over the shards.
     pub fn held_meters_per_shard(&self) -> usize {
         self.held_meters.div_ceil(self.shard_count())
     }
 
+    /// Shard count with `0` resolved to the number of cores.
     pub fn shard_count(&self) -> usize {
         if self.shards == 0 {
             std::thread::available_parallelism()

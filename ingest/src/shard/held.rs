@@ -94,12 +94,11 @@ impl HeldMeters {
     pub(super) fn hydrated(
         &mut self,
         key: MeterKey,
-        state: MeterState,
+        mut state: MeterState,
         rebuild: impl FnOnce(&MeterKey, &mut MeterState),
     ) {
         if let Entry::Vacant(slot) = self.held.entry(key) {
             self.resting.remove(slot.key());
-            let mut state = state;
             rebuild(slot.key(), &mut state);
             slot.insert(Held {
                 state,
@@ -109,7 +108,7 @@ impl HeldMeters {
     }
 
     /// Takes `key`'s state out for batch number `batch` (the default state when it is
-    /// not held); [`Self::put_back`] returns it once the processors ran.
+    /// not held); `ShardCore::process` puts it back once the processors ran.
     pub(super) fn take_for_batch(&mut self, key: &MeterKey, batch: u64) -> MeterState {
         match self.held.get_mut(key) {
             Some(held) => {
