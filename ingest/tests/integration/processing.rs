@@ -307,7 +307,7 @@ async fn meters_over_the_held_limit_rest_in_the_store_and_stay_watched() {
         report_once(service.mqtt, meter).await;
     }
     let rested = || service.metrics().value("meterflow_meters_rested_total");
-    eventually(Duration::from_secs(10), "meters at rest", || {
+    eventually(Duration::from_secs(30), "meters at rest", || {
         (rested() >= 2.0).then_some(())
     })
     .await;
@@ -316,7 +316,7 @@ async fn meters_over_the_held_limit_rest_in_the_store_and_stay_watched() {
     }
     // Once their episodes are open, they rest again until the next update (a day).
     let before = rested();
-    eventually(Duration::from_secs(10), "meters at rest again", || {
+    eventually(Duration::from_secs(30), "meters at rest again", || {
         (rested() > before).then_some(())
     })
     .await;
