@@ -14,7 +14,11 @@
 //!    asked for none) closes the connection.
 //!
 //! Memory: the read buffer grows to the largest packet being read and shrinks back to
-//! [`IDLE_READ`] bytes once everything in it is parsed; the write buffer is released
+//! [`IDLE_READ`] bytes once everything in it is parsed. Once a packet's fixed header is
+//! in, room for its rest is made at once (up to [`READ_AHEAD`]), so an uplink of a few
+//! KiB arriving on an idle connection takes two socket reads, not one per KiB. The
+//! keep-alive timer is one timer reset as packets arrive, not a new one per wait. The
+//! write buffer is released
 //! after each write; the outbox holds no allocation while empty. An idle meter holds the
 //! task, the socket and a few small allocations (measured by the bench's
 //! `connections` scenario).
@@ -38,9 +42,14 @@ use super::session::{
 use super::wire::{ConnectAnswer, ConnectInfo, ConnectReadError, Incoming, ReadError, Wire};
 use crate::clock::now_ms;
 
-/// Free bytes ensured before a socket read while a packet is arriving: a typical uplink
-/// (a few hundred bytes to a few KiB) arrives in one to three reads.
+/// Free bytes ensured before a socket read while a packet is arriving, beyond what its
+/// fixed header says it still lacks (when the header is in).
 const READ_RESERVE: usize = 1024;
+/// Most free bytes ensured ahead of a packet whose fixed header told how many are still
+/// coming: a typical uplink's rest (up to a few KiB) is then read in one go, while a
+/// client that declares a large packet and sends it slowly makes the buffer grow only
+/// as its bytes arrive.
+const READ_AHEAD: usize = 4096;
 /// The read buffer of a connection with nothing buffered: what an idle meter holds
 /// while it waits for its next packet (a PINGREQ, a small uplink fit in it).
 const IDLE_READ: usize = 256;
@@ -249,7 +258,12 @@ where
 {
     async fn run(&mut self) -> Ended {
         let mut deadline = Instant::now() + self.keep_alive;
+        let silence = tokio::time::sleep_until(deadline.into());
+        tokio::pin!(silence);
         loop {
+            // Bytes the packet being read still lacks, as far as its header tells
+            // (0: nothing buffered, or not yet known).
+            let mut missing = 0;
             // Every complete packet already buffered, while the in-flight cap allows.
             while self.session.may_read() {
                 match self
@@ -262,7 +276,10 @@ where
                             return ended;
                         }
                     }
-                    Err(ReadError::Incomplete) => break,
+                    Err(ReadError::Incomplete(lacking)) => {
+                        missing = lacking;
+                        break;
+                    }
                     Err(ReadError::TooLarge) => {
                         return Ended::Violation(ProtocolViolation::TooLarge);
                     }
@@ -280,8 +297,17 @@ where
                 if self.rbuf.capacity() != IDLE_READ {
                     self.rbuf = BytesMut::with_capacity(IDLE_READ);
                 }
-            } else if self.rbuf.capacity() - self.rbuf.len() < READ_RESERVE / 2 {
-                self.rbuf.reserve(READ_RESERVE);
+            } else {
+                // More than the packet lacks: a read that does not fill the room
+                // tells the runtime the socket is drained, without another read that
+                // finds nothing.
+                let room = missing.saturating_add(READ_RESERVE).min(READ_AHEAD);
+                if self.rbuf.capacity() - self.rbuf.len() < room {
+                    self.rbuf.reserve(room);
+                }
+            }
+            if silence.deadline() != deadline.into() {
+                silence.as_mut().reset(deadline.into());
             }
             tokio::select! {
                 biased;
@@ -314,7 +340,7 @@ where
                 }
                 // Only while reading: a connection paused at its in-flight cap is
                 // silent because of us, not because the client went away.
-                _ = tokio::time::sleep_until(deadline.into()), if reading => {
+                _ = &mut silence, if reading => {
                     return Ended::Violation(ProtocolViolation::KeepAlive);
                 }
             }

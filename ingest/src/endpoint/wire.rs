@@ -70,8 +70,9 @@ pub enum Incoming {
 /// Why no packet could be read.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReadError {
-    /// More bytes are needed.
-    Incomplete,
+    /// More bytes are needed: at least this many (once the fixed header is buffered,
+    /// the rest of the packet, which the packet limit bounds).
+    Incomplete(usize),
     /// Larger than the endpoint's packet limit.
     TooLarge,
     /// Not a valid packet (bad framing, non-UTF-8 topic, …).
@@ -162,7 +163,7 @@ impl Wire {
         match self {
             Wire::V4 => match rumqttc::Packet::read(buf, max_packet_bytes) {
                 Ok(packet) => Ok(from_v4(packet)),
-                Err(V4Error::InsufficientBytes(_)) => Err(ReadError::Incomplete),
+                Err(V4Error::InsufficientBytes(missing)) => Err(ReadError::Incomplete(missing)),
                 Err(V4Error::PayloadSizeLimitExceeded(_)) => Err(ReadError::TooLarge),
                 Err(_) => Err(ReadError::Malformed),
             },
@@ -176,7 +177,7 @@ impl Wire {
             }
             Wire::V5 => match v5::Packet::read(buf, Some(max_packet_bytes as u32)) {
                 Ok(packet) => from_v5(packet),
-                Err(V5Error::InsufficientBytes(_)) => Err(ReadError::Incomplete),
+                Err(V5Error::InsufficientBytes(missing)) => Err(ReadError::Incomplete(missing)),
                 Err(V5Error::PayloadSizeLimitExceeded { .. }) => Err(ReadError::TooLarge),
                 Err(_) => Err(ReadError::Malformed),
             },
@@ -557,5 +558,43 @@ mod tests {
             Ok(Incoming::PingReq)
         ));
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn an_incomplete_packet_tells_how_many_bytes_it_lacks() {
+        for wire in [Wire::V4, Wire::V5] {
+            let mut whole = BytesMut::new();
+            wire.publish(
+                "meters/demo/m1/up",
+                Bytes::from(vec![b'x'; 1500]),
+                &mut whole,
+            );
+            let len = whole.len();
+            // Past the fixed header (a type byte, two of remaining length): exactly
+            // the rest.
+            for cut in [3, 600, len - 1] {
+                let mut part = BytesMut::from(&whole[..cut]);
+                assert_eq!(
+                    wire.read(&mut part, 4096).unwrap_err(),
+                    ReadError::Incomplete(len - cut),
+                    "{wire:?} cut at {cut} of {len}"
+                );
+            }
+            // The remaining length's second byte is missing: at least one more.
+            assert!(matches!(
+                wire.read(&mut BytesMut::from(&whole[..2]), 4096),
+                Err(ReadError::Incomplete(n)) if n >= 1
+            ));
+            // A declared length past the limit is refused before anything is awaited.
+            assert_eq!(
+                wire.read(&mut BytesMut::from(&whole[..600]), 1000)
+                    .unwrap_err(),
+                ReadError::TooLarge
+            );
+            assert!(matches!(
+                wire.read(&mut whole, 4096),
+                Ok(Incoming::Publish { .. })
+            ));
+        }
     }
 }

@@ -1493,6 +1493,56 @@ fn garbage_and_oversized_packets_close_only_that_connection() {
     assert_eq!(service.get("/readyz").0, 200);
 }
 
+/// A PUBLISH is read whole however its bytes arrive: split inside its fixed header
+/// and its body with pauses between (the endpoint makes room for the rest once the
+/// header tells its length), or back to back with the next one in a single write.
+#[test]
+fn publishes_split_anywhere_or_back_to_back_are_each_read_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = start(dir.path(), "");
+    let mut session = raw_session(service.mqtt, &Cred::demo("pieces"));
+    let base = now_ms() - 5 * 3_600_000;
+    let publish = |seq: u64| {
+        let reads: Vec<(i64, u64)> = (0..24)
+            .map(|i| {
+                let n = (seq - 1) * 24 + i;
+                (base + n as i64 * 60_000, 1_000 + n * 3)
+            })
+            .collect();
+        publish_packet(
+            "meters/demo/pieces/up",
+            seq as u16,
+            uplink(seq, &reads, &[]).as_bytes(),
+        )
+    };
+    let puback = |pkid: u16| {
+        let [hi, lo] = pkid.to_be_bytes();
+        [0x40, 0x02, hi, lo]
+    };
+    let mut answer = [0u8; 4];
+
+    let first = publish(1);
+    assert!(
+        first.len() > 1_000,
+        "a typical uplink of a few hundred bytes or more"
+    );
+    for piece in [&first[..1], &first[1..3], &first[3..700], &first[700..]] {
+        session.write_all(piece).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    session.read_exact(&mut answer).unwrap();
+    assert_eq!(answer, puback(1), "the publish sent in four pieces");
+
+    let both = [publish(2), publish(3)].concat();
+    session.write_all(&both).unwrap();
+    for pkid in [2, 3] {
+        session.read_exact(&mut answer).unwrap();
+        assert_eq!(answer, puback(pkid), "publishes sent back to back");
+    }
+    assert_eq!(readings(&service, "demo", "pieces").len(), 72);
+    assert_eq!(service.metrics().received(), 3.0);
+}
+
 // ---------------------------------------------------------------------------------
 // Per-meter credentials, TLS, integrations.
 
