@@ -16,11 +16,10 @@
 //! Memory: the read buffer grows to the largest packet being read and shrinks back to
 //! [`IDLE_READ`] bytes once everything in it is parsed. Once a packet's fixed header is
 //! in, room for its rest is made at once (up to [`READ_AHEAD`]), so an uplink of a few
-//! KiB arriving on an idle connection takes two socket reads, not one per KiB. The
-//! keep-alive timer is one timer reset as packets arrive, not a new one per wait. The
-//! write buffer is released
-//! after each write; the outbox holds no allocation while empty. An idle meter holds the
-//! task, the socket and a few small allocations (measured by the bench's
+//! KiB arriving on an idle connection takes two socket reads, not one per KiB. The write
+//! buffer is released after each write; the outbox holds no allocation while empty. An
+//! idle meter holds the task, the socket, one keep-alive timer (reset as packets arrive,
+//! not made anew per wait) and a few small allocations (measured by the bench's
 //! `connections` scenario).
 
 use std::sync::Arc;
