@@ -1524,7 +1524,7 @@ fn publishes_split_anywhere_or_back_to_back_are_each_read_whole() {
     let first = publish(1);
     assert!(
         first.len() > 1_000,
-        "a typical uplink of a few hundred bytes or more"
+        "an uplink longer than a read makes room for before its header is in"
     );
     for piece in [&first[..1], &first[1..3], &first[3..700], &first[700..]] {
         session.write_all(piece).unwrap();
