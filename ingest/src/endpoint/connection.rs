@@ -13,22 +13,27 @@
 //!    Keep-alive: no packet for 1.5 × the client's keep-alive (or `idle_timeout` when it
 //!    asked for none) closes the connection.
 //!
-//! Memory: the read buffer grows to the largest packet being read and shrinks back to
-//! [`IDLE_READ`] bytes once everything in it is parsed. Once a packet's fixed header is
-//! in, room for its rest is made at once (up to [`READ_AHEAD`]), so an uplink of a few
-//! KiB arriving on an idle connection takes two socket reads, not one per KiB. The write
-//! buffer is released after each write; the outbox holds no allocation while empty. An
-//! idle meter holds the task, the socket, one keep-alive timer (reset as packets arrive,
-//! not made anew per wait) and a few small allocations (measured by the bench's
-//! `connections` scenario).
+//! Memory: the socket is read through a scratch buffer on the stack ([`READ_CHUNK`]
+//! bytes, alive only while a read is polled), and only what arrived is copied into the
+//! connection's own buffer. So an idle meter holds no read buffer at all, a packet
+//! being read holds what has arrived of it, and an uplink of a few KiB takes one socket
+//! read (a read that does not fill the scratch tells the runtime the socket is
+//! drained). The write buffer is released after each write; the outbox holds no
+//! allocation while empty. An idle meter holds the task, the socket, one keep-alive
+//! timer (reset as packets arrive, not made anew per wait) and a few small allocations
+//! (measured by the bench's `connections` scenario).
 
+use std::future::poll_fn;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use meterflow_model::{ack, topic};
 use rumqttc::QoS;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tracing::debug;
 
 use super::EndpointShared;
@@ -41,17 +46,10 @@ use super::session::{
 use super::wire::{ConnectAnswer, ConnectInfo, ConnectReadError, Incoming, ReadError, Wire};
 use crate::clock::now_ms;
 
-/// Free bytes ensured before a socket read while a packet is arriving, beyond what its
-/// fixed header says it still lacks (when the header is in).
-const READ_RESERVE: usize = 1024;
-/// Most free bytes ensured ahead of a packet whose fixed header told how many are still
-/// coming: a typical uplink's rest (up to a few KiB) is then read in one go, while a
-/// client that declares a large packet and sends it slowly makes the buffer grow only
-/// as its bytes arrive.
-const READ_AHEAD: usize = 4096;
-/// The read buffer of a connection with nothing buffered: what an idle meter holds
-/// while it waits for its next packet (a PINGREQ, a small uplink fit in it).
-const IDLE_READ: usize = 256;
+/// Most bytes one socket read takes, into a scratch buffer on the stack. Larger than
+/// a typical uplink (~1.5 KB for 24 readings), so one read takes it whole and comes
+/// back short of the scratch, which tells the runtime the socket is drained.
+const READ_CHUNK: usize = 8 * 1024;
 /// Most queued answers written in one go before the socket is read again.
 const MAX_ANSWERS_PER_WRITE: usize = 256;
 
@@ -223,12 +221,28 @@ where
             }
             Err(ConnectReadError::Malformed) => return Err(ConnectError::Malformed),
         }
-        rbuf.reserve(READ_RESERVE);
-        match stream.read_buf(rbuf).await {
+        match read_some(stream, rbuf).await {
             Ok(0) | Err(_) => return Err(ConnectError::Io),
             Ok(_) => {}
         }
     }
+}
+
+/// Reads what the socket has (up to [`READ_CHUNK`] bytes) and appends it to `rbuf`,
+/// which grows only by what arrived. `Ok(0)`: the peer closed the connection.
+async fn read_some<S>(stream: &mut S, rbuf: &mut BytesMut) -> std::io::Result<usize>
+where
+    S: AsyncRead + Unpin,
+{
+    poll_fn(|cx| {
+        // On the stack only while polled: a waiting read holds no buffer.
+        let mut scratch = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut read = ReadBuf::uninit(&mut scratch);
+        ready!(Pin::new(&mut *stream).poll_read(cx, &mut read))?;
+        rbuf.extend_from_slice(read.filled());
+        Poll::Ready(Ok(read.filled().len()))
+    })
+    .await
 }
 
 async fn write_all<S>(stream: &mut S, bytes: &[u8]) -> std::io::Result<()>
@@ -260,9 +274,6 @@ where
         let silence = tokio::time::sleep_until(deadline.into());
         tokio::pin!(silence);
         loop {
-            // Bytes the packet being read still lacks, as far as its header tells
-            // (0: nothing buffered, or not yet known).
-            let mut missing = 0;
             // Every complete packet already buffered, while the in-flight cap allows.
             while self.session.may_read() {
                 match self
@@ -275,10 +286,7 @@ where
                             return ended;
                         }
                     }
-                    Err(ReadError::Incomplete(lacking)) => {
-                        missing = lacking;
-                        break;
-                    }
+                    Err(ReadError::Incomplete) => break,
                     Err(ReadError::TooLarge) => {
                         return Ended::Violation(ProtocolViolation::TooLarge);
                     }
@@ -291,19 +299,9 @@ where
                 return Ended::Io;
             }
             let reading = self.session.may_read();
-            if self.rbuf.is_empty() {
-                // Whatever it held is parsed: start small again (an idle meter).
-                if self.rbuf.capacity() != IDLE_READ {
-                    self.rbuf = BytesMut::with_capacity(IDLE_READ);
-                }
-            } else {
-                // More than the packet lacks: a read that does not fill the room
-                // tells the runtime the socket is drained, without another read that
-                // finds nothing.
-                let room = missing.saturating_add(READ_RESERVE).min(READ_AHEAD);
-                if self.rbuf.capacity() - self.rbuf.len() < room {
-                    self.rbuf.reserve(room);
-                }
+            if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+                // Whatever it held is parsed: an idle meter holds no read buffer.
+                self.rbuf = BytesMut::new();
             }
             if silence.deadline() != deadline.into() {
                 silence.as_mut().reset(deadline.into());
@@ -330,7 +328,7 @@ where
                         }
                     }
                 }
-                read = self.stream.read_buf(&mut self.rbuf), if reading => {
+                read = read_some(&mut self.stream, &mut self.rbuf), if reading => {
                     match read {
                         Ok(0) => return Ended::Closed,
                         Ok(_) => {}
@@ -502,6 +500,11 @@ mod tests {
     use crate::tenants::Tenants;
     use proptest::prelude::*;
     use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::AsyncReadExt;
+
+    /// The packet limit of the tests' connections: past [`READ_CHUNK`], so a packet
+    /// can take more than one socket read however it arrives.
+    const TEST_PACKET_LIMIT: usize = 2 * READ_CHUNK;
 
     fn shared() -> (
         Arc<EndpointShared>,
@@ -519,7 +522,7 @@ mod tests {
             limits: ConnectionLimits {
                 connect_timeout: Duration::from_millis(200),
                 max_inflight: 2,
-                max_packet_bytes: 4096,
+                max_packet_bytes: TEST_PACKET_LIMIT,
                 idle_timeout: Duration::from_millis(500),
             },
         };
@@ -660,13 +663,12 @@ mod tests {
         #[test]
         fn publishes_split_anywhere_are_each_handed_over_once(
             mqtt5 in any::<bool>(),
-            sizes in proptest::collection::vec(0usize..4000, 1..6),
+            sizes in proptest::collection::vec(0usize..TEST_PACKET_LIMIT - 64, 1..6),
             cuts in proptest::collection::vec(any::<proptest::sample::Index>(), 0..16),
         ) {
-            // Valid publishes up to the packet limit (4 KiB here), arriving in pieces
-            // cut anywhere: inside fixed headers, bodies, across packets. The room the
-            // runner makes from a header's declared length must never lose, repeat
-            // or merge one.
+            // Valid publishes up to the packet limit (twice a socket read), arriving
+            // in pieces cut anywhere: inside fixed headers, bodies, across packets.
+            // Reading through the scratch buffer must never lose, repeat or merge one.
             let mut input = connect_packet(mqtt5);
             for (i, size) in sizes.iter().enumerate() {
                 input.extend(publish_packet(mqtt5, i as u16 + 1, vec![b'x'; *size]));

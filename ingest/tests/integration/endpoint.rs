@@ -1524,7 +1524,7 @@ fn publishes_split_anywhere_or_back_to_back_are_each_read_whole() {
     let first = publish(1);
     assert!(
         first.len() > 1_000,
-        "an uplink longer than a read makes room for before its header is in"
+        "a 24-reading uplink, long enough to cut inside its header and its body"
     );
     for piece in [&first[..1], &first[1..3], &first[3..700], &first[700..]] {
         session.write_all(piece).unwrap();
