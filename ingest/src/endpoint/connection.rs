@@ -16,12 +16,13 @@
 //! Memory: the socket is read through a scratch buffer on the stack ([`READ_CHUNK`]
 //! bytes, alive only while a read is polled), and only what arrived is copied into the
 //! connection's own buffer. So an idle meter holds no read buffer at all, a packet
-//! being read holds what has arrived of it, and an uplink of a few KiB takes one socket
-//! read (a read that does not fill the scratch tells the runtime the socket is
-//! drained). The write buffer is released after each write; the outbox holds no
-//! allocation while empty. An idle meter holds the task, the socket, one keep-alive
-//! timer (reset as packets arrive, not made anew per wait) and a few small allocations
-//! (measured by the bench's `connections` scenario).
+//! being read grows the buffer with what has arrived of it (never ahead of its bytes),
+//! and an uplink of a few KiB takes one socket read (a read that does not fill the
+//! scratch tells the runtime the socket is drained). The write buffer is released
+//! after each write; the outbox holds no allocation while empty. An idle meter holds
+//! the task, the socket, one keep-alive timer (reset as packets arrive, not made anew
+//! per wait) and a few small allocations (measured by the bench's `connections`
+//! scenario).
 
 use std::future::poll_fn;
 use std::mem::MaybeUninit;
@@ -229,7 +230,8 @@ where
 }
 
 /// Reads what the socket has (up to [`READ_CHUNK`] bytes) and appends it to `rbuf`,
-/// which grows only by what arrived. `Ok(0)`: the peer closed the connection.
+/// which grows with what arrived, not ahead of it. `Ok(0)`: the peer closed the
+/// connection.
 async fn read_some<S>(stream: &mut S, rbuf: &mut BytesMut) -> std::io::Result<usize>
 where
     S: AsyncRead + Unpin,

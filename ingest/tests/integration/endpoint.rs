@@ -1494,8 +1494,8 @@ fn garbage_and_oversized_packets_close_only_that_connection() {
 }
 
 /// A PUBLISH is read whole however its bytes arrive: split inside its fixed header
-/// and its body with pauses between (the endpoint makes room for the rest once the
-/// header tells its length), or back to back with the next one in a single write.
+/// and its body with pauses between (each piece a socket read of its own), or back to
+/// back with the next one in a single write.
 #[test]
 fn publishes_split_anywhere_or_back_to_back_are_each_read_whole() {
     let dir = tempfile::tempdir().unwrap();
